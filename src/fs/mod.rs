@@ -1,0 +1,3 @@
+//! The filesystem state machine: ops, registers with heads, and the projected tree.
+
+pub mod op;

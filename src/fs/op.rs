@@ -1,0 +1,803 @@
+//! Filesystem ops: validated domain types and their protobuf form.
+
+use std::fmt;
+
+use bytes::Bytes;
+
+use crate::hlc::Hlc;
+use crate::identity::{hex, PublicKey};
+use crate::intention::Hash;
+use crate::proto::fs as pb;
+
+/// Longest file name in bytes (as Linux `NAME_MAX`).
+pub const MAX_NAME_BYTES: usize = 255;
+/// Longest symlink target in bytes (as Linux `PATH_MAX`).
+pub const MAX_SYMLINK_BYTES: usize = 4096;
+/// Content up to this many bytes travels inline in the intention.
+pub const INLINE_MAX: usize = 16 * 1024;
+/// Most op ids one op may supersede or list as seen.
+pub const MAX_SUPERSEDES: usize = 4096;
+/// Most xattrs one `SetMeta` may set or remove.
+pub const MAX_XATTRS_PER_OP: usize = 64;
+/// Longest xattr name in bytes (as Linux `XATTR_NAME_MAX`).
+pub const MAX_XATTR_NAME: usize = 255;
+/// Largest xattr value in bytes (as Linux `XATTR_SIZE_MAX`).
+pub const MAX_XATTR_VALUE: usize = 64 * 1024;
+/// Longest display name or store name in bytes.
+pub const MAX_LABEL_BYTES: usize = 255;
+
+/// An invalid op.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OpError {
+    /// The op has no body or an unknown kind.
+    #[error("op has no body")]
+    Empty,
+    /// An id field does not have its fixed length.
+    #[error("{0} has the wrong length")]
+    BadId(&'static str),
+    /// A file name is empty, `.`/`..`, too long, or contains `/` or NUL.
+    #[error("invalid name {0:?}")]
+    BadName(String),
+    /// A list or payload exceeds its limit.
+    #[error("{what} exceeds its limit of {limit}")]
+    TooLarge {
+        /// Which field.
+        what: &'static str,
+        /// Its limit.
+        limit: usize,
+    },
+    /// An enum field holds an unknown value.
+    #[error("unknown {0}")]
+    UnknownEnum(&'static str),
+}
+
+/// An op id: the op's clock and its author. Orders by (HLC, author).
+/// A file's id is the id of the op that created it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct OpId {
+    /// The op's clock.
+    pub hlc: Hlc,
+    /// The op's author.
+    pub author: PublicKey,
+}
+
+/// The id of a file, directory or other node (the id of its `Create` op).
+pub type FileId = OpId;
+
+impl OpId {
+    /// The store's root directory.
+    pub const ROOT: OpId = OpId {
+        hlc: Hlc::ZERO,
+        author: PublicKey([0; 32]),
+    };
+    /// Encoded length.
+    pub const LEN: usize = 44;
+
+    /// The 44-byte encoding, whose byte order is (HLC, author) order.
+    pub fn to_bytes(&self) -> [u8; 44] {
+        let mut b = [0u8; 44];
+        b[..8].copy_from_slice(&self.hlc.wall_ms.to_be_bytes());
+        b[8..12].copy_from_slice(&self.hlc.counter.to_be_bytes());
+        b[12..].copy_from_slice(&self.author.0);
+        b
+    }
+
+    /// Parses the 44-byte encoding.
+    pub fn from_bytes(b: &[u8]) -> Option<Self> {
+        if b.len() != 44 {
+            return None;
+        }
+        Some(OpId {
+            hlc: Hlc {
+                wall_ms: u64::from_be_bytes(b[..8].try_into().ok()?),
+                counter: u32::from_be_bytes(b[8..12].try_into().ok()?),
+            },
+            author: PublicKey(b[12..].try_into().ok()?),
+        })
+    }
+}
+
+impl fmt::Debug for OpId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == OpId::ROOT {
+            return f.write_str("ROOT");
+        }
+        write!(
+            f,
+            "{}.{}@{}",
+            self.hlc.wall_ms,
+            self.hlc.counter,
+            hex(&self.author.0[..3])
+        )
+    }
+}
+
+/// The kind of a filesystem node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symbolic link.
+    Symlink,
+    /// Named pipe.
+    Fifo,
+    /// Unix socket node.
+    Socket,
+    /// Character device node.
+    CharDev,
+    /// Block device node.
+    BlockDev,
+}
+
+/// File content of one version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Content {
+    /// Bytes carried in the intention (at most [`INLINE_MAX`]).
+    Inline(Bytes),
+    /// A manifest blob listing chunks in the content store.
+    Manifest {
+        /// blake3 hash of the manifest blob.
+        hash: Hash,
+        /// Total content length.
+        size: u64,
+    },
+}
+
+impl Content {
+    /// Empty content.
+    pub fn empty() -> Self {
+        Content::Inline(Bytes::new())
+    }
+
+    /// Content length in bytes.
+    pub fn len(&self) -> u64 {
+        match self {
+            Content::Inline(b) => b.len() as u64,
+            Content::Manifest { size, .. } => *size,
+        }
+    }
+
+    /// True for zero-length content.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Creates a node named `name` in `parent`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Create {
+    /// Parent directory.
+    pub parent: FileId,
+    /// Name in the parent.
+    pub name: String,
+    /// Node kind.
+    pub kind: Kind,
+    /// Permission bits (07777).
+    pub mode: u32,
+    /// Owner.
+    pub uid: u32,
+    /// Group.
+    pub gid: u32,
+    /// Device number for device nodes.
+    pub rdev: u64,
+    /// Modification time.
+    pub mtime_ns: i64,
+    /// Symlink target or initial file content.
+    pub content: Content,
+}
+
+/// Sets metadata fields; each is a last-writer-wins register.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SetMeta {
+    /// Target file.
+    pub file: FileId,
+    /// New permission bits.
+    pub mode: Option<u32>,
+    /// New owner.
+    pub uid: Option<u32>,
+    /// New group.
+    pub gid: Option<u32>,
+    /// New modification time.
+    pub mtime_ns: Option<i64>,
+    /// New access time.
+    pub atime_ns: Option<i64>,
+    /// Extended attributes to set.
+    pub xattr_set: Vec<(Bytes, Bytes)>,
+    /// Extended attributes to remove.
+    pub xattr_remove: Vec<Bytes>,
+}
+
+/// A member's role in a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// May invite and revoke.
+    Admin,
+    /// May write.
+    Writer,
+    /// May only read.
+    Reader,
+}
+
+/// What an op does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpBody {
+    /// Create a node.
+    Create(Create),
+    /// Add a hard link to `file`.
+    Link {
+        /// The (non-directory) file.
+        file: FileId,
+        /// Directory of the new name.
+        parent: FileId,
+        /// The new name.
+        name: String,
+    },
+    /// Move or rename an entry.
+    Move {
+        /// The entry (id of the op that created the name).
+        entry: OpId,
+        /// New parent directory.
+        parent: FileId,
+        /// New name.
+        name: String,
+    },
+    /// Remove an entry.
+    Remove {
+        /// The entry.
+        entry: OpId,
+        /// Content heads the remover had seen.
+        seen_content: Vec<OpId>,
+    },
+    /// Replace content.
+    Write {
+        /// The file.
+        file: FileId,
+        /// Content heads replaced.
+        supersedes: Vec<OpId>,
+        /// New content.
+        content: Content,
+        /// New modification time.
+        mtime_ns: i64,
+    },
+    /// Append to a content version.
+    Append {
+        /// The file.
+        file: FileId,
+        /// The write this append extends.
+        group: OpId,
+        /// Heads of that group the appender had seen.
+        supersedes: Vec<OpId>,
+        /// Appended bytes.
+        data: Content,
+        /// New modification time.
+        mtime_ns: i64,
+    },
+    /// Drop content heads (a deleted conflict copy).
+    Dismiss {
+        /// The file.
+        file: FileId,
+        /// Heads dropped.
+        supersedes: Vec<OpId>,
+    },
+    /// Set metadata.
+    SetMeta(SetMeta),
+    /// Name the store.
+    SetStoreName(String),
+    /// Add or update a member.
+    SetMember {
+        /// Member key.
+        key: PublicKey,
+        /// Role.
+        role: Role,
+        /// Display name used in conflict names.
+        display_name: String,
+    },
+    /// Revoke a member.
+    RevokeMember {
+        /// Member key.
+        key: PublicKey,
+    },
+}
+
+/// One op: its clock and body. Its id is (clock, intention author).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Op {
+    /// This op's clock.
+    pub hlc: Hlc,
+    /// What it does.
+    pub body: OpBody,
+}
+
+impl Op {
+    /// The id of this op when authored by `author`.
+    pub fn id(&self, author: PublicKey) -> OpId {
+        OpId {
+            hlc: self.hlc,
+            author,
+        }
+    }
+
+    /// The protobuf form.
+    pub fn to_proto(&self) -> pb::Op {
+        use pb::op::Body;
+        let body = match &self.body {
+            OpBody::Create(c) => Body::Create(pb::Create {
+                parent: id_bytes(&c.parent),
+                name: c.name.clone(),
+                kind: kind_to_proto(c.kind) as i32,
+                mode: c.mode,
+                uid: c.uid,
+                gid: c.gid,
+                rdev: c.rdev,
+                mtime_ns: c.mtime_ns,
+                content: Some(content_to_proto(&c.content)),
+            }),
+            OpBody::Link { file, parent, name } => Body::Link(pb::Link {
+                file: id_bytes(file),
+                parent: id_bytes(parent),
+                name: name.clone(),
+            }),
+            OpBody::Move {
+                entry,
+                parent,
+                name,
+            } => Body::Move(pb::Move {
+                entry: id_bytes(entry),
+                parent: id_bytes(parent),
+                name: name.clone(),
+            }),
+            OpBody::Remove {
+                entry,
+                seen_content,
+            } => Body::Remove(pb::Remove {
+                entry: id_bytes(entry),
+                seen_content: ids_bytes(seen_content),
+            }),
+            OpBody::Write {
+                file,
+                supersedes,
+                content,
+                mtime_ns,
+            } => Body::Write(pb::Write {
+                file: id_bytes(file),
+                supersedes: ids_bytes(supersedes),
+                content: Some(content_to_proto(content)),
+                mtime_ns: *mtime_ns,
+            }),
+            OpBody::Append {
+                file,
+                group,
+                supersedes,
+                data,
+                mtime_ns,
+            } => Body::Append(pb::Append {
+                file: id_bytes(file),
+                group: id_bytes(group),
+                supersedes: ids_bytes(supersedes),
+                data: Some(content_to_proto(data)),
+                mtime_ns: *mtime_ns,
+            }),
+            OpBody::Dismiss { file, supersedes } => Body::Dismiss(pb::Dismiss {
+                file: id_bytes(file),
+                supersedes: ids_bytes(supersedes),
+            }),
+            OpBody::SetMeta(m) => Body::SetMeta(pb::SetMeta {
+                file: id_bytes(&m.file),
+                mode: m.mode,
+                uid: m.uid,
+                gid: m.gid,
+                mtime_ns: m.mtime_ns,
+                atime_ns: m.atime_ns,
+                xattr_set: m
+                    .xattr_set
+                    .iter()
+                    .map(|(n, v)| pb::Xattr {
+                        name: n.clone(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+                xattr_remove: m.xattr_remove.clone(),
+            }),
+            OpBody::SetStoreName(name) => {
+                Body::SetStoreName(pb::SetStoreName { name: name.clone() })
+            }
+            OpBody::SetMember {
+                key,
+                role,
+                display_name,
+            } => Body::SetMember(pb::SetMember {
+                key: Bytes::copy_from_slice(&key.0),
+                role: role_to_proto(*role) as i32,
+                display_name: display_name.clone(),
+            }),
+            OpBody::RevokeMember { key } => Body::RevokeMember(pb::RevokeMember {
+                key: Bytes::copy_from_slice(&key.0),
+            }),
+        };
+        pb::Op {
+            hlc_wall_ms: self.hlc.wall_ms,
+            hlc_counter: self.hlc.counter,
+            body: Some(body),
+        }
+    }
+
+    /// Validates and converts the protobuf form.
+    pub fn from_proto(op: pb::Op) -> Result<Self, OpError> {
+        use pb::op::Body;
+        let body = match op.body.ok_or(OpError::Empty)? {
+            Body::Create(c) => {
+                let kind = kind_from_proto(c.kind)?;
+                let content = content_from_proto(c.content)?;
+                if kind == Kind::Symlink && content.len() as usize > MAX_SYMLINK_BYTES {
+                    return Err(OpError::TooLarge {
+                        what: "symlink target",
+                        limit: MAX_SYMLINK_BYTES,
+                    });
+                }
+                OpBody::Create(Create {
+                    parent: id(&c.parent, "parent")?,
+                    name: name(c.name)?,
+                    kind,
+                    mode: c.mode & 0o7777,
+                    uid: c.uid,
+                    gid: c.gid,
+                    rdev: c.rdev,
+                    mtime_ns: c.mtime_ns,
+                    content,
+                })
+            }
+            Body::Link(l) => OpBody::Link {
+                file: id(&l.file, "file")?,
+                parent: id(&l.parent, "parent")?,
+                name: name(l.name)?,
+            },
+            Body::Move(m) => OpBody::Move {
+                entry: id(&m.entry, "entry")?,
+                parent: id(&m.parent, "parent")?,
+                name: name(m.name)?,
+            },
+            Body::Remove(r) => OpBody::Remove {
+                entry: id(&r.entry, "entry")?,
+                seen_content: ids(&r.seen_content, "seen_content")?,
+            },
+            Body::Write(w) => OpBody::Write {
+                file: id(&w.file, "file")?,
+                supersedes: ids(&w.supersedes, "supersedes")?,
+                content: content_from_proto(w.content)?,
+                mtime_ns: w.mtime_ns,
+            },
+            Body::Append(a) => OpBody::Append {
+                file: id(&a.file, "file")?,
+                group: id(&a.group, "group")?,
+                supersedes: ids(&a.supersedes, "supersedes")?,
+                data: content_from_proto(a.data)?,
+                mtime_ns: a.mtime_ns,
+            },
+            Body::Dismiss(d) => OpBody::Dismiss {
+                file: id(&d.file, "file")?,
+                supersedes: ids(&d.supersedes, "supersedes")?,
+            },
+            Body::SetMeta(m) => {
+                if m.xattr_set.len() > MAX_XATTRS_PER_OP || m.xattr_remove.len() > MAX_XATTRS_PER_OP
+                {
+                    return Err(OpError::TooLarge {
+                        what: "xattrs per op",
+                        limit: MAX_XATTRS_PER_OP,
+                    });
+                }
+                for x in &m.xattr_set {
+                    xattr_name(&x.name)?;
+                    if x.value.len() > MAX_XATTR_VALUE {
+                        return Err(OpError::TooLarge {
+                            what: "xattr value",
+                            limit: MAX_XATTR_VALUE,
+                        });
+                    }
+                }
+                for n in &m.xattr_remove {
+                    xattr_name(n)?;
+                }
+                OpBody::SetMeta(SetMeta {
+                    file: id(&m.file, "file")?,
+                    mode: m.mode.map(|x| x & 0o7777),
+                    uid: m.uid,
+                    gid: m.gid,
+                    mtime_ns: m.mtime_ns,
+                    atime_ns: m.atime_ns,
+                    xattr_set: m.xattr_set.into_iter().map(|x| (x.name, x.value)).collect(),
+                    xattr_remove: m.xattr_remove,
+                })
+            }
+            Body::SetStoreName(s) => OpBody::SetStoreName(name(s.name)?),
+            Body::SetMember(m) => OpBody::SetMember {
+                key: PublicKey(
+                    m.key
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| OpError::BadId("key"))?,
+                ),
+                role: role_from_proto(m.role)?,
+                display_name: label(m.display_name)?,
+            },
+            Body::RevokeMember(r) => OpBody::RevokeMember {
+                key: PublicKey(
+                    r.key
+                        .as_ref()
+                        .try_into()
+                        .map_err(|_| OpError::BadId("key"))?,
+                ),
+            },
+        };
+        Ok(Op {
+            hlc: Hlc {
+                wall_ms: op.hlc_wall_ms,
+                counter: op.hlc_counter,
+            },
+            body,
+        })
+    }
+}
+
+/// Checks a file name: 1..=255 bytes, no `/` or NUL, not `.` or `..`.
+pub fn validate_name(n: &str) -> Result<(), OpError> {
+    if n.is_empty()
+        || n == "."
+        || n == ".."
+        || n.len() > MAX_NAME_BYTES
+        || n.bytes().any(|b| b == b'/' || b == 0)
+    {
+        return Err(OpError::BadName(n.chars().take(64).collect()));
+    }
+    Ok(())
+}
+
+fn name(n: String) -> Result<String, OpError> {
+    validate_name(&n)?;
+    Ok(n)
+}
+
+fn label(n: String) -> Result<String, OpError> {
+    if n.len() > MAX_LABEL_BYTES {
+        return Err(OpError::TooLarge {
+            what: "display name",
+            limit: MAX_LABEL_BYTES,
+        });
+    }
+    Ok(n)
+}
+
+fn xattr_name(n: &[u8]) -> Result<(), OpError> {
+    if n.is_empty() || n.len() > MAX_XATTR_NAME || n.contains(&0) {
+        return Err(OpError::BadName(String::from_utf8_lossy(n).into_owned()));
+    }
+    Ok(())
+}
+
+fn id_bytes(id: &OpId) -> Bytes {
+    Bytes::copy_from_slice(&id.to_bytes())
+}
+
+fn ids_bytes(ids: &[OpId]) -> Vec<Bytes> {
+    ids.iter().map(id_bytes).collect()
+}
+
+fn id(b: &[u8], what: &'static str) -> Result<OpId, OpError> {
+    OpId::from_bytes(b).ok_or(OpError::BadId(what))
+}
+
+fn ids(list: &[Bytes], what: &'static str) -> Result<Vec<OpId>, OpError> {
+    if list.len() > MAX_SUPERSEDES {
+        return Err(OpError::TooLarge {
+            what,
+            limit: MAX_SUPERSEDES,
+        });
+    }
+    list.iter().map(|b| id(b, what)).collect()
+}
+
+fn content_to_proto(c: &Content) -> pb::Content {
+    pb::Content {
+        value: Some(match c {
+            Content::Inline(b) => pb::content::Value::Inline(b.clone()),
+            Content::Manifest { hash, size } => pb::content::Value::Manifest(pb::ManifestRef {
+                hash: Bytes::copy_from_slice(&hash.0),
+                size: *size,
+            }),
+        }),
+    }
+}
+
+fn content_from_proto(c: Option<pb::Content>) -> Result<Content, OpError> {
+    match c.and_then(|c| c.value) {
+        None => Ok(Content::empty()),
+        Some(pb::content::Value::Inline(b)) => {
+            if b.len() > INLINE_MAX {
+                return Err(OpError::TooLarge {
+                    what: "inline content",
+                    limit: INLINE_MAX,
+                });
+            }
+            Ok(Content::Inline(b))
+        }
+        Some(pb::content::Value::Manifest(m)) => Ok(Content::Manifest {
+            hash: Hash::from_slice(&m.hash).ok_or(OpError::BadId("manifest hash"))?,
+            size: m.size,
+        }),
+    }
+}
+
+fn kind_to_proto(k: Kind) -> pb::Kind {
+    match k {
+        Kind::File => pb::Kind::File,
+        Kind::Dir => pb::Kind::Dir,
+        Kind::Symlink => pb::Kind::Symlink,
+        Kind::Fifo => pb::Kind::Fifo,
+        Kind::Socket => pb::Kind::Socket,
+        Kind::CharDev => pb::Kind::CharDev,
+        Kind::BlockDev => pb::Kind::BlockDev,
+    }
+}
+
+fn kind_from_proto(k: i32) -> Result<Kind, OpError> {
+    Ok(
+        match pb::Kind::try_from(k).map_err(|_| OpError::UnknownEnum("kind"))? {
+            pb::Kind::File => Kind::File,
+            pb::Kind::Dir => Kind::Dir,
+            pb::Kind::Symlink => Kind::Symlink,
+            pb::Kind::Fifo => Kind::Fifo,
+            pb::Kind::Socket => Kind::Socket,
+            pb::Kind::CharDev => Kind::CharDev,
+            pb::Kind::BlockDev => Kind::BlockDev,
+            pb::Kind::Unspecified => return Err(OpError::UnknownEnum("kind")),
+        },
+    )
+}
+
+fn role_to_proto(r: Role) -> pb::Role {
+    match r {
+        Role::Admin => pb::Role::Admin,
+        Role::Writer => pb::Role::Writer,
+        Role::Reader => pb::Role::Reader,
+    }
+}
+
+fn role_from_proto(r: i32) -> Result<Role, OpError> {
+    Ok(
+        match pb::Role::try_from(r).map_err(|_| OpError::UnknownEnum("role"))? {
+            pb::Role::Admin => Role::Admin,
+            pb::Role::Writer => Role::Writer,
+            pb::Role::Reader => Role::Reader,
+            pb::Role::Unspecified => return Err(OpError::UnknownEnum("role")),
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_id_byte_order_is_hlc_then_author_order() {
+        let a = OpId {
+            hlc: Hlc {
+                wall_ms: 1,
+                counter: 9,
+            },
+            author: PublicKey([9; 32]),
+        };
+        let b = OpId {
+            hlc: Hlc {
+                wall_ms: 2,
+                counter: 0,
+            },
+            author: PublicKey([0; 32]),
+        };
+        assert!(a < b);
+        assert!(a.to_bytes() < b.to_bytes());
+        assert_eq!(OpId::from_bytes(&a.to_bytes()), Some(a));
+    }
+
+    #[test]
+    fn invalid_names_are_refused() {
+        for n in ["", ".", "..", "a/b", "a\0b", &"x".repeat(256)] {
+            assert!(validate_name(n).is_err(), "{n:?}");
+        }
+        assert!(validate_name(&"x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn every_op_kind_round_trips_through_protobuf() {
+        let f = OpId {
+            hlc: Hlc {
+                wall_ms: 3,
+                counter: 1,
+            },
+            author: PublicKey([3; 32]),
+        };
+        let bodies = vec![
+            OpBody::Link {
+                file: f,
+                parent: OpId::ROOT,
+                name: "l".into(),
+            },
+            OpBody::Move {
+                entry: f,
+                parent: OpId::ROOT,
+                name: "m".into(),
+            },
+            OpBody::Remove {
+                entry: f,
+                seen_content: vec![f],
+            },
+            OpBody::Write {
+                file: f,
+                supersedes: vec![f],
+                content: Content::Manifest {
+                    hash: Hash([1; 32]),
+                    size: 99,
+                },
+                mtime_ns: -5,
+            },
+            OpBody::Append {
+                file: f,
+                group: f,
+                supersedes: vec![],
+                data: Content::Inline(Bytes::from_static(b"x")),
+                mtime_ns: 7,
+            },
+            OpBody::Dismiss {
+                file: f,
+                supersedes: vec![f],
+            },
+            OpBody::SetMeta(SetMeta {
+                file: f,
+                mode: Some(0o600),
+                xattr_set: vec![(Bytes::from_static(b"user.a"), Bytes::from_static(b"v"))],
+                xattr_remove: vec![Bytes::from_static(b"user.b")],
+                ..Default::default()
+            }),
+            OpBody::SetStoreName("docs".into()),
+            OpBody::SetMember {
+                key: PublicKey([4; 32]),
+                role: Role::Reader,
+                display_name: "laptop".into(),
+            },
+            OpBody::RevokeMember {
+                key: PublicKey([4; 32]),
+            },
+        ];
+        for body in bodies {
+            let op = Op {
+                hlc: Hlc {
+                    wall_ms: 10,
+                    counter: 2,
+                },
+                body,
+            };
+            assert_eq!(Op::from_proto(op.to_proto()).unwrap(), op);
+        }
+    }
+
+    #[test]
+    fn oversized_inline_content_is_refused() {
+        let mut p = Op {
+            hlc: Hlc::ZERO,
+            body: OpBody::Write {
+                file: OpId::ROOT,
+                supersedes: vec![],
+                content: Content::Inline(Bytes::from(vec![0; INLINE_MAX + 1])),
+                mtime_ns: 0,
+            },
+        }
+        .to_proto();
+        assert!(matches!(
+            Op::from_proto(p.clone()),
+            Err(OpError::TooLarge { .. })
+        ));
+        p.body = None;
+        assert_eq!(Op::from_proto(p), Err(OpError::Empty));
+    }
+}

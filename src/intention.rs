@@ -1,0 +1,380 @@
+//! Intentions: canonical encoding, blake3 hash, Ed25519 signature with a domain prefix,
+//! verification and size limits. The exact received bytes are stored and hashed.
+
+use std::fmt;
+
+use bytes::Bytes;
+use prost::Message;
+
+use crate::fs::op::{Op, OpError};
+use crate::hlc::Hlc;
+use crate::identity::{hex, Identity, PublicKey};
+use crate::proto::fs as pfs;
+use crate::proto::intention as pb;
+
+/// Most encoded op-batch bytes one intention may carry.
+pub const MAX_INTENTION_OPS_BYTES: usize = 4 * 1024 * 1024;
+/// Most causal deps one intention may name.
+pub const MAX_DEPS: usize = 64;
+/// Most encoded bytes of a signed intention (ops plus envelope).
+pub const MAX_INTENTION_BYTES: usize = MAX_INTENTION_OPS_BYTES + 64 * 1024;
+/// Prefix signed before the intention hash, so the signature means nothing elsewhere.
+pub const SIGNING_DOMAIN: &[u8] = b"lattice-mount intention v1\0";
+
+/// A 32-byte blake3 hash (intention ids, blob and manifest addresses).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Hash(pub [u8; 32]);
+
+impl Hash {
+    /// The all-zero hash.
+    pub const ZERO: Hash = Hash([0; 32]);
+
+    /// blake3 of `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Hash(*blake3::hash(bytes).as_bytes())
+    }
+
+    /// Parses exactly 32 bytes.
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        Some(Hash(b.try_into().ok()?))
+    }
+
+    /// Lowercase hex.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+}
+
+impl fmt::Debug for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Hash({})", hex(&self.0[..6]))
+    }
+}
+
+impl fmt::Display for Hash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// A 16-byte store id.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct StoreId(pub [u8; 16]);
+
+impl StoreId {
+    /// A fresh random store id.
+    pub fn random() -> Self {
+        let mut b = [0u8; 16];
+        rand::fill(&mut b);
+        StoreId(b)
+    }
+
+    /// Lowercase hex (32 characters).
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// Parses 32 hex characters.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        Some(StoreId(crate::identity::unhex(s)?.try_into().ok()?))
+    }
+}
+
+impl fmt::Debug for StoreId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoreId({})", self.to_hex())
+    }
+}
+
+/// Why an intention was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IntentionError {
+    /// The bytes are not a well-formed signed intention.
+    #[error("malformed intention: {0}")]
+    Malformed(String),
+    /// A size limit was exceeded.
+    #[error("intention too large: {what} is {got}, limit {limit}")]
+    TooLarge {
+        /// Which field.
+        what: &'static str,
+        /// Its size.
+        got: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The signature does not verify against the author key.
+    #[error("intention signature does not verify")]
+    BadSignature,
+    /// An op inside is invalid.
+    #[error("invalid op: {0}")]
+    Op(#[from] OpError),
+}
+
+/// A verified intention: the signed bytes exactly as received, and their decoded form.
+#[derive(Clone, Debug)]
+pub struct Intention {
+    /// blake3 of the signed body bytes.
+    pub hash: Hash,
+    /// The encoded `SignedIntention`, exactly as signed and received.
+    pub bytes: Bytes,
+    /// Author key.
+    pub author: PublicKey,
+    /// The greatest clock of the ops.
+    pub hlc: Hlc,
+    /// The store.
+    pub store_id: StoreId,
+    /// The author's previous intention in this store.
+    pub prev: Option<Hash>,
+    /// Sorted store heads the author had seen.
+    pub deps: Vec<Hash>,
+    /// The decoded ops.
+    pub ops: Vec<Op>,
+}
+
+impl Intention {
+    /// Encodes, hashes and signs a new intention.
+    pub fn create(
+        identity: &Identity,
+        store_id: StoreId,
+        prev: Option<Hash>,
+        mut deps: Vec<Hash>,
+        ops: Vec<Op>,
+    ) -> Result<Self, IntentionError> {
+        deps.sort();
+        deps.dedup();
+        let hlc = ops.iter().map(|o| o.hlc).max().unwrap_or_default();
+        let batch = pfs::OpBatch {
+            ops: ops.iter().map(Op::to_proto).collect(),
+        };
+        let body = pb::IntentionBody {
+            author: Bytes::copy_from_slice(&identity.public().0),
+            hlc_wall_ms: hlc.wall_ms,
+            hlc_counter: hlc.counter,
+            store_id: Bytes::copy_from_slice(&store_id.0),
+            prev: prev
+                .map(|h| Bytes::copy_from_slice(&h.0))
+                .unwrap_or_default(),
+            deps: deps.iter().map(|h| Bytes::copy_from_slice(&h.0)).collect(),
+            ops: batch.encode_to_vec().into(),
+        };
+        check_limits(&body)?;
+        let body_bytes = body.encode_to_vec();
+        let hash = Hash::of(&body_bytes);
+        let signature = identity.sign(&signing_message(&hash));
+        let signed = pb::SignedIntention {
+            body: body_bytes.into(),
+            signature: Bytes::copy_from_slice(&signature),
+        };
+        Ok(Self {
+            hash,
+            bytes: signed.encode_to_vec().into(),
+            author: identity.public(),
+            hlc,
+            store_id,
+            prev,
+            deps,
+            ops,
+        })
+    }
+
+    /// Decodes and verifies received bytes: limits, signature, then every op.
+    pub fn decode(bytes: Bytes) -> Result<Self, IntentionError> {
+        if bytes.len() > MAX_INTENTION_BYTES {
+            return Err(IntentionError::TooLarge {
+                what: "intention bytes",
+                got: bytes.len(),
+                limit: MAX_INTENTION_BYTES,
+            });
+        }
+        let signed = pb::SignedIntention::decode(bytes.clone())
+            .map_err(|e| IntentionError::Malformed(e.to_string()))?;
+        let body = pb::IntentionBody::decode(signed.body.clone())
+            .map_err(|e| IntentionError::Malformed(e.to_string()))?;
+        check_limits(&body)?;
+        let author = PublicKey(fixed(&body.author, "author")?);
+        let store_id = StoreId(fixed(&body.store_id, "store_id")?);
+        let prev = if body.prev.is_empty() {
+            None
+        } else {
+            Some(Hash(fixed(&body.prev, "prev")?))
+        };
+        let deps = body
+            .deps
+            .iter()
+            .map(|d| fixed(d, "dep").map(Hash))
+            .collect::<Result<Vec<_>, _>>()?;
+        if deps.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(IntentionError::Malformed(
+                "deps not sorted and unique".into(),
+            ));
+        }
+        let hash = Hash::of(&signed.body);
+        let signature: [u8; 64] = fixed(&signed.signature, "signature")?;
+        if !author.verify(&signing_message(&hash), &signature) {
+            return Err(IntentionError::BadSignature);
+        }
+        let batch = pfs::OpBatch::decode(body.ops.clone())
+            .map_err(|e| IntentionError::Malformed(e.to_string()))?;
+        let ops = batch
+            .ops
+            .into_iter()
+            .map(Op::from_proto)
+            .collect::<Result<Vec<_>, _>>()?;
+        let hlc = Hlc {
+            wall_ms: body.hlc_wall_ms,
+            counter: body.hlc_counter,
+        };
+        if ops.iter().map(|o| o.hlc).max().unwrap_or_default() != hlc {
+            return Err(IntentionError::Malformed(
+                "intention clock is not the greatest op clock".into(),
+            ));
+        }
+        Ok(Self {
+            hash,
+            bytes,
+            author,
+            hlc,
+            store_id,
+            prev,
+            deps,
+            ops,
+        })
+    }
+}
+
+fn signing_message(hash: &Hash) -> Vec<u8> {
+    [SIGNING_DOMAIN, &hash.0].concat()
+}
+
+fn check_limits(body: &pb::IntentionBody) -> Result<(), IntentionError> {
+    if body.ops.len() > MAX_INTENTION_OPS_BYTES {
+        return Err(IntentionError::TooLarge {
+            what: "ops bytes",
+            got: body.ops.len(),
+            limit: MAX_INTENTION_OPS_BYTES,
+        });
+    }
+    if body.deps.len() > MAX_DEPS {
+        return Err(IntentionError::TooLarge {
+            what: "deps",
+            got: body.deps.len(),
+            limit: MAX_DEPS,
+        });
+    }
+    Ok(())
+}
+
+fn fixed<const N: usize>(b: &[u8], what: &str) -> Result<[u8; N], IntentionError> {
+    b.try_into().map_err(|_| {
+        IntentionError::Malformed(format!("{what} must be {N} bytes, got {}", b.len()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::op::{Content, OpBody, OpId};
+
+    fn op(wall_ms: u64, name: &str) -> Op {
+        Op {
+            hlc: Hlc {
+                wall_ms,
+                counter: 0,
+            },
+            body: OpBody::Create(crate::fs::op::Create {
+                parent: OpId::ROOT,
+                name: name.into(),
+                kind: crate::fs::op::Kind::File,
+                mode: 0o644,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                mtime_ns: 0,
+                content: Content::Inline(Bytes::from_static(b"hi")),
+            }),
+        }
+    }
+
+    fn sample() -> (Identity, Intention) {
+        let id = Identity::generate();
+        let i = Intention::create(&id, StoreId([7; 16]), None, vec![], vec![op(5, "a")]).unwrap();
+        (id, i)
+    }
+
+    #[test]
+    fn created_intention_decodes_to_the_same_hash_and_ops() {
+        let (id, i) = sample();
+        let d = Intention::decode(i.bytes.clone()).unwrap();
+        assert_eq!(d.hash, i.hash);
+        assert_eq!(d.author, id.public());
+        assert_eq!(d.ops, i.ops);
+        assert_eq!(d.hlc.wall_ms, 5);
+    }
+
+    #[test]
+    fn any_flipped_byte_is_refused() {
+        let (_, i) = sample();
+        for pos in 0..i.bytes.len() {
+            let mut b = i.bytes.to_vec();
+            b[pos] ^= 0x40;
+            if let Ok(d) = Intention::decode(b.into()) {
+                // Only an encoding-neutral flip could decode; it must then be the same intention.
+                assert_eq!(
+                    d.hash, i.hash,
+                    "byte {pos} changed the content but verified"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn signature_from_another_key_is_refused() {
+        let (_, i) = sample();
+        let mut signed = pb::SignedIntention::decode(i.bytes.clone()).unwrap();
+        let other = Identity::generate();
+        let hash = Hash::of(&signed.body);
+        signed.signature = Bytes::copy_from_slice(&other.sign(&signing_message(&hash)));
+        assert!(matches!(
+            Intention::decode(signed.encode_to_vec().into()),
+            Err(IntentionError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn signature_without_the_domain_prefix_is_refused() {
+        let (id, i) = sample();
+        let mut signed = pb::SignedIntention::decode(i.bytes.clone()).unwrap();
+        signed.signature = Bytes::copy_from_slice(&id.sign(&Hash::of(&signed.body).0));
+        assert!(matches!(
+            Intention::decode(signed.encode_to_vec().into()),
+            Err(IntentionError::BadSignature)
+        ));
+    }
+
+    #[test]
+    fn too_many_deps_are_refused_on_create_and_decode() {
+        let id = Identity::generate();
+        let deps: Vec<Hash> = (0..=MAX_DEPS as u8).map(|i| Hash([i; 32])).collect();
+        assert!(matches!(
+            Intention::create(&id, StoreId([1; 16]), None, deps, vec![op(1, "a")]),
+            Err(IntentionError::TooLarge { what: "deps", .. })
+        ));
+    }
+
+    #[test]
+    fn oversized_bytes_are_refused_before_parsing() {
+        let big = Bytes::from(vec![0u8; MAX_INTENTION_BYTES + 1]);
+        assert!(matches!(
+            Intention::decode(big),
+            Err(IntentionError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn garbage_is_malformed_not_a_panic() {
+        for g in [&b""[..], b"\xff\xff\xff", b"\x0a\x05hello"] {
+            assert!(Intention::decode(Bytes::copy_from_slice(g)).is_err());
+        }
+    }
+}

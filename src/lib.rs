@@ -1,0 +1,9 @@
+//! lattice-mount: a peer-to-peer replicated filesystem mounted with FUSE.
+//!
+//! See `docs/architecture.md` for the codemap.
+
+pub mod fs;
+pub mod hlc;
+pub mod identity;
+pub mod intention;
+pub mod proto;

@@ -1,0 +1,18 @@
+//! Generated protobuf types (`proto/*.proto`); validated domain types live elsewhere.
+
+#![allow(missing_docs, clippy::all, clippy::pedantic)]
+
+/// Signed intention envelope (`proto/intention.proto`).
+pub mod intention {
+    include!(concat!(env!("OUT_DIR"), "/lattice.intention.rs"));
+}
+
+/// Filesystem ops (`proto/fs.proto`).
+pub mod fs {
+    include!(concat!(env!("OUT_DIR"), "/lattice.fs.rs"));
+}
+
+/// Control socket RPC (`proto/control.proto`).
+pub mod control {
+    include!(concat!(env!("OUT_DIR"), "/lattice.control.rs"));
+}
