@@ -1,0 +1,312 @@
+//! `lattice-bench local`: filesystem throughput of a lattice mount, measured in the same
+//! run against a native tmpfs directory and (when `bindfs` is installed) a libfuse
+//! passthrough over that tmpfs. Prints each result and the mount's ratio to each reference.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// Bytes written and read sequentially.
+const SEQ_BYTES: u64 = 1 << 30;
+/// Size of each sequential write or read call.
+const SEQ_BLOCK: usize = 1 << 20;
+/// Number of 4 KiB random reads.
+const RANDOM_READS: usize = 50_000;
+/// Files created, stat'ed and unlinked.
+const FILES: usize = 10_000;
+
+struct Row {
+    name: &'static str,
+    unit: &'static str,
+    higher_is_better: bool,
+    values: Vec<Option<f64>>,
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) != Some("local") {
+        bail!("usage: lattice-bench local");
+    }
+    let base = tempfile::Builder::new()
+        .prefix("lattice-bench")
+        .tempdir_in(if Path::new("/dev/shm").is_dir() {
+            "/dev/shm"
+        } else {
+            "/tmp"
+        })?;
+    let native = base.path().join("native");
+    fs::create_dir(&native)?;
+
+    let mut targets: Vec<(&str, PathBuf)> = vec![("tmpfs", native.clone())];
+    let bind_dir = base.path().join("bindfs");
+    let bind_src = base.path().join("bindfs-src");
+    let _bindfs = if which("bindfs") {
+        fs::create_dir(&bind_dir)?;
+        fs::create_dir(&bind_src)?;
+        let ok = Command::new("bindfs")
+            .arg(&bind_src)
+            .arg(&bind_dir)
+            .status()?
+            .success();
+        if ok {
+            targets.push(("bindfs", bind_dir.clone()));
+            Some(Unmount(bind_dir.clone()))
+        } else {
+            None
+        }
+    } else {
+        eprintln!(
+            "bindfs not installed: no libfuse passthrough reference (apt-get install bindfs)"
+        );
+        None
+    };
+
+    let data = base.path().join("lattice-data");
+    let mnt = base.path().join("lattice-mnt");
+    let daemon = Daemon::start(&data, &mnt)?;
+    fs::create_dir(mnt.join("bench")).context("creating a store in the mount")?;
+    targets.push(("lattice", mnt.join("bench")));
+
+    let mut rows = vec![
+        Row {
+            name: "seq write 1 GiB",
+            unit: "MB/s",
+            higher_is_better: true,
+            values: vec![],
+        },
+        Row {
+            name: "seq read 1 GiB",
+            unit: "MB/s",
+            higher_is_better: true,
+            values: vec![],
+        },
+        Row {
+            name: "random 4 KiB reads",
+            unit: "ops/s",
+            higher_is_better: true,
+            values: vec![],
+        },
+        Row {
+            name: "create 10,000 files",
+            unit: "ops/s",
+            higher_is_better: true,
+            values: vec![],
+        },
+        Row {
+            name: "stat 10,000 files",
+            unit: "ops/s",
+            higher_is_better: true,
+            values: vec![],
+        },
+        Row {
+            name: "ls -l 10,000 entries",
+            unit: "ms",
+            higher_is_better: false,
+            values: vec![],
+        },
+        Row {
+            name: "unlink 10,000 files",
+            unit: "ops/s",
+            higher_is_better: true,
+            values: vec![],
+        },
+    ];
+    for (name, dir) in &targets {
+        eprintln!("measuring {name} at {}", dir.display());
+        let r = measure(dir).with_context(|| format!("measuring {name}"))?;
+        for (row, v) in rows.iter_mut().zip(r) {
+            row.values.push(Some(v));
+        }
+    }
+    drop(daemon);
+
+    let names: Vec<&str> = targets.iter().map(|t| t.0).collect();
+    print!("| benchmark | unit |");
+    for n in &names {
+        print!(" {n} |");
+    }
+    for n in &names[..names.len() - 1] {
+        print!(" lattice / {n} |");
+    }
+    println!();
+    println!("|{}", "---|".repeat(2 + names.len() * 2 - 1));
+    for row in &rows {
+        print!("| {} | {} |", row.name, row.unit);
+        for v in &row.values {
+            print!(" {} |", v.map_or("-".into(), |v| format!("{v:.0}")));
+        }
+        let ours = row.values.last().copied().flatten();
+        for v in &row.values[..row.values.len() - 1] {
+            let ratio = match (ours, v) {
+                (Some(o), Some(r)) if row.higher_is_better => format!("{:.2}", o / r),
+                (Some(o), Some(r)) => format!("{:.2}", r / o),
+                _ => "-".into(),
+            };
+            print!(" {ratio} |");
+        }
+        println!();
+    }
+    println!("\n(ratio > 1 means lattice is faster; for ls -l the ratio is reference time / lattice time)");
+    Ok(())
+}
+
+fn which(cmd: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {cmd} >/dev/null")])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn secs(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64()
+}
+
+/// Runs every workload in `dir`; returns the row values in order.
+fn measure(dir: &Path) -> Result<Vec<f64>> {
+    let big = dir.join("big.bin");
+    let mut block = vec![0u8; SEQ_BLOCK];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for chunk in block.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let t = Instant::now();
+    let mut f = File::create(&big)?;
+    for i in 0..SEQ_BYTES / SEQ_BLOCK as u64 {
+        // Vary each block so content-addressed storage cannot deduplicate the file away.
+        block[..8].copy_from_slice(&i.to_le_bytes());
+        f.write_all(&block)?;
+    }
+    drop(f);
+    let write = SEQ_BYTES as f64 / 1e6 / secs(t);
+
+    let t = Instant::now();
+    let mut f = File::open(&big)?;
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut block)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    if total != SEQ_BYTES {
+        bail!("read {total} bytes, expected {SEQ_BYTES}");
+    }
+    let read = SEQ_BYTES as f64 / 1e6 / secs(t);
+
+    let mut buf = [0u8; 4096];
+    let blocks = SEQ_BYTES / 4096;
+    let t = Instant::now();
+    for i in 0..RANDOM_READS as u64 {
+        let b = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % blocks;
+        f.read_exact_at(&mut buf, b * 4096)?;
+    }
+    let random = RANDOM_READS as f64 / secs(t);
+    drop(f);
+    fs::remove_file(&big)?;
+
+    let many = dir.join("many");
+    fs::create_dir(&many)?;
+    let names: Vec<PathBuf> = (0..FILES).map(|i| many.join(format!("f{i:05}"))).collect();
+    let t = Instant::now();
+    for n in &names {
+        OpenOptions::new().write(true).create_new(true).open(n)?;
+    }
+    let create = FILES as f64 / secs(t);
+    let t = Instant::now();
+    for n in &names {
+        fs::metadata(n)?;
+    }
+    let stat = FILES as f64 / secs(t);
+    let t = Instant::now();
+    let out = Command::new("ls")
+        .arg("-l")
+        .arg(&many)
+        .stdout(Stdio::piped())
+        .output()?;
+    let ls_ms = secs(t) * 1000.0;
+    let lines = out.stdout.iter().filter(|&&b| b == b'\n').count();
+    if lines != FILES + 1 {
+        bail!("ls -l listed {lines} lines, expected {}", FILES + 1);
+    }
+    let t = Instant::now();
+    for n in &names {
+        fs::remove_file(n)?;
+    }
+    let unlink = FILES as f64 / secs(t);
+    fs::remove_dir(&many)?;
+    Ok(vec![write, read, random, create, stat, ls_ms, unlink])
+}
+
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("fusermount3").arg("-u").arg(&self.0).status();
+    }
+}
+
+struct Daemon {
+    child: Child,
+    data: PathBuf,
+    mnt: PathBuf,
+}
+
+impl Daemon {
+    fn start(data: &Path, mnt: &Path) -> Result<Daemon> {
+        let exe = std::env::current_exe()?.with_file_name("lattice-mount");
+        let child = Command::new(&exe)
+            .arg("--data-dir")
+            .arg(data)
+            .arg("up")
+            .arg(mnt)
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", exe.display()))?;
+        let d = Daemon {
+            child,
+            data: data.to_owned(),
+            mnt: mnt.to_owned(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new("findmnt")
+                .args(["-n", "-o", "FSTYPE", "--mountpoint"])
+                .arg(mnt)
+                .output()?;
+            if String::from_utf8_lossy(&out.stdout).trim() == "fuse.lattice-mount" {
+                return Ok(d);
+            }
+            if Instant::now() > deadline {
+                bail!("lattice-mount did not mount within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let exe = std::env::current_exe()
+            .map(|e| e.with_file_name("lattice-mount"))
+            .unwrap_or_default();
+        let _ = Command::new(exe)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("down")
+            .status();
+        let _ = self.child.wait();
+        let _ = Command::new("fusermount3")
+            .arg("-uz")
+            .arg(&self.mnt)
+            .status();
+    }
+}

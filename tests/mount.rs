@@ -1,0 +1,477 @@
+//! End-to-end tests: the real binary, a real FUSE mount, shell tools and std::fs.
+
+mod common;
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, SystemTime};
+
+use common::{errno_of, fuse_available, random_bytes, Daemon};
+
+fn daemon_with_store(name: &str) -> Option<Daemon> {
+    if !fuse_available() {
+        return None;
+    }
+    let d = Daemon::start();
+    fs::create_dir(d.path(name)).unwrap();
+    Some(d)
+}
+
+fn cstr(p: &Path) -> CString {
+    CString::new(p.as_os_str().as_bytes()).unwrap()
+}
+
+fn renameat2(from: &Path, to: &Path, flags: u32) -> std::io::Result<()> {
+    let (a, b) = (cstr(from), cstr(to));
+    // SAFETY: both paths are valid NUL-terminated strings.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn setxattr(p: &Path, name: &str, value: &[u8], flags: i32) -> std::io::Result<()> {
+    let (p, n) = (cstr(p), CString::new(name).unwrap());
+    // SAFETY: valid C strings and a valid buffer of the given length.
+    let r = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            flags,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+fn getxattr(p: &Path, name: &str) -> std::io::Result<Vec<u8>> {
+    let (p, n) = (cstr(p), CString::new(name).unwrap());
+    let mut buf = vec![0u8; 65536];
+    // SAFETY: valid C strings and a valid out-buffer of the given length.
+    let r = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    buf.truncate(r as usize);
+    Ok(buf)
+}
+
+fn sha_tree(root: &Path) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("find . -type f -print0 | sort -z | xargs -0 sha256sum")
+        .current_dir(root)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn copied_tree_reads_back_with_identical_checksums() {
+    let Some(d) = daemon_with_store("docs") else {
+        return;
+    };
+    let src = d.dir.path().join("src");
+    for i in 0..40 {
+        let sub = src.join(format!("d{}", i % 5)).join(format!("e{}", i % 3));
+        fs::create_dir_all(&sub).unwrap();
+        let len = [0, 1, 100, 4096, 16 * 1024, 16 * 1024 + 1, 200_000, 1 << 20][i % 8];
+        fs::write(sub.join(format!("f{i}.bin")), random_bytes(len, i as u64)).unwrap();
+    }
+    d.sh(&format!("cp -r {} docs/copy", src.display()));
+    assert_eq!(sha_tree(&src), sha_tree(&d.path("docs/copy")));
+    let listed = d.sh("ls docs/copy | wc -l");
+    assert_eq!(listed.trim(), "5");
+}
+
+#[test]
+fn large_file_write_read_and_overwrite_in_the_middle() {
+    let Some(d) = daemon_with_store("big") else {
+        return;
+    };
+    let path = d.path("big/large.bin");
+    let mut data = random_bytes(64 << 20, 7);
+    fs::write(&path, &data).unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().len(), 64 << 20);
+    assert!(fs::read(&path).unwrap() == data, "64 MiB read back differs");
+    let patch = random_bytes(1 << 20, 8);
+    let at = 31 << 20;
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&patch, at as u64).unwrap();
+    drop(f);
+    data[at..at + patch.len()].copy_from_slice(&patch);
+    assert!(fs::read(&path).unwrap() == data, "overwritten file differs");
+}
+
+#[test]
+fn sparse_writes_read_holes_as_zeros() {
+    let Some(d) = daemon_with_store("s") else {
+        return;
+    };
+    let path = d.path("s/sparse");
+    let f = File::create(&path).unwrap();
+    f.write_all_at(b"end", 10 << 20).unwrap();
+    f.write_all_at(b"mid", 5 << 20).unwrap();
+    drop(f);
+    let got = fs::read(&path).unwrap();
+    assert_eq!(got.len(), (10 << 20) + 3);
+    assert_eq!(&got[5 << 20..(5 << 20) + 3], b"mid");
+    assert_eq!(&got[10 << 20..], b"end");
+    assert!(got[..5 << 20].iter().all(|&b| b == 0));
+    assert!(got[(5 << 20) + 3..10 << 20].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn truncate_up_and_down() {
+    let Some(d) = daemon_with_store("t") else {
+        return;
+    };
+    let path = d.path("t/f");
+    fs::write(&path, b"hello world").unwrap();
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(5).unwrap();
+    assert_eq!(fs::read(&path).unwrap(), b"hello");
+    f.set_len(100_000).unwrap();
+    drop(f);
+    let got = fs::read(&path).unwrap();
+    assert_eq!(got.len(), 100_000);
+    assert_eq!(&got[..5], b"hello");
+    assert!(got[5..].iter().all(|&b| b == 0));
+    d.sh("truncate -s 0 t/f");
+    assert_eq!(fs::metadata(&path).unwrap().len(), 0);
+    fs::write(&path, b"abc").unwrap();
+    d.sh(": > t/f");
+    assert_eq!(fs::read(&path).unwrap(), b"");
+}
+
+#[test]
+fn every_rename_form_behaves_like_posix() {
+    let Some(d) = daemon_with_store("r") else {
+        return;
+    };
+    fs::create_dir(d.path("other")).unwrap();
+    let p = |s: &str| d.path(&format!("r/{s}"));
+    fs::write(p("a"), b"A").unwrap();
+    fs::write(p("b"), b"B").unwrap();
+    fs::rename(p("a"), p("a2")).unwrap();
+    assert_eq!(fs::read(p("a2")).unwrap(), b"A");
+    assert!(!p("a").exists());
+    // Replace an existing file.
+    fs::rename(p("a2"), p("b")).unwrap();
+    assert_eq!(fs::read(p("b")).unwrap(), b"A");
+    // Across directories, and a directory with children.
+    fs::create_dir_all(p("x/y")).unwrap();
+    fs::write(p("x/y/z"), b"Z").unwrap();
+    fs::create_dir(p("dst")).unwrap();
+    fs::rename(p("b"), p("dst/b")).unwrap();
+    fs::rename(p("x"), p("dst/x")).unwrap();
+    assert_eq!(fs::read(p("dst/x/y/z")).unwrap(), b"Z");
+    // A directory into its own subtree.
+    assert_eq!(
+        errno_of(fs::rename(p("dst"), p("dst/x/inside"))),
+        libc::EINVAL
+    );
+    // Over a non-empty directory.
+    fs::create_dir(p("empty")).unwrap();
+    fs::create_dir(p("full")).unwrap();
+    fs::write(p("full/f"), b"").unwrap();
+    assert_eq!(errno_of(fs::rename(p("empty"), p("full"))), libc::ENOTEMPTY);
+    fs::rename(p("full"), p("empty")).unwrap();
+    assert!(p("empty/f").exists());
+    // File over directory and directory over file.
+    fs::write(p("file"), b"").unwrap();
+    assert_eq!(errno_of(fs::rename(p("file"), p("dst"))), libc::EISDIR);
+    assert_eq!(errno_of(fs::rename(p("dst"), p("file"))), libc::ENOTDIR);
+    // RENAME_NOREPLACE and RENAME_EXCHANGE.
+    fs::write(p("n1"), b"1").unwrap();
+    fs::write(p("n2"), b"2").unwrap();
+    assert_eq!(
+        errno_of(renameat2(&p("n1"), &p("n2"), libc::RENAME_NOREPLACE)),
+        libc::EEXIST
+    );
+    renameat2(&p("n1"), &p("n3"), libc::RENAME_NOREPLACE).unwrap();
+    renameat2(&p("n3"), &p("n2"), libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!(fs::read(p("n2")).unwrap(), b"1");
+    assert_eq!(fs::read(p("n3")).unwrap(), b"2");
+    // Across stores.
+    assert_eq!(
+        errno_of(fs::rename(p("n2"), d.path("other/n2"))),
+        libc::EXDEV
+    );
+    d.sh("mv r/n2 other/n2");
+    assert_eq!(fs::read(d.path("other/n2")).unwrap(), b"1");
+}
+
+#[test]
+fn symlinks_hard_links_and_special_nodes() {
+    let Some(d) = daemon_with_store("l") else {
+        return;
+    };
+    let p = |s: &str| d.path(&format!("l/{s}"));
+    fs::write(p("target"), b"T").unwrap();
+    std::os::unix::fs::symlink("target", p("sym")).unwrap();
+    assert_eq!(fs::read_link(p("sym")).unwrap(), Path::new("target"));
+    assert_eq!(fs::read(p("sym")).unwrap(), b"T");
+    assert!(fs::symlink_metadata(p("sym"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    fs::hard_link(p("target"), p("hard")).unwrap();
+    assert_eq!(fs::metadata(p("target")).unwrap().nlink(), 2);
+    assert_eq!(
+        fs::metadata(p("hard")).unwrap().ino(),
+        fs::metadata(p("target")).unwrap().ino()
+    );
+    fs::write(p("hard"), b"via link").unwrap();
+    assert_eq!(fs::read(p("target")).unwrap(), b"via link");
+    fs::remove_file(p("target")).unwrap();
+    assert_eq!(fs::metadata(p("hard")).unwrap().nlink(), 1);
+    fs::create_dir_all(p("d/e")).unwrap();
+    fs::create_dir(p("d/f")).unwrap();
+    assert_eq!(fs::metadata(p("d")).unwrap().nlink(), 4);
+    assert_eq!(errno_of(fs::hard_link(p("d"), p("dlink"))), libc::EPERM);
+    d.sh("mkfifo l/fifo && mknod l/null c 1 3");
+    let m = fs::symlink_metadata(p("fifo")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&m.file_type()));
+    let m = fs::symlink_metadata(p("null")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &m.file_type()
+    ));
+    assert_eq!(m.rdev(), libc::makedev(1, 3));
+}
+
+#[test]
+fn chmod_chown_utimens_and_xattrs() {
+    let Some(d) = daemon_with_store("m") else {
+        return;
+    };
+    let p = d.path("m/f");
+    fs::write(&p, b"x").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o640)).unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().mode() & 0o7777, 0o640);
+    d.sh("chown 1234:5678 m/f");
+    let m = fs::metadata(&p).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1234, 5678));
+    d.sh("touch -m -d '2001-02-03 04:05:06.789 UTC' m/f");
+    let mtime = fs::metadata(&p).unwrap().modified().unwrap();
+    let want = SystemTime::UNIX_EPOCH + Duration::from_millis(981_173_106_789);
+    assert_eq!(mtime, want);
+    let before = SystemTime::now() - Duration::from_secs(2);
+    d.sh("touch m/f");
+    assert!(fs::metadata(&p).unwrap().modified().unwrap() >= before);
+    setxattr(&p, "user.color", b"blue", 0).unwrap();
+    assert_eq!(getxattr(&p, "user.color").unwrap(), b"blue");
+    assert_eq!(
+        errno_of(setxattr(&p, "user.color", b"red", libc::XATTR_CREATE)),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno_of(setxattr(&p, "user.none", b"x", libc::XATTR_REPLACE)),
+        libc::ENODATA
+    );
+    assert_eq!(errno_of(getxattr(&p, "user.none")), libc::ENODATA);
+    let c = cstr(&p);
+    let n = CString::new("user.color").unwrap();
+    // SAFETY: valid C strings.
+    assert_eq!(unsafe { libc::removexattr(c.as_ptr(), n.as_ptr()) }, 0);
+    assert_eq!(errno_of(getxattr(&p, "user.color")), libc::ENODATA);
+}
+
+#[test]
+fn ten_thousand_files_in_one_directory_are_listed() {
+    let Some(d) = daemon_with_store("many") else {
+        return;
+    };
+    for i in 0..10_000 {
+        File::create(d.path(&format!("many/f{i:05}"))).unwrap();
+    }
+    let names: Vec<String> = fs::read_dir(d.path("many"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names.len(), 10_000);
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 10_000);
+    assert_eq!(d.sh("ls -l many | tail -n +2 | wc -l").trim(), "10000");
+}
+
+#[test]
+fn appends_from_two_processes_all_survive() {
+    let Some(d) = daemon_with_store("a") else {
+        return;
+    };
+    d.sh("echo first >> a/notes.log");
+    d.sh(
+        "(for i in $(seq 1 200); do echo A$i >> a/chat.log; done) & \
+          (for i in $(seq 1 200); do echo B$i >> a/chat.log; done) & wait",
+    );
+    let text = fs::read_to_string(d.path("a/chat.log")).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 400);
+    for i in 1..=200 {
+        assert!(lines.contains(&format!("A{i}").as_str()));
+        assert!(lines.contains(&format!("B{i}").as_str()));
+    }
+    let hist = d.run(&["history", d.path("a/notes.log").to_str().unwrap()]);
+    assert!(hist.status.success(), "{hist:?}");
+    assert!(String::from_utf8_lossy(&hist.stdout).contains("append"));
+}
+
+#[test]
+fn posix_errors_match_the_kernel() {
+    let Some(d) = daemon_with_store("e") else {
+        return;
+    };
+    let p = |s: &str| d.path(&format!("e/{s}"));
+    fs::create_dir(p("dir")).unwrap();
+    fs::write(p("dir/f"), b"").unwrap();
+    assert_eq!(errno_of(fs::create_dir(p("dir"))), libc::EEXIST);
+    assert_eq!(errno_of(fs::remove_dir(p("dir"))), libc::ENOTEMPTY);
+    assert_eq!(errno_of(fs::remove_file(p("dir"))), libc::EISDIR);
+    assert_eq!(errno_of(fs::remove_dir(p("dir/f"))), libc::ENOTDIR);
+    assert_eq!(errno_of(fs::read(p("missing"))), libc::ENOENT);
+    assert_eq!(errno_of(fs::write(p("dir/f/x"), b"")), libc::ENOTDIR);
+    assert_eq!(
+        errno_of(fs::write(p(&"n".repeat(256)), b"")),
+        libc::ENAMETOOLONG
+    );
+    assert_eq!(
+        errno_of(
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(p("dir/f"))
+        ),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno_of(fs::write(d.path("file-at-root"), b"")),
+        libc::EPERM
+    );
+    // A file still open after its last name is removed keeps answering.
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .open(p("gone"))
+        .unwrap();
+    f.write_all(b"still here").unwrap();
+    fs::remove_file(p("gone")).unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut s = String::new();
+    f.read_to_string(&mut s).unwrap();
+    assert_eq!(s, "still here");
+    assert_eq!(f.metadata().unwrap().len(), 10);
+    let df = d.sh("df -P e | tail -1");
+    assert!(!df.is_empty());
+}
+
+#[test]
+fn everything_survives_down_and_up() {
+    let Some(mut d) = daemon_with_store("keep") else {
+        return;
+    };
+    let p = |d: &Daemon, s: &str| d.path(&format!("keep/{s}"));
+    fs::create_dir(p(&d, "sub")).unwrap();
+    let big = random_bytes(3 << 20, 3);
+    fs::write(p(&d, "sub/big"), &big).unwrap();
+    fs::write(p(&d, "small"), b"small").unwrap();
+    fs::set_permissions(p(&d, "small"), fs::Permissions::from_mode(0o600)).unwrap();
+    d.sh("touch -m -d '2010-01-01 00:00:00 UTC' keep/small");
+    std::os::unix::fs::symlink("sub/big", p(&d, "link")).unwrap();
+    setxattr(&p(&d, "small"), "user.k", b"v", 0).unwrap();
+    d.sh("echo one >> keep/log && echo two >> keep/log");
+    let before = fs::metadata(p(&d, "small")).unwrap();
+    d.down();
+    d.up();
+    assert_eq!(fs::read(p(&d, "sub/big")).unwrap(), big);
+    assert_eq!(fs::read(p(&d, "small")).unwrap(), b"small");
+    let after = fs::metadata(p(&d, "small")).unwrap();
+    assert_eq!(after.mode(), before.mode());
+    assert_eq!(after.modified().unwrap(), before.modified().unwrap());
+    assert_eq!(fs::read_link(p(&d, "link")).unwrap(), Path::new("sub/big"));
+    assert_eq!(getxattr(&p(&d, "small"), "user.k").unwrap(), b"v");
+    assert_eq!(fs::read_to_string(p(&d, "log")).unwrap(), "one\ntwo\n");
+    let status = d.run(&["status"]);
+    assert!(String::from_utf8_lossy(&status.stdout).contains("keep"));
+}
+
+#[test]
+fn fsynced_data_survives_kill_9() {
+    let Some(mut d) = daemon_with_store("crash") else {
+        return;
+    };
+    let data = random_bytes(2 << 20, 11);
+    {
+        let mut f = File::create(d.path("crash/synced")).unwrap();
+        f.write_all(&data).unwrap();
+        f.sync_all().unwrap();
+        let mut g = File::create(d.path("crash/small")).unwrap();
+        g.write_all(b"tiny").unwrap();
+        g.sync_all().unwrap();
+        fs::create_dir(d.path("crash/dir")).unwrap();
+        File::open(d.path("crash")).unwrap().sync_all().unwrap();
+        d.kill9();
+    }
+    d.up();
+    assert_eq!(fs::read(d.path("crash/synced")).unwrap(), data);
+    assert_eq!(fs::read(d.path("crash/small")).unwrap(), b"tiny");
+    assert!(d.path("crash/dir").is_dir());
+}
+
+#[test]
+fn cli_reports_status_history_and_clear_errors() {
+    let Some(d) = daemon_with_store("cli") else {
+        return;
+    };
+    let out = d.run(&["create", "second"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(d.path("second").is_dir());
+    let dup = d.run(&["create", "second"]);
+    assert!(!dup.status.success());
+    assert_eq!(String::from_utf8_lossy(&dup.stderr).lines().count(), 1);
+    let status = d.run(&["status", "--json"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("\"second\"") && text.contains("\"cli\""),
+        "{text}"
+    );
+    let missing = d.run(&["history", d.path("cli/nope").to_str().unwrap()]);
+    assert!(!missing.status.success());
+    let busy = Command::new(env!("CARGO_BIN_EXE_lattice-mount"))
+        .arg("--data-dir")
+        .arg(d.dir.path().join("other-data"))
+        .arg("up")
+        .arg(&d.mnt)
+        .output()
+        .unwrap();
+    assert!(!busy.status.success(), "up on a busy mountpoint must fail");
+    assert_eq!(
+        String::from_utf8_lossy(&busy.stderr).trim().lines().count(),
+        1
+    );
+}
