@@ -2,6 +2,7 @@
 //!
 //! See `docs/architecture.md` for the codemap.
 
+pub mod cas;
 pub mod fs;
 pub mod hlc;
 pub mod identity;
