@@ -7,3 +7,4 @@ pub mod hlc;
 pub mod identity;
 pub mod intention;
 pub mod proto;
+pub mod store;
