@@ -2,8 +2,10 @@
 //!
 //! See `docs/architecture.md` for the codemap.
 
+pub mod cas;
 pub mod fs;
 pub mod hlc;
 pub mod identity;
 pub mod intention;
 pub mod proto;
+pub mod store;

@@ -1,3 +1,28 @@
 //! The filesystem state machine: ops, registers with heads, and the projected tree.
+//!
+//! `FsState` is pure: no I/O, threads or clocks (times come from ops). Its projection is
+//! a function of the set of applied ops, whatever causal order they arrived in: locations
+//! follow the replicated move operation (`tree`), content is a register with heads and
+//! version groups (`content`), metadata is last-writer-wins, and what is visible, under
+//! which name, is decided at query time (`state`, `query`). Planners (`plan`) turn POSIX
+//! calls into op bodies.
 
+mod content;
+mod error;
+mod names;
 pub mod op;
+mod plan;
+mod query;
+mod snapshot;
+mod state;
+mod tree;
+mod view;
+
+pub use error::FsError;
+pub use state::FsState;
+pub use view::{Attr, ContentView, FsStats, Node, RenameFlags};
+
+#[cfg(test)]
+mod tests;
+#[cfg(test)]
+mod prop_tests;

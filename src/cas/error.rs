@@ -1,0 +1,41 @@
+//! Errors of the content store.
+
+use crate::intention::Hash;
+
+/// A content store operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CasError {
+    /// The iroh-blobs store could not be opened at the given directory.
+    #[error("cannot open blob store: {0}")]
+    Open(String),
+    /// A request to the iroh-blobs store failed (I/O inside the store, or its actor is gone).
+    #[error("blob store request failed: {0}")]
+    Blobs(#[from] iroh_blobs::api::Error),
+    /// A local file could not be read, written or synced.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A blob that content refers to is absent or incomplete in the local store.
+    #[error("blob {0} is missing")]
+    Missing(Hash),
+    /// A blob is present but does not hold what its reference says (bad manifest, wrong size).
+    #[error("blob {hash} is corrupt: {reason}")]
+    Corrupt {
+        /// The blob.
+        hash: Hash,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl CasError {
+    /// Wraps an I/O error with what was being done.
+    pub(crate) fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> CasError {
+        move |source| CasError::Io { what, source }
+    }
+}

@@ -1,0 +1,134 @@
+//! Blob-level operations on the iroh-blobs store, and what makes them durable.
+//!
+//! Everything here is async and runs under the runtime handle given to `Cas::open`,
+//! except `sync_files`, which is blocking file I/O for the caller's own thread.
+
+use std::fs::File;
+use std::io;
+
+use bytes::Bytes;
+use iroh_blobs::api::blobs::BlobStatus;
+use iroh_blobs::api::{Store, TempTag};
+use iroh_blobs::hashseq::HashSeq;
+use iroh_blobs::store::fs::options::PathOptions;
+use iroh_blobs::{BlobFormat, HashAndFormat};
+
+use crate::intention::Hash;
+
+use super::CasError;
+
+/// Prefix of the persistent tag that roots each manifest's hash sequence.
+pub(crate) const MANIFEST_TAG_PREFIX: &str = "lattice/manifest/";
+
+/// Our hash as an iroh-blobs hash (both are blake3).
+pub(crate) fn to_iroh(hash: Hash) -> iroh_blobs::Hash {
+    iroh_blobs::Hash::from(hash.0)
+}
+
+/// An iroh-blobs hash as ours.
+pub(crate) fn from_iroh(hash: iroh_blobs::Hash) -> Hash {
+    Hash(*hash.as_bytes())
+}
+
+/// Adds one raw blob; the returned temp tag protects it until it is rooted by a tag.
+pub(crate) async fn add(store: &Store, data: Bytes) -> Result<TempTag, CasError> {
+    Ok(store
+        .add_bytes(data)
+        .temp_tag()
+        .await
+        .map_err(iroh_blobs::api::Error::from)?)
+}
+
+/// Adds the hash sequence `[manifest, chunks...]` and sets the persistent tag
+/// `MANIFEST_TAG_PREFIX + hex(manifest)` to it, so garbage collection (if ever enabled)
+/// keeps the manifest and every chunk it names. Returns the sequence's temp tag.
+pub(crate) async fn root_manifest(
+    store: &Store,
+    manifest: Hash,
+    chunks: impl Iterator<Item = Hash>,
+) -> Result<TempTag, CasError> {
+    let seq: HashSeq = std::iter::once(manifest)
+        .chain(chunks)
+        .map(to_iroh)
+        .collect();
+    let tt = store
+        .add_bytes_with_opts((Bytes::from(seq), BlobFormat::HashSeq))
+        .temp_tag()
+        .await
+        .map_err(iroh_blobs::api::Error::from)?;
+    let name = format!("{MANIFEST_TAG_PREFIX}{}", manifest.to_hex());
+    store
+        .tags()
+        .set(name, HashAndFormat::hash_seq(tt.hash()))
+        .await
+        .map_err(iroh_blobs::api::Error::from)?;
+    Ok(tt)
+}
+
+/// The whole blob `hash`, which must be complete and `expected` bytes long when given.
+/// The store verifies the data against the blob's bao outboard while exporting it.
+pub(crate) async fn fetch(
+    store: &Store,
+    hash: Hash,
+    expected: Option<u64>,
+) -> Result<Bytes, CasError> {
+    let bytes = match store.get_bytes(to_iroh(hash)).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            return Err(match store.status(to_iroh(hash)).await {
+                Ok(BlobStatus::Complete { .. }) => iroh_blobs::api::Error::from(e).into(),
+                _ => CasError::Missing(hash),
+            })
+        }
+    };
+    if let Some(expected) = expected {
+        if bytes.len() as u64 != expected {
+            return Err(CasError::Corrupt {
+                hash,
+                reason: format!("holds {} bytes, expected {expected}", bytes.len()),
+            });
+        }
+    }
+    Ok(bytes)
+}
+
+/// Number and total size of complete blobs.
+pub(crate) async fn stats(store: &Store) -> Result<(u64, u64), CasError> {
+    let hashes = store
+        .list()
+        .hashes()
+        .await
+        .map_err(iroh_blobs::api::Error::from)?;
+    let (mut blobs, mut bytes) = (0, 0);
+    for h in hashes {
+        let status = store
+            .status(h)
+            .await
+            .map_err(iroh_blobs::api::Error::from)?;
+        if let BlobStatus::Complete { size } = status {
+            blobs += 1;
+            bytes += size;
+        }
+    }
+    Ok((blobs, bytes))
+}
+
+/// Makes the files of blobs `hashes` durable: fsyncs each data and outboard file the
+/// store keeps outside its database (small blobs live inside it), then the data
+/// directory, which holds the renames that put those files in place. iroh-blobs
+/// renames a written temp file into place without syncing it, so this is ours to do.
+pub(crate) fn sync_files(paths: &PathOptions, hashes: &[Hash]) -> Result<(), CasError> {
+    for &hash in hashes {
+        let h = to_iroh(hash);
+        for path in [paths.data_path(&h), paths.outboard_path(&h)] {
+            match File::open(&path) {
+                Ok(f) => f.sync_data().map_err(CasError::io("sync blob file"))?,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CasError::io("open blob file")(e)),
+            }
+        }
+    }
+    File::open(&paths.data_path)
+        .and_then(|d| d.sync_all())
+        .map_err(CasError::io("sync blob directory"))
+}

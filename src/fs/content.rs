@@ -1,0 +1,280 @@
+//! Per-file registers: content versions with heads, and last-writer-wins metadata.
+//!
+//! Content is a register with heads. A Write (or a file's Create) starts a version group;
+//! an Append joins the group it names; every op may supersede earlier ops by id. A member
+//! id is a head while no op supersedes it, and a group is alive while any member is a head.
+//! The winner among alive groups is the group of the greatest head; every other alive group
+//! is shown as a conflict copy. Metadata fields are last-writer-wins by op id.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use bytes::Bytes;
+
+use crate::fs::op::{Content, Create, Kind, OpId, SetMeta};
+use crate::fs::view::ContentView;
+
+/// A last-writer-wins register ordered by op id.
+#[derive(Clone, Debug)]
+pub(crate) struct Lww<T> {
+    /// The op that wrote the value.
+    pub at: OpId,
+    /// The value.
+    pub value: T,
+}
+
+impl<T> Lww<T> {
+    /// A register written by `at`.
+    pub fn new(at: OpId, value: T) -> Self {
+        Lww { at, value }
+    }
+
+    /// Takes `value` if `at` is newer than the current writer.
+    pub fn set(&mut self, at: OpId, value: T) {
+        if at > self.at {
+            self.at = at;
+            self.value = value;
+        }
+    }
+}
+
+/// One content version: the base content and every append to it.
+#[derive(Clone, Debug)]
+pub(crate) struct Group {
+    /// Content of the Write or Create that started the group.
+    pub base: Content,
+    /// Appends by op id.
+    pub appends: BTreeMap<OpId, Content>,
+}
+
+/// Everything known about one file apart from its names.
+#[derive(Clone, Debug)]
+pub(crate) struct FileRec {
+    /// Kind, fixed at creation.
+    pub kind: Kind,
+    /// Device number.
+    pub rdev: u64,
+    /// The Create op's content (the symlink target for symlinks).
+    pub target: Content,
+    /// Permission bits.
+    pub mode: Lww<u32>,
+    /// Owner.
+    pub uid: Lww<u32>,
+    /// Group.
+    pub gid: Lww<u32>,
+    /// Modification time.
+    pub mtime: Lww<i64>,
+    /// Access time.
+    pub atime: Lww<i64>,
+    /// Extended attributes; `None` is a removal tombstone.
+    pub xattrs: BTreeMap<Bytes, Lww<Option<Bytes>>>,
+    /// Greatest op id that touched the file.
+    pub touched: OpId,
+    /// Version groups by the id of the op that started them.
+    pub groups: BTreeMap<OpId, Group>,
+    /// Group of each member op.
+    member_of: HashMap<OpId, OpId>,
+    /// Member ops that nothing supersedes.
+    pub heads: BTreeSet<OpId>,
+    superseded: HashSet<OpId>,
+}
+
+impl FileRec {
+    /// The store's root directory.
+    pub fn root() -> Self {
+        Self::blank(OpId::ROOT, Kind::Dir, 0o755, 0, 0, 0, 0, Content::empty())
+    }
+
+    /// A file made by Create op `id`.
+    pub fn created(id: OpId, c: &Create) -> Self {
+        let mut f = Self::blank(
+            id,
+            c.kind,
+            c.mode & 0o7777,
+            c.uid,
+            c.gid,
+            c.rdev,
+            c.mtime_ns,
+            c.content.clone(),
+        );
+        if c.kind == Kind::File {
+            f.add_member(id, id);
+            f.groups.insert(
+                id,
+                Group {
+                    base: c.content.clone(),
+                    appends: BTreeMap::new(),
+                },
+            );
+        }
+        f
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn blank(
+        id: OpId,
+        kind: Kind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u64,
+        mtime: i64,
+        target: Content,
+    ) -> Self {
+        FileRec {
+            kind,
+            rdev,
+            target,
+            mode: Lww::new(id, mode),
+            uid: Lww::new(id, uid),
+            gid: Lww::new(id, gid),
+            mtime: Lww::new(id, mtime),
+            atime: Lww::new(id, mtime),
+            xattrs: BTreeMap::new(),
+            touched: id,
+            groups: BTreeMap::new(),
+            member_of: HashMap::new(),
+            heads: BTreeSet::new(),
+            superseded: HashSet::new(),
+        }
+    }
+
+    /// Records that op `id` touched the file (for ctime).
+    pub fn touch(&mut self, id: OpId) {
+        self.touched = self.touched.max(id);
+    }
+
+    /// Marks `ids` as superseded.
+    pub fn supersede(&mut self, ids: &[OpId]) {
+        for id in ids {
+            self.superseded.insert(*id);
+            self.heads.remove(id);
+        }
+    }
+
+    /// Starts a version group with Write `id`.
+    pub fn write(&mut self, id: OpId, content: &Content, mtime_ns: i64) {
+        if self.kind != Kind::File {
+            return;
+        }
+        self.groups.insert(
+            id,
+            Group {
+                base: content.clone(),
+                appends: BTreeMap::new(),
+            },
+        );
+        self.add_member(id, id);
+        self.mtime.set(id, mtime_ns);
+    }
+
+    /// Adds Append `id` to `group`; false if the group is unknown.
+    pub fn append(&mut self, id: OpId, group: OpId, data: &Content, mtime_ns: i64) -> bool {
+        let Some(g) = self.groups.get_mut(&group) else {
+            return false;
+        };
+        g.appends.insert(id, data.clone());
+        self.add_member(id, group);
+        self.mtime.set(id, mtime_ns);
+        true
+    }
+
+    fn add_member(&mut self, id: OpId, group: OpId) {
+        self.member_of.insert(id, group);
+        if !self.superseded.contains(&id) {
+            self.heads.insert(id);
+        }
+    }
+
+    /// The group `member` belongs to.
+    pub fn group_of(&self, member: OpId) -> Option<OpId> {
+        self.member_of.get(&member).copied()
+    }
+
+    /// The winning group: the group of the greatest head.
+    pub fn winner(&self) -> Option<OpId> {
+        self.heads.last().and_then(|h| self.group_of(*h))
+    }
+
+    /// Alive groups with their greatest head, by group id.
+    pub fn alive(&self) -> BTreeMap<OpId, OpId> {
+        let mut out = BTreeMap::new();
+        for h in &self.heads {
+            if let Some(g) = self.group_of(*h) {
+                out.insert(g, *h);
+            }
+        }
+        out
+    }
+
+    /// Alive groups other than the winner, with their greatest head.
+    pub fn conflicts(&self) -> BTreeMap<OpId, OpId> {
+        let mut all = self.alive();
+        if let Some(w) = self.winner() {
+            all.remove(&w);
+        }
+        all
+    }
+
+    /// Heads belonging to `group`.
+    pub fn group_heads(&self, group: OpId) -> Vec<OpId> {
+        self.heads
+            .iter()
+            .filter(|h| self.group_of(**h) == Some(group))
+            .copied()
+            .collect()
+    }
+
+    /// The bytes of `group`: its base followed by its appends in op-id order.
+    pub fn view(&self, group: OpId) -> ContentView {
+        let mut v = ContentView::default();
+        if let Some(g) = self.groups.get(&group) {
+            for c in std::iter::once(&g.base).chain(g.appends.values()) {
+                if !c.is_empty() {
+                    v.size += c.len();
+                    v.pieces.push(c.clone());
+                }
+            }
+        }
+        v
+    }
+
+    /// The winning content (empty if there is none).
+    pub fn content(&self) -> ContentView {
+        self.winner().map(|w| self.view(w)).unwrap_or_default()
+    }
+
+    /// Applies SetMeta op `id`.
+    pub fn set_meta(&mut self, id: OpId, m: &SetMeta) {
+        if let Some(v) = m.mode {
+            self.mode.set(id, v & 0o7777);
+        }
+        if let Some(v) = m.uid {
+            self.uid.set(id, v);
+        }
+        if let Some(v) = m.gid {
+            self.gid.set(id, v);
+        }
+        if let Some(v) = m.mtime_ns {
+            self.mtime.set(id, v);
+        }
+        if let Some(v) = m.atime_ns {
+            self.atime.set(id, v);
+        }
+        let sets = m.xattr_set.iter().map(|(n, v)| (n, Some(v.clone())));
+        let removes = m.xattr_remove.iter().map(|n| (n, None));
+        for (name, value) in sets.chain(removes) {
+            match self.xattrs.get_mut(name) {
+                Some(reg) => reg.set(id, value),
+                None => {
+                    self.xattrs.insert(name.clone(), Lww::new(id, value));
+                }
+            }
+        }
+    }
+
+    /// The value of xattr `name`, if set.
+    pub fn xattr(&self, name: &[u8]) -> Option<&Bytes> {
+        self.xattrs.get(name).and_then(|r| r.value.as_ref())
+    }
+}
+

@@ -1,0 +1,434 @@
+//! Property tests: random concurrent histories by several authors, delivered to fresh
+//! replicas in random causal orders, must converge without cycles or lost writes.
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use crate::fs::op::{Content, FileId, Kind, Op, OpBody, OpId, Role, SetMeta};
+use crate::fs::{FsState, Node, RenameFlags};
+use crate::hlc::Clock;
+use crate::identity::PublicKey;
+
+const AUTHORS: usize = 3;
+const NAMES: [&str; 4] = ["a", "b", "c.txt", ".d"];
+/// Per-author clock skew in ms, so wall order and causal order disagree sometimes.
+const SKEW: [u64; AUTHORS] = [0, 7, 3];
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
+}
+
+#[derive(Clone, Debug)]
+enum Act {
+    CreateFile { dir: usize, name: usize },
+    CreateDir { dir: usize, name: usize },
+    Write { node: usize },
+    Append { node: usize },
+    Rename { node: usize, dir: usize, name: usize, flags: u8 },
+    Unlink { node: usize },
+    Rmdir { node: usize },
+    Link { node: usize, dir: usize, name: usize },
+    Meta { node: usize, mode: u32 },
+    Xattr { node: usize, remove: bool },
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Local(usize, Act),
+    Sync(usize, usize),
+}
+
+fn act() -> impl Strategy<Value = Act> {
+    let i = || 0..64usize;
+    prop_oneof![
+        3 => (i(), i()).prop_map(|(dir, name)| Act::CreateFile { dir, name }),
+        2 => (i(), i()).prop_map(|(dir, name)| Act::CreateDir { dir, name }),
+        3 => i().prop_map(|node| Act::Write { node }),
+        3 => i().prop_map(|node| Act::Append { node }),
+        4 => (i(), i(), i(), 0..4u8)
+            .prop_map(|(node, dir, name, flags)| Act::Rename { node, dir, name, flags }),
+        2 => i().prop_map(|node| Act::Unlink { node }),
+        1 => i().prop_map(|node| Act::Rmdir { node }),
+        1 => (i(), i(), i()).prop_map(|(node, dir, name)| Act::Link { node, dir, name }),
+        1 => (i(), 0..0o1000u32).prop_map(|(node, mode)| Act::Meta { node, mode }),
+        1 => (i(), any::<bool>()).prop_map(|(node, remove)| Act::Xattr { node, remove }),
+    ]
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        5 => (0..AUTHORS, act()).prop_map(|(a, act)| Step::Local(a, act)),
+        2 => (0..AUTHORS, 0..AUTHORS).prop_map(|(a, b)| Step::Sync(a, b)),
+    ]
+}
+
+fn author(i: usize) -> PublicKey {
+    PublicKey([i as u8 + 1; 32])
+}
+
+struct Replica {
+    author: PublicKey,
+    state: FsState,
+    clock: Clock,
+    known: HashSet<OpId>,
+    order: Vec<usize>,
+}
+
+struct World {
+    replicas: Vec<Replica>,
+    ops: Vec<(PublicKey, Op)>,
+    now: u64,
+}
+
+/// The visible tree of a replica: directories and (parent, name, node) triples.
+fn view(s: &FsState) -> (Vec<FileId>, Vec<(FileId, String, Node)>) {
+    let mut dirs = vec![OpId::ROOT];
+    let mut nodes = Vec::new();
+    let mut i = 0;
+    while i < dirs.len() {
+        let d = dirs[i];
+        for (name, node) in s.readdir(d).unwrap() {
+            if let Node::Entry { file, .. } = node {
+                if s.attr(node).unwrap().kind == Kind::Dir {
+                    dirs.push(file);
+                }
+            }
+            nodes.push((d, name, node));
+        }
+        i += 1;
+    }
+    (dirs, nodes)
+}
+
+impl World {
+    fn new() -> Self {
+        let mut w = World {
+            replicas: (0..AUTHORS)
+                .map(|i| Replica {
+                    author: author(i),
+                    state: FsState::new(),
+                    clock: Clock::new(crate::hlc::Hlc::ZERO),
+                    known: HashSet::new(),
+                    order: Vec::new(),
+                })
+                .collect(),
+            ops: Vec::new(),
+            now: 1_000_000,
+        };
+        w.emit(
+            0,
+            vec![OpBody::SetMember {
+                key: author(0),
+                role: Role::Admin,
+                display_name: "alice".into(),
+            }],
+        );
+        w
+    }
+
+    fn emit(&mut self, r: usize, bodies: Vec<OpBody>) {
+        for body in bodies {
+            self.now += 1;
+            let rep = &mut self.replicas[r];
+            let op = Op {
+                hlc: rep.clock.tick(self.now + SKEW[r]),
+                body,
+            };
+            rep.state.apply(rep.author, &op);
+            rep.known.insert(op.id(rep.author));
+            rep.order.push(self.ops.len());
+            self.ops.push((rep.author, op));
+        }
+    }
+
+    fn sync(&mut self, from: usize, to: usize) {
+        let order = self.replicas[from].order.clone();
+        let rep = &mut self.replicas[to];
+        for i in order {
+            let (a, op) = &self.ops[i];
+            if rep.known.insert(op.id(*a)) {
+                rep.state.apply(*a, op);
+                rep.clock.observe(op.hlc);
+                rep.order.push(i);
+            }
+        }
+    }
+
+    fn local(&mut self, r: usize, act: &Act) {
+        let s = &self.replicas[r].state;
+        let (dirs, nodes) = view(s);
+        let n = self.ops.len();
+        let data = |tag: &str| Content::Inline(Bytes::from(format!("{tag}{r}-{n};")));
+        let dir = |i: usize| dirs[i % dirs.len()];
+        let node = |i: usize| (!nodes.is_empty()).then(|| nodes[i % nodes.len()].clone());
+        let now = self.now as i64;
+        let planned = match act {
+            Act::CreateFile { dir: d, name } => s
+                .plan_create(dir(*d), NAMES[name % 4], Kind::File, 0o644, 0, 0, 0, data("c"), now)
+                .map(|b| vec![b]),
+            Act::CreateDir { dir: d, name } => s
+                .plan_create(dir(*d), NAMES[name % 4], Kind::Dir, 0o755, 0, 0, 0, Content::empty(), now)
+                .map(|b| vec![b]),
+            Act::Write { node: i } => match node(*i) {
+                Some((_, _, Node::Entry { file, .. })) => {
+                    s.plan_write(file, data("w"), now).map(|b| vec![b])
+                }
+                _ => return,
+            },
+            Act::Append { node: i } => match node(*i) {
+                Some((_, _, Node::Entry { file, .. })) => {
+                    s.plan_append(file, data("a"), now).map(|b| vec![b])
+                }
+                _ => return,
+            },
+            Act::Rename { node: i, dir: d, name, flags } => {
+                let Some((parent, from, _)) = node(*i) else {
+                    return;
+                };
+                let flags = RenameFlags {
+                    noreplace: *flags == 1,
+                    exchange: *flags == 2,
+                };
+                s.plan_rename(parent, &from, dir(*d), NAMES[name % 4], flags)
+            }
+            Act::Unlink { node: i } => match node(*i) {
+                Some((parent, name, _)) => s.plan_unlink(parent, &name).map(|b| vec![b]),
+                None => return,
+            },
+            Act::Rmdir { node: i } => match node(*i) {
+                Some((parent, name, _)) => s.plan_rmdir(parent, &name).map(|b| vec![b]),
+                None => return,
+            },
+            Act::Link { node: i, dir: d, name } => match node(*i) {
+                Some((_, _, Node::Entry { file, .. })) => {
+                    s.plan_link(file, dir(*d), NAMES[name % 4]).map(|b| vec![b])
+                }
+                _ => return,
+            },
+            Act::Meta { node: i, mode } => match node(*i) {
+                Some((_, _, Node::Entry { file, .. })) => s
+                    .plan_set_meta(SetMeta {
+                        file,
+                        mode: Some(*mode),
+                        mtime_ns: Some(now),
+                        ..Default::default()
+                    })
+                    .map(|b| vec![b]),
+                _ => return,
+            },
+            Act::Xattr { node: i, remove } => match node(*i) {
+                Some((_, _, Node::Entry { file, .. })) => {
+                    let meta = if *remove {
+                        let names = s.xattr_list(file).unwrap();
+                        let Some(first) = names.first() else {
+                            return;
+                        };
+                        SetMeta {
+                            file,
+                            xattr_remove: vec![first.clone()],
+                            ..Default::default()
+                        }
+                    } else {
+                        SetMeta {
+                            file,
+                            xattr_set: vec![(Bytes::from_static(b"user.k"), Bytes::from(format!("{n}")))],
+                            ..Default::default()
+                        }
+                    };
+                    s.plan_set_meta(meta).map(|b| vec![b])
+                }
+                _ => return,
+            },
+        };
+        if let Ok(bodies) = planned {
+            self.emit(r, bodies);
+        }
+    }
+}
+
+/// Ids an op names: it may only be applied after them.
+fn named(op: &Op) -> Vec<OpId> {
+    match &op.body {
+        OpBody::Create(c) => vec![c.parent],
+        OpBody::Link { file, parent, .. } => vec![*file, *parent],
+        OpBody::Move { entry, parent, .. } => vec![*entry, *parent],
+        OpBody::Remove { entry, seen_content } => {
+            let mut v = seen_content.clone();
+            v.push(*entry);
+            v
+        }
+        OpBody::Write { file, supersedes, .. } | OpBody::Dismiss { file, supersedes } => {
+            let mut v = supersedes.clone();
+            v.push(*file);
+            v
+        }
+        OpBody::Append { file, group, supersedes, .. } => {
+            let mut v = supersedes.clone();
+            v.extend([*file, *group]);
+            v
+        }
+        OpBody::SetMeta(m) => vec![m.file],
+        _ => Vec::new(),
+    }
+}
+
+/// A random topological order of `ops` respecting per-author order and named ids.
+fn causal_order(ops: &[(PublicKey, Op)], seed: u64) -> Vec<usize> {
+    let index: HashMap<OpId, usize> = ops
+        .iter()
+        .enumerate()
+        .map(|(i, (a, o))| (o.id(*a), i))
+        .collect();
+    let mut deps: Vec<Vec<usize>> = vec![Vec::new(); ops.len()];
+    let mut last: HashMap<PublicKey, usize> = HashMap::new();
+    for (i, (a, o)) in ops.iter().enumerate() {
+        if let Some(p) = last.insert(*a, i) {
+            deps[i].push(p);
+        }
+        deps[i].extend(named(o).iter().filter_map(|id| index.get(id)).copied());
+    }
+    let mut rng = seed | 1;
+    let mut done = vec![false; ops.len()];
+    let mut out = Vec::with_capacity(ops.len());
+    while out.len() < ops.len() {
+        let ready: Vec<usize> = (0..ops.len())
+            .filter(|&i| !done[i] && deps[i].iter().all(|&d| done[d]))
+            .collect();
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        let pick = ready[(rng % ready.len() as u64) as usize];
+        done[pick] = true;
+        out.push(pick);
+    }
+    out
+}
+
+fn replay(ops: &[(PublicKey, Op)], order: &[usize]) -> FsState {
+    let mut s = FsState::new();
+    for &i in order {
+        s.apply(ops[i].0, &ops[i].1);
+    }
+    s
+}
+
+/// Every visible file is reachable from the root, and every unsuperseded write survives.
+fn check_invariants(s: &FsState, ops: &[(PublicKey, Op)]) -> Result<(), TestCaseError> {
+    let (_, nodes) = view(s);
+    let reachable: HashSet<FileId> = nodes.iter().map(|(_, _, n)| n.file()).collect();
+    let conflicts: HashSet<(FileId, OpId)> = nodes
+        .iter()
+        .filter_map(|(_, _, n)| match n {
+            Node::Conflict { file, head } => Some((*file, *head)),
+            Node::Entry { .. } => None,
+        })
+        .collect();
+    let superseded: HashSet<OpId> = ops
+        .iter()
+        .flat_map(|(_, o)| match &o.body {
+            OpBody::Write { supersedes, .. }
+            | OpBody::Append { supersedes, .. }
+            | OpBody::Dismiss { supersedes, .. } => supersedes.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    for (a, o) in ops {
+        let id = o.id(*a);
+        if let OpBody::Create(_) = o.body {
+            prop_assert_eq!(s.exists(id), reachable.contains(&id), "{:?} reachability", id);
+            if s.exists(id) {
+                let mut p = id;
+                let mut steps = 0;
+                while let Some(up) = s.parent(p) {
+                    p = up;
+                    steps += 1;
+                    prop_assert!(steps <= ops.len(), "cycle above {:?}", id);
+                }
+            }
+        }
+        let (file, group) = match &o.body {
+            OpBody::Write { file, .. } => (*file, id),
+            OpBody::Append { file, group, data, .. } => {
+                let f = s.file(*file).unwrap();
+                if f.alive().contains_key(group) {
+                    prop_assert!(f.view(*group).pieces.contains(data), "append {:?} lost", id);
+                }
+                (*file, *group)
+            }
+            _ => continue,
+        };
+        if superseded.contains(&id) {
+            continue;
+        }
+        if s.exists(file) {
+            let winner = s.file(file).unwrap().winner();
+            prop_assert!(
+                winner == Some(group) || conflicts.contains(&(file, group)),
+                "write {:?} of visible file {:?} not shown",
+                id,
+                file
+            );
+        } else {
+            let seen_by_remove = ops.iter().any(|(_, r)| match &r.body {
+                OpBody::Remove { entry, seen_content } => {
+                    s.tree.entry(*entry).is_some_and(|e| e.file == file)
+                        && seen_content.contains(&id)
+                }
+                _ => false,
+            });
+            prop_assert!(seen_by_remove, "write {:?} lost with its file {:?}", id, file);
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn random_concurrent_histories_converge_in_every_causal_order_without_losing_writes(
+        steps in prop::collection::vec(step(), 1..60),
+        seeds in prop::array::uniform3(any::<u64>()),
+    ) {
+        let mut w = World::new();
+        for st in &steps {
+            match st {
+                Step::Local(r, act) => w.local(*r, act),
+                Step::Sync(a, b) => w.sync(*a, *b),
+            }
+        }
+        for _ in 0..2 {
+            for a in 0..AUTHORS {
+                for b in 0..AUTHORS {
+                    w.sync(a, b);
+                }
+            }
+        }
+        let reference = w.replicas[0].state.canonical_dump();
+        for r in &w.replicas[1..] {
+            prop_assert_eq!(&r.state.canonical_dump(), &reference);
+        }
+        for seed in seeds {
+            let order = causal_order(&w.ops, seed);
+            let s = replay(&w.ops, &order);
+            prop_assert_eq!(&s.canonical_dump(), &reference);
+            check_invariants(&s, &w.ops)?;
+            let half = order.len() / 2;
+            let first = replay(&w.ops, &order[..half]);
+            let mut resumed = FsState::decode_snapshot(&first.encode_snapshot()).unwrap();
+            prop_assert_eq!(resumed.canonical_dump(), first.canonical_dump());
+            for &i in &order[half..] {
+                resumed.apply(w.ops[i].0, &w.ops[i].1);
+            }
+            prop_assert_eq!(&resumed.canonical_dump(), &reference);
+        }
+        let s = &w.replicas[0].state;
+        let decoded = FsState::decode_snapshot(&s.encode_snapshot()).unwrap();
+        prop_assert_eq!(decoded.canonical_dump(), reference);
+    }
+}

@@ -1,0 +1,370 @@
+//! Read queries on `FsState`: name resolution with display names, attributes, content,
+//! statistics and the canonical dump used by convergence tests.
+//!
+//! Display names are computed per raw-name group of a directory: the visible entry with
+//! the smallest entry id keeps the raw name, every other one gets a ` (<author8>)` tag
+//! (longer tags if that is taken), and each non-winning alive content group of a file
+//! shows next to each of the file's names as ` (conflict <who> <date> <time>)`. Lookups
+//! parse a name back to its possible raw names, so they only touch those groups.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+
+use crate::fs::content::FileRec;
+use crate::fs::error::FsError;
+use crate::fs::names::{collision_tags, conflict_tag, decorate, raw_candidates};
+use crate::fs::op::{Content, FileId, Kind, OpId};
+use crate::fs::state::FsState;
+use crate::fs::view::{Attr, ContentView, FsStats, Node};
+use crate::identity::hex;
+
+impl FsState {
+    /// Resolves `name` in directory `dir` (raw, collision or conflict-copy names).
+    pub fn lookup(&self, dir: FileId, name: &str) -> Result<Node, FsError> {
+        self.check_dir(dir)?;
+        for raw in raw_candidates(name) {
+            if let Some(set) = self.tree.group(dir, &raw) {
+                for (n, node) in self.group_names(dir, &raw, set) {
+                    if n == name {
+                        return Ok(node);
+                    }
+                }
+            }
+        }
+        Err(FsError::NotFound)
+    }
+
+    /// The visible names of directory `dir`, sorted by name.
+    pub fn readdir(&self, dir: FileId) -> Result<Vec<(String, Node)>, FsError> {
+        self.check_dir(dir)?;
+        let mut out = Vec::new();
+        for (raw, set) in self.tree.children(dir) {
+            out.extend(self.group_names(dir, raw, set));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Fails unless `dir` is a visible directory.
+    pub(crate) fn check_dir(&self, dir: FileId) -> Result<(), FsError> {
+        let f = self.file(dir).ok_or(FsError::NotFound)?;
+        if !self.exists(dir) {
+            return Err(FsError::NotFound);
+        }
+        if f.kind != Kind::Dir {
+            return Err(FsError::NotDir);
+        }
+        Ok(())
+    }
+
+    /// Display names of the visible entries (and their conflict copies) of one raw-name
+    /// group of a placed directory.
+    fn group_names(
+        &self,
+        dir: FileId,
+        raw: &str,
+        set: &std::collections::BTreeSet<OpId>,
+    ) -> Vec<(String, Node)> {
+        let mut out = Vec::new();
+        let mut taken: Vec<String> = Vec::new();
+        for &eid in set {
+            let Some(e) = self.tree.entry(eid) else {
+                continue;
+            };
+            if !self.self_visible(eid, e) {
+                continue;
+            }
+            let shown = if taken.is_empty() {
+                raw.to_string()
+            } else {
+                let tags = collision_tags(&eid.author.short(), eid.hlc.wall_ms, eid.hlc.counter);
+                let candidates: Vec<String> = tags.iter().map(|t| decorate(raw, t)).collect();
+                candidates
+                    .iter()
+                    .find(|n| !taken.contains(n) && !self.raw_taken(dir, n))
+                    .unwrap_or(&candidates[2])
+                    .clone()
+            };
+            out.push((
+                shown.clone(),
+                Node::Entry {
+                    entry: eid,
+                    file: e.file,
+                },
+            ));
+            self.push_conflicts(&mut out, &shown, e.file);
+            taken.push(shown);
+        }
+        out
+    }
+
+    /// True if a visible entry of `dir` has the raw name `name`.
+    fn raw_taken(&self, dir: FileId, name: &str) -> bool {
+        self.tree.group(dir, name).is_some_and(|set| {
+            set.iter().any(|id| {
+                self.tree
+                    .entry(*id)
+                    .is_some_and(|e| self.self_visible(*id, e))
+            })
+        })
+    }
+
+    fn push_conflicts(&self, out: &mut Vec<(String, Node)>, shown: &str, file: FileId) {
+        let Some(f) = self.file(file) else {
+            return;
+        };
+        let mut names: Vec<String> = Vec::new();
+        for (group, head) in f.conflicts() {
+            let tag = conflict_tag(&self.who(&head.author), head.hlc.wall_ms);
+            let mut name = decorate(shown, &tag);
+            let mut k = 2;
+            while names.contains(&name) {
+                name = decorate(shown, &format!("{tag} {k}"));
+                k += 1;
+            }
+            names.push(name.clone());
+            out.push((name, Node::Conflict { file, head: group }));
+        }
+    }
+
+    /// Attributes of a node.
+    pub fn attr(&self, node: Node) -> Result<Attr, FsError> {
+        match node {
+            Node::Entry { entry, file } => {
+                let f = self.file(file).ok_or(FsError::NotFound)?;
+                if file != OpId::ROOT && self.tree.entry(entry).map(|e| e.file) != Some(file) {
+                    return Err(FsError::NotFound);
+                }
+                let nlink = if f.kind == Kind::Dir {
+                    let subdirs = self
+                        .tree
+                        .subdirs(file)
+                        .iter()
+                        .filter(|id| {
+                            self.tree
+                                .entry(**id)
+                                .is_some_and(|e| self.self_visible(**id, e))
+                        })
+                        .count();
+                    2 + subdirs
+                } else {
+                    self.tree
+                        .entries_of(file)
+                        .iter()
+                        .filter(|id| self.entry_visible(**id))
+                        .count()
+                };
+                let size = match f.kind {
+                    Kind::File => f.content().size,
+                    Kind::Symlink => f.target.len(),
+                    _ => 0,
+                };
+                Ok(Attr {
+                    kind: f.kind,
+                    size,
+                    perm: f.mode.value,
+                    uid: f.uid.value,
+                    gid: f.gid.value,
+                    nlink: u32::try_from(nlink).unwrap_or(u32::MAX),
+                    rdev: f.rdev,
+                    mtime_ns: f.mtime.value,
+                    atime_ns: f.atime.value,
+                    ctime_ns: f.touched.hlc.as_nanos(),
+                    crtime_ns: file.hlc.as_nanos(),
+                })
+            }
+            Node::Conflict { file, head } => {
+                let f = self.file(file).ok_or(FsError::NotFound)?;
+                let latest = *f.conflicts().get(&head).ok_or(FsError::NotFound)?;
+                Ok(Attr {
+                    kind: Kind::File,
+                    size: f.view(head).size,
+                    perm: f.mode.value & !0o222,
+                    uid: f.uid.value,
+                    gid: f.gid.value,
+                    nlink: 1,
+                    rdev: 0,
+                    mtime_ns: latest.hlc.as_nanos(),
+                    atime_ns: latest.hlc.as_nanos(),
+                    ctime_ns: latest.hlc.as_nanos(),
+                    crtime_ns: head.hlc.as_nanos(),
+                })
+            }
+        }
+    }
+
+    /// The content of a file node or conflict copy.
+    pub fn content(&self, node: Node) -> Result<ContentView, FsError> {
+        match node {
+            Node::Entry { file, .. } => {
+                let f = self.file(file).ok_or(FsError::NotFound)?;
+                match f.kind {
+                    Kind::File => Ok(f.content()),
+                    Kind::Dir => Err(FsError::IsDir),
+                    _ => Err(FsError::Invalid),
+                }
+            }
+            Node::Conflict { file, head } => {
+                let f = self.file(file).ok_or(FsError::NotFound)?;
+                if !f.conflicts().contains_key(&head) {
+                    return Err(FsError::NotFound);
+                }
+                Ok(f.view(head))
+            }
+        }
+    }
+
+    /// The target of a symlink.
+    pub fn readlink(&self, file: FileId) -> Result<Bytes, FsError> {
+        let f = self.file(file).ok_or(FsError::NotFound)?;
+        if f.kind != Kind::Symlink {
+            return Err(FsError::Invalid);
+        }
+        match &f.target {
+            Content::Inline(b) => Ok(b.clone()),
+            Content::Manifest { .. } => Err(FsError::Io("symlink target is not inline".into())),
+        }
+    }
+
+    /// The parent of a visible directory (or file name made by Create); `None` for the root.
+    pub fn parent(&self, dir: FileId) -> Option<FileId> {
+        if dir == OpId::ROOT || !self.entry_visible(dir) {
+            return None;
+        }
+        self.tree.entry(dir).map(|e| e.loc.parent)
+    }
+
+    /// The value of extended attribute `name`.
+    pub fn xattr_get(&self, file: FileId, name: &[u8]) -> Result<Bytes, FsError> {
+        let f = self.file(file).ok_or(FsError::NotFound)?;
+        f.xattr(name).cloned().ok_or(FsError::NoAttr)
+    }
+
+    /// Names of the set extended attributes, sorted.
+    pub fn xattr_list(&self, file: FileId) -> Result<Vec<Bytes>, FsError> {
+        let f = self.file(file).ok_or(FsError::NotFound)?;
+        Ok(f.xattrs
+            .iter()
+            .filter(|(_, r)| r.value.is_some())
+            .map(|(n, _)| n.clone())
+            .collect())
+    }
+
+    /// Visits every visible node below the root in path order as (path, node).
+    fn walk(&self, mut visit: impl FnMut(&str, Node)) {
+        let mut stack = vec![(OpId::ROOT, String::new())];
+        while let Some((dir, path)) = stack.pop() {
+            let Ok(list) = self.readdir(dir) else {
+                continue;
+            };
+            let mut subdirs = Vec::new();
+            for (name, node) in list {
+                let p = format!("{path}/{name}");
+                visit(&p, node);
+                if let Node::Entry { file, .. } = node {
+                    if self.file(file).is_some_and(|f| f.kind == Kind::Dir) {
+                        subdirs.push((file, p));
+                    }
+                }
+            }
+            stack.extend(subdirs.into_iter().rev());
+        }
+    }
+
+    /// Counts over the visible tree.
+    pub fn stats(&self) -> FsStats {
+        let mut s = FsStats::default();
+        let mut seen = HashSet::new();
+        self.walk(|_, node| match node {
+            Node::Conflict { .. } => s.conflicts += 1,
+            Node::Entry { file, .. } => {
+                let Some(f) = self.file(file) else {
+                    return;
+                };
+                if f.kind == Kind::Dir {
+                    s.dirs += 1;
+                } else if seen.insert(file) {
+                    s.files += 1;
+                    if f.kind == Kind::File {
+                        s.bytes += f.content().size;
+                    }
+                }
+            }
+        });
+        s
+    }
+
+    /// A canonical dump of the visible tree (paths, kinds, meta, content refs) for
+    /// convergence tests: equal on replicas that applied the same set of ops.
+    pub fn canonical_dump(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "store {:?}", self.store_name());
+        for (key, role, name) in self.members() {
+            let _ = writeln!(out, "member {} {role:?} {name:?}", key.to_hex());
+        }
+        self.dump_node(&mut out, "/", Node::Entry {
+            entry: OpId::ROOT,
+            file: OpId::ROOT,
+        });
+        self.walk(|path, node| {
+            let mut line = String::new();
+            self.dump_node(&mut line, path, node);
+            out.push_str(&line);
+        });
+        out
+    }
+
+    fn dump_node(&self, out: &mut String, path: &str, node: Node) {
+        let Ok(a) = self.attr(node) else {
+            let _ = writeln!(out, "{path} <no attr>");
+            return;
+        };
+        let _ = write!(
+            out,
+            "{path} {node:?} {:?} perm={:o} uid={} gid={} nlink={} size={} rdev={} \
+             mtime={} atime={} ctime={} crtime={}",
+            a.kind,
+            a.perm,
+            a.uid,
+            a.gid,
+            a.nlink,
+            a.size,
+            a.rdev,
+            a.mtime_ns,
+            a.atime_ns,
+            a.ctime_ns,
+            a.crtime_ns
+        );
+        if let Ok(view) = self.content(node) {
+            out.push_str(" content=");
+            for piece in &view.pieces {
+                out.push_str(&content_ref(piece));
+            }
+        }
+        if let Ok(target) = self.readlink(node.file()) {
+            let _ = write!(out, " target={target:?}");
+        }
+        if let (Node::Entry { file, .. }, Some(f)) = (node, self.file(node.file())) {
+            dump_xattrs(out, f);
+            let _ = write!(out, " heads={:?} file={file:?}", f.heads);
+        }
+        out.push('\n');
+    }
+}
+
+fn content_ref(c: &Content) -> String {
+    match c {
+        Content::Inline(b) => format!("[i{}:{}]", b.len(), &blake3::hash(b).to_hex()[..16]),
+        Content::Manifest { hash, size } => format!("[m{size}:{}]", hex(&hash.0[..8])),
+    }
+}
+
+fn dump_xattrs(out: &mut String, f: &FileRec) {
+    for (name, reg) in &f.xattrs {
+        if let Some(v) = &reg.value {
+            let _ = write!(out, " xattr {name:?}={v:?}");
+        }
+    }
+}

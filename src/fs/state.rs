@@ -1,0 +1,349 @@
+//! `FsState`: applies ops to the registers and decides what is visible.
+//!
+//! Visibility (the rule that makes "nothing is lost" hold): an entry is visible if its
+//! parent chain reaches the root and it is not deleted, or it is a file entry whose last
+//! Remove did not see some current content head while the file has no other live name
+//! (edit wins over delete), or it is a directory with a visible child (a removed directory
+//! comes back holding what was added). Ancestors of a visible entry are thus visible.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+
+use crate::fs::content::{FileRec, Lww};
+use crate::fs::op::{FileId, Kind, Op, OpBody, OpId, Role};
+use crate::fs::tree::{Action, Entry, Tree};
+use crate::identity::PublicKey;
+
+/// The projection of a store's ops: the tree, file contents and metadata, the members.
+#[derive(Clone)]
+pub struct FsState {
+    pub(crate) tree: Tree,
+    pub(crate) files: HashMap<FileId, FileRec>,
+    applied: HashSet<OpId>,
+    /// Every applied op in arrival order (a causal order): the snapshot.
+    pub(crate) log: Vec<(PublicKey, Op)>,
+    store_name: Option<Lww<String>>,
+    members: HashMap<PublicKey, Lww<Option<(Role, String)>>>,
+}
+
+impl Default for FsState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for FsState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FsState")
+            .field("ops", &self.log.len())
+            .field("files", &self.files.len())
+            .field("entries", &self.tree.len())
+            .finish()
+    }
+}
+
+impl FsState {
+    /// An empty store holding only the root directory (perm 0755, owner 0:0).
+    pub fn new() -> Self {
+        let mut files = HashMap::new();
+        files.insert(OpId::ROOT, FileRec::root());
+        FsState {
+            tree: Tree::default(),
+            files,
+            applied: HashSet::new(),
+            log: Vec::new(),
+            store_name: None,
+            members: HashMap::new(),
+        }
+    }
+
+    /// Applies one op by `author`. Callers deliver ops causally (every id an op names was
+    /// applied before); otherwise any order. Idempotent per op id. Never panics on odd input.
+    pub fn apply(&mut self, author: PublicKey, op: &Op) {
+        let id = op.id(author);
+        if id == OpId::ROOT || !self.applied.insert(id) {
+            return;
+        }
+        self.log.push((author, op.clone()));
+        match &op.body {
+            OpBody::Create(c) => {
+                if self.files.contains_key(&id) {
+                    return;
+                }
+                self.files.insert(id, FileRec::created(id, c));
+                self.tree.apply(
+                    id,
+                    Action::Place {
+                        file: id,
+                        dir: c.kind == Kind::Dir,
+                        parent: c.parent,
+                        name: c.name.clone(),
+                    },
+                );
+            }
+            OpBody::Link { file, parent, name } => {
+                let Some(f) = self.files.get_mut(file) else {
+                    return;
+                };
+                if f.kind == Kind::Dir {
+                    return;
+                }
+                f.touch(id);
+                self.tree.apply(
+                    id,
+                    Action::Place {
+                        file: *file,
+                        dir: false,
+                        parent: *parent,
+                        name: name.clone(),
+                    },
+                );
+            }
+            OpBody::Move {
+                entry,
+                parent,
+                name,
+            } => {
+                self.touch_entry(*entry, id);
+                self.tree.apply(
+                    id,
+                    Action::Move {
+                        entry: *entry,
+                        parent: *parent,
+                        name: name.clone(),
+                    },
+                );
+            }
+            OpBody::Remove {
+                entry,
+                seen_content,
+            } => {
+                self.touch_entry(*entry, id);
+                let mut seen = seen_content.clone();
+                seen.sort();
+                seen.dedup();
+                self.tree.apply(
+                    id,
+                    Action::Remove {
+                        entry: *entry,
+                        seen,
+                    },
+                );
+            }
+            OpBody::Write {
+                file,
+                supersedes,
+                content,
+                mtime_ns,
+            } => {
+                if let Some(f) = self.files.get_mut(file) {
+                    f.touch(id);
+                    f.supersede(supersedes);
+                    f.write(id, content, *mtime_ns);
+                }
+            }
+            OpBody::Append {
+                file,
+                group,
+                supersedes,
+                data,
+                mtime_ns,
+            } => {
+                if let Some(f) = self.files.get_mut(file) {
+                    if f.append(id, *group, data, *mtime_ns) {
+                        f.touch(id);
+                        f.supersede(supersedes);
+                    }
+                }
+            }
+            OpBody::Dismiss { file, supersedes } => {
+                if let Some(f) = self.files.get_mut(file) {
+                    f.touch(id);
+                    f.supersede(supersedes);
+                }
+            }
+            OpBody::SetMeta(m) => {
+                if let Some(f) = self.files.get_mut(&m.file) {
+                    f.touch(id);
+                    f.set_meta(id, m);
+                }
+            }
+            OpBody::SetStoreName(name) => match &mut self.store_name {
+                Some(reg) => reg.set(id, name.clone()),
+                None => self.store_name = Some(Lww::new(id, name.clone())),
+            },
+            OpBody::SetMember {
+                key,
+                role,
+                display_name,
+            } => self.set_member(*key, id, Some((*role, display_name.clone()))),
+            OpBody::RevokeMember { key } => self.set_member(*key, id, None),
+        }
+    }
+
+    fn touch_entry(&mut self, entry: OpId, id: OpId) {
+        if let Some(file) = self.tree.entry(entry).map(|e| e.file) {
+            if let Some(f) = self.files.get_mut(&file) {
+                f.touch(id);
+            }
+        }
+    }
+
+    fn set_member(&mut self, key: PublicKey, id: OpId, value: Option<(Role, String)>) {
+        match self.members.get_mut(&key) {
+            Some(reg) => reg.set(id, value),
+            None => {
+                self.members.insert(key, Lww::new(id, value));
+            }
+        }
+    }
+
+    /// The store's name, if one was set.
+    pub fn store_name(&self) -> Option<&str> {
+        self.store_name.as_ref().map(|r| r.value.as_str())
+    }
+
+    /// A member's role and display name; `None` if revoked or unknown.
+    pub fn member(&self, key: &PublicKey) -> Option<(Role, &str)> {
+        let reg = self.members.get(key)?;
+        reg.value.as_ref().map(|(r, n)| (*r, n.as_str()))
+    }
+
+    /// Members in key order (revoked ones excluded).
+    pub(crate) fn members(&self) -> Vec<(PublicKey, Role, &str)> {
+        let mut out: Vec<_> = self
+            .members
+            .iter()
+            .filter_map(|(k, reg)| reg.value.as_ref().map(|(r, n)| (*k, *r, n.as_str())))
+            .collect();
+        out.sort_by_key(|m| m.0);
+        out
+    }
+
+    /// The name shown for an author in conflict names.
+    pub(crate) fn who(&self, key: &PublicKey) -> String {
+        match self.member(key) {
+            Some((_, name)) if !name.is_empty() => name.to_string(),
+            _ => key.short(),
+        }
+    }
+
+    /// True if `dir` is the root or a directory whose parent chain reaches the root.
+    pub(crate) fn placed(&self, dir: FileId) -> bool {
+        let mut p = dir;
+        for _ in 0..=self.tree.len() + 1 {
+            if p == OpId::ROOT {
+                return true;
+            }
+            match self.tree.entry(p) {
+                Some(e) if e.dir => p = e.loc.parent,
+                _ => return false,
+            }
+        }
+        false
+    }
+
+    /// Visibility of entry `id` given that its parent is placed.
+    pub(crate) fn self_visible(&self, id: OpId, e: &Entry) -> bool {
+        if e.loc.removal.is_none() {
+            true
+        } else if e.dir {
+            self.has_visible_child(id)
+        } else {
+            self.revived(e.file) == Some(id)
+        }
+    }
+
+    /// True if entry `id` is visible in the tree.
+    pub(crate) fn entry_visible(&self, id: OpId) -> bool {
+        self.tree
+            .entry(id)
+            .is_some_and(|e| self.placed(e.loc.parent) && self.self_visible(id, e))
+    }
+
+    /// The deleted name of `file` that comes back because its removal missed a content head
+    /// and the file has no other live name: the one removed last.
+    fn revived(&self, file: FileId) -> Option<OpId> {
+        let f = self.files.get(&file)?;
+        let mut best: Option<(OpId, OpId)> = None;
+        for &eid in self.tree.entries_of(file) {
+            let Some(e) = self.tree.entry(eid) else {
+                continue;
+            };
+            if !self.placed(e.loc.parent) {
+                continue;
+            }
+            match &e.loc.removal {
+                None => return None,
+                Some(r) => {
+                    let missed = f.heads.iter().any(|h| r.seen.binary_search(h).is_err());
+                    if missed && best.is_none_or(|b| (r.op, eid) > b) {
+                        best = Some((r.op, eid));
+                    }
+                }
+            }
+        }
+        best.map(|b| b.1)
+    }
+
+    /// True if directory `dir` has a visible child (searching down through deleted dirs).
+    pub(crate) fn has_visible_child(&self, dir: FileId) -> bool {
+        let mut stack = vec![dir];
+        let mut budget = self.tree.len() + 1;
+        while let Some(d) = stack.pop() {
+            if budget == 0 {
+                return false;
+            }
+            budget -= 1;
+            for (_, set) in self.tree.children(d) {
+                for &eid in set {
+                    let Some(e) = self.tree.entry(eid) else {
+                        continue;
+                    };
+                    if e.loc.removal.is_none() {
+                        return true;
+                    }
+                    if e.dir {
+                        stack.push(eid);
+                    } else if self.revived(e.file) == Some(eid) {
+                        return true;
+                    }
+                }
+            }
+        }
+        false
+    }
+
+    /// True if `file` is the root or has a visible name.
+    pub fn exists(&self, file: FileId) -> bool {
+        file == OpId::ROOT
+            || self
+                .tree
+                .entries_of(file)
+                .iter()
+                .any(|e| self.entry_visible(*e))
+    }
+
+    /// The record of a known file.
+    pub(crate) fn file(&self, file: FileId) -> Option<&FileRec> {
+        self.files.get(&file)
+    }
+
+    /// The file an op concerns (for `history`), resolved against current state.
+    pub fn touched(&self, author: PublicKey, op: &Op) -> Option<FileId> {
+        match &op.body {
+            OpBody::Create(_) => Some(op.id(author)),
+            OpBody::Link { file, .. }
+            | OpBody::Write { file, .. }
+            | OpBody::Append { file, .. }
+            | OpBody::Dismiss { file, .. } => Some(*file),
+            OpBody::SetMeta(m) => Some(m.file),
+            OpBody::Move { entry, .. } | OpBody::Remove { entry, .. } => {
+                self.tree.entry(*entry).map(|e| e.file)
+            }
+            OpBody::SetStoreName(_) | OpBody::SetMember { .. } | OpBody::RevokeMember { .. } => {
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,702 @@
+//! Unit tests of the merge rules, the queries and every planner errno.
+
+use bytes::Bytes;
+
+use crate::fs::op::{Content, FileId, Kind, Op, OpBody, OpId, Role, SetMeta};
+use crate::fs::{FsError, FsState, Node, RenameFlags};
+use crate::hlc::Hlc;
+use crate::identity::PublicKey;
+
+/// 2026-11-21 10:15:02 UTC in milliseconds.
+const T0: u64 = 1_795_256_102_000;
+
+fn key(n: u8) -> PublicKey {
+    PublicKey([n; 32])
+}
+
+fn inline(s: &str) -> Content {
+    Content::Inline(Bytes::copy_from_slice(s.as_bytes()))
+}
+
+fn op(wall: u64, body: OpBody) -> Op {
+    Op {
+        hlc: Hlc {
+            wall_ms: wall,
+            counter: 0,
+        },
+        body,
+    }
+}
+
+/// Applies `body` by `author` at `wall` ms and returns its op and id.
+fn run(s: &mut FsState, author: u8, wall: u64, body: OpBody) -> (OpId, Op) {
+    let o = op(wall, body);
+    s.apply(key(author), &o);
+    (o.id(key(author)), o)
+}
+
+fn create(s: &FsState, parent: FileId, name: &str, kind: Kind, content: &str) -> OpBody {
+    s.plan_create(parent, name, kind, 0o644, 1, 2, 0, inline(content), 7)
+        .unwrap()
+}
+
+fn mkfile(s: &mut FsState, author: u8, wall: u64, parent: FileId, name: &str, c: &str) -> FileId {
+    let body = create(s, parent, name, Kind::File, c);
+    run(s, author, wall, body).0
+}
+
+fn mkdir(s: &mut FsState, author: u8, wall: u64, parent: FileId, name: &str) -> FileId {
+    let body = create(s, parent, name, Kind::Dir, "");
+    run(s, author, wall, body).0
+}
+
+fn names(s: &FsState, dir: FileId) -> Vec<String> {
+    s.readdir(dir).unwrap().into_iter().map(|(n, _)| n).collect()
+}
+
+fn bytes_of(s: &FsState, node: Node) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in s.content(node).unwrap().pieces {
+        match p {
+            Content::Inline(b) => out.extend_from_slice(&b),
+            Content::Manifest { .. } => panic!("manifest in test"),
+        }
+    }
+    out
+}
+
+fn file_node(s: &FsState, dir: FileId, name: &str) -> Node {
+    s.lookup(dir, name).unwrap()
+}
+
+/// Applies `ops` (author, op) to a fresh state in the given order.
+fn replay<'a>(ops: impl IntoIterator<Item = &'a (PublicKey, Op)>) -> FsState {
+    let mut s = FsState::new();
+    for (a, o) in ops {
+        s.apply(*a, o);
+    }
+    s
+}
+
+fn rename(
+    s: &FsState,
+    from: (FileId, &str),
+    to: (FileId, &str),
+    flags: RenameFlags,
+) -> Result<Vec<OpBody>, FsError> {
+    s.plan_rename(from.0, from.1, to.0, to.1, flags)
+}
+
+#[test]
+fn root_exists_as_a_0755_directory_owned_by_root() {
+    let s = FsState::new();
+    let a = s
+        .attr(Node::Entry {
+            entry: OpId::ROOT,
+            file: OpId::ROOT,
+        })
+        .unwrap();
+    assert_eq!((a.kind, a.perm, a.uid, a.gid, a.nlink), (Kind::Dir, 0o755, 0, 0, 2));
+    assert!(s.exists(OpId::ROOT));
+    assert_eq!(s.parent(OpId::ROOT), None);
+}
+
+#[test]
+fn created_file_is_found_by_lookup_and_listed_with_its_content() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "docs");
+    let f = mkfile(&mut s, 1, 11, d, "a.txt", "hello");
+    let node = file_node(&s, d, "a.txt");
+    assert_eq!(node, Node::Entry { entry: f, file: f });
+    assert_eq!(bytes_of(&s, node), b"hello");
+    assert_eq!(s.attr(node).unwrap().size, 5);
+    assert_eq!(names(&s, OpId::ROOT), vec!["docs"]);
+    assert_eq!(s.parent(d), Some(OpId::ROOT));
+    assert_eq!(s.lookup(d, "b.txt"), Err(FsError::NotFound));
+    assert_eq!(s.lookup(f, "x"), Err(FsError::NotDir));
+}
+
+#[test]
+fn concurrent_moves_that_would_form_a_cycle_keep_the_tree_acyclic_in_every_order() {
+    let mut base = FsState::new();
+    let (a, ca) = run(&mut base, 1, 10, create(&base, OpId::ROOT, "a", Kind::Dir, ""));
+    let (b, cb) = run(&mut base, 1, 11, create(&base, OpId::ROOT, "b", Kind::Dir, ""));
+    let m1 = base.plan_rename(OpId::ROOT, "a", b, "a", RenameFlags::default()).unwrap();
+    let m2 = base.plan_rename(OpId::ROOT, "b", a, "b", RenameFlags::default()).unwrap();
+    let ops = [
+        (key(1), ca),
+        (key(1), cb),
+        (key(1), op(20, m1[0].clone())),
+        (key(2), op(21, m2[0].clone())),
+    ];
+    let forward = replay(&ops);
+    let backward = replay([&ops[0], &ops[1], &ops[3], &ops[2]]);
+    assert_eq!(forward.canonical_dump(), backward.canonical_dump());
+    // The older move (a into b) wins; the newer one would form a cycle and is skipped.
+    assert_eq!(names(&forward, OpId::ROOT), vec!["b"]);
+    assert_eq!(forward.parent(a), Some(b));
+    assert_eq!(forward.parent(b), Some(OpId::ROOT));
+}
+
+#[test]
+fn an_old_move_arriving_late_is_replayed_before_newer_moves() {
+    let mut s = FsState::new();
+    let (f, cf) = run(&mut s, 1, 10, create(&s, OpId::ROOT, "f", Kind::File, ""));
+    let (e, ce) = run(&mut s, 1, 11, create(&s, OpId::ROOT, "e", Kind::Dir, ""));
+    let late = (key(2), op(20, OpBody::Move { entry: f, parent: e, name: "old".into() }));
+    let newer = (key(1), op(30, OpBody::Move { entry: f, parent: OpId::ROOT, name: "new".into() }));
+    let in_order = replay([&(key(1), cf.clone()), &(key(1), ce.clone()), &late, &newer]);
+    let reordered = replay([&(key(1), cf), &(key(1), ce), &newer, &late]);
+    assert_eq!(in_order.canonical_dump(), reordered.canonical_dump());
+    assert!(reordered.lookup(OpId::ROOT, "new").is_ok());
+    assert!(reordered.readdir(e).unwrap().is_empty());
+}
+
+#[test]
+fn removed_entry_keeps_its_place_and_a_later_move_brings_it_back() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    let rm = s.plan_rmdir(OpId::ROOT, "d").unwrap();
+    run(&mut s, 1, 11, rm);
+    assert!(!s.exists(d));
+    assert_eq!(s.lookup(OpId::ROOT, "d"), Err(FsError::NotFound));
+    run(&mut s, 2, 12, OpBody::Move { entry: d, parent: OpId::ROOT, name: "back".into() });
+    assert!(s.exists(d));
+    assert_eq!(names(&s, OpId::ROOT), vec!["back"]);
+}
+
+#[test]
+fn concurrent_writes_show_the_loser_as_a_conflict_copy_named_after_its_author() {
+    let mut s = FsState::new();
+    run(&mut s, 2, 1, OpBody::SetMember { key: key(2), role: Role::Writer, display_name: "bob".into() });
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a.txt", "base");
+    let w_alice = s.plan_write(f, inline("alice"), 1).unwrap();
+    let w_bob = s.plan_write(f, inline("bob"), 2).unwrap();
+    let (wb, _) = run(&mut s, 2, T0, w_bob);
+    run(&mut s, 1, T0 + 1000, w_alice);
+    assert_eq!(
+        names(&s, OpId::ROOT),
+        vec!["a (conflict bob 2026-11-21 101502).txt", "a.txt"]
+    );
+    assert_eq!(bytes_of(&s, file_node(&s, OpId::ROOT, "a.txt")), b"alice");
+    let copy = file_node(&s, OpId::ROOT, "a (conflict bob 2026-11-21 101502).txt");
+    assert_eq!(copy, Node::Conflict { file: f, head: wb });
+    assert_eq!(bytes_of(&s, copy), b"bob");
+    assert_eq!(s.attr(copy).unwrap().perm, 0o444);
+    assert_eq!(s.stats().conflicts, 1);
+}
+
+#[test]
+fn conflict_names_use_the_key_prefix_for_unknown_authors_and_keep_no_extension_when_none() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "Makefile", "");
+    let w1 = s.plan_write(f, inline("1"), 0).unwrap();
+    let w2 = s.plan_write(f, inline("2"), 0).unwrap();
+    run(&mut s, 0xab, T0, w1);
+    run(&mut s, 1, T0 + 5, w2);
+    assert_eq!(
+        names(&s, OpId::ROOT),
+        vec!["Makefile", "Makefile (conflict abababab 2026-11-21 101502)"]
+    );
+}
+
+#[test]
+fn writing_the_file_supersedes_every_head_and_resolves_the_conflict() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a", "");
+    let w1 = s.plan_write(f, inline("1"), 0).unwrap();
+    let w2 = s.plan_write(f, inline("2"), 0).unwrap();
+    run(&mut s, 1, 20, w1);
+    run(&mut s, 2, 21, w2);
+    assert_eq!(names(&s, OpId::ROOT).len(), 2);
+    let w3 = s.plan_write(f, inline("3"), 0).unwrap();
+    run(&mut s, 2, 22, w3);
+    assert_eq!(names(&s, OpId::ROOT), vec!["a"]);
+    assert_eq!(bytes_of(&s, file_node(&s, OpId::ROOT, "a")), b"3");
+}
+
+#[test]
+fn unlinking_a_conflict_copy_dismisses_that_version_only() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a", "");
+    let w1 = s.plan_write(f, inline("1"), 0).unwrap();
+    let w2 = s.plan_write(f, inline("2"), 0).unwrap();
+    run(&mut s, 1, 20, w1);
+    run(&mut s, 2, 21, w2);
+    let copy = names(&s, OpId::ROOT)[1].clone();
+    let dismiss = s.plan_unlink(OpId::ROOT, &copy).unwrap();
+    assert!(matches!(dismiss, OpBody::Dismiss { .. }));
+    run(&mut s, 2, 22, dismiss);
+    assert_eq!(names(&s, OpId::ROOT), vec!["a"]);
+    assert_eq!(bytes_of(&s, file_node(&s, OpId::ROOT, "a")), b"2");
+}
+
+#[test]
+fn concurrent_appends_from_two_peers_both_survive_in_op_id_order() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "chat.log", "start\n");
+    let a1 = s.plan_append(f, inline("from b\n"), 0).unwrap();
+    let a2 = s.plan_append(f, inline("from a\n"), 0).unwrap();
+    let ops = [(key(2), op(20, a1)), (key(1), op(21, a2))];
+    for (a, o) in ops.iter().rev() {
+        s.apply(*a, o);
+    }
+    assert_eq!(names(&s, OpId::ROOT), vec!["chat.log"]);
+    assert_eq!(
+        bytes_of(&s, file_node(&s, OpId::ROOT, "chat.log")),
+        b"start\nfrom b\nfrom a\n"
+    );
+    let a3 = s.plan_append(f, inline("end\n"), 0).unwrap();
+    let OpBody::Append { supersedes, .. } = &a3 else {
+        panic!("{a3:?}")
+    };
+    assert_eq!(supersedes.len(), 2);
+}
+
+#[test]
+fn an_append_concurrent_with_a_write_keeps_its_version_as_a_conflict_copy() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "log", "x");
+    let app = s.plan_append(f, inline("y"), 0).unwrap();
+    let write = s.plan_write(f, inline("new"), 0).unwrap();
+    run(&mut s, 2, 20, app);
+    run(&mut s, 1, 21, write);
+    let list = s.readdir(OpId::ROOT).unwrap();
+    assert_eq!(list.len(), 2);
+    let copy = list.iter().find(|(_, n)| matches!(n, Node::Conflict { .. })).unwrap().1;
+    assert_eq!(bytes_of(&s, copy), b"xy");
+    assert_eq!(bytes_of(&s, file_node(&s, OpId::ROOT, "log")), b"new");
+}
+
+#[test]
+fn same_name_created_twice_keeps_the_oldest_and_suffixes_the_other_with_its_author() {
+    let mut s = FsState::new();
+    let c1 = create(&s, OpId::ROOT, "a.txt", Kind::File, "1");
+    let c2 = create(&s, OpId::ROOT, "a.txt", Kind::File, "2");
+    let c3 = create(&s, OpId::ROOT, "a.txt", Kind::File, "3");
+    let (f2, _) = run(&mut s, 2, 20, c2);
+    let (f1, _) = run(&mut s, 1, 20, c1);
+    let (f3, _) = run(&mut s, 2, 30, c3);
+    assert_eq!(
+        names(&s, OpId::ROOT),
+        vec!["a (02020202).txt", "a (02020202001e).txt", "a.txt"]
+    );
+    assert_eq!(file_node(&s, OpId::ROOT, "a.txt").file(), f1);
+    assert_eq!(file_node(&s, OpId::ROOT, "a (02020202).txt").file(), f2);
+    assert_eq!(file_node(&s, OpId::ROOT, "a (02020202001e).txt").file(), f3);
+}
+
+#[test]
+fn an_edit_concurrent_with_a_delete_wins_and_the_file_stays() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a", "v1");
+    let rm = s.plan_unlink(OpId::ROOT, "a").unwrap();
+    let w = s.plan_write(f, inline("v2"), 0).unwrap();
+    run(&mut s, 1, 20, rm);
+    assert!(!s.exists(f));
+    run(&mut s, 2, 19, w);
+    assert!(s.exists(f));
+    assert_eq!(bytes_of(&s, file_node(&s, OpId::ROOT, "a")), b"v2");
+}
+
+#[test]
+fn a_delete_that_saw_the_latest_edit_stays_deleted() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a", "v1");
+    let w = s.plan_write(f, inline("v2"), 0).unwrap();
+    run(&mut s, 2, 11, w);
+    let rm = s.plan_unlink(OpId::ROOT, "a").unwrap();
+    run(&mut s, 1, 20, rm);
+    assert!(!s.exists(f));
+    assert!(names(&s, OpId::ROOT).is_empty());
+}
+
+#[test]
+fn a_removed_directory_comes_back_holding_what_a_peer_added() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    let sub = mkdir(&mut s, 1, 11, d, "sub");
+    let rm_sub = s.plan_rmdir(d, "sub").unwrap();
+    let added = create(&s, sub, "new", Kind::File, "x");
+    run(&mut s, 1, 20, rm_sub);
+    let rm_d = s.plan_rmdir(OpId::ROOT, "d").unwrap();
+    run(&mut s, 1, 21, rm_d);
+    assert!(!s.exists(d));
+    run(&mut s, 2, 15, added);
+    assert!(s.exists(d) && s.exists(sub));
+    assert_eq!(names(&s, d), vec!["sub"]);
+    assert_eq!(names(&s, sub), vec!["new"]);
+    assert_eq!(s.plan_rmdir(OpId::ROOT, "d"), Err(FsError::NotEmpty));
+}
+
+#[test]
+fn hard_links_count_in_nlink_and_directories_count_visible_subdirectories() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    mkdir(&mut s, 1, 11, d, "s1");
+    mkdir(&mut s, 1, 12, d, "s2");
+    let f = mkfile(&mut s, 1, 13, d, "f", "x");
+    let link = s.plan_link(f, OpId::ROOT, "g").unwrap();
+    run(&mut s, 1, 14, link);
+    let fnode = file_node(&s, d, "f");
+    assert_eq!(s.attr(fnode).unwrap().nlink, 2);
+    assert_eq!(s.attr(file_node(&s, OpId::ROOT, "d")).unwrap().nlink, 4);
+    let rm = s.plan_rmdir(d, "s1").unwrap();
+    run(&mut s, 1, 15, rm);
+    let rm = s.plan_unlink(OpId::ROOT, "g").unwrap();
+    run(&mut s, 1, 16, rm);
+    assert_eq!(s.attr(file_node(&s, OpId::ROOT, "d")).unwrap().nlink, 3);
+    assert_eq!(s.attr(fnode).unwrap().nlink, 1);
+    assert_eq!(s.stats().files, 1);
+}
+
+#[test]
+fn metadata_registers_are_last_writer_wins_by_op_id_whatever_the_arrival_order() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a", "");
+    let meta = |mode, v: &'static [u8]| {
+        OpBody::SetMeta(SetMeta {
+            file: f,
+            mode: Some(mode),
+            xattr_set: vec![(Bytes::from_static(b"user.k"), Bytes::from_static(v))],
+            ..Default::default()
+        })
+    };
+    run(&mut s, 2, 30, meta(0o600, b"new"));
+    run(&mut s, 1, 20, meta(0o640, b"old"));
+    let node = file_node(&s, OpId::ROOT, "a");
+    assert_eq!(s.attr(node).unwrap().perm, 0o600);
+    assert_eq!(s.xattr_get(f, b"user.k").unwrap(), Bytes::from_static(b"new"));
+    let rm = s
+        .plan_set_meta(SetMeta {
+            file: f,
+            xattr_remove: vec![Bytes::from_static(b"user.k")],
+            ..Default::default()
+        })
+        .unwrap();
+    run(&mut s, 1, 40, rm);
+    assert_eq!(s.xattr_get(f, b"user.k"), Err(FsError::NoAttr));
+    assert!(s.xattr_list(f).unwrap().is_empty());
+    run(&mut s, 3, 35, meta(0o700, b"older than the removal"));
+    assert_eq!(s.xattr_get(f, b"user.k"), Err(FsError::NoAttr));
+    assert_eq!(s.attr(node).unwrap().perm, 0o700);
+}
+
+#[test]
+fn times_come_from_ops_ctime_from_the_newest_touch_and_crtime_from_the_create() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a", "");
+    let w = s.plan_write(f, inline("x"), 99).unwrap();
+    run(&mut s, 1, 50, w);
+    let a = s.attr(file_node(&s, OpId::ROOT, "a")).unwrap();
+    assert_eq!(a.mtime_ns, 99);
+    assert_eq!(a.ctime_ns, 50_000_000);
+    assert_eq!(a.crtime_ns, 10_000_000);
+    let mv = s.plan_rename(OpId::ROOT, "a", OpId::ROOT, "b", RenameFlags::default()).unwrap();
+    run(&mut s, 1, 60, mv[0].clone());
+    assert_eq!(s.attr(file_node(&s, OpId::ROOT, "b")).unwrap().ctime_ns, 60_000_000);
+}
+
+#[test]
+fn symlink_target_is_the_create_content() {
+    let mut s = FsState::new();
+    let body = create(&s, OpId::ROOT, "l", Kind::Symlink, "../target");
+    let (l, _) = run(&mut s, 1, 10, body);
+    assert_eq!(s.readlink(l).unwrap(), Bytes::from_static(b"../target"));
+    assert_eq!(s.attr(file_node(&s, OpId::ROOT, "l")).unwrap().size, 9);
+    let f = mkfile(&mut s, 1, 11, OpId::ROOT, "f", "");
+    assert_eq!(s.readlink(f), Err(FsError::Invalid));
+}
+
+#[test]
+fn store_name_and_members_are_last_writer_wins_and_revoked_members_vanish() {
+    let mut s = FsState::new();
+    run(&mut s, 1, 20, OpBody::SetStoreName("new".into()));
+    run(&mut s, 1, 10, OpBody::SetStoreName("old".into()));
+    assert_eq!(s.store_name(), Some("new"));
+    run(&mut s, 1, 10, OpBody::SetMember { key: key(5), role: Role::Writer, display_name: "e".into() });
+    assert_eq!(s.member(&key(5)), Some((Role::Writer, "e")));
+    run(&mut s, 2, 30, OpBody::RevokeMember { key: key(5) });
+    run(&mut s, 3, 25, OpBody::SetMember { key: key(5), role: Role::Admin, display_name: "e".into() });
+    assert_eq!(s.member(&key(5)), None);
+    assert_eq!(s.member(&key(6)), None);
+}
+
+#[test]
+fn applying_the_same_op_twice_changes_nothing() {
+    let mut s = FsState::new();
+    let body = create(&s, OpId::ROOT, "a", Kind::File, "x");
+    let (_, o) = run(&mut s, 1, 10, body);
+    let before = s.canonical_dump();
+    s.apply(key(1), &o);
+    assert_eq!(s.canonical_dump(), before);
+}
+
+#[test]
+fn touched_names_the_file_an_op_concerns() {
+    let mut s = FsState::new();
+    let body = create(&s, OpId::ROOT, "a", Kind::File, "x");
+    let (f, o) = run(&mut s, 1, 10, body);
+    assert_eq!(s.touched(key(1), &o), Some(f));
+    let mv = op(11, OpBody::Move { entry: f, parent: OpId::ROOT, name: "b".into() });
+    assert_eq!(s.touched(key(1), &mv), Some(f));
+    assert_eq!(s.touched(key(1), &op(12, OpBody::SetStoreName("x".into()))), None);
+}
+
+#[test]
+fn create_refuses_visible_names_bad_names_and_bad_parents() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a", "");
+    let plan = |s: &FsState, parent, name: &str| {
+        s.plan_create(parent, name, Kind::File, 0o644, 0, 0, 0, Content::empty(), 0)
+    };
+    assert_eq!(plan(&s, OpId::ROOT, "a"), Err(FsError::Exists));
+    assert_eq!(plan(&s, OpId::ROOT, &"x".repeat(256)), Err(FsError::NameTooLong));
+    assert_eq!(plan(&s, OpId::ROOT, "a/b"), Err(FsError::InvalidName));
+    assert_eq!(plan(&s, OpId::ROOT, ".."), Err(FsError::InvalidName));
+    assert_eq!(plan(&s, f, "x"), Err(FsError::NotDir));
+    let ghost = op(99, OpBody::SetStoreName("g".into())).id(key(9));
+    assert_eq!(plan(&s, ghost, "x"), Err(FsError::NotFound));
+    assert!(plan(&s, OpId::ROOT, &"x".repeat(255)).is_ok());
+    let long_target = Content::Inline(Bytes::from(vec![b'a'; 4097]));
+    assert_eq!(
+        s.plan_create(OpId::ROOT, "l", Kind::Symlink, 0o777, 0, 0, 0, long_target, 0),
+        Err(FsError::NameTooLong)
+    );
+    let huge = Content::Inline(Bytes::from(vec![0; crate::fs::op::INLINE_MAX + 1]));
+    assert_eq!(
+        s.plan_create(OpId::ROOT, "h", Kind::File, 0o644, 0, 0, 0, huge, 0),
+        Err(FsError::TooLarge)
+    );
+}
+
+#[test]
+fn a_conflict_copy_name_counts_as_taken() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a", "");
+    let w1 = s.plan_write(f, inline("1"), 0).unwrap();
+    let w2 = s.plan_write(f, inline("2"), 0).unwrap();
+    run(&mut s, 1, T0, w1);
+    run(&mut s, 2, T0 + 1, w2);
+    let copy = names(&s, OpId::ROOT)[1].clone();
+    let res = s.plan_create(OpId::ROOT, &copy, Kind::File, 0o644, 0, 0, 0, Content::empty(), 0);
+    assert_eq!(res, Err(FsError::Exists));
+}
+
+#[test]
+fn link_refuses_directories_missing_files_and_taken_names() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    let f = mkfile(&mut s, 1, 11, OpId::ROOT, "f", "");
+    assert_eq!(s.plan_link(d, OpId::ROOT, "d2"), Err(FsError::NotPermitted));
+    assert_eq!(s.plan_link(f, OpId::ROOT, "d"), Err(FsError::Exists));
+    assert_eq!(s.plan_link(f, f, "x"), Err(FsError::NotDir));
+    let ghost = op(99, OpBody::SetStoreName("g".into())).id(key(9));
+    assert_eq!(s.plan_link(ghost, OpId::ROOT, "x"), Err(FsError::NotFound));
+    assert_eq!(s.plan_link(f, OpId::ROOT, &"y".repeat(300)), Err(FsError::NameTooLong));
+}
+
+#[test]
+fn unlink_and_rmdir_check_kinds_emptiness_and_existence() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    mkfile(&mut s, 1, 11, d, "f", "");
+    mkfile(&mut s, 1, 12, OpId::ROOT, "g", "");
+    assert_eq!(s.plan_unlink(OpId::ROOT, "d"), Err(FsError::IsDir));
+    assert_eq!(s.plan_unlink(OpId::ROOT, "nope"), Err(FsError::NotFound));
+    assert_eq!(s.plan_rmdir(OpId::ROOT, "g"), Err(FsError::NotDir));
+    assert_eq!(s.plan_rmdir(OpId::ROOT, "d"), Err(FsError::NotEmpty));
+    assert_eq!(s.plan_rmdir(OpId::ROOT, "nope"), Err(FsError::NotFound));
+    let rm = s.plan_unlink(d, "f").unwrap();
+    run(&mut s, 1, 13, rm);
+    assert!(matches!(s.plan_rmdir(OpId::ROOT, "d"), Ok(OpBody::Remove { .. })));
+}
+
+#[test]
+fn rename_validates_like_the_kernel() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    let sub = mkdir(&mut s, 1, 11, d, "sub");
+    mkfile(&mut s, 1, 12, sub, "x", "");
+    let e = mkdir(&mut s, 1, 13, OpId::ROOT, "e");
+    mkfile(&mut s, 1, 14, OpId::ROOT, "f", "");
+    mkfile(&mut s, 1, 15, OpId::ROOT, "g", "");
+    let plain = RenameFlags::default();
+    let noreplace = RenameFlags { noreplace: true, exchange: false };
+    let exchange = RenameFlags { noreplace: false, exchange: true };
+    assert_eq!(rename(&s, (OpId::ROOT, "d"), (sub, "d"), plain), Err(FsError::Invalid));
+    assert_eq!(rename(&s, (OpId::ROOT, "d"), (d, "d"), plain), Err(FsError::Invalid));
+    assert_eq!(rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "g"), noreplace), Err(FsError::Exists));
+    assert_eq!(rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "h"), exchange), Err(FsError::NotFound));
+    assert_eq!(rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "e"), plain), Err(FsError::IsDir));
+    assert_eq!(rename(&s, (OpId::ROOT, "e"), (OpId::ROOT, "f"), plain), Err(FsError::NotDir));
+    assert_eq!(rename(&s, (OpId::ROOT, "e"), (d, "sub"), plain), Err(FsError::NotEmpty));
+    assert_eq!(rename(&s, (OpId::ROOT, "nope"), (OpId::ROOT, "x"), plain), Err(FsError::NotFound));
+    assert_eq!(rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "."), plain), Err(FsError::Invalid));
+    assert_eq!(rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, &"n".repeat(256)), plain), Err(FsError::NameTooLong));
+    assert_eq!(rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "f"), plain), Ok(vec![]));
+    let e_over_empty = rename(&s, (OpId::ROOT, "e"), (d, "sub2"), plain).unwrap();
+    assert_eq!(e_over_empty.len(), 1);
+    let _ = e;
+}
+
+#[test]
+fn rename_onto_another_name_of_the_same_file_does_nothing() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "f", "");
+    let link = s.plan_link(f, OpId::ROOT, "g").unwrap();
+    run(&mut s, 1, 11, link);
+    assert_eq!(
+        rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "g"), RenameFlags::default()),
+        Ok(vec![])
+    );
+}
+
+#[test]
+fn rename_over_a_file_removes_the_target_and_moves_the_source() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "f", "new");
+    let g = mkfile(&mut s, 1, 11, OpId::ROOT, "g", "old");
+    let ops = rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "g"), RenameFlags::default()).unwrap();
+    assert!(matches!(ops[0], OpBody::Remove { entry, .. } if entry == g));
+    for (i, body) in ops.into_iter().enumerate() {
+        run(&mut s, 1, 20 + i as u64, body);
+    }
+    assert_eq!(names(&s, OpId::ROOT), vec!["g"]);
+    assert_eq!(file_node(&s, OpId::ROOT, "g").file(), f);
+    assert!(!s.exists(g));
+}
+
+#[test]
+fn rename_exchange_swaps_two_names() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    let f = mkfile(&mut s, 1, 11, OpId::ROOT, "f", "");
+    let flags = RenameFlags { noreplace: false, exchange: true };
+    let ops = rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "d"), flags).unwrap();
+    assert_eq!(ops.len(), 2);
+    for (i, body) in ops.into_iter().enumerate() {
+        run(&mut s, 1, 20 + i as u64, body);
+    }
+    assert_eq!(file_node(&s, OpId::ROOT, "d").file(), f);
+    assert_eq!(file_node(&s, OpId::ROOT, "f").file(), d);
+}
+
+#[test]
+fn renaming_a_conflict_copy_makes_it_a_file_and_dismisses_the_copy() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a", "base");
+    let app = s.plan_append(f, inline("+b"), 0).unwrap();
+    let w = s.plan_write(f, inline("w"), 0).unwrap();
+    run(&mut s, 2, 20, app);
+    run(&mut s, 1, 21, w);
+    let copy = names(&s, OpId::ROOT)[1].clone();
+    let ops = rename(&s, (OpId::ROOT, &copy), (OpId::ROOT, "kept"), RenameFlags::default()).unwrap();
+    for (i, body) in ops.into_iter().enumerate() {
+        run(&mut s, 1, 30 + i as u64, body);
+    }
+    assert_eq!(names(&s, OpId::ROOT), vec!["a", "kept"]);
+    assert_eq!(bytes_of(&s, file_node(&s, OpId::ROOT, "kept")), b"base+b");
+    assert_eq!(bytes_of(&s, file_node(&s, OpId::ROOT, "a")), b"w");
+}
+
+#[test]
+fn renaming_a_conflict_copy_onto_its_file_adopts_that_version() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a", "");
+    let w1 = s.plan_write(f, inline("mine"), 0).unwrap();
+    let w2 = s.plan_write(f, inline("theirs"), 0).unwrap();
+    run(&mut s, 1, 20, w1);
+    run(&mut s, 2, 21, w2);
+    let copy = names(&s, OpId::ROOT)[1].clone();
+    let ops = rename(&s, (OpId::ROOT, &copy), (OpId::ROOT, "a"), RenameFlags::default()).unwrap();
+    assert_eq!(ops.len(), 1);
+    run(&mut s, 1, 30, ops[0].clone());
+    assert_eq!(names(&s, OpId::ROOT), vec!["a"]);
+    assert_eq!(bytes_of(&s, file_node(&s, OpId::ROOT, "a")), b"mine");
+}
+
+#[test]
+fn content_planners_refuse_directories_and_oversized_inline_content() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    let f = mkfile(&mut s, 1, 11, OpId::ROOT, "f", "");
+    assert_eq!(s.plan_write(d, Content::empty(), 0), Err(FsError::IsDir));
+    assert_eq!(s.plan_append(d, Content::empty(), 0), Err(FsError::IsDir));
+    let huge = Content::Inline(Bytes::from(vec![0; crate::fs::op::INLINE_MAX + 1]));
+    assert_eq!(s.plan_write(f, huge, 0), Err(FsError::TooLarge));
+    assert_eq!(s.content(file_node(&s, OpId::ROOT, "d")), Err(FsError::IsDir));
+}
+
+#[test]
+fn set_meta_checks_xattr_names_sizes_and_existence() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "f", "");
+    let with = |set: Vec<(Bytes, Bytes)>, remove: Vec<Bytes>| SetMeta {
+        file: f,
+        xattr_set: set,
+        xattr_remove: remove,
+        ..Default::default()
+    };
+    let n = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+    assert_eq!(s.plan_set_meta(with(vec![], vec![n("user.none")])), Err(FsError::NoAttr));
+    assert_eq!(s.plan_set_meta(with(vec![(n(&"k".repeat(256)), n("v"))], vec![])), Err(FsError::Range));
+    assert_eq!(s.plan_set_meta(with(vec![(n(""), n("v"))], vec![])), Err(FsError::Range));
+    let big = Bytes::from(vec![0; crate::fs::op::MAX_XATTR_VALUE + 1]);
+    assert_eq!(s.plan_set_meta(with(vec![(n("user.a"), big)], vec![])), Err(FsError::TooLarge));
+    let many = (0..65).map(|i| (n(&format!("user.{i}")), n("v"))).collect();
+    assert_eq!(s.plan_set_meta(with(many, vec![])), Err(FsError::TooLarge));
+    let ghost = op(99, OpBody::SetStoreName("g".into())).id(key(9));
+    let missing = SetMeta { file: ghost, ..Default::default() };
+    assert_eq!(s.plan_set_meta(missing), Err(FsError::NotFound));
+    let ok = s.plan_set_meta(SetMeta { file: f, mode: Some(0o100600), ..Default::default() });
+    assert!(matches!(ok, Ok(OpBody::SetMeta(SetMeta { mode: Some(0o600), .. }))));
+}
+
+#[test]
+fn snapshot_round_trips_and_later_ops_merge_as_without_it() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    let f = mkfile(&mut s, 1, 11, d, "a.txt", "x");
+    let w = s.plan_write(f, inline("y"), 0).unwrap();
+    run(&mut s, 2, 12, w);
+    let snap = FsState::decode_snapshot(&s.encode_snapshot()).unwrap();
+    assert_eq!(snap.canonical_dump(), s.canonical_dump());
+    let late = op(5, OpBody::Move { entry: f, parent: OpId::ROOT, name: "moved".into() });
+    let mut a = snap;
+    a.apply(key(3), &late);
+    s.apply(key(3), &late);
+    assert_eq!(a.canonical_dump(), s.canonical_dump());
+}
+
+#[test]
+fn malformed_snapshots_are_refused_not_panicked_on() {
+    let mut s = FsState::new();
+    mkfile(&mut s, 1, 10, OpId::ROOT, "a", "x");
+    let bytes = s.encode_snapshot();
+    for cut in 0..bytes.len() {
+        assert!(FsState::decode_snapshot(&bytes[..cut]).is_err(), "cut {cut}");
+    }
+    let mut trailing = bytes.clone();
+    trailing.push(0);
+    assert!(matches!(FsState::decode_snapshot(&trailing), Err(FsError::Io(_))));
+}
+
+#[test]
+fn ten_thousand_files_in_one_directory_create_look_up_and_list_quickly() {
+    let started = std::time::Instant::now();
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 1, OpId::ROOT, "big");
+    for i in 0..10_000u64 {
+        let body = s
+            .plan_create(d, &format!("file{i}"), Kind::File, 0o644, 0, 0, 0, Content::empty(), 0)
+            .unwrap();
+        run(&mut s, 1, 10 + i, body);
+    }
+    for i in 0..10_000u64 {
+        let node = s.lookup(d, &format!("file{i}")).unwrap();
+        s.attr(node).unwrap();
+    }
+    assert_eq!(s.readdir(d).unwrap().len(), 10_000);
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}

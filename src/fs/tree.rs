@@ -1,0 +1,316 @@
+//! The location register: names placed by Create/Link, moved by Move, flagged by Remove.
+//!
+//! This is the replicated move operation of Kleppmann et al., "A highly-available move
+//! operation for replicated trees" (2021). Location ops are replayed in op-id order, which
+//! is (HLC, author) order. Every applied op is kept in a log with what it changed; an op
+//! older than the newest logged one undoes the newer ones, applies, and redoes them, so
+//! the resulting tree depends only on the set of ops. A Move whose new parent is the moved
+//! entry or one of its descendants (at that point of the replay) is skipped. A Remove only
+//! flags the entry as deleted and keeps its place, so later cycle checks still see it there.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::fs::op::{FileId, OpId};
+
+/// The Remove op that deleted an entry and the content heads its author had seen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Removal {
+    /// The Remove op.
+    pub op: OpId,
+    /// Content heads seen by the remover, sorted.
+    pub seen: Vec<OpId>,
+}
+
+/// Where an entry is: its parent directory, raw name and deletion flag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Loc {
+    /// Parent directory.
+    pub parent: FileId,
+    /// Raw name (before collision or conflict decoration).
+    pub name: String,
+    /// Set while the entry is deleted.
+    pub removal: Option<Removal>,
+}
+
+/// One name of a file.
+#[derive(Clone, Debug)]
+pub(crate) struct Entry {
+    /// The file the name points to.
+    pub file: FileId,
+    /// Whether the file is a directory.
+    pub dir: bool,
+    /// Current location.
+    pub loc: Loc,
+}
+
+/// What one location op does.
+#[derive(Clone, Debug)]
+pub(crate) enum Action {
+    /// Create or Link: a new entry (id = the op id) for `file`.
+    Place {
+        /// The file.
+        file: FileId,
+        /// Whether the file is a directory.
+        dir: bool,
+        /// Parent directory.
+        parent: FileId,
+        /// Name.
+        name: String,
+    },
+    /// Move `entry` to (`parent`, `name`) and undelete it.
+    Move {
+        /// The entry.
+        entry: OpId,
+        /// New parent.
+        parent: FileId,
+        /// New name.
+        name: String,
+    },
+    /// Flag `entry` as deleted.
+    Remove {
+        /// The entry.
+        entry: OpId,
+        /// Content heads the remover had seen, sorted.
+        seen: Vec<OpId>,
+    },
+}
+
+/// How to undo one replayed op.
+#[derive(Clone, Debug)]
+enum Undo {
+    /// The op changed nothing (skipped move, unknown entry).
+    Nothing,
+    /// The op placed a new entry: take it away.
+    Unplace,
+    /// The op changed the entry's location: restore this one.
+    Restore(OpId, Loc),
+}
+
+#[derive(Clone, Debug)]
+struct LogRec {
+    action: Action,
+    undo: Undo,
+}
+
+/// The replayed tree with its per-directory name index.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Tree {
+    entries: HashMap<OpId, Entry>,
+    /// dir -> raw name -> entries (deleted ones included: they keep their place).
+    children: HashMap<FileId, BTreeMap<String, BTreeSet<OpId>>>,
+    /// dir -> entries of subdirectories (for `nlink`).
+    subdirs: HashMap<FileId, BTreeSet<OpId>>,
+    /// file -> its entries.
+    by_file: HashMap<FileId, BTreeSet<OpId>>,
+    log: BTreeMap<OpId, LogRec>,
+}
+
+static EMPTY_SET: BTreeSet<OpId> = BTreeSet::new();
+
+impl Tree {
+    /// Applies location op `id`, replaying newer logged ops after it. Idempotent.
+    pub fn apply(&mut self, id: OpId, action: Action) {
+        if self.log.contains_key(&id) {
+            return;
+        }
+        let later = self.log.split_off(&id);
+        for (k, rec) in later.iter().rev() {
+            self.undo(*k, rec);
+        }
+        let undo = self.run(id, &action);
+        self.log.insert(id, LogRec { action, undo });
+        for (k, rec) in later {
+            let undo = self.run(k, &rec.action);
+            self.log.insert(
+                k,
+                LogRec {
+                    action: rec.action,
+                    undo,
+                },
+            );
+        }
+    }
+
+    /// The entry with id `id`, if placed.
+    pub fn entry(&self, id: OpId) -> Option<&Entry> {
+        self.entries.get(&id)
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Raw-name groups of directory `dir`, in raw-name order.
+    pub fn children(&self, dir: FileId) -> impl Iterator<Item = (&String, &BTreeSet<OpId>)> {
+        self.children.get(&dir).into_iter().flatten()
+    }
+
+    /// The entries of `dir` whose raw name is `name`.
+    pub fn group(&self, dir: FileId, name: &str) -> Option<&BTreeSet<OpId>> {
+        self.children.get(&dir)?.get(name)
+    }
+
+    /// Entries of subdirectories of `dir`.
+    pub fn subdirs(&self, dir: FileId) -> &BTreeSet<OpId> {
+        self.subdirs.get(&dir).unwrap_or(&EMPTY_SET)
+    }
+
+    /// The entries of `file`.
+    pub fn entries_of(&self, file: FileId) -> &BTreeSet<OpId> {
+        self.by_file.get(&file).unwrap_or(&EMPTY_SET)
+    }
+
+    /// True if `dir` is `node` or lies below it, following current parents. A walk that
+    /// does not end (only possible after malformed ops) counts as inside.
+    pub fn is_within(&self, dir: FileId, node: FileId) -> bool {
+        let mut p = dir;
+        for _ in 0..=self.entries.len() + 1 {
+            if p == node {
+                return true;
+            }
+            if p == OpId::ROOT {
+                return false;
+            }
+            match self.entries.get(&p) {
+                Some(e) => p = e.loc.parent,
+                None => return false,
+            }
+        }
+        true
+    }
+
+    fn run(&mut self, id: OpId, action: &Action) -> Undo {
+        match action {
+            Action::Place {
+                file,
+                dir,
+                parent,
+                name,
+            } => {
+                if self.entries.contains_key(&id) {
+                    return Undo::Nothing;
+                }
+                let loc = Loc {
+                    parent: *parent,
+                    name: name.clone(),
+                    removal: None,
+                };
+                self.index_add(id, &loc, *dir);
+                self.by_file.entry(*file).or_default().insert(id);
+                self.entries.insert(
+                    id,
+                    Entry {
+                        file: *file,
+                        dir: *dir,
+                        loc,
+                    },
+                );
+                Undo::Unplace
+            }
+            Action::Move {
+                entry,
+                parent,
+                name,
+            } => {
+                let Some(e) = self.entries.get(entry) else {
+                    return Undo::Nothing;
+                };
+                if self.is_within(*parent, e.file) {
+                    return Undo::Nothing;
+                }
+                let prev = e.loc.clone();
+                self.set_loc(
+                    *entry,
+                    Loc {
+                        parent: *parent,
+                        name: name.clone(),
+                        removal: None,
+                    },
+                );
+                Undo::Restore(*entry, prev)
+            }
+            Action::Remove { entry, seen } => {
+                let Some(e) = self.entries.get(entry) else {
+                    return Undo::Nothing;
+                };
+                let prev = e.loc.clone();
+                let next = Loc {
+                    removal: Some(Removal {
+                        op: id,
+                        seen: seen.clone(),
+                    }),
+                    ..prev.clone()
+                };
+                self.set_loc(*entry, next);
+                Undo::Restore(*entry, prev)
+            }
+        }
+    }
+
+    fn undo(&mut self, id: OpId, rec: &LogRec) {
+        match &rec.undo {
+            Undo::Nothing => {}
+            Undo::Unplace => {
+                if let Some(e) = self.entries.remove(&id) {
+                    self.index_remove(id, &e.loc, e.dir);
+                    if let Some(set) = self.by_file.get_mut(&e.file) {
+                        set.remove(&id);
+                        if set.is_empty() {
+                            self.by_file.remove(&e.file);
+                        }
+                    }
+                }
+            }
+            Undo::Restore(entry, prev) => self.set_loc(*entry, prev.clone()),
+        }
+    }
+
+    fn set_loc(&mut self, id: OpId, loc: Loc) {
+        let Some(e) = self.entries.get(&id) else {
+            return;
+        };
+        let (old, dir) = (e.loc.clone(), e.dir);
+        if old.parent != loc.parent || old.name != loc.name {
+            self.index_remove(id, &old, dir);
+            self.index_add(id, &loc, dir);
+        }
+        if let Some(e) = self.entries.get_mut(&id) {
+            e.loc = loc;
+        }
+    }
+
+    fn index_add(&mut self, id: OpId, loc: &Loc, dir: bool) {
+        self.children
+            .entry(loc.parent)
+            .or_default()
+            .entry(loc.name.clone())
+            .or_default()
+            .insert(id);
+        if dir {
+            self.subdirs.entry(loc.parent).or_default().insert(id);
+        }
+    }
+
+    fn index_remove(&mut self, id: OpId, loc: &Loc, dir: bool) {
+        if let Some(names) = self.children.get_mut(&loc.parent) {
+            if let Some(set) = names.get_mut(&loc.name) {
+                set.remove(&id);
+                if set.is_empty() {
+                    names.remove(&loc.name);
+                }
+            }
+            if names.is_empty() {
+                self.children.remove(&loc.parent);
+            }
+        }
+        if dir {
+            if let Some(set) = self.subdirs.get_mut(&loc.parent) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.subdirs.remove(&loc.parent);
+                }
+            }
+        }
+    }
+}

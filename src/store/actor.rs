@@ -1,0 +1,346 @@
+//! The store actor: one thread that owns the redb database, drains the mailbox, seals
+//! queued local ops into intentions, applies received ones, and commits each batch in
+//! one write transaction, durably when a flush waits, every second, and at shutdown.
+
+use std::mem;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::SyncSender;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+
+use crate::fs::op::FileId;
+use crate::fs::FsState;
+use crate::hlc::Clock;
+use crate::identity::{Identity, PublicKey};
+use crate::intention::{Hash, Intention, StoreId};
+use crate::store::apply::{apply_remote, is_refusal, seal_local, Counts, Ctx, Queued};
+use crate::store::error::StoreError;
+use crate::store::tables::{Tables, HISTORY, INTENTIONS};
+use crate::store::{ApplyOutcome, HistoryItem};
+
+/// How long the actor waits for more ops before sealing a batch.
+pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
+/// Longest time non-durable commits stay non-durable.
+pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
+/// Longest time between projection snapshots while intentions arrive.
+pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
+/// Intentions applied after which a projection snapshot is written at once.
+pub const SNAPSHOT_INTENTIONS: u64 = 1000;
+
+/// A reply channel for one request.
+pub(crate) type Reply<T> = SyncSender<Result<T, StoreError>>;
+
+/// Work for the actor other than local ops.
+pub(crate) enum Request {
+    /// Apply received intention bytes.
+    Apply(Bytes, Reply<ApplyOutcome>),
+    /// Make every op queued before this request durable.
+    Flush(Reply<()>),
+    /// List the intentions touching a file.
+    History(FileId, Reply<Vec<HistoryItem>>),
+    /// Read the stored intention set, heads, floating set and witness check (tests).
+    #[cfg(test)]
+    Inspect(Reply<crate::store::tests::Digest>),
+}
+
+/// What callers hand to the actor; guarded by [`Shared::mailbox`].
+#[derive(Default)]
+pub(crate) struct Mailbox {
+    /// Local ops applied to the projection and not yet taken for sealing.
+    pub ops: Vec<Queued>,
+    /// Pending requests, in arrival order.
+    pub requests: Vec<Request>,
+    /// `shutdown` was called.
+    pub shutdown: bool,
+    /// The actor has taken its last batch; nothing more is accepted.
+    pub closed: bool,
+    /// A commit failed; the projection is ahead of the database.
+    pub failed: Option<String>,
+}
+
+impl Mailbox {
+    /// The error for a caller when the actor accepts nothing more.
+    pub fn refusal(&self) -> Option<StoreError> {
+        if let Some(msg) = &self.failed {
+            return Some(StoreError::Failed(msg.clone()));
+        }
+        (self.closed || self.shutdown).then_some(StoreError::Closed)
+    }
+}
+
+/// State shared by store handles and the actor.
+pub(crate) struct Shared {
+    /// This store's id.
+    pub id: StoreId,
+    /// Founder key, author of the genesis intention.
+    pub founder: PublicKey,
+    /// This node's identity.
+    pub identity: Identity,
+    /// The projection.
+    pub state: RwLock<FsState>,
+    /// The node clock, shared across stores.
+    pub clock: std::sync::Arc<Mutex<Clock>>,
+    /// Queued ops and requests.
+    pub mailbox: Mutex<Mailbox>,
+    /// Signalled when the mailbox gains work.
+    pub wake: Condvar,
+    /// Applied intentions (for stats).
+    pub intentions: AtomicU64,
+    /// Floating intentions (for stats).
+    pub floating: AtomicU64,
+}
+
+impl Shared {
+    /// Queues a request for the actor, or says why it cannot be accepted.
+    pub fn send(&self, r: Request) -> Result<(), StoreError> {
+        let mut mb = self.mailbox.lock();
+        if let Some(e) = mb.refusal() {
+            return Err(e);
+        }
+        mb.requests.push(r);
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// The apply pipeline's view of this store.
+    pub fn ctx(&self) -> Ctx<'_> {
+        Ctx {
+            id: self.id,
+            founder: self.founder,
+            state: &self.state,
+            clock: &self.clock,
+        }
+    }
+}
+
+/// One batch taken from the mailbox.
+struct Batch {
+    ops: Vec<Queued>,
+    requests: Vec<Request>,
+    last: bool,
+}
+
+/// The actor's own bookkeeping between batches.
+struct Actor {
+    shared: std::sync::Arc<Shared>,
+    db: Database,
+    counts: Counts,
+    dirty: bool,
+    last_durable: Instant,
+    since_snapshot: u64,
+    last_snapshot: Instant,
+}
+
+/// Runs the actor until shutdown or a failed commit.
+pub(crate) fn run(shared: std::sync::Arc<Shared>, db: Database, counts: Counts) {
+    let now = Instant::now();
+    let mut actor = Actor {
+        shared,
+        db,
+        counts,
+        dirty: false,
+        last_durable: now,
+        since_snapshot: 0,
+        last_snapshot: now,
+    };
+    loop {
+        let batch = actor.take();
+        let last = batch.last;
+        if let Err(e) = actor.process(batch) {
+            tracing::error!(error = %e, "store commit failed; the store must be reopened");
+            let mut mb = actor.shared.mailbox.lock();
+            mb.failed = Some(e.to_string());
+            mb.closed = true;
+            for r in mem::take(&mut mb.requests) {
+                fail(r, StoreError::Failed(e.to_string()));
+            }
+            return;
+        }
+        if last {
+            return;
+        }
+    }
+}
+
+fn fail(r: Request, e: StoreError) {
+    match r {
+        Request::Apply(_, tx) => drop(tx.send(Err(e))),
+        Request::Flush(tx) => drop(tx.send(Err(e))),
+        Request::History(_, tx) => drop(tx.send(Err(e))),
+        #[cfg(test)]
+        Request::Inspect(tx) => drop(tx.send(Err(e))),
+    }
+}
+
+impl Actor {
+    /// Waits for work (or a timer), lets ops gather for [`BATCH_WINDOW`], and takes it.
+    fn take(&mut self) -> Batch {
+        let shared = self.shared.clone();
+        let mut mb = shared.mailbox.lock();
+        while mb.ops.is_empty() && mb.requests.is_empty() && !mb.shutdown {
+            let deadline = self.next_timer();
+            if shared.wake.wait_until(&mut mb, deadline).timed_out() {
+                break;
+            }
+        }
+        if !mb.ops.is_empty() && mb.requests.is_empty() && !mb.shutdown {
+            let deadline = Instant::now() + BATCH_WINDOW;
+            while mb.requests.is_empty()
+                && !mb.shutdown
+                && !shared.wake.wait_until(&mut mb, deadline).timed_out()
+            {}
+        }
+        Batch {
+            ops: mem::take(&mut mb.ops),
+            requests: mem::take(&mut mb.requests),
+            last: mb.shutdown,
+        }
+    }
+
+    fn next_timer(&self) -> Instant {
+        let mut t = Instant::now() + SNAPSHOT_EVERY;
+        if self.dirty {
+            t = t.min(self.last_durable + DURABLE_EVERY);
+        }
+        if self.since_snapshot > 0 {
+            t = t.min(self.last_snapshot + SNAPSHOT_EVERY);
+        }
+        t
+    }
+
+    /// Commits one batch in one write transaction and answers its requests.
+    fn process(&mut self, batch: Batch) -> Result<(), StoreError> {
+        let flush = batch
+            .requests
+            .iter()
+            .any(|r| matches!(r, Request::Flush(_)));
+        let applies = batch
+            .requests
+            .iter()
+            .any(|r| matches!(r, Request::Apply(..)));
+        let durable = batch.last
+            || flush
+            || (self.dirty && self.last_durable.elapsed() >= DURABLE_EVERY);
+        let snapshot = batch.last
+            || self.since_snapshot >= SNAPSHOT_INTENTIONS
+            || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY);
+        let writes = !batch.ops.is_empty()
+            || applies
+            || (durable && self.dirty)
+            || (snapshot && self.since_snapshot > 0)
+            || batch.last;
+        let mut replies = if writes {
+            self.commit(batch.ops, &batch.requests, durable, snapshot, batch.last)?
+        } else {
+            Vec::new()
+        }
+        .into_iter();
+        for r in batch.requests {
+            match r {
+                Request::Apply(_, tx) => {
+                    let outcome = replies.next().expect("one outcome per apply");
+                    drop(tx.send(outcome));
+                }
+                Request::Flush(tx) => drop(tx.send(Ok(()))),
+                Request::History(file, tx) => drop(tx.send(self.history(file))),
+                #[cfg(test)]
+                Request::Inspect(tx) => drop(tx.send(crate::store::tests::digest(&self.db))),
+            }
+        }
+        Ok(())
+    }
+
+    fn commit(
+        &mut self,
+        ops: Vec<Queued>,
+        requests: &[Request],
+        durable: bool,
+        snapshot: bool,
+        last: bool,
+    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+        let shared = self.shared.clone();
+        let cx = shared.ctx();
+        let before = self.counts.intentions;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        })?;
+        txn.set_quick_repair(durable);
+        let mut outcomes = Vec::new();
+        {
+            let mut t = Tables::open(&txn)?;
+            seal_local(&mut t, &cx, &mut self.counts, &shared.identity, ops)?;
+            for r in requests {
+                if let Request::Apply(bytes, _) = r {
+                    match apply_remote(&mut t, &cx, &mut self.counts, bytes.clone()) {
+                        Err(e) if !is_refusal(&e) => return Err(e),
+                        outcome => outcomes.push(outcome),
+                    }
+                }
+            }
+            if snapshot {
+                // Under the read lock no Tx runs, so every op in the projection is
+                // either sealed already or in the mailbox: seal those too, so the
+                // snapshot reflects exactly the witness log.
+                let st = shared.state.read();
+                let late = {
+                    let mut mb = shared.mailbox.lock();
+                    mb.closed |= last;
+                    mem::take(&mut mb.ops)
+                };
+                seal_local(&mut t, &cx, &mut self.counts, &shared.identity, late)?;
+                let (seq, _) = t.witness_head()?;
+                t.put_projection(seq, &st.encode_snapshot())?;
+            }
+        }
+        txn.commit()?;
+        let now = Instant::now();
+        if durable {
+            self.dirty = false;
+            self.last_durable = now;
+        } else {
+            self.dirty = true;
+        }
+        self.since_snapshot += self.counts.intentions - before;
+        if snapshot {
+            self.since_snapshot = 0;
+            self.last_snapshot = now;
+        }
+        shared
+            .intentions
+            .store(self.counts.intentions, Ordering::Relaxed);
+        shared
+            .floating
+            .store(self.counts.floating, Ordering::Relaxed);
+        Ok(outcomes)
+    }
+
+    fn history(&self, file: FileId) -> Result<Vec<HistoryItem>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let history = txn.open_table(HISTORY)?;
+        let intentions = txn.open_table(INTENTIONS)?;
+        let key = file.to_bytes();
+        let mut items = Vec::new();
+        for entry in history.range((key, 0)..=(key, u64::MAX))? {
+            let (k, v) = entry?;
+            let hash = Hash(v.value());
+            let bytes = intentions
+                .get(hash.0)?
+                .ok_or_else(|| StoreError::Corrupt(format!("history names unknown {hash}")))?;
+            let i = Intention::decode(Bytes::copy_from_slice(bytes.value()))
+                .map_err(|e| StoreError::Corrupt(format!("stored intention {hash}: {e}")))?;
+            items.push(HistoryItem {
+                seq: k.value().1,
+                hash,
+                author: i.author,
+                hlc: i.hlc,
+            });
+        }
+        Ok(items)
+    }
+}

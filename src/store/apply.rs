@@ -1,0 +1,278 @@
+//! The apply pipeline inside one write transaction: verify, check membership, park
+//! floating intentions, integrate (witness, index, tips, heads, history, projection),
+//! wake dependents; and sealing of local ops into signed intentions.
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use prost::Message;
+
+use crate::fs::op::{FileId, Op, Role};
+use crate::fs::FsState;
+use crate::hlc::{now_ms, Clock};
+use crate::identity::{Identity, PublicKey};
+use crate::intention::{Hash, Intention, StoreId, MAX_INTENTION_OPS_BYTES};
+use crate::store::error::StoreError;
+use crate::store::tables::{hlc_bytes, index_key, Tables, META_LAST_LOCAL_HLC};
+use crate::store::ApplyOutcome;
+
+/// Most intentions parked as floating; more are refused until some are woken.
+pub const MAX_FLOATING: u64 = 100_000;
+/// A remote HLC further ahead of local wall time than this is not observed by the clock.
+pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
+
+/// A local op applied to the projection at push time, waiting to be sealed.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    /// The op.
+    pub op: Op,
+    /// The file it touched, resolved before it was applied.
+    pub touched: Option<FileId>,
+}
+
+/// What the pipeline needs besides the tables.
+pub(crate) struct Ctx<'a> {
+    /// This store's id.
+    pub id: StoreId,
+    /// The author of the genesis intention.
+    pub founder: PublicKey,
+    /// The projection.
+    pub state: &'a RwLock<FsState>,
+    /// The node clock, shared across stores.
+    pub clock: &'a Mutex<Clock>,
+}
+
+/// Running counts kept in step with the tables.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Counts {
+    /// Rows in the intentions table.
+    pub intentions: u64,
+    /// Rows in the floating table.
+    pub floating: u64,
+}
+
+/// True for errors that refuse one input and leave the store usable.
+pub(crate) fn is_refusal(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Intention(_)
+            | StoreError::WrongStore { .. }
+            | StoreError::NotMember(_)
+            | StoreError::FloatingFull(_)
+    )
+}
+
+/// Verifies and applies received bytes. A refusal returns before any write.
+pub(crate) fn apply_remote(
+    t: &mut Tables<'_>,
+    cx: &Ctx<'_>,
+    counts: &mut Counts,
+    bytes: Bytes,
+) -> Result<ApplyOutcome, StoreError> {
+    let i = Intention::decode(bytes)?;
+    if i.store_id != cx.id {
+        return Err(StoreError::WrongStore {
+            expected: cx.id,
+            got: i.store_id,
+        });
+    }
+    if t.is_known(&i.hash)? {
+        return Ok(ApplyOutcome::Duplicate);
+    }
+    if let Some(missing) = first_missing(t, &i)? {
+        park(t, counts, missing, &i)?;
+        return Ok(ApplyOutcome::Floating { missing });
+    }
+    check_member(cx, counts, &i)?;
+    integrate(t, cx, counts, &i, None)?;
+    let woken = wake(t, cx, counts, i.hash)?;
+    Ok(ApplyOutcome::Applied { woken })
+}
+
+/// Seals local ops (already applied to the projection) into as few intentions as fit,
+/// each chained to this author's tip and naming the current heads; returns their count.
+pub(crate) fn seal_local(
+    t: &mut Tables<'_>,
+    cx: &Ctx<'_>,
+    counts: &mut Counts,
+    identity: &Identity,
+    batch: Vec<Queued>,
+) -> Result<usize, StoreError> {
+    let mut sealed = 0;
+    let mut ops = Vec::new();
+    let mut touched = Vec::new();
+    let mut size = 0;
+    for q in batch {
+        let s = op_size(&q.op);
+        if !ops.is_empty() && size + s > MAX_INTENTION_OPS_BYTES {
+            seal_one(t, cx, counts, identity, std::mem::take(&mut ops), &touched)?;
+            touched.clear();
+            sealed += 1;
+            size = 0;
+        }
+        size += s;
+        ops.push(q.op);
+        touched.push(q.touched);
+    }
+    if !ops.is_empty() {
+        seal_one(t, cx, counts, identity, ops, &touched)?;
+        sealed += 1;
+    }
+    Ok(sealed)
+}
+
+/// Encoded bytes `op` adds to an op batch (field tag, length, message).
+pub(crate) fn op_size(op: &Op) -> usize {
+    let len = op.to_proto().encoded_len();
+    1 + prost::encoding::encoded_len_varint(len as u64) + len
+}
+
+fn seal_one(
+    t: &mut Tables<'_>,
+    cx: &Ctx<'_>,
+    counts: &mut Counts,
+    identity: &Identity,
+    ops: Vec<Op>,
+    touched: &[Option<FileId>],
+) -> Result<(), StoreError> {
+    let me = identity.public();
+    let prev = t.tip(&me)?.map(|(h, _)| h);
+    let deps = t.deps_for_next()?;
+    let i = Intention::create(identity, cx.id, prev, deps, ops)?;
+    integrate(t, cx, counts, &i, Some(touched))?;
+    t.meta.insert(META_LAST_LOCAL_HLC, &hlc_bytes(i.hlc)[..])?;
+    Ok(())
+}
+
+/// The first of `prev`, then `deps`, that is not yet applied.
+fn first_missing(t: &Tables<'_>, i: &Intention) -> Result<Option<Hash>, StoreError> {
+    for h in i.prev.iter().chain(&i.deps) {
+        if !t.is_known(h)? {
+            return Ok(Some(*h));
+        }
+    }
+    Ok(None)
+}
+
+fn park(
+    t: &mut Tables<'_>,
+    counts: &mut Counts,
+    missing: Hash,
+    i: &Intention,
+) -> Result<(), StoreError> {
+    let key = (missing.0, i.hash.0);
+    if t.floating.get(key)?.is_some() {
+        return Ok(());
+    }
+    if counts.floating >= MAX_FLOATING {
+        return Err(StoreError::FloatingFull(MAX_FLOATING));
+    }
+    t.floating.insert(key, &i.bytes[..])?;
+    counts.floating += 1;
+    Ok(())
+}
+
+/// The genesis intention (the founder's first, with nothing before it) is exempt;
+/// every other author must be a current Admin or Writer in the projection.
+fn check_member(cx: &Ctx<'_>, counts: &Counts, i: &Intention) -> Result<(), StoreError> {
+    let genesis =
+        counts.intentions == 0 && i.prev.is_none() && i.deps.is_empty() && i.author == cx.founder;
+    if genesis {
+        return Ok(());
+    }
+    match cx.state.read().member(&i.author) {
+        Some((Role::Admin | Role::Writer, _)) => Ok(()),
+        _ => Err(StoreError::NotMember(i.author)),
+    }
+}
+
+/// Writes an applicable intention to every table and, unless it is local (`touched`
+/// given: its ops are already in the projection), applies its ops.
+fn integrate(
+    t: &mut Tables<'_>,
+    cx: &Ctx<'_>,
+    counts: &mut Counts,
+    i: &Intention,
+    local: Option<&[Option<FileId>]>,
+) -> Result<(), StoreError> {
+    let seq = t.append_witness(&i.hash)?;
+    t.intentions.insert(i.hash.0, &i.bytes[..])?;
+    t.index.insert(index_key(i.hlc, &i.hash), ())?;
+    let newer = t
+        .tip(&i.author)?
+        .is_none_or(|(h, hlc)| (hlc, h) < (i.hlc, i.hash));
+    if newer {
+        t.tips
+            .insert(i.author.0, (i.hash.0, i.hlc.wall_ms, i.hlc.counter))?;
+    }
+    for h in i.prev.iter().chain(&i.deps) {
+        t.heads.remove(h.0)?;
+    }
+    t.heads.insert(i.hash.0, (i.hlc.wall_ms, i.hlc.counter))?;
+    let touched: Vec<Option<FileId>> = match local {
+        Some(touched) => touched.to_vec(),
+        None => {
+            let mut st = cx.state.write();
+            i.ops
+                .iter()
+                .map(|op| {
+                    let f = st.touched(i.author, op);
+                    st.apply(i.author, op);
+                    f
+                })
+                .collect()
+        }
+    };
+    for f in touched.into_iter().flatten() {
+        t.add_history(f, seq, &i.hash)?;
+    }
+    if local.is_none() && i.hlc.wall_ms <= now_ms().saturating_add(MAX_CLOCK_SKEW_MS) {
+        cx.clock.lock().observe(i.hlc);
+    }
+    counts.intentions += 1;
+    Ok(())
+}
+
+/// Applies, transitively, every floating intention that waited for `arrived` and now
+/// has all its predecessors; re-parks those still missing one. Returns how many applied.
+fn wake(
+    t: &mut Tables<'_>,
+    cx: &Ctx<'_>,
+    counts: &mut Counts,
+    arrived: Hash,
+) -> Result<usize, StoreError> {
+    let mut woken = 0;
+    let mut queue = vec![arrived];
+    while let Some(h) = queue.pop() {
+        let mut parked = Vec::new();
+        for entry in t.floating.range((h.0, [0u8; 32])..=(h.0, [0xff; 32]))? {
+            let (k, v) = entry?;
+            parked.push((k.value(), Bytes::copy_from_slice(v.value())));
+        }
+        for (key, bytes) in parked {
+            t.floating.remove(key)?;
+            counts.floating -= 1;
+            let i = match Intention::decode(bytes) {
+                Ok(i) => i,
+                Err(e) => {
+                    tracing::warn!(hash = %Hash(key.1), error = %e, "dropping undecodable floating intention");
+                    continue;
+                }
+            };
+            if t.is_known(&i.hash)? {
+                continue;
+            }
+            if let Some(missing) = first_missing(t, &i)? {
+                park(t, counts, missing, &i)?;
+                continue;
+            }
+            if let Err(e) = check_member(cx, counts, &i) {
+                tracing::warn!(hash = %i.hash, error = %e, "dropping floating intention");
+                continue;
+            }
+            integrate(t, cx, counts, &i, None)?;
+            woken += 1;
+            queue.push(i.hash);
+        }
+    }
+    Ok(woken)
+}

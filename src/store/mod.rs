@@ -1,0 +1,469 @@
+//! The store: one redb file per replicated folder, owned by one actor thread.
+//!
+//! ## Tables (`DIR/store.redb`, see `tables.rs`)
+//! - `intentions`: intention hash -> the exact signed bytes as received (never re-encoded).
+//! - `witness`: local seq (from 1) -> (intention hash, chain hash), where
+//!   `chain = blake3(previous chain || intention hash)` and the chain before seq 1 is
+//!   zero: the append-only, hash-chained order in which this node applied intentions.
+//! - `floating`: (missing hash, floating hash) -> signed bytes of an intention whose
+//!   `prev` or a dep is not applied yet, filed under the first missing one (`prev`,
+//!   then deps in order). It is in the table under exactly one key.
+//! - `tips`: author key -> (hash, HLC) of that author's latest applied intention.
+//! - `heads`: hash -> HLC of each applied intention that no applied intention names as
+//!   `prev` or dep. The next local intention names the [`MAX_DEPS`] greatest-HLC heads.
+//! - `index`: HLC wall ms (big-endian) || hash -> (): the reconciliation index.
+//! - `history`: (file id bytes, witness seq) -> hash of an intention with an op that
+//!   touched the file (per `FsState::touched`, resolved before the op was applied).
+//! - `meta`: `store_id`, `founder` (author of the genesis intention), `last_local_hlc`.
+//! - `projection`: witness seq -> `FsState` snapshot bytes reflecting exactly the log
+//!   up to that seq; one row.
+//!
+//! ## Apply pipeline
+//! Received bytes: decode and verify ([`Intention::decode`]: limits, signature, ops) ->
+//! store id must match -> a known hash is a no-op -> a missing `prev`/dep parks it as
+//! floating -> the author must be a current Admin or Writer in the projection (the
+//! genesis intention of the founder, first of all, is exempt) -> witness, intention,
+//! index, tips, heads, history rows are written, the ops applied to the projection, and
+//! floating dependents woken and applied the same way, transitively. A refusal returns
+//! an error before any write. Membership is checked when an intention becomes
+//! applicable, so intentions may float before the op that admits their author arrives;
+//! a woken one whose author is not a member is dropped.
+//!
+//! ## Local writes
+//! [`Store::write`] runs a closure under the projection's write lock; each [`Tx::push`]
+//! ticks the node clock, applies the op at once and queues it. The actor seals queued
+//! ops (after up to [`actor::BATCH_WINDOW`] for more) into as few intentions as fit
+//! [`MAX_INTENTION_OPS_BYTES`], chained to this node's tip and naming the heads, and
+//! commits each batch in one transaction: non-durable, or durable when a
+//! [`Store::flush`] waits, [`actor::DURABLE_EVERY`] at the latest, and at shutdown (a
+//! durable commit makes the earlier non-durable ones durable too). The projection is
+//! snapshotted every [`actor::SNAPSHOT_EVERY`] or [`actor::SNAPSHOT_INTENTIONS`] and at
+//! shutdown; opening loads it and replays (and chain-checks) the witness log after it.
+//!
+//! [`Intention::decode`]: crate::intention::Intention::decode
+//! [`MAX_DEPS`]: crate::intention::MAX_DEPS
+//! [`MAX_INTENTION_OPS_BYTES`]: crate::intention::MAX_INTENTION_OPS_BYTES
+
+mod actor;
+mod apply;
+mod error;
+mod tables;
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+
+pub use actor::{BATCH_WINDOW, DURABLE_EVERY, SNAPSHOT_EVERY, SNAPSHOT_INTENTIONS};
+pub use apply::{MAX_CLOCK_SKEW_MS, MAX_FLOATING};
+pub use error::StoreError;
+
+use crate::fs::op::{FileId, Op, OpBody, OpId, Role};
+use crate::fs::{FsError, FsState, FsStats};
+use crate::hlc::{now_ms, Clock, Hlc};
+use crate::identity::{Identity, PublicKey};
+use crate::intention::{Hash, Intention, StoreId, MAX_INTENTION_OPS_BYTES};
+use actor::{Request, Shared};
+use apply::{op_size, Counts, Queued};
+use tables::{
+    chain_at, hlc_from_bytes, verify_witness, Tables, FLOATING, INTENTIONS, META,
+    META_FOUNDER, META_LAST_LOCAL_HLC, META_STORE_ID, PROJECTION, WITNESS,
+};
+
+/// File name of a store's database inside its directory.
+pub const DB_FILE: &str = "store.redb";
+
+/// What became of received intention bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// Applied, followed by `woken` floating intentions that were waiting for it.
+    Applied {
+        /// Floating intentions applied after it.
+        woken: usize,
+    },
+    /// Already applied; nothing changed.
+    Duplicate,
+    /// Parked until the intention `missing` arrives.
+    Floating {
+        /// The first predecessor not yet applied.
+        missing: Hash,
+    },
+}
+
+/// One intention that touched a file, in local witness order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryItem {
+    /// Witness seq at which this node applied it.
+    pub seq: u64,
+    /// Intention hash.
+    pub hash: Hash,
+    /// Its author.
+    pub author: PublicKey,
+    /// Its clock.
+    pub hlc: Hlc,
+}
+
+/// Counts describing a store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Applied intentions.
+    pub intentions: u64,
+    /// Intentions waiting for a missing predecessor.
+    pub floating: u64,
+    /// The projection's counts.
+    pub fs: FsStats,
+}
+
+/// A replicated store: its projection in memory and its redb file owned by one actor.
+#[derive(Clone)]
+pub struct Store {
+    handle: Arc<Handle>,
+}
+
+/// The last `Store` clone to drop shuts the actor down.
+struct Handle {
+    shared: Arc<Shared>,
+    actor: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            tracing::warn!(error = %e, "store shutdown on drop failed");
+        }
+    }
+}
+
+impl Handle {
+    fn shutdown(&self) -> Result<(), StoreError> {
+        let Some(join) = self.actor.lock().take() else {
+            return Ok(());
+        };
+        {
+            let mut mb = self.shared.mailbox.lock();
+            mb.shutdown = true;
+            self.shared.wake.notify_one();
+        }
+        join.join()
+            .map_err(|_| StoreError::Failed("store actor panicked".into()))?;
+        match &self.shared.mailbox.lock().failed {
+            Some(msg) => Err(StoreError::Failed(msg.clone())),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A local write in progress: pushed ops are applied to the projection at once and
+/// queued for the actor when the `Tx` ends.
+pub struct Tx<'a> {
+    state: &'a mut FsState,
+    shared: &'a Shared,
+    me: PublicKey,
+    ops: Vec<Queued>,
+}
+
+impl Tx<'_> {
+    /// The projection, including the ops pushed so far.
+    pub fn state(&self) -> &FsState {
+        self.state
+    }
+
+    /// Stamps `body` with the next clock tick, applies it and queues it; returns its id.
+    ///
+    /// # Panics
+    /// If the op alone is larger than [`MAX_INTENTION_OPS_BYTES`] (planners never make one).
+    pub fn push(&mut self, body: OpBody) -> OpId {
+        let hlc = self.shared.clock.lock().tick(now_ms());
+        let op = Op { hlc, body };
+        assert!(
+            op_size(&op) <= MAX_INTENTION_OPS_BYTES,
+            "op does not fit in one intention"
+        );
+        let touched = self.state.touched(self.me, &op);
+        self.state.apply(self.me, &op);
+        self.ops.push(Queued { op, touched });
+        OpId {
+            hlc,
+            author: self.me,
+        }
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if self.ops.is_empty() {
+            return;
+        }
+        let mut mb = self.shared.mailbox.lock();
+        if mb.ops.is_empty() {
+            self.shared.wake.notify_one();
+        }
+        mb.ops.append(&mut self.ops);
+    }
+}
+
+impl Store {
+    /// Creates a store dir with a genesis intention: SetStoreName(name) + SetMember(self, Admin, display_name).
+    pub fn create(
+        dir: &Path,
+        id: StoreId,
+        identity: Identity,
+        clock: Arc<Mutex<Clock>>,
+        name: &str,
+        display_name: &str,
+    ) -> Result<Store, StoreError> {
+        let me = identity.public();
+        let db = new_db(dir)?;
+        let genesis = {
+            let mut c = clock.lock();
+            let ops = vec![
+                Op {
+                    hlc: c.tick(now_ms()),
+                    body: OpBody::SetStoreName(name.to_owned()),
+                },
+                Op {
+                    hlc: c.tick(now_ms()),
+                    body: OpBody::SetMember {
+                        key: me,
+                        role: Role::Admin,
+                        display_name: display_name.to_owned(),
+                    },
+                },
+            ];
+            Intention::create(&identity, id, None, Vec::new(), ops)?
+        };
+        let shared = Arc::new(new_shared(id, me, identity, FsState::new(), clock));
+        let mut counts = Counts::default();
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut t = Tables::open(&txn)?;
+            t.init_meta(id, &me)?;
+            let outcome = apply::apply_remote(&mut t, &shared.ctx(), &mut counts, genesis.bytes.clone())?;
+            debug_assert_eq!(outcome, ApplyOutcome::Applied { woken: 0 });
+            t.meta
+                .insert(META_LAST_LOCAL_HLC, &tables::hlc_bytes(genesis.hlc)[..])?;
+        }
+        txn.commit()?;
+        start(shared, db, counts)
+    }
+
+    /// Creates an empty replica of store `id` founded by `founder`, to be filled by
+    /// received intentions starting with the founder's genesis intention.
+    pub fn join(
+        dir: &Path,
+        id: StoreId,
+        founder: PublicKey,
+        identity: Identity,
+        clock: Arc<Mutex<Clock>>,
+    ) -> Result<Store, StoreError> {
+        let db = new_db(dir)?;
+        let mut txn = db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        Tables::open(&txn)?.init_meta(id, &founder)?;
+        txn.commit()?;
+        let shared = Arc::new(new_shared(id, founder, identity, FsState::new(), clock));
+        start(shared, db, Counts::default())
+    }
+
+    /// Opens the store in `dir`: loads the projection snapshot, replays the witness log
+    /// after it, and moves the clock past the last local HLC.
+    pub fn open(
+        dir: &Path,
+        identity: Identity,
+        clock: Arc<Mutex<Clock>>,
+    ) -> Result<Store, StoreError> {
+        let path = dir.join(DB_FILE);
+        if !path.exists() {
+            return Err(StoreError::Missing(path));
+        }
+        let db = Database::open(&path)?;
+        let txn = db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let get = |key: &str| -> Result<Vec<u8>, StoreError> {
+            Ok(meta
+                .get(key)?
+                .ok_or_else(|| StoreError::Corrupt(format!("meta {key} is missing")))?
+                .value()
+                .to_vec())
+        };
+        let id = StoreId(
+            get(META_STORE_ID)?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("store id is not 16 bytes".into()))?,
+        );
+        let founder = PublicKey(
+            get(META_FOUNDER)?
+                .try_into()
+                .map_err(|_| StoreError::Corrupt("founder is not 32 bytes".into()))?,
+        );
+        let last_local = match meta.get(META_LAST_LOCAL_HLC)? {
+            Some(v) => hlc_from_bytes(v.value())?,
+            None => Hlc::ZERO,
+        };
+        let (mut state, snap_seq) = match txn.open_table(PROJECTION)?.last()? {
+            Some((k, v)) => (
+                FsState::decode_snapshot(v.value()).map_err(StoreError::Snapshot)?,
+                k.value(),
+            ),
+            None => (FsState::new(), 0),
+        };
+        let witness = txn.open_table(WITNESS)?;
+        let intentions = txn.open_table(INTENTIONS)?;
+        verify_witness(&witness, snap_seq + 1, chain_at(&witness, snap_seq)?)?;
+        for entry in witness.range(snap_seq + 1..)? {
+            let (_, v) = entry?;
+            let hash = Hash(v.value().0);
+            let bytes = intentions
+                .get(hash.0)?
+                .ok_or_else(|| StoreError::Corrupt(format!("witness names unknown {hash}")))?;
+            let i = Intention::decode(Bytes::copy_from_slice(bytes.value()))
+                .map_err(|e| StoreError::Corrupt(format!("stored intention {hash}: {e}")))?;
+            for op in &i.ops {
+                state.apply(i.author, op);
+            }
+        }
+        let counts = Counts {
+            intentions: intentions.len()?,
+            floating: txn.open_table(FLOATING)?.len()?,
+        };
+        drop((meta, witness, intentions, txn));
+        clock.lock().observe(last_local);
+        let shared = Arc::new(new_shared(id, founder, identity, state, clock));
+        start(shared, db, counts)
+    }
+
+    /// The store id.
+    pub fn id(&self) -> StoreId {
+        self.handle.shared.id
+    }
+
+    /// Runs `f` with a read lock on the projection.
+    pub fn read<R>(&self, f: impl FnOnce(&FsState) -> R) -> R {
+        f(&self.handle.shared.state.read())
+    }
+
+    /// Runs `f` under the write lock; each `tx.push(body)` ticks the clock, applies the op to
+    /// the projection at once and queues it for the next intention (sealed within a few ms).
+    /// Ops pushed before `f` fails stay applied and are sealed too. Fails with
+    /// `ReadOnly` unless this node is an Admin or Writer, `Io` if the store is closed.
+    pub fn write<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<R, FsError>) -> Result<R, FsError> {
+        let shared = &self.handle.shared;
+        let me = shared.identity.public();
+        let mut state = shared.state.write();
+        if let Some(e) = shared.mailbox.lock().refusal() {
+            return Err(FsError::Io(e.to_string()));
+        }
+        if !matches!(state.member(&me), Some((Role::Admin | Role::Writer, _))) {
+            return Err(FsError::ReadOnly);
+        }
+        let mut tx = Tx {
+            state: &mut state,
+            shared,
+            me,
+            ops: Vec::new(),
+        };
+        f(&mut tx)
+    }
+
+    /// Returns once every op pushed before the call is in a durably committed intention.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.shared.send(Request::Flush(tx))?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Verifies and applies received intention bytes (floating if deps are missing).
+    pub fn apply_remote(&self, bytes: Bytes) -> Result<ApplyOutcome, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.shared.send(Request::Apply(bytes, tx))?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// The intentions with ops that touched `file`, in local witness order.
+    pub fn history(&self, file: FileId) -> Result<Vec<HistoryItem>, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.shared.send(Request::History(file, tx))?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Intention counts and the projection's counts.
+    pub fn stats(&self) -> StoreStats {
+        let shared = &self.handle.shared;
+        StoreStats {
+            intentions: shared.intentions.load(Ordering::Relaxed),
+            floating: shared.floating.load(Ordering::Relaxed),
+            fs: shared.state.read().stats(),
+        }
+    }
+
+    /// Seals queued ops, commits durably, writes a snapshot and joins the actor.
+    pub fn shutdown(&self) -> Result<(), StoreError> {
+        self.handle.shutdown()
+    }
+
+    /// The actor's digest of the stored tables (tests).
+    #[cfg(test)]
+    fn digest(&self) -> Result<tests::Digest, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.shared.send(Request::Inspect(tx))?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn new_db(dir: &Path) -> Result<Database, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join(DB_FILE);
+    if path.exists() {
+        return Err(StoreError::AlreadyExists(path));
+    }
+    Ok(Database::create(&path)?)
+}
+
+fn new_shared(
+    id: StoreId,
+    founder: PublicKey,
+    identity: Identity,
+    state: FsState,
+    clock: Arc<Mutex<Clock>>,
+) -> Shared {
+    Shared {
+        id,
+        founder,
+        identity,
+        state: RwLock::new(state),
+        clock,
+        mailbox: Mutex::default(),
+        wake: parking_lot::Condvar::new(),
+        intentions: AtomicU64::new(0),
+        floating: AtomicU64::new(0),
+    }
+}
+
+fn start(shared: Arc<Shared>, db: Database, counts: Counts) -> Result<Store, StoreError> {
+    shared.intentions.store(counts.intentions, Ordering::Relaxed);
+    shared.floating.store(counts.floating, Ordering::Relaxed);
+    let actor_shared = shared.clone();
+    let join = std::thread::Builder::new()
+        .name(format!("store-{}", &shared.id.to_hex()[..8]))
+        .spawn(move || actor::run(actor_shared, db, counts))
+        .map_err(|source| StoreError::Io {
+            path: "store actor thread".into(),
+            source,
+        })?;
+    Ok(Store {
+        handle: Arc::new(Handle {
+            shared,
+            actor: Mutex::new(Some(join)),
+        }),
+    })
+}

@@ -1,0 +1,220 @@
+//! The redb tables of one store and the small typed helpers over them.
+//!
+//! Every key is fixed-size bytes or a tuple of them, so byte order is the order that
+//! range scans rely on. See the module doc of `store` for what each table means.
+
+use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
+
+use crate::fs::op::FileId;
+use crate::hlc::Hlc;
+use crate::identity::PublicKey;
+use crate::intention::{Hash, StoreId, MAX_DEPS};
+use crate::store::error::StoreError;
+
+/// Intention hash -> the exact signed bytes as received.
+pub(crate) const INTENTIONS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("intentions");
+/// Local witness seq (from 1) -> (intention hash, chain hash).
+pub(crate) const WITNESS: TableDefinition<u64, ([u8; 32], [u8; 32])> =
+    TableDefinition::new("witness");
+/// (missing hash, floating intention hash) -> the floating intention's signed bytes.
+pub(crate) const FLOATING: TableDefinition<([u8; 32], [u8; 32]), &[u8]> =
+    TableDefinition::new("floating");
+/// Author key -> (hash of the author's latest intention, its HLC wall ms, counter).
+pub(crate) const TIPS: TableDefinition<[u8; 32], ([u8; 32], u64, u32)> =
+    TableDefinition::new("tips");
+/// Intention hash named by no known intention -> its HLC (wall ms, counter).
+pub(crate) const HEADS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::new("heads");
+/// HLC wall ms (big-endian) || intention hash -> (); the reconciliation index.
+pub(crate) const INDEX: TableDefinition<[u8; 40], ()> = TableDefinition::new("index");
+/// (file id bytes, witness seq) -> hash of an intention with an op touching that file.
+pub(crate) const HISTORY: TableDefinition<([u8; 44], u64), [u8; 32]> =
+    TableDefinition::new("history");
+/// Named store facts; keys are the `META_*` constants.
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Witness seq the snapshot reflects -> `FsState::encode_snapshot` bytes; one row at most.
+pub(crate) const PROJECTION: TableDefinition<u64, &[u8]> = TableDefinition::new("projection");
+
+/// Meta key: the 16-byte store id.
+pub(crate) const META_STORE_ID: &str = "store_id";
+/// Meta key: the 32-byte founder key, the author of the genesis intention.
+pub(crate) const META_FOUNDER: &str = "founder";
+/// Meta key: the greatest HLC of a locally sealed op (wall ms BE || counter BE).
+pub(crate) const META_LAST_LOCAL_HLC: &str = "last_local_hlc";
+
+/// The chain hash of witness entry `hash` following chain hash `prev`.
+pub(crate) fn chain(prev: &[u8; 32], hash: &Hash) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(prev);
+    h.update(&hash.0);
+    *h.finalize().as_bytes()
+}
+
+/// The reconciliation index key of an intention.
+pub(crate) fn index_key(hlc: Hlc, hash: &Hash) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..8].copy_from_slice(&hlc.wall_ms.to_be_bytes());
+    k[8..].copy_from_slice(&hash.0);
+    k
+}
+
+/// Encodes an HLC for the meta table.
+pub(crate) fn hlc_bytes(hlc: Hlc) -> [u8; 12] {
+    let mut b = [0u8; 12];
+    b[..8].copy_from_slice(&hlc.wall_ms.to_be_bytes());
+    b[8..].copy_from_slice(&hlc.counter.to_be_bytes());
+    b
+}
+
+/// Decodes an HLC from the meta table.
+pub(crate) fn hlc_from_bytes(b: &[u8]) -> Result<Hlc, StoreError> {
+    let b: [u8; 12] = b
+        .try_into()
+        .map_err(|_| StoreError::Corrupt("meta HLC is not 12 bytes".into()))?;
+    Ok(Hlc {
+        wall_ms: u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
+        counter: u32::from_be_bytes(b[8..].try_into().expect("4 bytes")),
+    })
+}
+
+/// Checks the witness chain of `table` from entry `from` (whose predecessor has chain
+/// `prev`) to the end; returns the last seq and chain hash.
+pub(crate) fn verify_witness(
+    table: &impl ReadableTable<u64, ([u8; 32], [u8; 32])>,
+    from: u64,
+    mut prev: [u8; 32],
+) -> Result<(u64, [u8; 32]), StoreError> {
+    let mut seq = from.saturating_sub(1);
+    for entry in table.range(from..)? {
+        let (k, v) = entry?;
+        let (hash, stored) = v.value();
+        if k.value() != seq + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "witness seq {} follows {seq}",
+                k.value()
+            )));
+        }
+        seq += 1;
+        if chain(&prev, &Hash(hash)) != stored {
+            return Err(StoreError::Corrupt(format!(
+                "witness chain breaks at seq {seq}"
+            )));
+        }
+        prev = stored;
+    }
+    Ok((seq, prev))
+}
+
+/// The chain hash recorded at witness `seq` (zero for seq 0).
+pub(crate) fn chain_at(
+    table: &impl ReadableTable<u64, ([u8; 32], [u8; 32])>,
+    seq: u64,
+) -> Result<[u8; 32], StoreError> {
+    if seq == 0 {
+        return Ok([0; 32]);
+    }
+    let entry = table
+        .get(seq)?
+        .ok_or_else(|| StoreError::Corrupt(format!("witness seq {seq} is missing")))?;
+    Ok(entry.value().1)
+}
+
+/// All tables of a store, opened in one write transaction.
+pub(crate) struct Tables<'t> {
+    /// See [`INTENTIONS`].
+    pub intentions: Table<'t, [u8; 32], &'static [u8]>,
+    /// See [`WITNESS`].
+    pub witness: Table<'t, u64, ([u8; 32], [u8; 32])>,
+    /// See [`FLOATING`].
+    pub floating: Table<'t, ([u8; 32], [u8; 32]), &'static [u8]>,
+    /// See [`TIPS`].
+    pub tips: Table<'t, [u8; 32], ([u8; 32], u64, u32)>,
+    /// See [`HEADS`].
+    pub heads: Table<'t, [u8; 32], (u64, u32)>,
+    /// See [`INDEX`].
+    pub index: Table<'t, [u8; 40], ()>,
+    /// See [`HISTORY`].
+    pub history: Table<'t, ([u8; 44], u64), [u8; 32]>,
+    /// See [`META`].
+    pub meta: Table<'t, &'static str, &'static [u8]>,
+    /// See [`PROJECTION`].
+    pub projection: Table<'t, u64, &'static [u8]>,
+}
+
+impl<'t> Tables<'t> {
+    /// Opens (creating) every table in `txn`.
+    pub fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+        Ok(Self {
+            intentions: txn.open_table(INTENTIONS)?,
+            witness: txn.open_table(WITNESS)?,
+            floating: txn.open_table(FLOATING)?,
+            tips: txn.open_table(TIPS)?,
+            heads: txn.open_table(HEADS)?,
+            index: txn.open_table(INDEX)?,
+            history: txn.open_table(HISTORY)?,
+            meta: txn.open_table(META)?,
+            projection: txn.open_table(PROJECTION)?,
+        })
+    }
+
+    /// True if the intention has been applied.
+    pub fn is_known(&self, hash: &Hash) -> Result<bool, StoreError> {
+        Ok(self.intentions.get(hash.0)?.is_some())
+    }
+
+    /// The last witness seq and its chain hash ((0, zero) when empty).
+    pub fn witness_head(&self) -> Result<(u64, [u8; 32]), StoreError> {
+        Ok(match self.witness.last()? {
+            Some((k, v)) => (k.value(), v.value().1),
+            None => (0, [0; 32]),
+        })
+    }
+
+    /// Appends `hash` to the witness log; returns its seq.
+    pub fn append_witness(&mut self, hash: &Hash) -> Result<u64, StoreError> {
+        let (seq, prev) = self.witness_head()?;
+        self.witness
+            .insert(seq + 1, (hash.0, chain(&prev, hash)))?;
+        Ok(seq + 1)
+    }
+
+    /// The heads a new intention should name: at most [`MAX_DEPS`], greatest HLC first.
+    pub fn deps_for_next(&self) -> Result<Vec<Hash>, StoreError> {
+        let mut heads = Vec::new();
+        for entry in self.heads.iter()? {
+            let (k, v) = entry?;
+            let (wall_ms, counter) = v.value();
+            heads.push((Hlc { wall_ms, counter }, Hash(k.value())));
+        }
+        heads.sort_unstable_by(|a, b| b.cmp(a));
+        heads.truncate(MAX_DEPS);
+        Ok(heads.into_iter().map(|(_, h)| h).collect())
+    }
+
+    /// The latest known intention of `author`.
+    pub fn tip(&self, author: &PublicKey) -> Result<Option<(Hash, Hlc)>, StoreError> {
+        Ok(self.tips.get(author.0)?.map(|v| {
+            let (hash, wall_ms, counter) = v.value();
+            (Hash(hash), Hlc { wall_ms, counter })
+        }))
+    }
+
+    /// Records `meta` facts of a new store.
+    pub fn init_meta(&mut self, id: StoreId, founder: &PublicKey) -> Result<(), StoreError> {
+        self.meta.insert(META_STORE_ID, &id.0[..])?;
+        self.meta.insert(META_FOUNDER, &founder.0[..])?;
+        Ok(())
+    }
+
+    /// Records a history row for `file`.
+    pub fn add_history(&mut self, file: FileId, seq: u64, hash: &Hash) -> Result<(), StoreError> {
+        self.history.insert((file.to_bytes(), seq), hash.0)?;
+        Ok(())
+    }
+
+    /// Replaces the persisted projection with `bytes`, reflecting witness `seq`.
+    pub fn put_projection(&mut self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.projection.retain(|_, _| false)?;
+        self.projection.insert(seq, bytes)?;
+        Ok(())
+    }
+}

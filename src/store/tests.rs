@@ -1,0 +1,613 @@
+//! Store tests: convergence, idempotency, refusals, restart and crash durability.
+
+use std::collections::BTreeSet;
+
+use redb::{Database, ReadableDatabase, ReadableTable};
+
+use crate::intention::Hash;
+use crate::store::error::StoreError;
+use crate::store::tables::{verify_witness, FLOATING, HEADS, INTENTIONS, WITNESS};
+
+/// The stored sets a test compares between replicas.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Digest {
+    pub intentions: BTreeSet<Hash>,
+    pub heads: BTreeSet<Hash>,
+    pub floating: BTreeSet<(Hash, Hash)>,
+    pub witness_len: u64,
+}
+
+/// Reads a digest and verifies the whole witness chain.
+pub(crate) fn digest(db: &Database) -> Result<Digest, StoreError> {
+    let txn = db.begin_read()?;
+    let mut d = Digest {
+        intentions: BTreeSet::new(),
+        heads: BTreeSet::new(),
+        floating: BTreeSet::new(),
+        witness_len: 0,
+    };
+    for e in txn.open_table(INTENTIONS)?.iter()? {
+        d.intentions.insert(Hash(e?.0.value()));
+    }
+    for e in txn.open_table(HEADS)?.iter()? {
+        d.heads.insert(Hash(e?.0.value()));
+    }
+    for e in txn.open_table(FLOATING)?.iter()? {
+        let (m, h) = e?.0.value();
+        d.floating.insert((Hash(m), Hash(h)));
+    }
+    d.witness_len = verify_witness(&txn.open_table(WITNESS)?, 1, [0; 32])?.0;
+    Ok(d)
+}
+
+use std::collections::HashMap;
+use std::io::BufRead;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use prost::Message;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::fs::op::{Content, Create, Kind, Op, OpBody, OpId, Role};
+use crate::hlc::{Clock, Hlc};
+use crate::identity::Identity;
+use crate::intention::{Intention, IntentionError, StoreId, MAX_INTENTION_BYTES};
+use crate::store::tables::{PROJECTION, WITNESS as WITNESS_TABLE};
+use crate::store::{ApplyOutcome, Store, DB_FILE};
+
+fn clock() -> Arc<Mutex<Clock>> {
+    Arc::new(Mutex::new(Clock::new(Hlc::ZERO)))
+}
+
+fn create(name: &str) -> OpBody {
+    OpBody::Create(Create {
+        parent: OpId::ROOT,
+        name: name.into(),
+        kind: Kind::File,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        mtime_ns: 0,
+        content: Content::Inline(Bytes::from(name.to_owned())),
+    })
+}
+
+fn write_body(file: OpId, data: &str) -> OpBody {
+    OpBody::Write {
+        file,
+        supersedes: vec![],
+        content: Content::Inline(Bytes::from(data.to_owned())),
+        mtime_ns: 1,
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random)
+}
+
+/// A random DAG of intentions by three authors, the first being the founder.
+struct Dag {
+    id: StoreId,
+    founder: Identity,
+    items: Vec<Intention>,
+}
+
+impl Dag {
+    fn build(seed: u64, n: usize) -> Dag {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let authors: Vec<Identity> = (0..3u8).map(|i| Identity::from_seed([i + 1; 32])).collect();
+        let id = StoreId([9; 16]);
+        let mut wall = 1_000u64;
+        let mut tick = || {
+            wall += 1;
+            Hlc {
+                wall_ms: wall,
+                counter: 0,
+            }
+        };
+        let mut ops = vec![Op {
+            hlc: tick(),
+            body: OpBody::SetStoreName("dag".into()),
+        }];
+        for (k, a) in authors.iter().enumerate() {
+            ops.push(Op {
+                hlc: tick(),
+                body: OpBody::SetMember {
+                    key: a.public(),
+                    role: if k == 0 { Role::Admin } else { Role::Writer },
+                    display_name: format!("author{k}"),
+                },
+            });
+        }
+        let genesis = Intention::create(&authors[0], id, None, vec![], ops).unwrap();
+        let mut last = HashMap::from([(0usize, genesis.hash)]);
+        let mut items = vec![genesis];
+        let mut files: Vec<(OpId, Hash)> = Vec::new();
+        for k in 0..n {
+            let a = rng.random_range(0..authors.len());
+            let mut deps: Vec<Hash> = (0..rng.random_range(1..=3))
+                .map(|_| items[rng.random_range(0..items.len())].hash)
+                .collect();
+            let mut ops = Vec::new();
+            for j in 0..rng.random_range(1..=3) {
+                let hlc = tick();
+                let body = if !files.is_empty() && rng.random_bool(0.4) {
+                    let (file, creator) = files[rng.random_range(0..files.len())];
+                    deps.push(creator);
+                    write_body(file, &format!("w{k}.{j}"))
+                } else {
+                    create(&format!("f{k}.{j}"))
+                };
+                ops.push(Op { hlc, body });
+            }
+            let i =
+                Intention::create(&authors[a], id, last.get(&a).copied(), deps, ops).unwrap();
+            for op in &i.ops {
+                if matches!(op.body, OpBody::Create(_)) {
+                    files.push((op.id(i.author), i.hash));
+                }
+            }
+            last.insert(a, i.hash);
+            items.push(i);
+        }
+        Dag {
+            id,
+            founder: authors.into_iter().next().unwrap(),
+            items,
+        }
+    }
+
+    fn heads(&self) -> BTreeSet<Hash> {
+        let named: BTreeSet<Hash> = self
+            .items
+            .iter()
+            .flat_map(|i| i.prev.iter().chain(&i.deps).copied())
+            .collect();
+        self.items
+            .iter()
+            .map(|i| i.hash)
+            .filter(|h| !named.contains(h))
+            .collect()
+    }
+
+    fn replica(&self, dir: &Path) -> Store {
+        Store::join(dir, self.id, self.founder.public(), Identity::generate(), clock()).unwrap()
+    }
+}
+
+fn snapshot_of(store: &Store) -> (Digest, String, crate::store::StoreStats) {
+    (
+        store.digest().unwrap(),
+        store.read(|s| s.canonical_dump()),
+        store.stats(),
+    )
+}
+
+#[test]
+fn random_dag_delivered_in_any_order_with_duplicates_converges() {
+    let seed = seed();
+    let dag = Dag::build(seed, 60);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let mut shuffled: Vec<&Intention> = dag.items.iter().chain(&dag.items).collect();
+    shuffled.shuffle(&mut rng);
+    let orders: Vec<Vec<&Intention>> = vec![
+        dag.items.iter().collect(),
+        dag.items.iter().rev().collect(),
+        shuffled,
+    ];
+    let mut results = Vec::new();
+    for (n, order) in orders.into_iter().enumerate() {
+        let store = dag.replica(&tmp.path().join(format!("r{n}")));
+        for i in order {
+            store.apply_remote(i.bytes.clone()).unwrap();
+        }
+        let (digest, dump, stats) = snapshot_of(&store);
+        assert_eq!(stats.intentions, dag.items.len() as u64, "seed {seed}");
+        assert_eq!(stats.floating, 0, "seed {seed}");
+        assert!(digest.floating.is_empty(), "seed {seed}");
+        assert_eq!(digest.witness_len, dag.items.len() as u64, "seed {seed}");
+        assert_eq!(digest.heads, dag.heads(), "seed {seed}");
+        store.shutdown().unwrap();
+        results.push((digest.intentions, dump));
+    }
+    for r in &results[1..] {
+        assert_eq!(r, &results[0], "seed {seed}");
+    }
+}
+
+#[test]
+fn a_child_floats_until_its_parent_arrives() {
+    let dag = Dag::build(7, 3);
+    let tmp = tempfile::tempdir().unwrap();
+    let store = dag.replica(tmp.path());
+    let child = &dag.items[1];
+    assert_eq!(
+        store.apply_remote(child.bytes.clone()).unwrap(),
+        ApplyOutcome::Floating {
+            missing: dag.items[0].hash
+        }
+    );
+    assert_eq!(store.stats().floating, 1);
+    assert_eq!(store.stats().intentions, 0);
+    assert_eq!(
+        store.apply_remote(dag.items[0].bytes.clone()).unwrap(),
+        ApplyOutcome::Applied { woken: 1 }
+    );
+    assert_eq!(store.stats().floating, 0);
+    assert_eq!(store.stats().intentions, 2);
+}
+
+#[test]
+fn applying_known_intentions_again_changes_nothing() {
+    let dag = Dag::build(11, 20);
+    let tmp = tempfile::tempdir().unwrap();
+    let store = dag.replica(tmp.path());
+    for i in &dag.items {
+        store.apply_remote(i.bytes.clone()).unwrap();
+    }
+    let before = snapshot_of(&store);
+    for i in &dag.items {
+        assert_eq!(
+            store.apply_remote(i.bytes.clone()).unwrap(),
+            ApplyOutcome::Duplicate
+        );
+    }
+    assert_eq!(snapshot_of(&store), before);
+}
+
+/// A store founded by `admin` with `writer` as Writer and `reader` as Reader.
+fn founded_store(dir: &Path, admin: &Identity, writer: &Identity, reader: &Identity) -> Store {
+    let store = Store::create(dir, StoreId([3; 16]), admin.clone(), clock(), "s", "admin").unwrap();
+    store
+        .write(|tx| {
+            for (who, role) in [(writer, Role::Writer), (reader, Role::Reader)] {
+                tx.push(OpBody::SetMember {
+                    key: who.public(),
+                    role,
+                    display_name: "m".into(),
+                });
+            }
+            Ok(())
+        })
+        .unwrap();
+    store.flush().unwrap();
+    store
+}
+
+fn intention_by(store: &Store, who: &Identity, id: StoreId, name: &str) -> Intention {
+    let heads: Vec<Hash> = store.digest().unwrap().heads.into_iter().collect();
+    let op = Op {
+        hlc: Hlc {
+            wall_ms: crate::hlc::now_ms(),
+            counter: 0,
+        },
+        body: create(name),
+    };
+    Intention::create(who, id, None, heads, vec![op]).unwrap()
+}
+
+#[test]
+fn every_refused_intention_changes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (admin, writer, reader) = (Identity::generate(), Identity::generate(), Identity::generate());
+    let store = founded_store(tmp.path(), &admin, &writer, &reader);
+    let before = snapshot_of(&store);
+
+    let valid = intention_by(&store, &writer, store.id(), "ok");
+    let mut signed =
+        crate::proto::intention::SignedIntention::decode(valid.bytes.clone()).unwrap();
+    let mut sig = signed.signature.to_vec();
+    sig[10] ^= 1;
+    signed.signature = sig.into();
+    let forged = Bytes::from(signed.encode_to_vec());
+    let other_store = intention_by(&store, &writer, StoreId([4; 16]), "x").bytes;
+    let stranger = intention_by(&store, &Identity::generate(), store.id(), "x").bytes;
+    let by_reader = intention_by(&store, &reader, store.id(), "x").bytes;
+    let oversized = Bytes::from(vec![0u8; MAX_INTENTION_BYTES + 1]);
+    let garbage = Bytes::from_static(b"\x0a\x03abc\x12\x02zz not an intention");
+
+    assert!(matches!(
+        store.apply_remote(forged),
+        Err(StoreError::Intention(IntentionError::BadSignature))
+    ));
+    assert!(matches!(
+        store.apply_remote(other_store),
+        Err(StoreError::WrongStore { .. })
+    ));
+    assert!(matches!(
+        store.apply_remote(stranger),
+        Err(StoreError::NotMember(_))
+    ));
+    assert!(matches!(
+        store.apply_remote(by_reader),
+        Err(StoreError::NotMember(k)) if k == reader.public()
+    ));
+    assert!(matches!(
+        store.apply_remote(oversized),
+        Err(StoreError::Intention(IntentionError::TooLarge { .. }))
+    ));
+    assert!(matches!(
+        store.apply_remote(garbage),
+        Err(StoreError::Intention(_))
+    ));
+    assert_eq!(snapshot_of(&store), before);
+    assert!(matches!(
+        store.apply_remote(valid.bytes),
+        Ok(ApplyOutcome::Applied { woken: 0 })
+    ));
+}
+
+#[test]
+fn a_node_that_is_not_a_writer_cannot_write_locally() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dag = Dag::build(1, 0);
+    let store = dag.replica(tmp.path());
+    let r = store.write(|tx| {
+        tx.push(create("x"));
+        Ok(())
+    });
+    assert!(matches!(r, Err(crate::fs::FsError::ReadOnly)));
+    store.apply_remote(dag.items[0].bytes.clone()).unwrap();
+    assert_eq!(store.stats().intentions, 1);
+}
+
+#[test]
+fn flushed_writes_survive_reopen_and_the_clock_does_not_go_backwards() {
+    let tmp = tempfile::tempdir().unwrap();
+    let me = Identity::generate();
+    let store = Store::create(tmp.path(), StoreId([5; 16]), me.clone(), clock(), "s", "me").unwrap();
+    let mut last = OpId::ROOT;
+    for n in 0..50 {
+        last = store
+            .write(|tx| Ok(tx.push(create(&format!("f{n}")))))
+            .unwrap();
+    }
+    store.flush().unwrap();
+    let dump = store.read(|s| s.canonical_dump());
+    let digest = store.digest().unwrap();
+    store.shutdown().unwrap();
+
+    let fresh = clock();
+    let reopened = Store::open(tmp.path(), me, fresh.clone()).unwrap();
+    assert!(fresh.lock().last() >= last.hlc);
+    assert_eq!(reopened.read(|s| s.canonical_dump()), dump);
+    assert_eq!(reopened.digest().unwrap(), digest);
+    let next = reopened.write(|tx| Ok(tx.push(create("after")))).unwrap();
+    assert!(next.hlc > last.hlc);
+    assert!(matches!(
+        store.apply_remote(Bytes::new()),
+        Err(StoreError::Closed)
+    ));
+}
+
+#[test]
+fn ops_pushed_together_are_sealed_into_one_intention_naming_the_tip_and_heads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::create(tmp.path(), StoreId([6; 16]), Identity::generate(), clock(), "s", "me").unwrap();
+    let genesis = store.digest().unwrap().heads;
+    store
+        .write(|tx| {
+            for n in 0..100 {
+                tx.push(create(&format!("f{n}")));
+            }
+            Ok(())
+        })
+        .unwrap();
+    store.flush().unwrap();
+    let d = store.digest().unwrap();
+    assert_eq!(d.intentions.len(), 2);
+    assert_eq!(d.heads.len(), 1);
+    assert!(genesis.is_disjoint(&d.heads));
+}
+
+fn raw_db<R>(dir: &Path, f: impl FnOnce(&Database) -> R) -> R {
+    f(&Database::open(dir.join(DB_FILE)).unwrap())
+}
+
+fn projection_row(dir: &Path) -> (u64, Vec<u8>) {
+    raw_db(dir, |db| {
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(PROJECTION).unwrap();
+        let (k, v) = t.last().unwrap().unwrap();
+        (k.value(), v.value().to_vec())
+    })
+}
+
+fn set_projection(dir: &Path, row: Option<(u64, &[u8])>) {
+    raw_db(dir, |db| {
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(PROJECTION).unwrap();
+            t.retain(|_, _| false).unwrap();
+            if let Some((seq, bytes)) = row {
+                t.insert(seq, bytes).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    })
+}
+
+#[test]
+fn snapshot_plus_replay_equals_full_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let me = Identity::generate();
+    let store = Store::create(tmp.path(), StoreId([7; 16]), me.clone(), clock(), "s", "me").unwrap();
+    for n in 0..20 {
+        store.write(|tx| Ok(tx.push(create(&format!("a{n}"))))).unwrap();
+        store.flush().unwrap();
+    }
+    store.shutdown().unwrap();
+    let early = projection_row(tmp.path());
+
+    let store = Store::open(tmp.path(), me.clone(), clock()).unwrap();
+    for n in 0..20 {
+        store.write(|tx| Ok(tx.push(create(&format!("b{n}"))))).unwrap();
+        store.flush().unwrap();
+    }
+    let dump = store.read(|s| s.canonical_dump());
+    store.shutdown().unwrap();
+    let late = projection_row(tmp.path());
+    assert!(late.0 > early.0 && early.0 > 1);
+
+    set_projection(tmp.path(), Some((early.0, &early.1)));
+    let replayed = Store::open(tmp.path(), me.clone(), clock()).unwrap();
+    assert_eq!(replayed.read(|s| s.canonical_dump()), dump);
+    replayed.shutdown().unwrap();
+
+    set_projection(tmp.path(), None);
+    let full = Store::open(tmp.path(), me, clock()).unwrap();
+    assert_eq!(full.read(|s| s.canonical_dump()), dump);
+}
+
+#[test]
+fn witness_chain_verifies_and_a_tampered_entry_is_refused_on_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let me = Identity::generate();
+    let store = Store::create(tmp.path(), StoreId([8; 16]), me.clone(), clock(), "s", "me").unwrap();
+    for n in 0..5 {
+        store.write(|tx| Ok(tx.push(create(&format!("f{n}"))))).unwrap();
+        store.flush().unwrap();
+    }
+    assert_eq!(store.digest().unwrap().witness_len, 6);
+    store.shutdown().unwrap();
+    set_projection(tmp.path(), None);
+    raw_db(tmp.path(), |db| {
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn.open_table(WITNESS_TABLE).unwrap();
+            let (hash, mut chain) = t.get(3).unwrap().unwrap().value();
+            chain[0] ^= 1;
+            t.insert(3, (hash, chain)).unwrap();
+        }
+        txn.commit().unwrap();
+    });
+    assert!(matches!(
+        Store::open(tmp.path(), me, clock()),
+        Err(StoreError::Corrupt(_))
+    ));
+}
+
+#[test]
+fn history_lists_the_intentions_touching_a_file_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let me = Identity::generate();
+    let store = Store::create(tmp.path(), StoreId([2; 16]), me.clone(), clock(), "s", "me").unwrap();
+    let file = store.write(|tx| Ok(tx.push(create("f")))).unwrap();
+    store.flush().unwrap();
+    let other = store.write(|tx| Ok(tx.push(create("g")))).unwrap();
+    store.flush().unwrap();
+    for n in 0..2 {
+        store.write(|tx| Ok(tx.push(write_body(file, &format!("v{n}"))))).unwrap();
+        store.flush().unwrap();
+    }
+    let h = store.history(file).unwrap();
+    assert_eq!(h.len(), 3);
+    assert!(h.windows(2).all(|w| w[0].seq < w[1].seq));
+    assert!(h.iter().all(|i| i.author == me.public()));
+    assert_eq!(h[0].hlc, file.hlc);
+    assert_eq!(store.history(other).unwrap().len(), 1);
+}
+
+#[test]
+fn ten_thousand_pushes_and_one_flush_are_fast_and_all_sealed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::create(tmp.path(), StoreId([1; 16]), Identity::generate(), clock(), "s", "me").unwrap();
+    let start = Instant::now();
+    for n in 0..10_000 {
+        store.write(|tx| Ok(tx.push(create(&format!("f{n}"))))).unwrap();
+    }
+    let pushed = start.elapsed();
+    store.flush().unwrap();
+    let total = start.elapsed();
+    let flushes = 50;
+    let f0 = Instant::now();
+    for n in 0..flushes {
+        store.write(|tx| Ok(tx.push(create(&format!("g{n}"))))).unwrap();
+        store.flush().unwrap();
+    }
+    let per_flush = f0.elapsed() / flushes;
+    println!(
+        "10,000 pushes: {:?} ({:.0} ops/s pushing); with flush {:?} ({:.0} ops/s); push+flush {:?} each",
+        pushed,
+        10_000.0 / pushed.as_secs_f64(),
+        total,
+        10_000.0 / total.as_secs_f64(),
+        per_flush
+    );
+    let d = store.digest().unwrap();
+    assert!(d.intentions.len() < 1 + 10_000 / 2 + flushes as usize);
+    store.shutdown().unwrap();
+    let reopened = Store::open(tmp.path(), Identity::generate(), clock()).unwrap();
+    assert_eq!(reopened.stats().fs.files, store.stats().fs.files);
+}
+
+const CRASH_DIR_ENV: &str = "LATTICE_STORE_CRASH_DIR";
+const CRASH_SEED: [u8; 32] = [42; 32];
+
+#[test]
+#[ignore = "a child process of kill_9_after_flush_keeps_every_flushed_write"]
+fn crash_child_writes_and_flushes_until_killed() {
+    let Ok(dir) = std::env::var(CRASH_DIR_ENV) else {
+        return;
+    };
+    let store = Store::open(Path::new(&dir), Identity::from_seed(CRASH_SEED), clock()).unwrap();
+    // Bounded, so a child whose parent died does not run forever.
+    for n in 0..20_000 {
+        store.write(|tx| Ok(tx.push(create(&format!("f{n}"))))).unwrap();
+        store.flush().unwrap();
+        println!("flushed {n}");
+        store.write(|tx| Ok(tx.push(create(&format!("u{n}"))))).unwrap();
+    }
+}
+
+#[test]
+fn kill_9_after_flush_keeps_every_flushed_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let me = Identity::from_seed(CRASH_SEED);
+    Store::create(tmp.path(), StoreId([10; 16]), me.clone(), clock(), "s", "me")
+        .unwrap()
+        .shutdown()
+        .unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "store::tests::crash_child_writes_and_flushes_until_killed",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CRASH_DIR_ENV, tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut acked = None;
+    for line in std::io::BufReader::new(child.stdout.take().unwrap()).lines() {
+        if let Some(n) = line.unwrap().strip_prefix("flushed ") {
+            acked = Some(n.parse::<u64>().unwrap());
+            if acked >= Some(30) {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let acked = acked.expect("the child acknowledged flushes");
+    let store = Store::open(tmp.path(), me, clock()).unwrap();
+    for n in 0..=acked {
+        assert!(
+            store.read(|s| s.lookup(OpId::ROOT, &format!("f{n}")).is_ok()),
+            "acknowledged f{n} lost"
+        );
+    }
+    assert!(store.digest().unwrap().witness_len > acked);
+}
