@@ -6,4 +6,5 @@ pub mod fs;
 pub mod hlc;
 pub mod identity;
 pub mod intention;
+pub mod node;
 pub mod proto;
