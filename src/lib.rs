@@ -7,5 +7,6 @@ pub mod fs;
 pub mod hlc;
 pub mod identity;
 pub mod intention;
+pub mod node;
 pub mod proto;
 pub mod store;

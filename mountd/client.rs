@@ -1,0 +1,182 @@
+//! The client side of the control socket: one request, one response.
+
+use std::io::ErrorKind;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context};
+use lattice_mount::proto::control::{
+    request, response, CreateRequest, CreateResponse, DownRequest, HistoryRequest, HistoryResponse,
+    Request, Response, StatusRequest, StatusResponse,
+};
+use tokio::net::UnixStream;
+
+use crate::control::{read_frame, socket_path, write_frame};
+use crate::daemon;
+use crate::error::CliError;
+
+/// How long a request may take, including connecting, before the CLI gives up.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long `down` waits for the daemon to exit after it acknowledged the request.
+const DOWN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often `down` checks whether the daemon has exited.
+const DOWN_POLL: Duration = Duration::from_millis(50);
+
+/// Asks the daemon for its status.
+pub fn status(data_dir: &Path) -> Result<StatusResponse, CliError> {
+    match call(data_dir, request::Kind::Status(StatusRequest {}))? {
+        response::Kind::Status(s) => Ok(s),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Asks the daemon to create a store.
+pub fn create(data_dir: &Path, name: &str) -> Result<CreateResponse, CliError> {
+    let request = request::Kind::Create(CreateRequest {
+        name: name.to_string(),
+    });
+    match call(data_dir, request)? {
+        response::Kind::Create(c) => Ok(c),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Asks the daemon for the history of `path` (a path in the mount, absolute or relative
+/// to the current directory). Returns the path as sent (relative to the mount root).
+pub fn history(data_dir: &Path, path: &Path) -> Result<(String, HistoryResponse), CliError> {
+    let status = status(data_dir)?;
+    if status.mountpoint.is_empty() {
+        return Err(anyhow!("the daemon reports no mountpoint").into());
+    }
+    let mountpoint = PathBuf::from(&status.mountpoint);
+    let absolute =
+        std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))?;
+    let resolved = canonicalize_existing_prefix(&absolute);
+    let relative = resolved.strip_prefix(&mountpoint).map_err(|_| {
+        anyhow!(
+            "{} is not inside the mount at {}",
+            path.display(),
+            mountpoint.display()
+        )
+    })?;
+    let relative = relative
+        .to_str()
+        .ok_or_else(|| anyhow!("{} is not valid UTF-8", path.display()))?;
+    let sent = format!("/{relative}");
+    let request = request::Kind::History(HistoryRequest { path: sent.clone() });
+    match call(data_dir, request)? {
+        response::Kind::History(h) => Ok((sent, h)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Asks the daemon to stop, then waits until it has unmounted and exited.
+pub fn down(data_dir: &Path) -> Result<(), CliError> {
+    match call(data_dir, request::Kind::Down(DownRequest {}))? {
+        response::Kind::Down(_) => {}
+        other => return Err(unexpected(&other)),
+    }
+    let start = Instant::now();
+    while daemon::is_running(data_dir)? {
+        if start.elapsed() > DOWN_TIMEOUT {
+            return Err(anyhow!(
+                "the daemon accepted `down` but did not exit within {} s",
+                DOWN_TIMEOUT.as_secs()
+            )
+            .into());
+        }
+        std::thread::sleep(DOWN_POLL);
+    }
+    Ok(())
+}
+
+/// Sends one request and returns the daemon's answer; an error answer becomes `Refused`.
+fn call(data_dir: &Path, kind: request::Kind) -> Result<response::Kind, CliError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the client runtime")?;
+    let socket = socket_path(data_dir);
+    let request = Request { kind: Some(kind) };
+    let response = rt.block_on(async {
+        let mut stream = match UnixStream::connect(&socket).await {
+            Ok(s) => s,
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+                return Err(CliError::NoDaemon(data_dir.display().to_string()));
+            }
+            Err(e) => {
+                return Err(anyhow!(e)
+                    .context(format!("cannot connect to {}", socket.display()))
+                    .into())
+            }
+        };
+        let exchange = async {
+            write_frame(&mut stream, &request).await?;
+            read_frame::<Response, _>(&mut stream).await
+        };
+        tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "the daemon did not answer within {} s",
+                    REQUEST_TIMEOUT.as_secs()
+                )
+            })?
+            .context("talking to the daemon")
+            .map_err(CliError::from)
+    })?;
+    match response.and_then(|r| r.kind) {
+        Some(response::Kind::Error(message)) => Err(CliError::Refused(message)),
+        Some(kind) => Ok(kind),
+        None => Err(anyhow!("the daemon closed the connection without an answer").into()),
+    }
+}
+
+fn unexpected(kind: &response::Kind) -> CliError {
+    anyhow!("the daemon sent an unexpected answer: {kind:?}").into()
+}
+
+/// `path` (absolute) with `.` and `..` removed lexically, then its longest existing
+/// prefix canonicalized (symlinks resolved) and the rest appended unchanged.
+fn canonicalize_existing_prefix(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                normal.pop();
+            }
+            c => normal.push(c),
+        }
+    }
+    let mut head = normal.as_path();
+    let mut tail = Vec::new();
+    loop {
+        if let Ok(mut canonical) = head.canonicalize() {
+            canonical.extend(tail.iter().rev());
+            return canonical;
+        }
+        match (head.parent(), head.file_name()) {
+            (Some(parent), Some(name)) => {
+                tail.push(name);
+                head = parent;
+            }
+            _ => return normal,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_tail_is_appended_to_the_canonical_existing_prefix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().canonicalize().unwrap();
+        std::fs::create_dir(real.join("mnt")).unwrap();
+        std::os::unix::fs::symlink(real.join("mnt"), real.join("link")).unwrap();
+        let got = canonicalize_existing_prefix(&real.join("link/./docs/x/../a.txt"));
+        assert_eq!(got, real.join("mnt/docs/a.txt"));
+    }
+}

@@ -1,0 +1,611 @@
+//! The daemon: `lattice-mount up`. Takes the data dir lock, prepares the mountpoint,
+//! opens the node, mounts it, serves the control socket until SIGINT, SIGTERM or a
+//! `down` request, then unmounts, shuts the node down and removes the socket.
+
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use lattice_mount::node::Node;
+use lattice_mount::proto::control::{
+    request, response, CreateResponse, DownResponse, HistoryResponse, Request, Response,
+};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, RwLock, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::control::{read_frame, socket_path, write_frame, FrameError};
+use crate::error::CliError;
+
+/// Most control connections served at once; further ones are closed at once.
+const MAX_CONTROL_CONNECTIONS: usize = 64;
+/// How long a control connection may stay silent before the daemon closes it.
+const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long runtime shutdown waits for stray tasks after the node is shut down.
+const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lock file inside the data dir, held (flock) by the running daemon.
+const LOCK_FILE: &str = "daemon.lock";
+
+/// What `up` needs to know.
+pub struct UpOptions {
+    /// The node's data dir (absolute).
+    pub data_dir: PathBuf,
+    /// Where to mount (absolute; created if missing).
+    pub mountpoint: PathBuf,
+    /// Display name to set, if any.
+    pub display_name: Option<String>,
+    /// Let other users access the mount.
+    pub allow_other: bool,
+}
+
+/// Runs the daemon in the foreground until it is asked to stop.
+pub fn up(opts: UpOptions) -> Result<(), CliError> {
+    let data_dir = &opts.data_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let lock = DaemonLock::acquire(data_dir)?;
+    let mountpoint = prepare_mountpoint(&opts.mountpoint)?;
+    // Bound while the process has a single thread, so the umask change is safe.
+    let (listener, socket) = bind_socket(&socket_path(data_dir))?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("lattice-rt")
+        .build()
+        .context("cannot start the async runtime")?;
+    let signals = {
+        let _entered = rt.enter();
+        Signals::new().context("cannot install signal handlers")?
+    };
+    let node = Node::open(data_dir, opts.display_name.as_deref(), rt.handle().clone())
+        .with_context(|| format!("cannot open the node in {}", data_dir.display()))?;
+    let guard = match lattice_mount::fuse::mount(node.clone(), &mountpoint, opts.allow_other) {
+        Ok(guard) => guard,
+        Err(e) => {
+            if let Err(e) = node.shutdown() {
+                tracing::error!("shutting down after a failed mount: {e}");
+            }
+            return Err(anyhow!(e)
+                .context(format!("cannot mount at {}", mountpoint.display()))
+                .into());
+        }
+    };
+    eprintln!(
+        "mounted {} stores at {}; data in {}",
+        node.stores().len(),
+        mountpoint.display(),
+        data_dir.display()
+    );
+
+    let ctx = Arc::new(Ctx {
+        node: node.clone(),
+        mountpoint: mountpoint.clone(),
+    });
+    let reason = rt.block_on(async move {
+        let listener = UnixListener::from_std(listener)?;
+        anyhow::Ok(serve(listener, ctx, signals).await)
+    });
+    match &reason {
+        Ok(reason) => tracing::info!("stopping: {reason}"),
+        Err(e) => tracing::error!("control socket failed, stopping: {e:#}"),
+    }
+    // Dropping the guard unmounts and joins the FUSE session, so no callback is still
+    // using the node when it shuts down.
+    drop(guard);
+    let shutdown = node.shutdown();
+    drop(socket);
+    rt.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    drop(lock);
+    reason.context("control socket")?;
+    shutdown.context("shutting down the node")?;
+    Ok(())
+}
+
+/// True while a daemon holds the lock of `data_dir`.
+pub fn is_running(data_dir: &Path) -> Result<bool, CliError> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(anyhow!(e).context(format!("{}", path.display())).into()),
+    };
+    // A shared lock conflicts with the daemon's exclusive one; the probe releases it
+    // when `file` closes.
+    // SAFETY: flock on a file descriptor we own.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(false);
+    }
+    let err = std::io::Error::last_os_error();
+    if err.kind() == ErrorKind::WouldBlock {
+        Ok(true)
+    } else {
+        Err(anyhow!(err)
+            .context(format!("locking {}", path.display()))
+            .into())
+    }
+}
+
+/// The exclusive flock on `DATA_DIR/daemon.lock`, released when dropped or on exit.
+struct DaemonLock {
+    _file: File,
+}
+
+impl DaemonLock {
+    fn acquire(data_dir: &Path) -> Result<Self, CliError> {
+        let path = data_dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == ErrorKind::WouldBlock {
+                return Err(anyhow!(
+                    "a daemon is already running for data dir {} (stop it with `lattice-mount down`)",
+                    data_dir.display()
+                )
+                .into());
+            }
+            return Err(anyhow!(err)
+                .context(format!("cannot lock {}", path.display()))
+                .into());
+        }
+        Ok(Self { _file: file })
+    }
+}
+
+/// The control socket file, removed when dropped.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            if e.kind() != ErrorKind::NotFound {
+                tracing::warn!("cannot remove {}: {e}", self.0.display());
+            }
+        }
+    }
+}
+
+/// Binds the control socket with mode 0600 from the start (umask), replacing a stale
+/// socket file (we hold the data dir lock, so no live daemon owns it).
+fn bind_socket(path: &Path) -> Result<(std::os::unix::net::UnixListener, SocketFile), CliError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!("removed stale socket {}", path.display()),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow!(e)
+                .context(format!("cannot remove {}", path.display()))
+                .into())
+        }
+    }
+    // SAFETY: umask only changes the process's file creation mask.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = std::os::unix::net::UnixListener::bind(path);
+    // SAFETY: as above, restoring the previous mask.
+    unsafe { libc::umask(old) };
+    let listener = bound.with_context(|| format!("cannot bind {}", path.display()))?;
+    let socket = SocketFile(path.to_path_buf());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    listener.set_nonblocking(true).context("control socket")?;
+    Ok((listener, socket))
+}
+
+/// Cleans a stale FUSE mount, creates the mountpoint if missing, refuses a busy one,
+/// and returns its canonical path.
+fn prepare_mountpoint(mountpoint: &Path) -> Result<PathBuf, CliError> {
+    let shown = mountpoint.display();
+    match std::fs::metadata(mountpoint) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            tracing::warn!("cleaning a stale FUSE mount at {shown}");
+            unmount_stale(mountpoint)?;
+        }
+        Ok(m) if !m.is_dir() => return Err(anyhow!("mountpoint {shown} is not a directory").into()),
+        Ok(_) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            std::fs::create_dir_all(mountpoint)
+                .with_context(|| format!("cannot create mountpoint {shown}"))?;
+        }
+        Err(e) => return Err(anyhow!(e).context(format!("mountpoint {shown}")).into()),
+    }
+    let canonical = mountpoint
+        .canonicalize()
+        .with_context(|| format!("mountpoint {shown}"))?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .context("cannot read /proc/self/mountinfo")?;
+    if is_mount_point(&mountinfo, &canonical) {
+        return Err(anyhow!(
+            "{} is already a mount point (unmount it or choose another mountpoint)",
+            canonical.display()
+        )
+        .into());
+    }
+    Ok(canonical)
+}
+
+/// Unmounts a dead FUSE mount: directly when root, else with `fusermount3 -u -z`.
+fn unmount_stale(mountpoint: &Path) -> Result<(), CliError> {
+    let fail = |why: String| -> CliError {
+        anyhow!(
+            "cannot clean up the stale mount at {}: {why}",
+            mountpoint.display()
+        )
+        .into()
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let c = CString::new(mountpoint.as_os_str().as_bytes())
+            .map_err(|_| fail("path contains NUL".into()))?;
+        // SAFETY: `c` is a valid NUL-terminated path for the duration of the call.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(fail(std::io::Error::last_os_error().to_string()));
+        }
+        return Ok(());
+    }
+    let status = std::process::Command::new("fusermount3")
+        .args(["-u", "-z"])
+        .arg(mountpoint)
+        .status()
+        .map_err(|e| fail(format!("fusermount3: {e}")))?;
+    if !status.success() {
+        return Err(fail(format!("fusermount3 exited with {status}")));
+    }
+    Ok(())
+}
+
+/// True if `/proc/self/mountinfo` content `mountinfo` lists `path` as a mount point.
+fn is_mount_point(mountinfo: &str, path: &Path) -> bool {
+    let path = path.as_os_str().as_bytes();
+    mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .any(|field| unescape_mountinfo(field) == path)
+}
+
+/// Decodes the `\ooo` octal escapes mountinfo uses for space, tab, newline and `\`.
+fn unescape_mountinfo(field: &str) -> Vec<u8> {
+    let b = field.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match octal {
+            Some(d) => {
+                out.push(((d[0] - b'0') << 6) | ((d[1] - b'0') << 3) | (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
+/// SIGINT and SIGTERM streams, installed before the node opens so that an early
+/// signal still leads to a clean shutdown.
+struct Signals {
+    interrupt: Signal,
+    terminate: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
+    }
+}
+
+/// What request handlers share.
+struct Ctx {
+    node: Node,
+    mountpoint: PathBuf,
+}
+
+/// Accepts control connections until a signal or a `down` request; then waits for
+/// requests in progress and closes every connection. Returns why it stopped.
+async fn serve(listener: UnixListener, ctx: Arc<Ctx>, mut signals: Signals) -> &'static str {
+    let (down_tx, mut down_rx) = mpsc::channel::<()>(1);
+    let in_flight = Arc::new(RwLock::new(()));
+    let slots = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
+    let mut connections = JoinSet::new();
+    let reason = loop {
+        tokio::select! {
+            _ = signals.interrupt.recv() => break "SIGINT",
+            _ = signals.terminate.recv() => break "SIGTERM",
+            _ = down_rx.recv() => break "down request",
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => match slots.clone().try_acquire_owned() {
+                    Ok(slot) => {
+                        let conn = Connection {
+                            ctx: ctx.clone(),
+                            in_flight: in_flight.clone(),
+                            down: down_tx.clone(),
+                            _slot: slot,
+                        };
+                        connections.spawn(conn.run(stream));
+                    }
+                    Err(_) => tracing::warn!(
+                        "refusing a control connection: {MAX_CONTROL_CONNECTIONS} already open"
+                    ),
+                },
+                Err(e) => {
+                    tracing::warn!("control socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!("control connection task failed: {e}");
+                }
+            }
+        }
+    };
+    drop(listener);
+    // Wait for requests already running on the node, then drop idle connections.
+    let _quiet = in_flight.write().await;
+    connections.shutdown().await;
+    reason
+}
+
+/// One client connection: requests in, responses out, in order.
+struct Connection {
+    ctx: Arc<Ctx>,
+    in_flight: Arc<RwLock<()>>,
+    down: mpsc::Sender<()>,
+    _slot: OwnedSemaphorePermit,
+}
+
+impl Connection {
+    async fn run(self, mut stream: UnixStream) {
+        loop {
+            let read = tokio::time::timeout(CONTROL_IDLE_TIMEOUT, read_frame(&mut stream)).await;
+            let request: Request = match read {
+                Err(_) | Ok(Ok(None)) => return,
+                Ok(Ok(Some(r))) => r,
+                Ok(Err(e)) => {
+                    tracing::warn!("bad control request: {e}");
+                    // The stream may be mid-frame: answer once, then close.
+                    let _ = write_frame(&mut stream, &error_response(e.to_string())).await;
+                    return;
+                }
+            };
+            let is_down = matches!(request.kind, Some(request::Kind::Down(_)));
+            let permit = self.in_flight.clone().read_owned().await;
+            let ctx = self.ctx.clone();
+            let response = tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                handle(&ctx, request)
+            })
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!("control request handler failed: {e}");
+                error_response("internal error while handling the request".into())
+            });
+            match write_frame(&mut stream, &response).await {
+                Ok(()) => {}
+                Err(FrameError::TooLarge(n)) => {
+                    let message =
+                        format!("the answer ({n} bytes) exceeds the control message limit");
+                    if write_frame(&mut stream, &error_response(message))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!("control client went away: {e}");
+                    return;
+                }
+            }
+            if is_down {
+                let _ = self.down.send(()).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Runs one request on the node (blocking: call from `spawn_blocking`).
+fn handle(ctx: &Ctx, request: Request) -> Response {
+    let kind = match request.kind {
+        None => return error_response("empty or unknown request".into()),
+        Some(request::Kind::Status(_)) => {
+            let mut status = ctx.node.status();
+            status.mountpoint = ctx.mountpoint.display().to_string();
+            response::Kind::Status(status)
+        }
+        Some(request::Kind::Create(c)) => match ctx.node.create_store(&c.name) {
+            Ok(store) => response::Kind::Create(CreateResponse {
+                id: store.id().to_hex(),
+            }),
+            Err(e) => return error_response(e.to_string()),
+        },
+        Some(request::Kind::History(h)) => match ctx.node.history(&h.path) {
+            Ok(entries) => response::Kind::History(HistoryResponse { entries }),
+            Err(e) => return error_response(e.to_string()),
+        },
+        Some(request::Kind::Down(_)) => response::Kind::Down(DownResponse {}),
+    };
+    Response { kind: Some(kind) }
+}
+
+fn error_response(message: String) -> Response {
+    Response {
+        kind: Some(response::Kind::Error(message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lattice_mount::proto::control::{CreateRequest, StatusRequest};
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    #[test]
+    fn mountinfo_mount_points_are_found_with_escaped_spaces() {
+        let info = "22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+                    90 27 0:50 / /mnt/my\\040box rw - fuse x rw\n";
+        assert!(is_mount_point(info, Path::new("/proc")));
+        assert!(is_mount_point(info, Path::new("/mnt/my box")));
+        assert!(!is_mount_point(info, Path::new("/mnt")));
+        assert!(!is_mount_point(info, Path::new("/mnt/my\\040box")));
+    }
+
+    #[test]
+    fn a_second_lock_on_the_same_data_dir_is_refused_until_the_first_is_dropped() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(!is_running(tmp.path()).unwrap());
+        let lock = DaemonLock::acquire(tmp.path()).unwrap();
+        assert!(is_running(tmp.path()).unwrap());
+        let err = DaemonLock::acquire(tmp.path()).err().unwrap();
+        assert!(err.to_string().contains("already running"), "{err}");
+        drop(lock);
+        assert!(!is_running(tmp.path()).unwrap());
+        DaemonLock::acquire(tmp.path()).unwrap();
+    }
+
+    #[test]
+    fn the_control_socket_is_created_0600_and_removed_on_drop() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = socket_path(tmp.path());
+        std::fs::write(&path, b"stale").unwrap();
+        let (_listener, socket) = bind_socket(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        drop(socket);
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_missing_mountpoint_is_created_and_a_busy_one_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mp = tmp.path().join("a/Lattice");
+        let canonical = prepare_mountpoint(&mp).unwrap();
+        assert!(canonical.is_dir());
+        let err = prepare_mountpoint(Path::new("/proc")).unwrap_err();
+        assert!(err.to_string().contains("already a mount point"), "{err}");
+        let file = tmp.path().join("f");
+        std::fs::write(&file, b"").unwrap();
+        let err = prepare_mountpoint(&file).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
+    }
+
+    /// Serves one connection of a node in `dir` over an in-memory stream.
+    fn serve_one(dir: &Path, client: impl AsyncFnOnce(UnixStream)) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let node = Node::open(dir, Some("laptop"), rt.handle().clone()).unwrap();
+        let ctx = Arc::new(Ctx {
+            node: node.clone(),
+            mountpoint: PathBuf::from("/mnt/lattice"),
+        });
+        rt.block_on(async {
+            let (a, b) = UnixStream::pair().unwrap();
+            let (down, _down_rx) = mpsc::channel(1);
+            let conn = Connection {
+                ctx,
+                in_flight: Arc::new(RwLock::new(())),
+                down,
+                _slot: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+            };
+            let server = tokio::spawn(conn.run(b));
+            client(a).await;
+            server.await.unwrap();
+        });
+        node.shutdown().unwrap();
+    }
+
+    async fn ask(stream: &mut UnixStream, kind: request::Kind) -> response::Kind {
+        write_frame(stream, &Request { kind: Some(kind) })
+            .await
+            .unwrap();
+        let response: Response = read_frame(stream).await.unwrap().unwrap();
+        response.kind.unwrap()
+    }
+
+    #[test]
+    fn requests_on_one_connection_create_a_store_and_report_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        serve_one(tmp.path(), async |mut s| {
+            let created = ask(
+                &mut s,
+                request::Kind::Create(CreateRequest {
+                    name: "docs".into(),
+                }),
+            )
+            .await;
+            let response::Kind::Create(created) = created else {
+                panic!("{created:?}")
+            };
+            let again = ask(
+                &mut s,
+                request::Kind::Create(CreateRequest {
+                    name: "docs".into(),
+                }),
+            )
+            .await;
+            assert_eq!(
+                again,
+                response::Kind::Error("a store named \"docs\" already exists".into())
+            );
+            let status = ask(&mut s, request::Kind::Status(StatusRequest {})).await;
+            let response::Kind::Status(status) = status else {
+                panic!("{status:?}")
+            };
+            assert_eq!(status.mountpoint, "/mnt/lattice");
+            assert_eq!(status.stores.len(), 1);
+            assert_eq!(status.stores[0].id, created.id);
+        });
+    }
+
+    #[test]
+    fn a_malformed_frame_gets_an_error_answer_and_the_connection_closes() {
+        let tmp = tempfile::tempdir().unwrap();
+        serve_one(tmp.path(), async |mut s| {
+            s.write_all(&[0, 0, 0, 2, 0xff, 0xff]).await.unwrap();
+            let response: Response = read_frame(&mut s).await.unwrap().unwrap();
+            assert!(
+                matches!(response.kind, Some(response::Kind::Error(ref m)) if m.contains("malformed"))
+            );
+            assert_eq!(read_frame::<Response, _>(&mut s).await.unwrap(), None);
+        });
+    }
+
+    #[test]
+    fn an_oversized_frame_header_gets_an_error_answer_without_reading_the_body() {
+        let tmp = tempfile::tempdir().unwrap();
+        serve_one(tmp.path(), async |mut s| {
+            s.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+            let response: Response = read_frame(&mut s).await.unwrap().unwrap();
+            assert!(
+                matches!(response.kind, Some(response::Kind::Error(ref m)) if m.contains("exceeds"))
+            );
+        });
+    }
+}

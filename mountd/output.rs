@@ -1,0 +1,253 @@
+//! Human and JSON renderings of control responses.
+
+use std::fmt::Write;
+
+use lattice_mount::proto::control::{HistoryEntry, StatusResponse};
+
+/// Human status: the node, then a table of stores.
+pub fn status_human(s: &StatusResponse) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "node        {}", s.node_id);
+    let _ = writeln!(out, "name        {}", printable(&s.display_name));
+    let _ = writeln!(out, "data dir    {}", printable(&s.data_dir));
+    let _ = writeln!(out, "mountpoint  {}", printable(&s.mountpoint));
+    let _ = writeln!(out, "blobs       {} ({} bytes)", s.blobs, s.blob_bytes);
+    if s.stores.is_empty() {
+        out.push_str("no stores (create one with `lattice-mount create NAME`)\n");
+        return out;
+    }
+    let mut rows = vec![[
+        "STORE",
+        "ID",
+        "INTENTIONS",
+        "FILES",
+        "DIRS",
+        "BYTES",
+        "CONFLICTS",
+    ]
+    .map(String::from)];
+    for st in &s.stores {
+        rows.push([
+            printable(&st.name),
+            st.id.clone(),
+            st.intentions.to_string(),
+            st.files.to_string(),
+            st.directories.to_string(),
+            st.bytes.to_string(),
+            st.conflicts.to_string(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    out.push('\n');
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, &w)| format!("{cell:<w$}"))
+            .collect();
+        let _ = writeln!(out, "{}", line.join("  ").trim_end());
+    }
+    out
+}
+
+/// Status as one JSON object.
+pub fn status_json(s: &StatusResponse) -> String {
+    let stores: Vec<String> = s
+        .stores
+        .iter()
+        .map(|st| {
+            format!(
+                "{{\"name\":{},\"id\":{},\"intentions\":{},\"floating\":{},\"files\":{},\
+                 \"dirs\":{},\"bytes\":{},\"conflicts\":{}}}",
+                json_string(&st.name),
+                json_string(&st.id),
+                st.intentions,
+                st.floating,
+                st.files,
+                st.directories,
+                st.bytes,
+                st.conflicts
+            )
+        })
+        .collect();
+    format!(
+        "{{\"node_id\":{},\"display_name\":{},\"data_dir\":{},\"mountpoint\":{},\
+         \"blobs\":{},\"blob_bytes\":{},\"stores\":[{}]}}",
+        json_string(&s.node_id),
+        json_string(&s.display_name),
+        json_string(&s.data_dir),
+        json_string(&s.mountpoint),
+        s.blobs,
+        s.blob_bytes,
+        stores.join(",")
+    )
+}
+
+/// Human history: one line per entry (time, author, intention, op).
+pub fn history_human(entries: &[HistoryEntry]) -> String {
+    let authors: Vec<String> = entries.iter().map(author_label).collect();
+    let width = authors.iter().map(|a| a.chars().count()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (e, author) in entries.iter().zip(&authors) {
+        let _ = writeln!(
+            out,
+            "{}  {author:<width$}  {}  {}",
+            utc_time(e.hlc_wall_ms),
+            e.intention.get(..16).unwrap_or(&e.intention),
+            printable(&e.op)
+        );
+    }
+    out
+}
+
+/// History as one JSON object: the path asked for and its entries.
+pub fn history_json(path: &str, entries: &[HistoryEntry]) -> String {
+    let items: Vec<String> = entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{{\"time\":{},\"hlc_wall_ms\":{},\"hlc_counter\":{},\"author\":{},\
+                 \"author_name\":{},\"intention\":{},\"op\":{}}}",
+                json_string(&utc_time(e.hlc_wall_ms)),
+                e.hlc_wall_ms,
+                e.hlc_counter,
+                json_string(&e.author),
+                json_string(&e.author_name),
+                json_string(&e.intention),
+                json_string(&e.op)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"path\":{},\"entries\":[{}]}}",
+        json_string(path),
+        items.join(",")
+    )
+}
+
+/// The author's display name, else the first 8 hex characters of their key.
+fn author_label(e: &HistoryEntry) -> String {
+    if e.author_name.is_empty() {
+        e.author.get(..8).unwrap_or(&e.author).to_string()
+    } else {
+        printable(&e.author_name)
+    }
+}
+
+/// `s` with control characters replaced, so that one value stays on one line.
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
+/// A JSON string literal for `s`.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` for milliseconds since the Unix epoch.
+fn utc_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
+/// The proleptic Gregorian (year, month, day) of a day count since 1970-01-01
+/// (Howard Hinnant's `civil_from_days`).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use lattice_mount::proto::control::StoreStatus;
+
+    use super::*;
+
+    #[test]
+    fn utc_times_match_known_dates() {
+        assert_eq!(utc_time(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(utc_time(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(utc_time(1_763_756_367_123), "2025-11-21T20:19:27.123Z");
+    }
+
+    #[test]
+    fn json_strings_escape_quotes_backslashes_and_control_characters() {
+        assert_eq!(json_string("a\"b\\c\nd\u{1}é"), r#""a\"b\\c\nd\u0001é""#);
+    }
+
+    #[test]
+    fn history_lines_show_the_name_or_8_hex_and_16_hex_of_the_intention() {
+        let entry = |name: &str| HistoryEntry {
+            intention: "0123456789abcdef".repeat(4),
+            author: "fedcba98".repeat(8),
+            author_name: name.into(),
+            hlc_wall_ms: 0,
+            hlc_counter: 0,
+            op: "write 3 bytes".into(),
+        };
+        let out = history_human(&[entry("laptop"), entry("")]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "1970-01-01T00:00:00.000Z  laptop    0123456789abcdef  write 3 bytes",
+                "1970-01-01T00:00:00.000Z  fedcba98  0123456789abcdef  write 3 bytes",
+            ]
+        );
+    }
+
+    #[test]
+    fn status_json_holds_every_store() {
+        let status = StatusResponse {
+            node_id: "ab".into(),
+            display_name: "my \"box\"".into(),
+            stores: vec![StoreStatus {
+                name: "docs".into(),
+                files: 2,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let json = status_json(&status);
+        assert!(json.starts_with(r#"{"node_id":"ab","display_name":"my \"box\"""#));
+        assert!(json.contains(r#""stores":[{"name":"docs","id":"","intentions":0"#));
+        assert!(json.contains(r#""files":2"#));
+    }
+}

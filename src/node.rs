@@ -1,0 +1,717 @@
+//! The node facade: one data dir, one identity and clock, the content store and every
+//! store this node belongs to. The daemon, the FUSE adapter and the control socket all
+//! work through a cloneable [`Node`].
+//!
+//! Every method may block (redb, file I/O): call them from a plain thread or
+//! `spawn_blocking`, never from a tokio worker.
+
+use std::fmt;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::cas::{Cas, CasError};
+use crate::fs::op::{Content, FileId, Kind, OpBody, OpError, OpId, Role, MAX_LABEL_BYTES};
+use crate::fs::{FsError, FsState};
+use crate::hlc::{Clock, Hlc};
+use crate::identity::{Identity, IdentityError};
+use crate::intention::StoreId;
+use crate::proto::control::{HistoryEntry, StatusResponse, StoreStatus};
+use crate::store::{HistoryItem, Store, StoreError};
+
+/// Key file name inside the data dir.
+const KEY_FILE: &str = "node.key";
+/// Display name file inside the data dir.
+const NAME_FILE: &str = "node.name";
+/// Content store directory inside the data dir.
+const BLOBS_DIR: &str = "blobs";
+/// Directory holding one subdirectory per store, named by the store id in hex.
+const STORES_DIR: &str = "stores";
+/// Per-handle write staging directory (used by the FUSE adapter).
+const STAGING_DIR: &str = "staging";
+
+/// Errors opening a node or serving requests on it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// A file or directory of the data dir could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// Underlying error.
+        source: io::Error,
+    },
+    /// The node key could not be loaded or created.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// The content store could not be opened or shut down.
+    #[error("content store: {0}")]
+    Cas(#[from] CasError),
+    /// A store could not be opened, created, queried or shut down.
+    #[error("store {store}: {source}")]
+    Store {
+        /// The store's name or directory.
+        store: String,
+        /// Underlying error.
+        source: StoreError,
+    },
+    /// The display name is empty, too long or not a single line.
+    #[error("invalid display name {0:?} (1 to 255 bytes, one line)")]
+    InvalidDisplayName(String),
+    /// The host name could not be read to default the display name.
+    #[error("cannot read the host name for a default display name: {0}")]
+    Hostname(io::Error),
+    /// A store name is not a valid file name.
+    #[error("invalid store name: {0}")]
+    InvalidStoreName(OpError),
+    /// A store with this name already exists on this node.
+    #[error("a store named {0:?} already exists")]
+    StoreExists(String),
+    /// No store of this node has this name.
+    #[error("no store named {0:?}")]
+    UnknownStore(String),
+    /// A path inside a store does not resolve.
+    #[error("{path}: {source}")]
+    Path {
+        /// The path, relative to the mount root, up to the failing component.
+        path: String,
+        /// Why the lookup failed.
+        source: FsError,
+    },
+    /// A path is not a store or a file in one (empty, the mount root, or with `..`).
+    #[error("invalid path {0:?}: name a store or a file inside one")]
+    InvalidPath(String),
+}
+
+/// A running node: identity, clock, content store and stores. Cheap to clone.
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    data_dir: PathBuf,
+    identity: Identity,
+    display_name: String,
+    clock: Arc<Mutex<Clock>>,
+    cas: Cas,
+    stores: Mutex<Vec<Store>>,
+}
+
+impl fmt::Debug for Node {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Node")
+            .field("id", &self.inner.identity.public())
+            .field("data_dir", &self.inner.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Opens the node in `data_dir`, creating the dir (0700) and its layout if needed.
+    ///
+    /// The display name is `display_name` if given (and then stored), else the stored
+    /// one, else the host name. `rt` runs the content store's async work.
+    pub fn open(
+        data_dir: &Path,
+        display_name: Option<&str>,
+        rt: tokio::runtime::Handle,
+    ) -> Result<Node, NodeError> {
+        create_private_dir(data_dir)?;
+        create_private_dir(&data_dir.join(STORES_DIR))?;
+        create_private_dir(&data_dir.join(STAGING_DIR))?;
+        let identity = Identity::load_or_create(&data_dir.join(KEY_FILE))?;
+        let display_name = resolve_display_name(&data_dir.join(NAME_FILE), display_name)?;
+        let cas = Cas::open(&data_dir.join(BLOBS_DIR), rt)?;
+        let clock = Arc::new(Mutex::new(Clock::new(Hlc::ZERO)));
+        let stores = open_stores(&data_dir.join(STORES_DIR), &identity, &clock)?;
+        tracing::info!(
+            node = %identity.public(),
+            stores = stores.len(),
+            "opened node in {}",
+            data_dir.display()
+        );
+        Ok(Node {
+            inner: Arc::new(Inner {
+                data_dir: data_dir.to_path_buf(),
+                identity,
+                display_name,
+                clock,
+                cas,
+                stores: Mutex::new(stores),
+            }),
+        })
+    }
+
+    /// The node's identity.
+    pub fn identity(&self) -> &Identity {
+        &self.inner.identity
+    }
+
+    /// The node's display name (used in member records and conflict names).
+    pub fn display_name(&self) -> &str {
+        &self.inner.display_name
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.inner.data_dir
+    }
+
+    /// The content store.
+    pub fn cas(&self) -> &Cas {
+        &self.inner.cas
+    }
+
+    /// Every store of this node, sorted by name.
+    pub fn stores(&self) -> Vec<Store> {
+        let mut stores: Vec<(String, Store)> = self
+            .inner
+            .stores
+            .lock()
+            .iter()
+            .map(|s| (store_name(s), s.clone()))
+            .collect();
+        stores.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id().cmp(&b.1.id())));
+        stores.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// The store named `name`, if this node has one.
+    pub fn store_by_name(&self, name: &str) -> Option<Store> {
+        self.stores().into_iter().find(|s| store_name(s) == name)
+    }
+
+    /// Creates a new store named `name` with a random id, this node as its admin.
+    pub fn create_store(&self, name: &str) -> Result<Store, NodeError> {
+        crate::fs::op::validate_name(name).map_err(NodeError::InvalidStoreName)?;
+        // Held across creation so that two concurrent creates cannot both pass the check.
+        let mut stores = self.inner.stores.lock();
+        if stores.iter().any(|s| store_name(s) == name) {
+            return Err(NodeError::StoreExists(name.to_string()));
+        }
+        let id = StoreId::random();
+        let dir = self.inner.data_dir.join(STORES_DIR).join(id.to_hex());
+        let store = Store::create(
+            &dir,
+            id,
+            self.inner.identity.clone(),
+            self.inner.clock.clone(),
+            name,
+            &self.inner.display_name,
+        )
+        .map_err(|source| {
+            // A fresh random id: nothing else can live in this directory.
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!("cannot remove {} after a failed create: {e}", dir.display());
+            }
+            NodeError::Store {
+                store: name.to_string(),
+                source,
+            }
+        })?;
+        stores.push(store.clone());
+        tracing::info!(store = %id.to_hex(), "created store {name:?}");
+        Ok(store)
+    }
+
+    /// The node's status; the daemon fills in `mountpoint`.
+    pub fn status(&self) -> StatusResponse {
+        let stores = self
+            .stores()
+            .iter()
+            .map(|s| {
+                let stats = s.stats();
+                StoreStatus {
+                    name: store_name(s),
+                    id: s.id().to_hex(),
+                    intentions: stats.intentions,
+                    floating: stats.floating,
+                    files: stats.fs.files,
+                    directories: stats.fs.dirs,
+                    bytes: stats.fs.bytes,
+                    conflicts: stats.fs.conflicts,
+                }
+            })
+            .collect();
+        let (blobs, blob_bytes) = self.inner.cas.stats().unwrap_or_else(|e| {
+            tracing::warn!("content store statistics unavailable: {e}");
+            (0, 0)
+        });
+        StatusResponse {
+            node_id: self.inner.identity.public().to_hex(),
+            display_name: self.inner.display_name.clone(),
+            data_dir: self.inner.data_dir.display().to_string(),
+            mountpoint: String::new(),
+            stores,
+            blobs,
+            blob_bytes,
+        }
+    }
+
+    /// The history of the file at `path`, relative to the mount root
+    /// (`<store name>/a/b`; leading `/` and `.` components are ignored), oldest first.
+    pub fn history(&self, path: &str) -> Result<Vec<HistoryEntry>, NodeError> {
+        let mut parts = Vec::new();
+        for part in path.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => return Err(NodeError::InvalidPath(path.to_string())),
+                part => parts.push(part),
+            }
+        }
+        let Some((name, rest)) = parts.split_first() else {
+            return Err(NodeError::InvalidPath(path.to_string()));
+        };
+        let store = self
+            .store_by_name(name)
+            .ok_or_else(|| NodeError::UnknownStore(name.to_string()))?;
+        let file = store.read(|state| resolve(state, &parts, rest))?;
+        let items = store.history(file).map_err(|source| NodeError::Store {
+            store: name.to_string(),
+            source,
+        })?;
+        let mut entries: Vec<HistoryEntry> =
+            store.read(|state| items.iter().map(|i| history_entry(state, i)).collect());
+        entries.sort_by(|a, b| {
+            (a.hlc_wall_ms, a.hlc_counter, &a.author).cmp(&(
+                b.hlc_wall_ms,
+                b.hlc_counter,
+                &b.author,
+            ))
+        });
+        Ok(entries)
+    }
+
+    /// Shuts down every store (durably committing what they hold), then the content store.
+    /// Returns the first error after attempting all of them.
+    pub fn shutdown(&self) -> Result<(), NodeError> {
+        let mut first = None;
+        for store in self.inner.stores.lock().iter() {
+            if let Err(source) = store.shutdown() {
+                let name = store_name(store);
+                tracing::error!("shutting down store {name:?}: {source}");
+                first.get_or_insert(NodeError::Store {
+                    store: name,
+                    source,
+                });
+            }
+        }
+        if let Err(e) = self.inner.cas.shutdown() {
+            tracing::error!("shutting down the content store: {e}");
+            first.get_or_insert(NodeError::Cas(e));
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
+
+/// Creates `dir` (and missing parents) with mode 0700.
+fn create_private_dir(dir: &Path) -> Result<(), NodeError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| NodeError::Io {
+            path: dir.display().to_string(),
+            source,
+        })
+}
+
+/// Picks the display name (given, stored, else host name) and stores it if it changed.
+fn resolve_display_name(path: &Path, given: Option<&str>) -> Result<String, NodeError> {
+    let io = |source| NodeError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let stored = match std::fs::read_to_string(path) {
+        Ok(s) => Some(s.trim_end_matches('\n').to_string()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(e)),
+    };
+    let name = match (given, &stored) {
+        (Some(given), _) => given.trim().to_string(),
+        (None, Some(stored)) => stored.clone(),
+        (None, None) => hostname()?,
+    };
+    if name.is_empty() || name.len() > MAX_LABEL_BYTES || name.chars().any(char::is_control) {
+        return Err(NodeError::InvalidDisplayName(name));
+    }
+    if stored.as_deref() != Some(name.as_str()) {
+        std::fs::write(path, format!("{name}\n")).map_err(io)?;
+    }
+    Ok(name)
+}
+
+/// The host name, via `gethostname(2)`.
+fn hostname() -> Result<String, NodeError> {
+    let mut buf = [0u8; 256];
+    // SAFETY: the pointer and length describe `buf`, which outlives the call.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return Err(NodeError::Hostname(io::Error::last_os_error()));
+    }
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+/// Opens every store under `dir` (one subdirectory per store, named by its hex id).
+fn open_stores(
+    dir: &Path,
+    identity: &Identity,
+    clock: &Arc<Mutex<Clock>>,
+) -> Result<Vec<Store>, NodeError> {
+    let io = |source| NodeError::Io {
+        path: dir.display().to_string(),
+        source,
+    };
+    let mut stores = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let is_store = entry.file_type().map_err(io)?.is_dir()
+            && entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| StoreId::from_hex(n).is_some());
+        if !is_store {
+            tracing::warn!("ignoring {} (not a store)", entry.path().display());
+            continue;
+        }
+        let path = entry.path();
+        let store = Store::open(&path, identity.clone(), clock.clone()).map_err(|source| {
+            NodeError::Store {
+                store: path.display().to_string(),
+                source,
+            }
+        })?;
+        stores.push(store);
+    }
+    Ok(stores)
+}
+
+/// A store's name, or its hex id while it has none (a store still being joined).
+fn store_name(store: &Store) -> String {
+    store
+        .read(|s| s.store_name().map(str::to_owned))
+        .unwrap_or_else(|| store.id().to_hex())
+}
+
+/// Walks `rest` (the components after the store name) from the store root.
+fn resolve(state: &FsState, parts: &[&str], rest: &[&str]) -> Result<FileId, NodeError> {
+    let mut file = OpId::ROOT;
+    for (i, name) in rest.iter().enumerate() {
+        file = state
+            .lookup(file, name)
+            .map_err(|source| NodeError::Path {
+                path: parts[..i + 2].join("/"),
+                source,
+            })?
+            .file();
+    }
+    Ok(file)
+}
+
+/// The control-protocol form of one history item.
+fn history_entry(state: &FsState, item: &HistoryItem) -> HistoryEntry {
+    HistoryEntry {
+        intention: item.intention.to_hex(),
+        author: item.author.to_hex(),
+        author_name: state
+            .member(&item.author)
+            .map(|(_, name)| name.to_string())
+            .unwrap_or_default(),
+        hlc_wall_ms: item.op.hlc.wall_ms,
+        hlc_counter: item.op.hlc.counter,
+        op: describe(&item.op.body),
+    }
+}
+
+/// One line describing an op for `history`.
+fn describe(body: &OpBody) -> String {
+    match body {
+        OpBody::Create(c) => match (c.kind, &c.content) {
+            (Kind::File, content) => {
+                format!("create file {:?} ({} bytes)", c.name, content.len())
+            }
+            (Kind::Symlink, Content::Inline(target)) => format!(
+                "create symlink {:?} -> {:?}",
+                c.name,
+                String::from_utf8_lossy(target)
+            ),
+            (kind, _) => format!("create {} {:?}", kind_name(kind), c.name),
+        },
+        OpBody::Link { name, .. } => format!("link as {name:?}"),
+        OpBody::Move { name, .. } => format!("move to {name:?}"),
+        OpBody::Remove { .. } => "remove".to_string(),
+        OpBody::Write { content, .. } => format!("write {} bytes", content.len()),
+        OpBody::Append { data, .. } => format!("append {} bytes", data.len()),
+        OpBody::Dismiss { supersedes, .. } => {
+            format!("dismiss {} conflict copies", supersedes.len())
+        }
+        OpBody::SetMeta(m) => {
+            let mut changes = Vec::new();
+            if let Some(mode) = m.mode {
+                changes.push(format!("mode {mode:04o}"));
+            }
+            if m.uid.is_some() || m.gid.is_some() {
+                changes.push("owner".to_string());
+            }
+            if m.mtime_ns.is_some() || m.atime_ns.is_some() {
+                changes.push("times".to_string());
+            }
+            if !m.xattr_set.is_empty() || !m.xattr_remove.is_empty() {
+                changes.push(format!(
+                    "{} xattrs",
+                    m.xattr_set.len() + m.xattr_remove.len()
+                ));
+            }
+            format!("set {}", changes.join(", "))
+        }
+        OpBody::SetStoreName(name) => format!("name store {name:?}"),
+        OpBody::SetMember {
+            key,
+            role,
+            display_name,
+        } => format!(
+            "add member {} ({display_name:?}) as {}",
+            key.short(),
+            role_name(*role)
+        ),
+        OpBody::RevokeMember { key } => format!("revoke member {}", key.short()),
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::File => "file",
+        Kind::Dir => "directory",
+        Kind::Symlink => "symlink",
+        Kind::Fifo => "fifo",
+        Kind::Socket => "socket",
+        Kind::CharDev => "character device",
+        Kind::BlockDev => "block device",
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "admin",
+        Role::Writer => "writer",
+        Role::Reader => "reader",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    /// A runtime (kept alive for the content store) and a node opened on `dir`.
+    fn open(dir: &Path, name: Option<&str>) -> (tokio::runtime::Runtime, Node) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let node = Node::open(dir, name, rt.handle().clone()).unwrap();
+        (rt, node)
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn open_creates_a_private_data_dir_with_a_0600_key_and_the_given_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let (_rt, node) = open(&dir, Some("laptop"));
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(mode(&dir.join(KEY_FILE)), 0o600);
+        assert!(dir.join(STORES_DIR).is_dir());
+        assert!(dir.join(BLOBS_DIR).is_dir());
+        assert_eq!(node.display_name(), "laptop");
+        assert_eq!(
+            std::fs::read_to_string(dir.join(NAME_FILE)).unwrap(),
+            "laptop\n"
+        );
+        assert_eq!(node.data_dir(), dir);
+        assert!(node.stores().is_empty());
+        node.shutdown().unwrap();
+    }
+
+    #[test]
+    fn reopening_keeps_the_identity_and_stored_name_unless_a_new_name_is_given() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, a) = open(tmp.path(), Some("nas"));
+        let id = a.identity().public();
+        a.shutdown().unwrap();
+        drop(a);
+        let (_rt2, b) = open(tmp.path(), None);
+        assert_eq!(b.identity().public(), id);
+        assert_eq!(b.display_name(), "nas");
+        b.shutdown().unwrap();
+        drop(b);
+        let (_rt3, c) = open(tmp.path(), Some("renamed"));
+        assert_eq!(c.display_name(), "renamed");
+        c.shutdown().unwrap();
+    }
+
+    #[test]
+    fn display_name_defaults_to_the_host_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, node) = open(tmp.path(), None);
+        assert_eq!(node.display_name(), hostname().unwrap());
+        node.shutdown().unwrap();
+    }
+
+    #[test]
+    fn multi_line_display_name_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let err = Node::open(tmp.path(), Some("a\nb"), rt.handle().clone()).unwrap_err();
+        assert!(matches!(err, NodeError::InvalidDisplayName(_)), "{err}");
+    }
+
+    #[test]
+    fn created_stores_are_listed_sorted_by_name_after_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, node) = open(tmp.path(), Some("laptop"));
+        node.create_store("photos").unwrap();
+        let docs = node.create_store("docs").unwrap().id();
+        node.shutdown().unwrap();
+        drop(node);
+        let (_rt2, node) = open(tmp.path(), None);
+        let names: Vec<String> = node.stores().iter().map(store_name).collect();
+        assert_eq!(names, ["docs", "photos"]);
+        assert_eq!(node.store_by_name("docs").unwrap().id(), docs);
+        assert!(node.store_by_name("music").is_none());
+        let status = node.status();
+        assert_eq!(status.node_id, node.identity().public().to_hex());
+        assert_eq!(status.display_name, "laptop");
+        assert_eq!(status.stores.len(), 2);
+        assert_eq!(status.stores[0].name, "docs");
+        assert_eq!(status.stores[0].id, docs.to_hex());
+        node.shutdown().unwrap();
+    }
+
+    #[test]
+    fn a_second_store_with_the_same_name_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, node) = open(tmp.path(), Some("laptop"));
+        node.create_store("docs").unwrap();
+        let Err(err) = node.create_store("docs") else {
+            panic!("duplicate store created")
+        };
+        assert!(matches!(err, NodeError::StoreExists(ref n) if n == "docs"));
+        assert_eq!(err.to_string(), "a store named \"docs\" already exists");
+        assert_eq!(node.stores().len(), 1);
+        node.shutdown().unwrap();
+    }
+
+    #[test]
+    fn store_names_that_are_not_file_names_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, node) = open(tmp.path(), Some("laptop"));
+        for name in ["", ".", "..", "a/b"] {
+            let Err(err) = node.create_store(name) else {
+                panic!("store {name:?} created")
+            };
+            assert!(matches!(err, NodeError::InvalidStoreName(_)), "{name:?}");
+        }
+        assert!(node.stores().is_empty());
+        node.shutdown().unwrap();
+    }
+
+    #[test]
+    fn history_paths_that_do_not_resolve_are_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, node) = open(tmp.path(), Some("laptop"));
+        node.create_store("docs").unwrap();
+        for path in ["", "/", ".", "docs/../docs"] {
+            let err = node.history(path).unwrap_err();
+            assert!(matches!(err, NodeError::InvalidPath(_)), "{path:?}: {err}");
+        }
+        let err = node.history("music/a.txt").unwrap_err();
+        assert!(matches!(err, NodeError::UnknownStore(ref n) if n == "music"));
+        let err = node.history("/docs/missing/a.txt").unwrap_err();
+        match err {
+            NodeError::Path { path, source } => {
+                assert_eq!(path, "docs/missing");
+                assert!(matches!(source, FsError::NotFound), "{source}");
+            }
+            other => panic!("unexpected {other}"),
+        }
+        node.shutdown().unwrap();
+    }
+
+    #[test]
+    fn history_of_a_file_lists_its_creation_by_this_node() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, node) = open(tmp.path(), Some("laptop"));
+        let store = node.create_store("docs").unwrap();
+        store
+            .write(|tx| {
+                let body = tx.state().plan_create(
+                    OpId::ROOT,
+                    "a.txt",
+                    Kind::File,
+                    0o644,
+                    0,
+                    0,
+                    0,
+                    Content::Inline(Bytes::from_static(b"hi")),
+                    0,
+                )?;
+                tx.push(body);
+                Ok(())
+            })
+            .unwrap();
+        store.flush().unwrap();
+        let entries = node.history("/docs/./a.txt").unwrap();
+        let create = entries
+            .iter()
+            .find(|e| e.op.starts_with("create file"))
+            .unwrap_or_else(|| panic!("no create in {entries:?}"));
+        assert_eq!(create.op, "create file \"a.txt\" (2 bytes)");
+        assert_eq!(create.author, node.identity().public().to_hex());
+        assert_eq!(create.author_name, "laptop");
+        assert_eq!(create.intention.len(), 64);
+        assert!(create.hlc_wall_ms > 0);
+        let err = node.history("docs/a.txt/b").unwrap_err();
+        assert!(matches!(err, NodeError::Path { .. }), "{err}");
+        node.shutdown().unwrap();
+    }
+
+    #[test]
+    fn op_descriptions_are_single_lines() {
+        let bodies = [
+            OpBody::Move {
+                entry: OpId::ROOT,
+                parent: OpId::ROOT,
+                name: "new\nline".into(),
+            },
+            OpBody::SetMeta(crate::fs::op::SetMeta {
+                mode: Some(0o640),
+                mtime_ns: Some(1),
+                ..Default::default()
+            }),
+            OpBody::Write {
+                file: OpId::ROOT,
+                supersedes: vec![],
+                content: Content::Inline(Bytes::from_static(b"abc")),
+                mtime_ns: 0,
+            },
+        ];
+        let lines: Vec<String> = bodies.iter().map(describe).collect();
+        assert_eq!(
+            lines,
+            [
+                "move to \"new\\nline\"",
+                "set mode 0640, times",
+                "write 3 bytes"
+            ]
+        );
+    }
+}
