@@ -36,6 +36,11 @@ impl<K: StdHash + Eq + Clone, V: Clone> Lru<K, V> {
         Some(e.value.clone())
     }
 
+    /// Whether `key` is cached (without marking it used).
+    pub(crate) fn contains(&self, key: &K) -> bool {
+        self.map.contains_key(key)
+    }
+
     /// Inserts `value`, evicting least recently used entries to stay within capacity.
     /// A value heavier than the whole capacity is not cached.
     pub(crate) fn insert(&mut self, key: K, value: V, weight: u64) {

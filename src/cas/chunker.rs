@@ -23,8 +23,8 @@ pub(crate) const CHUNK_PARAMS: ChunkParams = ChunkParams {
     max: 4 * 1024 * 1024,
 };
 
-/// Bytes read from a file per refill of the stream chunker (a multiple of `max`).
-const STREAM_BUFFER: usize = 16 * 1024 * 1024;
+/// Bytes buffered by the stream chunker, in units of the largest chunk.
+const STREAM_BUFFER_CHUNKS: usize = 4;
 
 /// Cuts `data` into chunks; the chunks concatenate to `data`.
 pub(crate) fn chunk_slice(data: &[u8], p: ChunkParams) -> impl Iterator<Item = &[u8]> + '_ {
@@ -32,57 +32,53 @@ pub(crate) fn chunk_slice(data: &[u8], p: ChunkParams) -> impl Iterator<Item = &
 }
 
 /// Cuts a stream into the same chunks `chunk_slice` gives for its whole contents,
-/// holding at most `STREAM_BUFFER` bytes at a time.
+/// holding `STREAM_BUFFER_CHUNKS * max` bytes at a time.
 pub(crate) struct StreamChunker<R> {
     source: R,
     params: ChunkParams,
+    /// Fixed-size buffer; `buf[start..len]` holds the unconsumed bytes.
     buf: Vec<u8>,
-    /// Start of the unconsumed bytes in `buf`.
     start: usize,
+    len: usize,
     eof: bool,
 }
 
 impl<R: Read> StreamChunker<R> {
     /// Chunks everything `source` yields until end of file.
     pub(crate) fn new(source: R, params: ChunkParams) -> Self {
-        assert!(STREAM_BUFFER > params.max as usize);
         StreamChunker {
             source,
             params,
-            buf: Vec::with_capacity(STREAM_BUFFER),
+            buf: vec![0; STREAM_BUFFER_CHUNKS * params.max as usize],
             start: 0,
+            len: 0,
             eof: false,
         }
     }
 
     /// Moves the unconsumed tail to the front and reads until the buffer is full or EOF.
     fn refill(&mut self) -> io::Result<()> {
-        self.buf.drain(..self.start);
+        self.buf.copy_within(self.start..self.len, 0);
+        self.len -= self.start;
         self.start = 0;
-        let mut len = self.buf.len();
-        self.buf.resize(STREAM_BUFFER, 0);
-        while len < STREAM_BUFFER {
-            match self.source.read(&mut self.buf[len..]) {
+        while self.len < self.buf.len() {
+            match self.source.read(&mut self.buf[self.len..]) {
                 Ok(0) => {
                     self.eof = true;
                     break;
                 }
-                Ok(n) => len += n,
+                Ok(n) => self.len += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
-        self.buf.truncate(len);
         Ok(())
     }
 
     /// The length of the next chunk cut from the unconsumed bytes, if it is certain
     /// (it ends before the buffered data does, or the source is exhausted).
     fn next_cut(&self) -> Option<usize> {
-        let rest = &self.buf[self.start..];
+        let rest = &self.buf[self.start..self.len];
         if rest.is_empty() {
             return None;
         }
@@ -108,5 +104,46 @@ impl<R: Read> StreamChunker<R> {
         let chunk = Bytes::copy_from_slice(&self.buf[self.start..self.start + len]);
         self.start += len;
         Ok(Some(chunk))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::{chunk_slice, ChunkParams, StreamChunker};
+
+    const SMALL: ChunkParams = ChunkParams {
+        min: 1024,
+        avg: 4096,
+        max: 16 * 1024,
+    };
+
+    /// A reader that returns at most 777 bytes per call.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(777).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn stream_chunker_cuts_where_slice_chunker_cuts_despite_short_reads() {
+        let mut data = vec![0u8; 300 * 1024];
+        blake3::Hasher::new().finalize_xof().fill(&mut data);
+        let expected: Vec<&[u8]> = chunk_slice(&data, SMALL).collect();
+        assert!(expected.len() > 20);
+        let mut chunker = StreamChunker::new(Trickle(&data), SMALL);
+        let mut got = Vec::new();
+        while let Some(chunk) = chunker.next_chunk().unwrap() {
+            assert!(chunk.len() <= SMALL.max as usize);
+            got.push(chunk);
+        }
+        assert_eq!(got.len(), expected.len());
+        assert!(got.iter().zip(&expected).all(|(g, e)| g[..] == e[..]));
     }
 }

@@ -35,7 +35,7 @@ mod store;
 #[cfg(test)]
 mod tests;
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -80,6 +80,8 @@ struct Inner {
     params: ChunkParams,
     manifests: Mutex<Lru<Hash, Arc<Manifest>>>,
     chunks: Mutex<Lru<Hash, Bytes>>,
+    /// Chunks being read ahead, so a sequential reader starts each fetch once.
+    prefetching: Mutex<HashSet<Hash>>,
 }
 
 impl Cas {
@@ -105,6 +107,7 @@ impl Cas {
                 params,
                 manifests: Mutex::new(Lru::new(MANIFEST_CACHE_CHUNKS)),
                 chunks: Mutex::new(Lru::new(CHUNK_CACHE_BYTES)),
+                prefetching: Mutex::new(HashSet::new()),
             }),
         })
     }
@@ -250,7 +253,33 @@ impl Cas {
             let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
             dst.copy_from_slice(&bytes[(from - start) as usize..(to - start) as usize]);
         }
+        // A read ending in the second half of a chunk is likely sequential: fetch the next one.
+        if let Some((_, start, len)) = manifest.overlapping(end - 1, end).next() {
+            if end - start > len / 2 {
+                if let Some((next, _, next_len)) =
+                    manifest.overlapping(start + len, start + len + 1).next()
+                {
+                    self.prefetch(next, next_len);
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Starts fetching chunk `hash` into the cache in the background. A failure is
+    /// dropped here: the read that needs the chunk fetches it again and reports it.
+    fn prefetch(&self, hash: Hash, len: u64) {
+        if self.inner.chunks.lock().contains(&hash) || !self.inner.prefetching.lock().insert(hash) {
+            return;
+        }
+        let inner = self.inner.clone();
+        let blobs = self.blobs();
+        self.inner.rt.spawn(async move {
+            if let Ok(bytes) = store::fetch(&blobs, hash, Some(len)).await {
+                inner.chunks.lock().insert(hash, bytes, len);
+            }
+            inner.prefetching.lock().remove(&hash);
+        });
     }
 
     /// The parsed manifest `hash`, from the cache or the store.
