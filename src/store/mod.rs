@@ -32,12 +32,12 @@
 //! ## Local writes
 //! [`Store::write`] runs a closure under the projection's write lock; each [`Tx::push`]
 //! ticks the node clock, applies the op at once and queues it. The actor seals queued
-//! ops (after up to [`actor::BATCH_WINDOW`] for more) into as few intentions as fit
+//! ops (after up to [`BATCH_WINDOW`] for more) into as few intentions as fit
 //! [`MAX_INTENTION_OPS_BYTES`], chained to this node's tip and naming the heads, and
 //! commits each batch in one transaction: non-durable, or durable when a
-//! [`Store::flush`] waits, [`actor::DURABLE_EVERY`] at the latest, and at shutdown (a
+//! [`Store::flush`] waits, [`DURABLE_EVERY`] at the latest, and at shutdown (a
 //! durable commit makes the earlier non-durable ones durable too). The projection is
-//! snapshotted every [`actor::SNAPSHOT_EVERY`] or [`actor::SNAPSHOT_INTENTIONS`] and at
+//! snapshotted every [`SNAPSHOT_EVERY`] or [`SNAPSHOT_INTENTIONS`] and at
 //! shutdown; opening loads it and replays (and chain-checks) the witness log after it.
 //!
 //! [`Intention::decode`]: crate::intention::Intention::decode
