@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Database, Durability, ReadableDatabase};
 
 use crate::fs::op::FileId;
 use crate::fs::FsState;
@@ -221,9 +221,8 @@ impl Actor {
             .requests
             .iter()
             .any(|r| matches!(r, Request::Apply(..)));
-        let durable = batch.last
-            || flush
-            || (self.dirty && self.last_durable.elapsed() >= DURABLE_EVERY);
+        let durable =
+            batch.last || flush || (self.dirty && self.last_durable.elapsed() >= DURABLE_EVERY);
         let snapshot = batch.last
             || self.since_snapshot >= SNAPSHOT_INTENTIONS
             || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY);
@@ -270,6 +269,8 @@ impl Actor {
         } else {
             Durability::None
         })?;
+        // Quick repair (two-phase durable commits) keeps reopening after kill -9 fast
+        // instead of a full-file repair; it costs a second fsync per flush.
         txn.set_quick_repair(durable);
         let mut outcomes = Vec::new();
         {

@@ -5,6 +5,7 @@
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
+use redb::ReadableTable;
 
 use crate::fs::op::{FileId, Op, Role};
 use crate::fs::FsState;

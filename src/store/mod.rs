@@ -32,12 +32,12 @@
 //! ## Local writes
 //! [`Store::write`] runs a closure under the projection's write lock; each [`Tx::push`]
 //! ticks the node clock, applies the op at once and queues it. The actor seals queued
-//! ops (after up to [`actor::BATCH_WINDOW`] for more) into as few intentions as fit
+//! ops (after up to [`BATCH_WINDOW`] for more) into as few intentions as fit
 //! [`MAX_INTENTION_OPS_BYTES`], chained to this node's tip and naming the heads, and
 //! commits each batch in one transaction: non-durable, or durable when a
-//! [`Store::flush`] waits, [`actor::DURABLE_EVERY`] at the latest, and at shutdown (a
+//! [`Store::flush`] waits, [`DURABLE_EVERY`] at the latest, and at shutdown (a
 //! durable commit makes the earlier non-durable ones durable too). The projection is
-//! snapshotted every [`actor::SNAPSHOT_EVERY`] or [`actor::SNAPSHOT_INTENTIONS`] and at
+//! snapshotted every [`SNAPSHOT_EVERY`] or [`SNAPSHOT_INTENTIONS`] and at
 //! shutdown; opening loads it and replays (and chain-checks) the witness log after it.
 //!
 //! [`Intention::decode`]: crate::intention::Intention::decode
@@ -72,8 +72,8 @@ use crate::intention::{Hash, Intention, StoreId, MAX_INTENTION_OPS_BYTES};
 use actor::{Request, Shared};
 use apply::{op_size, Counts, Queued};
 use tables::{
-    chain_at, hlc_from_bytes, verify_witness, Tables, FLOATING, INTENTIONS, META,
-    META_FOUNDER, META_LAST_LOCAL_HLC, META_STORE_ID, PROJECTION, WITNESS,
+    chain_at, hlc_from_bytes, verify_witness, Tables, FLOATING, INTENTIONS, META, META_FOUNDER,
+    META_LAST_LOCAL_HLC, META_STORE_ID, PROJECTION, WITNESS,
 };
 
 /// File name of a store's database inside its directory.
@@ -245,7 +245,8 @@ impl Store {
         {
             let mut t = Tables::open(&txn)?;
             t.init_meta(id, &me)?;
-            let outcome = apply::apply_remote(&mut t, &shared.ctx(), &mut counts, genesis.bytes.clone())?;
+            let outcome =
+                apply::apply_remote(&mut t, &shared.ctx(), &mut counts, genesis.bytes.clone())?;
             debug_assert_eq!(outcome, ApplyOutcome::Applied { woken: 0 });
             t.meta
                 .insert(META_LAST_LOCAL_HLC, &tables::hlc_bytes(genesis.hlc)[..])?;
@@ -353,7 +354,10 @@ impl Store {
     /// the projection at once and queues it for the next intention (sealed within a few ms).
     /// Ops pushed before `f` fails stay applied and are sealed too. Fails with
     /// `ReadOnly` unless this node is an Admin or Writer, `Io` if the store is closed.
-    pub fn write<R>(&self, f: impl FnOnce(&mut Tx<'_>) -> Result<R, FsError>) -> Result<R, FsError> {
+    pub fn write<R>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, FsError>,
+    ) -> Result<R, FsError> {
         let shared = &self.handle.shared;
         let me = shared.identity.public();
         let mut state = shared.state.write();
@@ -450,7 +454,9 @@ fn new_shared(
 }
 
 fn start(shared: Arc<Shared>, db: Database, counts: Counts) -> Result<Store, StoreError> {
-    shared.intentions.store(counts.intentions, Ordering::Relaxed);
+    shared
+        .intentions
+        .store(counts.intentions, Ordering::Relaxed);
     shared.floating.store(counts.floating, Ordering::Relaxed);
     let actor_shared = shared.clone();
     let join = std::thread::Builder::new()

@@ -172,8 +172,7 @@ impl<'t> Tables<'t> {
     /// Appends `hash` to the witness log; returns its seq.
     pub fn append_witness(&mut self, hash: &Hash) -> Result<u64, StoreError> {
         let (seq, prev) = self.witness_head()?;
-        self.witness
-            .insert(seq + 1, (hash.0, chain(&prev, hash)))?;
+        self.witness.insert(seq + 1, (hash.0, chain(&prev, hash)))?;
         Ok(seq + 1)
     }
 

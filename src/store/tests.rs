@@ -149,8 +149,7 @@ impl Dag {
                 };
                 ops.push(Op { hlc, body });
             }
-            let i =
-                Intention::create(&authors[a], id, last.get(&a).copied(), deps, ops).unwrap();
+            let i = Intention::create(&authors[a], id, last.get(&a).copied(), deps, ops).unwrap();
             for op in &i.ops {
                 if matches!(op.body, OpBody::Create(_)) {
                     files.push((op.id(i.author), i.hash));
@@ -180,7 +179,14 @@ impl Dag {
     }
 
     fn replica(&self, dir: &Path) -> Store {
-        Store::join(dir, self.id, self.founder.public(), Identity::generate(), clock()).unwrap()
+        Store::join(
+            dir,
+            self.id,
+            self.founder.public(),
+            Identity::generate(),
+            clock(),
+        )
+        .unwrap()
     }
 }
 
@@ -299,13 +305,16 @@ fn intention_by(store: &Store, who: &Identity, id: StoreId, name: &str) -> Inten
 #[test]
 fn every_refused_intention_changes_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let (admin, writer, reader) = (Identity::generate(), Identity::generate(), Identity::generate());
+    let (admin, writer, reader) = (
+        Identity::generate(),
+        Identity::generate(),
+        Identity::generate(),
+    );
     let store = founded_store(tmp.path(), &admin, &writer, &reader);
     let before = snapshot_of(&store);
 
     let valid = intention_by(&store, &writer, store.id(), "ok");
-    let mut signed =
-        crate::proto::intention::SignedIntention::decode(valid.bytes.clone()).unwrap();
+    let mut signed = crate::proto::intention::SignedIntention::decode(valid.bytes.clone()).unwrap();
     let mut sig = signed.signature.to_vec();
     sig[10] ^= 1;
     signed.signature = sig.into();
@@ -365,7 +374,8 @@ fn a_node_that_is_not_a_writer_cannot_write_locally() {
 fn flushed_writes_survive_reopen_and_the_clock_does_not_go_backwards() {
     let tmp = tempfile::tempdir().unwrap();
     let me = Identity::generate();
-    let store = Store::create(tmp.path(), StoreId([5; 16]), me.clone(), clock(), "s", "me").unwrap();
+    let store =
+        Store::create(tmp.path(), StoreId([5; 16]), me.clone(), clock(), "s", "me").unwrap();
     let mut last = OpId::ROOT;
     for n in 0..50 {
         last = store
@@ -393,7 +403,15 @@ fn flushed_writes_survive_reopen_and_the_clock_does_not_go_backwards() {
 #[test]
 fn ops_pushed_together_are_sealed_into_one_intention_naming_the_tip_and_heads() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::create(tmp.path(), StoreId([6; 16]), Identity::generate(), clock(), "s", "me").unwrap();
+    let store = Store::create(
+        tmp.path(),
+        StoreId([6; 16]),
+        Identity::generate(),
+        clock(),
+        "s",
+        "me",
+    )
+    .unwrap();
     let genesis = store.digest().unwrap().heads;
     store
         .write(|tx| {
@@ -441,9 +459,12 @@ fn set_projection(dir: &Path, row: Option<(u64, &[u8])>) {
 fn snapshot_plus_replay_equals_full_replay() {
     let tmp = tempfile::tempdir().unwrap();
     let me = Identity::generate();
-    let store = Store::create(tmp.path(), StoreId([7; 16]), me.clone(), clock(), "s", "me").unwrap();
+    let store =
+        Store::create(tmp.path(), StoreId([7; 16]), me.clone(), clock(), "s", "me").unwrap();
     for n in 0..20 {
-        store.write(|tx| Ok(tx.push(create(&format!("a{n}"))))).unwrap();
+        store
+            .write(|tx| Ok(tx.push(create(&format!("a{n}")))))
+            .unwrap();
         store.flush().unwrap();
     }
     store.shutdown().unwrap();
@@ -451,7 +472,9 @@ fn snapshot_plus_replay_equals_full_replay() {
 
     let store = Store::open(tmp.path(), me.clone(), clock()).unwrap();
     for n in 0..20 {
-        store.write(|tx| Ok(tx.push(create(&format!("b{n}"))))).unwrap();
+        store
+            .write(|tx| Ok(tx.push(create(&format!("b{n}")))))
+            .unwrap();
         store.flush().unwrap();
     }
     let dump = store.read(|s| s.canonical_dump());
@@ -473,9 +496,12 @@ fn snapshot_plus_replay_equals_full_replay() {
 fn witness_chain_verifies_and_a_tampered_entry_is_refused_on_open() {
     let tmp = tempfile::tempdir().unwrap();
     let me = Identity::generate();
-    let store = Store::create(tmp.path(), StoreId([8; 16]), me.clone(), clock(), "s", "me").unwrap();
+    let store =
+        Store::create(tmp.path(), StoreId([8; 16]), me.clone(), clock(), "s", "me").unwrap();
     for n in 0..5 {
-        store.write(|tx| Ok(tx.push(create(&format!("f{n}"))))).unwrap();
+        store
+            .write(|tx| Ok(tx.push(create(&format!("f{n}")))))
+            .unwrap();
         store.flush().unwrap();
     }
     assert_eq!(store.digest().unwrap().witness_len, 6);
@@ -501,13 +527,16 @@ fn witness_chain_verifies_and_a_tampered_entry_is_refused_on_open() {
 fn history_lists_the_intentions_touching_a_file_in_order() {
     let tmp = tempfile::tempdir().unwrap();
     let me = Identity::generate();
-    let store = Store::create(tmp.path(), StoreId([2; 16]), me.clone(), clock(), "s", "me").unwrap();
+    let store =
+        Store::create(tmp.path(), StoreId([2; 16]), me.clone(), clock(), "s", "me").unwrap();
     let file = store.write(|tx| Ok(tx.push(create("f")))).unwrap();
     store.flush().unwrap();
     let other = store.write(|tx| Ok(tx.push(create("g")))).unwrap();
     store.flush().unwrap();
     for n in 0..2 {
-        store.write(|tx| Ok(tx.push(write_body(file, &format!("v{n}"))))).unwrap();
+        store
+            .write(|tx| Ok(tx.push(write_body(file, &format!("v{n}")))))
+            .unwrap();
         store.flush().unwrap();
     }
     let h = store.history(file).unwrap();
@@ -521,10 +550,20 @@ fn history_lists_the_intentions_touching_a_file_in_order() {
 #[test]
 fn ten_thousand_pushes_and_one_flush_are_fast_and_all_sealed() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::create(tmp.path(), StoreId([1; 16]), Identity::generate(), clock(), "s", "me").unwrap();
+    let store = Store::create(
+        tmp.path(),
+        StoreId([1; 16]),
+        Identity::generate(),
+        clock(),
+        "s",
+        "me",
+    )
+    .unwrap();
     let start = Instant::now();
     for n in 0..10_000 {
-        store.write(|tx| Ok(tx.push(create(&format!("f{n}"))))).unwrap();
+        store
+            .write(|tx| Ok(tx.push(create(&format!("f{n}")))))
+            .unwrap();
     }
     let pushed = start.elapsed();
     store.flush().unwrap();
@@ -532,7 +571,9 @@ fn ten_thousand_pushes_and_one_flush_are_fast_and_all_sealed() {
     let flushes = 50;
     let f0 = Instant::now();
     for n in 0..flushes {
-        store.write(|tx| Ok(tx.push(create(&format!("g{n}"))))).unwrap();
+        store
+            .write(|tx| Ok(tx.push(create(&format!("g{n}")))))
+            .unwrap();
         store.flush().unwrap();
     }
     let per_flush = f0.elapsed() / flushes;
@@ -563,10 +604,14 @@ fn crash_child_writes_and_flushes_until_killed() {
     let store = Store::open(Path::new(&dir), Identity::from_seed(CRASH_SEED), clock()).unwrap();
     // Bounded, so a child whose parent died does not run forever.
     for n in 0..20_000 {
-        store.write(|tx| Ok(tx.push(create(&format!("f{n}"))))).unwrap();
+        store
+            .write(|tx| Ok(tx.push(create(&format!("f{n}")))))
+            .unwrap();
         store.flush().unwrap();
         println!("flushed {n}");
-        store.write(|tx| Ok(tx.push(create(&format!("u{n}"))))).unwrap();
+        store
+            .write(|tx| Ok(tx.push(create(&format!("u{n}")))))
+            .unwrap();
     }
 }
 
@@ -574,10 +619,17 @@ fn crash_child_writes_and_flushes_until_killed() {
 fn kill_9_after_flush_keeps_every_flushed_write() {
     let tmp = tempfile::tempdir().unwrap();
     let me = Identity::from_seed(CRASH_SEED);
-    Store::create(tmp.path(), StoreId([10; 16]), me.clone(), clock(), "s", "me")
-        .unwrap()
-        .shutdown()
-        .unwrap();
+    Store::create(
+        tmp.path(),
+        StoreId([10; 16]),
+        me.clone(),
+        clock(),
+        "s",
+        "me",
+    )
+    .unwrap()
+    .shutdown()
+    .unwrap();
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--exact",
