@@ -277,4 +277,3 @@ impl FileRec {
         self.xattrs.get(name).and_then(|r| r.value.as_ref())
     }
 }
-

@@ -172,8 +172,16 @@ impl FsState {
         }
         if flags.exchange {
             let dest = dest.ok_or(FsError::NotFound)?;
-            let (Node::Entry { entry: se, file: sf }, Node::Entry { entry: de, file: df }) =
-                (src, dest)
+            let (
+                Node::Entry {
+                    entry: se,
+                    file: sf,
+                },
+                Node::Entry {
+                    entry: de,
+                    file: df,
+                },
+            ) = (src, dest)
             else {
                 return Err(FsError::NotPermitted);
             };
@@ -361,8 +369,7 @@ impl FsState {
     /// Plans `chmod`/`chown`/`utimens`/`setxattr`/`removexattr`.
     pub fn plan_set_meta(&self, meta: SetMeta) -> Result<OpBody, FsError> {
         let f = self.file(meta.file).ok_or(FsError::NotFound)?;
-        if meta.xattr_set.len() > MAX_XATTRS_PER_OP || meta.xattr_remove.len() > MAX_XATTRS_PER_OP
-        {
+        if meta.xattr_set.len() > MAX_XATTRS_PER_OP || meta.xattr_remove.len() > MAX_XATTRS_PER_OP {
             return Err(FsError::TooLarge);
         }
         let names = meta
@@ -373,7 +380,11 @@ impl FsState {
         for n in names {
             check_xattr_name(n)?;
         }
-        if meta.xattr_set.iter().any(|(_, v)| v.len() > MAX_XATTR_VALUE) {
+        if meta
+            .xattr_set
+            .iter()
+            .any(|(_, v)| v.len() > MAX_XATTR_VALUE)
+        {
             return Err(FsError::TooLarge);
         }
         if meta.xattr_remove.iter().any(|n| f.xattr(n).is_none()) {

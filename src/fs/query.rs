@@ -304,10 +304,14 @@ impl FsState {
         for (key, role, name) in self.members() {
             let _ = writeln!(out, "member {} {role:?} {name:?}", key.to_hex());
         }
-        self.dump_node(&mut out, "/", Node::Entry {
-            entry: OpId::ROOT,
-            file: OpId::ROOT,
-        });
+        self.dump_node(
+            &mut out,
+            "/",
+            Node::Entry {
+                entry: OpId::ROOT,
+                file: OpId::ROOT,
+            },
+        );
         self.walk(|path, node| {
             let mut line = String::new();
             self.dump_node(&mut line, path, node);
