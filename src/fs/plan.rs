@@ -158,6 +158,9 @@ impl FsState {
             Err(FsError::NotFound) => None,
             Err(e) => return Err(e),
         };
+        if flags.noreplace && dest.is_some() {
+            return Err(FsError::Exists);
+        }
         if dest == Some(src) {
             return Ok(Vec::new());
         }
@@ -173,10 +176,7 @@ impl FsState {
         if flags.exchange {
             let dest = dest.ok_or(FsError::NotFound)?;
             let (
-                Node::Entry {
-                    entry: se,
-                    file: sf,
-                },
+                Node::Entry { entry: se, .. },
                 Node::Entry {
                     entry: de,
                     file: df,
@@ -188,7 +188,6 @@ impl FsState {
             if self.is_dir(df) && self.tree.is_within(parent, df) {
                 return Err(FsError::Invalid);
             }
-            debug_assert_ne!(sf, df);
             return Ok(vec![
                 OpBody::Move {
                     entry: se,
@@ -203,7 +202,7 @@ impl FsState {
             ]);
         }
         if let (Node::Conflict { file, head }, Some(Node::Entry { file: df, .. })) = (src, dest) {
-            if file == df && !flags.noreplace {
+            if file == df {
                 let f = self.regular(file)?;
                 return Ok(vec![OpBody::Write {
                     file,
@@ -215,9 +214,6 @@ impl FsState {
         }
         let mut ops = Vec::new();
         if let Some(dest) = dest {
-            if flags.noreplace {
-                return Err(FsError::Exists);
-            }
             ops.push(self.plan_replace(src_dir, dest)?);
         }
         match src {

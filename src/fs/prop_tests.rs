@@ -479,7 +479,7 @@ proptest! {
 
     #[test]
     fn random_concurrent_histories_converge_in_every_causal_order_without_losing_writes(
-        steps in prop::collection::vec(step(), 1..60),
+        steps in prop::collection::vec(step(), 1..120),
         seeds in prop::array::uniform3(any::<u64>()),
     ) {
         let mut w = World::new();
