@@ -706,6 +706,10 @@ fn rename_validates_like_the_kernel() {
         rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "f"), plain),
         Ok(vec![])
     );
+    assert_eq!(
+        rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "f"), noreplace),
+        Err(FsError::Exists)
+    );
     let e_over_empty = rename(&s, (OpId::ROOT, "e"), (d, "sub2"), plain).unwrap();
     assert_eq!(e_over_empty.len(), 1);
     let _ = e;
@@ -947,4 +951,18 @@ fn ten_thousand_files_in_one_directory_create_look_up_and_list_quickly() {
     }
     assert_eq!(s.readdir(d).unwrap().len(), 10_000);
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn a_move_into_a_concurrently_removed_directory_is_applied_and_brings_it_back() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    let f = mkfile(&mut s, 1, 11, OpId::ROOT, "f", "x");
+    let mv = rename(&s, (OpId::ROOT, "f"), (d, "f"), RenameFlags::default()).unwrap();
+    let rm = s.plan_rmdir(OpId::ROOT, "d").unwrap();
+    run(&mut s, 1, 20, rm);
+    run(&mut s, 2, 21, mv[0].clone());
+    assert!(s.exists(d));
+    assert_eq!(s.parent(f), Some(d));
+    assert_eq!(names(&s, OpId::ROOT), vec!["d"]);
 }
