@@ -157,7 +157,7 @@ impl FsState {
                         .count()
                 };
                 let size = match f.kind {
-                    Kind::File => f.content().size,
+                    Kind::File => f.size(),
                     Kind::Symlink => f.target.len(),
                     _ => 0,
                 };
@@ -288,7 +288,7 @@ impl FsState {
                 } else if seen.insert(file) {
                     s.files += 1;
                     if f.kind == Kind::File {
-                        s.bytes += f.content().size;
+                        s.bytes += f.size();
                     }
                 }
             }
