@@ -238,6 +238,14 @@ impl FileRec {
         v
     }
 
+    /// Length of the winning content, without building its view.
+    pub fn size(&self) -> u64 {
+        let Some(g) = self.winner().and_then(|w| self.groups.get(&w)) else {
+            return 0;
+        };
+        g.base.len() + g.appends.values().map(Content::len).sum::<u64>()
+    }
+
     /// The winning content (empty if there is none).
     pub fn content(&self) -> ContentView {
         self.winner().map(|w| self.view(w)).unwrap_or_default()
@@ -277,4 +285,3 @@ impl FileRec {
         self.xattrs.get(name).and_then(|r| r.value.as_ref())
     }
 }
-

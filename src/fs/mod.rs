@@ -23,6 +23,6 @@ pub use state::FsState;
 pub use view::{Attr, ContentView, FsStats, Node, RenameFlags};
 
 #[cfg(test)]
-mod tests;
-#[cfg(test)]
 mod prop_tests;
+#[cfg(test)]
+mod tests;

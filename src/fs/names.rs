@@ -1,7 +1,5 @@
 //! Display names: collision suffixes, conflict-copy names, and parsing them back.
 
-use crate::identity::hex;
-
 /// Most ` (` groups considered when parsing a decorated name back to raw names.
 const MAX_PARSED_GROUPS: usize = 8;
 
@@ -81,11 +79,6 @@ pub(crate) fn raw_candidates(name: &str) -> Vec<String> {
     }
     out.dedup();
     out
-}
-
-/// Short hex of arbitrary bytes, for dumps.
-pub(crate) fn short_hex(b: &[u8]) -> String {
-    hex(&b[..b.len().min(8)])
 }
 
 #[cfg(test)]

@@ -158,6 +158,9 @@ impl FsState {
             Err(FsError::NotFound) => None,
             Err(e) => return Err(e),
         };
+        if flags.noreplace && dest.is_some() {
+            return Err(FsError::Exists);
+        }
         if dest == Some(src) {
             return Ok(Vec::new());
         }
@@ -172,15 +175,19 @@ impl FsState {
         }
         if flags.exchange {
             let dest = dest.ok_or(FsError::NotFound)?;
-            let (Node::Entry { entry: se, file: sf }, Node::Entry { entry: de, file: df }) =
-                (src, dest)
+            let (
+                Node::Entry { entry: se, .. },
+                Node::Entry {
+                    entry: de,
+                    file: df,
+                },
+            ) = (src, dest)
             else {
                 return Err(FsError::NotPermitted);
             };
             if self.is_dir(df) && self.tree.is_within(parent, df) {
                 return Err(FsError::Invalid);
             }
-            debug_assert_ne!(sf, df);
             return Ok(vec![
                 OpBody::Move {
                     entry: se,
@@ -195,7 +202,7 @@ impl FsState {
             ]);
         }
         if let (Node::Conflict { file, head }, Some(Node::Entry { file: df, .. })) = (src, dest) {
-            if file == df && !flags.noreplace {
+            if file == df {
                 let f = self.regular(file)?;
                 return Ok(vec![OpBody::Write {
                     file,
@@ -207,9 +214,6 @@ impl FsState {
         }
         let mut ops = Vec::new();
         if let Some(dest) = dest {
-            if flags.noreplace {
-                return Err(FsError::Exists);
-            }
             ops.push(self.plan_replace(src_dir, dest)?);
         }
         match src {
@@ -361,8 +365,7 @@ impl FsState {
     /// Plans `chmod`/`chown`/`utimens`/`setxattr`/`removexattr`.
     pub fn plan_set_meta(&self, meta: SetMeta) -> Result<OpBody, FsError> {
         let f = self.file(meta.file).ok_or(FsError::NotFound)?;
-        if meta.xattr_set.len() > MAX_XATTRS_PER_OP || meta.xattr_remove.len() > MAX_XATTRS_PER_OP
-        {
+        if meta.xattr_set.len() > MAX_XATTRS_PER_OP || meta.xattr_remove.len() > MAX_XATTRS_PER_OP {
             return Err(FsError::TooLarge);
         }
         let names = meta
@@ -373,7 +376,11 @@ impl FsState {
         for n in names {
             check_xattr_name(n)?;
         }
-        if meta.xattr_set.iter().any(|(_, v)| v.len() > MAX_XATTR_VALUE) {
+        if meta
+            .xattr_set
+            .iter()
+            .any(|(_, v)| v.len() > MAX_XATTR_VALUE)
+        {
             return Err(FsError::TooLarge);
         }
         if meta.xattr_remove.iter().any(|n| f.xattr(n).is_none()) {

@@ -25,16 +25,45 @@ fn cases() -> u32 {
 
 #[derive(Clone, Debug)]
 enum Act {
-    CreateFile { dir: usize, name: usize },
-    CreateDir { dir: usize, name: usize },
-    Write { node: usize },
-    Append { node: usize },
-    Rename { node: usize, dir: usize, name: usize, flags: u8 },
-    Unlink { node: usize },
-    Rmdir { node: usize },
-    Link { node: usize, dir: usize, name: usize },
-    Meta { node: usize, mode: u32 },
-    Xattr { node: usize, remove: bool },
+    CreateFile {
+        dir: usize,
+        name: usize,
+    },
+    CreateDir {
+        dir: usize,
+        name: usize,
+    },
+    Write {
+        node: usize,
+    },
+    Append {
+        node: usize,
+    },
+    Rename {
+        node: usize,
+        dir: usize,
+        name: usize,
+        flags: u8,
+    },
+    Unlink {
+        node: usize,
+    },
+    Rmdir {
+        node: usize,
+    },
+    Link {
+        node: usize,
+        dir: usize,
+        name: usize,
+    },
+    Meta {
+        node: usize,
+        mode: u32,
+    },
+    Xattr {
+        node: usize,
+        remove: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -169,10 +198,30 @@ impl World {
         let now = self.now as i64;
         let planned = match act {
             Act::CreateFile { dir: d, name } => s
-                .plan_create(dir(*d), NAMES[name % 4], Kind::File, 0o644, 0, 0, 0, data("c"), now)
+                .plan_create(
+                    dir(*d),
+                    NAMES[name % 4],
+                    Kind::File,
+                    0o644,
+                    0,
+                    0,
+                    0,
+                    data("c"),
+                    now,
+                )
                 .map(|b| vec![b]),
             Act::CreateDir { dir: d, name } => s
-                .plan_create(dir(*d), NAMES[name % 4], Kind::Dir, 0o755, 0, 0, 0, Content::empty(), now)
+                .plan_create(
+                    dir(*d),
+                    NAMES[name % 4],
+                    Kind::Dir,
+                    0o755,
+                    0,
+                    0,
+                    0,
+                    Content::empty(),
+                    now,
+                )
                 .map(|b| vec![b]),
             Act::Write { node: i } => match node(*i) {
                 Some((_, _, Node::Entry { file, .. })) => {
@@ -186,7 +235,12 @@ impl World {
                 }
                 _ => return,
             },
-            Act::Rename { node: i, dir: d, name, flags } => {
+            Act::Rename {
+                node: i,
+                dir: d,
+                name,
+                flags,
+            } => {
                 let Some((parent, from, _)) = node(*i) else {
                     return;
                 };
@@ -204,7 +258,11 @@ impl World {
                 Some((parent, name, _)) => s.plan_rmdir(parent, &name).map(|b| vec![b]),
                 None => return,
             },
-            Act::Link { node: i, dir: d, name } => match node(*i) {
+            Act::Link {
+                node: i,
+                dir: d,
+                name,
+            } => match node(*i) {
                 Some((_, _, Node::Entry { file, .. })) => {
                     s.plan_link(file, dir(*d), NAMES[name % 4]).map(|b| vec![b])
                 }
@@ -236,7 +294,10 @@ impl World {
                     } else {
                         SetMeta {
                             file,
-                            xattr_set: vec![(Bytes::from_static(b"user.k"), Bytes::from(format!("{n}")))],
+                            xattr_set: vec![(
+                                Bytes::from_static(b"user.k"),
+                                Bytes::from(format!("{n}")),
+                            )],
                             ..Default::default()
                         }
                     };
@@ -257,17 +318,28 @@ fn named(op: &Op) -> Vec<OpId> {
         OpBody::Create(c) => vec![c.parent],
         OpBody::Link { file, parent, .. } => vec![*file, *parent],
         OpBody::Move { entry, parent, .. } => vec![*entry, *parent],
-        OpBody::Remove { entry, seen_content } => {
+        OpBody::Remove {
+            entry,
+            seen_content,
+        } => {
             let mut v = seen_content.clone();
             v.push(*entry);
             v
         }
-        OpBody::Write { file, supersedes, .. } | OpBody::Dismiss { file, supersedes } => {
+        OpBody::Write {
+            file, supersedes, ..
+        }
+        | OpBody::Dismiss { file, supersedes } => {
             let mut v = supersedes.clone();
             v.push(*file);
             v
         }
-        OpBody::Append { file, group, supersedes, .. } => {
+        OpBody::Append {
+            file,
+            group,
+            supersedes,
+            ..
+        } => {
             let mut v = supersedes.clone();
             v.extend([*file, *group]);
             v
@@ -340,7 +412,12 @@ fn check_invariants(s: &FsState, ops: &[(PublicKey, Op)]) -> Result<(), TestCase
     for (a, o) in ops {
         let id = o.id(*a);
         if let OpBody::Create(_) = o.body {
-            prop_assert_eq!(s.exists(id), reachable.contains(&id), "{:?} reachability", id);
+            prop_assert_eq!(
+                s.exists(id),
+                reachable.contains(&id),
+                "{:?} reachability",
+                id
+            );
             if s.exists(id) {
                 let mut p = id;
                 let mut steps = 0;
@@ -353,7 +430,9 @@ fn check_invariants(s: &FsState, ops: &[(PublicKey, Op)]) -> Result<(), TestCase
         }
         let (file, group) = match &o.body {
             OpBody::Write { file, .. } => (*file, id),
-            OpBody::Append { file, group, data, .. } => {
+            OpBody::Append {
+                file, group, data, ..
+            } => {
                 let f = s.file(*file).unwrap();
                 if f.alive().contains_key(group) {
                     prop_assert!(f.view(*group).pieces.contains(data), "append {:?} lost", id);
@@ -375,13 +454,21 @@ fn check_invariants(s: &FsState, ops: &[(PublicKey, Op)]) -> Result<(), TestCase
             );
         } else {
             let seen_by_remove = ops.iter().any(|(_, r)| match &r.body {
-                OpBody::Remove { entry, seen_content } => {
+                OpBody::Remove {
+                    entry,
+                    seen_content,
+                } => {
                     s.tree.entry(*entry).is_some_and(|e| e.file == file)
                         && seen_content.contains(&id)
                 }
                 _ => false,
             });
-            prop_assert!(seen_by_remove, "write {:?} lost with its file {:?}", id, file);
+            prop_assert!(
+                seen_by_remove,
+                "write {:?} lost with its file {:?}",
+                id,
+                file
+            );
         }
     }
     Ok(())
@@ -392,7 +479,7 @@ proptest! {
 
     #[test]
     fn random_concurrent_histories_converge_in_every_causal_order_without_losing_writes(
-        steps in prop::collection::vec(step(), 1..60),
+        steps in prop::collection::vec(step(), 1..120),
         seeds in prop::array::uniform3(any::<u64>()),
     ) {
         let mut w = World::new();

@@ -157,7 +157,7 @@ impl FsState {
                         .count()
                 };
                 let size = match f.kind {
-                    Kind::File => f.content().size,
+                    Kind::File => f.size(),
                     Kind::Symlink => f.target.len(),
                     _ => 0,
                 };
@@ -288,7 +288,7 @@ impl FsState {
                 } else if seen.insert(file) {
                     s.files += 1;
                     if f.kind == Kind::File {
-                        s.bytes += f.content().size;
+                        s.bytes += f.size();
                     }
                 }
             }
@@ -304,10 +304,14 @@ impl FsState {
         for (key, role, name) in self.members() {
             let _ = writeln!(out, "member {} {role:?} {name:?}", key.to_hex());
         }
-        self.dump_node(&mut out, "/", Node::Entry {
-            entry: OpId::ROOT,
-            file: OpId::ROOT,
-        });
+        self.dump_node(
+            &mut out,
+            "/",
+            Node::Entry {
+                entry: OpId::ROOT,
+                file: OpId::ROOT,
+            },
+        );
         self.walk(|path, node| {
             let mut line = String::new();
             self.dump_node(&mut line, path, node);

@@ -51,7 +51,11 @@ fn mkdir(s: &mut FsState, author: u8, wall: u64, parent: FileId, name: &str) -> 
 }
 
 fn names(s: &FsState, dir: FileId) -> Vec<String> {
-    s.readdir(dir).unwrap().into_iter().map(|(n, _)| n).collect()
+    s.readdir(dir)
+        .unwrap()
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect()
 }
 
 fn bytes_of(s: &FsState, node: Node) -> Vec<u8> {
@@ -96,7 +100,10 @@ fn root_exists_as_a_0755_directory_owned_by_root() {
             file: OpId::ROOT,
         })
         .unwrap();
-    assert_eq!((a.kind, a.perm, a.uid, a.gid, a.nlink), (Kind::Dir, 0o755, 0, 0, 2));
+    assert_eq!(
+        (a.kind, a.perm, a.uid, a.gid, a.nlink),
+        (Kind::Dir, 0o755, 0, 0, 2)
+    );
     assert!(s.exists(OpId::ROOT));
     assert_eq!(s.parent(OpId::ROOT), None);
 }
@@ -119,10 +126,16 @@ fn created_file_is_found_by_lookup_and_listed_with_its_content() {
 #[test]
 fn concurrent_moves_that_would_form_a_cycle_keep_the_tree_acyclic_in_every_order() {
     let mut base = FsState::new();
-    let (a, ca) = run(&mut base, 1, 10, create(&base, OpId::ROOT, "a", Kind::Dir, ""));
-    let (b, cb) = run(&mut base, 1, 11, create(&base, OpId::ROOT, "b", Kind::Dir, ""));
-    let m1 = base.plan_rename(OpId::ROOT, "a", b, "a", RenameFlags::default()).unwrap();
-    let m2 = base.plan_rename(OpId::ROOT, "b", a, "b", RenameFlags::default()).unwrap();
+    let body = create(&base, OpId::ROOT, "a", Kind::Dir, "");
+    let (a, ca) = run(&mut base, 1, 10, body);
+    let body = create(&base, OpId::ROOT, "b", Kind::Dir, "");
+    let (b, cb) = run(&mut base, 1, 11, body);
+    let m1 = base
+        .plan_rename(OpId::ROOT, "a", b, "a", RenameFlags::default())
+        .unwrap();
+    let m2 = base
+        .plan_rename(OpId::ROOT, "b", a, "b", RenameFlags::default())
+        .unwrap();
     let ops = [
         (key(1), ca),
         (key(1), cb),
@@ -141,10 +154,32 @@ fn concurrent_moves_that_would_form_a_cycle_keep_the_tree_acyclic_in_every_order
 #[test]
 fn an_old_move_arriving_late_is_replayed_before_newer_moves() {
     let mut s = FsState::new();
-    let (f, cf) = run(&mut s, 1, 10, create(&s, OpId::ROOT, "f", Kind::File, ""));
-    let (e, ce) = run(&mut s, 1, 11, create(&s, OpId::ROOT, "e", Kind::Dir, ""));
-    let late = (key(2), op(20, OpBody::Move { entry: f, parent: e, name: "old".into() }));
-    let newer = (key(1), op(30, OpBody::Move { entry: f, parent: OpId::ROOT, name: "new".into() }));
+    let body = create(&s, OpId::ROOT, "f", Kind::File, "");
+    let (f, cf) = run(&mut s, 1, 10, body);
+    let body = create(&s, OpId::ROOT, "e", Kind::Dir, "");
+    let (e, ce) = run(&mut s, 1, 11, body);
+    let late = (
+        key(2),
+        op(
+            20,
+            OpBody::Move {
+                entry: f,
+                parent: e,
+                name: "old".into(),
+            },
+        ),
+    );
+    let newer = (
+        key(1),
+        op(
+            30,
+            OpBody::Move {
+                entry: f,
+                parent: OpId::ROOT,
+                name: "new".into(),
+            },
+        ),
+    );
     let in_order = replay([&(key(1), cf.clone()), &(key(1), ce.clone()), &late, &newer]);
     let reordered = replay([&(key(1), cf), &(key(1), ce), &newer, &late]);
     assert_eq!(in_order.canonical_dump(), reordered.canonical_dump());
@@ -160,7 +195,16 @@ fn removed_entry_keeps_its_place_and_a_later_move_brings_it_back() {
     run(&mut s, 1, 11, rm);
     assert!(!s.exists(d));
     assert_eq!(s.lookup(OpId::ROOT, "d"), Err(FsError::NotFound));
-    run(&mut s, 2, 12, OpBody::Move { entry: d, parent: OpId::ROOT, name: "back".into() });
+    run(
+        &mut s,
+        2,
+        12,
+        OpBody::Move {
+            entry: d,
+            parent: OpId::ROOT,
+            name: "back".into(),
+        },
+    );
     assert!(s.exists(d));
     assert_eq!(names(&s, OpId::ROOT), vec!["back"]);
 }
@@ -168,7 +212,16 @@ fn removed_entry_keeps_its_place_and_a_later_move_brings_it_back() {
 #[test]
 fn concurrent_writes_show_the_loser_as_a_conflict_copy_named_after_its_author() {
     let mut s = FsState::new();
-    run(&mut s, 2, 1, OpBody::SetMember { key: key(2), role: Role::Writer, display_name: "bob".into() });
+    run(
+        &mut s,
+        2,
+        1,
+        OpBody::SetMember {
+            key: key(2),
+            role: Role::Writer,
+            display_name: "bob".into(),
+        },
+    );
     let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a.txt", "base");
     let w_alice = s.plan_write(f, inline("alice"), 1).unwrap();
     let w_bob = s.plan_write(f, inline("bob"), 2).unwrap();
@@ -263,7 +316,11 @@ fn an_append_concurrent_with_a_write_keeps_its_version_as_a_conflict_copy() {
     run(&mut s, 1, 21, write);
     let list = s.readdir(OpId::ROOT).unwrap();
     assert_eq!(list.len(), 2);
-    let copy = list.iter().find(|(_, n)| matches!(n, Node::Conflict { .. })).unwrap().1;
+    let copy = list
+        .iter()
+        .find(|(_, n)| matches!(n, Node::Conflict { .. }))
+        .unwrap()
+        .1;
     assert_eq!(bytes_of(&s, copy), b"xy");
     assert_eq!(bytes_of(&s, file_node(&s, OpId::ROOT, "log")), b"new");
 }
@@ -366,7 +423,10 @@ fn metadata_registers_are_last_writer_wins_by_op_id_whatever_the_arrival_order()
     run(&mut s, 1, 20, meta(0o640, b"old"));
     let node = file_node(&s, OpId::ROOT, "a");
     assert_eq!(s.attr(node).unwrap().perm, 0o600);
-    assert_eq!(s.xattr_get(f, b"user.k").unwrap(), Bytes::from_static(b"new"));
+    assert_eq!(
+        s.xattr_get(f, b"user.k").unwrap(),
+        Bytes::from_static(b"new")
+    );
     let rm = s
         .plan_set_meta(SetMeta {
             file: f,
@@ -392,9 +452,14 @@ fn times_come_from_ops_ctime_from_the_newest_touch_and_crtime_from_the_create() 
     assert_eq!(a.mtime_ns, 99);
     assert_eq!(a.ctime_ns, 50_000_000);
     assert_eq!(a.crtime_ns, 10_000_000);
-    let mv = s.plan_rename(OpId::ROOT, "a", OpId::ROOT, "b", RenameFlags::default()).unwrap();
+    let mv = s
+        .plan_rename(OpId::ROOT, "a", OpId::ROOT, "b", RenameFlags::default())
+        .unwrap();
     run(&mut s, 1, 60, mv[0].clone());
-    assert_eq!(s.attr(file_node(&s, OpId::ROOT, "b")).unwrap().ctime_ns, 60_000_000);
+    assert_eq!(
+        s.attr(file_node(&s, OpId::ROOT, "b")).unwrap().ctime_ns,
+        60_000_000
+    );
 }
 
 #[test]
@@ -414,10 +479,28 @@ fn store_name_and_members_are_last_writer_wins_and_revoked_members_vanish() {
     run(&mut s, 1, 20, OpBody::SetStoreName("new".into()));
     run(&mut s, 1, 10, OpBody::SetStoreName("old".into()));
     assert_eq!(s.store_name(), Some("new"));
-    run(&mut s, 1, 10, OpBody::SetMember { key: key(5), role: Role::Writer, display_name: "e".into() });
+    run(
+        &mut s,
+        1,
+        11,
+        OpBody::SetMember {
+            key: key(5),
+            role: Role::Writer,
+            display_name: "e".into(),
+        },
+    );
     assert_eq!(s.member(&key(5)), Some((Role::Writer, "e")));
     run(&mut s, 2, 30, OpBody::RevokeMember { key: key(5) });
-    run(&mut s, 3, 25, OpBody::SetMember { key: key(5), role: Role::Admin, display_name: "e".into() });
+    run(
+        &mut s,
+        3,
+        25,
+        OpBody::SetMember {
+            key: key(5),
+            role: Role::Admin,
+            display_name: "e".into(),
+        },
+    );
     assert_eq!(s.member(&key(5)), None);
     assert_eq!(s.member(&key(6)), None);
 }
@@ -438,9 +521,19 @@ fn touched_names_the_file_an_op_concerns() {
     let body = create(&s, OpId::ROOT, "a", Kind::File, "x");
     let (f, o) = run(&mut s, 1, 10, body);
     assert_eq!(s.touched(key(1), &o), Some(f));
-    let mv = op(11, OpBody::Move { entry: f, parent: OpId::ROOT, name: "b".into() });
+    let mv = op(
+        11,
+        OpBody::Move {
+            entry: f,
+            parent: OpId::ROOT,
+            name: "b".into(),
+        },
+    );
     assert_eq!(s.touched(key(1), &mv), Some(f));
-    assert_eq!(s.touched(key(1), &op(12, OpBody::SetStoreName("x".into()))), None);
+    assert_eq!(
+        s.touched(key(1), &op(12, OpBody::SetStoreName("x".into()))),
+        None
+    );
 }
 
 #[test]
@@ -448,10 +541,23 @@ fn create_refuses_visible_names_bad_names_and_bad_parents() {
     let mut s = FsState::new();
     let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a", "");
     let plan = |s: &FsState, parent, name: &str| {
-        s.plan_create(parent, name, Kind::File, 0o644, 0, 0, 0, Content::empty(), 0)
+        s.plan_create(
+            parent,
+            name,
+            Kind::File,
+            0o644,
+            0,
+            0,
+            0,
+            Content::empty(),
+            0,
+        )
     };
     assert_eq!(plan(&s, OpId::ROOT, "a"), Err(FsError::Exists));
-    assert_eq!(plan(&s, OpId::ROOT, &"x".repeat(256)), Err(FsError::NameTooLong));
+    assert_eq!(
+        plan(&s, OpId::ROOT, &"x".repeat(256)),
+        Err(FsError::NameTooLong)
+    );
     assert_eq!(plan(&s, OpId::ROOT, "a/b"), Err(FsError::InvalidName));
     assert_eq!(plan(&s, OpId::ROOT, ".."), Err(FsError::InvalidName));
     assert_eq!(plan(&s, f, "x"), Err(FsError::NotDir));
@@ -460,7 +566,17 @@ fn create_refuses_visible_names_bad_names_and_bad_parents() {
     assert!(plan(&s, OpId::ROOT, &"x".repeat(255)).is_ok());
     let long_target = Content::Inline(Bytes::from(vec![b'a'; 4097]));
     assert_eq!(
-        s.plan_create(OpId::ROOT, "l", Kind::Symlink, 0o777, 0, 0, 0, long_target, 0),
+        s.plan_create(
+            OpId::ROOT,
+            "l",
+            Kind::Symlink,
+            0o777,
+            0,
+            0,
+            0,
+            long_target,
+            0
+        ),
         Err(FsError::NameTooLong)
     );
     let huge = Content::Inline(Bytes::from(vec![0; crate::fs::op::INLINE_MAX + 1]));
@@ -479,7 +595,17 @@ fn a_conflict_copy_name_counts_as_taken() {
     run(&mut s, 1, T0, w1);
     run(&mut s, 2, T0 + 1, w2);
     let copy = names(&s, OpId::ROOT)[1].clone();
-    let res = s.plan_create(OpId::ROOT, &copy, Kind::File, 0o644, 0, 0, 0, Content::empty(), 0);
+    let res = s.plan_create(
+        OpId::ROOT,
+        &copy,
+        Kind::File,
+        0o644,
+        0,
+        0,
+        0,
+        Content::empty(),
+        0,
+    );
     assert_eq!(res, Err(FsError::Exists));
 }
 
@@ -493,7 +619,10 @@ fn link_refuses_directories_missing_files_and_taken_names() {
     assert_eq!(s.plan_link(f, f, "x"), Err(FsError::NotDir));
     let ghost = op(99, OpBody::SetStoreName("g".into())).id(key(9));
     assert_eq!(s.plan_link(ghost, OpId::ROOT, "x"), Err(FsError::NotFound));
-    assert_eq!(s.plan_link(f, OpId::ROOT, &"y".repeat(300)), Err(FsError::NameTooLong));
+    assert_eq!(
+        s.plan_link(f, OpId::ROOT, &"y".repeat(300)),
+        Err(FsError::NameTooLong)
+    );
 }
 
 #[test]
@@ -509,7 +638,10 @@ fn unlink_and_rmdir_check_kinds_emptiness_and_existence() {
     assert_eq!(s.plan_rmdir(OpId::ROOT, "nope"), Err(FsError::NotFound));
     let rm = s.plan_unlink(d, "f").unwrap();
     run(&mut s, 1, 13, rm);
-    assert!(matches!(s.plan_rmdir(OpId::ROOT, "d"), Ok(OpBody::Remove { .. })));
+    assert!(matches!(
+        s.plan_rmdir(OpId::ROOT, "d"),
+        Ok(OpBody::Remove { .. })
+    ));
 }
 
 #[test]
@@ -522,19 +654,62 @@ fn rename_validates_like_the_kernel() {
     mkfile(&mut s, 1, 14, OpId::ROOT, "f", "");
     mkfile(&mut s, 1, 15, OpId::ROOT, "g", "");
     let plain = RenameFlags::default();
-    let noreplace = RenameFlags { noreplace: true, exchange: false };
-    let exchange = RenameFlags { noreplace: false, exchange: true };
-    assert_eq!(rename(&s, (OpId::ROOT, "d"), (sub, "d"), plain), Err(FsError::Invalid));
-    assert_eq!(rename(&s, (OpId::ROOT, "d"), (d, "d"), plain), Err(FsError::Invalid));
-    assert_eq!(rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "g"), noreplace), Err(FsError::Exists));
-    assert_eq!(rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "h"), exchange), Err(FsError::NotFound));
-    assert_eq!(rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "e"), plain), Err(FsError::IsDir));
-    assert_eq!(rename(&s, (OpId::ROOT, "e"), (OpId::ROOT, "f"), plain), Err(FsError::NotDir));
-    assert_eq!(rename(&s, (OpId::ROOT, "e"), (d, "sub"), plain), Err(FsError::NotEmpty));
-    assert_eq!(rename(&s, (OpId::ROOT, "nope"), (OpId::ROOT, "x"), plain), Err(FsError::NotFound));
-    assert_eq!(rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "."), plain), Err(FsError::Invalid));
-    assert_eq!(rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, &"n".repeat(256)), plain), Err(FsError::NameTooLong));
-    assert_eq!(rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "f"), plain), Ok(vec![]));
+    let noreplace = RenameFlags {
+        noreplace: true,
+        exchange: false,
+    };
+    let exchange = RenameFlags {
+        noreplace: false,
+        exchange: true,
+    };
+    assert_eq!(
+        rename(&s, (OpId::ROOT, "d"), (sub, "d"), plain),
+        Err(FsError::Invalid)
+    );
+    assert_eq!(
+        rename(&s, (OpId::ROOT, "d"), (d, "d"), plain),
+        Err(FsError::Invalid)
+    );
+    assert_eq!(
+        rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "g"), noreplace),
+        Err(FsError::Exists)
+    );
+    assert_eq!(
+        rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "h"), exchange),
+        Err(FsError::NotFound)
+    );
+    assert_eq!(
+        rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "e"), plain),
+        Err(FsError::IsDir)
+    );
+    assert_eq!(
+        rename(&s, (OpId::ROOT, "e"), (OpId::ROOT, "f"), plain),
+        Err(FsError::NotDir)
+    );
+    assert_eq!(
+        rename(&s, (OpId::ROOT, "e"), (d, "sub"), plain),
+        Err(FsError::NotEmpty)
+    );
+    assert_eq!(
+        rename(&s, (OpId::ROOT, "nope"), (OpId::ROOT, "x"), plain),
+        Err(FsError::NotFound)
+    );
+    assert_eq!(
+        rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "."), plain),
+        Err(FsError::Invalid)
+    );
+    assert_eq!(
+        rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, &"n".repeat(256)), plain),
+        Err(FsError::NameTooLong)
+    );
+    assert_eq!(
+        rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "f"), plain),
+        Ok(vec![])
+    );
+    assert_eq!(
+        rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "f"), noreplace),
+        Err(FsError::Exists)
+    );
     let e_over_empty = rename(&s, (OpId::ROOT, "e"), (d, "sub2"), plain).unwrap();
     assert_eq!(e_over_empty.len(), 1);
     let _ = e;
@@ -547,7 +722,12 @@ fn rename_onto_another_name_of_the_same_file_does_nothing() {
     let link = s.plan_link(f, OpId::ROOT, "g").unwrap();
     run(&mut s, 1, 11, link);
     assert_eq!(
-        rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "g"), RenameFlags::default()),
+        rename(
+            &s,
+            (OpId::ROOT, "f"),
+            (OpId::ROOT, "g"),
+            RenameFlags::default()
+        ),
         Ok(vec![])
     );
 }
@@ -557,7 +737,13 @@ fn rename_over_a_file_removes_the_target_and_moves_the_source() {
     let mut s = FsState::new();
     let f = mkfile(&mut s, 1, 10, OpId::ROOT, "f", "new");
     let g = mkfile(&mut s, 1, 11, OpId::ROOT, "g", "old");
-    let ops = rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "g"), RenameFlags::default()).unwrap();
+    let ops = rename(
+        &s,
+        (OpId::ROOT, "f"),
+        (OpId::ROOT, "g"),
+        RenameFlags::default(),
+    )
+    .unwrap();
     assert!(matches!(ops[0], OpBody::Remove { entry, .. } if entry == g));
     for (i, body) in ops.into_iter().enumerate() {
         run(&mut s, 1, 20 + i as u64, body);
@@ -572,7 +758,10 @@ fn rename_exchange_swaps_two_names() {
     let mut s = FsState::new();
     let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
     let f = mkfile(&mut s, 1, 11, OpId::ROOT, "f", "");
-    let flags = RenameFlags { noreplace: false, exchange: true };
+    let flags = RenameFlags {
+        noreplace: false,
+        exchange: true,
+    };
     let ops = rename(&s, (OpId::ROOT, "f"), (OpId::ROOT, "d"), flags).unwrap();
     assert_eq!(ops.len(), 2);
     for (i, body) in ops.into_iter().enumerate() {
@@ -591,7 +780,13 @@ fn renaming_a_conflict_copy_makes_it_a_file_and_dismisses_the_copy() {
     run(&mut s, 2, 20, app);
     run(&mut s, 1, 21, w);
     let copy = names(&s, OpId::ROOT)[1].clone();
-    let ops = rename(&s, (OpId::ROOT, &copy), (OpId::ROOT, "kept"), RenameFlags::default()).unwrap();
+    let ops = rename(
+        &s,
+        (OpId::ROOT, &copy),
+        (OpId::ROOT, "kept"),
+        RenameFlags::default(),
+    )
+    .unwrap();
     for (i, body) in ops.into_iter().enumerate() {
         run(&mut s, 1, 30 + i as u64, body);
     }
@@ -609,7 +804,13 @@ fn renaming_a_conflict_copy_onto_its_file_adopts_that_version() {
     run(&mut s, 1, 20, w1);
     run(&mut s, 2, 21, w2);
     let copy = names(&s, OpId::ROOT)[1].clone();
-    let ops = rename(&s, (OpId::ROOT, &copy), (OpId::ROOT, "a"), RenameFlags::default()).unwrap();
+    let ops = rename(
+        &s,
+        (OpId::ROOT, &copy),
+        (OpId::ROOT, "a"),
+        RenameFlags::default(),
+    )
+    .unwrap();
     assert_eq!(ops.len(), 1);
     run(&mut s, 1, 30, ops[0].clone());
     assert_eq!(names(&s, OpId::ROOT), vec!["a"]);
@@ -625,7 +826,10 @@ fn content_planners_refuse_directories_and_oversized_inline_content() {
     assert_eq!(s.plan_append(d, Content::empty(), 0), Err(FsError::IsDir));
     let huge = Content::Inline(Bytes::from(vec![0; crate::fs::op::INLINE_MAX + 1]));
     assert_eq!(s.plan_write(f, huge, 0), Err(FsError::TooLarge));
-    assert_eq!(s.content(file_node(&s, OpId::ROOT, "d")), Err(FsError::IsDir));
+    assert_eq!(
+        s.content(file_node(&s, OpId::ROOT, "d")),
+        Err(FsError::IsDir)
+    );
 }
 
 #[test]
@@ -639,18 +843,43 @@ fn set_meta_checks_xattr_names_sizes_and_existence() {
         ..Default::default()
     };
     let n = |s: &str| Bytes::copy_from_slice(s.as_bytes());
-    assert_eq!(s.plan_set_meta(with(vec![], vec![n("user.none")])), Err(FsError::NoAttr));
-    assert_eq!(s.plan_set_meta(with(vec![(n(&"k".repeat(256)), n("v"))], vec![])), Err(FsError::Range));
-    assert_eq!(s.plan_set_meta(with(vec![(n(""), n("v"))], vec![])), Err(FsError::Range));
+    assert_eq!(
+        s.plan_set_meta(with(vec![], vec![n("user.none")])),
+        Err(FsError::NoAttr)
+    );
+    assert_eq!(
+        s.plan_set_meta(with(vec![(n(&"k".repeat(256)), n("v"))], vec![])),
+        Err(FsError::Range)
+    );
+    assert_eq!(
+        s.plan_set_meta(with(vec![(n(""), n("v"))], vec![])),
+        Err(FsError::Range)
+    );
     let big = Bytes::from(vec![0; crate::fs::op::MAX_XATTR_VALUE + 1]);
-    assert_eq!(s.plan_set_meta(with(vec![(n("user.a"), big)], vec![])), Err(FsError::TooLarge));
+    assert_eq!(
+        s.plan_set_meta(with(vec![(n("user.a"), big)], vec![])),
+        Err(FsError::TooLarge)
+    );
     let many = (0..65).map(|i| (n(&format!("user.{i}")), n("v"))).collect();
     assert_eq!(s.plan_set_meta(with(many, vec![])), Err(FsError::TooLarge));
     let ghost = op(99, OpBody::SetStoreName("g".into())).id(key(9));
-    let missing = SetMeta { file: ghost, ..Default::default() };
+    let missing = SetMeta {
+        file: ghost,
+        ..Default::default()
+    };
     assert_eq!(s.plan_set_meta(missing), Err(FsError::NotFound));
-    let ok = s.plan_set_meta(SetMeta { file: f, mode: Some(0o100600), ..Default::default() });
-    assert!(matches!(ok, Ok(OpBody::SetMeta(SetMeta { mode: Some(0o600), .. }))));
+    let ok = s.plan_set_meta(SetMeta {
+        file: f,
+        mode: Some(0o100600),
+        ..Default::default()
+    });
+    assert!(matches!(
+        ok,
+        Ok(OpBody::SetMeta(SetMeta {
+            mode: Some(0o600),
+            ..
+        }))
+    ));
 }
 
 #[test]
@@ -662,7 +891,14 @@ fn snapshot_round_trips_and_later_ops_merge_as_without_it() {
     run(&mut s, 2, 12, w);
     let snap = FsState::decode_snapshot(&s.encode_snapshot()).unwrap();
     assert_eq!(snap.canonical_dump(), s.canonical_dump());
-    let late = op(5, OpBody::Move { entry: f, parent: OpId::ROOT, name: "moved".into() });
+    let late = op(
+        5,
+        OpBody::Move {
+            entry: f,
+            parent: OpId::ROOT,
+            name: "moved".into(),
+        },
+    );
     let mut a = snap;
     a.apply(key(3), &late);
     s.apply(key(3), &late);
@@ -675,11 +911,17 @@ fn malformed_snapshots_are_refused_not_panicked_on() {
     mkfile(&mut s, 1, 10, OpId::ROOT, "a", "x");
     let bytes = s.encode_snapshot();
     for cut in 0..bytes.len() {
-        assert!(FsState::decode_snapshot(&bytes[..cut]).is_err(), "cut {cut}");
+        assert!(
+            FsState::decode_snapshot(&bytes[..cut]).is_err(),
+            "cut {cut}"
+        );
     }
     let mut trailing = bytes.clone();
     trailing.push(0);
-    assert!(matches!(FsState::decode_snapshot(&trailing), Err(FsError::Io(_))));
+    assert!(matches!(
+        FsState::decode_snapshot(&trailing),
+        Err(FsError::Io(_))
+    ));
 }
 
 #[test]
@@ -689,7 +931,17 @@ fn ten_thousand_files_in_one_directory_create_look_up_and_list_quickly() {
     let d = mkdir(&mut s, 1, 1, OpId::ROOT, "big");
     for i in 0..10_000u64 {
         let body = s
-            .plan_create(d, &format!("file{i}"), Kind::File, 0o644, 0, 0, 0, Content::empty(), 0)
+            .plan_create(
+                d,
+                &format!("file{i}"),
+                Kind::File,
+                0o644,
+                0,
+                0,
+                0,
+                Content::empty(),
+                0,
+            )
             .unwrap();
         run(&mut s, 1, 10 + i, body);
     }
@@ -699,4 +951,18 @@ fn ten_thousand_files_in_one_directory_create_look_up_and_list_quickly() {
     }
     assert_eq!(s.readdir(d).unwrap().len(), 10_000);
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+#[test]
+fn a_move_into_a_concurrently_removed_directory_is_applied_and_brings_it_back() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    let f = mkfile(&mut s, 1, 11, OpId::ROOT, "f", "x");
+    let mv = rename(&s, (OpId::ROOT, "f"), (d, "f"), RenameFlags::default()).unwrap();
+    let rm = s.plan_rmdir(OpId::ROOT, "d").unwrap();
+    run(&mut s, 1, 20, rm);
+    run(&mut s, 2, 21, mv[0].clone());
+    assert!(s.exists(d));
+    assert_eq!(s.parent(f), Some(d));
+    assert_eq!(names(&s, OpId::ROOT), vec!["d"]);
 }
