@@ -4,6 +4,7 @@
 
 pub mod cas;
 pub mod fs;
+pub mod fuse;
 pub mod hlc;
 pub mod identity;
 pub mod intention;

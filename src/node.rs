@@ -274,8 +274,12 @@ impl Node {
             store: name.to_string(),
             source,
         })?;
-        let mut entries: Vec<HistoryEntry> =
-            store.read(|state| items.iter().map(|i| history_entry(state, i)).collect());
+        let mut entries: Vec<HistoryEntry> = store.read(|state| {
+            items
+                .iter()
+                .flat_map(|i| history_entries(state, i))
+                .collect()
+        });
         entries.sort_by(|a, b| {
             (a.hlc_wall_ms, a.hlc_counter, &a.author).cmp(&(
                 b.hlc_wall_ms,
@@ -413,19 +417,23 @@ fn resolve(state: &FsState, parts: &[&str], rest: &[&str]) -> Result<FileId, Nod
     Ok(file)
 }
 
-/// The control-protocol form of one history item.
-fn history_entry(state: &FsState, item: &HistoryItem) -> HistoryEntry {
-    HistoryEntry {
-        intention: item.intention.to_hex(),
-        author: item.author.to_hex(),
-        author_name: state
-            .member(&item.author)
-            .map(|(_, name)| name.to_string())
-            .unwrap_or_default(),
-        hlc_wall_ms: item.op.hlc.wall_ms,
-        hlc_counter: item.op.hlc.counter,
-        op: describe(&item.op.body),
-    }
+/// The control-protocol form of one history item: a line per op that names the file.
+fn history_entries(state: &FsState, item: &HistoryItem) -> Vec<HistoryEntry> {
+    let author_name = state
+        .member(&item.author)
+        .map(|(_, name)| name.to_string())
+        .unwrap_or_default();
+    item.ops
+        .iter()
+        .map(|op| HistoryEntry {
+            intention: item.hash.to_hex(),
+            author: item.author.to_hex(),
+            author_name: author_name.clone(),
+            hlc_wall_ms: op.hlc.wall_ms,
+            hlc_counter: op.hlc.counter,
+            op: describe(&op.body),
+        })
+        .collect()
 }
 
 /// One line describing an op for `history`.

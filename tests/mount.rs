@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime};
@@ -377,6 +377,7 @@ fn posix_errors_match_the_kernel() {
         .read(true)
         .write(true)
         .create(true)
+        .truncate(true)
         .open(p("gone"))
         .unwrap();
     f.write_all(b"still here").unwrap();

@@ -279,10 +279,10 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = Command::new("findmnt")
-                .args(["-n", "-o", "FSTYPE", "--mountpoint"])
+                .args(["-n", "-o", "SOURCE", "--mountpoint"])
                 .arg(mnt)
                 .output()?;
-            if String::from_utf8_lossy(&out.stdout).trim() == "fuse.lattice-mount" {
+            if String::from_utf8_lossy(&out.stdout).trim() == "lattice" {
                 return Ok(d);
             }
             if Instant::now() > deadline {

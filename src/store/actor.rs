@@ -11,7 +11,7 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase};
 
-use crate::fs::op::FileId;
+use crate::fs::op::{FileId, Op, OpBody};
 use crate::fs::FsState;
 use crate::hlc::Clock;
 use crate::identity::{Identity, PublicKey};
@@ -340,8 +340,27 @@ impl Actor {
                 hash,
                 author: i.author,
                 hlc: i.hlc,
+                ops: i
+                    .ops
+                    .into_iter()
+                    .filter(|op| names_file(i.author, op, file))
+                    .collect(),
             });
         }
         Ok(items)
+    }
+}
+
+/// Whether `op` by `author` names `file`: creates it, or targets it or its first entry.
+fn names_file(author: crate::identity::PublicKey, op: &Op, file: FileId) -> bool {
+    match &op.body {
+        OpBody::Create(_) => op.id(author) == file,
+        OpBody::Link { file: f, .. }
+        | OpBody::Write { file: f, .. }
+        | OpBody::Append { file: f, .. }
+        | OpBody::Dismiss { file: f, .. } => *f == file,
+        OpBody::SetMeta(m) => m.file == file,
+        OpBody::Move { entry, .. } | OpBody::Remove { entry, .. } => *entry == file,
+        OpBody::SetStoreName(_) | OpBody::SetMember { .. } | OpBody::RevokeMember { .. } => false,
     }
 }

@@ -107,6 +107,8 @@ pub struct HistoryItem {
     pub author: PublicKey,
     /// Its clock.
     pub hlc: Hlc,
+    /// Its ops that name the file (by id, or as the entry they move or remove).
+    pub ops: Vec<Op>,
 }
 
 /// Counts describing a store.

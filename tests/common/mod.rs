@@ -27,15 +27,23 @@ fn which(cmd: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The filesystem type `findmnt` reports for `path`, if it is a mountpoint.
+/// What `findmnt` reports for `path` ("FSTYPE SOURCE"), if it is a mountpoint.
 pub fn fstype(path: &Path) -> Option<String> {
     let out = Command::new("findmnt")
-        .args(["-n", "-o", "FSTYPE", "--mountpoint"])
+        .args(["-n", "-o", "FSTYPE,SOURCE", "--mountpoint"])
         .arg(path)
         .output()
         .ok()?;
-    let s = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let s = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     (!s.is_empty()).then_some(s)
+}
+
+/// Whether `path` is a live lattice FUSE mount.
+pub fn is_lattice_mount(path: &Path) -> bool {
+    fstype(path).is_some_and(|s| s.starts_with("fuse") && s.ends_with(" lattice"))
 }
 
 /// One daemon with its own data dir and mountpoint, stopped and unmounted on drop.
@@ -91,7 +99,7 @@ impl Daemon {
             .unwrap();
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while fstype(&self.mnt).as_deref() != Some("fuse.lattice-mount") {
+        while !is_lattice_mount(&self.mnt) {
             if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited before mounting: {status}");
             }
@@ -112,9 +120,8 @@ impl Daemon {
 
     /// Asserts the mount is live (a dead daemon leaves an empty directory behind).
     pub fn assert_mounted(&self) {
-        assert_eq!(
-            fstype(&self.mnt).as_deref(),
-            Some("fuse.lattice-mount"),
+        assert!(
+            is_lattice_mount(&self.mnt),
             "{} is not a lattice mount any more",
             self.mnt.display()
         );

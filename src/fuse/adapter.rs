@@ -1,0 +1,1184 @@
+//! `fuser::Filesystem` callbacks: convert, call one method, reply.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use fuser::{
+    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
+    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use parking_lot::{Mutex, RwLock};
+
+use crate::fs::op::{
+    validate_name, Content, FileId, Kind, OpBody, OpId, SetMeta, MAX_SYMLINK_BYTES,
+};
+use crate::fs::{Attr, FsError, Node, RenameFlags as FsRenameFlags};
+use crate::intention::StoreId;
+use crate::node::Node as LatticeNode;
+use crate::store::Store;
+
+use super::errno::{errno, Fail};
+use super::inodes::{Inodes, Key, MOUNT_ROOT};
+use super::open_file::OpenFile;
+
+/// How long the kernel may cache attributes and entries.
+const TTL: Duration = Duration::from_secs(1);
+/// Largest write request the kernel is asked to send.
+const MAX_WRITE: u32 = 1 << 20;
+
+/// An open file's state, shared by all of its handles.
+type SharedFile = Arc<Mutex<OpenFile>>;
+
+/// What a file handle refers to.
+#[derive(Clone)]
+struct FileRef {
+    /// Shared state of a store file (`None` for conflict copies).
+    open: Option<SharedFile>,
+    key: Key,
+    write: bool,
+    append: bool,
+}
+
+/// One open file or directory handle.
+enum Handle {
+    /// A file handle.
+    File(FileRef),
+    /// A directory listing, taken at `opendir` so offsets stay stable.
+    Dir(Vec<DirEntry>),
+}
+
+#[derive(Clone)]
+struct DirEntry {
+    name: Vec<u8>,
+    key: Key,
+    kind: FileType,
+}
+
+/// The filesystem served to the kernel.
+pub(crate) struct LatticeFs {
+    node: LatticeNode,
+    staging: PathBuf,
+    inodes: Inodes,
+    stores: RwLock<HashMap<StoreId, Store>>,
+    open_files: Mutex<HashMap<(StoreId, FileId), SharedFile>>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_handle: AtomicU64,
+    mounted_at: SystemTime,
+    uid: u32,
+    gid: u32,
+}
+
+type Result<T> = std::result::Result<T, Fail>;
+
+fn to_time(ns: i64) -> SystemTime {
+    if ns >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(ns as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(ns.unsigned_abs())
+    }
+}
+
+fn to_ns(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i64,
+        Err(e) => -(e.duration().as_nanos() as i64),
+    }
+}
+
+fn now_ns() -> i64 {
+    to_ns(SystemTime::now())
+}
+
+fn file_type(kind: Kind) -> FileType {
+    match kind {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+        Kind::Fifo => FileType::NamedPipe,
+        Kind::Socket => FileType::Socket,
+        Kind::CharDev => FileType::CharDevice,
+        Kind::BlockDev => FileType::BlockDevice,
+    }
+}
+
+fn name_str(name: &OsStr) -> Result<&str> {
+    let s = std::str::from_utf8(name.as_bytes()).map_err(|_| Fail::Errno(libc::EINVAL))?;
+    if s.len() > crate::fs::op::MAX_NAME_BYTES {
+        return Err(Fail::Fs(FsError::NameTooLong));
+    }
+    Ok(s)
+}
+
+fn reply_entry(reply: ReplyEntry, r: Result<FileAttr>) {
+    match r {
+        Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn reply_empty(reply: ReplyEmpty, r: Result<()>) {
+    match r {
+        Ok(()) => reply.ok(),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+impl LatticeFs {
+    /// A filesystem over `node`'s stores, staging writes under `staging`.
+    pub(crate) fn new(node: LatticeNode, staging: PathBuf) -> Self {
+        // SAFETY: getuid/getgid have no preconditions and cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        Self {
+            node,
+            staging,
+            inodes: Inodes::new(),
+            stores: RwLock::new(HashMap::new()),
+            open_files: Mutex::new(HashMap::new()),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            mounted_at: SystemTime::now(),
+            uid,
+            gid,
+        }
+    }
+
+    fn store(&self, id: StoreId) -> Result<Store> {
+        if let Some(s) = self.stores.read().get(&id) {
+            return Ok(s.clone());
+        }
+        let mut map = self.stores.write();
+        for s in self.node.stores() {
+            map.insert(s.id(), s);
+        }
+        map.get(&id).cloned().ok_or(Fail::Fs(FsError::NotFound))
+    }
+
+    /// The stores as listed at the mount root: (shown name, store), unique names.
+    fn root_entries(&self) -> Vec<(String, Store)> {
+        let stores = self.node.stores();
+        let names: Vec<String> = stores
+            .iter()
+            .map(|s| {
+                s.read(|st| st.store_name().map(str::to_owned))
+                    .unwrap_or_else(|| s.id().to_hex())
+            })
+            .collect();
+        let mut out = Vec::with_capacity(stores.len());
+        for (i, s) in stores.into_iter().enumerate() {
+            let dup = names.iter().filter(|n| **n == names[i]).count() > 1;
+            let shown = if dup {
+                format!("{} ({})", names[i], &s.id().to_hex()[..8])
+            } else {
+                names[i].clone()
+            };
+            out.push((shown, s));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    fn key(&self, ino: INodeNo) -> Result<Key> {
+        self.inodes.get(ino.0).ok_or(Fail::Errno(libc::ESTALE))
+    }
+
+    /// The store and directory file id behind a directory inode inside a store.
+    fn dir(&self, ino: INodeNo) -> Result<(Store, FileId)> {
+        match self.key(ino)? {
+            Key::File(s, f) => Ok((self.store(s)?, f)),
+            Key::MountRoot => Err(Fail::Fs(FsError::NotPermitted)),
+            Key::Conflict(..) => Err(Fail::Fs(FsError::NotDir)),
+        }
+    }
+
+    fn root_attr(&self) -> FileAttr {
+        let t = self.mounted_at;
+        FileAttr {
+            ino: INodeNo(MOUNT_ROOT),
+            size: 0,
+            blocks: 0,
+            atime: t,
+            mtime: t,
+            ctime: t,
+            crtime: t,
+            kind: FileType::Directory,
+            perm: 0o755,
+            nlink: 2 + self.node.stores().len() as u32,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn fuse_attr(ino: u64, a: &Attr, conflict: bool) -> FileAttr {
+        FileAttr {
+            ino: INodeNo(ino),
+            size: a.size,
+            blocks: a.size.div_ceil(512),
+            atime: to_time(a.atime_ns),
+            mtime: to_time(a.mtime_ns),
+            ctime: to_time(a.ctime_ns),
+            crtime: to_time(a.crtime_ns),
+            kind: file_type(a.kind),
+            perm: (if conflict { a.perm & !0o222 } else { a.perm }) as u16,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev as u32,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    /// Attributes of `key`, with uncommitted writes of an open file applied.
+    fn attr_of(&self, ino: u64, key: Key) -> Result<FileAttr> {
+        let Some((sid, node)) = key.node() else {
+            return Ok(self.root_attr());
+        };
+        if let Key::File(_, file) = key {
+            let open = self.open_files.lock().get(&(sid, file)).cloned();
+            if let Some(open) = open {
+                let a = open.lock().attr()?;
+                return Ok(Self::fuse_attr(ino, &a, false));
+            }
+        }
+        let a = self.store(sid)?.read(|s| s.attr(node))?;
+        Ok(Self::fuse_attr(ino, &a, matches!(key, Key::Conflict(..))))
+    }
+
+    /// Counts a kernel lookup of `key` and returns its attributes.
+    fn entry(&self, key: Key) -> Result<FileAttr> {
+        let ino = self.inodes.lookup(key);
+        match self.attr_of(ino, key) {
+            Ok(a) => Ok(a),
+            Err(e) => {
+                self.inodes.forget(ino, 1);
+                Err(e)
+            }
+        }
+    }
+
+    fn do_lookup(&self, parent: INodeNo, name: &OsStr) -> Result<FileAttr> {
+        let name = name_str(name)?;
+        match self.key(parent)? {
+            Key::MountRoot => {
+                let store = self
+                    .root_entries()
+                    .into_iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, s)| s)
+                    .ok_or(Fail::Fs(FsError::NotFound))?;
+                self.entry(Key::File(store.id(), OpId::ROOT))
+            }
+            Key::File(sid, dir) => {
+                let node = self.store(sid)?.read(|s| s.lookup(dir, name))?;
+                self.entry(Key::of(sid, node))
+            }
+            Key::Conflict(..) => Err(Fail::Fs(FsError::NotDir)),
+        }
+    }
+
+    /// Creates a node of `kind` in `parent` and returns its key and attributes.
+    #[allow(clippy::too_many_arguments)]
+    fn make(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        kind: Kind,
+        perm: u32,
+        rdev: u64,
+        content: Content,
+    ) -> Result<(Key, FileAttr)> {
+        let name = name_str(name)?;
+        if self.key(parent)? == Key::MountRoot {
+            if kind != Kind::Dir {
+                return Err(Fail::Fs(FsError::NotPermitted));
+            }
+            validate_name(name).map_err(|_| Fail::Fs(FsError::InvalidName))?;
+            if self.root_entries().iter().any(|(n, _)| n == name) {
+                return Err(Fail::Fs(FsError::Exists));
+            }
+            let store = self.node.create_store(name).map_err(|e| {
+                tracing::warn!("create store {name}: {e}");
+                Fail::Errno(libc::EIO)
+            })?;
+            self.stores.write().insert(store.id(), store.clone());
+            let key = Key::File(store.id(), OpId::ROOT);
+            return Ok((key, self.entry(key)?));
+        }
+        let (store, dir) = self.dir(parent)?;
+        let (uid, gid) = (req.uid(), req.gid());
+        let file = store.write(|tx| {
+            let body = tx.state().plan_create(
+                dir,
+                name,
+                kind,
+                perm & 0o7777,
+                uid,
+                gid,
+                rdev,
+                content,
+                now_ns(),
+            )?;
+            Ok(tx.push(body))
+        })?;
+        let key = Key::File(store.id(), file);
+        Ok((key, self.entry(key)?))
+    }
+
+    fn open_file(&self, key: Key) -> Option<SharedFile> {
+        let Key::File(sid, file) = key else {
+            return None;
+        };
+        let store = self.store(sid).ok()?;
+        let mut map = self.open_files.lock();
+        let open = map
+            .entry((sid, file))
+            .or_insert_with(|| Arc::new(Mutex::new(OpenFile::new(store, file, &self.staging))))
+            .clone();
+        open.lock().handles += 1;
+        Some(open)
+    }
+
+    fn new_handle(&self, h: Handle) -> FileHandle {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handles.lock().insert(fh, h);
+        FileHandle(fh)
+    }
+
+    fn open_handle(&self, key: Key, flags: i32) -> Result<FileHandle> {
+        let acc = flags & libc::O_ACCMODE;
+        let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        if write && matches!(key, Key::Conflict(..)) {
+            return Err(Fail::Fs(FsError::ReadOnly));
+        }
+        Ok(self.new_handle(Handle::File(FileRef {
+            open: self.open_file(key),
+            key,
+            write,
+            append: flags & libc::O_APPEND != 0,
+        })))
+    }
+
+    fn file_handle(&self, fh: FileHandle) -> Result<FileRef> {
+        match self.handles.lock().get(&fh.0) {
+            Some(Handle::File(f)) => Ok(f.clone()),
+            _ => Err(Fail::Errno(libc::EBADF)),
+        }
+    }
+
+    fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let FileRef { open, key, .. } = self.file_handle(fh)?;
+        let cas = self.node.cas();
+        if let Some(open) = open {
+            return open.lock().read(cas, offset, size);
+        }
+        let (sid, node) = key.node().ok_or(Fail::Fs(FsError::IsDir))?;
+        let view = self.store(sid)?.read(|s| s.content(node))?;
+        let n = view.size.saturating_sub(offset).min(u64::from(size)) as usize;
+        let mut buf = vec![0u8; n];
+        super::open_file::read_exact(cas, &view.pieces, offset, &mut buf)?;
+        Ok(buf)
+    }
+
+    fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<u32> {
+        let FileRef {
+            open,
+            write,
+            append,
+            ..
+        } = self.file_handle(fh)?;
+        if !write {
+            return Err(Fail::Errno(libc::EBADF));
+        }
+        let open = open.ok_or(Fail::Errno(libc::EBADF))?;
+        let cas = self.node.cas();
+        let n = open.lock().write(cas, offset, data, append)?;
+        Ok(n)
+    }
+
+    fn commit(&self, fh: FileHandle, durable: bool) -> Result<()> {
+        let FileRef { open, key, .. } = self.file_handle(fh)?;
+        if let Some(open) = open {
+            open.lock().commit(self.node.cas(), durable)?;
+        } else if durable {
+            if let Some((sid, _)) = key.node() {
+                self.store(sid)?.flush().map_err(Fail::store)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn do_release(&self, fh: FileHandle) -> Result<()> {
+        let handle = self.handles.lock().remove(&fh.0);
+        let Some(Handle::File(FileRef {
+            open: Some(open),
+            key: Key::File(sid, file),
+            ..
+        })) = handle
+        else {
+            return Ok(());
+        };
+        let result = open.lock().commit(self.node.cas(), false);
+        let mut map = self.open_files.lock();
+        let mut o = open.lock();
+        o.handles -= 1;
+        if o.handles == 0 {
+            map.remove(&(sid, file));
+        }
+        result
+    }
+
+    fn do_setattr(&self, ino: INodeNo, meta: SetMeta, size: Option<u64>) -> Result<FileAttr> {
+        let key = self.key(ino)?;
+        let Key::File(sid, file) = key else {
+            return Err(Fail::Fs(if key == Key::MountRoot {
+                FsError::NotPermitted
+            } else {
+                FsError::ReadOnly
+            }));
+        };
+        let store = self.store(sid)?;
+        if let Some(size) = size {
+            let kind = store
+                .read(|s| s.attr(Node::Entry { entry: file, file }))?
+                .kind;
+            if kind == Kind::Dir {
+                return Err(Fail::Fs(FsError::IsDir));
+            }
+            if kind != Kind::File {
+                return Err(Fail::Fs(FsError::Invalid));
+            }
+            let existing = self.open_files.lock().get(&(sid, file)).cloned();
+            let open = existing.unwrap_or_else(|| {
+                Arc::new(Mutex::new(OpenFile::new(
+                    store.clone(),
+                    file,
+                    &self.staging,
+                )))
+            });
+            open.lock().truncate(self.node.cas(), size)?;
+        }
+        let changes = meta.mode.is_some()
+            || meta.uid.is_some()
+            || meta.gid.is_some()
+            || meta.mtime_ns.is_some()
+            || meta.atime_ns.is_some();
+        if changes {
+            store.write(|tx| {
+                let body = tx.state().plan_set_meta(SetMeta { file, ..meta })?;
+                tx.push(body);
+                Ok(())
+            })?;
+        }
+        self.attr_of(ino.0, key)
+    }
+
+    fn do_rename(
+        &self,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+    ) -> Result<()> {
+        let (name, newname) = (name_str(name)?, name_str(newname)?);
+        let fs_flags = FsRenameFlags {
+            noreplace: flags.contains(RenameFlags::RENAME_NOREPLACE),
+            exchange: flags.contains(RenameFlags::RENAME_EXCHANGE),
+        };
+        if flags.contains(RenameFlags::RENAME_WHITEOUT) {
+            return Err(Fail::Errno(libc::EINVAL));
+        }
+        match (self.key(parent)?, self.key(newparent)?) {
+            (Key::MountRoot, Key::MountRoot) => self.rename_store(name, newname, fs_flags),
+            (Key::MountRoot, _) | (_, Key::MountRoot) => Err(Fail::Fs(FsError::CrossStore)),
+            (Key::File(a, dir), Key::File(b, newdir)) => {
+                if a != b {
+                    return Err(Fail::Fs(FsError::CrossStore));
+                }
+                self.store(a)?.write(|tx| {
+                    let bodies = tx
+                        .state()
+                        .plan_rename(dir, name, newdir, newname, fs_flags)?;
+                    for body in bodies {
+                        tx.push(body);
+                    }
+                    Ok(())
+                })?;
+                Ok(())
+            }
+            _ => Err(Fail::Fs(FsError::NotDir)),
+        }
+    }
+
+    fn rename_store(&self, name: &str, newname: &str, flags: FsRenameFlags) -> Result<()> {
+        validate_name(newname).map_err(|_| Fail::Fs(FsError::InvalidName))?;
+        let entries = self.root_entries();
+        let store = entries
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| s.clone())
+            .ok_or(Fail::Fs(FsError::NotFound))?;
+        if name == newname {
+            return Ok(());
+        }
+        if flags.exchange || entries.iter().any(|(n, _)| n == newname) {
+            // Stores are never replaced or merged by a rename.
+            return Err(Fail::Fs(if flags.exchange {
+                FsError::NotPermitted
+            } else {
+                FsError::Exists
+            }));
+        }
+        let newname = newname.to_owned();
+        store.write(|tx| {
+            tx.push(OpBody::SetStoreName(newname));
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn do_remove(&self, parent: INodeNo, name: &OsStr, dir: bool) -> Result<()> {
+        let name = name_str(name)?;
+        let (store, parent) = self.dir(parent)?;
+        store.write(|tx| {
+            let body = if dir {
+                tx.state().plan_rmdir(parent, name)?
+            } else {
+                tx.state().plan_unlink(parent, name)?
+            };
+            tx.push(body);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn do_link(&self, ino: INodeNo, newparent: INodeNo, newname: &OsStr) -> Result<FileAttr> {
+        let newname = name_str(newname)?;
+        let key = self.key(ino)?;
+        let Key::File(sid, file) = key else {
+            return Err(Fail::Fs(FsError::NotPermitted));
+        };
+        let (store, dir) = self.dir(newparent)?;
+        if store.id() != sid {
+            return Err(Fail::Fs(FsError::CrossStore));
+        }
+        store.write(|tx| {
+            let body = tx.state().plan_link(file, dir, newname)?;
+            tx.push(body);
+            Ok(())
+        })?;
+        self.entry(key)
+    }
+
+    fn list_dir(&self, ino: INodeNo) -> Result<Vec<DirEntry>> {
+        let key = self.key(ino)?;
+        let mut out = vec![
+            DirEntry {
+                name: b".".to_vec(),
+                key,
+                kind: FileType::Directory,
+            },
+            DirEntry {
+                name: b"..".to_vec(),
+                key,
+                kind: FileType::Directory,
+            },
+        ];
+        match key {
+            Key::MountRoot => {
+                for (name, store) in self.root_entries() {
+                    out.push(DirEntry {
+                        name: name.into_bytes(),
+                        key: Key::File(store.id(), OpId::ROOT),
+                        kind: FileType::Directory,
+                    });
+                }
+            }
+            Key::File(sid, dir) => {
+                let store = self.store(sid)?;
+                store.read(|s| -> Result<()> {
+                    if s.attr(Node::Entry {
+                        entry: dir,
+                        file: dir,
+                    })?
+                    .kind
+                        != Kind::Dir
+                    {
+                        return Err(Fail::Fs(FsError::NotDir));
+                    }
+                    if let Some(p) = s.parent(dir) {
+                        out[1].key = Key::File(sid, p);
+                    } else {
+                        out[1].key = Key::MountRoot;
+                    }
+                    for (name, node) in s.readdir(dir)? {
+                        let kind = s.attr(node).map(|a| file_type(a.kind))?;
+                        out.push(DirEntry {
+                            name: name.into_bytes(),
+                            key: Key::of(sid, node),
+                            kind,
+                        });
+                    }
+                    Ok(())
+                })?;
+            }
+            Key::Conflict(..) => return Err(Fail::Fs(FsError::NotDir)),
+        }
+        Ok(out)
+    }
+
+    fn dir_entries(&self, fh: FileHandle, offset: u64) -> Result<Vec<(u64, DirEntry)>> {
+        match self.handles.lock().get(&fh.0) {
+            Some(Handle::Dir(entries)) => Ok(entries
+                .iter()
+                .enumerate()
+                .skip(offset as usize)
+                .map(|(i, e)| (i as u64 + 1, e.clone()))
+                .collect()),
+            _ => Err(Fail::Errno(libc::EBADF)),
+        }
+    }
+
+    fn xattr_target(&self, ino: INodeNo) -> Result<(Store, FileId)> {
+        match self.key(ino)? {
+            Key::File(s, f) => Ok((self.store(s)?, f)),
+            Key::MountRoot => Err(Fail::Errno(libc::ENOTSUP)),
+            Key::Conflict(..) => Err(Fail::Fs(FsError::ReadOnly)),
+        }
+    }
+
+    fn do_setxattr(&self, ino: INodeNo, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let (store, file) = self.xattr_target(ino)?;
+        let name = Bytes::copy_from_slice(name.as_bytes());
+        let value = Bytes::copy_from_slice(value);
+        store.write(|tx| {
+            let exists = tx.state().xattr_get(file, &name).is_ok();
+            if flags & libc::XATTR_CREATE != 0 && exists {
+                return Err(FsError::Exists);
+            }
+            if flags & libc::XATTR_REPLACE != 0 && !exists {
+                return Err(FsError::NoAttr);
+            }
+            let body = tx.state().plan_set_meta(SetMeta {
+                file,
+                xattr_set: vec![(name, value)],
+                ..Default::default()
+            })?;
+            tx.push(body);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn do_removexattr(&self, ino: INodeNo, name: &OsStr) -> Result<()> {
+        let (store, file) = self.xattr_target(ino)?;
+        let name = Bytes::copy_from_slice(name.as_bytes());
+        store.write(|tx| {
+            tx.state().xattr_get(file, &name)?;
+            let body = tx.state().plan_set_meta(SetMeta {
+                file,
+                xattr_remove: vec![name],
+                ..Default::default()
+            })?;
+            tx.push(body);
+            Ok(())
+        })?;
+        Ok(())
+    }
+
+    fn xattr_bytes(&self, ino: INodeNo, name: Option<&OsStr>) -> Result<Vec<u8>> {
+        let (sid, file) = match self.key(ino)? {
+            Key::File(s, f) | Key::Conflict(s, f, _) => (s, f),
+            Key::MountRoot => {
+                return match name {
+                    Some(_) => Err(Fail::Fs(FsError::NoAttr)),
+                    None => Ok(Vec::new()),
+                }
+            }
+        };
+        let store = self.store(sid)?;
+        Ok(match name {
+            Some(n) => store.read(|s| s.xattr_get(file, n.as_bytes()))?.to_vec(),
+            None => {
+                let mut out = Vec::new();
+                for n in store.read(|s| s.xattr_list(file))? {
+                    out.extend_from_slice(&n);
+                    out.push(0);
+                }
+                out
+            }
+        })
+    }
+
+    fn statfs_data(&self) -> Result<libc::statvfs> {
+        let path = std::ffi::CString::new(self.node.data_dir().as_os_str().as_bytes())
+            .map_err(|_| Fail::Errno(libc::EINVAL))?;
+        // SAFETY: `path` is NUL-terminated and `st` is a valid out-pointer.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(Fail::Errno(libc::EIO));
+        }
+        Ok(st)
+    }
+}
+
+fn reply_xattr(reply: ReplyXattr, size: u32, r: Result<Vec<u8>>) {
+    match r {
+        Ok(data) if size == 0 => reply.size(data.len() as u32),
+        Ok(data) if data.len() > size as usize => reply.error(Errno::ERANGE),
+        Ok(data) => reply.data(&data),
+        Err(e) => reply.error(errno(e)),
+    }
+}
+
+fn time_ns(t: TimeOrNow) -> i64 {
+    match t {
+        TimeOrNow::Now => now_ns(),
+        TimeOrNow::SpecificTime(t) => to_ns(t),
+    }
+}
+
+impl Filesystem for LatticeFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_BIG_WRITES
+            | InitFlags::FUSE_MAX_PAGES;
+        if let Err(missing) = config.add_capabilities(wanted) {
+            tracing::info!("kernel lacks FUSE capabilities {missing:?}");
+        }
+        let _ = config.set_max_write(MAX_WRITE);
+        let _ = config.set_max_readahead(MAX_WRITE);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        reply_entry(reply, self.do_lookup(parent, name));
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.inodes.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.key(ino).and_then(|k| self.attr_of(ino.0, k)) {
+            Ok(a) => reply.attr(&TTL, &a),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let meta = SetMeta {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            mtime_ns: mtime.map(time_ns),
+            atime_ns: atime.map(time_ns),
+            ..Default::default()
+        };
+        match self.do_setattr(ino, meta, size) {
+            Ok(a) => reply.attr(&TTL, &a),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let r = self.key(ino).and_then(|k| match k {
+            Key::File(s, f) => Ok(self.store(s)?.read(|st| st.readlink(f))?),
+            _ => Err(Fail::Errno(libc::EINVAL)),
+        });
+        match r {
+            Ok(t) => reply.data(&t),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let kind = match mode & libc::S_IFMT {
+            libc::S_IFREG | 0 => Some(Kind::File),
+            libc::S_IFIFO => Some(Kind::Fifo),
+            libc::S_IFSOCK => Some(Kind::Socket),
+            libc::S_IFCHR => Some(Kind::CharDev),
+            libc::S_IFBLK => Some(Kind::BlockDev),
+            _ => None,
+        };
+        let r = match kind {
+            Some(kind) => self
+                .make(
+                    req,
+                    parent,
+                    name,
+                    kind,
+                    mode & !umask,
+                    u64::from(rdev),
+                    Content::empty(),
+                )
+                .map(|(_, a)| a),
+            None => Err(Fail::Errno(libc::EINVAL)),
+        };
+        reply_entry(reply, r);
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let r = self.make(
+            req,
+            parent,
+            name,
+            Kind::Dir,
+            mode & !umask,
+            0,
+            Content::empty(),
+        );
+        reply_entry(reply, r.map(|(_, a)| a));
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.do_remove(parent, name, false));
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.do_remove(parent, name, true));
+    }
+
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let target = target.as_os_str().as_bytes();
+        let r = if target.len() > MAX_SYMLINK_BYTES {
+            Err(Fail::Fs(FsError::NameTooLong))
+        } else {
+            let content = Content::Inline(Bytes::copy_from_slice(target));
+            self.make(req, parent, link_name, Kind::Symlink, 0o777, 0, content)
+                .map(|(_, a)| a)
+        };
+        reply_entry(reply, r);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(
+            reply,
+            self.do_rename(parent, name, newparent, newname, flags),
+        );
+    }
+
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        reply_entry(reply, self.do_link(ino, newparent, newname));
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let r = self.key(ino).and_then(|k| {
+            if k == Key::MountRoot {
+                return Err(Fail::Fs(FsError::IsDir));
+            }
+            self.open_handle(k, flags.0)
+        });
+        match r {
+            Ok(fh) => reply.opened(fh, FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.do_read(fh, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.do_write(fh, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.commit(fh, false));
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.do_release(fh));
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.commit(fh, true));
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.list_dir(ino) {
+            Ok(entries) => reply.opened(self.new_handle(Handle::Dir(entries)), FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        match self.dir_entries(fh, offset) {
+            Ok(entries) => {
+                for (next, e) in entries {
+                    let ino = self.inodes.peek(&e.key).unwrap_or(u64::MAX);
+                    if reply.add(INodeNo(ino), next, e.kind, OsStr::from_bytes(&e.name)) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        match self.dir_entries(fh, offset) {
+            Ok(entries) => {
+                for (next, e) in entries {
+                    let dot = e.name == b"." || e.name == b"..";
+                    let ino = if dot {
+                        self.inodes.peek(&e.key).unwrap_or(MOUNT_ROOT)
+                    } else {
+                        self.inodes.lookup(e.key)
+                    };
+                    let Ok(attr) = self.attr_of(ino, e.key) else {
+                        if !dot {
+                            self.inodes.forget(ino, 1);
+                        }
+                        continue;
+                    };
+                    let name = OsStr::from_bytes(&e.name);
+                    if reply.add(INodeNo(ino), next, name, &TTL, &attr, Generation(0)) {
+                        if !dot {
+                            self.inodes.forget(ino, 1);
+                        }
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.handles.lock().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let r = self.key(ino).and_then(|k| match k.node() {
+            Some((sid, _)) => self.store(sid)?.flush().map_err(Fail::store),
+            None => Ok(()),
+        });
+        reply_empty(reply, r);
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        match self.statfs_data() {
+            Ok(st) => reply.statfs(
+                st.f_blocks,
+                st.f_bfree,
+                st.f_bavail,
+                st.f_files,
+                st.f_ffree,
+                st.f_bsize as u32,
+                crate::fs::op::MAX_NAME_BYTES as u32,
+                st.f_frsize as u32,
+            ),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        reply_empty(reply, self.do_setxattr(ino, name, value, flags));
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.xattr_bytes(ino, Some(name)));
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        reply_xattr(reply, size, self.xattr_bytes(ino, None));
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        reply_empty(reply, self.do_removexattr(ino, name));
+    }
+
+    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+        // Permission bits are enforced by the kernel (`default_permissions`).
+        reply_empty(reply, self.key(ino).map(|_| ()));
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let r = self
+            .make(
+                req,
+                parent,
+                name,
+                Kind::File,
+                mode & !umask,
+                0,
+                Content::empty(),
+            )
+            .and_then(|(key, attr)| Ok((self.open_handle(key, flags)?, attr)));
+        match r {
+            Ok((fh, attr)) => reply.created(&TTL, &attr, Generation(0), fh, FopenFlags::empty()),
+            Err(e) => reply.error(errno(e)),
+        }
+    }
+}

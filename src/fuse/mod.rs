@@ -1,0 +1,85 @@
+//! The FUSE adapter: a `fuser::Filesystem` over the node's stores.
+//!
+//! Every callback converts its arguments, calls one method returning `Result<T, Fail>`
+//! and replies; errors become errno in exactly one place (`errno.rs`). The mount root
+//! lists one directory per store; inside a store, inodes map to file ids (`inodes.rs`)
+//! and writes are staged per open file until flush, fsync or close (`open_file.rs`).
+
+mod adapter;
+mod errno;
+mod inodes;
+mod open_file;
+
+use std::path::Path;
+
+use crate::node::Node;
+
+/// Errors mounting the filesystem.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FuseError {
+    /// The kernel refused the mount or the FUSE device could not be opened.
+    #[error("cannot mount at {path}: {source}")]
+    Mount {
+        /// The mountpoint.
+        path: String,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// Unmounting failed.
+    #[error("unmount failed: {0}")]
+    Unmount(std::io::Error),
+}
+
+/// A live mount; dropping it unmounts.
+pub struct MountGuard {
+    session: Option<fuser::BackgroundSession>,
+}
+
+impl MountGuard {
+    /// Unmounts and waits for the session's threads to finish.
+    pub fn unmount(mut self) -> Result<(), FuseError> {
+        match self.session.take() {
+            Some(s) => s.umount_and_join().map_err(FuseError::Unmount),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            if let Err(e) = s.umount_and_join() {
+                tracing::warn!("unmount: {e}");
+            }
+        }
+    }
+}
+
+/// Mounts `node` at `mountpoint`; `allow_other` lets other users reach the mount.
+pub fn mount(node: Node, mountpoint: &Path, allow_other: bool) -> Result<MountGuard, FuseError> {
+    let staging = node.data_dir().join("staging");
+    let mount_err = |source| FuseError::Mount {
+        path: mountpoint.display().to_string(),
+        source,
+    };
+    // Staging files of a previous run belong to handles that no longer exist.
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(mount_err)?;
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName("lattice".into()),
+        fuser::MountOption::Subtype("lattice-mount".into()),
+        fuser::MountOption::DefaultPermissions,
+    ];
+    if allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(4);
+    config.clone_fd = true;
+    let fs = adapter::LatticeFs::new(node, staging);
+    let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(mount_err)?;
+    Ok(MountGuard {
+        session: Some(session),
+    })
+}
