@@ -14,7 +14,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::cas::{Cas, CasError};
-use crate::fs::op::{Content, FileId, Kind, OpBody, OpError, OpId, Role, MAX_LABEL_BYTES};
+use crate::fs::op::{
+    Content, FileId, Kind, OpBody, OpError, OpId, Role, SetMeta, MAX_LABEL_BYTES,
+};
 use crate::fs::{FsError, FsState};
 use crate::hlc::{Clock, Hlc};
 use crate::identity::{Identity, IdentityError};
@@ -213,6 +215,27 @@ impl Node {
                 source,
             }
         })?;
+        // The store's directory belongs to whoever runs this node, created now.
+        // SAFETY: getuid/getgid have no preconditions and cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let now_ns = crate::hlc::now_ms() as i64 * 1_000_000;
+        store
+            .write(|tx| {
+                let body = tx.state().plan_set_meta(SetMeta {
+                    file: OpId::ROOT,
+                    mode: Some(0o755),
+                    uid: Some(uid),
+                    gid: Some(gid),
+                    mtime_ns: Some(now_ns),
+                    ..Default::default()
+                })?;
+                tx.push(body);
+                Ok(())
+            })
+            .map_err(|source| NodeError::Path {
+                path: name.to_string(),
+                source,
+            })?;
         stores.push(store.clone());
         tracing::info!(store = %id.to_hex(), "created store {name:?}");
         Ok(store)

