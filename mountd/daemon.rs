@@ -214,11 +214,11 @@ fn bind_socket(path: &Path) -> Result<(std::os::unix::net::UnixListener, SocketF
 /// and returns its canonical path.
 fn prepare_mountpoint(mountpoint: &Path) -> Result<PathBuf, CliError> {
     let shown = mountpoint.display();
+    if is_dead_mount(mountpoint) {
+        tracing::warn!("cleaning a stale FUSE mount at {shown}");
+        unmount_stale(mountpoint)?;
+    }
     match std::fs::metadata(mountpoint) {
-        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-            tracing::warn!("cleaning a stale FUSE mount at {shown}");
-            unmount_stale(mountpoint)?;
-        }
         Ok(m) if !m.is_dir() => return Err(anyhow!("mountpoint {shown} is not a directory").into()),
         Ok(_) => {}
         Err(e) if e.kind() == ErrorKind::NotFound => {
@@ -240,6 +240,18 @@ fn prepare_mountpoint(mountpoint: &Path) -> Result<PathBuf, CliError> {
         .into());
     }
     Ok(canonical)
+}
+
+/// True if `mountpoint` is a FUSE mount whose daemon is gone. `statfs` always reaches
+/// the daemon, unlike `stat`, which the kernel may answer from its attribute cache.
+fn is_dead_mount(mountpoint: &Path) -> bool {
+    let Ok(c) = CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    r != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOTCONN)
 }
 
 /// Unmounts a dead FUSE mount: directly when root, else with `fusermount3 -u -z`.

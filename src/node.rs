@@ -14,9 +14,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::cas::{Cas, CasError};
-use crate::fs::op::{
-    Content, FileId, Kind, OpBody, OpError, OpId, Role, SetMeta, MAX_LABEL_BYTES,
-};
+use crate::fs::op::{Content, FileId, Kind, OpBody, OpError, OpId, Role, SetMeta, MAX_LABEL_BYTES};
 use crate::fs::{FsError, FsState};
 use crate::hlc::{Clock, Hlc};
 use crate::identity::{Identity, IdentityError};

@@ -426,22 +426,39 @@ fn fsynced_data_survives_kill_9() {
     let Some(mut d) = daemon_with_store("crash") else {
         return;
     };
-    let data = random_bytes(2 << 20, 11);
-    {
-        let mut f = File::create(d.path("crash/synced")).unwrap();
+    for round in 0..3u64 {
+        let data = random_bytes(2 << 20, 11 + round);
+        let big = d.path(&format!("crash/synced{round}"));
+        let small = d.path(&format!("crash/small{round}"));
+        let mut f = File::create(&big).unwrap();
         f.write_all(&data).unwrap();
         f.sync_all().unwrap();
-        let mut g = File::create(d.path("crash/small")).unwrap();
+        let mut g = File::create(&small).unwrap();
         g.write_all(b"tiny").unwrap();
         g.sync_all().unwrap();
-        fs::create_dir(d.path("crash/dir")).unwrap();
+        fs::create_dir(d.path(&format!("crash/dir{round}"))).unwrap();
         File::open(d.path("crash")).unwrap().sync_all().unwrap();
         d.kill9();
+        drop((f, g));
+        // The dead mount is still there; `up` must clean it.
+        assert!(
+            common::fstype(&d.mnt).is_some(),
+            "kill -9 left no mount to clean"
+        );
+        d.up();
+        for r in 0..=round {
+            let want = random_bytes(2 << 20, 11 + r);
+            assert!(
+                fs::read(d.path(&format!("crash/synced{r}"))).unwrap() == want,
+                "round {r}"
+            );
+            assert_eq!(
+                fs::read(d.path(&format!("crash/small{r}"))).unwrap(),
+                b"tiny"
+            );
+            assert!(d.path(&format!("crash/dir{r}")).is_dir());
+        }
     }
-    d.up();
-    assert_eq!(fs::read(d.path("crash/synced")).unwrap(), data);
-    assert_eq!(fs::read(d.path("crash/small")).unwrap(), b"tiny");
-    assert!(d.path("crash/dir").is_dir());
 }
 
 #[test]

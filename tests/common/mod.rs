@@ -144,12 +144,11 @@ impl Daemon {
         assert_eq!(fstype(&self.mnt), None, "still mounted after down");
     }
 
-    /// Kills the daemon with SIGKILL and removes the dead mount.
+    /// Kills the daemon with SIGKILL, leaving its dead mount behind for `up` to clean.
     pub fn kill9(&mut self) {
         let mut child = self.child.take().expect("daemon not running");
         child.kill().unwrap();
         child.wait().unwrap();
-        lazy_unmount(&self.mnt);
     }
 
     /// A path inside the mount.
