@@ -43,28 +43,22 @@ fn main() -> Result<()> {
     fs::create_dir(&native)?;
 
     let mut targets: Vec<(&str, PathBuf)> = vec![("tmpfs", native.clone())];
-    let bind_dir = base.path().join("bindfs");
-    let bind_src = base.path().join("bindfs-src");
-    let _bindfs = if which("bindfs") {
-        fs::create_dir(&bind_dir)?;
-        fs::create_dir(&bind_src)?;
-        let ok = Command::new("bindfs")
-            .arg(&bind_src)
-            .arg(&bind_dir)
-            .status()?
-            .success();
-        if ok {
-            targets.push(("bindfs", bind_dir.clone()));
-            Some(Unmount(bind_dir.clone()))
-        } else {
-            None
+    // bindfs as shipped (page-sized writes) and with direct_io (large writes, no page cache).
+    let mut bindfs_mounts = Vec::new();
+    if which("bindfs") {
+        for (name, opts) in [("bindfs", &[][..]), ("bindfs-dio", &["-o", "direct_io"][..])] {
+            let src = base.path().join(format!("{name}-src"));
+            let dir = base.path().join(name);
+            fs::create_dir(&src)?;
+            fs::create_dir(&dir)?;
+            if Command::new("bindfs").args(opts).arg(&src).arg(&dir).status()?.success() {
+                targets.push((name, dir.clone()));
+                bindfs_mounts.push(Unmount(dir));
+            }
         }
     } else {
-        eprintln!(
-            "bindfs not installed: no libfuse passthrough reference (apt-get install bindfs)"
-        );
-        None
-    };
+        eprintln!("bindfs not installed: no libfuse passthrough reference (apt-get install bindfs)");
+    }
 
     let data = base.path().join("lattice-data");
     let mnt = base.path().join("lattice-mnt");
@@ -124,6 +118,7 @@ fn main() -> Result<()> {
         }
     }
     drop(daemon);
+    drop(bindfs_mounts);
 
     let names: Vec<&str> = targets.iter().map(|t| t.0).collect();
     print!("| benchmark | unit |");
