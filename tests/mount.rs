@@ -493,3 +493,62 @@ fn cli_reports_status_history_and_clear_errors() {
         1
     );
 }
+
+#[test]
+fn rereads_after_rewrites_truncates_and_appends_never_show_stale_pages() {
+    let Some(d) = daemon_with_store("cache") else {
+        return;
+    };
+    let p = d.path("cache/f");
+    let mut want = Vec::new();
+    for round in 0..24u64 {
+        match round % 4 {
+            0 => {
+                want = random_bytes((round as usize * 7919) % 300_000, round);
+                fs::write(&p, &want).unwrap();
+            }
+            1 => {
+                let extra = random_bytes(1000 + round as usize, round + 100);
+                OpenOptions::new()
+                    .append(true)
+                    .open(&p)
+                    .unwrap()
+                    .write_all(&extra)
+                    .unwrap();
+                want.extend_from_slice(&extra);
+            }
+            2 => {
+                let len = want.len() / 2;
+                OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .set_len(len as u64)
+                    .unwrap();
+                want.truncate(len);
+            }
+            _ => {
+                let patch = random_bytes(5000, round + 200);
+                let at = want.len() / 3;
+                OpenOptions::new()
+                    .write(true)
+                    .open(&p)
+                    .unwrap()
+                    .write_all_at(&patch, at as u64)
+                    .unwrap();
+                if want.len() < at + patch.len() {
+                    want.resize(at + patch.len(), 0);
+                }
+                want[at..at + patch.len()].copy_from_slice(&patch);
+            }
+        }
+        assert!(
+            fs::read(&p).unwrap() == want,
+            "round {round}: stale or wrong bytes"
+        );
+        assert!(
+            fs::read(&p).unwrap() == want,
+            "round {round}: second read differs"
+        );
+    }
+}

@@ -69,6 +69,9 @@ pub(crate) struct LatticeFs {
     inodes: Inodes,
     stores: RwLock<HashMap<StoreId, Store>>,
     open_files: Mutex<HashMap<(StoreId, FileId), SharedFile>>,
+    /// Per file, the committed content the kernel's page cache is known to hold (a
+    /// prefix of): set when the last handle closes, so a later open may keep the cache.
+    kernel_cache: Mutex<HashMap<(StoreId, FileId), Vec<Content>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
     mounted_at: SystemTime,
@@ -142,6 +145,7 @@ impl LatticeFs {
             inodes: Inodes::new(),
             stores: RwLock::new(HashMap::new()),
             open_files: Mutex::new(HashMap::new()),
+            kernel_cache: Mutex::new(HashMap::new()),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             mounted_at: SystemTime::now(),
@@ -356,18 +360,45 @@ impl LatticeFs {
         FileHandle(fh)
     }
 
-    fn open_handle(&self, key: Key, flags: i32) -> Result<FileHandle> {
+    fn open_handle(&self, key: Key, flags: i32) -> Result<(FileHandle, FopenFlags)> {
         let acc = flags & libc::O_ACCMODE;
         let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         if write && matches!(key, Key::Conflict(..)) {
             return Err(Fail::Fs(FsError::ReadOnly));
         }
-        Ok(self.new_handle(Handle::File(FileRef {
+        let keep = self.kernel_cache_valid(key);
+        let fh = self.new_handle(Handle::File(FileRef {
             open: self.open_file(key),
             key,
             write,
             append: flags & libc::O_APPEND != 0,
-        })))
+        }));
+        let flags = if keep {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        Ok((fh, flags))
+    }
+
+    /// Whether the kernel may keep its page cache for `key` at open: no appends are
+    /// pending on it and its committed content is what the cache was last filled with.
+    fn kernel_cache_valid(&self, key: Key) -> bool {
+        let Key::File(sid, file) = key else {
+            return false;
+        };
+        let open = self.open_files.lock().get(&(sid, file)).cloned();
+        if open.is_some_and(|o| o.lock().appended) {
+            return false;
+        }
+        let Some(cached) = self.kernel_cache.lock().get(&(sid, file)).cloned() else {
+            return false;
+        };
+        let node = Node::Entry { entry: file, file };
+        self.store(sid)
+            .ok()
+            .and_then(|s| s.read(|st| st.content(node)).ok())
+            .is_some_and(|view| view.pieces == cached)
     }
 
     fn file_handle(&self, fh: FileHandle) -> Result<FileRef> {
@@ -435,6 +466,20 @@ impl LatticeFs {
         o.handles -= 1;
         if o.handles == 0 {
             map.remove(&(sid, file));
+            let mut cache = self.kernel_cache.lock();
+            let node = Node::Entry { entry: file, file };
+            let view = self
+                .store(sid)
+                .ok()
+                .and_then(|s| s.read(|st| st.content(node)).ok());
+            match view {
+                Some(view) if !o.appended && result.is_ok() => {
+                    cache.insert((sid, file), view.pieces);
+                }
+                _ => {
+                    cache.remove(&(sid, file));
+                }
+            }
         }
         result
     }
@@ -941,7 +986,7 @@ impl Filesystem for LatticeFs {
             self.open_handle(k, flags.0)
         });
         match r {
-            Ok(fh) => reply.opened(fh, FopenFlags::empty()),
+            Ok((fh, keep)) => reply.opened(fh, keep),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -1177,7 +1222,7 @@ impl Filesystem for LatticeFs {
             )
             .and_then(|(key, attr)| Ok((self.open_handle(key, flags)?, attr)));
         match r {
-            Ok((fh, attr)) => reply.created(&TTL, &attr, Generation(0), fh, FopenFlags::empty()),
+            Ok(((fh, keep), attr)) => reply.created(&TTL, &attr, Generation(0), fh, keep),
             Err(e) => reply.error(errno(e)),
         }
     }

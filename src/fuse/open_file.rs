@@ -44,6 +44,9 @@ pub(crate) struct OpenFile {
     dirty: bool,
     /// Open handles on this file.
     pub(crate) handles: usize,
+    /// Whether `O_APPEND` writes happened: the kernel's page cache may then differ
+    /// from the merged content, since appends land at our end, not its offset.
+    pub(crate) appended: bool,
     /// Attributes and content last seen, to answer after the last name is removed.
     last_attr: Option<Attr>,
     last_view: Option<ContentView>,
@@ -59,6 +62,7 @@ impl OpenFile {
             staging: Staging::Clean,
             dirty: false,
             handles: 0,
+            appended: false,
             last_attr: None,
             last_view: None,
         };
@@ -167,6 +171,7 @@ impl OpenFile {
         data: &[u8],
         append: bool,
     ) -> Result<u32, Fail> {
+        self.appended |= append;
         if append && matches!(self.staging, Staging::Clean) {
             let base = self.committed()?;
             let (file, path) = self.new_staging()?;
