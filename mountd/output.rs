@@ -2,6 +2,7 @@
 
 use std::fmt::Write;
 
+use lattice_mount::hlc::civil_from_days;
 use lattice_mount::proto::control::{HistoryEntry, StatusResponse};
 
 /// Human status: the node, then a table of stores.
@@ -177,21 +178,6 @@ fn utc_time(ms: u64) -> String {
         rem % 60,
         ms % 1000
     )
-}
-
-/// The proleptic Gregorian (year, month, day) of a day count since 1970-01-01
-/// (Howard Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]

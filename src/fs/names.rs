@@ -1,5 +1,7 @@
 //! Display names: collision suffixes, conflict-copy names, and parsing them back.
 
+use crate::hlc::civil_from_days;
+
 /// Most ` (` groups considered when parsing a decorated name back to raw names.
 const MAX_PARSED_GROUPS: usize = 8;
 
@@ -37,20 +39,6 @@ pub(crate) fn conflict_tag(who: &str, wall_ms: u64) -> String {
         t / 60 % 60,
         t % 60
     )
-}
-
-/// The proleptic Gregorian (year, month, day) of a day count since 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 /// Raw names that `name` may have been decorated from: itself, then with one or two
