@@ -1,19 +1,11 @@
 //! The `lattice-mount` binary's error paths that need no daemon and no FUSE mount:
 //! exit codes and the one-line error format.
 
-use std::path::Path;
+mod common;
+
 use std::process::{Command, Output};
 
-fn lattice(data_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lattice-mount"))
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(args)
-        .env_remove("LATTICE_HOME")
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
-}
+use common::lattice;
 
 fn stderr_line(out: &Output) -> String {
     let stderr = String::from_utf8(out.stderr.clone()).unwrap();

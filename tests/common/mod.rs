@@ -46,6 +46,21 @@ pub fn is_lattice_mount(path: &Path) -> bool {
     fstype(path).is_some_and(|s| s.starts_with("fuse") && s.ends_with(" lattice"))
 }
 
+/// The CLI with data dir `data`, untouched by the caller's environment.
+pub fn cli(data: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_lattice-mount"));
+    c.arg("--data-dir")
+        .arg(data)
+        .env_remove("LATTICE_HOME")
+        .env_remove("RUST_LOG");
+    c
+}
+
+/// Runs the CLI with data dir `data` and returns its output.
+pub fn lattice(data: &Path, args: &[&str]) -> Output {
+    cli(data).args(args).output().unwrap()
+}
+
 /// One daemon with its own data dir and mountpoint, stopped and unmounted on drop.
 pub struct Daemon {
     pub dir: tempfile::TempDir,
@@ -75,14 +90,23 @@ impl Daemon {
 
     /// The CLI with this daemon's data dir.
     pub fn cli(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_lattice-mount"));
-        c.arg("--data-dir").arg(&self.data);
-        c
+        cli(&self.data)
     }
 
     /// Runs a CLI subcommand and returns its output.
     pub fn run(&self, args: &[&str]) -> Output {
-        self.cli().args(args).output().unwrap()
+        lattice(&self.data, args)
+    }
+
+    /// Sends SIGTERM and waits for the daemon to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon not running");
+        // SAFETY: kill(2) on our child's pid, which has not been waited for yet.
+        assert_eq!(
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+            0
+        );
+        child.wait().unwrap()
     }
 
     /// Starts the daemon (again) and waits for the mount.
