@@ -19,7 +19,7 @@ use crate::intention::{Hash, Intention, StoreId};
 use crate::store::apply::{apply_remote, is_refusal, seal_local, Counts, Ctx, Queued};
 use crate::store::error::StoreError;
 use crate::store::tables::{Tables, HISTORY, INTENTIONS};
-use crate::store::{ApplyOutcome, HistoryItem};
+use crate::store::{ApplyOutcome, HistoryItem, StoreEvent};
 
 /// How long the actor waits for more ops before sealing a batch.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
@@ -91,6 +91,8 @@ pub(crate) struct Shared {
     pub intentions: AtomicU64,
     /// Floating intentions (for stats).
     pub floating: AtomicU64,
+    /// Where committed changes are published.
+    pub events: tokio::sync::broadcast::Sender<StoreEvent>,
 }
 
 impl Shared {
@@ -112,6 +114,7 @@ impl Shared {
             founder: self.founder,
             state: &self.state,
             clock: &self.clock,
+            effects: Default::default(),
         }
     }
 }
@@ -300,6 +303,16 @@ impl Actor {
             }
         }
         txn.commit()?;
+        let effects = cx.effects.take();
+        if !effects.sealed.is_empty() {
+            drop(shared.events.send(StoreEvent::Sealed(effects.sealed)));
+        }
+        if effects.applied > 0 {
+            drop(shared.events.send(StoreEvent::Applied {
+                intentions: effects.applied,
+                files: effects.touched,
+            }));
+        }
         let now = Instant::now();
         if durable {
             self.dirty = false;

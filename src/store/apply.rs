@@ -40,6 +40,19 @@ pub(crate) struct Ctx<'a> {
     pub state: &'a RwLock<FsState>,
     /// The node clock, shared across stores.
     pub clock: &'a Mutex<Clock>,
+    /// What this batch changed, published once it commits.
+    pub effects: std::cell::RefCell<Effects>,
+}
+
+/// What one committed batch changed, for [`crate::store::StoreEvent`]s.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    /// Bytes of intentions sealed from local ops.
+    pub sealed: Vec<Bytes>,
+    /// Remote intentions applied.
+    pub applied: usize,
+    /// Files touched by applied remote intentions.
+    pub touched: Vec<FileId>,
 }
 
 /// Running counts kept in step with the tables.
@@ -141,6 +154,7 @@ fn seal_one(
     let i = Intention::create(identity, cx.id, prev, deps, ops)?;
     integrate(t, cx, counts, &i, Some(touched))?;
     t.meta.insert(META_LAST_LOCAL_HLC, &hlc_bytes(i.hlc)[..])?;
+    cx.effects.borrow_mut().sealed.push(i.bytes.clone());
     Ok(())
 }
 
@@ -223,9 +237,15 @@ fn integrate(
                 .collect()
         }
     };
+    let mut effects = cx.effects.borrow_mut();
+    effects.applied += usize::from(local.is_none());
     for f in touched.into_iter().flatten() {
         t.add_history(f, seq, &i.hash)?;
+        if local.is_none() {
+            effects.touched.push(f);
+        }
     }
+    drop(effects);
     if local.is_none() && i.hlc.wall_ms <= now_ms().saturating_add(MAX_CLOCK_SKEW_MS) {
         cx.clock.lock().observe(i.hlc);
     }

@@ -96,6 +96,23 @@ pub enum ApplyOutcome {
     },
 }
 
+/// A change committed to a store, for subscribers (network, kernel cache).
+#[derive(Clone, Debug)]
+pub enum StoreEvent {
+    /// Intentions sealed from local ops, as signed bytes, in seal order.
+    Sealed(Vec<Bytes>),
+    /// Received intentions were applied; these files were touched.
+    Applied {
+        /// How many were applied.
+        intentions: usize,
+        /// Files the applied ops touched (created, written, moved, removed, changed).
+        files: Vec<FileId>,
+    },
+}
+
+/// Events a slow subscriber may fall behind by before it sees `Lagged`.
+pub const EVENT_BACKLOG: usize = 1024;
+
 /// One intention that touched a file, in local witness order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HistoryItem {
@@ -399,6 +416,11 @@ impl Store {
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
+    /// Changes committed from now on; a receiver that falls behind gets `Lagged`.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent> {
+        self.handle.shared.events.subscribe()
+    }
+
     /// Intention counts and the projection's counts.
     pub fn stats(&self) -> StoreStats {
         let shared = &self.handle.shared;
@@ -452,6 +474,7 @@ fn new_shared(
         wake: parking_lot::Condvar::new(),
         intentions: AtomicU64::new(0),
         floating: AtomicU64::new(0),
+        events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
     }
 }
 

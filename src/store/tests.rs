@@ -663,3 +663,52 @@ fn kill_9_after_flush_keeps_every_flushed_write() {
     }
     assert!(store.digest().unwrap().witness_len > acked);
 }
+
+#[test]
+fn subscribers_see_sealed_bytes_and_applied_files_after_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dag = Dag::build(seed(), 20);
+    let b = dag.replica(&tmp.path().join("b"));
+    let mut events = b.subscribe();
+    assert!(matches!(
+        b.apply_remote(dag.items[1].bytes.clone()).unwrap(),
+        ApplyOutcome::Floating { .. }
+    ));
+    assert!(
+        events.try_recv().is_err(),
+        "nothing applied, nothing published"
+    );
+    b.apply_remote(dag.items[0].bytes.clone()).unwrap();
+    match events.try_recv().unwrap() {
+        crate::store::StoreEvent::Applied { intentions, files } => {
+            assert_eq!(intentions, 2, "genesis and the woken child");
+            assert!(!files.is_empty());
+        }
+        other => panic!("expected Applied, got {other:?}"),
+    }
+
+    let a = Store::create(
+        &tmp.path().join("a"),
+        StoreId([6; 16]),
+        Identity::generate(),
+        clock(),
+        "s",
+        "me",
+    )
+    .unwrap();
+    let mut events = a.subscribe();
+    a.write(|tx| {
+        tx.push(create("hello"));
+        Ok(())
+    })
+    .unwrap();
+    a.flush().unwrap();
+    match events.try_recv().unwrap() {
+        crate::store::StoreEvent::Sealed(sealed) => {
+            assert_eq!(sealed.len(), 1);
+            let i = Intention::decode(sealed[0].clone()).unwrap();
+            assert_eq!(i.ops.len(), 1);
+        }
+        other => panic!("expected Sealed, got {other:?}"),
+    }
+}
