@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
-use redb::{Database, Durability, ReadableDatabase};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 
 use crate::fs::op::{FileId, Op, OpBody};
 use crate::fs::FsState;
@@ -18,8 +18,8 @@ use crate::identity::{Identity, PublicKey};
 use crate::intention::{Hash, Intention, StoreId};
 use crate::store::apply::{apply_remote, is_refusal, seal_local, Counts, Ctx, Queued};
 use crate::store::error::StoreError;
-use crate::store::tables::{Tables, HISTORY, INTENTIONS};
-use crate::store::{ApplyOutcome, HistoryItem, StoreEvent};
+use crate::store::tables::{Tables, HISTORY, INTENTIONS, WITNESS};
+use crate::store::{ApplyOutcome, HistoryItem, StoreEvent, WitnessBatch};
 
 /// How long the actor waits for more ops before sealing a batch.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
@@ -41,6 +41,10 @@ pub(crate) enum Request {
     Flush(Reply<()>),
     /// List the intentions touching a file.
     History(FileId, Reply<Vec<HistoryItem>>),
+    /// Read the stored bytes of these intentions (unknown ones are skipped).
+    Get(Vec<Hash>, usize, Reply<Vec<Bytes>>),
+    /// Read the witness log from a seq, bounded in bytes.
+    Witness(u64, usize, Reply<WitnessBatch>),
     /// Read the stored intention set, heads, floating set and witness check (tests).
     #[cfg(test)]
     Inspect(Reply<crate::store::tests::Digest>),
@@ -173,6 +177,8 @@ fn fail(r: Request, e: StoreError) {
         Request::Apply(_, tx) => drop(tx.send(Err(e))),
         Request::Flush(tx) => drop(tx.send(Err(e))),
         Request::History(_, tx) => drop(tx.send(Err(e))),
+        Request::Get(_, _, tx) => drop(tx.send(Err(e))),
+        Request::Witness(_, _, tx) => drop(tx.send(Err(e))),
         #[cfg(test)]
         Request::Inspect(tx) => drop(tx.send(Err(e))),
     }
@@ -248,6 +254,10 @@ impl Actor {
                 }
                 Request::Flush(tx) => drop(tx.send(Ok(()))),
                 Request::History(file, tx) => drop(tx.send(self.history(file))),
+                Request::Get(hashes, max_bytes, tx) => drop(tx.send(self.get(&hashes, max_bytes))),
+                Request::Witness(from, max_bytes, tx) => {
+                    drop(tx.send(self.witness(from, max_bytes)))
+                }
                 #[cfg(test)]
                 Request::Inspect(tx) => drop(tx.send(crate::store::tests::digest(&self.db))),
             }
@@ -332,6 +342,55 @@ impl Actor {
             .floating
             .store(self.counts.floating, Ordering::Relaxed);
         Ok(outcomes)
+    }
+
+    /// The stored bytes of `hashes`, in order, skipping unknown ones, stopping before
+    /// the total would pass `max_bytes` (but always including the first found).
+    fn get(&self, hashes: &[Hash], max_bytes: usize) -> Result<Vec<Bytes>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let intentions = txn.open_table(INTENTIONS)?;
+        let mut out = Vec::new();
+        let mut size = 0;
+        for h in hashes {
+            if let Some(v) = intentions.get(h.0)? {
+                let len = v.value().len();
+                if !out.is_empty() && size + len > max_bytes {
+                    break;
+                }
+                size += len;
+                out.push(Bytes::copy_from_slice(v.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Witness entries from seq `from` on, as stored bytes, up to `max_bytes` (at least one).
+    fn witness(&self, from: u64, max_bytes: usize) -> Result<WitnessBatch, StoreError> {
+        let txn = self.db.begin_read()?;
+        let witness = txn.open_table(WITNESS)?;
+        let intentions = txn.open_table(INTENTIONS)?;
+        let len = witness.last()?.map_or(0, |(k, _)| k.value());
+        let mut batch = WitnessBatch {
+            intentions: Vec::new(),
+            next: from.max(1),
+            len,
+        };
+        let mut size = 0;
+        for entry in witness.range(from.max(1)..)? {
+            let (k, v) = entry?;
+            let hash = Hash(v.value().0);
+            let bytes = intentions
+                .get(hash.0)?
+                .ok_or_else(|| StoreError::Corrupt(format!("witness names unknown {hash}")))?;
+            let n = bytes.value().len();
+            if !batch.intentions.is_empty() && size + n > max_bytes {
+                break;
+            }
+            size += n;
+            batch.intentions.push(Bytes::copy_from_slice(bytes.value()));
+            batch.next = k.value() + 1;
+        }
+        Ok(batch)
     }
 
     fn history(&self, file: FileId) -> Result<Vec<HistoryItem>, StoreError> {

@@ -128,6 +128,17 @@ pub struct HistoryItem {
     pub ops: Vec<Op>,
 }
 
+/// A run of a store's witness log, for bootstrapping a new replica.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WitnessBatch {
+    /// Stored intention bytes in witness order.
+    pub intentions: Vec<Bytes>,
+    /// The seq to ask for next.
+    pub next: u64,
+    /// The witness log's length when read.
+    pub len: u64,
+}
+
 /// Counts describing a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StoreStats {
@@ -407,6 +418,30 @@ impl Store {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle.shared.send(Request::Apply(bytes, tx))?;
         rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// The stored bytes of those of `hashes` this store has, in order, up to about
+    /// `max_bytes` (the first found is always included).
+    pub fn get(&self, hashes: Vec<Hash>, max_bytes: usize) -> Result<Vec<Bytes>, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle
+            .shared
+            .send(Request::Get(hashes, max_bytes, tx))?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// The witness log from seq `from` (1-based) on, up to about `max_bytes`.
+    pub fn witness(&self, from: u64, max_bytes: usize) -> Result<WitnessBatch, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle
+            .shared
+            .send(Request::Witness(from, max_bytes, tx))?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// The store's founder, author of its genesis intention.
+    pub fn founder(&self) -> PublicKey {
+        self.handle.shared.founder
     }
 
     /// The intentions with ops that touched `file`, in local witness order.

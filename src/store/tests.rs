@@ -712,3 +712,51 @@ fn subscribers_see_sealed_bytes_and_applied_files_after_commit() {
         other => panic!("expected Sealed, got {other:?}"),
     }
 }
+
+#[test]
+fn witness_batches_replay_into_a_new_replica_without_floating() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dag = Dag::build(seed(), 200);
+    let a = dag.replica(&tmp.path().join("a"));
+    let mut shuffled = dag.items.clone();
+    shuffled.shuffle(&mut StdRng::seed_from_u64(seed()));
+    for i in &shuffled {
+        a.apply_remote(i.bytes.clone()).unwrap();
+    }
+    let b = dag.replica(&tmp.path().join("b"));
+    let (mut next, mut batches) = (1, 0);
+    loop {
+        let batch = a.witness(next, 4096).unwrap();
+        assert_eq!(batch.len, dag.items.len() as u64);
+        if batch.intentions.is_empty() {
+            break;
+        }
+        batches += 1;
+        assert!(
+            batch.intentions.len() == 1
+                || batch.intentions.iter().map(|b| b.len()).sum::<usize>() <= 4096
+        );
+        for bytes in batch.intentions {
+            assert!(matches!(
+                b.apply_remote(bytes).unwrap(),
+                ApplyOutcome::Applied { woken: 0 }
+            ));
+        }
+        next = batch.next;
+    }
+    assert!(batches > 1, "bounded batches");
+    assert_eq!(snapshot_of(&a).1, snapshot_of(&b).1);
+
+    let wanted = vec![dag.items[5].hash, Hash([7; 32]), dag.items[3].hash];
+    let got = a.get(wanted, usize::MAX).unwrap();
+    assert_eq!(
+        got,
+        vec![dag.items[5].bytes.clone(), dag.items[3].bytes.clone()]
+    );
+    assert_eq!(
+        a.get(vec![dag.items[5].hash, dag.items[3].hash], 1)
+            .unwrap()
+            .len(),
+        1
+    );
+}
