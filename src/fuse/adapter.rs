@@ -419,7 +419,7 @@ impl LatticeFs {
         let view = self.store(sid)?.read(|s| s.content(node))?;
         let n = view.size.saturating_sub(offset).min(u64::from(size)) as usize;
         let mut buf = vec![0u8; n];
-        super::open_file::read_exact(cas, &view.pieces, offset, &mut buf)?;
+        super::open_file::read_exact(cas, sid, &view.pieces, offset, &mut buf)?;
         Ok(buf)
     }
 
