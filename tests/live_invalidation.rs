@@ -1,5 +1,6 @@
 //! Changes received from another member show through a live mount at once: the kernel's
-//! cached entries, attributes and pages are invalidated, not left to expire.
+//! cached entries, attributes and pages are invalidated, not left to expire; content
+//! whose blobs have not arrived yet reads once they are fetched, or fails with `EIO`.
 //!
 //! The "peer" is a second identity, added as a writer, whose signed intentions are
 //! applied with `Store::apply_remote`, as the network layer will apply them.
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use lattice_mount::cas::{Cas, FetchRequest, Fetcher};
 use lattice_mount::fs::op::{Content, FileId, Kind, Op, OpBody, OpId, Role};
 use lattice_mount::fs::{FsState, RenameFlags};
 use lattice_mount::hlc::{now_ms, Clock, Hlc};
@@ -194,4 +196,62 @@ fn remote_creates_rewrites_renames_and_deletes_show_through_the_mount_at_once() 
     eprintln!("remote changes showed after {took:?}");
     guard.unmount().unwrap();
     node.shutdown().unwrap();
+}
+
+#[test]
+fn remote_content_with_absent_blobs_fails_with_eio_then_reads_once_fetched() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = Node::open(&tmp.path().join("data"), Some("me"), rt.handle().clone()).unwrap();
+    let (store, mut peer) = store_with_peer(&node);
+    // The peer's own content store holds the file's chunks and manifest.
+    let peer_cas = Cas::open(&tmp.path().join("peer-blobs"), rt.handle().clone()).unwrap();
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    let content = peer_cas.put_bytes(&data, false).unwrap();
+    assert!(matches!(content, Content::Manifest { .. }));
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let guard = lattice_mount::fuse::mount(node.clone(), &mnt, false).unwrap();
+    assert!(is_lattice_mount(&mnt), "mount did not appear");
+    let path = mnt.join("shared").join("big");
+    peer.apply(&store, |s| {
+        vec![s
+            .plan_create(OpId::ROOT, "big", Kind::File, 0o644, 0, 0, 0, content, 1)
+            .unwrap()]
+    });
+
+    let err = std::fs::read(&path).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "no fetcher: {err}");
+
+    let (from, to, handle) = (peer_cas.blobs(), node.cas().blobs(), rt.handle().clone());
+    let fetcher: Fetcher = Arc::new(move |req: FetchRequest| {
+        let (from, to, handle) = (from.clone(), to.clone(), handle.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            handle.block_on(async {
+                for hash in req.hashes {
+                    let bytes = from.get_bytes(hash).await.unwrap();
+                    to.add_bytes(bytes).await.unwrap();
+                }
+            });
+        });
+    });
+    node.cas().set_fetcher(fetcher);
+    let t = Instant::now();
+    assert!(
+        std::fs::read(&path).unwrap() == data,
+        "fetched content differs"
+    );
+    eprintln!("read of 3 MiB of absent content took {:?}", t.elapsed());
+    assert!(
+        is_lattice_mount(&mnt),
+        "{} is no longer mounted",
+        mnt.display()
+    );
+    guard.unmount().unwrap();
+    node.shutdown().unwrap();
+    peer_cas.shutdown().unwrap();
 }

@@ -27,7 +27,7 @@ use crate::store::Store;
 
 use super::errno::{errno, Fail};
 use super::inodes::{Inodes, Key, MOUNT_ROOT};
-use super::open_file::OpenFile;
+use super::open_file::{read_view, OpenFile};
 
 /// How long the kernel may cache attributes and entries.
 const TTL: Duration = Duration::from_secs(1);
@@ -412,15 +412,18 @@ impl LatticeFs {
     fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>> {
         let FileRef { open, key, .. } = self.file_handle(fh)?;
         let cas = self.node.cas();
-        if let Some(open) = open {
-            return open.lock().read(cas, offset, size);
-        }
         let (sid, node) = key.node().ok_or(Fail::Fs(FsError::IsDir))?;
-        let view = self.store(sid)?.read(|s| s.content(node))?;
-        let n = view.size.saturating_sub(offset).min(u64::from(size)) as usize;
-        let mut buf = vec![0u8; n];
-        super::open_file::read_exact(cas, sid, &view.pieces, offset, &mut buf)?;
-        Ok(buf)
+        let view = match open {
+            Some(open) => {
+                let clean = open.lock().clean_view()?;
+                match clean {
+                    Some(view) => view,
+                    None => return open.lock().read(cas, offset, size),
+                }
+            }
+            None => self.store(sid)?.read(|s| s.content(node))?,
+        };
+        read_view(cas, sid, &view, offset, size)
     }
 
     fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<u32> {

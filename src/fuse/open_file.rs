@@ -238,11 +238,17 @@ impl OpenFile {
             }
             Staging::Clean => {
                 let view = self.committed()?;
-                let n = view.size.saturating_sub(offset).min(u64::from(len)) as usize;
-                let mut buf = vec![0u8; n];
-                read_exact(cas, self.store.id(), &view.pieces, offset, &mut buf)?;
-                Ok(buf)
+                read_view(cas, self.store.id(), &view, offset, len)
             }
+        }
+    }
+
+    /// The committed content if no writes are staged. Reading it needs no lock on this
+    /// file, so a read waiting for absent content does not hold up the file's other calls.
+    pub(crate) fn clean_view(&mut self) -> Result<Option<ContentView>, Fail> {
+        match self.staging {
+            Staging::Clean => self.committed().map(Some),
+            Staging::Append { .. } | Staging::Full { .. } => Ok(None),
         }
     }
 
@@ -329,8 +335,22 @@ impl Drop for OpenFile {
     }
 }
 
+/// Reads up to `len` bytes of `view` (content of `store`) at `offset`.
+pub(crate) fn read_view(
+    cas: &Cas,
+    store: StoreId,
+    view: &ContentView,
+    offset: u64,
+    len: u32,
+) -> Result<Vec<u8>, Fail> {
+    let n = view.size.saturating_sub(offset).min(u64::from(len)) as usize;
+    let mut buf = vec![0u8; n];
+    read_exact(cas, store, &view.pieces, offset, &mut buf)?;
+    Ok(buf)
+}
+
 /// Reads exactly `buf.len()` bytes of `pieces` of `store` at `offset`.
-pub(crate) fn read_exact(
+fn read_exact(
     cas: &Cas,
     store: StoreId,
     pieces: &[Content],
