@@ -100,6 +100,8 @@ struct Inner {
     clock: Arc<Mutex<Clock>>,
     cas: Cas,
     stores: Mutex<Vec<Store>>,
+    /// Bumped whenever a store is added, so the mount root can be refreshed.
+    stores_generation: tokio::sync::watch::Sender<u64>,
 }
 
 impl fmt::Debug for Node {
@@ -143,6 +145,7 @@ impl Node {
                 clock,
                 cas,
                 stores: Mutex::new(stores),
+                stores_generation: tokio::sync::watch::Sender::new(0),
             }),
         })
     }
@@ -178,6 +181,16 @@ impl Node {
             .collect();
         stores.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id().cmp(&b.1.id())));
         stores.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// A counter that changes whenever the set of stores does (a store created or joined).
+    pub fn watch_stores(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.stores_generation.subscribe()
+    }
+
+    /// Tells watchers that the set of stores changed; call after adding a store.
+    fn stores_changed(&self) {
+        self.inner.stores_generation.send_modify(|g| *g += 1);
     }
 
     /// The store named `name`, if this node has one.
@@ -235,6 +248,8 @@ impl Node {
                 source,
             })?;
         stores.push(store.clone());
+        drop(stores);
+        self.stores_changed();
         tracing::info!(store = %id.to_hex(), "created store {name:?}");
         Ok(store)
     }

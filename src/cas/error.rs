@@ -20,9 +20,15 @@ pub enum CasError {
         /// The underlying error.
         source: std::io::Error,
     },
-    /// A blob that content refers to is absent or incomplete in the local store.
-    #[error("blob {0} is missing")]
-    Missing(Hash),
+    /// A blob that content refers to is absent or incomplete in the local store, and
+    /// did not arrive while the read waited for it (`waited` is zero without a fetcher).
+    #[error("blob {hash} is not available locally (waited {waited:?} for a fetch)")]
+    Absent {
+        /// The blob.
+        hash: Hash,
+        /// How long the read waited for it.
+        waited: std::time::Duration,
+    },
     /// A blob is present but does not hold what its reference says (bad manifest, wrong size).
     #[error("blob {hash} is corrupt: {reason}")]
     Corrupt {

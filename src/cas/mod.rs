@@ -26,10 +26,16 @@
 //! Reads fetch whole chunks (verified against their bao outboard by the store) into a
 //! bounded LRU, and parsed manifests into another, so sequential reads fetch each chunk
 //! once. A missing or short blob is an error, never zeros.
+//!
+//! Absent blobs. Content replicated from peers may refer to blobs not fetched yet. A
+//! read or export that needs one asks the fetch hook installed with
+//! [`Cas::set_fetcher`] and waits for the blob ([`fetch`]); [`Cas::missing`] lists
+//! what content still lacks, for eager fetching.
 
 mod cache;
 mod chunker;
 mod error;
+mod fetch;
 mod manifest;
 mod store;
 #[cfg(test)]
@@ -40,19 +46,22 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
+use iroh_blobs::api::blobs::BlobStatus;
 use iroh_blobs::api::TempTag;
 use iroh_blobs::store::fs::options::{Options, PathOptions};
 use iroh_blobs::store::fs::FsStore;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 pub use error::CasError;
+pub use fetch::{FetchRequest, Fetcher, READ_WAIT};
 
 use crate::fs::op::{Content, INLINE_MAX};
-use crate::intention::Hash;
+use crate::intention::{Hash, StoreId};
 use cache::Lru;
 use chunker::{chunk_slice, ChunkParams, StreamChunker, CHUNK_PARAMS};
 use manifest::Manifest;
@@ -82,6 +91,10 @@ struct Inner {
     chunks: Mutex<Lru<Hash, Bytes>>,
     /// Chunks being read ahead, so a sequential reader starts each fetch once.
     prefetching: Mutex<HashSet<Hash>>,
+    /// The network layer's hook for fetching absent blobs.
+    fetcher: RwLock<Option<Fetcher>>,
+    /// How long a read waits for one absent blob.
+    read_wait: Mutex<Duration>,
 }
 
 impl Cas {
@@ -108,6 +121,8 @@ impl Cas {
                 manifests: Mutex::new(Lru::new(MANIFEST_CACHE_CHUNKS)),
                 chunks: Mutex::new(Lru::new(CHUNK_CACHE_BYTES)),
                 prefetching: Mutex::new(HashSet::new()),
+                fetcher: RwLock::new(None),
+                read_wait: Mutex::new(READ_WAIT),
             }),
         })
     }
@@ -206,9 +221,26 @@ impl Cas {
             .map_err(|e| CasError::Blobs(iroh_blobs::api::Error::other(e)))?
     }
 
-    /// Reads from a sequence of pieces (a ContentView) at `offset` into `buf`; returns bytes read.
-    /// Reads short only at the end of the content.
-    pub fn read(&self, pieces: &[Content], offset: u64, buf: &mut [u8]) -> Result<usize, CasError> {
+    /// Installs the hook that fetches absent blobs; reads and exports then wait for them.
+    pub fn set_fetcher(&self, f: Fetcher) {
+        *self.inner.fetcher.write() = Some(f);
+    }
+
+    /// Sets how long a read waits for one absent blob (default [`READ_WAIT`]).
+    pub fn set_read_wait(&self, wait: Duration) {
+        *self.inner.read_wait.lock() = wait;
+    }
+
+    /// Reads from a sequence of pieces (a ContentView) of store `store` at `offset` into
+    /// `buf`; returns bytes read. Reads short only at the end of the content. Waits for
+    /// absent blobs while a fetcher is installed.
+    pub fn read(
+        &self,
+        store: StoreId,
+        pieces: &[Content],
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<usize, CasError> {
         let mut done = 0usize;
         let mut base = 0u64;
         for piece in pieces {
@@ -227,7 +259,7 @@ impl Cas {
             match piece {
                 Content::Inline(bytes) => out.copy_from_slice(&bytes[within as usize..][..want]),
                 Content::Manifest { hash, size } => {
-                    self.read_manifest(*hash, *size, within, out)?
+                    self.read_manifest(store, *hash, *size, within, out)?
                 }
             }
             done += want;
@@ -239,15 +271,16 @@ impl Cas {
     /// Fills `out` from offset `offset` of the manifest content `hash` of `size` bytes.
     fn read_manifest(
         &self,
+        store: StoreId,
         hash: Hash,
         size: u64,
         offset: u64,
         out: &mut [u8],
     ) -> Result<(), CasError> {
-        let manifest = self.manifest(hash, size)?;
+        let manifest = self.manifest(Some(store), hash, size)?;
         let end = offset + out.len() as u64;
         for (chunk, start, len) in manifest.overlapping(offset, end) {
-            let bytes = self.chunk(chunk, len)?;
+            let bytes = self.chunk(store, chunk, len)?;
             let from = offset.max(start);
             let to = end.min(start + len);
             let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
@@ -259,37 +292,73 @@ impl Cas {
                 if let Some((next, _, next_len)) =
                     manifest.overlapping(start + len, start + len + 1).next()
                 {
-                    self.prefetch(next, next_len);
+                    self.prefetch(store, next, next_len);
                 }
             }
         }
         Ok(())
     }
 
-    /// Starts fetching chunk `hash` into the cache in the background. A failure is
-    /// dropped here: the read that needs the chunk fetches it again and reports it.
-    fn prefetch(&self, hash: Hash, len: u64) {
+    /// Starts fetching chunk `hash` of `store` into the cache in the background, asking
+    /// the fetcher for it if it is absent. A failure is dropped here: the read that needs
+    /// the chunk fetches it again and reports it.
+    fn prefetch(&self, store: StoreId, hash: Hash, len: u64) {
         if self.inner.chunks.lock().contains(&hash) || !self.inner.prefetching.lock().insert(hash) {
             return;
         }
         let inner = self.inner.clone();
         let blobs = self.blobs();
         self.inner.rt.spawn(async move {
-            if let Ok(bytes) = store::fetch(&blobs, hash, Some(len)).await {
-                inner.chunks.lock().insert(hash, bytes, len);
+            match store::fetch(&blobs, hash, Some(len)).await {
+                Ok(bytes) => inner.chunks.lock().insert(hash, bytes, len),
+                Err(CasError::Absent { .. }) => {
+                    let fetcher = inner.fetcher.read().clone();
+                    if let Some(fetcher) = fetcher {
+                        fetcher(FetchRequest {
+                            store,
+                            hashes: vec![store::to_iroh(hash)],
+                        });
+                    }
+                }
+                Err(_) => {}
             }
             inner.prefetching.lock().remove(&hash);
         });
     }
 
-    /// The parsed manifest `hash`, from the cache or the store.
-    fn manifest(&self, hash: Hash, size: u64) -> Result<Arc<Manifest>, CasError> {
+    /// The whole blob `hash` (`expected` bytes long when given). If it is absent and
+    /// `store` is given, waits for the fetcher to bring it.
+    fn get(
+        &self,
+        store: Option<StoreId>,
+        hash: Hash,
+        expected: Option<u64>,
+    ) -> Result<Bytes, CasError> {
+        let blobs = self.blobs();
+        let fetched = self.inner.rt.block_on(store::fetch(&blobs, hash, expected));
+        match (fetched, store) {
+            (Err(CasError::Absent { .. }), Some(store)) => {
+                let fetcher = self.inner.fetcher.read().clone();
+                let wait = *self.inner.read_wait.lock();
+                fetch::wait_for(&self.inner.rt, &blobs, fetcher.as_ref(), wait, store, hash)?;
+                self.inner.rt.block_on(store::fetch(&blobs, hash, expected))
+            }
+            (fetched, _) => fetched,
+        }
+    }
+
+    /// The parsed manifest `hash`, from the cache or the store (waiting for it as `get`).
+    fn manifest(
+        &self,
+        store: Option<StoreId>,
+        hash: Hash,
+        size: u64,
+    ) -> Result<Arc<Manifest>, CasError> {
         let cached = self.inner.manifests.lock().get(&hash);
         let manifest = match cached {
             Some(m) => m,
             None => {
-                let blobs = self.blobs();
-                let bytes = self.inner.rt.block_on(store::fetch(&blobs, hash, None))?;
+                let bytes = self.get(store, hash, None)?;
                 let m = Arc::new(Manifest::decode(hash, &bytes, size)?);
                 let weight = m.len() as u64 + 1;
                 self.inner.manifests.lock().insert(hash, m.clone(), weight);
@@ -308,22 +377,27 @@ impl Cas {
         Ok(manifest)
     }
 
-    /// The chunk `hash` of `len` bytes, from the cache or the store.
-    fn chunk(&self, hash: Hash, len: u64) -> Result<Bytes, CasError> {
+    /// The chunk `hash` of `len` bytes of `store`, from the cache or the store.
+    fn chunk(&self, store: StoreId, hash: Hash, len: u64) -> Result<Bytes, CasError> {
         if let Some(bytes) = self.inner.chunks.lock().get(&hash) {
             return Ok(bytes);
         }
-        let blobs = self.blobs();
-        let bytes = self
-            .inner
-            .rt
-            .block_on(store::fetch(&blobs, hash, Some(len)))?;
+        let bytes = self.get(Some(store), hash, Some(len))?;
         self.inner.chunks.lock().insert(hash, bytes.clone(), len);
         Ok(bytes)
     }
 
-    /// Writes the full content of `pieces` into the file at `path` (for a write handle's staging).
-    pub fn export(&self, pieces: &[Content], path: &Path) -> Result<(), CasError> {
+    /// Writes the full content of `pieces` of store `store` into the file at `path` (for
+    /// a write handle's staging). Asks the fetcher for every absent blob at once, then
+    /// waits for each as `read` does.
+    pub fn export(&self, store: StoreId, pieces: &[Content], path: &Path) -> Result<(), CasError> {
+        let fetcher = self.inner.fetcher.read().clone();
+        if let Some(fetcher) = fetcher {
+            let hashes = self.missing(pieces)?;
+            if !hashes.is_empty() {
+                fetcher(FetchRequest { store, hashes });
+            }
+        }
         let mut file = File::create(path).map_err(CasError::io("create export file"))?;
         for piece in pieces {
             match piece {
@@ -331,7 +405,7 @@ impl Cas {
                     .write_all(bytes)
                     .map_err(CasError::io("write export file"))?,
                 Content::Manifest { hash, size } => {
-                    let manifest = self.manifest(*hash, *size)?;
+                    let manifest = self.manifest(Some(store), *hash, *size)?;
                     let mut pending = VecDeque::new();
                     let mut chunks = manifest.chunks();
                     loop {
@@ -340,14 +414,21 @@ impl Cas {
                                 break;
                             };
                             let blobs = self.blobs();
-                            pending.push_back(self.inner.rt.spawn(async move {
-                                store::fetch(&blobs, chunk, Some(len)).await
-                            }));
+                            let task = self
+                                .inner
+                                .rt
+                                .spawn(async move { store::fetch(&blobs, chunk, Some(len)).await });
+                            pending.push_back((chunk, len, task));
                         }
-                        let Some(task) = pending.pop_front() else {
+                        let Some((chunk, len, task)) = pending.pop_front() else {
                             break;
                         };
-                        let bytes = self.join(task)?;
+                        let bytes = match self.join(task) {
+                            Err(CasError::Absent { .. }) => {
+                                self.get(Some(store), chunk, Some(len))?
+                            }
+                            fetched => fetched?,
+                        };
                         file.write_all(&bytes)
                             .map_err(CasError::io("write export file"))?;
                     }
@@ -355,6 +436,64 @@ impl Cas {
             }
         }
         Ok(())
+    }
+
+    /// The blobs `pieces` need that the local store lacks: each manifest not complete
+    /// locally, and the chunks not complete locally of each manifest that is.
+    pub fn missing(&self, pieces: &[Content]) -> Result<Vec<iroh_blobs::Hash>, CasError> {
+        let mut out = Vec::new();
+        for (hash, size) in manifests(pieces) {
+            if !self.complete(&[hash])?[0] {
+                out.push(store::to_iroh(hash));
+                continue;
+            }
+            let chunks: Vec<Hash> = self
+                .manifest(None, hash, size)?
+                .chunks()
+                .map(|(h, _, _)| h)
+                .collect();
+            let complete = self.complete(&chunks)?;
+            out.extend(
+                chunks
+                    .iter()
+                    .zip(complete)
+                    .filter(|(_, c)| !c)
+                    .map(|(h, _)| store::to_iroh(*h)),
+            );
+        }
+        dedup(&mut out);
+        Ok(out)
+    }
+
+    /// Every blob of `pieces`: each manifest, and the chunks of each manifest held
+    /// locally (the chunks of an absent manifest are unknown until it arrives).
+    pub fn hashes_of(&self, pieces: &[Content]) -> Result<Vec<iroh_blobs::Hash>, CasError> {
+        let mut out = Vec::new();
+        for (hash, size) in manifests(pieces) {
+            out.push(store::to_iroh(hash));
+            if self.complete(&[hash])?[0] {
+                let manifest = self.manifest(None, hash, size)?;
+                out.extend(manifest.chunks().map(|(h, _, _)| store::to_iroh(h)));
+            }
+        }
+        dedup(&mut out);
+        Ok(out)
+    }
+
+    /// Whether each of `hashes` is complete in the local store.
+    fn complete(&self, hashes: &[Hash]) -> Result<Vec<bool>, CasError> {
+        let blobs = self.blobs();
+        self.inner.rt.block_on(async {
+            let mut out = Vec::with_capacity(hashes.len());
+            for &h in hashes {
+                let status = blobs
+                    .status(store::to_iroh(h))
+                    .await
+                    .map_err(iroh_blobs::api::Error::from)?;
+                out.push(matches!(status, BlobStatus::Complete { .. }));
+            }
+            Ok(out)
+        })
     }
 
     /// Number and total bytes of the complete blobs in the store.
@@ -380,4 +519,18 @@ impl Cas {
         })?;
         Ok(())
     }
+}
+
+/// The manifest pieces of `pieces`, as (hash, size).
+fn manifests(pieces: &[Content]) -> impl Iterator<Item = (Hash, u64)> + '_ {
+    pieces.iter().filter_map(|p| match p {
+        Content::Manifest { hash, size } => Some((*hash, *size)),
+        Content::Inline(_) => None,
+    })
+}
+
+/// Drops repeated hashes, keeping the first of each.
+fn dedup(hashes: &mut Vec<iroh_blobs::Hash>) {
+    let mut seen = HashSet::new();
+    hashes.retain(|h| seen.insert(*h));
 }

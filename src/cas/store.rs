@@ -77,7 +77,10 @@ pub(crate) async fn fetch(
         Err(e) => {
             return Err(match store.status(to_iroh(hash)).await {
                 Ok(BlobStatus::Complete { .. }) => iroh_blobs::api::Error::from(e).into(),
-                _ => CasError::Missing(hash),
+                _ => CasError::Absent {
+                    hash,
+                    waited: std::time::Duration::ZERO,
+                },
             })
         }
     };

@@ -2,18 +2,21 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use parking_lot::Mutex;
 use prost::Message;
 use tempfile::TempDir;
 use tokio::runtime::Runtime;
 
 use super::chunker::{ChunkParams, StreamChunker, CHUNK_PARAMS};
-use super::{Cas, CasError, Content, INLINE_MAX};
-use crate::intention::Hash;
+use super::{Cas, CasError, Content, FetchRequest, Fetcher, INLINE_MAX};
+use crate::intention::{Hash, StoreId};
 use crate::proto::fs as pb;
 
+/// The store the content of these tests belongs to.
+const S: StoreId = StoreId([5; 16]);
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 
@@ -83,7 +86,7 @@ impl Rng {
 
 fn read_range(cas: &Cas, pieces: &[Content], offset: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0u8; len];
-    let n = cas.read(pieces, offset, &mut buf).unwrap();
+    let n = cas.read(S, pieces, offset, &mut buf).unwrap();
     buf.truncate(n);
     buf
 }
@@ -99,7 +102,7 @@ fn chunk_starts(cas: &Cas, content: &Content) -> Vec<u64> {
     match content {
         Content::Inline(_) => Vec::new(),
         Content::Manifest { hash, size } => cas
-            .manifest(*hash, *size)
+            .manifest(None, *hash, *size)
             .unwrap()
             .chunks()
             .map(|(_, start, _)| start)
@@ -130,7 +133,9 @@ fn check_reads(cas: &Cas, pieces: &[Content], all: &[u8], boundaries: &[u64]) {
     let mut sequential = Vec::with_capacity(all.len());
     let mut buf = vec![0u8; 128 * KIB];
     loop {
-        let n = cas.read(pieces, sequential.len() as u64, &mut buf).unwrap();
+        let n = cas
+            .read(S, pieces, sequential.len() as u64, &mut buf)
+            .unwrap();
         if n == 0 {
             break;
         }
@@ -141,7 +146,7 @@ fn check_reads(cas: &Cas, pieces: &[Content], all: &[u8], boundaries: &[u64]) {
 
 fn check_export(cas: &Cas, dir: &Path, pieces: &[Content], all: &[u8]) {
     let path = dir.join("export");
-    cas.export(pieces, &path).unwrap();
+    cas.export(S, pieces, &path).unwrap();
     assert!(std::fs::read(&path).unwrap() == all, "export differs");
 }
 
@@ -239,7 +244,7 @@ fn identical_chunks_within_one_file_are_stored_once() {
     let Content::Manifest { hash, size } = content else {
         panic!("large content is a manifest")
     };
-    let manifest = f.cas.manifest(hash, size).unwrap();
+    let manifest = f.cas.manifest(None, hash, size).unwrap();
     let mut distinct: Vec<Hash> = manifest.chunks().map(|(h, _, _)| h).collect();
     distinct.sort();
     distinct.dedup();
@@ -273,7 +278,7 @@ fn put_raw_manifest(f: &Fixture, chunks: &[(Hash, u64)]) -> Content {
 }
 
 #[test]
-fn manifest_naming_an_absent_chunk_reads_as_missing() {
+fn manifest_naming_an_absent_chunk_reads_as_absent() {
     let f = fixture();
     let present = data(11, 2 * MIB);
     let Content::Manifest { hash, size } = f.cas.put_bytes(&present, false).unwrap() else {
@@ -281,7 +286,7 @@ fn manifest_naming_an_absent_chunk_reads_as_missing() {
     };
     let mut chunks: Vec<(Hash, u64)> = f
         .cas
-        .manifest(hash, size)
+        .manifest(None, hash, size)
         .unwrap()
         .chunks()
         .map(|(h, _, l)| (h, l))
@@ -293,16 +298,28 @@ fn manifest_naming_an_absent_chunk_reads_as_missing() {
     // The present prefix reads; any read touching the absent chunk fails.
     assert_eq!(read_range(&f.cas, &pieces, 0, 1000), &present[..1000]);
     let mut buf = vec![0u8; 10];
-    let err = f.cas.read(&pieces, size + 5, &mut buf).unwrap_err();
-    assert!(matches!(err, CasError::Missing(h) if h == absent), "{err}");
-    let err = f.cas.read(&pieces, size - 5, &mut buf).unwrap_err();
-    assert!(matches!(err, CasError::Missing(h) if h == absent), "{err}");
-    let err = f.cas.export(&pieces, &f.dir.path().join("x")).unwrap_err();
-    assert!(matches!(err, CasError::Missing(h) if h == absent), "{err}");
+    let err = f.cas.read(S, &pieces, size + 5, &mut buf).unwrap_err();
+    assert!(
+        matches!(err, CasError::Absent { hash, .. } if hash == absent),
+        "{err}"
+    );
+    let err = f.cas.read(S, &pieces, size - 5, &mut buf).unwrap_err();
+    assert!(
+        matches!(err, CasError::Absent { hash, .. } if hash == absent),
+        "{err}"
+    );
+    let err = f
+        .cas
+        .export(S, &pieces, &f.dir.path().join("x"))
+        .unwrap_err();
+    assert!(
+        matches!(err, CasError::Absent { hash, .. } if hash == absent),
+        "{err}"
+    );
 }
 
 #[test]
-fn absent_manifest_reads_as_missing() {
+fn absent_manifest_reads_as_absent() {
     let f = fixture();
     let absent = Hash::of(b"no such manifest");
     let pieces = [Content::Manifest {
@@ -310,8 +327,11 @@ fn absent_manifest_reads_as_missing() {
         size: 1 << 20,
     }];
     let mut buf = vec![0u8; 10];
-    let err = f.cas.read(&pieces, 0, &mut buf).unwrap_err();
-    assert!(matches!(err, CasError::Missing(h) if h == absent), "{err}");
+    let err = f.cas.read(S, &pieces, 0, &mut buf).unwrap_err();
+    assert!(
+        matches!(err, CasError::Absent { hash, .. } if hash == absent),
+        "{err}"
+    );
 }
 
 #[test]
@@ -327,7 +347,7 @@ fn chunk_shorter_than_its_manifest_entry_reads_as_corrupt() {
         &[(super::store::from_iroh(tt.hash()), 200 * KIB as u64)],
     );
     let mut buf = vec![0u8; 10];
-    let err = f.cas.read(&[content], 0, &mut buf).unwrap_err();
+    let err = f.cas.read(S, &[content], 0, &mut buf).unwrap_err();
     assert!(matches!(err, CasError::Corrupt { .. }), "{err}");
 }
 
@@ -341,6 +361,7 @@ fn content_size_disagreeing_with_its_manifest_reads_as_corrupt() {
     let err = f
         .cas
         .read(
+            S,
             &[Content::Manifest {
                 hash,
                 size: size + 1,
@@ -451,7 +472,7 @@ fn chunk_sizes_measured() {
         let mut buf = vec![0u8; 128 * KIB];
         let mut offset = 0u64;
         loop {
-            let n = cas.read(&pieces, offset, &mut buf).unwrap();
+            let n = cas.read(S, &pieces, offset, &mut buf).unwrap();
             if n == 0 {
                 break;
             }
@@ -482,4 +503,177 @@ fn chunk_sizes_measured() {
         assert_ne!(edit, pieces[0]);
         cas.shutdown().unwrap();
     }
+}
+
+/// A fetcher that records requests and, unless `delay` is `None`, copies each requested
+/// blob from `peer` into `local` after `delay` on its own thread, as a network fetch would.
+fn fetcher_from(
+    peer: &Fixture,
+    local: &Fixture,
+    delay: Option<Duration>,
+) -> (Fetcher, Arc<Mutex<Vec<FetchRequest>>>) {
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    let (from, to, rt) = (
+        peer.cas.blobs(),
+        local.cas.blobs(),
+        local.rt.handle().clone(),
+    );
+    let fetcher: Fetcher = Arc::new(move |req: FetchRequest| {
+        seen.lock().push(req.clone());
+        let Some(delay) = delay else {
+            return;
+        };
+        let (from, to, rt) = (from.clone(), to.clone(), rt.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            rt.block_on(async {
+                for hash in req.hashes {
+                    let bytes = from.get_bytes(hash).await.unwrap();
+                    super::store::add(&to, bytes).await.unwrap().leak();
+                }
+            });
+        });
+    });
+    (fetcher, requests)
+}
+
+#[test]
+fn absent_blobs_fetched_while_a_read_waits_read_correctly() {
+    let (peer, local) = (fixture(), fixture());
+    let all = data(21, 3 * MIB);
+    let content = peer.cas.put_bytes(&all, false).unwrap();
+    let Content::Manifest { hash, .. } = content else {
+        panic!("large content is a manifest")
+    };
+    let (fetcher, requests) = fetcher_from(&peer, &local, Some(Duration::from_millis(100)));
+    local.cas.set_fetcher(fetcher);
+    let pieces = [content];
+
+    let t = Instant::now();
+    assert_eq!(
+        read_range(&local.cas, &pieces, MIB as u64 + 17, 4096),
+        expected(&all, MIB as u64 + 17, 4096)
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(100),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    let first = requests.lock()[0].clone();
+    assert_eq!(first.store, S);
+    assert_eq!(first.hashes, vec![super::store::to_iroh(hash)]);
+
+    check_export(&local.cas, local.dir.path(), &pieces, &all);
+    assert!(local.cas.missing(&pieces).unwrap().is_empty());
+}
+
+#[test]
+fn blob_that_never_arrives_fails_as_absent_after_the_read_wait() {
+    let (peer, local) = (fixture(), fixture());
+    let content = peer.cas.put_bytes(&data(22, 2 * MIB), false).unwrap();
+    let Content::Manifest { hash, .. } = content else {
+        panic!("large content is a manifest")
+    };
+    let pieces = [content];
+    let mut buf = vec![0u8; 10];
+
+    let t = Instant::now();
+    let err = local.cas.read(S, &pieces, 0, &mut buf).unwrap_err();
+    assert!(
+        matches!(err, CasError::Absent { hash: h, waited } if h == hash && waited.is_zero()),
+        "{err}"
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "no fetcher fails at once"
+    );
+
+    let (fetcher, requests) = fetcher_from(&peer, &local, None);
+    local.cas.set_fetcher(fetcher);
+    local.cas.set_read_wait(Duration::from_millis(300));
+    let t = Instant::now();
+    let err = local.cas.read(S, &pieces, 0, &mut buf).unwrap_err();
+    let waited = match err {
+        CasError::Absent { hash: h, waited } if h == hash => waited,
+        e => panic!("{e}"),
+    };
+    assert!(waited >= Duration::from_millis(300), "{waited:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    assert_eq!(requests.lock().len(), 1);
+    let err = local
+        .cas
+        .export(S, &pieces, &local.dir.path().join("x"))
+        .unwrap_err();
+    assert!(matches!(err, CasError::Absent { .. }), "{err}");
+}
+
+#[test]
+fn missing_and_hashes_of_cover_inline_local_and_absent_content() {
+    let f = fixture();
+    let iroh = super::store::to_iroh;
+    let inline = f.cas.put_bytes(b"small", false).unwrap();
+    let local = f.cas.put_bytes(&data(23, 3 * MIB), false).unwrap();
+    let Content::Manifest { hash, size } = local else {
+        panic!("large content is a manifest")
+    };
+    let chunks: Vec<(Hash, u64)> = f
+        .cas
+        .manifest(None, hash, size)
+        .unwrap()
+        .chunks()
+        .map(|(h, _, l)| (h, l))
+        .collect();
+    assert!(chunks.len() > 1);
+    let absent_manifest = Content::Manifest {
+        hash: Hash::of(b"no such manifest"),
+        size: 1 << 20,
+    };
+    let absent_chunk = Hash::of(b"no such chunk");
+    let partial = put_raw_manifest(&f, &[chunks[0], (absent_chunk, 1000)]);
+    let Content::Manifest {
+        hash: partial_hash, ..
+    } = partial
+    else {
+        panic!("a raw manifest is a manifest")
+    };
+
+    assert!(f
+        .cas
+        .missing(std::slice::from_ref(&inline))
+        .unwrap()
+        .is_empty());
+    assert!(f
+        .cas
+        .hashes_of(std::slice::from_ref(&inline))
+        .unwrap()
+        .is_empty());
+
+    let all_local: Vec<_> = std::iter::once(hash)
+        .chain(chunks.iter().map(|(h, _)| *h))
+        .map(iroh)
+        .collect();
+    let twice = [local.clone(), inline, local.clone()];
+    assert!(f.cas.missing(&twice).unwrap().is_empty());
+    assert_eq!(f.cas.hashes_of(&twice).unwrap(), all_local);
+
+    let absent = [absent_manifest];
+    assert_eq!(
+        f.cas.missing(&absent).unwrap(),
+        vec![iroh(Hash::of(b"no such manifest"))]
+    );
+    assert_eq!(
+        f.cas.hashes_of(&absent).unwrap(),
+        vec![iroh(Hash::of(b"no such manifest"))]
+    );
+
+    assert_eq!(
+        f.cas.missing(std::slice::from_ref(&partial)).unwrap(),
+        vec![iroh(absent_chunk)]
+    );
+    assert_eq!(
+        f.cas.hashes_of(&[partial]).unwrap(),
+        vec![iroh(partial_hash), iroh(chunks[0].0), iroh(absent_chunk)]
+    );
 }

@@ -27,7 +27,7 @@ use crate::store::Store;
 
 use super::errno::{errno, Fail};
 use super::inodes::{Inodes, Key, MOUNT_ROOT};
-use super::open_file::OpenFile;
+use super::open_file::{read_view, OpenFile};
 
 /// How long the kernel may cache attributes and entries.
 const TTL: Duration = Duration::from_secs(1);
@@ -66,7 +66,7 @@ struct DirEntry {
 pub(crate) struct LatticeFs {
     node: LatticeNode,
     staging: PathBuf,
-    inodes: Inodes,
+    inodes: Arc<Inodes>,
     stores: RwLock<HashMap<StoreId, Store>>,
     open_files: Mutex<HashMap<(StoreId, FileId), SharedFile>>,
     /// Per file, the committed content the kernel's page cache is known to hold (a
@@ -135,14 +135,15 @@ fn reply_empty(reply: ReplyEmpty, r: Result<()>) {
 }
 
 impl LatticeFs {
-    /// A filesystem over `node`'s stores, staging writes under `staging`.
-    pub(crate) fn new(node: LatticeNode, staging: PathBuf) -> Self {
+    /// A filesystem over `node`'s stores, staging writes under `staging`, numbering
+    /// inodes in `inodes` (shared with the kernel cache invalidator).
+    pub(crate) fn new(node: LatticeNode, staging: PathBuf, inodes: Arc<Inodes>) -> Self {
         // SAFETY: getuid/getgid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Self {
             node,
             staging,
-            inodes: Inodes::new(),
+            inodes,
             stores: RwLock::new(HashMap::new()),
             open_files: Mutex::new(HashMap::new()),
             kernel_cache: Mutex::new(HashMap::new()),
@@ -259,9 +260,9 @@ impl LatticeFs {
         Ok(Self::fuse_attr(ino, &a, matches!(key, Key::Conflict(..))))
     }
 
-    /// Counts a kernel lookup of `key` and returns its attributes.
-    fn entry(&self, key: Key) -> Result<FileAttr> {
-        let ino = self.inodes.lookup(key);
+    /// Counts a kernel lookup of `key` as entry `name` of `parent` and returns its attributes.
+    fn entry(&self, key: Key, parent: INodeNo, name: &str) -> Result<FileAttr> {
+        let ino = self.inodes.lookup(key, parent.0, name.as_bytes());
         match self.attr_of(ino, key) {
             Ok(a) => Ok(a),
             Err(e) => {
@@ -281,11 +282,11 @@ impl LatticeFs {
                     .find(|(n, _)| n == name)
                     .map(|(_, s)| s)
                     .ok_or(Fail::Fs(FsError::NotFound))?;
-                self.entry(Key::File(store.id(), OpId::ROOT))
+                self.entry(Key::File(store.id(), OpId::ROOT), parent, name)
             }
             Key::File(sid, dir) => {
                 let node = self.store(sid)?.read(|s| s.lookup(dir, name))?;
-                self.entry(Key::of(sid, node))
+                self.entry(Key::of(sid, node), parent, name)
             }
             Key::Conflict(..) => Err(Fail::Fs(FsError::NotDir)),
         }
@@ -318,7 +319,7 @@ impl LatticeFs {
             })?;
             self.stores.write().insert(store.id(), store.clone());
             let key = Key::File(store.id(), OpId::ROOT);
-            return Ok((key, self.entry(key)?));
+            return Ok((key, self.entry(key, parent, name)?));
         }
         let (store, dir) = self.dir(parent)?;
         let (uid, gid) = (req.uid(), req.gid());
@@ -337,7 +338,7 @@ impl LatticeFs {
             Ok(tx.push(body))
         })?;
         let key = Key::File(store.id(), file);
-        Ok((key, self.entry(key)?))
+        Ok((key, self.entry(key, parent, name)?))
     }
 
     fn open_file(&self, key: Key) -> Option<SharedFile> {
@@ -411,15 +412,18 @@ impl LatticeFs {
     fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>> {
         let FileRef { open, key, .. } = self.file_handle(fh)?;
         let cas = self.node.cas();
-        if let Some(open) = open {
-            return open.lock().read(cas, offset, size);
-        }
         let (sid, node) = key.node().ok_or(Fail::Fs(FsError::IsDir))?;
-        let view = self.store(sid)?.read(|s| s.content(node))?;
-        let n = view.size.saturating_sub(offset).min(u64::from(size)) as usize;
-        let mut buf = vec![0u8; n];
-        super::open_file::read_exact(cas, &view.pieces, offset, &mut buf)?;
-        Ok(buf)
+        let view = match open {
+            Some(open) => {
+                let clean = open.lock().clean_view()?;
+                match clean {
+                    Some(view) => view,
+                    None => return open.lock().read(cas, offset, size),
+                }
+            }
+            None => self.store(sid)?.read(|s| s.content(node))?,
+        };
+        read_view(cas, sid, &view, offset, size)
     }
 
     fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<u32> {
@@ -624,7 +628,7 @@ impl LatticeFs {
             tx.push(body);
             Ok(())
         })?;
-        self.entry(key)
+        self.entry(key, newparent, newname)
     }
 
     fn list_dir(&self, ino: INodeNo) -> Result<Vec<DirEntry>> {
@@ -1093,7 +1097,7 @@ impl Filesystem for LatticeFs {
     fn readdirplus(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
@@ -1102,21 +1106,21 @@ impl Filesystem for LatticeFs {
             Ok(entries) => {
                 for (next, e) in entries {
                     let dot = e.name == b"." || e.name == b"..";
-                    let ino = if dot {
+                    let child = if dot {
                         self.inodes.peek(&e.key).unwrap_or(MOUNT_ROOT)
                     } else {
-                        self.inodes.lookup(e.key)
+                        self.inodes.lookup(e.key, ino.0, &e.name)
                     };
-                    let Ok(attr) = self.attr_of(ino, e.key) else {
+                    let Ok(attr) = self.attr_of(child, e.key) else {
                         if !dot {
-                            self.inodes.forget(ino, 1);
+                            self.inodes.forget(child, 1);
                         }
                         continue;
                     };
                     let name = OsStr::from_bytes(&e.name);
-                    if reply.add(INodeNo(ino), next, name, &TTL, &attr, Generation(0)) {
+                    if reply.add(INodeNo(child), next, name, &TTL, &attr, Generation(0)) {
                         if !dot {
-                            self.inodes.forget(ino, 1);
+                            self.inodes.forget(child, 1);
                         }
                         break;
                     }

@@ -14,7 +14,8 @@ pub(crate) enum Fail {
 }
 
 impl Fail {
-    /// A content store failure: logged, reported as `EIO` (never wrong bytes).
+    /// A content store failure, including content still absent after waiting for a
+    /// fetch (`CasError::Absent`): logged, reported as `EIO` (never wrong bytes).
     pub(crate) fn cas(e: crate::cas::CasError) -> Fail {
         tracing::warn!("content store: {e}");
         Fail::Errno(libc::EIO)

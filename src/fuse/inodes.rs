@@ -1,4 +1,6 @@
-//! The inode table: kernel inode numbers for stores, files and conflict copies.
+//! The inode table: kernel inode numbers for stores, files and conflict copies, and
+//! the directory entries handed to the kernel for each, so a remote change can
+//! invalidate every dentry the kernel may hold for a file.
 
 use std::collections::HashMap;
 
@@ -10,6 +12,22 @@ use crate::intention::StoreId;
 
 /// Inode number of the mount root, which lists the stores.
 pub(crate) const MOUNT_ROOT: u64 = 1;
+
+/// Most directory entries remembered per inode; past it the oldest is dropped, and
+/// the kernel's copy of that name then expires on its own after the entry TTL.
+pub(crate) const MAX_NAMES_PER_INODE: usize = 16;
+
+/// A directory entry given to the kernel: (parent inode, name).
+pub(crate) type Dentry = (u64, Box<[u8]>);
+
+/// An inode the kernel knows, with the entries it may have cached for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Known {
+    /// The inode number.
+    pub(crate) ino: u64,
+    /// Entries handed out for it, oldest first.
+    pub(crate) names: Vec<Dentry>,
+}
 
 /// What an inode number stands for. Hard links share one key (the file id).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,6 +49,14 @@ impl Key {
         }
     }
 
+    /// The store file a key shows (a file or one of its conflict copies).
+    fn file(&self) -> Option<(StoreId, FileId)> {
+        match *self {
+            Key::MountRoot => None,
+            Key::File(s, f) | Key::Conflict(s, f, _) => Some((s, f)),
+        }
+    }
+
     /// The fs node to ask for attributes and content.
     pub(crate) fn node(&self) -> Option<(StoreId, Node)> {
         match *self {
@@ -44,12 +70,15 @@ impl Key {
 struct Slot {
     key: Key,
     lookups: u64,
+    names: Vec<Dentry>,
 }
 
 #[derive(Default)]
 struct Table {
     by_ino: HashMap<u64, Slot>,
     by_key: HashMap<Key, u64>,
+    /// Inodes of each store file: the file itself and its conflict copies.
+    by_file: HashMap<(StoreId, FileId), Vec<u64>>,
     next: u64,
 }
 
@@ -70,6 +99,7 @@ impl Inodes {
             Slot {
                 key: Key::MountRoot,
                 lookups: 1,
+                names: Vec::new(),
             },
         );
         t.by_key.insert(Key::MountRoot, MOUNT_ROOT);
@@ -78,19 +108,38 @@ impl Inodes {
         }
     }
 
-    /// The inode number for `key`, counting one kernel lookup.
-    pub(crate) fn lookup(&self, key: Key) -> u64 {
+    /// The inode number for `key`, counting one kernel lookup through entry `name`
+    /// of directory `parent`, which is remembered until the inode is forgotten.
+    pub(crate) fn lookup(&self, key: Key, parent: u64, name: &[u8]) -> u64 {
         let mut t = self.table.lock();
-        if let Some(&ino) = t.by_key.get(&key) {
-            if let Some(slot) = t.by_ino.get_mut(&ino) {
-                slot.lookups += 1;
+        let ino = match t.by_key.get(&key) {
+            Some(&ino) => ino,
+            None => {
+                let ino = t.next;
+                t.next += 1;
+                t.by_ino.insert(
+                    ino,
+                    Slot {
+                        key,
+                        lookups: 0,
+                        names: Vec::new(),
+                    },
+                );
+                t.by_key.insert(key, ino);
+                if let Some(file) = key.file() {
+                    t.by_file.entry(file).or_default().push(ino);
+                }
+                ino
             }
-            return ino;
+        };
+        let slot = t.by_ino.get_mut(&ino).expect("by_key and by_ino agree");
+        slot.lookups += 1;
+        if !slot.names.iter().any(|(p, n)| *p == parent && **n == *name) {
+            if slot.names.len() == MAX_NAMES_PER_INODE {
+                slot.names.remove(0);
+            }
+            slot.names.push((parent, name.into()));
         }
-        let ino = t.next;
-        t.next += 1;
-        t.by_ino.insert(ino, Slot { key, lookups: 1 });
-        t.by_key.insert(key, ino);
         ino
     }
 
@@ -120,7 +169,44 @@ impl Inodes {
         if let Some(key) = gone {
             t.by_ino.remove(&ino);
             t.by_key.remove(&key);
+            if let Some(file) = key.file() {
+                if let Some(inos) = t.by_file.get_mut(&file) {
+                    inos.retain(|&i| i != ino);
+                    if inos.is_empty() {
+                        t.by_file.remove(&file);
+                    }
+                }
+            }
         }
+    }
+
+    /// The inodes the kernel knows for `file` of store `store` (the file and its
+    /// conflict copies), with their entries.
+    pub(crate) fn known(&self, store: StoreId, file: FileId) -> Vec<Known> {
+        let t = self.table.lock();
+        let Some(inos) = t.by_file.get(&(store, file)) else {
+            return Vec::new();
+        };
+        inos.iter()
+            .filter_map(|&ino| {
+                t.by_ino.get(&ino).map(|s| Known {
+                    ino,
+                    names: s.names.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Every inode the kernel knows, with its entries.
+    pub(crate) fn all(&self) -> Vec<Known> {
+        let t = self.table.lock();
+        t.by_ino
+            .iter()
+            .map(|(&ino, s)| Known {
+                ino,
+                names: s.names.clone(),
+            })
+            .collect()
     }
 }
 
@@ -137,14 +223,18 @@ mod tests {
     #[test]
     fn same_key_gets_the_same_inode_until_forgotten() {
         let t = Inodes::new();
-        let a = t.lookup(key(1));
-        assert_eq!(t.lookup(key(1)), a);
-        assert_ne!(t.lookup(key(2)), a);
+        let a = t.lookup(key(1), MOUNT_ROOT, b"a");
+        assert_eq!(t.lookup(key(1), MOUNT_ROOT, b"a"), a);
+        assert_ne!(t.lookup(key(2), MOUNT_ROOT, b"b"), a);
         t.forget(a, 1);
         assert_eq!(t.get(a), Some(key(1)));
         t.forget(a, 1);
         assert_eq!(t.get(a), None);
-        assert_ne!(t.lookup(key(1)), a, "a forgotten number is never reused");
+        assert_ne!(
+            t.lookup(key(1), MOUNT_ROOT, b"a"),
+            a,
+            "a forgotten number is never reused"
+        );
     }
 
     #[test]
@@ -152,5 +242,53 @@ mod tests {
         let t = Inodes::new();
         t.forget(MOUNT_ROOT, 100);
         assert_eq!(t.get(MOUNT_ROOT), Some(Key::MountRoot));
+    }
+
+    #[test]
+    fn entries_are_remembered_per_file_until_forgotten() {
+        let t = Inodes::new();
+        let Key::File(sid, file) = key(1) else {
+            unreachable!()
+        };
+        let conflict = Key::Conflict(sid, file, OpId::ROOT);
+        let a = t.lookup(key(1), MOUNT_ROOT, b"a");
+        t.lookup(key(1), 7, b"b");
+        t.lookup(key(1), MOUNT_ROOT, b"a");
+        let c = t.lookup(conflict, MOUNT_ROOT, b"a (conflict)");
+        let mut known = t.known(sid, file);
+        known.sort_by_key(|k| k.ino);
+        assert_eq!(
+            known,
+            vec![
+                Known {
+                    ino: a,
+                    names: vec![(MOUNT_ROOT, b"a"[..].into()), (7, b"b"[..].into())],
+                },
+                Known {
+                    ino: c,
+                    names: vec![(MOUNT_ROOT, b"a (conflict)"[..].into())],
+                },
+            ]
+        );
+        t.forget(a, 3);
+        assert_eq!(t.known(sid, file).len(), 1);
+        t.forget(c, 1);
+        assert!(t.known(sid, file).is_empty());
+        assert_eq!(t.all().len(), 1, "only the mount root is left");
+    }
+
+    #[test]
+    fn names_per_inode_are_bounded_oldest_dropped_first() {
+        let t = Inodes::new();
+        let names: Vec<String> = (0..=MAX_NAMES_PER_INODE).map(|i| format!("n{i}")).collect();
+        for n in &names {
+            t.lookup(key(1), MOUNT_ROOT, n.as_bytes());
+        }
+        let Key::File(sid, file) = key(1) else {
+            unreachable!()
+        };
+        let known = t.known(sid, file);
+        assert_eq!(known[0].names.len(), MAX_NAMES_PER_INODE);
+        assert_eq!(&*known[0].names[0].1, names[1].as_bytes());
     }
 }

@@ -4,13 +4,16 @@
 //! and replies; errors become errno in exactly one place (`errno.rs`). The mount root
 //! lists one directory per store; inside a store, inodes map to file ids (`inodes.rs`)
 //! and writes are staged per open file until flush, fsync or close (`open_file.rs`).
+//! Changes received from peers invalidate the kernel's caches (`invalidate.rs`).
 
 mod adapter;
 mod errno;
 mod inodes;
+mod invalidate;
 mod open_file;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::node::Node;
 
@@ -38,11 +41,14 @@ pub enum FuseError {
 /// A live mount; dropping it unmounts.
 pub struct MountGuard {
     session: Option<fuser::BackgroundSession>,
+    /// Stopped before unmounting, while FUSE threads can still answer the kernel.
+    invalidator: Option<invalidate::Invalidator>,
 }
 
 impl MountGuard {
     /// Unmounts and waits for the session's threads to finish.
     pub fn unmount(mut self) -> Result<(), FuseError> {
+        self.invalidator.take();
         match self.session.take() {
             Some(s) => s.umount_and_join().map_err(FuseError::Unmount),
             None => Ok(()),
@@ -52,6 +58,7 @@ impl MountGuard {
 
 impl Drop for MountGuard {
     fn drop(&mut self) {
+        self.invalidator.take();
         if let Some(s) = self.session.take() {
             if let Err(e) = s.umount_and_join() {
                 tracing::warn!("unmount: {e}");
@@ -81,9 +88,16 @@ pub fn mount(node: Node, mountpoint: &Path, allow_other: bool) -> Result<MountGu
     }
     config.n_threads = Some(FUSE_THREADS);
     config.clone_fd = true;
-    let fs = adapter::LatticeFs::new(node, staging);
+    let inodes = Arc::new(inodes::Inodes::new());
+    let fs = adapter::LatticeFs::new(node.clone(), staging, inodes.clone());
     let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(mount_err)?;
-    Ok(MountGuard {
+    let notifier = session.notifier();
+    // Unmounts again if the invalidator cannot start.
+    let mut guard = MountGuard {
         session: Some(session),
-    })
+        invalidator: None,
+    };
+    guard.invalidator =
+        Some(invalidate::Invalidator::start(node, inodes, notifier).map_err(mount_err)?);
+    Ok(guard)
 }

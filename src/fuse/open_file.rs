@@ -10,6 +10,7 @@ use crate::cas::Cas;
 use crate::fs::op::{Content, FileId};
 use crate::fs::{Attr, ContentView, FsError, Node};
 use crate::hlc::now_ms;
+use crate::intention::StoreId;
 use crate::store::Store;
 
 use super::errno::{io_errno, Fail};
@@ -132,7 +133,8 @@ impl OpenFile {
             Staging::Clean => {
                 let view = self.committed()?;
                 let (file, path) = self.new_staging()?;
-                cas.export(&view.pieces, &path).map_err(Fail::cas)?;
+                cas.export(self.store.id(), &view.pieces, &path)
+                    .map_err(Fail::cas)?;
                 (file, path, view.size)
             }
             Staging::Append {
@@ -142,7 +144,8 @@ impl OpenFile {
                 len,
             } => {
                 let (file, path) = self.new_staging()?;
-                cas.export(&base.pieces, &path).map_err(Fail::cas)?;
+                cas.export(self.store.id(), &base.pieces, &path)
+                    .map_err(Fail::cas)?;
                 let mut buf = vec![0u8; 1 << 20];
                 let mut done = 0u64;
                 while done < len {
@@ -218,7 +221,13 @@ impl OpenFile {
                 let mut buf = vec![0u8; n];
                 let from_base = base.size.saturating_sub(offset).min(n as u64) as usize;
                 if from_base > 0 {
-                    read_exact(cas, &base.pieces, offset, &mut buf[..from_base])?;
+                    read_exact(
+                        cas,
+                        self.store.id(),
+                        &base.pieces,
+                        offset,
+                        &mut buf[..from_base],
+                    )?;
                 }
                 if from_base < n {
                     let at = offset + from_base as u64 - base.size;
@@ -229,11 +238,17 @@ impl OpenFile {
             }
             Staging::Clean => {
                 let view = self.committed()?;
-                let n = view.size.saturating_sub(offset).min(u64::from(len)) as usize;
-                let mut buf = vec![0u8; n];
-                read_exact(cas, &view.pieces, offset, &mut buf)?;
-                Ok(buf)
+                read_view(cas, self.store.id(), &view, offset, len)
             }
+        }
+    }
+
+    /// The committed content if no writes are staged. Reading it needs no lock on this
+    /// file, so a read waiting for absent content does not hold up the file's other calls.
+    pub(crate) fn clean_view(&mut self) -> Result<Option<ContentView>, Fail> {
+        match self.staging {
+            Staging::Clean => self.committed().map(Some),
+            Staging::Append { .. } | Staging::Full { .. } => Ok(None),
         }
     }
 
@@ -320,9 +335,24 @@ impl Drop for OpenFile {
     }
 }
 
-/// Reads exactly `buf.len()` bytes of `pieces` at `offset`.
-pub(crate) fn read_exact(
+/// Reads up to `len` bytes of `view` (content of `store`) at `offset`.
+pub(crate) fn read_view(
     cas: &Cas,
+    store: StoreId,
+    view: &ContentView,
+    offset: u64,
+    len: u32,
+) -> Result<Vec<u8>, Fail> {
+    let n = view.size.saturating_sub(offset).min(u64::from(len)) as usize;
+    let mut buf = vec![0u8; n];
+    read_exact(cas, store, &view.pieces, offset, &mut buf)?;
+    Ok(buf)
+}
+
+/// Reads exactly `buf.len()` bytes of `pieces` of `store` at `offset`.
+fn read_exact(
+    cas: &Cas,
+    store: StoreId,
     pieces: &[Content],
     offset: u64,
     buf: &mut [u8],
@@ -330,7 +360,7 @@ pub(crate) fn read_exact(
     let mut done = 0;
     while done < buf.len() {
         let n = cas
-            .read(pieces, offset + done as u64, &mut buf[done..])
+            .read(store, pieces, offset + done as u64, &mut buf[done..])
             .map_err(Fail::cas)?;
         if n == 0 {
             return Err(Fail::Errno(libc::EIO));

@@ -1,0 +1,257 @@
+//! Changes received from another member show through a live mount at once: the kernel's
+//! cached entries, attributes and pages are invalidated, not left to expire; content
+//! whose blobs have not arrived yet reads once they are fetched, or fails with `EIO`.
+//!
+//! The "peer" is a second identity, added as a writer, whose signed intentions are
+//! applied with `Store::apply_remote`, as the network layer will apply them.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use lattice_mount::cas::{Cas, FetchRequest, Fetcher};
+use lattice_mount::fs::op::{Content, FileId, Kind, Op, OpBody, OpId, Role};
+use lattice_mount::fs::{FsState, RenameFlags};
+use lattice_mount::hlc::{now_ms, Clock, Hlc};
+use lattice_mount::identity::Identity;
+use lattice_mount::intention::{Hash, Intention};
+use lattice_mount::node::Node;
+use lattice_mount::store::{ApplyOutcome, Store, StoreEvent};
+use parking_lot::Mutex;
+
+use common::{fuse_available, is_lattice_mount};
+
+/// Longest a remote change may take to show through the mount. The kernel caches
+/// entries and attributes for a second, so without invalidation it would take longer.
+const SHOW_WITHIN: Duration = Duration::from_millis(200);
+
+/// A writer of the store on another node: authors intentions on the store's heads.
+struct Peer {
+    identity: Identity,
+    clock: Arc<Mutex<Clock>>,
+    prev: Option<Hash>,
+    head: Hash,
+}
+
+impl Peer {
+    /// Applies one intention of this peer holding the ops `plan` makes from the state.
+    /// Returns the id of its first op.
+    fn apply(&mut self, store: &Store, plan: impl FnOnce(&FsState) -> Vec<OpBody>) -> OpId {
+        let bodies = store.read(plan);
+        let ops: Vec<Op> = bodies
+            .into_iter()
+            .map(|body| Op {
+                hlc: self.clock.lock().tick(now_ms()),
+                body,
+            })
+            .collect();
+        let first = ops[0].id(self.identity.public());
+        let i =
+            Intention::create(&self.identity, store.id(), self.prev, vec![self.head], ops).unwrap();
+        let outcome = store.apply_remote(i.bytes.clone()).unwrap();
+        assert_eq!(outcome, ApplyOutcome::Applied { woken: 0 });
+        self.prev = Some(i.hash);
+        self.head = i.hash;
+        first
+    }
+}
+
+/// A store whose single head is known, with `peer` added as a writer.
+fn store_with_peer(node: &Node) -> (Store, Peer) {
+    let store = node.create_store("shared").unwrap();
+    let mut sealed = store.subscribe();
+    let peer = Identity::generate();
+    store
+        .write(|tx| {
+            tx.push(OpBody::SetMember {
+                key: peer.public(),
+                role: Role::Writer,
+                display_name: "peer".into(),
+            });
+            Ok(())
+        })
+        .unwrap();
+    store.flush().unwrap();
+    // The last sealed intention names every earlier one: it is the only head.
+    let mut head = None;
+    while let Ok(event) = sealed.try_recv() {
+        if let StoreEvent::Sealed(all) = event {
+            let last = all.last().unwrap().clone();
+            head = Some(Intention::decode(last).unwrap().hash);
+        }
+    }
+    let peer = Peer {
+        identity: peer,
+        clock: Arc::new(Mutex::new(Clock::new(Hlc::ZERO))),
+        prev: None,
+        head: head.expect("the member op was sealed"),
+    };
+    (store, peer)
+}
+
+/// Polls `check` until it holds or `SHOW_WITHIN` passes; returns how long it took.
+fn shows(what: &str, mnt: &Path, check: impl Fn() -> bool) -> Duration {
+    let start = Instant::now();
+    while !check() {
+        assert!(
+            start.elapsed() < SHOW_WITHIN,
+            "{what}: not visible through the mount after {SHOW_WITHIN:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(
+        is_lattice_mount(mnt),
+        "{} is no longer mounted",
+        mnt.display()
+    );
+    start.elapsed()
+}
+
+fn create(s: &FsState, parent: FileId, name: &str, kind: Kind, data: &str) -> Vec<OpBody> {
+    let content = Content::Inline(Bytes::from(data.to_owned()));
+    vec![s
+        .plan_create(parent, name, kind, 0o644, 0, 0, 0, content, 1)
+        .unwrap()]
+}
+
+#[test]
+fn remote_creates_rewrites_renames_and_deletes_show_through_the_mount_at_once() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = Node::open(&tmp.path().join("data"), Some("me"), rt.handle().clone()).unwrap();
+    let (store, mut peer) = store_with_peer(&node);
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let guard = lattice_mount::fuse::mount(node.clone(), &mnt, false).unwrap();
+    assert!(is_lattice_mount(&mnt), "mount did not appear");
+    let dir = mnt.join("shared");
+    let (a, b, sub) = (dir.join("a.txt"), dir.join("b.txt"), dir.join("sub"));
+
+    // Fill the kernel's caches: the directory, then a file's entry, attributes and pages.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    let file = peer.apply(&store, |s| {
+        create(s, OpId::ROOT, "a.txt", Kind::File, "one")
+    });
+    let mut took = vec![shows("created file", &mnt, || {
+        std::fs::read(&a).is_ok_and(|d| d == b"one")
+    })];
+    assert_eq!(std::fs::read(&a).unwrap(), b"one");
+    assert_eq!(std::fs::metadata(&a).unwrap().len(), 3);
+
+    peer.apply(&store, |s| {
+        let content = Content::Inline(Bytes::from_static(b"second version"));
+        vec![s.plan_write(file, content, 2).unwrap()]
+    });
+    took.push(shows("rewritten content", &mnt, || {
+        std::fs::metadata(&a).is_ok_and(|m| m.len() == 14)
+            && std::fs::read(&a).is_ok_and(|d| d == b"second version")
+    }));
+
+    let subdir = peer.apply(&store, |s| create(s, OpId::ROOT, "sub", Kind::Dir, ""));
+    assert!(std::fs::metadata(&sub).unwrap().is_dir());
+    assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 0);
+    peer.apply(&store, |s| {
+        s.plan_rename(OpId::ROOT, "a.txt", subdir, "b.txt", RenameFlags::default())
+            .unwrap()
+    });
+    took.push(shows("renamed into a subdirectory", &mnt, || {
+        std::fs::metadata(&a).is_err()
+            && std::fs::read(sub.join("b.txt")).is_ok_and(|d| d == b"second version")
+    }));
+
+    peer.apply(&store, |s| {
+        s.plan_rename(subdir, "b.txt", OpId::ROOT, "b.txt", RenameFlags::default())
+            .unwrap()
+    });
+    took.push(shows("moved back", &mnt, || {
+        std::fs::metadata(sub.join("b.txt")).is_err() && std::fs::metadata(&b).is_ok()
+    }));
+
+    peer.apply(&store, |s| {
+        vec![s.plan_unlink(OpId::ROOT, "b.txt").unwrap()]
+    });
+    took.push(shows("deleted file", &mnt, || {
+        std::fs::metadata(&b).is_err()
+    }));
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["sub"]);
+
+    // A store added outside the mount: the root's link count (2 + stores) is cached too.
+    let nlink = || std::os::unix::fs::MetadataExt::nlink(&std::fs::metadata(&mnt).unwrap());
+    assert_eq!(nlink(), 3);
+    node.create_store("second").unwrap();
+    took.push(shows("new store", &mnt, || {
+        nlink() == 4 && mnt.join("second").is_dir()
+    }));
+
+    eprintln!("remote changes showed after {took:?}");
+    guard.unmount().unwrap();
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn remote_content_with_absent_blobs_fails_with_eio_then_reads_once_fetched() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = Node::open(&tmp.path().join("data"), Some("me"), rt.handle().clone()).unwrap();
+    let (store, mut peer) = store_with_peer(&node);
+    // The peer's own content store holds the file's chunks and manifest.
+    let peer_cas = Cas::open(&tmp.path().join("peer-blobs"), rt.handle().clone()).unwrap();
+    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    let content = peer_cas.put_bytes(&data, false).unwrap();
+    assert!(matches!(content, Content::Manifest { .. }));
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let guard = lattice_mount::fuse::mount(node.clone(), &mnt, false).unwrap();
+    assert!(is_lattice_mount(&mnt), "mount did not appear");
+    let path = mnt.join("shared").join("big");
+    peer.apply(&store, |s| {
+        vec![s
+            .plan_create(OpId::ROOT, "big", Kind::File, 0o644, 0, 0, 0, content, 1)
+            .unwrap()]
+    });
+
+    let err = std::fs::read(&path).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "no fetcher: {err}");
+
+    let (from, to, handle) = (peer_cas.blobs(), node.cas().blobs(), rt.handle().clone());
+    let fetcher: Fetcher = Arc::new(move |req: FetchRequest| {
+        let (from, to, handle) = (from.clone(), to.clone(), handle.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            handle.block_on(async {
+                for hash in req.hashes {
+                    let bytes = from.get_bytes(hash).await.unwrap();
+                    to.add_bytes(bytes).await.unwrap();
+                }
+            });
+        });
+    });
+    node.cas().set_fetcher(fetcher);
+    let t = Instant::now();
+    assert!(
+        std::fs::read(&path).unwrap() == data,
+        "fetched content differs"
+    );
+    eprintln!("read of 3 MiB of absent content took {:?}", t.elapsed());
+    assert!(
+        is_lattice_mount(&mnt),
+        "{} is no longer mounted",
+        mnt.display()
+    );
+    guard.unmount().unwrap();
+    node.shutdown().unwrap();
+    peer_cas.shutdown().unwrap();
+}
