@@ -17,8 +17,9 @@ use crate::hlc::Clock;
 use crate::identity::{Identity, PublicKey};
 use crate::intention::{Hash, Intention, StoreId};
 use crate::store::apply::{apply_remote, is_refusal, seal_local, Counts, Ctx, Queued};
+use crate::store::cut::revise;
 use crate::store::error::StoreError;
-use crate::store::tables::{Tables, HISTORY, INTENTIONS};
+use crate::store::tables::{Tables, CHAIN, HISTORY, INTENTIONS};
 use crate::store::{ApplyOutcome, HistoryItem, StoreEvent};
 
 /// How long the actor waits for more ops before sealing a batch.
@@ -41,6 +42,8 @@ pub(crate) enum Request {
     Flush(Reply<()>),
     /// List the intentions touching a file.
     History(FileId, Reply<Vec<HistoryItem>>),
+    /// The author-chain length of a key's applied intentions.
+    ChainLen(PublicKey, Reply<u64>),
     /// Read the stored intention set, heads, floating set and witness check (tests).
     #[cfg(test)]
     Inspect(Reply<crate::store::tests::Digest>),
@@ -87,6 +90,8 @@ pub(crate) struct Shared {
     pub mailbox: Mutex<Mailbox>,
     /// Signalled when the mailbox gains work.
     pub wake: Condvar,
+    /// Hashes of refused and voided intentions (the refused table, in memory).
+    pub refused: Mutex<std::collections::HashSet<Hash>>,
     /// Applied intentions (for stats).
     pub intentions: AtomicU64,
     /// Floating intentions (for stats).
@@ -114,6 +119,7 @@ impl Shared {
             founder: self.founder,
             state: &self.state,
             clock: &self.clock,
+            refused: &self.refused,
             effects: Default::default(),
         }
     }
@@ -173,6 +179,7 @@ fn fail(r: Request, e: StoreError) {
         Request::Apply(_, tx) => drop(tx.send(Err(e))),
         Request::Flush(tx) => drop(tx.send(Err(e))),
         Request::History(_, tx) => drop(tx.send(Err(e))),
+        Request::ChainLen(_, tx) => drop(tx.send(Err(e))),
         #[cfg(test)]
         Request::Inspect(tx) => drop(tx.send(Err(e))),
     }
@@ -248,6 +255,7 @@ impl Actor {
                 }
                 Request::Flush(tx) => drop(tx.send(Ok(()))),
                 Request::History(file, tx) => drop(tx.send(self.history(file))),
+                Request::ChainLen(key, tx) => drop(tx.send(self.chain_len(&key))),
                 #[cfg(test)]
                 Request::Inspect(tx) => drop(tx.send(crate::store::tests::digest(&self.db))),
             }
@@ -287,6 +295,14 @@ impl Actor {
                     }
                 }
             }
+            if cx.effects.borrow().revoked {
+                // Under the write lock no Tx runs: seal the ops pushed since the batch
+                // was taken, so the rebuilt projection still holds them.
+                let mut st = shared.state.write();
+                let late = mem::take(&mut shared.mailbox.lock().ops);
+                seal_local(&mut t, &cx, &mut self.counts, &shared.identity, late)?;
+                revise(&mut t, &cx, &mut self.counts, &mut st)?;
+            }
             if snapshot {
                 // Under the read lock no Tx runs, so every op in the projection is
                 // either sealed already or in the mailbox: seal those too, so the
@@ -307,7 +323,7 @@ impl Actor {
         if !effects.sealed.is_empty() {
             drop(shared.events.send(StoreEvent::Sealed(effects.sealed)));
         }
-        if effects.applied > 0 {
+        if effects.applied > 0 || !effects.touched.is_empty() {
             drop(shared.events.send(StoreEvent::Applied {
                 intentions: effects.applied,
                 files: effects.touched,
@@ -332,6 +348,16 @@ impl Actor {
             .floating
             .store(self.counts.floating, Ordering::Relaxed);
         Ok(outcomes)
+    }
+
+    fn chain_len(&self, key: &PublicKey) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let chain = txn.open_table(CHAIN)?;
+        let last = chain
+            .range((key.0, 0, [0u8; 32])..=(key.0, u64::MAX, [0xffu8; 32]))?
+            .next_back()
+            .transpose()?;
+        Ok(last.map_or(0, |(k, _)| k.value().1))
     }
 
     fn history(&self, file: FileId) -> Result<Vec<HistoryItem>, StoreError> {
@@ -374,6 +400,10 @@ fn names_file(author: crate::identity::PublicKey, op: &Op, file: FileId) -> bool
         | OpBody::Dismiss { file: f, .. } => *f == file,
         OpBody::SetMeta(m) => m.file == file,
         OpBody::Move { entry, .. } | OpBody::Remove { entry, .. } => *entry == file,
-        OpBody::SetStoreName(_) | OpBody::SetMember { .. } | OpBody::RevokeMember { .. } => false,
+        OpBody::SetStoreName(_)
+        | OpBody::SetMember { .. }
+        | OpBody::RevokeMember { .. }
+        | OpBody::Invite { .. }
+        | OpBody::RevokeInvite { .. } => false,
     }
 }
