@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/intention.proto",
         "proto/fs.proto",
         "proto/control.proto",
+        "proto/sync.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -518,12 +518,15 @@ fn describe(body: &OpBody) -> String {
             key,
             role,
             display_name,
+            ..
         } => format!(
             "add member {} ({display_name:?}) as {}",
             key.short(),
             role_name(*role)
         ),
-        OpBody::RevokeMember { key } => format!("revoke member {}", key.short()),
+        OpBody::RevokeMember { key, .. } => format!("revoke member {}", key.short()),
+        OpBody::Invite { role, .. } => format!("invite a {}", role_name(*role)),
+        OpBody::RevokeInvite { .. } => "withdraw an invite".to_string(),
     }
 }
 

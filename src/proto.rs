@@ -16,3 +16,8 @@ pub mod fs {
 pub mod control {
     include!(concat!(env!("OUT_DIR"), "/lattice.control.rs"));
 }
+
+/// Sync-layer messages (`proto/sync.proto`).
+pub mod sync {
+    include!(concat!(env!("OUT_DIR"), "/lattice.sync.rs"));
+}

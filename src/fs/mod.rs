@@ -9,6 +9,7 @@
 
 mod content;
 mod error;
+mod members;
 mod names;
 pub mod op;
 mod plan;
@@ -19,6 +20,7 @@ mod tree;
 mod view;
 
 pub use error::FsError;
+pub use members::{InviteInfo, InviteStatus, MemberInfo};
 pub use state::FsState;
 pub use view::{Attr, ContentView, FsStats, Node, RenameFlags};
 

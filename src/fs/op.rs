@@ -210,6 +210,9 @@ pub struct SetMeta {
     pub xattr_remove: Vec<Bytes>,
 }
 
+/// The id of an invite: blake3 of its one-time secret.
+pub type InviteId = [u8; 32];
+
 /// A member's role in a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Role {
@@ -219,6 +222,21 @@ pub enum Role {
     Writer,
     /// May only read.
     Reader,
+}
+
+impl Role {
+    /// True if this role has every right of `other` (Admin > Writer > Reader).
+    pub fn covers(self, other: Role) -> bool {
+        self.rank() >= other.rank()
+    }
+
+    fn rank(self) -> u8 {
+        match self {
+            Role::Admin => 2,
+            Role::Writer => 1,
+            Role::Reader => 0,
+        }
+    }
 }
 
 /// What an op does.
@@ -294,12 +312,44 @@ pub enum OpBody {
         role: Role,
         /// Display name used in conflict names.
         display_name: String,
+        /// The invite this membership redeems, if any.
+        invite: Option<InviteId>,
     },
-    /// Revoke a member.
+    /// Revoke a member for good.
     RevokeMember {
         /// Member key.
         key: PublicKey,
+        /// The member's author-chain length the revoker had applied; later intentions are void.
+        upto: u64,
     },
+    /// Record an invite by the hash of its secret.
+    Invite {
+        /// blake3 of the one-time secret.
+        id: InviteId,
+        /// Role granted on redemption.
+        role: Role,
+        /// Unix ms after which the invite is refused.
+        expires_ms: u64,
+    },
+    /// Withdraw an invite.
+    RevokeInvite {
+        /// The invite.
+        id: InviteId,
+    },
+}
+
+impl OpBody {
+    /// True for ops that only an Admin may author (membership, invites, store name).
+    pub fn is_system(&self) -> bool {
+        matches!(
+            self,
+            OpBody::SetStoreName(_)
+                | OpBody::SetMember { .. }
+                | OpBody::RevokeMember { .. }
+                | OpBody::Invite { .. }
+                | OpBody::RevokeInvite { .. }
+        )
+    }
 }
 
 /// One op: its clock and body. Its id is (clock, intention author).
@@ -408,13 +458,28 @@ impl Op {
                 key,
                 role,
                 display_name,
+                invite,
             } => Body::SetMember(pb::SetMember {
                 key: Bytes::copy_from_slice(&key.0),
                 role: role_to_proto(*role) as i32,
                 display_name: display_name.clone(),
+                invite: invite.map_or_else(Bytes::new, |i| Bytes::copy_from_slice(&i)),
             }),
-            OpBody::RevokeMember { key } => Body::RevokeMember(pb::RevokeMember {
+            OpBody::RevokeMember { key, upto } => Body::RevokeMember(pb::RevokeMember {
                 key: Bytes::copy_from_slice(&key.0),
+                upto: *upto,
+            }),
+            OpBody::Invite {
+                id,
+                role,
+                expires_ms,
+            } => Body::Invite(pb::Invite {
+                id: Bytes::copy_from_slice(id),
+                role: role_to_proto(*role) as i32,
+                expires_ms: *expires_ms,
+            }),
+            OpBody::RevokeInvite { id } => Body::RevokeInvite(pb::RevokeInvite {
+                id: Bytes::copy_from_slice(id),
             }),
         };
         pb::Op {
@@ -513,22 +578,26 @@ impl Op {
             }
             Body::SetStoreName(s) => OpBody::SetStoreName(name(s.name)?),
             Body::SetMember(m) => OpBody::SetMember {
-                key: PublicKey(
-                    m.key
-                        .as_ref()
-                        .try_into()
-                        .map_err(|_| OpError::BadId("key"))?,
-                ),
+                key: PublicKey(fixed32(&m.key, "key")?),
                 role: role_from_proto(m.role)?,
                 display_name: label(m.display_name)?,
+                invite: if m.invite.is_empty() {
+                    None
+                } else {
+                    Some(fixed32(&m.invite, "invite")?)
+                },
             },
             Body::RevokeMember(r) => OpBody::RevokeMember {
-                key: PublicKey(
-                    r.key
-                        .as_ref()
-                        .try_into()
-                        .map_err(|_| OpError::BadId("key"))?,
-                ),
+                key: PublicKey(fixed32(&r.key, "key")?),
+                upto: r.upto,
+            },
+            Body::Invite(i) => OpBody::Invite {
+                id: fixed32(&i.id, "invite")?,
+                role: role_from_proto(i.role)?,
+                expires_ms: i.expires_ms,
+            },
+            Body::RevokeInvite(r) => OpBody::RevokeInvite {
+                id: fixed32(&r.id, "invite")?,
             },
         };
         Ok(Op {
@@ -567,6 +636,10 @@ fn label(n: String) -> Result<String, OpError> {
         });
     }
     Ok(n)
+}
+
+fn fixed32(b: &[u8], what: &'static str) -> Result<[u8; 32], OpError> {
+    b.try_into().map_err(|_| OpError::BadId(what))
 }
 
 fn xattr_name(n: &[u8]) -> Result<(), OpError> {
@@ -656,7 +729,7 @@ fn kind_from_proto(k: i32) -> Result<Kind, OpError> {
     )
 }
 
-fn role_to_proto(r: Role) -> pb::Role {
+pub(crate) fn role_to_proto(r: Role) -> pb::Role {
     match r {
         Role::Admin => pb::Role::Admin,
         Role::Writer => pb::Role::Writer,
@@ -664,7 +737,7 @@ fn role_to_proto(r: Role) -> pb::Role {
     }
 }
 
-fn role_from_proto(r: i32) -> Result<Role, OpError> {
+pub(crate) fn role_from_proto(r: i32) -> Result<Role, OpError> {
     Ok(
         match pb::Role::try_from(r).map_err(|_| OpError::UnknownEnum("role"))? {
             pb::Role::Admin => Role::Admin,
@@ -764,10 +837,24 @@ mod tests {
                 key: PublicKey([4; 32]),
                 role: Role::Reader,
                 display_name: "laptop".into(),
+                invite: None,
+            },
+            OpBody::SetMember {
+                key: PublicKey([4; 32]),
+                role: Role::Writer,
+                display_name: String::new(),
+                invite: Some([7; 32]),
             },
             OpBody::RevokeMember {
                 key: PublicKey([4; 32]),
+                upto: 17,
             },
+            OpBody::Invite {
+                id: [5; 32],
+                role: Role::Admin,
+                expires_ms: 1_700_000_000_000,
+            },
+            OpBody::RevokeInvite { id: [5; 32] },
         ];
         for body in bodies {
             let op = Op {
@@ -799,5 +886,43 @@ mod tests {
         ));
         p.body = None;
         assert_eq!(Op::from_proto(p), Err(OpError::Empty));
+    }
+
+    #[test]
+    fn membership_ops_with_short_ids_or_unknown_roles_are_refused() {
+        use pb::op::Body;
+        let op = |body| pb::Op {
+            hlc_wall_ms: 1,
+            hlc_counter: 0,
+            body: Some(body),
+        };
+        let bad = [
+            Body::Invite(pb::Invite {
+                id: Bytes::from_static(&[1; 31]),
+                role: pb::Role::Writer as i32,
+                expires_ms: 5,
+            }),
+            Body::Invite(pb::Invite {
+                id: Bytes::from_static(&[1; 32]),
+                role: 0,
+                expires_ms: 5,
+            }),
+            Body::RevokeInvite(pb::RevokeInvite {
+                id: Bytes::from_static(&[1; 33]),
+            }),
+            Body::SetMember(pb::SetMember {
+                key: Bytes::from_static(&[1; 32]),
+                role: pb::Role::Reader as i32,
+                display_name: String::new(),
+                invite: Bytes::from_static(&[1; 5]),
+            }),
+            Body::RevokeMember(pb::RevokeMember {
+                key: Bytes::from_static(&[1; 3]),
+                upto: 1,
+            }),
+        ];
+        for body in bad {
+            assert!(Op::from_proto(op(body.clone())).is_err(), "{body:?}");
+        }
     }
 }

@@ -155,6 +155,7 @@ impl World {
                 key: author(0),
                 role: Role::Admin,
                 display_name: "alice".into(),
+                invite: None,
             }],
         );
         w

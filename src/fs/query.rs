@@ -301,8 +301,27 @@ impl FsState {
     pub fn canonical_dump(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "store {:?}", self.store_name());
-        for (key, role, name) in self.members() {
-            let _ = writeln!(out, "member {} {role:?} {name:?}", key.to_hex());
+        for m in self.members() {
+            let _ = writeln!(
+                out,
+                "member {} {:?} {:?}",
+                m.key.to_hex(),
+                m.role,
+                m.display_name
+            );
+        }
+        let mut cuts = self.revocation_cuts();
+        cuts.sort();
+        for (key, upto) in cuts {
+            let _ = writeln!(out, "revoked {} upto {upto}", key.to_hex());
+        }
+        for i in self.invites(0) {
+            let id = crate::identity::hex(&i.id);
+            let _ = writeln!(
+                out,
+                "invite {id} {:?} {} {:?}",
+                i.role, i.expires_ms, i.status
+            );
         }
         self.dump_node(
             &mut out,

@@ -10,7 +10,8 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use crate::fs::content::{FileRec, Lww};
-use crate::fs::op::{FileId, Kind, Op, OpBody, OpId, Role};
+use crate::fs::members::{InviteInfo, MemberInfo, Members};
+use crate::fs::op::{FileId, InviteId, Kind, Op, OpBody, OpId, Role};
 use crate::fs::tree::{Action, Entry, Tree};
 use crate::identity::PublicKey;
 
@@ -23,7 +24,7 @@ pub struct FsState {
     /// Every applied op in arrival order (a causal order): the snapshot.
     pub(crate) log: Vec<(PublicKey, Op)>,
     store_name: Option<Lww<String>>,
-    members: HashMap<PublicKey, Lww<Option<(Role, String)>>>,
+    members: Members,
 }
 
 impl Default for FsState {
@@ -53,7 +54,7 @@ impl FsState {
             applied: HashSet::new(),
             log: Vec::new(),
             store_name: None,
-            members: HashMap::new(),
+            members: Members::default(),
         }
     }
 
@@ -176,8 +177,15 @@ impl FsState {
                 key,
                 role,
                 display_name,
-            } => self.set_member(*key, id, Some((*role, display_name.clone()))),
-            OpBody::RevokeMember { key } => self.set_member(*key, id, None),
+                invite,
+            } => self.members.set(id, *key, *role, display_name, *invite),
+            OpBody::RevokeMember { key, upto } => self.members.revoke(*key, *upto),
+            OpBody::Invite {
+                id: invite,
+                role,
+                expires_ms,
+            } => self.members.invite(id, *invite, *role, *expires_ms),
+            OpBody::RevokeInvite { id: invite } => self.members.revoke_invite(*invite),
         }
     }
 
@@ -189,15 +197,6 @@ impl FsState {
         }
     }
 
-    fn set_member(&mut self, key: PublicKey, id: OpId, value: Option<(Role, String)>) {
-        match self.members.get_mut(&key) {
-            Some(reg) => reg.set(id, value),
-            None => {
-                self.members.insert(key, Lww::new(id, value));
-            }
-        }
-    }
-
     /// The store's name, if one was set.
     pub fn store_name(&self) -> Option<&str> {
         self.store_name.as_ref().map(|r| r.value.as_str())
@@ -205,19 +204,37 @@ impl FsState {
 
     /// A member's role and display name; `None` if revoked or unknown.
     pub fn member(&self, key: &PublicKey) -> Option<(Role, &str)> {
-        let reg = self.members.get(key)?;
-        reg.value.as_ref().map(|(r, n)| (*r, n.as_str()))
+        self.members.member(key)
     }
 
-    /// Members in key order (revoked ones excluded).
-    pub(crate) fn members(&self) -> Vec<(PublicKey, Role, &str)> {
-        let mut out: Vec<_> = self
-            .members
-            .iter()
-            .filter_map(|(k, reg)| reg.value.as_ref().map(|(r, n)| (*k, *r, n.as_str())))
-            .collect();
-        out.sort_by_key(|m| m.0);
-        out
+    /// Current members in key order (revoked ones excluded).
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.members.list()
+    }
+
+    /// The strongest role `key` was ever granted, revocations aside (see `fs::members`).
+    pub fn strongest_role(&self, key: &PublicKey) -> Option<Role> {
+        self.members.strongest(key)
+    }
+
+    /// The author-chain length past which `key`'s intentions are void, if it is revoked.
+    pub fn revocation_cut(&self, key: &PublicKey) -> Option<u64> {
+        self.members.cut(key)
+    }
+
+    /// Every revoked key with its cut.
+    pub fn revocation_cuts(&self) -> Vec<(PublicKey, u64)> {
+        self.members.cuts().collect()
+    }
+
+    /// The invite `id` with its status at `now_ms`.
+    pub fn invite(&self, id: &InviteId, now_ms: u64) -> Option<InviteInfo> {
+        self.members.invite_info(id, now_ms)
+    }
+
+    /// Every invite with its status at `now_ms`, in id order.
+    pub fn invites(&self, now_ms: u64) -> Vec<InviteInfo> {
+        self.members.invite_list(now_ms)
     }
 
     /// The name shown for an author in conflict names.
@@ -341,9 +358,11 @@ impl FsState {
             OpBody::Move { entry, .. } | OpBody::Remove { entry, .. } => {
                 self.tree.entry(*entry).map(|e| e.file)
             }
-            OpBody::SetStoreName(_) | OpBody::SetMember { .. } | OpBody::RevokeMember { .. } => {
-                None
-            }
+            OpBody::SetStoreName(_)
+            | OpBody::SetMember { .. }
+            | OpBody::RevokeMember { .. }
+            | OpBody::Invite { .. }
+            | OpBody::RevokeInvite { .. } => None,
         }
     }
 }

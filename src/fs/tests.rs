@@ -220,6 +220,7 @@ fn concurrent_writes_show_the_loser_as_a_conflict_copy_named_after_its_author() 
             key: key(2),
             role: Role::Writer,
             display_name: "bob".into(),
+            invite: None,
         },
     );
     let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a.txt", "base");
@@ -487,10 +488,19 @@ fn store_name_and_members_are_last_writer_wins_and_revoked_members_vanish() {
             key: key(5),
             role: Role::Writer,
             display_name: "e".into(),
+            invite: None,
         },
     );
     assert_eq!(s.member(&key(5)), Some((Role::Writer, "e")));
-    run(&mut s, 2, 30, OpBody::RevokeMember { key: key(5) });
+    run(
+        &mut s,
+        2,
+        30,
+        OpBody::RevokeMember {
+            key: key(5),
+            upto: 0,
+        },
+    );
     run(
         &mut s,
         3,
@@ -499,10 +509,25 @@ fn store_name_and_members_are_last_writer_wins_and_revoked_members_vanish() {
             key: key(5),
             role: Role::Admin,
             display_name: "e".into(),
+            invite: None,
         },
     );
     assert_eq!(s.member(&key(5)), None);
     assert_eq!(s.member(&key(6)), None);
+    run(
+        &mut s,
+        1,
+        40,
+        OpBody::SetMember {
+            key: key(5),
+            role: Role::Writer,
+            display_name: "again".into(),
+            invite: None,
+        },
+    );
+    assert_eq!(s.member(&key(5)), None, "a revocation is final");
+    assert_eq!(s.strongest_role(&key(5)), Some(Role::Admin));
+    assert_eq!(s.revocation_cut(&key(5)), Some(0));
 }
 
 #[test]

@@ -17,8 +17,9 @@ use crate::hlc::Clock;
 use crate::identity::{Identity, PublicKey};
 use crate::intention::{Hash, Intention, StoreId};
 use crate::store::apply::{apply_remote, is_refusal, seal_local, Counts, Ctx, Queued};
+use crate::store::cut::revise;
 use crate::store::error::StoreError;
-use crate::store::tables::{Tables, HISTORY, INTENTIONS, WITNESS};
+use crate::store::tables::{Tables, CHAIN, HISTORY, INTENTIONS, WITNESS};
 use crate::store::{ApplyOutcome, HistoryItem, StoreEvent, WitnessBatch};
 
 /// How long the actor waits for more ops before sealing a batch.
@@ -45,6 +46,8 @@ pub(crate) enum Request {
     Get(Vec<Hash>, usize, Reply<Vec<Bytes>>),
     /// Read the witness log from a seq, bounded in bytes.
     Witness(u64, usize, Reply<WitnessBatch>),
+    /// The author-chain length of a key's applied intentions.
+    ChainLen(PublicKey, Reply<u64>),
     /// Read the stored intention set, heads, floating set and witness check (tests).
     #[cfg(test)]
     Inspect(Reply<crate::store::tests::Digest>),
@@ -91,6 +94,8 @@ pub(crate) struct Shared {
     pub mailbox: Mutex<Mailbox>,
     /// Signalled when the mailbox gains work.
     pub wake: Condvar,
+    /// Hashes of refused and voided intentions (the refused table, in memory).
+    pub refused: Mutex<std::collections::HashSet<Hash>>,
     /// Applied intentions (for stats).
     pub intentions: AtomicU64,
     /// Floating intentions (for stats).
@@ -118,6 +123,7 @@ impl Shared {
             founder: self.founder,
             state: &self.state,
             clock: &self.clock,
+            refused: &self.refused,
             effects: Default::default(),
         }
     }
@@ -179,6 +185,7 @@ fn fail(r: Request, e: StoreError) {
         Request::History(_, tx) => drop(tx.send(Err(e))),
         Request::Get(_, _, tx) => drop(tx.send(Err(e))),
         Request::Witness(_, _, tx) => drop(tx.send(Err(e))),
+        Request::ChainLen(_, tx) => drop(tx.send(Err(e))),
         #[cfg(test)]
         Request::Inspect(tx) => drop(tx.send(Err(e))),
     }
@@ -258,6 +265,7 @@ impl Actor {
                 Request::Witness(from, max_bytes, tx) => {
                     drop(tx.send(self.witness(from, max_bytes)))
                 }
+                Request::ChainLen(key, tx) => drop(tx.send(self.chain_len(&key))),
                 #[cfg(test)]
                 Request::Inspect(tx) => drop(tx.send(crate::store::tests::digest(&self.db))),
             }
@@ -297,6 +305,14 @@ impl Actor {
                     }
                 }
             }
+            if cx.effects.borrow().revoked {
+                // Under the write lock no Tx runs: seal the ops pushed since the batch
+                // was taken, so the rebuilt projection still holds them.
+                let mut st = shared.state.write();
+                let late = mem::take(&mut shared.mailbox.lock().ops);
+                seal_local(&mut t, &cx, &mut self.counts, &shared.identity, late)?;
+                revise(&mut t, &cx, &mut self.counts, &mut st)?;
+            }
             if snapshot {
                 // Under the read lock no Tx runs, so every op in the projection is
                 // either sealed already or in the mailbox: seal those too, so the
@@ -317,7 +333,7 @@ impl Actor {
         if !effects.sealed.is_empty() {
             drop(shared.events.send(StoreEvent::Sealed(effects.sealed)));
         }
-        if effects.applied > 0 {
+        if effects.applied > 0 || !effects.touched.is_empty() {
             drop(shared.events.send(StoreEvent::Applied {
                 intentions: effects.applied,
                 files: effects.touched,
@@ -379,18 +395,31 @@ impl Actor {
         for entry in witness.range(from.max(1)..)? {
             let (k, v) = entry?;
             let hash = Hash(v.value().0);
-            let bytes = intentions
-                .get(hash.0)?
-                .ok_or_else(|| StoreError::Corrupt(format!("witness names unknown {hash}")))?;
+            batch.next = k.value() + 1;
+            // A voided intention (its author revoked before it) stays in the witness log
+            // but is no longer stored: nothing to send.
+            let Some(bytes) = intentions.get(hash.0)? else {
+                continue;
+            };
             let n = bytes.value().len();
             if !batch.intentions.is_empty() && size + n > max_bytes {
+                batch.next = k.value();
                 break;
             }
             size += n;
             batch.intentions.push(Bytes::copy_from_slice(bytes.value()));
-            batch.next = k.value() + 1;
         }
         Ok(batch)
+    }
+
+    fn chain_len(&self, key: &PublicKey) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let chain = txn.open_table(CHAIN)?;
+        let last = chain
+            .range((key.0, 0, [0u8; 32])..=(key.0, u64::MAX, [0xffu8; 32]))?
+            .next_back()
+            .transpose()?;
+        Ok(last.map_or(0, |(k, _)| k.value().1))
     }
 
     fn history(&self, file: FileId) -> Result<Vec<HistoryItem>, StoreError> {
@@ -433,6 +462,10 @@ fn names_file(author: crate::identity::PublicKey, op: &Op, file: FileId) -> bool
         | OpBody::Dismiss { file: f, .. } => *f == file,
         OpBody::SetMeta(m) => m.file == file,
         OpBody::Move { entry, .. } | OpBody::Remove { entry, .. } => *entry == file,
-        OpBody::SetStoreName(_) | OpBody::SetMember { .. } | OpBody::RevokeMember { .. } => false,
+        OpBody::SetStoreName(_)
+        | OpBody::SetMember { .. }
+        | OpBody::RevokeMember { .. }
+        | OpBody::Invite { .. }
+        | OpBody::RevokeInvite { .. } => false,
     }
 }

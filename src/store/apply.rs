@@ -1,13 +1,26 @@
 //! The apply pipeline inside one write transaction: verify, check membership, park
-//! floating intentions, integrate (witness, index, tips, heads, history, projection),
-//! wake dependents; and sealing of local ops into signed intentions.
+//! floating intentions, integrate (witness, index, tips, heads, history, chain seq,
+//! projection), wake dependents; and sealing of local ops into signed intentions.
+//!
+//! Admission of an intention by author A with author-chain seq s (seq(prev) + 1, 1
+//! without prev), once its predecessors are known:
+//! 1. `prev` must be A's own intention ([`StoreError::ForeignPrev`]).
+//! 2. The founder's genesis intention is exempt from 3 and 4.
+//! 3. If A is revoked, s must not exceed the revocation's cut ([`StoreError::Revoked`]);
+//!    the refused hash is recorded (see `cut`), so dependents resolve and it is not
+//!    fetched again. An intention holding a `RevokeMember` skips this check here and is
+//!    judged with the others once integrated, so that of two admins revoking each other
+//!    concurrently both revocations are voided on every replica whatever arrived first.
+//! 4. A's strongest granted role must be Writer, or Admin if the intention holds a
+//!    system op ([`StoreError::NotMember`], [`StoreError::NotAdmin`]); such refusals are
+//!    not recorded: an honest author's grant is always in its causal past.
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use prost::Message;
 use redb::ReadableTable;
 
-use crate::fs::op::{FileId, Op, Role};
+use crate::fs::op::{FileId, Op, OpBody, Role};
 use crate::fs::FsState;
 use crate::hlc::{now_ms, Clock};
 use crate::identity::{Identity, PublicKey};
@@ -40,6 +53,8 @@ pub(crate) struct Ctx<'a> {
     pub state: &'a RwLock<FsState>,
     /// The node clock, shared across stores.
     pub clock: &'a Mutex<Clock>,
+    /// Hashes of refused and voided intentions, kept in step with the refused table.
+    pub refused: &'a Mutex<std::collections::HashSet<Hash>>,
     /// What this batch changed, published once it commits.
     pub effects: std::cell::RefCell<Effects>,
 }
@@ -51,8 +66,10 @@ pub(crate) struct Effects {
     pub sealed: Vec<Bytes>,
     /// Remote intentions applied.
     pub applied: usize,
-    /// Files touched by applied remote intentions.
+    /// Files touched by applied remote intentions or by voided ones.
     pub touched: Vec<FileId>,
+    /// An integrated intention holds a `RevokeMember`: applied ones may now be void.
+    pub revoked: bool,
 }
 
 /// Running counts kept in step with the tables.
@@ -71,6 +88,9 @@ pub(crate) fn is_refusal(e: &StoreError) -> bool {
         StoreError::Intention(_)
             | StoreError::WrongStore { .. }
             | StoreError::NotMember(_)
+            | StoreError::NotAdmin(_)
+            | StoreError::ForeignPrev { .. }
+            | StoreError::Revoked { .. }
             | StoreError::FloatingFull(_)
     )
 }
@@ -96,10 +116,18 @@ pub(crate) fn apply_remote(
         park(t, counts, missing, &i)?;
         return Ok(ApplyOutcome::Floating { missing });
     }
-    check_member(cx, counts, &i)?;
-    integrate(t, cx, counts, &i, None)?;
-    let woken = wake(t, cx, counts, i.hash)?;
-    Ok(ApplyOutcome::Applied { woken })
+    match admit(t, cx, counts, &i) {
+        Ok(()) => {
+            integrate(t, cx, counts, &i, None)?;
+            let woken = wake(t, cx, counts, i.hash)?;
+            Ok(ApplyOutcome::Applied { woken })
+        }
+        Err(e @ StoreError::Revoked { .. }) => {
+            wake(t, cx, counts, i.hash)?;
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Seals local ops (already applied to the projection) into as few intentions as fit,
@@ -186,18 +214,71 @@ fn park(
     Ok(())
 }
 
-/// The genesis intention (the founder's first, with nothing before it) is exempt;
-/// every other author must be a current Admin or Writer in the projection.
-fn check_member(cx: &Ctx<'_>, counts: &Counts, i: &Intention) -> Result<(), StoreError> {
-    let genesis =
-        counts.intentions == 0 && i.prev.is_none() && i.deps.is_empty() && i.author == cx.founder;
-    if genesis {
+/// The author-chain seq of `i`: 1 without `prev`, else one more than `prev`'s, which
+/// must be known and by the same author.
+pub(crate) fn chain_seq(t: &Tables<'_>, i: &Intention) -> Result<u64, StoreError> {
+    let Some(prev) = i.prev else {
+        return Ok(1);
+    };
+    match t.seq_of(&prev)? {
+        Some((author, seq)) if author == i.author => Ok(seq + 1),
+        Some(_) => Err(StoreError::ForeignPrev { hash: i.hash }),
+        None => Err(StoreError::Corrupt(format!(
+            "no chain seq for known {prev}"
+        ))),
+    }
+}
+
+/// True for the founder's first intention on an empty store.
+pub(crate) fn is_genesis(cx: &Ctx<'_>, applied: u64, i: &Intention) -> bool {
+    applied == 0 && i.prev.is_none() && i.deps.is_empty() && i.author == cx.founder
+}
+
+/// Rule 4 of the module doc: the author's strongest granted role covers the ops.
+pub(crate) fn check_authority(state: &FsState, i: &Intention) -> Result<(), StoreError> {
+    let strongest = state.strongest_role(&i.author);
+    if !strongest.is_some_and(|r| r.covers(Role::Writer)) {
+        return Err(StoreError::NotMember(i.author));
+    }
+    if i.ops.iter().any(|op| op.body.is_system()) && strongest != Some(Role::Admin) {
+        return Err(StoreError::NotAdmin(i.author));
+    }
+    Ok(())
+}
+
+fn holds_revocation(i: &Intention) -> bool {
+    i.ops
+        .iter()
+        .any(|op| matches!(op.body, OpBody::RevokeMember { .. }))
+}
+
+/// Rules 1-4 of the module doc. An intention past its author's cut is recorded as
+/// refused before the error returns.
+fn admit(
+    t: &mut Tables<'_>,
+    cx: &Ctx<'_>,
+    counts: &Counts,
+    i: &Intention,
+) -> Result<(), StoreError> {
+    let seq = chain_seq(t, i)?;
+    if is_genesis(cx, counts.intentions, i) {
         return Ok(());
     }
-    match cx.state.read().member(&i.author) {
-        Some((Role::Admin | Role::Writer, _)) => Ok(()),
-        _ => Err(StoreError::NotMember(i.author)),
+    let state = cx.state.read();
+    if let Some(upto) = state.revocation_cut(&i.author) {
+        if seq > upto && !holds_revocation(i) {
+            drop(state);
+            t.seqs.insert(i.hash.0, (i.author.0, seq))?;
+            t.add_refused(&i.hash, &[])?;
+            cx.refused.lock().insert(i.hash);
+            return Err(StoreError::Revoked {
+                author: i.author,
+                seq,
+                upto,
+            });
+        }
     }
+    check_authority(&state, i)
 }
 
 /// Writes an applicable intention to every table and, unless it is local (`touched`
@@ -209,6 +290,8 @@ fn integrate(
     i: &Intention,
     local: Option<&[Option<FileId>]>,
 ) -> Result<(), StoreError> {
+    let chain = chain_seq(t, i)?;
+    t.add_chain(&i.author, chain, &i.hash)?;
     let seq = t.append_witness(&i.hash)?;
     t.intentions.insert(i.hash.0, &i.bytes[..])?;
     t.index.insert(index_key(i.hlc, &i.hash), ())?;
@@ -239,6 +322,7 @@ fn integrate(
     };
     let mut effects = cx.effects.borrow_mut();
     effects.applied += usize::from(local.is_none());
+    effects.revoked |= holds_revocation(i);
     for f in touched.into_iter().flatten() {
         t.add_history(f, seq, &i.hash)?;
         if local.is_none() {
@@ -286,8 +370,14 @@ fn wake(
                 park(t, counts, missing, &i)?;
                 continue;
             }
-            if let Err(e) = check_member(cx, counts, &i) {
+            if let Err(e) = admit(t, cx, counts, &i) {
+                if !is_refusal(&e) {
+                    return Err(e);
+                }
                 tracing::warn!(hash = %i.hash, error = %e, "dropping floating intention");
+                if matches!(e, StoreError::Revoked { .. }) {
+                    queue.push(i.hash);
+                }
                 continue;
             }
             integrate(t, cx, counts, &i, None)?;

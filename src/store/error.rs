@@ -2,9 +2,10 @@
 
 use std::path::PathBuf;
 
+use crate::fs::op::Role;
 use crate::fs::FsError;
 use crate::identity::PublicKey;
-use crate::intention::{IntentionError, StoreId};
+use crate::intention::{Hash, IntentionError, StoreId};
 
 /// Why a store operation failed or an intention was refused.
 #[derive(Debug, thiserror::Error)]
@@ -21,9 +22,29 @@ pub enum StoreError {
         /// The id named by the intention.
         got: StoreId,
     },
-    /// The author is not a current member with role Admin or Writer.
+    /// The author was never granted the role Admin or Writer.
     #[error("author {0:?} may not write to this store")]
     NotMember(PublicKey),
+    /// The intention holds a system op (members, invites, store name) and its author
+    /// was never an Admin.
+    #[error("author {0:?} is not an admin of this store")]
+    NotAdmin(PublicKey),
+    /// The intention's `prev` was written by another author.
+    #[error("intention {hash} names as prev an intention by another author")]
+    ForeignPrev {
+        /// The refused intention.
+        hash: Hash,
+    },
+    /// The author was revoked and the intention lies past the revocation's cut.
+    #[error("author {author:?} was revoked after {upto} intentions; this is its #{seq}")]
+    Revoked {
+        /// The revoked author.
+        author: PublicKey,
+        /// The intention's place in the author's chain.
+        seq: u64,
+        /// The revocation's cut.
+        upto: u64,
+    },
     /// Too many intentions are waiting for missing predecessors.
     #[error("too many floating intentions (limit {0})")]
     FloatingFull(u64),
@@ -77,3 +98,36 @@ from_redb!(
     redb::CommitError,
     redb::SetDurabilityError
 );
+
+/// Why an invite, a redemption or a revocation was refused.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InviteError {
+    /// No invite with this secret is recorded in the store.
+    #[error("unknown invite (not for this store, or not synced yet)")]
+    Unknown,
+    /// The invite was already redeemed by another key.
+    #[error("invite already used by {0:?}")]
+    Used(PublicKey),
+    /// The invite expired.
+    #[error("invite expired at {0} ms")]
+    Expired(u64),
+    /// An admin withdrew the invite.
+    #[error("invite was revoked")]
+    Revoked,
+    /// This node is not an admin of the store.
+    #[error("only an admin may invite, redeem or revoke")]
+    NotAdmin,
+    /// The joiner's key was revoked from this store; revocations are final.
+    #[error("key {0:?} was revoked from this store")]
+    JoinerRevoked(PublicKey),
+    /// The key to revoke is not a current member.
+    #[error("{0:?} is not a member")]
+    NotMember(PublicKey),
+    /// The joiner is already a member with this role.
+    #[error("{0:?} is already a member as {1:?}")]
+    AlreadyMember(PublicKey, Role),
+    /// The store failed or is shut down.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}

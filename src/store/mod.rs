@@ -46,7 +46,9 @@
 
 mod actor;
 mod apply;
+mod cut;
 mod error;
+mod members;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -62,7 +64,8 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 
 pub use actor::{BATCH_WINDOW, DURABLE_EVERY, SNAPSHOT_EVERY, SNAPSHOT_INTENTIONS};
 pub use apply::{MAX_CLOCK_SKEW_MS, MAX_FLOATING};
-pub use error::StoreError;
+pub use error::{InviteError, StoreError};
+pub use members::invite_id;
 
 use crate::fs::op::{FileId, Op, OpBody, OpId, Role};
 use crate::fs::{FsError, FsState, FsStats};
@@ -73,7 +76,7 @@ use actor::{Request, Shared};
 use apply::{op_size, Counts, Queued};
 use tables::{
     chain_at, hlc_from_bytes, verify_witness, Tables, FLOATING, INTENTIONS, META, META_FOUNDER,
-    META_LAST_LOCAL_HLC, META_STORE_ID, PROJECTION, WITNESS,
+    META_LAST_LOCAL_HLC, META_STORE_ID, PROJECTION, REFUSED, WITNESS,
 };
 
 /// File name of a store's database inside its directory.
@@ -87,7 +90,7 @@ pub enum ApplyOutcome {
         /// Floating intentions applied after it.
         woken: usize,
     },
-    /// Already applied; nothing changed.
+    /// Already applied, or refused earlier past a revocation cut; nothing changed.
     Duplicate,
     /// Parked until the intention `missing` arrives.
     Floating {
@@ -263,6 +266,7 @@ impl Store {
                         key: me,
                         role: Role::Admin,
                         display_name: display_name.to_owned(),
+                        invite: None,
                     },
                 },
             ];
@@ -347,10 +351,17 @@ impl Store {
         };
         let witness = txn.open_table(WITNESS)?;
         let intentions = txn.open_table(INTENTIONS)?;
+        let mut refused = std::collections::HashSet::new();
+        for entry in txn.open_table(REFUSED)?.iter()? {
+            refused.insert(Hash(entry?.0.value()));
+        }
         verify_witness(&witness, snap_seq + 1, chain_at(&witness, snap_seq)?)?;
         for entry in witness.range(snap_seq + 1..)? {
             let (_, v) = entry?;
             let hash = Hash(v.value().0);
+            if refused.contains(&hash) {
+                continue;
+            }
             let bytes = intentions
                 .get(hash.0)?
                 .ok_or_else(|| StoreError::Corrupt(format!("witness names unknown {hash}")))?;
@@ -367,6 +378,7 @@ impl Store {
         drop((meta, witness, intentions, txn));
         clock.lock().observe(last_local);
         let shared = Arc::new(new_shared(id, founder, identity, state, clock));
+        *shared.refused.lock() = refused;
         start(shared, db, counts)
     }
 
@@ -388,15 +400,31 @@ impl Store {
         &self,
         f: impl FnOnce(&mut Tx<'_>) -> Result<R, FsError>,
     ) -> Result<R, FsError> {
+        self.write_as(
+            |role| match role {
+                Some(Role::Admin | Role::Writer) => Ok(()),
+                _ => Err(FsError::ReadOnly),
+            },
+            |e| FsError::Io(e.to_string()),
+            f,
+        )
+    }
+
+    /// [`Store::write`] with the role check `allowed` (given this node's current role)
+    /// and the error `closed` for a store that accepts nothing more.
+    fn write_as<R, E>(
+        &self,
+        allowed: impl FnOnce(Option<Role>) -> Result<(), E>,
+        closed: impl FnOnce(StoreError) -> E,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, E>,
+    ) -> Result<R, E> {
         let shared = &self.handle.shared;
         let me = shared.identity.public();
         let mut state = shared.state.write();
         if let Some(e) = shared.mailbox.lock().refusal() {
-            return Err(FsError::Io(e.to_string()));
+            return Err(closed(e));
         }
-        if !matches!(state.member(&me), Some((Role::Admin | Role::Writer, _))) {
-            return Err(FsError::ReadOnly);
-        }
+        allowed(state.member(&me).map(|(role, _)| role))?;
         let mut tx = Tx {
             state: &mut state,
             shared,
@@ -404,6 +432,12 @@ impl Store {
             ops: Vec::new(),
         };
         f(&mut tx)
+    }
+
+    /// True if the intention was refused or voided past a revocation cut: it counts as
+    /// known (deps naming it resolve) and should not be fetched again.
+    pub fn is_refused(&self, hash: &Hash) -> bool {
+        self.handle.shared.refused.lock().contains(hash)
     }
 
     /// Returns once every op pushed before the call is in a durably committed intention.
@@ -507,6 +541,7 @@ fn new_shared(
         clock,
         mailbox: Mutex::default(),
         wake: parking_lot::Condvar::new(),
+        refused: Mutex::default(),
         intentions: AtomicU64::new(0),
         floating: AtomicU64::new(0),
         events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,

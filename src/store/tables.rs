@@ -29,6 +29,14 @@ pub(crate) const INDEX: TableDefinition<[u8; 40], ()> = TableDefinition::new("in
 /// (file id bytes, witness seq) -> hash of an intention with an op touching that file.
 pub(crate) const HISTORY: TableDefinition<([u8; 44], u64), [u8; 32]> =
     TableDefinition::new("history");
+/// Intention hash -> (author, author-chain seq) of every applied or refused intention.
+pub(crate) const SEQS: TableDefinition<[u8; 32], ([u8; 32], u64)> = TableDefinition::new("seqs");
+/// (author, author-chain seq, intention hash) -> () for every applied intention.
+pub(crate) const CHAIN: TableDefinition<([u8; 32], u64, [u8; 32]), ()> =
+    TableDefinition::new("chain");
+/// Intention hash -> its signed bytes if it was voided after being applied, empty if it
+/// was refused on arrival: intentions past their author's revocation cut.
+pub(crate) const REFUSED: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("refused");
 /// Named store facts; keys are the `META_*` constants.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Witness seq the snapshot reflects -> `FsState::encode_snapshot` bytes; one row at most.
@@ -134,6 +142,12 @@ pub(crate) struct Tables<'t> {
     pub index: Table<'t, [u8; 40], ()>,
     /// See [`HISTORY`].
     pub history: Table<'t, ([u8; 44], u64), [u8; 32]>,
+    /// See [`SEQS`].
+    pub seqs: Table<'t, [u8; 32], ([u8; 32], u64)>,
+    /// See [`CHAIN`].
+    pub chain: Table<'t, ([u8; 32], u64, [u8; 32]), ()>,
+    /// See [`REFUSED`].
+    pub refused: Table<'t, [u8; 32], &'static [u8]>,
     /// See [`META`].
     pub meta: Table<'t, &'static str, &'static [u8]>,
     /// See [`PROJECTION`].
@@ -151,14 +165,68 @@ impl<'t> Tables<'t> {
             heads: txn.open_table(HEADS)?,
             index: txn.open_table(INDEX)?,
             history: txn.open_table(HISTORY)?,
+            seqs: txn.open_table(SEQS)?,
+            chain: txn.open_table(CHAIN)?,
+            refused: txn.open_table(REFUSED)?,
             meta: txn.open_table(META)?,
             projection: txn.open_table(PROJECTION)?,
         })
     }
 
-    /// True if the intention has been applied.
+    /// True if the intention has been applied or refused past a revocation cut.
     pub fn is_known(&self, hash: &Hash) -> Result<bool, StoreError> {
-        Ok(self.intentions.get(hash.0)?.is_some())
+        Ok(self.intentions.get(hash.0)?.is_some() || self.is_refused(hash)?)
+    }
+
+    /// True if the intention was refused or voided past a revocation cut.
+    pub fn is_refused(&self, hash: &Hash) -> Result<bool, StoreError> {
+        Ok(self.refused.get(hash.0)?.is_some())
+    }
+
+    /// The author and author-chain seq of an applied or refused intention.
+    pub fn seq_of(&self, hash: &Hash) -> Result<Option<(PublicKey, u64)>, StoreError> {
+        Ok(self.seqs.get(hash.0)?.map(|v| {
+            let (author, seq) = v.value();
+            (PublicKey(author), seq)
+        }))
+    }
+
+    /// Records an applied intention's place in its author's chain.
+    pub fn add_chain(
+        &mut self,
+        author: &PublicKey,
+        seq: u64,
+        hash: &Hash,
+    ) -> Result<(), StoreError> {
+        self.seqs.insert(hash.0, (author.0, seq))?;
+        self.chain.insert((author.0, seq, hash.0), ())?;
+        Ok(())
+    }
+
+    /// Applied intentions of `author` with a chain seq above `upto`, in seq order.
+    pub fn chain_after(&self, author: &PublicKey, upto: u64) -> Result<Vec<Hash>, StoreError> {
+        let from = (author.0, upto.saturating_add(1), [0u8; 32]);
+        let to = (author.0, u64::MAX, [0xffu8; 32]);
+        let mut out = Vec::new();
+        if upto == u64::MAX {
+            return Ok(out);
+        }
+        for entry in self.chain.range(from..=to)? {
+            out.push(Hash(entry?.0.value().2));
+        }
+        Ok(out)
+    }
+
+    /// Records an intention refused on arrival (`bytes` empty) or voided (its bytes).
+    pub fn add_refused(&mut self, hash: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
+        self.refused.insert(hash.0, bytes)?;
+        Ok(())
+    }
+
+    /// Removes an intention's row from the reconciliation index.
+    pub fn remove_index(&mut self, hlc: Hlc, hash: &Hash) -> Result<(), StoreError> {
+        self.index.remove(index_key(hlc, hash))?;
+        Ok(())
     }
 
     /// The last witness seq and its chain hash ((0, zero) when empty).

@@ -125,6 +125,7 @@ impl Dag {
                     key: a.public(),
                     role: if k == 0 { Role::Admin } else { Role::Writer },
                     display_name: format!("author{k}"),
+                    invite: None,
                 },
             });
         }
@@ -281,6 +282,7 @@ fn founded_store(dir: &Path, admin: &Identity, writer: &Identity, reader: &Ident
                     key: who.public(),
                     role,
                     display_name: "m".into(),
+                    invite: None,
                 });
             }
             Ok(())

@@ -1,0 +1,220 @@
+//! Members, roles, revocations and invites: the membership part of the projection.
+//!
+//! Every membership op is kept, and what it means is decided at query time, so the
+//! answer is a function of the set of applied ops whatever order they arrived in:
+//! - A `SetMember` *counts* unless it redeems an invite that is unknown or that an
+//!   earlier `SetMember` (smaller op id) already redeemed: of two joiners racing for one
+//!   invite through different admins, the first by (HLC, author) wins everywhere.
+//!   Expiry and withdrawal of an invite are checked by the admin when it redeems; a
+//!   redemption concurrent with a `RevokeInvite` still counts (the admin's authority).
+//! - A member's role and display name are those of its latest counting `SetMember`.
+//! - A revocation is final: a revoked key is never a member again, whatever
+//!   `SetMember` comes later. Its intentions are cut at the smallest `upto` of its
+//!   revocations (enforced by the store), and a key cannot restart its author chain, so
+//!   a re-grant could not revive it consistently on every replica; readmit the device
+//!   under a new key instead.
+//! - [`Members::strongest`], the role the store checks intentions against, is the
+//!   strongest role a key was ever granted: a demotion changes what the member's own
+//!   node lets it do, not what replicas accept, because a demotion has no cut and a
+//!   check against it would depend on arrival order. Rights are taken by revocation.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crate::fs::op::{InviteId, OpId, Role};
+use crate::identity::PublicKey;
+
+/// A current member of a store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Its key (also its iroh endpoint id).
+    pub key: PublicKey,
+    /// Its current role.
+    pub role: Role,
+    /// Its display name.
+    pub display_name: String,
+}
+
+/// What became of an invite.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InviteStatus {
+    /// Not used, withdrawn or expired.
+    Open,
+    /// Redeemed by this key.
+    Used(PublicKey),
+    /// Withdrawn by an admin.
+    Revoked,
+    /// Past its expiry and unused.
+    Expired,
+}
+
+/// An invite recorded in a store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InviteInfo {
+    /// blake3 of the invite's secret.
+    pub id: InviteId,
+    /// Role granted on redemption.
+    pub role: Role,
+    /// Unix ms after which it is refused.
+    pub expires_ms: u64,
+    /// Its status now.
+    pub status: InviteStatus,
+}
+
+#[derive(Clone, Debug)]
+struct Grant {
+    role: Role,
+    display_name: String,
+    invite: Option<InviteId>,
+}
+
+#[derive(Clone, Debug)]
+struct InviteRec {
+    role: Role,
+    expires_ms: u64,
+}
+
+/// Every membership op applied, by key and by invite.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Members {
+    grants: HashMap<PublicKey, BTreeMap<OpId, Grant>>,
+    /// Key -> smallest `upto` of its revocations.
+    cuts: HashMap<PublicKey, u64>,
+    /// Invite -> its records by op id; the first by op id holds.
+    invites: HashMap<InviteId, BTreeMap<OpId, InviteRec>>,
+    withdrawn: HashSet<InviteId>,
+    /// Invite -> the `SetMember` ops that redeem it, by op id.
+    redemptions: HashMap<InviteId, BTreeMap<OpId, PublicKey>>,
+}
+
+impl Members {
+    /// Records a `SetMember` op.
+    pub fn set(
+        &mut self,
+        id: OpId,
+        key: PublicKey,
+        role: Role,
+        display_name: &str,
+        invite: Option<InviteId>,
+    ) {
+        if let Some(inv) = invite {
+            self.redemptions.entry(inv).or_default().insert(id, key);
+        }
+        let grant = Grant {
+            role,
+            display_name: display_name.to_owned(),
+            invite,
+        };
+        self.grants.entry(key).or_default().insert(id, grant);
+    }
+
+    /// Records a `RevokeMember` op.
+    pub fn revoke(&mut self, key: PublicKey, upto: u64) {
+        let cut = self.cuts.entry(key).or_insert(upto);
+        *cut = (*cut).min(upto);
+    }
+
+    /// Records an `Invite` op `op`.
+    pub fn invite(&mut self, op: OpId, id: InviteId, role: Role, expires_ms: u64) {
+        let rec = InviteRec { role, expires_ms };
+        self.invites.entry(id).or_default().insert(op, rec);
+    }
+
+    /// Records a `RevokeInvite` op; it also withdraws an invite recorded later.
+    pub fn revoke_invite(&mut self, id: InviteId) {
+        self.withdrawn.insert(id);
+    }
+
+    fn counts(&self, id: &OpId, g: &Grant) -> bool {
+        match &g.invite {
+            None => true,
+            Some(inv) => {
+                self.invites.contains_key(inv)
+                    && self
+                        .redemptions
+                        .get(inv)
+                        .and_then(|r| r.keys().next())
+                        .is_some_and(|first| first == id)
+            }
+        }
+    }
+
+    /// The key's current role and display name; `None` if revoked or never granted.
+    pub fn member(&self, key: &PublicKey) -> Option<(Role, &str)> {
+        if self.cuts.contains_key(key) {
+            return None;
+        }
+        self.grants
+            .get(key)?
+            .iter()
+            .rev()
+            .find(|(id, g)| self.counts(id, g))
+            .map(|(_, g)| (g.role, g.display_name.as_str()))
+    }
+
+    /// The strongest role the key was ever granted, revocations aside.
+    pub fn strongest(&self, key: &PublicKey) -> Option<Role> {
+        self.grants
+            .get(key)?
+            .iter()
+            .filter(|(id, g)| self.counts(id, g))
+            .map(|(_, g)| g.role)
+            .reduce(|a, b| if a.covers(b) { a } else { b })
+    }
+
+    /// The key's author-chain length past which its intentions are void, if revoked.
+    pub fn cut(&self, key: &PublicKey) -> Option<u64> {
+        self.cuts.get(key).copied()
+    }
+
+    /// Every revoked key with its cut.
+    pub fn cuts(&self) -> impl Iterator<Item = (PublicKey, u64)> + '_ {
+        self.cuts.iter().map(|(k, c)| (*k, *c))
+    }
+
+    /// Current members in key order.
+    pub fn list(&self) -> Vec<MemberInfo> {
+        let mut out: Vec<MemberInfo> = self
+            .grants
+            .keys()
+            .filter_map(|key| {
+                self.member(key).map(|(role, name)| MemberInfo {
+                    key: *key,
+                    role,
+                    display_name: name.to_owned(),
+                })
+            })
+            .collect();
+        out.sort_by_key(|m| m.key);
+        out
+    }
+
+    /// The invite `id` with its status at `now_ms`.
+    pub fn invite_info(&self, id: &InviteId, now_ms: u64) -> Option<InviteInfo> {
+        let rec = self.invites.get(id)?.values().next()?;
+        let used = self
+            .redemptions
+            .get(id)
+            .and_then(|r| r.values().next().copied());
+        let status = match used {
+            Some(key) => InviteStatus::Used(key),
+            None if self.withdrawn.contains(id) => InviteStatus::Revoked,
+            None if now_ms > rec.expires_ms => InviteStatus::Expired,
+            None => InviteStatus::Open,
+        };
+        Some(InviteInfo {
+            id: *id,
+            role: rec.role,
+            expires_ms: rec.expires_ms,
+            status,
+        })
+    }
+
+    /// Every invite with its status at `now_ms`, in id order.
+    pub fn invite_list(&self, now_ms: u64) -> Vec<InviteInfo> {
+        let mut ids: Vec<&InviteId> = self.invites.keys().collect();
+        ids.sort();
+        ids.into_iter()
+            .filter_map(|id| self.invite_info(id, now_ms))
+            .collect()
+    }
+}

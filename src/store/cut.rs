@@ -1,0 +1,141 @@
+//! Revocation cuts: voiding applied intentions that a revocation puts past its cut.
+//!
+//! `RevokeMember { key, upto }` makes every intention of `key` with author-chain seq
+//! above `upto` invalid (the smallest `upto` holds if there are several). Arrival
+//! checks refuse such intentions (see `apply`); this module handles the other order,
+//! a revocation applied after post-cut intentions it did not know of (concurrent):
+//! [`revise`] moves them from `intentions`, `index` and `chain` to `refused` (with
+//! their bytes, so they can still be served to replicas resolving deps), then rebuilds
+//! the projection by applying every remaining intention in witness order to a fresh
+//! `FsState`. The rebuild re-checks each author's authority against the state built so
+//! far, so grants made by a voided intention fall too (and are voided in turn). Heads
+//! are recomputed, history rows of voided intentions dropped, and a snapshot of the new
+//! projection is written in the same transaction, so `Store::open` (which replays the
+//! witness log after the snapshot, skipping refused entries) gives the same state. The
+//! witness log itself is never rewritten: its hash chain stays intact.
+//!
+//! The projection being a function of the set of intentions, two replicas holding the
+//! same set reach the same state whether a revocation arrived before or after the
+//! intentions it cuts.
+
+use std::collections::{BTreeMap, HashSet};
+
+use bytes::Bytes;
+use redb::ReadableTable;
+
+use crate::fs::FsState;
+use crate::hlc::Hlc;
+use crate::intention::{Hash, Intention};
+use crate::store::apply::{check_authority, is_genesis, Counts, Ctx};
+use crate::store::error::StoreError;
+use crate::store::tables::Tables;
+
+/// Voids applied intentions past a revocation cut and rebuilds `state` (held under
+/// its write lock by the caller) until no cut is violated; returns how many were voided.
+pub(crate) fn revise(
+    t: &mut Tables<'_>,
+    cx: &Ctx<'_>,
+    counts: &mut Counts,
+    state: &mut FsState,
+) -> Result<usize, StoreError> {
+    let mut voided = 0;
+    loop {
+        let mut past = Vec::new();
+        for (key, upto) in state.revocation_cuts() {
+            past.extend(t.chain_after(&key, upto)?);
+        }
+        if past.is_empty() {
+            break;
+        }
+        for h in &past {
+            void(t, cx, counts, h)?;
+        }
+        voided += past.len() + rebuild(t, cx, counts, state)?;
+    }
+    if voided > 0 {
+        let (seq, _) = t.witness_head()?;
+        t.put_projection(seq, &state.encode_snapshot())?;
+        tracing::info!(voided, "revocation voided applied intentions");
+    }
+    Ok(voided)
+}
+
+/// Moves one applied intention to `refused`.
+fn void(
+    t: &mut Tables<'_>,
+    cx: &Ctx<'_>,
+    counts: &mut Counts,
+    hash: &Hash,
+) -> Result<(), StoreError> {
+    let bytes = t
+        .intentions
+        .remove(hash.0)?
+        .ok_or_else(|| StoreError::Corrupt(format!("voiding unknown {hash}")))?
+        .value()
+        .to_vec();
+    let i = Intention::decode(Bytes::from(bytes))
+        .map_err(|e| StoreError::Corrupt(format!("stored intention {hash}: {e}")))?;
+    let seq = t
+        .seq_of(hash)?
+        .ok_or_else(|| StoreError::Corrupt(format!("no chain seq for {hash}")))?
+        .1;
+    t.chain.remove((i.author.0, seq, hash.0))?;
+    t.remove_index(i.hlc, hash)?;
+    t.heads.remove(hash.0)?;
+    t.add_refused(hash, &i.bytes)?;
+    cx.refused.lock().insert(*hash);
+    counts.intentions -= 1;
+    Ok(())
+}
+
+/// Replaces `state` with the projection of the remaining intentions, voiding those whose
+/// author lost its authority; recomputes heads and drops history rows of voided ones.
+fn rebuild(
+    t: &mut Tables<'_>,
+    cx: &Ctx<'_>,
+    counts: &mut Counts,
+    state: &mut FsState,
+) -> Result<usize, StoreError> {
+    let mut fresh = FsState::new();
+    let mut heads: BTreeMap<Hash, Hlc> = BTreeMap::new();
+    let mut named: HashSet<Hash> = HashSet::new();
+    let mut lost = Vec::new();
+    let mut applied = 0;
+    for entry in t.witness.iter()? {
+        let hash = Hash(entry?.1.value().0);
+        let Some(bytes) = t.intentions.get(hash.0)? else {
+            continue;
+        };
+        let i = Intention::decode(Bytes::copy_from_slice(bytes.value()))
+            .map_err(|e| StoreError::Corrupt(format!("stored intention {hash}: {e}")))?;
+        if !is_genesis(cx, applied, &i) && check_authority(&fresh, &i).is_err() {
+            lost.push(hash);
+            continue;
+        }
+        applied += 1;
+        for op in &i.ops {
+            fresh.apply(i.author, op);
+        }
+        named.extend(i.prev.iter().chain(&i.deps).copied());
+        heads.insert(hash, i.hlc);
+    }
+    for h in &lost {
+        void(t, cx, counts, h)?;
+    }
+    t.heads.retain(|_, _| false)?;
+    for (h, hlc) in heads.iter().filter(|(h, _)| !named.contains(h)) {
+        t.heads.insert(h.0, (hlc.wall_ms, hlc.counter))?;
+    }
+    let refused = cx.refused.lock().clone();
+    let mut touched = Vec::new();
+    for entry in t.history.iter()? {
+        let (k, v) = entry?;
+        if refused.contains(&Hash(v.value())) {
+            touched.extend(crate::fs::op::OpId::from_bytes(&k.value().0));
+        }
+    }
+    t.history.retain(|_, h| !refused.contains(&Hash(h)))?;
+    cx.effects.borrow_mut().touched.extend(touched);
+    *state = fresh;
+    Ok(lost.len())
+}
