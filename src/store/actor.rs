@@ -346,7 +346,7 @@ impl Actor {
         } else {
             self.dirty = true;
         }
-        self.since_snapshot += self.counts.intentions - before;
+        self.since_snapshot += self.counts.intentions.saturating_sub(before);
         if snapshot {
             self.since_snapshot = 0;
             self.last_snapshot = now;

@@ -14,6 +14,10 @@
 //! - `index`: HLC wall ms (big-endian) || hash -> (): the reconciliation index.
 //! - `history`: (file id bytes, witness seq) -> hash of an intention with an op that
 //!   touched the file (per `FsState::touched`, resolved before the op was applied).
+//! - `seqs`: hash -> (author, author-chain seq) of every applied or refused intention.
+//! - `chain`: (author, seq, hash) -> () of every applied intention (revocation cuts).
+//! - `refused`: hash -> bytes of an intention voided past a revocation cut, or empty if
+//!   refused on arrival; counts as known, so deps naming it resolve (see `cut`).
 //! - `meta`: `store_id`, `founder` (author of the genesis intention), `last_local_hlc`.
 //! - `projection`: witness seq -> `FsState` snapshot bytes reflecting exactly the log
 //!   up to that seq; one row.
@@ -21,13 +25,15 @@
 //! ## Apply pipeline
 //! Received bytes: decode and verify ([`Intention::decode`]: limits, signature, ops) ->
 //! store id must match -> a known hash is a no-op -> a missing `prev`/dep parks it as
-//! floating -> the author must be a current Admin or Writer in the projection (the
-//! genesis intention of the founder, first of all, is exempt) -> witness, intention,
+//! floating -> membership rules (`apply`: own `prev`, revocation cut, strongest granted
+//! role; the founder's genesis intention is exempt) -> witness, intention,
 //! index, tips, heads, history rows are written, the ops applied to the projection, and
 //! floating dependents woken and applied the same way, transitively. A refusal returns
 //! an error before any write. Membership is checked when an intention becomes
 //! applicable, so intentions may float before the op that admits their author arrives;
-//! a woken one whose author is not a member is dropped.
+//! a woken one whose author is not a member is dropped. A revocation applied after
+//! intentions it cuts voids them and rebuilds the projection (`cut`). Members, invites
+//! and revocation are driven through `members` (admin only).
 //!
 //! ## Local writes
 //! [`Store::write`] runs a closure under the projection's write lock; each [`Tx::push`]
@@ -48,6 +54,8 @@ mod actor;
 mod apply;
 mod cut;
 mod error;
+#[cfg(test)]
+mod member_tests;
 mod members;
 mod tables;
 #[cfg(test)]

@@ -6,7 +6,7 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 
 use crate::intention::Hash;
 use crate::store::error::StoreError;
-use crate::store::tables::{verify_witness, FLOATING, HEADS, INTENTIONS, WITNESS};
+use crate::store::tables::{verify_witness, FLOATING, HEADS, INTENTIONS, REFUSED, WITNESS};
 
 /// The stored sets a test compares between replicas.
 #[derive(Debug, PartialEq, Eq)]
@@ -14,6 +14,7 @@ pub(crate) struct Digest {
     pub intentions: BTreeSet<Hash>,
     pub heads: BTreeSet<Hash>,
     pub floating: BTreeSet<(Hash, Hash)>,
+    pub refused: BTreeSet<Hash>,
     pub witness_len: u64,
 }
 
@@ -24,6 +25,7 @@ pub(crate) fn digest(db: &Database) -> Result<Digest, StoreError> {
         intentions: BTreeSet::new(),
         heads: BTreeSet::new(),
         floating: BTreeSet::new(),
+        refused: BTreeSet::new(),
         witness_len: 0,
     };
     for e in txn.open_table(INTENTIONS)?.iter()? {
@@ -35,6 +37,9 @@ pub(crate) fn digest(db: &Database) -> Result<Digest, StoreError> {
     for e in txn.open_table(FLOATING)?.iter()? {
         let (m, h) = e?.0.value();
         d.floating.insert((Hash(m), Hash(h)));
+    }
+    for e in txn.open_table(REFUSED)?.iter()? {
+        d.refused.insert(Hash(e?.0.value()));
     }
     d.witness_len = verify_witness(&txn.open_table(WITNESS)?, 1, [0; 32])?.0;
     Ok(d)
