@@ -1,4 +1,4 @@
-//! The store actor: one thread that owns the redb database, drains the mailbox, seals
+//! The store actor: the one thread that writes the redb database, drains the mailbox, seals
 //! queued local ops into intentions, applies received ones, and commits each batch in
 //! one write transaction, durably when a flush waits, every second, and at shutdown.
 
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
-use redb::{Database, Durability, ReadableDatabase};
+use redb::{Durability, ReadableDatabase};
 
 use crate::fs::op::{FileId, Op, OpBody};
 use crate::fs::FsState;
@@ -18,6 +18,7 @@ use crate::identity::{Identity, PublicKey};
 use crate::intention::{Hash, Intention, StoreId};
 use crate::store::apply::{apply_remote, is_refusal, seal_local, Counts, Ctx, Queued};
 use crate::store::error::StoreError;
+use crate::store::index::Index;
 use crate::store::tables::{Tables, HISTORY, INTENTIONS};
 use crate::store::{ApplyOutcome, HistoryItem, StoreEvent};
 
@@ -93,6 +94,8 @@ pub(crate) struct Shared {
     pub floating: AtomicU64,
     /// Where committed changes are published.
     pub events: tokio::sync::broadcast::Sender<StoreEvent>,
+    /// The database and the reconciliation index summary.
+    pub index: Index,
 }
 
 impl Shared {
@@ -114,6 +117,7 @@ impl Shared {
             founder: self.founder,
             state: &self.state,
             clock: &self.clock,
+            summary: &self.index.working,
             effects: Default::default(),
         }
     }
@@ -129,7 +133,6 @@ struct Batch {
 /// The actor's own bookkeeping between batches.
 struct Actor {
     shared: std::sync::Arc<Shared>,
-    db: Database,
     counts: Counts,
     dirty: bool,
     last_durable: Instant,
@@ -137,12 +140,16 @@ struct Actor {
     last_snapshot: Instant,
 }
 
-/// Runs the actor until shutdown or a failed commit.
-pub(crate) fn run(shared: std::sync::Arc<Shared>, db: Database, counts: Counts) {
+/// Runs the actor until shutdown or a failed commit, then lets the database close.
+pub(crate) fn run(shared: std::sync::Arc<Shared>, counts: Counts) {
+    serve(shared.clone(), counts);
+    shared.index.close();
+}
+
+fn serve(shared: std::sync::Arc<Shared>, counts: Counts) {
     let now = Instant::now();
     let mut actor = Actor {
         shared,
-        db,
         counts,
         dirty: false,
         last_durable: now,
@@ -249,7 +256,9 @@ impl Actor {
                 Request::Flush(tx) => drop(tx.send(Ok(()))),
                 Request::History(file, tx) => drop(tx.send(self.history(file))),
                 #[cfg(test)]
-                Request::Inspect(tx) => drop(tx.send(crate::store::tests::digest(&self.db))),
+                Request::Inspect(tx) => {
+                    drop(tx.send(self.shared.index.db().and_then(|db| crate::store::tests::digest(&db))))
+                }
             }
         }
         Ok(())
@@ -266,7 +275,7 @@ impl Actor {
         let shared = self.shared.clone();
         let cx = shared.ctx();
         let before = self.counts.intentions;
-        let mut txn = self.db.begin_write()?;
+        let mut txn = shared.index.db()?.begin_write()?;
         txn.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -302,7 +311,7 @@ impl Actor {
                 t.put_projection(seq, &st.encode_snapshot())?;
             }
         }
-        txn.commit()?;
+        shared.index.commit(txn)?;
         let effects = cx.effects.take();
         if !effects.sealed.is_empty() {
             drop(shared.events.send(StoreEvent::Sealed(effects.sealed)));
@@ -335,7 +344,7 @@ impl Actor {
     }
 
     fn history(&self, file: FileId) -> Result<Vec<HistoryItem>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.shared.index.db()?.begin_read()?;
         let history = txn.open_table(HISTORY)?;
         let intentions = txn.open_table(INTENTIONS)?;
         let key = file.to_bytes();

@@ -13,6 +13,7 @@ use crate::hlc::{now_ms, Clock};
 use crate::identity::{Identity, PublicKey};
 use crate::intention::{Hash, Intention, StoreId, MAX_INTENTION_OPS_BYTES};
 use crate::store::error::StoreError;
+use crate::store::index::Summary;
 use crate::store::tables::{hlc_bytes, index_key, Tables, META_LAST_LOCAL_HLC};
 use crate::store::ApplyOutcome;
 
@@ -40,6 +41,8 @@ pub(crate) struct Ctx<'a> {
     pub state: &'a RwLock<FsState>,
     /// The node clock, shared across stores.
     pub clock: &'a Mutex<Clock>,
+    /// The reconciliation index summary, kept in step with the index table.
+    pub summary: &'a Mutex<Summary>,
     /// What this batch changed, published once it commits.
     pub effects: std::cell::RefCell<Effects>,
 }
@@ -211,7 +214,10 @@ fn integrate(
 ) -> Result<(), StoreError> {
     let seq = t.append_witness(&i.hash)?;
     t.intentions.insert(i.hash.0, &i.bytes[..])?;
-    t.index.insert(index_key(i.hlc, &i.hash), ())?;
+    let key = index_key(i.hlc, &i.hash);
+    if t.index.insert(key, ())?.is_none() {
+        cx.summary.lock().insert(&t.index, key)?;
+    }
     let newer = t
         .tip(&i.author)?
         .is_none_or(|(h, hlc)| (hlc, h) < (i.hlc, i.hash));

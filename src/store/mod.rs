@@ -11,7 +11,8 @@
 //! - `tips`: author key -> (hash, HLC) of that author's latest applied intention.
 //! - `heads`: hash -> HLC of each applied intention that no applied intention names as
 //!   `prev` or dep. The next local intention names the [`MAX_DEPS`] greatest-HLC heads.
-//! - `index`: HLC wall ms (big-endian) || hash -> (): the reconciliation index.
+//! - `index`: HLC wall ms (big-endian) || hash -> (): the reconciliation index, summarised
+//!   in memory by blocks of rows with their count and hash sum (`index.rs`).
 //! - `history`: (file id bytes, witness seq) -> hash of an intention with an op that
 //!   touched the file (per `FsState::touched`, resolved before the op was applied).
 //! - `meta`: `store_id`, `founder` (author of the genesis intention), `last_local_hlc`.
@@ -47,6 +48,7 @@
 mod actor;
 mod apply;
 mod error;
+mod index;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -63,6 +65,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 pub use actor::{BATCH_WINDOW, DURABLE_EVERY, SNAPSHOT_EVERY, SNAPSHOT_INTENTIONS};
 pub use apply::{MAX_CLOCK_SKEW_MS, MAX_FLOATING};
 pub use error::StoreError;
+pub use index::{BareIndex, IndexView, BLOCK_ITEMS, MAX_BLOCK_ITEMS};
 
 use crate::fs::op::{FileId, Op, OpBody, OpId, Role};
 use crate::fs::{FsError, FsState, FsStats};
@@ -71,6 +74,7 @@ use crate::identity::{Identity, PublicKey};
 use crate::intention::{Hash, Intention, StoreId, MAX_INTENTION_OPS_BYTES};
 use actor::{Request, Shared};
 use apply::{op_size, Counts, Queued};
+use index::Index;
 use tables::{
     chain_at, hlc_from_bytes, verify_witness, Tables, FLOATING, INTENTIONS, META, META_FOUNDER,
     META_LAST_LOCAL_HLC, META_STORE_ID, PROJECTION, WITNESS,
@@ -238,7 +242,7 @@ impl Store {
         display_name: &str,
     ) -> Result<Store, StoreError> {
         let me = identity.public();
-        let db = new_db(dir)?;
+        let index = Index::open(new_db(dir)?)?;
         let genesis = {
             let mut c = clock.lock();
             let ops = vec![
@@ -257,9 +261,9 @@ impl Store {
             ];
             Intention::create(&identity, id, None, Vec::new(), ops)?
         };
-        let shared = Arc::new(new_shared(id, me, identity, FsState::new(), clock));
+        let shared = Arc::new(new_shared(id, me, identity, FsState::new(), clock, index));
         let mut counts = Counts::default();
-        let mut txn = db.begin_write()?;
+        let mut txn = shared.index.db()?.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
             let mut t = Tables::open(&txn)?;
@@ -270,8 +274,8 @@ impl Store {
             t.meta
                 .insert(META_LAST_LOCAL_HLC, &tables::hlc_bytes(genesis.hlc)[..])?;
         }
-        txn.commit()?;
-        start(shared, db, counts)
+        shared.index.commit(txn)?;
+        start(shared, counts)
     }
 
     /// Creates an empty replica of store `id` founded by `founder`, to be filled by
@@ -288,8 +292,16 @@ impl Store {
         txn.set_durability(Durability::Immediate)?;
         Tables::open(&txn)?.init_meta(id, &founder)?;
         txn.commit()?;
-        let shared = Arc::new(new_shared(id, founder, identity, FsState::new(), clock));
-        start(shared, db, Counts::default())
+        let index = Index::open(db)?;
+        let shared = Arc::new(new_shared(
+            id,
+            founder,
+            identity,
+            FsState::new(),
+            clock,
+            index,
+        ));
+        start(shared, Counts::default())
     }
 
     /// Opens the store in `dir`: loads the projection snapshot, replays the witness log
@@ -303,8 +315,8 @@ impl Store {
         if !path.exists() {
             return Err(StoreError::Missing(path));
         }
-        let db = Database::open(&path)?;
-        let txn = db.begin_read()?;
+        let index = Index::open(Database::open(&path)?)?;
+        let txn = index.db()?.begin_read()?;
         let meta = txn.open_table(META)?;
         let get = |key: &str| -> Result<Vec<u8>, StoreError> {
             Ok(meta
@@ -355,8 +367,8 @@ impl Store {
         };
         drop((meta, witness, intentions, txn));
         clock.lock().observe(last_local);
-        let shared = Arc::new(new_shared(id, founder, identity, state, clock));
-        start(shared, db, counts)
+        let shared = Arc::new(new_shared(id, founder, identity, state, clock, index));
+        start(shared, counts)
     }
 
     /// The store id.
@@ -431,6 +443,12 @@ impl Store {
         }
     }
 
+    /// A consistent snapshot of the reconciliation index as of the last commit, for a
+    /// negentropy session; the store keeps applying while it is in use.
+    pub fn reconcile_view(&self) -> Result<IndexView, StoreError> {
+        self.handle.shared.index.view()
+    }
+
     /// Seals queued ops, commits durably, writes a snapshot and joins the actor.
     pub fn shutdown(&self) -> Result<(), StoreError> {
         self.handle.shutdown()
@@ -463,6 +481,7 @@ fn new_shared(
     identity: Identity,
     state: FsState,
     clock: Arc<Mutex<Clock>>,
+    index: Index,
 ) -> Shared {
     Shared {
         id,
@@ -475,10 +494,11 @@ fn new_shared(
         intentions: AtomicU64::new(0),
         floating: AtomicU64::new(0),
         events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
+        index,
     }
 }
 
-fn start(shared: Arc<Shared>, db: Database, counts: Counts) -> Result<Store, StoreError> {
+fn start(shared: Arc<Shared>, counts: Counts) -> Result<Store, StoreError> {
     shared
         .intentions
         .store(counts.intentions, Ordering::Relaxed);
@@ -486,7 +506,7 @@ fn start(shared: Arc<Shared>, db: Database, counts: Counts) -> Result<Store, Sto
     let actor_shared = shared.clone();
     let join = std::thread::Builder::new()
         .name(format!("store-{}", &shared.id.to_hex()[..8]))
-        .spawn(move || actor::run(actor_shared, db, counts))
+        .spawn(move || actor::run(actor_shared, counts))
         .map_err(|source| StoreError::Io {
             path: "store actor thread".into(),
             source,

@@ -1,0 +1,5 @@
+//! Sans-IO protocol cores: bytes in, bytes and decisions out; `net/` drives them.
+
+pub mod reconcile;
+
+pub use reconcile::{ReconcileError, ReconcileStorage, Session, Stats, Step, FRAME_LIMIT};
