@@ -1,4 +1,4 @@
-//! The store actor: one thread that owns the redb database, drains the mailbox, seals
+//! The store actor: the one thread that writes the redb database, drains the mailbox, seals
 //! queued local ops into intentions, applies received ones, and commits each batch in
 //! one write transaction, durably when a flush waits, every second, and at shutdown.
 
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use redb::{Durability, ReadableDatabase, ReadableTable};
 
 use crate::fs::op::{FileId, Op, OpBody};
 use crate::fs::FsState;
@@ -19,6 +19,7 @@ use crate::intention::{Hash, Intention, StoreId};
 use crate::store::apply::{apply_remote, is_refusal, seal_local, Counts, Ctx, Queued};
 use crate::store::cut::revise;
 use crate::store::error::StoreError;
+use crate::store::index::Index;
 use crate::store::tables::{Tables, CHAIN, HISTORY, INTENTIONS, WITNESS};
 use crate::store::{ApplyOutcome, HistoryItem, StoreEvent, WitnessBatch};
 
@@ -102,6 +103,8 @@ pub(crate) struct Shared {
     pub floating: AtomicU64,
     /// Where committed changes are published.
     pub events: tokio::sync::broadcast::Sender<StoreEvent>,
+    /// The database and the reconciliation index summary.
+    pub index: Index,
 }
 
 impl Shared {
@@ -124,6 +127,7 @@ impl Shared {
             state: &self.state,
             clock: &self.clock,
             refused: &self.refused,
+            summary: &self.index.working,
             effects: Default::default(),
         }
     }
@@ -139,7 +143,6 @@ struct Batch {
 /// The actor's own bookkeeping between batches.
 struct Actor {
     shared: std::sync::Arc<Shared>,
-    db: Database,
     counts: Counts,
     dirty: bool,
     last_durable: Instant,
@@ -147,12 +150,16 @@ struct Actor {
     last_snapshot: Instant,
 }
 
-/// Runs the actor until shutdown or a failed commit.
-pub(crate) fn run(shared: std::sync::Arc<Shared>, db: Database, counts: Counts) {
+/// Runs the actor until shutdown or a failed commit, then lets the database close.
+pub(crate) fn run(shared: std::sync::Arc<Shared>, counts: Counts) {
+    serve(shared.clone(), counts);
+    shared.index.close();
+}
+
+fn serve(shared: std::sync::Arc<Shared>, counts: Counts) {
     let now = Instant::now();
     let mut actor = Actor {
         shared,
-        db,
         counts,
         dirty: false,
         last_durable: now,
@@ -267,7 +274,9 @@ impl Actor {
                 }
                 Request::ChainLen(key, tx) => drop(tx.send(self.chain_len(&key))),
                 #[cfg(test)]
-                Request::Inspect(tx) => drop(tx.send(crate::store::tests::digest(&self.db))),
+                Request::Inspect(tx) => {
+                    drop(tx.send(self.shared.index.db().and_then(|db| crate::store::tests::digest(&db))))
+                }
             }
         }
         Ok(())
@@ -284,7 +293,7 @@ impl Actor {
         let shared = self.shared.clone();
         let cx = shared.ctx();
         let before = self.counts.intentions;
-        let mut txn = self.db.begin_write()?;
+        let mut txn = shared.index.db()?.begin_write()?;
         txn.set_durability(if durable {
             Durability::Immediate
         } else {
@@ -328,7 +337,7 @@ impl Actor {
                 t.put_projection(seq, &st.encode_snapshot())?;
             }
         }
-        txn.commit()?;
+        shared.index.commit(txn)?;
         let effects = cx.effects.take();
         if !effects.sealed.is_empty() {
             drop(shared.events.send(StoreEvent::Sealed(effects.sealed)));
@@ -363,7 +372,7 @@ impl Actor {
     /// The stored bytes of `hashes`, in order, skipping unknown ones, stopping before
     /// the total would pass `max_bytes` (but always including the first found).
     fn get(&self, hashes: &[Hash], max_bytes: usize) -> Result<Vec<Bytes>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.shared.index.db()?.begin_read()?;
         let intentions = txn.open_table(INTENTIONS)?;
         let mut out = Vec::new();
         let mut size = 0;
@@ -382,7 +391,7 @@ impl Actor {
 
     /// Witness entries from seq `from` on, as stored bytes, up to `max_bytes` (at least one).
     fn witness(&self, from: u64, max_bytes: usize) -> Result<WitnessBatch, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.shared.index.db()?.begin_read()?;
         let witness = txn.open_table(WITNESS)?;
         let intentions = txn.open_table(INTENTIONS)?;
         let len = witness.last()?.map_or(0, |(k, _)| k.value());
@@ -413,7 +422,7 @@ impl Actor {
     }
 
     fn chain_len(&self, key: &PublicKey) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.shared.index.db()?.begin_read()?;
         let chain = txn.open_table(CHAIN)?;
         let last = chain
             .range((key.0, 0, [0u8; 32])..=(key.0, u64::MAX, [0xffu8; 32]))?
@@ -423,7 +432,7 @@ impl Actor {
     }
 
     fn history(&self, file: FileId) -> Result<Vec<HistoryItem>, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.shared.index.db()?.begin_read()?;
         let history = txn.open_table(HISTORY)?;
         let intentions = txn.open_table(INTENTIONS)?;
         let key = file.to_bytes();

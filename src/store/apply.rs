@@ -26,6 +26,7 @@ use crate::hlc::{now_ms, Clock};
 use crate::identity::{Identity, PublicKey};
 use crate::intention::{Hash, Intention, StoreId, MAX_INTENTION_OPS_BYTES};
 use crate::store::error::StoreError;
+use crate::store::index::Summary;
 use crate::store::tables::{hlc_bytes, index_key, Tables, META_LAST_LOCAL_HLC};
 use crate::store::ApplyOutcome;
 
@@ -55,6 +56,8 @@ pub(crate) struct Ctx<'a> {
     pub clock: &'a Mutex<Clock>,
     /// Hashes of refused and voided intentions, kept in step with the refused table.
     pub refused: &'a Mutex<std::collections::HashSet<Hash>>,
+    /// The reconciliation index summary, kept in step with the index table.
+    pub summary: &'a Mutex<Summary>,
     /// What this batch changed, published once it commits.
     pub effects: std::cell::RefCell<Effects>,
 }
@@ -294,7 +297,10 @@ fn integrate(
     t.add_chain(&i.author, chain, &i.hash)?;
     let seq = t.append_witness(&i.hash)?;
     t.intentions.insert(i.hash.0, &i.bytes[..])?;
-    t.index.insert(index_key(i.hlc, &i.hash), ())?;
+    let key = index_key(i.hlc, &i.hash);
+    if t.index.insert(key, ())?.is_none() {
+        cx.summary.lock().insert(&t.index, key)?;
+    }
     let newer = t
         .tip(&i.author)?
         .is_none_or(|(h, hlc)| (hlc, h) < (i.hlc, i.hash));

@@ -80,7 +80,10 @@ fn void(
         .ok_or_else(|| StoreError::Corrupt(format!("no chain seq for {hash}")))?
         .1;
     t.chain.remove((i.author.0, seq, hash.0))?;
-    t.remove_index(i.hlc, hash)?;
+    let key = index_key(i.hlc, hash);
+    if t.index.remove(key)?.is_some() {
+        cx.summary.lock().remove(key);
+    }
     t.heads.remove(hash.0)?;
     t.add_refused(hash, &i.bytes)?;
     cx.refused.lock().insert(*hash);

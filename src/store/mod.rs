@@ -11,7 +11,8 @@
 //! - `tips`: author key -> (hash, HLC) of that author's latest applied intention.
 //! - `heads`: hash -> HLC of each applied intention that no applied intention names as
 //!   `prev` or dep. The next local intention names the [`MAX_DEPS`] greatest-HLC heads.
-//! - `index`: HLC wall ms (big-endian) || hash -> (): the reconciliation index.
+//! - `index`: HLC wall ms (big-endian) || hash -> (): the reconciliation index, summarised
+//!   in memory by blocks of rows with their count and hash sum (`index.rs`).
 //! - `history`: (file id bytes, witness seq) -> hash of an intention with an op that
 //!   touched the file (per `FsState::touched`, resolved before the op was applied).
 //! - `seqs`: hash -> (author, author-chain seq) of every applied or refused intention.
@@ -57,6 +58,7 @@ mod error;
 #[cfg(test)]
 mod member_tests;
 mod members;
+mod index;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -73,6 +75,7 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 pub use actor::{BATCH_WINDOW, DURABLE_EVERY, SNAPSHOT_EVERY, SNAPSHOT_INTENTIONS};
 pub use apply::{MAX_CLOCK_SKEW_MS, MAX_FLOATING};
 pub use error::{InviteError, StoreError};
+pub use index::{BareIndex, IndexView, BLOCK_ITEMS, MAX_BLOCK_ITEMS};
 pub use members::invite_id;
 
 use crate::fs::op::{FileId, Op, OpBody, OpId, Role};
@@ -82,6 +85,7 @@ use crate::identity::{Identity, PublicKey};
 use crate::intention::{Hash, Intention, StoreId, MAX_INTENTION_OPS_BYTES};
 use actor::{Request, Shared};
 use apply::{op_size, Counts, Queued};
+use index::Index;
 use tables::{
     chain_at, hlc_from_bytes, verify_witness, Tables, FLOATING, INTENTIONS, META, META_FOUNDER,
     META_LAST_LOCAL_HLC, META_STORE_ID, PROJECTION, REFUSED, WITNESS,
@@ -260,7 +264,7 @@ impl Store {
         display_name: &str,
     ) -> Result<Store, StoreError> {
         let me = identity.public();
-        let db = new_db(dir)?;
+        let index = Index::open(new_db(dir)?)?;
         let genesis = {
             let mut c = clock.lock();
             let ops = vec![
@@ -280,9 +284,9 @@ impl Store {
             ];
             Intention::create(&identity, id, None, Vec::new(), ops)?
         };
-        let shared = Arc::new(new_shared(id, me, identity, FsState::new(), clock));
+        let shared = Arc::new(new_shared(id, me, identity, FsState::new(), clock, index));
         let mut counts = Counts::default();
-        let mut txn = db.begin_write()?;
+        let mut txn = shared.index.db()?.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         {
             let mut t = Tables::open(&txn)?;
@@ -293,8 +297,8 @@ impl Store {
             t.meta
                 .insert(META_LAST_LOCAL_HLC, &tables::hlc_bytes(genesis.hlc)[..])?;
         }
-        txn.commit()?;
-        start(shared, db, counts)
+        shared.index.commit(txn)?;
+        start(shared, counts)
     }
 
     /// Creates an empty replica of store `id` founded by `founder`, to be filled by
@@ -311,8 +315,16 @@ impl Store {
         txn.set_durability(Durability::Immediate)?;
         Tables::open(&txn)?.init_meta(id, &founder)?;
         txn.commit()?;
-        let shared = Arc::new(new_shared(id, founder, identity, FsState::new(), clock));
-        start(shared, db, Counts::default())
+        let index = Index::open(db)?;
+        let shared = Arc::new(new_shared(
+            id,
+            founder,
+            identity,
+            FsState::new(),
+            clock,
+            index,
+        ));
+        start(shared, Counts::default())
     }
 
     /// Opens the store in `dir`: loads the projection snapshot, replays the witness log
@@ -326,8 +338,8 @@ impl Store {
         if !path.exists() {
             return Err(StoreError::Missing(path));
         }
-        let db = Database::open(&path)?;
-        let txn = db.begin_read()?;
+        let index = Index::open(Database::open(&path)?)?;
+        let txn = index.db()?.begin_read()?;
         let meta = txn.open_table(META)?;
         let get = |key: &str| -> Result<Vec<u8>, StoreError> {
             Ok(meta
@@ -385,9 +397,9 @@ impl Store {
         };
         drop((meta, witness, intentions, txn));
         clock.lock().observe(last_local);
-        let shared = Arc::new(new_shared(id, founder, identity, state, clock));
+        let shared = Arc::new(new_shared(id, founder, identity, state, clock, index));
         *shared.refused.lock() = refused;
-        start(shared, db, counts)
+        start(shared, counts)
     }
 
     /// The store id.
@@ -508,6 +520,12 @@ impl Store {
         }
     }
 
+    /// A consistent snapshot of the reconciliation index as of the last commit, for a
+    /// negentropy session; the store keeps applying while it is in use.
+    pub fn reconcile_view(&self) -> Result<IndexView, StoreError> {
+        self.handle.shared.index.view()
+    }
+
     /// Seals queued ops, commits durably, writes a snapshot and joins the actor.
     pub fn shutdown(&self) -> Result<(), StoreError> {
         self.handle.shutdown()
@@ -540,6 +558,7 @@ fn new_shared(
     identity: Identity,
     state: FsState,
     clock: Arc<Mutex<Clock>>,
+    index: Index,
 ) -> Shared {
     Shared {
         id,
@@ -553,10 +572,11 @@ fn new_shared(
         intentions: AtomicU64::new(0),
         floating: AtomicU64::new(0),
         events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
+        index,
     }
 }
 
-fn start(shared: Arc<Shared>, db: Database, counts: Counts) -> Result<Store, StoreError> {
+fn start(shared: Arc<Shared>, counts: Counts) -> Result<Store, StoreError> {
     shared
         .intentions
         .store(counts.intentions, Ordering::Relaxed);
@@ -564,7 +584,7 @@ fn start(shared: Arc<Shared>, db: Database, counts: Counts) -> Result<Store, Sto
     let actor_shared = shared.clone();
     let join = std::thread::Builder::new()
         .name(format!("store-{}", &shared.id.to_hex()[..8]))
-        .spawn(move || actor::run(actor_shared, db, counts))
+        .spawn(move || actor::run(actor_shared, counts))
         .map_err(|source| StoreError::Io {
             path: "store actor thread".into(),
             source,

@@ -223,12 +223,6 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    /// Removes an intention's row from the reconciliation index.
-    pub fn remove_index(&mut self, hlc: Hlc, hash: &Hash) -> Result<(), StoreError> {
-        self.index.remove(index_key(hlc, hash))?;
-        Ok(())
-    }
-
     /// The last witness seq and its chain hash ((0, zero) when empty).
     pub fn witness_head(&self) -> Result<(u64, [u8; 32]), StoreError> {
         Ok(match self.witness.last()? {
