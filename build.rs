@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/fs.proto",
         "proto/control.proto",
         "proto/sync.proto",
+        "proto/peer.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

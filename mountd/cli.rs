@@ -29,6 +29,12 @@ pub enum Command {
         /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf)
         #[arg(long)]
         allow_other: bool,
+        /// Relay servers: default, disabled (direct addresses only) or a relay URL
+        #[arg(long, default_value = "default", value_name = "default|disabled|URL")]
+        relay: lattice_mount::net::Relay,
+        /// Local address for the network endpoint [default: any port, all interfaces]
+        #[arg(long, value_name = "ADDR")]
+        bind: Option<std::net::SocketAddr>,
     },
     /// Create a new store, shown as a directory under the mount root
     Create {
@@ -51,6 +57,63 @@ pub enum Command {
     },
     /// Stop the daemon and unmount
     Down,
+    /// Print a one-line token that lets another node join a store
+    Invite {
+        /// Store name
+        name: String,
+        /// Role of the joiner
+        #[arg(long, default_value = "writer", value_parser = ["admin", "writer", "reader"])]
+        role: String,
+        /// How long the token stays valid, e.g. 30m, 24h, 7d
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        expires: std::time::Duration,
+    },
+    /// Join a store with a token from `invite`; shows progress while it clones
+    Join {
+        /// The token
+        token: String,
+        /// Display name to join with [default: this node's]
+        #[arg(long = "name", value_name = "ALIAS")]
+        name: Option<String>,
+    },
+    /// List a store's members, their roles and whether they are online
+    Peers {
+        /// Store name
+        name: String,
+        /// Print a JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a member of a store: it is cut off from then on
+    Revoke {
+        /// Store name
+        name: String,
+        /// The member: a key hex prefix or its display name
+        peer: String,
+    },
+    /// Reconcile a store with every member now
+    Sync {
+        /// Store name
+        name: String,
+    },
+    /// Stop all network activity of one store, or of every store
+    Pause {
+        /// Store name [default: every store]
+        name: Option<String>,
+    },
+    /// Restart network activity of one store, or of every store
+    Resume {
+        /// Store name [default: every store]
+        name: Option<String>,
+    },
+    /// Choose when a store fetches file content: eager (default) or on-demand
+    FetchMode {
+        /// Store name
+        name: String,
+        /// eager or on-demand
+        #[arg(value_parser = ["eager", "on-demand"])]
+        mode: String,
+    },
 }
 
 /// `$HOME/<rest>`, or `None` when `HOME` is unset or empty.
@@ -58,4 +121,22 @@ pub fn home_dir(rest: &str) -> Option<PathBuf> {
     std::env::var_os("HOME")
         .filter(|h| !h.is_empty())
         .map(|h| PathBuf::from(h).join(rest))
+}
+
+/// Parses `90s`, `30m`, `24h`, `7d` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (e.g. 90s, 30m, 24h, 7d)"))?;
+    let secs = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("invalid duration unit in {s:?} (s, m, h or d)")),
+    };
+    n.checked_mul(secs)
+        .map(std::time::Duration::from_secs)
+        .ok_or_else(|| format!("duration {s:?} is too long"))
 }

@@ -1,4 +1,5 @@
-//! The client side of the control socket: one request, one response.
+//! The client side of the control socket: one request, one response (a join also
+//! streams progress before its answer).
 
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
@@ -7,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use lattice_mount::proto::control::{
     request, response, CreateRequest, CreateResponse, DownRequest, HistoryRequest, HistoryResponse,
-    Request, Response, StatusRequest, StatusResponse,
+    JoinProgress, JoinRequest, Request, Response, StatusRequest, StatusResponse,
 };
 use tokio::net::UnixStream;
 
@@ -17,6 +18,8 @@ use crate::error::CliError;
 
 /// How long a request may take, including connecting, before the CLI gives up.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest silence from the daemon while a join runs.
+const JOIN_SILENCE: Duration = Duration::from_secs(120);
 /// How long `down` waits for the daemon to exit after it acknowledged the request.
 const DOWN_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often `down` checks whether the daemon has exited.
@@ -90,26 +93,82 @@ pub fn down(data_dir: &Path) -> Result<(), CliError> {
     Ok(())
 }
 
+/// Sends `token` to the daemon to join a store, calling `progress` for each progress
+/// message; returns the joined store's name. Frames may be minutes apart on a slow link,
+/// so only a silence of [`JOIN_SILENCE`] counts as a failure.
+pub fn join(
+    data_dir: &Path,
+    token: &str,
+    name: Option<&str>,
+    mut progress: impl FnMut(&JoinProgress),
+) -> Result<String, CliError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the client runtime")?;
+    let request = Request {
+        kind: Some(request::Kind::Join(JoinRequest {
+            token: token.trim().to_string(),
+            name: name.unwrap_or_default().to_string(),
+        })),
+    };
+    rt.block_on(async {
+        let mut stream = connect(data_dir).await?;
+        write_frame(&mut stream, &request)
+            .await
+            .context("talking to the daemon")?;
+        loop {
+            let frame = tokio::time::timeout(JOIN_SILENCE, read_frame::<Response, _>(&mut stream))
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "the daemon reported nothing for {} s",
+                        JOIN_SILENCE.as_secs()
+                    )
+                })?
+                .context("talking to the daemon")?;
+            match frame.and_then(|r| r.kind) {
+                Some(response::Kind::JoinProgress(p)) => progress(&p),
+                Some(response::Kind::Join(j)) => return Ok(j.store),
+                Some(response::Kind::Error(message)) => return Err(CliError::Refused(message)),
+                Some(other) => return Err(unexpected(&other)),
+                None => {
+                    return Err(
+                        anyhow!("the daemon closed the connection without an answer").into(),
+                    )
+                }
+            }
+        }
+    })
+}
+
+/// Sends one request and returns its answer (for commands without a helper of their own).
+pub fn ask(data_dir: &Path, kind: request::Kind) -> Result<response::Kind, CliError> {
+    call(data_dir, kind)
+}
+
+async fn connect(data_dir: &Path) -> Result<UnixStream, CliError> {
+    let socket = socket_path(data_dir);
+    match UnixStream::connect(&socket).await {
+        Ok(s) => Ok(s),
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+            Err(CliError::NoDaemon(data_dir.display().to_string()))
+        }
+        Err(e) => Err(anyhow!(e)
+            .context(format!("cannot connect to {}", socket.display()))
+            .into()),
+    }
+}
+
 /// Sends one request and returns the daemon's answer; an error answer becomes `Refused`.
 fn call(data_dir: &Path, kind: request::Kind) -> Result<response::Kind, CliError> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the client runtime")?;
-    let socket = socket_path(data_dir);
     let request = Request { kind: Some(kind) };
     let response = rt.block_on(async {
-        let mut stream = match UnixStream::connect(&socket).await {
-            Ok(s) => s,
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
-                return Err(CliError::NoDaemon(data_dir.display().to_string()));
-            }
-            Err(e) => {
-                return Err(anyhow!(e)
-                    .context(format!("cannot connect to {}", socket.display()))
-                    .into())
-            }
-        };
+        let mut stream = connect(data_dir).await?;
         let exchange = async {
             write_frame(&mut stream, &request).await?;
             read_frame::<Response, _>(&mut stream).await
@@ -132,7 +191,7 @@ fn call(data_dir: &Path, kind: request::Kind) -> Result<response::Kind, CliError
     }
 }
 
-fn unexpected(kind: &response::Kind) -> CliError {
+pub fn unexpected(kind: &response::Kind) -> CliError {
     anyhow!("the daemon sent an unexpected answer: {kind:?}").into()
 }
 

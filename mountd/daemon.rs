@@ -13,9 +13,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
+use lattice_mount::fs::op::Role;
+use lattice_mount::net::{Net, NetConfig};
 use lattice_mount::node::Node;
 use lattice_mount::proto::control::{
-    request, response, CreateResponse, DownResponse, HistoryResponse, Request, Response,
+    request, response, CreateResponse, DownResponse, FetchModeResponse, HistoryResponse,
+    InviteResponse, JoinProgress, JoinResponse, PauseResponse, PeerEntry, PeersResponse, Request,
+    Response, RevokeResponse, SyncResponse,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -44,6 +48,8 @@ pub struct UpOptions {
     pub display_name: Option<String>,
     /// Let other users access the mount.
     pub allow_other: bool,
+    /// Network endpoint setup.
+    pub net: NetConfig,
 }
 
 /// Runs the daemon in the foreground until it is asked to stop.
@@ -81,16 +87,34 @@ pub fn up(opts: UpOptions) -> Result<(), CliError> {
                 .into());
         }
     };
+    let net = match rt.block_on(Net::start(node.clone(), opts.net.clone())) {
+        Ok(net) => net,
+        Err(e) => {
+            drop(guard);
+            if let Err(e) = node.shutdown() {
+                tracing::error!("shutting down after a failed network start: {e}");
+            }
+            return Err(anyhow!(e).into());
+        }
+    };
     eprintln!(
-        "mounted {} stores at {}; data in {}",
+        "mounted {} stores at {}; data in {}; node {} listening on {}",
         node.stores().len(),
         mountpoint.display(),
-        data_dir.display()
+        data_dir.display(),
+        node.identity().public().short(),
+        net.direct_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
     );
 
     let ctx = Arc::new(Ctx {
         node: node.clone(),
+        net: net.clone(),
         mountpoint: mountpoint.clone(),
+        rt: rt.handle().clone(),
     });
     let reason = rt.block_on(async move {
         let listener = UnixListener::from_std(listener)?;
@@ -100,6 +124,7 @@ pub fn up(opts: UpOptions) -> Result<(), CliError> {
         Ok(reason) => tracing::info!("stopping: {reason}"),
         Err(e) => tracing::error!("control socket failed, stopping: {e:#}"),
     }
+    rt.block_on(net.shutdown());
     // Dropping the guard unmounts and joins the FUSE session, so no callback is still
     // using the node when it shuts down.
     drop(guard);
@@ -335,7 +360,9 @@ impl Signals {
 /// What request handlers share.
 struct Ctx {
     node: Node,
+    net: Net,
     mountpoint: PathBuf,
+    rt: tokio::runtime::Handle,
 }
 
 /// Accepts control connections until a signal or a `down` request; then waits for
@@ -406,6 +433,12 @@ impl Connection {
                     return;
                 }
             };
+            if let Some(request::Kind::Join(j)) = request.kind {
+                if !self.join(&mut stream, j).await {
+                    return;
+                }
+                continue;
+            }
             let is_down = matches!(request.kind, Some(request::Kind::Down(_)));
             let permit = self.in_flight.clone().read_owned().await;
             let ctx = self.ctx.clone();
@@ -420,7 +453,7 @@ impl Connection {
             });
             match write_frame(&mut stream, &response).await {
                 Ok(()) => {}
-                Err(FrameError::TooLarge(n)) => {
+                Err(FrameError::TooLarge { size: n, .. }) => {
                     let message =
                         format!("the answer ({n} bytes) exceeds the control message limit");
                     if write_frame(&mut stream, &error_response(message))
@@ -443,6 +476,43 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// Runs a join, writing progress frames then the answer; false if the client left.
+    async fn join(
+        &self,
+        stream: &mut UnixStream,
+        j: lattice_mount::proto::control::JoinRequest,
+    ) -> bool {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let net = self.ctx.net.clone();
+        let name = (!j.name.is_empty()).then_some(j.name);
+        let task = tokio::spawn(async move { net.join(&j.token, name.as_deref(), tx).await });
+        while let Some(p) = rx.recv().await {
+            let msg = Response {
+                kind: Some(response::Kind::JoinProgress(JoinProgress {
+                    store: p.store,
+                    intentions: p.intentions,
+                    total: p.total,
+                    bytes: p.bytes,
+                    eta_ms: p.eta.map_or(0, |d| d.as_millis() as u64),
+                })),
+            };
+            if write_frame(stream, &msg).await.is_err() {
+                // The client left; the bootstrap goes on and resumes after a restart.
+                return false;
+            }
+        }
+        let response = match task.await {
+            Ok(Ok(store)) => Response {
+                kind: Some(response::Kind::Join(JoinResponse { store })),
+            },
+            Ok(Err(e)) => error_response(e.to_string()),
+            Err(e) => error_response(format!("join failed: {e}")),
+        };
+        write_frame(stream, &response).await.is_ok()
+    }
+}
+
 /// Runs one request on the node (blocking: call from `spawn_blocking`).
 fn handle(ctx: &Ctx, request: Request) -> Response {
     let kind = match request.kind {
@@ -450,7 +520,96 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
         Some(request::Kind::Status(_)) => {
             let mut status = ctx.node.status();
             status.mountpoint = ctx.mountpoint.display().to_string();
+            for s in &mut status.stores {
+                let Some(store) = ctx
+                    .node
+                    .stores()
+                    .into_iter()
+                    .find(|st| st.id().to_hex() == s.id)
+                else {
+                    continue;
+                };
+                let n = ctx.net.store_net(&store);
+                s.paused = n.paused;
+                s.fetch_mode = n.fetch.as_str().to_string();
+                s.peers_online = n.online as u64;
+                s.members = n.members as u64;
+                s.unsent = n.unsent;
+            }
             response::Kind::Status(status)
+        }
+        Some(request::Kind::Invite(i)) => {
+            let role = match i.role.as_str() {
+                "" | "writer" => Role::Writer,
+                "admin" => Role::Admin,
+                "reader" => Role::Reader,
+                other => {
+                    return error_response(format!(
+                        "unknown role {other:?} (admin, writer or reader)"
+                    ))
+                }
+            };
+            let expires = Duration::from_secs(i.expires_secs);
+            match ctx.rt.block_on(ctx.net.invite(&i.store, role, expires)) {
+                Ok(token) => response::Kind::Invite(InviteResponse { token }),
+                Err(e) => return error_response(e.to_string()),
+            }
+        }
+        Some(request::Kind::Join(_)) => return error_response("join is handled on its own".into()),
+        Some(request::Kind::Peers(p)) => match ctx.net.peers(&p.store) {
+            Ok(list) => response::Kind::Peers(PeersResponse {
+                peers: list
+                    .into_iter()
+                    .map(|p| PeerEntry {
+                        key: p.key.to_hex(),
+                        name: p.name,
+                        role: format!("{:?}", p.role).to_lowercase(),
+                        me: p.me,
+                        online: p.online,
+                        last_seen_ms: p.last_seen.map(|d| d.as_millis() as u64),
+                        addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
+                    })
+                    .collect(),
+            }),
+            Err(e) => return error_response(e.to_string()),
+        },
+        Some(request::Kind::Revoke(r)) => {
+            match ctx.rt.block_on(ctx.net.revoke(&r.store, &r.target)) {
+                Ok(key) => response::Kind::Revoke(RevokeResponse { key: key.to_hex() }),
+                Err(e) => return error_response(e.to_string()),
+            }
+        }
+        Some(request::Kind::Sync(r)) => match ctx.rt.block_on(ctx.net.sync(&r.store)) {
+            Ok(rep) => response::Kind::Sync(SyncResponse {
+                peers: rep.peers,
+                rounds: rep.total.rounds,
+                reconcile_bytes: rep.total.reconcile_bytes,
+                pulled: rep.total.pulled,
+                pushed: rep.total.pushed,
+                failed: rep
+                    .failed
+                    .iter()
+                    .map(|(k, why)| format!("{}: {why}", k.short()))
+                    .collect(),
+            }),
+            Err(e) => return error_response(e.to_string()),
+        },
+        Some(request::Kind::Pause(p)) => {
+            let name = (!p.store.is_empty()).then_some(p.store.as_str());
+            match ctx.net.set_paused(name, p.pause) {
+                Ok(stores) => response::Kind::Pause(PauseResponse { stores }),
+                Err(e) => return error_response(e.to_string()),
+            }
+        }
+        Some(request::Kind::FetchMode(f)) => {
+            let mode = match f.mode.parse() {
+                Ok(m) => m,
+                Err(e) => return error_response(e),
+            };
+            match ctx.net.set_fetch_mode(&f.store, mode) {
+                Ok(()) => response::Kind::FetchMode(FetchModeResponse {}),
+                Err(e) => return error_response(e.to_string()),
+            }
         }
         Some(request::Kind::Create(c)) => match ctx.node.create_store(&c.name) {
             Ok(store) => response::Kind::Create(CreateResponse {
@@ -533,9 +692,16 @@ mod tests {
     fn serve_one(dir: &Path, client: impl AsyncFnOnce(UnixStream)) {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let node = Node::open(dir, Some("laptop"), rt.handle().clone()).unwrap();
+        let config = NetConfig {
+            relay: lattice_mount::net::Relay::Disabled,
+            bind: Some("127.0.0.1:0".parse().unwrap()),
+        };
+        let net = rt.block_on(Net::start(node.clone(), config)).unwrap();
         let ctx = Arc::new(Ctx {
             node: node.clone(),
+            net: net.clone(),
             mountpoint: PathBuf::from("/mnt/lattice"),
+            rt: rt.handle().clone(),
         });
         rt.block_on(async {
             let (a, b) = UnixStream::pair().unwrap();
@@ -549,6 +715,7 @@ mod tests {
             let server = tokio::spawn(conn.run(b));
             client(a).await;
             server.await.unwrap();
+            net.shutdown().await;
         });
         node.shutdown().unwrap();
     }

@@ -16,6 +16,11 @@ use anyhow::{anyhow, Context};
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+use lattice_mount::proto::control::{
+    request, response, FetchModeRequest, InviteRequest, PauseRequest, PeersRequest, RevokeRequest,
+    SyncRequest,
+};
+
 use crate::cli::{home_dir, Cli, Command};
 use crate::error::CliError;
 
@@ -47,6 +52,8 @@ fn run(cli: Cli) -> Result<(), CliError> {
             mountpoint,
             name,
             allow_other,
+            relay,
+            bind,
         } => {
             let mountpoint = match mountpoint {
                 Some(m) => m,
@@ -58,6 +65,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 mountpoint: absolute(mountpoint)?,
                 display_name: name,
                 allow_other,
+                net: lattice_mount::net::NetConfig { relay, bind },
             })
         }
         Command::Create { name } => {
@@ -84,6 +92,84 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Down => client::down(&data_dir),
+        Command::Invite {
+            name,
+            role,
+            expires,
+        } => {
+            let kind = request::Kind::Invite(InviteRequest {
+                store: name,
+                role,
+                expires_secs: expires.as_secs(),
+            });
+            match client::ask(&data_dir, kind)? {
+                response::Kind::Invite(i) => println!("{}", i.token),
+                other => return Err(client::unexpected(&other)),
+            }
+            Ok(())
+        }
+        Command::Join { token, name } => {
+            let progress = output::Progress::new();
+            let store = client::join(&data_dir, &token, name.as_deref(), |p| progress.show(p))?;
+            progress.finish();
+            println!("joined store {store}");
+            Ok(())
+        }
+        Command::Peers { name, json } => {
+            match client::ask(
+                &data_dir,
+                request::Kind::Peers(PeersRequest { store: name }),
+            )? {
+                response::Kind::Peers(p) if json => println!("{}", output::peers_json(&p.peers)),
+                response::Kind::Peers(p) => print!("{}", output::peers_human(&p.peers)),
+                other => return Err(client::unexpected(&other)),
+            }
+            Ok(())
+        }
+        Command::Revoke { name, peer } => {
+            let kind = request::Kind::Revoke(RevokeRequest {
+                store: name.clone(),
+                target: peer,
+            });
+            match client::ask(&data_dir, kind)? {
+                response::Kind::Revoke(r) => println!("revoked {} from {name}", r.key),
+                other => return Err(client::unexpected(&other)),
+            }
+            Ok(())
+        }
+        Command::Sync { name } => {
+            match client::ask(&data_dir, request::Kind::Sync(SyncRequest { store: name }))? {
+                response::Kind::Sync(r) => print!("{}", output::sync_human(&r)),
+                other => return Err(client::unexpected(&other)),
+            }
+            Ok(())
+        }
+        Command::Pause { name } => pause(&data_dir, name, true),
+        Command::Resume { name } => pause(&data_dir, name, false),
+        Command::FetchMode { name, mode } => {
+            let kind = request::Kind::FetchMode(FetchModeRequest { store: name, mode });
+            match client::ask(&data_dir, kind)? {
+                response::Kind::FetchMode(_) => Ok(()),
+                other => Err(client::unexpected(&other)),
+            }
+        }
+    }
+}
+
+fn pause(data_dir: &std::path::Path, name: Option<String>, pause: bool) -> Result<(), CliError> {
+    let kind = request::Kind::Pause(PauseRequest {
+        store: name.unwrap_or_default(),
+        pause,
+    });
+    match client::ask(data_dir, kind)? {
+        response::Kind::Pause(p) => {
+            let verb = if pause { "paused" } else { "resumed" };
+            for s in p.stores {
+                println!("{verb} {s}");
+            }
+            Ok(())
+        }
+        other => Err(client::unexpected(&other)),
     }
 }
 

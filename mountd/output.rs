@@ -3,7 +3,9 @@
 use std::fmt::Write;
 
 use lattice_mount::hlc::civil_from_days;
-use lattice_mount::proto::control::{HistoryEntry, StatusResponse};
+use lattice_mount::proto::control::{
+    HistoryEntry, JoinProgress, PeerEntry, StatusResponse, SyncResponse,
+};
 
 /// Human status: the node, then a table of stores.
 pub fn status_human(s: &StatusResponse) -> String {
@@ -20,17 +22,27 @@ pub fn status_human(s: &StatusResponse) -> String {
     let mut rows = vec![[
         "STORE",
         "ID",
+        "PEERS",
+        "PENDING",
         "INTENTIONS",
         "FILES",
         "DIRS",
         "BYTES",
         "CONFLICTS",
     ]
-    .map(String::from)];
+    .map(String::from)
+    .to_vec()];
     for st in &s.stores {
-        rows.push([
+        let peers = if st.paused {
+            "paused".to_string()
+        } else {
+            format!("{}/{} online", st.peers_online, st.members)
+        };
+        rows.push(vec![
             printable(&st.name),
             st.id.clone(),
+            peers,
+            format!("{} unsent, {} waiting", st.unsent, st.floating),
             st.intentions.to_string(),
             st.files.to_string(),
             st.directories.to_string(),
@@ -38,11 +50,24 @@ pub fn status_human(s: &StatusResponse) -> String {
             st.conflicts.to_string(),
         ]);
     }
-    let widths: Vec<usize> = (0..7)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
     out.push('\n');
-    for row in &rows {
+    out.push_str(&table(&rows));
+    out
+}
+
+/// Rows as left-aligned columns separated by two spaces.
+fn table(rows: &[Vec<String>]) -> String {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..columns)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.get(i).map_or(0, |c| c.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in rows {
         let line: Vec<String> = row
             .iter()
             .zip(&widths)
@@ -53,6 +78,110 @@ pub fn status_human(s: &StatusResponse) -> String {
     out
 }
 
+/// Human peers: one row per member.
+pub fn peers_human(peers: &[PeerEntry]) -> String {
+    let mut rows = vec![["MEMBER", "KEY", "ROLE", "STATE", "ADDRESSES"]
+        .map(String::from)
+        .to_vec()];
+    for p in peers {
+        let state = if p.me {
+            "this node".to_string()
+        } else if p.online {
+            "online".to_string()
+        } else {
+            match p.last_seen_ms {
+                Some(ms) => format!("offline, seen {} s ago", ms / 1000),
+                None => "offline".to_string(),
+            }
+        };
+        rows.push(vec![
+            printable(&p.name),
+            p.key.get(..16).unwrap_or(&p.key).to_string(),
+            p.role.clone(),
+            state,
+            p.addrs.join(" "),
+        ]);
+    }
+    table(&rows)
+}
+
+/// Peers as one JSON object.
+pub fn peers_json(peers: &[PeerEntry]) -> String {
+    let list: Vec<String> = peers
+        .iter()
+        .map(|p| {
+            let addrs: Vec<String> = p.addrs.iter().map(|a| json_string(a)).collect();
+            format!(
+                "{{\"key\":{},\"name\":{},\"role\":{},\"me\":{},\"online\":{},\
+                 \"last_seen_ms\":{},\"addrs\":[{}]}}",
+                json_string(&p.key),
+                json_string(&p.name),
+                json_string(&p.role),
+                p.me,
+                p.online,
+                p.last_seen_ms
+                    .map_or("null".to_string(), |ms| ms.to_string()),
+                addrs.join(",")
+            )
+        })
+        .collect();
+    format!("{{\"peers\":[{}]}}", list.join(","))
+}
+
+/// Human sync report.
+pub fn sync_human(r: &SyncResponse) -> String {
+    let mut out = format!(
+        "reconciled with {} peers: {} rounds, {} bytes; pulled {}, pushed {} intentions\n",
+        r.peers, r.rounds, r.reconcile_bytes, r.pulled, r.pushed
+    );
+    for f in &r.failed {
+        let _ = writeln!(out, "unreachable: {}", printable(f));
+    }
+    out
+}
+
+/// A one-line progress display on stderr for a join.
+pub struct Progress {
+    tty: bool,
+}
+
+impl Progress {
+    /// A display that redraws in place on a terminal and prints lines otherwise.
+    pub fn new() -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            tty: std::io::stderr().is_terminal(),
+        }
+    }
+
+    /// Shows `p`.
+    pub fn show(&self, p: &JoinProgress) {
+        let eta = match p.eta_ms {
+            0 => String::new(),
+            ms => format!(", about {} s left", ms.div_ceil(1000)),
+        };
+        let line = format!(
+            "cloning {}: {}/{} intentions, {} bytes{eta}",
+            printable(&p.store),
+            p.intentions,
+            p.total,
+            p.bytes
+        );
+        if self.tty {
+            eprint!("\r\x1b[K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    /// Ends the display.
+    pub fn finish(&self) {
+        if self.tty {
+            eprintln!();
+        }
+    }
+}
+
 /// Status as one JSON object.
 pub fn status_json(s: &StatusResponse) -> String {
     let stores: Vec<String> = s
@@ -61,7 +190,8 @@ pub fn status_json(s: &StatusResponse) -> String {
         .map(|st| {
             format!(
                 "{{\"name\":{},\"id\":{},\"intentions\":{},\"floating\":{},\"files\":{},\
-                 \"dirs\":{},\"bytes\":{},\"conflicts\":{}}}",
+                 \"dirs\":{},\"bytes\":{},\"conflicts\":{},\"paused\":{},\"fetch\":{},\
+                 \"peers_online\":{},\"members\":{},\"unsent\":{}}}",
                 json_string(&st.name),
                 json_string(&st.id),
                 st.intentions,
@@ -69,7 +199,12 @@ pub fn status_json(s: &StatusResponse) -> String {
                 st.files,
                 st.directories,
                 st.bytes,
-                st.conflicts
+                st.conflicts,
+                st.paused,
+                json_string(&st.fetch_mode),
+                st.peers_online,
+                st.members,
+                st.unsent
             )
         })
         .collect();

@@ -17,7 +17,7 @@ use crate::cas::{Cas, CasError};
 use crate::fs::op::{Content, FileId, Kind, OpBody, OpError, OpId, Role, SetMeta, MAX_LABEL_BYTES};
 use crate::fs::{FsError, FsState};
 use crate::hlc::{Clock, Hlc};
-use crate::identity::{Identity, IdentityError};
+use crate::identity::{Identity, IdentityError, PublicKey};
 use crate::intention::StoreId;
 use crate::proto::control::{HistoryEntry, StatusResponse, StoreStatus};
 use crate::store::{HistoryItem, Store, StoreError};
@@ -32,6 +32,8 @@ const BLOBS_DIR: &str = "blobs";
 const STORES_DIR: &str = "stores";
 /// Per-handle write staging directory (used by the FUSE adapter).
 const STAGING_DIR: &str = "staging";
+/// Marker file in a store's directory while it is still being bootstrapped.
+const JOINING_FILE: &str = "joining";
 
 /// Errors opening a node or serving requests on it.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +84,9 @@ pub enum NodeError {
         /// Why the lookup failed.
         source: FsError,
     },
+    /// This node already has the store.
+    #[error("already a member of store {0}")]
+    AlreadyMember(String),
     /// A path is not a store or a file in one (empty, the mount root, or with `..`).
     #[error("invalid path {0:?}: name a store or a file inside one")]
     InvalidPath(String),
@@ -102,6 +107,8 @@ struct Inner {
     stores: Mutex<Vec<Store>>,
     /// Bumped whenever a store is added, so the mount root can be refreshed.
     stores_generation: tokio::sync::watch::Sender<u64>,
+    /// Stores still being bootstrapped: not shown in the mount yet.
+    joining: Mutex<Vec<Store>>,
 }
 
 impl fmt::Debug for Node {
@@ -130,7 +137,7 @@ impl Node {
         let display_name = resolve_display_name(&data_dir.join(NAME_FILE), display_name)?;
         let cas = Cas::open(&data_dir.join(BLOBS_DIR), rt)?;
         let clock = Arc::new(Mutex::new(Clock::new(Hlc::ZERO)));
-        let stores = open_stores(&data_dir.join(STORES_DIR), &identity, &clock)?;
+        let (stores, joining) = open_stores(&data_dir.join(STORES_DIR), &identity, &clock)?;
         tracing::info!(
             node = %identity.public(),
             stores = stores.len(),
@@ -146,6 +153,7 @@ impl Node {
                 cas,
                 stores: Mutex::new(stores),
                 stores_generation: tokio::sync::watch::Sender::new(0),
+                joining: Mutex::new(joining),
             }),
         })
     }
@@ -191,6 +199,86 @@ impl Node {
     /// Tells watchers that the set of stores changed; call after adding a store.
     fn stores_changed(&self) {
         self.inner.stores_generation.send_modify(|g| *g += 1);
+    }
+
+    /// The store with id `id`, joined or still joining.
+    pub fn store_by_id(&self, id: StoreId) -> Option<Store> {
+        let inner = &self.inner;
+        let found = inner.stores.lock().iter().find(|s| s.id() == id).cloned();
+        found.or_else(|| inner.joining.lock().iter().find(|s| s.id() == id).cloned())
+    }
+
+    /// The directory of store `id`.
+    pub fn store_dir(&self, id: StoreId) -> PathBuf {
+        self.inner.data_dir.join(STORES_DIR).join(id.to_hex())
+    }
+
+    /// Stores still being bootstrapped, with the bootstrap state saved for each.
+    pub fn joining(&self) -> Vec<(Store, JoinState)> {
+        self.inner
+            .joining
+            .lock()
+            .iter()
+            .filter_map(|s| Some((s.clone(), JoinState::load(&self.store_dir(s.id()))?)))
+            .collect()
+    }
+
+    /// Creates an empty, not yet visible replica of store `id` founded by `founder`, to
+    /// be bootstrapped from `state.inviter`; returns the existing one if already joining.
+    pub fn begin_join(
+        &self,
+        id: StoreId,
+        founder: PublicKey,
+        state: &JoinState,
+    ) -> Result<Store, NodeError> {
+        let mut joining = self.inner.joining.lock();
+        if let Some(s) = joining.iter().find(|s| s.id() == id) {
+            return Ok(s.clone());
+        }
+        if self.inner.stores.lock().iter().any(|s| s.id() == id) {
+            return Err(NodeError::AlreadyMember(id.to_hex()));
+        }
+        let dir = self.store_dir(id);
+        let store_err = |source| NodeError::Store {
+            store: id.to_hex(),
+            source,
+        };
+        create_private_dir(&dir)?;
+        state.save(&dir)?;
+        let store = Store::join(
+            &dir,
+            id,
+            founder,
+            self.inner.identity.clone(),
+            self.inner.clock.clone(),
+        )
+        .map_err(store_err)?;
+        joining.push(store.clone());
+        Ok(store)
+    }
+
+    /// Records how far the bootstrap of joining store `id` got.
+    pub fn save_join_state(&self, id: StoreId, state: &JoinState) -> Result<(), NodeError> {
+        state.save(&self.store_dir(id))
+    }
+
+    /// Makes a bootstrapped store visible in the mount.
+    pub fn finish_join(&self, id: StoreId) -> Result<(), NodeError> {
+        let mut joining = self.inner.joining.lock();
+        let Some(pos) = joining.iter().position(|s| s.id() == id) else {
+            return Ok(());
+        };
+        let path = self.store_dir(id).join(JOINING_FILE);
+        std::fs::remove_file(&path).map_err(|source| NodeError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let store = joining.remove(pos);
+        self.inner.stores.lock().push(store);
+        drop(joining);
+        self.stores_changed();
+        tracing::info!(store = %id.to_hex(), "joined store");
+        Ok(())
     }
 
     /// The store named `name`, if this node has one.
@@ -270,6 +358,7 @@ impl Node {
                     directories: stats.fs.dirs,
                     bytes: stats.fs.bytes,
                     conflicts: stats.fs.conflicts,
+                    ..StoreStatus::default()
                 }
             })
             .collect();
@@ -330,7 +419,12 @@ impl Node {
     /// Returns the first error after attempting all of them.
     pub fn shutdown(&self) -> Result<(), NodeError> {
         let mut first = None;
-        for store in self.inner.stores.lock().iter() {
+        let all: Vec<Store> = {
+            let stores = self.inner.stores.lock();
+            let joining = self.inner.joining.lock();
+            stores.iter().chain(joining.iter()).cloned().collect()
+        };
+        for store in all.iter() {
             if let Err(source) = store.shutdown() {
                 let name = store_name(store);
                 tracing::error!("shutting down store {name:?}: {source}");
@@ -402,12 +496,12 @@ fn open_stores(
     dir: &Path,
     identity: &Identity,
     clock: &Arc<Mutex<Clock>>,
-) -> Result<Vec<Store>, NodeError> {
+) -> Result<(Vec<Store>, Vec<Store>), NodeError> {
     let io = |source| NodeError::Io {
         path: dir.display().to_string(),
         source,
     };
-    let mut stores = Vec::new();
+    let (mut stores, mut joining) = (Vec::new(), Vec::new());
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let is_store = entry.file_type().map_err(io)?.is_dir()
@@ -426,13 +520,50 @@ fn open_stores(
                 source,
             }
         })?;
-        stores.push(store);
+        if path.join(JOINING_FILE).exists() {
+            joining.push(store);
+        } else {
+            stores.push(store);
+        }
     }
-    Ok(stores)
+    Ok((stores, joining))
+}
+
+/// Where the bootstrap of a joining store stands: whom it streams from, and the next
+/// witness seq to ask for. Kept in the store's `joining` file until the join completes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinState {
+    /// The inviter's node key.
+    pub inviter: PublicKey,
+    /// The next witness seq of the inviter's log to fetch (1-based).
+    pub next: u64,
+}
+
+impl JoinState {
+    fn load(store_dir: &Path) -> Option<JoinState> {
+        let text = std::fs::read_to_string(store_dir.join(JOINING_FILE)).ok()?;
+        let (key, next) = text.trim().split_once(' ')?;
+        Some(JoinState {
+            inviter: PublicKey(crate::identity::unhex(key)?.try_into().ok()?),
+            next: next.parse().ok()?,
+        })
+    }
+
+    fn save(&self, store_dir: &Path) -> Result<(), NodeError> {
+        let path = store_dir.join(JOINING_FILE);
+        let text = format!("{} {}\n", self.inviter.to_hex(), self.next);
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|source| NodeError::Io {
+                path: path.display().to_string(),
+                source,
+            })
+    }
 }
 
 /// A store's name, or its hex id while it has none (a store still being joined).
-fn store_name(store: &Store) -> String {
+pub fn store_name(store: &Store) -> String {
     store
         .read(|s| s.store_name().map(str::to_owned))
         .unwrap_or_else(|| store.id().to_hex())

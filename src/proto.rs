@@ -21,3 +21,8 @@ pub mod control {
 pub mod sync {
     include!(concat!(env!("OUT_DIR"), "/lattice.sync.rs"));
 }
+
+/// Peer-to-peer sync protocol and gossip messages (`proto/peer.proto`).
+pub mod peer {
+    include!(concat!(env!("OUT_DIR"), "/lattice.peer.rs"));
+}

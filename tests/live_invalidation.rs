@@ -70,6 +70,7 @@ fn store_with_peer(node: &Node) -> (Store, Peer) {
                 key: peer.public(),
                 role: Role::Writer,
                 display_name: "peer".into(),
+                invite: None,
             });
             Ok(())
         })

@@ -216,6 +216,34 @@ impl FsState {
         }
     }
 
+    /// The blob-backed pieces of every visible version of a file: the winning content
+    /// and each conflict copy (what a replica must fetch to read them all).
+    pub fn blob_pieces(&self, file: FileId) -> Vec<Content> {
+        let Some(f) = self.file(file).filter(|f| f.kind == Kind::File) else {
+            return Vec::new();
+        };
+        let mut pieces = f.content().pieces;
+        for group in f.conflicts().keys() {
+            pieces.extend(f.view(*group).pieces);
+        }
+        pieces.retain(|c| matches!(c, Content::Manifest { .. }));
+        pieces.sort_by_key(|c| match c {
+            Content::Manifest { hash, .. } => hash.0,
+            Content::Inline(_) => [0; 32],
+        });
+        pieces.dedup();
+        pieces
+    }
+
+    /// Every regular file known to the projection, visible or not.
+    pub fn file_ids(&self) -> Vec<FileId> {
+        self.files
+            .iter()
+            .filter(|(_, f)| f.kind == Kind::File)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
     /// The target of a symlink.
     pub fn readlink(&self, file: FileId) -> Result<Bytes, FsError> {
         let f = self.file(file).ok_or(FsError::NotFound)?;

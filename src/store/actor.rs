@@ -274,9 +274,14 @@ impl Actor {
                 }
                 Request::ChainLen(key, tx) => drop(tx.send(self.chain_len(&key))),
                 #[cfg(test)]
-                Request::Inspect(tx) => {
-                    drop(tx.send(self.shared.index.db().and_then(|db| crate::store::tests::digest(&db))))
-                }
+                Request::Inspect(tx) => drop(
+                    tx.send(
+                        self.shared
+                            .index
+                            .db()
+                            .and_then(|db| crate::store::tests::digest(&db)),
+                    ),
+                ),
             }
         }
         Ok(())

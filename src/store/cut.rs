@@ -28,7 +28,7 @@ use crate::hlc::Hlc;
 use crate::intention::{Hash, Intention};
 use crate::store::apply::{check_authority, is_genesis, Counts, Ctx};
 use crate::store::error::StoreError;
-use crate::store::tables::Tables;
+use crate::store::tables::{index_key, Tables};
 
 /// Voids applied intentions past a revocation cut and rebuilds `state` (held under
 /// its write lock by the caller) until no cut is violated; returns how many were voided.

@@ -55,10 +55,10 @@ mod actor;
 mod apply;
 mod cut;
 mod error;
+mod index;
 #[cfg(test)]
 mod member_tests;
 mod members;
-mod index;
 mod tables;
 #[cfg(test)]
 mod tests;
@@ -73,6 +73,7 @@ use parking_lot::{Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 pub use actor::{BATCH_WINDOW, DURABLE_EVERY, SNAPSHOT_EVERY, SNAPSHOT_INTENTIONS};
+pub(crate) use apply::is_refusal;
 pub use apply::{MAX_CLOCK_SKEW_MS, MAX_FLOATING};
 pub use error::{InviteError, StoreError};
 pub use index::{BareIndex, IndexView, BLOCK_ITEMS, MAX_BLOCK_ITEMS};

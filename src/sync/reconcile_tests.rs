@@ -375,6 +375,7 @@ fn two_chains(n: usize) -> (StoreId, Identity, Intention, [Vec<Intention>; 2]) {
                 key: a.public(),
                 role: if k == 0 { Role::Admin } else { Role::Writer },
                 display_name: format!("author{k}"),
+                invite: None,
             },
         });
     }

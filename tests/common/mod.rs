@@ -66,12 +66,18 @@ pub struct Daemon {
     pub dir: tempfile::TempDir,
     pub data: PathBuf,
     pub mnt: PathBuf,
+    pub name: String,
     child: Option<Child>,
 }
 
 impl Daemon {
     /// Starts a daemon in a fresh temp dir and waits until it is mounted.
     pub fn start() -> Daemon {
+        Daemon::start_named("e2e")
+    }
+
+    /// Starts a daemon with display name `name` (networking on loopback only, no relays).
+    pub fn start_named(name: &str) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("lattice-e2e")
             .tempdir()
@@ -82,6 +88,7 @@ impl Daemon {
             dir,
             data,
             mnt,
+            name: name.to_string(),
             child: None,
         };
         d.up();
@@ -114,7 +121,15 @@ impl Daemon {
         assert!(self.child.is_none(), "daemon already running");
         let child = self
             .cli()
-            .args(["up", "--name", "e2e"])
+            .args([
+                "up",
+                "--relay",
+                "disabled",
+                "--bind",
+                "127.0.0.1:0",
+                "--name",
+            ])
+            .arg(&self.name)
             .arg(&self.mnt)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -1,0 +1,291 @@
+//! Blob transfer: the provider side runs in intercept mode so that a peer may fetch a
+//! blob only if it is a member of an unpaused store that references it; the fetch side
+//! downloads what a store's files reference from its members, online ones first.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Weak};
+
+use iroh_blobs::provider::events::{
+    AbortReason, ConnectMode, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode,
+};
+use parking_lot::Mutex;
+use tokio::task::JoinSet;
+
+use crate::cas::FetchRequest;
+use crate::fs::op::{Content, FileId};
+use crate::identity::PublicKey;
+use crate::intention::StoreId;
+use crate::net::peers::{endpoint_id, node_key};
+use crate::net::{blocking, NetError, Shared};
+use crate::store::Store;
+
+/// The iroh-blobs protocol without its shutdown: the content store belongs to the node,
+/// which shuts it down after the network, so the router must not.
+#[derive(Debug, Clone)]
+pub struct BlobsHandler(pub iroh_blobs::BlobsProtocol);
+
+impl iroh::protocol::ProtocolHandler for BlobsHandler {
+    async fn accept(
+        &self,
+        conn: iroh::endpoint::Connection,
+    ) -> Result<(), iroh::protocol::AcceptError> {
+        self.0.accept(conn).await
+    }
+}
+
+/// Blob downloads running at once per fetch.
+const FETCH_IN_FLIGHT: usize = 8;
+/// Rounds of "what is missing → download it" per fetch (manifests, then chunks).
+const FETCH_ROUNDS: usize = 3;
+
+/// The provider event sender for the blobs protocol: connections, get, get-many and
+/// observe requests are intercepted and checked; pushes stay disabled.
+pub fn provider_events(shared: Weak<Shared>) -> EventSender {
+    let mask = EventMask {
+        connected: ConnectMode::Intercept,
+        get: RequestMode::Intercept,
+        get_many: RequestMode::Intercept,
+        observe: ObserveMode::Intercept,
+        ..EventMask::DEFAULT
+    };
+    let (tx, mut rx) = EventSender::channel(64, mask);
+    tokio::spawn(async move {
+        let conns: Arc<Mutex<HashMap<u64, PublicKey>>> = Arc::default();
+        let access = Arc::new(Access::default());
+        while let Some(msg) = rx.recv().await {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            match msg {
+                ProviderMessage::ClientConnected(msg) => {
+                    let verdict = match msg.endpoint_id {
+                        Some(id) if !shared.stores_of(&node_key(&id)).is_empty() => {
+                            conns.lock().insert(msg.connection_id, node_key(&id));
+                            Ok(())
+                        }
+                        _ => Err(AbortReason::Permission),
+                    };
+                    msg.tx.send(verdict).await.ok();
+                }
+                ProviderMessage::ConnectionClosed(msg) => {
+                    conns.lock().remove(&msg.connection_id);
+                }
+                ProviderMessage::GetRequestReceived(msg) => {
+                    let peer = conns.lock().get(&msg.connection_id).copied();
+                    let hashes = vec![msg.request.hash];
+                    let single = msg.request.ranges.is_blob();
+                    let (shared, access) = (shared.clone(), access.clone());
+                    tokio::spawn(async move {
+                        let ok = single && access.allows(&shared, peer, &hashes).await;
+                        msg.tx.send(verdict(ok)).await.ok();
+                    });
+                }
+                ProviderMessage::GetManyRequestReceived(msg) => {
+                    let peer = conns.lock().get(&msg.connection_id).copied();
+                    let hashes = msg.request.hashes.clone();
+                    let (shared, access) = (shared.clone(), access.clone());
+                    tokio::spawn(async move {
+                        let ok = access.allows(&shared, peer, &hashes).await;
+                        msg.tx.send(verdict(ok)).await.ok();
+                    });
+                }
+                ProviderMessage::ObserveRequestReceived(msg) => {
+                    let peer = conns.lock().get(&msg.connection_id).copied();
+                    let hashes = vec![msg.request.hash];
+                    let (shared, access) = (shared.clone(), access.clone());
+                    tokio::spawn(async move {
+                        let ok = access.allows(&shared, peer, &hashes).await;
+                        msg.tx.send(verdict(ok)).await.ok();
+                    });
+                }
+                ProviderMessage::Throttle(msg) => msg.tx.send(Ok(())).await.ok().unwrap_or(()),
+                _ => {}
+            }
+        }
+    });
+    tx
+}
+
+fn verdict(ok: bool) -> Result<(), AbortReason> {
+    if ok {
+        Ok(())
+    } else {
+        Err(AbortReason::Permission)
+    }
+}
+
+/// Per store, the set of blob hashes its files reference, recomputed when the store has
+/// applied new intentions since.
+#[derive(Default)]
+struct Access {
+    sets: Mutex<HashMap<StoreId, (u64, BlobSet)>>,
+}
+
+/// Blob hashes referenced by one store.
+type BlobSet = Arc<HashSet<iroh_blobs::Hash>>;
+
+impl Access {
+    /// True if `peer` is a member of an unpaused store referencing every one of `hashes`.
+    async fn allows(
+        &self,
+        shared: &Arc<Shared>,
+        peer: Option<PublicKey>,
+        hashes: &[iroh_blobs::Hash],
+    ) -> bool {
+        let Some(peer) = peer else {
+            return false;
+        };
+        for store in shared.stores_of(&peer) {
+            let Ok(set) = self.referenced(shared, &store).await else {
+                continue;
+            };
+            if hashes.iter().all(|h| set.contains(h)) {
+                return true;
+            }
+        }
+        tracing::info!(peer = %peer.short(), "refused a blob request");
+        false
+    }
+
+    async fn referenced(
+        &self,
+        shared: &Arc<Shared>,
+        store: &Store,
+    ) -> Result<BlobSet, NetError> {
+        let generation = store.stats().intentions;
+        if let Some((g, set)) = self.sets.lock().get(&store.id()) {
+            if *g == generation {
+                return Ok(set.clone());
+            }
+        }
+        let (cas, st) = (shared.node.cas().clone(), store.clone());
+        let set = blocking(move || -> Result<HashSet<iroh_blobs::Hash>, NetError> {
+            let pieces: Vec<Content> = st.read(|s| {
+                s.file_ids()
+                    .into_iter()
+                    .flat_map(|f| s.blob_pieces(f))
+                    .collect()
+            });
+            let hashes = cas
+                .hashes_of(&pieces)
+                .map_err(|e| NetError::Local(e.to_string()))?;
+            Ok(hashes.into_iter().collect())
+        })
+        .await??;
+        let set = Arc::new(set);
+        self.sets
+            .lock()
+            .insert(store.id(), (generation, set.clone()));
+        Ok(set)
+    }
+}
+
+/// Members to fetch from: online ones first, then the rest.
+fn providers(shared: &Shared, store: &Store) -> Vec<iroh::EndpointId> {
+    let mut members = shared.other_members(store);
+    members.sort_by_key(|k| !shared.peers.state(k).online);
+    members.iter().filter_map(endpoint_id).collect()
+}
+
+/// Fetches every blob of `files` (current content and conflict copies) that is not local.
+pub async fn fetch_files(
+    shared: &Arc<Shared>,
+    store: &Store,
+    files: Vec<FileId>,
+) -> Result<usize, NetError> {
+    let st = store.clone();
+    let pieces: Vec<Content> =
+        blocking(move || st.read(|s| files.iter().flat_map(|f| s.blob_pieces(*f)).collect()))
+            .await?;
+    fetch_pieces(shared, store, pieces).await
+}
+
+/// Fetches every blob any file of `store` references that is not local.
+pub async fn fetch_all(shared: &Arc<Shared>, store: &Store) -> Result<usize, NetError> {
+    let files = store.read(|s| s.file_ids());
+    fetch_files(shared, store, files).await
+}
+
+/// Fetches what a read is waiting for, skipping blobs a read already asked for.
+pub async fn fetch_request(shared: &Arc<Shared>, request: FetchRequest) {
+    let Some(store) = shared.node.store_by_id(request.store) else {
+        return;
+    };
+    let hashes: Vec<iroh_blobs::Hash> = {
+        let mut asked = shared.read_fetches.lock();
+        request
+            .hashes
+            .into_iter()
+            .filter(|h| asked.insert(*h))
+            .collect()
+    };
+    if hashes.is_empty() {
+        return;
+    }
+    if let Err(e) = download(shared, &store, hashes.clone()).await {
+        tracing::warn!(store = %request.store.to_hex(), "fetch for a read failed: {e}");
+    }
+    let mut asked = shared.read_fetches.lock();
+    for h in &hashes {
+        asked.remove(h);
+    }
+}
+
+/// Downloads what `pieces` need, round by round (a manifest first reveals its chunks);
+/// returns how many blobs were downloaded.
+async fn fetch_pieces(
+    shared: &Arc<Shared>,
+    store: &Store,
+    pieces: Vec<Content>,
+) -> Result<usize, NetError> {
+    let mut fetched = 0;
+    for _ in 0..FETCH_ROUNDS {
+        let (cas, p) = (shared.node.cas().clone(), pieces.clone());
+        let missing = blocking(move || cas.missing(&p))
+            .await?
+            .map_err(|e| NetError::Local(e.to_string()))?;
+        if missing.is_empty() {
+            return Ok(fetched);
+        }
+        fetched += download(shared, store, missing).await?;
+    }
+    Ok(fetched)
+}
+
+/// Downloads `hashes` from members of `store`, a few at a time.
+async fn download(
+    shared: &Arc<Shared>,
+    store: &Store,
+    hashes: Vec<iroh_blobs::Hash>,
+) -> Result<usize, NetError> {
+    let providers = providers(shared, store);
+    if providers.is_empty() {
+        return Err(NetError::Local("no member to fetch content from".into()));
+    }
+    let mut tasks = JoinSet::new();
+    let mut queue = hashes.into_iter();
+    let (mut done, mut failed) = (0, None);
+    loop {
+        while tasks.len() < FETCH_IN_FLIGHT {
+            let Some(hash) = queue.next() else { break };
+            let (downloader, providers) = (shared.downloader.clone(), providers.clone());
+            tasks.spawn(async move { (hash, downloader.download(hash, providers).await) });
+        }
+        let Some(joined) = tasks.join_next().await else {
+            break;
+        };
+        match joined {
+            Ok((_, Ok(()))) => done += 1,
+            Ok((hash, Err(e))) => {
+                failed.get_or_insert_with(|| format!("blob {hash}: {e:#}"));
+            }
+            Err(e) => {
+                failed.get_or_insert_with(|| format!("download task: {e}"));
+            }
+        }
+    }
+    match failed {
+        Some(reason) => Err(NetError::Local(format!("fetching content: {reason}"))),
+        None => Ok(done),
+    }
+}

@@ -1,0 +1,612 @@
+//! The network layer: one iroh [`Endpoint`] keyed by the node identity and a [`Router`]
+//! serving three ALPNs — the lattice sync protocol ([`SYNC_ALPN`], `proto/peer.proto`),
+//! iroh-gossip and iroh-blobs — plus one replica task per store that gossips new
+//! intentions, reconciles with members and fetches blobs.
+//!
+//! Admission. An endpoint hook refuses gossip and blob connections from peers that are
+//! not a member of any of this node's stores; the sync protocol checks membership of
+//! the named store on every stream (only `Redeem` is open to non-members); blob
+//! requests are checked per hash against the stores the requester belongs to.
+//!
+//! Everything here runs on the daemon's tokio runtime; store and content-store calls,
+//! which block, go through `spawn_blocking`.
+
+mod blobs;
+mod client;
+mod gate;
+pub mod peers;
+mod replica;
+mod serve;
+pub mod settings;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use iroh::address_lookup::MemoryLookup;
+use iroh::endpoint::presets;
+use iroh::protocol::Router;
+use iroh::{Endpoint, RelayMode, RelayUrl, SecretKey};
+use iroh_blobs::api::downloader::Downloader;
+use iroh_blobs::BlobsProtocol;
+use iroh_gossip::net::Gossip;
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+
+use crate::fs::op::Role;
+use crate::identity::PublicKey;
+use crate::intention::StoreId;
+use crate::node::{Node, NodeError};
+use crate::store::{Store, StoreError};
+use crate::wire::FrameError;
+use peers::PeerBook;
+use replica::{Cmd, ReplicaHandle};
+use settings::{FetchMode, Settings};
+
+pub use client::JoinProgress;
+pub use replica::SyncReport;
+
+/// ALPN of the lattice sync protocol; the suffix is its version.
+pub const SYNC_ALPN: &[u8] = b"lattice/sync/1";
+/// Largest sync protocol frame (a maximal intention plus framing fits).
+pub const MAX_FRAME: usize = 8 * 1024 * 1024;
+/// Largest gossip message; intentions up to about this size travel inline.
+pub const GOSSIP_MAX: usize = 32 * 1024;
+/// How long a dial or a request to a peer may take before it counts as failed.
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which relay servers the endpoint uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Relay {
+    /// The default public relays (and DNS address lookup).
+    Default,
+    /// No relays and no lookup services: direct addresses only.
+    Disabled,
+    /// One custom relay server.
+    Url(RelayUrl),
+}
+
+impl std::str::FromStr for Relay {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "default" => Ok(Relay::Default),
+            "disabled" => Ok(Relay::Disabled),
+            url => url
+                .parse()
+                .map(Relay::Url)
+                .map_err(|e| format!("invalid relay {url:?} (default, disabled or a URL): {e}")),
+        }
+    }
+}
+
+/// How the endpoint is set up.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Relay servers.
+    pub relay: Relay,
+    /// Local address to bind (default: any port on all interfaces).
+    pub bind: Option<SocketAddr>,
+}
+
+/// Errors of the network layer, each one readable line.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The endpoint could not be bound.
+    #[error("cannot bind the network endpoint: {0}")]
+    Bind(String),
+    /// A peer could not be reached.
+    #[error("cannot reach peer {peer}: {reason}")]
+    Dial {
+        /// The peer's short id.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// A stream to a peer failed.
+    #[error("connection to peer {peer} failed: {reason}")]
+    Stream {
+        /// The peer's short id.
+        peer: String,
+        /// Why.
+        reason: String,
+    },
+    /// A peer sent a frame that could not be read.
+    #[error("bad frame from peer {peer}: {source}")]
+    Frame {
+        /// The peer's short id.
+        peer: String,
+        /// Why.
+        source: FrameError,
+    },
+    /// A peer refused the request, with its reason.
+    #[error("peer {peer} refused: {reason}")]
+    Refused {
+        /// The peer's short id.
+        peer: String,
+        /// Its one-line reason.
+        reason: String,
+    },
+    /// A peer answered something the protocol does not allow here.
+    #[error("peer {peer} broke the protocol: {what}")]
+    Protocol {
+        /// The peer's short id.
+        peer: String,
+        /// What was wrong.
+        what: String,
+    },
+    /// The invite token cannot be used.
+    #[error("{0}")]
+    Token(String),
+    /// No store of this node has this name.
+    #[error("no store named {0:?}")]
+    UnknownStore(String),
+    /// The store is paused.
+    #[error("store {0:?} is paused; resume it first")]
+    Paused(String),
+    /// The local store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The node failed.
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    /// Something else local failed.
+    #[error("{0}")]
+    Local(String),
+}
+
+/// A member of a store as `peers` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// The member's key.
+    pub key: PublicKey,
+    /// Its display name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// This node itself.
+    pub me: bool,
+    /// Reachable now.
+    pub online: bool,
+    /// Time since last heard from, if since this daemon started.
+    pub last_seen: Option<Duration>,
+    /// Remembered direct addresses.
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// Network state of one store as `status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreNet {
+    /// Network activity is stopped.
+    pub paused: bool,
+    /// How blobs are fetched.
+    pub fetch: FetchMode,
+    /// Members online now, not counting this node.
+    pub online: usize,
+    /// Members other than this node.
+    pub members: usize,
+    /// Local intentions no peer has confirmed yet.
+    pub unsent: u64,
+    /// Blobs referenced but not local.
+    pub missing_blobs: u64,
+}
+
+/// The running network layer. Cheap to clone.
+#[derive(Clone)]
+pub struct Net {
+    shared: Arc<Shared>,
+}
+
+/// State shared by the router's handlers and the replica tasks.
+pub(crate) struct Shared {
+    pub node: Node,
+    pub endpoint: Endpoint,
+    pub gossip: Gossip,
+    pub downloader: Downloader,
+    pub peers: PeerBook,
+    pub replicas: Mutex<HashMap<StoreId, ReplicaHandle>>,
+    pub router: Mutex<Option<Router>>,
+    /// Outgoing sync connections kept for reuse, per peer.
+    pub conns: Mutex<HashMap<PublicKey, iroh::endpoint::Connection>>,
+    /// Joining stores whose bootstrap is being resumed.
+    pub resuming: Mutex<std::collections::HashSet<StoreId>>,
+    /// Blobs being fetched for waiting reads.
+    pub read_fetches: Mutex<std::collections::HashSet<iroh_blobs::Hash>>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared").finish_non_exhaustive()
+    }
+}
+
+impl Net {
+    /// Binds the endpoint, starts the router and a replica task for every store, and
+    /// resumes interrupted joins.
+    pub async fn start(node: Node, config: NetConfig) -> Result<Net, NetError> {
+        let lookup = MemoryLookup::new();
+        let peers = PeerBook::load(node.data_dir(), lookup.clone());
+        let seed = node.identity().seed();
+        let gate = gate::Gate::new();
+        let builder = || {
+            let b = match &config.relay {
+                Relay::Default => Endpoint::builder(presets::N0),
+                Relay::Disabled => {
+                    Endpoint::builder(presets::Minimal).relay_mode(RelayMode::Disabled)
+                }
+                Relay::Url(url) => {
+                    Endpoint::builder(presets::Minimal).relay_mode(RelayMode::custom([url.clone()]))
+                }
+            };
+            b.secret_key(SecretKey::from_bytes(&seed))
+                .address_lookup(lookup.clone())
+                .hooks(gate.clone())
+        };
+        let port_file = node.data_dir().join("port");
+        let saved: Option<u16> = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let endpoint = bind(builder, config.bind, saved).await?;
+        if let Some(port) = endpoint.bound_sockets().first().map(SocketAddr::port) {
+            if saved != Some(port) {
+                if let Err(e) = peers::write_atomic(&port_file, format!("{port}\n").as_bytes()) {
+                    tracing::warn!("cannot save {}: {e}", port_file.display());
+                }
+            }
+        }
+        let gossip = Gossip::builder()
+            .max_message_size(GOSSIP_MAX)
+            .spawn(endpoint.clone());
+        let blob_store = node.cas().blobs();
+        let downloader = Downloader::new(&blob_store, &endpoint);
+        let shared = Arc::new(Shared {
+            node,
+            endpoint: endpoint.clone(),
+            gossip: gossip.clone(),
+            downloader,
+            peers,
+            replicas: Mutex::new(HashMap::new()),
+            router: Mutex::new(None),
+            conns: Mutex::new(HashMap::new()),
+            resuming: Mutex::new(std::collections::HashSet::new()),
+            read_fetches: Mutex::new(std::collections::HashSet::new()),
+        });
+        gate.attach(Arc::downgrade(&shared));
+        let events = blobs::provider_events(Arc::downgrade(&shared));
+        let router = Router::builder(endpoint)
+            .accept(SYNC_ALPN, serve::SyncProtocol::new(Arc::downgrade(&shared)))
+            .accept(iroh_gossip::ALPN, gossip)
+            .accept(
+                iroh_blobs::ALPN,
+                blobs::BlobsHandler(BlobsProtocol::new(&blob_store, Some(events))),
+            )
+            .spawn();
+        *shared.router.lock() = Some(router);
+        let net = Net { shared };
+        net.install_fetcher();
+        net.spawn_supervisor();
+        tracing::info!(
+            id = %net.shared.endpoint.id(),
+            addrs = ?net.shared.endpoint.bound_sockets(),
+            "network endpoint up"
+        );
+        Ok(net)
+    }
+
+    /// This node's direct addresses, as put in invite tokens.
+    pub fn direct_addrs(&self) -> Vec<SocketAddr> {
+        self.shared.direct_addrs()
+    }
+
+    /// Creates an invite to store `name` and returns its one-line token.
+    pub async fn invite(
+        &self,
+        name: &str,
+        role: Role,
+        expires_in: Duration,
+    ) -> Result<String, NetError> {
+        client::invite(&self.shared, name, role, expires_in).await
+    }
+
+    /// Redeems `token`, bootstraps the store from the inviter (reporting progress), and
+    /// makes it visible; resumes an interrupted bootstrap of the same store.
+    pub async fn join(
+        &self,
+        token: &str,
+        display_name: Option<&str>,
+        progress: mpsc::UnboundedSender<JoinProgress>,
+    ) -> Result<String, NetError> {
+        let store = client::join(&self.shared, token, display_name, progress).await?;
+        self.shared.ensure_replicas();
+        Ok(crate::node::store_name(&store))
+    }
+
+    /// Reconciles store `name` with every member now.
+    pub async fn sync(&self, name: &str) -> Result<SyncReport, NetError> {
+        let handle = self.shared.replica(name)?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        handle.send(Cmd::Sync(tx));
+        rx.await
+            .map_err(|_| NetError::Local("the store's replica stopped".into()))?
+    }
+
+    /// Pauses (`paused`) or resumes network activity of store `name`, or of every store.
+    pub fn set_paused(&self, name: Option<&str>, paused: bool) -> Result<Vec<String>, NetError> {
+        let stores = match name {
+            Some(n) => vec![self.shared.store(n)?],
+            None => self.shared.node.stores(),
+        };
+        let mut names = Vec::new();
+        for store in stores {
+            let dir = self.shared.node.store_dir(store.id());
+            let mut s = Settings::load(&dir);
+            s.paused = paused;
+            s.save(&dir)
+                .map_err(|e| NetError::Local(format!("cannot save {}: {e}", dir.display())))?;
+            if let Some(h) = self.shared.replicas.lock().get(&store.id()) {
+                h.send(Cmd::Settings(s));
+            }
+            names.push(crate::node::store_name(&store));
+        }
+        Ok(names)
+    }
+
+    /// Sets how store `name` fetches blobs.
+    pub fn set_fetch_mode(&self, name: &str, mode: FetchMode) -> Result<(), NetError> {
+        let store = self.shared.store(name)?;
+        let dir = self.shared.node.store_dir(store.id());
+        let mut s = Settings::load(&dir);
+        s.fetch = mode;
+        s.save(&dir)
+            .map_err(|e| NetError::Local(format!("cannot save {}: {e}", dir.display())))?;
+        if let Some(h) = self.shared.replicas.lock().get(&store.id()) {
+            h.send(Cmd::Settings(s));
+        }
+        Ok(())
+    }
+
+    /// The members of store `name` with their liveness.
+    pub fn peers(&self, name: &str) -> Result<Vec<PeerInfo>, NetError> {
+        let store = self.shared.store(name)?;
+        Ok(self.shared.peer_infos(&store))
+    }
+
+    /// Revokes member `target` (key hex prefix or display name) of store `name` and
+    /// disconnects it; returns the revoked key.
+    pub async fn revoke(&self, name: &str, target: &str) -> Result<PublicKey, NetError> {
+        client::revoke(&self.shared, name, target).await
+    }
+
+    /// Network state of `store` for `status`.
+    pub fn store_net(&self, store: &Store) -> StoreNet {
+        self.shared.store_net(store)
+    }
+
+    /// Stops every replica and closes the endpoint.
+    pub async fn shutdown(&self) {
+        let handles: Vec<ReplicaHandle> = self
+            .shared
+            .replicas
+            .lock()
+            .drain()
+            .map(|(_, h)| h)
+            .collect();
+        for h in handles {
+            h.stop().await;
+        }
+        let router = self.shared.router.lock().take();
+        if let Some(router) = router {
+            if let Err(e) = router.shutdown().await {
+                tracing::warn!("router shutdown: {e:#}");
+            }
+        }
+        self.shared.endpoint.close().await;
+    }
+
+    fn install_fetcher(&self) {
+        let weak = Arc::downgrade(&self.shared);
+        let rt = tokio::runtime::Handle::current();
+        self.shared
+            .node
+            .cas()
+            .set_fetcher(Arc::new(move |request: crate::cas::FetchRequest| {
+                if let Some(shared) = weak.upgrade() {
+                    rt.spawn(async move { blobs::fetch_request(&shared, request).await });
+                }
+            }));
+    }
+
+    fn spawn_supervisor(&self) {
+        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tick.tick().await;
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                if shared.router.lock().is_none() {
+                    return;
+                }
+                shared.ensure_replicas();
+                client::resume_joins(&shared);
+            }
+        });
+    }
+}
+
+impl Shared {
+    /// This endpoint's bound direct addresses, with unspecified IPs replaced by loopback
+    /// and the interface addresses iroh reports.
+    pub fn direct_addrs(&self) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = self.endpoint.addr().ip_addrs().copied().collect();
+        for s in self.endpoint.bound_sockets() {
+            let a = match s.ip() {
+                ip if ip.is_unspecified() && ip.is_ipv4() => {
+                    SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), s.port())
+                }
+                ip if ip.is_unspecified() => {
+                    SocketAddr::new(std::net::Ipv6Addr::LOCALHOST.into(), s.port())
+                }
+                _ => s,
+            };
+            if !out.contains(&a) {
+                out.push(a);
+            }
+        }
+        out
+    }
+
+    /// This node's key.
+    pub fn me(&self) -> PublicKey {
+        self.node.identity().public()
+    }
+
+    /// The visible store named `name`.
+    pub fn store(&self, name: &str) -> Result<Store, NetError> {
+        self.node
+            .store_by_name(name)
+            .ok_or_else(|| NetError::UnknownStore(name.to_string()))
+    }
+
+    fn replica(&self, name: &str) -> Result<ReplicaHandle, NetError> {
+        let store = self.store(name)?;
+        self.replicas
+            .lock()
+            .get(&store.id())
+            .cloned()
+            .ok_or_else(|| NetError::Local(format!("store {name:?} has no replica running")))
+    }
+
+    /// Starts a replica task for every visible store that has none.
+    pub fn ensure_replicas(self: &Arc<Self>) {
+        for store in self.node.stores() {
+            let mut replicas = self.replicas.lock();
+            if replicas.contains_key(&store.id()) {
+                continue;
+            }
+            let settings = Settings::load(&self.node.store_dir(store.id()));
+            let handle = replica::spawn(Arc::downgrade(self), store.clone(), settings);
+            replicas.insert(store.id(), handle);
+        }
+    }
+
+    /// Members of `store` other than this node, in key order.
+    pub fn other_members(&self, store: &Store) -> Vec<PublicKey> {
+        let me = self.me();
+        store.read(|s| {
+            s.members()
+                .into_iter()
+                .map(|m| m.key)
+                .filter(|k| *k != me)
+                .collect()
+        })
+    }
+
+    fn peer_infos(&self, store: &Store) -> Vec<PeerInfo> {
+        let me = self.me();
+        let members: Vec<(PublicKey, Role, String)> = store.read(|s| {
+            s.members()
+                .into_iter()
+                .map(|m| (m.key, m.role, m.display_name))
+                .collect()
+        });
+        members
+            .into_iter()
+            .map(|(key, role, name)| {
+                let st = self.peers.state(&key);
+                PeerInfo {
+                    key,
+                    name,
+                    role,
+                    me: key == me,
+                    online: key == me || st.online,
+                    last_seen: st.last_seen,
+                    addrs: if key == me {
+                        self.direct_addrs()
+                    } else {
+                        st.addrs
+                    },
+                }
+            })
+            .collect()
+    }
+
+    fn store_net(&self, store: &Store) -> StoreNet {
+        let settings = Settings::load(&self.node.store_dir(store.id()));
+        let others = self.other_members(store);
+        let online = others.iter().filter(|k| self.peers.state(k).online).count();
+        let (unsent, missing_blobs) = self
+            .replicas
+            .lock()
+            .get(&store.id())
+            .map_or((0, 0), |h| h.counters());
+        StoreNet {
+            paused: settings.paused,
+            fetch: settings.fetch,
+            online,
+            members: others.len(),
+            unsent,
+            missing_blobs,
+        }
+    }
+
+    /// True if `key` is a current member (any role) of a visible store with id `id`
+    /// whose network activity is not paused.
+    pub fn may_sync(&self, key: &PublicKey, id: StoreId) -> bool {
+        self.node.stores().iter().any(|s| {
+            s.id() == id
+                && s.read(|st| st.member(key).is_some())
+                && !Settings::load(&self.node.store_dir(id)).paused
+        })
+    }
+
+    /// Visible, unpaused stores of which `key` is a current member.
+    pub fn stores_of(&self, key: &PublicKey) -> Vec<Store> {
+        self.node
+            .stores()
+            .into_iter()
+            .filter(|s| s.read(|st| st.member(key).is_some()))
+            .filter(|s| !Settings::load(&self.node.store_dir(s.id())).paused)
+            .collect()
+    }
+}
+
+/// Binds the endpoint at `bind` (default: all IPv4 interfaces); a port 0 first tries
+/// the port used last time, so peers' remembered addresses stay valid across restarts.
+async fn bind(
+    builder: impl Fn() -> iroh::endpoint::Builder,
+    bind: Option<SocketAddr>,
+    saved: Option<u16>,
+) -> Result<Endpoint, NetError> {
+    let wanted = bind.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let attempt = |addr: SocketAddr| {
+        let b = builder();
+        async move {
+            b.bind_addr(addr)
+                .map_err(|e| NetError::Bind(format!("{addr}: {e}")))?
+                .bind()
+                .await
+                .map_err(|e| NetError::Bind(format!("{addr}: {e:#}")))
+        }
+    };
+    if let (0, Some(port)) = (wanted.port(), saved) {
+        match attempt(SocketAddr::new(wanted.ip(), port)).await {
+            Ok(ep) => return Ok(ep),
+            Err(e) => tracing::info!("port {port} of last time is taken ({e}); using another"),
+        }
+    }
+    attempt(wanted).await
+}
+
+/// Runs blocking work (store, content store) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, NetError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| NetError::Local(format!("background task failed: {e}")))
+}

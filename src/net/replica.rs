@@ -1,0 +1,438 @@
+//! One task per store: while not paused it subscribes to the store's gossip topic,
+//! broadcasts each newly sealed intention (inline when it fits in a gossip message,
+//! else its hash), applies or pulls what others announce, reconciles with a neighbour
+//! when it appears and with every member on an anti-entropy timer that backs off while
+//! nothing changes, fetches referenced blobs (eager mode), and cuts off revoked peers.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use iroh_gossip::api::{Event, GossipSender};
+use iroh_gossip::proto::TopicId;
+use n0_future::StreamExt;
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::identity::PublicKey;
+use crate::intention::Hash;
+use crate::net::client::{self, RoundReport};
+use crate::net::peers::{endpoint_id, node_key};
+use crate::net::settings::{FetchMode, Settings};
+use crate::net::{blobs, blocking, NetError, Shared, GOSSIP_MAX};
+use crate::proto::peer::{gossip, Gossip};
+use crate::store::{ApplyOutcome, Store, StoreEvent};
+
+/// First anti-entropy interval, and the interval after a round that moved something.
+pub const ANTI_ENTROPY_MIN: Duration = Duration::from_secs(2);
+/// Longest anti-entropy interval while rounds find nothing to do.
+pub const ANTI_ENTROPY_MAX: Duration = Duration::from_secs(30);
+
+/// Orders for a replica task.
+pub enum Cmd {
+    /// Reconcile with every member now and report.
+    Sync(oneshot::Sender<Result<SyncReport, NetError>>),
+    /// New local settings (pause, resume, fetch mode).
+    Settings(Settings),
+    /// Stop the task.
+    Stop(oneshot::Sender<()>),
+}
+
+/// What `sync` did for a store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Members reconciled with.
+    pub peers: u32,
+    /// Members that could not be reached, with why.
+    pub failed: Vec<(PublicKey, String)>,
+    /// Totals over the rounds.
+    pub total: RoundReport,
+}
+
+/// The handle of a running replica task.
+#[derive(Clone)]
+pub struct ReplicaHandle {
+    cmds: mpsc::UnboundedSender<Cmd>,
+    counters: Arc<Counters>,
+    task: Arc<parking_lot::Mutex<Option<JoinHandle<()>>>>,
+}
+
+#[derive(Default)]
+struct Counters {
+    unsent: AtomicU64,
+    missing: AtomicU64,
+}
+
+impl ReplicaHandle {
+    /// Sends `cmd`; a stopped task drops it.
+    pub fn send(&self, cmd: Cmd) {
+        let _ = self.cmds.send(cmd);
+    }
+
+    /// (local intentions not yet confirmed sent, blobs known missing).
+    pub fn counters(&self) -> (u64, u64) {
+        (
+            self.counters.unsent.load(Ordering::Relaxed),
+            self.counters.missing.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Stops the task and waits for it.
+    pub async fn stop(&self) {
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Stop(tx));
+        let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
+        if let Some(task) = self.task.lock().take() {
+            task.abort();
+        }
+    }
+}
+
+/// The gossip topic of a store.
+pub fn topic(store: &Store) -> TopicId {
+    let mut h = blake3::Hasher::new();
+    h.update(b"lattice-mount gossip topic v1\0");
+    h.update(&store.id().0);
+    TopicId::from_bytes(*h.finalize().as_bytes())
+}
+
+/// Starts the replica task of `store`.
+pub fn spawn(shared: Weak<Shared>, store: Store, settings: Settings) -> ReplicaHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let counters = Arc::new(Counters::default());
+    let task = tokio::spawn(run(shared, store, settings, rx, counters.clone()));
+    ReplicaHandle {
+        cmds: tx,
+        counters,
+        task: Arc::new(parking_lot::Mutex::new(Some(task))),
+    }
+}
+
+struct Replica {
+    shared: Weak<Shared>,
+    store: Store,
+    settings: Settings,
+    counters: Arc<Counters>,
+    /// Local intentions sealed since the last round that reached a peer.
+    unsent: Vec<Bytes>,
+}
+
+async fn run(
+    shared: Weak<Shared>,
+    store: Store,
+    settings: Settings,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    counters: Arc<Counters>,
+) {
+    let mut r = Replica {
+        shared,
+        store,
+        settings,
+        counters,
+        unsent: Vec::new(),
+    };
+    loop {
+        if r.settings.paused {
+            match cmds.recv().await {
+                None => return,
+                Some(Cmd::Stop(done)) => {
+                    let _ = done.send(());
+                    return;
+                }
+                Some(Cmd::Settings(s)) => r.settings = s,
+                Some(Cmd::Sync(reply)) => {
+                    let name = crate::node::store_name(&r.store);
+                    let _ = reply.send(Err(NetError::Paused(name)));
+                }
+            }
+            continue;
+        }
+        match r.active(&mut cmds).await {
+            Flow::Stop => return,
+            Flow::Paused => {}
+        }
+    }
+}
+
+enum Flow {
+    Stop,
+    Paused,
+}
+
+impl Replica {
+    fn shared(&self) -> Option<Arc<Shared>> {
+        self.shared.upgrade()
+    }
+
+    /// Runs while the store is not paused.
+    async fn active(&mut self, cmds: &mut mpsc::UnboundedReceiver<Cmd>) -> Flow {
+        let Some(shared) = self.shared() else {
+            return Flow::Stop;
+        };
+        let mut events = self.store.subscribe();
+        let bootstrap: Vec<iroh::EndpointId> = shared
+            .other_members(&self.store)
+            .iter()
+            .filter_map(endpoint_id)
+            .collect();
+        let (sender, mut receiver) = match shared
+            .gossip
+            .subscribe(topic(&self.store), bootstrap)
+            .await
+        {
+            Ok(t) => t.split(),
+            Err(e) => {
+                tracing::warn!(store = %self.store.id().to_hex(), "cannot join the gossip topic: {e:#}");
+                tokio::time::sleep(ANTI_ENTROPY_MIN).await;
+                return Flow::Paused;
+            }
+        };
+        drop(shared);
+        if self.settings.fetch == FetchMode::Eager {
+            self.spawn_fetch_all();
+        }
+        self.spawn_sync_all(None);
+        let mut interval = ANTI_ENTROPY_MIN;
+        let mut timer = Box::pin(tokio::time::sleep(interval));
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    None => return Flow::Stop,
+                    Some(Cmd::Stop(done)) => {
+                        let _ = done.send(());
+                        return Flow::Stop;
+                    }
+                    Some(Cmd::Settings(s)) => {
+                        let was_eager = self.settings.fetch == FetchMode::Eager;
+                        self.settings = s;
+                        if s.paused {
+                            return Flow::Paused;
+                        }
+                        if !was_eager && s.fetch == FetchMode::Eager {
+                            self.spawn_fetch_all();
+                        }
+                    }
+                    Some(Cmd::Sync(reply)) => self.spawn_sync_all(Some(reply)),
+                },
+                event = events.recv() => match event {
+                    Ok(StoreEvent::Sealed(list)) => {
+                        self.unsent.extend(list.iter().cloned());
+                        self.counters.unsent.store(self.unsent.len() as u64, Ordering::Relaxed);
+                        self.broadcast(&sender, list).await;
+                        interval = ANTI_ENTROPY_MIN;
+                    }
+                    Ok(StoreEvent::Applied { files, .. }) => {
+                        self.after_apply(files);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        self.after_apply(self.store.read(|s| s.file_ids()));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Flow::Stop,
+                },
+                ev = receiver.next() => match ev {
+                    Some(Ok(ev)) => self.on_gossip(ev),
+                    Some(Err(e)) => {
+                        tracing::debug!("gossip receiver failed: {e:#}");
+                        return Flow::Paused;
+                    }
+                    None => return Flow::Paused,
+                },
+                () = &mut timer => {
+                    let moved = self.sync_all().await;
+                    interval = if moved { ANTI_ENTROPY_MIN } else { (interval * 2).min(ANTI_ENTROPY_MAX) };
+                    if !self.unsent.is_empty() {
+                        self.rejoin(&sender).await;
+                        interval = ANTI_ENTROPY_MIN;
+                    }
+                    timer = Box::pin(tokio::time::sleep(interval));
+                }
+            }
+        }
+    }
+
+    /// Broadcasts sealed intentions on the topic, inline when they fit.
+    async fn broadcast(&self, sender: &GossipSender, list: Vec<Bytes>) {
+        for bytes in list {
+            let kind = if bytes.len() + 16 <= GOSSIP_MAX {
+                gossip::Kind::Intention(bytes)
+            } else {
+                gossip::Kind::Hash(Bytes::copy_from_slice(&Hash::of(&bytes).0))
+            };
+            let msg = Gossip { kind: Some(kind) }.encode_to_vec();
+            if let Err(e) = sender.broadcast(msg.into()).await {
+                tracing::debug!("gossip broadcast failed: {e:#}");
+            }
+        }
+    }
+
+    /// Redials members when local changes have not reached anyone.
+    async fn rejoin(&self, sender: &GossipSender) {
+        let Some(shared) = self.shared() else { return };
+        let peers: Vec<iroh::EndpointId> = shared
+            .other_members(&self.store)
+            .iter()
+            .filter_map(endpoint_id)
+            .collect();
+        if let Err(e) = sender.join_peers(peers).await {
+            tracing::debug!("gossip rejoin failed: {e:#}");
+        }
+    }
+
+    fn on_gossip(&self, ev: Event) {
+        let Some(shared) = self.shared() else { return };
+        match ev {
+            Event::NeighborUp(id) => {
+                let peer = node_key(&id);
+                shared.peers.seen(peer);
+                self.spawn_sync_one(peer);
+            }
+            Event::NeighborDown(_) | Event::Lagged => {}
+            Event::Received(msg) => {
+                let from = node_key(&msg.delivered_from);
+                shared.peers.seen(from);
+                let Ok(g) = Gossip::decode(msg.content) else {
+                    tracing::info!(peer = %from.short(), "dropping a malformed gossip message");
+                    return;
+                };
+                let store = self.store.clone();
+                let sync_one = self.sync_one_task(from);
+                tokio::spawn(async move {
+                    match g.kind {
+                        Some(gossip::Kind::Intention(bytes)) => {
+                            let st = store.clone();
+                            match blocking(move || st.apply_remote(bytes)).await {
+                                Ok(Ok(ApplyOutcome::Floating { .. })) => sync_one.await,
+                                Ok(Ok(_)) => {}
+                                Ok(Err(e)) => {
+                                    tracing::info!(peer = %from.short(), "refused a gossiped intention: {e}")
+                                }
+                                Err(e) => tracing::warn!("{e}"),
+                            }
+                        }
+                        Some(gossip::Kind::Hash(h)) => {
+                            let Some(hash) = Hash::from_slice(&h) else {
+                                return;
+                            };
+                            if let Err(e) = client::fetch_one(&shared, &store, from, hash).await {
+                                tracing::debug!("pulling an announced intention failed: {e}");
+                            }
+                        }
+                        None => {}
+                    }
+                });
+            }
+        }
+    }
+
+    fn after_apply(&self, files: Vec<crate::fs::op::FileId>) {
+        let Some(shared) = self.shared() else { return };
+        for key in shared.peers_to_cut(&self.store) {
+            client::cut_off(&shared, &key);
+        }
+        if self.settings.fetch != FetchMode::Eager || files.is_empty() {
+            return;
+        }
+        let (store, counters) = (self.store.clone(), self.counters.clone());
+        tokio::spawn(async move {
+            match blobs::fetch_files(&shared, &store, files).await {
+                Ok(n) if n > 0 => tracing::debug!(blobs = n, "fetched content"),
+                Ok(_) => {}
+                Err(e) => {
+                    counters.missing.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("fetching content failed, will retry: {e}");
+                }
+            }
+        });
+    }
+
+    fn spawn_fetch_all(&self) {
+        let Some(shared) = self.shared() else { return };
+        let (store, counters) = (self.store.clone(), self.counters.clone());
+        tokio::spawn(async move {
+            match blobs::fetch_all(&shared, &store).await {
+                Ok(_) => counters.missing.store(0, Ordering::Relaxed),
+                Err(e) => tracing::info!("fetching content failed, will retry: {e}"),
+            }
+        });
+    }
+
+    fn sync_one_task(
+        &self,
+        peer: PublicKey,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (weak, store) = (self.shared.clone(), self.store.clone());
+        async move {
+            let Some(shared) = weak.upgrade() else { return };
+            if let Err(e) = client::reconcile(&shared, &store, peer).await {
+                tracing::debug!(peer = %peer.short(), "reconcile failed: {e}");
+            }
+        }
+    }
+
+    fn spawn_sync_one(&self, peer: PublicKey) {
+        tokio::spawn(self.sync_one_task(peer));
+    }
+
+    /// Reconciles with every member in the background, answering `reply` when done.
+    fn spawn_sync_all(&self, reply: Option<oneshot::Sender<Result<SyncReport, NetError>>>) {
+        let (weak, store) = (self.shared.clone(), self.store.clone());
+        tokio::spawn(async move {
+            let Some(shared) = weak.upgrade() else { return };
+            let report = sync_members(&shared, &store).await;
+            if let Some(reply) = reply {
+                let _ = reply.send(Ok(report));
+            }
+        });
+    }
+
+    /// One anti-entropy pass; true if anything moved or local changes reached a peer.
+    async fn sync_all(&mut self) -> bool {
+        let Some(shared) = self.shared() else {
+            return false;
+        };
+        let report = sync_members(&shared, &self.store).await;
+        if report.peers > 0 {
+            self.unsent.clear();
+            self.counters.unsent.store(0, Ordering::Relaxed);
+        }
+        if self.settings.fetch == FetchMode::Eager
+            && self.counters.missing.load(Ordering::Relaxed) > 0
+        {
+            self.counters.missing.store(0, Ordering::Relaxed);
+            self.spawn_fetch_all();
+        }
+        report.total.pulled + report.total.pushed > 0
+    }
+}
+
+/// Reconciles `store` with each other member in turn.
+async fn sync_members(shared: &Arc<Shared>, store: &Store) -> SyncReport {
+    let mut report = SyncReport::default();
+    for peer in shared.other_members(store) {
+        match client::reconcile(shared, store, peer).await {
+            Ok(r) => {
+                report.peers += 1;
+                report.total.rounds += r.rounds;
+                report.total.reconcile_bytes += r.reconcile_bytes;
+                report.total.pulled += r.pulled;
+                report.total.pushed += r.pushed;
+            }
+            Err(e) => report.failed.push((peer, e.to_string())),
+        }
+    }
+    report
+}
+
+impl Shared {
+    /// Peers with open connections that are no longer members of any store here.
+    pub fn peers_to_cut(&self, store: &Store) -> Vec<PublicKey> {
+        store
+            .read(|s| s.revocation_cuts())
+            .into_iter()
+            .map(|(k, _)| k)
+            .filter(|k| self.stores_of(k).is_empty())
+            .collect()
+    }
+}

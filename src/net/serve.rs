@@ -1,0 +1,307 @@
+//! The acceptor side of the sync protocol: one task per stream, answering the opener's
+//! requests about one store. Every request is checked before anything is read from or
+//! written to the store: the store must exist here and not be paused, and the opener
+//! must be a member (except for `Redeem`, which is how a non-member becomes one).
+
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use iroh::endpoint::{Connection, RecvStream, SendStream};
+use iroh::protocol::{AcceptError, ProtocolHandler};
+
+use crate::identity::PublicKey;
+use crate::intention::{Hash, StoreId};
+use crate::net::peers::node_key;
+use crate::net::{blocking, NetError, Shared, MAX_FRAME};
+use crate::proto::peer::{self as pb, request, response};
+use crate::store::{ApplyOutcome, Store};
+use crate::sync::reconcile::{Session, FRAME_LIMIT};
+use crate::wire::{read_frame, write_frame};
+
+/// Most hashes one `Want` may name.
+pub const MAX_WANT: usize = 4096;
+/// Target size of one answer carrying intentions (a single larger intention still goes).
+pub const BATCH_BYTES: usize = 1024 * 1024;
+
+/// The sync ALPN handler.
+#[derive(Clone)]
+pub struct SyncProtocol {
+    shared: Weak<Shared>,
+}
+
+impl std::fmt::Debug for SyncProtocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncProtocol").finish_non_exhaustive()
+    }
+}
+
+impl SyncProtocol {
+    /// A handler serving the network state `shared`.
+    pub fn new(shared: Weak<Shared>) -> Self {
+        SyncProtocol { shared }
+    }
+}
+
+impl ProtocolHandler for SyncProtocol {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let peer = node_key(&conn.remote_id());
+        loop {
+            let (send, recv) = match conn.accept_bi().await {
+                Ok(s) => s,
+                Err(_) => return Ok(()),
+            };
+            let Some(shared) = self.shared.upgrade() else {
+                return Ok(());
+            };
+            shared.peers.seen(peer);
+            tokio::spawn(async move {
+                if let Err(e) = serve_stream(&shared, peer, send, recv).await {
+                    tracing::debug!(peer = %peer.short(), "sync stream ended: {e}");
+                }
+            });
+        }
+    }
+}
+
+/// Answers the requests of one stream until the opener finishes it or a request is refused.
+async fn serve_stream(
+    shared: &Arc<Shared>,
+    peer: PublicKey,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> Result<(), NetError> {
+    let frame_err = |source| NetError::Frame {
+        peer: peer.short(),
+        source,
+    };
+    let mut session: Option<Session> = None;
+    loop {
+        let request: pb::Request = match read_frame(&mut recv, MAX_FRAME).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(()),
+            Err(e) => {
+                let answer = refusal(format!("bad request: {e}"));
+                write_frame(&mut send, &answer, MAX_FRAME).await.ok();
+                let _ = send.finish();
+                return Err(frame_err(e));
+            }
+        };
+        let answer = match answer(shared, peer, request, &mut session, &mut send).await {
+            Ok(Some(a)) => a,
+            Ok(None) => continue,
+            Err(reason) => {
+                tracing::info!(peer = %peer.short(), "refused a sync request: {reason}");
+                write_frame(&mut send, &refusal(reason), MAX_FRAME)
+                    .await
+                    .map_err(frame_err)?;
+                let _ = send.finish();
+                return Ok(());
+            }
+        };
+        write_frame(&mut send, &answer, MAX_FRAME)
+            .await
+            .map_err(frame_err)?;
+    }
+}
+
+fn refusal(reason: String) -> pb::Response {
+    pb::Response {
+        kind: Some(response::Kind::Error(reason)),
+    }
+}
+
+fn reply(kind: response::Kind) -> Option<pb::Response> {
+    Some(pb::Response { kind: Some(kind) })
+}
+
+/// The answer to one request (`None` when it was already streamed), or a refusal line.
+async fn answer(
+    shared: &Arc<Shared>,
+    peer: PublicKey,
+    request: pb::Request,
+    session: &mut Option<Session>,
+    send: &mut SendStream,
+) -> Result<Option<pb::Response>, String> {
+    let id = StoreId(
+        request.store_id[..]
+            .try_into()
+            .map_err(|_| "store id is not 16 bytes".to_string())?,
+    );
+    let store = shared
+        .node
+        .stores()
+        .into_iter()
+        .find(|s| s.id() == id)
+        .ok_or_else(|| "no such store here".to_string())?;
+    let kind = request.kind.ok_or_else(|| "empty request".to_string())?;
+    if let request::Kind::Redeem(r) = kind {
+        return redeem(shared, peer, &store, r).await.map(Some);
+    }
+    if !shared.may_sync(&peer, id) {
+        return Err("not a member of this store, or the store is paused".into());
+    }
+    shared
+        .peers
+        .learn(peer, request.addrs.iter().filter_map(|a| a.parse().ok()));
+    match kind {
+        request::Kind::Redeem(_) => unreachable!("handled above"),
+        request::Kind::Bootstrap(b) => {
+            stream_witness(shared, &store, b.from, send).await?;
+            Ok(None)
+        }
+        request::Kind::Reconcile(f) => {
+            let s = match session {
+                Some(s) => s,
+                None => {
+                    let st = store.clone();
+                    let view = blocking(move || st.reconcile_view())
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map_err(|e| e.to_string())?;
+                    session
+                        .insert(Session::responder(view, FRAME_LIMIT).map_err(|e| e.to_string())?)
+                }
+            };
+            let step = s.step(&f.frame).map_err(|e| e.to_string())?;
+            Ok(reply(response::Kind::Reconcile(pb::Frame {
+                frame: step.reply.unwrap_or_default().into(),
+            })))
+        }
+        request::Kind::Want(w) => {
+            if w.hashes.len() > MAX_WANT {
+                return Err(format!(
+                    "want names {} hashes; at most {MAX_WANT}",
+                    w.hashes.len()
+                ));
+            }
+            let hashes = w
+                .hashes
+                .iter()
+                .map(|h| Hash::from_slice(h).ok_or_else(|| "hash is not 32 bytes".to_string()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let st = store.clone();
+            let found = blocking(move || st.get(hashes, BATCH_BYTES))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            Ok(reply(response::Kind::Intentions(pb::Intentions {
+                intentions: found,
+            })))
+        }
+        request::Kind::Push(p) => {
+            let (applied, refused) = apply_all(&store, p.intentions)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(reply(response::Kind::Pushed(pb::Pushed {
+                applied,
+                refused,
+            })))
+        }
+    }
+}
+
+/// Applies received intentions in order; returns (applied or floating, refused).
+pub(crate) async fn apply_all(
+    store: &Store,
+    intentions: Vec<Bytes>,
+) -> Result<(u32, u32), NetError> {
+    let st = store.clone();
+    blocking(move || {
+        let (mut ok, mut refused) = (0, 0);
+        for bytes in intentions {
+            match st.apply_remote(bytes) {
+                Ok(ApplyOutcome::Applied { .. } | ApplyOutcome::Floating { .. }) => ok += 1,
+                Ok(ApplyOutcome::Duplicate) => {}
+                Err(e) if crate::store::is_refusal(&e) => {
+                    tracing::info!("refused a received intention: {e}");
+                    refused += 1;
+                }
+                Err(e) => return Err(NetError::Store(e)),
+            }
+        }
+        Ok((ok, refused))
+    })
+    .await?
+}
+
+/// Streams witness batches from seq `from` to the end, then an empty batch.
+async fn stream_witness(
+    shared: &Arc<Shared>,
+    store: &Store,
+    from: u64,
+    send: &mut SendStream,
+) -> Result<(), String> {
+    let mut next = from.max(1);
+    loop {
+        let st = store.clone();
+        let batch = blocking(move || st.witness(next, BATCH_BYTES))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        let end = batch.intentions.is_empty();
+        next = batch.next;
+        let msg = pb::Response {
+            kind: Some(response::Kind::Batch(pb::WitnessBatch {
+                intentions: batch.intentions,
+                next: batch.next,
+                len: batch.len,
+            })),
+        };
+        write_frame(send, &msg, MAX_FRAME)
+            .await
+            .map_err(|e| e.to_string())?;
+        if end {
+            let _ = shared;
+            return Ok(());
+        }
+    }
+}
+
+/// Redeems an invite for `peer`: on success it is a member and learns the founder,
+/// the store name, the witness length and members' addresses.
+async fn redeem(
+    shared: &Arc<Shared>,
+    peer: PublicKey,
+    store: &Store,
+    r: pb::Redeem,
+) -> Result<pb::Response, String> {
+    let secret: [u8; 32] = r.secret[..]
+        .try_into()
+        .map_err(|_| "invite secret is not 32 bytes".to_string())?;
+    let st = store.clone();
+    let name = r.display_name.clone();
+    blocking(move || -> Result<(), String> {
+        st.redeem_invite(&secret, peer, &name, crate::hlc::now_ms())
+            .map_err(|e| e.to_string())?;
+        st.flush().map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    tracing::info!(peer = %peer.short(), store = %store.id().to_hex(), "invite redeemed");
+    let me = shared.me();
+    let mut peers = vec![pb::PeerAddrs {
+        id: Bytes::copy_from_slice(&me.0),
+        addrs: shared
+            .direct_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect(),
+    }];
+    for key in shared.other_members(store) {
+        let addrs = shared.peers.addrs(&key);
+        if key != peer && !addrs.is_empty() {
+            peers.push(pb::PeerAddrs {
+                id: Bytes::copy_from_slice(&key.0),
+                addrs: addrs.iter().map(|a| a.to_string()).collect(),
+            });
+        }
+    }
+    Ok(pb::Response {
+        kind: Some(response::Kind::Redeemed(pb::Redeemed {
+            founder: Bytes::copy_from_slice(&store.founder().0),
+            store_name: crate::node::store_name(store),
+            peers,
+            witness_len: store.stats().intentions,
+        })),
+    })
+}

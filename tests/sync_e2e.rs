@@ -1,0 +1,252 @@
+//! End to end with several real daemons on one machine: separate data dirs and FUSE
+//! mounts, networking on loopback with relays disabled, driven by the CLI and shell tools.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{fuse_available, random_bytes, Daemon};
+
+/// How long a change on one node may take to be visible on another.
+const VISIBLE_WITHIN: Duration = Duration::from_secs(2);
+/// How long a merge after `resume`, or a large transfer, may take.
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Polls `f` until it holds or `limit` passes; returns how long it took.
+fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A sorted listing of every path under `root` with a checksum of each file's bytes.
+fn tree_sum(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            if meta.is_dir() {
+                out.push(format!("{rel}/"));
+                stack.push(p);
+            } else {
+                let bytes = std::fs::read(&p).unwrap();
+                out.push(format!("{rel} {}", blake3::hash(&bytes).to_hex()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Starts `n` daemons; the first creates store `team` and invites the others.
+fn team(names: &[&str]) -> Vec<Daemon> {
+    let nodes: Vec<Daemon> = names.iter().map(|n| Daemon::start_named(n)).collect();
+    ok(nodes[0].run(&["create", "team"]));
+    for d in &nodes[1..] {
+        let token = ok(nodes[0].run(&["invite", "team"]));
+        let out = ok(d.run(&["join", token.trim()]));
+        assert!(out.contains("joined store team"), "{out}");
+        assert!(d.path("team").is_dir());
+    }
+    nodes
+}
+
+#[test]
+fn changes_on_one_node_show_on_the_others_within_two_seconds() {
+    if !fuse_available() {
+        return;
+    }
+    let nodes = team(&["alice", "bob", "carol"]);
+    let (a, others) = (&nodes[0], &nodes[1..]);
+    let mut worst = Duration::ZERO;
+    let mut check = |what: &str, f: &dyn Fn(&Daemon) -> bool| {
+        for d in others {
+            worst = worst.max(within(VISIBLE_WITHIN, what, || f(d)));
+        }
+    };
+    a.sh("mkdir team/docs && echo one > team/docs/a.txt");
+    check("create", &|d| {
+        std::fs::read_to_string(d.path("team/docs/a.txt")).is_ok_and(|s| s == "one\n")
+    });
+    a.sh("echo two > team/docs/a.txt");
+    check("edit", &|d| {
+        std::fs::read_to_string(d.path("team/docs/a.txt")).is_ok_and(|s| s == "two\n")
+    });
+    a.sh("echo three >> team/docs/a.txt");
+    check("append", &|d| {
+        std::fs::read_to_string(d.path("team/docs/a.txt")).is_ok_and(|s| s == "two\nthree\n")
+    });
+    a.sh("mv team/docs/a.txt team/b.txt");
+    check("move", &|d| {
+        d.path("team/b.txt").exists() && !d.path("team/docs/a.txt").exists()
+    });
+    a.sh("rm team/b.txt && rmdir team/docs");
+    check("delete", &|d| {
+        !d.path("team/b.txt").exists() && !d.path("team/docs").exists()
+    });
+    // And back the other way, from the last node.
+    nodes[2].sh("echo from-carol > team/c.txt");
+    within(VISIBLE_WITHIN, "create from carol", || {
+        std::fs::read_to_string(a.path("team/c.txt")).is_ok_and(|s| s == "from-carol\n")
+    });
+    eprintln!("slowest change to show up: {worst:?}");
+    for d in &nodes {
+        d.assert_mounted();
+    }
+}
+
+#[test]
+fn offline_edits_merge_on_resume_into_identical_trees() {
+    if !fuse_available() {
+        return;
+    }
+    let nodes = team(&["alice", "bob"]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    a.sh("mkdir team/x team/y && echo base > team/doc.txt && echo start > team/chat.log");
+    within(SETTLE, "base on bob", || {
+        b.path("team/x").is_dir() && b.path("team/chat.log").exists() && b.path("team/y").is_dir()
+    });
+    within(SETTLE, "base content on bob", || {
+        std::fs::read_to_string(b.path("team/doc.txt")).is_ok_and(|s| s == "base\n")
+    });
+    ok(a.run(&["pause", "team"]));
+    ok(b.run(&["pause", "team"]));
+    let status = ok(a.run(&["status"]));
+    assert!(status.contains("paused"), "{status}");
+    a.sh("echo from-alice > team/doc.txt && echo alice-line >> team/chat.log && mv team/x team/y/");
+    b.sh("echo from-bob > team/doc.txt && echo bob-line >> team/chat.log && mv team/y team/x/");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        std::fs::read_to_string(b.path("team/doc.txt")).unwrap(),
+        "from-bob\n"
+    );
+    ok(a.run(&["resume", "team"]));
+    ok(b.run(&["resume", "team"]));
+    within(SETTLE, "identical trees after resume", || {
+        tree_sum(&a.path("team")) == tree_sum(&b.path("team"))
+            && tree_sum(&a.path("team"))
+                .iter()
+                .any(|l| l.contains("conflict"))
+    });
+    let listing = tree_sum(&a.path("team"));
+    let names: Vec<&String> = listing.iter().filter(|l| l.contains("doc")).collect();
+    assert_eq!(names.len(), 2, "winner plus one conflict copy: {listing:?}");
+    let chat = std::fs::read_to_string(a.path("team/chat.log")).unwrap();
+    assert!(
+        chat.starts_with("start\n") && chat.contains("alice-line\n") && chat.contains("bob-line\n"),
+        "{chat:?}"
+    );
+    // No cycle: exactly one of x, y is at the top, holding the other.
+    let top_x = a.path("team/x").is_dir();
+    let top_y = a.path("team/y").is_dir();
+    assert!(top_x != top_y, "one move wins: {listing:?}");
+    assert!(
+        a.path("team/x/y").is_dir() || a.path("team/y/x").is_dir(),
+        "{listing:?}"
+    );
+}
+
+#[test]
+fn a_large_file_arrives_intact_even_when_the_receiver_is_killed_midway() {
+    if !fuse_available() {
+        return;
+    }
+    let mut nodes = team(&["alice", "bob"]);
+    let data = random_bytes(256 * 1024 * 1024, 11);
+    let start = Instant::now();
+    std::fs::write(nodes[0].path("team/big.bin"), &data).unwrap();
+    let wrote = start.elapsed();
+    // Kill bob as soon as the file's name has arrived, before its content has.
+    within(SETTLE, "big.bin listed on bob", || {
+        nodes[1].path("team/big.bin").exists()
+    });
+    nodes[1].kill9();
+    nodes[1].up();
+    let b = &nodes[1];
+    within(SETTLE, "big.bin complete on bob", || {
+        std::fs::metadata(b.path("team/big.bin")).is_ok_and(|m| m.len() == data.len() as u64)
+    });
+    let got = std::fs::read(b.path("team/big.bin")).unwrap();
+    assert!(got == data, "256 MiB differ after the transfer");
+    eprintln!(
+        "write took {wrote:?}; total until readable on bob {:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn a_reader_sees_the_store_but_cannot_write() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Daemon::start_named("alice");
+    let r = Daemon::start_named("reader");
+    ok(a.run(&["create", "team"]));
+    a.sh("echo hello > team/hello.txt");
+    let token = ok(a.run(&["invite", "team", "--role", "reader"]));
+    ok(r.run(&["join", token.trim()]));
+    within(SETTLE, "hello on the reader", || {
+        std::fs::read_to_string(r.path("team/hello.txt")).is_ok_and(|s| s == "hello\n")
+    });
+    let err = std::fs::write(r.path("team/new.txt"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let peers = ok(a.run(&["peers", "team"]));
+    assert!(
+        peers.contains("reader") && peers.contains("online"),
+        "{peers}"
+    );
+}
+
+#[test]
+fn tokens_are_single_use_and_bad_ones_are_refused_with_one_line() {
+    if !fuse_available() {
+        return;
+    }
+    let nodes = team(&["alice", "bob"]);
+    let c = Daemon::start_named("carol");
+    let token = ok(nodes[0].run(&["invite", "team", "--expires", "1h"]));
+    ok(c.run(&["join", token.trim()]));
+    let d = Daemon::start_named("dave");
+    for (bad, expect) in [
+        (token.trim().to_string(), "used"),
+        ("lm1garbage".to_string(), "token"),
+        (String::new(), "token"),
+    ] {
+        let out = d.run(&["join", &bad]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "one line: {err}");
+        assert!(err.to_lowercase().contains(expect), "{err}");
+    }
+    let expired = ok(nodes[0].run(&["invite", "team", "--expires", "0s"]));
+    let out = d.run(&["join", expired.trim()]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expired"));
+    assert!(!d.path("team").exists());
+    // Revocation cuts a member off.
+    let bob = ok(nodes[1].run(&["status", "--json"]));
+    let key = bob.split("\"node_id\":\"").nth(1).unwrap()[..16].to_string();
+    ok(nodes[0].run(&["revoke", "team", &key]));
+    nodes[1].sh("echo after > team/after-revoke.txt");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(!nodes[0].path("team/after-revoke.txt").exists());
+    nodes[0].assert_mounted();
+}
