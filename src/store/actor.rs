@@ -256,9 +256,14 @@ impl Actor {
                 Request::Flush(tx) => drop(tx.send(Ok(()))),
                 Request::History(file, tx) => drop(tx.send(self.history(file))),
                 #[cfg(test)]
-                Request::Inspect(tx) => {
-                    drop(tx.send(self.shared.index.db().and_then(|db| crate::store::tests::digest(&db))))
-                }
+                Request::Inspect(tx) => drop(
+                    tx.send(
+                        self.shared
+                            .index
+                            .db()
+                            .and_then(|db| crate::store::tests::digest(&db)),
+                    ),
+                ),
             }
         }
         Ok(())
