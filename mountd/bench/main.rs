@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+mod reconcile;
+
 /// Bytes written and read sequentially.
 const SEQ_BYTES: u64 = 1 << 30;
 /// Size of each sequential write or read call.
@@ -29,8 +31,11 @@ struct Row {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("reconcile") {
+        return reconcile::run(&args[1..]);
+    }
     if args.first().map(String::as_str) != Some("local") {
-        bail!("usage: lattice-bench local");
+        bail!("usage: lattice-bench local | reconcile [ITEMS]");
     }
     let base = tempfile::Builder::new()
         .prefix("lattice-bench")

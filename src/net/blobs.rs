@@ -147,11 +147,7 @@ impl Access {
         false
     }
 
-    async fn referenced(
-        &self,
-        shared: &Arc<Shared>,
-        store: &Store,
-    ) -> Result<BlobSet, NetError> {
+    async fn referenced(&self, shared: &Arc<Shared>, store: &Store) -> Result<BlobSet, NetError> {
         let generation = store.stats().intentions;
         if let Some((g, set)) = self.sets.lock().get(&store.id()) {
             if *g == generation {
