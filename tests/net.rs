@@ -242,12 +242,31 @@ async fn a_revoked_member_is_cut_off_and_its_later_writes_refused() {
     b.join(&token).await.unwrap();
     let (team_a, team_b) = (a.store("team"), b.store("team"));
     let bob = b.node.identity().public();
+    write_file(&team_b, "before-revoke.txt", Content::Inline("ok".into()));
+    let (an, ta) = (a.node.clone(), team_a.clone());
+    eventually("bob's write before the revocation", || {
+        read_file(&an, &ta, "before-revoke.txt")
+    })
+    .await;
+    // Bob is offline when he is revoked, so he still writes as a member.
+    b.net.set_paused(Some("team"), true).unwrap();
     let revoked = a.net.revoke("team", &bob.to_hex()[..10]).await.unwrap();
     assert_eq!(revoked, bob);
     write_file(&team_b, "after-revoke.txt", Content::Inline("x".into()));
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let _ = b.net.sync("team").await;
+    b.net.set_paused(Some("team"), false).unwrap();
+    // Alice refuses to sync with bob from now on; his later write never reaches her.
+    let report = b.net.sync("team").await.unwrap();
+    assert_eq!(report.peers, 0);
+    assert!(
+        report
+            .failed
+            .iter()
+            .any(|(_, why)| why.contains("not a member")),
+        "{report:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(!names(&team_a).contains(&"after-revoke.txt".to_string()));
+    assert!(names(&team_a).contains(&"before-revoke.txt".to_string()));
     assert!(team_a.read(|s| s.member(&bob).is_none()));
     b.stop().await;
     a.stop().await;

@@ -405,6 +405,22 @@ pub async fn reconcile(
     store: &Store,
     peer: PublicKey,
 ) -> Result<RoundReport, NetError> {
+    match reconcile_once(shared, store, peer).await {
+        // A kept connection the peer has since closed: dial afresh, once.
+        Err(NetError::Frame { .. } | NetError::Stream { .. })
+            if shared.conns.lock().remove(&peer).is_some() =>
+        {
+            reconcile_once(shared, store, peer).await
+        }
+        other => other,
+    }
+}
+
+async fn reconcile_once(
+    shared: &Arc<Shared>,
+    store: &Store,
+    peer: PublicKey,
+) -> Result<RoundReport, NetError> {
     let mut ex = Exchange::open(shared, peer, store.id()).await?;
     let st = store.clone();
     let view = blocking(move || st.reconcile_view()).await??;
