@@ -591,7 +591,15 @@ impl LatticeFs {
             }));
         }
         let newname = newname.to_owned();
+        let me = self.node.identity().public();
         store.write(|tx| {
+            // Store names are system ops: other replicas accept them from admins only.
+            if !matches!(
+                tx.state().member(&me),
+                Some((crate::fs::op::Role::Admin, _))
+            ) {
+                return Err(FsError::NotPermitted);
+            }
             tx.push(OpBody::SetStoreName(newname));
             Ok(())
         })?;
