@@ -1,6 +1,9 @@
 //! `lattice-bench local`: filesystem throughput of a lattice mount, measured in the same
 //! run against a native tmpfs directory and (when `bindfs` is installed) a libfuse
 //! passthrough over that tmpfs. Prints each result and the mount's ratio to each reference.
+//! `lattice-bench sync`: see `sync.rs`.
+
+mod sync;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -31,12 +34,16 @@ struct Row {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("reconcile") {
-        return reconcile::run(&args[1..]);
+    match args.first().map(String::as_str) {
+        Some("local") => local(),
+        Some("sync") => sync::run(),
+        Some("reconcile") => reconcile::run(&args[1..]),
+        _ => bail!("usage: lattice-bench local | sync | reconcile [ITEMS]"),
     }
-    if args.first().map(String::as_str) != Some("local") {
-        bail!("usage: lattice-bench local | reconcile [ITEMS]");
-    }
+}
+
+/// The local filesystem benchmark.
+fn local() -> Result<()> {
     let base = tempfile::Builder::new()
         .prefix("lattice-bench")
         .tempdir_in(if Path::new("/dev/shm").is_dir() {

@@ -38,16 +38,8 @@ pub fn run(args: &[String]) -> Result<()> {
         Some(a) => a.parse().context("ITEMS must be a number")?,
         None => ITEMS,
     };
-    let mut rng = StdRng::seed_from_u64(0x6e65_6765);
-    let start = 1_700_000_000_000u64;
-    // About four intentions per millisecond, a busy store's pace.
-    let mut base: Items = (0..n + 10)
-        .map(|i| (start + i as u64 / 4, Hash(rng.random())))
-        .collect();
-    base.shuffle(&mut rng);
-    let plus: Items = base.clone();
-    let ours: Items = base[..n].to_vec();
-    let minus: Items = base[..n - n / 10].to_vec();
+    let (ours, plus) = item_sets(n);
+    let minus: Items = plus[..n - n / 10].to_vec();
 
     let dir = tempfile::Builder::new()
         .prefix("lattice-bench-reconcile")
@@ -107,6 +99,34 @@ pub fn run(args: &[String]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `n` random items and the same plus 10 more (both shuffled alike).
+fn item_sets(n: usize) -> (Items, Items) {
+    let mut rng = StdRng::seed_from_u64(0x6e65_6765);
+    let start = 1_700_000_000_000u64;
+    // About four intentions per millisecond, a busy store's pace.
+    let mut plus: Items = (0..n + 10)
+        .map(|i| (start + i as u64 / 4, Hash(rng.random())))
+        .collect();
+    plus.shuffle(&mut rng);
+    (plus[..n].to_vec(), plus)
+}
+
+/// Rounds and bytes (both ways) to reconcile `n` against `n + 10` items over redb
+/// index views at the protocol's `FRAME_LIMIT`.
+pub fn plus_ten(n: usize) -> Result<(u32, u64)> {
+    let (ours, plus) = item_sets(n);
+    let dir = tempfile::Builder::new()
+        .prefix("lattice-bench-reconcile")
+        .tempdir()?;
+    let a = BareIndex::create(&dir.path().join("a.redb"))?;
+    a.insert(ours)?;
+    let b = BareIndex::create(&dir.path().join("b.redb"))?;
+    b.insert(plus)?;
+    let run = session(a.view()?, b.view()?, lattice_mount::sync::FRAME_LIMIT)?;
+    ensure!(run.diffs == 10, "wrong difference");
+    Ok((run.rounds, run.sent + run.received))
 }
 
 /// Reconciles initiator `a` with responder `b` in one thread.
