@@ -22,6 +22,9 @@ use crate::sync::invite::InviteToken;
 use crate::sync::reconcile::{Session, FRAME_LIMIT};
 use crate::wire::{read_frame, write_frame};
 
+/// Most rounds of asking a peer for the predecessors of floating intentions.
+const PREDECESSOR_ROUNDS: usize = 8;
+
 /// Progress of a join's bootstrap.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct JoinProgress {
@@ -455,6 +458,7 @@ async fn reconcile_once(
         }
     }
     report.pulled = pull(&mut ex, store, need).await?;
+    report.pulled += pull_predecessors(&mut ex, store).await?;
     report.pushed = push(&mut ex, store, have).await?;
     ex.finish();
     shared.peers.seen(peer);
@@ -487,6 +491,36 @@ async fn pull(ex: &mut Exchange, store: &Store, mut hashes: Vec<Hash>) -> Result
         let mut sorted = list.intentions;
         sort_by_hlc(&mut sorted);
         apply_all(store, sorted).await?;
+    }
+    Ok(got)
+}
+
+/// Asks the peer of `ex` for predecessors that floating intentions wait for (they are
+/// not in reconciliation when voided); returns how many arrived.
+async fn pull_predecessors(ex: &mut Exchange, store: &Store) -> Result<u64, NetError> {
+    let mut got = 0;
+    for _ in 0..PREDECESSOR_ROUNDS {
+        let st = store.clone();
+        let missing = blocking(move || st.missing(MAX_WANT)).await??;
+        if missing.is_empty() {
+            break;
+        }
+        let answer = ex
+            .ask(request::Kind::Want(pb::Want {
+                hashes: missing
+                    .iter()
+                    .map(|h| Bytes::copy_from_slice(&h.0))
+                    .collect(),
+            }))
+            .await?;
+        let response::Kind::Intentions(list) = answer else {
+            return Err(ex.unexpected(&answer));
+        };
+        if list.intentions.is_empty() {
+            break;
+        }
+        got += list.intentions.len() as u64;
+        apply_all(store, list.intentions).await?;
     }
     Ok(got)
 }

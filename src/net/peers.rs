@@ -14,8 +14,10 @@ use parking_lot::Mutex;
 
 use crate::identity::{hex, unhex, PublicKey};
 
-/// A peer heard from within this window counts as online.
-pub const ONLINE_WINDOW: Duration = Duration::from_secs(15);
+/// A peer with an open connection heard from within this window counts as online
+/// (longer than the longest anti-entropy interval, so an idle peer stays online; a dead
+/// one drops out when QUIC's idle timeout closes its connection).
+pub const ONLINE_WINDOW: Duration = Duration::from_secs(45);
 /// Most addresses remembered per peer (newest kept).
 const MAX_ADDRS: usize = 8;
 

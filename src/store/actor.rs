@@ -20,7 +20,7 @@ use crate::store::apply::{apply_remote, is_refusal, seal_local, Counts, Ctx, Que
 use crate::store::cut::revise;
 use crate::store::error::StoreError;
 use crate::store::index::Index;
-use crate::store::tables::{Tables, CHAIN, HISTORY, INTENTIONS, WITNESS};
+use crate::store::tables::{Tables, CHAIN, FLOATING, HISTORY, INTENTIONS, REFUSED, WITNESS};
 use crate::store::{ApplyOutcome, HistoryItem, StoreEvent, WitnessBatch};
 
 /// How long the actor waits for more ops before sealing a batch.
@@ -47,6 +47,8 @@ pub(crate) enum Request {
     Get(Vec<Hash>, usize, Reply<Vec<Bytes>>),
     /// Read the witness log from a seq, bounded in bytes.
     Witness(u64, usize, Reply<WitnessBatch>),
+    /// List predecessors that floating intentions wait for.
+    Missing(usize, Reply<Vec<Hash>>),
     /// The author-chain length of a key's applied intentions.
     ChainLen(PublicKey, Reply<u64>),
     /// Read the stored intention set, heads, floating set and witness check (tests).
@@ -192,6 +194,7 @@ fn fail(r: Request, e: StoreError) {
         Request::History(_, tx) => drop(tx.send(Err(e))),
         Request::Get(_, _, tx) => drop(tx.send(Err(e))),
         Request::Witness(_, _, tx) => drop(tx.send(Err(e))),
+        Request::Missing(_, tx) => drop(tx.send(Err(e))),
         Request::ChainLen(_, tx) => drop(tx.send(Err(e))),
         #[cfg(test)]
         Request::Inspect(tx) => drop(tx.send(Err(e))),
@@ -272,6 +275,7 @@ impl Actor {
                 Request::Witness(from, max_bytes, tx) => {
                     drop(tx.send(self.witness(from, max_bytes)))
                 }
+                Request::Missing(limit, tx) => drop(tx.send(self.missing(limit))),
                 Request::ChainLen(key, tx) => drop(tx.send(self.chain_len(&key))),
                 #[cfg(test)]
                 Request::Inspect(tx) => drop(
@@ -376,19 +380,43 @@ impl Actor {
 
     /// The stored bytes of `hashes`, in order, skipping unknown ones, stopping before
     /// the total would pass `max_bytes` (but always including the first found).
+    /// Voided intentions (kept in `refused` with their bytes) are served too, so a
+    /// replica that never saw one can resolve intentions that name it.
     fn get(&self, hashes: &[Hash], max_bytes: usize) -> Result<Vec<Bytes>, StoreError> {
         let txn = self.shared.index.db()?.begin_read()?;
         let intentions = txn.open_table(INTENTIONS)?;
+        let refused = txn.open_table(REFUSED)?;
         let mut out = Vec::new();
         let mut size = 0;
         for h in hashes {
-            if let Some(v) = intentions.get(h.0)? {
+            let found = match intentions.get(h.0)? {
+                Some(v) => Some(v),
+                None => refused.get(h.0)?.filter(|v| !v.value().is_empty()),
+            };
+            if let Some(v) = found {
                 let len = v.value().len();
                 if !out.is_empty() && size + len > max_bytes {
                     break;
                 }
                 size += len;
                 out.push(Bytes::copy_from_slice(v.value()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Up to `limit` distinct hashes that floating intentions wait for.
+    fn missing(&self, limit: usize) -> Result<Vec<Hash>, StoreError> {
+        let txn = self.shared.index.db()?.begin_read()?;
+        let floating = txn.open_table(FLOATING)?;
+        let mut out: Vec<Hash> = Vec::new();
+        for entry in floating.iter()? {
+            let missing = Hash(entry?.0.value().0);
+            if out.last() != Some(&missing) {
+                if out.len() == limit {
+                    break;
+                }
+                out.push(missing);
             }
         }
         Ok(out)

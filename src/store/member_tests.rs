@@ -320,6 +320,34 @@ fn a_late_revocation_voids_applied_intentions_and_a_restart_keeps_the_rebuilt_pr
     assert_eq!(outcome(&reopened), before);
 }
 
+#[test]
+fn a_replica_that_never_saw_voided_intentions_fetches_them_as_predecessors_and_converges() {
+    let h = revocation();
+    let tmp = tempfile::tempdir().unwrap();
+    let old = replica(&tmp.path().join("old"), &h.a, Identity::generate());
+    for i in &h.all {
+        drop(old.apply_remote(i.bytes.clone()));
+    }
+    // Reconciliation only offers what is applied; intentions naming a voided one float.
+    let fresh = replica(&tmp.path().join("fresh"), &h.a, Identity::generate());
+    for i in h.all.iter().filter(|i| h.kept.contains(&i.hash)) {
+        fresh.apply_remote(i.bytes.clone()).unwrap();
+    }
+    let missing = fresh.missing(16).unwrap();
+    assert!(
+        !missing.is_empty(),
+        "something waits for a voided predecessor"
+    );
+    assert!(missing.iter().all(|m| h.void.contains(m)), "{missing:?}");
+    let bytes = old.get(missing.clone(), usize::MAX).unwrap();
+    assert_eq!(bytes.len(), missing.len(), "voided bytes are served");
+    for b in bytes {
+        drop(fresh.apply_remote(b));
+    }
+    assert!(fresh.missing(16).unwrap().is_empty());
+    assert_eq!(outcome(&fresh), outcome(&old));
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 

@@ -475,13 +475,20 @@ impl Store {
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
-    /// The stored bytes of those of `hashes` this store has, in order, up to about
-    /// `max_bytes` (the first found is always included).
+    /// The stored bytes of those of `hashes` this store has (applied or voided), in
+    /// order, up to about `max_bytes` (the first found is always included).
     pub fn get(&self, hashes: Vec<Hash>, max_bytes: usize) -> Result<Vec<Bytes>, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle
             .shared
             .send(Request::Get(hashes, max_bytes, tx))?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Up to `limit` predecessors that floating intentions are waiting for.
+    pub fn missing(&self, limit: usize) -> Result<Vec<Hash>, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.shared.send(Request::Missing(limit, tx))?;
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
