@@ -84,11 +84,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a member of a store: it is cut off from then on
+    /// Revoke a member of a store (it is cut off from then on) or an unused invite token
     Revoke {
         /// Store name
         name: String,
-        /// The member: a key hex prefix or its display name
+        /// A member's key hex prefix or display name, or an invite token
         peer: String,
     },
     /// Reconcile a store with every member now

@@ -575,7 +575,12 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
         },
         Some(request::Kind::Revoke(r)) => {
             match ctx.rt.block_on(ctx.net.revoke(&r.store, &r.target)) {
-                Ok(key) => response::Kind::Revoke(RevokeResponse { key: key.to_hex() }),
+                Ok(lattice_mount::net::Revoked::Member(key)) => {
+                    response::Kind::Revoke(RevokeResponse { key: key.to_hex() })
+                }
+                Ok(lattice_mount::net::Revoked::Invite) => {
+                    response::Kind::Revoke(RevokeResponse { key: String::new() })
+                }
                 Err(e) => return error_response(e.to_string()),
             }
         }

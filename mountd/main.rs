@@ -132,6 +132,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 target: peer,
             });
             match client::ask(&data_dir, kind)? {
+                response::Kind::Revoke(r) if r.key.is_empty() => {
+                    println!("revoked the invite token for {name}")
+                }
                 response::Kind::Revoke(r) => println!("revoked {} from {name}", r.key),
                 other => return Err(client::unexpected(&other)),
             }

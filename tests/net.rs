@@ -251,7 +251,7 @@ async fn a_revoked_member_is_cut_off_and_its_later_writes_refused() {
     // Bob is offline when he is revoked, so he still writes as a member.
     b.net.set_paused(Some("team"), true).unwrap();
     let revoked = a.net.revoke("team", &bob.to_hex()[..10]).await.unwrap();
-    assert_eq!(revoked, bob);
+    assert_eq!(revoked, lattice_mount::net::Revoked::Member(bob));
     write_file(&team_b, "after-revoke.txt", Content::Inline("x".into()));
     b.net.set_paused(Some("team"), false).unwrap();
     // Alice refuses to sync with bob from now on; his later write never reaches her.
@@ -526,5 +526,93 @@ async fn hostile_input_is_refused_and_changes_nothing() {
     })
     .await;
     c.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interrupted_join_resumes_after_a_restart() {
+    let a = Peer::start("alice").await;
+    let node = a.node.clone();
+    tokio::task::spawn_blocking(move || node.create_store("big").unwrap())
+        .await
+        .unwrap();
+    let store = a.store("big");
+    // About 4 MiB of history: several bootstrap batches.
+    for k in 0..400 {
+        let body = random_bytes(10 * 1024, k);
+        write_file(&store, &format!("f{k}"), Content::Inline(body.into()));
+    }
+    store.flush().unwrap();
+    let token = a.invite("big", Role::Writer).await;
+
+    let b = Peer::start("bob").await;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let net = b.net.clone();
+    let join = tokio::spawn(async move { net.join(&token, None, tx).await });
+    let first = rx.recv().await.expect("progress before the end");
+    assert!(first.intentions < first.total, "{first:?}");
+    join.abort();
+    let dir = b.stop().await;
+    assert!(std::fs::read_dir(dir.path().join("stores"))
+        .unwrap()
+        .any(|e| e.unwrap().path().join("joining").exists()));
+
+    let b = Peer::start_in("bob", dir).await;
+    let bn = b.node.clone();
+    eventually("the resumed join to finish", || {
+        bn.store_by_name("big").map(|_| ())
+    })
+    .await;
+    let dump = |s: &Store| s.read(|s| s.canonical_dump());
+    let (ta, tb) = (a.store("big"), b.store("big"));
+    eventually("identical trees", || (dump(&ta) == dump(&tb)).then_some(())).await;
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_demand_stores_fetch_content_on_first_read_and_pause_survives_a_restart() {
+    let a = Peer::start("alice").await;
+    let b = Peer::start("bob").await;
+    let node = a.node.clone();
+    tokio::task::spawn_blocking(move || node.create_store("team").unwrap())
+        .await
+        .unwrap();
+    let token = a.invite("team", Role::Writer).await;
+    b.join(&token).await.unwrap();
+    b.net
+        .set_fetch_mode("team", lattice_mount::net::settings::FetchMode::OnDemand)
+        .unwrap();
+    let data = random_bytes(2 * 1024 * 1024 + 5, 9);
+    let cas = a.node.cas().clone();
+    let d2 = data.clone();
+    let content = tokio::task::spawn_blocking(move || cas.put_bytes(&d2, true).unwrap())
+        .await
+        .unwrap();
+    write_file(&a.store("team"), "lazy.bin", content.clone());
+    let team_b = b.store("team");
+    eventually("lazy.bin listed on B", || {
+        names(&team_b)
+            .contains(&"lazy.bin".to_string())
+            .then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let cas_b = b.node.cas().clone();
+    let pieces = vec![content];
+    let missing = tokio::task::block_in_place(|| cas_b.missing(&pieces).unwrap());
+    assert!(
+        !missing.is_empty(),
+        "on-demand: nothing fetched before a read"
+    );
+    assert_eq!(read_file(&b.node, &team_b, "lazy.bin").unwrap(), data);
+
+    b.net.set_paused(Some("team"), true).unwrap();
+    let dir = b.stop().await;
+    let b = Peer::start_in("bob", dir).await;
+    let st = b.net.store_net(&b.store("team"));
+    assert!(st.paused, "paused state survives a restart");
+    assert_eq!(st.fetch, lattice_mount::net::settings::FetchMode::OnDemand);
+    b.stop().await;
     a.stop().await;
 }

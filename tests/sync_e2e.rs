@@ -237,6 +237,12 @@ fn tokens_are_single_use_and_bad_ones_are_refused_with_one_line() {
         assert_eq!(err.lines().count(), 1, "one line: {err}");
         assert!(err.to_lowercase().contains(expect), "{err}");
     }
+    let withdrawn = ok(nodes[0].run(&["invite", "team"]));
+    let out = ok(nodes[0].run(&["revoke", "team", withdrawn.trim()]));
+    assert!(out.contains("revoked the invite"), "{out}");
+    let out = d.run(&["join", withdrawn.trim()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("revoked"), "{err}");
     let expired = ok(nodes[0].run(&["invite", "team", "--expires", "0s"]));
     let out = d.run(&["join", expired.trim()]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("expired"));

@@ -350,10 +350,36 @@ pub fn resume_joins(shared: &Arc<Shared>) {
     }
 }
 
-/// Revokes the member of store `name` that `target` names (a key hex prefix or its
-/// display name) and disconnects it.
-pub async fn revoke(shared: &Arc<Shared>, name: &str, target: &str) -> Result<PublicKey, NetError> {
+/// What `revoke` took back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revoked {
+    /// A member, now cut off.
+    Member(PublicKey),
+    /// An invite token, now refused.
+    Invite,
+}
+
+/// Revokes what `target` names in store `name`: an invite token (`lm1…`), or a member
+/// (a key hex prefix or its display name), which is also disconnected.
+pub async fn revoke(shared: &Arc<Shared>, name: &str, target: &str) -> Result<Revoked, NetError> {
     let store = shared.store(name)?;
+    if target.trim().starts_with(crate::sync::invite::PREFIX) {
+        let token = InviteToken::decode(target).map_err(|e| NetError::Token(e.to_string()))?;
+        if token.store != store.id() {
+            return Err(NetError::Token(format!(
+                "that token is not for store {name:?}"
+            )));
+        }
+        let st = store.clone();
+        blocking(move || -> Result<(), NetError> {
+            st.revoke_invite(crate::store::invite_id(&token.secret))
+                .map_err(|e| NetError::Token(e.to_string()))?;
+            st.flush()?;
+            Ok(())
+        })
+        .await??;
+        return Ok(Revoked::Invite);
+    }
     let matches: Vec<PublicKey> = store.read(|s| {
         s.members()
             .into_iter()
@@ -389,7 +415,7 @@ pub async fn revoke(shared: &Arc<Shared>, name: &str, target: &str) -> Result<Pu
     })
     .await??;
     cut_off(shared, &key);
-    Ok(key)
+    Ok(Revoked::Member(key))
 }
 
 /// Closes every connection to `key` if it is no longer a member of any store here.
@@ -409,10 +435,9 @@ pub async fn reconcile(
     peer: PublicKey,
 ) -> Result<RoundReport, NetError> {
     match reconcile_once(shared, store, peer).await {
-        // A kept connection the peer has since closed: dial afresh, once.
-        Err(NetError::Frame { .. } | NetError::Stream { .. })
-            if shared.conns.lock().remove(&peer).is_some() =>
-        {
+        // Most likely a kept connection the peer has since closed: dial afresh, once.
+        Err(NetError::Frame { .. } | NetError::Stream { .. }) => {
+            shared.conns.lock().remove(&peer);
             reconcile_once(shared, store, peer).await
         }
         other => other,

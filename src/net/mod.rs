@@ -44,7 +44,7 @@ use peers::PeerBook;
 use replica::{Cmd, ReplicaHandle};
 use settings::{FetchMode, Settings};
 
-pub use client::JoinProgress;
+pub use client::{JoinProgress, Revoked};
 pub use replica::SyncReport;
 
 /// ALPN of the lattice sync protocol; the suffix is its version.
@@ -374,9 +374,9 @@ impl Net {
         Ok(self.shared.peer_infos(&store))
     }
 
-    /// Revokes member `target` (key hex prefix or display name) of store `name` and
-    /// disconnects it; returns the revoked key.
-    pub async fn revoke(&self, name: &str, target: &str) -> Result<PublicKey, NetError> {
+    /// Revokes, in store `name`, an invite token or a member (key hex prefix or display
+    /// name), which is disconnected.
+    pub async fn revoke(&self, name: &str, target: &str) -> Result<Revoked, NetError> {
         client::revoke(&self.shared, name, target).await
     }
 
