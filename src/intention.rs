@@ -178,6 +178,18 @@ impl Intention {
         })
     }
 
+    /// The clock and hash of signed intention bytes, parsed without verifying anything:
+    /// for ordering and bookkeeping of bytes that [`Intention::decode`] will still check.
+    pub fn peek(bytes: &Bytes) -> Option<(Hlc, Hash)> {
+        let signed = pb::SignedIntention::decode(bytes.clone()).ok()?;
+        let body = pb::IntentionBody::decode(signed.body.clone()).ok()?;
+        let hlc = Hlc {
+            wall_ms: body.hlc_wall_ms,
+            counter: body.hlc_counter,
+        };
+        Some((hlc, Hash::of(&signed.body)))
+    }
+
     /// Decodes and verifies received bytes: limits, signature, then every op.
     pub fn decode(bytes: Bytes) -> Result<Self, IntentionError> {
         if bytes.len() > MAX_INTENTION_BYTES {
@@ -300,6 +312,18 @@ mod tests {
         let id = Identity::generate();
         let i = Intention::create(&id, StoreId([7; 16]), None, vec![], vec![op(5, "a")]).unwrap();
         (id, i)
+    }
+
+    #[test]
+    fn peek_finds_the_hash_and_clock_that_decode_verifies() {
+        let (_, i) = sample();
+        assert_eq!(Intention::peek(&i.bytes), Some((i.hlc, i.hash)));
+        assert_ne!(
+            i.hash,
+            Hash::of(&i.bytes),
+            "the hash covers the body, not the envelope"
+        );
+        assert_eq!(Intention::peek(&Bytes::from_static(&[0xff, 0xff])), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use crate::fs::op::Role;
 use crate::hlc::now_ms;
 use crate::identity::PublicKey;
-use crate::intention::{Hash, StoreId};
+use crate::intention::{Hash, Intention, StoreId};
 use crate::net::peers::endpoint_id;
 use crate::net::serve::{apply_all, BATCH_BYTES, MAX_WANT};
 use crate::net::{blocking, NetError, Shared, MAX_FRAME, PEER_TIMEOUT, SYNC_ALPN};
@@ -270,8 +270,13 @@ pub async fn join(
             (store, state)
         }
     };
-    bootstrap(shared, &store, state, &token.store_name, progress).await?;
-    Ok(store)
+    // Keeps the restart-resume loop off this store while this join streams it.
+    let fresh = shared.resuming.lock().insert(store.id());
+    let result = bootstrap(shared, &store, state, &token.store_name, progress).await;
+    if fresh {
+        shared.resuming.lock().remove(&store.id());
+    }
+    result.map(|()| store)
 }
 
 /// Streams the inviter's witness log into `store` from `state.next`, saving progress
@@ -428,19 +433,55 @@ pub fn cut_off(shared: &Shared, key: &PublicKey) {
 }
 
 /// Reconciles `store` with `peer`: negentropy rounds, then pulls what the peer has and
-/// pushes what it lacks, in bounded batches.
+/// pushes what it lacks, in bounded batches. Runs at most once at a time per store and
+/// peer: a call while one runs makes that one go again when it ends, and returns an
+/// empty report at once (so a burst of gossip hints costs one or two rounds).
 pub async fn reconcile(
     shared: &Arc<Shared>,
     store: &Store,
     peer: PublicKey,
 ) -> Result<RoundReport, NetError> {
-    match reconcile_once(shared, store, peer).await {
-        // Most likely a kept connection the peer has since closed: dial afresh, once.
-        Err(NetError::Frame { .. } | NetError::Stream { .. }) => {
-            shared.conns.lock().remove(&peer);
-            reconcile_once(shared, store, peer).await
+    let key = (store.id(), peer);
+    {
+        let mut running = shared.reconciling.lock();
+        if let Some(again) = running.get_mut(&key) {
+            *again = true;
+            return Ok(RoundReport::default());
         }
-        other => other,
+        running.insert(key, false);
+    }
+    let _running = Running { shared, key };
+    let mut total = RoundReport::default();
+    loop {
+        let r = match reconcile_once(shared, store, peer).await {
+            // Most likely a kept connection the peer has since closed: dial afresh, once.
+            Err(NetError::Frame { .. } | NetError::Stream { .. }) => {
+                shared.conns.lock().remove(&peer);
+                reconcile_once(shared, store, peer).await?
+            }
+            other => other?,
+        };
+        total.rounds += r.rounds;
+        total.reconcile_bytes += r.reconcile_bytes;
+        total.pulled += r.pulled;
+        total.pushed += r.pushed;
+        let mut running = shared.reconciling.lock();
+        match running.get_mut(&key) {
+            Some(again) if *again => *again = false,
+            _ => return Ok(total),
+        }
+    }
+}
+
+/// Marks a reconciliation as running until dropped (also when its task is cancelled).
+struct Running<'a> {
+    shared: &'a Shared,
+    key: (StoreId, PublicKey),
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.shared.reconciling.lock().remove(&self.key);
     }
 }
 
@@ -509,9 +550,19 @@ async fn pull(ex: &mut Exchange, store: &Store, mut hashes: Vec<Hash>) -> Result
                 what: "it offered intentions it does not send".into(),
             });
         }
-        let arrived: std::collections::HashSet<Hash> =
-            list.intentions.iter().map(|b| Hash::of(b)).collect();
+        let arrived: std::collections::HashSet<Hash> = list
+            .intentions
+            .iter()
+            .filter_map(|b| Intention::peek(b).map(|(_, h)| h))
+            .collect();
+        let before = hashes.len();
         hashes.retain(|h| !arrived.contains(h));
+        if hashes.len() == before {
+            return Err(NetError::Protocol {
+                peer: ex.peer.short(),
+                what: "it sent intentions that were not asked for".into(),
+            });
+        }
         got += list.intentions.len() as u64;
         let mut sorted = list.intentions;
         sort_by_hlc(&mut sorted);
@@ -561,8 +612,17 @@ async fn push(ex: &mut Exchange, store: &Store, hashes: Vec<Hash>) -> Result<u64
         if batch.is_empty() {
             break;
         }
-        let shipped: std::collections::HashSet<Hash> = batch.iter().map(|b| Hash::of(b)).collect();
+        let shipped: std::collections::HashSet<Hash> = batch
+            .iter()
+            .filter_map(|b| Intention::peek(b).map(|(_, h)| h))
+            .collect();
+        let before = rest.len();
         rest.retain(|h| !shipped.contains(h));
+        if rest.len() == before {
+            return Err(NetError::Local(
+                "stored intention bytes do not match their hashes".into(),
+            ));
+        }
         sent += batch.len() as u64;
         let answer = ex
             .ask(request::Kind::Push(pb::Intentions { intentions: batch }))
@@ -576,11 +636,7 @@ async fn push(ex: &mut Exchange, store: &Store, hashes: Vec<Hash>) -> Result<u64
 
 /// Orders intention bytes by their HLC, so causal predecessors mostly come first.
 fn sort_by_hlc(list: &mut [Bytes]) {
-    list.sort_by_cached_key(|b| {
-        crate::intention::Intention::decode(b.clone())
-            .map(|i| (i.hlc, i.hash))
-            .ok()
-    });
+    list.sort_by_cached_key(Intention::peek);
 }
 
 /// Fetches one intention `hash` announced by `peer` and applies it.

@@ -215,6 +215,8 @@ pub(crate) struct Shared {
     pub resuming: Mutex<std::collections::HashSet<StoreId>>,
     /// Blobs being fetched for waiting reads.
     pub read_fetches: Mutex<std::collections::HashSet<iroh_blobs::Hash>>,
+    /// Reconciliations running, per (store, peer), and whether one more was asked for.
+    pub reconciling: Mutex<HashMap<(StoreId, PublicKey), bool>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -273,6 +275,7 @@ impl Net {
             conns: Mutex::new(HashMap::new()),
             resuming: Mutex::new(std::collections::HashSet::new()),
             read_fetches: Mutex::new(std::collections::HashSet::new()),
+            reconciling: Mutex::new(HashMap::new()),
         });
         gate.attach(Arc::downgrade(&shared));
         let events = blobs::provider_events(Arc::downgrade(&shared));

@@ -258,7 +258,10 @@ impl Replica {
             let kind = if bytes.len() + 16 <= GOSSIP_MAX {
                 gossip::Kind::Intention(bytes)
             } else {
-                gossip::Kind::Hash(Bytes::copy_from_slice(&Hash::of(&bytes).0))
+                let Some((_, hash)) = crate::intention::Intention::peek(&bytes) else {
+                    continue;
+                };
+                gossip::Kind::Hash(Bytes::copy_from_slice(&hash.0))
             };
             let msg = Gossip { kind: Some(kind) }.encode_to_vec();
             if let Err(e) = sender.broadcast(msg.into()).await {

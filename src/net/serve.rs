@@ -208,8 +208,8 @@ pub(crate) async fn apply_all(
     let st = store.clone();
     blocking(move || {
         let (mut ok, mut refused) = (0, 0);
-        for bytes in intentions {
-            match st.apply_remote(bytes) {
+        for outcome in st.apply_remote_many(intentions) {
+            match outcome {
                 Ok(ApplyOutcome::Applied { .. } | ApplyOutcome::Floating { .. }) => ok += 1,
                 Ok(ApplyOutcome::Duplicate) => {}
                 Err(e) if crate::store::is_refusal(&e) => {

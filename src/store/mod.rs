@@ -475,6 +475,25 @@ impl Store {
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
+    /// Applies many received intentions in order, queued together so the actor commits
+    /// them in as few transactions as it can; one outcome per input.
+    pub fn apply_remote_many(&self, list: Vec<Bytes>) -> Vec<Result<ApplyOutcome, StoreError>> {
+        let waiting: Vec<_> = list
+            .into_iter()
+            .map(|bytes| {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                self.handle
+                    .shared
+                    .send(Request::Apply(bytes, tx))
+                    .map(|()| rx)
+            })
+            .collect();
+        waiting
+            .into_iter()
+            .map(|sent| sent.and_then(|rx| rx.recv().map_err(|_| StoreError::Closed)?))
+            .collect()
+    }
+
     /// The stored bytes of those of `hashes` this store has (applied or voided), in
     /// order, up to about `max_bytes` (the first found is always included).
     pub fn get(&self, hashes: Vec<Hash>, max_bytes: usize) -> Result<Vec<Bytes>, StoreError> {
