@@ -74,15 +74,7 @@ pub(crate) async fn fetch(
 ) -> Result<Bytes, CasError> {
     let bytes = match store.get_bytes(to_iroh(hash)).await {
         Ok(bytes) => bytes,
-        Err(e) => {
-            return Err(match store.status(to_iroh(hash)).await {
-                Ok(BlobStatus::Complete { .. }) => iroh_blobs::api::Error::from(e).into(),
-                _ => CasError::Absent {
-                    hash,
-                    waited: std::time::Duration::ZERO,
-                },
-            })
-        }
+        Err(_) => after_failed_read(store, hash).await?,
     };
     if let Some(expected) = expected {
         if bytes.len() as u64 != expected {
@@ -93,6 +85,32 @@ pub(crate) async fn fetch(
         }
     }
     Ok(bytes)
+}
+
+/// What a failed read of `hash` means: `Absent` if the store does not hold the blob
+/// completely, else the blob, read again.
+///
+/// The read and the status are two requests, and the blob may complete between them (a
+/// fetch or import of it running at the same time): the first read found no entry, the
+/// status finds a complete one. iroh-blobs marks an entry complete in memory before it
+/// records it in its database (`finish_import_impl` and `write_batch` in
+/// `store/fs.rs`), so once the status says complete a new read sees the data; an error
+/// of that second read is a real one.
+pub(crate) async fn after_failed_read(store: &Store, hash: Hash) -> Result<Bytes, CasError> {
+    let status = store
+        .status(to_iroh(hash))
+        .await
+        .map_err(iroh_blobs::api::Error::from)?;
+    if !matches!(status, BlobStatus::Complete { .. }) {
+        return Err(CasError::Absent {
+            hash,
+            waited: std::time::Duration::ZERO,
+        });
+    }
+    Ok(store
+        .get_bytes(to_iroh(hash))
+        .await
+        .map_err(iroh_blobs::api::Error::from)?)
 }
 
 /// Number and total size of complete blobs.
