@@ -1,6 +1,7 @@
 //! The opener side of the sync protocol: invites and joins, bootstrap, reconciliation
 //! rounds and the pulls and pushes that follow them, and revocation.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -433,55 +434,59 @@ pub fn cut_off(shared: &Shared, key: &PublicKey) {
 }
 
 /// Reconciles `store` with `peer`: negentropy rounds, then pulls what the peer has and
-/// pushes what it lacks, in bounded batches. Runs at most once at a time per store and
-/// peer: a call while one runs makes that one go again when it ends, and returns an
-/// empty report at once (so a burst of gossip hints costs one or two rounds).
+/// pushes what it lacks, in bounded batches. Rounds with one peer about one store never
+/// overlap: this waits for a running one, then runs its own.
 pub async fn reconcile(
     shared: &Arc<Shared>,
     store: &Store,
     peer: PublicKey,
 ) -> Result<RoundReport, NetError> {
-    let key = (store.id(), peer);
-    {
-        let mut running = shared.reconciling.lock();
-        if let Some(again) = running.get_mut(&key) {
-            *again = true;
-            return Ok(RoundReport::default());
-        }
-        running.insert(key, false);
-    }
-    let _running = Running { shared, key };
+    let slot = shared.reconcile_slot(store.id(), peer);
+    let _turn = slot.turn.lock().await;
+    slot.again.store(false, Ordering::Relaxed);
+    reconcile_redialing(shared, store, peer).await
+}
+
+/// Like [`reconcile`], for hints (a gossiped intention that floats, a new neighbour):
+/// when a round is running it only asks that one to go once more, so a burst of hints
+/// costs one or two rounds.
+pub async fn reconcile_hint(
+    shared: &Arc<Shared>,
+    store: &Store,
+    peer: PublicKey,
+) -> Result<RoundReport, NetError> {
+    let slot = shared.reconcile_slot(store.id(), peer);
+    let Ok(_turn) = slot.turn.try_lock() else {
+        slot.again.store(true, Ordering::Relaxed);
+        return Ok(RoundReport::default());
+    };
     let mut total = RoundReport::default();
     loop {
-        let r = match reconcile_once(shared, store, peer).await {
-            // Most likely a kept connection the peer has since closed: dial afresh, once.
-            Err(NetError::Frame { .. } | NetError::Stream { .. }) => {
-                shared.conns.lock().remove(&peer);
-                reconcile_once(shared, store, peer).await?
-            }
-            other => other?,
-        };
+        slot.again.store(false, Ordering::Relaxed);
+        let r = reconcile_redialing(shared, store, peer).await?;
         total.rounds += r.rounds;
         total.reconcile_bytes += r.reconcile_bytes;
         total.pulled += r.pulled;
         total.pushed += r.pushed;
-        let mut running = shared.reconciling.lock();
-        match running.get_mut(&key) {
-            Some(again) if *again => *again = false,
-            _ => return Ok(total),
+        if !slot.again.load(Ordering::Relaxed) {
+            return Ok(total);
         }
     }
 }
 
-/// Marks a reconciliation as running until dropped (also when its task is cancelled).
-struct Running<'a> {
-    shared: &'a Shared,
-    key: (StoreId, PublicKey),
-}
-
-impl Drop for Running<'_> {
-    fn drop(&mut self) {
-        self.shared.reconciling.lock().remove(&self.key);
+/// One reconciliation; after a stream failure (most likely a kept connection the peer
+/// has since closed) it dials afresh, once.
+async fn reconcile_redialing(
+    shared: &Arc<Shared>,
+    store: &Store,
+    peer: PublicKey,
+) -> Result<RoundReport, NetError> {
+    match reconcile_once(shared, store, peer).await {
+        Err(NetError::Frame { .. } | NetError::Stream { .. }) => {
+            shared.conns.lock().remove(&peer);
+            reconcile_once(shared, store, peer).await
+        }
+        other => other,
     }
 }
 

@@ -215,8 +215,8 @@ pub(crate) struct Shared {
     pub resuming: Mutex<std::collections::HashSet<StoreId>>,
     /// Blobs being fetched for waiting reads.
     pub read_fetches: Mutex<std::collections::HashSet<iroh_blobs::Hash>>,
-    /// Reconciliations running, per (store, peer), and whether one more was asked for.
-    pub reconciling: Mutex<HashMap<(StoreId, PublicKey), bool>>,
+    /// Per (store, peer): the turn of reconciliation rounds, so they never overlap.
+    pub reconciling: Mutex<HashMap<(StoreId, PublicKey), Arc<ReconcileSlot>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -603,6 +603,26 @@ async fn bind(
         }
     }
     attempt(wanted).await
+}
+
+/// Serializes reconciliation rounds with one peer about one store.
+#[derive(Default)]
+pub(crate) struct ReconcileSlot {
+    /// Held while a round runs.
+    pub turn: tokio::sync::Mutex<()>,
+    /// A hint arrived while a round ran: run once more.
+    pub again: std::sync::atomic::AtomicBool,
+}
+
+impl Shared {
+    /// The reconciliation slot of (`store`, `peer`).
+    pub fn reconcile_slot(&self, store: StoreId, peer: PublicKey) -> Arc<ReconcileSlot> {
+        self.reconciling
+            .lock()
+            .entry((store, peer))
+            .or_default()
+            .clone()
+    }
 }
 
 /// Runs blocking work (store, content store) off the async workers.

@@ -368,7 +368,7 @@ impl Replica {
         let (weak, store) = (self.shared.clone(), self.store.clone());
         async move {
             let Some(shared) = weak.upgrade() else { return };
-            if let Err(e) = client::reconcile(&shared, &store, peer).await {
+            if let Err(e) = client::reconcile_hint(&shared, &store, peer).await {
                 tracing::debug!(peer = %peer.short(), "reconcile failed: {e}");
             }
         }
