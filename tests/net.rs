@@ -56,6 +56,13 @@ impl Peer {
         self._dir
     }
 
+    async fn create(&self, name: &str) {
+        let (node, name) = (self.node.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || node.create_store(&name).unwrap())
+            .await
+            .unwrap();
+    }
+
     fn store(&self, name: &str) -> Store {
         self.node.store_by_name(name).expect("store exists")
     }
@@ -140,10 +147,7 @@ fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 async fn two_nodes_share_a_store_through_an_invite() {
     let a = Peer::start("alice").await;
     let b = Peer::start("bob").await;
-    let node = a.node.clone();
-    tokio::task::spawn_blocking(move || node.create_store("team").unwrap())
-        .await
-        .unwrap();
+    a.create("team").await;
     let team_a = a.store("team");
     write_file(
         &team_a,
@@ -197,14 +201,7 @@ async fn two_nodes_share_a_store_through_an_invite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn paused_stores_diverge_and_merge_on_resume() {
-    let a = Peer::start("alice").await;
-    let b = Peer::start("bob").await;
-    let node = a.node.clone();
-    tokio::task::spawn_blocking(move || node.create_store("team").unwrap())
-        .await
-        .unwrap();
-    let token = a.invite("team", Role::Writer).await;
-    b.join(&token).await.unwrap();
+    let (a, b) = team().await;
     let (team_a, team_b) = (a.store("team"), b.store("team"));
     a.net.set_paused(Some("team"), true).unwrap();
     b.net.set_paused(Some("team"), true).unwrap();
@@ -232,14 +229,7 @@ async fn paused_stores_diverge_and_merge_on_resume() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_revoked_member_is_cut_off_and_its_later_writes_refused() {
-    let a = Peer::start("alice").await;
-    let b = Peer::start("bob").await;
-    let node = a.node.clone();
-    tokio::task::spawn_blocking(move || node.create_store("team").unwrap())
-        .await
-        .unwrap();
-    let token = a.invite("team", Role::Writer).await;
-    b.join(&token).await.unwrap();
+    let (a, b) = team().await;
     let (team_a, team_b) = (a.store("team"), b.store("team"));
     let bob = b.node.identity().public();
     write_file(&team_b, "before-revoke.txt", Content::Inline("ok".into()));
@@ -274,14 +264,7 @@ async fn a_revoked_member_is_cut_off_and_its_later_writes_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn peer_addresses_and_joined_stores_survive_a_restart() {
-    let a = Peer::start("alice").await;
-    let b = Peer::start("bob").await;
-    let node = a.node.clone();
-    tokio::task::spawn_blocking(move || node.create_store("team").unwrap())
-        .await
-        .unwrap();
-    let token = a.invite("team", Role::Writer).await;
-    b.join(&token).await.unwrap();
+    let (a, b) = team().await;
     let a_key = a.node.identity().public();
     let dir = b.stop().await;
     let book = std::fs::read_to_string(dir.path().join("peers")).unwrap();
@@ -301,6 +284,16 @@ async fn peer_addresses_and_joined_stores_survive_a_restart() {
     assert_eq!(got, b"after restart");
     b.stop().await;
     a.stop().await;
+}
+
+/// Alice creates store `team` and bob joins it as a writer.
+async fn team() -> (Peer, Peer) {
+    let a = Peer::start("alice").await;
+    let b = Peer::start("bob").await;
+    a.create("team").await;
+    let token = a.invite("team", Role::Writer).await;
+    b.join(&token).await.unwrap();
+    (a, b)
 }
 
 /// A raw endpoint with `identity`'s key, for speaking the protocols by hand.
@@ -389,13 +382,8 @@ async fn hostile_input_is_refused_and_changes_nothing() {
     use lattice_mount::proto::peer::{request::Kind as Req, Frame, Intentions, Want};
 
     let a = Peer::start("alice").await;
-    let node = a.node.clone();
-    tokio::task::spawn_blocking(move || {
-        node.create_store("team").unwrap();
-        node.create_store("secret").unwrap();
-    })
-    .await
-    .unwrap();
+    a.create("team").await;
+    a.create("secret").await;
     let (team, secret) = (a.store("team"), a.store("secret"));
     let cas = a.node.cas().clone();
     let hidden = tokio::task::spawn_blocking(move || {
@@ -532,10 +520,7 @@ async fn hostile_input_is_refused_and_changes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_interrupted_join_resumes_after_a_restart() {
     let a = Peer::start("alice").await;
-    let node = a.node.clone();
-    tokio::task::spawn_blocking(move || node.create_store("big").unwrap())
-        .await
-        .unwrap();
+    a.create("big").await;
     let store = a.store("big");
     // About 4 MiB of history: several bootstrap batches.
     for k in 0..400 {
@@ -572,14 +557,7 @@ async fn an_interrupted_join_resumes_after_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_demand_stores_fetch_content_on_first_read_and_pause_survives_a_restart() {
-    let a = Peer::start("alice").await;
-    let b = Peer::start("bob").await;
-    let node = a.node.clone();
-    tokio::task::spawn_blocking(move || node.create_store("team").unwrap())
-        .await
-        .unwrap();
-    let token = a.invite("team", Role::Writer).await;
-    b.join(&token).await.unwrap();
+    let (a, b) = team().await;
     b.net
         .set_fetch_mode("team", lattice_mount::net::settings::FetchMode::OnDemand)
         .unwrap();
