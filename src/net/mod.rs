@@ -213,6 +213,8 @@ pub(crate) struct Shared {
     pub conns: Mutex<HashMap<PublicKey, iroh::endpoint::Connection>>,
     /// Joining stores whose bootstrap is being resumed.
     pub resuming: Mutex<std::collections::HashSet<StoreId>>,
+    /// Each store's local settings, as last loaded or saved.
+    pub settings: Mutex<HashMap<StoreId, Settings>>,
     /// Blobs being fetched for waiting reads.
     pub read_fetches: Mutex<std::collections::HashSet<iroh_blobs::Hash>>,
     /// Per (store, peer): the turn of reconciliation rounds, so they never overlap.
@@ -274,6 +276,7 @@ impl Net {
             router: Mutex::new(None),
             conns: Mutex::new(HashMap::new()),
             resuming: Mutex::new(std::collections::HashSet::new()),
+            settings: Mutex::new(HashMap::new()),
             read_fetches: Mutex::new(std::collections::HashSet::new()),
             reconciling: Mutex::new(HashMap::new()),
         });
@@ -344,14 +347,7 @@ impl Net {
         };
         let mut names = Vec::new();
         for store in stores {
-            let dir = self.shared.node.store_dir(store.id());
-            let mut s = Settings::load(&dir);
-            s.paused = paused;
-            s.save(&dir)
-                .map_err(|e| NetError::Local(format!("cannot save {}: {e}", dir.display())))?;
-            if let Some(h) = self.shared.replicas.lock().get(&store.id()) {
-                h.send(Cmd::Settings(s));
-            }
+            self.shared.update_settings(&store, |s| s.paused = paused)?;
             names.push(crate::node::store_name(&store));
         }
         Ok(names)
@@ -360,15 +356,7 @@ impl Net {
     /// Sets how store `name` fetches blobs.
     pub fn set_fetch_mode(&self, name: &str, mode: FetchMode) -> Result<(), NetError> {
         let store = self.shared.store(name)?;
-        let dir = self.shared.node.store_dir(store.id());
-        let mut s = Settings::load(&dir);
-        s.fetch = mode;
-        s.save(&dir)
-            .map_err(|e| NetError::Local(format!("cannot save {}: {e}", dir.display())))?;
-        if let Some(h) = self.shared.replicas.lock().get(&store.id()) {
-            h.send(Cmd::Settings(s));
-        }
-        Ok(())
+        self.shared.update_settings(&store, |s| s.fetch = mode)
     }
 
     /// The members of store `name` with their liveness.
@@ -491,8 +479,7 @@ impl Shared {
             if replicas.contains_key(&store.id()) {
                 continue;
             }
-            let settings = Settings::load(&self.node.store_dir(store.id()));
-            let handle = replica::spawn(Arc::downgrade(self), store.clone(), settings);
+            let handle = replica::spawn(Arc::downgrade(self), store.clone(), self.settings(&store));
             replicas.insert(store.id(), handle);
         }
     }
@@ -539,7 +526,7 @@ impl Shared {
     }
 
     fn store_net(&self, store: &Store) -> StoreNet {
-        let settings = Settings::load(&self.node.store_dir(store.id()));
+        let settings = self.settings(store);
         let others = self.other_members(store);
         let online = others.iter().filter(|k| self.peers.state(k).online).count();
         let (unsent, missing_blobs) = self
@@ -557,13 +544,44 @@ impl Shared {
         }
     }
 
+    /// The local settings of `store`, read from its file once and kept in memory (they
+    /// are consulted on every incoming connection and request).
+    pub fn settings(&self, store: &Store) -> Settings {
+        *self
+            .settings
+            .lock()
+            .entry(store.id())
+            .or_insert_with(|| Settings::load(&self.node.store_dir(store.id())))
+    }
+
+    /// Changes the settings of `store`: saved, kept, and handed to its replica task.
+    fn update_settings(
+        &self,
+        store: &Store,
+        change: impl FnOnce(&mut Settings),
+    ) -> Result<(), NetError> {
+        let dir = self.node.store_dir(store.id());
+        let mut settings = self.settings.lock();
+        let s = settings
+            .entry(store.id())
+            .or_insert_with(|| Settings::load(&dir));
+        let mut next = *s;
+        change(&mut next);
+        next.save(&dir)
+            .map_err(|e| NetError::Local(format!("cannot save {}: {e}", dir.display())))?;
+        *s = next;
+        drop(settings);
+        if let Some(h) = self.replicas.lock().get(&store.id()) {
+            h.send(Cmd::Settings(next));
+        }
+        Ok(())
+    }
+
     /// True if `key` is a current member (any role) of a visible store with id `id`
     /// whose network activity is not paused.
     pub fn may_sync(&self, key: &PublicKey, id: StoreId) -> bool {
         self.node.stores().iter().any(|s| {
-            s.id() == id
-                && s.read(|st| st.member(key).is_some())
-                && !Settings::load(&self.node.store_dir(id)).paused
+            s.id() == id && s.read(|st| st.member(key).is_some()) && !self.settings(s).paused
         })
     }
 
@@ -573,7 +591,7 @@ impl Shared {
             .stores()
             .into_iter()
             .filter(|s| s.read(|st| st.member(key).is_some()))
-            .filter(|s| !Settings::load(&self.node.store_dir(s.id())).paused)
+            .filter(|s| !self.settings(s).paused)
             .collect()
     }
 }

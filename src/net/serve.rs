@@ -146,7 +146,7 @@ async fn answer(
     match kind {
         request::Kind::Redeem(_) => unreachable!("handled above"),
         request::Kind::Bootstrap(b) => {
-            stream_witness(shared, &store, b.from, send).await?;
+            stream_witness(&store, b.from, send).await?;
             Ok(None)
         }
         request::Kind::Reconcile(f) => {
@@ -225,12 +225,7 @@ pub(crate) async fn apply_all(
 }
 
 /// Streams witness batches from seq `from` to the end, then an empty batch.
-async fn stream_witness(
-    shared: &Arc<Shared>,
-    store: &Store,
-    from: u64,
-    send: &mut SendStream,
-) -> Result<(), String> {
+async fn stream_witness(store: &Store, from: u64, send: &mut SendStream) -> Result<(), String> {
     let mut next = from.max(1);
     loop {
         let st = store.clone();
@@ -251,7 +246,6 @@ async fn stream_witness(
             .await
             .map_err(|e| e.to_string())?;
         if end {
-            let _ = shared;
             return Ok(());
         }
     }
