@@ -138,6 +138,9 @@ impl Node {
         let cas = Cas::open(&data_dir.join(BLOBS_DIR), rt)?;
         let clock = Arc::new(Mutex::new(Clock::new(Hlc::ZERO)));
         let (stores, joining) = open_stores(&data_dir.join(STORES_DIR), &identity, &clock)?;
+        for store in stores.iter().chain(&joining) {
+            sync_content_first(store, &cas);
+        }
         tracing::info!(
             node = %identity.public(),
             stores = stores.len(),
@@ -253,6 +256,7 @@ impl Node {
             self.inner.clock.clone(),
         )
         .map_err(store_err)?;
+        sync_content_first(&store, &self.inner.cas);
         joining.push(store.clone());
         Ok(store)
     }
@@ -314,6 +318,7 @@ impl Node {
                 source,
             }
         })?;
+        sync_content_first(&store, &self.inner.cas);
         // The store's directory belongs to whoever runs this node, created now.
         // SAFETY: getuid/getgid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -492,6 +497,13 @@ fn hostname() -> Result<String, NodeError> {
 }
 
 /// Opens every store under `dir` (one subdirectory per store, named by its hex id).
+/// Makes `store` sync the content store before each durable commit, so a durable
+/// intention never names content a crash could lose.
+fn sync_content_first(store: &Store, cas: &Cas) {
+    let cas = cas.clone();
+    store.set_before_durable(Arc::new(move || cas.sync().map_err(|e| e.to_string())));
+}
+
 fn open_stores(
     dir: &Path,
     identity: &Identity,

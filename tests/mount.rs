@@ -436,10 +436,16 @@ fn fsynced_data_survives_kill_9() {
         let mut g = File::create(&small).unwrap();
         g.write_all(b"tiny").unwrap();
         g.sync_all().unwrap();
+        // Closing a duplicate (as a forked child's exec does) commits the content before
+        // the fsync: the fsync must still make that content durable.
+        let mut h = File::create(d.path(&format!("crash/flushed{round}"))).unwrap();
+        h.write_all(&random_bytes(2 << 20, 111 + round)).unwrap();
+        drop(h.try_clone().unwrap());
+        h.sync_all().unwrap();
         fs::create_dir(d.path(&format!("crash/dir{round}"))).unwrap();
         File::open(d.path("crash")).unwrap().sync_all().unwrap();
         d.kill9();
-        drop((f, g));
+        drop((f, g, h));
         // The dead mount is still there; `up` must clean it.
         assert!(
             common::fstype(&d.mnt).is_some(),
@@ -447,11 +453,13 @@ fn fsynced_data_survives_kill_9() {
         );
         d.up();
         for r in 0..=round {
-            let want = random_bytes(2 << 20, 11 + r);
-            assert!(
-                fs::read(d.path(&format!("crash/synced{r}"))).unwrap() == want,
-                "round {r}"
-            );
+            for (name, seed) in [("synced", 11), ("flushed", 111)] {
+                assert!(
+                    fs::read(d.path(&format!("crash/{name}{r}"))).unwrap()
+                        == random_bytes(2 << 20, seed + r),
+                    "{name} in round {r}"
+                );
+            }
             assert_eq!(
                 fs::read(d.path(&format!("crash/small{r}"))).unwrap(),
                 b"tiny"

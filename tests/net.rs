@@ -157,7 +157,7 @@ async fn two_nodes_share_a_store_through_an_invite() {
     let big = random_bytes(3 * 1024 * 1024 + 17, 7);
     let cas = a.node.cas().clone();
     let big2 = big.clone();
-    let content = tokio::task::spawn_blocking(move || cas.put_bytes(&big2, true).unwrap())
+    let content = tokio::task::spawn_blocking(move || cas.put_bytes(&big2).unwrap())
         .await
         .unwrap();
     write_file(&team_a, "big.bin", content);
@@ -386,11 +386,10 @@ async fn hostile_input_is_refused_and_changes_nothing() {
     a.create("secret").await;
     let (team, secret) = (a.store("team"), a.store("secret"));
     let cas = a.node.cas().clone();
-    let hidden = tokio::task::spawn_blocking(move || {
-        cas.put_bytes(&random_bytes(1 << 20, 3), true).unwrap()
-    })
-    .await
-    .unwrap();
+    let hidden =
+        tokio::task::spawn_blocking(move || cas.put_bytes(&random_bytes(1 << 20, 3)).unwrap())
+            .await
+            .unwrap();
     write_file(&secret, "hidden.bin", hidden.clone());
 
     // Mallory is a legitimate writer of `team` only; a stranger is nobody.
@@ -564,7 +563,7 @@ async fn on_demand_stores_fetch_content_on_first_read_and_pause_survives_a_resta
     let data = random_bytes(2 * 1024 * 1024 + 5, 9);
     let cas = a.node.cas().clone();
     let d2 = data.clone();
-    let content = tokio::task::spawn_blocking(move || cas.put_bytes(&d2, true).unwrap())
+    let content = tokio::task::spawn_blocking(move || cas.put_bytes(&d2).unwrap())
         .await
         .unwrap();
     write_file(&a.store("team"), "lazy.bin", content.clone());

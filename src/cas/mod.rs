@@ -17,11 +17,11 @@
 //! the manifest and its chunks survive garbage collection; the store is also opened
 //! with GC disabled, so nothing is ever deleted today.
 //!
-//! Durability. `put_*(durable = true)` returns once the chunk, manifest and sequence
-//! files are fsynced, the data directory is fsynced and the store's metadata database
-//! has committed (`sync_db`): the content survives `kill -9` and power loss. With
-//! `durable = false` the metadata commits within the store's batch window (500 ms) and
-//! the data files are left to the page cache.
+//! Durability. [`Cas::sync`] makes every blob put so far durable: the chunk, manifest
+//! and sequence files are fsynced, the data directory is fsynced and the store's
+//! metadata database has committed (`sync_db`), so the content survives `kill -9` and
+//! power loss. Until then the blobs of a put are pending; each store of intentions runs one before every durable
+//! commit, so no durable intention ever names content a crash could lose.
 //!
 //! Reads fetch whole chunks (verified against their bao outboard by the store) into a
 //! bounded LRU, and parsed manifests into another, so sequential reads fetch each chunk
@@ -95,6 +95,11 @@ struct Inner {
     fetcher: RwLock<Option<Fetcher>>,
     /// How long a read waits for one absent blob.
     read_wait: Mutex<Duration>,
+    /// Blobs put since the last [`Cas::sync`], whose files and metadata may not be
+    /// durable yet.
+    unsynced: Mutex<Vec<Hash>>,
+    /// Held while a sync runs, so a second caller waits for the first to finish.
+    syncing: Mutex<()>,
 }
 
 impl Cas {
@@ -123,13 +128,15 @@ impl Cas {
                 prefetching: Mutex::new(HashSet::new()),
                 fetcher: RwLock::new(None),
                 read_wait: Mutex::new(READ_WAIT),
+                unsynced: Mutex::new(Vec::new()),
+                syncing: Mutex::new(()),
             }),
         })
     }
 
     /// Stores the whole file at `path` (read as a stream): inline if <= INLINE_MAX, else
-    /// FastCDC chunks + a manifest blob. Durable on return when `durable` is true.
-    pub fn put_file(&self, path: &Path, durable: bool) -> Result<Content, CasError> {
+    /// FastCDC chunks + a manifest blob. Durable after the next [`Cas::sync`].
+    pub fn put_file(&self, path: &Path) -> Result<Content, CasError> {
         let mut file = File::open(path).map_err(CasError::io("open file to store"))?;
         let mut head = Vec::with_capacity(INLINE_MAX + 1);
         (&mut file)
@@ -141,31 +148,27 @@ impl Cas {
         }
         let mut chunker =
             StreamChunker::new(std::io::Cursor::new(head).chain(file), self.inner.params);
-        self.put_chunks(
-            || {
-                chunker
-                    .next_chunk()
-                    .map_err(CasError::io("read file to store"))
-            },
-            durable,
-        )
+        self.put_chunks(|| {
+            chunker
+                .next_chunk()
+                .map_err(CasError::io("read file to store"))
+        })
     }
 
     /// Stores `data`: inline if <= INLINE_MAX, else chunks + a manifest blob.
-    /// Durable on return when `durable` is true.
-    pub fn put_bytes(&self, data: &[u8], durable: bool) -> Result<Content, CasError> {
+    /// Durable after the next [`Cas::sync`].
+    pub fn put_bytes(&self, data: &[u8]) -> Result<Content, CasError> {
         if data.len() <= INLINE_MAX {
             return Ok(Content::Inline(Bytes::copy_from_slice(data)));
         }
         let mut chunks = chunk_slice(data, self.inner.params);
-        self.put_chunks(|| Ok(chunks.next().map(Bytes::copy_from_slice)), durable)
+        self.put_chunks(|| Ok(chunks.next().map(Bytes::copy_from_slice)))
     }
 
     /// Imports the chunks `next` yields (several at once), then their manifest.
     fn put_chunks(
         &self,
         mut next: impl FnMut() -> Result<Option<Bytes>, CasError>,
-        durable: bool,
     ) -> Result<Content, CasError> {
         let inner = &self.inner;
         let mut pending: VecDeque<JoinHandle<Result<(TempTag, u64), CasError>>> = VecDeque::new();
@@ -198,19 +201,37 @@ impl Cas {
             Ok::<_, CasError>((manifest_tt, seq_tt))
         })?;
         let hash = store::from_iroh(manifest_tt.hash());
-        if durable {
-            let mut files: Vec<Hash> = manifest.chunks().map(|(h, _, _)| h).collect();
-            files.extend([hash, store::from_iroh(seq_tt.hash())]);
-            store::sync_files(&inner.paths, &files)?;
-            inner
-                .rt
-                .block_on(blobs.sync_db())
-                .map_err(iroh_blobs::api::Error::from)?;
+        {
+            let mut unsynced = inner.unsynced.lock();
+            unsynced.extend(manifest.chunks().map(|(h, _, _)| h));
+            unsynced.extend([hash, store::from_iroh(seq_tt.hash())]);
         }
         let parsed = Arc::new(manifest);
         let weight = parsed.len() as u64 + 1;
         inner.manifests.lock().insert(hash, parsed, weight);
         Ok(Content::Manifest { hash, size })
+    }
+
+    /// Makes every blob put so far durable: fsyncs their files and the data directory,
+    /// then commits the store's metadata database. Content that callers record elsewhere
+    /// (an intention) must be synced before that record is made durable, or a crash
+    /// could keep the record and lose the blobs it names.
+    pub fn sync(&self) -> Result<(), CasError> {
+        let _turn = self.inner.syncing.lock();
+        let hashes = std::mem::take(&mut *self.inner.unsynced.lock());
+        if hashes.is_empty() {
+            return Ok(());
+        }
+        let synced = store::sync_files(&self.inner.paths, &hashes).and_then(|()| {
+            self.inner
+                .rt
+                .block_on(self.blobs().sync_db())
+                .map_err(|e| CasError::Blobs(e.into()))
+        });
+        if synced.is_err() {
+            self.inner.unsynced.lock().extend(hashes);
+        }
+        synced
     }
 
     /// Waits for a spawned store task.

@@ -155,10 +155,10 @@ fn interesting_sizes_round_trip_through_put_bytes_put_file_read_and_export() {
     let f = fixture();
     for (i, &size) in INTERESTING_SIZES.iter().enumerate() {
         let all = data(i as u64, size);
-        let from_bytes = f.cas.put_bytes(&all, false).unwrap();
+        let from_bytes = f.cas.put_bytes(&all).unwrap();
         let path = f.dir.path().join(format!("src{i}"));
         std::fs::write(&path, &all).unwrap();
-        let from_file = f.cas.put_file(&path, true).unwrap();
+        let from_file = f.cas.put_file(&path).unwrap();
         assert_eq!(from_bytes, from_file, "size {size}: file and bytes differ");
         assert_eq!(from_bytes.len(), size as u64);
         assert_eq!(matches!(from_bytes, Content::Inline(_)), size <= INLINE_MAX);
@@ -183,10 +183,7 @@ fn mixed_inline_and_manifest_pieces_read_as_their_concatenation() {
         data(5, 0),
         data(6, 1),
     ];
-    let pieces: Vec<Content> = parts
-        .iter()
-        .map(|p| f.cas.put_bytes(p, false).unwrap())
-        .collect();
+    let pieces: Vec<Content> = parts.iter().map(|p| f.cas.put_bytes(p).unwrap()).collect();
     let all: Vec<u8> = parts.concat();
     let mut boundaries = Vec::new();
     let mut base = 0u64;
@@ -203,10 +200,10 @@ fn mixed_inline_and_manifest_pieces_read_as_their_concatenation() {
 fn rewriting_one_block_in_the_middle_stores_only_a_few_new_chunks() {
     let f = fixture();
     let mut all = data(7, 16 * MIB);
-    let first = f.cas.put_bytes(&all, false).unwrap();
+    let first = f.cas.put_bytes(&all).unwrap();
     let (blobs_before, bytes_before) = f.cas.stats().unwrap();
     all[8 * MIB..8 * MIB + 4 * KIB].copy_from_slice(&data(8, 4 * KIB));
-    let second = f.cas.put_bytes(&all, false).unwrap();
+    let second = f.cas.put_bytes(&all).unwrap();
     let (blobs_after, bytes_after) = f.cas.stats().unwrap();
     assert_ne!(first, second);
     // New blobs: the changed chunk(s), the manifest and its hash sequence.
@@ -224,12 +221,12 @@ fn rewriting_one_block_in_the_middle_stores_only_a_few_new_chunks() {
 fn storing_the_same_content_twice_adds_no_blobs() {
     let f = fixture();
     let all = data(9, 6 * MIB);
-    let first = f.cas.put_bytes(&all, true).unwrap();
+    let first = f.cas.put_bytes(&all).unwrap();
     let before = f.cas.stats().unwrap();
     let path = f.dir.path().join("same");
     std::fs::write(&path, &all).unwrap();
-    let second = f.cas.put_file(&path, true).unwrap();
-    let third = f.cas.put_bytes(&all, false).unwrap();
+    let second = f.cas.put_file(&path).unwrap();
+    let third = f.cas.put_bytes(&all).unwrap();
     assert_eq!(first, second);
     assert_eq!(first, third);
     assert_eq!(f.cas.stats().unwrap(), before);
@@ -240,7 +237,7 @@ fn identical_chunks_within_one_file_are_stored_once() {
     let f = fixture();
     let block = data(10, 3 * MIB);
     let all = [block.clone(), block.clone(), block].concat();
-    let content = f.cas.put_bytes(&all, false).unwrap();
+    let content = f.cas.put_bytes(&all).unwrap();
     let Content::Manifest { hash, size } = content else {
         panic!("large content is a manifest")
     };
@@ -281,7 +278,7 @@ fn put_raw_manifest(f: &Fixture, chunks: &[(Hash, u64)]) -> Content {
 fn manifest_naming_an_absent_chunk_reads_as_absent() {
     let f = fixture();
     let present = data(11, 2 * MIB);
-    let Content::Manifest { hash, size } = f.cas.put_bytes(&present, false).unwrap() else {
+    let Content::Manifest { hash, size } = f.cas.put_bytes(&present).unwrap() else {
         panic!("large content is a manifest")
     };
     let mut chunks: Vec<(Hash, u64)> = f
@@ -354,7 +351,7 @@ fn chunk_shorter_than_its_manifest_entry_reads_as_corrupt() {
 #[test]
 fn content_size_disagreeing_with_its_manifest_reads_as_corrupt() {
     let f = fixture();
-    let Content::Manifest { hash, size } = f.cas.put_bytes(&data(13, MIB), false).unwrap() else {
+    let Content::Manifest { hash, size } = f.cas.put_bytes(&data(13, MIB)).unwrap() else {
         panic!("large content is a manifest")
     };
     let mut buf = vec![0u8; 10];
@@ -381,7 +378,8 @@ fn content_is_found_after_the_store_is_dropped_and_reopened() {
     let all = data(14, 7 * MIB + 3);
     let content = {
         let cas = Cas::open(&blobs_dir, rt.handle().clone()).unwrap();
-        let content = cas.put_bytes(&all, true).unwrap();
+        let content = cas.put_bytes(&all).unwrap();
+        cas.sync().unwrap();
         cas.shutdown().unwrap();
         content
     };
@@ -402,7 +400,7 @@ fn content_is_found_after_the_store_is_dropped_and_reopened() {
 fn several_threads_read_the_same_content_at_once() {
     let f = fixture();
     let all = Arc::new(data(15, 12 * MIB));
-    let content = Arc::new([f.cas.put_bytes(&all, false).unwrap()]);
+    let content = Arc::new([f.cas.put_bytes(&all).unwrap()]);
     std::thread::scope(|s| {
         for t in 0..4u64 {
             let (cas, all, content) = (f.cas.clone(), all.clone(), content.clone());
@@ -461,10 +459,11 @@ fn chunk_sizes_measured() {
         while chunker.next_chunk().unwrap().is_some() {}
         let chunk_only = t.elapsed();
         let t = Instant::now();
-        let content = cas.put_file(&path, false).unwrap();
+        let content = cas.put_file(&path).unwrap();
         let put = t.elapsed();
         let t = Instant::now();
-        let content_durable = cas.put_file(&path, true).unwrap();
+        let content_durable = cas.put_file(&path).unwrap();
+        cas.sync().unwrap();
         let put_durable_again = t.elapsed();
         assert_eq!(content, content_durable);
         let pieces = [content];
@@ -483,7 +482,7 @@ fn chunk_sizes_measured() {
         let (blobs, bytes) = cas.stats().unwrap();
         let mut edited = all.clone();
         edited[size / 2] ^= 1;
-        let edit = cas.put_bytes(&edited, false).unwrap();
+        let edit = cas.put_bytes(&edited).unwrap();
         let (blobs2, bytes2) = cas.stats().unwrap();
         let mb = size as f64 / 1e6;
         println!(
@@ -542,7 +541,7 @@ fn fetcher_from(
 fn absent_blobs_fetched_while_a_read_waits_read_correctly() {
     let (peer, local) = (fixture(), fixture());
     let all = data(21, 3 * MIB);
-    let content = peer.cas.put_bytes(&all, false).unwrap();
+    let content = peer.cas.put_bytes(&all).unwrap();
     let Content::Manifest { hash, .. } = content else {
         panic!("large content is a manifest")
     };
@@ -572,7 +571,7 @@ fn absent_blobs_fetched_while_a_read_waits_read_correctly() {
 #[test]
 fn blob_that_never_arrives_fails_as_absent_after_the_read_wait() {
     let (peer, local) = (fixture(), fixture());
-    let content = peer.cas.put_bytes(&data(22, 2 * MIB), false).unwrap();
+    let content = peer.cas.put_bytes(&data(22, 2 * MIB)).unwrap();
     let Content::Manifest { hash, .. } = content else {
         panic!("large content is a manifest")
     };
@@ -613,8 +612,8 @@ fn blob_that_never_arrives_fails_as_absent_after_the_read_wait() {
 fn missing_and_hashes_of_cover_inline_local_and_absent_content() {
     let f = fixture();
     let iroh = super::store::to_iroh;
-    let inline = f.cas.put_bytes(b"small", false).unwrap();
-    let local = f.cas.put_bytes(&data(23, 3 * MIB), false).unwrap();
+    let inline = f.cas.put_bytes(b"small").unwrap();
+    let local = f.cas.put_bytes(&data(23, 3 * MIB)).unwrap();
     let Content::Manifest { hash, size } = local else {
         panic!("large content is a manifest")
     };

@@ -264,7 +264,8 @@ impl OpenFile {
         self.commit(cas, false)
     }
 
-    /// Turns uncommitted writes into an op (durable on return when `durable`).
+    /// Turns uncommitted writes into an op; when `durable`, returns once that op and its
+    /// content are durable (the store syncs the content before its durable commit).
     pub(crate) fn commit(&mut self, cas: &Cas, durable: bool) -> Result<(), Fail> {
         if self.dirty {
             let mtime = (now_ms() as i64) * 1_000_000;
@@ -272,7 +273,7 @@ impl OpenFile {
             let result = match &mut self.staging {
                 Staging::Clean => Ok(()),
                 Staging::Full { path, .. } => {
-                    let content = cas.put_file(path, durable).map_err(Fail::cas)?;
+                    let content = cas.put_file(path).map_err(Fail::cas)?;
                     self.store
                         .write(|tx| {
                             let body = tx.state().plan_write(file, content, mtime)?;
@@ -289,7 +290,7 @@ impl OpenFile {
                         f.read_exact_at(&mut buf, 0).map_err(io_errno)?;
                         Content::Inline(buf.into())
                     } else {
-                        cas.put_file(path, durable).map_err(Fail::cas)?
+                        cas.put_file(path).map_err(Fail::cas)?
                     };
                     let r = self
                         .store

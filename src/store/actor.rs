@@ -107,7 +107,12 @@ pub(crate) struct Shared {
     pub events: tokio::sync::broadcast::Sender<StoreEvent>,
     /// The database and the reconciliation index summary.
     pub index: Index,
+    /// Run before every durable commit (see [`crate::store::Store::set_before_durable`]).
+    pub before_durable: RwLock<Option<BeforeDurable>>,
 }
+
+/// Makes what intentions refer to durable; an error names what could not be synced.
+pub type BeforeDurable = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 impl Shared {
     /// Queues a request for the actor, or says why it cannot be accepted.
@@ -247,8 +252,17 @@ impl Actor {
             .requests
             .iter()
             .any(|r| matches!(r, Request::Apply(..)));
-        let durable =
+        let mut durable =
             batch.last || flush || (self.dirty && self.last_durable.elapsed() >= DURABLE_EVERY);
+        let hook = self.shared.before_durable.read().clone();
+        let mut unsynced = None;
+        if let (true, Some(hook)) = (durable, hook) {
+            if let Err(why) = hook() {
+                tracing::warn!("content not durable, commit stays non-durable: {why}");
+                durable = false;
+                unsynced = Some(why);
+            }
+        }
         let snapshot = batch.last
             || self.since_snapshot >= SNAPSHOT_INTENTIONS
             || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY);
@@ -269,7 +283,10 @@ impl Actor {
                     let outcome = replies.next().expect("one outcome per apply");
                     drop(tx.send(outcome));
                 }
-                Request::Flush(tx) => drop(tx.send(Ok(()))),
+                Request::Flush(tx) => drop(tx.send(match &unsynced {
+                    None => Ok(()),
+                    Some(why) => Err(StoreError::Unsynced(why.clone())),
+                })),
                 Request::History(file, tx) => drop(tx.send(self.history(file))),
                 Request::Get(hashes, max_bytes, tx) => drop(tx.send(self.get(&hashes, max_bytes))),
                 Request::Witness(from, max_bytes, tx) => {

@@ -75,6 +75,9 @@ pub enum StoreError {
     /// the store must be reopened.
     #[error("store failed earlier and must be reopened: {0}")]
     Failed(String),
+    /// Content the intentions refer to could not be made durable, so neither were they.
+    #[error("content could not be made durable: {0}")]
+    Unsynced(String),
     /// The store was shut down.
     #[error("store is shut down")]
     Closed,

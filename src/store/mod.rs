@@ -72,7 +72,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-pub use actor::{BATCH_WINDOW, DURABLE_EVERY, SNAPSHOT_EVERY, SNAPSHOT_INTENTIONS};
+pub use actor::{BeforeDurable, BATCH_WINDOW, DURABLE_EVERY, SNAPSHOT_EVERY, SNAPSHOT_INTENTIONS};
 pub(crate) use apply::is_refusal;
 pub use apply::{MAX_CLOCK_SKEW_MS, MAX_FLOATING};
 pub use error::{InviteError, StoreError};
@@ -461,6 +461,12 @@ impl Store {
         self.handle.shared.refused.lock().contains(hash)
     }
 
+    /// Installs `hook`, run before every durable commit; while it fails, commits stay
+    /// non-durable and flushes fail. The node uses it to sync the content store first.
+    pub fn set_before_durable(&self, hook: BeforeDurable) {
+        *self.handle.shared.before_durable.write() = Some(hook);
+    }
+
     /// Returns once every op pushed before the call is in a durably committed intention.
     pub fn flush(&self) -> Result<(), StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
@@ -600,6 +606,7 @@ fn new_shared(
         floating: AtomicU64::new(0),
         events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
         index,
+        before_durable: RwLock::new(None),
     }
 }
 

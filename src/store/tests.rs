@@ -408,6 +408,52 @@ fn flushed_writes_survive_reopen_and_the_clock_does_not_go_backwards() {
 }
 
 #[test]
+fn a_flush_syncs_content_first_and_fails_while_the_content_cannot_be_synced() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::create(
+        tmp.path(),
+        StoreId([8; 16]),
+        Identity::generate(),
+        clock(),
+        "s",
+        "me",
+    )
+    .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let broken = Arc::new(AtomicBool::new(false));
+    let (c, b) = (calls.clone(), broken.clone());
+    store.set_before_durable(Arc::new(move || {
+        c.fetch_add(1, Ordering::SeqCst);
+        if b.load(Ordering::SeqCst) {
+            Err("disk full".into())
+        } else {
+            Ok(())
+        }
+    }));
+    store.write(|tx| Ok(tx.push(create("a")))).unwrap();
+    store.flush().unwrap();
+    let after_first = calls.load(Ordering::SeqCst);
+    assert!(after_first >= 1, "the hook ran before the durable commit");
+
+    broken.store(true, Ordering::SeqCst);
+    store.write(|tx| Ok(tx.push(create("b")))).unwrap();
+    let failed = store.flush();
+    assert!(
+        matches!(&failed, Err(StoreError::Unsynced(why)) if why == "disk full"),
+        "{failed:?}"
+    );
+    assert!(calls.load(Ordering::SeqCst) > after_first);
+
+    broken.store(false, Ordering::SeqCst);
+    store.flush().unwrap();
+    let digest = store.digest().unwrap();
+    store.shutdown().unwrap();
+    let reopened = Store::open(tmp.path(), Identity::generate(), clock()).unwrap();
+    assert_eq!(reopened.digest().unwrap(), digest);
+}
+
+#[test]
 fn ops_pushed_together_are_sealed_into_one_intention_naming_the_tip_and_heads() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::create(
