@@ -379,7 +379,7 @@ async fn hostile_input_is_refused_and_changes_nothing() {
     use lattice_mount::hlc::Hlc;
     use lattice_mount::identity::Identity;
     use lattice_mount::intention::Intention;
-    use lattice_mount::proto::peer::{request::Kind as Req, Frame, Intentions, Want};
+    use lattice_mount::proto::peer::{request::Kind as Req, Frame, Intentions, Patch, Want};
 
     let a = Peer::start("alice").await;
     a.create("team").await;
@@ -439,9 +439,31 @@ async fn hostile_input_is_refused_and_changes_nothing() {
         Req::Push(Intentions {
             intentions: vec![by_stranger.bytes.clone()],
         }),
+        Req::Patch(Patch {
+            chunk: bytes::Bytes::from_static(&[0; 32]),
+            base: bytes::Bytes::from_static(&[0; 32]),
+        }),
     ] {
         let err = refusal(raw_exchange(&ep_s, &a, vec![frame(&request(&team, kind))]).await);
         assert!(err.contains("not a member"), "{err}");
+    }
+    // A member may not patch a chunk only another store references, nor send bad hashes.
+    let Content::Manifest {
+        hash: hidden_hash, ..
+    } = hidden.clone()
+    else {
+        panic!("1 MiB is a manifest")
+    };
+    for (chunk, why) in [
+        (hidden_hash.0.to_vec(), "references no such chunk"),
+        (vec![1, 2, 3], "not 32 bytes"),
+    ] {
+        let kind = Req::Patch(Patch {
+            chunk: chunk.into(),
+            base: bytes::Bytes::copy_from_slice(&hidden_hash.0),
+        });
+        let err = refusal(raw_exchange(&ep_m, &a, vec![frame(&request(&team, kind))]).await);
+        assert!(err.contains(why), "{err}");
     }
     // Nor open gossip or blob connections.
     let conn = ep_s.connect(addr_of(&a), iroh_blobs::ALPN).await;
@@ -590,6 +612,47 @@ async fn on_demand_stores_fetch_content_on_first_read_and_pause_survives_a_resta
     let st = b.net.store_net(&b.store("team"));
     assert!(st.paused, "paused state survives a restart");
     assert_eq!(st.fetch, lattice_mount::net::settings::FetchMode::OnDemand);
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_edit_of_a_large_file_is_patched_not_fetched_whole() {
+    let (a, b) = team().await;
+    let (team_a, team_b) = (a.store("team"), b.store("team"));
+    let old = random_bytes(6 * 1024 * 1024, 31);
+    let put = |data: Vec<u8>| {
+        let cas = a.node.cas().clone();
+        tokio::task::spawn_blocking(move || cas.put_bytes(&data).unwrap())
+    };
+    let file = write_file(&team_a, "big.bin", put(old.clone()).await.unwrap());
+    let (bn, tb) = (b.node.clone(), team_b.clone());
+    let got = eventually("big.bin on B", || read_file(&bn, &tb, "big.bin")).await;
+    assert!(got == old);
+    assert_eq!(b.net.patched_chunks(), 0);
+
+    let mut new = old.clone();
+    new[4 * 1024 * 1024 + 99] ^= 1;
+    let content = put(new.clone()).await.unwrap();
+    team_a
+        .write(|tx| {
+            let body = tx.state().plan_write(file, content, 1)?;
+            tx.push(body);
+            Ok(())
+        })
+        .unwrap();
+    let (bn, tb) = (b.node.clone(), team_b.clone());
+    let want = new.clone();
+    let got = eventually("the edit on B", || {
+        read_file(&bn, &tb, "big.bin").filter(|got| *got == want)
+    })
+    .await;
+    assert!(got == new);
+    assert_eq!(
+        b.net.patched_chunks(),
+        1,
+        "the changed chunk came as a patch"
+    );
     b.stop().await;
     a.stop().await;
 }

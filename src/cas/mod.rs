@@ -37,11 +37,12 @@ mod chunker;
 mod error;
 mod fetch;
 mod manifest;
+pub mod patch;
 mod store;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
@@ -484,6 +485,64 @@ impl Cas {
         }
         dedup(&mut out);
         Ok(out)
+    }
+
+    /// (new chunk, base chunk, length) for patching: chunks of the manifests in `new`
+    /// that are not local, each with the local chunk at the same offset and of the same
+    /// length in the manifest at the same place in `old` (the file's previous content).
+    /// Manifests not held locally are skipped.
+    pub fn patch_bases(
+        &self,
+        old: &[Content],
+        new: &[Content],
+    ) -> Result<Vec<(Hash, Hash, u64)>, CasError> {
+        let mut out = Vec::new();
+        for ((old_hash, old_size), (new_hash, new_size)) in manifests(old).zip(manifests(new)) {
+            if old_hash == new_hash || !self.complete(&[old_hash, new_hash])?.iter().all(|c| *c) {
+                continue;
+            }
+            let before: HashMap<(u64, u64), Hash> = self
+                .manifest(None, old_hash, old_size)?
+                .chunks()
+                .map(|(h, at, len)| ((at, len), h))
+                .collect();
+            let candidates: Vec<(Hash, Hash, u64)> = self
+                .manifest(None, new_hash, new_size)?
+                .chunks()
+                .filter_map(|(h, at, len)| Some((h, *before.get(&(at, len))?, len)))
+                .filter(|(h, base, _)| h != base)
+                .collect();
+            let news: Vec<Hash> = candidates.iter().map(|c| c.0).collect();
+            let bases: Vec<Hash> = candidates.iter().map(|c| c.1).collect();
+            let (have_new, have_base) = (self.complete(&news)?, self.complete(&bases)?);
+            out.extend(
+                candidates
+                    .into_iter()
+                    .zip(have_new.into_iter().zip(have_base))
+                    .filter(|(_, (have_new, have_base))| !have_new && *have_base)
+                    .map(|(pair, _)| pair),
+            );
+        }
+        Ok(out)
+    }
+
+    /// The whole blob `hash` if the local store holds it; never waits for a fetch.
+    pub fn local_blob(&self, hash: Hash) -> Result<Option<Bytes>, CasError> {
+        match self.get(None, hash, None) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(CasError::Absent { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores `data` as one raw blob (a chunk rebuilt from a patch); returns its hash.
+    /// Durable after the next [`Cas::sync`].
+    pub fn put_blob(&self, data: Bytes) -> Result<Hash, CasError> {
+        let blobs = self.blobs();
+        let tt = self.inner.rt.block_on(store::add(&blobs, data))?;
+        let hash = store::from_iroh(tt.hash());
+        self.inner.unsynced.lock().push(hash);
+        Ok(hash)
     }
 
     /// Every blob of `pieces`: each manifest, and the chunks of each manifest held

@@ -697,3 +697,56 @@ fn blob_completing_between_a_failed_read_and_its_status_check_reads_correctly() 
         assert!(got == chunk, "the second read returns the blob");
     });
 }
+
+#[test]
+fn an_edited_chunk_is_rebuilt_from_its_base_and_the_blocks_that_differ() {
+    let (a, b) = (fixture(), fixture());
+    let old = data(21, 6 * MIB);
+    let mut new = old.clone();
+    new[3 * MIB + 5] ^= 0x55;
+    let (old_a, new_a) = (
+        a.cas.put_bytes(&old).unwrap(),
+        a.cas.put_bytes(&new).unwrap(),
+    );
+    let old_b = b.cas.put_bytes(&old).unwrap();
+    assert_eq!(old_a, old_b);
+    let Content::Manifest { hash: manifest, .. } = new_a.clone() else {
+        panic!("large content is a manifest")
+    };
+    let manifest_bytes = a.cas.local_blob(manifest).unwrap().unwrap();
+    assert_eq!(b.cas.put_blob(manifest_bytes).unwrap(), manifest);
+
+    let pairs = b
+        .cas
+        .patch_bases(std::slice::from_ref(&old_b), std::slice::from_ref(&new_a))
+        .unwrap();
+    assert_eq!(pairs.len(), 1, "a 1-byte edit changes one chunk");
+    let (chunk, base, len) = pairs[0];
+    let blocks = super::patch::diff(
+        &a.cas.local_blob(base).unwrap().unwrap(),
+        &a.cas.local_blob(chunk).unwrap().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(blocks.len(), 1, "one block differs");
+    let rebuilt =
+        super::patch::apply(&b.cas.local_blob(base).unwrap().unwrap(), len, &blocks).unwrap();
+    assert_eq!(b.cas.put_blob(rebuilt.into()).unwrap(), chunk);
+    assert!(b
+        .cas
+        .missing(std::slice::from_ref(&new_a))
+        .unwrap()
+        .is_empty());
+    let mut got = vec![0u8; new.len()];
+    assert_eq!(
+        b.cas
+            .read(S, std::slice::from_ref(&new_a), 0, &mut got)
+            .unwrap(),
+        new.len()
+    );
+    assert!(got == new);
+    assert!(b
+        .cas
+        .patch_bases(std::slice::from_ref(&old_b), std::slice::from_ref(&new_a))
+        .unwrap()
+        .is_empty());
+}

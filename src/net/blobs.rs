@@ -37,6 +37,8 @@ impl iroh::protocol::ProtocolHandler for BlobsHandler {
 const FETCH_IN_FLIGHT: usize = 8;
 /// Rounds of "what is missing → download it" per fetch (manifests, then chunks).
 const FETCH_ROUNDS: usize = 3;
+/// Most changed chunks one fetch tries to patch before fetching the rest whole.
+const MAX_PATCHES: usize = 64;
 
 /// The provider event sender for the blobs protocol: connections, get, get-many and
 /// observe requests are intercepted and checked; pushes stay disabled.
@@ -51,7 +53,6 @@ pub fn provider_events(shared: Weak<Shared>) -> EventSender {
     let (tx, mut rx) = EventSender::channel(64, mask);
     tokio::spawn(async move {
         let conns: Arc<Mutex<HashMap<u64, PublicKey>>> = Arc::default();
-        let access = Arc::new(Access::default());
         while let Some(msg) = rx.recv().await {
             let Some(shared) = shared.upgrade() else {
                 return;
@@ -74,27 +75,27 @@ pub fn provider_events(shared: Weak<Shared>) -> EventSender {
                     let peer = conns.lock().get(&msg.connection_id).copied();
                     let hashes = vec![msg.request.hash];
                     let single = msg.request.ranges.is_blob();
-                    let (shared, access) = (shared.clone(), access.clone());
+                    let shared = shared.clone();
                     tokio::spawn(async move {
-                        let ok = single && access.allows(&shared, peer, &hashes).await;
+                        let ok = single && shared.access.allows(&shared, peer, &hashes).await;
                         msg.tx.send(verdict(ok)).await.ok();
                     });
                 }
                 ProviderMessage::GetManyRequestReceived(msg) => {
                     let peer = conns.lock().get(&msg.connection_id).copied();
                     let hashes = msg.request.hashes.clone();
-                    let (shared, access) = (shared.clone(), access.clone());
+                    let shared = shared.clone();
                     tokio::spawn(async move {
-                        let ok = access.allows(&shared, peer, &hashes).await;
+                        let ok = shared.access.allows(&shared, peer, &hashes).await;
                         msg.tx.send(verdict(ok)).await.ok();
                     });
                 }
                 ProviderMessage::ObserveRequestReceived(msg) => {
                     let peer = conns.lock().get(&msg.connection_id).copied();
                     let hashes = vec![msg.request.hash];
-                    let (shared, access) = (shared.clone(), access.clone());
+                    let shared = shared.clone();
                     tokio::spawn(async move {
-                        let ok = access.allows(&shared, peer, &hashes).await;
+                        let ok = shared.access.allows(&shared, peer, &hashes).await;
                         msg.tx.send(verdict(ok)).await.ok();
                     });
                 }
@@ -117,7 +118,7 @@ fn verdict(ok: bool) -> Result<(), AbortReason> {
 /// Per store, the set of blob hashes its files reference, recomputed when the store has
 /// applied new intentions since.
 #[derive(Default)]
-struct Access {
+pub(crate) struct Access {
     sets: Mutex<HashMap<StoreId, (u64, BlobSet)>>,
 }
 
@@ -147,7 +148,12 @@ impl Access {
         false
     }
 
-    async fn referenced(&self, shared: &Arc<Shared>, store: &Store) -> Result<BlobSet, NetError> {
+    /// The blobs `store`'s files reference (cached until it applies new intentions).
+    pub(crate) async fn referenced(
+        &self,
+        shared: &Arc<Shared>,
+        store: &Store,
+    ) -> Result<BlobSet, NetError> {
         let generation = store.stats().intentions;
         if let Some((g, set)) = self.sets.lock().get(&store.id()) {
             if *g == generation {
@@ -184,22 +190,67 @@ fn providers(shared: &Shared, store: &Store) -> Vec<iroh::EndpointId> {
 }
 
 /// Fetches every blob of `files` (current content and conflict copies) that is not local.
+/// `changes` pairs files' previous pieces with their new ones: changed chunks are first
+/// patched from the chunks they replace where a member can say which blocks differ.
 pub async fn fetch_files(
     shared: &Arc<Shared>,
     store: &Store,
     files: Vec<FileId>,
+    changes: Vec<(Vec<Content>, Vec<Content>)>,
 ) -> Result<usize, NetError> {
     let st = store.clone();
     let pieces: Vec<Content> =
         blocking(move || st.read(|s| files.iter().flat_map(|f| s.blob_pieces(*f)).collect()))
             .await?;
-    fetch_pieces(shared, store, pieces).await
+    fetch_pieces(shared, store, pieces, &changes).await
 }
 
 /// Fetches every blob any file of `store` references that is not local.
 pub async fn fetch_all(shared: &Arc<Shared>, store: &Store) -> Result<usize, NetError> {
     let files = store.read(|s| s.file_ids());
-    fetch_files(shared, store, files).await
+    fetch_files(shared, store, files, Vec::new()).await
+}
+
+/// Patches the changed chunks of `changes` whose new manifest is local, each from the
+/// chunk at its place in the previous content (at most [`MAX_PATCHES`]); returns how
+/// many were rebuilt. A chunk no member patches is left for a whole fetch.
+async fn patch_changes(
+    shared: &Arc<Shared>,
+    store: &Store,
+    changes: &[(Vec<Content>, Vec<Content>)],
+) -> Result<usize, NetError> {
+    let (cas, list) = (shared.node.cas().clone(), changes.to_vec());
+    let pairs = blocking(move || {
+        let mut pairs = Vec::new();
+        for (before, now) in &list {
+            pairs.extend(cas.patch_bases(before, now)?);
+            if pairs.len() >= MAX_PATCHES {
+                break;
+            }
+        }
+        Ok::<_, crate::cas::CasError>(pairs)
+    })
+    .await?
+    .map_err(|e| NetError::Local(e.to_string()))?;
+    let providers = shared.other_members(store);
+    let mut patched = 0;
+    for (chunk, base, len) in pairs.into_iter().take(MAX_PATCHES) {
+        for peer in providers.iter().filter(|k| shared.peers.state(k).online) {
+            match crate::net::client::patch_chunk(shared, store, *peer, chunk, base, len).await {
+                Ok(()) => {
+                    patched += 1;
+                    shared
+                        .patched
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer.short(), "patch of chunk {chunk:?} failed: {e}")
+                }
+            }
+        }
+    }
+    Ok(patched)
 }
 
 /// Fetches what a read is waiting for, skipping blobs a read already asked for.
@@ -233,9 +284,13 @@ async fn fetch_pieces(
     shared: &Arc<Shared>,
     store: &Store,
     pieces: Vec<Content>,
+    changes: &[(Vec<Content>, Vec<Content>)],
 ) -> Result<usize, NetError> {
     let mut fetched = 0;
     for _ in 0..FETCH_ROUNDS {
+        if !changes.is_empty() {
+            fetched += patch_changes(shared, store, changes).await?;
+        }
         let (cas, p) = (shared.node.cas().clone(), pieces.clone());
         let missing = blocking(move || cas.missing(&p))
             .await?

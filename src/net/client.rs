@@ -656,3 +656,54 @@ pub async fn fetch_one(
     ex.finish();
     Ok(n)
 }
+
+/// Rebuilds chunk `chunk` (`len` bytes) of `store` from the local chunk `base` and the
+/// blocks `peer` says differ, checks its hash and stores it. Fails (the caller then
+/// fetches the whole chunk) if the peer refuses, the base is gone or the result does not
+/// match.
+pub async fn patch_chunk(
+    shared: &Arc<Shared>,
+    store: &Store,
+    peer: PublicKey,
+    chunk: Hash,
+    base: Hash,
+    len: u64,
+) -> Result<(), NetError> {
+    let mut ex = Exchange::open(shared, peer, store.id()).await?;
+    let answer = ex
+        .ask(request::Kind::Patch(pb::Patch {
+            chunk: Bytes::copy_from_slice(&chunk.0),
+            base: Bytes::copy_from_slice(&base.0),
+        }))
+        .await?;
+    let response::Kind::Blocks(got) = answer else {
+        return Err(ex.unexpected(&answer));
+    };
+    ex.finish();
+    if got.size != len {
+        return Err(NetError::Protocol {
+            peer: peer.short(),
+            what: format!("its patch is for {} bytes, the chunk has {len}", got.size),
+        });
+    }
+    let cas = shared.node.cas().clone();
+    let short = peer.short();
+    blocking(move || {
+        let local = |e: crate::cas::CasError| NetError::Local(e.to_string());
+        let old = cas
+            .local_blob(base)
+            .map_err(local)?
+            .ok_or_else(|| NetError::Local("patch base is no longer held".into()))?;
+        let blocks: Vec<(u64, Bytes)> =
+            got.blocks.into_iter().map(|b| (b.offset, b.data)).collect();
+        let rebuilt = crate::cas::patch::apply(&old, got.size, &blocks)
+            .filter(|data| Hash::of(data) == chunk)
+            .ok_or_else(|| NetError::Protocol {
+                peer: short,
+                what: format!("its patch does not rebuild chunk {chunk:?}"),
+            })?;
+        cas.put_blob(rebuilt.into()).map_err(local)?;
+        Ok(())
+    })
+    .await?
+}

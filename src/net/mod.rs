@@ -217,6 +217,10 @@ pub(crate) struct Shared {
     pub settings: Mutex<HashMap<StoreId, Settings>>,
     /// Blobs being fetched for waiting reads.
     pub read_fetches: Mutex<std::collections::HashSet<iroh_blobs::Hash>>,
+    /// Which blobs each store references, for deciding who may have them.
+    pub access: blobs::Access,
+    /// Chunks rebuilt from patches instead of fetched whole, since start.
+    pub patched: std::sync::atomic::AtomicU64,
     /// Per (store, peer): the turn of reconciliation rounds, so they never overlap.
     pub reconciling: Mutex<HashMap<(StoreId, PublicKey), Arc<ReconcileSlot>>>,
 }
@@ -278,6 +282,8 @@ impl Net {
             resuming: Mutex::new(std::collections::HashSet::new()),
             settings: Mutex::new(HashMap::new()),
             read_fetches: Mutex::new(std::collections::HashSet::new()),
+            access: blobs::Access::default(),
+            patched: std::sync::atomic::AtomicU64::new(0),
             reconciling: Mutex::new(HashMap::new()),
         });
         gate.attach(Arc::downgrade(&shared));
@@ -357,6 +363,14 @@ impl Net {
     pub fn set_fetch_mode(&self, name: &str, mode: FetchMode) -> Result<(), NetError> {
         let store = self.shared.store(name)?;
         self.shared.update_settings(&store, |s| s.fetch = mode)
+    }
+
+    /// How many changed chunks were rebuilt from patches (a base chunk plus the blocks
+    /// that differ) instead of fetched whole, since start.
+    pub fn patched_chunks(&self) -> u64 {
+        self.shared
+            .patched
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The members of store `name` with their liveness.

@@ -4,6 +4,7 @@
 //! when it appears and with every member on an anti-entropy timer that backs off while
 //! nothing changes, fetches referenced blobs (eager mode), and cuts off revoked peers.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -16,6 +17,7 @@ use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
+use crate::fs::op::{Content, FileId};
 use crate::identity::PublicKey;
 use crate::intention::Hash;
 use crate::net::client::{self, RoundReport};
@@ -117,6 +119,9 @@ struct Replica {
     counters: Arc<Counters>,
     /// Local intentions sealed since the last round that reached a peer.
     unsent: Vec<Bytes>,
+    /// Each file's content pieces as last seen, so an edit's changed chunks can be
+    /// patched from the chunks they replace (files with inline content only are left out).
+    known: HashMap<FileId, Vec<Content>>,
 }
 
 async fn run(
@@ -132,7 +137,15 @@ async fn run(
         settings,
         counters,
         unsent: Vec::new(),
+        known: HashMap::new(),
     };
+    r.known = r.store.read(|s| {
+        s.file_ids()
+            .into_iter()
+            .map(|f| (f, s.blob_pieces(f)))
+            .filter(|(_, pieces)| !pieces.is_empty())
+            .collect()
+    });
     loop {
         if r.settings.paused {
             match cmds.recv().await {
@@ -227,7 +240,8 @@ impl Replica {
                         self.after_apply(files);
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        self.after_apply(self.store.read(|s| s.file_ids()));
+                        let all = self.store.read(|s| s.file_ids());
+                        self.after_apply(all);
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return Flow::Stop,
                 },
@@ -329,17 +343,31 @@ impl Replica {
         }
     }
 
-    fn after_apply(&self, files: Vec<crate::fs::op::FileId>) {
+    fn after_apply(&mut self, files: Vec<FileId>) {
         let Some(shared) = self.shared() else { return };
         for key in shared.peers_to_cut(&self.store) {
             client::cut_off(&shared, &key);
         }
+        let changes: Vec<(Vec<Content>, Vec<Content>)> = self.store.read(|s| {
+            files
+                .iter()
+                .filter_map(|f| {
+                    let now = s.blob_pieces(*f);
+                    let before = if now.is_empty() {
+                        self.known.remove(f)
+                    } else {
+                        self.known.insert(*f, now.clone())
+                    };
+                    Some((before?, now))
+                })
+                .collect()
+        });
         if self.settings.fetch != FetchMode::Eager || files.is_empty() {
             return;
         }
         let (store, counters) = (self.store.clone(), self.counters.clone());
         tokio::spawn(async move {
-            match blobs::fetch_files(&shared, &store, files).await {
+            match blobs::fetch_files(&shared, &store, files, changes).await {
                 Ok(n) if n > 0 => tracing::debug!(blobs = n, "fetched content"),
                 Ok(_) => {}
                 Err(e) => {

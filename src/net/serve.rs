@@ -188,6 +188,7 @@ async fn answer(
                 intentions: found,
             })))
         }
+        request::Kind::Patch(p) => patch(shared, &store, p).await.map(reply),
         request::Kind::Push(p) => {
             let (applied, refused) = apply_all(&store, p.intentions)
                 .await
@@ -198,6 +199,45 @@ async fn answer(
             })))
         }
     }
+}
+
+/// The blocks of chunk `p.chunk` that differ from chunk `p.base`. The chunk must be
+/// referenced by `store` (whose membership the caller checked); the base is only
+/// compared against, so it need not be.
+async fn patch(
+    shared: &Arc<Shared>,
+    store: &Store,
+    p: pb::Patch,
+) -> Result<response::Kind, String> {
+    let hash = |b: &[u8]| Hash::from_slice(b).ok_or_else(|| "hash is not 32 bytes".to_string());
+    let (chunk, base) = (hash(&p.chunk)?, hash(&p.base)?);
+    let referenced = shared
+        .access
+        .referenced(shared, store)
+        .await
+        .map_err(|e| e.to_string())?;
+    if !referenced.contains(&iroh_blobs::Hash::from(chunk.0)) {
+        return Err("this store references no such chunk".into());
+    }
+    let cas = shared.node.cas().clone();
+    blocking(move || {
+        let (Some(new), Some(old)) = (cas.local_blob(chunk)?, cas.local_blob(base)?) else {
+            return Ok(Err("chunk or base not held here".to_string()));
+        };
+        Ok(match crate::cas::patch::diff(&old, &new) {
+            Some(blocks) => Ok(response::Kind::Blocks(pb::Blocks {
+                size: new.len() as u64,
+                blocks: blocks
+                    .into_iter()
+                    .map(|(offset, data)| pb::Block { offset, data })
+                    .collect(),
+            })),
+            None => Err("the chunks differ too much for a patch".to_string()),
+        })
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e: crate::cas::CasError| e.to_string())?
 }
 
 /// Applies received intentions in order; returns (applied or floating, refused).
