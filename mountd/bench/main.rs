@@ -287,7 +287,7 @@ impl Daemon {
         let child = Command::new(&exe)
             .arg("--data-dir")
             .arg(data)
-            .arg("up")
+            .args(["up", "--relay", "disabled", "--bind", "127.0.0.1:0"])
             .arg(mnt)
             .stdin(Stdio::null())
             .spawn()
