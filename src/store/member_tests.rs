@@ -3,23 +3,18 @@
 use std::path::Path;
 use std::sync::{Arc, Barrier};
 
-use bytes::Bytes;
-use parking_lot::Mutex;
 use proptest::prelude::*;
 
-use crate::fs::op::{Content, Create, Kind, Op, OpBody, OpId, Role};
+use crate::fs::op::{Op, OpBody, OpId, Role};
 use crate::fs::{FsError, InviteStatus};
-use crate::hlc::{now_ms, Clock, Hlc};
+use crate::hlc::{now_ms, Hlc};
 use crate::identity::{Identity, PublicKey};
 use crate::intention::{Hash, Intention, StoreId};
 use crate::store::error::{InviteError, StoreError};
+use crate::store::tests::{clock, create};
 use crate::store::{invite_id, ApplyOutcome, Store};
 
 const ID: StoreId = StoreId([12; 16]);
-
-fn clock() -> Arc<Mutex<Clock>> {
-    Arc::new(Mutex::new(Clock::new(Hlc::ZERO)))
-}
 
 fn op(wall_ms: u64, body: OpBody) -> Op {
     Op {
@@ -29,20 +24,6 @@ fn op(wall_ms: u64, body: OpBody) -> Op {
         },
         body,
     }
-}
-
-fn create(name: &str) -> OpBody {
-    OpBody::Create(Create {
-        parent: OpId::ROOT,
-        name: name.into(),
-        kind: Kind::File,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        mtime_ns: 0,
-        content: Content::Inline(Bytes::from(name.to_owned())),
-    })
 }
 
 fn grant(key: PublicKey, role: Role) -> OpBody {

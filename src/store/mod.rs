@@ -61,7 +61,7 @@ mod member_tests;
 mod members;
 mod tables;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -65,11 +65,13 @@ use crate::intention::{Intention, IntentionError, StoreId, MAX_INTENTION_BYTES};
 use crate::store::tables::{PROJECTION, WITNESS as WITNESS_TABLE};
 use crate::store::{ApplyOutcome, Store, DB_FILE};
 
-fn clock() -> Arc<Mutex<Clock>> {
+/// A fresh node clock.
+pub(crate) fn clock() -> Arc<Mutex<Clock>> {
     Arc::new(Mutex::new(Clock::new(Hlc::ZERO)))
 }
 
-fn create(name: &str) -> OpBody {
+/// Creating a file `name` under the root, its content its name.
+pub(crate) fn create(name: &str) -> OpBody {
     OpBody::Create(Create {
         parent: OpId::ROOT,
         name: name.into(),

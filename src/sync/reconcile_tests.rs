@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use negentropy::{Bound, Id, NegentropyStorageBase, NegentropyStorageVector};
 use parking_lot::Mutex;
 use proptest::prelude::*;
@@ -13,7 +12,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::fs::op::{Content, Create, Kind, Op, OpBody, OpId, Role};
+use crate::fs::op::{Op, OpBody, Role};
 use crate::hlc::{Clock, Hlc};
 use crate::identity::Identity;
 use crate::intention::{Intention, StoreId};
@@ -341,17 +340,7 @@ proptest! {
 fn create_op(hlc: Hlc, name: &str) -> Op {
     Op {
         hlc,
-        body: OpBody::Create(Create {
-            parent: OpId::ROOT,
-            name: name.into(),
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            mtime_ns: 0,
-            content: Content::Inline(Bytes::from(name.to_owned())),
-        }),
+        body: crate::store::tests::create(name),
     }
 }
 
