@@ -221,23 +221,22 @@ async fn patch(
     }
     let cas = shared.node.cas().clone();
     blocking(move || {
-        let (Some(new), Some(old)) = (cas.local_blob(chunk)?, cas.local_blob(base)?) else {
-            return Ok(Err("chunk or base not held here".to_string()));
+        let held = |h| cas.local_blob(h).map_err(|e| e.to_string());
+        let (Some(new), Some(old)) = (held(chunk)?, held(base)?) else {
+            return Err("chunk or base not held here".to_string());
         };
-        Ok(match crate::cas::patch::diff(&old, &new) {
-            Some(blocks) => Ok(response::Kind::Blocks(pb::Blocks {
-                size: new.len() as u64,
-                blocks: blocks
-                    .into_iter()
-                    .map(|(offset, data)| pb::Block { offset, data })
-                    .collect(),
-            })),
-            None => Err("the chunks differ too much for a patch".to_string()),
-        })
+        let blocks = crate::cas::patch::diff(&old, &new)
+            .ok_or_else(|| "the chunks differ too much for a patch".to_string())?;
+        Ok(response::Kind::Blocks(pb::Blocks {
+            size: new.len() as u64,
+            blocks: blocks
+                .into_iter()
+                .map(|(offset, data)| pb::Block { offset, data })
+                .collect(),
+        }))
     })
     .await
     .map_err(|e| e.to_string())?
-    .map_err(|e: crate::cas::CasError| e.to_string())?
 }
 
 /// Applies received intentions in order; returns (applied or floating, refused).
