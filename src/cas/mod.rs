@@ -23,8 +23,9 @@
 //! power loss. Until then the blobs of a put are pending; each store of intentions runs one before every durable
 //! commit, so no durable intention ever names content a crash could lose.
 //!
-//! Reads fetch whole chunks (verified against their bao outboard by the store) into a
-//! bounded LRU, and parsed manifests into another, so sequential reads fetch each chunk
+//! Reads load whole chunks into a bounded LRU: straight from the blob's data file when
+//! its blake3 matches its address, else through the store, which verifies against the
+//! bao outboard. Parsed manifests go into another LRU. Sequential reads load each chunk
 //! once. A missing or short blob is an error, never zeros.
 //!
 //! Absent blobs. Content replicated from peers may refer to blobs not fetched yet. A
@@ -328,10 +329,10 @@ impl Cas {
         if self.inner.chunks.lock().contains(&hash) || !self.inner.prefetching.lock().insert(hash) {
             return;
         }
-        let inner = self.inner.clone();
-        let blobs = self.blobs();
-        self.inner.rt.spawn(async move {
-            match store::fetch(&blobs, hash, Some(len)).await {
+        let cas = self.clone();
+        self.inner.rt.spawn_blocking(move || {
+            let inner = &cas.inner;
+            match cas.load(hash, Some(len)) {
                 Ok(bytes) => inner.chunks.lock().insert(hash, bytes, len),
                 Err(CasError::Absent { .. }) => {
                     let fetcher = inner.fetcher.read().clone();
@@ -356,16 +357,27 @@ impl Cas {
         hash: Hash,
         expected: Option<u64>,
     ) -> Result<Bytes, CasError> {
-        let blobs = self.blobs();
-        let fetched = self.inner.rt.block_on(store::fetch(&blobs, hash, expected));
-        match (fetched, store) {
+        match (self.load(hash, expected), store) {
             (Err(CasError::Absent { .. }), Some(store)) => {
                 let fetcher = self.inner.fetcher.read().clone();
                 let wait = *self.inner.read_wait.lock();
+                let blobs = self.blobs();
                 fetch::wait_for(&self.inner.rt, &blobs, fetcher.as_ref(), wait, store, hash)?;
-                self.inner.rt.block_on(store::fetch(&blobs, hash, expected))
+                self.load(hash, expected)
             }
-            (fetched, _) => fetched,
+            (loaded, _) => loaded,
+        }
+    }
+
+    /// The whole local blob `hash` (`expected` bytes long when given): from its data
+    /// file when that verifies against its address, else through the store.
+    fn load(&self, hash: Hash, expected: Option<u64>) -> Result<Bytes, CasError> {
+        match store::read_verified(&self.inner.paths, hash, expected) {
+            Some(bytes) => Ok(bytes),
+            None => self
+                .inner
+                .rt
+                .block_on(store::fetch(&self.blobs(), hash, expected)),
         }
     }
 
@@ -435,11 +447,11 @@ impl Cas {
                             let Some((chunk, _, len)) = chunks.next() else {
                                 break;
                             };
-                            let blobs = self.blobs();
+                            let cas = self.clone();
                             let task = self
                                 .inner
                                 .rt
-                                .spawn(async move { store::fetch(&blobs, chunk, Some(len)).await });
+                                .spawn_blocking(move || cas.load(chunk, Some(len)));
                             pending.push_back((chunk, len, task));
                         }
                         let Some((chunk, len, task)) = pending.pop_front() else {

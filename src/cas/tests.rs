@@ -750,3 +750,23 @@ fn an_edited_chunk_is_rebuilt_from_its_base_and_the_blocks_that_differ() {
         .unwrap()
         .is_empty());
 }
+
+#[test]
+fn a_chunk_file_altered_on_disk_is_an_error_never_its_bytes() {
+    let f = fixture();
+    let original = data(14, MIB);
+    let content = f.cas.put_bytes(&original).unwrap();
+    f.cas.sync().unwrap();
+    let chunk = f.cas.hashes_of(std::slice::from_ref(&content)).unwrap()[1];
+    let path = f.cas.inner.paths.data_path(&chunk);
+    let mut bytes = std::fs::read(&path).expect("a 1 MiB chunk lives in its own data file");
+    bytes[MIB / 2] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let mut buf = vec![0u8; 4096];
+    let read = f.cas.read(S, &[content], (MIB / 2) as u64, &mut buf);
+    assert!(
+        read.is_err(),
+        "read returned {read:?} from an altered chunk"
+    );
+}
