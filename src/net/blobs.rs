@@ -154,7 +154,7 @@ impl Access {
         shared: &Arc<Shared>,
         store: &Store,
     ) -> Result<BlobSet, NetError> {
-        let generation = store.stats().intentions;
+        let generation = store.applied();
         if let Some((g, set)) = self.sets.lock().get(&store.id()) {
             if *g == generation {
                 return Ok(set.clone());

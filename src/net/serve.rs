@@ -334,7 +334,7 @@ async fn redeem(
             founder: Bytes::copy_from_slice(&store.founder().0),
             store_name: crate::node::store_name(store),
             peers,
-            witness_len: store.stats().intentions,
+            witness_len: store.applied(),
         })),
     })
 }

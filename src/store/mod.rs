@@ -543,11 +543,17 @@ impl Store {
         self.handle.shared.events.subscribe()
     }
 
+    /// Intentions applied so far: it grows with every apply, so it also dates the
+    /// projection. Unlike [`Store::stats`] it costs nothing to ask.
+    pub fn applied(&self) -> u64 {
+        self.handle.shared.intentions.load(Ordering::Relaxed)
+    }
+
     /// Intention counts and the projection's counts.
     pub fn stats(&self) -> StoreStats {
         let shared = &self.handle.shared;
         StoreStats {
-            intentions: shared.intentions.load(Ordering::Relaxed),
+            intentions: self.applied(),
             floating: shared.floating.load(Ordering::Relaxed),
             fs: shared.state.read().stats(),
         }
