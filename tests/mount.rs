@@ -126,6 +126,38 @@ fn large_file_write_read_and_overwrite_in_the_middle() {
 }
 
 #[test]
+fn a_file_written_front_to_back_with_fsyncs_rewrites_and_truncation_reads_back_exactly() {
+    let Some(mut d) = daemon_with_store("ahead") else {
+        return;
+    };
+    let path = d.path("ahead/log.bin");
+    let mut data = random_bytes(40 << 20, 9);
+    let mut f = File::create(&path).unwrap();
+    f.write_all(&data[..20 << 20]).unwrap();
+    f.sync_all().unwrap();
+    f.write_all(&data[20 << 20..30 << 20]).unwrap();
+    f.sync_all().unwrap();
+    f.write_all_at(b"rewritten", 1 << 20).unwrap();
+    data[1 << 20..(1 << 20) + 9].copy_from_slice(b"rewritten");
+    f.write_all(&data[30 << 20..]).unwrap();
+    drop(f);
+    let other = d.path("ahead/again.bin");
+    fs::write(&other, random_bytes(16 << 20, 10)).unwrap();
+    let again = random_bytes(12 << 20, 11);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&other)
+        .unwrap();
+    f.write_all(&again).unwrap();
+    drop(f);
+    d.down();
+    d.up();
+    assert!(fs::read(&path).unwrap() == data, "log.bin differs");
+    assert!(fs::read(&other).unwrap() == again, "again.bin differs");
+}
+
+#[test]
 fn sparse_writes_read_holes_as_zeros() {
     let Some(d) = daemon_with_store("s") else {
         return;

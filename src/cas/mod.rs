@@ -33,6 +33,7 @@
 //! [`Cas::set_fetcher`] and waits for the blob ([`fetch`]); [`Cas::missing`] lists
 //! what content still lacks, for eager fetching.
 
+mod ahead;
 mod cache;
 mod chunker;
 mod error;
@@ -45,7 +46,7 @@ mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +60,7 @@ use parking_lot::{Mutex, RwLock};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+pub use ahead::PutAhead;
 pub use error::CasError;
 pub use fetch::{FetchRequest, Fetcher, READ_WAIT};
 
@@ -137,8 +139,9 @@ impl Cas {
     }
 
     /// Stores the whole file at `path` (read as a stream): inline if <= INLINE_MAX, else
-    /// FastCDC chunks + a manifest blob. Durable after the next [`Cas::sync`].
-    pub fn put_file(&self, path: &Path) -> Result<Content, CasError> {
+    /// FastCDC chunks + a manifest blob, reusing the chunks `ahead` stored of it.
+    /// Durable after the next [`Cas::sync`].
+    pub fn put_file(&self, path: &Path, ahead: Option<&PutAhead>) -> Result<Content, CasError> {
         let mut file = File::open(path).map_err(CasError::io("open file to store"))?;
         let mut head = Vec::with_capacity(INLINE_MAX + 1);
         (&mut file)
@@ -148,9 +151,12 @@ impl Cas {
         if head.len() <= INLINE_MAX {
             return Ok(Content::Inline(head.into()));
         }
-        let mut chunker =
-            StreamChunker::new(std::io::Cursor::new(head).chain(file), self.inner.params);
-        self.put_chunks(|| {
+        let stored = ahead.and_then(PutAhead::settled).unwrap_or_default();
+        let skip = stored.iter().map(|(_, len)| len).sum();
+        file.seek(SeekFrom::Start(skip))
+            .map_err(CasError::io("read file to store"))?;
+        let mut chunker = StreamChunker::new(file, self.inner.params);
+        self.put_chunks(stored, || {
             chunker
                 .next_chunk()
                 .map_err(CasError::io("read file to store"))
@@ -164,12 +170,14 @@ impl Cas {
             return Ok(Content::Inline(Bytes::copy_from_slice(data)));
         }
         let mut chunks = chunk_slice(data, self.inner.params);
-        self.put_chunks(|| Ok(chunks.next().map(Bytes::copy_from_slice)))
+        self.put_chunks(Vec::new(), || Ok(chunks.next().map(Bytes::copy_from_slice)))
     }
 
-    /// Imports the chunks `next` yields (several at once), then their manifest.
+    /// Imports the chunks `next` yields (several at once), then the manifest of the
+    /// chunks `stored` (already in the store) followed by them.
     fn put_chunks(
         &self,
+        stored: Vec<(Hash, u64)>,
         mut next: impl FnMut() -> Result<Option<Bytes>, CasError>,
     ) -> Result<Content, CasError> {
         let inner = &self.inner;
@@ -189,9 +197,11 @@ impl Cas {
             added.push(self.join(task)?);
         }
         let manifest = Manifest::new(
-            added
-                .iter()
-                .map(|(tt, len)| (store::from_iroh(tt.hash()), *len)),
+            stored.into_iter().chain(
+                added
+                    .iter()
+                    .map(|(tt, len)| (store::from_iroh(tt.hash()), *len)),
+            ),
         );
         let size = manifest.size();
         let blobs = self.blobs();
@@ -234,6 +244,12 @@ impl Cas {
             self.inner.unsynced.lock().extend(hashes);
         }
         synced
+    }
+
+    /// Stores the chunks of the staging file `file` (empty, to be written front to back)
+    /// while it is written; pass the result to [`Cas::put_file`].
+    pub fn put_ahead(&self, file: File) -> PutAhead {
+        PutAhead::new(self, file)
     }
 
     /// Waits for a spawned store task.

@@ -158,7 +158,7 @@ fn interesting_sizes_round_trip_through_put_bytes_put_file_read_and_export() {
         let from_bytes = f.cas.put_bytes(&all).unwrap();
         let path = f.dir.path().join(format!("src{i}"));
         std::fs::write(&path, &all).unwrap();
-        let from_file = f.cas.put_file(&path).unwrap();
+        let from_file = f.cas.put_file(&path, None).unwrap();
         assert_eq!(from_bytes, from_file, "size {size}: file and bytes differ");
         assert_eq!(from_bytes.len(), size as u64);
         assert_eq!(matches!(from_bytes, Content::Inline(_)), size <= INLINE_MAX);
@@ -225,7 +225,7 @@ fn storing_the_same_content_twice_adds_no_blobs() {
     let before = f.cas.stats().unwrap();
     let path = f.dir.path().join("same");
     std::fs::write(&path, &all).unwrap();
-    let second = f.cas.put_file(&path).unwrap();
+    let second = f.cas.put_file(&path, None).unwrap();
     let third = f.cas.put_bytes(&all).unwrap();
     assert_eq!(first, second);
     assert_eq!(first, third);
@@ -459,10 +459,10 @@ fn chunk_sizes_measured() {
         while chunker.next_chunk().unwrap().is_some() {}
         let chunk_only = t.elapsed();
         let t = Instant::now();
-        let content = cas.put_file(&path).unwrap();
+        let content = cas.put_file(&path, None).unwrap();
         let put = t.elapsed();
         let t = Instant::now();
-        let content_durable = cas.put_file(&path).unwrap();
+        let content_durable = cas.put_file(&path, None).unwrap();
         cas.sync().unwrap();
         let put_durable_again = t.elapsed();
         assert_eq!(content, content_durable);
@@ -769,4 +769,68 @@ fn a_chunk_file_altered_on_disk_is_an_error_never_its_bytes() {
         read.is_err(),
         "read returned {read:?} from an altered chunk"
     );
+}
+
+/// Writes `len` bytes front to back into a staging file in random pieces, some after a
+/// hole, committing with chunks stored ahead at random points: every commit stores the
+/// content `put_bytes` stores for the bytes written so far.
+fn write_ahead_and_commit(seed: u64, len: usize) -> u64 {
+    let f = fixture();
+    let source = data(seed, len);
+    let mut written = vec![0u8; len];
+    let path = f.dir.path().join("staging");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    let mut ahead = f.cas.put_ahead(file.try_clone().unwrap());
+    let mut rng = Rng(seed);
+    let mut at = 0usize;
+    while at < len {
+        if rng.below(10) == 0 {
+            at += rng.below(MIB as u64) as usize;
+        }
+        let n = (1 + rng.below(2 * MIB as u64) as usize).min(len.saturating_sub(at));
+        if n > 0 {
+            written[at..at + n].copy_from_slice(&source[at..at + n]);
+            std::os::unix::fs::FileExt::write_all_at(&file, &source[at..at + n], at as u64)
+                .unwrap();
+        }
+        at = (at + n).min(len);
+        file.set_len(at as u64).unwrap();
+        ahead.written(at as u64);
+        if rng.below(6) == 0 || at == len {
+            let got = f.cas.put_file(&path, Some(&ahead)).unwrap();
+            assert_eq!(got, f.cas.put_bytes(&written[..at]).unwrap(), "at {at}");
+        }
+    }
+    let stored = ahead.settled().expect("chunks were stored ahead");
+    stored.iter().map(|(_, len)| len).sum()
+}
+
+#[test]
+fn chunks_stored_ahead_of_a_front_to_back_write_give_the_same_content() {
+    for seed in 1..=4 {
+        let len = 20 * MIB + seed as usize * 12_345;
+        let stored = write_ahead_and_commit(seed, len);
+        assert!(
+            stored >= (len / 2) as u64,
+            "seed {seed}: only {stored} of {len} bytes stored ahead"
+        );
+    }
+}
+
+#[test]
+fn a_staging_file_shorter_than_promised_is_stored_whole() {
+    let f = fixture();
+    let content = data(22, 12 * MIB);
+    let path = f.dir.path().join("staging");
+    std::fs::write(&path, &content).unwrap();
+    let mut ahead = f.cas.put_ahead(std::fs::File::open(&path).unwrap());
+    ahead.written(30 * MIB as u64);
+    assert_eq!(ahead.settled(), None);
+    let got = f.cas.put_file(&path, Some(&ahead)).unwrap();
+    assert_eq!(got, f.cas.put_bytes(&content).unwrap());
 }

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cas::Cas;
+use crate::cas::{Cas, PutAhead};
 use crate::fs::op::{Content, FileId};
 use crate::fs::{Attr, ContentView, FsError, Node};
 use crate::hlc::now_ms;
@@ -28,11 +28,13 @@ enum Staging {
         base: ContentView,
         len: u64,
     },
-    /// Random-access writes: the staging file holds the whole content.
+    /// Random-access writes: the staging file holds the whole content. While it has
+    /// been written front to back from empty, `ahead` stores its chunks meanwhile.
     Full {
         file: File,
         path: PathBuf,
         size: u64,
+        ahead: Option<PutAhead>,
     },
 }
 
@@ -126,12 +128,31 @@ impl OpenFile {
         Ok((file, path))
     }
 
+    /// Empty whole-content staging, its chunks stored ahead as it is written.
+    fn empty_full(&self, cas: &Cas) -> Result<Staging, Fail> {
+        let (file, path) = self.new_staging()?;
+        let ahead = Some(cas.put_ahead(file.try_clone().map_err(io_errno)?));
+        Ok(Staging::Full {
+            file,
+            path,
+            size: 0,
+            ahead,
+        })
+    }
+
     /// Switches to whole-content staging, seeded with the current bytes.
     fn make_full(&mut self, cas: &Cas) -> Result<(), Fail> {
         let (file, path, size) = match std::mem::replace(&mut self.staging, Staging::Clean) {
-            Staging::Full { file, path, size } => (file, path, size),
+            full @ Staging::Full { .. } => {
+                self.staging = full;
+                return Ok(());
+            }
             Staging::Clean => {
                 let view = self.committed()?;
+                if view.size == 0 {
+                    self.staging = self.empty_full(cas)?;
+                    return Ok(());
+                }
                 let (file, path) = self.new_staging()?;
                 cas.export(self.store.id(), &view.pieces, &path)
                     .map_err(Fail::cas)?;
@@ -162,8 +183,25 @@ impl OpenFile {
                 (file, path, base.size + len)
             }
         };
-        self.staging = Staging::Full { file, path, size };
+        self.staging = Staging::Full {
+            file,
+            path,
+            size,
+            ahead: None,
+        };
         Ok(())
+    }
+
+    /// The whole-content staging (made if needed): its file, size and chunks stored ahead.
+    fn full(&mut self, cas: &Cas) -> Result<(&File, &mut u64, &mut Option<PutAhead>), Fail> {
+        self.make_full(cas)?;
+        let Staging::Full {
+            file, size, ahead, ..
+        } = &mut self.staging
+        else {
+            unreachable!("make_full leaves full staging");
+        };
+        Ok((file, size, ahead))
     }
 
     /// Writes `data` at `offset` (at the end for an `O_APPEND` handle).
@@ -191,13 +229,15 @@ impl OpenFile {
                 *len += data.len() as u64;
             }
             _ => {
-                self.make_full(cas)?;
-                let Staging::Full { file, size, .. } = &mut self.staging else {
-                    unreachable!("make_full leaves full staging");
-                };
+                let (file, size, ahead) = self.full(cas)?;
                 let at = if append { *size } else { offset };
                 file.write_all_at(data, at).map_err(io_errno)?;
-                *size = (*size).max(at + data.len() as u64);
+                let end = at + data.len() as u64;
+                match ahead {
+                    Some(a) if at >= *size => a.written(end),
+                    _ => *ahead = None,
+                }
+                *size = (*size).max(end);
             }
         }
         self.dirty = true;
@@ -254,12 +294,16 @@ impl OpenFile {
 
     /// Sets the size; the change is committed at once, as `truncate(2)` is a metadata call.
     pub(crate) fn truncate(&mut self, cas: &Cas, new_size: u64) -> Result<(), Fail> {
-        self.make_full(cas)?;
-        let Staging::Full { file, size, .. } = &mut self.staging else {
-            unreachable!("make_full leaves full staging");
-        };
-        file.set_len(new_size).map_err(io_errno)?;
-        *size = new_size;
+        if new_size == 0 {
+            let empty = self.empty_full(cas)?;
+            self.discard();
+            self.staging = empty;
+        } else {
+            let (file, size, ahead) = self.full(cas)?;
+            file.set_len(new_size).map_err(io_errno)?;
+            *size = new_size;
+            *ahead = None;
+        }
         self.dirty = true;
         self.commit(cas, false)
     }
@@ -272,8 +316,8 @@ impl OpenFile {
             let file = self.file;
             let result = match &mut self.staging {
                 Staging::Clean => Ok(()),
-                Staging::Full { path, .. } => {
-                    let content = cas.put_file(path).map_err(Fail::cas)?;
+                Staging::Full { path, ahead, .. } => {
+                    let content = cas.put_file(path, ahead.as_ref()).map_err(Fail::cas)?;
                     self.store
                         .write(|tx| {
                             let body = tx.state().plan_write(file, content, mtime)?;
@@ -290,7 +334,7 @@ impl OpenFile {
                         f.read_exact_at(&mut buf, 0).map_err(io_errno)?;
                         Content::Inline(buf.into())
                     } else {
-                        cas.put_file(path).map_err(Fail::cas)?
+                        cas.put_file(path, None).map_err(Fail::cas)?
                     };
                     let r = self
                         .store

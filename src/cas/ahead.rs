@@ -1,0 +1,224 @@
+//! Storing a file's chunks while it is being written front to back, so that committing
+//! it cuts and stores only what follows the last certain cut instead of the whole file.
+//!
+//! FastCDC cuts depend only on the bytes since the previous cut, so a chunk cut from a
+//! prefix of the file is the chunk a cut of the whole file gives, as long as that prefix
+//! does not change. The owner promises that by calling [`PutAhead::written`] only for
+//! bytes it will not write again, and by dropping the `PutAhead` otherwise.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use iroh_blobs::api::TempTag;
+use parking_lot::{Condvar, Mutex};
+
+use crate::intention::Hash;
+
+use super::chunker::StreamChunker;
+use super::{store, Cas, PUT_IN_FLIGHT};
+
+/// Bytes written front to back before chunks are stored ahead: below this, a commit
+/// stores the file faster than a worker would start.
+const AHEAD_MIN: u64 = 8 << 20;
+
+/// Chunks of one file stored ahead of its commit (see the module docs). Dropping it stops
+/// the work.
+pub struct PutAhead {
+    cas: Cas,
+    /// The file, until the worker takes it.
+    file: Option<File>,
+    shared: Arc<Shared>,
+    started: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    /// The file's bytes `[0, written)` are final: the worker may read up to here.
+    written: u64,
+    /// How far the worker has read.
+    read: u64,
+    /// Whether the worker waits for more bytes, having started the import of every chunk
+    /// it cut.
+    idle: bool,
+    /// Imports started and not finished.
+    in_flight: usize,
+    /// Stored chunks from the file's start, in order, with their temp tags.
+    chunks: Vec<(TempTag, u64)>,
+    /// Chunks stored out of order, by index, until those before them are.
+    early: BTreeMap<usize, (TempTag, u64)>,
+    /// The owner dropped this: the worker ends.
+    stop: bool,
+    /// A read or an import failed: nothing here is used.
+    failed: bool,
+}
+
+impl State {
+    /// Whether nothing more happens until more bytes are written: the worker waits at
+    /// the end of the final bytes with no import running, or it failed.
+    fn settled(&self) -> bool {
+        self.failed || (self.idle && self.read == self.written && self.in_flight == 0)
+    }
+}
+
+impl PutAhead {
+    /// Chunks of `file`, which is empty and will be written front to back.
+    pub(crate) fn new(cas: &Cas, file: File) -> Self {
+        PutAhead {
+            cas: cas.clone(),
+            file: Some(file),
+            shared: Arc::new(Shared {
+                state: Mutex::new(State::default()),
+                changed: Condvar::new(),
+            }),
+            started: false,
+        }
+    }
+
+    /// The file's bytes `[0, end)` are final; starts the worker once there are
+    /// [`AHEAD_MIN`] of them.
+    pub fn written(&mut self, end: u64) {
+        {
+            let mut st = self.shared.state.lock();
+            st.written = st.written.max(end);
+        }
+        self.shared.changed.notify_all();
+        if end >= AHEAD_MIN {
+            if let Some(file) = self.file.take() {
+                self.started = self.start(file).is_ok();
+            }
+        }
+    }
+
+    fn start(&self, file: File) -> io::Result<()> {
+        let reader = Reader {
+            file,
+            shared: self.shared.clone(),
+            pos: 0,
+        };
+        let (cas, shared) = (self.cas.clone(), self.shared.clone());
+        // A thread of its own, not the runtime's blocking pool: it waits for the writer
+        // for as long as the file stays open, and a full pool must not stall a commit.
+        std::thread::Builder::new()
+            .name("put-ahead".into())
+            .spawn(move || run(cas, reader, shared))?;
+        Ok(())
+    }
+
+    /// Waits until the worker has read every final byte and stored every chunk it cut;
+    /// those chunks (hash, length) from the file's start, or `None` when nothing was
+    /// stored ahead or it failed.
+    pub(crate) fn settled(&self) -> Option<Vec<(Hash, u64)>> {
+        if !self.started {
+            return None;
+        }
+        let mut st = self.shared.state.lock();
+        while !st.settled() {
+            self.shared.changed.wait(&mut st);
+        }
+        (!st.failed).then(|| {
+            st.chunks
+                .iter()
+                .map(|(tt, len)| (store::from_iroh(tt.hash()), *len))
+                .collect()
+        })
+    }
+}
+
+impl Drop for PutAhead {
+    fn drop(&mut self) {
+        self.shared.state.lock().stop = true;
+        self.shared.changed.notify_all();
+    }
+}
+
+/// The worker: cuts what the reader yields and imports each chunk, a few at once.
+fn run(cas: Cas, reader: Reader, shared: Arc<Shared>) {
+    let mut chunker = StreamChunker::new(reader, cas.inner.params);
+    for index in 0.. {
+        let chunk = match chunker.next_chunk() {
+            Ok(Some(chunk)) => chunk,
+            // The reader never ends the stream: it fails once stopped.
+            Ok(None) | Err(_) => break,
+        };
+        {
+            let mut st = shared.state.lock();
+            while st.in_flight >= PUT_IN_FLIGHT && !st.stop {
+                shared.changed.wait(&mut st);
+            }
+            if st.stop {
+                break;
+            }
+            st.in_flight += 1;
+        }
+        let (blobs, shared) = (cas.blobs(), shared.clone());
+        cas.inner.rt.spawn(async move {
+            let len = chunk.len() as u64;
+            let added = store::add(&blobs, chunk).await;
+            let mut st = shared.state.lock();
+            st.in_flight -= 1;
+            match added {
+                Ok(tt) => {
+                    let st = &mut *st;
+                    st.early.insert(index, (tt, len));
+                    while let Some(next) = st.early.remove(&st.chunks.len()) {
+                        st.chunks.push(next);
+                    }
+                }
+                Err(_) => st.failed = true,
+            }
+            drop(st);
+            shared.changed.notify_all();
+        });
+    }
+    let mut st = shared.state.lock();
+    st.failed |= !st.stop;
+    drop(st);
+    shared.changed.notify_all();
+}
+
+/// The file's final bytes as a stream that waits for more instead of ending.
+struct Reader {
+    file: File,
+    shared: Arc<Shared>,
+    pos: u64,
+}
+
+impl Read for Reader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let end = {
+            let mut st = self.shared.state.lock();
+            loop {
+                if st.stop {
+                    return Err(io::Error::other("stored ahead no longer"));
+                }
+                if self.pos < st.written {
+                    break;
+                }
+                st.idle = true;
+                self.shared.changed.notify_all();
+                self.shared.changed.wait(&mut st);
+            }
+            st.idle = false;
+            st.written
+        };
+        let want = buf.len().min((end - self.pos) as usize);
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "staging file shorter than written",
+            ));
+        }
+        self.pos += n as u64;
+        self.shared.state.lock().read = self.pos;
+        Ok(n)
+    }
+}
