@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use iroh_blobs::api::TempTag;
@@ -23,6 +24,9 @@ use super::{store, Cas, PUT_IN_FLIGHT};
 /// Bytes written front to back before chunks are stored ahead: below this, a commit
 /// stores the file faster than a worker would start.
 const AHEAD_MIN: u64 = 8 << 20;
+/// Workers running at once per content store; each holds up to ~48 MiB (its cutting
+/// buffer and the chunks being imported), and files beyond these are stored at commit.
+pub(crate) const MAX_WORKERS: usize = 4;
 
 /// Chunks of one file stored ahead of its commit (see the module docs). Dropping it stops
 /// the work.
@@ -98,6 +102,7 @@ impl PutAhead {
     }
 
     fn start(&self, file: File) -> io::Result<()> {
+        let slot = Slot::take(&self.cas)?;
         let reader = Reader {
             file,
             shared: self.shared.clone(),
@@ -108,7 +113,10 @@ impl PutAhead {
         // for as long as the file stays open, and a full pool must not stall a commit.
         std::thread::Builder::new()
             .name("put-ahead".into())
-            .spawn(move || run(cas, reader, shared))?;
+            .spawn(move || {
+                let _slot = slot;
+                run(cas, reader, shared)
+            })?;
         Ok(())
     }
 
@@ -136,6 +144,26 @@ impl Drop for PutAhead {
     fn drop(&mut self) {
         self.shared.state.lock().stop = true;
         self.shared.changed.notify_all();
+    }
+}
+
+/// One of the store's [`MAX_WORKERS`] worker places, given back when dropped.
+struct Slot(Cas);
+
+impl Slot {
+    fn take(cas: &Cas) -> io::Result<Slot> {
+        let running = &cas.inner.ahead_workers;
+        if running.fetch_add(1, Ordering::AcqRel) >= MAX_WORKERS {
+            running.fetch_sub(1, Ordering::AcqRel);
+            return Err(io::Error::other("every worker place is taken"));
+        }
+        Ok(Slot(cas.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.inner.ahead_workers.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

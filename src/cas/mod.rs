@@ -48,6 +48,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -104,6 +105,8 @@ struct Inner {
     unsynced: Mutex<Vec<Hash>>,
     /// Held while a sync runs, so a second caller waits for the first to finish.
     syncing: Mutex<()>,
+    /// [`PutAhead`] workers running.
+    ahead_workers: AtomicUsize,
 }
 
 impl Cas {
@@ -134,6 +137,7 @@ impl Cas {
                 read_wait: Mutex::new(READ_WAIT),
                 unsynced: Mutex::new(Vec::new()),
                 syncing: Mutex::new(()),
+                ahead_workers: AtomicUsize::new(0),
             }),
         })
     }

@@ -834,3 +834,36 @@ fn a_staging_file_shorter_than_promised_is_stored_whole() {
     let got = f.cas.put_file(&path, Some(&ahead)).unwrap();
     assert_eq!(got, f.cas.put_bytes(&content).unwrap());
 }
+
+#[test]
+fn files_beyond_the_worker_places_are_stored_whole_and_places_come_back() {
+    let f = fixture();
+    let content = data(23, 10 * MIB);
+    let expected = f.cas.put_bytes(&content).unwrap();
+    let ahead_of = |i: usize| {
+        let path = f.dir.path().join(format!("staging{i}"));
+        std::fs::write(&path, &content).unwrap();
+        let mut ahead = f.cas.put_ahead(std::fs::File::open(&path).unwrap());
+        ahead.written(content.len() as u64);
+        (path, ahead)
+    };
+    let aheads: Vec<_> = (0..=super::ahead::MAX_WORKERS).map(ahead_of).collect();
+    for (i, (path, ahead)) in aheads.iter().enumerate() {
+        assert_eq!(
+            ahead.settled().is_some(),
+            i < super::ahead::MAX_WORKERS,
+            "file {i}"
+        );
+        assert_eq!(f.cas.put_file(path, Some(ahead)).unwrap(), expected);
+    }
+    drop(aheads);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, ahead) = ahead_of(99);
+        if ahead.settled().is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no worker place came back");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
