@@ -299,11 +299,7 @@ impl Daemon {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let out = Command::new("findmnt")
-                .args(["-n", "-o", "SOURCE", "--mountpoint"])
-                .arg(mnt)
-                .output()?;
-            if String::from_utf8_lossy(&out.stdout).trim() == "lattice" {
+            if sync::is_lattice_mount(mnt) {
                 return Ok(d);
             }
             if Instant::now() > deadline {
@@ -325,9 +321,11 @@ impl Drop for Daemon {
             .arg("down")
             .status();
         let _ = self.child.wait();
-        let _ = Command::new("fusermount3")
-            .arg("-uz")
-            .arg(&self.mnt)
-            .status();
+        if sync::is_lattice_mount(&self.mnt) {
+            let _ = Command::new("fusermount3")
+                .arg("-uz")
+                .arg(&self.mnt)
+                .status();
+        }
     }
 }

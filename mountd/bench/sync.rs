@@ -805,6 +805,7 @@ fn is_mounted(path: &Path) -> bool {
     findmnt(path).is_some()
 }
 
-fn is_lattice_mount(path: &Path) -> bool {
+/// Whether a lattice FUSE mount sits at `path`.
+pub(crate) fn is_lattice_mount(path: &Path) -> bool {
     findmnt(path).is_some_and(|s| s.starts_with("fuse") && s.ends_with(" lattice"))
 }
