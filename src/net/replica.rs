@@ -16,6 +16,7 @@ use n0_future::StreamExt;
 use prost::Message;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::fs::op::{Content, FileId};
 use crate::identity::PublicKey;
@@ -31,6 +32,41 @@ use crate::store::{ApplyOutcome, Store, StoreEvent};
 pub const ANTI_ENTROPY_MIN: Duration = Duration::from_secs(2);
 /// Longest anti-entropy interval while rounds find nothing to do.
 pub const ANTI_ENTROPY_MAX: Duration = Duration::from_secs(30);
+
+/// When the next anti-entropy pass is due.
+#[derive(Debug)]
+struct Schedule {
+    interval: Duration,
+    due: Instant,
+}
+
+impl Schedule {
+    /// The first pass is due [`ANTI_ENTROPY_MIN`] after `now`.
+    fn new(now: Instant) -> Self {
+        Schedule {
+            interval: ANTI_ENTROPY_MIN,
+            due: now + ANTI_ENTROPY_MIN,
+        }
+    }
+
+    /// A local change at `now`: a pass confirms it within [`ANTI_ENTROPY_MIN`], and a
+    /// pass already due sooner is not put off, so a steady writer gets one every MIN.
+    fn local_change(&mut self, now: Instant) {
+        self.interval = ANTI_ENTROPY_MIN;
+        self.due = self.due.min(now + ANTI_ENTROPY_MIN);
+    }
+
+    /// A pass ended at `now`: the next is due after MIN if it did anything (`busy`),
+    /// else after twice the last interval, at most [`ANTI_ENTROPY_MAX`].
+    fn passed(&mut self, now: Instant, busy: bool) {
+        self.interval = if busy {
+            ANTI_ENTROPY_MIN
+        } else {
+            (self.interval * 2).min(ANTI_ENTROPY_MAX)
+        };
+        self.due = now + self.interval;
+    }
+}
 
 /// Orders for a replica task.
 pub enum Cmd {
@@ -207,8 +243,7 @@ impl Replica {
             self.spawn_fetch_all();
         }
         self.spawn_sync_all(None);
-        let mut interval = ANTI_ENTROPY_MIN;
-        let mut timer = Box::pin(tokio::time::sleep(interval));
+        let mut schedule = Schedule::new(Instant::now());
         loop {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
@@ -234,7 +269,7 @@ impl Replica {
                         self.unsent.extend(list.iter().cloned());
                         self.counters.unsent.store(self.unsent.len() as u64, Ordering::Relaxed);
                         self.broadcast(&sender, list).await;
-                        interval = ANTI_ENTROPY_MIN;
+                        schedule.local_change(Instant::now());
                     }
                     Ok(StoreEvent::Applied { files, .. }) => {
                         self.after_apply(files);
@@ -253,14 +288,12 @@ impl Replica {
                     }
                     None => return Flow::Paused,
                 },
-                () = &mut timer => {
+                () = tokio::time::sleep_until(schedule.due) => {
                     let moved = self.sync_all().await;
-                    interval = if moved { ANTI_ENTROPY_MIN } else { (interval * 2).min(ANTI_ENTROPY_MAX) };
                     if !self.unsent.is_empty() {
                         self.rejoin(&sender).await;
-                        interval = ANTI_ENTROPY_MIN;
                     }
-                    timer = Box::pin(tokio::time::sleep(interval));
+                    schedule.passed(Instant::now(), moved || !self.unsent.is_empty());
                 }
             }
         }
@@ -465,5 +498,52 @@ impl Shared {
             .map(|(k, _)| k)
             .filter(|k| self.stores_of(k).is_empty())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_passes_back_off_to_the_longest_interval() {
+        let t = Instant::now();
+        let mut s = Schedule::new(t);
+        assert_eq!(s.due, t + ANTI_ENTROPY_MIN);
+        let mut gaps = Vec::new();
+        let mut now = s.due;
+        for _ in 0..6 {
+            s.passed(now, false);
+            gaps.push((s.due - now).as_secs());
+            now = s.due;
+        }
+        assert_eq!(gaps, [4, 8, 16, 30, 30, 30]);
+        s.passed(now, true);
+        assert_eq!(s.due, now + ANTI_ENTROPY_MIN);
+    }
+
+    #[test]
+    fn a_local_change_after_a_long_idle_is_confirmed_within_the_shortest_interval() {
+        let t = Instant::now();
+        let mut s = Schedule::new(t);
+        let mut now = t;
+        for _ in 0..5 {
+            now = s.due;
+            s.passed(now, false);
+        }
+        assert_eq!(s.due, now + ANTI_ENTROPY_MAX);
+        let change = now + Duration::from_secs(1);
+        s.local_change(change);
+        assert_eq!(s.due, change + ANTI_ENTROPY_MIN);
+    }
+
+    #[test]
+    fn a_steady_writer_does_not_put_the_next_pass_off() {
+        let t = Instant::now();
+        let mut s = Schedule::new(t);
+        for ms in (0..5_000).step_by(100) {
+            s.local_change(t + Duration::from_millis(ms));
+        }
+        assert_eq!(s.due, t + ANTI_ENTROPY_MIN);
     }
 }
