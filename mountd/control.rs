@@ -36,3 +36,7 @@ where
 {
     wire::write_frame(writer, message, MAX_CONTROL_FRAME).await
 }
+
+#[cfg(test)]
+#[path = "control_fuzz.rs"]
+mod fuzz;

@@ -14,3 +14,6 @@ pub mod proto;
 pub mod store;
 pub mod sync;
 pub mod wire;
+
+#[cfg(test)]
+mod fuzz;

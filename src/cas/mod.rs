@@ -38,7 +38,7 @@ mod cache;
 mod chunker;
 mod error;
 mod fetch;
-mod manifest;
+pub(crate) mod manifest;
 pub mod patch;
 mod store;
 #[cfg(test)]

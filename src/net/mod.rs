@@ -16,7 +16,7 @@ mod client;
 mod gate;
 pub mod peers;
 mod replica;
-mod serve;
+pub(crate) mod serve;
 pub mod settings;
 
 use std::collections::HashMap;
