@@ -226,13 +226,7 @@ impl Intention {
         if !author.verify(&signing_message(&hash), &signature) {
             return Err(IntentionError::BadSignature);
         }
-        let batch = pfs::OpBatch::decode(body.ops.clone())
-            .map_err(|e| IntentionError::Malformed(e.to_string()))?;
-        let ops = batch
-            .ops
-            .into_iter()
-            .map(Op::from_proto)
-            .collect::<Result<Vec<_>, _>>()?;
+        let ops = decode_ops(body.ops.clone())?;
         let hlc = Hlc {
             wall_ms: body.hlc_wall_ms,
             counter: body.hlc_counter,
@@ -253,6 +247,38 @@ impl Intention {
             ops,
         })
     }
+}
+
+/// Decodes an encoded `proto::fs::OpBatch` one op at a time, each checked before the
+/// next is read. Decoding the whole batch first would hold a 160-byte
+/// `proto::fs::Op` per entry, and an empty entry is two bytes on the wire: a batch of
+/// 4 MiB would take over 600 MiB before the first op is refused.
+fn decode_ops(mut buf: Bytes) -> Result<Vec<Op>, IntentionError> {
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+    /// Field number of `OpBatch.ops`.
+    const OPS_FIELD: u32 = 1;
+    let malformed = |e: prost::DecodeError| IntentionError::Malformed(e.to_string());
+    let mut ops = Vec::new();
+    while !buf.is_empty() {
+        let (field, wire) = decode_key(&mut buf).map_err(malformed)?;
+        if field != OPS_FIELD {
+            skip_field(wire, field, &mut buf, DecodeContext::default()).map_err(malformed)?;
+            continue;
+        }
+        if wire != WireType::LengthDelimited {
+            return Err(IntentionError::Malformed(
+                "op batch entry is not a message".into(),
+            ));
+        }
+        let len = decode_varint(&mut buf).map_err(malformed)?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&len| len <= buf.len())
+            .ok_or_else(|| IntentionError::Malformed("op batch entry runs past its end".into()))?;
+        let op = pfs::Op::decode(buf.split_to(len)).map_err(malformed)?;
+        ops.push(Op::from_proto(op)?);
+    }
+    Ok(ops)
 }
 
 fn signing_message(hash: &Hash) -> Vec<u8> {

@@ -81,6 +81,34 @@ fn decode_checked(bytes: Vec<u8>) -> Result<Result<Intention, IntentionError>, T
     Ok(decoded)
 }
 
+/// Found by `signed_intentions_with_hostile_op_batches_are_refused_or_consistent`:
+/// `Intention::decode` decoded the whole op batch before checking any op, holding a
+/// 160-byte struct per two-byte empty entry (over 600 MiB for a 4 MiB batch).
+#[test]
+fn an_op_batch_of_empty_entries_is_refused_without_an_op_in_memory_per_entry() {
+    let seed = [1; 32];
+    let body = pb::IntentionBody {
+        author: Bytes::copy_from_slice(&Identity::from_seed(seed).public().0),
+        store_id: Bytes::from_static(&[7; 16]),
+        ops: [0x0a, 0x00].repeat(100_000).into(),
+        ..Default::default()
+    };
+    let bytes = sign(seed, body.encode_to_vec());
+    let (decoded, peak) = super::alloc::peak_bytes(|| Intention::decode(bytes.clone().into()));
+    assert!(
+        matches!(
+            decoded,
+            Err(IntentionError::Op(crate::fs::op::OpError::Empty))
+        ),
+        "{decoded:?}"
+    );
+    assert!(
+        peak <= INTENTION.limit(bytes.len()),
+        "{peak} bytes for {}",
+        bytes.len()
+    );
+}
+
 proptest! {
     #![proptest_config(config())]
 
