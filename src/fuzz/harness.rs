@@ -25,12 +25,13 @@ pub(crate) fn config() -> ProptestConfig {
     }
 }
 
-/// Bytes of memory per wire byte that decoding protobuf may take: prost turns a
+/// Bytes of memory per wire byte that decoding protobuf may take. prost turns a
 /// repeated entry of two wire bytes (an empty `bytes` or message) into a struct of up
-/// to 64 bytes (`Xattr`: two `Bytes`), stored in a vector that may hold twice its
-/// length while it grows. Larger structs (the 160-byte `proto::fs::Op`) must not sit
-/// in a repeated field that a decoder materialises whole.
-pub(crate) const PROTOBUF_PER_BYTE: usize = 64;
+/// to 64 bytes (`proto::fs::Xattr`: two `Bytes`), and while a vector of them grows it
+/// holds the old buffer and the new one of twice the size: 3 × 64 / 2 = 96, plus a
+/// copy of the input. Larger structs (the 160-byte `proto::fs::Op`) must not sit in a
+/// repeated field a decoder materialises whole: `Intention::decode` reads ops one by one.
+pub(crate) const PROTOBUF_PER_BYTE: usize = 100;
 
 /// What a decoder may hold at once: `per_byte` bytes per input byte plus `fixed`.
 #[derive(Clone, Copy, Debug)]
