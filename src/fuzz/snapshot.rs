@@ -11,10 +11,12 @@ use crate::fs::op::{Op, OpId};
 use crate::fs::FsState;
 use crate::identity::PublicKey;
 
-/// `decode_snapshot`: the rebuilt state (op log, tree, file records, indexes) takes a
-/// bounded multiple of the snapshot's bytes.
+/// `decode_snapshot`: the rebuilt state (op log, tree, file records, indexes). Measured:
+/// a snapshot of 20 000 files created in one directory (about 100 bytes each) rebuilds
+/// a state that held 62 bytes per snapshot byte at its peak (some 6 KiB per file);
+/// twice that is the budget.
 const SNAPSHOT: Budget = Budget {
-    per_byte: 64,
+    per_byte: 128,
     fixed: 64 * 1024,
 };
 
