@@ -2,13 +2,14 @@
 //!
 //! Each decoder gets three kinds of input from proptest: valid encodings (built from
 //! random domain values, so the fuzzer gets past the first checks: signed intentions
-//! with random ops, tokens with a right checksum), those encodings after a few byte
-//! edits ([`harness::Edit`]: bit flips, truncation, splices, a short run repeated many times,
-//! length prefixes one off, huge varints, and field-level edits of the protobuf tree:
-//! a repeated field made dense with empty entries, fields copied, dropped or resized), and fully random bytes. The property: the
-//! decoder returns `Ok` or its typed error, never panics, and never holds more memory
-//! at once than its [`Budget`] allows for the input's size (a counting global allocator
-//! measures the peak per thread, see [`alloc`]).
+//! with random ops, tokens with a right checksum), those encodings after a few edits
+//! ([`harness::Edit`]: bit flips, truncation, splices, a short run repeated many
+//! times, length prefixes one off, huge varints, and edits of the protobuf field tree:
+//! a repeated field made dense with empty entries, fields copied, dropped or resized),
+//! and fully random bytes. The property: the decoder returns `Ok` or its typed error,
+//! never panics, and never holds more memory at once than its [`Budget`] allows for
+//! the input's size (a counting global allocator measures the peak per thread, see
+//! [`alloc`]).
 //!
 //! CI runs [`harness::DEFAULT_CASES`] cases per test; a longer run is
 //! `FUZZ_CASES=100000 cargo test --release fuzz`. A failure prints its seed and
