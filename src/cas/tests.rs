@@ -356,9 +356,12 @@ fn a_manifest_claiming_a_huge_chunk_is_refused_by_reads_fetches_and_patches() {
     let new = put_raw_manifest(&f, &[(Hash::of(b"not here"), 1 << 40)]);
     let huge = |e: &CasError| matches!(e, CasError::ChunkTooLarge { size, .. } if *size == 1 << 40);
     let mut buf = vec![0u8; 10];
-    let err = f.cas.read(S, &[old.clone()], 0, &mut buf).unwrap_err();
+    let err = f
+        .cas
+        .read(S, std::slice::from_ref(&old), 0, &mut buf)
+        .unwrap_err();
     assert!(huge(&err), "{err}");
-    let err = f.cas.missing(&[new.clone()]).unwrap_err();
+    let err = f.cas.missing(std::slice::from_ref(&new)).unwrap_err();
     assert!(huge(&err), "{err}");
     let err = f.cas.patch_bases(&[old], &[new]).unwrap_err();
     assert!(huge(&err), "{err}");
