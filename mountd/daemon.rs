@@ -62,6 +62,10 @@ pub fn up(opts: UpOptions) -> Result<(), CliError> {
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let lock = DaemonLock::acquire(data_dir)?;
     let mountpoint = prepare_mountpoint(&opts.mountpoint)?;
+    // Whatever the node's libraries create from here on (redb files, blobs, staging, the
+    // peer book) is readable by its owner only: files 0600, directories 0700.
+    // SAFETY: umask only changes the process's file creation mask; one thread so far.
+    unsafe { libc::umask(0o077) };
     // Bound while the process has a single thread, so the umask change is safe.
     let (listener, socket) = bind_socket(&socket_path(data_dir))?;
 

@@ -131,6 +131,7 @@ impl Node {
         rt: tokio::runtime::Handle,
     ) -> Result<Node, NodeError> {
         create_private_dir(data_dir)?;
+        make_private(data_dir)?;
         create_private_dir(&data_dir.join(STORES_DIR))?;
         create_private_dir(&data_dir.join(STAGING_DIR))?;
         let identity = Identity::load_or_create(&data_dir.join(KEY_FILE))?;
@@ -256,6 +257,7 @@ impl Node {
             self.inner.clock.clone(),
         )
         .map_err(store_err)?;
+        make_private(&dir)?;
         sync_content_first(&store, &self.inner.cas);
         joining.push(store.clone());
         Ok(store)
@@ -300,6 +302,7 @@ impl Node {
         }
         let id = StoreId::random();
         let dir = self.inner.data_dir.join(STORES_DIR).join(id.to_hex());
+        create_private_dir(&dir)?;
         let store = Store::create(
             &dir,
             id,
@@ -318,6 +321,7 @@ impl Node {
                 source,
             }
         })?;
+        make_private(&dir)?;
         sync_content_first(&store, &self.inner.cas);
         // The store's directory belongs to whoever runs this node, created now.
         // SAFETY: getuid/getgid have no preconditions and cannot fail.
@@ -459,6 +463,57 @@ fn create_private_dir(dir: &Path) -> Result<(), NodeError> {
         })
 }
 
+/// Mode of every directory in the data dir: only its owner may list or enter it.
+const PRIVATE_DIR_MODE: u32 = 0o700;
+/// Mode of every regular file in the data dir (keys, redb files, blobs, staging).
+const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// Gives `path` and everything under it (not following symlinks) the private modes:
+/// directories 0700, regular files 0600, so a data dir made by an older version or a
+/// library that follows the umask is closed to other local users. Other file types
+/// (the control socket) are left alone, and so is the key file, whose mode is the
+/// identity's to check: an exposed key is refused, never quietly hidden.
+fn make_private(path: &Path) -> Result<(), NodeError> {
+    if path.file_name().is_some_and(|n| n == KEY_FILE) {
+        return Ok(());
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let io = |source| NodeError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let meta = std::fs::symlink_metadata(path).map_err(io)?;
+    let want = if meta.is_dir() {
+        PRIVATE_DIR_MODE
+    } else if meta.is_file() {
+        PRIVATE_FILE_MODE
+    } else {
+        return Ok(());
+    };
+    if meta.permissions().mode() & 0o7777 != want {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(want)).map_err(io)?;
+    }
+    if meta.is_dir() {
+        for entry in std::fs::read_dir(path).map_err(io)? {
+            make_private(&entry.map_err(io)?.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `text` to the new or replaced file `path` with mode 0600.
+fn write_private(path: &Path, text: &str) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(PRIVATE_FILE_MODE)
+        .open(path)?;
+    file.write_all(text.as_bytes())
+}
+
 /// Picks the display name (given, stored, else host name) and stores it if it changed.
 fn resolve_display_name(path: &Path, given: Option<&str>) -> Result<String, NodeError> {
     let io = |source| NodeError::Io {
@@ -479,7 +534,7 @@ fn resolve_display_name(path: &Path, given: Option<&str>) -> Result<String, Node
         return Err(NodeError::InvalidDisplayName(name));
     }
     if stored.as_deref() != Some(name.as_str()) {
-        std::fs::write(path, format!("{name}\n")).map_err(io)?;
+        write_private(path, &format!("{name}\n")).map_err(io)?;
     }
     Ok(name)
 }
@@ -565,7 +620,7 @@ impl JoinState {
         let path = store_dir.join(JOINING_FILE);
         let text = format!("{} {}\n", self.inviter.to_hex(), self.next);
         let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text)
+        write_private(&tmp, &text)
             .and_then(|()| std::fs::rename(&tmp, &path))
             .map_err(|source| NodeError::Io {
                 path: path.display().to_string(),
@@ -700,6 +755,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::store::DB_FILE as DB_FILE_NAME;
 
     /// A runtime (kept alive for the content store) and a node opened on `dir`.
     fn open(dir: &Path, name: Option<&str>) -> (tokio::runtime::Runtime, Node) {
@@ -710,6 +766,85 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Every directory and regular file under `dir` with its mode (symlinks not followed).
+    fn modes_under(dir: &Path) -> Vec<(PathBuf, bool, u32)> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                out.push((path.clone(), true, meta.permissions().mode() & 0o7777));
+                out.extend(modes_under(&path));
+            } else if meta.is_file() {
+                out.push((path, false, meta.permissions().mode() & 0o7777));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn an_open_data_dir_and_everything_in_it_is_made_private_at_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let (rt, node) = open(&dir, Some("laptop"));
+        node.create_store("docs").unwrap();
+        let cas = node.cas().clone();
+        cas.put_bytes(&vec![7u8; 300 * 1024]).unwrap();
+        cas.sync().unwrap();
+        node.shutdown().unwrap();
+        drop(rt);
+        let open_mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        open_mode(&dir, 0o755);
+        std::fs::write(dir.join(STAGING_DIR).join("left-over"), b"secret").unwrap();
+        for (path, is_dir, _) in modes_under(&dir) {
+            if !path.ends_with(KEY_FILE) {
+                open_mode(&path, if is_dir { 0o755 } else { 0o644 });
+            }
+        }
+        let (_rt, node) = open(&dir, None);
+        assert_eq!(mode(&dir), 0o700);
+        let all = modes_under(&dir);
+        assert!(all.iter().any(|(p, ..)| p.ends_with(DB_FILE_NAME)));
+        assert!(all.iter().filter(|(_, d, _)| !d).count() > 4);
+        for (path, is_dir, m) in all {
+            let want = if is_dir { 0o700 } else { 0o600 };
+            assert_eq!(m, want, "{} is {m:o}", path.display());
+        }
+        node.shutdown().unwrap();
+    }
+
+    #[test]
+    fn an_exposed_key_is_refused_not_quietly_made_private() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let (rt, node) = open(&dir, Some("laptop"));
+        node.shutdown().unwrap();
+        drop(rt);
+        let key = dir.join(KEY_FILE);
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let err = Node::open(&dir, None, rt.handle().clone()).unwrap_err();
+        assert!(
+            matches!(err, NodeError::Identity(IdentityError::Permissions(_))),
+            "{err}"
+        );
+        assert_eq!(mode(&key), 0o644);
+    }
+
+    #[test]
+    fn a_created_store_is_private_from_the_start() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let (_rt, node) = open(&dir, Some("laptop"));
+        let store = node.create_store("docs").unwrap();
+        let store_dir = node.store_dir(store.id());
+        assert_eq!(mode(&store_dir), 0o700);
+        assert_eq!(mode(&store_dir.join(DB_FILE_NAME)), 0o600);
+        node.shutdown().unwrap();
     }
 
     #[test]

@@ -592,3 +592,130 @@ fn rereads_after_rewrites_truncates_and_appends_never_show_stale_pages() {
         );
     }
 }
+
+// Local exposure: what other members write, and what lies in the data dir, is no way in
+// for another user of this machine.
+
+/// Every directory and regular file under `dir` with its permission bits.
+fn modes_under(dir: &Path) -> Vec<(std::path::PathBuf, bool, u32)> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = fs::symlink_metadata(&path).unwrap();
+        if meta.is_dir() {
+            out.push((path.clone(), true, meta.mode() & 0o7777));
+            out.extend(modes_under(&path));
+        } else if meta.is_file() {
+            out.push((path, false, meta.mode() & 0o7777));
+        }
+    }
+    out
+}
+
+#[test]
+fn the_mount_is_nosuid_and_nodev_so_a_device_node_on_it_cannot_be_opened() {
+    let Some(d) = daemon_with_store("dev") else {
+        return;
+    };
+    let out = Command::new("findmnt")
+        .args(["-n", "-o", "OPTIONS", "--mountpoint"])
+        .arg(&d.mnt)
+        .output()
+        .unwrap();
+    let options = String::from_utf8_lossy(&out.stdout);
+    let options: Vec<&str> = options.trim().split(',').collect();
+    assert!(options.contains(&"nosuid"), "{options:?}");
+    assert!(options.contains(&"nodev"), "{options:?}");
+    d.sh("mknod dev/null c 1 3");
+    let opened = OpenOptions::new().read(true).open(d.path("dev/null"));
+    assert_eq!(errno_of(opened), libc::EACCES);
+}
+
+#[test]
+fn set_user_id_bits_show_only_on_what_this_node_wrote() {
+    if !fuse_available() {
+        return;
+    }
+    let a = Daemon::start_named("alice");
+    let b = Daemon::start_named("bob");
+    let ok = |out: std::process::Output| {
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    ok(a.run(&["create", "team"]));
+    let token = ok(a.run(&["invite", "team"]));
+    ok(b.run(&["join", token.trim()]));
+    fs::write(a.path("team/tool"), b"#!/bin/sh\nid\n").unwrap();
+    fs::set_permissions(a.path("team/tool"), fs::Permissions::from_mode(0o6755)).unwrap();
+    fs::create_dir(a.path("team/shared")).unwrap();
+    fs::set_permissions(a.path("team/shared"), fs::Permissions::from_mode(0o2775)).unwrap();
+    let mode = |p: &Path| fs::metadata(p).ok().map(|m| m.mode() & 0o7777);
+    assert_eq!(
+        mode(&a.path("team/tool")),
+        Some(0o6755),
+        "the author sees its own bits"
+    );
+    assert_eq!(mode(&a.path("team/shared")), Some(0o2775));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while mode(&b.path("team/tool")) != Some(0o755) || mode(&b.path("team/shared")) != Some(0o775) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob sees tool {:?} and shared {:?}",
+            mode(&b.path("team/tool")).map(|m| format!("{m:o}")),
+            mode(&b.path("team/shared")).map(|m| format!("{m:o}"))
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Bob's own chmod of alice's content does not make it privileged either; his own file does.
+    fs::set_permissions(b.path("team/tool"), fs::Permissions::from_mode(0o4755)).unwrap();
+    assert_eq!(mode(&b.path("team/tool")), Some(0o755));
+    fs::write(b.path("team/mine"), b"x").unwrap();
+    fs::set_permissions(b.path("team/mine"), fs::Permissions::from_mode(0o4750)).unwrap();
+    assert_eq!(mode(&b.path("team/mine")), Some(0o4750));
+}
+
+#[test]
+fn staging_files_are_private_while_a_file_is_being_written() {
+    let Some(d) = daemon_with_store("st") else {
+        return;
+    };
+    let mut f = File::create(d.path("st/open.bin")).unwrap();
+    f.write_all(&random_bytes(100_000, 12)).unwrap();
+    let staging = d.data.join("staging");
+    assert_eq!(fs::metadata(&staging).unwrap().mode() & 0o7777, 0o700);
+    let files = modes_under(&staging);
+    assert!(!files.is_empty(), "no staging file while a write is open");
+    for (path, _, m) in files {
+        assert_eq!(m, 0o600, "{} is {m:o}", path.display());
+    }
+    drop(f);
+}
+
+#[test]
+fn an_open_data_dir_is_made_private_when_the_daemon_starts() {
+    let Some(mut d) = daemon_with_store("p") else {
+        return;
+    };
+    fs::write(d.path("p/big.bin"), random_bytes(2 << 20, 13)).unwrap();
+    d.down();
+    fs::set_permissions(&d.data, fs::Permissions::from_mode(0o755)).unwrap();
+    for (path, is_dir, _) in modes_under(&d.data) {
+        // The key stays private: an exposed key is refused, not repaired.
+        if !path.ends_with("node.key") {
+            let m = if is_dir { 0o755 } else { 0o644 };
+            fs::set_permissions(&path, fs::Permissions::from_mode(m)).unwrap();
+        }
+    }
+    d.up();
+    assert_eq!(fs::metadata(&d.data).unwrap().mode() & 0o7777, 0o700);
+    let all = modes_under(&d.data);
+    assert!(all.iter().any(|(p, ..)| p.ends_with("store.redb")));
+    for (path, is_dir, m) in all {
+        let want = if is_dir { 0o700 } else { 0o600 };
+        assert_eq!(m, want, "{} is {m:o}", path.display());
+    }
+    assert_eq!(
+        fs::read(d.path("p/big.bin")).unwrap(),
+        random_bytes(2 << 20, 13)
+    );
+}

@@ -16,12 +16,19 @@ pub(crate) struct ChunkParams {
     pub max: u32,
 }
 
+/// Longest chunk a manifest may name, written or received: the largest chunk this node
+/// cuts, so a peer's manifest cannot make a reader or a patch allocate more per chunk.
+pub(crate) const MAX_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+
 /// The chunk sizes this node writes (chosen by measurement: see the module docs of `cas`).
 pub(crate) const CHUNK_PARAMS: ChunkParams = ChunkParams {
     min: 256 * 1024,
     avg: 1024 * 1024,
-    max: 4 * 1024 * 1024,
+    max: MAX_CHUNK_BYTES as u32,
 };
+
+// Every chunk the chunker cuts must fit in a manifest.
+const _: () = assert!(CHUNK_PARAMS.max as u64 == MAX_CHUNK_BYTES);
 
 /// Bytes buffered by the stream chunker, in units of the largest chunk.
 const STREAM_BUFFER_CHUNKS: usize = 4;

@@ -29,6 +29,29 @@ pub enum CasError {
         /// How long the read waited for it.
         waited: std::time::Duration,
     },
+    /// A manifest names a chunk longer than [`MAX_CHUNK_BYTES`](super::MAX_CHUNK_BYTES)
+    /// (`manifest` is `None` while one is being written).
+    #[error("a chunk of {size} bytes exceeds the limit of {limit}", limit = super::MAX_CHUNK_BYTES)]
+    ChunkTooLarge {
+        /// The manifest naming it.
+        manifest: Option<Hash>,
+        /// The chunk's claimed length.
+        size: u64,
+    },
+    /// The chunk lengths of a manifest add up to more than a u64 holds.
+    #[error("the chunk sizes of a manifest overflow")]
+    SizeOverflow {
+        /// The manifest (`None` while one is being written).
+        manifest: Option<Hash>,
+    },
+    /// A blob is longer than any manifest or chunk may be, so it is not read into memory.
+    #[error("blob {hash} of {size} bytes exceeds the limit of {limit}", limit = super::store::MAX_BLOB_READ)]
+    BlobTooLarge {
+        /// The blob.
+        hash: Hash,
+        /// Its length.
+        size: u64,
+    },
     /// A blob is present but does not hold what its reference says (bad manifest, wrong size).
     #[error("blob {hash} is corrupt: {reason}")]
     Corrupt {

@@ -68,6 +68,7 @@ pub use fetch::{FetchRequest, Fetcher, READ_WAIT};
 use crate::fs::op::{Content, INLINE_MAX};
 use crate::intention::{Hash, StoreId};
 use cache::Lru;
+pub(crate) use chunker::MAX_CHUNK_BYTES;
 use chunker::{chunk_slice, ChunkParams, StreamChunker, CHUNK_PARAMS};
 use manifest::Manifest;
 
@@ -206,11 +207,18 @@ impl Cas {
                     .iter()
                     .map(|(tt, len)| (store::from_iroh(tt.hash()), *len)),
             ),
-        );
+        )?;
         let size = manifest.size();
+        let encoded = manifest.encode();
+        if encoded.len() as u64 > manifest::MAX_MANIFEST_BYTES {
+            return Err(CasError::BlobTooLarge {
+                hash: Hash::of(&encoded),
+                size: encoded.len() as u64,
+            });
+        }
         let blobs = self.blobs();
         let (manifest_tt, seq_tt) = inner.rt.block_on(async {
-            let manifest_tt = store::add(&blobs, manifest.encode().into()).await?;
+            let manifest_tt = store::add(&blobs, encoded.into()).await?;
             let hash = store::from_iroh(manifest_tt.hash());
             let chunks = manifest.chunks().map(|(h, _, _)| h);
             let seq_tt = store::root_manifest(&blobs, hash, chunks).await?;
@@ -290,14 +298,16 @@ impl Cas {
             if done == buf.len() {
                 break;
             }
+            // Pieces are sized by their authors: offsets past u64::MAX are unaddressable.
             let len = piece.len();
-            let pos = offset + done as u64;
-            if pos >= base + len {
-                base += len;
+            let pos = offset.saturating_add(done as u64);
+            let end = base.saturating_add(len);
+            if pos >= end {
+                base = end;
                 continue;
             }
             let within = pos - base;
-            let want = (buf.len() - done).min((len - within) as usize);
+            let want = (buf.len() - done).min(usize::try_from(end - pos).unwrap_or(usize::MAX));
             let out = &mut buf[done..done + want];
             match piece {
                 Content::Inline(bytes) => out.copy_from_slice(&bytes[within as usize..][..want]),
@@ -306,7 +316,7 @@ impl Cas {
                 }
             }
             done += want;
-            base += len;
+            base = end;
         }
         Ok(done)
     }

@@ -7,9 +7,17 @@ use bytes::Bytes;
 /// Size of the blocks two chunks are compared in.
 pub const PATCH_BLOCK: usize = 16 * 1024;
 
+/// Longest chunk a patch rebuilds or describes: a chunk a manifest may name, so a peer's
+/// claimed size never makes the receiver allocate more.
+pub const MAX_PATCH_BYTES: u64 = super::MAX_CHUNK_BYTES;
+
 /// The blocks of `new` that differ from `base` at the same offsets, as (offset, bytes),
-/// or `None` when they would be more than half of `new` (a whole fetch is as good).
+/// or `None` when they would be more than half of `new` (a whole fetch is as good) or
+/// `new` is longer than [`MAX_PATCH_BYTES`].
 pub fn diff(base: &[u8], new: &[u8]) -> Option<Vec<(u64, Bytes)>> {
+    if new.len() as u64 > MAX_PATCH_BYTES {
+        return None;
+    }
     let mut blocks = Vec::new();
     let mut bytes = 0usize;
     for (i, block) in new.chunks(PATCH_BLOCK).enumerate() {
@@ -27,8 +35,12 @@ pub fn diff(base: &[u8], new: &[u8]) -> Option<Vec<(u64, Bytes)>> {
 }
 
 /// `base` cut or zero-extended to `size`, with `blocks` written over it; `None` if a
-/// block reaches past `size`.
+/// block reaches past `size` or `size` exceeds [`MAX_PATCH_BYTES`] (checked before
+/// anything is allocated).
 pub fn apply(base: &[u8], size: u64, blocks: &[(u64, Bytes)]) -> Option<Vec<u8>> {
+    if size > MAX_PATCH_BYTES {
+        return None;
+    }
     let size = usize::try_from(size).ok()?;
     let mut out = vec![0u8; size];
     let keep = base.len().min(size);
@@ -79,6 +91,25 @@ mod tests {
     #[test]
     fn mostly_different_chunks_are_not_worth_a_patch() {
         assert!(diff(&data(1 << 20, 1), &data(1 << 20, 9)).is_none());
+    }
+
+    #[test]
+    fn a_patch_claiming_a_huge_size_is_refused_before_allocating() {
+        let blocks = [(0u64, Bytes::from_static(b"abc"))];
+        assert!(apply(b"abc", 1 << 40, &blocks).is_none());
+        assert!(apply(b"abc", u64::MAX, &blocks).is_none());
+        assert!(apply(b"abc", MAX_PATCH_BYTES + 1, &blocks).is_none());
+        let whole = apply(b"abc", MAX_PATCH_BYTES, &blocks).unwrap();
+        assert_eq!(whole.len() as u64, MAX_PATCH_BYTES);
+    }
+
+    #[test]
+    fn a_chunk_longer_than_the_limit_is_not_described_as_a_patch() {
+        let base = vec![0u8; MAX_PATCH_BYTES as usize + 1];
+        let mut new = base.clone();
+        new[0] = 1;
+        assert!(diff(&base, &new).is_none());
+        assert!(diff(&base[1..], &new[1..]).is_some());
     }
 
     #[test]

@@ -15,6 +15,8 @@ use iroh_blobs::{BlobFormat, HashAndFormat};
 
 use crate::intention::Hash;
 
+use super::chunker::MAX_CHUNK_BYTES;
+use super::manifest::MAX_MANIFEST_BYTES;
 use super::CasError;
 
 /// Prefix of the persistent tag that roots each manifest's hash sequence.
@@ -65,31 +67,54 @@ pub(crate) async fn root_manifest(
     Ok(tt)
 }
 
-/// The whole blob `hash`, which must be complete and `expected` bytes long when given.
-/// The store verifies the data against the blob's bao outboard while exporting it.
+/// Longest blob read whole into memory: a manifest or a chunk. Blobs come from peers,
+/// who choose their length; a longer one is refused before it is read.
+pub(crate) const MAX_BLOB_READ: u64 = if MAX_MANIFEST_BYTES > MAX_CHUNK_BYTES {
+    MAX_MANIFEST_BYTES
+} else {
+    MAX_CHUNK_BYTES
+};
+
+/// Refuses a blob of `len` bytes that is not `expected` bytes long (when given) or is
+/// longer than [`MAX_BLOB_READ`].
+fn check_len(hash: Hash, len: u64, expected: Option<u64>) -> Result<(), CasError> {
+    match expected {
+        Some(expected) if len != expected => Err(CasError::Corrupt {
+            hash,
+            reason: format!("holds {len} bytes, expected {expected}"),
+        }),
+        _ if len > MAX_BLOB_READ => Err(CasError::BlobTooLarge { hash, size: len }),
+        _ => Ok(()),
+    }
+}
+
+/// The whole blob `hash`, which must be complete, `expected` bytes long when given and
+/// at most [`MAX_BLOB_READ`] bytes (checked before it is read). The store verifies the
+/// data against the blob's bao outboard while exporting it.
 pub(crate) async fn fetch(
     store: &Store,
     hash: Hash,
     expected: Option<u64>,
 ) -> Result<Bytes, CasError> {
+    let status = store
+        .status(to_iroh(hash))
+        .await
+        .map_err(iroh_blobs::api::Error::from)?;
+    if let BlobStatus::Complete { size } = status {
+        check_len(hash, size, expected)?;
+    }
     let bytes = match store.get_bytes(to_iroh(hash)).await {
         Ok(bytes) => bytes,
         Err(_) => after_failed_read(store, hash).await?,
     };
-    if let Some(expected) = expected {
-        if bytes.len() as u64 != expected {
-            return Err(CasError::Corrupt {
-                hash,
-                reason: format!("holds {} bytes, expected {expected}", bytes.len()),
-            });
-        }
-    }
+    check_len(hash, bytes.len() as u64, expected)?;
     Ok(bytes)
 }
 
 /// The whole blob `hash` read straight from its data file, if that file holds exactly
-/// the bytes `hash` addresses (`expected` bytes long when given); `None` otherwise (the
-/// blob is absent, partial, or small enough to live inside the store's database).
+/// the bytes `hash` addresses (`expected` bytes long when given, at most
+/// [`MAX_BLOB_READ`], both checked before reading); `None` otherwise (the blob is absent,
+/// partial, too long, or small enough to live inside the store's database).
 ///
 /// Checking the blake3 of the bytes against their address is the same guarantee the
 /// store's own export gives by validating every 16 KiB block against the outboard, at a
@@ -99,9 +124,12 @@ pub(crate) fn read_verified(
     hash: Hash,
     expected: Option<u64>,
 ) -> Option<Bytes> {
-    let data = std::fs::read(paths.data_path(&to_iroh(hash))).ok()?;
-    let right_size = expected.is_none_or(|len| data.len() as u64 == len);
-    (right_size && *blake3::hash(&data).as_bytes() == hash.0).then(|| Bytes::from(data))
+    let file = File::open(paths.data_path(&to_iroh(hash))).ok()?;
+    let len = file.metadata().ok()?.len();
+    check_len(hash, len, expected).ok()?;
+    let mut data = Vec::with_capacity(usize::try_from(len).ok()?);
+    io::Read::read_to_end(&mut io::Read::take(file, len), &mut data).ok()?;
+    (*blake3::hash(&data).as_bytes() == hash.0).then(|| Bytes::from(data))
 }
 
 /// What a failed read of `hash` means: `Absent` if the store does not hold the blob

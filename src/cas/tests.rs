@@ -349,6 +349,40 @@ fn chunk_shorter_than_its_manifest_entry_reads_as_corrupt() {
 }
 
 #[test]
+fn a_manifest_claiming_a_huge_chunk_is_refused_by_reads_fetches_and_patches() {
+    let f = fixture();
+    let base = f.cas.put_blob(data(14, 100 * KIB).into()).unwrap();
+    let old = put_raw_manifest(&f, &[(base, 1 << 40)]);
+    let new = put_raw_manifest(&f, &[(Hash::of(b"not here"), 1 << 40)]);
+    let huge = |e: &CasError| matches!(e, CasError::ChunkTooLarge { size, .. } if *size == 1 << 40);
+    let mut buf = vec![0u8; 10];
+    let err = f
+        .cas
+        .read(S, std::slice::from_ref(&old), 0, &mut buf)
+        .unwrap_err();
+    assert!(huge(&err), "{err}");
+    let err = f.cas.missing(std::slice::from_ref(&new)).unwrap_err();
+    assert!(huge(&err), "{err}");
+    let err = f.cas.patch_bases(&[old], &[new]).unwrap_err();
+    assert!(huge(&err), "{err}");
+}
+
+#[test]
+fn reading_past_pieces_whose_sizes_overflow_u64_reads_nothing() {
+    let f = fixture();
+    let pieces = [
+        Content::Manifest {
+            hash: Hash::of(b"m"),
+            size: u64::MAX,
+        },
+        Content::Inline("x".into()),
+    ];
+    let mut buf = [0u8; 4];
+    assert_eq!(f.cas.read(S, &pieces, u64::MAX, &mut buf).unwrap(), 0);
+    assert_eq!(f.cas.read(S, &pieces, u64::MAX - 1, &mut []).unwrap(), 0);
+}
+
+#[test]
 fn content_size_disagreeing_with_its_manifest_reads_as_corrupt() {
     let f = fixture();
     let Content::Manifest { hash, size } = f.cas.put_bytes(&data(13, MIB)).unwrap() else {
@@ -433,11 +467,6 @@ const CANDIDATES: &[ChunkParams] = &[
         max: 1024 * 1024,
     },
     CHUNK_PARAMS,
-    ChunkParams {
-        min: 1024 * 1024,
-        avg: 4 * 1024 * 1024,
-        max: 16 * 1024 * 1024,
-    },
 ];
 
 /// Prints put_file and sequential read throughput and the bytes re-stored after a

@@ -13,6 +13,16 @@ use bytes::Bytes;
 use crate::fs::op::{Content, Create, Kind, OpId, SetMeta};
 use crate::fs::view::ContentView;
 
+/// Largest size a content version shows: the largest offset the kernel addresses
+/// (`off_t`). Pieces are sized by their authors, so their sum may be anything.
+pub(crate) const MAX_FILE_BYTES: u64 = i64::MAX as u64;
+
+/// `a + b`, held at [`MAX_FILE_BYTES`]: the same for every order of the same pieces, so
+/// replicas agree on a size no matter how its pieces arrived.
+pub(crate) fn add_sizes(a: u64, b: u64) -> u64 {
+    a.saturating_add(b).min(MAX_FILE_BYTES)
+}
+
 /// A last-writer-wins register ordered by op id.
 #[derive(Clone, Debug)]
 pub(crate) struct Lww<T> {
@@ -230,7 +240,7 @@ impl FileRec {
         if let Some(g) = self.groups.get(&group) {
             for c in std::iter::once(&g.base).chain(g.appends.values()) {
                 if !c.is_empty() {
-                    v.size += c.len();
+                    v.size = add_sizes(v.size, c.len());
                     v.pieces.push(c.clone());
                 }
             }
@@ -243,7 +253,10 @@ impl FileRec {
         let Some(g) = self.winner().and_then(|w| self.groups.get(&w)) else {
             return 0;
         };
-        g.base.len() + g.appends.values().map(Content::len).sum::<u64>()
+        g.appends
+            .values()
+            .map(Content::len)
+            .fold(g.base.len(), add_sizes)
     }
 
     /// The winning content (empty if there is none).
@@ -283,5 +296,67 @@ impl FileRec {
     /// The value of xattr `name`, if set.
     pub fn xattr(&self, name: &[u8]) -> Option<&Bytes> {
         self.xattrs.get(name).and_then(|r| r.value.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::op::FileId;
+    use crate::hlc::Hlc;
+    use crate::identity::PublicKey;
+    use crate::intention::Hash;
+
+    fn id(wall_ms: u64) -> OpId {
+        OpId {
+            hlc: Hlc {
+                wall_ms,
+                counter: 0,
+            },
+            author: PublicKey([7; 32]),
+        }
+    }
+
+    fn file_of(content: Content) -> (FileId, FileRec) {
+        let create = Create {
+            parent: OpId::ROOT,
+            name: "f".into(),
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            mtime_ns: 0,
+            content,
+        };
+        (id(1), FileRec::created(id(1), &create))
+    }
+
+    #[test]
+    fn piece_sizes_that_overflow_u64_show_the_largest_file_size() {
+        let huge = Content::Manifest {
+            hash: Hash::of(b"m"),
+            size: u64::MAX,
+        };
+        let (file, mut f) = file_of(huge.clone());
+        assert!(f.append(id(2), file, &Content::Inline("x".into()), 0));
+        assert!(f.append(id(3), file, &huge, 0));
+        assert_eq!(f.size(), MAX_FILE_BYTES);
+        assert_eq!(f.content().size, MAX_FILE_BYTES);
+        assert_eq!(f.content().pieces.len(), 3);
+    }
+
+    #[test]
+    fn a_size_past_the_largest_kernel_offset_shows_as_that_offset() {
+        let half = Content::Manifest {
+            hash: Hash::of(b"h"),
+            size: MAX_FILE_BYTES / 2 + 1,
+        };
+        let (file, mut f) = file_of(Content::Inline("ab".into()));
+        assert!(f.append(id(2), file, &half, 0));
+        assert_eq!(f.size(), MAX_FILE_BYTES / 2 + 3);
+        assert!(f.append(id(3), file, &half, 0));
+        assert_eq!(f.size(), MAX_FILE_BYTES);
+        assert_eq!(f.view(file).size, MAX_FILE_BYTES);
     }
 }

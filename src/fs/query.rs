@@ -18,7 +18,11 @@ use crate::fs::names::{collision_tags, conflict_tag, decorate, raw_candidates};
 use crate::fs::op::{Content, FileId, Kind, OpId};
 use crate::fs::state::FsState;
 use crate::fs::view::{Attr, ContentView, FsStats, Node};
-use crate::identity::hex;
+use crate::identity::{hex, PublicKey};
+
+/// Set-user-ID and set-group-ID: shown only on what the local node wrote alone
+/// ([`FsState::mask_foreign_privileges`]).
+pub const PRIVILEGE_BITS: u32 = 0o6000;
 
 impl FsState {
     /// Resolves `name` in directory `dir` (raw, collision or conflict-copy names).
@@ -193,6 +197,40 @@ impl FsState {
                 })
             }
         }
+    }
+
+    /// Clears the set-user-ID and set-group-ID bits of `attr`, the attributes of `node`,
+    /// unless `me` wrote its mode, owner and group and every op of the content it shows:
+    /// what another member wrote never gains privileges on this machine (the mount is
+    /// `nosuid` too; this keeps `cp -a` from copying the bits somewhere they count).
+    pub fn mask_foreign_privileges(&self, node: Node, attr: &mut Attr, me: &PublicKey) {
+        if attr.perm & PRIVILEGE_BITS != 0 && !self.only_written_by(node, me) {
+            attr.perm &= !PRIVILEGE_BITS;
+        }
+    }
+
+    /// Whether `who` authored the mode, owner and group of `node` and every op of the
+    /// content it shows (the version group's first op and its appends).
+    fn only_written_by(&self, node: Node, who: &PublicKey) -> bool {
+        let Some(f) = self.file(node.file()) else {
+            return false;
+        };
+        let group = match node {
+            Node::Entry { .. } => f.winner(),
+            Node::Conflict { head, .. } => Some(head),
+        };
+        let content = group.into_iter().flat_map(|g| {
+            std::iter::once(g).chain(
+                f.groups
+                    .get(&g)
+                    .into_iter()
+                    .flat_map(|g| g.appends.keys().copied()),
+            )
+        });
+        [f.mode.at, f.uid.at, f.gid.at]
+            .into_iter()
+            .chain(content)
+            .all(|op| op.author == *who)
     }
 
     /// The content of a file node or conflict copy.
@@ -417,5 +455,117 @@ fn dump_xattrs(out: &mut String, f: &FileRec) {
         if let Some(v) = &reg.value {
             let _ = write!(out, " xattr {name:?}={v:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::fs::op::{Op, OpBody, SetMeta};
+    use crate::hlc::Hlc;
+
+    fn key(n: u8) -> PublicKey {
+        PublicKey([n; 32])
+    }
+
+    /// Applies `body` by `author` at `wall` ms; returns the op's id.
+    fn run(s: &mut FsState, author: u8, wall: u64, body: OpBody) -> OpId {
+        let op = Op {
+            hlc: Hlc {
+                wall_ms: wall,
+                counter: 0,
+            },
+            body,
+        };
+        s.apply(key(author), &op);
+        op.id(key(author))
+    }
+
+    fn shown(s: &FsState, name: &str, me: u8) -> u32 {
+        let node = s.lookup(OpId::ROOT, name).unwrap();
+        let mut a = s.attr(node).unwrap();
+        s.mask_foreign_privileges(node, &mut a, &key(me));
+        a.perm
+    }
+
+    fn setuid_file(s: &mut FsState, author: u8, wall: u64, name: &str) -> FileId {
+        let content = Content::Inline(Bytes::from_static(b"#!/bin/sh\n"));
+        let body = s
+            .plan_create(OpId::ROOT, name, Kind::File, 0o6755, 0, 0, 0, content, 0)
+            .unwrap();
+        run(s, author, wall, body)
+    }
+
+    #[test]
+    fn set_user_id_bits_show_only_to_the_node_that_wrote_everything() {
+        let mut s = FsState::new();
+        setuid_file(&mut s, 1, 10, "tool");
+        assert_eq!(shown(&s, "tool", 1), 0o6755);
+        assert_eq!(shown(&s, "tool", 2), 0o755);
+        let body = s
+            .plan_create(
+                OpId::ROOT,
+                "d",
+                Kind::Dir,
+                0o2775,
+                0,
+                0,
+                0,
+                Content::empty(),
+                0,
+            )
+            .unwrap();
+        run(&mut s, 1, 11, body);
+        assert_eq!(shown(&s, "d", 1), 0o2775);
+        assert_eq!(shown(&s, "d", 2), 0o775);
+    }
+
+    #[test]
+    fn another_members_content_owner_or_mode_clears_the_bits_for_the_author_too() {
+        let mut s = FsState::new();
+        let tool = setuid_file(&mut s, 1, 10, "tool");
+        let content = Content::Inline(Bytes::from_static(b"#!/bin/sh\nrm -rf ~\n"));
+        let body = s.plan_write(tool, content, 0).unwrap();
+        run(&mut s, 2, 20, body);
+        assert_eq!(shown(&s, "tool", 1), 0o755, "content by 2");
+        assert_eq!(shown(&s, "tool", 2), 0o755, "mode by 1");
+
+        let chowned = setuid_file(&mut s, 1, 30, "chowned");
+        let body = s
+            .plan_set_meta(SetMeta {
+                file: chowned,
+                uid: Some(0),
+                ..SetMeta::default()
+            })
+            .unwrap();
+        run(&mut s, 2, 31, body);
+        assert_eq!(shown(&s, "chowned", 1), 0o755, "owner by 2");
+
+        let body = s
+            .plan_create(
+                OpId::ROOT,
+                "plain",
+                Kind::File,
+                0o755,
+                0,
+                0,
+                0,
+                Content::empty(),
+                0,
+            )
+            .unwrap();
+        let plain = run(&mut s, 1, 40, body);
+        let body = s
+            .plan_set_meta(SetMeta {
+                file: plain,
+                mode: Some(0o4755),
+                ..SetMeta::default()
+            })
+            .unwrap();
+        run(&mut s, 2, 41, body);
+        assert_eq!(shown(&s, "plain", 1), 0o755, "mode by 2");
+        assert_eq!(shown(&s, "plain", 2), 0o755, "content by 1");
     }
 }

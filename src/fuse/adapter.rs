@@ -249,14 +249,17 @@ impl LatticeFs {
         let Some((sid, node)) = key.node() else {
             return Ok(self.root_attr());
         };
-        if let Key::File(_, file) = key {
-            let open = self.open_files.lock().get(&(sid, file)).cloned();
-            if let Some(open) = open {
-                let a = open.lock().attr()?;
-                return Ok(Self::fuse_attr(ino, &a, false));
-            }
-        }
-        let a = self.store(sid)?.read(|s| s.attr(node))?;
+        let store = self.store(sid)?;
+        let open = match key {
+            Key::File(_, file) => self.open_files.lock().get(&(sid, file)).cloned(),
+            _ => None,
+        };
+        let mut a = match &open {
+            Some(open) => open.lock().attr()?,
+            None => store.read(|s| s.attr(node))?,
+        };
+        let me = self.node.identity().public();
+        store.read(|s| s.mask_foreign_privileges(node, &mut a, &me));
         Ok(Self::fuse_attr(ino, &a, matches!(key, Key::Conflict(..))))
     }
 

@@ -12,6 +12,7 @@ mod inodes;
 mod invalidate;
 mod open_file;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -67,6 +68,27 @@ impl Drop for MountGuard {
     }
 }
 
+/// The session settings of a mount; `allow_other` lets other users reach it.
+fn config(allow_other: bool) -> fuser::Config {
+    let mut config = fuser::Config::default();
+    // Other members choose modes, owners and device numbers: the kernel must never honour
+    // a set-user-ID bit or open a device node found here. Asked for explicitly rather
+    // than left to the mount helper's defaults.
+    config.mount_options = vec![
+        fuser::MountOption::FSName("lattice".into()),
+        fuser::MountOption::Subtype("lattice-mount".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoSuid,
+        fuser::MountOption::NoDev,
+    ];
+    if allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(FUSE_THREADS);
+    config.clone_fd = true;
+    config
+}
+
 /// Mounts `node` at `mountpoint`; `allow_other` lets other users reach the mount.
 pub fn mount(node: Node, mountpoint: &Path, allow_other: bool) -> Result<MountGuard, FuseError> {
     let staging = node.data_dir().join("staging");
@@ -76,18 +98,12 @@ pub fn mount(node: Node, mountpoint: &Path, allow_other: bool) -> Result<MountGu
     };
     // Staging files of a previous run belong to handles that no longer exist.
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging).map_err(mount_err)?;
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        fuser::MountOption::FSName("lattice".into()),
-        fuser::MountOption::Subtype("lattice-mount".into()),
-        fuser::MountOption::DefaultPermissions,
-    ];
-    if allow_other {
-        config.acl = fuser::SessionACL::All;
-    }
-    config.n_threads = Some(FUSE_THREADS);
-    config.clone_fd = true;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&staging)
+        .map_err(mount_err)?;
+    let config = config(allow_other);
     let inodes = Arc::new(inodes::Inodes::new());
     let fs = adapter::LatticeFs::new(node.clone(), staging, inodes.clone());
     let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(mount_err)?;
@@ -100,4 +116,20 @@ pub fn mount(node: Node, mountpoint: &Path, allow_other: bool) -> Result<MountGu
     guard.invalidator =
         Some(invalidate::Invalidator::start(node, inodes, notifier).map_err(mount_err)?);
     Ok(guard)
+}
+
+#[cfg(test)]
+mod tests {
+    use fuser::MountOption;
+
+    #[test]
+    fn every_mount_asks_for_nosuid_and_nodev_itself() {
+        for allow_other in [false, true] {
+            let options = super::config(allow_other).mount_options;
+            assert!(options.contains(&MountOption::NoSuid), "{options:?}");
+            assert!(options.contains(&MountOption::NoDev), "{options:?}");
+            assert!(!options.contains(&MountOption::Suid), "{options:?}");
+            assert!(!options.contains(&MountOption::Dev), "{options:?}");
+        }
+    }
 }

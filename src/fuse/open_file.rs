@@ -2,7 +2,7 @@
 //! signed intention only on flush, fsync or close (never on a `write` syscall).
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -104,7 +104,7 @@ impl OpenFile {
         let mut a = self.last_attr.ok_or(Fail::Fs(FsError::NotFound))?;
         match &self.staging {
             Staging::Clean => {}
-            Staging::Append { base, len, .. } => a.size = base.size + len,
+            Staging::Append { base, len, .. } => a.size = base.size.saturating_add(*len),
             Staging::Full { size, .. } => a.size = *size,
         }
         if self.dirty {
@@ -123,6 +123,7 @@ impl OpenFile {
             .read(true)
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(&path)
             .map_err(io_errno)?;
         Ok((file, path))
@@ -174,13 +175,13 @@ impl OpenFile {
                     appended
                         .read_exact_at(&mut buf[..n], done)
                         .map_err(io_errno)?;
-                    file.write_all_at(&buf[..n], base.size + done)
+                    file.write_all_at(&buf[..n], base.size.saturating_add(done))
                         .map_err(io_errno)?;
                     done += n as u64;
                 }
                 drop(appended);
                 let _ = std::fs::remove_file(append_path);
-                (file, path, base.size + len)
+                (file, path, base.size.saturating_add(len))
             }
         };
         self.staging = Staging::Full {
@@ -256,7 +257,7 @@ impl OpenFile {
             Staging::Append {
                 file, base, len: l, ..
             } => {
-                let total = base.size + l;
+                let total = base.size.saturating_add(*l);
                 let n = total.saturating_sub(offset).min(u64::from(len)) as usize;
                 let mut buf = vec![0u8; n];
                 let from_base = base.size.saturating_sub(offset).min(n as u64) as usize;

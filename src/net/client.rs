@@ -23,6 +23,10 @@ use crate::sync::invite::InviteToken;
 use crate::sync::reconcile::{Session, FRAME_LIMIT};
 use crate::wire::{read_frame, write_frame};
 
+/// Most hashes one reconciliation collects on either side (the peer has, or lacks)
+/// before it stops to pull and push them (8 MiB of hashes); the next pass finds the rest.
+pub const MAX_RECONCILE_DIFF: usize = 256 * 1024;
+
 /// Most rounds of asking a peer for the predecessors of floating intentions.
 const PREDECESSOR_ROUNDS: usize = 8;
 
@@ -517,12 +521,19 @@ async fn reconcile_once(
             return Err(ex.unexpected(&answer));
         };
         report.reconcile_bytes += f.frame.len() as u64;
-        let step = session.step(&f.frame).map_err(|e| NetError::Protocol {
-            peer: peer.short(),
-            what: e.to_string(),
-        })?;
+        let step = session
+            .step(&f.frame)
+            .map_err(|source| NetError::Reconcile {
+                peer: peer.short(),
+                source,
+            })?;
         have.extend(step.have);
         need.extend(step.need);
+        if have.len() >= MAX_RECONCILE_DIFF || need.len() >= MAX_RECONCILE_DIFF {
+            have.truncate(MAX_RECONCILE_DIFF);
+            need.truncate(MAX_RECONCILE_DIFF);
+            break;
+        }
         match step.reply {
             Some(next) => frame = next,
             None => break,

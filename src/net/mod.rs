@@ -44,8 +44,9 @@ use peers::PeerBook;
 use replica::{Cmd, ReplicaHandle};
 use settings::{FetchMode, Settings};
 
-pub use client::{JoinProgress, Revoked};
+pub use client::{JoinProgress, Revoked, MAX_RECONCILE_DIFF};
 pub use replica::SyncReport;
+pub use serve::MAX_WANT;
 
 /// ALPN of the lattice sync protocol; the suffix is its version.
 pub const SYNC_ALPN: &[u8] = b"lattice/sync/1";
@@ -137,6 +138,15 @@ pub enum NetError {
         peer: String,
         /// What was wrong.
         what: String,
+    },
+    /// A reconciliation with a peer failed: a frame it sent was refused, or the session
+    /// went on past [`MAX_ROUNDS`](crate::sync::reconcile::MAX_ROUNDS).
+    #[error("reconciliation with peer {peer}: {source}")]
+    Reconcile {
+        /// The peer's short id.
+        peer: String,
+        /// Why.
+        source: crate::sync::reconcile::ReconcileError,
     },
     /// The invite token cannot be used.
     #[error("{0}")]

@@ -23,6 +23,12 @@ use crate::store::{IndexView, StoreError};
 /// in one QUIC stream write; a small difference costs the same at every limit.
 pub const FRAME_LIMIT: usize = 256 * 1024;
 
+/// Most frames one session answers, on either side. `lattice-bench reconcile` takes 16
+/// rounds for 10 K differences among 100 K items (see [`FRAME_LIMIT`]); 1024 leave room
+/// for 64 times that, while a peer that never lets a session end is cut off after at
+/// most `MAX_ROUNDS * 2 * FRAME_LIMIT` bytes.
+pub const MAX_ROUNDS: u32 = 1024;
+
 /// Smallest non-zero frame limit negentropy accepts.
 const MIN_FRAME_LIMIT: usize = 4096;
 
@@ -56,6 +62,12 @@ pub enum ReconcileError {
         len: usize,
         /// The session's limit.
         limit: usize,
+    },
+    /// The session already answered [`MAX_ROUNDS`] frames without ending.
+    #[error("reconciliation did not end within {limit} rounds")]
+    TooManyRounds {
+        /// The round limit.
+        limit: u32,
     },
     /// A non-zero frame limit below negentropy's minimum of 4096 bytes.
     #[error("frame limit {0} is below the minimum of 4096 bytes")]
@@ -156,13 +168,17 @@ impl<S: ReconcileStorage> Session<S> {
         Ok(frame)
     }
 
-    /// Handles one received frame: refuses it if longer than the limit or malformed,
-    /// else returns the reply and, for the initiator, the differences it revealed.
+    /// Handles one received frame: refuses it if longer than the limit, malformed, or
+    /// past [`MAX_ROUNDS`], else returns the reply and, for the initiator, the
+    /// differences it revealed.
     pub fn step(&mut self, frame: &[u8]) -> Result<Step, ReconcileError> {
         if self.done || (self.initiator && !self.started) {
             return Err(ReconcileError::Misuse(
                 "frame before initiate or after the end",
             ));
+        }
+        if self.stats.rounds >= MAX_ROUNDS {
+            return Err(ReconcileError::TooManyRounds { limit: MAX_ROUNDS });
         }
         if self.limit != 0 && frame.len() > self.limit {
             return Err(ReconcileError::FrameTooLarge {
