@@ -368,6 +368,28 @@ fn a_manifest_claiming_a_huge_chunk_is_refused_by_reads_fetches_and_patches() {
 }
 
 #[test]
+fn a_blob_longer_than_any_manifest_or_chunk_is_not_read_into_memory() {
+    let f = fixture();
+    let len = super::store::MAX_BLOB_READ as usize + 1;
+    let hash = f.cas.put_blob(vec![3u8; len].into()).unwrap();
+    let err = f
+        .cas
+        .local_blob(hash)
+        .map(|b| b.map(|b| b.len()))
+        .unwrap_err();
+    assert!(
+        matches!(err, CasError::BlobTooLarge { size, .. } if size == len as u64),
+        "{err}"
+    );
+    let named = Content::Manifest {
+        hash,
+        size: 1 << 30,
+    };
+    let err = f.cas.read(S, &[named], 0, &mut [0u8; 8]).unwrap_err();
+    assert!(matches!(err, CasError::BlobTooLarge { .. }), "{err}");
+}
+
+#[test]
 fn reading_past_pieces_whose_sizes_overflow_u64_reads_nothing() {
     let f = fixture();
     let pieces = [
