@@ -9,6 +9,7 @@ use prost::Message;
 use super::{config, hostile, within, Budget, PROTOBUF_PER_BYTE};
 use crate::cas::manifest::Manifest;
 use crate::cas::patch;
+use crate::cas::MAX_CHUNK_BYTES;
 use crate::intention::Hash;
 use crate::proto::peer as pb;
 
@@ -25,11 +26,11 @@ const PATCH: Budget = Budget {
     fixed: 4 * 1024,
 };
 
-/// Largest chunk the chunker cuts.
-const CHUNK_MAX: u64 = 4 * 1024 * 1024;
-
 fn chunks() -> impl Strategy<Value = Vec<(Hash, u64)>> {
-    prop::collection::vec((any::<[u8; 32]>().prop_map(Hash), 1..=CHUNK_MAX), 0..40)
+    prop::collection::vec(
+        (any::<[u8; 32]>().prop_map(Hash), 1..=MAX_CHUNK_BYTES),
+        0..40,
+    )
 }
 
 fn total(chunks: &[(Hash, u64)]) -> u64 {
@@ -86,7 +87,7 @@ proptest! {
 
     #[test]
     fn a_valid_manifest_decodes_to_its_chunks(c in chunks()) {
-        let m = Manifest::new(c.clone());
+        let m = Manifest::new(c.clone()).expect("generated chunks are within the limit");
         let bytes = m.encode();
         let back = within(MANIFEST, &bytes, || Manifest::decode(Hash::ZERO, &bytes, total(&c)))?;
         prop_assert_eq!(back.expect("an encoded manifest decodes"), m);
@@ -94,7 +95,9 @@ proptest! {
 
     #[test]
     fn edited_or_random_manifests_are_refused_or_describe_exactly_their_size(
-        (bytes, size) in (hostile(chunks().prop_map(|c| Manifest::new(c).encode())), 0u64..1 << 26)
+        (bytes, size) in (hostile(chunks().prop_map(|c| {
+            Manifest::new(c).expect("generated chunks are within the limit").encode()
+        })), 0u64..1 << 26)
     ) {
         let decoded = within(MANIFEST, &bytes, || Manifest::decode(Hash::ZERO, &bytes, size))?;
         if let Ok(m) = decoded {
