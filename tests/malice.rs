@@ -192,7 +192,7 @@ impl iroh::protocol::ProtocolHandler for Recorder {
         &self,
         conn: iroh::endpoint::Connection,
     ) -> Result<(), iroh::protocol::AcceptError> {
-        while let Ok((_send, mut recv)) = conn.accept_bi().await {
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let first: Option<lattice_mount::proto::peer::Request> =
                 lattice_mount::wire::read_frame(&mut recv, lattice_mount::net::MAX_FRAME)
                     .await
@@ -201,6 +201,12 @@ impl iroh::protocol::ProtocolHandler for Recorder {
             if let Some(r) = first {
                 self.0.lock().unwrap().push(r.store_id);
             }
+            // Refuse at once, so the victim's round ends instead of waiting for us.
+            let refusal = lattice_mount::proto::peer::Response {
+                kind: Some(lattice_mount::proto::peer::response::Kind::Error("no".into())),
+            };
+            let _ = lattice_mount::wire::write_frame(&mut send, &refusal, 1024).await;
+            let _ = send.finish();
         }
         Ok(())
     }
@@ -256,47 +262,77 @@ async fn alice_and_mallory() -> (Peer, lattice_mount::identity::Identity) {
     (a, mallory)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_member_of_one_store_receives_nothing_of_another_by_gossip_or_reconcile() {
+/// The real gossip topic of `store` of `p`, from the secret in its data dir.
+async fn real_topic(p: &Peer, store: &lattice_mount::store::Store) -> iroh_gossip::proto::TopicId {
+    let file = p
+        .dir
+        .path()
+        .join("stores")
+        .join(store.id().to_hex())
+        .join("gossip-secret");
+    let text = eventually("the founder's gossip secret", || {
+        std::fs::read_to_string(&file).ok()
+    })
+    .await;
+    let key = lattice_mount::identity::unhex(text.trim()).unwrap();
+    let mut h = blake3::Hasher::new();
+    h.update(b"lattice-mount gossip topic v2\0");
+    h.update(&key);
+    iroh_gossip::proto::TopicId::from_bytes(*h.finalize().as_bytes())
+}
+
+/// Joins `topic` through `l` via `via`; counts the messages received there.
+async fn count_received(
+    l: &Listener,
+    topic: iroh_gossip::proto::TopicId,
+    via: &Peer,
+) -> (
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     use n0_future::StreamExt;
-    let (a, mallory) = alice_and_mallory().await;
-    let secret = a.store("secret");
-    let l = listener(&mallory, &a).await;
-    let alice_id = iroh::EndpointId::from_bytes(&a.node.identity().public().0).unwrap();
-    // Mallory joins the topic `secret` would have if it derived from the store id.
-    let topic = l
-        .gossip
-        .subscribe(guessable_topic(&secret), vec![alice_id])
-        .await
-        .unwrap();
-    let (_sender, mut events) = topic.split();
-    let heard = tokio::spawn(async move {
-        let mut received = 0;
+    let id = iroh::EndpointId::from_bytes(&via.node.identity().public().0).unwrap();
+    let mut sub = l.gossip.subscribe(topic, vec![id]).await.unwrap();
+    // A topic the victim is not in is never joined; go on after a while.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), sub.joined()).await;
+    let (sender, mut events) = sub.split();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&count);
+    let task = tokio::spawn(async move {
+        let _sender = sender;
         while let Some(Ok(ev)) = events.next().await {
             if matches!(ev, iroh_gossip::api::Event::Received(_)) {
-                received += 1;
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         }
-        received
     });
-    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    write_file(
-        &secret,
-        "plans.txt",
-        Content::Inline("only for secret".into()),
-    );
+    (task, count)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_of_one_store_receives_nothing_of_another_by_gossip_or_reconcile() {
+    let (a, mallory) = alice_and_mallory().await;
+    let (team, secret) = (a.store("team"), a.store("secret"));
+    let l = listener(&mallory, &a).await;
+    // Mallory joins `team`'s topic, as a member may, and the topic `secret` would have
+    // if topics derived from store ids.
+    let team_topic = real_topic(&a, &team).await;
+    let on_team = count_received(&l, team_topic, &a).await;
+    let on_secret = count_received(&l, guessable_topic(&secret), &a).await;
+    write_file(&secret, "plans.txt", Content::Inline("only for secret".into()));
+    write_file(&team, "notes.txt", Content::Inline("for team".into()));
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
-    heard.abort();
-    let received = heard.await.unwrap_or(0);
-    assert_eq!(
-        received, 0,
-        "mallory received gossip of a store she is not in"
-    );
+    on_secret.0.abort();
+    on_team.0.abort();
+    let load = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
+    let (on_secret, on_team) = (load(&on_secret.1), load(&on_team.1));
+    assert_eq!(on_secret, 0, "mallory received gossip of a store she is not in");
     let opened = l.opened.lock().unwrap().clone();
     assert!(
         !opened.iter().any(|id| id[..] == secret.id().0),
         "alice opened a sync stream about `secret` to mallory"
     );
+    assert!(on_team > 0, "mallory, a member of team, heard nothing of it");
     l.endpoint.close().await;
     a.stop().await;
 }
@@ -308,21 +344,7 @@ async fn a_neighbour_that_is_not_a_member_of_the_store_triggers_no_reconcile() {
     let l = listener(&mallory, &a).await;
     let alice_id = iroh::EndpointId::from_bytes(&a.node.identity().public().0).unwrap();
     // Even knowing the real topic (a leaked secret), mallory is no neighbour to act on.
-    let file = a
-        .dir
-        .path()
-        .join("stores")
-        .join(secret.id().to_hex())
-        .join("gossip-secret");
-    let text = eventually("the founder's gossip secret", || {
-        std::fs::read_to_string(&file).ok()
-    })
-    .await;
-    let key = lattice_mount::identity::unhex(text.trim()).unwrap();
-    let mut h = blake3::Hasher::new();
-    h.update(b"lattice-mount gossip topic v2\0");
-    h.update(&key);
-    let real = iroh_gossip::proto::TopicId::from_bytes(*h.finalize().as_bytes());
+    let real = real_topic(&a, &secret).await;
     let _topic = l.gossip.subscribe(real, vec![alice_id]).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
     let opened = l.opened.lock().unwrap().clone();
