@@ -203,7 +203,9 @@ impl iroh::protocol::ProtocolHandler for Recorder {
             }
             // Refuse at once, so the victim's round ends instead of waiting for us.
             let refusal = lattice_mount::proto::peer::Response {
-                kind: Some(lattice_mount::proto::peer::response::Kind::Error("no".into())),
+                kind: Some(lattice_mount::proto::peer::response::Kind::Error(
+                    "no".into(),
+                )),
             };
             let _ = lattice_mount::wire::write_frame(&mut send, &refusal, 1024).await;
             let _ = send.finish();
@@ -319,20 +321,30 @@ async fn a_member_of_one_store_receives_nothing_of_another_by_gossip_or_reconcil
     let team_topic = real_topic(&a, &team).await;
     let on_team = count_received(&l, team_topic, &a).await;
     let on_secret = count_received(&l, guessable_topic(&secret), &a).await;
-    write_file(&secret, "plans.txt", Content::Inline("only for secret".into()));
+    write_file(
+        &secret,
+        "plans.txt",
+        Content::Inline("only for secret".into()),
+    );
     write_file(&team, "notes.txt", Content::Inline("for team".into()));
     tokio::time::sleep(std::time::Duration::from_secs(4)).await;
     on_secret.0.abort();
     on_team.0.abort();
     let load = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::SeqCst);
     let (on_secret, on_team) = (load(&on_secret.1), load(&on_team.1));
-    assert_eq!(on_secret, 0, "mallory received gossip of a store she is not in");
+    assert_eq!(
+        on_secret, 0,
+        "mallory received gossip of a store she is not in"
+    );
     let opened = l.opened.lock().unwrap().clone();
     assert!(
         !opened.iter().any(|id| id[..] == secret.id().0),
         "alice opened a sync stream about `secret` to mallory"
     );
-    assert!(on_team > 0, "mallory, a member of team, heard nothing of it");
+    assert!(
+        on_team > 0,
+        "mallory, a member of team, heard nothing of it"
+    );
     l.endpoint.close().await;
     a.stop().await;
 }
