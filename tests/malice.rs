@@ -651,3 +651,46 @@ async fn a_flood_of_streams_and_connections_from_one_peer_is_capped() {
     stranger_ep.close().await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_revoked_from_one_store_gets_no_gossip_connection_through_another() {
+    let a = Peer::start("alice").await;
+    a.create("team").await;
+    a.create("secret").await;
+    let m = Peer::start("mallory").await;
+    for store in ["team", "secret"] {
+        let token = a.invite(store, Role::Writer).await;
+        m.join(&token).await.unwrap();
+    }
+    let mallory = m.node.identity().clone();
+    m.stop().await;
+    let ep = raw_endpoint(&mallory).await;
+    let holds = |conn: iroh::endpoint::Connection| async move {
+        tokio::time::timeout(std::time::Duration::from_secs(1), conn.closed())
+            .await
+            .is_err()
+    };
+
+    let before = ep.connect(addr_of(&a), iroh_gossip::ALPN).await.unwrap();
+    assert!(
+        holds(before.clone()).await,
+        "a member's gossip connection is admitted"
+    );
+    a.net
+        .revoke("secret", &mallory.public().to_hex())
+        .await
+        .unwrap();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(5), before.closed()).await;
+    assert!(
+        closed.is_ok(),
+        "the revoked key's gossip connection stayed open"
+    );
+    // Still a member of `team`, mallory gets no new gossip connection either.
+    let again = match ep.connect(addr_of(&a), iroh_gossip::ALPN).await {
+        Ok(conn) => holds(conn).await,
+        Err(_) => false,
+    };
+    assert!(!again, "a key revoked from `secret` was admitted to gossip");
+    ep.close().await;
+    a.stop().await;
+}
