@@ -789,9 +789,9 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
         let (rt, node) = open(&dir, Some("laptop"));
-        node.create_store("docs").unwrap();
+        let store = node.create_store("docs").unwrap();
         let cas = node.cas().clone();
-        cas.put_bytes(&vec![7u8; 300 * 1024]).unwrap();
+        cas.put_bytes(store.id(), &vec![7u8; 300 * 1024]).unwrap();
         cas.sync().unwrap();
         node.shutdown().unwrap();
         drop(rt);

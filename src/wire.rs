@@ -24,11 +24,27 @@ pub enum FrameError {
     Malformed(#[from] prost::DecodeError),
 }
 
+/// Most bytes of a frame body allocated before they arrive: a length prefix is a claim,
+/// so memory grows with the bytes actually received, not with the claim.
+pub const READ_STEP: usize = 64 * 1024;
+
 /// Reads one framed message of at most `limit` bytes; `Ok(None)` on a clean end of
 /// stream before a frame starts. An oversized length is refused before reading the body.
 pub async fn read_frame<M, R>(reader: &mut R, limit: usize) -> Result<Option<M>, FrameError>
 where
     M: Message + Default,
+    R: AsyncRead + Unpin,
+{
+    let Some(size) = read_header(reader, limit).await? else {
+        return Ok(None);
+    };
+    read_body(reader, size).await.map(Some)
+}
+
+/// Reads a frame's length prefix, refusing a length over `limit`; `Ok(None)` on a clean
+/// end of stream before it starts.
+pub async fn read_header<R>(reader: &mut R, limit: usize) -> Result<Option<usize>, FrameError>
+where
     R: AsyncRead + Unpin,
 {
     let mut header = [0u8; 4];
@@ -44,9 +60,24 @@ where
     if size > limit {
         return Err(FrameError::TooLarge { size, limit });
     }
-    let mut body = vec![0u8; size];
-    reader.read_exact(&mut body).await?;
-    Ok(Some(M::decode(body.as_slice())?))
+    Ok(Some(size))
+}
+
+/// Reads and decodes a frame body of `size` bytes (its length prefix already read),
+/// growing the buffer as bytes arrive (at most [`READ_STEP`] ahead of them).
+pub async fn read_body<M, R>(reader: &mut R, size: usize) -> Result<M, FrameError>
+where
+    M: Message + Default,
+    R: AsyncRead + Unpin,
+{
+    let mut body = Vec::with_capacity(size.min(READ_STEP));
+    while body.len() < size {
+        let want = (size - body.len()).min(READ_STEP);
+        let start = body.len();
+        body.resize(start + want, 0);
+        reader.read_exact(&mut body[start..]).await?;
+    }
+    Ok(M::decode(body.as_slice())?)
 }
 
 /// Writes one framed message of at most `limit` bytes and flushes it.
@@ -130,6 +161,44 @@ mod tests {
         let err = write_frame(&mut out, &response, LIMIT).await.unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { .. }));
         assert!(out.is_empty());
+    }
+
+    /// A reader that yields `data` and then ends, recording the largest buffer it was
+    /// asked to fill.
+    struct Probe {
+        data: std::io::Cursor<Vec<u8>>,
+        largest: usize,
+    }
+
+    impl AsyncRead for Probe {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.largest = self.largest.max(buf.remaining());
+            std::pin::Pin::new(&mut self.data).poll_read(cx, buf)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_huge_claimed_length_allocates_only_as_the_bytes_arrive() {
+        let limit = 8 * 1024 * 1024;
+        let mut frame = (limit as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(&[0; 10]);
+        let mut probe = Probe {
+            data: std::io::Cursor::new(frame),
+            largest: 0,
+        };
+        let err = read_frame::<Request, _>(&mut probe, limit)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FrameError::Io(_)), "{err}");
+        assert!(
+            probe.largest <= READ_STEP,
+            "a buffer of {} bytes was allocated for 10 that arrived",
+            probe.largest
+        );
     }
 
     #[tokio::test]

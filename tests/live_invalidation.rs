@@ -211,7 +211,7 @@ fn remote_content_with_absent_blobs_fails_with_eio_then_reads_once_fetched() {
     // The peer's own content store holds the file's chunks and manifest.
     let peer_cas = Cas::open(&tmp.path().join("peer-blobs"), rt.handle().clone()).unwrap();
     let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
-    let content = peer_cas.put_bytes(&data).unwrap();
+    let content = peer_cas.put_bytes(store.id(), &data).unwrap();
     assert!(matches!(content, Content::Manifest { .. }));
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();

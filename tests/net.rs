@@ -25,7 +25,8 @@ async fn two_nodes_share_a_store_through_an_invite() {
     let big = random_bytes(3 * 1024 * 1024 + 17, 7);
     let cas = a.node.cas().clone();
     let big2 = big.clone();
-    let content = tokio::task::spawn_blocking(move || cas.put_bytes(&big2).unwrap())
+    let id = team_a.id();
+    let content = tokio::task::spawn_blocking(move || cas.put_bytes(id, &big2).unwrap())
         .await
         .unwrap();
     write_file(&team_a, "big.bin", content);
@@ -202,7 +203,8 @@ async fn on_demand_stores_fetch_content_on_first_read_and_pause_survives_a_resta
     let data = random_bytes(2 * 1024 * 1024 + 5, 9);
     let cas = a.node.cas().clone();
     let d2 = data.clone();
-    let content = tokio::task::spawn_blocking(move || cas.put_bytes(&d2).unwrap())
+    let id = a.store("team").id();
+    let content = tokio::task::spawn_blocking(move || cas.put_bytes(id, &d2).unwrap())
         .await
         .unwrap();
     write_file(&a.store("team"), "lazy.bin", content.clone());
@@ -240,7 +242,8 @@ async fn a_small_edit_of_a_large_file_is_patched_not_fetched_whole() {
     let old = random_bytes(6 * 1024 * 1024, 31);
     let put = |data: Vec<u8>| {
         let cas = a.node.cas().clone();
-        tokio::task::spawn_blocking(move || cas.put_bytes(&data).unwrap())
+        let id = team_a.id();
+        tokio::task::spawn_blocking(move || cas.put_bytes(id, &data).unwrap())
     };
     let file = write_file(&team_a, "big.bin", put(old.clone()).await.unwrap());
     let (bn, tb) = (b.node.clone(), team_b.clone());

@@ -17,6 +17,14 @@
 //! the manifest and its chunks survive garbage collection; the store is also opened
 //! with GC disabled, so nothing is ever deleted today.
 //!
+//! Ownership. Every blob imported or fetched for a store gets the tag
+//! `lm/<store hex>/live/<blob hex>` ([`Cas::claim`]). A blob is served to a member of a
+//! store only if that store owns it ([`Cas::owns`]): a manifest naming a hash gives no
+//! right to it, so a writer of one store cannot read another store's blobs by naming
+//! them. Equal content in two stores is stored once and tagged by each that imported or
+//! fetched it; content already held for one store is not claimed by another merely
+//! because the other's files name it.
+//!
 //! Durability. [`Cas::sync`] makes every blob put so far durable: the chunk, manifest
 //! and sequence files are fsynced, the data directory is fsynced and the store's
 //! metadata database has committed (`sync_db`), so the content survives `kill -9` and
@@ -143,10 +151,15 @@ impl Cas {
         })
     }
 
-    /// Stores the whole file at `path` (read as a stream): inline if <= INLINE_MAX, else
-    /// FastCDC chunks + a manifest blob, reusing the chunks `ahead` stored of it.
-    /// Durable after the next [`Cas::sync`].
-    pub fn put_file(&self, path: &Path, ahead: Option<&PutAhead>) -> Result<Content, CasError> {
+    /// Stores the whole file at `path` (read as a stream) for store `owner`: inline if
+    /// <= INLINE_MAX, else FastCDC chunks + a manifest blob, reusing the chunks `ahead`
+    /// stored of it. Durable after the next [`Cas::sync`].
+    pub fn put_file(
+        &self,
+        owner: StoreId,
+        path: &Path,
+        ahead: Option<&PutAhead>,
+    ) -> Result<Content, CasError> {
         let mut file = File::open(path).map_err(CasError::io("open file to store"))?;
         let mut head = Vec::with_capacity(INLINE_MAX + 1);
         (&mut file)
@@ -161,27 +174,31 @@ impl Cas {
         file.seek(SeekFrom::Start(skip))
             .map_err(CasError::io("read file to store"))?;
         let mut chunker = StreamChunker::new(file, self.inner.params);
-        self.put_chunks(stored, || {
+        self.put_chunks(owner, stored, || {
             chunker
                 .next_chunk()
                 .map_err(CasError::io("read file to store"))
         })
     }
 
-    /// Stores `data`: inline if <= INLINE_MAX, else chunks + a manifest blob.
-    /// Durable after the next [`Cas::sync`].
-    pub fn put_bytes(&self, data: &[u8]) -> Result<Content, CasError> {
+    /// Stores `data` for store `owner`: inline if <= INLINE_MAX, else chunks + a manifest
+    /// blob. Durable after the next [`Cas::sync`].
+    pub fn put_bytes(&self, owner: StoreId, data: &[u8]) -> Result<Content, CasError> {
         if data.len() <= INLINE_MAX {
             return Ok(Content::Inline(Bytes::copy_from_slice(data)));
         }
         let mut chunks = chunk_slice(data, self.inner.params);
-        self.put_chunks(Vec::new(), || Ok(chunks.next().map(Bytes::copy_from_slice)))
+        self.put_chunks(owner, Vec::new(), || {
+            Ok(chunks.next().map(Bytes::copy_from_slice))
+        })
     }
 
     /// Imports the chunks `next` yields (several at once), then the manifest of the
-    /// chunks `stored` (already in the store) followed by them.
+    /// chunks `stored` (already in the store) followed by them; all of it belongs to
+    /// store `owner`.
     fn put_chunks(
         &self,
+        owner: StoreId,
         stored: Vec<(Hash, u64)>,
         mut next: impl FnMut() -> Result<Option<Bytes>, CasError>,
     ) -> Result<Content, CasError> {
@@ -222,6 +239,10 @@ impl Cas {
             let hash = store::from_iroh(manifest_tt.hash());
             let chunks = manifest.chunks().map(|(h, _, _)| h);
             let seq_tt = store::root_manifest(&blobs, hash, chunks).await?;
+            let owned: Vec<Hash> = std::iter::once(hash)
+                .chain(manifest.chunks().map(|(h, _, _)| h))
+                .collect();
+            store::claim(&blobs, owner, &owned).await?;
             Ok::<_, CasError>((manifest_tt, seq_tt))
         })?;
         let hash = store::from_iroh(manifest_tt.hash());
@@ -503,7 +524,9 @@ impl Cas {
     }
 
     /// The blobs `pieces` need that the local store lacks: each manifest not complete
-    /// locally, and the chunks not complete locally of each manifest that is.
+    /// locally, and the chunks not complete locally of each manifest that is. A manifest
+    /// that does not decode or does not match its content's size is skipped (reading that
+    /// content fails on its own); it never hides what the other pieces need.
     pub fn missing(&self, pieces: &[Content]) -> Result<Vec<iroh_blobs::Hash>, CasError> {
         let mut out = Vec::new();
         for (hash, size) in manifests(pieces) {
@@ -511,11 +534,15 @@ impl Cas {
                 out.push(store::to_iroh(hash));
                 continue;
             }
-            let chunks: Vec<Hash> = self
-                .manifest(None, hash, size)?
-                .chunks()
-                .map(|(h, _, _)| h)
-                .collect();
+            let manifest = match self.manifest(None, hash, size) {
+                Ok(m) => m,
+                Err(e @ CasError::Corrupt { .. }) => {
+                    tracing::warn!("skipping content whose manifest is unusable: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let chunks: Vec<Hash> = manifest.chunks().map(|(h, _, _)| h).collect();
             let complete = self.complete(&chunks)?;
             out.extend(
                 chunks
@@ -577,29 +604,28 @@ impl Cas {
         }
     }
 
-    /// Stores `data` as one raw blob (a chunk rebuilt from a patch); returns its hash.
-    /// Durable after the next [`Cas::sync`].
-    pub fn put_blob(&self, data: Bytes) -> Result<Hash, CasError> {
+    /// Stores `data` as one raw blob of store `owner` (a chunk rebuilt from a patch);
+    /// returns its hash. Durable after the next [`Cas::sync`].
+    pub fn put_blob(&self, owner: StoreId, data: Bytes) -> Result<Hash, CasError> {
         let blobs = self.blobs();
-        let tt = self.inner.rt.block_on(store::add(&blobs, data))?;
-        let hash = store::from_iroh(tt.hash());
+        let hash = self.inner.rt.block_on(async {
+            let tt = store::add(&blobs, data).await?;
+            let hash = store::from_iroh(tt.hash());
+            store::claim(&blobs, owner, &[hash]).await?;
+            Ok::<_, CasError>(hash)
+        })?;
         self.inner.unsynced.lock().push(hash);
         Ok(hash)
     }
 
-    /// Every blob of `pieces`: each manifest, and the chunks of each manifest held
-    /// locally (the chunks of an absent manifest are unknown until it arrives).
-    pub fn hashes_of(&self, pieces: &[Content]) -> Result<Vec<iroh_blobs::Hash>, CasError> {
-        let mut out = Vec::new();
-        for (hash, size) in manifests(pieces) {
-            out.push(store::to_iroh(hash));
-            if self.complete(&[hash])?[0] {
-                let manifest = self.manifest(None, hash, size)?;
-                out.extend(manifest.chunks().map(|(h, _, _)| store::to_iroh(h)));
-            }
-        }
-        dedup(&mut out);
-        Ok(out)
+    /// Records that the blobs `hashes` (fetched for store `owner`) belong to it.
+    pub async fn claim(&self, owner: StoreId, hashes: &[Hash]) -> Result<(), CasError> {
+        store::claim(&self.blobs(), owner, hashes).await
+    }
+
+    /// Whether blob `hash` was imported or fetched for store `owner`.
+    pub async fn owns(&self, owner: StoreId, hash: Hash) -> Result<bool, CasError> {
+        store::owns(&self.blobs(), owner, hash).await
     }
 
     /// Whether each of `hashes` is complete in the local store.

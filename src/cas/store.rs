@@ -13,7 +13,7 @@ use iroh_blobs::hashseq::HashSeq;
 use iroh_blobs::store::fs::options::PathOptions;
 use iroh_blobs::{BlobFormat, HashAndFormat};
 
-use crate::intention::Hash;
+use crate::intention::{Hash, StoreId};
 
 use super::chunker::MAX_CHUNK_BYTES;
 use super::manifest::MAX_MANIFEST_BYTES;
@@ -21,6 +21,45 @@ use super::CasError;
 
 /// Prefix of the persistent tag that roots each manifest's hash sequence.
 pub(crate) const MANIFEST_TAG_PREFIX: &str = "lattice/manifest/";
+/// Prefix of the per-store ownership tags: `lm/<store hex>/live/<blob hex>` says the blob
+/// was imported or fetched for that store (and keeps it from garbage collection).
+pub(crate) const OWNER_TAG_PREFIX: &str = "lm/";
+/// Ownership tags set at once while content is claimed for a store.
+const CLAIM_IN_FLIGHT: usize = 16;
+
+/// The ownership tag of blob `hash` in store `owner`.
+pub(crate) fn owner_tag(owner: StoreId, hash: Hash) -> String {
+    format!(
+        "{OWNER_TAG_PREFIX}{}/live/{}",
+        owner.to_hex(),
+        hash.to_hex()
+    )
+}
+
+/// Records that every blob of `hashes` belongs to store `owner`: sets its ownership tag.
+pub(crate) async fn claim(store: &Store, owner: StoreId, hashes: &[Hash]) -> Result<(), CasError> {
+    let tags = store.tags();
+    for batch in hashes.chunks(CLAIM_IN_FLIGHT) {
+        let mut sets = Vec::with_capacity(batch.len());
+        for h in batch {
+            sets.push(tags.set(owner_tag(owner, *h), HashAndFormat::raw(to_iroh(*h))));
+        }
+        for done in n0_future::join_all(sets).await {
+            done.map_err(iroh_blobs::api::Error::from)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether blob `hash` belongs to store `owner` (was imported or fetched for it).
+pub(crate) async fn owns(store: &Store, owner: StoreId, hash: Hash) -> Result<bool, CasError> {
+    let tag = store
+        .tags()
+        .get(owner_tag(owner, hash))
+        .await
+        .map_err(iroh_blobs::api::Error::from)?;
+    Ok(tag.is_some_and(|t| t.hash == to_iroh(hash)))
+}
 
 /// Our hash as an iroh-blobs hash (both are blake3).
 pub(crate) fn to_iroh(hash: Hash) -> iroh_blobs::Hash {

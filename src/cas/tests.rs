@@ -155,10 +155,10 @@ fn interesting_sizes_round_trip_through_put_bytes_put_file_read_and_export() {
     let f = fixture();
     for (i, &size) in INTERESTING_SIZES.iter().enumerate() {
         let all = data(i as u64, size);
-        let from_bytes = f.cas.put_bytes(&all).unwrap();
+        let from_bytes = f.cas.put_bytes(S, &all).unwrap();
         let path = f.dir.path().join(format!("src{i}"));
         std::fs::write(&path, &all).unwrap();
-        let from_file = f.cas.put_file(&path, None).unwrap();
+        let from_file = f.cas.put_file(S, &path, None).unwrap();
         assert_eq!(from_bytes, from_file, "size {size}: file and bytes differ");
         assert_eq!(from_bytes.len(), size as u64);
         assert_eq!(matches!(from_bytes, Content::Inline(_)), size <= INLINE_MAX);
@@ -183,7 +183,10 @@ fn mixed_inline_and_manifest_pieces_read_as_their_concatenation() {
         data(5, 0),
         data(6, 1),
     ];
-    let pieces: Vec<Content> = parts.iter().map(|p| f.cas.put_bytes(p).unwrap()).collect();
+    let pieces: Vec<Content> = parts
+        .iter()
+        .map(|p| f.cas.put_bytes(S, p).unwrap())
+        .collect();
     let all: Vec<u8> = parts.concat();
     let mut boundaries = Vec::new();
     let mut base = 0u64;
@@ -200,10 +203,10 @@ fn mixed_inline_and_manifest_pieces_read_as_their_concatenation() {
 fn rewriting_one_block_in_the_middle_stores_only_a_few_new_chunks() {
     let f = fixture();
     let mut all = data(7, 16 * MIB);
-    let first = f.cas.put_bytes(&all).unwrap();
+    let first = f.cas.put_bytes(S, &all).unwrap();
     let (blobs_before, bytes_before) = f.cas.stats().unwrap();
     all[8 * MIB..8 * MIB + 4 * KIB].copy_from_slice(&data(8, 4 * KIB));
-    let second = f.cas.put_bytes(&all).unwrap();
+    let second = f.cas.put_bytes(S, &all).unwrap();
     let (blobs_after, bytes_after) = f.cas.stats().unwrap();
     assert_ne!(first, second);
     // New blobs: the changed chunk(s), the manifest and its hash sequence.
@@ -221,12 +224,12 @@ fn rewriting_one_block_in_the_middle_stores_only_a_few_new_chunks() {
 fn storing_the_same_content_twice_adds_no_blobs() {
     let f = fixture();
     let all = data(9, 6 * MIB);
-    let first = f.cas.put_bytes(&all).unwrap();
+    let first = f.cas.put_bytes(S, &all).unwrap();
     let before = f.cas.stats().unwrap();
     let path = f.dir.path().join("same");
     std::fs::write(&path, &all).unwrap();
-    let second = f.cas.put_file(&path, None).unwrap();
-    let third = f.cas.put_bytes(&all).unwrap();
+    let second = f.cas.put_file(S, &path, None).unwrap();
+    let third = f.cas.put_bytes(S, &all).unwrap();
     assert_eq!(first, second);
     assert_eq!(first, third);
     assert_eq!(f.cas.stats().unwrap(), before);
@@ -237,7 +240,7 @@ fn identical_chunks_within_one_file_are_stored_once() {
     let f = fixture();
     let block = data(10, 3 * MIB);
     let all = [block.clone(), block.clone(), block].concat();
-    let content = f.cas.put_bytes(&all).unwrap();
+    let content = f.cas.put_bytes(S, &all).unwrap();
     let Content::Manifest { hash, size } = content else {
         panic!("large content is a manifest")
     };
@@ -278,7 +281,7 @@ fn put_raw_manifest(f: &Fixture, chunks: &[(Hash, u64)]) -> Content {
 fn manifest_naming_an_absent_chunk_reads_as_absent() {
     let f = fixture();
     let present = data(11, 2 * MIB);
-    let Content::Manifest { hash, size } = f.cas.put_bytes(&present).unwrap() else {
+    let Content::Manifest { hash, size } = f.cas.put_bytes(S, &present).unwrap() else {
         panic!("large content is a manifest")
     };
     let mut chunks: Vec<(Hash, u64)> = f
@@ -351,7 +354,7 @@ fn chunk_shorter_than_its_manifest_entry_reads_as_corrupt() {
 #[test]
 fn a_manifest_claiming_a_huge_chunk_is_refused_by_reads_fetches_and_patches() {
     let f = fixture();
-    let base = f.cas.put_blob(data(14, 100 * KIB).into()).unwrap();
+    let base = f.cas.put_blob(S, data(14, 100 * KIB).into()).unwrap();
     let old = put_raw_manifest(&f, &[(base, 1 << 40)]);
     let new = put_raw_manifest(&f, &[(Hash::of(b"not here"), 1 << 40)]);
     let huge = |e: &CasError| matches!(e, CasError::ChunkTooLarge { size, .. } if *size == 1 << 40);
@@ -371,7 +374,7 @@ fn a_manifest_claiming_a_huge_chunk_is_refused_by_reads_fetches_and_patches() {
 fn a_blob_longer_than_any_manifest_or_chunk_is_not_read_into_memory() {
     let f = fixture();
     let len = super::store::MAX_BLOB_READ as usize + 1;
-    let hash = f.cas.put_blob(vec![3u8; len].into()).unwrap();
+    let hash = f.cas.put_blob(S, vec![3u8; len].into()).unwrap();
     let err = f
         .cas
         .local_blob(hash)
@@ -407,7 +410,7 @@ fn reading_past_pieces_whose_sizes_overflow_u64_reads_nothing() {
 #[test]
 fn content_size_disagreeing_with_its_manifest_reads_as_corrupt() {
     let f = fixture();
-    let Content::Manifest { hash, size } = f.cas.put_bytes(&data(13, MIB)).unwrap() else {
+    let Content::Manifest { hash, size } = f.cas.put_bytes(S, &data(13, MIB)).unwrap() else {
         panic!("large content is a manifest")
     };
     let mut buf = vec![0u8; 10];
@@ -434,7 +437,7 @@ fn content_is_found_after_the_store_is_dropped_and_reopened() {
     let all = data(14, 7 * MIB + 3);
     let content = {
         let cas = Cas::open(&blobs_dir, rt.handle().clone()).unwrap();
-        let content = cas.put_bytes(&all).unwrap();
+        let content = cas.put_bytes(S, &all).unwrap();
         cas.sync().unwrap();
         cas.shutdown().unwrap();
         content
@@ -456,7 +459,7 @@ fn content_is_found_after_the_store_is_dropped_and_reopened() {
 fn several_threads_read_the_same_content_at_once() {
     let f = fixture();
     let all = Arc::new(data(15, 12 * MIB));
-    let content = Arc::new([f.cas.put_bytes(&all).unwrap()]);
+    let content = Arc::new([f.cas.put_bytes(S, &all).unwrap()]);
     std::thread::scope(|s| {
         for t in 0..4u64 {
             let (cas, all, content) = (f.cas.clone(), all.clone(), content.clone());
@@ -510,10 +513,10 @@ fn chunk_sizes_measured() {
         while chunker.next_chunk().unwrap().is_some() {}
         let chunk_only = t.elapsed();
         let t = Instant::now();
-        let content = cas.put_file(&path, None).unwrap();
+        let content = cas.put_file(S, &path, None).unwrap();
         let put = t.elapsed();
         let t = Instant::now();
-        let content_durable = cas.put_file(&path, None).unwrap();
+        let content_durable = cas.put_file(S, &path, None).unwrap();
         cas.sync().unwrap();
         let put_durable_again = t.elapsed();
         assert_eq!(content, content_durable);
@@ -533,7 +536,7 @@ fn chunk_sizes_measured() {
         let (blobs, bytes) = cas.stats().unwrap();
         let mut edited = all.clone();
         edited[size / 2] ^= 1;
-        let edit = cas.put_bytes(&edited).unwrap();
+        let edit = cas.put_bytes(S, &edited).unwrap();
         let (blobs2, bytes2) = cas.stats().unwrap();
         let mb = size as f64 / 1e6;
         println!(
@@ -592,7 +595,7 @@ fn fetcher_from(
 fn absent_blobs_fetched_while_a_read_waits_read_correctly() {
     let (peer, local) = (fixture(), fixture());
     let all = data(21, 3 * MIB);
-    let content = peer.cas.put_bytes(&all).unwrap();
+    let content = peer.cas.put_bytes(S, &all).unwrap();
     let Content::Manifest { hash, .. } = content else {
         panic!("large content is a manifest")
     };
@@ -622,7 +625,7 @@ fn absent_blobs_fetched_while_a_read_waits_read_correctly() {
 #[test]
 fn blob_that_never_arrives_fails_as_absent_after_the_read_wait() {
     let (peer, local) = (fixture(), fixture());
-    let content = peer.cas.put_bytes(&data(22, 2 * MIB)).unwrap();
+    let content = peer.cas.put_bytes(S, &data(22, 2 * MIB)).unwrap();
     let Content::Manifest { hash, .. } = content else {
         panic!("large content is a manifest")
     };
@@ -660,11 +663,11 @@ fn blob_that_never_arrives_fails_as_absent_after_the_read_wait() {
 }
 
 #[test]
-fn missing_and_hashes_of_cover_inline_local_and_absent_content() {
+fn missing_covers_inline_local_and_absent_content() {
     let f = fixture();
     let iroh = super::store::to_iroh;
-    let inline = f.cas.put_bytes(b"small").unwrap();
-    let local = f.cas.put_bytes(&data(23, 3 * MIB)).unwrap();
+    let inline = f.cas.put_bytes(S, b"small").unwrap();
+    let local = f.cas.put_bytes(S, &data(23, 3 * MIB)).unwrap();
     let Content::Manifest { hash, size } = local else {
         panic!("large content is a manifest")
     };
@@ -682,39 +685,18 @@ fn missing_and_hashes_of_cover_inline_local_and_absent_content() {
     };
     let absent_chunk = Hash::of(b"no such chunk");
     let partial = put_raw_manifest(&f, &[chunks[0], (absent_chunk, 1000)]);
-    let Content::Manifest {
-        hash: partial_hash, ..
-    } = partial
-    else {
-        panic!("a raw manifest is a manifest")
-    };
 
     assert!(f
         .cas
         .missing(std::slice::from_ref(&inline))
         .unwrap()
         .is_empty());
-    assert!(f
-        .cas
-        .hashes_of(std::slice::from_ref(&inline))
-        .unwrap()
-        .is_empty());
-
-    let all_local: Vec<_> = std::iter::once(hash)
-        .chain(chunks.iter().map(|(h, _)| *h))
-        .map(iroh)
-        .collect();
     let twice = [local.clone(), inline, local.clone()];
     assert!(f.cas.missing(&twice).unwrap().is_empty());
-    assert_eq!(f.cas.hashes_of(&twice).unwrap(), all_local);
 
     let absent = [absent_manifest];
     assert_eq!(
         f.cas.missing(&absent).unwrap(),
-        vec![iroh(Hash::of(b"no such manifest"))]
-    );
-    assert_eq!(
-        f.cas.hashes_of(&absent).unwrap(),
         vec![iroh(Hash::of(b"no such manifest"))]
     );
 
@@ -722,9 +704,54 @@ fn missing_and_hashes_of_cover_inline_local_and_absent_content() {
         f.cas.missing(std::slice::from_ref(&partial)).unwrap(),
         vec![iroh(absent_chunk)]
     );
+}
+
+#[test]
+fn content_put_for_one_store_is_owned_by_that_store_alone() {
+    let f = fixture();
+    let other = StoreId([6; 16]);
+    let content = f.cas.put_bytes(S, &data(25, 3 * MIB)).unwrap();
+    let Content::Manifest { hash, size } = content else {
+        panic!("large content is a manifest")
+    };
+    let chunks: Vec<Hash> = f
+        .cas
+        .manifest(None, hash, size)
+        .unwrap()
+        .chunks()
+        .map(|(h, _, _)| h)
+        .collect();
+    let owns = |store, h| f.rt.block_on(f.cas.owns(store, h)).unwrap();
+    for h in std::iter::once(hash).chain(chunks.iter().copied()) {
+        assert!(owns(S, h), "{h:?} was imported for S");
+        assert!(
+            !owns(other, h),
+            "{h:?} was never imported or fetched for the other store"
+        );
+    }
+    f.rt.block_on(f.cas.claim(other, &chunks[..1])).unwrap();
+    assert!(owns(other, chunks[0]));
+    assert!(!owns(other, hash));
+}
+
+#[test]
+fn a_wrong_size_manifest_does_not_hide_what_other_content_needs() {
+    let f = fixture();
+    let good = f.cas.put_bytes(S, &data(26, 2 * MIB)).unwrap();
+    let Content::Manifest { hash, size } = good else {
+        panic!("large content is a manifest")
+    };
+    let absent = Content::Manifest {
+        hash: Hash::of(b"not here"),
+        size: MIB as u64,
+    };
+    let wrong = Content::Manifest {
+        hash,
+        size: size + 1,
+    };
     assert_eq!(
-        f.cas.hashes_of(&[partial]).unwrap(),
-        vec![iroh(partial_hash), iroh(chunks[0].0), iroh(absent_chunk)]
+        f.cas.missing(&[wrong, absent]).unwrap(),
+        vec![super::store::to_iroh(Hash::of(b"not here"))]
     );
 }
 
@@ -756,16 +783,16 @@ fn an_edited_chunk_is_rebuilt_from_its_base_and_the_blocks_that_differ() {
     let mut new = old.clone();
     new[3 * MIB + 5] ^= 0x55;
     let (old_a, new_a) = (
-        a.cas.put_bytes(&old).unwrap(),
-        a.cas.put_bytes(&new).unwrap(),
+        a.cas.put_bytes(S, &old).unwrap(),
+        a.cas.put_bytes(S, &new).unwrap(),
     );
-    let old_b = b.cas.put_bytes(&old).unwrap();
+    let old_b = b.cas.put_bytes(S, &old).unwrap();
     assert_eq!(old_a, old_b);
     let Content::Manifest { hash: manifest, .. } = new_a.clone() else {
         panic!("large content is a manifest")
     };
     let manifest_bytes = a.cas.local_blob(manifest).unwrap().unwrap();
-    assert_eq!(b.cas.put_blob(manifest_bytes).unwrap(), manifest);
+    assert_eq!(b.cas.put_blob(S, manifest_bytes).unwrap(), manifest);
 
     let pairs = b
         .cas
@@ -781,7 +808,7 @@ fn an_edited_chunk_is_rebuilt_from_its_base_and_the_blocks_that_differ() {
     assert_eq!(blocks.len(), 1, "one block differs");
     let rebuilt =
         super::patch::apply(&b.cas.local_blob(base).unwrap().unwrap(), len, &blocks).unwrap();
-    assert_eq!(b.cas.put_blob(rebuilt.into()).unwrap(), chunk);
+    assert_eq!(b.cas.put_blob(S, rebuilt.into()).unwrap(), chunk);
     assert!(b
         .cas
         .missing(std::slice::from_ref(&new_a))
@@ -806,9 +833,13 @@ fn an_edited_chunk_is_rebuilt_from_its_base_and_the_blocks_that_differ() {
 fn a_chunk_file_altered_on_disk_is_an_error_never_its_bytes() {
     let f = fixture();
     let original = data(14, MIB);
-    let content = f.cas.put_bytes(&original).unwrap();
+    let content = f.cas.put_bytes(S, &original).unwrap();
     f.cas.sync().unwrap();
-    let chunk = f.cas.hashes_of(std::slice::from_ref(&content)).unwrap()[1];
+    let Content::Manifest { hash, size } = content.clone() else {
+        panic!("1 MiB is a manifest")
+    };
+    let first = f.cas.manifest(None, hash, size).unwrap().chunks().next();
+    let chunk = super::store::to_iroh(first.expect("a manifest has chunks").0);
     let path = f.cas.inner.paths.data_path(&chunk);
     let mut bytes = std::fs::read(&path).expect("a 1 MiB chunk lives in its own data file");
     bytes[MIB / 2] ^= 1;
@@ -853,8 +884,8 @@ fn write_ahead_and_commit(seed: u64, len: usize) -> u64 {
         file.set_len(at as u64).unwrap();
         ahead.written(at as u64);
         if rng.below(6) == 0 || at == len {
-            let got = f.cas.put_file(&path, Some(&ahead)).unwrap();
-            assert_eq!(got, f.cas.put_bytes(&written[..at]).unwrap(), "at {at}");
+            let got = f.cas.put_file(S, &path, Some(&ahead)).unwrap();
+            assert_eq!(got, f.cas.put_bytes(S, &written[..at]).unwrap(), "at {at}");
         }
     }
     let stored = ahead.settled().expect("chunks were stored ahead");
@@ -882,15 +913,15 @@ fn a_staging_file_shorter_than_promised_is_stored_whole() {
     let mut ahead = f.cas.put_ahead(std::fs::File::open(&path).unwrap());
     ahead.written(30 * MIB as u64);
     assert_eq!(ahead.settled(), None);
-    let got = f.cas.put_file(&path, Some(&ahead)).unwrap();
-    assert_eq!(got, f.cas.put_bytes(&content).unwrap());
+    let got = f.cas.put_file(S, &path, Some(&ahead)).unwrap();
+    assert_eq!(got, f.cas.put_bytes(S, &content).unwrap());
 }
 
 #[test]
 fn files_beyond_the_worker_places_are_stored_whole_and_places_come_back() {
     let f = fixture();
     let content = data(23, 10 * MIB);
-    let expected = f.cas.put_bytes(&content).unwrap();
+    let expected = f.cas.put_bytes(S, &content).unwrap();
     let ahead_of = |i: usize| {
         let path = f.dir.path().join(format!("staging{i}"));
         std::fs::write(&path, &content).unwrap();
@@ -905,7 +936,7 @@ fn files_beyond_the_worker_places_are_stored_whole_and_places_come_back() {
             i < super::ahead::MAX_WORKERS,
             "file {i}"
         );
-        assert_eq!(f.cas.put_file(path, Some(ahead)).unwrap(), expected);
+        assert_eq!(f.cas.put_file(S, path, Some(ahead)).unwrap(), expected);
     }
     drop(aheads);
     let deadline = Instant::now() + Duration::from_secs(10);

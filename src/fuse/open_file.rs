@@ -318,7 +318,9 @@ impl OpenFile {
             let result = match &mut self.staging {
                 Staging::Clean => Ok(()),
                 Staging::Full { path, ahead, .. } => {
-                    let content = cas.put_file(path, ahead.as_ref()).map_err(Fail::cas)?;
+                    let content = cas
+                        .put_file(self.store.id(), path, ahead.as_ref())
+                        .map_err(Fail::cas)?;
                     self.store
                         .write(|tx| {
                             let body = tx.state().plan_write(file, content, mtime)?;
@@ -335,7 +337,8 @@ impl OpenFile {
                         f.read_exact_at(&mut buf, 0).map_err(io_errno)?;
                         Content::Inline(buf.into())
                     } else {
-                        cas.put_file(path, None).map_err(Fail::cas)?
+                        cas.put_file(self.store.id(), path, None)
+                            .map_err(Fail::cas)?
                     };
                     let r = self
                         .store

@@ -60,6 +60,7 @@ fn request() -> impl Strategy<Value = pb::Request> {
         intentions().prop_map(|intentions| request::Kind::Push(pb::Intentions { intentions })),
         (bytes(32), bytes(32))
             .prop_map(|(chunk, base)| request::Kind::Patch(pb::Patch { chunk, base })),
+        Just(request::Kind::AskSecret(pb::AskSecret {})),
     ];
     let addrs = prop::collection::vec(
         "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}:[0-9]{1,5}",
@@ -80,16 +81,18 @@ fn response() -> impl Strategy<Value = pb::Response> {
     );
     let kind = prop_oneof![
         "[ -~]{0,80}".prop_map(response::Kind::Error),
-        (bytes(32), name(), peers, any::<u64>()).prop_map(
-            |(founder, store_name, peers, witness_len)| {
+        (bytes(32), name(), peers, any::<u64>(), bytes(32)).prop_map(
+            |(founder, store_name, peers, witness_len, topic_secret)| {
                 response::Kind::Redeemed(pb::Redeemed {
                     founder,
                     store_name,
                     peers,
                     witness_len,
+                    topic_secret,
                 })
             }
         ),
+        bytes(32).prop_map(|secret| response::Kind::TopicSecret(pb::TopicSecret { secret })),
         (intentions(), any::<u64>(), any::<u64>()).prop_map(|(intentions, next, len)| {
             response::Kind::Batch(pb::WitnessBatch {
                 intentions,
@@ -162,6 +165,7 @@ fn receive_request(input: &[u8]) -> Result<usize, String> {
                 .len(),
             request::Kind::Push(p) => verify_all(p.intentions),
             request::Kind::Patch(p) => hash(&p.chunk).and(hash(&p.base)).map(|_| 2)?,
+            request::Kind::AskSecret(_) => 0,
         })
 }
 
@@ -175,6 +179,7 @@ fn receive_response(input: &[u8]) -> Result<usize, String> {
         response::Kind::Error(reason) => reason.len(),
         response::Kind::Redeemed(r) => {
             <[u8; 32]>::try_from(&r.founder[..]).map_err(|_| "founder")?;
+            <[u8; 32]>::try_from(&r.topic_secret[..]).map_err(|_| "topic secret")?;
             let ids = r.peers.iter().filter(|p| p.id.len() == 32);
             ids.flat_map(|p| {
                 p.addrs
@@ -193,6 +198,9 @@ fn receive_response(input: &[u8]) -> Result<usize, String> {
         response::Kind::Intentions(list) => verify_all(list.intentions),
         response::Kind::Pushed(p) => p.applied as usize,
         response::Kind::Blocks(b) => b.blocks.len(),
+        response::Kind::TopicSecret(t) => <[u8; 32]>::try_from(&t.secret[..])
+            .map_err(|_| "topic secret")?
+            .len(),
     })
 }
 

@@ -1,8 +1,10 @@
 //! Blob transfer: the provider side runs in intercept mode so that a peer may fetch a
-//! blob only if it is a member of an unpaused store that references it; the fetch side
-//! downloads what a store's files reference from its members, online ones first.
+//! blob only if it is a member of an unpaused store that owns it (imported or fetched
+//! it, `cas` module docs), never because some manifest names it; the fetch side
+//! downloads what a store's files reference from its members, online ones first, and
+//! records each blob it fetched as owned by that store.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
 use iroh_blobs::provider::events::{
@@ -14,7 +16,7 @@ use tokio::task::JoinSet;
 use crate::cas::FetchRequest;
 use crate::fs::op::{Content, FileId};
 use crate::identity::PublicKey;
-use crate::intention::StoreId;
+use crate::intention::Hash;
 use crate::net::peers::{endpoint_id, node_key};
 use crate::net::{blocking, NetError, Shared};
 use crate::store::Store;
@@ -77,7 +79,7 @@ pub fn provider_events(shared: Weak<Shared>) -> EventSender {
                     let single = msg.request.ranges.is_blob();
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        let ok = single && shared.access.allows(&shared, peer, &hashes).await;
+                        let ok = single && allows(&shared, peer, &hashes).await;
                         msg.tx.send(verdict(ok)).await.ok();
                     });
                 }
@@ -86,7 +88,7 @@ pub fn provider_events(shared: Weak<Shared>) -> EventSender {
                     let hashes = msg.request.hashes.clone();
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        let ok = shared.access.allows(&shared, peer, &hashes).await;
+                        let ok = allows(&shared, peer, &hashes).await;
                         msg.tx.send(verdict(ok)).await.ok();
                     });
                 }
@@ -95,7 +97,7 @@ pub fn provider_events(shared: Weak<Shared>) -> EventSender {
                     let hashes = vec![msg.request.hash];
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        let ok = shared.access.allows(&shared, peer, &hashes).await;
+                        let ok = allows(&shared, peer, &hashes).await;
                         msg.tx.send(verdict(ok)).await.ok();
                     });
                 }
@@ -115,71 +117,36 @@ fn verdict(ok: bool) -> Result<(), AbortReason> {
     }
 }
 
-/// Per store, the set of blob hashes its files reference, recomputed when the store has
-/// applied new intentions since.
-#[derive(Default)]
-pub(crate) struct Access {
-    sets: Mutex<HashMap<StoreId, (u64, BlobSet)>>,
+/// True if `peer` is a member of unpaused stores owning each of `hashes`.
+async fn allows(
+    shared: &Arc<Shared>,
+    peer: Option<PublicKey>,
+    hashes: &[iroh_blobs::Hash],
+) -> bool {
+    let Some(peer) = peer else {
+        return false;
+    };
+    let stores = shared.stores_of(&peer);
+    for h in hashes {
+        let hash = Hash(*h.as_bytes());
+        if !owned_by_any(shared, &stores, hash).await {
+            tracing::info!(peer = %peer.short(), "refused a blob request for {h}");
+            return false;
+        }
+    }
+    true
 }
 
-/// Blob hashes referenced by one store.
-type BlobSet = Arc<HashSet<iroh_blobs::Hash>>;
-
-impl Access {
-    /// True if `peer` is a member of an unpaused store referencing every one of `hashes`.
-    async fn allows(
-        &self,
-        shared: &Arc<Shared>,
-        peer: Option<PublicKey>,
-        hashes: &[iroh_blobs::Hash],
-    ) -> bool {
-        let Some(peer) = peer else {
-            return false;
-        };
-        for store in shared.stores_of(&peer) {
-            let Ok(set) = self.referenced(shared, &store).await else {
-                continue;
-            };
-            if hashes.iter().all(|h| set.contains(h)) {
-                return true;
-            }
+/// True if one of `stores` owns blob `hash`.
+async fn owned_by_any(shared: &Shared, stores: &[Store], hash: Hash) -> bool {
+    for store in stores {
+        match shared.node.cas().owns(store.id(), hash).await {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(e) => tracing::warn!("cannot read the owners of blob {hash:?}: {e}"),
         }
-        tracing::info!(peer = %peer.short(), "refused a blob request");
-        false
     }
-
-    /// The blobs `store`'s files reference (cached until it applies new intentions).
-    pub(crate) async fn referenced(
-        &self,
-        shared: &Arc<Shared>,
-        store: &Store,
-    ) -> Result<BlobSet, NetError> {
-        let generation = store.applied();
-        if let Some((g, set)) = self.sets.lock().get(&store.id()) {
-            if *g == generation {
-                return Ok(set.clone());
-            }
-        }
-        let (cas, st) = (shared.node.cas().clone(), store.clone());
-        let set = blocking(move || -> Result<HashSet<iroh_blobs::Hash>, NetError> {
-            let pieces: Vec<Content> = st.read(|s| {
-                s.file_ids()
-                    .into_iter()
-                    .flat_map(|f| s.blob_pieces(f))
-                    .collect()
-            });
-            let hashes = cas
-                .hashes_of(&pieces)
-                .map_err(|e| NetError::Local(e.to_string()))?;
-            Ok(hashes.into_iter().collect())
-        })
-        .await??;
-        let set = Arc::new(set);
-        self.sets
-            .lock()
-            .insert(store.id(), (generation, set.clone()));
-        Ok(set)
-    }
+    false
 }
 
 /// Members to fetch from: online ones first, then the rest.
@@ -223,15 +190,18 @@ async fn patch_changes(
     let pairs = blocking(move || {
         let mut pairs = Vec::new();
         for (before, now) in &list {
-            pairs.extend(cas.patch_bases(before, now)?);
+            // One file's unusable manifest only costs that file its patches.
+            match cas.patch_bases(before, now) {
+                Ok(found) => pairs.extend(found),
+                Err(e) => tracing::info!("not patching a file's content: {e}"),
+            }
             if pairs.len() >= MAX_PATCHES {
                 break;
             }
         }
-        Ok::<_, crate::cas::CasError>(pairs)
+        pairs
     })
-    .await?
-    .map_err(|e| NetError::Local(e.to_string()))?;
+    .await?;
     let providers = shared.other_members(store);
     let mut patched = 0;
     for (chunk, base, len) in pairs.into_iter().take(MAX_PATCHES) {
@@ -320,7 +290,17 @@ async fn download(
         while tasks.len() < FETCH_IN_FLIGHT {
             let Some(hash) = queue.next() else { break };
             let (downloader, providers) = (shared.downloader.clone(), providers.clone());
-            tasks.spawn(async move { (hash, downloader.download(hash, providers).await) });
+            let (cas, owner) = (shared.node.cas().clone(), store.id());
+            tasks.spawn(async move {
+                let got = match downloader.download(hash, providers).await {
+                    Ok(()) => cas
+                        .claim(owner, &[Hash(*hash.as_bytes())])
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(format!("{e:#}")),
+                };
+                (hash, got)
+            });
         }
         let Some(joined) = tasks.join_next().await else {
             break;
@@ -328,7 +308,7 @@ async fn download(
         match joined {
             Ok((_, Ok(()))) => done += 1,
             Ok((hash, Err(e))) => {
-                failed.get_or_insert_with(|| format!("blob {hash}: {e:#}"));
+                failed.get_or_insert_with(|| format!("blob {hash}: {e}"));
             }
             Err(e) => {
                 failed.get_or_insert_with(|| format!("download task: {e}"));

@@ -15,7 +15,7 @@ use crate::identity::PublicKey;
 use crate::intention::{Hash, Intention, StoreId};
 use crate::net::peers::endpoint_id;
 use crate::net::serve::{apply_all, BATCH_BYTES, MAX_WANT};
-use crate::net::{blocking, NetError, Shared, MAX_FRAME, PEER_TIMEOUT, SYNC_ALPN};
+use crate::net::{blocking, topic, NetError, Shared, MAX_FRAME, PEER_TIMEOUT, SYNC_ALPN};
 use crate::node::JoinState;
 use crate::proto::peer::{self as pb, request, response};
 use crate::store::Store;
@@ -78,6 +78,12 @@ async fn connection(shared: &Shared, peer: PublicKey) -> Result<Connection, NetE
         .map_err(|_| dial(format!("no answer within {} s", PEER_TIMEOUT.as_secs())))?
         .map_err(|e| dial(format!("{e:#}")))?;
     shared.peers.seen(peer);
+    if !shared.stores_of(&peer).is_empty() {
+        let cap = crate::net::gate::MAX_CONNS_PER_PEER;
+        shared
+            .peers
+            .connected(peer, SYNC_ALPN, conn.weak_handle(), cap);
+    }
     shared.conns.lock().insert(peer, conn.clone());
     Ok(conn)
 }
@@ -92,6 +98,22 @@ struct Exchange {
 }
 
 impl Exchange {
+    /// Opens a stream about `store` to `peer`, which must be a current member of it in
+    /// this node's view: nothing of a store is sent to, or asked of, anyone else.
+    async fn open_member(
+        shared: &Shared,
+        peer: PublicKey,
+        store: &Store,
+    ) -> Result<Exchange, NetError> {
+        if !shared.is_member(store, &peer) {
+            return Err(NetError::NotMember {
+                peer: peer.short(),
+                store: crate::node::store_name(store),
+            });
+        }
+        Exchange::open(shared, peer, store.id()).await
+    }
+
     async fn open(shared: &Shared, peer: PublicKey, store: StoreId) -> Result<Exchange, NetError> {
         let conn = connection(shared, peer).await?;
         let (send, recv) = tokio::time::timeout(PEER_TIMEOUT, conn.open_bi())
@@ -272,6 +294,11 @@ pub async fn join(
             let node = shared.node.clone();
             let (id, st) = (token.store, state.clone());
             let store = blocking(move || node.begin_join(id, founder, &st)).await??;
+            match <[u8; 32]>::try_from(&r.topic_secret[..]) {
+                Ok(secret) => topic::save(&shared.node.store_dir(id), &secret)
+                    .map_err(|e| NetError::Local(format!("cannot save the gossip secret: {e}")))?,
+                Err(_) => tracing::warn!("the inviter sent no gossip secret; asking members later"),
+            }
             (store, state)
         }
     };
@@ -428,11 +455,18 @@ pub async fn revoke(shared: &Arc<Shared>, name: &str, target: &str) -> Result<Re
     Ok(Revoked::Member(key))
 }
 
-/// Closes every connection to `key` if it is no longer a member of any store here.
+/// Closes every connection to revoked `key` if it is no longer a member of any store
+/// here, else its gossip connections (the gate admits no gossip from a revoked key).
 pub fn cut_off(shared: &Shared, key: &PublicKey) {
-    if shared.stores_of(key).is_empty() {
+    let n = if shared.stores_of(key).is_empty() {
         shared.conns.lock().remove(key);
-        let n = shared.peers.disconnect(key, "revoked");
+        shared.peers.disconnect(key, None, "revoked")
+    } else {
+        shared
+            .peers
+            .disconnect(key, Some(iroh_gossip::ALPN), "revoked")
+    };
+    if n > 0 {
         tracing::info!(peer = %key.short(), connections = n, "disconnected a revoked peer");
     }
 }
@@ -499,7 +533,7 @@ async fn reconcile_once(
     store: &Store,
     peer: PublicKey,
 ) -> Result<RoundReport, NetError> {
-    let mut ex = Exchange::open(shared, peer, store.id()).await?;
+    let mut ex = Exchange::open_member(shared, peer, store).await?;
     let st = store.clone();
     let view = blocking(move || st.reconcile_view()).await??;
     let mut session =
@@ -662,7 +696,7 @@ pub async fn fetch_one(
     peer: PublicKey,
     hash: Hash,
 ) -> Result<u64, NetError> {
-    let mut ex = Exchange::open(shared, peer, store.id()).await?;
+    let mut ex = Exchange::open_member(shared, peer, store).await?;
     let n = pull(&mut ex, store, vec![hash]).await?;
     ex.finish();
     Ok(n)
@@ -680,7 +714,7 @@ pub async fn patch_chunk(
     base: Hash,
     len: u64,
 ) -> Result<(), NetError> {
-    let mut ex = Exchange::open(shared, peer, store.id()).await?;
+    let mut ex = Exchange::open_member(shared, peer, store).await?;
     let answer = ex
         .ask(request::Kind::Patch(pb::Patch {
             chunk: Bytes::copy_from_slice(&chunk.0),
@@ -698,7 +732,7 @@ pub async fn patch_chunk(
         });
     }
     let cas = shared.node.cas().clone();
-    let short = peer.short();
+    let (short, owner) = (peer.short(), store.id());
     blocking(move || {
         let local = |e: crate::cas::CasError| NetError::Local(e.to_string());
         let old = cas
@@ -713,8 +747,26 @@ pub async fn patch_chunk(
                 peer: short,
                 what: format!("its patch does not rebuild chunk {chunk:?}"),
             })?;
-        cas.put_blob(rebuilt.into()).map_err(local)?;
+        cas.put_blob(owner, rebuilt.into()).map_err(local)?;
         Ok(())
     })
     .await?
+}
+
+/// Asks member `peer` for the gossip secret of `store` (for a member that lacks it).
+pub async fn topic_secret(
+    shared: &Arc<Shared>,
+    store: &Store,
+    peer: PublicKey,
+) -> Result<[u8; 32], NetError> {
+    let mut ex = Exchange::open_member(shared, peer, store).await?;
+    let answer = ex.ask(request::Kind::AskSecret(pb::AskSecret {})).await?;
+    let response::Kind::TopicSecret(t) = answer else {
+        return Err(ex.unexpected(&answer));
+    };
+    ex.finish();
+    t.secret[..].try_into().map_err(|_| NetError::Protocol {
+        peer: peer.short(),
+        what: "its gossip secret is not 32 bytes".into(),
+    })
 }

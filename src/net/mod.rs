@@ -3,10 +3,20 @@
 //! iroh-gossip and iroh-blobs — plus one replica task per store that gossips new
 //! intentions, reconciles with members and fetches blobs.
 //!
-//! Admission. An endpoint hook refuses gossip and blob connections from peers that are
-//! not a member of any of this node's stores; the sync protocol checks membership of
-//! the named store on every stream (only `Redeem` is open to non-members); blob
-//! requests are checked per hash against the stores the requester belongs to.
+//! Admission, per store on every path. An endpoint hook (`gate`) refuses gossip and
+//! blob connections from peers that are not a member of any of this node's stores, and
+//! gossip from keys revoked from any of them; the sync protocol checks membership of the
+//! named store on every request (only `Redeem` is open to non-members); blob requests
+//! are checked per hash against the blobs owned by the stores the requester belongs to.
+//! Each store's gossip topic derives from a secret only members hold (`topic`), and a
+//! gossip message is acted on only if its neighbour is a member of that store. This node
+//! opens streams about a store only to current members of it.
+//!
+//! Resources before membership. A stranger gets a few connections (`gate`), two
+//! streams on each, a first frame of at most [`MAX_STRANGER_FRAME`] that must arrive
+//! within the first-frame timeout, and no entry in the peer book. A member gets at most
+//! [`MAX_STREAMS_PER_CONN`] streams per connection and [`MAX_PEER_BYTES`] of request
+//! bodies in flight. Frame bodies are read as they arrive, never allocated up front.
 //!
 //! Everything here runs on the daemon's tokio runtime; store and content-store calls,
 //! which block, go through `spawn_blocking`.
@@ -18,6 +28,7 @@ pub mod peers;
 mod replica;
 pub(crate) mod serve;
 pub mod settings;
+mod topic;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -56,6 +67,20 @@ pub const MAX_FRAME: usize = 8 * 1024 * 1024;
 pub const GOSSIP_MAX: usize = 32 * 1024;
 /// How long a dial or a request to a peer may take before it counts as failed.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest first frame of a peer that is a member of no store here: a `Redeem` (a
+/// secret and a display name) fits many times over.
+pub const MAX_STRANGER_FRAME: usize = 16 * 1024;
+/// Default time a stream's first frame (and a stranger's first stream) may take to
+/// arrive; honest openers send theirs at once.
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// Sync streams served at once per connection of a member (each holds at most one
+/// frame, so this and [`MAX_PEER_BYTES`] bound what a member costs).
+pub const MAX_STREAMS_PER_CONN: usize = 16;
+/// Sync streams served at once per connection of a stranger (redeem, then bootstrap).
+pub const MAX_STRANGER_STREAMS: usize = 2;
+/// Bytes of request bodies being read or answered at once for one peer, over all its
+/// connections: four maximal frames.
+pub const MAX_PEER_BYTES: usize = 4 * MAX_FRAME;
 
 /// Which relay servers the endpoint uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -157,6 +182,14 @@ pub enum NetError {
     /// The store is paused.
     #[error("store {0:?} is paused; resume it first")]
     Paused(String),
+    /// A peer is not a current member of the store a request is about.
+    #[error("peer {peer} is not a member of store {store:?}")]
+    NotMember {
+        /// The peer's short id.
+        peer: String,
+        /// The store's name.
+        store: String,
+    },
     /// The local store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -227,12 +260,18 @@ pub(crate) struct Shared {
     pub settings: Mutex<HashMap<StoreId, Settings>>,
     /// Blobs being fetched for waiting reads.
     pub read_fetches: Mutex<std::collections::HashSet<iroh_blobs::Hash>>,
-    /// Which blobs each store references, for deciding who may have them.
-    pub access: blobs::Access,
     /// Chunks rebuilt from patches instead of fetched whole, since start.
     pub patched: std::sync::atomic::AtomicU64,
     /// Per (store, peer): the turn of reconciliation rounds, so they never overlap.
     pub reconciling: Mutex<HashMap<(StoreId, PublicKey), Arc<ReconcileSlot>>>,
+    /// How long a stream's first frame may take (default [`FIRST_FRAME_TIMEOUT`]).
+    pub first_frame_timeout: Mutex<Duration>,
+    /// Per peer with open sync connections: its budget of request bytes in flight.
+    pub budgets: Mutex<HashMap<PublicKey, Weak<tokio::sync::Semaphore>>>,
+    /// Sync streams being served now, over all peers.
+    pub serving: std::sync::atomic::AtomicUsize,
+    /// Each store's gossip secret, once loaded or created.
+    pub secrets: Mutex<HashMap<StoreId, [u8; 32]>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -292,9 +331,12 @@ impl Net {
             resuming: Mutex::new(std::collections::HashSet::new()),
             settings: Mutex::new(HashMap::new()),
             read_fetches: Mutex::new(std::collections::HashSet::new()),
-            access: blobs::Access::default(),
             patched: std::sync::atomic::AtomicU64::new(0),
             reconciling: Mutex::new(HashMap::new()),
+            first_frame_timeout: Mutex::new(FIRST_FRAME_TIMEOUT),
+            budgets: Mutex::new(HashMap::new()),
+            serving: std::sync::atomic::AtomicUsize::new(0),
+            secrets: Mutex::new(HashMap::new()),
         });
         gate.attach(Arc::downgrade(&shared));
         let events = blobs::provider_events(Arc::downgrade(&shared));
@@ -380,6 +422,19 @@ impl Net {
     pub fn patched_chunks(&self) -> u64 {
         self.shared
             .patched
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Sets how long a stream's first frame, and a stranger's first stream, may take to
+    /// arrive (default [`FIRST_FRAME_TIMEOUT`]).
+    pub fn set_first_frame_timeout(&self, timeout: Duration) {
+        *self.shared.first_frame_timeout.lock() = timeout;
+    }
+
+    /// Sync streams this node is serving now, over all peers.
+    pub fn serving_streams(&self) -> usize {
+        self.shared
+            .serving
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
@@ -607,6 +662,69 @@ impl Shared {
         self.node.stores().iter().any(|s| {
             s.id() == id && s.read(|st| st.member(key).is_some()) && !self.settings(s).paused
         })
+    }
+
+    /// True if `key` is a current member (any role) of `store`.
+    pub fn is_member(&self, store: &Store, key: &PublicKey) -> bool {
+        store.read(|s| s.member(key).is_some())
+    }
+
+    /// True if `key` is a current member of a visible, unpaused store of this node.
+    pub fn is_member_anywhere(&self, key: &PublicKey) -> bool {
+        !self.stores_of(key).is_empty()
+    }
+
+    /// True if `key` is revoked from any store of this node.
+    pub fn revoked_anywhere(&self, key: &PublicKey) -> bool {
+        self.node
+            .stores()
+            .iter()
+            .any(|s| s.read(|st| st.revocation_cut(key).is_some()))
+    }
+
+    /// The gossip secret of `store`: kept in its directory, or created now if this node
+    /// founded it; `None` for a member that has not received it yet.
+    /// Blocks on file I/O the first time per store.
+    pub fn topic_secret(&self, store: &Store) -> Result<Option<[u8; 32]>, NetError> {
+        // Held across load and create, so that two first callers agree on one secret.
+        let mut secrets = self.secrets.lock();
+        if let Some(secret) = secrets.get(&store.id()) {
+            return Ok(Some(*secret));
+        }
+        let dir = self.node.store_dir(store.id());
+        let secret = match topic::load(&dir) {
+            Some(secret) => secret,
+            None if store.founder() == self.me() => {
+                let secret = topic::generate();
+                topic::save(&dir, &secret)
+                    .map_err(|e| NetError::Local(format!("cannot save the gossip secret: {e}")))?;
+                secret
+            }
+            None => return Ok(None),
+        };
+        secrets.insert(store.id(), secret);
+        Ok(Some(secret))
+    }
+
+    /// Keeps `secret` as the gossip secret of `store` (received from a member).
+    pub fn adopt_topic_secret(&self, store: &Store, secret: [u8; 32]) -> Result<(), NetError> {
+        let mut secrets = self.secrets.lock();
+        topic::save(&self.node.store_dir(store.id()), &secret)
+            .map_err(|e| NetError::Local(format!("cannot save the gossip secret: {e}")))?;
+        secrets.insert(store.id(), secret);
+        Ok(())
+    }
+
+    /// The budget of request bytes in flight of `peer`, shared by its connections.
+    pub fn budget(&self, peer: PublicKey) -> Arc<tokio::sync::Semaphore> {
+        let mut budgets = self.budgets.lock();
+        budgets.retain(|_, b| b.strong_count() > 0);
+        if let Some(b) = budgets.get(&peer).and_then(Weak::upgrade) {
+            return b;
+        }
+        let b = Arc::new(tokio::sync::Semaphore::new(MAX_PEER_BYTES));
+        budgets.insert(peer, Arc::downgrade(&b));
+        b
     }
 
     /// Visible, unpaused stores of which `key` is a current member.

@@ -1,6 +1,10 @@
 //! The peer book: addresses of peers learned from tokens and members, remembered across
 //! restarts in `DATA_DIR/peers`, fed to the endpoint's address lookup; when each peer was
 //! last heard from; and weak handles of open connections so a revoked peer can be cut off.
+//!
+//! Only members are written here (the gate keeps strangers out of it, and the sync
+//! protocol learns addresses only from members), so it grows with membership, not with
+//! whoever connects; a key's connection list is dropped once all of them have closed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -33,7 +37,7 @@ pub struct PeerBook {
 struct Inner {
     addrs: BTreeMap<PublicKey, BTreeSet<SocketAddr>>,
     seen: HashMap<PublicKey, Instant>,
-    conns: HashMap<PublicKey, Vec<WeakConnectionHandle>>,
+    conns: HashMap<PublicKey, Vec<(Vec<u8>, WeakConnectionHandle)>>,
 }
 
 /// What the peer book knows of one peer.
@@ -131,20 +135,48 @@ impl PeerBook {
         self.inner.lock().seen.insert(key, Instant::now());
     }
 
-    /// Keeps a weak handle of a connection to `key`, for [`PeerBook::disconnect`] and liveness.
-    pub fn connected(&self, key: PublicKey, conn: WeakConnectionHandle) {
+    /// Keeps a weak handle of a connection to `key` over `alpn`, for
+    /// [`PeerBook::disconnect`] and liveness, unless `key` already has `cap` open
+    /// connections; false if refused. A connection already kept is not counted twice.
+    pub fn connected(
+        &self,
+        key: PublicKey,
+        alpn: &[u8],
+        conn: WeakConnectionHandle,
+        cap: usize,
+    ) -> bool {
         let mut inner = self.inner.lock();
         let list = inner.conns.entry(key).or_default();
-        list.retain(|c| c.upgrade().is_some_and(|c| c.close_reason().is_none()));
-        list.push(conn);
+        list.retain(|(_, c)| is_open(c));
+        let id = conn.upgrade().map(|c| c.stable_id());
+        if list
+            .iter()
+            .any(|(_, c)| c.upgrade().map(|c| c.stable_id()) == id)
+        {
+            return true;
+        }
+        if list.len() >= cap {
+            return false;
+        }
+        list.push((alpn.to_vec(), conn));
         inner.seen.insert(key, Instant::now());
+        true
     }
 
-    /// Closes every open connection to `key`; returns how many were closed.
-    pub fn disconnect(&self, key: &PublicKey, reason: &str) -> usize {
-        let conns = self.inner.lock().conns.remove(key).unwrap_or_default();
+    /// Closes every open connection to `key` (over `alpn` only, when given); returns how
+    /// many were closed.
+    pub fn disconnect(&self, key: &PublicKey, alpn: Option<&[u8]>, reason: &str) -> usize {
+        let mut inner = self.inner.lock();
+        let list = inner.conns.remove(key).unwrap_or_default();
+        let (cut, kept): (Vec<_>, Vec<_>) = list
+            .into_iter()
+            .partition(|(a, _)| alpn.is_none_or(|want| a == want));
+        if !kept.is_empty() {
+            inner.conns.insert(*key, kept);
+        }
+        drop(inner);
         let mut closed = 0;
-        for conn in conns.iter().filter_map(|c| c.upgrade()) {
+        for conn in cut.iter().filter_map(|(_, c)| c.upgrade()) {
             if conn.close_reason().is_none() {
                 conn.close(1u32.into(), reason.as_bytes());
                 closed += 1;
@@ -157,11 +189,10 @@ impl PeerBook {
     pub fn state(&self, key: &PublicKey) -> PeerState {
         let inner = self.inner.lock();
         let last_seen = inner.seen.get(key).map(|t| t.elapsed());
-        let open = inner.conns.get(key).is_some_and(|list| {
-            list.iter()
-                .filter_map(|c| c.upgrade())
-                .any(|c| c.close_reason().is_none())
-        });
+        let open = inner
+            .conns
+            .get(key)
+            .is_some_and(|list| list.iter().any(|(_, c)| is_open(c)));
         PeerState {
             addrs: inner
                 .addrs
@@ -174,6 +205,11 @@ impl PeerBook {
             online: open && last_seen.is_some_and(|d| d < ONLINE_WINDOW),
         }
     }
+}
+
+/// Whether the connection of `handle` is still open.
+pub(crate) fn is_open(handle: &WeakConnectionHandle) -> bool {
+    handle.upgrade().is_some_and(|c| c.close_reason().is_none())
 }
 
 /// The iroh endpoint id of a node key (the same Ed25519 key).

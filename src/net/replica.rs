@@ -1,8 +1,14 @@
-//! One task per store: while not paused it subscribes to the store's gossip topic,
-//! broadcasts each newly sealed intention (inline when it fits in a gossip message,
-//! else its hash), applies or pulls what others announce, reconciles with a neighbour
-//! when it appears and with every member on an anti-entropy timer that backs off while
-//! nothing changes, fetches referenced blobs (eager mode), and cuts off revoked peers.
+//! One task per store: while not paused it subscribes to the store's gossip topic
+//! (derived from its secret, `topic`), broadcasts each newly sealed intention (inline
+//! when it fits in a gossip message, else its hash), applies or pulls what members
+//! announce, reconciles with a neighbour that is a member when it appears and with every
+//! member on an anti-entropy timer that backs off while nothing changes, fetches
+//! referenced blobs (eager mode), and cuts off revoked peers.
+//!
+//! Gossip from a neighbour that is not a current member of the store is ignored: it is
+//! never applied, pulled from or reconciled with. Received messages go through a queue
+//! of [`GOSSIP_QUEUE`] handled by one worker; when it is full the message is dropped
+//! (anti-entropy brings what it announced).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +30,7 @@ use crate::intention::Hash;
 use crate::net::client::{self, RoundReport};
 use crate::net::peers::{endpoint_id, node_key};
 use crate::net::settings::{FetchMode, Settings};
-use crate::net::{blobs, blocking, NetError, Shared, GOSSIP_MAX};
+use crate::net::{blobs, blocking, topic, NetError, Shared, GOSSIP_MAX};
 use crate::proto::peer::{gossip, Gossip};
 use crate::store::{ApplyOutcome, Store, StoreEvent};
 
@@ -32,6 +38,9 @@ use crate::store::{ApplyOutcome, Store, StoreEvent};
 pub const ANTI_ENTROPY_MIN: Duration = Duration::from_secs(2);
 /// Longest anti-entropy interval while rounds find nothing to do.
 pub const ANTI_ENTROPY_MAX: Duration = Duration::from_secs(30);
+/// Received gossip messages waiting for the store's gossip worker; more are dropped
+/// (at most this many × [`GOSSIP_MAX`] bytes wait per store).
+pub const GOSSIP_QUEUE: usize = 256;
 
 /// When the next anti-entropy pass is due.
 #[derive(Debug)]
@@ -128,14 +137,6 @@ impl ReplicaHandle {
     }
 }
 
-/// The gossip topic of a store.
-pub fn topic(store: &Store) -> TopicId {
-    let mut h = blake3::Hasher::new();
-    h.update(b"lattice-mount gossip topic v1\0");
-    h.update(&store.id().0);
-    TopicId::from_bytes(*h.finalize().as_bytes())
-}
-
 /// Starts the replica task of `store`.
 pub fn spawn(shared: Weak<Shared>, store: Store, settings: Settings) -> ReplicaHandle {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -221,16 +222,18 @@ impl Replica {
             return Flow::Stop;
         };
         let mut events = self.store.subscribe();
+        let Some(topic) = self.topic(&shared).await else {
+            // Not subscribed until a member hands the secret over; anti-entropy goes on.
+            sync_members(&shared, &self.store).await;
+            tokio::time::sleep(ANTI_ENTROPY_MIN).await;
+            return Flow::Paused;
+        };
         let bootstrap: Vec<iroh::EndpointId> = shared
             .other_members(&self.store)
             .iter()
             .filter_map(endpoint_id)
             .collect();
-        let (sender, mut receiver) = match shared
-            .gossip
-            .subscribe(topic(&self.store), bootstrap)
-            .await
-        {
+        let (sender, mut receiver) = match shared.gossip.subscribe(topic, bootstrap).await {
             Ok(t) => t.split(),
             Err(e) => {
                 tracing::warn!(store = %self.store.id().to_hex(), "cannot join the gossip topic: {e:#}");
@@ -239,6 +242,12 @@ impl Replica {
             }
         };
         drop(shared);
+        let (queue, inbox) = mpsc::channel(GOSSIP_QUEUE);
+        let _worker = AbortOnDrop(tokio::spawn(gossip_worker(
+            self.shared.clone(),
+            self.store.clone(),
+            inbox,
+        )));
         if self.settings.fetch == FetchMode::Eager {
             self.spawn_fetch_all();
         }
@@ -281,7 +290,7 @@ impl Replica {
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return Flow::Stop,
                 },
                 ev = receiver.next() => match ev {
-                    Some(Ok(ev)) => self.on_gossip(ev),
+                    Some(Ok(ev)) => self.on_gossip(ev, &queue),
                     Some(Err(e)) => {
                         tracing::debug!("gossip receiver failed: {e:#}");
                         return Flow::Paused;
@@ -330,48 +339,49 @@ impl Replica {
         }
     }
 
-    fn on_gossip(&self, ev: Event) {
-        let Some(shared) = self.shared() else { return };
-        match ev {
-            Event::NeighborUp(id) => {
-                let peer = node_key(&id);
-                shared.peers.seen(peer);
-                self.spawn_sync_one(peer);
+    /// The store's gossip topic: from its secret, asked of members when this node lacks it.
+    async fn topic(&self, shared: &Arc<Shared>) -> Option<TopicId> {
+        let (sh, st) = (shared.clone(), self.store.clone());
+        match blocking(move || sh.topic_secret(&st)).await.and_then(|r| r) {
+            Ok(Some(secret)) => return Some(topic::topic(&secret)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(store = %self.store.id().to_hex(), "gossip secret: {e}");
+                return None;
             }
-            Event::NeighborDown(_) | Event::Lagged => {}
-            Event::Received(msg) => {
-                let from = node_key(&msg.delivered_from);
-                shared.peers.seen(from);
-                let Ok(g) = Gossip::decode(msg.content) else {
-                    tracing::info!(peer = %from.short(), "dropping a malformed gossip message");
-                    return;
-                };
-                let store = self.store.clone();
-                let sync_one = self.sync_one_task(from);
-                tokio::spawn(async move {
-                    match g.kind {
-                        Some(gossip::Kind::Intention(bytes)) => {
-                            let st = store.clone();
-                            match blocking(move || st.apply_remote(bytes)).await {
-                                Ok(Ok(ApplyOutcome::Floating { .. })) => sync_one.await,
-                                Ok(Ok(_)) => {}
-                                Ok(Err(e)) => {
-                                    tracing::info!(peer = %from.short(), "refused a gossiped intention: {e}")
-                                }
-                                Err(e) => tracing::warn!("{e}"),
-                            }
-                        }
-                        Some(gossip::Kind::Hash(h)) => {
-                            let Some(hash) = Hash::from_slice(&h) else {
-                                return;
-                            };
-                            if let Err(e) = client::fetch_one(&shared, &store, from, hash).await {
-                                tracing::debug!("pulling an announced intention failed: {e}");
-                            }
-                        }
-                        None => {}
-                    }
-                });
+        }
+        for peer in shared.other_members(&self.store) {
+            match client::topic_secret(shared, &self.store, peer).await {
+                Ok(secret) => match shared.adopt_topic_secret(&self.store, secret) {
+                    Ok(()) => return Some(topic::topic(&secret)),
+                    Err(e) => tracing::warn!("{e}"),
+                },
+                Err(e) => tracing::debug!(peer = %peer.short(), "no gossip secret from it: {e}"),
+            }
+        }
+        tracing::info!(store = %self.store.id().to_hex(), "no member has handed over the gossip secret yet");
+        None
+    }
+
+    /// Acts on a gossip event if the neighbour is a current member of the store.
+    fn on_gossip(&self, ev: Event, queue: &mpsc::Sender<(PublicKey, Bytes)>) {
+        let Some(shared) = self.shared() else { return };
+        let (from, content) = match ev {
+            Event::NeighborUp(id) => (node_key(&id), None),
+            Event::Received(msg) => (node_key(&msg.delivered_from), Some(msg.content)),
+            Event::NeighborDown(_) | Event::Lagged => return,
+        };
+        if !shared.is_member(&self.store, &from) {
+            tracing::info!(peer = %from.short(), store = %self.store.id().to_hex(), "ignoring gossip from a non-member");
+            return;
+        }
+        shared.peers.seen(from);
+        match content {
+            None => self.spawn_sync_one(from),
+            Some(content) => {
+                if queue.try_send((from, content)).is_err() {
+                    tracing::debug!(peer = %from.short(), "gossip queue full: dropped a message");
+                }
             }
         }
     }
@@ -422,21 +432,14 @@ impl Replica {
         });
     }
 
-    fn sync_one_task(
-        &self,
-        peer: PublicKey,
-    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+    fn spawn_sync_one(&self, peer: PublicKey) {
         let (weak, store) = (self.shared.clone(), self.store.clone());
-        async move {
+        tokio::spawn(async move {
             let Some(shared) = weak.upgrade() else { return };
             if let Err(e) = client::reconcile_hint(&shared, &store, peer).await {
                 tracing::debug!(peer = %peer.short(), "reconcile failed: {e}");
             }
-        }
-    }
-
-    fn spawn_sync_one(&self, peer: PublicKey) {
-        tokio::spawn(self.sync_one_task(peer));
+        });
     }
 
     /// Reconciles with every member in the background, answering `reply` when done.
@@ -471,6 +474,62 @@ impl Replica {
     }
 }
 
+/// Aborts a task when dropped (the gossip worker ends with its subscription).
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Handles received gossip messages of `store` one at a time: applies inline
+/// intentions (a floating one hints a reconcile with the sender), pulls announced ones.
+async fn gossip_worker(
+    shared: Weak<Shared>,
+    store: Store,
+    mut inbox: mpsc::Receiver<(PublicKey, Bytes)>,
+) {
+    while let Some((from, content)) = inbox.recv().await {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let Ok(g) = Gossip::decode(content) else {
+            tracing::info!(peer = %from.short(), "dropping a malformed gossip message");
+            continue;
+        };
+        match g.kind {
+            Some(gossip::Kind::Intention(bytes)) => {
+                let st = store.clone();
+                match blocking(move || st.apply_remote(bytes)).await {
+                    Ok(Ok(ApplyOutcome::Floating { .. })) => {
+                        let (sh, st) = (shared.clone(), store.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = client::reconcile_hint(&sh, &st, from).await {
+                                tracing::debug!(peer = %from.short(), "reconcile failed: {e}");
+                            }
+                        });
+                    }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::info!(peer = %from.short(), "refused a gossiped intention: {e}")
+                    }
+                    Err(e) => tracing::warn!("{e}"),
+                }
+            }
+            Some(gossip::Kind::Hash(h)) => {
+                let Some(hash) = Hash::from_slice(&h) else {
+                    continue;
+                };
+                if let Err(e) = client::fetch_one(&shared, &store, from, hash).await {
+                    tracing::debug!("pulling an announced intention failed: {e}");
+                }
+            }
+            None => {}
+        }
+    }
+}
+
 /// Reconciles `store` with each other member in turn.
 async fn sync_members(shared: &Arc<Shared>, store: &Store) -> SyncReport {
     let mut report = SyncReport::default();
@@ -490,13 +549,13 @@ async fn sync_members(shared: &Arc<Shared>, store: &Store) -> SyncReport {
 }
 
 impl Shared {
-    /// Peers with open connections that are no longer members of any store here.
+    /// Keys revoked from `store`, whose connections `client::cut_off` closes (all of
+    /// them, or the gossip ones of a key still a member of another store here).
     pub fn peers_to_cut(&self, store: &Store) -> Vec<PublicKey> {
         store
             .read(|s| s.revocation_cuts())
             .into_iter()
             .map(|(k, _)| k)
-            .filter(|k| self.stores_of(k).is_empty())
             .collect()
     }
 }

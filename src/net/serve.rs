@@ -2,21 +2,33 @@
 //! requests about one store. Every request is checked before anything is read from or
 //! written to the store: the store must exist here and not be paused, and the opener
 //! must be a member (except for `Redeem`, which is how a non-member becomes one).
+//!
+//! Limits (constants in `net`): streams served at once per connection (fewer for a
+//! stranger, raised once it is a member), a first frame that must arrive within the
+//! first-frame timeout (a stranger's connection is closed when it opens no stream in
+//! that time), a small first frame for strangers, and a per-peer budget of request bytes
+//! in flight, taken before a body is read and given back once it is answered.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
+use tokio::sync::Semaphore;
 
 use crate::identity::PublicKey;
 use crate::intention::{Hash, StoreId};
+use crate::net::gate::{CLOSE_LIMIT, MAX_CONNS_PER_PEER};
 use crate::net::peers::node_key;
-use crate::net::{blocking, NetError, Shared, MAX_FRAME};
+use crate::net::{
+    blocking, NetError, Shared, MAX_FRAME, MAX_STRANGER_FRAME, MAX_STRANGER_STREAMS,
+    MAX_STREAMS_PER_CONN, SYNC_ALPN,
+};
 use crate::proto::peer::{self as pb, request, response};
 use crate::store::{ApplyOutcome, Store};
 use crate::sync::reconcile::{Session, FRAME_LIMIT};
-use crate::wire::{read_frame, write_frame};
+use crate::wire::{read_body, read_header, write_frame, FrameError};
 
 /// Most hashes one `Want` may name.
 pub const MAX_WANT: usize = 4096;
@@ -45,38 +57,127 @@ impl SyncProtocol {
 impl ProtocolHandler for SyncProtocol {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let peer = node_key(&conn.remote_id());
+        let Some(shared) = self.shared.upgrade() else {
+            return Ok(());
+        };
+        let budget = shared.budget(peer);
+        let mut member = shared.is_member_anywhere(&peer);
+        let mut capacity = if member {
+            MAX_STREAMS_PER_CONN
+        } else {
+            MAX_STRANGER_STREAMS
+        };
+        let streams = Arc::new(Semaphore::new(capacity));
+        let wait = *shared.first_frame_timeout.lock();
+        drop(shared);
         loop {
-            let (send, recv) = match conn.accept_bi().await {
-                Ok(s) => s,
-                Err(_) => return Ok(()),
+            let Ok(permit) = streams.clone().acquire_owned().await else {
+                return Ok(());
+            };
+            let mut next = std::pin::pin!(conn.accept_bi());
+            let accepted = loop {
+                if member {
+                    break next.await;
+                }
+                // A stranger's connection lives while it has a stream being served, and
+                // for the first-frame timeout after.
+                match tokio::time::timeout(wait, next.as_mut()).await {
+                    Ok(accepted) => break accepted,
+                    Err(_) if streams.available_permits() + 1 == capacity => {
+                        tracing::info!(peer = %peer.short(), "closed a silent stranger's connection");
+                        conn.close(CLOSE_LIMIT.into(), b"no request in time");
+                        return Ok(());
+                    }
+                    Err(_) => {}
+                }
+            };
+            let Ok((send, recv)) = accepted else {
+                return Ok(());
             };
             let Some(shared) = self.shared.upgrade() else {
                 return Ok(());
             };
-            shared.peers.seen(peer);
+            if !member && shared.is_member_anywhere(&peer) {
+                // It redeemed an invite: a member's limits, and a place in the peer book.
+                member = true;
+                streams.add_permits(MAX_STREAMS_PER_CONN - capacity);
+                capacity = MAX_STREAMS_PER_CONN;
+                shared
+                    .peers
+                    .connected(peer, SYNC_ALPN, conn.weak_handle(), MAX_CONNS_PER_PEER);
+            }
+            if member {
+                shared.peers.seen(peer);
+            }
+            let budget = budget.clone();
             tokio::spawn(async move {
-                if let Err(e) = serve_stream(&shared, peer, send, recv).await {
+                shared.serving.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = serve_stream(&shared, peer, send, recv, &budget).await {
                     tracing::debug!(peer = %peer.short(), "sync stream ended: {e}");
                 }
+                shared.serving.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
             });
         }
     }
 }
 
-/// Answers the requests of one stream until the opener finishes it or a request is refused.
+/// Reads the next request of `peer` within `wait` (if given): at most [`MAX_FRAME`]
+/// bytes from a member of some store here, [`MAX_STRANGER_FRAME`] from anyone else, its
+/// body counted against `budget` (the returned permit) while it is read and answered.
+async fn next_request(
+    shared: &Shared,
+    peer: PublicKey,
+    recv: &mut RecvStream,
+    budget: &Arc<Semaphore>,
+    wait: Option<std::time::Duration>,
+) -> Result<Option<(pb::Request, tokio::sync::OwnedSemaphorePermit)>, FrameError> {
+    let limit = if shared.is_member_anywhere(&peer) {
+        MAX_FRAME
+    } else {
+        MAX_STRANGER_FRAME
+    };
+    let read = async {
+        let Some(size) = read_header(recv, limit).await? else {
+            return Ok(None);
+        };
+        let held = u32::try_from(size).expect("a frame is at most MAX_FRAME, below u32::MAX");
+        let permit = budget
+            .clone()
+            .acquire_many_owned(held)
+            .await
+            .map_err(|_| std::io::Error::other("the peer's budget is closed"))?;
+        let request = read_body(recv, size).await?;
+        Ok(Some((request, permit)))
+    };
+    match wait {
+        None => read.await,
+        Some(wait) => tokio::time::timeout(wait, read).await.unwrap_or_else(|_| {
+            Err(FrameError::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no request within {} ms", wait.as_millis()),
+            )))
+        }),
+    }
+}
+
+/// Answers the requests of one stream until the opener finishes it or a request is
+/// refused; the first must arrive within the first-frame timeout.
 async fn serve_stream(
     shared: &Arc<Shared>,
     peer: PublicKey,
     mut send: SendStream,
     mut recv: RecvStream,
+    budget: &Arc<Semaphore>,
 ) -> Result<(), NetError> {
     let frame_err = |source| NetError::Frame {
         peer: peer.short(),
         source,
     };
     let mut session: Option<Session> = None;
+    let mut wait = Some(*shared.first_frame_timeout.lock());
     loop {
-        let request: pb::Request = match read_frame(&mut recv, MAX_FRAME).await {
+        let (request, held) = match next_request(shared, peer, &mut recv, budget, wait).await {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
             Err(e) => {
@@ -86,6 +187,7 @@ async fn serve_stream(
                 return Err(frame_err(e));
             }
         };
+        wait = None;
         let answer = match answer(shared, peer, request, &mut session, &mut send).await {
             Ok(Some(a)) => a,
             Ok(None) => continue,
@@ -101,6 +203,7 @@ async fn serve_stream(
         write_frame(&mut send, &answer, MAX_FRAME)
             .await
             .map_err(frame_err)?;
+        drop(held);
     }
 }
 
@@ -189,6 +292,19 @@ async fn answer(
             })))
         }
         request::Kind::Patch(p) => patch(shared, &store, p).await.map(reply),
+        request::Kind::AskSecret(_) => {
+            let (sh, st) = (shared.clone(), store.clone());
+            match blocking(move || sh.topic_secret(&st))
+                .await
+                .and_then(|r| r)
+                .map_err(|e| e.to_string())?
+            {
+                Some(secret) => Ok(reply(response::Kind::TopicSecret(pb::TopicSecret {
+                    secret: Bytes::copy_from_slice(&secret),
+                }))),
+                None => Err("this node has no gossip secret for the store yet".into()),
+            }
+        }
         request::Kind::Push(p) => {
             let (applied, refused) = apply_all(&store, p.intentions)
                 .await
@@ -201,9 +317,9 @@ async fn answer(
     }
 }
 
-/// The blocks of chunk `p.chunk` that differ from chunk `p.base`. The chunk must be
-/// referenced by `store` (whose membership the caller checked); the base is only
-/// compared against, so it need not be.
+/// The blocks of chunk `p.chunk` that differ from chunk `p.base`. Both must be owned
+/// by `store` (whose membership the caller checked): the answer reveals the chunk, and
+/// which of its blocks equal the base's.
 async fn patch(
     shared: &Arc<Shared>,
     store: &Store,
@@ -211,13 +327,11 @@ async fn patch(
 ) -> Result<response::Kind, String> {
     let hash = |b: &[u8]| Hash::from_slice(b).ok_or_else(|| "hash is not 32 bytes".to_string());
     let (chunk, base) = (hash(&p.chunk)?, hash(&p.base)?);
-    let referenced = shared
-        .access
-        .referenced(shared, store)
-        .await
-        .map_err(|e| e.to_string())?;
-    if !referenced.contains(&iroh_blobs::Hash::from(chunk.0)) {
-        return Err("this store references no such chunk".into());
+    let cas = shared.node.cas();
+    for h in [chunk, base] {
+        if !cas.owns(store.id(), h).await.map_err(|e| e.to_string())? {
+            return Err("this store owns no such chunk".into());
+        }
     }
     let cas = shared.node.cas().clone();
     blocking(move || {
@@ -329,12 +443,20 @@ async fn redeem(
             });
         }
     }
+    let (sh, st) = (shared.clone(), store.clone());
+    let secret = blocking(move || sh.topic_secret(&st))
+        .await
+        .and_then(|r| r)
+        .map_err(|e| e.to_string())?;
     Ok(pb::Response {
         kind: Some(response::Kind::Redeemed(pb::Redeemed {
             founder: Bytes::copy_from_slice(&store.founder().0),
             store_name: crate::node::store_name(store),
             peers,
             witness_len: store.applied(),
+            topic_secret: secret
+                .map(|s| Bytes::copy_from_slice(&s))
+                .unwrap_or_default(),
         })),
     })
 }
