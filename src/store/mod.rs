@@ -53,6 +53,8 @@
 
 mod actor;
 mod apply;
+#[cfg(test)]
+mod chain_tests;
 mod cut;
 mod error;
 mod index;
@@ -74,10 +76,14 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 
 pub use actor::{BeforeDurable, BATCH_WINDOW, DURABLE_EVERY, SNAPSHOT_EVERY, SNAPSHOT_INTENTIONS};
 pub(crate) use apply::is_refusal;
-pub use apply::{MAX_CLOCK_SKEW_MS, MAX_FLOATING};
+pub use apply::{
+    MAX_CLOCK_SKEW_MS, MAX_FLOATING, MAX_FLOATING_BYTES_PER_AUTHOR,
+    MAX_FLOATING_BYTES_PER_STRANGER, MAX_FLOATING_PER_AUTHOR, MAX_FLOATING_PER_STRANGER,
+    MAX_FLOATING_STRANGERS, MAX_FLOATING_STRANGER_BYTES,
+};
 pub use error::{InviteError, StoreError};
 pub use index::{BareIndex, IndexView, BLOCK_ITEMS, MAX_BLOCK_ITEMS};
-pub use members::invite_id;
+pub use members::{invite_id, Equivocator};
 
 use crate::fs::op::{FileId, Op, OpBody, OpId, Role};
 use crate::fs::{FsError, FsState, FsStats};
@@ -109,6 +115,11 @@ pub enum ApplyOutcome {
     Floating {
         /// The first predecessor not yet applied.
         missing: Hash,
+    },
+    /// Stamped too far ahead of this node's clock: parked until wall time `until_ms`.
+    Early {
+        /// Unix ms from which it may be applied.
+        until_ms: u64,
     },
 }
 
@@ -394,7 +405,7 @@ impl Store {
         }
         let counts = Counts {
             intentions: intentions.len()?,
-            floating: txn.open_table(FLOATING)?.len()?,
+            floating: txn.open_table(FLOATING)?.len()? + tables::early_len(&txn)?,
         };
         drop((meta, witness, intentions, txn));
         clock.lock().observe(last_local);
@@ -570,6 +581,12 @@ impl Store {
         self.handle.shutdown()
     }
 
+    /// Replaces the wall clock the skew rule reads (tests).
+    #[cfg(test)]
+    fn set_wall(&self, wall: actor::Wall) {
+        *self.handle.shared.wall.write() = wall;
+    }
+
     /// The actor's digest of the stored tables (tests).
     #[cfg(test)]
     fn digest(&self) -> Result<tests::Digest, StoreError> {
@@ -613,6 +630,7 @@ fn new_shared(
         events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
         index,
         before_durable: RwLock::new(None),
+        wall: RwLock::new(Arc::new(now_ms)),
     }
 }
 
