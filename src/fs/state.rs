@@ -212,9 +212,15 @@ impl FsState {
         self.members.list()
     }
 
-    /// The strongest role `key` was ever granted, revocations aside (see `fs::members`).
-    pub fn strongest_role(&self, key: &PublicKey) -> Option<Role> {
-        self.members.strongest(key)
+    /// The counting grants of `key` with their roles in op id order, revocations aside
+    /// (see `fs::members`).
+    pub fn grants(&self, key: &PublicKey) -> Vec<(OpId, Role)> {
+        self.members.grants(key)
+    }
+
+    /// Every key ever granted a role, revoked ones included.
+    pub fn granted(&self) -> Vec<PublicKey> {
+        self.members.granted().collect()
     }
 
     /// The author-chain length past which `key`'s intentions are void, if it is revoked.

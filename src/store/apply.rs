@@ -29,9 +29,16 @@
 //!    yet in the reconciliation index, so every replica fetches them and reaches the
 //!    same verdict. A is then treated as revoked just before its fork: its applied
 //!    intentions from there on are voided (`cut`) and later ones refused and recorded.
-//! 6. A's strongest granted role must be Writer, or Admin if the intention holds a
-//!    system op ([`StoreError::NotMember`], [`StoreError::NotAdmin`]); such refusals are
-//!    not recorded: an honest author's grant is always in its causal past.
+//! 6. A's role at s must be Writer, or Admin if the intention holds a system op
+//!    ([`StoreError::NotMember`], [`StoreError::NotAdmin`]). A `SetMember` for A has a
+//!    position: the chain seq of A's latest intention that the intention holding it
+//!    names (0 if none; an honest admin names A's tip). A's role at s is that of its
+//!    latest counting `SetMember` (by op id) positioned before s. So a demotion takes
+//!    rights from A's intentions past what the demoting admin had seen, and only
+//!    those; a late demotion voids them like a late revocation (`cut`). Such refusals
+//!    are not recorded, since an honest author's grant is always in its causal past,
+//!    unless A once had a role covering the intention: then A was demoted, which is
+//!    as final as a revocation ([`StoreError::Demoted`], recorded).
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -133,6 +140,7 @@ pub(crate) fn is_refusal(e: &StoreError) -> bool {
             | StoreError::ForeignPrev { .. }
             | StoreError::Revoked { .. }
             | StoreError::Equivocation { .. }
+            | StoreError::Demoted { .. }
             | StoreError::Stale { .. }
             | StoreError::FloatingFull(_)
     )
@@ -172,7 +180,11 @@ pub(crate) fn apply_remote(
             let woken = wake(t, cx, counts, i.hash)?;
             Ok(ApplyOutcome::Applied { woken })
         }
-        Err(e @ (StoreError::Revoked { .. } | StoreError::Equivocation { .. })) => {
+        Err(
+            e @ (StoreError::Revoked { .. }
+            | StoreError::Equivocation { .. }
+            | StoreError::Demoted { .. }),
+        ) => {
             wake(t, cx, counts, i.hash)?;
             Err(e)
         }
@@ -267,7 +279,23 @@ fn seal_one(
     // Ops were stamped when pushed; heads applied since then may be stamped later, and
     // naming them would break rule 3: they wait for the next intention.
     let first = ops.iter().map(|o| o.hlc).min().unwrap_or_default();
-    let deps = t.deps_for_next(first)?;
+    let mut deps = Vec::new();
+    // A grant names the member's tip: its position is what this admin has seen.
+    for op in &ops {
+        if let OpBody::SetMember { key, .. } = &op.body {
+            if let Some((tip, hlc)) = t.tip(key)? {
+                if hlc < first && !deps.contains(&tip) {
+                    deps.push(tip);
+                }
+            }
+        }
+    }
+    for h in t.deps_for_next(first)? {
+        if !deps.contains(&h) {
+            deps.push(h);
+        }
+    }
+    deps.truncate(crate::intention::MAX_DEPS);
     let i = Intention::create(identity, cx.id, prev, deps, ops)?;
     if !is_genesis(cx, counts.intentions, &i) {
         check_order(t, &i)?;
@@ -520,16 +548,105 @@ pub(crate) fn is_genesis(cx: &Ctx<'_>, applied: u64, i: &Intention) -> bool {
     applied == 0 && i.prev.is_none() && i.deps.is_empty() && i.author == cx.founder
 }
 
-/// Rule 4 of the module doc: the author's strongest granted role covers the ops.
-pub(crate) fn check_authority(state: &FsState, i: &Intention) -> Result<(), StoreError> {
-    let strongest = state.strongest_role(&i.author);
-    if !strongest.is_some_and(|r| r.covers(Role::Writer)) {
+/// Rule 6 of the module doc: the author's role at chain seq `seq` covers the ops.
+pub(crate) fn check_authority(
+    t: &Tables<'_>,
+    state: &FsState,
+    i: &Intention,
+    seq: u64,
+) -> Result<(), StoreError> {
+    let role = role_at(t, state, &i.author, seq)?;
+    if !role.is_some_and(|r| r.covers(Role::Writer)) {
         return Err(StoreError::NotMember(i.author));
     }
-    if i.ops.iter().any(|op| op.body.is_system()) && strongest != Some(Role::Admin) {
+    if i.ops.iter().any(|op| op.body.is_system()) && role != Some(Role::Admin) {
         return Err(StoreError::NotAdmin(i.author));
     }
     Ok(())
+}
+
+/// The role of `key`'s intention at chain seq `seq`: that of its latest counting grant
+/// positioned before it (see the module doc).
+pub(crate) fn role_at(
+    t: &Tables<'_>,
+    state: &FsState,
+    key: &PublicKey,
+    seq: u64,
+) -> Result<Option<Role>, StoreError> {
+    for (id, role) in state.grants(key).into_iter().rev() {
+        if grant_position(t, &id)? < seq {
+            return Ok(Some(role));
+        }
+    }
+    Ok(None)
+}
+
+/// True if some counting grant of `i`'s author, wherever placed, covers `i`.
+fn was_covered(state: &FsState, i: &Intention) -> bool {
+    let need = if i.ops.iter().any(|op| op.body.is_system()) {
+        Role::Admin
+    } else {
+        Role::Writer
+    };
+    state
+        .grants(&i.author)
+        .iter()
+        .any(|(_, role)| role.covers(need))
+}
+
+fn grant_position(t: &Tables<'_>, id: &crate::fs::op::OpId) -> Result<u64, StoreError> {
+    Ok(t.grant_pos.get(id.to_bytes())?.map_or(0, |v| v.value()))
+}
+
+/// Records the position of each `SetMember` in `i`; true if one may take rights from
+/// intentions already applied (a role below Admin, placed before the member's tip).
+fn place_grants(t: &mut Tables<'_>, i: &Intention) -> Result<bool, StoreError> {
+    let mut demotes = false;
+    for op in &i.ops {
+        let OpBody::SetMember { key, role, .. } = &op.body else {
+            continue;
+        };
+        let mut position = 0;
+        for h in i.prev.iter().chain(&i.deps) {
+            if let Some((author, seq)) = t.seq_of(h)? {
+                if author == *key {
+                    position = position.max(seq);
+                }
+            }
+        }
+        t.grant_pos.insert(op.id(i.author).to_bytes(), position)?;
+        demotes |= *role != Role::Admin && !t.chain_after(key, position)?.is_empty();
+    }
+    Ok(demotes)
+}
+
+/// Applied intentions whose author's role at their chain seq (by the grants in
+/// `state`) no longer covers them: what a demotion takes.
+pub(crate) fn demoted(t: &Tables<'_>, state: &FsState) -> Result<Vec<Hash>, StoreError> {
+    let mut out = Vec::new();
+    for key in state.granted() {
+        let grants = state.grants(&key);
+        // One grant rules all the key's intentions, which rebuilding checked already.
+        if grants.len() < 2 || grants.iter().all(|(_, role)| *role == Role::Admin) {
+            continue;
+        }
+        let mut from = u64::MAX;
+        for (id, _) in &grants {
+            from = from.min(grant_position(t, id)?);
+        }
+        for h in t.chain_after(&key, from)? {
+            let Some(bytes) = t.intentions.get(h.0)? else {
+                continue;
+            };
+            let i = Intention::decode(Bytes::copy_from_slice(bytes.value()))
+                .map_err(|e| StoreError::Corrupt(format!("stored intention {h}: {e}")))?;
+            let seq = t.seq_of(&h)?.map_or(0, |(_, s)| s);
+            if check_authority(t, state, &i, seq).is_err() {
+                out.push(h);
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn holds_revocation(i: &Intention) -> bool {
@@ -577,7 +694,17 @@ fn admit(
         seq,
     };
     let fork = t.fork_of(&i.author)?;
-    check_authority(&cx.state.read(), i)?;
+    if let Err(e) = check_authority(t, &cx.state.read(), i, seq) {
+        if !was_covered(&cx.state.read(), i) {
+            return Err(e);
+        }
+        // Demoted: as final as a revocation, recorded so dependents resolve.
+        refuse(t, cx, i, seq, false)?;
+        return Err(StoreError::Demoted {
+            author: i.author,
+            seq,
+        });
+    }
     check_order(t, i)?;
     if let Some((at, pair)) = fork.filter(|(at, _)| *at == seq) {
         let mut all = [pair[0], pair[1], i.hash];
@@ -704,6 +831,7 @@ fn integrate(
     let chain = chain_seq(t, i)?;
     t.add_chain(&i.author, chain, &i.hash)?;
     t.add_hlc(&i.hash, i.hlc)?;
+    let demotes = place_grants(t, i)?;
     let seq = t.append_witness(&i.hash)?;
     t.intentions.insert(i.hash.0, &i.bytes[..])?;
     let key = index_key(i.hlc, &i.hash);
@@ -737,7 +865,7 @@ fn integrate(
     };
     let mut effects = cx.effects.borrow_mut();
     effects.applied += usize::from(local.is_none());
-    effects.revoked |= holds_revocation(i);
+    effects.revoked |= holds_revocation(i) || demotes;
     for f in touched.into_iter().flatten() {
         t.add_history(f, seq, &i.hash)?;
         if local.is_none() {
@@ -797,7 +925,9 @@ fn wake(
                     tracing::warn!(hash = %i.hash, error = %e, "dropping floating intention");
                     if matches!(
                         e,
-                        StoreError::Revoked { .. } | StoreError::Equivocation { .. }
+                        StoreError::Revoked { .. }
+                            | StoreError::Equivocation { .. }
+                            | StoreError::Demoted { .. }
                     ) {
                         queue.push(i.hash);
                     }

@@ -640,3 +640,90 @@ fn parked_intentions_of_a_revoked_author_are_dropped_and_it_may_park_no_more() {
     assert!(store.is_refused(&waits.hash));
     assert_eq!(store.stats().floating, 0);
 }
+
+/// Admin `a` grants admin `x`; `x` grants writer `y` in `x1`; `a` then demotes `x` to
+/// writer after seeing `x1`, concurrently with `x2`, in which `x` grants writer `z`,
+/// and `x3`, a plain write; `y` and `z` each write once.
+struct Demotion {
+    a: Identity,
+    all: Vec<Intention>,
+    kept: Vec<Hash>,
+}
+
+fn demotion() -> Demotion {
+    let [a, x, y, z] = <[Identity; 4]>::try_from(ids(4)).ok().unwrap();
+    let g = by(
+        &a,
+        None,
+        &[],
+        vec![
+            op(10, grant(a.public(), Role::Admin)),
+            op(11, grant(x.public(), Role::Admin)),
+        ],
+    );
+    let x1 = by(
+        &x,
+        None,
+        &[&g],
+        vec![op(20, grant(y.public(), Role::Writer))],
+    );
+    let d = by(
+        &a,
+        Some(&g),
+        &[&x1],
+        vec![op(21, grant(x.public(), Role::Writer))],
+    );
+    let x2 = by(
+        &x,
+        Some(&x1),
+        &[&x1],
+        vec![op(22, grant(z.public(), Role::Writer))],
+    );
+    let x3 = by(&x, Some(&x2), &[&x2], vec![op(23, create("x3"))]);
+    let y1 = by(&y, None, &[&x1], vec![op(24, create("y1"))]);
+    let z1 = by(&z, None, &[&x2], vec![op(25, create("z1"))]);
+    Demotion {
+        a,
+        kept: vec![g.hash, x1.hash, d.hash, x3.hash, y1.hash],
+        all: vec![g, x1, d, x2, x3, y1, z1],
+    }
+}
+
+#[test]
+fn a_demotion_takes_the_rights_of_the_members_later_intentions_and_only_those() {
+    let h = demotion();
+    let tmp = tempfile::tempdir().unwrap();
+    let early = replica(&tmp.path().join("e"), &h.a, Identity::generate());
+    let late = replica(&tmp.path().join("l"), &h.a, Identity::generate());
+    feed(&early, &h.all, &[0, 1, 2, 3, 4, 5, 6]);
+    feed(&late, &h.all, &[0, 1, 3, 4, 5, 6, 2]);
+    assert_eq!(outcome(&early), outcome(&late));
+    let (_, applied, _) = outcome(&late);
+    assert_eq!(applied, {
+        let mut k = h.kept.clone();
+        k.sort();
+        k
+    });
+    for s in [&early, &late] {
+        assert!(has(s, "x3") && has(s, "y1"), "a writer still writes");
+        assert!(!has(s, "z1"), "the grant after the demotion is void");
+        assert!(s.read(|st| st.member(&Identity::from_seed([4; 32]).public()).is_none()));
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn replicas_receiving_a_demotion_in_any_order_converge(
+        order in Just((0..7usize).collect::<Vec<_>>()).prop_shuffle(),
+    ) {
+        let h = demotion();
+        let tmp = tempfile::tempdir().unwrap();
+        let reference = replica(&tmp.path().join("ref"), &h.a, Identity::generate());
+        feed(&reference, &h.all, &[0, 1, 2, 3, 4, 5, 6]);
+        let store = replica(&tmp.path().join("r"), &h.a, Identity::generate());
+        feed(&store, &h.all, &order);
+        prop_assert_eq!(outcome(&store), outcome(&reference));
+    }
+}

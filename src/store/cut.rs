@@ -18,6 +18,10 @@
 //! witness log after the snapshot, skipping refused entries) gives the same state. The
 //! witness log itself is never rewritten: its hash chain stays intact.
 //!
+//! A demotion (a `SetMember` below Admin, positioned in the member's chain, see
+//! `apply` rule 6) applied after intentions it takes rights from voids them the same
+//! way: [`revise`] also voids what the final grants no longer cover.
+//!
 //! Fork evidence stays in the reconciliation index even when voided, so replicas
 //! exchange it; evidence of a fork past a revocation's cut proves nothing more and is
 //! dropped, as a replica that learnt the revocation first never records it. Parked
@@ -36,7 +40,7 @@ use crate::fs::FsState;
 use crate::hlc::Hlc;
 use crate::intention::{Hash, Intention};
 use crate::store::apply::{
-    check_authority, cuts, drop_evidence, is_genesis, purge_parked, Counts, Ctx,
+    check_authority, cuts, demoted, drop_evidence, is_genesis, purge_parked, Counts, Ctx,
 };
 use crate::store::error::StoreError;
 use crate::store::tables::{index_key, Tables};
@@ -60,6 +64,11 @@ pub(crate) fn revise(
         for (key, upto) in cuts(t, state)? {
             purge_parked(t, counts, &key)?;
             past.extend(t.chain_after(&key, upto)?);
+        }
+        for h in demoted(t, state)? {
+            if !past.contains(&h) {
+                past.push(h);
+            }
         }
         if past.is_empty() {
             break;
@@ -130,7 +139,8 @@ fn rebuild(
         };
         let i = Intention::decode(Bytes::copy_from_slice(bytes.value()))
             .map_err(|e| StoreError::Corrupt(format!("stored intention {hash}: {e}")))?;
-        if !is_genesis(cx, applied, &i) && check_authority(&fresh, &i).is_err() {
+        let seq = t.seq_of(&hash)?.map_or(0, |(_, seq)| seq);
+        if !is_genesis(cx, applied, &i) && check_authority(t, &fresh, &i, seq).is_err() {
             lost.push(hash);
             continue;
         }

@@ -54,6 +54,15 @@ pub enum StoreError {
         /// The refused intention's place in the author's chain.
         seq: u64,
     },
+    /// The author was demoted before this place in its chain, and its role there does
+    /// not cover the intention (it once had a role that would).
+    #[error("author {author:?} was demoted before its intention #{seq}")]
+    Demoted {
+        /// The demoted author.
+        author: PublicKey,
+        /// The intention's place in the author's chain.
+        seq: u64,
+    },
     /// An op of the intention is stamped at or before its `prev` or one of its deps.
     #[error("intention {hash} has an op stamped no later than its predecessor {before}")]
     Stale {

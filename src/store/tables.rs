@@ -47,10 +47,16 @@ pub(crate) const HLCS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::
 /// (wall ms at which it may be applied, hash) -> signed bytes of an intention stamped
 /// too far ahead of this node's clock: it waits until its time comes.
 pub(crate) const EARLY: TableDefinition<(u64, [u8; 32]), &[u8]> = TableDefinition::new("early");
-/// (author, hash) -> (park order, missing hash or zero, wall ms it waits for or zero,
-/// bytes, 1 if counted in the strangers' pool) of every floating or early intention.
-pub(crate) const PARKED: TableDefinition<([u8; 32], [u8; 32]), (u64, [u8; 32], u64, u64, u8)> =
+/// A parked intention: (park order, missing hash or zero, wall ms it waits for or zero,
+/// bytes, 1 if counted in the strangers' pool).
+pub(crate) type ParkedRow = (u64, [u8; 32], u64, u64, u8);
+/// (author, hash) -> [`ParkedRow`] of every floating or early intention.
+pub(crate) const PARKED: TableDefinition<([u8; 32], [u8; 32]), ParkedRow> =
     TableDefinition::new("parked");
+/// `SetMember` op id -> its position: the chain seq of the member's latest intention
+/// that the intention holding it names as prev or dep (0 if none). The grant rules the
+/// member's intentions past that position.
+pub(crate) const GRANT_POS: TableDefinition<[u8; 44], u64> = TableDefinition::new("grant_pos");
 /// Author -> (count, bytes) of its parked intentions; the all-zero key holds the
 /// strangers' pool.
 pub(crate) const QUOTA: TableDefinition<[u8; 32], (u64, u64)> = TableDefinition::new("quota");
@@ -203,7 +209,9 @@ pub(crate) struct Tables<'t> {
     /// See [`EARLY`].
     pub early: Table<'t, (u64, [u8; 32]), &'static [u8]>,
     /// See [`PARKED`].
-    pub parked: Table<'t, ([u8; 32], [u8; 32]), (u64, [u8; 32], u64, u64, u8)>,
+    pub parked: Table<'t, ([u8; 32], [u8; 32]), ParkedRow>,
+    /// See [`GRANT_POS`].
+    pub grant_pos: Table<'t, [u8; 44], u64>,
     /// See [`QUOTA`].
     pub quota: Table<'t, [u8; 32], (u64, u64)>,
     /// See [`META`].
@@ -230,6 +238,7 @@ impl<'t> Tables<'t> {
             hlcs: txn.open_table(HLCS)?,
             early: txn.open_table(EARLY)?,
             parked: txn.open_table(PARKED)?,
+            grant_pos: txn.open_table(GRANT_POS)?,
             quota: txn.open_table(QUOTA)?,
             meta: txn.open_table(META)?,
             projection: txn.open_table(PROJECTION)?,
