@@ -376,6 +376,31 @@ mod tests {
     }
 
     #[test]
+    fn an_equivocator_is_shown_in_status_and_peers() {
+        let status = StatusResponse {
+            stores: vec![StoreStatus {
+                name: "docs".into(),
+                equivocators: vec!["ab".repeat(32)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(status_human(&status).contains("abababababababab equivocated"));
+        assert!(
+            status_json(&status).contains(&format!(r#""equivocators":["{}"]"#, "ab".repeat(32)))
+        );
+        let peer = PeerEntry {
+            key: "cd".repeat(32),
+            name: "mallory".into(),
+            role: "writer".into(),
+            equivocator: true,
+            ..Default::default()
+        };
+        assert!(peers_human(std::slice::from_ref(&peer)).contains("writer (equivocated)"));
+        assert!(peers_json(&[peer]).contains(r#""equivocator":true"#));
+    }
+
+    #[test]
     fn status_json_holds_every_store() {
         let status = StatusResponse {
             node_id: "ab".into(),

@@ -59,7 +59,10 @@ impl FsState {
     }
 
     /// Applies one op by `author`. Callers deliver ops causally (every id an op names was
-    /// applied before); otherwise any order. Idempotent per op id. Never panics on odd input.
+    /// applied before); otherwise any order. Idempotent per op id: a second op under an
+    /// applied id is ignored, so callers must never deliver two different ops under one
+    /// id (the store refuses an author's ops stamped before its previous intention, and
+    /// forks of its chain). Never panics on odd input.
     pub fn apply(&mut self, author: PublicKey, op: &Op) {
         let id = op.id(author);
         if id == OpId::ROOT || !self.applied.insert(id) {

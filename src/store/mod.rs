@@ -19,21 +19,32 @@
 //! - `chain`: (author, seq, hash) -> () of every applied intention (revocation cuts).
 //! - `refused`: hash -> bytes of an intention voided past a revocation cut, or empty if
 //!   refused on arrival; counts as known, so deps naming it resolve (see `cut`).
-//! - `meta`: `store_id`, `founder` (author of the genesis intention), `last_local_hlc`.
+//! - `evidence`: author -> (fork seq, the two smallest-hash intentions there): proof of
+//!   equivocation; those stay in `index` so every replica fetches them (see `apply`).
+//! - `hlcs`: hash -> HLC of every applied, refused or evidence intention (clock order).
+//! - `early`: (due wall ms, hash) -> bytes of an intention stamped too far ahead.
+//! - `parked`, `quota`: each floating or early intention by author, and per-author
+//!   (count, bytes), for the floating quotas.
+//! - `grant_pos`: `SetMember` op id -> its position in the member's chain (roles).
+//! - `meta`: `store_id`, `founder` (author of the genesis intention), `last_local_hlc`,
+//!   `park_order`.
 //! - `projection`: witness seq -> `FsState` snapshot bytes reflecting exactly the log
 //!   up to that seq; one row.
 //!
 //! ## Apply pipeline
 //! Received bytes: decode and verify ([`Intention::decode`]: limits, signature, ops) ->
 //! store id must match -> a known hash is a no-op -> a missing `prev`/dep parks it as
-//! floating -> membership rules (`apply`: own `prev`, revocation cut, strongest granted
-//! role; the founder's genesis intention is exempt) -> witness, intention,
+//! early (stamped too far ahead: waits in `early`) -> a missing `prev`/dep parks it as
+//! floating (both within per-author quotas) -> membership rules (`apply`: own `prev`,
+//! revocation cut, one chain per author, role at its chain seq, ops stamped after
+//! their predecessors; the founder's genesis intention is exempt) -> witness, intention,
 //! index, tips, heads, history rows are written, the ops applied to the projection, and
 //! floating dependents woken and applied the same way, transitively. A refusal returns
 //! an error before any write. Membership is checked when an intention becomes
 //! applicable, so intentions may float before the op that admits their author arrives;
-//! a woken one whose author is not a member is dropped. A revocation applied after
-//! intentions it cuts voids them and rebuilds the projection (`cut`). Members, invites
+//! a woken one whose author is not a member is dropped. A revocation, a proven fork or
+//! a demotion applied after intentions it cuts voids them and rebuilds the projection
+//! (`cut`). Members, invites
 //! and revocation are driven through `members` (admin only).
 //!
 //! ## Local writes
