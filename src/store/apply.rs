@@ -146,7 +146,8 @@ pub(crate) fn is_refusal(e: &StoreError) -> bool {
     )
 }
 
-/// Verifies and applies received bytes. A refusal returns before any write.
+/// Verifies and applies received bytes. A refusal writes nothing but the record of an
+/// intention refused for good (past a cut, demoted, or fork evidence).
 pub(crate) fn apply_remote(
     t: &mut Tables<'_>,
     cx: &Ctx<'_>,
