@@ -6,9 +6,9 @@
 //! Parking. An intention stamped more than [`MAX_CLOCK_SKEW_MS`] ahead of this node's
 //! wall time waits in `early` until its time comes; one whose `prev` or a dep is not
 //! known yet floats. Both count against its author's quota ([`MAX_FLOATING_PER_AUTHOR`]
-//! and bytes); an author that is not a member in the projection gets the smaller
-//! stranger quota, inside a pool all strangers share, so no key nor set of keys can
-//! crowd out a member's out-of-order intentions. Over quota, the author's own oldest
+//! and bytes); an author that is not a member in the projection (once the genesis
+//! intention is applied) gets the smaller stranger quota, inside a pool all strangers
+//! share, so no key nor set of keys can crowd out a member's out-of-order intentions. Over quota, the author's own oldest
 //! parked intention is evicted. A revoked or equivocating author may not park at all.
 //!
 //! Admission of an intention by author A with author-chain seq s (seq(prev) + 1, 1
@@ -349,12 +349,15 @@ fn park(
             check_cut(t, cx, i, seq)?;
         }
     }
+    // Before the genesis intention nobody is known to be a member: a new replica
+    // bootstrapping out of order gets the member quotas (and the global cap).
     let stranger = cut.is_some()
-        || !cx
-            .state
-            .read()
-            .member(&i.author)
-            .is_some_and(|(role, _)| role.covers(Role::Writer));
+        || (counts.intentions > 0
+            && !cx
+                .state
+                .read()
+                .member(&i.author)
+                .is_some_and(|(role, _)| role.covers(Role::Writer)));
     let (max_count, max_bytes) = if stranger {
         (MAX_FLOATING_PER_STRANGER, MAX_FLOATING_BYTES_PER_STRANGER)
     } else {
