@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use lattice_mount::fs::op::{Content, Role};
 use lattice_mount::store::Store;
-use peers::*;
 use tokio::sync::mpsc;
+use peers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_nodes_share_a_store_through_an_invite() {

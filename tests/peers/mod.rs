@@ -42,7 +42,11 @@ impl Peer {
             bind: Some("127.0.0.1:0".parse().unwrap()),
         };
         let net = Net::start(node.clone(), config).await.unwrap();
-        Peer { node, net, dir }
+        Peer {
+            node,
+            net,
+            dir,
+        }
     }
 
     pub async fn stop(self) -> tempfile::TempDir {
@@ -141,6 +145,7 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
 
 pub async fn team() -> (Peer, Peer) {
     let a = Peer::start("alice").await;
