@@ -561,20 +561,31 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
         }
         Some(request::Kind::Join(_)) => return error_response("join is handled on its own".into()),
         Some(request::Kind::Peers(p)) => match ctx.net.peers(&p.store) {
-            Ok(list) => response::Kind::Peers(PeersResponse {
-                peers: list
+            Ok(list) => {
+                let equivocators: Vec<_> = ctx
+                    .node
+                    .store_by_name(&p.store)
+                    .and_then(|s| s.equivocators().ok())
+                    .unwrap_or_default()
                     .into_iter()
-                    .map(|p| PeerEntry {
-                        key: p.key.to_hex(),
-                        name: p.name,
-                        role: format!("{:?}", p.role).to_lowercase(),
-                        me: p.me,
-                        online: p.online,
-                        last_seen_ms: p.last_seen.map(|d| d.as_millis() as u64),
-                        addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
-                    })
-                    .collect(),
-            }),
+                    .map(|q| q.key)
+                    .collect();
+                response::Kind::Peers(PeersResponse {
+                    peers: list
+                        .into_iter()
+                        .map(|p| PeerEntry {
+                            key: p.key.to_hex(),
+                            name: p.name,
+                            role: format!("{:?}", p.role).to_lowercase(),
+                            me: p.me,
+                            online: p.online,
+                            last_seen_ms: p.last_seen.map(|d| d.as_millis() as u64),
+                            addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
+                            equivocator: equivocators.contains(&p.key),
+                        })
+                        .collect(),
+                })
+            }
             Err(e) => return error_response(e.to_string()),
         },
         Some(request::Kind::Revoke(r)) => {

@@ -52,6 +52,16 @@ pub fn status_human(s: &StatusResponse) -> String {
     }
     out.push('\n');
     out.push_str(&table(&rows));
+    for st in &s.stores {
+        for key in &st.equivocators {
+            let _ = writeln!(
+                out,
+                "store {}: {} equivocated (signed two intentions at one place); its later intentions are refused",
+                printable(&st.name),
+                key.get(..16).unwrap_or(key)
+            );
+        }
+    }
     out
 }
 
@@ -94,10 +104,15 @@ pub fn peers_human(peers: &[PeerEntry]) -> String {
                 None => "offline".to_string(),
             }
         };
+        let role = if p.equivocator {
+            format!("{} (equivocated)", p.role)
+        } else {
+            p.role.clone()
+        };
         rows.push(vec![
             printable(&p.name),
             p.key.get(..16).unwrap_or(&p.key).to_string(),
-            p.role.clone(),
+            role,
             state,
             p.addrs.join(" "),
         ]);
@@ -113,7 +128,7 @@ pub fn peers_json(peers: &[PeerEntry]) -> String {
             let addrs: Vec<String> = p.addrs.iter().map(|a| json_string(a)).collect();
             format!(
                 "{{\"key\":{},\"name\":{},\"role\":{},\"me\":{},\"online\":{},\
-                 \"last_seen_ms\":{},\"addrs\":[{}]}}",
+                 \"last_seen_ms\":{},\"addrs\":[{}],\"equivocator\":{}}}",
                 json_string(&p.key),
                 json_string(&p.name),
                 json_string(&p.role),
@@ -121,7 +136,8 @@ pub fn peers_json(peers: &[PeerEntry]) -> String {
                 p.online,
                 p.last_seen_ms
                     .map_or("null".to_string(), |ms| ms.to_string()),
-                addrs.join(",")
+                addrs.join(","),
+                p.equivocator
             )
         })
         .collect();
@@ -191,7 +207,7 @@ pub fn status_json(s: &StatusResponse) -> String {
             format!(
                 "{{\"name\":{},\"id\":{},\"intentions\":{},\"floating\":{},\"files\":{},\
                  \"dirs\":{},\"bytes\":{},\"conflicts\":{},\"paused\":{},\"fetch\":{},\
-                 \"peers_online\":{},\"members\":{},\"unsent\":{}}}",
+                 \"peers_online\":{},\"members\":{},\"unsent\":{},\"equivocators\":[{}]}}",
                 json_string(&st.name),
                 json_string(&st.id),
                 st.intentions,
@@ -204,7 +220,12 @@ pub fn status_json(s: &StatusResponse) -> String {
                 json_string(&st.fetch_mode),
                 st.peers_online,
                 st.members,
-                st.unsent
+                st.unsent,
+                st.equivocators
+                    .iter()
+                    .map(|k| json_string(k))
+                    .collect::<Vec<_>>()
+                    .join(",")
             )
         })
         .collect();
@@ -352,6 +373,31 @@ mod tests {
                 "1970-01-01T00:00:00.000Z  fedcba98  0123456789abcdef  write 3 bytes",
             ]
         );
+    }
+
+    #[test]
+    fn an_equivocator_is_shown_in_status_and_peers() {
+        let status = StatusResponse {
+            stores: vec![StoreStatus {
+                name: "docs".into(),
+                equivocators: vec!["ab".repeat(32)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(status_human(&status).contains("abababababababab equivocated"));
+        assert!(
+            status_json(&status).contains(&format!(r#""equivocators":["{}"]"#, "ab".repeat(32)))
+        );
+        let peer = PeerEntry {
+            key: "cd".repeat(32),
+            name: "mallory".into(),
+            role: "writer".into(),
+            equivocator: true,
+            ..Default::default()
+        };
+        assert!(peers_human(std::slice::from_ref(&peer)).contains("writer (equivocated)"));
+        assert!(peers_json(&[peer]).contains(r#""equivocator":true"#));
     }
 
     #[test]

@@ -367,6 +367,15 @@ impl Node {
                     directories: stats.fs.dirs,
                     bytes: stats.fs.bytes,
                     conflicts: stats.fs.conflicts,
+                    equivocators: s
+                        .equivocators()
+                        .unwrap_or_else(|e| {
+                            tracing::warn!("equivocators unavailable: {e}");
+                            Vec::new()
+                        })
+                        .iter()
+                        .map(|q| q.key.to_hex())
+                        .collect(),
                     ..StoreStatus::default()
                 }
             })

@@ -13,10 +13,12 @@
 //!   revocations (enforced by the store), and a key cannot restart its author chain, so
 //!   a re-grant could not revive it consistently on every replica; readmit the device
 //!   under a new key instead.
-//! - [`Members::strongest`], the role the store checks intentions against, is the
-//!   strongest role a key was ever granted: a demotion changes what the member's own
-//!   node lets it do, not what replicas accept, because a demotion has no cut and a
-//!   check against it would depend on arrival order. Rights are taken by revocation.
+//! - What a member's own intentions may do is decided by the store (`store::apply`):
+//!   each `SetMember` has a position in the member's author chain (how much of it the
+//!   granting admin had seen), and an intention at chain seq s is checked against the
+//!   latest counting `SetMember` (by op id) positioned before s. So a demotion takes
+//!   rights from the member's intentions past what the admin saw, on every replica
+//!   alike, whatever order they arrive in; what came before keeps its rights.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -151,14 +153,14 @@ impl Members {
             .map(|(_, g)| (g.role, g.display_name.as_str()))
     }
 
-    /// The strongest role the key was ever granted, revocations aside.
-    pub fn strongest(&self, key: &PublicKey) -> Option<Role> {
-        self.grants
-            .get(key)?
-            .iter()
-            .filter(|(id, g)| self.counts(id, g))
-            .map(|(_, g)| g.role)
-            .reduce(|a, b| if a.covers(b) { a } else { b })
+    /// The key's counting grants with their roles, in op id order, revocations aside.
+    pub fn grants(&self, key: &PublicKey) -> Vec<(OpId, Role)> {
+        self.grants.get(key).map_or_else(Vec::new, |g| {
+            g.iter()
+                .filter(|(id, g)| self.counts(id, g))
+                .map(|(id, g)| (*id, g.role))
+                .collect()
+        })
     }
 
     /// The key's author-chain length past which its intentions are void, if revoked.
@@ -169,6 +171,11 @@ impl Members {
     /// Every revoked key with its cut.
     pub fn cuts(&self) -> impl Iterator<Item = (PublicKey, u64)> + '_ {
         self.cuts.iter().map(|(k, c)| (*k, *c))
+    }
+
+    /// Every key ever granted a role.
+    pub fn granted(&self) -> impl Iterator<Item = PublicKey> + '_ {
+        self.grants.keys().copied()
     }
 
     /// Current members in key order.

@@ -59,7 +59,10 @@ impl FsState {
     }
 
     /// Applies one op by `author`. Callers deliver ops causally (every id an op names was
-    /// applied before); otherwise any order. Idempotent per op id. Never panics on odd input.
+    /// applied before); otherwise any order. Idempotent per op id: a second op under an
+    /// applied id is ignored, so callers must never deliver two different ops under one
+    /// id (the store refuses an author's ops stamped before its previous intention, and
+    /// forks of its chain). Never panics on odd input.
     pub fn apply(&mut self, author: PublicKey, op: &Op) {
         let id = op.id(author);
         if id == OpId::ROOT || !self.applied.insert(id) {
@@ -212,9 +215,15 @@ impl FsState {
         self.members.list()
     }
 
-    /// The strongest role `key` was ever granted, revocations aside (see `fs::members`).
-    pub fn strongest_role(&self, key: &PublicKey) -> Option<Role> {
-        self.members.strongest(key)
+    /// The counting grants of `key` with their roles in op id order, revocations aside
+    /// (see `fs::members`).
+    pub fn grants(&self, key: &PublicKey) -> Vec<(OpId, Role)> {
+        self.members.grants(key)
+    }
+
+    /// Every key ever granted a role, revoked ones included.
+    pub fn granted(&self) -> Vec<PublicKey> {
+        self.members.granted().collect()
     }
 
     /// The author-chain length past which `key`'s intentions are void, if it is revoked.

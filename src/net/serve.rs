@@ -363,7 +363,11 @@ pub(crate) async fn apply_all(
         let (mut ok, mut refused) = (0, 0);
         for outcome in st.apply_remote_many(intentions) {
             match outcome {
-                Ok(ApplyOutcome::Applied { .. } | ApplyOutcome::Floating { .. }) => ok += 1,
+                Ok(
+                    ApplyOutcome::Applied { .. }
+                    | ApplyOutcome::Floating { .. }
+                    | ApplyOutcome::Early { .. },
+                ) => ok += 1,
                 Ok(ApplyOutcome::Duplicate) => {}
                 Err(e) if crate::store::is_refusal(&e) => {
                     tracing::info!("refused a received intention: {e}");

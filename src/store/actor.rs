@@ -16,7 +16,7 @@ use crate::fs::FsState;
 use crate::hlc::Clock;
 use crate::identity::{Identity, PublicKey};
 use crate::intention::{Hash, Intention, StoreId};
-use crate::store::apply::{apply_remote, is_refusal, seal_local, Counts, Ctx, Queued};
+use crate::store::apply::{apply_remote, is_refusal, release_due, seal_local, Counts, Ctx, Queued};
 use crate::store::cut::revise;
 use crate::store::error::StoreError;
 use crate::store::index::Index;
@@ -109,7 +109,12 @@ pub(crate) struct Shared {
     pub index: Index,
     /// Run before every durable commit (see [`crate::store::Store::set_before_durable`]).
     pub before_durable: RwLock<Option<BeforeDurable>>,
+    /// Wall time in Unix ms, for the clock skew rule (tests replace it).
+    pub wall: RwLock<Wall>,
 }
+
+/// A source of wall time in Unix ms.
+pub type Wall = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Makes what intentions refer to durable; an error names what could not be synced.
 pub type BeforeDurable = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
@@ -133,6 +138,7 @@ impl Shared {
             founder: self.founder,
             state: &self.state,
             clock: &self.clock,
+            now_ms: (self.wall.read())(),
             refused: &self.refused,
             summary: &self.index.working,
             effects: Default::default(),
@@ -155,6 +161,8 @@ struct Actor {
     last_durable: Instant,
     since_snapshot: u64,
     last_snapshot: Instant,
+    /// Wall ms at which the next early intention is due (0: check at the next pass).
+    next_early: Option<u64>,
 }
 
 /// Runs the actor until shutdown or a failed commit, then lets the database close.
@@ -172,6 +180,7 @@ fn serve(shared: std::sync::Arc<Shared>, counts: Counts) {
         last_durable: now,
         since_snapshot: 0,
         last_snapshot: now,
+        next_early: Some(0),
     };
     loop {
         let batch = actor.take();
@@ -239,6 +248,10 @@ impl Actor {
         if self.since_snapshot > 0 {
             t = t.min(self.last_snapshot + SNAPSHOT_EVERY);
         }
+        if let Some(due) = self.next_early {
+            let wall = (self.shared.wall.read())();
+            t = t.min(Instant::now() + Duration::from_millis(due.saturating_sub(wall)));
+        }
         t
     }
 
@@ -266,8 +279,12 @@ impl Actor {
         let snapshot = batch.last
             || self.since_snapshot >= SNAPSHOT_INTENTIONS
             || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY);
+        let early = self
+            .next_early
+            .is_some_and(|due| due <= (self.shared.wall.read())());
         let writes = !batch.ops.is_empty()
             || applies
+            || early
             || (durable && self.dirty)
             || (snapshot && self.since_snapshot > 0)
             || batch.last;
@@ -340,6 +357,7 @@ impl Actor {
                     }
                 }
             }
+            self.next_early = release_due(&mut t, &cx, &mut self.counts)?;
             if cx.effects.borrow().revoked {
                 // Under the write lock no Tx runs: seal the ops pushed since the batch
                 // was taken, so the rebuilt projection still holds them.

@@ -1,9 +1,13 @@
-//! Revocation cuts: voiding applied intentions that a revocation puts past its cut.
+//! Cuts: voiding applied intentions that a revocation or a proven fork puts past a cut.
 //!
 //! `RevokeMember { key, upto }` makes every intention of `key` with author-chain seq
-//! above `upto` invalid (the smallest `upto` holds if there are several). Arrival
-//! checks refuse such intentions (see `apply`); this module handles the other order,
-//! a revocation applied after post-cut intentions it did not know of (concurrent):
+//! above `upto` invalid (the smallest `upto` holds if there are several). A proven
+//! fork of `key` at chain seq `s` (two of its intentions there, see `apply`) cuts it at
+//! `s - 1` the same way: an equivocator is treated as revoked just before its fork,
+//! which every replica holding the evidence computes alike. Arrival checks refuse
+//! such intentions (see `apply`); this module handles the other order, a cut learnt
+//! after post-cut intentions were applied (a concurrent revocation, or the second
+//! branch of a fork):
 //! [`revise`] moves them from `intentions`, `index` and `chain` to `refused` (with
 //! their bytes, so they can still be served to replicas resolving deps), then rebuilds
 //! the projection by applying every remaining intention in witness order to a fresh
@@ -14,9 +18,18 @@
 //! witness log after the snapshot, skipping refused entries) gives the same state. The
 //! witness log itself is never rewritten: its hash chain stays intact.
 //!
+//! A demotion (a `SetMember` below Admin, positioned in the member's chain, see
+//! `apply` rule 6) applied after intentions it takes rights from voids them the same
+//! way: [`revise`] also voids what the final grants no longer cover.
+//!
+//! Fork evidence stays in the reconciliation index even when voided, so replicas
+//! exchange it; evidence of a fork past a revocation's cut proves nothing more and is
+//! dropped, as a replica that learnt the revocation first never records it. Parked
+//! intentions of a cut author are dropped.
+//!
 //! The projection being a function of the set of intentions, two replicas holding the
-//! same set reach the same state whether a revocation arrived before or after the
-//! intentions it cuts.
+//! same set reach the same state whether a revocation or a fork's second branch
+//! arrived before or after the intentions it cuts.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -26,7 +39,9 @@ use redb::ReadableTable;
 use crate::fs::FsState;
 use crate::hlc::Hlc;
 use crate::intention::{Hash, Intention};
-use crate::store::apply::{check_authority, is_genesis, Counts, Ctx};
+use crate::store::apply::{
+    check_authority, cuts, demoted, drop_evidence, is_genesis, purge_parked, Counts, Ctx,
+};
 use crate::store::error::StoreError;
 use crate::store::tables::{index_key, Tables};
 
@@ -40,9 +55,20 @@ pub(crate) fn revise(
 ) -> Result<usize, StoreError> {
     let mut voided = 0;
     loop {
+        for (key, at, _) in t.forks()? {
+            if state.revocation_cut(&key).is_some_and(|upto| upto < at) {
+                drop_evidence(t, cx, &key)?;
+            }
+        }
         let mut past = Vec::new();
-        for (key, upto) in state.revocation_cuts() {
+        for (key, upto) in cuts(t, state)? {
+            purge_parked(t, counts, &key)?;
             past.extend(t.chain_after(&key, upto)?);
+        }
+        for h in demoted(t, state)? {
+            if !past.contains(&h) {
+                past.push(h);
+            }
         }
         if past.is_empty() {
             break;
@@ -80,9 +106,11 @@ fn void(
         .ok_or_else(|| StoreError::Corrupt(format!("no chain seq for {hash}")))?
         .1;
     t.chain.remove((i.author.0, seq, hash.0))?;
-    let key = index_key(i.hlc, hash);
-    if t.index.remove(key)?.is_some() {
-        cx.summary.lock().remove(key);
+    if !t.is_evidence(&i.author, hash)? {
+        let key = index_key(i.hlc, hash);
+        if t.index.remove(key)?.is_some() {
+            cx.summary.lock().remove(key);
+        }
     }
     t.heads.remove(hash.0)?;
     t.add_refused(hash, &i.bytes)?;
@@ -111,7 +139,8 @@ fn rebuild(
         };
         let i = Intention::decode(Bytes::copy_from_slice(bytes.value()))
             .map_err(|e| StoreError::Corrupt(format!("stored intention {hash}: {e}")))?;
-        if !is_genesis(cx, applied, &i) && check_authority(&fresh, &i).is_err() {
+        let seq = t.seq_of(&hash)?.map_or(0, |(_, seq)| seq);
+        if !is_genesis(cx, applied, &i) && check_authority(t, &fresh, &i, seq).is_err() {
             lost.push(hash);
             continue;
         }

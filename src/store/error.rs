@@ -45,7 +45,33 @@ pub enum StoreError {
         /// The revocation's cut.
         upto: u64,
     },
-    /// Too many intentions are waiting for missing predecessors.
+    /// The author signed two intentions at one place of its chain (a second root or a
+    /// fork): it is an equivocator, and its intentions from its lowest fork on are void.
+    #[error("author {author:?} equivocated: two intentions at its chain seq {seq} or before")]
+    Equivocation {
+        /// The equivocating author.
+        author: PublicKey,
+        /// The refused intention's place in the author's chain.
+        seq: u64,
+    },
+    /// The author was demoted before this place in its chain, and its role there does
+    /// not cover the intention (it once had a role that would).
+    #[error("author {author:?} was demoted before its intention #{seq}")]
+    Demoted {
+        /// The demoted author.
+        author: PublicKey,
+        /// The intention's place in the author's chain.
+        seq: u64,
+    },
+    /// An op of the intention is stamped at or before its `prev` or one of its deps.
+    #[error("intention {hash} has an op stamped no later than its predecessor {before}")]
+    Stale {
+        /// The refused intention.
+        hash: Hash,
+        /// The predecessor stamped at or after it.
+        before: Hash,
+    },
+    /// Too many intentions are waiting for missing predecessors (or for their time).
     #[error("too many floating intentions (limit {0})")]
     FloatingFull(u64),
     /// `create` found a store already at this path.

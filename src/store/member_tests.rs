@@ -14,9 +14,9 @@ use crate::store::error::{InviteError, StoreError};
 use crate::store::tests::{clock, create};
 use crate::store::{invite_id, ApplyOutcome, Store};
 
-const ID: StoreId = StoreId([12; 16]);
+pub(super) const ID: StoreId = StoreId([12; 16]);
 
-fn op(wall_ms: u64, body: OpBody) -> Op {
+pub(super) fn op(wall_ms: u64, body: OpBody) -> Op {
     Op {
         hlc: Hlc {
             wall_ms,
@@ -26,7 +26,7 @@ fn op(wall_ms: u64, body: OpBody) -> Op {
     }
 }
 
-fn grant(key: PublicKey, role: Role) -> OpBody {
+pub(super) fn grant(key: PublicKey, role: Role) -> OpBody {
     OpBody::SetMember {
         key,
         role,
@@ -35,22 +35,27 @@ fn grant(key: PublicKey, role: Role) -> OpBody {
     }
 }
 
-fn by(who: &Identity, prev: Option<&Intention>, deps: &[&Intention], ops: Vec<Op>) -> Intention {
+pub(super) fn by(
+    who: &Identity,
+    prev: Option<&Intention>,
+    deps: &[&Intention],
+    ops: Vec<Op>,
+) -> Intention {
     let mut deps: Vec<Hash> = deps.iter().map(|i| i.hash).collect();
     deps.sort();
     Intention::create(who, ID, prev.map(|p| p.hash), deps, ops).unwrap()
 }
 
-fn ids(n: u8) -> Vec<Identity> {
+pub(super) fn ids(n: u8) -> Vec<Identity> {
     (1..=n).map(|i| Identity::from_seed([i; 32])).collect()
 }
 
-fn replica(dir: &Path, founder: &Identity, me: Identity) -> Store {
+pub(super) fn replica(dir: &Path, founder: &Identity, me: Identity) -> Store {
     Store::join(dir, ID, founder.public(), me, clock()).unwrap()
 }
 
 /// The visible outcome a replica reached: dump, applied set, heads.
-fn outcome(store: &Store) -> (String, Vec<Hash>, Vec<Hash>) {
+pub(super) fn outcome(store: &Store) -> (String, Vec<Hash>, Vec<Hash>) {
     let d = store.digest().unwrap();
     assert!(d.floating.is_empty());
     (
@@ -349,7 +354,9 @@ proptest! {
         let got = outcome(&store);
         prop_assert_eq!(&got, &outcome(&reference));
         prop_assert_eq!(got.1, { let mut k = h.kept.clone(); k.sort(); k });
-        prop_assert!(h.void.iter().all(|v| store.is_refused(v)));
+        // x2 is named by w1, so it is known; x3, needed by nothing, may have been
+        // dropped from the floating table with the verdict instead of recorded.
+        prop_assert!(store.is_refused(&h.void[0]));
     }
 }
 
@@ -495,7 +502,7 @@ fn concurrent_redemptions_of_one_invite_resolve_alike_in_any_order() {
     for s in &states {
         assert_eq!(s.member(&j1), Some((Role::Writer, "j")));
         assert_eq!(s.member(&j2), None, "the later redemption does not count");
-        assert_eq!(s.strongest_role(&j2), None);
+        assert!(s.grants(&j2).is_empty());
         assert_eq!(s.invite(&id, 1_000).unwrap().status, InviteStatus::Used(j1));
     }
     assert_eq!(states[0].canonical_dump(), states[1].canonical_dump());

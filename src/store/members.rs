@@ -1,6 +1,9 @@
 //! The membership API of a store: members, invites, redemption and revocation, each a
 //! signed system op pushed under the projection's write lock by an admin.
 //!
+//! [`Store::equivocators`] reports the authors proven to have signed two intentions at
+//! one place of their chain, with the evidence (see `apply` rule 5).
+//!
 //! The store records only an invite's id, the blake3 hash of its one-time secret.
 //! [`Store::redeem_invite`] checks the invite and pushes the joiner's `SetMember` under
 //! one write lock, so of two joiners presenting one secret exactly one wins. Expiry and
@@ -12,9 +15,22 @@ use crate::fs::op::{InviteId, OpBody, Role};
 use crate::fs::{InviteInfo, InviteStatus, MemberInfo};
 use crate::hlc::now_ms;
 use crate::identity::PublicKey;
+use crate::intention::Hash;
 use crate::store::actor::Request;
 use crate::store::error::{InviteError, StoreError};
+use crate::store::tables::read_forks;
 use crate::store::Store;
+
+/// An author proven to have equivocated: two of its intentions at one chain seq.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Equivocator {
+    /// Its key.
+    pub key: PublicKey,
+    /// The chain seq of its lowest proven fork; its intentions from there on are void.
+    pub seq: u64,
+    /// The two smallest-hash intentions at that seq, kept as evidence.
+    pub evidence: [Hash; 2],
+}
 
 /// The id under which an invite with this secret is recorded: blake3 of the secret.
 pub fn invite_id(secret: &[u8; 32]) -> InviteId {
@@ -22,6 +38,17 @@ pub fn invite_id(secret: &[u8; 32]) -> InviteId {
 }
 
 impl Store {
+    /// Authors proven to have equivocated, in key order, as of the last commit.
+    pub fn equivocators(&self) -> Result<Vec<Equivocator>, StoreError> {
+        use redb::ReadableDatabase;
+        let db = self.handle.shared.index.db()?;
+        let txn = db.begin_read()?;
+        Ok(read_forks(&txn)?
+            .into_iter()
+            .map(|(key, seq, evidence)| Equivocator { key, seq, evidence })
+            .collect())
+    }
+
     /// Current members in key order.
     pub fn members(&self) -> Vec<MemberInfo> {
         self.read(|s| s.members())

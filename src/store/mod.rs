@@ -19,21 +19,32 @@
 //! - `chain`: (author, seq, hash) -> () of every applied intention (revocation cuts).
 //! - `refused`: hash -> bytes of an intention voided past a revocation cut, or empty if
 //!   refused on arrival; counts as known, so deps naming it resolve (see `cut`).
-//! - `meta`: `store_id`, `founder` (author of the genesis intention), `last_local_hlc`.
+//! - `evidence`: author -> (fork seq, the two smallest-hash intentions there): proof of
+//!   equivocation; those stay in `index` so every replica fetches them (see `apply`).
+//! - `hlcs`: hash -> HLC of every applied, refused or evidence intention (clock order).
+//! - `early`: (due wall ms, hash) -> bytes of an intention stamped too far ahead.
+//! - `parked`, `quota`: each floating or early intention by author, and per-author
+//!   (count, bytes), for the floating quotas.
+//! - `grant_pos`: `SetMember` op id -> its position in the member's chain (roles).
+//! - `meta`: `store_id`, `founder` (author of the genesis intention), `last_local_hlc`,
+//!   `park_order`.
 //! - `projection`: witness seq -> `FsState` snapshot bytes reflecting exactly the log
 //!   up to that seq; one row.
 //!
 //! ## Apply pipeline
 //! Received bytes: decode and verify ([`Intention::decode`]: limits, signature, ops) ->
 //! store id must match -> a known hash is a no-op -> a missing `prev`/dep parks it as
-//! floating -> membership rules (`apply`: own `prev`, revocation cut, strongest granted
-//! role; the founder's genesis intention is exempt) -> witness, intention,
+//! early (stamped too far ahead: waits in `early`) -> a missing `prev`/dep parks it as
+//! floating (both within per-author quotas) -> membership rules (`apply`: own `prev`,
+//! revocation cut, one chain per author, role at its chain seq, ops stamped after
+//! their predecessors; the founder's genesis intention is exempt) -> witness, intention,
 //! index, tips, heads, history rows are written, the ops applied to the projection, and
 //! floating dependents woken and applied the same way, transitively. A refusal returns
 //! an error before any write. Membership is checked when an intention becomes
 //! applicable, so intentions may float before the op that admits their author arrives;
-//! a woken one whose author is not a member is dropped. A revocation applied after
-//! intentions it cuts voids them and rebuilds the projection (`cut`). Members, invites
+//! a woken one whose author is not a member is dropped. A revocation, a proven fork or
+//! a demotion applied after intentions it cuts voids them and rebuilds the projection
+//! (`cut`). Members, invites
 //! and revocation are driven through `members` (admin only).
 //!
 //! ## Local writes
@@ -53,6 +64,8 @@
 
 mod actor;
 mod apply;
+#[cfg(test)]
+mod chain_tests;
 mod cut;
 mod error;
 mod index;
@@ -74,10 +87,14 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableM
 
 pub use actor::{BeforeDurable, BATCH_WINDOW, DURABLE_EVERY, SNAPSHOT_EVERY, SNAPSHOT_INTENTIONS};
 pub(crate) use apply::is_refusal;
-pub use apply::{MAX_CLOCK_SKEW_MS, MAX_FLOATING};
+pub use apply::{
+    MAX_CLOCK_SKEW_MS, MAX_FLOATING, MAX_FLOATING_BYTES_PER_AUTHOR,
+    MAX_FLOATING_BYTES_PER_STRANGER, MAX_FLOATING_PER_AUTHOR, MAX_FLOATING_PER_STRANGER,
+    MAX_FLOATING_STRANGERS, MAX_FLOATING_STRANGER_BYTES,
+};
 pub use error::{InviteError, StoreError};
 pub use index::{BareIndex, IndexView, BLOCK_ITEMS, MAX_BLOCK_ITEMS};
-pub use members::invite_id;
+pub use members::{invite_id, Equivocator};
 
 use crate::fs::op::{FileId, Op, OpBody, OpId, Role};
 use crate::fs::{FsError, FsState, FsStats};
@@ -109,6 +126,11 @@ pub enum ApplyOutcome {
     Floating {
         /// The first predecessor not yet applied.
         missing: Hash,
+    },
+    /// Stamped too far ahead of this node's clock: parked until wall time `until_ms`.
+    Early {
+        /// Unix ms from which it may be applied.
+        until_ms: u64,
     },
 }
 
@@ -394,7 +416,7 @@ impl Store {
         }
         let counts = Counts {
             intentions: intentions.len()?,
-            floating: txn.open_table(FLOATING)?.len()?,
+            floating: txn.open_table(FLOATING)?.len()? + tables::early_len(&txn)?,
         };
         drop((meta, witness, intentions, txn));
         clock.lock().observe(last_local);
@@ -570,6 +592,12 @@ impl Store {
         self.handle.shutdown()
     }
 
+    /// Replaces the wall clock the skew rule reads (tests).
+    #[cfg(test)]
+    fn set_wall(&self, wall: actor::Wall) {
+        *self.handle.shared.wall.write() = wall;
+    }
+
     /// The actor's digest of the stored tables (tests).
     #[cfg(test)]
     fn digest(&self) -> Result<tests::Digest, StoreError> {
@@ -613,6 +641,7 @@ fn new_shared(
         events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
         index,
         before_durable: RwLock::new(None),
+        wall: RwLock::new(Arc::new(now_ms)),
     }
 }
 

@@ -37,6 +37,29 @@ pub(crate) const CHAIN: TableDefinition<([u8; 32], u64, [u8; 32]), ()> =
 /// Intention hash -> its signed bytes if it was voided after being applied, empty if it
 /// was refused on arrival: intentions past their author's revocation cut.
 pub(crate) const REFUSED: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("refused");
+/// Author -> (fork seq, the two smallest-hash intentions of that author at that chain
+/// seq): proof that it signed two intentions at one place in its chain (see `cut`).
+pub(crate) const EVIDENCE: TableDefinition<[u8; 32], (u64, [u8; 32], [u8; 32])> =
+    TableDefinition::new("evidence");
+/// Intention hash -> its HLC (wall ms, counter), for every applied, refused or evidence
+/// intention: the clock order rule compares an intention with its predecessors.
+pub(crate) const HLCS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::new("hlcs");
+/// (wall ms at which it may be applied, hash) -> signed bytes of an intention stamped
+/// too far ahead of this node's clock: it waits until its time comes.
+pub(crate) const EARLY: TableDefinition<(u64, [u8; 32]), &[u8]> = TableDefinition::new("early");
+/// A parked intention: (park order, missing hash or zero, wall ms it waits for or zero,
+/// bytes, 1 if counted in the strangers' pool).
+pub(crate) type ParkedRow = (u64, [u8; 32], u64, u64, u8);
+/// (author, hash) -> [`ParkedRow`] of every floating or early intention.
+pub(crate) const PARKED: TableDefinition<([u8; 32], [u8; 32]), ParkedRow> =
+    TableDefinition::new("parked");
+/// `SetMember` op id -> its position: the chain seq of the member's latest intention
+/// that the intention holding it names as prev or dep (0 if none). The grant rules the
+/// member's intentions past that position.
+pub(crate) const GRANT_POS: TableDefinition<[u8; 44], u64> = TableDefinition::new("grant_pos");
+/// Author -> (count, bytes) of its parked intentions; the all-zero key holds the
+/// strangers' pool.
+pub(crate) const QUOTA: TableDefinition<[u8; 32], (u64, u64)> = TableDefinition::new("quota");
 /// Named store facts; keys are the `META_*` constants.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Witness seq the snapshot reflects -> `FsState::encode_snapshot` bytes; one row at most.
@@ -48,6 +71,8 @@ pub(crate) const META_STORE_ID: &str = "store_id";
 pub(crate) const META_FOUNDER: &str = "founder";
 /// Meta key: the greatest HLC of a locally sealed op (wall ms BE || counter BE).
 pub(crate) const META_LAST_LOCAL_HLC: &str = "last_local_hlc";
+/// Meta key: the next park order (u64 BE), so eviction can find an author's oldest.
+pub(crate) const META_PARK_ORDER: &str = "park_order";
 
 /// The chain hash of witness entry `hash` following chain hash `prev`.
 pub(crate) fn chain(prev: &[u8; 32], hash: &Hash) -> [u8; 32] {
@@ -82,6 +107,35 @@ pub(crate) fn hlc_from_bytes(b: &[u8]) -> Result<Hlc, StoreError> {
         wall_ms: u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
         counter: u32::from_be_bytes(b[8..].try_into().expect("4 bytes")),
     })
+}
+
+/// Rows of the early table (0 in a store written before it existed).
+pub(crate) fn early_len(txn: &redb::ReadTransaction) -> Result<u64, StoreError> {
+    use redb::{ReadableTableMetadata, TableError};
+    match txn.open_table(EARLY) {
+        Ok(t) => Ok(t.len()?),
+        Err(TableError::TableDoesNotExist(_)) => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Every proven fork in a read transaction (none in a store written before them).
+pub(crate) fn read_forks(
+    txn: &redb::ReadTransaction,
+) -> Result<Vec<(PublicKey, u64, [Hash; 2])>, StoreError> {
+    use redb::TableError;
+    let table = match txn.open_table(EVIDENCE) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for entry in table.iter()? {
+        let (k, v) = entry?;
+        let (seq, a, b) = v.value();
+        out.push((PublicKey(k.value()), seq, [Hash(a), Hash(b)]));
+    }
+    Ok(out)
 }
 
 /// Checks the witness chain of `table` from entry `from` (whose predecessor has chain
@@ -148,6 +202,18 @@ pub(crate) struct Tables<'t> {
     pub chain: Table<'t, ([u8; 32], u64, [u8; 32]), ()>,
     /// See [`REFUSED`].
     pub refused: Table<'t, [u8; 32], &'static [u8]>,
+    /// See [`EVIDENCE`].
+    pub evidence: Table<'t, [u8; 32], (u64, [u8; 32], [u8; 32])>,
+    /// See [`HLCS`].
+    pub hlcs: Table<'t, [u8; 32], (u64, u32)>,
+    /// See [`EARLY`].
+    pub early: Table<'t, (u64, [u8; 32]), &'static [u8]>,
+    /// See [`PARKED`].
+    pub parked: Table<'t, ([u8; 32], [u8; 32]), ParkedRow>,
+    /// See [`GRANT_POS`].
+    pub grant_pos: Table<'t, [u8; 44], u64>,
+    /// See [`QUOTA`].
+    pub quota: Table<'t, [u8; 32], (u64, u64)>,
     /// See [`META`].
     pub meta: Table<'t, &'static str, &'static [u8]>,
     /// See [`PROJECTION`].
@@ -168,6 +234,12 @@ impl<'t> Tables<'t> {
             seqs: txn.open_table(SEQS)?,
             chain: txn.open_table(CHAIN)?,
             refused: txn.open_table(REFUSED)?,
+            evidence: txn.open_table(EVIDENCE)?,
+            hlcs: txn.open_table(HLCS)?,
+            early: txn.open_table(EARLY)?,
+            parked: txn.open_table(PARKED)?,
+            grant_pos: txn.open_table(GRANT_POS)?,
+            quota: txn.open_table(QUOTA)?,
             meta: txn.open_table(META)?,
             projection: txn.open_table(PROJECTION)?,
         })
@@ -217,6 +289,72 @@ impl<'t> Tables<'t> {
         Ok(out)
     }
 
+    /// The HLC of a known intention: recorded, or read from its stored bytes (stores
+    /// written before the `hlcs` table); `None` if refused without bytes.
+    pub fn hlc_of(&self, hash: &Hash) -> Result<Option<Hlc>, StoreError> {
+        if let Some(v) = self.hlcs.get(hash.0)? {
+            let (wall_ms, counter) = v.value();
+            return Ok(Some(Hlc { wall_ms, counter }));
+        }
+        let bytes = match self.intentions.get(hash.0)? {
+            Some(v) => Some(bytes::Bytes::copy_from_slice(v.value())),
+            None => self
+                .refused
+                .get(hash.0)?
+                .map(|v| bytes::Bytes::copy_from_slice(v.value())),
+        };
+        Ok(bytes.and_then(|b| crate::intention::Intention::peek(&b).map(|(hlc, _)| hlc)))
+    }
+
+    /// Records the HLC of a known intention.
+    pub fn add_hlc(&mut self, hash: &Hash, hlc: Hlc) -> Result<(), StoreError> {
+        self.hlcs.insert(hash.0, (hlc.wall_ms, hlc.counter))?;
+        Ok(())
+    }
+
+    /// The applied intention of `author` at chain seq `seq` other than `not`, if any.
+    pub fn chain_holder(
+        &self,
+        author: &PublicKey,
+        seq: u64,
+        not: &Hash,
+    ) -> Result<Option<Hash>, StoreError> {
+        let range = (author.0, seq, [0u8; 32])..=(author.0, seq, [0xffu8; 32]);
+        for entry in self.chain.range(range)? {
+            let h = Hash(entry?.0.value().2);
+            if h != *not {
+                return Ok(Some(h));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The author's proven fork: its chain seq and the two evidence intentions.
+    pub fn fork_of(&self, author: &PublicKey) -> Result<Option<(u64, [Hash; 2])>, StoreError> {
+        Ok(self.evidence.get(author.0)?.map(|v| {
+            let (seq, a, b) = v.value();
+            (seq, [Hash(a), Hash(b)])
+        }))
+    }
+
+    /// Every proven fork, by author.
+    pub fn forks(&self) -> Result<Vec<(PublicKey, u64, [Hash; 2])>, StoreError> {
+        let mut out = Vec::new();
+        for entry in self.evidence.iter()? {
+            let (k, v) = entry?;
+            let (seq, a, b) = v.value();
+            out.push((PublicKey(k.value()), seq, [Hash(a), Hash(b)]));
+        }
+        Ok(out)
+    }
+
+    /// True if `hash` is evidence of a fork of `author`.
+    pub fn is_evidence(&self, author: &PublicKey, hash: &Hash) -> Result<bool, StoreError> {
+        Ok(self
+            .fork_of(author)?
+            .is_some_and(|(_, pair)| pair.contains(hash)))
+    }
+
     /// Records an intention refused on arrival (`bytes` empty) or voided (its bytes).
     pub fn add_refused(&mut self, hash: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
         self.refused.insert(hash.0, bytes)?;
@@ -238,17 +376,42 @@ impl<'t> Tables<'t> {
         Ok(seq + 1)
     }
 
-    /// The heads a new intention should name: at most [`MAX_DEPS`], greatest HLC first.
-    pub fn deps_for_next(&self) -> Result<Vec<Hash>, StoreError> {
-        let mut heads = Vec::new();
+    /// The deps of a new intention whose first op is stamped `first`: the heads, at
+    /// most [`MAX_DEPS`], greatest HLC first. A head stamped at or after `first` arrived
+    /// after the op was stamped, and naming it would break the clock order rule; its
+    /// predecessors (what the op may have seen) are named in its place.
+    pub fn deps_for_next(&self, first: Hlc) -> Result<Vec<Hash>, StoreError> {
+        let mut stack = Vec::new();
         for entry in self.heads.iter()? {
             let (k, v) = entry?;
             let (wall_ms, counter) = v.value();
-            heads.push((Hlc { wall_ms, counter }, Hash(k.value())));
+            stack.push((Hlc { wall_ms, counter }, Hash(k.value())));
         }
-        heads.sort_unstable_by(|a, b| b.cmp(a));
-        heads.truncate(MAX_DEPS);
-        Ok(heads.into_iter().map(|(_, h)| h).collect())
+        let mut seen = std::collections::HashSet::new();
+        let mut deps = Vec::new();
+        while let Some((hlc, h)) = stack.pop() {
+            if !seen.insert(h) {
+                continue;
+            }
+            if hlc < first {
+                deps.push((hlc, h));
+                continue;
+            }
+            let Some(bytes) = self.intentions.get(h.0)? else {
+                continue;
+            };
+            let i =
+                crate::intention::Intention::decode(bytes::Bytes::copy_from_slice(bytes.value()))
+                    .map_err(|e| StoreError::Corrupt(format!("stored intention {h}: {e}")))?;
+            for p in i.prev.iter().chain(&i.deps) {
+                if let Some(hlc) = self.hlc_of(p)? {
+                    stack.push((hlc, *p));
+                }
+            }
+        }
+        deps.sort_unstable_by(|a, b| b.cmp(a));
+        deps.truncate(MAX_DEPS);
+        Ok(deps.into_iter().map(|(_, h)| h).collect())
     }
 
     /// The latest known intention of `author`.

@@ -372,7 +372,10 @@ fn two_chains(n: usize) -> (StoreId, Identity, Intention, [Vec<Intention>; 2]) {
     let chains = std::array::from_fn(|k| {
         let mut chain: Vec<Intention> = Vec::new();
         for j in 0..n {
-            let prev = chain.last().map(|i| i.hash);
+            // The founder's chain goes on from its genesis: a second root would be
+            // equivocation.
+            let first = (k == 0).then_some(genesis.hash);
+            let prev = chain.last().map(|i| i.hash).or(first);
             let deps = vec![prev.unwrap_or(genesis.hash)];
             let op = create_op(tick(), &format!("a{k}-{j}"));
             chain.push(Intention::create(&authors[k], id, prev, deps, vec![op]).unwrap());

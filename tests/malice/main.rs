@@ -6,6 +6,7 @@
 #[path = "../peers/mod.rs"]
 mod peers;
 
+mod authority;
 mod authz;
 mod bounds;
 mod fuzz;
