@@ -333,7 +333,7 @@ impl Node {
                     mtime_ns: Some(now_ns),
                     ..Default::default()
                 })?;
-                tx.push(body);
+                tx.push(body)?;
                 Ok(())
             })
             .map_err(|source| NodeError::Path {
@@ -854,7 +854,7 @@ mod tests {
                     Content::Inline(Bytes::from_static(b"hi")),
                     0,
                 )?;
-                tx.push(body);
+                tx.push(body)?;
                 Ok(())
             })
             .unwrap();

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use lattice_mount::fs::op::{Content, Role};
 use lattice_mount::store::Store;
-use tokio::sync::mpsc;
 use peers::*;
+use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_nodes_share_a_store_through_an_invite() {
@@ -254,7 +254,7 @@ async fn a_small_edit_of_a_large_file_is_patched_not_fetched_whole() {
     team_a
         .write(|tx| {
             let body = tx.state().plan_write(file, content, 1)?;
-            tx.push(body);
+            tx.push(body)?;
             Ok(())
         })
         .unwrap();

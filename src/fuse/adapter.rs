@@ -335,7 +335,7 @@ impl LatticeFs {
                 content,
                 now_ns(),
             )?;
-            Ok(tx.push(body))
+            Ok(tx.push(body)?)
         })?;
         let key = Key::File(store.id(), file);
         Ok((key, self.entry(key, parent, name)?))
@@ -526,7 +526,7 @@ impl LatticeFs {
         if changes {
             store.write(|tx| {
                 let body = tx.state().plan_set_meta(SetMeta { file, ..meta })?;
-                tx.push(body);
+                tx.push(body)?;
                 Ok(())
             })?;
         }
@@ -561,7 +561,7 @@ impl LatticeFs {
                         .state()
                         .plan_rename(dir, name, newdir, newname, fs_flags)?;
                     for body in bodies {
-                        tx.push(body);
+                        tx.push(body)?;
                     }
                     Ok(())
                 })?;
@@ -600,7 +600,7 @@ impl LatticeFs {
             ) {
                 return Err(FsError::NotPermitted);
             }
-            tx.push(OpBody::SetStoreName(newname));
+            tx.push(OpBody::SetStoreName(newname))?;
             Ok(())
         })?;
         Ok(())
@@ -615,7 +615,7 @@ impl LatticeFs {
             } else {
                 tx.state().plan_unlink(parent, name)?
             };
-            tx.push(body);
+            tx.push(body)?;
             Ok(())
         })?;
         Ok(())
@@ -633,7 +633,7 @@ impl LatticeFs {
         }
         store.write(|tx| {
             let body = tx.state().plan_link(file, dir, newname)?;
-            tx.push(body);
+            tx.push(body)?;
             Ok(())
         })?;
         self.entry(key, newparent, newname)
@@ -733,7 +733,7 @@ impl LatticeFs {
                 xattr_set: vec![(name, value)],
                 ..Default::default()
             })?;
-            tx.push(body);
+            tx.push(body)?;
             Ok(())
         })?;
         Ok(())
@@ -749,7 +749,7 @@ impl LatticeFs {
                 xattr_remove: vec![name],
                 ..Default::default()
             })?;
-            tx.push(body);
+            tx.push(body)?;
             Ok(())
         })?;
         Ok(())

@@ -79,7 +79,7 @@ pub use error::{InviteError, StoreError};
 pub use index::{BareIndex, IndexView, BLOCK_ITEMS, MAX_BLOCK_ITEMS};
 pub use members::invite_id;
 
-use crate::fs::op::{FileId, Op, OpBody, OpId, Role};
+use crate::fs::op::{FileId, Op, OpBody, OpError, OpId, Role};
 use crate::fs::{FsError, FsState, FsStats};
 use crate::hlc::{now_ms, Clock, Hlc};
 use crate::identity::{Identity, PublicKey};
@@ -222,22 +222,38 @@ impl Tx<'_> {
 
     /// Stamps `body` with the next clock tick, applies it and queues it; returns its id.
     ///
-    /// # Panics
-    /// If the op alone is larger than [`MAX_INTENTION_OPS_BYTES`] (planners never make one).
-    pub fn push(&mut self, body: OpBody) -> OpId {
-        let hlc = self.shared.clock.lock().tick(now_ms());
-        let op = Op { hlc, body };
-        assert!(
-            op_size(&op) <= MAX_INTENTION_OPS_BYTES,
-            "op does not fit in one intention"
-        );
-        let touched = self.state.touched(self.me, &op);
-        self.state.apply(self.me, &op);
-        self.ops.push(Queued { op, touched });
-        OpId {
-            hlc,
-            author: self.me,
+    /// A supersede set larger than one op may carry is split first
+    /// ([`FsState::bounded`]). Every resulting op is [validated](Op::validate) before
+    /// any is applied: an op that no replica would accept (or that alone is larger than
+    /// [`MAX_INTENTION_OPS_BYTES`]) is refused here, so sealing never meets one.
+    pub fn push(&mut self, body: OpBody) -> Result<OpId, OpError> {
+        let bodies = self.state.bounded(body);
+        for body in &bodies {
+            let op = Op {
+                hlc: Hlc::ZERO,
+                body: body.clone(),
+            };
+            op.validate()?;
+            if op_size(&op) > MAX_INTENTION_OPS_BYTES {
+                return Err(OpError::TooLarge {
+                    what: "op",
+                    limit: MAX_INTENTION_OPS_BYTES,
+                });
+            }
         }
+        let mut last = None;
+        for body in bodies {
+            let hlc = self.shared.clock.lock().tick(now_ms());
+            let op = Op { hlc, body };
+            let touched = self.state.touched(self.me, &op);
+            self.state.apply(self.me, &op);
+            self.ops.push(Queued { op, touched });
+            last = Some(OpId {
+                hlc,
+                author: self.me,
+            });
+        }
+        Ok(last.expect("bounded keeps the op itself, last"))
     }
 }
 

@@ -290,7 +290,7 @@ fn founded_store(dir: &Path, admin: &Identity, writer: &Identity, reader: &Ident
                     role,
                     display_name: "m".into(),
                     invite: None,
-                });
+                })?;
             }
             Ok(())
         })
@@ -371,7 +371,7 @@ fn a_node_that_is_not_a_writer_cannot_write_locally() {
     let dag = Dag::build(1, 0);
     let store = dag.replica(tmp.path());
     let r = store.write(|tx| {
-        tx.push(create("x"));
+        tx.push(create("x"))?;
         Ok(())
     });
     assert!(matches!(r, Err(crate::fs::FsError::ReadOnly)));
@@ -388,7 +388,7 @@ fn flushed_writes_survive_reopen_and_the_clock_does_not_go_backwards() {
     let mut last = OpId::ROOT;
     for n in 0..50 {
         last = store
-            .write(|tx| Ok(tx.push(create(&format!("f{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("f{n}")))?))
             .unwrap();
     }
     store.flush().unwrap();
@@ -401,7 +401,7 @@ fn flushed_writes_survive_reopen_and_the_clock_does_not_go_backwards() {
     assert!(fresh.lock().last() >= last.hlc);
     assert_eq!(reopened.read(|s| s.canonical_dump()), dump);
     assert_eq!(reopened.digest().unwrap(), digest);
-    let next = reopened.write(|tx| Ok(tx.push(create("after")))).unwrap();
+    let next = reopened.write(|tx| Ok(tx.push(create("after"))?)).unwrap();
     assert!(next.hlc > last.hlc);
     assert!(matches!(
         store.apply_remote(Bytes::new()),
@@ -433,13 +433,13 @@ fn a_flush_syncs_content_first_and_fails_while_the_content_cannot_be_synced() {
             Ok(())
         }
     }));
-    store.write(|tx| Ok(tx.push(create("a")))).unwrap();
+    store.write(|tx| Ok(tx.push(create("a"))?)).unwrap();
     store.flush().unwrap();
     let after_first = calls.load(Ordering::SeqCst);
     assert!(after_first >= 1, "the hook ran before the durable commit");
 
     broken.store(true, Ordering::SeqCst);
-    store.write(|tx| Ok(tx.push(create("b")))).unwrap();
+    store.write(|tx| Ok(tx.push(create("b"))?)).unwrap();
     let failed = store.flush();
     assert!(
         matches!(&failed, Err(StoreError::Unsynced(why)) if why == "disk full"),
@@ -471,7 +471,7 @@ fn ops_pushed_together_are_sealed_into_one_intention_naming_the_tip_and_heads() 
     store
         .write(|tx| {
             for n in 0..100 {
-                tx.push(create(&format!("f{n}")));
+                tx.push(create(&format!("f{n}")))?;
             }
             Ok(())
         })
@@ -518,7 +518,7 @@ fn snapshot_plus_replay_equals_full_replay() {
         Store::create(tmp.path(), StoreId([7; 16]), me.clone(), clock(), "s", "me").unwrap();
     for n in 0..20 {
         store
-            .write(|tx| Ok(tx.push(create(&format!("a{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("a{n}")))?))
             .unwrap();
         store.flush().unwrap();
     }
@@ -528,7 +528,7 @@ fn snapshot_plus_replay_equals_full_replay() {
     let store = Store::open(tmp.path(), me.clone(), clock()).unwrap();
     for n in 0..20 {
         store
-            .write(|tx| Ok(tx.push(create(&format!("b{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("b{n}")))?))
             .unwrap();
         store.flush().unwrap();
     }
@@ -555,7 +555,7 @@ fn witness_chain_verifies_and_a_tampered_entry_is_refused_on_open() {
         Store::create(tmp.path(), StoreId([8; 16]), me.clone(), clock(), "s", "me").unwrap();
     for n in 0..5 {
         store
-            .write(|tx| Ok(tx.push(create(&format!("f{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("f{n}")))?))
             .unwrap();
         store.flush().unwrap();
     }
@@ -584,13 +584,13 @@ fn history_lists_the_intentions_touching_a_file_in_order() {
     let me = Identity::generate();
     let store =
         Store::create(tmp.path(), StoreId([2; 16]), me.clone(), clock(), "s", "me").unwrap();
-    let file = store.write(|tx| Ok(tx.push(create("f")))).unwrap();
+    let file = store.write(|tx| Ok(tx.push(create("f"))?)).unwrap();
     store.flush().unwrap();
-    let other = store.write(|tx| Ok(tx.push(create("g")))).unwrap();
+    let other = store.write(|tx| Ok(tx.push(create("g"))?)).unwrap();
     store.flush().unwrap();
     for n in 0..2 {
         store
-            .write(|tx| Ok(tx.push(write_body(file, &format!("v{n}")))))
+            .write(|tx| Ok(tx.push(write_body(file, &format!("v{n}")))?))
             .unwrap();
         store.flush().unwrap();
     }
@@ -617,7 +617,7 @@ fn ten_thousand_pushes_and_one_flush_are_fast_and_all_sealed() {
     let start = Instant::now();
     for n in 0..10_000 {
         store
-            .write(|tx| Ok(tx.push(create(&format!("f{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("f{n}")))?))
             .unwrap();
     }
     let pushed = start.elapsed();
@@ -627,7 +627,7 @@ fn ten_thousand_pushes_and_one_flush_are_fast_and_all_sealed() {
     let f0 = Instant::now();
     for n in 0..flushes {
         store
-            .write(|tx| Ok(tx.push(create(&format!("g{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("g{n}")))?))
             .unwrap();
         store.flush().unwrap();
     }
@@ -660,12 +660,12 @@ fn crash_child_writes_and_flushes_until_killed() {
     // Bounded, so a child whose parent died does not run forever.
     for n in 0..20_000 {
         store
-            .write(|tx| Ok(tx.push(create(&format!("f{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("f{n}")))?))
             .unwrap();
         store.flush().unwrap();
         println!("flushed {n}");
         store
-            .write(|tx| Ok(tx.push(create(&format!("u{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("u{n}")))?))
             .unwrap();
     }
 }
@@ -753,7 +753,7 @@ fn subscribers_see_sealed_bytes_and_applied_files_after_commit() {
     .unwrap();
     let mut events = a.subscribe();
     a.write(|tx| {
-        tx.push(create("hello"));
+        tx.push(create("hello"))?;
         Ok(())
     })
     .unwrap();

@@ -42,11 +42,7 @@ impl Peer {
             bind: Some("127.0.0.1:0".parse().unwrap()),
         };
         let net = Net::start(node.clone(), config).await.unwrap();
-        Peer {
-            node,
-            net,
-            dir,
-        }
+        Peer { node, net, dir }
     }
 
     pub async fn stop(self) -> tempfile::TempDir {
@@ -89,7 +85,7 @@ pub fn write_file(store: &Store, name: &str, content: Content) -> FileId {
             let body =
                 tx.state()
                     .plan_create(OpId::ROOT, name, Kind::File, 0o644, 0, 0, 0, content, 0)?;
-            Ok(tx.push(body))
+            Ok(tx.push(body)?)
         })
         .unwrap()
 }
@@ -145,7 +141,6 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
-
 
 pub async fn team() -> (Peer, Peer) {
     let a = Peer::start("alice").await;
