@@ -109,8 +109,9 @@ fn rebuild(
         let Some(bytes) = t.intentions.get(hash.0)? else {
             continue;
         };
-        let i = Intention::decode(Bytes::copy_from_slice(bytes.value()))
-            .map_err(|e| StoreError::Corrupt(format!("stored intention {hash}: {e}")))?;
+        let Ok(i) = Intention::decode(Bytes::copy_from_slice(bytes.value())) else {
+            continue; // quarantined at open (see `Store::open`): kept, never applied
+        };
         if !is_genesis(cx, applied, &i) && check_authority(&fresh, &i).is_err() {
             lost.push(hash);
             continue;

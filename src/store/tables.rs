@@ -48,6 +48,8 @@ pub(crate) const META_STORE_ID: &str = "store_id";
 pub(crate) const META_FOUNDER: &str = "founder";
 /// Meta key: the greatest HLC of a locally sealed op (wall ms BE || counter BE).
 pub(crate) const META_LAST_LOCAL_HLC: &str = "last_local_hlc";
+/// `meta` key: the concatenated hashes of stored intentions quarantined at an open.
+pub(crate) const META_QUARANTINED: &str = "quarantined";
 
 /// The chain hash of witness entry `hash` following chain hash `prev`.
 pub(crate) fn chain(prev: &[u8; 32], hash: &Hash) -> [u8; 32] {
@@ -82,6 +84,16 @@ pub(crate) fn hlc_from_bytes(b: &[u8]) -> Result<Hlc, StoreError> {
         wall_ms: u64::from_be_bytes(b[..8].try_into().expect("8 bytes")),
         counter: u32::from_be_bytes(b[8..].try_into().expect("4 bytes")),
     })
+}
+
+/// The concatenation of `hashes`.
+pub(crate) fn hashes_to_bytes(hashes: &[Hash]) -> Vec<u8> {
+    hashes.iter().flat_map(|h| h.0).collect()
+}
+
+/// Parses [`hashes_to_bytes`] output (a torn last row is dropped).
+pub(crate) fn hashes_from_bytes(b: &[u8]) -> Vec<Hash> {
+    b.chunks_exact(32).filter_map(Hash::from_slice).collect()
 }
 
 /// Checks the witness chain of `table` from entry `from` (whose predecessor has chain
