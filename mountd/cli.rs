@@ -24,7 +24,7 @@ pub enum Command {
         /// Where to mount [default: ~/Lattice]
         mountpoint: Option<PathBuf>,
         /// Display name of this node, shown to peers and in conflict names
-        #[arg(long = "name", value_name = "DISPLAY_NAME")]
+        #[arg(long = "name", value_name = "DISPLAY_NAME", value_parser = display_name)]
         name: Option<String>,
         /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf)
         #[arg(long)]
@@ -73,7 +73,7 @@ pub enum Command {
         /// The token
         token: String,
         /// Display name to join with [default: this node's]
-        #[arg(long = "name", value_name = "ALIAS")]
+        #[arg(long = "name", value_name = "ALIAS", value_parser = display_name)]
         name: Option<String>,
     },
     /// List a store's members, their roles and whether they are online
@@ -114,6 +114,11 @@ pub enum Command {
         #[arg(value_parser = ["eager", "on-demand"])]
         mode: String,
     },
+}
+
+/// A valid display name (trimmed), or why not: refused here rather than signed raw.
+fn display_name(s: &str) -> Result<String, String> {
+    lattice_mount::node::check_display_name(s).map_err(|e| e.to_string())
 }
 
 /// `$HOME/<rest>`, or `None` when `HOME` is unset or empty.

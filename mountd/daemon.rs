@@ -489,7 +489,17 @@ impl Connection {
     ) -> bool {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let net = self.ctx.net.clone();
-        let name = (!j.name.is_empty()).then_some(j.name);
+        let name = match (!j.name.is_empty())
+            .then(|| lattice_mount::node::check_display_name(&j.name))
+            .transpose()
+        {
+            Ok(name) => name,
+            Err(e) => {
+                return write_frame(stream, &error_response(e.to_string()))
+                    .await
+                    .is_ok()
+            }
+        };
         let task = tokio::spawn(async move { net.join(&j.token, name.as_deref(), tx).await });
         while let Some(p) = rx.recv().await {
             let msg = Response {

@@ -15,6 +15,14 @@ pub fn status_human(s: &StatusResponse) -> String {
     let _ = writeln!(out, "data dir    {}", printable(&s.data_dir));
     let _ = writeln!(out, "mountpoint  {}", printable(&s.mountpoint));
     let _ = writeln!(out, "blobs       {} ({} bytes)", s.blobs, s.blob_bytes);
+    for u in &s.unreadable {
+        let _ = writeln!(
+            out,
+            "unreadable  {}: {}",
+            printable(&u.dir),
+            printable(&u.error)
+        );
+    }
     if s.stores.is_empty() {
         out.push_str("no stores (create one with `lattice-mount create NAME`)\n");
         return out;
@@ -59,6 +67,14 @@ pub fn status_human(s: &StatusResponse) -> String {
                 "store {}: {} equivocated (signed two intentions at one place); its later intentions are refused",
                 printable(&st.name),
                 key.get(..16).unwrap_or(key)
+            );
+        }
+        if st.quarantined > 0 {
+            let _ = writeln!(
+                out,
+                "{}: {} stored intentions do not decode and are quarantined (see status --json)",
+                printable(&st.name),
+                st.quarantined
             );
         }
     }
@@ -207,7 +223,8 @@ pub fn status_json(s: &StatusResponse) -> String {
             format!(
                 "{{\"name\":{},\"id\":{},\"intentions\":{},\"floating\":{},\"files\":{},\
                  \"dirs\":{},\"bytes\":{},\"conflicts\":{},\"paused\":{},\"fetch\":{},\
-                 \"peers_online\":{},\"members\":{},\"unsent\":{},\"equivocators\":[{}]}}",
+                 \"peers_online\":{},\"members\":{},\"unsent\":{},\"equivocators\":[{}],\
+                 \"quarantined\":{},\"quarantined_hashes\":[{}]}}",
                 json_string(&st.name),
                 json_string(&st.id),
                 st.intentions,
@@ -225,20 +242,35 @@ pub fn status_json(s: &StatusResponse) -> String {
                     .iter()
                     .map(|k| json_string(k))
                     .collect::<Vec<_>>()
+                    .join(","),
+                st.quarantined,
+                st.quarantined_hashes
+                    .iter()
+                    .map(|h| json_string(h))
+                    .collect::<Vec<_>>()
                     .join(",")
             )
         })
         .collect();
     format!(
         "{{\"node_id\":{},\"display_name\":{},\"data_dir\":{},\"mountpoint\":{},\
-         \"blobs\":{},\"blob_bytes\":{},\"stores\":[{}]}}",
+         \"blobs\":{},\"blob_bytes\":{},\"stores\":[{}],\"unreadable\":[{}]}}",
         json_string(&s.node_id),
         json_string(&s.display_name),
         json_string(&s.data_dir),
         json_string(&s.mountpoint),
         s.blobs,
         s.blob_bytes,
-        stores.join(",")
+        stores.join(","),
+        s.unreadable
+            .iter()
+            .map(|u| format!(
+                "{{\"dir\":{},\"error\":{}}}",
+                json_string(&u.dir),
+                json_string(&u.error)
+            ))
+            .collect::<Vec<_>>()
+            .join(",")
     )
 }
 

@@ -133,7 +133,8 @@ pub struct Intention {
 }
 
 impl Intention {
-    /// Encodes, hashes and signs a new intention.
+    /// Validates every op ([`Op::validate`], the check [`Intention::decode`] applies),
+    /// then encodes, hashes and signs a new intention.
     pub fn create(
         identity: &Identity,
         store_id: StoreId,
@@ -141,6 +142,9 @@ impl Intention {
         mut deps: Vec<Hash>,
         ops: Vec<Op>,
     ) -> Result<Self, IntentionError> {
+        for op in &ops {
+            op.validate()?;
+        }
         deps.sort();
         deps.dedup();
         let hlc = ops.iter().map(|o| o.hlc).max().unwrap_or_default();
@@ -410,6 +414,57 @@ mod tests {
             Intention::create(&id, StoreId([1; 16]), None, deps, vec![op(1, "a")]),
             Err(IntentionError::TooLarge { what: "deps", .. })
         ));
+    }
+
+    #[test]
+    fn a_node_refuses_to_sign_an_op_that_decoding_would_refuse() {
+        let id = Identity::generate();
+        let member = |display_name: String| Op {
+            hlc: Hlc {
+                wall_ms: 1,
+                counter: 0,
+            },
+            body: crate::fs::op::OpBody::SetMember {
+                key: id.public(),
+                role: crate::fs::op::Role::Writer,
+                display_name,
+                invite: None,
+            },
+        };
+        let dismiss = Op {
+            hlc: Hlc {
+                wall_ms: 1,
+                counter: 0,
+            },
+            body: crate::fs::op::OpBody::Dismiss {
+                file: OpId::ROOT,
+                supersedes: vec![OpId::ROOT; crate::fs::op::MAX_SUPERSEDES + 1],
+            },
+        };
+        for bad in [
+            member("x".repeat(300)),
+            member("line\nbreak".into()),
+            member("a/b".into()),
+            op(1, "a/b"),
+            dismiss,
+        ] {
+            assert!(
+                matches!(
+                    Intention::create(&id, StoreId([1; 16]), None, vec![], vec![bad.clone()]),
+                    Err(IntentionError::Op(_))
+                ),
+                "{bad:?} was signed"
+            );
+        }
+        let fine = Intention::create(
+            &id,
+            StoreId([1; 16]),
+            None,
+            vec![],
+            vec![member("Zoë's laptop".into())],
+        )
+        .unwrap();
+        assert_eq!(Intention::decode(fine.bytes.clone()).unwrap().ops, fine.ops);
     }
 
     #[test]

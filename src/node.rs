@@ -14,12 +14,14 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::cas::{Cas, CasError};
-use crate::fs::op::{Content, FileId, Kind, OpBody, OpError, OpId, Role, SetMeta, MAX_LABEL_BYTES};
+use crate::fs::op::{
+    clean_label, validate_label, Content, FileId, Kind, OpBody, OpError, OpId, Role, SetMeta,
+};
 use crate::fs::{FsError, FsState};
 use crate::hlc::{Clock, Hlc};
 use crate::identity::{Identity, IdentityError, PublicKey};
 use crate::intention::StoreId;
-use crate::proto::control::{HistoryEntry, StatusResponse, StoreStatus};
+use crate::proto::control::{HistoryEntry, StatusResponse, StoreStatus, UnreadableStore};
 use crate::store::{HistoryItem, Store, StoreError};
 
 /// Key file name inside the data dir.
@@ -34,6 +36,8 @@ const STORES_DIR: &str = "stores";
 const STAGING_DIR: &str = "staging";
 /// Marker file in a store's directory while it is still being bootstrapped.
 const JOINING_FILE: &str = "joining";
+/// The display name when neither a stored name nor the host name gives a valid one.
+const DEFAULT_DISPLAY_NAME: &str = "node";
 
 /// Errors opening a node or serving requests on it.
 #[derive(Debug, thiserror::Error)]
@@ -61,8 +65,8 @@ pub enum NodeError {
         /// Underlying error.
         source: StoreError,
     },
-    /// The display name is empty, too long or not a single line.
-    #[error("invalid display name {0:?} (1 to 255 bytes, one line)")]
+    /// The display name is empty, too long, or holds a control character or `/`.
+    #[error("invalid display name {0:?}: 1 to 255 bytes, no control characters or '/'")]
     InvalidDisplayName(String),
     /// The host name could not be read to default the display name.
     #[error("cannot read the host name for a default display name: {0}")]
@@ -109,6 +113,8 @@ struct Inner {
     stores_generation: tokio::sync::watch::Sender<u64>,
     /// Stores still being bootstrapped: not shown in the mount yet.
     joining: Mutex<Vec<Store>>,
+    /// Store directories that could not be opened, with why; the others run without them.
+    unreadable: Vec<UnreadableStore>,
 }
 
 impl fmt::Debug for Node {
@@ -138,7 +144,11 @@ impl Node {
         let display_name = resolve_display_name(&data_dir.join(NAME_FILE), display_name)?;
         let cas = Cas::open(&data_dir.join(BLOBS_DIR), rt)?;
         let clock = Arc::new(Mutex::new(Clock::new(Hlc::ZERO)));
-        let (stores, joining) = open_stores(&data_dir.join(STORES_DIR), &identity, &clock)?;
+        let OpenedStores {
+            stores,
+            joining,
+            unreadable,
+        } = open_stores(&data_dir.join(STORES_DIR), &identity, &clock)?;
         for store in stores.iter().chain(&joining) {
             sync_content_first(store, &cas);
         }
@@ -158,6 +168,7 @@ impl Node {
                 stores: Mutex::new(stores),
                 stores_generation: tokio::sync::watch::Sender::new(0),
                 joining: Mutex::new(joining),
+                unreadable,
             }),
         })
     }
@@ -337,7 +348,7 @@ impl Node {
                     mtime_ns: Some(now_ns),
                     ..Default::default()
                 })?;
-                tx.push(body);
+                tx.push(body)?;
                 Ok(())
             })
             .map_err(|source| NodeError::Path {
@@ -358,6 +369,7 @@ impl Node {
             .iter()
             .map(|s| {
                 let stats = s.stats();
+                let quarantined = s.quarantined();
                 StoreStatus {
                     name: store_name(s),
                     id: s.id().to_hex(),
@@ -376,6 +388,8 @@ impl Node {
                         .iter()
                         .map(|q| q.key.to_hex())
                         .collect(),
+                    quarantined: quarantined.len() as u64,
+                    quarantined_hashes: quarantined.iter().map(|h| h.to_hex()).collect(),
                     ..StoreStatus::default()
                 }
             })
@@ -392,6 +406,7 @@ impl Node {
             stores,
             blobs,
             blob_bytes,
+            unreadable: self.inner.unreadable.clone(),
         }
     }
 
@@ -524,6 +539,9 @@ fn write_private(path: &Path, text: &str) -> io::Result<()> {
 }
 
 /// Picks the display name (given, stored, else host name) and stores it if it changed.
+/// A given name must be valid ([`check_display_name`]); a stored one written by an
+/// older version, or a host name, is cleaned ([`clean_label`]) instead, so the node
+/// still opens and never signs an invalid name.
 fn resolve_display_name(path: &Path, given: Option<&str>) -> Result<String, NodeError> {
     let io = |source| NodeError::Io {
         path: path.display().to_string(),
@@ -535,17 +553,35 @@ fn resolve_display_name(path: &Path, given: Option<&str>) -> Result<String, Node
         Err(e) => return Err(io(e)),
     };
     let name = match (given, &stored) {
-        (Some(given), _) => given.trim().to_string(),
-        (None, Some(stored)) => stored.clone(),
-        (None, None) => hostname()?,
+        (Some(given), _) => check_display_name(given)?,
+        (None, Some(stored)) => clean_label(stored),
+        (None, None) => clean_label(&hostname()?),
     };
-    if name.is_empty() || name.len() > MAX_LABEL_BYTES || name.chars().any(char::is_control) {
-        return Err(NodeError::InvalidDisplayName(name));
-    }
+    let name = if name.is_empty() {
+        DEFAULT_DISPLAY_NAME.to_string()
+    } else {
+        name
+    };
     if stored.as_deref() != Some(name.as_str()) {
+        if let Some(old) = stored.as_deref().filter(|_| given.is_none()) {
+            tracing::warn!("stored display name {old:?} is not valid; using {name:?}");
+        }
         write_private(path, &format!("{name}\n")).map_err(io)?;
     }
     Ok(name)
+}
+
+/// A display name given by the user (`up --name`, `join --name`), trimmed; refused
+/// unless it is 1 to [`MAX_LABEL_BYTES`](crate::fs::op::MAX_LABEL_BYTES) bytes without control characters or `/`
+/// (the rule every replica applies to a signed member record).
+pub fn check_display_name(given: &str) -> Result<String, NodeError> {
+    let name = given.trim();
+    if name.is_empty() || validate_label(name).is_err() {
+        return Err(NodeError::InvalidDisplayName(
+            given.chars().take(64).collect(),
+        ));
+    }
+    Ok(name.to_string())
 }
 
 /// The host name, via `gethostname(2)`.
@@ -560,7 +596,6 @@ fn hostname() -> Result<String, NodeError> {
     Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
 }
 
-/// Opens every store under `dir` (one subdirectory per store, named by its hex id).
 /// Makes `store` sync the content store before each durable commit, so a durable
 /// intention never names content a crash could lose.
 fn sync_content_first(store: &Store, cas: &Cas) {
@@ -568,16 +603,28 @@ fn sync_content_first(store: &Store, cas: &Cas) {
     store.set_before_durable(Arc::new(move || cas.sync().map_err(|e| e.to_string())));
 }
 
+/// The stores found in a data dir.
+struct OpenedStores {
+    /// Stores shown in the mount.
+    stores: Vec<Store>,
+    /// Stores still being bootstrapped.
+    joining: Vec<Store>,
+    /// Store directories that could not be opened, with why.
+    unreadable: Vec<UnreadableStore>,
+}
+
+/// Opens every store under `dir` (one subdirectory per store, named by its hex id); a
+/// store that cannot be opened is logged and listed, and the others open without it.
 fn open_stores(
     dir: &Path,
     identity: &Identity,
     clock: &Arc<Mutex<Clock>>,
-) -> Result<(Vec<Store>, Vec<Store>), NodeError> {
+) -> Result<OpenedStores, NodeError> {
     let io = |source| NodeError::Io {
         path: dir.display().to_string(),
         source,
     };
-    let (mut stores, mut joining) = (Vec::new(), Vec::new());
+    let (mut stores, mut joining, mut unreadable) = (Vec::new(), Vec::new(), Vec::new());
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let entry = entry.map_err(io)?;
         let is_store = entry.file_type().map_err(io)?.is_dir()
@@ -590,19 +637,29 @@ fn open_stores(
             continue;
         }
         let path = entry.path();
-        let store = Store::open(&path, identity.clone(), clock.clone()).map_err(|source| {
-            NodeError::Store {
-                store: path.display().to_string(),
-                source,
+        let store = match Store::open(&path, identity.clone(), clock.clone()) {
+            Ok(store) => store,
+            Err(e) => {
+                tracing::error!("cannot open the store in {}: {e}", path.display());
+                unreadable.push(UnreadableStore {
+                    dir: path.display().to_string(),
+                    error: e.to_string(),
+                });
+                continue;
             }
-        })?;
+        };
         if path.join(JOINING_FILE).exists() {
             joining.push(store);
         } else {
             stores.push(store);
         }
     }
-    Ok((stores, joining))
+    unreadable.sort_by(|a, b| a.dir.cmp(&b.dir));
+    Ok(OpenedStores {
+        stores,
+        joining,
+        unreadable,
+    })
 }
 
 /// Where the bootstrap of a joining store stands: whom it streams from, and the next
@@ -909,6 +966,59 @@ mod tests {
     }
 
     #[test]
+    fn a_given_display_name_with_a_slash_or_over_255_bytes_is_refused_and_a_stored_one_cleaned() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        for bad in ["a/b", &"x".repeat(256), "tab\there", "  "] {
+            let err = Node::open(tmp.path(), Some(bad), rt.handle().clone()).unwrap_err();
+            assert!(
+                matches!(err, NodeError::InvalidDisplayName(_)),
+                "{bad:?}: {err}"
+            );
+        }
+        std::fs::write(
+            tmp.path().join(NAME_FILE),
+            format!("{}/x\n", "é".repeat(200)),
+        )
+        .unwrap();
+        let (_rt, node) = open(tmp.path(), None);
+        let name = node.display_name().to_string();
+        assert!(
+            validate_label(&name).is_ok() && !name.is_empty(),
+            "{name:?}"
+        );
+        assert!(name.starts_with("éé"));
+        let store = node.create_store("docs").unwrap();
+        assert_eq!(store.members()[0].display_name, name);
+        node.shutdown().unwrap();
+    }
+
+    #[test]
+    fn one_unreadable_store_does_not_stop_the_others_and_is_reported_in_status() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, node) = open(tmp.path(), Some("laptop"));
+        node.create_store("docs").unwrap();
+        let broken = node.create_store("photos").unwrap().id();
+        node.shutdown().unwrap();
+        drop(node);
+        let db = tmp
+            .path()
+            .join(STORES_DIR)
+            .join(broken.to_hex())
+            .join(crate::store::DB_FILE);
+        std::fs::write(&db, b"not a redb file at all").unwrap();
+        let (_rt2, node) = open(tmp.path(), None);
+        let names: Vec<String> = node.stores().iter().map(store_name).collect();
+        assert_eq!(names, ["docs"]);
+        let status = node.status();
+        assert_eq!(status.stores.len(), 1);
+        assert_eq!(status.unreadable.len(), 1);
+        assert!(status.unreadable[0].dir.ends_with(&broken.to_hex()));
+        assert!(!status.unreadable[0].error.is_empty());
+        node.shutdown().unwrap();
+    }
+
+    #[test]
     fn created_stores_are_listed_sorted_by_name_after_reopen() {
         let tmp = tempfile::tempdir().unwrap();
         let (_rt, node) = open(tmp.path(), Some("laptop"));
@@ -998,7 +1108,7 @@ mod tests {
                     Content::Inline(Bytes::from_static(b"hi")),
                     0,
                 )?;
-                tx.push(body);
+                tx.push(body)?;
                 Ok(())
             })
             .unwrap();

@@ -106,3 +106,25 @@ fn up_on_a_busy_mountpoint_is_refused_with_one_line() {
         "lattice-mount: /proc is already a mount point (unmount it or choose another mountpoint)"
     );
 }
+
+#[test]
+fn display_names_with_a_newline_a_slash_or_over_255_bytes_are_refused_before_anything_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let long = "x".repeat(300);
+    for args in [
+        &["up", "--name", "two\nlines"][..],
+        &["up", "--name", "a/b"],
+        &["join", "lm1abc", "--name", &long],
+        &["join", "lm1abc", "--name", "two\nlines"],
+    ] {
+        let out = lattice(&data_dir, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("invalid display name"),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(!data_dir.exists(), "nothing may start with an invalid name");
+}

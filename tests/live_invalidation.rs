@@ -71,7 +71,7 @@ fn store_with_peer(node: &Node) -> (Store, Peer) {
                 role: Role::Writer,
                 display_name: "peer".into(),
                 invite: None,
-            });
+            })?;
             Ok(())
         })
         .unwrap();

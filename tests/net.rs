@@ -257,7 +257,7 @@ async fn a_small_edit_of_a_large_file_is_patched_not_fetched_whole() {
     team_a
         .write(|tx| {
             let body = tx.state().plan_write(file, content, 1)?;
-            tx.push(body);
+            tx.push(body)?;
             Ok(())
         })
         .unwrap();

@@ -50,3 +50,15 @@ pub enum FsError {
     #[error("i/o error: {0}")]
     Io(String),
 }
+
+impl From<crate::fs::op::OpError> for FsError {
+    /// The errno-shaped reason a planned op fails [`Op::validate`](crate::fs::op::Op::validate).
+    fn from(e: crate::fs::op::OpError) -> Self {
+        use crate::fs::op::OpError;
+        match e {
+            OpError::BadName(_) => FsError::InvalidName,
+            OpError::TooLarge { .. } => FsError::TooLarge,
+            _ => FsError::Invalid,
+        }
+    }
+}

@@ -50,6 +50,9 @@ pub enum OpError {
     /// An enum field holds an unknown value.
     #[error("unknown {0}")]
     UnknownEnum(&'static str),
+    /// A display name holds a control character (a newline, NUL, ...) or `/`.
+    #[error("invalid display name {0:?}: no control characters or '/'")]
+    BadLabel(String),
 }
 
 /// An op id: the op's clock and its author. Orders by (HLC, author).
@@ -489,40 +492,80 @@ impl Op {
         }
     }
 
-    /// Validates and converts the protobuf form.
-    pub fn from_proto(op: pb::Op) -> Result<Self, OpError> {
-        use pb::op::Body;
-        let body = match op.body.ok_or(OpError::Empty)? {
-            Body::Create(c) => {
-                let kind = kind_from_proto(c.kind)?;
-                let content = content_from_proto(c.content)?;
-                if kind == Kind::Symlink && content.len() as usize > MAX_SYMLINK_BYTES {
+    /// Checks every limit and rule of a valid op: the one check that received ops pass
+    /// after parsing ([`Op::from_proto`]) and local ops pass before they are applied and
+    /// signed, so a node never signs what it (or any replica) would refuse.
+    pub fn validate(&self) -> Result<(), OpError> {
+        match &self.body {
+            OpBody::Create(c) => {
+                validate_name(&c.name)?;
+                validate_content(&c.content)?;
+                if c.kind == Kind::Symlink && c.content.len() > MAX_SYMLINK_BYTES as u64 {
                     return Err(OpError::TooLarge {
                         what: "symlink target",
                         limit: MAX_SYMLINK_BYTES,
                     });
                 }
-                OpBody::Create(Create {
-                    parent: id(&c.parent, "parent")?,
-                    name: name(c.name)?,
-                    kind,
-                    mode: c.mode & 0o7777,
-                    uid: c.uid,
-                    gid: c.gid,
-                    rdev: c.rdev,
-                    mtime_ns: c.mtime_ns,
-                    content,
-                })
+                Ok(())
             }
+            OpBody::Link { name, .. } | OpBody::Move { name, .. } => validate_name(name),
+            OpBody::SetStoreName(name) => validate_name(name),
+            OpBody::Remove { seen_content, .. } => validate_ids(seen_content, "seen_content"),
+            OpBody::Write {
+                supersedes,
+                content,
+                ..
+            } => {
+                validate_ids(supersedes, "supersedes")?;
+                validate_content(content)
+            }
+            OpBody::Append {
+                supersedes, data, ..
+            } => {
+                validate_ids(supersedes, "supersedes")?;
+                validate_content(data)
+            }
+            OpBody::Dismiss { supersedes, .. } => validate_ids(supersedes, "supersedes"),
+            OpBody::SetMeta(m) => validate_meta(m),
+            OpBody::SetMember { display_name, .. } => validate_label(display_name),
+            OpBody::RevokeMember { .. } | OpBody::Invite { .. } | OpBody::RevokeInvite { .. } => {
+                Ok(())
+            }
+        }
+    }
+
+    /// Parses the protobuf form and [validates](Op::validate) it.
+    pub fn from_proto(op: pb::Op) -> Result<Self, OpError> {
+        let op = Self::parse(op)?;
+        op.validate()?;
+        Ok(op)
+    }
+
+    /// Converts the protobuf form: ids, enums and list lengths (before allocating them);
+    /// every other rule is [`Op::validate`]'s.
+    fn parse(op: pb::Op) -> Result<Self, OpError> {
+        use pb::op::Body;
+        let body = match op.body.ok_or(OpError::Empty)? {
+            Body::Create(c) => OpBody::Create(Create {
+                parent: id(&c.parent, "parent")?,
+                name: c.name,
+                kind: kind_from_proto(c.kind)?,
+                mode: c.mode & 0o7777,
+                uid: c.uid,
+                gid: c.gid,
+                rdev: c.rdev,
+                mtime_ns: c.mtime_ns,
+                content: content_from_proto(c.content)?,
+            }),
             Body::Link(l) => OpBody::Link {
                 file: id(&l.file, "file")?,
                 parent: id(&l.parent, "parent")?,
-                name: name(l.name)?,
+                name: l.name,
             },
             Body::Move(m) => OpBody::Move {
                 entry: id(&m.entry, "entry")?,
                 parent: id(&m.parent, "parent")?,
-                name: name(m.name)?,
+                name: m.name,
             },
             Body::Remove(r) => OpBody::Remove {
                 entry: id(&r.entry, "entry")?,
@@ -553,18 +596,6 @@ impl Op {
                         limit: MAX_XATTRS_PER_OP,
                     });
                 }
-                for x in &m.xattr_set {
-                    xattr_name(&x.name)?;
-                    if x.value.len() > MAX_XATTR_VALUE {
-                        return Err(OpError::TooLarge {
-                            what: "xattr value",
-                            limit: MAX_XATTR_VALUE,
-                        });
-                    }
-                }
-                for n in &m.xattr_remove {
-                    xattr_name(n)?;
-                }
                 OpBody::SetMeta(SetMeta {
                     file: id(&m.file, "file")?,
                     mode: m.mode.map(|x| x & 0o7777),
@@ -576,11 +607,11 @@ impl Op {
                     xattr_remove: m.xattr_remove,
                 })
             }
-            Body::SetStoreName(s) => OpBody::SetStoreName(name(s.name)?),
+            Body::SetStoreName(s) => OpBody::SetStoreName(s.name),
             Body::SetMember(m) => OpBody::SetMember {
                 key: PublicKey(fixed32(&m.key, "key")?),
                 role: role_from_proto(m.role)?,
-                display_name: label(m.display_name)?,
+                display_name: m.display_name,
                 invite: if m.invite.is_empty() {
                     None
                 } else {
@@ -623,19 +654,79 @@ pub fn validate_name(n: &str) -> Result<(), OpError> {
     Ok(())
 }
 
-fn name(n: String) -> Result<String, OpError> {
-    validate_name(&n)?;
-    Ok(n)
-}
-
-fn label(n: String) -> Result<String, OpError> {
+/// Checks a display name: at most [`MAX_LABEL_BYTES`], no control character (newline,
+/// NUL, ...) and no `/`, since it ends up in conflict-copy file names. Empty is allowed
+/// (the key is shown instead).
+pub fn validate_label(n: &str) -> Result<(), OpError> {
     if n.len() > MAX_LABEL_BYTES {
         return Err(OpError::TooLarge {
             what: "display name",
             limit: MAX_LABEL_BYTES,
         });
     }
-    Ok(n)
+    if n.chars().any(|c| c.is_control() || c == '/') {
+        return Err(OpError::BadLabel(n.chars().take(64).collect()));
+    }
+    Ok(())
+}
+
+/// A valid display name made from `n`: control characters and `/` become spaces,
+/// surrounding whitespace is trimmed and the rest is cut to [`MAX_LABEL_BYTES`] at a
+/// character boundary.
+pub fn clean_label(n: &str) -> String {
+    let replaced: String = n
+        .chars()
+        .map(|c| if c.is_control() || c == '/' { ' ' } else { c })
+        .collect();
+    let mut out = replaced.trim().to_string();
+    let mut end = out.len().min(MAX_LABEL_BYTES);
+    while !out.is_char_boundary(end) {
+        end -= 1;
+    }
+    out.truncate(end);
+    out.trim_end().to_string()
+}
+
+fn validate_content(c: &Content) -> Result<(), OpError> {
+    match c {
+        Content::Inline(b) if b.len() > INLINE_MAX => Err(OpError::TooLarge {
+            what: "inline content",
+            limit: INLINE_MAX,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn validate_ids(ids: &[OpId], what: &'static str) -> Result<(), OpError> {
+    if ids.len() > MAX_SUPERSEDES {
+        return Err(OpError::TooLarge {
+            what,
+            limit: MAX_SUPERSEDES,
+        });
+    }
+    Ok(())
+}
+
+fn validate_meta(m: &SetMeta) -> Result<(), OpError> {
+    if m.xattr_set.len() > MAX_XATTRS_PER_OP || m.xattr_remove.len() > MAX_XATTRS_PER_OP {
+        return Err(OpError::TooLarge {
+            what: "xattrs per op",
+            limit: MAX_XATTRS_PER_OP,
+        });
+    }
+    for (n, v) in &m.xattr_set {
+        xattr_name(n)?;
+        if v.len() > MAX_XATTR_VALUE {
+            return Err(OpError::TooLarge {
+                what: "xattr value",
+                limit: MAX_XATTR_VALUE,
+            });
+        }
+    }
+    for n in &m.xattr_remove {
+        xattr_name(n)?;
+    }
+    Ok(())
 }
 
 fn fixed32(b: &[u8], what: &'static str) -> Result<[u8; 32], OpError> {
@@ -686,15 +777,7 @@ fn content_to_proto(c: &Content) -> pb::Content {
 fn content_from_proto(c: Option<pb::Content>) -> Result<Content, OpError> {
     match c.and_then(|c| c.value) {
         None => Ok(Content::empty()),
-        Some(pb::content::Value::Inline(b)) => {
-            if b.len() > INLINE_MAX {
-                return Err(OpError::TooLarge {
-                    what: "inline content",
-                    limit: INLINE_MAX,
-                });
-            }
-            Ok(Content::Inline(b))
-        }
+        Some(pb::content::Value::Inline(b)) => Ok(Content::Inline(b)),
         Some(pb::content::Value::Manifest(m)) => Ok(Content::Manifest {
             hash: Hash::from_slice(&m.hash).ok_or(OpError::BadId("manifest hash"))?,
             size: m.size,
@@ -779,6 +862,74 @@ mod tests {
             assert!(validate_name(n).is_err(), "{n:?}");
         }
         assert!(validate_name(&"x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn display_names_refuse_control_characters_slashes_and_more_than_255_bytes() {
+        for bad in [
+            "a\nb",
+            "nul\0",
+            "tab\t",
+            "del\u{7f}",
+            "a/b",
+            &"x".repeat(256),
+        ] {
+            assert!(validate_label(bad).is_err(), "{bad:?}");
+        }
+        for good in ["", "laptop", "Zoë (work)", &"é".repeat(127)] {
+            validate_label(good).unwrap();
+        }
+        assert_eq!(clean_label("  a\nb/c\0 "), "a b c");
+        let cleaned = clean_label(&"é".repeat(200));
+        assert_eq!(cleaned.len(), 254);
+        validate_label(&cleaned).unwrap();
+    }
+
+    #[test]
+    fn a_received_op_is_refused_exactly_when_validate_refuses_it() {
+        let member = |display_name: &str| Op {
+            hlc: Hlc::ZERO,
+            body: OpBody::SetMember {
+                key: PublicKey([1; 32]),
+                role: Role::Writer,
+                display_name: display_name.into(),
+                invite: None,
+            },
+        };
+        let xattrs = |n: usize| Op {
+            hlc: Hlc::ZERO,
+            body: OpBody::SetMeta(SetMeta {
+                file: OpId::ROOT,
+                xattr_set: vec![(Bytes::from_static(b"user.a"), Bytes::new()); n],
+                ..Default::default()
+            }),
+        };
+        let ops = [
+            member("ok"),
+            member("new\nline"),
+            member("a/b"),
+            member(&"x".repeat(300)),
+            xattrs(MAX_XATTRS_PER_OP),
+            xattrs(MAX_XATTRS_PER_OP + 1),
+            Op {
+                hlc: Hlc::ZERO,
+                body: OpBody::SetStoreName("a/b".into()),
+            },
+            Op {
+                hlc: Hlc::ZERO,
+                body: OpBody::Remove {
+                    entry: OpId::ROOT,
+                    seen_content: vec![OpId::ROOT; MAX_SUPERSEDES + 1],
+                },
+            },
+        ];
+        for op in ops {
+            assert_eq!(
+                Op::from_proto(op.to_proto()).map(|_| ()),
+                op.validate(),
+                "{op:?}"
+            );
+        }
     }
 
     #[test]

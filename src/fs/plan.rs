@@ -6,7 +6,8 @@ use bytes::{Bytes, BytesMut};
 use crate::fs::error::FsError;
 use crate::fs::op::{
     validate_name, Content, Create, FileId, Kind, OpBody, OpId, SetMeta, INLINE_MAX,
-    MAX_NAME_BYTES, MAX_SYMLINK_BYTES, MAX_XATTRS_PER_OP, MAX_XATTR_NAME, MAX_XATTR_VALUE,
+    MAX_NAME_BYTES, MAX_SUPERSEDES, MAX_SYMLINK_BYTES, MAX_XATTRS_PER_OP, MAX_XATTR_NAME,
+    MAX_XATTR_VALUE,
 };
 use crate::fs::state::FsState;
 use crate::fs::view::{Node, RenameFlags};
@@ -360,6 +361,51 @@ impl FsState {
                 mtime_ns,
             }),
         }
+    }
+
+    /// `body` as ops that each carry at most [`MAX_SUPERSEDES`] superseded (or seen)
+    /// heads, `body` last. A file may gain more concurrent heads than one op can name
+    /// (many writers, or one hostile writer); then every later write of it would plan an
+    /// op no replica accepts. The excess, oldest heads first, goes into `Dismiss` ops
+    /// pushed just before: applying `Dismiss{A}` then `Write{B}` gives the state of one
+    /// `Write{A ∪ B}` (superseding is a set union and commutes), so the projection stays
+    /// a pure function of the set of ops. For a `Remove` the dismissed heads are ones its
+    /// author saw and deleted; if the file keeps another name, those versions are gone
+    /// from it as if their conflict copies had been deleted.
+    pub fn bounded(&self, body: OpBody) -> Vec<OpBody> {
+        let (file, mut body) = match body {
+            OpBody::Write { file, .. }
+            | OpBody::Append { file, .. }
+            | OpBody::Dismiss { file, .. } => (file, body),
+            OpBody::Remove { entry, .. } => match self.tree.entry(entry) {
+                Some(e) => (e.file, body),
+                None => return vec![body],
+            },
+            other => return vec![other],
+        };
+        let ids = match &mut body {
+            OpBody::Write { supersedes, .. }
+            | OpBody::Append { supersedes, .. }
+            | OpBody::Dismiss { supersedes, .. } => supersedes,
+            OpBody::Remove { seen_content, .. } => seen_content,
+            _ => return vec![body],
+        };
+        if ids.len() <= MAX_SUPERSEDES {
+            return vec![body];
+        }
+        ids.sort();
+        ids.dedup();
+        let keep = ids.split_off(ids.len().saturating_sub(MAX_SUPERSEDES));
+        let excess = std::mem::replace(ids, keep);
+        let mut out: Vec<OpBody> = excess
+            .chunks(MAX_SUPERSEDES)
+            .map(|chunk| OpBody::Dismiss {
+                file,
+                supersedes: chunk.to_vec(),
+            })
+            .collect();
+        out.push(body);
+        out
     }
 
     /// Plans `chmod`/`chown`/`utimens`/`setxattr`/`removexattr`.

@@ -14,7 +14,9 @@ use bytes::Bytes;
 
 use crate::fs::content::FileRec;
 use crate::fs::error::FsError;
-use crate::fs::names::{collision_tags, conflict_tag, decorate, raw_candidates};
+use crate::fs::names::{
+    collision_tags, conflict_tag, decorate, may_be_cut, raw_candidates, MIN_CUT_NAME_BYTES,
+};
 use crate::fs::op::{Content, FileId, Kind, OpId};
 use crate::fs::state::FsState;
 use crate::fs::view::{Attr, ContentView, FsStats, Node};
@@ -31,6 +33,19 @@ impl FsState {
         for raw in raw_candidates(name) {
             if let Some(set) = self.tree.group(dir, &raw) {
                 for (n, node) in self.group_names(dir, &raw, set) {
+                    if n == name {
+                        return Ok(node);
+                    }
+                }
+            }
+        }
+        if name.len() >= MIN_CUT_NAME_BYTES && name.contains(" (") {
+            // A decorated name cut to fit parses back to no raw name: try the long ones.
+            for (raw, set) in self.tree.children(dir) {
+                if !may_be_cut(raw) {
+                    continue;
+                }
+                for (n, node) in self.group_names(dir, raw, set) {
                     if n == name {
                         return Ok(node);
                     }

@@ -995,3 +995,61 @@ fn a_move_into_a_concurrently_removed_directory_is_applied_and_brings_it_back() 
     assert_eq!(s.parent(f), Some(d));
     assert_eq!(names(&s, OpId::ROOT), vec!["d"]);
 }
+
+#[test]
+fn conflict_copies_and_duplicates_of_a_255_byte_name_are_valid_names_that_open() {
+    let mut s = FsState::new();
+    run(
+        &mut s,
+        2,
+        1,
+        OpBody::SetMember {
+            key: key(2),
+            role: Role::Writer,
+            display_name: "é".repeat(127),
+            invite: None,
+        },
+    );
+    let long = format!("{}.txt", "n".repeat(251));
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, &long, "base");
+    let w1 = s.plan_write(f, inline("mine"), 0).unwrap();
+    let w2 = s.plan_write(f, inline("theirs"), 0).unwrap();
+    run(&mut s, 2, T0, w2);
+    run(&mut s, 1, T0 + 1, w1);
+    let dup = create(&s, OpId::ROOT, "x", Kind::File, "dup");
+    let OpBody::Create(mut dup) = dup else {
+        unreachable!("create plans a Create")
+    };
+    dup.name = long.clone();
+    run(&mut s, 3, 11, OpBody::Create(dup));
+    let listed = names(&s, OpId::ROOT);
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    for n in &listed {
+        crate::fs::op::validate_name(n).unwrap();
+        let node = s.lookup(OpId::ROOT, n).unwrap();
+        s.attr(node).unwrap();
+    }
+    assert!(listed.iter().any(|n| n.contains("(conflict ")));
+}
+
+#[test]
+fn a_file_with_more_heads_than_one_op_may_supersede_is_still_written_in_valid_ops() {
+    use crate::fs::op::MAX_SUPERSEDES;
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a", "");
+    let heads = MAX_SUPERSEDES * 2 + 10;
+    let w = s.plan_write(f, inline("x"), 0).unwrap();
+    for n in 0..heads {
+        run(&mut s, 2, 100 + n as u64, w.clone());
+    }
+    let body = s.plan_write(f, inline("final"), 0).unwrap();
+    let ops = s.bounded(body);
+    assert_eq!(ops.len(), 3);
+    for (wall, b) in (100_000..).zip(ops) {
+        let o = op(wall, b);
+        o.validate().unwrap();
+        s.apply(key(1), &o);
+    }
+    assert_eq!(names(&s, OpId::ROOT), vec!["a"]);
+    assert_eq!(bytes_of(&s, file_node(&s, OpId::ROOT, "a")), b"final");
+}

@@ -338,7 +338,7 @@ impl LatticeFs {
                 content,
                 now_ns(),
             )?;
-            Ok(tx.push(body))
+            Ok(tx.push(body)?)
         })?;
         let key = Key::File(store.id(), file);
         Ok((key, self.entry(key, parent, name)?))
@@ -529,7 +529,7 @@ impl LatticeFs {
         if changes {
             store.write(|tx| {
                 let body = tx.state().plan_set_meta(SetMeta { file, ..meta })?;
-                tx.push(body);
+                tx.push(body)?;
                 Ok(())
             })?;
         }
@@ -564,7 +564,7 @@ impl LatticeFs {
                         .state()
                         .plan_rename(dir, name, newdir, newname, fs_flags)?;
                     for body in bodies {
-                        tx.push(body);
+                        tx.push(body)?;
                     }
                     Ok(())
                 })?;
@@ -603,7 +603,7 @@ impl LatticeFs {
             ) {
                 return Err(FsError::NotPermitted);
             }
-            tx.push(OpBody::SetStoreName(newname));
+            tx.push(OpBody::SetStoreName(newname))?;
             Ok(())
         })?;
         Ok(())
@@ -618,7 +618,7 @@ impl LatticeFs {
             } else {
                 tx.state().plan_unlink(parent, name)?
             };
-            tx.push(body);
+            tx.push(body)?;
             Ok(())
         })?;
         Ok(())
@@ -636,7 +636,7 @@ impl LatticeFs {
         }
         store.write(|tx| {
             let body = tx.state().plan_link(file, dir, newname)?;
-            tx.push(body);
+            tx.push(body)?;
             Ok(())
         })?;
         self.entry(key, newparent, newname)
@@ -736,7 +736,7 @@ impl LatticeFs {
                 xattr_set: vec![(name, value)],
                 ..Default::default()
             })?;
-            tx.push(body);
+            tx.push(body)?;
             Ok(())
         })?;
         Ok(())
@@ -752,7 +752,7 @@ impl LatticeFs {
                 xattr_remove: vec![name],
                 ..Default::default()
             })?;
-            tx.push(body);
+            tx.push(body)?;
             Ok(())
         })?;
         Ok(())

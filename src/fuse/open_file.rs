@@ -324,7 +324,7 @@ impl OpenFile {
                     self.store
                         .write(|tx| {
                             let body = tx.state().plan_write(file, content, mtime)?;
-                            tx.push(body);
+                            tx.push(body)?;
                             Ok(())
                         })
                         .map_err(Fail::Fs)
@@ -344,7 +344,7 @@ impl OpenFile {
                         .store
                         .write(|tx| {
                             let body = tx.state().plan_append(file, data, mtime)?;
-                            tx.push(body);
+                            tx.push(body)?;
                             Ok(())
                         })
                         .map_err(Fail::Fs);

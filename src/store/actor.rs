@@ -99,6 +99,8 @@ pub(crate) struct Shared {
     pub wake: Condvar,
     /// Hashes of refused and voided intentions (the refused table, in memory).
     pub refused: Mutex<std::collections::HashSet<Hash>>,
+    /// Stored intentions that failed to decode at open: kept, not applied.
+    pub quarantined: Mutex<Vec<Hash>>,
     /// Applied intentions (for stats).
     pub intentions: AtomicU64,
     /// Floating intentions (for stats).
@@ -511,8 +513,9 @@ impl Actor {
             let bytes = intentions
                 .get(hash.0)?
                 .ok_or_else(|| StoreError::Corrupt(format!("history names unknown {hash}")))?;
-            let i = Intention::decode(Bytes::copy_from_slice(bytes.value()))
-                .map_err(|e| StoreError::Corrupt(format!("stored intention {hash}: {e}")))?;
+            let Ok(i) = Intention::decode(Bytes::copy_from_slice(bytes.value())) else {
+                continue; // quarantined at open: never applied, so no part of the history
+            };
             items.push(HistoryItem {
                 seq: k.value().1,
                 hash,

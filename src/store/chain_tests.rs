@@ -418,7 +418,7 @@ fn an_op_pushed_before_a_later_stamped_head_arrives_is_sealed_without_naming_it(
     let (tx, rx) = std::sync::mpsc::channel();
     store
         .write(|t| {
-            t.push(create("mine"));
+            t.push(create("mine"))?;
             let s = store.clone();
             let bytes = ahead.bytes.clone();
             std::thread::spawn(move || tx.send(s.apply_remote(bytes)).unwrap());

@@ -137,8 +137,9 @@ fn rebuild(
         let Some(bytes) = t.intentions.get(hash.0)? else {
             continue;
         };
-        let i = Intention::decode(Bytes::copy_from_slice(bytes.value()))
-            .map_err(|e| StoreError::Corrupt(format!("stored intention {hash}: {e}")))?;
+        let Ok(i) = Intention::decode(Bytes::copy_from_slice(bytes.value())) else {
+            continue; // quarantined at open (see `Store::open`): kept, never applied
+        };
         let seq = t.seq_of(&hash)?.map_or(0, |(_, seq)| seq);
         if !is_genesis(cx, applied, &i) && check_authority(t, &fresh, &i, seq).is_err() {
             lost.push(hash);

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::fs::op::Role;
+use crate::fs::op::{OpError, Role};
 use crate::fs::FsError;
 use crate::identity::PublicKey;
 use crate::intention::{Hash, IntentionError, StoreId};
@@ -156,6 +156,13 @@ pub enum InviteError {
     /// The joiner is already a member with this role.
     #[error("{0:?} is already a member as {1:?}")]
     AlreadyMember(PublicKey, Role),
+    /// The joiner's display name is not a valid label (too long, a control character
+    /// or `/`); nothing was written.
+    #[error("invalid display name: {0}")]
+    DisplayName(OpError),
+    /// The membership op is invalid (see `Op::validate`); nothing was written.
+    #[error("invalid membership op: {0}")]
+    Op(#[from] OpError),
     /// The store failed or is shut down.
     #[error(transparent)]
     Store(#[from] StoreError),

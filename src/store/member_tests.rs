@@ -154,7 +154,7 @@ fn a_reader_cannot_write_locally() {
     let tmp = tempfile::tempdir().unwrap();
     let store = replica(tmp.path(), &admin, me);
     store.apply_remote(g.bytes.clone()).unwrap();
-    let r = store.write(|tx| Ok(tx.push(create("x"))));
+    let r = store.write(|tx| Ok(tx.push(create("x"))?));
     assert_eq!(r, Err(FsError::ReadOnly));
     assert!(matches!(
         store.create_invite(Role::Writer, u64::MAX),
@@ -367,7 +367,7 @@ fn a_local_revocation_cuts_at_the_members_applied_chain_length() {
     let admin = Identity::generate();
     let store = Store::create(tmp.path(), ID, admin.clone(), clock(), "s", "admin").unwrap();
     store
-        .write(|tx| Ok(tx.push(grant(x.public(), Role::Writer))))
+        .write(|tx| Ok(tx.push(grant(x.public(), Role::Writer))?))
         .unwrap();
     store.flush().unwrap();
     let heads: Vec<Hash> = store.digest().unwrap().heads.into_iter().collect();

@@ -11,7 +11,7 @@
 //! count a redemption unless another one of the same invite came first by op id
 //! (see `fs::members`).
 
-use crate::fs::op::{InviteId, OpBody, Role};
+use crate::fs::op::{validate_label, InviteId, OpBody, Role};
 use crate::fs::{InviteInfo, InviteStatus, MemberInfo};
 use crate::hlc::now_ms;
 use crate::identity::PublicKey;
@@ -69,7 +69,7 @@ impl Store {
                 id: invite_id(&secret),
                 role,
                 expires_ms,
-            });
+            })?;
             Ok(secret)
         })
     }
@@ -85,7 +85,7 @@ impl Store {
                 InviteStatus::Used(key) => Err(InviteError::Used(key)),
                 InviteStatus::Revoked => Ok(()),
                 InviteStatus::Open | InviteStatus::Expired => {
-                    tx.push(OpBody::RevokeInvite { id });
+                    tx.push(OpBody::RevokeInvite { id })?;
                     Ok(())
                 }
             }
@@ -93,7 +93,8 @@ impl Store {
     }
 
     /// Redeems the invite whose secret is `secret` for `joiner` at `now_ms`: adds it as a
-    /// member with the invite's role and returns that role. Redeeming again for the same
+    /// member with the invite's role and returns that role. A display name that is not
+    /// a valid label is refused before anything is checked or written. Redeeming again for the same
     /// joiner returns the role without a new op (a retried join). Admins only.
     pub fn redeem_invite(
         &self,
@@ -103,6 +104,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<Role, InviteError> {
         let id = invite_id(secret);
+        validate_label(display_name).map_err(InviteError::DisplayName)?;
         self.admin_write(|tx| {
             let st = tx.state();
             let info = st.invite(&id, now_ms).ok_or(InviteError::Unknown)?;
@@ -124,7 +126,7 @@ impl Store {
                 role: info.role,
                 display_name: display_name.to_owned(),
                 invite: Some(id),
-            });
+            })?;
             Ok(info.role)
         })
     }
@@ -140,7 +142,7 @@ impl Store {
             if tx.state().member(&key).is_none() {
                 return Err(InviteError::NotMember(key));
             }
-            tx.push(OpBody::RevokeMember { key, upto });
+            tx.push(OpBody::RevokeMember { key, upto })?;
             Ok(upto)
         })
     }

@@ -27,7 +27,8 @@
 //!   (count, bytes), for the floating quotas.
 //! - `grant_pos`: `SetMember` op id -> its position in the member's chain (roles).
 //! - `meta`: `store_id`, `founder` (author of the genesis intention), `last_local_hlc`,
-//!   `park_order`.
+//!   `park_order`, `quarantined` (hashes of stored intentions that failed to decode at
+//!   an open).
 //! - `projection`: witness seq -> `FsState` snapshot bytes reflecting exactly the log
 //!   up to that seq; one row.
 //!
@@ -96,7 +97,7 @@ pub use error::{InviteError, StoreError};
 pub use index::{BareIndex, IndexView, BLOCK_ITEMS, MAX_BLOCK_ITEMS};
 pub use members::{invite_id, Equivocator};
 
-use crate::fs::op::{FileId, Op, OpBody, OpId, Role};
+use crate::fs::op::{FileId, Op, OpBody, OpError, OpId, Role};
 use crate::fs::{FsError, FsState, FsStats};
 use crate::hlc::{now_ms, Clock, Hlc};
 use crate::identity::{Identity, PublicKey};
@@ -105,8 +106,9 @@ use actor::{Request, Shared};
 use apply::{op_size, Counts, Queued};
 use index::Index;
 use tables::{
-    chain_at, hlc_from_bytes, verify_witness, Tables, FLOATING, INTENTIONS, META, META_FOUNDER,
-    META_LAST_LOCAL_HLC, META_STORE_ID, PROJECTION, REFUSED, WITNESS,
+    chain_at, hashes_from_bytes, hashes_to_bytes, hlc_from_bytes, verify_witness, Tables, FLOATING,
+    INTENTIONS, META, META_FOUNDER, META_LAST_LOCAL_HLC, META_QUARANTINED, META_STORE_ID,
+    PROJECTION, REFUSED, WITNESS,
 };
 
 /// File name of a store's database inside its directory.
@@ -244,22 +246,38 @@ impl Tx<'_> {
 
     /// Stamps `body` with the next clock tick, applies it and queues it; returns its id.
     ///
-    /// # Panics
-    /// If the op alone is larger than [`MAX_INTENTION_OPS_BYTES`] (planners never make one).
-    pub fn push(&mut self, body: OpBody) -> OpId {
-        let hlc = self.shared.clock.lock().tick(now_ms());
-        let op = Op { hlc, body };
-        assert!(
-            op_size(&op) <= MAX_INTENTION_OPS_BYTES,
-            "op does not fit in one intention"
-        );
-        let touched = self.state.touched(self.me, &op);
-        self.state.apply(self.me, &op);
-        self.ops.push(Queued { op, touched });
-        OpId {
-            hlc,
-            author: self.me,
+    /// A supersede set larger than one op may carry is split first
+    /// ([`FsState::bounded`]). Every resulting op is [validated](Op::validate) before
+    /// any is applied: an op that no replica would accept (or that alone is larger than
+    /// [`MAX_INTENTION_OPS_BYTES`]) is refused here, so sealing never meets one.
+    pub fn push(&mut self, body: OpBody) -> Result<OpId, OpError> {
+        let bodies = self.state.bounded(body);
+        for body in &bodies {
+            let op = Op {
+                hlc: Hlc::ZERO,
+                body: body.clone(),
+            };
+            op.validate()?;
+            if op_size(&op) > MAX_INTENTION_OPS_BYTES {
+                return Err(OpError::TooLarge {
+                    what: "op",
+                    limit: MAX_INTENTION_OPS_BYTES,
+                });
+            }
         }
+        let mut last = None;
+        for body in bodies {
+            let hlc = self.shared.clock.lock().tick(now_ms());
+            let op = Op { hlc, body };
+            let touched = self.state.touched(self.me, &op);
+            self.state.apply(self.me, &op);
+            self.ops.push(Queued { op, touched });
+            last = Some(OpId {
+                hlc,
+                author: self.me,
+            });
+        }
+        Ok(last.expect("bounded keeps the op itself, last"))
     }
 }
 
@@ -352,6 +370,11 @@ impl Store {
 
     /// Opens the store in `dir`: loads the projection snapshot, replays the witness log
     /// after it, and moves the clock past the last local HLC.
+    ///
+    /// One bad record does not stop the store: a snapshot that does not decode is
+    /// rebuilt from the whole witness log, and a stored intention that does not decode
+    /// (or whose bytes are missing) is quarantined: kept, not applied, recorded in
+    /// `meta` and listed by [`Store::quarantined`].
     pub fn open(
         dir: &Path,
         identity: Identity,
@@ -386,10 +409,18 @@ impl Store {
             None => Hlc::ZERO,
         };
         let (mut state, snap_seq) = match txn.open_table(PROJECTION)?.last()? {
-            Some((k, v)) => (
-                FsState::decode_snapshot(v.value()).map_err(StoreError::Snapshot)?,
-                k.value(),
-            ),
+            Some((k, v)) => match FsState::decode_snapshot(v.value()) {
+                Ok(state) => (state, k.value()),
+                Err(e) => {
+                    // The projection is a pure function of the intentions: rebuild it.
+                    tracing::warn!(
+                        store = %id.to_hex(),
+                        error = %e,
+                        "projection snapshot does not decode; rebuilding it from the witness log"
+                    );
+                    (FsState::new(), 0)
+                }
+            },
             None => (FsState::new(), 0),
         };
         let witness = txn.open_table(WITNESS)?;
@@ -398,20 +429,37 @@ impl Store {
         for entry in txn.open_table(REFUSED)?.iter()? {
             refused.insert(Hash(entry?.0.value()));
         }
+        let mut quarantined = match meta.get(META_QUARANTINED)? {
+            Some(v) => hashes_from_bytes(v.value()),
+            None => Vec::new(),
+        };
+        let known_quarantined = quarantined.len();
         verify_witness(&witness, snap_seq + 1, chain_at(&witness, snap_seq)?)?;
         for entry in witness.range(snap_seq + 1..)? {
             let (_, v) = entry?;
             let hash = Hash(v.value().0);
-            if refused.contains(&hash) {
+            if refused.contains(&hash) || quarantined.contains(&hash) {
                 continue;
             }
-            let bytes = intentions
-                .get(hash.0)?
-                .ok_or_else(|| StoreError::Corrupt(format!("witness names unknown {hash}")))?;
-            let i = Intention::decode(Bytes::copy_from_slice(bytes.value()))
-                .map_err(|e| StoreError::Corrupt(format!("stored intention {hash}: {e}")))?;
-            for op in &i.ops {
-                state.apply(i.author, op);
+            let decoded = match intentions.get(hash.0)? {
+                Some(bytes) => Intention::decode(Bytes::copy_from_slice(bytes.value()))
+                    .map_err(|e| e.to_string()),
+                None => Err("its bytes are missing".to_string()),
+            };
+            match decoded {
+                Ok(i) => {
+                    for op in &i.ops {
+                        state.apply(i.author, op);
+                    }
+                }
+                Err(why) => {
+                    tracing::error!(
+                        store = %id.to_hex(),
+                        intention = %hash,
+                        "quarantined a stored intention that does not decode: {why}"
+                    );
+                    quarantined.push(hash);
+                }
             }
         }
         let counts = Counts {
@@ -419,15 +467,29 @@ impl Store {
             floating: txn.open_table(FLOATING)?.len()? + tables::early_len(&txn)?,
         };
         drop((meta, witness, intentions, txn));
+        if quarantined.len() > known_quarantined {
+            // Persisted, so the set survives the next snapshot (which no longer replays them).
+            let txn = index.db()?.begin_write()?;
+            txn.open_table(META)?
+                .insert(META_QUARANTINED, &hashes_to_bytes(&quarantined)[..])?;
+            index.commit(txn)?;
+        }
         clock.lock().observe(last_local);
         let shared = Arc::new(new_shared(id, founder, identity, state, clock, index));
         *shared.refused.lock() = refused;
+        *shared.quarantined.lock() = quarantined;
         start(shared, counts)
     }
 
     /// The store id.
     pub fn id(&self) -> StoreId {
         self.handle.shared.id
+    }
+
+    /// Stored intentions that failed to decode when the store was opened, in the order
+    /// found: kept, not applied (see [`Store::open`]).
+    pub fn quarantined(&self) -> Vec<Hash> {
+        self.handle.shared.quarantined.lock().clone()
     }
 
     /// Runs `f` with a read lock on the projection.
@@ -636,6 +698,7 @@ fn new_shared(
         mailbox: Mutex::default(),
         wake: parking_lot::Condvar::new(),
         refused: Mutex::default(),
+        quarantined: Mutex::default(),
         intentions: AtomicU64::new(0),
         floating: AtomicU64::new(0),
         events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,

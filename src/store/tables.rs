@@ -73,6 +73,8 @@ pub(crate) const META_FOUNDER: &str = "founder";
 pub(crate) const META_LAST_LOCAL_HLC: &str = "last_local_hlc";
 /// Meta key: the next park order (u64 BE), so eviction can find an author's oldest.
 pub(crate) const META_PARK_ORDER: &str = "park_order";
+/// `meta` key: the concatenated hashes of stored intentions quarantined at an open.
+pub(crate) const META_QUARANTINED: &str = "quarantined";
 
 /// The chain hash of witness entry `hash` following chain hash `prev`.
 pub(crate) fn chain(prev: &[u8; 32], hash: &Hash) -> [u8; 32] {
@@ -136,6 +138,16 @@ pub(crate) fn read_forks(
         out.push((PublicKey(k.value()), seq, [Hash(a), Hash(b)]));
     }
     Ok(out)
+}
+
+/// The concatenation of `hashes`.
+pub(crate) fn hashes_to_bytes(hashes: &[Hash]) -> Vec<u8> {
+    hashes.iter().flat_map(|h| h.0).collect()
+}
+
+/// Parses [`hashes_to_bytes`] output (a torn last row is dropped).
+pub(crate) fn hashes_from_bytes(b: &[u8]) -> Vec<Hash> {
+    b.chunks_exact(32).filter_map(Hash::from_slice).collect()
 }
 
 /// Checks the witness chain of `table` from entry `from` (whose predecessor has chain

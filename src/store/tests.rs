@@ -290,7 +290,7 @@ fn founded_store(dir: &Path, admin: &Identity, writer: &Identity, reader: &Ident
                     role,
                     display_name: "m".into(),
                     invite: None,
-                });
+                })?;
             }
             Ok(())
         })
@@ -371,7 +371,7 @@ fn a_node_that_is_not_a_writer_cannot_write_locally() {
     let dag = Dag::build(1, 0);
     let store = dag.replica(tmp.path());
     let r = store.write(|tx| {
-        tx.push(create("x"));
+        tx.push(create("x"))?;
         Ok(())
     });
     assert!(matches!(r, Err(crate::fs::FsError::ReadOnly)));
@@ -388,7 +388,7 @@ fn flushed_writes_survive_reopen_and_the_clock_does_not_go_backwards() {
     let mut last = OpId::ROOT;
     for n in 0..50 {
         last = store
-            .write(|tx| Ok(tx.push(create(&format!("f{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("f{n}")))?))
             .unwrap();
     }
     store.flush().unwrap();
@@ -401,7 +401,7 @@ fn flushed_writes_survive_reopen_and_the_clock_does_not_go_backwards() {
     assert!(fresh.lock().last() >= last.hlc);
     assert_eq!(reopened.read(|s| s.canonical_dump()), dump);
     assert_eq!(reopened.digest().unwrap(), digest);
-    let next = reopened.write(|tx| Ok(tx.push(create("after")))).unwrap();
+    let next = reopened.write(|tx| Ok(tx.push(create("after"))?)).unwrap();
     assert!(next.hlc > last.hlc);
     assert!(matches!(
         store.apply_remote(Bytes::new()),
@@ -433,13 +433,13 @@ fn a_flush_syncs_content_first_and_fails_while_the_content_cannot_be_synced() {
             Ok(())
         }
     }));
-    store.write(|tx| Ok(tx.push(create("a")))).unwrap();
+    store.write(|tx| Ok(tx.push(create("a"))?)).unwrap();
     store.flush().unwrap();
     let after_first = calls.load(Ordering::SeqCst);
     assert!(after_first >= 1, "the hook ran before the durable commit");
 
     broken.store(true, Ordering::SeqCst);
-    store.write(|tx| Ok(tx.push(create("b")))).unwrap();
+    store.write(|tx| Ok(tx.push(create("b"))?)).unwrap();
     let failed = store.flush();
     assert!(
         matches!(&failed, Err(StoreError::Unsynced(why)) if why == "disk full"),
@@ -471,7 +471,7 @@ fn ops_pushed_together_are_sealed_into_one_intention_naming_the_tip_and_heads() 
     store
         .write(|tx| {
             for n in 0..100 {
-                tx.push(create(&format!("f{n}")));
+                tx.push(create(&format!("f{n}")))?;
             }
             Ok(())
         })
@@ -518,7 +518,7 @@ fn snapshot_plus_replay_equals_full_replay() {
         Store::create(tmp.path(), StoreId([7; 16]), me.clone(), clock(), "s", "me").unwrap();
     for n in 0..20 {
         store
-            .write(|tx| Ok(tx.push(create(&format!("a{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("a{n}")))?))
             .unwrap();
         store.flush().unwrap();
     }
@@ -528,7 +528,7 @@ fn snapshot_plus_replay_equals_full_replay() {
     let store = Store::open(tmp.path(), me.clone(), clock()).unwrap();
     for n in 0..20 {
         store
-            .write(|tx| Ok(tx.push(create(&format!("b{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("b{n}")))?))
             .unwrap();
         store.flush().unwrap();
     }
@@ -555,7 +555,7 @@ fn witness_chain_verifies_and_a_tampered_entry_is_refused_on_open() {
         Store::create(tmp.path(), StoreId([8; 16]), me.clone(), clock(), "s", "me").unwrap();
     for n in 0..5 {
         store
-            .write(|tx| Ok(tx.push(create(&format!("f{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("f{n}")))?))
             .unwrap();
         store.flush().unwrap();
     }
@@ -584,13 +584,13 @@ fn history_lists_the_intentions_touching_a_file_in_order() {
     let me = Identity::generate();
     let store =
         Store::create(tmp.path(), StoreId([2; 16]), me.clone(), clock(), "s", "me").unwrap();
-    let file = store.write(|tx| Ok(tx.push(create("f")))).unwrap();
+    let file = store.write(|tx| Ok(tx.push(create("f"))?)).unwrap();
     store.flush().unwrap();
-    let other = store.write(|tx| Ok(tx.push(create("g")))).unwrap();
+    let other = store.write(|tx| Ok(tx.push(create("g"))?)).unwrap();
     store.flush().unwrap();
     for n in 0..2 {
         store
-            .write(|tx| Ok(tx.push(write_body(file, &format!("v{n}")))))
+            .write(|tx| Ok(tx.push(write_body(file, &format!("v{n}")))?))
             .unwrap();
         store.flush().unwrap();
     }
@@ -617,7 +617,7 @@ fn ten_thousand_pushes_and_one_flush_are_fast_and_all_sealed() {
     let start = Instant::now();
     for n in 0..10_000 {
         store
-            .write(|tx| Ok(tx.push(create(&format!("f{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("f{n}")))?))
             .unwrap();
     }
     let pushed = start.elapsed();
@@ -627,7 +627,7 @@ fn ten_thousand_pushes_and_one_flush_are_fast_and_all_sealed() {
     let f0 = Instant::now();
     for n in 0..flushes {
         store
-            .write(|tx| Ok(tx.push(create(&format!("g{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("g{n}")))?))
             .unwrap();
         store.flush().unwrap();
     }
@@ -660,12 +660,12 @@ fn crash_child_writes_and_flushes_until_killed() {
     // Bounded, so a child whose parent died does not run forever.
     for n in 0..20_000 {
         store
-            .write(|tx| Ok(tx.push(create(&format!("f{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("f{n}")))?))
             .unwrap();
         store.flush().unwrap();
         println!("flushed {n}");
         store
-            .write(|tx| Ok(tx.push(create(&format!("u{n}")))))
+            .write(|tx| Ok(tx.push(create(&format!("u{n}")))?))
             .unwrap();
     }
 }
@@ -753,7 +753,7 @@ fn subscribers_see_sealed_bytes_and_applied_files_after_commit() {
     .unwrap();
     let mut events = a.subscribe();
     a.write(|tx| {
-        tx.push(create("hello"));
+        tx.push(create("hello"))?;
         Ok(())
     })
     .unwrap();
@@ -814,4 +814,229 @@ fn witness_batches_replay_into_a_new_replica_without_floating() {
             .len(),
         1
     );
+}
+
+/// A snapshot as an older node wrote it: `ops` by `author`, no validation.
+fn raw_snapshot(author: &Identity, ops: &[crate::proto::fs::Op]) -> Vec<u8> {
+    let mut out = b"LMFSNAP1".to_vec();
+    out.extend_from_slice(&(ops.len() as u64).to_le_bytes());
+    for op in ops {
+        let bytes = op.encode_to_vec();
+        out.extend_from_slice(&author.public().0);
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+/// A signed intention holding `ops` as they are, as a node without validation signed it.
+fn signed_unchecked(
+    author: &Identity,
+    store: StoreId,
+    prev: Hash,
+    ops: Vec<crate::proto::fs::Op>,
+) -> (Hash, Bytes) {
+    use crate::proto::intention as pb;
+    let hlc = Hlc {
+        wall_ms: ops.iter().map(|o| o.hlc_wall_ms).max().unwrap_or(0),
+        counter: 0,
+    };
+    let body = pb::IntentionBody {
+        author: Bytes::copy_from_slice(&author.public().0),
+        hlc_wall_ms: hlc.wall_ms,
+        hlc_counter: hlc.counter,
+        store_id: Bytes::copy_from_slice(&store.0),
+        prev: Bytes::copy_from_slice(&prev.0),
+        deps: vec![],
+        ops: crate::proto::fs::OpBatch { ops }.encode_to_vec().into(),
+    }
+    .encode_to_vec();
+    let hash = Hash::of(&body);
+    let signature = author.sign(&[crate::intention::SIGNING_DOMAIN, &hash.0].concat());
+    let signed = pb::SignedIntention {
+        body: body.into(),
+        signature: Bytes::copy_from_slice(&signature),
+    };
+    (hash, signed.encode_to_vec().into())
+}
+
+/// A SetMember with a display name no replica accepts (300 bytes), as a Redeem put it.
+fn long_named_member(key: &Identity, wall_ms: u64) -> crate::proto::fs::Op {
+    Op {
+        hlc: Hlc {
+            wall_ms,
+            counter: 0,
+        },
+        body: OpBody::SetMember {
+            key: key.public(),
+            role: Role::Writer,
+            display_name: "x".repeat(300),
+            invite: None,
+        },
+    }
+    .to_proto()
+}
+
+#[test]
+fn a_snapshot_that_does_not_decode_is_rebuilt_from_the_witness_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let me = Identity::generate();
+    let store =
+        Store::create(tmp.path(), StoreId([9; 16]), me.clone(), clock(), "s", "me").unwrap();
+    for n in 0..5 {
+        store
+            .write(|tx| Ok(tx.push(create(&format!("f{n}")))?))
+            .unwrap();
+    }
+    let dump = store.read(|s| s.canonical_dump());
+    store.shutdown().unwrap();
+    let bad_snapshots = [
+        raw_snapshot(&me, &[long_named_member(&Identity::generate(), 1)]),
+        b"garbage bytes".to_vec(),
+    ];
+    for bad in bad_snapshots {
+        {
+            let db = Database::open(tmp.path().join(DB_FILE)).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut t = txn.open_table(PROJECTION).unwrap();
+                let seq = t.last().unwrap().unwrap().0.value();
+                t.insert(seq, &bad[..]).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let reopened = Store::open(tmp.path(), me.clone(), clock()).unwrap();
+        assert_eq!(reopened.read(|s| s.canonical_dump()), dump);
+        assert!(reopened.quarantined().is_empty());
+        reopened.shutdown().unwrap();
+    }
+}
+
+#[test]
+fn a_stored_intention_that_does_not_decode_is_quarantined_kept_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let me = Identity::generate();
+    let id = StoreId([10; 16]);
+    let store = Store::create(tmp.path(), id, me.clone(), clock(), "s", "me").unwrap();
+    store.write(|tx| Ok(tx.push(create("before"))?)).unwrap();
+    store.flush().unwrap();
+    let tip = {
+        let db = store.handle.shared.index.db().unwrap();
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(crate::store::tables::TIPS).unwrap();
+        Hash(t.get(me.public().0).unwrap().unwrap().value().0)
+    };
+    store.shutdown().unwrap();
+    // What an older node signed for a joiner's 300-byte name, and plain garbage.
+    let (bad_hash, bad) = signed_unchecked(
+        &me,
+        id,
+        tip,
+        vec![long_named_member(
+            &Identity::generate(),
+            crate::hlc::now_ms(),
+        )],
+    );
+    let garbage = Bytes::from_static(b"not an intention");
+    let garbage_hash = Hash::of(&garbage);
+    {
+        let db = Database::open(tmp.path().join(DB_FILE)).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = crate::store::tables::Tables::open(&txn).unwrap();
+            for (h, b) in [(bad_hash, &bad), (garbage_hash, &garbage)] {
+                t.intentions.insert(h.0, &b[..]).unwrap();
+                t.append_witness(&h).unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+    let reopened = Store::open(tmp.path(), me.clone(), clock()).unwrap();
+    assert_eq!(reopened.quarantined(), vec![bad_hash, garbage_hash]);
+    let names = reopened.read(|s| {
+        s.readdir(OpId::ROOT)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(names, vec!["before".to_string()]);
+    assert_eq!(reopened.read(|s| s.members().len()), 1);
+    // Writes still seal, and the quarantine outlives the next snapshot.
+    reopened.write(|tx| Ok(tx.push(create("after"))?)).unwrap();
+    reopened.flush().unwrap();
+    let dump = reopened.read(|s| s.canonical_dump());
+    reopened.shutdown().unwrap();
+    let again = Store::open(tmp.path(), me, clock()).unwrap();
+    assert_eq!(again.quarantined(), vec![bad_hash, garbage_hash]);
+    assert_eq!(again.read(|s| s.canonical_dump()), dump);
+    let kept = again.get(vec![bad_hash], usize::MAX).unwrap();
+    assert_eq!(kept, vec![bad], "a quarantined intention is kept as stored");
+}
+
+#[test]
+fn a_local_write_of_a_file_with_more_heads_than_one_op_names_still_seals_and_reopens() {
+    use crate::fs::op::MAX_SUPERSEDES;
+    let tmp = tempfile::tempdir().unwrap();
+    let me = Identity::generate();
+    let other = Identity::generate();
+    let id = StoreId([11; 16]);
+    let store = Store::create(tmp.path(), id, me.clone(), clock(), "s", "me").unwrap();
+    store
+        .write(|tx| {
+            tx.push(OpBody::SetMember {
+                key: other.public(),
+                role: Role::Writer,
+                display_name: "other".into(),
+                invite: None,
+            })?;
+            Ok(())
+        })
+        .unwrap();
+    let file = store.write(|tx| Ok(tx.push(create("f"))?)).unwrap();
+    store.flush().unwrap();
+    // Another writer's concurrent versions, more than one op may supersede.
+    let deps = {
+        let db = store.handle.shared.index.db().unwrap();
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(HEADS).unwrap();
+        t.iter()
+            .unwrap()
+            .map(|e| Hash(e.unwrap().0.value()))
+            .collect::<Vec<_>>()
+    };
+    let base = crate::hlc::now_ms();
+    let versions: Vec<Op> = (0..MAX_SUPERSEDES + 100)
+        .map(|n| Op {
+            hlc: Hlc {
+                wall_ms: base,
+                counter: n as u32,
+            },
+            body: OpBody::Write {
+                file,
+                supersedes: vec![],
+                content: Content::empty(),
+                mtime_ns: 0,
+            },
+        })
+        .collect();
+    let i = Intention::create(&other, id, None, deps, versions).unwrap();
+    store.apply_remote(i.bytes).unwrap();
+    assert!(store.read(|s| s.file(file).unwrap().heads.len()) > MAX_SUPERSEDES);
+    store
+        .write(|tx| {
+            let body = tx
+                .state()
+                .plan_write(file, Content::Inline("v".into()), 0)?;
+            tx.push(body)?;
+            Ok(())
+        })
+        .unwrap();
+    store.flush().unwrap();
+    assert_eq!(store.read(|s| s.file(file).unwrap().heads.len()), 1);
+    let dump = store.read(|s| s.canonical_dump());
+    store.shutdown().unwrap();
+    let reopened = Store::open(tmp.path(), me, clock()).unwrap();
+    assert_eq!(reopened.read(|s| s.canonical_dump()), dump);
+    assert!(reopened.quarantined().is_empty());
 }

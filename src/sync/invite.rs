@@ -8,7 +8,7 @@
 //! bytes of their blake3 hash), so a mistyped token is refused rather than misread.
 //! Decoding trims surrounding whitespace and checks every bound before parsing.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use prost::Message;
 
@@ -73,25 +73,26 @@ pub struct InviteToken {
 }
 
 impl InviteToken {
-    /// The token as one line of text.
-    ///
-    /// # Panics
-    /// If it lists more than [`MAX_TOKEN_ADDRS`] addresses or its store name is longer
-    /// than [`MAX_LABEL_BYTES`], which `decode` would refuse.
+    /// The token as one line of text, which [`InviteToken::decode`] accepts: of more
+    /// than [`MAX_TOKEN_ADDRS`] addresses (a multi-homed host) it lists the most useful
+    /// ones ([`token_addrs`]), and a store name longer than [`MAX_LABEL_BYTES`] (for
+    /// display only) is cut at a character boundary.
     pub fn encode(&self) -> String {
-        assert!(self.addrs.len() <= MAX_TOKEN_ADDRS, "too many token addrs");
-        assert!(
-            self.store_name.len() <= MAX_LABEL_BYTES,
-            "store name too long"
-        );
+        let mut name_end = self.store_name.len().min(MAX_LABEL_BYTES);
+        while !self.store_name.is_char_boundary(name_end) {
+            name_end -= 1;
+        }
         let mut bytes = pb::InviteToken {
             store_id: self.store.0.to_vec().into(),
             inviter: self.inviter.0.to_vec().into(),
-            addrs: self.addrs.iter().map(|a| a.to_string()).collect(),
+            addrs: token_addrs(&self.addrs)
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
             secret: self.secret.to_vec().into(),
             role: role_to_proto(self.role) as i32,
             expires_ms: self.expires_ms,
-            store_name: self.store_name.clone(),
+            store_name: self.store_name[..name_end].to_string(),
         }
         .encode_to_vec();
         let sum = checksum(&bytes);
@@ -146,6 +147,26 @@ impl InviteToken {
             store_name: m.store_name,
         })
     }
+}
+
+/// The addresses a token lists: all of them, in order, if they fit; else the first
+/// [`MAX_TOKEN_ADDRS`] by usefulness to a joiner elsewhere, keeping their order within
+/// a class: IPv4, then other IPv6, then link-local, then loopback.
+pub(crate) fn token_addrs(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    if addrs.len() <= MAX_TOKEN_ADDRS {
+        return addrs.to_vec();
+    }
+    let class = |a: &SocketAddr| match a.ip() {
+        ip if ip.is_loopback() => 3,
+        IpAddr::V4(v4) if v4.is_link_local() => 2,
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => 2,
+        IpAddr::V4(_) => 0,
+        IpAddr::V6(_) => 1,
+    };
+    let mut out = addrs.to_vec();
+    out.sort_by_key(class);
+    out.truncate(MAX_TOKEN_ADDRS);
+    out
 }
 
 fn fixed<const N: usize>(b: &[u8], what: &'static str) -> Result<[u8; N], TokenError> {
@@ -245,6 +266,44 @@ mod tests {
         assert!(text.len() <= MAX_TOKEN_CHARS, "{}", text.len());
         assert!(text.bytes().all(|b| b.is_ascii_alphanumeric()));
         assert_eq!(InviteToken::decode(&format!("  {text}\n")), Ok(t));
+    }
+
+    #[test]
+    fn a_multi_homed_inviter_gets_a_token_with_its_most_useful_addresses_loopback_last() {
+        let mut t = token(0, "docs");
+        t.addrs = (0..40u16)
+            .map(|i| match i % 4 {
+                0 => SocketAddr::from(([127, 0, 0, 1], 1000 + i)),
+                1 => SocketAddr::from(([10, 0, 0, 1], 1000 + i)),
+                2 => format!("[fe80::{i}]:1").parse().unwrap(),
+                _ => format!("[2001:db8::{i}]:1").parse().unwrap(),
+            })
+            .collect();
+        let decoded = InviteToken::decode(&t.encode()).unwrap();
+        assert_eq!(decoded.addrs.len(), MAX_TOKEN_ADDRS);
+        assert_eq!(decoded.addrs, token_addrs(&t.addrs));
+        assert!(decoded.addrs[..10].iter().all(|a| a.is_ipv4()));
+        assert!(decoded.addrs.iter().all(|a| !a.ip().is_loopback()));
+        assert_eq!(token(3, "docs").encode(), token(3, "docs").encode());
+    }
+
+    #[test]
+    fn a_token_listing_more_addresses_than_the_limit_is_refused() {
+        let mut m = pb::InviteToken {
+            store_id: vec![1; 16].into(),
+            inviter: vec![2; 32].into(),
+            secret: vec![3; 32].into(),
+            role: pb_role(Role::Reader),
+            addrs: vec!["10.0.0.1:1".into(); MAX_TOKEN_ADDRS + 1],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let sum = checksum(&m);
+        m.extend_from_slice(&sum);
+        assert_eq!(
+            InviteToken::decode(&format!("{PREFIX}{}", base32(&m))),
+            Err(TokenError::BadField("addrs"))
+        );
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub fn write_file(store: &Store, name: &str, content: Content) -> FileId {
             let body =
                 tx.state()
                     .plan_create(OpId::ROOT, name, Kind::File, 0o644, 0, 0, 0, content, 0)?;
-            Ok(tx.push(body))
+            Ok(tx.push(body)?)
         })
         .unwrap()
 }
