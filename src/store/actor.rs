@@ -27,6 +27,9 @@ use crate::store::{ApplyOutcome, HistoryItem, StoreEvent, WitnessBatch};
 pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
 /// Longest time non-durable commits stay non-durable.
 pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
+/// Longest time a sealed intention waits for the durable commit that lets it leave the
+/// node: short enough for gossip to feel immediate, long enough to batch fsyncs.
+pub const SEALED_DURABLE_WITHIN: Duration = Duration::from_millis(50);
 /// Longest time between projection snapshots while intentions arrive.
 pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
 /// Intentions applied after which a projection snapshot is written at once.
@@ -165,6 +168,24 @@ struct Actor {
     last_snapshot: Instant,
     /// Wall ms at which the next early intention is due (0: check at the next pass).
     next_early: Option<u64>,
+    /// Intentions sealed here whose commit is not durable yet, and when the first was
+    /// sealed. They are neither announced nor served until it is: a crash would lose
+    /// them, and the next intention sealed at the same chain seq would then be a fork.
+    held: Held,
+}
+
+/// Sealed intentions waiting for a durable commit (see [`SEALED_DURABLE_WITHIN`]).
+#[derive(Default)]
+struct Held {
+    bytes: Vec<Bytes>,
+    hashes: std::collections::HashSet<Hash>,
+    since: Option<Instant>,
+}
+
+impl Held {
+    fn due(&self) -> Option<Instant> {
+        self.since.map(|t| t + SEALED_DURABLE_WITHIN)
+    }
 }
 
 /// Runs the actor until shutdown or a failed commit, then lets the database close.
@@ -183,6 +204,7 @@ fn serve(shared: std::sync::Arc<Shared>, counts: Counts) {
         since_snapshot: 0,
         last_snapshot: now,
         next_early: Some(0),
+        held: Held::default(),
     };
     loop {
         let batch = actor.take();
@@ -250,6 +272,9 @@ impl Actor {
         if self.since_snapshot > 0 {
             t = t.min(self.last_snapshot + SNAPSHOT_EVERY);
         }
+        if let Some(due) = self.held.due() {
+            t = t.min(due);
+        }
         if let Some(due) = self.next_early {
             let wall = (self.shared.wall.read())();
             t = t.min(Instant::now() + Duration::from_millis(due.saturating_sub(wall)));
@@ -267,14 +292,18 @@ impl Actor {
             .requests
             .iter()
             .any(|r| matches!(r, Request::Apply(..)));
-        let mut durable =
-            batch.last || flush || (self.dirty && self.last_durable.elapsed() >= DURABLE_EVERY);
+        let mut durable = batch.last
+            || flush
+            || (self.dirty && self.last_durable.elapsed() >= DURABLE_EVERY)
+            || self.held.due().is_some_and(|due| due <= Instant::now());
         let hook = self.shared.before_durable.read().clone();
         let mut unsynced = None;
         if let (true, Some(hook)) = (durable, hook) {
             if let Err(why) = hook() {
                 tracing::warn!("content not durable, commit stays non-durable: {why}");
                 durable = false;
+                // Retry the held intentions' durable commit later, not at every pass.
+                self.held.since = self.held.since.map(|_| Instant::now());
                 unsynced = Some(why);
             }
         }
@@ -385,8 +414,16 @@ impl Actor {
         }
         shared.index.commit(txn)?;
         let effects = cx.effects.take();
-        if !effects.sealed.is_empty() {
-            drop(shared.events.send(StoreEvent::Sealed(effects.sealed)));
+        for bytes in effects.sealed {
+            if let Some((_, hash)) = crate::intention::Intention::peek(&bytes) {
+                self.held.hashes.insert(hash);
+            }
+            self.held.bytes.push(bytes);
+            self.held.since.get_or_insert_with(Instant::now);
+        }
+        if durable && !self.held.bytes.is_empty() {
+            let sealed = mem::take(&mut self.held).bytes;
+            drop(shared.events.send(StoreEvent::Sealed(sealed)));
         }
         if effects.applied > 0 || !effects.touched.is_empty() {
             drop(shared.events.send(StoreEvent::Applied {
@@ -425,7 +462,7 @@ impl Actor {
         let refused = txn.open_table(REFUSED)?;
         let mut out = Vec::new();
         let mut size = 0;
-        for h in hashes {
+        for h in hashes.iter().filter(|h| !self.held.hashes.contains(h)) {
             let found = match intentions.get(h.0)? {
                 Some(v) => Some(v),
                 None => refused.get(h.0)?.filter(|v| !v.value().is_empty()),
@@ -474,6 +511,9 @@ impl Actor {
         for entry in witness.range(from.max(1)..)? {
             let (k, v) = entry?;
             let hash = Hash(v.value().0);
+            if self.held.hashes.contains(&hash) {
+                break;
+            }
             batch.next = k.value() + 1;
             // A voided intention (its author revoked before it) stays in the witness log
             // but is no longer stored: nothing to send.

@@ -86,7 +86,10 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-pub use actor::{BeforeDurable, BATCH_WINDOW, DURABLE_EVERY, SNAPSHOT_EVERY, SNAPSHOT_INTENTIONS};
+pub use actor::{
+    BeforeDurable, BATCH_WINDOW, DURABLE_EVERY, SEALED_DURABLE_WITHIN, SNAPSHOT_EVERY,
+    SNAPSHOT_INTENTIONS,
+};
 pub(crate) use apply::is_refusal;
 pub use apply::{
     MAX_CLOCK_SKEW_MS, MAX_FLOATING, MAX_FLOATING_BYTES_PER_AUTHOR,

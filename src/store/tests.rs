@@ -769,6 +769,50 @@ fn subscribers_see_sealed_bytes_and_applied_files_after_commit() {
 }
 
 #[test]
+fn an_intention_sealed_here_is_neither_announced_nor_served_before_its_commit_is_durable() {
+    // A crash would lose a non-durable intention; had a peer received it, the next one
+    // sealed at the same chain seq would be a fork and this node an equivocator.
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::create(
+        tmp.path(),
+        StoreId([9; 16]),
+        Identity::generate(),
+        clock(),
+        "s",
+        "me",
+    )
+    .unwrap();
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let broken = Arc::new(AtomicBool::new(true));
+    let b = broken.clone();
+    store.set_before_durable(Arc::new(move || {
+        if b.load(Ordering::SeqCst) {
+            Err("disk full".into())
+        } else {
+            Ok(())
+        }
+    }));
+    let mut events = store.subscribe();
+    let served = |s: &Store| s.witness(1, usize::MAX).unwrap().intentions.len();
+    let before = served(&store);
+    store.write(|tx| Ok(tx.push(create("a"))?)).unwrap();
+    std::thread::sleep(crate::store::actor::SEALED_DURABLE_WITHIN * 6);
+    assert!(
+        events.try_recv().is_err(),
+        "a non-durable intention was announced"
+    );
+    assert_eq!(served(&store), before, "a non-durable intention was served");
+
+    broken.store(false, Ordering::SeqCst);
+    store.flush().unwrap();
+    match events.try_recv().unwrap() {
+        crate::store::StoreEvent::Sealed(sealed) => assert_eq!(sealed.len(), 1),
+        other => panic!("expected Sealed, got {other:?}"),
+    }
+    assert_eq!(served(&store), before + 1);
+}
+
+#[test]
 fn witness_batches_replay_into_a_new_replica_without_floating() {
     let tmp = tempfile::tempdir().unwrap();
     let dag = Dag::build(seed(), 200);
