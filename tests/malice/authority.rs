@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use lattice_mount::fs::op::{Content, Create, Kind, Op, OpBody, OpId, Role};
-use lattice_mount::hlc::{now_ms, Hlc};
+use lattice_mount::fs::op::{Content, Op, OpBody, OpId, Role};
+use lattice_mount::hlc::now_ms;
 use lattice_mount::identity::{Identity, PublicKey};
 use lattice_mount::intention::{Hash, Intention};
 use lattice_mount::proto::peer::{request::Kind as Req, Intentions};
@@ -13,27 +13,11 @@ use lattice_mount::store::{Store, MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER};
 use crate::peers::*;
 
 fn op(wall_ms: u64, body: OpBody) -> Op {
-    Op {
-        hlc: Hlc {
-            wall_ms,
-            counter: 0,
-        },
-        body,
-    }
+    op_at(wall_ms, body)
 }
 
 fn file(name: &str) -> OpBody {
-    OpBody::Create(Create {
-        parent: OpId::ROOT,
-        name: name.into(),
-        kind: Kind::File,
-        mode: 0o644,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        mtime_ns: 0,
-        content: Content::Inline(Bytes::from(name.to_owned())),
-    })
+    root_file(name, Content::Inline(Bytes::from(name.to_owned())))
 }
 
 /// The applied intention of `store` with the greatest clock: a dep that names

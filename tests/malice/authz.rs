@@ -1,7 +1,7 @@
 //! Per-store authorization on every path, and what a peer costs before it is a member
 //! (issue 8, findings 3, 4, 8 and 10).
 
-use lattice_mount::fs::op::{Content, Kind, OpId, Role};
+use lattice_mount::fs::op::{Content, Role};
 
 use crate::peers::*;
 
@@ -233,7 +233,6 @@ async fn put(p: &Peer, store: &lattice_mount::store::Store, seed: u64) -> Conten
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_writer_naming_another_stores_blob_in_a_manifest_does_not_get_it() {
-    use lattice_mount::fs::op::{Create, Op, OpBody};
     use lattice_mount::intention::Intention;
     use lattice_mount::proto::peer::{request::Kind as Req, Intentions};
 
@@ -247,23 +246,10 @@ async fn a_writer_naming_another_stores_blob_in_a_manifest_does_not_get_it() {
     let (team_manifest, team_chunk) = manifest_and_chunk(&a, &shared);
 
     // Mallory writes a file into `team` whose content names the hidden manifest.
-    let op = Op {
-        hlc: lattice_mount::hlc::Hlc {
-            wall_ms: lattice_mount::hlc::now_ms(),
-            counter: 0,
-        },
-        body: OpBody::Create(Create {
-            parent: OpId::ROOT,
-            name: "stolen.bin".into(),
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            mtime_ns: 0,
-            content: hidden.clone(),
-        }),
-    };
+    let op = op_at(
+        lattice_mount::hlc::now_ms(),
+        root_file("stolen.bin", hidden.clone()),
+    );
     let naming = Intention::create(&mallory, team.id(), None, Vec::new(), vec![op]).unwrap();
     let ep = raw_endpoint(&mallory).await;
     let push = Req::Push(Intentions {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
-use lattice_mount::fs::op::{Content, Create, Kind, Op, OpBody, OpId, Role};
-use lattice_mount::hlc::{now_ms, Hlc};
+use lattice_mount::fs::op::{Content, OpBody, OpId, Role};
+use lattice_mount::hlc::now_ms;
 use lattice_mount::identity::Identity;
 use lattice_mount::intention::{Hash, Intention};
 use lattice_mount::net::{MAX_FRAME, MAX_RECONCILE_DIFF, SYNC_ALPN};
@@ -245,17 +245,6 @@ async fn a_responder_claiming_endless_intentions_is_asked_for_a_bounded_few() {
     a.stop().await;
 }
 
-/// One op by mallory at `wall_ms`.
-fn op(wall_ms: u64, body: OpBody) -> Op {
-    Op {
-        hlc: Hlc {
-            wall_ms,
-            counter: 0,
-        },
-        body,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_member_publishing_a_two_to_the_forty_byte_chunk_does_not_abort_an_eager_replica() {
     let a = Peer::start("alice").await;
@@ -287,22 +276,15 @@ async fn a_member_publishing_a_two_to_the_forty_byte_chunk_does_not_abort_an_eag
     let m = mallory(&a, hostile.clone(), &blobs).await;
 
     let t = now_ms();
-    let create = op(
+    let create = op_at(
         t,
-        OpBody::Create(Create {
-            parent: OpId::ROOT,
-            name: "bomb.bin".into(),
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            mtime_ns: 0,
-            content: Content::Manifest {
+        root_file(
+            "bomb.bin",
+            Content::Manifest {
                 hash: old_hash,
                 size: 1 << 40,
             },
-        }),
+        ),
     );
     let file = OpId {
         hlc: create.hlc,
@@ -325,7 +307,7 @@ async fn a_member_publishing_a_two_to_the_forty_byte_chunk_does_not_abort_an_eag
     let local = |h: Hash| tokio::task::block_in_place(|| a.node.cas().local_blob(h).ok().flatten());
     eventually("alice fetched the first manifest", || local(old_hash)).await;
 
-    let write = op(
+    let write = op_at(
         t + 1,
         OpBody::Write {
             file,

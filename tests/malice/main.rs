@@ -12,13 +12,11 @@ mod bounds;
 mod fuzz;
 mod names;
 
-use lattice_mount::fs::op::{Content, Kind, OpId, Role};
+use lattice_mount::fs::op::{Content, Role};
 use peers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_input_is_refused_and_changes_nothing() {
-    use lattice_mount::fs::op::{Op, OpBody};
-    use lattice_mount::hlc::Hlc;
     use lattice_mount::identity::Identity;
     use lattice_mount::intention::Intention;
     use lattice_mount::proto::peer::{request::Kind as Req, Frame, Intentions, Patch, Want};
@@ -44,22 +42,11 @@ async fn hostile_input_is_refused_and_changes_nothing() {
     let before = team.stats().intentions;
     let dump = team.read(|s| s.canonical_dump());
 
-    let op = |name: &str| Op {
-        hlc: Hlc {
-            wall_ms: lattice_mount::hlc::now_ms(),
-            counter: 0,
-        },
-        body: OpBody::Create(lattice_mount::fs::op::Create {
-            parent: OpId::ROOT,
-            name: name.into(),
-            kind: Kind::File,
-            mode: 0o644,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            mtime_ns: 0,
-            content: Content::Inline("x".into()),
-        }),
+    let op = |name: &str| {
+        op_at(
+            lattice_mount::hlc::now_ms(),
+            root_file(name, Content::Inline("x".into())),
+        )
     };
     let heads: Vec<lattice_mount::intention::Hash> = Vec::new();
     let by_stranger =

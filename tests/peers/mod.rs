@@ -227,3 +227,29 @@ pub fn pushed(r: Option<lattice_mount::proto::peer::Response>) -> (u32, u32) {
         other => panic!("expected Pushed, got {other:?}"),
     }
 }
+
+/// An op stamped at `wall_ms` (counter 0).
+pub fn op_at(wall_ms: u64, body: lattice_mount::fs::op::OpBody) -> lattice_mount::fs::op::Op {
+    lattice_mount::fs::op::Op {
+        hlc: lattice_mount::hlc::Hlc {
+            wall_ms,
+            counter: 0,
+        },
+        body,
+    }
+}
+
+/// The body of a `Create` of a regular file `name` at the store root holding `content`.
+pub fn root_file(name: &str, content: Content) -> lattice_mount::fs::op::OpBody {
+    lattice_mount::fs::op::OpBody::Create(lattice_mount::fs::op::Create {
+        parent: OpId::ROOT,
+        name: name.into(),
+        kind: Kind::File,
+        mode: 0o644,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        mtime_ns: 0,
+        content,
+    })
+}
