@@ -379,6 +379,30 @@ mod tests {
     }
 
     #[test]
+    fn deps_are_counted_on_the_wire_up_to_the_limit_and_a_cut_body_is_malformed() {
+        let body = |deps: usize| {
+            pb::IntentionBody {
+                hlc_wall_ms: 300,
+                deps: vec![Bytes::new(); deps],
+                ops: Bytes::from_static(b"xyz"),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        assert_eq!(count_field(&body(3), DEPS_FIELD).unwrap(), 3);
+        assert!(check_deps_on_wire(&body(MAX_DEPS)).is_ok());
+        assert!(matches!(
+            check_deps_on_wire(&body(MAX_DEPS + 1)),
+            Err(IntentionError::TooLarge { what: "deps", .. })
+        ));
+        let cut = body(3);
+        assert!(matches!(
+            check_deps_on_wire(&cut[..cut.len() - 1]),
+            Err(IntentionError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn peek_finds_the_hash_and_clock_that_decode_verifies() {
         let (_, i) = sample();
         assert_eq!(Intention::peek(&i.bytes), Some((i.hlc, i.hash)));
