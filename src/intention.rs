@@ -20,6 +20,8 @@ pub const MAX_DEPS: usize = 64;
 pub const MAX_INTENTION_BYTES: usize = MAX_INTENTION_OPS_BYTES + 64 * 1024;
 /// Prefix signed before the intention hash, so the signature means nothing elsewhere.
 pub const SIGNING_DOMAIN: &[u8] = b"lattice-mount intention v1\0";
+/// Field number of `IntentionBody.deps` in proto/intention.proto.
+const DEPS_FIELD: u32 = 6;
 
 /// A 32-byte blake3 hash (intention ids, blob and manifest addresses).
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -186,6 +188,7 @@ impl Intention {
     /// for ordering and bookkeeping of bytes that [`Intention::decode`] will still check.
     pub fn peek(bytes: &Bytes) -> Option<(Hlc, Hash)> {
         let signed = pb::SignedIntention::decode(bytes.clone()).ok()?;
+        check_deps_on_wire(&signed.body).ok()?;
         let body = pb::IntentionBody::decode(signed.body.clone()).ok()?;
         let hlc = Hlc {
             wall_ms: body.hlc_wall_ms,
@@ -205,6 +208,7 @@ impl Intention {
         }
         let signed = pb::SignedIntention::decode(bytes.clone())
             .map_err(|e| IntentionError::Malformed(e.to_string()))?;
+        check_deps_on_wire(&signed.body)?;
         let body = pb::IntentionBody::decode(signed.body.clone())
             .map_err(|e| IntentionError::Malformed(e.to_string()))?;
         check_limits(&body)?;
@@ -285,6 +289,36 @@ fn decode_ops(mut buf: Bytes) -> Result<Vec<Op>, IntentionError> {
     Ok(ops)
 }
 
+/// Refuses an encoded `IntentionBody` naming more than [`MAX_DEPS`] deps, counted on
+/// the wire before prost decodes it: prost holds a 32-byte `Bytes` per entry (48 while
+/// the vector grows), and an empty entry is two bytes on the wire, so a body of empty
+/// deps would take 24 times its size before the limit or the signature is checked.
+fn check_deps_on_wire(body: &[u8]) -> Result<(), IntentionError> {
+    let got = count_field(body, DEPS_FIELD)?;
+    if got > MAX_DEPS {
+        return Err(IntentionError::TooLarge {
+            what: "deps",
+            got,
+            limit: MAX_DEPS,
+        });
+    }
+    Ok(())
+}
+
+/// How many times field `field` occurs in the encoded message `buf`, walking its
+/// keys and skipping values without decoding or allocating them.
+fn count_field(mut buf: &[u8], field: u32) -> Result<usize, IntentionError> {
+    use prost::encoding::{decode_key, skip_field, DecodeContext};
+    let malformed = |e: prost::DecodeError| IntentionError::Malformed(e.to_string());
+    let mut count = 0;
+    while !buf.is_empty() {
+        let (number, wire) = decode_key(&mut buf).map_err(malformed)?;
+        count += usize::from(number == field);
+        skip_field(wire, number, &mut buf, DecodeContext::default()).map_err(malformed)?;
+    }
+    Ok(count)
+}
+
 fn signing_message(hash: &Hash) -> Vec<u8> {
     [SIGNING_DOMAIN, &hash.0].concat()
 }
@@ -342,6 +376,30 @@ mod tests {
         let id = Identity::generate();
         let i = Intention::create(&id, StoreId([7; 16]), None, vec![], vec![op(5, "a")]).unwrap();
         (id, i)
+    }
+
+    #[test]
+    fn deps_are_counted_on_the_wire_up_to_the_limit_and_a_cut_body_is_malformed() {
+        let body = |deps: usize| {
+            pb::IntentionBody {
+                hlc_wall_ms: 300,
+                deps: vec![Bytes::new(); deps],
+                ops: Bytes::from_static(b"xyz"),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        assert_eq!(count_field(&body(3), DEPS_FIELD).unwrap(), 3);
+        assert!(check_deps_on_wire(&body(MAX_DEPS)).is_ok());
+        assert!(matches!(
+            check_deps_on_wire(&body(MAX_DEPS + 1)),
+            Err(IntentionError::TooLarge { what: "deps", .. })
+        ));
+        let cut = body(3);
+        assert!(matches!(
+            check_deps_on_wire(&cut[..cut.len() - 1]),
+            Err(IntentionError::Malformed(_))
+        ));
     }
 
     #[test]
