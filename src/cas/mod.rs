@@ -630,7 +630,11 @@ impl Cas {
     /// Only for the one-time upgrade of a store whose blobs were stored before ownership
     /// tags existed (`node::claim_untagged_content`): anywhere else a reference must never
     /// grant a blob, or a writer could read another store's content by naming it.
-    pub fn claim_referenced(&self, owner: StoreId, pieces: &[Content]) -> Result<u64, CasError> {
+    pub(crate) fn claim_referenced(
+        &self,
+        owner: StoreId,
+        pieces: &[Content],
+    ) -> Result<u64, CasError> {
         let blobs = self.blobs();
         let mut claimed = 0;
         for (hash, size) in manifests(pieces) {
