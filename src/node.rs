@@ -36,6 +36,9 @@ const STORES_DIR: &str = "stores";
 const STAGING_DIR: &str = "staging";
 /// Marker file in a store's directory while it is still being bootstrapped.
 const JOINING_FILE: &str = "joining";
+/// Marker file in a store's directory: the local blobs of the store carry its ownership
+/// tags, because this version created it or claimed its content once at open.
+const CLAIMED_FILE: &str = "blobs-claimed";
 /// The display name when neither a stored name nor the host name gives a valid one.
 const DEFAULT_DISPLAY_NAME: &str = "node";
 
@@ -151,6 +154,7 @@ impl Node {
         } = open_stores(&data_dir.join(STORES_DIR), &identity, &clock)?;
         for store in stores.iter().chain(&joining) {
             sync_content_first(store, &cas);
+            claim_untagged_content(&data_dir.join(STORES_DIR), store, &cas);
         }
         tracing::info!(
             node = %identity.public(),
@@ -259,6 +263,7 @@ impl Node {
             source,
         };
         create_private_dir(&dir)?;
+        mark_claimed(&dir)?;
         state.save(&dir)?;
         let store = Store::join(
             &dir,
@@ -314,6 +319,10 @@ impl Node {
         let id = StoreId::random();
         let dir = self.inner.data_dir.join(STORES_DIR).join(id.to_hex());
         create_private_dir(&dir)?;
+        if let Err(e) = mark_claimed(&dir) {
+            remove_failed_store_dir(&dir);
+            return Err(e);
+        }
         let store = Store::create(
             &dir,
             id,
@@ -323,10 +332,7 @@ impl Node {
             &self.inner.display_name,
         )
         .map_err(|source| {
-            // A fresh random id: nothing else can live in this directory.
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                tracing::warn!("cannot remove {} after a failed create: {e}", dir.display());
-            }
+            remove_failed_store_dir(&dir);
             NodeError::Store {
                 store: name.to_string(),
                 source,
@@ -594,6 +600,63 @@ fn hostname() -> Result<String, NodeError> {
     }
     let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
     Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
+/// Removes the directory of a store whose creation failed. Its id is fresh and random:
+/// nothing else can live in it.
+fn remove_failed_store_dir(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        tracing::warn!("cannot remove {} after a failed create: {e}", dir.display());
+    }
+}
+
+/// Records in store directory `dir` that the store's local blobs carry its ownership
+/// tags ([`CLAIMED_FILE`]), durably: a store created by this version is marked before
+/// any content reaches it, so it is never claimed by reference.
+fn mark_claimed(dir: &Path) -> Result<(), NodeError> {
+    let path = dir.join(CLAIMED_FILE);
+    write_private(&path, "")
+        .and_then(|()| std::fs::File::open(&path)?.sync_all())
+        .and_then(|()| std::fs::File::open(dir)?.sync_all())
+        .map_err(|source| NodeError::Io {
+            path: path.display().to_string(),
+            source,
+        })
+}
+
+/// Claims for `store`, once, the local blobs its files reference (current content and
+/// conflict copies), unless its directory under `stores_dir` is marked
+/// ([`CLAIMED_FILE`]); then marks it.
+///
+/// A store kept by a version before per-store ownership tags holds blobs that carry
+/// none, and a blob is served only for a store that owns it: without this its members
+/// could never fetch its old files from this node. Claiming by reference is sound only
+/// here, once, over content the store held before ownership existed (when every member
+/// of any store on the node could fetch any blob); afterwards a reference never grants
+/// a blob. A failure is logged and the claim is tried again at the next open.
+fn claim_untagged_content(stores_dir: &Path, store: &Store, cas: &Cas) {
+    let dir = stores_dir.join(store.id().to_hex());
+    if dir.join(CLAIMED_FILE).exists() {
+        return;
+    }
+    let pieces: Vec<Content> = store.read(|s| {
+        s.file_ids()
+            .iter()
+            .flat_map(|f| s.blob_pieces(*f))
+            .collect()
+    });
+    let claimed = cas
+        .claim_referenced(store.id(), &pieces)
+        .map_err(NodeError::from)
+        .and_then(|n| mark_claimed(&dir).map(|()| n));
+    match claimed {
+        Ok(n) => {
+            tracing::info!(store = %store.id().to_hex(), "claimed {n} blobs stored before ownership tags")
+        }
+        Err(e) => {
+            tracing::warn!(store = %store.id().to_hex(), "cannot claim the blobs stored before ownership tags: {e}")
+        }
+    }
 }
 
 /// Makes `store` sync the content store before each durable commit, so a durable
@@ -1157,5 +1220,87 @@ mod tests {
                 "write 3 bytes"
             ]
         );
+    }
+
+    /// Creates file `name` holding `content` at the root of `store`.
+    fn create_file(store: &Store, name: &str, content: Content) {
+        store
+            .write(|tx| {
+                let body = tx.state().plan_create(
+                    OpId::ROOT,
+                    name,
+                    Kind::File,
+                    0o644,
+                    0,
+                    0,
+                    0,
+                    content,
+                    0,
+                )?;
+                tx.push(body)?;
+                Ok(())
+            })
+            .unwrap();
+        store.flush().unwrap();
+    }
+
+    #[test]
+    fn a_store_whose_blobs_lost_their_tags_owns_its_referenced_local_blobs_again_after_reopen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (rt, node) = open(tmp.path(), Some("laptop"));
+        let store = node.create_store("docs").unwrap();
+        let (id, cas) = (store.id(), node.cas().clone());
+        let marker = node.store_dir(id).join(CLAIMED_FILE);
+        assert!(marker.exists(), "a store created by this version is marked");
+        let mut data = vec![0u8; 3 * 1024 * 1024];
+        blake3::Hasher::new().finalize_xof().fill(&mut data);
+        let content = cas.put_bytes(id, &data).unwrap();
+        let Content::Manifest { hash, size } = content.clone() else {
+            panic!("3 MiB is stored as a manifest");
+        };
+        let manifest = crate::cas::manifest::Manifest::decode(
+            hash,
+            &cas.local_blob(hash).unwrap().unwrap(),
+            size,
+        )
+        .unwrap();
+        let mut referenced: Vec<_> = manifest.chunks().map(|(h, _, _)| h).collect();
+        assert!(referenced.len() > 1, "several chunks");
+        referenced.push(hash);
+        create_file(&store, "old.bin", content);
+        // A manifest that does not decode is skipped, never claimed, never fatal.
+        let garbage = cas.put_blob(id, Bytes::from(vec![0xff; 100])).unwrap();
+        create_file(
+            &store,
+            "bad.bin",
+            Content::Manifest {
+                hash: garbage,
+                size: 100,
+            },
+        );
+        let unreferenced = cas.put_blob(id, Bytes::from(vec![0x42; 100])).unwrap();
+        cas.sync().unwrap();
+        // What an older version left behind: no ownership tags, no marker.
+        rt.block_on(
+            cas.blobs()
+                .tags()
+                .delete_prefix(format!("lm/{}/", id.to_hex())),
+        )
+        .unwrap();
+        std::fs::remove_file(&marker).unwrap();
+        let owns = |cas: &Cas, h| rt.block_on(cas.owns(id, h)).unwrap();
+        assert!(!owns(&cas, hash), "the tags are gone");
+        node.shutdown().unwrap();
+        drop((node, cas));
+
+        let (_rt2, node) = open(tmp.path(), Some("laptop"));
+        let cas = node.cas().clone();
+        for h in &referenced {
+            assert!(owns(&cas, *h), "{h:?} is referenced by the store's file");
+        }
+        assert!(!owns(&cas, unreferenced), "no file of the store names it");
+        assert!(!owns(&cas, garbage), "its manifest does not decode");
+        assert!(marker.exists(), "the claim is made once");
+        node.shutdown().unwrap();
     }
 }

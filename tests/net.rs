@@ -276,3 +276,40 @@ async fn a_small_edit_of_a_large_file_is_patched_not_fetched_whole() {
     b.stop().await;
     a.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_member_fetches_a_file_stored_before_ownership_tags_after_the_upgrade() {
+    let a = Peer::start("alice").await;
+    a.create("team").await;
+    let team_a = a.store("team");
+    let id = team_a.id();
+    let big = random_bytes(3 * 1024 * 1024 + 5, 11);
+    let (cas, data) = (a.node.cas().clone(), big.clone());
+    let content = tokio::task::spawn_blocking(move || {
+        let content = cas.put_bytes(id, &data).unwrap();
+        cas.sync().unwrap();
+        content
+    })
+    .await
+    .unwrap();
+    write_file(&team_a, "old.bin", content);
+    // What an older version left behind: blobs with no ownership tags, no marker.
+    a.node
+        .cas()
+        .blobs()
+        .tags()
+        .delete_prefix(format!("lm/{}/", id.to_hex()))
+        .await
+        .unwrap();
+    std::fs::remove_file(a.node.store_dir(id).join("blobs-claimed")).unwrap();
+    let a = Peer::start_in("alice", a.stop().await).await;
+
+    let b = Peer::start("bob").await;
+    let token = a.invite("team", Role::Reader).await;
+    assert_eq!(b.join(&token).await.unwrap(), "team");
+    let (bn, tb) = (b.node.clone(), b.store("team"));
+    let got = eventually("old.bin on B", || read_file(&bn, &tb, "old.bin")).await;
+    assert!(got == big, "B reads the old file's bytes");
+    b.stop().await;
+    a.stop().await;
+}

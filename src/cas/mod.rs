@@ -623,6 +623,62 @@ impl Cas {
         store::claim(&self.blobs(), owner, hashes).await
     }
 
+    /// Claims for store `owner` the local blobs `pieces` reference: each complete manifest
+    /// that decodes and every complete chunk it lists; returns how many tags it set (a
+    /// chunk shared by two manifests counts twice), durable on return. A manifest that is absent or unusable is skipped (logged).
+    ///
+    /// Only for the one-time upgrade of a store whose blobs were stored before ownership
+    /// tags existed (`node::claim_untagged_content`): anywhere else a reference must never
+    /// grant a blob, or a writer could read another store's content by naming it.
+    pub(crate) fn claim_referenced(
+        &self,
+        owner: StoreId,
+        pieces: &[Content],
+    ) -> Result<u64, CasError> {
+        let blobs = self.blobs();
+        let mut claimed = 0;
+        for (hash, size) in manifests(pieces) {
+            if !self.complete(&[hash])?[0] {
+                continue;
+            }
+            let manifest = match self.manifest(None, hash, size) {
+                Ok(m) => m,
+                Err(
+                    e @ (CasError::Corrupt { .. }
+                    | CasError::ChunkTooLarge { .. }
+                    | CasError::SizeOverflow { .. }
+                    | CasError::BlobTooLarge { .. }),
+                ) => {
+                    tracing::warn!("not claiming content whose manifest is unusable: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let chunks: Vec<Hash> = manifest.chunks().map(|(h, _, _)| h).collect();
+            let complete = self.complete(&chunks)?;
+            let mut owned: Vec<Hash> = std::iter::once(hash)
+                .chain(
+                    chunks
+                        .into_iter()
+                        .zip(complete)
+                        .filter(|(_, c)| *c)
+                        .map(|(h, _)| h),
+                )
+                .collect();
+            owned.sort_unstable_by_key(|h| h.0);
+            owned.dedup();
+            self.inner
+                .rt
+                .block_on(store::claim(&blobs, owner, &owned))?;
+            claimed += owned.len() as u64;
+        }
+        self.inner
+            .rt
+            .block_on(blobs.sync_db())
+            .map_err(iroh_blobs::api::Error::from)?;
+        Ok(claimed)
+    }
+
     /// Whether blob `hash` was imported or fetched for store `owner`.
     pub async fn owns(&self, owner: StoreId, hash: Hash) -> Result<bool, CasError> {
         store::owns(&self.blobs(), owner, hash).await
