@@ -25,6 +25,21 @@ fn revoke(key: PublicKey, upto: u64) -> OpBody {
     OpBody::RevokeMember { key, upto }
 }
 
+/// An admin `a`, a writer `w`, and the genesis `g` in which `a` grants both roles.
+fn admin_and_writer() -> (Identity, Identity, Intention) {
+    let [a, w] = <[Identity; 2]>::try_from(ids(2)).ok().unwrap();
+    let g = by(
+        &a,
+        None,
+        &[],
+        vec![
+            op(10, grant(a.public(), Role::Admin)),
+            op(11, grant(w.public(), Role::Writer)),
+        ],
+    );
+    (a, w, g)
+}
+
 fn has(store: &Store, name: &str) -> bool {
     store.read(|s| s.lookup(OpId::ROOT, name).is_ok())
 }
@@ -293,16 +308,7 @@ fn a_revoked_writer_restarting_its_chain_is_refused() {
 
 #[test]
 fn a_revoked_writer_forking_from_an_old_intention_is_refused() {
-    let [a, w] = <[Identity; 2]>::try_from(ids(2)).ok().unwrap();
-    let g = by(
-        &a,
-        None,
-        &[],
-        vec![
-            op(10, grant(a.public(), Role::Admin)),
-            op(11, grant(w.public(), Role::Writer)),
-        ],
-    );
+    let (a, w, g) = admin_and_writer();
     let w1 = by(&w, None, &[&g], vec![op(20, create("w1"))]);
     let w2 = by(&w, Some(&w1), &[&w1], vec![op(21, create("w2"))]);
     let w3 = by(&w, Some(&w2), &[&w2], vec![op(22, create("w3"))]);
@@ -358,16 +364,7 @@ fn a_revoked_admin_cannot_grant_admin() {
 
 #[test]
 fn an_op_stamped_at_or_before_its_deps_or_prev_is_refused_and_changes_nothing() {
-    let [a, w] = <[Identity; 2]>::try_from(ids(2)).ok().unwrap();
-    let g = by(
-        &a,
-        None,
-        &[],
-        vec![
-            op(10, grant(a.public(), Role::Admin)),
-            op(11, grant(w.public(), Role::Writer)),
-        ],
-    );
+    let (a, w, g) = admin_and_writer();
     let w1 = by(&w, None, &[&g], vec![op(20, create("w1"))]);
     let tmp = tempfile::tempdir().unwrap();
     let store = replica(tmp.path(), &a, Identity::generate());
@@ -463,16 +460,7 @@ fn manual_wall(store: &Store, start: u64) -> Arc<AtomicU64> {
 
 #[test]
 fn a_far_future_op_waits_and_applies_when_its_time_comes() {
-    let [a, w] = <[Identity; 2]>::try_from(ids(2)).ok().unwrap();
-    let g = by(
-        &a,
-        None,
-        &[],
-        vec![
-            op(10, grant(a.public(), Role::Admin)),
-            op(11, grant(w.public(), Role::Writer)),
-        ],
-    );
+    let (a, w, g) = admin_and_writer();
     let tmp = tempfile::tempdir().unwrap();
     let node_clock = clock();
     let store = Store::join(
@@ -522,16 +510,7 @@ fn a_far_future_op_waits_and_applies_when_its_time_comes() {
 
 #[test]
 fn a_flood_of_parked_intentions_from_a_stranger_does_not_stop_a_members_out_of_order_intentions() {
-    let [a, w] = <[Identity; 2]>::try_from(ids(2)).ok().unwrap();
-    let g = by(
-        &a,
-        None,
-        &[],
-        vec![
-            op(10, grant(a.public(), Role::Admin)),
-            op(11, grant(w.public(), Role::Writer)),
-        ],
-    );
+    let (a, w, g) = admin_and_writer();
     let tmp = tempfile::tempdir().unwrap();
     let store = replica(tmp.path(), &a, Identity::generate());
     store.apply_remote(g.bytes.clone()).unwrap();
@@ -591,16 +570,7 @@ fn a_flood_of_parked_intentions_from_a_stranger_does_not_stop_a_members_out_of_o
 
 #[test]
 fn parked_intentions_of_a_revoked_author_are_dropped_and_it_may_park_no_more() {
-    let [a, w] = <[Identity; 2]>::try_from(ids(2)).ok().unwrap();
-    let g = by(
-        &a,
-        None,
-        &[],
-        vec![
-            op(10, grant(a.public(), Role::Admin)),
-            op(11, grant(w.public(), Role::Writer)),
-        ],
-    );
+    let (a, w, g) = admin_and_writer();
     let w1 = by(&w, None, &[&g], vec![op(20, create("w1"))]);
     let w2 = by(&w, Some(&w1), &[&w1], vec![op(21, create("w2"))]);
     let w3 = by(&w, Some(&w2), &[&w2], vec![op(22, create("w3"))]);
