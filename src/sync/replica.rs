@@ -304,7 +304,6 @@ pub struct SyncReport {
     pub total: RoundReport,
 }
 
-
 /// First anti-entropy interval, and the interval after a pass that moved something.
 pub const ANTI_ENTROPY_MIN: Millis = 2_000;
 /// Longest anti-entropy interval while passes find nothing to do.
@@ -426,7 +425,10 @@ enum Opener {
     /// A pull of intentions announced by hash in gossip.
     Pull { peer: PublicKey, hashes: Vec<Hash> },
     /// Asking `peer` for the gossip secret; `rest` are asked next.
-    Secret { peer: PublicKey, rest: Vec<PublicKey> },
+    Secret {
+        peer: PublicKey,
+        rest: Vec<PublicKey>,
+    },
 }
 
 /// An acceptor-side conversation with state between requests.
@@ -872,7 +874,13 @@ impl Replica {
     }
 
     /// Starts a round with `peer` (no round with it may be running).
-    fn begin_round(&mut self, peer: PublicKey, for_pass: bool, redialed: bool, out: &mut Vec<Action>) {
+    fn begin_round(
+        &mut self,
+        peer: PublicKey,
+        for_pass: bool,
+        redialed: bool,
+        out: &mut Vec<Action>,
+    ) {
         let conv = self.conv();
         self.slots.insert(
             peer,
@@ -927,8 +935,15 @@ impl Replica {
 
     /// A round with `peer` ended: its pass learns how, and a round asked for while it
     /// ran starts.
-    fn end_round(&mut self, peer: PublicKey, result: Result<RoundReport, String>, out: &mut Vec<Action>) {
-        let Some(slot) = self.slots.remove(&peer) else { return };
+    fn end_round(
+        &mut self,
+        peer: PublicKey,
+        result: Result<RoundReport, String>,
+        out: &mut Vec<Action>,
+    ) {
+        let Some(slot) = self.slots.remove(&peer) else {
+            return;
+        };
         if let Err(why) = &result {
             tracing::debug!(peer = %peer.short(), "reconcile failed: {why}");
         }
@@ -991,7 +1006,9 @@ impl Replica {
             }
             Opener::Pull { peer, hashes } => {
                 let result = match answer {
-                    Ok(response::Kind::Intentions(list)) => self.pulled(&peer, hashes, list.intentions).map(|_| ()),
+                    Ok(response::Kind::Intentions(list)) => {
+                        self.pulled(&peer, hashes, list.intentions).map(|_| ())
+                    }
                     Ok(other) => Err(unexpected(&peer, &other)),
                     Err(f) => Err(failure_text(&peer, &f)),
                 };
@@ -1004,7 +1021,12 @@ impl Replica {
                 out.push(Action::Finish(conv));
                 let secret = match answer {
                     Ok(response::Kind::TopicSecret(t)) => <[u8; 32]>::try_from(&t.secret[..])
-                        .map_err(|_| format!("peer {} broke the protocol: its gossip secret is not 32 bytes", peer.short())),
+                        .map_err(|_| {
+                            format!(
+                                "peer {} broke the protocol: its gossip secret is not 32 bytes",
+                                peer.short()
+                            )
+                        }),
                     Ok(other) => Err(unexpected(&peer, &other)),
                     Err(f) => Err(failure_text(&peer, &f)),
                 };
@@ -1049,7 +1071,8 @@ impl Replica {
                     Ok(step) => {
                         have.extend(step.have);
                         need.extend(step.need);
-                        let full = have.len() >= MAX_RECONCILE_DIFF || need.len() >= MAX_RECONCILE_DIFF;
+                        let full =
+                            have.len() >= MAX_RECONCILE_DIFF || need.len() >= MAX_RECONCILE_DIFF;
                         match step.reply {
                             Some(frame) if !full => {
                                 report.rounds += 1;
@@ -1061,7 +1084,11 @@ impl Replica {
                                         frame: frame.into(),
                                     }),
                                 });
-                                Ok(Some(Phase::Negotiate { session, have, need }))
+                                Ok(Some(Phase::Negotiate {
+                                    session,
+                                    have,
+                                    need,
+                                }))
                             }
                             _ => {
                                 have.truncate(MAX_RECONCILE_DIFF);
@@ -1099,7 +1126,14 @@ impl Replica {
         };
         match next {
             Ok(Some(phase)) => {
-                self.convs.insert(conv, Opener::Round { peer, report, phase });
+                self.convs.insert(
+                    conv,
+                    Opener::Round {
+                        peer,
+                        report,
+                        phase,
+                    },
+                );
                 None
             }
             Ok(None) => {
@@ -1116,7 +1150,9 @@ impl Replica {
     /// Starts a round with `peer` again after a transport failure, keeping what was
     /// asked of the failed one.
     fn redial_round(&mut self, peer: PublicKey, out: &mut Vec<Action>) {
-        let Some(old) = self.slots.remove(&peer) else { return };
+        let Some(old) = self.slots.remove(&peer) else {
+            return;
+        };
         self.begin_round(peer, old.for_pass, true, out);
         if let Some(slot) = self.slots.get_mut(&peer) {
             slot.again |= old.again;
@@ -1319,13 +1355,20 @@ impl Replica {
         let session = match self.served.entry((from, conv)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
-                let view = self.store.reconcile_view().map_err(|e| local(e.to_string()))?;
-                let session = Session::responder(view, FRAME_LIMIT).map_err(|e| local(e.to_string()))?;
+                let view = self
+                    .store
+                    .reconcile_view()
+                    .map_err(|e| local(e.to_string()))?;
+                let session =
+                    Session::responder(view, FRAME_LIMIT).map_err(|e| local(e.to_string()))?;
                 e.insert(Served::Reconcile(session))
             }
         };
         let Served::Reconcile(session) = session else {
-            return Err((RefusalCode::BadRequest, "a reconciliation frame in a bootstrap".into()));
+            return Err((
+                RefusalCode::BadRequest,
+                "a reconciliation frame in a bootstrap".into(),
+            ));
         };
         let step = session
             .step(frame)
@@ -1346,13 +1389,18 @@ impl Replica {
         let hashes = w
             .hashes
             .iter()
-            .map(|h| Hash::from_slice(h).ok_or((RefusalCode::BadRequest, "hash is not 32 bytes".to_string())))
+            .map(|h| {
+                Hash::from_slice(h)
+                    .ok_or((RefusalCode::BadRequest, "hash is not 32 bytes".to_string()))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let found = self
             .store
             .get(hashes, BATCH_BYTES)
             .map_err(|e| (RefusalCode::Other, e.to_string()))?;
-        Ok(response::Kind::Intentions(pb::Intentions { intentions: found }))
+        Ok(response::Kind::Intentions(pb::Intentions {
+            intentions: found,
+        }))
     }
 
     /// Sends the witness batch from seq `next` on `conv`; the empty one ends it.
@@ -1363,7 +1411,8 @@ impl Replica {
                 if last {
                     self.served.remove(&(to, conv));
                 } else {
-                    self.served.insert((to, conv), Served::Bootstrap { next: batch.next });
+                    self.served
+                        .insert((to, conv), Served::Bootstrap { next: batch.next });
                 }
                 out.push(Action::Reply {
                     to,
@@ -1392,9 +1441,21 @@ impl Replica {
 
     /// Redeems an invite for `from` at `now`: on success it is a member and learns the
     /// founder, the store name, the witness length, the members and the gossip secret.
-    fn redeem(&mut self, from: PublicKey, conv: Conv, r: pb::Redeem, now: Millis, out: &mut Vec<Action>) {
+    fn redeem(
+        &mut self,
+        from: PublicKey,
+        conv: Conv,
+        r: pb::Redeem,
+        now: Millis,
+        out: &mut Vec<Action>,
+    ) {
         let done = <[u8; 32]>::try_from(&r.secret[..])
-            .map_err(|_| (RefusalCode::BadRequest, "invite secret is not 32 bytes".to_string()))
+            .map_err(|_| {
+                (
+                    RefusalCode::BadRequest,
+                    "invite secret is not 32 bytes".to_string(),
+                )
+            })
             .and_then(|secret| {
                 self.store
                     .redeem_invite(&secret, from, &r.display_name, now)
@@ -1458,7 +1519,10 @@ fn want(conv: Conv, peer: PublicKey, hashes: &[Hash]) -> Action {
         conv,
         peer,
         request: request::Kind::Want(pb::Want {
-            hashes: hashes.iter().map(|h| Bytes::copy_from_slice(&h.0)).collect(),
+            hashes: hashes
+                .iter()
+                .map(|h| Bytes::copy_from_slice(&h.0))
+                .collect(),
         }),
     }
 }
@@ -1484,7 +1548,11 @@ pub(crate) fn apply_all(store: &Store, intentions: Vec<Bytes>) -> Result<(u32, u
     let (mut ok, mut refused) = (0, 0);
     for outcome in store.apply_remote_many(intentions) {
         match outcome {
-            Ok(ApplyOutcome::Applied { .. } | ApplyOutcome::Floating { .. } | ApplyOutcome::Early { .. }) => ok += 1,
+            Ok(
+                ApplyOutcome::Applied { .. }
+                | ApplyOutcome::Floating { .. }
+                | ApplyOutcome::Early { .. },
+            ) => ok += 1,
             Ok(ApplyOutcome::Duplicate) => {}
             Err(e) if crate::store::is_refusal(&e) => {
                 tracing::info!("refused a received intention: {e}");

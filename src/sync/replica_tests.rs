@@ -53,7 +53,13 @@ impl World {
     fn add(&mut self, store: Store, who: &Identity, dir: tempfile::TempDir) -> usize {
         let events = store.subscribe();
         let secret = Some([9; 32]);
-        let (replica, first) = Replica::new(store.clone(), who.public(), secret, Mode::default(), self.now);
+        let (replica, first) = Replica::new(
+            store.clone(),
+            who.public(),
+            secret,
+            Mode::default(),
+            self.now,
+        );
         self.nodes.push(Node {
             key: who.public(),
             store,
@@ -89,7 +95,14 @@ impl World {
                             kind: Some(request),
                         };
                         let from = self.nodes[i].key;
-                        self.queue.push_back((j, Event::Request { from, conv, request }));
+                        self.queue.push_back((
+                            j,
+                            Event::Request {
+                                from,
+                                conv,
+                                request,
+                            },
+                        ));
                     }
                     None => self.queue.push_back((
                         i,
@@ -124,7 +137,9 @@ impl World {
                     }
                 }
                 Action::Refuse { to, conv, refusal } => {
-                    let j = self.index(&to).expect("refusals go to a node of this world");
+                    let j = self
+                        .index(&to)
+                        .expect("refusals go to a node of this world");
                     self.queue.push_back((
                         j,
                         Event::Answer {
@@ -249,7 +264,8 @@ fn team(joiners: usize) -> (World, Vec<Identity>) {
     let mut w = World::new();
     let admin = Identity::generate();
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::create(dir.path(), ID, admin.clone(), clock(), "s", "admin").expect("create");
+    let store =
+        Store::create(dir.path(), ID, admin.clone(), clock(), "s", "admin").expect("create");
     w.add(store, &admin, dir);
     let mut ids = vec![admin.clone()];
     for n in 0..joiners {
@@ -274,11 +290,21 @@ fn team(joiners: usize) -> (World, Vec<Identity>) {
             w.now,
         );
         assert!(
-            matches!(&acts[..], [Action::Reply { response: response::Kind::Redeemed(_), .. }, ..]),
+            matches!(
+                &acts[..],
+                [
+                    Action::Reply {
+                        response: response::Kind::Redeemed(_),
+                        ..
+                    },
+                    ..
+                ]
+            ),
             "{acts:?}"
         );
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::join(dir.path(), ID, admin.public(), who.clone(), clock()).expect("join");
+        let store =
+            Store::join(dir.path(), ID, admin.public(), who.clone(), clock()).expect("join");
         let log = w.nodes[0].store.witness(1, usize::MAX).expect("witness");
         apply_all(&store, log.intentions).expect("bootstrap");
         store.flush().expect("flush");
@@ -367,7 +393,9 @@ fn a_non_members_requests_are_refused_as_not_member_and_change_nothing() {
     let kinds = [
         request::Kind::Push(pb::Intentions { intentions: pushed }),
         request::Kind::Want(pb::Want { hashes: Vec::new() }),
-        request::Kind::Reconcile(pb::Frame { frame: Bytes::new() }),
+        request::Kind::Reconcile(pb::Frame {
+            frame: Bytes::new(),
+        }),
         request::Kind::Bootstrap(pb::Bootstrap { from: 1 }),
         request::Kind::AskSecret(pb::AskSecret {}),
     ];
@@ -387,7 +415,13 @@ fn a_non_members_requests_are_refused_as_not_member_and_change_nothing() {
         assert!(
             matches!(
                 &acts[..],
-                [Action::Refuse { refusal: Refusal { code: RefusalCode::NotMember, .. }, .. }]
+                [Action::Refuse {
+                    refusal: Refusal {
+                        code: RefusalCode::NotMember,
+                        ..
+                    },
+                    ..
+                }]
             ),
             "{acts:?}"
         );
@@ -404,7 +438,11 @@ fn a_floating_gossiped_intention_starts_a_round_with_its_sender() {
     write(&w.nodes[1].store, "one");
     write(&w.nodes[1].store, "two");
     w.run();
-    let log = w.nodes[1].store.witness(1, usize::MAX).expect("witness").intentions;
+    let log = w.nodes[1]
+        .store
+        .witness(1, usize::MAX)
+        .expect("witness")
+        .intentions;
     let last = log.last().expect("two intentions").clone();
     let message = pb::Gossip {
         kind: Some(gossip::Kind::Intention(last)),
@@ -453,7 +491,10 @@ fn a_paused_replica_refuses_members_and_answers_sync_at_once() {
     let acts = w.feed(0, Event::Settings(paused));
     assert!(acts.contains(&Action::Unsubscribe), "{acts:?}");
     let acts = w.feed(0, Event::Sync(Ticket(7)));
-    assert!(matches!(&acts[..], [Action::Synced(Ticket(7), r)] if r.paused), "{acts:?}");
+    assert!(
+        matches!(&acts[..], [Action::Synced(Ticket(7), r)] if r.paused),
+        "{acts:?}"
+    );
     w.feed(1, Event::Sync(Ticket(8)));
     let report = w.synced(1).pop().expect("answered");
     assert_eq!(report.peers, 0);
@@ -494,7 +535,13 @@ fn a_bootstrap_streams_one_batch_per_drained_reply() {
         if *last {
             break;
         }
-        acts = ask(&mut w, Event::Drained { to: from, conv: Conv(1) });
+        acts = ask(
+            &mut w,
+            Event::Drained {
+                to: from,
+                conv: Conv(1),
+            },
+        );
     }
     assert_eq!(got as u64, w.nodes[0].store.applied());
 }
