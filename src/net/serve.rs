@@ -304,7 +304,7 @@ fn not_member() -> Refusal {
 }
 
 /// The store a request names and its replica.
-fn route(shared: &Shared, store_id: &[u8]) -> Result<(Store, ReplicaHandle), Refusal> {
+fn route(shared: &Arc<Shared>, store_id: &[u8]) -> Result<(Store, ReplicaHandle), Refusal> {
     let id = StoreId(
         store_id
             .try_into()
@@ -312,7 +312,15 @@ fn route(shared: &Shared, store_id: &[u8]) -> Result<(Store, ReplicaHandle), Ref
     );
     let none = || refusal(RefusalCode::Other, "no such store here".into());
     let store = shared.node.store_by_id(id).ok_or_else(none)?;
-    let handle = shared.replicas.lock().get(&id).cloned().ok_or_else(none)?;
+    let running = || shared.replicas.lock().get(&id).cloned();
+    let handle = match running() {
+        Some(h) => h,
+        None => {
+            // A store created moments ago: its replica starts now, not at the next tick.
+            shared.ensure_replicas();
+            running().ok_or_else(none)?
+        }
+    };
     Ok((store, handle))
 }
 
