@@ -174,7 +174,10 @@ impl Exchange {
                     reason: "the peer closed the stream".into(),
                 })?;
         match msg.kind {
-            Some(response::Kind::Error(reason)) => Err(NetError::Refused { peer, reason }),
+            Some(response::Kind::Refusal(r)) => Err(NetError::Refused {
+                peer,
+                refusal: r.into(),
+            }),
             Some(kind) => Ok(kind),
             None => Err(NetError::Protocol {
                 peer,

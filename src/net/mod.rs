@@ -149,12 +149,12 @@ pub enum NetError {
         source: FrameError,
     },
     /// A peer refused the request, with its reason.
-    #[error("peer {peer} refused: {reason}")]
+    #[error("peer {peer} refused: {refusal}")]
     Refused {
         /// The peer's short id.
         peer: String,
-        /// Its one-line reason.
-        reason: String,
+        /// Its code and one-line reason.
+        refusal: crate::sync::Refusal,
     },
     /// A peer answered something the protocol does not allow here.
     #[error("peer {peer} broke the protocol: {what}")]
@@ -654,14 +654,6 @@ impl Shared {
             h.send(Cmd::Settings(next));
         }
         Ok(())
-    }
-
-    /// True if `key` is a current member (any role) of a visible store with id `id`
-    /// whose network activity is not paused.
-    pub fn may_sync(&self, key: &PublicKey, id: StoreId) -> bool {
-        self.node.stores().iter().any(|s| {
-            s.id() == id && s.read(|st| st.member(key).is_some()) && !self.settings(s).paused
-        })
     }
 
     /// True if `key` is a current member (any role) of `store`.

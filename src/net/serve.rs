@@ -17,6 +17,7 @@ use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
 use tokio::sync::Semaphore;
 
+use crate::cas::CasError;
 use crate::identity::PublicKey;
 use crate::intention::{Hash, StoreId};
 use crate::net::gate::{CLOSE_LIMIT, MAX_CONNS_PER_PEER};
@@ -26,8 +27,9 @@ use crate::net::{
     MAX_STREAMS_PER_CONN, SYNC_ALPN,
 };
 use crate::proto::peer::{self as pb, request, response};
-use crate::store::{ApplyOutcome, Store};
+use crate::store::{ApplyOutcome, InviteError, Store, StoreError};
 use crate::sync::reconcile::{Session, FRAME_LIMIT};
+use crate::sync::{Refusal, RefusalCode};
 use crate::wire::{read_body, read_header, write_frame, FrameError};
 
 /// Most hashes one `Want` may name.
@@ -181,7 +183,7 @@ async fn serve_stream(
             Ok(Some(r)) => r,
             Ok(None) => return Ok(()),
             Err(e) => {
-                let answer = refusal(format!("bad request: {e}"));
+                let answer = pb::Response::from(Refusal::from(&e));
                 write_frame(&mut send, &answer, MAX_FRAME).await.ok();
                 let _ = send.finish();
                 return Err(frame_err(e));
@@ -191,9 +193,9 @@ async fn serve_stream(
         let answer = match answer(shared, peer, request, &mut session, &mut send).await {
             Ok(Some(a)) => a,
             Ok(None) => continue,
-            Err(reason) => {
-                tracing::info!(peer = %peer.short(), "refused a sync request: {reason}");
-                write_frame(&mut send, &refusal(reason), MAX_FRAME)
+            Err(refusal) => {
+                tracing::info!(peer = %peer.short(), "refused a sync request: {refusal}");
+                write_frame(&mut send, &pb::Response::from(refusal), MAX_FRAME)
                     .await
                     .map_err(frame_err)?;
                 let _ = send.finish();
@@ -207,41 +209,44 @@ async fn serve_stream(
     }
 }
 
-fn refusal(reason: String) -> pb::Response {
-    pb::Response {
-        kind: Some(response::Kind::Error(reason)),
-    }
-}
-
 fn reply(kind: response::Kind) -> Option<pb::Response> {
     Some(pb::Response { kind: Some(kind) })
 }
 
-/// The answer to one request (`None` when it was already streamed), or a refusal line.
+/// The answer to one request (`None` when it was already streamed), or a refusal.
 async fn answer(
     shared: &Arc<Shared>,
     peer: PublicKey,
     request: pb::Request,
     session: &mut Option<Session>,
     send: &mut SendStream,
-) -> Result<Option<pb::Response>, String> {
+) -> Result<Option<pb::Response>, Refusal> {
     let id = StoreId(
         request.store_id[..]
             .try_into()
-            .map_err(|_| "store id is not 16 bytes".to_string())?,
+            .map_err(|_| malformed("store id is not 16 bytes"))?,
     );
     let store = shared
         .node
         .stores()
         .into_iter()
         .find(|s| s.id() == id)
-        .ok_or_else(|| "no such store here".to_string())?;
-    let kind = request.kind.ok_or_else(|| "empty request".to_string())?;
+        .ok_or_else(|| Refusal::new(RefusalCode::UnknownStore, "no such store here"))?;
+    let kind = request.kind.ok_or_else(|| malformed("empty request"))?;
     if let request::Kind::Redeem(r) = kind {
         return redeem(shared, peer, &store, r).await.map(Some);
     }
-    if !shared.may_sync(&peer, id) {
-        return Err("not a member of this store, or the store is paused".into());
+    if !shared.is_member(&store, &peer) {
+        return Err(Refusal::new(
+            RefusalCode::NotMember,
+            "the opener is not a member of this store",
+        ));
+    }
+    if shared.settings(&store).paused {
+        return Err(Refusal::new(
+            RefusalCode::Paused,
+            "the store is paused here",
+        ));
     }
     shared
         .peers
@@ -257,36 +262,29 @@ async fn answer(
                 Some(s) => s,
                 None => {
                     let st = store.clone();
-                    let view = blocking(move || st.reconcile_view())
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| e.to_string())?;
-                    session
-                        .insert(Session::responder(view, FRAME_LIMIT).map_err(|e| e.to_string())?)
+                    let view = blocking(move || st.reconcile_view()).await??;
+                    session.insert(Session::responder(view, FRAME_LIMIT)?)
                 }
             };
-            let step = s.step(&f.frame).map_err(|e| e.to_string())?;
+            let step = s.step(&f.frame)?;
             Ok(reply(response::Kind::Reconcile(pb::Frame {
                 frame: step.reply.unwrap_or_default().into(),
             })))
         }
         request::Kind::Want(w) => {
             if w.hashes.len() > MAX_WANT {
-                return Err(format!(
-                    "want names {} hashes; at most {MAX_WANT}",
-                    w.hashes.len()
+                return Err(Refusal::new(
+                    RefusalCode::TooLarge,
+                    format!("want names {} hashes; at most {MAX_WANT}", w.hashes.len()),
                 ));
             }
             let hashes = w
                 .hashes
                 .iter()
-                .map(|h| Hash::from_slice(h).ok_or_else(|| "hash is not 32 bytes".to_string()))
+                .map(|h| hash(h))
                 .collect::<Result<Vec<_>, _>>()?;
             let st = store.clone();
-            let found = blocking(move || st.get(hashes, BATCH_BYTES))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+            let found = blocking(move || st.get(hashes, BATCH_BYTES)).await??;
             Ok(reply(response::Kind::Intentions(pb::Intentions {
                 intentions: found,
             })))
@@ -294,21 +292,18 @@ async fn answer(
         request::Kind::Patch(p) => patch(shared, &store, p).await.map(reply),
         request::Kind::AskSecret(_) => {
             let (sh, st) = (shared.clone(), store.clone());
-            match blocking(move || sh.topic_secret(&st))
-                .await
-                .and_then(|r| r)
-                .map_err(|e| e.to_string())?
-            {
+            match blocking(move || sh.topic_secret(&st)).await?? {
                 Some(secret) => Ok(reply(response::Kind::TopicSecret(pb::TopicSecret {
                     secret: Bytes::copy_from_slice(&secret),
                 }))),
-                None => Err("this node has no gossip secret for the store yet".into()),
+                None => Err(Refusal::new(
+                    RefusalCode::NoSecret,
+                    "this node has no gossip secret for the store yet",
+                )),
             }
         }
         request::Kind::Push(p) => {
-            let (applied, refused) = apply_all(&store, p.intentions)
-                .await
-                .map_err(|e| e.to_string())?;
+            let (applied, refused) = apply_all(&store, p.intentions).await?;
             Ok(reply(response::Kind::Pushed(pb::Pushed {
                 applied,
                 refused,
@@ -324,23 +319,31 @@ async fn patch(
     shared: &Arc<Shared>,
     store: &Store,
     p: pb::Patch,
-) -> Result<response::Kind, String> {
-    let hash = |b: &[u8]| Hash::from_slice(b).ok_or_else(|| "hash is not 32 bytes".to_string());
+) -> Result<response::Kind, Refusal> {
     let (chunk, base) = (hash(&p.chunk)?, hash(&p.base)?);
     let cas = shared.node.cas();
     for h in [chunk, base] {
-        if !cas.owns(store.id(), h).await.map_err(|e| e.to_string())? {
-            return Err("this store owns no such chunk".into());
+        if !cas.owns(store.id(), h).await? {
+            return Err(Refusal::new(
+                RefusalCode::NotHeld,
+                "this store owns no such chunk",
+            ));
         }
     }
     let cas = shared.node.cas().clone();
     blocking(move || {
-        let held = |h| cas.local_blob(h).map_err(|e| e.to_string());
-        let (Some(new), Some(old)) = (held(chunk)?, held(base)?) else {
-            return Err("chunk or base not held here".to_string());
+        let (Some(new), Some(old)) = (cas.local_blob(chunk)?, cas.local_blob(base)?) else {
+            return Err(Refusal::new(
+                RefusalCode::NotHeld,
+                "chunk or base not held here",
+            ));
         };
-        let blocks = crate::cas::patch::diff(&old, &new)
-            .ok_or_else(|| "the chunks differ too much for a patch".to_string())?;
+        let blocks = crate::cas::patch::diff(&old, &new).ok_or_else(|| {
+            Refusal::new(
+                RefusalCode::PatchImpossible,
+                "the chunks differ too much for a patch",
+            )
+        })?;
         Ok(response::Kind::Blocks(pb::Blocks {
             size: new.len() as u64,
             blocks: blocks
@@ -349,8 +352,7 @@ async fn patch(
                 .collect(),
         }))
     })
-    .await
-    .map_err(|e| e.to_string())?
+    .await?
 }
 
 /// Applies received intentions in order; returns (applied or floating, refused).
@@ -382,14 +384,11 @@ pub(crate) async fn apply_all(
 }
 
 /// Streams witness batches from seq `from` to the end, then an empty batch.
-async fn stream_witness(store: &Store, from: u64, send: &mut SendStream) -> Result<(), String> {
+async fn stream_witness(store: &Store, from: u64, send: &mut SendStream) -> Result<(), Refusal> {
     let mut next = from.max(1);
     loop {
         let st = store.clone();
-        let batch = blocking(move || st.witness(next, BATCH_BYTES))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        let batch = blocking(move || st.witness(next, BATCH_BYTES)).await??;
         let end = batch.intentions.is_empty();
         next = batch.next;
         let msg = pb::Response {
@@ -401,7 +400,7 @@ async fn stream_witness(store: &Store, from: u64, send: &mut SendStream) -> Resu
         };
         write_frame(send, &msg, MAX_FRAME)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Refusal::from(&e))?;
         if end {
             return Ok(());
         }
@@ -415,19 +414,17 @@ async fn redeem(
     peer: PublicKey,
     store: &Store,
     r: pb::Redeem,
-) -> Result<pb::Response, String> {
+) -> Result<pb::Response, Refusal> {
     let secret: [u8; 32] = r.secret[..]
         .try_into()
-        .map_err(|_| "invite secret is not 32 bytes".to_string())?;
+        .map_err(|_| malformed("invite secret is not 32 bytes"))?;
     let st = store.clone();
     let name = r.display_name.clone();
-    blocking(move || -> Result<(), String> {
-        st.redeem_invite(&secret, peer, &name, crate::hlc::now_ms())
-            .map_err(|e| e.to_string())?;
-        st.flush().map_err(|e| e.to_string())
+    blocking(move || -> Result<(), Refusal> {
+        st.redeem_invite(&secret, peer, &name, crate::hlc::now_ms())?;
+        Ok(st.flush()?)
     })
-    .await
-    .map_err(|e| e.to_string())??;
+    .await??;
     tracing::info!(peer = %peer.short(), store = %store.id().to_hex(), "invite redeemed");
     let me = shared.me();
     let mut peers = vec![pb::PeerAddrs {
@@ -448,10 +445,7 @@ async fn redeem(
         }
     }
     let (sh, st) = (shared.clone(), store.clone());
-    let secret = blocking(move || sh.topic_secret(&st))
-        .await
-        .and_then(|r| r)
-        .map_err(|e| e.to_string())?;
+    let secret = blocking(move || sh.topic_secret(&st)).await??;
     Ok(pb::Response {
         kind: Some(response::Kind::Redeemed(pb::Redeemed {
             founder: Bytes::copy_from_slice(&store.founder().0),
@@ -463,4 +457,49 @@ async fn redeem(
                 .unwrap_or_default(),
         })),
     })
+}
+
+fn malformed(text: &str) -> Refusal {
+    Refusal::new(RefusalCode::Malformed, text)
+}
+
+/// A hash field of a request.
+fn hash(bytes: &[u8]) -> Result<Hash, Refusal> {
+    Hash::from_slice(bytes).ok_or_else(|| malformed("hash is not 32 bytes"))
+}
+
+impl From<InviteError> for Refusal {
+    fn from(e: InviteError) -> Self {
+        let code = match &e {
+            InviteError::Unknown => RefusalCode::InviteUnknown,
+            InviteError::Used(_) => RefusalCode::InviteUsed,
+            InviteError::Expired(_) => RefusalCode::InviteExpired,
+            InviteError::Revoked => RefusalCode::InviteRevoked,
+            InviteError::DisplayName(_) | InviteError::Op(_) => RefusalCode::Malformed,
+            InviteError::NotAdmin
+            | InviteError::JoinerRevoked(_)
+            | InviteError::NotMember(_)
+            | InviteError::AlreadyMember(..) => RefusalCode::JoinRefused,
+            InviteError::Store(_) => RefusalCode::Internal,
+        };
+        Refusal::new(code, e.to_string())
+    }
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::new(RefusalCode::Internal, e.to_string())
+    }
+}
+
+impl From<CasError> for Refusal {
+    fn from(e: CasError) -> Self {
+        Refusal::new(RefusalCode::Internal, e.to_string())
+    }
+}
+
+impl From<NetError> for Refusal {
+    fn from(e: NetError) -> Self {
+        Refusal::new(RefusalCode::Internal, e.to_string())
+    }
 }

@@ -18,6 +18,7 @@ use lattice_mount::proto::peer::{
     Want,
 };
 use lattice_mount::sync::reconcile::MAX_ROUNDS;
+use lattice_mount::sync::{Refusal, RefusalCode};
 use lattice_mount::wire::{read_frame, write_frame};
 use parking_lot::Mutex;
 
@@ -112,7 +113,9 @@ impl ProtocolHandler for Hostile {
                                 blocks: Vec::new(),
                             })
                         }
-                        _ => Resp::Error("no".into()),
+                        _ => Resp::Refusal(
+                            Refusal::new(RefusalCode::Malformed, "not served here").into(),
+                        ),
                     };
                     let answer = Response { kind: Some(kind) };
                     if write_frame(&mut send, &answer, MAX_FRAME).await.is_err() {
