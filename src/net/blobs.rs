@@ -262,9 +262,7 @@ async fn fetch_pieces(
             fetched += patch_changes(shared, store, changes).await?;
         }
         let (cas, p) = (shared.node.cas().clone(), pieces.clone());
-        let missing = blocking(move || cas.missing(&p))
-            .await?
-            .map_err(|e| NetError::Local(e.to_string()))?;
+        let missing = blocking(move || cas.missing(&p)).await??;
         if missing.is_empty() {
             return Ok(fetched);
         }
@@ -281,7 +279,7 @@ async fn download(
 ) -> Result<usize, NetError> {
     let providers = providers(shared, store);
     if providers.is_empty() {
-        return Err(NetError::Local("no member to fetch content from".into()));
+        return Err(NetError::NoProvider);
     }
     let mut tasks = JoinSet::new();
     let mut queue = hashes.into_iter();
@@ -316,7 +314,7 @@ async fn download(
         }
     }
     match failed {
-        Some(reason) => Err(NetError::Local(format!("fetching content: {reason}"))),
+        Some(reason) => Err(NetError::Fetch(reason)),
         None => Ok(done),
     }
 }

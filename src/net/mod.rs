@@ -23,6 +23,7 @@
 
 mod blobs;
 mod client;
+mod error;
 mod gate;
 pub mod peers;
 mod replica;
@@ -48,14 +49,14 @@ use tokio::sync::mpsc;
 use crate::fs::op::Role;
 use crate::identity::PublicKey;
 use crate::intention::StoreId;
-use crate::node::{Node, NodeError};
-use crate::store::{Store, StoreError};
-use crate::wire::FrameError;
+use crate::node::Node;
+use crate::store::Store;
 use peers::PeerBook;
 use replica::{Cmd, ReplicaHandle};
 use settings::{FetchMode, Settings};
 
 pub use client::{JoinProgress, Revoked, MAX_RECONCILE_DIFF};
+pub use error::{DialError, NetError, StreamError, Violation};
 pub use replica::SyncReport;
 pub use serve::MAX_WANT;
 
@@ -115,90 +116,6 @@ pub struct NetConfig {
     pub relay: Relay,
     /// Local address to bind (default: any port on all interfaces).
     pub bind: Option<SocketAddr>,
-}
-
-/// Errors of the network layer, each one readable line.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum NetError {
-    /// The endpoint could not be bound.
-    #[error("cannot bind the network endpoint: {0}")]
-    Bind(String),
-    /// A peer could not be reached.
-    #[error("cannot reach peer {peer}: {reason}")]
-    Dial {
-        /// The peer's short id.
-        peer: String,
-        /// Why.
-        reason: String,
-    },
-    /// A stream to a peer failed.
-    #[error("connection to peer {peer} failed: {reason}")]
-    Stream {
-        /// The peer's short id.
-        peer: String,
-        /// Why.
-        reason: String,
-    },
-    /// A peer sent a frame that could not be read.
-    #[error("bad frame from peer {peer}: {source}")]
-    Frame {
-        /// The peer's short id.
-        peer: String,
-        /// Why.
-        source: FrameError,
-    },
-    /// A peer refused the request, with its reason.
-    #[error("peer {peer} refused: {refusal}")]
-    Refused {
-        /// The peer's short id.
-        peer: String,
-        /// Its code and one-line reason.
-        refusal: crate::sync::Refusal,
-    },
-    /// A peer answered something the protocol does not allow here.
-    #[error("peer {peer} broke the protocol: {what}")]
-    Protocol {
-        /// The peer's short id.
-        peer: String,
-        /// What was wrong.
-        what: String,
-    },
-    /// A reconciliation with a peer failed: a frame it sent was refused, or the session
-    /// went on past [`MAX_ROUNDS`](crate::sync::reconcile::MAX_ROUNDS).
-    #[error("reconciliation with peer {peer}: {source}")]
-    Reconcile {
-        /// The peer's short id.
-        peer: String,
-        /// Why.
-        source: crate::sync::reconcile::ReconcileError,
-    },
-    /// The invite token cannot be used.
-    #[error("{0}")]
-    Token(String),
-    /// No store of this node has this name.
-    #[error("no store named {0:?}")]
-    UnknownStore(String),
-    /// The store is paused.
-    #[error("store {0:?} is paused; resume it first")]
-    Paused(String),
-    /// A peer is not a current member of the store a request is about.
-    #[error("peer {peer} is not a member of store {store:?}")]
-    NotMember {
-        /// The peer's short id.
-        peer: String,
-        /// The store's name.
-        store: String,
-    },
-    /// The local store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The node failed.
-    #[error(transparent)]
-    Node(#[from] NodeError),
-    /// Something else local failed.
-    #[error("{0}")]
-    Local(String),
 }
 
 /// A member of a store as `peers` shows it.
@@ -394,7 +311,7 @@ impl Net {
         let (tx, rx) = tokio::sync::oneshot::channel();
         handle.send(Cmd::Sync(tx));
         rx.await
-            .map_err(|_| NetError::Local("the store's replica stopped".into()))?
+            .map_err(|_| NetError::NoReplica(name.to_string()))?
     }
 
     /// Pauses (`paused`) or resumes network activity of store `name`, or of every store.
@@ -548,7 +465,7 @@ impl Shared {
             .lock()
             .get(&store.id())
             .cloned()
-            .ok_or_else(|| NetError::Local(format!("store {name:?} has no replica running")))
+            .ok_or_else(|| NetError::NoReplica(name.to_string()))
     }
 
     /// Starts a replica task for every visible store that has none.
@@ -646,8 +563,10 @@ impl Shared {
             .or_insert_with(|| Settings::load(&dir));
         let mut next = *s;
         change(&mut next);
-        next.save(&dir)
-            .map_err(|e| NetError::Local(format!("cannot save {}: {e}", dir.display())))?;
+        next.save(&dir).map_err(|source| NetError::Save {
+            what: "the store's settings",
+            source,
+        })?;
         *s = next;
         drop(settings);
         if let Some(h) = self.replicas.lock().get(&store.id()) {
@@ -688,8 +607,10 @@ impl Shared {
             Some(secret) => secret,
             None if store.founder() == self.me() => {
                 let secret = topic::generate();
-                topic::save(&dir, &secret)
-                    .map_err(|e| NetError::Local(format!("cannot save the gossip secret: {e}")))?;
+                topic::save(&dir, &secret).map_err(|source| NetError::Save {
+                    what: "the gossip secret",
+                    source,
+                })?;
                 secret
             }
             None => return Ok(None),
@@ -701,8 +622,12 @@ impl Shared {
     /// Keeps `secret` as the gossip secret of `store` (received from a member).
     pub fn adopt_topic_secret(&self, store: &Store, secret: [u8; 32]) -> Result<(), NetError> {
         let mut secrets = self.secrets.lock();
-        topic::save(&self.node.store_dir(store.id()), &secret)
-            .map_err(|e| NetError::Local(format!("cannot save the gossip secret: {e}")))?;
+        topic::save(&self.node.store_dir(store.id()), &secret).map_err(|source| {
+            NetError::Save {
+                what: "the gossip secret",
+                source,
+            }
+        })?;
         secrets.insert(store.id(), secret);
         Ok(())
     }
@@ -781,7 +706,5 @@ impl Shared {
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NetError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| NetError::Local(format!("background task failed: {e}")))
+    Ok(tokio::task::spawn_blocking(f).await?)
 }
