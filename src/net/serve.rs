@@ -400,7 +400,7 @@ async fn stream_witness(store: &Store, from: u64, send: &mut SendStream) -> Resu
         };
         write_frame(send, &msg, MAX_FRAME)
             .await
-            .map_err(|e| Refusal::from(&e))?;
+            .map_err(|e| Refusal::new(RefusalCode::Internal, e.to_string()))?;
         if end {
             return Ok(());
         }
@@ -459,6 +459,7 @@ async fn redeem(
     })
 }
 
+/// A refusal of a request field that is not valid.
 fn malformed(text: &str) -> Refusal {
     Refusal::new(RefusalCode::Malformed, text)
 }
