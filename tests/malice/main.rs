@@ -135,6 +135,22 @@ async fn hostile_input_is_refused_and_changes_nothing() {
     let err = refusal(raw_exchange(&ep_m, &a, vec![frame(&request(&team, bad_neg))]).await);
     assert_eq!(err.code, RefusalCode::Malformed, "{err}");
 
+    // Each refusal names its reason: an unknown store, too many hashes, a paused store.
+    let mut elsewhere = request(&team, Req::Want(Want { hashes: vec![] }));
+    elsewhere.store_id = bytes::Bytes::from_static(&[7; 16]);
+    let err = refusal(raw_exchange(&ep_m, &a, vec![frame(&elsewhere)]).await);
+    assert_eq!(err.code, RefusalCode::UnknownStore, "{err}");
+    let too_many = Req::Want(Want {
+        hashes: vec![bytes::Bytes::from_static(&[0; 32]); lattice_mount::net::MAX_WANT + 1],
+    });
+    let err = refusal(raw_exchange(&ep_m, &a, vec![frame(&request(&team, too_many))]).await);
+    assert_eq!(err.code, RefusalCode::TooLarge, "{err}");
+    a.net.set_paused(Some("team"), true).unwrap();
+    let want = Req::Want(Want { hashes: vec![] });
+    let err = refusal(raw_exchange(&ep_m, &a, vec![frame(&request(&team, want))]).await);
+    assert_eq!(err.code, RefusalCode::Paused, "{err}");
+    a.net.set_paused(Some("team"), false).unwrap();
+
     // A blob of a store mallory is not a member of is refused.
     let lattice_mount::fs::op::Content::Manifest { hash, .. } = hidden else {
         panic!("not inline")
