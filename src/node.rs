@@ -14,13 +14,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::cas::{Cas, CasError};
-use crate::fs::op::{
-    clean_label, validate_label, Content, FileId, Kind, OpBody, OpError, OpId, Role, SetMeta,
-};
+use crate::fs::op::{clean_label, validate_label, Content, Kind, OpBody, OpError, Role, SetMeta};
 use crate::fs::{FsError, FsState};
 use crate::hlc::{Clock, Hlc};
 use crate::identity::{Identity, IdentityError, PublicKey};
-use crate::intention::StoreId;
+use crate::ids::{FileId, OpId, StoreId};
 use crate::proto::control::{HistoryEntry, StatusResponse, StoreStatus, UnreadableStore};
 use crate::store::{HistoryItem, Store, StoreError};
 

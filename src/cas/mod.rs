@@ -74,7 +74,7 @@ pub use error::CasError;
 pub use fetch::{FetchRequest, Fetcher, READ_WAIT};
 
 use crate::fs::op::{Content, INLINE_MAX};
-use crate::intention::{Hash, StoreId};
+use crate::ids::{Hash, StoreId};
 use cache::Lru;
 pub(crate) use chunker::MAX_CHUNK_BYTES;
 use chunker::{chunk_slice, ChunkParams, StreamChunker, CHUNK_PARAMS};

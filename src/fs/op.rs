@@ -1,12 +1,10 @@
 //! Filesystem ops: validated domain types and their protobuf form.
 
-use std::fmt;
-
 use bytes::Bytes;
 
 use crate::hlc::Hlc;
-use crate::identity::{hex, PublicKey};
-use crate::intention::Hash;
+use crate::identity::PublicKey;
+use crate::ids::{FileId, Hash, InviteId, OpId};
 use crate::proto::fs as pb;
 
 /// Longest file name in bytes (as Linux `NAME_MAX`).
@@ -53,67 +51,6 @@ pub enum OpError {
     /// A display name holds a control character (a newline, NUL, ...) or `/`.
     #[error("invalid display name {0:?}: no control characters or '/'")]
     BadLabel(String),
-}
-
-/// An op id: the op's clock and its author. Orders by (HLC, author).
-/// A file's id is the id of the op that created it.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct OpId {
-    /// The op's clock.
-    pub hlc: Hlc,
-    /// The op's author.
-    pub author: PublicKey,
-}
-
-/// The id of a file, directory or other node (the id of its `Create` op).
-pub type FileId = OpId;
-
-impl OpId {
-    /// The store's root directory.
-    pub const ROOT: OpId = OpId {
-        hlc: Hlc::ZERO,
-        author: PublicKey([0; 32]),
-    };
-    /// Encoded length.
-    pub const LEN: usize = 44;
-
-    /// The 44-byte encoding, whose byte order is (HLC, author) order.
-    pub fn to_bytes(&self) -> [u8; 44] {
-        let mut b = [0u8; 44];
-        b[..8].copy_from_slice(&self.hlc.wall_ms.to_be_bytes());
-        b[8..12].copy_from_slice(&self.hlc.counter.to_be_bytes());
-        b[12..].copy_from_slice(&self.author.0);
-        b
-    }
-
-    /// Parses the 44-byte encoding.
-    pub fn from_bytes(b: &[u8]) -> Option<Self> {
-        if b.len() != 44 {
-            return None;
-        }
-        Some(OpId {
-            hlc: Hlc {
-                wall_ms: u64::from_be_bytes(b[..8].try_into().ok()?),
-                counter: u32::from_be_bytes(b[8..12].try_into().ok()?),
-            },
-            author: PublicKey(b[12..].try_into().ok()?),
-        })
-    }
-}
-
-impl fmt::Debug for OpId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if *self == OpId::ROOT {
-            return f.write_str("ROOT");
-        }
-        write!(
-            f,
-            "{}.{}@{}",
-            self.hlc.wall_ms,
-            self.hlc.counter,
-            hex(&self.author.0[..3])
-        )
-    }
 }
 
 /// The kind of a filesystem node.
@@ -212,9 +149,6 @@ pub struct SetMeta {
     /// Extended attributes to remove.
     pub xattr_remove: Vec<Bytes>,
 }
-
-/// The id of an invite: blake3 of its one-time secret.
-pub type InviteId = [u8; 32];
 
 /// A member's role in a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

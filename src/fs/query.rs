@@ -17,10 +17,11 @@ use crate::fs::error::FsError;
 use crate::fs::names::{
     collision_tags, conflict_tag, decorate, may_be_cut, raw_candidates, MIN_CUT_NAME_BYTES,
 };
-use crate::fs::op::{Content, FileId, Kind, OpId};
+use crate::fs::op::{Content, Kind};
 use crate::fs::state::FsState;
 use crate::fs::view::{Attr, ContentView, FsStats, Node};
 use crate::identity::{hex, PublicKey};
+use crate::ids::{FileId, OpId};
 
 /// Set-user-ID and set-group-ID: shown only on what the local node wrote alone
 /// ([`FsState::mask_foreign_privileges`]).

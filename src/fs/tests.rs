@@ -2,10 +2,11 @@
 
 use bytes::Bytes;
 
-use crate::fs::op::{Content, FileId, Kind, Op, OpBody, OpId, Role, SetMeta};
+use crate::fs::op::{Content, Kind, Op, OpBody, Role, SetMeta};
 use crate::fs::{FsError, FsState, Node, RenameFlags};
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
+use crate::ids::{FileId, OpId};
 
 /// 2026-11-21 10:15:02 UTC in milliseconds.
 const T0: u64 = 1_795_256_102_000;

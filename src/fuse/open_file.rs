@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::cas::{Cas, PutAhead};
-use crate::fs::op::{Content, FileId};
+use crate::fs::op::Content;
 use crate::fs::{Attr, ContentView, FsError, Node};
 use crate::hlc::now_ms;
-use crate::intention::StoreId;
+use crate::ids::{FileId, StoreId};
 use crate::store::Store;
 
 use super::errno::{io_errno, Fail};

@@ -14,9 +14,9 @@ use parking_lot::Mutex;
 use tokio::task::JoinSet;
 
 use crate::cas::FetchRequest;
-use crate::fs::op::{Content, FileId};
+use crate::fs::op::Content;
 use crate::identity::PublicKey;
-use crate::intention::Hash;
+use crate::ids::{FileId, Hash};
 use crate::net::peers::{endpoint_id, node_key};
 use crate::net::{blocking, NetError, Shared};
 use crate::store::Store;

@@ -47,7 +47,7 @@ use tokio::sync::mpsc;
 
 use crate::fs::op::Role;
 use crate::identity::PublicKey;
-use crate::intention::StoreId;
+use crate::ids::StoreId;
 use crate::node::{Node, NodeError};
 use crate::store::{Store, StoreError};
 use crate::wire::FrameError;

@@ -18,7 +18,7 @@ use iroh::protocol::{AcceptError, ProtocolHandler};
 use tokio::sync::Semaphore;
 
 use crate::identity::PublicKey;
-use crate::intention::{Hash, StoreId};
+use crate::ids::{Hash, StoreId};
 use crate::net::gate::{CLOSE_LIMIT, MAX_CONNS_PER_PEER};
 use crate::net::peers::node_key;
 use crate::net::{

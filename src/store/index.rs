@@ -25,7 +25,7 @@ use redb::{
 };
 
 use crate::hlc::Hlc;
-use crate::intention::Hash;
+use crate::ids::Hash;
 use crate::store::error::StoreError;
 use crate::store::tables::{index_key, INDEX};
 

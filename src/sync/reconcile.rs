@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use negentropy::{Bound, Id, Item, Negentropy, NegentropyStorageBase, NegentropyStorageVector};
 
-use crate::intention::Hash;
+use crate::ids::Hash;
 use crate::store::{IndexView, StoreError};
 
 /// Default frame limit in bytes (both directions). Measured with `lattice-bench

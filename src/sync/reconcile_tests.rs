@@ -15,7 +15,8 @@ use super::*;
 use crate::fs::op::{Op, OpBody, Role};
 use crate::hlc::{Clock, Hlc};
 use crate::identity::Identity;
-use crate::intention::{Intention, StoreId};
+use crate::ids::StoreId;
+use crate::intention::Intention;
 use crate::store::{BareIndex, Store, MAX_BLOCK_ITEMS};
 
 type Items = BTreeSet<(u64, Hash)>;

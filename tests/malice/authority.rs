@@ -3,10 +3,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use lattice_mount::fs::op::{Content, Op, OpBody, OpId, Role};
+use lattice_mount::fs::op::{Content, Op, OpBody, Role};
 use lattice_mount::hlc::now_ms;
 use lattice_mount::identity::{Identity, PublicKey};
-use lattice_mount::intention::{Hash, Intention};
+use lattice_mount::ids::{Hash, OpId};
+use lattice_mount::intention::Intention;
 use lattice_mount::proto::peer::{request::Kind as Req, Intentions};
 use lattice_mount::store::{Store, MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER};
 

@@ -48,7 +48,7 @@ async fn hostile_input_is_refused_and_changes_nothing() {
             root_file(name, Content::Inline("x".into())),
         )
     };
-    let heads: Vec<lattice_mount::intention::Hash> = Vec::new();
+    let heads: Vec<lattice_mount::ids::Hash> = Vec::new();
     let by_stranger =
         Intention::create(&stranger, team.id(), None, heads.clone(), vec![op("s")]).unwrap();
     let valid = Intention::create(&mallory, team.id(), None, heads.clone(), vec![op("m")]).unwrap();
