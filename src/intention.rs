@@ -284,7 +284,8 @@ fn fixed<const N: usize>(b: &[u8], what: &str) -> Result<[u8; N], IntentionError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::op::{Content, OpBody};
+    use crate::cas::Content;
+    use crate::fs::op::OpBody;
     use crate::ids::OpId;
 
     fn op(wall_ms: u64, name: &str) -> Op {

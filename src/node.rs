@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::cas::{Cas, CasError};
-use crate::fs::op::{clean_label, validate_label, Content, Kind, OpBody, OpError, Role, SetMeta};
+use crate::cas::{Cas, CasError, Content};
+use crate::fs::op::{clean_label, validate_label, Kind, OpBody, OpError, Role, SetMeta};
 use crate::fs::{FsError, FsState};
 use crate::hlc::{Clock, Hlc};
 use crate::identity::{Identity, IdentityError, PublicKey};

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lattice_mount::cas::{Cas, FetchRequest, Fetcher};
-use lattice_mount::fs::op::{Content, Kind, Op, OpBody, Role};
+use lattice_mount::cas::{Cas, Content, FetchRequest, Fetcher};
+use lattice_mount::fs::op::{Kind, Op, OpBody, Role};
 use lattice_mount::fs::{FsState, RenameFlags};
 use lattice_mount::hlc::{now_ms, Clock, Hlc};
 use lattice_mount::identity::Identity;

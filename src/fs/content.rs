@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use bytes::Bytes;
 
-use crate::fs::op::{Content, Create, Kind, SetMeta};
+use crate::cas::Content;
+use crate::fs::op::{Create, Kind, SetMeta};
 use crate::fs::view::ContentView;
 use crate::ids::OpId;
 

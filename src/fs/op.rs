@@ -2,6 +2,7 @@
 
 use bytes::Bytes;
 
+use crate::cas::{Content, INLINE_MAX};
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
 use crate::ids::{FileId, Hash, InviteId, OpId};
@@ -11,8 +12,6 @@ use crate::proto::fs as pb;
 pub const MAX_NAME_BYTES: usize = 255;
 /// Longest symlink target in bytes (as Linux `PATH_MAX`).
 pub const MAX_SYMLINK_BYTES: usize = 4096;
-/// Content up to this many bytes travels inline in the intention.
-pub const INLINE_MAX: usize = 16 * 1024;
 /// Most op ids one op may supersede or list as seen.
 pub const MAX_SUPERSEDES: usize = 4096;
 /// Most xattrs one `SetMeta` may set or remove.
@@ -70,40 +69,6 @@ pub enum Kind {
     CharDev,
     /// Block device node.
     BlockDev,
-}
-
-/// File content of one version.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Content {
-    /// Bytes carried in the intention (at most [`INLINE_MAX`]).
-    Inline(Bytes),
-    /// A manifest blob listing chunks in the content store.
-    Manifest {
-        /// blake3 hash of the manifest blob.
-        hash: Hash,
-        /// Total content length.
-        size: u64,
-    },
-}
-
-impl Content {
-    /// Empty content.
-    pub fn empty() -> Self {
-        Content::Inline(Bytes::new())
-    }
-
-    /// Content length in bytes.
-    pub fn len(&self) -> u64 {
-        match self {
-            Content::Inline(b) => b.len() as u64,
-            Content::Manifest { size, .. } => *size,
-        }
-    }
-
-    /// True for zero-length content.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Creates a node named `name` in `parent`.

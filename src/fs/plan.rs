@@ -3,10 +3,11 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::cas::{Content, INLINE_MAX};
 use crate::fs::error::FsError;
 use crate::fs::op::{
-    validate_name, Content, Create, Kind, OpBody, SetMeta, INLINE_MAX, MAX_NAME_BYTES,
-    MAX_SUPERSEDES, MAX_SYMLINK_BYTES, MAX_XATTRS_PER_OP, MAX_XATTR_NAME, MAX_XATTR_VALUE,
+    validate_name, Create, Kind, OpBody, SetMeta, MAX_NAME_BYTES, MAX_SUPERSEDES,
+    MAX_SYMLINK_BYTES, MAX_XATTRS_PER_OP, MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
 use crate::fs::state::FsState;
 use crate::fs::view::{Node, RenameFlags};

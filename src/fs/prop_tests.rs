@@ -6,7 +6,8 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use crate::fs::op::{Content, Kind, Op, OpBody, Role, SetMeta};
+use crate::cas::Content;
+use crate::fs::op::{Kind, Op, OpBody, Role, SetMeta};
 use crate::fs::{FsState, Node, RenameFlags};
 use crate::hlc::Clock;
 use crate::identity::PublicKey;

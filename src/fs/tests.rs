@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 
-use crate::fs::op::{Content, Kind, Op, OpBody, Role, SetMeta};
+use crate::cas::Content;
+use crate::fs::op::{Kind, Op, OpBody, Role, SetMeta};
 use crate::fs::{FsError, FsState, Node, RenameFlags};
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
@@ -609,7 +610,7 @@ fn create_refuses_visible_names_bad_names_and_bad_parents() {
         ),
         Err(FsError::NameTooLong)
     );
-    let huge = Content::Inline(Bytes::from(vec![0; crate::fs::op::INLINE_MAX + 1]));
+    let huge = Content::Inline(Bytes::from(vec![0; crate::cas::INLINE_MAX + 1]));
     assert_eq!(
         s.plan_create(OpId::ROOT, "h", Kind::File, 0o644, 0, 0, 0, huge, 0),
         Err(FsError::TooLarge)
@@ -854,7 +855,7 @@ fn content_planners_refuse_directories_and_oversized_inline_content() {
     let f = mkfile(&mut s, 1, 11, OpId::ROOT, "f", "");
     assert_eq!(s.plan_write(d, Content::empty(), 0), Err(FsError::IsDir));
     assert_eq!(s.plan_append(d, Content::empty(), 0), Err(FsError::IsDir));
-    let huge = Content::Inline(Bytes::from(vec![0; crate::fs::op::INLINE_MAX + 1]));
+    let huge = Content::Inline(Bytes::from(vec![0; crate::cas::INLINE_MAX + 1]));
     assert_eq!(s.plan_write(f, huge, 0), Err(FsError::TooLarge));
     assert_eq!(
         s.content(file_node(&s, OpId::ROOT, "d")),

@@ -4,7 +4,8 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use crate::fs::op::{Content, Create, Kind, Op, OpBody, Role, SetMeta};
+use crate::cas::Content;
+use crate::fs::op::{Create, Kind, Op, OpBody, Role, SetMeta};
 use crate::hlc::Hlc;
 use crate::identity::{Identity, PublicKey};
 use crate::ids::{Hash, OpId, StoreId};

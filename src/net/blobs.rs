@@ -13,8 +13,7 @@ use iroh_blobs::provider::events::{
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
 
-use crate::cas::FetchRequest;
-use crate::fs::op::Content;
+use crate::cas::{Content, FetchRequest};
 use crate::identity::PublicKey;
 use crate::ids::{FileId, Hash};
 use crate::net::peers::{endpoint_id, node_key};

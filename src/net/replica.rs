@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::fs::op::Content;
+use crate::cas::Content;
 use crate::identity::PublicKey;
 use crate::ids::{FileId, Hash};
 use crate::net::client::{self, RoundReport};

@@ -58,7 +58,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::fs::op::{Content, Create, Kind, Op, OpBody, Role};
+use crate::cas::Content;
+use crate::fs::op::{Create, Kind, Op, OpBody, Role};
 use crate::hlc::{Clock, Hlc};
 use crate::identity::Identity;
 use crate::intention::{Intention, IntentionError, MAX_INTENTION_BYTES};

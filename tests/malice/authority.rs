@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use lattice_mount::fs::op::{Content, Op, OpBody, Role};
+use lattice_mount::cas::Content;
+use lattice_mount::fs::op::{Op, OpBody, Role};
 use lattice_mount::hlc::now_ms;
 use lattice_mount::identity::{Identity, PublicKey};
 use lattice_mount::ids::{Hash, OpId};

@@ -1,7 +1,8 @@
 //! Per-store authorization on every path, and what a peer costs before it is a member
 //! (issue 8, findings 3, 4, 8 and 10).
 
-use lattice_mount::fs::op::{Content, Role};
+use lattice_mount::cas::Content;
+use lattice_mount::fs::op::Role;
 
 use crate::peers::*;
 

@@ -12,7 +12,8 @@ mod bounds;
 mod fuzz;
 mod names;
 
-use lattice_mount::fs::op::{Content, Role};
+use lattice_mount::cas::Content;
+use lattice_mount::fs::op::Role;
 use peers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -135,7 +136,7 @@ async fn hostile_input_is_refused_and_changes_nothing() {
     assert!(err.contains("malformed"), "{err}");
 
     // A blob of a store mallory is not a member of is refused.
-    let lattice_mount::fs::op::Content::Manifest { hash, .. } = hidden else {
+    let lattice_mount::cas::Content::Manifest { hash, .. } = hidden else {
         panic!("not inline")
     };
     let conn = ep_m.connect(addr_of(&a), iroh_blobs::ALPN).await.unwrap();

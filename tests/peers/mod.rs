@@ -6,7 +6,8 @@
 
 use std::time::{Duration, Instant};
 
-use lattice_mount::fs::op::{Content, Kind, Role};
+use lattice_mount::cas::Content;
+use lattice_mount::fs::op::{Kind, Role};
 use lattice_mount::fs::Node as FsNode;
 use lattice_mount::ids::{FileId, OpId};
 use lattice_mount::net::{Net, NetConfig, Relay};
