@@ -26,8 +26,9 @@ use crate::net::{
     MAX_STREAMS_PER_CONN, SYNC_ALPN,
 };
 use crate::proto::peer::{self as pb, request, response};
+use crate::store::IndexSession as Session;
 use crate::store::{ApplyOutcome, Store};
-use crate::sync::reconcile::{Session, FRAME_LIMIT};
+use crate::sync::reconcile::FRAME_LIMIT;
 use crate::wire::{read_body, read_header, write_frame, FrameError};
 
 /// Most hashes one `Want` may name.

@@ -73,6 +73,8 @@ mod index;
 #[cfg(test)]
 mod member_tests;
 mod members;
+#[cfg(test)]
+mod reconcile_tests;
 mod tables;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -97,7 +99,7 @@ pub use apply::{
     MAX_FLOATING_STRANGERS, MAX_FLOATING_STRANGER_BYTES,
 };
 pub use error::{InviteError, StoreError};
-pub use index::{BareIndex, IndexView, BLOCK_ITEMS, MAX_BLOCK_ITEMS};
+pub use index::{BareIndex, IndexSession, IndexView, BLOCK_ITEMS, MAX_BLOCK_ITEMS};
 pub use members::{invite_id, Equivocator};
 
 use crate::fs::op::{Op, OpBody, OpError, Role};
