@@ -68,11 +68,14 @@ fn has(store: &Store, name: &str) -> bool {
     store.read(|s| s.lookup(OpId::ROOT, name).is_ok())
 }
 
+/// True when one of `p`'s stores lists `key` as an equivocator (what `status` shows).
 fn reported(p: &Peer, key: &PublicKey) -> bool {
-    tokio::task::block_in_place(|| p.node.status())
-        .stores
-        .iter()
-        .any(|s| s.equivocators.contains(&key.to_hex()))
+    tokio::task::block_in_place(|| {
+        p.node
+            .stores()
+            .iter()
+            .any(|s| s.equivocators().unwrap().iter().any(|q| q.key == *key))
+    })
 }
 
 async fn revoke(store: &Store, key: PublicKey) -> u64 {
