@@ -6,7 +6,8 @@ mod peers;
 
 use std::time::Duration;
 
-use lattice_mount::fs::op::{Content, Role};
+use lattice_mount::cas::Content;
+use lattice_mount::fs::op::Role;
 use lattice_mount::net::NetError;
 use lattice_mount::store::Store;
 use lattice_mount::sync::RefusalCode;

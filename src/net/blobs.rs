@@ -13,10 +13,9 @@ use iroh_blobs::provider::events::{
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
 
-use crate::cas::FetchRequest;
-use crate::fs::op::{Content, FileId};
+use crate::cas::{Content, FetchRequest};
 use crate::identity::PublicKey;
-use crate::intention::Hash;
+use crate::ids::{FileId, Hash};
 use crate::net::peers::{endpoint_id, node_key};
 use crate::net::{blocking, NetError, Shared};
 use crate::store::Store;

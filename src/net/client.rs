@@ -12,7 +12,8 @@ use tokio::sync::mpsc;
 use crate::fs::op::Role;
 use crate::hlc::now_ms;
 use crate::identity::PublicKey;
-use crate::intention::{Hash, Intention, StoreId};
+use crate::ids::{Hash, StoreId};
+use crate::intention::Intention;
 use crate::net::peers::endpoint_id;
 use crate::net::serve::{apply_all, BATCH_BYTES, MAX_WANT};
 use crate::net::{

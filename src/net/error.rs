@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::cas::CasError;
-use crate::intention::Hash;
+use crate::ids::Hash;
 use crate::node::NodeError;
 use crate::store::{InviteError, StoreError};
 use crate::sync::invite::TokenError;

@@ -48,7 +48,7 @@ use tokio::sync::mpsc;
 
 use crate::fs::op::Role;
 use crate::identity::PublicKey;
-use crate::intention::StoreId;
+use crate::ids::StoreId;
 use crate::node::Node;
 use crate::store::Store;
 use peers::PeerBook;

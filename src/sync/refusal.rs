@@ -222,7 +222,7 @@ impl From<ReconcileError> for Refusal {
                 RefusalCode::TooLarge
             }
             ReconcileError::Malformed(_) | ReconcileError::Misuse(_) => RefusalCode::Malformed,
-            ReconcileError::LimitTooSmall(_) | ReconcileError::Store(_) => RefusalCode::Internal,
+            ReconcileError::LimitTooSmall(_) | ReconcileError::Storage(_) => RefusalCode::Internal,
         };
         Refusal::new(code, e.to_string())
     }

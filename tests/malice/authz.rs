@@ -1,7 +1,8 @@
 //! Per-store authorization on every path, and what a peer costs before it is a member
 //! (issue 8, findings 3, 4, 8 and 10).
 
-use lattice_mount::fs::op::{Content, Role};
+use lattice_mount::cas::Content;
+use lattice_mount::fs::op::Role;
 use lattice_mount::sync::RefusalCode;
 
 use crate::peers::*;
@@ -195,7 +196,7 @@ async fn a_neighbour_that_is_not_a_member_of_the_store_triggers_no_reconcile() {
     a.stop().await;
 }
 
-async fn get_blob(ep: &iroh::Endpoint, from: &Peer, hash: lattice_mount::intention::Hash) -> bool {
+async fn get_blob(ep: &iroh::Endpoint, from: &Peer, hash: lattice_mount::ids::Hash) -> bool {
     let conn = ep.connect(addr_of(from), iroh_blobs::ALPN).await.unwrap();
     iroh_blobs::get::request::get_blob(conn, iroh_blobs::Hash::from_bytes(hash.0))
         .bytes()
@@ -207,10 +208,7 @@ async fn get_blob(ep: &iroh::Endpoint, from: &Peer, hash: lattice_mount::intenti
 fn manifest_and_chunk(
     p: &Peer,
     content: &Content,
-) -> (
-    lattice_mount::intention::Hash,
-    lattice_mount::intention::Hash,
-) {
+) -> (lattice_mount::ids::Hash, lattice_mount::ids::Hash) {
     use prost::Message;
     let Content::Manifest { hash, .. } = content else {
         panic!("large content is a manifest")
@@ -219,7 +217,7 @@ fn manifest_and_chunk(
         .unwrap()
         .unwrap();
     let manifest = lattice_mount::proto::fs::Manifest::decode(bytes).unwrap();
-    let chunk = lattice_mount::intention::Hash::from_slice(&manifest.chunks[0].hash).unwrap();
+    let chunk = lattice_mount::ids::Hash::from_slice(&manifest.chunks[0].hash).unwrap();
     (*hash, chunk)
 }
 

@@ -8,10 +8,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
-use lattice_mount::fs::op::{Content, OpBody, OpId, Role};
+use lattice_mount::cas::Content;
+use lattice_mount::fs::op::{OpBody, Role};
 use lattice_mount::hlc::now_ms;
 use lattice_mount::identity::Identity;
-use lattice_mount::intention::{Hash, Intention};
+use lattice_mount::ids::{Hash, OpId};
+use lattice_mount::intention::Intention;
 use lattice_mount::net::{MAX_FRAME, MAX_RECONCILE_DIFF, SYNC_ALPN};
 use lattice_mount::proto::peer::{
     request::Kind as Req, response::Kind as Resp, Blocks, Frame, Intentions, Request, Response,

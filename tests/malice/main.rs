@@ -12,7 +12,8 @@ mod bounds;
 mod fuzz;
 mod names;
 
-use lattice_mount::fs::op::{Content, Role};
+use lattice_mount::cas::Content;
+use lattice_mount::fs::op::Role;
 use lattice_mount::sync::RefusalCode;
 use peers::*;
 
@@ -49,7 +50,7 @@ async fn hostile_input_is_refused_and_changes_nothing() {
             root_file(name, Content::Inline("x".into())),
         )
     };
-    let heads: Vec<lattice_mount::intention::Hash> = Vec::new();
+    let heads: Vec<lattice_mount::ids::Hash> = Vec::new();
     let by_stranger =
         Intention::create(&stranger, team.id(), None, heads.clone(), vec![op("s")]).unwrap();
     let valid = Intention::create(&mallory, team.id(), None, heads.clone(), vec![op("m")]).unwrap();
@@ -152,7 +153,7 @@ async fn hostile_input_is_refused_and_changes_nothing() {
     a.net.set_paused(Some("team"), false).unwrap();
 
     // A blob of a store mallory is not a member of is refused.
-    let lattice_mount::fs::op::Content::Manifest { hash, .. } = hidden else {
+    let lattice_mount::cas::Content::Manifest { hash, .. } = hidden else {
         panic!("not inline")
     };
     let conn = ep_m.connect(addr_of(&a), iroh_blobs::ALPN).await.unwrap();

@@ -1,7 +1,9 @@
 //! Display names, one validator for what is signed and what is received, and the
 //! joiner scenario of issue 8: a hostile name never reaches a signature or a listing.
 
-use lattice_mount::fs::op::{Content, Kind, OpId, Role};
+use lattice_mount::cas::Content;
+use lattice_mount::fs::op::{Kind, Role};
+use lattice_mount::ids::OpId;
 
 use crate::peers::*;
 use lattice_mount::sync::RefusalCode;

@@ -6,8 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use lattice_mount::fs::op::{Content, FileId, Kind, OpId, Role};
+use lattice_mount::cas::Content;
+use lattice_mount::fs::op::{Kind, Role};
 use lattice_mount::fs::Node as FsNode;
+use lattice_mount::ids::{FileId, OpId};
 use lattice_mount::net::{Net, NetConfig, Relay};
 use lattice_mount::node::Node;
 use lattice_mount::store::Store;
