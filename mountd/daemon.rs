@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::control::{read_frame, socket_path, write_frame, FrameError};
 use crate::error::CliError;
+use crate::report;
 
 /// Most control connections served at once; further ones are closed at once.
 const MAX_CONTROL_CONNECTIONS: usize = 64;
@@ -532,8 +533,7 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
     let kind = match request.kind {
         None => return error_response("empty or unknown request".into()),
         Some(request::Kind::Status(_)) => {
-            let mut status = ctx.node.status();
-            status.mountpoint = ctx.mountpoint.display().to_string();
+            let mut status = report::status(&ctx.node, &ctx.mountpoint);
             for s in &mut status.stores {
                 let Some(store) = ctx
                     .node
@@ -647,7 +647,7 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
             }),
             Err(e) => return error_response(e.to_string()),
         },
-        Some(request::Kind::History(h)) => match ctx.node.history(&h.path) {
+        Some(request::Kind::History(h)) => match report::history(&ctx.node, &h.path) {
             Ok(entries) => response::Kind::History(HistoryResponse { entries }),
             Err(e) => return error_response(e.to_string()),
         },

@@ -8,6 +8,7 @@ mod control;
 mod daemon;
 mod error;
 mod output;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -7,6 +7,7 @@ pub mod fs;
 pub mod fuse;
 pub mod hlc;
 pub mod identity;
+pub mod ids;
 pub mod intention;
 pub mod net;
 pub mod node;

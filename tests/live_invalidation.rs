@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lattice_mount::cas::{Cas, FetchRequest, Fetcher};
-use lattice_mount::fs::op::{Content, FileId, Kind, Op, OpBody, OpId, Role};
+use lattice_mount::cas::{Cas, Content, FetchRequest, Fetcher};
+use lattice_mount::fs::op::{Kind, Op, OpBody, Role};
 use lattice_mount::fs::{FsState, RenameFlags};
 use lattice_mount::hlc::{now_ms, Clock, Hlc};
 use lattice_mount::identity::Identity;
-use lattice_mount::intention::{Hash, Intention};
+use lattice_mount::ids::{FileId, Hash, OpId};
+use lattice_mount::intention::Intention;
 use lattice_mount::node::Node;
 use lattice_mount::store::{ApplyOutcome, Store, StoreEvent};
 use parking_lot::Mutex;

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use lattice_mount::intention::Hash;
+use lattice_mount::ids::Hash;
 use lattice_mount::store::BareIndex;
 use lattice_mount::sync::{ReconcileStorage, Session};
 use negentropy::{Id, NegentropyStorageVector};

@@ -44,6 +44,7 @@
 mod ahead;
 mod cache;
 mod chunker;
+mod content;
 mod error;
 mod fetch;
 pub(crate) mod manifest;
@@ -70,11 +71,11 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 pub use ahead::PutAhead;
+pub use content::{Content, INLINE_MAX};
 pub use error::CasError;
 pub use fetch::{FetchRequest, Fetcher, READ_WAIT};
 
-use crate::fs::op::{Content, INLINE_MAX};
-use crate::intention::{Hash, StoreId};
+use crate::ids::{Hash, StoreId};
 use cache::Lru;
 pub(crate) use chunker::MAX_CHUNK_BYTES;
 use chunker::{chunk_slice, ChunkParams, StreamChunker, CHUNK_PARAMS};

@@ -10,8 +10,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use bytes::Bytes;
 
-use crate::fs::op::{Content, Create, Kind, OpId, SetMeta};
+use crate::cas::Content;
+use crate::fs::op::{Create, Kind, SetMeta};
 use crate::fs::view::ContentView;
+use crate::ids::OpId;
 
 /// Largest size a content version shows: the largest offset the kernel addresses
 /// (`off_t`). Pieces are sized by their authors, so their sum may be anything.
@@ -302,10 +304,9 @@ impl FileRec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::op::FileId;
     use crate::hlc::Hlc;
     use crate::identity::PublicKey;
-    use crate::intention::Hash;
+    use crate::ids::{FileId, Hash};
 
     fn id(wall_ms: u64) -> OpId {
         OpId {

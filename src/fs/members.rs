@@ -22,8 +22,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::fs::op::{InviteId, OpId, Role};
+use crate::fs::op::Role;
 use crate::identity::PublicKey;
+use crate::ids::{InviteId, OpId};
 
 /// A current member of a store.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::fs::op::{FileId, OpId};
+use crate::ids::{FileId, OpId};
 
 /// The Remove op that deleted an entry and the content heads its author had seen.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -12,7 +12,8 @@ use prost::Message;
 
 use super::ops::{intention_bytes, name};
 use super::{config, framed, hostile, hostile_frames, ready, within, Budget, PROTOBUF_PER_BYTE};
-use crate::intention::{Hash, Intention, StoreId};
+use crate::ids::{Hash, StoreId};
+use crate::intention::Intention;
 use crate::net::{GOSSIP_MAX, MAX_FRAME};
 use crate::proto::peer::{self as pb, gossip, request, response};
 use crate::sync::reconcile::{Session, FRAME_LIMIT};
@@ -80,7 +81,8 @@ fn response() -> impl Strategy<Value = pb::Response> {
         0..3,
     );
     let kind = prop_oneof![
-        "[ -~]{0,80}".prop_map(response::Kind::Error),
+        (any::<i32>(), "[ -~]{0,80}")
+            .prop_map(|(code, text)| response::Kind::Refusal(pb::Refusal { code, text })),
         (bytes(32), name(), peers, any::<u64>(), bytes(32)).prop_map(
             |(founder, store_name, peers, witness_len, topic_secret)| {
                 response::Kind::Redeemed(pb::Redeemed {
@@ -176,7 +178,7 @@ fn receive_response(input: &[u8]) -> Result<usize, String> {
         .map_err(|e: FrameError| e.to_string())?
         .ok_or("clean end")?;
     Ok(match response.kind.ok_or("empty answer")? {
-        response::Kind::Error(reason) => reason.len(),
+        response::Kind::Refusal(r) => crate::sync::Refusal::from(r).text.len(),
         response::Kind::Redeemed(r) => {
             <[u8; 32]>::try_from(&r.founder[..]).map_err(|_| "founder")?;
             <[u8; 32]>::try_from(&r.topic_secret[..]).map_err(|_| "topic secret")?;

@@ -13,10 +13,9 @@ use iroh_blobs::provider::events::{
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
 
-use crate::cas::FetchRequest;
-use crate::fs::op::{Content, FileId};
+use crate::cas::{Content, FetchRequest};
 use crate::identity::PublicKey;
-use crate::intention::Hash;
+use crate::ids::{FileId, Hash};
 use crate::net::peers::{endpoint_id, node_key};
 use crate::net::{blocking, NetError, Shared};
 use crate::store::Store;
@@ -262,9 +261,7 @@ async fn fetch_pieces(
             fetched += patch_changes(shared, store, changes).await?;
         }
         let (cas, p) = (shared.node.cas().clone(), pieces.clone());
-        let missing = blocking(move || cas.missing(&p))
-            .await?
-            .map_err(|e| NetError::Local(e.to_string()))?;
+        let missing = blocking(move || cas.missing(&p)).await??;
         if missing.is_empty() {
             return Ok(fetched);
         }
@@ -281,7 +278,7 @@ async fn download(
 ) -> Result<usize, NetError> {
     let providers = providers(shared, store);
     if providers.is_empty() {
-        return Err(NetError::Local("no member to fetch content from".into()));
+        return Err(NetError::NoProvider);
     }
     let mut tasks = JoinSet::new();
     let mut queue = hashes.into_iter();
@@ -316,7 +313,7 @@ async fn download(
         }
     }
     match failed {
-        Some(reason) => Err(NetError::Local(format!("fetching content: {reason}"))),
+        Some(reason) => Err(NetError::Fetch(reason)),
         None => Ok(done),
     }
 }

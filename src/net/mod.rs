@@ -23,6 +23,7 @@
 
 mod blobs;
 mod client;
+mod error;
 mod gate;
 pub mod peers;
 mod replica;
@@ -47,16 +48,16 @@ use tokio::sync::mpsc;
 
 use crate::fs::op::Role;
 use crate::identity::PublicKey;
-use crate::intention::StoreId;
-use crate::node::{Node, NodeError};
-use crate::store::{Store, StoreError};
-use crate::wire::FrameError;
+use crate::ids::StoreId;
+use crate::node::Node;
+use crate::store::Store;
 use peers::PeerBook;
 use replica::ReplicaHandle;
 use settings::{FetchMode, Settings};
 
 pub use crate::sync::replica::{RoundReport, SyncReport, GOSSIP_MAX, MAX_RECONCILE_DIFF, MAX_WANT};
 pub use client::{JoinProgress, Revoked};
+pub use error::{DialError, NetError, StreamError, Violation};
 
 /// ALPN of the lattice sync protocol; the suffix is its version.
 pub const SYNC_ALPN: &[u8] = b"lattice/sync/1";
@@ -112,90 +113,6 @@ pub struct NetConfig {
     pub relay: Relay,
     /// Local address to bind (default: any port on all interfaces).
     pub bind: Option<SocketAddr>,
-}
-
-/// Errors of the network layer, each one readable line.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum NetError {
-    /// The endpoint could not be bound.
-    #[error("cannot bind the network endpoint: {0}")]
-    Bind(String),
-    /// A peer could not be reached.
-    #[error("cannot reach peer {peer}: {reason}")]
-    Dial {
-        /// The peer's short id.
-        peer: String,
-        /// Why.
-        reason: String,
-    },
-    /// A stream to a peer failed.
-    #[error("connection to peer {peer} failed: {reason}")]
-    Stream {
-        /// The peer's short id.
-        peer: String,
-        /// Why.
-        reason: String,
-    },
-    /// A peer sent a frame that could not be read.
-    #[error("bad frame from peer {peer}: {source}")]
-    Frame {
-        /// The peer's short id.
-        peer: String,
-        /// Why.
-        source: FrameError,
-    },
-    /// A peer refused the request, with its reason.
-    #[error("peer {peer} refused: {reason}")]
-    Refused {
-        /// The peer's short id.
-        peer: String,
-        /// Its one-line reason.
-        reason: String,
-    },
-    /// A peer answered something the protocol does not allow here.
-    #[error("peer {peer} broke the protocol: {what}")]
-    Protocol {
-        /// The peer's short id.
-        peer: String,
-        /// What was wrong.
-        what: String,
-    },
-    /// A reconciliation with a peer failed: a frame it sent was refused, or the session
-    /// went on past [`MAX_ROUNDS`](crate::sync::reconcile::MAX_ROUNDS).
-    #[error("reconciliation with peer {peer}: {source}")]
-    Reconcile {
-        /// The peer's short id.
-        peer: String,
-        /// Why.
-        source: crate::sync::reconcile::ReconcileError,
-    },
-    /// The invite token cannot be used.
-    #[error("{0}")]
-    Token(String),
-    /// No store of this node has this name.
-    #[error("no store named {0:?}")]
-    UnknownStore(String),
-    /// The store is paused.
-    #[error("store {0:?} is paused; resume it first")]
-    Paused(String),
-    /// A peer is not a current member of the store a request is about.
-    #[error("peer {peer} is not a member of store {store:?}")]
-    NotMember {
-        /// The peer's short id.
-        peer: String,
-        /// The store's name.
-        store: String,
-    },
-    /// The local store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The node failed.
-    #[error(transparent)]
-    Node(#[from] NodeError),
-    /// Something else local failed.
-    #[error("{0}")]
-    Local(String),
 }
 
 /// A member of a store as `peers` shows it.
@@ -541,7 +458,7 @@ impl Shared {
             .lock()
             .get(&store.id())
             .cloned()
-            .ok_or_else(|| NetError::Local(format!("store {name:?} has no replica running")))
+            .ok_or_else(|| NetError::NoReplica(name.to_string()))
     }
 
     /// Starts a replica task for every visible store that has none.
@@ -639,22 +556,16 @@ impl Shared {
             .or_insert_with(|| Settings::load(&dir));
         let mut next = *s;
         change(&mut next);
-        next.save(&dir)
-            .map_err(|e| NetError::Local(format!("cannot save {}: {e}", dir.display())))?;
+        next.save(&dir).map_err(|source| NetError::Save {
+            what: "the store's settings",
+            source,
+        })?;
         *s = next;
         drop(settings);
         if let Some(h) = self.replicas.lock().get(&store.id()) {
             h.settings(next);
         }
         Ok(())
-    }
-
-    /// True if `key` is a current member (any role) of a visible store with id `id`
-    /// whose network activity is not paused.
-    pub fn may_sync(&self, key: &PublicKey, id: StoreId) -> bool {
-        self.node.stores().iter().any(|s| {
-            s.id() == id && s.read(|st| st.member(key).is_some()) && !self.settings(s).paused
-        })
     }
 
     /// True if `key` is a current member (any role) of `store`.
@@ -689,8 +600,10 @@ impl Shared {
             Some(secret) => secret,
             None if store.founder() == self.me() => {
                 let secret = topic::generate();
-                topic::save(&dir, &secret)
-                    .map_err(|e| NetError::Local(format!("cannot save the gossip secret: {e}")))?;
+                topic::save(&dir, &secret).map_err(|source| NetError::Save {
+                    what: "the gossip secret",
+                    source,
+                })?;
                 secret
             }
             None => return Ok(None),
@@ -702,8 +615,12 @@ impl Shared {
     /// Keeps `secret` as the gossip secret of `store` (received from a member).
     pub fn adopt_topic_secret(&self, store: &Store, secret: [u8; 32]) -> Result<(), NetError> {
         let mut secrets = self.secrets.lock();
-        topic::save(&self.node.store_dir(store.id()), &secret)
-            .map_err(|e| NetError::Local(format!("cannot save the gossip secret: {e}")))?;
+        topic::save(&self.node.store_dir(store.id()), &secret).map_err(|source| {
+            NetError::Save {
+                what: "the gossip secret",
+                source,
+            }
+        })?;
         secrets.insert(store.id(), secret);
         Ok(())
     }
@@ -762,7 +679,5 @@ async fn bind(
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NetError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| NetError::Local(format!("background task failed: {e}")))
+    Ok(tokio::task::spawn_blocking(f).await?)
 }

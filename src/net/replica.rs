@@ -30,13 +30,13 @@ use crate::identity::PublicKey;
 use crate::net::client::connection;
 use crate::net::peers::{endpoint_id, node_key};
 use crate::net::settings::{FetchMode, Settings};
-use crate::net::{blobs, topic, NetError, Shared, MAX_FRAME, PEER_TIMEOUT};
+use crate::net::{blobs, topic, NetError, Shared, StreamError, Violation, MAX_FRAME, PEER_TIMEOUT};
 use crate::proto::peer::{self as pb, request, response};
 use crate::store::{Store, StoreEvent};
 use crate::sync::replica::{
     Action, Conv, Event, Failure, FetchOrder, Mode, Replica, SyncReport, Ticket,
 };
-use crate::sync::{Refusal, RefusalCode};
+use crate::sync::Refusal;
 use crate::wire::{read_frame, write_frame};
 
 /// Received gossip messages waiting for the store's replica; more are dropped (at most
@@ -96,6 +96,11 @@ impl ReplicaHandle {
         )
     }
 
+    /// The name of the replica's store.
+    pub(crate) fn name(&self) -> String {
+        crate::node::store_name(&self.inner.store)
+    }
+
     /// New local settings.
     pub fn settings(&self, s: Settings) {
         self.event(Event::Settings(mode(s)));
@@ -109,7 +114,7 @@ impl ReplicaHandle {
         self.event(Event::Sync(ticket));
         let report = rx
             .await
-            .map_err(|_| NetError::Local("the store's replica stopped".into()))?;
+            .map_err(|_| NetError::NoReplica(crate::node::store_name(&self.inner.store)))?;
         if report.paused {
             return Err(NetError::Paused(crate::node::store_name(&self.inner.store)));
         }
@@ -567,13 +572,13 @@ async fn open_stream(
         .await
         .map_err(|_| NetError::Stream {
             peer: peer.short(),
-            reason: "opening a stream timed out".into(),
+            cause: StreamError::OpenTimedOut,
         })?
         .map_err(|e| {
             shared.conns.lock().remove(&peer);
             NetError::Stream {
                 peer: peer.short(),
-                reason: e.to_string(),
+                cause: StreamError::Open(e),
             }
         })
 }
@@ -599,7 +604,7 @@ async fn ask(
             .map_err(|_| {
                 transport(NetError::Stream {
                     peer: short.clone(),
-                    reason: format!("no answer within {} s", PEER_TIMEOUT.as_secs()),
+                    cause: StreamError::NoAnswer(PEER_TIMEOUT),
                 })
             })?
             .map_err(|source| {
@@ -608,15 +613,18 @@ async fn ask(
                     source,
                 })
             })?;
-    match answer.and_then(|m| m.kind) {
-        Some(response::Kind::Error(text)) => Err(Failure::Refused(Refusal {
-            code: RefusalCode::Other,
-            text,
-        })),
-        Some(kind) => Ok(kind),
-        None => Err(transport(NetError::Stream {
+    let Some(answer) = answer else {
+        return Err(transport(NetError::Stream {
             peer: short,
-            reason: "the peer closed the stream or sent an empty answer".into(),
+            cause: StreamError::Closed,
+        }));
+    };
+    match answer.kind {
+        Some(response::Kind::Refusal(r)) => Err(Failure::Refused(Refusal::from(r))),
+        Some(kind) => Ok(kind),
+        None => Err(transport(NetError::Protocol {
+            peer: short,
+            violation: Violation::EmptyAnswer,
         })),
     }
 }

@@ -11,11 +11,12 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use redb::{Durability, ReadableDatabase, ReadableTable};
 
-use crate::fs::op::{FileId, Op, OpBody};
+use crate::fs::op::{Op, OpBody};
 use crate::fs::FsState;
 use crate::hlc::Clock;
 use crate::identity::{Identity, PublicKey};
-use crate::intention::{Hash, Intention, StoreId};
+use crate::ids::{FileId, Hash, StoreId};
+use crate::intention::Intention;
 use crate::store::apply::{apply_remote, is_refusal, release_due, seal_local, Counts, Ctx, Queued};
 use crate::store::cut::revise;
 use crate::store::error::StoreError;

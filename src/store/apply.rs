@@ -45,11 +45,12 @@ use parking_lot::{Mutex, RwLock};
 use prost::Message;
 use redb::ReadableTable;
 
-use crate::fs::op::{FileId, Op, OpBody, Role};
+use crate::fs::op::{Op, OpBody, Role};
 use crate::fs::FsState;
 use crate::hlc::Clock;
 use crate::identity::{Identity, PublicKey};
-use crate::intention::{Hash, Intention, StoreId, MAX_INTENTION_OPS_BYTES};
+use crate::ids::{FileId, Hash, StoreId};
+use crate::intention::{Intention, MAX_INTENTION_OPS_BYTES};
 use crate::store::error::StoreError;
 use crate::store::index::Summary;
 use crate::store::tables::{hlc_bytes, index_key, Tables, META_LAST_LOCAL_HLC, META_PARK_ORDER};
@@ -598,7 +599,7 @@ fn was_covered(state: &FsState, i: &Intention) -> bool {
         .any(|(_, role)| role.covers(need))
 }
 
-fn grant_position(t: &Tables<'_>, id: &crate::fs::op::OpId) -> Result<u64, StoreError> {
+fn grant_position(t: &Tables<'_>, id: &crate::ids::OpId) -> Result<u64, StoreError> {
     Ok(t.grant_pos.get(id.to_bytes())?.map_or(0, |v| v.value()))
 }
 

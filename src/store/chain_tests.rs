@@ -10,10 +10,11 @@ use negentropy::NegentropyStorageBase;
 use proptest::prelude::*;
 
 use super::member_tests::{by, grant, ids, op, outcome, replica, ID};
-use crate::fs::op::{OpBody, OpId, Role};
+use crate::fs::op::{OpBody, Role};
 use crate::hlc::{now_ms, Hlc};
 use crate::identity::{Identity, PublicKey};
-use crate::intention::{Hash, Intention};
+use crate::ids::{Hash, OpId};
+use crate::intention::Intention;
 use crate::store::error::StoreError;
 use crate::store::tests::{clock, create};
 use crate::store::{

@@ -25,9 +25,10 @@ use redb::{
 };
 
 use crate::hlc::Hlc;
-use crate::intention::Hash;
+use crate::ids::Hash;
 use crate::store::error::StoreError;
 use crate::store::tables::{index_key, INDEX};
+use crate::sync::reconcile::{ReconcileStorage, Session};
 
 /// Rows per block when a summary is built by a scan, and in each half of a split.
 pub const BLOCK_ITEMS: usize = 2048;
@@ -299,6 +300,18 @@ impl std::fmt::Debug for IndexView {
     }
 }
 
+impl ReconcileStorage for IndexView {
+    type Fault = StoreError;
+
+    /// Takes the storage error that made a negentropy call fail, if one did.
+    fn take_fault(&self) -> Option<StoreError> {
+        self.fault.lock().take()
+    }
+}
+
+/// A reconciliation session over a store's index snapshot.
+pub type IndexSession = Session<IndexView>;
+
 /// The item an index key names.
 fn item_of(key: &Key) -> Item {
     Item::with_timestamp_and_id(
@@ -360,11 +373,6 @@ impl IndexView {
             .fingerprint(0, sums.len)
             .expect("a sum storage cannot fail");
         *fp
-    }
-
-    /// Takes the storage error that made a negentropy call fail, if one did.
-    pub fn take_fault(&self) -> Option<StoreError> {
-        self.fault.lock().take()
     }
 
     fn record(&self, e: StoreError) -> negentropy::Error {

@@ -73,6 +73,8 @@ mod index;
 #[cfg(test)]
 mod member_tests;
 mod members;
+#[cfg(test)]
+mod reconcile_tests;
 mod tables;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -97,14 +99,15 @@ pub use apply::{
     MAX_FLOATING_STRANGERS, MAX_FLOATING_STRANGER_BYTES,
 };
 pub use error::{InviteError, StoreError};
-pub use index::{BareIndex, IndexView, BLOCK_ITEMS, MAX_BLOCK_ITEMS};
+pub use index::{BareIndex, IndexSession, IndexView, BLOCK_ITEMS, MAX_BLOCK_ITEMS};
 pub use members::{invite_id, Equivocator};
 
-use crate::fs::op::{FileId, Op, OpBody, OpError, OpId, Role};
+use crate::fs::op::{Op, OpBody, OpError, Role};
 use crate::fs::{FsError, FsState, FsStats};
 use crate::hlc::{now_ms, Clock, Hlc};
 use crate::identity::{Identity, PublicKey};
-use crate::intention::{Hash, Intention, StoreId, MAX_INTENTION_OPS_BYTES};
+use crate::ids::{FileId, Hash, OpId, StoreId};
+use crate::intention::{Intention, MAX_INTENTION_OPS_BYTES};
 use actor::{Request, Shared};
 use apply::{op_size, Counts, Queued};
 use index::Index;

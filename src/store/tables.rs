@@ -5,10 +5,10 @@
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
-use crate::fs::op::FileId;
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
-use crate::intention::{Hash, StoreId, MAX_DEPS};
+use crate::ids::{FileId, Hash, StoreId};
+use crate::intention::MAX_DEPS;
 use crate::store::error::StoreError;
 
 /// Intention hash -> the exact signed bytes as received.

@@ -14,7 +14,7 @@ use prost::Message;
 
 use crate::fs::op::{role_from_proto, role_to_proto, Role, MAX_LABEL_BYTES};
 use crate::identity::PublicKey;
-use crate::intention::StoreId;
+use crate::ids::StoreId;
 use crate::proto::sync as pb;
 
 /// First characters of a token of the current format.

@@ -78,12 +78,13 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 use prost::Message;
 
-use crate::fs::op::{Content, FileId};
+use crate::cas::Content;
 use crate::identity::PublicKey;
-use crate::intention::{Hash, Intention};
+use crate::ids::{FileId, Hash};
+use crate::intention::Intention;
 use crate::proto::peer::{self as pb, gossip, request, response};
-use crate::store::{ApplyOutcome, Store, StoreError};
-use crate::sync::reconcile::{Session, FRAME_LIMIT};
+use crate::store::{ApplyOutcome, IndexSession as Session, InviteError, Store, StoreError};
+use crate::sync::reconcile::FRAME_LIMIT;
 use crate::sync::{Refusal, RefusalCode};
 
 /// Milliseconds on the driver's clock: Unix ms in production (the same clock decides
@@ -187,7 +188,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Failure::Transport(why) => f.write_str(why),
-            Failure::Refused(r) => write!(f, "refused: {}", r.text),
+            Failure::Refused(r) => write!(f, "refused: {r}"),
         }
     }
 }
@@ -1282,22 +1283,32 @@ impl Replica {
             refusal: Refusal { code, text },
         };
         if request.store_id[..] != self.store.id().0[..] {
-            out.push(refuse(RefusalCode::Other, "no such store here".into()));
+            out.push(refuse(
+                RefusalCode::UnknownStore,
+                "no such store here".into(),
+            ));
             return;
         }
         let Some(kind) = request.kind else {
-            out.push(refuse(RefusalCode::BadRequest, "empty request".into()));
+            out.push(refuse(RefusalCode::Malformed, "empty request".into()));
             return;
         };
         if let request::Kind::Redeem(r) = kind {
             return self.redeem(from, conv, r, now, out);
         }
-        if self.mode.paused || !self.is_member(&from) {
-            self.served.remove(&(from, conv));
-            out.push(refuse(
+        let closed = if !self.is_member(&from) {
+            Some((
                 RefusalCode::NotMember,
-                "not a member of this store, or the store is paused".into(),
-            ));
+                "the opener is not a member of this store",
+            ))
+        } else if self.mode.paused {
+            Some((RefusalCode::Paused, "the store is paused here"))
+        } else {
+            None
+        };
+        if let Some((code, text)) = closed {
+            self.served.remove(&(from, conv));
+            out.push(refuse(code, text.into()));
             return;
         }
         if !request.addrs.is_empty() {
@@ -1320,18 +1331,18 @@ impl Replica {
             request::Kind::Want(w) => self.wanted(&w),
             request::Kind::Push(p) => apply_all(&self.store, p.intentions)
                 .map(|(applied, refused)| response::Kind::Pushed(pb::Pushed { applied, refused }))
-                .map_err(|e| (RefusalCode::Other, e.to_string())),
+                .map_err(|e| (RefusalCode::Internal, e.to_string())),
             request::Kind::AskSecret(_) => match self.secret {
                 Some(secret) => Ok(response::Kind::TopicSecret(pb::TopicSecret {
                     secret: Bytes::copy_from_slice(&secret),
                 })),
                 None => Err((
-                    RefusalCode::Other,
+                    RefusalCode::NoSecret,
                     "this node has no gossip secret for the store yet".into(),
                 )),
             },
             request::Kind::Patch(_) | request::Kind::Redeem(_) => Err((
-                RefusalCode::BadRequest,
+                RefusalCode::Malformed,
                 "this request is not served here".into(),
             )),
         };
@@ -1351,7 +1362,7 @@ impl Replica {
         conv: Conv,
         frame: &[u8],
     ) -> Result<response::Kind, (RefusalCode, String)> {
-        let local = |e: String| (RefusalCode::Other, e);
+        let local = |e: String| (RefusalCode::Internal, e);
         let session = match self.served.entry((from, conv)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
@@ -1366,13 +1377,14 @@ impl Replica {
         };
         let Served::Reconcile(session) = session else {
             return Err((
-                RefusalCode::BadRequest,
+                RefusalCode::Malformed,
                 "a reconciliation frame in a bootstrap".into(),
             ));
         };
-        let step = session
-            .step(frame)
-            .map_err(|e| (RefusalCode::BadRequest, e.to_string()))?;
+        let step = session.step(frame).map_err(|e| {
+            let r = Refusal::from(e);
+            (r.code, r.text)
+        })?;
         Ok(response::Kind::Reconcile(pb::Frame {
             frame: step.reply.unwrap_or_default().into(),
         }))
@@ -1382,7 +1394,7 @@ impl Replica {
     fn wanted(&self, w: &pb::Want) -> Result<response::Kind, (RefusalCode, String)> {
         if w.hashes.len() > MAX_WANT {
             return Err((
-                RefusalCode::BadRequest,
+                RefusalCode::TooLarge,
                 format!("want names {} hashes; at most {MAX_WANT}", w.hashes.len()),
             ));
         }
@@ -1391,13 +1403,13 @@ impl Replica {
             .iter()
             .map(|h| {
                 Hash::from_slice(h)
-                    .ok_or((RefusalCode::BadRequest, "hash is not 32 bytes".to_string()))
+                    .ok_or((RefusalCode::Malformed, "hash is not 32 bytes".to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let found = self
             .store
             .get(hashes, BATCH_BYTES)
-            .map_err(|e| (RefusalCode::Other, e.to_string()))?;
+            .map_err(|e| (RefusalCode::Internal, e.to_string()))?;
         Ok(response::Kind::Intentions(pb::Intentions {
             intentions: found,
         }))
@@ -1430,10 +1442,7 @@ impl Replica {
                 out.push(Action::Refuse {
                     to,
                     conv,
-                    refusal: Refusal {
-                        code: RefusalCode::Other,
-                        text: e.to_string(),
-                    },
+                    refusal: Refusal::new(RefusalCode::Internal, e.to_string()),
                 });
             }
         }
@@ -1452,17 +1461,20 @@ impl Replica {
         let done = <[u8; 32]>::try_from(&r.secret[..])
             .map_err(|_| {
                 (
-                    RefusalCode::BadRequest,
+                    RefusalCode::Malformed,
                     "invite secret is not 32 bytes".to_string(),
                 )
             })
             .and_then(|secret| {
                 self.store
                     .redeem_invite(&secret, from, &r.display_name, now)
-                    .map_err(|e| (RefusalCode::Other, e.to_string()))?;
+                    .map_err(|e| {
+                        let r = Refusal::from(e);
+                        (r.code, r.text)
+                    })?;
                 self.store
                     .flush()
-                    .map_err(|e| (RefusalCode::Other, e.to_string()))
+                    .map_err(|e| (RefusalCode::Internal, e.to_string()))
             });
         if let Err((code, text)) = done {
             out.push(Action::Refuse {
@@ -1538,7 +1550,25 @@ fn unexpected(peer: &PublicKey, kind: &response::Kind) -> String {
 fn failure_text(peer: &PublicKey, failure: &Failure) -> String {
     match failure {
         Failure::Transport(why) => why.clone(),
-        Failure::Refused(r) => format!("peer {} refused: {}", peer.short(), r.text),
+        Failure::Refused(r) => format!("peer {} refused: {r}", peer.short()),
+    }
+}
+
+impl From<InviteError> for Refusal {
+    fn from(e: InviteError) -> Self {
+        let code = match &e {
+            InviteError::Unknown => RefusalCode::InviteUnknown,
+            InviteError::Used(_) => RefusalCode::InviteUsed,
+            InviteError::Expired(_) => RefusalCode::InviteExpired,
+            InviteError::Revoked => RefusalCode::InviteRevoked,
+            InviteError::DisplayName(_) | InviteError::Op(_) => RefusalCode::Malformed,
+            InviteError::NotAdmin
+            | InviteError::JoinerRevoked(_)
+            | InviteError::NotMember(_)
+            | InviteError::AlreadyMember(..) => RefusalCode::JoinRefused,
+            InviteError::Store(_) => RefusalCode::Internal,
+        };
+        Refusal::new(code, e.to_string())
     }
 }
 

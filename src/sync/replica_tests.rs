@@ -7,9 +7,9 @@ use prost::Message;
 use tokio::sync::broadcast;
 
 use super::*;
-use crate::fs::op::{OpId, Role};
+use crate::fs::op::Role;
 use crate::identity::Identity;
-use crate::intention::StoreId;
+use crate::ids::{OpId, StoreId};
 use crate::store::tests::{clock, create};
 use crate::store::StoreEvent;
 
@@ -498,7 +498,7 @@ fn a_paused_replica_refuses_members_and_answers_sync_at_once() {
     w.feed(1, Event::Sync(Ticket(8)));
     let report = w.synced(1).pop().expect("answered");
     assert_eq!(report.peers, 0);
-    assert!(report.failed[0].1.contains("not a member"), "{report:?}");
+    assert!(report.failed[0].1.contains("paused"), "{report:?}");
 }
 
 #[test]

@@ -3,10 +3,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use lattice_mount::fs::op::{Content, Op, OpBody, OpId, Role};
+use lattice_mount::cas::Content;
+use lattice_mount::fs::op::{Op, OpBody, Role};
 use lattice_mount::hlc::now_ms;
 use lattice_mount::identity::{Identity, PublicKey};
-use lattice_mount::intention::{Hash, Intention};
+use lattice_mount::ids::{Hash, OpId};
+use lattice_mount::intention::Intention;
 use lattice_mount::proto::peer::{request::Kind as Req, Intentions};
 use lattice_mount::store::{Store, MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER};
 
@@ -66,11 +68,14 @@ fn has(store: &Store, name: &str) -> bool {
     store.read(|s| s.lookup(OpId::ROOT, name).is_ok())
 }
 
+/// True when one of `p`'s stores lists `key` as an equivocator (what `status` shows).
 fn reported(p: &Peer, key: &PublicKey) -> bool {
-    tokio::task::block_in_place(|| p.node.status())
-        .stores
-        .iter()
-        .any(|s| s.equivocators.contains(&key.to_hex()))
+    tokio::task::block_in_place(|| {
+        p.node
+            .stores()
+            .iter()
+            .any(|s| s.equivocators().unwrap().iter().any(|q| q.key == *key))
+    })
 }
 
 async fn revoke(store: &Store, key: PublicKey) -> u64 {

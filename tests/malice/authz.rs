@@ -1,7 +1,9 @@
 //! Per-store authorization on every path, and what a peer costs before it is a member
 //! (issue 8, findings 3, 4, 8 and 10).
 
-use lattice_mount::fs::op::{Content, Role};
+use lattice_mount::cas::Content;
+use lattice_mount::fs::op::Role;
+use lattice_mount::sync::RefusalCode;
 
 use crate::peers::*;
 
@@ -30,11 +32,9 @@ impl iroh::protocol::ProtocolHandler for Recorder {
                 self.0.lock().unwrap().push(r.store_id);
             }
             // Refuse at once, so the victim's round ends instead of waiting for us.
-            let refusal = lattice_mount::proto::peer::Response {
-                kind: Some(lattice_mount::proto::peer::response::Kind::Error(
-                    "no".into(),
-                )),
-            };
+            let refusal = lattice_mount::proto::peer::Response::from(
+                lattice_mount::sync::Refusal::new(RefusalCode::NotMember, "no"),
+            );
             let _ = lattice_mount::wire::write_frame(&mut send, &refusal, 1024).await;
             let _ = send.finish();
         }
@@ -196,7 +196,7 @@ async fn a_neighbour_that_is_not_a_member_of_the_store_triggers_no_reconcile() {
     a.stop().await;
 }
 
-async fn get_blob(ep: &iroh::Endpoint, from: &Peer, hash: lattice_mount::intention::Hash) -> bool {
+async fn get_blob(ep: &iroh::Endpoint, from: &Peer, hash: lattice_mount::ids::Hash) -> bool {
     let conn = ep.connect(addr_of(from), iroh_blobs::ALPN).await.unwrap();
     iroh_blobs::get::request::get_blob(conn, iroh_blobs::Hash::from_bytes(hash.0))
         .bytes()
@@ -208,10 +208,7 @@ async fn get_blob(ep: &iroh::Endpoint, from: &Peer, hash: lattice_mount::intenti
 fn manifest_and_chunk(
     p: &Peer,
     content: &Content,
-) -> (
-    lattice_mount::intention::Hash,
-    lattice_mount::intention::Hash,
-) {
+) -> (lattice_mount::ids::Hash, lattice_mount::ids::Hash) {
     use prost::Message;
     let Content::Manifest { hash, .. } = content else {
         panic!("large content is a manifest")
@@ -220,7 +217,7 @@ fn manifest_and_chunk(
         .unwrap()
         .unwrap();
     let manifest = lattice_mount::proto::fs::Manifest::decode(bytes).unwrap();
-    let chunk = lattice_mount::intention::Hash::from_slice(&manifest.chunks[0].hash).unwrap();
+    let chunk = lattice_mount::ids::Hash::from_slice(&manifest.chunks[0].hash).unwrap();
     (*hash, chunk)
 }
 
@@ -288,7 +285,7 @@ async fn a_writer_naming_another_stores_blob_in_a_manifest_does_not_get_it() {
         base: bytes::Bytes::copy_from_slice(&team_chunk.0),
     });
     let err = refusal(raw_exchange(&ep, &a, vec![frame(&request(&team, patch))]).await);
-    assert!(err.contains("no such chunk"), "{err}");
+    assert_eq!(err.code, RefusalCode::NotHeld, "{err}");
     ep.close().await;
     a.stop().await;
 }
@@ -360,7 +357,7 @@ async fn a_silent_stranger_holds_nothing_past_the_first_frame_timeout() {
     .ok()
     .flatten();
     let err = refusal(answer);
-    assert!(err.contains("no request within"), "{err}");
+    assert_eq!(err.code, RefusalCode::TimedOut, "{err}");
     eventually("no stream served", || {
         (a.net.serving_streams() == 0).then_some(())
     })
@@ -384,12 +381,13 @@ async fn a_strangers_huge_length_prefix_is_refused_before_any_body() {
     .await
     .expect("the victim waited for a stranger's 8 MiB body");
     let err = refusal(answer);
+    assert_eq!(err.code, RefusalCode::TooLarge, "{err}");
     assert!(
-        err.contains(&format!(
+        err.text.contains(&format!(
             "limit of {}",
             lattice_mount::net::MAX_STRANGER_FRAME
         )),
-        "{err}"
+        "the stranger's limit, not a member's: {err}"
     );
     ep.close().await;
     a.stop().await;

@@ -8,16 +8,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
-use lattice_mount::fs::op::{Content, OpBody, OpId, Role};
+use lattice_mount::cas::Content;
+use lattice_mount::fs::op::{OpBody, Role};
 use lattice_mount::hlc::now_ms;
 use lattice_mount::identity::Identity;
-use lattice_mount::intention::{Hash, Intention};
+use lattice_mount::ids::{Hash, OpId};
+use lattice_mount::intention::Intention;
 use lattice_mount::net::{MAX_FRAME, MAX_RECONCILE_DIFF, SYNC_ALPN};
 use lattice_mount::proto::peer::{
     request::Kind as Req, response::Kind as Resp, Blocks, Frame, Intentions, Request, Response,
     Want,
 };
 use lattice_mount::sync::reconcile::MAX_ROUNDS;
+use lattice_mount::sync::{Refusal, RefusalCode};
 use lattice_mount::wire::{read_frame, write_frame};
 use parking_lot::Mutex;
 
@@ -112,7 +115,9 @@ impl ProtocolHandler for Hostile {
                                 blocks: Vec::new(),
                             })
                         }
-                        _ => Resp::Error("no".into()),
+                        _ => Resp::Refusal(
+                            Refusal::new(RefusalCode::Malformed, "not served here").into(),
+                        ),
                     };
                     let answer = Response { kind: Some(kind) };
                     if write_frame(&mut send, &answer, MAX_FRAME).await.is_err() {

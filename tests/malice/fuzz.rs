@@ -3,7 +3,8 @@
 //! that the serving code around them, on a real node, never panics on such input,
 //! answers or ends each stream, and keeps serving its members.
 
-use lattice_mount::fs::op::{OpId, Role};
+use lattice_mount::fs::op::Role;
+use lattice_mount::ids::OpId;
 
 use crate::peers::*;
 

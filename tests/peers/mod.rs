@@ -6,8 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use lattice_mount::fs::op::{Content, FileId, Kind, OpId, Role};
+use lattice_mount::cas::Content;
+use lattice_mount::fs::op::{Kind, Role};
 use lattice_mount::fs::Node as FsNode;
+use lattice_mount::ids::{FileId, OpId};
 use lattice_mount::net::{Net, NetConfig, Relay};
 use lattice_mount::node::Node;
 use lattice_mount::store::Store;
@@ -214,10 +216,18 @@ pub fn request(
     }
 }
 
-pub fn refusal(r: Option<lattice_mount::proto::peer::Response>) -> String {
+pub fn refusal(r: Option<lattice_mount::proto::peer::Response>) -> lattice_mount::sync::Refusal {
     match r.and_then(|r| r.kind) {
-        Some(lattice_mount::proto::peer::response::Kind::Error(e)) => e,
+        Some(lattice_mount::proto::peer::response::Kind::Refusal(e)) => e.into(),
         other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// The code of a peer's refusal; panics on any other error.
+pub fn refused(err: &lattice_mount::net::NetError) -> lattice_mount::sync::RefusalCode {
+    match err {
+        lattice_mount::net::NetError::Refused { refusal, .. } => refusal.code,
+        other => panic!("expected a refusal, got {other}"),
     }
 }
 
