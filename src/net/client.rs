@@ -440,7 +440,7 @@ pub async fn revoke(shared: &Arc<Shared>, name: &str, target: &str) -> Result<Re
         Ok(())
     })
     .await??;
-    cut_off(shared, &key);
+    // The replica cuts `key` off when it sees the sealed revocation.
     Ok(Revoked::Member(key))
 }
 

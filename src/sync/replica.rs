@@ -53,7 +53,7 @@
 //! to reconcile with the sender), a hash is pulled from the sender with one `Want`.
 //!
 //! **After apply** (`Applied`): every key revoked from the store is cut off
-//! (`CutOff`), each changed file's blob pieces are remembered, and in eager mode the
+//! (`CutOff`; after a local seal, each newly revoked key once), each changed file's blob pieces are remembered, and in eager mode the
 //! changed files' blobs are fetched with their previous pieces for patching
 //! (`Fetch(Files)`). `Fetched` with `ok: false` counts one missing; a complete fetch of
 //! everything resets the count.
@@ -467,6 +467,8 @@ pub struct Replica {
     queued: Option<Vec<Ticket>>,
     /// Asking members for the gossip secret.
     asking: bool,
+    /// Revoked keys already cut off.
+    cut: HashSet<PublicKey>,
     served: HashMap<(PublicKey, Conv), Served>,
 }
 
@@ -506,6 +508,7 @@ impl Replica {
             pass: None,
             queued: None,
             asking: false,
+            cut: HashSet::new(),
             served: HashMap::new(),
         };
         let mut out = Vec::new();
@@ -701,6 +704,13 @@ impl Replica {
     fn sealed(&mut self, list: Vec<Bytes>, now: Millis, out: &mut Vec<Action>) {
         self.sealed += list.len() as u64;
         self.unsent += list.len() as u64;
+        // A local revocation: its key is cut off at once.
+        let cuts = self.store.read(|s| s.revocation_cuts());
+        for (key, _) in cuts {
+            if self.cut.insert(key) {
+                out.push(Action::CutOff(key));
+            }
+        }
         if self.mode.paused {
             return;
         }
@@ -729,6 +739,7 @@ impl Replica {
             let cuts: Vec<PublicKey> = s.revocation_cuts().into_iter().map(|(k, _)| k).collect();
             (cuts, files.unwrap_or_else(|| s.file_ids()))
         });
+        self.cut.extend(cuts.iter().copied());
         out.extend(cuts.into_iter().map(Action::CutOff));
         let known = &mut self.known;
         let changes: Vec<(Vec<Content>, Vec<Content>)> = self.store.read(|s| {

@@ -36,6 +36,8 @@ struct World {
     links: HashMap<(usize, Conv), usize>,
     /// Every action taken, by node.
     log: Vec<(usize, Action)>,
+    /// Nodes that cannot be reached.
+    down: Vec<usize>,
 }
 
 impl World {
@@ -46,6 +48,7 @@ impl World {
             queue: VecDeque::new(),
             links: HashMap::new(),
             log: Vec::new(),
+            down: Vec::new(),
         }
     }
 
@@ -86,7 +89,7 @@ impl World {
                     conv,
                     peer,
                     request,
-                } => match self.index(&peer) {
+                } => match self.index(&peer).filter(|j| !self.down.contains(j)) {
                     Some(j) => {
                         self.links.insert((i, conv), j);
                         let request = pb::Request {
@@ -592,4 +595,62 @@ fn a_steady_writer_does_not_put_the_next_pass_off() {
 fn a_clock_stepped_back_does_not_put_the_next_pass_off_further_than_its_interval() {
     let mut s = Schedule::new(1_000_000);
     assert_eq!(s.due(0), ANTI_ENTROPY_MIN);
+}
+
+#[test]
+fn a_transport_failure_redials_once_then_fails_the_round() {
+    let (mut w, ids) = team(1);
+    w.down.push(1);
+    w.feed(0, Event::Sync(Ticket(1)));
+    let redials: Vec<&Action> = w
+        .log
+        .iter()
+        .filter(|(i, a)| *i == 0 && matches!(a, Action::Redial(_)))
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(redials, [&Action::Redial(ids[1].public())]);
+    let report = w.synced(0).pop().expect("answered");
+    assert_eq!((report.peers, report.failed.len()), (0, 1), "{report:?}");
+}
+
+#[test]
+fn hints_during_a_round_cost_one_more_round_not_one_each() {
+    let (mut w, ids) = team(1);
+    let peer = ids[1].public();
+    let first = w.nodes[0].replica.handle(Event::NeighborUp(peer), w.now);
+    assert_eq!(first.len(), 1, "{first:?}");
+    for _ in 0..5 {
+        let more = w.nodes[0].replica.handle(Event::NeighborUp(peer), w.now);
+        assert!(more.is_empty(), "{more:?}");
+    }
+    w.act(0, first);
+    w.run();
+    let opened: std::collections::HashSet<Conv> = w
+        .log
+        .iter()
+        .filter_map(|(i, a)| match a {
+            Action::Send {
+                conv,
+                request: request::Kind::Reconcile(_),
+                ..
+            } if *i == 0 => Some(*conv),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened.len(), 2, "{opened:?}");
+}
+
+#[test]
+fn a_local_revocation_cuts_the_key_off_at_once() {
+    let (mut w, ids) = team(1);
+    let revoked = ids[1].public();
+    w.nodes[0].store.revoke_member(revoked).expect("revoke");
+    w.nodes[0].store.flush().expect("flush");
+    w.run();
+    let cuts = w
+        .log
+        .iter()
+        .filter(|(i, a)| *i == 0 && *a == Action::CutOff(revoked))
+        .count();
+    assert_eq!(cuts, 1);
 }
