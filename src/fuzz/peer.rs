@@ -1,7 +1,7 @@
 //! Fuzz tests of the wire frame (`wire::read_frame`) and of every peer-protocol message
-//! as its receiver takes it apart: a `Request` as `net/serve.rs` checks it, a `Response`
-//! as `net/client.rs` does, a `Gossip` message as `net/replica.rs` does. The receivers
-//! run these checks between network awaits; `receive_*` below strings the same calls
+//! as its receiver takes it apart: a `Request` as `net/serve.rs` and `sync::replica`
+//! check it, a `Response` as `sync::replica` and `net/client.rs` do, a `Gossip` message
+//! as `sync::replica` does. The receivers run these checks between network awaits; `receive_*` below strings the same calls
 //! together (ids and hashes sized, `Want` capped, intentions decoded and verified,
 //! negentropy frames stepped) without a network. Patch answers are in `cas.rs`.
 
@@ -171,7 +171,7 @@ fn receive_request(input: &[u8]) -> Result<usize, String> {
         })
 }
 
-/// What `client.rs` checks and decodes in an answer.
+/// What `sync::replica` and `client.rs` check and decode in an answer.
 fn receive_response(input: &[u8]) -> Result<usize, String> {
     let mut reader = input;
     let response: pb::Response = ready(read_frame(&mut reader, MAX_FRAME))
@@ -206,7 +206,7 @@ fn receive_response(input: &[u8]) -> Result<usize, String> {
     })
 }
 
-/// What `replica.rs` decodes in a gossip message (at most `GOSSIP_MAX` bytes).
+/// What `sync::replica` decodes in a gossip message (at most `GOSSIP_MAX` bytes).
 fn receive_gossip(input: &[u8]) -> Result<usize, String> {
     if input.len() > GOSSIP_MAX {
         return Err("over the gossip limit".into());

@@ -1,12 +1,12 @@
 //! The network layer: one iroh [`Endpoint`] keyed by the node identity and a [`Router`]
 //! serving three ALPNs — the lattice sync protocol ([`SYNC_ALPN`], `proto/peer.proto`),
-//! iroh-gossip and iroh-blobs — plus one replica task per store that gossips new
-//! intentions, reconciles with members and fetches blobs.
+//! iroh-gossip and iroh-blobs — plus, per store, the driver of its `sync::replica`
+//! (which decides what is gossiped, reconciled, pulled, pushed and fetched, and when).
 //!
 //! Admission, per store on every path. An endpoint hook (`gate`) refuses gossip and
 //! blob connections from peers that are not a member of any of this node's stores, and
-//! gossip from keys revoked from any of them; the sync protocol checks membership of the
-//! named store on every request (only `Redeem` is open to non-members); blob requests
+//! gossip from keys revoked from any of them; the replica of the named store checks
+//! membership on every sync request (only `Redeem` is open to non-members); blob requests
 //! are checked per hash against the blobs owned by the stores the requester belongs to.
 //! Each store's gossip topic derives from a secret only members hold (`topic`), and a
 //! gossip message is acted on only if its neighbour is a member of that store. This node
@@ -18,8 +18,9 @@
 //! [`MAX_STREAMS_PER_CONN`] streams per connection and [`MAX_PEER_BYTES`] of request
 //! bodies in flight. Frame bodies are read as they arrive, never allocated up front.
 //!
-//! Everything here runs on the daemon's tokio runtime; store and content-store calls,
-//! which block, go through `spawn_blocking`.
+//! Everything here runs on the daemon's tokio runtime, except each replica, which runs
+//! on a thread of its own (its store calls block); other store and content-store calls
+//! go through `spawn_blocking`.
 
 mod blobs;
 mod client;
