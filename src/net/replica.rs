@@ -536,10 +536,14 @@ async fn open_conversation(
     let ((mut send, mut recv), sh) = match opened {
         Ok(s) => s,
         Err(e) => {
+            let failure = match e {
+                NetError::Dial { .. } => Failure::Unreachable(e.to_string()),
+                e => Failure::Transport(e.to_string()),
+            };
             return handle.event(Event::Answer {
                 conv,
-                answer: Err(Failure::Transport(e.to_string())),
-            })
+                answer: Err(failure),
+            });
         }
     };
     let mut addrs: Vec<String> = sh.direct_addrs().iter().map(|a| a.to_string()).collect();

@@ -42,8 +42,9 @@
 //! `Finish`. Rounds with one peer never overlap: a hint (a gossiped intention that
 //! floats, a member neighbour coming up) while one runs sets an *again* flag and one
 //! more round follows; a pass finding a round running asks for a round of its own after
-//! it. A transport failure restarts the round once on a fresh connection (`Redial`);
-//! a refusal or a second failure fails it, with a readable reason in the report.
+//! it. A transport failure (a stream or frame on an existing connection) restarts the
+//! round once on a fresh connection (`Redial`); a refusal, an unreachable peer or a
+//! second failure fails it, with a readable reason in the report.
 //! Rounds, pulls and secret requests go to current members only.
 //!
 //! **Gossip.** Sealed intentions are broadcast while subscribed, inline when they fit
@@ -178,7 +179,9 @@ pub enum Event {
 /// Why an opener-side conversation got no answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure {
-    /// The peer could not be reached, or the stream or a frame failed (worth one redial).
+    /// The peer could not be dialed (not worth a redial: it is offline or unknown).
+    Unreachable(String),
+    /// The stream or a frame failed on an existing connection (worth one redial).
     Transport(String),
     /// The peer refused, with a typed code.
     Refused(Refusal),
@@ -187,7 +190,7 @@ pub enum Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Transport(why) => f.write_str(why),
+            Failure::Unreachable(why) | Failure::Transport(why) => f.write_str(why),
             Failure::Refused(r) => write!(f, "refused: {r}"),
         }
     }
@@ -1560,7 +1563,7 @@ fn unexpected(peer: &PublicKey, kind: &response::Kind) -> String {
 
 fn failure_text(peer: &PublicKey, failure: &Failure) -> String {
     match failure {
-        Failure::Transport(why) => why.clone(),
+        Failure::Unreachable(why) | Failure::Transport(why) => why.clone(),
         Failure::Refused(r) => format!("peer {} refused: {r}", peer.short()),
     }
 }

@@ -36,8 +36,10 @@ struct World {
     links: HashMap<(usize, Conv), usize>,
     /// Every action taken, by node.
     log: Vec<(usize, Action)>,
-    /// Nodes that cannot be reached.
+    /// Nodes whose streams fail.
     down: Vec<usize>,
+    /// Nodes that cannot be dialed.
+    offline: Vec<usize>,
 }
 
 impl World {
@@ -49,6 +51,7 @@ impl World {
             links: HashMap::new(),
             log: Vec::new(),
             down: Vec::new(),
+            offline: Vec::new(),
         }
     }
 
@@ -90,6 +93,13 @@ impl World {
                     peer,
                     request,
                 } => match self.index(&peer).filter(|j| !self.down.contains(j)) {
+                    Some(j) if self.offline.contains(&j) => self.queue.push_back((
+                        i,
+                        Event::Answer {
+                            conv,
+                            answer: Err(Failure::Unreachable("offline".into())),
+                        },
+                    )),
                     Some(j) => {
                         self.links.insert((i, conv), j);
                         let request = pb::Request {
@@ -653,4 +663,19 @@ fn a_local_revocation_cuts_the_key_off_at_once() {
         .filter(|(i, a)| *i == 0 && *a == Action::CutOff(revoked))
         .count();
     assert_eq!(cuts, 1);
+}
+
+#[test]
+fn an_unreachable_peer_fails_its_round_without_a_redial() {
+    let (mut w, _) = team(1);
+    w.offline.push(1);
+    w.feed(0, Event::Sync(Ticket(1)));
+    let redials = w
+        .log
+        .iter()
+        .filter(|(_, a)| matches!(a, Action::Redial(_)))
+        .count();
+    assert_eq!(redials, 0);
+    let report = w.synced(0).pop().expect("answered");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
 }
