@@ -35,8 +35,10 @@
 //! **A round with one peer** is one opener conversation, its phases in order:
 //! *Negotiate* (negentropy frames, `Reconcile` requests, until the initiator is done or
 //! [`MAX_RECONCILE_DIFF`] hashes piled up on either side), *Want* (the hashes the peer
-//! has, [`MAX_WANT`] per request, applied in HLC order; an empty answer or one with
-//! nothing asked for fails the round), *Predecessors* (up to [`PREDECESSOR_ROUNDS`]
+//! has, [`MAX_WANT`] per request, applied in HLC order; intentions not asked for are
+//! dropped, and an answer with none of the asked ones ends this phase — a peer may hold
+//! sealed intentions it does not send before they are durable — so the next pass asks
+//! again), *Predecessors* (up to [`PREDECESSOR_ROUNDS`]
 //! `Want`s of what floating intentions wait for, until none is missing or the peer has
 //! none), *Push* (the hashes the peer lacks in batches of [`BATCH_BYTES`]), then
 //! `Finish`. Rounds with one peer never overlap: a hint (a gossiped intention that
@@ -80,6 +82,7 @@ use bytes::Bytes;
 use prost::Message;
 
 use crate::cas::Content;
+use crate::hlc::Hlc;
 use crate::identity::PublicKey;
 use crate::ids::{FileId, Hash};
 use crate::intention::Intention;
@@ -1022,7 +1025,7 @@ impl Replica {
             Opener::Pull { peer, hashes } => {
                 let result = match answer {
                     Ok(response::Kind::Intentions(list)) => {
-                        self.pulled(&peer, hashes, list.intentions).map(|_| ())
+                        self.pulled(hashes, list.intentions).map(|_| ())
                     }
                     Ok(other) => Err(unexpected(&peer, &other)),
                     Err(f) => Err(failure_text(&peer, &f)),
@@ -1115,7 +1118,7 @@ impl Replica {
                 }
             }
             (Phase::Want { need, have }, response::Kind::Intentions(list)) => {
-                match self.pulled(&peer, need, list.intentions) {
+                match self.pulled(need, list.intentions) {
                     Err(why) => Err(why),
                     Ok((got, rest)) => {
                         report.pulled += got;
@@ -1192,31 +1195,28 @@ impl Replica {
         Ok(Some(Phase::Want { need, have }))
     }
 
-    /// Applies intentions received for `asked`; returns how many arrived and what is
-    /// still to ask. A peer that sends nothing, or nothing that was asked, broke the
-    /// protocol.
-    fn pulled(
-        &self,
-        peer: &PublicKey,
-        mut asked: Vec<Hash>,
-        mut list: Vec<Bytes>,
-    ) -> Result<(u64, Vec<Hash>), String> {
-        if list.is_empty() {
-            return Err(protocol(peer, "it offered intentions it does not send"));
-        }
-        let arrived: HashSet<Hash> = list
-            .iter()
-            .filter_map(|b| Intention::peek(b).map(|(_, h)| h))
+    /// Applies the intentions of `list` that were `asked` for (others are dropped);
+    /// returns how many arrived and what is still to ask. When none of the asked ones
+    /// came (the peer holds intentions it cannot send before they are durable, or it
+    /// withholds them), nothing more is asked: the next pass tries again.
+    fn pulled(&self, asked: Vec<Hash>, list: Vec<Bytes>) -> Result<(u64, Vec<Hash>), String> {
+        let mut wanted: HashSet<Hash> = asked.iter().copied().collect();
+        let mut arrived: Vec<(Hlc, Bytes)> = list
+            .into_iter()
+            .filter_map(|b| {
+                let (hlc, hash) = Intention::peek(&b)?;
+                wanted.remove(&hash).then_some((hlc, b))
+            })
             .collect();
-        let before = asked.len();
-        asked.retain(|h| !arrived.contains(h));
-        if asked.len() == before {
-            return Err(protocol(peer, "it sent intentions that were not asked for"));
+        if arrived.is_empty() {
+            return Ok((0, Vec::new()));
         }
-        let got = list.len() as u64;
-        list.sort_by_cached_key(Intention::peek);
+        arrived.sort_by_key(|(hlc, _)| *hlc);
+        let got = arrived.len() as u64;
+        let list = arrived.into_iter().map(|(_, b)| b).collect();
         apply_all(&self.store, list).map_err(|e| e.to_string())?;
-        Ok((got, asked))
+        let rest = asked.into_iter().filter(|h| wanted.contains(h)).collect();
+        Ok((got, rest))
     }
 
     /// Asks for predecessors that floating intentions wait for (they are not in

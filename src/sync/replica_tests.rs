@@ -40,6 +40,8 @@ struct World {
     down: Vec<usize>,
     /// Nodes that cannot be dialed.
     offline: Vec<usize>,
+    /// Nodes that answer every `Want` with no intentions.
+    withholding: Vec<usize>,
 }
 
 impl World {
@@ -52,6 +54,7 @@ impl World {
             log: Vec::new(),
             down: Vec::new(),
             offline: Vec::new(),
+            withholding: Vec::new(),
         }
     }
 
@@ -134,9 +137,14 @@ impl World {
                 Action::Reply {
                     to,
                     conv,
-                    response,
+                    mut response,
                     last,
                 } => {
+                    if let response::Kind::Intentions(list) = &mut response {
+                        if self.withholding.contains(&i) {
+                            list.intentions.clear();
+                        }
+                    }
                     let j = self.index(&to).expect("replies go to a node of this world");
                     self.queue.push_back((
                         j,
@@ -678,4 +686,20 @@ fn an_unreachable_peer_fails_its_round_without_a_redial() {
     assert_eq!(redials, 0);
     let report = w.synced(0).pop().expect("answered");
     assert_eq!(report.failed.len(), 1, "{report:?}");
+}
+
+#[test]
+fn a_peer_withholding_what_it_offered_ends_the_pull_not_the_round() {
+    let (mut w, _) = team(1);
+    w.nodes[0].subscribed = false;
+    w.nodes[1].subscribed = false;
+    write(&w.nodes[1].store, "held");
+    w.withholding.push(1);
+    w.feed(0, Event::Sync(Ticket(1)));
+    let report = w.synced(0).pop().expect("answered");
+    assert_eq!((report.peers, report.failed.len()), (1, 0), "{report:?}");
+    assert!(!has(&w.nodes[0].store, "held"));
+    w.withholding.clear();
+    w.feed(0, Event::Sync(Ticket(2)));
+    assert!(has(&w.nodes[0].store, "held"));
 }
