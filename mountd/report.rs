@@ -3,10 +3,8 @@
 
 use std::path::Path;
 
-use lattice_mount::cas::Content;
-use lattice_mount::fs::op::{Kind, OpBody, Role};
-use lattice_mount::node::{store_name, HistoryOp, Node, NodeError};
 use lattice_mount::proto::control::{HistoryEntry, StatusResponse, StoreStatus, UnreadableStore};
+use lattice_mount::{store_name, Content, HistoryOp, Kind, Node, NodeError, OpBody, Role};
 
 /// The node's status with `mountpoint`; per-store network fields are left to the caller.
 pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
@@ -160,7 +158,7 @@ fn role_name(role: Role) -> &'static str {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use lattice_mount::ids::OpId;
+    use lattice_mount::OpId;
 
     use super::*;
 
@@ -196,7 +194,7 @@ mod tests {
         let dir = node.store_dir(broken.id());
         node.shutdown().unwrap();
         drop(node);
-        std::fs::write(dir.join(lattice_mount::store::DB_FILE), b"not a redb file").unwrap();
+        std::fs::write(dir.join(lattice_mount::DB_FILE), b"not a redb file").unwrap();
         let (_rt2, node) = open(tmp.path());
         let status = status(&node, Path::new("/mnt/lattice"));
         assert!(status.stores.is_empty());
@@ -250,7 +248,7 @@ mod tests {
                 parent: OpId::ROOT,
                 name: "new\nline".into(),
             },
-            OpBody::SetMeta(lattice_mount::fs::op::SetMeta {
+            OpBody::SetMeta(lattice_mount::SetMeta {
                 mode: Some(0o640),
                 mtime_ns: Some(1),
                 ..Default::default()

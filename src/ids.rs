@@ -56,7 +56,7 @@ impl StoreId {
     }
 
     /// Lowercase hex (32 characters).
-    pub fn to_hex(&self) -> String {
+    pub fn to_hex(self) -> String {
         hex(&self.0)
     }
 
@@ -134,4 +134,4 @@ impl fmt::Debug for OpId {
 }
 
 /// The id of an invite: blake3 of its one-time secret.
-pub type InviteId = [u8; 32];
+pub(crate) type InviteId = [u8; 32];

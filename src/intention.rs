@@ -12,13 +12,13 @@ use crate::proto::fs as pfs;
 use crate::proto::intention as pb;
 
 /// Most encoded op-batch bytes one intention may carry.
-pub const MAX_INTENTION_OPS_BYTES: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_INTENTION_OPS_BYTES: usize = 4 * 1024 * 1024;
 /// Most causal deps one intention may name.
-pub const MAX_DEPS: usize = 64;
+pub(crate) const MAX_DEPS: usize = 64;
 /// Most encoded bytes of a signed intention (ops plus envelope).
-pub const MAX_INTENTION_BYTES: usize = MAX_INTENTION_OPS_BYTES + 64 * 1024;
+pub(crate) const MAX_INTENTION_BYTES: usize = MAX_INTENTION_OPS_BYTES + 64 * 1024;
 /// Prefix signed before the intention hash, so the signature means nothing elsewhere.
-pub const SIGNING_DOMAIN: &[u8] = b"lattice-mount intention v1\0";
+pub(crate) const SIGNING_DOMAIN: &[u8] = b"lattice-mount intention v1\0";
 /// Field number of `IntentionBody.deps` in proto/intention.proto.
 const DEPS_FIELD: u32 = 6;
 

@@ -48,7 +48,7 @@ mod content;
 mod error;
 mod fetch;
 pub(crate) mod manifest;
-pub mod patch;
+pub(crate) mod patch;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -71,9 +71,11 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 pub use ahead::PutAhead;
-pub use content::{Content, INLINE_MAX};
+pub use content::Content;
+pub(crate) use content::INLINE_MAX;
 pub use error::CasError;
-pub use fetch::{FetchRequest, Fetcher, READ_WAIT};
+pub(crate) use fetch::READ_WAIT;
+pub use fetch::{FetchRequest, Fetcher};
 
 use crate::ids::{Hash, StoreId};
 use cache::Lru;
@@ -82,9 +84,9 @@ use chunker::{chunk_slice, ChunkParams, StreamChunker, CHUNK_PARAMS};
 use manifest::Manifest;
 
 /// Most bytes of recently read chunks kept in memory.
-pub const CHUNK_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const CHUNK_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// Most chunk entries, summed over all cached parsed manifests.
-pub const MANIFEST_CACHE_CHUNKS: u64 = 1 << 20;
+pub(crate) const MANIFEST_CACHE_CHUNKS: u64 = 1 << 20;
 /// Chunk imports running at once while a file is stored.
 const PUT_IN_FLIGHT: usize = 8;
 /// Chunk fetches running at once while content is exported.

@@ -9,19 +9,19 @@ use crate::ids::{FileId, Hash, InviteId, OpId};
 use crate::proto::fs as pb;
 
 /// Longest file name in bytes (as Linux `NAME_MAX`).
-pub const MAX_NAME_BYTES: usize = 255;
+pub(crate) const MAX_NAME_BYTES: usize = 255;
 /// Longest symlink target in bytes (as Linux `PATH_MAX`).
-pub const MAX_SYMLINK_BYTES: usize = 4096;
+pub(crate) const MAX_SYMLINK_BYTES: usize = 4096;
 /// Most op ids one op may supersede or list as seen.
-pub const MAX_SUPERSEDES: usize = 4096;
+pub(crate) const MAX_SUPERSEDES: usize = 4096;
 /// Most xattrs one `SetMeta` may set or remove.
-pub const MAX_XATTRS_PER_OP: usize = 64;
+pub(crate) const MAX_XATTRS_PER_OP: usize = 64;
 /// Longest xattr name in bytes (as Linux `XATTR_NAME_MAX`).
-pub const MAX_XATTR_NAME: usize = 255;
+pub(crate) const MAX_XATTR_NAME: usize = 255;
 /// Largest xattr value in bytes (as Linux `XATTR_SIZE_MAX`).
-pub const MAX_XATTR_VALUE: usize = 64 * 1024;
+pub(crate) const MAX_XATTR_VALUE: usize = 64 * 1024;
 /// Longest display name or store name in bytes.
-pub const MAX_LABEL_BYTES: usize = 255;
+pub(crate) const MAX_LABEL_BYTES: usize = 255;
 
 /// An invalid op.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -556,7 +556,7 @@ pub fn validate_name(n: &str) -> Result<(), OpError> {
 /// Checks a display name: at most [`MAX_LABEL_BYTES`], no control character (newline,
 /// NUL, ...) and no `/`, since it ends up in conflict-copy file names. Empty is allowed
 /// (the key is shown instead).
-pub fn validate_label(n: &str) -> Result<(), OpError> {
+pub(crate) fn validate_label(n: &str) -> Result<(), OpError> {
     if n.len() > MAX_LABEL_BYTES {
         return Err(OpError::TooLarge {
             what: "display name",
@@ -572,7 +572,7 @@ pub fn validate_label(n: &str) -> Result<(), OpError> {
 /// A valid display name made from `n`: control characters and `/` become spaces,
 /// surrounding whitespace is trimmed and the rest is cut to [`MAX_LABEL_BYTES`] at a
 /// character boundary.
-pub fn clean_label(n: &str) -> String {
+pub(crate) fn clean_label(n: &str) -> String {
     let replaced: String = n
         .chars()
         .map(|c| if c.is_control() || c == '/' { ' ' } else { c })

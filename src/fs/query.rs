@@ -26,7 +26,7 @@ use crate::ids::{FileId, OpId};
 
 /// Set-user-ID and set-group-ID: shown only on what the local node wrote alone
 /// ([`FsState::mask_foreign_privileges`]).
-pub const PRIVILEGE_BITS: u32 = 0o6000;
+pub(crate) const PRIVILEGE_BITS: u32 = 0o6000;
 
 impl FsState {
     /// Resolves `name` in directory `dir` (raw, collision or conflict-copy names).

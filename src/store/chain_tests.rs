@@ -15,12 +15,11 @@ use crate::hlc::{now_ms, Hlc};
 use crate::identity::{Identity, PublicKey};
 use crate::ids::{Hash, OpId};
 use crate::intention::Intention;
+use crate::store::apply::MAX_FLOATING_STRANGERS;
 use crate::store::error::StoreError;
+use crate::store::members::Equivocator;
 use crate::store::tests::{clock, create};
-use crate::store::{
-    ApplyOutcome, Equivocator, Store, MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER,
-    MAX_FLOATING_STRANGERS,
-};
+use crate::store::{ApplyOutcome, Store, MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER};
 
 fn revoke(key: PublicKey, upto: u64) -> OpBody {
     OpBody::RevokeMember { key, upto }

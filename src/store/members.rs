@@ -33,7 +33,7 @@ pub struct Equivocator {
 }
 
 /// The id under which an invite with this secret is recorded: blake3 of the secret.
-pub fn invite_id(secret: &[u8; 32]) -> InviteId {
+pub(crate) fn invite_id(secret: &[u8; 32]) -> InviteId {
     *blake3::hash(secret).as_bytes()
 }
 

@@ -17,7 +17,8 @@ use crate::hlc::{Clock, Hlc};
 use crate::identity::Identity;
 use crate::ids::{Hash, StoreId};
 use crate::intention::Intention;
-use crate::store::{BareIndex, IndexView, Store, MAX_BLOCK_ITEMS};
+use crate::store::index::MAX_BLOCK_ITEMS;
+use crate::store::{BareIndex, IndexView, Store};
 use crate::sync::reconcile::{ReconcileError, ReconcileStorage, Session, Stats, FRAME_LIMIT};
 
 type Items = BTreeSet<(u64, Hash)>;

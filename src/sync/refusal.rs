@@ -246,9 +246,14 @@ mod tests {
     }
 
     #[test]
-    fn the_wire_order_is_the_order_of_all() {
+    fn all_lists_every_code_in_wire_order() {
         for (i, code) in RefusalCode::ALL.into_iter().enumerate() {
             assert_eq!(code.to_wire(), i32::try_from(i).expect("16 codes"));
+        }
+        // A wire value without a place in ALL would decode to a code missing from it.
+        for wire in -2..64 {
+            let code = RefusalCode::from_wire(wire);
+            assert!(RefusalCode::ALL.contains(&code), "{wire} -> {code:?}");
         }
     }
 

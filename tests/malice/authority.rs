@@ -3,14 +3,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use lattice_mount::cas::Content;
-use lattice_mount::fs::op::{Op, OpBody, Role};
-use lattice_mount::hlc::now_ms;
-use lattice_mount::identity::{Identity, PublicKey};
-use lattice_mount::ids::{Hash, OpId};
-use lattice_mount::intention::Intention;
 use lattice_mount::proto::peer::{request::Kind as Req, Intentions};
-use lattice_mount::store::{Store, MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER};
+use lattice_mount::{
+    now_ms, Content, Hash, Identity, Intention, Op, OpBody, OpId, PublicKey, Role, Store,
+    MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER,
+};
 
 use crate::peers::*;
 

@@ -12,16 +12,14 @@ mod bounds;
 mod fuzz;
 mod names;
 
-use lattice_mount::cas::Content;
-use lattice_mount::fs::op::Role;
-use lattice_mount::sync::RefusalCode;
+use lattice_mount::{Content, RefusalCode, Role};
 use peers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_input_is_refused_and_changes_nothing() {
-    use lattice_mount::identity::Identity;
-    use lattice_mount::intention::Intention;
     use lattice_mount::proto::peer::{request::Kind as Req, Frame, Intentions, Patch, Want};
+    use lattice_mount::Identity;
+    use lattice_mount::Intention;
 
     let a = Peer::start("alice").await;
     a.create("team").await;
@@ -46,11 +44,11 @@ async fn hostile_input_is_refused_and_changes_nothing() {
 
     let op = |name: &str| {
         op_at(
-            lattice_mount::hlc::now_ms(),
+            lattice_mount::now_ms(),
             root_file(name, Content::Inline("x".into())),
         )
     };
-    let heads: Vec<lattice_mount::ids::Hash> = Vec::new();
+    let heads: Vec<lattice_mount::Hash> = Vec::new();
     let by_stranger =
         Intention::create(&stranger, team.id(), None, heads.clone(), vec![op("s")]).unwrap();
     let valid = Intention::create(&mallory, team.id(), None, heads.clone(), vec![op("m")]).unwrap();
@@ -122,7 +120,7 @@ async fn hostile_input_is_refused_and_changes_nothing() {
     );
 
     // Oversized and malformed frames get an error answer.
-    let huge = ((lattice_mount::net::MAX_FRAME + 1) as u32)
+    let huge = ((lattice_mount::MAX_FRAME + 1) as u32)
         .to_be_bytes()
         .to_vec();
     let err = refusal(raw_exchange(&ep_m, &a, vec![huge]).await);
@@ -142,7 +140,7 @@ async fn hostile_input_is_refused_and_changes_nothing() {
     let err = refusal(raw_exchange(&ep_m, &a, vec![frame(&elsewhere)]).await);
     assert_eq!(err.code, RefusalCode::UnknownStore, "{err}");
     let too_many = Req::Want(Want {
-        hashes: vec![bytes::Bytes::from_static(&[0; 32]); lattice_mount::net::MAX_WANT + 1],
+        hashes: vec![bytes::Bytes::from_static(&[0; 32]); lattice_mount::MAX_WANT + 1],
     });
     let err = refusal(raw_exchange(&ep_m, &a, vec![frame(&request(&team, too_many))]).await);
     assert_eq!(err.code, RefusalCode::TooLarge, "{err}");
@@ -153,7 +151,7 @@ async fn hostile_input_is_refused_and_changes_nothing() {
     a.net.set_paused(Some("team"), false).unwrap();
 
     // A blob of a store mallory is not a member of is refused.
-    let lattice_mount::cas::Content::Manifest { hash, .. } = hidden else {
+    let lattice_mount::Content::Manifest { hash, .. } = hidden else {
         panic!("not inline")
     };
     let conn = ep_m.connect(addr_of(&a), iroh_blobs::ALPN).await.unwrap();
