@@ -12,7 +12,7 @@ use crate::proto::fs as pfs;
 use crate::proto::intention as pb;
 
 /// Most encoded op-batch bytes one intention may carry.
-pub(crate) const MAX_INTENTION_OPS_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_INTENTION_OPS_BYTES: usize = 4 * 1024 * 1024;
 /// Most causal deps one intention may name.
 pub(crate) const MAX_DEPS: usize = 64;
 /// Most encoded bytes of a signed intention (ops plus envelope).

@@ -22,8 +22,13 @@ pub mod wire;
 #[cfg(test)]
 mod fuzz;
 
-pub use cas::{Cas, CasError, Content, FetchRequest, Fetcher, PutAhead};
-pub use fs::op::{validate_name, Create, Kind, Op, OpBody, OpError, Role, SetMeta};
+pub use cas::{
+    Cas, CasError, Content, FetchRequest, Fetcher, PutAhead, INLINE_MAX, MAX_CHUNK_BYTES, READ_WAIT,
+};
+pub use fs::op::{
+    validate_name, Create, Kind, Op, OpBody, OpError, Role, SetMeta, MAX_LABEL_BYTES,
+    MAX_SUPERSEDES,
+};
 pub use fs::{
     Attr, ContentView, FsError, FsState, FsStats, InviteInfo, InviteStatus, MemberInfo,
     Node as FsNode, RenameFlags,
@@ -32,12 +37,13 @@ pub use fuse::{mount, FuseError, MountGuard};
 pub use hlc::{civil_from_days, now_ms, Clock, Hlc};
 pub use identity::{unhex, Identity, IdentityError, PublicKey};
 pub use ids::{FileId, Hash, OpId, StoreId};
-pub use intention::{Intention, IntentionError};
+pub use intention::{Intention, IntentionError, MAX_INTENTION_OPS_BYTES};
 pub use net::settings::FetchMode;
 pub use net::{
     DialError, JoinProgress, Net, NetConfig, NetError, PeerInfo, Relay, Revoked, RoundReport,
-    StoreNet, StreamError, SyncReport, Violation, MAX_FRAME, MAX_RECONCILE_DIFF,
-    MAX_STRANGER_FRAME, MAX_STRANGER_STREAMS, MAX_STREAMS_PER_CONN, MAX_WANT, SYNC_ALPN,
+    StoreNet, StreamError, SyncReport, Violation, FIRST_FRAME_TIMEOUT, MAX_FRAME, MAX_PEER_BYTES,
+    MAX_RECONCILE_DIFF, MAX_STRANGER_FRAME, MAX_STRANGER_STREAMS, MAX_STREAMS_PER_CONN, MAX_WANT,
+    SYNC_ALPN,
 };
 pub use node::{check_display_name, store_name, HistoryOp, JoinState, Node, NodeError, Unreadable};
 pub use store::{

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use crate::ids::Hash;
 
 /// Content up to this many bytes travels inline in the intention.
-pub(crate) const INLINE_MAX: usize = 16 * 1024;
+pub const INLINE_MAX: usize = 16 * 1024;
 
 /// File content of one version.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use super::store::to_iroh;
 use super::CasError;
 
 /// Longest a read waits for one absent blob to arrive before failing with `Absent`.
-pub(crate) const READ_WAIT: Duration = Duration::from_secs(20);
+pub const READ_WAIT: Duration = Duration::from_secs(20);
 
 /// Blobs a read needs that the local store lacks, to be fetched from the store's members.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -71,15 +71,13 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 pub use ahead::PutAhead;
-pub use content::Content;
-pub(crate) use content::INLINE_MAX;
+pub use content::{Content, INLINE_MAX};
 pub use error::CasError;
-pub(crate) use fetch::READ_WAIT;
-pub use fetch::{FetchRequest, Fetcher};
+pub use fetch::{FetchRequest, Fetcher, READ_WAIT};
 
 use crate::ids::{Hash, StoreId};
 use cache::Lru;
-pub(crate) use chunker::MAX_CHUNK_BYTES;
+pub use chunker::MAX_CHUNK_BYTES;
 use chunker::{chunk_slice, ChunkParams, StreamChunker, CHUNK_PARAMS};
 use manifest::Manifest;
 

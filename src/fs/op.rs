@@ -13,7 +13,7 @@ pub(crate) const MAX_NAME_BYTES: usize = 255;
 /// Longest symlink target in bytes (as Linux `PATH_MAX`).
 pub(crate) const MAX_SYMLINK_BYTES: usize = 4096;
 /// Most op ids one op may supersede or list as seen.
-pub(crate) const MAX_SUPERSEDES: usize = 4096;
+pub const MAX_SUPERSEDES: usize = 4096;
 /// Most xattrs one `SetMeta` may set or remove.
 pub(crate) const MAX_XATTRS_PER_OP: usize = 64;
 /// Longest xattr name in bytes (as Linux `XATTR_NAME_MAX`).
@@ -21,7 +21,7 @@ pub(crate) const MAX_XATTR_NAME: usize = 255;
 /// Largest xattr value in bytes (as Linux `XATTR_SIZE_MAX`).
 pub(crate) const MAX_XATTR_VALUE: usize = 64 * 1024;
 /// Longest display name or store name in bytes.
-pub(crate) const MAX_LABEL_BYTES: usize = 255;
+pub const MAX_LABEL_BYTES: usize = 255;
 
 /// An invalid op.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

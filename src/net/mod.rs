@@ -71,7 +71,7 @@ pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_STRANGER_FRAME: usize = 16 * 1024;
 /// Default time a stream's first frame (and a stranger's first stream) may take to
 /// arrive; honest openers send theirs at once.
-pub(crate) const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 /// Sync streams served at once per connection of a member (each holds at most one
 /// frame, so this and [`MAX_PEER_BYTES`] bound what a member costs).
 pub const MAX_STREAMS_PER_CONN: usize = 16;
@@ -79,7 +79,7 @@ pub const MAX_STREAMS_PER_CONN: usize = 16;
 pub const MAX_STRANGER_STREAMS: usize = 2;
 /// Bytes of request bodies being read or answered at once for one peer, over all its
 /// connections: four maximal frames.
-pub(crate) const MAX_PEER_BYTES: usize = 4 * MAX_FRAME;
+pub const MAX_PEER_BYTES: usize = 4 * MAX_FRAME;
 
 /// Which relay servers the endpoint uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
