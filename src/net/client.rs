@@ -187,7 +187,7 @@ impl Exchange {
 }
 
 /// Creates an invite to store `name`; returns the token.
-pub async fn invite(
+pub(crate) async fn invite(
     shared: &Arc<Shared>,
     name: &str,
     role: Role,
@@ -215,7 +215,7 @@ pub async fn invite(
 }
 
 /// Redeems `token` (unless this node is already joining that store), then bootstraps.
-pub async fn join(
+pub(crate) async fn join(
     shared: &Arc<Shared>,
     token: &str,
     display_name: Option<&str>,
@@ -354,7 +354,7 @@ async fn bootstrap(
 }
 
 /// Restarts, in the background, bootstraps interrupted by a restart.
-pub fn resume_joins(shared: &Arc<Shared>) {
+pub(crate) fn resume_joins(shared: &Arc<Shared>) {
     for (store, state) in shared.node.joining() {
         if !shared.resuming.lock().insert(store.id()) {
             continue;
@@ -389,7 +389,11 @@ pub enum Revoked {
 
 /// Revokes what `target` names in store `name`: an invite token (`lm1…`), or a member
 /// (a key hex prefix or its display name), which is also disconnected.
-pub async fn revoke(shared: &Arc<Shared>, name: &str, target: &str) -> Result<Revoked, NetError> {
+pub(crate) async fn revoke(
+    shared: &Arc<Shared>,
+    name: &str,
+    target: &str,
+) -> Result<Revoked, NetError> {
     let store = shared.store(name)?;
     if target.trim().starts_with(crate::sync::invite::PREFIX) {
         let token = InviteToken::decode(target)?;
@@ -446,7 +450,7 @@ pub async fn revoke(shared: &Arc<Shared>, name: &str, target: &str) -> Result<Re
 
 /// Closes every connection to revoked `key` if it is no longer a member of any store
 /// here, else its gossip connections (the gate admits no gossip from a revoked key).
-pub fn cut_off(shared: &Shared, key: &PublicKey) {
+pub(crate) fn cut_off(shared: &Shared, key: &PublicKey) {
     let n = if shared.stores_of(key).is_empty() {
         shared.conns.lock().remove(key);
         shared.peers.disconnect(key, None, "revoked")
@@ -464,7 +468,7 @@ pub fn cut_off(shared: &Shared, key: &PublicKey) {
 /// blocks `peer` says differ, checks its hash and stores it. Fails (the caller then
 /// fetches the whole chunk) if the peer refuses, the base is gone or the result does not
 /// match.
-pub async fn patch_chunk(
+pub(crate) async fn patch_chunk(
     shared: &Arc<Shared>,
     store: &Store,
     peer: PublicKey,

@@ -56,7 +56,8 @@ use peers::PeerBook;
 use replica::ReplicaHandle;
 use settings::{FetchMode, Settings};
 
-pub use crate::sync::replica::{RoundReport, SyncReport, GOSSIP_MAX, MAX_RECONCILE_DIFF, MAX_WANT};
+pub(crate) use crate::sync::replica::GOSSIP_MAX;
+pub use crate::sync::replica::{RoundReport, SyncReport, MAX_RECONCILE_DIFF, MAX_WANT};
 pub use client::{JoinProgress, Revoked};
 pub use error::{DialError, NetError, StreamError, Violation};
 

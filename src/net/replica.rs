@@ -41,7 +41,7 @@ use crate::wire::{read_frame, write_frame};
 
 /// Received gossip messages waiting for the store's replica; more are dropped (at most
 /// this many × `GOSSIP_MAX` bytes wait per store).
-pub const GOSSIP_QUEUE: usize = 256;
+pub(crate) const GOSSIP_QUEUE: usize = 256;
 
 /// What the replica thread takes.
 enum Input {
@@ -63,7 +63,7 @@ pub(crate) enum Out {
 
 /// The handle of a running replica driver.
 #[derive(Clone)]
-pub struct ReplicaHandle {
+pub(crate) struct ReplicaHandle {
     inner: Arc<Inner>,
 }
 
@@ -89,7 +89,7 @@ impl ReplicaHandle {
     }
 
     /// (local intentions not yet confirmed sent, failed blob fetches).
-    pub fn counters(&self) -> (u64, u64) {
+    pub(crate) fn counters(&self) -> (u64, u64) {
         (
             self.inner.unsent.load(Ordering::Relaxed),
             self.inner.missing.load(Ordering::Relaxed),
@@ -102,12 +102,12 @@ impl ReplicaHandle {
     }
 
     /// New local settings.
-    pub fn settings(&self, s: Settings) {
+    pub(crate) fn settings(&self, s: Settings) {
         self.event(Event::Settings(mode(s)));
     }
 
     /// Runs a sync pass with every member and returns its report.
-    pub async fn sync(&self) -> Result<SyncReport, NetError> {
+    pub(crate) async fn sync(&self) -> Result<SyncReport, NetError> {
         let ticket = Ticket(self.inner.next_ticket.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         self.inner.tickets.lock().insert(ticket, tx);
@@ -154,7 +154,7 @@ impl ReplicaHandle {
     }
 
     /// Stops the driver and waits for its thread.
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         let _ = self.inner.inputs.send(Input::Stop);
         for task in self.inner.tasks.lock().drain(..) {
             task.abort();
@@ -178,7 +178,7 @@ fn mode(s: Settings) -> Mode {
 }
 
 /// Starts the driver of `store`'s replica.
-pub fn spawn(shared: Weak<Shared>, store: Store, settings: Settings) -> ReplicaHandle {
+pub(crate) fn spawn(shared: Weak<Shared>, store: Store, settings: Settings) -> ReplicaHandle {
     let (inputs, rx) = mpsc::unbounded_channel();
     let (acts_tx, acts_rx) = mpsc::unbounded_channel();
     let handle = ReplicaHandle {

@@ -36,7 +36,7 @@ use crate::wire::{read_body, read_header, write_frame, FrameError};
 
 /// The sync ALPN handler.
 #[derive(Clone)]
-pub struct SyncProtocol {
+pub(crate) struct SyncProtocol {
     shared: Weak<Shared>,
 }
 
@@ -48,7 +48,7 @@ impl std::fmt::Debug for SyncProtocol {
 
 impl SyncProtocol {
     /// A handler serving the network state `shared`.
-    pub fn new(shared: Weak<Shared>) -> Self {
+    pub(crate) fn new(shared: Weak<Shared>) -> Self {
         SyncProtocol { shared }
     }
 }

@@ -93,20 +93,20 @@ use crate::sync::{Refusal, RefusalCode};
 
 /// Milliseconds on the driver's clock: Unix ms in production (the same clock decides
 /// invite expiry), virtual in the simulator.
-pub type Millis = u64;
+pub(crate) type Millis = u64;
 
 /// One conversation: a bidirectional stream, opened by one side. The opener's replica
 /// picks its ids; on the acceptor side the driver does, and keys them by `(peer, Conv)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Conv(pub u64);
+pub(crate) struct Conv(pub u64);
 
 /// A `sync` the user asked for; answered by [`Action::Synced`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Ticket(pub u64);
+pub(crate) struct Ticket(pub u64);
 
 /// Local settings of a replica.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Mode {
+pub(crate) struct Mode {
     /// No network activity: no gossip, no rounds, every request refused.
     pub paused: bool,
     /// Fetch the blobs of every file as soon as it changes.
@@ -115,7 +115,7 @@ pub struct Mode {
 
 /// What happened, as the driver tells it.
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     /// Local intentions sealed and durable (from `StoreEvent::Sealed`).
     Sealed(Vec<Bytes>),
     /// Intentions were applied; the files they changed (`None`: unknown, e.g. lagged).
@@ -181,7 +181,7 @@ pub enum Event {
 
 /// Why an opener-side conversation got no answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Failure {
+pub(crate) enum Failure {
     /// The peer could not be dialed (not worth a redial: it is offline or unknown).
     Unreachable(String),
     /// The stream or a frame failed on an existing connection (worth one redial).
@@ -201,7 +201,7 @@ impl std::fmt::Display for Failure {
 
 /// Which blobs to fetch.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FetchOrder {
+pub(crate) enum FetchOrder {
     /// The blobs of these files; `changes` pairs files' previous content pieces with
     /// their new ones, so changed chunks can be patched from the chunks they replace.
     Files {
@@ -216,7 +216,7 @@ pub enum FetchOrder {
 
 /// What the driver must do.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Opener side: send `request` on `conv` to `peer`, opening the stream on first use.
     Send {
         /// The conversation.
@@ -312,22 +312,22 @@ pub struct SyncReport {
 }
 
 /// First anti-entropy interval, and the interval after a pass that moved something.
-pub const ANTI_ENTROPY_MIN: Millis = 2_000;
+pub(crate) const ANTI_ENTROPY_MIN: Millis = 2_000;
 /// Longest anti-entropy interval while passes find nothing to do.
-pub const ANTI_ENTROPY_MAX: Millis = 30_000;
+pub(crate) const ANTI_ENTROPY_MAX: Millis = 30_000;
 /// Largest gossip message; intentions up to about this size travel inline.
-pub const GOSSIP_MAX: usize = 32 * 1024;
+pub(crate) const GOSSIP_MAX: usize = 32 * 1024;
 /// Room left in a gossip message for its framing around an inline intention.
 const GOSSIP_FRAMING: usize = 16;
 /// Most hashes one reconciliation collects on either side (the peer has, or lacks)
 /// before it stops to pull and push them (8 MiB of hashes); the next pass finds the rest.
 pub const MAX_RECONCILE_DIFF: usize = 256 * 1024;
 /// Most rounds of asking a peer for the predecessors of floating intentions.
-pub const PREDECESSOR_ROUNDS: usize = 8;
+pub(crate) const PREDECESSOR_ROUNDS: usize = 8;
 /// Most hashes one `Want` may name.
 pub const MAX_WANT: usize = 4096;
 /// Target size of one answer carrying intentions (a single larger intention still goes).
-pub const BATCH_BYTES: usize = 1024 * 1024;
+pub(crate) const BATCH_BYTES: usize = 1024 * 1024;
 
 /// When the next anti-entropy pass is due.
 #[derive(Debug)]
@@ -447,7 +447,7 @@ enum Served {
 }
 
 /// The replication protocol of one store.
-pub struct Replica {
+pub(crate) struct Replica {
     store: Store,
     me: PublicKey,
     mode: Mode,
@@ -481,7 +481,7 @@ pub struct Replica {
 impl Replica {
     /// A replica of `store` for node `me`, with the gossip secret if known, at `now`.
     /// Returns its first actions (subscribe or ask a member for the secret, first pass).
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         me: PublicKey,
         secret: Option<[u8; 32]>,
@@ -526,7 +526,7 @@ impl Replica {
     }
 
     /// Feeds one event; returns what the driver must do, in order.
-    pub fn handle(&mut self, event: Event, now: Millis) -> Vec<Action> {
+    pub(crate) fn handle(&mut self, event: Event, now: Millis) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
             Event::Sealed(list) => self.sealed(list, now, &mut out),
@@ -583,12 +583,12 @@ impl Replica {
     }
 
     /// Local intentions sealed but not yet confirmed sent to any member.
-    pub fn unsent(&self) -> u64 {
+    pub(crate) fn unsent(&self) -> u64 {
         self.unsent
     }
 
     /// Failed blob fetches since the last complete one (0: nothing known missing).
-    pub fn missing(&self) -> u64 {
+    pub(crate) fn missing(&self) -> u64 {
         self.missing
     }
 
