@@ -3,6 +3,8 @@
 //! store is migrated to the current schema with its tree intact; a store written by a
 //! newer build is refused with a typed error and left byte for byte as it was.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
@@ -14,6 +16,8 @@ use lattice_mount::intention::StoreId;
 use lattice_mount::node::Node;
 use lattice_mount::store::{Store, StoreError, DB_FILE, SCHEMA_VERSION};
 use redb::{Database, ReadableDatabase, TableDefinition, TableHandle};
+
+use common::{fuse_available, Daemon};
 
 /// The data dir of node "alice" as the release at f143caf left it.
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/f143caf");
@@ -174,6 +178,66 @@ fn a_data_dir_of_the_previous_release_opens_migrated_with_its_tree_intact() {
             .all(|t| t == "meta" || t.ends_with(&format!(".v{SCHEMA_VERSION}"))),
         "{tables:?}"
     );
+}
+
+/// The value of extended attribute `name` of `path`.
+fn getxattr(path: &Path, name: &str) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: both strings are NUL-terminated and `buf` is writable for its length.
+    let len = unsafe { libc::getxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(
+        len >= 0,
+        "getxattr {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+    buf.truncate(len as usize);
+    buf
+}
+
+#[test]
+fn the_daemon_mounts_a_data_dir_of_the_previous_release_and_keeps_writing_to_it() {
+    if !fuse_available() {
+        return;
+    }
+    let mut d = Daemon::start_named("alice");
+    d.down();
+    std::fs::remove_dir_all(&d.data).unwrap();
+    copy_private(Path::new(FIXTURE), &d.data);
+    d.up();
+    let mnt = d.mnt.clone();
+    let read = move |rel: &str| std::fs::read(mnt.join(rel)).unwrap();
+    assert_eq!(read("team/docs/readme.txt"), b"hello from f143caf\n");
+    assert_eq!(read("team/notes.txt"), b"second\n");
+    assert_eq!(read("team/docs/final.txt"), b"draft\n");
+    assert_eq!(read("team/from-bob.txt"), b"hi from bob\n");
+    let numbers: String = (1..=6000).map(|n| format!("{n}\n")).collect();
+    assert_eq!(read("team/numbers.txt"), numbers.as_bytes());
+    assert!(!d.path("team/gone.txt").exists());
+    assert_eq!(
+        std::fs::read_link(d.path("team/readme-link")).unwrap(),
+        Path::new("docs/readme.txt")
+    );
+    assert_eq!(
+        getxattr(&d.path("team/docs/readme.txt"), "user.color"),
+        b"blue"
+    );
+    std::fs::write(
+        d.path("team/docs/sub/new.txt"),
+        b"written after the upgrade",
+    )
+    .unwrap();
+    d.down();
+    d.up();
+    assert_eq!(
+        std::fs::read(d.path("team/docs/sub/new.txt")).unwrap(),
+        b"written after the upgrade"
+    );
+    assert_eq!(read("team/notes.txt"), b"second\n");
+    d.down();
 }
 
 #[test]
