@@ -257,12 +257,14 @@ fn opening_a_migrated_data_dir_again_changes_neither_schema_nor_tree() {
 }
 
 #[test]
-fn a_store_written_by_a_newer_build_is_refused_and_left_unchanged() {
+fn a_store_written_by_a_newer_build_is_refused_skipped_by_the_node_and_left_unchanged() {
     let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("store");
+    let data = tmp.path().join("data");
+    let id = StoreId([7; 16]);
+    let dir = data.join("stores").join(id.to_hex());
     let me = Identity::generate();
     let clock = || std::sync::Arc::new(parking_lot::Mutex::new(Clock::new(Hlc::ZERO)));
-    Store::create(&dir, StoreId([7; 16]), me.clone(), clock(), "s", "me")
+    Store::create(&dir, id, me.clone(), clock(), "s", "me")
         .unwrap()
         .shutdown()
         .unwrap();
@@ -290,5 +292,11 @@ fn a_store_written_by_a_newer_build_is_refused_and_left_unchanged() {
             "written by a newer lattice-mount (schema {newer}); this one reads up to {SCHEMA_VERSION}"
         )
     );
+    assert!(std::fs::read(dir.join(DB_FILE)).unwrap() == bytes);
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = Node::open(&data, None, rt.handle().clone()).unwrap();
+    assert!(node.stores().is_empty(), "the store is not served");
+    node.shutdown().unwrap();
     assert!(std::fs::read(dir.join(DB_FILE)).unwrap() == bytes);
 }
