@@ -8,13 +8,10 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use lattice_mount::fs::op::OpId;
-use lattice_mount::fs::{FsState, Node as FsNode};
-use lattice_mount::hlc::{Clock, Hlc};
-use lattice_mount::identity::Identity;
-use lattice_mount::intention::StoreId;
-use lattice_mount::node::Node;
-use lattice_mount::store::{Store, StoreError, DB_FILE, SCHEMA_VERSION};
+use lattice_mount::{
+    Clock, FsNode, FsState, Hlc, Identity, Node, OpId, Store, StoreError, StoreId, DB_FILE,
+    SCHEMA_VERSION,
+};
 use redb::{Database, ReadableDatabase, TableDefinition, TableHandle};
 
 use common::{fuse_available, Daemon};

@@ -38,7 +38,10 @@ fn main() -> Result<()> {
         Some("local") => local(),
         Some("sync") => sync::run(),
         Some("reconcile") => reconcile::run(&args[1..]),
-        _ => bail!("usage: lattice-bench local | sync | reconcile [ITEMS]"),
+        _ => bail!(
+            "usage: cargo run --release --features bench --bin lattice-bench -- \
+             local | sync | reconcile [ITEMS]"
+        ),
     }
 }
 

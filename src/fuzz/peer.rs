@@ -12,7 +12,8 @@ use prost::Message;
 
 use super::ops::{intention_bytes, name};
 use super::{config, framed, hostile, hostile_frames, ready, within, Budget, PROTOBUF_PER_BYTE};
-use crate::intention::{Hash, Intention, StoreId};
+use crate::ids::{Hash, StoreId};
+use crate::intention::Intention;
 use crate::net::serve::MAX_WANT;
 use crate::net::{GOSSIP_MAX, MAX_FRAME};
 use crate::proto::peer::{self as pb, gossip, request, response};

@@ -24,10 +24,10 @@
 mod blobs;
 mod client;
 mod gate;
-pub mod peers;
+pub(crate) mod peers;
 mod replica;
 pub(crate) mod serve;
-pub mod settings;
+pub(crate) mod settings;
 mod topic;
 
 use std::collections::HashMap;
@@ -47,7 +47,7 @@ use tokio::sync::mpsc;
 
 use crate::fs::op::Role;
 use crate::identity::PublicKey;
-use crate::intention::StoreId;
+use crate::ids::StoreId;
 use crate::node::{Node, NodeError};
 use crate::store::{Store, StoreError};
 use crate::wire::FrameError;
@@ -55,7 +55,7 @@ use peers::PeerBook;
 use replica::{Cmd, ReplicaHandle};
 use settings::{FetchMode, Settings};
 
-pub use client::{JoinProgress, Revoked, MAX_RECONCILE_DIFF};
+pub use client::{JoinProgress, Revoked, RoundReport, MAX_RECONCILE_DIFF};
 pub use replica::SyncReport;
 pub use serve::MAX_WANT;
 
@@ -64,9 +64,9 @@ pub const SYNC_ALPN: &[u8] = b"lattice/sync/1";
 /// Largest sync protocol frame (a maximal intention plus framing fits).
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;
 /// Largest gossip message; intentions up to about this size travel inline.
-pub const GOSSIP_MAX: usize = 32 * 1024;
+pub(crate) const GOSSIP_MAX: usize = 32 * 1024;
 /// How long a dial or a request to a peer may take before it counts as failed.
-pub const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest first frame of a peer that is a member of no store here: a `Redeem` (a
 /// secret and a display name) fits many times over.
 pub const MAX_STRANGER_FRAME: usize = 16 * 1024;
@@ -511,7 +511,7 @@ impl Net {
 impl Shared {
     /// This endpoint's bound direct addresses, with unspecified IPs replaced by loopback
     /// and the interface addresses iroh reports.
-    pub fn direct_addrs(&self) -> Vec<SocketAddr> {
+    pub(crate) fn direct_addrs(&self) -> Vec<SocketAddr> {
         let mut out: Vec<SocketAddr> = self.endpoint.addr().ip_addrs().copied().collect();
         for s in self.endpoint.bound_sockets() {
             let a = match s.ip() {
@@ -531,12 +531,12 @@ impl Shared {
     }
 
     /// This node's key.
-    pub fn me(&self) -> PublicKey {
+    pub(crate) fn me(&self) -> PublicKey {
         self.node.identity().public()
     }
 
     /// The visible store named `name`.
-    pub fn store(&self, name: &str) -> Result<Store, NetError> {
+    pub(crate) fn store(&self, name: &str) -> Result<Store, NetError> {
         self.node
             .store_by_name(name)
             .ok_or_else(|| NetError::UnknownStore(name.to_string()))
@@ -552,7 +552,7 @@ impl Shared {
     }
 
     /// Starts a replica task for every visible store that has none.
-    pub fn ensure_replicas(self: &Arc<Self>) {
+    pub(crate) fn ensure_replicas(self: &Arc<Self>) {
         for store in self.node.stores() {
             let mut replicas = self.replicas.lock();
             if replicas.contains_key(&store.id()) {
@@ -564,7 +564,7 @@ impl Shared {
     }
 
     /// Members of `store` other than this node, in key order.
-    pub fn other_members(&self, store: &Store) -> Vec<PublicKey> {
+    pub(crate) fn other_members(&self, store: &Store) -> Vec<PublicKey> {
         let me = self.me();
         store.read(|s| {
             s.members()
@@ -625,7 +625,7 @@ impl Shared {
 
     /// The local settings of `store`, read from its file once and kept in memory (they
     /// are consulted on every incoming connection and request).
-    pub fn settings(&self, store: &Store) -> Settings {
+    pub(crate) fn settings(&self, store: &Store) -> Settings {
         *self
             .settings
             .lock()
@@ -658,24 +658,24 @@ impl Shared {
 
     /// True if `key` is a current member (any role) of a visible store with id `id`
     /// whose network activity is not paused.
-    pub fn may_sync(&self, key: &PublicKey, id: StoreId) -> bool {
+    pub(crate) fn may_sync(&self, key: &PublicKey, id: StoreId) -> bool {
         self.node.stores().iter().any(|s| {
             s.id() == id && s.read(|st| st.member(key).is_some()) && !self.settings(s).paused
         })
     }
 
     /// True if `key` is a current member (any role) of `store`.
-    pub fn is_member(&self, store: &Store, key: &PublicKey) -> bool {
+    pub(crate) fn is_member(&self, store: &Store, key: &PublicKey) -> bool {
         store.read(|s| s.member(key).is_some())
     }
 
     /// True if `key` is a current member of a visible, unpaused store of this node.
-    pub fn is_member_anywhere(&self, key: &PublicKey) -> bool {
+    pub(crate) fn is_member_anywhere(&self, key: &PublicKey) -> bool {
         !self.stores_of(key).is_empty()
     }
 
     /// True if `key` is revoked from any store of this node.
-    pub fn revoked_anywhere(&self, key: &PublicKey) -> bool {
+    pub(crate) fn revoked_anywhere(&self, key: &PublicKey) -> bool {
         self.node
             .stores()
             .iter()
@@ -685,7 +685,7 @@ impl Shared {
     /// The gossip secret of `store`: kept in its directory, or created now if this node
     /// founded it; `None` for a member that has not received it yet.
     /// Blocks on file I/O the first time per store.
-    pub fn topic_secret(&self, store: &Store) -> Result<Option<[u8; 32]>, NetError> {
+    pub(crate) fn topic_secret(&self, store: &Store) -> Result<Option<[u8; 32]>, NetError> {
         // Held across load and create, so that two first callers agree on one secret.
         let mut secrets = self.secrets.lock();
         if let Some(secret) = secrets.get(&store.id()) {
@@ -707,7 +707,11 @@ impl Shared {
     }
 
     /// Keeps `secret` as the gossip secret of `store` (received from a member).
-    pub fn adopt_topic_secret(&self, store: &Store, secret: [u8; 32]) -> Result<(), NetError> {
+    pub(crate) fn adopt_topic_secret(
+        &self,
+        store: &Store,
+        secret: [u8; 32],
+    ) -> Result<(), NetError> {
         let mut secrets = self.secrets.lock();
         topic::save(&self.node.store_dir(store.id()), &secret)
             .map_err(|e| NetError::Local(format!("cannot save the gossip secret: {e}")))?;
@@ -716,7 +720,7 @@ impl Shared {
     }
 
     /// The budget of request bytes in flight of `peer`, shared by its connections.
-    pub fn budget(&self, peer: PublicKey) -> Arc<tokio::sync::Semaphore> {
+    pub(crate) fn budget(&self, peer: PublicKey) -> Arc<tokio::sync::Semaphore> {
         let mut budgets = self.budgets.lock();
         budgets.retain(|_, b| b.strong_count() > 0);
         if let Some(b) = budgets.get(&peer).and_then(Weak::upgrade) {
@@ -728,7 +732,7 @@ impl Shared {
     }
 
     /// Visible, unpaused stores of which `key` is a current member.
-    pub fn stores_of(&self, key: &PublicKey) -> Vec<Store> {
+    pub(crate) fn stores_of(&self, key: &PublicKey) -> Vec<Store> {
         self.node
             .stores()
             .into_iter()
@@ -776,7 +780,7 @@ pub(crate) struct ReconcileSlot {
 
 impl Shared {
     /// The reconciliation slot of (`store`, `peer`).
-    pub fn reconcile_slot(&self, store: StoreId, peer: PublicKey) -> Arc<ReconcileSlot> {
+    pub(crate) fn reconcile_slot(&self, store: StoreId, peer: PublicKey) -> Arc<ReconcileSlot> {
         self.reconciling
             .lock()
             .entry((store, peer))

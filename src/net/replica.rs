@@ -24,9 +24,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::fs::op::{Content, FileId};
+use crate::cas::Content;
 use crate::identity::PublicKey;
-use crate::intention::Hash;
+use crate::ids::{FileId, Hash};
 use crate::net::client::{self, RoundReport};
 use crate::net::peers::{endpoint_id, node_key};
 use crate::net::settings::{FetchMode, Settings};

@@ -18,7 +18,7 @@ use iroh::protocol::{AcceptError, ProtocolHandler};
 use tokio::sync::Semaphore;
 
 use crate::identity::PublicKey;
-use crate::intention::{Hash, StoreId};
+use crate::ids::{Hash, StoreId};
 use crate::net::gate::{CLOSE_LIMIT, MAX_CONNS_PER_PEER};
 use crate::net::peers::node_key;
 use crate::net::{
@@ -26,8 +26,9 @@ use crate::net::{
     MAX_STREAMS_PER_CONN, SYNC_ALPN,
 };
 use crate::proto::peer::{self as pb, request, response};
+use crate::store::IndexSession as Session;
 use crate::store::{ApplyOutcome, Store};
-use crate::sync::reconcile::{Session, FRAME_LIMIT};
+use crate::sync::reconcile::FRAME_LIMIT;
 use crate::wire::{read_body, read_header, write_frame, FrameError};
 
 /// Most hashes one `Want` may name.

@@ -1,6 +1,6 @@
 //! Sans-IO protocol cores: bytes in, bytes and decisions out; `net/` drives them.
 
-pub mod invite;
-pub mod reconcile;
+pub(crate) mod invite;
+pub(crate) mod reconcile;
 
-pub use reconcile::{ReconcileError, ReconcileStorage, Session, Stats, Step, FRAME_LIMIT};
+pub use reconcile::{ReconcileStorage, Session, FRAME_LIMIT};

@@ -12,14 +12,14 @@ mod bounds;
 mod fuzz;
 mod names;
 
-use lattice_mount::fs::op::{Content, Role};
+use lattice_mount::{Content, Role};
 use peers::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_input_is_refused_and_changes_nothing() {
-    use lattice_mount::identity::Identity;
-    use lattice_mount::intention::Intention;
     use lattice_mount::proto::peer::{request::Kind as Req, Frame, Intentions, Patch, Want};
+    use lattice_mount::Identity;
+    use lattice_mount::Intention;
 
     let a = Peer::start("alice").await;
     a.create("team").await;
@@ -44,11 +44,11 @@ async fn hostile_input_is_refused_and_changes_nothing() {
 
     let op = |name: &str| {
         op_at(
-            lattice_mount::hlc::now_ms(),
+            lattice_mount::now_ms(),
             root_file(name, Content::Inline("x".into())),
         )
     };
-    let heads: Vec<lattice_mount::intention::Hash> = Vec::new();
+    let heads: Vec<lattice_mount::Hash> = Vec::new();
     let by_stranger =
         Intention::create(&stranger, team.id(), None, heads.clone(), vec![op("s")]).unwrap();
     let valid = Intention::create(&mallory, team.id(), None, heads.clone(), vec![op("m")]).unwrap();
@@ -120,7 +120,7 @@ async fn hostile_input_is_refused_and_changes_nothing() {
     );
 
     // Oversized and malformed frames get an error answer.
-    let huge = ((lattice_mount::net::MAX_FRAME + 1) as u32)
+    let huge = ((lattice_mount::MAX_FRAME + 1) as u32)
         .to_be_bytes()
         .to_vec();
     let err = refusal(raw_exchange(&ep_m, &a, vec![huge]).await);
@@ -135,7 +135,7 @@ async fn hostile_input_is_refused_and_changes_nothing() {
     assert!(err.contains("malformed"), "{err}");
 
     // A blob of a store mallory is not a member of is refused.
-    let lattice_mount::fs::op::Content::Manifest { hash, .. } = hidden else {
+    let lattice_mount::Content::Manifest { hash, .. } = hidden else {
         panic!("not inline")
     };
     let conn = ep_m.connect(addr_of(&a), iroh_blobs::ALPN).await.unwrap();

@@ -1,16 +1,16 @@
 //! Display names, one validator for what is signed and what is received, and the
 //! joiner scenario of issue 8: a hostile name never reaches a signature or a listing.
 
-use lattice_mount::fs::op::{Content, Kind, OpId, Role};
+use lattice_mount::{Content, Kind, OpId, Role};
 
 use crate::peers::*;
 
-fn assert_every_name_opens(store: &lattice_mount::store::Store) {
+fn assert_every_name_opens(store: &lattice_mount::Store) {
     store.read(|s| {
         let mut dirs = vec![OpId::ROOT];
         while let Some(dir) = dirs.pop() {
             for (name, node) in s.readdir(dir).unwrap() {
-                lattice_mount::fs::op::validate_name(&name).unwrap();
+                lattice_mount::validate_name(&name).unwrap();
                 assert_eq!(s.lookup(dir, &name), Ok(node), "{name:?} does not resolve");
                 let attr = s.attr(node).unwrap();
                 if attr.kind == Kind::Dir {
