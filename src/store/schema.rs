@@ -9,7 +9,7 @@
 //! | schema | written by | layout |
 //! | --- | --- | --- |
 //! | 1 | the release at f143caf and builds up to 0399322 | bare table names (`intentions`, ...); tables added after that release may be missing; projection snapshot format 1 |
-//! | 2 | this build | every table name but `meta` ends in `.v2`; every table exists; projection snapshot format 2 |
+//! | 2 | this build | every table name but `meta` ends in `.v2`; every table exists; every stored intention has its `hlcs` row; projection snapshot format 2 |
 //!
 //! Opening a file of the current version changes nothing. An older file is migrated
 //! in one write transaction, one step per version ([`STEPS`]), so a crash leaves it
@@ -20,11 +20,13 @@
 
 use std::path::Path;
 
+use bytes::Bytes;
 use redb::{
     Database, DatabaseError, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition,
     TableError, TableHandle, WriteTransaction,
 };
 
+use crate::intention::Intention;
 use crate::store::error::StoreError;
 use crate::store::tables::{Tables, META};
 
@@ -141,8 +143,9 @@ const V1_TABLES: [&str; 17] = [
     "projection",
 ];
 
-/// Schema 1 -> 2: table names gain the `.v2` suffix (rows untouched) and the projection
-/// snapshot gains its format header.
+/// Schema 1 -> 2: table names gain the `.v2` suffix, every stored intention gets its
+/// `hlcs` row (schema 1 files may predate that table), and the projection snapshot
+/// gains its format header.
 fn v1_to_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
     let present: Vec<String> = txn
         .list_tables()?
@@ -157,6 +160,23 @@ fn v1_to_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
             TableDefinition::<&[u8], &[u8]>::new(&to),
         )?;
     }
+    let bytes_by_hash = |name| TableDefinition::<[u8; 32], &[u8]>::new(name);
+    let mut hlcs = txn.open_table(TableDefinition::<[u8; 32], (u64, u32)>::new("hlcs.v2"))?;
+    // Applied intentions first: a hash in both tables keeps the HLC of its applied bytes.
+    for name in ["intentions.v2", "refused.v2"] {
+        for entry in txn.open_table(bytes_by_hash(name))?.iter()? {
+            let (hash, bytes) = entry?;
+            if hlcs.get(hash.value())?.is_some() {
+                continue;
+            }
+            // Bytes that do not parse get no row: the open quarantines them.
+            let peeked = Intention::peek(&Bytes::copy_from_slice(bytes.value()));
+            if let Some((hlc, _)) = peeked {
+                hlcs.insert(hash.value(), (hlc.wall_ms, hlc.counter))?;
+            }
+        }
+    }
+    drop(hlcs);
     let projection: TableDefinition<u64, &[u8]> = TableDefinition::new("projection.v2");
     let mut table = txn.open_table(projection)?;
     let row = table
@@ -199,7 +219,21 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("store.redb");
         std::fs::copy(FIXTURE, &path).unwrap();
-        let (seq, old) = projection(&ReadOnlyDatabase::open(&path).unwrap(), "projection");
+        let (seq, old) = {
+            let db = ReadOnlyDatabase::open(&path).unwrap();
+            let txn = db.begin_read().unwrap();
+            let names: Vec<String> = txn
+                .list_tables()
+                .unwrap()
+                .map(|t| t.name().into())
+                .collect();
+            assert!(names.contains(&"intentions".into()), "{names:?}");
+            assert!(
+                !names.contains(&"hlcs".into()),
+                "that release had no hlcs table"
+            );
+            projection(&db, "projection")
+        };
         assert!(old.starts_with(b"LMFSNAP1"));
 
         let db = open(&path).unwrap();
@@ -210,6 +244,22 @@ mod tests {
         let state = FsState::decode_snapshot(&new).unwrap();
         assert_eq!(state.encode_snapshot(), new);
         let txn = db.begin_write().unwrap();
+        let hlcs = txn
+            .open_table(TableDefinition::<[u8; 32], (u64, u32)>::new("hlcs.v2"))
+            .unwrap();
+        let intentions = txn
+            .open_table(TableDefinition::<[u8; 32], &[u8]>::new("intentions.v2"))
+            .unwrap();
+        let mut stored = 0;
+        for entry in intentions.iter().unwrap() {
+            let (hash, bytes) = entry.unwrap();
+            let (hlc, _) = Intention::peek(&Bytes::copy_from_slice(bytes.value())).unwrap();
+            let row = hlcs.get(hash.value()).unwrap().unwrap().value();
+            assert_eq!(row, (hlc.wall_ms, hlc.counter));
+            stored += 1;
+        }
+        assert_eq!(stored, 13, "the fixture's intentions");
+        drop((hlcs, intentions));
         let mut names: Vec<String> = txn
             .list_tables()
             .unwrap()

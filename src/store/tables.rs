@@ -303,21 +303,13 @@ impl<'t> Tables<'t> {
         Ok(out)
     }
 
-    /// The HLC of a known intention: recorded, or read from its stored bytes (stores
-    /// written before the `hlcs` table); `None` if refused without bytes.
+    /// The HLC recorded for an applied, refused or evidence intention (`None` for an
+    /// unknown one, or one a schema 1 store refused on arrival without keeping bytes).
     pub(crate) fn hlc_of(&self, hash: &Hash) -> Result<Option<Hlc>, StoreError> {
-        if let Some(v) = self.hlcs.get(hash.0)? {
+        Ok(self.hlcs.get(hash.0)?.map(|v| {
             let (wall_ms, counter) = v.value();
-            return Ok(Some(Hlc { wall_ms, counter }));
-        }
-        let bytes = match self.intentions.get(hash.0)? {
-            Some(v) => Some(bytes::Bytes::copy_from_slice(v.value())),
-            None => self
-                .refused
-                .get(hash.0)?
-                .map(|v| bytes::Bytes::copy_from_slice(v.value())),
-        };
-        Ok(bytes.and_then(|b| crate::intention::Intention::peek(&b).map(|(hlc, _)| hlc)))
+            Hlc { wall_ms, counter }
+        }))
     }
 
     /// Records the HLC of a known intention.
