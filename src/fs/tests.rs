@@ -956,6 +956,37 @@ fn malformed_snapshots_are_refused_not_panicked_on() {
 }
 
 #[test]
+fn a_format_1_snapshot_converts_to_the_current_format_and_decodes_to_the_same_state() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    mkfile(&mut s, 1, 11, d, "a.txt", "x");
+    let current = s.encode_snapshot();
+    let (magic, version) = current.split_at(8);
+    assert_eq!(&version[..4], &2u32.to_le_bytes());
+    let v1 = [b"LMFSNAP1".as_slice(), &version[4..]].concat();
+    assert!(FsState::decode_snapshot(&v1).is_err());
+    let converted = FsState::snapshot_v1_to_v2(&v1).unwrap();
+    assert_eq!(converted, current);
+    assert!(magic != b"LMFSNAP1");
+    assert_eq!(FsState::snapshot_v1_to_v2(&current), None);
+}
+
+#[test]
+fn a_snapshot_of_another_format_version_is_refused() {
+    let mut s = FsState::new();
+    mkfile(&mut s, 1, 10, OpId::ROOT, "a", "x");
+    for version in [0u32, 1, 3, u32::MAX] {
+        let mut bytes = s.encode_snapshot();
+        bytes[8..12].copy_from_slice(&version.to_le_bytes());
+        let err = FsState::decode_snapshot(&bytes).unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("format {version}")),
+            "{err}"
+        );
+    }
+}
+
+#[test]
 fn ten_thousand_files_in_one_directory_create_look_up_and_list_quickly() {
     let started = std::time::Instant::now();
     let mut s = FsState::new();

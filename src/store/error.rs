@@ -81,6 +81,15 @@ pub enum StoreError {
     /// `open` found no store at this path.
     #[error("no store at {0}")]
     Missing(PathBuf),
+    /// The store was written by a newer lattice-mount whose schema this build cannot
+    /// read; nothing was changed.
+    #[error("written by a newer lattice-mount (schema {found}); this one reads up to {supported}")]
+    NewerSchema {
+        /// The schema version recorded in the store.
+        found: u32,
+        /// The newest schema version this build reads.
+        supported: u32,
+    },
     /// A file or directory operation failed.
     #[error("store i/o at {path}: {source}")]
     Io {

@@ -1,6 +1,8 @@
 //! The store: one redb file per replicated folder, owned by one actor thread.
 //!
 //! ## Tables (`DIR/store.redb`, see `tables.rs`)
+//! Names below omit the schema suffix (`intentions` is the table `intentions.v2`);
+//! `schema.rs` has the versions and their migrations.
 //! - `intentions`: intention hash -> the exact signed bytes as received (never re-encoded).
 //! - `witness`: local seq (from 1) -> (intention hash, chain hash), where
 //!   `chain = blake3(previous chain || intention hash)` and the chain before seq 1 is
@@ -26,9 +28,9 @@
 //! - `parked`, `quota`: each floating or early intention by author, and per-author
 //!   (count, bytes), for the floating quotas.
 //! - `grant_pos`: `SetMember` op id -> its position in the member's chain (roles).
-//! - `meta`: `store_id`, `founder` (author of the genesis intention), `last_local_hlc`,
-//!   `park_order`, `quarantined` (hashes of stored intentions that failed to decode at
-//!   an open).
+//! - `meta`: `schema_version` (see `schema.rs`), `store_id`, `founder` (author of the
+//!   genesis intention), `last_local_hlc`, `park_order`, `quarantined` (hashes of
+//!   stored intentions that failed to decode at an open).
 //! - `projection`: witness seq -> `FsState` snapshot bytes reflecting exactly the log
 //!   up to that seq; one row.
 //!
@@ -75,6 +77,7 @@ mod member_tests;
 mod members;
 #[cfg(test)]
 mod reconcile_tests;
+mod schema;
 mod tables;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -96,6 +99,7 @@ pub(crate) use index::IndexSession;
 pub use index::{BareIndex, IndexView};
 pub(crate) use members::invite_id;
 pub use members::Equivocator;
+pub use schema::SCHEMA_VERSION;
 
 use crate::fs::op::{Op, OpBody, OpError, Role};
 use crate::fs::{FsError, FsState, FsStats};
@@ -369,8 +373,9 @@ impl Store {
         start(shared, Counts::default())
     }
 
-    /// Opens the store in `dir`: loads the projection snapshot, replays the witness log
-    /// after it, and moves the clock past the last local HLC.
+    /// Opens the store in `dir`: migrates an older schema (refusing a newer one with
+    /// [`StoreError::NewerSchema`]), loads the projection snapshot, replays the witness
+    /// log after it, and moves the clock past the last local HLC.
     ///
     /// One bad record does not stop the store: a snapshot that does not decode is
     /// rebuilt from the whole witness log, and a stored intention that does not decode
@@ -385,7 +390,7 @@ impl Store {
         if !path.exists() {
             return Err(StoreError::Missing(path));
         }
-        let index = Index::open(Database::open(&path)?)?;
+        let index = Index::open(schema::open(&path)?)?;
         let txn = index.db()?.begin_read()?;
         let meta = txn.open_table(META)?;
         let get = |key: &str| -> Result<Vec<u8>, StoreError> {

@@ -2,6 +2,12 @@
 //!
 //! Every key is fixed-size bytes or a tuple of them, so byte order is the order that
 //! range scans rely on. See the module doc of `store` for what each table means.
+//!
+//! Every table name but `meta` ends in `.vN`: the schema version (see `schema`) that
+//! last changed the table. A schema that changes a table's key or value layout gives
+//! it a new suffix and its migration step moves the rows, so no build ever reads a
+//! table under a layout it was not written with; all tables are `.v2` today. `meta`
+//! keeps its name in every schema because it holds the schema version itself.
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -10,60 +16,62 @@ use crate::identity::PublicKey;
 use crate::ids::{FileId, Hash, StoreId};
 use crate::intention::MAX_DEPS;
 use crate::store::error::StoreError;
+use crate::store::schema::{self, META_SCHEMA_VERSION, SCHEMA_VERSION};
 
 /// Intention hash -> the exact signed bytes as received.
-pub(crate) const INTENTIONS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("intentions");
+pub(crate) const INTENTIONS: TableDefinition<[u8; 32], &[u8]> =
+    TableDefinition::new("intentions.v2");
 /// Local witness seq (from 1) -> (intention hash, chain hash).
 pub(crate) const WITNESS: TableDefinition<u64, ([u8; 32], [u8; 32])> =
-    TableDefinition::new("witness");
+    TableDefinition::new("witness.v2");
 /// (missing hash, floating intention hash) -> the floating intention's signed bytes.
 pub(crate) const FLOATING: TableDefinition<([u8; 32], [u8; 32]), &[u8]> =
-    TableDefinition::new("floating");
+    TableDefinition::new("floating.v2");
 /// Author key -> (hash of the author's latest intention, its HLC wall ms, counter).
 pub(crate) const TIPS: TableDefinition<[u8; 32], ([u8; 32], u64, u32)> =
-    TableDefinition::new("tips");
+    TableDefinition::new("tips.v2");
 /// Intention hash named by no known intention -> its HLC (wall ms, counter).
-pub(crate) const HEADS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::new("heads");
+pub(crate) const HEADS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::new("heads.v2");
 /// HLC wall ms (big-endian) || intention hash -> (); the reconciliation index.
-pub(crate) const INDEX: TableDefinition<[u8; 40], ()> = TableDefinition::new("index");
+pub(crate) const INDEX: TableDefinition<[u8; 40], ()> = TableDefinition::new("index.v2");
 /// (file id bytes, witness seq) -> hash of an intention with an op touching that file.
 pub(crate) const HISTORY: TableDefinition<([u8; 44], u64), [u8; 32]> =
-    TableDefinition::new("history");
+    TableDefinition::new("history.v2");
 /// Intention hash -> (author, author-chain seq) of every applied or refused intention.
-pub(crate) const SEQS: TableDefinition<[u8; 32], ([u8; 32], u64)> = TableDefinition::new("seqs");
+pub(crate) const SEQS: TableDefinition<[u8; 32], ([u8; 32], u64)> = TableDefinition::new("seqs.v2");
 /// (author, author-chain seq, intention hash) -> () for every applied intention.
 pub(crate) const CHAIN: TableDefinition<([u8; 32], u64, [u8; 32]), ()> =
-    TableDefinition::new("chain");
+    TableDefinition::new("chain.v2");
 /// Intention hash -> its signed bytes if it was voided after being applied, empty if it
 /// was refused on arrival: intentions past their author's revocation cut.
-pub(crate) const REFUSED: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("refused");
+pub(crate) const REFUSED: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("refused.v2");
 /// Author -> (fork seq, the two smallest-hash intentions of that author at that chain
 /// seq): proof that it signed two intentions at one place in its chain (see `cut`).
 pub(crate) const EVIDENCE: TableDefinition<[u8; 32], (u64, [u8; 32], [u8; 32])> =
-    TableDefinition::new("evidence");
+    TableDefinition::new("evidence.v2");
 /// Intention hash -> its HLC (wall ms, counter), for every applied, refused or evidence
 /// intention: the clock order rule compares an intention with its predecessors.
-pub(crate) const HLCS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::new("hlcs");
+pub(crate) const HLCS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::new("hlcs.v2");
 /// (wall ms at which it may be applied, hash) -> signed bytes of an intention stamped
 /// too far ahead of this node's clock: it waits until its time comes.
-pub(crate) const EARLY: TableDefinition<(u64, [u8; 32]), &[u8]> = TableDefinition::new("early");
+pub(crate) const EARLY: TableDefinition<(u64, [u8; 32]), &[u8]> = TableDefinition::new("early.v2");
 /// A parked intention: (park order, missing hash or zero, wall ms it waits for or zero,
 /// bytes, 1 if counted in the strangers' pool).
 pub(crate) type ParkedRow = (u64, [u8; 32], u64, u64, u8);
 /// (author, hash) -> [`ParkedRow`] of every floating or early intention.
 pub(crate) const PARKED: TableDefinition<([u8; 32], [u8; 32]), ParkedRow> =
-    TableDefinition::new("parked");
+    TableDefinition::new("parked.v2");
 /// `SetMember` op id -> its position: the chain seq of the member's latest intention
 /// that the intention holding it names as prev or dep (0 if none). The grant rules the
 /// member's intentions past that position.
-pub(crate) const GRANT_POS: TableDefinition<[u8; 44], u64> = TableDefinition::new("grant_pos");
+pub(crate) const GRANT_POS: TableDefinition<[u8; 44], u64> = TableDefinition::new("grant_pos.v2");
 /// Author -> (count, bytes) of its parked intentions; the all-zero key holds the
 /// strangers' pool.
-pub(crate) const QUOTA: TableDefinition<[u8; 32], (u64, u64)> = TableDefinition::new("quota");
+pub(crate) const QUOTA: TableDefinition<[u8; 32], (u64, u64)> = TableDefinition::new("quota.v2");
 /// Named store facts; keys are the `META_*` constants.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Witness seq the snapshot reflects -> `FsState::encode_snapshot` bytes; one row at most.
-pub(crate) const PROJECTION: TableDefinition<u64, &[u8]> = TableDefinition::new("projection");
+pub(crate) const PROJECTION: TableDefinition<u64, &[u8]> = TableDefinition::new("projection.v2");
 
 /// Meta key: the 16-byte store id.
 pub(crate) const META_STORE_ID: &str = "store_id";
@@ -111,28 +119,18 @@ pub(crate) fn hlc_from_bytes(b: &[u8]) -> Result<Hlc, StoreError> {
     })
 }
 
-/// Rows of the early table (0 in a store written before it existed).
+/// Rows of the early table.
 pub(crate) fn early_len(txn: &redb::ReadTransaction) -> Result<u64, StoreError> {
-    use redb::{ReadableTableMetadata, TableError};
-    match txn.open_table(EARLY) {
-        Ok(t) => Ok(t.len()?),
-        Err(TableError::TableDoesNotExist(_)) => Ok(0),
-        Err(e) => Err(e.into()),
-    }
+    use redb::ReadableTableMetadata;
+    Ok(txn.open_table(EARLY)?.len()?)
 }
 
-/// Every proven fork in a read transaction (none in a store written before them).
+/// Every proven fork in a read transaction.
 pub(crate) fn read_forks(
     txn: &redb::ReadTransaction,
 ) -> Result<Vec<(PublicKey, u64, [Hash; 2])>, StoreError> {
-    use redb::TableError;
-    let table = match txn.open_table(EVIDENCE) {
-        Ok(t) => t,
-        Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-        Err(e) => return Err(e.into()),
-    };
     let mut out = Vec::new();
-    for entry in table.iter()? {
+    for entry in txn.open_table(EVIDENCE)?.iter()? {
         let (k, v) = entry?;
         let (seq, a, b) = v.value();
         out.push((PublicKey(k.value()), seq, [Hash(a), Hash(b)]));
@@ -305,21 +303,13 @@ impl<'t> Tables<'t> {
         Ok(out)
     }
 
-    /// The HLC of a known intention: recorded, or read from its stored bytes (stores
-    /// written before the `hlcs` table); `None` if refused without bytes.
+    /// The HLC recorded for an applied, refused or evidence intention (`None` for an
+    /// unknown one, or one a schema 1 store refused on arrival without keeping bytes).
     pub(crate) fn hlc_of(&self, hash: &Hash) -> Result<Option<Hlc>, StoreError> {
-        if let Some(v) = self.hlcs.get(hash.0)? {
+        Ok(self.hlcs.get(hash.0)?.map(|v| {
             let (wall_ms, counter) = v.value();
-            return Ok(Some(Hlc { wall_ms, counter }));
-        }
-        let bytes = match self.intentions.get(hash.0)? {
-            Some(v) => Some(bytes::Bytes::copy_from_slice(v.value())),
-            None => self
-                .refused
-                .get(hash.0)?
-                .map(|v| bytes::Bytes::copy_from_slice(v.value())),
-        };
-        Ok(bytes.and_then(|b| crate::intention::Intention::peek(&b).map(|(hlc, _)| hlc)))
+            Hlc { wall_ms, counter }
+        }))
     }
 
     /// Records the HLC of a known intention.
@@ -443,6 +433,10 @@ impl<'t> Tables<'t> {
 
     /// Records `meta` facts of a new store.
     pub(crate) fn init_meta(&mut self, id: StoreId, founder: &PublicKey) -> Result<(), StoreError> {
+        self.meta.insert(
+            META_SCHEMA_VERSION,
+            &schema::version_bytes(SCHEMA_VERSION)[..],
+        )?;
         self.meta.insert(META_STORE_ID, &id.0[..])?;
         self.meta.insert(META_FOUNDER, &founder.0[..])?;
         Ok(())

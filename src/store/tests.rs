@@ -871,7 +871,7 @@ fn raw_snapshot(author: &Identity, ops: &[crate::proto::fs::Op]) -> Vec<u8> {
         out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         out.extend_from_slice(&bytes);
     }
-    out
+    crate::fs::FsState::snapshot_v1_to_v2(&out).expect("written as format 1")
 }
 
 /// A signed intention holding `ops` as they are, as a node without validation signed it.
