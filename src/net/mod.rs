@@ -61,8 +61,8 @@ pub use crate::sync::replica::{RoundReport, SyncReport, MAX_RECONCILE_DIFF, MAX_
 pub use client::{JoinProgress, Revoked};
 pub use error::{DialError, NetError, StreamError, Violation};
 
-/// ALPN of the lattice sync protocol; the suffix is its version.
-pub const SYNC_ALPN: &[u8] = b"lattice/sync/1";
+/// ALPN of the lattice sync protocol; the suffix is its version (2: refusals carry a code).
+pub const SYNC_ALPN: &[u8] = b"lattice/sync/2";
 /// Largest sync protocol frame (a maximal intention plus framing fits).
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;
 /// How long a dial or a request to a peer may take before it counts as failed.
