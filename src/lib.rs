@@ -11,6 +11,8 @@ pub mod intention;
 pub mod net;
 pub mod node;
 pub mod proto;
+#[cfg(any(test, feature = "bench"))]
+pub mod sim;
 pub mod store;
 pub mod sync;
 pub mod wire;

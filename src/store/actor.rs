@@ -114,8 +114,11 @@ pub(crate) struct Shared {
     pub index: Index,
     /// Run before every durable commit (see [`crate::store::Store::set_before_durable`]).
     pub before_durable: RwLock<Option<BeforeDurable>>,
-    /// Wall time in Unix ms, for the clock skew rule (tests replace it).
+    /// Wall time in Unix ms: HLC stamps, the clock skew rule, invite expiry (tests and
+    /// the simulator replace it).
     pub wall: RwLock<Wall>,
+    /// Commit only when a request asks (see [`crate::store::StoreOptions::manual`]).
+    pub manual: bool,
 }
 
 /// A source of wall time in Unix ms.
@@ -136,6 +139,11 @@ impl Shared {
         Ok(())
     }
 
+    /// The wall time now, in Unix ms.
+    pub fn now_ms(&self) -> u64 {
+        (self.wall.read())()
+    }
+
     /// The apply pipeline's view of this store.
     pub fn ctx(&self) -> Ctx<'_> {
         Ctx {
@@ -143,7 +151,7 @@ impl Shared {
             founder: self.founder,
             state: &self.state,
             clock: &self.clock,
-            now_ms: (self.wall.read())(),
+            now_ms: self.now_ms(),
             refused: &self.refused,
             summary: &self.index.working,
             effects: Default::default(),
@@ -244,6 +252,16 @@ impl Actor {
     fn take(&mut self) -> Batch {
         let shared = self.shared.clone();
         let mut mb = shared.mailbox.lock();
+        if shared.manual {
+            while mb.requests.is_empty() && !mb.shutdown {
+                shared.wake.wait(&mut mb);
+            }
+            return Batch {
+                ops: mem::take(&mut mb.ops),
+                requests: mem::take(&mut mb.requests),
+                last: mb.shutdown,
+            };
+        }
         while mb.ops.is_empty() && mb.requests.is_empty() && !mb.shutdown {
             let deadline = self.next_timer();
             if shared.wake.wait_until(&mut mb, deadline).timed_out() {
@@ -276,7 +294,7 @@ impl Actor {
             t = t.min(due);
         }
         if let Some(due) = self.next_early {
-            let wall = (self.shared.wall.read())();
+            let wall = self.shared.now_ms();
             t = t.min(Instant::now() + Duration::from_millis(due.saturating_sub(wall)));
         }
         t
@@ -292,10 +310,11 @@ impl Actor {
             .requests
             .iter()
             .any(|r| matches!(r, Request::Apply(..)));
+        let timers = !self.shared.manual;
         let mut durable = batch.last
             || flush
-            || (self.dirty && self.last_durable.elapsed() >= DURABLE_EVERY)
-            || self.held.due().is_some_and(|due| due <= Instant::now());
+            || (timers && self.dirty && self.last_durable.elapsed() >= DURABLE_EVERY)
+            || (timers && self.held.due().is_some_and(|due| due <= Instant::now()));
         let hook = self.shared.before_durable.read().clone();
         let mut unsynced = None;
         if let (true, Some(hook)) = (durable, hook) {
@@ -309,10 +328,12 @@ impl Actor {
         }
         let snapshot = batch.last
             || self.since_snapshot >= SNAPSHOT_INTENTIONS
-            || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY);
+            || (timers
+                && self.since_snapshot > 0
+                && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY);
         let early = self
             .next_early
-            .is_some_and(|due| due <= (self.shared.wall.read())());
+            .is_some_and(|due| due <= self.shared.now_ms());
         let writes = !batch.ops.is_empty()
             || applies
             || early

@@ -86,6 +86,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
+pub(crate) use actor::Wall;
 pub use actor::{
     BeforeDurable, BATCH_WINDOW, DURABLE_EVERY, SEALED_DURABLE_WITHIN, SNAPSHOT_EVERY,
     SNAPSHOT_INTENTIONS,
@@ -113,6 +114,42 @@ use tables::{
     INTENTIONS, META, META_FOUNDER, META_LAST_LOCAL_HLC, META_QUARANTINED, META_STORE_ID,
     PROJECTION, REFUSED, WITNESS,
 };
+
+/// The first intention of a new store: its id, name and the founder's display name.
+pub(crate) struct Genesis<'a> {
+    /// The new store's id.
+    pub id: StoreId,
+    /// The store name.
+    pub name: &'a str,
+    /// The founder's display name.
+    pub display_name: &'a str,
+}
+
+/// Opens (or creates) the redb file at a path: how the simulator puts the file behind a
+/// storage backend it can crash.
+pub(crate) type Disk = Arc<dyn Fn(&Path) -> Result<Database, StoreError> + Send + Sync>;
+
+/// How a store runs: production defaults, or under a simulator's control.
+pub(crate) struct StoreOptions {
+    /// Wall time in Unix ms: HLC stamps, the clock skew rule, invite expiry.
+    pub wall: Wall,
+    /// The actor commits only when a request asks it to (local ops are sealed with the
+    /// next request, durably only on a flush or at shutdown): no timers, no batching
+    /// window, so a caller decides which commits happen before a crash.
+    pub manual: bool,
+    /// Opens the database file instead of redb's plain file backend.
+    pub disk: Option<Disk>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            wall: Arc::new(now_ms),
+            manual: false,
+            disk: None,
+        }
+    }
+}
 
 /// File name of a store's database inside its directory.
 pub const DB_FILE: &str = "store.redb";
@@ -270,7 +307,7 @@ impl Tx<'_> {
         }
         let mut last = None;
         for body in bodies {
-            let hlc = self.shared.clock.lock().tick(now_ms());
+            let hlc = self.shared.clock.lock().tick(self.shared.now_ms());
             let op = Op { hlc, body };
             let touched = self.state.touched(self.me, &op);
             self.state.apply(self.me, &op);
@@ -307,17 +344,38 @@ impl Store {
         name: &str,
         display_name: &str,
     ) -> Result<Store, StoreError> {
+        let genesis = Genesis {
+            id,
+            name,
+            display_name,
+        };
+        Store::create_with(dir, genesis, identity, clock, StoreOptions::default())
+    }
+
+    /// [`Store::create`] with non-default [`StoreOptions`].
+    pub(crate) fn create_with(
+        dir: &Path,
+        genesis: Genesis<'_>,
+        identity: Identity,
+        clock: Arc<Mutex<Clock>>,
+        opts: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let Genesis {
+            id,
+            name,
+            display_name,
+        } = genesis;
         let me = identity.public();
-        let index = Index::open(new_db(dir)?)?;
+        let index = Index::open(new_db(dir, &opts)?)?;
         let genesis = {
             let mut c = clock.lock();
             let ops = vec![
                 Op {
-                    hlc: c.tick(now_ms()),
+                    hlc: c.tick((opts.wall)()),
                     body: OpBody::SetStoreName(name.to_owned()),
                 },
                 Op {
-                    hlc: c.tick(now_ms()),
+                    hlc: c.tick((opts.wall)()),
                     body: OpBody::SetMember {
                         key: me,
                         role: Role::Admin,
@@ -328,7 +386,15 @@ impl Store {
             ];
             Intention::create(&identity, id, None, Vec::new(), ops)?
         };
-        let shared = Arc::new(new_shared(id, me, identity, FsState::new(), clock, index));
+        let shared = Arc::new(new_shared(
+            id,
+            me,
+            identity,
+            FsState::new(),
+            clock,
+            index,
+            opts,
+        ));
         let mut counts = Counts::default();
         let mut txn = shared.index.db()?.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -354,7 +420,19 @@ impl Store {
         identity: Identity,
         clock: Arc<Mutex<Clock>>,
     ) -> Result<Store, StoreError> {
-        let db = new_db(dir)?;
+        Store::join_with(dir, id, founder, identity, clock, StoreOptions::default())
+    }
+
+    /// [`Store::join`] with non-default [`StoreOptions`].
+    pub(crate) fn join_with(
+        dir: &Path,
+        id: StoreId,
+        founder: PublicKey,
+        identity: Identity,
+        clock: Arc<Mutex<Clock>>,
+        opts: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let db = new_db(dir, &opts)?;
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         Tables::open(&txn)?.init_meta(id, &founder)?;
@@ -367,6 +445,7 @@ impl Store {
             FsState::new(),
             clock,
             index,
+            opts,
         ));
         start(shared, Counts::default())
     }
@@ -383,11 +462,25 @@ impl Store {
         identity: Identity,
         clock: Arc<Mutex<Clock>>,
     ) -> Result<Store, StoreError> {
+        Store::open_with(dir, identity, clock, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with non-default [`StoreOptions`].
+    pub(crate) fn open_with(
+        dir: &Path,
+        identity: Identity,
+        clock: Arc<Mutex<Clock>>,
+        opts: StoreOptions,
+    ) -> Result<Store, StoreError> {
         let path = dir.join(DB_FILE);
         if !path.exists() {
             return Err(StoreError::Missing(path));
         }
-        let index = Index::open(Database::open(&path)?)?;
+        let db = match &opts.disk {
+            Some(disk) => disk(&path)?,
+            None => Database::open(&path)?,
+        };
+        let index = Index::open(db)?;
         let txn = index.db()?.begin_read()?;
         let meta = txn.open_table(META)?;
         let get = |key: &str| -> Result<Vec<u8>, StoreError> {
@@ -478,7 +571,7 @@ impl Store {
             index.commit(txn)?;
         }
         clock.lock().observe(last_local);
-        let shared = Arc::new(new_shared(id, founder, identity, state, clock, index));
+        let shared = Arc::new(new_shared(id, founder, identity, state, clock, index, opts));
         *shared.refused.lock() = refused;
         *shared.quarantined.lock() = quarantined;
         start(shared, counts)
@@ -657,7 +750,7 @@ impl Store {
         self.handle.shutdown()
     }
 
-    /// Replaces the wall clock the skew rule reads (tests).
+    /// Replaces the wall clock the store reads (tests).
     #[cfg(test)]
     fn set_wall(&self, wall: actor::Wall) {
         *self.handle.shared.wall.write() = wall;
@@ -672,7 +765,7 @@ impl Store {
     }
 }
 
-fn new_db(dir: &Path) -> Result<Database, StoreError> {
+fn new_db(dir: &Path, opts: &StoreOptions) -> Result<Database, StoreError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
         path: dir.to_path_buf(),
         source,
@@ -681,7 +774,10 @@ fn new_db(dir: &Path) -> Result<Database, StoreError> {
     if path.exists() {
         return Err(StoreError::AlreadyExists(path));
     }
-    Ok(Database::create(&path)?)
+    match &opts.disk {
+        Some(disk) => disk(&path),
+        None => Ok(Database::create(&path)?),
+    }
 }
 
 fn new_shared(
@@ -691,6 +787,7 @@ fn new_shared(
     state: FsState,
     clock: Arc<Mutex<Clock>>,
     index: Index,
+    opts: StoreOptions,
 ) -> Shared {
     Shared {
         id,
@@ -707,7 +804,8 @@ fn new_shared(
         events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
         index,
         before_durable: RwLock::new(None),
-        wall: RwLock::new(Arc::new(now_ms)),
+        wall: RwLock::new(opts.wall),
+        manual: opts.manual,
     }
 }
 
