@@ -111,7 +111,7 @@ use apply::{op_size, Counts, Queued};
 use index::Index;
 use tables::{
     chain_at, hashes_from_bytes, hashes_to_bytes, hlc_from_bytes, verify_witness, Tables, FLOATING,
-    INTENTIONS, META, META_FOUNDER, META_LAST_LOCAL_HLC, META_QUARANTINED, META_STORE_ID,
+    HEADS, INTENTIONS, META, META_FOUNDER, META_LAST_LOCAL_HLC, META_QUARANTINED, META_STORE_ID,
     PROJECTION, REFUSED, WITNESS,
 };
 
@@ -504,6 +504,13 @@ impl Store {
             Some(v) => hlc_from_bytes(v.value())?,
             None => Hlc::ZERO,
         };
+        // The clock must also pass every applied intention, as it did when each was
+        // applied: a local op stamped before one it follows would not name it as a dep.
+        let mut newest = Hlc::ZERO;
+        for entry in txn.open_table(HEADS)?.iter()? {
+            let (wall_ms, counter) = entry?.1.value();
+            newest = newest.max(Hlc { wall_ms, counter });
+        }
         let (mut state, snap_seq) = match txn.open_table(PROJECTION)?.last()? {
             Some((k, v)) => match FsState::decode_snapshot(v.value()) {
                 Ok(state) => (state, k.value()),
@@ -570,7 +577,11 @@ impl Store {
                 .insert(META_QUARANTINED, &hashes_to_bytes(&quarantined)[..])?;
             index.commit(txn)?;
         }
-        clock.lock().observe(last_local);
+        {
+            let mut c = clock.lock();
+            c.observe(last_local);
+            c.observe(newest);
+        }
         let shared = Arc::new(new_shared(id, founder, identity, state, clock, index, opts));
         *shared.refused.lock() = refused;
         *shared.quarantined.lock() = quarantined;
