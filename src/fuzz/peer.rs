@@ -13,10 +13,10 @@ use prost::Message;
 use super::ops::{intention_bytes, name};
 use super::{config, framed, hostile, hostile_frames, ready, within, Budget, PROTOBUF_PER_BYTE};
 use crate::intention::{Hash, Intention, StoreId};
-use crate::net::serve::MAX_WANT;
 use crate::net::{GOSSIP_MAX, MAX_FRAME};
 use crate::proto::peer::{self as pb, gossip, request, response};
 use crate::sync::reconcile::{Session, FRAME_LIMIT};
+use crate::sync::replica::MAX_WANT;
 use crate::wire::{read_frame, FrameError};
 
 /// One received message with everything in it decoded: the message and the payloads

@@ -1,7 +1,8 @@
-//! The opener side of the sync protocol: invites and joins, bootstrap, reconciliation
-//! rounds and the pulls and pushes that follow them, and revocation.
+//! User-facing flows over the sync protocol: invites, joins with their bootstrap from
+//! the inviter's witness log, revocation and cut-off, and chunk patches for `blobs`.
+//! Reconciliation, pulls, pushes and the gossip secret are the replica's
+//! (`sync::replica`); this module also keeps the connection cache they share.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,23 +13,15 @@ use tokio::sync::mpsc;
 use crate::fs::op::Role;
 use crate::hlc::now_ms;
 use crate::identity::PublicKey;
-use crate::intention::{Hash, Intention, StoreId};
+use crate::intention::{Hash, StoreId};
 use crate::net::peers::endpoint_id;
-use crate::net::serve::{apply_all, BATCH_BYTES, MAX_WANT};
 use crate::net::{blocking, topic, NetError, Shared, MAX_FRAME, PEER_TIMEOUT, SYNC_ALPN};
 use crate::node::JoinState;
 use crate::proto::peer::{self as pb, request, response};
 use crate::store::Store;
 use crate::sync::invite::InviteToken;
-use crate::sync::reconcile::{Session, FRAME_LIMIT};
+use crate::sync::replica::apply_all;
 use crate::wire::{read_frame, write_frame};
-
-/// Most hashes one reconciliation collects on either side (the peer has, or lacks)
-/// before it stops to pull and push them (8 MiB of hashes); the next pass finds the rest.
-pub const MAX_RECONCILE_DIFF: usize = 256 * 1024;
-
-/// Most rounds of asking a peer for the predecessors of floating intentions.
-const PREDECESSOR_ROUNDS: usize = 8;
 
 /// Progress of a join's bootstrap.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -45,21 +38,8 @@ pub struct JoinProgress {
     pub eta: Option<Duration>,
 }
 
-/// What one reconciliation round with one peer moved.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RoundReport {
-    /// Negentropy round trips.
-    pub rounds: u32,
-    /// Negentropy bytes sent plus received.
-    pub reconcile_bytes: u64,
-    /// Intentions pulled and applied (or parked).
-    pub pulled: u64,
-    /// Intentions pushed.
-    pub pushed: u64,
-}
-
 /// A sync connection to `peer`, reused while it is open.
-async fn connection(shared: &Shared, peer: PublicKey) -> Result<Connection, NetError> {
+pub(crate) async fn connection(shared: &Shared, peer: PublicKey) -> Result<Connection, NetError> {
     if let Some(c) = shared.conns.lock().get(&peer) {
         if c.close_reason().is_none() {
             return Ok(c.clone());
@@ -340,7 +320,8 @@ async fn bootstrap(
         }
         let n = batch.intentions.len() as u64;
         report.bytes += batch.intentions.iter().map(|b| b.len() as u64).sum::<u64>();
-        let (applied, refused) = apply_all(store, batch.intentions).await?;
+        let (st, list) = (store.clone(), batch.intentions);
+        let (applied, refused) = blocking(move || apply_all(&st, list)).await??;
         if refused > 0 {
             tracing::warn!(refused, applied, "bootstrap batch had refused intentions");
         }
@@ -471,237 +452,6 @@ pub fn cut_off(shared: &Shared, key: &PublicKey) {
     }
 }
 
-/// Reconciles `store` with `peer`: negentropy rounds, then pulls what the peer has and
-/// pushes what it lacks, in bounded batches. Rounds with one peer about one store never
-/// overlap: this waits for a running one, then runs its own.
-pub async fn reconcile(
-    shared: &Arc<Shared>,
-    store: &Store,
-    peer: PublicKey,
-) -> Result<RoundReport, NetError> {
-    let slot = shared.reconcile_slot(store.id(), peer);
-    let _turn = slot.turn.lock().await;
-    slot.again.store(false, Ordering::Relaxed);
-    reconcile_redialing(shared, store, peer).await
-}
-
-/// Like [`reconcile`], for hints (a gossiped intention that floats, a new neighbour):
-/// when a round is running it only asks that one to go once more, so a burst of hints
-/// costs one or two rounds.
-pub async fn reconcile_hint(
-    shared: &Arc<Shared>,
-    store: &Store,
-    peer: PublicKey,
-) -> Result<RoundReport, NetError> {
-    let slot = shared.reconcile_slot(store.id(), peer);
-    let Ok(_turn) = slot.turn.try_lock() else {
-        slot.again.store(true, Ordering::Relaxed);
-        return Ok(RoundReport::default());
-    };
-    let mut total = RoundReport::default();
-    loop {
-        slot.again.store(false, Ordering::Relaxed);
-        let r = reconcile_redialing(shared, store, peer).await?;
-        total.rounds += r.rounds;
-        total.reconcile_bytes += r.reconcile_bytes;
-        total.pulled += r.pulled;
-        total.pushed += r.pushed;
-        if !slot.again.load(Ordering::Relaxed) {
-            return Ok(total);
-        }
-    }
-}
-
-/// One reconciliation; after a stream failure (most likely a kept connection the peer
-/// has since closed) it dials afresh, once.
-async fn reconcile_redialing(
-    shared: &Arc<Shared>,
-    store: &Store,
-    peer: PublicKey,
-) -> Result<RoundReport, NetError> {
-    match reconcile_once(shared, store, peer).await {
-        Err(NetError::Frame { .. } | NetError::Stream { .. }) => {
-            shared.conns.lock().remove(&peer);
-            reconcile_once(shared, store, peer).await
-        }
-        other => other,
-    }
-}
-
-async fn reconcile_once(
-    shared: &Arc<Shared>,
-    store: &Store,
-    peer: PublicKey,
-) -> Result<RoundReport, NetError> {
-    let mut ex = Exchange::open_member(shared, peer, store).await?;
-    let st = store.clone();
-    let view = blocking(move || st.reconcile_view()).await??;
-    let mut session =
-        Session::initiator(view, FRAME_LIMIT).map_err(|e| NetError::Local(e.to_string()))?;
-    let mut report = RoundReport::default();
-    let mut frame = session
-        .initiate()
-        .map_err(|e| NetError::Local(e.to_string()))?;
-    let (mut have, mut need) = (Vec::new(), Vec::new());
-    loop {
-        report.rounds += 1;
-        report.reconcile_bytes += frame.len() as u64;
-        let answer = ex
-            .ask(request::Kind::Reconcile(pb::Frame {
-                frame: frame.into(),
-            }))
-            .await?;
-        let response::Kind::Reconcile(f) = answer else {
-            return Err(ex.unexpected(&answer));
-        };
-        report.reconcile_bytes += f.frame.len() as u64;
-        let step = session
-            .step(&f.frame)
-            .map_err(|source| NetError::Reconcile {
-                peer: peer.short(),
-                source,
-            })?;
-        have.extend(step.have);
-        need.extend(step.need);
-        if have.len() >= MAX_RECONCILE_DIFF || need.len() >= MAX_RECONCILE_DIFF {
-            have.truncate(MAX_RECONCILE_DIFF);
-            need.truncate(MAX_RECONCILE_DIFF);
-            break;
-        }
-        match step.reply {
-            Some(next) => frame = next,
-            None => break,
-        }
-    }
-    report.pulled = pull(&mut ex, store, need).await?;
-    report.pulled += pull_predecessors(&mut ex, store).await?;
-    report.pushed = push(&mut ex, store, have).await?;
-    ex.finish();
-    shared.peers.seen(peer);
-    Ok(report)
-}
-
-/// Fetches `hashes` from the peer of `ex` and applies them; returns how many arrived.
-async fn pull(ex: &mut Exchange, store: &Store, mut hashes: Vec<Hash>) -> Result<u64, NetError> {
-    let mut got = 0;
-    while !hashes.is_empty() {
-        let ask: Vec<Hash> = hashes.iter().take(MAX_WANT).copied().collect();
-        let answer = ex
-            .ask(request::Kind::Want(pb::Want {
-                hashes: ask.iter().map(|h| Bytes::copy_from_slice(&h.0)).collect(),
-            }))
-            .await?;
-        let response::Kind::Intentions(list) = answer else {
-            return Err(ex.unexpected(&answer));
-        };
-        if list.intentions.is_empty() {
-            return Err(NetError::Protocol {
-                peer: ex.peer.short(),
-                what: "it offered intentions it does not send".into(),
-            });
-        }
-        let arrived: std::collections::HashSet<Hash> = list
-            .intentions
-            .iter()
-            .filter_map(|b| Intention::peek(b).map(|(_, h)| h))
-            .collect();
-        let before = hashes.len();
-        hashes.retain(|h| !arrived.contains(h));
-        if hashes.len() == before {
-            return Err(NetError::Protocol {
-                peer: ex.peer.short(),
-                what: "it sent intentions that were not asked for".into(),
-            });
-        }
-        got += list.intentions.len() as u64;
-        let mut sorted = list.intentions;
-        sort_by_hlc(&mut sorted);
-        apply_all(store, sorted).await?;
-    }
-    Ok(got)
-}
-
-/// Asks the peer of `ex` for predecessors that floating intentions wait for (they are
-/// not in reconciliation when voided); returns how many arrived.
-async fn pull_predecessors(ex: &mut Exchange, store: &Store) -> Result<u64, NetError> {
-    let mut got = 0;
-    for _ in 0..PREDECESSOR_ROUNDS {
-        let st = store.clone();
-        let missing = blocking(move || st.missing(MAX_WANT)).await??;
-        if missing.is_empty() {
-            break;
-        }
-        let answer = ex
-            .ask(request::Kind::Want(pb::Want {
-                hashes: missing
-                    .iter()
-                    .map(|h| Bytes::copy_from_slice(&h.0))
-                    .collect(),
-            }))
-            .await?;
-        let response::Kind::Intentions(list) = answer else {
-            return Err(ex.unexpected(&answer));
-        };
-        if list.intentions.is_empty() {
-            break;
-        }
-        got += list.intentions.len() as u64;
-        apply_all(store, list.intentions).await?;
-    }
-    Ok(got)
-}
-
-/// Sends the intentions `hashes` to the peer of `ex` in bounded batches.
-async fn push(ex: &mut Exchange, store: &Store, hashes: Vec<Hash>) -> Result<u64, NetError> {
-    let mut sent = 0;
-    let mut rest = hashes;
-    while !rest.is_empty() {
-        let st = store.clone();
-        let ask = rest.clone();
-        let batch = blocking(move || st.get(ask, BATCH_BYTES)).await??;
-        if batch.is_empty() {
-            break;
-        }
-        let shipped: std::collections::HashSet<Hash> = batch
-            .iter()
-            .filter_map(|b| Intention::peek(b).map(|(_, h)| h))
-            .collect();
-        let before = rest.len();
-        rest.retain(|h| !shipped.contains(h));
-        if rest.len() == before {
-            return Err(NetError::Local(
-                "stored intention bytes do not match their hashes".into(),
-            ));
-        }
-        sent += batch.len() as u64;
-        let answer = ex
-            .ask(request::Kind::Push(pb::Intentions { intentions: batch }))
-            .await?;
-        if !matches!(answer, response::Kind::Pushed(_)) {
-            return Err(ex.unexpected(&answer));
-        }
-    }
-    Ok(sent)
-}
-
-/// Orders intention bytes by their HLC, so causal predecessors mostly come first.
-fn sort_by_hlc(list: &mut [Bytes]) {
-    list.sort_by_cached_key(Intention::peek);
-}
-
-/// Fetches one intention `hash` announced by `peer` and applies it.
-pub async fn fetch_one(
-    shared: &Arc<Shared>,
-    store: &Store,
-    peer: PublicKey,
-    hash: Hash,
-) -> Result<u64, NetError> {
-    let mut ex = Exchange::open_member(shared, peer, store).await?;
-    let n = pull(&mut ex, store, vec![hash]).await?;
-    ex.finish();
-    Ok(n)
-}
-
 /// Rebuilds chunk `chunk` (`len` bytes) of `store` from the local chunk `base` and the
 /// blocks `peer` says differ, checks its hash and stores it. Fails (the caller then
 /// fetches the whole chunk) if the peer refuses, the base is gone or the result does not
@@ -751,22 +501,4 @@ pub async fn patch_chunk(
         Ok(())
     })
     .await?
-}
-
-/// Asks member `peer` for the gossip secret of `store` (for a member that lacks it).
-pub async fn topic_secret(
-    shared: &Arc<Shared>,
-    store: &Store,
-    peer: PublicKey,
-) -> Result<[u8; 32], NetError> {
-    let mut ex = Exchange::open_member(shared, peer, store).await?;
-    let answer = ex.ask(request::Kind::AskSecret(pb::AskSecret {})).await?;
-    let response::Kind::TopicSecret(t) = answer else {
-        return Err(ex.unexpected(&answer));
-    };
-    ex.finish();
-    t.secret[..].try_into().map_err(|_| NetError::Protocol {
-        peer: peer.short(),
-        what: "its gossip secret is not 32 bytes".into(),
-    })
 }

@@ -52,19 +52,16 @@ use crate::node::{Node, NodeError};
 use crate::store::{Store, StoreError};
 use crate::wire::FrameError;
 use peers::PeerBook;
-use replica::{Cmd, ReplicaHandle};
+use replica::ReplicaHandle;
 use settings::{FetchMode, Settings};
 
-pub use client::{JoinProgress, Revoked, MAX_RECONCILE_DIFF};
-pub use replica::SyncReport;
-pub use serve::MAX_WANT;
+pub use crate::sync::replica::{RoundReport, SyncReport, GOSSIP_MAX, MAX_RECONCILE_DIFF, MAX_WANT};
+pub use client::{JoinProgress, Revoked};
 
 /// ALPN of the lattice sync protocol; the suffix is its version.
 pub const SYNC_ALPN: &[u8] = b"lattice/sync/1";
 /// Largest sync protocol frame (a maximal intention plus framing fits).
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;
-/// Largest gossip message; intentions up to about this size travel inline.
-pub const GOSSIP_MAX: usize = 32 * 1024;
 /// How long a dial or a request to a peer may take before it counts as failed.
 pub const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest first frame of a peer that is a member of no store here: a `Redeem` (a
@@ -262,8 +259,8 @@ pub(crate) struct Shared {
     pub read_fetches: Mutex<std::collections::HashSet<iroh_blobs::Hash>>,
     /// Chunks rebuilt from patches instead of fetched whole, since start.
     pub patched: std::sync::atomic::AtomicU64,
-    /// Per (store, peer): the turn of reconciliation rounds, so they never overlap.
-    pub reconciling: Mutex<HashMap<(StoreId, PublicKey), Arc<ReconcileSlot>>>,
+    /// Ids of acceptor-side conversations (sync streams served), unique per node.
+    pub next_conv: std::sync::atomic::AtomicU64,
     /// How long a stream's first frame may take (default [`FIRST_FRAME_TIMEOUT`]).
     pub first_frame_timeout: Mutex<Duration>,
     /// Per peer with open sync connections: its budget of request bytes in flight.
@@ -332,7 +329,7 @@ impl Net {
             settings: Mutex::new(HashMap::new()),
             read_fetches: Mutex::new(std::collections::HashSet::new()),
             patched: std::sync::atomic::AtomicU64::new(0),
-            reconciling: Mutex::new(HashMap::new()),
+            next_conv: std::sync::atomic::AtomicU64::new(1),
             first_frame_timeout: Mutex::new(FIRST_FRAME_TIMEOUT),
             budgets: Mutex::new(HashMap::new()),
             serving: std::sync::atomic::AtomicUsize::new(0),
@@ -390,11 +387,7 @@ impl Net {
 
     /// Reconciles store `name` with every member now.
     pub async fn sync(&self, name: &str) -> Result<SyncReport, NetError> {
-        let handle = self.shared.replica(name)?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        handle.send(Cmd::Sync(tx));
-        rx.await
-            .map_err(|_| NetError::Local("the store's replica stopped".into()))?
+        self.shared.replica(name)?.sync().await
     }
 
     /// Pauses (`paused`) or resumes network activity of store `name`, or of every store.
@@ -651,7 +644,7 @@ impl Shared {
         *s = next;
         drop(settings);
         if let Some(h) = self.replicas.lock().get(&store.id()) {
-            h.send(Cmd::Settings(next));
+            h.settings(next);
         }
         Ok(())
     }
@@ -763,26 +756,6 @@ async fn bind(
         }
     }
     attempt(wanted).await
-}
-
-/// Serializes reconciliation rounds with one peer about one store.
-#[derive(Default)]
-pub(crate) struct ReconcileSlot {
-    /// Held while a round runs.
-    pub turn: tokio::sync::Mutex<()>,
-    /// A hint arrived while a round ran: run once more.
-    pub again: std::sync::atomic::AtomicBool,
-}
-
-impl Shared {
-    /// The reconciliation slot of (`store`, `peer`).
-    pub fn reconcile_slot(&self, store: StoreId, peer: PublicKey) -> Arc<ReconcileSlot> {
-        self.reconciling
-            .lock()
-            .entry((store, peer))
-            .or_default()
-            .clone()
-    }
 }
 
 /// Runs blocking work (store, content store) off the async workers.

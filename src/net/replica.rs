@@ -1,608 +1,622 @@
-//! One task per store: while not paused it subscribes to the store's gossip topic
-//! (derived from its secret, `topic`), broadcasts each newly sealed intention (inline
-//! when it fits in a gossip message, else its hash), applies or pulls what members
-//! announce, reconciles with a neighbour that is a member when it appears and with every
-//! member on an anti-entropy timer that backs off while nothing changes, fetches
-//! referenced blobs (eager mode), and cuts off revoked peers.
+//! The driver of one store's [`Replica`] (the protocol itself is `sync::replica`): a
+//! dedicated thread owns the replica and feeds it events one at a time (store calls
+//! happen inside `handle`, so it runs off the async workers); an async task carries out
+//! its actions in order. Inputs come from the store's event channel, the gossip
+//! subscription, `serve.rs` (requests of other nodes, routed here by store id), the
+//! opener streams of this node's conversations, the wake timer, `sync` and settings.
 //!
-//! Gossip from a neighbour that is not a current member of the store is ignored: it is
-//! never applied, pulled from or reconciled with. Received messages go through a queue
-//! of [`GOSSIP_QUEUE`] handled by one worker; when it is full the message is dropped
-//! (anti-entropy brings what it announced).
+//! Nothing here decides what to send, to whom or when: a `Send` opens (or reuses) the
+//! stream of its conversation and returns the answer as `Event::Answer`; a `Reply` goes
+//! to the stream task serving that conversation; `WakeAt` arms one timer; `Fetch` runs
+//! `blobs`; `Subscribe`/`Broadcast`/`JoinPeers` use iroh-gossip. Transport limits stay
+//! here: received gossip waits in a queue of at most [`GOSSIP_QUEUE`] messages (more are
+//! dropped; anti-entropy brings what they announced).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use iroh_gossip::api::{Event, GossipSender};
-use iroh_gossip::proto::TopicId;
+use iroh::endpoint::{RecvStream, SendStream};
+use iroh_gossip::api::{Event as GossipEvent, GossipSender};
 use n0_future::StreamExt;
-use prost::Message;
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
 
-use crate::fs::op::{Content, FileId};
+use crate::hlc::now_ms;
 use crate::identity::PublicKey;
-use crate::intention::Hash;
-use crate::net::client::{self, RoundReport};
+use crate::net::client::connection;
 use crate::net::peers::{endpoint_id, node_key};
 use crate::net::settings::{FetchMode, Settings};
-use crate::net::{blobs, blocking, topic, NetError, Shared, GOSSIP_MAX};
-use crate::proto::peer::{gossip, Gossip};
-use crate::store::{ApplyOutcome, Store, StoreEvent};
+use crate::net::{blobs, topic, NetError, Shared, MAX_FRAME, PEER_TIMEOUT};
+use crate::proto::peer::{self as pb, request, response};
+use crate::store::{Store, StoreEvent};
+use crate::sync::replica::{
+    Action, Conv, Event, Failure, FetchOrder, Mode, Replica, SyncReport, Ticket,
+};
+use crate::sync::{Refusal, RefusalCode};
+use crate::wire::{read_frame, write_frame};
 
-/// First anti-entropy interval, and the interval after a round that moved something.
-pub const ANTI_ENTROPY_MIN: Duration = Duration::from_secs(2);
-/// Longest anti-entropy interval while rounds find nothing to do.
-pub const ANTI_ENTROPY_MAX: Duration = Duration::from_secs(30);
-/// Received gossip messages waiting for the store's gossip worker; more are dropped
-/// (at most this many × [`GOSSIP_MAX`] bytes wait per store).
+/// Received gossip messages waiting for the store's replica; more are dropped (at most
+/// this many × `GOSSIP_MAX` bytes wait per store).
 pub const GOSSIP_QUEUE: usize = 256;
 
-/// When the next anti-entropy pass is due.
-#[derive(Debug)]
-struct Schedule {
-    interval: Duration,
-    due: Instant,
+/// What the replica thread takes.
+enum Input {
+    /// An event for the replica.
+    Event(Event),
+    /// A received gossip message (counted against [`GOSSIP_QUEUE`]).
+    Gossip(Event),
+    /// Stop the thread.
+    Stop,
 }
 
-impl Schedule {
-    /// The first pass is due [`ANTI_ENTROPY_MIN`] after `now`.
-    fn new(now: Instant) -> Self {
-        Schedule {
-            interval: ANTI_ENTROPY_MIN,
-            due: now + ANTI_ENTROPY_MIN,
-        }
-    }
-
-    /// A local change at `now`: a pass confirms it within [`ANTI_ENTROPY_MIN`], and a
-    /// pass already due sooner is not put off, so a steady writer gets one every MIN.
-    fn local_change(&mut self, now: Instant) {
-        self.interval = ANTI_ENTROPY_MIN;
-        self.due = self.due.min(now + ANTI_ENTROPY_MIN);
-    }
-
-    /// A pass ended at `now`: the next is due after MIN if it did anything (`busy`),
-    /// else after twice the last interval, at most [`ANTI_ENTROPY_MAX`].
-    fn passed(&mut self, now: Instant, busy: bool) {
-        self.interval = if busy {
-            ANTI_ENTROPY_MIN
-        } else {
-            (self.interval * 2).min(ANTI_ENTROPY_MAX)
-        };
-        self.due = now + self.interval;
-    }
+/// An answer for an acceptor-side stream.
+pub(crate) enum Out {
+    /// Write this answer; `last`: finish the stream after it.
+    Reply(response::Kind, bool),
+    /// Write this refusal and finish the stream.
+    Refuse(Refusal),
 }
 
-/// Orders for a replica task.
-pub enum Cmd {
-    /// Reconcile with every member now and report.
-    Sync(oneshot::Sender<Result<SyncReport, NetError>>),
-    /// New local settings (pause, resume, fetch mode).
-    Settings(Settings),
-    /// Stop the task.
-    Stop(oneshot::Sender<()>),
-}
-
-/// What `sync` did for a store.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SyncReport {
-    /// Members reconciled with.
-    pub peers: u32,
-    /// Members that could not be reached, with why.
-    pub failed: Vec<(PublicKey, String)>,
-    /// Totals over the rounds.
-    pub total: RoundReport,
-}
-
-/// The handle of a running replica task.
+/// The handle of a running replica driver.
 #[derive(Clone)]
 pub struct ReplicaHandle {
-    cmds: mpsc::UnboundedSender<Cmd>,
-    counters: Arc<Counters>,
-    task: Arc<parking_lot::Mutex<Option<JoinHandle<()>>>>,
+    inner: Arc<Inner>,
 }
 
-#[derive(Default)]
-struct Counters {
+struct Inner {
+    store: Store,
+    inputs: mpsc::UnboundedSender<Input>,
+    /// Gossip messages waiting in `inputs`.
+    gossip_waiting: AtomicUsize,
     unsent: AtomicU64,
     missing: AtomicU64,
+    /// Acceptor-side streams by (opener, conversation).
+    routes: Mutex<HashMap<(PublicKey, Conv), mpsc::UnboundedSender<Out>>>,
+    /// `sync` calls waiting for their report.
+    tickets: Mutex<HashMap<Ticket, oneshot::Sender<SyncReport>>>,
+    next_ticket: AtomicU64,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl ReplicaHandle {
-    /// Sends `cmd`; a stopped task drops it.
-    pub fn send(&self, cmd: Cmd) {
-        let _ = self.cmds.send(cmd);
+    fn event(&self, event: Event) {
+        let _ = self.inner.inputs.send(Input::Event(event));
     }
 
-    /// (local intentions not yet confirmed sent, blobs known missing).
+    /// (local intentions not yet confirmed sent, failed blob fetches).
     pub fn counters(&self) -> (u64, u64) {
         (
-            self.counters.unsent.load(Ordering::Relaxed),
-            self.counters.missing.load(Ordering::Relaxed),
+            self.inner.unsent.load(Ordering::Relaxed),
+            self.inner.missing.load(Ordering::Relaxed),
         )
     }
 
-    /// Stops the task and waits for it.
-    pub async fn stop(&self) {
+    /// New local settings.
+    pub fn settings(&self, s: Settings) {
+        self.event(Event::Settings(mode(s)));
+    }
+
+    /// Runs a sync pass with every member and returns its report.
+    pub async fn sync(&self) -> Result<SyncReport, NetError> {
+        let ticket = Ticket(self.inner.next_ticket.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
-        self.send(Cmd::Stop(tx));
-        let _ = tokio::time::timeout(Duration::from_secs(5), rx).await;
-        if let Some(task) = self.task.lock().take() {
+        self.inner.tickets.lock().insert(ticket, tx);
+        self.event(Event::Sync(ticket));
+        let report = rx
+            .await
+            .map_err(|_| NetError::Local("the store's replica stopped".into()))?;
+        if report.paused {
+            return Err(NetError::Paused(crate::node::store_name(&self.inner.store)));
+        }
+        Ok(report)
+    }
+
+    /// Hands request `request` of `from` on `conv` to the replica; its answers go to
+    /// `out` (registered on the conversation's first request).
+    pub(crate) fn request(
+        &self,
+        from: PublicKey,
+        conv: Conv,
+        request: pb::Request,
+        out: &mpsc::UnboundedSender<Out>,
+    ) {
+        self.inner
+            .routes
+            .lock()
+            .entry((from, conv))
+            .or_insert_with(|| out.clone());
+        self.event(Event::Request {
+            from,
+            conv,
+            request,
+        });
+    }
+
+    /// A `Reply { last: false }` on `conv` of `to` was written.
+    pub(crate) fn drained(&self, to: PublicKey, conv: Conv) {
+        self.event(Event::Drained { to, conv });
+    }
+
+    /// The opener finished or dropped `conv`.
+    pub(crate) fn closed(&self, from: PublicKey, conv: Conv) {
+        self.inner.routes.lock().remove(&(from, conv));
+        self.event(Event::Closed { from, conv });
+    }
+
+    /// Stops the driver and waits for its thread.
+    pub async fn stop(&self) {
+        let _ = self.inner.inputs.send(Input::Stop);
+        for task in self.inner.tasks.lock().drain(..) {
             task.abort();
         }
+        let thread = self.inner.thread.lock().take();
+        if let Some(thread) = thread {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::task::spawn_blocking(move || thread.join()),
+            )
+            .await;
+        }
     }
 }
 
-/// Starts the replica task of `store`.
+fn mode(s: Settings) -> Mode {
+    Mode {
+        paused: s.paused,
+        eager: s.fetch == FetchMode::Eager,
+    }
+}
+
+/// Starts the driver of `store`'s replica.
 pub fn spawn(shared: Weak<Shared>, store: Store, settings: Settings) -> ReplicaHandle {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let counters = Arc::new(Counters::default());
-    let task = tokio::spawn(run(shared, store, settings, rx, counters.clone()));
-    ReplicaHandle {
-        cmds: tx,
-        counters,
-        task: Arc::new(parking_lot::Mutex::new(Some(task))),
+    let (inputs, rx) = mpsc::unbounded_channel();
+    let (acts_tx, acts_rx) = mpsc::unbounded_channel();
+    let handle = ReplicaHandle {
+        inner: Arc::new(Inner {
+            store: store.clone(),
+            inputs,
+            gossip_waiting: AtomicUsize::new(0),
+            unsent: AtomicU64::new(0),
+            missing: AtomicU64::new(0),
+            routes: Mutex::new(HashMap::new()),
+            tickets: Mutex::new(HashMap::new()),
+            next_ticket: AtomicU64::new(1),
+            tasks: Mutex::new(Vec::new()),
+            thread: Mutex::new(None),
+        }),
+    };
+    let events = store.subscribe();
+    let thread = {
+        let (h, shared) = (Arc::downgrade(&handle.inner), shared.clone());
+        std::thread::Builder::new()
+            .name(format!("replica-{}", &store.id().to_hex()[..8]))
+            .spawn(move || run(h, shared, store, settings, rx, acts_tx))
+            .expect("the OS starts a thread for each store's replica")
+    };
+    *handle.inner.thread.lock() = Some(thread);
+    let forward = tokio::spawn(forward_store_events(handle.clone(), events));
+    let exec = tokio::spawn(execute(shared, handle.clone(), acts_rx));
+    handle.inner.tasks.lock().extend([forward, exec]);
+    handle
+}
+
+/// The replica thread: feeds inputs to the replica, hands its actions on.
+fn run(
+    handle: Weak<Inner>,
+    shared: Weak<Shared>,
+    store: Store,
+    settings: Settings,
+    mut inputs: mpsc::UnboundedReceiver<Input>,
+    actions: mpsc::UnboundedSender<Vec<Action>>,
+) {
+    let secret = match shared.upgrade().map(|sh| sh.topic_secret(&store)) {
+        Some(Ok(secret)) => secret,
+        Some(Err(e)) => {
+            tracing::warn!(store = %store.id().to_hex(), "gossip secret: {e}");
+            None
+        }
+        None => return,
+    };
+    let Some(me) = shared.upgrade().map(|sh| sh.me()) else {
+        return;
+    };
+    let (mut replica, first) = Replica::new(store, me, secret, mode(settings), now_ms());
+    if actions.send(first).is_err() {
+        return;
+    }
+    while let Some(input) = inputs.blocking_recv() {
+        let event = match input {
+            Input::Stop => return,
+            Input::Event(e) => e,
+            Input::Gossip(e) => {
+                if let Some(h) = handle.upgrade() {
+                    h.gossip_waiting.fetch_sub(1, Ordering::Relaxed);
+                }
+                e
+            }
+        };
+        let out = replica.handle(event, now_ms());
+        if let Some(h) = handle.upgrade() {
+            h.unsent.store(replica.unsent(), Ordering::Relaxed);
+            h.missing.store(replica.missing(), Ordering::Relaxed);
+        }
+        if !out.is_empty() && actions.send(out).is_err() {
+            return;
+        }
     }
 }
 
-struct Replica {
-    shared: Weak<Shared>,
-    store: Store,
-    settings: Settings,
-    counters: Arc<Counters>,
-    /// Local intentions sealed since the last round that reached a peer.
-    unsent: Vec<Bytes>,
-    /// Each file's content pieces as last seen, so an edit's changed chunks can be
-    /// patched from the chunks they replace (files with inline content only are left out).
-    known: HashMap<FileId, Vec<Content>>,
+/// Turns the store's events into replica events.
+async fn forward_store_events(
+    handle: ReplicaHandle,
+    mut events: tokio::sync::broadcast::Receiver<StoreEvent>,
+) {
+    loop {
+        let event = match events.recv().await {
+            Ok(StoreEvent::Sealed(list)) => Event::Sealed(list),
+            Ok(StoreEvent::Applied { files, .. }) => Event::Applied(Some(files)),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Event::Applied(None),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        handle.event(event);
+    }
 }
 
-async fn run(
+/// The action side of one driver: transport state and the order actions came in.
+struct Exec {
     shared: Weak<Shared>,
-    store: Store,
-    settings: Settings,
-    mut cmds: mpsc::UnboundedReceiver<Cmd>,
-    counters: Arc<Counters>,
+    handle: ReplicaHandle,
+    /// Opener-side conversations: where their next requests go.
+    convs: HashMap<Conv, mpsc::UnboundedSender<request::Kind>>,
+    gossip: Option<(GossipSender, JoinHandle<()>)>,
+    timer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Exec {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.gossip.take() {
+            task.abort();
+        }
+        if let Some(t) = self.timer.take() {
+            t.abort();
+        }
+    }
+}
+
+async fn execute(
+    shared: Weak<Shared>,
+    handle: ReplicaHandle,
+    mut actions: mpsc::UnboundedReceiver<Vec<Action>>,
 ) {
-    let mut r = Replica {
+    let mut x = Exec {
         shared,
-        store,
-        settings,
-        counters,
-        unsent: Vec::new(),
-        known: HashMap::new(),
+        handle,
+        convs: HashMap::new(),
+        gossip: None,
+        timer: None,
     };
-    r.known = r.store.read(|s| {
-        s.file_ids()
-            .into_iter()
-            .map(|f| (f, s.blob_pieces(f)))
-            .filter(|(_, pieces)| !pieces.is_empty())
-            .collect()
-    });
+    while let Some(list) = actions.recv().await {
+        let Some(shared) = x.shared.upgrade() else {
+            return;
+        };
+        for action in list {
+            x.act(&shared, action).await;
+        }
+    }
+}
+
+impl Exec {
+    async fn act(&mut self, shared: &Arc<Shared>, action: Action) {
+        let store = &self.handle.inner.store;
+        match action {
+            Action::Send {
+                conv,
+                peer,
+                request,
+            } => {
+                let tx = self.convs.entry(conv).or_insert_with(|| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let (sh, h) = (Arc::downgrade(shared), self.handle.clone());
+                    tokio::spawn(open_conversation(sh, h, conv, peer, rx));
+                    tx
+                });
+                let _ = tx.send(request);
+            }
+            Action::Finish(conv) => {
+                self.convs.remove(&conv);
+            }
+            Action::Reply {
+                to,
+                conv,
+                mut response,
+                last,
+            } => {
+                if let response::Kind::Redeemed(r) = &mut response {
+                    fill_addrs(shared, &mut r.peers);
+                }
+                let routes = &self.handle.inner.routes;
+                let out = if last {
+                    routes.lock().remove(&(to, conv))
+                } else {
+                    routes.lock().get(&(to, conv)).cloned()
+                };
+                if let Some(out) = out {
+                    let _ = out.send(Out::Reply(response, last));
+                }
+            }
+            Action::Refuse { to, conv, refusal } => {
+                if let Some(out) = self.handle.inner.routes.lock().remove(&(to, conv)) {
+                    let _ = out.send(Out::Refuse(refusal));
+                }
+            }
+            Action::Subscribe { secret, peers } => self.subscribe(shared, secret, peers).await,
+            Action::Unsubscribe => {
+                if let Some((_, task)) = self.gossip.take() {
+                    task.abort();
+                }
+            }
+            Action::Broadcast(msg) => {
+                if let Some((sender, _)) = &self.gossip {
+                    if let Err(e) = sender.broadcast(msg).await {
+                        tracing::debug!("gossip broadcast failed: {e:#}");
+                    }
+                }
+            }
+            Action::JoinPeers(peers) => {
+                if let Some((sender, _)) = &self.gossip {
+                    let ids = peers.iter().filter_map(endpoint_id).collect();
+                    if let Err(e) = sender.join_peers(ids).await {
+                        tracing::debug!("gossip rejoin failed: {e:#}");
+                    }
+                }
+            }
+            Action::SaveSecret(secret) => {
+                if let Err(e) = shared.adopt_topic_secret(store, secret) {
+                    tracing::warn!("{e}");
+                }
+            }
+            Action::Learn { peer, addrs } => {
+                shared
+                    .peers
+                    .learn(peer, addrs.iter().filter_map(|a| a.parse().ok()));
+            }
+            Action::Fetch(order) => {
+                let (sh, st, h) = (shared.clone(), store.clone(), self.handle.clone());
+                tokio::spawn(async move {
+                    let all = order == FetchOrder::All;
+                    let result = match order {
+                        FetchOrder::All => blobs::fetch_all(&sh, &st).await,
+                        FetchOrder::Files { files, changes } => {
+                            blobs::fetch_files(&sh, &st, files, changes).await
+                        }
+                    };
+                    match &result {
+                        Ok(n) if *n > 0 => tracing::debug!(blobs = n, "fetched content"),
+                        Ok(_) => {}
+                        Err(e) => tracing::info!("fetching content failed, will retry: {e}"),
+                    }
+                    h.event(Event::Fetched {
+                        all,
+                        ok: result.is_ok(),
+                    });
+                });
+            }
+            Action::CutOff(key) => crate::net::client::cut_off(shared, &key),
+            Action::Redial(peer) => {
+                shared.conns.lock().remove(&peer);
+            }
+            Action::WakeAt(at) => {
+                if let Some(t) = self.timer.take() {
+                    t.abort();
+                }
+                let h = self.handle.clone();
+                let wait = Duration::from_millis(at.saturating_sub(now_ms()));
+                self.timer = Some(tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    h.event(Event::Wake);
+                }));
+            }
+            Action::Synced(ticket, report) => {
+                if let Some(tx) = self.handle.inner.tickets.lock().remove(&ticket) {
+                    let _ = tx.send(report);
+                }
+            }
+        }
+    }
+
+    /// Joins the gossip topic of `secret` through `peers` and pumps what it receives
+    /// into the replica.
+    async fn subscribe(&mut self, shared: &Arc<Shared>, secret: [u8; 32], peers: Vec<PublicKey>) {
+        if let Some((_, task)) = self.gossip.take() {
+            task.abort();
+        }
+        let bootstrap = peers.iter().filter_map(endpoint_id).collect();
+        match shared
+            .gossip
+            .subscribe(topic::topic(&secret), bootstrap)
+            .await
+        {
+            Ok(topic) => {
+                let (sender, receiver) = topic.split();
+                let pump = tokio::spawn(pump_gossip(self.handle.clone(), receiver));
+                self.gossip = Some((sender, pump));
+                self.handle.event(Event::GossipUp(true));
+            }
+            Err(e) => {
+                let store = &self.handle.inner.store;
+                tracing::warn!(store = %store.id().to_hex(), "cannot join the gossip topic: {e:#}");
+                self.handle.event(Event::GossipUp(false));
+            }
+        }
+    }
+}
+
+/// Feeds received gossip to the replica, dropping messages beyond [`GOSSIP_QUEUE`].
+async fn pump_gossip(handle: ReplicaHandle, mut receiver: iroh_gossip::api::GossipReceiver) {
     loop {
-        if r.settings.paused {
-            match cmds.recv().await {
-                None => return,
-                Some(Cmd::Stop(done)) => {
-                    let _ = done.send(());
+        match receiver.next().await {
+            Some(Ok(GossipEvent::NeighborUp(id))) => {
+                handle.event(Event::NeighborUp(node_key(&id)));
+            }
+            Some(Ok(GossipEvent::Received(msg))) => {
+                let waiting = &handle.inner.gossip_waiting;
+                if waiting.fetch_add(1, Ordering::Relaxed) >= GOSSIP_QUEUE {
+                    waiting.fetch_sub(1, Ordering::Relaxed);
+                    tracing::debug!("gossip queue full: dropped a message");
+                    continue;
+                }
+                let event = Event::Gossip {
+                    from: node_key(&msg.delivered_from),
+                    message: msg.content,
+                };
+                if handle.inner.inputs.send(Input::Gossip(event)).is_err() {
                     return;
                 }
-                Some(Cmd::Settings(s)) => r.settings = s,
-                Some(Cmd::Sync(reply)) => {
-                    let name = crate::node::store_name(&r.store);
-                    let _ = reply.send(Err(NetError::Paused(name)));
-                }
             }
+            Some(Ok(GossipEvent::NeighborDown(_) | GossipEvent::Lagged)) => {}
+            Some(Err(e)) => {
+                tracing::debug!("gossip receiver failed: {e:#}");
+                handle.event(Event::GossipUp(false));
+                return;
+            }
+            None => {
+                handle.event(Event::GossipUp(false));
+                return;
+            }
+        }
+    }
+}
+
+/// Gives the members a `Redeemed` answer lists the addresses this node knows (its own
+/// for itself), dropping those it knows none for.
+fn fill_addrs(shared: &Shared, peers: &mut Vec<pb::PeerAddrs>) {
+    let me = shared.me();
+    for p in peers.iter_mut() {
+        let Ok(id) = <[u8; 32]>::try_from(&p.id[..]) else {
             continue;
-        }
-        match r.active(&mut cmds).await {
-            Flow::Stop => return,
-            Flow::Paused => {}
-        }
+        };
+        let key = PublicKey(id);
+        let addrs = if key == me {
+            shared.direct_addrs()
+        } else {
+            shared.peers.addrs(&key)
+        };
+        p.addrs = addrs.iter().map(|a| a.to_string()).collect();
     }
+    peers.retain(|p| !p.addrs.is_empty());
 }
 
-enum Flow {
-    Stop,
-    Paused,
-}
-
-impl Replica {
-    fn shared(&self) -> Option<Arc<Shared>> {
-        self.shared.upgrade()
-    }
-
-    /// Runs while the store is not paused.
-    async fn active(&mut self, cmds: &mut mpsc::UnboundedReceiver<Cmd>) -> Flow {
-        let Some(shared) = self.shared() else {
-            return Flow::Stop;
-        };
-        let mut events = self.store.subscribe();
-        let Some(topic) = self.topic(&shared).await else {
-            // Not subscribed until a member hands the secret over; anti-entropy goes on.
-            sync_members(&shared, &self.store).await;
-            tokio::time::sleep(ANTI_ENTROPY_MIN).await;
-            return Flow::Paused;
-        };
-        let bootstrap: Vec<iroh::EndpointId> = shared
-            .other_members(&self.store)
-            .iter()
-            .filter_map(endpoint_id)
-            .collect();
-        let (sender, mut receiver) = match shared.gossip.subscribe(topic, bootstrap).await {
-            Ok(t) => t.split(),
-            Err(e) => {
-                tracing::warn!(store = %self.store.id().to_hex(), "cannot join the gossip topic: {e:#}");
-                tokio::time::sleep(ANTI_ENTROPY_MIN).await;
-                return Flow::Paused;
-            }
-        };
-        drop(shared);
-        let (queue, inbox) = mpsc::channel(GOSSIP_QUEUE);
-        let _worker = AbortOnDrop(tokio::spawn(gossip_worker(
-            self.shared.clone(),
-            self.store.clone(),
-            inbox,
-        )));
-        if self.settings.fetch == FetchMode::Eager {
-            self.spawn_fetch_all();
-        }
-        self.spawn_sync_all(None);
-        let mut schedule = Schedule::new(Instant::now());
-        loop {
-            tokio::select! {
-                cmd = cmds.recv() => match cmd {
-                    None => return Flow::Stop,
-                    Some(Cmd::Stop(done)) => {
-                        let _ = done.send(());
-                        return Flow::Stop;
-                    }
-                    Some(Cmd::Settings(s)) => {
-                        let was_eager = self.settings.fetch == FetchMode::Eager;
-                        self.settings = s;
-                        if s.paused {
-                            return Flow::Paused;
-                        }
-                        if !was_eager && s.fetch == FetchMode::Eager {
-                            self.spawn_fetch_all();
-                        }
-                    }
-                    Some(Cmd::Sync(reply)) => self.spawn_sync_all(Some(reply)),
-                },
-                event = events.recv() => match event {
-                    Ok(StoreEvent::Sealed(list)) => {
-                        self.unsent.extend(list.iter().cloned());
-                        self.counters.unsent.store(self.unsent.len() as u64, Ordering::Relaxed);
-                        self.broadcast(&sender, list).await;
-                        schedule.local_change(Instant::now());
-                    }
-                    Ok(StoreEvent::Applied { files, .. }) => {
-                        self.after_apply(files);
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        let all = self.store.read(|s| s.file_ids());
-                        self.after_apply(all);
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Flow::Stop,
-                },
-                ev = receiver.next() => match ev {
-                    Some(Ok(ev)) => self.on_gossip(ev, &queue),
-                    Some(Err(e)) => {
-                        tracing::debug!("gossip receiver failed: {e:#}");
-                        return Flow::Paused;
-                    }
-                    None => return Flow::Paused,
-                },
-                () = tokio::time::sleep_until(schedule.due) => {
-                    let moved = self.sync_all().await;
-                    if !self.unsent.is_empty() {
-                        self.rejoin(&sender).await;
-                    }
-                    schedule.passed(Instant::now(), moved || !self.unsent.is_empty());
-                }
-            }
-        }
-    }
-
-    /// Broadcasts sealed intentions on the topic, inline when they fit.
-    async fn broadcast(&self, sender: &GossipSender, list: Vec<Bytes>) {
-        for bytes in list {
-            let kind = if bytes.len() + 16 <= GOSSIP_MAX {
-                gossip::Kind::Intention(bytes)
-            } else {
-                let Some((_, hash)) = crate::intention::Intention::peek(&bytes) else {
-                    continue;
-                };
-                gossip::Kind::Hash(Bytes::copy_from_slice(&hash.0))
-            };
-            let msg = Gossip { kind: Some(kind) }.encode_to_vec();
-            if let Err(e) = sender.broadcast(msg.into()).await {
-                tracing::debug!("gossip broadcast failed: {e:#}");
-            }
-        }
-    }
-
-    /// Redials members when local changes have not reached anyone.
-    async fn rejoin(&self, sender: &GossipSender) {
-        let Some(shared) = self.shared() else { return };
-        let peers: Vec<iroh::EndpointId> = shared
-            .other_members(&self.store)
-            .iter()
-            .filter_map(endpoint_id)
-            .collect();
-        if let Err(e) = sender.join_peers(peers).await {
-            tracing::debug!("gossip rejoin failed: {e:#}");
-        }
-    }
-
-    /// The store's gossip topic: from its secret, asked of members when this node lacks it.
-    async fn topic(&self, shared: &Arc<Shared>) -> Option<TopicId> {
-        let (sh, st) = (shared.clone(), self.store.clone());
-        match blocking(move || sh.topic_secret(&st)).await.and_then(|r| r) {
-            Ok(Some(secret)) => return Some(topic::topic(&secret)),
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(store = %self.store.id().to_hex(), "gossip secret: {e}");
-                return None;
-            }
-        }
-        for peer in shared.other_members(&self.store) {
-            match client::topic_secret(shared, &self.store, peer).await {
-                Ok(secret) => match shared.adopt_topic_secret(&self.store, secret) {
-                    Ok(()) => return Some(topic::topic(&secret)),
-                    Err(e) => tracing::warn!("{e}"),
-                },
-                Err(e) => tracing::debug!(peer = %peer.short(), "no gossip secret from it: {e}"),
-            }
-        }
-        tracing::info!(store = %self.store.id().to_hex(), "no member has handed over the gossip secret yet");
-        None
-    }
-
-    /// Acts on a gossip event if the neighbour is a current member of the store.
-    fn on_gossip(&self, ev: Event, queue: &mpsc::Sender<(PublicKey, Bytes)>) {
-        let Some(shared) = self.shared() else { return };
-        let (from, content) = match ev {
-            Event::NeighborUp(id) => (node_key(&id), None),
-            Event::Received(msg) => (node_key(&msg.delivered_from), Some(msg.content)),
-            Event::NeighborDown(_) | Event::Lagged => return,
-        };
-        if !shared.is_member(&self.store, &from) {
-            tracing::info!(peer = %from.short(), store = %self.store.id().to_hex(), "ignoring gossip from a non-member");
-            return;
-        }
-        shared.peers.seen(from);
-        match content {
-            None => self.spawn_sync_one(from),
-            Some(content) => {
-                if queue.try_send((from, content)).is_err() {
-                    tracing::debug!(peer = %from.short(), "gossip queue full: dropped a message");
-                }
-            }
-        }
-    }
-
-    fn after_apply(&mut self, files: Vec<FileId>) {
-        let Some(shared) = self.shared() else { return };
-        for key in shared.peers_to_cut(&self.store) {
-            client::cut_off(&shared, &key);
-        }
-        let changes: Vec<(Vec<Content>, Vec<Content>)> = self.store.read(|s| {
-            files
-                .iter()
-                .filter_map(|f| {
-                    let now = s.blob_pieces(*f);
-                    let before = if now.is_empty() {
-                        self.known.remove(f)
-                    } else {
-                        self.known.insert(*f, now.clone())
-                    };
-                    Some((before?, now))
-                })
-                .collect()
-        });
-        if self.settings.fetch != FetchMode::Eager || files.is_empty() {
-            return;
-        }
-        let (store, counters) = (self.store.clone(), self.counters.clone());
-        tokio::spawn(async move {
-            match blobs::fetch_files(&shared, &store, files, changes).await {
-                Ok(n) if n > 0 => tracing::debug!(blobs = n, "fetched content"),
-                Ok(_) => {}
-                Err(e) => {
-                    counters.missing.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!("fetching content failed, will retry: {e}");
-                }
-            }
-        });
-    }
-
-    fn spawn_fetch_all(&self) {
-        let Some(shared) = self.shared() else { return };
-        let (store, counters) = (self.store.clone(), self.counters.clone());
-        tokio::spawn(async move {
-            match blobs::fetch_all(&shared, &store).await {
-                Ok(_) => counters.missing.store(0, Ordering::Relaxed),
-                Err(e) => tracing::info!("fetching content failed, will retry: {e}"),
-            }
-        });
-    }
-
-    fn spawn_sync_one(&self, peer: PublicKey) {
-        let (weak, store) = (self.shared.clone(), self.store.clone());
-        tokio::spawn(async move {
-            let Some(shared) = weak.upgrade() else { return };
-            if let Err(e) = client::reconcile_hint(&shared, &store, peer).await {
-                tracing::debug!(peer = %peer.short(), "reconcile failed: {e}");
-            }
-        });
-    }
-
-    /// Reconciles with every member in the background, answering `reply` when done.
-    fn spawn_sync_all(&self, reply: Option<oneshot::Sender<Result<SyncReport, NetError>>>) {
-        let (weak, store) = (self.shared.clone(), self.store.clone());
-        tokio::spawn(async move {
-            let Some(shared) = weak.upgrade() else { return };
-            let report = sync_members(&shared, &store).await;
-            if let Some(reply) = reply {
-                let _ = reply.send(Ok(report));
-            }
-        });
-    }
-
-    /// One anti-entropy pass; true if anything moved or local changes reached a peer.
-    async fn sync_all(&mut self) -> bool {
-        let Some(shared) = self.shared() else {
-            return false;
-        };
-        let report = sync_members(&shared, &self.store).await;
-        if report.peers > 0 {
-            self.unsent.clear();
-            self.counters.unsent.store(0, Ordering::Relaxed);
-        }
-        if self.settings.fetch == FetchMode::Eager
-            && self.counters.missing.load(Ordering::Relaxed) > 0
-        {
-            self.counters.missing.store(0, Ordering::Relaxed);
-            self.spawn_fetch_all();
-        }
-        report.total.pulled + report.total.pushed > 0
-    }
-}
-
-/// Aborts a task when dropped (the gossip worker ends with its subscription).
-struct AbortOnDrop(JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Handles received gossip messages of `store` one at a time: applies inline
-/// intentions (a floating one hints a reconcile with the sender), pulls announced ones.
-async fn gossip_worker(
+/// One opener-side conversation: dials `peer` (or reuses the connection), opens a
+/// stream, and for each request the replica sends writes it and returns the answer
+/// as `Event::Answer`. Ends when the replica finishes the conversation or it fails.
+async fn open_conversation(
     shared: Weak<Shared>,
-    store: Store,
-    mut inbox: mpsc::Receiver<(PublicKey, Bytes)>,
+    handle: ReplicaHandle,
+    conv: Conv,
+    peer: PublicKey,
+    mut requests: mpsc::UnboundedReceiver<request::Kind>,
 ) {
-    while let Some((from, content)) = inbox.recv().await {
-        let Some(shared) = shared.upgrade() else {
+    let Some(first) = requests.recv().await else {
+        return;
+    };
+    let opened = match shared.upgrade() {
+        Some(sh) => open_stream(&sh, peer).await.map(|s| (s, sh)),
+        None => return,
+    };
+    let ((mut send, mut recv), sh) = match opened {
+        Ok(s) => s,
+        Err(e) => {
+            return handle.event(Event::Answer {
+                conv,
+                answer: Err(Failure::Transport(e.to_string())),
+            })
+        }
+    };
+    let mut addrs: Vec<String> = sh.direct_addrs().iter().map(|a| a.to_string()).collect();
+    drop(sh);
+    let store_id = Bytes::copy_from_slice(&handle.inner.store.id().0);
+    let mut next = Some(first);
+    while let Some(kind) = next.take() {
+        let msg = pb::Request {
+            store_id: store_id.clone(),
+            addrs: std::mem::take(&mut addrs),
+            kind: Some(kind),
+        };
+        let answer = ask(peer, &mut send, &mut recv, &msg).await;
+        let failed = answer.is_err();
+        handle.event(Event::Answer { conv, answer });
+        if failed {
             return;
-        };
-        let Ok(g) = Gossip::decode(content) else {
-            tracing::info!(peer = %from.short(), "dropping a malformed gossip message");
-            continue;
-        };
-        match g.kind {
-            Some(gossip::Kind::Intention(bytes)) => {
-                let st = store.clone();
-                match blocking(move || st.apply_remote(bytes)).await {
-                    Ok(Ok(ApplyOutcome::Floating { .. })) => {
-                        let (sh, st) = (shared.clone(), store.clone());
-                        tokio::spawn(async move {
-                            if let Err(e) = client::reconcile_hint(&sh, &st, from).await {
-                                tracing::debug!(peer = %from.short(), "reconcile failed: {e}");
-                            }
-                        });
-                    }
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e)) => {
-                        tracing::info!(peer = %from.short(), "refused a gossiped intention: {e}")
-                    }
-                    Err(e) => tracing::warn!("{e}"),
-                }
-            }
-            Some(gossip::Kind::Hash(h)) => {
-                let Some(hash) = Hash::from_slice(&h) else {
-                    continue;
-                };
-                if let Err(e) = client::fetch_one(&shared, &store, from, hash).await {
-                    tracing::debug!("pulling an announced intention failed: {e}");
-                }
-            }
-            None => {}
         }
+        next = requests.recv().await;
     }
+    let _ = send.finish();
 }
 
-/// Reconciles `store` with each other member in turn.
-async fn sync_members(shared: &Arc<Shared>, store: &Store) -> SyncReport {
-    let mut report = SyncReport::default();
-    for peer in shared.other_members(store) {
-        match client::reconcile(shared, store, peer).await {
-            Ok(r) => {
-                report.peers += 1;
-                report.total.rounds += r.rounds;
-                report.total.reconcile_bytes += r.reconcile_bytes;
-                report.total.pulled += r.pulled;
-                report.total.pushed += r.pushed;
+async fn open_stream(
+    shared: &Shared,
+    peer: PublicKey,
+) -> Result<(SendStream, RecvStream), NetError> {
+    let conn = connection(shared, peer).await?;
+    tokio::time::timeout(PEER_TIMEOUT, conn.open_bi())
+        .await
+        .map_err(|_| NetError::Stream {
+            peer: peer.short(),
+            reason: "opening a stream timed out".into(),
+        })?
+        .map_err(|e| {
+            shared.conns.lock().remove(&peer);
+            NetError::Stream {
+                peer: peer.short(),
+                reason: e.to_string(),
             }
-            Err(e) => report.failed.push((peer, e.to_string())),
-        }
-    }
-    report
+        })
 }
 
-impl Shared {
-    /// Keys revoked from `store`, whose connections `client::cut_off` closes (all of
-    /// them, or the gossip ones of a key still a member of another store here).
-    pub fn peers_to_cut(&self, store: &Store) -> Vec<PublicKey> {
-        store
-            .read(|s| s.revocation_cuts())
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn idle_passes_back_off_to_the_longest_interval() {
-        let t = Instant::now();
-        let mut s = Schedule::new(t);
-        assert_eq!(s.due, t + ANTI_ENTROPY_MIN);
-        let mut gaps = Vec::new();
-        let mut now = s.due;
-        for _ in 0..6 {
-            s.passed(now, false);
-            gaps.push((s.due - now).as_secs());
-            now = s.due;
-        }
-        assert_eq!(gaps, [4, 8, 16, 30, 30, 30]);
-        s.passed(now, true);
-        assert_eq!(s.due, now + ANTI_ENTROPY_MIN);
-    }
-
-    #[test]
-    fn a_local_change_after_a_long_idle_is_confirmed_within_the_shortest_interval() {
-        let t = Instant::now();
-        let mut s = Schedule::new(t);
-        let mut now = t;
-        for _ in 0..5 {
-            now = s.due;
-            s.passed(now, false);
-        }
-        assert_eq!(s.due, now + ANTI_ENTROPY_MAX);
-        let change = now + Duration::from_secs(1);
-        s.local_change(change);
-        assert_eq!(s.due, change + ANTI_ENTROPY_MIN);
-    }
-
-    #[test]
-    fn a_steady_writer_does_not_put_the_next_pass_off() {
-        let t = Instant::now();
-        let mut s = Schedule::new(t);
-        for ms in (0..5_000).step_by(100) {
-            s.local_change(t + Duration::from_millis(ms));
-        }
-        assert_eq!(s.due, t + ANTI_ENTROPY_MIN);
+/// Writes one request and reads its answer.
+async fn ask(
+    peer: PublicKey,
+    send: &mut SendStream,
+    recv: &mut RecvStream,
+    msg: &pb::Request,
+) -> Result<response::Kind, Failure> {
+    let short = peer.short();
+    let transport = |e: NetError| Failure::Transport(e.to_string());
+    write_frame(send, msg, MAX_FRAME).await.map_err(|source| {
+        transport(NetError::Frame {
+            peer: short.clone(),
+            source,
+        })
+    })?;
+    let answer: Option<pb::Response> =
+        tokio::time::timeout(PEER_TIMEOUT, read_frame(recv, MAX_FRAME))
+            .await
+            .map_err(|_| {
+                transport(NetError::Stream {
+                    peer: short.clone(),
+                    reason: format!("no answer within {} s", PEER_TIMEOUT.as_secs()),
+                })
+            })?
+            .map_err(|source| {
+                transport(NetError::Frame {
+                    peer: short.clone(),
+                    source,
+                })
+            })?;
+    match answer.and_then(|m| m.kind) {
+        Some(response::Kind::Error(text)) => Err(Failure::Refused(Refusal {
+            code: RefusalCode::Other,
+            text,
+        })),
+        Some(kind) => Ok(kind),
+        None => Err(transport(NetError::Stream {
+            peer: short,
+            reason: "the peer closed the stream or sent an empty answer".into(),
+        })),
     }
 }

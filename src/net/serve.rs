@@ -1,7 +1,8 @@
-//! The acceptor side of the sync protocol: one task per stream, answering the opener's
-//! requests about one store. Every request is checked before anything is read from or
-//! written to the store: the store must exist here and not be paused, and the opener
-//! must be a member (except for `Redeem`, which is how a non-member becomes one).
+//! The acceptor side of the sync protocol, as transport: one task per stream reads the
+//! opener's requests, hands each to the replica of the store it names
+//! (`sync::replica` checks membership and answers; only `Redeem` is open to
+//! non-members) and writes the answers the replica sends back. `Patch`, blob-level, is
+//! answered here behind the same check (member of the store, store not paused).
 //!
 //! Limits (constants in `net`): streams served at once per connection (fewer for a
 //! stranger, raised once it is a member), a first frame that must arrive within the
@@ -12,28 +13,25 @@
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
-use bytes::Bytes;
 use iroh::endpoint::{Connection, RecvStream, SendStream};
 use iroh::protocol::{AcceptError, ProtocolHandler};
-use tokio::sync::Semaphore;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::identity::PublicKey;
 use crate::intention::{Hash, StoreId};
 use crate::net::gate::{CLOSE_LIMIT, MAX_CONNS_PER_PEER};
 use crate::net::peers::node_key;
+use crate::net::replica::{Out, ReplicaHandle};
 use crate::net::{
     blocking, NetError, Shared, MAX_FRAME, MAX_STRANGER_FRAME, MAX_STRANGER_STREAMS,
-    MAX_STREAMS_PER_CONN, SYNC_ALPN,
+    MAX_STREAMS_PER_CONN, PEER_TIMEOUT, SYNC_ALPN,
 };
 use crate::proto::peer::{self as pb, request, response};
-use crate::store::{ApplyOutcome, Store};
-use crate::sync::reconcile::{Session, FRAME_LIMIT};
+use crate::store::Store;
+use crate::sync::replica::Conv;
+use crate::sync::{Refusal, RefusalCode};
 use crate::wire::{read_body, read_header, write_frame, FrameError};
-
-/// Most hashes one `Want` may name.
-pub const MAX_WANT: usize = 4096;
-/// Target size of one answer carrying intentions (a single larger intention still goes).
-pub const BATCH_BYTES: usize = 1024 * 1024;
 
 /// The sync ALPN handler.
 #[derive(Clone)]
@@ -161,8 +159,11 @@ async fn next_request(
     }
 }
 
-/// Answers the requests of one stream until the opener finishes it or a request is
-/// refused; the first must arrive within the first-frame timeout.
+/// Serves one stream: its requests go to the replica of the store they name (a
+/// `Patch` is answered here, behind the same membership check), its answers come back
+/// through `Out` and are written in order; the first request must arrive within the
+/// first-frame timeout. Ends when the opener finishes the stream, or after a refusal
+/// or a last answer.
 async fn serve_stream(
     shared: &Arc<Shared>,
     peer: PublicKey,
@@ -170,151 +171,157 @@ async fn serve_stream(
     mut recv: RecvStream,
     budget: &Arc<Semaphore>,
 ) -> Result<(), NetError> {
+    let conv = Conv(shared.next_conv.fetch_add(1, Ordering::Relaxed));
+    let (out, mut answers) = mpsc::unbounded_channel::<Out>();
+    let answered = Notify::new();
+    let replica: Mutex<Option<ReplicaHandle>> = Mutex::new(None);
     let frame_err = |source| NetError::Frame {
         peer: peer.short(),
         source,
     };
-    let mut session: Option<Session> = None;
-    let mut wait = Some(*shared.first_frame_timeout.lock());
-    loop {
-        let (request, held) = match next_request(shared, peer, &mut recv, budget, wait).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return Ok(()),
-            Err(e) => {
-                let answer = refusal(format!("bad request: {e}"));
-                write_frame(&mut send, &answer, MAX_FRAME).await.ok();
-                let _ = send.finish();
-                return Err(frame_err(e));
-            }
-        };
-        wait = None;
-        let answer = match answer(shared, peer, request, &mut session, &mut send).await {
-            Ok(Some(a)) => a,
-            Ok(None) => continue,
-            Err(reason) => {
-                tracing::info!(peer = %peer.short(), "refused a sync request: {reason}");
-                write_frame(&mut send, &refusal(reason), MAX_FRAME)
-                    .await
-                    .map_err(frame_err)?;
-                let _ = send.finish();
-                return Ok(());
-            }
-        };
-        write_frame(&mut send, &answer, MAX_FRAME)
-            .await
-            .map_err(frame_err)?;
-        drop(held);
-    }
-}
-
-fn refusal(reason: String) -> pb::Response {
-    pb::Response {
-        kind: Some(response::Kind::Error(reason)),
-    }
-}
-
-fn reply(kind: response::Kind) -> Option<pb::Response> {
-    Some(pb::Response { kind: Some(kind) })
-}
-
-/// The answer to one request (`None` when it was already streamed), or a refusal line.
-async fn answer(
-    shared: &Arc<Shared>,
-    peer: PublicKey,
-    request: pb::Request,
-    session: &mut Option<Session>,
-    send: &mut SendStream,
-) -> Result<Option<pb::Response>, String> {
-    let id = StoreId(
-        request.store_id[..]
-            .try_into()
-            .map_err(|_| "store id is not 16 bytes".to_string())?,
-    );
-    let store = shared
-        .node
-        .stores()
-        .into_iter()
-        .find(|s| s.id() == id)
-        .ok_or_else(|| "no such store here".to_string())?;
-    let kind = request.kind.ok_or_else(|| "empty request".to_string())?;
-    if let request::Kind::Redeem(r) = kind {
-        return redeem(shared, peer, &store, r).await.map(Some);
-    }
-    if !shared.may_sync(&peer, id) {
-        return Err("not a member of this store, or the store is paused".into());
-    }
-    shared
-        .peers
-        .learn(peer, request.addrs.iter().filter_map(|a| a.parse().ok()));
-    match kind {
-        request::Kind::Redeem(_) => unreachable!("handled above"),
-        request::Kind::Bootstrap(b) => {
-            stream_witness(&store, b.from, send).await?;
-            Ok(None)
-        }
-        request::Kind::Reconcile(f) => {
-            let s = match session {
-                Some(s) => s,
-                None => {
-                    let st = store.clone();
-                    let view = blocking(move || st.reconcile_view())
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .map_err(|e| e.to_string())?;
-                    session
-                        .insert(Session::responder(view, FRAME_LIMIT).map_err(|e| e.to_string())?)
+    let (answered, replica) = (&answered, &replica);
+    let reader = async move {
+        let mut wait = Some(*shared.first_frame_timeout.lock());
+        loop {
+            let (request, held) = match next_request(shared, peer, &mut recv, budget, wait).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return Ok(()),
+                Err(e) => {
+                    let text = format!("bad request: {e}");
+                    let _ = out.send(Out::Refuse(refusal(RefusalCode::BadRequest, text)));
+                    return Err(frame_err(e));
                 }
             };
-            let step = s.step(&f.frame).map_err(|e| e.to_string())?;
-            Ok(reply(response::Kind::Reconcile(pb::Frame {
-                frame: step.reply.unwrap_or_default().into(),
-            })))
-        }
-        request::Kind::Want(w) => {
-            if w.hashes.len() > MAX_WANT {
-                return Err(format!(
-                    "want names {} hashes; at most {MAX_WANT}",
-                    w.hashes.len()
-                ));
+            wait = None;
+            let notified = answered.notified();
+            if let Some(request::Kind::Patch(p)) = request.kind {
+                let answer = match route(shared, &request.store_id) {
+                    Ok((store, _)) if shared.may_sync(&peer, store.id()) => {
+                        patch(shared, &store, p)
+                            .await
+                            .map_err(|text| refusal(RefusalCode::Other, text))
+                    }
+                    Ok(_) => Err(not_member()),
+                    Err(r) => Err(r),
+                };
+                let _ = out.send(match answer {
+                    Ok(kind) => Out::Reply(kind, false),
+                    Err(r) => Out::Refuse(r),
+                });
+            } else {
+                let handle = match replica.lock().clone() {
+                    Some(h) => Ok(h),
+                    None => route(shared, &request.store_id).map(|(_, h)| h),
+                };
+                match handle {
+                    Ok(h) => {
+                        *replica.lock() = Some(h.clone());
+                        h.request(peer, conv, request, &out);
+                    }
+                    Err(r) => {
+                        let _ = out.send(Out::Refuse(r));
+                    }
+                }
             }
-            let hashes = w
-                .hashes
-                .iter()
-                .map(|h| Hash::from_slice(h).ok_or_else(|| "hash is not 32 bytes".to_string()))
-                .collect::<Result<Vec<_>, _>>()?;
-            let st = store.clone();
-            let found = blocking(move || st.get(hashes, BATCH_BYTES))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            Ok(reply(response::Kind::Intentions(pb::Intentions {
-                intentions: found,
-            })))
-        }
-        request::Kind::Patch(p) => patch(shared, &store, p).await.map(reply),
-        request::Kind::AskSecret(_) => {
-            let (sh, st) = (shared.clone(), store.clone());
-            match blocking(move || sh.topic_secret(&st))
-                .await
-                .and_then(|r| r)
-                .map_err(|e| e.to_string())?
-            {
-                Some(secret) => Ok(reply(response::Kind::TopicSecret(pb::TopicSecret {
-                    secret: Bytes::copy_from_slice(&secret),
-                }))),
-                None => Err("this node has no gossip secret for the store yet".into()),
+            if tokio::time::timeout(PEER_TIMEOUT, notified).await.is_err() {
+                return Err(NetError::Local("the store's replica did not answer".into()));
             }
+            drop(held);
         }
-        request::Kind::Push(p) => {
-            let (applied, refused) = apply_all(&store, p.intentions)
-                .await
-                .map_err(|e| e.to_string())?;
-            Ok(reply(response::Kind::Pushed(pb::Pushed {
-                applied,
-                refused,
-            })))
+    };
+    let writer = async move {
+        let result = write_answers(&mut send, &mut answers, answered, replica, peer, conv).await;
+        let _ = send.finish();
+        result
+    };
+    tokio::pin!(reader, writer);
+    let result = tokio::select! {
+        r = &mut writer => r,
+        r = &mut reader => {
+            // The opener is done sending: the replica drops the conversation, and what
+            // it already answered is still written.
+            if let Some(h) = replica.lock().take() {
+                h.closed(peer, conv);
+            }
+            let written = writer.await;
+            r.and(written)
+        }
+    };
+    if let Some(h) = replica.lock().take() {
+        h.closed(peer, conv);
+    }
+    result
+}
+
+/// Writes the answers of conversation `conv` in order until a last one or a refusal.
+async fn write_answers(
+    send: &mut SendStream,
+    answers: &mut mpsc::UnboundedReceiver<Out>,
+    answered: &Notify,
+    replica: &Mutex<Option<ReplicaHandle>>,
+    peer: PublicKey,
+    conv: Conv,
+) -> Result<(), NetError> {
+    while let Some(answer) = answers.recv().await {
+        let (msg, end) = match answer {
+            Out::Reply(kind, last) => (pb::Response { kind: Some(kind) }, last),
+            Out::Refuse(r) => {
+                tracing::info!(peer = %peer.short(), "refused a sync request: {}", r.text);
+                (
+                    pb::Response {
+                        kind: Some(response::Kind::Error(r.text)),
+                    },
+                    true,
+                )
+            }
+        };
+        write_frame(send, &msg, MAX_FRAME)
+            .await
+            .map_err(|source| NetError::Frame {
+                peer: peer.short(),
+                source,
+            })?;
+        answered.notify_one();
+        if end {
+            return Ok(());
+        }
+        if let Some(h) = replica.lock().clone() {
+            h.drained(peer, conv);
         }
     }
+    Ok(())
+}
+
+fn refusal(code: RefusalCode, text: String) -> Refusal {
+    Refusal { code, text }
+}
+
+fn not_member() -> Refusal {
+    refusal(
+        RefusalCode::NotMember,
+        "not a member of this store, or the store is paused".into(),
+    )
+}
+
+/// The store a request names and its replica.
+fn route(shared: &Arc<Shared>, store_id: &[u8]) -> Result<(Store, ReplicaHandle), Refusal> {
+    let id = StoreId(
+        store_id
+            .try_into()
+            .map_err(|_| refusal(RefusalCode::BadRequest, "store id is not 16 bytes".into()))?,
+    );
+    let none = || refusal(RefusalCode::Other, "no such store here".into());
+    let store = shared.node.store_by_id(id).ok_or_else(none)?;
+    let running = || shared.replicas.lock().get(&id).cloned();
+    let handle = match running() {
+        Some(h) => h,
+        None => {
+            // A store created moments ago: its replica starts now, not at the next tick.
+            shared.ensure_replicas();
+            running().ok_or_else(none)?
+        }
+    };
+    Ok((store, handle))
 }
 
 /// The blocks of chunk `p.chunk` that differ from chunk `p.base`. Both must be owned
@@ -351,116 +358,4 @@ async fn patch(
     })
     .await
     .map_err(|e| e.to_string())?
-}
-
-/// Applies received intentions in order; returns (applied or floating, refused).
-pub(crate) async fn apply_all(
-    store: &Store,
-    intentions: Vec<Bytes>,
-) -> Result<(u32, u32), NetError> {
-    let st = store.clone();
-    blocking(move || {
-        let (mut ok, mut refused) = (0, 0);
-        for outcome in st.apply_remote_many(intentions) {
-            match outcome {
-                Ok(
-                    ApplyOutcome::Applied { .. }
-                    | ApplyOutcome::Floating { .. }
-                    | ApplyOutcome::Early { .. },
-                ) => ok += 1,
-                Ok(ApplyOutcome::Duplicate) => {}
-                Err(e) if crate::store::is_refusal(&e) => {
-                    tracing::info!("refused a received intention: {e}");
-                    refused += 1;
-                }
-                Err(e) => return Err(NetError::Store(e)),
-            }
-        }
-        Ok((ok, refused))
-    })
-    .await?
-}
-
-/// Streams witness batches from seq `from` to the end, then an empty batch.
-async fn stream_witness(store: &Store, from: u64, send: &mut SendStream) -> Result<(), String> {
-    let mut next = from.max(1);
-    loop {
-        let st = store.clone();
-        let batch = blocking(move || st.witness(next, BATCH_BYTES))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        let end = batch.intentions.is_empty();
-        next = batch.next;
-        let msg = pb::Response {
-            kind: Some(response::Kind::Batch(pb::WitnessBatch {
-                intentions: batch.intentions,
-                next: batch.next,
-                len: batch.len,
-            })),
-        };
-        write_frame(send, &msg, MAX_FRAME)
-            .await
-            .map_err(|e| e.to_string())?;
-        if end {
-            return Ok(());
-        }
-    }
-}
-
-/// Redeems an invite for `peer`: on success it is a member and learns the founder,
-/// the store name, the witness length and members' addresses.
-async fn redeem(
-    shared: &Arc<Shared>,
-    peer: PublicKey,
-    store: &Store,
-    r: pb::Redeem,
-) -> Result<pb::Response, String> {
-    let secret: [u8; 32] = r.secret[..]
-        .try_into()
-        .map_err(|_| "invite secret is not 32 bytes".to_string())?;
-    let st = store.clone();
-    let name = r.display_name.clone();
-    blocking(move || -> Result<(), String> {
-        st.redeem_invite(&secret, peer, &name, crate::hlc::now_ms())
-            .map_err(|e| e.to_string())?;
-        st.flush().map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    tracing::info!(peer = %peer.short(), store = %store.id().to_hex(), "invite redeemed");
-    let me = shared.me();
-    let mut peers = vec![pb::PeerAddrs {
-        id: Bytes::copy_from_slice(&me.0),
-        addrs: shared
-            .direct_addrs()
-            .iter()
-            .map(|a| a.to_string())
-            .collect(),
-    }];
-    for key in shared.other_members(store) {
-        let addrs = shared.peers.addrs(&key);
-        if key != peer && !addrs.is_empty() {
-            peers.push(pb::PeerAddrs {
-                id: Bytes::copy_from_slice(&key.0),
-                addrs: addrs.iter().map(|a| a.to_string()).collect(),
-            });
-        }
-    }
-    let (sh, st) = (shared.clone(), store.clone());
-    let secret = blocking(move || sh.topic_secret(&st))
-        .await
-        .and_then(|r| r)
-        .map_err(|e| e.to_string())?;
-    Ok(pb::Response {
-        kind: Some(response::Kind::Redeemed(pb::Redeemed {
-            founder: Bytes::copy_from_slice(&store.founder().0),
-            store_name: crate::node::store_name(store),
-            peers,
-            witness_len: store.applied(),
-            topic_secret: secret
-                .map(|s| Bytes::copy_from_slice(&s))
-                .unwrap_or_default(),
-        })),
-    })
 }
