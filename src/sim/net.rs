@@ -7,7 +7,9 @@ use bytes::Bytes;
 use rand::rngs::StdRng;
 use rand::Rng;
 
+use crate::proto::peer::{self as pb, response};
 use crate::sim::Millis;
+use crate::sync::replica::{Conv, Failure};
 
 /// What travels between nodes in the direct-exchange mode.
 #[derive(Clone, Debug)]
@@ -18,6 +20,27 @@ pub(crate) enum Msg {
     Redeem([u8; 32]),
     /// The admin redeemed the joiner's invite.
     Redeemed,
+    /// Replica mode: a gossip message.
+    Gossip(Bytes),
+    /// Replica mode: a request on an opener's conversation.
+    Request {
+        /// The opener's conversation.
+        conv: Conv,
+        /// The request.
+        request: pb::Request,
+    },
+    /// Replica mode: an answer (or refusal) on an opener's conversation.
+    Answer {
+        /// The opener's conversation.
+        conv: Conv,
+        /// The answer.
+        answer: Result<response::Kind, Failure>,
+    },
+    /// Replica mode: the opener finished its conversation.
+    Closed {
+        /// The opener's conversation.
+        conv: Conv,
+    },
 }
 
 /// One packet in flight.
@@ -46,8 +69,10 @@ pub(crate) struct Faults {
 pub(crate) struct Net {
     /// Current faults.
     pub faults: Faults,
-    queue: BTreeMap<(Millis, u64), Packet>,
+    queue: BTreeMap<(Millis, u64), (Packet, bool)>,
     next: u64,
+    /// Delivery time of the last ordered packet per link, so streams keep their order.
+    streams: BTreeMap<(usize, usize), Millis>,
     /// Partition side of each node; nodes on different sides cannot reach each other.
     side: Vec<u8>,
 }
@@ -59,6 +84,7 @@ impl Net {
             faults,
             queue: BTreeMap::new(),
             next: 0,
+            streams: BTreeMap::new(),
             side: Vec::new(),
         }
     }
@@ -104,13 +130,30 @@ impl Net {
         };
         for _ in 0..copies {
             let at = now + rng.random_range(0..=self.faults.max_delay);
-            self.queue.insert((at, self.next), packet.clone());
+            self.queue.insert((at, self.next), (packet.clone(), false));
             self.next += 1;
         }
     }
 
-    /// Takes the next packet due by `now` (in delivery order); `None` when none is due.
-    pub fn due(&mut self, now: Millis) -> Option<Packet> {
+    /// Sends a stream packet at `now`: delayed, never overtaking the previous packet on
+    /// its link; `lost` marks it to break its conversation on arrival instead.
+    pub fn send_ordered(&mut self, rng: &mut StdRng, now: Millis, packet: Packet, lost: bool) {
+        let link = (packet.from, packet.to);
+        let after = self.streams.get(&link).copied().unwrap_or(0);
+        let at = (now + rng.random_range(0..=self.faults.max_delay)).max(after);
+        self.streams.insert(link, at);
+        self.queue.insert((at, self.next), (packet, lost));
+        self.next += 1;
+    }
+
+    /// Whether no packet is in flight.
+    pub fn idle(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Takes the next packet due by `now` (in delivery order) and whether it was lost
+    /// on the way; `None` when none is due.
+    pub fn due(&mut self, now: Millis) -> Option<(Packet, bool)> {
         let (&key, _) = self.queue.iter().next()?;
         if key.0 > now {
             return None;

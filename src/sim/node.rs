@@ -1,6 +1,7 @@
 //! One simulated node: a real store in its own directory on a crashable disk, its
 //! identity, its skewed view of the virtual clock, and whether it is up.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -14,7 +15,9 @@ use crate::hlc::{Clock, Hlc};
 use crate::identity::{Identity, PublicKey};
 use crate::intention::StoreId;
 use crate::sim::disk::crashable;
+use crate::sim::Millis;
 use crate::store::{Genesis, Store, StoreError, StoreEvent, StoreOptions, Wall};
+use crate::sync::replica::{Conv, Replica};
 
 /// Unix ms at virtual time 0: any fixed recent date (2026-01-01).
 pub(crate) const EPOCH_MS: u64 = 1_767_225_600_000;
@@ -28,6 +31,8 @@ pub(crate) enum Life {
     Down,
     /// Invited, waiting for an admin to redeem its secret; no store yet.
     Joining([u8; 32]),
+    /// Redeemed: its store is filled from the founder's witness log (replica mode).
+    Bootstrapping,
     /// Left the store for good (shut down cleanly, then revoked).
     Left,
     /// A hostile key with no store: it only sends crafted intentions.
@@ -52,6 +57,22 @@ pub(crate) struct Node {
     pub store: Option<Store>,
     /// The admin revoked it (the simulator's knowledge; its store may not know yet).
     pub revoked: bool,
+    /// Its replica while up (replica mode).
+    pub replica: Option<Replica>,
+    /// When its replica asked to be woken, on its own clock.
+    pub wake_at: Option<Millis>,
+    /// The gossip secret, kept outside the store (survives crashes).
+    pub secret: Option<[u8; 32]>,
+    /// Subscribed to the store's gossip topic.
+    pub subscribed: bool,
+    /// Opener-side conversations and their peers.
+    pub opened: BTreeMap<Conv, PublicKey>,
+    /// Acceptor-side conversations being served.
+    pub served: BTreeSet<(PublicKey, Conv)>,
+    /// A joiner's redeem or bootstrap conversation in flight.
+    pub boot_conv: Option<Conv>,
+    /// Where a joiner's bootstrap goes on (`None`: not redeemed yet).
+    pub boot_next: Option<u64>,
     events: Option<Receiver<StoreEvent>>,
     crashed: Arc<AtomicBool>,
     now: Arc<AtomicU64>,
@@ -70,6 +91,14 @@ impl Node {
             life: Life::Down,
             store: None,
             revoked: false,
+            replica: None,
+            wake_at: None,
+            secret: None,
+            subscribed: false,
+            opened: BTreeMap::new(),
+            served: BTreeSet::new(),
+            boot_conv: None,
+            boot_next: None,
             events: None,
             crashed: Arc::new(AtomicBool::new(false)),
             now,
@@ -151,6 +180,11 @@ impl Node {
     /// without a flush, and whatever the last durable commit left is what stays.
     pub fn crash(&mut self) {
         self.crashed.store(true, Ordering::SeqCst);
+        self.replica = None;
+        self.wake_at = None;
+        self.subscribed = false;
+        self.opened.clear();
+        self.served.clear();
         self.events = None;
         self.store = None;
         self.life = Life::Down;
@@ -158,6 +192,8 @@ impl Node {
 
     /// Shuts the store down cleanly for good.
     pub fn leave(&mut self) -> Result<(), StoreError> {
+        self.replica = None;
+        self.subscribed = false;
         if let Some(store) = self.store.take() {
             store.shutdown()?;
         }
@@ -166,19 +202,30 @@ impl Node {
         Ok(())
     }
 
-    /// Intentions sealed and made durable since the last call.
-    pub fn sealed(&mut self) -> Vec<Bytes> {
+    /// Store events since the last call.
+    pub fn events(&mut self) -> Vec<StoreEvent> {
         let mut out = Vec::new();
         let Some(rx) = self.events.as_mut() else {
             return out;
         };
         loop {
             match rx.try_recv() {
-                Ok(StoreEvent::Sealed(list)) => out.extend(list),
-                Ok(StoreEvent::Applied { .. }) | Err(TryRecvError::Lagged(_)) => {}
+                Ok(e) => out.push(e),
+                Err(TryRecvError::Lagged(_)) => {}
                 Err(TryRecvError::Empty | TryRecvError::Closed) => return out,
             }
         }
+    }
+
+    /// Intentions sealed and made durable since the last call.
+    pub fn sealed(&mut self) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        for e in self.events() {
+            if let StoreEvent::Sealed(list) = e {
+                out.extend(list);
+            }
+        }
+        out
     }
 }
 
