@@ -79,10 +79,6 @@ pub const MAX_NODES: usize = 50;
 pub const MIN_NODES: usize = 3;
 /// Most sync rounds after a run before the nodes must agree.
 pub const MAX_QUIESCE: usize = 12;
-/// Up to this many live nodes, every pair syncs in each quiescence round.
-const MESH_NODES: usize = 10;
-/// Peers besides the founder each node syncs with per quiescence round above that.
-const MESH_PEERS: usize = 3;
 /// Most predecessor rounds in one sync (floating intentions naming missing ones).
 const PREDECESSOR_ROUNDS: usize = 3;
 /// Most missing predecessors asked for in one round.
@@ -1072,16 +1068,10 @@ impl World {
         for round in 0..MAX_QUIESCE {
             let live = self.up();
             for &a in &live {
-                // Everyone with the founder, and with a few others: a predecessor that
-                // some peers refused on arrival (and so cannot serve) is served only by
-                // those that applied it before they learned of its author's revocation.
-                let mut peers = vec![0];
-                if live.len() <= MESH_NODES {
-                    peers.extend(live.iter().copied());
-                } else {
-                    peers.extend(live.choose_multiple(&mut self.rng, MESH_PEERS).copied());
-                }
-                for b in peers {
+                // Every pair: a predecessor that some peers refused on arrival (and so
+                // cannot serve) is served only by those that applied it before they
+                // learned that its author was revoked or equivocated.
+                for &b in &live {
                     if a != b {
                         self.sync(a, b, false);
                     }
@@ -1383,9 +1373,9 @@ impl World {
         }
     }
 
-    /// Whether some node that is up holds or refused intention `hash`.
+    /// Whether some live member holds or refused intention `hash`.
     fn known_somewhere(&self, hash: &Hash) -> bool {
-        self.up().into_iter().any(|n| {
+        self.live().into_iter().any(|n| {
             self.store(n).is_some_and(|s| {
                 s.is_refused(hash) || s.get(vec![*hash], usize::MAX).is_ok_and(|l| !l.is_empty())
             })
