@@ -325,6 +325,10 @@ struct World {
     trace: Vec<String>,
     /// The known bug this run ran into, if its failures are that bug's.
     known: Option<&'static str>,
+    /// A failure that no known bug explains was recorded.
+    hard: bool,
+    /// Such failures found while the ledger is borrowed.
+    hard_failures: Vec<String>,
     /// Sync tickets handed out.
     tickets: u64,
     /// Join conversations opened.
@@ -377,6 +381,8 @@ impl World {
             failures: Vec::new(),
             trace: Vec::new(),
             known: None,
+            hard: false,
+            hard_failures: Vec::new(),
             tickets: 0,
             joins_sent: 0,
             cfg,
@@ -494,6 +500,13 @@ impl World {
         self.trace.push(format!("t={} {line}", self.now()));
     }
 
+    /// Records a broken invariant that a run's known bug cannot explain.
+    fn fail_hard(&mut self, what: String) {
+        self.hard = true;
+        self.fail(what);
+    }
+
+    /// Records a broken invariant (one the known bug may explain: see `known`).
     fn fail(&mut self, what: String) {
         if self.failures.len() < 50 {
             self.failures.push(what);
@@ -612,7 +625,7 @@ impl World {
             Ok(false) | Err(crate::fs::FsError::ReadOnly) => {}
             Err(e) => {
                 let name = self.nodes[n].name.clone();
-                self.fail(format!("{name}: write failed: {e}"));
+                self.fail_hard(format!("{name}: write failed: {e}"));
             }
         }
     }
@@ -624,7 +637,7 @@ impl World {
         };
         if let Err(e) = store.flush() {
             let name = self.nodes[n].name.clone();
-            self.fail(format!("{name}: flush failed: {e}"));
+            self.fail_hard(format!("{name}: flush failed: {e}"));
             return;
         }
         if self.replicas() {
@@ -692,7 +705,7 @@ impl World {
                             }
                             Err(e) => {
                                 let name = self.nodes[p.to].name.clone();
-                                self.fail(format!("{name}: join failed: {e}"));
+                                self.fail_hard(format!("{name}: join failed: {e}"));
                             }
                         }
                     }
@@ -722,7 +735,7 @@ impl World {
                 }
                 Err(e) => {
                     let name = self.nodes[n].name.clone();
-                    self.fail(format!("{name}: apply failed: {e}"));
+                    self.fail_hard(format!("{name}: apply failed: {e}"));
                 }
             }
         }
@@ -757,7 +770,7 @@ impl World {
             Ok(d) => d,
             Err(e) => {
                 let (na, nb) = (self.nodes[a].name.clone(), self.nodes[b].name.clone());
-                self.fail(format!("{na} reconciling with {nb}: {e}"));
+                self.fail_hard(format!("{na} reconciling with {nb}: {e}"));
                 return;
             }
         };
@@ -774,7 +787,7 @@ impl World {
                     self.apply(to, list);
                 }
                 Err(e) => {
-                    self.fail(format!("get {hash} failed: {e}"));
+                    self.fail_hard(format!("get {hash} failed: {e}"));
                     return;
                 }
             }
@@ -818,7 +831,7 @@ impl World {
             }
             Err(e) => {
                 let name = self.nodes[n].name.clone();
-                self.fail(format!("{name}: reopen after crash failed: {e}"));
+                self.fail_hard(format!("{name}: reopen after crash failed: {e}"));
             }
         }
     }
@@ -950,7 +963,7 @@ impl World {
         }
         if let Err(e) = self.nodes[n].leave() {
             let name = self.nodes[n].name.clone();
-            self.fail(format!("{name}: shutdown failed: {e}"));
+            self.fail_hard(format!("{name}: shutdown failed: {e}"));
         }
         self.note(format!("{} left", self.nodes[n].name));
         self.leaves -= 1;
@@ -1186,13 +1199,13 @@ impl World {
     fn check(&mut self) {
         let live = self.live();
         let Some(founder) = self.store(0) else {
-            self.fail("the founder is not up at the end".into());
+            self.fail_hard("the founder is not up at the end".into());
             return;
         };
         let (cuts, equivocators) = match founder.equivocators() {
             Ok(e) => (founder.read(|st| st.revocation_cuts()), e),
             Err(e) => {
-                self.fail(format!("equivocators: {e}"));
+                self.fail_hard(format!("equivocators: {e}"));
                 return;
             }
         };
@@ -1211,7 +1224,7 @@ impl World {
                 .entry(d)
                 .or_insert_with(|| store.read(|st| st.canonical_dump()));
             if let Some(dir) = store.read(check::cycle) {
-                self.fail(format!("{name}: directory {dir:?} is in a cycle"));
+                self.fail_hard(format!("{name}: directory {dir:?} is in a cycle"));
             }
             match store.equivocators() {
                 Ok(e) if e == equivocators => {}
@@ -1223,7 +1236,7 @@ impl World {
                         .map(|x| (x.key, x.seq))
                         .collect::<Vec<_>>()
                 )),
-                Err(e) => self.fail(format!("{name}: equivocators: {e}")),
+                Err(e) => self.fail_hard(format!("{name}: equivocators: {e}")),
             }
             let found: BTreeSet<Hash> = match store.get(acked.clone(), usize::MAX) {
                 Ok(list) => list
@@ -1232,7 +1245,7 @@ impl World {
                     .filter(|h| !store.is_refused(h))
                     .collect(),
                 Err(e) => {
-                    self.fail(format!("{name}: get: {e}"));
+                    self.fail_hard(format!("{name}: get: {e}"));
                     continue;
                 }
             };
@@ -1252,17 +1265,20 @@ impl World {
                         "{name}: acknowledged write {} by {who} (#{seq}) is missing",
                         &hash.to_hex()[..12]
                     )),
-                    (Some(why), true) => self.failures.push(format!(
+                    (Some(why), true) => self.hard_failures.push(format!(
                         "{name}: write {} by {who} (#{seq}) is applied, but {why}",
                         &hash.to_hex()[..12]
                     )),
                     _ => {}
                 }
             }
+            for f in std::mem::take(&mut self.hard_failures) {
+                self.fail_hard(f);
+            }
             let forged: Vec<Hash> = self.ledger.forged.clone();
             if let Ok(list) = store.get(forged, usize::MAX) {
                 if !list.is_empty() {
-                    self.fail(format!("{name}: holds {} forged intentions", list.len()));
+                    self.fail_hard(format!("{name}: holds {} forged intentions", list.len()));
                 }
             }
             if let Some((adv, _)) = &self.adversary {
@@ -1417,7 +1433,7 @@ impl World {
             failures: self.failures.clone(),
             trace: self.trace.clone(),
             acked: self.ledger.acked.len(),
-            known: self.known,
+            known: self.known.filter(|_| !self.hard),
         }
     }
 }

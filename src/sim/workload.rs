@@ -99,9 +99,14 @@ fn plan(rng: &mut StdRng, state: &FsState, mtime_ns: i64) -> Result<Vec<OpBody>,
             let f = files.choose(rng).ok_or(FsError::NotFound)?;
             Ok(vec![state.plan_write(f.file, content(rng), mtime_ns)?])
         }
-        6 | 7 => {
+        6 => {
             let s = seen.choose(rng).ok_or(FsError::NotFound)?;
             state.plan_rename(s.parent, s.name, parent, name, RenameFlags::default())
+        }
+        7 => {
+            // A directory into another one: from two nodes at once, a cycle to skip.
+            let s = subdirs.choose(rng).ok_or(FsError::NotFound)?;
+            state.plan_rename(s.parent, s.name, parent, s.name, RenameFlags::default())
         }
         8 => {
             let f = files.choose(rng).ok_or(FsError::NotFound)?;
