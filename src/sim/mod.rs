@@ -91,6 +91,10 @@ const QUIESCE_LIMIT: Millis = 300_000;
 const QUIESCE_CHUNK: Millis = 1_000;
 /// Virtual time that passes per loop while settling.
 const SETTLE_TICK: Millis = 25;
+/// How long invites stay valid: longer than any run.
+const INVITE_TTL_MS: u64 = 3_600_000;
+/// Distinct stranger keys the adversary signs orphans with.
+const STRANGER_KEYS: usize = 7;
 /// Trace lines kept for a failure report.
 const TRACE_TAIL: usize = 40;
 
@@ -335,7 +339,7 @@ struct World {
     joins_sent: u64,
 }
 
-/// Seeds of node identities: distinct per node, the same for every run.
+/// Seeds of node identities: distinct per run and node.
 fn key_seed(run: u64, n: usize) -> [u8; 32] {
     let mut s = [0u8; 32];
     s[..8].copy_from_slice(&run.to_le_bytes());
@@ -476,7 +480,7 @@ impl World {
         let store = founder.store.as_ref().ok_or("the founder is down")?;
         let wall = founder.wall_ms();
         store
-            .record_invite(secret, role, wall + 3_600_000)
+            .record_invite(secret, role, wall + INVITE_TTL_MS)
             .map_err(|e| e.to_string())?;
         store
             .redeem_invite(&secret, key, &name, wall)
@@ -864,7 +868,7 @@ impl World {
             return;
         };
         let secret: [u8; 32] = self.rng.random();
-        let expires = self.nodes[0].wall_ms() + 3_600_000;
+        let expires = self.nodes[0].wall_ms() + INVITE_TTL_MS;
         if founder
             .record_invite(secret, Role::Writer, expires)
             .is_err()
@@ -1014,7 +1018,7 @@ impl World {
             }
             _ => {
                 let n = self.ledger.strangers as u32;
-                let seed = key_seed(self.cfg.seed, 1000 + (n as usize % 7));
+                let seed = key_seed(self.cfg.seed, MAX_NODES + 1 + (n as usize % STRANGER_KEYS));
                 let bytes = stranger(&Identity::from_seed(seed), self.id, wall, n);
                 self.ledger.strangers += 1;
                 self.push_to(me, &up, vec![bytes], 1);
