@@ -17,8 +17,10 @@
 //!   touched the file (per `FsState::touched`, resolved before the op was applied).
 //! - `seqs`: hash -> (author, author-chain seq) of every applied or refused intention.
 //! - `chain`: (author, seq, hash) -> () of every applied intention (revocation cuts).
-//! - `refused`: hash -> bytes of an intention voided past a revocation cut, or empty if
-//!   refused on arrival; counts as known, so deps naming it resolve (see `cut`).
+//! - `refused`: hash -> bytes of an intention refused on arrival or voided past a
+//!   revocation cut (empty in stores written before they were kept); counts as known,
+//!   so deps naming it resolve (see `cut`), and is served, so a replica that never saw
+//!   it can refuse it too.
 //! - `evidence`: author -> (fork seq, the two smallest-hash intentions there): proof of
 //!   equivocation; those stay in `index` so every replica fetches them (see `apply`).
 //! - `hlcs`: hash -> HLC of every applied, refused or evidence intention (clock order).
