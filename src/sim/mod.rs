@@ -62,14 +62,6 @@ use hostile::{stranger, Adversary, SHIFT_MS};
 use net::{Faults, Msg, Net, Packet};
 use node::{Life, Node};
 
-/// A bug the simulator found and that is reported, not fixed yet: an intention refused
-/// on arrival (its author revoked before it, or an equivocator) is kept without its
-/// bytes, so a node that never saw it (a joiner, a node that was down) can get it from
-/// nobody, and every intention naming it, directly or through others, floats there
-/// for good, honest members' later writes included.
-pub const KNOWN_REFUSED_PREDECESSOR: &str =
-    "a predecessor refused on arrival everywhere cannot be fetched by a node that never saw it";
-
 /// Milliseconds of virtual time since the run began.
 pub type Millis = u64;
 
@@ -196,19 +188,12 @@ pub struct Outcome {
     pub trace: Vec<String>,
     /// Writes acknowledged during the run.
     pub acked: usize,
-    /// A known, reported bug explains the failures (see [`KNOWN_REFUSED_PREDECESSOR`]).
-    pub known: Option<&'static str>,
 }
 
 impl Outcome {
     /// Whether every invariant held.
     pub fn passed(&self) -> bool {
         self.failures.is_empty()
-    }
-
-    /// Whether the run failed for a reason not already known and reported.
-    pub fn new_failure(&self) -> bool {
-        !self.passed() && self.known.is_none()
     }
 }
 
@@ -233,11 +218,7 @@ impl fmt::Display for Outcome {
             c.leaves,
             c.hostile,
             self.acked,
-            match (self.passed(), self.known) {
-                (true, _) => "ok".to_string(),
-                (false, None) => "FAILED".to_string(),
-                (false, Some(bug)) => format!("FAILED (known bug: {bug})"),
-            }
+            if self.passed() { "ok" } else { "FAILED" }
         )?;
         for n in &self.nodes {
             let d = n
@@ -274,7 +255,6 @@ pub fn run(config: &Config) -> Outcome {
             failures: vec![format!("setup failed: {e}")],
             trace: Vec::new(),
             acked: 0,
-            known: None,
         },
     }
 }
@@ -327,12 +307,8 @@ struct World {
     leaves: usize,
     failures: Vec<String>,
     trace: Vec<String>,
-    /// The known bug this run ran into, if its failures are that bug's.
-    known: Option<&'static str>,
-    /// A failure that no known bug explains was recorded.
-    hard: bool,
-    /// Such failures found while the ledger is borrowed.
-    hard_failures: Vec<String>,
+    /// Failures found while the ledger is borrowed.
+    later: Vec<String>,
     /// Sync tickets handed out.
     tickets: u64,
     /// Join conversations opened.
@@ -384,9 +360,7 @@ impl World {
             leaves: cfg.leaves,
             failures: Vec::new(),
             trace: Vec::new(),
-            known: None,
-            hard: false,
-            hard_failures: Vec::new(),
+            later: Vec::new(),
             tickets: 0,
             joins_sent: 0,
             cfg,
@@ -504,13 +478,7 @@ impl World {
         self.trace.push(format!("t={} {line}", self.now()));
     }
 
-    /// Records a broken invariant that a run's known bug cannot explain.
-    fn fail_hard(&mut self, what: String) {
-        self.hard = true;
-        self.fail(what);
-    }
-
-    /// Records a broken invariant (one the known bug may explain: see `known`).
+    /// Records a broken invariant.
     fn fail(&mut self, what: String) {
         if self.failures.len() < 50 {
             self.failures.push(what);
@@ -629,7 +597,7 @@ impl World {
             Ok(false) | Err(crate::fs::FsError::ReadOnly) => {}
             Err(e) => {
                 let name = self.nodes[n].name.clone();
-                self.fail_hard(format!("{name}: write failed: {e}"));
+                self.fail(format!("{name}: write failed: {e}"));
             }
         }
     }
@@ -641,7 +609,7 @@ impl World {
         };
         if let Err(e) = store.flush() {
             let name = self.nodes[n].name.clone();
-            self.fail_hard(format!("{name}: flush failed: {e}"));
+            self.fail(format!("{name}: flush failed: {e}"));
             return;
         }
         if self.replicas() {
@@ -709,7 +677,7 @@ impl World {
                             }
                             Err(e) => {
                                 let name = self.nodes[p.to].name.clone();
-                                self.fail_hard(format!("{name}: join failed: {e}"));
+                                self.fail(format!("{name}: join failed: {e}"));
                             }
                         }
                     }
@@ -739,7 +707,7 @@ impl World {
                 }
                 Err(e) => {
                     let name = self.nodes[n].name.clone();
-                    self.fail_hard(format!("{name}: apply failed: {e}"));
+                    self.fail(format!("{name}: apply failed: {e}"));
                 }
             }
         }
@@ -774,7 +742,7 @@ impl World {
             Ok(d) => d,
             Err(e) => {
                 let (na, nb) = (self.nodes[a].name.clone(), self.nodes[b].name.clone());
-                self.fail_hard(format!("{na} reconciling with {nb}: {e}"));
+                self.fail(format!("{na} reconciling with {nb}: {e}"));
                 return;
             }
         };
@@ -791,7 +759,7 @@ impl World {
                     self.apply(to, list);
                 }
                 Err(e) => {
-                    self.fail_hard(format!("get {hash} failed: {e}"));
+                    self.fail(format!("get {hash} failed: {e}"));
                     return;
                 }
             }
@@ -835,7 +803,7 @@ impl World {
             }
             Err(e) => {
                 let name = self.nodes[n].name.clone();
-                self.fail_hard(format!("{name}: reopen after crash failed: {e}"));
+                self.fail(format!("{name}: reopen after crash failed: {e}"));
             }
         }
     }
@@ -967,7 +935,7 @@ impl World {
         }
         if let Err(e) = self.nodes[n].leave() {
             let name = self.nodes[n].name.clone();
-            self.fail_hard(format!("{name}: shutdown failed: {e}"));
+            self.fail(format!("{name}: shutdown failed: {e}"));
         }
         self.note(format!("{} left", self.nodes[n].name));
         self.leaves -= 1;
@@ -1203,13 +1171,13 @@ impl World {
     fn check(&mut self) {
         let live = self.live();
         let Some(founder) = self.store(0) else {
-            self.fail_hard("the founder is not up at the end".into());
+            self.fail("the founder is not up at the end".into());
             return;
         };
         let (cuts, equivocators) = match founder.equivocators() {
             Ok(e) => (founder.read(|st| st.revocation_cuts()), e),
             Err(e) => {
-                self.fail_hard(format!("equivocators: {e}"));
+                self.fail(format!("equivocators: {e}"));
                 return;
             }
         };
@@ -1228,7 +1196,7 @@ impl World {
                 .entry(d)
                 .or_insert_with(|| store.read(|st| st.canonical_dump()));
             if let Some(dir) = store.read(check::cycle) {
-                self.fail_hard(format!("{name}: directory {dir:?} is in a cycle"));
+                self.fail(format!("{name}: directory {dir:?} is in a cycle"));
             }
             match store.equivocators() {
                 Ok(e) if e == equivocators => {}
@@ -1240,7 +1208,7 @@ impl World {
                         .map(|x| (x.key, x.seq))
                         .collect::<Vec<_>>()
                 )),
-                Err(e) => self.fail_hard(format!("{name}: equivocators: {e}")),
+                Err(e) => self.fail(format!("{name}: equivocators: {e}")),
             }
             let found: BTreeSet<Hash> = match store.get(acked.clone(), usize::MAX) {
                 Ok(list) => list
@@ -1249,7 +1217,7 @@ impl World {
                     .filter(|h| !store.is_refused(h))
                     .collect(),
                 Err(e) => {
-                    self.fail_hard(format!("{name}: get: {e}"));
+                    self.fail(format!("{name}: get: {e}"));
                     continue;
                 }
             };
@@ -1265,24 +1233,24 @@ impl World {
                 };
                 let applied = found.contains(hash);
                 match (&refused_by, applied) {
-                    (None, false) => self.failures.push(format!(
+                    (None, false) => self.later.push(format!(
                         "{name}: acknowledged write {} by {who} (#{seq}) is missing",
                         &hash.to_hex()[..12]
                     )),
-                    (Some(why), true) => self.hard_failures.push(format!(
+                    (Some(why), true) => self.later.push(format!(
                         "{name}: write {} by {who} (#{seq}) is applied, but {why}",
                         &hash.to_hex()[..12]
                     )),
                     _ => {}
                 }
             }
-            for f in std::mem::take(&mut self.hard_failures) {
-                self.fail_hard(f);
+            for f in std::mem::take(&mut self.later) {
+                self.fail(f);
             }
             let forged: Vec<Hash> = self.ledger.forged.clone();
             if let Ok(list) = store.get(forged, usize::MAX) {
                 if !list.is_empty() {
-                    self.fail_hard(format!("{name}: holds {} forged intentions", list.len()));
+                    self.fail(format!("{name}: holds {} forged intentions", list.len()));
                 }
             }
             if let Some((adv, _)) = &self.adversary {
@@ -1363,14 +1331,7 @@ impl World {
                 match bytes.map(|b| store.apply_remote(b)) {
                     Some(Ok(ApplyOutcome::Duplicate)) => continue,
                     Some(outcome) => seen.push(format!("applying it here: {outcome:?}")),
-                    None => {
-                        if seen
-                            .iter()
-                            .all(|x| !x.ends_with(": applied") && !x.ends_with(": voided"))
-                        {
-                            self.known = Some(KNOWN_REFUSED_PREDECESSOR);
-                        }
-                    }
+                    None => {}
                 }
                 shown += 1;
                 seen.push(format!("{total} missing in all"));
@@ -1437,7 +1398,6 @@ impl World {
             failures: self.failures.clone(),
             trace: self.trace.clone(),
             acked: self.ledger.acked.len(),
-            known: self.known.filter(|_| !self.hard),
         }
     }
 }

@@ -28,7 +28,7 @@ fn run_all(seeds: impl IntoIterator<Item = u64>) {
     for seed in seeds {
         let outcome = run(&Config::new(seed, nodes));
         println!("{outcome}");
-        if outcome.new_failure() {
+        if !outcome.passed() {
             failed.push(outcome);
         }
     }
