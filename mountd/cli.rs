@@ -31,7 +31,7 @@ pub enum Command {
         allow_other: bool,
         /// Relay servers: default, disabled (direct addresses only) or a relay URL
         #[arg(long, default_value = "default", value_name = "default|disabled|URL")]
-        relay: lattice_mount::net::Relay,
+        relay: lattice_mount::Relay,
         /// Local address for the network endpoint [default: any port, all interfaces]
         #[arg(long, value_name = "ADDR")]
         bind: Option<std::net::SocketAddr>,
@@ -118,7 +118,7 @@ pub enum Command {
 
 /// A valid display name (trimmed), or why not: refused here rather than signed raw.
 fn display_name(s: &str) -> Result<String, String> {
-    lattice_mount::node::check_display_name(s).map_err(|e| e.to_string())
+    lattice_mount::check_display_name(s).map_err(|e| e.to_string())
 }
 
 /// `$HOME/<rest>`, or `None` when `HOME` is unset or empty.

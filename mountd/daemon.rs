@@ -13,14 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use lattice_mount::fs::op::Role;
-use lattice_mount::net::{Net, NetConfig};
-use lattice_mount::node::Node;
 use lattice_mount::proto::control::{
     request, response, CreateResponse, DownResponse, FetchModeResponse, HistoryResponse,
     InviteResponse, JoinProgress, JoinResponse, PauseResponse, PeerEntry, PeersResponse, Request,
     Response, RevokeResponse, SyncResponse,
 };
+use lattice_mount::{Net, NetConfig, Node, Role};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, RwLock, Semaphore};
@@ -28,6 +26,7 @@ use tokio::task::JoinSet;
 
 use crate::control::{read_frame, socket_path, write_frame, FrameError};
 use crate::error::CliError;
+use crate::report;
 
 /// Most control connections served at once; further ones are closed at once.
 const MAX_CONTROL_CONNECTIONS: usize = 64;
@@ -80,7 +79,7 @@ pub fn up(opts: UpOptions) -> Result<(), CliError> {
     };
     let node = Node::open(data_dir, opts.display_name.as_deref(), rt.handle().clone())
         .with_context(|| format!("cannot open the node in {}", data_dir.display()))?;
-    let guard = match lattice_mount::fuse::mount(node.clone(), &mountpoint, opts.allow_other) {
+    let guard = match lattice_mount::mount(node.clone(), &mountpoint, opts.allow_other) {
         Ok(guard) => guard,
         Err(e) => {
             if let Err(e) = node.shutdown() {
@@ -490,7 +489,7 @@ impl Connection {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let net = self.ctx.net.clone();
         let name = match (!j.name.is_empty())
-            .then(|| lattice_mount::node::check_display_name(&j.name))
+            .then(|| lattice_mount::check_display_name(&j.name))
             .transpose()
         {
             Ok(name) => name,
@@ -532,8 +531,7 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
     let kind = match request.kind {
         None => return error_response("empty or unknown request".into()),
         Some(request::Kind::Status(_)) => {
-            let mut status = ctx.node.status();
-            status.mountpoint = ctx.mountpoint.display().to_string();
+            let mut status = report::status(&ctx.node, &ctx.mountpoint);
             for s in &mut status.stores {
                 let Some(store) = ctx
                     .node
@@ -600,10 +598,10 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
         },
         Some(request::Kind::Revoke(r)) => {
             match ctx.rt.block_on(ctx.net.revoke(&r.store, &r.target)) {
-                Ok(lattice_mount::net::Revoked::Member(key)) => {
+                Ok(lattice_mount::Revoked::Member(key)) => {
                     response::Kind::Revoke(RevokeResponse { key: key.to_hex() })
                 }
-                Ok(lattice_mount::net::Revoked::Invite) => {
+                Ok(lattice_mount::Revoked::Invite) => {
                     response::Kind::Revoke(RevokeResponse { key: String::new() })
                 }
                 Err(e) => return error_response(e.to_string()),
@@ -647,7 +645,7 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
             }),
             Err(e) => return error_response(e.to_string()),
         },
-        Some(request::Kind::History(h)) => match ctx.node.history(&h.path) {
+        Some(request::Kind::History(h)) => match report::history(&ctx.node, &h.path) {
             Ok(entries) => response::Kind::History(HistoryResponse { entries }),
             Err(e) => return error_response(e.to_string()),
         },
@@ -723,7 +721,7 @@ mod tests {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let node = Node::open(dir, Some("laptop"), rt.handle().clone()).unwrap();
         let config = NetConfig {
-            relay: lattice_mount::net::Relay::Disabled,
+            relay: lattice_mount::Relay::Disabled,
             bind: Some("127.0.0.1:0".parse().unwrap()),
         };
         let net = rt.block_on(Net::start(node.clone(), config)).unwrap();

@@ -8,6 +8,7 @@ mod control;
 mod daemon;
 mod error;
 mod output;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -65,7 +66,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 mountpoint: absolute(mountpoint)?,
                 display_name: name,
                 allow_other,
-                net: lattice_mount::net::NetConfig { relay, bind },
+                net: lattice_mount::NetConfig { relay, bind },
             })
         }
         Command::Create { name } => {

@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use lattice_mount::hlc::civil_from_days;
+use lattice_mount::civil_from_days;
 use lattice_mount::proto::control::{
     HistoryEntry, JoinProgress, PeerEntry, StatusResponse, SyncResponse,
 };

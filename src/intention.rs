@@ -1,92 +1,26 @@
 //! Intentions: canonical encoding, blake3 hash, Ed25519 signature with a domain prefix,
 //! verification and size limits. The exact received bytes are stored and hashed.
 
-use std::fmt;
-
 use bytes::Bytes;
 use prost::Message;
 
 use crate::fs::op::{Op, OpError};
 use crate::hlc::Hlc;
-use crate::identity::{hex, Identity, PublicKey};
+use crate::identity::{Identity, PublicKey};
+use crate::ids::{Hash, StoreId};
 use crate::proto::fs as pfs;
 use crate::proto::intention as pb;
 
 /// Most encoded op-batch bytes one intention may carry.
 pub const MAX_INTENTION_OPS_BYTES: usize = 4 * 1024 * 1024;
 /// Most causal deps one intention may name.
-pub const MAX_DEPS: usize = 64;
+pub(crate) const MAX_DEPS: usize = 64;
 /// Most encoded bytes of a signed intention (ops plus envelope).
-pub const MAX_INTENTION_BYTES: usize = MAX_INTENTION_OPS_BYTES + 64 * 1024;
+pub(crate) const MAX_INTENTION_BYTES: usize = MAX_INTENTION_OPS_BYTES + 64 * 1024;
 /// Prefix signed before the intention hash, so the signature means nothing elsewhere.
-pub const SIGNING_DOMAIN: &[u8] = b"lattice-mount intention v1\0";
+pub(crate) const SIGNING_DOMAIN: &[u8] = b"lattice-mount intention v1\0";
 /// Field number of `IntentionBody.deps` in proto/intention.proto.
 const DEPS_FIELD: u32 = 6;
-
-/// A 32-byte blake3 hash (intention ids, blob and manifest addresses).
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct Hash(pub [u8; 32]);
-
-impl Hash {
-    /// The all-zero hash.
-    pub const ZERO: Hash = Hash([0; 32]);
-
-    /// blake3 of `bytes`.
-    pub fn of(bytes: &[u8]) -> Self {
-        Hash(*blake3::hash(bytes).as_bytes())
-    }
-
-    /// Parses exactly 32 bytes.
-    pub fn from_slice(b: &[u8]) -> Option<Self> {
-        Some(Hash(b.try_into().ok()?))
-    }
-
-    /// Lowercase hex.
-    pub fn to_hex(&self) -> String {
-        hex(&self.0)
-    }
-}
-
-impl fmt::Debug for Hash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Hash({})", hex(&self.0[..6]))
-    }
-}
-
-impl fmt::Display for Hash {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
-
-/// A 16-byte store id.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct StoreId(pub [u8; 16]);
-
-impl StoreId {
-    /// A fresh random store id.
-    pub fn random() -> Self {
-        let mut b = [0u8; 16];
-        rand::fill(&mut b);
-        StoreId(b)
-    }
-
-    /// Lowercase hex (32 characters).
-    pub fn to_hex(&self) -> String {
-        hex(&self.0)
-    }
-
-    /// Parses 32 hex characters.
-    pub fn from_hex(s: &str) -> Option<Self> {
-        Some(StoreId(crate::identity::unhex(s)?.try_into().ok()?))
-    }
-}
-
-impl fmt::Debug for StoreId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StoreId({})", self.to_hex())
-    }
-}
 
 /// Why an intention was refused.
 #[derive(Debug, thiserror::Error)]
@@ -350,7 +284,9 @@ fn fixed<const N: usize>(b: &[u8], what: &str) -> Result<[u8; N], IntentionError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::op::{Content, OpBody, OpId};
+    use crate::cas::Content;
+    use crate::fs::op::OpBody;
+    use crate::ids::OpId;
 
     fn op(wall_ms: u64, name: &str) -> Op {
         Op {

@@ -1,21 +1,60 @@
 //! lattice-mount: a peer-to-peer replicated filesystem mounted with FUSE.
 //!
-//! See `docs/architecture.md` for the codemap.
+//! See `docs/architecture.md` for the codemap. The public surface is what this file
+//! re-exports: what the daemon (`mountd/`), the benchmark (`mountd/bench/`) and the
+//! end-to-end tests (`tests/`) use. Every module is crate-private except the wire
+//! formats (`proto`) and their framing (`wire`), which other processes share.
 
-pub mod cas;
-pub mod fs;
-pub mod fuse;
-pub mod hlc;
-pub mod identity;
-pub mod intention;
-pub mod net;
-pub mod node;
+pub(crate) mod cas;
+pub(crate) mod fs;
+pub(crate) mod fuse;
+pub(crate) mod hlc;
+pub(crate) mod identity;
+pub(crate) mod ids;
+pub(crate) mod intention;
+pub(crate) mod net;
+pub(crate) mod node;
 pub mod proto;
 #[cfg(any(test, feature = "bench"))]
 pub mod sim;
-pub mod store;
-pub mod sync;
+pub(crate) mod store;
+pub(crate) mod sync;
 pub mod wire;
 
 #[cfg(test)]
 mod fuzz;
+
+pub use cas::{
+    Cas, CasError, Content, FetchRequest, Fetcher, PutAhead, INLINE_MAX, MAX_CHUNK_BYTES, READ_WAIT,
+};
+pub use fs::op::{
+    validate_name, Create, Kind, Op, OpBody, OpError, Role, SetMeta, MAX_LABEL_BYTES,
+    MAX_SUPERSEDES,
+};
+pub use fs::{
+    Attr, ContentView, FsError, FsState, FsStats, InviteInfo, InviteStatus, MemberInfo,
+    Node as FsNode, RenameFlags,
+};
+pub use fuse::{mount, FuseError, MountGuard};
+pub use hlc::{civil_from_days, now_ms, Clock, Hlc};
+pub use identity::{unhex, Identity, IdentityError, PublicKey};
+pub use ids::{FileId, Hash, OpId, StoreId};
+pub use intention::{Intention, IntentionError, MAX_INTENTION_OPS_BYTES};
+pub use net::settings::FetchMode;
+pub use net::{
+    DialError, JoinProgress, Net, NetConfig, NetError, PeerInfo, Relay, Revoked, RoundReport,
+    StoreNet, StreamError, SyncReport, Violation, FIRST_FRAME_TIMEOUT, MAX_FRAME, MAX_PEER_BYTES,
+    MAX_RECONCILE_DIFF, MAX_STRANGER_FRAME, MAX_STRANGER_STREAMS, MAX_STREAMS_PER_CONN, MAX_WANT,
+    SYNC_ALPN,
+};
+pub use node::{check_display_name, store_name, HistoryOp, JoinState, Node, NodeError, Unreadable};
+pub use store::{
+    ApplyOutcome, BareIndex, Equivocator, HistoryItem, IndexView, InviteError, Store, StoreError,
+    StoreEvent, StoreStats, Tx, WitnessBatch, DB_FILE, MAX_CLOCK_SKEW_MS,
+    MAX_FLOATING_PER_STRANGER,
+};
+pub use sync::invite::TokenError;
+pub use sync::reconcile::{
+    ReconcileError, Stats as ReconcileStats, Step as ReconcileStep, MAX_ROUNDS,
+};
+pub use sync::{ReconcileStorage, Refusal, RefusalCode, Session, FRAME_LIMIT};

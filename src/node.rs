@@ -13,15 +13,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::cas::{Cas, CasError};
-use crate::fs::op::{
-    clean_label, validate_label, Content, FileId, Kind, OpBody, OpError, OpId, Role, SetMeta,
-};
+use crate::cas::{Cas, CasError, Content};
+use crate::fs::op::{clean_label, validate_label, Op, OpError, SetMeta};
 use crate::fs::{FsError, FsState};
 use crate::hlc::{Clock, Hlc};
 use crate::identity::{Identity, IdentityError, PublicKey};
-use crate::intention::StoreId;
-use crate::proto::control::{HistoryEntry, StatusResponse, StoreStatus, UnreadableStore};
+use crate::ids::{FileId, Hash, OpId, StoreId};
 use crate::store::{HistoryItem, Store, StoreError};
 
 /// Key file name inside the data dir.
@@ -117,7 +114,29 @@ struct Inner {
     /// Stores still being bootstrapped: not shown in the mount yet.
     joining: Mutex<Vec<Store>>,
     /// Store directories that could not be opened, with why; the others run without them.
-    unreadable: Vec<UnreadableStore>,
+    unreadable: Vec<Unreadable>,
+}
+
+/// A store directory that could not be opened at startup, and why.
+#[derive(Debug)]
+pub struct Unreadable {
+    /// The store's directory.
+    pub dir: PathBuf,
+    /// Why it could not be opened.
+    pub error: StoreError,
+}
+
+/// One op in a file's history, with the intention that carried it.
+#[derive(Clone, Debug)]
+pub struct HistoryOp {
+    /// The intention's hash.
+    pub intention: Hash,
+    /// The intention's author.
+    pub author: PublicKey,
+    /// The author's display name in the store; empty when it is not a member.
+    pub author_name: String,
+    /// The op.
+    pub op: Op,
 }
 
 impl fmt::Debug for Node {
@@ -368,57 +387,15 @@ impl Node {
         Ok(store)
     }
 
-    /// The node's status; the daemon fills in `mountpoint`.
-    pub fn status(&self) -> StatusResponse {
-        let stores = self
-            .stores()
-            .iter()
-            .map(|s| {
-                let stats = s.stats();
-                let quarantined = s.quarantined();
-                StoreStatus {
-                    name: store_name(s),
-                    id: s.id().to_hex(),
-                    intentions: stats.intentions,
-                    floating: stats.floating,
-                    files: stats.fs.files,
-                    directories: stats.fs.dirs,
-                    bytes: stats.fs.bytes,
-                    conflicts: stats.fs.conflicts,
-                    equivocators: s
-                        .equivocators()
-                        .unwrap_or_else(|e| {
-                            tracing::warn!("equivocators unavailable: {e}");
-                            Vec::new()
-                        })
-                        .iter()
-                        .map(|q| q.key.to_hex())
-                        .collect(),
-                    quarantined: quarantined.len() as u64,
-                    quarantined_hashes: quarantined.iter().map(|h| h.to_hex()).collect(),
-                    ..StoreStatus::default()
-                }
-            })
-            .collect();
-        let (blobs, blob_bytes) = self.inner.cas.stats().unwrap_or_else(|e| {
-            tracing::warn!("content store statistics unavailable: {e}");
-            (0, 0)
-        });
-        StatusResponse {
-            node_id: self.inner.identity.public().to_hex(),
-            display_name: self.inner.display_name.clone(),
-            data_dir: self.inner.data_dir.display().to_string(),
-            mountpoint: String::new(),
-            stores,
-            blobs,
-            blob_bytes,
-            unreadable: self.inner.unreadable.clone(),
-        }
+    /// Store directories that could not be opened at startup, sorted by directory.
+    pub fn unreadable(&self) -> &[Unreadable] {
+        &self.inner.unreadable
     }
 
     /// The history of the file at `path`, relative to the mount root
-    /// (`<store name>/a/b`; leading `/` and `.` components are ignored), oldest first.
-    pub fn history(&self, path: &str) -> Result<Vec<HistoryEntry>, NodeError> {
+    /// (`<store name>/a/b`; leading `/` and `.` components are ignored), in (clock,
+    /// author) order.
+    pub fn history(&self, path: &str) -> Result<Vec<HistoryOp>, NodeError> {
         let mut parts = Vec::new();
         for part in path.split('/') {
             match part {
@@ -438,20 +415,10 @@ impl Node {
             store: name.to_string(),
             source,
         })?;
-        let mut entries: Vec<HistoryEntry> = store.read(|state| {
-            items
-                .iter()
-                .flat_map(|i| history_entries(state, i))
-                .collect()
-        });
-        entries.sort_by(|a, b| {
-            (a.hlc_wall_ms, a.hlc_counter, &a.author).cmp(&(
-                b.hlc_wall_ms,
-                b.hlc_counter,
-                &b.author,
-            ))
-        });
-        Ok(entries)
+        let mut ops: Vec<HistoryOp> =
+            store.read(|state| items.iter().flat_map(|i| history_ops(state, i)).collect());
+        ops.sort_by_key(|h| (h.op.hlc, h.author));
+        Ok(ops)
     }
 
     /// Shuts down every store (durably committing what they hold), then the content store.
@@ -673,7 +640,7 @@ struct OpenedStores {
     /// Stores still being bootstrapped.
     joining: Vec<Store>,
     /// Store directories that could not be opened, with why.
-    unreadable: Vec<UnreadableStore>,
+    unreadable: Vec<Unreadable>,
 }
 
 /// Opens every store under `dir` (one subdirectory per store, named by its hex id); a
@@ -704,9 +671,9 @@ fn open_stores(
             Ok(store) => store,
             Err(e) => {
                 tracing::error!("cannot open the store in {}: {e}", path.display());
-                unreadable.push(UnreadableStore {
-                    dir: path.display().to_string(),
-                    error: e.to_string(),
+                unreadable.push(Unreadable {
+                    dir: path.clone(),
+                    error: e,
                 });
                 continue;
             }
@@ -780,101 +747,21 @@ fn resolve(state: &FsState, parts: &[&str], rest: &[&str]) -> Result<FileId, Nod
     Ok(file)
 }
 
-/// The control-protocol form of one history item: a line per op that names the file.
-fn history_entries(state: &FsState, item: &HistoryItem) -> Vec<HistoryEntry> {
+/// The ops of one history item, each with its intention and author.
+fn history_ops(state: &FsState, item: &HistoryItem) -> Vec<HistoryOp> {
     let author_name = state
         .member(&item.author)
         .map(|(_, name)| name.to_string())
         .unwrap_or_default();
     item.ops
         .iter()
-        .map(|op| HistoryEntry {
-            intention: item.hash.to_hex(),
-            author: item.author.to_hex(),
+        .map(|op| HistoryOp {
+            intention: item.hash,
+            author: item.author,
             author_name: author_name.clone(),
-            hlc_wall_ms: op.hlc.wall_ms,
-            hlc_counter: op.hlc.counter,
-            op: describe(&op.body),
+            op: op.clone(),
         })
         .collect()
-}
-
-/// One line describing an op for `history`.
-fn describe(body: &OpBody) -> String {
-    match body {
-        OpBody::Create(c) => match (c.kind, &c.content) {
-            (Kind::File, content) => {
-                format!("create file {:?} ({} bytes)", c.name, content.len())
-            }
-            (Kind::Symlink, Content::Inline(target)) => format!(
-                "create symlink {:?} -> {:?}",
-                c.name,
-                String::from_utf8_lossy(target)
-            ),
-            (kind, _) => format!("create {} {:?}", kind_name(kind), c.name),
-        },
-        OpBody::Link { name, .. } => format!("link as {name:?}"),
-        OpBody::Move { name, .. } => format!("move to {name:?}"),
-        OpBody::Remove { .. } => "remove".to_string(),
-        OpBody::Write { content, .. } => format!("write {} bytes", content.len()),
-        OpBody::Append { data, .. } => format!("append {} bytes", data.len()),
-        OpBody::Dismiss { supersedes, .. } => {
-            format!("dismiss {} conflict copies", supersedes.len())
-        }
-        OpBody::SetMeta(m) => {
-            let mut changes = Vec::new();
-            if let Some(mode) = m.mode {
-                changes.push(format!("mode {mode:04o}"));
-            }
-            if m.uid.is_some() || m.gid.is_some() {
-                changes.push("owner".to_string());
-            }
-            if m.mtime_ns.is_some() || m.atime_ns.is_some() {
-                changes.push("times".to_string());
-            }
-            if !m.xattr_set.is_empty() || !m.xattr_remove.is_empty() {
-                changes.push(format!(
-                    "{} xattrs",
-                    m.xattr_set.len() + m.xattr_remove.len()
-                ));
-            }
-            format!("set {}", changes.join(", "))
-        }
-        OpBody::SetStoreName(name) => format!("name store {name:?}"),
-        OpBody::SetMember {
-            key,
-            role,
-            display_name,
-            ..
-        } => format!(
-            "add member {} ({display_name:?}) as {}",
-            key.short(),
-            role_name(*role)
-        ),
-        OpBody::RevokeMember { key, .. } => format!("revoke member {}", key.short()),
-        OpBody::Invite { role, .. } => format!("invite a {}", role_name(*role)),
-        OpBody::RevokeInvite { .. } => "withdraw an invite".to_string(),
-    }
-}
-
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::File => "file",
-        Kind::Dir => "directory",
-        Kind::Symlink => "symlink",
-        Kind::Fifo => "fifo",
-        Kind::Socket => "socket",
-        Kind::CharDev => "character device",
-        Kind::BlockDev => "block device",
-    }
-}
-
-fn role_name(role: Role) -> &'static str {
-    match role {
-        Role::Admin => "admin",
-        Role::Writer => "writer",
-        Role::Reader => "reader",
-    }
 }
 
 #[cfg(test)]
@@ -884,6 +771,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::fs::op::{Kind, OpBody};
     use crate::store::DB_FILE as DB_FILE_NAME;
 
     /// A runtime (kept alive for the content store) and a node opened on `dir`.
@@ -1057,7 +945,7 @@ mod tests {
     }
 
     #[test]
-    fn one_unreadable_store_does_not_stop_the_others_and_is_reported_in_status() {
+    fn one_unreadable_store_does_not_stop_the_others_and_is_listed() {
         let tmp = tempfile::tempdir().unwrap();
         let (_rt, node) = open(tmp.path(), Some("laptop"));
         node.create_store("docs").unwrap();
@@ -1073,11 +961,10 @@ mod tests {
         let (_rt2, node) = open(tmp.path(), None);
         let names: Vec<String> = node.stores().iter().map(store_name).collect();
         assert_eq!(names, ["docs"]);
-        let status = node.status();
-        assert_eq!(status.stores.len(), 1);
-        assert_eq!(status.unreadable.len(), 1);
-        assert!(status.unreadable[0].dir.ends_with(&broken.to_hex()));
-        assert!(!status.unreadable[0].error.is_empty());
+        let unreadable = node.unreadable();
+        assert_eq!(unreadable.len(), 1);
+        assert!(unreadable[0].dir.ends_with(broken.to_hex()));
+        assert!(!unreadable[0].error.to_string().is_empty());
         node.shutdown().unwrap();
     }
 
@@ -1094,12 +981,6 @@ mod tests {
         assert_eq!(names, ["docs", "photos"]);
         assert_eq!(node.store_by_name("docs").unwrap().id(), docs);
         assert!(node.store_by_name("music").is_none());
-        let status = node.status();
-        assert_eq!(status.node_id, node.identity().public().to_hex());
-        assert_eq!(status.display_name, "laptop");
-        assert_eq!(status.stores.len(), 2);
-        assert_eq!(status.stores[0].name, "docs");
-        assert_eq!(status.stores[0].id, docs.to_hex());
         node.shutdown().unwrap();
     }
 
@@ -1179,47 +1060,18 @@ mod tests {
         let entries = node.history("/docs/./a.txt").unwrap();
         let create = entries
             .iter()
-            .find(|e| e.op.starts_with("create file"))
+            .find(|e| matches!(&e.op.body, OpBody::Create(c) if c.name == "a.txt"))
             .unwrap_or_else(|| panic!("no create in {entries:?}"));
-        assert_eq!(create.op, "create file \"a.txt\" (2 bytes)");
-        assert_eq!(create.author, node.identity().public().to_hex());
+        assert_eq!(create.author, node.identity().public());
         assert_eq!(create.author_name, "laptop");
-        assert_eq!(create.intention.len(), 64);
-        assert!(create.hlc_wall_ms > 0);
+        assert_eq!(
+            store.get(vec![create.intention], usize::MAX).unwrap().len(),
+            1
+        );
+        assert!(create.op.hlc.wall_ms > 0);
         let err = node.history("docs/a.txt/b").unwrap_err();
         assert!(matches!(err, NodeError::Path { .. }), "{err}");
         node.shutdown().unwrap();
-    }
-
-    #[test]
-    fn op_descriptions_are_single_lines() {
-        let bodies = [
-            OpBody::Move {
-                entry: OpId::ROOT,
-                parent: OpId::ROOT,
-                name: "new\nline".into(),
-            },
-            OpBody::SetMeta(crate::fs::op::SetMeta {
-                mode: Some(0o640),
-                mtime_ns: Some(1),
-                ..Default::default()
-            }),
-            OpBody::Write {
-                file: OpId::ROOT,
-                supersedes: vec![],
-                content: Content::Inline(Bytes::from_static(b"abc")),
-                mtime_ns: 0,
-            },
-        ];
-        let lines: Vec<String> = bodies.iter().map(describe).collect();
-        assert_eq!(
-            lines,
-            [
-                "move to \"new\\nline\"",
-                "set mode 0640, times",
-                "write 3 bytes"
-            ]
-        );
     }
 
     /// Creates file `name` holding `content` at the root of `store`.

@@ -12,14 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use lattice_mount::cas::{Cas, FetchRequest, Fetcher};
-use lattice_mount::fs::op::{Content, FileId, Kind, Op, OpBody, OpId, Role};
-use lattice_mount::fs::{FsState, RenameFlags};
-use lattice_mount::hlc::{now_ms, Clock, Hlc};
-use lattice_mount::identity::Identity;
-use lattice_mount::intention::{Hash, Intention};
-use lattice_mount::node::Node;
-use lattice_mount::store::{ApplyOutcome, Store, StoreEvent};
+use lattice_mount::{
+    now_ms, ApplyOutcome, Cas, Clock, Content, FetchRequest, Fetcher, FileId, FsState, Hash, Hlc,
+    Identity, Intention, Kind, Node, Op, OpBody, OpId, RenameFlags, Role, Store, StoreEvent,
+};
 use parking_lot::Mutex;
 
 use common::{fuse_available, is_lattice_mount};
@@ -129,7 +125,7 @@ fn remote_creates_rewrites_renames_and_deletes_show_through_the_mount_at_once() 
     let (store, mut peer) = store_with_peer(&node);
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let guard = lattice_mount::fuse::mount(node.clone(), &mnt, false).unwrap();
+    let guard = lattice_mount::mount(node.clone(), &mnt, false).unwrap();
     assert!(is_lattice_mount(&mnt), "mount did not appear");
     let dir = mnt.join("shared");
     let (a, b, sub) = (dir.join("a.txt"), dir.join("b.txt"), dir.join("sub"));
@@ -215,7 +211,7 @@ fn remote_content_with_absent_blobs_fails_with_eio_then_reads_once_fetched() {
     assert!(matches!(content, Content::Manifest { .. }));
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let guard = lattice_mount::fuse::mount(node.clone(), &mnt, false).unwrap();
+    let guard = lattice_mount::mount(node.clone(), &mnt, false).unwrap();
     assert!(is_lattice_mount(&mnt), "mount did not appear");
     let path = mnt.join("shared").join("big");
     peer.apply(&store, |s| {

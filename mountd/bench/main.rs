@@ -41,7 +41,8 @@ fn main() -> Result<()> {
         Some("reconcile") => reconcile::run(&args[1..]),
         Some("sim") => sim::run(&args[1..]),
         _ => bail!(
-            "usage: lattice-bench local | sync | reconcile [ITEMS] | sim --seeds N [--nodes M]"
+            "usage: cargo run --release --features bench --bin lattice-bench -- \
+             local | sync | reconcile [ITEMS] | sim --seeds N [--nodes M]"
         ),
     }
 }

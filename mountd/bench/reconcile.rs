@@ -8,9 +8,7 @@ use std::collections::BTreeSet;
 use std::time::Instant;
 
 use anyhow::{ensure, Context, Result};
-use lattice_mount::intention::Hash;
-use lattice_mount::store::BareIndex;
-use lattice_mount::sync::{ReconcileStorage, Session};
+use lattice_mount::{BareIndex, Hash, ReconcileStorage, Session};
 use negentropy::{Id, NegentropyStorageVector};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -124,7 +122,7 @@ pub fn plus_ten(n: usize) -> Result<(u32, u64)> {
     a.insert(ours)?;
     let b = BareIndex::create(&dir.path().join("b.redb"))?;
     b.insert(plus)?;
-    let run = session(a.view()?, b.view()?, lattice_mount::sync::FRAME_LIMIT)?;
+    let run = session(a.view()?, b.view()?, lattice_mount::FRAME_LIMIT)?;
     ensure!(run.diffs == 10, "wrong difference");
     Ok((run.rounds, run.sent + run.received))
 }

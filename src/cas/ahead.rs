@@ -16,7 +16,7 @@ use std::sync::Arc;
 use iroh_blobs::api::TempTag;
 use parking_lot::{Condvar, Mutex};
 
-use crate::intention::Hash;
+use crate::ids::Hash;
 
 use super::chunker::StreamChunker;
 use super::{store, Cas, PUT_IN_FLIGHT};

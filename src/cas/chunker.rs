@@ -18,7 +18,7 @@ pub(crate) struct ChunkParams {
 
 /// Longest chunk a manifest may name, written or received: the largest chunk this node
 /// cuts, so a peer's manifest cannot make a reader or a patch allocate more per chunk.
-pub(crate) const MAX_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
+pub const MAX_CHUNK_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The chunk sizes this node writes (chosen by measurement: see the module docs of `cas`).
 pub(crate) const CHUNK_PARAMS: ChunkParams = ChunkParams {

@@ -1,6 +1,6 @@
 //! Errors of the content store.
 
-use crate::intention::Hash;
+use crate::ids::Hash;
 
 /// A content store operation that failed.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use iroh_blobs::api::Store;
 use tokio::runtime::Handle;
 
-use crate::intention::{Hash, StoreId};
+use crate::ids::{Hash, StoreId};
 
 use super::store::to_iroh;
 use super::CasError;

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use prost::Message;
 
-use crate::intention::Hash;
+use crate::ids::Hash;
 use crate::proto::fs as pb;
 
 use super::chunker::MAX_CHUNK_BYTES;

@@ -44,10 +44,11 @@
 mod ahead;
 mod cache;
 mod chunker;
+mod content;
 mod error;
 mod fetch;
 pub(crate) mod manifest;
-pub mod patch;
+pub(crate) mod patch;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -70,20 +71,20 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 pub use ahead::PutAhead;
+pub use content::{Content, INLINE_MAX};
 pub use error::CasError;
 pub use fetch::{FetchRequest, Fetcher, READ_WAIT};
 
-use crate::fs::op::{Content, INLINE_MAX};
-use crate::intention::{Hash, StoreId};
+use crate::ids::{Hash, StoreId};
 use cache::Lru;
-pub(crate) use chunker::MAX_CHUNK_BYTES;
+pub use chunker::MAX_CHUNK_BYTES;
 use chunker::{chunk_slice, ChunkParams, StreamChunker, CHUNK_PARAMS};
 use manifest::Manifest;
 
 /// Most bytes of recently read chunks kept in memory.
-pub const CHUNK_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const CHUNK_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 /// Most chunk entries, summed over all cached parsed manifests.
-pub const MANIFEST_CACHE_CHUNKS: u64 = 1 << 20;
+pub(crate) const MANIFEST_CACHE_CHUNKS: u64 = 1 << 20;
 /// Chunk imports running at once while a file is stored.
 const PUT_IN_FLIGHT: usize = 8;
 /// Chunk fetches running at once while content is exported.

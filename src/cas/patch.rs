@@ -5,16 +5,16 @@
 use bytes::Bytes;
 
 /// Size of the blocks two chunks are compared in.
-pub const PATCH_BLOCK: usize = 16 * 1024;
+pub(crate) const PATCH_BLOCK: usize = 16 * 1024;
 
 /// Longest chunk a patch rebuilds or describes: a chunk a manifest may name, so a peer's
 /// claimed size never makes the receiver allocate more.
-pub const MAX_PATCH_BYTES: u64 = super::MAX_CHUNK_BYTES;
+pub(crate) const MAX_PATCH_BYTES: u64 = super::MAX_CHUNK_BYTES;
 
 /// The blocks of `new` that differ from `base` at the same offsets, as (offset, bytes),
 /// or `None` when they would be more than half of `new` (a whole fetch is as good) or
 /// `new` is longer than [`MAX_PATCH_BYTES`].
-pub fn diff(base: &[u8], new: &[u8]) -> Option<Vec<(u64, Bytes)>> {
+pub(crate) fn diff(base: &[u8], new: &[u8]) -> Option<Vec<(u64, Bytes)>> {
     if new.len() as u64 > MAX_PATCH_BYTES {
         return None;
     }
@@ -37,7 +37,7 @@ pub fn diff(base: &[u8], new: &[u8]) -> Option<Vec<(u64, Bytes)>> {
 /// `base` cut or zero-extended to `size`, with `blocks` written over it; `None` if a
 /// block reaches past `size` or `size` exceeds [`MAX_PATCH_BYTES`] (checked before
 /// anything is allocated).
-pub fn apply(base: &[u8], size: u64, blocks: &[(u64, Bytes)]) -> Option<Vec<u8>> {
+pub(crate) fn apply(base: &[u8], size: u64, blocks: &[(u64, Bytes)]) -> Option<Vec<u8>> {
     if size > MAX_PATCH_BYTES {
         return None;
     }

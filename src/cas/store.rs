@@ -13,7 +13,7 @@ use iroh_blobs::hashseq::HashSeq;
 use iroh_blobs::store::fs::options::PathOptions;
 use iroh_blobs::{BlobFormat, HashAndFormat};
 
-use crate::intention::{Hash, StoreId};
+use crate::ids::{Hash, StoreId};
 
 use super::chunker::MAX_CHUNK_BYTES;
 use super::manifest::MAX_MANIFEST_BYTES;

@@ -12,7 +12,7 @@ use tokio::runtime::Runtime;
 
 use super::chunker::{ChunkParams, StreamChunker, CHUNK_PARAMS};
 use super::{Cas, CasError, Content, FetchRequest, Fetcher, INLINE_MAX};
-use crate::intention::{Hash, StoreId};
+use crate::ids::{Hash, StoreId};
 use crate::proto::fs as pb;
 
 /// The store the content of these tests belongs to.

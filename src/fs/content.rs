@@ -10,8 +10,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use bytes::Bytes;
 
-use crate::fs::op::{Content, Create, Kind, OpId, SetMeta};
+use crate::cas::Content;
+use crate::fs::op::{Create, Kind, SetMeta};
 use crate::fs::view::ContentView;
+use crate::ids::OpId;
 
 /// Largest size a content version shows: the largest offset the kernel addresses
 /// (`off_t`). Pieces are sized by their authors, so their sum may be anything.
@@ -34,12 +36,12 @@ pub(crate) struct Lww<T> {
 
 impl<T> Lww<T> {
     /// A register written by `at`.
-    pub fn new(at: OpId, value: T) -> Self {
+    pub(crate) fn new(at: OpId, value: T) -> Self {
         Lww { at, value }
     }
 
     /// Takes `value` if `at` is newer than the current writer.
-    pub fn set(&mut self, at: OpId, value: T) {
+    pub(crate) fn set(&mut self, at: OpId, value: T) {
         if at > self.at {
             self.at = at;
             self.value = value;
@@ -90,12 +92,12 @@ pub(crate) struct FileRec {
 
 impl FileRec {
     /// The store's root directory.
-    pub fn root() -> Self {
+    pub(crate) fn root() -> Self {
         Self::blank(OpId::ROOT, Kind::Dir, 0o755, 0, 0, 0, 0, Content::empty())
     }
 
     /// A file made by Create op `id`.
-    pub fn created(id: OpId, c: &Create) -> Self {
+    pub(crate) fn created(id: OpId, c: &Create) -> Self {
         let mut f = Self::blank(
             id,
             c.kind,
@@ -149,12 +151,12 @@ impl FileRec {
     }
 
     /// Records that op `id` touched the file (for ctime).
-    pub fn touch(&mut self, id: OpId) {
+    pub(crate) fn touch(&mut self, id: OpId) {
         self.touched = self.touched.max(id);
     }
 
     /// Marks `ids` as superseded.
-    pub fn supersede(&mut self, ids: &[OpId]) {
+    pub(crate) fn supersede(&mut self, ids: &[OpId]) {
         for id in ids {
             self.superseded.insert(*id);
             self.heads.remove(id);
@@ -162,7 +164,7 @@ impl FileRec {
     }
 
     /// Starts a version group with Write `id`.
-    pub fn write(&mut self, id: OpId, content: &Content, mtime_ns: i64) {
+    pub(crate) fn write(&mut self, id: OpId, content: &Content, mtime_ns: i64) {
         if self.kind != Kind::File {
             return;
         }
@@ -178,7 +180,7 @@ impl FileRec {
     }
 
     /// Adds Append `id` to `group`; false if the group is unknown.
-    pub fn append(&mut self, id: OpId, group: OpId, data: &Content, mtime_ns: i64) -> bool {
+    pub(crate) fn append(&mut self, id: OpId, group: OpId, data: &Content, mtime_ns: i64) -> bool {
         let Some(g) = self.groups.get_mut(&group) else {
             return false;
         };
@@ -196,17 +198,17 @@ impl FileRec {
     }
 
     /// The group `member` belongs to.
-    pub fn group_of(&self, member: OpId) -> Option<OpId> {
+    pub(crate) fn group_of(&self, member: OpId) -> Option<OpId> {
         self.member_of.get(&member).copied()
     }
 
     /// The winning group: the group of the greatest head.
-    pub fn winner(&self) -> Option<OpId> {
+    pub(crate) fn winner(&self) -> Option<OpId> {
         self.heads.last().and_then(|h| self.group_of(*h))
     }
 
     /// Alive groups with their greatest head, by group id.
-    pub fn alive(&self) -> BTreeMap<OpId, OpId> {
+    pub(crate) fn alive(&self) -> BTreeMap<OpId, OpId> {
         let mut out = BTreeMap::new();
         for h in &self.heads {
             if let Some(g) = self.group_of(*h) {
@@ -217,7 +219,7 @@ impl FileRec {
     }
 
     /// Alive groups other than the winner, with their greatest head.
-    pub fn conflicts(&self) -> BTreeMap<OpId, OpId> {
+    pub(crate) fn conflicts(&self) -> BTreeMap<OpId, OpId> {
         let mut all = self.alive();
         if let Some(w) = self.winner() {
             all.remove(&w);
@@ -226,7 +228,7 @@ impl FileRec {
     }
 
     /// Heads belonging to `group`.
-    pub fn group_heads(&self, group: OpId) -> Vec<OpId> {
+    pub(crate) fn group_heads(&self, group: OpId) -> Vec<OpId> {
         self.heads
             .iter()
             .filter(|h| self.group_of(**h) == Some(group))
@@ -235,7 +237,7 @@ impl FileRec {
     }
 
     /// The bytes of `group`: its base followed by its appends in op-id order.
-    pub fn view(&self, group: OpId) -> ContentView {
+    pub(crate) fn view(&self, group: OpId) -> ContentView {
         let mut v = ContentView::default();
         if let Some(g) = self.groups.get(&group) {
             for c in std::iter::once(&g.base).chain(g.appends.values()) {
@@ -249,7 +251,7 @@ impl FileRec {
     }
 
     /// Length of the winning content, without building its view.
-    pub fn size(&self) -> u64 {
+    pub(crate) fn size(&self) -> u64 {
         let Some(g) = self.winner().and_then(|w| self.groups.get(&w)) else {
             return 0;
         };
@@ -260,12 +262,12 @@ impl FileRec {
     }
 
     /// The winning content (empty if there is none).
-    pub fn content(&self) -> ContentView {
+    pub(crate) fn content(&self) -> ContentView {
         self.winner().map(|w| self.view(w)).unwrap_or_default()
     }
 
     /// Applies SetMeta op `id`.
-    pub fn set_meta(&mut self, id: OpId, m: &SetMeta) {
+    pub(crate) fn set_meta(&mut self, id: OpId, m: &SetMeta) {
         if let Some(v) = m.mode {
             self.mode.set(id, v & 0o7777);
         }
@@ -294,7 +296,7 @@ impl FileRec {
     }
 
     /// The value of xattr `name`, if set.
-    pub fn xattr(&self, name: &[u8]) -> Option<&Bytes> {
+    pub(crate) fn xattr(&self, name: &[u8]) -> Option<&Bytes> {
         self.xattrs.get(name).and_then(|r| r.value.as_ref())
     }
 }
@@ -302,10 +304,9 @@ impl FileRec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::op::FileId;
     use crate::hlc::Hlc;
     use crate::identity::PublicKey;
-    use crate::intention::Hash;
+    use crate::ids::{FileId, Hash};
 
     fn id(wall_ms: u64) -> OpId {
         OpId {

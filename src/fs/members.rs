@@ -22,8 +22,9 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::fs::op::{InviteId, OpId, Role};
+use crate::fs::op::Role;
 use crate::identity::PublicKey;
+use crate::ids::{InviteId, OpId};
 
 /// A current member of a store.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -90,7 +91,7 @@ pub(crate) struct Members {
 
 impl Members {
     /// Records a `SetMember` op.
-    pub fn set(
+    pub(crate) fn set(
         &mut self,
         id: OpId,
         key: PublicKey,
@@ -110,19 +111,19 @@ impl Members {
     }
 
     /// Records a `RevokeMember` op.
-    pub fn revoke(&mut self, key: PublicKey, upto: u64) {
+    pub(crate) fn revoke(&mut self, key: PublicKey, upto: u64) {
         let cut = self.cuts.entry(key).or_insert(upto);
         *cut = (*cut).min(upto);
     }
 
     /// Records an `Invite` op `op`.
-    pub fn invite(&mut self, op: OpId, id: InviteId, role: Role, expires_ms: u64) {
+    pub(crate) fn invite(&mut self, op: OpId, id: InviteId, role: Role, expires_ms: u64) {
         let rec = InviteRec { role, expires_ms };
         self.invites.entry(id).or_default().insert(op, rec);
     }
 
     /// Records a `RevokeInvite` op; it also withdraws an invite recorded later.
-    pub fn revoke_invite(&mut self, id: InviteId) {
+    pub(crate) fn revoke_invite(&mut self, id: InviteId) {
         self.withdrawn.insert(id);
     }
 
@@ -141,7 +142,7 @@ impl Members {
     }
 
     /// The key's current role and display name; `None` if revoked or never granted.
-    pub fn member(&self, key: &PublicKey) -> Option<(Role, &str)> {
+    pub(crate) fn member(&self, key: &PublicKey) -> Option<(Role, &str)> {
         if self.cuts.contains_key(key) {
             return None;
         }
@@ -154,7 +155,7 @@ impl Members {
     }
 
     /// The key's counting grants with their roles, in op id order, revocations aside.
-    pub fn grants(&self, key: &PublicKey) -> Vec<(OpId, Role)> {
+    pub(crate) fn grants(&self, key: &PublicKey) -> Vec<(OpId, Role)> {
         self.grants.get(key).map_or_else(Vec::new, |g| {
             g.iter()
                 .filter(|(id, g)| self.counts(id, g))
@@ -164,22 +165,22 @@ impl Members {
     }
 
     /// The key's author-chain length past which its intentions are void, if revoked.
-    pub fn cut(&self, key: &PublicKey) -> Option<u64> {
+    pub(crate) fn cut(&self, key: &PublicKey) -> Option<u64> {
         self.cuts.get(key).copied()
     }
 
     /// Every revoked key with its cut.
-    pub fn cuts(&self) -> impl Iterator<Item = (PublicKey, u64)> + '_ {
+    pub(crate) fn cuts(&self) -> impl Iterator<Item = (PublicKey, u64)> + '_ {
         self.cuts.iter().map(|(k, c)| (*k, *c))
     }
 
     /// Every key ever granted a role.
-    pub fn granted(&self) -> impl Iterator<Item = PublicKey> + '_ {
+    pub(crate) fn granted(&self) -> impl Iterator<Item = PublicKey> + '_ {
         self.grants.keys().copied()
     }
 
     /// Current members in key order.
-    pub fn list(&self) -> Vec<MemberInfo> {
+    pub(crate) fn list(&self) -> Vec<MemberInfo> {
         let mut out: Vec<MemberInfo> = self
             .grants
             .keys()
@@ -196,7 +197,7 @@ impl Members {
     }
 
     /// The invite `id` with its status at `now_ms`.
-    pub fn invite_info(&self, id: &InviteId, now_ms: u64) -> Option<InviteInfo> {
+    pub(crate) fn invite_info(&self, id: &InviteId, now_ms: u64) -> Option<InviteInfo> {
         let rec = self.invites.get(id)?.values().next()?;
         let used = self
             .redemptions
@@ -217,7 +218,7 @@ impl Members {
     }
 
     /// Every invite with its status at `now_ms`, in id order.
-    pub fn invite_list(&self, now_ms: u64) -> Vec<InviteInfo> {
+    pub(crate) fn invite_list(&self, now_ms: u64) -> Vec<InviteInfo> {
         let mut ids: Vec<&InviteId> = self.invites.keys().collect();
         ids.sort();
         ids.into_iter()

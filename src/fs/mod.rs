@@ -11,7 +11,7 @@ mod content;
 mod error;
 mod members;
 mod names;
-pub mod op;
+pub(crate) mod op;
 mod plan;
 mod query;
 mod snapshot;

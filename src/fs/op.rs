@@ -1,28 +1,25 @@
 //! Filesystem ops: validated domain types and their protobuf form.
 
-use std::fmt;
-
 use bytes::Bytes;
 
+use crate::cas::{Content, INLINE_MAX};
 use crate::hlc::Hlc;
-use crate::identity::{hex, PublicKey};
-use crate::intention::Hash;
+use crate::identity::PublicKey;
+use crate::ids::{FileId, Hash, InviteId, OpId};
 use crate::proto::fs as pb;
 
 /// Longest file name in bytes (as Linux `NAME_MAX`).
-pub const MAX_NAME_BYTES: usize = 255;
+pub(crate) const MAX_NAME_BYTES: usize = 255;
 /// Longest symlink target in bytes (as Linux `PATH_MAX`).
-pub const MAX_SYMLINK_BYTES: usize = 4096;
-/// Content up to this many bytes travels inline in the intention.
-pub const INLINE_MAX: usize = 16 * 1024;
+pub(crate) const MAX_SYMLINK_BYTES: usize = 4096;
 /// Most op ids one op may supersede or list as seen.
 pub const MAX_SUPERSEDES: usize = 4096;
 /// Most xattrs one `SetMeta` may set or remove.
-pub const MAX_XATTRS_PER_OP: usize = 64;
+pub(crate) const MAX_XATTRS_PER_OP: usize = 64;
 /// Longest xattr name in bytes (as Linux `XATTR_NAME_MAX`).
-pub const MAX_XATTR_NAME: usize = 255;
+pub(crate) const MAX_XATTR_NAME: usize = 255;
 /// Largest xattr value in bytes (as Linux `XATTR_SIZE_MAX`).
-pub const MAX_XATTR_VALUE: usize = 64 * 1024;
+pub(crate) const MAX_XATTR_VALUE: usize = 64 * 1024;
 /// Longest display name or store name in bytes.
 pub const MAX_LABEL_BYTES: usize = 255;
 
@@ -55,67 +52,6 @@ pub enum OpError {
     BadLabel(String),
 }
 
-/// An op id: the op's clock and its author. Orders by (HLC, author).
-/// A file's id is the id of the op that created it.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub struct OpId {
-    /// The op's clock.
-    pub hlc: Hlc,
-    /// The op's author.
-    pub author: PublicKey,
-}
-
-/// The id of a file, directory or other node (the id of its `Create` op).
-pub type FileId = OpId;
-
-impl OpId {
-    /// The store's root directory.
-    pub const ROOT: OpId = OpId {
-        hlc: Hlc::ZERO,
-        author: PublicKey([0; 32]),
-    };
-    /// Encoded length.
-    pub const LEN: usize = 44;
-
-    /// The 44-byte encoding, whose byte order is (HLC, author) order.
-    pub fn to_bytes(&self) -> [u8; 44] {
-        let mut b = [0u8; 44];
-        b[..8].copy_from_slice(&self.hlc.wall_ms.to_be_bytes());
-        b[8..12].copy_from_slice(&self.hlc.counter.to_be_bytes());
-        b[12..].copy_from_slice(&self.author.0);
-        b
-    }
-
-    /// Parses the 44-byte encoding.
-    pub fn from_bytes(b: &[u8]) -> Option<Self> {
-        if b.len() != 44 {
-            return None;
-        }
-        Some(OpId {
-            hlc: Hlc {
-                wall_ms: u64::from_be_bytes(b[..8].try_into().ok()?),
-                counter: u32::from_be_bytes(b[8..12].try_into().ok()?),
-            },
-            author: PublicKey(b[12..].try_into().ok()?),
-        })
-    }
-}
-
-impl fmt::Debug for OpId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if *self == OpId::ROOT {
-            return f.write_str("ROOT");
-        }
-        write!(
-            f,
-            "{}.{}@{}",
-            self.hlc.wall_ms,
-            self.hlc.counter,
-            hex(&self.author.0[..3])
-        )
-    }
-}
-
 /// The kind of a filesystem node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kind {
@@ -133,40 +69,6 @@ pub enum Kind {
     CharDev,
     /// Block device node.
     BlockDev,
-}
-
-/// File content of one version.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Content {
-    /// Bytes carried in the intention (at most [`INLINE_MAX`]).
-    Inline(Bytes),
-    /// A manifest blob listing chunks in the content store.
-    Manifest {
-        /// blake3 hash of the manifest blob.
-        hash: Hash,
-        /// Total content length.
-        size: u64,
-    },
-}
-
-impl Content {
-    /// Empty content.
-    pub fn empty() -> Self {
-        Content::Inline(Bytes::new())
-    }
-
-    /// Content length in bytes.
-    pub fn len(&self) -> u64 {
-        match self {
-            Content::Inline(b) => b.len() as u64,
-            Content::Manifest { size, .. } => *size,
-        }
-    }
-
-    /// True for zero-length content.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Creates a node named `name` in `parent`.
@@ -212,9 +114,6 @@ pub struct SetMeta {
     /// Extended attributes to remove.
     pub xattr_remove: Vec<Bytes>,
 }
-
-/// The id of an invite: blake3 of its one-time secret.
-pub type InviteId = [u8; 32];
 
 /// A member's role in a store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -657,7 +556,7 @@ pub fn validate_name(n: &str) -> Result<(), OpError> {
 /// Checks a display name: at most [`MAX_LABEL_BYTES`], no control character (newline,
 /// NUL, ...) and no `/`, since it ends up in conflict-copy file names. Empty is allowed
 /// (the key is shown instead).
-pub fn validate_label(n: &str) -> Result<(), OpError> {
+pub(crate) fn validate_label(n: &str) -> Result<(), OpError> {
     if n.len() > MAX_LABEL_BYTES {
         return Err(OpError::TooLarge {
             what: "display name",
@@ -673,7 +572,7 @@ pub fn validate_label(n: &str) -> Result<(), OpError> {
 /// A valid display name made from `n`: control characters and `/` become spaces,
 /// surrounding whitespace is trimmed and the rest is cut to [`MAX_LABEL_BYTES`] at a
 /// character boundary.
-pub fn clean_label(n: &str) -> String {
+pub(crate) fn clean_label(n: &str) -> String {
     let replaced: String = n
         .chars()
         .map(|c| if c.is_control() || c == '/' { ' ' } else { c })

@@ -3,14 +3,15 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::cas::{Content, INLINE_MAX};
 use crate::fs::error::FsError;
 use crate::fs::op::{
-    validate_name, Content, Create, FileId, Kind, OpBody, OpId, SetMeta, INLINE_MAX,
-    MAX_NAME_BYTES, MAX_SUPERSEDES, MAX_SYMLINK_BYTES, MAX_XATTRS_PER_OP, MAX_XATTR_NAME,
-    MAX_XATTR_VALUE,
+    validate_name, Create, Kind, OpBody, SetMeta, MAX_NAME_BYTES, MAX_SUPERSEDES,
+    MAX_SYMLINK_BYTES, MAX_XATTRS_PER_OP, MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
 use crate::fs::state::FsState;
 use crate::fs::view::{Node, RenameFlags};
+use crate::ids::{FileId, OpId};
 
 /// Checks a name that is about to be created.
 fn check_name(name: &str) -> Result<(), FsError> {

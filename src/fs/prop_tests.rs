@@ -6,10 +6,12 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use crate::fs::op::{Content, FileId, Kind, Op, OpBody, OpId, Role, SetMeta};
+use crate::cas::Content;
+use crate::fs::op::{Kind, Op, OpBody, Role, SetMeta};
 use crate::fs::{FsState, Node, RenameFlags};
 use crate::hlc::Clock;
 use crate::identity::PublicKey;
+use crate::ids::{FileId, OpId};
 
 const AUTHORS: usize = 3;
 const NAMES: [&str; 4] = ["a", "b", "c.txt", ".d"];

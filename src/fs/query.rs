@@ -12,19 +12,21 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 
+use crate::cas::Content;
 use crate::fs::content::FileRec;
 use crate::fs::error::FsError;
 use crate::fs::names::{
     collision_tags, conflict_tag, decorate, may_be_cut, raw_candidates, MIN_CUT_NAME_BYTES,
 };
-use crate::fs::op::{Content, FileId, Kind, OpId};
+use crate::fs::op::Kind;
 use crate::fs::state::FsState;
 use crate::fs::view::{Attr, ContentView, FsStats, Node};
 use crate::identity::{hex, PublicKey};
+use crate::ids::{FileId, OpId};
 
 /// Set-user-ID and set-group-ID: shown only on what the local node wrote alone
 /// ([`FsState::mask_foreign_privileges`]).
-pub const PRIVILEGE_BITS: u32 = 0o6000;
+pub(crate) const PRIVILEGE_BITS: u32 = 0o6000;
 
 impl FsState {
     /// Resolves `name` in directory `dir` (raw, collision or conflict-copy names).

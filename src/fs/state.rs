@@ -11,9 +11,10 @@ use std::fmt;
 
 use crate::fs::content::{FileRec, Lww};
 use crate::fs::members::{InviteInfo, MemberInfo, Members};
-use crate::fs::op::{FileId, InviteId, Kind, Op, OpBody, OpId, Role};
+use crate::fs::op::{Kind, Op, OpBody, Role};
 use crate::fs::tree::{Action, Entry, Tree};
 use crate::identity::PublicKey;
+use crate::ids::{FileId, InviteId, OpId};
 
 /// The projection of a store's ops: the tree, file contents and metadata, the members.
 #[derive(Clone)]

@@ -2,10 +2,12 @@
 
 use bytes::Bytes;
 
-use crate::fs::op::{Content, FileId, Kind, Op, OpBody, OpId, Role, SetMeta};
+use crate::cas::Content;
+use crate::fs::op::{Kind, Op, OpBody, Role, SetMeta};
 use crate::fs::{FsError, FsState, Node, RenameFlags};
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
+use crate::ids::{FileId, OpId};
 
 /// 2026-11-21 10:15:02 UTC in milliseconds.
 const T0: u64 = 1_795_256_102_000;
@@ -608,7 +610,7 @@ fn create_refuses_visible_names_bad_names_and_bad_parents() {
         ),
         Err(FsError::NameTooLong)
     );
-    let huge = Content::Inline(Bytes::from(vec![0; crate::fs::op::INLINE_MAX + 1]));
+    let huge = Content::Inline(Bytes::from(vec![0; crate::cas::INLINE_MAX + 1]));
     assert_eq!(
         s.plan_create(OpId::ROOT, "h", Kind::File, 0o644, 0, 0, 0, huge, 0),
         Err(FsError::TooLarge)
@@ -853,7 +855,7 @@ fn content_planners_refuse_directories_and_oversized_inline_content() {
     let f = mkfile(&mut s, 1, 11, OpId::ROOT, "f", "");
     assert_eq!(s.plan_write(d, Content::empty(), 0), Err(FsError::IsDir));
     assert_eq!(s.plan_append(d, Content::empty(), 0), Err(FsError::IsDir));
-    let huge = Content::Inline(Bytes::from(vec![0; crate::fs::op::INLINE_MAX + 1]));
+    let huge = Content::Inline(Bytes::from(vec![0; crate::cas::INLINE_MAX + 1]));
     assert_eq!(s.plan_write(f, huge, 0), Err(FsError::TooLarge));
     assert_eq!(
         s.content(file_node(&s, OpId::ROOT, "d")),

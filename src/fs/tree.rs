@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::fs::op::{FileId, OpId};
+use crate::ids::{FileId, OpId};
 
 /// The Remove op that deleted an entry and the content heads its author had seen.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -109,7 +109,7 @@ static EMPTY_SET: BTreeSet<OpId> = BTreeSet::new();
 
 impl Tree {
     /// Applies location op `id`, replaying newer logged ops after it. Idempotent.
-    pub fn apply(&mut self, id: OpId, action: Action) {
+    pub(crate) fn apply(&mut self, id: OpId, action: Action) {
         if self.log.contains_key(&id) {
             return;
         }
@@ -132,38 +132,38 @@ impl Tree {
     }
 
     /// The entry with id `id`, if placed.
-    pub fn entry(&self, id: OpId) -> Option<&Entry> {
+    pub(crate) fn entry(&self, id: OpId) -> Option<&Entry> {
         self.entries.get(&id)
     }
 
     /// Number of entries.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.entries.len()
     }
 
     /// Raw-name groups of directory `dir`, in raw-name order.
-    pub fn children(&self, dir: FileId) -> impl Iterator<Item = (&String, &BTreeSet<OpId>)> {
+    pub(crate) fn children(&self, dir: FileId) -> impl Iterator<Item = (&String, &BTreeSet<OpId>)> {
         self.children.get(&dir).into_iter().flatten()
     }
 
     /// The entries of `dir` whose raw name is `name`.
-    pub fn group(&self, dir: FileId, name: &str) -> Option<&BTreeSet<OpId>> {
+    pub(crate) fn group(&self, dir: FileId, name: &str) -> Option<&BTreeSet<OpId>> {
         self.children.get(&dir)?.get(name)
     }
 
     /// Entries of subdirectories of `dir`.
-    pub fn subdirs(&self, dir: FileId) -> &BTreeSet<OpId> {
+    pub(crate) fn subdirs(&self, dir: FileId) -> &BTreeSet<OpId> {
         self.subdirs.get(&dir).unwrap_or(&EMPTY_SET)
     }
 
     /// The entries of `file`.
-    pub fn entries_of(&self, file: FileId) -> &BTreeSet<OpId> {
+    pub(crate) fn entries_of(&self, file: FileId) -> &BTreeSet<OpId> {
         self.by_file.get(&file).unwrap_or(&EMPTY_SET)
     }
 
     /// True if `dir` is `node` or lies below it, following current parents. A walk that
     /// does not end (only possible after malformed ops) counts as inside.
-    pub fn is_within(&self, dir: FileId, node: FileId) -> bool {
+    pub(crate) fn is_within(&self, dir: FileId, node: FileId) -> bool {
         let mut p = dir;
         for _ in 0..=self.entries.len() + 1 {
             if p == node {

@@ -1,6 +1,8 @@
 //! The read-side types of the projection: nodes, attributes, content views, statistics.
 
-use crate::fs::op::{Content, FileId, Kind, OpId};
+use crate::cas::Content;
+use crate::fs::op::Kind;
+use crate::ids::{FileId, OpId};
 
 /// What a directory entry resolves to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -17,11 +17,10 @@ use fuser::{
 };
 use parking_lot::{Mutex, RwLock};
 
-use crate::fs::op::{
-    validate_name, Content, FileId, Kind, OpBody, OpId, SetMeta, MAX_SYMLINK_BYTES,
-};
+use crate::cas::Content;
+use crate::fs::op::{validate_name, Kind, OpBody, SetMeta, MAX_SYMLINK_BYTES};
 use crate::fs::{Attr, FsError, Node, RenameFlags as FsRenameFlags};
-use crate::intention::StoreId;
+use crate::ids::{FileId, OpId, StoreId};
 use crate::node::Node as LatticeNode;
 use crate::store::Store;
 

@@ -6,9 +6,8 @@ use std::collections::HashMap;
 
 use parking_lot::Mutex;
 
-use crate::fs::op::{FileId, OpId};
 use crate::fs::Node;
-use crate::intention::StoreId;
+use crate::ids::{FileId, OpId, StoreId};
 
 /// Inode number of the mount root, which lists the stores.
 pub(crate) const MOUNT_ROOT: u64 = 1;

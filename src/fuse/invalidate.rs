@@ -23,8 +23,7 @@ use fuser::{INodeNo, Notifier};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::fs::op::{FileId, OpId};
-use crate::intention::StoreId;
+use crate::ids::{FileId, OpId, StoreId};
 use crate::node::Node;
 use crate::store::{Store, StoreEvent};
 

@@ -6,11 +6,10 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::cas::{Cas, PutAhead};
-use crate::fs::op::{Content, FileId};
+use crate::cas::{Cas, Content, PutAhead};
 use crate::fs::{Attr, ContentView, FsError, Node};
 use crate::hlc::now_ms;
-use crate::intention::StoreId;
+use crate::ids::{FileId, StoreId};
 use crate::store::Store;
 
 use super::errno::{io_errno, Fail};
@@ -332,7 +331,7 @@ impl OpenFile {
                 Staging::Append {
                     file: f, path, len, ..
                 } => {
-                    let data = if *len as usize <= crate::fs::op::INLINE_MAX {
+                    let data = if *len as usize <= crate::cas::INLINE_MAX {
                         let mut buf = vec![0u8; *len as usize];
                         f.read_exact_at(&mut buf, 0).map_err(io_errno)?;
                         Content::Inline(buf.into())

@@ -11,7 +11,7 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The system allocator, counting the calling thread's live bytes while it measures.
-pub struct Counting;
+pub(crate) struct Counting;
 
 #[global_allocator]
 static COUNTING: Counting = Counting;
@@ -80,7 +80,7 @@ unsafe impl GlobalAlloc for Counting {
 
 /// Runs `f` and returns its result with the most bytes this thread held live at once
 /// while it ran (memory allocated before `f` and freed inside it does not count).
-pub fn peak_bytes<T>(f: impl FnOnce() -> T) -> (T, usize) {
+pub(crate) fn peak_bytes<T>(f: impl FnOnce() -> T) -> (T, usize) {
     /// Stops counting when dropped, also when `f` panics.
     struct Disarm;
     impl Drop for Disarm {

@@ -10,7 +10,7 @@ use super::{config, hostile, within, Budget, PROTOBUF_PER_BYTE};
 use crate::cas::manifest::Manifest;
 use crate::cas::patch;
 use crate::cas::MAX_CHUNK_BYTES;
-use crate::intention::Hash;
+use crate::ids::Hash;
 use crate::proto::peer as pb;
 
 /// `Manifest::decode`: the chunk list takes a few times its encoding.

@@ -10,7 +10,7 @@ const MAX_DEPTH: usize = 6;
 
 /// How one field is changed.
 #[derive(Clone, Debug)]
-pub enum FieldEdit {
+pub(crate) enum FieldEdit {
     /// Inserts copies of the field with an empty (zero) value after it: a repeated
     /// field made dense, each entry costing two bytes on the wire.
     Empties(u16),
@@ -161,7 +161,7 @@ fn apply(fields: &mut Vec<Field>, i: usize, edit: &FieldEdit) {
 
 /// `bytes` with `edit` applied to the field at fraction `at` of the depth-first field
 /// list; unchanged if they do not parse as a protobuf message.
-pub fn edit_field(bytes: Vec<u8>, at: proptest::sample::Index, edit: &FieldEdit) -> Vec<u8> {
+pub(crate) fn edit_field(bytes: Vec<u8>, at: proptest::sample::Index, edit: &FieldEdit) -> Vec<u8> {
     let Some(mut fields) = parse(&bytes, 0) else {
         return bytes;
     };

@@ -10,7 +10,8 @@ use super::ops::{intention, intention_bytes, op};
 use super::{config, hostile, within, Budget, PROTOBUF_PER_BYTE};
 use crate::fs::op::Op;
 use crate::identity::Identity;
-use crate::intention::{Hash, Intention, IntentionError, SIGNING_DOMAIN};
+use crate::ids::Hash;
+use crate::intention::{Intention, IntentionError, SIGNING_DOMAIN};
 use crate::proto::fs as pfs;
 use crate::proto::intention as pb;
 

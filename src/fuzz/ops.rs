@@ -4,10 +4,12 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 
-use crate::fs::op::{Content, Create, Kind, Op, OpBody, OpId, Role, SetMeta};
+use crate::cas::Content;
+use crate::fs::op::{Create, Kind, Op, OpBody, Role, SetMeta};
 use crate::hlc::Hlc;
 use crate::identity::{Identity, PublicKey};
-use crate::intention::{Hash, Intention, StoreId};
+use crate::ids::{Hash, OpId, StoreId};
+use crate::intention::Intention;
 
 /// Authors of ops in a history: keys `[k; 32]` for `k < AUTHORS`.
 pub(crate) const AUTHORS: u8 = 2;

@@ -1,7 +1,7 @@
 //! Fuzz tests of the wire frame (`wire::read_frame`) and of every peer-protocol message
-//! as its receiver takes it apart: a `Request` as `net/serve.rs` checks it, a `Response`
-//! as `net/client.rs` does, a `Gossip` message as `net/replica.rs` does. The receivers
-//! run these checks between network awaits; `receive_*` below strings the same calls
+//! as its receiver takes it apart: a `Request` as `net/serve.rs` and `sync::replica`
+//! check it, a `Response` as `sync::replica` and `net/client.rs` do, a `Gossip` message
+//! as `sync::replica` does. The receivers run these checks between network awaits; `receive_*` below strings the same calls
 //! together (ids and hashes sized, `Want` capped, intentions decoded and verified,
 //! negentropy frames stepped) without a network. Patch answers are in `cas.rs`.
 
@@ -12,7 +12,8 @@ use prost::Message;
 
 use super::ops::{intention_bytes, name};
 use super::{config, framed, hostile, hostile_frames, ready, within, Budget, PROTOBUF_PER_BYTE};
-use crate::intention::{Hash, Intention, StoreId};
+use crate::ids::{Hash, StoreId};
+use crate::intention::Intention;
 use crate::net::{GOSSIP_MAX, MAX_FRAME};
 use crate::proto::peer::{self as pb, gossip, request, response};
 use crate::sync::reconcile::{Session, FRAME_LIMIT};
@@ -80,7 +81,8 @@ fn response() -> impl Strategy<Value = pb::Response> {
         0..3,
     );
     let kind = prop_oneof![
-        "[ -~]{0,80}".prop_map(response::Kind::Error),
+        (any::<i32>(), "[ -~]{0,80}")
+            .prop_map(|(code, text)| response::Kind::Refusal(pb::Refusal { code, text })),
         (bytes(32), name(), peers, any::<u64>(), bytes(32)).prop_map(
             |(founder, store_name, peers, witness_len, topic_secret)| {
                 response::Kind::Redeemed(pb::Redeemed {
@@ -169,14 +171,14 @@ fn receive_request(input: &[u8]) -> Result<usize, String> {
         })
 }
 
-/// What `client.rs` checks and decodes in an answer.
+/// What `sync::replica` and `client.rs` check and decode in an answer.
 fn receive_response(input: &[u8]) -> Result<usize, String> {
     let mut reader = input;
     let response: pb::Response = ready(read_frame(&mut reader, MAX_FRAME))
         .map_err(|e: FrameError| e.to_string())?
         .ok_or("clean end")?;
     Ok(match response.kind.ok_or("empty answer")? {
-        response::Kind::Error(reason) => reason.len(),
+        response::Kind::Refusal(r) => crate::sync::Refusal::from(r).text.len(),
         response::Kind::Redeemed(r) => {
             <[u8; 32]>::try_from(&r.founder[..]).map_err(|_| "founder")?;
             <[u8; 32]>::try_from(&r.topic_secret[..]).map_err(|_| "topic secret")?;
@@ -204,7 +206,7 @@ fn receive_response(input: &[u8]) -> Result<usize, String> {
     })
 }
 
-/// What `replica.rs` decodes in a gossip message (at most `GOSSIP_MAX` bytes).
+/// What `sync::replica` decodes in a gossip message (at most `GOSSIP_MAX` bytes).
 fn receive_gossip(input: &[u8]) -> Result<usize, String> {
     if input.len() > GOSSIP_MAX {
         return Err("over the gossip limit".into());

@@ -7,9 +7,10 @@ use proptest::prelude::*;
 
 use super::ops::{op, AUTHORS};
 use super::{config, hostile, within, Budget};
-use crate::fs::op::{Op, OpId};
+use crate::fs::op::Op;
 use crate::fs::FsState;
 use crate::identity::PublicKey;
+use crate::ids::OpId;
 
 /// `decode_snapshot`: the rebuilt state (op log, tree, file records, indexes). Measured:
 /// a snapshot of 20 000 files created in one directory (about 100 bytes each) rebuilds

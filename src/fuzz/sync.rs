@@ -11,7 +11,7 @@ use prost::Message;
 use super::{apply_edits, config, edit, hostile, within, Budget, PROTOBUF_PER_BYTE};
 use crate::fs::op::{role_to_proto, Role, MAX_LABEL_BYTES};
 use crate::identity::PublicKey;
-use crate::intention::StoreId;
+use crate::ids::StoreId;
 use crate::proto::sync as pb;
 use crate::sync::invite::{InviteToken, MAX_TOKEN_ADDRS, PREFIX};
 use crate::sync::reconcile::{Session, FRAME_LIMIT};

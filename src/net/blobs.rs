@@ -13,10 +13,9 @@ use iroh_blobs::provider::events::{
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
 
-use crate::cas::FetchRequest;
-use crate::fs::op::{Content, FileId};
+use crate::cas::{Content, FetchRequest};
 use crate::identity::PublicKey;
-use crate::intention::Hash;
+use crate::ids::{FileId, Hash};
 use crate::net::peers::{endpoint_id, node_key};
 use crate::net::{blocking, NetError, Shared};
 use crate::store::Store;
@@ -24,7 +23,7 @@ use crate::store::Store;
 /// The iroh-blobs protocol without its shutdown: the content store belongs to the node,
 /// which shuts it down after the network, so the router must not.
 #[derive(Debug, Clone)]
-pub struct BlobsHandler(pub iroh_blobs::BlobsProtocol);
+pub(crate) struct BlobsHandler(pub iroh_blobs::BlobsProtocol);
 
 impl iroh::protocol::ProtocolHandler for BlobsHandler {
     async fn accept(
@@ -44,7 +43,7 @@ const MAX_PATCHES: usize = 64;
 
 /// The provider event sender for the blobs protocol: connections, get, get-many and
 /// observe requests are intercepted and checked; pushes stay disabled.
-pub fn provider_events(shared: Weak<Shared>) -> EventSender {
+pub(crate) fn provider_events(shared: Weak<Shared>) -> EventSender {
     let mask = EventMask {
         connected: ConnectMode::Intercept,
         get: RequestMode::Intercept,
@@ -159,7 +158,7 @@ fn providers(shared: &Shared, store: &Store) -> Vec<iroh::EndpointId> {
 /// Fetches every blob of `files` (current content and conflict copies) that is not local.
 /// `changes` pairs files' previous pieces with their new ones: changed chunks are first
 /// patched from the chunks they replace where a member can say which blocks differ.
-pub async fn fetch_files(
+pub(crate) async fn fetch_files(
     shared: &Arc<Shared>,
     store: &Store,
     files: Vec<FileId>,
@@ -173,7 +172,7 @@ pub async fn fetch_files(
 }
 
 /// Fetches every blob any file of `store` references that is not local.
-pub async fn fetch_all(shared: &Arc<Shared>, store: &Store) -> Result<usize, NetError> {
+pub(crate) async fn fetch_all(shared: &Arc<Shared>, store: &Store) -> Result<usize, NetError> {
     let files = store.read(|s| s.file_ids());
     fetch_files(shared, store, files, Vec::new()).await
 }
@@ -224,7 +223,7 @@ async fn patch_changes(
 }
 
 /// Fetches what a read is waiting for, skipping blobs a read already asked for.
-pub async fn fetch_request(shared: &Arc<Shared>, request: FetchRequest) {
+pub(crate) async fn fetch_request(shared: &Arc<Shared>, request: FetchRequest) {
     let Some(store) = shared.node.store_by_id(request.store) else {
         return;
     };
@@ -262,9 +261,7 @@ async fn fetch_pieces(
             fetched += patch_changes(shared, store, changes).await?;
         }
         let (cas, p) = (shared.node.cas().clone(), pieces.clone());
-        let missing = blocking(move || cas.missing(&p))
-            .await?
-            .map_err(|e| NetError::Local(e.to_string()))?;
+        let missing = blocking(move || cas.missing(&p)).await??;
         if missing.is_empty() {
             return Ok(fetched);
         }
@@ -281,7 +278,7 @@ async fn download(
 ) -> Result<usize, NetError> {
     let providers = providers(shared, store);
     if providers.is_empty() {
-        return Err(NetError::Local("no member to fetch content from".into()));
+        return Err(NetError::NoProvider);
     }
     let mut tasks = JoinSet::new();
     let mut queue = hashes.into_iter();
@@ -316,7 +313,7 @@ async fn download(
         }
     }
     match failed {
-        Some(reason) => Err(NetError::Local(format!("fetching content: {reason}"))),
+        Some(reason) => Err(NetError::Fetch(reason)),
         None => Ok(done),
     }
 }

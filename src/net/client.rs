@@ -13,9 +13,12 @@ use tokio::sync::mpsc;
 use crate::fs::op::Role;
 use crate::hlc::now_ms;
 use crate::identity::PublicKey;
-use crate::intention::{Hash, StoreId};
+use crate::ids::{Hash, StoreId};
 use crate::net::peers::endpoint_id;
-use crate::net::{blocking, topic, NetError, Shared, MAX_FRAME, PEER_TIMEOUT, SYNC_ALPN};
+use crate::net::{
+    blocking, topic, DialError, NetError, Shared, StreamError, Violation, MAX_FRAME, PEER_TIMEOUT,
+    SYNC_ALPN,
+};
 use crate::node::JoinState;
 use crate::proto::peer::{self as pb, request, response};
 use crate::store::Store;
@@ -45,18 +48,18 @@ pub(crate) async fn connection(shared: &Shared, peer: PublicKey) -> Result<Conne
             return Ok(c.clone());
         }
     }
-    let dial = |reason: String| NetError::Dial {
+    let dial = |cause: DialError| NetError::Dial {
         peer: peer.short(),
-        reason,
+        cause,
     };
     if endpoint_id(&peer).is_none() {
-        return Err(dial("not a valid endpoint id".into()));
+        return Err(dial(DialError::InvalidId));
     }
     let addr = shared.peers.addr(&peer);
     let conn = tokio::time::timeout(PEER_TIMEOUT, shared.endpoint.connect(addr, SYNC_ALPN))
         .await
-        .map_err(|_| dial(format!("no answer within {} s", PEER_TIMEOUT.as_secs())))?
-        .map_err(|e| dial(format!("{e:#}")))?;
+        .map_err(|_| dial(DialError::TimedOut(PEER_TIMEOUT)))?
+        .map_err(|e| dial(DialError::Connect(e)))?;
     shared.peers.seen(peer);
     if !shared.stores_of(&peer).is_empty() {
         let cap = crate::net::gate::MAX_CONNS_PER_PEER;
@@ -100,13 +103,13 @@ impl Exchange {
             .await
             .map_err(|_| NetError::Stream {
                 peer: peer.short(),
-                reason: "opening a stream timed out".into(),
+                cause: StreamError::OpenTimedOut,
             })?
             .map_err(|e| {
                 shared.conns.lock().remove(&peer);
                 NetError::Stream {
                     peer: peer.short(),
-                    reason: e.to_string(),
+                    cause: StreamError::Open(e),
                 }
             })?;
         Ok(Exchange {
@@ -143,7 +146,7 @@ impl Exchange {
                 .await
                 .map_err(|_| NetError::Stream {
                     peer: peer.clone(),
-                    reason: format!("no answer within {} s", PEER_TIMEOUT.as_secs()),
+                    cause: StreamError::NoAnswer(PEER_TIMEOUT),
                 })?
                 .map_err(|source| NetError::Frame {
                     peer: peer.clone(),
@@ -151,14 +154,17 @@ impl Exchange {
                 })?
                 .ok_or_else(|| NetError::Stream {
                     peer: peer.clone(),
-                    reason: "the peer closed the stream".into(),
+                    cause: StreamError::Closed,
                 })?;
         match msg.kind {
-            Some(response::Kind::Error(reason)) => Err(NetError::Refused { peer, reason }),
+            Some(response::Kind::Refusal(r)) => Err(NetError::Refused {
+                peer,
+                refusal: r.into(),
+            }),
             Some(kind) => Ok(kind),
             None => Err(NetError::Protocol {
                 peer,
-                what: "empty answer".into(),
+                violation: Violation::EmptyAnswer,
             }),
         }
     }
@@ -171,7 +177,7 @@ impl Exchange {
     fn unexpected(&self, kind: &response::Kind) -> NetError {
         NetError::Protocol {
             peer: self.peer.short(),
-            what: format!("unexpected answer {kind:?}"),
+            violation: Violation::UnexpectedAnswer(answer_name(kind)),
         }
     }
 
@@ -181,7 +187,7 @@ impl Exchange {
 }
 
 /// Creates an invite to store `name`; returns the token.
-pub async fn invite(
+pub(crate) async fn invite(
     shared: &Arc<Shared>,
     name: &str,
     role: Role,
@@ -191,9 +197,7 @@ pub async fn invite(
     let expires_ms = now_ms().saturating_add(expires_in.as_millis() as u64);
     let st = store.clone();
     let secret = blocking(move || -> Result<[u8; 32], NetError> {
-        let secret = st
-            .create_invite(role, expires_ms)
-            .map_err(|e| NetError::Token(e.to_string()))?;
+        let secret = st.create_invite(role, expires_ms)?;
         st.flush()?;
         Ok(secret)
     })
@@ -211,23 +215,20 @@ pub async fn invite(
 }
 
 /// Redeems `token` (unless this node is already joining that store), then bootstraps.
-pub async fn join(
+pub(crate) async fn join(
     shared: &Arc<Shared>,
     token: &str,
     display_name: Option<&str>,
     progress: mpsc::UnboundedSender<JoinProgress>,
 ) -> Result<Store, NetError> {
-    let token = InviteToken::decode(token).map_err(|e| NetError::Token(e.to_string()))?;
+    let token = InviteToken::decode(token)?;
     if let Some(existing) = shared
         .node
         .stores()
         .into_iter()
         .find(|s| s.id() == token.store)
     {
-        return Err(NetError::Token(format!(
-            "already a member of store {:?}",
-            crate::node::store_name(&existing)
-        )));
+        return Err(NetError::AlreadyJoined(crate::node::store_name(&existing)));
     }
     shared
         .peers
@@ -241,7 +242,7 @@ pub async fn join(
         Some(found) => found,
         None => {
             if token.expires_ms <= now_ms() {
-                return Err(NetError::Token("the invite token has expired".into()));
+                return Err(NetError::TokenExpired);
             }
             let mut ex = Exchange::open(shared, token.inviter, token.store).await?;
             let answer = ex
@@ -258,7 +259,10 @@ pub async fn join(
             ex.finish();
             let founder = PublicKey(r.founder[..].try_into().map_err(|_| NetError::Protocol {
                 peer: token.inviter.short(),
-                what: "founder is not 32 bytes".into(),
+                violation: Violation::BadLength {
+                    field: "founder",
+                    len: 32,
+                },
             })?);
             for p in &r.peers {
                 if let Ok(id) = <[u8; 32]>::try_from(&p.id[..]) {
@@ -275,8 +279,14 @@ pub async fn join(
             let (id, st) = (token.store, state.clone());
             let store = blocking(move || node.begin_join(id, founder, &st)).await??;
             match <[u8; 32]>::try_from(&r.topic_secret[..]) {
-                Ok(secret) => topic::save(&shared.node.store_dir(id), &secret)
-                    .map_err(|e| NetError::Local(format!("cannot save the gossip secret: {e}")))?,
+                Ok(secret) => {
+                    topic::save(&shared.node.store_dir(id), &secret).map_err(|source| {
+                        NetError::Save {
+                            what: "the gossip secret",
+                            source,
+                        }
+                    })?
+                }
                 Err(_) => tracing::warn!("the inviter sent no gossip secret; asking members later"),
             }
             (store, state)
@@ -344,7 +354,7 @@ async fn bootstrap(
 }
 
 /// Restarts, in the background, bootstraps interrupted by a restart.
-pub fn resume_joins(shared: &Arc<Shared>) {
+pub(crate) fn resume_joins(shared: &Arc<Shared>) {
     for (store, state) in shared.node.joining() {
         if !shared.resuming.lock().insert(store.id()) {
             continue;
@@ -379,19 +389,20 @@ pub enum Revoked {
 
 /// Revokes what `target` names in store `name`: an invite token (`lm1…`), or a member
 /// (a key hex prefix or its display name), which is also disconnected.
-pub async fn revoke(shared: &Arc<Shared>, name: &str, target: &str) -> Result<Revoked, NetError> {
+pub(crate) async fn revoke(
+    shared: &Arc<Shared>,
+    name: &str,
+    target: &str,
+) -> Result<Revoked, NetError> {
     let store = shared.store(name)?;
     if target.trim().starts_with(crate::sync::invite::PREFIX) {
-        let token = InviteToken::decode(target).map_err(|e| NetError::Token(e.to_string()))?;
+        let token = InviteToken::decode(target)?;
         if token.store != store.id() {
-            return Err(NetError::Token(format!(
-                "that token is not for store {name:?}"
-            )));
+            return Err(NetError::TokenForOtherStore(name.to_string()));
         }
         let st = store.clone();
         blocking(move || -> Result<(), NetError> {
-            st.revoke_invite(crate::store::invite_id(&token.secret))
-                .map_err(|e| NetError::Token(e.to_string()))?;
+            st.revoke_invite(crate::store::invite_id(&token.secret))?;
             st.flush()?;
             Ok(())
         })
@@ -410,35 +421,36 @@ pub async fn revoke(shared: &Arc<Shared>, name: &str, target: &str) -> Result<Re
     let key = match matches[..] {
         [one] => one,
         [] => {
-            return Err(NetError::Local(format!(
-                "no member of {name:?} matches {target:?}"
-            )))
+            return Err(NetError::NoSuchMember {
+                store: name.to_string(),
+                target: target.to_string(),
+            })
         }
         _ => {
-            return Err(NetError::Local(format!(
-                "{target:?} matches {} members of {name:?}; give more of the key",
-                matches.len()
-            )))
+            return Err(NetError::AmbiguousMember {
+                store: name.to_string(),
+                target: target.to_string(),
+                count: matches.len(),
+            })
         }
     };
     if key == shared.me() {
-        return Err(NetError::Local("a node cannot revoke itself".into()));
+        return Err(NetError::RevokeSelf);
     }
     let st = store.clone();
     blocking(move || -> Result<(), NetError> {
-        st.revoke_member(key)
-            .map_err(|e| NetError::Local(e.to_string()))?;
+        st.revoke_member(key)?;
         st.flush()?;
         Ok(())
     })
     .await??;
-    cut_off(shared, &key);
+    // The replica cuts `key` off when it sees the sealed revocation.
     Ok(Revoked::Member(key))
 }
 
 /// Closes every connection to revoked `key` if it is no longer a member of any store
 /// here, else its gossip connections (the gate admits no gossip from a revoked key).
-pub fn cut_off(shared: &Shared, key: &PublicKey) {
+pub(crate) fn cut_off(shared: &Shared, key: &PublicKey) {
     let n = if shared.stores_of(key).is_empty() {
         shared.conns.lock().remove(key);
         shared.peers.disconnect(key, None, "revoked")
@@ -456,7 +468,7 @@ pub fn cut_off(shared: &Shared, key: &PublicKey) {
 /// blocks `peer` says differ, checks its hash and stores it. Fails (the caller then
 /// fetches the whole chunk) if the peer refuses, the base is gone or the result does not
 /// match.
-pub async fn patch_chunk(
+pub(crate) async fn patch_chunk(
     shared: &Arc<Shared>,
     store: &Store,
     peer: PublicKey,
@@ -478,27 +490,40 @@ pub async fn patch_chunk(
     if got.size != len {
         return Err(NetError::Protocol {
             peer: peer.short(),
-            what: format!("its patch is for {} bytes, the chunk has {len}", got.size),
+            violation: Violation::PatchSize {
+                got: got.size,
+                want: len,
+            },
         });
     }
     let cas = shared.node.cas().clone();
     let (short, owner) = (peer.short(), store.id());
     blocking(move || {
-        let local = |e: crate::cas::CasError| NetError::Local(e.to_string());
-        let old = cas
-            .local_blob(base)
-            .map_err(local)?
-            .ok_or_else(|| NetError::Local("patch base is no longer held".into()))?;
+        let old = cas.local_blob(base)?.ok_or(NetError::PatchBaseGone(base))?;
         let blocks: Vec<(u64, Bytes)> =
             got.blocks.into_iter().map(|b| (b.offset, b.data)).collect();
         let rebuilt = crate::cas::patch::apply(&old, got.size, &blocks)
             .filter(|data| Hash::of(data) == chunk)
             .ok_or_else(|| NetError::Protocol {
                 peer: short,
-                what: format!("its patch does not rebuild chunk {chunk:?}"),
+                violation: Violation::BadPatch(chunk),
             })?;
-        cas.put_blob(owner, rebuilt.into()).map_err(local)?;
+        cas.put_blob(owner, rebuilt.into())?;
         Ok(())
     })
     .await?
+}
+
+/// The name of an answer's kind, for a protocol violation (never its contents).
+fn answer_name(kind: &response::Kind) -> &'static str {
+    match kind {
+        response::Kind::Refusal(_) => "refusal",
+        response::Kind::Redeemed(_) => "redeemed",
+        response::Kind::Batch(_) => "witness batch",
+        response::Kind::Reconcile(_) => "reconcile frame",
+        response::Kind::Intentions(_) => "intentions",
+        response::Kind::Pushed(_) => "pushed",
+        response::Kind::Blocks(_) => "blocks",
+        response::Kind::TopicSecret(_) => "topic secret",
+    }
 }

@@ -24,32 +24,32 @@ use crate::net::peers::{is_open, node_key};
 use crate::net::{Shared, SYNC_ALPN};
 
 /// QUIC application close code sent to refused or revoked peers.
-pub const CLOSE_REFUSED: u32 = 403;
+pub(crate) const CLOSE_REFUSED: u32 = 403;
 /// QUIC application close code sent to a peer over one of its limits.
-pub const CLOSE_LIMIT: u32 = 429;
+pub(crate) const CLOSE_LIMIT: u32 = 429;
 /// Open connections one member may have with this node, both directions and all ALPNs
 /// (sync, gossip and blobs each way is six; the rest absorbs simultaneous dials).
-pub const MAX_CONNS_PER_PEER: usize = 16;
+pub(crate) const MAX_CONNS_PER_PEER: usize = 16;
 /// Open connections one stranger key may have: redeeming needs one.
-pub const MAX_STRANGER_CONNS_PER_KEY: usize = 2;
+pub(crate) const MAX_STRANGER_CONNS_PER_KEY: usize = 2;
 /// Open connections of all strangers together (keys cost nothing to make).
-pub const MAX_STRANGER_CONNS: usize = 64;
+pub(crate) const MAX_STRANGER_CONNS: usize = 64;
 
 /// The admission hook; holds the network state weakly (the endpoint owns the hook).
 #[derive(Clone, Debug, Default)]
-pub struct Gate {
+pub(crate) struct Gate {
     shared: Arc<OnceLock<Weak<Shared>>>,
     strangers: Arc<Strangers>,
 }
 
 impl Gate {
     /// A gate that admits nothing until [`Gate::attach`] is called.
-    pub fn new() -> Gate {
+    pub(crate) fn new() -> Gate {
         Gate::default()
     }
 
     /// Connects the gate to the network state it consults.
-    pub fn attach(&self, shared: Weak<Shared>) {
+    pub(crate) fn attach(&self, shared: Weak<Shared>) {
         let _ = self.shared.set(shared);
     }
 

@@ -1,12 +1,12 @@
 //! The network layer: one iroh [`Endpoint`] keyed by the node identity and a [`Router`]
 //! serving three ALPNs — the lattice sync protocol ([`SYNC_ALPN`], `proto/peer.proto`),
-//! iroh-gossip and iroh-blobs — plus one replica task per store that gossips new
-//! intentions, reconciles with members and fetches blobs.
+//! iroh-gossip and iroh-blobs — plus, per store, the driver of its `sync::replica`
+//! (which decides what is gossiped, reconciled, pulled, pushed and fetched, and when).
 //!
 //! Admission, per store on every path. An endpoint hook (`gate`) refuses gossip and
 //! blob connections from peers that are not a member of any of this node's stores, and
-//! gossip from keys revoked from any of them; the sync protocol checks membership of the
-//! named store on every request (only `Redeem` is open to non-members); blob requests
+//! gossip from keys revoked from any of them; the replica of the named store checks
+//! membership on every sync request (only `Redeem` is open to non-members); blob requests
 //! are checked per hash against the blobs owned by the stores the requester belongs to.
 //! Each store's gossip topic derives from a secret only members hold (`topic`), and a
 //! gossip message is acted on only if its neighbour is a member of that store. This node
@@ -18,16 +18,18 @@
 //! [`MAX_STREAMS_PER_CONN`] streams per connection and [`MAX_PEER_BYTES`] of request
 //! bodies in flight. Frame bodies are read as they arrive, never allocated up front.
 //!
-//! Everything here runs on the daemon's tokio runtime; store and content-store calls,
-//! which block, go through `spawn_blocking`.
+//! Everything here runs on the daemon's tokio runtime, except each replica, which runs
+//! on a thread of its own (its store calls block); other store and content-store calls
+//! go through `spawn_blocking`.
 
 mod blobs;
 mod client;
+mod error;
 mod gate;
-pub mod peers;
+pub(crate) mod peers;
 mod replica;
 pub(crate) mod serve;
-pub mod settings;
+pub(crate) mod settings;
 mod topic;
 
 use std::collections::HashMap;
@@ -47,23 +49,24 @@ use tokio::sync::mpsc;
 
 use crate::fs::op::Role;
 use crate::identity::PublicKey;
-use crate::intention::StoreId;
-use crate::node::{Node, NodeError};
-use crate::store::{Store, StoreError};
-use crate::wire::FrameError;
+use crate::ids::StoreId;
+use crate::node::Node;
+use crate::store::Store;
 use peers::PeerBook;
 use replica::ReplicaHandle;
 use settings::{FetchMode, Settings};
 
-pub use crate::sync::replica::{RoundReport, SyncReport, GOSSIP_MAX, MAX_RECONCILE_DIFF, MAX_WANT};
+pub(crate) use crate::sync::replica::GOSSIP_MAX;
+pub use crate::sync::replica::{RoundReport, SyncReport, MAX_RECONCILE_DIFF, MAX_WANT};
 pub use client::{JoinProgress, Revoked};
+pub use error::{DialError, NetError, StreamError, Violation};
 
 /// ALPN of the lattice sync protocol; the suffix is its version.
 pub const SYNC_ALPN: &[u8] = b"lattice/sync/1";
 /// Largest sync protocol frame (a maximal intention plus framing fits).
 pub const MAX_FRAME: usize = 8 * 1024 * 1024;
 /// How long a dial or a request to a peer may take before it counts as failed.
-pub const PEER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const PEER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest first frame of a peer that is a member of no store here: a `Redeem` (a
 /// secret and a display name) fits many times over.
 pub const MAX_STRANGER_FRAME: usize = 16 * 1024;
@@ -112,90 +115,6 @@ pub struct NetConfig {
     pub relay: Relay,
     /// Local address to bind (default: any port on all interfaces).
     pub bind: Option<SocketAddr>,
-}
-
-/// Errors of the network layer, each one readable line.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum NetError {
-    /// The endpoint could not be bound.
-    #[error("cannot bind the network endpoint: {0}")]
-    Bind(String),
-    /// A peer could not be reached.
-    #[error("cannot reach peer {peer}: {reason}")]
-    Dial {
-        /// The peer's short id.
-        peer: String,
-        /// Why.
-        reason: String,
-    },
-    /// A stream to a peer failed.
-    #[error("connection to peer {peer} failed: {reason}")]
-    Stream {
-        /// The peer's short id.
-        peer: String,
-        /// Why.
-        reason: String,
-    },
-    /// A peer sent a frame that could not be read.
-    #[error("bad frame from peer {peer}: {source}")]
-    Frame {
-        /// The peer's short id.
-        peer: String,
-        /// Why.
-        source: FrameError,
-    },
-    /// A peer refused the request, with its reason.
-    #[error("peer {peer} refused: {reason}")]
-    Refused {
-        /// The peer's short id.
-        peer: String,
-        /// Its one-line reason.
-        reason: String,
-    },
-    /// A peer answered something the protocol does not allow here.
-    #[error("peer {peer} broke the protocol: {what}")]
-    Protocol {
-        /// The peer's short id.
-        peer: String,
-        /// What was wrong.
-        what: String,
-    },
-    /// A reconciliation with a peer failed: a frame it sent was refused, or the session
-    /// went on past [`MAX_ROUNDS`](crate::sync::reconcile::MAX_ROUNDS).
-    #[error("reconciliation with peer {peer}: {source}")]
-    Reconcile {
-        /// The peer's short id.
-        peer: String,
-        /// Why.
-        source: crate::sync::reconcile::ReconcileError,
-    },
-    /// The invite token cannot be used.
-    #[error("{0}")]
-    Token(String),
-    /// No store of this node has this name.
-    #[error("no store named {0:?}")]
-    UnknownStore(String),
-    /// The store is paused.
-    #[error("store {0:?} is paused; resume it first")]
-    Paused(String),
-    /// A peer is not a current member of the store a request is about.
-    #[error("peer {peer} is not a member of store {store:?}")]
-    NotMember {
-        /// The peer's short id.
-        peer: String,
-        /// The store's name.
-        store: String,
-    },
-    /// The local store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The node failed.
-    #[error(transparent)]
-    Node(#[from] NodeError),
-    /// Something else local failed.
-    #[error("{0}")]
-    Local(String),
 }
 
 /// A member of a store as `peers` shows it.
@@ -504,7 +423,7 @@ impl Net {
 impl Shared {
     /// This endpoint's bound direct addresses, with unspecified IPs replaced by loopback
     /// and the interface addresses iroh reports.
-    pub fn direct_addrs(&self) -> Vec<SocketAddr> {
+    pub(crate) fn direct_addrs(&self) -> Vec<SocketAddr> {
         let mut out: Vec<SocketAddr> = self.endpoint.addr().ip_addrs().copied().collect();
         for s in self.endpoint.bound_sockets() {
             let a = match s.ip() {
@@ -524,12 +443,12 @@ impl Shared {
     }
 
     /// This node's key.
-    pub fn me(&self) -> PublicKey {
+    pub(crate) fn me(&self) -> PublicKey {
         self.node.identity().public()
     }
 
     /// The visible store named `name`.
-    pub fn store(&self, name: &str) -> Result<Store, NetError> {
+    pub(crate) fn store(&self, name: &str) -> Result<Store, NetError> {
         self.node
             .store_by_name(name)
             .ok_or_else(|| NetError::UnknownStore(name.to_string()))
@@ -541,11 +460,11 @@ impl Shared {
             .lock()
             .get(&store.id())
             .cloned()
-            .ok_or_else(|| NetError::Local(format!("store {name:?} has no replica running")))
+            .ok_or_else(|| NetError::NoReplica(name.to_string()))
     }
 
     /// Starts a replica task for every visible store that has none.
-    pub fn ensure_replicas(self: &Arc<Self>) {
+    pub(crate) fn ensure_replicas(self: &Arc<Self>) {
         for store in self.node.stores() {
             let mut replicas = self.replicas.lock();
             if replicas.contains_key(&store.id()) {
@@ -557,7 +476,7 @@ impl Shared {
     }
 
     /// Members of `store` other than this node, in key order.
-    pub fn other_members(&self, store: &Store) -> Vec<PublicKey> {
+    pub(crate) fn other_members(&self, store: &Store) -> Vec<PublicKey> {
         let me = self.me();
         store.read(|s| {
             s.members()
@@ -618,7 +537,7 @@ impl Shared {
 
     /// The local settings of `store`, read from its file once and kept in memory (they
     /// are consulted on every incoming connection and request).
-    pub fn settings(&self, store: &Store) -> Settings {
+    pub(crate) fn settings(&self, store: &Store) -> Settings {
         *self
             .settings
             .lock()
@@ -639,8 +558,10 @@ impl Shared {
             .or_insert_with(|| Settings::load(&dir));
         let mut next = *s;
         change(&mut next);
-        next.save(&dir)
-            .map_err(|e| NetError::Local(format!("cannot save {}: {e}", dir.display())))?;
+        next.save(&dir).map_err(|source| NetError::Save {
+            what: "the store's settings",
+            source,
+        })?;
         *s = next;
         drop(settings);
         if let Some(h) = self.replicas.lock().get(&store.id()) {
@@ -649,26 +570,18 @@ impl Shared {
         Ok(())
     }
 
-    /// True if `key` is a current member (any role) of a visible store with id `id`
-    /// whose network activity is not paused.
-    pub fn may_sync(&self, key: &PublicKey, id: StoreId) -> bool {
-        self.node.stores().iter().any(|s| {
-            s.id() == id && s.read(|st| st.member(key).is_some()) && !self.settings(s).paused
-        })
-    }
-
     /// True if `key` is a current member (any role) of `store`.
-    pub fn is_member(&self, store: &Store, key: &PublicKey) -> bool {
+    pub(crate) fn is_member(&self, store: &Store, key: &PublicKey) -> bool {
         store.read(|s| s.member(key).is_some())
     }
 
     /// True if `key` is a current member of a visible, unpaused store of this node.
-    pub fn is_member_anywhere(&self, key: &PublicKey) -> bool {
+    pub(crate) fn is_member_anywhere(&self, key: &PublicKey) -> bool {
         !self.stores_of(key).is_empty()
     }
 
     /// True if `key` is revoked from any store of this node.
-    pub fn revoked_anywhere(&self, key: &PublicKey) -> bool {
+    pub(crate) fn revoked_anywhere(&self, key: &PublicKey) -> bool {
         self.node
             .stores()
             .iter()
@@ -678,7 +591,7 @@ impl Shared {
     /// The gossip secret of `store`: kept in its directory, or created now if this node
     /// founded it; `None` for a member that has not received it yet.
     /// Blocks on file I/O the first time per store.
-    pub fn topic_secret(&self, store: &Store) -> Result<Option<[u8; 32]>, NetError> {
+    pub(crate) fn topic_secret(&self, store: &Store) -> Result<Option<[u8; 32]>, NetError> {
         // Held across load and create, so that two first callers agree on one secret.
         let mut secrets = self.secrets.lock();
         if let Some(secret) = secrets.get(&store.id()) {
@@ -689,8 +602,10 @@ impl Shared {
             Some(secret) => secret,
             None if store.founder() == self.me() => {
                 let secret = topic::generate();
-                topic::save(&dir, &secret)
-                    .map_err(|e| NetError::Local(format!("cannot save the gossip secret: {e}")))?;
+                topic::save(&dir, &secret).map_err(|source| NetError::Save {
+                    what: "the gossip secret",
+                    source,
+                })?;
                 secret
             }
             None => return Ok(None),
@@ -700,16 +615,24 @@ impl Shared {
     }
 
     /// Keeps `secret` as the gossip secret of `store` (received from a member).
-    pub fn adopt_topic_secret(&self, store: &Store, secret: [u8; 32]) -> Result<(), NetError> {
+    pub(crate) fn adopt_topic_secret(
+        &self,
+        store: &Store,
+        secret: [u8; 32],
+    ) -> Result<(), NetError> {
         let mut secrets = self.secrets.lock();
-        topic::save(&self.node.store_dir(store.id()), &secret)
-            .map_err(|e| NetError::Local(format!("cannot save the gossip secret: {e}")))?;
+        topic::save(&self.node.store_dir(store.id()), &secret).map_err(|source| {
+            NetError::Save {
+                what: "the gossip secret",
+                source,
+            }
+        })?;
         secrets.insert(store.id(), secret);
         Ok(())
     }
 
     /// The budget of request bytes in flight of `peer`, shared by its connections.
-    pub fn budget(&self, peer: PublicKey) -> Arc<tokio::sync::Semaphore> {
+    pub(crate) fn budget(&self, peer: PublicKey) -> Arc<tokio::sync::Semaphore> {
         let mut budgets = self.budgets.lock();
         budgets.retain(|_, b| b.strong_count() > 0);
         if let Some(b) = budgets.get(&peer).and_then(Weak::upgrade) {
@@ -721,7 +644,7 @@ impl Shared {
     }
 
     /// Visible, unpaused stores of which `key` is a current member.
-    pub fn stores_of(&self, key: &PublicKey) -> Vec<Store> {
+    pub(crate) fn stores_of(&self, key: &PublicKey) -> Vec<Store> {
         self.node
             .stores()
             .into_iter()
@@ -762,7 +685,5 @@ async fn bind(
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NetError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| NetError::Local(format!("background task failed: {e}")))
+    Ok(tokio::task::spawn_blocking(f).await?)
 }

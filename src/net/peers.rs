@@ -21,13 +21,13 @@ use crate::identity::{hex, unhex, PublicKey};
 /// A peer with an open connection heard from within this window counts as online
 /// (longer than the longest anti-entropy interval, so an idle peer stays online; a dead
 /// one drops out when QUIC's idle timeout closes its connection).
-pub const ONLINE_WINDOW: Duration = Duration::from_secs(45);
+pub(crate) const ONLINE_WINDOW: Duration = Duration::from_secs(45);
 /// Most addresses remembered per peer (newest kept).
 const MAX_ADDRS: usize = 8;
 
 /// Known addresses, liveness and connections of peers.
 #[derive(Debug)]
-pub struct PeerBook {
+pub(crate) struct PeerBook {
     path: PathBuf,
     lookup: MemoryLookup,
     inner: Mutex<Inner>,
@@ -42,7 +42,7 @@ struct Inner {
 
 /// What the peer book knows of one peer.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerState {
+pub(crate) struct PeerState {
     /// Remembered direct addresses.
     pub addrs: Vec<SocketAddr>,
     /// Time since it was last heard from, if ever since this node started.
@@ -54,7 +54,7 @@ pub struct PeerState {
 impl PeerBook {
     /// Loads the book from `data_dir/peers` (a missing file is an empty book; a bad line
     /// is skipped with a warning) and publishes its addresses to `lookup`.
-    pub fn load(data_dir: &Path, lookup: MemoryLookup) -> PeerBook {
+    pub(crate) fn load(data_dir: &Path, lookup: MemoryLookup) -> PeerBook {
         let path = data_dir.join("peers");
         let mut addrs: BTreeMap<PublicKey, BTreeSet<SocketAddr>> = BTreeMap::new();
         match std::fs::read_to_string(&path) {
@@ -83,7 +83,7 @@ impl PeerBook {
     }
 
     /// Remembers `addrs` for `key` (persisted when new) and publishes them for dialing.
-    pub fn learn(&self, key: PublicKey, addrs: impl IntoIterator<Item = SocketAddr>) {
+    pub(crate) fn learn(&self, key: PublicKey, addrs: impl IntoIterator<Item = SocketAddr>) {
         let mut inner = self.inner.lock();
         let known = inner.addrs.entry(key).or_default();
         let before = known.len();
@@ -112,14 +112,14 @@ impl PeerBook {
     }
 
     /// The dialable address of `key`: its id plus every remembered address.
-    pub fn addr(&self, key: &PublicKey) -> EndpointAddr {
+    pub(crate) fn addr(&self, key: &PublicKey) -> EndpointAddr {
         let inner = self.inner.lock();
         let list = inner.addrs.get(key).into_iter().flatten().copied();
         endpoint_addr(key, list)
     }
 
     /// Remembered addresses of `key`.
-    pub fn addrs(&self, key: &PublicKey) -> Vec<SocketAddr> {
+    pub(crate) fn addrs(&self, key: &PublicKey) -> Vec<SocketAddr> {
         let inner = self.inner.lock();
         inner
             .addrs
@@ -131,14 +131,14 @@ impl PeerBook {
     }
 
     /// Marks `key` as heard from now.
-    pub fn seen(&self, key: PublicKey) {
+    pub(crate) fn seen(&self, key: PublicKey) {
         self.inner.lock().seen.insert(key, Instant::now());
     }
 
     /// Keeps a weak handle of a connection to `key` over `alpn`, for
     /// [`PeerBook::disconnect`] and liveness, unless `key` already has `cap` open
     /// connections; false if refused. A connection already kept is not counted twice.
-    pub fn connected(
+    pub(crate) fn connected(
         &self,
         key: PublicKey,
         alpn: &[u8],
@@ -165,7 +165,7 @@ impl PeerBook {
 
     /// Closes every open connection to `key` (over `alpn` only, when given); returns how
     /// many were closed.
-    pub fn disconnect(&self, key: &PublicKey, alpn: Option<&[u8]>, reason: &str) -> usize {
+    pub(crate) fn disconnect(&self, key: &PublicKey, alpn: Option<&[u8]>, reason: &str) -> usize {
         let mut inner = self.inner.lock();
         let list = inner.conns.remove(key).unwrap_or_default();
         let (cut, kept): (Vec<_>, Vec<_>) = list
@@ -186,7 +186,7 @@ impl PeerBook {
     }
 
     /// What is known of `key`.
-    pub fn state(&self, key: &PublicKey) -> PeerState {
+    pub(crate) fn state(&self, key: &PublicKey) -> PeerState {
         let inner = self.inner.lock();
         let last_seen = inner.seen.get(key).map(|t| t.elapsed());
         let open = inner
@@ -213,12 +213,12 @@ pub(crate) fn is_open(handle: &WeakConnectionHandle) -> bool {
 }
 
 /// The iroh endpoint id of a node key (the same Ed25519 key).
-pub fn endpoint_id(key: &PublicKey) -> Option<EndpointId> {
+pub(crate) fn endpoint_id(key: &PublicKey) -> Option<EndpointId> {
     EndpointId::from_bytes(&key.0).ok()
 }
 
 /// The node key of an iroh endpoint id.
-pub fn node_key(id: &EndpointId) -> PublicKey {
+pub(crate) fn node_key(id: &EndpointId) -> PublicKey {
     PublicKey(*id.as_bytes())
 }
 

@@ -30,18 +30,18 @@ use crate::identity::PublicKey;
 use crate::net::client::connection;
 use crate::net::peers::{endpoint_id, node_key};
 use crate::net::settings::{FetchMode, Settings};
-use crate::net::{blobs, topic, NetError, Shared, MAX_FRAME, PEER_TIMEOUT};
+use crate::net::{blobs, topic, NetError, Shared, StreamError, Violation, MAX_FRAME, PEER_TIMEOUT};
 use crate::proto::peer::{self as pb, request, response};
 use crate::store::{Store, StoreEvent};
 use crate::sync::replica::{
     Action, Conv, Event, Failure, FetchOrder, Mode, Replica, SyncReport, Ticket,
 };
-use crate::sync::{Refusal, RefusalCode};
+use crate::sync::Refusal;
 use crate::wire::{read_frame, write_frame};
 
 /// Received gossip messages waiting for the store's replica; more are dropped (at most
 /// this many × `GOSSIP_MAX` bytes wait per store).
-pub const GOSSIP_QUEUE: usize = 256;
+pub(crate) const GOSSIP_QUEUE: usize = 256;
 
 /// What the replica thread takes.
 enum Input {
@@ -63,7 +63,7 @@ pub(crate) enum Out {
 
 /// The handle of a running replica driver.
 #[derive(Clone)]
-pub struct ReplicaHandle {
+pub(crate) struct ReplicaHandle {
     inner: Arc<Inner>,
 }
 
@@ -89,27 +89,32 @@ impl ReplicaHandle {
     }
 
     /// (local intentions not yet confirmed sent, failed blob fetches).
-    pub fn counters(&self) -> (u64, u64) {
+    pub(crate) fn counters(&self) -> (u64, u64) {
         (
             self.inner.unsent.load(Ordering::Relaxed),
             self.inner.missing.load(Ordering::Relaxed),
         )
     }
 
+    /// The name of the replica's store.
+    pub(crate) fn name(&self) -> String {
+        crate::node::store_name(&self.inner.store)
+    }
+
     /// New local settings.
-    pub fn settings(&self, s: Settings) {
+    pub(crate) fn settings(&self, s: Settings) {
         self.event(Event::Settings(mode(s)));
     }
 
     /// Runs a sync pass with every member and returns its report.
-    pub async fn sync(&self) -> Result<SyncReport, NetError> {
+    pub(crate) async fn sync(&self) -> Result<SyncReport, NetError> {
         let ticket = Ticket(self.inner.next_ticket.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
         self.inner.tickets.lock().insert(ticket, tx);
         self.event(Event::Sync(ticket));
         let report = rx
             .await
-            .map_err(|_| NetError::Local("the store's replica stopped".into()))?;
+            .map_err(|_| NetError::NoReplica(crate::node::store_name(&self.inner.store)))?;
         if report.paused {
             return Err(NetError::Paused(crate::node::store_name(&self.inner.store)));
         }
@@ -149,7 +154,7 @@ impl ReplicaHandle {
     }
 
     /// Stops the driver and waits for its thread.
-    pub async fn stop(&self) {
+    pub(crate) async fn stop(&self) {
         let _ = self.inner.inputs.send(Input::Stop);
         for task in self.inner.tasks.lock().drain(..) {
             task.abort();
@@ -173,7 +178,7 @@ fn mode(s: Settings) -> Mode {
 }
 
 /// Starts the driver of `store`'s replica.
-pub fn spawn(shared: Weak<Shared>, store: Store, settings: Settings) -> ReplicaHandle {
+pub(crate) fn spawn(shared: Weak<Shared>, store: Store, settings: Settings) -> ReplicaHandle {
     let (inputs, rx) = mpsc::unbounded_channel();
     let (acts_tx, acts_rx) = mpsc::unbounded_channel();
     let handle = ReplicaHandle {
@@ -531,10 +536,14 @@ async fn open_conversation(
     let ((mut send, mut recv), sh) = match opened {
         Ok(s) => s,
         Err(e) => {
+            let failure = match e {
+                NetError::Dial { .. } => Failure::Unreachable(e.to_string()),
+                e => Failure::Transport(e.to_string()),
+            };
             return handle.event(Event::Answer {
                 conv,
-                answer: Err(Failure::Transport(e.to_string())),
-            })
+                answer: Err(failure),
+            });
         }
     };
     let mut addrs: Vec<String> = sh.direct_addrs().iter().map(|a| a.to_string()).collect();
@@ -567,13 +576,13 @@ async fn open_stream(
         .await
         .map_err(|_| NetError::Stream {
             peer: peer.short(),
-            reason: "opening a stream timed out".into(),
+            cause: StreamError::OpenTimedOut,
         })?
         .map_err(|e| {
             shared.conns.lock().remove(&peer);
             NetError::Stream {
                 peer: peer.short(),
-                reason: e.to_string(),
+                cause: StreamError::Open(e),
             }
         })
 }
@@ -599,7 +608,7 @@ async fn ask(
             .map_err(|_| {
                 transport(NetError::Stream {
                     peer: short.clone(),
-                    reason: format!("no answer within {} s", PEER_TIMEOUT.as_secs()),
+                    cause: StreamError::NoAnswer(PEER_TIMEOUT),
                 })
             })?
             .map_err(|source| {
@@ -608,15 +617,18 @@ async fn ask(
                     source,
                 })
             })?;
-    match answer.and_then(|m| m.kind) {
-        Some(response::Kind::Error(text)) => Err(Failure::Refused(Refusal {
-            code: RefusalCode::Other,
-            text,
-        })),
-        Some(kind) => Ok(kind),
-        None => Err(transport(NetError::Stream {
+    let Some(answer) = answer else {
+        return Err(transport(NetError::Stream {
             peer: short,
-            reason: "the peer closed the stream or sent an empty answer".into(),
+            cause: StreamError::Closed,
+        }));
+    };
+    match answer.kind {
+        Some(response::Kind::Refusal(r)) => Err(Failure::Refused(Refusal::from(r))),
+        Some(kind) => Ok(kind),
+        None => Err(transport(NetError::Protocol {
+            peer: short,
+            violation: Violation::EmptyAnswer,
         })),
     }
 }

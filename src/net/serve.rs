@@ -18,8 +18,9 @@ use iroh::protocol::{AcceptError, ProtocolHandler};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
+use crate::cas::CasError;
 use crate::identity::PublicKey;
-use crate::intention::{Hash, StoreId};
+use crate::ids::{Hash, StoreId};
 use crate::net::gate::{CLOSE_LIMIT, MAX_CONNS_PER_PEER};
 use crate::net::peers::node_key;
 use crate::net::replica::{Out, ReplicaHandle};
@@ -28,14 +29,14 @@ use crate::net::{
     MAX_STREAMS_PER_CONN, PEER_TIMEOUT, SYNC_ALPN,
 };
 use crate::proto::peer::{self as pb, request, response};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::sync::replica::Conv;
 use crate::sync::{Refusal, RefusalCode};
 use crate::wire::{read_body, read_header, write_frame, FrameError};
 
 /// The sync ALPN handler.
 #[derive(Clone)]
-pub struct SyncProtocol {
+pub(crate) struct SyncProtocol {
     shared: Weak<Shared>,
 }
 
@@ -47,7 +48,7 @@ impl std::fmt::Debug for SyncProtocol {
 
 impl SyncProtocol {
     /// A handler serving the network state `shared`.
-    pub fn new(shared: Weak<Shared>) -> Self {
+    pub(crate) fn new(shared: Weak<Shared>) -> Self {
         SyncProtocol { shared }
     }
 }
@@ -187,8 +188,7 @@ async fn serve_stream(
                 Ok(Some(r)) => r,
                 Ok(None) => return Ok(()),
                 Err(e) => {
-                    let text = format!("bad request: {e}");
-                    let _ = out.send(Out::Refuse(refusal(RefusalCode::BadRequest, text)));
+                    let _ = out.send(Out::Refuse(Refusal::from(&e)));
                     return Err(frame_err(e));
                 }
             };
@@ -196,12 +196,10 @@ async fn serve_stream(
             let notified = answered.notified();
             if let Some(request::Kind::Patch(p)) = request.kind {
                 let answer = match route(shared, &request.store_id) {
-                    Ok((store, _)) if shared.may_sync(&peer, store.id()) => {
-                        patch(shared, &store, p)
-                            .await
-                            .map_err(|text| refusal(RefusalCode::Other, text))
-                    }
-                    Ok(_) => Err(not_member()),
+                    Ok((store, _)) => match admitted(shared, &store, &peer) {
+                        Ok(()) => patch(shared, &store, p).await,
+                        Err(r) => Err(r),
+                    },
                     Err(r) => Err(r),
                 };
                 let _ = out.send(match answer {
@@ -224,7 +222,8 @@ async fn serve_stream(
                 }
             }
             if tokio::time::timeout(PEER_TIMEOUT, notified).await.is_err() {
-                return Err(NetError::Local("the store's replica did not answer".into()));
+                let name = replica.lock().as_ref().map(ReplicaHandle::name);
+                return Err(NetError::NoReplica(name.unwrap_or_default()));
             }
             drop(held);
         }
@@ -266,13 +265,8 @@ async fn write_answers(
         let (msg, end) = match answer {
             Out::Reply(kind, last) => (pb::Response { kind: Some(kind) }, last),
             Out::Refuse(r) => {
-                tracing::info!(peer = %peer.short(), "refused a sync request: {}", r.text);
-                (
-                    pb::Response {
-                        kind: Some(response::Kind::Error(r.text)),
-                    },
-                    true,
-                )
+                tracing::info!(peer = %peer.short(), "refused a sync request: {r}");
+                (pb::Response::from(r), true)
             }
         };
         write_frame(send, &msg, MAX_FRAME)
@@ -292,15 +286,22 @@ async fn write_answers(
     Ok(())
 }
 
-fn refusal(code: RefusalCode, text: String) -> Refusal {
-    Refusal { code, text }
-}
-
-fn not_member() -> Refusal {
-    refusal(
-        RefusalCode::NotMember,
-        "not a member of this store, or the store is paused".into(),
-    )
+/// Whether `peer` may ask for blocks of `store`'s chunks: the membership check the
+/// replica makes for every other request, made here for `Patch`, which is blob-level.
+fn admitted(shared: &Shared, store: &Store, peer: &PublicKey) -> Result<(), Refusal> {
+    if !shared.is_member(store, peer) {
+        return Err(Refusal::new(
+            RefusalCode::NotMember,
+            "the opener is not a member of this store",
+        ));
+    }
+    if shared.settings(store).paused {
+        return Err(Refusal::new(
+            RefusalCode::Paused,
+            "the store is paused here",
+        ));
+    }
+    Ok(())
 }
 
 /// The store a request names and its replica.
@@ -308,9 +309,9 @@ fn route(shared: &Arc<Shared>, store_id: &[u8]) -> Result<(Store, ReplicaHandle)
     let id = StoreId(
         store_id
             .try_into()
-            .map_err(|_| refusal(RefusalCode::BadRequest, "store id is not 16 bytes".into()))?,
+            .map_err(|_| malformed("store id is not 16 bytes"))?,
     );
-    let none = || refusal(RefusalCode::Other, "no such store here".into());
+    let none = || Refusal::new(RefusalCode::UnknownStore, "no such store here");
     let store = shared.node.store_by_id(id).ok_or_else(none)?;
     let running = || shared.replicas.lock().get(&id).cloned();
     let handle = match running() {
@@ -331,23 +332,31 @@ async fn patch(
     shared: &Arc<Shared>,
     store: &Store,
     p: pb::Patch,
-) -> Result<response::Kind, String> {
-    let hash = |b: &[u8]| Hash::from_slice(b).ok_or_else(|| "hash is not 32 bytes".to_string());
+) -> Result<response::Kind, Refusal> {
     let (chunk, base) = (hash(&p.chunk)?, hash(&p.base)?);
     let cas = shared.node.cas();
     for h in [chunk, base] {
-        if !cas.owns(store.id(), h).await.map_err(|e| e.to_string())? {
-            return Err("this store owns no such chunk".into());
+        if !cas.owns(store.id(), h).await? {
+            return Err(Refusal::new(
+                RefusalCode::NotHeld,
+                "this store owns no such chunk",
+            ));
         }
     }
     let cas = shared.node.cas().clone();
     blocking(move || {
-        let held = |h| cas.local_blob(h).map_err(|e| e.to_string());
-        let (Some(new), Some(old)) = (held(chunk)?, held(base)?) else {
-            return Err("chunk or base not held here".to_string());
+        let (Some(new), Some(old)) = (cas.local_blob(chunk)?, cas.local_blob(base)?) else {
+            return Err(Refusal::new(
+                RefusalCode::NotHeld,
+                "chunk or base not held here",
+            ));
         };
-        let blocks = crate::cas::patch::diff(&old, &new)
-            .ok_or_else(|| "the chunks differ too much for a patch".to_string())?;
+        let blocks = crate::cas::patch::diff(&old, &new).ok_or_else(|| {
+            Refusal::new(
+                RefusalCode::PatchImpossible,
+                "the chunks differ too much for a patch",
+            )
+        })?;
         Ok(response::Kind::Blocks(pb::Blocks {
             size: new.len() as u64,
             blocks: blocks
@@ -356,6 +365,33 @@ async fn patch(
                 .collect(),
         }))
     })
-    .await
-    .map_err(|e| e.to_string())?
+    .await?
+}
+
+/// A refusal of a request field that is not valid.
+fn malformed(text: &str) -> Refusal {
+    Refusal::new(RefusalCode::Malformed, text)
+}
+
+/// A hash field of a request.
+fn hash(bytes: &[u8]) -> Result<Hash, Refusal> {
+    Hash::from_slice(bytes).ok_or_else(|| malformed("hash is not 32 bytes"))
+}
+
+impl From<StoreError> for Refusal {
+    fn from(e: StoreError) -> Self {
+        Refusal::new(RefusalCode::Internal, e.to_string())
+    }
+}
+
+impl From<CasError> for Refusal {
+    fn from(e: CasError) -> Self {
+        Refusal::new(RefusalCode::Internal, e.to_string())
+    }
+}
+
+impl From<NetError> for Refusal {
+    fn from(e: NetError) -> Self {
+        Refusal::new(RefusalCode::Internal, e.to_string())
+    }
 }

@@ -42,7 +42,7 @@ impl std::str::FromStr for FetchMode {
 
 /// Local network settings of one store.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Settings {
+pub(crate) struct Settings {
     /// All network activity for the store is stopped.
     pub paused: bool,
     /// How blobs are fetched.
@@ -50,13 +50,13 @@ pub struct Settings {
 }
 
 /// The settings file of the store in `store_dir`.
-pub fn path(store_dir: &Path) -> PathBuf {
+pub(crate) fn path(store_dir: &Path) -> PathBuf {
     store_dir.join("network")
 }
 
 impl Settings {
     /// Reads the settings of the store in `store_dir`; defaults when absent or unreadable.
-    pub fn load(store_dir: &Path) -> Settings {
+    pub(crate) fn load(store_dir: &Path) -> Settings {
         let mut s = Settings::default();
         let Ok(text) = std::fs::read_to_string(path(store_dir)) else {
             return s;
@@ -75,7 +75,7 @@ impl Settings {
     }
 
     /// Writes the settings of the store in `store_dir`.
-    pub fn save(&self, store_dir: &Path) -> std::io::Result<()> {
+    pub(crate) fn save(&self, store_dir: &Path) -> std::io::Result<()> {
         let mut text = String::new();
         if self.paused {
             text.push_str("paused\n");

@@ -28,7 +28,7 @@ use crate::identity::{hex, unhex};
 const SECRET_FILE: &str = "gossip-secret";
 
 /// The gossip topic of the store whose secret is `secret`.
-pub fn topic(secret: &[u8; 32]) -> TopicId {
+pub(crate) fn topic(secret: &[u8; 32]) -> TopicId {
     let mut h = blake3::Hasher::new();
     h.update(b"lattice-mount gossip topic v2\0");
     h.update(secret);
@@ -40,7 +40,7 @@ fn path(store_dir: &Path) -> PathBuf {
 }
 
 /// The gossip secret kept in `store_dir`, if any (a damaged file counts as none).
-pub fn load(store_dir: &Path) -> Option<[u8; 32]> {
+pub(crate) fn load(store_dir: &Path) -> Option<[u8; 32]> {
     let text = std::fs::read_to_string(path(store_dir)).ok()?;
     let secret = unhex(text.trim())?.try_into().ok();
     if secret.is_none() {
@@ -50,7 +50,7 @@ pub fn load(store_dir: &Path) -> Option<[u8; 32]> {
 }
 
 /// Keeps `secret` in `store_dir` (written beside, synced, renamed into place, 0600).
-pub fn save(store_dir: &Path, secret: &[u8; 32]) -> std::io::Result<()> {
+pub(crate) fn save(store_dir: &Path, secret: &[u8; 32]) -> std::io::Result<()> {
     let dest = path(store_dir);
     let tmp = dest.with_extension("tmp");
     let mut f = std::fs::OpenOptions::new()
@@ -65,7 +65,7 @@ pub fn save(store_dir: &Path, secret: &[u8; 32]) -> std::io::Result<()> {
 }
 
 /// A fresh random secret.
-pub fn generate() -> [u8; 32] {
+pub(crate) fn generate() -> [u8; 32] {
     rand::random()
 }
 

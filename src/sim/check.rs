@@ -1,8 +1,8 @@
 //! What must hold on every live member after a run: the tree digest and the cycle check.
 
-use crate::fs::op::{FileId, Kind, OpId};
+use crate::fs::op::Kind;
 use crate::fs::FsState;
-use crate::intention::Hash;
+use crate::ids::{FileId, Hash, OpId};
 
 /// The tree digest of a projection: blake3 of its canonical dump (store name, members,
 /// revocations, invites, and every visible path with kind, mode, owner, times and

@@ -247,7 +247,10 @@ impl World {
                         },
                     );
                 } else {
-                    self.broken(p.from, conv);
+                    // A lost packet drops the stream; a peer down or cut off cannot be
+                    // dialled.
+                    let unreachable = !lost;
+                    self.broken(p.from, conv, unreachable);
                 }
             }
             Msg::Closed { conv } => {
@@ -259,7 +262,7 @@ impl World {
             Msg::Answer { conv, answer } => {
                 if !reachable {
                     if self.is_running(p.to) {
-                        self.broken(p.to, conv);
+                        self.broken(p.to, conv, false);
                     }
                     let key = self.nodes[p.to].key;
                     if self.nodes[p.from].served.remove(&(key, conv)) {
@@ -287,14 +290,23 @@ impl World {
         )
     }
 
-    /// Conversation `conv` of opener `n` broke: it gets a transport failure.
-    fn broken(&mut self, n: usize, conv: Conv) {
+    /// Conversation `conv` of opener `n` broke: its peer was `unreachable`, or the
+    /// stream dropped.
+    fn broken(&mut self, n: usize, conv: Conv, unreachable: bool) {
         if conv.0 >= JOIN_CONV {
             self.nodes[n].boot_conv = None;
             return;
         }
         if self.nodes[n].opened.contains_key(&conv) {
-            self.feed(n, transport_failure(conv, "connection lost"));
+            let event = if unreachable {
+                Event::Answer {
+                    conv,
+                    answer: Err(Failure::Unreachable("peer unreachable".into())),
+                }
+            } else {
+                transport_failure(conv, "connection lost")
+            };
+            self.feed(n, event);
         }
     }
 
@@ -315,7 +327,7 @@ impl World {
                 .map(|(c, _)| *c)
                 .collect();
             for conv in convs {
-                self.broken(m, conv);
+                self.broken(m, conv, false);
             }
             let served: Vec<Conv> = self.nodes[m]
                 .served

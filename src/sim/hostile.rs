@@ -5,10 +5,12 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::fs::op::{Content, Create, Kind, Op, OpBody, OpId};
+use crate::cas::Content;
+use crate::fs::op::{Create, Kind, Op, OpBody};
 use crate::hlc::Hlc;
 use crate::identity::Identity;
-use crate::intention::{Hash, Intention, StoreId, MAX_INTENTION_BYTES};
+use crate::ids::{Hash, OpId, StoreId};
+use crate::intention::{Intention, MAX_INTENTION_BYTES};
 use crate::store::MAX_CLOCK_SKEW_MS;
 
 /// How far ahead a time-shifted intention is stamped: past the skew rule, so it waits.

@@ -52,11 +52,12 @@ use rand::{Rng, SeedableRng};
 
 use crate::fs::op::Role;
 use crate::identity::{Identity, PublicKey};
-use crate::intention::{Hash, Intention, StoreId};
+use crate::ids::{Hash, StoreId};
+use crate::intention::Intention;
 use crate::store::{
-    is_refusal, ApplyOutcome, Store, MAX_FLOATING_PER_AUTHOR, MAX_FLOATING_STRANGERS,
+    is_refusal, ApplyOutcome, IndexSession, Store, MAX_FLOATING_PER_AUTHOR, MAX_FLOATING_STRANGERS,
 };
-use crate::sync::reconcile::{ReconcileError, Session, FRAME_LIMIT};
+use crate::sync::reconcile::FRAME_LIMIT;
 pub use check::digest;
 use hostile::{stranger, Adversary, SHIFT_MS};
 use net::{Faults, Msg, Net, Packet};
@@ -1408,20 +1409,23 @@ struct Diff {
     have: Vec<Hash>,
 }
 
-/// Runs one negentropy session between two stores to its end.
-fn reconcile(a: &Store, b: &Store) -> Result<Diff, ReconcileError> {
-    let mut init = Session::initiator(a.reconcile_view()?, FRAME_LIMIT)?;
-    let mut resp = Session::responder(b.reconcile_view()?, FRAME_LIMIT)?;
-    let mut frame = init.initiate()?;
+/// Runs one negentropy session between two stores to its end; an error says which
+/// step failed.
+fn reconcile(a: &Store, b: &Store) -> Result<Diff, String> {
+    let text = |e: &dyn std::fmt::Display| e.to_string();
+    let view = |s: &Store| s.reconcile_view().map_err(|e| text(&e));
+    let mut init = IndexSession::initiator(view(a)?, FRAME_LIMIT).map_err(|e| text(&e))?;
+    let mut resp = IndexSession::responder(view(b)?, FRAME_LIMIT).map_err(|e| text(&e))?;
+    let mut frame = init.initiate().map_err(|e| text(&e))?;
     let mut diff = Diff {
         need: Vec::new(),
         have: Vec::new(),
     };
     loop {
-        let Some(reply) = resp.step(&frame)?.reply else {
+        let Some(reply) = resp.step(&frame).map_err(|e| text(&e))?.reply else {
             return Ok(diff);
         };
-        let step = init.step(&reply)?;
+        let step = init.step(&reply).map_err(|e| text(&e))?;
         diff.need.extend(step.need);
         diff.have.extend(step.have);
         match step.reply {

@@ -13,7 +13,7 @@ use tokio::sync::broadcast::Receiver;
 
 use crate::hlc::{Clock, Hlc};
 use crate::identity::{Identity, PublicKey};
-use crate::intention::StoreId;
+use crate::ids::StoreId;
 use crate::sim::disk::crashable;
 use crate::sim::Millis;
 use crate::store::{Genesis, Store, StoreError, StoreEvent, StoreOptions, Wall};

@@ -5,9 +5,11 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use crate::fs::op::{Content, Kind, OpId, Role};
+use crate::cas::Content;
+use crate::fs::op::{Kind, Role};
 use crate::fs::FsError;
-use crate::intention::{Intention, StoreId};
+use crate::ids::{OpId, StoreId};
+use crate::intention::Intention;
 use crate::sim::node::Node;
 use crate::sim::{run, Config, Outcome};
 

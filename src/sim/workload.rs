@@ -8,8 +8,10 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::Rng;
 
-use crate::fs::op::{Content, FileId, Kind, OpBody, OpId};
+use crate::cas::Content;
+use crate::fs::op::{Kind, OpBody};
 use crate::fs::{FsError, FsState, Node, RenameFlags};
+use crate::ids::{FileId, OpId};
 use crate::store::Store;
 
 /// Names the workload uses: few, so that concurrent creates and renames collide.

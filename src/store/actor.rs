@@ -11,11 +11,12 @@ use bytes::Bytes;
 use parking_lot::{Condvar, Mutex, RwLock};
 use redb::{Durability, ReadableDatabase, ReadableTable};
 
-use crate::fs::op::{FileId, Op, OpBody};
+use crate::fs::op::{Op, OpBody};
 use crate::fs::FsState;
 use crate::hlc::Clock;
 use crate::identity::{Identity, PublicKey};
-use crate::intention::{Hash, Intention, StoreId};
+use crate::ids::{FileId, Hash, StoreId};
+use crate::intention::Intention;
 use crate::store::apply::{apply_remote, is_refusal, release_due, seal_local, Counts, Ctx, Queued};
 use crate::store::cut::revise;
 use crate::store::error::StoreError;
@@ -24,16 +25,16 @@ use crate::store::tables::{Tables, CHAIN, FLOATING, HISTORY, INTENTIONS, REFUSED
 use crate::store::{ApplyOutcome, HistoryItem, StoreEvent, WitnessBatch};
 
 /// How long the actor waits for more ops before sealing a batch.
-pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
+pub(crate) const BATCH_WINDOW: Duration = Duration::from_millis(2);
 /// Longest time non-durable commits stay non-durable.
-pub const DURABLE_EVERY: Duration = Duration::from_secs(1);
+pub(crate) const DURABLE_EVERY: Duration = Duration::from_secs(1);
 /// Longest time a sealed intention waits for the durable commit that lets it leave the
 /// node: short enough for gossip to feel immediate, long enough to batch fsyncs.
-pub const SEALED_DURABLE_WITHIN: Duration = Duration::from_millis(50);
+pub(crate) const SEALED_DURABLE_WITHIN: Duration = Duration::from_millis(50);
 /// Longest time between projection snapshots while intentions arrive.
-pub const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
 /// Intentions applied after which a projection snapshot is written at once.
-pub const SNAPSHOT_INTENTIONS: u64 = 1000;
+pub(crate) const SNAPSHOT_INTENTIONS: u64 = 1000;
 
 /// A reply channel for one request.
 pub(crate) type Reply<T> = SyncSender<Result<T, StoreError>>;
@@ -76,7 +77,7 @@ pub(crate) struct Mailbox {
 
 impl Mailbox {
     /// The error for a caller when the actor accepts nothing more.
-    pub fn refusal(&self) -> Option<StoreError> {
+    pub(crate) fn refusal(&self) -> Option<StoreError> {
         if let Some(msg) = &self.failed {
             return Some(StoreError::Failed(msg.clone()));
         }
@@ -122,14 +123,14 @@ pub(crate) struct Shared {
 }
 
 /// A source of wall time in Unix ms.
-pub type Wall = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
+pub(crate) type Wall = std::sync::Arc<dyn Fn() -> u64 + Send + Sync>;
 
 /// Makes what intentions refer to durable; an error names what could not be synced.
-pub type BeforeDurable = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub(crate) type BeforeDurable = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 impl Shared {
     /// Queues a request for the actor, or says why it cannot be accepted.
-    pub fn send(&self, r: Request) -> Result<(), StoreError> {
+    pub(crate) fn send(&self, r: Request) -> Result<(), StoreError> {
         let mut mb = self.mailbox.lock();
         if let Some(e) = mb.refusal() {
             return Err(e);
@@ -145,7 +146,7 @@ impl Shared {
     }
 
     /// The apply pipeline's view of this store.
-    pub fn ctx(&self) -> Ctx<'_> {
+    pub(crate) fn ctx(&self) -> Ctx<'_> {
         Ctx {
             id: self.id,
             founder: self.founder,

@@ -45,34 +45,35 @@ use parking_lot::{Mutex, RwLock};
 use prost::Message;
 use redb::ReadableTable;
 
-use crate::fs::op::{FileId, Op, OpBody, Role};
+use crate::fs::op::{Op, OpBody, Role};
 use crate::fs::FsState;
 use crate::hlc::Clock;
 use crate::identity::{Identity, PublicKey};
-use crate::intention::{Hash, Intention, StoreId, MAX_INTENTION_OPS_BYTES};
+use crate::ids::{FileId, Hash, StoreId};
+use crate::intention::{Intention, MAX_INTENTION_OPS_BYTES};
 use crate::store::error::StoreError;
 use crate::store::index::Summary;
 use crate::store::tables::{hlc_bytes, index_key, Tables, META_LAST_LOCAL_HLC, META_PARK_ORDER};
 use crate::store::ApplyOutcome;
 
 /// Most intentions parked as floating or early; more are refused until some are woken.
-pub const MAX_FLOATING: u64 = 100_000;
+pub(crate) const MAX_FLOATING: u64 = 100_000;
 /// An intention stamped further ahead of local wall time than this waits until it is not.
 pub const MAX_CLOCK_SKEW_MS: u64 = 60_000;
 /// Most parked intentions of one member: a long out-of-order sync of one busy writer.
-pub const MAX_FLOATING_PER_AUTHOR: u64 = 8192;
+pub(crate) const MAX_FLOATING_PER_AUTHOR: u64 = 8192;
 /// Most parked bytes of one member: 64 full-size intentions, or thousands of usual ones.
-pub const MAX_FLOATING_BYTES_PER_AUTHOR: u64 = 256 * 1024 * 1024;
+pub(crate) const MAX_FLOATING_BYTES_PER_AUTHOR: u64 = 256 * 1024 * 1024;
 /// Most parked intentions of one key that is not a member here (yet): a joiner whose
 /// grant has not arrived needs a few, a stranger should get next to nothing.
 pub const MAX_FLOATING_PER_STRANGER: u64 = 64;
 /// Most parked bytes of one key that is not a member here.
-pub const MAX_FLOATING_BYTES_PER_STRANGER: u64 = 16 * 1024 * 1024;
+pub(crate) const MAX_FLOATING_BYTES_PER_STRANGER: u64 = 16 * 1024 * 1024;
 /// Most parked intentions of all non-members together, so many keys cannot fill the
 /// table either.
-pub const MAX_FLOATING_STRANGERS: u64 = 1024;
+pub(crate) const MAX_FLOATING_STRANGERS: u64 = 1024;
 /// Most parked bytes of all non-members together.
-pub const MAX_FLOATING_STRANGER_BYTES: u64 = 64 * 1024 * 1024;
+pub(crate) const MAX_FLOATING_STRANGER_BYTES: u64 = 64 * 1024 * 1024;
 
 /// The `quota` key of the strangers' pool (no Ed25519 key is all zeros and valid).
 const POOL: [u8; 32] = [0; 32];
@@ -598,7 +599,7 @@ fn was_covered(state: &FsState, i: &Intention) -> bool {
         .any(|(_, role)| role.covers(need))
 }
 
-fn grant_position(t: &Tables<'_>, id: &crate::fs::op::OpId) -> Result<u64, StoreError> {
+fn grant_position(t: &Tables<'_>, id: &crate::ids::OpId) -> Result<u64, StoreError> {
     Ok(t.grant_pos.get(id.to_bytes())?.map_or(0, |v| v.value()))
 }
 

@@ -10,16 +10,16 @@ use negentropy::NegentropyStorageBase;
 use proptest::prelude::*;
 
 use super::member_tests::{by, grant, ids, op, outcome, replica, ID};
-use crate::fs::op::{OpBody, OpId, Role};
+use crate::fs::op::{OpBody, Role};
 use crate::hlc::{now_ms, Hlc};
 use crate::identity::{Identity, PublicKey};
-use crate::intention::{Hash, Intention};
+use crate::ids::{Hash, OpId};
+use crate::intention::Intention;
+use crate::store::apply::MAX_FLOATING_STRANGERS;
 use crate::store::error::StoreError;
+use crate::store::members::Equivocator;
 use crate::store::tests::{clock, create};
-use crate::store::{
-    ApplyOutcome, Equivocator, Store, MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER,
-    MAX_FLOATING_STRANGERS,
-};
+use crate::store::{ApplyOutcome, Store, MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER};
 
 fn revoke(key: PublicKey, upto: u64) -> OpBody {
     OpBody::RevokeMember { key, upto }

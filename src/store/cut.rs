@@ -38,7 +38,8 @@ use redb::ReadableTable;
 
 use crate::fs::FsState;
 use crate::hlc::Hlc;
-use crate::intention::{Hash, Intention};
+use crate::ids::Hash;
+use crate::intention::Intention;
 use crate::store::apply::{
     check_authority, cuts, demoted, drop_evidence, is_genesis, purge_parked, Counts, Ctx,
 };
@@ -164,7 +165,7 @@ fn rebuild(
     for entry in t.history.iter()? {
         let (k, v) = entry?;
         if refused.contains(&Hash(v.value())) {
-            touched.extend(crate::fs::op::OpId::from_bytes(&k.value().0));
+            touched.extend(crate::ids::OpId::from_bytes(&k.value().0));
         }
     }
     t.history.retain(|_, h| !refused.contains(&Hash(h)))?;

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use crate::fs::op::{OpError, Role};
 use crate::fs::FsError;
 use crate::identity::PublicKey;
-use crate::intention::{Hash, IntentionError, StoreId};
+use crate::ids::{Hash, StoreId};
+use crate::intention::IntentionError;
 
 /// Why a store operation failed or an intention was refused.
 #[derive(Debug, thiserror::Error)]

@@ -25,14 +25,15 @@ use redb::{
 };
 
 use crate::hlc::Hlc;
-use crate::intention::Hash;
+use crate::ids::Hash;
 use crate::store::error::StoreError;
 use crate::store::tables::{index_key, INDEX};
+use crate::sync::reconcile::{ReconcileStorage, Session};
 
 /// Rows per block when a summary is built by a scan, and in each half of a split.
-pub const BLOCK_ITEMS: usize = 2048;
+pub(crate) const BLOCK_ITEMS: usize = 2048;
 /// A block that grows past this many rows splits in two.
-pub const MAX_BLOCK_ITEMS: usize = 2 * BLOCK_ITEMS;
+pub(crate) const MAX_BLOCK_ITEMS: usize = 2 * BLOCK_ITEMS;
 
 /// An index key: HLC wall ms (big-endian) || intention hash.
 type Key = [u8; 40];
@@ -48,12 +49,12 @@ impl Sum {
     }
 
     /// Adds `id`.
-    pub fn add(&mut self, id: &[u8; 32]) {
+    pub(crate) fn add(&mut self, id: &[u8; 32]) {
         self.add_sum(&Sum(Self::lanes(id)));
     }
 
     /// Adds another sum.
-    pub fn add_sum(&mut self, other: &Sum) {
+    pub(crate) fn add_sum(&mut self, other: &Sum) {
         let mut carry = false;
         for (a, b) in self.0.iter_mut().zip(other.0) {
             let (s, c1) = a.overflowing_add(b);
@@ -64,7 +65,7 @@ impl Sum {
     }
 
     /// Subtracts another sum.
-    pub fn sub_sum(&mut self, other: &Sum) {
+    pub(crate) fn sub_sum(&mut self, other: &Sum) {
         let mut borrow = false;
         for (a, b) in self.0.iter_mut().zip(other.0) {
             let (s, b1) = a.overflowing_sub(b);
@@ -75,12 +76,12 @@ impl Sum {
     }
 
     /// Subtracts `id`.
-    pub fn sub(&mut self, id: &[u8; 32]) {
+    pub(crate) fn sub(&mut self, id: &[u8; 32]) {
         self.sub_sum(&Sum(Self::lanes(id)));
     }
 
     /// The sum as 32 little-endian bytes, the form negentropy hashes.
-    pub fn to_bytes(self) -> [u8; 32] {
+    pub(crate) fn to_bytes(self) -> [u8; 32] {
         let mut b = [0u8; 32];
         for (i, lane) in self.0.iter().enumerate() {
             b[i * 8..i * 8 + 8].copy_from_slice(&lane.to_le_bytes());
@@ -109,7 +110,7 @@ fn hash_of(key: &Key) -> &[u8; 32] {
 
 impl Summary {
     /// Builds the summary of `table` in one scan.
-    pub fn build(table: &impl ReadableTable<Key, ()>) -> Result<Summary, StoreError> {
+    pub(crate) fn build(table: &impl ReadableTable<Key, ()>) -> Result<Summary, StoreError> {
         let mut blocks: Vec<Block> = Vec::new();
         for row in table.iter()? {
             let key = row?.0.value();
@@ -136,7 +137,7 @@ impl Summary {
     }
 
     /// The sum of every row's hash.
-    pub fn sum(&self) -> Sum {
+    pub(crate) fn sum(&self) -> Sum {
         let mut s = Sum::default();
         for b in self.blocks.iter() {
             s.add_sum(&b.sum);
@@ -152,7 +153,7 @@ impl Summary {
     }
 
     /// Counts `key`, a row just inserted into `table`; splits its block when too big.
-    pub fn insert(
+    pub(crate) fn insert(
         &mut self,
         table: &impl ReadableTable<Key, ()>,
         key: Key,
@@ -178,7 +179,7 @@ impl Summary {
     }
 
     /// Uncounts `key`, a row just removed from `table`; drops its block when empty.
-    pub fn remove(&mut self, key: Key) {
+    pub(crate) fn remove(&mut self, key: Key) {
         if self.blocks.is_empty() {
             return;
         }
@@ -233,7 +234,7 @@ pub(crate) struct Index {
 
 impl Index {
     /// Wraps `db`, building the summary of its index table in one scan.
-    pub fn open(db: Database) -> Result<Index, StoreError> {
+    pub(crate) fn open(db: Database) -> Result<Index, StoreError> {
         let summary = match db.begin_read()?.open_table(INDEX) {
             Ok(table) => Summary::build(&table)?,
             Err(redb::TableError::TableDoesNotExist(_)) => Summary::default(),
@@ -247,17 +248,17 @@ impl Index {
     }
 
     /// The database, unless the store has shut down.
-    pub fn db(&self) -> Result<Arc<Database>, StoreError> {
+    pub(crate) fn db(&self) -> Result<Arc<Database>, StoreError> {
         self.db.lock().clone().ok_or(StoreError::Closed)
     }
 
     /// Lets the database close once the last transaction on it ends.
-    pub fn close(&self) {
+    pub(crate) fn close(&self) {
         self.db.lock().take();
     }
 
     /// Commits `txn` and publishes the working summary with it.
-    pub fn commit(&self, txn: WriteTransaction) -> Result<(), StoreError> {
+    pub(crate) fn commit(&self, txn: WriteTransaction) -> Result<(), StoreError> {
         let mut published = self.published.lock();
         txn.commit()?;
         *published = self.working.lock().clone();
@@ -265,7 +266,7 @@ impl Index {
     }
 
     /// A snapshot of the index as of the last commit.
-    pub fn view(&self) -> Result<IndexView, StoreError> {
+    pub(crate) fn view(&self) -> Result<IndexView, StoreError> {
         let published = self.published.lock();
         let table = self.db()?.begin_read()?.open_table(INDEX)?;
         let summary = published.clone();
@@ -298,6 +299,18 @@ impl std::fmt::Debug for IndexView {
             .finish()
     }
 }
+
+impl ReconcileStorage for IndexView {
+    type Fault = StoreError;
+
+    /// Takes the storage error that made a negentropy call fail, if one did.
+    fn take_fault(&self) -> Option<StoreError> {
+        self.fault.lock().take()
+    }
+}
+
+/// A reconciliation session over a store's index snapshot.
+pub(crate) type IndexSession = Session<IndexView>;
 
 /// The item an index key names.
 fn item_of(key: &Key) -> Item {
@@ -360,11 +373,6 @@ impl IndexView {
             .fingerprint(0, sums.len)
             .expect("a sum storage cannot fail");
         *fp
-    }
-
-    /// Takes the storage error that made a negentropy call fail, if one did.
-    pub fn take_fault(&self) -> Option<StoreError> {
-        self.fault.lock().take()
     }
 
     fn record(&self, e: StoreError) -> negentropy::Error {

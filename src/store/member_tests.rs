@@ -5,11 +5,12 @@ use std::sync::{Arc, Barrier};
 
 use proptest::prelude::*;
 
-use crate::fs::op::{Op, OpBody, OpId, Role};
+use crate::fs::op::{Op, OpBody, Role};
 use crate::fs::{FsError, InviteStatus};
 use crate::hlc::{now_ms, Hlc};
 use crate::identity::{Identity, PublicKey};
-use crate::intention::{Hash, Intention, StoreId};
+use crate::ids::{Hash, OpId, StoreId};
+use crate::intention::Intention;
 use crate::store::error::{InviteError, StoreError};
 use crate::store::tests::{clock, create};
 use crate::store::{invite_id, ApplyOutcome, Store};

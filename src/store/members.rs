@@ -11,10 +11,10 @@
 //! count a redemption unless another one of the same invite came first by op id
 //! (see `fs::members`).
 
-use crate::fs::op::{validate_label, InviteId, OpBody, Role};
+use crate::fs::op::{validate_label, OpBody, Role};
 use crate::fs::{InviteInfo, InviteStatus, MemberInfo};
 use crate::identity::PublicKey;
-use crate::intention::Hash;
+use crate::ids::{Hash, InviteId};
 use crate::store::actor::Request;
 use crate::store::error::{InviteError, StoreError};
 use crate::store::tables::read_forks;
@@ -32,7 +32,7 @@ pub struct Equivocator {
 }
 
 /// The id under which an invite with this secret is recorded: blake3 of the secret.
-pub fn invite_id(secret: &[u8; 32]) -> InviteId {
+pub(crate) fn invite_id(secret: &[u8; 32]) -> InviteId {
     *blake3::hash(secret).as_bytes()
 }
 

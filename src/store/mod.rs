@@ -75,6 +75,8 @@ mod index;
 #[cfg(test)]
 mod member_tests;
 mod members;
+#[cfg(test)]
+mod reconcile_tests;
 mod tables;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -88,26 +90,23 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-pub(crate) use actor::Wall;
-pub use actor::{
-    BeforeDurable, BATCH_WINDOW, DURABLE_EVERY, SEALED_DURABLE_WITHIN, SNAPSHOT_EVERY,
-    SNAPSHOT_INTENTIONS,
-};
+pub(crate) use actor::{BeforeDurable, Wall};
 pub(crate) use apply::is_refusal;
-pub use apply::{
-    MAX_CLOCK_SKEW_MS, MAX_FLOATING, MAX_FLOATING_BYTES_PER_AUTHOR,
-    MAX_FLOATING_BYTES_PER_STRANGER, MAX_FLOATING_PER_AUTHOR, MAX_FLOATING_PER_STRANGER,
-    MAX_FLOATING_STRANGERS, MAX_FLOATING_STRANGER_BYTES,
-};
+pub use apply::{MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER};
+#[cfg(any(test, feature = "bench"))]
+pub(crate) use apply::{MAX_FLOATING_PER_AUTHOR, MAX_FLOATING_STRANGERS};
 pub use error::{InviteError, StoreError};
-pub use index::{BareIndex, IndexView, BLOCK_ITEMS, MAX_BLOCK_ITEMS};
-pub use members::{invite_id, Equivocator};
+pub(crate) use index::IndexSession;
+pub use index::{BareIndex, IndexView};
+pub(crate) use members::invite_id;
+pub use members::Equivocator;
 
-use crate::fs::op::{FileId, Op, OpBody, OpError, OpId, Role};
+use crate::fs::op::{Op, OpBody, OpError, Role};
 use crate::fs::{FsError, FsState, FsStats};
 use crate::hlc::{now_ms, Clock, Hlc};
 use crate::identity::{Identity, PublicKey};
-use crate::intention::{Hash, Intention, StoreId, MAX_INTENTION_OPS_BYTES};
+use crate::ids::{FileId, Hash, OpId, StoreId};
+use crate::intention::{Intention, MAX_INTENTION_OPS_BYTES};
 use actor::{Request, Shared};
 use apply::{op_size, Counts, Queued};
 use index::Index;
@@ -193,7 +192,7 @@ pub enum StoreEvent {
 }
 
 /// Events a slow subscriber may fall behind by before it sees `Lagged`.
-pub const EVENT_BACKLOG: usize = 1024;
+pub(crate) const EVENT_BACKLOG: usize = 1024;
 
 /// One intention that touched a file, in local witness order.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -5,10 +5,10 @@
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
-use crate::fs::op::FileId;
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
-use crate::intention::{Hash, StoreId, MAX_DEPS};
+use crate::ids::{FileId, Hash, StoreId};
+use crate::intention::MAX_DEPS;
 use crate::store::error::StoreError;
 
 /// Intention hash -> the exact signed bytes as received.
@@ -234,7 +234,7 @@ pub(crate) struct Tables<'t> {
 
 impl<'t> Tables<'t> {
     /// Opens (creating) every table in `txn`.
-    pub fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
+    pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Self, StoreError> {
         Ok(Self {
             intentions: txn.open_table(INTENTIONS)?,
             witness: txn.open_table(WITNESS)?,
@@ -258,17 +258,17 @@ impl<'t> Tables<'t> {
     }
 
     /// True if the intention has been applied or refused past a revocation cut.
-    pub fn is_known(&self, hash: &Hash) -> Result<bool, StoreError> {
+    pub(crate) fn is_known(&self, hash: &Hash) -> Result<bool, StoreError> {
         Ok(self.intentions.get(hash.0)?.is_some() || self.is_refused(hash)?)
     }
 
     /// True if the intention was refused or voided past a revocation cut.
-    pub fn is_refused(&self, hash: &Hash) -> Result<bool, StoreError> {
+    pub(crate) fn is_refused(&self, hash: &Hash) -> Result<bool, StoreError> {
         Ok(self.refused.get(hash.0)?.is_some())
     }
 
     /// The author and author-chain seq of an applied or refused intention.
-    pub fn seq_of(&self, hash: &Hash) -> Result<Option<(PublicKey, u64)>, StoreError> {
+    pub(crate) fn seq_of(&self, hash: &Hash) -> Result<Option<(PublicKey, u64)>, StoreError> {
         Ok(self.seqs.get(hash.0)?.map(|v| {
             let (author, seq) = v.value();
             (PublicKey(author), seq)
@@ -276,7 +276,7 @@ impl<'t> Tables<'t> {
     }
 
     /// Records an applied intention's place in its author's chain.
-    pub fn add_chain(
+    pub(crate) fn add_chain(
         &mut self,
         author: &PublicKey,
         seq: u64,
@@ -288,7 +288,11 @@ impl<'t> Tables<'t> {
     }
 
     /// Applied intentions of `author` with a chain seq above `upto`, in seq order.
-    pub fn chain_after(&self, author: &PublicKey, upto: u64) -> Result<Vec<Hash>, StoreError> {
+    pub(crate) fn chain_after(
+        &self,
+        author: &PublicKey,
+        upto: u64,
+    ) -> Result<Vec<Hash>, StoreError> {
         let from = (author.0, upto.saturating_add(1), [0u8; 32]);
         let to = (author.0, u64::MAX, [0xffu8; 32]);
         let mut out = Vec::new();
@@ -303,7 +307,7 @@ impl<'t> Tables<'t> {
 
     /// The HLC of a known intention: recorded, or read from its stored bytes (stores
     /// written before the `hlcs` table); `None` if refused without bytes.
-    pub fn hlc_of(&self, hash: &Hash) -> Result<Option<Hlc>, StoreError> {
+    pub(crate) fn hlc_of(&self, hash: &Hash) -> Result<Option<Hlc>, StoreError> {
         if let Some(v) = self.hlcs.get(hash.0)? {
             let (wall_ms, counter) = v.value();
             return Ok(Some(Hlc { wall_ms, counter }));
@@ -319,13 +323,13 @@ impl<'t> Tables<'t> {
     }
 
     /// Records the HLC of a known intention.
-    pub fn add_hlc(&mut self, hash: &Hash, hlc: Hlc) -> Result<(), StoreError> {
+    pub(crate) fn add_hlc(&mut self, hash: &Hash, hlc: Hlc) -> Result<(), StoreError> {
         self.hlcs.insert(hash.0, (hlc.wall_ms, hlc.counter))?;
         Ok(())
     }
 
     /// The applied intention of `author` at chain seq `seq` other than `not`, if any.
-    pub fn chain_holder(
+    pub(crate) fn chain_holder(
         &self,
         author: &PublicKey,
         seq: u64,
@@ -342,7 +346,10 @@ impl<'t> Tables<'t> {
     }
 
     /// The author's proven fork: its chain seq and the two evidence intentions.
-    pub fn fork_of(&self, author: &PublicKey) -> Result<Option<(u64, [Hash; 2])>, StoreError> {
+    pub(crate) fn fork_of(
+        &self,
+        author: &PublicKey,
+    ) -> Result<Option<(u64, [Hash; 2])>, StoreError> {
         Ok(self.evidence.get(author.0)?.map(|v| {
             let (seq, a, b) = v.value();
             (seq, [Hash(a), Hash(b)])
@@ -350,7 +357,7 @@ impl<'t> Tables<'t> {
     }
 
     /// Every proven fork, by author.
-    pub fn forks(&self) -> Result<Vec<(PublicKey, u64, [Hash; 2])>, StoreError> {
+    pub(crate) fn forks(&self) -> Result<Vec<(PublicKey, u64, [Hash; 2])>, StoreError> {
         let mut out = Vec::new();
         for entry in self.evidence.iter()? {
             let (k, v) = entry?;
@@ -361,20 +368,20 @@ impl<'t> Tables<'t> {
     }
 
     /// True if `hash` is evidence of a fork of `author`.
-    pub fn is_evidence(&self, author: &PublicKey, hash: &Hash) -> Result<bool, StoreError> {
+    pub(crate) fn is_evidence(&self, author: &PublicKey, hash: &Hash) -> Result<bool, StoreError> {
         Ok(self
             .fork_of(author)?
             .is_some_and(|(_, pair)| pair.contains(hash)))
     }
 
     /// Records an intention refused on arrival or voided, with its bytes.
-    pub fn add_refused(&mut self, hash: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
+    pub(crate) fn add_refused(&mut self, hash: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
         self.refused.insert(hash.0, bytes)?;
         Ok(())
     }
 
     /// The last witness seq and its chain hash ((0, zero) when empty).
-    pub fn witness_head(&self) -> Result<(u64, [u8; 32]), StoreError> {
+    pub(crate) fn witness_head(&self) -> Result<(u64, [u8; 32]), StoreError> {
         Ok(match self.witness.last()? {
             Some((k, v)) => (k.value(), v.value().1),
             None => (0, [0; 32]),
@@ -382,7 +389,7 @@ impl<'t> Tables<'t> {
     }
 
     /// Appends `hash` to the witness log; returns its seq.
-    pub fn append_witness(&mut self, hash: &Hash) -> Result<u64, StoreError> {
+    pub(crate) fn append_witness(&mut self, hash: &Hash) -> Result<u64, StoreError> {
         let (seq, prev) = self.witness_head()?;
         self.witness.insert(seq + 1, (hash.0, chain(&prev, hash)))?;
         Ok(seq + 1)
@@ -392,7 +399,7 @@ impl<'t> Tables<'t> {
     /// most [`MAX_DEPS`], greatest HLC first. A head stamped at or after `first` arrived
     /// after the op was stamped, and naming it would break the clock order rule; its
     /// predecessors (what the op may have seen) are named in its place.
-    pub fn deps_for_next(&self, first: Hlc) -> Result<Vec<Hash>, StoreError> {
+    pub(crate) fn deps_for_next(&self, first: Hlc) -> Result<Vec<Hash>, StoreError> {
         let mut stack = Vec::new();
         for entry in self.heads.iter()? {
             let (k, v) = entry?;
@@ -427,7 +434,7 @@ impl<'t> Tables<'t> {
     }
 
     /// The latest known intention of `author`.
-    pub fn tip(&self, author: &PublicKey) -> Result<Option<(Hash, Hlc)>, StoreError> {
+    pub(crate) fn tip(&self, author: &PublicKey) -> Result<Option<(Hash, Hlc)>, StoreError> {
         Ok(self.tips.get(author.0)?.map(|v| {
             let (hash, wall_ms, counter) = v.value();
             (Hash(hash), Hlc { wall_ms, counter })
@@ -435,20 +442,25 @@ impl<'t> Tables<'t> {
     }
 
     /// Records `meta` facts of a new store.
-    pub fn init_meta(&mut self, id: StoreId, founder: &PublicKey) -> Result<(), StoreError> {
+    pub(crate) fn init_meta(&mut self, id: StoreId, founder: &PublicKey) -> Result<(), StoreError> {
         self.meta.insert(META_STORE_ID, &id.0[..])?;
         self.meta.insert(META_FOUNDER, &founder.0[..])?;
         Ok(())
     }
 
     /// Records a history row for `file`.
-    pub fn add_history(&mut self, file: FileId, seq: u64, hash: &Hash) -> Result<(), StoreError> {
+    pub(crate) fn add_history(
+        &mut self,
+        file: FileId,
+        seq: u64,
+        hash: &Hash,
+    ) -> Result<(), StoreError> {
         self.history.insert((file.to_bytes(), seq), hash.0)?;
         Ok(())
     }
 
     /// Replaces the persisted projection with `bytes`, reflecting witness `seq`.
-    pub fn put_projection(&mut self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
+    pub(crate) fn put_projection(&mut self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
         self.projection.retain(|_, _| false)?;
         self.projection.insert(seq, bytes)?;
         Ok(())

@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use redb::{Database, ReadableDatabase, ReadableTable};
 
-use crate::intention::Hash;
+use crate::ids::{Hash, OpId, StoreId};
 use crate::store::error::StoreError;
 use crate::store::tables::{verify_witness, FLOATING, HEADS, INTENTIONS, REFUSED, WITNESS};
 
@@ -58,10 +58,11 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::fs::op::{Content, Create, Kind, Op, OpBody, OpId, Role};
+use crate::cas::Content;
+use crate::fs::op::{Create, Kind, Op, OpBody, Role};
 use crate::hlc::{Clock, Hlc};
 use crate::identity::Identity;
-use crate::intention::{Intention, IntentionError, StoreId, MAX_INTENTION_BYTES};
+use crate::intention::{Intention, IntentionError, MAX_INTENTION_BYTES};
 use crate::store::tables::{PROJECTION, WITNESS as WITNESS_TABLE};
 use crate::store::{ApplyOutcome, Store, DB_FILE};
 

@@ -14,15 +14,15 @@ use prost::Message;
 
 use crate::fs::op::{role_from_proto, role_to_proto, Role, MAX_LABEL_BYTES};
 use crate::identity::PublicKey;
-use crate::intention::StoreId;
+use crate::ids::StoreId;
 use crate::proto::sync as pb;
 
 /// First characters of a token of the current format.
-pub const PREFIX: &str = "lm1";
+pub(crate) const PREFIX: &str = "lm1";
 /// Longest token text accepted, in characters.
-pub const MAX_TOKEN_CHARS: usize = 2048;
+pub(crate) const MAX_TOKEN_CHARS: usize = 2048;
 /// Most inviter addresses a token may list.
-pub const MAX_TOKEN_ADDRS: usize = 16;
+pub(crate) const MAX_TOKEN_ADDRS: usize = 16;
 /// Longest address text in a token.
 const MAX_ADDR_CHARS: usize = 64;
 /// Checksum bytes after the payload.
@@ -55,7 +55,7 @@ pub enum TokenError {
 
 /// What a joiner needs to join a store.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InviteToken {
+pub(crate) struct InviteToken {
     /// The store to join.
     pub store: StoreId,
     /// The inviter's key, also its iroh endpoint id.
@@ -77,7 +77,7 @@ impl InviteToken {
     /// than [`MAX_TOKEN_ADDRS`] addresses (a multi-homed host) it lists the most useful
     /// ones ([`token_addrs`]), and a store name longer than [`MAX_LABEL_BYTES`] (for
     /// display only) is cut at a character boundary.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut name_end = self.store_name.len().min(MAX_LABEL_BYTES);
         while !self.store_name.is_char_boundary(name_end) {
             name_end -= 1;
@@ -103,7 +103,7 @@ impl InviteToken {
     }
 
     /// Parses a token, ignoring surrounding whitespace.
-    pub fn decode(text: &str) -> Result<InviteToken, TokenError> {
+    pub(crate) fn decode(text: &str) -> Result<InviteToken, TokenError> {
         let text = text.trim();
         if text.len() > MAX_TOKEN_CHARS {
             return Err(TokenError::TooLong);

@@ -1,9 +1,9 @@
 //! Sans-IO protocol cores: bytes in, bytes and decisions out; `net/` drives them.
 
-pub mod invite;
-pub mod reconcile;
-pub mod refusal;
-pub mod replica;
+pub(crate) mod invite;
+pub(crate) mod reconcile;
+pub(crate) mod refusal;
+pub(crate) mod replica;
 
-pub use reconcile::{ReconcileError, ReconcileStorage, Session, Stats, Step, FRAME_LIMIT};
+pub use reconcile::{ReconcileStorage, Session, FRAME_LIMIT};
 pub use refusal::{Refusal, RefusalCode};

@@ -1,7 +1,7 @@
 //! One negentropy reconciliation of a store's intention set with one peer, sans IO.
 //!
-//! Items are `(HLC wall ms, intention hash)` read from a store's index snapshot
-//! ([`crate::store::IndexView`]). The initiator sends [`Session::initiate`]'s frame;
+//! Items are `(HLC wall ms, intention hash)` read from any [`ReconcileStorage`] (a
+//! store's index snapshot implements it in `store`). The initiator sends [`Session::initiate`]'s frame;
 //! each side feeds every frame it receives to [`Session::step`] and sends the reply,
 //! until the initiator's step returns no reply. Along the way the initiator learns
 //! which hashes only it has (`have`, to push) and which only the peer has (`need`, to
@@ -12,8 +12,7 @@ use std::sync::Arc;
 
 use negentropy::{Bound, Id, Item, Negentropy, NegentropyStorageBase, NegentropyStorageVector};
 
-use crate::intention::Hash;
-use crate::store::{IndexView, StoreError};
+use crate::ids::Hash;
 
 /// Default frame limit in bytes (both directions). Measured with `lattice-bench
 /// reconcile` (100 K items, 10 K differences): rounds fall from 240 at 16 KiB and 63 at
@@ -35,18 +34,17 @@ const MIN_FRAME_LIMIT: usize = 4096;
 /// A set a session can reconcile: negentropy storage that may have hit a storage error
 /// inside a call that could not return it.
 pub trait ReconcileStorage: NegentropyStorageBase + 'static {
-    /// Takes the storage error behind the last failed call, if there was one.
-    fn take_fault(&self) -> Option<StoreError>;
-}
+    /// The storage's own error.
+    type Fault: std::error::Error + Send + Sync + 'static;
 
-impl ReconcileStorage for IndexView {
-    fn take_fault(&self) -> Option<StoreError> {
-        IndexView::take_fault(self)
-    }
+    /// Takes the storage error behind the last failed call, if there was one.
+    fn take_fault(&self) -> Option<Self::Fault>;
 }
 
 impl ReconcileStorage for NegentropyStorageVector {
-    fn take_fault(&self) -> Option<StoreError> {
+    type Fault = std::convert::Infallible;
+
+    fn take_fault(&self) -> Option<Self::Fault> {
         None
     }
 }
@@ -75,9 +73,9 @@ pub enum ReconcileError {
     /// A received frame does not decode.
     #[error("malformed reconciliation frame: {0}")]
     Malformed(negentropy::Error),
-    /// Reading the index snapshot failed.
-    #[error("reconciliation index: {0}")]
-    Store(#[from] StoreError),
+    /// Reading the storage failed (the storage's [`ReconcileStorage::Fault`]).
+    #[error("reconciliation storage: {0}")]
+    Storage(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// `initiate` on a responder or twice, or a frame after the session finished.
     #[error("reconciliation session misused: {0}")]
     Misuse(&'static str),
@@ -105,9 +103,8 @@ pub struct Step {
     pub need: Vec<Hash>,
 }
 
-/// One side of a reconciliation over a storage snapshot (a store's [`IndexView`] by
-/// default).
-pub struct Session<S: ReconcileStorage = IndexView> {
+/// One side of a reconciliation over a storage snapshot.
+pub struct Session<S: ReconcileStorage> {
     neg: Negentropy<'static, Shared<S>>,
     storage: Arc<S>,
     limit: usize,
@@ -224,7 +221,7 @@ impl<S: ReconcileStorage> Session<S> {
     /// The error to report for a failed negentropy call: the storage's, else the frame's.
     fn fail(&self, e: negentropy::Error) -> ReconcileError {
         match self.storage.take_fault() {
-            Some(store) => ReconcileError::Store(store),
+            Some(fault) => ReconcileError::Storage(Box::new(fault)),
             None => ReconcileError::Malformed(e),
         }
     }
@@ -259,7 +256,3 @@ impl<S: NegentropyStorageBase> NegentropyStorageBase for Shared<S> {
         self.0.find_lower_bound(first, last, value)
     }
 }
-
-#[cfg(test)]
-#[path = "reconcile_tests.rs"]
-mod tests;

@@ -35,15 +35,18 @@
 //! **A round with one peer** is one opener conversation, its phases in order:
 //! *Negotiate* (negentropy frames, `Reconcile` requests, until the initiator is done or
 //! [`MAX_RECONCILE_DIFF`] hashes piled up on either side), *Want* (the hashes the peer
-//! has, [`MAX_WANT`] per request, applied in HLC order; an empty answer or one with
-//! nothing asked for fails the round), *Predecessors* (up to [`PREDECESSOR_ROUNDS`]
+//! has, [`MAX_WANT`] per request, applied in HLC order; intentions not asked for are
+//! dropped, and an answer with none of the asked ones ends this phase — a peer may hold
+//! sealed intentions it does not send before they are durable — so the next pass asks
+//! again), *Predecessors* (up to [`PREDECESSOR_ROUNDS`]
 //! `Want`s of what floating intentions wait for, until none is missing or the peer has
 //! none), *Push* (the hashes the peer lacks in batches of [`BATCH_BYTES`]), then
 //! `Finish`. Rounds with one peer never overlap: a hint (a gossiped intention that
 //! floats, a member neighbour coming up) while one runs sets an *again* flag and one
 //! more round follows; a pass finding a round running asks for a round of its own after
-//! it. A transport failure restarts the round once on a fresh connection (`Redial`);
-//! a refusal or a second failure fails it, with a readable reason in the report.
+//! it. A transport failure (a stream or frame on an existing connection) restarts the
+//! round once on a fresh connection (`Redial`); a refusal, an unreachable peer or a
+//! second failure fails it, with a readable reason in the report.
 //! Rounds, pulls and secret requests go to current members only.
 //!
 //! **Gossip.** Sealed intentions are broadcast while subscribed, inline when they fit
@@ -53,7 +56,7 @@
 //! to reconcile with the sender), a hash is pulled from the sender with one `Want`.
 //!
 //! **After apply** (`Applied`): every key revoked from the store is cut off
-//! (`CutOff`), each changed file's blob pieces are remembered, and in eager mode the
+//! (`CutOff`; after a local seal, each newly revoked key once), each changed file's blob pieces are remembered, and in eager mode the
 //! changed files' blobs are fetched with their previous pieces for patching
 //! (`Fetch(Files)`). `Fetched` with `ok: false` counts one missing; a complete fetch of
 //! everything resets the count.
@@ -78,30 +81,32 @@ use std::collections::{HashMap, HashSet};
 use bytes::Bytes;
 use prost::Message;
 
-use crate::fs::op::{Content, FileId};
+use crate::cas::Content;
+use crate::hlc::Hlc;
 use crate::identity::PublicKey;
-use crate::intention::{Hash, Intention};
+use crate::ids::{FileId, Hash};
+use crate::intention::Intention;
 use crate::proto::peer::{self as pb, gossip, request, response};
-use crate::store::{ApplyOutcome, Store, StoreError};
-use crate::sync::reconcile::{Session, FRAME_LIMIT};
+use crate::store::{ApplyOutcome, IndexSession as Session, InviteError, Store, StoreError};
+use crate::sync::reconcile::FRAME_LIMIT;
 use crate::sync::{Refusal, RefusalCode};
 
 /// Milliseconds on the driver's clock: Unix ms in production (the same clock decides
 /// invite expiry), virtual in the simulator.
-pub type Millis = u64;
+pub(crate) type Millis = u64;
 
 /// One conversation: a bidirectional stream, opened by one side. The opener's replica
 /// picks its ids; on the acceptor side the driver does, and keys them by `(peer, Conv)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Conv(pub u64);
+pub(crate) struct Conv(pub u64);
 
 /// A `sync` the user asked for; answered by [`Action::Synced`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Ticket(pub u64);
+pub(crate) struct Ticket(pub u64);
 
 /// Local settings of a replica.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Mode {
+pub(crate) struct Mode {
     /// No network activity: no gossip, no rounds, every request refused.
     pub paused: bool,
     /// Fetch the blobs of every file as soon as it changes.
@@ -110,7 +115,7 @@ pub struct Mode {
 
 /// What happened, as the driver tells it.
 #[derive(Debug)]
-pub enum Event {
+pub(crate) enum Event {
     /// Local intentions sealed and durable (from `StoreEvent::Sealed`).
     Sealed(Vec<Bytes>),
     /// Intentions were applied; the files they changed (`None`: unknown, e.g. lagged).
@@ -176,8 +181,10 @@ pub enum Event {
 
 /// Why an opener-side conversation got no answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Failure {
-    /// The peer could not be reached, or the stream or a frame failed (worth one redial).
+pub(crate) enum Failure {
+    /// The peer could not be dialed (not worth a redial: it is offline or unknown).
+    Unreachable(String),
+    /// The stream or a frame failed on an existing connection (worth one redial).
     Transport(String),
     /// The peer refused, with a typed code.
     Refused(Refusal),
@@ -186,15 +193,15 @@ pub enum Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Failure::Transport(why) => f.write_str(why),
-            Failure::Refused(r) => write!(f, "refused: {}", r.text),
+            Failure::Unreachable(why) | Failure::Transport(why) => f.write_str(why),
+            Failure::Refused(r) => write!(f, "refused: {r}"),
         }
     }
 }
 
 /// Which blobs to fetch.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FetchOrder {
+pub(crate) enum FetchOrder {
     /// The blobs of these files; `changes` pairs files' previous content pieces with
     /// their new ones, so changed chunks can be patched from the chunks they replace.
     Files {
@@ -209,7 +216,7 @@ pub enum FetchOrder {
 
 /// What the driver must do.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Action {
+pub(crate) enum Action {
     /// Opener side: send `request` on `conv` to `peer`, opening the stream on first use.
     Send {
         /// The conversation.
@@ -305,22 +312,22 @@ pub struct SyncReport {
 }
 
 /// First anti-entropy interval, and the interval after a pass that moved something.
-pub const ANTI_ENTROPY_MIN: Millis = 2_000;
+pub(crate) const ANTI_ENTROPY_MIN: Millis = 2_000;
 /// Longest anti-entropy interval while passes find nothing to do.
-pub const ANTI_ENTROPY_MAX: Millis = 30_000;
+pub(crate) const ANTI_ENTROPY_MAX: Millis = 30_000;
 /// Largest gossip message; intentions up to about this size travel inline.
-pub const GOSSIP_MAX: usize = 32 * 1024;
+pub(crate) const GOSSIP_MAX: usize = 32 * 1024;
 /// Room left in a gossip message for its framing around an inline intention.
 const GOSSIP_FRAMING: usize = 16;
 /// Most hashes one reconciliation collects on either side (the peer has, or lacks)
 /// before it stops to pull and push them (8 MiB of hashes); the next pass finds the rest.
 pub const MAX_RECONCILE_DIFF: usize = 256 * 1024;
 /// Most rounds of asking a peer for the predecessors of floating intentions.
-pub const PREDECESSOR_ROUNDS: usize = 8;
+pub(crate) const PREDECESSOR_ROUNDS: usize = 8;
 /// Most hashes one `Want` may name.
 pub const MAX_WANT: usize = 4096;
 /// Target size of one answer carrying intentions (a single larger intention still goes).
-pub const BATCH_BYTES: usize = 1024 * 1024;
+pub(crate) const BATCH_BYTES: usize = 1024 * 1024;
 
 /// When the next anti-entropy pass is due.
 #[derive(Debug)]
@@ -440,7 +447,7 @@ enum Served {
 }
 
 /// The replication protocol of one store.
-pub struct Replica {
+pub(crate) struct Replica {
     store: Store,
     me: PublicKey,
     mode: Mode,
@@ -466,13 +473,15 @@ pub struct Replica {
     queued: Option<Vec<Ticket>>,
     /// Asking members for the gossip secret.
     asking: bool,
+    /// Revoked keys already cut off.
+    cut: HashSet<PublicKey>,
     served: HashMap<(PublicKey, Conv), Served>,
 }
 
 impl Replica {
     /// A replica of `store` for node `me`, with the gossip secret if known, at `now`.
     /// Returns its first actions (subscribe or ask a member for the secret, first pass).
-    pub fn new(
+    pub(crate) fn new(
         store: Store,
         me: PublicKey,
         secret: Option<[u8; 32]>,
@@ -505,6 +514,7 @@ impl Replica {
             pass: None,
             queued: None,
             asking: false,
+            cut: HashSet::new(),
             served: HashMap::new(),
         };
         let mut out = Vec::new();
@@ -516,7 +526,7 @@ impl Replica {
     }
 
     /// Feeds one event; returns what the driver must do, in order.
-    pub fn handle(&mut self, event: Event, now: Millis) -> Vec<Action> {
+    pub(crate) fn handle(&mut self, event: Event, now: Millis) -> Vec<Action> {
         let mut out = Vec::new();
         match event {
             Event::Sealed(list) => self.sealed(list, now, &mut out),
@@ -573,12 +583,12 @@ impl Replica {
     }
 
     /// Local intentions sealed but not yet confirmed sent to any member.
-    pub fn unsent(&self) -> u64 {
+    pub(crate) fn unsent(&self) -> u64 {
         self.unsent
     }
 
     /// Failed blob fetches since the last complete one (0: nothing known missing).
-    pub fn missing(&self) -> u64 {
+    pub(crate) fn missing(&self) -> u64 {
         self.missing
     }
 
@@ -700,6 +710,13 @@ impl Replica {
     fn sealed(&mut self, list: Vec<Bytes>, now: Millis, out: &mut Vec<Action>) {
         self.sealed += list.len() as u64;
         self.unsent += list.len() as u64;
+        // A local revocation: its key is cut off at once.
+        let cuts = self.store.read(|s| s.revocation_cuts());
+        for (key, _) in cuts {
+            if self.cut.insert(key) {
+                out.push(Action::CutOff(key));
+            }
+        }
         if self.mode.paused {
             return;
         }
@@ -728,6 +745,7 @@ impl Replica {
             let cuts: Vec<PublicKey> = s.revocation_cuts().into_iter().map(|(k, _)| k).collect();
             (cuts, files.unwrap_or_else(|| s.file_ids()))
         });
+        self.cut.extend(cuts.iter().copied());
         out.extend(cuts.into_iter().map(Action::CutOff));
         let known = &mut self.known;
         let changes: Vec<(Vec<Content>, Vec<Content>)> = self.store.read(|s| {
@@ -1007,7 +1025,7 @@ impl Replica {
             Opener::Pull { peer, hashes } => {
                 let result = match answer {
                     Ok(response::Kind::Intentions(list)) => {
-                        self.pulled(&peer, hashes, list.intentions).map(|_| ())
+                        self.pulled(hashes, list.intentions).map(|_| ())
                     }
                     Ok(other) => Err(unexpected(&peer, &other)),
                     Err(f) => Err(failure_text(&peer, &f)),
@@ -1100,7 +1118,7 @@ impl Replica {
                 }
             }
             (Phase::Want { need, have }, response::Kind::Intentions(list)) => {
-                match self.pulled(&peer, need, list.intentions) {
+                match self.pulled(need, list.intentions) {
                     Err(why) => Err(why),
                     Ok((got, rest)) => {
                         report.pulled += got;
@@ -1177,31 +1195,28 @@ impl Replica {
         Ok(Some(Phase::Want { need, have }))
     }
 
-    /// Applies intentions received for `asked`; returns how many arrived and what is
-    /// still to ask. A peer that sends nothing, or nothing that was asked, broke the
-    /// protocol.
-    fn pulled(
-        &self,
-        peer: &PublicKey,
-        mut asked: Vec<Hash>,
-        mut list: Vec<Bytes>,
-    ) -> Result<(u64, Vec<Hash>), String> {
-        if list.is_empty() {
-            return Err(protocol(peer, "it offered intentions it does not send"));
-        }
-        let arrived: HashSet<Hash> = list
-            .iter()
-            .filter_map(|b| Intention::peek(b).map(|(_, h)| h))
+    /// Applies the intentions of `list` that were `asked` for (others are dropped);
+    /// returns how many arrived and what is still to ask. When none of the asked ones
+    /// came (the peer holds intentions it cannot send before they are durable, or it
+    /// withholds them), nothing more is asked: the next pass tries again.
+    fn pulled(&self, asked: Vec<Hash>, list: Vec<Bytes>) -> Result<(u64, Vec<Hash>), String> {
+        let mut wanted: HashSet<Hash> = asked.iter().copied().collect();
+        let mut arrived: Vec<(Hlc, Bytes)> = list
+            .into_iter()
+            .filter_map(|b| {
+                let (hlc, hash) = Intention::peek(&b)?;
+                wanted.remove(&hash).then_some((hlc, b))
+            })
             .collect();
-        let before = asked.len();
-        asked.retain(|h| !arrived.contains(h));
-        if asked.len() == before {
-            return Err(protocol(peer, "it sent intentions that were not asked for"));
+        if arrived.is_empty() {
+            return Ok((0, Vec::new()));
         }
-        let got = list.len() as u64;
-        list.sort_by_cached_key(Intention::peek);
+        arrived.sort_by_key(|(hlc, _)| *hlc);
+        let got = arrived.len() as u64;
+        let list = arrived.into_iter().map(|(_, b)| b).collect();
         apply_all(&self.store, list).map_err(|e| e.to_string())?;
-        Ok((got, asked))
+        let rest = asked.into_iter().filter(|h| wanted.contains(h)).collect();
+        Ok((got, rest))
     }
 
     /// Asks for predecessors that floating intentions wait for (they are not in
@@ -1282,22 +1297,32 @@ impl Replica {
             refusal: Refusal { code, text },
         };
         if request.store_id[..] != self.store.id().0[..] {
-            out.push(refuse(RefusalCode::Other, "no such store here".into()));
+            out.push(refuse(
+                RefusalCode::UnknownStore,
+                "no such store here".into(),
+            ));
             return;
         }
         let Some(kind) = request.kind else {
-            out.push(refuse(RefusalCode::BadRequest, "empty request".into()));
+            out.push(refuse(RefusalCode::Malformed, "empty request".into()));
             return;
         };
         if let request::Kind::Redeem(r) = kind {
             return self.redeem(from, conv, r, now, out);
         }
-        if self.mode.paused || !self.is_member(&from) {
-            self.served.remove(&(from, conv));
-            out.push(refuse(
+        let closed = if !self.is_member(&from) {
+            Some((
                 RefusalCode::NotMember,
-                "not a member of this store, or the store is paused".into(),
-            ));
+                "the opener is not a member of this store",
+            ))
+        } else if self.mode.paused {
+            Some((RefusalCode::Paused, "the store is paused here"))
+        } else {
+            None
+        };
+        if let Some((code, text)) = closed {
+            self.served.remove(&(from, conv));
+            out.push(refuse(code, text.into()));
             return;
         }
         if !request.addrs.is_empty() {
@@ -1320,18 +1345,18 @@ impl Replica {
             request::Kind::Want(w) => self.wanted(&w),
             request::Kind::Push(p) => apply_all(&self.store, p.intentions)
                 .map(|(applied, refused)| response::Kind::Pushed(pb::Pushed { applied, refused }))
-                .map_err(|e| (RefusalCode::Other, e.to_string())),
+                .map_err(|e| (RefusalCode::Internal, e.to_string())),
             request::Kind::AskSecret(_) => match self.secret {
                 Some(secret) => Ok(response::Kind::TopicSecret(pb::TopicSecret {
                     secret: Bytes::copy_from_slice(&secret),
                 })),
                 None => Err((
-                    RefusalCode::Other,
+                    RefusalCode::NoSecret,
                     "this node has no gossip secret for the store yet".into(),
                 )),
             },
             request::Kind::Patch(_) | request::Kind::Redeem(_) => Err((
-                RefusalCode::BadRequest,
+                RefusalCode::Malformed,
                 "this request is not served here".into(),
             )),
         };
@@ -1351,7 +1376,7 @@ impl Replica {
         conv: Conv,
         frame: &[u8],
     ) -> Result<response::Kind, (RefusalCode, String)> {
-        let local = |e: String| (RefusalCode::Other, e);
+        let local = |e: String| (RefusalCode::Internal, e);
         let session = match self.served.entry((from, conv)) {
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
@@ -1366,13 +1391,14 @@ impl Replica {
         };
         let Served::Reconcile(session) = session else {
             return Err((
-                RefusalCode::BadRequest,
+                RefusalCode::Malformed,
                 "a reconciliation frame in a bootstrap".into(),
             ));
         };
-        let step = session
-            .step(frame)
-            .map_err(|e| (RefusalCode::BadRequest, e.to_string()))?;
+        let step = session.step(frame).map_err(|e| {
+            let r = Refusal::from(e);
+            (r.code, r.text)
+        })?;
         Ok(response::Kind::Reconcile(pb::Frame {
             frame: step.reply.unwrap_or_default().into(),
         }))
@@ -1382,7 +1408,7 @@ impl Replica {
     fn wanted(&self, w: &pb::Want) -> Result<response::Kind, (RefusalCode, String)> {
         if w.hashes.len() > MAX_WANT {
             return Err((
-                RefusalCode::BadRequest,
+                RefusalCode::TooLarge,
                 format!("want names {} hashes; at most {MAX_WANT}", w.hashes.len()),
             ));
         }
@@ -1391,13 +1417,13 @@ impl Replica {
             .iter()
             .map(|h| {
                 Hash::from_slice(h)
-                    .ok_or((RefusalCode::BadRequest, "hash is not 32 bytes".to_string()))
+                    .ok_or((RefusalCode::Malformed, "hash is not 32 bytes".to_string()))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let found = self
             .store
             .get(hashes, BATCH_BYTES)
-            .map_err(|e| (RefusalCode::Other, e.to_string()))?;
+            .map_err(|e| (RefusalCode::Internal, e.to_string()))?;
         Ok(response::Kind::Intentions(pb::Intentions {
             intentions: found,
         }))
@@ -1430,10 +1456,7 @@ impl Replica {
                 out.push(Action::Refuse {
                     to,
                     conv,
-                    refusal: Refusal {
-                        code: RefusalCode::Other,
-                        text: e.to_string(),
-                    },
+                    refusal: Refusal::new(RefusalCode::Internal, e.to_string()),
                 });
             }
         }
@@ -1452,17 +1475,20 @@ impl Replica {
         let done = <[u8; 32]>::try_from(&r.secret[..])
             .map_err(|_| {
                 (
-                    RefusalCode::BadRequest,
+                    RefusalCode::Malformed,
                     "invite secret is not 32 bytes".to_string(),
                 )
             })
             .and_then(|secret| {
                 self.store
                     .redeem_invite(&secret, from, &r.display_name, now)
-                    .map_err(|e| (RefusalCode::Other, e.to_string()))?;
+                    .map_err(|e| {
+                        let r = Refusal::from(e);
+                        (r.code, r.text)
+                    })?;
                 self.store
                     .flush()
-                    .map_err(|e| (RefusalCode::Other, e.to_string()))
+                    .map_err(|e| (RefusalCode::Internal, e.to_string()))
             });
         if let Err((code, text)) = done {
             out.push(Action::Refuse {
@@ -1537,8 +1563,26 @@ fn unexpected(peer: &PublicKey, kind: &response::Kind) -> String {
 
 fn failure_text(peer: &PublicKey, failure: &Failure) -> String {
     match failure {
-        Failure::Transport(why) => why.clone(),
-        Failure::Refused(r) => format!("peer {} refused: {}", peer.short(), r.text),
+        Failure::Unreachable(why) | Failure::Transport(why) => why.clone(),
+        Failure::Refused(r) => format!("peer {} refused: {r}", peer.short()),
+    }
+}
+
+impl From<InviteError> for Refusal {
+    fn from(e: InviteError) -> Self {
+        let code = match &e {
+            InviteError::Unknown => RefusalCode::InviteUnknown,
+            InviteError::Used(_) => RefusalCode::InviteUsed,
+            InviteError::Expired(_) => RefusalCode::InviteExpired,
+            InviteError::Revoked => RefusalCode::InviteRevoked,
+            InviteError::DisplayName(_) | InviteError::Op(_) => RefusalCode::Malformed,
+            InviteError::NotAdmin
+            | InviteError::JoinerRevoked(_)
+            | InviteError::NotMember(_)
+            | InviteError::AlreadyMember(..) => RefusalCode::JoinRefused,
+            InviteError::Store(_) => RefusalCode::Internal,
+        };
+        Refusal::new(code, e.to_string())
     }
 }
 

@@ -7,9 +7,9 @@ use prost::Message;
 use tokio::sync::broadcast;
 
 use super::*;
-use crate::fs::op::{OpId, Role};
+use crate::fs::op::Role;
 use crate::identity::Identity;
-use crate::intention::StoreId;
+use crate::ids::{OpId, StoreId};
 use crate::store::tests::{clock, create};
 use crate::store::StoreEvent;
 
@@ -36,6 +36,12 @@ struct World {
     links: HashMap<(usize, Conv), usize>,
     /// Every action taken, by node.
     log: Vec<(usize, Action)>,
+    /// Nodes whose streams fail.
+    down: Vec<usize>,
+    /// Nodes that cannot be dialed.
+    offline: Vec<usize>,
+    /// Nodes that answer every `Want` with no intentions.
+    withholding: Vec<usize>,
 }
 
 impl World {
@@ -46,6 +52,9 @@ impl World {
             queue: VecDeque::new(),
             links: HashMap::new(),
             log: Vec::new(),
+            down: Vec::new(),
+            offline: Vec::new(),
+            withholding: Vec::new(),
         }
     }
 
@@ -86,7 +95,14 @@ impl World {
                     conv,
                     peer,
                     request,
-                } => match self.index(&peer) {
+                } => match self.index(&peer).filter(|j| !self.down.contains(j)) {
+                    Some(j) if self.offline.contains(&j) => self.queue.push_back((
+                        i,
+                        Event::Answer {
+                            conv,
+                            answer: Err(Failure::Unreachable("offline".into())),
+                        },
+                    )),
                     Some(j) => {
                         self.links.insert((i, conv), j);
                         let request = pb::Request {
@@ -121,9 +137,14 @@ impl World {
                 Action::Reply {
                     to,
                     conv,
-                    response,
+                    mut response,
                     last,
                 } => {
+                    if let response::Kind::Intentions(list) = &mut response {
+                        if self.withholding.contains(&i) {
+                            list.intentions.clear();
+                        }
+                    }
                     let j = self.index(&to).expect("replies go to a node of this world");
                     self.queue.push_back((
                         j,
@@ -498,7 +519,7 @@ fn a_paused_replica_refuses_members_and_answers_sync_at_once() {
     w.feed(1, Event::Sync(Ticket(8)));
     let report = w.synced(1).pop().expect("answered");
     assert_eq!(report.peers, 0);
-    assert!(report.failed[0].1.contains("not a member"), "{report:?}");
+    assert!(report.failed[0].1.contains("paused"), "{report:?}");
 }
 
 #[test]
@@ -592,4 +613,93 @@ fn a_steady_writer_does_not_put_the_next_pass_off() {
 fn a_clock_stepped_back_does_not_put_the_next_pass_off_further_than_its_interval() {
     let mut s = Schedule::new(1_000_000);
     assert_eq!(s.due(0), ANTI_ENTROPY_MIN);
+}
+
+#[test]
+fn a_transport_failure_redials_once_then_fails_the_round() {
+    let (mut w, ids) = team(1);
+    w.down.push(1);
+    w.feed(0, Event::Sync(Ticket(1)));
+    let redials: Vec<&Action> = w
+        .log
+        .iter()
+        .filter(|(i, a)| *i == 0 && matches!(a, Action::Redial(_)))
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(redials, [&Action::Redial(ids[1].public())]);
+    let report = w.synced(0).pop().expect("answered");
+    assert_eq!((report.peers, report.failed.len()), (0, 1), "{report:?}");
+}
+
+#[test]
+fn hints_during_a_round_cost_one_more_round_not_one_each() {
+    let (mut w, ids) = team(1);
+    let peer = ids[1].public();
+    let first = w.nodes[0].replica.handle(Event::NeighborUp(peer), w.now);
+    assert_eq!(first.len(), 1, "{first:?}");
+    for _ in 0..5 {
+        let more = w.nodes[0].replica.handle(Event::NeighborUp(peer), w.now);
+        assert!(more.is_empty(), "{more:?}");
+    }
+    w.act(0, first);
+    w.run();
+    let opened: std::collections::HashSet<Conv> = w
+        .log
+        .iter()
+        .filter_map(|(i, a)| match a {
+            Action::Send {
+                conv,
+                request: request::Kind::Reconcile(_),
+                ..
+            } if *i == 0 => Some(*conv),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened.len(), 2, "{opened:?}");
+}
+
+#[test]
+fn a_local_revocation_cuts_the_key_off_at_once() {
+    let (mut w, ids) = team(1);
+    let revoked = ids[1].public();
+    w.nodes[0].store.revoke_member(revoked).expect("revoke");
+    w.nodes[0].store.flush().expect("flush");
+    w.run();
+    let cuts = w
+        .log
+        .iter()
+        .filter(|(i, a)| *i == 0 && *a == Action::CutOff(revoked))
+        .count();
+    assert_eq!(cuts, 1);
+}
+
+#[test]
+fn an_unreachable_peer_fails_its_round_without_a_redial() {
+    let (mut w, _) = team(1);
+    w.offline.push(1);
+    w.feed(0, Event::Sync(Ticket(1)));
+    let redials = w
+        .log
+        .iter()
+        .filter(|(_, a)| matches!(a, Action::Redial(_)))
+        .count();
+    assert_eq!(redials, 0);
+    let report = w.synced(0).pop().expect("answered");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+}
+
+#[test]
+fn a_peer_withholding_what_it_offered_ends_the_pull_not_the_round() {
+    let (mut w, _) = team(1);
+    w.nodes[0].subscribed = false;
+    w.nodes[1].subscribed = false;
+    write(&w.nodes[1].store, "held");
+    w.withholding.push(1);
+    w.feed(0, Event::Sync(Ticket(1)));
+    let report = w.synced(0).pop().expect("answered");
+    assert_eq!((report.peers, report.failed.len()), (1, 0), "{report:?}");
+    assert!(!has(&w.nodes[0].store, "held"));
+    w.withholding.clear();
+    w.feed(0, Event::Sync(Ticket(2)));
+    assert!(has(&w.nodes[0].store, "held"));
 }

@@ -3,12 +3,11 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use lattice_mount::fs::op::{Content, Op, OpBody, OpId, Role};
-use lattice_mount::hlc::now_ms;
-use lattice_mount::identity::{Identity, PublicKey};
-use lattice_mount::intention::{Hash, Intention};
 use lattice_mount::proto::peer::{request::Kind as Req, Intentions};
-use lattice_mount::store::{Store, MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER};
+use lattice_mount::{
+    now_ms, Content, Hash, Identity, Intention, Op, OpBody, OpId, PublicKey, Role, Store,
+    MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER,
+};
 
 use crate::peers::*;
 
@@ -66,11 +65,14 @@ fn has(store: &Store, name: &str) -> bool {
     store.read(|s| s.lookup(OpId::ROOT, name).is_ok())
 }
 
+/// True when one of `p`'s stores lists `key` as an equivocator (what `status` shows).
 fn reported(p: &Peer, key: &PublicKey) -> bool {
-    tokio::task::block_in_place(|| p.node.status())
-        .stores
-        .iter()
-        .any(|s| s.equivocators.contains(&key.to_hex()))
+    tokio::task::block_in_place(|| {
+        p.node
+            .stores()
+            .iter()
+            .any(|s| s.equivocators().unwrap().iter().any(|q| q.key == *key))
+    })
 }
 
 async fn revoke(store: &Store, key: PublicKey) -> u64 {

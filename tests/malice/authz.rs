@@ -1,7 +1,7 @@
 //! Per-store authorization on every path, and what a peer costs before it is a member
 //! (issue 8, findings 3, 4, 8 and 10).
 
-use lattice_mount::fs::op::{Content, Role};
+use lattice_mount::{Content, RefusalCode, Role};
 
 use crate::peers::*;
 
@@ -22,7 +22,7 @@ impl iroh::protocol::ProtocolHandler for Recorder {
     ) -> Result<(), iroh::protocol::AcceptError> {
         while let Ok((mut send, mut recv)) = conn.accept_bi().await {
             let first: Option<lattice_mount::proto::peer::Request> =
-                lattice_mount::wire::read_frame(&mut recv, lattice_mount::net::MAX_FRAME)
+                lattice_mount::wire::read_frame(&mut recv, lattice_mount::MAX_FRAME)
                     .await
                     .ok()
                     .flatten();
@@ -30,11 +30,10 @@ impl iroh::protocol::ProtocolHandler for Recorder {
                 self.0.lock().unwrap().push(r.store_id);
             }
             // Refuse at once, so the victim's round ends instead of waiting for us.
-            let refusal = lattice_mount::proto::peer::Response {
-                kind: Some(lattice_mount::proto::peer::response::Kind::Error(
-                    "no".into(),
-                )),
-            };
+            let refusal = lattice_mount::proto::peer::Response::from(lattice_mount::Refusal::new(
+                RefusalCode::NotMember,
+                "no",
+            ));
             let _ = lattice_mount::wire::write_frame(&mut send, &refusal, 1024).await;
             let _ = send.finish();
         }
@@ -42,7 +41,7 @@ impl iroh::protocol::ProtocolHandler for Recorder {
     }
 }
 
-async fn listener(identity: &lattice_mount::identity::Identity, victim: &Peer) -> Listener {
+async fn listener(identity: &lattice_mount::Identity, victim: &Peer) -> Listener {
     let lookup = iroh::address_lookup::MemoryLookup::new();
     lookup.add_endpoint_info(addr_of(victim));
     let endpoint = iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
@@ -59,7 +58,7 @@ async fn listener(identity: &lattice_mount::identity::Identity, victim: &Peer) -
     let router = iroh::protocol::Router::builder(endpoint.clone())
         .accept(iroh_gossip::ALPN, gossip.clone())
         .accept(
-            lattice_mount::net::SYNC_ALPN,
+            lattice_mount::SYNC_ALPN,
             Recorder(std::sync::Arc::clone(&opened)),
         )
         .spawn();
@@ -72,7 +71,7 @@ async fn listener(identity: &lattice_mount::identity::Identity, victim: &Peer) -
 }
 
 /// The gossip topic a store had when topics derived from its id alone.
-fn guessable_topic(store: &lattice_mount::store::Store) -> iroh_gossip::proto::TopicId {
+fn guessable_topic(store: &lattice_mount::Store) -> iroh_gossip::proto::TopicId {
     let mut h = blake3::Hasher::new();
     h.update(b"lattice-mount gossip topic v1\0");
     h.update(&store.id().0);
@@ -80,7 +79,7 @@ fn guessable_topic(store: &lattice_mount::store::Store) -> iroh_gossip::proto::T
 }
 
 /// Mallory, a writer of alice's `team`, and alice's `secret` that mallory is not in.
-async fn alice_and_mallory() -> (Peer, lattice_mount::identity::Identity) {
+async fn alice_and_mallory() -> (Peer, lattice_mount::Identity) {
     let a = Peer::start("alice").await;
     a.create("team").await;
     a.create("secret").await;
@@ -93,7 +92,7 @@ async fn alice_and_mallory() -> (Peer, lattice_mount::identity::Identity) {
 }
 
 /// The real gossip topic of `store` of `p`, from the secret in its data dir.
-async fn real_topic(p: &Peer, store: &lattice_mount::store::Store) -> iroh_gossip::proto::TopicId {
+async fn real_topic(p: &Peer, store: &lattice_mount::Store) -> iroh_gossip::proto::TopicId {
     let file = p
         .dir
         .path()
@@ -104,7 +103,7 @@ async fn real_topic(p: &Peer, store: &lattice_mount::store::Store) -> iroh_gossi
         std::fs::read_to_string(&file).ok()
     })
     .await;
-    let key = lattice_mount::identity::unhex(text.trim()).unwrap();
+    let key = lattice_mount::unhex(text.trim()).unwrap();
     let mut h = blake3::Hasher::new();
     h.update(b"lattice-mount gossip topic v2\0");
     h.update(&key);
@@ -196,7 +195,7 @@ async fn a_neighbour_that_is_not_a_member_of_the_store_triggers_no_reconcile() {
     a.stop().await;
 }
 
-async fn get_blob(ep: &iroh::Endpoint, from: &Peer, hash: lattice_mount::intention::Hash) -> bool {
+async fn get_blob(ep: &iroh::Endpoint, from: &Peer, hash: lattice_mount::Hash) -> bool {
     let conn = ep.connect(addr_of(from), iroh_blobs::ALPN).await.unwrap();
     iroh_blobs::get::request::get_blob(conn, iroh_blobs::Hash::from_bytes(hash.0))
         .bytes()
@@ -205,13 +204,7 @@ async fn get_blob(ep: &iroh::Endpoint, from: &Peer, hash: lattice_mount::intenti
 }
 
 /// The manifest hash and first chunk of large `content`, as held by `p`.
-fn manifest_and_chunk(
-    p: &Peer,
-    content: &Content,
-) -> (
-    lattice_mount::intention::Hash,
-    lattice_mount::intention::Hash,
-) {
+fn manifest_and_chunk(p: &Peer, content: &Content) -> (lattice_mount::Hash, lattice_mount::Hash) {
     use prost::Message;
     let Content::Manifest { hash, .. } = content else {
         panic!("large content is a manifest")
@@ -220,11 +213,11 @@ fn manifest_and_chunk(
         .unwrap()
         .unwrap();
     let manifest = lattice_mount::proto::fs::Manifest::decode(bytes).unwrap();
-    let chunk = lattice_mount::intention::Hash::from_slice(&manifest.chunks[0].hash).unwrap();
+    let chunk = lattice_mount::Hash::from_slice(&manifest.chunks[0].hash).unwrap();
     (*hash, chunk)
 }
 
-async fn put(p: &Peer, store: &lattice_mount::store::Store, seed: u64) -> Content {
+async fn put(p: &Peer, store: &lattice_mount::Store, seed: u64) -> Content {
     let (cas, id) = (p.node.cas().clone(), store.id());
     tokio::task::spawn_blocking(move || cas.put_bytes(id, &random_bytes(1 << 20, seed)).unwrap())
         .await
@@ -233,8 +226,8 @@ async fn put(p: &Peer, store: &lattice_mount::store::Store, seed: u64) -> Conten
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_writer_naming_another_stores_blob_in_a_manifest_does_not_get_it() {
-    use lattice_mount::intention::Intention;
     use lattice_mount::proto::peer::{request::Kind as Req, Intentions};
+    use lattice_mount::Intention;
 
     let (a, mallory) = alice_and_mallory().await;
     let (team, secret) = (a.store("team"), a.store("secret"));
@@ -247,7 +240,7 @@ async fn a_writer_naming_another_stores_blob_in_a_manifest_does_not_get_it() {
 
     // Mallory writes a file into `team` whose content names the hidden manifest.
     let op = op_at(
-        lattice_mount::hlc::now_ms(),
+        lattice_mount::now_ms(),
         root_file("stolen.bin", hidden.clone()),
     );
     let naming = Intention::create(&mallory, team.id(), None, Vec::new(), vec![op]).unwrap();
@@ -288,7 +281,7 @@ async fn a_writer_naming_another_stores_blob_in_a_manifest_does_not_get_it() {
         base: bytes::Bytes::copy_from_slice(&team_chunk.0),
     });
     let err = refusal(raw_exchange(&ep, &a, vec![frame(&request(&team, patch))]).await);
-    assert!(err.contains("no such chunk"), "{err}");
+    assert_eq!(err.code, RefusalCode::NotHeld, "{err}");
     ep.close().await;
     a.stop().await;
 }
@@ -330,12 +323,12 @@ async fn a_silent_stranger_holds_nothing_past_the_first_frame_timeout() {
     a.create("team").await;
     a.net
         .set_first_frame_timeout(std::time::Duration::from_millis(300));
-    let stranger = lattice_mount::identity::Identity::generate();
+    let stranger = lattice_mount::Identity::generate();
     let ep = raw_endpoint(&stranger).await;
 
     // A connection that never opens a stream is closed.
     let idle = ep
-        .connect(addr_of(&a), lattice_mount::net::SYNC_ALPN)
+        .connect(addr_of(&a), lattice_mount::SYNC_ALPN)
         .await
         .unwrap();
     let closed = tokio::time::timeout(std::time::Duration::from_secs(5), idle.closed()).await;
@@ -343,7 +336,7 @@ async fn a_silent_stranger_holds_nothing_past_the_first_frame_timeout() {
 
     // A stream that starts a frame and stalls is answered with a refusal and dropped.
     let conn = ep
-        .connect(addr_of(&a), lattice_mount::net::SYNC_ALPN)
+        .connect(addr_of(&a), lattice_mount::SYNC_ALPN)
         .await
         .unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
@@ -352,7 +345,7 @@ async fn a_silent_stranger_holds_nothing_past_the_first_frame_timeout() {
         std::time::Duration::from_secs(5),
         lattice_mount::wire::read_frame::<lattice_mount::proto::peer::Response, _>(
             &mut recv,
-            lattice_mount::net::MAX_FRAME,
+            lattice_mount::MAX_FRAME,
         ),
     )
     .await
@@ -360,7 +353,7 @@ async fn a_silent_stranger_holds_nothing_past_the_first_frame_timeout() {
     .ok()
     .flatten();
     let err = refusal(answer);
-    assert!(err.contains("no request within"), "{err}");
+    assert_eq!(err.code, RefusalCode::TimedOut, "{err}");
     eventually("no stream served", || {
         (a.net.serving_streams() == 0).then_some(())
     })
@@ -373,10 +366,8 @@ async fn a_silent_stranger_holds_nothing_past_the_first_frame_timeout() {
 async fn a_strangers_huge_length_prefix_is_refused_before_any_body() {
     let a = Peer::start("alice").await;
     a.create("team").await;
-    let ep = raw_endpoint(&lattice_mount::identity::Identity::generate()).await;
-    let header = (lattice_mount::net::MAX_FRAME as u32)
-        .to_be_bytes()
-        .to_vec();
+    let ep = raw_endpoint(&lattice_mount::Identity::generate()).await;
+    let header = (lattice_mount::MAX_FRAME as u32).to_be_bytes().to_vec();
     let answer = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         raw_exchange(&ep, &a, vec![header]),
@@ -384,12 +375,11 @@ async fn a_strangers_huge_length_prefix_is_refused_before_any_body() {
     .await
     .expect("the victim waited for a stranger's 8 MiB body");
     let err = refusal(answer);
+    assert_eq!(err.code, RefusalCode::TooLarge, "{err}");
     assert!(
-        err.contains(&format!(
-            "limit of {}",
-            lattice_mount::net::MAX_STRANGER_FRAME
-        )),
-        "{err}"
+        err.text
+            .contains(&format!("limit of {}", lattice_mount::MAX_STRANGER_FRAME)),
+        "the stranger's limit, not a member's: {err}"
     );
     ep.close().await;
     a.stop().await;
@@ -397,20 +387,20 @@ async fn a_strangers_huge_length_prefix_is_refused_before_any_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_streams_and_connections_from_one_peer_is_capped() {
-    use lattice_mount::net::{MAX_STRANGER_STREAMS, MAX_STREAMS_PER_CONN};
     use lattice_mount::proto::peer::{request::Kind as Req, Want};
+    use lattice_mount::{MAX_STRANGER_STREAMS, MAX_STREAMS_PER_CONN};
     let (a, mallory) = alice_and_mallory().await;
     let team = a.store("team");
     a.net
         .set_first_frame_timeout(std::time::Duration::from_secs(20));
     let ep = raw_endpoint(&mallory).await;
-    let stranger_ep = raw_endpoint(&lattice_mount::identity::Identity::generate()).await;
+    let stranger_ep = raw_endpoint(&lattice_mount::Identity::generate()).await;
 
     // Forty streams from a member, forty from a stranger, each stalled mid-header.
     let (mut held, mut conns) = (Vec::new(), Vec::new());
     for endpoint in [&ep, &stranger_ep] {
         let conn = endpoint
-            .connect(addr_of(&a), lattice_mount::net::SYNC_ALPN)
+            .connect(addr_of(&a), lattice_mount::SYNC_ALPN)
             .await
             .unwrap();
         for _ in 0..40 {
@@ -435,7 +425,7 @@ async fn a_flood_of_streams_and_connections_from_one_peer_is_capped() {
     let mut usable = 0;
     for _ in 0..4 {
         let Ok(conn) = stranger_ep
-            .connect(addr_of(&a), lattice_mount::net::SYNC_ALPN)
+            .connect(addr_of(&a), lattice_mount::SYNC_ALPN)
             .await
         else {
             continue;

@@ -8,17 +8,15 @@ use std::time::Duration;
 use bytes::Bytes;
 use iroh::endpoint::Connection;
 use iroh::protocol::{AcceptError, ProtocolHandler, Router};
-use lattice_mount::fs::op::{Content, OpBody, OpId, Role};
-use lattice_mount::hlc::now_ms;
-use lattice_mount::identity::Identity;
-use lattice_mount::intention::{Hash, Intention};
-use lattice_mount::net::{MAX_FRAME, MAX_RECONCILE_DIFF, SYNC_ALPN};
 use lattice_mount::proto::peer::{
     request::Kind as Req, response::Kind as Resp, Blocks, Frame, Intentions, Request, Response,
     Want,
 };
-use lattice_mount::sync::reconcile::MAX_ROUNDS;
 use lattice_mount::wire::{read_frame, write_frame};
+use lattice_mount::{
+    now_ms, Content, Hash, Identity, Intention, OpBody, OpId, Refusal, RefusalCode, Role,
+    MAX_FRAME, MAX_RECONCILE_DIFF, MAX_ROUNDS, SYNC_ALPN,
+};
 use parking_lot::Mutex;
 
 use crate::peers::*;
@@ -112,7 +110,9 @@ impl ProtocolHandler for Hostile {
                                 blocks: Vec::new(),
                             })
                         }
-                        _ => Resp::Error("no".into()),
+                        _ => Resp::Refusal(
+                            Refusal::new(RefusalCode::Malformed, "not served here").into(),
+                        ),
                     };
                     let answer = Response { kind: Some(kind) };
                     if write_frame(&mut send, &answer, MAX_FRAME).await.is_err() {
@@ -237,7 +237,7 @@ async fn a_responder_claiming_endless_intentions_is_asked_for_a_bounded_few() {
     assert!(rounds <= enough, "{rounds} rounds, {enough} hold the limit");
     let wants = hostile.wants.lock().clone();
     assert!(
-        wants.iter().all(|n| *n <= lattice_mount::net::MAX_WANT),
+        wants.iter().all(|n| *n <= lattice_mount::MAX_WANT),
         "{wants:?}"
     );
     still_serving(&a, &m.conn).await;
@@ -346,7 +346,7 @@ async fn a_member_publishing_a_two_to_the_forty_byte_chunk_does_not_abort_an_eag
         .await
         .unwrap();
     assert!(
-        matches!(read, Err(lattice_mount::cas::CasError::ChunkTooLarge { size, .. }) if size == 1 << 40),
+        matches!(read, Err(lattice_mount::CasError::ChunkTooLarge { size, .. }) if size == 1 << 40),
         "{read:?}"
     );
     still_serving(&a, &m.conn).await;

@@ -3,7 +3,7 @@
 //! that the serving code around them, on a real node, never panics on such input,
 //! answers or ends each stream, and keeps serving its members.
 
-use lattice_mount::fs::op::{OpId, Role};
+use lattice_mount::{OpId, Role};
 
 use crate::peers::*;
 
@@ -18,13 +18,13 @@ async fn hostile_exchange(
     bytes: &[u8],
 ) -> Result<Option<lattice_mount::proto::peer::Response>, tokio::time::error::Elapsed> {
     let conn = ep
-        .connect(addr_of(to), lattice_mount::net::SYNC_ALPN)
+        .connect(addr_of(to), lattice_mount::SYNC_ALPN)
         .await
         .unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(bytes).await.unwrap();
     send.finish().unwrap();
-    let read = lattice_mount::wire::read_frame(&mut recv, lattice_mount::net::MAX_FRAME);
+    let read = lattice_mount::wire::read_frame(&mut recv, lattice_mount::MAX_FRAME);
     tokio::time::timeout(std::time::Duration::from_secs(10), read)
         .await
         .map(|r| r.ok().flatten())
@@ -56,11 +56,11 @@ fn edited(valid: &[u8], rng: &mut impl rand::Rng) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn edited_and_random_sync_frames_never_panic_the_node_and_it_keeps_serving() {
-    use lattice_mount::fs::op::{Op, OpBody};
-    use lattice_mount::identity::Identity;
-    use lattice_mount::intention::Intention;
     use lattice_mount::proto::peer::request::Kind as Req;
     use lattice_mount::proto::peer::{Bootstrap, Frame, Intentions, Patch, Redeem, Want};
+    use lattice_mount::Identity;
+    use lattice_mount::Intention;
+    use lattice_mount::{Op, OpBody};
     use rand::SeedableRng;
 
     let default_hook = std::panic::take_hook();
@@ -86,11 +86,11 @@ async fn edited_and_random_sync_frames_never_panic_the_node_and_it_keeps_serving
     );
 
     let op = Op {
-        hlc: lattice_mount::hlc::Hlc {
-            wall_ms: lattice_mount::hlc::now_ms(),
+        hlc: lattice_mount::Hlc {
+            wall_ms: lattice_mount::now_ms(),
             counter: 0,
         },
-        body: OpBody::SetMeta(lattice_mount::fs::op::SetMeta {
+        body: OpBody::SetMeta(lattice_mount::SetMeta {
             file: OpId::ROOT,
             mtime_ns: Some(1),
             ..Default::default()

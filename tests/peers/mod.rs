@@ -6,11 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use lattice_mount::fs::op::{Content, FileId, Kind, OpId, Role};
-use lattice_mount::fs::Node as FsNode;
-use lattice_mount::net::{Net, NetConfig, Relay};
-use lattice_mount::node::Node;
-use lattice_mount::store::Store;
+use lattice_mount::{Content, FileId, Kind, Net, NetConfig, Node, OpId, Relay, Role, Store};
 use tokio::sync::mpsc;
 
 /// How long a change may take to show up on another node before a test fails.
@@ -73,7 +69,7 @@ impl Peer {
             .unwrap()
     }
 
-    pub async fn join(&self, token: &str) -> Result<String, lattice_mount::net::NetError> {
+    pub async fn join(&self, token: &str) -> Result<String, lattice_mount::NetError> {
         let (tx, _rx) = mpsc::unbounded_channel();
         self.net.join(token, None, tx).await
     }
@@ -114,7 +110,7 @@ pub fn names(store: &Store) -> Vec<String> {
         s.readdir(OpId::ROOT)
             .unwrap()
             .into_iter()
-            .map(|(n, _): (String, FsNode)| n)
+            .map(|(n, _)| n)
             .collect()
     })
 }
@@ -152,7 +148,7 @@ pub async fn team() -> (Peer, Peer) {
 }
 
 /// A raw endpoint with `identity`'s key, for speaking the protocols by hand.
-pub async fn raw_endpoint(identity: &lattice_mount::identity::Identity) -> iroh::Endpoint {
+pub async fn raw_endpoint(identity: &lattice_mount::Identity) -> iroh::Endpoint {
     iroh::Endpoint::builder(iroh::endpoint::presets::Minimal)
         .relay_mode(iroh::RelayMode::Disabled)
         .secret_key(iroh::SecretKey::from_bytes(&identity.seed()))
@@ -182,14 +178,14 @@ pub async fn raw_exchange(
     frames: Vec<Vec<u8>>,
 ) -> Option<lattice_mount::proto::peer::Response> {
     let conn = ep
-        .connect(addr_of(to), lattice_mount::net::SYNC_ALPN)
+        .connect(addr_of(to), lattice_mount::SYNC_ALPN)
         .await
         .unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     for f in frames {
         send.write_all(&f).await.unwrap();
     }
-    lattice_mount::wire::read_frame(&mut recv, lattice_mount::net::MAX_FRAME)
+    lattice_mount::wire::read_frame(&mut recv, lattice_mount::MAX_FRAME)
         .await
         .ok()
         .flatten()
@@ -214,10 +210,18 @@ pub fn request(
     }
 }
 
-pub fn refusal(r: Option<lattice_mount::proto::peer::Response>) -> String {
+pub fn refusal(r: Option<lattice_mount::proto::peer::Response>) -> lattice_mount::Refusal {
     match r.and_then(|r| r.kind) {
-        Some(lattice_mount::proto::peer::response::Kind::Error(e)) => e,
+        Some(lattice_mount::proto::peer::response::Kind::Refusal(e)) => e.into(),
         other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// The code of a peer's refusal; panics on any other error.
+pub fn refused(err: &lattice_mount::NetError) -> lattice_mount::RefusalCode {
+    match err {
+        lattice_mount::NetError::Refused { refusal, .. } => refusal.code,
+        other => panic!("expected a refusal, got {other}"),
     }
 }
 
@@ -229,9 +233,9 @@ pub fn pushed(r: Option<lattice_mount::proto::peer::Response>) -> (u32, u32) {
 }
 
 /// An op stamped at `wall_ms` (counter 0).
-pub fn op_at(wall_ms: u64, body: lattice_mount::fs::op::OpBody) -> lattice_mount::fs::op::Op {
-    lattice_mount::fs::op::Op {
-        hlc: lattice_mount::hlc::Hlc {
+pub fn op_at(wall_ms: u64, body: lattice_mount::OpBody) -> lattice_mount::Op {
+    lattice_mount::Op {
+        hlc: lattice_mount::Hlc {
             wall_ms,
             counter: 0,
         },
@@ -240,8 +244,8 @@ pub fn op_at(wall_ms: u64, body: lattice_mount::fs::op::OpBody) -> lattice_mount
 }
 
 /// The body of a `Create` of a regular file `name` at the store root holding `content`.
-pub fn root_file(name: &str, content: Content) -> lattice_mount::fs::op::OpBody {
-    lattice_mount::fs::op::OpBody::Create(lattice_mount::fs::op::Create {
+pub fn root_file(name: &str, content: Content) -> lattice_mount::OpBody {
+    lattice_mount::OpBody::Create(lattice_mount::Create {
         parent: OpId::ROOT,
         name: name.into(),
         kind: Kind::File,

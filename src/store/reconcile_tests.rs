@@ -1,5 +1,6 @@
-//! Reconciliation tests: sessions over bare indexes and real stores, the index view
-//! against the crate's in-memory storage, refused frames, snapshot consistency.
+//! Reconciliation tests (`sync::reconcile` over this layer's index): sessions over bare
+//! indexes and real stores, the index view against the crate's in-memory storage,
+//! refused frames, snapshot consistency.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -11,12 +12,14 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use super::*;
 use crate::fs::op::{Op, OpBody, Role};
 use crate::hlc::{Clock, Hlc};
 use crate::identity::Identity;
-use crate::intention::{Intention, StoreId};
-use crate::store::{BareIndex, Store, MAX_BLOCK_ITEMS};
+use crate::ids::{Hash, StoreId};
+use crate::intention::Intention;
+use crate::store::index::MAX_BLOCK_ITEMS;
+use crate::store::{BareIndex, IndexView, Store};
+use crate::sync::reconcile::{ReconcileError, ReconcileStorage, Session, Stats, FRAME_LIMIT};
 
 type Items = BTreeSet<(u64, Hash)>;
 

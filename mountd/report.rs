@@ -1,0 +1,273 @@
+//! The control-protocol form of what a node holds: the answers to `status` and
+//! `history`. The node keeps the data; this module decides how the CLI sees it.
+
+use std::path::Path;
+
+use lattice_mount::proto::control::{HistoryEntry, StatusResponse, StoreStatus, UnreadableStore};
+use lattice_mount::{store_name, Content, HistoryOp, Kind, Node, NodeError, OpBody, Role};
+
+/// The node's status with `mountpoint`; per-store network fields are left to the caller.
+pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
+    let stores = node
+        .stores()
+        .iter()
+        .map(|s| {
+            let stats = s.stats();
+            let quarantined = s.quarantined();
+            StoreStatus {
+                name: store_name(s),
+                id: s.id().to_hex(),
+                intentions: stats.intentions,
+                floating: stats.floating,
+                files: stats.fs.files,
+                directories: stats.fs.dirs,
+                bytes: stats.fs.bytes,
+                conflicts: stats.fs.conflicts,
+                equivocators: s
+                    .equivocators()
+                    .unwrap_or_else(|e| {
+                        tracing::warn!("equivocators unavailable: {e}");
+                        Vec::new()
+                    })
+                    .iter()
+                    .map(|q| q.key.to_hex())
+                    .collect(),
+                quarantined: quarantined.len() as u64,
+                quarantined_hashes: quarantined.iter().map(|h| h.to_hex()).collect(),
+                ..StoreStatus::default()
+            }
+        })
+        .collect();
+    let (blobs, blob_bytes) = node.cas().stats().unwrap_or_else(|e| {
+        tracing::warn!("content store statistics unavailable: {e}");
+        (0, 0)
+    });
+    StatusResponse {
+        node_id: node.identity().public().to_hex(),
+        display_name: node.display_name().to_string(),
+        data_dir: node.data_dir().display().to_string(),
+        mountpoint: mountpoint.display().to_string(),
+        stores,
+        blobs,
+        blob_bytes,
+        unreadable: node
+            .unreadable()
+            .iter()
+            .map(|u| UnreadableStore {
+                dir: u.dir.display().to_string(),
+                error: u.error.to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// The history of the file at `path` (see [`Node::history`]), a line per op.
+pub fn history(node: &Node, path: &str) -> Result<Vec<HistoryEntry>, NodeError> {
+    Ok(node.history(path)?.iter().map(history_entry).collect())
+}
+
+fn history_entry(h: &HistoryOp) -> HistoryEntry {
+    HistoryEntry {
+        intention: h.intention.to_hex(),
+        author: h.author.to_hex(),
+        author_name: h.author_name.clone(),
+        hlc_wall_ms: h.op.hlc.wall_ms,
+        hlc_counter: h.op.hlc.counter,
+        op: describe(&h.op.body),
+    }
+}
+
+/// One line describing an op for `history`.
+fn describe(body: &OpBody) -> String {
+    match body {
+        OpBody::Create(c) => match (c.kind, &c.content) {
+            (Kind::File, content) => {
+                format!("create file {:?} ({} bytes)", c.name, content.len())
+            }
+            (Kind::Symlink, Content::Inline(target)) => format!(
+                "create symlink {:?} -> {:?}",
+                c.name,
+                String::from_utf8_lossy(target)
+            ),
+            (kind, _) => format!("create {} {:?}", kind_name(kind), c.name),
+        },
+        OpBody::Link { name, .. } => format!("link as {name:?}"),
+        OpBody::Move { name, .. } => format!("move to {name:?}"),
+        OpBody::Remove { .. } => "remove".to_string(),
+        OpBody::Write { content, .. } => format!("write {} bytes", content.len()),
+        OpBody::Append { data, .. } => format!("append {} bytes", data.len()),
+        OpBody::Dismiss { supersedes, .. } => {
+            format!("dismiss {} conflict copies", supersedes.len())
+        }
+        OpBody::SetMeta(m) => {
+            let mut changes = Vec::new();
+            if let Some(mode) = m.mode {
+                changes.push(format!("mode {mode:04o}"));
+            }
+            if m.uid.is_some() || m.gid.is_some() {
+                changes.push("owner".to_string());
+            }
+            if m.mtime_ns.is_some() || m.atime_ns.is_some() {
+                changes.push("times".to_string());
+            }
+            if !m.xattr_set.is_empty() || !m.xattr_remove.is_empty() {
+                changes.push(format!(
+                    "{} xattrs",
+                    m.xattr_set.len() + m.xattr_remove.len()
+                ));
+            }
+            format!("set {}", changes.join(", "))
+        }
+        OpBody::SetStoreName(name) => format!("name store {name:?}"),
+        OpBody::SetMember {
+            key,
+            role,
+            display_name,
+            ..
+        } => format!(
+            "add member {} ({display_name:?}) as {}",
+            key.short(),
+            role_name(*role)
+        ),
+        OpBody::RevokeMember { key, .. } => format!("revoke member {}", key.short()),
+        OpBody::Invite { role, .. } => format!("invite a {}", role_name(*role)),
+        OpBody::RevokeInvite { .. } => "withdraw an invite".to_string(),
+    }
+}
+
+fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::File => "file",
+        Kind::Dir => "directory",
+        Kind::Symlink => "symlink",
+        Kind::Fifo => "fifo",
+        Kind::Socket => "socket",
+        Kind::CharDev => "character device",
+        Kind::BlockDev => "block device",
+    }
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "admin",
+        Role::Writer => "writer",
+        Role::Reader => "reader",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use lattice_mount::OpId;
+
+    use super::*;
+
+    /// A runtime (kept alive for the content store) and a node opened on `dir`.
+    fn open(dir: &Path) -> (tokio::runtime::Runtime, Node) {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let node = Node::open(dir, Some("laptop"), rt.handle().clone()).unwrap();
+        (rt, node)
+    }
+
+    #[test]
+    fn status_names_the_node_and_lists_its_stores_sorted_by_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, node) = open(tmp.path());
+        node.create_store("photos").unwrap();
+        let docs = node.create_store("docs").unwrap().id();
+        let status = status(&node, Path::new("/mnt/lattice"));
+        assert_eq!(status.node_id, node.identity().public().to_hex());
+        assert_eq!(status.display_name, "laptop");
+        assert_eq!(status.mountpoint, "/mnt/lattice");
+        assert_eq!(status.stores.len(), 2);
+        assert_eq!(status.stores[0].name, "docs");
+        assert_eq!(status.stores[0].id, docs.to_hex());
+        assert!(status.unreadable.is_empty());
+        node.shutdown().unwrap();
+    }
+
+    #[test]
+    fn an_unreadable_store_is_reported_in_status_with_its_dir_and_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, node) = open(tmp.path());
+        let broken = node.create_store("photos").unwrap();
+        let dir = node.store_dir(broken.id());
+        node.shutdown().unwrap();
+        drop(node);
+        std::fs::write(dir.join(lattice_mount::DB_FILE), b"not a redb file").unwrap();
+        let (_rt2, node) = open(tmp.path());
+        let status = status(&node, Path::new("/mnt/lattice"));
+        assert!(status.stores.is_empty());
+        assert_eq!(status.unreadable.len(), 1);
+        assert_eq!(status.unreadable[0].dir, dir.display().to_string());
+        assert!(!status.unreadable[0].error.is_empty());
+        node.shutdown().unwrap();
+    }
+
+    #[test]
+    fn history_describes_the_creation_of_a_file_by_this_node() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, node) = open(tmp.path());
+        let store = node.create_store("docs").unwrap();
+        store
+            .write(|tx| {
+                let body = tx.state().plan_create(
+                    OpId::ROOT,
+                    "a.txt",
+                    Kind::File,
+                    0o644,
+                    0,
+                    0,
+                    0,
+                    Content::Inline(Bytes::from_static(b"hi")),
+                    0,
+                )?;
+                tx.push(body)?;
+                Ok(())
+            })
+            .unwrap();
+        store.flush().unwrap();
+        let entries = history(&node, "docs/a.txt").unwrap();
+        let create = entries
+            .iter()
+            .find(|e| e.op.starts_with("create file"))
+            .unwrap_or_else(|| panic!("no create in {entries:?}"));
+        assert_eq!(create.op, "create file \"a.txt\" (2 bytes)");
+        assert_eq!(create.author, node.identity().public().to_hex());
+        assert_eq!(create.author_name, "laptop");
+        assert_eq!(create.intention.len(), 64);
+        assert!(create.hlc_wall_ms > 0);
+        node.shutdown().unwrap();
+    }
+
+    #[test]
+    fn op_descriptions_are_single_lines() {
+        let bodies = [
+            OpBody::Move {
+                entry: OpId::ROOT,
+                parent: OpId::ROOT,
+                name: "new\nline".into(),
+            },
+            OpBody::SetMeta(lattice_mount::SetMeta {
+                mode: Some(0o640),
+                mtime_ns: Some(1),
+                ..Default::default()
+            }),
+            OpBody::Write {
+                file: OpId::ROOT,
+                supersedes: vec![],
+                content: Content::Inline(Bytes::from_static(b"abc")),
+                mtime_ns: 0,
+            },
+        ];
+        let lines: Vec<String> = bodies.iter().map(describe).collect();
+        assert_eq!(
+            lines,
+            [
+                "move to \"new\\nline\"",
+                "set mode 0640, times",
+                "write 3 bytes"
+            ]
+        );
+    }
+}
