@@ -56,17 +56,17 @@
 //! to reconcile with the sender), a hash is pulled from the sender with one `Want`.
 //!
 //! **After apply** (`Applied`): every key revoked from the store is cut off
-//! (`CutOff`; after a local seal, each newly revoked key once), each changed file's blob pieces are remembered, and in eager mode the
-//! changed files' blobs are fetched with their previous pieces for patching
-//! (`Fetch(Files)`). `Fetched` with `ok: false` counts one missing; a complete fetch of
+//! (`CutOff`; after a local seal, each newly revoked key once), each changed file's
+//! blob pieces are remembered, and in eager mode the changed files' blobs are fetched
+//! with their previous pieces for patching (`Fetch(Files)`). `Fetched` with `ok: false` counts one missing; a complete fetch of
 //! everything resets the count.
 //!
 //! **Acceptor side.** Each request names the store; the driver routes it here. `Redeem`
 //! is open to anyone: the invite is redeemed and flushed at `now` (so `now` is Unix ms
 //! in production), and the answer lists this node and the other members (the driver
 //! adds their addresses) and the gossip secret. Every other request needs the opener to
-//! be a current member and the store unpaused, else it is refused with
-//! [`RefusalCode::NotMember`] and nothing is read or written. Addresses sent with a
+//! be a current member ([`RefusalCode::NotMember`] otherwise) and the store unpaused
+//! ([`RefusalCode::Paused`]); a refused request reads and writes nothing. Addresses sent with a
 //! request are passed on (`Learn`). `Reconcile` frames are answered by a responder
 //! session kept per conversation until `Closed`; `Want` (at most [`MAX_WANT`] hashes)
 //! by up to [`BATCH_BYTES`] of intentions; `Push` by applying; `AskSecret` by the
