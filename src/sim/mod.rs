@@ -8,23 +8,25 @@
 //! loss, duplication and delay (so reordering), partitions that come and go, crashes
 //! between two commits (the disk refuses every write from the crash on, the process
 //! state is dropped, the redb file is reopened: see `disk`), per-node clock skew,
-//! members joining (invite, redeem, fill by reconciliation), being revoked, and
+//! members joining (invite, redeem, bootstrap or reconciliation), being revoked, and
 //! leaving, and an adversary (`hostile`) that forks its chain, stamps minutes ahead,
 //! forges signatures, sends oversized bytes and fills the strangers' floating quota.
 //! Honest nodes run random file operations through the fs planners and the store's
 //! write path (`workload`); a flush is an fsync, and a write is acknowledged when the
 //! flush after it returned on a node that had not crashed in between.
 //!
-//! Replication is the direct-exchange mode: a sync is one negentropy session between two
-//! stores ([`crate::sync::reconcile`]) followed by the transfer of both differences and
-//! of missing predecessors, and a flush gossips the sealed intentions to every member;
-//! both go over the faulty network. (The sans-IO `sync::replica` is to replace this
-//! mode once it handles events; until then the simulator tests the store's convergence
-//! under crashes, faults and hostile members, not the replication protocol's.)
+//! Replication ([`Transport`]): in three seeds of four every node runs the sans-IO
+//! [`crate::sync::replica::Replica`] and the simulator is its driver (`driver`: streams,
+//! gossip, timers, joins with bootstrap); in the fourth, the direct exchange tests the
+//! stores alone: a sync is one negentropy session between two stores followed by the
+//! transfer of both differences and of missing predecessors, and a flush gossips the
+//! sealed intentions to every member. Both go over the faulty network. The adversary
+//! hands its intentions to stores directly, past the transport's checks.
 //!
 //! After the run the simulator heals every partition, restarts crashed nodes, lets time
-//! pass beyond every early intention, and syncs until nothing changes ([`MAX_QUIESCE`]
-//! rounds at most); then it checks, on every live member: identical tree digests and
+//! pass beyond every early intention, and syncs until the live members agree (replica
+//! mode, [`QUIESCE_LIMIT`] of virtual time at most) or nothing changes (direct mode,
+//! [`MAX_QUIESCE`] rounds at most); then it checks, on every live member: identical tree digests and
 //! equivocator lists, every acknowledged write applied (unless its author was revoked
 //! before it or equivocated at or before it: then refused everywhere), no forged
 //! intention applied, no cycle in the tree, and no more floating intentions than the
@@ -79,7 +81,7 @@ const MAX_MISSING: usize = 256;
 /// Virtual time a leaving member's last sync may take.
 const LEAVE_SETTLE: Millis = 3_000;
 /// Longest virtual time the replica mode's quiescence may take.
-const QUIESCE_LIMIT: Millis = 300_000;
+pub const QUIESCE_LIMIT: Millis = 300_000;
 /// Virtual time between two agreement checks during quiescence.
 const QUIESCE_CHUNK: Millis = 1_000;
 /// Virtual time that passes per loop while settling.
