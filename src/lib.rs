@@ -15,6 +15,8 @@ pub(crate) mod intention;
 pub(crate) mod net;
 pub(crate) mod node;
 pub mod proto;
+#[cfg(any(test, feature = "bench"))]
+pub mod sim;
 pub(crate) mod store;
 pub(crate) mod sync;
 pub mod wire;

@@ -1,8 +1,9 @@
 //! `lattice-bench local`: filesystem throughput of a lattice mount, measured in the same
 //! run against a native tmpfs directory and (when `bindfs` is installed) a libfuse
 //! passthrough over that tmpfs. Prints each result and the mount's ratio to each reference.
-//! `lattice-bench sync`: see `sync.rs`.
+//! `lattice-bench sync`: see `sync.rs`. `lattice-bench sim`: see `sim.rs`.
 
+mod sim;
 mod sync;
 
 use std::fs::{self, File, OpenOptions};
@@ -38,9 +39,10 @@ fn main() -> Result<()> {
         Some("local") => local(),
         Some("sync") => sync::run(),
         Some("reconcile") => reconcile::run(&args[1..]),
+        Some("sim") => sim::run(&args[1..]),
         _ => bail!(
             "usage: cargo run --release --features bench --bin lattice-bench -- \
-             local | sync | reconcile [ITEMS]"
+             local | sync | reconcile [ITEMS] | sim --seeds N [--nodes M]"
         ),
     }
 }

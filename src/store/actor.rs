@@ -115,8 +115,11 @@ pub(crate) struct Shared {
     pub index: Index,
     /// Run before every durable commit (see [`crate::store::Store::set_before_durable`]).
     pub before_durable: RwLock<Option<BeforeDurable>>,
-    /// Wall time in Unix ms, for the clock skew rule (tests replace it).
+    /// Wall time in Unix ms: HLC stamps, the clock skew rule, invite expiry (tests and
+    /// the simulator replace it).
     pub wall: RwLock<Wall>,
+    /// Commit only when a request asks (see [`crate::store::StoreOptions::manual`]).
+    pub manual: bool,
 }
 
 /// A source of wall time in Unix ms.
@@ -137,6 +140,11 @@ impl Shared {
         Ok(())
     }
 
+    /// The wall time now, in Unix ms.
+    pub fn now_ms(&self) -> u64 {
+        (self.wall.read())()
+    }
+
     /// The apply pipeline's view of this store.
     pub(crate) fn ctx(&self) -> Ctx<'_> {
         Ctx {
@@ -144,7 +152,7 @@ impl Shared {
             founder: self.founder,
             state: &self.state,
             clock: &self.clock,
-            now_ms: (self.wall.read())(),
+            now_ms: self.now_ms(),
             refused: &self.refused,
             summary: &self.index.working,
             effects: Default::default(),
@@ -245,6 +253,16 @@ impl Actor {
     fn take(&mut self) -> Batch {
         let shared = self.shared.clone();
         let mut mb = shared.mailbox.lock();
+        if shared.manual {
+            while mb.requests.is_empty() && !mb.shutdown {
+                shared.wake.wait(&mut mb);
+            }
+            return Batch {
+                ops: mem::take(&mut mb.ops),
+                requests: mem::take(&mut mb.requests),
+                last: mb.shutdown,
+            };
+        }
         while mb.ops.is_empty() && mb.requests.is_empty() && !mb.shutdown {
             let deadline = self.next_timer();
             if shared.wake.wait_until(&mut mb, deadline).timed_out() {
@@ -277,7 +295,7 @@ impl Actor {
             t = t.min(due);
         }
         if let Some(due) = self.next_early {
-            let wall = (self.shared.wall.read())();
+            let wall = self.shared.now_ms();
             t = t.min(Instant::now() + Duration::from_millis(due.saturating_sub(wall)));
         }
         t
@@ -293,10 +311,11 @@ impl Actor {
             .requests
             .iter()
             .any(|r| matches!(r, Request::Apply(..)));
+        let timers = !self.shared.manual;
         let mut durable = batch.last
             || flush
-            || (self.dirty && self.last_durable.elapsed() >= DURABLE_EVERY)
-            || self.held.due().is_some_and(|due| due <= Instant::now());
+            || (timers && self.dirty && self.last_durable.elapsed() >= DURABLE_EVERY)
+            || (timers && self.held.due().is_some_and(|due| due <= Instant::now()));
         let hook = self.shared.before_durable.read().clone();
         let mut unsynced = None;
         if let (true, Some(hook)) = (durable, hook) {
@@ -310,10 +329,12 @@ impl Actor {
         }
         let snapshot = batch.last
             || self.since_snapshot >= SNAPSHOT_INTENTIONS
-            || (self.since_snapshot > 0 && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY);
+            || (timers
+                && self.since_snapshot > 0
+                && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY);
         let early = self
             .next_early
-            .is_some_and(|due| due <= (self.shared.wall.read())());
+            .is_some_and(|due| due <= self.shared.now_ms());
         let writes = !batch.ops.is_empty()
             || applies
             || early

@@ -704,7 +704,7 @@ fn admit(
             return Err(e);
         }
         // Demoted: as final as a revocation, recorded so dependents resolve.
-        refuse(t, cx, i, seq, false)?;
+        refuse(t, cx, i, seq)?;
         return Err(StoreError::Demoted {
             author: i.author,
             seq,
@@ -714,13 +714,13 @@ fn admit(
     if let Some((at, pair)) = fork.filter(|(at, _)| *at == seq) {
         let mut all = [pair[0], pair[1], i.hash];
         all.sort();
-        refuse(t, cx, i, seq, all[..2].contains(&i.hash))?;
+        refuse(t, cx, i, seq)?;
         set_evidence(t, cx, &i.author, at, [all[0], all[1]])?;
         return Err(equivocation);
     }
     if let Some(other) = t.chain_holder(&i.author, seq, &i.hash)? {
         tracing::warn!(author = %i.author.short(), seq, "an author signed two intentions at one chain seq");
-        refuse(t, cx, i, seq, true)?;
+        refuse(t, cx, i, seq)?;
         let pair = if other < i.hash {
             [other, i.hash]
         } else {
@@ -739,7 +739,7 @@ fn check_cut(t: &mut Tables<'_>, cx: &Ctx<'_>, i: &Intention, seq: u64) -> Resul
     let revoked = cx.state.read().revocation_cut(&i.author);
     if let Some(upto) = revoked {
         if seq > upto && !holds_revocation(i) {
-            refuse(t, cx, i, seq, false)?;
+            refuse(t, cx, i, seq)?;
             return Err(StoreError::Revoked {
                 author: i.author,
                 seq,
@@ -748,7 +748,7 @@ fn check_cut(t: &mut Tables<'_>, cx: &Ctx<'_>, i: &Intention, seq: u64) -> Resul
         }
     }
     if t.fork_of(&i.author)?.is_some_and(|(at, _)| seq > at) {
-        refuse(t, cx, i, seq, false)?;
+        refuse(t, cx, i, seq)?;
         return Err(StoreError::Equivocation {
             author: i.author,
             seq,
@@ -757,17 +757,13 @@ fn check_cut(t: &mut Tables<'_>, cx: &Ctx<'_>, i: &Intention, seq: u64) -> Resul
     Ok(())
 }
 
-/// Records `i` (chain seq `seq`) as refused: with its bytes if it may become evidence.
-fn refuse(
-    t: &mut Tables<'_>,
-    cx: &Ctx<'_>,
-    i: &Intention,
-    seq: u64,
-    keep: bool,
-) -> Result<(), StoreError> {
+/// Records `i` (chain seq `seq`) as refused, with its bytes.
+fn refuse(t: &mut Tables<'_>, cx: &Ctx<'_>, i: &Intention, seq: u64) -> Result<(), StoreError> {
     t.seqs.insert(i.hash.0, (i.author.0, seq))?;
     t.add_hlc(&i.hash, i.hlc)?;
-    t.add_refused(&i.hash, if keep { &i.bytes[..] } else { &[] })?;
+    // With its bytes: a replica that never saw it can fetch it and refuse it too, or
+    // the intentions naming it (applied here, as it counts as known) would float there.
+    t.add_refused(&i.hash, &i.bytes)?;
     cx.refused.lock().insert(i.hash);
     Ok(())
 }

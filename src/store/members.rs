@@ -13,7 +13,6 @@
 
 use crate::fs::op::{validate_label, OpBody, Role};
 use crate::fs::{InviteInfo, InviteStatus, MemberInfo};
-use crate::hlc::now_ms;
 use crate::identity::PublicKey;
 use crate::ids::{Hash, InviteId};
 use crate::store::actor::Request;
@@ -56,7 +55,8 @@ impl Store {
 
     /// Every invite recorded in the store with its status now, in id order.
     pub fn invites(&self) -> Vec<InviteInfo> {
-        self.read(|s| s.invites(now_ms()))
+        let now = self.handle.shared.now_ms();
+        self.read(|s| s.invites(now))
     }
 
     /// Records a new invite granting `role` until `expires_ms` (Unix ms); returns its
@@ -64,6 +64,16 @@ impl Store {
     pub fn create_invite(&self, role: Role, expires_ms: u64) -> Result<[u8; 32], InviteError> {
         let mut secret = [0u8; 32];
         rand::fill(&mut secret);
+        self.record_invite(secret, role, expires_ms)
+    }
+
+    /// [`Store::create_invite`] with a secret the caller chose (the simulator's, from its seed).
+    pub(crate) fn record_invite(
+        &self,
+        secret: [u8; 32],
+        role: Role,
+        expires_ms: u64,
+    ) -> Result<[u8; 32], InviteError> {
         self.admin_write(|tx| {
             tx.push(OpBody::Invite {
                 id: invite_id(&secret),
@@ -76,11 +86,9 @@ impl Store {
 
     /// Withdraws an unused invite. Admins only.
     pub fn revoke_invite(&self, id: InviteId) -> Result<(), InviteError> {
+        let now = self.handle.shared.now_ms();
         self.admin_write(|tx| {
-            let info = tx
-                .state()
-                .invite(&id, now_ms())
-                .ok_or(InviteError::Unknown)?;
+            let info = tx.state().invite(&id, now).ok_or(InviteError::Unknown)?;
             match info.status {
                 InviteStatus::Used(key) => Err(InviteError::Used(key)),
                 InviteStatus::Revoked => Ok(()),

@@ -19,8 +19,10 @@
 //!   touched the file (per `FsState::touched`, resolved before the op was applied).
 //! - `seqs`: hash -> (author, author-chain seq) of every applied or refused intention.
 //! - `chain`: (author, seq, hash) -> () of every applied intention (revocation cuts).
-//! - `refused`: hash -> bytes of an intention voided past a revocation cut, or empty if
-//!   refused on arrival; counts as known, so deps naming it resolve (see `cut`).
+//! - `refused`: hash -> bytes of an intention refused on arrival or voided past a
+//!   revocation cut (empty in stores written before they were kept); counts as known,
+//!   so deps naming it resolve (see `cut`), and is served, so a replica that never saw
+//!   it can refuse it too.
 //! - `evidence`: author -> (fork seq, the two smallest-hash intentions there): proof of
 //!   equivocation; those stay in `index` so every replica fetches them (see `apply`).
 //! - `hlcs`: hash -> HLC of every applied, refused or evidence intention (clock order).
@@ -91,9 +93,11 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
-pub(crate) use actor::BeforeDurable;
+pub(crate) use actor::{BeforeDurable, Wall};
 pub(crate) use apply::is_refusal;
 pub use apply::{MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER};
+#[cfg(any(test, feature = "bench"))]
+pub(crate) use apply::{MAX_FLOATING_PER_AUTHOR, MAX_FLOATING_STRANGERS};
 pub use error::{InviteError, StoreError};
 pub(crate) use index::IndexSession;
 pub use index::{BareIndex, IndexView};
@@ -112,9 +116,45 @@ use apply::{op_size, Counts, Queued};
 use index::Index;
 use tables::{
     chain_at, hashes_from_bytes, hashes_to_bytes, hlc_from_bytes, verify_witness, Tables, FLOATING,
-    INTENTIONS, META, META_FOUNDER, META_LAST_LOCAL_HLC, META_QUARANTINED, META_STORE_ID,
+    HEADS, INTENTIONS, META, META_FOUNDER, META_LAST_LOCAL_HLC, META_QUARANTINED, META_STORE_ID,
     PROJECTION, REFUSED, WITNESS,
 };
+
+/// The first intention of a new store: its id, name and the founder's display name.
+pub(crate) struct Genesis<'a> {
+    /// The new store's id.
+    pub id: StoreId,
+    /// The store name.
+    pub name: &'a str,
+    /// The founder's display name.
+    pub display_name: &'a str,
+}
+
+/// Opens (or creates) the redb file at a path: how the simulator puts the file behind a
+/// storage backend it can crash.
+pub(crate) type Disk = Arc<dyn Fn(&Path) -> Result<Database, StoreError> + Send + Sync>;
+
+/// How a store runs: production defaults, or under a simulator's control.
+pub(crate) struct StoreOptions {
+    /// Wall time in Unix ms: HLC stamps, the clock skew rule, invite expiry.
+    pub wall: Wall,
+    /// The actor commits only when a request asks it to (local ops are sealed with the
+    /// next request, durably only on a flush or at shutdown): no timers, no batching
+    /// window, so a caller decides which commits happen before a crash.
+    pub manual: bool,
+    /// Opens the database file instead of redb's plain file backend.
+    pub disk: Option<Disk>,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            wall: Arc::new(now_ms),
+            manual: false,
+            disk: None,
+        }
+    }
+}
 
 /// File name of a store's database inside its directory.
 pub const DB_FILE: &str = "store.redb";
@@ -272,7 +312,7 @@ impl Tx<'_> {
         }
         let mut last = None;
         for body in bodies {
-            let hlc = self.shared.clock.lock().tick(now_ms());
+            let hlc = self.shared.clock.lock().tick(self.shared.now_ms());
             let op = Op { hlc, body };
             let touched = self.state.touched(self.me, &op);
             self.state.apply(self.me, &op);
@@ -309,17 +349,38 @@ impl Store {
         name: &str,
         display_name: &str,
     ) -> Result<Store, StoreError> {
+        let genesis = Genesis {
+            id,
+            name,
+            display_name,
+        };
+        Store::create_with(dir, genesis, identity, clock, StoreOptions::default())
+    }
+
+    /// [`Store::create`] with non-default [`StoreOptions`].
+    pub(crate) fn create_with(
+        dir: &Path,
+        genesis: Genesis<'_>,
+        identity: Identity,
+        clock: Arc<Mutex<Clock>>,
+        opts: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let Genesis {
+            id,
+            name,
+            display_name,
+        } = genesis;
         let me = identity.public();
-        let index = Index::open(new_db(dir)?)?;
+        let index = Index::open(new_db(dir, &opts)?)?;
         let genesis = {
             let mut c = clock.lock();
             let ops = vec![
                 Op {
-                    hlc: c.tick(now_ms()),
+                    hlc: c.tick((opts.wall)()),
                     body: OpBody::SetStoreName(name.to_owned()),
                 },
                 Op {
-                    hlc: c.tick(now_ms()),
+                    hlc: c.tick((opts.wall)()),
                     body: OpBody::SetMember {
                         key: me,
                         role: Role::Admin,
@@ -330,7 +391,15 @@ impl Store {
             ];
             Intention::create(&identity, id, None, Vec::new(), ops)?
         };
-        let shared = Arc::new(new_shared(id, me, identity, FsState::new(), clock, index));
+        let shared = Arc::new(new_shared(
+            id,
+            me,
+            identity,
+            FsState::new(),
+            clock,
+            index,
+            opts,
+        ));
         let mut counts = Counts::default();
         let mut txn = shared.index.db()?.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
@@ -356,7 +425,19 @@ impl Store {
         identity: Identity,
         clock: Arc<Mutex<Clock>>,
     ) -> Result<Store, StoreError> {
-        let db = new_db(dir)?;
+        Store::join_with(dir, id, founder, identity, clock, StoreOptions::default())
+    }
+
+    /// [`Store::join`] with non-default [`StoreOptions`].
+    pub(crate) fn join_with(
+        dir: &Path,
+        id: StoreId,
+        founder: PublicKey,
+        identity: Identity,
+        clock: Arc<Mutex<Clock>>,
+        opts: StoreOptions,
+    ) -> Result<Store, StoreError> {
+        let db = new_db(dir, &opts)?;
         let mut txn = db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         Tables::open(&txn)?.init_meta(id, &founder)?;
@@ -369,6 +450,7 @@ impl Store {
             FsState::new(),
             clock,
             index,
+            opts,
         ));
         start(shared, Counts::default())
     }
@@ -386,11 +468,29 @@ impl Store {
         identity: Identity,
         clock: Arc<Mutex<Clock>>,
     ) -> Result<Store, StoreError> {
+        Store::open_with(dir, identity, clock, StoreOptions::default())
+    }
+
+    /// [`Store::open`] with non-default [`StoreOptions`].
+    pub(crate) fn open_with(
+        dir: &Path,
+        identity: Identity,
+        clock: Arc<Mutex<Clock>>,
+        opts: StoreOptions,
+    ) -> Result<Store, StoreError> {
         let path = dir.join(DB_FILE);
         if !path.exists() {
             return Err(StoreError::Missing(path));
         }
-        let index = Index::open(schema::open(&path)?)?;
+        let db = match &opts.disk {
+            Some(disk) => {
+                let db = disk(&path)?;
+                schema::upgrade(&db)?;
+                db
+            }
+            None => schema::open(&path)?,
+        };
+        let index = Index::open(db)?;
         let txn = index.db()?.begin_read()?;
         let meta = txn.open_table(META)?;
         let get = |key: &str| -> Result<Vec<u8>, StoreError> {
@@ -414,6 +514,13 @@ impl Store {
             Some(v) => hlc_from_bytes(v.value())?,
             None => Hlc::ZERO,
         };
+        // The clock must also pass every applied intention, as it did when each was
+        // applied: a local op stamped before one it follows would not name it as a dep.
+        let mut newest = Hlc::ZERO;
+        for entry in txn.open_table(HEADS)?.iter()? {
+            let (wall_ms, counter) = entry?.1.value();
+            newest = newest.max(Hlc { wall_ms, counter });
+        }
         let (mut state, snap_seq) = match txn.open_table(PROJECTION)?.last()? {
             Some((k, v)) => match FsState::decode_snapshot(v.value()) {
                 Ok(state) => (state, k.value()),
@@ -480,8 +587,12 @@ impl Store {
                 .insert(META_QUARANTINED, &hashes_to_bytes(&quarantined)[..])?;
             index.commit(txn)?;
         }
-        clock.lock().observe(last_local);
-        let shared = Arc::new(new_shared(id, founder, identity, state, clock, index));
+        {
+            let mut c = clock.lock();
+            c.observe(last_local);
+            c.observe(newest);
+        }
+        let shared = Arc::new(new_shared(id, founder, identity, state, clock, index, opts));
         *shared.refused.lock() = refused;
         *shared.quarantined.lock() = quarantined;
         start(shared, counts)
@@ -660,7 +771,7 @@ impl Store {
         self.handle.shutdown()
     }
 
-    /// Replaces the wall clock the skew rule reads (tests).
+    /// Replaces the wall clock the store reads (tests).
     #[cfg(test)]
     fn set_wall(&self, wall: actor::Wall) {
         *self.handle.shared.wall.write() = wall;
@@ -675,7 +786,7 @@ impl Store {
     }
 }
 
-fn new_db(dir: &Path) -> Result<Database, StoreError> {
+fn new_db(dir: &Path, opts: &StoreOptions) -> Result<Database, StoreError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
         path: dir.to_path_buf(),
         source,
@@ -684,7 +795,10 @@ fn new_db(dir: &Path) -> Result<Database, StoreError> {
     if path.exists() {
         return Err(StoreError::AlreadyExists(path));
     }
-    Ok(Database::create(&path)?)
+    match &opts.disk {
+        Some(disk) => disk(&path),
+        None => Ok(Database::create(&path)?),
+    }
 }
 
 fn new_shared(
@@ -694,6 +808,7 @@ fn new_shared(
     state: FsState,
     clock: Arc<Mutex<Clock>>,
     index: Index,
+    opts: StoreOptions,
 ) -> Shared {
     Shared {
         id,
@@ -710,7 +825,8 @@ fn new_shared(
         events: tokio::sync::broadcast::channel(EVENT_BACKLOG).0,
         index,
         before_durable: RwLock::new(None),
-        wall: RwLock::new(Arc::new(now_ms)),
+        wall: RwLock::new(opts.wall),
+        manual: opts.manual,
     }
 }
 

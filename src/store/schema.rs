@@ -103,7 +103,7 @@ fn check(found: u32) -> Result<u32, StoreError> {
 
 /// Migrates `db` from the schema version it records to [`SCHEMA_VERSION`] in one write
 /// transaction (nothing if it is current).
-fn upgrade(db: &Database) -> Result<(), StoreError> {
+pub(crate) fn upgrade(db: &Database) -> Result<(), StoreError> {
     let found = check(recorded(db)?)?;
     if found == SCHEMA_VERSION {
         return Ok(());

@@ -42,8 +42,8 @@ pub(crate) const SEQS: TableDefinition<[u8; 32], ([u8; 32], u64)> = TableDefinit
 /// (author, author-chain seq, intention hash) -> () for every applied intention.
 pub(crate) const CHAIN: TableDefinition<([u8; 32], u64, [u8; 32]), ()> =
     TableDefinition::new("chain.v2");
-/// Intention hash -> its signed bytes if it was voided after being applied, empty if it
-/// was refused on arrival: intentions past their author's revocation cut.
+/// Intention hash -> its signed bytes, refused on arrival or voided after being applied
+/// (past its author's revocation cut or fork, or demoted); empty in stores of schema 1.
 pub(crate) const REFUSED: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("refused.v2");
 /// Author -> (fork seq, the two smallest-hash intentions of that author at that chain
 /// seq): proof that it signed two intentions at one place in its chain (see `cut`).
@@ -364,7 +364,7 @@ impl<'t> Tables<'t> {
             .is_some_and(|(_, pair)| pair.contains(hash)))
     }
 
-    /// Records an intention refused on arrival (`bytes` empty) or voided (its bytes).
+    /// Records an intention refused on arrival or voided, with its bytes.
     pub(crate) fn add_refused(&mut self, hash: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
         self.refused.insert(hash.0, bytes)?;
         Ok(())
