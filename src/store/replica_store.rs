@@ -43,12 +43,14 @@ impl ReplicaStore for Store {
         self.read(|s| s.revocation_cuts().into_iter().map(|(k, _)| k).collect())
     }
 
-    fn file_ids(&self) -> Vec<FileId> {
-        self.read(|s| s.file_ids())
-    }
-
-    fn file_pieces(&self, files: &[FileId]) -> Vec<Vec<Content>> {
-        self.read(|s| files.iter().map(|f| s.blob_pieces(*f)).collect())
+    fn file_pieces(&self, files: Option<Vec<FileId>>) -> Vec<(FileId, Vec<Content>)> {
+        self.read(|s| {
+            files
+                .unwrap_or_else(|| s.file_ids())
+                .into_iter()
+                .map(|f| (f, s.blob_pieces(f)))
+                .collect()
+        })
     }
 
     fn apply(&self, bytes: Bytes) -> Result<Received, StoreError> {

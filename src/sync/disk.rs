@@ -46,10 +46,9 @@ pub(crate) trait ReplicaStore {
     fn is_member(&self, key: &PublicKey) -> bool;
     /// The revoked keys.
     fn revoked(&self) -> Vec<PublicKey>;
-    /// The ids of every file.
-    fn file_ids(&self) -> Vec<FileId>;
-    /// Each of `files`' content pieces (empty for files without blobs), in one read.
-    fn file_pieces(&self, files: &[FileId]) -> Vec<Vec<Content>>;
+    /// The content pieces (empty without blobs) of each of `files`, or of every file
+    /// if `None`, in order, from one read.
+    fn file_pieces(&self, files: Option<Vec<FileId>>) -> Vec<(FileId, Vec<Content>)>;
     /// Applies one received intention.
     fn apply(&self, bytes: Bytes) -> Result<Received, Self::Error>;
     /// Applies received intentions in order, one outcome each.

@@ -488,11 +488,9 @@ impl<S: ReplicaStore> Replica<S> {
         mode: Mode,
         now: Millis,
     ) -> (Replica<S>, Vec<Action>) {
-        let files = store.file_ids();
-        let pieces = store.file_pieces(&files);
-        let known = files
+        let known = store
+            .file_pieces(None)
             .into_iter()
-            .zip(pieces)
             .filter(|(_, pieces)| !pieces.is_empty())
             .collect();
         let mut r = Replica {
@@ -739,18 +737,18 @@ impl<S: ReplicaStore> Replica<S> {
     /// pieces, and in eager mode fetch their blobs.
     fn applied(&mut self, files: Option<Vec<FileId>>, out: &mut Vec<Action>) {
         let cuts = self.store.revoked();
-        let files = files.unwrap_or_else(|| self.store.file_ids());
         self.cut.extend(cuts.iter().copied());
         out.extend(cuts.into_iter().map(Action::CutOff));
+        let pieces = self.store.file_pieces(files);
+        let files: Vec<FileId> = pieces.iter().map(|(f, _)| *f).collect();
         let known = &mut self.known;
-        let changes: Vec<(Vec<Content>, Vec<Content>)> = files
-            .iter()
-            .zip(self.store.file_pieces(&files))
+        let changes: Vec<(Vec<Content>, Vec<Content>)> = pieces
+            .into_iter()
             .filter_map(|(f, now)| {
                 let before = if now.is_empty() {
-                    known.remove(f)
+                    known.remove(&f)
                 } else {
-                    known.insert(*f, now.clone())
+                    known.insert(f, now.clone())
                 };
                 Some((before?, now))
             })
