@@ -1,11 +1,11 @@
 //! The replication protocol of one store as a state machine (sans IO).
 //!
-//! A [`Replica`] owns a store handle ([`ReplicaStore`]) and nothing else of the outside world. The
-//! driver (`net/` in production, the simulator in tests) turns transport and time into
-//! [`Event`]s, calls [`Replica::handle`] with the time `now`, and carries out the
-//! returned [`Action`]s in order. Store calls (apply, get, missing, witness,
-//! reconcile view, redeem) happen inside `handle`: the store is the replica's disk, so
-//! the driver calls `handle` off its async threads. There is no wall clock, no
+//! A [`Replica`] owns a store handle (a [`ReplicaStore`]) and nothing else of the
+//! outside world. The driver (`net/` in production, the simulator in tests) turns
+//! transport and time into [`Event`]s, calls [`Replica::handle`] with the time `now`,
+//! and carries out the returned [`Action`]s in order. Store calls (apply, get, missing,
+//! witness, reconcile view, redeem) happen inside `handle`: the store is the replica's
+//! disk, so the driver calls `handle` off its async threads. There is no wall clock, no
 //! randomness and no task in here; identical events at identical times give identical
 //! actions.
 //!
