@@ -58,7 +58,7 @@ pub(crate) struct Node {
     /// The admin revoked it (the simulator's knowledge; its store may not know yet).
     pub revoked: bool,
     /// Its replica while up (replica mode).
-    pub replica: Option<Replica>,
+    pub replica: Option<Replica<Store>>,
     /// When its replica asked to be woken, on its own clock.
     pub wake_at: Option<Millis>,
     /// The gossip secret, kept outside the store (survives crashes).

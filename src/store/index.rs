@@ -28,7 +28,7 @@ use crate::hlc::Hlc;
 use crate::ids::Hash;
 use crate::store::error::StoreError;
 use crate::store::tables::{index_key, INDEX};
-use crate::sync::reconcile::{ReconcileStorage, Session};
+use crate::sync::reconcile::ReconcileStorage;
 
 /// Rows per block when a summary is built by a scan, and in each half of a split.
 pub(crate) const BLOCK_ITEMS: usize = 2048;
@@ -309,8 +309,10 @@ impl ReconcileStorage for IndexView {
     }
 }
 
-/// A reconciliation session over a store's index snapshot.
-pub(crate) type IndexSession = Session<IndexView>;
+/// A reconciliation session over a store's index snapshot (the simulator's direct
+/// exchange between stores).
+#[cfg(any(test, feature = "bench"))]
+pub(crate) type IndexSession = crate::sync::reconcile::Session<IndexView>;
 
 /// The item an index key names.
 fn item_of(key: &Key) -> Item {

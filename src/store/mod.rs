@@ -79,6 +79,9 @@ mod member_tests;
 mod members;
 #[cfg(test)]
 mod reconcile_tests;
+mod replica_store;
+#[cfg(test)]
+mod replica_tests;
 mod schema;
 mod tables;
 #[cfg(test)]
@@ -99,6 +102,7 @@ pub use apply::{MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER};
 #[cfg(any(test, feature = "bench"))]
 pub(crate) use apply::{MAX_FLOATING_PER_AUTHOR, MAX_FLOATING_STRANGERS};
 pub use error::{InviteError, StoreError};
+#[cfg(any(test, feature = "bench"))]
 pub(crate) use index::IndexSession;
 pub use index::{BareIndex, IndexView};
 pub(crate) use members::invite_id;

@@ -1,5 +1,6 @@
 //! Sans-IO protocol cores: bytes in, bytes and decisions out; `net/` drives them.
 
+pub(crate) mod disk;
 pub(crate) mod invite;
 pub(crate) mod reconcile;
 pub(crate) mod refusal;

@@ -1,11 +1,11 @@
 //! The replication protocol of one store as a state machine (sans IO).
 //!
-//! A [`Replica`] owns a [`Store`] handle and nothing else of the outside world. The
-//! driver (`net/` in production, the simulator in tests) turns transport and time into
-//! [`Event`]s, calls [`Replica::handle`] with the time `now`, and carries out the
-//! returned [`Action`]s in order. Store calls (apply, get, missing, witness,
-//! reconcile view, redeem) happen inside `handle`: the store is the replica's disk, so
-//! the driver calls `handle` off its async threads. There is no wall clock, no
+//! A [`Replica`] owns a store handle (a [`ReplicaStore`]) and nothing else of the
+//! outside world. The driver (`net/` in production, the simulator in tests) turns
+//! transport and time into [`Event`]s, calls [`Replica::handle`] with the time `now`,
+//! and carries out the returned [`Action`]s in order. Store calls (apply, get, missing,
+//! witness, reconcile view, redeem) happen inside `handle`: the store is the replica's
+//! disk, so the driver calls `handle` off its async threads. There is no wall clock, no
 //! randomness and no task in here; identical events at identical times give identical
 //! actions.
 //!
@@ -87,8 +87,8 @@ use crate::identity::PublicKey;
 use crate::ids::{FileId, Hash};
 use crate::intention::Intention;
 use crate::proto::peer::{self as pb, gossip, request, response};
-use crate::store::{ApplyOutcome, IndexSession as Session, InviteError, Store, StoreError};
-use crate::sync::reconcile::FRAME_LIMIT;
+use crate::sync::disk::{Received, ReplicaStore};
+use crate::sync::reconcile::{ReconcileStorage, Session, FRAME_LIMIT};
 use crate::sync::{Refusal, RefusalCode};
 
 /// Milliseconds on the driver's clock: Unix ms in production (the same clock decides
@@ -406,10 +406,10 @@ struct Pass {
 }
 
 /// Where a reconciliation round stands.
-enum Phase {
+enum Phase<V: ReconcileStorage> {
     /// Exchanging negentropy frames; `have`/`need` collected so far.
     Negotiate {
-        session: Session,
+        session: Session<V>,
         have: Vec<Hash>,
         need: Vec<Hash>,
     },
@@ -422,12 +422,12 @@ enum Phase {
 }
 
 /// An opener-side conversation.
-enum Opener {
+enum Opener<V: ReconcileStorage> {
     /// A reconciliation round with `peer`.
     Round {
         peer: PublicKey,
         report: RoundReport,
-        phase: Phase,
+        phase: Phase<V>,
     },
     /// A pull of intentions announced by hash in gossip.
     Pull { peer: PublicKey, hashes: Vec<Hash> },
@@ -439,16 +439,16 @@ enum Opener {
 }
 
 /// An acceptor-side conversation with state between requests.
-enum Served {
+enum Served<V: ReconcileStorage> {
     /// A responder session of a reconciliation.
-    Reconcile(Session),
+    Reconcile(Session<V>),
     /// Streaming the witness log from seq `next`.
     Bootstrap { next: u64 },
 }
 
 /// The replication protocol of one store.
-pub(crate) struct Replica {
-    store: Store,
+pub(crate) struct Replica<S: ReplicaStore> {
+    store: S,
     me: PublicKey,
     mode: Mode,
     secret: Option<[u8; 32]>,
@@ -466,7 +466,7 @@ pub(crate) struct Replica {
     /// patched from the chunks they replace (files without blobs are left out).
     known: HashMap<FileId, Vec<Content>>,
     next_conv: u64,
-    convs: HashMap<Conv, Opener>,
+    convs: HashMap<Conv, Opener<S::View>>,
     slots: HashMap<PublicKey, Slot>,
     pass: Option<Pass>,
     /// Tickets for the pass after the running one (`Some` also for a timer's pass).
@@ -475,26 +475,24 @@ pub(crate) struct Replica {
     asking: bool,
     /// Revoked keys already cut off.
     cut: HashSet<PublicKey>,
-    served: HashMap<(PublicKey, Conv), Served>,
+    served: HashMap<(PublicKey, Conv), Served<S::View>>,
 }
 
-impl Replica {
+impl<S: ReplicaStore> Replica<S> {
     /// A replica of `store` for node `me`, with the gossip secret if known, at `now`.
     /// Returns its first actions (subscribe or ask a member for the secret, first pass).
     pub(crate) fn new(
-        store: Store,
+        store: S,
         me: PublicKey,
         secret: Option<[u8; 32]>,
         mode: Mode,
         now: Millis,
-    ) -> (Replica, Vec<Action>) {
-        let known = store.read(|s| {
-            s.file_ids()
-                .into_iter()
-                .map(|f| (f, s.blob_pieces(f)))
-                .filter(|(_, pieces)| !pieces.is_empty())
-                .collect()
-        });
+    ) -> (Replica<S>, Vec<Action>) {
+        let known = store
+            .file_pieces(None)
+            .into_iter()
+            .filter(|(_, pieces)| !pieces.is_empty())
+            .collect();
         let mut r = Replica {
             store,
             me,
@@ -692,17 +690,15 @@ impl Replica {
     /// Members of the store other than this node, in key order.
     fn others(&self) -> Vec<PublicKey> {
         let me = self.me;
-        self.store.read(|s| {
-            s.members()
-                .into_iter()
-                .map(|m| m.key)
-                .filter(|k| *k != me)
-                .collect()
-        })
+        self.store
+            .members()
+            .into_iter()
+            .filter(|k| *k != me)
+            .collect()
     }
 
     fn is_member(&self, key: &PublicKey) -> bool {
-        self.store.read(|s| s.member(key).is_some())
+        self.store.is_member(key)
     }
 
     // ---- local changes
@@ -711,8 +707,7 @@ impl Replica {
         self.sealed += list.len() as u64;
         self.unsent += list.len() as u64;
         // A local revocation: its key is cut off at once.
-        let cuts = self.store.read(|s| s.revocation_cuts());
-        for (key, _) in cuts {
+        for key in self.store.revoked() {
             if self.cut.insert(key) {
                 out.push(Action::CutOff(key));
             }
@@ -741,27 +736,23 @@ impl Replica {
     /// After applied intentions: cut off revoked keys, remember the files' content
     /// pieces, and in eager mode fetch their blobs.
     fn applied(&mut self, files: Option<Vec<FileId>>, out: &mut Vec<Action>) {
-        let (cuts, files) = self.store.read(|s| {
-            let cuts: Vec<PublicKey> = s.revocation_cuts().into_iter().map(|(k, _)| k).collect();
-            (cuts, files.unwrap_or_else(|| s.file_ids()))
-        });
+        let cuts = self.store.revoked();
         self.cut.extend(cuts.iter().copied());
         out.extend(cuts.into_iter().map(Action::CutOff));
+        let pieces = self.store.file_pieces(files);
+        let files: Vec<FileId> = pieces.iter().map(|(f, _)| *f).collect();
         let known = &mut self.known;
-        let changes: Vec<(Vec<Content>, Vec<Content>)> = self.store.read(|s| {
-            files
-                .iter()
-                .filter_map(|f| {
-                    let now = s.blob_pieces(*f);
-                    let before = if now.is_empty() {
-                        known.remove(f)
-                    } else {
-                        known.insert(*f, now.clone())
-                    };
-                    Some((before?, now))
-                })
-                .collect()
-        });
+        let changes: Vec<(Vec<Content>, Vec<Content>)> = pieces
+            .into_iter()
+            .filter_map(|(f, now)| {
+                let before = if now.is_empty() {
+                    known.remove(&f)
+                } else {
+                    known.insert(f, now.clone())
+                };
+                Some((before?, now))
+            })
+            .collect();
         if self.mode.eager && !self.mode.paused && !files.is_empty() {
             out.push(Action::Fetch(FetchOrder::Files { files, changes }));
         }
@@ -782,8 +773,11 @@ impl Replica {
             return;
         };
         match g.kind {
-            Some(gossip::Kind::Intention(bytes)) => match self.store.apply_remote(bytes) {
-                Ok(ApplyOutcome::Floating { .. }) => self.hint(from, out),
+            Some(gossip::Kind::Intention(bytes)) => match self.store.apply(bytes) {
+                Ok(Received::Floating) => self.hint(from, out),
+                Ok(Received::Refused(e)) => {
+                    tracing::info!(peer = %from.short(), "refused a gossiped intention: {e}")
+                }
                 Ok(_) => {}
                 Err(e) => tracing::info!(peer = %from.short(), "refused a gossiped intention: {e}"),
             },
@@ -1070,7 +1064,7 @@ impl Replica {
         conv: Conv,
         peer: PublicKey,
         mut report: RoundReport,
-        phase: Phase,
+        phase: Phase<S::View>,
         kind: response::Kind,
         out: &mut Vec<Action>,
     ) -> Option<Result<RoundReport, String>> {
@@ -1187,7 +1181,7 @@ impl Replica {
         have: Vec<Hash>,
         report: &mut RoundReport,
         out: &mut Vec<Action>,
-    ) -> Result<Option<Phase>, String> {
+    ) -> Result<Option<Phase<S::View>>, String> {
         if need.is_empty() {
             return self.predecessors(conv, peer, PREDECESSOR_ROUNDS, have, report, out);
         }
@@ -1229,7 +1223,7 @@ impl Replica {
         have: Vec<Hash>,
         report: &mut RoundReport,
         out: &mut Vec<Action>,
-    ) -> Result<Option<Phase>, String> {
+    ) -> Result<Option<Phase<S::View>>, String> {
         if left == 0 {
             return self.push_next(conv, peer, have, report, out);
         }
@@ -1252,7 +1246,7 @@ impl Replica {
         mut rest: Vec<Hash>,
         report: &mut RoundReport,
         out: &mut Vec<Action>,
-    ) -> Result<Option<Phase>, String> {
+    ) -> Result<Option<Phase<S::View>>, String> {
         if rest.is_empty() {
             return Ok(None);
         }
@@ -1482,10 +1476,7 @@ impl Replica {
             .and_then(|secret| {
                 self.store
                     .redeem_invite(&secret, from, &r.display_name, now)
-                    .map_err(|e| {
-                        let r = Refusal::from(e);
-                        (r.code, r.text)
-                    })?;
+                    .map_err(|r| (r.code, r.text))?;
                 self.store
                     .flush()
                     .map_err(|e| (RefusalCode::Internal, e.to_string()))
@@ -1526,7 +1517,7 @@ impl Replica {
     /// The store's name, or its id in hex before its genesis arrived.
     fn store_name(&self) -> String {
         self.store
-            .read(|s| s.store_name().map(str::to_owned))
+            .store_name()
             .unwrap_or_else(|| self.store.id().to_hex())
     }
 }
@@ -1568,41 +1559,21 @@ fn failure_text(peer: &PublicKey, failure: &Failure) -> String {
     }
 }
 
-impl From<InviteError> for Refusal {
-    fn from(e: InviteError) -> Self {
-        let code = match &e {
-            InviteError::Unknown => RefusalCode::InviteUnknown,
-            InviteError::Used(_) => RefusalCode::InviteUsed,
-            InviteError::Expired(_) => RefusalCode::InviteExpired,
-            InviteError::Revoked => RefusalCode::InviteRevoked,
-            InviteError::DisplayName(_) | InviteError::Op(_) => RefusalCode::Malformed,
-            InviteError::NotAdmin
-            | InviteError::JoinerRevoked(_)
-            | InviteError::NotMember(_)
-            | InviteError::AlreadyMember(..) => RefusalCode::JoinRefused,
-            InviteError::Store(_) => RefusalCode::Internal,
-        };
-        Refusal::new(code, e.to_string())
-    }
-}
-
 /// Applies received intentions in order; returns (applied or parked, refused). An
 /// intention the store refuses is counted, not an error; a failing store is.
-pub(crate) fn apply_all(store: &Store, intentions: Vec<Bytes>) -> Result<(u32, u32), StoreError> {
+pub(crate) fn apply_all<S: ReplicaStore>(
+    store: &S,
+    intentions: Vec<Bytes>,
+) -> Result<(u32, u32), S::Error> {
     let (mut ok, mut refused) = (0, 0);
-    for outcome in store.apply_remote_many(intentions) {
-        match outcome {
-            Ok(
-                ApplyOutcome::Applied { .. }
-                | ApplyOutcome::Floating { .. }
-                | ApplyOutcome::Early { .. },
-            ) => ok += 1,
-            Ok(ApplyOutcome::Duplicate) => {}
-            Err(e) if crate::store::is_refusal(&e) => {
+    for outcome in store.apply_many(intentions) {
+        match outcome? {
+            Received::Applied | Received::Floating | Received::Early => ok += 1,
+            Received::Duplicate => {}
+            Received::Refused(e) => {
                 tracing::info!("refused a received intention: {e}");
                 refused += 1;
             }
-            Err(e) => return Err(e),
         }
     }
     Ok((ok, refused))

@@ -1,0 +1,660 @@
+//! `sync::replica` over real stores in temp dirs, wired by a small in-memory driver
+//! loop (here, not in `sync/`, because `sync` does not see `Store`).
+
+use std::collections::{HashMap, VecDeque};
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::sync::broadcast;
+
+use crate::fs::op::Role;
+use crate::identity::{Identity, PublicKey};
+use crate::ids::{OpId, StoreId};
+use crate::proto::peer::{self as pb, gossip, request, response};
+use crate::store::tests::{clock, create};
+use crate::store::{Store, StoreEvent};
+use crate::sync::replica::*;
+use crate::sync::{Refusal, RefusalCode};
+
+const ID: StoreId = StoreId([7; 16]);
+/// Long enough after start for the first anti-entropy pass.
+const LATER: Millis = 10 * ANTI_ENTROPY_MAX;
+
+struct Node {
+    key: PublicKey,
+    store: Store,
+    replica: Replica<Store>,
+    events: broadcast::Receiver<StoreEvent>,
+    subscribed: bool,
+    wake: Option<Millis>,
+    _dir: tempfile::TempDir,
+}
+
+/// Nodes wired by in-memory links: every action is carried out at once, in order.
+struct World {
+    nodes: Vec<Node>,
+    now: Millis,
+    queue: VecDeque<(usize, Event)>,
+    /// Opener-side conversations: (opener, conv) -> acceptor.
+    links: HashMap<(usize, Conv), usize>,
+    /// Every action taken, by node.
+    log: Vec<(usize, Action)>,
+    /// Nodes whose streams fail.
+    down: Vec<usize>,
+    /// Nodes that cannot be dialed.
+    offline: Vec<usize>,
+    /// Nodes that answer every `Want` with no intentions.
+    withholding: Vec<usize>,
+}
+
+impl World {
+    fn new() -> World {
+        World {
+            nodes: Vec::new(),
+            now: 1_000,
+            queue: VecDeque::new(),
+            links: HashMap::new(),
+            log: Vec::new(),
+            down: Vec::new(),
+            offline: Vec::new(),
+            withholding: Vec::new(),
+        }
+    }
+
+    /// Adds a node with `store`; returns its index.
+    fn add(&mut self, store: Store, who: &Identity, dir: tempfile::TempDir) -> usize {
+        let events = store.subscribe();
+        let secret = Some([9; 32]);
+        let (replica, first) = Replica::new(
+            store.clone(),
+            who.public(),
+            secret,
+            Mode::default(),
+            self.now,
+        );
+        self.nodes.push(Node {
+            key: who.public(),
+            store,
+            replica,
+            events,
+            subscribed: false,
+            wake: None,
+            _dir: dir,
+        });
+        let i = self.nodes.len() - 1;
+        self.act(i, first);
+        i
+    }
+
+    fn index(&self, key: &PublicKey) -> Option<usize> {
+        self.nodes.iter().position(|n| n.key == *key)
+    }
+
+    fn act(&mut self, i: usize, actions: Vec<Action>) {
+        for a in actions {
+            self.log.push((i, a.clone()));
+            match a {
+                Action::Send {
+                    conv,
+                    peer,
+                    request,
+                } => match self.index(&peer).filter(|j| !self.down.contains(j)) {
+                    Some(j) if self.offline.contains(&j) => self.queue.push_back((
+                        i,
+                        Event::Answer {
+                            conv,
+                            answer: Err(Failure::Unreachable("offline".into())),
+                        },
+                    )),
+                    Some(j) => {
+                        self.links.insert((i, conv), j);
+                        let request = pb::Request {
+                            store_id: Bytes::copy_from_slice(&ID.0),
+                            addrs: Vec::new(),
+                            kind: Some(request),
+                        };
+                        let from = self.nodes[i].key;
+                        self.queue.push_back((
+                            j,
+                            Event::Request {
+                                from,
+                                conv,
+                                request,
+                            },
+                        ));
+                    }
+                    None => self.queue.push_back((
+                        i,
+                        Event::Answer {
+                            conv,
+                            answer: Err(Failure::Transport("no such peer".into())),
+                        },
+                    )),
+                },
+                Action::Finish(conv) => {
+                    if let Some(j) = self.links.remove(&(i, conv)) {
+                        let from = self.nodes[i].key;
+                        self.queue.push_back((j, Event::Closed { from, conv }));
+                    }
+                }
+                Action::Reply {
+                    to,
+                    conv,
+                    mut response,
+                    last,
+                } => {
+                    if let response::Kind::Intentions(list) = &mut response {
+                        if self.withholding.contains(&i) {
+                            list.intentions.clear();
+                        }
+                    }
+                    let j = self.index(&to).expect("replies go to a node of this world");
+                    self.queue.push_back((
+                        j,
+                        Event::Answer {
+                            conv,
+                            answer: Ok(response),
+                        },
+                    ));
+                    if !last {
+                        self.queue.push_back((i, Event::Drained { to, conv }));
+                    }
+                }
+                Action::Refuse { to, conv, refusal } => {
+                    let j = self
+                        .index(&to)
+                        .expect("refusals go to a node of this world");
+                    self.queue.push_back((
+                        j,
+                        Event::Answer {
+                            conv,
+                            answer: Err(Failure::Refused(refusal)),
+                        },
+                    ));
+                }
+                Action::Subscribe { .. } => {
+                    self.nodes[i].subscribed = true;
+                    self.queue.push_back((i, Event::GossipUp(true)));
+                }
+                Action::Unsubscribe => self.nodes[i].subscribed = false,
+                Action::Broadcast(message) => {
+                    let from = self.nodes[i].key;
+                    for j in 0..self.nodes.len() {
+                        if j != i && self.nodes[j].subscribed {
+                            let message = message.clone();
+                            self.queue.push_back((j, Event::Gossip { from, message }));
+                        }
+                    }
+                }
+                Action::WakeAt(at) => self.nodes[i].wake = Some(at),
+                Action::JoinPeers(_)
+                | Action::SaveSecret(_)
+                | Action::Learn { .. }
+                | Action::Fetch(_)
+                | Action::CutOff(_)
+                | Action::Redial(_)
+                | Action::Synced(..) => {}
+            }
+        }
+    }
+
+    /// Feeds store events of every node to its replica.
+    fn store_events(&mut self) -> bool {
+        let mut any = false;
+        for i in 0..self.nodes.len() {
+            while let Ok(e) = self.nodes[i].events.try_recv() {
+                any = true;
+                let event = match e {
+                    StoreEvent::Sealed(list) => Event::Sealed(list),
+                    StoreEvent::Applied { files, .. } => Event::Applied(Some(files)),
+                };
+                self.queue.push_back((i, event));
+            }
+        }
+        any
+    }
+
+    /// Runs until nothing is left to deliver.
+    fn run(&mut self) {
+        loop {
+            self.store_events();
+            let Some((i, event)) = self.queue.pop_front() else {
+                for n in &self.nodes {
+                    n.store.flush().expect("flush");
+                }
+                if self.store_events() {
+                    continue;
+                }
+                return;
+            };
+            let now = self.now;
+            let actions = self.nodes[i].replica.handle(event, now);
+            self.act(i, actions);
+        }
+    }
+
+    /// Feeds `event` to node `i` and runs to quiescence; returns the actions it took.
+    fn feed(&mut self, i: usize, event: Event) -> Vec<Action> {
+        self.run();
+        let now = self.now;
+        let actions = self.nodes[i].replica.handle(event, now);
+        self.act(i, actions.clone());
+        self.run();
+        actions
+    }
+
+    /// Moves the clock to `at` and wakes every node whose wake time came.
+    fn advance(&mut self, at: Millis) {
+        self.now = at;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].wake.is_some_and(|w| w <= at) {
+                self.nodes[i].wake = None;
+                self.queue.push_back((i, Event::Wake));
+            }
+        }
+        self.run();
+    }
+
+    fn synced(&self, i: usize) -> Vec<SyncReport> {
+        self.log
+            .iter()
+            .filter_map(|(n, a)| match a {
+                Action::Synced(_, r) if *n == i => Some(r.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn write(store: &Store, name: &str) {
+    store
+        .write(|tx| Ok(tx.push(create(name))?))
+        .expect("a member writes");
+    store.flush().expect("flush");
+}
+
+fn has(store: &Store, name: &str) -> bool {
+    store.read(|s| s.lookup(OpId::ROOT, name).is_ok())
+}
+
+fn digest(store: &Store) -> ([u8; 16], u64) {
+    let view = store.reconcile_view().expect("view");
+    (view.digest(), view.len())
+}
+
+/// A founder with a store and `joiners` admitted by invites (redeemed through the
+/// founder's replica) and bootstrapped from its witness log.
+fn team(joiners: usize) -> (World, Vec<Identity>) {
+    let mut w = World::new();
+    let admin = Identity::generate();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store =
+        Store::create(dir.path(), ID, admin.clone(), clock(), "s", "admin").expect("create");
+    w.add(store, &admin, dir);
+    let mut ids = vec![admin.clone()];
+    for n in 0..joiners {
+        let who = Identity::generate();
+        let secret = w.nodes[0]
+            .store
+            .create_invite(Role::Writer, u64::MAX)
+            .expect("invite");
+        let acts = w.nodes[0].replica.handle(
+            Event::Request {
+                from: who.public(),
+                conv: Conv(100 + n as u64),
+                request: pb::Request {
+                    store_id: Bytes::copy_from_slice(&ID.0),
+                    addrs: Vec::new(),
+                    kind: Some(request::Kind::Redeem(pb::Redeem {
+                        secret: Bytes::copy_from_slice(&secret),
+                        display_name: format!("j{n}"),
+                    })),
+                },
+            },
+            w.now,
+        );
+        assert!(
+            matches!(
+                &acts[..],
+                [
+                    Action::Reply {
+                        response: response::Kind::Redeemed(_),
+                        ..
+                    },
+                    ..
+                ]
+            ),
+            "{acts:?}"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store =
+            Store::join(dir.path(), ID, admin.public(), who.clone(), clock()).expect("join");
+        let log = w.nodes[0].store.witness(1, usize::MAX).expect("witness");
+        apply_all(&store, log.intentions).expect("bootstrap");
+        store.flush().expect("flush");
+        w.add(store, &who, dir);
+        ids.push(who);
+    }
+    w.run();
+    (w, ids)
+}
+
+#[test]
+fn two_replicas_converge_through_a_sync_pass() {
+    let (mut w, _) = team(1);
+    write(&w.nodes[0].store, "from-a");
+    write(&w.nodes[1].store, "from-b");
+    w.feed(1, Event::Sync(Ticket(1)));
+    for n in &w.nodes {
+        assert!(has(&n.store, "from-a") && has(&n.store, "from-b"));
+    }
+    assert_eq!(digest(&w.nodes[0].store), digest(&w.nodes[1].store));
+    let reports = w.synced(1);
+    let last = reports.last().expect("the ticket is answered");
+    assert_eq!(last.peers, 1);
+    assert!(last.failed.is_empty(), "{last:?}");
+    assert_eq!(w.nodes[1].replica.unsent(), 0);
+}
+
+#[test]
+fn a_sealed_intention_reaches_a_subscribed_member_by_gossip_alone() {
+    let (mut w, _) = team(1);
+    write(&w.nodes[0].store, "gossiped");
+    w.run();
+    assert!(has(&w.nodes[1].store, "gossiped"));
+    let broadcast = w
+        .log
+        .iter()
+        .any(|(i, a)| *i == 0 && matches!(a, Action::Broadcast(_)));
+    assert!(broadcast);
+}
+
+#[test]
+fn the_anti_entropy_timer_brings_what_gossip_lost() {
+    let (mut w, _) = team(1);
+    w.nodes[1].subscribed = false;
+    write(&w.nodes[0].store, "late");
+    w.run();
+    assert!(!has(&w.nodes[1].store, "late"));
+    w.advance(LATER);
+    assert!(has(&w.nodes[1].store, "late"));
+}
+
+#[test]
+fn gossip_from_a_non_member_is_ignored() {
+    let (mut w, _) = team(0);
+    let stranger = Identity::generate();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = Store::create(dir.path(), ID, stranger.clone(), clock(), "s", "x").expect("create");
+    write(&other, "forged");
+    let bytes = other.witness(1, usize::MAX).expect("witness").intentions;
+    for b in bytes {
+        let message = pb::Gossip {
+            kind: Some(gossip::Kind::Intention(b)),
+        }
+        .encode_to_vec();
+        let acts = w.feed(
+            0,
+            Event::Gossip {
+                from: stranger.public(),
+                message: message.into(),
+            },
+        );
+        assert!(acts.is_empty(), "{acts:?}");
+    }
+    assert!(!has(&w.nodes[0].store, "forged"));
+}
+
+#[test]
+fn a_non_members_requests_are_refused_as_not_member_and_change_nothing() {
+    let (mut w, _) = team(0);
+    let stranger = Identity::generate();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = Store::create(dir.path(), ID, stranger.clone(), clock(), "s", "x").expect("create");
+    write(&other, "pushed");
+    let pushed = other.witness(1, usize::MAX).expect("witness").intentions;
+    let before = digest(&w.nodes[0].store);
+    let kinds = [
+        request::Kind::Push(pb::Intentions { intentions: pushed }),
+        request::Kind::Want(pb::Want { hashes: Vec::new() }),
+        request::Kind::Reconcile(pb::Frame {
+            frame: Bytes::new(),
+        }),
+        request::Kind::Bootstrap(pb::Bootstrap { from: 1 }),
+        request::Kind::AskSecret(pb::AskSecret {}),
+    ];
+    for (n, kind) in kinds.into_iter().enumerate() {
+        let acts = w.nodes[0].replica.handle(
+            Event::Request {
+                from: stranger.public(),
+                conv: Conv(n as u64),
+                request: pb::Request {
+                    store_id: Bytes::copy_from_slice(&ID.0),
+                    addrs: vec!["127.0.0.1:1".into()],
+                    kind: Some(kind),
+                },
+            },
+            w.now,
+        );
+        assert!(
+            matches!(
+                &acts[..],
+                [Action::Refuse {
+                    refusal: Refusal {
+                        code: RefusalCode::NotMember,
+                        ..
+                    },
+                    ..
+                }]
+            ),
+            "{acts:?}"
+        );
+    }
+    assert_eq!(digest(&w.nodes[0].store), before);
+    assert!(!has(&w.nodes[0].store, "pushed"));
+}
+
+#[test]
+fn a_floating_gossiped_intention_starts_a_round_with_its_sender() {
+    let (mut w, _) = team(1);
+    w.nodes[0].subscribed = false;
+    w.nodes[1].subscribed = false;
+    write(&w.nodes[1].store, "one");
+    write(&w.nodes[1].store, "two");
+    w.run();
+    let log = w.nodes[1]
+        .store
+        .witness(1, usize::MAX)
+        .expect("witness")
+        .intentions;
+    let last = log.last().expect("two intentions").clone();
+    let message = pb::Gossip {
+        kind: Some(gossip::Kind::Intention(last)),
+    }
+    .encode_to_vec();
+    let from = w.nodes[1].key;
+    let acts = w.nodes[0].replica.handle(
+        Event::Gossip {
+            from,
+            message: message.into(),
+        },
+        w.now,
+    );
+    assert!(
+        acts.iter().any(|a| matches!(
+            a,
+            Action::Send { peer, request: request::Kind::Reconcile(_), .. } if *peer == from
+        )),
+        "{acts:?}"
+    );
+    w.act(0, acts);
+    w.run();
+    assert!(has(&w.nodes[0].store, "one") && has(&w.nodes[0].store, "two"));
+}
+
+#[test]
+fn a_member_revoked_elsewhere_is_cut_off_once_the_revocation_arrives() {
+    let (mut w, ids) = team(2);
+    let revoked = ids[2].public();
+    w.nodes[0].store.revoke_member(revoked).expect("revoke");
+    w.nodes[0].store.flush().expect("flush");
+    w.feed(1, Event::Sync(Ticket(1)));
+    assert!(w
+        .log
+        .iter()
+        .any(|(i, a)| *i == 1 && *a == Action::CutOff(revoked)));
+}
+
+#[test]
+fn a_paused_replica_refuses_members_and_answers_sync_at_once() {
+    let (mut w, _) = team(1);
+    let paused = Mode {
+        paused: true,
+        eager: false,
+    };
+    let acts = w.feed(0, Event::Settings(paused));
+    assert!(acts.contains(&Action::Unsubscribe), "{acts:?}");
+    let acts = w.feed(0, Event::Sync(Ticket(7)));
+    assert!(
+        matches!(&acts[..], [Action::Synced(Ticket(7), r)] if r.paused),
+        "{acts:?}"
+    );
+    w.feed(1, Event::Sync(Ticket(8)));
+    let report = w.synced(1).pop().expect("answered");
+    assert_eq!(report.peers, 0);
+    assert!(report.failed[0].1.contains("paused"), "{report:?}");
+}
+
+#[test]
+fn a_bootstrap_streams_one_batch_per_drained_reply() {
+    let (mut w, ids) = team(1);
+    for n in 0..3 {
+        write(&w.nodes[0].store, &format!("f{n}"));
+    }
+    let from = ids[1].public();
+    let ask = |w: &mut World, event| w.nodes[0].replica.handle(event, w.now);
+    let mut acts = ask(
+        &mut w,
+        Event::Request {
+            from,
+            conv: Conv(1),
+            request: pb::Request {
+                store_id: Bytes::copy_from_slice(&ID.0),
+                addrs: Vec::new(),
+                kind: Some(request::Kind::Bootstrap(pb::Bootstrap { from: 1 })),
+            },
+        },
+    );
+    let mut got = 0;
+    loop {
+        let [Action::Reply {
+            response: response::Kind::Batch(b),
+            last,
+            ..
+        }] = &acts[..]
+        else {
+            panic!("one batch per step: {acts:?}");
+        };
+        got += b.intentions.len();
+        if *last {
+            break;
+        }
+        acts = ask(
+            &mut w,
+            Event::Drained {
+                to: from,
+                conv: Conv(1),
+            },
+        );
+    }
+    assert_eq!(got as u64, w.nodes[0].store.applied());
+}
+
+#[test]
+fn a_transport_failure_redials_once_then_fails_the_round() {
+    let (mut w, ids) = team(1);
+    w.down.push(1);
+    w.feed(0, Event::Sync(Ticket(1)));
+    let redials: Vec<&Action> = w
+        .log
+        .iter()
+        .filter(|(i, a)| *i == 0 && matches!(a, Action::Redial(_)))
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(redials, [&Action::Redial(ids[1].public())]);
+    let report = w.synced(0).pop().expect("answered");
+    assert_eq!((report.peers, report.failed.len()), (0, 1), "{report:?}");
+}
+
+#[test]
+fn hints_during_a_round_cost_one_more_round_not_one_each() {
+    let (mut w, ids) = team(1);
+    let peer = ids[1].public();
+    let first = w.nodes[0].replica.handle(Event::NeighborUp(peer), w.now);
+    assert_eq!(first.len(), 1, "{first:?}");
+    for _ in 0..5 {
+        let more = w.nodes[0].replica.handle(Event::NeighborUp(peer), w.now);
+        assert!(more.is_empty(), "{more:?}");
+    }
+    w.act(0, first);
+    w.run();
+    let opened: std::collections::HashSet<Conv> = w
+        .log
+        .iter()
+        .filter_map(|(i, a)| match a {
+            Action::Send {
+                conv,
+                request: request::Kind::Reconcile(_),
+                ..
+            } if *i == 0 => Some(*conv),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(opened.len(), 2, "{opened:?}");
+}
+
+#[test]
+fn a_local_revocation_cuts_the_key_off_at_once() {
+    let (mut w, ids) = team(1);
+    let revoked = ids[1].public();
+    w.nodes[0].store.revoke_member(revoked).expect("revoke");
+    w.nodes[0].store.flush().expect("flush");
+    w.run();
+    let cuts = w
+        .log
+        .iter()
+        .filter(|(i, a)| *i == 0 && *a == Action::CutOff(revoked))
+        .count();
+    assert_eq!(cuts, 1);
+}
+
+#[test]
+fn an_unreachable_peer_fails_its_round_without_a_redial() {
+    let (mut w, _) = team(1);
+    w.offline.push(1);
+    w.feed(0, Event::Sync(Ticket(1)));
+    let redials = w
+        .log
+        .iter()
+        .filter(|(_, a)| matches!(a, Action::Redial(_)))
+        .count();
+    assert_eq!(redials, 0);
+    let report = w.synced(0).pop().expect("answered");
+    assert_eq!(report.failed.len(), 1, "{report:?}");
+}
+
+#[test]
+fn a_peer_withholding_what_it_offered_ends_the_pull_not_the_round() {
+    let (mut w, _) = team(1);
+    w.nodes[0].subscribed = false;
+    w.nodes[1].subscribed = false;
+    write(&w.nodes[1].store, "held");
+    w.withholding.push(1);
+    w.feed(0, Event::Sync(Ticket(1)));
+    let report = w.synced(0).pop().expect("answered");
+    assert_eq!((report.peers, report.failed.len()), (1, 0), "{report:?}");
+    assert!(!has(&w.nodes[0].store, "held"));
+    w.withholding.clear();
+    w.feed(0, Event::Sync(Ticket(2)));
+    assert!(has(&w.nodes[0].store, "held"));
+}
