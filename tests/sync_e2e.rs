@@ -34,27 +34,34 @@ fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration 
     }
 }
 
-/// A sorted listing of every path under `root` with a checksum of each file's bytes.
-fn tree_sum(root: &Path) -> Vec<String> {
+/// A sorted listing of every path under `root` with a checksum of each file's bytes, or
+/// `None` when an entry vanished while it was listed (the tree is still converging).
+fn tree_sum(root: &Path) -> Option<Vec<String>> {
+    let gone = |e: std::io::Error| {
+        assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::NotFound,
+            "listing {root:?}: {e}"
+        );
+    };
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
-            let p = e.path();
+        for e in std::fs::read_dir(&dir).map_err(gone).ok()? {
+            let p = e.map_err(gone).ok()?.path();
             let rel = p.strip_prefix(root).unwrap().display().to_string();
-            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let meta = std::fs::symlink_metadata(&p).map_err(gone).ok()?;
             if meta.is_dir() {
                 out.push(format!("{rel}/"));
                 stack.push(p);
             } else {
-                let bytes = std::fs::read(&p).unwrap();
+                let bytes = std::fs::read(&p).map_err(gone).ok()?;
                 out.push(format!("{rel} {}", blake3::hash(&bytes).to_hex()));
             }
         }
     }
     out.sort();
-    out
+    Some(out)
 }
 
 /// Starts `n` daemons; the first creates store `team` and invites the others.
@@ -142,12 +149,12 @@ fn offline_edits_merge_on_resume_into_identical_trees() {
     ok(a.run(&["resume", "team"]));
     ok(b.run(&["resume", "team"]));
     within(SETTLE, "identical trees after resume", || {
-        tree_sum(&a.path("team")) == tree_sum(&b.path("team"))
-            && tree_sum(&a.path("team"))
-                .iter()
-                .any(|l| l.contains("conflict"))
+        let sum = tree_sum(&a.path("team"));
+        sum.is_some()
+            && sum == tree_sum(&b.path("team"))
+            && sum.iter().flatten().any(|l| l.contains("conflict"))
     });
-    let listing = tree_sum(&a.path("team"));
+    let listing = tree_sum(&a.path("team")).expect("the trees have settled");
     let names: Vec<&String> = listing.iter().filter(|l| l.contains("doc")).collect();
     assert_eq!(names.len(), 2, "winner plus one conflict copy: {listing:?}");
     let chat = std::fs::read_to_string(a.path("team/chat.log")).unwrap();
