@@ -13,8 +13,9 @@ use crate::intention::Intention;
 use crate::sim::node::Node;
 use crate::sim::{run, Config, Outcome};
 
-/// Seeds `cargo test` runs (plus the regressions), in two tests that run in parallel.
-const SEEDS: u64 = 160;
+/// Seeds `cargo test` runs (plus the regressions), in two tests that run in parallel:
+/// with them every sim test took 98 s in debug on 2 busy cores (load 4).
+const SEEDS: u64 = 300;
 
 /// Seeds that once failed, one per line (`#` starts a comment): kept forever.
 const REGRESSIONS: &str = include_str!("regressions.txt");
@@ -80,16 +81,20 @@ fn sim_seeds_that_once_failed_pass() {
     }
 }
 
+/// Seeds `sim_replays_a_seed_exactly` runs twice: both transports, and direct-mode
+/// seeds whose syncs are cut short after a few of many pulls, which replayed
+/// differently while negentropy's `need` came in `HashSet` order (11, 359).
+const REPLAY_SEEDS: [u64; 5] = [7, 8, 10, 11, 359];
+
 #[test]
 fn sim_replays_a_seed_exactly() {
-    // Seed 7 runs the direct exchange, seed 8 the replicas.
-    let seeds = env_u64("SEED").map_or(vec![7, 8], |s| vec![s]);
+    // Both runs share this process, but every `HashMap` and `HashSet` gets its own
+    // random keys, so an iteration order that reaches the run shows here too.
+    let seeds = env_u64("SEED").map_or(REPLAY_SEEDS.to_vec(), |s| vec![s]);
     for seed in seeds {
         let a = run(&Config::new(seed, None));
         let b = run(&Config::new(seed, None));
-        assert_eq!(a.nodes, b.nodes, "seed {seed}");
-        assert_eq!(a.trace, b.trace, "seed {seed}");
-        assert_eq!(a.acked, b.acked, "seed {seed}");
+        assert!(a == b, "seed {seed} replayed differently:\n{a}\n{b}");
     }
 }
 

@@ -191,10 +191,15 @@ impl<S: ReconcileStorage> Session<S> {
                 .reconcile_with_ids(frame, &mut have, &mut need)
                 .map_err(|e| self.fail(e))?;
             self.done = reply.is_none();
+            // negentropy lists `need` in the order of a `HashSet` with a per-process
+            // random seed: sorted, the same sets give the same pulls (the simulator
+            // replays seeds).
+            let mut need: Vec<Hash> = need.into_iter().map(hash).collect();
+            need.sort_unstable();
             Step {
                 reply,
                 have: have.into_iter().map(hash).collect(),
-                need: need.into_iter().map(hash).collect(),
+                need,
             }
         } else {
             let reply = self.neg.reconcile(frame).map_err(|e| self.fail(e))?;
