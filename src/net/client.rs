@@ -315,7 +315,8 @@ impl Run {
         claim: &mut Claim<'_>,
         progress: &mpsc::UnboundedSender<JoinProgress>,
     ) -> Result<Store, NetError> {
-        let mut actions: VecDeque<JoinAction> = joiner.request().map(JoinAction::Send).into_iter().collect();
+        let mut actions: VecDeque<JoinAction> =
+            joiner.request().map(JoinAction::Send).into_iter().collect();
         let mut ex: Option<Exchange> = None;
         let mut started = Instant::now();
         loop {
@@ -358,13 +359,18 @@ impl Run {
                     let id = self.id;
                     let store = blocking(move || node.begin_join(id, founder, &state)).await??;
                     match topic_secret {
-                        Some(secret) => topic::save(&shared.node.store_dir(id), &secret)
-                            .map_err(|source| NetError::Save {
-                                what: "the gossip secret",
-                                source,
-                            })?,
+                        Some(secret) => {
+                            topic::save(&shared.node.store_dir(id), &secret).map_err(|source| {
+                                NetError::Save {
+                                    what: "the gossip secret",
+                                    source,
+                                }
+                            })?
+                        }
                         None => {
-                            tracing::warn!("the inviter sent no gossip secret; asking members later")
+                            tracing::warn!(
+                                "the inviter sent no gossip secret; asking members later"
+                            )
                         }
                     }
                     claim.take(id);
@@ -607,4 +613,3 @@ pub(crate) async fn patch_chunk(
     })
     .await?
 }
-

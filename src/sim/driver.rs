@@ -416,8 +416,7 @@ impl World {
                 return;
             }
         };
-        let redeemed = self.nodes[n].joiner.as_ref().is_some_and(Joiner::redeemed);
-        if redeemed && self.store(n).is_none() {
+        if self.nodes[n].life == Life::Bootstrapping && self.store(n).is_none() {
             return;
         }
         let Some(joiner) = self.nodes[n].joiner.as_mut() else {

@@ -123,11 +123,6 @@ impl Joiner {
         }
     }
 
-    /// Whether the invite is redeemed (a bootstrap is under way or done).
-    pub(crate) fn redeemed(&self) -> bool {
-        !matches!(self.stage, Stage::Redeeming { .. })
-    }
-
     /// Intentions received so far, counting those before a resume.
     pub(crate) fn intentions(&self) -> u64 {
         self.intentions
@@ -290,7 +285,6 @@ mod tests {
     #[test]
     fn resuming_from_a_saved_next_asks_from_there_and_counts_what_came_before() {
         let mut j = Joiner::resume(5);
-        assert!(j.redeemed());
         assert_eq!(
             j.request(),
             Some(request::Kind::Bootstrap(pb::Bootstrap { from: 5 }))
