@@ -3,6 +3,7 @@
 //! Reconciliation, pulls, pushes and the gossip secret are the replica's
 //! (`sync::replica`); this module also keeps the connection cache they share.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,7 @@ use crate::node::JoinState;
 use crate::proto::peer::{self as pb, request, response};
 use crate::store::Store;
 use crate::sync::invite::InviteToken;
+use crate::sync::join::{answer_name, JoinAction, JoinError, Joiner, FIRST_WITNESS};
 use crate::sync::replica::apply_all;
 use crate::wire::{read_frame, write_frame};
 
@@ -238,142 +240,240 @@ pub(crate) async fn join(
         .joining()
         .into_iter()
         .find(|(s, _)| s.id() == token.store);
-    let (store, state) = match joining {
-        Some(found) => found,
+    let mut claim = Claim::new(shared);
+    let (run, joiner) = match joining {
+        Some((store, state)) => {
+            claim.take(store.id());
+            let run = Run::new(state.inviter, token.store, Some(store), &token.store_name);
+            (run, Joiner::resume(state.next))
+        }
         None => {
             if token.expires_ms <= now_ms() {
                 return Err(NetError::TokenExpired);
             }
-            let mut ex = Exchange::open(shared, token.inviter, token.store).await?;
-            let answer = ex
-                .ask(request::Kind::Redeem(pb::Redeem {
-                    secret: Bytes::copy_from_slice(&token.secret),
-                    display_name: display_name
-                        .unwrap_or(shared.node.display_name())
-                        .to_string(),
-                }))
-                .await?;
-            let response::Kind::Redeemed(r) = answer else {
-                return Err(ex.unexpected(&answer));
-            };
-            ex.finish();
-            let founder = PublicKey(r.founder[..].try_into().map_err(|_| NetError::Protocol {
-                peer: token.inviter.short(),
-                violation: Violation::BadLength {
-                    field: "founder",
-                    len: 32,
-                },
-            })?);
-            for p in &r.peers {
-                if let Ok(id) = <[u8; 32]>::try_from(&p.id[..]) {
-                    shared
-                        .peers
-                        .learn(PublicKey(id), p.addrs.iter().filter_map(|a| a.parse().ok()));
-                }
-            }
-            let state = JoinState {
-                inviter: token.inviter,
-                next: 1,
-            };
-            let node = shared.node.clone();
-            let (id, st) = (token.store, state.clone());
-            let store = blocking(move || node.begin_join(id, founder, &st)).await??;
-            match <[u8; 32]>::try_from(&r.topic_secret[..]) {
-                Ok(secret) => {
-                    topic::save(&shared.node.store_dir(id), &secret).map_err(|source| {
-                        NetError::Save {
-                            what: "the gossip secret",
-                            source,
-                        }
-                    })?
-                }
-                Err(_) => tracing::warn!("the inviter sent no gossip secret; asking members later"),
-            }
-            (store, state)
+            let name = display_name.unwrap_or(shared.node.display_name());
+            let run = Run::new(token.inviter, token.store, None, &token.store_name);
+            (run, Joiner::redeem(token.secret, name.to_string()))
         }
     };
-    // Keeps the restart-resume loop off this store while this join streams it.
-    let fresh = shared.resuming.lock().insert(store.id());
-    let result = bootstrap(shared, &store, state, &token.store_name, progress).await;
-    if fresh {
-        shared.resuming.lock().remove(&store.id());
-    }
-    result.map(|()| store)
+    run.drive(shared, joiner, &mut claim, &progress).await
 }
 
-/// Streams the inviter's witness log into `store` from `state.next`, saving progress
-/// after each durable batch, then makes the store visible.
-async fn bootstrap(
-    shared: &Arc<Shared>,
-    store: &Store,
-    mut state: JoinState,
-    name: &str,
-    progress: mpsc::UnboundedSender<JoinProgress>,
-) -> Result<(), NetError> {
-    let mut ex = Exchange::open(shared, state.inviter, store.id()).await?;
-    ex.send(request::Kind::Bootstrap(pb::Bootstrap { from: state.next }))
-        .await?;
-    let started = Instant::now();
-    let first = state.next;
-    let mut report = JoinProgress {
-        store: name.to_string(),
-        intentions: state.next.saturating_sub(1),
-        ..JoinProgress::default()
-    };
-    loop {
-        let answer = ex.recv().await?;
-        let response::Kind::Batch(batch) = answer else {
-            return Err(ex.unexpected(&answer));
-        };
-        if batch.intentions.is_empty() {
-            break;
-        }
-        let n = batch.intentions.len() as u64;
-        report.bytes += batch.intentions.iter().map(|b| b.len() as u64).sum::<u64>();
-        let (st, list) = (store.clone(), batch.intentions);
-        let (applied, refused) = blocking(move || apply_all(&st, list)).await??;
-        if refused > 0 {
-            tracing::warn!(refused, applied, "bootstrap batch had refused intentions");
-        }
-        let st = store.clone();
-        blocking(move || st.flush()).await??;
-        state.next = batch.next;
-        shared.node.save_join_state(store.id(), &state)?;
-        report.intentions += n;
-        report.total = batch.len;
-        let done = state.next.saturating_sub(first);
-        let left = batch.len.saturating_sub(state.next.saturating_sub(1));
-        report.eta = (done > 0).then(|| started.elapsed().mul_f64(left as f64 / done as f64));
-        let _ = progress.send(report.clone());
+/// Keeps the restart-resume loop off a store while a join streams it; lets go when
+/// dropped.
+struct Claim<'a> {
+    shared: &'a Shared,
+    id: Option<StoreId>,
+}
+
+impl<'a> Claim<'a> {
+    fn new(shared: &'a Shared) -> Claim<'a> {
+        Claim { shared, id: None }
     }
-    ex.finish();
-    let node = shared.node.clone();
-    let id = store.id();
-    blocking(move || node.finish_join(id)).await??;
-    Ok(())
+
+    /// Claims store `id`, unless another flow already has it.
+    fn take(&mut self, id: StoreId) {
+        if self.id.is_none() && self.shared.resuming.lock().insert(id) {
+            self.id = Some(id);
+        }
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.shared.resuming.lock().remove(&id);
+        }
+    }
+}
+
+/// One join carried out over iroh: the [`Joiner`] decides, this does.
+struct Run {
+    inviter: PublicKey,
+    id: StoreId,
+    store: Option<Store>,
+    name: String,
+}
+
+impl Run {
+    fn new(inviter: PublicKey, id: StoreId, store: Option<Store>, name: &str) -> Run {
+        Run {
+            inviter,
+            id,
+            store,
+            name: name.to_string(),
+        }
+    }
+
+    /// Carries out `joiner`'s actions until it finishes: redeems (when not yet
+    /// redeemed), then streams the inviter's witness log into the store, saving
+    /// progress after each durable batch, then makes the store visible.
+    async fn drive(
+        mut self,
+        shared: &Arc<Shared>,
+        mut joiner: Joiner,
+        claim: &mut Claim<'_>,
+        progress: &mpsc::UnboundedSender<JoinProgress>,
+    ) -> Result<Store, NetError> {
+        let mut actions: VecDeque<JoinAction> =
+            joiner.request().map(JoinAction::Send).into_iter().collect();
+        let mut ex: Option<Exchange> = None;
+        let mut started = Instant::now();
+        loop {
+            let Some(action) = actions.pop_front() else {
+                let Some(open) = ex.as_mut() else {
+                    return Err(self.violation(Violation::EmptyAnswer));
+                };
+                let answer = open.recv().await?;
+                actions.extend(joiner.handle(answer).map_err(|e| self.error(e))?);
+                continue;
+            };
+            match action {
+                JoinAction::Send(kind) => {
+                    if let Some(old) = ex.take() {
+                        old.finish();
+                    }
+                    let mut open = Exchange::open(shared, self.inviter, self.id).await?;
+                    open.send(kind).await?;
+                    ex = Some(open);
+                    started = Instant::now();
+                }
+                JoinAction::Begin {
+                    founder,
+                    topic_secret,
+                    peers,
+                } => {
+                    for p in &peers {
+                        if let Ok(id) = <[u8; 32]>::try_from(&p.id[..]) {
+                            shared.peers.learn(
+                                PublicKey(id),
+                                p.addrs.iter().filter_map(|a| a.parse().ok()),
+                            );
+                        }
+                    }
+                    let state = JoinState {
+                        inviter: self.inviter,
+                        next: FIRST_WITNESS,
+                    };
+                    let node = shared.node.clone();
+                    let id = self.id;
+                    let store = blocking(move || node.begin_join(id, founder, &state)).await??;
+                    match topic_secret {
+                        Some(secret) => {
+                            topic::save(&shared.node.store_dir(id), &secret).map_err(|source| {
+                                NetError::Save {
+                                    what: "the gossip secret",
+                                    source,
+                                }
+                            })?
+                        }
+                        None => {
+                            tracing::warn!(
+                                "the inviter sent no gossip secret; asking members later"
+                            )
+                        }
+                    }
+                    claim.take(id);
+                    self.store = Some(store);
+                }
+                JoinAction::Apply(list) => {
+                    let st = self.store()?.clone();
+                    let (applied, refused) = blocking(move || -> Result<_, NetError> {
+                        let counts = apply_all(&st, list)?;
+                        st.flush()?;
+                        Ok(counts)
+                    })
+                    .await??;
+                    if refused > 0 {
+                        tracing::warn!(refused, applied, "bootstrap batch had refused intentions");
+                    }
+                }
+                JoinAction::Save { next } => {
+                    let state = JoinState {
+                        inviter: self.inviter,
+                        next,
+                    };
+                    shared.node.save_join_state(self.id, &state)?;
+                    let (done, left) = joiner.done_and_left();
+                    let _ = progress.send(JoinProgress {
+                        store: self.name.clone(),
+                        intentions: joiner.intentions(),
+                        total: joiner.total(),
+                        bytes: joiner.bytes(),
+                        eta: (done > 0)
+                            .then(|| started.elapsed().mul_f64(left as f64 / done as f64)),
+                    });
+                }
+                JoinAction::Finish => {
+                    if let Some(open) = ex.take() {
+                        open.finish();
+                    }
+                    let store = self.store()?.clone();
+                    let node = shared.node.clone();
+                    let id = self.id;
+                    blocking(move || node.finish_join(id)).await??;
+                    return Ok(store);
+                }
+            }
+        }
+    }
+
+    /// The store being joined; the joiner begins it before any batch.
+    fn store(&self) -> Result<&Store, NetError> {
+        self.store
+            .as_ref()
+            .ok_or_else(|| self.violation(Violation::UnexpectedAnswer("witness batch")))
+    }
+
+    fn violation(&self, violation: Violation) -> NetError {
+        NetError::Protocol {
+            peer: self.inviter.short(),
+            violation,
+        }
+    }
+
+    fn error(&self, e: JoinError) -> NetError {
+        match e {
+            JoinError::Refused(refusal) => NetError::Refused {
+                peer: self.inviter.short(),
+                refusal,
+            },
+            JoinError::Unexpected(name) => self.violation(Violation::UnexpectedAnswer(name)),
+            JoinError::BadFounder(_) => self.violation(Violation::BadLength {
+                field: "founder",
+                len: 32,
+            }),
+        }
+    }
 }
 
 /// Restarts, in the background, bootstraps interrupted by a restart.
 pub(crate) fn resume_joins(shared: &Arc<Shared>) {
     for (store, state) in shared.node.joining() {
-        if !shared.resuming.lock().insert(store.id()) {
-            continue;
-        }
         let shared = shared.clone();
         tokio::spawn(async move {
+            let mut claim = Claim::new(&shared);
+            claim.take(store.id());
+            if claim.id.is_none() {
+                return;
+            }
             let (tx, _rx) = mpsc::unbounded_channel();
             let name = crate::node::store_name(&store);
-            match bootstrap(&shared, &store, state, &name, tx).await {
-                Ok(()) => {
-                    tracing::info!(store = %store.id().to_hex(), "resumed join completed");
+            let id = store.id();
+            let run = Run::new(state.inviter, id, Some(store), &name);
+            match run
+                .drive(&shared, Joiner::resume(state.next), &mut claim, &tx)
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(store = %id.to_hex(), "resumed join completed");
                     shared.ensure_replicas();
                 }
                 Err(e) => {
-                    tracing::warn!(store = %store.id().to_hex(), "resuming the join failed: {e}");
+                    tracing::warn!(store = %id.to_hex(), "resuming the join failed: {e}");
                     tokio::time::sleep(Duration::from_secs(5)).await;
                 }
             }
-            shared.resuming.lock().remove(&store.id());
         });
     }
 }
@@ -512,18 +612,4 @@ pub(crate) async fn patch_chunk(
         Ok(())
     })
     .await?
-}
-
-/// The name of an answer's kind, for a protocol violation (never its contents).
-fn answer_name(kind: &response::Kind) -> &'static str {
-    match kind {
-        response::Kind::Refusal(_) => "refusal",
-        response::Kind::Redeemed(_) => "redeemed",
-        response::Kind::Batch(_) => "witness batch",
-        response::Kind::Reconcile(_) => "reconcile frame",
-        response::Kind::Intentions(_) => "intentions",
-        response::Kind::Pushed(_) => "pushed",
-        response::Kind::Blocks(_) => "blocks",
-        response::Kind::TopicSecret(_) => "topic secret",
-    }
 }

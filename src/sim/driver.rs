@@ -18,6 +18,7 @@ use crate::sim::net::{Msg, Packet};
 use crate::sim::node::Life;
 use crate::sim::World;
 use crate::store::StoreEvent;
+use crate::sync::join::{JoinAction, JoinError, Joiner};
 use crate::sync::replica::{Action, Conv, Event, Failure, Mode, Replica, Ticket};
 
 /// Conversation ids a joiner's driver uses for redeem and bootstrap (the replica's own
@@ -375,26 +376,27 @@ impl World {
         self.feed(n, Event::Sync(ticket));
     }
 
-    /// A joiner's driver: redeem its invite, then bootstrap, one request at a time.
+    /// A joiner's driver: asks its [`Joiner`] (made on the first call) for the request
+    /// of its stage, one conversation at a time.
     pub(crate) fn join_request(&mut self, n: usize) {
-        let secret = match self.nodes[n].life {
-            Life::Joining(secret) => secret,
-            Life::Bootstrapping => [0; 32],
-            _ => return,
-        };
-        if self.nodes[n].boot_conv.is_some() {
+        let node = &mut self.nodes[n];
+        if let (Life::Joining(secret), None) = (node.life, &node.joiner) {
+            node.joiner = Some(Joiner::redeem(secret, node.name.clone()));
+        }
+        if !matches!(node.life, Life::Joining(_) | Life::Bootstrapping) || node.boot_conv.is_some()
+        {
             return;
         }
+        if let Some(kind) = node.joiner.as_ref().and_then(Joiner::request) {
+            self.join_send(n, kind);
+        }
+    }
+
+    /// Opens a join conversation from node `n` to the founder with `kind`.
+    fn join_send(&mut self, n: usize, kind: request::Kind) {
         self.joins_sent += 1;
         let conv = Conv(JOIN_CONV + self.joins_sent);
         self.nodes[n].boot_conv = Some(conv);
-        let kind = match self.nodes[n].boot_next {
-            None => request::Kind::Redeem(pb::Redeem {
-                secret: Bytes::copy_from_slice(&secret),
-                display_name: self.nodes[n].name.clone(),
-            }),
-            Some(from) => request::Kind::Bootstrap(pb::Bootstrap { from }),
-        };
         let request = pb::Request {
             store_id: Bytes::copy_from_slice(&self.id.0),
             addrs: Vec::new(),
@@ -403,57 +405,79 @@ impl World {
         self.stream(n, 0, Msg::Request { conv, request });
     }
 
-    /// A joiner gets an answer from the founder.
+    /// A joiner gets an answer from the founder and carries out its joiner's actions.
     fn join_answer(&mut self, n: usize, answer: Result<response::Kind, Failure>) {
         let name = self.nodes[n].name.clone();
-        match answer {
-            Ok(response::Kind::Redeemed(r)) => {
-                self.nodes[n].boot_conv = None;
-                self.nodes[n].secret = <[u8; 32]>::try_from(&r.topic_secret[..]).ok();
-                let founder = self.nodes[0].key;
-                if self.nodes[n].store.is_none() {
-                    if let Err(e) = self.nodes[n].join(self.id, founder) {
-                        self.fail(format!("{name}: join failed: {e}"));
-                        return;
-                    }
-                }
-                self.nodes[n].life = Life::Bootstrapping;
-                self.nodes[n].boot_next = Some(1);
-                self.note(format!("{name} redeemed"));
-                self.join_request(n);
-            }
-            Ok(response::Kind::Batch(batch)) => {
-                let Some(store) = self.store(n) else { return };
-                if batch.intentions.is_empty() {
-                    self.nodes[n].boot_conv = None;
-                    self.nodes[n].boot_next = None;
-                    self.nodes[n].life = Life::Up;
-                    self.note(format!("{name} bootstrapped"));
-                    self.start_replica(n);
-                    return;
-                }
-                for outcome in store.apply_remote_many(batch.intentions) {
-                    if let Err(e) = outcome {
-                        if !crate::store::is_refusal(&e) {
-                            self.fail(format!("{name}: bootstrap apply failed: {e}"));
-                        }
-                    }
-                }
-                if let Err(e) = store.flush() {
-                    self.fail(format!("{name}: bootstrap flush failed: {e}"));
-                }
-                self.nodes[n].events();
-                self.nodes[n].boot_next = Some(batch.next);
-            }
-            Ok(other) => {
-                self.nodes[n].boot_conv = None;
-                self.fail(format!(
-                    "{name}: unexpected answer while joining: {other:?}"
-                ));
-            }
+        let answer = match answer {
+            Ok(answer) => answer,
             Err(e) => {
                 self.nodes[n].boot_conv = None;
                 self.note(format!("{name}: join request failed: {e}"));
+                return;
+            }
+        };
+        if self.nodes[n].life == Life::Bootstrapping && self.store(n).is_none() {
+            return;
+        }
+        let Some(joiner) = self.nodes[n].joiner.as_mut() else {
+            return;
+        };
+        let actions = match joiner.handle(answer) {
+            Ok(actions) => actions,
+            Err(e) => {
+                self.nodes[n].boot_conv = None;
+                match e {
+                    JoinError::Refused(_) => self.note(format!("{name}: join request failed: {e}")),
+                    _ => self.fail(format!("{name}: unexpected answer while joining: {e}")),
+                }
+                return;
+            }
+        };
+        for action in actions {
+            match action {
+                JoinAction::Send(kind) => {
+                    self.nodes[n].boot_conv = None;
+                    self.join_send(n, kind);
+                }
+                JoinAction::Begin {
+                    founder,
+                    topic_secret,
+                    ..
+                } => {
+                    self.nodes[n].secret = topic_secret;
+                    if self.nodes[n].store.is_none() {
+                        if let Err(e) = self.nodes[n].join(self.id, founder) {
+                            self.fail(format!("{name}: join failed: {e}"));
+                            return;
+                        }
+                    }
+                    self.nodes[n].life = Life::Bootstrapping;
+                    self.note(format!("{name} redeemed"));
+                }
+                JoinAction::Apply(list) => {
+                    let Some(store) = self.store(n) else { return };
+                    for outcome in store.apply_remote_many(list) {
+                        if let Err(e) = outcome {
+                            if !crate::store::is_refusal(&e) {
+                                self.fail(format!("{name}: bootstrap apply failed: {e}"));
+                            }
+                        }
+                    }
+                    if let Err(e) = store.flush() {
+                        self.fail(format!("{name}: bootstrap flush failed: {e}"));
+                    }
+                    self.nodes[n].events();
+                }
+                // The joiner lives in the node's memory, which a crash keeps (its saved
+                // progress, as `JoinState` is on disk in `net/`).
+                JoinAction::Save { .. } => {}
+                JoinAction::Finish => {
+                    self.nodes[n].boot_conv = None;
+                    self.nodes[n].joiner = None;
+                    self.nodes[n].life = Life::Up;
+                    self.note(format!("{name} bootstrapped"));
+                    self.start_replica(n);
+                }
             }
         }
     }

@@ -17,6 +17,7 @@ use crate::ids::StoreId;
 use crate::sim::disk::crashable;
 use crate::sim::Millis;
 use crate::store::{Genesis, Store, StoreError, StoreEvent, StoreOptions, Wall};
+use crate::sync::join::Joiner;
 use crate::sync::replica::{Conv, Replica};
 
 /// Unix ms at virtual time 0: any fixed recent date (2026-01-01).
@@ -71,8 +72,8 @@ pub(crate) struct Node {
     pub served: BTreeSet<(PublicKey, Conv)>,
     /// A joiner's redeem or bootstrap conversation in flight.
     pub boot_conv: Option<Conv>,
-    /// Where a joiner's bootstrap goes on (`None`: not redeemed yet).
-    pub boot_next: Option<u64>,
+    /// A joiner's join, from its first request until it is done.
+    pub joiner: Option<Joiner>,
     events: Option<Receiver<StoreEvent>>,
     crashed: Arc<AtomicBool>,
     now: Arc<AtomicU64>,
@@ -98,7 +99,7 @@ impl Node {
             opened: BTreeMap::new(),
             served: BTreeSet::new(),
             boot_conv: None,
-            boot_next: None,
+            joiner: None,
             events: None,
             crashed: Arc::new(AtomicBool::new(false)),
             now,

@@ -2,6 +2,7 @@
 
 pub(crate) mod disk;
 pub(crate) mod invite;
+pub(crate) mod join;
 pub(crate) mod reconcile;
 pub(crate) mod refusal;
 pub(crate) mod replica;
