@@ -73,6 +73,28 @@ pub(crate) async fn connection(shared: &Shared, peer: PublicKey) -> Result<Conne
     Ok(conn)
 }
 
+/// A new stream to `peer` on its sync connection (dialled if needed); a stream that
+/// cannot be opened drops the cached connection.
+pub(crate) async fn open_stream(
+    shared: &Shared,
+    peer: PublicKey,
+) -> Result<(SendStream, RecvStream), NetError> {
+    let conn = connection(shared, peer).await?;
+    tokio::time::timeout(PEER_TIMEOUT, conn.open_bi())
+        .await
+        .map_err(|_| NetError::Stream {
+            peer: peer.short(),
+            cause: StreamError::OpenTimedOut,
+        })?
+        .map_err(|e| {
+            shared.conns.lock().remove(&peer);
+            NetError::Stream {
+                peer: peer.short(),
+                cause: StreamError::Open(e),
+            }
+        })
+}
+
 /// One open stream to a peer about one store.
 struct Exchange {
     peer: PublicKey,
@@ -100,20 +122,7 @@ impl Exchange {
     }
 
     async fn open(shared: &Shared, peer: PublicKey, store: StoreId) -> Result<Exchange, NetError> {
-        let conn = connection(shared, peer).await?;
-        let (send, recv) = tokio::time::timeout(PEER_TIMEOUT, conn.open_bi())
-            .await
-            .map_err(|_| NetError::Stream {
-                peer: peer.short(),
-                cause: StreamError::OpenTimedOut,
-            })?
-            .map_err(|e| {
-                shared.conns.lock().remove(&peer);
-                NetError::Stream {
-                    peer: peer.short(),
-                    cause: StreamError::Open(e),
-                }
-            })?;
+        let (send, recv) = open_stream(shared, peer).await?;
         Ok(Exchange {
             peer,
             store,

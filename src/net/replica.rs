@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::hlc::now_ms;
 use crate::identity::PublicKey;
-use crate::net::client::connection;
+use crate::net::client::open_stream;
 use crate::net::peers::{endpoint_id, node_key};
 use crate::net::settings::{FetchMode, Settings};
 use crate::net::{blobs, topic, NetError, Shared, StreamError, Violation, MAX_FRAME, PEER_TIMEOUT};
@@ -565,26 +565,6 @@ async fn open_conversation(
         next = requests.recv().await;
     }
     let _ = send.finish();
-}
-
-async fn open_stream(
-    shared: &Shared,
-    peer: PublicKey,
-) -> Result<(SendStream, RecvStream), NetError> {
-    let conn = connection(shared, peer).await?;
-    tokio::time::timeout(PEER_TIMEOUT, conn.open_bi())
-        .await
-        .map_err(|_| NetError::Stream {
-            peer: peer.short(),
-            cause: StreamError::OpenTimedOut,
-        })?
-        .map_err(|e| {
-            shared.conns.lock().remove(&peer);
-            NetError::Stream {
-                peer: peer.short(),
-                cause: StreamError::Open(e),
-            }
-        })
 }
 
 /// Writes one request and reads its answer.
