@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-use crate::fs::op::{Op, OpBody, Role};
+use crate::fs::op::Op;
 use crate::hlc::{Clock, Hlc};
 use crate::identity::Identity;
 use crate::ids::{Hash, StoreId};
@@ -359,18 +359,7 @@ fn two_chains(n: usize) -> (StoreId, Identity, Intention, [Vec<Intention>; 2]) {
             counter: 0,
         }
     };
-    let mut ops = vec![];
-    for (k, a) in authors.iter().enumerate() {
-        ops.push(Op {
-            hlc: tick(),
-            body: OpBody::SetMember {
-                key: a.public(),
-                role: if k == 0 { Role::Admin } else { Role::Writer },
-                display_name: format!("author{k}"),
-                invite: None,
-            },
-        });
-    }
+    let ops = crate::store::tests::grants(&authors, &mut tick);
     let genesis = Intention::create(&authors[0], id, None, vec![], ops).unwrap();
     let chains = std::array::from_fn(|k| {
         let mut chain: Vec<Intention> = Vec::new();

@@ -102,6 +102,24 @@ fn seed() -> u64 {
         .unwrap_or_else(rand::random)
 }
 
+/// `SetMember` ops admitting `authors` (the first as admin, the others as writers, named
+/// `author<k>`), each stamped by `tick`.
+pub(crate) fn grants(authors: &[Identity], tick: &mut impl FnMut() -> Hlc) -> Vec<Op> {
+    authors
+        .iter()
+        .enumerate()
+        .map(|(k, a)| Op {
+            hlc: tick(),
+            body: OpBody::SetMember {
+                key: a.public(),
+                role: if k == 0 { Role::Admin } else { Role::Writer },
+                display_name: format!("author{k}"),
+                invite: None,
+            },
+        })
+        .collect()
+}
+
 /// A random DAG of intentions by three authors, the first being the founder.
 struct Dag {
     id: StoreId,
@@ -126,17 +144,7 @@ impl Dag {
             hlc: tick(),
             body: OpBody::SetStoreName("dag".into()),
         }];
-        for (k, a) in authors.iter().enumerate() {
-            ops.push(Op {
-                hlc: tick(),
-                body: OpBody::SetMember {
-                    key: a.public(),
-                    role: if k == 0 { Role::Admin } else { Role::Writer },
-                    display_name: format!("author{k}"),
-                    invite: None,
-                },
-            });
-        }
+        ops.extend(grants(&authors, &mut tick));
         let genesis = Intention::create(&authors[0], id, None, vec![], ops).unwrap();
         let mut last = HashMap::from([(0usize, genesis.hash)]);
         let mut items = vec![genesis];
