@@ -13,6 +13,7 @@ use bytes::Bytes;
 use crate::cas::Content;
 use crate::fs::op::{Create, Kind, SetMeta};
 use crate::fs::view::ContentView;
+use crate::hlc::Hlc;
 use crate::ids::OpId;
 
 /// Largest size a content version shows: the largest offset the kernel addresses
@@ -83,7 +84,7 @@ pub(crate) struct FileRec {
     pub touched: OpId,
     /// Version groups by the id of the op that started them.
     pub groups: BTreeMap<OpId, Group>,
-    /// Group of each member op.
+    /// Group of each head (a superseded member's group is never asked for).
     member_of: HashMap<OpId, OpId>,
     /// Member ops that nothing supersedes.
     pub heads: BTreeSet<OpId>,
@@ -155,12 +156,24 @@ impl FileRec {
         self.touched = self.touched.max(id);
     }
 
-    /// Marks `ids` as superseded.
+    /// Marks `ids` as superseded. A member's group is only needed while it is a head,
+    /// and an id only needs remembering until its op arrives.
     pub(crate) fn supersede(&mut self, ids: &[OpId]) {
         for id in ids {
-            self.superseded.insert(*id);
-            self.heads.remove(id);
+            if self.member_of.remove(id).is_some() {
+                self.heads.remove(id);
+            } else {
+                self.superseded.insert(*id);
+            }
         }
+    }
+
+    /// Forgets superseded ids stamped before `below` whose ops never arrived (none can
+    /// arrive any more, see `FsState::purge`); returns how many.
+    pub(crate) fn purge(&mut self, below: Hlc) -> usize {
+        let before = self.superseded.len();
+        self.superseded.retain(|id| id.hlc >= below);
+        before - self.superseded.len()
     }
 
     /// Starts a version group with Write `id`.
@@ -191,8 +204,8 @@ impl FileRec {
     }
 
     fn add_member(&mut self, id: OpId, group: OpId) {
-        self.member_of.insert(id, group);
-        if !self.superseded.contains(&id) {
+        if !self.superseded.remove(&id) {
+            self.member_of.insert(id, group);
             self.heads.insert(id);
         }
     }

@@ -358,7 +358,10 @@ impl FsState {
 
     /// Counts over the visible tree.
     pub fn stats(&self) -> FsStats {
-        let mut s = FsStats::default();
+        let mut s = FsStats {
+            late: self.late(),
+            ..FsStats::default()
+        };
         let mut seen = HashSet::new();
         self.walk(|_, node| match node {
             Node::Conflict { .. } => s.conflicts += 1,

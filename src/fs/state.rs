@@ -13,6 +13,7 @@ use crate::fs::content::{FileRec, Lww};
 use crate::fs::members::{InviteInfo, MemberInfo, Members};
 use crate::fs::op::{Kind, Op, OpBody, Role};
 use crate::fs::tree::{Action, Entry, Tree};
+use crate::hlc::Hlc;
 use crate::identity::PublicKey;
 use crate::ids::{FileId, InviteId, OpId};
 
@@ -26,6 +27,21 @@ pub struct FsState {
     pub(crate) log: Vec<(PublicKey, Op)>,
     store_name: Option<Lww<String>>,
     members: Members,
+    /// The greatest `below` purged at: ops stamped before it are late.
+    purged_below: Hlc,
+    /// Late ops applied (stamped before `purged_below`, applied after the purge).
+    late: u64,
+}
+
+/// What one [`FsState::purge`] dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Move-log records (each with its undo record) of location ops.
+    pub tree_records: usize,
+    /// Applied op ids.
+    pub applied_ids: usize,
+    /// Ids named as superseded that no applied op carries.
+    pub superseded: usize,
 }
 
 impl Default for FsState {
@@ -56,6 +72,8 @@ impl FsState {
             log: Vec::new(),
             store_name: None,
             members: Members::default(),
+            purged_below: Hlc::ZERO,
+            late: 0,
         }
     }
 
@@ -68,6 +86,9 @@ impl FsState {
         let id = op.id(author);
         if id == OpId::ROOT || !self.applied.insert(id) {
             return;
+        }
+        if id.hlc < self.purged_below {
+            self.late += 1;
         }
         self.log.push((author, op.clone()));
         match &op.body {
@@ -191,6 +212,51 @@ impl FsState {
             } => self.members.invite(id, *invite, *role, *expires_ms),
             OpBody::RevokeInvite { id: invite } => self.members.revoke_invite(*invite),
         }
+    }
+
+    /// Forgets what no op stamped at or after `below` can need, so memory holds only the
+    /// part of the history that can still be reordered.
+    ///
+    /// Contract: the caller guarantees that every op it delivers after this call is
+    /// stamped at or after `below` (the stability frontier) and that it never delivers
+    /// an op again (applied ids before `below` are forgotten, so a repeat would apply
+    /// twice). Under that guarantee the projection after any further ops is exactly the
+    /// one a full replay of all ops would give. Dropped: the move-log records with their
+    /// undo records of location ops stamped before `below` (no later op sorts before
+    /// them, so they are never undone again), applied ids stamped before `below`, and
+    /// ids named as superseded before `below` that no op carries (none can arrive).
+    /// Kept: every entry, deleted ones included (a deleted name comes back when an edit
+    /// it missed wins over its delete, so tombstones stay until that can no longer
+    /// happen), every file record, content version, metadata register and member.
+    ///
+    /// Late rule: an op stamped before the greatest `below` purged at that is applied
+    /// afterwards (a member silent past the horizon, or a dishonest one) is applied as
+    /// if stamped at that purge point: after every purged record, before every kept one,
+    /// among other late ops by op id. That is deterministic given the state but may
+    /// differ from a full replay; each such op is counted (`FsStats::late`). A `below`
+    /// at or before an earlier purge point drops nothing more.
+    pub fn purge(&mut self, below: Hlc) -> Purged {
+        if below <= self.purged_below {
+            return Purged::default();
+        }
+        self.purged_below = below;
+        let before = self.applied.len();
+        self.applied.retain(|id| id.hlc >= below);
+        Purged {
+            tree_records: self.tree.purge(below),
+            applied_ids: before - self.applied.len(),
+            superseded: self.files.values_mut().map(|f| f.purge(below)).sum(),
+        }
+    }
+
+    /// The greatest stamp purged at ([`Hlc::ZERO`] if never purged).
+    pub fn purged_below(&self) -> Hlc {
+        self.purged_below
+    }
+
+    /// Late ops applied since the state was built (see [`FsState::purge`]).
+    pub fn late(&self) -> u64 {
+        self.late
     }
 
     fn touch_entry(&mut self, entry: OpId, id: OpId) {

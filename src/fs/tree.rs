@@ -10,6 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::hlc::Hlc;
+use crate::identity::PublicKey;
 use crate::ids::{FileId, OpId};
 
 /// The Remove op that deleted an entry and the content heads its author had seen.
@@ -129,6 +131,15 @@ impl Tree {
                 },
             );
         }
+    }
+
+    /// Drops the move-log records of ops stamped before `below`; returns how many.
+    pub(crate) fn purge(&mut self, below: Hlc) -> usize {
+        let keep = self.log.split_off(&OpId {
+            hlc: below,
+            author: PublicKey([0; 32]),
+        });
+        std::mem::replace(&mut self.log, keep).len()
     }
 
     /// The entry with id `id`, if placed.
