@@ -7,6 +7,7 @@
 //! which name, is decided at query time (`state`, `query`). Planners (`plan`) turn POSIX
 //! calls into op bodies.
 
+mod codec;
 mod content;
 mod error;
 mod members;

@@ -22,15 +22,14 @@ use crate::ids::{FileId, InviteId, OpId};
 pub struct FsState {
     pub(crate) tree: Tree,
     pub(crate) files: HashMap<FileId, FileRec>,
-    applied: HashSet<OpId>,
-    /// Every applied op in arrival order (a causal order): the snapshot.
-    pub(crate) log: Vec<(PublicKey, Op)>,
-    store_name: Option<Lww<String>>,
-    members: Members,
+    /// Ids of applied ops, those stamped before `purged_below` forgotten.
+    pub(crate) applied: HashSet<OpId>,
+    pub(crate) store_name: Option<Lww<String>>,
+    pub(crate) members: Members,
     /// The greatest `below` purged at: ops stamped before it are late.
-    purged_below: Hlc,
+    pub(crate) purged_below: Hlc,
     /// Late ops applied (stamped before `purged_below`, applied after the purge).
-    late: u64,
+    pub(crate) late: u64,
 }
 
 /// What one [`FsState::purge`] dropped.
@@ -53,7 +52,7 @@ impl Default for FsState {
 impl fmt::Debug for FsState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FsState")
-            .field("ops", &self.log.len())
+            .field("applied", &self.applied.len())
             .field("files", &self.files.len())
             .field("entries", &self.tree.len())
             .finish()
@@ -69,7 +68,6 @@ impl FsState {
             tree: Tree::default(),
             files,
             applied: HashSet::new(),
-            log: Vec::new(),
             store_name: None,
             members: Members::default(),
             purged_below: Hlc::ZERO,
@@ -90,7 +88,6 @@ impl FsState {
         if id.hlc < self.purged_below {
             self.late += 1;
         }
-        self.log.push((author, op.clone()));
         match &op.body {
             OpBody::Create(c) => {
                 if self.files.contains_key(&id) {
@@ -369,7 +366,7 @@ impl FsState {
             match &e.loc.removal {
                 None => return None,
                 Some(r) => {
-                    let missed = f.heads.iter().any(|h| r.seen.binary_search(h).is_err());
+                    let missed = f.heads.keys().any(|h| r.seen.binary_search(h).is_err());
                     if missed && best.is_none_or(|b| (r.op, eid) > b) {
                         best = Some((r.op, eid));
                     }
