@@ -13,6 +13,7 @@ use crate::fs::content::{FileRec, Lww};
 use crate::fs::members::{InviteInfo, MemberInfo, Members};
 use crate::fs::op::{Kind, Op, OpBody, Role};
 use crate::fs::tree::{Action, Entry, Tree};
+use crate::hlc::Hlc;
 use crate::identity::PublicKey;
 use crate::ids::{FileId, InviteId, OpId};
 
@@ -26,6 +27,8 @@ pub struct FsState {
     pub(crate) log: Vec<(PublicKey, Op)>,
     store_name: Option<Lww<String>>,
     members: Members,
+    /// The greatest purge point so far (see [`FsState::purge`]).
+    purged: Hlc,
 }
 
 impl Default for FsState {
@@ -56,7 +59,14 @@ impl FsState {
             log: Vec::new(),
             store_name: None,
             members: Members::default(),
+            purged: Hlc::ZERO,
         }
+    }
+
+    /// Records that no op stamped before `below` will be applied from now on (but late
+    /// ones). A placeholder the projection's purge replaces: it only records the point.
+    pub(crate) fn purge(&mut self, below: Hlc) {
+        self.purged = self.purged.max(below);
     }
 
     /// Applies one op by `author`. Callers deliver ops causally (every id an op names was
