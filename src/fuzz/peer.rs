@@ -16,8 +16,8 @@ use crate::ids::{Hash, StoreId};
 use crate::intention::Intention;
 use crate::net::{GOSSIP_MAX, MAX_FRAME};
 use crate::proto::peer::{self as pb, gossip, request, response};
-use crate::sync::reconcile::{Session, FRAME_LIMIT};
 use crate::sync::frontier::Attestation;
+use crate::sync::reconcile::{Session, FRAME_LIMIT};
 use crate::sync::replica::MAX_WANT;
 use crate::wire::{read_frame, FrameError};
 
@@ -51,7 +51,8 @@ fn empty_storage() -> NegentropyStorageVector {
 
 /// A valid attestation: distinct 32-byte authors.
 fn attestation() -> impl Strategy<Value = pb::Attestation> {
-    let vector = prop::collection::btree_map(prop::array::uniform32(any::<u8>()), any::<u64>(), 0..6);
+    let vector =
+        prop::collection::btree_map(prop::array::uniform32(any::<u8>()), any::<u64>(), 0..6);
     (vector, any::<u64>(), any::<u32>()).prop_map(|(vector, floor_wall_ms, floor_counter)| {
         pb::Attestation {
             vector: vector

@@ -48,9 +48,7 @@ pub(crate) fn replayed(store: &Store) -> Result<Hash, String> {
     let mut state = FsState::new();
     let mut from = 1;
     loop {
-        let batch = store
-            .witness(from, usize::MAX)
-            .map_err(|e| e.to_string())?;
+        let batch = store.witness(from, usize::MAX).map_err(|e| e.to_string())?;
         if batch.intentions.is_empty() {
             break;
         }

@@ -14,9 +14,7 @@ use crate::identity::PublicKey;
 use crate::proto::peer as pb;
 use crate::store::error::StoreError;
 use crate::store::tables::{Tables, META_FRONTIER};
-use crate::sync::frontier::{
-    compute, Attestation, Frontier, Holdback, Inputs, Stored, HORIZON_MS,
-};
+use crate::sync::frontier::{compute, Attestation, Frontier, Holdback, Inputs, Stored, HORIZON_MS};
 
 /// The frontier of a store as this node last computed it, for `status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

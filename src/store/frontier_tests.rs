@@ -120,8 +120,8 @@ fn admit(a: &Node) -> Node {
     a.store.flush().expect("flush");
     let wall = Wall::new();
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::join_with(dir.path(), ID, a.key(), id.clone(), clock(), wall.opts())
-        .expect("join");
+    let store =
+        Store::join_with(dir.path(), ID, a.key(), id.clone(), clock(), wall.opts()).expect("join");
     let b = Node {
         id,
         store,
@@ -144,7 +144,10 @@ fn a_lone_founders_frontier_follows_its_newest_op_and_survives_reopen() {
     let mut a = founder();
     a.write("x");
     let own = a.store.attestation().expect("attestation");
-    let f = a.store.frontier().expect("a lone founder counts only itself");
+    let f = a
+        .store
+        .frontier()
+        .expect("a lone founder counts only itself");
     assert_eq!(f.members, 1);
     assert_eq!(f.below, own.floor);
     assert_eq!(f.vector, own.vector);
@@ -244,7 +247,11 @@ fn a_revoked_member_counts_until_its_chain_is_held_up_to_the_cut() {
         })
         .expect("admin revokes");
     a.write("x");
-    assert_eq!(a.below(), from_b.floor, "b's second intention may still come");
+    assert_eq!(
+        a.below(),
+        from_b.floor,
+        "b's second intention may still come"
+    );
     assert_eq!(a.store.frontier().expect("a frontier").members, 2);
     a.pull(&b);
     a.write("y");

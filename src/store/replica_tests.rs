@@ -698,7 +698,10 @@ fn after_sync_passes_every_members_frontier_covers_everything_applied() {
             )
         })
         .count();
-    assert!(attests >= 6, "every round ends with an attestation: {attests}");
+    assert!(
+        attests >= 6,
+        "every round ends with an attestation: {attests}"
+    );
 }
 
 #[test]
@@ -797,11 +800,7 @@ fn a_member_silent_past_the_horizon_returns_and_all_its_concurrent_writes_surviv
     set(&w.nodes[1].store, t0 + day);
     overwrite(&w.nodes[1].store, "from-b");
     write(&w.nodes[1].store, "b-file");
-    let b_stamp = w.nodes[1]
-        .store
-        .attestation()
-        .expect("attestation")
-        .floor;
+    let b_stamp = w.nodes[1].store.attestation().expect("attestation").floor;
     // a lives on past the horizon: b stops holding its frontier.
     set(&w.nodes[0].store, t0 + HORIZON_MS + 2 * day);
     overwrite(&w.nodes[0].store, "from-a");
