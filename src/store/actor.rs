@@ -484,6 +484,12 @@ impl Actor {
                 revised,
             )?);
             drop(st);
+            if let Some(own) = own
+                .as_ref()
+                .filter(|_| requests.iter().any(|r| matches!(r, Request::Attest(_))))
+            {
+                frontier::handed_out(&mut t, own.floor)?;
+            }
             if snapshot {
                 // Under the read lock no Tx runs, so every op in the projection is
                 // either sealed already or in the mailbox: seal those too, so the

@@ -13,7 +13,7 @@ use crate::hlc::Hlc;
 use crate::identity::PublicKey;
 use crate::proto::peer as pb;
 use crate::store::error::StoreError;
-use crate::store::tables::{Tables, META_FRONTIER};
+use crate::store::tables::{hlc_bytes, hlc_from_bytes, Tables, META_ATTESTED, META_FRONTIER};
 use crate::sync::frontier::{compute, Attestation, Frontier, Holdback, Inputs, Stored, HORIZON_MS};
 
 /// The frontier of a store as this node last computed it, for `status`.
@@ -175,4 +175,18 @@ pub(crate) fn advance(
         st.purge(f.below);
     }
     Ok(own)
+}
+
+/// Records `floor` as handed out in an attestation (in the durable commit that answers
+/// it): the clock observes the greatest at open, so it never stamps below a floor this
+/// node promised, even if a crash or a revocation took the head it came from.
+pub(crate) fn handed_out(t: &mut Tables<'_>, floor: Hlc) -> Result<(), StoreError> {
+    let old = match t.meta.get(META_ATTESTED)? {
+        Some(v) => hlc_from_bytes(v.value())?,
+        None => Hlc::ZERO,
+    };
+    if floor > old {
+        t.meta.insert(META_ATTESTED, &hlc_bytes(floor)[..])?;
+    }
+    Ok(())
 }

@@ -35,7 +35,8 @@
 //! - `meta`: `schema_version` (see `schema.rs`), `store_id`, `founder` (author of the
 //!   genesis intention), `last_local_hlc`, `park_order`, `quarantined` (hashes of
 //!   stored intentions that failed to decode at an open), `frontier` (the greatest
-//!   stability frontier computed, re-applied as a purge at open).
+//!   stability frontier computed, re-applied as a purge at open), `attested_floor`
+//!   (the greatest floor handed out in an attestation; the clock starts past it).
 //! - `projection`: witness seq -> `FsState` snapshot bytes reflecting exactly the log
 //!   up to that seq; one row.
 //!
@@ -128,8 +129,8 @@ use apply::{op_size, Counts, Queued};
 use index::Index;
 use tables::{
     chain_at, hashes_from_bytes, hashes_to_bytes, hlc_from_bytes, verify_witness, Tables, FLOATING,
-    HEADS, INTENTIONS, META, META_FOUNDER, META_FRONTIER, META_LAST_LOCAL_HLC, META_QUARANTINED,
-    META_STORE_ID, PROJECTION, REFUSED, WITNESS,
+    HEADS, INTENTIONS, META, META_ATTESTED, META_FOUNDER, META_FRONTIER, META_LAST_LOCAL_HLC,
+    META_QUARANTINED, META_STORE_ID, PROJECTION, REFUSED, WITNESS,
 };
 
 /// The first intention of a new store: its id, name and the founder's display name.
@@ -529,6 +530,10 @@ impl Store {
             Some(v) => hlc_from_bytes(v.value())?,
             None => Hlc::ZERO,
         };
+        let attested = match meta.get(META_ATTESTED)? {
+            Some(v) => hlc_from_bytes(v.value())?,
+            None => Hlc::ZERO,
+        };
         // The clock must also pass every applied intention, as it did when each was
         // applied: a local op stamped before one it follows would not name it as a dep.
         let mut newest = Hlc::ZERO;
@@ -606,6 +611,7 @@ impl Store {
             let mut c = clock.lock();
             c.observe(last_local);
             c.observe(newest);
+            c.observe(attested);
         }
         if let Some(f) = &frontier {
             state.purge(f.below);

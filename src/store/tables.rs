@@ -88,6 +88,9 @@ pub(crate) const META_PARK_ORDER: &str = "park_order";
 /// `meta` key: the frontier (members counted, u32 BE || `pb::Attestation` holding its
 /// vector and `below` as floor); absent until one was computed. Never moves backwards.
 pub(crate) const META_FRONTIER: &str = "frontier";
+/// `meta` key: the greatest floor this node handed out in an attestation (12 bytes, as
+/// `last_local_hlc`); the clock starts past it.
+pub(crate) const META_ATTESTED: &str = "attested_floor";
 /// `meta` key: the concatenated hashes of stored intentions quarantined at an open.
 pub(crate) const META_QUARANTINED: &str = "quarantined";
 

@@ -38,8 +38,10 @@
 //!   *observes* every applied intention before the store commits it, and ticks past
 //!   every local stamp), so `stamp(x) > floor_a`. In both cases `stamp(x) >= floor_a >=
 //!   below`. Durability: a builds its attestation from a durable commit (the store
-//!   commits durably before answering), and at open its clock observes every stored
-//!   head, so a crash after attesting cannot bring a's clock back below `floor_a`.
+//!   commits durably before answering, recording the floor it hands out), and at open
+//!   its clock observes every stored head and that floor, so neither a crash after
+//!   attesting nor a revocation voiding the head the floor came from can bring a's
+//!   clock back below `floor_a`.
 //! - a is this node: its live floor is computed under the projection's read lock (no
 //!   local write in flight), so every op pushed but not sealed is in the mailbox and
 //!   counted by the second term, and every later push ticks past the clock, which has
