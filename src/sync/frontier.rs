@@ -267,8 +267,8 @@ pub(crate) fn compute(inputs: &Inputs<'_>) -> Result<(Frontier, PublicKey), Bloc
     let vector = inputs
         .own
         .vector
-        .iter()
-        .filter_map(|(author, _)| {
+        .keys()
+        .filter_map(|author| {
             let min = counted.iter().map(|(_, a)| a.len_of(author)).min()?;
             (min > 0).then_some((*author, min))
         })
