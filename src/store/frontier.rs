@@ -172,7 +172,8 @@ pub(crate) fn advance(
         None => own.vector.values().sum(),
     };
     if let Some(f) = standing.frontier.as_ref().filter(|_| advanced || rebuilt) {
-        st.purge(f.below);
+        let purged = st.purge(f.below);
+        tracing::debug!(below = ?f.below, ?purged, "purged the projection below the frontier");
     }
     Ok(own)
 }
