@@ -369,7 +369,11 @@ impl FileRec {
         let kind = r.kind()?;
         let rdev = r.uint()?;
         let target = r.content()?;
-        let mut small = [Lww::new(*file, 0u32), Lww::new(*file, 0), Lww::new(*file, 0)];
+        let mut small = [
+            Lww::new(*file, 0u32),
+            Lww::new(*file, 0),
+            Lww::new(*file, 0),
+        ];
         for reg in &mut small {
             *reg = Lww::new(get_at(r, file)?, r.u32()?);
         }

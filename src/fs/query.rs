@@ -457,7 +457,11 @@ impl FsState {
         }
         if let (Node::Entry { file, .. }, Some(f)) = (node, self.file(node.file())) {
             dump_xattrs(out, f);
-            let _ = write!(out, " heads={:?} file={file:?}", f.heads.keys().collect::<Vec<_>>());
+            let _ = write!(
+                out,
+                " heads={:?} file={file:?}",
+                f.heads.keys().collect::<Vec<_>>()
+            );
         }
         out.push('\n');
     }

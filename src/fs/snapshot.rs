@@ -141,7 +141,11 @@ fn decode_v3(mut r: Reader) -> Result<FsState, FsError> {
             return Err(corrupt("file listed twice"));
         }
     }
-    if state.files.get(&OpId::ROOT).is_none_or(|f| f.kind != Kind::Dir) {
+    if state
+        .files
+        .get(&OpId::ROOT)
+        .is_none_or(|f| f.kind != Kind::Dir)
+    {
         return Err(corrupt("no root directory"));
     }
     if !r.is_empty() {
