@@ -132,6 +132,7 @@ fn describe(body: &OpBody) -> String {
         OpBody::RevokeMember { key, .. } => format!("revoke member {}", key.short()),
         OpBody::Invite { role, .. } => format!("invite a {}", role_name(*role)),
         OpBody::RevokeInvite { .. } => "withdraw an invite".to_string(),
+        OpBody::SetRetention { days } => format!("keep old versions {days} days"),
     }
 }
 
