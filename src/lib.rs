@@ -49,9 +49,9 @@ pub use net::{
 };
 pub use node::{check_display_name, store_name, HistoryOp, JoinState, Node, NodeError, Unreadable};
 pub use store::{
-    ApplyOutcome, BareIndex, Equivocator, HistoryItem, IndexView, InviteError, Store, StoreError,
-    StoreEvent, StoreStats, Tx, WitnessBatch, DB_FILE, MAX_CLOCK_SKEW_MS,
-    MAX_FLOATING_PER_STRANGER, SCHEMA_VERSION,
+    is_retained, ApplyOutcome, BareIndex, ContentPlan, Equivocator, HistoryItem, IndexView,
+    InviteError, SettingError, Store, StoreError, StoreEvent, StoreStats, Tx, WitnessBatch,
+    DB_FILE, MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER, MS_PER_DAY, SCHEMA_VERSION,
 };
 pub use sync::invite::TokenError;
 pub use sync::reconcile::{

@@ -17,6 +17,7 @@ mod query;
 mod snapshot;
 mod state;
 mod tree;
+pub(crate) mod versions;
 mod view;
 
 pub use error::FsError;

@@ -394,9 +394,7 @@ impl Op {
             OpBody::RevokeInvite { id } => Body::RevokeInvite(pb::RevokeInvite {
                 id: Bytes::copy_from_slice(id),
             }),
-            OpBody::SetRetention { days } => {
-                Body::SetRetention(pb::SetRetention { days: *days })
-            }
+            OpBody::SetRetention { days } => Body::SetRetention(pb::SetRetention { days: *days }),
         };
         pb::Op {
             hlc_wall_ms: self.hlc.wall_ms,
@@ -441,12 +439,10 @@ impl Op {
             OpBody::Dismiss { supersedes, .. } => validate_ids(supersedes, "supersedes"),
             OpBody::SetMeta(m) => validate_meta(m),
             OpBody::SetMember { display_name, .. } => validate_label(display_name),
-            OpBody::SetRetention { days } if *days > MAX_RETENTION_DAYS => {
-                Err(OpError::TooLarge {
-                    what: "retention days",
-                    limit: MAX_RETENTION_DAYS as usize,
-                })
-            }
+            OpBody::SetRetention { days } if *days > MAX_RETENTION_DAYS => Err(OpError::TooLarge {
+                what: "retention days",
+                limit: MAX_RETENTION_DAYS as usize,
+            }),
             OpBody::RevokeMember { .. }
             | OpBody::Invite { .. }
             | OpBody::RevokeInvite { .. }
