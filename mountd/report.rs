@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use lattice_mount::proto::control::{HistoryEntry, StatusResponse, StoreStatus, UnreadableStore};
+use lattice_mount::proto::control::{
+    ContentSpace, HistoryEntry, StatusResponse, StoreStatus, UnreadableStore,
+};
 use lattice_mount::{store_name, Content, HistoryOp, Kind, Node, NodeError, OpBody, Role};
 
 /// The node's status with `mountpoint`; per-store network fields are left to the caller.
@@ -34,6 +36,12 @@ pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
                     .collect(),
                 quarantined: quarantined.len() as u64,
                 quarantined_hashes: quarantined.iter().map(|h| h.to_hex()).collect(),
+                retention_days: s.retention_days(),
+                space: node.space(s).map(|sp| ContentSpace {
+                    live_bytes: sp.live,
+                    retained_bytes: sp.retained,
+                    reclaimable_bytes: sp.reclaimable,
+                }),
                 ..StoreStatus::default()
             }
         })

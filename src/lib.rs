@@ -25,11 +25,12 @@ pub mod wire;
 mod fuzz;
 
 pub use cas::{
-    Cas, CasError, Content, FetchRequest, Fetcher, PutAhead, INLINE_MAX, MAX_CHUNK_BYTES, READ_WAIT,
+    Cas, CasError, Content, FetchRequest, Fetcher, GcReport, PutAhead, Space, INLINE_MAX,
+    MAX_CHUNK_BYTES, PUT_GRACE, READ_WAIT,
 };
 pub use fs::op::{
-    validate_name, Create, Kind, Op, OpBody, OpError, Role, SetMeta, MAX_LABEL_BYTES,
-    MAX_SUPERSEDES,
+    validate_name, Create, Kind, Op, OpBody, OpError, Role, SetMeta, DEFAULT_RETENTION_DAYS,
+    MAX_LABEL_BYTES, MAX_RETENTION_DAYS, MAX_SUPERSEDES,
 };
 pub use fs::{
     Attr, ContentView, FsError, FsState, FsStats, InviteInfo, InviteStatus, MemberInfo,
