@@ -254,6 +254,7 @@ impl Node {
                 store: name.clone(),
                 source,
             };
+            s.flush().map_err(failed)?;
             let plan = s.content_plan().map_err(failed)?;
             let keep: Vec<Content> = plan.current.iter().chain(&plan.retained).cloned().collect();
             let freed = self.inner.cas.collect(s.id(), &keep, &plan.named, &ids)?;

@@ -173,10 +173,10 @@ fn owner_prefix(owner: StoreId) -> String {
 
 impl Cas {
     /// Collects the content of store `owner`: drops its ownership of every blob that
-    /// neither `current` nor `retained` content needs (nor a recent put, see the module
-    /// doc), and the manifest tag of each such manifest that none of `others` owns,
-    /// then runs the collector. `named` lists every manifest an op of the store names.
-    /// Returns what was deleted.
+    /// no content of `keep` needs (nor a recent put, see the module doc), and the
+    /// manifest tag of each such manifest that none of `others` owns, then runs the
+    /// collector. `named` lists every manifest an op of the store names. Returns what
+    /// was deleted (and drops it from the read caches).
     pub fn collect(
         &self,
         owner: StoreId,
@@ -244,6 +244,8 @@ impl Cas {
                 if size_of(&blobs, hash).await? == 0 && size > 0 {
                     report.blobs += 1;
                     report.bytes += size;
+                    inner.chunks.lock().remove(&hash);
+                    inner.manifests.lock().remove(&hash);
                 }
             }
             Ok(report)

@@ -83,6 +83,8 @@ mod replica_store;
 #[cfg(test)]
 mod replica_tests;
 pub(crate) mod retention;
+#[cfg(test)]
+mod retention_tests;
 mod schema;
 mod tables;
 #[cfg(test)]

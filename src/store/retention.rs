@@ -165,8 +165,12 @@ impl Store {
                 .iter()
                 .map(|m| superseded.get(m).copied())
                 .collect();
-            let dead_ms = dead.and_then(|d| d.into_iter().max());
-            if is_retained(dead_ms, days, now_ms) {
+            // A group with a head left is the projection's to judge (current, or a
+            // deleted file's), above.
+            let Some(dead_ms) = dead.and_then(|d| d.into_iter().max()) else {
+                continue;
+            };
+            if is_retained(Some(dead_ms), days, now_ms) {
                 plan.retained.extend(pieces);
             }
         }
