@@ -7,13 +7,14 @@
 //! marks every blob a persistent or temp tag roots (all stores' ownership tags, the
 //! manifest tags' hash sequences, running imports) and deletes the rest.
 //!
-//! Exclusion. Puts, claims and reads hold the read side of one lock for their whole
-//! duration; cutting tags and each collector run hold its write side. So a blob that
+//! Exclusion. Puts, reads, and downloads until their claim hold the read side of one
+//! lock for their whole duration; cutting tags and each collector run hold its write
+//! side, taken only when free (a busy store defers collection, never the reverse). So a blob that
 //! is being stored, claimed (even one equal to a blob whose tag is being cut) or read
 //! is never collected under it, and iroh-blobs' races between listing tags and temp
 //! tags (iroh-blobs #247, #240) cannot meet an import. The collector takes the lock
 //! only when it is free ([`Gate::poll`] aborts the run otherwise and tries again at the
-//! next poll), so it never stalls a put; puts and reads wait while a run sweeps.
+//! next poll), so it never stalls a put; puts and reads wait only while a run sweeps.
 //!
 //! Content put for a store is named by no intention until its write is pushed. So
 //! besides the kept versions, a collection keeps every blob put in the last
@@ -27,7 +28,7 @@ use iroh_blobs::api::blobs::BlobStatus;
 use iroh_blobs::store::{GcConfig, ProtectCb, ProtectOutcome};
 use n0_future::StreamExt;
 use parking_lot::{Condvar, Mutex};
-use tokio::sync::{OwnedRwLockWriteGuard, RwLock};
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock};
 
 use super::store::{self, MANIFEST_TAG_PREFIX, OWNER_TAG_PREFIX};
 use super::{manifests, Cas, CasError, Content};
@@ -40,6 +41,9 @@ pub(crate) const GC_POLL: Duration = Duration::from_millis(250);
 /// minutes; past this the collector is taken to have stopped (it stops on its first
 /// error).
 pub(crate) const MAX_GC_WAIT: Duration = Duration::from_secs(30 * 60);
+/// Pause between attempts to take the exclusion lock while puts, reads or downloads
+/// hold it.
+const EXCLUSIVE_RETRY: Duration = Duration::from_millis(20);
 /// Blobs put this recently are always kept: the write naming them may not be pushed
 /// yet, even when an old version names the same content.
 pub const PUT_GRACE: Duration = Duration::from_secs(5);
@@ -187,7 +191,7 @@ impl Cas {
         let inner = &self.inner;
         let mut kept = self.needed(keep)?;
         let candidates = {
-            let _turn = inner.turn.blocking_write();
+            let _turn = self.exclusive()?;
             kept.extend(
                 inner
                     .recent
@@ -277,6 +281,27 @@ impl Cas {
             }
             Ok(space)
         })
+    }
+
+    /// Holds off content collection until dropped: a download holds it until the blob
+    /// is claimed, so no run sweeps it in between.
+    pub async fn hold(&self) -> OwnedRwLockReadGuard<()> {
+        self.inner.turn.clone().read_owned().await
+    }
+
+    /// The write side of the exclusion lock, taken only when free (never queued, so
+    /// no read or put ever waits behind a collection that is not running yet).
+    fn exclusive(&self) -> Result<OwnedRwLockWriteGuard<()>, CasError> {
+        let deadline = Instant::now() + MAX_GC_WAIT;
+        loop {
+            if let Ok(guard) = self.inner.turn.clone().try_write_owned() {
+                return Ok(guard);
+            }
+            if Instant::now() >= deadline {
+                return Err(CasError::GcStalled(MAX_GC_WAIT));
+            }
+            std::thread::sleep(EXCLUSIVE_RETRY);
+        }
     }
 
     /// Sets how long every put is kept whether named or not (default [`PUT_GRACE`]).
