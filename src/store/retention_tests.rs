@@ -72,7 +72,7 @@ fn overwrite(node: &Node, store: &Store, file: FileId, bytes: &[u8]) -> Content 
                 .file(file)
                 .unwrap()
                 .heads
-                .iter()
+                .keys()
                 .copied()
                 .collect();
             Ok(tx.push(OpBody::Write {
@@ -94,7 +94,7 @@ fn remove(store: &Store, file: FileId) {
                 .file(file)
                 .unwrap()
                 .heads
-                .iter()
+                .keys()
                 .copied()
                 .collect();
             Ok(tx.push(OpBody::Remove {
@@ -270,5 +270,23 @@ fn a_retention_beyond_a_century_is_refused_and_changes_nothing() {
     assert_eq!(store.retention_days(), DEFAULT_RETENTION_DAYS);
     store.set_retention(7).unwrap();
     assert_eq!(store.retention_days(), 7);
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn the_retention_setting_survives_a_restart_through_the_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (_rt, node) = node(tmp.path());
+        let store = node.create_store("s").unwrap();
+        store.set_retention(3).unwrap();
+        node.shutdown().unwrap();
+    }
+    let (_rt, node) = node(tmp.path());
+    let store = node.store_by_name("s").unwrap();
+    assert_eq!(store.retention_days(), 3);
+    let snapshot = store.read(|s| s.encode_snapshot());
+    let decoded = crate::fs::FsState::decode_snapshot(&snapshot).unwrap();
+    assert_eq!(decoded.retention_days(), 3);
     node.shutdown().unwrap();
 }
