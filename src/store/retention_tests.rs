@@ -120,6 +120,22 @@ fn blob_bytes(node: &Node) -> u64 {
     node.cas().stats().unwrap().1
 }
 
+/// Bytes of every file under `dir`, as stored (the data dir's growth).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
+}
+
 /// Slack over the kept content's bytes for manifests and hash sequences.
 const SLACK: u64 = 64 * 1024;
 
@@ -195,6 +211,7 @@ fn retention_zero_and_a_collection_after_ten_overwrites_of_a_large_file_keep_onl
     assert_eq!(store.retention_days(), 0);
     let len = 5 * 1024 * 1024;
     let before = blob_bytes(&node);
+    let dir_before = dir_bytes(tmp.path());
     let (f, mut content) = create(&node, &store, "f", &data(0, len));
     for i in 1..=10 {
         content = overwrite(&node, &store, f, &data(i, len));
@@ -202,10 +219,13 @@ fn retention_zero_and_a_collection_after_ten_overwrites_of_a_large_file_keep_onl
     let written = blob_bytes(&node) - before;
     let freed = node.gc(None).unwrap()[0].1;
     let after = blob_bytes(&node) - before;
+    let grown = dir_bytes(tmp.path()).saturating_sub(dir_before);
     eprintln!(
-        "11 versions of {len} bytes: {written} blob bytes written, {} freed in {} blobs, {after} kept",
+        "11 versions of {len} bytes: {written} blob bytes written, {} freed in {} blobs, \
+         {after} kept; data dir grew {grown} bytes",
         freed.bytes, freed.blobs
     );
+    assert!(grown <= 2 * len as u64, "data dir grew {grown} bytes");
     assert!(written >= 11 * len as u64);
     assert!((len as u64..len as u64 + SLACK).contains(&after), "{after}");
     assert!(reads(node.cas(), &store, &content, &data(10, len)));
