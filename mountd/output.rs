@@ -81,7 +81,7 @@ pub fn status_human(s: &StatusResponse) -> String {
             ),
             None => writeln!(
                 out,
-                "{}: keeps old versions {} days; content space not measured yet (`lattice-mount gc`)",
+                "{}: keeps old versions {} days; content space unavailable (see the daemon's log)",
                 printable(&st.name),
                 st.retention_days
             ),

@@ -37,11 +37,15 @@ pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
                 quarantined: quarantined.len() as u64,
                 quarantined_hashes: quarantined.iter().map(|h| h.to_hex()).collect(),
                 retention_days: s.retention_days(),
-                space: node.space(s).map(|sp| ContentSpace {
-                    live_bytes: sp.live,
-                    retained_bytes: sp.retained,
-                    reclaimable_bytes: sp.reclaimable,
-                }),
+                space: node
+                    .space(s)
+                    .map_err(|e| tracing::warn!("content space unavailable: {e}"))
+                    .ok()
+                    .map(|sp| ContentSpace {
+                        live_bytes: sp.live,
+                        retained_bytes: sp.retained,
+                        reclaimable_bytes: sp.reclaimable,
+                    }),
                 ..StoreStatus::default()
             }
         })

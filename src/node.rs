@@ -36,6 +36,9 @@ const JOINING_FILE: &str = "joining";
 /// Marker file in a store's directory: the local blobs of the store carry its ownership
 /// tags, because this version created it or claimed its content once at open.
 const CLAIMED_FILE: &str = "blobs-claimed";
+/// How long a store's measured content space is reused while no intention arrives:
+/// versions expire by the day, so a minute-old figure is as good as a new one.
+const SPACE_FRESH: std::time::Duration = std::time::Duration::from_secs(60);
 /// The display name when neither a stored name nor the host name gives a valid one.
 const DEFAULT_DISPLAY_NAME: &str = "node";
 
@@ -115,8 +118,8 @@ struct Inner {
     joining: Mutex<Vec<Store>>,
     /// Store directories that could not be opened, with why; the others run without them.
     unreadable: Vec<Unreadable>,
-    /// Each store's content space as its last collection measured it.
-    space: Mutex<std::collections::HashMap<StoreId, Space>>,
+    /// Each store's content space when last measured: when, at which applied count.
+    space: Mutex<std::collections::HashMap<StoreId, (std::time::Instant, u64, Space)>>,
 }
 
 /// A store directory that could not be opened at startup, and why.
@@ -255,6 +258,7 @@ impl Node {
                 source,
             };
             s.flush().map_err(failed)?;
+            let applied = s.applied();
             let plan = s.content_plan().map_err(failed)?;
             let keep: Vec<Content> = plan.current.iter().chain(&plan.retained).cloned().collect();
             let freed = self.inner.cas.collect(s.id(), &keep, &plan.named, &ids)?;
@@ -262,17 +266,39 @@ impl Node {
                 .inner
                 .cas
                 .space(s.id(), &plan.current, &plan.retained)?;
-            self.inner.space.lock().insert(s.id(), space);
+            self.inner
+                .space
+                .lock()
+                .insert(s.id(), (std::time::Instant::now(), applied, space));
             tracing::info!(store = %name, blobs = freed.blobs, bytes = freed.bytes, "content collected");
             out.push((name, freed));
         }
         Ok(out)
     }
 
-    /// The content space of `store` as its last collection measured it, if one ran
-    /// since this node started.
-    pub fn space(&self, store: &Store) -> Option<Space> {
-        self.inner.space.lock().get(&store.id()).copied()
+    /// The content space of `store`: measured again unless a measurement younger than
+    /// [`SPACE_FRESH`] saw the same intentions (it reads every intention on disk).
+    pub fn space(&self, store: &Store) -> Result<Space, NodeError> {
+        let applied = store.applied();
+        if let Some((at, seen, space)) = self.inner.space.lock().get(&store.id()) {
+            if *seen == applied && at.elapsed() < SPACE_FRESH {
+                return Ok(*space);
+            }
+        }
+        let failed = |source| NodeError::Store {
+            store: store_name(store),
+            source,
+        };
+        let plan = store.content_plan().map_err(failed)?;
+        let space = self
+            .inner
+            .cas
+            .space(store.id(), &plan.current, &plan.retained)?;
+        self.inner
+            .space
+            .lock()
+            .insert(store.id(), (std::time::Instant::now(), applied, space));
+        Ok(space)
     }
 
     /// A counter that changes whenever the set of stores does (a store created or joined).

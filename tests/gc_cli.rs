@@ -32,6 +32,19 @@ fn freed_bytes(out: &str, store: &str) -> u64 {
         .unwrap_or_else(|| panic!("unparsable {line:?}"))
 }
 
+/// The reclaimable bytes `status` shows for `store`.
+fn reclaimable(status: &str, store: &str) -> u64 {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{store}: content ")))
+        .unwrap_or_else(|| panic!("no space line for {store} in {status:?}"));
+    line.rsplit(", ")
+        .next()
+        .and_then(|b| b.strip_suffix(" bytes reclaimable"))
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("unparsable {line:?}"))
+}
+
 #[test]
 fn retention_zero_and_gc_through_the_cli_free_every_old_version_of_an_overwritten_file() {
     if !fuse_available() {
@@ -54,6 +67,8 @@ fn retention_zero_and_gc_through_the_cli_free_every_old_version_of_an_overwritte
     }
     // Puts younger than the grace are kept whether named or not.
     std::thread::sleep(lattice_mount::PUT_GRACE + Duration::from_secs(1));
+    let before = ok(d.run(&["status"]));
+    assert!(reclaimable(&before, "docs") >= 3 * len as u64, "{before}");
     let out = ok(d.run(&["gc", "docs"]));
     let freed = freed_bytes(&out, "docs");
     eprintln!("gc after 4 versions of {len} bytes: {out}");
@@ -67,6 +82,7 @@ fn retention_zero_and_gc_through_the_cli_free_every_old_version_of_an_overwritte
         status.contains("bytes retained history (0 days), 0 bytes reclaimable"),
         "{status}"
     );
+    assert_eq!(reclaimable(&status, "docs"), 0);
     let again = ok(d.run(&["gc"]));
     assert!(again.contains("freed 0 blobs, 0 bytes in total"), "{again}");
     let missing = d.run(&["gc", "nope"]);

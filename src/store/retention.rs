@@ -22,7 +22,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use crate::cas::Content;
 use crate::fs::op::{Kind, OpBody, OpError, Role};
 use crate::ids::{Hash, OpId};
-use crate::intention::Intention;
+use crate::intention::stored_ops;
 use crate::store::error::StoreError;
 use crate::store::tables::INTENTIONS;
 use crate::store::Store;
@@ -96,7 +96,7 @@ impl Store {
     }
 
     /// What content the store keeps now (see the module doc). Reads every intention
-    /// on disk, outside any lock of the projection.
+    /// on disk (without checking signatures again), outside any lock of the projection.
     pub fn content_plan(&self) -> Result<ContentPlan, StoreError> {
         let now_ms = self.handle.shared.now_ms();
         let (held, days) = self.read(|s| (s.held_versions(), s.retention_days()));
@@ -113,11 +113,11 @@ impl Store {
         let txn = self.handle.shared.index.db()?.begin_read()?;
         for row in txn.open_table(INTENTIONS)?.iter()? {
             let (_, bytes) = row?;
-            let Ok(i) = Intention::decode(Bytes::copy_from_slice(bytes.value())) else {
+            let Ok((author, ops)) = stored_ops(Bytes::copy_from_slice(bytes.value())) else {
                 continue; // quarantined at open: never applied
             };
-            for op in &i.ops {
-                let id = op.id(i.author);
+            for op in &ops {
+                let id = op.id(author);
                 let supersedes = match &op.body {
                     OpBody::Create(c) if c.kind == Kind::File => {
                         groups.entry(id).or_default().base = Some(c.content.clone());

@@ -294,6 +294,28 @@ fn a_retention_beyond_a_century_is_refused_and_changes_nothing() {
 }
 
 #[test]
+fn content_put_for_a_write_not_pushed_yet_survives_a_collection() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_rt, node) = node(tmp.path());
+    let store = node.create_store("s").unwrap();
+    store.set_retention(0).unwrap();
+    let bytes = data(3, 300 * 1024);
+    let pending = node.cas().put_bytes(store.id(), &bytes).unwrap();
+    let freed = node.gc(Some(&store)).unwrap()[0].1;
+    assert_eq!(freed.blobs, 0);
+    assert!(reads(node.cas(), &store, &pending, &bytes));
+    let (f, c) = create(&node, &store, "f", &bytes);
+    assert_eq!(c, pending);
+    overwrite(&node, &store, f, b"small");
+    let freed = node.gc(Some(&store)).unwrap()[0].1;
+    assert!(
+        freed.bytes >= bytes.len() as u64,
+        "named and superseded: {freed:?}"
+    );
+    node.shutdown().unwrap();
+}
+
+#[test]
 fn the_retention_setting_survives_a_restart_through_the_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
     {
