@@ -5,6 +5,7 @@
 //! end-to-end tests (`tests/`) use. Every module is crate-private except the wire
 //! formats (`proto`) and their framing (`wire`), which other processes share.
 
+pub(crate) mod budget;
 pub(crate) mod cas;
 pub(crate) mod fs;
 pub(crate) mod fuse;
@@ -24,6 +25,7 @@ pub mod wire;
 #[cfg(test)]
 mod fuzz;
 
+pub use budget::{CacheBudget, DEFAULT_CACHE_MIB};
 pub use cas::{
     Cas, CasError, Content, FetchRequest, Fetcher, GcReport, PutAhead, Space, INLINE_MAX,
     MAX_CHUNK_BYTES, PUT_GRACE, READ_WAIT,

@@ -39,7 +39,7 @@ impl FsState {
             } else {
                 self.tree
                     .entries_of(file)
-                    .iter()
+                    .keys()
                     .filter_map(|e| self.tree.entry(*e)?.loc.removal.as_ref())
                     .map(|r| r.op.hlc.wall_ms)
                     .max()

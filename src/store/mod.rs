@@ -113,6 +113,7 @@ pub use members::Equivocator;
 pub use retention::{is_retained, ContentPlan, SettingError, MS_PER_DAY};
 pub use schema::SCHEMA_VERSION;
 
+use crate::budget::CacheBudget;
 use crate::fs::op::{Op, OpBody, OpError, Role};
 use crate::fs::{FsError, FsState, FsStats};
 use crate::hlc::{now_ms, Clock, Hlc};
@@ -152,6 +153,8 @@ pub(crate) struct StoreOptions {
     pub manual: bool,
     /// Opens the database file instead of redb's plain file backend.
     pub disk: Option<Disk>,
+    /// Bytes of redb page cache for the database (a share of the daemon's budget).
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -160,6 +163,7 @@ impl Default for StoreOptions {
             wall: Arc::new(now_ms),
             manual: false,
             disk: None,
+            cache_bytes: CacheBudget::default().store_cache_bytes(1),
         }
     }
 }
@@ -496,7 +500,7 @@ impl Store {
                 schema::upgrade(&db)?;
                 db
             }
-            None => schema::open(&path)?,
+            None => schema::open(&path, opts.cache_bytes)?,
         };
         let index = Index::open(db)?;
         let txn = index.db()?.begin_read()?;
@@ -817,7 +821,9 @@ fn new_db(dir: &Path, opts: &StoreOptions) -> Result<Database, StoreError> {
     }
     match &opts.disk {
         Some(disk) => disk(&path),
-        None => Ok(Database::create(&path)?),
+        None => Ok(Database::builder()
+            .set_cache_size(opts.cache_bytes)
+            .create(&path)?),
     }
 }
 
