@@ -645,8 +645,12 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
             }),
             Err(e) => return error_response(e.to_string()),
         },
-        Some(request::Kind::History(h)) => match report::history(&ctx.node, &h.path) {
-            Ok(entries) => response::Kind::History(HistoryResponse { entries }),
+        Some(request::Kind::History(h)) => match report::history(&ctx.node, &h.path, h.deleted) {
+            Ok(history) => response::Kind::History(history),
+            Err(e) => return error_response(e.to_string()),
+        },
+        Some(request::Kind::Restore(r)) => match report::restore(&ctx.node, &r) {
+            Ok(restored) => response::Kind::Restore(restored),
             Err(e) => return error_response(e.to_string()),
         },
         Some(request::Kind::Down(_)) => response::Kind::Down(DownResponse {}),

@@ -4,7 +4,8 @@ use std::fmt::Write;
 
 use lattice_mount::civil_from_days;
 use lattice_mount::proto::control::{
-    HistoryEntry, JoinProgress, PeerEntry, StatusResponse, SyncResponse,
+    DeletedEntry, HistoryEntry, HistoryResponse, JoinProgress, PeerEntry, RestoreResponse,
+    StatusResponse, SyncResponse, VersionEntry,
 };
 
 /// Human status: the node, then a table of stores.
@@ -291,9 +292,10 @@ pub fn history_human(entries: &[HistoryEntry]) -> String {
     out
 }
 
-/// History as one JSON object: the path asked for and its entries.
-pub fn history_json(path: &str, entries: &[HistoryEntry]) -> String {
-    let items: Vec<String> = entries
+/// History as one JSON object: the path asked for, its entries and its versions.
+pub fn history_json(path: &str, h: &HistoryResponse) -> String {
+    let items: Vec<String> = h
+        .entries
         .iter()
         .map(|e| {
             format!(
@@ -310,19 +312,167 @@ pub fn history_json(path: &str, entries: &[HistoryEntry]) -> String {
         })
         .collect();
     format!(
-        "{{\"path\":{},\"entries\":[{}]}}",
+        "{{\"path\":{},\"entries\":[{}],\"versions\":{}}}",
+        json_string(path),
+        items.join(","),
+        versions_json(&h.versions)
+    )
+}
+
+/// Human versions: a heading, then one line per version (time, author, intention,
+/// size, content, state), oldest first; nothing when there are none.
+pub fn versions_human(versions: &[VersionEntry]) -> String {
+    if versions.is_empty() {
+        return String::new();
+    }
+    let mut out =
+        String::from("versions (restore one with `lattice-mount restore PATH --version HASH`):\n");
+    out.push_str(&version_lines(versions, "  "));
+    out
+}
+
+/// One line per version, each after `indent`.
+fn version_lines(versions: &[VersionEntry], indent: &str) -> String {
+    let authors: Vec<String> = versions
+        .iter()
+        .map(|v| label(&v.author_name, &v.author))
+        .collect();
+    let width = authors.iter().map(|a| a.chars().count()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (v, author) in versions.iter().zip(&authors) {
+        let mut notes = Vec::new();
+        if v.state != "past" {
+            notes.push(v.state.clone());
+        }
+        if !v.local {
+            notes.push("not on this node".to_string());
+        }
+        let _ = writeln!(
+            out,
+            "{indent}{}  {author:<width$}  {}  {} bytes  {}{}",
+            utc_time(v.hlc_wall_ms),
+            v.intention.get(..16).unwrap_or(&v.intention),
+            v.size,
+            v.content.get(..16).unwrap_or(&v.content),
+            if notes.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", notes.join(", "))
+            }
+        );
+    }
+    out
+}
+
+/// Versions as a JSON array.
+fn versions_json(versions: &[VersionEntry]) -> String {
+    let items: Vec<String> = versions
+        .iter()
+        .map(|v| {
+            format!(
+                "{{\"time\":{},\"hlc_wall_ms\":{},\"hlc_counter\":{},\"author\":{},\
+                 \"author_name\":{},\"intention\":{},\"size\":{},\"content\":{},\
+                 \"state\":{},\"local\":{}}}",
+                json_string(&utc_time(v.hlc_wall_ms)),
+                v.hlc_wall_ms,
+                v.hlc_counter,
+                json_string(&v.author),
+                json_string(&v.author_name),
+                json_string(&v.intention),
+                v.size,
+                json_string(&v.content),
+                json_string(&v.state),
+                v.local
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+/// Human deleted files: per file its path, when and by whom it was deleted, and its
+/// last version.
+pub fn deleted_human(deleted: &[DeletedEntry]) -> String {
+    if deleted.is_empty() {
+        return "no deleted files\n".to_string();
+    }
+    let mut out = String::new();
+    for d in deleted {
+        let _ = writeln!(
+            out,
+            "{}  deleted {} by {}",
+            printable(&d.path),
+            utc_time(d.deleted_wall_ms),
+            label(&d.deleted_by_name, &d.deleted_by)
+        );
+        out.push_str(&version_lines(
+            d.versions
+                .last()
+                .map(std::slice::from_ref)
+                .unwrap_or_default(),
+            "  last version ",
+        ));
+    }
+    out
+}
+
+/// Deleted files as one JSON object: the directory asked about and its deleted files.
+pub fn deleted_json(path: &str, deleted: &[DeletedEntry]) -> String {
+    let items: Vec<String> = deleted
+        .iter()
+        .map(|d| {
+            format!(
+                "{{\"path\":{},\"deleted_time\":{},\"deleted_wall_ms\":{},\
+                 \"deleted_by\":{},\"deleted_by_name\":{},\"versions\":{}}}",
+                json_string(&d.path),
+                json_string(&utc_time(d.deleted_wall_ms)),
+                d.deleted_wall_ms,
+                json_string(&d.deleted_by),
+                json_string(&d.deleted_by_name),
+                versions_json(&d.versions)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"path\":{},\"deleted\":[{}]}}",
         json_string(path),
         items.join(",")
     )
 }
 
+/// Human restore: where which version went.
+pub fn restore_human(r: &RestoreResponse) -> String {
+    format!(
+        "restored version {} ({} bytes) {} {}\n",
+        r.version.get(..16).unwrap_or(&r.version),
+        r.size,
+        if r.created { "as" } else { "to" },
+        printable(&r.path)
+    )
+}
+
+/// Restore as one JSON object.
+pub fn restore_json(r: &RestoreResponse) -> String {
+    format!(
+        "{{\"path\":{},\"version\":{},\"size\":{},\"created\":{}}}",
+        json_string(&r.path),
+        json_string(&r.version),
+        r.size,
+        r.created
+    )
+}
+
+/// A display name, else the first 8 hex characters of the key.
+fn label(name: &str, key: &str) -> String {
+    if name.is_empty() {
+        key.get(..8).unwrap_or(key).to_string()
+    } else {
+        printable(name)
+    }
+}
+
 /// The author's display name, else the first 8 hex characters of their key.
 fn author_label(e: &HistoryEntry) -> String {
-    if e.author_name.is_empty() {
-        e.author.get(..8).unwrap_or(&e.author).to_string()
-    } else {
-        printable(&e.author_name)
-    }
+    label(&e.author_name, &e.author)
 }
 
 /// `s` with control characters replaced, so that one value stays on one line.

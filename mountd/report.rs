@@ -1,10 +1,16 @@
-//! The control-protocol form of what a node holds: the answers to `status` and
-//! `history`. The node keeps the data; this module decides how the CLI sees it.
+//! The control-protocol form of what a node holds: the answers to `status`, `history`
+//! and `restore`. The node keeps the data; this module decides how the CLI sees it.
 
 use std::path::Path;
 
-use lattice_mount::proto::control::{HistoryEntry, StatusResponse, StoreStatus, UnreadableStore};
-use lattice_mount::{store_name, Content, HistoryOp, Kind, Node, NodeError, OpBody, Role};
+use lattice_mount::proto::control::{
+    DeletedEntry, HistoryEntry, HistoryResponse, RestoreRequest, RestoreResponse, StatusResponse,
+    StoreStatus, UnreadableStore, VersionEntry,
+};
+use lattice_mount::{
+    store_name, Content, HistoryOp, Kind, Node, NodeError, OpBody, Pick, Role, Version,
+    VersionState,
+};
 
 /// The node's status with `mountpoint`; per-store network fields are left to the caller.
 pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
@@ -61,9 +67,71 @@ pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
     }
 }
 
-/// The history of the file at `path` (see [`Node::history`]), a line per op.
-pub fn history(node: &Node, path: &str) -> Result<Vec<HistoryEntry>, NodeError> {
-    Ok(node.history(path)?.iter().map(history_entry).collect())
+/// The history of the file at `path` (see [`Node::history`]), a line per op, and its
+/// versions; with `deleted`, the deleted files under the directory at `path` instead.
+pub fn history(node: &Node, path: &str, deleted: bool) -> Result<HistoryResponse, NodeError> {
+    if deleted {
+        let deleted = node
+            .deleted(path)?
+            .iter()
+            .map(|d| DeletedEntry {
+                path: d.path.clone(),
+                deleted_wall_ms: d.removed_by.hlc.wall_ms,
+                deleted_by: d.removed_by.author.to_hex(),
+                deleted_by_name: d.removed_by_name.clone(),
+                versions: d.versions.iter().map(version_entry).collect(),
+            })
+            .collect();
+        return Ok(HistoryResponse {
+            deleted,
+            ..HistoryResponse::default()
+        });
+    }
+    Ok(HistoryResponse {
+        entries: node.history(path)?.iter().map(history_entry).collect(),
+        versions: node.versions(path)?.iter().map(version_entry).collect(),
+        deleted: Vec::new(),
+    })
+}
+
+/// Restores a version as `r` asks (see [`Node::restore`]).
+pub fn restore(node: &Node, r: &RestoreRequest) -> Result<RestoreResponse, NodeError> {
+    let pick = match (&r.at_ms, r.version.as_str()) {
+        (Some(at), _) => Pick::At(*at),
+        (None, "") => Pick::Default,
+        (None, v) => Pick::Version(v.to_string()),
+    };
+    let to = (!r.to.is_empty()).then_some(r.to.as_str());
+    let done = node.restore(&r.path, &pick, to)?;
+    Ok(RestoreResponse {
+        path: done.path,
+        version: done.version.to_hex(),
+        size: done.size,
+        created: done.created,
+    })
+}
+
+fn version_entry(v: &Version) -> VersionEntry {
+    VersionEntry {
+        intention: v.intention.to_hex(),
+        author: v.author().to_hex(),
+        author_name: v.author_name.clone(),
+        hlc_wall_ms: v.hlc().wall_ms,
+        hlc_counter: v.hlc().counter,
+        size: v.size,
+        content: match v.pieces.as_slice() {
+            [] | [Content::Inline(_)] => "inline".to_string(),
+            [Content::Manifest { hash, .. }] => hash.to_hex(),
+            many => format!("{} pieces", many.len()),
+        },
+        state: match v.state {
+            VersionState::Current => "current",
+            VersionState::Conflict => "conflict",
+            VersionState::Past => "past",
+        }
+        .to_string(),
+        local: v.local,
+    }
 }
 
 fn history_entry(h: &HistoryOp) -> HistoryEntry {
@@ -227,7 +295,14 @@ mod tests {
             })
             .unwrap();
         store.flush().unwrap();
-        let entries = history(&node, "docs/a.txt").unwrap();
+        let h = history(&node, "docs/a.txt", false).unwrap();
+        assert_eq!(h.versions.len(), 1);
+        assert_eq!(
+            (h.versions[0].size, h.versions[0].state.as_str()),
+            (2, "current")
+        );
+        assert_eq!(h.versions[0].content, "inline");
+        let entries = h.entries;
         let create = entries
             .iter()
             .find(|e| e.op.starts_with("create file"))

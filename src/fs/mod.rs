@@ -7,13 +7,14 @@
 //! which name, is decided at query time (`state`, `query`). Planners (`plan`) turn POSIX
 //! calls into op bodies.
 
-mod content;
+pub(crate) mod content;
 mod error;
 mod members;
 mod names;
 pub(crate) mod op;
 mod plan;
 mod query;
+mod removed;
 mod snapshot;
 mod state;
 mod tree;
@@ -21,6 +22,7 @@ mod view;
 
 pub use error::FsError;
 pub use members::{InviteInfo, InviteStatus, MemberInfo};
+pub(crate) use removed::Found;
 pub use state::FsState;
 pub use view::{Attr, ContentView, FsStats, Node, RenameFlags};
 
