@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use lattice_mount::proto::control::{
-    request, response, CreateResponse, DownResponse, FetchModeResponse, HistoryResponse,
-    InviteResponse, JoinProgress, JoinResponse, PauseResponse, PeerEntry, PeersResponse, Request,
-    Response, RevokeResponse, SyncResponse,
+    request, response, CreateResponse, DownResponse, FetchModeResponse, InviteResponse,
+    JoinProgress, JoinResponse, PauseResponse, PeerEntry, PeersResponse, Request, Response,
+    RevokeResponse, SyncResponse,
 };
 use lattice_mount::{Net, NetConfig, Node, Role};
 use tokio::net::{UnixListener, UnixStream};

@@ -93,10 +93,10 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 (false, true) => println!("{}", output::history_json(&sent, &history)),
                 (false, false) => {
                     print!("{}", output::history_human(&history.entries));
-                    print!("{}", output::versions_human(&history.versions));
+                    print!("{}", output::versions_human(&history));
                 }
-                (true, true) => println!("{}", output::deleted_json(&sent, &history.deleted)),
-                (true, false) => print!("{}", output::deleted_human(&history.deleted)),
+                (true, true) => println!("{}", output::deleted_json(&sent, &history)),
+                (true, false) => print!("{}", output::deleted_human(&history)),
             }
             Ok(())
         }

@@ -4,8 +4,8 @@ use std::fmt::Write;
 
 use lattice_mount::civil_from_days;
 use lattice_mount::proto::control::{
-    DeletedEntry, HistoryEntry, HistoryResponse, JoinProgress, PeerEntry, RestoreResponse,
-    StatusResponse, SyncResponse, VersionEntry,
+    HistoryEntry, HistoryResponse, JoinProgress, PeerEntry, RestoreResponse, StatusResponse,
+    SyncResponse, VersionEntry,
 };
 
 /// Human status: the node, then a table of stores.
@@ -312,22 +312,26 @@ pub fn history_json(path: &str, h: &HistoryResponse) -> String {
         })
         .collect();
     format!(
-        "{{\"path\":{},\"entries\":[{}],\"versions\":{}}}",
+        "{{\"path\":{},\"entries\":[{}],\"versions\":{},\"omitted\":{}}}",
         json_string(path),
         items.join(","),
-        versions_json(&h.versions)
+        versions_json(&h.versions),
+        h.omitted
     )
 }
 
 /// Human versions: a heading, then one line per version (time, author, intention,
 /// size, content, state), oldest first; nothing when there are none.
-pub fn versions_human(versions: &[VersionEntry]) -> String {
-    if versions.is_empty() {
+pub fn versions_human(h: &HistoryResponse) -> String {
+    if h.versions.is_empty() {
         return String::new();
     }
     let mut out =
         String::from("versions (restore one with `lattice-mount restore PATH --version HASH`):\n");
-    out.push_str(&version_lines(versions, "  "));
+    if h.omitted > 0 {
+        let _ = writeln!(out, "  ({} older versions not shown)", h.omitted);
+    }
+    out.push_str(&version_lines(&h.versions, "  "));
     out
 }
 
@@ -391,12 +395,12 @@ fn versions_json(versions: &[VersionEntry]) -> String {
 
 /// Human deleted files: per file its path, when and by whom it was deleted, and its
 /// last version.
-pub fn deleted_human(deleted: &[DeletedEntry]) -> String {
-    if deleted.is_empty() {
+pub fn deleted_human(h: &HistoryResponse) -> String {
+    if h.deleted.is_empty() {
         return "no deleted files\n".to_string();
     }
     let mut out = String::new();
-    for d in deleted {
+    for d in &h.deleted {
         let _ = writeln!(
             out,
             "{}  deleted {} by {}",
@@ -412,12 +416,16 @@ pub fn deleted_human(deleted: &[DeletedEntry]) -> String {
             "  last version ",
         ));
     }
+    if h.omitted > 0 {
+        let _ = writeln!(out, "({} more deleted files not shown)", h.omitted);
+    }
     out
 }
 
 /// Deleted files as one JSON object: the directory asked about and its deleted files.
-pub fn deleted_json(path: &str, deleted: &[DeletedEntry]) -> String {
-    let items: Vec<String> = deleted
+pub fn deleted_json(path: &str, h: &HistoryResponse) -> String {
+    let items: Vec<String> = h
+        .deleted
         .iter()
         .map(|d| {
             format!(
@@ -433,9 +441,10 @@ pub fn deleted_json(path: &str, deleted: &[DeletedEntry]) -> String {
         })
         .collect();
     format!(
-        "{{\"path\":{},\"deleted\":[{}]}}",
+        "{{\"path\":{},\"deleted\":[{}],\"omitted\":{}}}",
         json_string(path),
-        items.join(",")
+        items.join(","),
+        h.omitted
     )
 }
 

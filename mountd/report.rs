@@ -67,30 +67,43 @@ pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
     }
 }
 
+/// Newest versions one `history` answer carries: at about 300 bytes each, well inside
+/// the 4 MiB control frame next to the op lines.
+const MAX_VERSIONS_LISTED: usize = 2_000;
+/// Deleted files one `history --deleted` answer carries, each with its last version:
+/// at about 500 bytes each, well inside the 4 MiB control frame.
+const MAX_DELETED_LISTED: usize = 5_000;
+
 /// The history of the file at `path` (see [`Node::history`]), a line per op, and its
-/// versions; with `deleted`, the deleted files under the directory at `path` instead.
+/// newest versions; with `deleted`, the deleted files under the directory at `path`
+/// instead, each with its last version.
 pub fn history(node: &Node, path: &str, deleted: bool) -> Result<HistoryResponse, NodeError> {
     if deleted {
-        let deleted = node
-            .deleted(path)?
+        let all = node.deleted(path)?;
+        let deleted = all
             .iter()
+            .take(MAX_DELETED_LISTED)
             .map(|d| DeletedEntry {
                 path: d.path.clone(),
                 deleted_wall_ms: d.removed_by.hlc.wall_ms,
                 deleted_by: d.removed_by.author.to_hex(),
                 deleted_by_name: d.removed_by_name.clone(),
-                versions: d.versions.iter().map(version_entry).collect(),
+                versions: d.versions.last().map(version_entry).into_iter().collect(),
             })
             .collect();
         return Ok(HistoryResponse {
             deleted,
+            omitted: all.len().saturating_sub(MAX_DELETED_LISTED) as u64,
             ..HistoryResponse::default()
         });
     }
+    let versions = node.versions(path)?;
+    let skip = versions.len().saturating_sub(MAX_VERSIONS_LISTED);
     Ok(HistoryResponse {
         entries: node.history(path)?.iter().map(history_entry).collect(),
-        versions: node.versions(path)?.iter().map(version_entry).collect(),
+        versions: versions[skip..].iter().map(version_entry).collect(),
         deleted: Vec::new(),
+        omitted: skip as u64,
     })
 }
 

@@ -756,7 +756,7 @@ fn resolve(state: &FsState, store: &str, rest: &[String]) -> Result<FileId, Node
     let mut file = OpId::ROOT;
     for (i, name) in rest.iter().enumerate() {
         file = state
-            .lookup_any(file, name)
+            .lookup_any(file, name, i + 1 < rest.len())
             .map_err(|source| NodeError::Path {
                 path: std::iter::once(store)
                     .chain(rest[..=i].iter().map(String::as_str))

@@ -50,14 +50,24 @@ impl Found {
 
 impl FsState {
     /// Resolves `name` in directory `dir` (visible or deleted): a visible name first,
-    /// else the deleted entry under that raw name removed last.
-    pub(crate) fn lookup_any(&self, dir: FileId, name: &str) -> Result<Found, FsError> {
+    /// else the deleted entry under that raw name removed last. With `dir_only`, only
+    /// directories count (a path's inner components).
+    pub(crate) fn lookup_any(
+        &self,
+        dir: FileId,
+        name: &str,
+        dir_only: bool,
+    ) -> Result<Found, FsError> {
+        let is_dir = |f: FileId| self.file(f).is_some_and(|f| f.kind == Kind::Dir);
         if let Ok(node) = self.lookup(dir, name) {
-            return Ok(Found::Live(node.file()));
+            if !dir_only || is_dir(node.file()) {
+                return Ok(Found::Live(node.file()));
+            }
         }
         let set = self.tree.group(dir, name).ok_or(FsError::NotFound)?;
         set.iter()
             .filter(|&&id| !self.entry_visible(id))
+            .filter(|&&id| !dir_only || self.tree.entry(id).is_some_and(|e| e.dir))
             .filter_map(|&id| {
                 let e = self.tree.entry(id)?;
                 Some((e.loc.removal.as_ref().map(|r| r.op), id, e.file))
@@ -68,7 +78,9 @@ impl FsState {
     }
 
     /// Every deleted name under directory `dir` (recursively, through deleted directories
-    /// too) of a file that is not a directory and has no visible name, by path.
+    /// too) of a file that is not a directory and has no visible name, by path. A
+    /// deleted name that a visible entry holds again is left out: a path names the
+    /// visible file, so the deleted one could not be named by it.
     pub(crate) fn removed_under(&self, dir: FileId) -> Vec<Removed> {
         let mut out = Vec::new();
         let mut stack = vec![(dir, Vec::new())];
@@ -80,6 +92,18 @@ impl FsState {
             }
             budget -= 1;
             for (name, set) in self.tree.children(d) {
+                if set.iter().any(|&id| self.entry_visible(id)) {
+                    // Still descend into a directory of that name: its deleted files keep
+                    // their paths.
+                    for &id in set {
+                        if let Some(e) = self.tree.entry(id).filter(|e| e.dir) {
+                            let mut below = path.clone();
+                            below.push(name.clone());
+                            stack.push((e.file, below));
+                        }
+                    }
+                    continue;
+                }
                 for &id in set {
                     let Some(e) = self.tree.entry(id) else {
                         continue;

@@ -341,7 +341,7 @@ impl Node {
             for (i, name) in names.iter().enumerate() {
                 parent = found.file();
                 found = s
-                    .lookup_any(parent, name)
+                    .lookup_any(parent, name, i + 1 < names.len())
                     .map_err(|source| NodeError::Path {
                         path: shown_path(&store_name, &names[..=i]),
                         source,
@@ -376,14 +376,14 @@ impl Node {
             let mut parent = OpId::ROOT;
             for (i, dir) in dirs.iter().enumerate() {
                 parent = s
-                    .lookup_any(parent, dir)
+                    .lookup_any(parent, dir, true)
                     .map_err(|source| NodeError::Path {
                         path: shown_path(&store_name, &names[..=i]),
                         source,
                     })?
                     .file();
             }
-            match s.lookup_any(parent, name) {
+            match s.lookup_any(parent, name, false) {
                 Ok(Found::Live(_)) => {
                     Err(NodeError::from(RestoreError::TargetExists(shown.clone())))
                 }
