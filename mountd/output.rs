@@ -355,9 +355,9 @@ fn version_lines(versions: &[VersionEntry], indent: &str) -> String {
             out,
             "{indent}{}  {author:<width$}  {}  {} bytes  {}{}",
             utc_time(v.hlc_wall_ms),
-            v.intention.get(..16).unwrap_or(&v.intention),
+            v.version.get(..16).unwrap_or(&v.version),
             v.size,
-            v.content.get(..16).unwrap_or(&v.content),
+            printable(&v.content),
             if notes.is_empty() {
                 String::new()
             } else {
@@ -375,13 +375,14 @@ fn versions_json(versions: &[VersionEntry]) -> String {
         .map(|v| {
             format!(
                 "{{\"time\":{},\"hlc_wall_ms\":{},\"hlc_counter\":{},\"author\":{},\
-                 \"author_name\":{},\"intention\":{},\"size\":{},\"content\":{},\
-                 \"state\":{},\"local\":{}}}",
+                 \"author_name\":{},\"version\":{},\"intention\":{},\"size\":{},\
+                 \"content\":{},\"state\":{},\"local\":{}}}",
                 json_string(&utc_time(v.hlc_wall_ms)),
                 v.hlc_wall_ms,
                 v.hlc_counter,
                 json_string(&v.author),
                 json_string(&v.author_name),
+                json_string(&v.version),
                 json_string(&v.intention),
                 v.size,
                 json_string(&v.content),

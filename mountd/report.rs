@@ -134,9 +134,10 @@ fn version_entry(v: &Version) -> VersionEntry {
         size: v.size,
         content: match v.pieces.as_slice() {
             [] | [Content::Inline(_)] => "inline".to_string(),
-            [Content::Manifest { hash, .. }] => hash.to_hex(),
+            [Content::Manifest { .. }] => "manifest".to_string(),
             many => format!("{} pieces", many.len()),
         },
+        version: v.id.to_hex(),
         state: match v.state {
             VersionState::Current => "current",
             VersionState::Conflict => "conflict",

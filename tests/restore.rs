@@ -66,7 +66,7 @@ fn an_overwritten_file_is_restored_byte_for_byte_through_the_mount() {
         "{json}"
     );
     let versions = &json[json.find("\"versions\":").unwrap()..];
-    let hashes = json_strings(versions, "intention");
+    let hashes = json_strings(versions, "version");
     assert_eq!(hashes.len(), 3, "{json}");
     assert_eq!(
         json_strings(versions, "state"),

@@ -1,12 +1,15 @@
 //! History you can use: a file's content versions, the deleted files under a directory,
 //! and `restore`, which brings a version back as a new signed op.
 //!
-//! A **version** is a file's content after one intention: the last of that intention's
-//! content ops for the file (its Create, a Write, or an Append together with the rest of
-//! its group up to it). Versions are read from the intentions on disk (`Store::history`),
-//! which are kept for ever, so they do not depend on what the projection still holds;
-//! whether a version's content can still be read is the content store's answer
-//! (`Cas::missing`). A version is named by its intention's hash, as `history` prints it.
+//! A **version** is a file's content after one content op: its Create, a Write, or an
+//! Append (with the rest of its group up to it). Versions are read from the intentions
+//! on disk (`Store::history`), which are kept for ever, so they do not depend on what the
+//! projection still holds; whether a version's content can still be read is the content
+//! store's answer (`Cas::missing`). A version is named by its **content id** (the
+//! manifest's hash, blake3 of inline bytes, or blake3 over the ids of the pieces of an
+//! appended version): two versions with one id have the same bytes, so restoring either
+//! is the same. An empty version that was replaced is not listed (every overwrite
+//! through `O_TRUNC` makes one; restoring it is `truncate`).
 //!
 //! A restore is an ordinary edit: a Write of the old content to the file, or, for a
 //! deleted file (or `--to`), a Create with the old content and mode, so it replicates
@@ -27,8 +30,8 @@ use crate::store::{HistoryItem, Store};
 
 use super::{Node, NodeError, STAGING_DIR};
 
-/// Fewest hex characters of an intention hash `--version` accepts: fewer would match
-/// by accident in any long history.
+/// Fewest hex characters of a version id `--version` accepts: fewer would match by
+/// accident in any long history.
 pub const MIN_VERSION_PREFIX: usize = 8;
 
 /// Errors of `history` versions, `history --deleted` and `restore`.
@@ -41,7 +44,7 @@ pub enum RestoreError {
     /// `history --deleted` was given something other than a directory.
     #[error("{0}: not a directory")]
     NotADirectory(String),
-    /// No version of the file carries this intention hash (prefix).
+    /// No version of the file has this content id (prefix).
     #[error("{path}: no version {version} (`lattice-mount history` lists them)")]
     UnknownVersion {
         /// The file.
@@ -110,12 +113,14 @@ pub enum VersionState {
     Past,
 }
 
-/// One content version of a file: its content after one intention.
+/// One content version of a file: its content after one content op.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Version {
-    /// The intention that made it.
+    /// The content id: what `restore --version` takes (see the module doc).
+    pub id: Hash,
+    /// The intention that carried the op.
     pub intention: Hash,
-    /// Its last content op for the file (the op's clock is the version's time).
+    /// The content op (its clock is the version's time).
     pub op: OpId,
     /// The author's display name in the store; empty when it is not a member.
     pub author_name: String,
@@ -161,7 +166,7 @@ pub struct DeletedFile {
 pub enum Pick {
     /// The version before the current one; for a deleted file its newest.
     Default,
-    /// The version with this intention hash (a hex prefix).
+    /// The version with this content id (a hex prefix).
     Version(String),
     /// The version current at this time (ms since the epoch).
     At(u64),
@@ -172,7 +177,7 @@ pub enum Pick {
 pub struct Restored {
     /// The restored file's path, relative to the mount root.
     pub path: String,
-    /// The version brought back.
+    /// The content id of the version brought back.
     pub version: Hash,
     /// Its size in bytes.
     pub size: u64,
@@ -253,7 +258,7 @@ impl Node {
                 .map_err(RestoreError::from)?;
             return Err(RestoreError::NotLocal {
                 path: r.shown,
-                version: short(&version.intention),
+                version: short(&version.id),
                 missing: missing.len(),
             }
             .into());
@@ -326,7 +331,7 @@ impl Node {
         })?;
         Ok(Restored {
             path: shown,
-            version: version.intention,
+            version: version.id,
             size: version.size,
             created: place.is_some(),
         })
@@ -456,7 +461,7 @@ fn shown_path(store: &str, names: &[String]) -> String {
         .join("/")
 }
 
-/// The first 16 hex characters of `hash`, as `history` prints intentions.
+/// The first 16 hex characters of `hash`, as `history` prints them.
 fn short(hash: &Hash) -> String {
     hash.to_hex()[..16].to_string()
 }
@@ -467,6 +472,22 @@ fn author_name(state: &FsState, key: &PublicKey) -> String {
         .member(key)
         .map(|(_, name)| name.to_string())
         .unwrap_or_default()
+}
+
+/// The content id of `pieces` (see the module doc).
+fn content_id(pieces: &[Content]) -> Hash {
+    let piece_id = |c: &Content| match c {
+        Content::Manifest { hash, .. } => *hash,
+        Content::Inline(bytes) => Hash::of(bytes),
+    };
+    match pieces {
+        [] => Hash::of(b""),
+        [one] => piece_id(one),
+        many => {
+            let ids: Vec<u8> = many.iter().flat_map(|c| piece_id(c).0).collect();
+            Hash::of(&ids)
+        }
+    }
 }
 
 /// The content versions of `file` from its history `items`, oldest first; `live` when
@@ -481,10 +502,9 @@ pub(crate) fn versions(
     // Each group's base content, and its appends by op id.
     let mut bases: HashMap<OpId, &Content> = HashMap::new();
     let mut appends: HashMap<OpId, BTreeMap<OpId, &Content>> = HashMap::new();
-    // The last content op of each intention, with its group.
-    let mut last: Vec<(OpId, OpId, &HistoryItem)> = Vec::new();
+    // Every content op with its group and intention.
+    let mut ops: Vec<(OpId, OpId, &HistoryItem)> = Vec::new();
     for item in items {
-        let mut newest: Option<(OpId, OpId)> = None;
         for op in &item.ops {
             let id = op.id(item.author);
             let group = match &op.body {
@@ -509,26 +529,22 @@ pub(crate) fn versions(
                 }
                 _ => continue,
             };
-            if newest.is_none_or(|(n, _)| id > n) {
-                newest = Some((id, group));
-            }
-        }
-        if let Some((op, group)) = newest {
-            last.push((op, group, item));
+            ops.push((id, group, item));
         }
     }
-    last.sort_by_key(|(op, ..)| *op);
+    ops.sort_by_key(|(op, ..)| *op);
     let (winner, conflicts) = match state.file(file).filter(|_| live) {
         Some(f) => (f.winner(), f.conflicts()),
         None => (None, BTreeMap::new()),
     };
-    // The newest version of each alive group is the content that group shows.
+    // The newest op of each group is the content that group shows.
     let mut newest_of: HashMap<OpId, OpId> = HashMap::new();
-    for (op, group, _) in &last {
+    for (op, group, _) in &ops {
         newest_of.insert(*group, *op);
     }
-    let mut out = Vec::with_capacity(last.len());
-    for (op, group, item) in last {
+    let last = ops.last().map(|(op, ..)| *op);
+    let mut out = Vec::with_capacity(ops.len());
+    for (op, group, item) in ops {
         // An append to a group this node never saw the start of shows nothing (as in
         // the projection), so it is no version.
         let Some(base) = bases.get(&group) else {
@@ -548,7 +564,11 @@ pub(crate) fn versions(
         } else {
             VersionState::Past
         };
+        if pieces.is_empty() && state_of == VersionState::Past && Some(op) != last {
+            continue;
+        }
         out.push(Version {
+            id: content_id(&pieces),
             intention: item.hash,
             op,
             author_name: author_name(state, &item.author),
@@ -575,10 +595,14 @@ fn choose<'v>(
             if p.len() < MIN_VERSION_PREFIX || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(RestoreError::BadVersion(prefix.clone()));
             }
-            let matching: Vec<&Version> = versions
+            // Versions with one id hold the same bytes: the newest of them stands for all.
+            let mut matching: Vec<&Version> = versions
                 .iter()
-                .filter(|v| v.intention.to_hex().starts_with(&p))
+                .rev()
+                .filter(|v| v.id.to_hex().starts_with(&p))
                 .collect();
+            matching.sort_by_key(|v| v.id);
+            matching.dedup_by_key(|v| v.id);
             match matching.as_slice() {
                 [one] => Ok(one),
                 [] => Err(RestoreError::UnknownVersion {

@@ -112,7 +112,7 @@ fn restore_by_default_writes_the_version_before_the_current_one_as_a_new_version
     three_versions(&store);
     let before = node.versions("docs/a.txt").unwrap();
     let done = node.restore("docs/a.txt", &Pick::Default, None).unwrap();
-    assert_eq!(done.version, before[1].intention);
+    assert_eq!(done.version, before[1].id);
     assert!(!done.created);
     assert_eq!(done.path, "docs/a.txt");
     assert_eq!(bytes_at(&store, &["a.txt"]), b"two");
@@ -140,7 +140,7 @@ fn restore_picks_a_version_by_hash_prefix_or_by_time() {
     std::thread::sleep(std::time::Duration::from_millis(5));
     write(&store, file, "two");
     let versions = node.versions("docs/a.txt").unwrap();
-    let prefix = versions[0].intention.to_hex()[..12].to_uppercase();
+    let prefix = versions[0].id.to_hex()[..12].to_uppercase();
     node.restore("docs/a.txt", &Pick::Version(prefix), None)
         .unwrap();
     assert_eq!(bytes_at(&store, &["a.txt"]), b"one");
@@ -166,7 +166,7 @@ fn unknown_short_early_and_missing_versions_are_refused_and_change_nothing() {
     let applied = store.applied();
     let err = |pick: Pick| node.restore("docs/a.txt", &pick, None).unwrap_err();
     // One version only: any other prefix of its length is unknown.
-    let other = match first.intention.to_hex().as_bytes()[0] {
+    let other = match first.id.to_hex().as_bytes()[0] {
         b'0' => "10000000",
         _ => "00000000",
     };
@@ -451,5 +451,50 @@ fn a_deleted_file_whose_deleted_directory_name_was_taken_is_refused_in_place() {
     node.restore("docs/d/a.txt", &Pick::Default, Some("docs/a.txt"))
         .unwrap();
     assert_eq!(bytes_at(&store, &["a.txt"]), b"two");
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn each_content_op_of_one_intention_is_a_version_and_replaced_empty_ones_are_not_listed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_rt, node, store) = open(tmp.path());
+    create(
+        &store,
+        OpId::ROOT,
+        "a.txt",
+        Kind::File,
+        0o644,
+        inline("same"),
+    );
+    let file = file_at(&store, &["a.txt"]).unwrap();
+    // What an overwrite through O_TRUNC does: an empty write, then the content, all
+    // packed into one intention.
+    store
+        .write(|tx| {
+            for text in ["", "other", "", "same"] {
+                let body = tx.state().plan_write(file, inline(text), 0)?;
+                tx.push(body)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    store.flush().unwrap();
+    let versions = node.versions("docs/a.txt").unwrap();
+    let contents: Vec<&[Content]> = versions.iter().map(|v| v.pieces.as_slice()).collect();
+    assert_eq!(
+        contents,
+        [&[inline("same")][..], &[inline("other")], &[inline("same")]]
+    );
+    assert_eq!(versions[1].intention, versions[2].intention);
+    assert_eq!(versions[0].id, versions[2].id, "one content, one id");
+    assert_eq!(versions[0].id, crate::ids::Hash::of(b"same"));
+    // Restoring by that id is not ambiguous: both versions hold the same bytes.
+    let id = versions[0].id.to_hex();
+    node.restore("docs/a.txt", &Pick::Version(id[..8].into()), None)
+        .unwrap();
+    assert_eq!(bytes_at(&store, &["a.txt"]), b"same");
+    node.restore("docs/a.txt", &Pick::Version(versions[1].id.to_hex()), None)
+        .unwrap();
+    assert_eq!(bytes_at(&store, &["a.txt"]), b"other");
     node.shutdown().unwrap();
 }
