@@ -230,8 +230,9 @@ fn rfc3339_ms(s: &str) -> Option<u64> {
     u64::try_from(secs).ok().map(|s| s * 1000 + ms)
 }
 
+/// Whether `y` is a leap year of the Gregorian calendar.
 fn leap(y: u64) -> bool {
-    y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)
+    y.is_multiple_of(4) && (!y.is_multiple_of(100) || y.is_multiple_of(400))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of

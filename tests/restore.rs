@@ -95,17 +95,17 @@ fn an_overwritten_file_is_restored_byte_for_byte_through_the_mount() {
     assert!(versions.contains("\"local\":true") && !versions.contains("\"local\":false"));
     let human = ok(&d, &["history", p]);
     assert!(human.contains("versions"), "{human}");
-    assert!(human.contains(&hashes[0][..16]), "{human}");
+    assert!(human.contains(&first_id[..16]), "{human}");
 
     // Default: the version before the current one.
     let out = ok(&d, &["restore", p]);
-    assert!(out.contains(&hashes[1][..16]), "{out}");
+    assert!(out.contains(&second_id[..16]), "{out}");
     assert!(
         fs::read(&path).unwrap() == second,
         "restored content differs"
     );
-    // By hash prefix, as `history` prints it.
-    ok(&d, &["restore", p, "--version", &hashes[0][..16]]);
+    // By id prefix, as `history` prints it.
+    ok(&d, &["restore", p, "--version", &first_id[..16]]);
     d.assert_mounted();
     assert!(
         fs::read(&path).unwrap() == first,
