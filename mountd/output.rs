@@ -4,8 +4,8 @@ use std::fmt::Write;
 
 use lattice_mount::civil_from_days;
 use lattice_mount::proto::control::{
-    HistoryEntry, HistoryResponse, JoinProgress, PeerEntry, RestoreResponse, StatusResponse,
-    SyncResponse, VersionEntry,
+    GcResponse, HistoryEntry, HistoryResponse, JoinProgress, PeerEntry, RestoreResponse,
+    StatusResponse, SyncResponse, VersionEntry,
 };
 
 /// Human status: the node, then a table of stores.
@@ -70,6 +70,23 @@ pub fn status_human(s: &StatusResponse) -> String {
                 key.get(..16).unwrap_or(key)
             );
         }
+        let _ = match &st.space {
+            Some(sp) => writeln!(
+                out,
+                "{}: content {} bytes live, {} bytes retained history ({} days), {} bytes reclaimable",
+                printable(&st.name),
+                sp.live_bytes,
+                sp.retained_bytes,
+                st.retention_days,
+                sp.reclaimable_bytes
+            ),
+            None => writeln!(
+                out,
+                "{}: keeps old versions {} days; content space not measured yet (`lattice-mount gc`)",
+                printable(&st.name),
+                st.retention_days
+            ),
+        };
         if st.quarantined > 0 {
             let _ = writeln!(
                 out,
@@ -79,6 +96,25 @@ pub fn status_human(s: &StatusResponse) -> String {
             );
         }
     }
+    out
+}
+
+/// What `gc` freed: one line per store and a total.
+pub fn gc_human(r: &GcResponse) -> String {
+    let mut out = String::new();
+    let (mut blobs, mut bytes) = (0, 0);
+    for s in &r.stores {
+        let _ = writeln!(
+            out,
+            "{}: freed {} blobs, {} bytes",
+            printable(&s.store),
+            s.blobs,
+            s.bytes
+        );
+        blobs += s.blobs;
+        bytes += s.bytes;
+    }
+    let _ = writeln!(out, "freed {blobs} blobs, {bytes} bytes in total");
     out
 }
 
@@ -225,7 +261,8 @@ pub fn status_json(s: &StatusResponse) -> String {
                 "{{\"name\":{},\"id\":{},\"intentions\":{},\"floating\":{},\"files\":{},\
                  \"dirs\":{},\"bytes\":{},\"conflicts\":{},\"paused\":{},\"fetch\":{},\
                  \"peers_online\":{},\"members\":{},\"unsent\":{},\"equivocators\":[{}],\
-                 \"quarantined\":{},\"quarantined_hashes\":[{}]}}",
+                 \"quarantined\":{},\"quarantined_hashes\":[{}],\"retention_days\":{},\
+                 \"space\":{}}}",
                 json_string(&st.name),
                 json_string(&st.id),
                 st.intentions,
@@ -249,7 +286,12 @@ pub fn status_json(s: &StatusResponse) -> String {
                     .iter()
                     .map(|h| json_string(h))
                     .collect::<Vec<_>>()
-                    .join(",")
+                    .join(","),
+                st.retention_days,
+                st.space.as_ref().map_or("null".to_string(), |sp| format!(
+                    "{{\"live_bytes\":{},\"retained_bytes\":{},\"reclaimable_bytes\":{}}}",
+                    sp.live_bytes, sp.retained_bytes, sp.reclaimable_bytes
+                ))
             )
         })
         .collect();

@@ -4,8 +4,8 @@
 use std::path::Path;
 
 use lattice_mount::proto::control::{
-    DeletedEntry, HistoryEntry, HistoryResponse, RestoreRequest, RestoreResponse, StatusResponse,
-    StoreStatus, UnreadableStore, VersionEntry,
+    ContentSpace, DeletedEntry, HistoryEntry, HistoryResponse, RestoreRequest, RestoreResponse,
+    StatusResponse, StoreStatus, UnreadableStore, VersionEntry,
 };
 use lattice_mount::{
     store_name, Content, HistoryOp, Kind, Node, NodeError, OpBody, Pick, Role, Version,
@@ -40,6 +40,12 @@ pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
                     .collect(),
                 quarantined: quarantined.len() as u64,
                 quarantined_hashes: quarantined.iter().map(|h| h.to_hex()).collect(),
+                retention_days: s.retention_days(),
+                space: node.space(s).map(|sp| ContentSpace {
+                    live_bytes: sp.live,
+                    retained_bytes: sp.retained,
+                    reclaimable_bytes: sp.reclaimable,
+                }),
                 ..StoreStatus::default()
             }
         })
@@ -214,6 +220,7 @@ fn describe(body: &OpBody) -> String {
         OpBody::RevokeMember { key, .. } => format!("revoke member {}", key.short()),
         OpBody::Invite { role, .. } => format!("invite a {}", role_name(*role)),
         OpBody::RevokeInvite { .. } => "withdraw an invite".to_string(),
+        OpBody::SetRetention { days } => format!("keep old versions {days} days"),
     }
 }
 

@@ -25,11 +25,12 @@ pub mod wire;
 mod fuzz;
 
 pub use cas::{
-    Cas, CasError, Content, FetchRequest, Fetcher, PutAhead, INLINE_MAX, MAX_CHUNK_BYTES, READ_WAIT,
+    Cas, CasError, Content, FetchRequest, Fetcher, GcReport, PutAhead, Space, INLINE_MAX,
+    MAX_CHUNK_BYTES, PUT_GRACE, READ_WAIT,
 };
 pub use fs::op::{
-    validate_name, Create, Kind, Op, OpBody, OpError, Role, SetMeta, MAX_LABEL_BYTES,
-    MAX_SUPERSEDES,
+    validate_name, Create, Kind, Op, OpBody, OpError, Role, SetMeta, DEFAULT_RETENTION_DAYS,
+    MAX_LABEL_BYTES, MAX_RETENTION_DAYS, MAX_SUPERSEDES,
 };
 pub use fs::{
     Attr, ContentView, FsError, FsState, FsStats, InviteInfo, InviteStatus, MemberInfo,
@@ -52,9 +53,9 @@ pub use node::{
     RestoreError, Restored, Unreadable, Version, VersionState, MIN_VERSION_PREFIX,
 };
 pub use store::{
-    ApplyOutcome, BareIndex, Equivocator, HistoryItem, IndexView, InviteError, Store, StoreError,
-    StoreEvent, StoreStats, Tx, WitnessBatch, DB_FILE, MAX_CLOCK_SKEW_MS,
-    MAX_FLOATING_PER_STRANGER, SCHEMA_VERSION,
+    is_retained, ApplyOutcome, BareIndex, ContentPlan, Equivocator, HistoryItem, IndexView,
+    InviteError, SettingError, Store, StoreError, StoreEvent, StoreStats, Tx, WitnessBatch,
+    DB_FILE, MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER, MS_PER_DAY, SCHEMA_VERSION,
 };
 pub use sync::invite::TokenError;
 pub use sync::reconcile::{

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::cas::{Cas, CasError, Content};
+use crate::cas::{Cas, CasError, Content, GcReport, Space};
 use crate::fs::op::{clean_label, validate_label, Op, OpError, SetMeta};
 use crate::fs::{FsError, FsState};
 use crate::hlc::{Clock, Hlc};
@@ -126,6 +126,8 @@ struct Inner {
     joining: Mutex<Vec<Store>>,
     /// Store directories that could not be opened, with why; the others run without them.
     unreadable: Vec<Unreadable>,
+    /// Each store's content space as its last collection measured it.
+    space: Mutex<std::collections::HashMap<StoreId, Space>>,
 }
 
 /// A store directory that could not be opened at startup, and why.
@@ -203,6 +205,7 @@ impl Node {
                 stores_generation: tokio::sync::watch::Sender::new(0),
                 joining: Mutex::new(joining),
                 unreadable,
+                space: Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }
@@ -238,6 +241,49 @@ impl Node {
             .collect();
         stores.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id().cmp(&b.1.id())));
         stores.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// Collects the content of `store` (every store when `None`): drops what no current
+    /// or retained version needs and deletes the blobs no store keeps (see
+    /// `store::retention`, `cas::gc`). Returns what each store's collection freed.
+    /// Stores still being joined are never collected: their projection is partial.
+    pub fn gc(&self, store: Option<&Store>) -> Result<Vec<(String, GcReport)>, NodeError> {
+        let stores = self.stores();
+        let ids: Vec<StoreId> = stores
+            .iter()
+            .chain(self.inner.joining.lock().iter())
+            .map(Store::id)
+            .collect();
+        let chosen = match store {
+            Some(s) => vec![s.clone()],
+            None => stores,
+        };
+        let mut out = Vec::with_capacity(chosen.len());
+        for s in chosen {
+            let name = store_name(&s);
+            let failed = |source| NodeError::Store {
+                store: name.clone(),
+                source,
+            };
+            s.flush().map_err(failed)?;
+            let plan = s.content_plan().map_err(failed)?;
+            let keep: Vec<Content> = plan.current.iter().chain(&plan.retained).cloned().collect();
+            let freed = self.inner.cas.collect(s.id(), &keep, &plan.named, &ids)?;
+            let space = self
+                .inner
+                .cas
+                .space(s.id(), &plan.current, &plan.retained)?;
+            self.inner.space.lock().insert(s.id(), space);
+            tracing::info!(store = %name, blobs = freed.blobs, bytes = freed.bytes, "content collected");
+            out.push((name, freed));
+        }
+        Ok(out)
+    }
+
+    /// The content space of `store` as its last collection measured it, if one ran
+    /// since this node started.
+    pub fn space(&self, store: &Store) -> Option<Space> {
+        self.inner.space.lock().get(&store.id()).copied()
     }
 
     /// A counter that changes whenever the set of stores does (a store created or joined).

@@ -18,6 +18,7 @@ mod removed;
 mod snapshot;
 mod state;
 mod tree;
+pub(crate) mod versions;
 mod view;
 
 pub use error::FsError;

@@ -608,6 +608,7 @@ fn names_file(author: crate::identity::PublicKey, op: &Op, file: FileId) -> bool
         | OpBody::SetMember { .. }
         | OpBody::RevokeMember { .. }
         | OpBody::Invite { .. }
-        | OpBody::RevokeInvite { .. } => false,
+        | OpBody::RevokeInvite { .. }
+        | OpBody::SetRetention { .. } => false,
     }
 }

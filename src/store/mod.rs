@@ -82,6 +82,9 @@ mod reconcile_tests;
 mod replica_store;
 #[cfg(test)]
 mod replica_tests;
+pub(crate) mod retention;
+#[cfg(test)]
+mod retention_tests;
 mod schema;
 mod tables;
 #[cfg(test)]
@@ -107,6 +110,7 @@ pub(crate) use index::IndexSession;
 pub use index::{BareIndex, IndexView};
 pub(crate) use members::invite_id;
 pub use members::Equivocator;
+pub use retention::{is_retained, ContentPlan, SettingError, MS_PER_DAY};
 pub use schema::SCHEMA_VERSION;
 
 use crate::fs::op::{Op, OpBody, OpError, Role};
