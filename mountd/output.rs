@@ -390,6 +390,9 @@ fn version_lines(versions: &[VersionEntry], indent: &str) -> String {
         if v.state != "past" {
             notes.push(v.state.clone());
         }
+        if !v.retained {
+            notes.push("past retention".to_string());
+        }
         if !v.local {
             notes.push("not on this node".to_string());
         }
@@ -418,7 +421,7 @@ fn versions_json(versions: &[VersionEntry]) -> String {
             format!(
                 "{{\"time\":{},\"hlc_wall_ms\":{},\"hlc_counter\":{},\"author\":{},\
                  \"author_name\":{},\"version\":{},\"intention\":{},\"size\":{},\
-                 \"content\":{},\"state\":{},\"local\":{}}}",
+                 \"content\":{},\"state\":{},\"local\":{},\"retained\":{}}}",
                 json_string(&utc_time(v.hlc_wall_ms)),
                 v.hlc_wall_ms,
                 v.hlc_counter,
@@ -429,7 +432,8 @@ fn versions_json(versions: &[VersionEntry]) -> String {
                 v.size,
                 json_string(&v.content),
                 json_string(&v.state),
-                v.local
+                v.local,
+                v.retained
             )
         })
         .collect();

@@ -144,6 +144,7 @@ fn version_entry(v: &Version) -> VersionEntry {
             many => format!("{} pieces", many.len()),
         },
         version: v.id.to_hex(),
+        retained: v.retained,
         state: match v.state {
             VersionState::Current => "current",
             VersionState::Conflict => "conflict",

@@ -221,3 +221,35 @@ fn deleted_files_are_listed_and_restored_in_place_or_elsewhere_through_the_mount
     assert!(listed.contains("docs/project/data.bin"), "{listed}");
     assert!(!listed.contains("main.rs"), "{listed}");
 }
+
+#[test]
+fn a_version_collected_under_retention_zero_is_marked_and_refused_through_the_cli() {
+    let Some(d) = daemon_with_store("docs") else {
+        return;
+    };
+    let path = d.path("docs/big.bin");
+    let p = path.to_str().unwrap();
+    let old = random_bytes(1 << 20, 4);
+    fs::write(&path, &old).unwrap();
+    fs::write(&path, b"new").unwrap();
+    ok(&d, &["retention", "docs", "0"]);
+    ok(&d, &["gc", "docs"]);
+    let json = ok(&d, &["history", p, "--json"]);
+    let versions = &json[json.find("\"versions\":").unwrap()..];
+    let ids = json_strings(versions, "version");
+    let sizes = json_numbers(versions, "size");
+    let big = sizes.iter().position(|&s| s == old.len() as u64).unwrap();
+    let one = |key: &str| format!("\"version\":\"{}\"", ids[big]) + key;
+    let entry = &versions[versions.find(&one("")).unwrap()..];
+    let entry = &entry[..entry.find('}').unwrap()];
+    assert!(entry.contains("\"local\":false"), "{entry}");
+    assert!(entry.contains("\"retained\":false"), "{entry}");
+    let human = ok(&d, &["history", p]);
+    assert!(
+        human.contains("past retention, not on this node"),
+        "{human}"
+    );
+    let err = fails(&d, &["restore", p, "--version", &ids[big][..16]]);
+    assert!(err.contains("was collected"), "{err}");
+    assert_eq!(fs::read(&path).unwrap(), b"new");
+}

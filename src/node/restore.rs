@@ -26,7 +26,7 @@ use crate::fs::{Found, FsError, FsState};
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
 use crate::ids::{FileId, Hash, OpId};
-use crate::store::{HistoryItem, Store};
+use crate::store::{is_retained, HistoryItem, Store};
 
 use super::{Node, NodeError, STAGING_DIR};
 
@@ -78,8 +78,18 @@ pub enum RestoreError {
     /// The file is current and has no version before the current one.
     #[error("{0}: no earlier version to restore")]
     NoEarlierVersion(String),
-    /// A version's content is no longer on this node.
-    #[error("{path}: the content of version {version} is no longer on this node ({missing} blobs collected or never fetched)")]
+    /// A version's content was collected: it is past the store's retention.
+    #[error("{path}: the content of version {version} was collected (older than the store's retention of {days} days)")]
+    Collected {
+        /// The file.
+        path: String,
+        /// The version's content id, 16 hex.
+        version: String,
+        /// The store's retention.
+        days: u32,
+    },
+    /// A retained version's content is not on this node (not fetched yet).
+    #[error("{path}: the content of version {version} is not on this node yet ({missing} blobs to fetch; try again once the store has synced)")]
     NotLocal {
         /// The file.
         path: String,
@@ -132,6 +142,9 @@ pub struct Version {
     pub state: VersionState,
     /// Every blob its content needs is on this node.
     pub local: bool,
+    /// Current, or superseded (or deleted) less than the store's retention ago: its
+    /// content is kept (see `store::retention`).
+    pub retained: bool,
 }
 
 impl Version {
@@ -251,6 +264,14 @@ impl Node {
         }
         let versions = self.versions_of(&r.store, &r.store_name, r.found)?;
         let version = choose(&versions, pick, &r.shown, matches!(r.found, Found::Live(_)))?;
+        if !version.local && !version.retained {
+            return Err(RestoreError::Collected {
+                path: r.shown,
+                version: short(&version.id),
+                days: r.store.retention_days(),
+            }
+            .into());
+        }
         if !version.local {
             let missing = self
                 .cas()
@@ -410,8 +431,9 @@ impl Node {
             store: store_name.to_string(),
             source,
         })?;
-        let mut versions =
-            store.read(|s| versions(s, file, &items, matches!(found, Found::Live(_))));
+        let now_ms = crate::hlc::now_ms();
+        let live = matches!(found, Found::Live(_));
+        let mut versions = store.read(|s| versions(s, file, &items, live, now_ms));
         for v in &mut versions {
             v.local = self
                 .cas()
@@ -491,14 +513,39 @@ fn content_id(pieces: &[Content]) -> Hash {
 }
 
 /// The content versions of `file` from its history `items`, oldest first; `live` when
-/// the file is visible, so that its current and conflict versions are marked. Every
-/// version is marked local: the caller asks the content store.
+/// the file is visible, so that its current and conflict versions are marked, and
+/// whether each is retained at `now_ms`. Every version is marked local: the caller asks
+/// the content store.
 pub(crate) fn versions(
     state: &FsState,
     file: FileId,
     items: &[HistoryItem],
     live: bool,
+    now_ms: u64,
 ) -> Vec<Version> {
+    // When each op stopped being a head (the latest op superseding it), and the latest
+    // Remove of the file: what retention counts from (as `store::retention` does).
+    let mut superseded_at: HashMap<OpId, u64> = HashMap::new();
+    let mut removed_at: Option<u64> = None;
+    for item in items {
+        for op in &item.ops {
+            let ids = match &op.body {
+                OpBody::Write { supersedes, .. }
+                | OpBody::Append { supersedes, .. }
+                | OpBody::Dismiss { supersedes, .. } => supersedes,
+                OpBody::Remove { .. } => {
+                    removed_at = removed_at.max(Some(op.hlc.wall_ms));
+                    continue;
+                }
+                _ => continue,
+            };
+            for id in ids {
+                let at = superseded_at.entry(*id).or_default();
+                *at = (*at).max(op.hlc.wall_ms);
+            }
+        }
+    }
+    let days = state.retention_days();
     // Each group's base content, and its appends by op id.
     let mut bases: HashMap<OpId, &Content> = HashMap::new();
     let mut appends: HashMap<OpId, BTreeMap<OpId, &Content>> = HashMap::new();
@@ -543,6 +590,15 @@ pub(crate) fn versions(
         newest_of.insert(*group, *op);
     }
     let last = ops.last().map(|(op, ..)| *op);
+    // Each group's end: the latest supersession of one of its members; a group nothing
+    // superseded ends with the file's deletion.
+    let mut ended: HashMap<OpId, u64> = HashMap::new();
+    for (op, group, _) in &ops {
+        if let Some(at) = superseded_at.get(op) {
+            let end = ended.entry(*group).or_default();
+            *end = (*end).max(*at);
+        }
+    }
     let mut out = Vec::with_capacity(ops.len());
     for (op, group, item) in ops {
         // An append to a group this node never saw the start of shows nothing (as in
@@ -567,6 +623,12 @@ pub(crate) fn versions(
         if pieces.is_empty() && state_of == VersionState::Past && Some(op) != last {
             continue;
         }
+        let alive = winner == Some(group) || conflicts.contains_key(&group);
+        let end = match ended.get(&group) {
+            _ if alive => None,
+            Some(at) => Some(*at),
+            None => removed_at,
+        };
         out.push(Version {
             id: content_id(&pieces),
             intention: item.hash,
@@ -576,6 +638,7 @@ pub(crate) fn versions(
             pieces,
             state: state_of,
             local: true,
+            retained: is_retained(end, days, now_ms),
         });
     }
     out

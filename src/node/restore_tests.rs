@@ -232,7 +232,27 @@ fn a_version_whose_blobs_are_not_local_is_marked_and_not_restored() {
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("no longer on this node"), "{err}");
+    assert!(err.to_string().contains("not on this node yet"), "{err}");
+    assert!(versions.iter().all(|v| v.retained), "30 days by default");
+    // Past the retention its absence is for good.
+    store.set_retention(0).unwrap();
+    store.flush().unwrap();
+    let versions = node.versions("docs/big.bin").unwrap();
+    assert_eq!(
+        versions.iter().map(|v| v.retained).collect::<Vec<_>>(),
+        [false, true]
+    );
+    let err = node
+        .restore("docs/big.bin", &Pick::Default, None)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NodeError::Restore(RestoreError::Collected { days: 0, .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("was collected"), "{err}");
     assert_eq!(bytes_at(&store, &["big.bin"]), b"small");
     node.shutdown().unwrap();
 }
