@@ -655,4 +655,41 @@ mod tests {
         assert!(json.contains(r#""stores":[{"name":"docs","id":"","intentions":0"#));
         assert!(json.contains(r#""files":2"#));
     }
+
+    #[test]
+    fn versions_show_their_id_size_state_and_whether_they_can_be_restored() {
+        let v = |size: u64, state: &str, local: bool, retained: bool| VersionEntry {
+            version: "ab".repeat(32),
+            author: "fedcba98".repeat(8),
+            size,
+            content: "manifest".into(),
+            state: state.into(),
+            local,
+            retained,
+            ..Default::default()
+        };
+        let h = HistoryResponse {
+            versions: vec![v(5, "past", false, false), v(7, "current", true, true)],
+            omitted: 3,
+            ..Default::default()
+        };
+        let out = versions_human(&h);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert!(lines[1].contains("3 older versions not shown"), "{out}");
+        assert!(
+            lines[2].ends_with(
+                "fedcba98  abababababababab  5 bytes  manifest  (past retention, not on this node)"
+            ),
+            "{out}"
+        );
+        assert!(lines[3].ends_with("7 bytes  manifest  (current)"), "{out}");
+        let json = history_json("/docs/a", &h);
+        assert!(
+            json.contains(r#""state":"past","local":false,"retained":false}"#),
+            "{json}"
+        );
+        assert!(json.ends_with(r#""omitted":3}"#), "{json}");
+        assert!(versions_human(&HistoryResponse::default()).is_empty());
+    }
 }
