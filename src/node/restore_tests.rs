@@ -402,31 +402,53 @@ fn restore_to_a_new_path_copies_the_version_and_an_existing_target_is_refused() 
     node.shutdown().unwrap();
 }
 
-#[test]
-fn a_reader_cannot_restore() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (_rt, admin, store) = open(&tmp.path().join("admin"));
-    three_versions(&store);
+/// A second node in `dir` made a member of `store` (founded by `admin`) with `role`,
+/// holding every intention of the store so far; with its runtime.
+fn member(
+    dir: &Path,
+    admin: &Node,
+    store: &Store,
+    role: crate::fs::op::Role,
+) -> (tokio::runtime::Runtime, Node, Store) {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let reader = Node::open(&tmp.path().join("reader"), Some("r"), rt.handle().clone()).unwrap();
-    let key = reader.identity().public();
-    change(&store, |_| {
+    let node = Node::open(dir, Some("other"), rt.handle().clone()).unwrap();
+    let key = node.identity().public();
+    change(store, |_| {
         Ok(crate::fs::op::OpBody::SetMember {
             key,
-            role: crate::fs::op::Role::Reader,
-            display_name: "r".into(),
+            role,
+            display_name: "other".into(),
             invite: None,
         })
     });
     let inviter = admin.identity().public();
     let state = JoinState { inviter, next: 1 };
-    let replica = reader.begin_join(store.id(), inviter, &state).unwrap();
-    let log = store.witness(1, usize::MAX).unwrap();
-    for result in replica.apply_remote_many(log.intentions) {
+    let replica = node.begin_join(store.id(), inviter, &state).unwrap();
+    catch_up(&replica, store);
+    node.finish_join(store.id()).unwrap();
+    (rt, node, replica)
+}
+
+/// Applies every intention of `from` that `to` lacks, as a sync would.
+fn catch_up(to: &Store, from: &Store) {
+    let log = from.witness(1, usize::MAX).unwrap();
+    for result in to.apply_remote_many(log.intentions) {
         result.unwrap();
     }
-    replica.flush().unwrap();
-    reader.finish_join(store.id()).unwrap();
+    to.flush().unwrap();
+}
+
+#[test]
+fn a_reader_cannot_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_rt, admin, store) = open(&tmp.path().join("admin"));
+    three_versions(&store);
+    let (_rt2, reader, replica) = member(
+        &tmp.path().join("reader"),
+        &admin,
+        &store,
+        crate::fs::op::Role::Reader,
+    );
     assert_eq!(reader.versions("docs/a.txt").unwrap().len(), 3);
     let err = reader
         .restore("docs/a.txt", &Pick::Default, None)
@@ -438,6 +460,38 @@ fn a_reader_cannot_restore() {
     assert!(err.to_string().contains("reader"), "{err}");
     assert_eq!(bytes_at(&replica, &["a.txt"]), b"three");
     reader.shutdown().unwrap();
+    admin.shutdown().unwrap();
+}
+
+#[test]
+fn a_restore_is_an_ordinary_signed_edit_that_another_member_applies() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_rt, admin, store) = open(&tmp.path().join("admin"));
+    three_versions(&store);
+    deleted_in_deleted_dir(&store);
+    let (_rt2, other, replica) = member(
+        &tmp.path().join("other"),
+        &admin,
+        &store,
+        crate::fs::op::Role::Writer,
+    );
+    admin.restore("docs/a.txt", &Pick::Default, None).unwrap();
+    admin.restore("docs/d/a.txt", &Pick::Default, None).unwrap();
+    catch_up(&replica, &store);
+    assert_eq!(bytes_at(&replica, &["a.txt"]), b"two");
+    assert_eq!(bytes_at(&replica, &["d", "a.txt"]), b"two");
+    assert_eq!(
+        replica.read(|s| s.canonical_dump()),
+        store.read(|s| s.canonical_dump())
+    );
+    // The other member sees the restore as a version by the admin.
+    let versions = other.versions("docs/a.txt").unwrap();
+    let last = versions.last().unwrap();
+    assert_eq!(
+        (last.author(), last.state),
+        (admin.identity().public(), VersionState::Current)
+    );
+    other.shutdown().unwrap();
     admin.shutdown().unwrap();
 }
 
