@@ -122,6 +122,14 @@ fn an_overwritten_file_is_restored_byte_for_byte_through_the_mount() {
     );
     assert_eq!(after_states.last().map(String::as_str), Some("current"));
 
+    // By time: the version current at the 3 MiB version's time (unix seconds round
+    // down, so RFC 3339 with milliseconds names it exactly).
+    let times = json_strings(versions, "time");
+    ok(&d, &["restore", p, "--at", &times[at(first.len())]]);
+    assert!(
+        fs::read(&path).unwrap() == first,
+        "restored content differs"
+    );
     let err = fails(&d, &["restore", p, "--version", "0000000000000000"]);
     assert!(err.contains("no version"), "{err}");
     let err = fails(&d, &["restore", p, "--at", "1970-01-02T00:00:00Z"]);
@@ -203,14 +211,24 @@ fn deleted_files_are_listed_and_restored_in_place_or_elsewhere_through_the_mount
         ],
     );
     assert!(err.contains("already exists"), "{err}");
-    ok(
+    let out = ok(
         &d,
         &[
             "restore",
             data.to_str().unwrap(),
             "--to",
             copy.to_str().unwrap(),
+            "--json",
         ],
+    );
+    assert!(
+        out.starts_with("{\"path\":\"docs/data-restored.bin\",\"version\":\""),
+        "{out}"
+    );
+    assert!(
+        out.trim_end()
+            .ends_with(",\"size\":1048576,\"created\":true}"),
+        "{out}"
     );
     assert!(fs::read(&copy).unwrap() == big, "restored copy differs");
     assert!(!data.exists(), "--to leaves the old place deleted");
