@@ -34,7 +34,7 @@ pub use fs::op::{
 };
 pub use fs::{
     Attr, ContentView, FsError, FsState, FsStats, InviteInfo, InviteStatus, MemberInfo,
-    Node as FsNode, RenameFlags,
+    Node as FsNode, Purged, RenameFlags,
 };
 pub use fuse::{mount, FuseError, MountGuard};
 pub use hlc::{civil_from_days, now_ms, Clock, Hlc};

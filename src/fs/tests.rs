@@ -955,27 +955,46 @@ fn malformed_snapshots_are_refused_not_panicked_on() {
     ));
 }
 
+/// A format 2 snapshot (the op log of the releases before issue 9) of `ops`.
+fn v2_snapshot(ops: &[(PublicKey, Op)]) -> Vec<u8> {
+    let mut out = b"LMFSSNAP".to_vec();
+    out.extend_from_slice(&2u32.to_le_bytes());
+    out.extend_from_slice(&(ops.len() as u64).to_le_bytes());
+    for (author, op) in ops {
+        let bytes = prost::Message::encode_to_vec(&op.to_proto());
+        out.extend_from_slice(&author.0);
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
 #[test]
-fn a_format_1_snapshot_converts_to_the_current_format_and_decodes_to_the_same_state() {
+fn format_1_and_2_snapshots_decode_by_replay_to_the_same_state_and_reencode_as_format_3() {
     let mut s = FsState::new();
-    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
-    mkfile(&mut s, 1, 11, d, "a.txt", "x");
-    let current = s.encode_snapshot();
-    let (magic, version) = current.split_at(8);
-    assert_eq!(&version[..4], &2u32.to_le_bytes());
-    let v1 = [b"LMFSNAP1".as_slice(), &version[4..]].concat();
+    let body = create(&s, OpId::ROOT, "d", Kind::Dir, "");
+    let (d, dir_op) = run(&mut s, 1, 10, body);
+    let body = create(&s, d, "a.txt", Kind::File, "x");
+    let (_, file_op) = run(&mut s, 1, 11, body);
+    let v2 = v2_snapshot(&[(key(1), dir_op), (key(1), file_op)]);
+    let v1 = [b"LMFSNAP1".as_slice(), &v2[12..]].concat();
     assert!(FsState::decode_snapshot(&v1).is_err());
-    let converted = FsState::snapshot_v1_to_v2(&v1).unwrap();
-    assert_eq!(converted, current);
-    assert!(magic != b"LMFSNAP1");
-    assert_eq!(FsState::snapshot_v1_to_v2(&current), None);
+    assert_eq!(FsState::snapshot_v1_to_v2(&v1), Some(v2.clone()));
+    assert_eq!(FsState::snapshot_v1_to_v2(&v2), None);
+    let (decoded, old) = FsState::decode_versioned(&v2).unwrap();
+    assert!(old, "a format 2 snapshot asks to be rewritten");
+    assert_eq!(decoded.canonical_dump(), s.canonical_dump());
+    let v3 = decoded.encode_snapshot();
+    assert_eq!(&v3[8..12], &3u32.to_le_bytes());
+    assert_eq!(v3, s.encode_snapshot());
+    assert!(!FsState::decode_versioned(&v3).unwrap().1);
 }
 
 #[test]
 fn a_snapshot_of_another_format_version_is_refused() {
     let mut s = FsState::new();
     mkfile(&mut s, 1, 10, OpId::ROOT, "a", "x");
-    for version in [0u32, 1, 3, u32::MAX] {
+    for version in [0u32, 1, 4, u32::MAX] {
         let mut bytes = s.encode_snapshot();
         bytes[8..12].copy_from_slice(&version.to_le_bytes());
         let err = FsState::decode_snapshot(&bytes).unwrap_err();

@@ -530,9 +530,9 @@ impl Store {
             let (wall_ms, counter) = entry?.1.value();
             newest = newest.max(Hlc { wall_ms, counter });
         }
-        let (mut state, snap_seq) = match txn.open_table(PROJECTION)?.last()? {
-            Some((k, v)) => match FsState::decode_snapshot(v.value()) {
-                Ok(state) => (state, k.value()),
+        let (mut state, snap_seq, rewrite) = match txn.open_table(PROJECTION)?.last()? {
+            Some((k, v)) => match FsState::decode_versioned(v.value()) {
+                Ok((state, old)) => (state, k.value(), old),
                 Err(e) => {
                     // The projection is a pure function of the intentions: rebuild it.
                     tracing::warn!(
@@ -540,10 +540,10 @@ impl Store {
                         error = %e,
                         "projection snapshot does not decode; rebuilding it from the witness log"
                     );
-                    (FsState::new(), 0)
+                    (FsState::new(), 0, true)
                 }
             },
-            None => (FsState::new(), 0),
+            None => (FsState::new(), 0, false),
         };
         let witness = txn.open_table(WITNESS)?;
         let intentions = txn.open_table(INTENTIONS)?;
@@ -588,7 +588,19 @@ impl Store {
             intentions: intentions.len()?,
             floating: txn.open_table(FLOATING)?.len()? + tables::early_len(&txn)?,
         };
+        let head_seq = witness.last()?.map_or(0, |(k, _)| k.value());
         drop((meta, witness, intentions, txn));
+        if rewrite {
+            // An older snapshot format (or a rebuilt projection): write the current
+            // format now, so the next open loads the state instead of replaying history.
+            let txn = index.db()?.begin_write()?;
+            {
+                let mut projection = txn.open_table(PROJECTION)?;
+                projection.retain(|_, _| false)?;
+                projection.insert(head_seq, &state.encode_snapshot()[..])?;
+            }
+            index.commit(txn)?;
+        }
         if quarantined.len() > known_quarantined {
             // Persisted, so the set survives the next snapshot (which no longer replays them).
             let txn = index.db()?.begin_write()?;

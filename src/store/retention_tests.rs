@@ -72,7 +72,7 @@ fn overwrite(node: &Node, store: &Store, file: FileId, bytes: &[u8]) -> Content 
                 .file(file)
                 .unwrap()
                 .heads
-                .iter()
+                .keys()
                 .copied()
                 .collect();
             Ok(tx.push(OpBody::Write {
@@ -94,7 +94,7 @@ fn remove(store: &Store, file: FileId) {
                 .file(file)
                 .unwrap()
                 .heads
-                .iter()
+                .keys()
                 .copied()
                 .collect();
             Ok(tx.push(OpBody::Remove {
@@ -118,6 +118,22 @@ fn reads(cas: &Cas, store: &Store, content: &Content, bytes: &[u8]) -> bool {
 /// Bytes of every complete blob of the node.
 fn blob_bytes(node: &Node) -> u64 {
     node.cas().stats().unwrap().1
+}
+
+/// Bytes of every file under `dir`, as stored (the data dir's growth).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                dir_bytes(&e.path())
+            } else {
+                meta.len()
+            }
+        })
+        .sum()
 }
 
 /// Slack over the kept content's bytes for manifests and hash sequences.
@@ -195,6 +211,7 @@ fn retention_zero_and_a_collection_after_ten_overwrites_of_a_large_file_keep_onl
     assert_eq!(store.retention_days(), 0);
     let len = 5 * 1024 * 1024;
     let before = blob_bytes(&node);
+    let dir_before = dir_bytes(tmp.path());
     let (f, mut content) = create(&node, &store, "f", &data(0, len));
     for i in 1..=10 {
         content = overwrite(&node, &store, f, &data(i, len));
@@ -202,10 +219,13 @@ fn retention_zero_and_a_collection_after_ten_overwrites_of_a_large_file_keep_onl
     let written = blob_bytes(&node) - before;
     let freed = node.gc(None).unwrap()[0].1;
     let after = blob_bytes(&node) - before;
+    let grown = dir_bytes(tmp.path()).saturating_sub(dir_before);
     eprintln!(
-        "11 versions of {len} bytes: {written} blob bytes written, {} freed in {} blobs, {after} kept",
+        "11 versions of {len} bytes: {written} blob bytes written, {} freed in {} blobs, \
+         {after} kept; data dir grew {grown} bytes",
         freed.bytes, freed.blobs
     );
+    assert!(grown <= 2 * len as u64, "data dir grew {grown} bytes");
     assert!(written >= 11 * len as u64);
     assert!((len as u64..len as u64 + SLACK).contains(&after), "{after}");
     assert!(reads(node.cas(), &store, &content, &data(10, len)));
@@ -270,5 +290,23 @@ fn a_retention_beyond_a_century_is_refused_and_changes_nothing() {
     assert_eq!(store.retention_days(), DEFAULT_RETENTION_DAYS);
     store.set_retention(7).unwrap();
     assert_eq!(store.retention_days(), 7);
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn the_retention_setting_survives_a_restart_through_the_snapshot() {
+    let tmp = tempfile::tempdir().unwrap();
+    {
+        let (_rt, node) = node(tmp.path());
+        let store = node.create_store("s").unwrap();
+        store.set_retention(3).unwrap();
+        node.shutdown().unwrap();
+    }
+    let (_rt, node) = node(tmp.path());
+    let store = node.store_by_name("s").unwrap();
+    assert_eq!(store.retention_days(), 3);
+    let snapshot = store.read(|s| s.encode_snapshot());
+    let decoded = crate::fs::FsState::decode_snapshot(&snapshot).unwrap();
+    assert_eq!(decoded.retention_days(), 3);
     node.shutdown().unwrap();
 }
