@@ -391,7 +391,7 @@ fn has_command(data: &Path, name: &str) -> Result<bool> {
     let out = lattice_cli(data).arg("--help").output()?;
     Ok(String::from_utf8_lossy(&out.stdout)
         .lines()
-        .any(|l| l.trim_start().split_whitespace().next() == Some(name)))
+        .any(|l| l.split_whitespace().next() == Some(name)))
 }
 
 /// Writes a 64 MiB file and overwrites it BIG_OVERWRITES times with distinct content;

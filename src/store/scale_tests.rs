@@ -68,7 +68,7 @@ fn build_tree(store: &Store) -> Vec<OpId> {
                 .write(|tx| {
                     for &f in batch {
                         let n = d * FILES_PER_DIR + f;
-                        let line = if n % WITH_CONTENT_EVERY == 0 {
+                        let line = if n.is_multiple_of(WITH_CONTENT_EVERY) {
                             format!("line {n}\n")
                         } else {
                             String::new()
