@@ -18,7 +18,7 @@ use lattice_mount::proto::control::{
     InviteResponse, JoinProgress, JoinResponse, PauseResponse, PeerEntry, PeersResponse, Request,
     Response, RevokeResponse, SyncResponse,
 };
-use lattice_mount::{Net, NetConfig, Node, Role};
+use lattice_mount::{CacheBudget, Net, NetConfig, Node, Role};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, RwLock, Semaphore};
@@ -49,6 +49,8 @@ pub struct UpOptions {
     pub allow_other: bool,
     /// Network endpoint setup.
     pub net: NetConfig,
+    /// The cache budget.
+    pub cache: CacheBudget,
 }
 
 /// Runs the daemon in the foreground until it is asked to stop.
@@ -77,8 +79,13 @@ pub fn up(opts: UpOptions) -> Result<(), CliError> {
         let _entered = rt.enter();
         Signals::new().context("cannot install signal handlers")?
     };
-    let node = Node::open(data_dir, opts.display_name.as_deref(), rt.handle().clone())
-        .with_context(|| format!("cannot open the node in {}", data_dir.display()))?;
+    let node = Node::open_within(
+        data_dir,
+        opts.display_name.as_deref(),
+        rt.handle().clone(),
+        opts.cache,
+    )
+    .with_context(|| format!("cannot open the node in {}", data_dir.display()))?;
     let guard = match lattice_mount::mount(node.clone(), &mountpoint, opts.allow_other) {
         Ok(guard) => guard,
         Err(e) => {

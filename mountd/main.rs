@@ -55,6 +55,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             allow_other,
             relay,
             bind,
+            cache_mib,
         } => {
             let mountpoint = match mountpoint {
                 Some(m) => m,
@@ -67,6 +68,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 display_name: name,
                 allow_other,
                 net: lattice_mount::NetConfig { relay, bind },
+                cache: lattice_mount::CacheBudget::from_mib(cache_mib),
             })
         }
         Command::Create { name } => {

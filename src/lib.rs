@@ -5,6 +5,7 @@
 //! end-to-end tests (`tests/`) use. Every module is crate-private except the wire
 //! formats (`proto`) and their framing (`wire`), which other processes share.
 
+pub(crate) mod budget;
 pub(crate) mod cas;
 pub(crate) mod fs;
 pub(crate) mod fuse;
@@ -24,6 +25,7 @@ pub mod wire;
 #[cfg(test)]
 mod fuzz;
 
+pub use budget::{CacheBudget, DEFAULT_CACHE_MIB};
 pub use cas::{
     Cas, CasError, Content, FetchRequest, Fetcher, PutAhead, INLINE_MAX, MAX_CHUNK_BYTES, READ_WAIT,
 };
@@ -33,7 +35,7 @@ pub use fs::op::{
 };
 pub use fs::{
     Attr, ContentView, FsError, FsState, FsStats, InviteInfo, InviteStatus, MemberInfo,
-    Node as FsNode, RenameFlags,
+    Node as FsNode, Purged, RenameFlags,
 };
 pub use fuse::{mount, FuseError, MountGuard};
 pub use hlc::{civil_from_days, now_ms, Clock, Hlc};

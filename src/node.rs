@@ -13,13 +13,14 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::budget::CacheBudget;
 use crate::cas::{Cas, CasError, Content};
 use crate::fs::op::{clean_label, validate_label, Op, OpError, SetMeta};
 use crate::fs::{FsError, FsState};
 use crate::hlc::{Clock, Hlc};
 use crate::identity::{Identity, IdentityError, PublicKey};
 use crate::ids::{FileId, Hash, OpId, StoreId};
-use crate::store::{HistoryItem, Store, StoreError};
+use crate::store::{Genesis, HistoryItem, Store, StoreError, StoreOptions};
 
 /// Key file name inside the data dir.
 const KEY_FILE: &str = "node.key";
@@ -108,6 +109,8 @@ struct Inner {
     display_name: String,
     clock: Arc<Mutex<Clock>>,
     cas: Cas,
+    /// The cache budget, split over the content store and the store databases.
+    budget: CacheBudget,
     stores: Mutex<Vec<Store>>,
     /// Bumped whenever a store is added, so the mount root can be refreshed.
     stores_generation: tokio::sync::watch::Sender<u64>,
@@ -158,19 +161,29 @@ impl Node {
         display_name: Option<&str>,
         rt: tokio::runtime::Handle,
     ) -> Result<Node, NodeError> {
+        Node::open_within(data_dir, display_name, rt, CacheBudget::default())
+    }
+
+    /// [`Node::open`] with the caches sized from `budget` (see `budget`).
+    pub fn open_within(
+        data_dir: &Path,
+        display_name: Option<&str>,
+        rt: tokio::runtime::Handle,
+        budget: CacheBudget,
+    ) -> Result<Node, NodeError> {
         create_private_dir(data_dir)?;
         make_private(data_dir)?;
         create_private_dir(&data_dir.join(STORES_DIR))?;
         create_private_dir(&data_dir.join(STAGING_DIR))?;
         let identity = Identity::load_or_create(&data_dir.join(KEY_FILE))?;
         let display_name = resolve_display_name(&data_dir.join(NAME_FILE), display_name)?;
-        let cas = Cas::open(&data_dir.join(BLOBS_DIR), rt)?;
+        let cas = Cas::open_within(&data_dir.join(BLOBS_DIR), rt, &budget)?;
         let clock = Arc::new(Mutex::new(Clock::new(Hlc::ZERO)));
         let OpenedStores {
             stores,
             joining,
             unreadable,
-        } = open_stores(&data_dir.join(STORES_DIR), &identity, &clock)?;
+        } = open_stores(&data_dir.join(STORES_DIR), &identity, &clock, &budget)?;
         for store in stores.iter().chain(&joining) {
             sync_content_first(store, &cas);
             claim_untagged_content(&data_dir.join(STORES_DIR), store, &cas);
@@ -188,12 +201,23 @@ impl Node {
                 display_name,
                 clock,
                 cas,
+                budget,
                 stores: Mutex::new(stores),
                 stores_generation: tokio::sync::watch::Sender::new(0),
                 joining: Mutex::new(joining),
                 unreadable,
             }),
         })
+    }
+
+    /// Options of a store opened beside `held` others: its share of the cache budget.
+    /// (Shares are fixed when a store opens, so stores added while the daemon runs may
+    /// take the sum past the budget until the next start.)
+    fn store_options(&self, held: usize) -> StoreOptions {
+        StoreOptions {
+            cache_bytes: self.inner.budget.store_cache_bytes(held + 1),
+            ..StoreOptions::default()
+        }
     }
 
     /// The node's identity.
@@ -284,12 +308,13 @@ impl Node {
         create_private_dir(&dir)?;
         mark_claimed(&dir)?;
         state.save(&dir)?;
-        let store = Store::join(
+        let store = Store::join_with(
             &dir,
             id,
             founder,
             self.inner.identity.clone(),
             self.inner.clock.clone(),
+            self.store_options(joining.len()),
         )
         .map_err(store_err)?;
         make_private(&dir)?;
@@ -342,13 +367,17 @@ impl Node {
             remove_failed_store_dir(&dir);
             return Err(e);
         }
-        let store = Store::create(
-            &dir,
+        let genesis = Genesis {
             id,
+            name,
+            display_name: &self.inner.display_name,
+        };
+        let store = Store::create_with(
+            &dir,
+            genesis,
             self.inner.identity.clone(),
             self.inner.clock.clone(),
-            name,
-            &self.inner.display_name,
+            self.store_options(stores.len()),
         )
         .map_err(|source| {
             remove_failed_store_dir(&dir);
@@ -649,14 +678,19 @@ fn open_stores(
     dir: &Path,
     identity: &Identity,
     clock: &Arc<Mutex<Clock>>,
+    budget: &CacheBudget,
 ) -> Result<OpenedStores, NodeError> {
     let io = |source| NodeError::Io {
         path: dir.display().to_string(),
         source,
     };
     let (mut stores, mut joining, mut unreadable) = (Vec::new(), Vec::new(), Vec::new());
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        let entry = entry.map_err(io)?;
+    let entries = std::fs::read_dir(dir)
+        .map_err(io)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io)?;
+    let count = entries.len();
+    for entry in entries {
         let is_store = entry.file_type().map_err(io)?.is_dir()
             && entry
                 .file_name()
@@ -667,7 +701,11 @@ fn open_stores(
             continue;
         }
         let path = entry.path();
-        let store = match Store::open(&path, identity.clone(), clock.clone()) {
+        let opts = StoreOptions {
+            cache_bytes: budget.store_cache_bytes(count),
+            ..StoreOptions::default()
+        };
+        let store = match Store::open_with(&path, identity.clone(), clock.clone(), opts) {
             Ok(store) => store,
             Err(e) => {
                 tracing::error!("cannot open the store in {}: {e}", path.display());

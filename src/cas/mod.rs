@@ -75,16 +75,13 @@ pub use content::{Content, INLINE_MAX};
 pub use error::CasError;
 pub use fetch::{FetchRequest, Fetcher, READ_WAIT};
 
+use crate::budget::CacheBudget;
 use crate::ids::{Hash, StoreId};
 use cache::Lru;
 pub use chunker::MAX_CHUNK_BYTES;
 use chunker::{chunk_slice, ChunkParams, StreamChunker, CHUNK_PARAMS};
 use manifest::Manifest;
 
-/// Most bytes of recently read chunks kept in memory.
-pub(crate) const CHUNK_CACHE_BYTES: u64 = 64 * 1024 * 1024;
-/// Most chunk entries, summed over all cached parsed manifests.
-pub(crate) const MANIFEST_CACHE_CHUNKS: u64 = 1 << 20;
 /// Chunk imports running at once while a file is stored.
 const PUT_IN_FLIGHT: usize = 8;
 /// Chunk fetches running at once while content is exported.
@@ -122,11 +119,21 @@ struct Inner {
 impl Cas {
     /// Opens (creating) the iroh-blobs FsStore at `dir`; `rt` runs its async work.
     pub fn open(dir: &Path, rt: Handle) -> Result<Cas, CasError> {
-        Self::open_with(dir, rt, CHUNK_PARAMS)
+        Self::open_within(dir, rt, &CacheBudget::default())
+    }
+
+    /// [`Cas::open`] with its chunk and manifest caches sized from `budget`.
+    pub fn open_within(dir: &Path, rt: Handle, budget: &CacheBudget) -> Result<Cas, CasError> {
+        Self::open_with(dir, rt, CHUNK_PARAMS, budget)
     }
 
     /// Opens the store at `dir`, cutting new content with `params`.
-    fn open_with(dir: &Path, rt: Handle, params: ChunkParams) -> Result<Cas, CasError> {
+    fn open_with(
+        dir: &Path,
+        rt: Handle,
+        params: ChunkParams,
+        budget: &CacheBudget,
+    ) -> Result<Cas, CasError> {
         std::fs::create_dir_all(dir).map_err(CasError::io("create blob store directory"))?;
         let mut options = Options::new(dir);
         options.gc = None;
@@ -140,8 +147,8 @@ impl Cas {
                 rt,
                 paths,
                 params,
-                manifests: Mutex::new(Lru::new(MANIFEST_CACHE_CHUNKS)),
-                chunks: Mutex::new(Lru::new(CHUNK_CACHE_BYTES)),
+                manifests: Mutex::new(Lru::new(budget.manifest_chunks())),
+                chunks: Mutex::new(Lru::new(budget.chunk_bytes())),
                 prefetching: Mutex::new(HashSet::new()),
                 fetcher: RwLock::new(None),
                 read_wait: Mutex::new(READ_WAIT),

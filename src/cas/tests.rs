@@ -505,7 +505,13 @@ fn chunk_sizes_measured() {
     for &params in CANDIDATES {
         let dir = tempfile::tempdir().unwrap();
         let rt = runtime();
-        let cas = Cas::open_with(&dir.path().join("blobs"), rt.handle().clone(), params).unwrap();
+        let cas = Cas::open_with(
+            &dir.path().join("blobs"),
+            rt.handle().clone(),
+            params,
+            &crate::budget::CacheBudget::default(),
+        )
+        .unwrap();
         let path = dir.path().join("src");
         std::fs::write(&path, &all).unwrap();
         let t = Instant::now();

@@ -6,13 +6,16 @@
 //! The winner among alive groups is the group of the greatest head; every other alive group
 //! is shown as a conflict copy. Metadata fields are last-writer-wins by op id.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
 
 use crate::cas::Content;
+use crate::fs::codec::{Reader, Writer};
+use crate::fs::error::FsError;
 use crate::fs::op::{Create, Kind, SetMeta};
 use crate::fs::view::ContentView;
+use crate::hlc::Hlc;
 use crate::ids::OpId;
 
 /// Largest size a content version shows: the largest offset the kernel addresses
@@ -83,11 +86,11 @@ pub(crate) struct FileRec {
     pub touched: OpId,
     /// Version groups by the id of the op that started them.
     pub groups: BTreeMap<OpId, Group>,
-    /// Group of each member op.
-    member_of: HashMap<OpId, OpId>,
-    /// Member ops that nothing supersedes.
-    pub heads: BTreeSet<OpId>,
-    superseded: HashSet<OpId>,
+    /// Member ops that nothing supersedes, each with its group (a superseded member's
+    /// group is never asked for).
+    pub heads: BTreeMap<OpId, OpId>,
+    /// Ids named as superseded whose ops have not arrived.
+    superseded: BTreeSet<OpId>,
 }
 
 impl FileRec {
@@ -144,9 +147,8 @@ impl FileRec {
             xattrs: BTreeMap::new(),
             touched: id,
             groups: BTreeMap::new(),
-            member_of: HashMap::new(),
-            heads: BTreeSet::new(),
-            superseded: HashSet::new(),
+            heads: BTreeMap::new(),
+            superseded: BTreeSet::new(),
         }
     }
 
@@ -155,12 +157,22 @@ impl FileRec {
         self.touched = self.touched.max(id);
     }
 
-    /// Marks `ids` as superseded.
+    /// Marks `ids` as superseded. A member's group is only needed while it is a head,
+    /// and an id only needs remembering until its op arrives.
     pub(crate) fn supersede(&mut self, ids: &[OpId]) {
         for id in ids {
-            self.superseded.insert(*id);
-            self.heads.remove(id);
+            if self.heads.remove(id).is_none() {
+                self.superseded.insert(*id);
+            }
         }
+    }
+
+    /// Forgets superseded ids stamped before `below` whose ops never arrived (none can
+    /// arrive any more, see `FsState::purge`); returns how many.
+    pub(crate) fn purge(&mut self, below: Hlc) -> usize {
+        let before = self.superseded.len();
+        self.superseded.retain(|id| id.hlc >= below);
+        before - self.superseded.len()
     }
 
     /// Starts a version group with Write `id`.
@@ -191,29 +203,21 @@ impl FileRec {
     }
 
     fn add_member(&mut self, id: OpId, group: OpId) {
-        self.member_of.insert(id, group);
-        if !self.superseded.contains(&id) {
-            self.heads.insert(id);
+        if !self.superseded.remove(&id) {
+            self.heads.insert(id, group);
         }
-    }
-
-    /// The group `member` belongs to.
-    pub(crate) fn group_of(&self, member: OpId) -> Option<OpId> {
-        self.member_of.get(&member).copied()
     }
 
     /// The winning group: the group of the greatest head.
     pub(crate) fn winner(&self) -> Option<OpId> {
-        self.heads.last().and_then(|h| self.group_of(*h))
+        self.heads.last_key_value().map(|(_, g)| *g)
     }
 
     /// Alive groups with their greatest head, by group id.
     pub(crate) fn alive(&self) -> BTreeMap<OpId, OpId> {
         let mut out = BTreeMap::new();
-        for h in &self.heads {
-            if let Some(g) = self.group_of(*h) {
-                out.insert(g, *h);
-            }
+        for (h, g) in &self.heads {
+            out.insert(*g, *h);
         }
         out
     }
@@ -231,8 +235,8 @@ impl FileRec {
     pub(crate) fn group_heads(&self, group: OpId) -> Vec<OpId> {
         self.heads
             .iter()
-            .filter(|h| self.group_of(**h) == Some(group))
-            .copied()
+            .filter(|(_, g)| **g == group)
+            .map(|(h, _)| *h)
             .collect()
     }
 
@@ -298,6 +302,128 @@ impl FileRec {
     /// The value of xattr `name`, if set.
     pub(crate) fn xattr(&self, name: &[u8]) -> Option<&Bytes> {
         self.xattrs.get(name).and_then(|r| r.value.as_ref())
+    }
+}
+
+/// Writes a register's writer as a flag when it is the file's Create op (the usual case).
+fn put_at(w: &mut Writer, at: &OpId, file: &OpId) {
+    if at == file {
+        w.u8(0);
+    } else {
+        w.u8(1);
+        w.id(at);
+    }
+}
+
+fn get_at(r: &mut Reader, file: &OpId) -> Result<OpId, FsError> {
+    Ok(if r.bool()? { r.id()? } else { *file })
+}
+
+impl FileRec {
+    /// Writes the record of `file`; registers written by its Create op cost one byte.
+    pub(crate) fn encode(&self, file: &OpId, w: &mut Writer) {
+        w.kind(self.kind);
+        w.uint(self.rdev);
+        w.content(&self.target);
+        for reg in [&self.mode, &self.uid, &self.gid] {
+            put_at(w, &reg.at, file);
+            w.uint(u64::from(reg.value));
+        }
+        for reg in [&self.mtime, &self.atime] {
+            put_at(w, &reg.at, file);
+            w.int(reg.value);
+        }
+        w.len(self.xattrs.len());
+        for (name, reg) in &self.xattrs {
+            w.bytes(name);
+            w.id(&reg.at);
+            match &reg.value {
+                None => w.u8(0),
+                Some(v) => {
+                    w.u8(1);
+                    w.bytes(v);
+                }
+            }
+        }
+        put_at(w, &self.touched, file);
+        w.len(self.groups.len());
+        for (id, g) in &self.groups {
+            w.id(id);
+            w.content(&g.base);
+            w.len(g.appends.len());
+            for (a, c) in &g.appends {
+                w.id(a);
+                w.content(c);
+            }
+        }
+        w.len(self.heads.len());
+        for (head, group) in &self.heads {
+            w.id(head);
+            w.id(group);
+        }
+        w.ids(self.superseded.iter());
+    }
+
+    /// Reads what [`FileRec::encode`] wrote for `file`.
+    pub(crate) fn decode(file: &OpId, r: &mut Reader) -> Result<Self, FsError> {
+        let kind = r.kind()?;
+        let rdev = r.uint()?;
+        let target = r.content()?;
+        let mut small = [
+            Lww::new(*file, 0u32),
+            Lww::new(*file, 0),
+            Lww::new(*file, 0),
+        ];
+        for reg in &mut small {
+            *reg = Lww::new(get_at(r, file)?, r.u32()?);
+        }
+        let mut times = [Lww::new(*file, 0i64), Lww::new(*file, 0)];
+        for reg in &mut times {
+            *reg = Lww::new(get_at(r, file)?, r.int()?);
+        }
+        let mut xattrs = BTreeMap::new();
+        for _ in 0..r.len()? {
+            let name = Bytes::copy_from_slice(r.bytes()?);
+            let at = r.id()?;
+            let value = match r.bool()? {
+                false => None,
+                true => Some(Bytes::copy_from_slice(r.bytes()?)),
+            };
+            xattrs.insert(name, Lww::new(at, value));
+        }
+        let touched = get_at(r, file)?;
+        let mut groups = BTreeMap::new();
+        for _ in 0..r.len()? {
+            let id = r.id()?;
+            let base = r.content()?;
+            let mut appends = BTreeMap::new();
+            for _ in 0..r.len()? {
+                appends.insert(r.id()?, r.content()?);
+            }
+            groups.insert(id, Group { base, appends });
+        }
+        let mut heads = BTreeMap::new();
+        for _ in 0..r.len()? {
+            heads.insert(r.id()?, r.id()?);
+        }
+        let superseded = r.ids()?.into_iter().collect();
+        let [mode, uid, gid] = small;
+        let [mtime, atime] = times;
+        Ok(FileRec {
+            kind,
+            rdev,
+            target,
+            mode,
+            uid,
+            gid,
+            mtime,
+            atime,
+            xattrs,
+            touched,
+            groups,
+            heads,
+            superseded,
+        })
     }
 }
 

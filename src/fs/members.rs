@@ -22,6 +22,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use crate::fs::codec::{Reader, Writer};
+use crate::fs::error::FsError;
 use crate::fs::op::Role;
 use crate::identity::PublicKey;
 use crate::ids::{InviteId, OpId};
@@ -224,5 +226,119 @@ impl Members {
         ids.into_iter()
             .filter_map(|id| self.invite_info(id, now_ms))
             .collect()
+    }
+}
+
+/// `map`'s entries in key order.
+fn sorted<K: Ord, V>(map: &HashMap<K, V>) -> Vec<(&K, &V)> {
+    let mut v: Vec<(&K, &V)> = map.iter().collect();
+    v.sort_by(|a, b| a.0.cmp(b.0));
+    v
+}
+
+impl Members {
+    /// Writes every membership record, maps in key order.
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        let grants = sorted(&self.grants);
+        w.len(grants.len());
+        for (key, list) in grants {
+            w.key(key);
+            w.len(list.len());
+            for (id, g) in list {
+                w.id(id);
+                w.role(g.role);
+                w.bytes(g.display_name.as_bytes());
+                match &g.invite {
+                    None => w.u8(0),
+                    Some(inv) => {
+                        w.u8(1);
+                        w.body.extend_from_slice(inv);
+                    }
+                }
+            }
+        }
+        let cuts = sorted(&self.cuts);
+        w.len(cuts.len());
+        for (key, upto) in cuts {
+            w.key(key);
+            w.uint(*upto);
+        }
+        let invites = sorted(&self.invites);
+        w.len(invites.len());
+        for (inv, recs) in invites {
+            w.body.extend_from_slice(inv);
+            w.len(recs.len());
+            for (id, rec) in recs {
+                w.id(id);
+                w.role(rec.role);
+                w.uint(rec.expires_ms);
+            }
+        }
+        let mut withdrawn: Vec<&InviteId> = self.withdrawn.iter().collect();
+        withdrawn.sort();
+        w.len(withdrawn.len());
+        for inv in withdrawn {
+            w.body.extend_from_slice(inv);
+        }
+        let redemptions = sorted(&self.redemptions);
+        w.len(redemptions.len());
+        for (inv, by) in redemptions {
+            w.body.extend_from_slice(inv);
+            w.len(by.len());
+            for (id, key) in by {
+                w.id(id);
+                w.key(key);
+            }
+        }
+    }
+
+    /// Reads what [`Members::encode`] wrote.
+    pub(crate) fn decode(r: &mut Reader) -> Result<Self, FsError> {
+        let mut m = Members::default();
+        for _ in 0..r.len()? {
+            let key = r.key()?;
+            let list = m.grants.entry(key).or_default();
+            for _ in 0..r.len()? {
+                let id = r.id()?;
+                let role = r.role()?;
+                let display_name = r.string()?;
+                let invite = match r.bool()? {
+                    false => None,
+                    true => Some(r.array()?),
+                };
+                list.insert(
+                    id,
+                    Grant {
+                        role,
+                        display_name,
+                        invite,
+                    },
+                );
+            }
+        }
+        for _ in 0..r.len()? {
+            m.cuts.insert(r.key()?, r.uint()?);
+        }
+        for _ in 0..r.len()? {
+            let recs = m.invites.entry(r.array()?).or_default();
+            for _ in 0..r.len()? {
+                let id = r.id()?;
+                let rec = InviteRec {
+                    role: r.role()?,
+                    expires_ms: r.uint()?,
+                };
+                recs.insert(id, rec);
+            }
+        }
+        for _ in 0..r.len()? {
+            m.withdrawn.insert(r.array()?);
+        }
+        for _ in 0..r.len()? {
+            let by = m.redemptions.entry(r.array()?).or_default();
+            for _ in 0..r.len()? {
+                by.insert(r.id()?, r.key()?);
+            }
+        }
+        Ok(m)
     }
 }

@@ -7,6 +7,7 @@
 //! which name, is decided at query time (`state`, `query`). Planners (`plan`) turn POSIX
 //! calls into op bodies.
 
+mod codec;
 mod content;
 mod error;
 mod members;
@@ -21,7 +22,7 @@ mod view;
 
 pub use error::FsError;
 pub use members::{InviteInfo, InviteStatus, MemberInfo};
-pub use state::FsState;
+pub use state::{FsState, Purged};
 pub use view::{Attr, ContentView, FsStats, Node, RenameFlags};
 
 #[cfg(test)]

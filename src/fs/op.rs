@@ -684,7 +684,7 @@ fn content_from_proto(c: Option<pb::Content>) -> Result<Content, OpError> {
     }
 }
 
-fn kind_to_proto(k: Kind) -> pb::Kind {
+pub(crate) fn kind_to_proto(k: Kind) -> pb::Kind {
     match k {
         Kind::File => pb::Kind::File,
         Kind::Dir => pb::Kind::Dir,
@@ -696,7 +696,7 @@ fn kind_to_proto(k: Kind) -> pb::Kind {
     }
 }
 
-fn kind_from_proto(k: i32) -> Result<Kind, OpError> {
+pub(crate) fn kind_from_proto(k: i32) -> Result<Kind, OpError> {
     Ok(
         match pb::Kind::try_from(k).map_err(|_| OpError::UnknownEnum("kind"))? {
             pb::Kind::File => Kind::File,

@@ -101,7 +101,7 @@ impl FsState {
                 }
                 Ok(OpBody::Remove {
                     entry,
-                    seen_content: f.heads.iter().copied().collect(),
+                    seen_content: f.heads.keys().copied().collect(),
                 })
             }
             Node::Conflict { file, head } => self.dismiss(file, head),
@@ -208,7 +208,7 @@ impl FsState {
                 let f = self.regular(file)?;
                 return Ok(vec![OpBody::Write {
                     file,
-                    supersedes: f.heads.iter().copied().collect(),
+                    supersedes: f.heads.keys().copied().collect(),
                     content: self.conflict_content(file, head)?,
                     mtime_ns: f.mtime.value,
                 }]);
@@ -259,7 +259,7 @@ impl FsState {
                 }
                 Ok(OpBody::Remove {
                     entry,
-                    seen_content: f.heads.iter().copied().collect(),
+                    seen_content: f.heads.keys().copied().collect(),
                 })
             }
         }
@@ -332,7 +332,7 @@ impl FsState {
         check_content(&content)?;
         Ok(OpBody::Write {
             file,
-            supersedes: f.heads.iter().copied().collect(),
+            supersedes: f.heads.keys().copied().collect(),
             content,
             mtime_ns,
         })

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use crate::cas::Content;
 use crate::fs::op::{Kind, Op, OpBody, Role, SetMeta};
 use crate::fs::{FsState, Node, RenameFlags};
-use crate::hlc::Clock;
+use crate::hlc::{Clock, Hlc};
 use crate::identity::PublicKey;
 use crate::ids::{FileId, OpId};
 
@@ -477,28 +477,76 @@ fn check_invariants(s: &FsState, ops: &[(PublicKey, Op)]) -> Result<(), TestCase
     Ok(())
 }
 
+/// The world after `steps` and two rounds of every replica syncing from every other.
+fn settled(steps: &[Step]) -> World {
+    let mut w = World::new();
+    for st in steps {
+        match st {
+            Step::Local(r, act) => w.local(*r, act),
+            Step::Sync(a, b) => w.sync(*a, *b),
+        }
+    }
+    for _ in 0..2 {
+        for a in 0..AUTHORS {
+            for b in 0..AUTHORS {
+                w.sync(a, b);
+            }
+        }
+    }
+    w
+}
+
+/// `s` through a snapshot, checking that re-encoding the decoded state gives the same bytes.
+fn through_snapshot(s: &FsState) -> Result<FsState, TestCaseError> {
+    let bytes = s.encode_snapshot();
+    let decoded = FsState::decode_snapshot(&bytes).expect("an encoded snapshot decodes");
+    prop_assert_eq!(&decoded.encode_snapshot(), &bytes);
+    prop_assert_eq!(decoded.canonical_dump(), s.canonical_dump());
+    prop_assert_eq!(decoded.stats(), s.stats());
+    Ok(decoded)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn purging_where_no_later_op_is_stamped_before_the_purge_point_never_changes_the_projection(
+        steps in prop::collection::vec(step(), 1..120),
+        seed in any::<u64>(),
+        cuts in prop::collection::btree_set(0..=1000usize, 1..4),
+    ) {
+        let w = settled(&steps);
+        let order = causal_order(&w.ops, seed);
+        let reference = replay(&w.ops, &order);
+        let at: Vec<usize> = cuts.iter().map(|c| c * order.len() / 1000).collect();
+        let mut s = FsState::new();
+        for i in 0..=order.len() {
+            if at.contains(&i) {
+                // The most a frontier may allow here: the smallest stamp still to come.
+                let below = order[i..]
+                    .iter()
+                    .map(|&j| w.ops[j].1.hlc)
+                    .min()
+                    .unwrap_or(Hlc { wall_ms: u64::MAX, counter: 0 });
+                s.purge(below);
+                s = through_snapshot(&s)?;
+            }
+            if let Some(&j) = order.get(i) {
+                s.apply(w.ops[j].0, &w.ops[j].1);
+            }
+        }
+        prop_assert_eq!(s.canonical_dump(), reference.canonical_dump());
+        prop_assert_eq!(s.stats(), reference.stats());
+        prop_assert_eq!(s.late(), 0);
+        through_snapshot(&s)?;
+    }
 
     #[test]
     fn random_concurrent_histories_converge_in_every_causal_order_without_losing_writes(
         steps in prop::collection::vec(step(), 1..120),
         seeds in prop::array::uniform3(any::<u64>()),
     ) {
-        let mut w = World::new();
-        for st in &steps {
-            match st {
-                Step::Local(r, act) => w.local(*r, act),
-                Step::Sync(a, b) => w.sync(*a, *b),
-            }
-        }
-        for _ in 0..2 {
-            for a in 0..AUTHORS {
-                for b in 0..AUTHORS {
-                    w.sync(a, b);
-                }
-            }
-        }
+        let w = settled(&steps);
         let reference = w.replicas[0].state.canonical_dump();
         for r in &w.replicas[1..] {
             prop_assert_eq!(&r.state.canonical_dump(), &reference);

@@ -358,7 +358,10 @@ impl FsState {
 
     /// Counts over the visible tree.
     pub fn stats(&self) -> FsStats {
-        let mut s = FsStats::default();
+        let mut s = FsStats {
+            late: self.late(),
+            ..FsStats::default()
+        };
         let mut seen = HashSet::new();
         self.walk(|_, node| match node {
             Node::Conflict { .. } => s.conflicts += 1,
@@ -454,7 +457,11 @@ impl FsState {
         }
         if let (Node::Entry { file, .. }, Some(f)) = (node, self.file(node.file())) {
             dump_xattrs(out, f);
-            let _ = write!(out, " heads={:?} file={file:?}", f.heads);
+            let _ = write!(
+                out,
+                " heads={:?} file={file:?}",
+                f.heads.keys().collect::<Vec<_>>()
+            );
         }
         out.push('\n');
     }

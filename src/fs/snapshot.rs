@@ -1,78 +1,104 @@
 //! Snapshots of the projection.
 //!
-//! The projection is a pure function of the set of applied ops, so a snapshot is that set:
-//! every applied op with its author, in the order it was applied (a causal order), each as
-//! its protobuf encoding. Decoding replays them, which rebuilds exactly the same state,
-//! including the undo log of the move algorithm, so ops applied afterwards merge as if no
-//! snapshot had been taken.
+//! Format [`SNAPSHOT_VERSION`] (3) is the state itself, so opening a store costs the
+//! size of what is live, not of its history: `MAGIC`, a u32 format version, a u32 count
+//! of keys and that many 32-byte keys (every author and member named in the body, by
+//! index), then the body: the purge point and late count, the applied ids still kept,
+//! the store name register, the membership records, the tree (entries with their
+//! locations and deletion flags, then the move log suffix with undo records), and every
+//! file record (kind, registers, content groups with appends, heads, pending superseded
+//! ids). Integers in the body are LEB128 varints (signed ones zigzag), an op id is its
+//! HLC then its author's key index; the fixed-width header integers are little-endian.
+//! See `fs::codec`. Encoding is deterministic (maps in key order), so encoding a decoded
+//! snapshot gives the same bytes.
 //!
-//! Format [`SNAPSHOT_VERSION`] (2): `MAGIC`, a u32 format version, a u64 op count, then
-//! per op the 32-byte author, a u32 length and that many bytes of `proto::fs::Op` (all
-//! integers little-endian). Format 1 (the release at f143caf) had the same body after
-//! the 8 bytes `LMFSNAP1` and no version field; the store's schema migration rewrites
-//! it ([`FsState::snapshot_v1_to_v2`]). A snapshot of another version is refused.
+//! Format 2 (releases before issue 9) was the op log: a u64 op count, then per op the
+//! 32-byte author, a u32 length and that many bytes of `proto::fs::Op`, in the order
+//! applied. It decodes by replaying the ops, and the store rewrites it as format 3.
+//! Format 1 (the release at f143caf) had the format 2 body after the 8 bytes `LMFSNAP1`
+//! and no version field; the store's schema migration rewrites it
+//! ([`FsState::snapshot_v1_to_v2`]). A snapshot of another version is refused.
 
 use prost::Message;
 
+use crate::fs::codec::{corrupt, Reader, Writer};
+use crate::fs::content::{FileRec, Lww};
 use crate::fs::error::FsError;
-use crate::fs::op::Op;
+use crate::fs::members::Members;
+use crate::fs::op::{Kind, Op};
 use crate::fs::state::FsState;
+use crate::fs::tree::Tree;
 use crate::identity::PublicKey;
+use crate::ids::OpId;
 use crate::proto::fs as pb;
 
 /// First bytes of a snapshot, before its format version.
 const MAGIC: &[u8; 8] = b"LMFSSNAP";
-/// Format version of the snapshots this build writes, the only one it reads.
-const SNAPSHOT_VERSION: u32 = 2;
+/// Format version of the snapshots this build writes.
+const SNAPSHOT_VERSION: u32 = 3;
+/// The op-log format, still read (by replay).
+const SNAPSHOT_V2: u32 = 2;
 /// First bytes of a format 1 snapshot, which had no version field.
 const MAGIC_V1: &[u8; 8] = b"LMFSNAP1";
-/// Largest encoded op accepted in a snapshot.
+/// Largest encoded op accepted in a format 2 snapshot.
 const MAX_SNAPSHOT_OP_BYTES: usize = 4 * 1024 * 1024;
 
 impl FsState {
-    /// Encodes the state as a snapshot.
+    /// Encodes the state as a format 3 snapshot.
     pub fn encode_snapshot(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(20 + self.log.len() * 128);
+        let mut w = Writer::default();
+        w.hlc(self.purged_below);
+        w.uint(self.late);
+        let mut applied: Vec<&OpId> = self.applied.iter().collect();
+        applied.sort();
+        w.ids(applied.into_iter());
+        match &self.store_name {
+            None => w.u8(0),
+            Some(reg) => {
+                w.u8(1);
+                w.id(&reg.at);
+                w.bytes(reg.value.as_bytes());
+            }
+        }
+        self.members.encode(&mut w);
+        self.tree.encode(&mut w);
+        let mut files: Vec<(&OpId, &FileRec)> = self.files.iter().collect();
+        files.sort_by(|a, b| a.0.cmp(b.0));
+        w.len(files.len());
+        for (id, f) in files {
+            w.id(id);
+            f.encode(id, &mut w);
+        }
+        let mut out = Vec::with_capacity(16 + w.keys.len() * 32 + w.body.len());
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(self.log.len() as u64).to_le_bytes());
-        for (author, op) in &self.log {
-            let bytes = op.to_proto().encode_to_vec();
-            out.extend_from_slice(&author.0);
-            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
-            out.extend_from_slice(&bytes);
+        out.extend_from_slice(&(w.keys.len() as u32).to_le_bytes());
+        for k in &w.keys {
+            out.extend_from_slice(&k.0);
         }
+        out.extend_from_slice(&w.body);
         out
     }
 
-    /// Rebuilds a state from `encode_snapshot` output.
+    /// Rebuilds a state from a format 3 or format 2 snapshot.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<Self, FsError> {
-        let mut r = Reader(bytes);
+        Ok(Self::decode_versioned(bytes)?.0)
+    }
+
+    /// Rebuilds a state from a snapshot; also returns true if it was in an older
+    /// format (its owner should rewrite it).
+    pub(crate) fn decode_versioned(bytes: &[u8]) -> Result<(Self, bool), FsError> {
+        let mut r = Reader::new(bytes, Vec::new());
         if r.take(MAGIC.len())? != MAGIC {
             return Err(corrupt("bad magic"));
         }
-        let version = u32::from_le_bytes(r.array()?);
-        if version != SNAPSHOT_VERSION {
-            return Err(corrupt(&format!(
-                "format {version}, this build reads format {SNAPSHOT_VERSION}"
-            )));
+        match u32::from_le_bytes(r.array()?) {
+            SNAPSHOT_VERSION => Ok((decode_v3(r)?, false)),
+            SNAPSHOT_V2 => Ok((decode_v2(r)?, true)),
+            v => Err(corrupt(&format!(
+                "format {v}, this build reads formats {SNAPSHOT_V2} and {SNAPSHOT_VERSION}"
+            ))),
         }
-        let count = u64::from_le_bytes(r.array()?);
-        let mut state = FsState::new();
-        for _ in 0..count {
-            let author = PublicKey(r.array()?);
-            let len = u32::from_le_bytes(r.array()?) as usize;
-            if len > MAX_SNAPSHOT_OP_BYTES {
-                return Err(corrupt("op too large"));
-            }
-            let msg = pb::Op::decode(r.take(len)?).map_err(|e| corrupt(&e.to_string()))?;
-            let op = Op::from_proto(msg).map_err(|e| corrupt(&e.to_string()))?;
-            state.apply(author, &op);
-        }
-        if !r.0.is_empty() {
-            return Err(corrupt("trailing bytes"));
-        }
-        Ok(state)
     }
 
     /// A format 1 snapshot rewritten as format 2 (the body is unchanged); `None` if
@@ -81,31 +107,69 @@ impl FsState {
         let body = bytes.strip_prefix(MAGIC_V1)?;
         let mut out = Vec::with_capacity(bytes.len() + 4);
         out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&2u32.to_le_bytes());
+        out.extend_from_slice(&SNAPSHOT_V2.to_le_bytes());
         out.extend_from_slice(body);
         Some(out)
     }
 }
 
-fn corrupt(why: &str) -> FsError {
-    FsError::Io(format!("malformed fs snapshot: {why}"))
+/// The body of a format 3 snapshot, after its version.
+fn decode_v3(mut r: Reader) -> Result<FsState, FsError> {
+    let count = u32::from_le_bytes(r.array()?) as usize;
+    if count > r.remaining() / 32 {
+        return Err(corrupt("key table past the end"));
+    }
+    let keys = (0..count)
+        .map(|_| r.array().map(PublicKey))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut r = Reader::new(r.take(r.remaining())?, keys);
+    let mut state = FsState::new();
+    state.purged_below = r.hlc()?;
+    state.late = r.uint()?;
+    state.applied = r.ids()?.into_iter().collect();
+    state.store_name = match r.bool()? {
+        false => None,
+        true => Some(Lww::new(r.id()?, r.string()?)),
+    };
+    state.members = Members::decode(&mut r)?;
+    state.tree = Tree::decode(&mut r)?;
+    state.files.clear();
+    for _ in 0..r.len()? {
+        let id = r.id()?;
+        let f = FileRec::decode(&id, &mut r)?;
+        if state.files.insert(id, f).is_some() {
+            return Err(corrupt("file listed twice"));
+        }
+    }
+    if state
+        .files
+        .get(&OpId::ROOT)
+        .is_none_or(|f| f.kind != Kind::Dir)
+    {
+        return Err(corrupt("no root directory"));
+    }
+    if !r.is_empty() {
+        return Err(corrupt("trailing bytes"));
+    }
+    Ok(state)
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], FsError> {
-        if self.0.len() < n {
-            return Err(corrupt("truncated"));
+/// The body of a format 2 snapshot (the op log), replayed.
+fn decode_v2(mut r: Reader) -> Result<FsState, FsError> {
+    let count = u64::from_le_bytes(r.array()?);
+    let mut state = FsState::new();
+    for _ in 0..count {
+        let author = PublicKey(r.array()?);
+        let len = u32::from_le_bytes(r.array()?) as usize;
+        if len > MAX_SNAPSHOT_OP_BYTES {
+            return Err(corrupt("op too large"));
         }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
+        let msg = pb::Op::decode(r.take(len)?).map_err(|e| corrupt(&e.to_string()))?;
+        let op = Op::from_proto(msg).map_err(|e| corrupt(&e.to_string()))?;
+        state.apply(author, &op);
     }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], FsError> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
+    if !r.is_empty() {
+        return Err(corrupt("trailing bytes"));
     }
+    Ok(state)
 }

@@ -13,6 +13,7 @@ use crate::fs::content::{FileRec, Lww};
 use crate::fs::members::{InviteInfo, MemberInfo, Members};
 use crate::fs::op::{Kind, Op, OpBody, Role};
 use crate::fs::tree::{Action, Entry, Tree};
+use crate::hlc::Hlc;
 use crate::identity::PublicKey;
 use crate::ids::{FileId, InviteId, OpId};
 
@@ -21,11 +22,25 @@ use crate::ids::{FileId, InviteId, OpId};
 pub struct FsState {
     pub(crate) tree: Tree,
     pub(crate) files: HashMap<FileId, FileRec>,
-    applied: HashSet<OpId>,
-    /// Every applied op in arrival order (a causal order): the snapshot.
-    pub(crate) log: Vec<(PublicKey, Op)>,
-    store_name: Option<Lww<String>>,
-    members: Members,
+    /// Ids of applied ops, those stamped before `purged_below` forgotten.
+    pub(crate) applied: HashSet<OpId>,
+    pub(crate) store_name: Option<Lww<String>>,
+    pub(crate) members: Members,
+    /// The greatest `below` purged at: ops stamped before it are late.
+    pub(crate) purged_below: Hlc,
+    /// Late ops applied (stamped before `purged_below`, applied after the purge).
+    pub(crate) late: u64,
+}
+
+/// What one [`FsState::purge`] dropped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Move-log records (each with its undo record) of location ops.
+    pub tree_records: usize,
+    /// Applied op ids.
+    pub applied_ids: usize,
+    /// Ids named as superseded that no applied op carries.
+    pub superseded: usize,
 }
 
 impl Default for FsState {
@@ -37,7 +52,7 @@ impl Default for FsState {
 impl fmt::Debug for FsState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("FsState")
-            .field("ops", &self.log.len())
+            .field("applied", &self.applied.len())
             .field("files", &self.files.len())
             .field("entries", &self.tree.len())
             .finish()
@@ -53,9 +68,10 @@ impl FsState {
             tree: Tree::default(),
             files,
             applied: HashSet::new(),
-            log: Vec::new(),
             store_name: None,
             members: Members::default(),
+            purged_below: Hlc::ZERO,
+            late: 0,
         }
     }
 
@@ -69,7 +85,9 @@ impl FsState {
         if id == OpId::ROOT || !self.applied.insert(id) {
             return;
         }
-        self.log.push((author, op.clone()));
+        if id.hlc < self.purged_below {
+            self.late += 1;
+        }
         match &op.body {
             OpBody::Create(c) => {
                 if self.files.contains_key(&id) {
@@ -193,6 +211,51 @@ impl FsState {
         }
     }
 
+    /// Forgets what no op stamped at or after `below` can need, so memory holds only the
+    /// part of the history that can still be reordered.
+    ///
+    /// Contract: the caller guarantees that every op it delivers after this call is
+    /// stamped at or after `below` (the stability frontier) and that it never delivers
+    /// an op again (applied ids before `below` are forgotten, so a repeat would apply
+    /// twice). Under that guarantee the projection after any further ops is exactly the
+    /// one a full replay of all ops would give. Dropped: the move-log records with their
+    /// undo records of location ops stamped before `below` (no later op sorts before
+    /// them, so they are never undone again), applied ids stamped before `below`, and
+    /// ids named as superseded before `below` that no op carries (none can arrive).
+    /// Kept: every entry, deleted ones included (a deleted name comes back when an edit
+    /// it missed wins over its delete, so tombstones stay until that can no longer
+    /// happen), every file record, content version, metadata register and member.
+    ///
+    /// Late rule: an op stamped before the greatest `below` purged at that is applied
+    /// afterwards (a member silent past the horizon, or a dishonest one) is applied as
+    /// if stamped at that purge point: after every purged record, before every kept one,
+    /// among other late ops by op id. That is deterministic given the state but may
+    /// differ from a full replay; each such op is counted (`FsStats::late`). A `below`
+    /// at or before an earlier purge point drops nothing more.
+    pub fn purge(&mut self, below: Hlc) -> Purged {
+        if below <= self.purged_below {
+            return Purged::default();
+        }
+        self.purged_below = below;
+        let before = self.applied.len();
+        self.applied.retain(|id| id.hlc >= below);
+        Purged {
+            tree_records: self.tree.purge(below),
+            applied_ids: before - self.applied.len(),
+            superseded: self.files.values_mut().map(|f| f.purge(below)).sum(),
+        }
+    }
+
+    /// The greatest stamp purged at ([`Hlc::ZERO`] if never purged).
+    pub fn purged_below(&self) -> Hlc {
+        self.purged_below
+    }
+
+    /// Late ops applied since the state was built (see [`FsState::purge`]).
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+
     fn touch_entry(&mut self, entry: OpId, id: OpId) {
         if let Some(file) = self.tree.entry(entry).map(|e| e.file) {
             if let Some(f) = self.files.get_mut(&file) {
@@ -303,7 +366,7 @@ impl FsState {
             match &e.loc.removal {
                 None => return None,
                 Some(r) => {
-                    let missed = f.heads.iter().any(|h| r.seen.binary_search(h).is_err());
+                    let missed = f.heads.keys().any(|h| r.seen.binary_search(h).is_err());
                     if missed && best.is_none_or(|b| (r.op, eid) > b) {
                         best = Some((r.op, eid));
                     }

@@ -955,27 +955,46 @@ fn malformed_snapshots_are_refused_not_panicked_on() {
     ));
 }
 
+/// A format 2 snapshot (the op log of the releases before issue 9) of `ops`.
+fn v2_snapshot(ops: &[(PublicKey, Op)]) -> Vec<u8> {
+    let mut out = b"LMFSSNAP".to_vec();
+    out.extend_from_slice(&2u32.to_le_bytes());
+    out.extend_from_slice(&(ops.len() as u64).to_le_bytes());
+    for (author, op) in ops {
+        let bytes = prost::Message::encode_to_vec(&op.to_proto());
+        out.extend_from_slice(&author.0);
+        out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
 #[test]
-fn a_format_1_snapshot_converts_to_the_current_format_and_decodes_to_the_same_state() {
+fn format_1_and_2_snapshots_decode_by_replay_to_the_same_state_and_reencode_as_format_3() {
     let mut s = FsState::new();
-    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
-    mkfile(&mut s, 1, 11, d, "a.txt", "x");
-    let current = s.encode_snapshot();
-    let (magic, version) = current.split_at(8);
-    assert_eq!(&version[..4], &2u32.to_le_bytes());
-    let v1 = [b"LMFSNAP1".as_slice(), &version[4..]].concat();
+    let body = create(&s, OpId::ROOT, "d", Kind::Dir, "");
+    let (d, dir_op) = run(&mut s, 1, 10, body);
+    let body = create(&s, d, "a.txt", Kind::File, "x");
+    let (_, file_op) = run(&mut s, 1, 11, body);
+    let v2 = v2_snapshot(&[(key(1), dir_op), (key(1), file_op)]);
+    let v1 = [b"LMFSNAP1".as_slice(), &v2[12..]].concat();
     assert!(FsState::decode_snapshot(&v1).is_err());
-    let converted = FsState::snapshot_v1_to_v2(&v1).unwrap();
-    assert_eq!(converted, current);
-    assert!(magic != b"LMFSNAP1");
-    assert_eq!(FsState::snapshot_v1_to_v2(&current), None);
+    assert_eq!(FsState::snapshot_v1_to_v2(&v1), Some(v2.clone()));
+    assert_eq!(FsState::snapshot_v1_to_v2(&v2), None);
+    let (decoded, old) = FsState::decode_versioned(&v2).unwrap();
+    assert!(old, "a format 2 snapshot asks to be rewritten");
+    assert_eq!(decoded.canonical_dump(), s.canonical_dump());
+    let v3 = decoded.encode_snapshot();
+    assert_eq!(&v3[8..12], &3u32.to_le_bytes());
+    assert_eq!(v3, s.encode_snapshot());
+    assert!(!FsState::decode_versioned(&v3).unwrap().1);
 }
 
 #[test]
 fn a_snapshot_of_another_format_version_is_refused() {
     let mut s = FsState::new();
     mkfile(&mut s, 1, 10, OpId::ROOT, "a", "x");
-    for version in [0u32, 1, 3, u32::MAX] {
+    for version in [0u32, 1, 4, u32::MAX] {
         let mut bytes = s.encode_snapshot();
         bytes[8..12].copy_from_slice(&version.to_le_bytes());
         let err = FsState::decode_snapshot(&bytes).unwrap_err();
@@ -1085,4 +1104,45 @@ fn a_file_with_more_heads_than_one_op_may_supersede_is_still_written_in_valid_op
     }
     assert_eq!(names(&s, OpId::ROOT), vec!["a"]);
     assert_eq!(bytes_of(&s, file_node(&s, OpId::ROOT, "a")), b"final");
+}
+
+#[test]
+fn an_op_stamped_before_the_purge_point_is_applied_at_that_point_and_counted_late() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    let e = mkdir(&mut s, 1, 11, OpId::ROOT, "e");
+    let into_d = OpBody::Move {
+        entry: e,
+        parent: d,
+        name: "e".into(),
+    };
+    run(&mut s, 1, 30, into_d);
+    let purged = s.purge(Hlc {
+        wall_ms: 20,
+        counter: 0,
+    });
+    assert_eq!(
+        purged.tree_records, 2,
+        "the two Creates; the move at 30 stays"
+    );
+    assert_eq!(purged.applied_ids, 2);
+    // A move of d into e stamped at 15, before the purge point: a full replay would run
+    // it before the move at 30 (which is then skipped as a cycle); late, it runs after
+    // what was purged and before the move at 30, with the same outcome here.
+    let late = op(
+        15,
+        OpBody::Move {
+            entry: d,
+            parent: e,
+            name: "d".into(),
+        },
+    );
+    let mut again = FsState::decode_snapshot(&s.encode_snapshot()).unwrap();
+    s.apply(key(2), &late);
+    again.apply(key(2), &late);
+    assert_eq!(s.stats().late, 1);
+    assert_eq!(s.canonical_dump(), again.canonical_dump(), "deterministic");
+    assert_eq!(names(&s, OpId::ROOT), vec!["e"]);
+    assert_eq!(names(&s, e), vec!["d"]);
+    assert_eq!(s.purge(Hlc::ZERO), crate::fs::Purged::default());
 }

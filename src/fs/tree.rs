@@ -10,6 +10,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::fs::codec::{corrupt, Reader, Writer};
+use crate::fs::error::FsError;
+use crate::hlc::Hlc;
+use crate::identity::PublicKey;
 use crate::ids::{FileId, OpId};
 
 /// The Remove op that deleted an entry and the content heads its author had seen.
@@ -129,6 +133,15 @@ impl Tree {
                 },
             );
         }
+    }
+
+    /// Drops the move-log records of ops stamped before `below`; returns how many.
+    pub(crate) fn purge(&mut self, below: Hlc) -> usize {
+        let keep = self.log.split_off(&OpId {
+            hlc: below,
+            author: PublicKey([0; 32]),
+        });
+        std::mem::replace(&mut self.log, keep).len()
     }
 
     /// The entry with id `id`, if placed.
@@ -312,5 +325,159 @@ impl Tree {
                 }
             }
         }
+    }
+}
+
+impl Loc {
+    fn encode(&self, w: &mut Writer) {
+        w.id(&self.parent);
+        w.bytes(self.name.as_bytes());
+        match &self.removal {
+            None => w.u8(0),
+            Some(r) => {
+                w.u8(1);
+                w.id(&r.op);
+                w.ids(r.seen.iter());
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader) -> Result<Self, FsError> {
+        Ok(Loc {
+            parent: r.id()?,
+            name: r.string()?,
+            removal: match r.bool()? {
+                false => None,
+                true => Some(Removal {
+                    op: r.id()?,
+                    seen: r.ids()?,
+                }),
+            },
+        })
+    }
+}
+
+impl Action {
+    fn encode(&self, w: &mut Writer) {
+        match self {
+            Action::Place {
+                file,
+                dir,
+                parent,
+                name,
+            } => {
+                w.u8(0);
+                w.id(file);
+                w.u8(u8::from(*dir));
+                w.id(parent);
+                w.bytes(name.as_bytes());
+            }
+            Action::Move {
+                entry,
+                parent,
+                name,
+            } => {
+                w.u8(1);
+                w.id(entry);
+                w.id(parent);
+                w.bytes(name.as_bytes());
+            }
+            Action::Remove { entry, seen } => {
+                w.u8(2);
+                w.id(entry);
+                w.ids(seen.iter());
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader) -> Result<Self, FsError> {
+        Ok(match r.u8()? {
+            0 => Action::Place {
+                file: r.id()?,
+                dir: r.bool()?,
+                parent: r.id()?,
+                name: r.string()?,
+            },
+            1 => Action::Move {
+                entry: r.id()?,
+                parent: r.id()?,
+                name: r.string()?,
+            },
+            2 => Action::Remove {
+                entry: r.id()?,
+                seen: r.ids()?,
+            },
+            _ => return Err(corrupt("bad action tag")),
+        })
+    }
+}
+
+impl Undo {
+    fn encode(&self, w: &mut Writer) {
+        match self {
+            Undo::Nothing => w.u8(0),
+            Undo::Unplace => w.u8(1),
+            Undo::Restore(entry, loc) => {
+                w.u8(2);
+                w.id(entry);
+                loc.encode(w);
+            }
+        }
+    }
+
+    fn decode(r: &mut Reader) -> Result<Self, FsError> {
+        Ok(match r.u8()? {
+            0 => Undo::Nothing,
+            1 => Undo::Unplace,
+            2 => Undo::Restore(r.id()?, Loc::decode(r)?),
+            _ => return Err(corrupt("bad undo tag")),
+        })
+    }
+}
+
+impl Tree {
+    /// Writes the entries and the move log; the name, subdirectory and file indexes
+    /// are derived from the entries on decode.
+    pub(crate) fn encode(&self, w: &mut Writer) {
+        let mut ids: Vec<&OpId> = self.entries.keys().collect();
+        ids.sort();
+        w.len(ids.len());
+        for id in ids {
+            let e = &self.entries[id];
+            w.id(id);
+            w.id(&e.file);
+            w.u8(u8::from(e.dir));
+            e.loc.encode(w);
+        }
+        w.len(self.log.len());
+        for (id, rec) in &self.log {
+            w.id(id);
+            rec.action.encode(w);
+            rec.undo.encode(w);
+        }
+    }
+
+    /// Reads what [`Tree::encode`] wrote.
+    pub(crate) fn decode(r: &mut Reader) -> Result<Self, FsError> {
+        let mut t = Tree::default();
+        for _ in 0..r.len()? {
+            let id = r.id()?;
+            let file = r.id()?;
+            let dir = r.bool()?;
+            let loc = Loc::decode(r)?;
+            if t.entries.contains_key(&id) {
+                return Err(corrupt("entry listed twice"));
+            }
+            t.index_add(id, &loc, dir);
+            t.by_file.entry(file).or_default().insert(id);
+            t.entries.insert(id, Entry { file, dir, loc });
+        }
+        for _ in 0..r.len()? {
+            let id = r.id()?;
+            let action = Action::decode(r)?;
+            let undo = Undo::decode(r)?;
+            t.log.insert(id, LogRec { action, undo });
+        }
+        Ok(t)
     }
 }

@@ -88,4 +88,6 @@ pub struct FsStats {
     pub bytes: u64,
     /// Visible conflict copies.
     pub conflicts: u64,
+    /// Ops applied after a purge although stamped before it (see `FsState::purge`).
+    pub late: u64,
 }

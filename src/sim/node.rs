@@ -119,6 +119,7 @@ impl Node {
             wall,
             manual: true,
             disk: Some(crashable(self.crashed.clone())),
+            ..StoreOptions::default()
         }
     }
 

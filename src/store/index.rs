@@ -540,6 +540,13 @@ impl BareIndex {
         })
     }
 
+    /// Opens the index file at `path`, building its summary as a store's open does.
+    pub fn open(path: &Path) -> Result<BareIndex, StoreError> {
+        Ok(BareIndex {
+            index: Index::open(Database::open(path)?)?,
+        })
+    }
+
     /// Inserts `(wall ms, hash)` items in one transaction; known ones are ignored.
     pub fn insert(&self, items: impl IntoIterator<Item = (u64, Hash)>) -> Result<(), StoreError> {
         self.write(items, true)

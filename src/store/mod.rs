@@ -111,6 +111,7 @@ pub(crate) use members::invite_id;
 pub use members::Equivocator;
 pub use schema::SCHEMA_VERSION;
 
+use crate::budget::CacheBudget;
 use crate::fs::op::{Op, OpBody, OpError, Role};
 use crate::fs::{FsError, FsState, FsStats};
 use crate::hlc::{now_ms, Clock, Hlc};
@@ -150,6 +151,8 @@ pub(crate) struct StoreOptions {
     pub manual: bool,
     /// Opens the database file instead of redb's plain file backend.
     pub disk: Option<Disk>,
+    /// Bytes of redb page cache for the database (a share of the daemon's budget).
+    pub cache_bytes: usize,
 }
 
 impl Default for StoreOptions {
@@ -158,6 +161,7 @@ impl Default for StoreOptions {
             wall: Arc::new(now_ms),
             manual: false,
             disk: None,
+            cache_bytes: CacheBudget::default().store_cache_bytes(1),
         }
     }
 }
@@ -499,7 +503,7 @@ impl Store {
                 schema::upgrade(&db)?;
                 db
             }
-            None => schema::open(&path)?,
+            None => schema::open(&path, opts.cache_bytes)?,
         };
         let index = Index::open(db)?;
         let txn = index.db()?.begin_read()?;
@@ -532,9 +536,9 @@ impl Store {
             let (wall_ms, counter) = entry?.1.value();
             newest = newest.max(Hlc { wall_ms, counter });
         }
-        let (mut state, snap_seq) = match txn.open_table(PROJECTION)?.last()? {
-            Some((k, v)) => match FsState::decode_snapshot(v.value()) {
-                Ok(state) => (state, k.value()),
+        let (mut state, snap_seq, rewrite) = match txn.open_table(PROJECTION)?.last()? {
+            Some((k, v)) => match FsState::decode_versioned(v.value()) {
+                Ok((state, old)) => (state, k.value(), old),
                 Err(e) => {
                     // The projection is a pure function of the intentions: rebuild it.
                     tracing::warn!(
@@ -542,10 +546,10 @@ impl Store {
                         error = %e,
                         "projection snapshot does not decode; rebuilding it from the witness log"
                     );
-                    (FsState::new(), 0)
+                    (FsState::new(), 0, true)
                 }
             },
-            None => (FsState::new(), 0),
+            None => (FsState::new(), 0, false),
         };
         let witness = txn.open_table(WITNESS)?;
         let intentions = txn.open_table(INTENTIONS)?;
@@ -593,7 +597,19 @@ impl Store {
             floating: txn.open_table(FLOATING)?.len()? + tables::early_len(&txn)?,
             replayed,
         };
+        let head_seq = witness.last()?.map_or(0, |(k, _)| k.value());
         drop((meta, witness, intentions, txn));
+        if rewrite {
+            // An older snapshot format (or a rebuilt projection): write the current
+            // format now, so the next open loads the state instead of replaying history.
+            let txn = index.db()?.begin_write()?;
+            {
+                let mut projection = txn.open_table(PROJECTION)?;
+                projection.retain(|_, _| false)?;
+                projection.insert(head_seq, &state.encode_snapshot()[..])?;
+            }
+            index.commit(txn)?;
+        }
         if quarantined.len() > known_quarantined {
             // Persisted, so the set survives the next snapshot (which no longer replays them).
             let txn = index.db()?.begin_write()?;
@@ -812,7 +828,9 @@ fn new_db(dir: &Path, opts: &StoreOptions) -> Result<Database, StoreError> {
     }
     match &opts.disk {
         Some(disk) => disk(&path),
-        None => Ok(Database::create(&path)?),
+        None => Ok(Database::builder()
+            .set_cache_size(opts.cache_bytes)
+            .create(&path)?),
     }
 }
 
