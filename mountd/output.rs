@@ -4,7 +4,7 @@ use std::fmt::Write;
 
 use lattice_mount::civil_from_days;
 use lattice_mount::proto::control::{
-    HistoryEntry, JoinProgress, PeerEntry, StatusResponse, SyncResponse,
+    FrontierStatus, HistoryEntry, JoinProgress, PeerEntry, StatusResponse, SyncResponse,
 };
 
 /// Human status: the node, then a table of stores.
@@ -77,8 +77,53 @@ pub fn status_human(s: &StatusResponse) -> String {
                 st.quarantined
             );
         }
+        if let Some(f) = &st.frontier {
+            let _ = writeln!(out, "{}: {}", printable(&st.name), frontier_line(f));
+        }
     }
     out
+}
+
+/// One line on a store's stability frontier: how far behind the newest op, and who
+/// holds it there.
+fn frontier_line(f: &FrontierStatus) -> String {
+    let who = f.held_by.get(..16).unwrap_or(&f.held_by);
+    let why = match f.reason.as_str() {
+        "lowest-floor" => format!("held by {who}, the member that has seen least"),
+        "never-attested" => format!("{who} has not reported what it holds yet"),
+        "ahead" => format!("{who} reported more of its own writes than arrived here"),
+        _ => "not computed since start".to_string(),
+    };
+    if !f.known {
+        return format!("history is kept whole, no frontier yet: {why}");
+    }
+    format!(
+        "history kept from {} ({} intentions) before the newest op; {why}",
+        span(f.behind_ms),
+        f.behind_intentions
+    )
+}
+
+/// A duration in ms as its two largest units ("3d 4h", "12m 5s", "0s").
+fn span(ms: u64) -> String {
+    let s = ms / 1000;
+    let parts = [
+        (s / 86_400, "d"),
+        (s / 3600 % 24, "h"),
+        (s / 60 % 60, "m"),
+        (s % 60, "s"),
+    ];
+    let shown: Vec<String> = parts
+        .iter()
+        .skip_while(|(n, _)| *n == 0)
+        .take(2)
+        .map(|(n, u)| format!("{n}{u}"))
+        .collect();
+    if shown.is_empty() {
+        "0s".into()
+    } else {
+        shown.join(" ")
+    }
 }
 
 /// Rows as left-aligned columns separated by two spaces.
@@ -224,7 +269,7 @@ pub fn status_json(s: &StatusResponse) -> String {
                 "{{\"name\":{},\"id\":{},\"intentions\":{},\"floating\":{},\"files\":{},\
                  \"dirs\":{},\"bytes\":{},\"conflicts\":{},\"paused\":{},\"fetch\":{},\
                  \"peers_online\":{},\"members\":{},\"unsent\":{},\"equivocators\":[{}],\
-                 \"quarantined\":{},\"quarantined_hashes\":[{}]}}",
+                 \"quarantined\":{},\"quarantined_hashes\":[{}],\"frontier\":{}}}",
                 json_string(&st.name),
                 json_string(&st.id),
                 st.intentions,
@@ -248,7 +293,15 @@ pub fn status_json(s: &StatusResponse) -> String {
                     .iter()
                     .map(|h| json_string(h))
                     .collect::<Vec<_>>()
-                    .join(",")
+                    .join(","),
+                st.frontier.as_ref().map_or("null".into(), |f| format!(
+                    "{{\"known\":{},\"behind_ms\":{},\"behind_intentions\":{},\"held_by\":{},\"reason\":{}}}",
+                    f.known,
+                    f.behind_ms,
+                    f.behind_intentions,
+                    json_string(&f.held_by),
+                    json_string(&f.reason)
+                ))
             )
         })
         .collect();
@@ -448,5 +501,34 @@ mod tests {
         assert!(json.starts_with(r#"{"node_id":"ab","display_name":"my \"box\"""#));
         assert!(json.contains(r#""stores":[{"name":"docs","id":"","intentions":0"#));
         assert!(json.contains(r#""files":2"#));
+    }
+
+    #[test]
+    fn status_says_how_far_behind_the_frontier_is_and_who_holds_it() {
+        let status = StatusResponse {
+            stores: vec![StoreStatus {
+                name: "docs".into(),
+                frontier: Some(FrontierStatus {
+                    known: true,
+                    behind_ms: (3 * 86_400 + 4 * 3600 + 5) * 1000,
+                    behind_intentions: 42,
+                    held_by: "cd".repeat(32),
+                    reason: "lowest-floor".into(),
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let human = status_human(&status);
+        assert!(
+            human.contains("docs: history kept from 3d 4h (42 intentions) before the newest op; held by cdcdcdcdcdcdcdcd"),
+            "{human}"
+        );
+        assert!(status_json(&status).contains(&format!(
+            r#""frontier":{{"known":true,"behind_ms":273605000,"behind_intentions":42,"held_by":"{}","reason":"lowest-floor"}}"#,
+            "cd".repeat(32)
+        )));
+        assert_eq!(span(0), "0s");
+        assert_eq!(span(61_000), "1m 1s");
     }
 }

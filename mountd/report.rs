@@ -3,8 +3,33 @@
 
 use std::path::Path;
 
-use lattice_mount::proto::control::{HistoryEntry, StatusResponse, StoreStatus, UnreadableStore};
-use lattice_mount::{store_name, Content, HistoryOp, Kind, Node, NodeError, OpBody, Role};
+use lattice_mount::proto::control::{
+    FrontierStatus, HistoryEntry, StatusResponse, StoreStatus, UnreadableStore,
+};
+use lattice_mount::{
+    store_name, Blocker, Content, HistoryOp, Holdback, Kind, Node, NodeError, OpBody, Role,
+    Standing,
+};
+
+/// Where a store's stability frontier stands, and who holds it back.
+fn frontier_status(s: &Standing) -> FrontierStatus {
+    let reason = match s.holdback {
+        Some(Holdback::Floor(_)) => "lowest-floor",
+        Some(Holdback::Blocked(Blocker::NoAttestation(_))) => "never-attested",
+        Some(Holdback::Blocked(Blocker::Behind(_))) => "ahead",
+        None => "",
+    };
+    FrontierStatus {
+        known: s.frontier.is_some(),
+        behind_ms: s
+            .frontier
+            .as_ref()
+            .map_or(0, |f| s.newest.wall_ms.saturating_sub(f.below.wall_ms)),
+        behind_intentions: s.behind,
+        held_by: s.holdback.map(|h| h.key().to_hex()).unwrap_or_default(),
+        reason: reason.into(),
+    }
+}
 
 /// The node's status with `mountpoint`; per-store network fields are left to the caller.
 pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
@@ -34,6 +59,7 @@ pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
                     .collect(),
                 quarantined: quarantined.len() as u64,
                 quarantined_hashes: quarantined.iter().map(|h| h.to_hex()).collect(),
+                frontier: Some(frontier_status(&s.standing())),
                 ..StoreStatus::default()
             }
         })

@@ -51,9 +51,12 @@ pub use net::{
 };
 pub use node::{check_display_name, store_name, HistoryOp, JoinState, Node, NodeError, Unreadable};
 pub use store::{
-    ApplyOutcome, BareIndex, Equivocator, HistoryItem, IndexView, InviteError, Store, StoreError,
-    StoreEvent, StoreStats, Tx, WitnessBatch, DB_FILE, MAX_CLOCK_SKEW_MS,
+    ApplyOutcome, BareIndex, Equivocator, HistoryItem, IndexView, InviteError, Standing, Store,
+    StoreError, StoreEvent, StoreStats, Tx, WitnessBatch, DB_FILE, MAX_CLOCK_SKEW_MS,
     MAX_FLOATING_PER_STRANGER, SCHEMA_VERSION,
+};
+pub use sync::frontier::{
+    AttestError, Attestation, Blocker, Frontier, Holdback, HORIZON_MS, MAX_ATTESTED_AUTHORS,
 };
 pub use sync::invite::TokenError;
 pub use sync::reconcile::{

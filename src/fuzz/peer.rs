@@ -16,6 +16,7 @@ use crate::ids::{Hash, StoreId};
 use crate::intention::Intention;
 use crate::net::{GOSSIP_MAX, MAX_FRAME};
 use crate::proto::peer::{self as pb, gossip, request, response};
+use crate::sync::frontier::Attestation;
 use crate::sync::reconcile::{Session, FRAME_LIMIT};
 use crate::sync::replica::MAX_WANT;
 use crate::wire::{read_frame, FrameError};
@@ -48,6 +49,25 @@ fn empty_storage() -> NegentropyStorageVector {
     v
 }
 
+/// A valid attestation: distinct 32-byte authors.
+fn attestation() -> impl Strategy<Value = pb::Attestation> {
+    let vector =
+        prop::collection::btree_map(prop::array::uniform32(any::<u8>()), any::<u64>(), 0..6);
+    (vector, any::<u64>(), any::<u32>()).prop_map(|(vector, floor_wall_ms, floor_counter)| {
+        pb::Attestation {
+            vector: vector
+                .into_iter()
+                .map(|(author, len)| pb::ChainLen {
+                    author: Bytes::copy_from_slice(&author),
+                    len,
+                })
+                .collect(),
+            floor_wall_ms,
+            floor_counter,
+        }
+    })
+}
+
 fn request() -> impl Strategy<Value = pb::Request> {
     let kind = prop_oneof![
         (bytes(32), name()).prop_map(|(secret, display_name)| request::Kind::Redeem(pb::Redeem {
@@ -62,6 +82,7 @@ fn request() -> impl Strategy<Value = pb::Request> {
         (bytes(32), bytes(32))
             .prop_map(|(chunk, base)| request::Kind::Patch(pb::Patch { chunk, base })),
         Just(request::Kind::AskSecret(pb::AskSecret {})),
+        attestation().prop_map(request::Kind::Attest),
     ];
     let addrs = prop::collection::vec(
         "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}:[0-9]{1,5}",
@@ -108,6 +129,7 @@ fn response() -> impl Strategy<Value = pb::Response> {
         (any::<u32>(), any::<u32>()).prop_map(|(applied, refused)| {
             response::Kind::Pushed(pb::Pushed { applied, refused })
         }),
+        attestation().prop_map(response::Kind::Attested),
     ];
     kind.prop_map(|kind| pb::Response { kind: Some(kind) })
 }
@@ -168,6 +190,10 @@ fn receive_request(input: &[u8]) -> Result<usize, String> {
             request::Kind::Push(p) => verify_all(p.intentions),
             request::Kind::Patch(p) => hash(&p.chunk).and(hash(&p.base)).map(|_| 2)?,
             request::Kind::AskSecret(_) => 0,
+            request::Kind::Attest(a) => Attestation::try_from(a)
+                .map_err(|e| e.to_string())?
+                .vector
+                .len(),
         })
 }
 
@@ -202,6 +228,10 @@ fn receive_response(input: &[u8]) -> Result<usize, String> {
         response::Kind::Blocks(b) => b.blocks.len(),
         response::Kind::TopicSecret(t) => <[u8; 32]>::try_from(&t.secret[..])
             .map_err(|_| "topic secret")?
+            .len(),
+        response::Kind::Attested(a) => Attestation::try_from(a)
+            .map_err(|e| e.to_string())?
+            .vector
             .len(),
     })
 }

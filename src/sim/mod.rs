@@ -1128,12 +1128,24 @@ impl World {
             self.settle(QUIESCE_CHUNK);
             if self.agreed() {
                 self.note("the live members agree".into());
+                self.attest_all();
                 return;
             }
         }
         self.fail(format!(
             "the live members did not agree within {QUIESCE_LIMIT} ms of quiescence"
         ));
+    }
+
+    /// Two more sync passes of every node once they agree, so that each round's closing
+    /// attestations reflect the state everyone ended in.
+    fn attest_all(&mut self) {
+        for _ in 0..2 {
+            for n in self.up() {
+                self.ask_sync(n);
+            }
+            self.settle(QUIESCE_LIMIT);
+        }
     }
 
     /// Whether every live member holds as many intentions, with the same digest.
@@ -1200,6 +1212,20 @@ impl World {
                 .or_insert_with(|| store.read(|st| st.canonical_dump()));
             if let Some(dir) = store.read(check::cycle) {
                 self.fail(format!("{name}: directory {dir:?} is in a cycle"));
+            }
+            match check::replayed(&store) {
+                Ok(full) if full == d => {}
+                Ok(full) => self.fail(format!(
+                    "{name}: the projection ({}) is not a full replay of the witness log ({})",
+                    &d.to_hex()[..12],
+                    &full.to_hex()[..12]
+                )),
+                Err(e) => self.fail(format!("{name}: replaying the witness log: {e}")),
+            }
+            if self.replicas() && !self.cfg.hostile {
+                if let Err(e) = check::frontier_covers(&store) {
+                    self.fail(format!("{name}: {e}"));
+                }
             }
             match store.equivocators() {
                 Ok(e) if e == equivocators => {}

@@ -20,9 +20,11 @@ use crate::intention::Intention;
 use crate::store::apply::{apply_remote, is_refusal, release_due, seal_local, Counts, Ctx, Queued};
 use crate::store::cut::revise;
 use crate::store::error::StoreError;
+use crate::store::frontier::{self, Standing};
 use crate::store::index::Index;
 use crate::store::tables::{Tables, CHAIN, FLOATING, HISTORY, INTENTIONS, REFUSED, WITNESS};
 use crate::store::{ApplyOutcome, HistoryItem, StoreEvent, WitnessBatch};
+use crate::sync::frontier::{AttestError, Attestation};
 
 /// How long the actor waits for more ops before sealing a batch.
 pub(crate) const BATCH_WINDOW: Duration = Duration::from_millis(2);
@@ -55,6 +57,10 @@ pub(crate) enum Request {
     Missing(usize, Reply<Vec<Hash>>),
     /// The author-chain length of a key's applied intentions.
     ChainLen(PublicKey, Reply<u64>),
+    /// This node's attestation, from a durable commit.
+    Attest(Reply<Attestation>),
+    /// Store a member's attestation.
+    Attested(PublicKey, Attestation, SyncSender<Result<(), AttestError>>),
     /// Read the stored intention set, heads, floating set and witness check (tests).
     #[cfg(test)]
     Inspect(Reply<crate::store::tests::Digest>),
@@ -120,6 +126,8 @@ pub(crate) struct Shared {
     pub wall: RwLock<Wall>,
     /// Commit only when a request asks (see [`crate::store::StoreOptions::manual`]).
     pub manual: bool,
+    /// The stability frontier as last computed (see `store::frontier`).
+    pub standing: Mutex<Standing>,
 }
 
 /// A source of wall time in Unix ms.
@@ -183,6 +191,17 @@ struct Actor {
     held: Held,
 }
 
+/// What one commit answers.
+#[derive(Default)]
+struct Committed {
+    /// One outcome per `Apply` request, in order.
+    applied: Vec<Result<ApplyOutcome, StoreError>>,
+    /// One outcome per `Attested` request, in order.
+    attested: Vec<Result<(), AttestError>>,
+    /// This node's live attestation as of the commit.
+    own: Option<Attestation>,
+}
+
 /// Sealed intentions waiting for a durable commit (see [`SEALED_DURABLE_WITHIN`]).
 #[derive(Default)]
 struct Held {
@@ -243,6 +262,8 @@ fn fail(r: Request, e: StoreError) {
         Request::Witness(_, _, tx) => drop(tx.send(Err(e))),
         Request::Missing(_, tx) => drop(tx.send(Err(e))),
         Request::ChainLen(_, tx) => drop(tx.send(Err(e))),
+        Request::Attest(tx) => drop(tx.send(Err(e))),
+        Request::Attested(_, _, tx) => drop(tx.send(Err(AttestError::Store(e.to_string())))),
         #[cfg(test)]
         Request::Inspect(tx) => drop(tx.send(Err(e))),
     }
@@ -307,13 +328,21 @@ impl Actor {
             .requests
             .iter()
             .any(|r| matches!(r, Request::Flush(_)));
-        let applies = batch
+        let applies = batch.requests.iter().any(|r| {
+            matches!(
+                r,
+                Request::Apply(..) | Request::Attest(_) | Request::Attested(..)
+            )
+        });
+        // An attestation leaves this node: what it claims must survive a crash.
+        let attest = batch
             .requests
             .iter()
-            .any(|r| matches!(r, Request::Apply(..)));
+            .any(|r| matches!(r, Request::Attest(_)));
         let timers = !self.shared.manual;
         let mut durable = batch.last
             || flush
+            || attest
             || (timers && self.dirty && self.last_durable.elapsed() >= DURABLE_EVERY)
             || (timers && self.held.due().is_some_and(|due| due <= Instant::now()));
         let hook = self.shared.before_durable.read().clone();
@@ -341,12 +370,13 @@ impl Actor {
             || (durable && self.dirty)
             || (snapshot && self.since_snapshot > 0)
             || batch.last;
-        let mut replies = if writes {
+        let done = if writes {
             self.commit(batch.ops, &batch.requests, durable, snapshot, batch.last)?
         } else {
-            Vec::new()
-        }
-        .into_iter();
+            Committed::default()
+        };
+        let mut replies = done.applied.into_iter();
+        let mut attested = done.attested.into_iter();
         for r in batch.requests {
             match r {
                 Request::Apply(_, tx) => {
@@ -364,6 +394,15 @@ impl Actor {
                 }
                 Request::Missing(limit, tx) => drop(tx.send(self.missing(limit))),
                 Request::ChainLen(key, tx) => drop(tx.send(self.chain_len(&key))),
+                Request::Attest(tx) => drop(tx.send(match (&done.own, &unsynced) {
+                    (Some(own), None) => Ok(own.clone()),
+                    (_, Some(why)) => Err(StoreError::Unsynced(why.clone())),
+                    (None, None) => Err(StoreError::Failed("no attestation computed".into())),
+                })),
+                Request::Attested(_, _, tx) => {
+                    let outcome = attested.next().expect("one outcome per attestation");
+                    drop(tx.send(outcome));
+                }
                 #[cfg(test)]
                 Request::Inspect(tx) => drop(
                     tx.send(
@@ -385,7 +424,7 @@ impl Actor {
         durable: bool,
         snapshot: bool,
         last: bool,
-    ) -> Result<Vec<Result<ApplyOutcome, StoreError>>, StoreError> {
+    ) -> Result<Committed, StoreError> {
         let shared = self.shared.clone();
         let cx = shared.ctx();
         let before = self.counts.intentions;
@@ -399,6 +438,8 @@ impl Actor {
         // instead of a full-file repair; it costs a second fsync per flush.
         txn.set_quick_repair(durable);
         let mut outcomes = Vec::new();
+        let mut attested = Vec::new();
+        let own;
         {
             let mut t = Tables::open(&txn)?;
             seal_local(&mut t, &cx, &mut self.counts, &shared.identity, ops)?;
@@ -411,13 +452,43 @@ impl Actor {
                 }
             }
             self.next_early = release_due(&mut t, &cx, &mut self.counts)?;
-            if cx.effects.borrow().revoked {
-                // Under the write lock no Tx runs: seal the ops pushed since the batch
-                // was taken, so the rebuilt projection still holds them.
-                let mut st = shared.state.write();
+            let revised = cx.effects.borrow().revoked;
+            // Under the write lock no Tx runs: every op pushed but not sealed is in the
+            // mailbox, and the frontier's purge may change the projection.
+            let mut st = shared.state.write();
+            if revised {
+                // Seal the ops pushed since the batch was taken, so the rebuilt
+                // projection still holds them.
                 let late = mem::take(&mut shared.mailbox.lock().ops);
                 seal_local(&mut t, &cx, &mut self.counts, &shared.identity, late)?;
                 revise(&mut t, &cx, &mut self.counts, &mut st)?;
+            }
+            for r in requests {
+                if let Request::Attested(from, attestation, _) = r {
+                    attested.push(if st.member(from).is_none() {
+                        Err(AttestError::NotMember(from.short()))
+                    } else {
+                        frontier::record(&mut t.attest, from, attestation, cx.now_ms)
+                            .map_err(|e| AttestError::Store(e.to_string()))
+                    });
+                }
+            }
+            let pending = shared.mailbox.lock().ops.iter().map(|q| q.op.hlc).min();
+            own = Some(frontier::advance(
+                &mut t,
+                &mut st,
+                &mut shared.standing.lock(),
+                shared.identity.public(),
+                pending,
+                cx.now_ms,
+                revised,
+            )?);
+            drop(st);
+            if let Some(own) = own
+                .as_ref()
+                .filter(|_| requests.iter().any(|r| matches!(r, Request::Attest(_))))
+            {
+                frontier::handed_out(&mut t, own.floor)?;
             }
             if snapshot {
                 // Under the read lock no Tx runs, so every op in the projection is
@@ -471,7 +542,11 @@ impl Actor {
         shared
             .floating
             .store(self.counts.floating, Ordering::Relaxed);
-        Ok(outcomes)
+        Ok(Committed {
+            applied: outcomes,
+            attested,
+            own,
+        })
     }
 
     /// The stored bytes of `hashes`, in order, skipping unknown ones, stopping before

@@ -1,7 +1,7 @@
 //! The store: one redb file per replicated folder, owned by one actor thread.
 //!
 //! ## Tables (`DIR/store.redb`, see `tables.rs`)
-//! Names below omit the schema suffix (`intentions` is the table `intentions.v2`);
+//! Names below omit the schema suffix (`intentions` is the table `intentions.v3`);
 //! `schema.rs` has the versions and their migrations.
 //! - `intentions`: intention hash -> the exact signed bytes as received (never re-encoded).
 //! - `witness`: local seq (from 1) -> (intention hash, chain hash), where
@@ -30,9 +30,13 @@
 //! - `parked`, `quota`: each floating or early intention by author, and per-author
 //!   (count, bytes), for the floating quotas.
 //! - `grant_pos`: `SetMember` op id -> its position in the member's chain (roles).
+//! - `attest`: member key -> (wall ms it arrived, attestation as sent): each member's
+//!   latest attestation, from which the stability frontier is computed (`frontier.rs`).
 //! - `meta`: `schema_version` (see `schema.rs`), `store_id`, `founder` (author of the
 //!   genesis intention), `last_local_hlc`, `park_order`, `quarantined` (hashes of
-//!   stored intentions that failed to decode at an open).
+//!   stored intentions that failed to decode at an open), `frontier` (the greatest
+//!   stability frontier computed, re-applied as a purge at open), `attested_floor`
+//!   (the greatest floor handed out in an attestation; the clock starts past it).
 //! - `projection`: witness seq -> `FsState` snapshot bytes reflecting exactly the log
 //!   up to that seq; one row.
 //!
@@ -73,6 +77,9 @@ mod apply;
 mod chain_tests;
 mod cut;
 mod error;
+mod frontier;
+#[cfg(test)]
+mod frontier_tests;
 mod index;
 #[cfg(test)]
 mod member_tests;
@@ -104,6 +111,7 @@ pub use apply::{MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER};
 #[cfg(any(test, feature = "bench"))]
 pub(crate) use apply::{MAX_FLOATING_PER_AUTHOR, MAX_FLOATING_STRANGERS};
 pub use error::{InviteError, StoreError};
+pub use frontier::Standing;
 #[cfg(any(test, feature = "bench"))]
 pub(crate) use index::IndexSession;
 pub use index::{BareIndex, IndexView};
@@ -118,13 +126,14 @@ use crate::hlc::{now_ms, Clock, Hlc};
 use crate::identity::{Identity, PublicKey};
 use crate::ids::{FileId, Hash, OpId, StoreId};
 use crate::intention::{Intention, MAX_INTENTION_OPS_BYTES};
+use crate::sync::frontier::{AttestError, Attestation, Frontier};
 use actor::{Request, Shared};
 use apply::{op_size, Counts, Queued};
 use index::Index;
 use tables::{
     chain_at, hashes_from_bytes, hashes_to_bytes, hlc_from_bytes, verify_witness, Tables, FLOATING,
-    HEADS, INTENTIONS, META, META_FOUNDER, META_LAST_LOCAL_HLC, META_QUARANTINED, META_STORE_ID,
-    PROJECTION, REFUSED, WITNESS,
+    HEADS, INTENTIONS, META, META_ATTESTED, META_FOUNDER, META_FRONTIER, META_LAST_LOCAL_HLC,
+    META_QUARANTINED, META_STORE_ID, PROJECTION, REFUSED, WITNESS,
 };
 
 /// The first intention of a new store: its id, name and the founder's display name.
@@ -525,7 +534,14 @@ impl Store {
                 .try_into()
                 .map_err(|_| StoreError::Corrupt("founder is not 32 bytes".into()))?,
         );
+        let frontier = meta
+            .get(META_FRONTIER)?
+            .and_then(|v| frontier::decode(v.value()));
         let last_local = match meta.get(META_LAST_LOCAL_HLC)? {
+            Some(v) => hlc_from_bytes(v.value())?,
+            None => Hlc::ZERO,
+        };
+        let attested = match meta.get(META_ATTESTED)? {
             Some(v) => hlc_from_bytes(v.value())?,
             None => Hlc::ZERO,
         };
@@ -621,8 +637,13 @@ impl Store {
             let mut c = clock.lock();
             c.observe(last_local);
             c.observe(newest);
+            c.observe(attested);
+        }
+        if let Some(f) = &frontier {
+            state.purge(f.below);
         }
         let shared = Arc::new(new_shared(id, founder, identity, state, clock, index, opts));
+        shared.standing.lock().frontier = frontier;
         *shared.refused.lock() = refused;
         *shared.quarantined.lock() = quarantined;
         start(shared, counts)
@@ -797,6 +818,37 @@ impl Store {
         self.handle.shared.index.view()
     }
 
+    /// This node's attestation for this store, after a durable commit (see
+    /// `sync::frontier`).
+    pub fn attestation(&self) -> Result<Attestation, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.shared.send(Request::Attest(tx))?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Keeps member `from`'s attestation (replacing its last one); a non-member's is
+    /// refused and changes nothing.
+    pub fn attested(&self, from: PublicKey, attestation: Attestation) -> Result<(), AttestError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle
+            .shared
+            .send(Request::Attested(from, attestation, tx))
+            .map_err(|e| AttestError::Store(e.to_string()))?;
+        rx.recv()
+            .map_err(|_| AttestError::Store(StoreError::Closed.to_string()))?
+    }
+
+    /// The stability frontier: no op applied here from now on is stamped before its
+    /// `below` (but late ones); `None` until every counted member attested.
+    pub fn frontier(&self) -> Option<Frontier> {
+        self.handle.shared.standing.lock().frontier.clone()
+    }
+
+    /// The frontier with who holds it back and how far behind the newest op it is.
+    pub fn standing(&self) -> Standing {
+        self.handle.shared.standing.lock().clone()
+    }
+
     /// Seals queued ops, commits durably, writes a snapshot and joins the actor.
     pub fn shutdown(&self) -> Result<(), StoreError> {
         self.handle.shutdown()
@@ -860,6 +912,7 @@ fn new_shared(
         before_durable: RwLock::new(None),
         wall: RwLock::new(opts.wall),
         manual: opts.manual,
+        standing: Mutex::default(),
     }
 }
 

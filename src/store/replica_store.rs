@@ -9,6 +9,7 @@ use crate::ids::{FileId, Hash, StoreId};
 use crate::proto::peer as pb;
 use crate::store::{is_refusal, ApplyOutcome, IndexView, InviteError, Store, StoreError};
 use crate::sync::disk::{Received, ReplicaStore};
+use crate::sync::frontier::{AttestError, Attestation};
 use crate::sync::{Refusal, RefusalCode};
 
 impl ReplicaStore for Store {
@@ -99,6 +100,14 @@ impl ReplicaStore for Store {
 
     fn flush(&self) -> Result<(), StoreError> {
         Store::flush(self)
+    }
+
+    fn attestation(&self) -> Result<Attestation, StoreError> {
+        Store::attestation(self)
+    }
+
+    fn attested(&self, from: PublicKey, attestation: Attestation) -> Result<(), AttestError> {
+        Store::attested(self, from, attestation)
     }
 }
 

@@ -422,7 +422,9 @@ fn a_non_members_requests_are_refused_as_not_member_and_change_nothing() {
         }),
         request::Kind::Bootstrap(pb::Bootstrap { from: 1 }),
         request::Kind::AskSecret(pb::AskSecret {}),
+        request::Kind::Attest(pb::Attestation::default()),
     ];
+    let standing = w.nodes[0].store.standing();
     for (n, kind) in kinds.into_iter().enumerate() {
         let acts = w.nodes[0].replica.handle(
             Event::Request {
@@ -452,6 +454,7 @@ fn a_non_members_requests_are_refused_as_not_member_and_change_nothing() {
     }
     assert_eq!(digest(&w.nodes[0].store), before);
     assert!(!has(&w.nodes[0].store, "pushed"));
+    assert_eq!(w.nodes[0].store.standing(), standing);
 }
 
 #[test]
@@ -657,4 +660,169 @@ fn a_peer_withholding_what_it_offered_ends_the_pull_not_the_round() {
     w.withholding.clear();
     w.feed(0, Event::Sync(Ticket(2)));
     assert!(has(&w.nodes[0].store, "held"));
+}
+
+/// Each node asks for a sync pass, in turn, `times` times over.
+fn sync_all(w: &mut World, times: usize) {
+    for t in 0..times {
+        for i in 0..w.nodes.len() {
+            w.feed(i, Event::Sync(Ticket((t * w.nodes.len() + i) as u64)));
+        }
+    }
+}
+
+#[test]
+fn after_sync_passes_every_members_frontier_covers_everything_applied() {
+    let (mut w, _) = team(2);
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        write(&w.nodes[i].store, name);
+    }
+    sync_all(&mut w, 2);
+    for n in &w.nodes {
+        let own = n.store.attestation().expect("attestation");
+        let f = n.store.frontier().expect("every member attested");
+        assert_eq!(f.members, 3);
+        assert_eq!(f.vector, own.vector, "the frontier covers all applied");
+        assert!(f.below <= own.floor);
+    }
+    let attests = w
+        .log
+        .iter()
+        .filter(|(_, a)| {
+            matches!(
+                a,
+                Action::Send {
+                    request: request::Kind::Attest(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    assert!(
+        attests >= 6,
+        "every round ends with an attestation: {attests}"
+    );
+}
+
+#[test]
+fn a_members_malformed_attestation_is_refused_as_malformed_and_changes_nothing() {
+    let (mut w, _) = team(1);
+    let before = w.nodes[0].store.standing();
+    let bad = pb::Attestation {
+        vector: vec![pb::ChainLen {
+            author: Bytes::from_static(&[1; 31]),
+            len: 1,
+        }],
+        ..pb::Attestation::default()
+    };
+    let from = w.nodes[1].key;
+    let acts = w.nodes[0].replica.handle(
+        Event::Request {
+            from,
+            conv: Conv(1),
+            request: pb::Request {
+                store_id: Bytes::copy_from_slice(&ID.0),
+                addrs: Vec::new(),
+                kind: Some(request::Kind::Attest(bad)),
+            },
+        },
+        w.now,
+    );
+    assert!(
+        matches!(
+            &acts[..],
+            [Action::Refuse {
+                refusal: Refusal {
+                    code: RefusalCode::Malformed,
+                    ..
+                },
+                ..
+            }]
+        ),
+        "{acts:?}"
+    );
+    assert_eq!(w.nodes[0].store.standing(), before);
+}
+
+/// The inline bytes of every visible file and conflict copy under the root.
+fn contents(store: &Store) -> Vec<Bytes> {
+    store.read(|st| {
+        let mut out = Vec::new();
+        for (_, node) in st.readdir(OpId::ROOT).expect("root lists") {
+            if let Ok(view) = st.content(node) {
+                for piece in view.pieces {
+                    if let crate::cas::Content::Inline(b) = piece {
+                        out.push(b);
+                    }
+                }
+            }
+        }
+        out
+    })
+}
+
+#[test]
+fn a_member_silent_past_the_horizon_returns_and_all_its_concurrent_writes_survive() {
+    use crate::fs::op::OpBody;
+    use crate::sync::frontier::HORIZON_MS;
+    use std::sync::Arc;
+
+    let day = 24 * 3600 * 1000;
+    let t0 = crate::hlc::now_ms();
+    let (mut w, _) = team(1);
+    let set = |store: &Store, ms: u64| store.set_wall(Arc::new(move || ms));
+    write(&w.nodes[0].store, "shared");
+    sync_all(&mut w, 2);
+    let shared = w.nodes[1]
+        .store
+        .read(|st| st.lookup(OpId::ROOT, "shared"))
+        .expect("synced");
+    let file = match shared {
+        crate::fs::Node::Entry { file, .. } => file,
+        other => panic!("{other:?}"),
+    };
+    let overwrite = |store: &Store, data: &'static str| {
+        store
+            .write(|tx| {
+                Ok(tx.push(OpBody::Write {
+                    file,
+                    supersedes: Vec::new(),
+                    content: crate::cas::Content::Inline(Bytes::from_static(data.as_bytes())),
+                    mtime_ns: 1,
+                })?)
+            })
+            .expect("a member writes");
+        store.flush().expect("flush");
+    };
+    // b goes offline and, a day later, writes while nobody hears it.
+    w.offline.push(1);
+    w.nodes[1].subscribed = false;
+    set(&w.nodes[1].store, t0 + day);
+    overwrite(&w.nodes[1].store, "from-b");
+    write(&w.nodes[1].store, "b-file");
+    let b_stamp = w.nodes[1].store.attestation().expect("attestation").floor;
+    // a lives on past the horizon: b stops holding its frontier.
+    set(&w.nodes[0].store, t0 + HORIZON_MS + 2 * day);
+    overwrite(&w.nodes[0].store, "from-a");
+    write(&w.nodes[0].store, "a-file");
+    let f = w.nodes[0].store.frontier().expect("a frontier");
+    assert_eq!(f.members, 1, "b is silent past the horizon");
+    assert!(f.below > b_stamp, "b's writes arrive late");
+    // b comes back.
+    set(&w.nodes[1].store, t0 + HORIZON_MS + 3 * day);
+    w.offline.clear();
+    w.nodes[1].subscribed = true;
+    sync_all(&mut w, 2);
+    assert_eq!(digest(&w.nodes[0].store), digest(&w.nodes[1].store));
+    for n in &w.nodes {
+        assert!(has(&n.store, "a-file") && has(&n.store, "b-file"));
+        let all = contents(&n.store);
+        for want in ["from-a", "from-b"] {
+            assert!(
+                all.iter().any(|b| &b[..] == want.as_bytes()),
+                "{want} is lost: {all:?}"
+            );
+        }
+        assert_eq!(n.store.frontier().expect("b attested again").members, 2);
+    }
 }

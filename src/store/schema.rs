@@ -9,7 +9,8 @@
 //! | schema | written by | layout |
 //! | --- | --- | --- |
 //! | 1 | the release at f143caf and builds up to 0399322 | bare table names (`intentions`, ...); tables added after that release may be missing; projection snapshot format 1 |
-//! | 2 | this build | every table name but `meta` ends in `.v2`; every table exists; every stored intention has its `hlcs` row; projection snapshot format 2 |
+//! | 2 | builds from 0399322 to c19e4be | every table name but `meta` ends in `.v2`; every table exists; every stored intention has its `hlcs` row; projection snapshot format 2 |
+//! | 3 | this build | every table name but `meta` ends in `.v3`; the `attest` table (members' attestations) and the `frontier` meta row |
 //!
 //! Opening a file of the current version changes nothing. An older file is migrated
 //! in one write transaction, one step per version ([`STEPS`]), so a crash leaves it
@@ -31,15 +32,15 @@ use crate::store::error::StoreError;
 use crate::store::tables::{Tables, META};
 
 /// The schema version this build writes, and the newest it reads.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 /// `meta` key: the schema version of the file (u32 BE); absent in schema 1.
 pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
 
 /// One migration step: rewrites a file of version `n` to version `n + 1` in `txn`.
 type Step = fn(&WriteTransaction) -> Result<(), StoreError>;
 
-/// `STEPS[n - 1]` migrates version `n` to `n + 1`; the bounded-state work appends.
-const STEPS: [Step; SCHEMA_VERSION as usize - 1] = [v1_to_v2];
+/// `STEPS[n - 1]` migrates version `n` to `n + 1`.
+const STEPS: [Step; SCHEMA_VERSION as usize - 1] = [v1_to_v2, v2_to_v3];
 
 /// The `meta` row recording `version`.
 pub(crate) fn version_bytes(version: u32) -> [u8; 4] {
@@ -193,6 +194,29 @@ fn v1_to_v2(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Schema 2 -> 3: every table is renamed to `.v3` (no layout changes); the new
+/// `attest.v3` table is created empty by the caller, and `meta` gains its `frontier` row
+/// when a frontier is first computed.
+fn v2_to_v3(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let present: Vec<String> = txn
+        .list_tables()?
+        .map(|t| t.name().to_owned())
+        .filter(|name| {
+            name.strip_suffix(".v2")
+                .is_some_and(|bare| V1_TABLES.contains(&bare))
+        })
+        .collect();
+    for name in &present {
+        let to = name.replace(".v2", ".v3");
+        // Renaming looks only at names: the key and value types here are placeholders.
+        txn.rename_table(
+            TableDefinition::<&[u8], &[u8]>::new(name),
+            TableDefinition::<&[u8], &[u8]>::new(&to),
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,7 +266,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(recorded(&db).unwrap(), SCHEMA_VERSION);
-        let (new_seq, new) = projection(&db, "projection.v2");
+        let (new_seq, new) = projection(&db, "projection.v3");
         assert_eq!(new_seq, seq);
         assert_eq!(Some(new.clone()), FsState::snapshot_v1_to_v2(&old));
         let state = FsState::decode_snapshot(&new).unwrap();
@@ -250,10 +274,10 @@ mod tests {
         assert_eq!(current.canonical_dump(), state.canonical_dump());
         let txn = db.begin_write().unwrap();
         let hlcs = txn
-            .open_table(TableDefinition::<[u8; 32], (u64, u32)>::new("hlcs.v2"))
+            .open_table(TableDefinition::<[u8; 32], (u64, u32)>::new("hlcs.v3"))
             .unwrap();
         let intentions = txn
-            .open_table(TableDefinition::<[u8; 32], &[u8]>::new("intentions.v2"))
+            .open_table(TableDefinition::<[u8; 32], &[u8]>::new("intentions.v3"))
             .unwrap();
         let mut stored = 0;
         for entry in intentions.iter().unwrap() {
@@ -271,7 +295,8 @@ mod tests {
             .map(|t| t.name().into())
             .collect();
         names.sort();
-        let mut want: Vec<String> = V1_TABLES.iter().map(|t| format!("{t}.v2")).collect();
+        let mut want: Vec<String> = V1_TABLES.iter().map(|t| format!("{t}.v3")).collect();
+        want.push("attest.v3".into());
         want.push("meta".into());
         want.sort();
         assert_eq!(names, want);

@@ -3,11 +3,11 @@
 //! Every key is fixed-size bytes or a tuple of them, so byte order is the order that
 //! range scans rely on. See the module doc of `store` for what each table means.
 //!
-//! Every table name but `meta` ends in `.vN`: the schema version (see `schema`) that
-//! last changed the table. A schema that changes a table's key or value layout gives
-//! it a new suffix and its migration step moves the rows, so no build ever reads a
-//! table under a layout it was not written with; all tables are `.v2` today. `meta`
-//! keeps its name in every schema because it holds the schema version itself.
+//! Every table name but `meta` ends in `.vN`, N the schema version (see `schema`):
+//! each migration step renames every table to its version (moving the rows of a table
+//! whose layout changes), so no build ever reads a table under a layout it was not
+//! written with; all tables are `.v3` today. `meta` keeps its name in every schema
+//! because it holds the schema version itself.
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -20,58 +20,62 @@ use crate::store::schema::{self, META_SCHEMA_VERSION, SCHEMA_VERSION};
 
 /// Intention hash -> the exact signed bytes as received.
 pub(crate) const INTENTIONS: TableDefinition<[u8; 32], &[u8]> =
-    TableDefinition::new("intentions.v2");
+    TableDefinition::new("intentions.v3");
 /// Local witness seq (from 1) -> (intention hash, chain hash).
 pub(crate) const WITNESS: TableDefinition<u64, ([u8; 32], [u8; 32])> =
-    TableDefinition::new("witness.v2");
+    TableDefinition::new("witness.v3");
 /// (missing hash, floating intention hash) -> the floating intention's signed bytes.
 pub(crate) const FLOATING: TableDefinition<([u8; 32], [u8; 32]), &[u8]> =
-    TableDefinition::new("floating.v2");
+    TableDefinition::new("floating.v3");
 /// Author key -> (hash of the author's latest intention, its HLC wall ms, counter).
 pub(crate) const TIPS: TableDefinition<[u8; 32], ([u8; 32], u64, u32)> =
-    TableDefinition::new("tips.v2");
+    TableDefinition::new("tips.v3");
 /// Intention hash named by no known intention -> its HLC (wall ms, counter).
-pub(crate) const HEADS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::new("heads.v2");
+pub(crate) const HEADS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::new("heads.v3");
 /// HLC wall ms (big-endian) || intention hash -> (); the reconciliation index.
-pub(crate) const INDEX: TableDefinition<[u8; 40], ()> = TableDefinition::new("index.v2");
+pub(crate) const INDEX: TableDefinition<[u8; 40], ()> = TableDefinition::new("index.v3");
 /// (file id bytes, witness seq) -> hash of an intention with an op touching that file.
 pub(crate) const HISTORY: TableDefinition<([u8; 44], u64), [u8; 32]> =
-    TableDefinition::new("history.v2");
+    TableDefinition::new("history.v3");
 /// Intention hash -> (author, author-chain seq) of every applied or refused intention.
-pub(crate) const SEQS: TableDefinition<[u8; 32], ([u8; 32], u64)> = TableDefinition::new("seqs.v2");
+pub(crate) const SEQS: TableDefinition<[u8; 32], ([u8; 32], u64)> = TableDefinition::new("seqs.v3");
 /// (author, author-chain seq, intention hash) -> () for every applied intention.
 pub(crate) const CHAIN: TableDefinition<([u8; 32], u64, [u8; 32]), ()> =
-    TableDefinition::new("chain.v2");
+    TableDefinition::new("chain.v3");
 /// Intention hash -> its signed bytes, refused on arrival or voided after being applied
 /// (past its author's revocation cut or fork, or demoted); empty in stores of schema 1.
-pub(crate) const REFUSED: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("refused.v2");
+pub(crate) const REFUSED: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("refused.v3");
 /// Author -> (fork seq, the two smallest-hash intentions of that author at that chain
 /// seq): proof that it signed two intentions at one place in its chain (see `cut`).
 pub(crate) const EVIDENCE: TableDefinition<[u8; 32], (u64, [u8; 32], [u8; 32])> =
-    TableDefinition::new("evidence.v2");
+    TableDefinition::new("evidence.v3");
 /// Intention hash -> its HLC (wall ms, counter), for every applied, refused or evidence
 /// intention: the clock order rule compares an intention with its predecessors.
-pub(crate) const HLCS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::new("hlcs.v2");
+pub(crate) const HLCS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::new("hlcs.v3");
 /// (wall ms at which it may be applied, hash) -> signed bytes of an intention stamped
 /// too far ahead of this node's clock: it waits until its time comes.
-pub(crate) const EARLY: TableDefinition<(u64, [u8; 32]), &[u8]> = TableDefinition::new("early.v2");
+pub(crate) const EARLY: TableDefinition<(u64, [u8; 32]), &[u8]> = TableDefinition::new("early.v3");
 /// A parked intention: (park order, missing hash or zero, wall ms it waits for or zero,
 /// bytes, 1 if counted in the strangers' pool).
 pub(crate) type ParkedRow = (u64, [u8; 32], u64, u64, u8);
 /// (author, hash) -> [`ParkedRow`] of every floating or early intention.
 pub(crate) const PARKED: TableDefinition<([u8; 32], [u8; 32]), ParkedRow> =
-    TableDefinition::new("parked.v2");
+    TableDefinition::new("parked.v3");
 /// `SetMember` op id -> its position: the chain seq of the member's latest intention
 /// that the intention holding it names as prev or dep (0 if none). The grant rules the
 /// member's intentions past that position.
-pub(crate) const GRANT_POS: TableDefinition<[u8; 44], u64> = TableDefinition::new("grant_pos.v2");
+pub(crate) const GRANT_POS: TableDefinition<[u8; 44], u64> = TableDefinition::new("grant_pos.v3");
 /// Author -> (count, bytes) of its parked intentions; the all-zero key holds the
 /// strangers' pool.
-pub(crate) const QUOTA: TableDefinition<[u8; 32], (u64, u64)> = TableDefinition::new("quota.v2");
+pub(crate) const QUOTA: TableDefinition<[u8; 32], (u64, u64)> = TableDefinition::new("quota.v3");
+/// Member key -> (store wall ms when it arrived, encoded `pb::Attestation` as sent): the
+/// latest attestation of each member (see `sync::frontier`).
+pub(crate) const ATTEST: TableDefinition<[u8; 32], (u64, &[u8])> =
+    TableDefinition::new("attest.v3");
 /// Named store facts; keys are the `META_*` constants.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Witness seq the snapshot reflects -> `FsState::encode_snapshot` bytes; one row at most.
-pub(crate) const PROJECTION: TableDefinition<u64, &[u8]> = TableDefinition::new("projection.v2");
+pub(crate) const PROJECTION: TableDefinition<u64, &[u8]> = TableDefinition::new("projection.v3");
 
 /// Meta key: the 16-byte store id.
 pub(crate) const META_STORE_ID: &str = "store_id";
@@ -81,6 +85,12 @@ pub(crate) const META_FOUNDER: &str = "founder";
 pub(crate) const META_LAST_LOCAL_HLC: &str = "last_local_hlc";
 /// Meta key: the next park order (u64 BE), so eviction can find an author's oldest.
 pub(crate) const META_PARK_ORDER: &str = "park_order";
+/// `meta` key: the frontier (members counted, u32 BE || `pb::Attestation` holding its
+/// vector and `below` as floor); absent until one was computed. Never moves backwards.
+pub(crate) const META_FRONTIER: &str = "frontier";
+/// `meta` key: the greatest floor this node handed out in an attestation (12 bytes, as
+/// `last_local_hlc`); the clock starts past it.
+pub(crate) const META_ATTESTED: &str = "attested_floor";
 /// `meta` key: the concatenated hashes of stored intentions quarantined at an open.
 pub(crate) const META_QUARANTINED: &str = "quarantined";
 
@@ -228,6 +238,8 @@ pub(crate) struct Tables<'t> {
     pub meta: Table<'t, &'static str, &'static [u8]>,
     /// See [`PROJECTION`].
     pub projection: Table<'t, u64, &'static [u8]>,
+    /// See [`ATTEST`].
+    pub attest: Table<'t, [u8; 32], (u64, &'static [u8])>,
 }
 
 impl<'t> Tables<'t> {
@@ -252,6 +264,7 @@ impl<'t> Tables<'t> {
             quota: txn.open_table(QUOTA)?,
             meta: txn.open_table(META)?,
             projection: txn.open_table(PROJECTION)?,
+            attest: txn.open_table(ATTEST)?,
         })
     }
 

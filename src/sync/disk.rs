@@ -7,6 +7,7 @@ use crate::cas::Content;
 use crate::identity::PublicKey;
 use crate::ids::{FileId, Hash, StoreId};
 use crate::proto::peer as pb;
+use crate::sync::frontier::{AttestError, Attestation};
 use crate::sync::reconcile::ReconcileStorage;
 use crate::sync::Refusal;
 
@@ -72,4 +73,8 @@ pub(crate) trait ReplicaStore {
     ) -> Result<(), Refusal>;
     /// Returns once everything done before the call is durably committed.
     fn flush(&self) -> Result<(), Self::Error>;
+    /// This node's attestation, built from a durable commit.
+    fn attestation(&self) -> Result<Attestation, Self::Error>;
+    /// Keeps member `from`'s attestation; a non-member's is refused, changing nothing.
+    fn attested(&self, from: PublicKey, attestation: Attestation) -> Result<(), AttestError>;
 }

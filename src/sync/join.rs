@@ -198,6 +198,7 @@ pub(crate) fn answer_name(kind: &response::Kind) -> &'static str {
         response::Kind::Pushed(_) => "pushed",
         response::Kind::Blocks(_) => "blocks",
         response::Kind::TopicSecret(_) => "topic secret",
+        response::Kind::Attested(_) => "attestation",
     }
 }
 

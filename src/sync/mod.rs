@@ -1,6 +1,7 @@
 //! Sans-IO protocol cores: bytes in, bytes and decisions out; `net/` drives them.
 
 pub(crate) mod disk;
+pub(crate) mod frontier;
 pub(crate) mod invite;
 pub(crate) mod join;
 pub(crate) mod reconcile;

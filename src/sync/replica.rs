@@ -40,8 +40,11 @@
 //! sealed intentions it does not send before they are durable — so the next pass asks
 //! again), *Predecessors* (up to [`PREDECESSOR_ROUNDS`]
 //! `Want`s of what floating intentions wait for, until none is missing or the peer has
-//! none), *Push* (the hashes the peer lacks in batches of [`BATCH_BYTES`]), then
-//! `Finish`. Rounds with one peer never overlap: a hint (a gossiped intention that
+//! none), *Push* (the hashes the peer lacks in batches of [`BATCH_BYTES`]), *Attest*
+//! (this node's attestation, built from a durable commit, sent as `Attest`; the answer
+//! `Attested` is the peer's, which the store keeps: see `sync::frontier`), then
+//! `Finish`. A refused `Attest` (a peer that does not know the request) or an
+//! attestation the store refuses ends the round as it stands: the intentions moved. Rounds with one peer never overlap: a hint (a gossiped intention that
 //! floats, a member neighbour coming up) while one runs sets an *again* flag and one
 //! more round follows; a pass finding a round running asks for a round of its own after
 //! it. A transport failure (a stream or frame on an existing connection) restarts the
@@ -69,7 +72,9 @@
 //! ([`RefusalCode::Paused`]); a refused request reads and writes nothing. Addresses sent with a
 //! request are passed on (`Learn`). `Reconcile` frames are answered by a responder
 //! session kept per conversation until `Closed`; `Want` (at most [`MAX_WANT`] hashes)
-//! by up to [`BATCH_BYTES`] of intentions; `Push` by applying; `AskSecret` by the
+//! by up to [`BATCH_BYTES`] of intentions; `Push` by applying; `Attest` by keeping the
+//! opener's attestation (a malformed one, or one the store refuses, is refused with its
+//! code and changes nothing) and answering with this node's own; `AskSecret` by the
 //! secret; `Bootstrap` by the witness log in batches, one per `Drained`, the empty last
 //! one ending the stream. Bad input is refused with a code and a line, and changes no
 //! state. `Patch` (blob-level) is answered by the driver behind the same membership
@@ -88,6 +93,7 @@ use crate::ids::{FileId, Hash};
 use crate::intention::Intention;
 use crate::proto::peer::{self as pb, gossip, request, response};
 use crate::sync::disk::{Received, ReplicaStore};
+use crate::sync::frontier::{AttestError, Attestation};
 use crate::sync::reconcile::{ReconcileStorage, Session, FRAME_LIMIT};
 use crate::sync::{Refusal, RefusalCode};
 
@@ -419,6 +425,8 @@ enum Phase<V: ReconcileStorage> {
     Predecessors { left: usize, have: Vec<Hash> },
     /// Pushed a batch; `rest` still to push.
     Push { rest: Vec<Hash> },
+    /// Sent this node's attestation; the peer's comes back.
+    Attest,
 }
 
 /// An opener-side conversation.
@@ -999,6 +1007,11 @@ impl<S: ReplicaStore> Replica<S> {
             } => {
                 let outcome = match answer {
                     Ok(kind) => self.round_step(conv, peer, report, phase, kind, out),
+                    Err(Failure::Refused(r)) if matches!(phase, Phase::Attest) => {
+                        tracing::debug!(peer = %peer.short(), "attestation refused: {r}");
+                        out.push(Action::Finish(conv));
+                        Some(Ok(report))
+                    }
                     Err(failure) => {
                         out.push(Action::Finish(conv));
                         let redialed = self.slots.get(&peer).is_none_or(|s| s.redialed);
@@ -1068,6 +1081,7 @@ impl<S: ReplicaStore> Replica<S> {
         kind: response::Kind,
         out: &mut Vec<Action>,
     ) -> Option<Result<RoundReport, String>> {
+        let attesting = matches!(phase, Phase::Attest);
         let next = match (phase, kind) {
             (
                 Phase::Negotiate {
@@ -1134,6 +1148,13 @@ impl<S: ReplicaStore> Replica<S> {
             (Phase::Push { rest }, response::Kind::Pushed(_)) => {
                 self.push_next(conv, peer, rest, &mut report, out)
             }
+            (Phase::Attest, response::Kind::Attested(a)) => {
+                let kept = Attestation::try_from(a).and_then(|a| self.store.attested(peer, a));
+                if let Err(e) = kept {
+                    tracing::info!(peer = %peer.short(), "not keeping its attestation: {e}");
+                }
+                Ok(None)
+            }
             (_, other) => Err(unexpected(&peer, &other)),
         };
         match next {
@@ -1148,6 +1169,30 @@ impl<S: ReplicaStore> Replica<S> {
                 );
                 None
             }
+            Ok(None) if !attesting => match self.store.attestation() {
+                Ok(own) => {
+                    out.push(Action::Send {
+                        conv,
+                        peer,
+                        request: request::Kind::Attest(own.to_pb()),
+                    });
+                    let phase = Phase::Attest;
+                    self.convs.insert(
+                        conv,
+                        Opener::Round {
+                            peer,
+                            report,
+                            phase,
+                        },
+                    );
+                    None
+                }
+                Err(e) => {
+                    tracing::info!("no attestation to send: {e}");
+                    out.push(Action::Finish(conv));
+                    Some(Ok(report))
+                }
+            },
             Ok(None) => {
                 out.push(Action::Finish(conv));
                 Some(Ok(report))
@@ -1340,6 +1385,7 @@ impl<S: ReplicaStore> Replica<S> {
             request::Kind::Push(p) => apply_all(&self.store, p.intentions)
                 .map(|(applied, refused)| response::Kind::Pushed(pb::Pushed { applied, refused }))
                 .map_err(|e| (RefusalCode::Internal, e.to_string())),
+            request::Kind::Attest(a) => self.attest(from, a),
             request::Kind::AskSecret(_) => match self.secret {
                 Some(secret) => Ok(response::Kind::TopicSecret(pb::TopicSecret {
                     secret: Bytes::copy_from_slice(&secret),
@@ -1396,6 +1442,30 @@ impl<S: ReplicaStore> Replica<S> {
         Ok(response::Kind::Reconcile(pb::Frame {
             frame: step.reply.unwrap_or_default().into(),
         }))
+    }
+
+    /// Keeps `from`'s attestation and answers with this node's own.
+    fn attest(
+        &self,
+        from: PublicKey,
+        a: pb::Attestation,
+    ) -> Result<response::Kind, (RefusalCode, String)> {
+        let refused = |e: AttestError| {
+            let code = match &e {
+                AttestError::Malformed(_) => RefusalCode::Malformed,
+                AttestError::TooLarge { .. } => RefusalCode::TooLarge,
+                AttestError::NotMember(_) => RefusalCode::NotMember,
+                AttestError::Store(_) => RefusalCode::Internal,
+            };
+            (code, e.to_string())
+        };
+        let a = Attestation::try_from(a).map_err(refused)?;
+        self.store.attested(from, a).map_err(refused)?;
+        let own = self
+            .store
+            .attestation()
+            .map_err(|e| (RefusalCode::Internal, e.to_string()))?;
+        Ok(response::Kind::Attested(own.to_pb()))
     }
 
     /// The intentions a `Want` names (at most [`BATCH_BYTES`] of them).
