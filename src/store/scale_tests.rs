@@ -23,15 +23,15 @@ const WITH_CONTENT_EVERY: usize = 10;
 const OPS_PER_WRITE: usize = 1_000;
 /// Bytes of `store.redb` per stored file record (a create or an overwrite) allowed.
 ///
-/// Measured at 20,000 files (schema v2): 629 B per file after the tree, 838 B per
-/// record after 20,000 overwrites. A record costs its op in a signed intention (~80 B,
-/// batched so the signature is shared), its `history` row (~70 B), its share of the
-/// projection snapshot (today the op log: ~80 B per op, and the snapshot is rewritten
-/// every 1,000 intentions, so freed pages of the previous copy stay in the file) and
-/// redb's B-tree overhead (pages about half full, so ~2x), plus the intention-level
-/// rows (`witness`, `index`, `hlcs`, `seqs`, `chain`) shared by the ops of an
-/// intention. 1.5 KiB leaves ~1.8x headroom over the measurement; a regression that
-/// keeps another per-op row, or a snapshot that is never freed, breaks it.
+/// Measured at 20,000 files: 629 B per file after the tree; after 20,000 overwrites
+/// 838 B per record with snapshot format 2 (the op log, rewritten every 1,000
+/// intentions) and 629 B with format 3 (the state). A record costs its op in a signed
+/// intention (~80 B, batched so the signature is shared), its `history` row (~70 B), its
+/// share of the snapshot and redb's B-tree overhead (pages about half full, so ~2x),
+/// plus the intention-level rows (`witness`, `index`, `hlcs`, `seqs`, `chain`) shared by
+/// the ops of an intention. redb grows the file in steps (12 MiB, then 24 MiB here), so
+/// the figure jumps: 1.5 KiB covers the next step (48 MiB for 40,000 records is 1.26 KiB)
+/// and breaks on another per-op row or a snapshot whose old pages are never freed.
 const MAX_STORE_BYTES_PER_RECORD: u64 = 1536;
 
 /// A Create in `parent`: a directory, or a file holding `content`.
