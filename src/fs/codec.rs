@@ -28,6 +28,8 @@ pub(crate) struct Writer {
     /// The body written so far.
     pub body: Vec<u8>,
     index: HashMap<PublicKey, u64>,
+    /// The last key written with its index (most ids in a row share an author).
+    last: Option<(PublicKey, u64)>,
     /// Keys in index order.
     pub keys: Vec<PublicKey>,
 }
@@ -65,11 +67,18 @@ impl Writer {
 
     /// A key, as its index in the key table.
     pub(crate) fn key(&mut self, k: &PublicKey) {
-        let next = self.keys.len() as u64;
-        let i = *self.index.entry(*k).or_insert_with(|| {
-            self.keys.push(*k);
-            next
-        });
+        let i = match self.last {
+            Some((last, i)) if last == *k => i,
+            _ => {
+                let next = self.keys.len() as u64;
+                let i = *self.index.entry(*k).or_insert_with(|| {
+                    self.keys.push(*k);
+                    next
+                });
+                self.last = Some((*k, i));
+                i
+            }
+        };
         self.uint(i);
     }
 

@@ -14,6 +14,7 @@ use crate::cas::Content;
 use crate::fs::codec::{Reader, Writer};
 use crate::fs::error::FsError;
 use crate::fs::op::{Create, Kind, SetMeta};
+use crate::fs::vecmap::VecMap;
 use crate::fs::view::ContentView;
 use crate::hlc::Hlc;
 use crate::ids::OpId;
@@ -85,10 +86,10 @@ pub(crate) struct FileRec {
     /// Greatest op id that touched the file.
     pub touched: OpId,
     /// Version groups by the id of the op that started them.
-    pub groups: BTreeMap<OpId, Group>,
+    pub groups: VecMap<OpId, Group>,
     /// Member ops that nothing supersedes, each with its group (a superseded member's
     /// group is never asked for).
-    pub heads: BTreeMap<OpId, OpId>,
+    pub heads: VecMap<OpId, OpId>,
     /// Ids named as superseded whose ops have not arrived.
     superseded: BTreeSet<OpId>,
 }
@@ -146,8 +147,8 @@ impl FileRec {
             atime: Lww::new(id, mtime),
             xattrs: BTreeMap::new(),
             touched: id,
-            groups: BTreeMap::new(),
-            heads: BTreeMap::new(),
+            groups: VecMap::new(),
+            heads: VecMap::new(),
             superseded: BTreeSet::new(),
         }
     }
@@ -216,7 +217,7 @@ impl FileRec {
     /// Alive groups with their greatest head, by group id.
     pub(crate) fn alive(&self) -> BTreeMap<OpId, OpId> {
         let mut out = BTreeMap::new();
-        for (h, g) in &self.heads {
+        for (h, g) in self.heads.iter() {
             out.insert(*g, *h);
         }
         out
@@ -347,7 +348,7 @@ impl FileRec {
         }
         put_at(w, &self.touched, file);
         w.len(self.groups.len());
-        for (id, g) in &self.groups {
+        for (id, g) in self.groups.iter() {
             w.id(id);
             w.content(&g.base);
             w.len(g.appends.len());
@@ -357,7 +358,7 @@ impl FileRec {
             }
         }
         w.len(self.heads.len());
-        for (head, group) in &self.heads {
+        for (head, group) in self.heads.iter() {
             w.id(head);
             w.id(group);
         }
@@ -392,7 +393,7 @@ impl FileRec {
             xattrs.insert(name, Lww::new(at, value));
         }
         let touched = get_at(r, file)?;
-        let mut groups = BTreeMap::new();
+        let mut groups = VecMap::new();
         for _ in 0..r.len()? {
             let id = r.id()?;
             let base = r.content()?;
@@ -402,7 +403,7 @@ impl FileRec {
             }
             groups.insert(id, Group { base, appends });
         }
-        let mut heads = BTreeMap::new();
+        let mut heads = VecMap::new();
         for _ in 0..r.len()? {
             heads.insert(r.id()?, r.id()?);
         }

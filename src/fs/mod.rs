@@ -18,6 +18,7 @@ mod query;
 mod snapshot;
 mod state;
 mod tree;
+mod vecmap;
 mod view;
 
 pub use error::FsError;

@@ -86,7 +86,7 @@ impl FsState {
         &self,
         dir: FileId,
         raw: &str,
-        set: &std::collections::BTreeSet<OpId>,
+        set: &crate::fs::tree::IdSet,
     ) -> Vec<(String, Node)> {
         let mut out = Vec::new();
         let mut taken: Vec<String> = Vec::new();
@@ -124,7 +124,7 @@ impl FsState {
     /// True if a visible entry of `dir` has the raw name `name`.
     fn raw_taken(&self, dir: FileId, name: &str) -> bool {
         self.tree.group(dir, name).is_some_and(|set| {
-            set.iter().any(|id| {
+            set.keys().any(|id| {
                 self.tree
                     .entry(*id)
                     .is_some_and(|e| self.self_visible(*id, e))
@@ -173,7 +173,7 @@ impl FsState {
                 } else {
                     self.tree
                         .entries_of(file)
-                        .iter()
+                        .keys()
                         .filter(|id| self.entry_visible(**id))
                         .count()
                 };

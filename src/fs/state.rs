@@ -410,7 +410,7 @@ impl FsState {
             || self
                 .tree
                 .entries_of(file)
-                .iter()
+                .keys()
                 .any(|e| self.entry_visible(*e))
     }
 

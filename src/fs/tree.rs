@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use crate::fs::codec::{corrupt, Reader, Writer};
 use crate::fs::error::FsError;
+use crate::fs::vecmap::VecMap;
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
 use crate::ids::{FileId, OpId};
@@ -33,7 +34,7 @@ pub(crate) struct Loc {
     /// Raw name (before collision or conflict decoration).
     pub name: String,
     /// Set while the entry is deleted.
-    pub removal: Option<Removal>,
+    pub removal: Option<Box<Removal>>,
 }
 
 /// One name of a file.
@@ -86,8 +87,9 @@ enum Undo {
     Nothing,
     /// The op placed a new entry: take it away.
     Unplace,
-    /// The op changed the entry's location: restore this one.
-    Restore(OpId, Loc),
+    /// The op changed the entry's location: restore this one (boxed: most records
+    /// are of the other kinds, and the log is kept per location op).
+    Restore(OpId, Box<Loc>),
 }
 
 #[derive(Clone, Debug)]
@@ -101,15 +103,19 @@ struct LogRec {
 pub(crate) struct Tree {
     entries: HashMap<OpId, Entry>,
     /// dir -> raw name -> entries (deleted ones included: they keep their place).
-    children: HashMap<FileId, BTreeMap<String, BTreeSet<OpId>>>,
+    children: HashMap<FileId, BTreeMap<String, IdSet>>,
     /// dir -> entries of subdirectories (for `nlink`).
     subdirs: HashMap<FileId, BTreeSet<OpId>>,
     /// file -> its entries.
-    by_file: HashMap<FileId, BTreeSet<OpId>>,
+    by_file: HashMap<FileId, IdSet>,
     log: BTreeMap<OpId, LogRec>,
 }
 
+/// A set of op ids, usually of one.
+pub(crate) type IdSet = VecMap<OpId, ()>;
+
 static EMPTY_SET: BTreeSet<OpId> = BTreeSet::new();
+static EMPTY_IDS: IdSet = IdSet::new();
 
 impl Tree {
     /// Applies location op `id`, replaying newer logged ops after it. Idempotent.
@@ -155,12 +161,12 @@ impl Tree {
     }
 
     /// Raw-name groups of directory `dir`, in raw-name order.
-    pub(crate) fn children(&self, dir: FileId) -> impl Iterator<Item = (&String, &BTreeSet<OpId>)> {
+    pub(crate) fn children(&self, dir: FileId) -> impl Iterator<Item = (&String, &IdSet)> {
         self.children.get(&dir).into_iter().flatten()
     }
 
     /// The entries of `dir` whose raw name is `name`.
-    pub(crate) fn group(&self, dir: FileId, name: &str) -> Option<&BTreeSet<OpId>> {
+    pub(crate) fn group(&self, dir: FileId, name: &str) -> Option<&IdSet> {
         self.children.get(&dir)?.get(name)
     }
 
@@ -170,8 +176,8 @@ impl Tree {
     }
 
     /// The entries of `file`.
-    pub(crate) fn entries_of(&self, file: FileId) -> &BTreeSet<OpId> {
-        self.by_file.get(&file).unwrap_or(&EMPTY_SET)
+    pub(crate) fn entries_of(&self, file: FileId) -> &IdSet {
+        self.by_file.get(&file).unwrap_or(&EMPTY_IDS)
     }
 
     /// True if `dir` is `node` or lies below it, following current parents. A walk that
@@ -210,7 +216,7 @@ impl Tree {
                     removal: None,
                 };
                 self.index_add(id, &loc, *dir);
-                self.by_file.entry(*file).or_default().insert(id);
+                self.by_file.entry(*file).or_default().add(id);
                 self.entries.insert(
                     id,
                     Entry {
@@ -241,7 +247,7 @@ impl Tree {
                         removal: None,
                     },
                 );
-                Undo::Restore(*entry, prev)
+                Undo::Restore(*entry, Box::new(prev))
             }
             Action::Remove { entry, seen } => {
                 let Some(e) = self.entries.get(entry) else {
@@ -249,14 +255,14 @@ impl Tree {
                 };
                 let prev = e.loc.clone();
                 let next = Loc {
-                    removal: Some(Removal {
+                    removal: Some(Box::new(Removal {
                         op: id,
                         seen: seen.clone(),
-                    }),
+                    })),
                     ..prev.clone()
                 };
                 self.set_loc(*entry, next);
-                Undo::Restore(*entry, prev)
+                Undo::Restore(*entry, Box::new(prev))
             }
         }
     }
@@ -275,7 +281,7 @@ impl Tree {
                     }
                 }
             }
-            Undo::Restore(entry, prev) => self.set_loc(*entry, prev.clone()),
+            Undo::Restore(entry, prev) => self.set_loc(*entry, Loc::clone(prev)),
         }
     }
 
@@ -299,7 +305,7 @@ impl Tree {
             .or_default()
             .entry(loc.name.clone())
             .or_default()
-            .insert(id);
+            .add(id);
         if dir {
             self.subdirs.entry(loc.parent).or_default().insert(id);
         }
@@ -348,10 +354,10 @@ impl Loc {
             name: r.string()?,
             removal: match r.bool()? {
                 false => None,
-                true => Some(Removal {
+                true => Some(Box::new(Removal {
                     op: r.id()?,
                     seen: r.ids()?,
-                }),
+                })),
             },
         })
     }
@@ -429,7 +435,7 @@ impl Undo {
         Ok(match r.u8()? {
             0 => Undo::Nothing,
             1 => Undo::Unplace,
-            2 => Undo::Restore(r.id()?, Loc::decode(r)?),
+            2 => Undo::Restore(r.id()?, Box::new(Loc::decode(r)?)),
             _ => return Err(corrupt("bad undo tag")),
         })
     }
@@ -469,7 +475,7 @@ impl Tree {
                 return Err(corrupt("entry listed twice"));
             }
             t.index_add(id, &loc, dir);
-            t.by_file.entry(file).or_default().insert(id);
+            t.by_file.entry(file).or_default().add(id);
             t.entries.insert(id, Entry { file, dir, loc });
         }
         for _ in 0..r.len()? {
