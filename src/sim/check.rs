@@ -77,6 +77,13 @@ pub(crate) fn frontier_covers(store: &Store) -> Result<(), String> {
             standing.holdback
         ));
     };
+    let purged = store.read(|st| st.purged_below());
+    if purged != f.below {
+        return Err(format!(
+            "the projection is purged below {purged:?}, the frontier is at {:?}",
+            f.below
+        ));
+    }
     if f.vector != own.vector {
         let short: Vec<String> = own
             .vector

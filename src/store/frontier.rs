@@ -132,6 +132,7 @@ pub(crate) fn advance(
     let revoked = st.revocation_cuts();
     let stored = stored(t)?;
     let held = |k: &PublicKey| own.len_of(k);
+    let granted = |k: &PublicKey| st.grants(k).first().map_or(0, |(id, _)| id.hlc.wall_ms);
     let computed = compute(&Inputs {
         me,
         own: &own,
@@ -139,6 +140,7 @@ pub(crate) fn advance(
         revoked: &revoked,
         stored: &stored,
         held: &held,
+        granted: &granted,
         now_ms,
         horizon_ms: HORIZON_MS,
     });

@@ -19,8 +19,9 @@
 //! current members (this node included, with its live attestation), plus each revoked
 //! member until this node holds its chain up to its revocation's `upto` (after that no
 //! op of it can be applied here: the store voids everything past the cut). A member
-//! whose latest attestation arrived longer than [`HORIZON_MS`] ago is *silent* and is not
-//! counted. While a counted member has no usable attestation there is no frontier
+//! whose latest attestation arrived longer than [`HORIZON_MS`] ago, or that never
+//! attested and was granted membership longer than that ago (by its first grant's
+//! stamp), is *silent* and is not counted. While a counted member has no usable attestation there is no frontier
 //! ([`Blocker`]). Otherwise `vector` is the pointwise minimum of the counted members'
 //! vectors and `below` the minimum of their floors. The store keeps the greatest `below`
 //! it ever computed (persisted), so the frontier never moves backwards.
@@ -224,6 +225,8 @@ pub(crate) struct Inputs<'a> {
     pub stored: &'a BTreeMap<PublicKey, Stored>,
     /// The length of an author's chain applied here.
     pub held: &'a dyn Fn(&PublicKey) -> u64,
+    /// Wall ms of a member's first grant (0 if none is known).
+    pub granted: &'a dyn Fn(&PublicKey) -> u64,
     /// The store's wall clock now (Unix ms).
     pub now_ms: u64,
     /// Silence after which a member stops counting.
@@ -249,6 +252,9 @@ pub(crate) fn compute(inputs: &Inputs<'_>) -> Result<(Frontier, PublicKey), Bloc
     others.dedup();
     for key in others {
         let Some(s) = inputs.stored.get(&key) else {
+            if (inputs.granted)(&key).saturating_add(inputs.horizon_ms) < inputs.now_ms {
+                continue;
+            }
             return Err(Blocker::NoAttestation(key));
         };
         if s.at_ms.saturating_add(inputs.horizon_ms) < inputs.now_ms {
@@ -329,6 +335,7 @@ mod tests {
         let revoked: Vec<(PublicKey, u64)> = revoked.iter().map(|(n, u)| (key(*n), *u)).collect();
         let held: BTreeMap<PublicKey, u64> = held.iter().map(|(n, l)| (key(*n), *l)).collect();
         let held = move |k: &PublicKey| held.get(k).copied().unwrap_or(0);
+        let granted = |_: &PublicKey| 1_000;
         compute(&Inputs {
             me: key(1),
             own,
@@ -336,6 +343,7 @@ mod tests {
             revoked: &revoked,
             stored,
             held: &held,
+            granted: &granted,
             now_ms,
             horizon_ms: HORIZON_MS,
         })
@@ -388,6 +396,16 @@ mod tests {
         let (f, _) = run(&own, &[1, 2], &[], &s, &[(1, 4)], 1_001 + HORIZON_MS).unwrap();
         assert_eq!(f.below, hlc(50));
         assert_eq!(f.members, 1);
+    }
+
+    #[test]
+    fn a_member_that_never_attested_stops_counting_a_horizon_after_its_grant() {
+        let own = att(50, &[(1, 4)]);
+        let none = BTreeMap::new();
+        let got = run(&own, &[1, 2], &[], &none, &[(1, 4)], 1_000 + HORIZON_MS);
+        assert_eq!(got, Err(Blocker::NoAttestation(key(2))));
+        let (f, _) = run(&own, &[1, 2], &[], &none, &[(1, 4)], 1_001 + HORIZON_MS).unwrap();
+        assert_eq!((f.below, f.members), (hlc(50), 1));
     }
 
     #[test]
