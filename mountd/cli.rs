@@ -111,6 +111,19 @@ pub enum Command {
         /// Store name [default: every store]
         name: Option<String>,
     },
+    /// Delete the content no current or retained version needs, now (background runs
+    /// do it hourly)
+    Gc {
+        /// Store name [default: every store]
+        name: Option<String>,
+    },
+    /// Show or set (admins only) how many days old versions of a store's files are kept
+    Retention {
+        /// Store name
+        name: String,
+        /// Days to keep superseded and deleted versions; 0 keeps only current ones
+        days: Option<u32>,
+    },
     /// Choose when a store fetches file content: eager (default) or on-demand
     FetchMode {
         /// Store name

@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use lattice_mount::proto::control::{
-    request, response, CreateResponse, DownResponse, FetchModeResponse, HistoryResponse,
-    InviteResponse, JoinProgress, JoinResponse, PauseResponse, PeerEntry, PeersResponse, Request,
-    Response, RevokeResponse, SyncResponse,
+    request, response, CreateResponse, DownResponse, FetchModeResponse, GcResponse, GcStoreReport,
+    HistoryResponse, InviteResponse, JoinProgress, JoinResponse, PauseResponse, PeerEntry,
+    PeersResponse, Request, Response, RetentionResponse, RevokeResponse, SyncResponse,
 };
 use lattice_mount::{CacheBudget, Net, NetConfig, Node, Role};
 use tokio::net::{UnixListener, UnixStream};
@@ -34,6 +34,9 @@ const MAX_CONTROL_CONNECTIONS: usize = 64;
 const CONTROL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long runtime shutdown waits for stray tasks after the node is shut down.
 const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the daemon collects the content of every store in the background: old
+/// versions expire by the day, so an hour keeps the disk close to what is retained.
+const BACKGROUND_GC_INTERVAL: Duration = Duration::from_secs(60 * 60);
 /// Lock file inside the data dir, held (flock) by the running daemon.
 const LOCK_FILE: &str = "daemon.lock";
 
@@ -382,8 +385,24 @@ async fn serve(listener: UnixListener, ctx: Arc<Ctx>, mut signals: Signals) -> &
     let in_flight = Arc::new(RwLock::new(()));
     let slots = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
     let mut connections = JoinSet::new();
+    let mut gc_timer = tokio::time::interval_at(
+        tokio::time::Instant::now() + BACKGROUND_GC_INTERVAL,
+        BACKGROUND_GC_INTERVAL,
+    );
+    gc_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let reason = loop {
         tokio::select! {
+            _ = gc_timer.tick() => {
+                let (node, busy) = (ctx.node.clone(), in_flight.clone().read_owned().await);
+                connections.spawn(async move {
+                    let _busy = busy;
+                    match tokio::task::spawn_blocking(move || node.gc(None)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!("background content collection failed: {e}"),
+                        Err(e) => tracing::error!("background content collection panicked: {e}"),
+                    }
+                });
+            }
             _ = signals.interrupt.recv() => break "SIGINT",
             _ = signals.terminate.recv() => break "SIGTERM",
             _ = down_rx.recv() => break "down request",
@@ -645,6 +664,55 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
                 Ok(()) => response::Kind::FetchMode(FetchModeResponse {}),
                 Err(e) => return error_response(e.to_string()),
             }
+        }
+        Some(request::Kind::Gc(g)) => {
+            let store = match g.store.as_str() {
+                "" => None,
+                name => match ctx.node.store_by_name(name) {
+                    Some(s) => Some(s),
+                    None => return error_response(format!("no store named {name:?}")),
+                },
+            };
+            match ctx.node.gc(store.as_ref()) {
+                Ok(freed) => response::Kind::Gc(GcResponse {
+                    stores: freed
+                        .into_iter()
+                        .map(|(store, r)| GcStoreReport {
+                            store,
+                            blobs: r.blobs,
+                            bytes: r.bytes,
+                        })
+                        .collect(),
+                }),
+                Err(e) => return error_response(e.to_string()),
+            }
+        }
+        Some(request::Kind::Retention(r)) => {
+            let Some(store) = ctx.node.store_by_name(&r.store) else {
+                return error_response(format!("no store named {:?}", r.store));
+            };
+            if let Some(days) = r.days {
+                match store.set_retention(days) {
+                    Ok(()) => {}
+                    Err(lattice_mount::SettingError::NotAdmin) => {
+                        let role = store
+                            .members()
+                            .into_iter()
+                            .find(|m| m.key == ctx.node.identity().public())
+                            .map_or("not a member".to_string(), |m| {
+                                format!("a {:?}", m.role).to_lowercase()
+                            });
+                        return error_response(format!(
+                            "only an admin of {} may set its retention; this node is {role}",
+                            r.store
+                        ));
+                    }
+                    Err(e) => return error_response(e.to_string()),
+                }
+            }
+            response::Kind::Retention(RetentionResponse {
+                days: store.retention_days(),
+            })
         }
         Some(request::Kind::Create(c)) => match ctx.node.create_store(&c.name) {
             Ok(store) => response::Kind::Create(CreateResponse {

@@ -18,8 +18,8 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use lattice_mount::proto::control::{
-    request, response, FetchModeRequest, InviteRequest, PauseRequest, PeersRequest, RevokeRequest,
-    SyncRequest,
+    request, response, FetchModeRequest, GcRequest, InviteRequest, PauseRequest, PeersRequest,
+    RetentionRequest, RevokeRequest, SyncRequest,
 };
 
 use crate::cli::{home_dir, Cli, Command};
@@ -152,6 +152,29 @@ fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Pause { name } => pause(&data_dir, name, true),
         Command::Resume { name } => pause(&data_dir, name, false),
+        Command::Gc { name } => {
+            let kind = request::Kind::Gc(GcRequest {
+                store: name.unwrap_or_default(),
+            });
+            match client::ask(&data_dir, kind)? {
+                response::Kind::Gc(r) => print!("{}", output::gc_human(&r)),
+                other => return Err(client::unexpected(&other)),
+            }
+            Ok(())
+        }
+        Command::Retention { name, days } => {
+            let kind = request::Kind::Retention(RetentionRequest {
+                store: name.clone(),
+                days,
+            });
+            match client::ask(&data_dir, kind)? {
+                response::Kind::Retention(r) => {
+                    println!("{name} keeps old versions {} days", r.days)
+                }
+                other => return Err(client::unexpected(&other)),
+            }
+            Ok(())
+        }
         Command::FetchMode { name, mode } => {
             let kind = request::Kind::FetchMode(FetchModeRequest { store: name, mode });
             match client::ask(&data_dir, kind)? {

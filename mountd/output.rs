@@ -4,7 +4,8 @@ use std::fmt::Write;
 
 use lattice_mount::civil_from_days;
 use lattice_mount::proto::control::{
-    FrontierStatus, HistoryEntry, JoinProgress, PeerEntry, StatusResponse, SyncResponse,
+    FrontierStatus, GcResponse, HistoryEntry, JoinProgress, PeerEntry, StatusResponse,
+    SyncResponse,
 };
 
 /// Human status: the node, then a table of stores.
@@ -69,6 +70,23 @@ pub fn status_human(s: &StatusResponse) -> String {
                 key.get(..16).unwrap_or(key)
             );
         }
+        let _ = match &st.space {
+            Some(sp) => writeln!(
+                out,
+                "{}: content {} bytes live, {} bytes retained history ({} days), {} bytes reclaimable",
+                printable(&st.name),
+                sp.live_bytes,
+                sp.retained_bytes,
+                st.retention_days,
+                sp.reclaimable_bytes
+            ),
+            None => writeln!(
+                out,
+                "{}: keeps old versions {} days; content space unavailable (see the daemon's log)",
+                printable(&st.name),
+                st.retention_days
+            ),
+        };
         if st.quarantined > 0 {
             let _ = writeln!(
                 out,
@@ -124,6 +142,25 @@ fn span(ms: u64) -> String {
     } else {
         shown.join(" ")
     }
+}
+
+/// What `gc` freed: one line per store and a total.
+pub fn gc_human(r: &GcResponse) -> String {
+    let mut out = String::new();
+    let (mut blobs, mut bytes) = (0, 0);
+    for s in &r.stores {
+        let _ = writeln!(
+            out,
+            "{}: freed {} blobs, {} bytes",
+            printable(&s.store),
+            s.blobs,
+            s.bytes
+        );
+        blobs += s.blobs;
+        bytes += s.bytes;
+    }
+    let _ = writeln!(out, "freed {blobs} blobs, {bytes} bytes in total");
+    out
 }
 
 /// Rows as left-aligned columns separated by two spaces.
@@ -269,7 +306,8 @@ pub fn status_json(s: &StatusResponse) -> String {
                 "{{\"name\":{},\"id\":{},\"intentions\":{},\"floating\":{},\"files\":{},\
                  \"dirs\":{},\"bytes\":{},\"conflicts\":{},\"paused\":{},\"fetch\":{},\
                  \"peers_online\":{},\"members\":{},\"unsent\":{},\"equivocators\":[{}],\
-                 \"quarantined\":{},\"quarantined_hashes\":[{}],\"frontier\":{}}}",
+                 \"quarantined\":{},\"quarantined_hashes\":[{}],\"retention_days\":{},\
+                 \"space\":{},\"frontier\":{}}}",
                 json_string(&st.name),
                 json_string(&st.id),
                 st.intentions,
@@ -294,6 +332,11 @@ pub fn status_json(s: &StatusResponse) -> String {
                     .map(|h| json_string(h))
                     .collect::<Vec<_>>()
                     .join(","),
+                st.retention_days,
+                st.space.as_ref().map_or("null".to_string(), |sp| format!(
+                    "{{\"live_bytes\":{},\"retained_bytes\":{},\"reclaimable_bytes\":{}}}",
+                    sp.live_bytes, sp.retained_bytes, sp.reclaimable_bytes
+                )),
                 st.frontier.as_ref().map_or("null".into(), |f| format!(
                     "{{\"known\":{},\"behind_ms\":{},\"behind_intentions\":{},\"held_by\":{},\"reason\":{}}}",
                     f.known,

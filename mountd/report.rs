@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use lattice_mount::proto::control::{
-    FrontierStatus, HistoryEntry, StatusResponse, StoreStatus, UnreadableStore,
+    ContentSpace, FrontierStatus, HistoryEntry, StatusResponse, StoreStatus, UnreadableStore,
 };
 use lattice_mount::{
     store_name, Blocker, Content, HistoryOp, Holdback, Kind, Node, NodeError, OpBody, Role,
@@ -59,6 +59,16 @@ pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
                     .collect(),
                 quarantined: quarantined.len() as u64,
                 quarantined_hashes: quarantined.iter().map(|h| h.to_hex()).collect(),
+                retention_days: s.retention_days(),
+                space: node
+                    .space(s)
+                    .map_err(|e| tracing::warn!("content space unavailable: {e}"))
+                    .ok()
+                    .map(|sp| ContentSpace {
+                        live_bytes: sp.live,
+                        retained_bytes: sp.retained,
+                        reclaimable_bytes: sp.reclaimable,
+                    }),
                 frontier: Some(frontier_status(&s.standing())),
                 ..StoreStatus::default()
             }
@@ -158,6 +168,7 @@ fn describe(body: &OpBody) -> String {
         OpBody::RevokeMember { key, .. } => format!("revoke member {}", key.short()),
         OpBody::Invite { role, .. } => format!("invite a {}", role_name(*role)),
         OpBody::RevokeInvite { .. } => "withdraw an invite".to_string(),
+        OpBody::SetRetention { days } => format!("keep old versions {days} days"),
     }
 }
 

@@ -191,6 +191,19 @@ impl Intention {
     }
 }
 
+/// The author and ops of intention bytes this node stored after [`Intention::decode`]
+/// accepted them: parsed and validated again, but the signature is not checked (scans
+/// of the whole store, such as content collection's, would spend most of their time
+/// on it).
+pub(crate) fn stored_ops(bytes: Bytes) -> Result<(PublicKey, Vec<Op>), IntentionError> {
+    let signed =
+        pb::SignedIntention::decode(bytes).map_err(|e| IntentionError::Malformed(e.to_string()))?;
+    let body = pb::IntentionBody::decode(signed.body)
+        .map_err(|e| IntentionError::Malformed(e.to_string()))?;
+    let author = PublicKey(fixed(&body.author, "author")?);
+    Ok((author, decode_ops(body.ops)?))
+}
+
 /// Decodes an encoded `proto::fs::OpBatch` one op at a time, each checked before the
 /// next is read. Decoding the whole batch first would hold a 160-byte
 /// `proto::fs::Op` per entry, and an empty entry is two bytes on the wire: a batch of

@@ -27,11 +27,12 @@ mod fuzz;
 
 pub use budget::{CacheBudget, DEFAULT_CACHE_MIB};
 pub use cas::{
-    Cas, CasError, Content, FetchRequest, Fetcher, PutAhead, INLINE_MAX, MAX_CHUNK_BYTES, READ_WAIT,
+    Cas, CasError, Content, FetchRequest, Fetcher, GcReport, PutAhead, Space, INLINE_MAX,
+    MAX_CHUNK_BYTES, PUT_GRACE, READ_WAIT,
 };
 pub use fs::op::{
-    validate_name, Create, Kind, Op, OpBody, OpError, Role, SetMeta, MAX_LABEL_BYTES,
-    MAX_SUPERSEDES,
+    validate_name, Create, Kind, Op, OpBody, OpError, Role, SetMeta, DEFAULT_RETENTION_DAYS,
+    MAX_LABEL_BYTES, MAX_RETENTION_DAYS, MAX_SUPERSEDES,
 };
 pub use fs::{
     Attr, ContentView, FsError, FsState, FsStats, InviteInfo, InviteStatus, MemberInfo,
@@ -51,9 +52,10 @@ pub use net::{
 };
 pub use node::{check_display_name, store_name, HistoryOp, JoinState, Node, NodeError, Unreadable};
 pub use store::{
-    ApplyOutcome, BareIndex, Equivocator, HistoryItem, IndexView, InviteError, Standing, Store,
-    StoreError, StoreEvent, StoreStats, Tx, WitnessBatch, DB_FILE, MAX_CLOCK_SKEW_MS,
-    MAX_FLOATING_PER_STRANGER, SCHEMA_VERSION,
+    is_retained, ApplyOutcome, BareIndex, ContentPlan, Equivocator, HistoryItem, IndexView,
+    InviteError, SettingError, Standing, Store, StoreError, StoreEvent, StoreStats, Tx,
+    WitnessBatch, DB_FILE, MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER, MS_PER_DAY,
+    SCHEMA_VERSION,
 };
 pub use sync::frontier::{
     AttestError, Attestation, Blocker, Frontier, Holdback, HORIZON_MS, MAX_ATTESTED_AUTHORS,

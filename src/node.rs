@@ -14,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::budget::CacheBudget;
-use crate::cas::{Cas, CasError, Content};
+use crate::cas::{Cas, CasError, Content, GcReport, Space};
 use crate::fs::op::{clean_label, validate_label, Op, OpError, SetMeta};
 use crate::fs::{FsError, FsState};
 use crate::hlc::{Clock, Hlc};
@@ -37,6 +37,9 @@ const JOINING_FILE: &str = "joining";
 /// Marker file in a store's directory: the local blobs of the store carry its ownership
 /// tags, because this version created it or claimed its content once at open.
 const CLAIMED_FILE: &str = "blobs-claimed";
+/// How long a store's measured content space is reused while no intention arrives:
+/// versions expire by the day, so a minute-old figure is as good as a new one.
+const SPACE_FRESH: std::time::Duration = std::time::Duration::from_secs(60);
 /// The display name when neither a stored name nor the host name gives a valid one.
 const DEFAULT_DISPLAY_NAME: &str = "node";
 
@@ -118,6 +121,8 @@ struct Inner {
     joining: Mutex<Vec<Store>>,
     /// Store directories that could not be opened, with why; the others run without them.
     unreadable: Vec<Unreadable>,
+    /// Each store's content space when last measured: when, at which applied count.
+    space: Mutex<std::collections::HashMap<StoreId, (std::time::Instant, u64, Space)>>,
 }
 
 /// A store directory that could not be opened at startup, and why.
@@ -206,6 +211,7 @@ impl Node {
                 stores_generation: tokio::sync::watch::Sender::new(0),
                 joining: Mutex::new(joining),
                 unreadable,
+                space: Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }
@@ -251,6 +257,72 @@ impl Node {
             .collect();
         stores.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id().cmp(&b.1.id())));
         stores.into_iter().map(|(_, s)| s).collect()
+    }
+
+    /// Collects the content of `store` (every store when `None`): drops what no current
+    /// or retained version needs and deletes the blobs no store keeps (see
+    /// `store::retention`, `cas::gc`). Returns what each store's collection freed.
+    /// Stores still being joined are never collected: their projection is partial.
+    pub fn gc(&self, store: Option<&Store>) -> Result<Vec<(String, GcReport)>, NodeError> {
+        let stores = self.stores();
+        let ids: Vec<StoreId> = stores
+            .iter()
+            .chain(self.inner.joining.lock().iter())
+            .map(Store::id)
+            .collect();
+        let chosen = match store {
+            Some(s) => vec![s.clone()],
+            None => stores,
+        };
+        let mut out = Vec::with_capacity(chosen.len());
+        for s in chosen {
+            let name = store_name(&s);
+            let failed = |source| NodeError::Store {
+                store: name.clone(),
+                source,
+            };
+            s.flush().map_err(failed)?;
+            let applied = s.applied();
+            let plan = s.content_plan().map_err(failed)?;
+            let keep: Vec<Content> = plan.current.iter().chain(&plan.retained).cloned().collect();
+            let freed = self.inner.cas.collect(s.id(), &keep, &plan.named, &ids)?;
+            let space = self
+                .inner
+                .cas
+                .space(s.id(), &plan.current, &plan.retained)?;
+            self.inner
+                .space
+                .lock()
+                .insert(s.id(), (std::time::Instant::now(), applied, space));
+            tracing::info!(store = %name, blobs = freed.blobs, bytes = freed.bytes, "content collected");
+            out.push((name, freed));
+        }
+        Ok(out)
+    }
+
+    /// The content space of `store`: measured again unless a measurement younger than
+    /// [`SPACE_FRESH`] saw the same intentions (it reads every intention on disk).
+    pub fn space(&self, store: &Store) -> Result<Space, NodeError> {
+        let applied = store.applied();
+        if let Some((at, seen, space)) = self.inner.space.lock().get(&store.id()) {
+            if *seen == applied && at.elapsed() < SPACE_FRESH {
+                return Ok(*space);
+            }
+        }
+        let failed = |source| NodeError::Store {
+            store: store_name(store),
+            source,
+        };
+        let plan = store.content_plan().map_err(failed)?;
+        let space = self
+            .inner
+            .cas
+            .space(store.id(), &plan.current, &plan.retained)?;
+        self.inner
+            .space
+            .lock()
+            .insert(store.id(), (std::time::Instant::now(), applied, space));
+        Ok(space)
     }
 
     /// A counter that changes whenever the set of stores does (a store created or joined).

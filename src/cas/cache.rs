@@ -41,6 +41,13 @@ impl<K: StdHash + Eq + Clone, V: Clone> Lru<K, V> {
         self.map.contains_key(key)
     }
 
+    /// Drops `key` if cached.
+    pub(crate) fn remove(&mut self, key: &K) {
+        if let Some(e) = self.map.remove(key) {
+            self.weight -= e.weight;
+        }
+    }
+
     /// Inserts `value`, evicting least recently used entries to stay within capacity.
     /// A value heavier than the whole capacity is not cached.
     pub(crate) fn insert(&mut self, key: K, value: V, weight: u64) {

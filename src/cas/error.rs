@@ -52,6 +52,10 @@ pub enum CasError {
         /// Its length.
         size: u64,
     },
+    /// The blob collector did not finish a requested run in time (it stops for good on
+    /// its first error; the log says why).
+    #[error("blob garbage collection did not finish within {0:?}")]
+    GcStalled(std::time::Duration),
     /// A blob is present but does not hold what its reference says (bad manifest, wrong size).
     #[error("blob {hash} is corrupt: {reason}")]
     Corrupt {

@@ -12,10 +12,11 @@
 //! iroh-blobs, so per-chunk overhead dominates below ~256 KiB, while a 1-byte edit
 //! in a 256 MiB file still re-stores only 1–2 chunks (~1–2 MiB) plus the manifest.
 //!
-//! Retention. Each manifest is rooted by a persistent tag
+//! Retention. Each manifest put here is rooted by a persistent tag
 //! `lattice/manifest/<hex>` pointing at a hash sequence `[manifest, chunks...]`, so
-//! the manifest and its chunks survive garbage collection; the store is also opened
-//! with GC disabled, so nothing is ever deleted today.
+//! the manifest and its chunks survive garbage collection until [`Cas::collect`]
+//! drops it with the last store's ownership of the manifest ([`gc`]); nothing is
+//! deleted unless a collection is asked for.
 //!
 //! Ownership. Every blob imported or fetched for a store gets the tag
 //! `lm/<store hex>/live/<blob hex>` ([`Cas::claim`]). A blob is served to a member of a
@@ -47,6 +48,7 @@ mod chunker;
 mod content;
 mod error;
 mod fetch;
+mod gc;
 pub(crate) mod manifest;
 pub(crate) mod patch;
 mod store;
@@ -74,6 +76,7 @@ pub use ahead::PutAhead;
 pub use content::{Content, INLINE_MAX};
 pub use error::CasError;
 pub use fetch::{FetchRequest, Fetcher, READ_WAIT};
+pub use gc::{GcReport, Space, PUT_GRACE};
 
 use crate::budget::CacheBudget;
 use crate::ids::{Hash, StoreId};
@@ -114,6 +117,14 @@ struct Inner {
     syncing: Mutex<()>,
     /// [`PutAhead`] workers running.
     ahead_workers: AtomicUsize,
+    /// Read by puts, claims and local reads, written by content collection ([`gc`]).
+    turn: Arc<tokio::sync::RwLock<()>>,
+    /// When the blob collector runs.
+    gate: Arc<gc::Gate>,
+    /// Blobs recently put, kept by collections for a while.
+    recent: Mutex<gc::Recent>,
+    /// How long every put is kept by collections.
+    put_grace: Mutex<Duration>,
 }
 
 impl Cas {
@@ -135,8 +146,10 @@ impl Cas {
         budget: &CacheBudget,
     ) -> Result<Cas, CasError> {
         std::fs::create_dir_all(dir).map_err(CasError::io("create blob store directory"))?;
+        let turn = Arc::new(tokio::sync::RwLock::new(()));
+        let gate = Arc::new(gc::Gate::default());
         let mut options = Options::new(dir);
-        options.gc = None;
+        options.gc = Some(gc::config(gate.clone(), turn.clone()));
         let paths = options.path.clone();
         let store = rt
             .block_on(FsStore::load_with_opts(dir.join("blobs.db"), options))
@@ -155,6 +168,10 @@ impl Cas {
                 unsynced: Mutex::new(Vec::new()),
                 syncing: Mutex::new(()),
                 ahead_workers: AtomicUsize::new(0),
+                turn,
+                gate,
+                recent: Mutex::new(gc::Recent::default()),
+                put_grace: Mutex::new(PUT_GRACE),
             }),
         })
     }
@@ -211,6 +228,7 @@ impl Cas {
         mut next: impl FnMut() -> Result<Option<Bytes>, CasError>,
     ) -> Result<Content, CasError> {
         let inner = &self.inner;
+        let _turn = inner.turn.blocking_read();
         let mut pending: VecDeque<JoinHandle<Result<(TempTag, u64), CasError>>> = VecDeque::new();
         let mut added = Vec::new();
         while let Some(chunk) = next()? {
@@ -242,7 +260,7 @@ impl Cas {
             });
         }
         let blobs = self.blobs();
-        let (manifest_tt, seq_tt) = inner.rt.block_on(async {
+        let (manifest_tt, seq_tt, owned) = inner.rt.block_on(async {
             let manifest_tt = store::add(&blobs, encoded.into()).await?;
             let hash = store::from_iroh(manifest_tt.hash());
             let chunks = manifest.chunks().map(|(h, _, _)| h);
@@ -251,9 +269,10 @@ impl Cas {
                 .chain(manifest.chunks().map(|(h, _, _)| h))
                 .collect();
             store::claim(&blobs, owner, &owned).await?;
-            Ok::<_, CasError>((manifest_tt, seq_tt))
+            Ok::<_, CasError>((manifest_tt, seq_tt, owned))
         })?;
         let hash = store::from_iroh(manifest_tt.hash());
+        inner.recent.lock().put(hash, owned);
         {
             let mut unsynced = inner.unsynced.lock();
             unsynced.extend(manifest.chunks().map(|(h, _, _)| h));
@@ -431,6 +450,7 @@ impl Cas {
     /// The whole local blob `hash` (`expected` bytes long when given): from its data
     /// file when that verifies against its address, else through the store.
     fn load(&self, hash: Hash, expected: Option<u64>) -> Result<Bytes, CasError> {
+        let _turn = self.inner.turn.blocking_read();
         match store::read_verified(&self.inner.paths, hash, expected) {
             Some(bytes) => Ok(bytes),
             None => self
@@ -615,6 +635,7 @@ impl Cas {
     /// Stores `data` as one raw blob of store `owner` (a chunk rebuilt from a patch);
     /// returns its hash. Durable after the next [`Cas::sync`].
     pub fn put_blob(&self, owner: StoreId, data: Bytes) -> Result<Hash, CasError> {
+        let _turn = self.inner.turn.blocking_read();
         let blobs = self.blobs();
         let hash = self.inner.rt.block_on(async {
             let tt = store::add(&blobs, data).await?;
@@ -623,11 +644,13 @@ impl Cas {
             Ok::<_, CasError>(hash)
         })?;
         self.inner.unsynced.lock().push(hash);
+        self.inner.recent.lock().put(hash, vec![hash]);
         Ok(hash)
     }
 
     /// Records that the blobs `hashes` (fetched for store `owner`) belong to it.
     pub async fn claim(&self, owner: StoreId, hashes: &[Hash]) -> Result<(), CasError> {
+        let _turn = self.inner.turn.read().await;
         store::claim(&self.blobs(), owner, hashes).await
     }
 

@@ -19,6 +19,7 @@ mod snapshot;
 mod state;
 mod tree;
 mod vecmap;
+pub(crate) mod versions;
 mod view;
 
 pub use error::FsError;

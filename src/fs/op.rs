@@ -22,6 +22,11 @@ pub(crate) const MAX_XATTR_NAME: usize = 255;
 pub(crate) const MAX_XATTR_VALUE: usize = 64 * 1024;
 /// Longest display name or store name in bytes.
 pub const MAX_LABEL_BYTES: usize = 255;
+/// Longest retention a store may set, in days: a century is "for ever" for a shared
+/// drive, and the bound keeps `days * ms per day` far from overflowing.
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+/// Retention of a store that never set one, in days.
+pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 
 /// An invalid op.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -238,10 +243,15 @@ pub enum OpBody {
         /// The invite.
         id: InviteId,
     },
+    /// Set how many days superseded content versions stay retained (0: none).
+    SetRetention {
+        /// Days, at most [`MAX_RETENTION_DAYS`].
+        days: u32,
+    },
 }
 
 impl OpBody {
-    /// True for ops that only an Admin may author (membership, invites, store name).
+    /// True for ops that only an Admin may author (membership, invites, store settings).
     pub fn is_system(&self) -> bool {
         matches!(
             self,
@@ -250,6 +260,7 @@ impl OpBody {
                 | OpBody::RevokeMember { .. }
                 | OpBody::Invite { .. }
                 | OpBody::RevokeInvite { .. }
+                | OpBody::SetRetention { .. }
         )
     }
 }
@@ -383,6 +394,7 @@ impl Op {
             OpBody::RevokeInvite { id } => Body::RevokeInvite(pb::RevokeInvite {
                 id: Bytes::copy_from_slice(id),
             }),
+            OpBody::SetRetention { days } => Body::SetRetention(pb::SetRetention { days: *days }),
         };
         pb::Op {
             hlc_wall_ms: self.hlc.wall_ms,
@@ -427,9 +439,14 @@ impl Op {
             OpBody::Dismiss { supersedes, .. } => validate_ids(supersedes, "supersedes"),
             OpBody::SetMeta(m) => validate_meta(m),
             OpBody::SetMember { display_name, .. } => validate_label(display_name),
-            OpBody::RevokeMember { .. } | OpBody::Invite { .. } | OpBody::RevokeInvite { .. } => {
-                Ok(())
-            }
+            OpBody::SetRetention { days } if *days > MAX_RETENTION_DAYS => Err(OpError::TooLarge {
+                what: "retention days",
+                limit: MAX_RETENTION_DAYS as usize,
+            }),
+            OpBody::RevokeMember { .. }
+            | OpBody::Invite { .. }
+            | OpBody::RevokeInvite { .. }
+            | OpBody::SetRetention { .. } => Ok(()),
         }
     }
 
@@ -529,6 +546,7 @@ impl Op {
             Body::RevokeInvite(r) => OpBody::RevokeInvite {
                 id: fixed32(&r.id, "invite")?,
             },
+            Body::SetRetention(r) => OpBody::SetRetention { days: r.days },
         };
         Ok(Op {
             hlc: Hlc {
@@ -816,6 +834,18 @@ mod tests {
             },
             Op {
                 hlc: Hlc::ZERO,
+                body: OpBody::SetRetention {
+                    days: MAX_RETENTION_DAYS,
+                },
+            },
+            Op {
+                hlc: Hlc::ZERO,
+                body: OpBody::SetRetention {
+                    days: MAX_RETENTION_DAYS + 1,
+                },
+            },
+            Op {
+                hlc: Hlc::ZERO,
                 body: OpBody::Remove {
                     entry: OpId::ROOT,
                     seen_content: vec![OpId::ROOT; MAX_SUPERSEDES + 1],
@@ -841,6 +871,7 @@ mod tests {
             author: PublicKey([3; 32]),
         };
         let bodies = vec![
+            OpBody::SetRetention { days: 0 },
             OpBody::Link {
                 file: f,
                 parent: OpId::ROOT,

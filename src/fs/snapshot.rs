@@ -4,7 +4,7 @@
 //! size of what is live, not of its history: `MAGIC`, a u32 format version, a u32 count
 //! of keys and that many 32-byte keys (every author and member named in the body, by
 //! index), then the body: the purge point and late count, the applied ids still kept,
-//! the store name register, the membership records, the tree (entries with their
+//! the store name register, the retention register, the membership records, the tree (entries with their
 //! locations and deletion flags, then the move log suffix with undo records), and every
 //! file record (kind, registers, content groups with appends, heads, pending superseded
 //! ids). Integers in the body are LEB128 varints (signed ones zigzag), an op id is its
@@ -58,6 +58,14 @@ impl FsState {
                 w.u8(1);
                 w.id(&reg.at);
                 w.bytes(reg.value.as_bytes());
+            }
+        }
+        match &self.retention {
+            None => w.u8(0),
+            Some(reg) => {
+                w.u8(1);
+                w.id(&reg.at);
+                w.uint(u64::from(reg.value));
             }
         }
         self.members.encode(&mut w);
@@ -130,6 +138,14 @@ fn decode_v3(mut r: Reader) -> Result<FsState, FsError> {
     state.store_name = match r.bool()? {
         false => None,
         true => Some(Lww::new(r.id()?, r.string()?)),
+    };
+    state.retention = match r.bool()? {
+        false => None,
+        true => {
+            let at = r.id()?;
+            let days = u32::try_from(r.uint()?).map_err(|_| corrupt("retention days"))?;
+            Some(Lww::new(at, days))
+        }
     };
     state.members = Members::decode(&mut r)?;
     state.tree = Tree::decode(&mut r)?;

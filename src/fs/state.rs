@@ -11,7 +11,7 @@ use std::fmt;
 
 use crate::fs::content::{FileRec, Lww};
 use crate::fs::members::{InviteInfo, MemberInfo, Members};
-use crate::fs::op::{Kind, Op, OpBody, Role};
+use crate::fs::op::{Kind, Op, OpBody, Role, DEFAULT_RETENTION_DAYS};
 use crate::fs::tree::{Action, Entry, Tree};
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
@@ -25,6 +25,8 @@ pub struct FsState {
     /// Ids of applied ops, those stamped before `purged_below` forgotten.
     pub(crate) applied: HashSet<OpId>,
     pub(crate) store_name: Option<Lww<String>>,
+    /// Days superseded content stays retained, if an admin set it.
+    pub(crate) retention: Option<Lww<u32>>,
     pub(crate) members: Members,
     /// The greatest `below` purged at: ops stamped before it are late.
     pub(crate) purged_below: Hlc,
@@ -69,6 +71,7 @@ impl FsState {
             files,
             applied: HashSet::new(),
             store_name: None,
+            retention: None,
             members: Members::default(),
             purged_below: Hlc::ZERO,
             late: 0,
@@ -208,6 +211,10 @@ impl FsState {
                 expires_ms,
             } => self.members.invite(id, *invite, *role, *expires_ms),
             OpBody::RevokeInvite { id: invite } => self.members.revoke_invite(*invite),
+            OpBody::SetRetention { days } => match &mut self.retention {
+                Some(reg) => reg.set(id, *days),
+                None => self.retention = Some(Lww::new(id, *days)),
+            },
         }
     }
 
@@ -267,6 +274,14 @@ impl FsState {
     /// The store's name, if one was set.
     pub fn store_name(&self) -> Option<&str> {
         self.store_name.as_ref().map(|r| r.value.as_str())
+    }
+
+    /// Days a superseded content version stays retained (the store's setting, else
+    /// [`DEFAULT_RETENTION_DAYS`]).
+    pub fn retention_days(&self) -> u32 {
+        self.retention
+            .as_ref()
+            .map_or(DEFAULT_RETENTION_DAYS, |r| r.value)
     }
 
     /// A member's role and display name; `None` if revoked or unknown.
@@ -435,7 +450,8 @@ impl FsState {
             | OpBody::SetMember { .. }
             | OpBody::RevokeMember { .. }
             | OpBody::Invite { .. }
-            | OpBody::RevokeInvite { .. } => None,
+            | OpBody::RevokeInvite { .. }
+            | OpBody::SetRetention { .. } => None,
         }
     }
 }

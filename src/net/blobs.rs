@@ -289,6 +289,7 @@ async fn download(
             let (downloader, providers) = (shared.downloader.clone(), providers.clone());
             let (cas, owner) = (shared.node.cas().clone(), store.id());
             tasks.spawn(async move {
+                let _held = cas.hold().await;
                 let got = match downloader.download(hash, providers).await {
                     Ok(()) => cas
                         .claim(owner, &[Hash(*hash.as_bytes())])

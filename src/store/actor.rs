@@ -683,6 +683,7 @@ fn names_file(author: crate::identity::PublicKey, op: &Op, file: FileId) -> bool
         | OpBody::SetMember { .. }
         | OpBody::RevokeMember { .. }
         | OpBody::Invite { .. }
-        | OpBody::RevokeInvite { .. } => false,
+        | OpBody::RevokeInvite { .. }
+        | OpBody::SetRetention { .. } => false,
     }
 }

@@ -91,6 +91,9 @@ mod replica_store;
 mod replica_tests;
 #[cfg(test)]
 mod scale_tests;
+pub(crate) mod retention;
+#[cfg(test)]
+mod retention_tests;
 mod schema;
 mod tables;
 #[cfg(test)]
@@ -117,6 +120,7 @@ pub(crate) use index::IndexSession;
 pub use index::{BareIndex, IndexView};
 pub(crate) use members::invite_id;
 pub use members::Equivocator;
+pub use retention::{is_retained, ContentPlan, SettingError, MS_PER_DAY};
 pub use schema::SCHEMA_VERSION;
 
 use crate::budget::CacheBudget;

@@ -1,0 +1,184 @@
+//! Retention: which content versions of a store are kept, and for how long.
+//!
+//! A version is a file's version group (a Write or a file's Create, with its appends)
+//! or a symlink's target. It is *current* while the projection holds it: an alive
+//! group of a visible file (the winner or a conflict copy), or a visible symlink's
+//! target. A superseded version, or a deleted file's last versions, is *retained* for
+//! the store's retention setting ([`OpBody::SetRetention`], an admin-only LWW register,
+//! default [`crate::fs::op::DEFAULT_RETENTION_DAYS`]) from the moment it stopped being current: the
+//! stamp of the latest op superseding one of its members (its last head), or of the
+//! latest Remove of the deleted file's names. Times come from op stamps, so every
+//! replica retains the same versions. Only content of current and retained versions
+//! is kept on disk ([`Store::content_plan`], collected by `Node::gc`).
+//!
+//! Superseded versions are found in the intentions on disk, which are kept for ever;
+//! the projection only holds current ones.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use bytes::Bytes;
+use redb::{ReadableDatabase, ReadableTable};
+
+use crate::cas::Content;
+use crate::fs::op::{Kind, OpBody, OpError, Role};
+use crate::ids::{Hash, OpId};
+use crate::intention::stored_ops;
+use crate::store::error::StoreError;
+use crate::store::tables::INTENTIONS;
+use crate::store::Store;
+
+/// Milliseconds in a retention day.
+pub const MS_PER_DAY: u64 = 24 * 60 * 60 * 1000;
+
+/// Whether a version that stopped being current at wall ms `superseded_ms` (`None`:
+/// it still is) is retained at `now_ms` under a retention of `days`.
+pub fn is_retained(superseded_ms: Option<u64>, days: u32, now_ms: u64) -> bool {
+    superseded_ms.is_none_or(|at| now_ms.saturating_sub(at) < u64::from(days) * MS_PER_DAY)
+}
+
+/// The content a store keeps: what its current and retained versions need.
+#[derive(Clone, Debug, Default)]
+pub struct ContentPlan {
+    /// Content of current versions.
+    pub current: Vec<Content>,
+    /// Content of retained superseded or deleted versions.
+    pub retained: Vec<Content>,
+    /// Every manifest any op of the store names, kept or not: content put for the store
+    /// that none names yet belongs to a write still on its way.
+    pub named: HashSet<Hash>,
+}
+
+/// A store setting could not be changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SettingError {
+    /// This node is not an admin of the store.
+    #[error("only an admin may change the store's settings")]
+    NotAdmin,
+    /// The value is out of range.
+    #[error("invalid setting: {0}")]
+    Invalid(#[from] OpError),
+    /// The store failed or is closed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// One version group found in the intentions.
+#[derive(Default)]
+struct Group {
+    base: Option<Content>,
+    appends: BTreeMap<OpId, Content>,
+    members: Vec<OpId>,
+}
+
+impl Store {
+    /// Days a superseded version stays retained in this store.
+    pub fn retention_days(&self) -> u32 {
+        self.read(|s| s.retention_days())
+    }
+
+    /// Sets the store's retention to `days` (a replicated system op); nothing is
+    /// written when it already is `days`. Admins only.
+    pub fn set_retention(&self, days: u32) -> Result<(), SettingError> {
+        self.write_as(
+            |role| match role {
+                Some(Role::Admin) => Ok(()),
+                _ => Err(SettingError::NotAdmin),
+            },
+            SettingError::Store,
+            |tx| {
+                if tx.state().retention_days() != days {
+                    tx.push(OpBody::SetRetention { days })?;
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// What content the store keeps now (see the module doc). Reads every intention
+    /// on disk (without checking signatures again), outside any lock of the projection.
+    pub fn content_plan(&self) -> Result<ContentPlan, StoreError> {
+        let now_ms = self.handle.shared.now_ms();
+        let (held, days) = self.read(|s| (s.held_versions(), s.retention_days()));
+        let mut plan = ContentPlan::default();
+        for v in held {
+            if v.deleted_ms.is_none() {
+                plan.current.extend(v.pieces);
+            } else if is_retained(v.deleted_ms, days, now_ms) {
+                plan.retained.extend(v.pieces);
+            }
+        }
+        let mut groups: HashMap<OpId, Group> = HashMap::new();
+        let mut superseded: HashMap<OpId, u64> = HashMap::new();
+        let txn = self.handle.shared.index.db()?.begin_read()?;
+        for row in txn.open_table(INTENTIONS)?.iter()? {
+            let (_, bytes) = row?;
+            let Ok((author, ops)) = stored_ops(Bytes::copy_from_slice(bytes.value())) else {
+                continue; // quarantined at open: never applied
+            };
+            for op in &ops {
+                let id = op.id(author);
+                let supersedes = match &op.body {
+                    OpBody::Create(c) if c.kind == Kind::File => {
+                        groups.entry(id).or_default().base = Some(c.content.clone());
+                        groups.entry(id).or_default().members.push(id);
+                        &[][..]
+                    }
+                    OpBody::Write {
+                        supersedes,
+                        content,
+                        ..
+                    } => {
+                        let g = groups.entry(id).or_default();
+                        g.base = Some(content.clone());
+                        g.members.push(id);
+                        supersedes
+                    }
+                    OpBody::Append {
+                        group,
+                        supersedes,
+                        data,
+                        ..
+                    } => {
+                        let g = groups.entry(*group).or_default();
+                        g.appends.insert(id, data.clone());
+                        g.members.push(id);
+                        supersedes
+                    }
+                    OpBody::Dismiss { supersedes, .. } => supersedes,
+                    _ => &[][..],
+                };
+                for s in supersedes {
+                    let at = superseded.entry(*s).or_insert(op.hlc.wall_ms);
+                    *at = (*at).min(op.hlc.wall_ms);
+                }
+            }
+        }
+        for g in groups.into_values() {
+            let pieces: Vec<Content> = g.base.into_iter().chain(g.appends.into_values()).collect();
+            plan.named.extend(pieces.iter().filter_map(|c| match c {
+                Content::Manifest { hash, .. } => Some(*hash),
+                Content::Inline(_) => None,
+            }));
+            let dead: Option<Vec<u64>> = g
+                .members
+                .iter()
+                .map(|m| superseded.get(m).copied())
+                .collect();
+            // A group with a head left is the projection's to judge (current, or a
+            // deleted file's), above.
+            let Some(dead_ms) = dead.and_then(|d| d.into_iter().max()) else {
+                continue;
+            };
+            if is_retained(Some(dead_ms), days, now_ms) {
+                plan.retained.extend(pieces);
+            }
+        }
+        for c in plan.current.iter().chain(&plan.retained) {
+            if let Content::Manifest { hash, .. } = c {
+                plan.named.insert(*hash);
+            }
+        }
+        Ok(plan)
+    }
+}

@@ -1,0 +1,116 @@
+//! `retention` and `gc` end to end: real daemons, files written through the FUSE mount,
+//! the CLI over the control socket, and the retention setting replicated to a member.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{fuse_available, random_bytes, Daemon};
+
+/// How long the admin's setting may take to reach another member.
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The bytes a `gc` line "STORE: freed N blobs, M bytes" reports for `store`.
+fn freed_bytes(out: &str, store: &str) -> u64 {
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(&format!("{store}: freed ")))
+        .unwrap_or_else(|| panic!("no line for {store} in {out:?}"));
+    line.rsplit(", ")
+        .next()
+        .and_then(|b| b.strip_suffix(" bytes"))
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("unparsable {line:?}"))
+}
+
+/// The reclaimable bytes `status` shows for `store`.
+fn reclaimable(status: &str, store: &str) -> u64 {
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(&format!("{store}: content ")))
+        .unwrap_or_else(|| panic!("no space line for {store} in {status:?}"));
+    line.rsplit(", ")
+        .next()
+        .and_then(|b| b.strip_suffix(" bytes reclaimable"))
+        .and_then(|b| b.parse().ok())
+        .unwrap_or_else(|| panic!("unparsable {line:?}"))
+}
+
+#[test]
+fn retention_zero_and_gc_through_the_cli_free_every_old_version_of_an_overwritten_file() {
+    if !fuse_available() {
+        return;
+    }
+    let d = Daemon::start();
+    ok(d.run(&["create", "docs"]));
+    assert_eq!(
+        ok(d.run(&["retention", "docs"])).trim(),
+        "docs keeps old versions 30 days"
+    );
+    assert_eq!(
+        ok(d.run(&["retention", "docs", "0"])).trim(),
+        "docs keeps old versions 0 days"
+    );
+    let len = 3 * 1024 * 1024;
+    // Seeds are odd: `random_bytes` gives 2k and 2k+1 the same bytes.
+    for seed in [1, 3, 5, 7] {
+        std::fs::write(d.path("docs/big"), random_bytes(len, seed)).unwrap();
+    }
+    // Puts younger than the grace are kept whether named or not.
+    std::thread::sleep(lattice_mount::PUT_GRACE + Duration::from_secs(1));
+    let before = ok(d.run(&["status"]));
+    assert!(reclaimable(&before, "docs") >= 3 * len as u64, "{before}");
+    let out = ok(d.run(&["gc", "docs"]));
+    let freed = freed_bytes(&out, "docs");
+    eprintln!("gc after 4 versions of {len} bytes: {out}");
+    assert!(freed >= 3 * len as u64, "{out}");
+    assert_eq!(
+        std::fs::read(d.path("docs/big")).unwrap(),
+        random_bytes(len, 7)
+    );
+    let status = ok(d.run(&["status"]));
+    assert!(
+        status.contains("bytes retained history (0 days), 0 bytes reclaimable"),
+        "{status}"
+    );
+    assert_eq!(reclaimable(&status, "docs"), 0);
+    let again = ok(d.run(&["gc"]));
+    assert!(again.contains("freed 0 blobs, 0 bytes in total"), "{again}");
+    let missing = d.run(&["gc", "nope"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no store named \"nope\""));
+}
+
+#[test]
+fn a_writer_is_refused_a_retention_change_and_sees_the_admins_replicate() {
+    if !fuse_available() {
+        return;
+    }
+    let admin = Daemon::start_named("alice");
+    let writer = Daemon::start_named("bob");
+    ok(admin.run(&["create", "team"]));
+    let token = ok(admin.run(&["invite", "team"]));
+    ok(writer.run(&["join", token.trim()]));
+    let out = writer.run(&["retention", "team", "5"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("only an admin of team may set its retention; this node is a writer"),
+        "{err}"
+    );
+    ok(admin.run(&["retention", "team", "7"]));
+    let start = Instant::now();
+    while !ok(writer.run(&["retention", "team"])).contains("7 days") {
+        assert!(start.elapsed() < SETTLE, "retention did not replicate");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
