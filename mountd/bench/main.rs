@@ -2,7 +2,10 @@
 //! run against a native tmpfs directory and (when `bindfs` is installed) a libfuse
 //! passthrough over that tmpfs. Prints each result and the mount's ratio to each reference.
 //! `lattice-bench sync`: see `sync.rs`. `lattice-bench sim`: see `sim.rs`.
+//! `lattice-bench scale`: see `scale.rs`.
 
+mod harness;
+mod scale;
 mod sim;
 mod sync;
 
@@ -14,6 +17,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+
+use harness::which;
 
 mod reconcile;
 
@@ -40,9 +45,11 @@ fn main() -> Result<()> {
         Some("sync") => sync::run(),
         Some("reconcile") => reconcile::run(&args[1..]),
         Some("sim") => sim::run(&args[1..]),
+        Some("scale") => scale::run(&args[1..]),
         _ => bail!(
             "usage: cargo run --release --features bench --bin lattice-bench -- \
-             local | sync | reconcile [ITEMS] | sim --seeds N [--nodes M]"
+             local | sync | reconcile [ITEMS] | sim --seeds N [--nodes M] | \
+             scale [--files N] [--quick]"
         ),
     }
 }
@@ -178,13 +185,6 @@ fn local() -> Result<()> {
     Ok(())
 }
 
-fn which(cmd: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {cmd} >/dev/null")])
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 fn secs(t: Instant) -> f64 {
     t.elapsed().as_secs_f64()
 }
@@ -304,7 +304,7 @@ impl Daemon {
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if sync::is_lattice_mount(mnt) {
+            if harness::is_lattice_mount(mnt) {
                 return Ok(d);
             }
             if Instant::now() > deadline {
@@ -326,7 +326,7 @@ impl Drop for Daemon {
             .arg("down")
             .status();
         let _ = self.child.wait();
-        if sync::is_lattice_mount(&self.mnt) {
+        if harness::is_lattice_mount(&self.mnt) {
             let _ = Command::new("fusermount3")
                 .arg("-uz")
                 .arg(&self.mnt)

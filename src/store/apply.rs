@@ -128,6 +128,8 @@ pub(crate) struct Counts {
     pub intentions: u64,
     /// Rows in the floating and early tables.
     pub floating: u64,
+    /// Intentions replayed from the witness log past the snapshot when the store opened.
+    pub replayed: u64,
 }
 
 /// True for errors that refuse one input and leave the store usable.

@@ -89,6 +89,8 @@ mod reconcile_tests;
 mod replica_store;
 #[cfg(test)]
 mod replica_tests;
+#[cfg(test)]
+mod scale_tests;
 pub(crate) mod retention;
 #[cfg(test)]
 mod retention_tests;
@@ -255,6 +257,9 @@ pub struct StoreStats {
     pub floating: u64,
     /// The projection's counts.
     pub fs: FsStats,
+    /// Intentions replayed from the witness log past the snapshot when the store was
+    /// opened (0 for a store created or joined in this process): what opening cost.
+    pub replayed: u64,
 }
 
 /// A replicated store: its projection in memory and its redb file owned by one actor.
@@ -267,6 +272,8 @@ pub struct Store {
 struct Handle {
     shared: Arc<Shared>,
     actor: Mutex<Option<JoinHandle<()>>>,
+    /// See [`StoreStats::replayed`].
+    replayed: u64,
 }
 
 impl Drop for Handle {
@@ -576,6 +583,7 @@ impl Store {
             None => Vec::new(),
         };
         let known_quarantined = quarantined.len();
+        let mut replayed = 0;
         verify_witness(&witness, snap_seq + 1, chain_at(&witness, snap_seq)?)?;
         for entry in witness.range(snap_seq + 1..)? {
             let (_, v) = entry?;
@@ -590,6 +598,7 @@ impl Store {
             };
             match decoded {
                 Ok(i) => {
+                    replayed += 1;
                     for op in &i.ops {
                         state.apply(i.author, op);
                     }
@@ -607,6 +616,7 @@ impl Store {
         let counts = Counts {
             intentions: intentions.len()?,
             floating: txn.open_table(FLOATING)?.len()? + tables::early_len(&txn)?,
+            replayed,
         };
         let head_seq = witness.last()?.map_or(0, |(k, _)| k.value());
         drop((meta, witness, intentions, txn));
@@ -814,6 +824,7 @@ impl Store {
             intentions: self.applied(),
             floating: shared.floating.load(Ordering::Relaxed),
             fs: shared.state.read().stats(),
+            replayed: self.handle.replayed,
         }
     }
 
@@ -926,6 +937,7 @@ fn start(shared: Arc<Shared>, counts: Counts) -> Result<Store, StoreError> {
         .intentions
         .store(counts.intentions, Ordering::Relaxed);
     shared.floating.store(counts.floating, Ordering::Relaxed);
+    let replayed = counts.replayed;
     let actor_shared = shared.clone();
     let join = std::thread::Builder::new()
         .name(format!("store-{}", &shared.id.to_hex()[..8]))
@@ -938,6 +950,7 @@ fn start(shared: Arc<Shared>, counts: Counts) -> Result<Store, StoreError> {
         handle: Arc::new(Handle {
             shared,
             actor: Mutex::new(Some(join)),
+            replayed,
         }),
     })
 }

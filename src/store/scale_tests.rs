@@ -1,0 +1,189 @@
+//! The non-timing invariants of `lattice-bench scale`, scaled down to 20,000 files
+//! through the store API: opening costs only the witness log past the snapshot, and the
+//! store file stays within a per-record bound as the tree and its overwrites grow.
+
+use std::path::Path;
+
+use bytes::Bytes;
+
+use crate::cas::Content;
+use crate::fs::op::{Create, Kind, OpBody};
+use crate::identity::Identity;
+use crate::ids::{OpId, StoreId};
+use crate::store::tests::clock;
+use crate::store::{Store, DB_FILE};
+
+/// Directories of the scaled-down tree.
+const DIRS: usize = 100;
+/// Files in each directory: 100 x 200 = 20,000 files.
+const FILES_PER_DIR: usize = 200;
+/// One file in this many gets a line of content, as in the benchmark (10,000 of 100,000).
+const WITH_CONTENT_EVERY: usize = 10;
+/// Ops pushed under one write lock: about what a busy mount pushes between two seals.
+const OPS_PER_WRITE: usize = 1_000;
+/// Bytes of `store.redb` per stored file record (a create or an overwrite) allowed.
+///
+/// Measured at 20,000 files: 629 B per file after the tree; after 20,000 overwrites
+/// 838 B per record with snapshot format 2 (the op log, rewritten every 1,000
+/// intentions) and 629 B with format 3 (the state). A record costs its op in a signed
+/// intention (~80 B, batched so the signature is shared), its `history` row (~70 B), its
+/// share of the snapshot and redb's B-tree overhead (pages about half full, so ~2x),
+/// plus the intention-level rows (`witness`, `index`, `hlcs`, `seqs`, `chain`) shared by
+/// the ops of an intention. redb grows the file in steps (12 MiB, then 24 MiB here), so
+/// the figure jumps: 1.5 KiB covers the next step (48 MiB for 40,000 records is 1.26 KiB)
+/// and breaks on another per-op row or a snapshot whose old pages are never freed.
+const MAX_STORE_BYTES_PER_RECORD: u64 = 1536;
+
+/// A Create in `parent`: a directory, or a file holding `content`.
+fn create_in(parent: OpId, name: String, kind: Kind, content: &str) -> OpBody {
+    OpBody::Create(Create {
+        parent,
+        name,
+        kind,
+        mode: if kind == Kind::Dir { 0o755 } else { 0o644 },
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        mtime_ns: 1,
+        content: Content::Inline(Bytes::from(content.to_owned())),
+    })
+}
+
+/// Size of the store's redb file.
+fn store_bytes(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join(DB_FILE))
+        .expect("the store file exists while the test runs")
+        .len()
+}
+
+/// Builds the tree in batches of [`OPS_PER_WRITE`]; returns every file's id.
+fn build_tree(store: &Store) -> Vec<OpId> {
+    let mut files = Vec::with_capacity(DIRS * FILES_PER_DIR);
+    for d in 0..DIRS {
+        let dir = store
+            .write(|tx| Ok(tx.push(create_in(OpId::ROOT, format!("d{d:03}"), Kind::Dir, ""))?))
+            .unwrap();
+        for batch in (0..FILES_PER_DIR).collect::<Vec<_>>().chunks(OPS_PER_WRITE) {
+            store
+                .write(|tx| {
+                    for &f in batch {
+                        let n = d * FILES_PER_DIR + f;
+                        let line = if n.is_multiple_of(WITH_CONTENT_EVERY) {
+                            format!("line {n}\n")
+                        } else {
+                            String::new()
+                        };
+                        files.push(tx.push(create_in(
+                            dir,
+                            format!("f{f:04}"),
+                            Kind::File,
+                            &line,
+                        ))?);
+                    }
+                    Ok(())
+                })
+                .unwrap();
+        }
+    }
+    store.flush().unwrap();
+    files
+}
+
+/// Overwrites every file once with a new line, superseding its current head.
+fn overwrite_all(store: &Store, files: &[OpId]) {
+    for batch in files.chunks(OPS_PER_WRITE) {
+        store
+            .write(|tx| {
+                for &file in batch {
+                    let body = tx.state().plan_write(
+                        file,
+                        Content::Inline(Bytes::from(format!("again {file:?}\n"))),
+                        2,
+                    )?;
+                    tx.push(body)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+    }
+    store.flush().unwrap();
+}
+
+/// The last snapshot row's witness seq and bytes.
+fn snapshot_row(dir: &Path) -> (u64, Vec<u8>) {
+    use redb::{ReadableDatabase, ReadableTable};
+    let db = redb::Database::open(dir.join(DB_FILE)).unwrap();
+    let txn = db.begin_read().unwrap();
+    let t = txn.open_table(crate::store::tables::PROJECTION).unwrap();
+    let (k, v) = t.last().unwrap().unwrap();
+    (k.value(), v.value().to_vec())
+}
+
+/// Replaces the snapshot row with `row`, as if the store had stopped before writing a newer one.
+fn put_snapshot_row(dir: &Path, row: &(u64, Vec<u8>)) {
+    let db = redb::Database::open(dir.join(DB_FILE)).unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let mut t = txn.open_table(crate::store::tables::PROJECTION).unwrap();
+        t.retain(|_, _| false).unwrap();
+        t.insert(row.0, &row.1[..]).unwrap();
+    }
+    txn.commit().unwrap();
+}
+
+#[test]
+fn opening_a_20000_file_store_replays_only_the_witness_log_past_its_snapshot_and_its_file_stays_bounded_per_record(
+) {
+    let tmp = tempfile::tempdir().unwrap();
+    let me = Identity::generate();
+    let store =
+        Store::create(tmp.path(), StoreId([9; 16]), me.clone(), clock(), "s", "me").unwrap();
+    let files = build_tree(&store);
+    let records = files.len() as u64;
+    store.shutdown().unwrap();
+    drop(store);
+    let after_tree = store_bytes(tmp.path());
+    let tree_snapshot = snapshot_row(tmp.path());
+
+    let store = Store::open(tmp.path(), me.clone(), clock()).unwrap();
+    let stats = store.stats();
+    assert_eq!(stats.fs.files, records);
+    assert_eq!(stats.fs.dirs, DIRS as u64);
+    assert!(stats.intentions > 1);
+    assert_eq!(
+        stats.replayed, 0,
+        "a store shut down cleanly opens from its snapshot alone"
+    );
+    overwrite_all(&store, &files);
+    let dump = store.read(|s| s.canonical_dump());
+    let applied = store.applied();
+    store.shutdown().unwrap();
+    drop(store);
+    let after_overwrites = store_bytes(tmp.path());
+
+    let reopened = Store::open(tmp.path(), me.clone(), clock()).unwrap();
+    assert_eq!(reopened.stats().replayed, 0);
+    assert_eq!(reopened.read(|s| s.canonical_dump()), dump);
+    reopened.shutdown().unwrap();
+    drop(reopened);
+
+    // Put back the snapshot taken after the tree: the overwrites' intentions, and only
+    // they, are past it and must be replayed, to the same projection.
+    let (last_seq, _) = snapshot_row(tmp.path());
+    put_snapshot_row(tmp.path(), &tree_snapshot);
+    let replaying = Store::open(tmp.path(), me, clock()).unwrap();
+    let stats = replaying.stats();
+    assert_eq!(stats.replayed, last_seq - tree_snapshot.0);
+    assert!(stats.replayed > 0 && stats.replayed < applied / 2);
+    assert_eq!(replaying.read(|s| s.canonical_dump()), dump);
+    replaying.shutdown().unwrap();
+
+    println!(
+        "store.redb: {after_tree} B after {records} files ({} B/file), \
+         {after_overwrites} B after {records} overwrites ({} B/record)",
+        after_tree / records,
+        after_overwrites / (2 * records)
+    );
+    assert!(after_tree <= records * MAX_STORE_BYTES_PER_RECORD);
+    assert!(after_overwrites <= 2 * records * MAX_STORE_BYTES_PER_RECORD);
+}
