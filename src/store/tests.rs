@@ -966,6 +966,46 @@ fn a_snapshot_that_does_not_decode_is_rebuilt_from_the_witness_log() {
 }
 
 #[test]
+fn a_format_2_snapshot_opens_by_replay_and_is_rewritten_as_format_3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let me = Identity::generate();
+    let store = Store::create(
+        tmp.path(),
+        StoreId([11; 16]),
+        me.clone(),
+        clock(),
+        "s",
+        "me",
+    )
+    .unwrap();
+    for n in 0..3 {
+        store
+            .write(|tx| Ok(tx.push(create(&format!("f{n}")))?))
+            .unwrap();
+    }
+    let dump = store.read(|s| s.canonical_dump());
+    store.shutdown().unwrap();
+    let (head, _) = projection_row(tmp.path());
+    // The op log of nothing at seq 0: the witness log after it replays everything.
+    set_projection(tmp.path(), Some((0, &raw_snapshot(&me, &[])[..])));
+    let reopened = Store::open(tmp.path(), me.clone(), clock()).unwrap();
+    assert_eq!(reopened.read(|s| s.canonical_dump()), dump);
+    // Read before shutdown, which writes a snapshot of its own.
+    let (seq, bytes) = {
+        let db = reopened.handle.shared.index.db().unwrap();
+        let txn = db.begin_read().unwrap();
+        let t = txn.open_table(PROJECTION).unwrap();
+        let (k, v) = t.last().unwrap().unwrap();
+        (k.value(), v.value().to_vec())
+    };
+    reopened.shutdown().unwrap();
+    assert_eq!(seq, head);
+    assert_eq!(&bytes[8..12], &3u32.to_le_bytes());
+    let decoded = crate::fs::FsState::decode_snapshot(&bytes).unwrap();
+    assert_eq!(decoded.canonical_dump(), dump);
+}
+
+#[test]
 fn a_stored_intention_that_does_not_decode_is_quarantined_kept_and_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let me = Identity::generate();
