@@ -65,7 +65,7 @@ impl FsState {
             }
         }
         let set = self.tree.group(dir, name).ok_or(FsError::NotFound)?;
-        set.iter()
+        set.keys()
             .filter(|&&id| !self.entry_visible(id))
             .filter(|&&id| !dir_only || self.tree.entry(id).is_some_and(|e| e.dir))
             .filter_map(|&id| {
@@ -92,7 +92,7 @@ impl FsState {
             }
             budget -= 1;
             for (name, set) in self.tree.children(d) {
-                if set.iter().any(|&id| self.entry_visible(id)) {
+                if set.keys().any(|&id| self.entry_visible(id)) {
                     // Still descend into a directory of that name: its deleted files keep
                     // their paths.
                     for &id in set {
@@ -155,7 +155,7 @@ impl FsState {
         let mut out = Vec::new();
         for (entry, parent, name) in moves {
             if self.tree.group(parent, &name).is_some_and(|set| {
-                set.iter().any(|&id| {
+                set.keys().any(|&id| {
                     id != entry && self.tree.entry(id).is_some_and(|e| e.loc.removal.is_none())
                 })
             }) {
