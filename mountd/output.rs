@@ -4,8 +4,7 @@ use std::fmt::Write;
 
 use lattice_mount::civil_from_days;
 use lattice_mount::proto::control::{
-    FrontierStatus, GcResponse, HistoryEntry, JoinProgress, PeerEntry, StatusResponse,
-    SyncResponse,
+    FrontierStatus, GcResponse, HistoryEntry, JoinProgress, PeerEntry, StatusResponse, SyncResponse,
 };
 
 /// Human status: the node, then a table of stores.

@@ -89,11 +89,11 @@ mod reconcile_tests;
 mod replica_store;
 #[cfg(test)]
 mod replica_tests;
-#[cfg(test)]
-mod scale_tests;
 pub(crate) mod retention;
 #[cfg(test)]
 mod retention_tests;
+#[cfg(test)]
+mod scale_tests;
 mod schema;
 mod tables;
 #[cfg(test)]
