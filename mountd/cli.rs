@@ -52,10 +52,32 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the history of a file or directory in the mount
+    /// Show the history of a file or directory in the mount, and a file's versions
     History {
-        /// A path inside the mount (absolute or relative to the current directory)
+        /// A path inside the mount (absolute or relative to the current directory); a
+        /// deleted file or directory is found under its old name
         path: PathBuf,
+        /// List the deleted files under the directory PATH, with their versions
+        #[arg(long)]
+        deleted: bool,
+        /// Print a JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring back a version of a file (or a deleted file) as a new edit that replicates
+    Restore {
+        /// The file, or the deleted file's old path, inside the mount
+        path: PathBuf,
+        /// The version: a prefix (8+ hex) of its intention hash, as `history` lists it
+        /// [default: the version before the current one; a deleted file's last one]
+        #[arg(long, value_name = "HASH", conflicts_with = "at")]
+        version: Option<String>,
+        /// The version current at TIME: RFC 3339 (2026-12-03T21:00:00Z) or unix seconds
+        #[arg(long, value_name = "TIME", value_parser = parse_time)]
+        at: Option<u64>,
+        /// Restore as a new file at NEWPATH (in the same store) instead of in place
+        #[arg(long, value_name = "NEWPATH")]
+        to: Option<PathBuf>,
         /// Print a JSON object
         #[arg(long)]
         json: bool,
@@ -146,6 +168,103 @@ pub fn home_dir(rest: &str) -> Option<PathBuf> {
         .map(|h| PathBuf::from(h).join(rest))
 }
 
+/// Parses a point in time to ms since the Unix epoch: unix seconds, or RFC 3339 with
+/// any offset and fraction (`2026-12-03T21:00:00Z`, `2026-12-03 22:00:00.5+01:00`).
+pub fn parse_time(s: &str) -> Result<u64, String> {
+    if let Ok(secs) = s.parse::<u64>() {
+        return secs
+            .checked_mul(1000)
+            .ok_or_else(|| format!("time {s:?} is out of range"));
+    }
+    rfc3339_ms(s).ok_or_else(|| {
+        format!("invalid time {s:?}: give RFC 3339 (2026-12-03T21:00:00Z) or unix seconds")
+    })
+}
+
+/// RFC 3339 `date-time` (section 5.6; `T` or a space between date and time, a leap
+/// second read as the next second) in ms since the epoch; `None` if malformed or
+/// before 1970.
+fn rfc3339_ms(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<u64> {
+        let d = b.get(r)?;
+        d.iter()
+            .all(u8::is_ascii_digit)
+            .then(|| d.iter().fold(0, |n, c| n * 10 + u64::from(c - b'0')))
+    };
+    let sep = |i: usize, c: &[u8]| b.get(i).is_some_and(|x| c.contains(x));
+    if !(sep(4, b"-") && sep(7, b"-") && sep(10, b"Tt ") && sep(13, b":") && sep(16, b":")) {
+        return None;
+    }
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, sec) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let days_in = [
+        31,
+        if leap(y) { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
+    let month_ok = (1..=12).contains(&mo) && (1..=days_in[mo as usize - 1]).contains(&d);
+    if !month_ok || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut ms = 0;
+    if sep(i, b".") {
+        let digits = b[i + 1..].iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        // Milliseconds: the first three digits, the rest dropped.
+        ms = (0..3).fold(0, |n, k| n * 10 + num(i + 1 + k..i + 2 + k).unwrap_or(0));
+        i += 1 + digits;
+    }
+    let offset_min: i64 = match b.get(i..)? {
+        b"Z" | b"z" => 0,
+        [sign @ (b'+' | b'-'), ..] if b.len() == i + 6 && sep(i + 3, b":") => {
+            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
+            if oh > 23 || om > 59 {
+                return None;
+            }
+            let m = (oh * 60 + om) as i64;
+            if *sign == b'-' {
+                -m
+            } else {
+                m
+            }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(y as i64, mo, d);
+    let secs = days * 86_400 + (h * 3600 + mi * 60 + sec) as i64 - offset_min * 60;
+    u64::try_from(secs).ok().map(|s| s * 1000 + ms)
+}
+
+/// Whether `y` is a leap year of the Gregorian calendar.
+fn leap(y: u64) -> bool {
+    y.is_multiple_of(4) && (!y.is_multiple_of(100) || y.is_multiple_of(400))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (the inverse of
+/// `lattice_mount::civil_from_days`, Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: u64, d: u64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m as i64 + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
 /// Parses `90s`, `30m`, `24h`, `7d` (a bare number is seconds).
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
@@ -162,4 +281,53 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     n.checked_mul(secs)
         .map(std::time::Duration::from_secs)
         .ok_or_else(|| format!("duration {s:?} is too long"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_from_unix_seconds_and_rfc3339_with_offsets_and_fractions() {
+        assert_eq!(parse_time("0"), Ok(0));
+        assert_eq!(parse_time("1763756367"), Ok(1_763_756_367_000));
+        assert_eq!(
+            parse_time("2025-11-21T20:19:27.123Z"),
+            Ok(1_763_756_367_123)
+        );
+        assert_eq!(
+            parse_time("2025-11-21 21:19:27.1239+01:00"),
+            Ok(1_763_756_367_123)
+        );
+        assert_eq!(
+            parse_time("2025-11-21t15:19:27.5-05:00"),
+            Ok(1_763_756_367_500)
+        );
+        assert_eq!(parse_time("2000-02-29T00:00:00Z"), Ok(951_782_400_000));
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Ok(0));
+    }
+
+    #[test]
+    fn malformed_or_pre_epoch_times_are_refused() {
+        for bad in [
+            "",
+            "yesterday",
+            "2025-11-21",
+            "2025-11-21T20:19:27",
+            "2025-11-21T20:19:27.Z",
+            "2025-02-29T00:00:00Z",
+            "2025-13-01T00:00:00Z",
+            "2025-11-21T24:00:00Z",
+            "2025-11-21T20:19:27+1:00",
+            "2025-11-21T20:19:27Zjunk",
+            "1969-12-31T23:59:59Z",
+            "-1",
+        ] {
+            let err = parse_time(bad).unwrap_err();
+            assert!(
+                err.contains("RFC 3339") || err.contains("range"),
+                "{bad:?}: {err}"
+            );
+        }
+    }
 }

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use lattice_mount::proto::control::{
     request, response, CreateRequest, CreateResponse, DownRequest, HistoryRequest, HistoryResponse,
-    JoinProgress, JoinRequest, Request, Response, StatusRequest, StatusResponse,
+    JoinProgress, JoinRequest, Request, Response, RestoreRequest, RestoreResponse, StatusRequest,
+    StatusResponse,
 };
 use tokio::net::UnixStream;
 
@@ -45,8 +46,51 @@ pub fn create(data_dir: &Path, name: &str) -> Result<CreateResponse, CliError> {
 }
 
 /// Asks the daemon for the history of `path` (a path in the mount, absolute or relative
-/// to the current directory). Returns the path as sent (relative to the mount root).
-pub fn history(data_dir: &Path, path: &Path) -> Result<(String, HistoryResponse), CliError> {
+/// to the current directory), or with `deleted` for the deleted files under it. Returns
+/// the path as sent (relative to the mount root).
+pub fn history(
+    data_dir: &Path,
+    path: &Path,
+    deleted: bool,
+) -> Result<(String, HistoryResponse), CliError> {
+    let sent = in_mount(data_dir, path)?;
+    let request = request::Kind::History(HistoryRequest {
+        path: sent.clone(),
+        deleted,
+    });
+    match call(data_dir, request)? {
+        response::Kind::History(h) => Ok((sent, h)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Asks the daemon to restore a version of `path` (in place, or at `to`); both are
+/// paths in the mount, absolute or relative to the current directory.
+pub fn restore(
+    data_dir: &Path,
+    path: &Path,
+    version: Option<String>,
+    at_ms: Option<u64>,
+    to: Option<&Path>,
+) -> Result<RestoreResponse, CliError> {
+    let request = request::Kind::Restore(RestoreRequest {
+        path: in_mount(data_dir, path)?,
+        version: version.unwrap_or_default(),
+        at_ms,
+        to: to
+            .map(|t| in_mount(data_dir, t))
+            .transpose()?
+            .unwrap_or_default(),
+    });
+    match call(data_dir, request)? {
+        response::Kind::Restore(r) => Ok(r),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `path` (absolute or relative to the current directory, existing or not) as a path
+/// from the root of the daemon's mount, with a leading `/`.
+fn in_mount(data_dir: &Path, path: &Path) -> Result<String, CliError> {
     let status = status(data_dir)?;
     if status.mountpoint.is_empty() {
         return Err(anyhow!("the daemon reports no mountpoint").into());
@@ -65,12 +109,7 @@ pub fn history(data_dir: &Path, path: &Path) -> Result<(String, HistoryResponse)
     let relative = relative
         .to_str()
         .ok_or_else(|| anyhow!("{} is not valid UTF-8", path.display()))?;
-    let sent = format!("/{relative}");
-    let request = request::Kind::History(HistoryRequest { path: sent.clone() });
-    match call(data_dir, request)? {
-        response::Kind::History(h) => Ok((sent, h)),
-        other => Err(unexpected(&other)),
-    }
+    Ok(format!("/{relative}"))
 }
 
 /// Asks the daemon to stop, then waits until it has unmounted and exited.

@@ -15,8 +15,8 @@ mod harness;
 
 use lattice_mount::proto::control::{
     request, response, CreateRequest, DownRequest, FetchModeRequest, HistoryRequest, InviteRequest,
-    JoinProgress, JoinRequest, PauseRequest, PeersRequest, Request, Response, RevokeRequest,
-    StatusRequest, SyncRequest,
+    JoinProgress, JoinRequest, PauseRequest, PeersRequest, Request, Response, RestoreRequest,
+    RevokeRequest, StatusRequest, SyncRequest,
 };
 use proptest::prelude::*;
 use prost::Message;
@@ -38,7 +38,16 @@ fn request() -> impl Strategy<Value = Request> {
     let kind = prop_oneof![
         Just(request::Kind::Status(StatusRequest {})),
         text().prop_map(|name| request::Kind::Create(CreateRequest { name })),
-        text().prop_map(|path| request::Kind::History(HistoryRequest { path })),
+        (text(), any::<bool>())
+            .prop_map(|(path, deleted)| request::Kind::History(HistoryRequest { path, deleted })),
+        (text(), text(), any::<Option<u64>>(), text()).prop_map(|(path, version, at_ms, to)| {
+            request::Kind::Restore(RestoreRequest {
+                path,
+                version,
+                at_ms,
+                to,
+            })
+        }),
         Just(request::Kind::Down(DownRequest {})),
         (text(), text(), any::<u64>()).prop_map(|(store, role, expires_secs)| {
             request::Kind::Invite(InviteRequest {

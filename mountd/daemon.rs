@@ -15,8 +15,8 @@ use std::time::Duration;
 use anyhow::{anyhow, Context};
 use lattice_mount::proto::control::{
     request, response, CreateResponse, DownResponse, FetchModeResponse, GcResponse, GcStoreReport,
-    HistoryResponse, InviteResponse, JoinProgress, JoinResponse, PauseResponse, PeerEntry,
-    PeersResponse, Request, Response, RetentionResponse, RevokeResponse, SyncResponse,
+    InviteResponse, JoinProgress, JoinResponse, PauseResponse, PeerEntry, PeersResponse, Request,
+    Response, RetentionResponse, RevokeResponse, SyncResponse,
 };
 use lattice_mount::{CacheBudget, Net, NetConfig, Node, Role};
 use tokio::net::{UnixListener, UnixStream};
@@ -720,8 +720,12 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
             }),
             Err(e) => return error_response(e.to_string()),
         },
-        Some(request::Kind::History(h)) => match report::history(&ctx.node, &h.path) {
-            Ok(entries) => response::Kind::History(HistoryResponse { entries }),
+        Some(request::Kind::History(h)) => match report::history(&ctx.node, &h.path, h.deleted) {
+            Ok(history) => response::Kind::History(history),
+            Err(e) => return error_response(e.to_string()),
+        },
+        Some(request::Kind::Restore(r)) => match report::restore(&ctx.node, &r) {
+            Ok(restored) => response::Kind::Restore(restored),
             Err(e) => return error_response(e.to_string()),
         },
         Some(request::Kind::Down(_)) => response::Kind::Down(DownResponse {}),

@@ -85,12 +85,35 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::History { path, json } => {
-            let (sent, history) = client::history(&data_dir, &path)?;
+        Command::History {
+            path,
+            deleted,
+            json,
+        } => {
+            let (sent, history) = client::history(&data_dir, &path, deleted)?;
+            match (deleted, json) {
+                (false, true) => println!("{}", output::history_json(&sent, &history)),
+                (false, false) => {
+                    print!("{}", output::history_human(&history.entries));
+                    print!("{}", output::versions_human(&history));
+                }
+                (true, true) => println!("{}", output::deleted_json(&sent, &history)),
+                (true, false) => print!("{}", output::deleted_human(&history)),
+            }
+            Ok(())
+        }
+        Command::Restore {
+            path,
+            version,
+            at,
+            to,
+            json,
+        } => {
+            let restored = client::restore(&data_dir, &path, version, at, to.as_deref())?;
             if json {
-                println!("{}", output::history_json(&sent, &history.entries));
+                println!("{}", output::restore_json(&restored));
             } else {
-                print!("{}", output::history_human(&history.entries));
+                print!("{}", output::restore_human(&restored));
             }
             Ok(())
         }

@@ -4,7 +4,8 @@ use std::fmt::Write;
 
 use lattice_mount::civil_from_days;
 use lattice_mount::proto::control::{
-    FrontierStatus, GcResponse, HistoryEntry, JoinProgress, PeerEntry, StatusResponse, SyncResponse,
+    FrontierStatus, GcResponse, HistoryEntry, HistoryResponse, JoinProgress, PeerEntry,
+    RestoreResponse, StatusResponse, SyncResponse, VersionEntry,
 };
 
 /// Human status: the node, then a table of stores.
@@ -386,9 +387,10 @@ pub fn history_human(entries: &[HistoryEntry]) -> String {
     out
 }
 
-/// History as one JSON object: the path asked for and its entries.
-pub fn history_json(path: &str, entries: &[HistoryEntry]) -> String {
-    let items: Vec<String> = entries
+/// History as one JSON object: the path asked for, its entries and its versions.
+pub fn history_json(path: &str, h: &HistoryResponse) -> String {
+    let items: Vec<String> = h
+        .entries
         .iter()
         .map(|e| {
             format!(
@@ -405,19 +407,181 @@ pub fn history_json(path: &str, entries: &[HistoryEntry]) -> String {
         })
         .collect();
     format!(
-        "{{\"path\":{},\"entries\":[{}]}}",
+        "{{\"path\":{},\"entries\":[{}],\"versions\":{},\"omitted\":{}}}",
         json_string(path),
-        items.join(",")
+        items.join(","),
+        versions_json(&h.versions),
+        h.omitted
     )
+}
+
+/// Human versions: a heading, then one line per version (time, author, intention,
+/// size, content, state), oldest first; nothing when there are none.
+pub fn versions_human(h: &HistoryResponse) -> String {
+    if h.versions.is_empty() {
+        return String::new();
+    }
+    let mut out =
+        String::from("versions (restore one with `lattice-mount restore PATH --version HASH`):\n");
+    if h.omitted > 0 {
+        let _ = writeln!(out, "  ({} older versions not shown)", h.omitted);
+    }
+    out.push_str(&version_lines(&h.versions, "  "));
+    out
+}
+
+/// One line per version, each after `indent`.
+fn version_lines(versions: &[VersionEntry], indent: &str) -> String {
+    let authors: Vec<String> = versions
+        .iter()
+        .map(|v| label(&v.author_name, &v.author))
+        .collect();
+    let width = authors.iter().map(|a| a.chars().count()).max().unwrap_or(0);
+    let mut out = String::new();
+    for (v, author) in versions.iter().zip(&authors) {
+        let mut notes = Vec::new();
+        if v.state != "past" {
+            notes.push(v.state.clone());
+        }
+        if !v.retained {
+            notes.push("past retention".to_string());
+        }
+        if !v.local {
+            notes.push("not on this node".to_string());
+        }
+        let _ = writeln!(
+            out,
+            "{indent}{}  {author:<width$}  {}  {} bytes  {}{}",
+            utc_time(v.hlc_wall_ms),
+            v.version.get(..16).unwrap_or(&v.version),
+            v.size,
+            printable(&v.content),
+            if notes.is_empty() {
+                String::new()
+            } else {
+                format!("  ({})", notes.join(", "))
+            }
+        );
+    }
+    out
+}
+
+/// Versions as a JSON array.
+fn versions_json(versions: &[VersionEntry]) -> String {
+    let items: Vec<String> = versions
+        .iter()
+        .map(|v| {
+            format!(
+                "{{\"time\":{},\"hlc_wall_ms\":{},\"hlc_counter\":{},\"author\":{},\
+                 \"author_name\":{},\"version\":{},\"intention\":{},\"size\":{},\
+                 \"content\":{},\"state\":{},\"local\":{},\"retained\":{}}}",
+                json_string(&utc_time(v.hlc_wall_ms)),
+                v.hlc_wall_ms,
+                v.hlc_counter,
+                json_string(&v.author),
+                json_string(&v.author_name),
+                json_string(&v.version),
+                json_string(&v.intention),
+                v.size,
+                json_string(&v.content),
+                json_string(&v.state),
+                v.local,
+                v.retained
+            )
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+/// Human deleted files: per file its path, when and by whom it was deleted, and its
+/// last version.
+pub fn deleted_human(h: &HistoryResponse) -> String {
+    if h.deleted.is_empty() {
+        return "no deleted files\n".to_string();
+    }
+    let mut out = String::new();
+    for d in &h.deleted {
+        let _ = writeln!(
+            out,
+            "{}  deleted {} by {}",
+            printable(&d.path),
+            utc_time(d.deleted_wall_ms),
+            label(&d.deleted_by_name, &d.deleted_by)
+        );
+        out.push_str(&version_lines(
+            d.versions
+                .last()
+                .map(std::slice::from_ref)
+                .unwrap_or_default(),
+            "  last version ",
+        ));
+    }
+    if h.omitted > 0 {
+        let _ = writeln!(out, "({} more deleted files not shown)", h.omitted);
+    }
+    out
+}
+
+/// Deleted files as one JSON object: the directory asked about and its deleted files.
+pub fn deleted_json(path: &str, h: &HistoryResponse) -> String {
+    let items: Vec<String> = h
+        .deleted
+        .iter()
+        .map(|d| {
+            format!(
+                "{{\"path\":{},\"deleted_time\":{},\"deleted_wall_ms\":{},\
+                 \"deleted_by\":{},\"deleted_by_name\":{},\"versions\":{}}}",
+                json_string(&d.path),
+                json_string(&utc_time(d.deleted_wall_ms)),
+                d.deleted_wall_ms,
+                json_string(&d.deleted_by),
+                json_string(&d.deleted_by_name),
+                versions_json(&d.versions)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"path\":{},\"deleted\":[{}],\"omitted\":{}}}",
+        json_string(path),
+        items.join(","),
+        h.omitted
+    )
+}
+
+/// Human restore: where which version went.
+pub fn restore_human(r: &RestoreResponse) -> String {
+    format!(
+        "restored version {} ({} bytes) {} {}\n",
+        r.version.get(..16).unwrap_or(&r.version),
+        r.size,
+        if r.created { "as" } else { "to" },
+        printable(&r.path)
+    )
+}
+
+/// Restore as one JSON object.
+pub fn restore_json(r: &RestoreResponse) -> String {
+    format!(
+        "{{\"path\":{},\"version\":{},\"size\":{},\"created\":{}}}",
+        json_string(&r.path),
+        json_string(&r.version),
+        r.size,
+        r.created
+    )
+}
+
+/// A display name, else the first 8 hex characters of the key.
+fn label(name: &str, key: &str) -> String {
+    if name.is_empty() {
+        key.get(..8).unwrap_or(key).to_string()
+    } else {
+        printable(name)
+    }
 }
 
 /// The author's display name, else the first 8 hex characters of their key.
 fn author_label(e: &HistoryEntry) -> String {
-    if e.author_name.is_empty() {
-        e.author.get(..8).unwrap_or(&e.author).to_string()
-    } else {
-        printable(&e.author_name)
-    }
+    label(&e.author_name, &e.author)
 }
 
 /// `s` with control characters replaced, so that one value stays on one line.
@@ -572,5 +736,42 @@ mod tests {
         )));
         assert_eq!(span(0), "0s");
         assert_eq!(span(61_000), "1m 1s");
+    }
+
+    #[test]
+    fn versions_show_their_id_size_state_and_whether_they_can_be_restored() {
+        let v = |size: u64, state: &str, local: bool, retained: bool| VersionEntry {
+            version: "ab".repeat(32),
+            author: "fedcba98".repeat(8),
+            size,
+            content: "manifest".into(),
+            state: state.into(),
+            local,
+            retained,
+            ..Default::default()
+        };
+        let h = HistoryResponse {
+            versions: vec![v(5, "past", false, false), v(7, "current", true, true)],
+            omitted: 3,
+            ..Default::default()
+        };
+        let out = versions_human(&h);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 4, "{out}");
+        assert!(lines[1].contains("3 older versions not shown"), "{out}");
+        assert!(
+            lines[2].ends_with(
+                "fedcba98  abababababababab  5 bytes  manifest  (past retention, not on this node)"
+            ),
+            "{out}"
+        );
+        assert!(lines[3].ends_with("7 bytes  manifest  (current)"), "{out}");
+        let json = history_json("/docs/a", &h);
+        assert!(
+            json.contains(r#""state":"past","local":false,"retained":false}"#),
+            "{json}"
+        );
+        assert!(json.ends_with(r#""omitted":3}"#), "{json}");
+        assert!(versions_human(&HistoryResponse::default()).is_empty());
     }
 }

@@ -1,14 +1,15 @@
-//! The control-protocol form of what a node holds: the answers to `status` and
-//! `history`. The node keeps the data; this module decides how the CLI sees it.
+//! The control-protocol form of what a node holds: the answers to `status`, `history`
+//! and `restore`. The node keeps the data; this module decides how the CLI sees it.
 
 use std::path::Path;
 
 use lattice_mount::proto::control::{
-    ContentSpace, FrontierStatus, HistoryEntry, StatusResponse, StoreStatus, UnreadableStore,
+    ContentSpace, DeletedEntry, FrontierStatus, HistoryEntry, HistoryResponse, RestoreRequest,
+    RestoreResponse, StatusResponse, StoreStatus, UnreadableStore, VersionEntry,
 };
 use lattice_mount::{
-    store_name, Blocker, Content, HistoryOp, Holdback, Kind, Node, NodeError, OpBody, Role,
-    Standing,
+    store_name, Blocker, Content, HistoryOp, Holdback, Kind, Node, NodeError, OpBody, Pick, Role,
+    Standing, Version, VersionState,
 };
 
 /// Where a store's stability frontier stands, and who holds it back.
@@ -97,9 +98,86 @@ pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
     }
 }
 
-/// The history of the file at `path` (see [`Node::history`]), a line per op.
-pub fn history(node: &Node, path: &str) -> Result<Vec<HistoryEntry>, NodeError> {
-    Ok(node.history(path)?.iter().map(history_entry).collect())
+/// Newest versions one `history` answer carries: at about 300 bytes each, well inside
+/// the 4 MiB control frame next to the op lines.
+const MAX_VERSIONS_LISTED: usize = 2_000;
+/// Deleted files one `history --deleted` answer carries, each with its last version:
+/// at about 500 bytes each, well inside the 4 MiB control frame.
+const MAX_DELETED_LISTED: usize = 5_000;
+
+/// The history of the file at `path` (see [`Node::history`]), a line per op, and its
+/// newest versions; with `deleted`, the deleted files under the directory at `path`
+/// instead, each with its last version.
+pub fn history(node: &Node, path: &str, deleted: bool) -> Result<HistoryResponse, NodeError> {
+    if deleted {
+        let all = node.deleted(path)?;
+        let deleted = all
+            .iter()
+            .take(MAX_DELETED_LISTED)
+            .map(|d| DeletedEntry {
+                path: d.path.clone(),
+                deleted_wall_ms: d.removed_by.hlc.wall_ms,
+                deleted_by: d.removed_by.author.to_hex(),
+                deleted_by_name: d.removed_by_name.clone(),
+                versions: d.versions.last().map(version_entry).into_iter().collect(),
+            })
+            .collect();
+        return Ok(HistoryResponse {
+            deleted,
+            omitted: all.len().saturating_sub(MAX_DELETED_LISTED) as u64,
+            ..HistoryResponse::default()
+        });
+    }
+    let versions = node.versions(path)?;
+    let skip = versions.len().saturating_sub(MAX_VERSIONS_LISTED);
+    Ok(HistoryResponse {
+        entries: node.history(path)?.iter().map(history_entry).collect(),
+        versions: versions[skip..].iter().map(version_entry).collect(),
+        deleted: Vec::new(),
+        omitted: skip as u64,
+    })
+}
+
+/// Restores a version as `r` asks (see [`Node::restore`]).
+pub fn restore(node: &Node, r: &RestoreRequest) -> Result<RestoreResponse, NodeError> {
+    let pick = match (&r.at_ms, r.version.as_str()) {
+        (Some(at), _) => Pick::At(*at),
+        (None, "") => Pick::Default,
+        (None, v) => Pick::Version(v.to_string()),
+    };
+    let to = (!r.to.is_empty()).then_some(r.to.as_str());
+    let done = node.restore(&r.path, &pick, to)?;
+    Ok(RestoreResponse {
+        path: done.path,
+        version: done.version.to_hex(),
+        size: done.size,
+        created: done.created,
+    })
+}
+
+fn version_entry(v: &Version) -> VersionEntry {
+    VersionEntry {
+        intention: v.intention.to_hex(),
+        author: v.author().to_hex(),
+        author_name: v.author_name.clone(),
+        hlc_wall_ms: v.hlc().wall_ms,
+        hlc_counter: v.hlc().counter,
+        size: v.size,
+        content: match v.pieces.as_slice() {
+            [] | [Content::Inline(_)] => "inline".to_string(),
+            [Content::Manifest { .. }] => "manifest".to_string(),
+            many => format!("{} pieces", many.len()),
+        },
+        version: v.id.to_hex(),
+        retained: v.retained,
+        state: match v.state {
+            VersionState::Current => "current",
+            VersionState::Conflict => "conflict",
+            VersionState::Past => "past",
+        }
+        .to_string(),
+        local: v.local,
+    }
 }
 
 fn history_entry(h: &HistoryOp) -> HistoryEntry {
@@ -264,7 +342,14 @@ mod tests {
             })
             .unwrap();
         store.flush().unwrap();
-        let entries = history(&node, "docs/a.txt").unwrap();
+        let h = history(&node, "docs/a.txt", false).unwrap();
+        assert_eq!(h.versions.len(), 1);
+        assert_eq!(
+            (h.versions[0].size, h.versions[0].state.as_str()),
+            (2, "current")
+        );
+        assert_eq!(h.versions[0].content, "inline");
+        let entries = h.entries;
         let create = entries
             .iter()
             .find(|e| e.op.starts_with("create file"))

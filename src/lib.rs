@@ -50,7 +50,10 @@ pub use net::{
     MAX_RECONCILE_DIFF, MAX_STRANGER_FRAME, MAX_STRANGER_STREAMS, MAX_STREAMS_PER_CONN, MAX_WANT,
     SYNC_ALPN,
 };
-pub use node::{check_display_name, store_name, HistoryOp, JoinState, Node, NodeError, Unreadable};
+pub use node::{
+    check_display_name, store_name, DeletedFile, HistoryOp, JoinState, Node, NodeError, Pick,
+    RestoreError, Restored, Unreadable, Version, VersionState, MIN_VERSION_PREFIX,
+};
 pub use store::{
     is_retained, ApplyOutcome, BareIndex, ContentPlan, Equivocator, HistoryItem, IndexView,
     InviteError, SettingError, Standing, Store, StoreError, StoreEvent, StoreStats, Tx,

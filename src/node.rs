@@ -22,6 +22,14 @@ use crate::identity::{Identity, IdentityError, PublicKey};
 use crate::ids::{FileId, Hash, OpId, StoreId};
 use crate::store::{Genesis, HistoryItem, Store, StoreError, StoreOptions};
 
+mod restore;
+#[cfg(test)]
+mod restore_tests;
+
+pub use restore::{
+    DeletedFile, Pick, RestoreError, Restored, Version, VersionState, MIN_VERSION_PREFIX,
+};
+
 /// Key file name inside the data dir.
 const KEY_FILE: &str = "node.key";
 /// Display name file inside the data dir.
@@ -98,6 +106,9 @@ pub enum NodeError {
     /// A path is not a store or a file in one (empty, the mount root, or with `..`).
     #[error("invalid path {0:?}: name a store or a file inside one")]
     InvalidPath(String),
+    /// A version could not be listed or restored.
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
 }
 
 /// A running node: identity, clock, content store and stores. Cheap to clone.
@@ -494,24 +505,11 @@ impl Node {
     }
 
     /// The history of the file at `path`, relative to the mount root
-    /// (`<store name>/a/b`; leading `/` and `.` components are ignored), in (clock,
-    /// author) order.
+    /// (`<store name>/a/b`; leading `/` and `.` components are ignored; a deleted
+    /// file is found under its old name), in (clock, author) order.
     pub fn history(&self, path: &str) -> Result<Vec<HistoryOp>, NodeError> {
-        let mut parts = Vec::new();
-        for part in path.split('/') {
-            match part {
-                "" | "." => {}
-                ".." => return Err(NodeError::InvalidPath(path.to_string())),
-                part => parts.push(part),
-            }
-        }
-        let Some((name, rest)) = parts.split_first() else {
-            return Err(NodeError::InvalidPath(path.to_string()));
-        };
-        let store = self
-            .store_by_name(name)
-            .ok_or_else(|| NodeError::UnknownStore(name.to_string()))?;
-        let file = store.read(|state| resolve(state, &parts, rest))?;
+        let (store, name, rest) = self.locate(path)?;
+        let file = store.read(|state| resolve(state, &name, &rest))?;
         let items = store.history(file).map_err(|source| NodeError::Store {
             store: name.to_string(),
             source,
@@ -520,6 +518,26 @@ impl Node {
             store.read(|state| items.iter().flat_map(|i| history_ops(state, i)).collect());
         ops.sort_by_key(|h| (h.op.hlc, h.author));
         Ok(ops)
+    }
+
+    /// The store a path relative to the mount root names (`<store name>/a/b`; leading
+    /// `/` and `.` components are ignored), its name, and the names below its root.
+    fn locate(&self, path: &str) -> Result<(Store, String, Vec<String>), NodeError> {
+        let mut parts = Vec::new();
+        for part in path.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => return Err(NodeError::InvalidPath(path.to_string())),
+                part => parts.push(part.to_string()),
+            }
+        }
+        let Some((name, rest)) = parts.split_first() else {
+            return Err(NodeError::InvalidPath(path.to_string()));
+        };
+        let store = self
+            .store_by_name(name)
+            .ok_or_else(|| NodeError::UnknownStore(name.to_string()))?;
+        Ok((store, name.clone(), rest.to_vec()))
     }
 
     /// Shuts down every store (durably committing what they hold), then the content store.
@@ -842,14 +860,18 @@ pub fn store_name(store: &Store) -> String {
         .unwrap_or_else(|| store.id().to_hex())
 }
 
-/// Walks `rest` (the components after the store name) from the store root.
-fn resolve(state: &FsState, parts: &[&str], rest: &[&str]) -> Result<FileId, NodeError> {
+/// Walks `rest` (the components after the store name `store`) from the store root,
+/// through deleted names too (see [`FsState::lookup_any`]).
+fn resolve(state: &FsState, store: &str, rest: &[String]) -> Result<FileId, NodeError> {
     let mut file = OpId::ROOT;
     for (i, name) in rest.iter().enumerate() {
         file = state
-            .lookup(file, name)
+            .lookup_any(file, name, i + 1 < rest.len())
             .map_err(|source| NodeError::Path {
-                path: parts[..i + 2].join("/"),
+                path: std::iter::once(store)
+                    .chain(rest[..=i].iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join("/"),
                 source,
             })?
             .file();

@@ -155,6 +155,7 @@ mod tests {
         let response = Response {
             kind: Some(response::Kind::History(HistoryResponse {
                 entries: vec![entry; LIMIT / 1024 + 1],
+                ..Default::default()
             })),
         };
         let mut out = Vec::new();

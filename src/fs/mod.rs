@@ -8,13 +8,14 @@
 //! calls into op bodies.
 
 mod codec;
-mod content;
+pub(crate) mod content;
 mod error;
 mod members;
 mod names;
 pub(crate) mod op;
 mod plan;
 mod query;
+mod removed;
 mod snapshot;
 mod state;
 mod tree;
@@ -24,6 +25,7 @@ mod view;
 
 pub use error::FsError;
 pub use members::{InviteInfo, InviteStatus, MemberInfo};
+pub(crate) use removed::Found;
 pub use state::{FsState, Purged};
 pub use view::{Attr, ContentView, FsStats, Node, RenameFlags};
 

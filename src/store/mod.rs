@@ -209,7 +209,8 @@ pub enum ApplyOutcome {
 pub enum StoreEvent {
     /// Intentions sealed from local ops, as signed bytes, in seal order.
     Sealed(Vec<Bytes>),
-    /// Received intentions were applied; these files were touched.
+    /// Received intentions were applied; these files were touched. Also sent with no
+    /// intentions by [`Store::announce_changed`] for local changes made outside the kernel.
     Applied {
         /// How many were applied.
         intentions: usize,
@@ -792,6 +793,17 @@ impl Store {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle.shared.send(Request::History(file, tx))?;
         rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Tells subscribers that local ops made outside the kernel (a `restore` through the
+    /// control socket) touched `files`, as received ones would have: the FUSE layer then
+    /// drops what the kernel cached of them.
+    pub fn announce_changed(&self, files: Vec<FileId>) {
+        let event = StoreEvent::Applied {
+            intentions: 0,
+            files,
+        };
+        drop(self.handle.shared.events.send(event));
     }
 
     /// Changes committed from now on; a receiver that falls behind gets `Lagged`.
