@@ -95,7 +95,7 @@ impl FsState {
                 if set.keys().any(|&id| self.entry_visible(id)) {
                     // Still descend into a directory of that name: its deleted files keep
                     // their paths.
-                    for &id in set {
+                    for &id in set.keys() {
                         if let Some(e) = self.tree.entry(id).filter(|e| e.dir) {
                             let mut below = path.clone();
                             below.push(name.clone());
@@ -104,7 +104,7 @@ impl FsState {
                     }
                     continue;
                 }
-                for &id in set {
+                for &id in set.keys() {
                     let Some(e) = self.tree.entry(id) else {
                         continue;
                     };
