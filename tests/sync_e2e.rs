@@ -134,6 +134,7 @@ fn offline_edits_merge_on_resume_into_identical_trees() {
     });
     within(SETTLE, "base content on bob", || {
         std::fs::read_to_string(b.path("team/doc.txt")).is_ok_and(|s| s == "base\n")
+            && std::fs::read_to_string(b.path("team/chat.log")).is_ok_and(|s| s == "start\n")
     });
     ok(a.run(&["pause", "team"]));
     ok(b.run(&["pause", "team"]));
