@@ -5,19 +5,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{fuse_available, random_bytes, Daemon};
+use common::{fuse_available, ok, random_bytes, Daemon};
 
 /// How long the admin's setting may take to reach another member.
 const SETTLE: Duration = Duration::from_secs(60);
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "command failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// The bytes a `gc` line "STORE: freed N blobs, M bytes" reports for `store`.
 fn freed_bytes(out: &str, store: &str) -> u64 {

@@ -6,21 +6,12 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{fuse_available, random_bytes, Daemon};
+use common::{fuse_available, ok, random_bytes, Daemon};
 
 /// How long a change on one node may take to be visible on another.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(2);
 /// How long a merge after `resume`, or a large transfer, may take.
 const SETTLE: Duration = Duration::from_secs(60);
-
-fn ok(out: std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "command failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Polls `f` until it holds or `limit` passes; returns how long it took.
 fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {

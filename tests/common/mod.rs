@@ -6,6 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+/// The stdout of a command that must have succeeded (its stderr in the failure).
+pub fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Whether FUSE tests can run here; under `CI=true` a missing FUSE is a failure.
 pub fn fuse_available() -> bool {
     let ok = Path::new("/dev/fuse").exists()
