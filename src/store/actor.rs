@@ -35,8 +35,13 @@ pub(crate) const DURABLE_EVERY: Duration = Duration::from_secs(1);
 pub(crate) const SEALED_DURABLE_WITHIN: Duration = Duration::from_millis(50);
 /// Longest time between projection snapshots while intentions arrive.
 pub(crate) const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
-/// Intentions applied after which a projection snapshot is written at once.
+/// Intentions applied after which a projection snapshot is written at once, for a
+/// small projection.
 pub(crate) const SNAPSHOT_INTENTIONS: u64 = 1000;
+/// Snapshot bytes one applied intention pays for: a large projection is rewritten at
+/// once only after `len / SNAPSHOT_BYTES_PER_INTENTION` intentions, so the rewrites cost
+/// the same per intention whatever the tree's size (the timer still bounds the replay).
+const SNAPSHOT_BYTES_PER_INTENTION: u64 = 1024;
 
 /// A reply channel for one request.
 pub(crate) type Reply<T> = SyncSender<Result<T, StoreError>>;
@@ -182,6 +187,9 @@ struct Actor {
     dirty: bool,
     last_durable: Instant,
     since_snapshot: u64,
+    /// Intentions after which the next snapshot is written at once (see
+    /// [`SNAPSHOT_BYTES_PER_INTENTION`]).
+    snapshot_after: u64,
     last_snapshot: Instant,
     /// Wall ms at which the next early intention is due (0: check at the next pass).
     next_early: Option<u64>,
@@ -230,6 +238,7 @@ fn serve(shared: std::sync::Arc<Shared>, counts: Counts) {
         dirty: false,
         last_durable: now,
         since_snapshot: 0,
+        snapshot_after: SNAPSHOT_INTENTIONS,
         last_snapshot: now,
         next_early: Some(0),
         held: Held::default(),
@@ -357,7 +366,7 @@ impl Actor {
             }
         }
         let snapshot = batch.last
-            || self.since_snapshot >= SNAPSHOT_INTENTIONS
+            || self.since_snapshot >= self.snapshot_after
             || (timers
                 && self.since_snapshot > 0
                 && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY);
@@ -502,7 +511,10 @@ impl Actor {
                 };
                 seal_local(&mut t, &cx, &mut self.counts, &shared.identity, late)?;
                 let (seq, _) = t.witness_head()?;
-                t.put_projection(seq, &st.encode_snapshot())?;
+                let bytes = st.encode_snapshot();
+                self.snapshot_after =
+                    SNAPSHOT_INTENTIONS.max(bytes.len() as u64 / SNAPSHOT_BYTES_PER_INTENTION);
+                t.put_projection(seq, &bytes)?;
             }
         }
         shared.index.commit(txn)?;

@@ -64,8 +64,9 @@
 //! commits each batch in one transaction: non-durable, or durable when a
 //! [`Store::flush`] waits, [`DURABLE_EVERY`] at the latest, and at shutdown (a
 //! durable commit makes the earlier non-durable ones durable too). The projection is
-//! snapshotted every [`SNAPSHOT_EVERY`] or [`SNAPSHOT_INTENTIONS`] and at
-//! shutdown; opening loads it and replays (and chain-checks) the witness log after it.
+//! snapshotted every [`SNAPSHOT_EVERY`] while intentions arrive, after
+//! [`SNAPSHOT_INTENTIONS`] of them (more for a large projection: one per KiB of its last
+//! snapshot) and at shutdown; opening loads it and replays (and chain-checks) the witness log after it.
 //!
 //! [`Intention::decode`]: crate::intention::Intention::decode
 //! [`MAX_DEPS`]: crate::intention::MAX_DEPS
