@@ -266,6 +266,17 @@ impl World {
     }
 }
 
+/// A key that is no member of the store and the intentions creating `name` it signed
+/// in a store of its own under the same id.
+fn stranger_writes(name: &str) -> (Identity, Vec<Bytes>) {
+    let stranger = Identity::generate();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = Store::create(dir.path(), ID, stranger.clone(), clock(), "s", "x").expect("create");
+    write(&other, name);
+    let signed = other.witness(1, usize::MAX).expect("witness").intentions;
+    (stranger, signed)
+}
+
 fn write(store: &Store, name: &str) {
     store
         .write(|tx| Ok(tx.push(create(name))?))
@@ -383,11 +394,7 @@ fn the_anti_entropy_timer_brings_what_gossip_lost() {
 #[test]
 fn gossip_from_a_non_member_is_ignored() {
     let (mut w, _) = team(0);
-    let stranger = Identity::generate();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let other = Store::create(dir.path(), ID, stranger.clone(), clock(), "s", "x").expect("create");
-    write(&other, "forged");
-    let bytes = other.witness(1, usize::MAX).expect("witness").intentions;
+    let (stranger, bytes) = stranger_writes("forged");
     for b in bytes {
         let message = pb::Gossip {
             kind: Some(gossip::Kind::Intention(b)),
@@ -408,11 +415,7 @@ fn gossip_from_a_non_member_is_ignored() {
 #[test]
 fn a_non_members_requests_are_refused_as_not_member_and_change_nothing() {
     let (mut w, _) = team(0);
-    let stranger = Identity::generate();
-    let dir = tempfile::tempdir().expect("tempdir");
-    let other = Store::create(dir.path(), ID, stranger.clone(), clock(), "s", "x").expect("create");
-    write(&other, "pushed");
-    let pushed = other.witness(1, usize::MAX).expect("witness").intentions;
+    let (stranger, pushed) = stranger_writes("pushed");
     let before = digest(&w.nodes[0].store);
     let kinds = [
         request::Kind::Push(pb::Intentions { intentions: pushed }),
