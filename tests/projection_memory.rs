@@ -1,6 +1,7 @@
-//! Heap held by the projection of a large store, counted by a global allocator: 100
-//! directories of 1,000 files, 10,000 of them written once, as the issue 9 tree; and
-//! the cost of the one scan a store's open still makes (the reconciliation index).
+//! Heap held by a large store, counted by a global allocator: 100 directories of 200
+//! files, 2,000 of them written once (the issue 9 tree scaled down), whose projection
+//! lives in page tables; and the cost of the one scan a store's open still makes (the
+//! reconciliation index).
 //! `cargo test --release --test projection_memory -- --nocapture` prints the numbers.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -8,7 +9,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
 use lattice_mount::{
-    BareIndex, Content, Create, FsState, Hash, Hlc, Kind, Op, OpBody, OpId, PublicKey,
+    BareIndex, CacheBudget, Content, Create, Hash, Kind, Node, OpBody, OpId, Store,
 };
 
 /// Counts the bytes live on the heap.
@@ -43,27 +44,21 @@ static ALLOC: Counting = Counting;
 /// Directories in the tree.
 const DIRS: u64 = 100;
 /// Files per directory.
-const FILES_PER_DIR: u64 = 1_000;
+const FILES_PER_DIR: u64 = 200;
 /// Files written once after the tree is built.
-const WRITTEN: u64 = 10_000;
-/// Most heap bytes per file the projection may hold (measured 2,094 with snapshot
-/// format 3 and the compact maps, 5,935 with the op log kept in memory): a regression
-/// past this fails.
-const MAX_BYTES_PER_FILE: i64 = 2_400;
+const WRITTEN: u64 = 2_000;
+/// Ops pushed in one local transaction.
+const OPS_PER_WRITE: u64 = 250;
+/// The daemon-wide cache budget of the test node, in MiB.
+const BUDGET_MIB: u64 = 8;
+/// Heap the node may hold beyond its cache budget whatever the tree's size: the
+/// content store, the runtime, the unwritten part of the projection (at most
+/// `PAGES_UNWRITTEN` records) and the index summary. The projection held in memory took
+/// over 2,000 bytes per file (40 MB here).
+const MAX_FIXED_BYTES: i64 = 12 << 20;
 
 fn live() -> i64 {
     LIVE.load(Ordering::Relaxed) as i64
-}
-
-fn op(tick: &mut u64, body: OpBody) -> Op {
-    *tick += 1;
-    Op {
-        hlc: Hlc {
-            wall_ms: 1_700_000_000_000 + *tick,
-            counter: 0,
-        },
-        body,
-    }
 }
 
 fn create(parent: OpId, name: String, kind: Kind) -> OpBody {
@@ -80,70 +75,83 @@ fn create(parent: OpId, name: String, kind: Kind) -> OpBody {
     })
 }
 
+/// Pushes `bodies` in transactions of [`OPS_PER_WRITE`] ops; returns their ids.
+fn push_all(store: &Store, bodies: Vec<OpBody>) -> Vec<OpId> {
+    let mut ids = Vec::with_capacity(bodies.len());
+    for chunk in bodies.chunks(OPS_PER_WRITE as usize) {
+        store
+            .write(|tx| {
+                for body in chunk {
+                    ids.push(tx.push(body.clone())?);
+                }
+                Ok(())
+            })
+            .expect("local ops apply");
+    }
+    ids
+}
+
 #[test]
-fn the_projection_of_a_hundred_thousand_files_holds_a_bounded_heap_per_file() {
-    let author = PublicKey([7; 32]);
+fn a_store_of_twenty_thousand_files_holds_its_cache_budget_and_a_fixed_heap() {
+    let rt = tokio::runtime::Runtime::new().expect("a runtime");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let node = Node::open_within(
+        dir.path(),
+        Some("me"),
+        rt.handle().clone(),
+        CacheBudget::from_mib(BUDGET_MIB),
+    )
+    .expect("a node");
+    let store = node.create_store("big").expect("a store");
     let base = live();
-    let mut state = FsState::new();
-    let mut tick = 0;
-    let mut files = Vec::new();
-    for d in 0..DIRS {
-        let dir = op(
-            &mut tick,
-            create(OpId::ROOT, format!("dir{d:03}"), Kind::Dir),
+    let dirs = push_all(
+        &store,
+        (0..DIRS)
+            .map(|d| create(OpId::ROOT, format!("dir{d:03}"), Kind::Dir))
+            .collect(),
+    );
+    let mut held = Vec::new();
+    for half in [0, 1] {
+        let bodies = dirs
+            .iter()
+            .flat_map(|dir| {
+                (0..FILES_PER_DIR / 2).map(move |f| {
+                    let name = format!("file{:04}.txt", half * FILES_PER_DIR / 2 + f);
+                    create(*dir, name, Kind::File)
+                })
+            })
+            .collect();
+        let files = push_all(&store, bodies);
+        let writes = files
+            .iter()
+            .take((WRITTEN / 2) as usize)
+            .map(|file| OpBody::Write {
+                file: *file,
+                supersedes: vec![*file],
+                content: Content::Inline("a line of content\n".into()),
+                mtime_ns: 1,
+            })
+            .collect();
+        push_all(&store, writes);
+        store.flush().expect("flushed");
+        let bytes = live() - base;
+        println!(
+            "{} files: heap {bytes} bytes above the empty store, {} projection records unwritten",
+            (half + 1) * DIRS * FILES_PER_DIR / 2,
+            store.read(|s| s.unwritten())
         );
-        state.apply(author, &dir);
-        let dir = dir.id(author);
-        for f in 0..FILES_PER_DIR {
-            let file = op(
-                &mut tick,
-                create(dir, format!("file{f:04}.txt"), Kind::File),
-            );
-            state.apply(author, &file);
-            files.push(file.id(author));
-        }
+        held.push(bytes);
     }
-    for file in files.iter().take(WRITTEN as usize) {
-        let write = OpBody::Write {
-            file: *file,
-            supersedes: vec![*file],
-            content: Content::Inline("a line of content\n".into()),
-            mtime_ns: 1,
-        };
-        state.apply(author, &op(&mut tick, write));
+    let stats = store.stats();
+    assert_eq!(stats.fs.files, DIRS * FILES_PER_DIR);
+    let budget = CacheBudget::from_mib(BUDGET_MIB).bytes() as i64;
+    for bytes in held {
+        assert!(
+            bytes <= budget + MAX_FIXED_BYTES,
+            "{bytes} bytes held, budget {budget}"
+        );
     }
-    let count = (DIRS * FILES_PER_DIR) as i64;
-    let files_bytes = (files.capacity() * std::mem::size_of::<OpId>()) as i64;
-    let held = live() - base - files_bytes;
-    println!("projection heap: {held} bytes, {} per file", held / count);
-    let started = Instant::now();
-    let snapshot = state.encode_snapshot();
-    let encoded = started.elapsed();
-    let started = Instant::now();
-    let decoded = FsState::decode_snapshot(&snapshot).expect("an encoded snapshot decodes");
-    println!(
-        "snapshot: {} bytes, {} per file, encoded in {encoded:?}, decoded in {:?}",
-        snapshot.len(),
-        snapshot.len() as i64 / count,
-        started.elapsed()
-    );
-    drop(decoded);
-    drop(snapshot);
-    let purged = state.purge(Hlc {
-        wall_ms: u64::MAX,
-        counter: 0,
-    });
-    let after = live() - base - files_bytes;
-    println!(
-        "after purge {purged:?}: {after} bytes, {} per file",
-        after / count
-    );
-    assert!(
-        held / count <= MAX_BYTES_PER_FILE,
-        "{} bytes per file",
-        held / count
-    );
-    assert!(after < held);
+    node.shutdown().expect("node shut down");
 }
 
 /// Intentions in the index whose open is timed.

@@ -14,9 +14,9 @@ use crate::cas::Content;
 use crate::fs::codec::{Reader, Writer};
 use crate::fs::error::FsError;
 use crate::fs::op::{Create, Kind, SetMeta};
+use crate::fs::paged::PageValue;
 use crate::fs::vecmap::VecMap;
 use crate::fs::view::ContentView;
-use crate::hlc::Hlc;
 use crate::ids::OpId;
 
 /// Largest size a content version shows: the largest offset the kernel addresses
@@ -159,21 +159,19 @@ impl FileRec {
     }
 
     /// Marks `ids` as superseded. A member's group is only needed while it is a head,
-    /// and an id only needs remembering until its op arrives.
-    pub(crate) fn supersede(&mut self, ids: &[OpId]) {
+    /// and an id only needs remembering until its op arrives: those of `pending`, the
+    /// ones whose ops have not arrived.
+    pub(crate) fn supersede(&mut self, ids: &[OpId], pending: &[OpId]) {
         for id in ids {
-            if self.heads.remove(id).is_none() {
+            if self.heads.remove(id).is_none() && pending.contains(id) {
                 self.superseded.insert(*id);
             }
         }
     }
 
-    /// Forgets superseded ids stamped before `below` whose ops never arrived (none can
-    /// arrive any more, see `FsState::purge`); returns how many.
-    pub(crate) fn purge(&mut self, below: Hlc) -> usize {
-        let before = self.superseded.len();
-        self.superseded.retain(|id| id.hlc >= below);
-        before - self.superseded.len()
+    /// Forgets that `id` was named as superseded (its op can no longer arrive).
+    pub(crate) fn forget_superseded(&mut self, id: &OpId) {
+        self.superseded.remove(id);
     }
 
     /// Starts a version group with Write `id`.
@@ -320,9 +318,9 @@ fn get_at(r: &mut Reader, file: &OpId) -> Result<OpId, FsError> {
     Ok(if r.bool()? { r.id()? } else { *file })
 }
 
-impl FileRec {
-    /// Writes the record of `file`; registers written by its Create op cost one byte.
-    pub(crate) fn encode(&self, file: &OpId, w: &mut Writer) {
+/// A file's record; registers written by its Create op cost one byte.
+impl PageValue<OpId> for FileRec {
+    fn put(&self, file: &OpId, w: &mut Writer) {
         w.kind(self.kind);
         w.uint(self.rdev);
         w.content(&self.target);
@@ -365,8 +363,7 @@ impl FileRec {
         w.ids(self.superseded.iter());
     }
 
-    /// Reads what [`FileRec::encode`] wrote for `file`.
-    pub(crate) fn decode(file: &OpId, r: &mut Reader) -> Result<Self, FsError> {
+    fn read(file: &OpId, r: &mut Reader) -> Result<Self, FsError> {
         let kind = r.kind()?;
         let rdev = r.uint()?;
         let target = r.content()?;

@@ -13,6 +13,8 @@ mod error;
 mod members;
 mod names;
 pub(crate) mod op;
+mod paged;
+mod pages;
 mod plan;
 mod query;
 mod removed;
@@ -25,6 +27,8 @@ mod view;
 
 pub use error::FsError;
 pub use members::{InviteInfo, InviteStatus, MemberInfo};
+pub use paged::{Page, PageSource};
+pub use pages::PageBatch;
 pub(crate) use removed::Found;
 pub use state::{FsState, Purged};
 pub use view::{Attr, ContentView, FsStats, Node, RenameFlags};

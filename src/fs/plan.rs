@@ -9,6 +9,7 @@ use crate::fs::op::{
     validate_name, Create, Kind, OpBody, SetMeta, MAX_NAME_BYTES, MAX_SUPERSEDES,
     MAX_SYMLINK_BYTES, MAX_XATTRS_PER_OP, MAX_XATTR_NAME, MAX_XATTR_VALUE,
 };
+use crate::fs::paged::Got;
 use crate::fs::state::FsState;
 use crate::fs::view::{Node, RenameFlags};
 use crate::ids::{FileId, OpId};
@@ -312,7 +313,7 @@ impl FsState {
     }
 
     /// A known regular file, for content ops (a deleted but open file still accepts them).
-    fn regular(&self, file: FileId) -> Result<&crate::fs::content::FileRec, FsError> {
+    fn regular(&self, file: FileId) -> Result<Got<'_, crate::fs::content::FileRec>, FsError> {
         let f = self.file(file).ok_or(FsError::NotFound)?;
         match f.kind {
             Kind::File => Ok(f),

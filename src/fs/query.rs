@@ -34,7 +34,7 @@ impl FsState {
         self.check_dir(dir)?;
         for raw in raw_candidates(name) {
             if let Some(set) = self.tree.group(dir, &raw) {
-                for (n, node) in self.group_names(dir, &raw, set) {
+                for (n, node) in self.group_names(dir, &raw, &set) {
                     if n == name {
                         return Ok(node);
                     }
@@ -44,10 +44,10 @@ impl FsState {
         if name.len() >= MIN_CUT_NAME_BYTES && name.contains(" (") {
             // A decorated name cut to fit parses back to no raw name: try the long ones.
             for (raw, set) in self.tree.children(dir) {
-                if !may_be_cut(raw) {
+                if !may_be_cut(&raw) {
                     continue;
                 }
-                for (n, node) in self.group_names(dir, raw, set) {
+                for (n, node) in self.group_names(dir, &raw, &set) {
                     if n == name {
                         return Ok(node);
                     }
@@ -62,7 +62,7 @@ impl FsState {
         self.check_dir(dir)?;
         let mut out = Vec::new();
         for (raw, set) in self.tree.children(dir) {
-            out.extend(self.group_names(dir, raw, set));
+            out.extend(self.group_names(dir, &raw, &set));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
@@ -94,7 +94,7 @@ impl FsState {
             let Some(e) = self.tree.entry(eid) else {
                 continue;
             };
-            if !self.self_visible(eid, e) {
+            if !self.self_visible(eid, &e) {
                 continue;
             }
             let shown = if taken.is_empty() {
@@ -127,7 +127,7 @@ impl FsState {
             set.keys().any(|id| {
                 self.tree
                     .entry(*id)
-                    .is_some_and(|e| self.self_visible(*id, e))
+                    .is_some_and(|e| self.self_visible(*id, &e))
             })
         })
     }
@@ -166,7 +166,7 @@ impl FsState {
                         .filter(|id| {
                             self.tree
                                 .entry(**id)
-                                .is_some_and(|e| self.self_visible(**id, e))
+                                .is_some_and(|e| self.self_visible(**id, &e))
                         })
                         .count();
                     2 + subdirs
@@ -292,11 +292,14 @@ impl FsState {
 
     /// Every regular file known to the projection, visible or not.
     pub fn file_ids(&self) -> Vec<FileId> {
-        self.files
-            .iter()
-            .filter(|(_, f)| f.kind == Kind::File)
-            .map(|(id, _)| *id)
-            .collect()
+        let mut out = Vec::new();
+        self.files.each(|id, f| {
+            if f.kind == Kind::File {
+                out.push(*id);
+            }
+            true
+        });
+        out
     }
 
     /// The target of a symlink.
@@ -456,7 +459,7 @@ impl FsState {
             let _ = write!(out, " target={target:?}");
         }
         if let (Node::Entry { file, .. }, Some(f)) = (node, self.file(node.file())) {
-            dump_xattrs(out, f);
+            dump_xattrs(out, &f);
             let _ = write!(
                 out,
                 " heads={:?} file={file:?}",

@@ -26,6 +26,7 @@ use crate::fs::content::{FileRec, Lww};
 use crate::fs::error::FsError;
 use crate::fs::members::Members;
 use crate::fs::op::{Kind, Op};
+use crate::fs::paged::{Page, PageValue, Paged};
 use crate::fs::state::FsState;
 use crate::fs::tree::Tree;
 use crate::identity::PublicKey;
@@ -49,9 +50,21 @@ impl FsState {
         let mut w = Writer::default();
         w.hlc(self.purged_below);
         w.uint(self.late);
-        let mut applied: Vec<&OpId> = self.applied.iter().collect();
-        applied.sort();
-        w.ids(applied.into_iter());
+        let applied: Vec<OpId> = self.applied.all().into_iter().map(|(id, ())| id).collect();
+        w.ids(applied.iter());
+        self.encode_registers(&mut w);
+        self.tree.encode(&mut w);
+        let files = self.files.all();
+        w.len(files.len());
+        for (id, f) in &files {
+            w.id(id);
+            f.put(id, &mut w);
+        }
+        seal(MAGIC, SNAPSHOT_VERSION, w)
+    }
+
+    /// The store name and retention registers and the members.
+    pub(crate) fn encode_registers(&self, w: &mut Writer) {
         match &self.store_name {
             None => w.u8(0),
             Some(reg) => {
@@ -68,24 +81,7 @@ impl FsState {
                 w.uint(u64::from(reg.value));
             }
         }
-        self.members.encode(&mut w);
-        self.tree.encode(&mut w);
-        let mut files: Vec<(&OpId, &FileRec)> = self.files.iter().collect();
-        files.sort_by(|a, b| a.0.cmp(b.0));
-        w.len(files.len());
-        for (id, f) in files {
-            w.id(id);
-            f.encode(id, &mut w);
-        }
-        let mut out = Vec::with_capacity(16 + w.keys.len() * 32 + w.body.len());
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-        out.extend_from_slice(&(w.keys.len() as u32).to_le_bytes());
-        for k in &w.keys {
-            out.extend_from_slice(&k.0);
-        }
-        out.extend_from_slice(&w.body);
-        out
+        self.members.encode(w);
     }
 
     /// Rebuilds a state from a format 3 or format 2 snapshot.
@@ -121,8 +117,21 @@ impl FsState {
     }
 }
 
-/// The body of a format 3 snapshot, after its version.
-fn decode_v3(mut r: Reader) -> Result<FsState, FsError> {
+/// `magic`, the format `version`, the key table and the body of `w`.
+pub(crate) fn seal(magic: &[u8; 8], version: u32, w: Writer) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 + w.keys.len() * 32 + w.body.len());
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&(w.keys.len() as u32).to_le_bytes());
+    for k in &w.keys {
+        out.extend_from_slice(&k.0);
+    }
+    out.extend_from_slice(&w.body);
+    out
+}
+
+/// A reader of the body after the key table, which `r` is at.
+pub(crate) fn unseal<'a>(mut r: Reader<'a>) -> Result<Reader<'a>, FsError> {
     let count = u32::from_le_bytes(r.array()?) as usize;
     if count > r.remaining() / 32 {
         return Err(corrupt("key table past the end"));
@@ -130,29 +139,24 @@ fn decode_v3(mut r: Reader) -> Result<FsState, FsError> {
     let keys = (0..count)
         .map(|_| r.array().map(PublicKey))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut r = Reader::new(r.take(r.remaining())?, keys);
+    Ok(Reader::new(r.take(r.remaining())?, keys))
+}
+
+/// The body of a format 3 snapshot, after its version.
+fn decode_v3(r: Reader) -> Result<FsState, FsError> {
+    let mut r = unseal(r)?;
     let mut state = FsState::new();
     state.purged_below = r.hlc()?;
     state.late = r.uint()?;
-    state.applied = r.ids()?.into_iter().collect();
-    state.store_name = match r.bool()? {
-        false => None,
-        true => Some(Lww::new(r.id()?, r.string()?)),
-    };
-    state.retention = match r.bool()? {
-        false => None,
-        true => {
-            let at = r.id()?;
-            let days = u32::try_from(r.uint()?).map_err(|_| corrupt("retention days"))?;
-            Some(Lww::new(at, days))
-        }
-    };
-    state.members = Members::decode(&mut r)?;
+    for id in r.ids()? {
+        state.applied.insert(id, ());
+    }
+    decode_registers(&mut state, &mut r)?;
     state.tree = Tree::decode(&mut r)?;
-    state.files.clear();
+    state.files = Paged::new(Page::Files);
     for _ in 0..r.len()? {
         let id = r.id()?;
-        let f = FileRec::decode(&id, &mut r)?;
+        let f = FileRec::read(&id, &mut r)?;
         if state.files.insert(id, f).is_some() {
             return Err(corrupt("file listed twice"));
         }
@@ -168,6 +172,24 @@ fn decode_v3(mut r: Reader) -> Result<FsState, FsError> {
         return Err(corrupt("trailing bytes"));
     }
     Ok(state)
+}
+
+/// Reads what `encode_registers` wrote.
+pub(crate) fn decode_registers(state: &mut FsState, r: &mut Reader) -> Result<(), FsError> {
+    state.store_name = match r.bool()? {
+        false => None,
+        true => Some(Lww::new(r.id()?, r.string()?)),
+    };
+    state.retention = match r.bool()? {
+        false => None,
+        true => {
+            let at = r.id()?;
+            let days = u32::try_from(r.uint()?).map_err(|_| corrupt("retention days"))?;
+            Some(Lww::new(at, days))
+        }
+    };
+    state.members = Members::decode(r)?;
+    Ok(())
 }
 
 /// The body of a format 2 snapshot (the op log), replayed.

@@ -6,13 +6,13 @@
 //! (edit wins over delete), or it is a directory with a visible child (a removed directory
 //! comes back holding what was added). Ancestors of a visible entry are thus visible.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 use crate::fs::content::{FileRec, Lww};
 use crate::fs::members::{InviteInfo, MemberInfo, Members};
 use crate::fs::op::{Kind, Op, OpBody, Role, DEFAULT_RETENTION_DAYS};
-use crate::fs::tree::{Action, Entry, Tree};
+use crate::fs::paged::{Got, Page, Paged};
+use crate::fs::tree::{Action, Entry, Tree, MIN_ID};
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
 use crate::ids::{FileId, InviteId, OpId};
@@ -21,9 +21,11 @@ use crate::ids::{FileId, InviteId, OpId};
 #[derive(Clone)]
 pub struct FsState {
     pub(crate) tree: Tree,
-    pub(crate) files: HashMap<FileId, FileRec>,
+    pub(crate) files: Paged<FileId, FileRec>,
     /// Ids of applied ops, those stamped before `purged_below` forgotten.
-    pub(crate) applied: HashSet<OpId>,
+    pub(crate) applied: Paged<OpId, ()>,
+    /// (id named as superseded whose op has not arrived, the file naming it).
+    pub(crate) pending: Paged<(OpId, FileId), ()>,
     pub(crate) store_name: Option<Lww<String>>,
     /// Days superseded content stays retained, if an admin set it.
     pub(crate) retention: Option<Lww<u32>>,
@@ -32,6 +34,8 @@ pub struct FsState {
     pub(crate) purged_below: Hlc,
     /// Late ops applied (stamped before `purged_below`, applied after the purge).
     pub(crate) late: u64,
+    /// True once the state's records live in page tables (see `fs::pages`).
+    pub(crate) paged: bool,
 }
 
 /// What one [`FsState::purge`] dropped.
@@ -64,17 +68,19 @@ impl fmt::Debug for FsState {
 impl FsState {
     /// An empty store holding only the root directory (perm 0755, owner 0:0).
     pub fn new() -> Self {
-        let mut files = HashMap::new();
+        let mut files = Paged::new(Page::Files);
         files.insert(OpId::ROOT, FileRec::root());
         FsState {
             tree: Tree::default(),
             files,
-            applied: HashSet::new(),
+            applied: Paged::new(Page::Applied),
+            pending: Paged::new(Page::Superseded),
             store_name: None,
             retention: None,
             members: Members::default(),
             purged_below: Hlc::ZERO,
             late: 0,
+            paged: false,
         }
     }
 
@@ -85,7 +91,7 @@ impl FsState {
     /// forks of its chain). Never panics on odd input.
     pub fn apply(&mut self, author: PublicKey, op: &Op) {
         let id = op.id(author);
-        if id == OpId::ROOT || !self.applied.insert(id) {
+        if id == OpId::ROOT || self.applied.insert(id, ()).is_some() {
             return;
         }
         if id.hlc < self.purged_below {
@@ -162,9 +168,10 @@ impl FsState {
                 content,
                 mtime_ns,
             } => {
+                let pending = self.pending_of(*file, supersedes);
                 if let Some(f) = self.files.get_mut(file) {
                     f.touch(id);
-                    f.supersede(supersedes);
+                    f.supersede(supersedes, &pending);
                     f.write(id, content, *mtime_ns);
                 }
             }
@@ -175,17 +182,19 @@ impl FsState {
                 data,
                 mtime_ns,
             } => {
+                let pending = self.pending_of(*file, supersedes);
                 if let Some(f) = self.files.get_mut(file) {
                     if f.append(id, *group, data, *mtime_ns) {
                         f.touch(id);
-                        f.supersede(supersedes);
+                        f.supersede(supersedes, &pending);
                     }
                 }
             }
             OpBody::Dismiss { file, supersedes } => {
+                let pending = self.pending_of(*file, supersedes);
                 if let Some(f) = self.files.get_mut(file) {
                     f.touch(id);
-                    f.supersede(supersedes);
+                    f.supersede(supersedes, &pending);
                 }
             }
             OpBody::SetMeta(m) => {
@@ -244,13 +253,57 @@ impl FsState {
             return Purged::default();
         }
         self.purged_below = below;
-        let before = self.applied.len();
-        self.applied.retain(|id| id.hlc >= below);
+        let cut = OpId {
+            hlc: below,
+            author: MIN_ID.author,
+        };
+        let mut applied = Vec::new();
+        self.applied.scan(&MIN_ID, |id, _| {
+            let old = *id < cut;
+            if old {
+                applied.push(*id);
+            }
+            old
+        });
+        for id in &applied {
+            self.applied.remove(id);
+        }
+        let mut pending = Vec::new();
+        self.pending.scan(&(MIN_ID, MIN_ID), |key, _| {
+            let old = key.0 < cut;
+            if old {
+                pending.push(*key);
+            }
+            old
+        });
+        for key in &pending {
+            self.pending.remove(key);
+            if let Some(f) = self.files.get_mut(&key.1) {
+                f.forget_superseded(&key.0);
+            }
+        }
         Purged {
             tree_records: self.tree.purge(below),
-            applied_ids: before - self.applied.len(),
-            superseded: self.files.values_mut().map(|f| f.purge(below)).sum(),
+            applied_ids: applied.len(),
+            superseded: pending.len(),
         }
+    }
+
+    /// The ids of `supersedes` whose ops have not arrived (and still can), recorded as
+    /// pending for `file` so that [`FsState::purge`] finds them.
+    fn pending_of(&mut self, file: FileId, supersedes: &[OpId]) -> Vec<OpId> {
+        if !self.files.contains_key(&file) {
+            return Vec::new();
+        }
+        let pending: Vec<OpId> = supersedes
+            .iter()
+            .filter(|id| id.hlc >= self.purged_below && !self.applied.contains_key(id))
+            .copied()
+            .collect();
+        for id in &pending {
+            self.pending.insert((*id, file), ());
+        }
+        pending
     }
 
     /// The greatest stamp purged at ([`Hlc::ZERO`] if never purged).
@@ -264,7 +317,8 @@ impl FsState {
     }
 
     fn touch_entry(&mut self, entry: OpId, id: OpId) {
-        if let Some(file) = self.tree.entry(entry).map(|e| e.file) {
+        let file = self.tree.entry(entry).map(|e| e.file);
+        if let Some(file) = file {
             if let Some(f) = self.files.get_mut(&file) {
                 f.touch(id);
             }
@@ -363,7 +417,7 @@ impl FsState {
     pub(crate) fn entry_visible(&self, id: OpId) -> bool {
         self.tree
             .entry(id)
-            .is_some_and(|e| self.placed(e.loc.parent) && self.self_visible(id, e))
+            .is_some_and(|e| self.placed(e.loc.parent) && self.self_visible(id, &e))
     }
 
     /// The deleted name of `file` that comes back because its removal missed a content head
@@ -371,7 +425,7 @@ impl FsState {
     fn revived(&self, file: FileId) -> Option<OpId> {
         let f = self.files.get(&file)?;
         let mut best: Option<(OpId, OpId)> = None;
-        for &eid in self.tree.entries_of(file) {
+        for &eid in self.tree.entries_of(file).keys() {
             let Some(e) = self.tree.entry(eid) else {
                 continue;
             };
@@ -400,20 +454,24 @@ impl FsState {
                 return false;
             }
             budget -= 1;
-            for (_, set) in self.tree.children(d) {
-                for &eid in set {
+            let mut found = false;
+            self.tree.scan_children(d, |_, set| {
+                for &eid in set.keys() {
                     let Some(e) = self.tree.entry(eid) else {
                         continue;
                     };
-                    if e.loc.removal.is_none() {
-                        return true;
+                    if e.loc.removal.is_none() || (!e.dir && self.revived(e.file) == Some(eid)) {
+                        found = true;
+                        return false;
                     }
                     if e.dir {
                         stack.push(eid);
-                    } else if self.revived(e.file) == Some(eid) {
-                        return true;
                     }
                 }
+                true
+            });
+            if found {
+                return true;
             }
         }
         false
@@ -430,7 +488,7 @@ impl FsState {
     }
 
     /// The record of a known file.
-    pub(crate) fn file(&self, file: FileId) -> Option<&FileRec> {
+    pub(crate) fn file(&self, file: FileId) -> Option<Got<'_, FileRec>> {
         self.files.get(&file)
     }
 

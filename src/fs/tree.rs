@@ -8,10 +8,11 @@
 //! entry or one of its descendants (at that point of the replay) is skipped. A Remove only
 //! flags the entry as deleted and keeps its place, so later cycle checks still see it there.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 
 use crate::fs::codec::{corrupt, Reader, Writer};
 use crate::fs::error::FsError;
+use crate::fs::paged::{Got, Page, PageValue, Paged};
 use crate::fs::vecmap::VecMap;
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
@@ -92,30 +93,48 @@ enum Undo {
     Restore(OpId, Box<Loc>),
 }
 
+/// One move-log record: the op's action and how to undo it.
 #[derive(Clone, Debug)]
-struct LogRec {
+pub(crate) struct LogRec {
     action: Action,
     undo: Undo,
 }
 
-/// The replayed tree with its per-directory name index.
-#[derive(Clone, Debug, Default)]
+/// The replayed tree with its per-directory name index; every map but the move log is
+/// paged (see `fs::paged`).
+#[derive(Clone, Debug)]
 pub(crate) struct Tree {
-    entries: HashMap<OpId, Entry>,
-    /// dir -> raw name -> entries (deleted ones included: they keep their place).
-    children: HashMap<FileId, BTreeMap<String, IdSet>>,
-    /// dir -> entries of subdirectories (for `nlink`).
-    subdirs: HashMap<FileId, BTreeSet<OpId>>,
+    pub(super) entries: Paged<OpId, Entry>,
+    /// (dir, raw name) -> entries (deleted ones included: they keep their place).
+    pub(super) children: Paged<(FileId, String), IdSet>,
+    /// (dir, entry of a subdirectory) (for `nlink`).
+    pub(super) subdirs: Paged<(FileId, OpId), ()>,
     /// file -> its entries.
-    by_file: HashMap<FileId, IdSet>,
-    log: BTreeMap<OpId, LogRec>,
+    pub(super) by_file: Paged<FileId, IdSet>,
+    /// Location ops not purged yet, with what each changed.
+    pub(super) log: BTreeMap<OpId, LogRec>,
 }
 
 /// A set of op ids, usually of one.
 pub(crate) type IdSet = VecMap<OpId, ()>;
 
-static EMPTY_SET: BTreeSet<OpId> = BTreeSet::new();
-static EMPTY_IDS: IdSet = IdSet::new();
+/// The least op id: the start of every range of keys led by an id.
+pub(crate) const MIN_ID: OpId = OpId {
+    hlc: Hlc::ZERO,
+    author: PublicKey([0; 32]),
+};
+
+impl Default for Tree {
+    fn default() -> Self {
+        Tree {
+            entries: Paged::new(Page::Entries),
+            children: Paged::new(Page::Children),
+            subdirs: Paged::new(Page::Subdirs),
+            by_file: Paged::new(Page::ByFile),
+            log: BTreeMap::new(),
+        }
+    }
+}
 
 impl Tree {
     /// Applies location op `id`, replaying newer logged ops after it. Idempotent.
@@ -151,7 +170,7 @@ impl Tree {
     }
 
     /// The entry with id `id`, if placed.
-    pub(crate) fn entry(&self, id: OpId) -> Option<&Entry> {
+    pub(crate) fn entry(&self, id: OpId) -> Option<Got<'_, Entry>> {
         self.entries.get(&id)
     }
 
@@ -160,24 +179,47 @@ impl Tree {
         self.entries.len()
     }
 
+    /// Calls `f` on the raw-name groups of directory `dir`, in raw-name order, while it
+    /// returns true.
+    pub(crate) fn scan_children(&self, dir: FileId, mut f: impl FnMut(&str, &IdSet) -> bool) {
+        self.children.scan(&(dir, String::new()), |(d, name), set| {
+            *d == dir && f(name, &set)
+        });
+    }
+
     /// Raw-name groups of directory `dir`, in raw-name order.
-    pub(crate) fn children(&self, dir: FileId) -> impl Iterator<Item = (&String, &IdSet)> {
-        self.children.get(&dir).into_iter().flatten()
+    pub(crate) fn children(&self, dir: FileId) -> Vec<(String, IdSet)> {
+        let mut out = Vec::new();
+        self.scan_children(dir, |name, set| {
+            out.push((name.to_string(), set.clone()));
+            true
+        });
+        out
     }
 
     /// The entries of `dir` whose raw name is `name`.
-    pub(crate) fn group(&self, dir: FileId, name: &str) -> Option<&IdSet> {
-        self.children.get(&dir)?.get(name)
+    pub(crate) fn group(&self, dir: FileId, name: &str) -> Option<Got<'_, IdSet>> {
+        self.children.get(&(dir, name.to_string()))
     }
 
     /// Entries of subdirectories of `dir`.
-    pub(crate) fn subdirs(&self, dir: FileId) -> &BTreeSet<OpId> {
-        self.subdirs.get(&dir).unwrap_or(&EMPTY_SET)
+    pub(crate) fn subdirs(&self, dir: FileId) -> Vec<OpId> {
+        let mut out = Vec::new();
+        self.subdirs.scan(&(dir, MIN_ID), |(d, e), _| {
+            if *d == dir {
+                out.push(*e);
+            }
+            *d == dir
+        });
+        out
     }
 
     /// The entries of `file`.
-    pub(crate) fn entries_of(&self, file: FileId) -> &IdSet {
-        self.by_file.get(&file).unwrap_or(&EMPTY_IDS)
+    pub(crate) fn entries_of(&self, file: FileId) -> IdSet {
+        self.by_file
+            .get(&file)
+            .map(Got::into_owned)
+            .unwrap_or_default()
     }
 
     /// True if `dir` is `node` or lies below it, following current parents. A walk that
@@ -216,7 +258,7 @@ impl Tree {
                     removal: None,
                 };
                 self.index_add(id, &loc, *dir);
-                self.by_file.entry(*file).or_default().add(id);
+                self.by_file.get_or_default(file).add(id);
                 self.entries.insert(
                     id,
                     Entry {
@@ -301,36 +343,54 @@ impl Tree {
 
     fn index_add(&mut self, id: OpId, loc: &Loc, dir: bool) {
         self.children
-            .entry(loc.parent)
-            .or_default()
-            .entry(loc.name.clone())
-            .or_default()
+            .get_or_default(&(loc.parent, loc.name.clone()))
             .add(id);
         if dir {
-            self.subdirs.entry(loc.parent).or_default().insert(id);
+            self.subdirs.insert((loc.parent, id), ());
         }
     }
 
     fn index_remove(&mut self, id: OpId, loc: &Loc, dir: bool) {
-        if let Some(names) = self.children.get_mut(&loc.parent) {
-            if let Some(set) = names.get_mut(&loc.name) {
-                set.remove(&id);
-                if set.is_empty() {
-                    names.remove(&loc.name);
-                }
-            }
-            if names.is_empty() {
-                self.children.remove(&loc.parent);
+        let key = (loc.parent, loc.name.clone());
+        if let Some(set) = self.children.get_mut(&key) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.children.remove(&key);
             }
         }
         if dir {
-            if let Some(set) = self.subdirs.get_mut(&loc.parent) {
-                set.remove(&id);
-                if set.is_empty() {
-                    self.subdirs.remove(&loc.parent);
-                }
-            }
+            self.subdirs.remove(&(loc.parent, id));
         }
+    }
+}
+
+impl PageValue<OpId> for Entry {
+    fn put(&self, _: &OpId, w: &mut Writer) {
+        w.id(&self.file);
+        w.u8(u8::from(self.dir));
+        self.loc.encode(w);
+    }
+
+    fn read(_: &OpId, r: &mut Reader) -> Result<Self, FsError> {
+        Ok(Entry {
+            file: r.id()?,
+            dir: r.bool()?,
+            loc: Loc::decode(r)?,
+        })
+    }
+}
+
+impl<K> PageValue<K> for IdSet {
+    fn put(&self, _: &K, w: &mut Writer) {
+        w.ids(self.keys());
+    }
+
+    fn read(_: &K, r: &mut Reader) -> Result<Self, FsError> {
+        let mut set = IdSet::new();
+        for id in r.ids()? {
+            set.add(id);
+        }
+        Ok(set)
     }
 }
 
@@ -445,16 +505,34 @@ impl Tree {
     /// Writes the entries and the move log; the name, subdirectory and file indexes
     /// are derived from the entries on decode.
     pub(crate) fn encode(&self, w: &mut Writer) {
-        let mut ids: Vec<&OpId> = self.entries.keys().collect();
-        ids.sort();
-        w.len(ids.len());
-        for id in ids {
-            let e = &self.entries[id];
+        let entries = self.entries.all();
+        w.len(entries.len());
+        for (id, e) in &entries {
             w.id(id);
-            w.id(&e.file);
-            w.u8(u8::from(e.dir));
-            e.loc.encode(w);
+            e.put(id, w);
         }
+        self.encode_log(w);
+    }
+
+    /// Reads what [`Tree::encode`] wrote.
+    pub(crate) fn decode(r: &mut Reader) -> Result<Self, FsError> {
+        let mut t = Tree::default();
+        for _ in 0..r.len()? {
+            let id = r.id()?;
+            let e = Entry::read(&id, r)?;
+            if t.entries.contains_key(&id) {
+                return Err(corrupt("entry listed twice"));
+            }
+            t.index_add(id, &e.loc, e.dir);
+            t.by_file.get_or_default(&e.file).add(id);
+            t.entries.insert(id, e);
+        }
+        t.log = Self::decode_log(r)?;
+        Ok(t)
+    }
+
+    /// Writes the move log alone (the paged projection's header holds it).
+    pub(crate) fn encode_log(&self, w: &mut Writer) {
         w.len(self.log.len());
         for (id, rec) in &self.log {
             w.id(id);
@@ -463,27 +541,15 @@ impl Tree {
         }
     }
 
-    /// Reads what [`Tree::encode`] wrote.
-    pub(crate) fn decode(r: &mut Reader) -> Result<Self, FsError> {
-        let mut t = Tree::default();
-        for _ in 0..r.len()? {
-            let id = r.id()?;
-            let file = r.id()?;
-            let dir = r.bool()?;
-            let loc = Loc::decode(r)?;
-            if t.entries.contains_key(&id) {
-                return Err(corrupt("entry listed twice"));
-            }
-            t.index_add(id, &loc, dir);
-            t.by_file.entry(file).or_default().add(id);
-            t.entries.insert(id, Entry { file, dir, loc });
-        }
+    /// Reads what [`Tree::encode_log`] wrote.
+    pub(crate) fn decode_log(r: &mut Reader) -> Result<BTreeMap<OpId, LogRec>, FsError> {
+        let mut log = BTreeMap::new();
         for _ in 0..r.len()? {
             let id = r.id()?;
             let action = Action::decode(r)?;
             let undo = Undo::decode(r)?;
-            t.log.insert(id, LogRec { action, undo });
+            log.insert(id, LogRec { action, undo });
         }
-        Ok(t)
+        Ok(log)
     }
 }

@@ -24,7 +24,7 @@ impl FsState {
     /// Every version the projection holds now (see [`HeldVersion`]).
     pub(crate) fn held_versions(&self) -> Vec<HeldVersion> {
         let mut out = Vec::new();
-        for (&file, rec) in &self.files {
+        self.files.each(|&file, rec| {
             let pieces: Vec<Vec<Content>> = match rec.kind {
                 Kind::File => rec
                     .alive()
@@ -32,7 +32,7 @@ impl FsState {
                     .map(|group| rec.view(*group).pieces)
                     .collect(),
                 Kind::Symlink => vec![vec![rec.target.clone()]],
-                _ => continue,
+                _ => return true,
             };
             let deleted_ms = if self.exists(file) {
                 None
@@ -40,8 +40,7 @@ impl FsState {
                 self.tree
                     .entries_of(file)
                     .keys()
-                    .filter_map(|e| self.tree.entry(*e)?.loc.removal.as_ref())
-                    .map(|r| r.op.hlc.wall_ms)
+                    .filter_map(|e| Some(self.tree.entry(*e)?.loc.removal.as_ref()?.op.hlc.wall_ms))
                     .max()
             };
             out.extend(pieces.into_iter().map(|pieces| HeldVersion {
@@ -49,7 +48,8 @@ impl FsState {
                 pieces,
                 deleted_ms,
             }));
-        }
+            true
+        });
         out
     }
 }

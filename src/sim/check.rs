@@ -17,13 +17,13 @@ pub fn digest(state: &FsState) -> Hash {
 
 /// A directory whose chain of parents leads back to itself, if the tree has a cycle.
 pub(crate) fn cycle(state: &FsState) -> Option<FileId> {
-    let mut dirs: Vec<FileId> = state
-        .files
-        .iter()
-        .filter(|(_, f)| f.kind == Kind::Dir)
-        .map(|(id, _)| *id)
-        .collect();
-    dirs.sort();
+    let mut dirs: Vec<FileId> = Vec::new();
+    state.files.each(|id, f| {
+        if f.kind == Kind::Dir {
+            dirs.push(*id);
+        }
+        true
+    });
     let bound = state.tree.len() + 1;
     dirs.into_iter().find(|&dir| {
         let mut p = dir;

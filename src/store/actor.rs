@@ -5,6 +5,7 @@
 use std::mem;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,6 +23,7 @@ use crate::store::cut::revise;
 use crate::store::error::StoreError;
 use crate::store::frontier::{self, Standing};
 use crate::store::index::Index;
+use crate::store::pages::{self, Fault, TablePages};
 use crate::store::tables::{Tables, CHAIN, FLOATING, HISTORY, INTENTIONS, REFUSED, WITNESS};
 use crate::store::{ApplyOutcome, HistoryItem, StoreEvent, WitnessBatch};
 use crate::sync::frontier::{AttestError, Attestation};
@@ -33,15 +35,15 @@ pub(crate) const DURABLE_EVERY: Duration = Duration::from_secs(1);
 /// Longest time a sealed intention waits for the durable commit that lets it leave the
 /// node: short enough for gossip to feel immediate, long enough to batch fsyncs.
 pub(crate) const SEALED_DURABLE_WITHIN: Duration = Duration::from_millis(50);
-/// Longest time between projection snapshots while intentions arrive.
-pub(crate) const SNAPSHOT_EVERY: Duration = Duration::from_secs(5);
-/// Intentions applied after which a projection snapshot is written at once, for a
-/// small projection.
-pub(crate) const SNAPSHOT_INTENTIONS: u64 = 1000;
-/// Snapshot bytes one applied intention pays for: a large projection is rewritten at
-/// once only after `len / SNAPSHOT_BYTES_PER_INTENTION` intentions, so the rewrites cost
-/// the same per intention whatever the tree's size (the timer still bounds the replay).
-const SNAPSHOT_BYTES_PER_INTENTION: u64 = 1024;
+/// Longest time the projection's changed records stay unwritten while intentions
+/// arrive (they are replayed at open, and held in memory until written).
+pub(crate) const PAGES_EVERY: Duration = Duration::from_secs(5);
+/// Intentions applied after which the projection's changed records are written at
+/// once: bounds both the replay at open and the records held in memory.
+pub(crate) const PAGES_INTENTIONS: u64 = 1000;
+/// Changed projection records held in memory after which they are written at once (an
+/// intention may carry thousands of ops).
+pub(crate) const PAGES_UNWRITTEN: usize = 8192;
 
 /// A reply channel for one request.
 pub(crate) type Reply<T> = SyncSender<Result<T, StoreError>>;
@@ -133,6 +135,8 @@ pub(crate) struct Shared {
     pub manual: bool,
     /// The stability frontier as last computed (see `store::frontier`).
     pub standing: Mutex<Standing>,
+    /// The first read fault of the projection's page tables (see `store::pages`).
+    pub fault: Fault,
 }
 
 /// A source of wall time in Unix ms.
@@ -186,11 +190,9 @@ struct Actor {
     counts: Counts,
     dirty: bool,
     last_durable: Instant,
-    since_snapshot: u64,
-    /// Intentions after which the next snapshot is written at once (see
-    /// [`SNAPSHOT_BYTES_PER_INTENTION`]).
-    snapshot_after: u64,
-    last_snapshot: Instant,
+    /// Intentions applied since the projection's records were last written.
+    since_pages: u64,
+    last_pages: Instant,
     /// Wall ms at which the next early intention is due (0: check at the next pass).
     next_early: Option<u64>,
     /// Intentions sealed here whose commit is not durable yet, and when the first was
@@ -227,6 +229,9 @@ impl Held {
 /// Runs the actor until shutdown or a failed commit, then lets the database close.
 pub(crate) fn run(shared: std::sync::Arc<Shared>, counts: Counts) {
     serve(shared.clone(), counts);
+    // The projection reads its pages through a read transaction, which would keep the
+    // database open: a closed store shows an empty tree.
+    *shared.state.write() = FsState::new();
     shared.index.close();
 }
 
@@ -237,9 +242,8 @@ fn serve(shared: std::sync::Arc<Shared>, counts: Counts) {
         counts,
         dirty: false,
         last_durable: now,
-        since_snapshot: 0,
-        snapshot_after: SNAPSHOT_INTENTIONS,
-        last_snapshot: now,
+        since_pages: 0,
+        last_pages: now,
         next_early: Some(0),
         held: Held::default(),
     };
@@ -314,12 +318,12 @@ impl Actor {
     }
 
     fn next_timer(&self) -> Instant {
-        let mut t = Instant::now() + SNAPSHOT_EVERY;
+        let mut t = Instant::now() + PAGES_EVERY;
         if self.dirty {
             t = t.min(self.last_durable + DURABLE_EVERY);
         }
-        if self.since_snapshot > 0 {
-            t = t.min(self.last_snapshot + SNAPSHOT_EVERY);
+        if self.since_pages > 0 {
+            t = t.min(self.last_pages + PAGES_EVERY);
         }
         if let Some(due) = self.held.due() {
             t = t.min(due);
@@ -365,11 +369,10 @@ impl Actor {
                 unsynced = Some(why);
             }
         }
-        let snapshot = batch.last
-            || self.since_snapshot >= self.snapshot_after
-            || (timers
-                && self.since_snapshot > 0
-                && self.last_snapshot.elapsed() >= SNAPSHOT_EVERY);
+        let pages = batch.last
+            || self.since_pages >= PAGES_INTENTIONS
+            || self.shared.state.read().unwritten() >= PAGES_UNWRITTEN
+            || (timers && self.since_pages > 0 && self.last_pages.elapsed() >= PAGES_EVERY);
         let early = self
             .next_early
             .is_some_and(|due| due <= self.shared.now_ms());
@@ -377,10 +380,10 @@ impl Actor {
             || applies
             || early
             || (durable && self.dirty)
-            || (snapshot && self.since_snapshot > 0)
+            || (pages && self.since_pages > 0)
             || batch.last;
         let done = if writes {
-            self.commit(batch.ops, &batch.requests, durable, snapshot, batch.last)?
+            self.commit(batch.ops, &batch.requests, durable, pages, batch.last)?
         } else {
             Committed::default()
         };
@@ -431,12 +434,14 @@ impl Actor {
         ops: Vec<Queued>,
         requests: &[Request],
         durable: bool,
-        snapshot: bool,
+        pages: bool,
         last: bool,
     ) -> Result<Committed, StoreError> {
         let shared = self.shared.clone();
+        pages::check(&shared.fault)?;
         let cx = shared.ctx();
         let before = self.counts.intentions;
+        let mut cut = None;
         let mut txn = shared.index.db()?.begin_write()?;
         txn.set_durability(if durable {
             Durability::Immediate
@@ -499,11 +504,11 @@ impl Actor {
             {
                 frontier::handed_out(&mut t, own.floor)?;
             }
-            if snapshot {
-                // Under the read lock no Tx runs, so every op in the projection is
+            if pages || revised {
+                // Under the write lock no Tx runs, so every op in the projection is
                 // either sealed already or in the mailbox: seal those too, so the
-                // snapshot reflects exactly the witness log.
-                let st = shared.state.read();
+                // pages reflect exactly the witness log.
+                let mut st = shared.state.write();
                 let late = {
                     let mut mb = shared.mailbox.lock();
                     mb.closed |= last;
@@ -511,13 +516,16 @@ impl Actor {
                 };
                 seal_local(&mut t, &cx, &mut self.counts, &shared.identity, late)?;
                 let (seq, _) = t.witness_head()?;
-                let bytes = st.encode_snapshot();
-                self.snapshot_after =
-                    SNAPSHOT_INTENTIONS.max(bytes.len() as u64 / SNAPSHOT_BYTES_PER_INTENTION);
-                t.put_projection(seq, &bytes)?;
+                let batch = st.take_pages();
+                pages::write(&txn, &mut t.projection, seq, &batch)?;
+                cut = Some(batch.cut());
             }
         }
         shared.index.commit(txn)?;
+        if let Some(cut) = cut {
+            let src = TablePages::open(&*shared.index.db()?, shared.fault.clone())?;
+            shared.state.write().settle_pages(cut, Arc::new(src));
+        }
         let effects = cx.effects.take();
         for bytes in effects.sealed {
             if let Some((_, hash)) = crate::intention::Intention::peek(&bytes) {
@@ -543,10 +551,10 @@ impl Actor {
         } else {
             self.dirty = true;
         }
-        self.since_snapshot += self.counts.intentions.saturating_sub(before);
-        if snapshot {
-            self.since_snapshot = 0;
-            self.last_snapshot = now;
+        self.since_pages += self.counts.intentions.saturating_sub(before);
+        if cut.is_some() {
+            self.since_pages = 0;
+            self.last_pages = now;
         }
         shared
             .intentions

@@ -80,8 +80,6 @@ pub(crate) fn revise(
         voided += past.len() + rebuild(t, cx, counts, state)?;
     }
     if voided > 0 {
-        let (seq, _) = t.witness_head()?;
-        t.put_projection(seq, &state.encode_snapshot())?;
         tracing::info!(voided, "revocation voided applied intentions");
     }
     Ok(voided)

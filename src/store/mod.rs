@@ -85,6 +85,7 @@ mod index;
 #[cfg(test)]
 mod member_tests;
 mod members;
+mod pages;
 #[cfg(test)]
 mod reconcile_tests;
 mod replica_store;
@@ -135,6 +136,7 @@ use crate::sync::frontier::{AttestError, Attestation, Frontier};
 use actor::{Request, Shared};
 use apply::{op_size, Counts, Queued};
 use index::Index;
+use pages::{Fault, TablePages};
 use tables::{
     chain_at, hashes_from_bytes, hashes_to_bytes, hlc_from_bytes, verify_witness, Tables, FLOATING,
     HEADS, INTENTIONS, META, META_ATTESTED, META_FOUNDER, META_FRONTIER, META_LAST_LOCAL_HLC,
@@ -429,6 +431,7 @@ impl Store {
             clock,
             index,
             opts,
+            Fault::default(),
         ));
         let mut counts = Counts::default();
         let mut txn = shared.index.db()?.begin_write()?;
@@ -481,6 +484,7 @@ impl Store {
             clock,
             index,
             opts,
+            Fault::default(),
         ));
         start(shared, Counts::default())
     }
@@ -558,8 +562,9 @@ impl Store {
             let (wall_ms, counter) = entry?.1.value();
             newest = newest.max(Hlc { wall_ms, counter });
         }
+        let fault = Fault::default();
         let (mut state, snap_seq, rewrite) = match txn.open_table(PROJECTION)?.last()? {
-            Some((k, v)) => match FsState::decode_versioned(v.value()) {
+            Some((k, v)) => match load_projection(v.value(), &txn, &fault)? {
                 Ok((state, old)) => (state, k.value(), old),
                 Err(e) => {
                     // The projection is a pure function of the intentions: rebuild it.
@@ -622,15 +627,16 @@ impl Store {
         let head_seq = witness.last()?.map_or(0, |(k, _)| k.value());
         drop((meta, witness, intentions, txn));
         if rewrite {
-            // An older snapshot format (or a rebuilt projection): write the current
-            // format now, so the next open loads the state instead of replaying history.
+            // A snapshot of an earlier build (or a rebuilt projection): write it as
+            // pages now, so the next open reads them instead of replaying history.
             let txn = index.db()?.begin_write()?;
-            {
-                let mut projection = txn.open_table(PROJECTION)?;
-                projection.retain(|_, _| false)?;
-                projection.insert(head_seq, &state.encode_snapshot()[..])?;
-            }
+            let batch = state.take_pages();
+            pages::write(&txn, &mut txn.open_table(PROJECTION)?, head_seq, &batch)?;
             index.commit(txn)?;
+            state.settle_pages(
+                batch.cut(),
+                Arc::new(TablePages::open(&*index.db()?, fault.clone())?),
+            );
         }
         if quarantined.len() > known_quarantined {
             // Persisted, so the set survives the next snapshot (which no longer replays them).
@@ -648,7 +654,9 @@ impl Store {
         if let Some(f) = &frontier {
             state.purge(f.below);
         }
-        let shared = Arc::new(new_shared(id, founder, identity, state, clock, index, opts));
+        let shared = Arc::new(new_shared(
+            id, founder, identity, state, clock, index, opts, fault,
+        ));
         shared.standing.lock().frontier = frontier;
         *shared.refused.lock() = refused;
         *shared.quarantined.lock() = quarantined;
@@ -903,6 +911,21 @@ fn new_db(dir: &Path, opts: &StoreOptions) -> Result<Database, StoreError> {
     }
 }
 
+/// The projection stored as `bytes` (a page header, or a snapshot of an earlier build)
+/// with the page tables `txn` sees; true if it must be written as pages.
+fn load_projection(
+    bytes: &[u8],
+    txn: &redb::ReadTransaction,
+    fault: &Fault,
+) -> Result<Result<(FsState, bool), FsError>, StoreError> {
+    if !FsState::is_pages_header(bytes) {
+        return Ok(FsState::decode_versioned(bytes).map(|(state, _)| (state, true)));
+    }
+    let src = Arc::new(TablePages::of(txn, fault.clone())?);
+    Ok(FsState::open_pages(bytes, src).map(|state| (state, false)))
+}
+
+#[allow(clippy::too_many_arguments)]
 fn new_shared(
     id: StoreId,
     founder: PublicKey,
@@ -911,6 +934,7 @@ fn new_shared(
     clock: Arc<Mutex<Clock>>,
     index: Index,
     opts: StoreOptions,
+    fault: Fault,
 ) -> Shared {
     Shared {
         id,
@@ -930,6 +954,7 @@ fn new_shared(
         wall: RwLock::new(opts.wall),
         manual: opts.manual,
         standing: Mutex::default(),
+        fault,
     }
 }
 

@@ -465,11 +465,4 @@ impl<'t> Tables<'t> {
         self.history.insert((file.to_bytes(), seq), hash.0)?;
         Ok(())
     }
-
-    /// Replaces the persisted projection with `bytes`, reflecting witness `seq`.
-    pub(crate) fn put_projection(&mut self, seq: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        self.projection.retain(|_, _| false)?;
-        self.projection.insert(seq, bytes)?;
-        Ok(())
-    }
 }

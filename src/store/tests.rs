@@ -651,9 +651,10 @@ fn ten_thousand_pushes_and_one_flush_are_fast_and_all_sealed() {
     );
     let d = store.digest().unwrap();
     assert!(d.intentions.len() < 1 + 10_000 / 2 + flushes as usize);
+    let files = store.stats().fs.files;
     store.shutdown().unwrap();
     let reopened = Store::open(tmp.path(), Identity::generate(), clock()).unwrap();
-    assert_eq!(reopened.stats().fs.files, store.stats().fs.files);
+    assert_eq!(reopened.stats().fs.files, files);
 }
 
 const CRASH_DIR_ENV: &str = "LATTICE_STORE_CRASH_DIR";
@@ -966,7 +967,7 @@ fn a_snapshot_that_does_not_decode_is_rebuilt_from_the_witness_log() {
 }
 
 #[test]
-fn a_format_2_snapshot_opens_by_replay_and_is_rewritten_as_format_3() {
+fn snapshots_of_earlier_builds_open_and_are_rewritten_as_pages() {
     let tmp = tempfile::tempdir().unwrap();
     let me = Identity::generate();
     let store = Store::create(
@@ -984,25 +985,31 @@ fn a_format_2_snapshot_opens_by_replay_and_is_rewritten_as_format_3() {
             .unwrap();
     }
     let dump = store.read(|s| s.canonical_dump());
+    let format_3 = store.read(|s| s.encode_snapshot());
     store.shutdown().unwrap();
     let (head, _) = projection_row(tmp.path());
-    // The op log of nothing at seq 0: the witness log after it replays everything.
-    set_projection(tmp.path(), Some((0, &raw_snapshot(&me, &[])[..])));
-    let reopened = Store::open(tmp.path(), me.clone(), clock()).unwrap();
-    assert_eq!(reopened.read(|s| s.canonical_dump()), dump);
-    // Read before shutdown, which writes a snapshot of its own.
-    let (seq, bytes) = {
-        let db = reopened.handle.shared.index.db().unwrap();
-        let txn = db.begin_read().unwrap();
-        let t = txn.open_table(PROJECTION).unwrap();
-        let (k, v) = t.last().unwrap().unwrap();
-        (k.value(), v.value().to_vec())
-    };
-    reopened.shutdown().unwrap();
-    assert_eq!(seq, head);
-    assert_eq!(&bytes[8..12], &3u32.to_le_bytes());
-    let decoded = crate::fs::FsState::decode_snapshot(&bytes).unwrap();
-    assert_eq!(decoded.canonical_dump(), dump);
+    // The op log of nothing at seq 0 (format 2): the witness log after it replays
+    // everything; then the state itself at the head (format 3).
+    for (seq, snapshot) in [(0, raw_snapshot(&me, &[])), (head, format_3)] {
+        set_projection(tmp.path(), Some((seq, &snapshot[..])));
+        let reopened = Store::open(tmp.path(), me.clone(), clock()).unwrap();
+        assert_eq!(reopened.read(|s| s.canonical_dump()), dump);
+        // Read before shutdown, which writes pages of its own.
+        let (seq, bytes) = {
+            let db = reopened.handle.shared.index.db().unwrap();
+            let txn = db.begin_read().unwrap();
+            let t = txn.open_table(PROJECTION).unwrap();
+            let (k, v) = t.last().unwrap().unwrap();
+            (k.value(), v.value().to_vec())
+        };
+        reopened.shutdown().unwrap();
+        assert_eq!(seq, head);
+        assert!(crate::fs::FsState::is_pages_header(&bytes));
+        let again = Store::open(tmp.path(), me.clone(), clock()).unwrap();
+        assert_eq!(again.read(|s| s.canonical_dump()), dump);
+        assert_eq!(again.stats().replayed, 0);
+        again.shutdown().unwrap();
+    }
 }
 
 #[test]

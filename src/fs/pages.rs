@@ -1,0 +1,159 @@
+//! The paged projection's header and its write-settle cycle.
+//!
+//! A store keeps its projection in page tables (see `fs::paged`) plus one header: the
+//! parts that are small or must be read whole (`MAGIC`, a u32 format version, the key
+//! table, then the purge point and late count, the store name and retention
+//! registers, the members, the move-log suffix, and the record count of each page
+//! table in [`Page::ALL`] order), in the codec of format 3 snapshots.
+
+use std::sync::Arc;
+
+use crate::fs::codec::{corrupt, Reader, Writer};
+use crate::fs::error::FsError;
+use crate::fs::paged::{Page, PageSource, PageWrite, Paged};
+use crate::fs::snapshot::{decode_registers, seal, unseal};
+use crate::fs::state::FsState;
+use crate::fs::tree::Tree;
+
+/// First bytes of a header, before its format version.
+const MAGIC: &[u8; 8] = b"LMFSHEAD";
+/// Format version of the headers this build writes and reads.
+const HEADER_VERSION: u32 = 1;
+
+/// What a store writes to persist the projection, in one transaction with the
+/// intentions it reflects.
+pub struct PageBatch {
+    /// Empty the page tables first: the state was built in memory and holds every record.
+    pub clear: bool,
+    /// Records to put or delete.
+    pub writes: Vec<PageWrite>,
+    /// The header to store.
+    pub header: Vec<u8>,
+    /// Per table, the generation the writes were cut at.
+    cuts: [u64; Page::ALL.len()],
+}
+
+impl PageBatch {
+    /// What [`FsState::settle_pages`] needs once the batch is committed.
+    pub fn cut(&self) -> PageCut {
+        PageCut(self.cuts)
+    }
+}
+
+/// The generations a committed [`PageBatch`] was cut at.
+#[derive(Clone, Copy, Debug)]
+pub struct PageCut([u64; Page::ALL.len()]);
+
+impl FsState {
+    /// Every record changed since the last committed batch, with the header.
+    pub fn take_pages(&mut self) -> PageBatch {
+        let clear = !self.paged;
+        let mut writes = Vec::new();
+        let cuts = [
+            self.tree.entries.dirty(&mut writes),
+            self.tree.children.dirty(&mut writes),
+            self.tree.subdirs.dirty(&mut writes),
+            self.tree.by_file.dirty(&mut writes),
+            self.files.dirty(&mut writes),
+            self.applied.dirty(&mut writes),
+            self.pending.dirty(&mut writes),
+        ];
+        PageBatch {
+            clear,
+            writes,
+            header: self.encode_header(),
+            cuts,
+        }
+    }
+
+    /// After a batch cut at `cut` was committed: reads its records from `src`, which
+    /// holds that commit, and keeps only what changed since in memory.
+    pub fn settle_pages(&mut self, cut: PageCut, src: Arc<dyn PageSource>) {
+        let [entries, children, subdirs, by_file, files, applied, pending] = cut.0;
+        self.tree.entries.settle(entries, src.clone());
+        self.tree.children.settle(children, src.clone());
+        self.tree.subdirs.settle(subdirs, src.clone());
+        self.tree.by_file.settle(by_file, src.clone());
+        self.files.settle(files, src.clone());
+        self.applied.settle(applied, src.clone());
+        self.pending.settle(pending, src);
+        self.paged = true;
+    }
+
+    /// True if `bytes` start like a page header (not a snapshot).
+    pub fn is_pages_header(bytes: &[u8]) -> bool {
+        bytes.starts_with(MAGIC)
+    }
+
+    /// The state whose header is `header` and whose records are in `src`.
+    pub fn open_pages(header: &[u8], src: Arc<dyn PageSource>) -> Result<Self, FsError> {
+        let mut r = Reader::new(header, Vec::new());
+        if r.take(MAGIC.len())? != MAGIC {
+            return Err(corrupt("bad header magic"));
+        }
+        let version = u32::from_le_bytes(r.array()?);
+        if version != HEADER_VERSION {
+            return Err(corrupt(&format!(
+                "header format {version}, this build reads {HEADER_VERSION}"
+            )));
+        }
+        let mut r = unseal(r)?;
+        let mut state = FsState::new();
+        state.purged_below = r.hlc()?;
+        state.late = r.uint()?;
+        decode_registers(&mut state, &mut r)?;
+        let log = Tree::decode_log(&mut r)?;
+        let mut lens = [0usize; Page::ALL.len()];
+        for len in &mut lens {
+            *len = usize::try_from(r.uint()?).map_err(|_| corrupt("count"))?;
+        }
+        if !r.is_empty() {
+            return Err(corrupt("trailing bytes in the header"));
+        }
+        let [entries, children, subdirs, by_file, files, applied, pending] = lens;
+        state.tree = Tree {
+            entries: Paged::backed(Page::Entries, src.clone(), entries),
+            children: Paged::backed(Page::Children, src.clone(), children),
+            subdirs: Paged::backed(Page::Subdirs, src.clone(), subdirs),
+            by_file: Paged::backed(Page::ByFile, src.clone(), by_file),
+            log,
+        };
+        state.files = Paged::backed(Page::Files, src.clone(), files);
+        state.applied = Paged::backed(Page::Applied, src.clone(), applied);
+        state.pending = Paged::backed(Page::Superseded, src, pending);
+        state.paged = true;
+        Ok(state)
+    }
+
+    /// Records held in memory because they changed since the last committed batch (all
+    /// of them if the state was never written).
+    pub fn unwritten(&self) -> usize {
+        self.tree.entries.overlay_len()
+            + self.tree.children.overlay_len()
+            + self.tree.subdirs.overlay_len()
+            + self.tree.by_file.overlay_len()
+            + self.files.overlay_len()
+            + self.applied.overlay_len()
+            + self.pending.overlay_len()
+    }
+
+    fn encode_header(&self) -> Vec<u8> {
+        let mut w = Writer::default();
+        w.hlc(self.purged_below);
+        w.uint(self.late);
+        self.encode_registers(&mut w);
+        self.tree.encode_log(&mut w);
+        for len in [
+            self.tree.entries.len(),
+            self.tree.children.len(),
+            self.tree.subdirs.len(),
+            self.tree.by_file.len(),
+            self.files.len(),
+            self.applied.len(),
+            self.pending.len(),
+        ] {
+            w.uint(len as u64);
+        }
+        seal(MAGIC, HEADER_VERSION, w)
+    }
+}
