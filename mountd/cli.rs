@@ -82,6 +82,35 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the files with conflicting versions: who wrote each, when, its size and id
+    Conflicts {
+        /// Only this store [default: every store]
+        store: Option<String>,
+        /// Print a JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settle a conflict in one signed edit that replicates: keep one version, or all
+    Resolve {
+        /// The file (or one of its conflict copies) inside the mount
+        path: PathBuf,
+        /// mine (this node's version), theirs (the other node's), VERSION (8+ hex of a
+        /// content id from `conflicts`), or both (the others become files named as their
+        /// conflict copies were)
+        #[arg(long, value_name = "mine|theirs|VERSION|both")]
+        keep: String,
+        /// Print a JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every change as it applies, local or received, until interrupted
+    Watch {
+        /// Only changes at or under this path inside the mount [default: everything]
+        path: Option<PathBuf>,
+        /// Print one JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop the daemon and unmount
     Down,
     /// Print a one-line token that lets another node join a store

@@ -4,8 +4,9 @@ use std::fmt::Write;
 
 use lattice_mount::civil_from_days;
 use lattice_mount::proto::control::{
-    FrontierStatus, GcResponse, HistoryEntry, HistoryResponse, JoinProgress, PeerEntry,
-    RestoreResponse, StatusResponse, SyncResponse, VersionEntry,
+    ConflictsResponse, FrontierStatus, GcResponse, HistoryEntry, HistoryResponse, JoinProgress,
+    PeerEntry, ResolveResponse, RestoreResponse, StatusResponse, SyncResponse, VersionEntry,
+    WatchEvent,
 };
 
 /// Human status: the node, then a table of stores.
@@ -568,6 +569,153 @@ pub fn restore_json(r: &RestoreResponse) -> String {
         r.size,
         r.created
     )
+}
+
+/// Human conflicts: per file its path, then one line per live version (time, author
+/// with key prefix, content id, size, where the mount shows it), the winner marked `*`.
+pub fn conflicts_human(c: &ConflictsResponse) -> String {
+    if c.conflicts.is_empty() {
+        return "no conflicts\n".to_string();
+    }
+    let mut out = String::new();
+    for f in &c.conflicts {
+        let _ = writeln!(
+            out,
+            "{}  ({} versions)",
+            printable(&f.path),
+            f.versions.len()
+        );
+        let authors: Vec<String> = f
+            .versions
+            .iter()
+            .map(|v| member_label(&v.author_name, &v.author))
+            .collect();
+        let width = authors.iter().map(|a| a.chars().count()).max().unwrap_or(0);
+        for (v, author) in f.versions.iter().zip(&authors) {
+            let _ = writeln!(
+                out,
+                "  {} {}  {author:<width$}  {}  {} bytes  {}",
+                if v.winner { '*' } else { ' ' },
+                utc_time(v.hlc_wall_ms),
+                v.version.get(..16).unwrap_or(&v.version),
+                v.size,
+                printable(&v.shown)
+            );
+        }
+    }
+    if c.omitted > 0 {
+        let _ = writeln!(out, "({} more conflicted files not shown)", c.omitted);
+    }
+    out
+}
+
+/// Conflicts as one JSON object.
+pub fn conflicts_json(c: &ConflictsResponse) -> String {
+    let files: Vec<String> = c
+        .conflicts
+        .iter()
+        .map(|f| {
+            let versions: Vec<String> = f
+                .versions
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{{\"time\":{},\"hlc_wall_ms\":{},\"author\":{},\"author_name\":{},\
+                         \"version\":{},\"size\":{},\"winner\":{},\"shown\":{}}}",
+                        json_string(&utc_time(v.hlc_wall_ms)),
+                        v.hlc_wall_ms,
+                        json_string(&v.author),
+                        json_string(&v.author_name),
+                        json_string(&v.version),
+                        v.size,
+                        v.winner,
+                        json_string(&v.shown)
+                    )
+                })
+                .collect();
+            format!(
+                "{{\"path\":{},\"versions\":[{}]}}",
+                json_string(&f.path),
+                versions.join(",")
+            )
+        })
+        .collect();
+    format!(
+        "{{\"conflicts\":[{}],\"omitted\":{}}}",
+        files.join(","),
+        c.omitted
+    )
+}
+
+/// Human resolve: which version the file keeps, and the files made of the others.
+pub fn resolve_human(r: &ResolveResponse) -> String {
+    let mut out = format!(
+        "resolved {}: keeps version {}, {} other version{} superseded\n",
+        printable(&r.path),
+        r.kept.get(..16).unwrap_or(&r.kept),
+        r.dismissed,
+        if r.dismissed == 1 { "" } else { "s" }
+    );
+    for copy in &r.copies {
+        let _ = writeln!(out, "kept as a file: {}", printable(copy));
+    }
+    out
+}
+
+/// Resolve as one JSON object.
+pub fn resolve_json(r: &ResolveResponse) -> String {
+    let copies: Vec<String> = r.copies.iter().map(|c| json_string(c)).collect();
+    format!(
+        "{{\"path\":{},\"kept\":{},\"copies\":[{}],\"dismissed\":{}}}",
+        json_string(&r.path),
+        json_string(&r.kept),
+        copies.join(","),
+        r.dismissed
+    )
+}
+
+/// One change as a line: time, author, intention, op, path (a move: old -> new).
+pub fn watch_human(e: &WatchEvent) -> String {
+    let path = match e.old_path.as_str() {
+        "" => printable(&e.path),
+        old => format!("{} -> {}", printable(old), printable(&e.path)),
+    };
+    format!(
+        "{}  {}  {}  {:<7}  {path}",
+        utc_time(e.hlc_wall_ms),
+        member_label(&e.author_name, &e.author),
+        e.intention.get(..16).unwrap_or(&e.intention),
+        e.op
+    )
+}
+
+/// One change as one JSON object (`old_path` is null unless it is a move).
+pub fn watch_json(e: &WatchEvent) -> String {
+    format!(
+        "{{\"time\":{},\"hlc_wall_ms\":{},\"op\":{},\"path\":{},\"old_path\":{},\
+         \"author\":{},\"author_name\":{},\"intention\":{},\"local\":{}}}",
+        json_string(&utc_time(e.hlc_wall_ms)),
+        e.hlc_wall_ms,
+        json_string(&e.op),
+        json_string(&e.path),
+        match e.old_path.as_str() {
+            "" => "null".to_string(),
+            old => json_string(old),
+        },
+        json_string(&e.author),
+        json_string(&e.author_name),
+        json_string(&e.intention),
+        e.local
+    )
+}
+
+/// A member as `name (8 hex of the key)`, or the 8 hex alone when it has no name.
+fn member_label(name: &str, key: &str) -> String {
+    let prefix = key.get(..8).unwrap_or(key);
+    match name {
+        "" => prefix.to_string(),
+        name => format!("{} ({prefix})", printable(name)),
+    }
 }
 
 /// A display name, else the first 8 hex characters of the key.

@@ -50,10 +50,12 @@ pub struct Change {
 impl Node {
     /// Where a watcher of `store` starts: just past the end of its witness log.
     pub fn watch_start(&self, store: &Store) -> Result<u64, NodeError> {
-        let end = store.witness(u64::MAX, 0).map_err(|source| NodeError::Store {
-            store: store_name(store),
-            source,
-        })?;
+        let end = store
+            .witness(u64::MAX, 0)
+            .map_err(|source| NodeError::Store {
+                store: store_name(store),
+                source,
+            })?;
         Ok(end.len + 1)
     }
 

@@ -25,7 +25,9 @@ use super::{store_name, Node, NodeError, RestoreError, MIN_VERSION_PREFIX};
 #[non_exhaustive]
 pub enum ConflictError {
     /// The file has one live version: nothing to resolve.
-    #[error("{0}: no conflicting versions (`lattice-mount conflicts` lists the files that have some)")]
+    #[error(
+        "{0}: no conflicting versions (`lattice-mount conflicts` lists the files that have some)"
+    )]
     NoConflict(String),
     /// `--keep mine` but no live version is this node's.
     #[error("{0}: no version was written by this node; use --keep theirs or a version id")]
@@ -44,7 +46,9 @@ pub enum ConflictError {
         count: usize,
     },
     /// The file's versions changed between listing them and writing the resolution.
-    #[error("{0}: its versions changed while resolving; run `lattice-mount conflicts` and try again")]
+    #[error(
+        "{0}: its versions changed while resolving; run `lattice-mount conflicts` and try again"
+    )]
     Changed(String),
     /// `--keep both` would create a file whose name a regular entry already has.
     #[error("{0} already exists; rename it, then resolve again")]
@@ -184,9 +188,10 @@ impl Node {
             }
             let parent = s.parent(file).unwrap_or(OpId::ROOT);
             for (name, ..) in &copies {
-                let taken = s.readdir(parent)?.into_iter().any(|(n, node)| {
-                    n == *name && matches!(node, FsNode::Entry { .. })
-                });
+                let taken = s
+                    .readdir(parent)?
+                    .into_iter()
+                    .any(|(n, node)| n == *name && matches!(node, FsNode::Entry { .. }));
                 if taken {
                     return Ok(Err(ConflictError::NameTaken(name.clone())));
                 }
@@ -222,7 +227,12 @@ impl Node {
             Ok(Ok(touched)) => touched,
             Ok(Err(e)) => return Err(e.into()),
             Err(FsError::ReadOnly) => return Err(RestoreError::ReadOnly(store_name).into()),
-            Err(source) => return Err(NodeError::Path { path: shown, source }),
+            Err(source) => {
+                return Err(NodeError::Path {
+                    path: shown,
+                    source,
+                })
+            }
         };
         r.store.announce_changed(touched);
         r.store.flush().map_err(|source| NodeError::Store {
@@ -360,4 +370,3 @@ fn choose<'c>(c: &'c Conflict, keep: &Keep, me: PublicKey) -> Result<&'c LiveVer
         }
     })
 }
-

@@ -157,7 +157,10 @@ fn a_concurrent_write_is_listed_with_both_versions_authors_sizes_and_the_copy_na
     assert_eq!(other.author_name, "laptop");
     assert_eq!(other.size, 4);
     assert_eq!(other.id, Hash::of(b"mine"));
-    assert!(other.shown.starts_with("docs/a (conflict laptop "), "{other:?}");
+    assert!(
+        other.shown.starts_with("docs/a (conflict laptop "),
+        "{other:?}"
+    );
     let copy = other.shown.strip_prefix("docs/").unwrap();
     assert!(listing(&store).contains(&copy.to_string()));
     assert_eq!(node.conflicts(Some("docs")).unwrap(), all);
@@ -173,7 +176,10 @@ fn each_keep_mode_leaves_one_file_with_the_kept_content_in_one_intention() {
     for (keep, expect) in [
         (Keep::Mine, "mine"),
         (Keep::Theirs, "theirs!"),
-        (Keep::Version(Hash::of(b"mine").to_hex()[..12].to_string()), "mine"),
+        (
+            Keep::Version(Hash::of(b"mine").to_hex()[..12].to_string()),
+            "mine",
+        ),
         (Keep::Both, "theirs!"),
     ] {
         let tmp = tempfile::tempdir().unwrap();
@@ -182,7 +188,11 @@ fn each_keep_mode_leaves_one_file_with_the_kept_content_in_one_intention() {
         let copy = node.conflicts(None).unwrap()[0].versions[1].shown.clone();
         let before = store.witness(u64::MAX, 0).unwrap().len;
         let done = node.resolve("docs/a.txt", &keep).unwrap();
-        assert_eq!(store.witness(u64::MAX, 0).unwrap().len, before + 1, "{keep:?}");
+        assert_eq!(
+            store.witness(u64::MAX, 0).unwrap().len,
+            before + 1,
+            "{keep:?}"
+        );
         assert_eq!(done.path, "docs/a.txt");
         assert_eq!(done.kept, Hash::of(expect.as_bytes()), "{keep:?}");
         assert_eq!(done.dismissed, 1);
@@ -225,7 +235,17 @@ fn bad_keeps_are_refused_and_change_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let (_rt, node, store, phone) = open(tmp.path());
     local(&store, |s| {
-        s.plan_create(OpId::ROOT, "solo.txt", Kind::File, 0o644, 0, 0, 0, inline("x"), 0)
+        s.plan_create(
+            OpId::ROOT,
+            "solo.txt",
+            Kind::File,
+            0o644,
+            0,
+            0,
+            0,
+            inline("x"),
+            0,
+        )
     });
     conflicted(&store, &phone);
     let dump = store.read(|s| s.canonical_dump());
@@ -241,13 +261,16 @@ fn bad_keeps_are_refused_and_change_nothing() {
         let err = node.resolve(path, &keep).unwrap_err();
         let ok = matches!(
             (&keep, &err),
-            (Keep::Mine, NodeError::Conflict(ConflictError::NoConflict(_)))
-                | (Keep::Version(_), NodeError::Restore(RestoreError::BadVersion(_)))
-                | (
-                    Keep::Version(_),
-                    NodeError::Restore(RestoreError::UnknownVersion { .. })
-                )
-                | (Keep::Mine, NodeError::Path { .. })
+            (
+                Keep::Mine,
+                NodeError::Conflict(ConflictError::NoConflict(_))
+            ) | (
+                Keep::Version(_),
+                NodeError::Restore(RestoreError::BadVersion(_))
+            ) | (
+                Keep::Version(_),
+                NodeError::Restore(RestoreError::UnknownVersion { .. })
+            ) | (Keep::Mine, NodeError::Path { .. })
                 | (Keep::Theirs, NodeError::UnknownStore(_))
         );
         assert!(ok, "{path} {keep:?}: {err}");
@@ -266,7 +289,17 @@ fn changes_name_the_paths_old_paths_authors_and_intentions_of_local_and_received
     let from = node.watch_start(&store).unwrap();
     assert_eq!(node.changes(&store, from).unwrap(), (vec![], from));
     let dir = local(&store, |s| {
-        s.plan_create(OpId::ROOT, "d", Kind::Dir, 0o755, 0, 0, 0, Content::empty(), 0)
+        s.plan_create(
+            OpId::ROOT,
+            "d",
+            Kind::Dir,
+            0o755,
+            0,
+            0,
+            0,
+            Content::empty(),
+            0,
+        )
     });
     let file = local(&store, |s| {
         s.plan_create(dir, "f", Kind::File, 0o644, 0, 0, 0, inline("1"), 0)

@@ -446,7 +446,11 @@ impl Node {
 
     /// `pieces` as one `Content`: itself when there is one, else the concatenation stored
     /// anew (a version made by appends).
-    pub(super) fn one_piece(&self, store: &Store, pieces: &[Content]) -> Result<Content, NodeError> {
+    pub(super) fn one_piece(
+        &self,
+        store: &Store,
+        pieces: &[Content],
+    ) -> Result<Content, NodeError> {
         match pieces {
             [] => Ok(Content::empty()),
             [one] => Ok(one.clone()),
