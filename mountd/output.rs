@@ -922,4 +922,70 @@ mod tests {
         assert!(json.ends_with(r#""omitted":3}"#), "{json}");
         assert!(versions_human(&HistoryResponse::default()).is_empty());
     }
+
+    #[test]
+    fn conflict_lines_mark_the_winner_and_name_each_author_with_a_key_prefix() {
+        use lattice_mount::proto::control::{ConflictEntry, LiveVersionEntry};
+        let v = |name: &str, winner: bool, shown: &str| LiveVersionEntry {
+            author: "0123456789abcdef".repeat(4),
+            author_name: name.into(),
+            hlc_wall_ms: 0,
+            size: 3,
+            version: "ab".repeat(32),
+            winner,
+            shown: shown.into(),
+        };
+        let c = ConflictsResponse {
+            conflicts: vec![ConflictEntry {
+                path: "team/a.txt".into(),
+                versions: vec![
+                    v("bob", true, "team/a.txt"),
+                    v("", false, "team/a (conflict x).txt"),
+                ],
+            }],
+            omitted: 0,
+        };
+        let out = conflicts_human(&c);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "team/a.txt  (2 versions)");
+        assert_eq!(
+            lines[1],
+            "  * 1970-01-01T00:00:00.000Z  bob (01234567)  abababababababab  3 bytes  team/a.txt"
+        );
+        assert!(
+            lines[2].starts_with("    1970-01-01T00:00:00.000Z  01234567        "),
+            "{out}"
+        );
+        assert!(conflicts_json(&c).contains(r#""winner":false,"shown":"team/a (conflict x).txt"}"#));
+        assert_eq!(
+            conflicts_human(&ConflictsResponse::default()),
+            "no conflicts\n"
+        );
+    }
+
+    #[test]
+    fn a_watched_move_shows_old_and_new_path_and_other_ops_a_null_old_path_in_json() {
+        let e = WatchEvent {
+            path: "team/b".into(),
+            old_path: "team/a".into(),
+            op: "move".into(),
+            author: "cd".repeat(32),
+            author_name: "bob".into(),
+            intention: "ef".repeat(32),
+            hlc_wall_ms: 0,
+            local: false,
+        };
+        assert_eq!(
+            watch_human(&e),
+            "1970-01-01T00:00:00.000Z  bob (cdcdcdcd)  efefefefefefefef  move     team/a -> team/b"
+        );
+        assert!(watch_json(&e).contains(r#""path":"team/b","old_path":"team/a""#));
+        let write = WatchEvent {
+            old_path: String::new(),
+            op: "write".into(),
+            ..e
+        };
+        assert!(watch_json(&write).contains(r#""old_path":null"#));
+        assert!(watch_human(&write).ends_with("write    team/b"));
+    }
 }

@@ -199,3 +199,31 @@ fn error(message: String) -> Response {
         kind: Some(response::Kind::Error(message)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lattice_mount::{Hash, Hlc, PublicKey};
+
+    fn change(path: &str, old_path: Option<&str>) -> Change {
+        Change {
+            path: path.into(),
+            old_path: old_path.map(str::to_string),
+            op: "move",
+            author: PublicKey([1; 32]),
+            author_name: String::new(),
+            intention: Hash::of(b"i"),
+            hlc: Hlc::default(),
+        }
+    }
+
+    #[test]
+    fn a_watched_path_matches_itself_and_what_is_under_it_not_a_longer_sibling() {
+        assert!(touches(&change("team/docs", None), "team/docs"));
+        assert!(touches(&change("team/docs/a", None), "team/docs"));
+        assert!(!touches(&change("team/docsx", None), "team/docs"));
+        assert!(!touches(&change("team/b", None), "team/docs"));
+        assert!(touches(&change("team/b", Some("team/docs/a")), "team/docs"));
+        assert!(touches(&change("other/x", None), ""));
+    }
+}
