@@ -10,7 +10,7 @@
 //! other version, under its conflict-copy name, holding that version's content.
 
 use crate::cas::Content;
-use crate::fs::op::{Kind, OpBody};
+use crate::fs::op::{Kind, OpBody, SetMeta};
 use crate::fs::{Found, FsError, FsState, Node as FsNode};
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
@@ -50,6 +50,9 @@ pub enum ConflictError {
         "{0}: its versions changed while resolving; run `lattice-mount conflicts` and try again"
     )]
     Changed(String),
+    /// This node may not write to the store.
+    #[error("store {0}: this node is a reader; resolving needs the writer or admin role")]
+    ReadOnly(String),
     /// `--keep both` would create a file whose name a regular entry already has.
     #[error("{0} already exists; rename it, then resolve again")]
     NameTaken(String),
@@ -155,7 +158,8 @@ impl Node {
     }
 
     /// Settles the conflict of the file at `path` (its name or one of its conflict
-    /// copies) by keeping `keep`, in one local write (see the module doc).
+    /// copies) by keeping `keep`, in one local write (see the module doc); when the name
+    /// then shows another version than before, the file's mtime becomes now.
     pub fn resolve(&self, path: &str, keep: &Keep) -> Result<Resolution, NodeError> {
         let r = self.resolve_any(path)?;
         let Found::Live(file) = r.found else {
@@ -206,6 +210,19 @@ impl Node {
                 file,
                 supersedes: losing,
             })?;
+            if !kept.winner {
+                // The name now shows other bytes: a content change, so a new mtime.
+                tx.push(OpBody::SetMeta(SetMeta {
+                    file,
+                    mode: None,
+                    uid: None,
+                    gid: None,
+                    mtime_ns: Some(crate::hlc::now_ms() as i64 * 1_000_000),
+                    atime_ns: None,
+                    xattr_set: Vec::new(),
+                    xattr_remove: Vec::new(),
+                }))?;
+            }
             let mut touched = vec![file];
             for (name, content, wall_ms) in &copies {
                 let body = tx.state().plan_create(
@@ -226,7 +243,7 @@ impl Node {
         let touched = match written {
             Ok(Ok(touched)) => touched,
             Ok(Err(e)) => return Err(e.into()),
-            Err(FsError::ReadOnly) => return Err(RestoreError::ReadOnly(store_name).into()),
+            Err(FsError::ReadOnly) => return Err(ConflictError::ReadOnly(store_name).into()),
             Err(source) => {
                 return Err(NodeError::Path {
                     path: shown,

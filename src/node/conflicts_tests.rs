@@ -202,6 +202,12 @@ fn each_keep_mode_leaves_one_file_with_the_kept_content_in_one_intention() {
             "{keep:?}"
         );
         assert!(node.conflicts(None).unwrap().is_empty(), "{keep:?}");
+        // Keeping the version the name did not show is a content change: a new mtime.
+        let mtime = store
+            .read(|s| s.attr(FsNode::Entry { entry: file, file }))
+            .unwrap()
+            .mtime_ns;
+        assert_eq!(mtime != 0, expect == "mine", "{keep:?}: mtime {mtime}");
         if keep == Keep::Both {
             // The other version is a regular file under its copy's name.
             assert_eq!(done.copies, vec![copy.clone()]);
@@ -343,5 +349,40 @@ fn changes_name_the_paths_old_paths_authors_and_intentions_of_local_and_received
     assert_eq!(changes[3].intention, moved);
     assert_eq!(changes[3].author, phone.public());
     assert_eq!(node.changes(&store, next).unwrap(), (vec![], next));
+    node.shutdown().unwrap();
+}
+
+#[test]
+fn keep_theirs_with_two_other_versions_is_ambiguous_and_a_version_id_settles_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_rt, node, store, phone) = open(tmp.path());
+    let file = conflicted(&store, &phone);
+    remote(
+        &store,
+        &phone,
+        OpBody::Write {
+            file,
+            supersedes: vec![file],
+            content: inline("third"),
+            mtime_ns: 0,
+        },
+    );
+    let versions = &node.conflicts(None).unwrap()[0].versions;
+    assert_eq!(versions.len(), 3, "{versions:?}");
+    let err = node.resolve("docs/a.txt", &Keep::Theirs).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NodeError::Conflict(ConflictError::Ambiguous { count: 2, .. })
+        ),
+        "{err}"
+    );
+    let third = Hash::of(b"third").to_hex();
+    let done = node
+        .resolve("docs/a.txt", &Keep::Version(third[..8].into()))
+        .unwrap();
+    assert_eq!(done.dismissed, 2);
+    assert_eq!(text(&store, FsNode::Entry { entry: file, file }), "third");
+    assert_eq!(listing(&store), vec!["a.txt".to_string()]);
     node.shutdown().unwrap();
 }
