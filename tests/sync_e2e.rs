@@ -335,7 +335,7 @@ fn a_conflict_shows_on_both_nodes_one_resolve_settles_it_everywhere_and_watch_se
     let (a, b) = (&nodes[0], &nodes[1]);
     let json = Watcher::start(a, &["--json"]);
     let plain = Watcher::start(a, &[a.path("team").to_str().unwrap()]);
-    a.sh("echo base > team/doc.txt");
+    a.sh("echo base > team/doc.txt && echo base > team/notes.txt");
     json.expect(&[
         "\"path\":\"team/doc.txt\"",
         "\"author_name\":\"alice\"",
@@ -343,17 +343,18 @@ fn a_conflict_shows_on_both_nodes_one_resolve_settles_it_everywhere_and_watch_se
     ]);
     within(SETTLE, "doc on bob", || {
         std::fs::read_to_string(b.path("team/doc.txt")).is_ok_and(|s| s == "base\n")
+            && std::fs::read_to_string(b.path("team/notes.txt")).is_ok_and(|s| s == "base\n")
     });
     ok(a.run(&["pause", "team"]));
     ok(b.run(&["pause", "team"]));
-    a.sh("echo from-alice > team/doc.txt");
-    b.sh("echo from-bob > team/doc.txt");
+    a.sh("echo from-alice > team/doc.txt && echo alice-notes > team/notes.txt");
+    b.sh("echo from-bob > team/doc.txt && echo bob-notes > team/notes.txt");
     ok(a.run(&["resume", "team"]));
     ok(b.run(&["resume", "team"]));
     for d in [a, b] {
         within(SETTLE, "the conflict listed", || {
             let out = ok(d.run(&["conflicts", "--json"]));
-            out.contains("\"path\":\"team/doc.txt\"") && out.matches("\"version\"").count() == 2
+            out.contains("\"path\":\"team/doc.txt\"") && out.matches("\"version\"").count() == 4
         });
     }
     let listed = ok(b.run(&["conflicts"]));
@@ -362,7 +363,7 @@ fn a_conflict_shows_on_both_nodes_one_resolve_settles_it_everywhere_and_watch_se
         listed.contains("alice (") && listed.contains("bob ("),
         "{listed}"
     );
-    assert_eq!(ok(a.run(&["conflicts", "team"])).lines().count(), 3);
+    assert_eq!(ok(a.run(&["conflicts", "team"])).lines().count(), 6);
     let err = b.run(&[
         "resolve",
         b.path("team/doc.txt").to_str().unwrap(),
@@ -381,16 +382,44 @@ fn a_conflict_shows_on_both_nodes_one_resolve_settles_it_everywhere_and_watch_se
         resolved.starts_with("resolved team/doc.txt: keeps version"),
         "{resolved}"
     );
+    let both = ok(a.run(&[
+        "resolve",
+        a.path("team/notes.txt").to_str().unwrap(),
+        "--keep",
+        "both",
+    ]));
+    eprintln!("resolve --keep both on alice:\n{both}");
+    let copy = both
+        .lines()
+        .find_map(|l| l.strip_prefix("kept as a file: team/"))
+        .expect("a copy is named")
+        .to_string();
+    assert!(copy.starts_with("notes (conflict "), "{both}");
     for d in [a, b] {
-        within(SETTLE, "one file with bob's content", || {
-            let names: Vec<String> = std::fs::read_dir(d.path("team"))
-                .unwrap()
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect();
-            names == ["doc.txt"]
-                && std::fs::read_to_string(d.path("team/doc.txt")).is_ok_and(|s| s == "from-bob\n")
-        });
+        within(
+            SETTLE,
+            "bob's doc, and notes with its copy as files",
+            || {
+                let mut names: Vec<String> = std::fs::read_dir(d.path("team"))
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                let read =
+                    |p: &str| std::fs::read_to_string(d.path("team").join(p)).unwrap_or_default();
+                let mut notes = [read("notes.txt"), read(&copy)];
+                notes.sort();
+                names == ["doc.txt", copy.as_str(), "notes.txt"]
+                    && read("doc.txt") == "from-bob\n"
+                    && notes == ["alice-notes\n", "bob-notes\n"]
+            },
+        );
         assert_eq!(ok(d.run(&["conflicts"])), "no conflicts\n");
+        // The copy is an ordinary file now: writable, unlike a conflict copy.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.path("team").join(&copy))
+            .unwrap();
     }
     // Watch on alice saw bob's resolution, carried by the intention bob's history names.
     let dismiss = json.expect(&[
