@@ -265,6 +265,7 @@ fn tokens_are_single_use_and_bad_ones_are_refused_with_one_line() {
 struct Watcher {
     child: std::process::Child,
     lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
 }
 
 impl Watcher {
@@ -291,7 +292,11 @@ impl Watcher {
         let mut first = String::new();
         err.read_line(&mut first).unwrap();
         assert!(first.starts_with("watching team"), "{first:?}");
-        Watcher { child, lines }
+        Watcher {
+            child,
+            lines,
+            stderr: err,
+        }
     }
 
     /// Waits until a line holds every one of `parts`; returns it.
@@ -317,6 +322,19 @@ impl Watcher {
     fn lines(&self) -> Vec<String> {
         self.lines.lock().unwrap().clone()
     }
+
+    /// Waits (bounded) for the watch to exit; returns its status and the rest of stderr.
+    fn exit(&mut self) -> (std::process::ExitStatus, String) {
+        use std::io::Read;
+        let mut status = None;
+        within(SETTLE, "watch exits", || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        let mut rest = String::new();
+        self.stderr.read_to_string(&mut rest).unwrap();
+        (status.unwrap(), rest)
+    }
 }
 
 impl Drop for Watcher {
@@ -331,9 +349,9 @@ fn a_conflict_shows_on_both_nodes_one_resolve_settles_it_everywhere_and_watch_se
     if !fuse_available() {
         return;
     }
-    let nodes = team(&["alice", "bob"]);
+    let mut nodes = team(&["alice", "bob"]);
     let (a, b) = (&nodes[0], &nodes[1]);
-    let json = Watcher::start(a, &["--json"]);
+    let mut json = Watcher::start(a, &["--json"]);
     let plain = Watcher::start(a, &[a.path("team").to_str().unwrap()]);
     a.sh("echo base > team/doc.txt && echo base > team/notes.txt");
     json.expect(&[
@@ -448,4 +466,12 @@ fn a_conflict_shows_on_both_nodes_one_resolve_settles_it_everywhere_and_watch_se
     plain.expect(&["move", "team/doc.txt -> team/final.txt"]);
     eprintln!("watch on alice:\n{}", plain.lines().join("\n"));
     eprintln!("watch --json on alice:\n{}", json.lines().join("\n"));
+    // The daemon going down ends the watch with one line and a failure.
+    nodes[0].down();
+    let (status, rest) = json.exit();
+    assert!(!status.success(), "{status}");
+    assert_eq!(
+        rest, "lattice-mount: the daemon stopped; the watch ended\n",
+        "{rest:?}"
+    );
 }
