@@ -97,7 +97,7 @@ pub enum Command {
         /// mine (this node's version), theirs (the other node's), VERSION (8+ hex of a
         /// content id from `conflicts`), or both (the others become files named as their
         /// conflict copies were)
-        #[arg(long, value_name = "mine|theirs|VERSION|both")]
+        #[arg(long, value_name = "mine|theirs|VERSION|both", value_parser = keep)]
         keep: String,
         /// Print a JSON object
         #[arg(long)]
@@ -188,6 +188,21 @@ pub enum Command {
 /// A valid display name (trimmed), or why not: refused here rather than signed raw.
 fn display_name(s: &str) -> Result<String, String> {
     lattice_mount::check_display_name(s).map_err(|e| e.to_string())
+}
+
+/// A `resolve --keep` value: `mine`, `theirs`, `both`, or a version id prefix of at
+/// least [`lattice_mount::MIN_VERSION_PREFIX`] hex characters.
+fn keep(s: &str) -> Result<String, String> {
+    let word = matches!(s, "mine" | "theirs" | "both");
+    let hex =
+        s.len() >= lattice_mount::MIN_VERSION_PREFIX && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match word || hex {
+        true => Ok(s.to_string()),
+        false => Err(format!(
+            "give mine, theirs, both, or at least {} hex characters of a version id",
+            lattice_mount::MIN_VERSION_PREFIX
+        )),
+    }
 }
 
 /// `$HOME/<rest>`, or `None` when `HOME` is unset or empty.
