@@ -82,6 +82,35 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the files with conflicting versions: who wrote each, when, its size and id
+    Conflicts {
+        /// Only this store [default: every store]
+        store: Option<String>,
+        /// Print a JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Settle a conflict in one signed edit that replicates: keep one version, or all
+    Resolve {
+        /// The file (or one of its conflict copies) inside the mount
+        path: PathBuf,
+        /// mine (this node's version), theirs (the other node's), VERSION (8+ hex of a
+        /// content id from `conflicts`), or both (the others become files named as their
+        /// conflict copies were)
+        #[arg(long, value_name = "mine|theirs|VERSION|both", value_parser = keep)]
+        keep: String,
+        /// Print a JSON object
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print every change as it applies, local or received, until interrupted
+    Watch {
+        /// Only changes at or under this path inside the mount [default: everything]
+        path: Option<PathBuf>,
+        /// Print one JSON object per line
+        #[arg(long)]
+        json: bool,
+    },
     /// Stop the daemon and unmount
     Down,
     /// Print a one-line token that lets another node join a store
@@ -159,6 +188,21 @@ pub enum Command {
 /// A valid display name (trimmed), or why not: refused here rather than signed raw.
 fn display_name(s: &str) -> Result<String, String> {
     lattice_mount::check_display_name(s).map_err(|e| e.to_string())
+}
+
+/// A `resolve --keep` value: `mine`, `theirs`, `both`, or a version id prefix of at
+/// least [`lattice_mount::MIN_VERSION_PREFIX`] hex characters.
+fn keep(s: &str) -> Result<String, String> {
+    let word = matches!(s, "mine" | "theirs" | "both");
+    let hex =
+        s.len() >= lattice_mount::MIN_VERSION_PREFIX && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match word || hex {
+        true => Ok(s.to_string()),
+        false => Err(format!(
+            "give mine, theirs, both, or at least {} hex characters of a version id",
+            lattice_mount::MIN_VERSION_PREFIX
+        )),
+    }
 }
 
 /// `$HOME/<rest>`, or `None` when `HOME` is unset or empty.

@@ -1,5 +1,5 @@
 //! The client side of the control socket: one request, one response (a join also
-//! streams progress before its answer).
+//! streams progress before its answer; a watch streams changes until it ends).
 
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use lattice_mount::proto::control::{
-    request, response, CreateRequest, CreateResponse, DownRequest, HistoryRequest, HistoryResponse,
-    JoinProgress, JoinRequest, Request, Response, RestoreRequest, RestoreResponse, StatusRequest,
-    StatusResponse,
+    request, response, ConflictsRequest, ConflictsResponse, CreateRequest, CreateResponse,
+    DownRequest, HistoryRequest, HistoryResponse, JoinProgress, JoinRequest, Request,
+    ResolveRequest, ResolveResponse, Response, RestoreRequest, RestoreResponse, StatusRequest,
+    StatusResponse, WatchEvent, WatchRequest, WatchStarted,
 };
 use tokio::net::UnixStream;
 
@@ -86,6 +87,78 @@ pub fn restore(
         response::Kind::Restore(r) => Ok(r),
         other => Err(unexpected(&other)),
     }
+}
+
+/// Asks the daemon for the conflicted files of `store` (every store when `None`).
+pub fn conflicts(data_dir: &Path, store: Option<&str>) -> Result<ConflictsResponse, CliError> {
+    let request = request::Kind::Conflicts(ConflictsRequest {
+        store: store.unwrap_or_default().to_string(),
+    });
+    match call(data_dir, request)? {
+        response::Kind::Conflicts(c) => Ok(c),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Asks the daemon to resolve the conflict of `path` (a path in the mount) keeping `keep`
+/// (`mine`, `theirs`, `both` or a version id prefix).
+pub fn resolve(data_dir: &Path, path: &Path, keep: &str) -> Result<ResolveResponse, CliError> {
+    let request = request::Kind::Resolve(ResolveRequest {
+        path: in_mount(data_dir, path)?,
+        keep: keep.to_string(),
+    });
+    match call(data_dir, request)? {
+        response::Kind::Resolve(r) => Ok(r),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Watches the changes at or under `path` (a path in the mount; every store when `None`):
+/// calls `started` once, then `event` per change, until `event` fails (the output went
+/// away: a clean end) or the daemon stops (an error).
+pub fn watch(
+    data_dir: &Path,
+    path: Option<&Path>,
+    started: impl FnOnce(&WatchStarted),
+    mut event: impl FnMut(&WatchEvent) -> std::io::Result<()>,
+) -> Result<(), CliError> {
+    let sent = path.map(|p| in_mount(data_dir, p)).transpose()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the client runtime")?;
+    let request = Request {
+        kind: Some(request::Kind::Watch(WatchRequest {
+            path: sent.unwrap_or_default(),
+        })),
+    };
+    rt.block_on(async {
+        let mut stream = connect(data_dir).await?;
+        write_frame(&mut stream, &request)
+            .await
+            .context("talking to the daemon")?;
+        let mut started = Some(started);
+        loop {
+            let frame = read_frame::<Response, _>(&mut stream)
+                .await
+                .context("talking to the daemon")?;
+            match frame.and_then(|r| r.kind) {
+                Some(response::Kind::WatchStarted(w)) => {
+                    if let Some(started) = started.take() {
+                        started(&w);
+                    }
+                }
+                Some(response::Kind::WatchEvent(e)) => {
+                    if event(&e).is_err() {
+                        return Ok(());
+                    }
+                }
+                Some(response::Kind::Error(message)) => return Err(CliError::Refused(message)),
+                Some(other) => return Err(unexpected(&other)),
+                None => return Err(anyhow!("the daemon stopped; the watch ended").into()),
+            }
+        }
+    })
 }
 
 /// `path` (absolute or relative to the current directory, existing or not) as a path

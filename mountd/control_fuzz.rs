@@ -14,9 +14,10 @@ mod fields;
 mod harness;
 
 use lattice_mount::proto::control::{
-    request, response, CreateRequest, DownRequest, FetchModeRequest, HistoryRequest, InviteRequest,
-    JoinProgress, JoinRequest, PauseRequest, PeersRequest, Request, Response, RestoreRequest,
-    RevokeRequest, StatusRequest, SyncRequest,
+    request, response, ConflictsRequest, CreateRequest, DownRequest, FetchModeRequest,
+    HistoryRequest, InviteRequest, JoinProgress, JoinRequest, PauseRequest, PeersRequest, Request,
+    ResolveRequest, Response, RestoreRequest, RevokeRequest, StatusRequest, SyncRequest,
+    WatchEvent, WatchRequest,
 };
 use proptest::prelude::*;
 use prost::Message;
@@ -66,6 +67,10 @@ fn request() -> impl Strategy<Value = Request> {
         (text(), text()).prop_map(|(store, mode)| {
             request::Kind::FetchMode(FetchModeRequest { store, mode })
         }),
+        text().prop_map(|store| request::Kind::Conflicts(ConflictsRequest { store })),
+        (text(), text())
+            .prop_map(|(path, keep)| request::Kind::Resolve(ResolveRequest { path, keep })),
+        text().prop_map(|path| request::Kind::Watch(WatchRequest { path })),
     ];
     kind.prop_map(|kind| Request { kind: Some(kind) })
 }
@@ -80,6 +85,15 @@ fn response() -> impl Strategy<Value = Response> {
                 total: intentions,
                 bytes,
                 eta_ms: 0,
+            })
+        }),
+        (text(), text(), text(), any::<u64>()).prop_map(|(path, old_path, op, hlc_wall_ms)| {
+            response::Kind::WatchEvent(WatchEvent {
+                path,
+                old_path,
+                op,
+                hlc_wall_ms,
+                ..WatchEvent::default()
             })
         }),
     ];

@@ -468,6 +468,10 @@ impl Connection {
                 }
                 continue;
             }
+            if let Some(request::Kind::Watch(w)) = request.kind {
+                crate::watch::serve(self.ctx.node.clone(), &mut stream, w).await;
+                return;
+            }
             let is_down = matches!(request.kind, Some(request::Kind::Down(_)));
             let permit = self.in_flight.clone().read_owned().await;
             let ctx = self.ctx.clone();
@@ -728,6 +732,17 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
             Ok(restored) => response::Kind::Restore(restored),
             Err(e) => return error_response(e.to_string()),
         },
+        Some(request::Kind::Conflicts(c)) => match report::conflicts(&ctx.node, &c.store) {
+            Ok(conflicts) => response::Kind::Conflicts(conflicts),
+            Err(e) => return error_response(e.to_string()),
+        },
+        Some(request::Kind::Resolve(r)) => match report::resolve(&ctx.node, &r) {
+            Ok(resolved) => response::Kind::Resolve(resolved),
+            Err(e) => return error_response(e.to_string()),
+        },
+        Some(request::Kind::Watch(_)) => {
+            return error_response("watch is handled on its own".into())
+        }
         Some(request::Kind::Down(_)) => response::Kind::Down(DownResponse {}),
     };
     Response { kind: Some(kind) }

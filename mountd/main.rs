@@ -9,6 +9,7 @@ mod daemon;
 mod error;
 mod output;
 mod report;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -117,6 +118,39 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Conflicts { store, json } => {
+            let conflicts = client::conflicts(&data_dir, store.as_deref())?;
+            if json {
+                println!("{}", output::conflicts_json(&conflicts));
+            } else {
+                print!("{}", output::conflicts_human(&conflicts));
+            }
+            Ok(())
+        }
+        Command::Resolve { path, keep, json } => {
+            let resolved = client::resolve(&data_dir, &path, &keep)?;
+            if json {
+                println!("{}", output::resolve_json(&resolved));
+            } else {
+                print!("{}", output::resolve_human(&resolved));
+            }
+            Ok(())
+        }
+        Command::Watch { path, json } => client::watch(
+            &data_dir,
+            path.as_deref(),
+            |w| eprintln!("watching {}", w.stores.join(", ")),
+            |e| {
+                use std::io::Write as _;
+                let line = match json {
+                    true => output::watch_json(e),
+                    false => output::watch_human(e),
+                };
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{line}")?;
+                out.flush()
+            },
+        ),
         Command::Down => client::down(&data_dir),
         Command::Invite {
             name,

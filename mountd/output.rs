@@ -4,8 +4,9 @@ use std::fmt::Write;
 
 use lattice_mount::civil_from_days;
 use lattice_mount::proto::control::{
-    FrontierStatus, GcResponse, HistoryEntry, HistoryResponse, JoinProgress, PeerEntry,
-    RestoreResponse, StatusResponse, SyncResponse, VersionEntry,
+    ConflictsResponse, FrontierStatus, GcResponse, HistoryEntry, HistoryResponse, JoinProgress,
+    PeerEntry, ResolveResponse, RestoreResponse, StatusResponse, SyncResponse, VersionEntry,
+    WatchEvent,
 };
 
 /// Human status: the node, then a table of stores.
@@ -570,6 +571,153 @@ pub fn restore_json(r: &RestoreResponse) -> String {
     )
 }
 
+/// Human conflicts: per file its path, then one line per live version (time, author
+/// with key prefix, content id, size, where the mount shows it), the winner marked `*`.
+pub fn conflicts_human(c: &ConflictsResponse) -> String {
+    if c.conflicts.is_empty() {
+        return "no conflicts\n".to_string();
+    }
+    let mut out = String::new();
+    for f in &c.conflicts {
+        let _ = writeln!(
+            out,
+            "{}  ({} versions)",
+            printable(&f.path),
+            f.versions.len()
+        );
+        let authors: Vec<String> = f
+            .versions
+            .iter()
+            .map(|v| member_label(&v.author_name, &v.author))
+            .collect();
+        let width = authors.iter().map(|a| a.chars().count()).max().unwrap_or(0);
+        for (v, author) in f.versions.iter().zip(&authors) {
+            let _ = writeln!(
+                out,
+                "  {} {}  {author:<width$}  {}  {} bytes  {}",
+                if v.winner { '*' } else { ' ' },
+                utc_time(v.hlc_wall_ms),
+                v.version.get(..16).unwrap_or(&v.version),
+                v.size,
+                printable(&v.shown)
+            );
+        }
+    }
+    if c.omitted > 0 {
+        let _ = writeln!(out, "({} more conflicted files not shown)", c.omitted);
+    }
+    out
+}
+
+/// Conflicts as one JSON object.
+pub fn conflicts_json(c: &ConflictsResponse) -> String {
+    let files: Vec<String> = c
+        .conflicts
+        .iter()
+        .map(|f| {
+            let versions: Vec<String> = f
+                .versions
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{{\"time\":{},\"hlc_wall_ms\":{},\"author\":{},\"author_name\":{},\
+                         \"version\":{},\"size\":{},\"winner\":{},\"shown\":{}}}",
+                        json_string(&utc_time(v.hlc_wall_ms)),
+                        v.hlc_wall_ms,
+                        json_string(&v.author),
+                        json_string(&v.author_name),
+                        json_string(&v.version),
+                        v.size,
+                        v.winner,
+                        json_string(&v.shown)
+                    )
+                })
+                .collect();
+            format!(
+                "{{\"path\":{},\"versions\":[{}]}}",
+                json_string(&f.path),
+                versions.join(",")
+            )
+        })
+        .collect();
+    format!(
+        "{{\"conflicts\":[{}],\"omitted\":{}}}",
+        files.join(","),
+        c.omitted
+    )
+}
+
+/// Human resolve: which version the file keeps, and the files made of the others.
+pub fn resolve_human(r: &ResolveResponse) -> String {
+    let mut out = format!(
+        "resolved {}: keeps version {}, {} other version{} superseded\n",
+        printable(&r.path),
+        r.kept.get(..16).unwrap_or(&r.kept),
+        r.dismissed,
+        if r.dismissed == 1 { "" } else { "s" }
+    );
+    for copy in &r.copies {
+        let _ = writeln!(out, "kept as a file: {}", printable(copy));
+    }
+    out
+}
+
+/// Resolve as one JSON object.
+pub fn resolve_json(r: &ResolveResponse) -> String {
+    let copies: Vec<String> = r.copies.iter().map(|c| json_string(c)).collect();
+    format!(
+        "{{\"path\":{},\"kept\":{},\"copies\":[{}],\"dismissed\":{}}}",
+        json_string(&r.path),
+        json_string(&r.kept),
+        copies.join(","),
+        r.dismissed
+    )
+}
+
+/// One change as a line: time, author, intention, op, path (a move: old -> new).
+pub fn watch_human(e: &WatchEvent) -> String {
+    let path = match e.old_path.as_str() {
+        "" => printable(&e.path),
+        old => format!("{} -> {}", printable(old), printable(&e.path)),
+    };
+    format!(
+        "{}  {}  {}  {:<7}  {path}",
+        utc_time(e.hlc_wall_ms),
+        member_label(&e.author_name, &e.author),
+        e.intention.get(..16).unwrap_or(&e.intention),
+        e.op
+    )
+}
+
+/// One change as one JSON object (`old_path` is null unless it is a move).
+pub fn watch_json(e: &WatchEvent) -> String {
+    format!(
+        "{{\"time\":{},\"hlc_wall_ms\":{},\"op\":{},\"path\":{},\"old_path\":{},\
+         \"author\":{},\"author_name\":{},\"intention\":{},\"local\":{}}}",
+        json_string(&utc_time(e.hlc_wall_ms)),
+        e.hlc_wall_ms,
+        json_string(&e.op),
+        json_string(&e.path),
+        match e.old_path.as_str() {
+            "" => "null".to_string(),
+            old => json_string(old),
+        },
+        json_string(&e.author),
+        json_string(&e.author_name),
+        json_string(&e.intention),
+        e.local
+    )
+}
+
+/// A member as `name (8 hex of the key)`, or the 8 hex alone when it has no name.
+fn member_label(name: &str, key: &str) -> String {
+    let prefix = key.get(..8).unwrap_or(key);
+    match name {
+        "" => prefix.to_string(),
+        name => format!("{} ({prefix})", printable(name)),
+    }
+}
+
 /// A display name, else the first 8 hex characters of the key.
 fn label(name: &str, key: &str) -> String {
     if name.is_empty() {
@@ -773,5 +921,71 @@ mod tests {
         );
         assert!(json.ends_with(r#""omitted":3}"#), "{json}");
         assert!(versions_human(&HistoryResponse::default()).is_empty());
+    }
+
+    #[test]
+    fn conflict_lines_mark_the_winner_and_name_each_author_with_a_key_prefix() {
+        use lattice_mount::proto::control::{ConflictEntry, LiveVersionEntry};
+        let v = |name: &str, winner: bool, shown: &str| LiveVersionEntry {
+            author: "0123456789abcdef".repeat(4),
+            author_name: name.into(),
+            hlc_wall_ms: 0,
+            size: 3,
+            version: "ab".repeat(32),
+            winner,
+            shown: shown.into(),
+        };
+        let c = ConflictsResponse {
+            conflicts: vec![ConflictEntry {
+                path: "team/a.txt".into(),
+                versions: vec![
+                    v("bob", true, "team/a.txt"),
+                    v("", false, "team/a (conflict x).txt"),
+                ],
+            }],
+            omitted: 0,
+        };
+        let out = conflicts_human(&c);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "team/a.txt  (2 versions)");
+        assert_eq!(
+            lines[1],
+            "  * 1970-01-01T00:00:00.000Z  bob (01234567)  abababababababab  3 bytes  team/a.txt"
+        );
+        assert!(
+            lines[2].starts_with("    1970-01-01T00:00:00.000Z  01234567        "),
+            "{out}"
+        );
+        assert!(conflicts_json(&c).contains(r#""winner":false,"shown":"team/a (conflict x).txt"}"#));
+        assert_eq!(
+            conflicts_human(&ConflictsResponse::default()),
+            "no conflicts\n"
+        );
+    }
+
+    #[test]
+    fn a_watched_move_shows_old_and_new_path_and_other_ops_a_null_old_path_in_json() {
+        let e = WatchEvent {
+            path: "team/b".into(),
+            old_path: "team/a".into(),
+            op: "move".into(),
+            author: "cd".repeat(32),
+            author_name: "bob".into(),
+            intention: "ef".repeat(32),
+            hlc_wall_ms: 0,
+            local: false,
+        };
+        assert_eq!(
+            watch_human(&e),
+            "1970-01-01T00:00:00.000Z  bob (cdcdcdcd)  efefefefefefefef  move     team/a -> team/b"
+        );
+        assert!(watch_json(&e).contains(r#""path":"team/b","old_path":"team/a""#));
+        let write = WatchEvent {
+            old_path: String::new(),
+            op: "write".into(),
+            ..e
+        };
+        assert!(watch_json(&write).contains(r#""old_path":null"#));
+        assert!(watch_human(&write).ends_with("write    team/b"));
     }
 }

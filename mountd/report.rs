@@ -1,15 +1,16 @@
-//! The control-protocol form of what a node holds: the answers to `status`, `history`
-//! and `restore`. The node keeps the data; this module decides how the CLI sees it.
+//! The control-protocol form of what a node holds: the answers to `status`, `history`,
+//! `restore`, `conflicts` and `resolve`. The node keeps the data; this module decides how the CLI sees it.
 
 use std::path::Path;
 
 use lattice_mount::proto::control::{
-    ContentSpace, DeletedEntry, FrontierStatus, HistoryEntry, HistoryResponse, RestoreRequest,
+    ConflictEntry, ConflictsResponse, ContentSpace, DeletedEntry, FrontierStatus, HistoryEntry,
+    HistoryResponse, LiveVersionEntry, ResolveRequest, ResolveResponse, RestoreRequest,
     RestoreResponse, StatusResponse, StoreStatus, UnreadableStore, VersionEntry,
 };
 use lattice_mount::{
-    store_name, Blocker, Content, HistoryOp, Holdback, Kind, Node, NodeError, OpBody, Pick, Role,
-    Standing, Version, VersionState,
+    store_name, Blocker, Content, HistoryOp, Holdback, Keep, Kind, Node, NodeError, OpBody, Pick,
+    Role, Standing, Version, VersionState,
 };
 
 /// Where a store's stability frontier stands, and who holds it back.
@@ -152,6 +153,56 @@ pub fn restore(node: &Node, r: &RestoreRequest) -> Result<RestoreResponse, NodeE
         version: done.version.to_hex(),
         size: done.size,
         created: done.created,
+    })
+}
+
+/// Conflicted files one `conflicts` answer carries: at about 600 bytes each (two
+/// versions), well inside the 4 MiB control frame.
+const MAX_CONFLICTS_LISTED: usize = 5_000;
+
+/// The conflicted files of the store named `store` (every store when empty).
+pub fn conflicts(node: &Node, store: &str) -> Result<ConflictsResponse, NodeError> {
+    let all = node.conflicts((!store.is_empty()).then_some(store))?;
+    let conflicts = all
+        .iter()
+        .take(MAX_CONFLICTS_LISTED)
+        .map(|c| ConflictEntry {
+            path: c.path.clone(),
+            versions: c
+                .versions
+                .iter()
+                .map(|v| LiveVersionEntry {
+                    author: v.author().to_hex(),
+                    author_name: v.author_name.clone(),
+                    hlc_wall_ms: v.hlc().wall_ms,
+                    size: v.size,
+                    version: v.id.to_hex(),
+                    winner: v.winner,
+                    shown: v.shown.clone(),
+                })
+                .collect(),
+        })
+        .collect();
+    Ok(ConflictsResponse {
+        conflicts,
+        omitted: all.len().saturating_sub(MAX_CONFLICTS_LISTED) as u64,
+    })
+}
+
+/// Resolves a conflict as `r` asks (see [`Node::resolve`]).
+pub fn resolve(node: &Node, r: &ResolveRequest) -> Result<ResolveResponse, NodeError> {
+    let keep = match r.keep.as_str() {
+        "mine" => Keep::Mine,
+        "theirs" => Keep::Theirs,
+        "both" => Keep::Both,
+        version => Keep::Version(version.to_string()),
+    };
+    let done = node.resolve(&r.path, &keep)?;
+    Ok(ResolveResponse {
+        path: done.path,
+        kept: done.kept.to_hex(),
+        copies: done.copies,
+        dismissed: done.dismissed as u64,
     })
 }
 

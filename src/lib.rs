@@ -51,8 +51,9 @@ pub use net::{
     SYNC_ALPN,
 };
 pub use node::{
-    check_display_name, store_name, DeletedFile, HistoryOp, JoinState, Node, NodeError, Pick,
-    RestoreError, Restored, Unreadable, Version, VersionState, MIN_VERSION_PREFIX,
+    check_display_name, store_name, Change, Conflict, ConflictError, DeletedFile, HistoryOp,
+    JoinState, Keep, LiveVersion, Node, NodeError, Pick, Resolution, RestoreError, Restored,
+    Unreadable, Version, VersionState, MIN_VERSION_PREFIX,
 };
 pub use store::{
     is_retained, ApplyOutcome, BareIndex, ContentPlan, Equivocator, HistoryItem, IndexView,

@@ -22,10 +22,17 @@ use crate::identity::{Identity, IdentityError, PublicKey};
 use crate::ids::{FileId, Hash, OpId, StoreId};
 use crate::store::{Genesis, HistoryItem, Store, StoreError, StoreOptions};
 
+mod changes;
+mod conflicts;
+#[cfg(test)]
+mod conflicts_tests;
+mod paths;
 mod restore;
 #[cfg(test)]
 mod restore_tests;
 
+pub use changes::Change;
+pub use conflicts::{Conflict, ConflictError, Keep, LiveVersion, Resolution};
 pub use restore::{
     DeletedFile, Pick, RestoreError, Restored, Version, VersionState, MIN_VERSION_PREFIX,
 };
@@ -109,6 +116,9 @@ pub enum NodeError {
     /// A version could not be listed or restored.
     #[error(transparent)]
     Restore(#[from] RestoreError),
+    /// A conflict could not be listed or resolved.
+    #[error(transparent)]
+    Conflict(#[from] ConflictError),
 }
 
 /// A running node: identity, clock, content store and stores. Cheap to clone.

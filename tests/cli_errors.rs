@@ -24,6 +24,10 @@ fn client_commands_without_a_daemon_exit_3_with_one_line() {
         &["down"],
         &["create", "docs"],
         &["history", "/tmp/x"],
+        &["conflicts"],
+        &["resolve", "/tmp/x", "--keep", "mine"],
+        &["watch"],
+        &["watch", "/tmp/x", "--json"],
     ] {
         let out = lattice(&data_dir, args);
         assert_eq!(out.status.code(), Some(3), "{args:?}");
@@ -60,6 +64,10 @@ fn bad_arguments_exit_2() {
         &["history"],
         &["status", "--bogus"],
         &["up", "/a", "/b"],
+        &["resolve", "/a"],
+        &["resolve", "/a", "--keep", "nope"],
+        &["resolve", "/a", "--keep", "abc"],
+        &["conflicts", "a", "b"],
     ] {
         let out = lattice(tmp.path(), args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

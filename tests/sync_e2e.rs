@@ -260,3 +260,211 @@ fn tokens_are_single_use_and_bad_ones_are_refused_with_one_line() {
     assert!(!peers.contains("bob"), "{peers}");
     nodes[0].assert_mounted();
 }
+
+/// A `lattice-mount watch` child of a daemon, its stdout lines gathered by a thread.
+struct Watcher {
+    child: std::process::Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
+}
+
+impl Watcher {
+    /// Starts `watch ARGS` on `d` and waits until it reports that it is watching.
+    fn start(d: &Daemon, args: &[&str]) -> Watcher {
+        use std::io::BufRead;
+        let mut child = d
+            .cli()
+            .arg("watch")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = child.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        err.read_line(&mut first).unwrap();
+        assert!(first.starts_with("watching team"), "{first:?}");
+        Watcher {
+            child,
+            lines,
+            stderr: err,
+        }
+    }
+
+    /// Waits until a line holds every one of `parts`; returns it.
+    fn expect(&self, parts: &[&str]) -> String {
+        let mut found = None;
+        within(
+            VISIBLE_WITHIN,
+            &format!("watch line with {parts:?}"),
+            || {
+                found = self
+                    .lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|l| parts.iter().all(|p| l.contains(p)))
+                    .cloned();
+                found.is_some()
+            },
+        );
+        found.unwrap()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) for the watch to exit; returns its status and the rest of stderr.
+    fn exit(&mut self) -> (std::process::ExitStatus, String) {
+        use std::io::Read;
+        let mut status = None;
+        within(SETTLE, "watch exits", || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        let mut rest = String::new();
+        self.stderr.read_to_string(&mut rest).unwrap();
+        (status.unwrap(), rest)
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_conflict_shows_on_both_nodes_one_resolve_settles_it_everywhere_and_watch_sees_it_all() {
+    if !fuse_available() {
+        return;
+    }
+    let mut nodes = team(&["alice", "bob"]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let mut json = Watcher::start(a, &["--json"]);
+    let plain = Watcher::start(a, &[a.path("team").to_str().unwrap()]);
+    a.sh("echo base > team/doc.txt && echo base > team/notes.txt");
+    json.expect(&[
+        "\"path\":\"team/doc.txt\"",
+        "\"author_name\":\"alice\"",
+        "\"local\":true",
+    ]);
+    within(SETTLE, "doc on bob", || {
+        std::fs::read_to_string(b.path("team/doc.txt")).is_ok_and(|s| s == "base\n")
+            && std::fs::read_to_string(b.path("team/notes.txt")).is_ok_and(|s| s == "base\n")
+    });
+    ok(a.run(&["pause", "team"]));
+    ok(b.run(&["pause", "team"]));
+    a.sh("echo from-alice > team/doc.txt && echo alice-notes > team/notes.txt");
+    b.sh("echo from-bob > team/doc.txt && echo bob-notes > team/notes.txt");
+    ok(a.run(&["resume", "team"]));
+    ok(b.run(&["resume", "team"]));
+    for d in [a, b] {
+        within(SETTLE, "the conflict listed", || {
+            let out = ok(d.run(&["conflicts", "--json"]));
+            out.contains("\"path\":\"team/doc.txt\"") && out.matches("\"version\"").count() == 4
+        });
+    }
+    let listed = ok(b.run(&["conflicts"]));
+    eprintln!("conflicts on bob:\n{listed}");
+    assert!(
+        listed.contains("alice (") && listed.contains("bob ("),
+        "{listed}"
+    );
+    assert_eq!(ok(a.run(&["conflicts", "team"])).lines().count(), 6);
+    let resolved = ok(b.run(&[
+        "resolve",
+        b.path("team/doc.txt").to_str().unwrap(),
+        "--keep",
+        "mine",
+    ]));
+    eprintln!("resolve on bob:\n{resolved}");
+    assert!(
+        resolved.starts_with("resolved team/doc.txt: keeps version"),
+        "{resolved}"
+    );
+    let both = ok(a.run(&[
+        "resolve",
+        a.path("team/notes.txt").to_str().unwrap(),
+        "--keep",
+        "both",
+    ]));
+    eprintln!("resolve --keep both on alice:\n{both}");
+    let copy = both
+        .lines()
+        .find_map(|l| l.strip_prefix("kept as a file: team/"))
+        .expect("a copy is named")
+        .to_string();
+    assert!(copy.starts_with("notes (conflict "), "{both}");
+    for d in [a, b] {
+        within(
+            SETTLE,
+            "bob's doc, and notes with its copy as files",
+            || {
+                let mut names: Vec<String> = std::fs::read_dir(d.path("team"))
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect();
+                names.sort();
+                let read =
+                    |p: &str| std::fs::read_to_string(d.path("team").join(p)).unwrap_or_default();
+                let mut notes = [read("notes.txt"), read(&copy)];
+                notes.sort();
+                names == ["doc.txt", copy.as_str(), "notes.txt"]
+                    && read("doc.txt") == "from-bob\n"
+                    && notes == ["alice-notes\n", "bob-notes\n"]
+            },
+        );
+        assert_eq!(ok(d.run(&["conflicts"])), "no conflicts\n");
+        // The copy is an ordinary file now: writable, unlike a conflict copy.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(d.path("team").join(&copy))
+            .unwrap();
+    }
+    // Watch on alice saw bob's resolution, carried by the intention bob's history names.
+    let dismiss = json.expect(&[
+        "\"op\":\"dismiss\"",
+        "\"author_name\":\"bob\"",
+        "\"local\":false",
+    ]);
+    assert!(dismiss.contains("\"path\":\"team/doc.txt\""), "{dismiss}");
+    let history = ok(b.run(&[
+        "history",
+        b.path("team/doc.txt").to_str().unwrap(),
+        "--json",
+    ]));
+    let intention = dismiss.split("\"intention\":\"").nth(1).unwrap()[..64].to_string();
+    assert!(
+        history.contains(&format!("\"intention\":\"{intention}\",\"op\":\"dismiss")),
+        "{history}"
+    );
+    b.sh("mv team/doc.txt team/final.txt");
+    json.expect(&[
+        "\"op\":\"move\"",
+        "\"path\":\"team/final.txt\"",
+        "\"old_path\":\"team/doc.txt\"",
+        "\"author_name\":\"bob\"",
+    ]);
+    plain.expect(&["move", "team/doc.txt -> team/final.txt"]);
+    eprintln!("watch on alice:\n{}", plain.lines().join("\n"));
+    eprintln!("watch --json on alice:\n{}", json.lines().join("\n"));
+    // The daemon going down ends the watch with one line and a failure.
+    nodes[0].down();
+    let (status, rest) = json.exit();
+    assert!(!status.success(), "{status}");
+    assert_eq!(
+        rest, "lattice-mount: the daemon stopped; the watch ended\n",
+        "{rest:?}"
+    );
+}

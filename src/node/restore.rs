@@ -200,13 +200,13 @@ pub struct Restored {
 
 /// A path resolved with deleted names counting: the store, the parent directory and
 /// name of the last component (the root has none), and what it names.
-struct Resolved {
-    store: Store,
-    store_name: String,
-    shown: String,
-    parent: FileId,
-    name: Option<String>,
-    found: Found,
+pub(super) struct Resolved {
+    pub(super) store: Store,
+    pub(super) store_name: String,
+    pub(super) shown: String,
+    pub(super) parent: FileId,
+    pub(super) name: Option<String>,
+    pub(super) found: Found,
 }
 
 impl Node {
@@ -359,7 +359,7 @@ impl Node {
     }
 
     /// A path inside the mount resolved through deleted names too.
-    fn resolve_any(&self, path: &str) -> Result<Resolved, NodeError> {
+    pub(super) fn resolve_any(&self, path: &str) -> Result<Resolved, NodeError> {
         let (store, store_name, names) = self.locate(path)?;
         let walked = store.read(|s| {
             let mut parent = OpId::ROOT;
@@ -446,7 +446,11 @@ impl Node {
 
     /// `pieces` as one `Content`: itself when there is one, else the concatenation stored
     /// anew (a version made by appends).
-    fn one_piece(&self, store: &Store, pieces: &[Content]) -> Result<Content, NodeError> {
+    pub(super) fn one_piece(
+        &self,
+        store: &Store,
+        pieces: &[Content],
+    ) -> Result<Content, NodeError> {
         match pieces {
             [] => Ok(Content::empty()),
             [one] => Ok(one.clone()),
@@ -476,7 +480,7 @@ fn remove_staging(path: PathBuf) {
 }
 
 /// `<store>/a/b` for display.
-fn shown_path(store: &str, names: &[String]) -> String {
+pub(super) fn shown_path(store: &str, names: &[String]) -> String {
     std::iter::once(store)
         .chain(names.iter().map(String::as_str))
         .collect::<Vec<_>>()
@@ -484,12 +488,12 @@ fn shown_path(store: &str, names: &[String]) -> String {
 }
 
 /// The first 16 hex characters of `hash`, as `history` prints them.
-fn short(hash: &Hash) -> String {
+pub(super) fn short(hash: &Hash) -> String {
     hash.to_hex()[..16].to_string()
 }
 
 /// The display name of `key` in the store; empty when it is not a member.
-fn author_name(state: &FsState, key: &PublicKey) -> String {
+pub(super) fn author_name(state: &FsState, key: &PublicKey) -> String {
     state
         .member(key)
         .map(|(_, name)| name.to_string())
@@ -497,7 +501,7 @@ fn author_name(state: &FsState, key: &PublicKey) -> String {
 }
 
 /// The content id of `pieces` (see the module doc).
-fn content_id(pieces: &[Content]) -> Hash {
+pub(super) fn content_id(pieces: &[Content]) -> Hash {
     let piece_id = |c: &Content| match c {
         Content::Manifest { hash, .. } => *hash,
         Content::Inline(bytes) => Hash::of(bytes),
