@@ -17,6 +17,9 @@ pub enum CliError {
     /// The daemon refused the request; its one-line reason.
     #[error("{0}")]
     Refused(String),
+    /// Mounting fails or would fail, with the fix.
+    #[error(transparent)]
+    Mount(#[from] crate::preflight::MountProblem),
     /// Anything else, with its context chain.
     #[error("{0:#}")]
     Failed(#[from] anyhow::Error),
@@ -27,7 +30,7 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             CliError::NoDaemon(_) => EXIT_NO_DAEMON,
-            CliError::Refused(_) | CliError::Failed(_) => EXIT_FAILURE,
+            CliError::Refused(_) | CliError::Mount(_) | CliError::Failed(_) => EXIT_FAILURE,
         })
     }
 

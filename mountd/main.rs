@@ -8,8 +8,10 @@ mod control;
 mod daemon;
 mod error;
 mod output;
+mod preflight;
 mod report;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -25,12 +27,19 @@ use lattice_mount::proto::control::{
 use crate::cli::{home_dir, Cli, Command};
 use crate::error::CliError;
 
+/// Log filter without `RUST_LOG`: this program's warnings only. The libraries' own
+/// lines (iroh retrying a relay or a DNS publish while offline) are for debugging and
+/// stay behind `RUST_LOG`; the daemon says what matters to the user itself.
+const DEFAULT_LOG_FILTER: &str = "lattice_mount=warn";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
