@@ -7,9 +7,11 @@ mod client;
 mod control;
 mod daemon;
 mod error;
+mod generated;
 mod output;
 mod preflight;
 mod report;
+mod service;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -52,11 +54,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
-    let data_dir = absolute(match cli.data_dir {
-        Some(dir) => dir,
-        None => home_dir(".local/share/lattice-mount")
-            .ok_or_else(|| anyhow!("HOME is not set; pass --data-dir or set LATTICE_HOME"))?,
-    })?;
+    let data_dir = match cli.command {
+        // Generated text needs no data dir: packaging runs these without a HOME.
+        Command::Completions { .. } | Command::Man { .. } => PathBuf::new(),
+        _ => absolute(match cli.data_dir {
+            Some(dir) => dir,
+            None => home_dir(".local/share/lattice-mount")
+                .ok_or_else(|| anyhow!("HOME is not set; pass --data-dir or set LATTICE_HOME"))?,
+        })?,
+    };
     match cli.command {
         Command::Up {
             mountpoint,
@@ -207,6 +213,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Service { action } => service::run(action, &data_dir),
+        Command::Completions { shell } => generated::completions(shell),
+        Command::Man { command } => generated::man(&command),
         Command::FetchMode { name, mode } => {
             let kind = request::Kind::FetchMode(FetchModeRequest { store: name, mode });
             match client::ask(&data_dir, kind)? {
