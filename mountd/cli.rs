@@ -1,5 +1,6 @@
 //! Command-line arguments.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -182,6 +183,46 @@ pub enum Command {
         /// eager or on-demand
         #[arg(value_parser = ["eager", "on-demand"])]
         mode: String,
+    },
+    /// Install or remove a systemd user service that runs `up` at login
+    Service {
+        /// What to do.
+        #[command(subcommand)]
+        action: ServiceAction,
+    },
+    /// Print a shell completion script (e.g. `lattice-mount completions bash >
+    /// ~/.local/share/bash-completion/completions/lattice-mount`)
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, or a command's (e.g. `lattice-mount man service install |
+    /// man -l -`)
+    Man {
+        /// The command, e.g. `up` or `service install` [default: the program's page]
+        command: Vec<String>,
+    },
+}
+
+/// The subcommands of `service`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceAction {
+    /// Write ~/.config/systemd/user/lattice-mount.service, which runs `up` with this
+    /// data dir, and enable and start it with systemctl
+    Install {
+        /// Only write the unit file; do not run systemctl
+        #[arg(long)]
+        no_enable: bool,
+        /// Options for `up` in the service, after `--` (e.g. `-- --relay disabled
+        /// /home/ada/Lattice`)
+        #[arg(last = true, value_name = "UP_OPTIONS")]
+        up: Vec<OsString>,
+    },
+    /// Stop and disable the service and remove its unit file
+    Uninstall {
+        /// Only remove the unit file; do not run systemctl
+        #[arg(long)]
+        no_disable: bool,
     },
 }
 

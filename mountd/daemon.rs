@@ -18,7 +18,7 @@ use lattice_mount::proto::control::{
     InviteResponse, JoinProgress, JoinResponse, PauseResponse, PeerEntry, PeersResponse, Request,
     Response, RetentionResponse, RevokeResponse, SyncResponse,
 };
-use lattice_mount::{CacheBudget, Net, NetConfig, Node, Role};
+use lattice_mount::{CacheBudget, Net, NetConfig, Node, Relay, Role};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, RwLock, Semaphore};
@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 
 use crate::control::{read_frame, socket_path, write_frame, FrameError};
 use crate::error::CliError;
+use crate::preflight::{self, MountProblem};
 use crate::report;
 
 /// Most control connections served at once; further ones are closed at once.
@@ -37,6 +38,10 @@ const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the daemon collects the content of every store in the background: old
 /// versions expire by the day, so an hour keeps the disk close to what is retained.
 const BACKGROUND_GC_INTERVAL: Duration = Duration::from_secs(60 * 60);
+/// How long the daemon waits for a relay before saying it uses direct addresses only:
+/// iroh's first net report and relay handshake take a second or two on a working
+/// network (not measured here, where there is none); the rest is room for slow DNS.
+const RELAY_WAIT: Duration = Duration::from_secs(10);
 /// Lock file inside the data dir, held (flock) by the running daemon.
 const LOCK_FILE: &str = "daemon.lock";
 
@@ -66,6 +71,7 @@ pub fn up(opts: UpOptions) -> Result<(), CliError> {
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let lock = DaemonLock::acquire(data_dir)?;
     let mountpoint = prepare_mountpoint(&opts.mountpoint)?;
+    preflight::diagnose(&preflight::gather(&mountpoint, opts.allow_other))?;
     // Whatever the node's libraries create from here on (redb files, blobs, staging, the
     // peer book) is readable by its owner only: files 0600, directories 0700.
     // SAFETY: umask only changes the process's file creation mask; one thread so far.
@@ -95,9 +101,7 @@ pub fn up(opts: UpOptions) -> Result<(), CliError> {
             if let Err(e) = node.shutdown() {
                 tracing::error!("shutting down after a failed mount: {e}");
             }
-            return Err(anyhow!(e)
-                .context(format!("cannot mount at {}", mountpoint.display()))
-                .into());
+            return Err(MountProblem::from(e).into());
         }
     };
     let net = match rt.block_on(Net::start(node.clone(), opts.net.clone())) {
@@ -122,6 +126,21 @@ pub fn up(opts: UpOptions) -> Result<(), CliError> {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    if opts.net.relay != Relay::Disabled {
+        let net = net.clone();
+        rt.spawn(async move {
+            if tokio::time::timeout(RELAY_WAIT, net.relay_online())
+                .await
+                .is_err()
+            {
+                eprintln!(
+                    "no relay reachable within {} s: peers are reached by their direct \
+                     addresses only until one answers (RUST_LOG=iroh=warn shows why)",
+                    RELAY_WAIT.as_secs()
+                );
+            }
+        });
+    }
 
     let ctx = Arc::new(Ctx {
         node: node.clone(),

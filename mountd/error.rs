@@ -17,6 +17,12 @@ pub enum CliError {
     /// The daemon refused the request; its one-line reason.
     #[error("{0}")]
     Refused(String),
+    /// Mounting fails or would fail, with the fix.
+    #[error(transparent)]
+    Mount(#[from] crate::preflight::MountProblem),
+    /// Installing or removing the systemd service failed.
+    #[error(transparent)]
+    Service(#[from] crate::service::ServiceError),
     /// Anything else, with its context chain.
     #[error("{0:#}")]
     Failed(#[from] anyhow::Error),
@@ -27,7 +33,10 @@ impl CliError {
     pub fn exit_code(&self) -> ExitCode {
         ExitCode::from(match self {
             CliError::NoDaemon(_) => EXIT_NO_DAEMON,
-            CliError::Refused(_) | CliError::Failed(_) => EXIT_FAILURE,
+            CliError::Refused(_)
+            | CliError::Mount(_)
+            | CliError::Service(_)
+            | CliError::Failed(_) => EXIT_FAILURE,
         })
     }
 

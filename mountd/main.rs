@@ -7,10 +7,14 @@ mod client;
 mod control;
 mod daemon;
 mod error;
+mod generated;
 mod output;
+mod preflight;
 mod report;
+mod service;
 mod watch;
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -26,12 +30,19 @@ use lattice_mount::proto::control::{
 use crate::cli::{home_dir, Cli, Command};
 use crate::error::CliError;
 
+/// Log filter without `RUST_LOG`: this program's warnings only. The libraries' own
+/// lines (iroh retrying a relay or a DNS publish while offline) are for debugging and
+/// stay behind `RUST_LOG`; the daemon says what matters to the user itself.
+const DEFAULT_LOG_FILTER: &str = "lattice_mount=warn";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+            EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER)),
         )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     match run(cli) {
@@ -44,11 +55,15 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<(), CliError> {
-    let data_dir = absolute(match cli.data_dir {
-        Some(dir) => dir,
-        None => home_dir(".local/share/lattice-mount")
-            .ok_or_else(|| anyhow!("HOME is not set; pass --data-dir or set LATTICE_HOME"))?,
-    })?;
+    let data_dir = match cli.command {
+        // Generated text needs no data dir: packaging runs these without a HOME.
+        Command::Completions { .. } | Command::Man { .. } => PathBuf::new(),
+        _ => absolute(match cli.data_dir {
+            Some(dir) => dir,
+            None => home_dir(".local/share/lattice-mount")
+                .ok_or_else(|| anyhow!("HOME is not set; pass --data-dir or set LATTICE_HOME"))?,
+        })?,
+    };
     match cli.command {
         Command::Up {
             mountpoint,
@@ -232,6 +247,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Service { action } => service::run(action, &data_dir),
+        Command::Completions { shell } => generated::completions(shell),
+        Command::Man { command } => generated::man(&command),
         Command::FetchMode { name, mode } => {
             let kind = request::Kind::FetchMode(FetchModeRequest { store: name, mode });
             match client::ask(&data_dir, kind)? {

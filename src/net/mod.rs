@@ -367,6 +367,11 @@ impl Net {
         self.shared.store_net(store)
     }
 
+    /// Resolves once the endpoint is connected to a relay; never, with relays disabled.
+    pub async fn relay_online(&self) {
+        self.shared.endpoint.online().await;
+    }
+
     /// Stops every replica and closes the endpoint.
     pub async fn shutdown(&self) {
         let handles: Vec<ReplicaHandle> = self
