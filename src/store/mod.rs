@@ -37,8 +37,9 @@
 //!   stored intentions that failed to decode at an open), `frontier` (the greatest
 //!   stability frontier computed, re-applied as a purge at open), `attested_floor`
 //!   (the greatest floor handed out in an attestation; the clock starts past it).
-//! - `projection`: witness seq -> `FsState` snapshot bytes reflecting exactly the log
-//!   up to that seq; one row.
+//! - `projection`: witness seq -> the projection's header (`FsState::take_pages`)
+//!   reflecting exactly the log up to that seq; one row. The projection's records are
+//!   in the `page_*` tables of the same commit (`pages`).
 //!
 //! ## Apply pipeline
 //! Received bytes: decode and verify ([`Intention::decode`]: limits, signature, ops) ->
@@ -63,10 +64,11 @@
 //! [`MAX_INTENTION_OPS_BYTES`], chained to this node's tip and naming the heads, and
 //! commits each batch in one transaction: non-durable, or durable when a
 //! [`Store::flush`] waits, [`DURABLE_EVERY`] at the latest, and at shutdown (a
-//! durable commit makes the earlier non-durable ones durable too). The projection is
-//! snapshotted every [`SNAPSHOT_EVERY`] while intentions arrive, after
-//! [`SNAPSHOT_INTENTIONS`] of them (more for a large projection: one per KiB of its last
-//! snapshot) and at shutdown; opening loads it and replays (and chain-checks) the witness log after it.
+//! durable commit makes the earlier non-durable ones durable too). The projection's
+//! changed records are written as pages every [`PAGES_EVERY`] while intentions arrive,
+//! after [`PAGES_INTENTIONS`] of them or [`PAGES_UNWRITTEN`] changed records, and at
+//! shutdown; opening reads the header and replays (and chain-checks) the witness log
+//! after it.
 //!
 //! [`Intention::decode`]: crate::intention::Intention::decode
 //! [`MAX_DEPS`]: crate::intention::MAX_DEPS
