@@ -176,6 +176,14 @@ pub enum Command {
         /// Days to keep superseded and deleted versions; 0 keeps only current ones
         days: Option<u32>,
     },
+    /// Show or set (admins only) how many days a silent member of a store holds back the
+    /// purge of history (the stability frontier)
+    Horizon {
+        /// Store name
+        name: String,
+        /// Days of silence (no sync) after which a member stops counting, 1 to 3650
+        days: Option<u32>,
+    },
     /// Choose when a store fetches file content: eager (default) or on-demand
     FetchMode {
         /// Store name

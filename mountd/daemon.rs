@@ -16,9 +16,9 @@ use anyhow::{anyhow, Context};
 use lattice_mount::proto::control::{
     request, response, CreateResponse, DownResponse, FetchModeResponse, GcResponse, GcStoreReport,
     InviteResponse, JoinProgress, JoinResponse, PauseResponse, PeerEntry, PeersResponse, Request,
-    Response, RetentionResponse, RevokeResponse, SyncResponse,
+    Response, RevokeResponse, SettingResponse, StoreSetting, SyncResponse,
 };
-use lattice_mount::{CacheBudget, Net, NetConfig, Node, Relay, Role};
+use lattice_mount::{CacheBudget, Net, NetConfig, Node, Relay, Role, Setting};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, RwLock, Semaphore};
@@ -710,12 +710,17 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
                 Err(e) => return error_response(e.to_string()),
             }
         }
-        Some(request::Kind::Retention(r)) => {
+        Some(request::Kind::Setting(r)) => {
             let Some(store) = ctx.node.store_by_name(&r.store) else {
                 return error_response(format!("no store named {:?}", r.store));
             };
+            let setting = match StoreSetting::try_from(r.setting) {
+                Ok(StoreSetting::Retention) => Setting::Retention,
+                Ok(StoreSetting::Horizon) => Setting::Horizon,
+                Err(_) => return error_response(format!("unknown setting {}", r.setting)),
+            };
             if let Some(days) = r.days {
-                match store.set_retention(days) {
+                match store.set_setting(setting, days) {
                     Ok(()) => {}
                     Err(lattice_mount::SettingError::NotAdmin) => {
                         let role = store
@@ -726,15 +731,16 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
                                 format!("a {:?}", m.role).to_lowercase()
                             });
                         return error_response(format!(
-                            "only an admin of {} may set its retention; this node is {role}",
-                            r.store
+                            "only an admin of {} may set its {}; this node is {role}",
+                            r.store,
+                            setting.name()
                         ));
                     }
                     Err(e) => return error_response(e.to_string()),
                 }
             }
-            response::Kind::Retention(RetentionResponse {
-                days: store.retention_days(),
+            response::Kind::Setting(SettingResponse {
+                days: store.setting(setting),
             })
         }
         Some(request::Kind::Create(c)) => match ctx.node.create_store(&c.name) {

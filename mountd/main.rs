@@ -24,7 +24,7 @@ use tracing_subscriber::EnvFilter;
 
 use lattice_mount::proto::control::{
     request, response, FetchModeRequest, GcRequest, InviteRequest, PauseRequest, PeersRequest,
-    RetentionRequest, RevokeRequest, SyncRequest,
+    RevokeRequest, SettingRequest, StoreSetting, SyncRequest,
 };
 
 use crate::cli::{home_dir, Cli, Command};
@@ -235,18 +235,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Retention { name, days } => {
-            let kind = request::Kind::Retention(RetentionRequest {
-                store: name.clone(),
-                days,
-            });
-            match client::ask(&data_dir, kind)? {
-                response::Kind::Retention(r) => {
-                    println!("{name} keeps old versions {} days", r.days)
-                }
-                other => return Err(client::unexpected(&other)),
-            }
-            Ok(())
+            setting(&data_dir, StoreSetting::Retention, name, days)
         }
+        Command::Horizon { name, days } => setting(&data_dir, StoreSetting::Horizon, name, days),
         Command::Service { action } => service::run(action, &data_dir),
         Command::Completions { shell } => generated::completions(shell),
         Command::Man { command } => generated::man(&command),
@@ -271,6 +262,27 @@ fn pause(data_dir: &std::path::Path, name: Option<String>, pause: bool) -> Resul
             for s in p.stores {
                 println!("{verb} {s}");
             }
+            Ok(())
+        }
+        other => Err(client::unexpected(&other)),
+    }
+}
+
+/// Shows a store setting, after setting it to `days` if given.
+fn setting(
+    data_dir: &std::path::Path,
+    setting: StoreSetting,
+    store: String,
+    days: Option<u32>,
+) -> Result<(), CliError> {
+    let kind = request::Kind::Setting(SettingRequest {
+        store: store.clone(),
+        setting: setting as i32,
+        days,
+    });
+    match client::ask(data_dir, kind)? {
+        response::Kind::Setting(r) => {
+            println!("{}", output::setting_line(setting, &store, r.days));
             Ok(())
         }
         other => Err(client::unexpected(&other)),

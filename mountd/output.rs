@@ -5,8 +5,8 @@ use std::fmt::Write;
 use lattice_mount::civil_from_days;
 use lattice_mount::proto::control::{
     ConflictsResponse, FrontierStatus, GcResponse, HistoryEntry, HistoryResponse, JoinProgress,
-    PeerEntry, ResolveResponse, RestoreResponse, StatusResponse, SyncResponse, VersionEntry,
-    WatchEvent,
+    PeerEntry, ResolveResponse, RestoreResponse, StatusResponse, StoreSetting, SyncResponse,
+    VersionEntry, WatchEvent,
 };
 
 /// Human status: the node, then a table of stores.
@@ -97,7 +97,13 @@ pub fn status_human(s: &StatusResponse) -> String {
             );
         }
         if let Some(f) = &st.frontier {
-            let _ = writeln!(out, "{}: {}", printable(&st.name), frontier_line(f));
+            let _ = writeln!(
+                out,
+                "{}: {}; a member silent {} days stops counting",
+                printable(&st.name),
+                frontier_line(f),
+                st.horizon_days
+            );
         }
     }
     out
@@ -142,6 +148,16 @@ fn span(ms: u64) -> String {
         "0s".into()
     } else {
         shown.join(" ")
+    }
+}
+
+/// A store setting's value, as `retention` and `horizon` show it.
+pub fn setting_line(setting: StoreSetting, store: &str, days: u32) -> String {
+    match setting {
+        StoreSetting::Retention => format!("{store} keeps old versions {days} days"),
+        StoreSetting::Horizon => format!(
+            "{store} waits {days} days for a silent member before purging history without it"
+        ),
     }
 }
 
@@ -308,7 +324,7 @@ pub fn status_json(s: &StatusResponse) -> String {
                  \"dirs\":{},\"bytes\":{},\"conflicts\":{},\"paused\":{},\"fetch\":{},\
                  \"peers_online\":{},\"members\":{},\"unsent\":{},\"equivocators\":[{}],\
                  \"quarantined\":{},\"quarantined_hashes\":[{}],\"frontier\":{},\
-                 \"retention_days\":{},\"space\":{}}}",
+                 \"retention_days\":{},\"horizon_days\":{},\"space\":{}}}",
                 json_string(&st.name),
                 json_string(&st.id),
                 st.intentions,
@@ -342,6 +358,7 @@ pub fn status_json(s: &StatusResponse) -> String {
                     json_string(&f.reason)
                 )),
                 st.retention_days,
+                st.horizon_days,
                 st.space.as_ref().map_or("null".to_string(), |sp| format!(
                     "{{\"live_bytes\":{},\"retained_bytes\":{},\"reclaimable_bytes\":{}}}",
                     sp.live_bytes, sp.retained_bytes, sp.reclaimable_bytes
@@ -862,6 +879,7 @@ mod tests {
         let status = StatusResponse {
             stores: vec![StoreStatus {
                 name: "docs".into(),
+                horizon_days: 90,
                 frontier: Some(FrontierStatus {
                     known: true,
                     behind_ms: (3 * 86_400 + 4 * 3600 + 5) * 1000,
@@ -878,10 +896,16 @@ mod tests {
             human.contains("docs: history kept from 3d 4h (42 intentions) before the newest op; held by cdcdcdcdcdcdcdcd"),
             "{human}"
         );
+        assert!(
+            human
+                .contains("the member that has seen least; a member silent 90 days stops counting"),
+            "{human}"
+        );
         assert!(status_json(&status).contains(&format!(
             r#""frontier":{{"known":true,"behind_ms":273605000,"behind_intentions":42,"held_by":"{}","reason":"lowest-floor"}}"#,
             "cd".repeat(32)
         )));
+        assert!(status_json(&status).contains(r#""horizon_days":90,"space":null"#));
         assert_eq!(span(0), "0s");
         assert_eq!(span(61_000), "1m 1s");
     }

@@ -10,7 +10,7 @@ use lattice_mount::proto::control::{
 };
 use lattice_mount::{
     store_name, Blocker, Content, HistoryOp, Holdback, Keep, Kind, Node, NodeError, OpBody, Pick,
-    Role, Standing, Version, VersionState,
+    Role, Setting, Standing, Version, VersionState,
 };
 
 /// Where a store's stability frontier stands, and who holds it back.
@@ -63,6 +63,7 @@ pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
                 quarantined_hashes: quarantined.iter().map(|h| h.to_hex()).collect(),
                 frontier: Some(frontier_status(&s.standing())),
                 retention_days: s.retention_days(),
+                horizon_days: s.setting(Setting::Horizon),
                 space: node
                     .space(s)
                     .map_err(|e| tracing::warn!("content space unavailable: {e}"))
@@ -298,6 +299,7 @@ fn describe(body: &OpBody) -> String {
         OpBody::Invite { role, .. } => format!("invite a {}", role_name(*role)),
         OpBody::RevokeInvite { .. } => "withdraw an invite".to_string(),
         OpBody::SetRetention { days } => format!("keep old versions {days} days"),
+        OpBody::SetHorizon { days } => format!("wait {days} days for a silent member"),
     }
 }
 

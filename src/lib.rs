@@ -31,8 +31,9 @@ pub use cas::{
     MAX_CHUNK_BYTES, PUT_GRACE, READ_WAIT,
 };
 pub use fs::op::{
-    validate_name, Create, Kind, Op, OpBody, OpError, Role, SetMeta, DEFAULT_RETENTION_DAYS,
-    MAX_LABEL_BYTES, MAX_RETENTION_DAYS, MAX_SUPERSEDES,
+    validate_name, Create, Kind, Op, OpBody, OpError, Role, SetMeta, Setting, DEFAULT_HORIZON_DAYS,
+    DEFAULT_RETENTION_DAYS, MAX_HORIZON_DAYS, MAX_LABEL_BYTES, MAX_RETENTION_DAYS, MAX_SUPERSEDES,
+    MIN_HORIZON_DAYS,
 };
 pub use fs::{
     Attr, ContentView, FsError, FsState, FsStats, InviteInfo, InviteStatus, MemberInfo,
@@ -62,7 +63,7 @@ pub use store::{
     SCHEMA_VERSION,
 };
 pub use sync::frontier::{
-    AttestError, Attestation, Blocker, Frontier, Holdback, HORIZON_MS, MAX_ATTESTED_AUTHORS,
+    AttestError, Attestation, Blocker, Frontier, Holdback, MAX_ATTESTED_AUTHORS,
 };
 pub use sync::invite::TokenError;
 pub use sync::reconcile::{

@@ -27,6 +27,58 @@ pub const MAX_LABEL_BYTES: usize = 255;
 pub const MAX_RETENTION_DAYS: u32 = 36_500;
 /// Retention of a store that never set one, in days.
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
+/// Shortest horizon a store may set, in days: attestations travel at every sync, so a
+/// member offline for less than a day is not silent, only asleep.
+pub const MIN_HORIZON_DAYS: u32 = 1;
+/// Longest horizon a store may set, in days: past ten years a silent member is gone,
+/// and the bound keeps `days * ms per day` far from overflowing.
+pub const MAX_HORIZON_DAYS: u32 = 3_650;
+/// Horizon of a store that never set one, in days: a laptop left in a drawer over a
+/// holiday still holds the stability frontier back.
+pub const DEFAULT_HORIZON_DAYS: u32 = 90;
+
+/// A store setting an admin sets, in days: an LWW register of the projection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Setting {
+    /// How long superseded content versions stay retained ([`OpBody::SetRetention`]).
+    Retention,
+    /// How long a silent member holds the stability frontier back ([`OpBody::SetHorizon`]).
+    Horizon,
+}
+
+impl Setting {
+    /// Its name, as the CLI spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Setting::Retention => "retention",
+            Setting::Horizon => "horizon",
+        }
+    }
+
+    /// The value of a store that never set it.
+    pub fn default_days(self) -> u32 {
+        match self {
+            Setting::Retention => DEFAULT_RETENTION_DAYS,
+            Setting::Horizon => DEFAULT_HORIZON_DAYS,
+        }
+    }
+
+    /// The values it may take.
+    pub fn range(self) -> std::ops::RangeInclusive<u32> {
+        match self {
+            Setting::Retention => 0..=MAX_RETENTION_DAYS,
+            Setting::Horizon => MIN_HORIZON_DAYS..=MAX_HORIZON_DAYS,
+        }
+    }
+
+    /// The op that sets it to `days`.
+    pub fn op(self, days: u32) -> OpBody {
+        match self {
+            Setting::Retention => OpBody::SetRetention { days },
+            Setting::Horizon => OpBody::SetHorizon { days },
+        }
+    }
+}
 
 /// An invalid op.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,6 +100,16 @@ pub enum OpError {
         what: &'static str,
         /// Its limit.
         limit: usize,
+    },
+    /// A store setting is outside the values it may take.
+    #[error("{what} must be {min} to {max} days")]
+    OutOfRange {
+        /// Which setting.
+        what: &'static str,
+        /// Its least value.
+        min: u32,
+        /// Its greatest value.
+        max: u32,
     },
     /// An enum field holds an unknown value.
     #[error("unknown {0}")]
@@ -248,6 +310,11 @@ pub enum OpBody {
         /// Days, at most [`MAX_RETENTION_DAYS`].
         days: u32,
     },
+    /// Set how many days a silent member holds the stability frontier back.
+    SetHorizon {
+        /// Days, [`MIN_HORIZON_DAYS`] to [`MAX_HORIZON_DAYS`].
+        days: u32,
+    },
 }
 
 impl OpBody {
@@ -261,7 +328,17 @@ impl OpBody {
                 | OpBody::Invite { .. }
                 | OpBody::RevokeInvite { .. }
                 | OpBody::SetRetention { .. }
+                | OpBody::SetHorizon { .. }
         )
+    }
+
+    /// The store setting this op sets, and its value.
+    pub fn setting(&self) -> Option<(Setting, u32)> {
+        match self {
+            OpBody::SetRetention { days } => Some((Setting::Retention, *days)),
+            OpBody::SetHorizon { days } => Some((Setting::Horizon, *days)),
+            _ => None,
+        }
     }
 }
 
@@ -395,6 +472,7 @@ impl Op {
                 id: Bytes::copy_from_slice(id),
             }),
             OpBody::SetRetention { days } => Body::SetRetention(pb::SetRetention { days: *days }),
+            OpBody::SetHorizon { days } => Body::SetHorizon(pb::SetHorizon { days: *days }),
         };
         pb::Op {
             hlc_wall_ms: self.hlc.wall_ms,
@@ -439,14 +517,10 @@ impl Op {
             OpBody::Dismiss { supersedes, .. } => validate_ids(supersedes, "supersedes"),
             OpBody::SetMeta(m) => validate_meta(m),
             OpBody::SetMember { display_name, .. } => validate_label(display_name),
-            OpBody::SetRetention { days } if *days > MAX_RETENTION_DAYS => Err(OpError::TooLarge {
-                what: "retention days",
-                limit: MAX_RETENTION_DAYS as usize,
-            }),
-            OpBody::RevokeMember { .. }
-            | OpBody::Invite { .. }
-            | OpBody::RevokeInvite { .. }
-            | OpBody::SetRetention { .. } => Ok(()),
+            OpBody::SetRetention { .. } | OpBody::SetHorizon { .. } => validate_setting(&self.body),
+            OpBody::RevokeMember { .. } | OpBody::Invite { .. } | OpBody::RevokeInvite { .. } => {
+                Ok(())
+            }
         }
     }
 
@@ -547,6 +621,7 @@ impl Op {
                 id: fixed32(&r.id, "invite")?,
             },
             Body::SetRetention(r) => OpBody::SetRetention { days: r.days },
+            Body::SetHorizon(h) => OpBody::SetHorizon { days: h.days },
         };
         Ok(Op {
             hlc: Hlc {
@@ -622,6 +697,18 @@ fn validate_ids(ids: &[OpId], what: &'static str) -> Result<(), OpError> {
         });
     }
     Ok(())
+}
+
+/// Checks a store setting's value against the values it may take.
+fn validate_setting(body: &OpBody) -> Result<(), OpError> {
+    match body.setting() {
+        Some((setting, days)) if !setting.range().contains(&days) => Err(OpError::OutOfRange {
+            what: setting.name(),
+            min: *setting.range().start(),
+            max: *setting.range().end(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 fn validate_meta(m: &SetMeta) -> Result<(), OpError> {
@@ -846,6 +933,22 @@ mod tests {
             },
             Op {
                 hlc: Hlc::ZERO,
+                body: OpBody::SetHorizon { days: 0 },
+            },
+            Op {
+                hlc: Hlc::ZERO,
+                body: OpBody::SetHorizon {
+                    days: MAX_HORIZON_DAYS,
+                },
+            },
+            Op {
+                hlc: Hlc::ZERO,
+                body: OpBody::SetHorizon {
+                    days: MAX_HORIZON_DAYS + 1,
+                },
+            },
+            Op {
+                hlc: Hlc::ZERO,
                 body: OpBody::Remove {
                     entry: OpId::ROOT,
                     seen_content: vec![OpId::ROOT; MAX_SUPERSEDES + 1],
@@ -872,6 +975,7 @@ mod tests {
         };
         let bodies = vec![
             OpBody::SetRetention { days: 0 },
+            OpBody::SetHorizon { days: 7 },
             OpBody::Link {
                 file: f,
                 parent: OpId::ROOT,

@@ -2,23 +2,27 @@
 //!
 //! A store keeps its projection in page tables (see `fs::paged`) plus one header: the
 //! parts that are small or must be read whole (`MAGIC`, a u32 format version, the key
-//! table, then the purge point and late count, the store name and retention
+//! table, then the purge point and late count, the store name, retention and horizon
 //! registers, the members, the move-log suffix, and the record count of each page
-//! table in [`Page::ALL`] order), in the codec of format 3 snapshots.
+//! table in [`Page::ALL`] order), in the codec of format 4 snapshots. Format 1 (builds
+//! before the horizon setting) has no horizon register; it opens with the default
+//! horizon and the next commit writes format 2.
 
 use std::sync::Arc;
 
 use crate::fs::codec::{corrupt, Reader, Writer};
 use crate::fs::error::FsError;
 use crate::fs::paged::{Page, PageSource, PageWrite, Paged};
-use crate::fs::snapshot::{decode_registers, seal, unseal};
+use crate::fs::snapshot::{decode_registers, seal, unseal, Registers};
 use crate::fs::state::FsState;
 use crate::fs::tree::Tree;
 
 /// First bytes of a header, before its format version.
 const MAGIC: &[u8; 8] = b"LMFSHEAD";
-/// Format version of the headers this build writes and reads.
-const HEADER_VERSION: u32 = 1;
+/// Format version of the headers this build writes.
+const HEADER_VERSION: u32 = 2;
+/// The header format before the horizon register, still read.
+const HEADER_V1: u32 = 1;
 
 /// What a store writes to persist the projection, in one transaction with the
 /// intentions it reflects.
@@ -91,17 +95,20 @@ impl FsState {
         if r.take(MAGIC.len())? != MAGIC {
             return Err(corrupt("bad header magic"));
         }
-        let version = u32::from_le_bytes(r.array()?);
-        if version != HEADER_VERSION {
-            return Err(corrupt(&format!(
-                "header format {version}, this build reads {HEADER_VERSION}"
-            )));
-        }
+        let registers = match u32::from_le_bytes(r.array()?) {
+            HEADER_VERSION => Registers::WithHorizon,
+            HEADER_V1 => Registers::NoHorizon,
+            version => {
+                return Err(corrupt(&format!(
+                    "header format {version}, this build reads {HEADER_V1} and {HEADER_VERSION}"
+                )))
+            }
+        };
         let mut r = unseal(r)?;
         let mut state = FsState::new();
         state.purged_below = r.hlc()?;
         state.late = r.uint()?;
-        decode_registers(&mut state, &mut r)?;
+        decode_registers(&mut state, &mut r, registers)?;
         let log = Tree::decode_log(&mut r)?;
         let mut lens = [0usize; Page::ALL.len()];
         for len in &mut lens {

@@ -1,10 +1,10 @@
 //! Snapshots of the projection.
 //!
-//! Format [`SNAPSHOT_VERSION`] (3) is the state itself, so opening a store costs the
+//! Format [`SNAPSHOT_VERSION`] (4) is the state itself, so opening a store costs the
 //! size of what is live, not of its history: `MAGIC`, a u32 format version, a u32 count
 //! of keys and that many 32-byte keys (every author and member named in the body, by
 //! index), then the body: the purge point and late count, the applied ids still kept,
-//! the store name register, the retention register, the membership records, the tree (entries with their
+//! the store name register, the retention and horizon registers, the membership records, the tree (entries with their
 //! locations and deletion flags, then the move log suffix with undo records), and every
 //! file record (kind, registers, content groups with appends, heads, pending superseded
 //! ids). Integers in the body are LEB128 varints (signed ones zigzag), an op id is its
@@ -12,9 +12,11 @@
 //! See `fs::codec`. Encoding is deterministic (maps in key order), so encoding a decoded
 //! snapshot gives the same bytes.
 //!
+//! Format 3 (builds before the horizon setting) is format 4 without the horizon
+//! register; it decodes with the default horizon and the store rewrites it as format 4.
 //! Format 2 (releases before issue 9) was the op log: a u64 op count, then per op the
 //! 32-byte author, a u32 length and that many bytes of `proto::fs::Op`, in the order
-//! applied. It decodes by replaying the ops, and the store rewrites it as format 3.
+//! applied. It decodes by replaying the ops, and the store rewrites it as format 4.
 //! Format 1 (the release at f143caf) had the format 2 body after the 8 bytes `LMFSNAP1`
 //! and no version field; the store's schema migration rewrites it
 //! ([`FsState::snapshot_v1_to_v2`]). A snapshot of another version is refused.
@@ -36,7 +38,9 @@ use crate::proto::fs as pb;
 /// First bytes of a snapshot, before its format version.
 const MAGIC: &[u8; 8] = b"LMFSSNAP";
 /// Format version of the snapshots this build writes.
-const SNAPSHOT_VERSION: u32 = 3;
+const SNAPSHOT_VERSION: u32 = 4;
+/// The state format before the horizon register, still read.
+const SNAPSHOT_V3: u32 = 3;
 /// The op-log format, still read (by replay).
 const SNAPSHOT_V2: u32 = 2;
 /// First bytes of a format 1 snapshot, which had no version field.
@@ -45,7 +49,7 @@ const MAGIC_V1: &[u8; 8] = b"LMFSNAP1";
 const MAX_SNAPSHOT_OP_BYTES: usize = 4 * 1024 * 1024;
 
 impl FsState {
-    /// Encodes the state as a format 3 snapshot.
+    /// Encodes the state as a format 4 snapshot.
     pub fn encode_snapshot(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.hlc(self.purged_below);
@@ -63,7 +67,7 @@ impl FsState {
         seal(MAGIC, SNAPSHOT_VERSION, w)
     }
 
-    /// The store name and retention registers and the members.
+    /// The store name, retention and horizon registers and the members.
     pub(crate) fn encode_registers(&self, w: &mut Writer) {
         match &self.store_name {
             None => w.u8(0),
@@ -73,18 +77,20 @@ impl FsState {
                 w.bytes(reg.value.as_bytes());
             }
         }
-        match &self.retention {
-            None => w.u8(0),
-            Some(reg) => {
-                w.u8(1);
-                w.id(&reg.at);
-                w.uint(u64::from(reg.value));
+        for register in [&self.retention, &self.horizon] {
+            match register {
+                None => w.u8(0),
+                Some(reg) => {
+                    w.u8(1);
+                    w.id(&reg.at);
+                    w.uint(u64::from(reg.value));
+                }
             }
         }
         self.members.encode(w);
     }
 
-    /// Rebuilds a state from a format 3 or format 2 snapshot.
+    /// Rebuilds a state from a format 4, 3 or 2 snapshot.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<Self, FsError> {
         Ok(Self::decode_versioned(bytes)?.0)
     }
@@ -97,10 +103,11 @@ impl FsState {
             return Err(corrupt("bad magic"));
         }
         match u32::from_le_bytes(r.array()?) {
-            SNAPSHOT_VERSION => Ok((decode_v3(r)?, false)),
+            SNAPSHOT_VERSION => Ok((decode_state(r, Registers::WithHorizon)?, false)),
+            SNAPSHOT_V3 => Ok((decode_state(r, Registers::NoHorizon)?, true)),
             SNAPSHOT_V2 => Ok((decode_v2(r)?, true)),
             v => Err(corrupt(&format!(
-                "format {v}, this build reads formats {SNAPSHOT_V2} and {SNAPSHOT_VERSION}"
+                "format {v}, this build reads formats {SNAPSHOT_V2} to {SNAPSHOT_VERSION}"
             ))),
         }
     }
@@ -142,8 +149,8 @@ pub(crate) fn unseal<'a>(mut r: Reader<'a>) -> Result<Reader<'a>, FsError> {
     Ok(Reader::new(r.take(r.remaining())?, keys))
 }
 
-/// The body of a format 3 snapshot, after its version.
-fn decode_v3(r: Reader) -> Result<FsState, FsError> {
+/// The body of a format 4 (or 3) snapshot, after its version.
+fn decode_state(r: Reader, registers: Registers) -> Result<FsState, FsError> {
     let mut r = unseal(r)?;
     let mut state = FsState::new();
     state.purged_below = r.hlc()?;
@@ -151,7 +158,7 @@ fn decode_v3(r: Reader) -> Result<FsState, FsError> {
     for id in r.ids()? {
         state.applied.insert(id, ());
     }
-    decode_registers(&mut state, &mut r)?;
+    decode_registers(&mut state, &mut r, registers)?;
     state.tree = Tree::decode(&mut r)?;
     state.files = Paged::new(Page::Files);
     for _ in 0..r.len()? {
@@ -174,22 +181,43 @@ fn decode_v3(r: Reader) -> Result<FsState, FsError> {
     Ok(state)
 }
 
-/// Reads what `encode_registers` wrote.
-pub(crate) fn decode_registers(state: &mut FsState, r: &mut Reader) -> Result<(), FsError> {
+/// Which registers an encoding holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Registers {
+    /// Snapshot format 4 and header format 2 on.
+    WithHorizon,
+    /// Snapshot format 3 and header format 1: no horizon register.
+    NoHorizon,
+}
+
+/// Reads what `encode_registers` wrote (or, for `NoHorizon`, its older form).
+pub(crate) fn decode_registers(
+    state: &mut FsState,
+    r: &mut Reader,
+    registers: Registers,
+) -> Result<(), FsError> {
     state.store_name = match r.bool()? {
         false => None,
         true => Some(Lww::new(r.id()?, r.string()?)),
     };
-    state.retention = match r.bool()? {
+    state.retention = days_register(r)?;
+    if registers == Registers::WithHorizon {
+        state.horizon = days_register(r)?;
+    }
+    state.members = Members::decode(r)?;
+    Ok(())
+}
+
+/// An optional register of days.
+fn days_register(r: &mut Reader) -> Result<Option<Lww<u32>>, FsError> {
+    Ok(match r.bool()? {
         false => None,
         true => {
             let at = r.id()?;
-            let days = u32::try_from(r.uint()?).map_err(|_| corrupt("retention days"))?;
+            let days = u32::try_from(r.uint()?).map_err(|_| corrupt("setting days"))?;
             Some(Lww::new(at, days))
         }
-    };
-    state.members = Members::decode(r)?;
-    Ok(())
+    })
 }
 
 /// The body of a format 2 snapshot (the op log), replayed.

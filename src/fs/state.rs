@@ -10,7 +10,7 @@ use std::fmt;
 
 use crate::fs::content::{FileRec, Lww};
 use crate::fs::members::{InviteInfo, MemberInfo, Members};
-use crate::fs::op::{Kind, Op, OpBody, Role, DEFAULT_RETENTION_DAYS};
+use crate::fs::op::{Kind, Op, OpBody, Role, Setting};
 use crate::fs::paged::{Got, Page, Paged};
 use crate::fs::tree::{Action, Entry, Tree, MIN_ID};
 use crate::hlc::Hlc;
@@ -29,6 +29,8 @@ pub struct FsState {
     pub(crate) store_name: Option<Lww<String>>,
     /// Days superseded content stays retained, if an admin set it.
     pub(crate) retention: Option<Lww<u32>>,
+    /// Days a silent member holds the stability frontier back, if an admin set it.
+    pub(crate) horizon: Option<Lww<u32>>,
     pub(crate) members: Members,
     /// The greatest `below` purged at: ops stamped before it are late.
     pub(crate) purged_below: Hlc,
@@ -77,6 +79,7 @@ impl FsState {
             pending: Paged::new(Page::Superseded),
             store_name: None,
             retention: None,
+            horizon: None,
             members: Members::default(),
             purged_below: Hlc::ZERO,
             late: 0,
@@ -220,10 +223,16 @@ impl FsState {
                 expires_ms,
             } => self.members.invite(id, *invite, *role, *expires_ms),
             OpBody::RevokeInvite { id: invite } => self.members.revoke_invite(*invite),
-            OpBody::SetRetention { days } => match &mut self.retention {
-                Some(reg) => reg.set(id, *days),
-                None => self.retention = Some(Lww::new(id, *days)),
-            },
+            OpBody::SetRetention { days } | OpBody::SetHorizon { days } => {
+                let register = match op.body {
+                    OpBody::SetRetention { .. } => &mut self.retention,
+                    _ => &mut self.horizon,
+                };
+                match register {
+                    Some(reg) => reg.set(id, *days),
+                    None => *register = Some(Lww::new(id, *days)),
+                }
+            }
         }
     }
 
@@ -330,12 +339,25 @@ impl FsState {
         self.store_name.as_ref().map(|r| r.value.as_str())
     }
 
-    /// Days a superseded content version stays retained (the store's setting, else
-    /// [`DEFAULT_RETENTION_DAYS`]).
-    pub fn retention_days(&self) -> u32 {
-        self.retention
+    /// A store setting's value (the admin's, else its default).
+    pub fn setting(&self, setting: Setting) -> u32 {
+        let register = match setting {
+            Setting::Retention => &self.retention,
+            Setting::Horizon => &self.horizon,
+        };
+        register
             .as_ref()
-            .map_or(DEFAULT_RETENTION_DAYS, |r| r.value)
+            .map_or(setting.default_days(), |r| r.value)
+    }
+
+    /// Days a superseded content version stays retained.
+    pub fn retention_days(&self) -> u32 {
+        self.setting(Setting::Retention)
+    }
+
+    /// Days a member may stay silent before it stops holding the stability frontier back.
+    pub fn horizon_days(&self) -> u32 {
+        self.setting(Setting::Horizon)
     }
 
     /// A member's role and display name; `None` if revoked or unknown.
@@ -509,7 +531,8 @@ impl FsState {
             | OpBody::RevokeMember { .. }
             | OpBody::Invite { .. }
             | OpBody::RevokeInvite { .. }
-            | OpBody::SetRetention { .. } => None,
+            | OpBody::SetRetention { .. }
+            | OpBody::SetHorizon { .. } => None,
         }
     }
 }

@@ -172,6 +172,8 @@ pub(crate) fn body() -> impl Strategy<Value = OpBody> {
         }),
         any::<[u8; 32]>().prop_map(|id| OpBody::RevokeInvite { id }),
         (0..=crate::fs::op::MAX_RETENTION_DAYS).prop_map(|days| OpBody::SetRetention { days }),
+        (crate::fs::op::MIN_HORIZON_DAYS..=crate::fs::op::MAX_HORIZON_DAYS)
+            .prop_map(|days| OpBody::SetHorizon { days }),
     ]
 }
 

@@ -34,8 +34,8 @@ pub struct Change {
     /// For a move, the path before it.
     pub old_path: Option<String>,
     /// What the op did: `create`, `link`, `move`, `remove`, `write`, `append`, `dismiss`,
-    /// `meta`, `store-name`, `member`, `revoke-member`, `invite`, `revoke-invite` or
-    /// `retention`.
+    /// `meta`, `store-name`, `member`, `revoke-member`, `invite`, `revoke-invite`,
+    /// `retention` or `horizon`.
     pub op: &'static str,
     /// The intention's author.
     pub author: PublicKey,
@@ -143,7 +143,8 @@ fn paths(
         | OpBody::RevokeMember { .. }
         | OpBody::Invite { .. }
         | OpBody::RevokeInvite { .. }
-        | OpBody::SetRetention { .. } => (store_name.to_string(), None),
+        | OpBody::SetRetention { .. }
+        | OpBody::SetHorizon { .. } => (store_name.to_string(), None),
     }
 }
 
@@ -170,5 +171,6 @@ fn kind(body: &OpBody) -> &'static str {
         OpBody::Invite { .. } => "invite",
         OpBody::RevokeInvite { .. } => "revoke-invite",
         OpBody::SetRetention { .. } => "retention",
+        OpBody::SetHorizon { .. } => "horizon",
     }
 }

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 
 use super::*;
-use crate::fs::op::Kind;
+use crate::fs::op::{Kind, Setting};
 use crate::fs::Node as FsNode;
 
 /// A runtime (kept alive for the content store), a node in `dir` and its store "docs".
@@ -235,7 +235,7 @@ fn a_version_whose_blobs_are_not_local_is_marked_and_not_restored() {
     assert!(err.to_string().contains("not on this node yet"), "{err}");
     assert!(versions.iter().all(|v| v.retained), "30 days by default");
     // Past the retention its absence is for good.
-    store.set_retention(0).unwrap();
+    store.set_setting(Setting::Retention, 0).unwrap();
     store.flush().unwrap();
     let versions = node.versions("docs/big.bin").unwrap();
     assert_eq!(

@@ -704,6 +704,7 @@ fn names_file(author: crate::identity::PublicKey, op: &Op, file: FileId) -> bool
         | OpBody::RevokeMember { .. }
         | OpBody::Invite { .. }
         | OpBody::RevokeInvite { .. }
-        | OpBody::SetRetention { .. } => false,
+        | OpBody::SetRetention { .. }
+        | OpBody::SetHorizon { .. } => false,
     }
 }

@@ -13,8 +13,9 @@ use crate::hlc::Hlc;
 use crate::identity::PublicKey;
 use crate::proto::peer as pb;
 use crate::store::error::StoreError;
+use crate::store::retention::MS_PER_DAY;
 use crate::store::tables::{hlc_bytes, hlc_from_bytes, Tables, META_ATTESTED, META_FRONTIER};
-use crate::sync::frontier::{compute, Attestation, Frontier, Holdback, Inputs, Stored, HORIZON_MS};
+use crate::sync::frontier::{compute, Attestation, Frontier, Holdback, Inputs, Stored};
 
 /// The frontier of a store as this node last computed it, for `status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -142,7 +143,7 @@ pub(crate) fn advance(
         held: &held,
         granted: &granted,
         now_ms,
-        horizon_ms: HORIZON_MS,
+        horizon_ms: u64::from(st.horizon_days()) * MS_PER_DAY,
     });
     standing.newest = newest;
     let advanced = match computed {

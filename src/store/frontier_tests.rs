@@ -5,13 +5,13 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::fs::op::{OpBody, Role};
+use crate::fs::op::{OpBody, Role, Setting, DEFAULT_HORIZON_DAYS};
 use crate::hlc::Hlc;
 use crate::identity::{Identity, PublicKey};
 use crate::ids::StoreId;
 use crate::store::tests::{clock, create};
-use crate::store::{Genesis, Store, StoreOptions};
-use crate::sync::frontier::{AttestError, Attestation, Blocker, Holdback, HORIZON_MS};
+use crate::store::{Genesis, SettingError, Store, StoreOptions, MS_PER_DAY};
+use crate::sync::frontier::{AttestError, Attestation, Blocker, Holdback};
 
 const ID: StoreId = StoreId([5; 16]);
 /// A recent wall time, Unix ms.
@@ -260,18 +260,38 @@ fn a_revoked_member_counts_until_its_chain_is_held_up_to_the_cut() {
     assert!(f.below > from_b.floor);
 }
 
-#[test]
-fn a_member_silent_past_the_horizon_stops_holding_the_frontier() {
-    let (a, b) = pair();
-    let from_b = attest(&b, &a);
+/// b attests to a, then stays silent: a's frontier counts b up to `horizon_ms` of
+/// silence and no longer after it.
+fn silent_past(a: &Node, b: &Node, horizon_ms: u64) {
+    let from_b = attest(b, a);
     a.write("x");
     assert_eq!(a.below(), from_b.floor);
-    a.wall.set(T0 + HORIZON_MS);
+    a.wall.set(T0 + horizon_ms);
     a.write("y");
     assert_eq!(a.below(), from_b.floor, "at the horizon b still counts");
-    a.wall.set(T0 + HORIZON_MS + 1);
+    a.wall.set(T0 + horizon_ms + 1);
     a.write("z");
     let f = a.store.frontier().expect("a frontier");
     assert_eq!(f.members, 1);
-    assert!(f.below.wall_ms > T0 + HORIZON_MS);
+    assert!(f.below.wall_ms > T0 + horizon_ms);
+}
+
+#[test]
+fn a_member_silent_past_the_horizon_stops_holding_the_frontier() {
+    let (a, b) = pair();
+    silent_past(&a, &b, u64::from(DEFAULT_HORIZON_DAYS) * MS_PER_DAY);
+}
+
+#[test]
+fn a_member_silent_past_the_horizon_an_admin_set_stops_holding_the_frontier() {
+    let (a, b) = pair();
+    assert!(matches!(
+        b.store.set_setting(Setting::Horizon, 1),
+        Err(SettingError::NotAdmin)
+    ));
+    a.store
+        .set_setting(Setting::Horizon, 1)
+        .expect("an admin sets");
+    a.store.flush().expect("flush");
+    silent_past(&a, &b, MS_PER_DAY);
 }

@@ -764,18 +764,39 @@ fn contents(store: &Store) -> Vec<Bytes> {
     })
 }
 
-#[test]
-fn a_member_silent_past_the_horizon_returns_and_all_its_concurrent_writes_survive() {
-    use crate::fs::op::OpBody;
-    use crate::sync::frontier::HORIZON_MS;
+/// b goes offline, writes (a create, an overwrite of a file a also overwrites, a name a
+/// also creates) while a lives on past the store's horizon (`set` by the admin, else the
+/// default) and purges without b; when b returns all its writes survive on both, as
+/// files or conflict copies, and both replicas converge.
+fn silent_member_returns(set: Option<u32>) {
+    use crate::fs::op::{OpBody, Setting};
+    use crate::store::{SettingError, MS_PER_DAY};
     use std::sync::Arc;
 
-    let day = 24 * 3600 * 1000;
+    let day = MS_PER_DAY;
     let t0 = crate::hlc::now_ms();
     let (mut w, _) = team(1);
-    let set = |store: &Store, ms: u64| store.set_wall(Arc::new(move || ms));
+    let at = |store: &Store, ms: u64| store.set_wall(Arc::new(move || ms));
+    if let Some(days) = set {
+        assert!(matches!(
+            w.nodes[1].store.set_setting(Setting::Horizon, days),
+            Err(SettingError::NotAdmin)
+        ));
+        w.nodes[0]
+            .store
+            .set_setting(Setting::Horizon, days)
+            .expect("an admin sets");
+    }
     write(&w.nodes[0].store, "shared");
     sync_all(&mut w, 2);
+    let horizon = w.nodes[0].store.setting(Setting::Horizon);
+    assert_eq!(horizon, set.unwrap_or(crate::fs::op::DEFAULT_HORIZON_DAYS));
+    assert_eq!(
+        w.nodes[1].store.setting(Setting::Horizon),
+        horizon,
+        "replicated"
+    );
+    let horizon_ms = u64::from(horizon) * day;
     let shared = w.nodes[1]
         .store
         .read(|st| st.lookup(OpId::ROOT, "shared"))
@@ -800,25 +821,37 @@ fn a_member_silent_past_the_horizon_returns_and_all_its_concurrent_writes_surviv
     // b goes offline and, a day later, writes while nobody hears it.
     w.offline.push(1);
     w.nodes[1].subscribed = false;
-    set(&w.nodes[1].store, t0 + day);
+    at(&w.nodes[1].store, t0 + day);
     overwrite(&w.nodes[1].store, "from-b");
     write(&w.nodes[1].store, "b-file");
+    write(&w.nodes[1].store, "both");
     let b_stamp = w.nodes[1].store.attestation().expect("attestation").floor;
     // a lives on past the horizon: b stops holding its frontier.
-    set(&w.nodes[0].store, t0 + HORIZON_MS + 2 * day);
+    at(&w.nodes[0].store, t0 + horizon_ms + 2 * day);
     overwrite(&w.nodes[0].store, "from-a");
     write(&w.nodes[0].store, "a-file");
+    write(&w.nodes[0].store, "both");
     let f = w.nodes[0].store.frontier().expect("a frontier");
     assert_eq!(f.members, 1, "b is silent past the horizon");
     assert!(f.below > b_stamp, "b's writes arrive late");
     // b comes back.
-    set(&w.nodes[1].store, t0 + HORIZON_MS + 3 * day);
+    at(&w.nodes[1].store, t0 + horizon_ms + 3 * day);
     w.offline.clear();
     w.nodes[1].subscribed = true;
     sync_all(&mut w, 2);
     assert_eq!(digest(&w.nodes[0].store), digest(&w.nodes[1].store));
+    let dump = |store: &Store| store.read(|st| st.canonical_dump());
+    assert_eq!(dump(&w.nodes[0].store), dump(&w.nodes[1].store));
     for n in &w.nodes {
         assert!(has(&n.store, "a-file") && has(&n.store, "b-file"));
+        let names: Vec<String> = n
+            .store
+            .read(|st| st.readdir(OpId::ROOT).expect("root lists"))
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect();
+        let both = names.iter().filter(|m| m.starts_with("both")).count();
+        assert_eq!(both, 2, "both creates of one name survive: {names:?}");
         let all = contents(&n.store);
         for want in ["from-a", "from-b"] {
             assert!(
@@ -828,4 +861,14 @@ fn a_member_silent_past_the_horizon_returns_and_all_its_concurrent_writes_surviv
         }
         assert_eq!(n.store.frontier().expect("b attested again").members, 2);
     }
+}
+
+#[test]
+fn a_member_silent_past_the_horizon_returns_and_all_its_concurrent_writes_survive() {
+    silent_member_returns(None);
+}
+
+#[test]
+fn a_member_silent_past_a_horizon_the_admin_set_returns_and_all_its_concurrent_writes_survive() {
+    silent_member_returns(Some(2));
 }

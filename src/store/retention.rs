@@ -20,7 +20,7 @@ use bytes::Bytes;
 use redb::{ReadableDatabase, ReadableTable};
 
 use crate::cas::Content;
-use crate::fs::op::{Kind, OpBody, OpError, Role};
+use crate::fs::op::{Kind, OpBody, OpError, Role, Setting};
 use crate::ids::{Hash, OpId};
 use crate::intention::stored_ops;
 use crate::store::error::StoreError;
@@ -72,14 +72,19 @@ struct Group {
 }
 
 impl Store {
-    /// Days a superseded version stays retained in this store.
-    pub fn retention_days(&self) -> u32 {
-        self.read(|s| s.retention_days())
+    /// A setting's value in this store.
+    pub fn setting(&self, setting: Setting) -> u32 {
+        self.read(|s| s.setting(setting))
     }
 
-    /// Sets the store's retention to `days` (a replicated system op); nothing is
-    /// written when it already is `days`. Admins only.
-    pub fn set_retention(&self, days: u32) -> Result<(), SettingError> {
+    /// Days a superseded version stays retained in this store.
+    pub fn retention_days(&self) -> u32 {
+        self.setting(Setting::Retention)
+    }
+
+    /// Sets a store setting to `days` (a replicated system op); nothing is written when
+    /// it already is `days`, and `days` outside the setting's range is refused. Admins only.
+    pub fn set_setting(&self, setting: Setting, days: u32) -> Result<(), SettingError> {
         self.write_as(
             |role| match role {
                 Some(Role::Admin) => Ok(()),
@@ -87,8 +92,8 @@ impl Store {
             },
             SettingError::Store,
             |tx| {
-                if tx.state().retention_days() != days {
-                    tx.push(OpBody::SetRetention { days })?;
+                if tx.state().setting(setting) != days {
+                    tx.push(setting.op(days))?;
                 }
                 Ok(())
             },

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cas::{Cas, CasError, Content};
-use crate::fs::op::{Create, Kind, OpBody, DEFAULT_RETENTION_DAYS};
+use crate::fs::op::{Create, Kind, OpBody, Setting, DEFAULT_HORIZON_DAYS, DEFAULT_RETENTION_DAYS};
 use crate::ids::{FileId, OpId};
 use crate::node::Node;
 use crate::store::retention::MS_PER_DAY;
@@ -207,7 +207,7 @@ fn retention_zero_and_a_collection_after_ten_overwrites_of_a_large_file_keep_onl
     let tmp = tempfile::tempdir().unwrap();
     let (_rt, node) = node(tmp.path());
     let store = node.create_store("big").unwrap();
-    store.set_retention(0).unwrap();
+    store.set_setting(Setting::Retention, 0).unwrap();
     assert_eq!(store.retention_days(), 0);
     let len = 5 * 1024 * 1024;
     let before = blob_bytes(&node);
@@ -266,11 +266,11 @@ fn a_blob_owned_by_two_stores_survives_the_collection_of_one() {
     let (fa, ca) = create(&node, &a, "f", &shared);
     let (fb, cb) = create(&node, &b, "f", &shared);
     assert_eq!(ca, cb, "equal content is stored once");
-    a.set_retention(0).unwrap();
+    a.set_setting(Setting::Retention, 0).unwrap();
     overwrite(&node, &a, fa, b"now inline");
     node.gc(Some(&a)).unwrap();
     assert!(reads(node.cas(), &b, &cb, &shared), "b still owns it");
-    b.set_retention(0).unwrap();
+    b.set_setting(Setting::Retention, 0).unwrap();
     overwrite(&node, &b, fb, b"inline too");
     let freed = node.gc(Some(&b)).unwrap()[0].1;
     assert!(freed.bytes >= shared.len() as u64, "{freed:?}");
@@ -279,17 +279,36 @@ fn a_blob_owned_by_two_stores_survives_the_collection_of_one() {
 }
 
 #[test]
-fn a_retention_beyond_a_century_is_refused_and_changes_nothing() {
+fn a_setting_outside_its_range_is_refused_and_changes_nothing() {
+    use crate::fs::op::{MAX_HORIZON_DAYS, MAX_RETENTION_DAYS};
     let tmp = tempfile::tempdir().unwrap();
     let (_rt, node) = node(tmp.path());
     let store = node.create_store("s").unwrap();
-    let err = store
-        .set_retention(crate::fs::op::MAX_RETENTION_DAYS + 1)
-        .unwrap_err();
-    assert!(matches!(err, SettingError::Invalid(_)), "{err}");
+    let intentions = store.stats().intentions;
+    for (setting, days) in [
+        (Setting::Retention, MAX_RETENTION_DAYS + 1),
+        (Setting::Horizon, 0),
+        (Setting::Horizon, MAX_HORIZON_DAYS + 1),
+    ] {
+        let err = store.set_setting(setting, days).unwrap_err();
+        assert!(matches!(err, SettingError::Invalid(_)), "{err}");
+    }
+    assert_eq!(
+        store
+            .set_setting(Setting::Horizon, 0)
+            .unwrap_err()
+            .to_string(),
+        "invalid setting: horizon must be 1 to 3650 days"
+    );
+    assert_eq!(store.stats().intentions, intentions);
     assert_eq!(store.retention_days(), DEFAULT_RETENTION_DAYS);
-    store.set_retention(7).unwrap();
+    assert_eq!(store.setting(Setting::Horizon), DEFAULT_HORIZON_DAYS);
+    store.set_setting(Setting::Retention, 7).unwrap();
+    store
+        .set_setting(Setting::Horizon, MAX_HORIZON_DAYS)
+        .unwrap();
     assert_eq!(store.retention_days(), 7);
+    assert_eq!(store.setting(Setting::Horizon), MAX_HORIZON_DAYS);
     node.shutdown().unwrap();
 }
 
@@ -298,7 +317,7 @@ fn content_put_for_a_write_not_pushed_yet_survives_a_collection() {
     let tmp = tempfile::tempdir().unwrap();
     let (_rt, node) = node(tmp.path());
     let store = node.create_store("s").unwrap();
-    store.set_retention(0).unwrap();
+    store.set_setting(Setting::Retention, 0).unwrap();
     let bytes = data(3, 300 * 1024);
     let pending = node.cas().put_bytes(store.id(), &bytes).unwrap();
     let freed = node.gc(Some(&store)).unwrap()[0].1;
@@ -316,19 +335,22 @@ fn content_put_for_a_write_not_pushed_yet_survives_a_collection() {
 }
 
 #[test]
-fn the_retention_setting_survives_a_restart_through_the_snapshot() {
+fn both_settings_survive_a_restart_and_the_snapshot() {
     let tmp = tempfile::tempdir().unwrap();
     {
         let (_rt, node) = node(tmp.path());
         let store = node.create_store("s").unwrap();
-        store.set_retention(3).unwrap();
+        store.set_setting(Setting::Retention, 3).unwrap();
+        store.set_setting(Setting::Horizon, 5).unwrap();
         node.shutdown().unwrap();
     }
     let (_rt, node) = node(tmp.path());
     let store = node.store_by_name("s").unwrap();
     assert_eq!(store.retention_days(), 3);
+    assert_eq!(store.setting(Setting::Horizon), 5);
     let snapshot = store.read(|s| s.encode_snapshot());
     let decoded = crate::fs::FsState::decode_snapshot(&snapshot).unwrap();
     assert_eq!(decoded.retention_days(), 3);
+    assert_eq!(decoded.horizon_days(), 5);
     node.shutdown().unwrap();
 }

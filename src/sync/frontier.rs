@@ -19,7 +19,8 @@
 //! current members (this node included, with its live attestation), plus each revoked
 //! member until this node holds its chain up to its revocation's `upto` (after that no
 //! op of it can be applied here: the store voids everything past the cut). A member
-//! whose latest attestation arrived longer than [`HORIZON_MS`] ago, or that never
+//! whose latest attestation arrived longer than the store's horizon ago (an admin
+//! setting, [`crate::fs::op::OpBody::SetHorizon`], default 90 days), or that never
 //! attested and was granted membership longer than that ago (by its first grant's
 //! stamp), is *silent* and is not counted. While a counted member has no usable attestation there is no frontier
 //! ([`Blocker`]). Otherwise `vector` is the pointwise minimum of the counted members'
@@ -72,9 +73,6 @@ use crate::proto::peer as pb;
 /// Most authors one attestation may list: far more than a store has members over its
 /// life, and 40 bytes each stays well inside one frame.
 pub const MAX_ATTESTED_AUTHORS: usize = 16_384;
-/// How long a member may stay silent (no new attestation) before it stops holding the
-/// frontier back: 90 days, so a laptop left in a drawer over a holiday still counts.
-pub const HORIZON_MS: u64 = 90 * 24 * 3600 * 1000;
 
 /// What a member reports about itself.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -290,6 +288,9 @@ pub(crate) fn compute(inputs: &Inputs<'_>) -> Result<(Frontier, PublicKey), Bloc
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The horizon these tests compute with (a store's default).
+    const HORIZON_MS: u64 = crate::fs::op::DEFAULT_HORIZON_DAYS as u64 * crate::store::MS_PER_DAY;
 
     fn key(n: u8) -> PublicKey {
         PublicKey([n; 32])
