@@ -18,7 +18,7 @@ mod pages;
 mod plan;
 mod query;
 mod removed;
-mod snapshot;
+pub(crate) mod snapshot;
 mod state;
 mod tree;
 mod vecmap;

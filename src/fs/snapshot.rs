@@ -239,3 +239,26 @@ fn decode_v2(mut r: Reader) -> Result<FsState, FsError> {
     }
     Ok(state)
 }
+
+/// `bytes`, a format 4 snapshot (`applied`: true) or a format 2 header (false) of a
+/// state with no horizon set, as the format before wrote it: without the horizon
+/// register, under version `old`.
+#[cfg(test)]
+pub(crate) fn without_horizon(bytes: &[u8], old: u32, applied: bool) -> Vec<u8> {
+    let mut r = unseal(Reader::new(&bytes[12..], Vec::new())).expect("a sealed encoding");
+    r.hlc().expect("purge point");
+    r.uint().expect("late count");
+    if applied {
+        r.ids().expect("applied ids");
+    }
+    if r.bool().expect("store name flag") {
+        r.id().expect("store name stamp");
+        r.string().expect("store name");
+    }
+    days_register(&mut r).expect("retention register");
+    let at = bytes.len() - r.remaining();
+    assert_eq!(bytes[at], 0, "no horizon set");
+    let mut out = [&bytes[..at], &bytes[at + 1..]].concat();
+    out[8..12].copy_from_slice(&old.to_le_bytes());
+    out
+}

@@ -970,7 +970,7 @@ fn v2_snapshot(ops: &[(PublicKey, Op)]) -> Vec<u8> {
 }
 
 #[test]
-fn format_1_and_2_snapshots_decode_by_replay_to_the_same_state_and_reencode_as_format_3() {
+fn format_1_and_2_snapshots_decode_by_replay_to_the_same_state_and_reencode_as_format_4() {
     let mut s = FsState::new();
     let body = create(&s, OpId::ROOT, "d", Kind::Dir, "");
     let (d, dir_op) = run(&mut s, 1, 10, body);
@@ -984,17 +984,35 @@ fn format_1_and_2_snapshots_decode_by_replay_to_the_same_state_and_reencode_as_f
     let (decoded, old) = FsState::decode_versioned(&v2).unwrap();
     assert!(old, "a format 2 snapshot asks to be rewritten");
     assert_eq!(decoded.canonical_dump(), s.canonical_dump());
-    let v3 = decoded.encode_snapshot();
-    assert_eq!(&v3[8..12], &3u32.to_le_bytes());
-    assert_eq!(v3, s.encode_snapshot());
-    assert!(!FsState::decode_versioned(&v3).unwrap().1);
+    let v4 = decoded.encode_snapshot();
+    assert_eq!(&v4[8..12], &4u32.to_le_bytes());
+    assert_eq!(v4, s.encode_snapshot());
+    assert!(!FsState::decode_versioned(&v4).unwrap().1);
+}
+
+#[test]
+fn a_format_3_snapshot_decodes_with_the_default_horizon_and_asks_to_be_rewritten() {
+    let mut s = FsState::new();
+    run(&mut s, 1, 9, OpBody::SetRetention { days: 4 });
+    mkfile(&mut s, 1, 10, OpId::ROOT, "a", "x");
+    let v4 = s.encode_snapshot();
+    let v3 = crate::fs::snapshot::without_horizon(&v4, 3, true);
+    assert_eq!(v3.len(), v4.len() - 1);
+    let (decoded, old) = FsState::decode_versioned(&v3).unwrap();
+    assert!(old, "a format 3 snapshot asks to be rewritten");
+    assert_eq!(decoded.retention_days(), 4);
+    assert_eq!(decoded.horizon_days(), crate::fs::op::DEFAULT_HORIZON_DAYS);
+    assert_eq!(decoded.encode_snapshot(), v4);
+    run(&mut s, 1, 11, OpBody::SetHorizon { days: 6 });
+    let again = FsState::decode_snapshot(&s.encode_snapshot()).unwrap();
+    assert_eq!(again.horizon_days(), 6);
 }
 
 #[test]
 fn a_snapshot_of_another_format_version_is_refused() {
     let mut s = FsState::new();
     mkfile(&mut s, 1, 10, OpId::ROOT, "a", "x");
-    for version in [0u32, 1, 4, u32::MAX] {
+    for version in [0u32, 1, 5, u32::MAX] {
         let mut bytes = s.encode_snapshot();
         bytes[8..12].copy_from_slice(&version.to_le_bytes());
         let err = FsState::decode_snapshot(&bytes).unwrap_err();

@@ -985,12 +985,19 @@ fn snapshots_of_earlier_builds_open_and_are_rewritten_as_pages() {
             .unwrap();
     }
     let dump = store.read(|s| s.canonical_dump());
-    let format_3 = store.read(|s| s.encode_snapshot());
+    let format_4 = store.read(|s| s.encode_snapshot());
     store.shutdown().unwrap();
-    let (head, _) = projection_row(tmp.path());
+    let (head, header) = projection_row(tmp.path());
+    let without_horizon = crate::fs::snapshot::without_horizon;
     // The op log of nothing at seq 0 (format 2): the witness log after it replays
-    // everything; then the state itself at the head (format 3).
-    for (seq, snapshot) in [(0, raw_snapshot(&me, &[])), (head, format_3)] {
+    // everything; then the state itself at the head (format 4, and format 3 without
+    // the horizon register); then a page header of format 1 (no horizon register).
+    for (seq, snapshot) in [
+        (0, raw_snapshot(&me, &[])),
+        (head, without_horizon(&format_4, 3, true)),
+        (head, format_4),
+        (head, without_horizon(&header, 1, false)),
+    ] {
         set_projection(tmp.path(), Some((seq, &snapshot[..])));
         let reopened = Store::open(tmp.path(), me.clone(), clock()).unwrap();
         assert_eq!(reopened.read(|s| s.canonical_dump()), dump);
