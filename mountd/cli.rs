@@ -176,8 +176,8 @@ pub enum Command {
         /// Days to keep superseded and deleted versions; 0 keeps only current ones
         days: Option<u32>,
     },
-    /// Show or set (admins only) how many days a silent member of a store holds back the
-    /// purge of history (the stability frontier)
+    /// Show or set (admins only) how many days a silent member holds back the purge of a
+    /// store's history
     Horizon {
         /// Store name
         name: String,

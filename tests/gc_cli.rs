@@ -1,5 +1,5 @@
-//! `retention` and `gc` end to end: real daemons, files written through the FUSE mount,
-//! the CLI over the control socket, and the retention setting replicated to a member.
+//! `retention`, `horizon` and `gc` end to end: real daemons, files written through the
+//! FUSE mount, the CLI over the control socket, and both settings replicated to a member.
 
 mod common;
 
@@ -81,8 +81,16 @@ fn retention_zero_and_gc_through_the_cli_free_every_old_version_of_an_overwritte
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no store named \"nope\""));
 }
 
+/// The one line a refused command printed on stderr.
+fn refused(out: std::process::Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    err
+}
+
 #[test]
-fn a_writer_is_refused_a_retention_change_and_sees_the_admins_replicate() {
+fn a_writer_is_refused_setting_changes_and_sees_the_admins_replicate() {
     if !fuse_available() {
         return;
     }
@@ -91,17 +99,43 @@ fn a_writer_is_refused_a_retention_change_and_sees_the_admins_replicate() {
     ok(admin.run(&["create", "team"]));
     let token = ok(admin.run(&["invite", "team"]));
     ok(writer.run(&["join", token.trim()]));
-    let out = writer.run(&["retention", "team", "5"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("only an admin of team may set its retention; this node is a writer"),
-        "{err}"
+    for setting in ["retention", "horizon"] {
+        let err = refused(writer.run(&[setting, "team", "5"]));
+        assert!(
+            err.contains(&format!(
+                "only an admin of team may set its {setting}; this node is a writer"
+            )),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        ok(admin.run(&["horizon", "team"])).trim(),
+        "team waits 90 days for a silent member before purging history without it"
     );
+    for bad in ["0", "3651"] {
+        let err = refused(admin.run(&["horizon", "team", bad]));
+        assert!(err.contains("horizon must be 1 to 3650 days"), "{err}");
+    }
     ok(admin.run(&["retention", "team", "7"]));
+    assert_eq!(
+        ok(admin.run(&["horizon", "team", "14"])).trim(),
+        "team waits 14 days for a silent member before purging history without it"
+    );
+    let status = ok(admin.run(&["status"]));
+    assert!(
+        status.contains("; a member silent 14 days stops counting"),
+        "{status}"
+    );
+    let json = ok(admin.run(&["status", "--json"]));
+    assert!(
+        json.contains(r#""retention_days":7,"horizon_days":14"#),
+        "{json}"
+    );
     let start = Instant::now();
-    while !ok(writer.run(&["retention", "team"])).contains("7 days") {
-        assert!(start.elapsed() < SETTLE, "retention did not replicate");
+    while !(ok(writer.run(&["retention", "team"])).contains("7 days")
+        && ok(writer.run(&["horizon", "team"])).contains("14 days"))
+    {
+        assert!(start.elapsed() < SETTLE, "the settings did not replicate");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
