@@ -13,6 +13,9 @@
 //!
 //! Superseded versions are found in the intentions on disk, which are kept for ever;
 //! the projection only holds current ones.
+//!
+//! Store settings (retention, and the stability horizon that `store::frontier` reads)
+//! are read and set here through one path: [`Store::setting`], [`Store::set_setting`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
