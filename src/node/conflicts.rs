@@ -251,11 +251,7 @@ impl Node {
                 })
             }
         };
-        r.store.announce_changed(touched);
-        r.store.flush().map_err(|source| NodeError::Store {
-            store: store_name,
-            source,
-        })?;
+        r.publish(touched)?;
         let dir = shown.rsplit_once('/').map_or("", |(d, _)| d);
         Ok(Resolution {
             copies: copies

@@ -209,6 +209,18 @@ pub(super) struct Resolved {
     pub(super) found: Found,
 }
 
+impl Resolved {
+    /// Reports `touched` (changed outside the kernel) and waits until what was written
+    /// is durable.
+    pub(super) fn publish(&self, touched: Vec<FileId>) -> Result<(), NodeError> {
+        self.store.announce_changed(touched);
+        self.store.flush().map_err(|source| NodeError::Store {
+            store: self.store_name.clone(),
+            source,
+        })
+    }
+}
+
 impl Node {
     /// The content versions of the file at `path` (deleted files too), oldest first;
     /// none for a directory or another kind without content versions.
@@ -345,11 +357,7 @@ impl Node {
                 })
             }
         };
-        r.store.announce_changed(touched);
-        r.store.flush().map_err(|source| NodeError::Store {
-            store: store_name,
-            source,
-        })?;
+        r.publish(touched)?;
         Ok(Restored {
             path: shown,
             version: version.id,
