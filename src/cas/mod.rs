@@ -192,7 +192,9 @@ impl Cas {
             .read_to_end(&mut head)
             .map_err(CasError::io("read file to store"))?;
         if head.len() <= INLINE_MAX {
-            return Ok(Content::Inline(head.into()));
+            // A copy of exactly its length: the read buffer's capacity would stay
+            // allocated for as long as the content is held.
+            return Ok(Content::Inline(Bytes::copy_from_slice(&head)));
         }
         let stored = ahead.and_then(PutAhead::settled).unwrap_or_default();
         let skip = stored.iter().map(|(_, len)| len).sum();

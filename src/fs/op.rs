@@ -781,7 +781,9 @@ fn content_to_proto(c: &Content) -> pb::Content {
 fn content_from_proto(c: Option<pb::Content>) -> Result<Content, OpError> {
     match c.and_then(|c| c.value) {
         None => Ok(Content::empty()),
-        Some(pb::content::Value::Inline(b)) => Ok(Content::Inline(b)),
+        // A copy: the decoded bytes are a slice of the whole message, which the
+        // content would otherwise keep allocated for as long as it is held.
+        Some(pb::content::Value::Inline(b)) => Ok(Content::Inline(Bytes::copy_from_slice(&b))),
         Some(pb::content::Value::Manifest(m)) => Ok(Content::Manifest {
             hash: Hash::from_slice(&m.hash).ok_or(OpError::BadId("manifest hash"))?,
             size: m.size,
