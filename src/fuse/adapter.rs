@@ -829,7 +829,10 @@ impl Filesystem for LatticeFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.inodes.forget(ino.0, nlookup);
+        if let Some(Key::File(sid, file)) = self.inodes.forget(ino.0, nlookup) {
+            // The kernel dropped the inode with its page cache.
+            self.kernel_cache.lock().remove(&(sid, file));
+        }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {

@@ -72,13 +72,28 @@ struct Slot {
     names: Vec<Dentry>,
 }
 
+/// The table. A key's inode is found through its file (`by_file`), not a map of its
+/// own: a key is over 100 bytes and a file rarely has more than one inode.
 #[derive(Default)]
 struct Table {
     by_ino: HashMap<u64, Slot>,
-    by_key: HashMap<Key, u64>,
     /// Inodes of each store file: the file itself and its conflict copies.
     by_file: HashMap<(StoreId, FileId), Vec<u64>>,
     next: u64,
+}
+
+impl Table {
+    /// The inode of `key`, if the kernel knows it.
+    fn find(&self, key: &Key) -> Option<u64> {
+        let Some(file) = key.file() else {
+            return Some(MOUNT_ROOT);
+        };
+        self.by_file
+            .get(&file)?
+            .iter()
+            .copied()
+            .find(|ino| self.by_ino.get(ino).is_some_and(|s| s.key == *key))
+    }
 }
 
 /// Bidirectional map between inode numbers and keys, with kernel lookup counts.
@@ -101,7 +116,6 @@ impl Inodes {
                 names: Vec::new(),
             },
         );
-        t.by_key.insert(Key::MountRoot, MOUNT_ROOT);
         Self {
             table: Mutex::new(t),
         }
@@ -111,8 +125,8 @@ impl Inodes {
     /// of directory `parent`, which is remembered until the inode is forgotten.
     pub(crate) fn lookup(&self, key: Key, parent: u64, name: &[u8]) -> u64 {
         let mut t = self.table.lock();
-        let ino = match t.by_key.get(&key) {
-            Some(&ino) => ino,
+        let ino = match t.find(&key) {
+            Some(ino) => ino,
             None => {
                 let ino = t.next;
                 t.next += 1;
@@ -121,12 +135,14 @@ impl Inodes {
                     Slot {
                         key,
                         lookups: 0,
-                        names: Vec::new(),
+                        names: Vec::with_capacity(1),
                     },
                 );
-                t.by_key.insert(key, ino);
                 if let Some(file) = key.file() {
-                    t.by_file.entry(file).or_default().push(ino);
+                    t.by_file
+                        .entry(file)
+                        .or_insert_with(|| Vec::with_capacity(1))
+                        .push(ino);
                 }
                 ino
             }
@@ -144,7 +160,7 @@ impl Inodes {
 
     /// The inode number for `key` if the kernel knows it, without counting a lookup.
     pub(crate) fn peek(&self, key: &Key) -> Option<u64> {
-        self.table.lock().by_key.get(key).copied()
+        self.table.lock().find(key)
     }
 
     /// The key of a known inode.
@@ -152,10 +168,11 @@ impl Inodes {
         self.table.lock().by_ino.get(&ino).map(|s| s.key)
     }
 
-    /// The kernel forgot `n` lookups of `ino`; the number is dropped at zero.
-    pub(crate) fn forget(&self, ino: u64, n: u64) {
+    /// The kernel forgot `n` lookups of `ino`; the number is dropped at zero, and then
+    /// its key is returned.
+    pub(crate) fn forget(&self, ino: u64, n: u64) -> Option<Key> {
         if ino == MOUNT_ROOT {
-            return;
+            return None;
         }
         let mut t = self.table.lock();
         let gone = match t.by_ino.get_mut(&ino) {
@@ -167,7 +184,6 @@ impl Inodes {
         };
         if let Some(key) = gone {
             t.by_ino.remove(&ino);
-            t.by_key.remove(&key);
             if let Some(file) = key.file() {
                 if let Some(inos) = t.by_file.get_mut(&file) {
                     inos.retain(|&i| i != ino);
@@ -177,6 +193,7 @@ impl Inodes {
                 }
             }
         }
+        gone
     }
 
     /// The inodes the kernel knows for `file` of store `store` (the file and its
@@ -225,10 +242,12 @@ mod tests {
         let a = t.lookup(key(1), MOUNT_ROOT, b"a");
         assert_eq!(t.lookup(key(1), MOUNT_ROOT, b"a"), a);
         assert_ne!(t.lookup(key(2), MOUNT_ROOT, b"b"), a);
-        t.forget(a, 1);
+        assert_eq!(t.forget(a, 1), None, "one lookup is left");
         assert_eq!(t.get(a), Some(key(1)));
-        t.forget(a, 1);
+        assert_eq!(t.peek(&key(1)), Some(a));
+        assert_eq!(t.forget(a, 1), Some(key(1)));
         assert_eq!(t.get(a), None);
+        assert_eq!(t.peek(&key(1)), None);
         assert_ne!(
             t.lookup(key(1), MOUNT_ROOT, b"a"),
             a,
