@@ -499,6 +499,27 @@ impl Drop for Node {
     }
 }
 
+/// Says which `lattice-mount` binary the run measures and when it was built:
+/// `cargo run --bin lattice-bench` builds only the bench, so a daemon left from an
+/// older build would otherwise be measured unnoticed.
+pub(crate) fn report_daemon() -> Result<()> {
+    let daemon = std::env::current_exe()?.with_file_name("lattice-mount");
+    let built = fs::metadata(&daemon)
+        .and_then(|m| m.modified())
+        .with_context(|| {
+            format!(
+                "{} is missing: build it with `cargo build --release --features bench --bins`",
+                daemon.display()
+            )
+        })?;
+    let age = built.elapsed().unwrap_or_default().as_secs();
+    eprintln!(
+        "measuring {}, built {age} s ago (`cargo build --release --features bench --bins` rebuilds it)",
+        daemon.display()
+    );
+    Ok(())
+}
+
 /// The lattice CLI next to this executable, with data dir `data`.
 pub(crate) fn lattice_cli(data: &Path) -> Command {
     let exe = std::env::current_exe()

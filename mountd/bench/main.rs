@@ -40,6 +40,7 @@ struct Row {
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    harness::report_daemon()?;
     match args.first().map(String::as_str) {
         Some("local") => local(),
         Some("sync") => sync::run(),
