@@ -1,6 +1,7 @@
 //! The non-timing invariants of `lattice-bench scale`, scaled down to 20,000 files
-//! through the store API: opening costs only the witness log past the snapshot, and the
-//! store file stays within a per-record bound as the tree and its overwrites grow.
+//! through the store API: opening costs only the witness log past the persisted
+//! projection (its header and page tables), and the store file stays within a
+//! per-record bound as the tree and its overwrites grow.
 
 use std::path::Path;
 
@@ -8,10 +9,11 @@ use bytes::Bytes;
 
 use crate::cas::Content;
 use crate::fs::op::{Create, Kind, OpBody};
+use crate::fs::Page;
 use crate::identity::Identity;
 use crate::ids::{OpId, StoreId};
 use crate::store::tests::clock;
-use crate::store::{Store, DB_FILE};
+use crate::store::{pages, Store, DB_FILE};
 
 /// Directories of the scaled-down tree.
 const DIRS: usize = 100;
@@ -109,24 +111,57 @@ fn overwrite_all(store: &Store, files: &[OpId]) {
     store.flush().unwrap();
 }
 
-/// The last snapshot row's witness seq and bytes.
-fn snapshot_row(dir: &Path) -> (u64, Vec<u8>) {
+/// The persisted projection: its header row (witness seq, bytes) and every page table's
+/// rows.
+struct Persisted {
+    seq: u64,
+    header: Vec<u8>,
+    pages: Vec<Vec<(Vec<u8>, Vec<u8>)>>,
+}
+
+/// The projection as persisted in the store file in `dir`.
+fn persisted(dir: &Path) -> Persisted {
     use redb::{ReadableDatabase, ReadableTable};
     let db = redb::Database::open(dir.join(DB_FILE)).unwrap();
     let txn = db.begin_read().unwrap();
     let t = txn.open_table(crate::store::tables::PROJECTION).unwrap();
     let (k, v) = t.last().unwrap().unwrap();
-    (k.value(), v.value().to_vec())
+    let pages = Page::ALL
+        .iter()
+        .map(|page| {
+            let t = txn.open_table(pages::table(*page)).unwrap();
+            t.iter()
+                .unwrap()
+                .map(|row| {
+                    let (k, v) = row.unwrap();
+                    (k.value().to_vec(), v.value().to_vec())
+                })
+                .collect()
+        })
+        .collect();
+    Persisted {
+        seq: k.value(),
+        header: v.value().to_vec(),
+        pages,
+    }
 }
 
-/// Replaces the snapshot row with `row`, as if the store had stopped before writing a newer one.
-fn put_snapshot_row(dir: &Path, row: &(u64, Vec<u8>)) {
+/// Puts `p` back as the persisted projection, as if the store had stopped before
+/// writing the pages of what followed (the witness log keeps those intentions).
+fn put_back(dir: &Path, p: &Persisted) {
     let db = redb::Database::open(dir.join(DB_FILE)).unwrap();
     let txn = db.begin_write().unwrap();
     {
         let mut t = txn.open_table(crate::store::tables::PROJECTION).unwrap();
         t.retain(|_, _| false).unwrap();
-        t.insert(row.0, &row.1[..]).unwrap();
+        t.insert(p.seq, &p.header[..]).unwrap();
+        for (page, rows) in Page::ALL.iter().zip(&p.pages) {
+            let mut t = txn.open_table(pages::table(*page)).unwrap();
+            t.retain(|_, _| false).unwrap();
+            for (k, v) in rows {
+                t.insert(&k[..], &v[..]).unwrap();
+            }
+        }
     }
     txn.commit().unwrap();
 }
@@ -143,7 +178,7 @@ fn opening_a_20000_file_store_replays_only_the_witness_log_past_its_snapshot_and
     store.shutdown().unwrap();
     drop(store);
     let after_tree = store_bytes(tmp.path());
-    let tree_snapshot = snapshot_row(tmp.path());
+    let after_tree_pages = persisted(tmp.path());
 
     let store = Store::open(tmp.path(), me.clone(), clock()).unwrap();
     let stats = store.stats();
@@ -152,7 +187,7 @@ fn opening_a_20000_file_store_replays_only_the_witness_log_past_its_snapshot_and
     assert!(stats.intentions > 1);
     assert_eq!(
         stats.replayed, 0,
-        "a store shut down cleanly opens from its snapshot alone"
+        "a store shut down cleanly opens from its pages alone"
     );
     overwrite_all(&store, &files);
     let dump = store.read(|s| s.canonical_dump());
@@ -167,13 +202,13 @@ fn opening_a_20000_file_store_replays_only_the_witness_log_past_its_snapshot_and
     reopened.shutdown().unwrap();
     drop(reopened);
 
-    // Put back the snapshot taken after the tree: the overwrites' intentions, and only
-    // they, are past it and must be replayed, to the same projection.
-    let (last_seq, _) = snapshot_row(tmp.path());
-    put_snapshot_row(tmp.path(), &tree_snapshot);
+    // Put back the projection persisted after the tree: the overwrites' intentions, and
+    // only they, are past it and must be replayed, to the same projection.
+    let last_seq = persisted(tmp.path()).seq;
+    put_back(tmp.path(), &after_tree_pages);
     let replaying = Store::open(tmp.path(), me, clock()).unwrap();
     let stats = replaying.stats();
-    assert_eq!(stats.replayed, last_seq - tree_snapshot.0);
+    assert_eq!(stats.replayed, last_seq - after_tree_pages.seq);
     assert!(stats.replayed > 0 && stats.replayed < applied / 2);
     assert_eq!(replaying.read(|s| s.canonical_dump()), dump);
     replaying.shutdown().unwrap();
