@@ -257,6 +257,11 @@ impl Node {
         &self.inner.display_name
     }
 
+    /// The cache budget the node was opened with.
+    pub fn cache_budget(&self) -> CacheBudget {
+        self.inner.budget
+    }
+
     /// The data dir.
     pub fn data_dir(&self) -> &Path {
         &self.inner.data_dir

@@ -266,7 +266,12 @@ impl LatticeFs {
     fn entry(&self, key: Key, parent: INodeNo, name: &str) -> Result<FileAttr> {
         let ino = self.inodes.lookup(key, parent.0, name.as_bytes());
         match self.attr_of(ino, key) {
-            Ok(a) => Ok(a),
+            Ok(a) => {
+                if a.kind == FileType::Directory {
+                    self.inodes.keep(ino);
+                }
+                Ok(a)
+            }
             Err(e) => {
                 self.inodes.forget(ino, 1);
                 Err(e)
@@ -1130,6 +1135,9 @@ impl Filesystem for LatticeFs {
                         }
                         continue;
                     };
+                    if !dot && attr.kind == FileType::Directory {
+                        self.inodes.keep(child);
+                    }
                     let name = OsStr::from_bytes(&e.name);
                     if reply.add(INodeNo(child), next, name, &TTL, &attr, Generation(0)) {
                         if !dot {

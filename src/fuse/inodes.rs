@@ -1,10 +1,17 @@
 //! The inode table: kernel inode numbers for stores, files and conflict copies, and
 //! the directory entries handed to the kernel for each, so a remote change can
 //! invalidate every dentry the kernel may hold for a file.
+//!
+//! The kernel keeps every entry it looked up until memory runs short, and each costs a
+//! slot here: past a cap (from the cache budget) the oldest file entries are handed to
+//! the invalidation thread, whose `inval_entry` makes the kernel drop them and then
+//! forget their inodes. Directories and the stores' roots are kept: dropping one would
+//! drop every cached entry under it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 use crate::fs::Node;
 use crate::ids::{FileId, OpId, StoreId};
@@ -15,6 +22,13 @@ pub(crate) const MOUNT_ROOT: u64 = 1;
 /// Most directory entries remembered per inode; past it the oldest is dropped, and
 /// the kernel's copy of that name then expires on its own after the entry TTL.
 pub(crate) const MAX_NAMES_PER_INODE: usize = 16;
+
+/// Fewest inodes a table is capped at, whatever the budget: a deep path walk needs
+/// its directories and a few files at once.
+const MIN_INODES: usize = 1024;
+
+/// Eviction frees an eighth of the cap at once, so it runs once per that many lookups.
+const EVICT_FRACTION: usize = 8;
 
 /// A directory entry given to the kernel: (parent inode, name).
 pub(crate) type Dentry = (u64, Box<[u8]>);
@@ -70,6 +84,12 @@ struct Slot {
     key: Key,
     lookups: u64,
     names: Vec<Dentry>,
+    /// In `Table::order`, so the cap may evict it.
+    queued: bool,
+    /// A directory or a store's root: never evicted.
+    kept: bool,
+    /// Its entries were evicted and the kernel has not forgotten it yet.
+    evicted: bool,
 }
 
 /// The table. A key's inode is found through its file (`by_file`), not a map of its
@@ -79,6 +99,12 @@ struct Table {
     by_ino: HashMap<u64, Slot>,
     /// Inodes of each store file: the file itself and its conflict copies.
     by_file: HashMap<(StoreId, FileId), Vec<u64>>,
+    /// Evictable inodes, oldest lookup first; forgotten ones are skipped when popped.
+    order: VecDeque<u64>,
+    /// Entries evicted, waiting for the invalidation thread.
+    evicted: Vec<Dentry>,
+    /// Inodes evicted and not forgotten yet.
+    evicting: usize,
     next: u64,
 }
 
@@ -94,16 +120,44 @@ impl Table {
             .copied()
             .find(|ino| self.by_ino.get(ino).is_some_and(|s| s.key == *key))
     }
+
+    /// Moves the entries of the oldest evictable inodes to `evicted`, as many inodes
+    /// as leave `keep` once the kernel forgets them; returns whether any moved.
+    fn evict_down_to(&mut self, keep: usize) -> bool {
+        let mut left = (self.by_ino.len() - self.evicting).saturating_sub(keep);
+        let any = left > 0;
+        while left > 0 {
+            let Some(ino) = self.order.pop_front() else {
+                break;
+            };
+            let Some(slot) = self.by_ino.get_mut(&ino) else {
+                continue;
+            };
+            slot.queued = false;
+            if slot.kept {
+                continue;
+            }
+            self.evicted.append(&mut slot.names);
+            slot.evicted = true;
+            self.evicting += 1;
+            left -= 1;
+        }
+        any
+    }
 }
 
 /// Bidirectional map between inode numbers and keys, with kernel lookup counts.
 pub(crate) struct Inodes {
     table: Mutex<Table>,
+    /// Inodes past which the oldest file entries are evicted.
+    cap: usize,
+    /// Woken when entries were evicted.
+    evicting: Notify,
 }
 
 impl Inodes {
-    /// A table holding only the mount root.
-    pub(crate) fn new() -> Self {
+    /// A table holding only the mount root, evicting file entries past `cap` inodes.
+    pub(crate) fn new(cap: usize) -> Self {
         let mut t = Table {
             next: MOUNT_ROOT + 1,
             ..Default::default()
@@ -114,10 +168,15 @@ impl Inodes {
                 key: Key::MountRoot,
                 lookups: 1,
                 names: Vec::new(),
+                queued: false,
+                kept: true,
+                evicted: false,
             },
         );
         Self {
             table: Mutex::new(t),
+            cap: cap.max(MIN_INODES),
+            evicting: Notify::new(),
         }
     }
 
@@ -130,12 +189,16 @@ impl Inodes {
             None => {
                 let ino = t.next;
                 t.next += 1;
+                let kept = matches!(key, Key::File(_, file) if file == OpId::ROOT);
                 t.by_ino.insert(
                     ino,
                     Slot {
                         key,
                         lookups: 0,
                         names: Vec::with_capacity(1),
+                        queued: false,
+                        kept,
+                        evicted: false,
                     },
                 );
                 if let Some(file) = key.file() {
@@ -147,15 +210,51 @@ impl Inodes {
                 ino
             }
         };
-        let slot = t.by_ino.get_mut(&ino).expect("by_key and by_ino agree");
+        let slot = t.by_ino.get_mut(&ino).expect("by_file and by_ino agree");
         slot.lookups += 1;
+        let back = std::mem::take(&mut slot.evicted);
         if !slot.names.iter().any(|(p, n)| *p == parent && **n == *name) {
             if slot.names.len() == MAX_NAMES_PER_INODE {
                 slot.names.remove(0);
             }
             slot.names.push((parent, name.into()));
         }
+        let queue = !slot.queued && !slot.kept;
+        slot.queued |= queue;
+        if back {
+            t.evicting -= 1;
+        }
+        if queue {
+            t.order.push_back(ino);
+            if t.order.len() > 2 * t.by_ino.len() + MIN_INODES {
+                let Table { order, by_ino, .. } = &mut *t;
+                order.retain(|i| by_ino.get(i).is_some_and(|s| s.queued));
+            }
+        }
+        if t.by_ino.len() - t.evicting > self.cap
+            && t.evict_down_to(self.cap - self.cap / EVICT_FRACTION)
+        {
+            self.evicting.notify_one();
+        }
         ino
+    }
+
+    /// Never evicts `ino` (a directory: dropping its entry drops every entry under it).
+    pub(crate) fn keep(&self, ino: u64) {
+        if let Some(slot) = self.table.lock().by_ino.get_mut(&ino) {
+            slot.kept = true;
+        }
+    }
+
+    /// Waits until entries were evicted, then takes them: the kernel is to drop them.
+    pub(crate) async fn evicted(&self) -> Vec<Dentry> {
+        loop {
+            let taken = std::mem::take(&mut self.table.lock().evicted);
+            if !taken.is_empty() {
+                return taken;
+            }
+            self.evicting.notified().await;
+        }
     }
 
     /// The inode number for `key` if the kernel knows it, without counting a lookup.
@@ -183,7 +282,9 @@ impl Inodes {
             None => None,
         };
         if let Some(key) = gone {
-            t.by_ino.remove(&ino);
+            if t.by_ino.remove(&ino).is_some_and(|s| s.evicted) {
+                t.evicting -= 1;
+            }
             if let Some(file) = key.file() {
                 if let Some(inos) = t.by_file.get_mut(&file) {
                     inos.retain(|&i| i != ino);
@@ -230,15 +331,90 @@ impl Inodes {
 mod tests {
     use super::*;
 
-    fn key(n: u8) -> Key {
+    fn key(n: u32) -> Key {
         let mut id = OpId::ROOT;
         id.hlc.wall_ms = u64::from(n);
         Key::File(StoreId([1; 16]), id)
     }
 
+    fn evicted(t: &Inodes) -> Vec<Dentry> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            tokio::time::timeout(std::time::Duration::from_secs(5), t.evicted())
+                .await
+                .expect("entries were evicted")
+        })
+    }
+
+    #[test]
+    fn past_the_cap_the_oldest_file_entries_are_evicted_and_directories_kept() {
+        let t = Inodes::new(MIN_INODES);
+        let dir = t.lookup(key(1), MOUNT_ROOT, b"dir");
+        t.keep(dir);
+        let store_root = t.lookup(Key::File(StoreId([1; 16]), OpId::ROOT), MOUNT_ROOT, b"s");
+        // With the mount root and the store's root, the table is then exactly at the cap.
+        let names: Vec<String> = (2..=MIN_INODES as u32 - 2)
+            .map(|i| format!("f{i}"))
+            .collect();
+        let mut inos = Vec::new();
+        for (i, n) in (2..).zip(&names) {
+            inos.push(t.lookup(key(i), dir, n.as_bytes()));
+        }
+        assert!(
+            t.table.lock().evicted.is_empty(),
+            "at the cap nothing is evicted"
+        );
+        t.lookup(key(5000), dir, b"one more");
+        let gone = evicted(&t);
+        let want = MIN_INODES + 1 - (MIN_INODES - MIN_INODES / EVICT_FRACTION);
+        assert_eq!(gone.len(), want);
+        assert!(gone.iter().all(|(p, _)| *p == dir));
+        let gone_names: Vec<&[u8]> = gone.iter().map(|(_, n)| &**n).collect();
+        let oldest: Vec<&[u8]> = names[..want].iter().map(|n| n.as_bytes()).collect();
+        assert_eq!(gone_names, oldest, "the oldest files go first");
+        assert!(t.table.lock().evicted.is_empty(), "taken once");
+
+        // The kernel forgets what was evicted; nothing more is evicted until the table
+        // grows past the cap again.
+        for ino in &inos[..want] {
+            assert!(t.forget(*ino, 1).is_some());
+        }
+        assert_eq!(t.table.lock().evicting, 0);
+        assert_eq!(t.get(dir), Some(key(1)));
+        assert_eq!(
+            t.get(store_root),
+            Some(Key::File(StoreId([1; 16]), OpId::ROOT))
+        );
+        for i in 0..(want as u32 - 1) {
+            t.lookup(key(6000 + i), dir, format!("g{i}").as_bytes());
+        }
+        assert!(t.table.lock().evicted.is_empty());
+    }
+
+    #[test]
+    fn an_evicted_inode_looked_up_again_is_evictable_again() {
+        let t = Inodes::new(MIN_INODES);
+        let first = t.lookup(key(1), MOUNT_ROOT, b"first");
+        for i in 2..=MIN_INODES as u32 + 1 {
+            t.lookup(key(i), MOUNT_ROOT, format!("f{i}").as_bytes());
+        }
+        assert!(evicted(&t).contains(&(MOUNT_ROOT, b"first"[..].into())));
+        assert_eq!(
+            t.lookup(key(1), MOUNT_ROOT, b"first"),
+            first,
+            "not forgotten yet"
+        );
+        assert_eq!(t.table.lock().evicting, MIN_INODES / EVICT_FRACTION);
+        let t2 = t.table.lock();
+        assert_eq!(t2.order.back(), Some(&first), "queued again, newest");
+    }
+
     #[test]
     fn same_key_gets_the_same_inode_until_forgotten() {
-        let t = Inodes::new();
+        let t = Inodes::new(MIN_INODES);
         let a = t.lookup(key(1), MOUNT_ROOT, b"a");
         assert_eq!(t.lookup(key(1), MOUNT_ROOT, b"a"), a);
         assert_ne!(t.lookup(key(2), MOUNT_ROOT, b"b"), a);
@@ -257,14 +433,14 @@ mod tests {
 
     #[test]
     fn mount_root_is_never_forgotten() {
-        let t = Inodes::new();
+        let t = Inodes::new(MIN_INODES);
         t.forget(MOUNT_ROOT, 100);
         assert_eq!(t.get(MOUNT_ROOT), Some(Key::MountRoot));
     }
 
     #[test]
     fn entries_are_remembered_per_file_until_forgotten() {
-        let t = Inodes::new();
+        let t = Inodes::new(MIN_INODES);
         let Key::File(sid, file) = key(1) else {
             unreachable!()
         };
@@ -297,7 +473,7 @@ mod tests {
 
     #[test]
     fn names_per_inode_are_bounded_oldest_dropped_first() {
-        let t = Inodes::new();
+        let t = Inodes::new(MIN_INODES);
         let names: Vec<String> = (0..=MAX_NAMES_PER_INODE).map(|i| format!("n{i}")).collect();
         for n in &names {
             t.lookup(key(1), MOUNT_ROOT, n.as_bytes());

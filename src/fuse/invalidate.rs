@@ -9,6 +9,9 @@
 //! directories. New names need no entry invalidation: a failed lookup leaves no cached
 //! negative entry (its timeout is zero) and directory listings are not cached.
 //!
+//! Entries the inode table evicts past its cap (`inodes.rs`) are invalidated here too,
+//! so the kernel drops them and forgets their inodes.
+//!
 //! Notifications run on one dedicated thread that holds no lock while it notifies:
 //! `inval_entry` blocks until the kernel has processed it, and the kernel may need a
 //! FUSE thread to finish a request first, so a FUSE callback never notifies.
@@ -114,6 +117,11 @@ impl Kernel {
                     Change::Files(store, files) => self.files_changed(store, &files),
                     Change::Lagged => self.everything_changed(),
                 },
+                evicted = self.inodes.evicted() => {
+                    for (parent, name) in evicted {
+                        self.inval_entry(parent, &name);
+                    }
+                }
             }
         }
     }

@@ -104,7 +104,7 @@ pub fn mount(node: Node, mountpoint: &Path, allow_other: bool) -> Result<MountGu
         .create(&staging)
         .map_err(mount_err)?;
     let config = config(allow_other);
-    let inodes = Arc::new(inodes::Inodes::new());
+    let inodes = Arc::new(inodes::Inodes::new(node.cache_budget().kernel_inodes()));
     let fs = adapter::LatticeFs::new(node.clone(), staging, inodes.clone());
     let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(mount_err)?;
     let notifier = session.notifier();

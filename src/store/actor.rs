@@ -525,6 +525,8 @@ impl Actor {
         if let Some(cut) = cut {
             let src = TablePages::open(&*shared.index.db()?, shared.fault.clone())?;
             shared.state.write().settle_pages(cut, Arc::new(src));
+            // The overlay just settled was most of what the projection held in memory.
+            crate::budget::release_freed();
         }
         let effects = cx.effects.take();
         for bytes in effects.sealed {
