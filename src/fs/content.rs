@@ -163,11 +163,13 @@ impl FileRec {
         self.touched = self.touched.max(id);
     }
 
-    /// Modification time: the mtime register or, if the op that last changed a
-    /// directory's entries is newer than its writer, that op's stamp (last writer wins,
-    /// by op id, as between the register's own writers).
+    /// Modification time: the mtime register or, for a directory whose entries an op
+    /// changed at or after the register's writer, that op's stamp (last writer wins, by
+    /// op id, as between the register's own writers). A directory's Create counts as its
+    /// first entry change, so it shows the same clock (the op stamp, not the creator's
+    /// sub-millisecond time) from its first `stat` on and never runs backwards.
     pub(crate) fn mtime_ns(&self) -> i64 {
-        if self.listing > self.mtime.at {
+        if self.kind == Kind::Dir && self.listing >= self.mtime.at {
             self.listing.hlc.as_nanos()
         } else {
             self.mtime.value
