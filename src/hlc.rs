@@ -2,6 +2,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// The most nanoseconds a counter adds to its wall millisecond in [`Hlc::as_nanos`]:
+/// one less than a millisecond, so a time never passes the next millisecond's.
+const MAX_COUNTER_NANOS: u32 = 999_999;
+
 /// A hybrid logical timestamp; ordered by wall time, then counter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Hlc {
@@ -18,9 +22,14 @@ impl Hlc {
         counter: 0,
     };
 
-    /// Nanoseconds since the epoch for this timestamp's wall time.
+    /// Nanoseconds since the epoch: the wall time plus the counter as nanoseconds (held
+    /// below the next millisecond), so later stamps show as later times even within one
+    /// millisecond, as `make` and `rsync -u` need of successive changes.
     pub fn as_nanos(self) -> i64 {
-        (self.wall_ms as i64).saturating_mul(1_000_000)
+        let within = i64::from(self.counter.min(MAX_COUNTER_NANOS));
+        (self.wall_ms as i64)
+            .saturating_mul(1_000_000)
+            .saturating_add(within)
     }
 }
 

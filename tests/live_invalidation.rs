@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lattice_mount::{
-    now_ms, ApplyOutcome, Cas, Clock, Content, FetchRequest, Fetcher, FileId, FsState, Hash, Hlc,
-    Identity, Intention, Kind, Node, Op, OpBody, OpId, RenameFlags, Role, Store, StoreEvent,
+    now_ms, ApplyOutcome, Cas, Clock, Content, FetchRequest, Fetcher, FileId, FsNode, FsState,
+    Hash, Hlc, Identity, Intention, Kind, Node, Op, OpBody, OpId, RenameFlags, Role, Store,
+    StoreEvent,
 };
 use parking_lot::Mutex;
 
@@ -107,6 +108,20 @@ fn shows(what: &str, mnt: &Path, check: impl Fn() -> bool) -> Duration {
     start.elapsed()
 }
 
+/// True if `stat` of directory `path` shows the (mtime, ctime) the store projects for
+/// directory `dir`.
+fn dir_times_show(store: &Store, dir: FileId, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let node = FsNode::Entry {
+        entry: dir,
+        file: dir,
+    };
+    let a = store.read(|s| s.attr(node).unwrap());
+    let m = std::fs::metadata(path).unwrap();
+    let ns = |secs: i64, nsec: i64| secs * 1_000_000_000 + nsec;
+    (ns(m.mtime(), m.mtime_nsec()), ns(m.ctime(), m.ctime_nsec())) == (a.mtime_ns, a.ctime_ns)
+}
+
 fn create(s: &FsState, parent: FileId, name: &str, kind: Kind, data: &str) -> Vec<OpBody> {
     let content = Content::Inline(Bytes::from(data.to_owned()));
     vec![s
@@ -132,11 +147,12 @@ fn remote_creates_rewrites_renames_and_deletes_show_through_the_mount_at_once() 
 
     // Fill the kernel's caches: the directory, then a file's entry, attributes and pages.
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+    assert!(dir_times_show(&store, OpId::ROOT, &dir));
     let file = peer.apply(&store, |s| {
         create(s, OpId::ROOT, "a.txt", Kind::File, "one")
     });
     let mut took = vec![shows("created file", &mnt, || {
-        std::fs::read(&a).is_ok_and(|d| d == b"one")
+        std::fs::read(&a).is_ok_and(|d| d == b"one") && dir_times_show(&store, OpId::ROOT, &dir)
     })];
     assert_eq!(std::fs::read(&a).unwrap(), b"one");
     assert_eq!(std::fs::metadata(&a).unwrap().len(), 3);
@@ -160,6 +176,8 @@ fn remote_creates_rewrites_renames_and_deletes_show_through_the_mount_at_once() 
     took.push(shows("renamed into a subdirectory", &mnt, || {
         std::fs::metadata(&a).is_err()
             && std::fs::read(sub.join("b.txt")).is_ok_and(|d| d == b"second version")
+            && dir_times_show(&store, OpId::ROOT, &dir)
+            && dir_times_show(&store, subdir, &sub)
     }));
 
     peer.apply(&store, |s| {
@@ -167,14 +185,29 @@ fn remote_creates_rewrites_renames_and_deletes_show_through_the_mount_at_once() 
             .unwrap()
     });
     took.push(shows("moved back", &mnt, || {
-        std::fs::metadata(sub.join("b.txt")).is_err() && std::fs::metadata(&b).is_ok()
+        std::fs::metadata(sub.join("b.txt")).is_err()
+            && std::fs::metadata(&b).is_ok()
+            && dir_times_show(&store, OpId::ROOT, &dir)
+            && dir_times_show(&store, subdir, &sub)
     }));
 
     peer.apply(&store, |s| {
         vec![s.plan_unlink(OpId::ROOT, "b.txt").unwrap()]
     });
     took.push(shows("deleted file", &mnt, || {
-        std::fs::metadata(&b).is_err()
+        std::fs::metadata(&b).is_err() && dir_times_show(&store, OpId::ROOT, &dir)
+    }));
+
+    // A name the kernel never looked up comes and goes: only the directory's cached
+    // attributes say so.
+    assert!(dir_times_show(&store, subdir, &sub));
+    peer.apply(&store, |s| create(s, subdir, "unseen", Kind::File, ""));
+    took.push(shows("created unseen name", &mnt, || {
+        dir_times_show(&store, subdir, &sub)
+    }));
+    peer.apply(&store, |s| vec![s.plan_unlink(subdir, "unseen").unwrap()]);
+    took.push(shows("removed unseen name", &mnt, || {
+        dir_times_show(&store, subdir, &sub)
     }));
     let names: Vec<_> = std::fs::read_dir(&dir)
         .unwrap()

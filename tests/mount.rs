@@ -294,8 +294,116 @@ fn symlinks_hard_links_and_special_nodes() {
     assert_eq!(m.rdev(), libc::makedev(1, 3));
 }
 
+/// (mtime, ctime) of `p` in nanoseconds, as `stat` shows them.
+fn times(p: &Path) -> (i64, i64) {
+    let m = fs::symlink_metadata(p).unwrap();
+    (
+        m.mtime() * 1_000_000_000 + m.mtime_nsec(),
+        m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+    )
+}
+
+/// Creates, links, renames and unlinks in and between directories `m/d` and `m/e`:
+/// each change moves both times of each directory it changed, at once (no wait for
+/// the kernel's attribute cache), and leaves the other's alone; a link or unlink moves
+/// the file's ctime; an explicit mtime holds until the next entry change.
+fn directory_times_follow_entry_changes(d: &Daemon) {
+    let (dir, other) = (d.path("m/d"), d.path("m/e"));
+    fs::create_dir(&dir).unwrap();
+    fs::create_dir(&other).unwrap();
+    let mut last = [times(&dir), times(&other)];
+    let mut step = |what: &str, change: &dyn Fn(), changed: [bool; 2]| {
+        change();
+        let now = [times(&dir), times(&other)];
+        for i in 0..2 {
+            if changed[i] {
+                assert!(
+                    now[i].0 > last[i].0 && now[i].1 > last[i].1,
+                    "{what}: directory {i} went from {:?} to {:?}",
+                    last[i],
+                    now[i]
+                );
+                assert!(now[i].1 >= now[i].0, "{what}: ctime before mtime");
+            } else {
+                assert_eq!(now[i], last[i], "{what}: directory {i} changed");
+            }
+        }
+        last = now;
+    };
+    let p = |rel: &str| d.path(&format!("m/{rel}"));
+    step(
+        "create",
+        &|| fs::write(p("d/f"), b"x").unwrap(),
+        [true, false],
+    );
+    step(
+        "rewrite",
+        &|| fs::write(p("d/f"), b"y").unwrap(),
+        [false, false],
+    );
+    step(
+        "rename within",
+        &|| fs::rename(p("d/f"), p("d/g")).unwrap(),
+        [true, false],
+    );
+    let ctime = |rel: &str| times(&p(rel)).1;
+    let before = ctime("d/g");
+    step(
+        "link",
+        &|| fs::hard_link(p("d/g"), p("e/l")).unwrap(),
+        [false, true],
+    );
+    let linked = ctime("d/g");
+    assert!(linked > before, "a link moves the file's ctime");
+    step(
+        "rename out",
+        &|| fs::rename(p("d/g"), p("e/g")).unwrap(),
+        [true, true],
+    );
+    let moved = ctime("e/g");
+    assert!(moved > linked, "a rename moves the file's ctime");
+    step(
+        "unlink",
+        &|| fs::remove_file(p("e/l")).unwrap(),
+        [false, true],
+    );
+    assert!(ctime("e/g") > moved, "an unlink moves the file's ctime");
+    step(
+        "rename in",
+        &|| fs::rename(p("e/g"), p("d/g")).unwrap(),
+        [true, true],
+    );
+    step(
+        "symlink",
+        &|| std::os::unix::fs::symlink("g", p("d/s")).unwrap(),
+        [true, false],
+    );
+    step(
+        "mkdir",
+        &|| fs::create_dir(p("d/sub")).unwrap(),
+        [true, false],
+    );
+    step(
+        "rmdir",
+        &|| fs::remove_dir(p("d/sub")).unwrap(),
+        [true, false],
+    );
+    step(
+        "unlink last",
+        &|| fs::remove_file(p("d/g")).unwrap(),
+        [true, false],
+    );
+    d.sh("touch -m -d '2001-02-03 04:05:06 UTC' m/d");
+    let (mtime, ctime) = times(&dir);
+    assert_eq!(mtime, 981_173_106 * 1_000_000_000, "touch -d sets it");
+    assert!(ctime > last[0].1, "and moves ctime");
+    fs::write(p("d/h"), b"").unwrap();
+    let (mtime, _) = times(&dir);
+    assert!(mtime > ctime, "a later create wins over the explicit mtime");
+}
+
 #[test]
-fn chmod_chown_utimens_and_xattrs() {
+fn chmod_chown_utimens_xattrs_and_directory_times_behave_like_posix() {
     let Some(d) = daemon_with_store("m") else {
         return;
     };
@@ -329,6 +437,7 @@ fn chmod_chown_utimens_and_xattrs() {
     // SAFETY: valid C strings.
     assert_eq!(unsafe { libc::removexattr(c.as_ptr(), n.as_ptr()) }, 0);
     assert_eq!(errno_of(getxattr(&p, "user.color")), libc::ENODATA);
+    directory_times_follow_entry_changes(&d);
 }
 
 #[test]

@@ -106,6 +106,24 @@ fn changes_on_one_node_show_on_the_others_within_two_seconds() {
     within(VISIBLE_WITHIN, "create from carol", || {
         std::fs::read_to_string(a.path("team/c.txt")).is_ok_and(|s| s == "from-carol\n")
     });
+    // Directory times (and a file's ctime after link and unlink) come from the ops, so
+    // every node shows the same ones.
+    a.sh(
+        "mkdir team/t && echo x > team/t/x && mv team/t/x team/t/y && ln team/t/y team/y \
+          && rm team/t/y && mkdir team/t/sub",
+    );
+    let times = |d: &Daemon| -> Option<Vec<(i64, i64, i64, i64)>> {
+        use std::os::unix::fs::MetadataExt;
+        ["team", "team/t", "team/y"]
+            .iter()
+            .map(|rel| {
+                let m = std::fs::metadata(d.path(rel)).ok()?;
+                Some((m.mtime(), m.mtime_nsec(), m.ctime(), m.ctime_nsec()))
+            })
+            .collect()
+    };
+    let mine = times(a).expect("alice's own changes");
+    check("directory times", &|d| times(d).as_ref() == Some(&mine));
     eprintln!("slowest change to show up: {worst:?}");
     for d in &nodes {
         d.assert_mounted();

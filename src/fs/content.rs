@@ -85,6 +85,10 @@ pub(crate) struct FileRec {
     pub xattrs: BTreeMap<Bytes, Lww<Option<Bytes>>>,
     /// Greatest op id that touched the file.
     pub touched: OpId,
+    /// For a directory, the location op that last changed its entries (the newest in
+    /// replay order, kept by the move log's undo and redo; see `tree`); else, and until
+    /// one does, the file's Create.
+    pub listing: OpId,
     /// Version groups by the id of the op that started them.
     pub groups: VecMap<OpId, Group>,
     /// Member ops that nothing supersedes, each with its group (a superseded member's
@@ -147,6 +151,7 @@ impl FileRec {
             atime: Lww::new(id, mtime),
             xattrs: BTreeMap::new(),
             touched: id,
+            listing: id,
             groups: VecMap::new(),
             heads: VecMap::new(),
             superseded: BTreeSet::new(),
@@ -156,6 +161,25 @@ impl FileRec {
     /// Records that op `id` touched the file (for ctime).
     pub(crate) fn touch(&mut self, id: OpId) {
         self.touched = self.touched.max(id);
+    }
+
+    /// Modification time: the mtime register or, for a directory whose entries an op
+    /// changed at or after the register's writer, that op's stamp (last writer wins, by
+    /// op id, as between the register's own writers). A directory's Create counts as its
+    /// first entry change, so it shows the same clock (the op stamp, not the creator's
+    /// sub-millisecond time) from its first `stat` on and never runs backwards.
+    pub(crate) fn mtime_ns(&self) -> i64 {
+        if self.kind == Kind::Dir && self.listing >= self.mtime.at {
+            self.listing.hlc.as_nanos()
+        } else {
+            self.mtime.value
+        }
+    }
+
+    /// The op of the last status change (ctime): the newest op that touched the file
+    /// or changed a directory's entries.
+    pub(crate) fn changed(&self) -> OpId {
+        self.touched.max(self.listing)
     }
 
     /// Marks `ids` as superseded. A member's group is only needed while it is a head,
@@ -345,6 +369,7 @@ impl PageValue<OpId> for FileRec {
             }
         }
         put_at(w, &self.touched, file);
+        put_at(w, &self.listing, file);
         w.len(self.groups.len());
         for (id, g) in self.groups.iter() {
             w.id(id);
@@ -390,6 +415,7 @@ impl PageValue<OpId> for FileRec {
             xattrs.insert(name, Lww::new(at, value));
         }
         let touched = get_at(r, file)?;
+        let listing = get_at(r, file)?;
         let mut groups = VecMap::new();
         for _ in 0..r.len()? {
             let id = r.id()?;
@@ -418,6 +444,7 @@ impl PageValue<OpId> for FileRec {
             atime,
             xattrs,
             touched,
+            listing,
             groups,
             heads,
             superseded,

@@ -1,28 +1,29 @@
 //! The paged projection's header and its write-settle cycle.
 //!
 //! A store keeps its projection in page tables (see `fs::paged`) plus one header: the
-//! parts that are small or must be read whole (`MAGIC`, a u32 format version, the key
-//! table, then the purge point and late count, the store name, retention and horizon
+//! parts that are small or must be read whole (`HEADER_MAGIC`, a u32 format version, the
+//! key table, then the purge point and late count, the store name, retention and horizon
 //! registers, the members, the move-log suffix, and the record count of each page
-//! table in [`Page::ALL`] order), in the codec of format 4 snapshots. Format 1 (builds
-//! before the horizon setting) has no horizon register; it opens with the default
-//! horizon and the next commit writes format 2.
+//! table in [`Page::ALL`] order), in the codec of format 5 snapshots. Formats 1 and 2
+//! (builds before directory times; format 1 also had no horizon register) are refused
+//! like snapshot formats 3 and 4: the store rebuilds the projection from its intentions.
 
 use std::sync::Arc;
 
 use crate::fs::codec::{corrupt, Reader, Writer};
 use crate::fs::error::FsError;
 use crate::fs::paged::{Page, PageSource, PageWrite, Paged};
-use crate::fs::snapshot::{decode_registers, seal, unseal, Registers};
+use crate::fs::snapshot::{decode_registers, no_dir_times, seal, unseal};
 use crate::fs::state::FsState;
 use crate::fs::tree::Tree;
 
 /// First bytes of a header, before its format version.
-const MAGIC: &[u8; 8] = b"LMFSHEAD";
+pub(crate) const HEADER_MAGIC: &[u8; 8] = b"LMFSHEAD";
 /// Format version of the headers this build writes.
-const HEADER_VERSION: u32 = 2;
-/// The header format before the horizon register, still read.
-const HEADER_V1: u32 = 1;
+const HEADER_VERSION: u32 = 3;
+/// The header formats before directory times: recognised, and rebuilt from the
+/// intentions (their page records lack each directory's listing op).
+pub(crate) const HEADER_NO_DIR_TIMES: [u32; 2] = [1, 2];
 
 /// What a store writes to persist the projection, in one transaction with the
 /// intentions it reflects.
@@ -86,29 +87,29 @@ impl FsState {
 
     /// True if `bytes` start like a page header (not a snapshot).
     pub fn is_pages_header(bytes: &[u8]) -> bool {
-        bytes.starts_with(MAGIC)
+        bytes.starts_with(HEADER_MAGIC)
     }
 
     /// The state whose header is `header` and whose records are in `src`.
     pub fn open_pages(header: &[u8], src: Arc<dyn PageSource>) -> Result<Self, FsError> {
         let mut r = Reader::new(header, Vec::new());
-        if r.take(MAGIC.len())? != MAGIC {
+        if r.take(HEADER_MAGIC.len())? != HEADER_MAGIC {
             return Err(corrupt("bad header magic"));
         }
-        let registers = match u32::from_le_bytes(r.array()?) {
-            HEADER_VERSION => Registers::WithHorizon,
-            HEADER_V1 => Registers::NoHorizon,
-            version => {
+        match u32::from_le_bytes(r.array()?) {
+            HEADER_VERSION => {}
+            v if HEADER_NO_DIR_TIMES.contains(&v) => return Err(no_dir_times("header format", v)),
+            v => {
                 return Err(corrupt(&format!(
-                    "header format {version}, this build reads {HEADER_V1} and {HEADER_VERSION}"
+                    "header format {v}, this build reads {HEADER_VERSION}"
                 )))
             }
-        };
+        }
         let mut r = unseal(r)?;
         let mut state = FsState::new();
         state.purged_below = r.hlc()?;
         state.late = r.uint()?;
-        decode_registers(&mut state, &mut r, registers)?;
+        decode_registers(&mut state, &mut r)?;
         let log = Tree::decode_log(&mut r)?;
         let mut lens = [0usize; Page::ALL.len()];
         for len in &mut lens {
@@ -161,6 +162,6 @@ impl FsState {
         ] {
             w.uint(len as u64);
         }
-        seal(MAGIC, HEADER_VERSION, w)
+        seal(HEADER_MAGIC, HEADER_VERSION, w)
     }
 }

@@ -1,5 +1,8 @@
 //! Property tests: random concurrent histories by several authors, delivered to fresh
-//! replicas in random causal orders, must converge without cycles or lost writes.
+//! replicas in random causal orders, must converge without cycles or lost writes. The
+//! canonical dumps compared hold every visible node's attributes, so directory mtimes
+//! and ctimes (moved by creates, links, renames, removals and explicit times) must
+//! converge too, and survive a purge at any frontier.
 
 use std::collections::{HashMap, HashSet};
 

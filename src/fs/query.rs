@@ -190,9 +190,9 @@ impl FsState {
                     gid: f.gid.value,
                     nlink: u32::try_from(nlink).unwrap_or(u32::MAX),
                     rdev: f.rdev,
-                    mtime_ns: f.mtime.value,
+                    mtime_ns: f.mtime_ns(),
                     atime_ns: f.atime.value,
-                    ctime_ns: f.touched.hlc.as_nanos(),
+                    ctime_ns: f.changed().hlc.as_nanos(),
                     crtime_ns: file.hlc.as_nanos(),
                 })
             }

@@ -1,22 +1,24 @@
 //! Snapshots of the projection.
 //!
-//! Format [`SNAPSHOT_VERSION`] (4) is the state itself, so opening a store costs the
+//! Format [`SNAPSHOT_VERSION`] (5) is the state itself, so opening a store costs the
 //! size of what is live, not of its history: `MAGIC`, a u32 format version, a u32 count
 //! of keys and that many 32-byte keys (every author and member named in the body, by
 //! index), then the body: the purge point and late count, the applied ids still kept,
-//! the store name register, the retention and horizon registers, the membership records, the tree (entries with their
-//! locations and deletion flags, then the move log suffix with undo records), and every
-//! file record (kind, registers, content groups with appends, heads, pending superseded
-//! ids). Integers in the body are LEB128 varints (signed ones zigzag), an op id is its
+//! the store name register, the retention and horizon registers, the membership records,
+//! the tree (entries with their locations and deletion flags, then the move log suffix
+//! with undo records and the directory times each record replaced), and every file
+//! record (kind, registers, touched and listing ops, content groups with appends, heads,
+//! pending superseded ids). Integers in the body are LEB128 varints (signed ones zigzag), an op id is its
 //! HLC then its author's key index; the fixed-width header integers are little-endian.
 //! See `fs::codec`. Encoding is deterministic (maps in key order), so encoding a decoded
 //! snapshot gives the same bytes.
 //!
-//! Format 3 (builds before the horizon setting) is format 4 without the horizon
-//! register; it decodes with the default horizon and the store rewrites it as format 4.
-//! Format 2 (releases before issue 9) was the op log: a u64 op count, then per op the
-//! 32-byte author, a u32 length and that many bytes of `proto::fs::Op`, in the order
-//! applied. It decodes by replaying the ops, and the store rewrites it as format 4.
+//! Formats 3 and 4 (builds before directory times) lack each directory's listing op and
+//! the move log's record of them, which only the ops can give back: they are refused
+//! ([`FsState::predates_directory_times`]) and the store rebuilds the projection from
+//! its witness log. Format 2 (releases before issue 9) was the op log: a u64 op count,
+//! then per op the 32-byte author, a u32 length and that many bytes of `proto::fs::Op`,
+//! in the order applied. It decodes by replaying the ops, and the store rewrites it.
 //! Format 1 (the release at f143caf) had the format 2 body after the 8 bytes `LMFSNAP1`
 //! and no version field; the store's schema migration rewrites it
 //! ([`FsState::snapshot_v1_to_v2`]). A snapshot of another version is refused.
@@ -29,6 +31,7 @@ use crate::fs::error::FsError;
 use crate::fs::members::Members;
 use crate::fs::op::{Kind, Op};
 use crate::fs::paged::{Page, PageValue, Paged};
+use crate::fs::pages::{HEADER_MAGIC, HEADER_NO_DIR_TIMES};
 use crate::fs::state::FsState;
 use crate::fs::tree::Tree;
 use crate::identity::PublicKey;
@@ -38,9 +41,10 @@ use crate::proto::fs as pb;
 /// First bytes of a snapshot, before its format version.
 const MAGIC: &[u8; 8] = b"LMFSSNAP";
 /// Format version of the snapshots this build writes.
-const SNAPSHOT_VERSION: u32 = 4;
-/// The state format before the horizon register, still read.
-const SNAPSHOT_V3: u32 = 3;
+const SNAPSHOT_VERSION: u32 = 5;
+/// The state formats before directory times (format 3 also had no horizon register):
+/// recognised, and rebuilt from the intentions.
+const SNAPSHOT_NO_DIR_TIMES: [u32; 2] = [3, 4];
 /// The op-log format, still read (by replay).
 const SNAPSHOT_V2: u32 = 2;
 /// First bytes of a format 1 snapshot, which had no version field.
@@ -49,7 +53,7 @@ const MAGIC_V1: &[u8; 8] = b"LMFSNAP1";
 const MAX_SNAPSHOT_OP_BYTES: usize = 4 * 1024 * 1024;
 
 impl FsState {
-    /// Encodes the state as a format 4 snapshot.
+    /// Encodes the state as a format 5 snapshot.
     pub fn encode_snapshot(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.hlc(self.purged_below);
@@ -90,7 +94,7 @@ impl FsState {
         self.members.encode(w);
     }
 
-    /// Rebuilds a state from a format 4, 3 or 2 snapshot.
+    /// Rebuilds a state from a format 5 or 2 snapshot.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<Self, FsError> {
         Ok(Self::decode_versioned(bytes)?.0)
     }
@@ -103,13 +107,28 @@ impl FsState {
             return Err(corrupt("bad magic"));
         }
         match u32::from_le_bytes(r.array()?) {
-            SNAPSHOT_VERSION => Ok((decode_state(r, Registers::WithHorizon)?, false)),
-            SNAPSHOT_V3 => Ok((decode_state(r, Registers::NoHorizon)?, true)),
+            SNAPSHOT_VERSION => Ok((decode_state(r)?, false)),
             SNAPSHOT_V2 => Ok((decode_v2(r)?, true)),
+            v if SNAPSHOT_NO_DIR_TIMES.contains(&v) => Err(no_dir_times("format", v)),
             v => Err(corrupt(&format!(
-                "format {v}, this build reads formats {SNAPSHOT_V2} to {SNAPSHOT_VERSION}"
+                "format {v}, this build reads formats {SNAPSHOT_V2} and {SNAPSHOT_VERSION}"
             ))),
         }
+    }
+
+    /// True if `bytes` are a stored projection (a snapshot or a page header) of a build
+    /// before directory times: the store rebuilds it from its intentions, since only
+    /// they say when each directory's entries last changed.
+    pub fn predates_directory_times(bytes: &[u8]) -> bool {
+        let version = |magic: &[u8; 8]| {
+            bytes
+                .strip_prefix(magic)
+                .and_then(|rest| rest.get(..4))
+                .and_then(|v| v.try_into().ok())
+                .map(u32::from_le_bytes)
+        };
+        version(MAGIC).is_some_and(|v| SNAPSHOT_NO_DIR_TIMES.contains(&v))
+            || version(HEADER_MAGIC).is_some_and(|v| HEADER_NO_DIR_TIMES.contains(&v))
     }
 
     /// A format 1 snapshot rewritten as format 2 (the body is unchanged); `None` if
@@ -137,6 +156,13 @@ pub(crate) fn seal(magic: &[u8; 8], version: u32, w: Writer) -> Vec<u8> {
     out
 }
 
+/// The error of a projection of a build before directory times (`what` `version`).
+pub(crate) fn no_dir_times(what: &str, version: u32) -> FsError {
+    corrupt(&format!(
+        "{what} {version} predates directory times; rebuild it from the intentions"
+    ))
+}
+
 /// A reader of the body after the key table, which `r` is at.
 pub(crate) fn unseal<'a>(mut r: Reader<'a>) -> Result<Reader<'a>, FsError> {
     let count = u32::from_le_bytes(r.array()?) as usize;
@@ -149,8 +175,8 @@ pub(crate) fn unseal<'a>(mut r: Reader<'a>) -> Result<Reader<'a>, FsError> {
     Ok(Reader::new(r.take(r.remaining())?, keys))
 }
 
-/// The body of a format 4 (or 3) snapshot, after its version.
-fn decode_state(r: Reader, registers: Registers) -> Result<FsState, FsError> {
+/// The body of a format 5 snapshot, after its version.
+fn decode_state(r: Reader) -> Result<FsState, FsError> {
     let mut r = unseal(r)?;
     let mut state = FsState::new();
     state.purged_below = r.hlc()?;
@@ -158,7 +184,7 @@ fn decode_state(r: Reader, registers: Registers) -> Result<FsState, FsError> {
     for id in r.ids()? {
         state.applied.insert(id, ());
     }
-    decode_registers(&mut state, &mut r, registers)?;
+    decode_registers(&mut state, &mut r)?;
     state.tree = Tree::decode(&mut r)?;
     state.files = Paged::new(Page::Files);
     for _ in 0..r.len()? {
@@ -181,29 +207,14 @@ fn decode_state(r: Reader, registers: Registers) -> Result<FsState, FsError> {
     Ok(state)
 }
 
-/// Which registers an encoding holds.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Registers {
-    /// Snapshot format 4 and header format 2 on.
-    WithHorizon,
-    /// Snapshot format 3 and header format 1: no horizon register.
-    NoHorizon,
-}
-
-/// Reads what `encode_registers` wrote (or, for `NoHorizon`, its older form).
-pub(crate) fn decode_registers(
-    state: &mut FsState,
-    r: &mut Reader,
-    registers: Registers,
-) -> Result<(), FsError> {
+/// Reads what `encode_registers` wrote.
+pub(crate) fn decode_registers(state: &mut FsState, r: &mut Reader) -> Result<(), FsError> {
     state.store_name = match r.bool()? {
         false => None,
         true => Some(Lww::new(r.id()?, r.string()?)),
     };
     state.retention = days_register(r)?;
-    if registers == Registers::WithHorizon {
-        state.horizon = days_register(r)?;
-    }
+    state.horizon = days_register(r)?;
     state.members = Members::decode(r)?;
     Ok(())
 }
@@ -238,27 +249,4 @@ fn decode_v2(mut r: Reader) -> Result<FsState, FsError> {
         return Err(corrupt("trailing bytes"));
     }
     Ok(state)
-}
-
-/// `bytes`, a format 4 snapshot (`applied`: true) or a format 2 header (false) of a
-/// state with no horizon set, as the format before wrote it: without the horizon
-/// register, under version `old`.
-#[cfg(test)]
-pub(crate) fn without_horizon(bytes: &[u8], old: u32, applied: bool) -> Vec<u8> {
-    let mut r = unseal(Reader::new(&bytes[12..], Vec::new())).expect("a sealed encoding");
-    r.hlc().expect("purge point");
-    r.uint().expect("late count");
-    if applied {
-        r.ids().expect("applied ids");
-    }
-    if r.bool().expect("store name flag") {
-        r.id().expect("store name stamp");
-        r.string().expect("store name");
-    }
-    days_register(&mut r).expect("retention register");
-    let at = bytes.len() - r.remaining();
-    assert_eq!(bytes[at], 0, "no horizon set");
-    let mut out = [&bytes[..at], &bytes[at + 1..]].concat();
-    out[8..12].copy_from_slice(&old.to_le_bytes());
-    out
 }

@@ -92,10 +92,13 @@ impl FsState {
     /// applied id is ignored, so callers must never deliver two different ops under one
     /// id (the store refuses an author's ops stamped before its previous intention, and
     /// forks of its chain). Never panics on odd input.
-    pub fn apply(&mut self, author: PublicKey, op: &Op) {
+    ///
+    /// Returns the directories whose entries changed, by the op or by later location ops
+    /// it reordered (their mtime and ctime may have moved).
+    pub fn apply(&mut self, author: PublicKey, op: &Op) -> Vec<FileId> {
         let id = op.id(author);
         if id == OpId::ROOT || self.applied.insert(id, ()).is_some() {
-            return;
+            return Vec::new();
         }
         if id.hlc < self.purged_below {
             self.late += 1;
@@ -103,10 +106,10 @@ impl FsState {
         match &op.body {
             OpBody::Create(c) => {
                 if self.files.contains_key(&id) {
-                    return;
+                    return Vec::new();
                 }
                 self.files.insert(id, FileRec::created(id, c));
-                self.tree.apply(
+                return self.tree.apply(
                     id,
                     Action::Place {
                         file: id,
@@ -114,17 +117,18 @@ impl FsState {
                         parent: c.parent,
                         name: c.name.clone(),
                     },
+                    &mut self.files,
                 );
             }
             OpBody::Link { file, parent, name } => {
                 let Some(f) = self.files.get_mut(file) else {
-                    return;
+                    return Vec::new();
                 };
                 if f.kind == Kind::Dir {
-                    return;
+                    return Vec::new();
                 }
                 f.touch(id);
-                self.tree.apply(
+                return self.tree.apply(
                     id,
                     Action::Place {
                         file: *file,
@@ -132,6 +136,7 @@ impl FsState {
                         parent: *parent,
                         name: name.clone(),
                     },
+                    &mut self.files,
                 );
             }
             OpBody::Move {
@@ -140,13 +145,14 @@ impl FsState {
                 name,
             } => {
                 self.touch_entry(*entry, id);
-                self.tree.apply(
+                return self.tree.apply(
                     id,
                     Action::Move {
                         entry: *entry,
                         parent: *parent,
                         name: name.clone(),
                     },
+                    &mut self.files,
                 );
             }
             OpBody::Remove {
@@ -157,12 +163,13 @@ impl FsState {
                 let mut seen = seen_content.clone();
                 seen.sort();
                 seen.dedup();
-                self.tree.apply(
+                return self.tree.apply(
                     id,
                     Action::Remove {
                         entry: *entry,
                         seen,
                     },
+                    &mut self.files,
                 );
             }
             OpBody::Write {
@@ -234,6 +241,7 @@ impl FsState {
                 }
             }
         }
+        Vec::new()
     }
 
     /// Forgets what no op stamped at or after `below` can need, so memory holds only the

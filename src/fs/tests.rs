@@ -465,6 +465,167 @@ fn times_come_from_ops_ctime_from_the_newest_touch_and_crtime_from_the_create() 
     );
 }
 
+/// (mtime, ctime) of directory or file `file` in ms (the ops below all have counter 0).
+fn times_ms(s: &FsState, file: FileId) -> (i64, i64) {
+    let a = s.attr(Node::Entry { entry: file, file }).unwrap();
+    (a.mtime_ns / 1_000_000, a.ctime_ns / 1_000_000)
+}
+
+#[test]
+fn a_directory_mtime_and_ctime_move_with_every_create_link_rename_and_unlink_in_it() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    let e = mkdir(&mut s, 1, 11, OpId::ROOT, "e");
+    assert_eq!(
+        times_ms(&s, OpId::ROOT),
+        (11, 11),
+        "the root gained d and e"
+    );
+    // A new directory shows its Create's stamp, not the creator's mtime (7 ns).
+    assert_eq!(times_ms(&s, d), (10, 10));
+    let a = mkfile(&mut s, 1, 20, d, "a", "x");
+    assert_eq!(times_ms(&s, d), (20, 20));
+    let link = s.plan_link(a, e, "l").unwrap();
+    run(&mut s, 1, 30, link);
+    assert_eq!(times_ms(&s, e), (30, 30));
+    assert_eq!(
+        times_ms(&s, d),
+        (20, 20),
+        "linking elsewhere leaves d alone"
+    );
+    assert_eq!(times_ms(&s, a).1, 30, "a link changes the file's ctime");
+    let mv = rename(&s, (d, "a"), (e, "b"), RenameFlags::default()).unwrap();
+    run(&mut s, 1, 40, mv[0].clone());
+    assert_eq!((times_ms(&s, d), times_ms(&s, e)), ((40, 40), (40, 40)));
+    assert_eq!(
+        times_ms(&s, a).1,
+        40,
+        "a rename changes the moved file's ctime"
+    );
+    let unlink = s.plan_unlink(e, "l").unwrap();
+    run(&mut s, 1, 50, unlink);
+    assert_eq!(times_ms(&s, e), (50, 50));
+    assert_eq!(times_ms(&s, a).1, 50, "an unlink changes the file's ctime");
+    let mv = rename(&s, (e, "b"), (e, "c"), RenameFlags::default()).unwrap();
+    run(&mut s, 1, 60, mv[0].clone());
+    assert_eq!(times_ms(&s, e), (60, 60));
+    assert_eq!(
+        times_ms(&s, OpId::ROOT),
+        (11, 11),
+        "nothing changed in the root"
+    );
+    let write = s.plan_write(a, inline("y"), 99).unwrap();
+    run(&mut s, 1, 65, write);
+    assert_eq!(times_ms(&s, e), (60, 60), "content is not an entry");
+    let rm = s.plan_rmdir(OpId::ROOT, "d").unwrap();
+    run(&mut s, 1, 70, rm);
+    assert_eq!(times_ms(&s, OpId::ROOT), (70, 70));
+}
+
+#[test]
+fn an_explicit_directory_mtime_holds_until_a_later_entry_change_by_op_id() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    mkfile(&mut s, 1, 20, d, "a", "");
+    let touch = |ns| {
+        OpBody::SetMeta(SetMeta {
+            file: d,
+            mtime_ns: Some(ns),
+            ..SetMeta::default()
+        })
+    };
+    run(&mut s, 1, 30, touch(5_000_000));
+    assert_eq!(
+        times_ms(&s, d),
+        (5, 30),
+        "touch -d sets mtime; ctime is the op's"
+    );
+    mkfile(&mut s, 1, 40, d, "b", "");
+    assert_eq!(times_ms(&s, d), (40, 40), "a later create wins over it");
+    // A touch stamped before that create, arriving after it, loses to it.
+    run(&mut s, 2, 35, touch(6_000_000));
+    assert_eq!(times_ms(&s, d), (40, 40));
+    run(&mut s, 2, 45, touch(7_000_000));
+    assert_eq!(times_ms(&s, d), (7, 45));
+}
+
+#[test]
+fn an_older_move_arriving_late_gives_back_the_directory_times_its_replay_changed() {
+    let mut base = FsState::new();
+    let (x, cx) = {
+        let body = create(&base, OpId::ROOT, "x", Kind::File, "");
+        run(&mut base, 1, 10, body)
+    };
+    let (a, ca) = {
+        let body = create(&base, OpId::ROOT, "a", Kind::Dir, "");
+        run(&mut base, 1, 11, body)
+    };
+    let (b, cb) = {
+        let body = create(&base, OpId::ROOT, "b", Kind::Dir, "");
+        run(&mut base, 1, 12, body)
+    };
+    let to = |parent| OpBody::Move {
+        entry: x,
+        parent,
+        name: "x".into(),
+    };
+    let ops = [
+        (key(1), cx),
+        (key(1), ca),
+        (key(1), cb),
+        (key(1), op(30, to(a))),
+        (key(2), op(40, to(b))),
+    ];
+    let in_order = replay(&ops);
+    // The move to b alone took x out of the root at 40; once the older move to a
+    // arrives, x left the root at 30 and the move to b took it out of a.
+    let mut late = replay([&ops[0], &ops[1], &ops[2], &ops[4]]);
+    assert_eq!(times_ms(&late, OpId::ROOT), (40, 40));
+    let mut resumed = FsState::decode_snapshot(&late.encode_snapshot()).unwrap();
+    for s in [&mut late, &mut resumed] {
+        s.apply(ops[3].0, &ops[3].1);
+        assert_eq!(s.canonical_dump(), in_order.canonical_dump());
+        assert_eq!(times_ms(s, OpId::ROOT), (30, 30));
+        assert_eq!((times_ms(s, a), times_ms(s, b)), ((40, 40), (40, 40)));
+    }
+}
+
+#[test]
+fn a_move_skipped_as_a_cycle_changes_no_directory_time_in_either_order() {
+    let mut base = FsState::new();
+    let body = create(&base, OpId::ROOT, "a", Kind::Dir, "");
+    let (a, ca) = run(&mut base, 1, 10, body);
+    let body = create(&base, OpId::ROOT, "b", Kind::Dir, "");
+    let (b, cb) = run(&mut base, 1, 11, body);
+    let into = |entry, parent, name: &str| OpBody::Move {
+        entry,
+        parent,
+        name: name.into(),
+    };
+    let ops = [
+        (key(1), ca),
+        (key(1), cb),
+        (key(1), op(20, into(a, b, "a"))),
+        (key(2), op(21, into(b, a, "b"))),
+    ];
+    let forward = replay(&ops);
+    let backward = replay([&ops[0], &ops[1], &ops[3], &ops[2]]);
+    for s in [&forward, &backward] {
+        assert_eq!(s.canonical_dump(), forward.canonical_dump());
+        assert_eq!(
+            times_ms(s, b),
+            (20, 21),
+            "b gained a; its own skipped move is a ctime"
+        );
+        assert_eq!(times_ms(s, OpId::ROOT), (20, 20), "the root lost a, not b");
+        assert_eq!(
+            times_ms(s, a),
+            (10, 20),
+            "a never held b; its own move is a ctime"
+        );
+    }
+}
+
 #[test]
 fn symlink_target_is_the_create_content() {
     let mut s = FsState::new();
@@ -970,7 +1131,7 @@ fn v2_snapshot(ops: &[(PublicKey, Op)]) -> Vec<u8> {
 }
 
 #[test]
-fn format_1_and_2_snapshots_decode_by_replay_to_the_same_state_and_reencode_as_format_4() {
+fn format_1_and_2_snapshots_decode_by_replay_to_the_same_state_and_reencode_as_format_5() {
     let mut s = FsState::new();
     let body = create(&s, OpId::ROOT, "d", Kind::Dir, "");
     let (d, dir_op) = run(&mut s, 1, 10, body);
@@ -984,35 +1145,61 @@ fn format_1_and_2_snapshots_decode_by_replay_to_the_same_state_and_reencode_as_f
     let (decoded, old) = FsState::decode_versioned(&v2).unwrap();
     assert!(old, "a format 2 snapshot asks to be rewritten");
     assert_eq!(decoded.canonical_dump(), s.canonical_dump());
-    let v4 = decoded.encode_snapshot();
-    assert_eq!(&v4[8..12], &4u32.to_le_bytes());
-    assert_eq!(v4, s.encode_snapshot());
-    assert!(!FsState::decode_versioned(&v4).unwrap().1);
+    let v5 = decoded.encode_snapshot();
+    assert_eq!(&v5[8..12], &5u32.to_le_bytes());
+    assert_eq!(v5, s.encode_snapshot());
+    assert!(!FsState::decode_versioned(&v5).unwrap().1);
+}
+
+/// A page source without records: a refused header never reads one.
+struct NoPages;
+
+impl crate::fs::PageSource for NoPages {
+    fn get(&self, _: crate::fs::Page, _: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+
+    fn scan(&self, _: crate::fs::Page, _: &[u8], _: &mut dyn FnMut(&[u8], &[u8]) -> bool) {}
+
+    fn corrupt(&self, _: crate::fs::Page, _: &[u8]) {}
 }
 
 #[test]
-fn a_format_3_snapshot_decodes_with_the_default_horizon_and_asks_to_be_rewritten() {
+fn projections_written_before_directory_times_are_refused_and_named_for_a_rebuild() {
     let mut s = FsState::new();
-    run(&mut s, 1, 9, OpBody::SetRetention { days: 4 });
     mkfile(&mut s, 1, 10, OpId::ROOT, "a", "x");
-    let v4 = s.encode_snapshot();
-    let v3 = crate::fs::snapshot::without_horizon(&v4, 3, true);
-    assert_eq!(v3.len(), v4.len() - 1);
-    let (decoded, old) = FsState::decode_versioned(&v3).unwrap();
-    assert!(old, "a format 3 snapshot asks to be rewritten");
-    assert_eq!(decoded.retention_days(), 4);
-    assert_eq!(decoded.horizon_days(), crate::fs::op::DEFAULT_HORIZON_DAYS);
-    assert_eq!(decoded.encode_snapshot(), v4);
-    run(&mut s, 1, 11, OpBody::SetHorizon { days: 6 });
-    let again = FsState::decode_snapshot(&s.encode_snapshot()).unwrap();
-    assert_eq!(again.horizon_days(), 6);
+    let snapshot = s.encode_snapshot();
+    let header = s.take_pages().header;
+    assert!(!FsState::predates_directory_times(&snapshot));
+    assert!(!FsState::predates_directory_times(&header));
+    let with_version = |bytes: &[u8], version: u32| {
+        let mut old = bytes.to_vec();
+        old[8..12].copy_from_slice(&version.to_le_bytes());
+        assert!(FsState::predates_directory_times(&old), "{version}");
+        old
+    };
+    let mut errors = Vec::new();
+    for version in [3, 4] {
+        let old = with_version(&snapshot, version);
+        errors.push(FsState::decode_snapshot(&old).unwrap_err());
+    }
+    for version in [1, 2] {
+        let old = with_version(&header, version);
+        errors.push(FsState::open_pages(&old, std::sync::Arc::new(NoPages)).unwrap_err());
+    }
+    for err in errors {
+        assert!(
+            err.to_string().contains("predates directory times"),
+            "{err}"
+        );
+    }
 }
 
 #[test]
 fn a_snapshot_of_another_format_version_is_refused() {
     let mut s = FsState::new();
     mkfile(&mut s, 1, 10, OpId::ROOT, "a", "x");
-    for version in [0u32, 1, 5, u32::MAX] {
+    for version in [0u32, 1, 6, u32::MAX] {
         let mut bytes = s.encode_snapshot();
         bytes[8..12].copy_from_slice(&version.to_le_bytes());
         let err = FsState::decode_snapshot(&bytes).unwrap_err();

@@ -7,11 +7,20 @@
 //! the resulting tree depends only on the set of ops. A Move whose new parent is the moved
 //! entry or one of its descendants (at that point of the replay) is skipped. A Remove only
 //! flags the entry as deleted and keeps its place, so later cycle checks still see it there.
+//!
+//! Directory times follow the same replay: an op that takes effect (a placed name, a
+//! move that is not skipped, a removal) sets the `listing` register of each directory
+//! whose entries it changed (the parent; for a move, the old and the new one) to its
+//! id, and its log record keeps the values it replaced, so undoing it gives them back.
+//! A directory's `listing` is thus the newest op, in replay order, that changed its
+//! entries: a function of the set of ops, as the locations are.
 
 use std::collections::BTreeMap;
 
 use crate::fs::codec::{corrupt, Reader, Writer};
+use crate::fs::content::FileRec;
 use crate::fs::error::FsError;
+use crate::fs::op::Kind;
 use crate::fs::paged::{Got, Page, PageValue, Paged};
 use crate::fs::vecmap::VecMap;
 use crate::hlc::Hlc;
@@ -98,7 +107,13 @@ enum Undo {
 pub(crate) struct LogRec {
     action: Action,
     undo: Undo,
+    /// The directories whose `listing` register the op set, each with the value it
+    /// replaced, in the order set (empty when the op changed nothing).
+    listings: Box<[(FileId, OpId)]>,
 }
+
+/// The files' registers a replay sets the `listing` of.
+pub(crate) type Files = Paged<FileId, FileRec>;
 
 /// The replayed tree with its per-directory name index; every map but the move log is
 /// paged (see `fs::paged`).
@@ -137,27 +152,30 @@ impl Default for Tree {
 }
 
 impl Tree {
-    /// Applies location op `id`, replaying newer logged ops after it. Idempotent.
-    pub(crate) fn apply(&mut self, id: OpId, action: Action) {
+    /// Applies location op `id`, replaying newer logged ops after it, and returns the
+    /// directories whose entries the undone, applied or replayed ops changed (their
+    /// `listing` may have moved). Idempotent.
+    pub(crate) fn apply(&mut self, id: OpId, action: Action, files: &mut Files) -> Vec<FileId> {
         if self.log.contains_key(&id) {
-            return;
+            return Vec::new();
         }
+        let mut dirs = Vec::new();
         let later = self.log.split_off(&id);
         for (k, rec) in later.iter().rev() {
-            self.undo(*k, rec);
+            self.undo(*k, rec, files);
+            dirs.extend(rec.listings.iter().map(|(d, _)| *d));
         }
-        let undo = self.run(id, &action);
-        self.log.insert(id, LogRec { action, undo });
+        let rec = self.run(id, action, files);
+        dirs.extend(rec.listings.iter().map(|(d, _)| *d));
+        self.log.insert(id, rec);
         for (k, rec) in later {
-            let undo = self.run(k, &rec.action);
-            self.log.insert(
-                k,
-                LogRec {
-                    action: rec.action,
-                    undo,
-                },
-            );
+            let rec = self.run(k, rec.action, files);
+            dirs.extend(rec.listings.iter().map(|(d, _)| *d));
+            self.log.insert(k, rec);
         }
+        dirs.sort();
+        dirs.dedup();
+        dirs
     }
 
     /// Drops the move-log records of ops stamped before `below`; returns how many.
@@ -241,7 +259,31 @@ impl Tree {
         true
     }
 
-    fn run(&mut self, id: OpId, action: &Action) -> Undo {
+    /// Runs location op `id` on the current tree: its log record.
+    fn run(&mut self, id: OpId, action: Action, files: &mut Files) -> LogRec {
+        let (undo, dirs) = self.act(id, &action);
+        let mut listings = Vec::with_capacity(dirs.len());
+        for dir in dirs.into_iter().flatten() {
+            let Some(f) = files.get_mut(&dir) else {
+                continue;
+            };
+            if f.kind == Kind::Dir && !listings.iter().any(|(d, _)| *d == dir) {
+                listings.push((dir, f.listing));
+                // The greatest, not the last: a late op (see `FsState::purge`) runs
+                // after purged ops stamped later.
+                f.listing = f.listing.max(id);
+            }
+        }
+        LogRec {
+            action,
+            undo,
+            listings: listings.into_boxed_slice(),
+        }
+    }
+
+    /// Does what `action` says: how to undo it, and the directories whose entries it
+    /// changed.
+    fn act(&mut self, id: OpId, action: &Action) -> (Undo, [Option<FileId>; 2]) {
         match action {
             Action::Place {
                 file,
@@ -250,7 +292,7 @@ impl Tree {
                 name,
             } => {
                 if self.entries.contains_key(&id) {
-                    return Undo::Nothing;
+                    return (Undo::Nothing, [None; 2]);
                 }
                 let loc = Loc {
                     parent: *parent,
@@ -267,7 +309,7 @@ impl Tree {
                         loc,
                     },
                 );
-                Undo::Unplace
+                (Undo::Unplace, [Some(*parent), None])
             }
             Action::Move {
                 entry,
@@ -275,10 +317,10 @@ impl Tree {
                 name,
             } => {
                 let Some(e) = self.entries.get(entry) else {
-                    return Undo::Nothing;
+                    return (Undo::Nothing, [None; 2]);
                 };
                 if self.is_within(*parent, e.file) {
-                    return Undo::Nothing;
+                    return (Undo::Nothing, [None; 2]);
                 }
                 let prev = e.loc.clone();
                 self.set_loc(
@@ -289,11 +331,12 @@ impl Tree {
                         removal: None,
                     },
                 );
-                Undo::Restore(*entry, Box::new(prev))
+                let dirs = [Some(prev.parent), Some(*parent)];
+                (Undo::Restore(*entry, Box::new(prev)), dirs)
             }
             Action::Remove { entry, seen } => {
                 let Some(e) = self.entries.get(entry) else {
-                    return Undo::Nothing;
+                    return (Undo::Nothing, [None; 2]);
                 };
                 let prev = e.loc.clone();
                 let next = Loc {
@@ -304,12 +347,18 @@ impl Tree {
                     ..prev.clone()
                 };
                 self.set_loc(*entry, next);
-                Undo::Restore(*entry, Box::new(prev))
+                let dirs = [Some(prev.parent), None];
+                (Undo::Restore(*entry, Box::new(prev)), dirs)
             }
         }
     }
 
-    fn undo(&mut self, id: OpId, rec: &LogRec) {
+    fn undo(&mut self, id: OpId, rec: &LogRec, files: &mut Files) {
+        for (dir, before) in rec.listings.iter().rev() {
+            if let Some(f) = files.get_mut(dir) {
+                f.listing = *before;
+            }
+        }
         match &rec.undo {
             Undo::Nothing => {}
             Undo::Unplace => {
@@ -538,6 +587,11 @@ impl Tree {
             w.id(id);
             rec.action.encode(w);
             rec.undo.encode(w);
+            w.len(rec.listings.len());
+            for (dir, before) in &rec.listings {
+                w.id(dir);
+                w.id(before);
+            }
         }
     }
 
@@ -548,7 +602,17 @@ impl Tree {
             let id = r.id()?;
             let action = Action::decode(r)?;
             let undo = Undo::decode(r)?;
-            log.insert(id, LogRec { action, undo });
+            let listings = (0..r.len()?)
+                .map(|_| Ok((r.id()?, r.id()?)))
+                .collect::<Result<_, FsError>>()?;
+            log.insert(
+                id,
+                LogRec {
+                    action,
+                    undo,
+                    listings,
+                },
+            );
         }
         Ok(log)
     }

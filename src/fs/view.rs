@@ -49,11 +49,13 @@ pub struct Attr {
     pub nlink: u32,
     /// Device number of device nodes.
     pub rdev: u64,
-    /// Modification time in nanoseconds since the epoch.
+    /// Modification time in nanoseconds since the epoch (a directory's moves with the
+    /// entries it gains, loses or renames).
     pub mtime_ns: i64,
     /// Access time in nanoseconds since the epoch.
     pub atime_ns: i64,
-    /// Change time: wall time of the newest op that touched the file.
+    /// Change time: the stamp of the newest op that touched the file (or changed a
+    /// directory's entries).
     pub ctime_ns: i64,
     /// Creation time: wall time of the file's Create op.
     pub crtime_ns: i64,

@@ -6,7 +6,9 @@
 //! names the touched files) and from `Node::watch_stores`. For each touched file the
 //! kernel knows, its inode (attributes and page cache) and every entry handed out for it
 //! (`Inodes` remembers them) are invalidated, then the inodes of its old and new parent
-//! directories. New names need no entry invalidation: a failed lookup leaves no cached
+//! directories, and of every directory whose entries changed (the event names them: a
+//! removed or moved name's directory may hold no name the kernel knows, yet its cached
+//! mtime and ctime are stale). New names need no entry invalidation: a failed lookup leaves no cached
 //! negative entry (its timeout is zero) and directory listings are not cached.
 //!
 //! Entries the inode table evicts past its cap (`inodes.rs`) are invalidated here too,
@@ -37,8 +39,9 @@ const CHANGE_QUEUE: usize = 256;
 
 /// A change the kernel must hear about.
 enum Change {
-    /// Received intentions touched these files of a store.
-    Files(StoreId, Vec<FileId>),
+    /// Received intentions touched these files of a store and changed the entries of
+    /// these directories.
+    Files(StoreId, Vec<FileId>, Vec<FileId>),
     /// Events were missed: everything the kernel knows may be stale.
     Lagged,
 }
@@ -114,7 +117,7 @@ impl Kernel {
                     self.inval_inode(MOUNT_ROOT);
                 }
                 Some(change) = rx.recv() => match change {
-                    Change::Files(store, files) => self.files_changed(store, &files),
+                    Change::Files(store, files, dirs) => self.files_changed(store, &files, &dirs),
                     Change::Lagged => self.everything_changed(),
                 },
                 evicted = self.inodes.evicted() => {
@@ -140,8 +143,9 @@ impl Kernel {
         }
     }
 
-    /// Invalidates what the kernel holds about `files` of `store` and their directories.
-    fn files_changed(&mut self, store: StoreId, files: &[FileId]) {
+    /// Invalidates what the kernel holds about `files` of `store` and their directories,
+    /// and the attributes of directories `listed` (whose entries changed).
+    fn files_changed(&mut self, store: StoreId, files: &[FileId], listed: &[FileId]) {
         let Some(handle) = self.node.stores().into_iter().find(|s| s.id() == store) else {
             return;
         };
@@ -168,6 +172,11 @@ impl Kernel {
                 dirs.insert(ino);
             }
         }
+        dirs.extend(
+            listed
+                .iter()
+                .filter_map(|&d| self.inodes.peek(&Key::File(store, d))),
+        );
         for (parent, name) in entries {
             self.inval_entry(parent, &name);
         }
@@ -217,7 +226,7 @@ async fn forward(store: Store, tx: mpsc::Sender<Change>) {
     drop(store);
     loop {
         let change = match events.recv().await {
-            Ok(StoreEvent::Applied { files, .. }) => Change::Files(id, files),
+            Ok(StoreEvent::Applied { files, dirs, .. }) => Change::Files(id, files, dirs),
             Ok(StoreEvent::Sealed(_)) => continue,
             Err(RecvError::Lagged(_)) => Change::Lagged,
             Err(RecvError::Closed) => return,

@@ -541,9 +541,13 @@ impl Actor {
             drop(shared.events.send(StoreEvent::Sealed(sealed)));
         }
         if effects.applied > 0 || !effects.touched.is_empty() {
+            let mut dirs = effects.dirs;
+            dirs.sort();
+            dirs.dedup();
             drop(shared.events.send(StoreEvent::Applied {
                 intentions: effects.applied,
                 files: effects.touched,
+                dirs,
             }));
         }
         let now = Instant::now();

@@ -116,6 +116,8 @@ pub(crate) struct Effects {
     pub applied: usize,
     /// Files touched by applied remote intentions or by voided ones.
     pub touched: Vec<FileId>,
+    /// Directories whose entries applied remote intentions changed.
+    pub dirs: Vec<FileId>,
     /// An integrated intention holds a `RevokeMember`, or a fork was proven: applied
     /// ones may now be void.
     pub revoked: bool,
@@ -852,6 +854,7 @@ fn integrate(
         t.heads.remove(h.0)?;
     }
     t.heads.insert(i.hash.0, (i.hlc.wall_ms, i.hlc.counter))?;
+    let mut dirs = Vec::new();
     let touched: Vec<Option<FileId>> = match local {
         Some(touched) => touched.to_vec(),
         None => {
@@ -860,13 +863,14 @@ fn integrate(
                 .iter()
                 .map(|op| {
                     let f = st.touched(i.author, op);
-                    st.apply(i.author, op);
+                    dirs.extend(st.apply(i.author, op));
                     f
                 })
                 .collect()
         }
     };
     let mut effects = cx.effects.borrow_mut();
+    effects.dirs.extend(dirs);
     effects.applied += usize::from(local.is_none());
     effects.revoked |= holds_revocation(i) || demotes;
     for f in touched.into_iter().flatten() {

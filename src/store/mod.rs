@@ -221,6 +221,8 @@ pub enum StoreEvent {
         intentions: usize,
         /// Files the applied ops touched (created, written, moved, removed, changed).
         files: Vec<FileId>,
+        /// Directories whose entries the applied ops changed (so their mtime and ctime).
+        dirs: Vec<FileId>,
     },
 }
 
@@ -566,6 +568,14 @@ impl Store {
         }
         let fault = Fault::default();
         let (mut state, snap_seq, rewrite) = match txn.open_table(PROJECTION)?.last()? {
+            Some((_, v)) if FsState::predates_directory_times(v.value()) => {
+                // The projection is a pure function of the intentions: rebuild it.
+                tracing::info!(
+                    store = %id.to_hex(),
+                    "projection written before directory times; rebuilding it from the witness log"
+                );
+                (FsState::new(), 0, true)
+            }
             Some((k, v)) => match load_projection(v.value(), &txn, &fault)? {
                 Ok((state, old)) => (state, k.value(), old),
                 Err(e) => {
@@ -813,6 +823,7 @@ impl Store {
         let event = StoreEvent::Applied {
             intentions: 0,
             files,
+            dirs: Vec::new(),
         };
         drop(self.handle.shared.events.send(event));
     }

@@ -745,9 +745,14 @@ fn subscribers_see_sealed_bytes_and_applied_files_after_commit() {
     );
     b.apply_remote(dag.items[0].bytes.clone()).unwrap();
     match events.try_recv().unwrap() {
-        crate::store::StoreEvent::Applied { intentions, files } => {
+        crate::store::StoreEvent::Applied {
+            intentions,
+            files,
+            dirs,
+        } => {
             assert_eq!(intentions, 2, "genesis and the woken child");
             assert!(!files.is_empty());
+            assert_eq!(dirs, [OpId::ROOT], "the child created files in the root");
         }
         other => panic!("expected Applied, got {other:?}"),
     }
@@ -985,18 +990,25 @@ fn snapshots_of_earlier_builds_open_and_are_rewritten_as_pages() {
             .unwrap();
     }
     let dump = store.read(|s| s.canonical_dump());
-    let format_4 = store.read(|s| s.encode_snapshot());
+    let format_5 = store.read(|s| s.encode_snapshot());
     store.shutdown().unwrap();
     let (head, header) = projection_row(tmp.path());
-    let without_horizon = crate::fs::snapshot::without_horizon;
+    let versioned = |bytes: &[u8], version: u32| {
+        let mut out = bytes.to_vec();
+        out[8..12].copy_from_slice(&version.to_le_bytes());
+        out
+    };
     // The op log of nothing at seq 0 (format 2): the witness log after it replays
-    // everything; then the state itself at the head (format 4, and format 3 without
-    // the horizon register); then a page header of format 1 (no horizon register).
+    // everything; then the state itself at the head (format 5); then projections of
+    // builds before directory times, which are rebuilt from the witness log: snapshot
+    // formats 3 and 4 and page header formats 1 and 2.
     for (seq, snapshot) in [
         (0, raw_snapshot(&me, &[])),
-        (head, without_horizon(&format_4, 3, true)),
-        (head, format_4),
-        (head, without_horizon(&header, 1, false)),
+        (head, format_5.clone()),
+        (head, versioned(&format_5, 3)),
+        (head, versioned(&format_5, 4)),
+        (head, versioned(&header, 1)),
+        (head, versioned(&header, 2)),
     ] {
         set_projection(tmp.path(), Some((seq, &snapshot[..])));
         let reopened = Store::open(tmp.path(), me.clone(), clock()).unwrap();
