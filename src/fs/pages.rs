@@ -3,10 +3,12 @@
 //! A store keeps its projection in page tables (see `fs::paged`) plus one header: the
 //! parts that are small or must be read whole (`MAGIC`, a u32 format version, the key
 //! table, then the purge point and late count, the store name, retention and horizon
-//! registers, the members, the move-log suffix, and the record count of each page
+//! registers, the members with the keys that left and the delete record, the move-log suffix, and the record count of each page
 //! table in [`Page::ALL`] order), in the codec of format 4 snapshots. Format 1 (builds
 //! before the horizon setting) has no horizon register; it opens with the default
-//! horizon and the next commit writes format 2.
+//! horizon and the next commit writes format 4; format 2 (before `leave` and `delete`)
+//! has no left keys nor delete record and is rewritten the same way. (Format 3 is
+//! reserved for the directory-times branch.)
 
 use std::sync::Arc;
 
@@ -20,7 +22,10 @@ use crate::fs::tree::Tree;
 /// First bytes of a header, before its format version.
 const MAGIC: &[u8; 8] = b"LMFSHEAD";
 /// Format version of the headers this build writes.
-const HEADER_VERSION: u32 = 2;
+const HEADER_VERSION: u32 = 4;
+/// The header format before the leave and delete records, still read. (Format 3 is
+/// another branch's: the merge adds it.)
+const HEADER_V2: u32 = 2;
 /// The header format before the horizon register, still read.
 const HEADER_V1: u32 = 1;
 
@@ -96,11 +101,12 @@ impl FsState {
             return Err(corrupt("bad header magic"));
         }
         let registers = match u32::from_le_bytes(r.array()?) {
-            HEADER_VERSION => Registers::WithHorizon,
+            HEADER_VERSION => Registers::WithLeave,
+            HEADER_V2 => Registers::WithHorizon,
             HEADER_V1 => Registers::NoHorizon,
             version => {
                 return Err(corrupt(&format!(
-                    "header format {version}, this build reads {HEADER_V1} and {HEADER_VERSION}"
+                    "header format {version}, this build reads {HEADER_V1}, {HEADER_V2} and {HEADER_VERSION}"
                 )))
             }
         };

@@ -1,10 +1,12 @@
 //! Snapshots of the projection.
 //!
-//! Format [`SNAPSHOT_VERSION`] (4) is the state itself, so opening a store costs the
+//! Format [`SNAPSHOT_VERSION`] (6) is the state itself, so opening a store costs the
 //! size of what is live, not of its history: `MAGIC`, a u32 format version, a u32 count
 //! of keys and that many 32-byte keys (every author and member named in the body, by
 //! index), then the body: the purge point and late count, the applied ids still kept,
-//! the store name register, the retention and horizon registers, the membership records, the tree (entries with their
+//! the store name register, the retention and horizon registers, the membership records,
+//! the keys that left (a count, then their key indexes) and the delete record (a flag,
+//! then the op id of the smallest `DeleteStore`), the tree (entries with their
 //! locations and deletion flags, then the move log suffix with undo records), and every
 //! file record (kind, registers, content groups with appends, heads, pending superseded
 //! ids). Integers in the body are LEB128 varints (signed ones zigzag), an op id is its
@@ -12,6 +14,9 @@
 //! See `fs::codec`. Encoding is deterministic (maps in key order), so encoding a decoded
 //! snapshot gives the same bytes.
 //!
+//! Format 4 (builds before `leave` and `delete`) is format 6 without the left keys and
+//! the delete record; it decodes with none and the store rewrites it as format 6.
+//! (Format 5 is reserved for the directory-times branch.)
 //! Format 3 (builds before the horizon setting) is format 4 without the horizon
 //! register; it decodes with the default horizon and the store rewrites it as format 4.
 //! Format 2 (releases before issue 9) was the op log: a u64 op count, then per op the
@@ -38,7 +43,10 @@ use crate::proto::fs as pb;
 /// First bytes of a snapshot, before its format version.
 const MAGIC: &[u8; 8] = b"LMFSSNAP";
 /// Format version of the snapshots this build writes.
-const SNAPSHOT_VERSION: u32 = 4;
+const SNAPSHOT_VERSION: u32 = 6;
+/// The state format before the leave and delete records, still read. (Format 5 is
+/// another branch's: the merge adds it.)
+const SNAPSHOT_V4: u32 = 4;
 /// The state format before the horizon register, still read.
 const SNAPSHOT_V3: u32 = 3;
 /// The op-log format, still read (by replay).
@@ -49,7 +57,7 @@ const MAGIC_V1: &[u8; 8] = b"LMFSNAP1";
 const MAX_SNAPSHOT_OP_BYTES: usize = 4 * 1024 * 1024;
 
 impl FsState {
-    /// Encodes the state as a format 4 snapshot.
+    /// Encodes the state as a format 6 snapshot.
     pub fn encode_snapshot(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.hlc(self.purged_below);
@@ -67,7 +75,8 @@ impl FsState {
         seal(MAGIC, SNAPSHOT_VERSION, w)
     }
 
-    /// The store name, retention and horizon registers and the members.
+    /// The store name, retention and horizon registers, the members, the keys that
+    /// left and the delete record.
     pub(crate) fn encode_registers(&self, w: &mut Writer) {
         match &self.store_name {
             None => w.u8(0),
@@ -88,9 +97,17 @@ impl FsState {
             }
         }
         self.members.encode(w);
+        self.members.encode_left(w);
+        match &self.deleted {
+            None => w.u8(0),
+            Some(at) => {
+                w.u8(1);
+                w.id(at);
+            }
+        }
     }
 
-    /// Rebuilds a state from a format 4, 3 or 2 snapshot.
+    /// Rebuilds a state from a format 6, 4, 3 or 2 snapshot.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<Self, FsError> {
         Ok(Self::decode_versioned(bytes)?.0)
     }
@@ -103,7 +120,8 @@ impl FsState {
             return Err(corrupt("bad magic"));
         }
         match u32::from_le_bytes(r.array()?) {
-            SNAPSHOT_VERSION => Ok((decode_state(r, Registers::WithHorizon)?, false)),
+            SNAPSHOT_VERSION => Ok((decode_state(r, Registers::WithLeave)?, false)),
+            SNAPSHOT_V4 => Ok((decode_state(r, Registers::WithHorizon)?, true)),
             SNAPSHOT_V3 => Ok((decode_state(r, Registers::NoHorizon)?, true)),
             SNAPSHOT_V2 => Ok((decode_v2(r)?, true)),
             v => Err(corrupt(&format!(
@@ -184,7 +202,9 @@ fn decode_state(r: Reader, registers: Registers) -> Result<FsState, FsError> {
 /// Which registers an encoding holds.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Registers {
-    /// Snapshot format 4 and header format 2 on.
+    /// Snapshot format 6 and header format 4 on: the leave and delete records too.
+    WithLeave,
+    /// Snapshot format 4 and header format 2: no leave and delete records.
     WithHorizon,
     /// Snapshot format 3 and header format 1: no horizon register.
     NoHorizon,
@@ -201,10 +221,17 @@ pub(crate) fn decode_registers(
         true => Some(Lww::new(r.id()?, r.string()?)),
     };
     state.retention = days_register(r)?;
-    if registers == Registers::WithHorizon {
+    if registers != Registers::NoHorizon {
         state.horizon = days_register(r)?;
     }
     state.members = Members::decode(r)?;
+    if registers == Registers::WithLeave {
+        state.members.decode_left(r)?;
+        state.deleted = match r.bool()? {
+            false => None,
+            true => Some(r.id()?),
+        };
+    }
     Ok(())
 }
 
@@ -240,11 +267,13 @@ fn decode_v2(mut r: Reader) -> Result<FsState, FsError> {
     Ok(state)
 }
 
-/// `bytes`, a format 4 snapshot (`applied`: true) or a format 2 header (false) of a
-/// state with no horizon set, as the format before wrote it: without the horizon
-/// register, under version `old`.
+/// `bytes`, a format 6 snapshot (`applied`: true) or a format 4 header (false) of a
+/// state nobody left nor deleted, as an older format wrote it under version `old`:
+/// without the left keys and delete record (snapshot 4, header 2), and also without the
+/// horizon register, which must be unset (snapshot 3, header 1).
 #[cfg(test)]
-pub(crate) fn without_horizon(bytes: &[u8], old: u32, applied: bool) -> Vec<u8> {
+pub(crate) fn as_older(bytes: &[u8], old: u32, applied: bool) -> Vec<u8> {
+    let no_horizon = old == SNAPSHOT_V3 || (!applied && old == 1);
     let mut r = unseal(Reader::new(&bytes[12..], Vec::new())).expect("a sealed encoding");
     r.hlc().expect("purge point");
     r.uint().expect("late count");
@@ -256,9 +285,16 @@ pub(crate) fn without_horizon(bytes: &[u8], old: u32, applied: bool) -> Vec<u8> 
         r.string().expect("store name");
     }
     days_register(&mut r).expect("retention register");
-    let at = bytes.len() - r.remaining();
-    assert_eq!(bytes[at], 0, "no horizon set");
-    let mut out = [&bytes[..at], &bytes[at + 1..]].concat();
+    let horizon = bytes.len() - r.remaining();
+    days_register(&mut r).expect("horizon register");
+    Members::decode(&mut r).expect("members");
+    let leave = bytes.len() - r.remaining();
+    assert_eq!(&bytes[leave..leave + 2], &[0, 0], "nobody left, not deleted");
+    let mut out = [&bytes[..leave], &bytes[leave + 2..]].concat();
+    if no_horizon {
+        assert_eq!(bytes[horizon], 0, "no horizon set");
+        out.remove(horizon);
+    }
     out[8..12].copy_from_slice(&old.to_le_bytes());
     out
 }

@@ -984,10 +984,10 @@ fn format_1_and_2_snapshots_decode_by_replay_to_the_same_state_and_reencode_as_f
     let (decoded, old) = FsState::decode_versioned(&v2).unwrap();
     assert!(old, "a format 2 snapshot asks to be rewritten");
     assert_eq!(decoded.canonical_dump(), s.canonical_dump());
-    let v4 = decoded.encode_snapshot();
-    assert_eq!(&v4[8..12], &4u32.to_le_bytes());
-    assert_eq!(v4, s.encode_snapshot());
-    assert!(!FsState::decode_versioned(&v4).unwrap().1);
+    let v6 = decoded.encode_snapshot();
+    assert_eq!(&v6[8..12], &6u32.to_le_bytes());
+    assert_eq!(v6, s.encode_snapshot());
+    assert!(!FsState::decode_versioned(&v6).unwrap().1);
 }
 
 #[test]
@@ -995,17 +995,47 @@ fn a_format_3_snapshot_decodes_with_the_default_horizon_and_asks_to_be_rewritten
     let mut s = FsState::new();
     run(&mut s, 1, 9, OpBody::SetRetention { days: 4 });
     mkfile(&mut s, 1, 10, OpId::ROOT, "a", "x");
-    let v4 = s.encode_snapshot();
-    let v3 = crate::fs::snapshot::without_horizon(&v4, 3, true);
-    assert_eq!(v3.len(), v4.len() - 1);
+    let v6 = s.encode_snapshot();
+    let v3 = crate::fs::snapshot::as_older(&v6, 3, true);
+    assert_eq!(v3.len(), v6.len() - 3);
     let (decoded, old) = FsState::decode_versioned(&v3).unwrap();
     assert!(old, "a format 3 snapshot asks to be rewritten");
     assert_eq!(decoded.retention_days(), 4);
     assert_eq!(decoded.horizon_days(), crate::fs::op::DEFAULT_HORIZON_DAYS);
-    assert_eq!(decoded.encode_snapshot(), v4);
+    assert_eq!(decoded.encode_snapshot(), v6);
     run(&mut s, 1, 11, OpBody::SetHorizon { days: 6 });
     let again = FsState::decode_snapshot(&s.encode_snapshot()).unwrap();
     assert_eq!(again.horizon_days(), 6);
+}
+
+#[test]
+fn a_format_4_snapshot_decodes_with_nobody_left_and_asks_to_be_rewritten() {
+    let mut s = FsState::new();
+    run(&mut s, 1, 9, OpBody::SetHorizon { days: 5 });
+    mkfile(&mut s, 1, 10, OpId::ROOT, "a", "x");
+    let v6 = s.encode_snapshot();
+    let v4 = crate::fs::snapshot::as_older(&v6, 4, true);
+    let (decoded, old) = FsState::decode_versioned(&v4).unwrap();
+    assert!(old, "a format 4 snapshot asks to be rewritten");
+    assert_eq!(decoded.horizon_days(), 5);
+    assert!(decoded.left().is_empty() && decoded.deleted().is_none());
+    assert_eq!(decoded.encode_snapshot(), v6);
+}
+
+#[test]
+fn a_leave_and_a_delete_survive_a_snapshot_and_the_smallest_delete_holds() {
+    let mut s = FsState::new();
+    run(&mut s, 1, 9, OpBody::Leave { upto: 3 });
+    run(&mut s, 2, 12, OpBody::DeleteStore);
+    run(&mut s, 3, 11, OpBody::DeleteStore);
+    let decoded = FsState::decode_snapshot(&s.encode_snapshot()).unwrap();
+    assert_eq!(decoded.left(), s.left());
+    assert_eq!(decoded.left().len(), 1);
+    let leaver = decoded.left()[0];
+    assert_eq!(decoded.revocation_cut(&leaver), Some(3));
+    assert!(decoded.has_left(&leaver));
+    assert_eq!(decoded.deleted().map(|d| d.hlc.wall_ms), Some(11));
+    assert_eq!(decoded.canonical_dump(), s.canonical_dump());
 }
 
 #[test]

@@ -985,18 +985,21 @@ fn snapshots_of_earlier_builds_open_and_are_rewritten_as_pages() {
             .unwrap();
     }
     let dump = store.read(|s| s.canonical_dump());
-    let format_4 = store.read(|s| s.encode_snapshot());
+    let format_6 = store.read(|s| s.encode_snapshot());
     store.shutdown().unwrap();
     let (head, header) = projection_row(tmp.path());
-    let without_horizon = crate::fs::snapshot::without_horizon;
+    let as_older = crate::fs::snapshot::as_older;
     // The op log of nothing at seq 0 (format 2): the witness log after it replays
-    // everything; then the state itself at the head (format 4, and format 3 without
-    // the horizon register); then a page header of format 1 (no horizon register).
+    // everything; then the state itself at the head (format 6, format 4 without the
+    // leave records, format 3 without the horizon register either); then page headers
+    // of format 2 (no leave records) and 1 (no horizon register either).
     for (seq, snapshot) in [
         (0, raw_snapshot(&me, &[])),
-        (head, without_horizon(&format_4, 3, true)),
-        (head, format_4),
-        (head, without_horizon(&header, 1, false)),
+        (head, as_older(&format_6, 3, true)),
+        (head, as_older(&format_6, 4, true)),
+        (head, format_6),
+        (head, as_older(&header, 2, false)),
+        (head, as_older(&header, 1, false)),
     ] {
         set_projection(tmp.path(), Some((seq, &snapshot[..])));
         let reopened = Store::open(tmp.path(), me.clone(), clock()).unwrap();
