@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File, FileTimes, Permissions};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -94,14 +95,14 @@ impl Node {
                     set_meta(&item.path, &item.attr).map_err(io(&item.path))?;
                 }
                 Kind::Symlink => {
-                    let target = store
-                        .read(|s| s.content(item.node))
-                        .map_err(|source| path_error(&item.rel, source))?;
-                    let target = match target.pieces.first() {
-                        Some(Content::Inline(b)) => String::from_utf8_lossy(b).into_owned(),
-                        _ => String::new(),
+                    let FsNode::Entry { file, .. } = item.node else {
+                        continue;
                     };
-                    std::os::unix::fs::symlink(&target, &item.path).map_err(io(&item.path))?;
+                    let target = store
+                        .read(|s| s.readlink(file))
+                        .map_err(|source| path_error(&item.rel, source))?;
+                    let target = std::ffi::OsStr::from_bytes(&target);
+                    std::os::unix::fs::symlink(target, &item.path).map_err(io(&item.path))?;
                     out.symlinks += 1;
                 }
                 Kind::Fifo | Kind::Socket | Kind::CharDev | Kind::BlockDev => {

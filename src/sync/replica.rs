@@ -313,6 +313,9 @@ pub struct SyncReport {
     pub peers: u32,
     /// Members that could not be reached, with why.
     pub failed: Vec<(PublicKey, String)>,
+    /// Those of `failed` that refused this node as not a member: they hold its leave
+    /// (or a revocation of it).
+    pub disowned: Vec<PublicKey>,
     /// Totals over the rounds.
     pub total: RoundReport,
 }
@@ -1020,6 +1023,11 @@ impl<S: ReplicaStore> Replica<S> {
                             out.push(Action::Redial(peer));
                             self.redial_round(peer, out);
                             return;
+                        }
+                        if let (Failure::Refused(r), Some(pass)) = (&failure, &mut self.pass) {
+                            if r.code == RefusalCode::NotMember {
+                                pass.report.disowned.push(peer);
+                            }
                         }
                         Some(Err(failure_text(&peer, &failure)))
                     }
