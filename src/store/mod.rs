@@ -86,6 +86,8 @@ mod frontier_tests;
 mod index;
 mod leave;
 #[cfg(test)]
+mod leave_tests;
+#[cfg(test)]
 mod member_tests;
 mod members;
 mod pages;
