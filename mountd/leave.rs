@@ -30,7 +30,9 @@ pub fn leave(
     let export = match r.export_dir.as_str() {
         "" => None,
         dir => {
-            let done = node.export(&store, Path::new(dir)).map_err(|e| e.to_string())?;
+            let done = node
+                .export(&store, Path::new(dir))
+                .map_err(|e| e.to_string())?;
             Some(ExportReport {
                 dir: dir.to_string(),
                 files: done.files,
@@ -83,7 +85,10 @@ pub fn delete(
                 .map_or("not a member".to_string(), |m| {
                     format!("a {:?}", m.role).to_lowercase()
                 });
-            format!("only an admin of {} may delete it; this node is {role}", r.store)
+            format!(
+                "only an admin of {} may delete it; this node is {role}",
+                r.store
+            )
         }
         e => e.to_string(),
     })?;

@@ -251,7 +251,9 @@ fn run(cli: Cli) -> Result<(), CliError> {
             };
             let question = match export_dir.as_str() {
                 "" => format!("Leave store {name} and remove its local data?"),
-                dir => format!("Copy store {name} into {dir}, then leave it and remove its local data?"),
+                dir => format!(
+                    "Copy store {name} into {dir}, then leave it and remove its local data?"
+                ),
             };
             confirm(yes, &question, "leave", &name)?;
             let kind = request::Kind::Leave(LeaveRequest {
@@ -266,7 +268,12 @@ fn run(cli: Cli) -> Result<(), CliError> {
             Ok(())
         }
         Command::Delete { name, yes } => {
-            confirm(yes, &format!("Delete store {name} for every member?"), "delete", &name)?;
+            confirm(
+                yes,
+                &format!("Delete store {name} for every member?"),
+                "delete",
+                &name,
+            )?;
             let kind = request::Kind::Delete(DeleteRequest {
                 store: name.clone(),
             });

@@ -4,8 +4,8 @@ use std::fmt::Write;
 
 use lattice_mount::civil_from_days;
 use lattice_mount::proto::control::{
-    ConflictsResponse, FrontierStatus, GcResponse, HistoryEntry, HistoryResponse, JoinProgress,
-    DeleteResponse, LeaveResponse, PeerEntry, ResolveResponse, RestoreResponse, StatusResponse,
+    ConflictsResponse, DeleteResponse, FrontierStatus, GcResponse, HistoryEntry, HistoryResponse,
+    JoinProgress, LeaveResponse, PeerEntry, ResolveResponse, RestoreResponse, StatusResponse,
     StoreSetting, SyncResponse, VersionEntry, WatchEvent,
 };
 
@@ -295,7 +295,11 @@ pub fn leave_human(store: &str, r: &LeaveResponse) -> String {
             e.symlinks
         );
         for path in &e.missing {
-            let _ = writeln!(out, "content not available, written empty: {}", printable(path));
+            let _ = writeln!(
+                out,
+                "content not available, written empty: {}",
+                printable(path)
+            );
         }
         for path in &e.skipped {
             let _ = writeln!(out, "special file not copied: {}", printable(path));

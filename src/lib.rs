@@ -52,9 +52,9 @@ pub use net::{
     SYNC_ALPN,
 };
 pub use node::{
-    check_display_name, store_name, Change, Conflict, ConflictError, DeletedFile, Exported, HistoryOp,
-    JoinState, Keep, LiveVersion, Node, NodeError, Pick, Resolution, RestoreError, Restored,
-    Unreadable, Version, VersionState, MIN_VERSION_PREFIX,
+    check_display_name, store_name, Change, Conflict, ConflictError, DeletedFile, Exported,
+    HistoryOp, JoinState, Keep, LiveVersion, Node, NodeError, Pick, Resolution, RestoreError,
+    Restored, Unreadable, Version, VersionState, MIN_VERSION_PREFIX,
 };
 pub use store::{
     is_retained, ApplyOutcome, BareIndex, ContentPlan, Equivocator, HistoryItem, IndexView,

@@ -33,8 +33,8 @@ mod restore;
 mod restore_tests;
 
 pub use changes::Change;
-pub use leave::Exported;
 pub use conflicts::{Conflict, ConflictError, Keep, LiveVersion, Resolution};
+pub use leave::Exported;
 pub use restore::{
     DeletedFile, Pick, RestoreError, Restored, Version, VersionState, MIN_VERSION_PREFIX,
 };

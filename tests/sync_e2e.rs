@@ -511,7 +511,9 @@ fn a_member_leaves_and_an_admin_deletes_the_store_for_everyone() {
     assert!(!b.path("team").exists());
     within(SETTLE, "alice sees bob as left", || {
         let peers = ok(a.run(&["peers", "team"]));
-        peers.lines().any(|l| l.contains("bob") && l.contains("left"))
+        peers
+            .lines()
+            .any(|l| l.contains("bob") && l.contains("left"))
     });
 
     // Only an admin deletes: carol is a writer.
@@ -534,13 +536,7 @@ fn a_member_leaves_and_an_admin_deletes_the_store_for_everyone() {
     assert_eq!(common::errno_of(append), libc::EROFS);
 
     let copy = c.dir.path().join("copy");
-    let out = ok(c.run(&[
-        "leave",
-        "team",
-        "--yes",
-        "--export",
-        copy.to_str().unwrap(),
-    ]));
+    let out = ok(c.run(&["leave", "team", "--yes", "--export", copy.to_str().unwrap()]));
     assert!(out.contains("copied team into"), "{out}");
     assert!(out.contains("was deleted by an admin"), "{out}");
     let diff = std::process::Command::new("diff")
@@ -555,11 +551,18 @@ fn a_member_leaves_and_an_admin_deletes_the_store_for_everyone() {
         String::from_utf8_lossy(&diff.stdout)
     );
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(copy.join("docs/a.txt")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(copy.join("docs/a.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     for rel in ["docs/a.txt", "docs/deep", "docs/deep/big.bin"] {
         let mtime = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().modified().unwrap();
-        assert_eq!(mtime(copy.join(rel)), mtime(a.path("team").join(rel)), "{rel}");
+        assert_eq!(
+            mtime(copy.join(rel)),
+            mtime(a.path("team").join(rel)),
+            "{rel}"
+        );
     }
     assert_eq!(store_dirs(c), 0, "carol's data dir keeps no store");
     assert!(!c.path("team").exists());

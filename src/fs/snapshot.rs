@@ -289,7 +289,11 @@ pub(crate) fn as_older(bytes: &[u8], old: u32, applied: bool) -> Vec<u8> {
     days_register(&mut r).expect("horizon register");
     Members::decode(&mut r).expect("members");
     let leave = bytes.len() - r.remaining();
-    assert_eq!(&bytes[leave..leave + 2], &[0, 0], "nobody left, not deleted");
+    assert_eq!(
+        &bytes[leave..leave + 2],
+        &[0, 0],
+        "nobody left, not deleted"
+    );
     let mut out = [&bytes[..leave], &bytes[leave + 2..]].concat();
     if no_horizon {
         assert_eq!(bytes[horizon], 0, "no horizon set");

@@ -66,7 +66,10 @@ impl Node {
         let (items, root_attr) = store.read(|s| -> Result<_, NodeError> {
             let mut items = Vec::new();
             walk(s, OpId::ROOT, dir, "", &mut items)?;
-            Ok((items, s.attr(root).map_err(|source| path_error("", source))?))
+            Ok((
+                items,
+                s.attr(root).map_err(|source| path_error("", source))?,
+            ))
         })?;
         // Directories last, deepest first, so their times and modes survive the filling.
         let mut dirs = Vec::new();

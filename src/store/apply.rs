@@ -261,7 +261,14 @@ pub(crate) fn seal_local(
     for q in batch.by_ref() {
         if let OpBody::Leave { .. } = q.op.body {
             if !ops.is_empty() {
-                seal_one(t, cx, counts, identity, std::mem::take(&mut ops), Some(&touched))?;
+                seal_one(
+                    t,
+                    cx,
+                    counts,
+                    identity,
+                    std::mem::take(&mut ops),
+                    Some(&touched),
+                )?;
                 sealed += 1;
             }
             seal_leave(t, cx, counts, identity, q.op)?;
@@ -270,7 +277,14 @@ pub(crate) fn seal_local(
         }
         let s = op_size(&q.op);
         if !ops.is_empty() && size + s > MAX_INTENTION_OPS_BYTES {
-            seal_one(t, cx, counts, identity, std::mem::take(&mut ops), Some(&touched))?;
+            seal_one(
+                t,
+                cx,
+                counts,
+                identity,
+                std::mem::take(&mut ops),
+                Some(&touched),
+            )?;
             touched.clear();
             sealed += 1;
             size = 0;
@@ -283,7 +297,10 @@ pub(crate) fn seal_local(
     if dropped > 0 {
         // Pushed in the instant before the leave applied: past the leave's cut, every
         // replica would refuse them, and the store's data is about to go.
-        tracing::warn!(dropped, "local ops pushed after leaving the store are not sealed");
+        tracing::warn!(
+            dropped,
+            "local ops pushed after leaving the store are not sealed"
+        );
     }
     if !ops.is_empty() {
         seal_one(t, cx, counts, identity, ops, Some(&touched))?;
@@ -606,7 +623,11 @@ pub(crate) fn check_authority(
 ) -> Result<(), StoreError> {
     let role = role_at(t, state, &i.author, seq)?;
     let need = needed_role(i);
-    let member = if need == Role::Reader { Role::Reader } else { Role::Writer };
+    let member = if need == Role::Reader {
+        Role::Reader
+    } else {
+        Role::Writer
+    };
     if !role.is_some_and(|r| r.covers(member)) {
         return Err(StoreError::NotMember(i.author));
     }

@@ -305,7 +305,11 @@ fn a_member_that_left_counts_until_its_chain_is_held_up_to_the_leave_then_never(
     b.write("two");
     b.store.leave().expect("a member leaves");
     a.write("x");
-    assert_eq!(a.below(), from_b.floor, "b's later intentions may still come");
+    assert_eq!(
+        a.below(),
+        from_b.floor,
+        "b's later intentions may still come"
+    );
     assert_eq!(a.store.frontier().expect("a frontier").members, 2);
     a.pull(&b);
     assert!(a.store.read(|s| s.has_left(&b.key())));

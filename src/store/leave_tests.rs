@@ -29,7 +29,12 @@ fn a_reader_may_leave_and_is_then_cut_at_its_leave_like_a_revoked_member() {
     let tmp = tempfile::tempdir().unwrap();
     let store = replica(tmp.path(), &admin, Identity::generate());
     store.apply_remote(g.bytes.clone()).unwrap();
-    let leave = by(&reader, None, &[&g], vec![op(20, OpBody::Leave { upto: 1 })]);
+    let leave = by(
+        &reader,
+        None,
+        &[&g],
+        vec![op(20, OpBody::Leave { upto: 1 })],
+    );
     store.apply_remote(leave.bytes.clone()).unwrap();
     store.read(|s| {
         assert!(s.member(&reader.public()).is_none());
@@ -37,10 +42,19 @@ fn a_reader_may_leave_and_is_then_cut_at_its_leave_like_a_revoked_member() {
         assert_eq!(s.revocation_cut(&reader.public()), Some(1));
         assert_eq!(s.left_members()[0].role, Role::Reader);
     });
-    let after = by(&reader, Some(&leave), &[&leave], vec![op(30, OpBody::Leave { upto: 2 })]);
+    let after = by(
+        &reader,
+        Some(&leave),
+        &[&leave],
+        vec![op(30, OpBody::Leave { upto: 2 })],
+    );
     assert!(matches!(
         store.apply_remote(after.bytes.clone()),
-        Err(StoreError::Revoked { seq: 2, upto: 1, .. })
+        Err(StoreError::Revoked {
+            seq: 2,
+            upto: 1,
+            ..
+        })
     ));
 }
 
@@ -53,7 +67,12 @@ fn a_malformed_leave_is_refused_and_changes_nothing() {
     store.apply_remote(g.bytes.clone()).unwrap();
     let before = outcome(&store);
     // A leave naming another seq than its own, and one sharing its intention.
-    let wrong_seq = by(&writer, None, &[&g], vec![op(20, OpBody::Leave { upto: 5 })]);
+    let wrong_seq = by(
+        &writer,
+        None,
+        &[&g],
+        vec![op(20, OpBody::Leave { upto: 5 })],
+    );
     let not_alone = by(
         &writer,
         None,
@@ -75,13 +94,23 @@ fn a_malformed_leave_is_refused_and_changes_nothing() {
     );
     assert!(store.apply_remote(sneaky.bytes.clone()).is_err());
     // A stranger's leave: not a member, nothing to leave.
-    let stranger = by(&Identity::generate(), None, &[&g], vec![op(25, OpBody::Leave { upto: 1 })]);
+    let stranger = by(
+        &Identity::generate(),
+        None,
+        &[&g],
+        vec![op(25, OpBody::Leave { upto: 1 })],
+    );
     assert!(matches!(
         store.apply_remote(stranger.bytes.clone()),
         Err(StoreError::NotMember(_))
     ));
     // A forged leave: a valid one whose signature no longer matches its bytes.
-    let good = by(&writer, None, &[&g], vec![op(26, OpBody::Leave { upto: 1 })]);
+    let good = by(
+        &writer,
+        None,
+        &[&g],
+        vec![op(26, OpBody::Leave { upto: 1 })],
+    );
     let mut forged = good.bytes.to_vec();
     let last = forged.len() - 1;
     forged[last] ^= 1;
@@ -104,12 +133,21 @@ fn only_an_admin_deletes_and_a_deleted_store_is_read_only_and_admits_nothing() {
         let fake = by(who, None, &[&g], vec![op(20, OpBody::DeleteStore)]);
         assert!(store.apply_remote(fake.bytes.clone()).is_err());
     }
-    assert_eq!(outcome(&store), before, "a writer's or reader's delete changes nothing");
+    assert_eq!(
+        outcome(&store),
+        before,
+        "a writer's or reader's delete changes nothing"
+    );
     assert!(!store.is_deleted());
 
     let a1 = by(&admin, Some(&g), &[&g], vec![op(30, create("kept"))]);
     let delete = by(&admin, Some(&a1), &[&a1], vec![op(31, OpBody::DeleteStore)]);
-    let late = by(&reader, None, &[&g], vec![op(32, OpBody::Leave { upto: 1 })]);
+    let late = by(
+        &reader,
+        None,
+        &[&g],
+        vec![op(32, OpBody::Leave { upto: 1 })],
+    );
     store.apply_remote(a1.bytes.clone()).unwrap();
     store.apply_remote(delete.bytes.clone()).unwrap();
     assert!(store.is_deleted());
@@ -121,7 +159,10 @@ fn only_an_admin_deletes_and_a_deleted_store_is_read_only_and_admits_nothing() {
         store.apply_remote(late.bytes.clone()),
         Err(StoreError::Deleted)
     ));
-    assert!(store.is_refused(&late.hash), "recorded, so not fetched again");
+    assert!(
+        store.is_refused(&late.hash),
+        "recorded, so not fetched again"
+    );
     assert!(store.read(|s| s.member(&reader.public()).is_some()));
 }
 
