@@ -654,7 +654,7 @@ impl<S: ReplicaStore> Replica<S> {
     /// Asks the driver to wake it at the earliest due time, if that changed.
     fn wake(&mut self, now: Millis, out: &mut Vec<Action>) {
         let mut due = self.resubscribe;
-        if !self.mode.paused && self.pass.is_none() {
+        if !self.mode.paused && self.pass.is_none() && !self.store.is_deleted() {
             let pass = self.schedule.due(now);
             due = Some(due.map_or(pass, |d| d.min(pass)));
         }
@@ -673,7 +673,9 @@ impl<S: ReplicaStore> Replica<S> {
             self.resubscribe = None;
             self.subscribe(out);
         }
-        if self.pass.is_none() && self.schedule.due(now) <= now {
+        // A deleted store starts no pass of its own: it admits nothing more, and still
+        // answers (and runs an asked-for `sync`) so the delete reaches every member.
+        if self.pass.is_none() && self.schedule.due(now) <= now && !self.store.is_deleted() {
             if self.secret.is_none() {
                 self.ask_secret(out);
             }
