@@ -10,7 +10,7 @@
 
 use crate::fs::op::{Op, OpBody, Role};
 use crate::store::apply::Queued;
-use crate::store::error::{LeaveError, StoreError};
+use crate::store::error::LeaveError;
 use crate::store::Store;
 
 impl Store {
@@ -77,11 +77,5 @@ impl Store {
             let mine = s.member(&me).is_some_and(|(r, _)| r == Role::Admin);
             mine && admins == 1 && members.len() > 1
         })
-    }
-}
-
-impl From<StoreError> for LeaveError {
-    fn from(e: StoreError) -> Self {
-        LeaveError::Store(e)
     }
 }

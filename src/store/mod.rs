@@ -55,7 +55,8 @@
 //! a woken one whose author is not a member is dropped. A revocation, a proven fork or
 //! a demotion applied after intentions it cuts voids them and rebuilds the projection
 //! (`cut`). Members, invites
-//! and revocation are driven through `members` (admin only).
+//! and revocation are driven through `members` (admin only); leaving (any member) and
+//! deleting (admin only) through `leave`. A deleted store admits nothing more.
 //!
 //! ## Local writes
 //! [`Store::write`] runs a closure under the projection's write lock; each [`Tx::push`]
