@@ -184,6 +184,30 @@ pub enum Command {
         /// Days of silence (no sync) after which a member stops counting, 1 to 3650
         days: Option<u32>,
     },
+    /// Stop sharing a store: tell the other members, then remove its local data
+    Leave {
+        /// Store name
+        name: String,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+        /// First write a plain copy of the store's tree into this new or empty directory
+        #[arg(long, value_name = "DIR")]
+        export: Option<PathBuf>,
+        /// Leave even as the last admin while other members remain (nobody can invite,
+        /// revoke or delete afterwards)
+        #[arg(long)]
+        abandon: bool,
+    },
+    /// Delete a store for every member (admins only); each member then keeps a copy
+    /// (`leave --export DIR`) or removes it (`leave`)
+    Delete {
+        /// Store name
+        name: String,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+    },
     /// Choose when a store fetches file content: eager (default) or on-demand
     FetchMode {
         /// Store name

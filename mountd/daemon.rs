@@ -633,7 +633,10 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
                         .map(|p| PeerEntry {
                             key: p.key.to_hex(),
                             name: p.name,
-                            role: format!("{:?}", p.role).to_lowercase(),
+                            role: match p.left {
+                                true => "left".to_string(),
+                                false => format!("{:?}", p.role).to_lowercase(),
+                            },
                             me: p.me,
                             online: p.online,
                             last_seen_ms: p.last_seen.map(|d| d.as_millis() as u64),
@@ -767,6 +770,18 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
         },
         Some(request::Kind::Watch(_)) => {
             return error_response("watch is handled on its own".into())
+        }
+        Some(request::Kind::Leave(r)) => {
+            match crate::leave::leave(&ctx.node, &ctx.net, &ctx.rt, &r) {
+                Ok(left) => response::Kind::Leave(left),
+                Err(e) => return error_response(e),
+            }
+        }
+        Some(request::Kind::Delete(r)) => {
+            match crate::leave::delete(&ctx.node, &ctx.net, &ctx.rt, &r) {
+                Ok(deleted) => response::Kind::Delete(deleted),
+                Err(e) => return error_response(e),
+            }
         }
         Some(request::Kind::Down(_)) => response::Kind::Down(DownResponse {}),
     };

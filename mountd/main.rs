@@ -8,6 +8,7 @@ mod control;
 mod daemon;
 mod error;
 mod generated;
+mod leave;
 mod output;
 mod preflight;
 mod report;
@@ -23,8 +24,8 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use lattice_mount::proto::control::{
-    request, response, FetchModeRequest, GcRequest, InviteRequest, PauseRequest, PeersRequest,
-    RevokeRequest, SettingRequest, StoreSetting, SyncRequest,
+    request, response, DeleteRequest, FetchModeRequest, GcRequest, InviteRequest, LeaveRequest,
+    PauseRequest, PeersRequest, RevokeRequest, SettingRequest, StoreSetting, SyncRequest,
 };
 
 use crate::cli::{home_dir, Cli, Command};
@@ -238,6 +239,50 @@ fn run(cli: Cli) -> Result<(), CliError> {
             setting(&data_dir, StoreSetting::Retention, name, days)
         }
         Command::Horizon { name, days } => setting(&data_dir, StoreSetting::Horizon, name, days),
+        Command::Leave {
+            name,
+            yes,
+            export,
+            abandon,
+        } => {
+            let export_dir = match export {
+                Some(dir) => absolute(dir)?.display().to_string(),
+                None => String::new(),
+            };
+            let question = match export_dir.as_str() {
+                "" => format!("Leave store {name} and remove its local data?"),
+                dir => format!(
+                    "Copy store {name} into {dir}, then leave it and remove its local data?"
+                ),
+            };
+            confirm(yes, &question, "leave", &name)?;
+            let kind = request::Kind::Leave(LeaveRequest {
+                store: name.clone(),
+                export_dir,
+                abandon,
+            });
+            match client::ask(&data_dir, kind)? {
+                response::Kind::Leave(r) => print!("{}", output::leave_human(&name, &r)),
+                other => return Err(client::unexpected(&other)),
+            }
+            Ok(())
+        }
+        Command::Delete { name, yes } => {
+            confirm(
+                yes,
+                &format!("Delete store {name} for every member?"),
+                "delete",
+                &name,
+            )?;
+            let kind = request::Kind::Delete(DeleteRequest {
+                store: name.clone(),
+            });
+            match client::ask(&data_dir, kind)? {
+                response::Kind::Delete(r) => print!("{}", output::delete_human(&name, &r)),
+                other => return Err(client::unexpected(&other)),
+            }
+            Ok(())
+        }
         Command::Service { action } => service::run(action, &data_dir),
         Command::Completions { shell } => generated::completions(shell),
         Command::Man { command } => generated::man(&command),
@@ -286,6 +331,28 @@ fn setting(
             Ok(())
         }
         other => Err(client::unexpected(&other)),
+    }
+}
+
+/// Asks `question` on the terminal unless `yes`; refuses when stdin is not a terminal.
+fn confirm(yes: bool, question: &str, verb: &str, store: &str) -> Result<(), CliError> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(anyhow!(
+            "refusing to {verb} {store} without confirmation: stdin is not a terminal (pass --yes)"
+        )
+        .into());
+    }
+    eprint!("{question} [y/N] ");
+    let mut answer = String::new();
+    std::io::stdin()
+        .read_line(&mut answer)
+        .context("cannot read the answer")?;
+    match answer.trim() {
+        "y" | "Y" | "yes" => Ok(()),
+        _ => Err(anyhow!("not confirmed: {store} is unchanged").into()),
     }
 }
 

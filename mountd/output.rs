@@ -4,9 +4,9 @@ use std::fmt::Write;
 
 use lattice_mount::civil_from_days;
 use lattice_mount::proto::control::{
-    ConflictsResponse, FrontierStatus, GcResponse, HistoryEntry, HistoryResponse, JoinProgress,
-    PeerEntry, ResolveResponse, RestoreResponse, StatusResponse, StoreSetting, SyncResponse,
-    VersionEntry, WatchEvent,
+    ConflictsResponse, DeleteResponse, FrontierStatus, GcResponse, HistoryEntry, HistoryResponse,
+    JoinProgress, LeaveResponse, PeerEntry, ResolveResponse, RestoreResponse, StatusResponse,
+    StoreSetting, SyncResponse, VersionEntry, WatchEvent,
 };
 
 /// Human status: the node, then a table of stores.
@@ -63,6 +63,15 @@ pub fn status_human(s: &StatusResponse) -> String {
     out.push('\n');
     out.push_str(&table(&rows));
     for st in &s.stores {
+        if st.deleted {
+            let _ = writeln!(
+                out,
+                "{}: deleted by an admin, read-only here: keep a copy with `lattice-mount leave {} --export DIR`, or remove it with `lattice-mount leave {}`",
+                printable(&st.name),
+                printable(&st.name),
+                printable(&st.name)
+            );
+        }
         for key in &st.equivocators {
             let _ = writeln!(
                 out,
@@ -271,6 +280,63 @@ pub fn sync_human(r: &SyncResponse) -> String {
     out
 }
 
+/// What `leave` did: the copy, who confirmed the leave, the removal.
+pub fn leave_human(store: &str, r: &LeaveResponse) -> String {
+    let store = printable(store);
+    let mut out = String::new();
+    if let Some(e) = &r.export {
+        let _ = writeln!(
+            out,
+            "copied {store} into {}: {} files ({} bytes), {} directories, {} symlinks",
+            printable(&e.dir),
+            e.files,
+            e.bytes,
+            e.dirs,
+            e.symlinks
+        );
+        for path in &e.missing {
+            let _ = writeln!(
+                out,
+                "content not available, written empty: {}",
+                printable(path)
+            );
+        }
+        for path in &e.skipped {
+            let _ = writeln!(out, "special file not copied: {}", printable(path));
+        }
+    }
+    let _ = match (r.was_deleted, r.confirmed) {
+        (true, _) => writeln!(out, "{store} was deleted by an admin: no leave to send"),
+        (false, 0) => writeln!(
+            out,
+            "no member confirmed the leave of {store}; members that never receive it stop waiting for this node after the store's horizon"
+        ),
+        (false, n) => writeln!(out, "left {store}: {n} member(s) confirmed the leave"),
+    };
+    for u in &r.unreachable {
+        let _ = writeln!(out, "unreachable: {}", printable(u));
+    }
+    let _ = writeln!(out, "removed {store} and its local data from this node");
+    out
+}
+
+/// What `delete` did: who confirmed the delete.
+pub fn delete_human(store: &str, r: &DeleteResponse) -> String {
+    let store = printable(store);
+    let mut out = match r.confirmed {
+        0 => format!("deleted {store}; no member confirmed yet: they learn it at their next sync with any member that has it\n"),
+        n => format!("deleted {store} for every member: {n} member(s) confirmed\n"),
+    };
+    for u in &r.unreachable {
+        let _ = writeln!(out, "unreachable: {}", printable(u));
+    }
+    let _ = writeln!(
+        out,
+        "{store} is read-only here; `lattice-mount leave {store}` removes it (--export DIR keeps a copy)"
+    );
+    out
+}
+
 /// A one-line progress display on stderr for a join.
 pub struct Progress {
     tty: bool,
@@ -324,7 +390,7 @@ pub fn status_json(s: &StatusResponse) -> String {
                  \"dirs\":{},\"bytes\":{},\"conflicts\":{},\"paused\":{},\"fetch\":{},\
                  \"peers_online\":{},\"members\":{},\"unsent\":{},\"equivocators\":[{}],\
                  \"quarantined\":{},\"quarantined_hashes\":[{}],\"frontier\":{},\
-                 \"retention_days\":{},\"horizon_days\":{},\"space\":{}}}",
+                 \"retention_days\":{},\"horizon_days\":{},\"space\":{},\"deleted\":{}}}",
                 json_string(&st.name),
                 json_string(&st.id),
                 st.intentions,
@@ -362,7 +428,8 @@ pub fn status_json(s: &StatusResponse) -> String {
                 st.space.as_ref().map_or("null".to_string(), |sp| format!(
                     "{{\"live_bytes\":{},\"retained_bytes\":{},\"reclaimable_bytes\":{}}}",
                     sp.live_bytes, sp.retained_bytes, sp.reclaimable_bytes
-                ))
+                )),
+                st.deleted
             )
         })
         .collect();

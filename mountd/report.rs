@@ -64,6 +64,7 @@ pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
                 frontier: Some(frontier_status(&s.standing())),
                 retention_days: s.retention_days(),
                 horizon_days: s.setting(Setting::Horizon),
+                deleted: s.is_deleted(),
                 space: node
                     .space(s)
                     .map_err(|e| tracing::warn!("content space unavailable: {e}"))
@@ -300,6 +301,8 @@ fn describe(body: &OpBody) -> String {
         OpBody::RevokeInvite { .. } => "withdraw an invite".to_string(),
         OpBody::SetRetention { days } => format!("keep old versions {days} days"),
         OpBody::SetHorizon { days } => format!("wait {days} days for a silent member"),
+        OpBody::Leave { upto } => format!("leave the store after {upto} intentions"),
+        OpBody::DeleteStore => "delete the store for every member".to_string(),
     }
 }
 

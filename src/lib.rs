@@ -52,13 +52,13 @@ pub use net::{
     SYNC_ALPN,
 };
 pub use node::{
-    check_display_name, store_name, Change, Conflict, ConflictError, DeletedFile, HistoryOp,
-    JoinState, Keep, LiveVersion, Node, NodeError, Pick, Resolution, RestoreError, Restored,
-    Unreadable, Version, VersionState, MIN_VERSION_PREFIX,
+    check_display_name, store_name, Change, Conflict, ConflictError, DeletedFile, Exported,
+    HistoryOp, JoinState, Keep, LiveVersion, Node, NodeError, Pick, Resolution, RestoreError,
+    Restored, Unreadable, Version, VersionState, MIN_VERSION_PREFIX,
 };
 pub use store::{
     is_retained, ApplyOutcome, BareIndex, ContentPlan, Equivocator, HistoryItem, IndexView,
-    InviteError, SettingError, Standing, Store, StoreError, StoreEvent, StoreStats, Tx,
+    InviteError, LeaveError, SettingError, Standing, Store, StoreError, StoreEvent, StoreStats, Tx,
     WitnessBatch, DB_FILE, MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER, MS_PER_DAY,
     SCHEMA_VERSION,
 };

@@ -26,6 +26,7 @@ mod changes;
 mod conflicts;
 #[cfg(test)]
 mod conflicts_tests;
+mod leave;
 mod paths;
 mod restore;
 #[cfg(test)]
@@ -33,6 +34,7 @@ mod restore_tests;
 
 pub use changes::Change;
 pub use conflicts::{Conflict, ConflictError, Keep, LiveVersion, Resolution};
+pub use leave::Exported;
 pub use restore::{
     DeletedFile, Pick, RestoreError, Restored, Version, VersionState, MIN_VERSION_PREFIX,
 };
@@ -113,6 +115,9 @@ pub enum NodeError {
     /// A path is not a store or a file in one (empty, the mount root, or with `..`).
     #[error("invalid path {0:?}: name a store or a file inside one")]
     InvalidPath(String),
+    /// An export's directory holds something already.
+    #[error("{0} is not empty: export into a new or empty directory")]
+    ExportNotEmpty(String),
     /// A version could not be listed or restored.
     #[error(transparent)]
     Restore(#[from] RestoreError),

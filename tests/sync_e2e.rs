@@ -486,3 +486,104 @@ fn a_conflict_shows_on_both_nodes_one_resolve_settles_it_everywhere_and_watch_se
         "{rest:?}"
     );
 }
+
+#[test]
+fn a_member_leaves_and_an_admin_deletes_the_store_for_everyone() {
+    if !fuse_available() {
+        return;
+    }
+    let nodes = team(&["alice", "bob", "carol"]);
+    let (a, b, c) = (&nodes[0], &nodes[1], &nodes[2]);
+    // Carol fetches content only when read: her copy must fetch what is not here.
+    ok(c.run(&["fetch-mode", "team", "on-demand"]));
+    a.sh(
+        "mkdir -p team/docs/deep && echo hello > team/docs/a.txt && chmod 600 team/docs/a.txt \
+         && head -c 700000 /dev/urandom > team/docs/deep/big.bin && ln -s docs/a.txt team/link",
+    );
+    within(SETTLE, "the names reach carol", || {
+        c.path("team/docs/deep/big.bin").exists() && c.path("team/link").exists()
+    });
+
+    // rmdir at the mount root names the command instead of a bare EPERM.
+    let rmdir = std::fs::remove_dir(b.path("team"));
+    assert_eq!(common::errno_of(rmdir), libc::EBUSY);
+
+    // Without --yes and without a terminal, leave refuses and changes nothing.
+    let out = b
+        .cli()
+        .args(["leave", "team"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stdin is not a terminal"), "{err}");
+    assert!(b.path("team").is_dir());
+
+    let store_dirs = |d: &Daemon| std::fs::read_dir(d.data.join("stores")).unwrap().count();
+    assert_eq!(store_dirs(b), 1);
+    let out = ok(b.run(&["leave", "team", "--yes"]));
+    assert!(out.contains("member(s) confirmed the leave"), "{out}");
+    assert!(out.contains("removed team"), "{out}");
+    assert_eq!(store_dirs(b), 0, "bob's data dir keeps no store");
+    let root: Vec<_> = std::fs::read_dir(&b.mnt).unwrap().collect();
+    assert!(root.is_empty(), "bob's mount root still lists {root:?}");
+    assert!(!b.path("team").exists());
+    within(SETTLE, "alice sees bob as left", || {
+        let peers = ok(a.run(&["peers", "team"]));
+        peers
+            .lines()
+            .any(|l| l.contains("bob") && l.contains("left"))
+    });
+
+    // Only an admin deletes: carol is a writer.
+    let out = c.run(&["delete", "team", "--yes"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only an admin of team may delete it"), "{err}");
+
+    let out = ok(a.run(&["delete", "team", "--yes"]));
+    assert!(out.contains("deleted team"), "{out}");
+    within(SETTLE, "carol sees the delete", || {
+        ok(c.run(&["status", "--json"])).contains(r#""deleted":true"#)
+    });
+    assert!(ok(c.run(&["status"])).contains("deleted by an admin"));
+    let write = std::fs::write(c.path("team/new.txt"), b"x");
+    assert_eq!(common::errno_of(write), libc::EROFS);
+    let append = std::fs::OpenOptions::new()
+        .append(true)
+        .open(c.path("team/docs/a.txt"));
+    assert_eq!(common::errno_of(append), libc::EROFS);
+
+    let copy = c.dir.path().join("copy");
+    let out = ok(c.run(&["leave", "team", "--yes", "--export", copy.to_str().unwrap()]));
+    assert!(out.contains("copied team into"), "{out}");
+    assert!(out.contains("was deleted by an admin"), "{out}");
+    let diff = std::process::Command::new("diff")
+        .arg("-r")
+        .arg(&copy)
+        .arg(a.path("team"))
+        .output()
+        .unwrap();
+    assert!(
+        diff.status.success(),
+        "the copy differs from the tree: {}",
+        String::from_utf8_lossy(&diff.stdout)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(copy.join("docs/a.txt"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    for rel in ["docs/a.txt", "docs/deep", "docs/deep/big.bin"] {
+        let mtime = |p: std::path::PathBuf| std::fs::metadata(p).unwrap().modified().unwrap();
+        assert_eq!(
+            mtime(copy.join(rel)),
+            mtime(a.path("team").join(rel)),
+            "{rel}"
+        );
+    }
+    assert_eq!(store_dirs(c), 0, "carol's data dir keeps no store");
+    assert!(!c.path("team").exists());
+}

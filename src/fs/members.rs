@@ -13,6 +13,8 @@
 //!   revocations (enforced by the store), and a key cannot restart its author chain, so
 //!   a re-grant could not revive it consistently on every replica; readmit the device
 //!   under a new key instead.
+//! - A `Leave` is a revocation of its author by itself, cut at the leave's own chain
+//!   seq (the store checks the seq), remembered apart so that `peers` says "left".
 //! - What a member's own intentions may do is decided by the store (`store::apply`):
 //!   each `SetMember` has a position in the member's author chain (how much of it the
 //!   granting admin had seen), and an intention at chain seq s is checked against the
@@ -82,8 +84,10 @@ struct InviteRec {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Members {
     grants: HashMap<PublicKey, BTreeMap<OpId, Grant>>,
-    /// Key -> smallest `upto` of its revocations.
+    /// Key -> smallest `upto` of its revocations (its leave included).
     cuts: HashMap<PublicKey, u64>,
+    /// Keys that left by their own `Leave`.
+    left: HashSet<PublicKey>,
     /// Invite -> its records by op id; the first by op id holds.
     invites: HashMap<InviteId, BTreeMap<OpId, InviteRec>>,
     withdrawn: HashSet<InviteId>,
@@ -116,6 +120,61 @@ impl Members {
     pub(crate) fn revoke(&mut self, key: PublicKey, upto: u64) {
         let cut = self.cuts.entry(key).or_insert(upto);
         *cut = (*cut).min(upto);
+    }
+
+    /// Records `key`'s own `Leave` at its chain seq `upto`: a revocation by itself.
+    pub(crate) fn leave(&mut self, key: PublicKey, upto: u64) {
+        self.revoke(key, upto);
+        self.left.insert(key);
+    }
+
+    /// True if `key` left by its own `Leave`.
+    pub(crate) fn has_left(&self, key: &PublicKey) -> bool {
+        self.left.contains(key)
+    }
+
+    /// Every key that left with the role and display name it had, in key order.
+    pub(crate) fn left_list(&self) -> Vec<MemberInfo> {
+        self.left_keys()
+            .into_iter()
+            .filter_map(|key| {
+                let (_, g) = self
+                    .grants
+                    .get(&key)?
+                    .iter()
+                    .rev()
+                    .find(|(id, g)| self.counts(id, g))?;
+                Some(MemberInfo {
+                    key,
+                    role: g.role,
+                    display_name: g.display_name.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Every key that left, in key order.
+    pub(crate) fn left_keys(&self) -> Vec<PublicKey> {
+        let mut out: Vec<PublicKey> = self.left.iter().copied().collect();
+        out.sort();
+        out
+    }
+
+    /// Writes the keys that left (snapshot format 5 and header format 3 on).
+    pub(crate) fn encode_left(&self, w: &mut Writer) {
+        let left = self.left_keys();
+        w.len(left.len());
+        for key in &left {
+            w.key(key);
+        }
+    }
+
+    /// Reads what [`Members::encode_left`] wrote.
+    pub(crate) fn decode_left(&mut self, r: &mut Reader) -> Result<(), FsError> {
+        for _ in 0..r.len()? {
+            self.left.insert(r.key()?);
+        }
+        Ok(())
     }
 
     /// Records an `Invite` op `op`.

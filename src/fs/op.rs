@@ -114,6 +114,9 @@ pub enum OpError {
     /// An enum field holds an unknown value.
     #[error("unknown {0}")]
     UnknownEnum(&'static str),
+    /// A `Leave` names no chain seq (an intention's seq starts at 1).
+    #[error("a leave must name its intention's chain seq (at least 1)")]
+    BadLeave,
     /// A display name holds a control character (a newline, NUL, ...) or `/`.
     #[error("invalid display name {0:?}: no control characters or '/'")]
     BadLabel(String),
@@ -315,6 +318,13 @@ pub enum OpBody {
         /// Days, [`MIN_HORIZON_DAYS`] to [`MAX_HORIZON_DAYS`].
         days: u32,
     },
+    /// The author leaves the store: a revocation of itself cut at `upto`.
+    Leave {
+        /// The author-chain seq of the intention holding it (its only op).
+        upto: u64,
+    },
+    /// Delete the store for every member.
+    DeleteStore,
 }
 
 impl OpBody {
@@ -329,6 +339,7 @@ impl OpBody {
                 | OpBody::RevokeInvite { .. }
                 | OpBody::SetRetention { .. }
                 | OpBody::SetHorizon { .. }
+                | OpBody::DeleteStore
         )
     }
 
@@ -473,6 +484,8 @@ impl Op {
             }),
             OpBody::SetRetention { days } => Body::SetRetention(pb::SetRetention { days: *days }),
             OpBody::SetHorizon { days } => Body::SetHorizon(pb::SetHorizon { days: *days }),
+            OpBody::Leave { upto } => Body::Leave(pb::Leave { upto: *upto }),
+            OpBody::DeleteStore => Body::DeleteStore(pb::DeleteStore {}),
         };
         pb::Op {
             hlc_wall_ms: self.hlc.wall_ms,
@@ -518,9 +531,12 @@ impl Op {
             OpBody::SetMeta(m) => validate_meta(m),
             OpBody::SetMember { display_name, .. } => validate_label(display_name),
             OpBody::SetRetention { .. } | OpBody::SetHorizon { .. } => validate_setting(&self.body),
-            OpBody::RevokeMember { .. } | OpBody::Invite { .. } | OpBody::RevokeInvite { .. } => {
-                Ok(())
-            }
+            OpBody::Leave { upto: 0 } => Err(OpError::BadLeave),
+            OpBody::RevokeMember { .. }
+            | OpBody::Invite { .. }
+            | OpBody::RevokeInvite { .. }
+            | OpBody::Leave { .. }
+            | OpBody::DeleteStore => Ok(()),
         }
     }
 
@@ -622,6 +638,8 @@ impl Op {
             },
             Body::SetRetention(r) => OpBody::SetRetention { days: r.days },
             Body::SetHorizon(h) => OpBody::SetHorizon { days: h.days },
+            Body::Leave(l) => OpBody::Leave { upto: l.upto },
+            Body::DeleteStore(_) => OpBody::DeleteStore,
         };
         Ok(Op {
             hlc: Hlc {

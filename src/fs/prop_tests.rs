@@ -69,6 +69,12 @@ enum Act {
         node: usize,
         remove: bool,
     },
+    /// The replica's author leaves (at a made-up chain seq: the store checks it).
+    Leave {
+        upto: u64,
+    },
+    /// The store is deleted for everyone (an admin's op: the store checks that).
+    Delete,
 }
 
 #[derive(Clone, Debug)]
@@ -91,6 +97,8 @@ fn act() -> impl Strategy<Value = Act> {
         1 => (i(), i(), i()).prop_map(|(node, dir, name)| Act::Link { node, dir, name }),
         1 => (i(), 0..0o1000u32).prop_map(|(node, mode)| Act::Meta { node, mode }),
         1 => (i(), any::<bool>()).prop_map(|(node, remove)| Act::Xattr { node, remove }),
+        1 => (1..50u64).prop_map(|upto| Act::Leave { upto }),
+        1 => Just(Act::Delete),
     ]
 }
 
@@ -311,6 +319,8 @@ impl World {
                 }
                 _ => return,
             },
+            Act::Leave { upto } => Ok(vec![OpBody::Leave { upto: *upto }]),
+            Act::Delete => Ok(vec![OpBody::DeleteStore]),
         };
         if let Ok(bodies) = planned {
             self.emit(r, bodies);

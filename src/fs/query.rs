@@ -404,6 +404,12 @@ impl FsState {
         for (key, upto) in cuts {
             let _ = writeln!(out, "revoked {} upto {upto}", key.to_hex());
         }
+        for key in self.left() {
+            let _ = writeln!(out, "left {}", key.to_hex());
+        }
+        if let Some(at) = self.deleted() {
+            let _ = writeln!(out, "deleted at {at:?}");
+        }
         for i in self.invites(0) {
             let id = crate::identity::hex(&i.id);
             let _ = writeln!(

@@ -5,16 +5,19 @@
 //! of keys and that many 32-byte keys (every author and member named in the body, by
 //! index), then the body: the purge point and late count, the applied ids still kept,
 //! the store name register, the retention and horizon registers, the membership records,
-//! the tree (entries with their locations and deletion flags, then the move log suffix
-//! with undo records and the directory times each record replaced), and every file
-//! record (kind, registers, touched and listing ops, content groups with appends, heads,
-//! pending superseded ids). Integers in the body are LEB128 varints (signed ones zigzag), an op id is its
+//! the keys that left (a count, then their key indexes) and the delete record (a flag,
+//! then the op id of the smallest `DeleteStore`), the tree (entries with their locations
+//! and deletion flags, then the move log suffix with undo records and the directory
+//! times each record replaced), and every file record (kind, registers, touched and
+//! listing ops, content groups with appends, heads, pending superseded ids). Integers in
+//! the body are LEB128 varints (signed ones zigzag), an op id is its
 //! HLC then its author's key index; the fixed-width header integers are little-endian.
 //! See `fs::codec`. Encoding is deterministic (maps in key order), so encoding a decoded
 //! snapshot gives the same bytes.
 //!
-//! Formats 3 and 4 (builds before directory times) lack each directory's listing op and
-//! the move log's record of them, which only the ops can give back: they are refused
+//! Formats 3 and 4 (builds before directory times, leave and delete) lack each
+//! directory's listing op and the move log's record of them, which only the ops can
+//! give back: they are refused
 //! ([`FsState::predates_directory_times`]) and the store rebuilds the projection from
 //! its witness log. Format 2 (releases before issue 9) was the op log: a u64 op count,
 //! then per op the 32-byte author, a u32 length and that many bytes of `proto::fs::Op`,
@@ -71,7 +74,8 @@ impl FsState {
         seal(MAGIC, SNAPSHOT_VERSION, w)
     }
 
-    /// The store name, retention and horizon registers and the members.
+    /// The store name, retention and horizon registers, the members, the keys that
+    /// left and the delete record.
     pub(crate) fn encode_registers(&self, w: &mut Writer) {
         match &self.store_name {
             None => w.u8(0),
@@ -92,6 +96,14 @@ impl FsState {
             }
         }
         self.members.encode(w);
+        self.members.encode_left(w);
+        match &self.deleted {
+            None => w.u8(0),
+            Some(at) => {
+                w.u8(1);
+                w.id(at);
+            }
+        }
     }
 
     /// Rebuilds a state from a format 5 or 2 snapshot.
@@ -216,6 +228,11 @@ pub(crate) fn decode_registers(state: &mut FsState, r: &mut Reader) -> Result<()
     state.retention = days_register(r)?;
     state.horizon = days_register(r)?;
     state.members = Members::decode(r)?;
+    state.members.decode_left(r)?;
+    state.deleted = match r.bool()? {
+        false => None,
+        true => Some(r.id()?),
+    };
     Ok(())
 }
 

@@ -32,6 +32,8 @@ pub struct FsState {
     /// Days a silent member holds the stability frontier back, if an admin set it.
     pub(crate) horizon: Option<Lww<u32>>,
     pub(crate) members: Members,
+    /// The smallest `DeleteStore` op applied: the store is deleted for everyone.
+    pub(crate) deleted: Option<OpId>,
     /// The greatest `below` purged at: ops stamped before it are late.
     pub(crate) purged_below: Hlc,
     /// Late ops applied (stamped before `purged_below`, applied after the purge).
@@ -81,6 +83,7 @@ impl FsState {
             retention: None,
             horizon: None,
             members: Members::default(),
+            deleted: None,
             purged_below: Hlc::ZERO,
             late: 0,
             paged: false,
@@ -224,6 +227,10 @@ impl FsState {
                 invite,
             } => self.members.set(id, *key, *role, display_name, *invite),
             OpBody::RevokeMember { key, upto } => self.members.revoke(*key, *upto),
+            OpBody::Leave { upto } => self.members.leave(author, *upto),
+            OpBody::DeleteStore => {
+                self.deleted = Some(self.deleted.map_or(id, |d| d.min(id)));
+            }
             OpBody::Invite {
                 id: invite,
                 role,
@@ -394,6 +401,26 @@ impl FsState {
         self.members.cut(key)
     }
 
+    /// True if `key` left the store (its own `Leave`), rather than being revoked.
+    pub fn has_left(&self, key: &PublicKey) -> bool {
+        self.members.has_left(key)
+    }
+
+    /// Every key that left the store, in key order.
+    pub fn left(&self) -> Vec<PublicKey> {
+        self.members.left_keys()
+    }
+
+    /// The members that left, with the role and name they had, in key order.
+    pub fn left_members(&self) -> Vec<MemberInfo> {
+        self.members.left_list()
+    }
+
+    /// The op that deleted the store for everyone (the smallest, if several did).
+    pub fn deleted(&self) -> Option<OpId> {
+        self.deleted
+    }
+
     /// Every revoked key with its cut.
     pub fn revocation_cuts(&self) -> Vec<(PublicKey, u64)> {
         self.members.cuts().collect()
@@ -540,7 +567,9 @@ impl FsState {
             | OpBody::Invite { .. }
             | OpBody::RevokeInvite { .. }
             | OpBody::SetRetention { .. }
-            | OpBody::SetHorizon { .. } => None,
+            | OpBody::SetHorizon { .. }
+            | OpBody::Leave { .. }
+            | OpBody::DeleteStore => None,
         }
     }
 }

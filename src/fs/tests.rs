@@ -1196,6 +1196,22 @@ fn projections_written_before_directory_times_are_refused_and_named_for_a_rebuil
 }
 
 #[test]
+fn a_leave_and_a_delete_survive_a_snapshot_and_the_smallest_delete_holds() {
+    let mut s = FsState::new();
+    run(&mut s, 1, 9, OpBody::Leave { upto: 3 });
+    run(&mut s, 2, 12, OpBody::DeleteStore);
+    run(&mut s, 3, 11, OpBody::DeleteStore);
+    let decoded = FsState::decode_snapshot(&s.encode_snapshot()).unwrap();
+    assert_eq!(decoded.left(), s.left());
+    assert_eq!(decoded.left().len(), 1);
+    let leaver = decoded.left()[0];
+    assert_eq!(decoded.revocation_cut(&leaver), Some(3));
+    assert!(decoded.has_left(&leaver));
+    assert_eq!(decoded.deleted().map(|d| d.hlc.wall_ms), Some(11));
+    assert_eq!(decoded.canonical_dump(), s.canonical_dump());
+}
+
+#[test]
 fn a_snapshot_of_another_format_version_is_refused() {
     let mut s = FsState::new();
     mkfile(&mut s, 1, 10, OpId::ROOT, "a", "x");

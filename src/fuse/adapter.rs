@@ -158,7 +158,9 @@ impl LatticeFs {
         if let Some(s) = self.stores.read().get(&id) {
             return Ok(s.clone());
         }
+        // Refilled from the node's list, so a store removed since (left) is dropped.
         let mut map = self.stores.write();
+        map.clear();
         for s in self.node.stores() {
             map.insert(s.id(), s);
         }
@@ -373,6 +375,11 @@ impl LatticeFs {
         let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         if write && matches!(key, Key::Conflict(..)) {
             return Err(Fail::Fs(FsError::ReadOnly));
+        }
+        if let (true, Key::File(sid, _)) = (write, key) {
+            if self.store(sid)?.is_deleted() {
+                return Err(Fail::Fs(FsError::ReadOnly));
+            }
         }
         let keep = self.kernel_cache_valid(key);
         let fh = self.new_handle(Handle::File(FileRef {
@@ -951,6 +958,16 @@ impl Filesystem for LatticeFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if parent.0 == MOUNT_ROOT {
+            // A store is not a directory to remove: leaving it is a decision with its
+            // own command. EBUSY, as for a mount point, says "in use", not "forbidden".
+            let name = name.to_string_lossy();
+            tracing::warn!(
+                "rmdir of store {name:?} at the mount root refused: to stop sharing it, run `lattice-mount leave {name}`"
+            );
+            reply_empty(reply, Err(Fail::Errno(libc::EBUSY)));
+            return;
+        }
         reply_empty(reply, self.do_remove(parent, name, true));
     }
 

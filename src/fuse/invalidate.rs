@@ -114,6 +114,7 @@ impl Kernel {
                         break;
                     }
                     self.watch_new_stores(&tx);
+                    self.forget_gone_stores();
                     self.inval_inode(MOUNT_ROOT);
                 }
                 Some(change) = rx.recv() => match change {
@@ -140,6 +141,23 @@ impl Kernel {
                 store.read(|s| s.store_name().map(str::to_owned)),
             );
             tokio::spawn(forward(store, tx.clone()));
+        }
+    }
+
+    /// Drops the kernel's entry of each store no longer on the node (left), so its
+    /// directory disappears from the mount root at once.
+    fn forget_gone_stores(&mut self) {
+        let held: BTreeSet<StoreId> = self.node.stores().iter().map(|s| s.id()).collect();
+        let gone: Vec<(StoreId, Option<String>)> = self
+            .names
+            .iter()
+            .filter(|(id, _)| !held.contains(id))
+            .map(|(id, name)| (*id, name.clone()))
+            .collect();
+        for (id, name) in gone {
+            self.names.remove(&id);
+            let shown = name.unwrap_or_else(|| id.to_hex());
+            self.inval_entry(MOUNT_ROOT, shown.as_bytes());
         }
     }
 

@@ -174,6 +174,8 @@ pub(crate) fn body() -> impl Strategy<Value = OpBody> {
         (0..=crate::fs::op::MAX_RETENTION_DAYS).prop_map(|days| OpBody::SetRetention { days }),
         (crate::fs::op::MIN_HORIZON_DAYS..=crate::fs::op::MAX_HORIZON_DAYS)
             .prop_map(|days| OpBody::SetHorizon { days }),
+        (1..u64::MAX).prop_map(|upto| OpBody::Leave { upto }),
+        Just(OpBody::DeleteStore),
     ]
 }
 

@@ -134,6 +134,8 @@ pub struct PeerInfo {
     pub last_seen: Option<Duration>,
     /// Remembered direct addresses.
     pub addrs: Vec<SocketAddr>,
+    /// It left the store (its own `Leave`): no longer a member.
+    pub left: bool,
 }
 
 /// Network state of one store as `status` shows it.
@@ -362,6 +364,15 @@ impl Net {
         client::revoke(&self.shared, name, target).await
     }
 
+    /// Stops the replica of `store` (left or deleted here), before the node removes it.
+    pub async fn forget(&self, store: &Store) {
+        let handle = self.shared.replicas.lock().remove(&store.id());
+        if let Some(h) = handle {
+            h.stop().await;
+        }
+        self.shared.settings.lock().remove(&store.id());
+    }
+
     /// Network state of `store` for `status`.
     pub fn store_net(&self, store: &Store) -> StoreNet {
         self.shared.store_net(store)
@@ -494,15 +505,17 @@ impl Shared {
 
     fn peer_infos(&self, store: &Store) -> Vec<PeerInfo> {
         let me = self.me();
-        let members: Vec<(PublicKey, Role, String)> = store.read(|s| {
-            s.members()
-                .into_iter()
-                .map(|m| (m.key, m.role, m.display_name))
+        let members: Vec<(PublicKey, Role, String, bool)> = store.read(|s| {
+            let current = s.members().into_iter().map(|m| (m, false));
+            let left = s.left_members().into_iter().map(|m| (m, true));
+            current
+                .chain(left)
+                .map(|(m, left)| (m.key, m.role, m.display_name, left))
                 .collect()
         });
         members
             .into_iter()
-            .map(|(key, role, name)| {
+            .map(|(key, role, name, left)| {
                 let st = self.peers.state(&key);
                 PeerInfo {
                     key,
@@ -516,6 +529,7 @@ impl Shared {
                     } else {
                         st.addrs
                     },
+                    left,
                 }
             })
             .collect()

@@ -144,7 +144,9 @@ fn paths(
         | OpBody::Invite { .. }
         | OpBody::RevokeInvite { .. }
         | OpBody::SetRetention { .. }
-        | OpBody::SetHorizon { .. } => (store_name.to_string(), None),
+        | OpBody::SetHorizon { .. }
+        | OpBody::Leave { .. }
+        | OpBody::DeleteStore => (store_name.to_string(), None),
     }
 }
 
@@ -172,5 +174,7 @@ fn kind(body: &OpBody) -> &'static str {
         OpBody::RevokeInvite { .. } => "revoke-invite",
         OpBody::SetRetention { .. } => "retention",
         OpBody::SetHorizon { .. } => "horizon",
+        OpBody::Leave { .. } => "leave",
+        OpBody::DeleteStore => "delete-store",
     }
 }

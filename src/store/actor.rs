@@ -473,7 +473,15 @@ impl Actor {
             if revised {
                 // Seal the ops pushed since the batch was taken, so the rebuilt
                 // projection still holds them.
-                let late = mem::take(&mut shared.mailbox.lock().ops);
+                let mut late = mem::take(&mut shared.mailbox.lock().ops);
+                // A leave is applied when sealed, under the lock held here: it and what
+                // follows it wait for the next batch.
+                let leave = late
+                    .iter()
+                    .position(|q| matches!(q.op.body, OpBody::Leave { .. }));
+                if let Some(at) = leave {
+                    shared.mailbox.lock().ops = late.split_off(at);
+                }
                 seal_local(&mut t, &cx, &mut self.counts, &shared.identity, late)?;
                 revise(&mut t, &cx, &mut self.counts, &mut st)?;
             }
@@ -711,6 +719,8 @@ fn names_file(author: crate::identity::PublicKey, op: &Op, file: FileId) -> bool
         | OpBody::Invite { .. }
         | OpBody::RevokeInvite { .. }
         | OpBody::SetRetention { .. }
-        | OpBody::SetHorizon { .. } => false,
+        | OpBody::SetHorizon { .. }
+        | OpBody::Leave { .. }
+        | OpBody::DeleteStore => false,
     }
 }

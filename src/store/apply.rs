@@ -30,7 +30,8 @@
 //!    same verdict. A is then treated as revoked just before its fork: its applied
 //!    intentions from there on are voided (`cut`) and later ones refused and recorded.
 //! 6. A's role at s must be Writer, or Admin if the intention holds a system op
-//!    ([`StoreError::NotMember`], [`StoreError::NotAdmin`]). A `SetMember` for A has a
+//!    ([`StoreError::NotMember`], [`StoreError::NotAdmin`]); any role, Reader
+//!    included, for an intention that only leaves. A `SetMember` for A has a
 //!    position: the chain seq of A's latest intention that the intention holding it
 //!    names (0 if none; an honest admin names A's tip). A's role at s is that of its
 //!    latest counting `SetMember` (by op id) positioned before s. So a demotion takes
@@ -39,6 +40,14 @@
 //!    are not recorded, since an honest author's grant is always in its causal past,
 //!    unless A once had a role covering the intention: then A was demoted, which is
 //!    as final as a revocation ([`StoreError::Demoted`], recorded).
+//! 7. A `Leave` is the only op of its intention and names the intention's own chain
+//!    seq s ([`StoreError::BadLeave`]): its author is then cut at s like a revoked
+//!    member, so every replica stops counting it once it holds the chain up to s.
+//! 8. A deleted store (its projection holds a `DeleteStore`) admits nothing more
+//!    ([`StoreError::Deleted`]): what a member keeps is the delete's causal past plus
+//!    what it had already applied when the delete arrived. A refused intention is
+//!    recorded (as past a cut), so dependents resolve and reconciliation stops
+//!    offering it; the projection is unchanged.
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -148,6 +157,8 @@ pub(crate) fn is_refusal(e: &StoreError) -> bool {
             | StoreError::Demoted { .. }
             | StoreError::Stale { .. }
             | StoreError::FloatingFull(_)
+            | StoreError::BadLeave { .. }
+            | StoreError::Deleted
     )
 }
 
@@ -189,7 +200,8 @@ pub(crate) fn apply_remote(
         Err(
             e @ (StoreError::Revoked { .. }
             | StoreError::Equivocation { .. }
-            | StoreError::Demoted { .. }),
+            | StoreError::Demoted { .. }
+            | StoreError::Deleted),
         ) => {
             wake(t, cx, counts, i.hash)?;
             Err(e)
@@ -247,10 +259,34 @@ pub(crate) fn seal_local(
     let mut ops = Vec::new();
     let mut touched = Vec::new();
     let mut size = 0;
-    for q in batch {
+    let mut batch = batch.into_iter();
+    for q in batch.by_ref() {
+        if let OpBody::Leave { .. } = q.op.body {
+            if !ops.is_empty() {
+                seal_one(
+                    t,
+                    cx,
+                    counts,
+                    identity,
+                    std::mem::take(&mut ops),
+                    Some(&touched),
+                )?;
+                sealed += 1;
+            }
+            seal_leave(t, cx, counts, identity, q.op)?;
+            sealed += 1;
+            break;
+        }
         let s = op_size(&q.op);
         if !ops.is_empty() && size + s > MAX_INTENTION_OPS_BYTES {
-            seal_one(t, cx, counts, identity, std::mem::take(&mut ops), &touched)?;
+            seal_one(
+                t,
+                cx,
+                counts,
+                identity,
+                std::mem::take(&mut ops),
+                Some(&touched),
+            )?;
             touched.clear();
             sealed += 1;
             size = 0;
@@ -259,11 +295,34 @@ pub(crate) fn seal_local(
         ops.push(q.op);
         touched.push(q.touched);
     }
+    let dropped = batch.count();
+    if dropped > 0 {
+        // Pushed in the instant before the leave applied: past the leave's cut, every
+        // replica would refuse them, and the store's data is about to go.
+        tracing::warn!(
+            dropped,
+            "local ops pushed after leaving the store are not sealed"
+        );
+    }
     if !ops.is_empty() {
-        seal_one(t, cx, counts, identity, ops, &touched)?;
+        seal_one(t, cx, counts, identity, ops, Some(&touched))?;
         sealed += 1;
     }
     Ok(sealed)
+}
+
+/// Seals this node's `Leave` alone at the next seq of its chain, which it names (rule
+/// 7), and applies it to the projection (it was queued unapplied: see `Store::leave`).
+fn seal_leave(
+    t: &mut Tables<'_>,
+    cx: &Ctx<'_>,
+    counts: &mut Counts,
+    identity: &Identity,
+    mut op: Op,
+) -> Result<(), StoreError> {
+    let upto = crate::store::frontier::chain_len(&t.chain, &identity.public())? + 1;
+    op.body = OpBody::Leave { upto };
+    seal_one(t, cx, counts, identity, vec![op], None)
 }
 
 /// Encoded bytes `op` adds to an op batch (field tag, length, message).
@@ -278,7 +337,7 @@ fn seal_one(
     counts: &mut Counts,
     identity: &Identity,
     ops: Vec<Op>,
-    touched: &[Option<FileId>],
+    touched: Option<&[Option<FileId>]>,
 ) -> Result<(), StoreError> {
     let me = identity.public();
     let prev = t.tip(&me)?.map(|(h, _)| h);
@@ -306,7 +365,7 @@ fn seal_one(
     if !is_genesis(cx, counts.intentions, &i) {
         check_order(t, &i)?;
     }
-    integrate(t, cx, counts, &i, Some(touched))?;
+    integrate(t, cx, counts, &i, touched)?;
     t.meta.insert(META_LAST_LOCAL_HLC, &hlc_bytes(i.hlc)[..])?;
     cx.effects.borrow_mut().sealed.push(i.bytes.clone());
     Ok(())
@@ -565,11 +624,46 @@ pub(crate) fn check_authority(
     seq: u64,
 ) -> Result<(), StoreError> {
     let role = role_at(t, state, &i.author, seq)?;
-    if !role.is_some_and(|r| r.covers(Role::Writer)) {
+    let need = needed_role(i);
+    let member = if need == Role::Reader {
+        Role::Reader
+    } else {
+        Role::Writer
+    };
+    if !role.is_some_and(|r| r.covers(member)) {
         return Err(StoreError::NotMember(i.author));
     }
-    if i.ops.iter().any(|op| op.body.is_system()) && role != Some(Role::Admin) {
+    if need == Role::Admin && role != Some(Role::Admin) {
         return Err(StoreError::NotAdmin(i.author));
+    }
+    Ok(())
+}
+
+/// The least role that may author `i`: Admin for a system op, Reader for an intention
+/// that only leaves, Writer otherwise.
+fn needed_role(i: &Intention) -> Role {
+    if i.ops.iter().any(|op| op.body.is_system()) {
+        Role::Admin
+    } else if i
+        .ops
+        .iter()
+        .all(|op| matches!(op.body, OpBody::Leave { .. }))
+    {
+        Role::Reader
+    } else {
+        Role::Writer
+    }
+}
+
+/// Rule 7 of the module doc: a `Leave` is alone in its intention and names its seq.
+fn check_leave(i: &Intention, seq: u64) -> Result<(), StoreError> {
+    let leaves = i
+        .ops
+        .iter()
+        .any(|op| matches!(op.body, OpBody::Leave { .. }));
+    let alone = matches!(&i.ops[..], [Op { body: OpBody::Leave { upto }, .. }] if *upto == seq);
+    if leaves && !alone {
+        return Err(StoreError::BadLeave { hash: i.hash, seq });
     }
     Ok(())
 }
@@ -592,11 +686,7 @@ pub(crate) fn role_at(
 
 /// True if some counting grant of `i`'s author, wherever placed, covers `i`.
 fn was_covered(state: &FsState, i: &Intention) -> bool {
-    let need = if i.ops.iter().any(|op| op.body.is_system()) {
-        Role::Admin
-    } else {
-        Role::Writer
-    };
+    let need = needed_role(i);
     state
         .grants(&i.author)
         .iter()
@@ -697,6 +787,11 @@ fn admit(
     if is_genesis(cx, counts.intentions, i) {
         return Ok(());
     }
+    if cx.state.read().deleted().is_some() {
+        refuse(t, cx, i, seq)?;
+        return Err(StoreError::Deleted);
+    }
+    check_leave(i, seq)?;
     check_cut(t, cx, i, seq)?;
     let equivocation = StoreError::Equivocation {
         author: i.author,

@@ -36,6 +36,17 @@ pub enum StoreError {
         /// The refused intention.
         hash: Hash,
     },
+    /// A `Leave` that is not the only op of its intention or names another chain seq.
+    #[error("intention {hash} holds a malformed leave (its chain seq is {seq})")]
+    BadLeave {
+        /// The intention.
+        hash: Hash,
+        /// Its place in its author's chain.
+        seq: u64,
+    },
+    /// The store was deleted by an admin: it admits no more intentions.
+    #[error("the store was deleted by an admin")]
+    Deleted,
     /// The author was revoked and the intention lies past the revocation's cut.
     #[error("author {author:?} was revoked after {upto} intentions; this is its #{seq}")]
     Revoked {
@@ -176,4 +187,22 @@ pub enum InviteError {
     /// The store failed or is shut down.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Why leaving or deleting a store was refused; nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LeaveError {
+    /// This node is not a member of the store (it was revoked, or never joined).
+    #[error("this node is not a member of the store")]
+    NotMember,
+    /// Deleting needs the admin role.
+    #[error("only an admin may delete a store")]
+    NotAdmin,
+    /// The op is invalid (see `Op::validate`).
+    #[error("invalid op: {0}")]
+    Op(#[from] OpError),
+    /// The store failed or is shut down.
+    #[error(transparent)]
+    Store(StoreError),
 }

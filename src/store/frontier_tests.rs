@@ -295,3 +295,26 @@ fn a_member_silent_past_the_horizon_an_admin_set_stops_holding_the_frontier() {
     a.store.flush().expect("flush");
     silent_past(&a, &b, MS_PER_DAY);
 }
+
+#[test]
+fn a_member_that_left_counts_until_its_chain_is_held_up_to_the_leave_then_never() {
+    let (a, b) = pair();
+    b.write("one");
+    a.pull(&b);
+    let from_b = attest(&b, &a);
+    b.write("two");
+    b.store.leave().expect("a member leaves");
+    a.write("x");
+    assert_eq!(
+        a.below(),
+        from_b.floor,
+        "b's later intentions may still come"
+    );
+    assert_eq!(a.store.frontier().expect("a frontier").members, 2);
+    a.pull(&b);
+    assert!(a.store.read(|s| s.has_left(&b.key())));
+    a.write("y");
+    let f = a.store.frontier().expect("a frontier");
+    assert_eq!(f.members, 1, "all of b up to its leave is here");
+    assert!(f.below > from_b.floor);
+}

@@ -55,7 +55,8 @@
 //! a woken one whose author is not a member is dropped. A revocation, a proven fork or
 //! a demotion applied after intentions it cuts voids them and rebuilds the projection
 //! (`cut`). Members, invites
-//! and revocation are driven through `members` (admin only).
+//! and revocation are driven through `members` (admin only); leaving (any member) and
+//! deleting (admin only) through `leave`. A deleted store admits nothing more.
 //!
 //! ## Local writes
 //! [`Store::write`] runs a closure under the projection's write lock; each [`Tx::push`]
@@ -84,6 +85,9 @@ mod frontier;
 #[cfg(test)]
 mod frontier_tests;
 mod index;
+mod leave;
+#[cfg(test)]
+mod leave_tests;
 #[cfg(test)]
 mod member_tests;
 mod members;
@@ -117,7 +121,7 @@ pub(crate) use apply::is_refusal;
 pub use apply::{MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER};
 #[cfg(any(test, feature = "bench"))]
 pub(crate) use apply::{MAX_FLOATING_PER_AUTHOR, MAX_FLOATING_STRANGERS};
-pub use error::{InviteError, StoreError};
+pub use error::{InviteError, LeaveError, StoreError};
 pub use frontier::Standing;
 #[cfg(any(test, feature = "bench"))]
 pub(crate) use index::IndexSession;
@@ -332,6 +336,10 @@ impl Tx<'_> {
     /// any is applied: an op that no replica would accept (or that alone is larger than
     /// [`MAX_INTENTION_OPS_BYTES`]) is refused here, so sealing never meets one.
     pub fn push(&mut self, body: OpBody) -> Result<OpId, OpError> {
+        if matches!(body, OpBody::Leave { .. }) {
+            // Its seq is known only when sealed: `Store::leave` queues it.
+            return Err(OpError::BadLeave);
+        }
         let bodies = self.state.bounded(body);
         for body in &bodies {
             let op = Op {
@@ -704,7 +712,10 @@ impl Store {
                 Some(Role::Admin | Role::Writer) => Ok(()),
                 _ => Err(FsError::ReadOnly),
             },
-            |e| FsError::Io(e.to_string()),
+            |e| match e {
+                StoreError::Deleted => FsError::ReadOnly,
+                e => FsError::Io(e.to_string()),
+            },
             f,
         )
     }
@@ -722,6 +733,9 @@ impl Store {
         let mut state = shared.state.write();
         if let Some(e) = shared.mailbox.lock().refusal() {
             return Err(closed(e));
+        }
+        if state.deleted().is_some() {
+            return Err(closed(StoreError::Deleted));
         }
         allowed(state.member(&me).map(|(role, _)| role))?;
         let mut tx = Tx {

@@ -40,6 +40,10 @@ impl ReplicaStore for Store {
         self.read(|s| s.member(key).is_some())
     }
 
+    fn is_deleted(&self) -> bool {
+        Store::is_deleted(self)
+    }
+
     fn revoked(&self) -> Vec<PublicKey> {
         self.read(|s| s.revocation_cuts().into_iter().map(|(k, _)| k).collect())
     }

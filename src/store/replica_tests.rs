@@ -872,3 +872,49 @@ fn a_member_silent_past_the_horizon_returns_and_all_its_concurrent_writes_surviv
 fn a_member_silent_past_a_horizon_the_admin_set_returns_and_all_its_concurrent_writes_survive() {
     silent_member_returns(Some(2));
 }
+
+#[test]
+fn a_leave_reaches_the_members_and_a_leaver_is_then_refused_as_not_a_member() {
+    let (mut w, ids) = team(2);
+    let leaver = ids[2].public();
+    w.nodes[2].store.leave().expect("a member leaves");
+    w.feed(2, Event::Sync(Ticket(1)));
+    for n in &w.nodes[..2] {
+        assert!(n.store.read(|s| s.has_left(&leaver)));
+    }
+    // By gossip or by the pass: either way a member that holds the leave confirms it,
+    // by reconciling or by refusing the leaver as no longer a member.
+    let report = w.synced(2).pop().expect("answered");
+    assert_eq!(
+        report.peers as usize + report.disowned.len(),
+        2,
+        "{report:?}"
+    );
+    w.feed(2, Event::Sync(Ticket(2)));
+    let again = w.synced(2).pop().expect("answered");
+    assert_eq!(again.disowned.len(), 2, "{again:?}");
+}
+
+#[test]
+fn a_deleted_store_starts_no_pass_of_its_own_but_still_answers() {
+    let (mut w, _) = team(1);
+    w.nodes[0].store.delete().expect("the admin deletes");
+    w.feed(0, Event::Sync(Ticket(1)));
+    assert!(
+        w.nodes[1].store.is_deleted(),
+        "the asked-for sync carried it"
+    );
+    let before = w.log.len();
+    w.advance(LATER);
+    let sent = w.log[before..]
+        .iter()
+        .any(|(_, a)| matches!(a, Action::Send { .. }));
+    assert!(
+        !sent,
+        "no timed pass on a deleted store: {:?}",
+        &w.log[before..]
+    );
+    w.feed(1, Event::Sync(Ticket(2)));
+    let report = w.synced(1).pop().expect("answered");
+    assert_eq!(report.peers, 1, "a deleted store still answers: {report:?}");
+}

@@ -47,6 +47,8 @@ pub(crate) trait ReplicaStore {
     fn is_member(&self, key: &PublicKey) -> bool;
     /// The revoked keys.
     fn revoked(&self) -> Vec<PublicKey>;
+    /// Whether an admin deleted the store: it admits nothing more.
+    fn is_deleted(&self) -> bool;
     /// The content pieces (empty without blobs) of each of `files`, or of every file
     /// if `None`, in order, from one read.
     fn file_pieces(&self, files: Option<Vec<FileId>>) -> Vec<(FileId, Vec<Content>)>;

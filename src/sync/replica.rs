@@ -313,6 +313,9 @@ pub struct SyncReport {
     pub peers: u32,
     /// Members that could not be reached, with why.
     pub failed: Vec<(PublicKey, String)>,
+    /// Those of `failed` that refused this node as not a member: they hold its leave
+    /// (or a revocation of it).
+    pub disowned: Vec<PublicKey>,
     /// Totals over the rounds.
     pub total: RoundReport,
 }
@@ -651,7 +654,7 @@ impl<S: ReplicaStore> Replica<S> {
     /// Asks the driver to wake it at the earliest due time, if that changed.
     fn wake(&mut self, now: Millis, out: &mut Vec<Action>) {
         let mut due = self.resubscribe;
-        if !self.mode.paused && self.pass.is_none() {
+        if !self.mode.paused && self.pass.is_none() && !self.store.is_deleted() {
             let pass = self.schedule.due(now);
             due = Some(due.map_or(pass, |d| d.min(pass)));
         }
@@ -670,7 +673,9 @@ impl<S: ReplicaStore> Replica<S> {
             self.resubscribe = None;
             self.subscribe(out);
         }
-        if self.pass.is_none() && self.schedule.due(now) <= now {
+        // A deleted store starts no pass of its own: it admits nothing more, and still
+        // answers (and runs an asked-for `sync`) so the delete reaches every member.
+        if self.pass.is_none() && self.schedule.due(now) <= now && !self.store.is_deleted() {
             if self.secret.is_none() {
                 self.ask_secret(out);
             }
@@ -1020,6 +1025,11 @@ impl<S: ReplicaStore> Replica<S> {
                             out.push(Action::Redial(peer));
                             self.redial_round(peer, out);
                             return;
+                        }
+                        if let (Failure::Refused(r), Some(pass)) = (&failure, &mut self.pass) {
+                            if r.code == RefusalCode::NotMember {
+                                pass.report.disowned.push(peer);
+                            }
                         }
                         Some(Err(failure_text(&peer, &failure)))
                     }
