@@ -43,7 +43,9 @@ pub use fuse::{mount, FuseError, MountGuard};
 pub use hlc::{civil_from_days, now_ms, Clock, Hlc};
 pub use identity::{unhex, Identity, IdentityError, PublicKey};
 pub use ids::{FileId, Hash, OpId, StoreId};
-pub use intention::{Intention, IntentionError, MAX_INTENTION_OPS_BYTES};
+pub use intention::{
+    signed_parts, signing_message, Intention, IntentionError, MAX_INTENTION_OPS_BYTES,
+};
 pub use net::settings::FetchMode;
 pub use net::{
     DialError, JoinProgress, Net, NetConfig, NetError, PeerInfo, Relay, Revoked, RoundReport,
@@ -52,15 +54,15 @@ pub use net::{
     SYNC_ALPN,
 };
 pub use node::{
-    check_display_name, store_name, Change, Conflict, ConflictError, DeletedFile, HistoryOp,
-    JoinState, Keep, LiveVersion, Node, NodeError, Pick, Resolution, RestoreError, Restored,
-    Unreadable, Version, VersionState, MIN_VERSION_PREFIX,
+    check_display_name, store_name, Change, Conflict, ConflictError, DeletedFile, FileProof,
+    HistoryOp, JoinState, Keep, LiveVersion, Node, NodeError, Pick, ProvenVersion, Resolution,
+    RestoreError, Restored, Unreadable, Version, VersionOp, VersionState, MIN_VERSION_PREFIX,
 };
 pub use store::{
-    is_retained, ApplyOutcome, BareIndex, ContentPlan, Equivocator, HistoryItem, IndexView,
-    InviteError, SettingError, Standing, Store, StoreError, StoreEvent, StoreStats, Tx,
-    WitnessBatch, DB_FILE, MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER, MS_PER_DAY,
-    SCHEMA_VERSION,
+    is_retained, ApplyOutcome, Authority, BareIndex, CheckedIntention, ContentPlan, Equivocator,
+    HistoryItem, IndexView, InviteError, Proof, SettingError, Standing, Store, StoreError,
+    StoreEvent, StoreStats, Tx, VerifyFailure, WitnessBatch, DB_FILE, MAX_CLOCK_SKEW_MS,
+    MAX_FLOATING_PER_STRANGER, MS_PER_DAY, SCHEMA_VERSION,
 };
 pub use sync::frontier::{
     AttestError, Attestation, Blocker, Frontier, Holdback, MAX_ATTESTED_AUTHORS,
