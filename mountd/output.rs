@@ -2,12 +2,12 @@
 
 use std::fmt::Write;
 
-use lattice_mount::civil_from_days;
 use lattice_mount::proto::control::{
     ConflictsResponse, FrontierStatus, GcResponse, HistoryEntry, HistoryResponse, JoinProgress,
-    PeerEntry, ResolveResponse, RestoreResponse, StatusResponse, StoreSetting, SyncResponse,
-    VersionEntry, WatchEvent,
+    PeerEntry, ResolveResponse, RestoreResponse, SignedIntentionEntry, StatusResponse,
+    StoreSetting, SyncResponse, VerifyResponse, VersionEntry, WatchEvent,
 };
+use lattice_mount::{civil_from_days, hex};
 
 /// Human status: the node, then a table of stores.
 pub fn status_human(s: &StatusResponse) -> String {
@@ -425,12 +425,209 @@ pub fn history_json(path: &str, h: &HistoryResponse) -> String {
         })
         .collect();
     format!(
-        "{{\"path\":{},\"entries\":[{}],\"versions\":{},\"omitted\":{}}}",
+        "{{\"path\":{},\"entries\":[{}],\"versions\":{},\"omitted\":{},\
+         \"intentions\":[{}],\"intentions_omitted\":{}}}",
         json_string(path),
         items.join(","),
         versions_json(&h.versions),
-        h.omitted
+        h.omitted,
+        h.signed
+            .iter()
+            .map(signed_json)
+            .collect::<Vec<_>>()
+            .join(","),
+        h.signed_omitted
     )
+}
+
+/// One intention's signed form as JSON, its bytes in hex (see `SignedIntentionEntry`).
+fn signed_json(s: &SignedIntentionEntry) -> String {
+    format!(
+        "{{\"hash\":{},\"author\":{},\"prev\":{},\"deps\":{},\"signature\":{},\
+         \"signing_message\":{},\"body\":{}}}",
+        json_string(&s.hash),
+        json_string(&s.author),
+        json_opt(&s.prev),
+        json_strings(&s.deps),
+        json_string(&hex(&s.signature)),
+        json_string(&hex(&s.signing_message)),
+        json_string(&hex(&s.body))
+    )
+}
+
+/// Human `verify`: a verdict line, each live version with the ops that made it and the
+/// intentions carrying them, every intention checked with its authority, and where the
+/// proof ends (the genesis, or the frontier below which history was purged).
+pub fn verify_human(v: &VerifyResponse) -> String {
+    let mut out = String::new();
+    let verdict = match v.failures.len() {
+        0 => "verified".to_string(),
+        n => format!("NOT verified, {n} failure(s)"),
+    };
+    let _ = writeln!(
+        out,
+        "{}: {verdict}: {} live version(s), {} intention(s) checked",
+        printable(&v.path),
+        v.versions.len(),
+        v.intentions.len()
+    );
+    let name_of = |key: &str| {
+        v.intentions.iter().find(|i| i.author == key).map_or_else(
+            || member_label("", key),
+            |i| member_label(&i.author_name, key),
+        )
+    };
+    for version in &v.versions {
+        let _ = writeln!(
+            out,
+            "version {}  {}  {} bytes  {}",
+            version.version.get(..16).unwrap_or(&version.version),
+            if version.winner {
+                "current"
+            } else {
+                "conflict copy"
+            },
+            version.size,
+            printable(&version.shown)
+        );
+        for op in &version.ops {
+            let carried = match op.intention.get(..16) {
+                Some(h) => format!("in {h}"),
+                None => "in no intention held here".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<6}  {}  {}  {carried}",
+                op.op,
+                utc_time(op.hlc_wall_ms),
+                name_of(&op.author)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "intentions (hash recomputed from the stored bytes, Ed25519 signature checked):"
+    );
+    let authors: Vec<String> = v
+        .intentions
+        .iter()
+        .map(|i| member_label(&i.author_name, &i.author))
+        .collect();
+    let width = authors.iter().map(|a| a.chars().count()).max().unwrap_or(0);
+    for (i, author) in v.intentions.iter().zip(&authors) {
+        let authority = match (i.authority.as_str(), i.granted_by.get(..16)) {
+            ("", _) => "NO AUTHORITY".to_string(),
+            ("genesis", _) => "genesis, signed by the founder".to_string(),
+            (role, Some(by)) => format!("{role}, granted in {by}"),
+            (role, None) => role.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  {}  {author:<width$}  #{:<4} {}  {authority}  links {}/{} held",
+            i.hash.get(..16).unwrap_or(&i.hash),
+            i.seq,
+            utc_time(i.hlc_wall_ms),
+            i.links_held,
+            i.deps.len() + usize::from(!i.prev.is_empty())
+        );
+    }
+    let end = match (v.purged_below_ms, v.genesis.get(..16)) {
+        (Some(below), _) => format!(
+            "verified back to {}; earlier history purged at the frontier",
+            utc_time(below)
+        ),
+        (None, Some(genesis)) => format!(
+            "verified back to the genesis {genesis} of founder {}",
+            name_of(&v.founder)
+        ),
+        (None, None) => "the genesis was not reached".to_string(),
+    };
+    let _ = writeln!(out, "{end}");
+    out
+}
+
+/// `verify` as one JSON object.
+pub fn verify_json(v: &VerifyResponse) -> String {
+    let versions: Vec<String> = v
+        .versions
+        .iter()
+        .map(|version| {
+            let ops: Vec<String> = version
+                .ops
+                .iter()
+                .map(|op| {
+                    format!(
+                        "{{\"op\":{},\"intention\":{},\"author\":{},\"time\":{},\
+                         \"hlc_wall_ms\":{}}}",
+                        json_string(&op.op),
+                        json_opt(&op.intention),
+                        json_string(&op.author),
+                        json_string(&utc_time(op.hlc_wall_ms)),
+                        op.hlc_wall_ms
+                    )
+                })
+                .collect();
+            format!(
+                "{{\"version\":{},\"winner\":{},\"size\":{},\"shown\":{},\"ops\":[{}]}}",
+                json_string(&version.version),
+                version.winner,
+                version.size,
+                json_string(&version.shown),
+                ops.join(",")
+            )
+        })
+        .collect();
+    let intentions: Vec<String> = v
+        .intentions
+        .iter()
+        .map(|i| {
+            format!(
+                "{{\"hash\":{},\"author\":{},\"author_name\":{},\"seq\":{},\
+                 \"hlc_wall_ms\":{},\"hlc_counter\":{},\"prev\":{},\"deps\":{},\
+                 \"links_held\":{},\"authority\":{},\"granted_by\":{}}}",
+                json_string(&i.hash),
+                json_string(&i.author),
+                json_string(&i.author_name),
+                i.seq,
+                i.hlc_wall_ms,
+                i.hlc_counter,
+                json_opt(&i.prev),
+                json_strings(&i.deps),
+                i.links_held,
+                json_opt(&i.authority),
+                json_opt(&i.granted_by)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"path\":{},\"verified\":{},\"founder\":{},\"founder_name\":{},\
+         \"genesis\":{},\"purged_below_ms\":{},\"versions\":[{}],\"intentions\":[{}],\
+         \"failures\":{}}}",
+        json_string(&v.path),
+        v.failures.is_empty(),
+        json_string(&v.founder),
+        json_string(&v.founder_name),
+        json_opt(&v.genesis),
+        v.purged_below_ms
+            .map_or_else(|| "null".to_string(), |ms| ms.to_string()),
+        versions.join(","),
+        intentions.join(","),
+        json_strings(&v.failures)
+    )
+}
+
+/// A JSON string literal for `s`, or `null` when it is empty.
+fn json_opt(s: &str) -> String {
+    match s {
+        "" => "null".to_string(),
+        s => json_string(s),
+    }
+}
+
+/// A JSON array of string literals.
+fn json_strings(items: &[String]) -> String {
+    let items: Vec<String> = items.iter().map(|s| json_string(s)).collect();
+    format!("[{}]", items.join(","))
 }
 
 /// Human versions: a heading, then one line per version (time, author, intention,

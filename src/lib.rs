@@ -41,7 +41,7 @@ pub use fs::{
 };
 pub use fuse::{mount, FuseError, MountGuard};
 pub use hlc::{civil_from_days, now_ms, Clock, Hlc};
-pub use identity::{unhex, Identity, IdentityError, PublicKey};
+pub use identity::{hex, unhex, Identity, IdentityError, PublicKey};
 pub use ids::{FileId, Hash, OpId, StoreId};
 pub use intention::{
     signed_parts, signing_message, Intention, IntentionError, MAX_INTENTION_OPS_BYTES,
