@@ -156,7 +156,10 @@ fn an_overwritten_file_is_restored_byte_for_byte_through_the_mount() {
     assert!(err.contains("no such file"), "{err}");
     // Who wrote the current version, proven from the local store.
     let proof = ok(&d, &["verify", p]);
-    assert!(proof.starts_with("docs/report.bin: verified: 1 live version(s)"), "{proof}");
+    assert!(
+        proof.starts_with("docs/report.bin: verified: 1 live version(s)"),
+        "{proof}"
+    );
     assert!(proof.contains("verified back to the genesis"), "{proof}");
     let proof = ok(&d, &["verify", p, "--json"]);
     assert!(proof.contains("\"verified\":true") && proof.contains("\"failures\":[]"));
