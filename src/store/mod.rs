@@ -55,7 +55,9 @@
 //! a woken one whose author is not a member is dropped. A revocation, a proven fork or
 //! a demotion applied after intentions it cuts voids them and rebuilds the projection
 //! (`cut`). Members, invites
-//! and revocation are driven through `members` (admin only).
+//! and revocation are driven through `members` (admin only). [`Store::verify`] runs
+//! the same checks again, writing nothing, on the intentions behind given ops and the
+//! grants behind their authors (`verify`).
 //!
 //! ## Local writes
 //! [`Store::write`] runs a closure under the projection's write lock; each [`Tx::push`]
