@@ -1209,4 +1209,53 @@ mod tests {
         assert!(watch_json(&write).contains(r#""old_path":null"#));
         assert!(watch_human(&write).ends_with("write    team/b"));
     }
+
+    #[test]
+    fn a_failed_proof_says_so_marks_the_author_without_authority_and_where_it_ends() {
+        use lattice_mount::proto::control::{VerifiedIntention, VerifiedOp, VerifiedVersion};
+        let v = VerifyResponse {
+            path: "docs/a".into(),
+            founder: "ab".repeat(32),
+            founder_name: "laptop".into(),
+            versions: vec![VerifiedVersion {
+                version: "cd".repeat(32),
+                winner: true,
+                size: 5,
+                shown: "docs/a".into(),
+                ops: vec![VerifiedOp {
+                    op: "write".into(),
+                    intention: "ef".repeat(32),
+                    author: "12".repeat(32),
+                    hlc_wall_ms: 1_000,
+                }],
+            }],
+            intentions: vec![VerifiedIntention {
+                hash: "ef".repeat(32),
+                author: "12".repeat(32),
+                seq: 1,
+                deps: vec!["00".repeat(32)],
+                links_held: 1,
+                ..Default::default()
+            }],
+            failures: vec!["intention efef: author may not write to this store".into()],
+            purged_below_ms: Some(86_400_000),
+            ..Default::default()
+        };
+        let human = verify_human(&v);
+        assert!(human.starts_with("docs/a: NOT verified, 1 failure(s): 1 live version(s)"));
+        assert!(human.contains("  write   1970-01-01T00:00:01.000Z  12121212  in efefefefefefefef"));
+        assert!(human.contains("NO AUTHORITY  links 1/1 held"), "{human}");
+        assert!(human.ends_with(
+            "verified back to 1970-01-02T00:00:00.000Z; earlier history purged at the frontier\n"
+        ));
+        let json = verify_json(&v);
+        assert!(json.contains("\"verified\":false"), "{json}");
+        assert!(json.contains("\"purged_below_ms\":86400000"), "{json}");
+        assert!(
+            json.contains("\"authority\":null,\"granted_by\":null"),
+            "{json}"
+        );
+        assert!(json
+            .ends_with("\"failures\":[\"intention efef: author may not write to this store\"]}"));
+    }
 }
