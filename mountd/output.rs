@@ -542,6 +542,13 @@ pub fn verify_human(v: &VerifyResponse) -> String {
         ),
         (None, None) => "the genesis was not reached".to_string(),
     };
+    if v.ops_omitted > 0 || v.intentions_omitted > 0 {
+        let _ = writeln!(
+            out,
+            "({} older op(s) and {} intention(s) checked but not listed)",
+            v.ops_omitted, v.intentions_omitted
+        );
+    }
     let _ = writeln!(out, "{end}");
     out
 }
@@ -602,7 +609,7 @@ pub fn verify_json(v: &VerifyResponse) -> String {
     format!(
         "{{\"path\":{},\"verified\":{},\"founder\":{},\"founder_name\":{},\
          \"genesis\":{},\"purged_below_ms\":{},\"versions\":[{}],\"intentions\":[{}],\
-         \"failures\":{}}}",
+         \"ops_omitted\":{},\"intentions_omitted\":{},\"failures\":{}}}",
         json_string(&v.path),
         v.failures.is_empty(),
         json_string(&v.founder),
@@ -612,6 +619,8 @@ pub fn verify_json(v: &VerifyResponse) -> String {
             .map_or_else(|| "null".to_string(), |ms| ms.to_string()),
         versions.join(","),
         intentions.join(","),
+        v.ops_omitted,
+        v.intentions_omitted,
         json_strings(&v.failures)
     )
 }

@@ -180,48 +180,67 @@ fn signed_entries(ops: &[HistoryOp]) -> (Vec<SignedIntentionEntry>, u64) {
     (out, omitted)
 }
 
+/// Ops one `verify` answer lists (every op is checked): at about 200 bytes each with
+/// an intention of about 500, a few MiB at most, inside the 4 MiB control frame.
+const MAX_VERIFIED_OPS_LISTED: usize = 4_000;
+
 /// Who wrote each live version of the file at `path`, proven (see [`Node::verify`]).
+/// Past [`MAX_VERIFIED_OPS_LISTED`] ops, each version lists its base and its newest
+/// appends, and only the intentions those and the grants need; the rest are counted.
 pub fn verify(node: &Node, path: &str) -> Result<VerifyResponse, NodeError> {
     let f = node.verify(path)?;
-    let holder = |op| {
-        f.proof
-            .holders
-            .iter()
-            .find(|(o, _)| *o == op)
-            .and_then(|(_, h)| h.as_ref())
-            .map(Hash::to_hex)
-            .unwrap_or_default()
-    };
+    let holders: std::collections::HashMap<_, _> = f.proof.holders.iter().copied().collect();
+    let per_version = (MAX_VERIFIED_OPS_LISTED / f.versions.len().max(1)).max(2);
+    let mut ops_omitted = 0;
+    let mut listed_holders = std::collections::HashSet::new();
     let versions = f
         .versions
         .iter()
-        .map(|v| VerifiedVersion {
-            version: v.version.id.to_hex(),
-            winner: v.version.winner,
-            size: v.version.size,
-            shown: v.version.shown.clone(),
-            ops: v
-                .ops
-                .iter()
-                .map(|(op, kind)| VerifiedOp {
-                    op: match kind {
-                        VersionOp::Create => "create",
-                        VersionOp::Write => "write",
-                        VersionOp::Append => "append",
+        .map(|v| {
+            let skip = v.ops.len().saturating_sub(per_version);
+            ops_omitted += skip;
+            let listed = v.ops[..1].iter().chain(&v.ops[1 + skip..]);
+            let ops = listed
+                .map(|(op, kind)| {
+                    let holder = holders.get(op).copied().flatten();
+                    listed_holders.extend(holder);
+                    VerifiedOp {
+                        op: match kind {
+                            VersionOp::Create => "create",
+                            VersionOp::Write => "write",
+                            VersionOp::Append => "append",
+                        }
+                        .to_string(),
+                        intention: holder.as_ref().map(Hash::to_hex).unwrap_or_default(),
+                        author: op.author.to_hex(),
+                        hlc_wall_ms: op.hlc.wall_ms,
                     }
-                    .to_string(),
-                    intention: holder(*op),
-                    author: op.author.to_hex(),
-                    hlc_wall_ms: op.hlc.wall_ms,
                 })
-                .collect(),
+                .collect();
+            VerifiedVersion {
+                version: v.version.id.to_hex(),
+                winner: v.version.winner,
+                size: v.version.size,
+                shown: v.version.shown.clone(),
+                ops,
+            }
         })
         .collect();
+    // Holders of ops left out are left out too; grants and the genesis never are.
+    let content: std::collections::HashSet<Hash> = holders.values().flatten().copied().collect();
+    let shown = |h: &Hash| !content.contains(h) || listed_holders.contains(h);
+    let intentions_omitted = f
+        .proof
+        .intentions
+        .iter()
+        .filter(|i| !shown(&i.hash))
+        .count();
     let name = |key| f.names.get(key).cloned().unwrap_or_default();
     let intentions = f
         .proof
         .intentions
         .iter()
+        .filter(|i| shown(&i.hash))
         .map(|i| {
             let (authority, granted_by) = match &i.authority {
                 None => (String::new(), String::new()),
@@ -254,6 +273,8 @@ pub fn verify(node: &Node, path: &str) -> Result<VerifyResponse, NodeError> {
         intentions,
         failures: f.proof.failures.iter().map(|e| e.to_string()).collect(),
         purged_below_ms: f.proof.purged_below.map(|b| b.wall_ms),
+        ops_omitted: ops_omitted as u64,
+        intentions_omitted: intentions_omitted as u64,
     })
 }
 

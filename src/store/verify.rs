@@ -12,7 +12,8 @@
 //! signed by the founder, is reached. A predecessor that is not held here is a failure,
 //! unless it lies below the stability frontier: then the proof says it stops there.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use redb::ReadableTable;
@@ -150,10 +151,11 @@ pub(crate) fn prove(
         purged_below: None,
     };
     let first = t.witness.get(1)?.map(|v| Hash(v.value().0));
+    let mut chains = Chains::default();
     let mut queue = VecDeque::new();
     let mut seen: HashSet<Hash> = HashSet::new();
     for op in ops {
-        let holder = holder_of(t, op)?;
+        let holder = chains.holder_of(t, op)?;
         match holder {
             Some(h) => {
                 if seen.insert(h) {
@@ -211,7 +213,7 @@ pub(crate) fn prove(
                     )))
                 }
                 (Ok(()), Some((grant, role))) => {
-                    let by = holder_of(t, &grant)?;
+                    let by = chains.holder_of(t, &grant)?;
                     match by {
                         Some(by) => {
                             if seen.insert(by) {
@@ -269,20 +271,36 @@ fn check_bytes(
     }
 }
 
-/// The applied intention of `op`'s author that must hold `op`: the first of its chain
-/// stamped no earlier than the op (see the module doc).
-fn holder_of(t: &Tables<'_>, op: &OpId) -> Result<Option<Hash>, StoreError> {
-    let key = op.author.0;
-    for entry in t
-        .chain
-        .range((key, 1, [0u8; 32])..=(key, u64::MAX, [0xff; 32]))?
-    {
-        let hash = Hash(entry?.0.value().2);
-        if t.hlc_of(&hash)?.is_some_and(|hlc| hlc >= op.hlc) {
-            return Ok(Some(hash));
-        }
+/// Each author's applied chain with clocks, in chain order (so in clock order), read
+/// once per author: a file of many appends asks about many ops of one chain.
+#[derive(Default)]
+struct Chains(HashMap<PublicKey, Vec<(Hlc, Hash)>>);
+
+impl Chains {
+    /// The applied intention of `op`'s author that must hold `op`: the first of its
+    /// chain stamped no earlier than the op (see the module doc).
+    fn holder_of(&mut self, t: &Tables<'_>, op: &OpId) -> Result<Option<Hash>, StoreError> {
+        let chain = match self.0.entry(op.author) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let key = op.author.0;
+                let mut chain = Vec::new();
+                for entry in t
+                    .chain
+                    .range((key, 1, [0u8; 32])..=(key, u64::MAX, [0xff; 32]))?
+                {
+                    let hash = Hash(entry?.0.value().2);
+                    let hlc = t.hlc_of(&hash)?.ok_or_else(|| {
+                        StoreError::Corrupt(format!("no clock for applied {hash}"))
+                    })?;
+                    chain.push((hlc, hash));
+                }
+                e.insert(chain)
+            }
+        };
+        let at = chain.partition_point(|(hlc, _)| *hlc < op.hlc);
+        Ok(chain.get(at).map(|(_, hash)| *hash))
     }
-    Ok(None)
 }
 
 /// An op's time as `history` prints it (wall ms.counter).
