@@ -628,6 +628,65 @@ mod tests {
     }
 
     #[test]
+    fn verify_checks_every_append_of_a_long_log_and_lists_the_base_and_the_newest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, node) = open(tmp.path());
+        let store = node.create_store("docs").unwrap();
+        let file = store
+            .write(|tx| {
+                let empty = Content::Inline(Bytes::new());
+                let body = tx.state().plan_create(
+                    OpId::ROOT,
+                    "log",
+                    Kind::File,
+                    0o644,
+                    0,
+                    0,
+                    0,
+                    empty,
+                    0,
+                )?;
+                Ok(tx.push(body)?)
+            })
+            .unwrap();
+        let appends = MAX_VERIFIED_OPS_LISTED + 100;
+        store
+            .write(|tx| {
+                for k in 0..appends {
+                    let line = Content::Inline(Bytes::from(format!("{k}\n")));
+                    let body = tx.state().plan_append(file, line, 0)?;
+                    tx.push(body)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        store.flush().unwrap();
+        let v = verify(&node, "docs/log").unwrap();
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
+        let ops = &v.versions[0].ops;
+        assert_eq!(ops.len(), MAX_VERIFIED_OPS_LISTED);
+        assert_eq!(v.ops_omitted, 101);
+        assert_eq!(ops[0].op, "create");
+        assert!(ops[1..]
+            .iter()
+            .all(|o| o.op == "append" && o.intention.len() == 64));
+        // The newest appends, from the intentions on disk.
+        let mut appended: Vec<_> = store
+            .history(file)
+            .unwrap()
+            .iter()
+            .flat_map(|i| &i.ops)
+            .filter(|op| matches!(op.body, OpBody::Append { .. }))
+            .map(|op| op.hlc)
+            .collect();
+        appended.sort();
+        let appended: Vec<u64> = appended.iter().map(|hlc| hlc.wall_ms).collect();
+        let listed: Vec<u64> = ops[1..].iter().map(|o| o.hlc_wall_ms).collect();
+        assert_eq!(listed, appended[appended.len() - listed.len()..]);
+        node.shutdown().unwrap();
+    }
+
+    #[test]
     fn op_descriptions_are_single_lines() {
         let bodies = [
             OpBody::Move {
