@@ -65,6 +65,16 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Prove who wrote each live version of a file: re-check, from the local store, the
+    /// signed intentions behind it and their authors' grants back to the store's
+    /// founder; exits 1 with one line per failure when something does not verify
+    Verify {
+        /// A file inside the mount (absolute or relative to the current directory)
+        path: PathBuf,
+        /// Print a JSON object
+        #[arg(long)]
+        json: bool,
+    },
     /// Bring back a version of a file (or a deleted file) as a new edit that replicates
     Restore {
         /// The file, or the deleted file's old path, inside the mount

@@ -10,7 +10,7 @@ use lattice_mount::proto::control::{
     request, response, ConflictsRequest, ConflictsResponse, CreateRequest, CreateResponse,
     DownRequest, HistoryRequest, HistoryResponse, JoinProgress, JoinRequest, Request,
     ResolveRequest, ResolveResponse, Response, RestoreRequest, RestoreResponse, StatusRequest,
-    StatusResponse, WatchEvent, WatchRequest, WatchStarted,
+    StatusResponse, VerifyRequest, VerifyResponse, WatchEvent, WatchRequest, WatchStarted,
 };
 use tokio::net::UnixStream;
 
@@ -61,6 +61,18 @@ pub fn history(
     });
     match call(data_dir, request)? {
         response::Kind::History(h) => Ok((sent, h)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Asks the daemon to prove who wrote each live version of `path` (a path in the
+/// mount, absolute or relative to the current directory).
+pub fn verify(data_dir: &Path, path: &Path) -> Result<VerifyResponse, CliError> {
+    let request = request::Kind::Verify(VerifyRequest {
+        path: in_mount(data_dir, path)?,
+    });
+    match call(data_dir, request)? {
+        response::Kind::Verify(v) => Ok(v),
         other => Err(unexpected(&other)),
     }
 }

@@ -17,7 +17,7 @@ use lattice_mount::proto::control::{
     request, response, ConflictsRequest, CreateRequest, DownRequest, FetchModeRequest,
     HistoryRequest, InviteRequest, JoinProgress, JoinRequest, PauseRequest, PeersRequest, Request,
     ResolveRequest, Response, RestoreRequest, RevokeRequest, StatusRequest, SyncRequest,
-    WatchEvent, WatchRequest,
+    VerifyRequest, WatchEvent, WatchRequest,
 };
 use proptest::prelude::*;
 use prost::Message;
@@ -68,6 +68,7 @@ fn request() -> impl Strategy<Value = Request> {
             request::Kind::FetchMode(FetchModeRequest { store, mode })
         }),
         text().prop_map(|store| request::Kind::Conflicts(ConflictsRequest { store })),
+        text().prop_map(|path| request::Kind::Verify(VerifyRequest { path })),
         (text(), text())
             .prop_map(|(path, keep)| request::Kind::Resolve(ResolveRequest { path, keep })),
         text().prop_map(|path| request::Kind::Watch(WatchRequest { path })),

@@ -756,6 +756,10 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
             Ok(history) => response::Kind::History(history),
             Err(e) => return error_response(e.to_string()),
         },
+        Some(request::Kind::Verify(v)) => match report::verify(&ctx.node, &v.path) {
+            Ok(verified) => response::Kind::Verify(verified),
+            Err(e) => return error_response(e.to_string()),
+        },
         Some(request::Kind::Restore(r)) => match report::restore(&ctx.node, &r) {
             Ok(restored) => response::Kind::Restore(restored),
             Err(e) => return error_response(e.to_string()),

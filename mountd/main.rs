@@ -134,6 +134,24 @@ fn run(cli: Cli) -> Result<(), CliError> {
             }
             Ok(())
         }
+        Command::Verify { path, json } => {
+            let verified = client::verify(&data_dir, &path)?;
+            if json {
+                println!("{}", output::verify_json(&verified));
+            } else {
+                print!("{}", output::verify_human(&verified));
+            }
+            for failure in &verified.failures {
+                eprintln!("lattice-mount: {failure}");
+            }
+            match verified.failures.len() {
+                0 => Ok(()),
+                n => Err(CliError::Refused(format!(
+                    "{}: {n} check(s) failed",
+                    verified.path
+                ))),
+            }
+        }
         Command::Conflicts { store, json } => {
             let conflicts = client::conflicts(&data_dir, store.as_deref())?;
             if json {

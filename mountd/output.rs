@@ -2,12 +2,13 @@
 
 use std::fmt::Write;
 
-use lattice_mount::civil_from_days;
 use lattice_mount::proto::control::{
     ConflictsResponse, DeleteResponse, FrontierStatus, GcResponse, HistoryEntry, HistoryResponse,
-    JoinProgress, LeaveResponse, PeerEntry, ResolveResponse, RestoreResponse, StatusResponse,
-    StoreSetting, SyncResponse, VersionEntry, WatchEvent,
+    JoinProgress, LeaveResponse, PeerEntry, ResolveResponse, RestoreResponse,
+    SignedIntentionEntry, StatusResponse, StoreSetting, SyncResponse, VerifyResponse,
+    VersionEntry, WatchEvent,
 };
+use lattice_mount::{civil_from_days, hex};
 
 /// Human status: the node, then a table of stores.
 pub fn status_human(s: &StatusResponse) -> String {
@@ -492,12 +493,218 @@ pub fn history_json(path: &str, h: &HistoryResponse) -> String {
         })
         .collect();
     format!(
-        "{{\"path\":{},\"entries\":[{}],\"versions\":{},\"omitted\":{}}}",
+        "{{\"path\":{},\"entries\":[{}],\"versions\":{},\"omitted\":{},\
+         \"intentions\":[{}],\"intentions_omitted\":{}}}",
         json_string(path),
         items.join(","),
         versions_json(&h.versions),
-        h.omitted
+        h.omitted,
+        h.signed
+            .iter()
+            .map(signed_json)
+            .collect::<Vec<_>>()
+            .join(","),
+        h.signed_omitted
     )
+}
+
+/// One intention's signed form as JSON, its bytes in hex (see `SignedIntentionEntry`).
+fn signed_json(s: &SignedIntentionEntry) -> String {
+    format!(
+        "{{\"hash\":{},\"author\":{},\"prev\":{},\"deps\":{},\"signature\":{},\
+         \"signing_message\":{},\"body\":{}}}",
+        json_string(&s.hash),
+        json_string(&s.author),
+        json_opt(&s.prev),
+        json_strings(&s.deps),
+        json_string(&hex(&s.signature)),
+        json_string(&hex(&s.signing_message)),
+        json_string(&hex(&s.body))
+    )
+}
+
+/// Human `verify`: a verdict line, each live version with the ops that made it and the
+/// intentions carrying them, every intention checked with its authority, and where the
+/// proof ends (the genesis, or the frontier below which history was purged).
+pub fn verify_human(v: &VerifyResponse) -> String {
+    let mut out = String::new();
+    let verdict = match v.failures.len() {
+        0 => "verified".to_string(),
+        n => format!("NOT verified, {n} failure(s)"),
+    };
+    let _ = writeln!(
+        out,
+        "{}: {verdict}: {} live version(s), {} intention(s) checked",
+        printable(&v.path),
+        v.versions.len(),
+        v.intentions.len()
+    );
+    let name_of = |key: &str| {
+        v.intentions.iter().find(|i| i.author == key).map_or_else(
+            || member_label("", key),
+            |i| member_label(&i.author_name, key),
+        )
+    };
+    for version in &v.versions {
+        let _ = writeln!(
+            out,
+            "version {}  {}  {} bytes  {}",
+            version.version.get(..16).unwrap_or(&version.version),
+            if version.winner {
+                "current"
+            } else {
+                "conflict copy"
+            },
+            version.size,
+            printable(&version.shown)
+        );
+        for op in &version.ops {
+            let carried = match op.intention.get(..16) {
+                Some(h) => format!("in {h}"),
+                None => "in no intention held here".to_string(),
+            };
+            let _ = writeln!(
+                out,
+                "  {:<6}  {}  {}  {carried}",
+                op.op,
+                utc_time(op.hlc_wall_ms),
+                name_of(&op.author)
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "intentions (hash recomputed from the stored bytes, Ed25519 signature checked):"
+    );
+    let authors: Vec<String> = v
+        .intentions
+        .iter()
+        .map(|i| member_label(&i.author_name, &i.author))
+        .collect();
+    let width = authors.iter().map(|a| a.chars().count()).max().unwrap_or(0);
+    for (i, author) in v.intentions.iter().zip(&authors) {
+        let authority = match (i.authority.as_str(), i.granted_by.get(..16)) {
+            ("", _) => "NO AUTHORITY".to_string(),
+            ("genesis", _) => "genesis, signed by the founder".to_string(),
+            (role, Some(by)) => format!("{role}, granted in {by}"),
+            (role, None) => role.to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "  {}  {author:<width$}  #{:<4} {}  {authority}  links {}/{} held",
+            i.hash.get(..16).unwrap_or(&i.hash),
+            i.seq,
+            utc_time(i.hlc_wall_ms),
+            i.links_held,
+            i.deps.len() + usize::from(!i.prev.is_empty())
+        );
+    }
+    let end = match (v.purged_below_ms, v.genesis.get(..16)) {
+        (Some(below), _) => format!(
+            "verified back to {}; earlier history purged at the frontier",
+            utc_time(below)
+        ),
+        (None, Some(genesis)) => format!(
+            "verified back to the genesis {genesis} of founder {}",
+            name_of(&v.founder)
+        ),
+        (None, None) => "the genesis was not reached".to_string(),
+    };
+    if v.ops_omitted > 0 || v.intentions_omitted > 0 {
+        let _ = writeln!(
+            out,
+            "({} older op(s) and {} intention(s) checked but not listed)",
+            v.ops_omitted, v.intentions_omitted
+        );
+    }
+    let _ = writeln!(out, "{end}");
+    out
+}
+
+/// `verify` as one JSON object.
+pub fn verify_json(v: &VerifyResponse) -> String {
+    let versions: Vec<String> = v
+        .versions
+        .iter()
+        .map(|version| {
+            let ops: Vec<String> = version
+                .ops
+                .iter()
+                .map(|op| {
+                    format!(
+                        "{{\"op\":{},\"intention\":{},\"author\":{},\"time\":{},\
+                         \"hlc_wall_ms\":{}}}",
+                        json_string(&op.op),
+                        json_opt(&op.intention),
+                        json_string(&op.author),
+                        json_string(&utc_time(op.hlc_wall_ms)),
+                        op.hlc_wall_ms
+                    )
+                })
+                .collect();
+            format!(
+                "{{\"version\":{},\"winner\":{},\"size\":{},\"shown\":{},\"ops\":[{}]}}",
+                json_string(&version.version),
+                version.winner,
+                version.size,
+                json_string(&version.shown),
+                ops.join(",")
+            )
+        })
+        .collect();
+    let intentions: Vec<String> = v
+        .intentions
+        .iter()
+        .map(|i| {
+            format!(
+                "{{\"hash\":{},\"author\":{},\"author_name\":{},\"seq\":{},\
+                 \"hlc_wall_ms\":{},\"hlc_counter\":{},\"prev\":{},\"deps\":{},\
+                 \"links_held\":{},\"authority\":{},\"granted_by\":{}}}",
+                json_string(&i.hash),
+                json_string(&i.author),
+                json_string(&i.author_name),
+                i.seq,
+                i.hlc_wall_ms,
+                i.hlc_counter,
+                json_opt(&i.prev),
+                json_strings(&i.deps),
+                i.links_held,
+                json_opt(&i.authority),
+                json_opt(&i.granted_by)
+            )
+        })
+        .collect();
+    format!(
+        "{{\"path\":{},\"verified\":{},\"founder\":{},\"founder_name\":{},\
+         \"genesis\":{},\"purged_below_ms\":{},\"versions\":[{}],\"intentions\":[{}],\
+         \"ops_omitted\":{},\"intentions_omitted\":{},\"failures\":{}}}",
+        json_string(&v.path),
+        v.failures.is_empty(),
+        json_string(&v.founder),
+        json_string(&v.founder_name),
+        json_opt(&v.genesis),
+        v.purged_below_ms
+            .map_or_else(|| "null".to_string(), |ms| ms.to_string()),
+        versions.join(","),
+        intentions.join(","),
+        v.ops_omitted,
+        v.intentions_omitted,
+        json_strings(&v.failures)
+    )
+}
+
+/// A JSON string literal for `s`, or `null` when it is empty.
+fn json_opt(s: &str) -> String {
+    match s {
+        "" => "null".to_string(),
+        s => json_string(s),
+    }
+}
+
+/// A JSON array of string literals.
+fn json_strings(items: &[String]) -> String {
+    let items: Vec<String> = items.iter().map(|s| json_string(s)).collect();
+    format!("[{}]", items.join(","))
 }
 
 /// Human versions: a heading, then one line per version (time, author, intention,
@@ -1078,5 +1285,54 @@ mod tests {
         };
         assert!(watch_json(&write).contains(r#""old_path":null"#));
         assert!(watch_human(&write).ends_with("write    team/b"));
+    }
+
+    #[test]
+    fn a_failed_proof_says_so_marks_the_author_without_authority_and_where_it_ends() {
+        use lattice_mount::proto::control::{VerifiedIntention, VerifiedOp, VerifiedVersion};
+        let v = VerifyResponse {
+            path: "docs/a".into(),
+            founder: "ab".repeat(32),
+            founder_name: "laptop".into(),
+            versions: vec![VerifiedVersion {
+                version: "cd".repeat(32),
+                winner: true,
+                size: 5,
+                shown: "docs/a".into(),
+                ops: vec![VerifiedOp {
+                    op: "write".into(),
+                    intention: "ef".repeat(32),
+                    author: "12".repeat(32),
+                    hlc_wall_ms: 1_000,
+                }],
+            }],
+            intentions: vec![VerifiedIntention {
+                hash: "ef".repeat(32),
+                author: "12".repeat(32),
+                seq: 1,
+                deps: vec!["00".repeat(32)],
+                links_held: 1,
+                ..Default::default()
+            }],
+            failures: vec!["intention efef: author may not write to this store".into()],
+            purged_below_ms: Some(86_400_000),
+            ..Default::default()
+        };
+        let human = verify_human(&v);
+        assert!(human.starts_with("docs/a: NOT verified, 1 failure(s): 1 live version(s)"));
+        assert!(human.contains("  write   1970-01-01T00:00:01.000Z  12121212  in efefefefefefefef"));
+        assert!(human.contains("NO AUTHORITY  links 1/1 held"), "{human}");
+        assert!(human.ends_with(
+            "verified back to 1970-01-02T00:00:00.000Z; earlier history purged at the frontier\n"
+        ));
+        let json = verify_json(&v);
+        assert!(json.contains("\"verified\":false"), "{json}");
+        assert!(json.contains("\"purged_below_ms\":86400000"), "{json}");
+        assert!(
+            json.contains("\"authority\":null,\"granted_by\":null"),
+            "{json}"
+        );
+        assert!(json
+            .ends_with("\"failures\":[\"intention efef: author may not write to this store\"]}"));
     }
 }

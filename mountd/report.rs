@@ -1,16 +1,18 @@
 //! The control-protocol form of what a node holds: the answers to `status`, `history`,
-//! `restore`, `conflicts` and `resolve`. The node keeps the data; this module decides how the CLI sees it.
+//! `restore`, `conflicts`, `resolve` and `verify`. The node keeps the data; this module decides how the CLI sees it.
 
 use std::path::Path;
 
 use lattice_mount::proto::control::{
     ConflictEntry, ConflictsResponse, ContentSpace, DeletedEntry, FrontierStatus, HistoryEntry,
     HistoryResponse, LiveVersionEntry, ResolveRequest, ResolveResponse, RestoreRequest,
-    RestoreResponse, StatusResponse, StoreStatus, UnreadableStore, VersionEntry,
+    RestoreResponse, SignedIntentionEntry, StatusResponse, StoreStatus, UnreadableStore,
+    VerifiedIntention, VerifiedOp, VerifiedVersion, VerifyResponse, VersionEntry,
 };
 use lattice_mount::{
-    store_name, Blocker, Content, HistoryOp, Holdback, Keep, Kind, Node, NodeError, OpBody, Pick,
-    Role, Setting, Standing, Version, VersionState,
+    signed_parts, signing_message, store_name, Authority, Blocker, Content, Hash, HistoryOp,
+    Holdback, Keep, Kind, Node, NodeError, OpBody, Pick, Role, Setting, Standing, Version,
+    VersionOp, VersionState,
 };
 
 /// Where a store's stability frontier stands, and who holds it back.
@@ -133,11 +135,147 @@ pub fn history(node: &Node, path: &str, deleted: bool) -> Result<HistoryResponse
     }
     let versions = node.versions(path)?;
     let skip = versions.len().saturating_sub(MAX_VERSIONS_LISTED);
+    let ops = node.history(path)?;
+    let (signed, signed_omitted) = signed_entries(&ops);
     Ok(HistoryResponse {
-        entries: node.history(path)?.iter().map(history_entry).collect(),
+        entries: ops.iter().map(history_entry).collect(),
         versions: versions[skip..].iter().map(version_entry).collect(),
         deleted: Vec::new(),
         omitted: skip as u64,
+        signed,
+        signed_omitted,
+    })
+}
+
+/// Body bytes of the signed intentions one `history` answer carries: 1 MiB leaves the
+/// 4 MiB control frame room for the op lines and versions.
+const MAX_SIGNED_BYTES_LISTED: usize = 1024 * 1024;
+
+/// The signed form of each intention `ops` name, newest first, up to
+/// [`MAX_SIGNED_BYTES_LISTED`] of bodies; and how many were left out.
+fn signed_entries(ops: &[HistoryOp]) -> (Vec<SignedIntentionEntry>, u64) {
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    let mut omitted = 0;
+    let mut size = 0;
+    for h in ops.iter().rev().filter(|h| seen.insert(h.intention)) {
+        let Some((body, signature)) = signed_parts(&h.bytes) else {
+            omitted += 1;
+            continue;
+        };
+        if size + body.len() > MAX_SIGNED_BYTES_LISTED {
+            omitted += 1;
+            continue;
+        }
+        size += body.len();
+        out.push(SignedIntentionEntry {
+            hash: h.intention.to_hex(),
+            author: h.author.to_hex(),
+            prev: h.prev.map(|p| p.to_hex()).unwrap_or_default(),
+            deps: h.deps.iter().map(Hash::to_hex).collect(),
+            body,
+            signature,
+            signing_message: signing_message(&h.intention).into(),
+        });
+    }
+    (out, omitted)
+}
+
+/// Ops one `verify` answer lists (every op is checked): at about 200 bytes each with
+/// an intention of about 500, a few MiB at most, inside the 4 MiB control frame.
+const MAX_VERIFIED_OPS_LISTED: usize = 4_000;
+
+/// Who wrote each live version of the file at `path`, proven (see [`Node::verify`]).
+/// Past [`MAX_VERIFIED_OPS_LISTED`] ops, each version lists its base and its newest
+/// appends, and only the intentions those and the grants need; the rest are counted.
+pub fn verify(node: &Node, path: &str) -> Result<VerifyResponse, NodeError> {
+    let f = node.verify(path)?;
+    let holders: std::collections::HashMap<_, _> = f.proof.holders.iter().copied().collect();
+    let per_version = (MAX_VERIFIED_OPS_LISTED / f.versions.len().max(1)).max(2);
+    let mut ops_omitted = 0;
+    let mut listed_holders = std::collections::HashSet::new();
+    let versions = f
+        .versions
+        .iter()
+        .map(|v| {
+            let skip = v.ops.len().saturating_sub(per_version);
+            ops_omitted += skip;
+            let listed = v.ops[..1].iter().chain(&v.ops[1 + skip..]);
+            let ops = listed
+                .map(|(op, kind)| {
+                    let holder = holders.get(op).copied().flatten();
+                    listed_holders.extend(holder);
+                    VerifiedOp {
+                        op: match kind {
+                            VersionOp::Create => "create",
+                            VersionOp::Write => "write",
+                            VersionOp::Append => "append",
+                        }
+                        .to_string(),
+                        intention: holder.as_ref().map(Hash::to_hex).unwrap_or_default(),
+                        author: op.author.to_hex(),
+                        hlc_wall_ms: op.hlc.wall_ms,
+                    }
+                })
+                .collect();
+            VerifiedVersion {
+                version: v.version.id.to_hex(),
+                winner: v.version.winner,
+                size: v.version.size,
+                shown: v.version.shown.clone(),
+                ops,
+            }
+        })
+        .collect();
+    // Holders of ops left out are left out too; grants and the genesis never are.
+    let content: std::collections::HashSet<Hash> = holders.values().flatten().copied().collect();
+    let shown = |h: &Hash| !content.contains(h) || listed_holders.contains(h);
+    let intentions_omitted = f
+        .proof
+        .intentions
+        .iter()
+        .filter(|i| !shown(&i.hash))
+        .count();
+    let name = |key| f.names.get(key).cloned().unwrap_or_default();
+    let intentions = f
+        .proof
+        .intentions
+        .iter()
+        .filter(|i| shown(&i.hash))
+        .map(|i| {
+            let (authority, granted_by) = match &i.authority {
+                None => (String::new(), String::new()),
+                Some(Authority::Genesis) => ("genesis".to_string(), String::new()),
+                Some(Authority::Granted { role, by, .. }) => {
+                    (role_name(*role).to_string(), by.to_hex())
+                }
+            };
+            VerifiedIntention {
+                hash: i.hash.to_hex(),
+                author: i.author.to_hex(),
+                author_name: name(&i.author),
+                seq: i.seq,
+                hlc_wall_ms: i.hlc.wall_ms,
+                hlc_counter: i.hlc.counter,
+                prev: i.prev.map(|p| p.to_hex()).unwrap_or_default(),
+                deps: i.deps.iter().map(Hash::to_hex).collect(),
+                links_held: i.links_held as u32,
+                authority,
+                granted_by,
+            }
+        })
+        .collect();
+    Ok(VerifyResponse {
+        path: f.path.clone(),
+        founder: f.proof.founder.to_hex(),
+        founder_name: name(&f.proof.founder),
+        genesis: f.proof.genesis.map(|g| g.to_hex()).unwrap_or_default(),
+        versions,
+        intentions,
+        failures: f.proof.failures.iter().map(|e| e.to_string()).collect(),
+        purged_below_ms: f.proof.purged_below.map(|b| b.wall_ms),
+        ops_omitted: ops_omitted as u64,
+        intentions_omitted: intentions_omitted as u64,
     })
 }
 
@@ -329,7 +467,7 @@ fn role_name(role: Role) -> &'static str {
 #[cfg(test)]
 mod tests {
     use bytes::Bytes;
-    use lattice_mount::OpId;
+    use lattice_mount::{hex, OpId};
 
     use super::*;
 
@@ -415,6 +553,139 @@ mod tests {
         assert_eq!(create.author_name, "laptop");
         assert_eq!(create.intention.len(), 64);
         assert!(create.hlc_wall_ms > 0);
+        node.shutdown().unwrap();
+    }
+
+    /// The hex values of `"key":"..."` in `json`, decoded, in order.
+    fn hex_values(json: &str, key: &str) -> Vec<Vec<u8>> {
+        let pat = format!("\"{key}\":\"");
+        json.match_indices(&pat)
+            .map(|(i, _)| {
+                let rest = &json[i + pat.len()..];
+                lattice_mount::unhex(&rest[..rest.find('"').unwrap()]).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn history_json_carries_signatures_an_independent_ed25519_check_accepts_and_verify_proves_them()
+    {
+        use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, node) = open(tmp.path());
+        let store = node.create_store("docs").unwrap();
+        store
+            .write(|tx| {
+                let body = tx.state().plan_create(
+                    OpId::ROOT,
+                    "a.txt",
+                    Kind::File,
+                    0o644,
+                    0,
+                    0,
+                    0,
+                    Content::Inline(Bytes::from_static(b"hi")),
+                    0,
+                )?;
+                tx.push(body)?;
+                Ok(())
+            })
+            .unwrap();
+        store.flush().unwrap();
+        let h = history(&node, "docs/a.txt", false).unwrap();
+        let json = crate::output::history_json("/docs/a.txt", &h);
+        let json = &json[json.find("\"intentions\":").unwrap()..];
+        let hashes = hex_values(json, "hash");
+        let bodies = hex_values(json, "body");
+        let messages = hex_values(json, "signing_message");
+        let signatures = hex_values(json, "signature");
+        let authors = hex_values(json, "author");
+        assert_eq!(hashes.len(), 1, "{json}");
+        for k in 0..hashes.len() {
+            assert_eq!(blake3::hash(&bodies[k]).as_bytes()[..], hashes[k][..]);
+            assert_eq!(
+                messages[k],
+                [&b"lattice-mount intention v1\0"[..], &hashes[k]].concat()
+            );
+            let key = VerifyingKey::from_bytes(&authors[k].clone().try_into().unwrap()).unwrap();
+            let signature = Signature::from_slice(&signatures[k]).unwrap();
+            key.verify(&messages[k], &signature).unwrap();
+            let mut forged = messages[k].clone();
+            *forged.last_mut().unwrap() ^= 1;
+            assert!(key.verify(&forged, &signature).is_err());
+        }
+        let v = verify(&node, "docs/a.txt").unwrap();
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
+        assert_eq!(v.versions.len(), 1);
+        assert_eq!(v.versions[0].ops[0].op, "create");
+        assert_eq!(v.versions[0].ops[0].intention, hex(&hashes[0]));
+        assert!(v.intentions.iter().any(|i| i.authority == "genesis"));
+        assert_eq!(v.genesis.len(), 64);
+        let human = crate::output::verify_human(&v);
+        assert!(
+            human.starts_with("docs/a.txt: verified: 1 live version(s)"),
+            "{human}"
+        );
+        assert!(human.contains("verified back to the genesis"), "{human}");
+        node.shutdown().unwrap();
+    }
+
+    #[test]
+    fn verify_checks_every_append_of_a_long_log_and_lists_the_base_and_the_newest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, node) = open(tmp.path());
+        let store = node.create_store("docs").unwrap();
+        let file = store
+            .write(|tx| {
+                let empty = Content::Inline(Bytes::new());
+                let body = tx.state().plan_create(
+                    OpId::ROOT,
+                    "log",
+                    Kind::File,
+                    0o644,
+                    0,
+                    0,
+                    0,
+                    empty,
+                    0,
+                )?;
+                Ok(tx.push(body)?)
+            })
+            .unwrap();
+        let appends = MAX_VERIFIED_OPS_LISTED + 100;
+        store
+            .write(|tx| {
+                for k in 0..appends {
+                    let line = Content::Inline(Bytes::from(format!("{k}\n")));
+                    let body = tx.state().plan_append(file, line, 0)?;
+                    tx.push(body)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        store.flush().unwrap();
+        let v = verify(&node, "docs/log").unwrap();
+        assert!(v.failures.is_empty(), "{:?}", v.failures);
+        let ops = &v.versions[0].ops;
+        assert_eq!(ops.len(), MAX_VERIFIED_OPS_LISTED);
+        assert_eq!(v.ops_omitted, 101);
+        assert_eq!(ops[0].op, "create");
+        assert!(ops[1..]
+            .iter()
+            .all(|o| o.op == "append" && o.intention.len() == 64));
+        // The newest appends, from the intentions on disk.
+        let mut appended: Vec<_> = store
+            .history(file)
+            .unwrap()
+            .iter()
+            .flat_map(|i| &i.ops)
+            .filter(|op| matches!(op.body, OpBody::Append { .. }))
+            .map(|op| op.hlc)
+            .collect();
+        appended.sort();
+        let appended: Vec<u64> = appended.iter().map(|hlc| hlc.wall_ms).collect();
+        let listed: Vec<u64> = ops[1..].iter().map(|o| o.hlc_wall_ms).collect();
+        assert_eq!(listed, appended[appended.len() - listed.len()..]);
         node.shutdown().unwrap();
     }
 

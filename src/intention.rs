@@ -266,8 +266,18 @@ fn count_field(mut buf: &[u8], field: u32) -> Result<usize, IntentionError> {
     Ok(count)
 }
 
-fn signing_message(hash: &Hash) -> Vec<u8> {
+/// The bytes an intention's Ed25519 signature covers: [`SIGNING_DOMAIN`], then the
+/// intention hash (blake3 of the body bytes).
+pub fn signing_message(hash: &Hash) -> Vec<u8> {
     [SIGNING_DOMAIN, &hash.0].concat()
+}
+
+/// The body and signature of signed intention bytes, unverified: what a third party
+/// needs to check them (blake3 of the body is the hash; the signature covers
+/// [`signing_message`] of it). `None` when the bytes do not parse.
+pub fn signed_parts(bytes: &Bytes) -> Option<(Bytes, Bytes)> {
+    let signed = pb::SignedIntention::decode(bytes.clone()).ok()?;
+    Some((signed.body, signed.signature))
 }
 
 fn check_limits(body: &pb::IntentionBody) -> Result<(), IntentionError> {

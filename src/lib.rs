@@ -41,9 +41,11 @@ pub use fs::{
 };
 pub use fuse::{mount, FuseError, MountGuard};
 pub use hlc::{civil_from_days, now_ms, Clock, Hlc};
-pub use identity::{unhex, Identity, IdentityError, PublicKey};
+pub use identity::{hex, unhex, Identity, IdentityError, PublicKey};
 pub use ids::{FileId, Hash, OpId, StoreId};
-pub use intention::{Intention, IntentionError, MAX_INTENTION_OPS_BYTES};
+pub use intention::{
+    signed_parts, signing_message, Intention, IntentionError, MAX_INTENTION_OPS_BYTES,
+};
 pub use net::settings::FetchMode;
 pub use net::{
     DialError, JoinProgress, Net, NetConfig, NetError, PeerInfo, Relay, Revoked, RoundReport,
@@ -53,14 +55,15 @@ pub use net::{
 };
 pub use node::{
     check_display_name, store_name, Change, Conflict, ConflictError, DeletedFile, Exported,
-    HistoryOp, JoinState, Keep, LiveVersion, Node, NodeError, Pick, Resolution, RestoreError,
-    Restored, Unreadable, Version, VersionState, MIN_VERSION_PREFIX,
+    FileProof, HistoryOp, JoinState, Keep, LiveVersion, Node, NodeError, Pick, ProvenVersion,
+    Resolution, RestoreError, Restored, Unreadable, Version, VersionOp, VersionState,
+    MIN_VERSION_PREFIX,
 };
 pub use store::{
-    is_retained, ApplyOutcome, BareIndex, ContentPlan, Equivocator, HistoryItem, IndexView,
-    InviteError, LeaveError, SettingError, Standing, Store, StoreError, StoreEvent, StoreStats, Tx,
-    WitnessBatch, DB_FILE, MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER, MS_PER_DAY,
-    SCHEMA_VERSION,
+    is_retained, ApplyOutcome, Authority, BareIndex, CheckedIntention, ContentPlan, Equivocator,
+    HistoryItem, IndexView, InviteError, LeaveError, Proof, SettingError, Standing, Store,
+    StoreError, StoreEvent, StoreStats, Tx, VerifyFailure, WitnessBatch, DB_FILE,
+    MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER, MS_PER_DAY, SCHEMA_VERSION,
 };
 pub use sync::frontier::{
     AttestError, Attestation, Blocker, Frontier, Holdback, MAX_ATTESTED_AUTHORS,

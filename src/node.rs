@@ -31,6 +31,7 @@ mod paths;
 mod restore;
 #[cfg(test)]
 mod restore_tests;
+mod verify;
 
 pub use changes::Change;
 pub use conflicts::{Conflict, ConflictError, Keep, LiveVersion, Resolution};
@@ -38,6 +39,7 @@ pub use leave::Exported;
 pub use restore::{
     DeletedFile, Pick, RestoreError, Restored, Version, VersionState, MIN_VERSION_PREFIX,
 };
+pub use verify::{FileProof, ProvenVersion, VersionOp};
 
 /// Key file name inside the data dir.
 const KEY_FILE: &str = "node.key";
@@ -171,6 +173,12 @@ pub struct HistoryOp {
     pub author_name: String,
     /// The op.
     pub op: Op,
+    /// The intention's `prev` (its author's previous intention).
+    pub prev: Option<Hash>,
+    /// The intention's deps (the store heads its author had seen).
+    pub deps: Vec<Hash>,
+    /// The intention's signed bytes as stored (see `intention::signed_parts`).
+    pub bytes: bytes::Bytes,
 }
 
 impl fmt::Debug for Node {
@@ -912,6 +920,9 @@ fn history_ops(state: &FsState, item: &HistoryItem) -> Vec<HistoryOp> {
             author: item.author,
             author_name: author_name.clone(),
             op: op.clone(),
+            prev: item.prev,
+            deps: item.deps.clone(),
+            bytes: item.bytes.clone(),
         })
         .collect()
 }

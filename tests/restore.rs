@@ -97,6 +97,24 @@ fn an_overwritten_file_is_restored_byte_for_byte_through_the_mount() {
     let human = ok(&d, &["history", p]);
     assert!(human.contains("versions"), "{human}");
     assert!(human.contains(&first_id[..16]), "{human}");
+    // Each intention's signed form checks out with plain blake3 and ed25519-dalek.
+    let signed = &json[json.find("\"intentions\":").unwrap()..];
+    let field = |key: &str| -> Vec<Vec<u8>> {
+        json_strings(signed, key)
+            .iter()
+            .map(|h| lattice_mount::unhex(h).unwrap())
+            .collect()
+    };
+    let (hashes, bodies, messages) = (field("hash"), field("body"), field("signing_message"));
+    let (signatures, authors) = (field("signature"), field("author"));
+    assert!(hashes.len() >= 3, "{signed}");
+    for k in 0..hashes.len() {
+        assert_eq!(blake3::hash(&bodies[k]).as_bytes()[..], hashes[k][..]);
+        assert!(messages[k].ends_with(&hashes[k]));
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&authors[k][..].try_into().unwrap());
+        let signature = ed25519_dalek::Signature::from_slice(&signatures[k]).unwrap();
+        ed25519_dalek::Verifier::verify(&key.unwrap(), &messages[k], &signature).unwrap();
+    }
 
     // Default: the version before the current one.
     let out = ok(&d, &["restore", p]);
@@ -136,6 +154,18 @@ fn an_overwritten_file_is_restored_byte_for_byte_through_the_mount() {
     assert!(err.contains("no version at or before"), "{err}");
     let err = fails(&d, &["restore", d.path("docs/nope").to_str().unwrap()]);
     assert!(err.contains("no such file"), "{err}");
+    // Who wrote the current version, proven from the local store.
+    let proof = ok(&d, &["verify", p]);
+    assert!(
+        proof.starts_with("docs/report.bin: verified: 1 live version(s)"),
+        "{proof}"
+    );
+    assert!(proof.contains("verified back to the genesis"), "{proof}");
+    let proof = ok(&d, &["verify", p, "--json"]);
+    assert!(proof.contains("\"verified\":true") && proof.contains("\"failures\":[]"));
+    assert!(proof.contains("\"authority\":\"genesis\""), "{proof}");
+    let err = fails(&d, &["verify", d.path("docs").to_str().unwrap()]);
+    assert!(err.contains("not a regular file"), "{err}");
     assert!(
         fs::read(&path).unwrap() == first,
         "failed restores changed nothing"

@@ -274,11 +274,27 @@ fn sorted(groups: &[OpId]) -> Vec<OpId> {
 
 /// The live versions of visible `file` in the store named `store`, if it has several.
 fn conflict_of(state: &FsState, names: &mut Names, store: &str, file: FileId) -> Option<Conflict> {
-    let f = state.file(file)?;
-    let alive = f.alive();
-    if alive.len() < 2 {
+    if state.file(file)?.alive().len() < 2 {
         return None;
     }
+    let (path, versions) = live_versions(state, names, store, file)?;
+    Some(Conflict {
+        path,
+        file,
+        versions,
+    })
+}
+
+/// The path of the visible file `file` of the store named `store`, and its live
+/// versions, the winner first, then the others oldest first.
+pub(super) fn live_versions(
+    state: &FsState,
+    names: &mut Names,
+    store: &str,
+    file: FileId,
+) -> Option<(String, Vec<LiveVersion>)> {
+    let f = state.file(file)?;
+    let alive = f.alive();
     let path = shown_path(store, &names.of(state, file)?);
     let dir = path.rsplit_once('/').map_or("", |(d, _)| d);
     let winner = f.winner();
@@ -314,11 +330,7 @@ fn conflict_of(state: &FsState, names: &mut Names, store: &str, file: FileId) ->
         });
     }
     versions.sort_by_key(|v| (!v.winner, v.head));
-    Some(Conflict {
-        path,
-        file,
-        versions,
-    })
+    Some((path, versions))
 }
 
 /// The version `keep` names among the live versions of `c`; `me` is this node's key.

@@ -56,6 +56,8 @@ pub(crate) enum Request {
     Flush(Reply<()>),
     /// List the intentions touching a file.
     History(FileId, Reply<Vec<HistoryItem>>),
+    /// Re-check the intentions holding these ops and the grants behind them.
+    Verify(Vec<crate::ids::OpId>, Reply<crate::store::verify::Proof>),
     /// Read the stored bytes of these intentions (unknown ones are skipped).
     Get(Vec<Hash>, usize, Reply<Vec<Bytes>>),
     /// Read the witness log from a seq, bounded in bytes.
@@ -271,6 +273,7 @@ fn fail(r: Request, e: StoreError) {
         Request::Apply(_, tx) => drop(tx.send(Err(e))),
         Request::Flush(tx) => drop(tx.send(Err(e))),
         Request::History(_, tx) => drop(tx.send(Err(e))),
+        Request::Verify(_, tx) => drop(tx.send(Err(e))),
         Request::Get(_, _, tx) => drop(tx.send(Err(e))),
         Request::Witness(_, _, tx) => drop(tx.send(Err(e))),
         Request::Missing(_, tx) => drop(tx.send(Err(e))),
@@ -400,6 +403,7 @@ impl Actor {
                     Some(why) => Err(StoreError::Unsynced(why.clone())),
                 })),
                 Request::History(file, tx) => drop(tx.send(self.history(file))),
+                Request::Verify(ops, tx) => drop(tx.send(self.verify(&ops))),
                 Request::Get(hashes, max_bytes, tx) => drop(tx.send(self.get(&hashes, max_bytes))),
                 Request::Witness(from, max_bytes, tx) => {
                     drop(tx.send(self.witness(from, max_bytes)))
@@ -672,6 +676,27 @@ impl Actor {
         Ok(last.map_or(0, |(k, _)| k.value().1))
     }
 
+    /// See [`crate::store::verify::prove`]. The admission checks it reuses read the
+    /// tables of a write transaction, which is dropped without a commit: it writes
+    /// nothing.
+    fn verify(&self, ops: &[crate::ids::OpId]) -> Result<crate::store::verify::Proof, StoreError> {
+        let below = self
+            .shared
+            .standing
+            .lock()
+            .frontier
+            .as_ref()
+            .map(|f| f.below);
+        let txn = self.shared.index.db()?.begin_write()?;
+        let proof = {
+            let t = crate::store::tables::Tables::open(&txn)?;
+            let state = self.shared.state.read();
+            crate::store::verify::prove(&t, &state, self.shared.founder, below, ops)
+        };
+        txn.abort()?;
+        proof
+    }
+
     fn history(&self, file: FileId) -> Result<Vec<HistoryItem>, StoreError> {
         let txn = self.shared.index.db()?.begin_read()?;
         let history = txn.open_table(HISTORY)?;
@@ -697,6 +722,9 @@ impl Actor {
                     .into_iter()
                     .filter(|op| names_file(i.author, op, file))
                     .collect(),
+                prev: i.prev,
+                deps: i.deps,
+                bytes: i.bytes,
             });
         }
         Ok(items)

@@ -362,7 +362,7 @@ fn seal_one(
     }
     deps.truncate(crate::intention::MAX_DEPS);
     let i = Intention::create(identity, cx.id, prev, deps, ops)?;
-    if !is_genesis(cx, counts.intentions, &i) {
+    if !is_genesis(&cx.founder, counts.intentions, &i) {
         check_order(t, &i)?;
     }
     integrate(t, cx, counts, &i, touched)?;
@@ -611,9 +611,10 @@ pub(crate) fn chain_seq(t: &Tables<'_>, i: &Intention) -> Result<u64, StoreError
     }
 }
 
-/// True for the founder's first intention on an empty store.
-pub(crate) fn is_genesis(cx: &Ctx<'_>, applied: u64, i: &Intention) -> bool {
-    applied == 0 && i.prev.is_none() && i.deps.is_empty() && i.author == cx.founder
+/// True for the founder's first intention on an empty store (`applied` intentions
+/// before it).
+pub(crate) fn is_genesis(founder: &PublicKey, applied: u64, i: &Intention) -> bool {
+    applied == 0 && i.prev.is_none() && i.deps.is_empty() && i.author == *founder
 }
 
 /// Rule 6 of the module doc: the author's role at chain seq `seq` covers the ops.
@@ -623,7 +624,7 @@ pub(crate) fn check_authority(
     i: &Intention,
     seq: u64,
 ) -> Result<(), StoreError> {
-    let role = role_at(t, state, &i.author, seq)?;
+    let role = grant_at(t, state, &i.author, seq)?.map(|(_, role)| role);
     let need = needed_role(i);
     let member = if need == Role::Reader {
         Role::Reader
@@ -668,17 +669,17 @@ fn check_leave(i: &Intention, seq: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The role of `key`'s intention at chain seq `seq`: that of its latest counting grant
-/// positioned before it (see the module doc).
-pub(crate) fn role_at(
+/// The grant that rules `key`'s intention at chain seq `seq`, with its role: its latest
+/// counting grant positioned before it (see the module doc).
+pub(crate) fn grant_at(
     t: &Tables<'_>,
     state: &FsState,
     key: &PublicKey,
     seq: u64,
-) -> Result<Option<Role>, StoreError> {
+) -> Result<Option<(crate::ids::OpId, Role)>, StoreError> {
     for (id, role) in state.grants(key).into_iter().rev() {
         if grant_position(t, &id)? < seq {
-            return Ok(Some(role));
+            return Ok(Some((id, role)));
         }
     }
     Ok(None)
@@ -784,7 +785,7 @@ fn admit(
     i: &Intention,
 ) -> Result<(), StoreError> {
     let seq = chain_seq(t, i)?;
-    if is_genesis(cx, counts.intentions, i) {
+    if is_genesis(&cx.founder, counts.intentions, i) {
         return Ok(());
     }
     if cx.state.read().deleted().is_some() {

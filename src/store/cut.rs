@@ -140,7 +140,7 @@ fn rebuild(
             continue; // quarantined at open (see `Store::open`): kept, never applied
         };
         let seq = t.seq_of(&hash)?.map_or(0, |(_, seq)| seq);
-        if !is_genesis(cx, applied, &i) && check_authority(t, &fresh, &i, seq).is_err() {
+        if !is_genesis(&cx.founder, applied, &i) && check_authority(t, &fresh, &i, seq).is_err() {
             lost.push(hash);
             continue;
         }

@@ -57,6 +57,9 @@
 //! (`cut`). Members, invites
 //! and revocation are driven through `members` (admin only); leaving (any member) and
 //! deleting (admin only) through `leave`. A deleted store admits nothing more.
+//! and revocation are driven through `members` (admin only). [`Store::verify`] runs
+//! the same checks again, writing nothing, on the intentions behind given ops and the
+//! grants behind their authors (`verify`).
 //!
 //! ## Local writes
 //! [`Store::write`] runs a closure under the projection's write lock; each [`Tx::push`]
@@ -106,6 +109,9 @@ mod schema;
 mod tables;
 #[cfg(test)]
 pub(crate) mod tests;
+mod verify;
+#[cfg(test)]
+mod verify_tests;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,6 +136,7 @@ pub(crate) use members::invite_id;
 pub use members::Equivocator;
 pub use retention::{is_retained, ContentPlan, SettingError, MS_PER_DAY};
 pub use schema::SCHEMA_VERSION;
+pub use verify::{Authority, CheckedIntention, Proof, VerifyFailure};
 
 use crate::budget::CacheBudget;
 use crate::fs::op::{Op, OpBody, OpError, Role};
@@ -246,6 +253,12 @@ pub struct HistoryItem {
     pub hlc: Hlc,
     /// Its ops that name the file (by id, or as the entry they move or remove).
     pub ops: Vec<Op>,
+    /// Its author's previous intention.
+    pub prev: Option<Hash>,
+    /// The store heads its author had seen.
+    pub deps: Vec<Hash>,
+    /// Its signed bytes as stored (see `intention::signed_parts`).
+    pub bytes: Bytes,
 }
 
 /// A run of a store's witness log, for bootstrapping a new replica.
@@ -827,6 +840,14 @@ impl Store {
     pub fn history(&self, file: FileId) -> Result<Vec<HistoryItem>, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle.shared.send(Request::History(file, tx))?;
+        rx.recv().map_err(|_| StoreError::Closed)?
+    }
+
+    /// Re-checks, from the tables only, the intentions holding `ops` and the grants
+    /// that gave their authors the right to write them, back to the genesis.
+    pub fn verify(&self, ops: Vec<crate::ids::OpId>) -> Result<Proof, StoreError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.handle.shared.send(Request::Verify(ops, tx))?;
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
