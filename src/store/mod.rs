@@ -57,7 +57,7 @@
 //! (`cut`). Members, invites
 //! and revocation are driven through `members` (admin only); leaving (any member) and
 //! deleting (admin only) through `leave`. A deleted store admits nothing more.
-//! and revocation are driven through `members` (admin only). [`Store::verify`] runs
+//! [`Store::verify`] runs
 //! the same checks again, writing nothing, on the intentions behind given ops and the
 //! grants behind their authors (`verify`).
 //!
