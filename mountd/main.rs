@@ -13,6 +13,7 @@ mod preflight;
 mod report;
 mod service;
 mod watch;
+mod web;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -24,7 +25,7 @@ use tracing_subscriber::EnvFilter;
 
 use lattice_mount::proto::control::{
     request, response, FetchModeRequest, GcRequest, InviteRequest, PauseRequest, PeersRequest,
-    RevokeRequest, SettingRequest, StoreSetting, SyncRequest,
+    RevokeRequest, SettingRequest, StoreSetting, SyncRequest, WebRequest,
 };
 
 use crate::cli::{home_dir, Cli, Command};
@@ -72,6 +73,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             relay,
             bind,
             cache_mib,
+            web,
         } => {
             let mountpoint = match mountpoint {
                 Some(m) => m,
@@ -85,6 +87,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 allow_other,
                 net: lattice_mount::NetConfig { relay, bind },
                 cache: lattice_mount::CacheBudget::from_mib(cache_mib),
+                web,
             })
         }
         Command::Create { name } => {
@@ -167,6 +170,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
             },
         ),
         Command::Down => client::down(&data_dir),
+        Command::Web => {
+            match client::ask(&data_dir, request::Kind::Web(WebRequest {}))? {
+                response::Kind::Web(w) => println!("{}", w.url),
+                other => return Err(client::unexpected(&other)),
+            }
+            Ok(())
+        }
         Command::Invite {
             name,
             role,
