@@ -18,8 +18,8 @@
 //! may not be framed; the page runs only its own inline script (a CSP nonce).
 
 use std::convert::Infallible;
-use std::future::IntoFuture;
 use std::fs::OpenOptions;
+use std::future::IntoFuture;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -232,7 +232,8 @@ pub async fn serve(web: Web, handler: Handler, stop: watch::Receiver<bool>) {
         streams: Arc::new(Semaphore::new(MAX_EVENT_STREAMS)),
         stop: stop.clone(),
     });
-    let server = axum::serve(listener, router(shared)).with_graceful_shutdown(stopped(stop.clone()));
+    let server =
+        axum::serve(listener, router(shared)).with_graceful_shutdown(stopped(stop.clone()));
     tokio::select! {
         served = server.into_future() => {
             if let Err(e) = served {
@@ -340,7 +341,10 @@ fn harden(mut answer: HttpResponse) -> HttpResponse {
     h.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !h.contains_key(CONTENT_SECURITY_POLICY) {
-        h.insert(CONTENT_SECURITY_POLICY, HeaderValue::from_static(API_POLICY));
+        h.insert(
+            CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(API_POLICY),
+        );
     }
     answer
 }
@@ -364,7 +368,10 @@ async fn page() -> HttpResponse {
     };
     (
         [
-            (CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8")),
+            (
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
             (CONTENT_SECURITY_POLICY, policy),
         ],
         PAGE.replace(NONCE_PLACEHOLDER, &nonce),
@@ -406,10 +413,14 @@ struct StoreQuery {
 }
 
 async fn peers(State(s): State<Arc<Shared>>, Query(q): Query<StoreQuery>) -> HttpResponse {
-    ask(&s, request::Kind::Peers(PeersRequest { store: q.store }), |k| match k {
-        response::Kind::Peers(p) => Some(output::peers_json(&p.peers)),
-        _ => None,
-    })
+    ask(
+        &s,
+        request::Kind::Peers(PeersRequest { store: q.store }),
+        |k| match k {
+            response::Kind::Peers(p) => Some(output::peers_json(&p.peers)),
+            _ => None,
+        },
+    )
     .await
 }
 
@@ -549,13 +560,25 @@ mod tests {
         let host = "127.0.0.1:8080";
         assert!(same_origin(&headers(&[]), host));
         assert!(same_origin(
-            &headers(&[("origin", "http://127.0.0.1:8080"), ("sec-fetch-site", "same-origin")]),
+            &headers(&[
+                ("origin", "http://127.0.0.1:8080"),
+                ("sec-fetch-site", "same-origin")
+            ]),
             host
         ));
-        assert!(!same_origin(&headers(&[("origin", "http://evil.example")]), host));
+        assert!(!same_origin(
+            &headers(&[("origin", "http://evil.example")]),
+            host
+        ));
         assert!(!same_origin(&headers(&[("origin", "null")]), host));
-        assert!(!same_origin(&headers(&[("sec-fetch-site", "cross-site")]), host));
-        assert!(!same_origin(&headers(&[("sec-fetch-site", "same-site")]), host));
+        assert!(!same_origin(
+            &headers(&[("sec-fetch-site", "cross-site")]),
+            host
+        ));
+        assert!(!same_origin(
+            &headers(&[("sec-fetch-site", "same-site")]),
+            host
+        ));
     }
 
     #[test]
@@ -572,7 +595,10 @@ mod tests {
 
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = load_token(tmp.path()).unwrap_err();
-        assert!(matches!(err, WebError::TokenExposed { mode: 0o644, .. }), "{err}");
+        assert!(
+            matches!(err, WebError::TokenExposed { mode: 0o644, .. }),
+            "{err}"
+        );
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         std::fs::write(&path, format!("{token}0")).unwrap();
         let err = load_token(tmp.path()).unwrap_err();
