@@ -41,6 +41,11 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = lattice_mount::DEFAULT_CACHE_MIB,
               value_parser = clap::value_parser!(u64).range(1..=1024 * 1024))]
         cache_mib: u64,
+        /// Serve a status page and its JSON API at ADDR [default: 127.0.0.1, a free
+        /// port]; `lattice-mount web` prints its address with the access token
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, require_equals = true,
+              default_missing_value = crate::web::DEFAULT_ADDR)]
+        web: Option<std::net::SocketAddr>,
     },
     /// Create a new store, shown as a directory under the mount root
     Create {
@@ -124,6 +129,9 @@ pub enum Command {
     },
     /// Stop the daemon and unmount
     Down,
+    /// Print the status page's address with its access token (the daemon runs with
+    /// `up --web`)
+    Web,
     /// Print a one-line token that lets another node join a store
     Invite {
         /// Store name
@@ -132,7 +140,7 @@ pub enum Command {
         #[arg(long, default_value = "writer", value_parser = ["admin", "writer", "reader"])]
         role: String,
         /// How long the token stays valid, e.g. 30m, 24h, 7d
-        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        #[arg(long, default_value = DEFAULT_INVITE_EXPIRY, value_parser = parse_duration)]
         expires: std::time::Duration,
     },
     /// Join a store with a token from `invite`; shows progress while it clones
@@ -267,6 +275,9 @@ pub enum ServiceAction {
         no_disable: bool,
     },
 }
+
+/// How long an invite token stays valid unless told otherwise.
+pub const DEFAULT_INVITE_EXPIRY: &str = "7d";
 
 /// A valid display name (trimmed), or why not: refused here rather than signed raw.
 fn display_name(s: &str) -> Result<String, String> {

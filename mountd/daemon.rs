@@ -16,7 +16,7 @@ use anyhow::{anyhow, Context};
 use lattice_mount::proto::control::{
     request, response, CreateResponse, DownResponse, FetchModeResponse, GcResponse, GcStoreReport,
     InviteResponse, JoinProgress, JoinResponse, PauseResponse, PeerEntry, PeersResponse, Request,
-    Response, RevokeResponse, SettingResponse, StoreSetting, SyncResponse,
+    Response, RevokeResponse, SettingResponse, StoreSetting, SyncResponse, WebResponse,
 };
 use lattice_mount::{CacheBudget, Net, NetConfig, Node, Relay, Role, Setting};
 use tokio::net::{UnixListener, UnixStream};
@@ -59,6 +59,8 @@ pub struct UpOptions {
     pub net: NetConfig,
     /// The cache budget.
     pub cache: CacheBudget,
+    /// Where to serve the status page, if anywhere.
+    pub web: Option<std::net::SocketAddr>,
 }
 
 /// Runs the daemon in the foreground until it is asked to stop.
@@ -70,6 +72,10 @@ pub fn up(opts: UpOptions) -> Result<(), CliError> {
         .create(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let lock = DaemonLock::acquire(data_dir)?;
+    let web = opts
+        .web
+        .map(|addr| crate::web::Web::open(data_dir, addr))
+        .transpose()?;
     let mountpoint = prepare_mountpoint(&opts.mountpoint)?;
     preflight::diagnose(&preflight::gather(&mountpoint, opts.allow_other))?;
     // Whatever the node's libraries create from here on (redb files, blobs, staging, the
@@ -126,6 +132,12 @@ pub fn up(opts: UpOptions) -> Result<(), CliError> {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    if let Some(web) = &web {
+        eprintln!(
+            "status page on http://{}/ (`lattice-mount web` prints its address with the access token)",
+            web.addr()
+        );
+    }
     if opts.net.relay != Relay::Disabled {
         let net = net.clone();
         rt.spawn(async move {
@@ -147,10 +159,11 @@ pub fn up(opts: UpOptions) -> Result<(), CliError> {
         net: net.clone(),
         mountpoint: mountpoint.clone(),
         rt: rt.handle().clone(),
+        web_url: web.as_ref().map(|w| w.url()),
     });
     let reason = rt.block_on(async move {
         let listener = UnixListener::from_std(listener)?;
-        anyhow::Ok(serve(listener, ctx, signals).await)
+        anyhow::Ok(serve(listener, ctx, signals, web).await)
     });
     match &reason {
         Ok(reason) => tracing::info!("stopping: {reason}"),
@@ -395,13 +408,59 @@ struct Ctx {
     net: Net,
     mountpoint: PathBuf,
     rt: tokio::runtime::Handle,
+    /// The status page's address with its token, when `up --web` serves one.
+    web_url: Option<String>,
 }
 
-/// Accepts control connections until a signal or a `down` request; then waits for
-/// requests in progress and closes every connection. Returns why it stopped.
-async fn serve(listener: UnixListener, ctx: Arc<Ctx>, mut signals: Signals) -> &'static str {
+/// Runs control requests on the node: what the control socket and the status page share.
+#[derive(Clone)]
+pub struct Handler {
+    ctx: Arc<Ctx>,
+    /// Held (read) by every request running on the node; `serve` takes it (write) to
+    /// wait for them before the node shuts down.
+    in_flight: Arc<RwLock<()>>,
+}
+
+impl Handler {
+    /// The node requests run on.
+    pub fn node(&self) -> &Node {
+        &self.ctx.node
+    }
+
+    /// Answers one request (any but a join or a watch, which stream) off the async
+    /// threads; the daemon waits for it before it stops.
+    pub async fn answer(&self, request: Request) -> Response {
+        let permit = self.in_flight.clone().read_owned().await;
+        let ctx = self.ctx.clone();
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            handle(&ctx, request)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!("control request handler failed: {e}");
+            error_response("internal error while handling the request".into())
+        })
+    }
+}
+
+/// Accepts control connections (and serves the status page, if any) until a signal or
+/// a `down` request; then waits for requests in progress and closes every connection.
+/// Returns why it stopped.
+async fn serve(
+    listener: UnixListener,
+    ctx: Arc<Ctx>,
+    mut signals: Signals,
+    web: Option<crate::web::Web>,
+) -> &'static str {
     let (down_tx, mut down_rx) = mpsc::channel::<()>(1);
     let in_flight = Arc::new(RwLock::new(()));
+    let handler = Handler {
+        ctx: ctx.clone(),
+        in_flight: in_flight.clone(),
+    };
+    let (stop_web, web_stopped) = tokio::sync::watch::channel(false);
+    let web_task = web.map(|w| tokio::spawn(crate::web::serve(w, handler.clone(), web_stopped)));
     let slots = Arc::new(Semaphore::new(MAX_CONTROL_CONNECTIONS));
     let mut connections = JoinSet::new();
     let mut gc_timer = tokio::time::interval_at(
@@ -429,8 +488,7 @@ async fn serve(listener: UnixListener, ctx: Arc<Ctx>, mut signals: Signals) -> &
                 Ok((stream, _)) => match slots.clone().try_acquire_owned() {
                     Ok(slot) => {
                         let conn = Connection {
-                            ctx: ctx.clone(),
-                            in_flight: in_flight.clone(),
+                            handler: handler.clone(),
                             down: down_tx.clone(),
                             _slot: slot,
                         };
@@ -453,6 +511,13 @@ async fn serve(listener: UnixListener, ctx: Arc<Ctx>, mut signals: Signals) -> &
         }
     };
     drop(listener);
+    // The status page closes its event streams and finishes the requests it has begun.
+    let _ = stop_web.send(true);
+    if let Some(task) = web_task {
+        if let Err(e) = task.await {
+            tracing::error!("status page task failed: {e}");
+        }
+    }
     // Wait for requests already running on the node, then drop idle connections.
     let _quiet = in_flight.write().await;
     connections.shutdown().await;
@@ -461,8 +526,7 @@ async fn serve(listener: UnixListener, ctx: Arc<Ctx>, mut signals: Signals) -> &
 
 /// One client connection: requests in, responses out, in order.
 struct Connection {
-    ctx: Arc<Ctx>,
-    in_flight: Arc<RwLock<()>>,
+    handler: Handler,
     down: mpsc::Sender<()>,
     _slot: OwnedSemaphorePermit,
 }
@@ -488,21 +552,11 @@ impl Connection {
                 continue;
             }
             if let Some(request::Kind::Watch(w)) = request.kind {
-                crate::watch::serve(self.ctx.node.clone(), &mut stream, w).await;
+                crate::watch::serve(self.handler.node().clone(), &mut stream, w).await;
                 return;
             }
             let is_down = matches!(request.kind, Some(request::Kind::Down(_)));
-            let permit = self.in_flight.clone().read_owned().await;
-            let ctx = self.ctx.clone();
-            let response = tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                handle(&ctx, request)
-            })
-            .await
-            .unwrap_or_else(|e| {
-                tracing::error!("control request handler failed: {e}");
-                error_response("internal error while handling the request".into())
-            });
+            let response = self.handler.answer(request).await;
             match write_frame(&mut stream, &response).await {
                 Ok(()) => {}
                 Err(FrameError::TooLarge { size: n, .. }) => {
@@ -536,7 +590,7 @@ impl Connection {
         j: lattice_mount::proto::control::JoinRequest,
     ) -> bool {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let net = self.ctx.net.clone();
+        let net = self.handler.ctx.net.clone();
         let name = match (!j.name.is_empty())
             .then(|| lattice_mount::check_display_name(&j.name))
             .transpose()
@@ -788,6 +842,15 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
             }
         }
         Some(request::Kind::Down(_)) => response::Kind::Down(DownResponse {}),
+        Some(request::Kind::Web(_)) => match &ctx.web_url {
+            Some(url) => response::Kind::Web(WebResponse { url: url.clone() }),
+            None => {
+                return error_response(
+                    "the status page is off (start the daemon with `lattice-mount up --web`)"
+                        .into(),
+                )
+            }
+        },
     };
     Response { kind: Some(kind) }
 }
@@ -868,13 +931,16 @@ mod tests {
             net: net.clone(),
             mountpoint: PathBuf::from("/mnt/lattice"),
             rt: rt.handle().clone(),
+            web_url: None,
         });
         rt.block_on(async {
             let (a, b) = UnixStream::pair().unwrap();
             let (down, _down_rx) = mpsc::channel(1);
             let conn = Connection {
-                ctx,
-                in_flight: Arc::new(RwLock::new(())),
+                handler: Handler {
+                    ctx,
+                    in_flight: Arc::new(RwLock::new(())),
+                },
                 down,
                 _slot: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
             };

@@ -23,6 +23,9 @@ pub enum CliError {
     /// Installing or removing the systemd service failed.
     #[error(transparent)]
     Service(#[from] crate::service::ServiceError),
+    /// The status page cannot start.
+    #[error(transparent)]
+    Web(#[from] crate::web::WebError),
     /// Anything else, with its context chain.
     #[error("{0:#}")]
     Failed(#[from] anyhow::Error),
@@ -36,6 +39,7 @@ impl CliError {
             CliError::Refused(_)
             | CliError::Mount(_)
             | CliError::Service(_)
+            | CliError::Web(_)
             | CliError::Failed(_) => EXIT_FAILURE,
         })
     }

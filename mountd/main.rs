@@ -14,6 +14,7 @@ mod preflight;
 mod report;
 mod service;
 mod watch;
+mod web;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ use tracing_subscriber::EnvFilter;
 use lattice_mount::proto::control::{
     request, response, DeleteRequest, FetchModeRequest, GcRequest, InviteRequest, LeaveRequest,
     PauseRequest, PeersRequest, RevokeRequest, SettingRequest, StoreSetting, SyncRequest,
+    WebRequest,
 };
 
 use crate::cli::{home_dir, Cli, Command};
@@ -73,6 +75,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             relay,
             bind,
             cache_mib,
+            web,
         } => {
             let mountpoint = match mountpoint {
                 Some(m) => m,
@@ -86,6 +89,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
                 allow_other,
                 net: lattice_mount::NetConfig { relay, bind },
                 cache: lattice_mount::CacheBudget::from_mib(cache_mib),
+                web,
             })
         }
         Command::Create { name } => {
@@ -186,6 +190,13 @@ fn run(cli: Cli) -> Result<(), CliError> {
             },
         ),
         Command::Down => client::down(&data_dir),
+        Command::Web => {
+            match client::ask(&data_dir, request::Kind::Web(WebRequest {}))? {
+                response::Kind::Web(w) => println!("{}", w.url),
+                other => return Err(client::unexpected(&other)),
+            }
+            Ok(())
+        }
         Command::Invite {
             name,
             role,

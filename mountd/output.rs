@@ -6,7 +6,7 @@ use lattice_mount::proto::control::{
     ConflictsResponse, DeleteResponse, FrontierStatus, GcResponse, HistoryEntry, HistoryResponse,
     JoinProgress, LeaveResponse, PeerEntry, ResolveResponse, RestoreResponse,
     SignedIntentionEntry, StatusResponse, StoreSetting, SyncResponse, VerifyResponse,
-    VersionEntry, WatchEvent,
+    VersionEntry, WatchEvent, WatchStarted,
 };
 use lattice_mount::{civil_from_days, hex};
 
@@ -998,6 +998,22 @@ pub fn watch_json(e: &WatchEvent) -> String {
         json_string(&e.intention),
         e.local
     )
+}
+
+/// The stores a watch follows, as one JSON object.
+pub fn watch_started_json(w: &WatchStarted) -> String {
+    let stores: Vec<String> = w.stores.iter().map(|s| json_string(s)).collect();
+    format!("{{\"stores\":[{}]}}", stores.join(","))
+}
+
+/// A new invite token as one JSON object.
+pub fn invite_json(token: &str) -> String {
+    format!("{{\"token\":{}}}", json_string(token))
+}
+
+/// A refusal as one JSON object.
+pub fn error_json(message: &str) -> String {
+    format!("{{\"error\":{}}}", json_string(message))
 }
 
 /// A member as `name (8 hex of the key)`, or the 8 hex alone when it has no name.

@@ -1,9 +1,10 @@
-//! `watch` on the daemon side: one control connection turned into a stream of the changes
-//! the node's stores apply (see `lattice_mount::Node::changes`), until the client closes
-//! it or the daemon stops (the connection task is aborted and the socket closes).
+//! `watch` on the daemon side: the changes the node's stores apply (see
+//! `lattice_mount::Node::changes`) as a stream of control responses, until its reader
+//! goes away or the daemon stops. [`follow`] makes the stream; [`serve`] writes it to a
+//! control connection, and the status page (`crate::web`) sends it as server-sent events.
 //!
 //! Each watched store has a forwarding task that turns its `StoreEvent`s (and a lagged
-//! receiver) into one wake-up; on waking, the connection reads every store's witness log
+//! receiver) into one wake-up; on waking, the follower reads every store's witness log
 //! from where it stopped, so no change is missed however the wake-ups coalesce.
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use lattice_mount::{store_name, Change, Node, NodeError, Store};
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
 use crate::control::write_frame;
@@ -21,6 +22,9 @@ use crate::control::write_frame;
 /// Most changes gathered before they are written out: bounds the daemon's memory while
 /// a large batch (a join's whole history) applies; the rest follows at once.
 const MAX_CHANGES_PER_ROUND: usize = 4096;
+/// Responses queued between a follower and its writer: enough to keep the writer busy,
+/// few enough that a slow reader holds back the follower rather than memory.
+pub const MAX_QUEUED_WATCH_RESPONSES: usize = 256;
 
 /// One watched store and the witness seq to read from next.
 struct Watched {
@@ -30,12 +34,32 @@ struct Watched {
 
 /// Serves one `watch` request on `stream` until the client leaves or the node fails.
 pub async fn serve(node: Node, stream: &mut UnixStream, w: WatchRequest) {
+    let (tx, mut rx) = mpsc::channel(MAX_QUEUED_WATCH_RESPONSES);
+    let (mut reader, mut writer) = stream.split();
+    let forward = async {
+        while let Some(response) = rx.recv().await {
+            if write_frame(&mut writer, &response).await.is_err() {
+                return;
+            }
+        }
+    };
+    let mut probe = [0u8; 1];
+    tokio::select! {
+        _ = async { tokio::join!(follow(node, w, tx), forward) } => {}
+        // The client sends nothing more: any read that returns means it left.
+        _ = reader.read(&mut probe) => {}
+    }
+}
+
+/// Follows the changes `w` asks for into `out`: one `WatchStarted` (or an error), then a
+/// `WatchEvent` per change, until `out` closes or the node fails (an error, then the end).
+pub async fn follow(node: Node, w: WatchRequest, out: mpsc::Sender<Response>) {
     let prefix = w.path.trim_matches('/').to_string();
     let only = prefix.split('/').next().filter(|s| !s.is_empty());
     if let Some(name) = only {
         if node.store_by_name(name).is_none() {
             let e = NodeError::UnknownStore(name.to_string());
-            let _ = write_frame(stream, &error(e.to_string())).await;
+            let _ = out.send(error(e.to_string())).await;
             return;
         }
     }
@@ -46,23 +70,22 @@ pub async fn serve(node: Node, stream: &mut UnixStream, w: WatchRequest) {
     let added = match add_new(&node, only, &mut watched, &mut forwarders, &wake).await {
         Ok(added) => added,
         Err(e) => {
-            let _ = write_frame(stream, &error(e)).await;
+            let _ = out.send(error(e)).await;
             return;
         }
     };
     let started = Response {
         kind: Some(response::Kind::WatchStarted(WatchStarted { stores: added })),
     };
-    if write_frame(stream, &started).await.is_err() {
+    if out.send(started).await.is_err() {
         return;
     }
     let me = node.identity().public();
-    let mut probe = [0u8; 1];
     loop {
         let (changes, more) = match collect(&node, &mut watched).await {
             Ok(found) => found,
             Err(e) => {
-                let _ = write_frame(stream, &error(e)).await;
+                let _ = out.send(error(e)).await;
                 return;
             }
         };
@@ -80,7 +103,7 @@ pub async fn serve(node: Node, stream: &mut UnixStream, w: WatchRequest) {
             let frame = Response {
                 kind: Some(response::Kind::WatchEvent(event)),
             };
-            if write_frame(stream, &frame).await.is_err() {
+            if out.send(frame).await.is_err() {
                 return;
             }
         }
@@ -94,12 +117,11 @@ pub async fn serve(node: Node, stream: &mut UnixStream, w: WatchRequest) {
                     return;
                 }
                 if let Err(e) = add_new(&node, None, &mut watched, &mut forwarders, &wake).await {
-                    let _ = write_frame(stream, &error(e)).await;
+                    let _ = out.send(error(e)).await;
                     return;
                 }
             }
-            // The client sends nothing more: any read that returns means it left.
-            _ = stream.read(&mut probe) => return,
+            _ = out.closed() => return,
         }
     }
 }

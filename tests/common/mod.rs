@@ -77,6 +77,8 @@ pub struct Daemon {
     pub data: PathBuf,
     pub mnt: PathBuf,
     pub name: String,
+    /// More options for `up`.
+    pub up_args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -88,6 +90,11 @@ impl Daemon {
 
     /// Starts a daemon with display name `name` (networking on loopback only, no relays).
     pub fn start_named(name: &str) -> Daemon {
+        Daemon::start_with(name, &[])
+    }
+
+    /// Starts a daemon named `name` whose `up` also gets `up_args`.
+    pub fn start_with(name: &str, up_args: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("lattice-e2e")
             .tempdir()
@@ -99,6 +106,7 @@ impl Daemon {
             data,
             mnt,
             name: name.to_string(),
+            up_args: up_args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         d.up();
@@ -140,6 +148,7 @@ impl Daemon {
                 "--name",
             ])
             .arg(&self.name)
+            .args(&self.up_args)
             .arg(&self.mnt)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
