@@ -4,9 +4,9 @@ use std::fmt::Write;
 
 use lattice_mount::proto::control::{
     ConflictsResponse, DeleteResponse, FrontierStatus, GcResponse, HistoryEntry, HistoryResponse,
-    JoinProgress, LeaveResponse, PeerEntry, ResolveResponse, RestoreResponse,
-    SignedIntentionEntry, StatusResponse, StoreSetting, SyncResponse, VerifyResponse,
-    VersionEntry, WatchEvent, WatchStarted,
+    JoinProgress, LeaveResponse, PeerEntry, ResolveResponse, RestoreResponse, SignedIntentionEntry,
+    StatusResponse, StoreSetting, SyncResponse, VerifyResponse, VersionEntry, WatchEvent,
+    WatchStarted,
 };
 use lattice_mount::{civil_from_days, hex};
 
