@@ -87,14 +87,14 @@ pub struct Need {
 }
 
 /// How much content is still to fetch, as `status` shows it.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
     /// Files whose current versions need absent blobs.
     pub files: u64,
     /// Content bytes those blobs stand for (a blob shared by two files counts twice).
     pub bytes: u64,
     /// Bytes of blobs that arrived per second over the last [`RATE_WINDOW`].
-    pub rate: f64,
+    pub rate: u64,
     /// `bytes / rate`, when something is arriving.
     pub eta: Option<Duration>,
 }
@@ -164,13 +164,18 @@ impl Backlog {
         again
     }
 
+    /// The files that need something.
+    pub(crate) fn files(&self) -> Vec<FileId> {
+        self.files.keys().copied().collect()
+    }
+
     /// The totals now.
     pub(crate) fn progress(&mut self, now: Instant) -> Progress {
         self.expire(now);
         let arrived: u64 = self.arrivals.iter().map(|(_, b)| b).sum();
-        let rate = arrived as f64 / RATE_WINDOW.as_secs_f64();
-        let eta = (rate > 0.0 && self.bytes > 0)
-            .then(|| Duration::from_secs_f64(self.bytes as f64 / rate));
+        let rate = arrived / RATE_WINDOW.as_secs();
+        let eta =
+            (rate > 0 && self.bytes > 0).then(|| Duration::from_secs(self.bytes.div_ceil(rate)));
         Progress {
             files: self.files.len() as u64,
             bytes: self.bytes,

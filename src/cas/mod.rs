@@ -77,8 +77,9 @@ pub use ahead::PutAhead;
 pub use content::{Content, INLINE_MAX};
 pub use error::CasError;
 pub(crate) use fetch::Backlog;
-pub use fetch::{FetchRequest, Fetcher, Need, Progress, RATE_WINDOW, READ_WAIT};
+pub use fetch::{FetchRequest, Fetcher, Need, Progress, READ_WAIT};
 pub use gc::{GcReport, Space, PUT_GRACE};
+pub(crate) use store::to_iroh;
 
 use crate::budget::CacheBudget;
 use crate::ids::{Hash, StoreId};
@@ -591,17 +592,13 @@ impl Cas {
             let chunks: Vec<(Hash, u64)> = manifest.chunks().map(|(h, _, l)| (h, l)).collect();
             let hashes: Vec<Hash> = chunks.iter().map(|(h, _)| *h).collect();
             let complete = self.complete(&hashes)?;
-            out.extend(
-                chunks
-                    .iter()
-                    .zip(complete)
-                    .filter(|(_, c)| !c)
-                    .map(|((hash, bytes), _)| Need {
-                        hash: *hash,
-                        bytes: *bytes,
-                        manifest: false,
-                    }),
-            );
+            out.extend(chunks.iter().zip(complete).filter(|(_, c)| !c).map(
+                |((hash, bytes), _)| Need {
+                    hash: *hash,
+                    bytes: *bytes,
+                    manifest: false,
+                },
+            ));
         }
         let mut seen = HashSet::new();
         out.retain(|n| seen.insert(n.hash));

@@ -964,7 +964,10 @@ fn backlog_counts_what_current_content_lacks_and_shrinks_as_blobs_arrive() {
     let Content::Manifest { hash, size } = content else {
         panic!("large content is a manifest")
     };
-    let small = peer.cas.put_bytes(S, b"inline content needs nothing").unwrap();
+    let small = peer
+        .cas
+        .put_bytes(S, b"inline content needs nothing")
+        .unwrap();
     let file = crate::ids::FileId {
         hlc: crate::hlc::Hlc {
             wall_ms: 7,
@@ -977,7 +980,11 @@ fn backlog_counts_what_current_content_lacks_and_shrinks_as_blobs_arrive() {
     let t0 = Instant::now();
     backlog.set(file, local.cas.needs(&pieces).unwrap());
     let p = backlog.progress(t0);
-    assert_eq!((p.files, p.bytes), (1, size), "the absent manifest stands for the whole file");
+    assert_eq!(
+        (p.files, p.bytes),
+        (1, size),
+        "the absent manifest stands for the whole file"
+    );
     assert_eq!(p.eta, None, "nothing arrives yet");
 
     // The manifest arrives: the file is looked at again and its chunks are counted.
@@ -1004,10 +1011,10 @@ fn backlog_counts_what_current_content_lacks_and_shrinks_as_blobs_arrive() {
     assert!(backlog.arrived(first.0, first.1, t1).is_empty());
     let p = backlog.progress(t1);
     assert_eq!((p.files, p.bytes), (1, size - first.1));
-    let rate = (manifest.len() as u64 + first.1) as f64 / super::RATE_WINDOW.as_secs_f64();
-    assert!((p.rate - rate).abs() < 1e-6, "{} vs {rate}", p.rate);
-    let eta = p.eta.expect("something arrives").as_secs_f64();
-    assert!((eta - (size - first.1) as f64 / rate).abs() < 1e-3);
+    let rate = (manifest.len() as u64 + first.1) / super::fetch::RATE_WINDOW.as_secs();
+    assert_eq!(p.rate, rate);
+    let eta = p.eta.expect("something arrives").as_secs();
+    assert_eq!(eta, (size - first.1).div_ceil(rate));
     assert_eq!(local.cas.needs(&pieces).unwrap().len(), rest.len());
 
     for (h, l) in rest {
@@ -1020,8 +1027,8 @@ fn backlog_counts_what_current_content_lacks_and_shrinks_as_blobs_arrive() {
     assert!(local.cas.needs(&pieces).unwrap().is_empty());
 
     // Arrivals older than the window no longer count towards the rate.
-    let later = t1 + super::RATE_WINDOW + Duration::from_secs(1);
-    assert_eq!(backlog.progress(later).rate, 0.0);
+    let later = t1 + super::fetch::RATE_WINDOW + Duration::from_secs(1);
+    assert_eq!(backlog.progress(later).rate, 0);
 
     // A file that is gone needs nothing.
     backlog.set(file, peer.cas.needs(&pieces).unwrap());
