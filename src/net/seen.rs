@@ -66,7 +66,8 @@ impl Book {
 impl LastSeen {
     /// `key` was heard from at `at_ms` (Unix ms, `now` on the monotonic clock): written
     /// for each of `stores` (id and directory) unless it was written less than
-    /// [`SEEN_SAVE_EVERY`] ago. True if written.
+    /// [`SEEN_SAVE_EVERY`] ago (a key in no store is not counted as written). True if
+    /// written.
     pub(crate) fn heard(
         &self,
         key: PublicKey,
@@ -84,8 +85,15 @@ impl LastSeen {
             }
             written.insert(key, now);
         }
+        let stores = stores();
+        if stores.is_empty() {
+            // Not a member of a visible store yet (a join in progress): the first
+            // message after the join is written, not one a minute later.
+            self.written.lock().remove(&key);
+            return false;
+        }
         let mut books = self.books.lock();
-        for (id, dir) in stores() {
+        for (id, dir) in stores {
             let book = books.entry(id).or_insert_with(|| Book::load(&dir));
             let ms = book.seen.entry(key).or_insert(at_ms);
             *ms = (*ms).max(at_ms);
@@ -127,6 +135,10 @@ mod tests {
         );
         let t0 = Instant::now();
         let seen = LastSeen::default();
+        assert!(
+            !seen.heard(a, 500, t0, Vec::new),
+            "joining: in no store yet"
+        );
         assert!(seen.heard(a, 1_000, t0, stores));
         assert!(seen.heard(b, 1_500, t0, || vec![(one, d1.clone())]));
         // Within the minute: not written again, the stores are not even asked.
