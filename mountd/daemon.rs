@@ -650,6 +650,10 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
                 s.peers_online = n.online as u64;
                 s.members = n.members as u64;
                 s.unsent = n.unsent;
+                s.fetch_files = n.to_fetch.files;
+                s.fetch_bytes = n.to_fetch.bytes;
+                s.fetch_rate = n.to_fetch.rate;
+                s.fetch_eta_secs = n.to_fetch.eta.map(|d| d.as_secs());
             }
             response::Kind::Status(status)
         }
@@ -693,7 +697,10 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
                             },
                             me: p.me,
                             online: p.online,
-                            last_seen_ms: p.last_seen.map(|d| d.as_millis() as u64),
+                            last_seen_ms: p
+                                .last_seen
+                                .map(|at| lattice_mount::now_ms().saturating_sub(at)),
+                            last_seen_unix_ms: p.last_seen,
                             addrs: p.addrs.iter().map(|a| a.to_string()).collect(),
                             equivocator: equivocators.contains(&p.key),
                         })

@@ -5,8 +5,8 @@ use std::fmt::Write;
 use lattice_mount::proto::control::{
     ConflictsResponse, DeleteResponse, FrontierStatus, GcResponse, HistoryEntry, HistoryResponse,
     JoinProgress, LeaveResponse, PeerEntry, ResolveResponse, RestoreResponse, SignedIntentionEntry,
-    StatusResponse, StoreSetting, SyncResponse, VerifyResponse, VersionEntry, WatchEvent,
-    WatchStarted,
+    StatusResponse, StoreSetting, StoreStatus, SyncResponse, VerifyResponse, VersionEntry,
+    WatchEvent, WatchStarted,
 };
 use lattice_mount::{civil_from_days, hex};
 
@@ -106,6 +106,7 @@ pub fn status_human(s: &StatusResponse) -> String {
                 st.quarantined
             );
         }
+        let _ = writeln!(out, "{}: {}", printable(&st.name), to_fetch_line(st));
         if let Some(f) = &st.frontier {
             let _ = writeln!(
                 out,
@@ -117,6 +118,59 @@ pub fn status_human(s: &StatusResponse) -> String {
         }
     }
     out
+}
+
+/// One line on the content a store still has to fetch, its rate and time left.
+fn to_fetch_line(st: &StoreStatus) -> String {
+    if st.fetch_files == 0 {
+        return "all content of current versions is local".to_string();
+    }
+    let files = if st.fetch_files == 1 { "file" } else { "files" };
+    let mut line = format!(
+        "to fetch: {} {files}, {}",
+        st.fetch_files,
+        bytes_human(st.fetch_bytes)
+    );
+    match st.fetch_eta_secs {
+        Some(eta) => {
+            let _ = write!(
+                line,
+                " at {}/s, about {} left",
+                bytes_human(st.fetch_rate),
+                span(eta * 1000)
+            );
+        }
+        None if st.fetch_mode == "on-demand" => line.push_str(" (fetched when read)"),
+        None => line.push_str(", nothing arriving now"),
+    }
+    line
+}
+
+/// A byte count in binary units, one decimal above KiB.
+fn bytes_human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+/// "42 s", "3 min", "5 h", "2 days": how long ago, in its largest whole unit.
+fn ago(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 => format!("{} h", s / 3600),
+        _ if s < 2 * 86_400 => "1 day".to_string(),
+        _ => format!("{} days", s / 86_400),
+    }
 }
 
 /// One line on a store's stability frontier: how far behind the newest op, and who
@@ -225,8 +279,8 @@ pub fn peers_human(peers: &[PeerEntry]) -> String {
             "online".to_string()
         } else {
             match p.last_seen_ms {
-                Some(ms) => format!("offline, seen {} s ago", ms / 1000),
-                None => "offline".to_string(),
+                Some(ms) => format!("last seen {} ago", ago(ms)),
+                None => "never seen".to_string(),
             }
         };
         let role = if p.equivocator {
@@ -253,7 +307,7 @@ pub fn peers_json(peers: &[PeerEntry]) -> String {
             let addrs: Vec<String> = p.addrs.iter().map(|a| json_string(a)).collect();
             format!(
                 "{{\"key\":{},\"name\":{},\"role\":{},\"me\":{},\"online\":{},\
-                 \"last_seen_ms\":{},\"addrs\":[{}],\"equivocator\":{}}}",
+                 \"last_seen_ms\":{},\"last_seen\":{},\"addrs\":[{}],\"equivocator\":{}}}",
                 json_string(&p.key),
                 json_string(&p.name),
                 json_string(&p.role),
@@ -261,6 +315,8 @@ pub fn peers_json(peers: &[PeerEntry]) -> String {
                 p.online,
                 p.last_seen_ms
                     .map_or("null".to_string(), |ms| ms.to_string()),
+                p.last_seen_unix_ms
+                    .map_or("null".to_string(), |ms| json_string(&utc_time(ms))),
                 addrs.join(","),
                 p.equivocator
             )
@@ -391,7 +447,7 @@ pub fn status_json(s: &StatusResponse) -> String {
                  \"dirs\":{},\"bytes\":{},\"conflicts\":{},\"paused\":{},\"fetch\":{},\
                  \"peers_online\":{},\"members\":{},\"unsent\":{},\"equivocators\":[{}],\
                  \"quarantined\":{},\"quarantined_hashes\":[{}],\"frontier\":{},\
-                 \"retention_days\":{},\"horizon_days\":{},\"space\":{},\"deleted\":{}}}",
+                 \"retention_days\":{},\"horizon_days\":{},\"space\":{},\"deleted\":{},\"to_fetch\":{}}}",
                 json_string(&st.name),
                 json_string(&st.id),
                 st.intentions,
@@ -430,7 +486,14 @@ pub fn status_json(s: &StatusResponse) -> String {
                     "{{\"live_bytes\":{},\"retained_bytes\":{},\"reclaimable_bytes\":{}}}",
                     sp.live_bytes, sp.retained_bytes, sp.reclaimable_bytes
                 )),
-                st.deleted
+                st.deleted,
+                format_args!(
+                    "{{\"files\":{},\"bytes\":{},\"rate\":{},\"eta_secs\":{}}}",
+                    st.fetch_files,
+                    st.fetch_bytes,
+                    st.fetch_rate,
+                    st.fetch_eta_secs.map_or("null".to_string(), |s| s.to_string())
+                )
             )
         })
         .collect();

@@ -225,14 +225,37 @@ async fn on_demand_stores_fetch_content_on_first_read_and_pause_survives_a_resta
         !missing.is_empty(),
         "on-demand: nothing fetched before a read"
     );
+    let to_fetch = b.net.store_net(&team_b).to_fetch;
+    assert_eq!(to_fetch.files, 1, "{to_fetch:?}");
+    assert_eq!(to_fetch.bytes, data.len() as u64, "{to_fetch:?}");
     assert_eq!(read_file(&b.node, &team_b, "lazy.bin").unwrap(), data);
+    eventually("nothing left to fetch once read", || {
+        let p = b.net.store_net(&team_b).to_fetch;
+        (p.files == 0 && p.bytes == 0 && p.rate > 0).then_some(())
+    })
+    .await;
 
+    let a_key = a.node.identity().public();
+    let seen = |b: &Peer| {
+        b.net
+            .peers("team")
+            .unwrap()
+            .into_iter()
+            .find(|p| p.key == a_key)
+            .and_then(|p| p.last_seen)
+    };
+    let before = seen(&b).expect("A was heard from");
     b.net.set_paused(Some("team"), true).unwrap();
     let dir = b.stop().await;
     let b = Peer::start_in("bob", dir).await;
     let st = b.net.store_net(&b.store("team"));
     assert!(st.paused, "paused state survives a restart");
     assert_eq!(st.fetch, lattice_mount::FetchMode::OnDemand);
+    let after = seen(&b).expect("A's last-seen time survives a restart");
+    assert!(
+        after <= before && before - after < 120_000,
+        "{after} vs {before}"
+    );
     b.stop().await;
     a.stop().await;
 }

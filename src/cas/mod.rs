@@ -40,7 +40,8 @@
 //! Absent blobs. Content replicated from peers may refer to blobs not fetched yet. A
 //! read or export that needs one asks the fetch hook installed with
 //! [`Cas::set_fetcher`] and waits for the blob ([`fetch`]); [`Cas::missing`] lists
-//! what content still lacks, for eager fetching.
+//! what content still lacks, for eager fetching; a [`Backlog`] keeps a store's count of
+//! it (files, bytes, arrival rate) up to date as versions apply and blobs arrive.
 
 mod ahead;
 mod cache;
@@ -75,8 +76,10 @@ use tokio::task::JoinHandle;
 pub use ahead::PutAhead;
 pub use content::{Content, INLINE_MAX};
 pub use error::CasError;
-pub use fetch::{FetchRequest, Fetcher, READ_WAIT};
+pub(crate) use fetch::Backlog;
+pub use fetch::{FetchRequest, Fetcher, Need, Progress, READ_WAIT};
 pub use gc::{GcReport, Space, PUT_GRACE};
+pub(crate) use store::to_iroh;
 
 use crate::budget::CacheBudget;
 use crate::ids::{Hash, StoreId};
@@ -558,10 +561,24 @@ impl Cas {
     /// that does not decode or does not match its content's size is skipped (reading that
     /// content fails on its own); it never hides what the other pieces need.
     pub fn missing(&self, pieces: &[Content]) -> Result<Vec<iroh_blobs::Hash>, CasError> {
+        Ok(self
+            .needs(pieces)?
+            .into_iter()
+            .map(|n| store::to_iroh(n.hash))
+            .collect())
+    }
+
+    /// What [`Cas::missing`] lists, each blob with the content bytes it stands for: a
+    /// chunk its length, an absent manifest the whole content it describes.
+    pub fn needs(&self, pieces: &[Content]) -> Result<Vec<Need>, CasError> {
         let mut out = Vec::new();
         for (hash, size) in manifests(pieces) {
             if !self.complete(&[hash])?[0] {
-                out.push(store::to_iroh(hash));
+                out.push(Need {
+                    hash,
+                    bytes: size,
+                    manifest: true,
+                });
                 continue;
             }
             let manifest = match self.manifest(None, hash, size) {
@@ -572,17 +589,19 @@ impl Cas {
                 }
                 Err(e) => return Err(e),
             };
-            let chunks: Vec<Hash> = manifest.chunks().map(|(h, _, _)| h).collect();
-            let complete = self.complete(&chunks)?;
-            out.extend(
-                chunks
-                    .iter()
-                    .zip(complete)
-                    .filter(|(_, c)| !c)
-                    .map(|(h, _)| store::to_iroh(*h)),
-            );
+            let chunks: Vec<(Hash, u64)> = manifest.chunks().map(|(h, _, l)| (h, l)).collect();
+            let hashes: Vec<Hash> = chunks.iter().map(|(h, _)| *h).collect();
+            let complete = self.complete(&hashes)?;
+            out.extend(chunks.iter().zip(complete).filter(|(_, c)| !c).map(
+                |((hash, bytes), _)| Need {
+                    hash: *hash,
+                    bytes: *bytes,
+                    manifest: false,
+                },
+            ));
         }
-        dedup(&mut out);
+        let mut seen = HashSet::new();
+        out.retain(|n| seen.insert(n.hash));
         Ok(out)
     }
 
@@ -764,10 +783,4 @@ fn manifests(pieces: &[Content]) -> impl Iterator<Item = (Hash, u64)> + '_ {
         Content::Manifest { hash, size } => Some((*hash, *size)),
         Content::Inline(_) => None,
     })
-}
-
-/// Drops repeated hashes, keeping the first of each.
-fn dedup(hashes: &mut Vec<iroh_blobs::Hash>) {
-    let mut seen = HashSet::new();
-    hashes.retain(|h| seen.insert(*h));
 }

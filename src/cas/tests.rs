@@ -955,3 +955,89 @@ fn files_beyond_the_worker_places_are_stored_whole_and_places_come_back() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+#[test]
+fn backlog_counts_what_current_content_lacks_and_shrinks_as_blobs_arrive() {
+    let (peer, local) = (fixture(), fixture());
+    let all = data(31, 3 * MIB + 5);
+    let content = peer.cas.put_bytes(S, &all).unwrap();
+    let Content::Manifest { hash, size } = content else {
+        panic!("large content is a manifest")
+    };
+    let small = peer
+        .cas
+        .put_bytes(S, b"inline content needs nothing")
+        .unwrap();
+    let file = crate::ids::FileId {
+        hlc: crate::hlc::Hlc {
+            wall_ms: 7,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let pieces = [content, small];
+    let mut backlog = super::Backlog::default();
+    let t0 = Instant::now();
+    backlog.set(file, local.cas.needs(&pieces).unwrap());
+    let p = backlog.progress(t0);
+    assert_eq!(
+        (p.files, p.bytes),
+        (1, size),
+        "the absent manifest stands for the whole file"
+    );
+    assert_eq!(p.eta, None, "nothing arrives yet");
+
+    // The manifest arrives: the file is looked at again and its chunks are counted.
+    let manifest = peer.cas.local_blob(hash).unwrap().unwrap();
+    local.cas.put_blob(S, manifest.clone()).unwrap();
+    let again = backlog.arrived(hash, manifest.len() as u64, t0);
+    assert_eq!(again, vec![file]);
+    backlog.set(file, local.cas.needs(&pieces).unwrap());
+    let chunks: Vec<(Hash, u64)> = peer
+        .cas
+        .manifest(None, hash, size)
+        .unwrap()
+        .chunks()
+        .map(|(h, _, l)| (h, l))
+        .collect();
+    assert!(chunks.len() > 1);
+    assert_eq!(backlog.progress(t0).bytes, size);
+
+    // Each chunk strikes its bytes off without looking at the file again.
+    let (first, rest) = chunks.split_first().unwrap();
+    let bytes = peer.cas.local_blob(first.0).unwrap().unwrap();
+    local.cas.put_blob(S, bytes).unwrap();
+    let t1 = t0 + Duration::from_secs(2);
+    assert!(backlog.arrived(first.0, first.1, t1).is_empty());
+    let p = backlog.progress(t1);
+    assert_eq!((p.files, p.bytes), (1, size - first.1));
+    let rate = (manifest.len() as u64 + first.1) / super::fetch::RATE_WINDOW.as_secs();
+    assert_eq!(p.rate, rate);
+    let eta = p.eta.expect("something arrives").as_secs();
+    assert_eq!(eta, (size - first.1).div_ceil(rate));
+    assert_eq!(local.cas.needs(&pieces).unwrap().len(), rest.len());
+
+    for (h, l) in rest {
+        let bytes = peer.cas.local_blob(*h).unwrap().unwrap();
+        local.cas.put_blob(S, bytes).unwrap();
+        backlog.arrived(*h, *l, t1);
+    }
+    let p = backlog.progress(t1);
+    assert_eq!((p.files, p.bytes, p.eta), (0, 0, None));
+    assert!(local.cas.needs(&pieces).unwrap().is_empty());
+
+    // Arrivals older than the window no longer count towards the rate.
+    let later = t1 + super::fetch::RATE_WINDOW + Duration::from_secs(1);
+    assert_eq!(backlog.progress(later).rate, 0);
+
+    // A file that is gone needs nothing.
+    backlog.set(file, peer.cas.needs(&pieces).unwrap());
+    let absent = Content::Manifest {
+        hash: Hash::of(b"no such manifest"),
+        size: 99,
+    };
+    backlog.set(file, local.cas.needs(&[absent]).unwrap());
+    assert_eq!(backlog.progress(later).bytes, 99);
+    backlog.set(file, Vec::new());
+    assert_eq!(backlog.progress(later).files, 0);
+}

@@ -207,6 +207,7 @@ async fn patch_changes(
         for peer in providers.iter().filter(|k| shared.peers.state(k).online) {
             match crate::net::client::patch_chunk(shared, store, *peer, chunk, base, len).await {
                 Ok(()) => {
+                    crate::net::progress::arrived(shared, store, vec![chunk]).await;
                     patched += 1;
                     shared
                         .patched
@@ -304,7 +305,10 @@ async fn download(
             break;
         };
         match joined {
-            Ok((_, Ok(()))) => done += 1,
+            Ok((hash, Ok(()))) => {
+                crate::net::progress::arrived(shared, store, vec![Hash(*hash.as_bytes())]).await;
+                done += 1;
+            }
             Ok((hash, Err(e))) => {
                 failed.get_or_insert_with(|| format!("blob {hash}: {e}"));
             }

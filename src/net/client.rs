@@ -62,7 +62,7 @@ pub(crate) async fn connection(shared: &Shared, peer: PublicKey) -> Result<Conne
         .await
         .map_err(|_| dial(DialError::TimedOut(PEER_TIMEOUT)))?
         .map_err(|e| dial(DialError::Connect(e)))?;
-    shared.peers.seen(peer);
+    shared.heard(peer);
     if !shared.stores_of(&peer).is_empty() {
         let cap = crate::net::gate::MAX_CONNS_PER_PEER;
         shared

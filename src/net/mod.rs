@@ -27,10 +27,13 @@ mod client;
 mod error;
 mod gate;
 pub(crate) mod peers;
+mod progress;
 mod replica;
+mod seen;
 pub(crate) mod serve;
 pub(crate) mod settings;
 mod topic;
+mod wake;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -87,7 +90,8 @@ pub const MAX_PEER_BYTES: usize = 4 * MAX_FRAME;
 pub enum Relay {
     /// The default public relays (and DNS address lookup).
     Default,
-    /// No relays and no lookup services: direct addresses only.
+    /// No relays and no internet lookup services: remembered direct addresses and
+    /// local network discovery only.
     Disabled,
     /// One custom relay server.
     Url(RelayUrl),
@@ -130,8 +134,8 @@ pub struct PeerInfo {
     pub me: bool,
     /// Reachable now.
     pub online: bool,
-    /// Time since last heard from, if since this daemon started.
-    pub last_seen: Option<Duration>,
+    /// When it was last heard from (Unix ms), remembered across restarts.
+    pub last_seen: Option<u64>,
     /// Remembered direct addresses.
     pub addrs: Vec<SocketAddr>,
     /// It left the store (its own `Leave`): no longer a member.
@@ -151,8 +155,8 @@ pub struct StoreNet {
     pub members: usize,
     /// Local intentions no peer has confirmed yet.
     pub unsent: u64,
-    /// Blobs referenced but not local.
-    pub missing_blobs: u64,
+    /// Content current versions reference that is not local yet.
+    pub to_fetch: crate::cas::Progress,
 }
 
 /// The running network layer. Cheap to clone.
@@ -190,6 +194,10 @@ pub(crate) struct Shared {
     pub serving: std::sync::atomic::AtomicUsize,
     /// Each store's gossip secret, once loaded or created.
     pub secrets: Mutex<HashMap<StoreId, [u8; 32]>>,
+    /// Each store's members' last-seen times, remembered across restarts.
+    pub last_seen: seen::LastSeen,
+    /// Each store's content still to fetch (`progress`).
+    pub backlogs: Mutex<HashMap<StoreId, Arc<Mutex<crate::cas::Backlog>>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -255,6 +263,8 @@ impl Net {
             budgets: Mutex::new(HashMap::new()),
             serving: std::sync::atomic::AtomicUsize::new(0),
             secrets: Mutex::new(HashMap::new()),
+            backlogs: Mutex::new(HashMap::new()),
+            last_seen: seen::LastSeen::default(),
         });
         gate.attach(Arc::downgrade(&shared));
         let events = blobs::provider_events(Arc::downgrade(&shared));
@@ -267,6 +277,8 @@ impl Net {
             )
             .spawn();
         *shared.router.lock() = Some(router);
+        let mdns = wake::local_discovery(&shared.endpoint);
+        wake::spawn(Arc::downgrade(&shared), shared.endpoint.clone(), mdns);
         let net = Net { shared };
         net.install_fetcher();
         net.spawn_supervisor();
@@ -517,13 +529,19 @@ impl Shared {
             .into_iter()
             .map(|(key, role, name, left)| {
                 let st = self.peers.state(&key);
+                let now = crate::hlc::now_ms();
+                let recent = st
+                    .last_seen
+                    .map(|d| now.saturating_sub(d.as_millis() as u64));
+                let dir = self.node.store_dir(store.id());
+                let kept = self.last_seen.get(store.id(), &dir, &key);
                 PeerInfo {
                     key,
                     name,
                     role,
                     me: key == me,
                     online: key == me || st.online,
-                    last_seen: st.last_seen,
+                    last_seen: recent.max(kept),
                     addrs: if key == me {
                         self.direct_addrs()
                     } else {
@@ -539,18 +557,18 @@ impl Shared {
         let settings = self.settings(store);
         let others = self.other_members(store);
         let online = others.iter().filter(|k| self.peers.state(k).online).count();
-        let (unsent, missing_blobs) = self
+        let unsent = self
             .replicas
             .lock()
             .get(&store.id())
-            .map_or((0, 0), |h| h.counters());
+            .map_or(0, |h| h.unsent());
         StoreNet {
             paused: settings.paused,
             fetch: settings.fetch,
             online,
             members: others.len(),
             unsent,
-            missing_blobs,
+            to_fetch: progress::progress(self, store),
         }
     }
 
@@ -587,6 +605,30 @@ impl Shared {
             h.settings(next);
         }
         Ok(())
+    }
+
+    /// Wakes the replicas of every store (`None`), or of the stores `key` is a member
+    /// of, for a pass now: the network changed.
+    pub(crate) fn network_changed(&self, key: Option<&PublicKey>) {
+        let stores: Option<Vec<StoreId>> =
+            key.map(|k| self.stores_of(k).iter().map(Store::id).collect());
+        for (id, h) in self.replicas.lock().iter() {
+            if stores.as_ref().is_none_or(|s| s.contains(id)) {
+                h.network_changed();
+            }
+        }
+    }
+
+    /// `key` was authenticated on a connection, request or gossip message now.
+    pub(crate) fn heard(&self, key: PublicKey) {
+        self.peers.seen(key);
+        self.last_seen
+            .heard(key, crate::hlc::now_ms(), std::time::Instant::now(), || {
+                self.stores_of(&key)
+                    .iter()
+                    .map(|s| (s.id(), self.node.store_dir(s.id())))
+                    .collect()
+            });
     }
 
     /// True if `key` is a current member (any role) of `store`.

@@ -30,7 +30,9 @@ use crate::identity::PublicKey;
 use crate::net::client::open_stream;
 use crate::net::peers::{endpoint_id, node_key};
 use crate::net::settings::{FetchMode, Settings};
-use crate::net::{blobs, topic, NetError, Shared, StreamError, Violation, MAX_FRAME, PEER_TIMEOUT};
+use crate::net::{
+    blobs, progress, topic, NetError, Shared, StreamError, Violation, MAX_FRAME, PEER_TIMEOUT,
+};
 use crate::proto::peer::{self as pb, request, response};
 use crate::store::{Store, StoreEvent};
 use crate::sync::replica::{
@@ -73,7 +75,6 @@ struct Inner {
     /// Gossip messages waiting in `inputs`.
     gossip_waiting: AtomicUsize,
     unsent: AtomicU64,
-    missing: AtomicU64,
     /// Acceptor-side streams by (opener, conversation).
     routes: Mutex<HashMap<(PublicKey, Conv), mpsc::UnboundedSender<Out>>>,
     /// `sync` calls waiting for their report.
@@ -88,17 +89,19 @@ impl ReplicaHandle {
         let _ = self.inner.inputs.send(Input::Event(event));
     }
 
-    /// (local intentions not yet confirmed sent, failed blob fetches).
-    pub(crate) fn counters(&self) -> (u64, u64) {
-        (
-            self.inner.unsent.load(Ordering::Relaxed),
-            self.inner.missing.load(Ordering::Relaxed),
-        )
+    /// Local intentions not yet confirmed sent.
+    pub(crate) fn unsent(&self) -> u64 {
+        self.inner.unsent.load(Ordering::Relaxed)
     }
 
     /// The name of the replica's store.
     pub(crate) fn name(&self) -> String {
         crate::node::store_name(&self.inner.store)
+    }
+
+    /// The network changed: sync now.
+    pub(crate) fn network_changed(&self) {
+        self.event(Event::NetworkChanged);
     }
 
     /// New local settings.
@@ -187,7 +190,6 @@ pub(crate) fn spawn(shared: Weak<Shared>, store: Store, settings: Settings) -> R
             inputs,
             gossip_waiting: AtomicUsize::new(0),
             unsent: AtomicU64::new(0),
-            missing: AtomicU64::new(0),
             routes: Mutex::new(HashMap::new()),
             tickets: Mutex::new(HashMap::new()),
             next_ticket: AtomicU64::new(1),
@@ -230,9 +232,12 @@ fn run(
     let Some(me) = shared.upgrade().map(|sh| sh.me()) else {
         return;
     };
-    let (mut replica, first) = Replica::new(store, me, secret, mode(settings), now_ms());
+    let (mut replica, first) = Replica::new(store.clone(), me, secret, mode(settings), now_ms());
     if actions.send(first).is_err() {
         return;
+    }
+    if let Some(sh) = shared.upgrade() {
+        progress::recount(&sh, &store, None);
     }
     while let Some(input) = inputs.blocking_recv() {
         let event = match input {
@@ -245,10 +250,12 @@ fn run(
                 e
             }
         };
+        if let (Event::Applied(files), Some(sh)) = (&event, shared.upgrade()) {
+            progress::recount(&sh, &store, files.clone());
+        }
         let out = replica.handle(event, now_ms());
         if let Some(h) = handle.upgrade() {
             h.unsent.store(replica.unsent(), Ordering::Relaxed);
-            h.missing.store(replica.missing(), Ordering::Relaxed);
         }
         if !out.is_empty() && actions.send(out).is_err() {
             return;
@@ -448,7 +455,11 @@ impl Exec {
         {
             Ok(topic) => {
                 let (sender, receiver) = topic.split();
-                let pump = tokio::spawn(pump_gossip(self.handle.clone(), receiver));
+                let pump = tokio::spawn(pump_gossip(
+                    Arc::downgrade(shared),
+                    self.handle.clone(),
+                    receiver,
+                ));
                 self.gossip = Some((sender, pump));
                 self.handle.event(Event::GossipUp(true));
             }
@@ -462,13 +473,20 @@ impl Exec {
 }
 
 /// Feeds received gossip to the replica, dropping messages beyond [`GOSSIP_QUEUE`].
-async fn pump_gossip(handle: ReplicaHandle, mut receiver: iroh_gossip::api::GossipReceiver) {
+async fn pump_gossip(
+    shared: Weak<Shared>,
+    handle: ReplicaHandle,
+    mut receiver: iroh_gossip::api::GossipReceiver,
+) {
     loop {
         match receiver.next().await {
             Some(Ok(GossipEvent::NeighborUp(id))) => {
                 handle.event(Event::NeighborUp(node_key(&id)));
             }
             Some(Ok(GossipEvent::Received(msg))) => {
+                if let Some(sh) = shared.upgrade() {
+                    sh.heard(node_key(&msg.delivered_from));
+                }
                 let waiting = &handle.inner.gossip_waiting;
                 if waiting.fetch_add(1, Ordering::Relaxed) >= GOSSIP_QUEUE {
                     waiting.fetch_sub(1, Ordering::Relaxed);

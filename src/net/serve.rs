@@ -106,7 +106,7 @@ impl ProtocolHandler for SyncProtocol {
                     .connected(peer, SYNC_ALPN, conn.weak_handle(), MAX_CONNS_PER_PEER);
             }
             if member {
-                shared.peers.seen(peer);
+                shared.heard(peer);
             }
             let budget = budget.clone();
             tokio::spawn(async move {

@@ -917,4 +917,51 @@ fn a_deleted_store_starts_no_pass_of_its_own_but_still_answers() {
     w.feed(1, Event::Sync(Ticket(2)));
     let report = w.synced(1).pop().expect("answered");
     assert_eq!(report.peers, 1, "a deleted store still answers: {report:?}");
+fn a_network_change_syncs_at_once_instead_of_at_the_next_timer() {
+    let (mut w, _) = team(1);
+    // Idle passes back the schedule off to its longest interval.
+    for k in 1..=8 {
+        w.advance(k * LATER);
+    }
+    w.nodes[1].subscribed = false;
+    write(&w.nodes[0].store, "while-away");
+    w.run();
+    assert!(!has(&w.nodes[1].store, "while-away"), "gossip was lost");
+    assert!(
+        w.nodes[1]
+            .wake
+            .is_some_and(|at| at > w.now + ANTI_ENTROPY_MIN),
+        "the next timer pass is far off"
+    );
+
+    let actions = w.feed(1, Event::NetworkChanged);
+    assert!(
+        actions
+            .iter()
+            .any(|a| matches!(a, Action::JoinPeers(p) if p == &vec![w.nodes[0].key])),
+        "the live subscription redials its members: {actions:?}"
+    );
+    assert!(
+        has(&w.nodes[1].store, "while-away"),
+        "a round ran at once, at the same instant"
+    );
+    assert!(
+        w.nodes[1]
+            .wake
+            .is_some_and(|at| at <= w.now + ANTI_ENTROPY_MIN),
+        "the schedule starts again from its shortest interval"
+    );
+
+    w.feed(
+        1,
+        Event::Settings(Mode {
+            paused: true,
+            eager: false,
+        }),
+    );
+    let actions = w.feed(1, Event::NetworkChanged);
+    assert!(
+        actions.is_empty(),
+        "a paused replica stays silent: {actions:?}"
+    );
 }

@@ -28,7 +28,10 @@
 //! replica asks for its next wake with `WakeAt` whenever that time changes. A pass that
 //! reached a member confirms the intentions sealed before it began (`unsent` drops to
 //! those sealed since); while some stay unsent the replica asks the gossip layer to
-//! dial the members again (`JoinPeers`). After a pass in eager mode, a blob fetch that
+//! dial the members again (`JoinPeers`). `NetworkChanged` (a link came up, an address
+//! changed, a resume from sleep, a member found on the local network) starts the schedule
+//! again from MIN, retries a failed subscription or redials the members of a live one,
+//! and begins a pass at once. After a pass in eager mode, a blob fetch that
 //! had failed is retried as a fetch of everything. A timer pass also asks for the
 //! gossip secret again if it is still missing.
 //!
@@ -181,6 +184,9 @@ pub(crate) enum Event {
     },
     /// The user asked for a sync pass now.
     Sync(Ticket),
+    /// The network changed (a link came up, an address changed, the machine woke from
+    /// sleep, a member was found on the local network): sync now, not at the next timer.
+    NetworkChanged,
     /// New local settings.
     Settings(Mode),
 }
@@ -585,6 +591,7 @@ impl<S: ReplicaStore> Replica<S> {
                 }
             }
             Event::Settings(mode) => self.settings(mode, now, &mut out),
+            Event::NetworkChanged => self.network_changed(now, &mut out),
         }
         self.maybe_end_pass(now, &mut out);
         self.wake(now, &mut out);
@@ -594,11 +601,6 @@ impl<S: ReplicaStore> Replica<S> {
     /// Local intentions sealed but not yet confirmed sent to any member.
     pub(crate) fn unsent(&self) -> u64 {
         self.unsent
-    }
-
-    /// Failed blob fetches since the last complete one (0: nothing known missing).
-    pub(crate) fn missing(&self) -> u64 {
-        self.missing
     }
 
     /// Starts network activity: the gossip topic (or asking for its secret), a first
@@ -649,6 +651,28 @@ impl<S: ReplicaStore> Replica<S> {
                 }
             }
         }
+    }
+
+    /// After a network change: the schedule starts again from [`ANTI_ENTROPY_MIN`], a
+    /// failed subscription is retried and a live one redials its members now, and a pass
+    /// begins (or follows the running one).
+    fn network_changed(&mut self, now: Millis, out: &mut Vec<Action>) {
+        if self.mode.paused {
+            return;
+        }
+        self.schedule = Schedule::new(now);
+        match self.topic {
+            Topic::Off => {
+                self.resubscribe = None;
+                self.subscribe(out);
+            }
+            Topic::Up => out.push(Action::JoinPeers(self.others())),
+            Topic::Joining => {}
+        }
+        if self.secret.is_none() {
+            self.ask_secret(out);
+        }
+        self.begin_pass(Vec::new(), now, out);
     }
 
     /// Asks the driver to wake it at the earliest due time, if that changed.
