@@ -917,6 +917,9 @@ fn a_deleted_store_starts_no_pass_of_its_own_but_still_answers() {
     w.feed(1, Event::Sync(Ticket(2)));
     let report = w.synced(1).pop().expect("answered");
     assert_eq!(report.peers, 1, "a deleted store still answers: {report:?}");
+}
+
+#[test]
 fn a_network_change_syncs_at_once_instead_of_at_the_next_timer() {
     let (mut w, _) = team(1);
     // Idle passes back the schedule off to its longest interval.
