@@ -1296,7 +1296,7 @@ mod tests {
             json.contains(r#""state":"past","local":false,"retained":false}"#),
             "{json}"
         );
-        assert!(json.ends_with(r#""omitted":3}"#), "{json}");
+        assert!(json.contains(r#""omitted":3,"#), "{json}");
         assert!(versions_human(&HistoryResponse::default()).is_empty());
     }
 

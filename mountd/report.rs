@@ -513,10 +513,8 @@ mod tests {
         node.shutdown().unwrap();
     }
 
-    #[test]
-    fn history_describes_the_creation_of_a_file_by_this_node() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (_rt, node) = open(tmp.path());
+    /// Creates the store `docs` holding `a.txt` ("hi"), durably.
+    fn docs_with_a_file(node: &Node) {
         let store = node.create_store("docs").unwrap();
         store
             .write(|tx| {
@@ -536,6 +534,13 @@ mod tests {
             })
             .unwrap();
         store.flush().unwrap();
+    }
+
+    #[test]
+    fn history_describes_the_creation_of_a_file_by_this_node() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_rt, node) = open(tmp.path());
+        docs_with_a_file(&node);
         let h = history(&node, "docs/a.txt", false).unwrap();
         assert_eq!(h.versions.len(), 1);
         assert_eq!(
@@ -573,25 +578,7 @@ mod tests {
         use ed25519_dalek::{Signature, Verifier, VerifyingKey};
         let tmp = tempfile::tempdir().unwrap();
         let (_rt, node) = open(tmp.path());
-        let store = node.create_store("docs").unwrap();
-        store
-            .write(|tx| {
-                let body = tx.state().plan_create(
-                    OpId::ROOT,
-                    "a.txt",
-                    Kind::File,
-                    0o644,
-                    0,
-                    0,
-                    0,
-                    Content::Inline(Bytes::from_static(b"hi")),
-                    0,
-                )?;
-                tx.push(body)?;
-                Ok(())
-            })
-            .unwrap();
-        store.flush().unwrap();
+        docs_with_a_file(&node);
         let h = history(&node, "docs/a.txt", false).unwrap();
         let json = crate::output::history_json("/docs/a.txt", &h);
         let json = &json[json.find("\"intentions\":").unwrap()..];
