@@ -262,33 +262,14 @@ pub(crate) fn seal_local(
     let mut batch = batch.into_iter();
     for q in batch.by_ref() {
         if let OpBody::Leave { .. } = q.op.body {
-            if !ops.is_empty() {
-                seal_one(
-                    t,
-                    cx,
-                    counts,
-                    identity,
-                    std::mem::take(&mut ops),
-                    Some(&touched),
-                )?;
-                sealed += 1;
-            }
+            sealed += seal_pending(t, cx, counts, identity, &mut ops, &mut touched)?;
             seal_leave(t, cx, counts, identity, q.op)?;
             sealed += 1;
             break;
         }
         let s = op_size(&q.op);
-        if !ops.is_empty() && size + s > MAX_INTENTION_OPS_BYTES {
-            seal_one(
-                t,
-                cx,
-                counts,
-                identity,
-                std::mem::take(&mut ops),
-                Some(&touched),
-            )?;
-            touched.clear();
-            sealed += 1;
+        if size + s > MAX_INTENTION_OPS_BYTES {
+            sealed += seal_pending(t, cx, counts, identity, &mut ops, &mut touched)?;
             size = 0;
         }
         size += s;
@@ -304,11 +285,26 @@ pub(crate) fn seal_local(
             "local ops pushed after leaving the store are not sealed"
         );
     }
-    if !ops.is_empty() {
-        seal_one(t, cx, counts, identity, ops, Some(&touched))?;
-        sealed += 1;
-    }
+    sealed += seal_pending(t, cx, counts, identity, &mut ops, &mut touched)?;
     Ok(sealed)
+}
+
+/// Seals `ops` (with the files each touched) as one intention when there are any, and
+/// empties both; returns how many intentions it sealed.
+fn seal_pending(
+    t: &mut Tables<'_>,
+    cx: &Ctx<'_>,
+    counts: &mut Counts,
+    identity: &Identity,
+    ops: &mut Vec<Op>,
+    touched: &mut Vec<Option<FileId>>,
+) -> Result<usize, StoreError> {
+    if ops.is_empty() {
+        return Ok(0);
+    }
+    seal_one(t, cx, counts, identity, std::mem::take(ops), Some(touched))?;
+    touched.clear();
+    Ok(1)
 }
 
 /// Seals this node's `Leave` alone at the next seq of its chain, which it names (rule
