@@ -6,7 +6,7 @@ mod peers;
 
 use std::time::Duration;
 
-use lattice_mount::{Content, NetError, RefusalCode, Role, Store};
+use lattice_mount::{Content, NetError, OpId, RefusalCode, Role, Store};
 use peers::*;
 use tokio::sync::mpsc;
 
@@ -279,6 +279,7 @@ async fn a_small_edit_of_a_large_file_is_patched_not_fetched_whole() {
     let mut new = old.clone();
     new[4 * 1024 * 1024 + 99] ^= 1;
     let content = put(new.clone()).await.unwrap();
+    let pieces = vec![content.clone()];
     team_a
         .write(|tx| {
             let body = tx.state().plan_write(file, content, 1)?;
@@ -287,11 +288,20 @@ async fn a_small_edit_of_a_large_file_is_patched_not_fetched_whole() {
         })
         .unwrap();
     let (bn, tb) = (b.node.clone(), team_b.clone());
-    let want = new.clone();
-    let got = eventually("the edit on B", || {
-        read_file(&bn, &tb, "big.bin").filter(|got| *got == want)
-    })
+    eventually(
+        "the edit's chunks on B, without a read fetching them",
+        || {
+            let seen = tb.read(|s| {
+                let n = s.lookup(OpId::ROOT, "big.bin").ok()?;
+                s.content(n).ok()
+            })?;
+            let missing = tokio::task::block_in_place(|| bn.cas().missing(&pieces)).ok()?;
+            let here = seen.pieces == pieces && missing.is_empty();
+            here.then_some(())
+        },
+    )
     .await;
+    let got = read_file(&b.node, &team_b, "big.bin").expect("the edit on B");
     assert!(got == new);
     assert_eq!(
         b.net.patched_chunks(),

@@ -501,7 +501,10 @@ async fn pump_gossip(
                     return;
                 }
             }
-            Some(Ok(GossipEvent::NeighborDown(_) | GossipEvent::Lagged)) => {}
+            Some(Ok(GossipEvent::NeighborDown(id))) => {
+                handle.event(Event::NeighborDown(node_key(&id)));
+            }
+            Some(Ok(GossipEvent::Lagged)) => {}
             Some(Err(e)) => {
                 tracing::debug!("gossip receiver failed: {e:#}");
                 handle.event(Event::GossipUp(false));

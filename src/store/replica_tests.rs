@@ -175,6 +175,14 @@ impl World {
                 Action::Subscribe { .. } => {
                     self.nodes[i].subscribed = true;
                     self.queue.push_back((i, Event::GossipUp(true)));
+                    let me = self.nodes[i].key;
+                    for j in 0..self.nodes.len() {
+                        if j != i && self.nodes[j].subscribed {
+                            let other = self.nodes[j].key;
+                            self.queue.push_back((i, Event::NeighborUp(other)));
+                            self.queue.push_back((j, Event::NeighborUp(me)));
+                        }
+                    }
                 }
                 Action::Unsubscribe => self.nodes[i].subscribed = false,
                 Action::Broadcast(message) => {
@@ -378,6 +386,34 @@ fn a_sealed_intention_reaches_a_subscribed_member_by_gossip_alone() {
         .iter()
         .any(|(i, a)| *i == 0 && matches!(a, Action::Broadcast(_)));
     assert!(broadcast);
+}
+
+#[test]
+fn without_a_gossip_neighbour_a_sealed_intention_waits_for_a_round_not_a_broadcast() {
+    let (mut w, _) = team(1);
+    w.run();
+    let peer = w.nodes[1].key;
+    let down = w.nodes[0].replica.handle(Event::NeighborDown(peer), w.now);
+    w.act(0, down);
+    w.log.clear();
+    write(&w.nodes[0].store, "quiet");
+    w.run();
+    let broadcasts = |w: &World| {
+        w.log
+            .iter()
+            .filter(|(i, a)| *i == 0 && matches!(a, Action::Broadcast(_)))
+            .count()
+    };
+    assert_eq!(broadcasts(&w), 0);
+    w.advance(LATER);
+    assert!(has(&w.nodes[1].store, "quiet"));
+    let up = w.nodes[0].replica.handle(Event::NeighborUp(peer), w.now);
+    w.act(0, up);
+    w.run();
+    write(&w.nodes[0].store, "heard");
+    w.run();
+    assert_eq!(broadcasts(&w), 1);
+    assert!(has(&w.nodes[1].store, "heard"));
 }
 
 #[test]
@@ -595,6 +631,7 @@ fn a_transport_failure_redials_once_then_fails_the_round() {
 #[test]
 fn hints_during_a_round_cost_one_more_round_not_one_each() {
     let (mut w, ids) = team(1);
+    w.log.clear();
     let peer = ids[1].public();
     let first = w.nodes[0].replica.handle(Event::NeighborUp(peer), w.now);
     assert_eq!(first.len(), 1, "{first:?}");

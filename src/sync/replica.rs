@@ -55,8 +55,9 @@
 //! second failure fails it, with a readable reason in the report.
 //! Rounds, pulls and secret requests go to current members only.
 //!
-//! **Gossip.** Sealed intentions are broadcast while subscribed, inline when they fit
-//! in [`GOSSIP_MAX`], else as their hash. A received message counts only if the
+//! **Gossip.** Sealed intentions are broadcast while subscribed with a neighbour up
+//! (without one they wait for the next round), inline when they fit in [`GOSSIP_MAX`],
+//! else as their hash. A received message counts only if the
 //! neighbour that delivered it is a current member (else it is ignored, and so is a
 //! `NeighborUp` of a non-member): an inline intention is applied (floating: a hint
 //! to reconcile with the sender), a hash is pulled from the sender with one `Want`.
@@ -133,6 +134,8 @@ pub(crate) enum Event {
     GossipUp(bool),
     /// A gossip neighbour came up.
     NeighborUp(PublicKey),
+    /// A gossip neighbour went down.
+    NeighborDown(PublicKey),
     /// A gossip message delivered by neighbour `from` (member check is the replica's).
     Gossip {
         /// The delivering neighbour.
@@ -470,6 +473,9 @@ pub(crate) struct Replica<S: ReplicaStore> {
     mode: Mode,
     secret: Option<[u8; 32]>,
     topic: Topic,
+    /// Gossip neighbours up now: with none, a broadcast would only sit in gossip's
+    /// cache, so sealed intentions wait for the next round instead.
+    neighbours: HashSet<PublicKey>,
     resubscribe: Option<Millis>,
     schedule: Schedule,
     /// The wake time last asked of the driver.
@@ -516,6 +522,7 @@ impl<S: ReplicaStore> Replica<S> {
             mode,
             secret,
             topic: Topic::Off,
+            neighbours: HashSet::new(),
             resubscribe: None,
             schedule: Schedule::new(now),
             woken: None,
@@ -551,13 +558,18 @@ impl<S: ReplicaStore> Replica<S> {
                     self.topic = Topic::Up;
                 } else if !up && self.topic != Topic::Off {
                     self.topic = Topic::Off;
+                    self.neighbours.clear();
                     self.resubscribe = Some(now + ANTI_ENTROPY_MIN);
                 }
             }
             Event::NeighborUp(peer) => {
+                self.neighbours.insert(peer);
                 if !self.mode.paused && self.is_member(&peer) {
                     self.hint(peer, &mut out);
                 }
+            }
+            Event::NeighborDown(peer) => {
+                self.neighbours.remove(&peer);
             }
             Event::Gossip { from, message } => self.gossip(from, message, &mut out),
             Event::Request {
@@ -623,6 +635,7 @@ impl<S: ReplicaStore> Replica<S> {
             out.push(Action::Unsubscribe);
         }
         self.topic = Topic::Off;
+        self.neighbours.clear();
         self.resubscribe = None;
         let mut convs: Vec<Conv> = self.convs.drain().map(|(c, _)| c).collect();
         convs.sort();
@@ -753,7 +766,7 @@ impl<S: ReplicaStore> Replica<S> {
             return;
         }
         self.schedule.local_change(now);
-        if self.topic != Topic::Up {
+        if self.topic != Topic::Up || self.neighbours.is_empty() {
             return;
         }
         for bytes in list {
