@@ -8,26 +8,32 @@
 //! covers the keys from its `first` up to the next block's `first`; block 0 starts at
 //! the zero key. Memory is one block per ~2 K rows.
 //!
+//! The summary is stored too, in `index_blocks`, written (the blocks that changed) in
+//! the transaction that changes the index, so an open reads a few rows instead of
+//! scanning every intention; an open that finds it missing, or not counting exactly
+//! the index's rows, builds it by one scan and stores it.
+//!
 //! The actor updates a working summary inside each write transaction and publishes it
 //! with the commit, under one lock; [`Index::view`] takes that lock to pair a read
 //! transaction with the summary of the same commit. An [`IndexView`] is therefore one
 //! consistent snapshot however long a session runs, and position lookups jump through
 //! the blocks (prefix counts), reading at most one block's rows from redb.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use negentropy::{Bound, Id, Item, NegentropyStorageBase};
 use parking_lot::Mutex;
 use redb::{
-    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    Database, ReadOnlyTable, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
     WriteTransaction,
 };
 
 use crate::hlc::Hlc;
 use crate::ids::Hash;
 use crate::store::error::StoreError;
-use crate::store::tables::{index_key, INDEX};
+use crate::store::tables::{index_key, INDEX, INDEX_BLOCKS};
 use crate::sync::reconcile::ReconcileStorage;
 
 /// Rows per block when a summary is built by a scan, and in each half of a split.
@@ -78,6 +84,11 @@ impl Sum {
     /// Subtracts `id`.
     pub(crate) fn sub(&mut self, id: &[u8; 32]) {
         self.sub_sum(&Sum(Self::lanes(id)));
+    }
+
+    /// The sum stored as 32 little-endian bytes.
+    fn from_bytes(bytes: &[u8; 32]) -> Sum {
+        Sum(Self::lanes(bytes))
     }
 
     /// The sum as 32 little-endian bytes, the form negentropy hashes.
@@ -134,6 +145,48 @@ impl Summary {
         Ok(Summary {
             blocks: Arc::new(blocks),
         })
+    }
+
+    /// The summary stored in `blocks` for an index of `len` rows; `None` unless it
+    /// counts exactly `len` rows in blocks that start at the zero key.
+    fn load(
+        blocks: &impl ReadableTable<Key, (u64, [u8; 32])>,
+        len: u64,
+    ) -> Result<Option<Summary>, StoreError> {
+        let mut out = Vec::new();
+        for row in blocks.iter()? {
+            let (first, value) = row?;
+            let (count, sum) = value.value();
+            out.push(Block {
+                first: first.value(),
+                count,
+                sum: Sum::from_bytes(&sum),
+            });
+        }
+        let anchored = out.first().is_none_or(|b| b.first == [0; 40]);
+        let counted =
+            out.iter().all(|b| b.count > 0) && out.iter().map(|b| b.count).sum::<u64>() == len;
+        Ok((anchored && counted).then(|| Summary {
+            blocks: Arc::new(out),
+        }))
+    }
+
+    /// Writes to `table`, which holds `before`, the blocks that differ from it.
+    fn store(
+        &self,
+        before: &Summary,
+        table: &mut Table<'_, Key, (u64, [u8; 32])>,
+    ) -> Result<(), StoreError> {
+        let mut old: BTreeMap<Key, &Block> = before.blocks.iter().map(|b| (b.first, b)).collect();
+        for b in self.blocks.iter() {
+            if old.remove(&b.first) != Some(b) {
+                table.insert(b.first, (b.count, b.sum.to_bytes()))?;
+            }
+        }
+        for gone in old.keys() {
+            table.remove(gone)?;
+        }
+        Ok(())
     }
 
     /// The sum of every row's hash.
@@ -233,18 +286,43 @@ pub(crate) struct Index {
 }
 
 impl Index {
-    /// Wraps `db`, building the summary of its index table in one scan.
+    /// Wraps `db` with the stored summary of its index table, built by one scan (and
+    /// stored) if it is missing or does not count the index's rows.
     pub(crate) fn open(db: Database) -> Result<Index, StoreError> {
-        let summary = match db.begin_read()?.open_table(INDEX) {
-            Ok(table) => Summary::build(&table)?,
-            Err(redb::TableError::TableDoesNotExist(_)) => Summary::default(),
+        let read = db.begin_read()?;
+        let table = match read.open_table(INDEX) {
+            Ok(table) => table,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Ok(Index::wrap(db, Summary::default()))
+            }
             Err(e) => return Err(e.into()),
         };
-        Ok(Index {
+        let stored = match read.open_table(INDEX_BLOCKS) {
+            Ok(blocks) => Summary::load(&blocks, table.len()?)?,
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let summary = match stored {
+            Some(summary) => summary,
+            None => {
+                let summary = Summary::build(&table)?;
+                let txn = db.begin_write()?;
+                txn.delete_table(INDEX_BLOCKS)?;
+                summary.store(&Summary::default(), &mut txn.open_table(INDEX_BLOCKS)?)?;
+                txn.commit()?;
+                summary
+            }
+        };
+        drop((table, read));
+        Ok(Index::wrap(db, summary))
+    }
+
+    fn wrap(db: Database, summary: Summary) -> Index {
+        Index {
             db: Mutex::new(Some(Arc::new(db))),
             working: Mutex::new(summary.clone()),
             published: Mutex::new(summary),
-        })
+        }
     }
 
     /// The database, unless the store has shut down.
@@ -257,11 +335,16 @@ impl Index {
         self.db.lock().take();
     }
 
-    /// Commits `txn` and publishes the working summary with it.
+    /// Commits `txn` with the blocks of the working summary that changed, and publishes
+    /// that summary.
     pub(crate) fn commit(&self, txn: WriteTransaction) -> Result<(), StoreError> {
         let mut published = self.published.lock();
+        let working = self.working.lock().clone();
+        if !Arc::ptr_eq(&working.blocks, &published.blocks) {
+            working.store(&published, &mut txn.open_table(INDEX_BLOCKS)?)?;
+        }
         txn.commit()?;
-        *published = self.working.lock().clone();
+        *published = working;
         Ok(())
     }
 
@@ -589,5 +672,78 @@ impl BareIndex {
     /// A snapshot of the index as of the last insert or remove.
     pub fn view(&self) -> Result<IndexView, StoreError> {
         self.index.view()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// Checks that `path`'s stored summary counts and sums exactly the rows of each
+    /// block's range; returns its number of blocks.
+    fn check_stored(path: &Path) -> usize {
+        let db = Database::open(path).unwrap();
+        let read = db.begin_read().unwrap();
+        let table = read.open_table(INDEX).unwrap();
+        let blocks = read.open_table(INDEX_BLOCKS).unwrap();
+        let summary = Summary::load(&blocks, table.len().unwrap())
+            .unwrap()
+            .expect("stored summary counts the index");
+        for (i, b) in summary.blocks.iter().enumerate() {
+            let (mut count, mut sum) = (0, Sum::default());
+            let rows = match summary.blocks.get(i + 1) {
+                Some(next) => table.range(b.first..next.first).unwrap(),
+                None => table.range(b.first..).unwrap(),
+            };
+            for row in rows {
+                count += 1;
+                sum.add(hash_of(&row.unwrap().0.value()));
+            }
+            assert_eq!((count, sum), (b.count, b.sum), "block {i}");
+        }
+        summary.blocks.len()
+    }
+
+    #[test]
+    fn the_stored_summary_follows_every_commit_and_a_stale_one_is_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.redb");
+        let mut rng = StdRng::seed_from_u64(7);
+        let items: Vec<(u64, Hash)> = (0..12_000)
+            .map(|_| (rng.random_range(0..5_000), Hash(rng.random())))
+            .collect();
+        let index = BareIndex::create(&path).unwrap();
+        for chunk in items.chunks(1_000) {
+            index.insert(chunk.iter().copied()).unwrap();
+        }
+        index.remove(items.iter().step_by(3).copied()).unwrap();
+        let digest = index.view().unwrap().digest();
+        drop(index);
+        assert!(check_stored(&path) > 2, "blocks split and were stored");
+
+        let reopened = BareIndex::open(&path).unwrap();
+        assert_eq!(reopened.view().unwrap().digest(), digest);
+        drop(reopened);
+
+        {
+            let db = Database::open(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            {
+                let mut blocks = txn.open_table(INDEX_BLOCKS).unwrap();
+                let (first, (count, sum)) = {
+                    let last = blocks.last().unwrap().unwrap();
+                    (last.0.value(), last.1.value())
+                };
+                blocks.insert(first, (count + 1, sum)).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let rebuilt = BareIndex::open(&path).unwrap();
+        assert_eq!(rebuilt.view().unwrap().digest(), digest);
+        drop(rebuilt);
+        check_stored(&path);
     }
 }

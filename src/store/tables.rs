@@ -34,6 +34,10 @@ pub(crate) const TIPS: TableDefinition<[u8; 32], ([u8; 32], u64, u32)> =
 pub(crate) const HEADS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::new("heads.v3");
 /// HLC wall ms (big-endian) || intention hash -> (); the reconciliation index.
 pub(crate) const INDEX: TableDefinition<[u8; 40], ()> = TableDefinition::new("index.v3");
+/// First key of a block of `index` -> (its row count, the sum of its rows' hashes as
+/// little-endian bytes): the index's block summary as of the same commit.
+pub(crate) const INDEX_BLOCKS: TableDefinition<[u8; 40], (u64, [u8; 32])> =
+    TableDefinition::new("index_blocks.v3");
 /// (file id bytes, witness seq) -> hash of an intention with an op touching that file.
 pub(crate) const HISTORY: TableDefinition<([u8; 44], u64), [u8; 32]> =
     TableDefinition::new("history.v3");
