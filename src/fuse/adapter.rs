@@ -2,7 +2,8 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,8 +25,10 @@ use crate::ids::{FileId, OpId, StoreId};
 use crate::node::Node as LatticeNode;
 use crate::store::Store;
 
+use super::errno::io_errno;
 use super::errno::{errno, Fail};
 use super::inodes::{Inodes, Key, MOUNT_ROOT};
+use super::local::{self, LocalPath, Locals};
 use super::open_file::{read_view, OpenFile};
 
 /// How long the kernel may cache attributes and entries.
@@ -52,6 +55,8 @@ enum Handle {
     File(FileRef),
     /// A directory listing, taken at `opendir` so offsets stay stable.
     Dir(Vec<DirEntry>),
+    /// A local-only file, open.
+    Local(Arc<std::fs::File>),
 }
 
 #[derive(Clone)]
@@ -66,6 +71,8 @@ pub(crate) struct LatticeFs {
     node: LatticeNode,
     staging: PathBuf,
     inodes: Arc<Inodes>,
+    /// The local-only entries the kernel was given.
+    locals: Locals,
     stores: RwLock<HashMap<StoreId, Store>>,
     open_files: Mutex<HashMap<(StoreId, FileId), SharedFile>>,
     /// Per file, the committed content the kernel's page cache is known to hold (a
@@ -143,6 +150,7 @@ impl LatticeFs {
             node,
             staging,
             inodes,
+            locals: Locals::default(),
             stores: RwLock::new(HashMap::new()),
             open_files: Mutex::new(HashMap::new()),
             kernel_cache: Mutex::new(HashMap::new()),
@@ -201,6 +209,55 @@ impl LatticeFs {
             Key::File(s, f) => Ok((self.store(s)?, f)),
             Key::MountRoot => Err(Fail::Fs(FsError::NotPermitted)),
             Key::Conflict(..) => Err(Fail::Fs(FsError::NotDir)),
+            Key::Local(_) => Err(Fail::Errno(libc::EXDEV)),
+        }
+    }
+
+    /// The path of local entry `id` and its real path.
+    fn local(&self, id: u64) -> Result<(LocalPath, PathBuf)> {
+        let p = self.locals.path(id).ok_or(Fail::Errno(libc::ESTALE))?;
+        let real = self.local_real(&p);
+        Ok((p, real))
+    }
+
+    fn local_real(&self, p: &LocalPath) -> PathBuf {
+        p.real(&self.node.local_dir(p.store))
+    }
+
+    /// Where entry `name` of directory `parent` is held locally: always inside a local
+    /// directory; in a replicated one when no replicated entry holds the name and a
+    /// local entry does, or, for a new entry (`new` = is it a directory), when the ignore
+    /// rules match it. `None`: the name is (or would be) replicated.
+    fn local_place(&self, parent: Key, name: &str, new: Option<bool>) -> Result<Option<LocalPath>> {
+        match parent {
+            Key::Local(id) => Ok(Some(self.local(id)?.0.child(name))),
+            Key::File(sid, dir) => {
+                let store = self.store(sid)?;
+                match store.read(|s| s.lookup(dir, name)) {
+                    Ok(_) => return Ok(None),
+                    Err(FsError::NotFound) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                let p = LocalPath::new(sid, dir, name);
+                let held = std::fs::symlink_metadata(self.local_real(&p)).is_ok();
+                let ignored =
+                    new.is_some_and(|is_dir| self.node.is_ignored(&store, dir, name, is_dir));
+                Ok((held || ignored).then_some(p))
+            }
+            Key::MountRoot | Key::Conflict(..) => Ok(None),
+        }
+    }
+
+    /// Counts a kernel lookup of local entry `p` as entry `name` of `parent`.
+    fn local_entry(&self, p: LocalPath, parent: INodeNo, name: &str) -> Result<FileAttr> {
+        std::fs::symlink_metadata(self.local_real(&p)).map_err(io_errno)?;
+        self.entry(Key::Local(self.locals.id(p)), parent, name)
+    }
+
+    fn local_handle(&self, fh: FileHandle) -> Option<Arc<std::fs::File>> {
+        match self.handles.lock().get(&fh.0) {
+            Some(Handle::Local(f)) => Some(f.clone()),
+            _ => None,
         }
     }
 
@@ -247,6 +304,10 @@ impl LatticeFs {
 
     /// Attributes of `key`, with uncommitted writes of an open file applied.
     fn attr_of(&self, ino: u64, key: Key) -> Result<FileAttr> {
+        if let Key::Local(id) = key {
+            let m = std::fs::symlink_metadata(self.local(id)?.1).map_err(io_errno)?;
+            return Ok(local::attr(ino, &m));
+        }
         let Some((sid, node)) = key.node() else {
             return Ok(self.root_attr());
         };
@@ -293,10 +354,14 @@ impl LatticeFs {
                     .ok_or(Fail::Fs(FsError::NotFound))?;
                 self.entry(Key::File(store.id(), OpId::ROOT), parent, name)
             }
-            Key::File(sid, dir) => {
-                let node = self.store(sid)?.read(|s| s.lookup(dir, name))?;
-                self.entry(Key::of(sid, node), parent, name)
-            }
+            Key::File(sid, dir) => match self.store(sid)?.read(|s| s.lookup(dir, name)) {
+                Ok(node) => self.entry(Key::of(sid, node), parent, name),
+                Err(FsError::NotFound) => {
+                    self.local_entry(LocalPath::new(sid, dir, name), parent, name)
+                }
+                Err(e) => Err(e.into()),
+            },
+            Key::Local(id) => self.local_entry(self.local(id)?.0.child(name), parent, name),
             Key::Conflict(..) => Err(Fail::Fs(FsError::NotDir)),
         }
     }
@@ -330,8 +395,18 @@ impl LatticeFs {
             let key = Key::File(store.id(), OpId::ROOT);
             return Ok((key, self.entry(key, parent, name)?));
         }
-        let (store, dir) = self.dir(parent)?;
         let (uid, gid) = (req.uid(), req.gid());
+        if let Some(p) = self.local_place(self.key(parent)?, name, Some(kind == Kind::Dir))? {
+            let target = match &content {
+                Content::Inline(b) => b.clone(),
+                Content::Manifest { .. } => Bytes::new(),
+            };
+            local::create(&self.local_real(&p), kind, perm & 0o7777, uid, gid, &target)
+                .map_err(io_errno)?;
+            let key = Key::Local(self.locals.id(p));
+            return Ok((key, self.entry(key, parent, name)?));
+        }
+        let (store, dir) = self.dir(parent)?;
         let file = store.write(|tx| {
             let body = tx.state().plan_create(
                 dir,
@@ -373,6 +448,18 @@ impl LatticeFs {
     fn open_handle(&self, key: Key, flags: i32) -> Result<(FileHandle, FopenFlags)> {
         let acc = flags & libc::O_ACCMODE;
         let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        if let Key::Local(id) = key {
+            let file = std::fs::OpenOptions::new()
+                .read(acc != libc::O_WRONLY)
+                .write(write)
+                .append(flags & libc::O_APPEND != 0)
+                .open(self.local(id)?.1)
+                .map_err(io_errno)?;
+            return Ok((
+                self.new_handle(Handle::Local(Arc::new(file))),
+                FopenFlags::empty(),
+            ));
+        }
         if write && matches!(key, Key::Conflict(..)) {
             return Err(Fail::Fs(FsError::ReadOnly));
         }
@@ -424,6 +511,21 @@ impl LatticeFs {
     }
 
     fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>> {
+        if let Some(f) = self.local_handle(fh) {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0; size as usize];
+            let mut done = 0;
+            while done < buf.len() {
+                match f.read_at(&mut buf[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io_errno(e)),
+                }
+            }
+            buf.truncate(done);
+            return Ok(buf);
+        }
         let FileRef { open, key, .. } = self.file_handle(fh)?;
         let cas = self.node.cas();
         let (sid, node) = key.node().ok_or(Fail::Fs(FsError::IsDir))?;
@@ -441,6 +543,11 @@ impl LatticeFs {
     }
 
     fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<u32> {
+        if let Some(f) = self.local_handle(fh) {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(data, offset).map_err(io_errno)?;
+            return Ok(data.len() as u32);
+        }
         let FileRef {
             open,
             write,
@@ -457,6 +564,12 @@ impl LatticeFs {
     }
 
     fn commit(&self, fh: FileHandle, durable: bool) -> Result<()> {
+        if let Some(f) = self.local_handle(fh) {
+            if durable {
+                f.sync_all().map_err(io_errno)?;
+            }
+            return Ok(());
+        }
         let FileRef { open, key, .. } = self.file_handle(fh)?;
         if let Some(open) = open {
             open.lock().commit(self.node.cas(), durable)?;
@@ -504,6 +617,17 @@ impl LatticeFs {
 
     fn do_setattr(&self, ino: INodeNo, meta: SetMeta, size: Option<u64>) -> Result<FileAttr> {
         let key = self.key(ino)?;
+        if let Key::Local(id) = key {
+            local::set_attr(
+                &self.local(id)?.1,
+                size,
+                meta.mode,
+                (meta.uid, meta.gid),
+                (meta.atime_ns.map(to_time), meta.mtime_ns.map(to_time)),
+            )
+            .map_err(io_errno)?;
+            return self.attr_of(ino.0, key);
+        }
         let Key::File(sid, file) = key else {
             return Err(Fail::Fs(if key == Key::MountRoot {
                 FsError::NotPermitted
@@ -566,23 +690,237 @@ impl LatticeFs {
         match (self.key(parent)?, self.key(newparent)?) {
             (Key::MountRoot, Key::MountRoot) => self.rename_store(name, newname, fs_flags),
             (Key::MountRoot, _) | (_, Key::MountRoot) => Err(Fail::Fs(FsError::CrossStore)),
-            (Key::File(a, dir), Key::File(b, newdir)) => {
-                if a != b {
+            (from_dir, to_dir) => {
+                if self.store_of(from_dir)? != self.store_of(to_dir)? {
                     return Err(Fail::Fs(FsError::CrossStore));
                 }
-                self.store(a)?.write(|tx| {
-                    let bodies = tx
-                        .state()
-                        .plan_rename(dir, name, newdir, newname, fs_flags)?;
-                    for body in bodies {
-                        tx.push(body)?;
+                let from = self.local_place(from_dir, name, None)?;
+                let src_dir = match (&from, from_dir) {
+                    (Some(p), _) => std::fs::symlink_metadata(self.local_real(p))
+                        .map_err(io_errno)?
+                        .is_dir(),
+                    (None, Key::File(sid, dir)) => {
+                        self.store(sid)?
+                            .read(|s| s.lookup(dir, name).and_then(|n| s.attr(n)))?
+                            .kind
+                            == Kind::Dir
                     }
-                    Ok(())
-                })?;
-                Ok(())
+                    _ => return Err(Fail::Fs(FsError::NotDir)),
+                };
+                let to = self.local_place(to_dir, newname, Some(src_dir))?;
+                if (from.is_some() || to.is_some()) && fs_flags.exchange {
+                    return Err(Fail::Errno(libc::EXDEV));
+                }
+                match (from, to, from_dir, to_dir) {
+                    (None, None, Key::File(sid, dir), Key::File(_, newdir)) => {
+                        self.store(sid)?.write(|tx| {
+                            let bodies = tx
+                                .state()
+                                .plan_rename(dir, name, newdir, newname, fs_flags)?;
+                            for body in bodies {
+                                tx.push(body)?;
+                            }
+                            Ok(())
+                        })?;
+                        Ok(())
+                    }
+                    (Some(a), Some(b), ..) => self.rename_local(&a, &b, fs_flags.noreplace),
+                    (Some(a), None, _, Key::File(sid, newdir)) => {
+                        self.local_to_replicated(&a, sid, newdir, newname, fs_flags.noreplace)
+                    }
+                    (None, Some(b), Key::File(sid, dir), _) => {
+                        self.replicated_to_local(sid, dir, name, &b, fs_flags.noreplace)
+                    }
+                    _ => Err(Fail::Fs(FsError::NotDir)),
+                }
             }
-            _ => Err(Fail::Fs(FsError::NotDir)),
         }
+    }
+
+    /// The store a directory key is in.
+    fn store_of(&self, key: Key) -> Result<StoreId> {
+        match key {
+            Key::File(sid, _) => Ok(sid),
+            Key::Local(id) => Ok(self.local(id)?.0.store),
+            Key::MountRoot | Key::Conflict(..) => Err(Fail::Fs(FsError::NotDir)),
+        }
+    }
+
+    /// Renames local entry `a` to local name `b`.
+    fn rename_local(&self, a: &LocalPath, b: &LocalPath, noreplace: bool) -> Result<()> {
+        let (ra, rb) = (self.local_real(a), self.local_real(b));
+        if noreplace && std::fs::symlink_metadata(&rb).is_ok() {
+            return Err(Fail::Fs(FsError::Exists));
+        }
+        if let Some(dir) = rb.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(io_errno)?;
+        }
+        std::fs::rename(ra, rb).map_err(io_errno)?;
+        self.locals.renamed(a, b);
+        Ok(())
+    }
+
+    /// Renames local file or symlink `a` to `name` in replicated directory `dir`: a
+    /// signed create with its content, or a write of it over the regular file holding
+    /// the name (an editor's save by rename keeps the file's identity and history).
+    /// Directories are refused with `EXDEV`, so `mv` copies them entry by entry.
+    fn local_to_replicated(
+        &self,
+        a: &LocalPath,
+        sid: StoreId,
+        dir: FileId,
+        name: &str,
+        noreplace: bool,
+    ) -> Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let ra = self.local_real(a);
+        let m = std::fs::symlink_metadata(&ra).map_err(io_errno)?;
+        let (kind, content) = if m.is_dir() {
+            return Err(Fail::Errno(libc::EXDEV));
+        } else if m.file_type().is_symlink() {
+            let target = std::fs::read_link(&ra).map_err(io_errno)?;
+            let target = Bytes::from(target.into_os_string().into_vec());
+            (Kind::Symlink, Content::Inline(target))
+        } else {
+            let content = self
+                .node
+                .cas()
+                .put_file(sid, &ra, None)
+                .map_err(Fail::cas)?;
+            (Kind::File, content)
+        };
+        let mtime = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+        let perm = m.mode() & 0o7777;
+        let store = self.store(sid)?;
+        let file = store.write(|tx| {
+            let held = tx.state().lookup(dir, name);
+            if noreplace && held.is_ok() {
+                return Err(FsError::Exists);
+            }
+            if let Ok(Node::Entry { file, .. }) = held {
+                let node = Node::Entry { entry: file, file };
+                if kind == Kind::File && tx.state().attr(node)?.kind == Kind::File {
+                    let body = tx.state().plan_write(file, content, mtime)?;
+                    tx.push(body)?;
+                    let body = tx.state().plan_set_meta(SetMeta {
+                        file,
+                        mode: Some(perm),
+                        ..Default::default()
+                    })?;
+                    tx.push(body)?;
+                    return Ok(file);
+                }
+            }
+            if held.is_ok() {
+                let body = tx.state().plan_unlink(dir, name)?;
+                tx.push(body)?;
+            }
+            let body = tx.state().plan_create(
+                dir,
+                name,
+                kind,
+                perm,
+                m.uid(),
+                m.gid(),
+                0,
+                content,
+                mtime,
+            )?;
+            Ok(tx.push(body)?)
+        })?;
+        std::fs::remove_file(&ra).map_err(io_errno)?;
+        let id = self.locals.id(a.clone());
+        if let Some(ino) = self.inodes.peek(&Key::Local(id)) {
+            self.inodes.rekey(ino, Key::File(sid, file));
+        }
+        self.locals.forget(id);
+        Ok(())
+    }
+
+    /// Renames replicated file or symlink `name` of `dir` to local name `b`: its content
+    /// is written there, then its name is removed with a signed op (a delete, as peers
+    /// see it). Directories are refused with `EXDEV`, so `mv` copies them entry by entry.
+    fn replicated_to_local(
+        &self,
+        sid: StoreId,
+        dir: FileId,
+        name: &str,
+        b: &LocalPath,
+        noreplace: bool,
+    ) -> Result<()> {
+        let store = self.store(sid)?;
+        let node = store.read(|s| s.lookup(dir, name))?;
+        let Node::Entry { file, .. } = node else {
+            return Err(Fail::Errno(libc::EXDEV));
+        };
+        let rb = self.local_real(b);
+        if noreplace && std::fs::symlink_metadata(&rb).is_ok() {
+            return Err(Fail::Fs(FsError::Exists));
+        }
+        // Uncommitted writes of an open handle go with it.
+        let open = self.open_files.lock().get(&(sid, file)).cloned();
+        if let Some(open) = open {
+            open.lock().commit(self.node.cas(), false)?;
+        }
+        let a = store.read(|s| s.attr(node))?;
+        let tmp = self.staging.join(format!(
+            "to-local-{}",
+            self.next_handle.fetch_add(1, Ordering::Relaxed)
+        ));
+        let made = match a.kind {
+            Kind::File => {
+                let view = store.read(|s| s.content(node))?;
+                self.node
+                    .cas()
+                    .export(sid, &view.pieces, &tmp)
+                    .map_err(Fail::cas)?;
+                local::set_attr(
+                    &tmp,
+                    None,
+                    Some(a.perm),
+                    (Some(a.uid), Some(a.gid)),
+                    (None, Some(to_time(a.mtime_ns))),
+                )
+            }
+            Kind::Symlink => {
+                let target = store.read(|s| s.readlink(file))?;
+                local::create(&tmp, Kind::Symlink, 0o777, a.uid, a.gid, &target)
+            }
+            _ => return Err(Fail::Errno(libc::EXDEV)),
+        };
+        let placed = made.and_then(|()| {
+            if let Some(up) = rb.parent() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(up)?;
+            }
+            std::fs::rename(&tmp, &rb)
+        });
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_errno(e));
+        }
+        let removed = store.write(|tx| {
+            let body = tx.state().plan_unlink(dir, name)?;
+            tx.push(body)?;
+            Ok(())
+        });
+        if let Err(e) = removed {
+            let _ = std::fs::remove_file(&rb);
+            return Err(e.into());
+        }
+        if store.read(|s| s.attr(node)).is_err() {
+            if let Some(ino) = self.inodes.peek(&Key::File(sid, file)) {
+                self.inodes
+                    .rekey(ino, Key::Local(self.locals.id(b.clone())));
+            }
+        }
+        Ok(())
     }
 
     fn rename_store(&self, name: &str, newname: &str, flags: FsRenameFlags) -> Result<()> {
@@ -622,6 +960,15 @@ impl LatticeFs {
 
     fn do_remove(&self, parent: INodeNo, name: &OsStr, dir: bool) -> Result<()> {
         let name = name_str(name)?;
+        if let Some(p) = self.local_place(self.key(parent)?, name, None)? {
+            let real = self.local_real(&p);
+            let r = if dir {
+                std::fs::remove_dir(real)
+            } else {
+                std::fs::remove_file(real)
+            };
+            return r.map_err(io_errno);
+        }
         let (store, parent) = self.dir(parent)?;
         store.write(|tx| {
             let body = if dir {
@@ -704,10 +1051,57 @@ impl LatticeFs {
                     }
                     Ok(())
                 })?;
+                let real = self.node.local_dir(sid).join(dir.to_hex());
+                self.list_local(&real, |name| LocalPath::new(sid, dir, name), &mut out)?;
+            }
+            Key::Local(id) => {
+                let (p, real) = self.local(id)?;
+                out[1].key = match p.parent() {
+                    Some(up) => Key::Local(self.locals.id(up)),
+                    None => Key::File(p.store, p.anchor),
+                };
+                if !std::fs::symlink_metadata(&real).map_err(io_errno)?.is_dir() {
+                    return Err(Fail::Fs(FsError::NotDir));
+                }
+                self.list_local(&real, |name| p.child(name), &mut out)?;
             }
             Key::Conflict(..) => return Err(Fail::Fs(FsError::NotDir)),
         }
         Ok(out)
+    }
+
+    /// Adds the local entries in `real` (named by `path`) to listing `out`, but for
+    /// names `out` holds already (a replicated entry is never shadowed).
+    fn list_local(
+        &self,
+        real: &Path,
+        path: impl Fn(&str) -> LocalPath,
+        out: &mut Vec<DirEntry>,
+    ) -> Result<()> {
+        let listing = match std::fs::read_dir(real) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_errno(e)),
+        };
+        let held: std::collections::HashSet<Vec<u8>> = out.iter().map(|e| e.name.clone()).collect();
+        for e in listing {
+            let e = e.map_err(io_errno)?;
+            let Ok(name) = e.file_name().into_string() else {
+                continue;
+            };
+            if held.contains(name.as_bytes()) {
+                continue;
+            }
+            let Ok(m) = e.metadata() else {
+                continue;
+            };
+            out.push(DirEntry {
+                key: Key::Local(self.locals.id(path(&name))),
+                name: name.into_bytes(),
+                kind: local::file_type(&m),
+            });
+        }
+        Ok(())
     }
 
     fn dir_entries(&self, fh: FileHandle, offset: u64) -> Result<Vec<(u64, DirEntry)>> {
@@ -725,7 +1119,7 @@ impl LatticeFs {
     fn xattr_target(&self, ino: INodeNo) -> Result<(Store, FileId)> {
         match self.key(ino)? {
             Key::File(s, f) => Ok((self.store(s)?, f)),
-            Key::MountRoot => Err(Fail::Errno(libc::ENOTSUP)),
+            Key::MountRoot | Key::Local(_) => Err(Fail::Errno(libc::ENOTSUP)),
             Key::Conflict(..) => Err(Fail::Fs(FsError::ReadOnly)),
         }
     }
@@ -772,7 +1166,7 @@ impl LatticeFs {
     fn xattr_bytes(&self, ino: INodeNo, name: Option<&OsStr>) -> Result<Vec<u8>> {
         let (sid, file) = match self.key(ino)? {
             Key::File(s, f) | Key::Conflict(s, f, _) => (s, f),
-            Key::MountRoot => {
+            Key::MountRoot | Key::Local(_) => {
                 return match name {
                     Some(_) => Err(Fail::Fs(FsError::NoAttr)),
                     None => Ok(Vec::new()),
@@ -841,9 +1235,13 @@ impl Filesystem for LatticeFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        if let Some(Key::File(sid, file)) = self.inodes.forget(ino.0, nlookup) {
+        match self.inodes.forget(ino.0, nlookup) {
             // The kernel dropped the inode with its page cache.
-            self.kernel_cache.lock().remove(&(sid, file));
+            Some(Key::File(sid, file)) => {
+                self.kernel_cache.lock().remove(&(sid, file));
+            }
+            Some(Key::Local(id)) => self.locals.forget(id),
+            _ => {}
         }
     }
 
@@ -889,6 +1287,12 @@ impl Filesystem for LatticeFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let r = self.key(ino).and_then(|k| match k {
             Key::File(s, f) => Ok(self.store(s)?.read(|st| st.readlink(f))?),
+            Key::Local(id) => Ok(Bytes::from(
+                std::fs::read_link(self.local(id)?.1)
+                    .map_err(io_errno)?
+                    .into_os_string()
+                    .into_vec(),
+            )),
             _ => Err(Fail::Errno(libc::EINVAL)),
         });
         match r {
