@@ -4,23 +4,16 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{fuse_available, ok, Daemon};
+use common::{fuse_available, ok, within, Daemon};
 
 /// How long a change on one node may take to be visible on the other.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(10);
 
 /// Polls `f` until it holds or `VISIBLE_WITHIN` passes.
-fn eventually(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(
-            start.elapsed() < VISIBLE_WITHIN,
-            "{what}: not within {VISIBLE_WITHIN:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn eventually(what: &str, f: impl FnMut() -> bool) {
+    within(VISIBLE_WITHIN, what, f);
 }
 
 /// Alice creates store `team` and Bob joins it.
@@ -236,6 +229,12 @@ fn a_rename_across_the_boundary_creates_or_deletes_the_replicated_file() {
     // A local rename stays local, and `rm` removes it.
     a.sh("mv team/kept.swp team/other.swp && rm team/other.swp");
     assert_eq!(names(&a, "team"), ["marker", "tree"]);
+    // A replicated directory holding only local entries is not empty.
+    a.sh("touch team/tree/f.swp && rm team/tree/f");
+    let rmdir = std::fs::remove_dir(a.path("team/tree"));
+    assert_eq!(common::errno_of(rmdir), libc::ENOTEMPTY);
+    a.sh("rm -r team/tree");
+    eventually("tree removed", || !b.path("team/tree").exists());
 }
 
 #[test]

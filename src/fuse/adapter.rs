@@ -970,6 +970,15 @@ impl LatticeFs {
             return r.map_err(io_errno);
         }
         let (store, parent) = self.dir(parent)?;
+        if dir {
+            // A directory holding local entries lists them, so it is not empty.
+            if let Ok(Node::Entry { file, .. }) = store.read(|s| s.lookup(parent, name)) {
+                let real = self.node.local_dir(store.id()).join(file.to_hex());
+                if std::fs::read_dir(real).is_ok_and(|mut d| d.next().is_some()) {
+                    return Err(Fail::Fs(FsError::NotEmpty));
+                }
+            }
+        }
         store.write(|tx| {
             let body = if dir {
                 tx.state().plan_rmdir(parent, name)?

@@ -473,6 +473,25 @@ mod tests {
     }
 
     #[test]
+    fn a_rekeyed_inode_is_found_by_its_new_key_only() {
+        let t = Inodes::new(MIN_INODES);
+        let local = t.lookup(Key::Local(7), MOUNT_ROOT, b"a.swp");
+        assert_eq!(t.peek(&Key::Local(7)), Some(local));
+        t.rekey(local, key(1));
+        assert_eq!(t.peek(&Key::Local(7)), None);
+        assert_eq!(t.peek(&key(1)), Some(local));
+        assert_eq!(t.get(local), Some(key(1)));
+        let Key::File(sid, file) = key(1) else {
+            unreachable!()
+        };
+        assert_eq!(t.known(sid, file).len(), 1);
+        t.rekey(local, Key::Local(8));
+        assert!(t.known(sid, file).is_empty());
+        assert_eq!(t.forget(local, 1), Some(Key::Local(8)));
+        assert_eq!(t.peek(&Key::Local(8)), None);
+    }
+
+    #[test]
     fn mount_root_is_never_forgotten() {
         let t = Inodes::new(MIN_INODES);
         t.forget(MOUNT_ROOT, 100);
