@@ -136,7 +136,8 @@ fn a_latticeignore_line_added_on_one_node_keeps_matching_files_local_everywhere(
     std::fs::write(a.path("team/old.log"), "before the rule\n").unwrap();
     std::fs::create_dir(a.path("team/src")).unwrap();
     eventually("old.log", || read(&b, "team/old.log").is_some());
-    std::fs::write(a.path("team/.latticeignore"), "*.log\n").unwrap();
+    // `!NAME` lifts a default rule.
+    std::fs::write(a.path("team/.latticeignore"), "*.log\n!keep.swp\n").unwrap();
     std::fs::write(a.path("team/src/.latticeignore"), "*.o\n").unwrap();
     eventually("the rules", || {
         read(&b, "team/src/.latticeignore").is_some()
@@ -146,6 +147,7 @@ fn a_latticeignore_line_added_on_one_node_keeps_matching_files_local_everywhere(
     std::fs::write(a.path("team/src/m.o"), "object\n").unwrap();
     std::fs::write(a.path("team/m.o"), "above the rule's directory\n").unwrap();
     std::fs::write(b.path("team/b.log"), "bob's log\n").unwrap();
+    std::fs::write(a.path("team/keep.swp"), "shared\n").unwrap();
     // An already replicated file that the rule now matches stays replicated.
     std::fs::write(a.path("team/old.log"), "after the rule\n").unwrap();
     barrier(&a, &b, "team/marker-a");
@@ -158,6 +160,7 @@ fn a_latticeignore_line_added_on_one_node_keeps_matching_files_local_everywhere(
         [
             ".latticeignore",
             "a.log",
+            "keep.swp",
             "m.o",
             "marker-a",
             "marker-b",
@@ -170,6 +173,7 @@ fn a_latticeignore_line_added_on_one_node_keeps_matching_files_local_everywhere(
         [
             ".latticeignore",
             "b.log",
+            "keep.swp",
             "m.o",
             "marker-a",
             "marker-b",
