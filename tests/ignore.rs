@@ -86,6 +86,19 @@ fn the_default_rules_keep_editor_temporaries_local_without_any_latticeignore() {
     let json = ok(a.run(&["status", "--json"]));
     assert!(json.contains(r#""local":{"files":6,"bytes":24}"#), "{json}");
     assert!(!ok(b.run(&["status"])).contains("local files"));
+
+    // Local files outlive a restart with the modes their user gave them.
+    use std::os::unix::fs::PermissionsExt;
+    let perm = |d: &Daemon| {
+        let m = std::fs::metadata(d.path("team/4913")).unwrap();
+        m.permissions().mode() & 0o777
+    };
+    std::fs::set_permissions(a.path("team/4913"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let mut a = a;
+    a.down();
+    a.up();
+    assert_eq!(read(&a, "team/4913").as_deref(), Some("temp"));
+    assert_eq!(perm(&a), 0o640);
 }
 
 #[test]
