@@ -16,8 +16,11 @@ fn eventually(what: &str, f: impl FnMut() -> bool) {
     within(VISIBLE_WITHIN, what, f);
 }
 
-/// Alice creates store `team` and Bob joins it.
-fn pair() -> (Daemon, Daemon) {
+/// Alice creates store `team` and Bob joins it; `None` where FUSE tests cannot run.
+fn pair() -> Option<(Daemon, Daemon)> {
+    if !fuse_available() {
+        return None;
+    }
     let a = Daemon::start_named("alice");
     let b = Daemon::start_named("bob");
     ok(a.run(&["create", "team"]));
@@ -26,7 +29,7 @@ fn pair() -> (Daemon, Daemon) {
     for d in [&a, &b] {
         d.assert_mounted();
     }
-    (a, b)
+    Some((a, b))
 }
 
 /// The sorted names in `team/` (or `team/DIR`) on `d`, dot files included.
@@ -52,10 +55,9 @@ fn barrier(from: &Daemon, to: &Daemon, marker: &str) {
 
 #[test]
 fn the_default_rules_keep_editor_temporaries_local_without_any_latticeignore() {
-    if !fuse_available() {
+    let Some((a, b)) = pair() else {
         return;
-    }
-    let (a, b) = pair();
+    };
     let temporaries = [
         ".x.txt.swp",
         "4913",
@@ -103,10 +105,9 @@ fn the_default_rules_keep_editor_temporaries_local_without_any_latticeignore() {
 
 #[test]
 fn saving_in_vim_ships_only_the_final_file() {
-    if !fuse_available() {
+    let Some((a, b)) = pair() else {
         return;
-    }
-    let (a, b) = pair();
+    };
     std::fs::write(a.path("team/x.txt"), "v1\n").unwrap();
     eventually("first version", || {
         read(&b, "team/x.txt").as_deref() == Some("v1\n")
@@ -142,10 +143,9 @@ fn saving_in_vim_ships_only_the_final_file() {
 
 #[test]
 fn a_latticeignore_line_added_on_one_node_keeps_matching_files_local_everywhere() {
-    if !fuse_available() {
+    let Some((a, b)) = pair() else {
         return;
-    }
-    let (a, b) = pair();
+    };
     std::fs::write(a.path("team/old.log"), "before the rule\n").unwrap();
     std::fs::create_dir(a.path("team/src")).unwrap();
     eventually("old.log", || read(&b, "team/old.log").is_some());
@@ -211,10 +211,9 @@ fn a_latticeignore_line_added_on_one_node_keeps_matching_files_local_everywhere(
 
 #[test]
 fn a_rename_across_the_boundary_creates_or_deletes_the_replicated_file() {
-    if !fuse_available() {
+    let Some((a, b)) = pair() else {
         return;
-    }
-    let (a, b) = pair();
+    };
     // Local to replicated: a signed create with the content, visible at once.
     a.sh("printf draft > team/notes.swp && mv team/notes.swp team/notes.txt && cat team/notes.txt >/dev/null");
     eventually("notes.txt", || {
@@ -256,10 +255,9 @@ fn a_rename_across_the_boundary_creates_or_deletes_the_replicated_file() {
 
 #[test]
 fn a_malformed_latticeignore_line_is_reported_and_the_others_apply() {
-    if !fuse_available() {
+    let Some((a, b)) = pair() else {
         return;
-    }
-    let (a, b) = pair();
+    };
     std::fs::write(a.path("team/.latticeignore"), "[z-a\n*.tmp\n").unwrap();
     std::fs::write(a.path("team/x.tmp"), "scratch").unwrap();
     barrier(&a, &b, "team/marker");
