@@ -87,6 +87,8 @@ impl IgnoreRules {
         let chain = store.read(|s| chain(s, dir, name));
         for (dir, pieces, path) in chain {
             let Some(pieces) = pieces else {
+                // A removed file's rules and problems go with it.
+                self.levels.lock().remove(&(store.id(), dir));
                 continue;
             };
             let rules = self.rules(cas, store.id(), dir, pieces);
@@ -256,6 +258,84 @@ mod tests {
             "a file named build is not a dir"
         );
         assert!(!ignored(&rules, "a.txt", false));
+    }
+
+    #[test]
+    fn the_deepest_latticeignore_with_a_matching_line_decides_and_edits_are_read_again() {
+        use crate::fs::op::Kind;
+        let tmp = tempfile::tempdir().unwrap();
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let node = crate::node::Node::open(tmp.path(), Some("n"), rt.handle().clone()).unwrap();
+        let store = node.create_store("docs").unwrap();
+        let text = |t: &str| Content::Inline(bytes::Bytes::copy_from_slice(t.as_bytes()));
+        let make = |parent: FileId, name: &str, kind: Kind, content: Content| -> FileId {
+            store
+                .write(|tx| {
+                    let body = tx
+                        .state()
+                        .plan_create(parent, name, kind, 0o644, 0, 0, 0, content, 0)?;
+                    Ok(tx.push(body)?)
+                })
+                .unwrap()
+        };
+        let root_rules = make(
+            OpId::ROOT,
+            IGNORE_FILE,
+            Kind::File,
+            text("*.log\nbuild/\n[z-a\n"),
+        );
+        let sub = make(OpId::ROOT, "sub", Kind::Dir, Content::empty());
+        make(sub, IGNORE_FILE, Kind::File, text("!keep.log\n"));
+        let ignored = |dir, name, is_dir| node.is_ignored(&store, dir, name, is_dir);
+        assert!(ignored(OpId::ROOT, "a.log", false));
+        assert!(
+            ignored(sub, "a.log", false),
+            "a rule reaches below its directory"
+        );
+        assert!(
+            !ignored(sub, "keep.log", false),
+            "a deeper file's line wins"
+        );
+        assert!(ignored(OpId::ROOT, "keep.log", false));
+        assert!(ignored(OpId::ROOT, "build", true));
+        assert!(
+            !ignored(OpId::ROOT, "build", false),
+            "build/ names directories only"
+        );
+        assert!(
+            ignored(sub, "x.swp", false),
+            "the defaults apply everywhere"
+        );
+        assert!(!ignored(sub, IGNORE_FILE, false));
+        let problems = node.ignore_problems(store.id());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].starts_with("line 3:"), "{problems:?}");
+
+        store
+            .write(|tx| {
+                let body = tx.state().plan_write(root_rules, text("*.tmp\n"), 1)?;
+                tx.push(body)?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(
+            !ignored(OpId::ROOT, "a.log", false),
+            "the edited rules apply"
+        );
+        assert!(ignored(OpId::ROOT, "a.tmp", false));
+        assert!(node.ignore_problems(store.id()).is_empty());
+
+        store
+            .write(|tx| {
+                let body = tx.state().plan_unlink(OpId::ROOT, IGNORE_FILE)?;
+                tx.push(body)?;
+                Ok(())
+            })
+            .unwrap();
+        assert!(
+            !ignored(OpId::ROOT, "a.tmp", false),
+            "a removed file holds no rules"
+        );
     }
 
     #[test]
