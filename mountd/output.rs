@@ -107,6 +107,23 @@ pub fn status_human(s: &StatusResponse) -> String {
             );
         }
         let _ = writeln!(out, "{}: {}", printable(&st.name), to_fetch_line(st));
+        if st.local_files > 0 {
+            let _ = writeln!(
+                out,
+                "{}: {} local files ({} bytes) kept on this node by ignore rules",
+                printable(&st.name),
+                st.local_files,
+                st.local_bytes
+            );
+        }
+        for p in &st.ignore_problems {
+            let _ = writeln!(
+                out,
+                "{}: .latticeignore line skipped: {}",
+                printable(&st.name),
+                printable(p)
+            );
+        }
         if let Some(f) = &st.frontier {
             let _ = writeln!(
                 out,
@@ -447,7 +464,8 @@ pub fn status_json(s: &StatusResponse) -> String {
                  \"dirs\":{},\"bytes\":{},\"conflicts\":{},\"paused\":{},\"fetch\":{},\
                  \"peers_online\":{},\"members\":{},\"unsent\":{},\"equivocators\":[{}],\
                  \"quarantined\":{},\"quarantined_hashes\":[{}],\"frontier\":{},\
-                 \"retention_days\":{},\"horizon_days\":{},\"space\":{},\"deleted\":{},\"to_fetch\":{}}}",
+                 \"retention_days\":{},\"horizon_days\":{},\"space\":{},\"deleted\":{},\"to_fetch\":{},\
+                 \"local\":{{\"files\":{},\"bytes\":{}}},\"ignore_problems\":[{}]}}",
                 json_string(&st.name),
                 json_string(&st.id),
                 st.intentions,
@@ -493,7 +511,14 @@ pub fn status_json(s: &StatusResponse) -> String {
                     st.fetch_bytes,
                     st.fetch_rate,
                     st.fetch_eta_secs.map_or("null".to_string(), |s| s.to_string())
-                )
+                ),
+                st.local_files,
+                st.local_bytes,
+                st.ignore_problems
+                    .iter()
+                    .map(|p| json_string(p))
+                    .collect::<Vec<_>>()
+                    .join(",")
             )
         })
         .collect();

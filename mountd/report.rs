@@ -43,6 +43,7 @@ pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
         .map(|s| {
             let stats = s.stats();
             let quarantined = s.quarantined();
+            let (local_files, local_bytes) = node.local_usage(s.id());
             StoreStatus {
                 name: store_name(s),
                 id: s.id().to_hex(),
@@ -67,6 +68,9 @@ pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
                 retention_days: s.retention_days(),
                 horizon_days: s.setting(Setting::Horizon),
                 deleted: s.is_deleted(),
+                local_files,
+                local_bytes,
+                ignore_problems: node.ignore_problems(s.id()),
                 space: node
                     .space(s)
                     .map_err(|e| tracing::warn!("content space unavailable: {e}"))

@@ -103,6 +103,11 @@ impl OpId {
         b
     }
 
+    /// The 88 lowercase hex characters of the 44-byte encoding.
+    pub fn to_hex(&self) -> String {
+        hex(&self.to_bytes())
+    }
+
     /// Parses the 44-byte encoding.
     pub fn from_bytes(b: &[u8]) -> Option<Self> {
         if b.len() != 44 {

@@ -26,6 +26,7 @@ mod changes;
 mod conflicts;
 #[cfg(test)]
 mod conflicts_tests;
+mod ignored;
 mod leave;
 mod paths;
 mod restore;
@@ -56,6 +57,8 @@ const JOINING_FILE: &str = "joining";
 /// Marker file in a store's directory: the local blobs of the store carry its ownership
 /// tags, because this version created it or claimed its content once at open.
 const CLAIMED_FILE: &str = "blobs-claimed";
+/// Directory in a store's directory holding the files its ignore rules keep local.
+const LOCAL_DIR: &str = "local";
 /// How long a store's measured content space is reused while no intention arrives:
 /// versions expire by the day, so a minute-old figure is as good as a new one.
 const SPACE_FRESH: std::time::Duration = std::time::Duration::from_secs(60);
@@ -151,6 +154,8 @@ struct Inner {
     unreadable: Vec<Unreadable>,
     /// Each store's content space when last measured: when, at which applied count.
     space: Mutex<std::collections::HashMap<StoreId, (std::time::Instant, u64, Space)>>,
+    /// The ignore rules: which new names stay local.
+    ignore: ignored::IgnoreRules,
 }
 
 /// A store directory that could not be opened at startup, and why.
@@ -246,6 +251,7 @@ impl Node {
                 joining: Mutex::new(joining),
                 unreadable,
                 space: Mutex::new(std::collections::HashMap::new()),
+                ignore: ignored::IgnoreRules::new(),
             }),
         })
     }
@@ -384,6 +390,46 @@ impl Node {
     /// The directory of store `id`.
     pub fn store_dir(&self, id: StoreId) -> PathBuf {
         self.inner.data_dir.join(STORES_DIR).join(id.to_hex())
+    }
+
+    /// The directory holding store `id`'s local-only entries (see `IGNORE_FILE`).
+    pub fn local_dir(&self, id: StoreId) -> PathBuf {
+        self.store_dir(id).join(LOCAL_DIR)
+    }
+
+    /// Whether a new entry `name` (a directory if `is_dir`) in directory `dir` of `store`
+    /// stays local: its ignore rules or the defaults match it.
+    pub fn is_ignored(&self, store: &Store, dir: FileId, name: &str, is_dir: bool) -> bool {
+        self.inner
+            .ignore
+            .is_ignored(&self.inner.cas, store, dir, name, is_dir)
+    }
+
+    /// Lines of `store`'s `.latticeignore` files read so far that were skipped, with why.
+    pub fn ignore_problems(&self, store: StoreId) -> Vec<String> {
+        self.inner.ignore.problems(store)
+    }
+
+    /// Files (of any kind but directories) and bytes held local-only in store `id`.
+    pub fn local_usage(&self, id: StoreId) -> (u64, u64) {
+        let (mut files, mut bytes) = (0, 0);
+        let mut stack = vec![self.local_dir(id)];
+        while let Some(dir) = stack.pop() {
+            let Ok(listing) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in listing.flatten() {
+                match e.metadata() {
+                    Ok(m) if m.is_dir() => stack.push(e.path()),
+                    Ok(m) => {
+                        files += 1;
+                        bytes += m.len();
+                    }
+                    Err(_) => {}
+                }
+            }
+        }
+        (files, bytes)
     }
 
     /// Stores still being bootstrapped, with the bootstrap state saved for each.
@@ -637,7 +683,9 @@ fn make_private(path: &Path) -> Result<(), NodeError> {
     if meta.permissions().mode() & 0o7777 != want {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(want)).map_err(io)?;
     }
-    if meta.is_dir() {
+    // Local-only entries keep the modes their users gave them: the 0700 directories
+    // above them keep others out.
+    if meta.is_dir() && path.file_name().is_none_or(|n| n != LOCAL_DIR) {
         for entry in std::fs::read_dir(path).map_err(io)? {
             make_private(&entry.map_err(io)?.path())?;
         }

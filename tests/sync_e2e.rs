@@ -6,24 +6,12 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{fuse_available, ok, random_bytes, Daemon};
+use common::{fuse_available, ok, random_bytes, within, Daemon};
 
 /// How long a change on one node may take to be visible on another.
 const VISIBLE_WITHIN: Duration = Duration::from_secs(2);
 /// How long a merge after `resume`, or a large transfer, may take.
 const SETTLE: Duration = Duration::from_secs(60);
-
-/// Polls `f` until it holds or `limit` passes; returns how long it took.
-fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A sorted listing of every path under `root` with a checksum of each file's bytes, or
 /// `None` when an entry vanished while it was listed (the tree is still converging).

@@ -322,6 +322,17 @@ impl FsState {
         self.tree.entry(dir).map(|e| e.loc.parent)
     }
 
+    /// The parent and raw name of a visible entry (before any decoration); `None` for
+    /// the root or an entry not shown.
+    pub fn place(&self, entry: FileId) -> Option<(FileId, String)> {
+        if entry == OpId::ROOT || !self.entry_visible(entry) {
+            return None;
+        }
+        self.tree
+            .entry(entry)
+            .map(|e| (e.loc.parent, e.loc.name.clone()))
+    }
+
     /// The value of extended attribute `name`.
     pub fn xattr_get(&self, file: FileId, name: &[u8]) -> Result<Bytes, FsError> {
         let f = self.file(file).ok_or(FsError::NotFound)?;

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -24,9 +24,13 @@ use crate::ids::{FileId, OpId, StoreId};
 use crate::node::Node as LatticeNode;
 use crate::store::Store;
 
+use super::errno::io_errno;
 use super::errno::{errno, Fail};
 use super::inodes::{Inodes, Key, MOUNT_ROOT};
+use super::local::{self, LocalPath, Locals};
 use super::open_file::{read_view, OpenFile};
+
+mod local_side;
 
 /// How long the kernel may cache attributes and entries.
 const TTL: Duration = Duration::from_secs(1);
@@ -52,6 +56,8 @@ enum Handle {
     File(FileRef),
     /// A directory listing, taken at `opendir` so offsets stay stable.
     Dir(Vec<DirEntry>),
+    /// A local-only file, open.
+    Local(Arc<std::fs::File>),
 }
 
 #[derive(Clone)]
@@ -66,6 +72,8 @@ pub(crate) struct LatticeFs {
     node: LatticeNode,
     staging: PathBuf,
     inodes: Arc<Inodes>,
+    /// The local-only entries the kernel was given.
+    locals: Locals,
     stores: RwLock<HashMap<StoreId, Store>>,
     open_files: Mutex<HashMap<(StoreId, FileId), SharedFile>>,
     /// Per file, the committed content the kernel's page cache is known to hold (a
@@ -143,6 +151,7 @@ impl LatticeFs {
             node,
             staging,
             inodes,
+            locals: Locals::default(),
             stores: RwLock::new(HashMap::new()),
             open_files: Mutex::new(HashMap::new()),
             kernel_cache: Mutex::new(HashMap::new()),
@@ -201,6 +210,7 @@ impl LatticeFs {
             Key::File(s, f) => Ok((self.store(s)?, f)),
             Key::MountRoot => Err(Fail::Fs(FsError::NotPermitted)),
             Key::Conflict(..) => Err(Fail::Fs(FsError::NotDir)),
+            Key::Local(_) => Err(Fail::Errno(libc::EXDEV)),
         }
     }
 
@@ -247,6 +257,10 @@ impl LatticeFs {
 
     /// Attributes of `key`, with uncommitted writes of an open file applied.
     fn attr_of(&self, ino: u64, key: Key) -> Result<FileAttr> {
+        if let Key::Local(id) = key {
+            let m = std::fs::symlink_metadata(self.local(id)?.1).map_err(io_errno)?;
+            return Ok(local::attr(ino, &m));
+        }
         let Some((sid, node)) = key.node() else {
             return Ok(self.root_attr());
         };
@@ -293,10 +307,14 @@ impl LatticeFs {
                     .ok_or(Fail::Fs(FsError::NotFound))?;
                 self.entry(Key::File(store.id(), OpId::ROOT), parent, name)
             }
-            Key::File(sid, dir) => {
-                let node = self.store(sid)?.read(|s| s.lookup(dir, name))?;
-                self.entry(Key::of(sid, node), parent, name)
-            }
+            Key::File(sid, dir) => match self.store(sid)?.read(|s| s.lookup(dir, name)) {
+                Ok(node) => self.entry(Key::of(sid, node), parent, name),
+                Err(FsError::NotFound) => {
+                    self.local_entry(LocalPath::new(sid, dir, name), parent, name)
+                }
+                Err(e) => Err(e.into()),
+            },
+            Key::Local(id) => self.local_entry(self.local(id)?.0.child(name), parent, name),
             Key::Conflict(..) => Err(Fail::Fs(FsError::NotDir)),
         }
     }
@@ -330,8 +348,18 @@ impl LatticeFs {
             let key = Key::File(store.id(), OpId::ROOT);
             return Ok((key, self.entry(key, parent, name)?));
         }
-        let (store, dir) = self.dir(parent)?;
         let (uid, gid) = (req.uid(), req.gid());
+        if let Some(p) = self.local_place(self.key(parent)?, name, Some(kind == Kind::Dir))? {
+            let target = match &content {
+                Content::Inline(b) => b.clone(),
+                Content::Manifest { .. } => Bytes::new(),
+            };
+            local::create(&self.local_real(&p), kind, perm & 0o7777, uid, gid, &target)
+                .map_err(io_errno)?;
+            let key = Key::Local(self.locals.id(p));
+            return Ok((key, self.entry(key, parent, name)?));
+        }
+        let (store, dir) = self.dir(parent)?;
         let file = store.write(|tx| {
             let body = tx.state().plan_create(
                 dir,
@@ -373,6 +401,18 @@ impl LatticeFs {
     fn open_handle(&self, key: Key, flags: i32) -> Result<(FileHandle, FopenFlags)> {
         let acc = flags & libc::O_ACCMODE;
         let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        if let Key::Local(id) = key {
+            let file = std::fs::OpenOptions::new()
+                .read(acc != libc::O_WRONLY)
+                .write(write)
+                .append(flags & libc::O_APPEND != 0)
+                .open(self.local(id)?.1)
+                .map_err(io_errno)?;
+            return Ok((
+                self.new_handle(Handle::Local(Arc::new(file))),
+                FopenFlags::empty(),
+            ));
+        }
         if write && matches!(key, Key::Conflict(..)) {
             return Err(Fail::Fs(FsError::ReadOnly));
         }
@@ -424,6 +464,21 @@ impl LatticeFs {
     }
 
     fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>> {
+        if let Some(f) = self.local_handle(fh) {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0; size as usize];
+            let mut done = 0;
+            while done < buf.len() {
+                match f.read_at(&mut buf[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(io_errno(e)),
+                }
+            }
+            buf.truncate(done);
+            return Ok(buf);
+        }
         let FileRef { open, key, .. } = self.file_handle(fh)?;
         let cas = self.node.cas();
         let (sid, node) = key.node().ok_or(Fail::Fs(FsError::IsDir))?;
@@ -441,6 +496,11 @@ impl LatticeFs {
     }
 
     fn do_write(&self, fh: FileHandle, offset: u64, data: &[u8]) -> Result<u32> {
+        if let Some(f) = self.local_handle(fh) {
+            use std::os::unix::fs::FileExt;
+            f.write_all_at(data, offset).map_err(io_errno)?;
+            return Ok(data.len() as u32);
+        }
         let FileRef {
             open,
             write,
@@ -457,6 +517,12 @@ impl LatticeFs {
     }
 
     fn commit(&self, fh: FileHandle, durable: bool) -> Result<()> {
+        if let Some(f) = self.local_handle(fh) {
+            if durable {
+                f.sync_all().map_err(io_errno)?;
+            }
+            return Ok(());
+        }
         let FileRef { open, key, .. } = self.file_handle(fh)?;
         if let Some(open) = open {
             open.lock().commit(self.node.cas(), durable)?;
@@ -504,6 +570,17 @@ impl LatticeFs {
 
     fn do_setattr(&self, ino: INodeNo, meta: SetMeta, size: Option<u64>) -> Result<FileAttr> {
         let key = self.key(ino)?;
+        if let Key::Local(id) = key {
+            local::set_attr(
+                &self.local(id)?.1,
+                size,
+                meta.mode,
+                (meta.uid, meta.gid),
+                (meta.atime_ns.map(to_time), meta.mtime_ns.map(to_time)),
+            )
+            .map_err(io_errno)?;
+            return self.attr_of(ino.0, key);
+        }
         let Key::File(sid, file) = key else {
             return Err(Fail::Fs(if key == Key::MountRoot {
                 FsError::NotPermitted
@@ -566,22 +643,50 @@ impl LatticeFs {
         match (self.key(parent)?, self.key(newparent)?) {
             (Key::MountRoot, Key::MountRoot) => self.rename_store(name, newname, fs_flags),
             (Key::MountRoot, _) | (_, Key::MountRoot) => Err(Fail::Fs(FsError::CrossStore)),
-            (Key::File(a, dir), Key::File(b, newdir)) => {
-                if a != b {
+            (from_dir, to_dir) => {
+                if self.store_of(from_dir)? != self.store_of(to_dir)? {
                     return Err(Fail::Fs(FsError::CrossStore));
                 }
-                self.store(a)?.write(|tx| {
-                    let bodies = tx
-                        .state()
-                        .plan_rename(dir, name, newdir, newname, fs_flags)?;
-                    for body in bodies {
-                        tx.push(body)?;
+                let from = self.local_place(from_dir, name, None)?;
+                let src_dir = match (&from, from_dir) {
+                    (Some(p), _) => std::fs::symlink_metadata(self.local_real(p))
+                        .map_err(io_errno)?
+                        .is_dir(),
+                    (None, Key::File(sid, dir)) => {
+                        self.store(sid)?
+                            .read(|s| s.lookup(dir, name).and_then(|n| s.attr(n)))?
+                            .kind
+                            == Kind::Dir
                     }
-                    Ok(())
-                })?;
-                Ok(())
+                    _ => return Err(Fail::Fs(FsError::NotDir)),
+                };
+                let to = self.local_place(to_dir, newname, Some(src_dir))?;
+                if (from.is_some() || to.is_some()) && fs_flags.exchange {
+                    return Err(Fail::Errno(libc::EXDEV));
+                }
+                match (from, to, from_dir, to_dir) {
+                    (None, None, Key::File(sid, dir), Key::File(_, newdir)) => {
+                        self.store(sid)?.write(|tx| {
+                            let bodies = tx
+                                .state()
+                                .plan_rename(dir, name, newdir, newname, fs_flags)?;
+                            for body in bodies {
+                                tx.push(body)?;
+                            }
+                            Ok(())
+                        })?;
+                        Ok(())
+                    }
+                    (Some(a), Some(b), ..) => self.rename_local(&a, &b, fs_flags.noreplace),
+                    (Some(a), None, _, Key::File(sid, newdir)) => {
+                        self.local_to_replicated(&a, sid, newdir, newname, fs_flags.noreplace)
+                    }
+                    (None, Some(b), Key::File(sid, dir), _) => {
+                        self.replicated_to_local(sid, dir, name, &b, fs_flags.noreplace)
+                    }
+                    _ => Err(Fail::Fs(FsError::NotDir)),
+                }
             }
-            _ => Err(Fail::Fs(FsError::NotDir)),
         }
     }
 
@@ -622,7 +727,25 @@ impl LatticeFs {
 
     fn do_remove(&self, parent: INodeNo, name: &OsStr, dir: bool) -> Result<()> {
         let name = name_str(name)?;
+        if let Some(p) = self.local_place(self.key(parent)?, name, None)? {
+            let real = self.local_real(&p);
+            let r = if dir {
+                std::fs::remove_dir(real)
+            } else {
+                std::fs::remove_file(real)
+            };
+            return r.map_err(io_errno);
+        }
         let (store, parent) = self.dir(parent)?;
+        if dir {
+            // A directory holding local entries lists them, so it is not empty.
+            if let Ok(Node::Entry { file, .. }) = store.read(|s| s.lookup(parent, name)) {
+                let real = self.node.local_dir(store.id()).join(file.to_hex());
+                if std::fs::read_dir(real).is_ok_and(|mut d| d.next().is_some()) {
+                    return Err(Fail::Fs(FsError::NotEmpty));
+                }
+            }
+        }
         store.write(|tx| {
             let body = if dir {
                 tx.state().plan_rmdir(parent, name)?
@@ -704,6 +827,19 @@ impl LatticeFs {
                     }
                     Ok(())
                 })?;
+                let real = self.node.local_dir(sid).join(dir.to_hex());
+                self.list_local(&real, |name| LocalPath::new(sid, dir, name), &mut out)?;
+            }
+            Key::Local(id) => {
+                let (p, real) = self.local(id)?;
+                out[1].key = match p.parent() {
+                    Some(up) => Key::Local(self.locals.id(up)),
+                    None => Key::File(p.store, p.anchor),
+                };
+                if !std::fs::symlink_metadata(&real).map_err(io_errno)?.is_dir() {
+                    return Err(Fail::Fs(FsError::NotDir));
+                }
+                self.list_local(&real, |name| p.child(name), &mut out)?;
             }
             Key::Conflict(..) => return Err(Fail::Fs(FsError::NotDir)),
         }
@@ -725,7 +861,7 @@ impl LatticeFs {
     fn xattr_target(&self, ino: INodeNo) -> Result<(Store, FileId)> {
         match self.key(ino)? {
             Key::File(s, f) => Ok((self.store(s)?, f)),
-            Key::MountRoot => Err(Fail::Errno(libc::ENOTSUP)),
+            Key::MountRoot | Key::Local(_) => Err(Fail::Errno(libc::ENOTSUP)),
             Key::Conflict(..) => Err(Fail::Fs(FsError::ReadOnly)),
         }
     }
@@ -772,7 +908,7 @@ impl LatticeFs {
     fn xattr_bytes(&self, ino: INodeNo, name: Option<&OsStr>) -> Result<Vec<u8>> {
         let (sid, file) = match self.key(ino)? {
             Key::File(s, f) | Key::Conflict(s, f, _) => (s, f),
-            Key::MountRoot => {
+            Key::MountRoot | Key::Local(_) => {
                 return match name {
                     Some(_) => Err(Fail::Fs(FsError::NoAttr)),
                     None => Ok(Vec::new()),
@@ -841,9 +977,13 @@ impl Filesystem for LatticeFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        if let Some(Key::File(sid, file)) = self.inodes.forget(ino.0, nlookup) {
+        match self.inodes.forget(ino.0, nlookup) {
             // The kernel dropped the inode with its page cache.
-            self.kernel_cache.lock().remove(&(sid, file));
+            Some(Key::File(sid, file)) => {
+                self.kernel_cache.lock().remove(&(sid, file));
+            }
+            Some(Key::Local(id)) => self.locals.forget(id),
+            _ => {}
         }
     }
 
@@ -889,6 +1029,12 @@ impl Filesystem for LatticeFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let r = self.key(ino).and_then(|k| match k {
             Key::File(s, f) => Ok(self.store(s)?.read(|st| st.readlink(f))?),
+            Key::Local(id) => Ok(Bytes::from(
+                std::fs::read_link(self.local(id)?.1)
+                    .map_err(io_errno)?
+                    .into_os_string()
+                    .into_vec(),
+            )),
             _ => Err(Fail::Errno(libc::EINVAL)),
         });
         match r {

@@ -51,6 +51,8 @@ pub(crate) enum Key {
     File(StoreId, FileId),
     /// A conflict copy: content head `head` of `file`.
     Conflict(StoreId, FileId, OpId),
+    /// A local-only entry, by its number in `local::Locals`.
+    Local(u64),
 }
 
 impl Key {
@@ -65,7 +67,7 @@ impl Key {
     /// The store file a key shows (a file or one of its conflict copies).
     fn file(&self) -> Option<(StoreId, FileId)> {
         match *self {
-            Key::MountRoot => None,
+            Key::MountRoot | Key::Local(_) => None,
             Key::File(s, f) | Key::Conflict(s, f, _) => Some((s, f)),
         }
     }
@@ -73,7 +75,7 @@ impl Key {
     /// The fs node to ask for attributes and content.
     pub(crate) fn node(&self) -> Option<(StoreId, Node)> {
         match *self {
-            Key::MountRoot => None,
+            Key::MountRoot | Key::Local(_) => None,
             Key::File(s, file) => Some((s, Node::Entry { entry: file, file })),
             Key::Conflict(s, file, head) => Some((s, Node::Conflict { file, head })),
         }
@@ -99,6 +101,8 @@ struct Table {
     by_ino: HashMap<u64, Slot>,
     /// Inodes of each store file: the file itself and its conflict copies.
     by_file: HashMap<(StoreId, FileId), Vec<u64>>,
+    /// The inode of each local entry.
+    by_local: HashMap<u64, u64>,
     /// Evictable inodes, oldest lookup first; forgotten ones are skipped when popped.
     order: VecDeque<u64>,
     /// Entries evicted, waiting for the invalidation thread.
@@ -112,13 +116,47 @@ impl Table {
     /// The inode of `key`, if the kernel knows it.
     fn find(&self, key: &Key) -> Option<u64> {
         let Some(file) = key.file() else {
-            return Some(MOUNT_ROOT);
+            return match key {
+                Key::Local(id) => self.by_local.get(id).copied(),
+                _ => Some(MOUNT_ROOT),
+            };
         };
         self.by_file
             .get(&file)?
             .iter()
             .copied()
             .find(|ino| self.by_ino.get(ino).is_some_and(|s| s.key == *key))
+    }
+
+    /// Finds `ino` by `key` from now on.
+    fn index(&mut self, key: Key, ino: u64) {
+        match key.file() {
+            Some(file) => self
+                .by_file
+                .entry(file)
+                .or_insert_with(|| Vec::with_capacity(1))
+                .push(ino),
+            None => {
+                if let Key::Local(id) = key {
+                    self.by_local.insert(id, ino);
+                }
+            }
+        }
+    }
+
+    /// Stops finding `ino` by `key`.
+    fn unindex(&mut self, key: Key, ino: u64) {
+        if let Key::Local(id) = key {
+            self.by_local.remove(&id);
+        }
+        if let Some(file) = key.file() {
+            if let Some(inos) = self.by_file.get_mut(&file) {
+                inos.retain(|&i| i != ino);
+                if inos.is_empty() {
+                    self.by_file.remove(&file);
+                }
+            }
+        }
     }
 
     /// Moves the entries of the oldest evictable inodes to `evicted`, as many inodes
@@ -201,12 +239,7 @@ impl Inodes {
                         evicted: false,
                     },
                 );
-                if let Some(file) = key.file() {
-                    t.by_file
-                        .entry(file)
-                        .or_insert_with(|| Vec::with_capacity(1))
-                        .push(ino);
-                }
+                t.index(key, ino);
                 ino
             }
         };
@@ -285,16 +318,24 @@ impl Inodes {
             if t.by_ino.remove(&ino).is_some_and(|s| s.evicted) {
                 t.evicting -= 1;
             }
-            if let Some(file) = key.file() {
-                if let Some(inos) = t.by_file.get_mut(&file) {
-                    inos.retain(|&i| i != ino);
-                    if inos.is_empty() {
-                        t.by_file.remove(&file);
-                    }
-                }
-            }
+            t.unindex(key, ino);
         }
         gone
+    }
+
+    /// Inode `ino` now stands for `key` (an entry that crossed between local and
+    /// replicated by a rename: the kernel keeps the inode under the new name). A key the
+    /// kernel knows by another inode then has two, as a file has with its conflict copies.
+    pub(crate) fn rekey(&self, ino: u64, key: Key) {
+        let mut t = self.table.lock();
+        let Some(old) = t.by_ino.get(&ino).map(|s| s.key) else {
+            return;
+        };
+        t.unindex(old, ino);
+        t.index(key, ino);
+        if let Some(slot) = t.by_ino.get_mut(&ino) {
+            slot.key = key;
+        }
     }
 
     /// The inodes the kernel knows for `file` of store `store` (the file and its
@@ -429,6 +470,25 @@ mod tests {
             a,
             "a forgotten number is never reused"
         );
+    }
+
+    #[test]
+    fn a_rekeyed_inode_is_found_by_its_new_key_only() {
+        let t = Inodes::new(MIN_INODES);
+        let local = t.lookup(Key::Local(7), MOUNT_ROOT, b"a.swp");
+        assert_eq!(t.peek(&Key::Local(7)), Some(local));
+        t.rekey(local, key(1));
+        assert_eq!(t.peek(&Key::Local(7)), None);
+        assert_eq!(t.peek(&key(1)), Some(local));
+        assert_eq!(t.get(local), Some(key(1)));
+        let Key::File(sid, file) = key(1) else {
+            unreachable!()
+        };
+        assert_eq!(t.known(sid, file).len(), 1);
+        t.rekey(local, Key::Local(8));
+        assert!(t.known(sid, file).is_empty());
+        assert_eq!(t.forget(local, 1), Some(Key::Local(8)));
+        assert_eq!(t.peek(&Key::Local(8)), None);
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod adapter;
 mod errno;
 mod inodes;
 mod invalidate;
+mod local;
 mod open_file;
 
 use std::os::unix::fs::DirBuilderExt;

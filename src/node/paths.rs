@@ -17,7 +17,7 @@ use crate::store::Store;
 
 /// Deepest nesting walked up from a file to the store root: the tree has no cycles, the
 /// bound only keeps a broken assumption from looping.
-const MAX_PATH_DEPTH: usize = 4096;
+pub(crate) const MAX_PATH_DEPTH: usize = 4096;
 
 /// The names of directories' entries, memoised for one report (a batch of many changes
 /// in one large directory lists it once).

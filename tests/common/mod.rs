@@ -16,6 +16,18 @@ pub fn ok(out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Polls `f` until it holds or `limit` passes; returns how long it took.
+pub fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Whether FUSE tests can run here; under `CI=true` a missing FUSE is a failure.
 pub fn fuse_available() -> bool {
     let ok = Path::new("/dev/fuse").exists()

@@ -1,0 +1,272 @@
+//! Replicated ignore rules end to end: two real daemons with real FUSE mounts on
+//! loopback. Names the rules match stay on the node that made them (shown there, counted
+//! by `status`, never signed or sent); `.latticeignore` itself replicates.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{fuse_available, ok, within, Daemon};
+
+/// How long a change on one node may take to be visible on the other.
+const VISIBLE_WITHIN: Duration = Duration::from_secs(10);
+
+/// Polls `f` until it holds or `VISIBLE_WITHIN` passes.
+fn eventually(what: &str, f: impl FnMut() -> bool) {
+    within(VISIBLE_WITHIN, what, f);
+}
+
+/// Alice creates store `team` and Bob joins it; `None` where FUSE tests cannot run.
+fn pair() -> Option<(Daemon, Daemon)> {
+    if !fuse_available() {
+        return None;
+    }
+    let a = Daemon::start_named("alice");
+    let b = Daemon::start_named("bob");
+    ok(a.run(&["create", "team"]));
+    let token = ok(a.run(&["invite", "team"]));
+    ok(b.run(&["join", token.trim()]));
+    for d in [&a, &b] {
+        d.assert_mounted();
+    }
+    Some((a, b))
+}
+
+/// The sorted names in `team/` (or `team/DIR`) on `d`, dot files included.
+fn names(d: &Daemon, dir: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(d.path(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+fn read(d: &Daemon, rel: &str) -> Option<String> {
+    std::fs::read_to_string(d.path(rel)).ok()
+}
+
+/// Writes `marker` on `from` and waits until `to` has it: everything `from` would have
+/// sent before it has arrived by then.
+fn barrier(from: &Daemon, to: &Daemon, marker: &str) {
+    std::fs::write(from.path(marker), marker).unwrap();
+    eventually(marker, || read(to, marker).as_deref() == Some(marker));
+}
+
+#[test]
+fn the_default_rules_keep_editor_temporaries_local_without_any_latticeignore() {
+    let Some((a, b)) = pair() else {
+        return;
+    };
+    let temporaries = [
+        ".x.txt.swp",
+        "4913",
+        "x.txt~",
+        ".#x.txt",
+        "~$report.docx",
+        ".~lock.a.odt#",
+    ];
+    for t in temporaries {
+        std::fs::write(a.path(&format!("team/{t}")), "temp").unwrap();
+    }
+    barrier(&a, &b, "team/marker");
+    let mut want: Vec<String> = temporaries.iter().map(|t| t.to_string()).collect();
+    want.push("marker".into());
+    want.sort();
+    assert_eq!(
+        names(&a, "team"),
+        want,
+        "alice sees her local files beside the rest"
+    );
+    assert_eq!(names(&b, "team"), ["marker"], "bob never sees them");
+    assert_eq!(read(&a, "team/4913").as_deref(), Some("temp"));
+    let status = ok(a.run(&["status"]));
+    assert!(
+        status.contains("team: 6 local files (24 bytes) kept on this node by ignore rules"),
+        "{status}"
+    );
+    let json = ok(a.run(&["status", "--json"]));
+    assert!(json.contains(r#""local":{"files":6,"bytes":24}"#), "{json}");
+    assert!(!ok(b.run(&["status"])).contains("local files"));
+
+    // Local files outlive a restart with the modes their user gave them.
+    use std::os::unix::fs::PermissionsExt;
+    let perm = |d: &Daemon| {
+        let m = std::fs::metadata(d.path("team/4913")).unwrap();
+        m.permissions().mode() & 0o777
+    };
+    std::fs::set_permissions(a.path("team/4913"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let mut a = a;
+    a.down();
+    a.up();
+    assert_eq!(read(&a, "team/4913").as_deref(), Some("temp"));
+    assert_eq!(perm(&a), 0o640);
+}
+
+#[test]
+fn saving_in_vim_ships_only_the_final_file() {
+    let Some((a, b)) = pair() else {
+        return;
+    };
+    std::fs::write(a.path("team/x.txt"), "v1\n").unwrap();
+    eventually("first version", || {
+        read(&b, "team/x.txt").as_deref() == Some("v1\n")
+    });
+    // Real vim, with its swap file and its default write strategy (the `4913` probe,
+    // then a rename or a copy of the original as backup).
+    let out = std::process::Command::new("vim")
+        .args(["-u", "NONE", "-i", "NONE", "-N", "-es"])
+        .args(["-c", "set swapfile writebackup backupcopy=auto"])
+        .args(["-c", "%s/v1/v2/", "-c", "wq", "x.txt"])
+        .current_dir(a.path("team"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "vim: {out:?}");
+    assert_eq!(read(&a, "team/x.txt").as_deref(), Some("v2\n"));
+    eventually("saved version", || {
+        read(&b, "team/x.txt").as_deref() == Some("v2\n")
+    });
+    barrier(&a, &b, "team/marker");
+    assert_eq!(names(&b, "team"), ["marker", "x.txt"]);
+    assert_eq!(
+        names(&a, "team"),
+        ["marker", "x.txt"],
+        "vim removed its temporaries"
+    );
+    // Nothing vim made on the side ever reached bob, not even as a deleted file.
+    let deleted = ok(b.run(&["history", "--deleted", b.path("team").to_str().unwrap()]));
+    assert!(
+        !deleted.contains(".swp") && !deleted.contains("4913") && !deleted.contains('~'),
+        "{deleted}"
+    );
+}
+
+#[test]
+fn a_latticeignore_line_added_on_one_node_keeps_matching_files_local_everywhere() {
+    let Some((a, b)) = pair() else {
+        return;
+    };
+    std::fs::write(a.path("team/old.log"), "before the rule\n").unwrap();
+    std::fs::create_dir(a.path("team/src")).unwrap();
+    eventually("old.log", || read(&b, "team/old.log").is_some());
+    // `!NAME` lifts a default rule.
+    std::fs::write(a.path("team/.latticeignore"), "*.log\n!keep.swp\n").unwrap();
+    std::fs::write(a.path("team/src/.latticeignore"), "*.o\n").unwrap();
+    eventually("the rules", || {
+        read(&b, "team/src/.latticeignore").is_some()
+    });
+
+    std::fs::write(a.path("team/a.log"), "alice's log\n").unwrap();
+    std::fs::write(a.path("team/src/m.o"), "object\n").unwrap();
+    std::fs::write(a.path("team/m.o"), "above the rule's directory\n").unwrap();
+    std::fs::write(b.path("team/b.log"), "bob's log\n").unwrap();
+    std::fs::write(a.path("team/keep.swp"), "shared\n").unwrap();
+    // An already replicated file that the rule now matches stays replicated.
+    std::fs::write(a.path("team/old.log"), "after the rule\n").unwrap();
+    barrier(&a, &b, "team/marker-a");
+    barrier(&b, &a, "team/marker-b");
+    eventually("old.log edited", || {
+        read(&b, "team/old.log").as_deref() == Some("after the rule\n")
+    });
+    assert_eq!(
+        names(&a, "team"),
+        [
+            ".latticeignore",
+            "a.log",
+            "keep.swp",
+            "m.o",
+            "marker-a",
+            "marker-b",
+            "old.log",
+            "src"
+        ]
+    );
+    assert_eq!(
+        names(&b, "team"),
+        [
+            ".latticeignore",
+            "b.log",
+            "keep.swp",
+            "m.o",
+            "marker-a",
+            "marker-b",
+            "old.log",
+            "src"
+        ]
+    );
+    assert_eq!(names(&a, "team/src"), [".latticeignore", "m.o"]);
+    assert_eq!(names(&b, "team/src"), [".latticeignore"]);
+    assert!(ok(a.run(&["status"])).contains("team: 2 local files"));
+    assert!(ok(b.run(&["status"])).contains("team: 1 local files"));
+
+    // Removing the rule does not send what it kept: a local file stays local.
+    std::fs::write(a.path("team/.latticeignore"), "").unwrap();
+    eventually("rule removed", || {
+        read(&b, "team/.latticeignore").as_deref() == Some("")
+    });
+    std::fs::write(a.path("team/c.log"), "replicated again\n").unwrap();
+    eventually("c.log", || read(&b, "team/c.log").is_some());
+    assert!(!b.path("team/a.log").exists());
+}
+
+#[test]
+fn a_rename_across_the_boundary_creates_or_deletes_the_replicated_file() {
+    let Some((a, b)) = pair() else {
+        return;
+    };
+    // Local to replicated: a signed create with the content, visible at once.
+    a.sh("printf draft > team/notes.swp && mv team/notes.swp team/notes.txt && cat team/notes.txt >/dev/null");
+    eventually("notes.txt", || {
+        read(&b, "team/notes.txt").as_deref() == Some("draft")
+    });
+    assert_eq!(names(&a, "team"), ["notes.txt"]);
+    // Local over an existing replicated file: a new version of that file.
+    a.sh("printf final > team/.notes.swp && mv team/.notes.swp team/notes.txt");
+    eventually("notes.txt v2", || {
+        read(&b, "team/notes.txt").as_deref() == Some("final")
+    });
+    let history = ok(b.run(&["history", b.path("team/notes.txt").to_str().unwrap()]));
+    assert!(
+        history.lines().count() >= 2,
+        "one file, two versions: {history}"
+    );
+    // Replicated to an ignored name: a delete there, a local file here.
+    a.sh("mv team/notes.txt team/kept.swp && test \"$(cat team/kept.swp)\" = final");
+    eventually("notes.txt gone", || !b.path("team/notes.txt").exists());
+    barrier(&a, &b, "team/marker");
+    assert_eq!(names(&a, "team"), ["kept.swp", "marker"]);
+    assert_eq!(names(&b, "team"), ["marker"]);
+    // A local directory is refused across the boundary (EXDEV), so mv copies it.
+    a.sh("mkdir team/tmp.swp && echo inner > team/tmp.swp/f && mv team/tmp.swp team/tree");
+    eventually("tree/f", || {
+        read(&b, "team/tree/f").as_deref() == Some("inner\n")
+    });
+    assert!(!a.path("team/tmp.swp").exists());
+    // A local rename stays local, and `rm` removes it.
+    a.sh("mv team/kept.swp team/other.swp && rm team/other.swp");
+    assert_eq!(names(&a, "team"), ["marker", "tree"]);
+    // A replicated directory holding only local entries is not empty.
+    a.sh("touch team/tree/f.swp && rm team/tree/f");
+    let rmdir = std::fs::remove_dir(a.path("team/tree"));
+    assert_eq!(common::errno_of(rmdir), libc::ENOTEMPTY);
+    a.sh("rm -r team/tree");
+    eventually("tree removed", || !b.path("team/tree").exists());
+}
+
+#[test]
+fn a_malformed_latticeignore_line_is_reported_and_the_others_apply() {
+    let Some((a, b)) = pair() else {
+        return;
+    };
+    std::fs::write(a.path("team/.latticeignore"), "[z-a\n*.tmp\n").unwrap();
+    std::fs::write(a.path("team/x.tmp"), "scratch").unwrap();
+    barrier(&a, &b, "team/marker");
+    assert!(!b.path("team/x.tmp").exists());
+    assert!(a.path("team/x.tmp").exists());
+    let status = ok(a.run(&["status"]));
+    assert!(
+        status.contains("team: .latticeignore line skipped: line 1:"),
+        "{status}"
+    );
+    a.assert_mounted();
+}
