@@ -117,6 +117,9 @@ impl Authors {
     }
 }
 
+/// Gives an author's number in a key being encoded (`None`: it has none).
+pub(crate) type Namer<'a> = dyn FnMut(&PublicKey) -> Option<u64> + 'a;
+
 /// A key of a paged map. Its encoding names each op id's author by its number in
 /// [`Authors`], so byte order is (HLC, author number, rest): HLC-major like the key's
 /// own order, but authors of one HLC in node-local order. The encoding of a key's first
@@ -124,8 +127,7 @@ impl Authors {
 pub(crate) trait PageKey: Ord + Clone {
     /// Appends the encoding, with the number `name` gives each author; `None` if it
     /// gives none.
-    fn put(&self, name: &mut dyn FnMut(&PublicKey) -> Option<u64>, out: &mut Vec<u8>)
-        -> Option<()>;
+    fn put(&self, name: &mut Namer, out: &mut Vec<u8>) -> Option<()>;
     /// Reads an encoding whose authors are numbers into `keys`; `None` if malformed.
     fn read(bytes: &[u8], keys: &[PublicKey]) -> Option<Self>;
 }
@@ -142,11 +144,7 @@ pub(crate) trait PageValue<K>: Clone {
 const HLC_BYTES: usize = 8 + 4;
 
 /// Appends `id` as its HLC and its author's number (a varint).
-fn put_id(
-    id: &OpId,
-    name: &mut dyn FnMut(&PublicKey) -> Option<u64>,
-    out: &mut Vec<u8>,
-) -> Option<()> {
+fn put_id(id: &OpId, name: &mut Namer, out: &mut Vec<u8>) -> Option<()> {
     out.extend_from_slice(&id.hlc.wall_ms.to_be_bytes());
     out.extend_from_slice(&id.hlc.counter.to_be_bytes());
     put_uint(out, name(&id.author)?);
@@ -167,11 +165,7 @@ fn read_id(r: &mut Reader, keys: &[PublicKey]) -> Option<OpId> {
 }
 
 impl PageKey for OpId {
-    fn put(
-        &self,
-        name: &mut dyn FnMut(&PublicKey) -> Option<u64>,
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
+    fn put(&self, name: &mut Namer, out: &mut Vec<u8>) -> Option<()> {
         put_id(self, name, out)
     }
 
@@ -183,11 +177,7 @@ impl PageKey for OpId {
 }
 
 impl PageKey for (OpId, String) {
-    fn put(
-        &self,
-        name: &mut dyn FnMut(&PublicKey) -> Option<u64>,
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
+    fn put(&self, name: &mut Namer, out: &mut Vec<u8>) -> Option<()> {
         put_id(&self.0, name, out)?;
         out.extend_from_slice(self.1.as_bytes());
         Some(())
@@ -202,11 +192,7 @@ impl PageKey for (OpId, String) {
 }
 
 impl PageKey for (OpId, OpId) {
-    fn put(
-        &self,
-        name: &mut dyn FnMut(&PublicKey) -> Option<u64>,
-        out: &mut Vec<u8>,
-    ) -> Option<()> {
+    fn put(&self, name: &mut Namer, out: &mut Vec<u8>) -> Option<()> {
         put_id(&self.0, name, out)?;
         put_id(&self.1, name, out)
     }

@@ -2,12 +2,13 @@
 //!
 //! A store keeps its projection in page tables (see `fs::paged`) plus one header: the
 //! parts that are small or must be read whole (`HEADER_MAGIC`, a u32 format version, the
-//! key table, then the purge point and late count, the store name, retention and horizon
-//! registers, the members with the keys that left and the delete record, the move-log
-//! suffix, and the record count of each page table in [`Page::ALL`] order), in the codec
-//! of format 5 snapshots. Formats 1 and 2 (builds before directory times, leave and
-//! delete; format 1 also had no horizon register) are refused like snapshot formats 3
-//! and 4: the store rebuilds the projection from its intentions.
+//! key table, led by the authors the page records name by number, then the purge point
+//! and late count, the store name, retention and horizon registers, the members with the
+//! keys that left and the delete record, the move-log suffix, and the record count of
+//! each page table in [`Page::ALL`] order), in the codec of format 5 snapshots. Formats 1
+//! and 2 (builds before directory times, leave and delete; format 1 also had no horizon
+//! register) and 3 (records naming authors by whole keys) are refused like snapshot
+//! formats 3 and 4: the store rebuilds the projection from its intentions.
 
 use std::sync::Arc;
 
