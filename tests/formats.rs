@@ -12,14 +12,19 @@ use lattice_mount::{
     Clock, FsNode, FsState, Hlc, Identity, Node, OpId, Store, StoreError, StoreId, DB_FILE,
     SCHEMA_VERSION,
 };
-use redb::{Database, ReadableDatabase, TableDefinition, TableHandle};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use common::{fuse_available, Daemon};
 
 /// The data dir of node "alice" as the release at f143caf left it.
 const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/f143caf");
+/// The data dir of node "alice" as the build at 7ac7b2d left it (page header format 3;
+/// the fixture `tests/fixtures/7ac7b2d`, see its README).
+const FIXTURE_PAGES_3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/7ac7b2d");
 /// The store the fixture's commands made.
 const STORE: &str = "team";
+/// The table of the stored projection (a page header under its witness seq).
+const PROJECTION: TableDefinition<u64, &[u8]> = TableDefinition::new("projection.v3");
 /// The one table whose name never changes: it holds the schema version.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// The `meta` row with the schema version (u32 big-endian).
@@ -124,8 +129,20 @@ fn names(s: &FsState, path: &str) -> Vec<String> {
         .collect()
 }
 
-/// Checks the tree the fixture's commands made (see tests/fixtures/f143caf/README.md).
-fn check_tree(node: &Node, store: &Store) {
+/// The format version of the page header stored in `db_file`.
+fn header_format(db_file: &Path) -> u32 {
+    let db = Database::open(db_file).unwrap();
+    let txn = db.begin_read().unwrap();
+    let t = txn.open_table(PROJECTION).unwrap();
+    let (_, header) = t.last().unwrap().expect("a stored projection");
+    let header = header.value();
+    assert!(FsState::is_pages_header(header));
+    u32::from_le_bytes(header[8..12].try_into().unwrap())
+}
+
+/// Checks the tree the fixture's commands made (see tests/fixtures/f143caf/README.md),
+/// whose readme says hello from `build`.
+fn check_tree_of(build: &str, node: &Node, store: &Store) {
     store.read(|s| {
         assert_eq!(
             names(s, ""),
@@ -146,13 +163,18 @@ fn check_tree(node: &Node, store: &Store) {
     });
     assert_eq!(
         content(node, store, "docs/readme.txt"),
-        b"hello from f143caf\n"
+        format!("hello from {build}\n").as_bytes()
     );
     assert_eq!(content(node, store, "notes.txt"), b"second\n");
     assert_eq!(content(node, store, "docs/final.txt"), b"draft\n");
     assert_eq!(content(node, store, "from-bob.txt"), b"hi from bob\n");
     let numbers: String = (1..=6000).map(|n| format!("{n}\n")).collect();
     assert_eq!(content(node, store, "numbers.txt"), numbers.as_bytes());
+}
+
+/// Checks the tree of the fixture of the release at f143caf.
+fn check_tree(node: &Node, store: &Store) {
+    check_tree_of("f143caf", node, store);
 }
 
 #[test]
@@ -296,4 +318,30 @@ fn a_store_written_by_a_newer_build_is_refused_skipped_by_the_node_and_left_unch
     assert!(node.stores().is_empty(), "the store is not served");
     node.shutdown().unwrap();
     assert!(std::fs::read(dir.join(DB_FILE)).unwrap() == bytes);
+}
+
+#[test]
+fn a_data_dir_with_pages_of_the_previous_format_opens_rebuilt_with_its_tree_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_private(Path::new(FIXTURE_PAGES_3), &data);
+    let db_file = store_dir(&data).join(DB_FILE);
+    assert_eq!(schema_of(&db_file).0, SCHEMA_VERSION);
+    assert_eq!(header_format(&db_file), 3);
+
+    let opened = |data: &Path| {
+        with_store(data, |node, store| {
+            check_tree_of("7ac7b2d", node, store);
+            (store.read(|s| s.canonical_dump()), store.stats().replayed)
+        })
+    };
+    let (rebuilt, replayed) = opened(&data);
+    assert!(
+        replayed > 0,
+        "format 3 pages are rebuilt from the intentions"
+    );
+    assert_eq!(header_format(&db_file), 4);
+    let (again, replayed) = opened(&data);
+    assert_eq!(replayed, 0, "the rebuilt pages are read as they are");
+    assert_eq!(again, rebuilt);
 }

@@ -5,6 +5,7 @@
 //! UTF-8, unknown tags and author indexes past the table, and a count is never trusted
 //! beyond the bytes left (every element takes at least one byte).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::cas::Content;
@@ -22,6 +23,15 @@ pub(crate) fn corrupt(why: &str) -> FsError {
     FsError::Io(format!("malformed fs snapshot: {why}"))
 }
 
+/// Appends `v` to `out` as a LEB128 varint.
+pub(crate) fn put_uint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
 /// Writes the body of a snapshot and collects the key table it refers to.
 #[derive(Default)]
 pub(crate) struct Writer {
@@ -35,18 +45,23 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// A writer whose key table starts with `keys`, each named by its index there.
+    pub(crate) fn naming(keys: &[PublicKey]) -> Self {
+        Writer {
+            index: (0u64..).zip(keys).map(|(i, k)| (*k, i)).collect(),
+            keys: keys.to_vec(),
+            ..Writer::default()
+        }
+    }
+
     /// One byte.
     pub(crate) fn u8(&mut self, v: u8) {
         self.body.push(v);
     }
 
     /// A LEB128 varint.
-    pub(crate) fn uint(&mut self, mut v: u64) {
-        while v >= 0x80 {
-            self.body.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        self.body.push(v as u8);
+    pub(crate) fn uint(&mut self, v: u64) {
+        put_uint(&mut self.body, v);
     }
 
     /// A signed integer, zigzag-encoded.
@@ -131,13 +146,29 @@ impl Writer {
 /// Reads what a [`Writer`] wrote.
 pub(crate) struct Reader<'a> {
     rest: &'a [u8],
-    keys: Vec<PublicKey>,
+    keys: Cow<'a, [PublicKey]>,
 }
 
 impl<'a> Reader<'a> {
     /// A reader of `bytes` whose keys are named by index into `keys`.
     pub(crate) fn new(bytes: &'a [u8], keys: Vec<PublicKey>) -> Self {
-        Reader { rest: bytes, keys }
+        Reader {
+            rest: bytes,
+            keys: Cow::Owned(keys),
+        }
+    }
+
+    /// A reader of `bytes` whose keys are named by index into `keys`, borrowed.
+    pub(crate) fn borrowing(bytes: &'a [u8], keys: &'a [PublicKey]) -> Self {
+        Reader {
+            rest: bytes,
+            keys: Cow::Borrowed(keys),
+        }
+    }
+
+    /// The key table.
+    pub(crate) fn keys(&self) -> &[PublicKey] {
+        &self.keys
     }
 
     /// How many bytes are left.

@@ -15,12 +15,14 @@
 //! once the pages are committed, [`Paged::settle`] drops the overlay records not changed
 //! since that cut and reads the rest from the new source.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::ops::Deref;
+use std::ops::{Bound, Deref};
 use std::sync::Arc;
 
-use crate::fs::codec::{Reader, Writer};
+use parking_lot::RwLock;
+
+use crate::fs::codec::{put_uint, Reader, Writer};
 use crate::fs::error::FsError;
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
@@ -73,12 +75,61 @@ pub trait PageSource: Send + Sync {
 /// One record to write: the table, the key, and the value (`None`: delete it).
 pub type PageWrite = (Page, Vec<u8>, Option<Vec<u8>>);
 
-/// A key of a paged map, encoded so that byte order is the key's order.
+/// The authors named in a state's pages, each by a number in the order first written:
+/// keys and values name an author by its number, and the header stores the table.
+/// Numbers are node-local (pages never leave the node) and only ever added; the maps of
+/// one state share the table.
+#[derive(Debug, Default)]
+pub(crate) struct Authors(RwLock<Names>);
+
+#[derive(Debug, Default)]
+struct Names {
+    number: HashMap<PublicKey, u64>,
+    keys: Vec<PublicKey>,
+}
+
+impl Names {
+    /// The number of `key`, added if it has none.
+    fn add(&mut self, key: &PublicKey) -> u64 {
+        if let Some(n) = self.number.get(key) {
+            return *n;
+        }
+        let n = self.keys.len() as u64;
+        self.keys.push(*key);
+        self.number.insert(*key, n);
+        n
+    }
+}
+
+impl Authors {
+    /// A table naming `keys` by their index.
+    pub(crate) fn new(keys: &[PublicKey]) -> Arc<Self> {
+        let mut names = Names::default();
+        for k in keys {
+            names.add(k);
+        }
+        Arc::new(Authors(RwLock::new(names)))
+    }
+
+    /// Every author, in number order.
+    pub(crate) fn keys(&self) -> Vec<PublicKey> {
+        self.0.read().keys.clone()
+    }
+}
+
+/// Gives an author's number in a key being encoded (`None`: it has none).
+pub(crate) type Namer<'a> = dyn FnMut(&PublicKey) -> Option<u64> + 'a;
+
+/// A key of a paged map. Its encoding names each op id's author by its number in
+/// [`Authors`], so byte order is (HLC, author number, rest): HLC-major like the key's
+/// own order, but authors of one HLC in node-local order. The encoding of a key's first
+/// id is never a prefix of another id's, so a scan of one id's keys is contiguous.
 pub(crate) trait PageKey: Ord + Clone {
-    /// Appends the encoding.
-    fn put(&self, out: &mut Vec<u8>);
-    /// Reads an encoding; `None` if malformed.
-    fn read(bytes: &[u8]) -> Option<Self>;
+    /// Appends the encoding, with the number `name` gives each author; `None` if it
+    /// gives none.
+    fn put(&self, name: &mut Namer, out: &mut Vec<u8>) -> Option<()>;
+    /// Reads an encoding whose authors are numbers into `keys`; `None` if malformed.
+    fn read(bytes: &[u8], keys: &[PublicKey]) -> Option<Self>;
 }
 
 /// A value of a paged map under a key of type `K`.
@@ -89,59 +140,67 @@ pub(crate) trait PageValue<K>: Clone {
     fn read(key: &K, r: &mut Reader) -> Result<Self, FsError>;
 }
 
-/// Bytes of an encoded op id: wall ms and counter big-endian, then the author.
-const ID_BYTES: usize = 8 + 4 + 32;
+/// Bytes of an op id's HLC in a key: wall ms and counter, big-endian.
+const HLC_BYTES: usize = 8 + 4;
 
-fn put_id(id: &OpId, out: &mut Vec<u8>) {
+/// Appends `id` as its HLC and its author's number (a varint).
+fn put_id(id: &OpId, name: &mut Namer, out: &mut Vec<u8>) -> Option<()> {
     out.extend_from_slice(&id.hlc.wall_ms.to_be_bytes());
     out.extend_from_slice(&id.hlc.counter.to_be_bytes());
-    out.extend_from_slice(&id.author.0);
+    put_uint(out, name(&id.author)?);
+    Some(())
 }
 
-fn read_id(b: &[u8]) -> Option<OpId> {
-    let b: &[u8; ID_BYTES] = b.get(..ID_BYTES)?.try_into().ok()?;
+/// Reads an id written by `put_id` from the front of `r`.
+fn read_id(r: &mut Reader, keys: &[PublicKey]) -> Option<OpId> {
+    let hlc = r.take(HLC_BYTES).ok()?;
+    let number = usize::try_from(r.uint().ok()?).ok()?;
     Some(OpId {
         hlc: Hlc {
-            wall_ms: u64::from_be_bytes(b[..8].try_into().ok()?),
-            counter: u32::from_be_bytes(b[8..12].try_into().ok()?),
+            wall_ms: u64::from_be_bytes(hlc[..8].try_into().ok()?),
+            counter: u32::from_be_bytes(hlc[8..].try_into().ok()?),
         },
-        author: PublicKey(b[12..].try_into().ok()?),
+        author: *keys.get(number)?,
     })
 }
 
 impl PageKey for OpId {
-    fn put(&self, out: &mut Vec<u8>) {
-        put_id(self, out);
+    fn put(&self, name: &mut Namer, out: &mut Vec<u8>) -> Option<()> {
+        put_id(self, name, out)
     }
 
-    fn read(bytes: &[u8]) -> Option<Self> {
-        (bytes.len() == ID_BYTES).then(|| read_id(bytes)).flatten()
+    fn read(bytes: &[u8], keys: &[PublicKey]) -> Option<Self> {
+        let mut r = Reader::new(bytes, Vec::new());
+        let id = read_id(&mut r, keys)?;
+        r.is_empty().then_some(id)
     }
 }
 
 impl PageKey for (OpId, String) {
-    fn put(&self, out: &mut Vec<u8>) {
-        put_id(&self.0, out);
+    fn put(&self, name: &mut Namer, out: &mut Vec<u8>) -> Option<()> {
+        put_id(&self.0, name, out)?;
         out.extend_from_slice(self.1.as_bytes());
+        Some(())
     }
 
-    fn read(bytes: &[u8]) -> Option<Self> {
-        let name = String::from_utf8(bytes.get(ID_BYTES..)?.to_vec()).ok()?;
-        Some((read_id(bytes)?, name))
+    fn read(bytes: &[u8], keys: &[PublicKey]) -> Option<Self> {
+        let mut r = Reader::new(bytes, Vec::new());
+        let id = read_id(&mut r, keys)?;
+        let name = String::from_utf8(r.take(r.remaining()).ok()?.to_vec()).ok()?;
+        Some((id, name))
     }
 }
 
 impl PageKey for (OpId, OpId) {
-    fn put(&self, out: &mut Vec<u8>) {
-        put_id(&self.0, out);
-        put_id(&self.1, out);
+    fn put(&self, name: &mut Namer, out: &mut Vec<u8>) -> Option<()> {
+        put_id(&self.0, name, out)?;
+        put_id(&self.1, name, out)
     }
 
-    fn read(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != 2 * ID_BYTES {
-            return None;
-        }
-        Some((read_id(bytes)?, read_id(&bytes[ID_BYTES..])?))
+    fn read(bytes: &[u8], keys: &[PublicKey]) -> Option<Self> {
+        let mut r = Reader::new(bytes, Vec::new());
+        let pair = (read_id(&mut r, keys)?, read_id(&mut r, keys)?);
+        r.is_empty().then_some(pair)
     }
 }
 
@@ -153,27 +212,13 @@ impl<K> PageValue<K> for () {
     }
 }
 
-/// Encodes a value with its own key table: a varint count, the 32-byte keys, the body.
-fn encode_value<K, V: PageValue<K>>(key: &K, v: &V) -> Vec<u8> {
-    let mut w = Writer::default();
-    v.put(key, &mut w);
-    let mut head = Writer::default();
-    head.len(w.keys.len());
-    let mut out = head.body;
-    for k in &w.keys {
-        out.extend_from_slice(&k.0);
-    }
-    out.extend_from_slice(&w.body);
-    out
-}
-
-fn decode_value<K, V: PageValue<K>>(key: &K, bytes: &[u8]) -> Result<V, FsError> {
-    let mut r = Reader::new(bytes, Vec::new());
-    let n = r.len()?;
-    let keys = (0..n)
-        .map(|_| r.array().map(PublicKey))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut r = Reader::new(r.take(r.remaining())?, keys);
+/// Decodes a value whose authors are numbers into `keys`.
+fn decode_value<K, V: PageValue<K>>(
+    key: &K,
+    bytes: &[u8],
+    keys: &[PublicKey],
+) -> Result<V, FsError> {
+    let mut r = Reader::borrowing(bytes, keys);
     let v = V::read(key, &mut r)?;
     if !r.is_empty() {
         return Err(crate::fs::codec::corrupt("trailing bytes in a page"));
@@ -211,7 +256,8 @@ impl<V: Clone> Got<'_, V> {
 }
 
 #[derive(Clone, Debug)]
-struct Slot<V> {
+struct Slot<K, V> {
+    key: K,
     /// `None`: deleted since the last commit of pages.
     val: Option<V>,
     /// The generation that last changed it.
@@ -219,11 +265,16 @@ struct Slot<V> {
 }
 
 /// A map whose settled records are read from a [`PageSource`] (see the module doc).
+///
+/// Its order is the encoded keys' byte order (see [`PageKey`]), in the overlay as in
+/// the source, so the two merge in one pass; [`Paged::all`] sorts by the keys' own order.
 #[derive(Clone)]
 pub(crate) struct Paged<K, V> {
     page: Page,
+    authors: Arc<Authors>,
     src: Option<Arc<dyn PageSource>>,
-    over: BTreeMap<K, Slot<V>>,
+    /// The records changed since the last commit of pages, by encoded key.
+    over: BTreeMap<Vec<u8>, Slot<K, V>>,
     len: usize,
     generation: u64,
     /// Set once pages were written: from then on a removal must leave a tombstone.
@@ -241,10 +292,11 @@ impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Paged<K, V> {
 }
 
 impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
-    /// An empty map held in memory.
-    pub(crate) fn new(page: Page) -> Self {
+    /// An empty map held in memory, naming authors in `authors`.
+    pub(crate) fn new(page: Page, authors: &Arc<Authors>) -> Self {
         Paged {
             page,
+            authors: authors.clone(),
             src: None,
             over: BTreeMap::new(),
             len: 0,
@@ -253,25 +305,47 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
         }
     }
 
-    /// A map of `len` records settled in `src`.
-    pub(crate) fn backed(page: Page, src: Arc<dyn PageSource>, len: usize) -> Self {
+    /// A map of `len` records settled in `src`, whose authors are named in `authors`.
+    pub(crate) fn backed(
+        page: Page,
+        authors: &Arc<Authors>,
+        src: Arc<dyn PageSource>,
+        len: usize,
+    ) -> Self {
         Paged {
             src: Some(src),
             len,
             written: true,
-            ..Self::new(page)
+            ..Self::new(page, authors)
         }
     }
 
-    fn load(&self, key: &K) -> Option<V> {
+    /// The encoding of `key`; `None` if it names an author without a number (then no
+    /// record has that key).
+    fn encoded(&self, key: &K) -> Option<Vec<u8>> {
+        let names = self.authors.0.read();
+        let mut out = Vec::new();
+        key.put(&mut |k| names.number.get(k).copied(), &mut out)?;
+        Some(out)
+    }
+
+    /// The encoding of `key`, numbering the authors that have no number yet.
+    fn encoded_adding(&self, key: &K) -> Vec<u8> {
+        let mut names = self.authors.0.write();
+        let mut out = Vec::new();
+        key.put(&mut |k| Some(names.add(k)), &mut out)
+            .expect("every author gets a number");
+        out
+    }
+
+    fn load(&self, key: &K, kb: &[u8]) -> Option<V> {
         let src = self.src.as_ref()?;
-        let mut kb = Vec::new();
-        key.put(&mut kb);
-        let bytes = src.get(self.page, &kb)?;
-        match decode_value(key, &bytes) {
+        let bytes = src.get(self.page, kb)?;
+        let decoded = decode_value(key, &bytes, &self.authors.0.read().keys);
+        match decoded {
             Ok(v) => Some(v),
             Err(_) => {
-                src.corrupt(self.page, &kb);
+                src.corrupt(self.page, kb);
                 None
             }
         }
@@ -279,33 +353,33 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
 
     /// The value under `key`.
     pub(crate) fn get(&self, key: &K) -> Option<Got<'_, V>> {
-        match self.over.get(key) {
+        let kb = self.encoded(key)?;
+        match self.over.get(&kb) {
             Some(slot) => slot.val.as_ref().map(Got::Mem),
-            None => self.load(key).map(Got::Disk),
+            None => self.load(key, &kb).map(Got::Disk),
         }
     }
 
     /// True if `key` has a value.
     pub(crate) fn contains_key(&self, key: &K) -> bool {
-        match self.over.get(key) {
-            Some(slot) => slot.val.is_some(),
-            None => self.load(key).is_some(),
-        }
+        self.get(key).is_some()
     }
 
     /// The value under `key`, for changing it.
     pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
-        if !self.over.contains_key(key) {
-            let v = self.load(key)?;
+        let kb = self.encoded(key)?;
+        if !self.over.contains_key(&kb) {
+            let v = self.load(key, &kb)?;
             self.over.insert(
-                key.clone(),
+                kb.clone(),
                 Slot {
+                    key: key.clone(),
                     val: Some(v),
                     generation: self.generation,
                 },
             );
         }
-        let slot = self.over.get_mut(key)?;
+        let slot = self.over.get_mut(&kb)?;
         slot.generation = self.generation;
         slot.val.as_mut()
     }
@@ -324,16 +398,18 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
 
     /// Sets `key` to `value`; returns the value it replaced.
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
-        let old = match self.over.get(&key) {
+        let kb = self.encoded_adding(&key);
+        let old = match self.over.get(&kb) {
             Some(slot) => slot.val.clone(),
-            None => self.load(&key),
+            None => self.load(&key, &kb),
         };
         if old.is_none() {
             self.len += 1;
         }
         self.over.insert(
-            key,
+            kb,
             Slot {
+                key,
                 val: Some(value),
                 generation: self.generation,
             },
@@ -343,22 +419,24 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
 
     /// Removes `key`; returns its value.
     pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
-        let old = match self.over.get(key) {
+        let kb = self.encoded(key)?;
+        let old = match self.over.get(&kb) {
             Some(slot) => slot.val.clone(),
-            None => self.load(key),
+            None => self.load(key, &kb),
         };
         old.as_ref()?;
         self.len -= 1;
         if self.written {
             self.over.insert(
-                key.clone(),
+                kb,
                 Slot {
+                    key: key.clone(),
                     val: None,
                     generation: self.generation,
                 },
             );
         } else {
-            self.over.remove(key);
+            self.over.remove(&kb);
         }
         old
     }
@@ -368,86 +446,104 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
         self.len
     }
 
-    /// Calls `f` on every value with a key at or after `from`, in key order, while it
-    /// returns true.
-    pub(crate) fn scan(&self, from: &K, f: impl FnMut(&K, Got<'_, V>) -> bool) {
-        self.scan_from(Some(from), f);
-    }
-
-    /// Calls `f` on every value in key order while it returns true.
-    pub(crate) fn each(&self, f: impl FnMut(&K, Got<'_, V>) -> bool) {
-        self.scan_from(None, f);
-    }
-
-    fn scan_from(&self, from: Option<&K>, mut f: impl FnMut(&K, Got<'_, V>) -> bool) {
-        let mut mem = match from {
-            Some(k) => self.over.range(k.clone()..),
-            None => self.over.range(..),
+    /// Calls `f` on every value whose key starts with the id `first`, in the map's
+    /// order, while it returns true.
+    pub(crate) fn scan_under(&self, first: &OpId, f: impl FnMut(&K, Got<'_, V>) -> bool) {
+        let mut prefix = Vec::new();
+        let names = self.authors.0.read();
+        if put_id(first, &mut |k| names.number.get(k).copied(), &mut prefix).is_none() {
+            return;
         }
-        .peekable();
+        drop(names);
+        self.scan_prefix(&prefix, f);
+    }
+
+    /// Calls `f` on every value in the map's order while it returns true.
+    pub(crate) fn each(&self, f: impl FnMut(&K, Got<'_, V>) -> bool) {
+        self.scan_prefix(&[], f);
+    }
+
+    fn scan_prefix(&self, prefix: &[u8], mut f: impl FnMut(&K, Got<'_, V>) -> bool) {
+        let mut mem = self
+            .over
+            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(|(kb, _)| kb.starts_with(prefix))
+            .peekable();
         if let Some(src) = &self.src {
-            let mut fb = Vec::new();
-            if let Some(k) = from {
-                k.put(&mut fb);
-            }
+            let keys = self.authors.keys();
             let mut going = true;
-            src.scan(self.page, &fb, &mut |kb, vb| {
-                let Some(k) = K::read(kb) else {
-                    src.corrupt(self.page, kb);
-                    return true;
-                };
-                while let Some((mk, slot)) = mem.next_if(|(mk, _)| **mk < k) {
+            src.scan(self.page, prefix, &mut |kb, vb| {
+                if !kb.starts_with(prefix) {
+                    return false;
+                }
+                while let Some((_, slot)) = mem.next_if(|(mk, _)| mk.as_slice() < kb) {
                     if let Some(v) = &slot.val {
-                        if !f(mk, Got::Mem(v)) {
+                        if !f(&slot.key, Got::Mem(v)) {
                             going = false;
                             return false;
                         }
                     }
                 }
-                let shown = match mem.next_if(|(mk, _)| **mk == k) {
-                    Some((_, slot)) => slot.val.as_ref().map(Got::Mem),
-                    None => match decode_value(&k, vb) {
-                        Ok(v) => Some(Got::Disk(v)),
-                        Err(_) => {
-                            src.corrupt(self.page, kb);
-                            None
-                        }
-                    },
+                if let Some((_, slot)) = mem.next_if(|(mk, _)| mk.as_slice() == kb) {
+                    going = slot.val.as_ref().is_none_or(|v| f(&slot.key, Got::Mem(v)));
+                    return going;
+                }
+                let Some(k) = K::read(kb, &keys) else {
+                    src.corrupt(self.page, kb);
+                    return true;
                 };
-                going = shown.is_none_or(|v| f(&k, v));
+                going = match decode_value(&k, vb, &keys) {
+                    Ok(v) => f(&k, Got::Disk(v)),
+                    Err(_) => {
+                        src.corrupt(self.page, kb);
+                        true
+                    }
+                };
                 going
             });
             if !going {
                 return;
             }
         }
-        for (k, slot) in mem {
+        for (_, slot) in mem {
             if let Some(v) = &slot.val {
-                if !f(k, Got::Mem(v)) {
+                if !f(&slot.key, Got::Mem(v)) {
                     return;
                 }
             }
         }
     }
 
-    /// Every value, in key order (for encoding and tests: reads the whole table).
+    /// Every value, in the keys' order (for encoding and tests: reads the whole table).
     pub(crate) fn all(&self) -> Vec<(K, V)> {
         let mut out = Vec::with_capacity(self.len);
         self.each(|k, v| {
             out.push((k.clone(), v.into_owned()));
             true
         });
+        out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
 
     /// Appends every overlay record (changed since the last commit of pages) to `out`;
     /// returns the generation to pass to [`Paged::settle`] once they are committed.
     pub(crate) fn dirty(&mut self, out: &mut Vec<PageWrite>) -> u64 {
-        for (k, slot) in &self.over {
-            let mut kb = Vec::new();
-            k.put(&mut kb);
-            out.push((self.page, kb, slot.val.as_ref().map(|v| encode_value(k, v))));
+        let mut names = self.authors.0.write();
+        let known = names.keys.len();
+        let mut w = Writer::naming(&names.keys);
+        for (kb, slot) in &self.over {
+            let value = slot.val.as_ref().map(|v| {
+                v.put(&slot.key, &mut w);
+                std::mem::take(&mut w.body)
+            });
+            out.push((self.page, kb.clone(), value));
         }
+        // The writer numbered the authors new to the table after the known ones, in
+        // the order the table adds them.
+        for k in &w.keys[known..] {
+            names.add(k);
+        }
+        drop(names);
         self.written = true;
         let cut = self.generation;
         self.generation += 1;
@@ -473,7 +569,7 @@ mod tests {
 
     use proptest::prelude::*;
 
-    use super::{Page, PageSource, PageWrite, Paged};
+    use super::{Authors, Page, PageSource, PageWrite, Paged};
     use crate::fs::tree::IdSet;
     use crate::hlc::Hlc;
     use crate::identity::PublicKey;
@@ -514,11 +610,13 @@ mod tests {
 
     type Key = (OpId, String);
 
+    /// Directories 2k and 2k + 1 share an HLC: their order by author need not be the
+    /// order of their authors' numbers.
     fn key(dir: u8, name: u8) -> Key {
         let id = OpId {
             hlc: Hlc {
-                wall_ms: u64::from(dir) << 40,
-                counter: u32::from(dir),
+                wall_ms: u64::from(dir / 2) << 40,
+                counter: u32::from(dir / 2),
             },
             author: PublicKey([dir; 32]),
         };
@@ -560,12 +658,9 @@ mod tests {
                 assert_eq!(map.get(&k).map(|v| v.clone()), model.get(&k).cloned());
             }
             let mut seen = Vec::new();
-            map.scan(&key(d, 0), |k, v| {
-                let inside = k.0 == key(d, 0).0;
-                if inside {
-                    seen.push((k.clone(), v.clone()));
-                }
-                inside
+            map.scan_under(&key(d, 0).0, |k, v| {
+                seen.push((k.clone(), v.clone()));
+                true
             });
             let want: Vec<_> = model
                 .range(key(d, 0)..)
@@ -581,7 +676,8 @@ mod tests {
         fn a_paged_map_reads_like_a_map_across_cuts_and_commits(
             steps in prop::collection::vec(step(), 1..80),
         ) {
-            let mut map: Paged<Key, IdSet> = Paged::new(Page::Children);
+            let authors = Authors::new(&[]);
+            let mut map: Paged<Key, IdSet> = Paged::new(Page::Children, &authors);
             let mut model = BTreeMap::new();
             let mut db = Committed::default();
             let mut cut: Option<(u64, Vec<PageWrite>)> = None;
@@ -623,8 +719,10 @@ mod tests {
             map.settle(generation, Arc::new(db.clone()));
             prop_assert_eq!(map.overlay_len(), 0);
             check(&map, &model);
+            // As a store reopens: the authors' table as the header stored it.
+            let stored = Authors::new(&authors.keys());
             let reopened: Paged<Key, IdSet> =
-                Paged::backed(Page::Children, Arc::new(db.clone()), model.len());
+                Paged::backed(Page::Children, &stored, Arc::new(db.clone()), model.len());
             check(&reopened, &model);
         }
     }

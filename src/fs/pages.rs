@@ -2,29 +2,32 @@
 //!
 //! A store keeps its projection in page tables (see `fs::paged`) plus one header: the
 //! parts that are small or must be read whole (`HEADER_MAGIC`, a u32 format version, the
-//! key table, then the purge point and late count, the store name, retention and horizon
-//! registers, the members with the keys that left and the delete record, the move-log
-//! suffix, and the record count of each page table in [`Page::ALL`] order), in the codec
-//! of format 5 snapshots. Formats 1 and 2 (builds before directory times, leave and
-//! delete; format 1 also had no horizon register) are refused like snapshot formats 3
-//! and 4: the store rebuilds the projection from its intentions.
+//! key table, led by the authors the page records name by number, then the purge point
+//! and late count, the store name, retention and horizon registers, the members with the
+//! keys that left and the delete record, the move-log suffix, and the record count of
+//! each page table in [`Page::ALL`] order), in the codec of format 5 snapshots. Formats 1
+//! and 2 (builds before directory times, leave and delete; format 1 also had no horizon
+//! register) and 3 (records naming authors by whole keys) are refused like snapshot
+//! formats 3 and 4: the store rebuilds the projection from its intentions.
 
 use std::sync::Arc;
 
 use crate::fs::codec::{corrupt, Reader, Writer};
 use crate::fs::error::FsError;
+use crate::fs::paged::Authors;
 use crate::fs::paged::{Page, PageSource, PageWrite, Paged};
-use crate::fs::snapshot::{decode_registers, no_dir_times, seal, unseal};
+use crate::fs::snapshot::{decode_registers, rebuilt, seal, unseal};
 use crate::fs::state::FsState;
 use crate::fs::tree::Tree;
 
 /// First bytes of a header, before its format version.
 pub(crate) const HEADER_MAGIC: &[u8; 8] = b"LMFSHEAD";
 /// Format version of the headers this build writes.
-const HEADER_VERSION: u32 = 3;
-/// The header formats before directory times: recognised, and rebuilt from the
-/// intentions (their page records lack each directory's listing op).
-pub(crate) const HEADER_NO_DIR_TIMES: [u32; 2] = [1, 2];
+const HEADER_VERSION: u32 = 4;
+/// The header formats of earlier builds: recognised, and rebuilt from the intentions
+/// (in 1 and 2 the page records lack each directory's listing op; in 3 each record
+/// carries its own table of author keys, and keys hold whole author keys).
+pub(crate) const HEADER_REBUILT: [u32; 3] = [1, 2, 3];
 
 /// What a store writes to persist the projection, in one transaction with the
 /// intentions it reflects.
@@ -99,7 +102,7 @@ impl FsState {
         }
         match u32::from_le_bytes(r.array()?) {
             HEADER_VERSION => {}
-            v if HEADER_NO_DIR_TIMES.contains(&v) => return Err(no_dir_times("header format", v)),
+            v if HEADER_REBUILT.contains(&v) => return Err(rebuilt("header format", v)),
             v => {
                 return Err(corrupt(&format!(
                     "header format {v}, this build reads {HEADER_VERSION}"
@@ -108,6 +111,8 @@ impl FsState {
         }
         let mut r = unseal(r)?;
         let mut state = FsState::new();
+        // The header's key table starts with the authors the page records name.
+        let authors = Authors::new(r.keys());
         state.purged_below = r.hlc()?;
         state.late = r.uint()?;
         decode_registers(&mut state, &mut r)?;
@@ -121,15 +126,16 @@ impl FsState {
         }
         let [entries, children, subdirs, by_file, files, applied, pending] = lens;
         state.tree = Tree {
-            entries: Paged::backed(Page::Entries, src.clone(), entries),
-            children: Paged::backed(Page::Children, src.clone(), children),
-            subdirs: Paged::backed(Page::Subdirs, src.clone(), subdirs),
-            by_file: Paged::backed(Page::ByFile, src.clone(), by_file),
+            entries: Paged::backed(Page::Entries, &authors, src.clone(), entries),
+            children: Paged::backed(Page::Children, &authors, src.clone(), children),
+            subdirs: Paged::backed(Page::Subdirs, &authors, src.clone(), subdirs),
+            by_file: Paged::backed(Page::ByFile, &authors, src.clone(), by_file),
             log,
         };
-        state.files = Paged::backed(Page::Files, src.clone(), files);
-        state.applied = Paged::backed(Page::Applied, src.clone(), applied);
-        state.pending = Paged::backed(Page::Superseded, src, pending);
+        state.files = Paged::backed(Page::Files, &authors, src.clone(), files);
+        state.applied = Paged::backed(Page::Applied, &authors, src.clone(), applied);
+        state.pending = Paged::backed(Page::Superseded, &authors, src, pending);
+        state.authors = authors;
         state.paged = true;
         Ok(state)
     }
@@ -146,8 +152,10 @@ impl FsState {
             + self.pending.overlay_len()
     }
 
+    /// The header, its key table led by the authors the page records name (called
+    /// after the records are cut, which numbers their new authors).
     fn encode_header(&self) -> Vec<u8> {
-        let mut w = Writer::default();
+        let mut w = Writer::naming(&self.authors.keys());
         w.hlc(self.purged_below);
         w.uint(self.late);
         self.encode_registers(&mut w);

@@ -17,9 +17,9 @@
 //!
 //! Formats 3 and 4 (builds before directory times, leave and delete) lack each
 //! directory's listing op and the move log's record of them, which only the ops can
-//! give back: they are refused
-//! ([`FsState::predates_directory_times`]) and the store rebuilds the projection from
-//! its witness log. Format 2 (releases before issue 9) was the op log: a u64 op count,
+//! give back: they are refused ([`FsState::must_rebuild`], which also names the page
+//! header formats it rebuilds) and the store rebuilds the projection from its witness
+//! log. Format 2 (releases before issue 9) was the op log: a u64 op count,
 //! then per op the 32-byte author, a u32 length and that many bytes of `proto::fs::Op`,
 //! in the order applied. It decodes by replaying the ops, and the store rewrites it.
 //! Format 1 (the release at f143caf) had the format 2 body after the 8 bytes `LMFSNAP1`
@@ -34,7 +34,7 @@ use crate::fs::error::FsError;
 use crate::fs::members::Members;
 use crate::fs::op::{Kind, Op};
 use crate::fs::paged::{Page, PageValue, Paged};
-use crate::fs::pages::{HEADER_MAGIC, HEADER_NO_DIR_TIMES};
+use crate::fs::pages::{HEADER_MAGIC, HEADER_REBUILT};
 use crate::fs::state::FsState;
 use crate::fs::tree::Tree;
 use crate::identity::PublicKey;
@@ -121,17 +121,19 @@ impl FsState {
         match u32::from_le_bytes(r.array()?) {
             SNAPSHOT_VERSION => Ok((decode_state(r)?, false)),
             SNAPSHOT_V2 => Ok((decode_v2(r)?, true)),
-            v if SNAPSHOT_NO_DIR_TIMES.contains(&v) => Err(no_dir_times("format", v)),
+            v if SNAPSHOT_NO_DIR_TIMES.contains(&v) => Err(rebuilt("format", v)),
             v => Err(corrupt(&format!(
                 "format {v}, this build reads formats {SNAPSHOT_V2} and {SNAPSHOT_VERSION}"
             ))),
         }
     }
 
-    /// True if `bytes` are a stored projection (a snapshot or a page header) of a build
-    /// before directory times: the store rebuilds it from its intentions, since only
-    /// they say when each directory's entries last changed.
-    pub fn predates_directory_times(bytes: &[u8]) -> bool {
+    /// True if `bytes` are a stored projection (a snapshot or a page header) in a format
+    /// of an earlier build that the store rebuilds from its intentions: those before
+    /// directory times (only the ops say when each directory's entries last changed)
+    /// and page header format 3 (its records name authors in a way this build does not
+    /// read).
+    pub fn must_rebuild(bytes: &[u8]) -> bool {
         let version = |magic: &[u8; 8]| {
             bytes
                 .strip_prefix(magic)
@@ -140,7 +142,7 @@ impl FsState {
                 .map(u32::from_le_bytes)
         };
         version(MAGIC).is_some_and(|v| SNAPSHOT_NO_DIR_TIMES.contains(&v))
-            || version(HEADER_MAGIC).is_some_and(|v| HEADER_NO_DIR_TIMES.contains(&v))
+            || version(HEADER_MAGIC).is_some_and(|v| HEADER_REBUILT.contains(&v))
     }
 
     /// A format 1 snapshot rewritten as format 2 (the body is unchanged); `None` if
@@ -168,10 +170,11 @@ pub(crate) fn seal(magic: &[u8; 8], version: u32, w: Writer) -> Vec<u8> {
     out
 }
 
-/// The error of a projection of a build before directory times (`what` `version`).
-pub(crate) fn no_dir_times(what: &str, version: u32) -> FsError {
+/// The error of a projection in an earlier build's format that this build rebuilds
+/// (`what` `version`).
+pub(crate) fn rebuilt(what: &str, version: u32) -> FsError {
     corrupt(&format!(
-        "{what} {version} predates directory times; rebuild it from the intentions"
+        "{what} {version} is an earlier build's; rebuild it from the intentions"
     ))
 }
 
@@ -197,8 +200,8 @@ fn decode_state(r: Reader) -> Result<FsState, FsError> {
         state.applied.insert(id, ());
     }
     decode_registers(&mut state, &mut r)?;
-    state.tree = Tree::decode(&mut r)?;
-    state.files = Paged::new(Page::Files);
+    state.tree = Tree::decode(&mut r, &state.authors)?;
+    state.files = Paged::new(Page::Files, &state.authors);
     for _ in 0..r.len()? {
         let id = r.id()?;
         let f = FileRec::read(&id, &mut r)?;

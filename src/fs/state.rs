@@ -7,12 +7,13 @@
 //! comes back holding what was added). Ancestors of a visible entry are thus visible.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::fs::content::{FileRec, Lww};
 use crate::fs::members::{InviteInfo, MemberInfo, Members};
 use crate::fs::op::{Kind, Op, OpBody, Role, Setting};
-use crate::fs::paged::{Got, Page, Paged};
-use crate::fs::tree::{Action, Entry, Tree, MIN_ID};
+use crate::fs::paged::{Authors, Got, Page, Paged};
+use crate::fs::tree::{Action, Entry, Tree};
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
 use crate::ids::{FileId, InviteId, OpId};
@@ -21,6 +22,8 @@ use crate::ids::{FileId, InviteId, OpId};
 #[derive(Clone)]
 pub struct FsState {
     pub(crate) tree: Tree,
+    /// The authors named in the page maps' records (see `fs::paged`).
+    pub(crate) authors: Arc<Authors>,
     pub(crate) files: Paged<FileId, FileRec>,
     /// Ids of applied ops, those stamped before `purged_below` forgotten.
     pub(crate) applied: Paged<OpId, ()>,
@@ -72,13 +75,15 @@ impl fmt::Debug for FsState {
 impl FsState {
     /// An empty store holding only the root directory (perm 0755, owner 0:0).
     pub fn new() -> Self {
-        let mut files = Paged::new(Page::Files);
+        let authors = Authors::new(&[]);
+        let mut files = Paged::new(Page::Files, &authors);
         files.insert(OpId::ROOT, FileRec::root());
         FsState {
-            tree: Tree::default(),
+            tree: Tree::new(&authors),
             files,
-            applied: Paged::new(Page::Applied),
-            pending: Paged::new(Page::Superseded),
+            applied: Paged::new(Page::Applied, &authors),
+            pending: Paged::new(Page::Superseded, &authors),
+            authors,
             store_name: None,
             retention: None,
             horizon: None,
@@ -277,13 +282,10 @@ impl FsState {
             return Purged::default();
         }
         self.purged_below = below;
-        let cut = OpId {
-            hlc: below,
-            author: MIN_ID.author,
-        };
+        // The maps' order is HLC-major: the old records come first.
         let mut applied = Vec::new();
-        self.applied.scan(&MIN_ID, |id, _| {
-            let old = *id < cut;
+        self.applied.each(|id, _| {
+            let old = id.hlc < below;
             if old {
                 applied.push(*id);
             }
@@ -293,8 +295,8 @@ impl FsState {
             self.applied.remove(id);
         }
         let mut pending = Vec::new();
-        self.pending.scan(&(MIN_ID, MIN_ID), |key, _| {
-            let old = key.0 < cut;
+        self.pending.each(|key, _| {
+            let old = key.0.hlc < below;
             if old {
                 pending.push(*key);
             }

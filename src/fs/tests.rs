@@ -1165,17 +1165,17 @@ impl crate::fs::PageSource for NoPages {
 }
 
 #[test]
-fn projections_written_before_directory_times_are_refused_and_named_for_a_rebuild() {
+fn projections_in_an_earlier_builds_format_are_refused_and_named_for_a_rebuild() {
     let mut s = FsState::new();
     mkfile(&mut s, 1, 10, OpId::ROOT, "a", "x");
     let snapshot = s.encode_snapshot();
     let header = s.take_pages().header;
-    assert!(!FsState::predates_directory_times(&snapshot));
-    assert!(!FsState::predates_directory_times(&header));
+    assert!(!FsState::must_rebuild(&snapshot));
+    assert!(!FsState::must_rebuild(&header));
     let with_version = |bytes: &[u8], version: u32| {
         let mut old = bytes.to_vec();
         old[8..12].copy_from_slice(&version.to_le_bytes());
-        assert!(FsState::predates_directory_times(&old), "{version}");
+        assert!(FsState::must_rebuild(&old), "{version}");
         old
     };
     let mut errors = Vec::new();
@@ -1183,13 +1183,13 @@ fn projections_written_before_directory_times_are_refused_and_named_for_a_rebuil
         let old = with_version(&snapshot, version);
         errors.push(FsState::decode_snapshot(&old).unwrap_err());
     }
-    for version in [1, 2] {
+    for version in [1, 2, 3] {
         let old = with_version(&header, version);
         errors.push(FsState::open_pages(&old, std::sync::Arc::new(NoPages)).unwrap_err());
     }
     for err in errors {
         assert!(
-            err.to_string().contains("predates directory times"),
+            err.to_string().contains("rebuild it from the intentions"),
             "{err}"
         );
     }

@@ -16,12 +16,13 @@
 //! entries: a function of the set of ops, as the locations are.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::fs::codec::{corrupt, Reader, Writer};
 use crate::fs::content::FileRec;
 use crate::fs::error::FsError;
 use crate::fs::op::Kind;
-use crate::fs::paged::{Got, Page, PageValue, Paged};
+use crate::fs::paged::{Authors, Got, Page, PageValue, Paged};
 use crate::fs::vecmap::VecMap;
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
@@ -133,25 +134,18 @@ pub(crate) struct Tree {
 /// A set of op ids, usually of one.
 pub(crate) type IdSet = VecMap<OpId, ()>;
 
-/// The least op id: the start of every range of keys led by an id.
-pub(crate) const MIN_ID: OpId = OpId {
-    hlc: Hlc::ZERO,
-    author: PublicKey([0; 32]),
-};
-
-impl Default for Tree {
-    fn default() -> Self {
+impl Tree {
+    /// An empty tree held in memory, naming authors in `authors`.
+    pub(crate) fn new(authors: &Arc<Authors>) -> Self {
         Tree {
-            entries: Paged::new(Page::Entries),
-            children: Paged::new(Page::Children),
-            subdirs: Paged::new(Page::Subdirs),
-            by_file: Paged::new(Page::ByFile),
+            entries: Paged::new(Page::Entries, authors),
+            children: Paged::new(Page::Children, authors),
+            subdirs: Paged::new(Page::Subdirs, authors),
+            by_file: Paged::new(Page::ByFile, authors),
             log: BTreeMap::new(),
         }
     }
-}
 
-impl Tree {
     /// Applies location op `id`, replaying newer logged ops after it, and returns the
     /// directories whose entries the undone, applied or replayed ops changed (their
     /// `listing` may have moved). Idempotent.
@@ -200,9 +194,8 @@ impl Tree {
     /// Calls `f` on the raw-name groups of directory `dir`, in raw-name order, while it
     /// returns true.
     pub(crate) fn scan_children(&self, dir: FileId, mut f: impl FnMut(&str, &IdSet) -> bool) {
-        self.children.scan(&(dir, String::new()), |(d, name), set| {
-            *d == dir && f(name, &set)
-        });
+        self.children
+            .scan_under(&dir, |(_, name), set| f(name, &set));
     }
 
     /// Raw-name groups of directory `dir`, in raw-name order.
@@ -223,11 +216,9 @@ impl Tree {
     /// Entries of subdirectories of `dir`.
     pub(crate) fn subdirs(&self, dir: FileId) -> Vec<OpId> {
         let mut out = Vec::new();
-        self.subdirs.scan(&(dir, MIN_ID), |(d, e), _| {
-            if *d == dir {
-                out.push(*e);
-            }
-            *d == dir
+        self.subdirs.scan_under(&dir, |(_, e), _| {
+            out.push(*e);
+            true
         });
         out
     }
@@ -563,9 +554,9 @@ impl Tree {
         self.encode_log(w);
     }
 
-    /// Reads what [`Tree::encode`] wrote.
-    pub(crate) fn decode(r: &mut Reader) -> Result<Self, FsError> {
-        let mut t = Tree::default();
+    /// Reads what [`Tree::encode`] wrote, naming authors in `authors`.
+    pub(crate) fn decode(r: &mut Reader, authors: &Arc<Authors>) -> Result<Self, FsError> {
+        let mut t = Tree::new(authors);
         for _ in 0..r.len()? {
             let id = r.id()?;
             let e = Entry::read(&id, r)?;

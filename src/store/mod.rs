@@ -589,11 +589,11 @@ impl Store {
         }
         let fault = Fault::default();
         let (mut state, snap_seq, rewrite) = match txn.open_table(PROJECTION)?.last()? {
-            Some((_, v)) if FsState::predates_directory_times(v.value()) => {
+            Some((_, v)) if FsState::must_rebuild(v.value()) => {
                 // The projection is a pure function of the intentions: rebuild it.
                 tracing::info!(
                     store = %id.to_hex(),
-                    "projection written before directory times; rebuilding it from the witness log"
+                    "projection in an earlier build's format; rebuilding it from the witness log"
                 );
                 (FsState::new(), 0, true)
             }

@@ -27,14 +27,17 @@ const OPS_PER_WRITE: usize = 1_000;
 ///
 /// Measured at 20,000 files: 629 B per file after the tree; after 20,000 overwrites
 /// 838 B per record with snapshot format 2 (the op log, rewritten every 1,000
-/// intentions) and 629 B with format 3 (the state). A record costs its op in a signed
+/// intentions) and 629 B with format 3 (the state); with page header format 4 (authors
+/// named by number in page records) 421 B per file after the tree and 420 B per record
+/// after the overwrites (debug build). A record costs its op in a signed
 /// intention (~80 B, batched so the signature is shared), its `history` row (~70 B), its
 /// share of the snapshot and redb's B-tree overhead (pages about half full, so ~2x),
 /// plus the intention-level rows (`witness`, `index`, `hlcs`, `seqs`, `chain`) shared by
-/// the ops of an intention. redb grows the file in steps (12 MiB, then 24 MiB here), so
-/// the figure jumps: 1.5 KiB covers the next step (48 MiB for 40,000 records is 1.26 KiB)
-/// and breaks on another per-op row or a snapshot whose old pages are never freed.
-const MAX_STORE_BYTES_PER_RECORD: u64 = 1536;
+/// the ops of an intention. redb grows the file in steps (8 MiB, then 16 MiB here), so
+/// the figure jumps: 1 KiB covers the next step (32 MiB for 40,000 records is 840 B)
+/// and breaks on another per-op row, page records that name authors by whole keys
+/// again, or a snapshot whose old pages are never freed.
+const MAX_STORE_BYTES_PER_RECORD: u64 = 1024;
 
 /// A Create in `parent`: a directory, or a file holding `content`.
 fn create_in(parent: OpId, name: String, kind: Kind, content: &str) -> OpBody {
