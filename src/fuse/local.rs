@@ -162,6 +162,11 @@ pub(crate) fn create(
             return Err(std::io::Error::from_raw_os_error(libc::EPERM))
         }
     }
+    if kind != Kind::Symlink {
+        // The daemon's own umask keeps its data dir private; the caller's mode, already
+        // masked by the caller's umask, is what the entry must show.
+        std::fs::set_permissions(real, std::fs::Permissions::from_mode(perm & 0o7777))?;
+    }
     std::os::unix::fs::lchown(real, Some(uid), Some(gid))
 }
 

@@ -31,10 +31,12 @@ use super::paths::MAX_PATH_DEPTH;
 /// Name of the file holding a directory's ignore rules.
 pub(crate) const IGNORE_FILE: &str = ".latticeignore";
 
-/// Rules that apply without any `.latticeignore`: vim's swap files, its `4913` write
-/// probe and its backup while writing (`x~`, also Emacs's backups), Emacs lock files,
+/// Rules that apply without any `.latticeignore`: vim's swap files (`.x.swp`, then
+/// `.swo` ... `.swa`, and the `.swx` it probes with), its `4913` write probe and its
+/// backup while writing (`x~`, also Emacs's backups), Emacs lock files,
 /// and Microsoft Office and LibreOffice lock files.
-pub(crate) const DEFAULT_RULES: &[&str] = &["*.swp", "4913", "*~", ".#*", "~$*", ".~lock.*#"];
+pub(crate) const DEFAULT_RULES: &[&str] =
+    &["*.swp", ".*.sw?", "4913", "*~", ".#*", "~$*", ".~lock.*#"];
 
 /// Largest `.latticeignore` read; a larger one is reported and its rules skipped (a
 /// real one is a few hundred bytes, and this keeps it inline in its intention).
@@ -232,6 +234,8 @@ mod tests {
         let d = IgnoreRules::new().defaults;
         for name in [
             ".x.txt.swp",
+            ".x.txt.swo",
+            ".x.txt.swx",
             "4913",
             "x.txt~",
             ".#x.txt",
