@@ -194,6 +194,17 @@ pub enum Command {
         /// Days to keep superseded and deleted versions; 0 keeps only current ones
         days: Option<u32>,
     },
+    /// Record a read-only snapshot of a store, shown on every node under
+    /// STORE/.snapshots/LABEL; without LABEL, list the store's snapshots
+    Snapshot {
+        /// Store name
+        name: String,
+        /// Snapshot name (a file name); an existing snapshot of that name is replaced
+        label: Option<String>,
+        /// Drop the snapshot LABEL instead (its content is freed by the next gc)
+        #[arg(long, requires = "label")]
+        rm: bool,
+    },
     /// Show or set (admins only) how many days a silent member holds back the purge of a
     /// store's history
     Horizon {

@@ -16,7 +16,8 @@ use anyhow::{anyhow, Context};
 use lattice_mount::proto::control::{
     request, response, CreateResponse, DownResponse, FetchModeResponse, GcResponse, GcStoreReport,
     InviteResponse, JoinProgress, JoinResponse, PauseResponse, PeerEntry, PeersResponse, Request,
-    Response, RevokeResponse, SettingResponse, StoreSetting, SyncResponse, WebResponse,
+    Response, RevokeResponse, SettingResponse, SnapshotEntry, SnapshotResponse, StoreSetting,
+    SyncResponse, WebResponse,
 };
 use lattice_mount::{CacheBudget, Net, NetConfig, Node, Relay, Role, Setting};
 use tokio::net::{UnixListener, UnixStream};
@@ -805,6 +806,47 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
             }
             response::Kind::Setting(SettingResponse {
                 days: store.setting(setting),
+            })
+        }
+        Some(request::Kind::Snapshot(r)) => {
+            let Some(store) = ctx.node.store_by_name(&r.store) else {
+                return error_response(format!("no store named {:?}", r.store));
+            };
+            let done = match (r.label.as_str(), r.remove) {
+                ("", _) => Ok(()),
+                (label, false) => store.snapshot(label),
+                (label, true) => store.drop_snapshot(label),
+            };
+            match done {
+                Ok(()) => {}
+                Err(lattice_mount::FsError::ReadOnly) => {
+                    return error_response(format!(
+                        "only a writer of {} may record or drop its snapshots",
+                        r.store
+                    ))
+                }
+                Err(lattice_mount::FsError::NotFound) => {
+                    return error_response(format!(
+                        "{} has no snapshot named {:?}",
+                        r.store, r.label
+                    ))
+                }
+                Err(e) => return error_response(format!("snapshot {:?}: {e}", r.label)),
+            }
+            response::Kind::Snapshot(SnapshotResponse {
+                snapshots: store.read(|s| {
+                    s.snapshots()
+                        .into_iter()
+                        .map(|(label, at)| SnapshotEntry {
+                            label: label.to_string(),
+                            author: match s.member(&at.author) {
+                                Some((_, name)) if !name.is_empty() => name.to_string(),
+                                _ => at.author.short(),
+                            },
+                            time_ms: at.hlc.wall_ms,
+                        })
+                        .collect()
+                }),
             })
         }
         Some(request::Kind::Create(c)) => match ctx.node.create_store(&c.name) {

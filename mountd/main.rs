@@ -26,8 +26,8 @@ use tracing_subscriber::EnvFilter;
 
 use lattice_mount::proto::control::{
     request, response, DeleteRequest, FetchModeRequest, GcRequest, InviteRequest, LeaveRequest,
-    PauseRequest, PeersRequest, RevokeRequest, SettingRequest, StoreSetting, SyncRequest,
-    WebRequest,
+    PauseRequest, PeersRequest, RevokeRequest, SettingRequest, SnapshotRequest, StoreSetting,
+    SyncRequest, WebRequest,
 };
 
 use crate::cli::{home_dir, Cli, Command};
@@ -268,6 +268,23 @@ fn run(cli: Cli) -> Result<(), CliError> {
             setting(&data_dir, StoreSetting::Retention, name, days)
         }
         Command::Horizon { name, days } => setting(&data_dir, StoreSetting::Horizon, name, days),
+        Command::Snapshot { name, label, rm } => {
+            let kind = request::Kind::Snapshot(SnapshotRequest {
+                store: name.clone(),
+                label: label.clone().unwrap_or_default(),
+                remove: rm,
+            });
+            match client::ask(&data_dir, kind)? {
+                response::Kind::Snapshot(r) => {
+                    print!(
+                        "{}",
+                        output::snapshot_human(&name, label.as_deref(), rm, &r)
+                    )
+                }
+                other => return Err(client::unexpected(&other)),
+            }
+            Ok(())
+        }
         Command::Leave {
             name,
             yes,

@@ -5,8 +5,8 @@ use std::fmt::Write;
 use lattice_mount::proto::control::{
     ConflictsResponse, DeleteResponse, FrontierStatus, GcResponse, HistoryEntry, HistoryResponse,
     JoinProgress, LeaveResponse, PeerEntry, ResolveResponse, RestoreResponse, SignedIntentionEntry,
-    StatusResponse, StoreSetting, StoreStatus, SyncResponse, VerifyResponse, VersionEntry,
-    WatchEvent, WatchStarted,
+    SnapshotResponse, StatusResponse, StoreSetting, StoreStatus, SyncResponse, VerifyResponse,
+    VersionEntry, WatchEvent, WatchStarted,
 };
 use lattice_mount::{civil_from_days, hex};
 
@@ -240,6 +240,39 @@ pub fn setting_line(setting: StoreSetting, store: &str, days: u32) -> String {
             "{store} waits {days} days for a silent member before purging history without it"
         ),
     }
+}
+
+/// What `snapshot` did (`label`, dropped if `rm`) and the store's snapshots after it.
+pub fn snapshot_human(store: &str, label: Option<&str>, rm: bool, r: &SnapshotResponse) -> String {
+    let mut out = String::new();
+    match label {
+        Some(label) if rm => {
+            let _ = writeln!(out, "dropped snapshot {label} of {store}");
+        }
+        Some(label) => {
+            let _ = writeln!(
+                out,
+                "recorded snapshot {label} of {store}: read-only under {store}/{}/{label} on every node",
+                lattice_mount::SNAPSHOTS_DIR
+            );
+        }
+        None if r.snapshots.is_empty() => {
+            let _ = writeln!(out, "{store} has no snapshots");
+        }
+        None => {}
+    }
+    if label.is_none() {
+        for s in &r.snapshots {
+            let _ = writeln!(
+                out,
+                "{}\t{}\tby {}",
+                printable(&s.label),
+                utc_time(s.time_ms),
+                printable(&s.author)
+            );
+        }
+    }
+    out
 }
 
 /// What `gc` freed: one line per store and a total.

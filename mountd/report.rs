@@ -428,6 +428,8 @@ fn describe(body: &OpBody) -> String {
             format!("set {}", changes.join(", "))
         }
         OpBody::SetStoreName(name) => format!("name store {name:?}"),
+        OpBody::Snapshot { label } => format!("record snapshot {label:?}"),
+        OpBody::DropSnapshot { label } => format!("drop snapshot {label:?}"),
         OpBody::SetMember {
             key,
             role,

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use prost::Message;
 
-use crate::fs::op::{Op, OpError};
+use crate::fs::op::{Op, OpBody, OpError};
 use crate::hlc::Hlc;
 use crate::identity::{Identity, PublicKey};
 use crate::ids::{Hash, StoreId};
@@ -81,6 +81,7 @@ impl Intention {
         for op in &ops {
             op.validate()?;
         }
+        check_alone(&ops)?;
         deps.sort();
         deps.dedup();
         let hlc = ops.iter().map(|o| o.hlc).max().unwrap_or_default();
@@ -169,6 +170,7 @@ impl Intention {
             return Err(IntentionError::BadSignature);
         }
         let ops = decode_ops(body.ops.clone())?;
+        check_alone(&ops)?;
         let hlc = Hlc {
             wall_ms: body.hlc_wall_ms,
             counter: body.hlc_counter,
@@ -191,17 +193,53 @@ impl Intention {
     }
 }
 
-/// The author and ops of intention bytes this node stored after [`Intention::decode`]
-/// accepted them: parsed and validated again, but the signature is not checked (scans
-/// of the whole store, such as content collection's, would spend most of their time
-/// on it).
-pub(crate) fn stored_ops(bytes: Bytes) -> Result<(PublicKey, Vec<Op>), IntentionError> {
+/// Refuses a `Snapshot` op that shares its intention: the snapshot is that intention's
+/// causal past, so nothing else may be in it (and the store finds it by its clock).
+fn check_alone(ops: &[Op]) -> Result<(), IntentionError> {
+    let snapshot = ops
+        .iter()
+        .any(|op| matches!(op.body, OpBody::Snapshot { .. }));
+    if snapshot && ops.len() > 1 {
+        return Err(IntentionError::Malformed(
+            "a snapshot is not the only op of its intention".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// An intention this node stored after [`Intention::decode`] accepted it, parsed again
+/// without checking the signature (scans of the whole store, such as content
+/// collection's, would spend most of their time on it).
+pub(crate) struct Stored {
+    /// Its author.
+    pub author: PublicKey,
+    /// The author's previous intention.
+    pub prev: Option<Hash>,
+    /// The heads its author had seen.
+    pub deps: Vec<Hash>,
+    /// Its ops, validated again.
+    pub ops: Vec<Op>,
+}
+
+/// Parses stored intention bytes (see [`Stored`]).
+pub(crate) fn stored(bytes: Bytes) -> Result<Stored, IntentionError> {
     let signed =
         pb::SignedIntention::decode(bytes).map_err(|e| IntentionError::Malformed(e.to_string()))?;
     let body = pb::IntentionBody::decode(signed.body)
         .map_err(|e| IntentionError::Malformed(e.to_string()))?;
-    let author = PublicKey(fixed(&body.author, "author")?);
-    Ok((author, decode_ops(body.ops)?))
+    let hash = |b: &Bytes, what| fixed(b, what).map(Hash);
+    Ok(Stored {
+        author: PublicKey(fixed(&body.author, "author")?),
+        prev: (!body.prev.is_empty())
+            .then(|| hash(&body.prev, "prev"))
+            .transpose()?,
+        deps: body
+            .deps
+            .iter()
+            .map(|d| hash(d, "dep"))
+            .collect::<Result<_, _>>()?,
+        ops: decode_ops(body.ops)?,
+    })
 }
 
 /// Decodes an encoded `proto::fs::OpBatch` one op at a time, each checked before the
@@ -498,5 +536,48 @@ mod tests {
         for g in [&b""[..], b"\xff\xff\xff", b"\x0a\x05hello"] {
             assert!(Intention::decode(Bytes::copy_from_slice(g)).is_err());
         }
+    }
+
+    #[test]
+    fn a_snapshot_sharing_its_intention_is_neither_signed_nor_accepted() {
+        let id = Identity::generate();
+        let snapshot = Op {
+            hlc: Hlc {
+                wall_ms: 9,
+                counter: 0,
+            },
+            body: OpBody::Snapshot { label: "v1".into() },
+        };
+        let both = vec![op(5, "a"), snapshot.clone()];
+        assert!(matches!(
+            Intention::create(&id, StoreId([7; 16]), None, vec![], both.clone()),
+            Err(IntentionError::Malformed(_))
+        ));
+        let body = pb::IntentionBody {
+            author: Bytes::copy_from_slice(&id.public().0),
+            hlc_wall_ms: 9,
+            store_id: Bytes::copy_from_slice(&[7; 16]),
+            ops: pfs::OpBatch {
+                ops: both.iter().map(Op::to_proto).collect(),
+            }
+            .encode_to_vec()
+            .into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let hash = Hash::of(&body);
+        let signed = pb::SignedIntention {
+            signature: Bytes::copy_from_slice(&id.sign(&signing_message(&hash))),
+            body: body.into(),
+        };
+        assert!(matches!(
+            Intention::decode(signed.encode_to_vec().into()),
+            Err(IntentionError::Malformed(m)) if m.contains("snapshot")
+        ));
+        let alone = Intention::create(&id, StoreId([7; 16]), None, vec![], vec![snapshot]).unwrap();
+        assert_eq!(
+            Intention::decode(alone.bytes.clone()).unwrap().ops,
+            alone.ops
+        );
     }
 }

@@ -37,7 +37,7 @@ pub use fs::op::{
 };
 pub use fs::{
     Attr, ContentView, FsError, FsState, FsStats, InviteInfo, InviteStatus, MemberInfo,
-    Node as FsNode, Purged, RenameFlags,
+    Node as FsNode, Purged, RenameFlags, SNAPSHOTS_DIR,
 };
 pub use fuse::{mount, FuseError, MountGuard};
 pub use hlc::{civil_from_days, now_ms, Clock, Hlc};

@@ -199,6 +199,96 @@ fn a_large_file_arrives_intact_even_when_the_receiver_is_killed_midway() {
 }
 
 #[test]
+fn a_snapshot_is_the_same_read_only_tree_on_every_node_and_keeps_its_content_until_dropped() {
+    if !fuse_available() {
+        return;
+    }
+    let nodes = team(&["alice", "bob"]);
+    let (a, b) = (&nodes[0], &nodes[1]);
+    let big = random_bytes(3 << 20, 7);
+    std::fs::write(a.path("team/big.bin"), &big).unwrap();
+    a.sh("mkdir team/docs && echo one > team/docs/a.txt && ln -s docs/a.txt team/link");
+    let before = tree_sum(&a.path("team")).unwrap();
+    within(SETTLE, "the tree on bob", || {
+        tree_sum(&b.path("team")).as_ref() == Some(&before)
+    });
+
+    let out = ok(a.run(&["snapshot", "team", "v1"]));
+    assert!(out.contains("recorded snapshot v1 of team"), "{out}");
+    a.sh("echo two > team/docs/a.txt && rm team/big.bin && echo new > team/new.txt");
+    let snapshot = |d: &Daemon| tree_sum(&d.path("team/.snapshots/v1"));
+    assert_eq!(snapshot(a).as_ref(), Some(&before));
+    within(SETTLE, "the snapshot on bob, its content fetched", || {
+        snapshot(b).as_ref() == Some(&before)
+    });
+    assert_eq!(
+        std::fs::read_link(b.path("team/.snapshots/v1/link")).unwrap(),
+        Path::new("docs/a.txt")
+    );
+    within(VISIBLE_WITHIN, "bob's live tree moves on", || {
+        std::fs::read_to_string(b.path("team/new.txt")).is_ok()
+    });
+    let listed = ok(b.run(&["snapshot", "team"]));
+    assert!(
+        listed.starts_with("v1\t") && listed.contains("by alice"),
+        "{listed}"
+    );
+
+    // Read-only, whatever the call.
+    let erofs = |r: std::io::Result<()>| {
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    };
+    erofs(std::fs::write(
+        b.path("team/.snapshots/v1/docs/a.txt"),
+        b"x",
+    ));
+    erofs(std::fs::write(
+        b.path("team/.snapshots/v1/docs/b.txt"),
+        b"x",
+    ));
+    erofs(std::fs::remove_file(b.path("team/.snapshots/v1/big.bin")));
+    erofs(std::fs::create_dir(b.path("team/.snapshots/v2")));
+    erofs(std::fs::rename(
+        b.path("team/.snapshots/v1/docs"),
+        b.path("team/docs2"),
+    ));
+    let made = std::fs::create_dir(a.path("team/docs/.snapshots"));
+    assert!(made.is_ok(), "only the store root's name is reserved");
+
+    // Retention 0 and a collection keep what the snapshot needs ...
+    let freed = |d: &Daemon| -> u64 {
+        let out = ok(d.run(&["gc", "team"]));
+        out.lines()
+            .find_map(|l| l.strip_prefix("team: freed "))
+            .and_then(|l| l.split(", ").nth(1))
+            .and_then(|l| l.strip_suffix(" bytes"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{out}"))
+    };
+    ok(a.run(&["retention", "team", "0"]));
+    // Puts younger than the grace are kept whether needed or not.
+    std::thread::sleep(lattice_mount::PUT_GRACE + Duration::from_secs(1));
+    assert!(freed(a) < big.len() as u64);
+    assert_eq!(snapshot(a).as_ref(), Some(&before));
+    // ... until it is dropped, on any node, for every node.
+    let out = ok(b.run(&["snapshot", "team", "--rm", "v1"]));
+    assert!(out.contains("dropped snapshot v1 of team"), "{out}");
+    within(VISIBLE_WITHIN, "the snapshot gone on alice", || {
+        !a.path("team/.snapshots").exists()
+    });
+    assert!(freed(a) >= big.len() as u64);
+    let err = b.run(&["snapshot", "team", "--rm", "v1"]);
+    assert!(!err.status.success());
+    assert!(
+        String::from_utf8_lossy(&err.stderr).contains("no snapshot named"),
+        "{err:?}"
+    );
+    for d in &nodes {
+        d.assert_mounted();
+    }
+}
+
+#[test]
 fn a_reader_sees_the_store_but_cannot_write() {
     if !fuse_available() {
         return;

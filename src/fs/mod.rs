@@ -33,6 +33,9 @@ pub(crate) use removed::Found;
 pub use state::{FsState, Purged};
 pub use view::{Attr, ContentView, FsStats, Node, RenameFlags};
 
+/// Name of the read-only directory at a store's root that shows its snapshots.
+pub const SNAPSHOTS_DIR: &str = ".snapshots";
+
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]

@@ -274,6 +274,16 @@ pub enum OpBody {
     },
     /// Set metadata.
     SetMeta(SetMeta),
+    /// Record a snapshot: the tree as of its intention's causal past (alone in it).
+    Snapshot {
+        /// Its name under `.snapshots`.
+        label: String,
+    },
+    /// Remove a snapshot.
+    DropSnapshot {
+        /// Its name under `.snapshots`.
+        label: String,
+    },
     /// Name the store.
     SetStoreName(String),
     /// Add or update a member.
@@ -455,6 +465,12 @@ impl Op {
             OpBody::SetStoreName(name) => {
                 Body::SetStoreName(pb::SetStoreName { name: name.clone() })
             }
+            OpBody::Snapshot { label } => Body::Snapshot(pb::Snapshot {
+                label: label.clone(),
+            }),
+            OpBody::DropSnapshot { label } => Body::DropSnapshot(pb::DropSnapshot {
+                label: label.clone(),
+            }),
             OpBody::SetMember {
                 key,
                 role,
@@ -511,7 +527,9 @@ impl Op {
                 Ok(())
             }
             OpBody::Link { name, .. } | OpBody::Move { name, .. } => validate_name(name),
-            OpBody::SetStoreName(name) => validate_name(name),
+            OpBody::SetStoreName(name)
+            | OpBody::Snapshot { label: name }
+            | OpBody::DropSnapshot { label: name } => validate_name(name),
             OpBody::Remove { seen_content, .. } => validate_ids(seen_content, "seen_content"),
             OpBody::Write {
                 supersedes,
@@ -614,6 +632,8 @@ impl Op {
                 })
             }
             Body::SetStoreName(s) => OpBody::SetStoreName(s.name),
+            Body::Snapshot(s) => OpBody::Snapshot { label: s.label },
+            Body::DropSnapshot(s) => OpBody::DropSnapshot { label: s.label },
             Body::SetMember(m) => OpBody::SetMember {
                 key: PublicKey(fixed32(&m.key, "key")?),
                 role: role_from_proto(m.role)?,

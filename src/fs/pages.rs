@@ -4,8 +4,9 @@
 //! parts that are small or must be read whole (`HEADER_MAGIC`, a u32 format version, the
 //! key table, led by the authors the page records name by number, then the purge point
 //! and late count, the store name, retention and horizon registers, the members with the
-//! keys that left and the delete record, the move-log suffix, and the record count of
-//! each page table in [`Page::ALL`] order), in the codec of format 5 snapshots. Formats 1
+//! keys that left, the delete record and the snapshot labels (from format 5; a format 4
+//! header is read as one without labels), the move-log suffix, and the record count of
+//! each page table in [`Page::ALL`] order), in the codec of format 6 snapshots. Formats 1
 //! and 2 (builds before directory times, leave and delete; format 1 also had no horizon
 //! register) and 3 (records naming authors by whole keys) are refused like snapshot
 //! formats 3 and 4: the store rebuilds the projection from its intentions.
@@ -23,7 +24,9 @@ use crate::fs::tree::Tree;
 /// First bytes of a header, before its format version.
 pub(crate) const HEADER_MAGIC: &[u8; 8] = b"LMFSHEAD";
 /// Format version of the headers this build writes.
-const HEADER_VERSION: u32 = 4;
+const HEADER_VERSION: u32 = 5;
+/// The header format before snapshot labels: read as a header without any.
+const HEADER_NO_LABELS: u32 = 4;
 /// The header formats of earlier builds: recognised, and rebuilt from the intentions
 /// (in 1 and 2 the page records lack each directory's listing op; in 3 each record
 /// carries its own table of author keys, and keys hold whole author keys).
@@ -100,22 +103,23 @@ impl FsState {
         if r.take(HEADER_MAGIC.len())? != HEADER_MAGIC {
             return Err(corrupt("bad header magic"));
         }
-        match u32::from_le_bytes(r.array()?) {
-            HEADER_VERSION => {}
+        let labels = match u32::from_le_bytes(r.array()?) {
+            HEADER_VERSION => true,
+            HEADER_NO_LABELS => false,
             v if HEADER_REBUILT.contains(&v) => return Err(rebuilt("header format", v)),
             v => {
                 return Err(corrupt(&format!(
-                    "header format {v}, this build reads {HEADER_VERSION}"
+                    "header format {v}, this build reads {HEADER_NO_LABELS} and {HEADER_VERSION}"
                 )))
             }
-        }
+        };
         let mut r = unseal(r)?;
         let mut state = FsState::new();
         // The header's key table starts with the authors the page records name.
         let authors = Authors::new(r.keys());
         state.purged_below = r.hlc()?;
         state.late = r.uint()?;
-        decode_registers(&mut state, &mut r)?;
+        decode_registers(&mut state, &mut r, labels)?;
         let log = Tree::decode_log(&mut r)?;
         let mut lens = [0usize; Page::ALL.len()];
         for len in &mut lens {

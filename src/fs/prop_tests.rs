@@ -75,6 +75,11 @@ enum Act {
     },
     /// The store is deleted for everyone (an admin's op: the store checks that).
     Delete,
+    /// A snapshot is recorded under one of a few labels, or dropped.
+    Snapshot {
+        label: u8,
+        drop: bool,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -99,6 +104,7 @@ fn act() -> impl Strategy<Value = Act> {
         1 => (i(), any::<bool>()).prop_map(|(node, remove)| Act::Xattr { node, remove }),
         1 => (1..50u64).prop_map(|upto| Act::Leave { upto }),
         1 => Just(Act::Delete),
+        1 => (0..3u8, any::<bool>()).prop_map(|(label, drop)| Act::Snapshot { label, drop }),
     ]
 }
 
@@ -321,6 +327,14 @@ impl World {
             },
             Act::Leave { upto } => Ok(vec![OpBody::Leave { upto: *upto }]),
             Act::Delete => Ok(vec![OpBody::DeleteStore]),
+            Act::Snapshot { label, drop } => {
+                let label = format!("s{label}");
+                Ok(vec![if *drop {
+                    OpBody::DropSnapshot { label }
+                } else {
+                    OpBody::Snapshot { label }
+                }])
+            }
         };
         if let Ok(bodies) = planned {
             self.emit(r, bodies);

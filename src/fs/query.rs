@@ -421,6 +421,9 @@ impl FsState {
         if let Some(at) = self.deleted() {
             let _ = writeln!(out, "deleted at {at:?}");
         }
+        for (label, at) in self.snapshots() {
+            let _ = writeln!(out, "snapshot {label:?} at {at:?}");
+        }
         for i in self.invites(0) {
             let id = crate::identity::hex(&i.id);
             let _ = writeln!(

@@ -1,12 +1,14 @@
 //! Snapshots of the projection.
 //!
-//! Format [`SNAPSHOT_VERSION`] (5) is the state itself, so opening a store costs the
+//! Format [`SNAPSHOT_VERSION`] (6) is the state itself, so opening a store costs the
 //! size of what is live, not of its history: `MAGIC`, a u32 format version, a u32 count
 //! of keys and that many 32-byte keys (every author and member named in the body, by
 //! index), then the body: the purge point and late count, the applied ids still kept,
 //! the store name register, the retention and horizon registers, the membership records,
 //! the keys that left (a count, then their key indexes) and the delete record (a flag,
-//! then the op id of the smallest `DeleteStore`), the tree (entries with their locations
+//! then the op id of the smallest `DeleteStore`), the labels of users' snapshots (a
+//! count, then per label its name, the op id that wrote it and a flag with the
+//! `Snapshot` op id it names; format 5 had none, and is read as a state without), the tree (entries with their locations
 //! and deletion flags, then the move log suffix with undo records and the directory
 //! times each record replaced), and every file record (kind, registers, touched and
 //! listing ops, content groups with appends, heads, pending superseded ids). Integers in
@@ -44,7 +46,9 @@ use crate::proto::fs as pb;
 /// First bytes of a snapshot, before its format version.
 const MAGIC: &[u8; 8] = b"LMFSSNAP";
 /// Format version of the snapshots this build writes.
-const SNAPSHOT_VERSION: u32 = 5;
+const SNAPSHOT_VERSION: u32 = 6;
+/// The format before snapshot labels: read as a state without any.
+const SNAPSHOT_NO_LABELS: u32 = 5;
 /// The state formats before directory times (format 3 also had no horizon register):
 /// recognised, and rebuilt from the intentions.
 const SNAPSHOT_NO_DIR_TIMES: [u32; 2] = [3, 4];
@@ -56,7 +60,7 @@ const MAGIC_V1: &[u8; 8] = b"LMFSNAP1";
 const MAX_SNAPSHOT_OP_BYTES: usize = 4 * 1024 * 1024;
 
 impl FsState {
-    /// Encodes the state as a format 5 snapshot.
+    /// Encodes the state as a format 6 snapshot.
     pub fn encode_snapshot(&self) -> Vec<u8> {
         let mut w = Writer::default();
         w.hlc(self.purged_below);
@@ -104,9 +108,21 @@ impl FsState {
                 w.id(at);
             }
         }
+        w.len(self.snapshots.len());
+        for (label, reg) in &self.snapshots {
+            w.bytes(label.as_bytes());
+            w.id(&reg.at);
+            match &reg.value {
+                None => w.u8(0),
+                Some(at) => {
+                    w.u8(1);
+                    w.id(at);
+                }
+            }
+        }
     }
 
-    /// Rebuilds a state from a format 5 or 2 snapshot.
+    /// Rebuilds a state from a format 6, 5 or 2 snapshot.
     pub fn decode_snapshot(bytes: &[u8]) -> Result<Self, FsError> {
         Ok(Self::decode_versioned(bytes)?.0)
     }
@@ -119,11 +135,12 @@ impl FsState {
             return Err(corrupt("bad magic"));
         }
         match u32::from_le_bytes(r.array()?) {
-            SNAPSHOT_VERSION => Ok((decode_state(r)?, false)),
+            SNAPSHOT_VERSION => Ok((decode_state(r, true)?, false)),
+            SNAPSHOT_NO_LABELS => Ok((decode_state(r, false)?, true)),
             SNAPSHOT_V2 => Ok((decode_v2(r)?, true)),
             v if SNAPSHOT_NO_DIR_TIMES.contains(&v) => Err(rebuilt("format", v)),
             v => Err(corrupt(&format!(
-                "format {v}, this build reads formats {SNAPSHOT_V2} and {SNAPSHOT_VERSION}"
+                "format {v}, this build reads formats {SNAPSHOT_V2}, {SNAPSHOT_NO_LABELS} and {SNAPSHOT_VERSION}"
             ))),
         }
     }
@@ -190,8 +207,8 @@ pub(crate) fn unseal<'a>(mut r: Reader<'a>) -> Result<Reader<'a>, FsError> {
     Ok(Reader::new(r.take(r.remaining())?, keys))
 }
 
-/// The body of a format 5 snapshot, after its version.
-fn decode_state(r: Reader) -> Result<FsState, FsError> {
+/// The body of a format 6 snapshot (5 without `labels`), after its version.
+fn decode_state(r: Reader, labels: bool) -> Result<FsState, FsError> {
     let mut r = unseal(r)?;
     let mut state = FsState::new();
     state.purged_below = r.hlc()?;
@@ -199,7 +216,7 @@ fn decode_state(r: Reader) -> Result<FsState, FsError> {
     for id in r.ids()? {
         state.applied.insert(id, ());
     }
-    decode_registers(&mut state, &mut r)?;
+    decode_registers(&mut state, &mut r, labels)?;
     state.tree = Tree::decode(&mut r, &state.authors)?;
     state.files = Paged::new(Page::Files, &state.authors);
     for _ in 0..r.len()? {
@@ -222,8 +239,13 @@ fn decode_state(r: Reader) -> Result<FsState, FsError> {
     Ok(state)
 }
 
-/// Reads what `encode_registers` wrote.
-pub(crate) fn decode_registers(state: &mut FsState, r: &mut Reader) -> Result<(), FsError> {
+/// Reads what `encode_registers` wrote (without the snapshot labels unless `labels`:
+/// formats before them).
+pub(crate) fn decode_registers(
+    state: &mut FsState,
+    r: &mut Reader,
+    labels: bool,
+) -> Result<(), FsError> {
     state.store_name = match r.bool()? {
         false => None,
         true => Some(Lww::new(r.id()?, r.string()?)),
@@ -236,6 +258,19 @@ pub(crate) fn decode_registers(state: &mut FsState, r: &mut Reader) -> Result<()
         false => None,
         true => Some(r.id()?),
     };
+    if labels {
+        for _ in 0..r.len()? {
+            let label = r.string()?;
+            let at = r.id()?;
+            let value = match r.bool()? {
+                false => None,
+                true => Some(r.id()?),
+            };
+            if state.snapshots.insert(label, Lww::new(at, value)).is_some() {
+                return Err(corrupt("snapshot label listed twice"));
+            }
+        }
+    }
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! (edit wins over delete), or it is a directory with a visible child (a removed directory
 //! comes back holding what was added). Ancestors of a visible entry are thus visible.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
@@ -34,6 +35,8 @@ pub struct FsState {
     pub(crate) retention: Option<Lww<u32>>,
     /// Days a silent member holds the stability frontier back, if an admin set it.
     pub(crate) horizon: Option<Lww<u32>>,
+    /// Per snapshot label, the `Snapshot` op it names (`None`: dropped).
+    pub(crate) snapshots: BTreeMap<String, Lww<Option<OpId>>>,
     pub(crate) members: Members,
     /// The smallest `DeleteStore` op applied: the store is deleted for everyone.
     pub(crate) deleted: Option<OpId>,
@@ -87,6 +90,7 @@ impl FsState {
             store_name: None,
             retention: None,
             horizon: None,
+            snapshots: BTreeMap::new(),
             members: Members::default(),
             deleted: None,
             purged_below: Hlc::ZERO,
@@ -225,6 +229,15 @@ impl FsState {
                 Some(reg) => reg.set(id, name.clone()),
                 None => self.store_name = Some(Lww::new(id, name.clone())),
             },
+            OpBody::Snapshot { label } | OpBody::DropSnapshot { label } => {
+                let value = matches!(op.body, OpBody::Snapshot { .. }).then_some(id);
+                match self.snapshots.get_mut(label) {
+                    Some(reg) => reg.set(id, value),
+                    None => {
+                        self.snapshots.insert(label.clone(), Lww::new(id, value));
+                    }
+                }
+            }
             OpBody::SetMember {
                 key,
                 role,
@@ -354,6 +367,19 @@ impl FsState {
     /// The store's name, if one was set.
     pub fn store_name(&self) -> Option<&str> {
         self.store_name.as_ref().map(|r| r.value.as_str())
+    }
+
+    /// The snapshots, by label: each the `Snapshot` op that recorded it.
+    pub fn snapshots(&self) -> Vec<(&str, OpId)> {
+        self.snapshots
+            .iter()
+            .filter_map(|(label, reg)| reg.value.map(|at| (label.as_str(), at)))
+            .collect()
+    }
+
+    /// The `Snapshot` op that recorded the snapshot `label`, if it exists.
+    pub fn snapshot(&self, label: &str) -> Option<OpId> {
+        self.snapshots.get(label).and_then(|reg| reg.value)
     }
 
     /// A store setting's value (the admin's, else its default).
@@ -564,6 +590,8 @@ impl FsState {
                 self.tree.entry(*entry).map(|e| e.file)
             }
             OpBody::SetStoreName(_)
+            | OpBody::Snapshot { .. }
+            | OpBody::DropSnapshot { .. }
             | OpBody::SetMember { .. }
             | OpBody::RevokeMember { .. }
             | OpBody::Invite { .. }

@@ -638,6 +638,41 @@ fn symlink_target_is_the_create_content() {
 }
 
 #[test]
+fn snapshot_labels_are_last_writer_wins_in_any_order_and_survive_encoding() {
+    let snap = |label: &str| OpBody::Snapshot {
+        label: label.into(),
+    };
+    let drop = |label: &str| OpBody::DropSnapshot {
+        label: label.into(),
+    };
+    let ops = [
+        (1, 10, snap("a")),
+        (2, 5, drop("a")),
+        (1, 12, snap("b")),
+        (2, 20, drop("b")),
+        (2, 30, snap("b")),
+        (1, 15, snap("c")),
+    ];
+    let mut forward = FsState::new();
+    for (who, at, body) in ops.iter().cloned() {
+        run(&mut forward, who, at, body);
+    }
+    let mut backward = FsState::new();
+    for (who, at, body) in ops.iter().rev().cloned() {
+        run(&mut backward, who, at, body);
+    }
+    let labels: Vec<&str> = forward.snapshots().into_iter().map(|(l, _)| l).collect();
+    assert_eq!(labels, ["a", "b", "c"]);
+    assert_eq!(forward.snapshot("b").unwrap().hlc.wall_ms, 30);
+    assert_eq!(forward.canonical_dump(), backward.canonical_dump());
+    run(&mut forward, 1, 40, drop("a"));
+    assert_eq!(forward.snapshot("a"), None);
+    let decoded = FsState::decode_snapshot(&forward.encode_snapshot()).unwrap();
+    assert_eq!(decoded.canonical_dump(), forward.canonical_dump());
+    assert_eq!(decoded.encode_snapshot(), forward.encode_snapshot());
+}
+
+#[test]
 fn store_name_and_members_are_last_writer_wins_and_revoked_members_vanish() {
     let mut s = FsState::new();
     run(&mut s, 1, 20, OpBody::SetStoreName("new".into()));
@@ -1131,7 +1166,7 @@ fn v2_snapshot(ops: &[(PublicKey, Op)]) -> Vec<u8> {
 }
 
 #[test]
-fn format_1_and_2_snapshots_decode_by_replay_to_the_same_state_and_reencode_as_format_5() {
+fn format_1_and_2_snapshots_decode_by_replay_to_the_same_state_and_reencode_as_format_6() {
     let mut s = FsState::new();
     let body = create(&s, OpId::ROOT, "d", Kind::Dir, "");
     let (d, dir_op) = run(&mut s, 1, 10, body);
@@ -1145,10 +1180,10 @@ fn format_1_and_2_snapshots_decode_by_replay_to_the_same_state_and_reencode_as_f
     let (decoded, old) = FsState::decode_versioned(&v2).unwrap();
     assert!(old, "a format 2 snapshot asks to be rewritten");
     assert_eq!(decoded.canonical_dump(), s.canonical_dump());
-    let v5 = decoded.encode_snapshot();
-    assert_eq!(&v5[8..12], &5u32.to_le_bytes());
-    assert_eq!(v5, s.encode_snapshot());
-    assert!(!FsState::decode_versioned(&v5).unwrap().1);
+    let v6 = decoded.encode_snapshot();
+    assert_eq!(&v6[8..12], &6u32.to_le_bytes());
+    assert_eq!(v6, s.encode_snapshot());
+    assert!(!FsState::decode_versioned(&v6).unwrap().1);
 }
 
 /// A page source without records: a refused header never reads one.
@@ -1215,7 +1250,7 @@ fn a_leave_and_a_delete_survive_a_snapshot_and_the_smallest_delete_holds() {
 fn a_snapshot_of_another_format_version_is_refused() {
     let mut s = FsState::new();
     mkfile(&mut s, 1, 10, OpId::ROOT, "a", "x");
-    for version in [0u32, 1, 6, u32::MAX] {
+    for version in [0u32, 1, 7, u32::MAX] {
         let mut bytes = s.encode_snapshot();
         bytes[8..12].copy_from_slice(&version.to_le_bytes());
         let err = FsState::decode_snapshot(&bytes).unwrap_err();

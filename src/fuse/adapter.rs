@@ -19,7 +19,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::cas::Content;
 use crate::fs::op::{validate_name, Kind, OpBody, SetMeta, MAX_SYMLINK_BYTES};
-use crate::fs::{Attr, FsError, Node, RenameFlags as FsRenameFlags};
+use crate::fs::{Attr, FsError, FsState, Node, RenameFlags as FsRenameFlags, SNAPSHOTS_DIR};
 use crate::ids::{FileId, OpId, StoreId};
 use crate::node::Node as LatticeNode;
 use crate::store::Store;
@@ -31,6 +31,7 @@ use super::local::{self, LocalPath, Locals};
 use super::open_file::{read_view, OpenFile};
 
 mod local_side;
+mod snapshot_side;
 
 /// How long the kernel may cache attributes and entries.
 const TTL: Duration = Duration::from_secs(1);
@@ -211,6 +212,7 @@ impl LatticeFs {
             Key::MountRoot => Err(Fail::Fs(FsError::NotPermitted)),
             Key::Conflict(..) => Err(Fail::Fs(FsError::NotDir)),
             Key::Local(_) => Err(Fail::Errno(libc::EXDEV)),
+            Key::Snapshots(_) | Key::Snap(..) => Err(Fail::Fs(FsError::ReadOnly)),
         }
     }
 
@@ -261,6 +263,9 @@ impl LatticeFs {
             let m = std::fs::symlink_metadata(self.local(id)?.1).map_err(io_errno)?;
             return Ok(local::attr(ino, &m));
         }
+        if let Some(attr) = self.snapshot_attr(ino, key) {
+            return attr;
+        }
         let Some((sid, node)) = key.node() else {
             return Ok(self.root_attr());
         };
@@ -307,6 +312,9 @@ impl LatticeFs {
                     .ok_or(Fail::Fs(FsError::NotFound))?;
                 self.entry(Key::File(store.id(), OpId::ROOT), parent, name)
             }
+            Key::File(sid, dir) if self.is_snapshots_dir(sid, dir, name)? => {
+                self.entry(Key::Snapshots(sid), parent, name)
+            }
             Key::File(sid, dir) => match self.store(sid)?.read(|s| s.lookup(dir, name)) {
                 Ok(node) => self.entry(Key::of(sid, node), parent, name),
                 Err(FsError::NotFound) => {
@@ -316,6 +324,9 @@ impl LatticeFs {
             },
             Key::Local(id) => self.local_entry(self.local(id)?.0.child(name), parent, name),
             Key::Conflict(..) => Err(Fail::Fs(FsError::NotDir)),
+            dir @ (Key::Snapshots(_) | Key::Snap(..)) => {
+                self.entry(self.snapshot_lookup(dir, name)?, parent, name)
+            }
         }
     }
 
@@ -347,6 +358,10 @@ impl LatticeFs {
             self.stores.write().insert(store.id(), store.clone());
             let key = Key::File(store.id(), OpId::ROOT);
             return Ok((key, self.entry(key, parent, name)?));
+        }
+        if matches!(self.key(parent)?, Key::File(_, OpId::ROOT)) && name == SNAPSHOTS_DIR {
+            // Reserved for the snapshots of the store.
+            return Err(Fail::Fs(FsError::NotPermitted));
         }
         let (uid, gid) = (req.uid(), req.gid());
         if let Some(p) = self.local_place(self.key(parent)?, name, Some(kind == Kind::Dir))? {
@@ -413,7 +428,7 @@ impl LatticeFs {
                 FopenFlags::empty(),
             ));
         }
-        if write && matches!(key, Key::Conflict(..)) {
+        if write && matches!(key, Key::Conflict(..) | Key::Snap(..)) {
             return Err(Fail::Fs(FsError::ReadOnly));
         }
         if let (true, Key::File(sid, _)) = (write, key) {
@@ -481,6 +496,10 @@ impl LatticeFs {
         }
         let FileRef { open, key, .. } = self.file_handle(fh)?;
         let cas = self.node.cas();
+        if let Some(found) = self.snapshot_node(key) {
+            let (sid, tree, node) = found?;
+            return read_view(cas, sid, &tree.content(node)?, offset, size);
+        }
         let (sid, node) = key.node().ok_or(Fail::Fs(FsError::IsDir))?;
         let view = match open {
             Some(open) => {
@@ -646,6 +665,9 @@ impl LatticeFs {
             (from_dir, to_dir) => {
                 if self.store_of(from_dir)? != self.store_of(to_dir)? {
                     return Err(Fail::Fs(FsError::CrossStore));
+                }
+                if matches!(to_dir, Key::File(_, OpId::ROOT)) && newname == SNAPSHOTS_DIR {
+                    return Err(Fail::Fs(FsError::NotPermitted));
                 }
                 let from = self.local_place(from_dir, name, None)?;
                 let src_dir = match (&from, from_dir) {
@@ -817,7 +839,18 @@ impl LatticeFs {
                     } else {
                         out[1].key = Key::MountRoot;
                     }
+                    let snapshots = dir == OpId::ROOT && !s.snapshots().is_empty();
+                    if snapshots {
+                        out.push(DirEntry {
+                            name: SNAPSHOTS_DIR.as_bytes().to_vec(),
+                            key: Key::Snapshots(sid),
+                            kind: FileType::Directory,
+                        });
+                    }
                     for (name, node) in s.readdir(dir)? {
+                        if snapshots && name == SNAPSHOTS_DIR {
+                            continue;
+                        }
                         let kind = s.attr(node).map(|a| file_type(a.kind))?;
                         out.push(DirEntry {
                             name: name.into_bytes(),
@@ -842,6 +875,7 @@ impl LatticeFs {
                 self.list_local(&real, |name| p.child(name), &mut out)?;
             }
             Key::Conflict(..) => return Err(Fail::Fs(FsError::NotDir)),
+            dir @ (Key::Snapshots(_) | Key::Snap(..)) => self.snapshot_list(dir, &mut out)?,
         }
         Ok(out)
     }
@@ -862,7 +896,9 @@ impl LatticeFs {
         match self.key(ino)? {
             Key::File(s, f) => Ok((self.store(s)?, f)),
             Key::MountRoot | Key::Local(_) => Err(Fail::Errno(libc::ENOTSUP)),
-            Key::Conflict(..) => Err(Fail::Fs(FsError::ReadOnly)),
+            Key::Conflict(..) | Key::Snapshots(_) | Key::Snap(..) => {
+                Err(Fail::Fs(FsError::ReadOnly))
+            }
         }
     }
 
@@ -906,27 +942,29 @@ impl LatticeFs {
     }
 
     fn xattr_bytes(&self, ino: INodeNo, name: Option<&OsStr>) -> Result<Vec<u8>> {
-        let (sid, file) = match self.key(ino)? {
-            Key::File(s, f) | Key::Conflict(s, f, _) => (s, f),
-            Key::MountRoot | Key::Local(_) => {
-                return match name {
-                    Some(_) => Err(Fail::Fs(FsError::NoAttr)),
-                    None => Ok(Vec::new()),
+        let read = |s: &FsState, file: FileId| -> Result<Vec<u8>> {
+            Ok(match name {
+                Some(n) => s.xattr_get(file, n.as_bytes())?.to_vec(),
+                None => {
+                    let mut out = Vec::new();
+                    for n in s.xattr_list(file)? {
+                        out.extend_from_slice(&n);
+                        out.push(0);
+                    }
+                    out
                 }
-            }
+            })
         };
-        let store = self.store(sid)?;
-        Ok(match name {
-            Some(n) => store.read(|s| s.xattr_get(file, n.as_bytes()))?.to_vec(),
-            None => {
-                let mut out = Vec::new();
-                for n in store.read(|s| s.xattr_list(file))? {
-                    out.extend_from_slice(&n);
-                    out.push(0);
-                }
-                out
+        match self.key(ino)? {
+            Key::File(s, f) | Key::Conflict(s, f, _) => self.store(s)?.read(|st| read(st, f)),
+            Key::Snap(sid, at, Node::Entry { file, .. } | Node::Conflict { file, .. }) => {
+                read(&*self.snapshot_tree(sid, at)?, file)
             }
-        })
+            Key::MountRoot | Key::Local(_) | Key::Snapshots(_) => match name {
+                Some(_) => Err(Fail::Fs(FsError::NoAttr)),
+                None => Ok(Vec::new()),
+            },
+        }
     }
 
     fn statfs_data(&self) -> Result<libc::statvfs> {
@@ -1029,6 +1067,9 @@ impl Filesystem for LatticeFs {
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
         let r = self.key(ino).and_then(|k| match k {
             Key::File(s, f) => Ok(self.store(s)?.read(|st| st.readlink(f))?),
+            Key::Snap(sid, at, Node::Entry { file, .. }) => {
+                Ok(self.snapshot_tree(sid, at)?.readlink(file)?)
+            }
             Key::Local(id) => Ok(Bytes::from(
                 std::fs::read_link(self.local(id)?.1)
                     .map_err(io_errno)?
@@ -1165,7 +1206,7 @@ impl Filesystem for LatticeFs {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let r = self.key(ino).and_then(|k| {
-            if k == Key::MountRoot {
+            if matches!(k, Key::MountRoot | Key::Snapshots(_)) {
                 return Err(Fail::Fs(FsError::IsDir));
             }
             self.open_handle(k, flags.0)

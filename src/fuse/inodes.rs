@@ -53,6 +53,10 @@ pub(crate) enum Key {
     Conflict(StoreId, FileId, OpId),
     /// A local-only entry, by its number in `local::Locals`.
     Local(u64),
+    /// A store's read-only `.snapshots` directory.
+    Snapshots(StoreId),
+    /// A node of a snapshot's tree: the `Snapshot` op that recorded it, and the node.
+    Snap(StoreId, OpId, Node),
 }
 
 impl Key {
@@ -67,7 +71,7 @@ impl Key {
     /// The store file a key shows (a file or one of its conflict copies).
     fn file(&self) -> Option<(StoreId, FileId)> {
         match *self {
-            Key::MountRoot | Key::Local(_) => None,
+            Key::MountRoot | Key::Local(_) | Key::Snapshots(_) | Key::Snap(..) => None,
             Key::File(s, f) | Key::Conflict(s, f, _) => Some((s, f)),
         }
     }
@@ -75,7 +79,7 @@ impl Key {
     /// The fs node to ask for attributes and content.
     pub(crate) fn node(&self) -> Option<(StoreId, Node)> {
         match *self {
-            Key::MountRoot | Key::Local(_) => None,
+            Key::MountRoot | Key::Local(_) | Key::Snapshots(_) | Key::Snap(..) => None,
             Key::File(s, file) => Some((s, Node::Entry { entry: file, file })),
             Key::Conflict(s, file, head) => Some((s, Node::Conflict { file, head })),
         }
@@ -101,8 +105,8 @@ struct Table {
     by_ino: HashMap<u64, Slot>,
     /// Inodes of each store file: the file itself and its conflict copies.
     by_file: HashMap<(StoreId, FileId), Vec<u64>>,
-    /// The inode of each local entry.
-    by_local: HashMap<u64, u64>,
+    /// The inode of each key that shows no store file (local and snapshot entries).
+    by_key: HashMap<Key, u64>,
     /// Evictable inodes, oldest lookup first; forgotten ones are skipped when popped.
     order: VecDeque<u64>,
     /// Entries evicted, waiting for the invalidation thread.
@@ -117,8 +121,8 @@ impl Table {
     fn find(&self, key: &Key) -> Option<u64> {
         let Some(file) = key.file() else {
             return match key {
-                Key::Local(id) => self.by_local.get(id).copied(),
-                _ => Some(MOUNT_ROOT),
+                Key::MountRoot => Some(MOUNT_ROOT),
+                _ => self.by_key.get(key).copied(),
             };
         };
         self.by_file
@@ -137,8 +141,8 @@ impl Table {
                 .or_insert_with(|| Vec::with_capacity(1))
                 .push(ino),
             None => {
-                if let Key::Local(id) = key {
-                    self.by_local.insert(id, ino);
+                if key != Key::MountRoot {
+                    self.by_key.insert(key, ino);
                 }
             }
         }
@@ -146,8 +150,8 @@ impl Table {
 
     /// Stops finding `ino` by `key`.
     fn unindex(&mut self, key: Key, ino: u64) {
-        if let Key::Local(id) = key {
-            self.by_local.remove(&id);
+        if self.by_key.get(&key) == Some(&ino) {
+            self.by_key.remove(&key);
         }
         if let Some(file) = key.file() {
             if let Some(inos) = self.by_file.get_mut(&file) {

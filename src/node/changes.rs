@@ -14,7 +14,7 @@ use crate::fs::op::{Op, OpBody};
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
 use crate::ids::{FileId, Hash, OpId};
-use crate::intention::{stored_ops, Intention};
+use crate::intention::{stored, Intention, Stored};
 use crate::store::Store;
 
 use super::paths::{dir_names, place_before, Names};
@@ -34,8 +34,8 @@ pub struct Change {
     /// For a move, the path before it.
     pub old_path: Option<String>,
     /// What the op did: `create`, `link`, `move`, `remove`, `write`, `append`, `dismiss`,
-    /// `meta`, `store-name`, `member`, `revoke-member`, `invite`, `revoke-invite`,
-    /// `retention` or `horizon`.
+    /// `meta`, `snapshot`, `drop-snapshot`, `store-name`, `member`, `revoke-member`,
+    /// `invite`, `revoke-invite`, `retention`, `horizon`, `leave` or `delete-store`.
     pub op: &'static str,
     /// The intention's author.
     pub author: PublicKey,
@@ -76,7 +76,7 @@ impl Node {
             let Some((_, hash)) = Intention::peek(&bytes) else {
                 continue;
             };
-            let Ok((author, ops)) = stored_ops(bytes) else {
+            let Ok(Stored { author, ops, .. }) = stored(bytes) else {
                 tracing::warn!("watch: stored intention {hash} does not decode; skipped");
                 continue;
             };
@@ -138,6 +138,10 @@ fn paths(
                 None => (before(names, *file), None),
             }
         }
+        OpBody::Snapshot { label } | OpBody::DropSnapshot { label } => (
+            format!("{store_name}/{}/{label}", crate::fs::SNAPSHOTS_DIR),
+            None,
+        ),
         OpBody::SetStoreName(_)
         | OpBody::SetMember { .. }
         | OpBody::RevokeMember { .. }
@@ -167,6 +171,8 @@ fn kind(body: &OpBody) -> &'static str {
         OpBody::Append { .. } => "append",
         OpBody::Dismiss { .. } => "dismiss",
         OpBody::SetMeta(_) => "meta",
+        OpBody::Snapshot { .. } => "snapshot",
+        OpBody::DropSnapshot { .. } => "drop-snapshot",
         OpBody::SetStoreName(_) => "store-name",
         OpBody::SetMember { .. } => "member",
         OpBody::RevokeMember { .. } => "revoke-member",

@@ -61,7 +61,7 @@ fn remote(store: &Store, who: &Identity, body: OpBody) -> Hash {
         .intentions
         .iter()
         .filter_map(|b| {
-            let (author, _) = crate::intention::stored_ops(b.clone()).ok()?;
+            let author = crate::intention::stored(b.clone()).ok()?.author;
             (author == who.public()).then(|| Intention::peek(b).map(|(_, h)| h))?
         })
         .next_back();

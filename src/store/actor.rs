@@ -139,6 +139,8 @@ pub(crate) struct Shared {
     pub standing: Mutex<Standing>,
     /// The first read fault of the projection's page tables (see `store::pages`).
     pub fault: Fault,
+    /// Snapshot trees built lately (see `store::snapshots`).
+    pub snapshots: Mutex<crate::store::snapshots::SnapshotCache>,
 }
 
 /// A source of wall time in Unix ms.
@@ -742,6 +744,8 @@ fn names_file(author: crate::identity::PublicKey, op: &Op, file: FileId) -> bool
         OpBody::SetMeta(m) => m.file == file,
         OpBody::Move { entry, .. } | OpBody::Remove { entry, .. } => *entry == file,
         OpBody::SetStoreName(_)
+        | OpBody::Snapshot { .. }
+        | OpBody::DropSnapshot { .. }
         | OpBody::SetMember { .. }
         | OpBody::RevokeMember { .. }
         | OpBody::Invite { .. }

@@ -267,6 +267,13 @@ pub(crate) fn seal_local(
             sealed += 1;
             break;
         }
+        if let OpBody::Snapshot { .. } = q.op.body {
+            sealed += seal_pending(t, cx, counts, identity, &mut ops, &mut touched)?;
+            seal_one(t, cx, counts, identity, vec![q.op], Some(&[q.touched]))?;
+            sealed += 1;
+            size = 0;
+            continue;
+        }
         let s = op_size(&q.op);
         if size + s > MAX_INTENTION_OPS_BYTES {
             sealed += seal_pending(t, cx, counts, identity, &mut ops, &mut touched)?;

@@ -128,6 +128,9 @@ pub enum StoreError {
     /// The store was shut down.
     #[error("store is shut down")]
     Closed,
+    /// A snapshot recorded here is not sealed in an intention yet (it is within ms).
+    #[error("the snapshot is not sealed yet")]
+    NotSealed,
 }
 
 macro_rules! from_redb {

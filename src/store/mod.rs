@@ -106,6 +106,9 @@ mod retention_tests;
 #[cfg(test)]
 mod scale_tests;
 mod schema;
+#[cfg(test)]
+mod snapshot_tests;
+mod snapshots;
 mod tables;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -1003,6 +1006,7 @@ fn new_shared(
         manual: opts.manual,
         standing: Mutex::default(),
         fault,
+        snapshots: Mutex::default(),
     }
 }
 

@@ -25,7 +25,7 @@ use redb::{ReadableDatabase, ReadableTable};
 use crate::cas::Content;
 use crate::fs::op::{Kind, OpBody, OpError, Role, Setting};
 use crate::ids::{Hash, OpId};
-use crate::intention::stored_ops;
+use crate::intention::{stored, Stored};
 use crate::store::error::StoreError;
 use crate::store::tables::INTENTIONS;
 use crate::store::Store;
@@ -121,7 +121,8 @@ impl Store {
         let txn = self.handle.shared.index.db()?.begin_read()?;
         for row in txn.open_table(INTENTIONS)?.iter()? {
             let (_, bytes) = row?;
-            let Ok((author, ops)) = stored_ops(Bytes::copy_from_slice(bytes.value())) else {
+            let Ok(Stored { author, ops, .. }) = stored(Bytes::copy_from_slice(bytes.value()))
+            else {
                 continue; // quarantined at open: never applied
             };
             for op in &ops {
@@ -180,6 +181,16 @@ impl Store {
             };
             if is_retained(Some(dead_ms), days, now_ms) {
                 plan.retained.extend(pieces);
+            }
+        }
+        // A snapshot keeps its current versions until it is dropped.
+        let snapshots: Vec<OpId> =
+            self.read(|s| s.snapshots().into_iter().map(|(_, at)| at).collect());
+        for at in snapshots {
+            for v in self.snapshot_state(at)?.held_versions() {
+                if v.deleted_ms.is_none() {
+                    plan.retained.extend(v.pieces);
+                }
             }
         }
         for c in plan.current.iter().chain(&plan.retained) {

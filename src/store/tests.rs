@@ -289,7 +289,12 @@ fn applying_known_intentions_again_changes_nothing() {
 }
 
 /// A store founded by `admin` with `writer` as Writer and `reader` as Reader.
-fn founded_store(dir: &Path, admin: &Identity, writer: &Identity, reader: &Identity) -> Store {
+pub(crate) fn founded_store(
+    dir: &Path,
+    admin: &Identity,
+    writer: &Identity,
+    reader: &Identity,
+) -> Store {
     let store = Store::create(dir, StoreId([3; 16]), admin.clone(), clock(), "s", "admin").unwrap();
     store
         .write(|tx| {

@@ -57,7 +57,7 @@ impl LatticeFs {
                     new.is_some_and(|is_dir| self.node.is_ignored(&store, dir, name, is_dir));
                 Ok((held || ignored).then_some(p))
             }
-            Key::MountRoot | Key::Conflict(..) => Ok(None),
+            Key::MountRoot | Key::Conflict(..) | Key::Snapshots(_) | Key::Snap(..) => Ok(None),
         }
     }
 
@@ -85,6 +85,7 @@ impl LatticeFs {
             Key::File(sid, _) => Ok(sid),
             Key::Local(id) => Ok(self.local(id)?.0.store),
             Key::MountRoot | Key::Conflict(..) => Err(Fail::Fs(FsError::NotDir)),
+            Key::Snapshots(_) | Key::Snap(..) => Err(Fail::Fs(FsError::ReadOnly)),
         }
     }
 
