@@ -8,7 +8,8 @@
 //! nothing. Paths are derived when the change is read (`node::paths`): a created, linked
 //! or moved name is its directory's current path and the op's name; a written file is its
 //! current path; a removed entry, a moved entry's old place, and a file that is gone by
-//! then are read from the entry's history (its last place before the op).
+//! then are read from the entry's history (its last place before the op). Ops of one
+//! kind on one path in a row within one intention are one change.
 
 use crate::fs::op::{Op, OpBody};
 use crate::hlc::Hlc;
@@ -83,10 +84,22 @@ impl Node {
             let who = store.read(|s| author_name(s, &author));
             for op in &ops {
                 let (path, old_path) = paths(store, &name, &mut names, author, op);
+                let op_kind = kind(&op.body);
+                // Ops of one kind on one path in a row (a truncate, then the write that
+                // follows it) are one change of the intention: shown once, at the last.
+                if let Some(last) = out.last_mut().filter(|c: &&mut Change| {
+                    c.intention == hash
+                        && c.op == op_kind
+                        && c.path == path
+                        && c.old_path == old_path
+                }) {
+                    last.hlc = op.hlc;
+                    continue;
+                }
                 out.push(Change {
                     path,
                     old_path,
-                    op: kind(&op.body),
+                    op: op_kind,
                     author,
                     author_name: who.clone(),
                     intention: hash,

@@ -311,6 +311,17 @@ fn changes_name_the_paths_old_paths_authors_and_intentions_of_local_and_received
         s.plan_create(dir, "f", Kind::File, 0o644, 0, 0, 0, inline("1"), 0)
     });
     local(&store, |s| s.plan_write(file, inline("22"), 0));
+    // `echo 333 > f`: a truncate and a write, sealed in one intention, are one change.
+    store
+        .write(|tx| {
+            for data in ["", "333"] {
+                let body = tx.state().plan_write(file, inline(data), 0)?;
+                tx.push(body)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    store.flush().unwrap();
     let moved = remote(
         &store,
         &phone,
@@ -341,13 +352,14 @@ fn changes_name_the_paths_old_paths_authors_and_intentions_of_local_and_received
             ("create", "docs/d", None, "laptop"),
             ("create", "docs/d/f", None, "laptop"),
             ("write", "docs/d/f", None, "laptop"),
+            ("write", "docs/d/f", None, "laptop"),
             ("move", "docs/g", Some("docs/d/f"), "phone"),
             ("remove", "docs/g", None, "laptop"),
             ("remove", "docs/d", None, "laptop"),
         ]
     );
-    assert_eq!(changes[3].intention, moved);
-    assert_eq!(changes[3].author, phone.public());
+    assert_eq!(changes[4].intention, moved);
+    assert_eq!(changes[4].author, phone.public());
     assert_eq!(node.changes(&store, next).unwrap(), (vec![], next));
     node.shutdown().unwrap();
 }
