@@ -21,6 +21,8 @@ const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/f143c
 /// The data dir of node "alice" as the build at 7ac7b2d left it (page header format 3;
 /// the fixture `tests/fixtures/7ac7b2d`, see its README).
 const FIXTURE_PAGES_3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/7ac7b2d");
+/// A data dir whose page header is format 4, before snapshot labels (README inside).
+const FIXTURE_PAGES_4: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/1c192cb");
 /// The store the fixture's commands made.
 const STORE: &str = "team";
 /// The table of the stored projection (a page header under its witness seq).
@@ -340,8 +342,39 @@ fn a_data_dir_with_pages_of_the_previous_format_opens_rebuilt_with_its_tree_inta
         replayed > 0,
         "format 3 pages are rebuilt from the intentions"
     );
-    assert_eq!(header_format(&db_file), 4);
+    assert_eq!(header_format(&db_file), 5);
     let (again, replayed) = opened(&data);
     assert_eq!(replayed, 0, "the rebuilt pages are read as they are");
     assert_eq!(again, rebuilt);
+}
+
+#[test]
+fn pages_of_the_format_before_snapshot_labels_are_read_as_they_are() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    copy_private(Path::new(FIXTURE_PAGES_4), &data);
+    let db_file = store_dir(&data).join(DB_FILE);
+    assert_eq!(header_format(&db_file), 4);
+
+    let replayed = with_store(&data, |node, store| {
+        check_tree_of("7ac7b2d", node, store);
+        assert!(store.read(|s| s.snapshots().is_empty()));
+        store.snapshot("before").unwrap();
+        store.stats().replayed
+    });
+    assert_eq!(replayed, 0, "format 4 pages are read, not rebuilt");
+    assert_eq!(header_format(&db_file), 5);
+    with_store(&data, |node, store| {
+        check_tree_of("7ac7b2d", node, store);
+        let at = store
+            .read(|s| s.snapshot("before"))
+            .expect("the label is kept");
+        let tree = store.snapshot_state(at).unwrap();
+        assert_eq!(
+            tree.canonical_dump(),
+            store
+                .read(|s| s.canonical_dump())
+                .replace(&format!("snapshot \"before\" at {at:?}\n"), "")
+        );
+    });
 }

@@ -288,6 +288,105 @@ fn a_snapshot_is_the_same_read_only_tree_on_every_node_and_keeps_its_content_unt
     }
 }
 
+/// Two network namespaces of this test joined by a veth pair (10.77.0.1/24 and
+/// 10.77.0.2/24, each its namespace's default route), removed on drop.
+struct Lan {
+    names: [String; 2],
+}
+
+impl Lan {
+    fn new() -> Lan {
+        let tag = std::process::id() % 100_000;
+        let names = [format!("lm{tag}a"), format!("lm{tag}b")];
+        let (va, vb) = (format!("lv{tag}a"), format!("lv{tag}b"));
+        let lan = Lan { names };
+        let [a, b] = &lan.names;
+        for args in [
+            vec!["netns", "add", a],
+            vec!["netns", "add", b],
+            vec!["link", "add", &va, "type", "veth", "peer", "name", &vb],
+            vec!["link", "set", &va, "netns", a],
+            vec!["link", "set", &vb, "netns", b],
+            vec!["-n", a, "addr", "add", "10.77.0.1/24", "dev", &va],
+            vec!["-n", b, "addr", "add", "10.77.0.2/24", "dev", &vb],
+            vec!["-n", a, "link", "set", &va, "up"],
+            vec!["-n", b, "link", "set", &vb, "up"],
+            vec!["-n", a, "link", "set", "lo", "up"],
+            vec!["-n", b, "link", "set", "lo", "up"],
+            // As on any real network: multicast (local discovery) needs a route.
+            vec!["-n", a, "route", "add", "default", "dev", &va],
+            vec!["-n", b, "route", "add", "default", "dev", &vb],
+        ] {
+            let out = std::process::Command::new("ip")
+                .args(&args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "ip {args:?}: {out:?}");
+        }
+        lan
+    }
+}
+
+impl Drop for Lan {
+    fn drop(&mut self) {
+        for ns in &self.names {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+    }
+}
+
+/// The ports of the direct addresses `peers team` on `d` lists for `member`.
+fn ports(d: &Daemon, member: &str) -> Vec<String> {
+    let out = ok(d.run(&["peers", "team"]));
+    let row = out
+        .lines()
+        .find(|l| l.starts_with(member))
+        .unwrap_or_else(|| panic!("{out}"));
+    row.split_whitespace()
+        .filter_map(|w| w.rsplit_once(':').map(|(_, port)| port.to_string()))
+        .collect()
+}
+
+#[test]
+fn members_on_one_network_find_each_other_after_both_move_to_new_ports() {
+    if !fuse_available() {
+        return;
+    }
+    let lan = Lan::new();
+    let mut a = Daemon::start_in("alice", &[], Some(&lan.names[0]));
+    let mut b = Daemon::start_in("bob", &[], Some(&lan.names[1]));
+    ok(a.run(&["create", "team"]));
+    let token = ok(a.run(&["invite", "team"]));
+    ok(b.run(&["join", token.trim()]));
+    a.sh("echo one > team/one.txt");
+    within(SETTLE, "one on bob", || b.path("team/one.txt").exists());
+    let before = [ports(&a, "alice"), ports(&b, "bob")];
+
+    // Both restart on new ports, with no relay: the addresses each holds of the other
+    // are stale, and only local network discovery can bring them together again.
+    a.down();
+    b.down();
+    for d in [&a, &b] {
+        // A node binds the port it had before; without the saved one it takes a new one.
+        std::fs::remove_file(d.data.join("port")).unwrap();
+    }
+    a.up();
+    b.up();
+    let after = [ports(&a, "alice"), ports(&b, "bob")];
+    for (old, new) in before.iter().zip(&after) {
+        assert!(new.iter().all(|p| !old.contains(p)), "{old:?} -> {new:?}");
+    }
+    a.sh("echo two > team/two.txt");
+    let took = within(SETTLE, "two on bob", || {
+        std::fs::read_to_string(b.path("team/two.txt")).is_ok_and(|s| s == "two\n")
+    });
+    eprintln!("found again and synced in {took:?}");
+    a.assert_mounted();
+    b.assert_mounted();
+}
+
 #[test]
 fn a_reader_sees_the_store_but_cannot_write() {
     if !fuse_available() {

@@ -70,7 +70,20 @@ pub fn is_lattice_mount(path: &Path) -> bool {
 
 /// The CLI with data dir `data`, untouched by the caller's environment.
 pub fn cli(data: &Path) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_lattice-mount"));
+    cli_in(data, None)
+}
+
+/// [`cli`], run in the network namespace `netns` (`ip netns` name) when given.
+pub fn cli_in(data: &Path, netns: Option<&str>) -> Command {
+    let bin = env!("CARGO_BIN_EXE_lattice-mount");
+    let mut c = match netns {
+        None => Command::new(bin),
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg(bin);
+            c
+        }
+    };
     c.arg("--data-dir")
         .arg(data)
         .env_remove("LATTICE_HOME")
@@ -91,6 +104,9 @@ pub struct Daemon {
     pub name: String,
     /// More options for `up`.
     pub up_args: Vec<String>,
+    /// The network namespace the daemon runs in (on all its interfaces), if not the
+    /// test's own (on loopback).
+    pub netns: Option<String>,
     child: Option<Child>,
 }
 
@@ -107,6 +123,11 @@ impl Daemon {
 
     /// Starts a daemon named `name` whose `up` also gets `up_args`.
     pub fn start_with(name: &str, up_args: &[&str]) -> Daemon {
+        Daemon::start_in(name, up_args, None)
+    }
+
+    /// [`Daemon::start_with`], in the network namespace `netns` when given.
+    pub fn start_in(name: &str, up_args: &[&str], netns: Option<&str>) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("lattice-e2e")
             .tempdir()
@@ -119,6 +140,7 @@ impl Daemon {
             mnt,
             name: name.to_string(),
             up_args: up_args.iter().map(|a| a.to_string()).collect(),
+            netns: netns.map(str::to_string),
             child: None,
         };
         d.up();
@@ -149,16 +171,12 @@ impl Daemon {
     /// Starts the daemon (again) and waits for the mount.
     pub fn up(&mut self) {
         assert!(self.child.is_none(), "daemon already running");
-        let child = self
-            .cli()
-            .args([
-                "up",
-                "--relay",
-                "disabled",
-                "--bind",
-                "127.0.0.1:0",
-                "--name",
-            ])
+        let bind = match self.netns {
+            Some(_) => "0.0.0.0:0",
+            None => "127.0.0.1:0",
+        };
+        let child = cli_in(&self.data, self.netns.as_deref())
+            .args(["up", "--relay", "disabled", "--bind", bind, "--name"])
             .arg(&self.name)
             .args(&self.up_args)
             .arg(&self.mnt)
