@@ -419,6 +419,30 @@ fn flushed_writes_survive_reopen_and_the_clock_does_not_go_backwards() {
 }
 
 #[test]
+fn the_counts_kept_between_two_status_calls_follow_every_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::create(
+        tmp.path(),
+        StoreId([6; 16]),
+        Identity::generate(),
+        clock(),
+        "s",
+        "me",
+    )
+    .unwrap();
+    assert_eq!(store.stats().fs.files, 0);
+    assert_eq!(store.stats().fs.files, 0, "asked again with no change");
+    let file = store.write(|tx| Ok(tx.push(create("a"))?)).unwrap();
+    let counted = store.stats().fs;
+    assert_eq!((counted.files, counted.bytes), (1, 1));
+    store
+        .write(|tx| Ok(tx.push(write_body(file, "longer"))?))
+        .unwrap();
+    assert_eq!(store.stats().fs.bytes, 6);
+    assert_eq!(store.stats().fs.bytes, 6, "asked again with no change");
+}
+
+#[test]
 fn a_flush_syncs_content_first_and_fails_while_the_content_cannot_be_synced() {
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     let tmp = tempfile::tempdir().unwrap();
