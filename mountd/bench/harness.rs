@@ -377,8 +377,19 @@ pub(crate) struct Node {
     pub data: PathBuf,
     /// Its mountpoint.
     pub mnt: PathBuf,
+    /// How long its start took.
+    pub startup: Startup,
     log: PathBuf,
     child: Child,
+}
+
+/// The phases of a daemon's start, each timed from the end of the one before.
+#[derive(Clone, Copy)]
+pub(crate) struct Startup {
+    /// From spawning the process until its FUSE mount shows in `findmnt`.
+    pub mount: Duration,
+    /// From then until `status` answers over the control socket.
+    pub status: Duration,
 }
 
 impl Node {
@@ -404,19 +415,40 @@ impl Node {
             .stderr(File::create(&log)?)
             .spawn()
             .context("starting lattice-mount")?;
+        let started = Instant::now();
         let mut node = Node {
             data,
             mnt,
+            startup: Startup {
+                mount: Duration::ZERO,
+                status: Duration::ZERO,
+            },
             log,
             child,
         };
-        wait_until(&format!("lattice node {name} mounted"), || {
-            if let Some(status) = node.child.try_wait()? {
-                bail!("daemon exited with {status}: {}", log_tail(&node.log));
-            }
-            Ok(is_lattice_mount(&node.mnt) && node.run(&["status"]).is_ok())
+        node.wait_running(&format!("lattice node {name} mounted"), |n| {
+            Ok(is_lattice_mount(&n.mnt))
         })?;
+        node.startup.mount = started.elapsed();
+        node.wait_running(&format!("lattice node {name} answering"), |n| {
+            Ok(n.run(&["status"]).is_ok())
+        })?;
+        node.startup.status = started.elapsed() - node.startup.mount;
         Ok(node)
+    }
+
+    /// Waits until `done` holds, failing at once if the daemon exits.
+    fn wait_running(
+        &mut self,
+        what: &str,
+        mut done: impl FnMut(&Node) -> Result<bool>,
+    ) -> Result<()> {
+        wait_until(what, || {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("daemon exited with {status}: {}", log_tail(&self.log));
+            }
+            done(self)
+        })
     }
 
     /// Runs a CLI subcommand against this node, bounded by WAIT; its stdout on success.

@@ -11,7 +11,7 @@ use proptest::prelude::*;
 
 use crate::cas::Content;
 use crate::fs::op::{Kind, Op, OpBody, Role, SetMeta};
-use crate::fs::{FsState, Node, RenameFlags};
+use crate::fs::{FsState, FsStats, Node, RenameFlags};
 use crate::hlc::{Clock, Hlc};
 use crate::identity::PublicKey;
 use crate::ids::{FileId, OpId};
@@ -523,6 +523,44 @@ fn settled(steps: &[Step]) -> World {
     w
 }
 
+/// The counts of `s` taken by listing every directory from the root: the definition
+/// that `FsState::stats`, which builds no display names, must agree with.
+fn listed_stats(s: &FsState) -> FsStats {
+    let mut out = FsStats {
+        late: s.late(),
+        ..FsStats::default()
+    };
+    let mut seen = HashSet::new();
+    let mut dirs = vec![OpId::ROOT];
+    while let Some(dir) = dirs.pop() {
+        for (_, node) in s
+            .readdir(dir)
+            .expect("a directory reached from the root lists")
+        {
+            let file = match node {
+                Node::Conflict { .. } => {
+                    out.conflicts += 1;
+                    continue;
+                }
+                Node::Entry { file, .. } => file,
+            };
+            let Some(f) = s.file(file) else {
+                continue;
+            };
+            if f.kind == Kind::Dir {
+                out.dirs += 1;
+                dirs.push(file);
+            } else if seen.insert(file) {
+                out.files += 1;
+                if f.kind == Kind::File {
+                    out.bytes += f.size();
+                }
+            }
+        }
+    }
+    out
+}
+
 /// `s` through a snapshot, checking that re-encoding the decoded state gives the same bytes.
 fn through_snapshot(s: &FsState) -> Result<FsState, TestCaseError> {
     let bytes = s.encode_snapshot();
@@ -582,6 +620,7 @@ proptest! {
             let order = causal_order(&w.ops, seed);
             let s = replay(&w.ops, &order);
             prop_assert_eq!(&s.canonical_dump(), &reference);
+            prop_assert_eq!(s.stats(), listed_stats(&s));
             check_invariants(&s, &w.ops)?;
             let half = order.len() / 2;
             let first = replay(&w.ops, &order[..half]);

@@ -370,29 +370,42 @@ impl FsState {
         }
     }
 
-    /// Counts over the visible tree.
+    /// Counts over the visible tree: what listing every directory from the root counts
+    /// (entries, their conflict copies, hard links once), without building display names,
+    /// reading each visible entry's record once.
     pub fn stats(&self) -> FsStats {
         let mut s = FsStats {
             late: self.late(),
             ..FsStats::default()
         };
         let mut seen = HashSet::new();
-        self.walk(|_, node| match node {
-            Node::Conflict { .. } => s.conflicts += 1,
-            Node::Entry { file, .. } => {
-                let Some(f) = self.file(file) else {
-                    return;
-                };
-                if f.kind == Kind::Dir {
-                    s.dirs += 1;
-                } else if seen.insert(file) {
-                    s.files += 1;
-                    if f.kind == Kind::File {
-                        s.bytes += f.size();
+        let mut dirs = vec![OpId::ROOT];
+        while let Some(dir) = dirs.pop() {
+            self.tree.scan_children(dir, |_, set| {
+                for &eid in set.keys() {
+                    let Some(e) = self.tree.entry(eid) else {
+                        continue;
+                    };
+                    if !self.self_visible(eid, &e) {
+                        continue;
+                    }
+                    let Some(f) = self.file(e.file) else {
+                        continue;
+                    };
+                    s.conflicts += f.conflicts().len() as u64;
+                    if f.kind == Kind::Dir {
+                        s.dirs += 1;
+                        dirs.push(e.file);
+                    } else if seen.insert(e.file) {
+                        s.files += 1;
+                        if f.kind == Kind::File {
+                            s.bytes += f.size();
+                        }
                     }
                 }
-            }
-        });
+                true
+            });
+        }
         s
     }
 

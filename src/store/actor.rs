@@ -24,6 +24,7 @@ use crate::store::error::StoreError;
 use crate::store::frontier::{self, Standing};
 use crate::store::index::Index;
 use crate::store::pages::{self, Fault, TablePages};
+use crate::store::projection::Projection;
 use crate::store::tables::{Tables, CHAIN, FLOATING, HISTORY, INTENTIONS, REFUSED, WITNESS};
 use crate::store::{ApplyOutcome, HistoryItem, StoreEvent, WitnessBatch};
 use crate::sync::frontier::{AttestError, Attestation};
@@ -109,7 +110,7 @@ pub(crate) struct Shared {
     /// This node's identity.
     pub identity: Identity,
     /// The projection.
-    pub state: RwLock<FsState>,
+    pub state: Projection,
     /// The node clock, shared across stores.
     pub clock: std::sync::Arc<Mutex<Clock>>,
     /// Queued ops and requests.

@@ -50,7 +50,9 @@
 //!    offering it; the projection is unchanged.
 
 use bytes::Bytes;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
+
+use crate::store::projection::Projection;
 use prost::Message;
 use redb::ReadableTable;
 
@@ -103,7 +105,7 @@ pub(crate) struct Ctx<'a> {
     /// The author of the genesis intention.
     pub founder: PublicKey,
     /// The projection.
-    pub state: &'a RwLock<FsState>,
+    pub state: &'a Projection,
     /// The node clock, shared across stores.
     pub clock: &'a Mutex<Clock>,
     /// Wall time (Unix ms) of this batch, for the clock skew rule.

@@ -95,6 +95,7 @@ mod leave_tests;
 mod member_tests;
 mod members;
 mod pages;
+mod projection;
 #[cfg(test)]
 mod reconcile_tests;
 mod replica_store;
@@ -153,6 +154,7 @@ use actor::{Request, Shared};
 use apply::{op_size, Counts, Queued};
 use index::Index;
 use pages::{Fault, TablePages};
+use projection::Projection;
 use tables::{
     chain_at, hashes_from_bytes, hashes_to_bytes, hlc_from_bytes, verify_witness, Tables, FLOATING,
     HEADS, INTENTIONS, META, META_ATTESTED, META_FOUNDER, META_FRONTIER, META_LAST_LOCAL_HLC,
@@ -883,7 +885,7 @@ impl Store {
         StoreStats {
             intentions: self.applied(),
             floating: shared.floating.load(Ordering::Relaxed),
-            fs: shared.state.read().stats(),
+            fs: shared.state.stats(),
             replayed: self.handle.replayed,
         }
     }
@@ -991,7 +993,7 @@ fn new_shared(
         id,
         founder,
         identity,
-        state: RwLock::new(state),
+        state: Projection::new(state),
         clock,
         mailbox: Mutex::default(),
         wake: parking_lot::Condvar::new(),

@@ -86,6 +86,19 @@ pub(crate) fn create(name: &str) -> OpBody {
     })
 }
 
+/// A new store in `dir` founded by a fresh identity, named "s".
+fn store_in(dir: &Path) -> Store {
+    Store::create(
+        dir,
+        StoreId([6; 16]),
+        Identity::generate(),
+        clock(),
+        "s",
+        "me",
+    )
+    .unwrap()
+}
+
 fn write_body(file: OpId, data: &str) -> OpBody {
     OpBody::Write {
         file,
@@ -424,6 +437,22 @@ fn flushed_writes_survive_reopen_and_the_clock_does_not_go_backwards() {
 }
 
 #[test]
+fn the_counts_kept_between_two_status_calls_follow_every_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = store_in(tmp.path());
+    assert_eq!(store.stats().fs.files, 0);
+    assert_eq!(store.stats().fs.files, 0, "asked again with no change");
+    let file = store.write(|tx| Ok(tx.push(create("a"))?)).unwrap();
+    let counted = store.stats().fs;
+    assert_eq!((counted.files, counted.bytes), (1, 1));
+    store
+        .write(|tx| Ok(tx.push(write_body(file, "longer"))?))
+        .unwrap();
+    assert_eq!(store.stats().fs.bytes, 6);
+    assert_eq!(store.stats().fs.bytes, 6, "asked again with no change");
+}
+
+#[test]
 fn a_flush_syncs_content_first_and_fails_while_the_content_cannot_be_synced() {
     use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
     let tmp = tempfile::tempdir().unwrap();
@@ -472,15 +501,7 @@ fn a_flush_syncs_content_first_and_fails_while_the_content_cannot_be_synced() {
 #[test]
 fn ops_pushed_together_are_sealed_into_one_intention_naming_the_tip_and_heads() {
     let tmp = tempfile::tempdir().unwrap();
-    let store = Store::create(
-        tmp.path(),
-        StoreId([6; 16]),
-        Identity::generate(),
-        clock(),
-        "s",
-        "me",
-    )
-    .unwrap();
+    let store = store_in(tmp.path());
     let genesis = store.digest().unwrap().heads;
     store
         .write(|tx| {
@@ -762,15 +783,7 @@ fn subscribers_see_sealed_bytes_and_applied_files_after_commit() {
         other => panic!("expected Applied, got {other:?}"),
     }
 
-    let a = Store::create(
-        &tmp.path().join("a"),
-        StoreId([6; 16]),
-        Identity::generate(),
-        clock(),
-        "s",
-        "me",
-    )
-    .unwrap();
+    let a = store_in(&tmp.path().join("a"));
     let mut events = a.subscribe();
     a.write(|tx| {
         tx.push(create("hello"))?;
