@@ -422,7 +422,11 @@ fn under_ci_headless_chromium_shows_the_stores_and_a_change_made_in_the_mount_li
     let changes = browser.wait_text("#changes", &["team/from-the-mount.txt", "this node"]);
     eprintln!("changes on the page:\n{changes}");
     // A change also refreshes the stores: both files, 11 + 17 bytes.
-    browser.wait_text("#stores tr[data-store=team]", &["28 B"]);
+    let row = browser.wait_text("#stores tr[data-store=team]", &["28 B", "syncing, eager"]);
+    assert!(
+        !row.contains("false") && !row.contains("deleted"),
+        "no raw field on the page: {row}"
+    );
     // Kept after the test (the daemon's temp dir goes): the one file it leaves.
     let shots = tempfile::Builder::new()
         .prefix("lattice-web-screenshot")
