@@ -5,7 +5,6 @@
 use std::mem;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,7 +22,7 @@ use crate::store::cut::revise;
 use crate::store::error::StoreError;
 use crate::store::frontier::{self, Standing};
 use crate::store::index::Index;
-use crate::store::pages::{self, Fault, TablePages};
+use crate::store::pages;
 use crate::store::projection::Projection;
 use crate::store::tables::{Tables, CHAIN, FLOATING, HISTORY, INTENTIONS, REFUSED, WITNESS};
 use crate::store::{ApplyOutcome, HistoryItem, StoreEvent, WitnessBatch};
@@ -138,8 +137,6 @@ pub(crate) struct Shared {
     pub manual: bool,
     /// The stability frontier as last computed (see `store::frontier`).
     pub standing: Mutex<Standing>,
-    /// The first read fault of the projection's page tables (see `store::pages`).
-    pub fault: Fault,
     /// Snapshot trees built lately (see `store::snapshots`).
     pub snapshots: Mutex<crate::store::snapshots::SnapshotCache>,
 }
@@ -445,7 +442,7 @@ impl Actor {
         last: bool,
     ) -> Result<Committed, StoreError> {
         let shared = self.shared.clone();
-        pages::check(&shared.fault)?;
+        shared.index.pages().check()?;
         let cx = shared.ctx();
         let before = self.counts.intentions;
         let mut cut = None;
@@ -538,8 +535,7 @@ impl Actor {
         }
         shared.index.commit(txn)?;
         if let Some(cut) = cut {
-            let src = TablePages::open(&*shared.index.db()?, shared.fault.clone())?;
-            shared.state.write().settle_pages(cut, Arc::new(src));
+            shared.state.write().settle_pages(cut, shared.index.pages());
             // The overlay just settled was most of what the projection held in memory.
             crate::budget::release_freed();
         }

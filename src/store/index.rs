@@ -33,6 +33,7 @@ use redb::{
 use crate::hlc::Hlc;
 use crate::ids::Hash;
 use crate::store::error::StoreError;
+use crate::store::pages::TablePages;
 use crate::store::tables::{index_key, INDEX, INDEX_BLOCKS};
 use crate::sync::reconcile::ReconcileStorage;
 
@@ -274,7 +275,8 @@ fn split(table: &impl ReadableTable<Key, ()>, b: &mut Block) -> Result<Block, St
     Ok(upper)
 }
 
-/// A store's index: the shared database and the summary of its last commit.
+/// A store's index: the shared database, the summary of its last commit and the
+/// projection's page tables as of that commit.
 pub(crate) struct Index {
     /// The store's database, shared by the actor (writes) and views (reads) until
     /// the actor stops.
@@ -283,6 +285,8 @@ pub(crate) struct Index {
     pub working: Mutex<Summary>,
     /// The summary matching the last committed transaction.
     published: Mutex<Summary>,
+    /// The page tables of the last commit (moved on by every commit).
+    pages: Arc<TablePages>,
 }
 
 impl Index {
@@ -293,7 +297,7 @@ impl Index {
         let table = match read.open_table(INDEX) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => {
-                return Ok(Index::wrap(db, Summary::default()))
+                return Index::wrap(db, Summary::default())
             }
             Err(e) => return Err(e.into()),
         };
@@ -314,15 +318,21 @@ impl Index {
             }
         };
         drop((table, read));
-        Ok(Index::wrap(db, summary))
+        Index::wrap(db, summary)
     }
 
-    fn wrap(db: Database, summary: Summary) -> Index {
-        Index {
+    fn wrap(db: Database, summary: Summary) -> Result<Index, StoreError> {
+        Ok(Index {
+            pages: Arc::new(TablePages::open(&db)?),
             db: Mutex::new(Some(Arc::new(db))),
             working: Mutex::new(summary.clone()),
             published: Mutex::new(summary),
-        }
+        })
+    }
+
+    /// The projection's page tables as of the last commit.
+    pub(crate) fn pages(&self) -> Arc<TablePages> {
+        self.pages.clone()
     }
 
     /// The database, unless the store has shut down.
@@ -332,11 +342,12 @@ impl Index {
 
     /// Lets the database close once the last transaction on it ends.
     pub(crate) fn close(&self) {
+        self.pages.close();
         self.db.lock().take();
     }
 
-    /// Commits `txn` with the blocks of the working summary that changed, and publishes
-    /// that summary.
+    /// Commits `txn` with the blocks of the working summary that changed, publishes
+    /// that summary and moves the page tables to the new commit.
     pub(crate) fn commit(&self, txn: WriteTransaction) -> Result<(), StoreError> {
         let mut published = self.published.lock();
         let working = self.working.lock().clone();
@@ -345,6 +356,10 @@ impl Index {
         }
         txn.commit()?;
         *published = working;
+        drop(published);
+        if let Some(db) = self.db.lock().clone() {
+            self.pages.refresh(&db);
+        }
         Ok(())
     }
 

@@ -153,7 +153,6 @@ use crate::sync::frontier::{AttestError, Attestation, Frontier};
 use actor::{Request, Shared};
 use apply::{op_size, Counts, Queued};
 use index::Index;
-use pages::{Fault, TablePages};
 use projection::Projection;
 use tables::{
     chain_at, hashes_from_bytes, hashes_to_bytes, hlc_from_bytes, verify_witness, Tables, FLOATING,
@@ -461,7 +460,6 @@ impl Store {
             clock,
             index,
             opts,
-            Fault::default(),
         ));
         let mut counts = Counts::default();
         let mut txn = shared.index.db()?.begin_write()?;
@@ -514,7 +512,6 @@ impl Store {
             clock,
             index,
             opts,
-            Fault::default(),
         ));
         start(shared, Counts::default())
     }
@@ -592,7 +589,6 @@ impl Store {
             let (wall_ms, counter) = entry?.1.value();
             newest = newest.max(Hlc { wall_ms, counter });
         }
-        let fault = Fault::default();
         let (mut state, snap_seq, rewrite) = match txn.open_table(PROJECTION)?.last()? {
             Some((_, v)) if FsState::must_rebuild(v.value()) => {
                 // The projection is a pure function of the intentions: rebuild it.
@@ -602,7 +598,7 @@ impl Store {
                 );
                 (FsState::new(), 0, true)
             }
-            Some((k, v)) => match load_projection(v.value(), &txn, &fault)? {
+            Some((k, v)) => match load_projection(v.value(), &index) {
                 Ok((state, old)) => (state, k.value(), old),
                 Err(e) => {
                     // The projection is a pure function of the intentions: rebuild it.
@@ -671,10 +667,7 @@ impl Store {
             let batch = state.take_pages();
             pages::write(&txn, &mut txn.open_table(PROJECTION)?, head_seq, &batch)?;
             index.commit(txn)?;
-            state.settle_pages(
-                batch.cut(),
-                Arc::new(TablePages::open(&*index.db()?, fault.clone())?),
-            );
+            state.settle_pages(batch.cut(), index.pages());
         }
         if quarantined.len() > known_quarantined {
             // Persisted, so the set survives the next snapshot (which no longer replays them).
@@ -692,9 +685,7 @@ impl Store {
         if let Some(f) = &frontier {
             state.purge(f.below);
         }
-        let shared = Arc::new(new_shared(
-            id, founder, identity, state, clock, index, opts, fault,
-        ));
+        let shared = Arc::new(new_shared(id, founder, identity, state, clock, index, opts));
         shared.standing.lock().frontier = frontier;
         *shared.refused.lock() = refused;
         *shared.quarantined.lock() = quarantined;
@@ -965,17 +956,12 @@ fn new_db(dir: &Path, opts: &StoreOptions) -> Result<Database, StoreError> {
 }
 
 /// The projection stored as `bytes` (a page header, or a snapshot of an earlier build)
-/// with the page tables `txn` sees; true if it must be written as pages.
-fn load_projection(
-    bytes: &[u8],
-    txn: &redb::ReadTransaction,
-    fault: &Fault,
-) -> Result<Result<(FsState, bool), FsError>, StoreError> {
+/// with the page tables of `index`; true if it must be written as pages.
+fn load_projection(bytes: &[u8], index: &Index) -> Result<(FsState, bool), FsError> {
     if !FsState::is_pages_header(bytes) {
-        return Ok(FsState::decode_versioned(bytes).map(|(state, _)| (state, true)));
+        return FsState::decode_versioned(bytes).map(|(state, _)| (state, true));
     }
-    let src = Arc::new(TablePages::of(txn, fault.clone())?);
-    Ok(FsState::open_pages(bytes, src).map(|state| (state, false)))
+    FsState::open_pages(bytes, index.pages()).map(|state| (state, false))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -987,7 +973,6 @@ fn new_shared(
     clock: Arc<Mutex<Clock>>,
     index: Index,
     opts: StoreOptions,
-    fault: Fault,
 ) -> Shared {
     Shared {
         id,
@@ -1007,7 +992,6 @@ fn new_shared(
         wall: RwLock::new(opts.wall),
         manual: opts.manual,
         standing: Mutex::default(),
-        fault,
         snapshots: Mutex::default(),
     }
 }
