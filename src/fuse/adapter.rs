@@ -217,9 +217,15 @@ impl LatticeFs {
     }
 
     fn root_attr(&self) -> FileAttr {
-        let t = self.mounted_at;
+        let subdirs = self.node.stores().len() as u32;
+        self.virtual_dir(MOUNT_ROOT, self.mounted_at, 0o755, subdirs)
+    }
+
+    /// A directory the adapter makes up (the mount root, `.snapshots`), owned by the
+    /// daemon's user, with all its times `t`.
+    fn virtual_dir(&self, ino: u64, t: SystemTime, perm: u16, subdirs: u32) -> FileAttr {
         FileAttr {
-            ino: INodeNo(MOUNT_ROOT),
+            ino: INodeNo(ino),
             size: 0,
             blocks: 0,
             atime: t,
@@ -227,8 +233,8 @@ impl LatticeFs {
             ctime: t,
             crtime: t,
             kind: FileType::Directory,
-            perm: 0o755,
-            nlink: 2 + self.node.stores().len() as u32,
+            perm,
+            nlink: 2 + subdirs,
             uid: self.uid,
             gid: self.gid,
             rdev: 0,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fuser::{FileAttr, FileType, INodeNo};
+use fuser::{FileAttr, FileType};
 
 use crate::fs::{FsError, FsState, Node, SNAPSHOTS_DIR};
 use crate::ids::{OpId, StoreId};
@@ -70,23 +70,7 @@ impl LatticeFs {
             Key::Snapshots(sid) => self.snapshot_labels(sid).map(|labels| {
                 let newest = labels.iter().map(|(_, at)| at.hlc.wall_ms).max();
                 let t = std::time::UNIX_EPOCH + Duration::from_millis(newest.unwrap_or(0));
-                FileAttr {
-                    ino: INodeNo(ino),
-                    size: 0,
-                    blocks: 0,
-                    atime: t,
-                    mtime: t,
-                    ctime: t,
-                    crtime: t,
-                    kind: FileType::Directory,
-                    perm: 0o555,
-                    nlink: 2 + labels.len() as u32,
-                    uid: self.uid,
-                    gid: self.gid,
-                    rdev: 0,
-                    blksize: 4096,
-                    flags: 0,
-                }
+                self.virtual_dir(ino, t, 0o555, labels.len() as u32)
             }),
             Key::Snap(sid, at, node) => self
                 .snapshot_tree(sid, at)
