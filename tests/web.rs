@@ -92,7 +92,9 @@ async fn the_api_needs_the_token_lists_stores_makes_invites_and_streams_changes_
     let with = |path: &str| format!("{base}{path}?token={token}");
 
     // Without the token (or with another), every path is 401 and says nothing.
-    let wrong = format!("{}0", &token[..63]);
+    // The token with its last digit changed (to 0, or to 1 if it already ends in 0).
+    let last = if token.ends_with('0') { '1' } else { '0' };
+    let wrong = format!("{}{last}", &token[..63]);
     for uri in [
         format!("{base}/"),
         format!("{base}/api/status"),
