@@ -40,4 +40,9 @@ impl Content {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// True when it names a manifest blob (content kept in the content store).
+    pub fn is_manifest(&self) -> bool {
+        matches!(self, Content::Manifest { .. })
+    }
 }

@@ -1,18 +1,19 @@
 //! The content versions the projection holds now, for content collection: every alive
 //! version group of every file (the winner and conflict copies) and every symlink
-//! target, each marked with when its file was deleted if it has no visible name.
+//! target that names blobs, each marked with when its file was deleted if it has no
+//! visible name. Inline content needs no blob, so it is left out.
 
 use crate::cas::Content;
 use crate::fs::op::Kind;
 use crate::fs::state::FsState;
 use crate::ids::FileId;
 
-/// One version the projection holds: the pieces of its content.
+/// One version the projection holds: the pieces of its content that name blobs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct HeldVersion {
     /// The file.
     pub file: FileId,
-    /// Its content: a group's base and appends, or a symlink target.
+    /// Its manifest pieces: of a group's base and appends, or a symlink target.
     pub pieces: Vec<Content>,
     /// Wall ms of the latest Remove of the file's names when the file has no visible
     /// name (a deleted file, kept as retained history from then on); `None` while the
@@ -21,19 +22,29 @@ pub(crate) struct HeldVersion {
 }
 
 impl FsState {
-    /// Every version the projection holds now (see [`HeldVersion`]).
+    /// Every version the projection holds now that names a blob (see [`HeldVersion`]).
     pub(crate) fn held_versions(&self) -> Vec<HeldVersion> {
         let mut out = Vec::new();
         self.files.each(|&file, rec| {
+            let blobs = |pieces: Vec<Content>| -> Vec<Content> {
+                pieces.into_iter().filter(Content::is_manifest).collect()
+            };
             let pieces: Vec<Vec<Content>> = match rec.kind {
                 Kind::File => rec
                     .alive()
                     .keys()
-                    .map(|group| rec.view(*group).pieces)
+                    .map(|group| blobs(rec.view(*group).pieces))
+                    .filter(|p| !p.is_empty())
                     .collect(),
-                Kind::Symlink => vec![vec![rec.target.clone()]],
+                Kind::Symlink => Some(blobs(vec![rec.target.clone()]))
+                    .filter(|p| !p.is_empty())
+                    .into_iter()
+                    .collect(),
                 _ => return true,
             };
+            if pieces.is_empty() {
+                return true;
+            }
             let deleted_ms = if self.exists(file) {
                 None
             } else {

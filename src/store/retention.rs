@@ -23,7 +23,7 @@ use bytes::Bytes;
 use redb::{ReadableDatabase, ReadableTable};
 
 use crate::cas::Content;
-use crate::fs::op::{Kind, OpBody, OpError, Role, Setting};
+use crate::fs::op::{Kind, Op, OpBody, OpError, Role, Setting};
 use crate::ids::{Hash, OpId};
 use crate::intention::{stored, Stored};
 use crate::store::error::StoreError;
@@ -39,12 +39,13 @@ pub fn is_retained(superseded_ms: Option<u64>, days: u32, now_ms: u64) -> bool {
     superseded_ms.is_none_or(|at| now_ms.saturating_sub(at) < u64::from(days) * MS_PER_DAY)
 }
 
-/// The content a store keeps: what its current and retained versions need.
+/// The content a store keeps: what its current and retained versions need. Only
+/// pieces that name blobs (manifests) are listed: inline content needs none.
 #[derive(Clone, Debug, Default)]
 pub struct ContentPlan {
-    /// Content of current versions.
+    /// Manifest pieces of current versions.
     pub current: Vec<Content>,
-    /// Content of retained superseded or deleted versions.
+    /// Manifest pieces of retained superseded or deleted versions.
     pub retained: Vec<Content>,
     /// Every manifest any op of the store names, kept or not: content put for the store
     /// that none names yet belongs to a write still on its way.
@@ -66,7 +67,7 @@ pub enum SettingError {
     Store(StoreError),
 }
 
-/// One version group found in the intentions.
+/// One version group found in the intentions, with the pieces of it that name blobs.
 #[derive(Default)]
 struct Group {
     base: Option<Content>,
@@ -74,7 +75,35 @@ struct Group {
     members: Vec<OpId>,
 }
 
+/// The version group `op` (with id `id`) belongs to and the content it brings: a
+/// file's Create or a Write starts a group of its own, an Append adds to one.
+fn group_piece(id: OpId, body: &OpBody) -> Option<(OpId, &Content)> {
+    match body {
+        OpBody::Create(c) if c.kind == Kind::File => Some((id, &c.content)),
+        OpBody::Write { content, .. } => Some((id, content)),
+        OpBody::Append { group, data, .. } => Some((*group, data)),
+        _ => None,
+    }
+}
+
 impl Store {
+    /// Calls `f` with every op of every intention on disk and its id (signatures are
+    /// not checked again; bytes quarantined at open, never applied, are skipped).
+    fn each_op(&self, mut f: impl FnMut(OpId, &Op)) -> Result<(), StoreError> {
+        let txn = self.handle.shared.index.db()?.begin_read()?;
+        for row in txn.open_table(INTENTIONS)?.iter()? {
+            let (_, bytes) = row?;
+            let Ok(Stored { author, ops, .. }) = stored(Bytes::copy_from_slice(bytes.value()))
+            else {
+                continue;
+            };
+            for op in &ops {
+                f(op.id(author), op);
+            }
+        }
+        Ok(())
+    }
+
     /// A setting's value in this store.
     pub fn setting(&self, setting: Setting) -> u32 {
         self.read(|s| s.setting(setting))
@@ -116,64 +145,56 @@ impl Store {
                 plan.retained.extend(v.pieces);
             }
         }
+        // Three passes over the intentions, so memory holds only the groups that name a
+        // blob (inline content needs none): which groups those are, their members and
+        // pieces, then when each member stopped being current.
         let mut groups: HashMap<OpId, Group> = HashMap::new();
-        let mut superseded: HashMap<OpId, u64> = HashMap::new();
-        let txn = self.handle.shared.index.db()?.begin_read()?;
-        for row in txn.open_table(INTENTIONS)?.iter()? {
-            let (_, bytes) = row?;
-            let Ok(Stored { author, ops, .. }) = stored(Bytes::copy_from_slice(bytes.value()))
-            else {
-                continue; // quarantined at open: never applied
-            };
-            for op in &ops {
-                let id = op.id(author);
-                let supersedes = match &op.body {
-                    OpBody::Create(c) if c.kind == Kind::File => {
-                        groups.entry(id).or_default().base = Some(c.content.clone());
-                        groups.entry(id).or_default().members.push(id);
-                        &[][..]
-                    }
-                    OpBody::Write {
-                        supersedes,
-                        content,
-                        ..
-                    } => {
-                        let g = groups.entry(id).or_default();
-                        g.base = Some(content.clone());
-                        g.members.push(id);
-                        supersedes
-                    }
-                    OpBody::Append {
-                        group,
-                        supersedes,
-                        data,
-                        ..
-                    } => {
-                        let g = groups.entry(*group).or_default();
-                        g.appends.insert(id, data.clone());
-                        g.members.push(id);
-                        supersedes
-                    }
-                    OpBody::Dismiss { supersedes, .. } => supersedes,
-                    _ => &[][..],
-                };
-                for s in supersedes {
-                    let at = superseded.entry(*s).or_insert(op.hlc.wall_ms);
-                    *at = (*at).min(op.hlc.wall_ms);
+        self.each_op(|id, op| {
+            if let Some((group, content)) = group_piece(id, &op.body) {
+                if content.is_manifest() {
+                    groups.entry(group).or_default();
                 }
             }
-        }
+        })?;
+        let mut members: HashMap<OpId, Option<u64>> = HashMap::new();
+        self.each_op(|id, op| {
+            let Some((group, content)) = group_piece(id, &op.body) else {
+                return;
+            };
+            let Some(g) = groups.get_mut(&group) else {
+                return;
+            };
+            if content.is_manifest() {
+                match op.body {
+                    OpBody::Append { .. } => {
+                        g.appends.insert(id, content.clone());
+                    }
+                    _ => g.base = Some(content.clone()),
+                }
+            }
+            g.members.push(id);
+            members.insert(id, None);
+        })?;
+        self.each_op(|_, op| {
+            let supersedes = match &op.body {
+                OpBody::Write { supersedes, .. }
+                | OpBody::Append { supersedes, .. }
+                | OpBody::Dismiss { supersedes, .. } => supersedes,
+                _ => return,
+            };
+            for s in supersedes {
+                if let Some(at) = members.get_mut(s) {
+                    *at = Some(at.map_or(op.hlc.wall_ms, |at| at.min(op.hlc.wall_ms)));
+                }
+            }
+        })?;
         for g in groups.into_values() {
             let pieces: Vec<Content> = g.base.into_iter().chain(g.appends.into_values()).collect();
             plan.named.extend(pieces.iter().filter_map(|c| match c {
                 Content::Manifest { hash, .. } => Some(*hash),
                 Content::Inline(_) => None,
             }));
-            let dead: Option<Vec<u64>> = g
-                .members
-                .iter()
-                .map(|m| superseded.get(m).copied())
-                .collect();
+            let dead: Option<Vec<u64>> = g.members.iter().map(|m| members[m]).collect();
             // A group with a head left is the projection's to judge (current, or a
             // deleted file's), above.
             let Some(dead_ms) = dead.and_then(|d| d.into_iter().max()) else {
