@@ -84,18 +84,27 @@ pub fn status_human(s: &StatusResponse) -> String {
         let _ = match &st.space {
             Some(sp) => writeln!(
                 out,
-                "{}: content {} bytes live, {} bytes retained history ({} days), {} bytes reclaimable",
+                "{}: content {} bytes live, {} bytes retained history ({} days), {} bytes reclaimable{}",
                 printable(&st.name),
                 sp.live_bytes,
                 sp.retained_bytes,
                 st.retention_days,
-                sp.reclaimable_bytes
+                sp.reclaimable_bytes,
+                match (sp.current, st.space_error.as_str()) {
+                    (true, _) => String::new(),
+                    (false, "") => format!(" (measured {} ago; measuring again)", ago(sp.age_secs * 1000)),
+                    (false, e) => format!(" (measured {} ago; measuring again failed: {e})", ago(sp.age_secs * 1000)),
+                }
             ),
             None => writeln!(
                 out,
-                "{}: keeps old versions {} days; content space unavailable (see the daemon's log)",
+                "{}: keeps old versions {} days; content space {}",
                 printable(&st.name),
-                st.retention_days
+                st.retention_days,
+                match st.space_error.as_str() {
+                    "" => "being measured".to_string(),
+                    e => format!("unavailable: {e}"),
+                }
             ),
         };
         if st.quarantined > 0 {
@@ -497,7 +506,7 @@ pub fn status_json(s: &StatusResponse) -> String {
                  \"dirs\":{},\"bytes\":{},\"conflicts\":{},\"paused\":{},\"fetch\":{},\
                  \"peers_online\":{},\"members\":{},\"unsent\":{},\"equivocators\":[{}],\
                  \"quarantined\":{},\"quarantined_hashes\":[{}],\"frontier\":{},\
-                 \"retention_days\":{},\"horizon_days\":{},\"space\":{},\"deleted\":{},\"to_fetch\":{},\
+                 \"retention_days\":{},\"horizon_days\":{},\"space\":{},\"space_error\":{},\"deleted\":{},\"to_fetch\":{},\
                  \"local\":{{\"files\":{},\"bytes\":{}}},\"ignore_problems\":[{}]}}",
                 json_string(&st.name),
                 json_string(&st.id),
@@ -534,9 +543,10 @@ pub fn status_json(s: &StatusResponse) -> String {
                 st.retention_days,
                 st.horizon_days,
                 st.space.as_ref().map_or("null".to_string(), |sp| format!(
-                    "{{\"live_bytes\":{},\"retained_bytes\":{},\"reclaimable_bytes\":{}}}",
-                    sp.live_bytes, sp.retained_bytes, sp.reclaimable_bytes
+                    "{{\"live_bytes\":{},\"retained_bytes\":{},\"reclaimable_bytes\":{},\"age_secs\":{},\"current\":{}}}",
+                    sp.live_bytes, sp.retained_bytes, sp.reclaimable_bytes, sp.age_secs, sp.current
                 )),
+                json_string(&st.space_error),
                 st.deleted,
                 format_args!(
                     "{{\"files\":{},\"bytes\":{},\"rate\":{},\"eta_secs\":{}}}",

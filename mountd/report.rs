@@ -44,6 +44,7 @@ pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
             let stats = s.stats();
             let quarantined = s.quarantined();
             let (local_files, local_bytes) = node.local_usage(s.id());
+            let space = node.space(s);
             StoreStatus {
                 name: store_name(s),
                 id: s.id().to_hex(),
@@ -71,15 +72,14 @@ pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
                 local_files,
                 local_bytes,
                 ignore_problems: node.ignore_problems(s.id()),
-                space: node
-                    .space(s)
-                    .map_err(|e| tracing::warn!("content space unavailable: {e}"))
-                    .ok()
-                    .map(|sp| ContentSpace {
-                        live_bytes: sp.live,
-                        retained_bytes: sp.retained,
-                        reclaimable_bytes: sp.reclaimable,
-                    }),
+                space: space.last.map(|(sp, age)| ContentSpace {
+                    live_bytes: sp.live,
+                    retained_bytes: sp.retained,
+                    reclaimable_bytes: sp.reclaimable,
+                    age_secs: age.as_secs(),
+                    current: space.current,
+                }),
+                space_error: space.error.unwrap_or_default(),
                 ..StoreStatus::default()
             }
         })

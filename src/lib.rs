@@ -56,7 +56,7 @@ pub use net::{
 pub use node::{
     check_display_name, store_name, Change, Conflict, ConflictError, DeletedFile, Exported,
     FileProof, HistoryOp, JoinState, Keep, LiveVersion, Node, NodeError, Pick, ProvenVersion,
-    Resolution, RestoreError, Restored, Unreadable, Version, VersionOp, VersionState,
+    Resolution, RestoreError, Restored, SpaceReading, Unreadable, Version, VersionOp, VersionState,
     MIN_VERSION_PREFIX,
 };
 pub use store::{

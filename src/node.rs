@@ -14,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::budget::CacheBudget;
-use crate::cas::{Cas, CasError, Content, GcReport, Space};
+use crate::cas::{Cas, CasError, Content, GcReport};
 use crate::fs::op::{clean_label, validate_label, Op, OpError, SetMeta};
 use crate::fs::{FsError, FsState};
 use crate::hlc::{Clock, Hlc};
@@ -32,6 +32,7 @@ mod paths;
 mod restore;
 #[cfg(test)]
 mod restore_tests;
+mod space;
 mod verify;
 
 pub use changes::Change;
@@ -40,6 +41,7 @@ pub use leave::Exported;
 pub use restore::{
     DeletedFile, Pick, RestoreError, Restored, Version, VersionState, MIN_VERSION_PREFIX,
 };
+pub use space::SpaceReading;
 pub use verify::{FileProof, ProvenVersion, VersionOp};
 
 /// Key file name inside the data dir.
@@ -59,9 +61,6 @@ const JOINING_FILE: &str = "joining";
 const CLAIMED_FILE: &str = "blobs-claimed";
 /// Directory in a store's directory holding the files its ignore rules keep local.
 const LOCAL_DIR: &str = "local";
-/// How long a store's measured content space is reused while no intention arrives:
-/// versions expire by the day, so a minute-old figure is as good as a new one.
-const SPACE_FRESH: std::time::Duration = std::time::Duration::from_secs(60);
 /// The display name when neither a stored name nor the host name gives a valid one.
 const DEFAULT_DISPLAY_NAME: &str = "node";
 
@@ -152,8 +151,8 @@ struct Inner {
     joining: Mutex<Vec<Store>>,
     /// Store directories that could not be opened, with why; the others run without them.
     unreadable: Vec<Unreadable>,
-    /// Each store's content space when last measured: when, at which applied count.
-    space: Mutex<std::collections::HashMap<StoreId, (std::time::Instant, u64, Space)>>,
+    /// Each store's content space as last measured (see `space`).
+    space: Mutex<space::SpaceSlots>,
     /// The ignore rules: which new names stay local.
     ignore: ignored::IgnoreRules,
 }
@@ -250,7 +249,7 @@ impl Node {
                 stores_generation: tokio::sync::watch::Sender::new(0),
                 joining: Mutex::new(joining),
                 unreadable,
-                space: Mutex::new(std::collections::HashMap::new()),
+                space: Mutex::new(space::SpaceSlots::new()),
                 ignore: ignored::IgnoreRules::new(),
             }),
         })
@@ -335,39 +334,11 @@ impl Node {
                 .inner
                 .cas
                 .space(s.id(), &plan.current, &plan.retained)?;
-            self.inner
-                .space
-                .lock()
-                .insert(s.id(), (std::time::Instant::now(), applied, space));
+            self.keep_space(&s, applied, space);
             tracing::info!(store = %name, blobs = freed.blobs, bytes = freed.bytes, "content collected");
             out.push((name, freed));
         }
         Ok(out)
-    }
-
-    /// The content space of `store`: measured again unless a measurement younger than
-    /// [`SPACE_FRESH`] saw the same intentions (it reads every intention on disk).
-    pub fn space(&self, store: &Store) -> Result<Space, NodeError> {
-        let applied = store.applied();
-        if let Some((at, seen, space)) = self.inner.space.lock().get(&store.id()) {
-            if *seen == applied && at.elapsed() < SPACE_FRESH {
-                return Ok(*space);
-            }
-        }
-        let failed = |source| NodeError::Store {
-            store: store_name(store),
-            source,
-        };
-        let plan = store.content_plan().map_err(failed)?;
-        let space = self
-            .inner
-            .cas
-            .space(store.id(), &plan.current, &plan.retained)?;
-        self.inner
-            .space
-            .lock()
-            .insert(store.id(), (std::time::Instant::now(), applied, space));
-        Ok(space)
     }
 
     /// A counter that changes whenever the set of stores does (a store created or joined).

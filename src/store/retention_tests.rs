@@ -183,7 +183,12 @@ fn collection_keeps_every_blob_a_current_or_retained_version_needs_and_nothing_e
             "an expired version kept blobs"
         );
     }
-    let space = node.space(&store).unwrap();
+    let reading = node.space(&store);
+    assert!(
+        reading.current,
+        "the collection measured the space: {reading:?}"
+    );
+    let space = reading.last.unwrap().0;
     assert_eq!(space.reclaimable, 0, "{space:?}");
     assert!(
         (len as u64..len as u64 + SLACK).contains(&space.live),
@@ -352,5 +357,61 @@ fn both_settings_survive_a_restart_and_the_snapshot() {
     let decoded = crate::fs::FsState::decode_snapshot(&snapshot).unwrap();
     assert_eq!(decoded.retention_days(), 3);
     assert_eq!(decoded.horizon_days(), 5);
+    node.shutdown().unwrap();
+}
+
+/// Polls `node`'s reading of `store`'s space until it is current (bounded).
+fn current_space(node: &Node, store: &Store) -> crate::cas::Space {
+    for _ in 0..3000 {
+        let reading = node.space(store);
+        if reading.current {
+            return reading.last.unwrap().0;
+        }
+        assert_eq!(reading.error, None);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the content space was not measured within 30 s");
+}
+
+#[test]
+fn the_content_space_is_measured_in_the_background_and_kept_across_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let len = 1 << 20;
+    let (before, file) = {
+        let (_rt, node) = node(tmp.path());
+        let store = node.create_store("s").unwrap();
+        let (file, _) = create(&node, &store, "f", &data(1, len));
+        let first = node.space(&store);
+        assert!(!first.current && first.last.is_none(), "{first:?}");
+        let before = current_space(&node, &store);
+        assert!(
+            (len as u64..len as u64 + SLACK).contains(&before.live),
+            "{before:?}"
+        );
+        node.shutdown().unwrap();
+        (before, file)
+    };
+    let (_rt, node) = node(tmp.path());
+    let store = node.store_by_name("s").unwrap();
+    let kept = node.space(&store);
+    assert!(kept.current, "nothing applied since: {kept:?}");
+    assert_eq!(kept.last.unwrap().0, before);
+
+    overwrite(&node, &store, file, &data(2, 2 * len));
+    // A measurement dates by the applied count, which moves when the op is sealed.
+    store.flush().unwrap();
+    let stale = node.space(&store);
+    assert!(!stale.current, "{stale:?}");
+    assert_eq!(
+        stale.last.unwrap().0,
+        before,
+        "the last figures stay until measured"
+    );
+    let after = current_space(&node, &store);
+    assert!(
+        (2 * len as u64..2 * len as u64 + SLACK).contains(&after.live),
+        "{after:?}"
+    );
+    assert!(after.retained >= len as u64, "{after:?}");
     node.shutdown().unwrap();
 }
