@@ -380,6 +380,9 @@ fn clone(a: &Node, base: &Path) -> Result<Cloned> {
             && store_count(&b, "files").ok() == Some(files))
     })?;
     let took = t.elapsed();
+    // Like every memory reading here, after the quiet that lets the last commit, page
+    // write and background measurement finish.
+    std::thread::sleep(SETTLE);
     let r = Cloned {
         took,
         rss_a: rss(a.pid())?,
