@@ -72,7 +72,7 @@ pub(super) struct SpaceSlot {
     loaded: bool,
     /// Why the last measurement failed, when it did.
     error: Option<String>,
-    /// A measurement is running.
+    /// A measurement is running or waiting for its turn (see [`SPACE_GAP`]).
     running: bool,
     /// The earliest time the next measurement may start (see [`SPACE_GAP`]).
     next: Option<Instant>,
@@ -119,7 +119,7 @@ fn now_ms() -> u64 {
 impl Node {
     /// The last content space measured for `store`. When it is out of date (intentions
     /// arrived since, or it is older than a minute) a measurement starts in the
-    /// background; it never runs on the caller's thread.
+    /// background once [`SPACE_GAP`] allows; it never runs on the caller's thread.
     pub fn space(&self, store: &Store) -> SpaceReading {
         let now = now_ms();
         let applied = store.applied();
@@ -135,13 +135,16 @@ impl Node {
         let current = slot
             .last
             .is_some_and(|m| m.applied == applied && age(&m) < SPACE_FRESH);
-        let due = slot.next.is_none_or(|at| Instant::now() >= at);
-        if !current && !slot.running && due {
+        if !current && !slot.running {
             slot.running = true;
+            let wait = slot.next.map_or(Duration::ZERO, |at| {
+                at.saturating_duration_since(Instant::now())
+            });
             let (node, store) = (self.clone(), store.clone());
             let spawned = std::thread::Builder::new()
                 .name("lattice-space".into())
                 .spawn(move || {
+                    std::thread::sleep(wait);
                     yield_to_requests();
                     let started = Instant::now();
                     let measured = node.measure_space(&store);

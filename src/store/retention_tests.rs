@@ -413,5 +413,18 @@ fn the_content_space_is_measured_in_the_background_and_kept_across_a_restart() {
         "{after:?}"
     );
     assert!(after.retained >= len as u64, "{after:?}");
+
+    // A change right after a measurement is measured once the gap has passed, without
+    // anyone asking again.
+    overwrite(&node, &store, file, &data(3, len));
+    store.flush().unwrap();
+    assert!(!node.space(&store).current);
+    std::thread::sleep(SPACE_GAP_AND_SOME);
+    let later = node.space(&store);
+    assert!(later.current, "{later:?}");
     node.shutdown().unwrap();
 }
+
+/// Longer than the gap between two measurements of a small store (2 s), with room for
+/// the measurement itself.
+const SPACE_GAP_AND_SOME: Duration = Duration::from_secs(5);
