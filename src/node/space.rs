@@ -148,7 +148,7 @@ impl Node {
                     yield_to_requests();
                     let started = Instant::now();
                     let measured = node.measure_space(&store);
-                    // A measurement held every version of the store in memory.
+                    // The scan freed what it decoded in this thread's allocator arena.
                     crate::budget::release_freed();
                     let took = started.elapsed();
                     let mut slots = node.inner.space.lock();
