@@ -6,9 +6,10 @@
 //! applied count, which a local op moves when it is sealed into an intention.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crate::cas::Space;
+use crate::hlc::now_ms;
 use crate::ids::StoreId;
 use crate::net::peers::write_atomic;
 use crate::store::Store;
@@ -107,13 +108,6 @@ fn yield_to_requests() {
             std::io::Error::last_os_error()
         );
     }
-}
-
-/// Wall ms since the Unix epoch.
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Node {
