@@ -62,6 +62,16 @@ impl Measured {
         };
         next().is_none().then_some(m)
     }
+
+    /// Whether it still describes a store that has applied `applied` intentions at wall
+    /// ms `now`: the same intentions, taken under [`SPACE_FRESH`] ago. One dated after
+    /// `now` (a clock set back, a damaged file) is not: it would otherwise pass for
+    /// fresh for as long as the clock lags.
+    fn is_current(&self, applied: u64, now: u64) -> bool {
+        self.applied == applied
+            && self.at_ms <= now
+            && Duration::from_millis(now - self.at_ms) < SPACE_FRESH
+    }
 }
 
 /// What a node knows of one store's content space.
@@ -126,9 +136,7 @@ impl Node {
             slot.last = slot.last.or(kept.as_deref().and_then(Measured::decode));
         }
         let age = |m: &Measured| Duration::from_millis(now.saturating_sub(m.at_ms));
-        let current = slot
-            .last
-            .is_some_and(|m| m.applied == applied && age(&m) < SPACE_FRESH);
+        let current = slot.last.is_some_and(|m| m.is_current(applied, now));
         if !current && !slot.running {
             slot.running = true;
             let wait = slot.next.map_or(Duration::ZERO, |at| {
@@ -221,5 +229,21 @@ mod tests {
         for bad in ["", "1 2 3 4", "1 2 3 4 5 6", "1 2 x 4 5", "-1 2 3 4 5"] {
             assert_eq!(Measured::decode(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_measurement_is_current_for_the_same_intentions_within_the_minute_and_never_from_the_future(
+    ) {
+        let m = Measured {
+            at_ms: 1_000_000,
+            applied: 7,
+            space: Space::default(),
+        };
+        let fresh = SPACE_FRESH.as_millis() as u64;
+        assert!(m.is_current(7, 1_000_000));
+        assert!(m.is_current(7, 1_000_000 + fresh - 1));
+        assert!(!m.is_current(7, 1_000_000 + fresh));
+        assert!(!m.is_current(8, 1_000_000));
+        assert!(!m.is_current(7, 999_999), "dated after now");
     }
 }
