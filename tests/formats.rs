@@ -25,8 +25,6 @@ const FIXTURE_PAGES_3: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtur
 const FIXTURE_PAGES_4: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/1c192cb");
 /// The store the fixture's commands made.
 const STORE: &str = "team";
-/// The table of the stored projection (a page header under its witness seq).
-const PROJECTION: TableDefinition<u64, &[u8]> = TableDefinition::new("projection.v3");
 /// The one table whose name never changes: it holds the schema version.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// The `meta` row with the schema version (u32 big-endian).
@@ -133,9 +131,14 @@ fn names(s: &FsState, path: &str) -> Vec<String> {
 
 /// The format version of the page header stored in `db_file`.
 fn header_format(db_file: &Path) -> u32 {
+    // The table of the stored projection (a page header under its witness seq), named
+    // for the file's schema.
+    let table = format!("projection.v{}", schema_of(db_file).0);
     let db = Database::open(db_file).unwrap();
     let txn = db.begin_read().unwrap();
-    let t = txn.open_table(PROJECTION).unwrap();
+    let t = txn
+        .open_table(TableDefinition::<u64, &[u8]>::new(&table))
+        .unwrap();
     let (_, header) = t.last().unwrap().expect("a stored projection");
     let header = header.value();
     assert!(FsState::is_pages_header(header));
@@ -328,7 +331,7 @@ fn a_data_dir_with_pages_of_the_previous_format_opens_rebuilt_with_its_tree_inta
     let data = tmp.path().join("data");
     copy_private(Path::new(FIXTURE_PAGES_3), &data);
     let db_file = store_dir(&data).join(DB_FILE);
-    assert_eq!(schema_of(&db_file).0, SCHEMA_VERSION);
+    assert_eq!(schema_of(&db_file).0, 3);
     assert_eq!(header_format(&db_file), 3);
 
     let opened = |data: &Path| {
@@ -342,6 +345,7 @@ fn a_data_dir_with_pages_of_the_previous_format_opens_rebuilt_with_its_tree_inta
         replayed > 0,
         "format 3 pages are rebuilt from the intentions"
     );
+    assert_eq!(schema_of(&db_file).0, SCHEMA_VERSION);
     assert_eq!(header_format(&db_file), 5);
     let (again, replayed) = opened(&data);
     assert_eq!(replayed, 0, "the rebuilt pages are read as they are");

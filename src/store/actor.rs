@@ -598,16 +598,19 @@ impl Actor {
         let mut size = 0;
         for h in hashes.iter().filter(|h| !self.held.hashes.contains(h)) {
             let found = match intentions.get(h.0)? {
-                Some(v) => Some(v),
-                None => refused.get(h.0)?.filter(|v| !v.value().is_empty()),
+                Some(v) => Some(v.value()),
+                None => refused
+                    .get(h.0)?
+                    .map(|v| Bytes::copy_from_slice(v.value()))
+                    .filter(|v| !v.is_empty()),
             };
             if let Some(v) = found {
-                let len = v.value().len();
+                let len = v.len();
                 if !out.is_empty() && size + len > max_bytes {
                     break;
                 }
                 size += len;
-                out.push(Bytes::copy_from_slice(v.value()));
+                out.push(v);
             }
         }
         Ok(out)
@@ -654,13 +657,14 @@ impl Actor {
             let Some(bytes) = intentions.get(hash.0)? else {
                 continue;
             };
-            let n = bytes.value().len();
+            let bytes = bytes.value();
+            let n = bytes.len();
             if !batch.intentions.is_empty() && size + n > max_bytes {
                 batch.next = k.value();
                 break;
             }
             size += n;
-            batch.intentions.push(Bytes::copy_from_slice(bytes.value()));
+            batch.intentions.push(bytes);
         }
         Ok(batch)
     }
@@ -700,19 +704,26 @@ impl Actor {
         let txn = self.shared.index.db()?.begin_read()?;
         let history = txn.open_table(HISTORY)?;
         let intentions = txn.open_table(INTENTIONS)?;
+        let witness = txn.open_table(WITNESS)?;
         let key = file.to_bytes();
         let mut items = Vec::new();
         for entry in history.range((key, 0)..=(key, u64::MAX))? {
-            let (k, v) = entry?;
-            let hash = Hash(v.value());
+            let seq = entry?.0.value().1;
+            let hash = Hash(
+                witness
+                    .get(seq)?
+                    .ok_or_else(|| StoreError::Corrupt(format!("history names witness {seq}")))?
+                    .value()
+                    .0,
+            );
             let bytes = intentions
                 .get(hash.0)?
                 .ok_or_else(|| StoreError::Corrupt(format!("history names unknown {hash}")))?;
-            let Ok(i) = Intention::decode(Bytes::copy_from_slice(bytes.value())) else {
+            let Ok(i) = Intention::decode(bytes.value()) else {
                 continue; // quarantined at open: never applied, so no part of the history
             };
             items.push(HistoryItem {
-                seq: k.value().1,
+                seq,
                 hash,
                 author: i.author,
                 hlc: i.hlc,

@@ -743,7 +743,7 @@ pub(crate) fn demoted(t: &Tables<'_>, state: &FsState) -> Result<Vec<Hash>, Stor
             let Some(bytes) = t.intentions.get(h.0)? else {
                 continue;
             };
-            let i = Intention::decode(Bytes::copy_from_slice(bytes.value()))
+            let i = Intention::decode(bytes.value())
                 .map_err(|e| StoreError::Corrupt(format!("stored intention {h}: {e}")))?;
             let seq = t.seq_of(&h)?.map_or(0, |(_, s)| s);
             if check_authority(t, state, &i, seq).is_err() {
@@ -939,7 +939,7 @@ fn integrate(
     t.add_hlc(&i.hash, i.hlc)?;
     let demotes = place_grants(t, i)?;
     let seq = t.append_witness(&i.hash)?;
-    t.intentions.insert(i.hash.0, &i.bytes[..])?;
+    t.intentions.insert(i.hash.0, &i.bytes)?;
     let key = index_key(i.hlc, &i.hash);
     if t.index.insert(key, ())?.is_none() {
         cx.summary.lock().insert(&t.index, key)?;
@@ -975,7 +975,7 @@ fn integrate(
     effects.applied += usize::from(local.is_none());
     effects.revoked |= holds_revocation(i) || demotes;
     for f in touched.into_iter().flatten() {
-        t.add_history(f, seq, &i.hash)?;
+        t.add_history(f, seq)?;
         if local.is_none() {
             effects.touched.push(f);
         }

@@ -33,7 +33,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 
-use bytes::Bytes;
 use redb::ReadableTable;
 
 use crate::fs::FsState;
@@ -96,9 +95,8 @@ fn void(
         .intentions
         .remove(hash.0)?
         .ok_or_else(|| StoreError::Corrupt(format!("voiding unknown {hash}")))?
-        .value()
-        .to_vec();
-    let i = Intention::decode(Bytes::from(bytes))
+        .value();
+    let i = Intention::decode(bytes)
         .map_err(|e| StoreError::Corrupt(format!("stored intention {hash}: {e}")))?;
     let seq = t
         .seq_of(hash)?
@@ -136,7 +134,7 @@ fn rebuild(
         let Some(bytes) = t.intentions.get(hash.0)? else {
             continue;
         };
-        let Ok(i) = Intention::decode(Bytes::copy_from_slice(bytes.value())) else {
+        let Ok(i) = Intention::decode(bytes.value()) else {
             continue; // quarantined at open (see `Store::open`): kept, never applied
         };
         let seq = t.seq_of(&hash)?.map_or(0, |(_, seq)| seq);
@@ -159,14 +157,21 @@ fn rebuild(
         t.heads.insert(h.0, (hlc.wall_ms, hlc.counter))?;
     }
     let refused = cx.refused.lock().clone();
-    let mut touched = Vec::new();
-    for entry in t.history.iter()? {
-        let (k, v) = entry?;
-        if refused.contains(&Hash(v.value())) {
-            touched.extend(crate::ids::OpId::from_bytes(&k.value().0));
+    let mut voided = HashSet::new();
+    for entry in t.witness.iter()? {
+        let (seq, row) = entry?;
+        if refused.contains(&Hash(row.value().0)) {
+            voided.insert(seq.value());
         }
     }
-    t.history.retain(|_, h| !refused.contains(&Hash(h)))?;
+    let mut touched = Vec::new();
+    for entry in t.history.iter()? {
+        let (file, seq) = entry?.0.value();
+        if voided.contains(&seq) {
+            touched.extend(crate::ids::OpId::from_bytes(&file));
+        }
+    }
+    t.history.retain(|(_, seq), ()| !voided.contains(&seq))?;
     cx.effects.borrow_mut().touched.extend(touched);
     *state = fresh;
     Ok(lost.len())

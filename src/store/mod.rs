@@ -1,9 +1,10 @@
 //! The store: one redb file per replicated folder, owned by one actor thread.
 //!
 //! ## Tables (`DIR/store.redb`, see `tables.rs`)
-//! Names below omit the schema suffix (`intentions` is the table `intentions.v3`);
+//! Names below omit the schema suffix (`intentions` is the table `intentions.v4`);
 //! `schema.rs` has the versions and their migrations.
-//! - `intentions`: intention hash -> the exact signed bytes as received (never re-encoded).
+//! - `intentions`: intention hash -> the exact signed bytes as received (never re-encoded;
+//!   stored LZ4-compressed when that is shorter, `packed.rs`).
 //! - `witness`: local seq (from 1) -> (intention hash, chain hash), where
 //!   `chain = blake3(previous chain || intention hash)` and the chain before seq 1 is
 //!   zero: the append-only, hash-chained order in which this node applied intentions.
@@ -15,8 +16,9 @@
 //!   `prev` or dep. The next local intention names the [`MAX_DEPS`] greatest-HLC heads.
 //! - `index`: HLC wall ms (big-endian) || hash -> (): the reconciliation index, summarised
 //!   in memory by blocks of rows with their count and hash sum (`index.rs`).
-//! - `history`: (file id bytes, witness seq) -> hash of an intention with an op that
-//!   touched the file (per `FsState::touched`, resolved before the op was applied).
+//! - `history`: (file id bytes, witness seq) -> (): the intention at that witness seq has
+//!   an op that touched the file (per `FsState::touched`, resolved before the op was
+//!   applied).
 //! - `seqs`: hash -> (author, author-chain seq) of every applied or refused intention.
 //! - `chain`: (author, seq, hash) -> () of every applied intention (revocation cuts).
 //! - `refused`: hash -> bytes of an intention refused on arrival or voided past a
@@ -94,6 +96,7 @@ mod leave_tests;
 #[cfg(test)]
 mod member_tests;
 mod members;
+mod packed;
 mod pages;
 mod projection;
 #[cfg(test)]
@@ -632,8 +635,7 @@ impl Store {
                 continue;
             }
             let decoded = match intentions.get(hash.0)? {
-                Some(bytes) => Intention::decode(Bytes::copy_from_slice(bytes.value()))
-                    .map_err(|e| e.to_string()),
+                Some(bytes) => Intention::decode(bytes.value()).map_err(|e| e.to_string()),
                 None => Err("its bytes are missing".to_string()),
             };
             match decoded {

@@ -1,7 +1,7 @@
 //! The projection's page tables: the [`PageSource`] a paged `FsState` reads its
 //! settled records from, and the write of a [`PageBatch`] in a commit.
 //!
-//! Each [`Page`] is a table `page_<name>.v3` of encoded key -> encoded value (see
+//! Each [`Page`] is a table `page_<name>.v4` of encoded key -> encoded value (see
 //! `fs::paged`); the header goes to the `projection` table under the witness seq it
 //! reflects, where snapshots of earlier builds were (a snapshot found there is decoded
 //! and written as pages at open). A read fault (an I/O error, a record that does not
@@ -22,13 +22,13 @@ use crate::store::error::StoreError;
 /// The table of `page`.
 pub(crate) fn table(page: Page) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
     TableDefinition::new(match page {
-        Page::Entries => "page_entries.v3",
-        Page::Children => "page_children.v3",
-        Page::Subdirs => "page_subdirs.v3",
-        Page::ByFile => "page_by_file.v3",
-        Page::Files => "page_files.v3",
-        Page::Applied => "page_applied.v3",
-        Page::Superseded => "page_superseded.v3",
+        Page::Entries => "page_entries.v4",
+        Page::Children => "page_children.v4",
+        Page::Subdirs => "page_subdirs.v4",
+        Page::ByFile => "page_by_file.v4",
+        Page::Files => "page_files.v4",
+        Page::Applied => "page_applied.v4",
+        Page::Superseded => "page_superseded.v4",
     })
 }
 

@@ -19,7 +19,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use bytes::Bytes;
 use redb::{ReadableDatabase, ReadableTable};
 
 use crate::cas::Content;
@@ -93,8 +92,7 @@ impl Store {
         let txn = self.handle.shared.index.db()?.begin_read()?;
         for row in txn.open_table(INTENTIONS)?.iter()? {
             let (_, bytes) = row?;
-            let Ok(Stored { author, ops, .. }) = stored(Bytes::copy_from_slice(bytes.value()))
-            else {
+            let Ok(Stored { author, ops, .. }) = stored(bytes.value()) else {
                 continue;
             };
             for op in &ops {

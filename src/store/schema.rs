@@ -10,7 +10,8 @@
 //! | --- | --- | --- |
 //! | 1 | the release at f143caf and builds up to 0399322 | bare table names (`intentions`, ...); tables added after that release may be missing; projection snapshot format 1 |
 //! | 2 | builds from 0399322 to c19e4be | every table name but `meta` ends in `.v2`; every table exists; every stored intention has its `hlcs` row; projection snapshot format 2 |
-//! | 3 | this build | every table name but `meta` ends in `.v3`; the `attest` table (members' attestations) and the `frontier` meta row |
+//! | 3 | builds from c19e4be to 5e97f0d | every table name but `meta` ends in `.v3`; the `attest` table (members' attestations) and the `frontier` meta row |
+//! | 4 | this build | every table name but `meta` ends in `.v4`; `intentions` rows are [`Packed`] (LZ4 when shorter); a `history` row is its key alone, the intention named by the witness seq in it |
 //!
 //! Opening a file of the current version changes nothing. An older file is migrated
 //! in one write transaction, one step per version ([`STEPS`]), so a crash leaves it
@@ -29,10 +30,11 @@ use redb::{
 
 use crate::intention::Intention;
 use crate::store::error::StoreError;
+use crate::store::packed::Packed;
 use crate::store::tables::{Tables, META};
 
 /// The schema version this build writes, and the newest it reads.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 /// `meta` key: the schema version of the file (u32 BE); absent in schema 1.
 pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
 
@@ -40,7 +42,7 @@ pub(crate) const META_SCHEMA_VERSION: &str = "schema_version";
 type Step = fn(&WriteTransaction) -> Result<(), StoreError>;
 
 /// `STEPS[n - 1]` migrates version `n` to `n + 1`.
-const STEPS: [Step; SCHEMA_VERSION as usize - 1] = [v1_to_v2, v2_to_v3];
+const STEPS: [Step; SCHEMA_VERSION as usize - 1] = [v1_to_v2, v2_to_v3, v3_to_v4];
 
 /// The `meta` row recording `version`.
 pub(crate) fn version_bytes(version: u32) -> [u8; 4] {
@@ -217,6 +219,47 @@ fn v2_to_v3(txn: &WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Schema 3 -> 4: every table is renamed to `.v4`; `intentions` rows are rewritten
+/// [`Packed`], and `history` rows lose their value (the intention hash, which the
+/// witness row of the key's seq holds).
+fn v3_to_v4(txn: &WriteTransaction) -> Result<(), StoreError> {
+    let present: Vec<String> = txn
+        .list_tables()?
+        .map(|t| t.name().to_owned())
+        .filter(|name| name.ends_with(".v3"))
+        .collect();
+    for name in &present {
+        let to = name.replace(".v3", ".v4");
+        match name.as_str() {
+            "intentions.v3" => {
+                let from = TableDefinition::<[u8; 32], &[u8]>::new(name);
+                let mut packed = txn.open_table(TableDefinition::<[u8; 32], Packed>::new(&to))?;
+                for entry in txn.open_table(from)?.iter()? {
+                    let (hash, bytes) = entry?;
+                    packed.insert(hash.value(), Bytes::copy_from_slice(bytes.value()))?;
+                }
+                txn.delete_table(from)?;
+            }
+            "history.v3" => {
+                let from = TableDefinition::<([u8; 44], u64), [u8; 32]>::new(name);
+                let mut keys = txn.open_table(TableDefinition::<([u8; 44], u64), ()>::new(&to))?;
+                for entry in txn.open_table(from)?.iter()? {
+                    keys.insert(entry?.0.value(), ())?;
+                }
+                txn.delete_table(from)?;
+            }
+            // Renaming looks only at names: the key and value types here are placeholders.
+            _ => {
+                txn.rename_table(
+                    TableDefinition::<&[u8], &[u8]>::new(name),
+                    TableDefinition::<&[u8], &[u8]>::new(&to),
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,7 +309,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(recorded(&db).unwrap(), SCHEMA_VERSION);
-        let (new_seq, new) = projection(&db, "projection.v3");
+        let (new_seq, new) = projection(&db, "projection.v4");
         assert_eq!(new_seq, seq);
         assert_eq!(Some(new.clone()), FsState::snapshot_v1_to_v2(&old));
         let state = FsState::decode_snapshot(&new).unwrap();
@@ -274,15 +317,15 @@ mod tests {
         assert_eq!(current.canonical_dump(), state.canonical_dump());
         let txn = db.begin_write().unwrap();
         let hlcs = txn
-            .open_table(TableDefinition::<[u8; 32], (u64, u32)>::new("hlcs.v3"))
+            .open_table(TableDefinition::<[u8; 32], (u64, u32)>::new("hlcs.v4"))
             .unwrap();
         let intentions = txn
-            .open_table(TableDefinition::<[u8; 32], &[u8]>::new("intentions.v3"))
+            .open_table(TableDefinition::<[u8; 32], Packed>::new("intentions.v4"))
             .unwrap();
         let mut stored = 0;
         for entry in intentions.iter().unwrap() {
             let (hash, bytes) = entry.unwrap();
-            let (hlc, _) = Intention::peek(&Bytes::copy_from_slice(bytes.value())).unwrap();
+            let (hlc, _) = Intention::peek(&bytes.value()).unwrap();
             let row = hlcs.get(hash.value()).unwrap().unwrap().value();
             assert_eq!(row, (hlc.wall_ms, hlc.counter));
             stored += 1;
@@ -295,10 +338,100 @@ mod tests {
             .map(|t| t.name().into())
             .collect();
         names.sort();
-        let mut want: Vec<String> = V1_TABLES.iter().map(|t| format!("{t}.v3")).collect();
-        want.push("attest.v3".into());
+        let mut want: Vec<String> = V1_TABLES.iter().map(|t| format!("{t}.v4")).collect();
+        want.push("attest.v4".into());
         want.push("meta".into());
         want.sort();
         assert_eq!(names, want);
+    }
+
+    /// A schema 3 store file: the build at 1c192cb's fixture (see its README).
+    const FIXTURE_V3: &str = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/1c192cb/stores/1eee1c43a1edbf23092ab8721e3fef16/store.redb"
+    );
+
+    #[test]
+    fn migrating_schema_3_packs_the_intentions_and_keys_history_by_witness_seq() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("store.redb");
+        std::fs::copy(FIXTURE_V3, &path).unwrap();
+        type Rows<K, V> = Vec<(K, V)>;
+        let db = ReadOnlyDatabase::open(&path).unwrap();
+        assert_eq!(recorded(&db).unwrap(), 3);
+        let txn = db.begin_read().unwrap();
+        let intentions: Rows<[u8; 32], Vec<u8>> = txn
+            .open_table(TableDefinition::<[u8; 32], &[u8]>::new("intentions.v3"))
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| e.map(|(k, v)| (k.value(), v.value().to_vec())).unwrap())
+            .collect();
+        let history: Rows<([u8; 44], u64), [u8; 32]> = txn
+            .open_table(TableDefinition::<([u8; 44], u64), [u8; 32]>::new(
+                "history.v3",
+            ))
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| e.map(|(k, v)| (k.value(), v.value())).unwrap())
+            .collect();
+        let witness: std::collections::HashMap<u64, [u8; 32]> = txn
+            .open_table(TableDefinition::<u64, ([u8; 32], [u8; 32])>::new(
+                "witness.v3",
+            ))
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| e.map(|(k, v)| (k.value(), v.value().0)).unwrap())
+            .collect();
+        drop(txn);
+        db.close().unwrap();
+        assert!(!intentions.is_empty() && !history.is_empty());
+
+        let db = open(
+            &path,
+            crate::budget::CacheBudget::default().store_cache_bytes(1),
+        )
+        .unwrap();
+        assert_eq!(recorded(&db).unwrap(), SCHEMA_VERSION);
+        let txn = db.begin_read().unwrap();
+        let packed: Rows<[u8; 32], Vec<u8>> = txn
+            .open_table(TableDefinition::<[u8; 32], Packed>::new("intentions.v4"))
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| e.map(|(k, v)| (k.value(), v.value().to_vec())).unwrap())
+            .collect();
+        assert_eq!(
+            packed, intentions,
+            "every intention reads back byte for byte"
+        );
+        let keys: Vec<([u8; 44], u64)> = txn
+            .open_table(TableDefinition::<([u8; 44], u64), ()>::new("history.v4"))
+            .unwrap()
+            .iter()
+            .unwrap()
+            .map(|e| e.unwrap().0.value())
+            .collect();
+        let old: Vec<([u8; 44], u64)> = history.iter().map(|(k, _)| *k).collect();
+        assert_eq!(keys, old);
+        for ((_, seq), hash) in &history {
+            assert_eq!(
+                witness.get(seq),
+                Some(hash),
+                "the witness names the same intention"
+            );
+        }
+        let names: Vec<String> = txn
+            .list_tables()
+            .unwrap()
+            .map(|t| t.name().into())
+            .collect();
+        assert!(
+            names.iter().all(|n| n == "meta" || n.ends_with(".v4")),
+            "{names:?}"
+        );
+        assert!(names.contains(&"page_files.v4".into()), "{names:?}");
     }
 }

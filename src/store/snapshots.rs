@@ -95,18 +95,20 @@ impl Store {
         let refused = txn.open_table(REFUSED)?;
         let parse = |hash: &Hash| -> Result<Option<Stored>, StoreError> {
             Ok(match intentions.get(hash.0)? {
-                Some(bytes) => stored(Bytes::copy_from_slice(bytes.value())).ok(),
+                Some(bytes) => stored(bytes.value()).ok(),
                 None => None,
             })
         };
         // A voided intention is not replayed, but what it names is still in the past.
         let links = |hash: &Hash| -> Result<Vec<Hash>, StoreError> {
             let bytes = match intentions.get(hash.0)? {
-                Some(b) => Some(b),
-                None => refused.get(hash.0)?,
+                Some(b) => Some(b.value()),
+                None => refused
+                    .get(hash.0)?
+                    .map(|b| Bytes::copy_from_slice(b.value())),
             };
             Ok(bytes
-                .and_then(|b| stored(Bytes::copy_from_slice(b.value())).ok())
+                .and_then(|b| stored(b).ok())
                 .map(|i| i.prev.into_iter().chain(i.deps).collect())
                 .unwrap_or_default())
         };

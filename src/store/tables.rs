@@ -6,7 +6,7 @@
 //! Every table name but `meta` ends in `.vN`, N the schema version (see `schema`):
 //! each migration step renames every table to its version (moving the rows of a table
 //! whose layout changes), so no build ever reads a table under a layout it was not
-//! written with; all tables are `.v3` today. `meta` keeps its name in every schema
+//! written with; all tables are `.v4` today. `meta` keeps its name in every schema
 //! because it holds the schema version itself.
 
 use redb::{ReadableTable, Table, TableDefinition, WriteTransaction};
@@ -16,70 +16,70 @@ use crate::identity::PublicKey;
 use crate::ids::{FileId, Hash, StoreId};
 use crate::intention::MAX_DEPS;
 use crate::store::error::StoreError;
+use crate::store::packed::Packed;
 use crate::store::schema::{self, META_SCHEMA_VERSION, SCHEMA_VERSION};
 
-/// Intention hash -> the exact signed bytes as received.
-pub(crate) const INTENTIONS: TableDefinition<[u8; 32], &[u8]> =
-    TableDefinition::new("intentions.v3");
+/// Intention hash -> the exact signed bytes as received (stored [`Packed`]).
+pub(crate) const INTENTIONS: TableDefinition<[u8; 32], Packed> =
+    TableDefinition::new("intentions.v4");
 /// Local witness seq (from 1) -> (intention hash, chain hash).
 pub(crate) const WITNESS: TableDefinition<u64, ([u8; 32], [u8; 32])> =
-    TableDefinition::new("witness.v3");
+    TableDefinition::new("witness.v4");
 /// (missing hash, floating intention hash) -> the floating intention's signed bytes.
 pub(crate) const FLOATING: TableDefinition<([u8; 32], [u8; 32]), &[u8]> =
-    TableDefinition::new("floating.v3");
+    TableDefinition::new("floating.v4");
 /// Author key -> (hash of the author's latest intention, its HLC wall ms, counter).
 pub(crate) const TIPS: TableDefinition<[u8; 32], ([u8; 32], u64, u32)> =
-    TableDefinition::new("tips.v3");
+    TableDefinition::new("tips.v4");
 /// Intention hash named by no known intention -> its HLC (wall ms, counter).
-pub(crate) const HEADS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::new("heads.v3");
+pub(crate) const HEADS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::new("heads.v4");
 /// HLC wall ms (big-endian) || intention hash -> (); the reconciliation index.
-pub(crate) const INDEX: TableDefinition<[u8; 40], ()> = TableDefinition::new("index.v3");
+pub(crate) const INDEX: TableDefinition<[u8; 40], ()> = TableDefinition::new("index.v4");
 /// First key of a block of `index` -> (its row count, the sum of its rows' hashes as
 /// little-endian bytes): the index's block summary as of the same commit.
 pub(crate) const INDEX_BLOCKS: TableDefinition<[u8; 40], (u64, [u8; 32])> =
-    TableDefinition::new("index_blocks.v3");
-/// (file id bytes, witness seq) -> hash of an intention with an op touching that file.
-pub(crate) const HISTORY: TableDefinition<([u8; 44], u64), [u8; 32]> =
-    TableDefinition::new("history.v3");
+    TableDefinition::new("index_blocks.v4");
+/// (file id bytes, witness seq of an intention with an op touching that file) -> ().
+pub(crate) const HISTORY: TableDefinition<([u8; 44], u64), ()> = TableDefinition::new("history.v4");
 /// Intention hash -> (author, author-chain seq) of every applied or refused intention.
-pub(crate) const SEQS: TableDefinition<[u8; 32], ([u8; 32], u64)> = TableDefinition::new("seqs.v3");
+pub(crate) const SEQS: TableDefinition<[u8; 32], ([u8; 32], u64)> = TableDefinition::new("seqs.v4");
 /// (author, author-chain seq, intention hash) -> () for every applied intention.
 pub(crate) const CHAIN: TableDefinition<([u8; 32], u64, [u8; 32]), ()> =
-    TableDefinition::new("chain.v3");
+    TableDefinition::new("chain.v4");
 /// Intention hash -> its signed bytes, refused on arrival or voided after being applied
 /// (past its author's revocation cut or fork, or demoted); empty in stores of schema 1.
-pub(crate) const REFUSED: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("refused.v3");
+pub(crate) const REFUSED: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("refused.v4");
 /// Author -> (fork seq, the two smallest-hash intentions of that author at that chain
 /// seq): proof that it signed two intentions at one place in its chain (see `cut`).
 pub(crate) const EVIDENCE: TableDefinition<[u8; 32], (u64, [u8; 32], [u8; 32])> =
-    TableDefinition::new("evidence.v3");
+    TableDefinition::new("evidence.v4");
 /// Intention hash -> its HLC (wall ms, counter), for every applied, refused or evidence
 /// intention: the clock order rule compares an intention with its predecessors.
-pub(crate) const HLCS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::new("hlcs.v3");
+pub(crate) const HLCS: TableDefinition<[u8; 32], (u64, u32)> = TableDefinition::new("hlcs.v4");
 /// (wall ms at which it may be applied, hash) -> signed bytes of an intention stamped
 /// too far ahead of this node's clock: it waits until its time comes.
-pub(crate) const EARLY: TableDefinition<(u64, [u8; 32]), &[u8]> = TableDefinition::new("early.v3");
+pub(crate) const EARLY: TableDefinition<(u64, [u8; 32]), &[u8]> = TableDefinition::new("early.v4");
 /// A parked intention: (park order, missing hash or zero, wall ms it waits for or zero,
 /// bytes, 1 if counted in the strangers' pool).
 pub(crate) type ParkedRow = (u64, [u8; 32], u64, u64, u8);
 /// (author, hash) -> [`ParkedRow`] of every floating or early intention.
 pub(crate) const PARKED: TableDefinition<([u8; 32], [u8; 32]), ParkedRow> =
-    TableDefinition::new("parked.v3");
+    TableDefinition::new("parked.v4");
 /// `SetMember` op id -> its position: the chain seq of the member's latest intention
 /// that the intention holding it names as prev or dep (0 if none). The grant rules the
 /// member's intentions past that position.
-pub(crate) const GRANT_POS: TableDefinition<[u8; 44], u64> = TableDefinition::new("grant_pos.v3");
+pub(crate) const GRANT_POS: TableDefinition<[u8; 44], u64> = TableDefinition::new("grant_pos.v4");
 /// Author -> (count, bytes) of its parked intentions; the all-zero key holds the
 /// strangers' pool.
-pub(crate) const QUOTA: TableDefinition<[u8; 32], (u64, u64)> = TableDefinition::new("quota.v3");
+pub(crate) const QUOTA: TableDefinition<[u8; 32], (u64, u64)> = TableDefinition::new("quota.v4");
 /// Member key -> (store wall ms when it arrived, encoded `pb::Attestation` as sent): the
 /// latest attestation of each member (see `sync::frontier`).
 pub(crate) const ATTEST: TableDefinition<[u8; 32], (u64, &[u8])> =
-    TableDefinition::new("attest.v3");
+    TableDefinition::new("attest.v4");
 /// Named store facts; keys are the `META_*` constants.
 pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 /// Witness seq the snapshot reflects -> `FsState::encode_snapshot` bytes; one row at most.
-pub(crate) const PROJECTION: TableDefinition<u64, &[u8]> = TableDefinition::new("projection.v3");
+pub(crate) const PROJECTION: TableDefinition<u64, &[u8]> = TableDefinition::new("projection.v4");
 
 /// Meta key: the 16-byte store id.
 pub(crate) const META_STORE_ID: &str = "store_id";
@@ -207,7 +207,7 @@ pub(crate) fn chain_at(
 /// All tables of a store, opened in one write transaction.
 pub(crate) struct Tables<'t> {
     /// See [`INTENTIONS`].
-    pub intentions: Table<'t, [u8; 32], &'static [u8]>,
+    pub intentions: Table<'t, [u8; 32], Packed>,
     /// See [`WITNESS`].
     pub witness: Table<'t, u64, ([u8; 32], [u8; 32])>,
     /// See [`FLOATING`].
@@ -219,7 +219,7 @@ pub(crate) struct Tables<'t> {
     /// See [`INDEX`].
     pub index: Table<'t, [u8; 40], ()>,
     /// See [`HISTORY`].
-    pub history: Table<'t, ([u8; 44], u64), [u8; 32]>,
+    pub history: Table<'t, ([u8; 44], u64), ()>,
     /// See [`SEQS`].
     pub seqs: Table<'t, [u8; 32], ([u8; 32], u64)>,
     /// See [`CHAIN`].
@@ -426,9 +426,8 @@ impl<'t> Tables<'t> {
             let Some(bytes) = self.intentions.get(h.0)? else {
                 continue;
             };
-            let i =
-                crate::intention::Intention::decode(bytes::Bytes::copy_from_slice(bytes.value()))
-                    .map_err(|e| StoreError::Corrupt(format!("stored intention {h}: {e}")))?;
+            let i = crate::intention::Intention::decode(bytes.value())
+                .map_err(|e| StoreError::Corrupt(format!("stored intention {h}: {e}")))?;
             for p in i.prev.iter().chain(&i.deps) {
                 if let Some(hlc) = self.hlc_of(p)? {
                     stack.push((hlc, *p));
@@ -459,14 +458,9 @@ impl<'t> Tables<'t> {
         Ok(())
     }
 
-    /// Records a history row for `file`.
-    pub(crate) fn add_history(
-        &mut self,
-        file: FileId,
-        seq: u64,
-        hash: &Hash,
-    ) -> Result<(), StoreError> {
-        self.history.insert((file.to_bytes(), seq), hash.0)?;
+    /// Records that the intention at witness `seq` touches `file`.
+    pub(crate) fn add_history(&mut self, file: FileId, seq: u64) -> Result<(), StoreError> {
+        self.history.insert((file.to_bytes(), seq), ())?;
         Ok(())
     }
 }

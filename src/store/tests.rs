@@ -1082,7 +1082,7 @@ fn a_stored_intention_that_does_not_decode_is_quarantined_kept_and_reported() {
         {
             let mut t = crate::store::tables::Tables::open(&txn).unwrap();
             for (h, b) in [(bad_hash, &bad), (garbage_hash, &garbage)] {
-                t.intentions.insert(h.0, &b[..]).unwrap();
+                t.intentions.insert(h.0, b).unwrap();
                 t.append_witness(&h).unwrap();
             }
         }

@@ -15,7 +15,6 @@
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet, VecDeque};
 
-use bytes::Bytes;
 use redb::ReadableTable;
 
 use crate::fs::op::Role;
@@ -255,7 +254,7 @@ fn check_bytes(
             "{hash} is in its author's chain but not stored"
         )));
     };
-    let bytes = Bytes::copy_from_slice(bytes.value());
+    let bytes = bytes.value();
     if let Some((_, recomputed)) = Intention::peek(&bytes) {
         if recomputed != hash {
             failures.push(VerifyFailure::Altered { hash, recomputed });

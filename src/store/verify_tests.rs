@@ -110,7 +110,7 @@ fn alter(store: &Store, hash: Hash, f: impl FnOnce(&mut Vec<u8>)) {
     edit(store, |t| {
         let mut bytes = t.intentions.get(hash.0).unwrap().unwrap().value().to_vec();
         f(&mut bytes);
-        t.intentions.insert(hash.0, &bytes[..]).unwrap();
+        t.intentions.insert(hash.0, Bytes::from(bytes)).unwrap();
     });
 }
 
@@ -211,7 +211,7 @@ fn an_intention_signed_by_a_non_member_is_reported_as_such() {
     let op_id = op.id(stranger.public());
     let i = Intention::create(&stranger, ID, None, vec![], vec![op]).unwrap();
     edit(&f.store, |t| {
-        t.intentions.insert(i.hash.0, &i.bytes[..]).unwrap();
+        t.intentions.insert(i.hash.0, &i.bytes).unwrap();
         t.add_chain(&stranger.public(), 1, &i.hash).unwrap();
         t.add_hlc(&i.hash, i.hlc).unwrap();
     });
