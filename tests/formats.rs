@@ -346,7 +346,7 @@ fn a_data_dir_with_pages_of_the_previous_format_opens_rebuilt_with_its_tree_inta
         "format 3 pages are rebuilt from the intentions"
     );
     assert_eq!(schema_of(&db_file).0, SCHEMA_VERSION);
-    assert_eq!(header_format(&db_file), 5);
+    assert_eq!(header_format(&db_file), 6);
     let (again, replayed) = opened(&data);
     assert_eq!(replayed, 0, "the rebuilt pages are read as they are");
     assert_eq!(again, rebuilt);
@@ -360,16 +360,21 @@ fn pages_of_the_format_before_snapshot_labels_are_read_as_they_are() {
     let db_file = store_dir(&data).join(DB_FILE);
     assert_eq!(header_format(&db_file), 4);
 
-    let replayed = with_store(&data, |node, store| {
+    let (replayed, state) = with_store(&data, |node, store| {
         check_tree_of("7ac7b2d", node, store);
         assert!(store.read(|s| s.snapshots().is_empty()));
         store.snapshot("before").unwrap();
-        store.stats().replayed
+        (store.stats().replayed, store.read(|s| s.encode_snapshot()))
     });
     assert_eq!(replayed, 0, "format 4 pages are read, not rebuilt");
-    assert_eq!(header_format(&db_file), 5);
+    assert_eq!(header_format(&db_file), 6);
     with_store(&data, |node, store| {
         check_tree_of("7ac7b2d", node, store);
+        assert_eq!(
+            store.read(|s| s.encode_snapshot()),
+            state,
+            "the whole state, move log included, reads back from format 6 pages"
+        );
         let at = store
             .read(|s| s.snapshot("before"))
             .expect("the label is kept");

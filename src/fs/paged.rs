@@ -46,11 +46,14 @@ pub enum Page {
     /// (superseded op id, file) → nothing: ids named as superseded whose ops have not
     /// arrived, by stamp (so a purge finds them).
     Superseded,
+    /// Location op id → its move-log record: what it changed, to undo it when an older
+    /// op arrives (until a purge drops it).
+    Log,
 }
 
 impl Page {
     /// Every table, in a fixed order.
-    pub const ALL: [Page; 7] = [
+    pub const ALL: [Page; 8] = [
         Page::Entries,
         Page::Children,
         Page::Subdirs,
@@ -58,6 +61,7 @@ impl Page {
         Page::Files,
         Page::Applied,
         Page::Superseded,
+        Page::Log,
     ];
 }
 
@@ -463,16 +467,27 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
         self.scan_prefix(&[], f);
     }
 
-    fn scan_prefix(&self, prefix: &[u8], mut f: impl FnMut(&K, Got<'_, V>) -> bool) {
+    /// Calls `f` on every value at or after `from` in the map's order while it returns
+    /// true.
+    pub(crate) fn scan_from(&self, from: &K, f: impl FnMut(&K, Got<'_, V>) -> bool) {
+        self.scan(&self.encoded_adding(from), &[], f);
+    }
+
+    fn scan_prefix(&self, prefix: &[u8], f: impl FnMut(&K, Got<'_, V>) -> bool) {
+        self.scan(prefix, prefix, f);
+    }
+
+    /// Calls `f` on the values whose keys start with `prefix`, from key `start` on.
+    fn scan(&self, start: &[u8], prefix: &[u8], mut f: impl FnMut(&K, Got<'_, V>) -> bool) {
         let mut mem = self
             .over
-            .range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded))
+            .range::<[u8], _>((Bound::Included(start), Bound::Unbounded))
             .take_while(|(kb, _)| kb.starts_with(prefix))
             .peekable();
         if let Some(src) = &self.src {
             let keys = self.authors.keys();
             let mut going = true;
-            src.scan(self.page, prefix, &mut |kb, vb| {
+            src.scan(self.page, start, &mut |kb, vb| {
                 if !kb.starts_with(prefix) {
                     return false;
                 }

@@ -5,8 +5,10 @@
 //! key table, led by the authors the page records name by number, then the purge point
 //! and late count, the store name, retention and horizon registers, the members with the
 //! keys that left, the delete record and the snapshot labels (from format 5; a format 4
-//! header is read as one without labels), the move-log suffix, and the record count of
-//! each page table in [`Page::ALL`] order), in the codec of format 6 snapshots. Formats 1
+//! header is read as one without labels), and the record count of each page table in
+//! [`Page::ALL`] order), in the codec of format 6 snapshots. Formats 4 and 5 held the
+//! move log in the header (and counted the tables before [`Page::Log`]): it is read into
+//! the paged log, whose records the next write of pages stores. Formats 1
 //! and 2 (builds before directory times, leave and delete; format 1 also had no horizon
 //! register) and 3 (records naming authors by whole keys) are refused like snapshot
 //! formats 3 and 4: the store rebuilds the projection from its intentions.
@@ -24,8 +26,10 @@ use crate::fs::tree::Tree;
 /// First bytes of a header, before its format version.
 pub(crate) const HEADER_MAGIC: &[u8; 8] = b"LMFSHEAD";
 /// Format version of the headers this build writes.
-const HEADER_VERSION: u32 = 5;
-/// The header format before snapshot labels: read as a header without any.
+const HEADER_VERSION: u32 = 6;
+/// The header format that held the move log.
+const HEADER_LOG_INSIDE: u32 = 5;
+/// The header format before snapshot labels: read as a format 5 header without any.
 const HEADER_NO_LABELS: u32 = 4;
 /// The header formats of earlier builds: recognised, and rebuilt from the intentions
 /// (in 1 and 2 the page records lack each directory's listing op; in 3 each record
@@ -69,6 +73,7 @@ impl FsState {
             self.files.dirty(&mut writes),
             self.applied.dirty(&mut writes),
             self.pending.dirty(&mut writes),
+            self.tree.log.dirty(&mut writes),
         ];
         PageBatch {
             clear,
@@ -81,7 +86,8 @@ impl FsState {
     /// After a batch cut at `cut` was committed: reads its records from `src`, which
     /// holds that commit, and keeps only what changed since in memory.
     pub fn settle_pages(&mut self, cut: PageCut, src: Arc<dyn PageSource>) {
-        let [entries, children, subdirs, by_file, files, applied, pending] = cut.0;
+        let [entries, children, subdirs, by_file, files, applied, pending, log] = cut.0;
+        self.tree.log.settle(log, src.clone());
         self.tree.entries.settle(entries, src.clone());
         self.tree.children.settle(children, src.clone());
         self.tree.subdirs.settle(subdirs, src.clone());
@@ -103,13 +109,14 @@ impl FsState {
         if r.take(HEADER_MAGIC.len())? != HEADER_MAGIC {
             return Err(corrupt("bad header magic"));
         }
-        let labels = match u32::from_le_bytes(r.array()?) {
-            HEADER_VERSION => true,
+        let version = u32::from_le_bytes(r.array()?);
+        let labels = match version {
+            HEADER_VERSION | HEADER_LOG_INSIDE => true,
             HEADER_NO_LABELS => false,
             v if HEADER_REBUILT.contains(&v) => return Err(rebuilt("header format", v)),
             v => {
                 return Err(corrupt(&format!(
-                    "header format {v}, this build reads {HEADER_NO_LABELS} and {HEADER_VERSION}"
+                    "header format {v}, this build reads {HEADER_NO_LABELS} to {HEADER_VERSION}"
                 )))
             }
         };
@@ -120,22 +127,31 @@ impl FsState {
         state.purged_below = r.hlc()?;
         state.late = r.uint()?;
         decode_registers(&mut state, &mut r, labels)?;
-        let log = Tree::decode_log(&mut r)?;
+        let mut inside = Tree::new(&authors);
         let mut lens = [0usize; Page::ALL.len()];
-        for len in &mut lens {
+        let counted = if version == HEADER_VERSION {
+            &mut lens[..]
+        } else {
+            inside.decode_log(&mut r)?;
+            &mut lens[..Page::ALL.len() - 1]
+        };
+        for len in counted {
             *len = usize::try_from(r.uint()?).map_err(|_| corrupt("count"))?;
         }
         if !r.is_empty() {
             return Err(corrupt("trailing bytes in the header"));
         }
-        let [entries, children, subdirs, by_file, files, applied, pending] = lens;
+        let [entries, children, subdirs, by_file, files, applied, pending, log] = lens;
         state.tree = Tree {
             entries: Paged::backed(Page::Entries, &authors, src.clone(), entries),
             children: Paged::backed(Page::Children, &authors, src.clone(), children),
             subdirs: Paged::backed(Page::Subdirs, &authors, src.clone(), subdirs),
             by_file: Paged::backed(Page::ByFile, &authors, src.clone(), by_file),
-            log,
+            log: Paged::backed(Page::Log, &authors, src.clone(), log),
         };
+        for (k, rec) in inside.log.all() {
+            state.tree.log.insert(k, rec);
+        }
         state.files = Paged::backed(Page::Files, &authors, src.clone(), files);
         state.applied = Paged::backed(Page::Applied, &authors, src.clone(), applied);
         state.pending = Paged::backed(Page::Superseded, &authors, src, pending);
@@ -154,6 +170,7 @@ impl FsState {
             + self.files.overlay_len()
             + self.applied.overlay_len()
             + self.pending.overlay_len()
+            + self.tree.log.overlay_len()
     }
 
     /// The header, its key table led by the authors the page records name (called
@@ -163,8 +180,30 @@ impl FsState {
         w.hlc(self.purged_below);
         w.uint(self.late);
         self.encode_registers(&mut w);
+        for len in self.page_lens() {
+            w.uint(len as u64);
+        }
+        seal(HEADER_MAGIC, HEADER_VERSION, w)
+    }
+
+    /// The header as formats 4 and 5 wrote it, the move log inside and the tables
+    /// before [`Page::Log`] counted: what the test of reading one starts from.
+    #[cfg(test)]
+    pub(crate) fn encode_header_holding_the_log(&self) -> Vec<u8> {
+        let mut w = Writer::naming(&self.authors.keys());
+        w.hlc(self.purged_below);
+        w.uint(self.late);
+        self.encode_registers(&mut w);
         self.tree.encode_log(&mut w);
-        for len in [
+        for len in &self.page_lens()[..Page::ALL.len() - 1] {
+            w.uint(*len as u64);
+        }
+        seal(HEADER_MAGIC, HEADER_LOG_INSIDE, w)
+    }
+
+    /// The record count of each page table, in [`Page::ALL`] order.
+    fn page_lens(&self) -> [usize; Page::ALL.len()] {
+        [
             self.tree.entries.len(),
             self.tree.children.len(),
             self.tree.subdirs.len(),
@@ -172,9 +211,7 @@ impl FsState {
             self.files.len(),
             self.applied.len(),
             self.pending.len(),
-        ] {
-            w.uint(len as u64);
-        }
-        seal(HEADER_MAGIC, HEADER_VERSION, w)
+            self.tree.log.len(),
+        ]
     }
 }

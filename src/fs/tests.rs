@@ -1199,6 +1199,81 @@ impl crate::fs::PageSource for NoPages {
     fn corrupt(&self, _: crate::fs::Page, _: &[u8]) {}
 }
 
+/// A page source over the records of committed batches.
+#[derive(Clone, Default)]
+struct Written(std::collections::BTreeMap<(crate::fs::Page, Vec<u8>), Vec<u8>>);
+
+impl Written {
+    /// Commits the records of `batch`, but those of `skip`.
+    fn commit(&mut self, batch: &crate::fs::PageBatch, skip: Option<crate::fs::Page>) {
+        for (page, key, value) in batch.writes.iter().filter(|w| Some(w.0) != skip) {
+            match value {
+                Some(v) => self.0.insert((*page, key.clone()), v.clone()),
+                None => self.0.remove(&(*page, key.clone())),
+            };
+        }
+    }
+}
+
+impl crate::fs::PageSource for Written {
+    fn get(&self, page: crate::fs::Page, key: &[u8]) -> Option<Vec<u8>> {
+        self.0.get(&(page, key.to_vec())).cloned()
+    }
+
+    fn scan(&self, page: crate::fs::Page, from: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) {
+        for ((p, k), v) in self.0.range((page, from.to_vec())..) {
+            if *p != page || !f(k, v) {
+                return;
+            }
+        }
+    }
+
+    fn corrupt(&self, page: crate::fs::Page, key: &[u8]) {
+        panic!("{page:?} record {key:?} does not decode");
+    }
+}
+
+#[test]
+fn a_header_that_held_the_move_log_opens_with_the_log_in_pages_and_undoes_from_them() {
+    use crate::fs::Page;
+    use std::sync::Arc;
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, T0 + 10, OpId::ROOT, "d");
+    mkfile(&mut s, 1, T0 + 20, d, "a", "x");
+    mkfile(&mut s, 2, T0 + 30, OpId::ROOT, "b", "y");
+    for body in rename(&s, (OpId::ROOT, "b"), (d, "b"), RenameFlags::default()).unwrap() {
+        run(&mut s, 2, T0 + 40, body);
+    }
+    let whole = s.encode_snapshot();
+    let batch = s.take_pages();
+    let mut src = Written::default();
+    src.commit(&batch, Some(Page::Log));
+    let legacy = s.encode_header_holding_the_log();
+
+    let mut opened = FsState::open_pages(&legacy, Arc::new(src.clone())).unwrap();
+    assert_eq!(opened.encode_snapshot(), whole);
+    let batch = opened.take_pages();
+    let logged = batch
+        .writes
+        .iter()
+        .filter(|(page, _, value)| *page == Page::Log && value.is_some())
+        .count();
+    assert_eq!(
+        logged, 4,
+        "two creates, a mkdir and a move, written as log pages"
+    );
+    src.commit(&batch, None);
+
+    let mut reopened = FsState::open_pages(&batch.header, Arc::new(src)).unwrap();
+    assert_eq!(reopened.encode_snapshot(), whole);
+    // An op older than every logged one undoes and redoes them, read from the pages.
+    let older = create(&reopened, d, "c", Kind::File, "z");
+    run(&mut reopened, 3, T0 + 5, older.clone());
+    run(&mut s, 3, T0 + 5, older);
+    assert_eq!(reopened.encode_snapshot(), s.encode_snapshot());
+    assert_eq!(names(&reopened, d), names(&s, d));
+}
+
 #[test]
 fn projections_in_an_earlier_builds_format_are_refused_and_named_for_a_rebuild() {
     let mut s = FsState::new();

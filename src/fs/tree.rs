@@ -15,14 +15,13 @@
 //! A directory's `listing` is thus the newest op, in replay order, that changed its
 //! entries: a function of the set of ops, as the locations are.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::fs::codec::{corrupt, Reader, Writer};
 use crate::fs::content::FileRec;
 use crate::fs::error::FsError;
 use crate::fs::op::Kind;
-use crate::fs::paged::{Authors, Got, Page, PageValue, Paged};
+use crate::fs::paged::{Authors, Got, Namer, Page, PageKey, PageValue, Paged};
 use crate::fs::vecmap::VecMap;
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
@@ -127,8 +126,24 @@ pub(crate) struct Tree {
     pub(super) subdirs: Paged<(FileId, OpId), ()>,
     /// file -> its entries.
     pub(super) by_file: Paged<FileId, IdSet>,
-    /// Location ops not purged yet, with what each changed.
-    pub(super) log: BTreeMap<OpId, LogRec>,
+    /// Location ops not purged yet, with what each changed, in op-id order.
+    pub(super) log: Paged<Logged, LogRec>,
+}
+
+/// A move-log key: an op id written whole (its author's key, not its number), so the
+/// log's byte order is op-id order, the replay order, also among authors of one HLC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Logged(pub OpId);
+
+impl PageKey for Logged {
+    fn put(&self, _: &mut Namer, out: &mut Vec<u8>) -> Option<()> {
+        out.extend_from_slice(&self.0.to_bytes());
+        Some(())
+    }
+
+    fn read(bytes: &[u8], _: &[PublicKey]) -> Option<Self> {
+        (bytes.len() == 44).then(|| OpId::from_bytes(bytes).map(Logged))?
+    }
 }
 
 /// A set of op ids, usually of one.
@@ -142,7 +157,7 @@ impl Tree {
             children: Paged::new(Page::Children, authors),
             subdirs: Paged::new(Page::Subdirs, authors),
             by_file: Paged::new(Page::ByFile, authors),
-            log: BTreeMap::new(),
+            log: Paged::new(Page::Log, authors),
         }
     }
 
@@ -150,20 +165,25 @@ impl Tree {
     /// directories whose entries the undone, applied or replayed ops changed (their
     /// `listing` may have moved). Idempotent.
     pub(crate) fn apply(&mut self, id: OpId, action: Action, files: &mut Files) -> Vec<FileId> {
-        if self.log.contains_key(&id) {
+        if self.log.contains_key(&Logged(id)) {
             return Vec::new();
         }
         let mut dirs = Vec::new();
-        let later = self.log.split_off(&id);
+        let mut later = Vec::new();
+        self.log.scan_from(&Logged(id), |k, rec| {
+            later.push((*k, rec.into_owned()));
+            true
+        });
         for (k, rec) in later.iter().rev() {
-            self.undo(*k, rec, files);
+            self.log.remove(k);
+            self.undo(k.0, rec, files);
             dirs.extend(rec.listings.iter().map(|(d, _)| *d));
         }
         let rec = self.run(id, action, files);
         dirs.extend(rec.listings.iter().map(|(d, _)| *d));
-        self.log.insert(id, rec);
+        self.log.insert(Logged(id), rec);
         for (k, rec) in later {
-            let rec = self.run(k, rec.action, files);
+            let rec = self.run(k.0, rec.action, files);
             dirs.extend(rec.listings.iter().map(|(d, _)| *d));
             self.log.insert(k, rec);
         }
@@ -174,11 +194,18 @@ impl Tree {
 
     /// Drops the move-log records of ops stamped before `below`; returns how many.
     pub(crate) fn purge(&mut self, below: Hlc) -> usize {
-        let keep = self.log.split_off(&OpId {
-            hlc: below,
-            author: PublicKey([0; 32]),
+        let mut old = Vec::new();
+        self.log.each(|k, _| {
+            let purged = k.0.hlc < below;
+            if purged {
+                old.push(*k);
+            }
+            purged
         });
-        std::mem::replace(&mut self.log, keep).len()
+        for k in &old {
+            self.log.remove(k);
+        }
+        old.len()
     }
 
     /// The entry with id `id`, if placed.
@@ -567,44 +594,54 @@ impl Tree {
             t.by_file.get_or_default(&e.file).add(id);
             t.entries.insert(id, e);
         }
-        t.log = Self::decode_log(r)?;
+        t.decode_log(r)?;
         Ok(t)
     }
 
-    /// Writes the move log alone (the paged projection's header holds it).
+    /// Writes the move log alone (snapshots, and page headers before format 6, held it).
     pub(crate) fn encode_log(&self, w: &mut Writer) {
-        w.len(self.log.len());
-        for (id, rec) in &self.log {
-            w.id(id);
-            rec.action.encode(w);
-            rec.undo.encode(w);
-            w.len(rec.listings.len());
-            for (dir, before) in &rec.listings {
-                w.id(dir);
-                w.id(before);
-            }
+        let log = self.log.all();
+        w.len(log.len());
+        for (k, rec) in &log {
+            w.id(&k.0);
+            rec.put(k, w);
         }
     }
 
-    /// Reads what [`Tree::encode_log`] wrote.
-    pub(crate) fn decode_log(r: &mut Reader) -> Result<BTreeMap<OpId, LogRec>, FsError> {
-        let mut log = BTreeMap::new();
+    /// Reads what [`Tree::encode_log`] wrote into the log (as records not written yet).
+    pub(crate) fn decode_log(&mut self, r: &mut Reader) -> Result<(), FsError> {
         for _ in 0..r.len()? {
-            let id = r.id()?;
-            let action = Action::decode(r)?;
-            let undo = Undo::decode(r)?;
-            let listings = (0..r.len()?)
-                .map(|_| Ok((r.id()?, r.id()?)))
-                .collect::<Result<_, FsError>>()?;
-            log.insert(
-                id,
-                LogRec {
-                    action,
-                    undo,
-                    listings,
-                },
-            );
+            let k = Logged(r.id()?);
+            let rec = LogRec::read(&k, r)?;
+            if self.log.insert(k, rec).is_some() {
+                return Err(corrupt("move-log record listed twice"));
+            }
         }
-        Ok(log)
+        Ok(())
+    }
+}
+
+impl PageValue<Logged> for LogRec {
+    fn put(&self, _: &Logged, w: &mut Writer) {
+        self.action.encode(w);
+        self.undo.encode(w);
+        w.len(self.listings.len());
+        for (dir, before) in &self.listings {
+            w.id(dir);
+            w.id(before);
+        }
+    }
+
+    fn read(_: &Logged, r: &mut Reader) -> Result<Self, FsError> {
+        let action = Action::decode(r)?;
+        let undo = Undo::decode(r)?;
+        let listings = (0..r.len()?)
+            .map(|_| Ok((r.id()?, r.id()?)))
+            .collect::<Result<_, FsError>>()?;
+        Ok(LogRec {
+            action,
+            undo,
+            listings,
+        })
     }
 }

@@ -29,6 +29,7 @@ pub(crate) fn table(page: Page) -> TableDefinition<'static, &'static [u8], &'sta
         Page::Files => "page_files.v4",
         Page::Applied => "page_applied.v4",
         Page::Superseded => "page_superseded.v4",
+        Page::Log => "page_log.v4",
     })
 }
 
