@@ -44,6 +44,10 @@ pub(crate) const PAGES_INTENTIONS: u64 = 1000;
 /// Changed projection records held in memory after which they are written at once (an
 /// intention may carry thousands of ops).
 pub(crate) const PAGES_UNWRITTEN: usize = 8192;
+/// Requests one commit takes at most: a clone queues thousands of intentions at once,
+/// and one commit of them all would hold their records and redb's dirty pages in memory
+/// together, past the checks above, which run between commits.
+pub(crate) const MAX_BATCH_REQUESTS: usize = 256;
 
 /// A reply channel for one request.
 pub(crate) type Reply<T> = SyncSender<Result<T, StoreError>>;
@@ -313,10 +317,12 @@ impl Actor {
                 && !shared.wake.wait_until(&mut mb, deadline).timed_out()
             {}
         }
+        let take = mb.requests.len().min(MAX_BATCH_REQUESTS);
+        let requests = mb.requests.drain(..take).collect();
         Batch {
             ops: mem::take(&mut mb.ops),
-            requests: mem::take(&mut mb.requests),
-            last: mb.shutdown,
+            requests,
+            last: mb.shutdown && mb.requests.is_empty(),
         }
     }
 
