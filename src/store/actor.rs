@@ -48,6 +48,9 @@ pub(crate) const PAGES_UNWRITTEN: usize = 8192;
 /// and one commit of them all would hold their records and redb's dirty pages in memory
 /// together, past the checks above, which run between commits.
 pub(crate) const MAX_BATCH_REQUESTS: usize = 256;
+/// Quiet after its last commit after which the actor hands the heap that work freed
+/// back to the system (a clone or a big copy leaves most of its peak free but held).
+pub(crate) const IDLE_TRIM: Duration = Duration::from_secs(1);
 
 /// A reply channel for one request.
 pub(crate) type Reply<T> = SyncSender<Result<T, StoreError>>;
@@ -205,6 +208,8 @@ struct Actor {
     /// sealed. They are neither announced nor served until it is: a crash would lose
     /// them, and the next intention sealed at the same chain seq would then be a fork.
     held: Held,
+    /// When the last commit since the heap was last trimmed ran (`None`: none did).
+    untrimmed: Option<Instant>,
 }
 
 /// What one commit answers.
@@ -252,6 +257,7 @@ fn serve(shared: std::sync::Arc<Shared>, counts: Counts) {
         last_pages: now,
         next_early: Some(0),
         held: Held::default(),
+        untrimmed: None,
     };
     loop {
         let batch = actor.take();
@@ -337,6 +343,9 @@ impl Actor {
         if let Some(due) = self.held.due() {
             t = t.min(due);
         }
+        if let Some(last) = self.untrimmed {
+            t = t.min(last + IDLE_TRIM);
+        }
         if let Some(due) = self.next_early {
             let wall = self.shared.now_ms();
             t = t.min(Instant::now() + Duration::from_millis(due.saturating_sub(wall)));
@@ -392,10 +401,15 @@ impl Actor {
             || (pages && self.since_pages > 0)
             || batch.last;
         let done = if writes {
+            self.untrimmed = Some(Instant::now());
             self.commit(batch.ops, &batch.requests, durable, pages, batch.last)?
         } else {
             Committed::default()
         };
+        if batch.requests.is_empty() && self.untrimmed.is_some_and(|t| t.elapsed() >= IDLE_TRIM) {
+            crate::budget::release_freed();
+            self.untrimmed = None;
+        }
         let mut replies = done.applied.into_iter();
         let mut attested = done.attested.into_iter();
         for r in batch.requests {
