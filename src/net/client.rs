@@ -252,7 +252,9 @@ pub(crate) async fn join(
     let mut claim = Claim::new(shared);
     let (run, joiner) = match joining {
         Some((store, state)) => {
-            claim.take(store.id());
+            if !claim.take(store.id()) {
+                return Err(NetError::Joining(crate::node::store_name(&store)));
+            }
             let run = Run::new(state.inviter, token.store, Some(store), &token.store_name);
             (run, Joiner::resume(state.next))
         }
@@ -280,11 +282,12 @@ impl<'a> Claim<'a> {
         Claim { shared, id: None }
     }
 
-    /// Claims store `id`, unless another flow already has it.
-    fn take(&mut self, id: StoreId) {
+    /// Claims store `id`, unless another flow already has it; true if this one does.
+    fn take(&mut self, id: StoreId) -> bool {
         if self.id.is_none() && self.shared.resuming.lock().insert(id) {
             self.id = Some(id);
         }
+        self.id == Some(id)
     }
 }
 
@@ -364,6 +367,11 @@ impl Run {
                         inviter: self.inviter,
                         next: FIRST_WITNESS,
                     };
+                    // Claimed before the store shows as joining: the restart-resume
+                    // loop would otherwise stream it too, next to this join.
+                    if !claim.take(self.id) {
+                        return Err(NetError::Joining(self.name.clone()));
+                    }
                     let node = shared.node.clone();
                     let id = self.id;
                     let store = blocking(move || node.begin_join(id, founder, &state)).await??;
@@ -382,7 +390,6 @@ impl Run {
                             )
                         }
                     }
-                    claim.take(id);
                     self.store = Some(store);
                 }
                 JoinAction::Apply(list) => {
@@ -462,8 +469,7 @@ pub(crate) fn resume_joins(shared: &Arc<Shared>) {
         let shared = shared.clone();
         tokio::spawn(async move {
             let mut claim = Claim::new(&shared);
-            claim.take(store.id());
-            if claim.id.is_none() {
+            if !claim.take(store.id()) {
                 return;
             }
             let (tx, _rx) = mpsc::unbounded_channel();

@@ -80,6 +80,10 @@ pub enum NetError {
     /// This node already has the store the invite token is for.
     #[error("already a member of store {0:?}")]
     AlreadyJoined(String),
+    /// Another flow (an earlier `join`, or the resume after a restart) is joining the
+    /// store.
+    #[error("store {0:?} is already being joined")]
+    Joining(String),
     /// Creating or revoking an invite, or revoking a member, was refused locally.
     #[error(transparent)]
     Invite(#[from] InviteError),
