@@ -378,7 +378,10 @@ impl FsState {
             late: self.late(),
             ..FsStats::default()
         };
-        let mut seen = HashSet::new();
+        // Files reached through a hard link whose own name is not visible: the only
+        // ones that need remembering to be counted once (a set of every file would
+        // grow with the tree).
+        let mut linked = HashSet::new();
         let mut dirs = vec![OpId::ROOT];
         while let Some(dir) = dirs.pop() {
             self.tree.scan_children(dir, |_, set| {
@@ -396,7 +399,7 @@ impl FsState {
                     if f.kind == Kind::Dir {
                         s.dirs += 1;
                         dirs.push(e.file);
-                    } else if seen.insert(e.file) {
+                    } else if self.counts_here(eid, e.file, &mut linked) {
                         s.files += 1;
                         if f.kind == Kind::File {
                             s.bytes += f.size();
@@ -407,6 +410,15 @@ impl FsState {
             });
         }
         s
+    }
+
+    /// Whether [`FsState::stats`] counts `file` at its visible entry `eid`: at its own
+    /// name (the Create's entry, whose id is the file's), else at the first link seen.
+    fn counts_here(&self, eid: OpId, file: FileId, linked: &mut HashSet<FileId>) -> bool {
+        if eid == file {
+            return true;
+        }
+        !self.entry_visible(file) && linked.insert(file)
     }
 
     /// A canonical dump of the visible tree (paths, kinds, meta, content refs) for

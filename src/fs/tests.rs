@@ -411,6 +411,29 @@ fn hard_links_count_in_nlink_and_directories_count_visible_subdirectories() {
 }
 
 #[test]
+fn a_hard_linked_file_counts_once_whichever_of_its_names_are_visible() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 10, OpId::ROOT, "d");
+    let f = mkfile(&mut s, 1, 11, OpId::ROOT, "a", "x");
+    for (wall, parent, name) in [(12, d, "b"), (13, OpId::ROOT, "c")] {
+        let link = s.plan_link(f, parent, name).unwrap();
+        run(&mut s, 1, wall, link);
+    }
+    assert_eq!((s.stats().files, s.stats().bytes), (1, 1), "three names");
+    let rm = s.plan_unlink(OpId::ROOT, "a").unwrap();
+    run(&mut s, 1, 14, rm);
+    assert_eq!(s.stats().files, 1, "two links, its own name gone");
+    let rm = s.plan_unlink(OpId::ROOT, "c").unwrap();
+    run(&mut s, 1, 15, rm);
+    assert_eq!(s.stats().files, 1, "one link left");
+    mkfile(&mut s, 1, 16, d, "other", "yz");
+    assert_eq!((s.stats().files, s.stats().bytes), (2, 3));
+    let rm = s.plan_unlink(d, "b").unwrap();
+    run(&mut s, 1, 17, rm);
+    assert_eq!(s.stats().files, 1);
+}
+
+#[test]
 fn metadata_registers_are_last_writer_wins_by_op_id_whatever_the_arrival_order() {
     let mut s = FsState::new();
     let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a", "");
