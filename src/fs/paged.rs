@@ -529,6 +529,23 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
         }
     }
 
+    /// Removes the records at the front of the map's order while `leading` holds for
+    /// their keys; returns those keys.
+    pub(crate) fn remove_while(&mut self, leading: impl Fn(&K) -> bool) -> Vec<K> {
+        let mut keys = Vec::new();
+        self.each(|k, _| {
+            let take = leading(k);
+            if take {
+                keys.push(k.clone());
+            }
+            take
+        });
+        for k in &keys {
+            self.remove(k);
+        }
+        keys
+    }
+
     /// Every value, in the keys' order (for encoding and tests: reads the whole table).
     pub(crate) fn all(&self) -> Vec<(K, V)> {
         let mut out = Vec::with_capacity(self.len);

@@ -296,27 +296,9 @@ impl FsState {
         }
         self.purged_below = below;
         // The maps' order is HLC-major: the old records come first.
-        let mut applied = Vec::new();
-        self.applied.each(|id, _| {
-            let old = id.hlc < below;
-            if old {
-                applied.push(*id);
-            }
-            old
-        });
-        for id in &applied {
-            self.applied.remove(id);
-        }
-        let mut pending = Vec::new();
-        self.pending.each(|key, _| {
-            let old = key.0.hlc < below;
-            if old {
-                pending.push(*key);
-            }
-            old
-        });
+        let applied = self.applied.remove_while(|id| id.hlc < below);
+        let pending = self.pending.remove_while(|key| key.0.hlc < below);
         for key in &pending {
-            self.pending.remove(key);
             if let Some(f) = self.files.get_mut(&key.1) {
                 f.forget_superseded(&key.0);
             }

@@ -194,18 +194,7 @@ impl Tree {
 
     /// Drops the move-log records of ops stamped before `below`; returns how many.
     pub(crate) fn purge(&mut self, below: Hlc) -> usize {
-        let mut old = Vec::new();
-        self.log.each(|k, _| {
-            let purged = k.0.hlc < below;
-            if purged {
-                old.push(*k);
-            }
-            purged
-        });
-        for k in &old {
-            self.log.remove(k);
-        }
-        old.len()
+        self.log.remove_while(|k| k.0.hlc < below).len()
     }
 
     /// The entry with id `id`, if placed.
