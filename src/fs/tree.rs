@@ -165,15 +165,20 @@ impl Tree {
     /// directories whose entries the undone, applied or replayed ops changed (their
     /// `listing` may have moved). Idempotent.
     pub(crate) fn apply(&mut self, id: OpId, action: Action, files: &mut Files) -> Vec<FileId> {
-        if self.log.contains_key(&Logged(id)) {
+        // One scan from `id` finds whether it is logged already and what sorts after it.
+        let mut logged = false;
+        let mut later = Vec::new();
+        self.log.scan_from(&Logged(id), |k, rec| {
+            logged = k.0 == id;
+            if !logged {
+                later.push((*k, rec.into_owned()));
+            }
+            !logged
+        });
+        if logged {
             return Vec::new();
         }
         let mut dirs = Vec::new();
-        let mut later = Vec::new();
-        self.log.scan_from(&Logged(id), |k, rec| {
-            later.push((*k, rec.into_owned()));
-            true
-        });
         for (k, rec) in later.iter().rev() {
             self.log.remove(k);
             self.undo(k.0, rec, files);
