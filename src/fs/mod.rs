@@ -27,7 +27,7 @@ mod view;
 
 pub use error::FsError;
 pub use members::{InviteInfo, InviteStatus, MemberInfo};
-pub use paged::{Page, PageSource};
+pub use paged::{Page, PageSource, PageWrite};
 pub use pages::PageBatch;
 pub(crate) use removed::Found;
 pub use state::{FsState, Purged};

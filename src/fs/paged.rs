@@ -76,8 +76,23 @@ pub trait PageSource: Send + Sync {
     fn corrupt(&self, page: Page, key: &[u8]);
 }
 
-/// One record to write: the table, the key, and the value (`None`: delete it).
-pub type PageWrite = (Page, Vec<u8>, Option<Vec<u8>>);
+/// One change to a page table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PageWrite {
+    /// Put the value under the key (`None`: delete the record).
+    Record(Page, Vec<u8>, Option<Vec<u8>>),
+    /// Delete every record keyed before these bytes (written before the table's records).
+    Below(Page, Vec<u8>),
+}
+
+impl PageWrite {
+    /// The table it changes.
+    pub fn page(&self) -> Page {
+        match self {
+            PageWrite::Record(page, ..) | PageWrite::Below(page, _) => *page,
+        }
+    }
+}
 
 /// The authors named in a state's pages, each by a number in the order first written:
 /// keys and values name an author by its number, and the header stores the table.
@@ -279,6 +294,9 @@ pub(crate) struct Paged<K, V> {
     src: Option<Arc<dyn PageSource>>,
     /// The records changed since the last commit of pages, by encoded key.
     over: BTreeMap<Vec<u8>, Slot<K, V>>,
+    /// The source's records keyed before these bytes are removed (hidden until a commit
+    /// deletes them), with the generation that removed them.
+    floor: Option<(Vec<u8>, u64)>,
     len: usize,
     generation: u64,
     /// Set once pages were written: from then on a removal must leave a tombstone.
@@ -303,6 +321,7 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
             authors: authors.clone(),
             src: None,
             over: BTreeMap::new(),
+            floor: None,
             len: 0,
             generation: 0,
             written: false,
@@ -342,7 +361,15 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
         out
     }
 
+    /// True if the source's record under `kb` is removed by the floor.
+    fn below_floor(&self, kb: &[u8]) -> bool {
+        self.floor.as_ref().is_some_and(|(f, _)| kb < f.as_slice())
+    }
+
     fn load(&self, key: &K, kb: &[u8]) -> Option<V> {
+        if self.below_floor(kb) {
+            return None;
+        }
         let src = self.src.as_ref()?;
         let bytes = src.get(self.page, kb)?;
         let decoded = decode_value(key, &bytes, &self.authors.0.read().keys);
@@ -487,6 +514,10 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
         if let Some(src) = &self.src {
             let keys = self.authors.keys();
             let mut going = true;
+            let start = match &self.floor {
+                Some((floor, _)) if floor.as_slice() > start => floor.as_slice(),
+                _ => start,
+            };
             src.scan(self.page, start, &mut |kb, vb| {
                 if !kb.starts_with(prefix) {
                     return false;
@@ -529,24 +560,55 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
         }
     }
 
-    /// Removes the records at the front of the map's order while `leading` holds for
-    /// their keys; returns those keys.
-    pub(crate) fn remove_while(&mut self, leading: impl Fn(&K) -> bool) -> Vec<K> {
-        let mut keys = Vec::new();
-        self.each(|k, _| {
-            let take = leading(k);
-            if take {
-                keys.push(k.clone());
-            }
-            take
-        });
-        for k in &keys {
-            self.remove(k);
+    /// Removes every record whose key's first op id is stamped before `below`, calling
+    /// `each` on its key; returns how many. Stored records are not read: they are hidden
+    /// at once and deleted by one range delete at the next write of pages.
+    pub(crate) fn remove_below(&mut self, below: Hlc, mut each: impl FnMut(&K)) -> usize {
+        let mut floor = Vec::with_capacity(HLC_BYTES);
+        floor.extend_from_slice(&below.wall_ms.to_be_bytes());
+        floor.extend_from_slice(&below.counter.to_be_bytes());
+        let mut removed = 0;
+        if let Some(src) = &self.src {
+            let keys = self.authors.keys();
+            let start = self.floor.as_ref().map_or(&[][..], |(f, _)| f.as_slice());
+            src.scan(self.page, start, &mut |kb, _| {
+                if kb >= floor.as_slice() {
+                    return false;
+                }
+                // A record in the overlay is counted with the overlay's.
+                if !self.over.contains_key(kb) {
+                    removed += 1;
+                    match K::read(kb, &keys) {
+                        Some(k) => each(&k),
+                        None => src.corrupt(self.page, kb),
+                    }
+                }
+                true
+            });
         }
-        keys
+        // A record cut for a commit not settled yet may be stored by it: once written,
+        // the overlay keeps a tombstone.
+        let mut kept = self.over.split_off(&floor);
+        for (kb, mut slot) in std::mem::take(&mut self.over) {
+            if slot.val.take().is_some() {
+                removed += 1;
+                each(&slot.key);
+            }
+            if self.written {
+                slot.generation = self.generation;
+                kept.insert(kb, slot);
+            }
+        }
+        self.over = kept;
+        self.len -= removed;
+        // A floor set again stamps every record stored until then hidden: only a higher
+        // one may (a record stored after a lower floor's removal is live).
+        if self.written && self.floor.as_ref().is_none_or(|(old, _)| *old < floor) {
+            self.floor = Some((floor, self.generation));
+        }
+        removed
     }
 
-    /// Every value, in the keys' order (for encoding and tests: reads the whole table).
     pub(crate) fn all(&self) -> Vec<(K, V)> {
         let mut out = Vec::with_capacity(self.len);
         self.each(|k, v| {
@@ -563,12 +625,15 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
         let mut names = self.authors.0.write();
         let known = names.keys.len();
         let mut w = Writer::naming(&names.keys);
+        if let Some((floor, _)) = &self.floor {
+            out.push(PageWrite::Below(self.page, floor.clone()));
+        }
         for (kb, slot) in &self.over {
             let value = slot.val.as_ref().map(|v| {
                 v.put(&slot.key, &mut w);
                 std::mem::take(&mut w.body)
             });
-            out.push((self.page, kb.clone(), value));
+            out.push(PageWrite::Record(self.page, kb.clone(), value));
         }
         // The writer numbered the authors new to the table after the known ones, in
         // the order the table adds them.
@@ -585,6 +650,9 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
     /// After the records of generation `cut` were committed: reads them from `src` now.
     pub(crate) fn settle(&mut self, cut: u64, src: Arc<dyn PageSource>) {
         self.over.retain(|_, slot| slot.generation > cut);
+        if self.floor.as_ref().is_some_and(|(_, g)| *g <= cut) {
+            self.floor = None;
+        }
         self.src = Some(src);
     }
 
@@ -631,11 +699,12 @@ mod tests {
 
     impl Committed {
         fn apply(&mut self, writes: Vec<PageWrite>) {
-            for (_, k, v) in writes {
-                match v {
-                    Some(v) => self.0.insert(k, v),
-                    None => self.0.remove(&k),
-                };
+            for w in writes {
+                match w {
+                    PageWrite::Record(_, k, Some(v)) => drop(self.0.insert(k, v)),
+                    PageWrite::Record(_, k, None) => drop(self.0.remove(&k)),
+                    PageWrite::Below(_, k) => self.0 = self.0.split_off(&k),
+                }
             }
         }
     }
@@ -666,6 +735,8 @@ mod tests {
         Insert(u8, u8, u8),
         Remove(u8, u8),
         Change(u8, u8, u8),
+        /// Remove the records stamped before directory `d`'s.
+        Purge(u8),
         /// Cut the dirty records; they commit at the next `Settle`.
         Cut,
         Settle,
@@ -676,6 +747,7 @@ mod tests {
             4 => (0..4u8, 0..6u8, any::<u8>()).prop_map(|(d, n, v)| Step::Insert(d, n, v)),
             2 => (0..4u8, 0..6u8).prop_map(|(d, n)| Step::Remove(d, n)),
             2 => (0..4u8, 0..6u8, any::<u8>()).prop_map(|(d, n, v)| Step::Change(d, n, v)),
+            1 => (0..5u8).prop_map(Step::Purge),
             1 => Just(Step::Cut),
             1 => Just(Step::Settle),
         ]
@@ -728,6 +800,16 @@ mod tests {
                         if let Some(s) = model.get_mut(&key(d, n)) {
                             s.add(key(v, 1).0);
                         }
+                    }
+                    Step::Purge(d) => {
+                        let below = key(d, 0).0.hlc;
+                        let mut gone = Vec::new();
+                        let n = map.remove_below(below, |k| gone.push(k.clone()));
+                        let kept = model.split_off(&key(d & !1, 0));
+                        let want: Vec<Key> = std::mem::replace(&mut model, kept).into_keys().collect();
+                        gone.sort();
+                        prop_assert_eq!(n, want.len());
+                        prop_assert_eq!(gone, want);
                     }
                     Step::Cut => {
                         if cut.is_none() {

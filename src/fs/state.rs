@@ -295,18 +295,15 @@ impl FsState {
             return Purged::default();
         }
         self.purged_below = below;
-        // The maps' order is HLC-major: the old records come first.
-        let applied = self.applied.remove_while(|id| id.hlc < below);
-        let pending = self.pending.remove_while(|key| key.0.hlc < below);
-        for key in &pending {
-            if let Some(f) = self.files.get_mut(&key.1) {
-                f.forget_superseded(&key.0);
-            }
-        }
+        let files = &mut self.files;
         Purged {
             tree_records: self.tree.purge(below),
-            applied_ids: applied.len(),
-            superseded: pending.len(),
+            applied_ids: self.applied.remove_below(below, |_| ()),
+            superseded: self.pending.remove_below(below, |(id, file)| {
+                if let Some(f) = files.get_mut(file) {
+                    f.forget_superseded(id);
+                }
+            }),
         }
     }
 

@@ -4,7 +4,7 @@ use bytes::Bytes;
 
 use crate::cas::Content;
 use crate::fs::op::{Kind, Op, OpBody, Role, SetMeta};
-use crate::fs::{FsError, FsState, Node, RenameFlags};
+use crate::fs::{FsError, FsState, Node, PageWrite, RenameFlags};
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
 use crate::ids::{FileId, OpId};
@@ -1229,11 +1229,18 @@ struct Written(std::collections::BTreeMap<(crate::fs::Page, Vec<u8>), Vec<u8>>);
 impl Written {
     /// Commits the records of `batch`, but those of `skip`.
     fn commit(&mut self, batch: &crate::fs::PageBatch, skip: Option<crate::fs::Page>) {
-        for (page, key, value) in batch.writes.iter().filter(|w| Some(w.0) != skip) {
-            match value {
-                Some(v) => self.0.insert((*page, key.clone()), v.clone()),
-                None => self.0.remove(&(*page, key.clone())),
-            };
+        for write in batch.writes.iter().filter(|w| Some(w.page()) != skip) {
+            match write {
+                PageWrite::Record(page, key, Some(v)) => {
+                    self.0.insert((*page, key.clone()), v.clone());
+                }
+                PageWrite::Record(page, key, None) => {
+                    self.0.remove(&(*page, key.clone()));
+                }
+                PageWrite::Below(page, key) => self
+                    .0
+                    .retain(|(p, k), _| p != page || k.as_slice() >= key.as_slice()),
+            }
         }
     }
 }
@@ -1279,7 +1286,7 @@ fn a_header_that_held_the_move_log_opens_with_the_log_in_pages_and_undoes_from_t
     let logged = batch
         .writes
         .iter()
-        .filter(|(page, _, value)| *page == Page::Log && value.is_some())
+        .filter(|w| matches!(w, PageWrite::Record(Page::Log, _, Some(_))))
         .count();
     assert_eq!(
         logged, 4,

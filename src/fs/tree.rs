@@ -199,7 +199,7 @@ impl Tree {
 
     /// Drops the move-log records of ops stamped before `below`; returns how many.
     pub(crate) fn purge(&mut self, below: Hlc) -> usize {
-        self.log.remove_while(|k| k.0.hlc < below).len()
+        self.log.remove_below(below, |_| ())
     }
 
     /// The entry with id `id`, if placed.

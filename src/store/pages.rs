@@ -16,7 +16,7 @@ use redb::{
     WriteTransaction,
 };
 
-use crate::fs::{Page, PageBatch, PageSource};
+use crate::fs::{Page, PageBatch, PageSource, PageWrite};
 use crate::store::error::StoreError;
 
 /// The table of `page`.
@@ -177,10 +177,11 @@ pub(crate) fn write(
         if batch.clear {
             t.retain(|_, _| false)?;
         }
-        for (_, key, value) in batch.writes.iter().filter(|w| w.0 == page) {
-            match value {
-                Some(v) => drop(t.insert(&key[..], &v[..])?),
-                None => drop(t.remove(&key[..])?),
+        for write in batch.writes.iter().filter(|w| w.page() == page) {
+            match write {
+                PageWrite::Record(_, key, Some(v)) => drop(t.insert(&key[..], &v[..])?),
+                PageWrite::Record(_, key, None) => drop(t.remove(&key[..])?),
+                PageWrite::Below(_, key) => t.retain_in(..&key[..], |_, _| false)?,
             }
         }
     }
