@@ -231,6 +231,26 @@ impl FileRec {
         }
     }
 
+    /// Groups no head belongs to (superseded versions), by id.
+    pub(crate) fn dead_groups(&self) -> Vec<OpId> {
+        let alive = self.alive();
+        self.groups
+            .keys()
+            .filter(|g| !alive.contains_key(g))
+            .copied()
+            .collect()
+    }
+
+    /// Forgets the content of superseded versions (see `FsState::purge`); returns how
+    /// many.
+    pub(crate) fn drop_dead_groups(&mut self) -> usize {
+        let dead = self.dead_groups();
+        for g in &dead {
+            self.groups.remove(g);
+        }
+        dead.len()
+    }
+
     /// The winning group: the group of the greatest head.
     pub(crate) fn winner(&self) -> Option<OpId> {
         self.heads.last_key_value().map(|(_, g)| *g)

@@ -39,4 +39,6 @@ pub const SNAPSHOTS_DIR: &str = ".snapshots";
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]
+mod purge_tests;
+#[cfg(test)]
 mod tests;

@@ -25,6 +25,8 @@ pub const MAX_LABEL_BYTES: usize = 255;
 /// Longest retention a store may set, in days: a century is "for ever" for a shared
 /// drive, and the bound keeps `days * ms per day` far from overflowing.
 pub const MAX_RETENTION_DAYS: u32 = 36_500;
+/// Milliseconds in a day of retention or horizon.
+pub const MS_PER_DAY: u64 = 24 * 60 * 60 * 1000;
 /// Retention of a store that never set one, in days.
 pub const DEFAULT_RETENTION_DAYS: u32 = 30;
 /// Shortest horizon a store may set, in days: attestations travel at every sync, so a

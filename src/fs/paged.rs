@@ -49,11 +49,17 @@ pub enum Page {
     /// Location op id → its move-log record: what it changed, to undo it when an older
     /// op arrives (until a purge drops it).
     Log,
+    /// (Remove op id, file) → nothing: files a name of which that op deleted, for the
+    /// sweep to consider once the removal is settled and past retention.
+    Removals,
+    /// (op id, file) → nothing: files whose versions that op may have left without a
+    /// head, for the sweep to consider once the file's ops are settled.
+    Replacements,
 }
 
 impl Page {
     /// Every table, in a fixed order.
-    pub const ALL: [Page; 8] = [
+    pub const ALL: [Page; 10] = [
         Page::Entries,
         Page::Children,
         Page::Subdirs,
@@ -62,6 +68,8 @@ impl Page {
         Page::Applied,
         Page::Superseded,
         Page::Log,
+        Page::Removals,
+        Page::Replacements,
     ];
 }
 

@@ -6,9 +6,11 @@
 //! and late count, the store name, retention and horizon registers, the members with the
 //! keys that left, the delete record and the snapshot labels (from format 5; a format 4
 //! header is read as one without labels), and the record count of each page table in
-//! [`Page::ALL`] order), in the codec of format 6 snapshots. Formats 4 and 5 held the
-//! move log in the header (and counted the tables before [`Page::Log`]): it is read into
-//! the paged log, whose records the next write of pages stores. Formats 1
+//! [`Page::ALL`] order), in the codec of format 6 snapshots. Format 6 had no sweep
+//! tables (it counted the tables up to [`Page::Log`]): they are filled from the entries
+//! and file records at open. Formats 4 and 5 also held the move log in the header (and
+//! counted the tables before [`Page::Log`]): it is read into the paged log, whose
+//! records the next write of pages stores. Formats 1
 //! and 2 (builds before directory times, leave and delete; format 1 also had no horizon
 //! register) and 3 (records naming authors by whole keys) are refused like snapshot
 //! formats 3 and 4: the store rebuilds the projection from its intentions.
@@ -26,11 +28,17 @@ use crate::fs::tree::Tree;
 /// First bytes of a header, before its format version.
 pub(crate) const HEADER_MAGIC: &[u8; 8] = b"LMFSHEAD";
 /// Format version of the headers this build writes.
-const HEADER_VERSION: u32 = 6;
+const HEADER_VERSION: u32 = 7;
+/// The header format before the sweep tables.
+const HEADER_NO_SWEEP: u32 = 6;
 /// The header format that held the move log.
 const HEADER_LOG_INSIDE: u32 = 5;
 /// The header format before snapshot labels: read as a format 5 header without any.
 const HEADER_NO_LABELS: u32 = 4;
+/// The tables format 6 counted: those before the sweep tables.
+const TABLES_NO_SWEEP: usize = 8;
+/// The tables formats 4 and 5 counted: those before [`Page::Log`].
+const TABLES_LOG_INSIDE: usize = 7;
 /// The header formats of earlier builds: recognised, and rebuilt from the intentions
 /// (in 1 and 2 the page records lack each directory's listing op; in 3 each record
 /// carries its own table of author keys, and keys hold whole author keys).
@@ -74,6 +82,8 @@ impl FsState {
             self.applied.dirty(&mut writes),
             self.pending.dirty(&mut writes),
             self.tree.log.dirty(&mut writes),
+            self.removals.dirty(&mut writes),
+            self.replacements.dirty(&mut writes),
         ];
         PageBatch {
             clear,
@@ -86,7 +96,8 @@ impl FsState {
     /// After a batch cut at `cut` was committed: reads its records from `src`, which
     /// holds that commit, and keeps only what changed since in memory.
     pub fn settle_pages(&mut self, cut: PageCut, src: Arc<dyn PageSource>) {
-        let [entries, children, subdirs, by_file, files, applied, pending, log] = cut.0;
+        let [entries, children, subdirs, by_file, files, applied, pending, log, removals, replacements] =
+            cut.0;
         self.tree.log.settle(log, src.clone());
         self.tree.entries.settle(entries, src.clone());
         self.tree.children.settle(children, src.clone());
@@ -94,7 +105,9 @@ impl FsState {
         self.tree.by_file.settle(by_file, src.clone());
         self.files.settle(files, src.clone());
         self.applied.settle(applied, src.clone());
-        self.pending.settle(pending, src);
+        self.pending.settle(pending, src.clone());
+        self.removals.settle(removals, src.clone());
+        self.replacements.settle(replacements, src);
         self.paged = true;
     }
 
@@ -111,7 +124,7 @@ impl FsState {
         }
         let version = u32::from_le_bytes(r.array()?);
         let labels = match version {
-            HEADER_VERSION | HEADER_LOG_INSIDE => true,
+            HEADER_VERSION | HEADER_NO_SWEEP | HEADER_LOG_INSIDE => true,
             HEADER_NO_LABELS => false,
             v if HEADER_REBUILT.contains(&v) => return Err(rebuilt("header format", v)),
             v => {
@@ -129,19 +142,22 @@ impl FsState {
         decode_registers(&mut state, &mut r, labels)?;
         let mut inside = Tree::new(&authors);
         let mut lens = [0usize; Page::ALL.len()];
-        let counted = if version == HEADER_VERSION {
-            &mut lens[..]
-        } else {
-            inside.decode_log(&mut r)?;
-            &mut lens[..Page::ALL.len() - 1]
+        let counted = match version {
+            HEADER_VERSION => Page::ALL.len(),
+            HEADER_NO_SWEEP => TABLES_NO_SWEEP,
+            _ => {
+                inside.decode_log(&mut r)?;
+                TABLES_LOG_INSIDE
+            }
         };
-        for len in counted {
+        for len in &mut lens[..counted] {
             *len = usize::try_from(r.uint()?).map_err(|_| corrupt("count"))?;
         }
         if !r.is_empty() {
             return Err(corrupt("trailing bytes in the header"));
         }
-        let [entries, children, subdirs, by_file, files, applied, pending, log] = lens;
+        let [entries, children, subdirs, by_file, files, applied, pending, log, removals, replacements] =
+            lens;
         state.tree = Tree {
             entries: Paged::backed(Page::Entries, &authors, src.clone(), entries),
             children: Paged::backed(Page::Children, &authors, src.clone(), children),
@@ -154,9 +170,14 @@ impl FsState {
         }
         state.files = Paged::backed(Page::Files, &authors, src.clone(), files);
         state.applied = Paged::backed(Page::Applied, &authors, src.clone(), applied);
-        state.pending = Paged::backed(Page::Superseded, &authors, src, pending);
+        state.pending = Paged::backed(Page::Superseded, &authors, src.clone(), pending);
+        state.removals = Paged::backed(Page::Removals, &authors, src.clone(), removals);
+        state.replacements = Paged::backed(Page::Replacements, &authors, src, replacements);
         state.authors = authors;
         state.paged = true;
+        if version != HEADER_VERSION {
+            state.fill_sweep_tables();
+        }
         Ok(state)
     }
 
@@ -171,6 +192,8 @@ impl FsState {
             + self.applied.overlay_len()
             + self.pending.overlay_len()
             + self.tree.log.overlay_len()
+            + self.removals.overlay_len()
+            + self.replacements.overlay_len()
     }
 
     /// The header, its key table led by the authors the page records name (called
@@ -186,19 +209,25 @@ impl FsState {
         seal(HEADER_MAGIC, HEADER_VERSION, w)
     }
 
-    /// The header as formats 4 and 5 wrote it, the move log inside and the tables
-    /// before [`Page::Log`] counted: what the test of reading one starts from.
+    /// The header as format `version` (5 or 6) wrote it: format 5 with the move log
+    /// inside and the tables before [`Page::Log`] counted, format 6 without the sweep
+    /// tables. What the tests of reading one start from.
     #[cfg(test)]
-    pub(crate) fn encode_header_holding_the_log(&self) -> Vec<u8> {
+    pub(crate) fn encode_old_header(&self, version: u32) -> Vec<u8> {
         let mut w = Writer::naming(&self.authors.keys());
         w.hlc(self.purged_below);
         w.uint(self.late);
         self.encode_registers(&mut w);
-        self.tree.encode_log(&mut w);
-        for len in &self.page_lens()[..Page::ALL.len() - 1] {
+        let tables = if version == HEADER_NO_SWEEP {
+            TABLES_NO_SWEEP
+        } else {
+            self.tree.encode_log(&mut w);
+            TABLES_LOG_INSIDE
+        };
+        for len in &self.page_lens()[..tables] {
             w.uint(*len as u64);
         }
-        seal(HEADER_MAGIC, HEADER_LOG_INSIDE, w)
+        seal(HEADER_MAGIC, version, w)
     }
 
     /// The record count of each page table, in [`Page::ALL`] order.
@@ -212,6 +241,8 @@ impl FsState {
             self.applied.len(),
             self.pending.len(),
             self.tree.log.len(),
+            self.removals.len(),
+            self.replacements.len(),
         ]
     }
 }

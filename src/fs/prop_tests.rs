@@ -2,7 +2,8 @@
 //! replicas in random causal orders, must converge without cycles or lost writes. The
 //! canonical dumps compared hold every visible node's attributes, so directory mtimes
 //! and ctimes (moved by creates, links, renames, removals and explicit times) must
-//! converge too, and survive a purge at any frontier.
+//! converge too, and survive a purge (and a sweep of tombstones and superseded versions)
+//! at any frontier.
 
 use std::collections::{HashMap, HashSet};
 
@@ -130,6 +131,8 @@ struct Replica {
 struct World {
     replicas: Vec<Replica>,
     ops: Vec<(PublicKey, Op)>,
+    /// For each op, the ids its author had applied when it planned it.
+    pasts: Vec<HashSet<OpId>>,
     now: u64,
 }
 
@@ -166,16 +169,21 @@ impl World {
                 })
                 .collect(),
             ops: Vec::new(),
+            pasts: Vec::new(),
             now: 1_000_000,
         };
+        // Retention 0, so that a purge may sweep every settled tombstone and version.
         w.emit(
             0,
-            vec![OpBody::SetMember {
-                key: author(0),
-                role: Role::Admin,
-                display_name: "alice".into(),
-                invite: None,
-            }],
+            vec![
+                OpBody::SetMember {
+                    key: author(0),
+                    role: Role::Admin,
+                    display_name: "alice".into(),
+                    invite: None,
+                },
+                OpBody::SetRetention { days: 0 },
+            ],
         );
         w
     }
@@ -189,6 +197,7 @@ impl World {
                 body,
             };
             rep.state.apply(rep.author, &op);
+            self.pasts.push(rep.known.clone());
             rep.known.insert(op.id(rep.author));
             rep.order.push(self.ops.len());
             self.ops.push((rep.author, op));
@@ -561,6 +570,25 @@ fn listed_stats(s: &FsState) -> FsStats {
     out
 }
 
+/// The most a store may call settled once `order[..i]` is applied: the smallest stamp of
+/// an applied op that the author of some op still to come had not applied when it
+/// planned it.
+fn settled_at(w: &World, order: &[usize], i: usize) -> Hlc {
+    let mut settled = Hlc {
+        wall_ms: u64::MAX,
+        counter: 0,
+    };
+    for &j in &order[i..] {
+        for &k in &order[..i] {
+            let (a, op) = &w.ops[k];
+            if !w.pasts[j].contains(&op.id(*a)) {
+                settled = settled.min(op.hlc);
+            }
+        }
+    }
+    settled
+}
+
 /// `s` through a snapshot, checking that re-encoding the decoded state gives the same bytes.
 fn through_snapshot(s: &FsState) -> Result<FsState, TestCaseError> {
     let bytes = s.encode_snapshot();
@@ -575,7 +603,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
-    fn purging_where_no_later_op_is_stamped_before_the_purge_point_never_changes_the_projection(
+    fn purging_and_sweeping_where_no_later_op_is_stamped_before_them_never_changes_the_projection(
         steps in prop::collection::vec(step(), 1..120),
         seed in any::<u64>(),
         cuts in prop::collection::btree_set(0..=1000usize, 1..4),
@@ -593,7 +621,7 @@ proptest! {
                     .map(|&j| w.ops[j].1.hlc)
                     .min()
                     .unwrap_or(Hlc { wall_ms: u64::MAX, counter: 0 });
-                s.purge(below);
+                s.purge(below, settled_at(&w, &order, i));
                 s = through_snapshot(&s)?;
             }
             if let Some(&j) = order.get(i) {
@@ -604,6 +632,19 @@ proptest! {
         prop_assert_eq!(s.stats(), reference.stats());
         prop_assert_eq!(s.late(), 0);
         through_snapshot(&s)?;
+        // Once everything is settled, the sweep leaves only what something visible needs.
+        let end = Hlc { wall_ms: u64::MAX, counter: 0 };
+        s.purge(end, end);
+        prop_assert_eq!(s.canonical_dump(), reference.canonical_dump());
+        for (id, e) in s.tree.entries.all() {
+            if e.loc.removal.is_some() {
+                let holds = !s.tree.children(e.file).is_empty();
+                prop_assert!(s.exists(e.file) || holds, "tombstone {:?} kept", id);
+            }
+        }
+        for (id, f) in s.files.all() {
+            prop_assert!(f.dead_groups().is_empty(), "dead versions of {:?} kept", id);
+        }
     }
 
     #[test]

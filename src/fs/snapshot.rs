@@ -236,6 +236,7 @@ fn decode_state(r: Reader, labels: bool) -> Result<FsState, FsError> {
     if !r.is_empty() {
         return Err(corrupt("trailing bytes"));
     }
+    state.fill_sweep_tables();
     Ok(state)
 }
 
@@ -303,5 +304,6 @@ fn decode_v2(mut r: Reader) -> Result<FsState, FsError> {
     if !r.is_empty() {
         return Err(corrupt("trailing bytes"));
     }
+    state.fill_sweep_tables();
     Ok(state)
 }

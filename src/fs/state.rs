@@ -6,18 +6,19 @@
 //! (edit wins over delete), or it is a directory with a visible child (a removed directory
 //! comes back holding what was added). Ancestors of a visible entry are thus visible.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::Arc;
 
+use crate::cas::Content;
 use crate::fs::content::{FileRec, Lww};
 use crate::fs::members::{InviteInfo, MemberInfo, Members};
-use crate::fs::op::{Kind, Op, OpBody, Role, Setting};
+use crate::fs::op::{Create, Kind, Op, OpBody, Role, Setting, MS_PER_DAY};
 use crate::fs::paged::{Authors, Got, Page, Paged};
 use crate::fs::tree::{Action, Entry, Tree};
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
-use crate::ids::{FileId, InviteId, OpId};
+use crate::ids::{FileId, Hash, InviteId, OpId};
 
 /// The projection of a store's ops: the tree, file contents and metadata, the members.
 #[derive(Clone)]
@@ -42,8 +43,14 @@ pub struct FsState {
     pub(crate) deleted: Option<OpId>,
     /// The greatest `below` purged at: ops stamped before it are late.
     pub(crate) purged_below: Hlc,
-    /// Late ops applied (stamped before `purged_below`, applied after the purge).
+    /// Late ops applied (stamped before `purged_below`, applied after the purge, or
+    /// naming a file or directory a sweep forgot).
     pub(crate) late: u64,
+    /// The files a removal may have left forgettable, by the removal (see
+    /// [`FsState::purge`]).
+    pub(crate) removals: Paged<(OpId, FileId), ()>,
+    /// The files an op may have left with versions no head belongs to, by the op.
+    pub(crate) replacements: Paged<(OpId, FileId), ()>,
     /// True once the state's records live in page tables (see `fs::pages`).
     pub(crate) paged: bool,
 }
@@ -57,6 +64,12 @@ pub struct Purged {
     pub applied_ids: usize,
     /// Ids named as superseded that no applied op carries.
     pub superseded: usize,
+    /// Deleted entries (tombstones) taken out of the directory indexes.
+    pub tombstones: usize,
+    /// Records of deleted files (every name deleted) forgotten with their tombstones.
+    pub files: usize,
+    /// Superseded content versions (version groups no head belongs to) forgotten.
+    pub versions: usize,
 }
 
 impl Default for FsState {
@@ -86,6 +99,8 @@ impl FsState {
             files,
             applied: Paged::new(Page::Applied, &authors),
             pending: Paged::new(Page::Superseded, &authors),
+            removals: Paged::new(Page::Removals, &authors),
+            replacements: Paged::new(Page::Replacements, &authors),
             authors,
             store_name: None,
             retention: None,
@@ -121,12 +136,13 @@ impl FsState {
                     return Vec::new();
                 }
                 self.files.insert(id, FileRec::created(id, c));
+                let parent = self.held_dir(id, c.parent);
                 return self.tree.apply(
                     id,
                     Action::Place {
                         file: id,
                         dir: c.kind == Kind::Dir,
-                        parent: c.parent,
+                        parent,
                         name: c.name.clone(),
                     },
                     &mut self.files,
@@ -140,12 +156,13 @@ impl FsState {
                     return Vec::new();
                 }
                 f.touch(id);
+                let parent = self.held_dir(id, *parent);
                 return self.tree.apply(
                     id,
                     Action::Place {
                         file: *file,
                         dir: false,
-                        parent: *parent,
+                        parent,
                         name: name.clone(),
                     },
                     &mut self.files,
@@ -157,11 +174,18 @@ impl FsState {
                 name,
             } => {
                 self.touch_entry(*entry, id);
+                // A removed directory left empty may become forgettable.
+                if let Some(from) = self.tree.entry(*entry).map(|e| e.loc.parent) {
+                    if self.is_removed(from) {
+                        self.removals.insert((id, from), ());
+                    }
+                }
+                let parent = self.held_dir(id, *parent);
                 return self.tree.apply(
                     id,
                     Action::Move {
                         entry: *entry,
-                        parent: *parent,
+                        parent,
                         name: name.clone(),
                     },
                     &mut self.files,
@@ -172,6 +196,9 @@ impl FsState {
                 seen_content,
             } => {
                 self.touch_entry(*entry, id);
+                if let Some(file) = self.tree.entry(*entry).map(|e| e.file) {
+                    self.removals.insert((id, file), ());
+                }
                 let mut seen = seen_content.clone();
                 seen.sort();
                 seen.dedup();
@@ -186,6 +213,20 @@ impl FsState {
             }
             OpBody::Write {
                 file,
+                content,
+                mtime_ns,
+                ..
+            }
+            | OpBody::Append {
+                file,
+                data: content,
+                mtime_ns,
+                ..
+            } if self.swept_away(id, *file) => {
+                return self.recover(id, *file, content, *mtime_ns);
+            }
+            OpBody::Write {
+                file,
                 supersedes,
                 content,
                 mtime_ns,
@@ -196,6 +237,7 @@ impl FsState {
                     f.supersede(supersedes, &pending);
                     f.write(id, content, *mtime_ns);
                 }
+                self.replaced(id, *file);
             }
             OpBody::Append {
                 file,
@@ -211,6 +253,7 @@ impl FsState {
                         f.supersede(supersedes, &pending);
                     }
                 }
+                self.replaced(id, *file);
             }
             OpBody::Dismiss { file, supersedes } => {
                 let pending = self.pending_of(*file, supersedes);
@@ -218,6 +261,7 @@ impl FsState {
                     f.touch(id);
                     f.supersede(supersedes, &pending);
                 }
+                self.replaced(id, *file);
             }
             OpBody::SetMeta(m) => {
                 if let Some(f) = self.files.get_mut(&m.file) {
@@ -269,42 +313,236 @@ impl FsState {
         Vec::new()
     }
 
-    /// Forgets what no op stamped at or after `below` can need, so memory holds only the
-    /// part of the history that can still be reordered.
+    /// Forgets what no op stamped at or after `below` can need, and the deleted names,
+    /// deleted files and superseded versions settled before `settled`, so the state
+    /// holds only what is live, retained, or can still be reordered.
     ///
     /// Contract: the caller guarantees that every op it delivers after this call is
     /// stamped at or after `below` (the stability frontier) and that it never delivers
     /// an op again (applied ids before `below` are forgotten, so a repeat would apply
-    /// twice). Under that guarantee the projection after any further ops is exactly the
-    /// one a full replay of all ops would give. Dropped: the move-log records with their
-    /// undo records of location ops stamped before `below` (no later op sorts before
-    /// them, so they are never undone again), applied ids stamped before `below`, and
-    /// ids named as superseded before `below` that no op carries (none can arrive).
-    /// Kept: every entry, deleted ones included (a deleted name comes back when an edit
-    /// it missed wins over its delete, so tombstones stay until that can no longer
-    /// happen), every file record, content version, metadata register and member.
+    /// twice); and that every op stamped before `settled` (at most `below`) was applied
+    /// here and by every member whose later ops it will deliver, before those ops were
+    /// planned (the store passes the frontier's `below` capped by the first stamp of
+    /// each author's chain past the frontier's vector). Under that guarantee the
+    /// projection after any further ops is exactly the one a full replay of all ops
+    /// would give, so replicas that purged at different points show the same tree.
+    ///
+    /// Dropped at `below`: the move-log records with their undo records of location ops
+    /// stamped before `below` (no later op sorts before them, so they are never undone
+    /// again), applied ids stamped before `below`, and ids named as superseded before
+    /// `below` that no op carries (none can arrive).
+    ///
+    /// Swept at `settled` (when it passed the last sweep): a file none of whose names is
+    /// visible, each name deleted by a Remove stamped before `settled` and older than
+    /// the store's retention at `settled` (wall clock of the stamps), and, for a
+    /// directory, holding no entry at all, is forgotten with its names (its tombstones
+    /// leave the directory indexes, so `readdir` and `lookup` no longer scan them). No
+    /// later op can bring it back: every author of one has seen its removals and its
+    /// names were not visible, and `history --deleted` and `restore` no longer offer it
+    /// (its retention is over). A version group no head belongs to, of a file whose ops
+    /// are all stamped before `settled`, is forgotten too: only an Append by an author
+    /// that had not seen its last member superseded could revive it. History and
+    /// restore read versions from the intentions, which are kept.
     ///
     /// Late rule: an op stamped before the greatest `below` purged at that is applied
     /// afterwards (a member silent past the horizon, or a dishonest one) is applied as
     /// if stamped at that purge point: after every purged record, before every kept one,
-    /// among other late ops by op id. That is deterministic given the state but may
-    /// differ from a full replay; each such op is counted (`FsStats::late`). A `below`
-    /// at or before an earlier purge point drops nothing more.
-    pub fn purge(&mut self, below: Hlc) -> Purged {
-        if below <= self.purged_below {
-            return Purged::default();
+    /// among other late ops by op id. A late Create, Link or Move into a directory this
+    /// state does not hold places its name at the root instead, and a late Write or
+    /// Append to a file it does not hold brings the file back at the root as `recovered
+    /// <id>` holding that content, so writes concurrent with a swept delete survive.
+    /// That is deterministic given the state but may differ from a full replay (a
+    /// replica that had not swept shows the file at its old place); each such op is
+    /// counted (`FsStats::late`). A `below` or `settled` at or before an earlier one
+    /// drops nothing more.
+    pub fn purge(&mut self, below: Hlc, settled: Hlc) -> Purged {
+        let mut out = Purged::default();
+        if below > self.purged_below {
+            self.purge_bookkeeping(below, &mut out);
         }
+        self.sweep(settled.min(below), &mut out);
+        out
+    }
+
+    fn purge_bookkeeping(&mut self, below: Hlc, out: &mut Purged) {
         self.purged_below = below;
         let files = &mut self.files;
-        Purged {
-            tree_records: self.tree.purge(below),
-            applied_ids: self.applied.remove_below(below, |_| ()),
-            superseded: self.pending.remove_below(below, |(id, file)| {
-                if let Some(f) = files.get_mut(file) {
-                    f.forget_superseded(id);
+        out.tree_records = self.tree.purge(below);
+        out.applied_ids = self.applied.remove_below(below, |_| ());
+        out.superseded = self.pending.remove_below(below, |(id, file)| {
+            if let Some(f) = files.get_mut(file) {
+                f.forget_superseded(id);
+            }
+        });
+    }
+
+    /// The sweep of [`FsState::purge`]: it reads only the files the sweep tables name
+    /// before `settled` (and the directories of the files it forgets).
+    fn sweep(&mut self, settled: Hlc, out: &mut Purged) {
+        let retention = u64::from(self.retention_days()) * MS_PER_DAY;
+        if let Some(expired) = settled.wall_ms.checked_sub(retention) {
+            let settled_removal = |e: &Entry| {
+                e.loc
+                    .removal
+                    .as_ref()
+                    .is_some_and(|r| r.op.hlc < settled && r.op.hlc.wall_ms <= expired)
+            };
+            let due = settled.min(Hlc {
+                wall_ms: expired.saturating_add(1),
+                counter: 0,
+            });
+            let mut check = BTreeSet::new();
+            self.removals.remove_below(due, |(_, file)| {
+                check.insert(*file);
+            });
+            // Children before their directories (a child is usually created after its
+            // directory: a greater id); forgetting a child checks its directory again.
+            while let Some(file) = check.pop_last() {
+                if !self.forgettable(file, &settled_removal) {
+                    continue;
                 }
-            }),
+                // Forgetting names nobody sees changes no other file's visibility.
+                for (id, _) in self.tree.entries_of(file).iter() {
+                    if let Some(e) = self.tree.entry(*id) {
+                        check.insert(e.loc.parent);
+                    }
+                    self.tree.forget(*id);
+                    out.tombstones += 1;
+                }
+                self.files.remove(&file);
+                out.files += 1;
+            }
         }
+        let mut later = Vec::new();
+        let mut trim = BTreeSet::new();
+        self.replacements.remove_below(settled, |(_, file)| {
+            trim.insert(*file);
+        });
+        for file in trim {
+            let Some(touched) = self.files.get(&file).map(|f| f.touched) else {
+                continue;
+            };
+            if touched.hlc >= settled {
+                // A later op touched it: look again once that one is settled.
+                later.push((touched, file));
+            } else if let Some(f) = self.files.get_mut(&file) {
+                out.versions += f.drop_dead_groups();
+            }
+        }
+        for key in later {
+            self.replacements.insert(key, ());
+        }
+    }
+
+    /// Records that op `id` may have left versions of `file` without a head.
+    fn replaced(&mut self, id: OpId, file: FileId) {
+        if self.files.contains_key(&file) {
+            self.replacements.insert((id, file), ());
+        }
+    }
+
+    /// True if a name of `dir` was deleted.
+    fn is_removed(&self, dir: FileId) -> bool {
+        self.tree.entries_of(dir).keys().any(|id| {
+            self.tree
+                .entry(*id)
+                .is_some_and(|e| e.loc.removal.is_some())
+        })
+    }
+
+    /// Fills the sweep tables from the entries and file records, for a state read from
+    /// a format that had none.
+    pub(crate) fn fill_sweep_tables(&mut self) {
+        let mut removed = Vec::new();
+        self.tree.entries.each(|_, e| {
+            if let Some(r) = &e.loc.removal {
+                removed.push((r.op, e.file));
+            }
+            true
+        });
+        let mut replaced = Vec::new();
+        self.files.each(|id, f| {
+            if !f.dead_groups().is_empty() {
+                replaced.push((f.touched, *id));
+            }
+            true
+        });
+        for key in removed {
+            self.removals.insert(key, ());
+        }
+        for key in replaced {
+            self.replacements.insert(key, ());
+        }
+    }
+
+    /// Whether a sweep may forget `file`: not the root, every name deleted by a settled
+    /// removal, none visible, and, for a directory, no entry left inside.
+    fn forgettable(&self, file: FileId, settled_removal: &impl Fn(&Entry) -> bool) -> bool {
+        if file == OpId::ROOT {
+            return false;
+        }
+        let ids = self.tree.entries_of(file);
+        let all_settled = !ids.is_empty()
+            && ids
+                .keys()
+                .all(|id| self.tree.entry(*id).is_some_and(|e| settled_removal(&e)));
+        let mut empty = true;
+        self.tree.scan_children(file, |_, _| {
+            empty = false;
+            false
+        });
+        all_settled && empty && !self.exists(file)
+    }
+
+    /// `dir`, or the root for a directory a sweep forgot, for op `id` (see
+    /// [`FsState::purge`]).
+    fn held_dir(&self, id: OpId, dir: FileId) -> FileId {
+        if self.swept_away(id, dir) {
+            OpId::ROOT
+        } else {
+            dir
+        }
+    }
+
+    /// True if late op `id` names `file`, unknown here: ops arrive causally, so a sweep
+    /// forgot it (or its Create was voided: an op on time naming such a file is ignored,
+    /// as a full replay does).
+    fn swept_away(&self, id: OpId, file: FileId) -> bool {
+        id.hlc < self.purged_below && file != OpId::ROOT && !self.files.contains_key(&file)
+    }
+
+    /// Brings back a file a sweep forgot, written by late op `id`: a regular file at the
+    /// root named after its id, holding `content` (see [`FsState::purge`]).
+    fn recover(&mut self, id: OpId, file: FileId, content: &Content, mtime_ns: i64) -> Vec<FileId> {
+        let name = format!("recovered {}", &Hash::of(&file.to_bytes()).to_hex()[..12]);
+        let create = Create {
+            parent: OpId::ROOT,
+            name: name.clone(),
+            kind: Kind::File,
+            mode: 0o644,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            mtime_ns,
+            content: Content::empty(),
+        };
+        // The version is the late op's own, so the author's next write, which
+        // supersedes it, replaces it.
+        let mut f = FileRec::created(file, &create);
+        f.supersede(&[file], &[]);
+        f.write(id, content, mtime_ns);
+        f.touch(id);
+        self.files.insert(file, f);
+        self.tree.apply(
+            id,
+            Action::Place {
+                file,
+                dir: false,
+                parent: OpId::ROOT,
+                name,
+            },
+            &mut self.files,
+        )
     }
 
     /// The ids of `supersedes` whose ops have not arrived (and still can), recorded as

@@ -1227,9 +1227,9 @@ impl crate::fs::PageSource for NoPages {
 struct Written(std::collections::BTreeMap<(crate::fs::Page, Vec<u8>), Vec<u8>>);
 
 impl Written {
-    /// Commits the records of `batch`, but those of `skip`.
-    fn commit(&mut self, batch: &crate::fs::PageBatch, skip: Option<crate::fs::Page>) {
-        for write in batch.writes.iter().filter(|w| Some(w.page()) != skip) {
+    /// Commits the records of `batch`, but those of the tables in `skip`.
+    fn commit(&mut self, batch: &crate::fs::PageBatch, skip: &[crate::fs::Page]) {
+        for write in batch.writes.iter().filter(|w| !skip.contains(&w.page())) {
             match write {
                 PageWrite::Record(page, key, Some(v)) => {
                     self.0.insert((*page, key.clone()), v.clone());
@@ -1264,6 +1264,39 @@ impl crate::fs::PageSource for Written {
 }
 
 #[test]
+fn a_header_without_sweep_tables_opens_with_them_filled_and_sweeps_like_the_state_it_wrote() {
+    use crate::fs::Page;
+    use std::sync::Arc;
+    let mut s = FsState::new();
+    run(&mut s, 1, T0, OpBody::SetRetention { days: 0 });
+    let d = mkdir(&mut s, 1, T0 + 10, OpId::ROOT, "d");
+    let a = mkfile(&mut s, 1, T0 + 20, d, "a", "x");
+    mkfile(&mut s, 1, T0 + 30, d, "b", "y");
+    let w = s.plan_write(a, inline("x2"), 7).unwrap();
+    run(&mut s, 1, T0 + 40, w);
+    let rm = s.plan_unlink(d, "b").unwrap();
+    run(&mut s, 1, T0 + 50, rm);
+    let batch = s.take_pages();
+    let mut src = Written::default();
+    src.commit(&batch, &[Page::Removals, Page::Replacements]);
+    let legacy = s.encode_old_header(6);
+
+    let mut opened = FsState::open_pages(&legacy, Arc::new(src)).unwrap();
+    assert_eq!(opened.encode_snapshot(), s.encode_snapshot());
+    assert_eq!(opened.removals.len(), 1, "the removal of b");
+    assert!(opened.replacements.len() >= 1, "the write to a");
+    let end = Hlc {
+        wall_ms: T0 + 100,
+        counter: 0,
+    };
+    let swept = s.purge(end, end);
+    assert_eq!((swept.tombstones, swept.files), (1, 1));
+    assert!(swept.versions >= 1);
+    assert_eq!(opened.purge(end, end), swept);
+    assert_eq!(opened.encode_snapshot(), s.encode_snapshot());
+}
+
+#[test]
 fn a_header_that_held_the_move_log_opens_with_the_log_in_pages_and_undoes_from_them() {
     use crate::fs::Page;
     use std::sync::Arc;
@@ -1277,8 +1310,8 @@ fn a_header_that_held_the_move_log_opens_with_the_log_in_pages_and_undoes_from_t
     let whole = s.encode_snapshot();
     let batch = s.take_pages();
     let mut src = Written::default();
-    src.commit(&batch, Some(Page::Log));
-    let legacy = s.encode_header_holding_the_log();
+    src.commit(&batch, &[Page::Log, Page::Removals, Page::Replacements]);
+    let legacy = s.encode_old_header(5);
 
     let mut opened = FsState::open_pages(&legacy, Arc::new(src.clone())).unwrap();
     assert_eq!(opened.encode_snapshot(), whole);
@@ -1292,7 +1325,7 @@ fn a_header_that_held_the_move_log_opens_with_the_log_in_pages_and_undoes_from_t
         logged, 4,
         "two creates, a mkdir and a move, written as log pages"
     );
-    src.commit(&batch, None);
+    src.commit(&batch, &[]);
 
     let mut reopened = FsState::open_pages(&batch.header, Arc::new(src)).unwrap();
     assert_eq!(reopened.encode_snapshot(), whole);
@@ -1478,10 +1511,13 @@ fn an_op_stamped_before_the_purge_point_is_applied_at_that_point_and_counted_lat
         name: "e".into(),
     };
     run(&mut s, 1, 30, into_d);
-    let purged = s.purge(Hlc {
-        wall_ms: 20,
-        counter: 0,
-    });
+    let purged = s.purge(
+        Hlc {
+            wall_ms: 20,
+            counter: 0,
+        },
+        Hlc::ZERO,
+    );
     assert_eq!(
         purged.tree_records, 2,
         "the two Creates; the move at 30 stays"
@@ -1505,5 +1541,5 @@ fn an_op_stamped_before_the_purge_point_is_applied_at_that_point_and_counted_lat
     assert_eq!(s.canonical_dump(), again.canonical_dump(), "deterministic");
     assert_eq!(names(&s, OpId::ROOT), vec!["e"]);
     assert_eq!(names(&s, e), vec!["d"]);
-    assert_eq!(s.purge(Hlc::ZERO), crate::fs::Purged::default());
+    assert_eq!(s.purge(Hlc::ZERO, Hlc::ZERO), crate::fs::Purged::default());
 }

@@ -202,6 +202,21 @@ impl Tree {
         self.log.remove_below(below, |_| ())
     }
 
+    /// Takes entry `id` out of every index, as if it had never been placed (a purged
+    /// tombstone: see `FsState::purge`).
+    pub(crate) fn forget(&mut self, id: OpId) {
+        let Some(e) = self.entries.remove(&id) else {
+            return;
+        };
+        self.index_remove(id, &e.loc, e.dir);
+        if let Some(set) = self.by_file.get_mut(&e.file) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.by_file.remove(&e.file);
+            }
+        }
+    }
+
     /// The entry with id `id`, if placed.
     pub(crate) fn entry(&self, id: OpId) -> Option<Got<'_, Entry>> {
         self.entries.get(&id)
@@ -373,17 +388,7 @@ impl Tree {
         }
         match &rec.undo {
             Undo::Nothing => {}
-            Undo::Unplace => {
-                if let Some(e) = self.entries.remove(&id) {
-                    self.index_remove(id, &e.loc, e.dir);
-                    if let Some(set) = self.by_file.get_mut(&e.file) {
-                        set.remove(&id);
-                        if set.is_empty() {
-                            self.by_file.remove(&e.file);
-                        }
-                    }
-                }
-            }
+            Undo::Unplace => self.forget(id),
             Undo::Restore(entry, prev) => self.set_loc(*entry, Loc::clone(prev)),
         }
     }

@@ -527,7 +527,6 @@ impl Actor {
                 shared.identity.public(),
                 pending,
                 cx.now_ms,
-                revised,
             )?);
             drop(st);
             if let Some(own) = own

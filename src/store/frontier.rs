@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 use prost::Message;
 use redb::{ReadableTable, Table};
 
-use crate::fs::FsState;
+use crate::fs::{FsState, Purged};
 use crate::hlc::Hlc;
 use crate::identity::PublicKey;
+use crate::ids::Hash;
 use crate::proto::peer as pb;
 use crate::store::error::StoreError;
 use crate::store::retention::MS_PER_DAY;
@@ -116,9 +117,9 @@ fn encode(f: &Frontier) -> Vec<u8> {
 
 /// Recomputes the frontier in the commit in progress, with `st` the projection under
 /// its write lock (so no local write is in flight) and `pending` the smallest stamp of
-/// the ops pushed but not sealed. When `below` advances the frontier is persisted and
-/// the projection purged below it (also after `rebuilt`, a projection rebuilt from the
-/// log). Returns this node's live attestation.
+/// the ops pushed but not sealed. When `below` advances the frontier is persisted; the
+/// projection is purged below it and swept below what is settled (each a no-op when
+/// neither moved). Returns this node's live attestation.
 pub(crate) fn advance(
     t: &mut Tables<'_>,
     st: &mut FsState,
@@ -126,7 +127,6 @@ pub(crate) fn advance(
     me: PublicKey,
     pending: Option<Hlc>,
     now_ms: u64,
-    rebuilt: bool,
 ) -> Result<Attestation, StoreError> {
     let (own, newest) = own(t, pending)?;
     let members: Vec<PublicKey> = st.members().into_iter().map(|m| m.key).collect();
@@ -146,26 +146,19 @@ pub(crate) fn advance(
         horizon_ms: u64::from(st.horizon_days()) * MS_PER_DAY,
     });
     standing.newest = newest;
-    let advanced = match computed {
+    match computed {
         Ok((frontier, lowest)) => {
             standing.holdback = Some(Holdback::Floor(lowest));
             let old = standing.frontier.as_ref().map(|f| f.below);
             if old.is_none_or(|below| frontier.below >= below) {
-                let moved = old.is_none_or(|below| frontier.below > below);
                 if standing.frontier.as_ref() != Some(&frontier) {
                     t.meta.insert(META_FRONTIER, &encode(&frontier)[..])?;
                 }
                 standing.frontier = Some(frontier);
-                moved
-            } else {
-                false
             }
         }
-        Err(blocker) => {
-            standing.holdback = Some(Holdback::Blocked(blocker));
-            false
-        }
-    };
+        Err(blocker) => standing.holdback = Some(Holdback::Blocked(blocker)),
+    }
     standing.behind = match &standing.frontier {
         Some(f) => own
             .vector
@@ -174,11 +167,44 @@ pub(crate) fn advance(
             .sum(),
         None => own.vector.values().sum(),
     };
-    if let Some(f) = standing.frontier.as_ref().filter(|_| advanced || rebuilt) {
-        let purged = st.purge(f.below);
-        tracing::debug!(below = ?f.below, ?purged, "purged the projection below the frontier");
+    if let Some(f) = standing.frontier.as_ref() {
+        let settled = settled(t, &own, f)?;
+        let purged = st.purge(f.below, settled);
+        if purged != Purged::default() {
+            tracing::debug!(below = ?f.below, ?settled, ?purged, "purged the projection");
+        }
     }
     Ok(own)
+}
+
+/// The stamp before which every op applied here was applied by every counted member too
+/// (what `FsState::purge` sweeps below): the frontier's `below`, capped, for each author
+/// this node holds more of than the frontier's vector covers, at the stamp of the last
+/// intention covered (the ops of its next ones are stamped after it), or at zero when
+/// none is.
+fn settled(t: &Tables<'_>, own: &Attestation, f: &Frontier) -> Result<Hlc, StoreError> {
+    let mut settled = f.below;
+    for (author, &len) in &own.vector {
+        let covered = f.vector.get(author).copied().unwrap_or(0);
+        if len <= covered {
+            continue;
+        }
+        let last = match covered {
+            0 => None,
+            seq => t
+                .chain
+                .range((author.0, seq, [0u8; 32])..=(author.0, seq, [0xffu8; 32]))?
+                .next()
+                .transpose()?
+                .map(|(k, _)| Hash(k.value().2)),
+        };
+        let cap = match last {
+            Some(hash) => t.hlc_of(&hash)?.unwrap_or(Hlc::ZERO),
+            None => Hlc::ZERO,
+        };
+        settled = settled.min(cap);
+    }
+    Ok(settled)
 }
 
 /// Records `floor` as handed out in an attestation (in the durable commit that answers

@@ -685,7 +685,8 @@ impl Store {
             c.observe(attested);
         }
         if let Some(f) = &frontier {
-            state.purge(f.below);
+            // Bookkeeping only: the first commit sweeps, with what the tables say is settled.
+            state.purge(f.below, Hlc::ZERO);
         }
         let shared = Arc::new(new_shared(id, founder, identity, state, clock, index, opts));
         shared.standing.lock().frontier = frontier;

@@ -30,6 +30,8 @@ pub(crate) fn table(page: Page) -> TableDefinition<'static, &'static [u8], &'sta
         Page::Applied => "page_applied.v4",
         Page::Superseded => "page_superseded.v4",
         Page::Log => "page_log.v4",
+        Page::Removals => "page_removals.v4",
+        Page::Replacements => "page_replacements.v4",
     })
 }
 

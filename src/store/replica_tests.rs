@@ -910,6 +910,86 @@ fn a_member_silent_past_a_horizon_the_admin_set_returns_and_all_its_concurrent_w
     silent_member_returns(Some(2));
 }
 
+/// b goes offline and overwrites a file a deletes meanwhile; a lives on past the horizon
+/// and (retention 0) sweeps the file's tombstone and record away. When b returns, b's
+/// write survives on both: on a, which no longer holds the file's place, as a file at
+/// the root; on b, at its old place (edit wins over delete).
+#[test]
+fn a_member_silent_past_the_horizon_returns_and_its_write_to_a_swept_file_survives() {
+    use crate::fs::op::{OpBody, Setting};
+    use crate::store::MS_PER_DAY;
+    use std::sync::Arc;
+
+    let t0 = crate::hlc::now_ms();
+    let (mut w, _) = team(1);
+    let at = |store: &Store, ms: u64| store.set_wall(Arc::new(move || ms));
+    let a = &w.nodes[0].store;
+    a.set_setting(Setting::Retention, 0).expect("an admin sets");
+    a.set_setting(Setting::Horizon, 2).expect("an admin sets");
+    write(a, "doomed");
+    sync_all(&mut w, 2);
+    let file = w.nodes[1]
+        .store
+        .read(|st| st.lookup(OpId::ROOT, "doomed"))
+        .expect("synced")
+        .file();
+    // b goes offline and, a day later, overwrites the file.
+    w.offline.push(1);
+    w.nodes[1].subscribed = false;
+    at(&w.nodes[1].store, t0 + MS_PER_DAY);
+    let b = &w.nodes[1].store;
+    b.write(|tx| {
+        Ok(tx.push(OpBody::Write {
+            file,
+            supersedes: Vec::new(),
+            content: crate::cas::Content::Inline(Bytes::from_static(b"from-b")),
+            mtime_ns: 1,
+        })?)
+    })
+    .expect("a member writes");
+    b.flush().expect("flush");
+    // a deletes it past the horizon, and a minute later writes on: b no longer holds the
+    // frontier back and the sweep forgets the deleted file.
+    let a = &w.nodes[0].store;
+    let late = t0 + 4 * MS_PER_DAY;
+    at(a, late);
+    a.write(|tx| {
+        let body = tx.state().plan_unlink(OpId::ROOT, "doomed")?;
+        Ok(tx.push(body)?)
+    })
+    .expect("a member deletes");
+    a.flush().expect("flush");
+    at(a, late + 2 * 60_000);
+    write(a, "after");
+    write(a, "after-2");
+    assert_eq!(a.frontier().expect("a frontier").members, 1, "b is silent");
+    assert!(
+        a.read(|st| st.file(file).is_none() && st.tree.group(OpId::ROOT, "doomed").is_none()),
+        "the tombstone and the file record are swept"
+    );
+    // b comes back.
+    at(&w.nodes[1].store, late + 3 * 60_000);
+    w.offline.clear();
+    w.nodes[1].subscribed = true;
+    sync_all(&mut w, 2);
+    for (i, n) in w.nodes.iter().enumerate() {
+        assert!(
+            contents(&n.store).iter().any(|c| &c[..] == b"from-b"),
+            "node {i} lost b's write: {:?}",
+            n.store.read(|st| st.readdir(OpId::ROOT))
+        );
+        assert!(has(&n.store, "after-2"));
+    }
+    assert!(
+        w.nodes[0].store.read(|st| st.late()) >= 1,
+        "counted late on a"
+    );
+    assert!(
+        has(&w.nodes[1].store, "doomed"),
+        "b keeps it at its old place"
+    );
+}
+
 #[test]
 fn a_leave_reaches_the_members_and_a_leaver_is_then_refused_as_not_a_member() {
     let (mut w, ids) = team(2);

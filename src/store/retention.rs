@@ -29,8 +29,7 @@ use crate::store::error::StoreError;
 use crate::store::tables::INTENTIONS;
 use crate::store::Store;
 
-/// Milliseconds in a retention day.
-pub const MS_PER_DAY: u64 = 24 * 60 * 60 * 1000;
+pub use crate::fs::op::MS_PER_DAY;
 
 /// Whether a version that stopped being current at wall ms `superseded_ms` (`None`:
 /// it still is) is retained at `now_ms` under a retention of `days`.
