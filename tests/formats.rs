@@ -346,7 +346,7 @@ fn a_data_dir_with_pages_of_the_previous_format_opens_rebuilt_with_its_tree_inta
         "format 3 pages are rebuilt from the intentions"
     );
     assert_eq!(schema_of(&db_file).0, SCHEMA_VERSION);
-    assert_eq!(header_format(&db_file), 6);
+    assert_eq!(header_format(&db_file), 7);
     let (again, replayed) = opened(&data);
     assert_eq!(replayed, 0, "the rebuilt pages are read as they are");
     assert_eq!(again, rebuilt);
@@ -367,13 +367,13 @@ fn pages_of_the_format_before_snapshot_labels_are_read_as_they_are() {
         (store.stats().replayed, store.read(|s| s.encode_snapshot()))
     });
     assert_eq!(replayed, 0, "format 4 pages are read, not rebuilt");
-    assert_eq!(header_format(&db_file), 6);
+    assert_eq!(header_format(&db_file), 7);
     with_store(&data, |node, store| {
         check_tree_of("7ac7b2d", node, store);
         assert_eq!(
             store.read(|s| s.encode_snapshot()),
             state,
-            "the whole state, move log included, reads back from format 6 pages"
+            "the whole state, move log included, reads back from format 7 pages"
         );
         let at = store
             .read(|s| s.snapshot("before"))
