@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{fuse_available, ok, random_bytes, Daemon};
+use common::{fuse_available, ok, random_bytes, within, Daemon};
 
 /// How long the admin's setting may take to reach another member.
 const SETTLE: Duration = Duration::from_secs(60);
@@ -92,6 +92,46 @@ fn retention_zero_and_gc_through_the_cli_free_every_old_version_of_an_overwritte
     let missing = d.run(&["gc", "nope"]);
     assert_eq!(missing.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("no store named \"nope\""));
+}
+
+#[test]
+fn deleted_files_past_retention_are_swept_from_the_store_and_stay_swept_after_a_restart() {
+    if !fuse_available() {
+        return;
+    }
+    let mut d = Daemon::start();
+    ok(d.run(&["create", "docs"]));
+    std::fs::create_dir_all(d.path("docs/old/sub")).unwrap();
+    for n in 0..20 {
+        std::fs::write(d.path(&format!("docs/old/sub/f{n}")), n.to_string()).unwrap();
+    }
+    std::fs::write(d.path("docs/kept.txt"), b"kept").unwrap();
+    d.sh("rm -r docs/old");
+    let docs = d.path("docs");
+    let deleted = |d: &Daemon| ok(d.run(&["history", "--deleted", docs.to_str().unwrap()]));
+    let listed = deleted(&d);
+    assert_eq!(
+        listed
+            .lines()
+            .filter(|l| l.starts_with("docs/old/"))
+            .count(),
+        20,
+        "kept 30 days: {listed}"
+    );
+    ok(d.run(&["retention", "docs", "0"]));
+    // The single member settles its own removals at its next commits.
+    within(Duration::from_secs(30), "the deleted files swept", || {
+        !deleted(&d).contains("docs/old")
+    });
+    d.down();
+    d.up();
+    assert!(!deleted(&d).contains("docs/old"), "swept for good");
+    assert_eq!(std::fs::read(d.path("docs/kept.txt")).unwrap(), b"kept");
+    let names: Vec<String> = std::fs::read_dir(d.path("docs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["kept.txt".to_string()]);
 }
 
 /// The one line a refused command printed on stderr.
