@@ -10,6 +10,9 @@ use common::{fuse_available, ok, random_bytes, within, Daemon};
 /// How long the admin's setting may take to reach another member.
 const SETTLE: Duration = Duration::from_secs(60);
 
+/// Files deleted by the sweep test: more than the 2,048 rows one sweep takes.
+const DELETED: usize = 2_500;
+
 /// The bytes a `gc` line "STORE: freed N blobs, M bytes" reports for `store`.
 fn freed_bytes(out: &str, store: &str) -> u64 {
     let line = out
@@ -102,7 +105,8 @@ fn deleted_files_past_retention_are_swept_from_the_store_and_stay_swept_after_a_
     let mut d = Daemon::start();
     ok(d.run(&["create", "docs"]));
     std::fs::create_dir_all(d.path("docs/old/sub")).unwrap();
-    for n in 0..20 {
+    // More than one sweep batch.
+    for n in 0..DELETED {
         std::fs::write(d.path(&format!("docs/old/sub/f{n}")), n.to_string()).unwrap();
     }
     std::fs::write(d.path("docs/kept.txt"), b"kept").unwrap();
@@ -115,8 +119,8 @@ fn deleted_files_past_retention_are_swept_from_the_store_and_stay_swept_after_a_
             .lines()
             .filter(|l| l.starts_with("docs/old/"))
             .count(),
-        20,
-        "kept 30 days: {listed}"
+        DELETED,
+        "kept 30 days"
     );
     ok(d.run(&["retention", "docs", "0"]));
     // The single member settles its own removals at its next commits.

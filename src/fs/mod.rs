@@ -30,6 +30,8 @@ pub use members::{InviteInfo, InviteStatus, MemberInfo};
 pub use paged::{Page, PageSource, PageWrite};
 pub use pages::PageBatch;
 pub(crate) use removed::Found;
+#[cfg(test)]
+pub(crate) use state::SWEEP_BATCH;
 pub use state::{FsState, Purged};
 pub use view::{Attr, ContentView, FsStats, Node, RenameFlags};
 

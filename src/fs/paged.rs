@@ -617,6 +617,23 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
         removed
     }
 
+    /// Removes the first records of the map's order, at most `most`, while `leading`
+    /// holds for their keys; returns those keys.
+    pub(crate) fn remove_first(&mut self, most: usize, leading: impl Fn(&K) -> bool) -> Vec<K> {
+        let mut keys = Vec::new();
+        self.each(|k, _| {
+            let take = keys.len() < most && leading(k);
+            if take {
+                keys.push(k.clone());
+            }
+            take
+        });
+        for k in &keys {
+            self.remove(k);
+        }
+        keys
+    }
+
     pub(crate) fn all(&self) -> Vec<(K, V)> {
         let mut out = Vec::with_capacity(self.len);
         self.each(|k, v| {

@@ -70,7 +70,14 @@ pub struct Purged {
     pub files: usize,
     /// Superseded content versions (version groups no head belongs to) forgotten.
     pub versions: usize,
+    /// The sweep stopped at [`SWEEP_BATCH`] rows of a table: more may be due.
+    pub behind: bool,
 }
+
+/// Most rows of each sweep table one [`FsState::purge`] takes, so the records a sweep
+/// changes (written with the next pages) stay bounded however much became due at once
+/// (a clone settles its whole history in one commit).
+pub(crate) const SWEEP_BATCH: usize = 2048;
 
 impl Default for FsState {
     fn default() -> Self {
@@ -391,10 +398,11 @@ impl FsState {
                 wall_ms: expired.saturating_add(1),
                 counter: 0,
             });
-            let mut check = BTreeSet::new();
-            self.removals.remove_below(due, |(_, file)| {
-                check.insert(*file);
-            });
+            let rows = self
+                .removals
+                .remove_first(SWEEP_BATCH, |(op, _)| op.hlc < due);
+            out.behind |= rows.len() == SWEEP_BATCH;
+            let mut check: BTreeSet<FileId> = rows.into_iter().map(|(_, file)| file).collect();
             // Children before their directories (a child is usually created after its
             // directory: a greater id); forgetting a child checks its directory again.
             while let Some(file) = check.pop_last() {
@@ -414,19 +422,26 @@ impl FsState {
             }
         }
         let mut later = Vec::new();
-        let mut trim = BTreeSet::new();
-        self.replacements.remove_below(settled, |(_, file)| {
-            trim.insert(*file);
-        });
+        let rows = self
+            .replacements
+            .remove_first(SWEEP_BATCH, |(op, _)| op.hlc < settled);
+        out.behind |= rows.len() == SWEEP_BATCH;
+        let trim: BTreeSet<FileId> = rows.into_iter().map(|(_, file)| file).collect();
         for file in trim {
-            let Some(touched) = self.files.get(&file).map(|f| f.touched) else {
+            let Some((touched, dead)) = self
+                .files
+                .get(&file)
+                .map(|f| (f.touched, !f.dead_groups().is_empty()))
+            else {
                 continue;
             };
             if touched.hlc >= settled {
                 // A later op touched it: look again once that one is settled.
                 later.push((touched, file));
-            } else if let Some(f) = self.files.get_mut(&file) {
-                out.versions += f.drop_dead_groups();
+            } else if dead {
+                if let Some(f) = self.files.get_mut(&file) {
+                    out.versions += f.drop_dead_groups();
+                }
             }
         }
         for key in later {

@@ -346,6 +346,9 @@ impl Actor {
         if let Some(last) = self.untrimmed {
             t = t.min(last + IDLE_TRIM);
         }
+        if self.shared.standing.lock().sweeping {
+            t = Instant::now();
+        }
         if let Some(due) = self.next_early {
             let wall = self.shared.now_ms();
             t = t.min(Instant::now() + Duration::from_millis(due.saturating_sub(wall)));
@@ -394,9 +397,11 @@ impl Actor {
         let early = self
             .next_early
             .is_some_and(|due| due <= self.shared.now_ms());
+        let sweeping = self.shared.standing.lock().sweeping;
         let writes = !batch.ops.is_empty()
             || applies
             || early
+            || sweeping
             || (durable && self.dirty)
             || (pages && self.since_pages > 0)
             || batch.last;

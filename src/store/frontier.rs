@@ -29,6 +29,8 @@ pub struct Standing {
     pub newest: Hlc,
     /// Applied intentions the frontier's vector does not cover yet.
     pub behind: u64,
+    /// The last sweep left rows due (it takes a bounded batch per commit).
+    pub sweeping: bool,
 }
 
 /// The length of `author`'s applied chain.
@@ -170,6 +172,7 @@ pub(crate) fn advance(
     if let Some(f) = standing.frontier.as_ref() {
         let settled = settled(t, &own, f)?;
         let purged = st.purge(f.below, settled);
+        standing.sweeping = purged.behind;
         if purged != Purged::default() {
             tracing::debug!(below = ?f.below, ?settled, ?purged, "purged the projection");
         }

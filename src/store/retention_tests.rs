@@ -428,3 +428,56 @@ fn the_content_space_is_measured_in_the_background_and_kept_across_a_restart() {
 /// Longer than the gap between two measurements of a small store (2 s), with room for
 /// the measurement itself.
 const SPACE_GAP_AND_SOME: Duration = Duration::from_secs(5);
+
+#[test]
+fn a_store_keeps_sweeping_batch_after_batch_with_nothing_else_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_rt, node) = node(tmp.path());
+    let store = node.create_store("many").unwrap();
+    store.set_setting(Setting::Retention, 0).unwrap();
+    let files = 3 * crate::fs::SWEEP_BATCH;
+    let ids = store
+        .write(|tx| {
+            let mut ids = Vec::new();
+            for n in 0..files {
+                ids.push(tx.push(OpBody::Create(Create {
+                    parent: OpId::ROOT,
+                    name: format!("f{n}"),
+                    kind: Kind::File,
+                    mode: 0o644,
+                    uid: 0,
+                    gid: 0,
+                    rdev: 0,
+                    mtime_ns: 0,
+                    content: Content::empty(),
+                }))?);
+            }
+            Ok(ids)
+        })
+        .unwrap();
+    store
+        .write(|tx| {
+            for id in &ids {
+                tx.push(OpBody::Remove {
+                    entry: *id,
+                    seen_content: vec![*id],
+                })?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    // An op after the removals, so that every one of them is settled.
+    create(&node, &store, "last", b"last");
+    // Reading takes no commit: only the store's own sweep commits can empty the tree.
+    let start = std::time::Instant::now();
+    while store.read(|s| s.tree.len()) > 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} tombstones left: {:?}",
+            store.read(|s| s.tree.len()),
+            store.read(|s| s.tree.children(OpId::ROOT))
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    node.shutdown().unwrap();
+}
