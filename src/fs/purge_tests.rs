@@ -166,20 +166,25 @@ fn a_deleted_directory_is_forgotten_with_its_deleted_children() {
     assert_eq!(l.s.canonical_dump(), l.replay().canonical_dump());
 }
 
-#[test]
-fn a_deleted_directory_kept_by_a_concurrent_child_is_forgotten_when_a_later_sweep_forgets_the_child(
-) {
+/// A store where author 2 created `c` in directory `d` while author 1, not having seen
+/// it, removed `d`, swept once since: `d` stays, holding `c`.
+fn removed_dir_holding_a_concurrent_child() -> (Log, FileId) {
     let mut l = no_retention();
     let d = l.create(T0 + 1, OpId::ROOT, "d", Kind::Dir);
-    // Author 2 creates c in d while author 1, not having seen it, removes d.
     let child =
         l.s.plan_create(d, "c", Kind::File, 0o644, 1, 2, 0, inline("c"), 7)
             .expect("a free name");
     l.rmdir(T0 + 2, OpId::ROOT, "d");
     l.run(2, T0 + 3, child);
     assert_eq!(names(&l.s, OpId::ROOT), vec!["d"], "d holds a live child");
-    let first = l.s.purge(at(T0 + 4), at(T0 + 4));
-    assert_eq!(first.files, 0, "d is not empty");
+    assert_eq!(l.s.purge(at(T0 + 4), at(T0 + 4)).files, 0, "d is not empty");
+    (l, d)
+}
+
+#[test]
+fn a_deleted_directory_kept_by_a_concurrent_child_is_forgotten_when_a_later_sweep_forgets_the_child(
+) {
+    let (mut l, d) = removed_dir_holding_a_concurrent_child();
     l.unlink(T0 + 5, d, "c");
     let second = l.s.purge(at(T0 + 10), at(T0 + 10));
     assert_eq!((second.tombstones, second.files), (2, 2), "c, then d");
@@ -189,14 +194,7 @@ fn a_deleted_directory_kept_by_a_concurrent_child_is_forgotten_when_a_later_swee
 
 #[test]
 fn a_deleted_directory_kept_by_a_concurrent_child_is_forgotten_once_the_child_moves_out() {
-    let mut l = no_retention();
-    let d = l.create(T0 + 1, OpId::ROOT, "d", Kind::Dir);
-    let child =
-        l.s.plan_create(d, "c", Kind::File, 0o644, 1, 2, 0, inline("c"), 7)
-            .expect("a free name");
-    l.rmdir(T0 + 2, OpId::ROOT, "d");
-    l.run(2, T0 + 3, child);
-    assert_eq!(l.s.purge(at(T0 + 4), at(T0 + 4)).files, 0, "d is not empty");
+    let (mut l, d) = removed_dir_holding_a_concurrent_child();
     // No name is deleted now: the move alone leaves d empty.
     let out =
         l.s.plan_rename(d, "c", OpId::ROOT, "c", crate::fs::RenameFlags::default())

@@ -440,17 +440,7 @@ fn a_store_keeps_sweeping_batch_after_batch_with_nothing_else_to_do() {
         .write(|tx| {
             let mut ids = Vec::new();
             for n in 0..files {
-                ids.push(tx.push(OpBody::Create(Create {
-                    parent: OpId::ROOT,
-                    name: format!("f{n}"),
-                    kind: Kind::File,
-                    mode: 0o644,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                    mtime_ns: 0,
-                    content: Content::empty(),
-                }))?);
+                ids.push(tx.push(crate::store::tests::create(&format!("f{n}")))?);
             }
             Ok(ids)
         })
@@ -460,7 +450,14 @@ fn a_store_keeps_sweeping_batch_after_batch_with_nothing_else_to_do() {
             for id in &ids {
                 tx.push(OpBody::Remove {
                     entry: *id,
-                    seen_content: vec![*id],
+                    seen_content: tx
+                        .state()
+                        .file(*id)
+                        .unwrap()
+                        .heads
+                        .keys()
+                        .copied()
+                        .collect(),
                 })?;
             }
             Ok(())
