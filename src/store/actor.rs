@@ -57,8 +57,8 @@ pub(crate) type Reply<T> = SyncSender<Result<T, StoreError>>;
 
 /// Work for the actor other than local ops.
 pub(crate) enum Request {
-    /// Apply received intention bytes.
-    Apply(Bytes, Reply<ApplyOutcome>),
+    /// Apply a received intention, decoded and verified by the sender.
+    Apply(Box<Intention>, Reply<ApplyOutcome>),
     /// Make every op queued before this request durable.
     Flush(Reply<()>),
     /// List the intentions touching a file.
@@ -487,8 +487,8 @@ impl Actor {
             let mut t = Tables::open(&txn)?;
             seal_local(&mut t, &cx, &mut self.counts, &shared.identity, ops)?;
             for r in requests {
-                if let Request::Apply(bytes, _) = r {
-                    match apply_remote(&mut t, &cx, &mut self.counts, bytes.clone()) {
+                if let Request::Apply(i, _) = r {
+                    match apply_remote(&mut t, &cx, &mut self.counts, i) {
                         Err(e) if !is_refusal(&e) => return Err(e),
                         outcome => outcomes.push(outcome),
                     }

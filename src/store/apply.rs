@@ -170,9 +170,8 @@ pub(crate) fn apply_remote(
     t: &mut Tables<'_>,
     cx: &Ctx<'_>,
     counts: &mut Counts,
-    bytes: Bytes,
+    i: &Intention,
 ) -> Result<ApplyOutcome, StoreError> {
-    let i = Intention::decode(bytes)?;
     if i.store_id != cx.id {
         return Err(StoreError::WrongStore {
             expected: cx.id,
@@ -184,18 +183,18 @@ pub(crate) fn apply_remote(
     }
     if i.hlc.wall_ms > cx.now_ms.saturating_add(MAX_CLOCK_SKEW_MS) {
         let until_ms = i.hlc.wall_ms - MAX_CLOCK_SKEW_MS;
-        park(t, cx, counts, Wait::Until(until_ms), &i)?;
+        park(t, cx, counts, Wait::Until(until_ms), i)?;
         return Ok(ApplyOutcome::Early { until_ms });
     }
-    let admitted = match first_missing(t, &i)? {
-        Some(missing) => park(t, cx, counts, Wait::For(missing), &i)
+    let admitted = match first_missing(t, i)? {
+        Some(missing) => park(t, cx, counts, Wait::For(missing), i)
             .map(|()| Some(ApplyOutcome::Floating { missing })),
-        None => admit(t, cx, counts, &i).map(|()| None),
+        None => admit(t, cx, counts, i).map(|()| None),
     };
     match admitted {
         Ok(Some(floating)) => Ok(floating),
         Ok(None) => {
-            integrate(t, cx, counts, &i, None)?;
+            integrate(t, cx, counts, i, None)?;
             let woken = wake(t, cx, counts, i.hash)?;
             Ok(ApplyOutcome::Applied { woken })
         }
@@ -225,21 +224,20 @@ pub(crate) fn release_due(
         due.push((k.value(), Bytes::copy_from_slice(v.value())));
     }
     for (key, bytes) in due {
-        match Intention::decode(bytes.clone()) {
-            Ok(i) => {
-                if !unpark(t, counts, &i.author, &i.hash)? {
-                    t.early.remove(key)?;
-                    counts.floating -= 1;
-                }
-            }
+        let i = match Intention::decode(bytes) {
+            Ok(i) => i,
             Err(e) => {
                 tracing::warn!(hash = %Hash(key.1), error = %e, "dropping undecodable early intention");
                 t.early.remove(key)?;
                 counts.floating -= 1;
                 continue;
             }
+        };
+        if !unpark(t, counts, &i.author, &i.hash)? {
+            t.early.remove(key)?;
+            counts.floating -= 1;
         }
-        match apply_remote(t, cx, counts, bytes) {
+        match apply_remote(t, cx, counts, &i) {
             Err(e) if !is_refusal(&e) => return Err(e),
             Err(e) => tracing::info!(hash = %Hash(key.1), error = %e, "refused an early intention"),
             Ok(_) => {}

@@ -470,8 +470,7 @@ impl Store {
         {
             let mut t = Tables::open(&txn)?;
             t.init_meta(id, &me)?;
-            let outcome =
-                apply::apply_remote(&mut t, &shared.ctx(), &mut counts, genesis.bytes.clone())?;
+            let outcome = apply::apply_remote(&mut t, &shared.ctx(), &mut counts, &genesis)?;
             debug_assert_eq!(outcome, ApplyOutcome::Applied { woken: 0 });
             t.meta
                 .insert(META_LAST_LOCAL_HLC, &tables::hlc_bytes(genesis.hlc)[..])?;
@@ -780,21 +779,24 @@ impl Store {
 
     /// Verifies and applies received intention bytes (floating if deps are missing).
     pub fn apply_remote(&self, bytes: Bytes) -> Result<ApplyOutcome, StoreError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.handle.shared.send(Request::Apply(bytes, tx))?;
-        rx.recv().map_err(|_| StoreError::Closed)?
+        self.apply_remote_many(vec![bytes])
+            .pop()
+            .expect("one outcome per input")
     }
 
     /// Applies many received intentions in order, queued together so the actor commits
-    /// them in as few transactions as it can; one outcome per input.
+    /// them in as few transactions as it can; one outcome per input. Each is decoded and
+    /// its signature checked here, on the caller's thread, while the actor applies the
+    /// ones before it.
     pub fn apply_remote_many(&self, list: Vec<Bytes>) -> Vec<Result<ApplyOutcome, StoreError>> {
         let waiting: Vec<_> = list
             .into_iter()
             .map(|bytes| {
+                let i = Intention::decode(bytes)?;
                 let (tx, rx) = std::sync::mpsc::sync_channel(1);
                 self.handle
                     .shared
-                    .send(Request::Apply(bytes, tx))
+                    .send(Request::Apply(Box::new(i), tx))
                     .map(|()| rx)
             })
             .collect();

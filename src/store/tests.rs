@@ -430,10 +430,8 @@ fn flushed_writes_survive_reopen_and_the_clock_does_not_go_backwards() {
     assert_eq!(reopened.digest().unwrap(), digest);
     let next = reopened.write(|tx| Ok(tx.push(create("after"))?)).unwrap();
     assert!(next.hlc > last.hlc);
-    assert!(matches!(
-        store.apply_remote(Bytes::new()),
-        Err(StoreError::Closed)
-    ));
+    let valid = Dag::build(1, 0).items[0].bytes.clone();
+    assert!(matches!(store.apply_remote(valid), Err(StoreError::Closed)));
 }
 
 #[test]
