@@ -82,6 +82,8 @@ pub trait PageSource: Send + Sync {
     fn scan(&self, page: Page, from: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool);
     /// Records that a stored record of `page` does not decode (it reads as absent).
     fn corrupt(&self, page: Page, key: &[u8]);
+    /// The greatest key stored in `page` (empty if it holds none); `None` if unknown.
+    fn upto(&self, page: Page) -> Option<Vec<u8>>;
 }
 
 /// One change to a page table.
@@ -309,6 +311,9 @@ pub(crate) struct Paged<K, V> {
     generation: u64,
     /// Set once pages were written: from then on a removal must leave a tombstone.
     written: bool,
+    /// No source record is keyed after these bytes (`None`: not known), so looking up a
+    /// newer key, as inserting a new id does, needs no read.
+    upto: Option<Vec<u8>>,
 }
 
 impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Paged<K, V> {
@@ -333,6 +338,7 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
             len: 0,
             generation: 0,
             written: false,
+            upto: Some(Vec::new()),
         }
     }
 
@@ -344,6 +350,7 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
         len: usize,
     ) -> Self {
         Paged {
+            upto: src.upto(page),
             src: Some(src),
             len,
             written: true,
@@ -375,7 +382,7 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
     }
 
     fn load(&self, key: &K, kb: &[u8]) -> Option<V> {
-        if self.below_floor(kb) {
+        if self.below_floor(kb) || self.upto.as_ref().is_some_and(|u| kb > u.as_slice()) {
             return None;
         }
         let src = self.src.as_ref()?;
@@ -666,6 +673,11 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
             names.add(k);
         }
         drop(names);
+        if let (Some(upto), Some(last)) = (&mut self.upto, self.over.keys().next_back()) {
+            if last > upto {
+                upto.clone_from(last);
+            }
+        }
         self.written = true;
         let cut = self.generation;
         self.generation += 1;
@@ -719,6 +731,10 @@ mod tests {
 
         fn corrupt(&self, _: Page, key: &[u8]) {
             panic!("record {key:?} does not decode");
+        }
+
+        fn upto(&self, _: Page) -> Option<Vec<u8>> {
+            Some(self.0.keys().next_back().cloned().unwrap_or_default())
         }
     }
 

@@ -1220,6 +1220,10 @@ impl crate::fs::PageSource for NoPages {
     fn scan(&self, _: crate::fs::Page, _: &[u8], _: &mut dyn FnMut(&[u8], &[u8]) -> bool) {}
 
     fn corrupt(&self, _: crate::fs::Page, _: &[u8]) {}
+
+    fn upto(&self, _: crate::fs::Page) -> Option<Vec<u8>> {
+        Some(Vec::new())
+    }
 }
 
 /// A page source over the records of committed batches.
@@ -1260,6 +1264,12 @@ impl crate::fs::PageSource for Written {
 
     fn corrupt(&self, page: crate::fs::Page, key: &[u8]) {
         panic!("{page:?} record {key:?} does not decode");
+    }
+
+    fn upto(&self, page: crate::fs::Page) -> Option<Vec<u8>> {
+        let stored = self.0.range((page, Vec::new())..);
+        let last = stored.take_while(|((p, _), _)| *p == page).last();
+        Some(last.map(|((_, k), _)| k.clone()).unwrap_or_default())
     }
 }
 

@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use redb::{
-    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, Table, TableDefinition, TableError,
-    WriteTransaction,
+    Database, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable, Table,
+    TableDefinition, TableError, WriteTransaction,
 };
 
 use crate::fs::{Page, PageBatch, PageSource, PageWrite};
@@ -157,6 +157,21 @@ impl PageSource for TablePages {
                 Err(e) => return self.failed(page, e.to_string()),
             }
         }
+    }
+
+    fn upto(&self, page: Page) -> Option<Vec<u8>> {
+        let snapshot = self.current();
+        let Some(t) = snapshot.get(position(page))?.as_ref() else {
+            return Some(Vec::new());
+        };
+        let last = match t.last() {
+            Ok(last) => Some(last.map(|(k, _)| k.value().to_vec()).unwrap_or_default()),
+            Err(e) => {
+                self.failed(page, e.to_string());
+                None
+            }
+        };
+        last
     }
 
     fn corrupt(&self, page: Page, key: &[u8]) {
