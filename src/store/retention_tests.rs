@@ -20,6 +20,17 @@ fn node(dir: &std::path::Path) -> (tokio::runtime::Runtime, Node) {
     (rt, node)
 }
 
+/// A node as [`node`] gives, with a new store `name` that keeps no old version.
+fn node_keeping_nothing(
+    dir: &std::path::Path,
+    name: &str,
+) -> (tokio::runtime::Runtime, Node, Store) {
+    let (rt, node) = node(dir);
+    let store = node.create_store(name).unwrap();
+    store.set_setting(Setting::Retention, 0).unwrap();
+    (rt, node, store)
+}
+
 /// Makes `store` read the wall time from the returned cell (starting now).
 fn clock(store: &Store) -> Arc<AtomicU64> {
     let now = Arc::new(AtomicU64::new(crate::hlc::now_ms()));
@@ -210,9 +221,7 @@ fn collection_keeps_every_blob_a_current_or_retained_version_needs_and_nothing_e
 #[test]
 fn retention_zero_and_a_collection_after_ten_overwrites_of_a_large_file_keep_only_the_last() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_rt, node) = node(tmp.path());
-    let store = node.create_store("big").unwrap();
-    store.set_setting(Setting::Retention, 0).unwrap();
+    let (_rt, node, store) = node_keeping_nothing(tmp.path(), "big");
     assert_eq!(store.retention_days(), 0);
     let len = 5 * 1024 * 1024;
     let before = blob_bytes(&node);
@@ -320,9 +329,7 @@ fn a_setting_outside_its_range_is_refused_and_changes_nothing() {
 #[test]
 fn content_put_for_a_write_not_pushed_yet_survives_a_collection() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_rt, node) = node(tmp.path());
-    let store = node.create_store("s").unwrap();
-    store.set_setting(Setting::Retention, 0).unwrap();
+    let (_rt, node, store) = node_keeping_nothing(tmp.path(), "s");
     let bytes = data(3, 300 * 1024);
     let pending = node.cas().put_bytes(store.id(), &bytes).unwrap();
     let freed = node.gc(Some(&store)).unwrap()[0].1;
@@ -432,9 +439,7 @@ const SPACE_GAP_AND_SOME: Duration = Duration::from_secs(5);
 #[test]
 fn a_store_keeps_sweeping_batch_after_batch_with_nothing_else_to_do() {
     let tmp = tempfile::tempdir().unwrap();
-    let (_rt, node) = node(tmp.path());
-    let store = node.create_store("many").unwrap();
-    store.set_setting(Setting::Retention, 0).unwrap();
+    let (_rt, node, store) = node_keeping_nothing(tmp.path(), "many");
     let files = 3 * crate::fs::SWEEP_BATCH;
     let ids = store
         .write(|tx| {
