@@ -22,7 +22,7 @@ use crate::net::{
 };
 use crate::node::JoinState;
 use crate::proto::peer::{self as pb, request, response};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::sync::invite::InviteToken;
 use crate::sync::join::{answer_name, JoinAction, JoinError, Joiner, FIRST_WITNESS};
 use crate::sync::replica::apply_all;
@@ -319,14 +319,41 @@ impl Run {
 
     /// Carries out `joiner`'s actions until it finishes: redeems (when not yet
     /// redeemed), then streams the inviter's witness log into the store, saving
-    /// progress after each durable batch, then makes the store visible.
+    /// progress as batches become durable, then makes the store visible.
     async fn drive(
         mut self,
+        shared: &Arc<Shared>,
+        joiner: Joiner,
+        claim: &mut Claim<'_>,
+        progress: &mpsc::UnboundedSender<JoinProgress>,
+    ) -> Result<Store, NetError> {
+        let mut applier = None;
+        let streamed = self
+            .stream(shared, joiner, claim, progress, &mut applier)
+            .await;
+        // Even when the stream broke, what was received is applied and its progress
+        // saved before the claim is let go, so a resumed join starts after it.
+        if let Some(applier) = applier {
+            applier.finish().await?;
+        }
+        streamed?;
+        let store = self.store()?.clone();
+        let node = shared.node.clone();
+        let id = self.id;
+        blocking(move || node.finish_join(id)).await??;
+        Ok(store)
+    }
+
+    /// Receives the whole witness log, handing its batches to `applier` (started at
+    /// the first batch).
+    async fn stream(
+        &mut self,
         shared: &Arc<Shared>,
         mut joiner: Joiner,
         claim: &mut Claim<'_>,
         progress: &mpsc::UnboundedSender<JoinProgress>,
-    ) -> Result<Store, NetError> {
+        applier: &mut Option<Applier>,
+    ) -> Result<(), NetError> {
         let mut actions: VecDeque<JoinAction> =
             joiner.request().map(JoinAction::Send).into_iter().collect();
         let mut ex: Option<Exchange> = None;
@@ -392,24 +419,20 @@ impl Run {
                     }
                     self.store = Some(store);
                 }
-                JoinAction::Apply(list) => {
-                    let st = self.store()?.clone();
-                    let (applied, refused) = blocking(move || -> Result<_, NetError> {
-                        let counts = apply_all(&st, list)?;
-                        st.flush()?;
-                        Ok(counts)
-                    })
-                    .await??;
-                    if refused > 0 {
-                        tracing::warn!(refused, applied, "bootstrap batch had refused intentions");
-                    }
-                }
-                JoinAction::Save { next } => {
-                    let state = JoinState {
-                        inviter: self.inviter,
-                        next,
+                JoinAction::Apply { intentions, next } => {
+                    let to = match applier {
+                        Some(to) => to,
+                        None => applier.insert(Applier::start(
+                            shared,
+                            self.store()?.clone(),
+                            self.inviter,
+                        )),
                     };
-                    shared.node.save_join_state(self.id, &state)?;
+                    // A closed queue means the applier stopped on an error, which
+                    // `drive` reports from `Applier::finish`.
+                    if to.batches.send((intentions, next)).await.is_err() {
+                        return Err(StoreError::Closed.into());
+                    }
                     let (done, left) = joiner.done_and_left();
                     let _ = progress.send(JoinProgress {
                         store: self.name.clone(),
@@ -424,11 +447,7 @@ impl Run {
                     if let Some(open) = ex.take() {
                         open.finish();
                     }
-                    let store = self.store()?.clone();
-                    let node = shared.node.clone();
-                    let id = self.id;
-                    blocking(move || node.finish_join(id)).await??;
-                    return Ok(store);
+                    return Ok(());
                 }
             }
         }
@@ -460,6 +479,55 @@ impl Run {
                 len: 32,
             }),
         }
+    }
+}
+
+/// Received batches that may wait for the applier while it applies one.
+const APPLY_AHEAD: usize = 2;
+
+/// How often the applier makes what it applied durable and saves where to resume.
+const SAVE_EVERY: Duration = Duration::from_secs(1);
+
+/// Applies a join's batches in order on a blocking thread while the next ones are
+/// received, and saves where the bootstrap resumes once the batches before are durable.
+struct Applier {
+    batches: mpsc::Sender<(Vec<Bytes>, u64)>,
+    done: tokio::task::JoinHandle<Result<(), NetError>>,
+}
+
+impl Applier {
+    fn start(shared: &Arc<Shared>, store: Store, inviter: PublicKey) -> Applier {
+        let (batches, mut queued) = mpsc::channel::<(Vec<Bytes>, u64)>(APPLY_AHEAD);
+        let node = shared.node.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let save = |next| -> Result<(), NetError> {
+                store.flush()?;
+                node.save_join_state(store.id(), &JoinState { inviter, next })?;
+                Ok(())
+            };
+            let mut saved = Instant::now();
+            let mut unsaved = None;
+            while let Some((list, next)) = queued.blocking_recv() {
+                let (applied, refused) = apply_all(&store, list)?;
+                if refused > 0 {
+                    tracing::warn!(refused, applied, "bootstrap batch had refused intentions");
+                }
+                unsaved = Some(next);
+                if saved.elapsed() >= SAVE_EVERY {
+                    save(next)?;
+                    unsaved = None;
+                    saved = Instant::now();
+                }
+            }
+            unsaved.map_or(Ok(()), save)
+        });
+        Applier { batches, done }
+    }
+
+    /// Waits until every queued batch is applied, durable and saved.
+    async fn finish(self) -> Result<(), NetError> {
+        drop(self.batches);
+        self.done.await?
     }
 }
 

@@ -454,9 +454,11 @@ impl World {
                     self.nodes[n].life = Life::Bootstrapping;
                     self.note(format!("{name} redeemed"));
                 }
-                JoinAction::Apply(list) => {
+                // The joiner lives in the node's memory, which a crash keeps (its saved
+                // progress, as `JoinState` is on disk in `net/`).
+                JoinAction::Apply { intentions, .. } => {
                     let Some(store) = self.store(n) else { return };
-                    for outcome in store.apply_remote_many(list) {
+                    for outcome in store.apply_remote_many(intentions) {
                         if let Err(e) = outcome {
                             if !crate::store::is_refusal(&e) {
                                 self.fail(format!("{name}: bootstrap apply failed: {e}"));
@@ -468,9 +470,6 @@ impl World {
                     }
                     self.nodes[n].events();
                 }
-                // The joiner lives in the node's memory, which a crash keeps (its saved
-                // progress, as `JoinState` is on disk in `net/`).
-                JoinAction::Save { .. } => {}
                 JoinAction::Finish => {
                     self.nodes[n].boot_conv = None;
                     self.nodes[n].joiner = None;

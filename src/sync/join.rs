@@ -26,11 +26,12 @@ pub(crate) enum JoinAction {
         /// Members the inviter named, with their addresses.
         peers: Vec<pb::PeerAddrs>,
     },
-    /// Apply these intentions (refusals are the store's business), then flush.
-    Apply(Vec<Bytes>),
-    /// The batches so far are durable: save that the bootstrap resumes from `next`.
-    Save {
-        /// The next witness number to ask for.
+    /// Apply these intentions in order after the earlier batches (refusals are the
+    /// store's business); once they are durable the bootstrap may resume from `next`.
+    Apply {
+        /// The batch's intentions, in witness order.
+        intentions: Vec<Bytes>,
+        /// The witness number after the batch's last one.
         next: u64,
     },
     /// The whole log is in: make the store visible.
@@ -177,10 +178,10 @@ impl Joiner {
                 self.bytes += batch.intentions.iter().map(|b| b.len() as u64).sum::<u64>();
                 self.total = batch.len;
                 self.stage = Stage::Streaming { next: batch.next };
-                Ok(vec![
-                    JoinAction::Apply(batch.intentions),
-                    JoinAction::Save { next: batch.next },
-                ])
+                Ok(vec![JoinAction::Apply {
+                    intentions: batch.intentions,
+                    next: batch.next,
+                }])
             }
             (_, other) => Err(JoinError::Unexpected(answer_name(&other))),
         }
@@ -242,15 +243,15 @@ mod tests {
         let acts = j.handle(batch(&[b"ab", b"c"], 3, 3)).expect("a batch");
         assert_eq!(
             acts,
-            vec![
-                JoinAction::Apply(vec![Bytes::from_static(b"ab"), Bytes::from_static(b"c")]),
-                JoinAction::Save { next: 3 },
-            ]
+            vec![JoinAction::Apply {
+                intentions: vec![Bytes::from_static(b"ab"), Bytes::from_static(b"c")],
+                next: 3,
+            }]
         );
         assert_eq!((j.intentions(), j.bytes(), j.total()), (2, 3, 3));
         assert_eq!(j.done_and_left(), (2, 1));
         let acts = j.handle(batch(&[b"d"], 4, 3)).expect("a batch");
-        assert_eq!(acts[1], JoinAction::Save { next: 4 });
+        assert!(matches!(acts[..], [JoinAction::Apply { next: 4, .. }]));
         assert_eq!(j.done_and_left(), (3, 0));
         assert_eq!(j.handle(batch(&[], 4, 3)), Ok(vec![JoinAction::Finish]));
         assert_eq!(j.request(), None);
@@ -292,7 +293,7 @@ mod tests {
         );
         assert_eq!(j.intentions(), 4);
         let acts = j.handle(batch(&[b"e"], 6, 5)).expect("a batch");
-        assert_eq!(acts[1], JoinAction::Save { next: 6 });
+        assert!(matches!(acts[..], [JoinAction::Apply { next: 6, .. }]));
         assert_eq!(j.intentions(), 5);
         assert_eq!(j.done_and_left(), (1, 0));
     }
