@@ -165,9 +165,13 @@ pub(crate) async fn fetch_files(
     changes: Vec<(Vec<Content>, Vec<Content>)>,
 ) -> Result<usize, NetError> {
     let st = store.clone();
-    let pieces: Vec<Content> =
-        blocking(move || st.read(|s| files.iter().flat_map(|f| s.blob_pieces(*f)).collect()))
-            .await?;
+    let pieces: Vec<Content> = blocking(move || {
+        st.pieces_of(Some(files))
+            .into_iter()
+            .flat_map(|(_, p)| p)
+            .collect()
+    })
+    .await?;
     fetch_pieces(shared, store, pieces, &changes).await
 }
 

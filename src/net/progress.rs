@@ -27,13 +27,7 @@ fn backlog(shared: &Shared, store: &Store) -> Arc<Mutex<Backlog>> {
 pub(crate) fn recount(shared: &Shared, store: &Store, files: Option<Vec<FileId>>) {
     let backlog = backlog(shared, store);
     let all = files.is_none();
-    let pieces = store.read(|s| {
-        files
-            .unwrap_or_else(|| s.file_ids())
-            .into_iter()
-            .map(|f| (f, s.blob_pieces(f)))
-            .collect::<Vec<_>>()
-    });
+    let pieces = store.pieces_of(files);
     if all {
         let live: std::collections::HashSet<FileId> = pieces.iter().map(|(f, _)| *f).collect();
         let mut b = backlog.lock();

@@ -146,6 +146,7 @@ pub use schema::SCHEMA_VERSION;
 pub use verify::{Authority, CheckedIntention, Proof, VerifyFailure};
 
 use crate::budget::CacheBudget;
+use crate::cas::Content;
 use crate::fs::op::{Op, OpBody, OpError, Role};
 use crate::fs::{FsError, FsState, FsStats};
 use crate::hlc::{now_ms, Clock, Hlc};
@@ -246,6 +247,9 @@ pub enum StoreEvent {
 
 /// Events a slow subscriber may fall behind by before it sees `Lagged`.
 pub(crate) const EVENT_BACKLOG: usize = 1024;
+
+/// Files [`Store::pieces_of`] reads per hold of the projection's read lock.
+const FILES_PER_READ: usize = 256;
 
 /// One intention that touched a file, in local witness order.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -708,6 +712,24 @@ impl Store {
     /// Runs `f` with a read lock on the projection.
     pub fn read<R>(&self, f: impl FnOnce(&FsState) -> R) -> R {
         f(&self.handle.shared.state.read())
+    }
+
+    /// The blob-backed pieces of each of `files` (`None`: every regular file), read a
+    /// few hundred files per hold of the read lock, so the actor applying a clone is
+    /// not held off while a replica counts what a batch's files need.
+    pub fn pieces_of(&self, files: Option<Vec<FileId>>) -> Vec<(FileId, Vec<Content>)> {
+        let files = files.unwrap_or_else(|| self.read(|s| s.file_ids()));
+        files
+            .chunks(FILES_PER_READ)
+            .flat_map(|chunk| {
+                self.read(|s| {
+                    chunk
+                        .iter()
+                        .map(|f| (*f, s.blob_pieces(*f)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect()
     }
 
     /// Runs `f` under the write lock; each `tx.push(body)` ticks the clock, applies the op to

@@ -49,13 +49,7 @@ impl ReplicaStore for Store {
     }
 
     fn file_pieces(&self, files: Option<Vec<FileId>>) -> Vec<(FileId, Vec<Content>)> {
-        self.read(|s| {
-            files
-                .unwrap_or_else(|| s.file_ids())
-                .into_iter()
-                .map(|f| (f, s.blob_pieces(f)))
-                .collect()
-        })
+        self.pieces_of(files)
     }
 
     fn apply(&self, bytes: Bytes) -> Result<Received, StoreError> {
