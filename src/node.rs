@@ -772,11 +772,7 @@ fn claim_untagged_content(stores_dir: &Path, store: &Store, cas: &Cas) {
     if dir.join(CLAIMED_FILE).exists() {
         return;
     }
-    let pieces: Vec<Content> = store
-        .pieces_of(None)
-        .into_iter()
-        .flat_map(|(_, p)| p)
-        .collect();
+    let pieces = store.blobs_of(None);
     let claimed = cas
         .claim_referenced(store.id(), &pieces)
         .map_err(NodeError::from)

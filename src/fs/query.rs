@@ -19,6 +19,7 @@ use crate::fs::names::{
     collision_tags, conflict_tag, decorate, may_be_cut, raw_candidates, MIN_CUT_NAME_BYTES,
 };
 use crate::fs::op::Kind;
+use crate::fs::paged::Got;
 use crate::fs::state::FsState;
 use crate::fs::view::{Attr, ContentView, FsStats, Node};
 use crate::identity::{hex, PublicKey};
@@ -277,17 +278,36 @@ impl FsState {
         let Some(f) = self.file(file).filter(|f| f.kind == Kind::File) else {
             return Vec::new();
         };
-        let mut pieces = f.content().pieces;
-        for group in f.conflicts().keys() {
-            pieces.extend(f.view(*group).pieces);
-        }
-        pieces.retain(|c| matches!(c, Content::Manifest { .. }));
+        // Collected through the filter, a file whose content is all inline gets a Vec
+        // with no allocation: a replica starting on a million such files keeps none.
+        let mut pieces: Vec<Content> = std::iter::once(f.content())
+            .chain(f.conflicts().keys().map(|group| f.view(*group)))
+            .flat_map(|view| view.pieces)
+            .filter(|c| matches!(c, Content::Manifest { .. }))
+            .collect();
         pieces.sort_by_key(|c| match c {
             Content::Manifest { hash, .. } => hash.0,
             Content::Inline(_) => [0; 32],
         });
         pieces.dedup();
         pieces
+    }
+
+    /// Up to `limit` regular files known to the projection, visible or not, after
+    /// `after` in the files' stored order (from the first if `None`).
+    pub fn file_ids_after(&self, after: Option<FileId>, limit: usize) -> Vec<FileId> {
+        let mut out = Vec::new();
+        let mut take = |id: &FileId, f: Got<'_, FileRec>| {
+            if f.kind == Kind::File && Some(*id) != after {
+                out.push(*id);
+            }
+            out.len() < limit
+        };
+        match &after {
+            Some(after) => self.files.scan_from(after, &mut take),
+            None => self.files.each(&mut take),
+        }
+        out
     }
 
     /// Every regular file known to the projection, visible or not.

@@ -212,6 +212,63 @@ fn removed_entry_keeps_its_place_and_a_later_move_brings_it_back() {
 }
 
 #[test]
+fn blob_pieces_are_the_manifests_of_the_winner_and_each_conflict_copy_and_inline_holds_none() {
+    let manifest = |n: u8| Content::Manifest {
+        hash: crate::ids::Hash([n; 32]),
+        size: 1 << 20,
+    };
+    let mut s = FsState::new();
+    run(
+        &mut s,
+        2,
+        1,
+        OpBody::SetMember {
+            key: key(2),
+            role: Role::Writer,
+            display_name: "bob".into(),
+            invite: None,
+        },
+    );
+    let small = mkfile(&mut s, 1, 10, OpId::ROOT, "small.txt", "a line");
+    let pieces = s.blob_pieces(small);
+    assert!(pieces.is_empty());
+    assert_eq!(
+        pieces.capacity(),
+        0,
+        "an inline file's pieces allocate nothing"
+    );
+    let big = mkfile(&mut s, 1, 20, OpId::ROOT, "big.bin", "");
+    let w_alice = s.plan_write(big, manifest(9), 1).unwrap();
+    let w_bob = s.plan_write(big, manifest(3), 2).unwrap();
+    run(&mut s, 2, T0, w_bob);
+    run(&mut s, 1, T0 + 1000, w_alice);
+    assert_eq!(s.blob_pieces(big), vec![manifest(3), manifest(9)]);
+}
+
+#[test]
+fn file_ids_after_pages_through_every_regular_file_once() {
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 5, OpId::ROOT, "d");
+    for k in 0..7 {
+        mkfile(&mut s, 1 + k % 2, 10 + u64::from(k), d, &format!("f{k}"), "x");
+    }
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = s.file_ids_after(after, 3);
+        assert!(page.len() <= 3);
+        let Some(last) = page.last().copied() else {
+            break;
+        };
+        paged.extend(page);
+        after = Some(last);
+    }
+    assert_eq!(paged, s.file_ids());
+    assert_eq!(paged.len(), 7);
+    assert!(!paged.contains(&d));
+}
+
+#[test]
 fn concurrent_writes_show_the_loser_as_a_conflict_copy_named_after_its_author() {
     let mut s = FsState::new();
     run(

@@ -165,20 +165,15 @@ pub(crate) async fn fetch_files(
     changes: Vec<(Vec<Content>, Vec<Content>)>,
 ) -> Result<usize, NetError> {
     let st = store.clone();
-    let pieces: Vec<Content> = blocking(move || {
-        st.pieces_of(Some(files))
-            .into_iter()
-            .flat_map(|(_, p)| p)
-            .collect()
-    })
-    .await?;
+    let pieces = blocking(move || st.blobs_of(Some(files))).await?;
     fetch_pieces(shared, store, pieces, &changes).await
 }
 
 /// Fetches every blob any file of `store` references that is not local.
 pub(crate) async fn fetch_all(shared: &Arc<Shared>, store: &Store) -> Result<usize, NetError> {
-    let files = store.read(|s| s.file_ids());
-    fetch_files(shared, store, files, Vec::new()).await
+    let st = store.clone();
+    let pieces = blocking(move || st.blobs_of(None)).await?;
+    fetch_pieces(shared, store, pieces, &[]).await
 }
 
 /// Patches the changed chunks of `changes` whose new manifest is local, each from the

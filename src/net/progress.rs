@@ -22,8 +22,9 @@ fn backlog(shared: &Shared, store: &Store) -> Arc<Mutex<Backlog>> {
         .clone()
 }
 
-/// Counts again what `files` of `store` need (`None`: every file, and files gone since
-/// are dropped). Blocks on the content store: call it off the async workers.
+/// Counts again what `files` of `store` need (`None`: every file, and files gone or
+/// left without blobs since are dropped). Blocks on the content store: call it off the
+/// async workers.
 pub(crate) fn recount(shared: &Shared, store: &Store, files: Option<Vec<FileId>>) {
     let backlog = backlog(shared, store);
     let all = files.is_none();

@@ -714,21 +714,44 @@ impl Store {
         f(&self.handle.shared.state.read())
     }
 
-    /// The blob-backed pieces of each of `files` (`None`: every regular file), read a
-    /// few hundred files per hold of the read lock, so the actor applying a clone is
-    /// not held off while a replica counts what a batch's files need.
+    /// The blob-backed pieces of each of `files`, or, if `None`, of every regular file
+    /// that has any, read a few hundred files per hold of the read lock, so the actor
+    /// applying a clone is not held off while a replica counts what a batch's files need.
     pub fn pieces_of(&self, files: Option<Vec<FileId>>) -> Vec<(FileId, Vec<Content>)> {
-        let files = files.unwrap_or_else(|| self.read(|s| s.file_ids()));
+        let pieces = |s: &FsState, f: FileId| (f, s.blob_pieces(f));
+        let Some(files) = files else {
+            let mut out = Vec::new();
+            let mut after = None;
+            loop {
+                let (last, found) = self.read(|s| {
+                    let ids = s.file_ids_after(after, FILES_PER_READ);
+                    let found: Vec<_> = ids
+                        .iter()
+                        .map(|f| pieces(s, *f))
+                        .filter(|(_, p)| !p.is_empty())
+                        .collect();
+                    (ids.last().copied(), found)
+                });
+                out.extend(found);
+                match last {
+                    Some(last) => after = Some(last),
+                    None => return out,
+                }
+            }
+        };
         files
             .chunks(FILES_PER_READ)
             .flat_map(|chunk| {
-                self.read(|s| {
-                    chunk
-                        .iter()
-                        .map(|f| (*f, s.blob_pieces(*f)))
-                        .collect::<Vec<_>>()
-                })
+                self.read(|s| chunk.iter().map(|f| pieces(s, *f)).collect::<Vec<_>>())
             })
+            .collect()
+    }
+
+    /// Every blob piece of `files` (`None`: of every regular file), in one list.
+    pub fn blobs_of(&self, files: Option<Vec<FileId>>) -> Vec<Content> {
+        self.pieces_of(files)
+            .into_iter()
+            .flat_map(|(_, pieces)| pieces)
             .collect()
     }
 

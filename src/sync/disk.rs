@@ -49,8 +49,8 @@ pub(crate) trait ReplicaStore {
     fn revoked(&self) -> Vec<PublicKey>;
     /// Whether an admin deleted the store: it admits nothing more.
     fn is_deleted(&self) -> bool;
-    /// The content pieces (empty without blobs) of each of `files`, or of every file
-    /// if `None`, in order, from one read.
+    /// The blob pieces (empty without blobs) of each of `files` in order, or, if `None`,
+    /// of every file that has any.
     fn file_pieces(&self, files: Option<Vec<FileId>>) -> Vec<(FileId, Vec<Content>)>;
     /// Applies one received intention.
     fn apply(&self, bytes: Bytes) -> Result<Received, Self::Error>;

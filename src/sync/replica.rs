@@ -511,11 +511,7 @@ impl<S: ReplicaStore> Replica<S> {
         mode: Mode,
         now: Millis,
     ) -> (Replica<S>, Vec<Action>) {
-        let known = store
-            .file_pieces(None)
-            .into_iter()
-            .filter(|(_, pieces)| !pieces.is_empty())
-            .collect();
+        let known = store.file_pieces(None).into_iter().collect();
         let mut r = Replica {
             store,
             me,
@@ -789,8 +785,14 @@ impl<S: ReplicaStore> Replica<S> {
         let cuts = self.store.revoked();
         self.cut.extend(cuts.iter().copied());
         out.extend(cuts.into_iter().map(Action::CutOff));
+        let every = files.is_none();
         let pieces = self.store.file_pieces(files);
         let files: Vec<FileId> = pieces.iter().map(|(f, _)| *f).collect();
+        if every {
+            // Every file with pieces is listed: the others have none now.
+            let listed: HashSet<FileId> = files.iter().copied().collect();
+            self.known.retain(|f, _| listed.contains(f));
+        }
         let known = &mut self.known;
         let changes: Vec<(Vec<Content>, Vec<Content>)> = pieces
             .into_iter()
