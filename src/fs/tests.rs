@@ -52,6 +52,23 @@ fn mkdir(s: &mut FsState, author: u8, wall: u64, parent: FileId, name: &str) -> 
     run(s, author, wall, body).0
 }
 
+/// A projection where key 2 is a writer named `name`.
+fn with_writer(name: &str) -> FsState {
+    let mut s = FsState::new();
+    run(
+        &mut s,
+        2,
+        1,
+        OpBody::SetMember {
+            key: key(2),
+            role: Role::Writer,
+            display_name: name.into(),
+            invite: None,
+        },
+    );
+    s
+}
+
 fn names(s: &FsState, dir: FileId) -> Vec<String> {
     s.readdir(dir)
         .unwrap()
@@ -217,18 +234,7 @@ fn blob_pieces_are_the_manifests_of_the_winner_and_each_conflict_copy_and_inline
         hash: crate::ids::Hash([n; 32]),
         size: 1 << 20,
     };
-    let mut s = FsState::new();
-    run(
-        &mut s,
-        2,
-        1,
-        OpBody::SetMember {
-            key: key(2),
-            role: Role::Writer,
-            display_name: "bob".into(),
-            invite: None,
-        },
-    );
+    let mut s = with_writer("bob");
     let small = mkfile(&mut s, 1, 10, OpId::ROOT, "small.txt", "a line");
     let pieces = s.blob_pieces(small);
     assert!(pieces.is_empty());
@@ -249,8 +255,8 @@ fn blob_pieces_are_the_manifests_of_the_winner_and_each_conflict_copy_and_inline
 fn file_ids_after_pages_through_every_regular_file_once() {
     let mut s = FsState::new();
     let d = mkdir(&mut s, 1, 5, OpId::ROOT, "d");
-    for k in 0..7 {
-        mkfile(&mut s, 1 + k % 2, 10 + u64::from(k), d, &format!("f{k}"), "x");
+    for k in 0..7u64 {
+        mkfile(&mut s, 1, 10 + k, d, &format!("f{k}"), "x");
     }
     let mut paged = Vec::new();
     let mut after = None;
@@ -270,18 +276,7 @@ fn file_ids_after_pages_through_every_regular_file_once() {
 
 #[test]
 fn concurrent_writes_show_the_loser_as_a_conflict_copy_named_after_its_author() {
-    let mut s = FsState::new();
-    run(
-        &mut s,
-        2,
-        1,
-        OpBody::SetMember {
-            key: key(2),
-            role: Role::Writer,
-            display_name: "bob".into(),
-            invite: None,
-        },
-    );
+    let mut s = with_writer("bob");
     let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a.txt", "base");
     let w_alice = s.plan_write(f, inline("alice"), 1).unwrap();
     let w_bob = s.plan_write(f, inline("bob"), 2).unwrap();
@@ -1511,18 +1506,7 @@ fn a_move_into_a_concurrently_removed_directory_is_applied_and_brings_it_back() 
 
 #[test]
 fn conflict_copies_and_duplicates_of_a_255_byte_name_are_valid_names_that_open() {
-    let mut s = FsState::new();
-    run(
-        &mut s,
-        2,
-        1,
-        OpBody::SetMember {
-            key: key(2),
-            role: Role::Writer,
-            display_name: "é".repeat(127),
-            invite: None,
-        },
-    );
+    let mut s = with_writer(&"é".repeat(127));
     let long = format!("{}.txt", "n".repeat(251));
     let f = mkfile(&mut s, 1, 10, OpId::ROOT, &long, "base");
     let w1 = s.plan_write(f, inline("mine"), 0).unwrap();
