@@ -312,14 +312,7 @@ impl FsState {
 
     /// Every regular file known to the projection, visible or not.
     pub fn file_ids(&self) -> Vec<FileId> {
-        let mut out = Vec::new();
-        self.files.each(|id, f| {
-            if f.kind == Kind::File {
-                out.push(*id);
-            }
-            true
-        });
-        out
+        self.file_ids_after(None, usize::MAX)
     }
 
     /// The target of a symlink.
