@@ -341,11 +341,12 @@ impl FsState {
     ///
     /// Swept at `settled` (when it passed the last sweep): a file none of whose names is
     /// visible, each name deleted by a Remove stamped before `settled` and older than
-    /// the store's retention at `settled` (wall clock of the stamps), and, for a
-    /// directory, holding no entry at all, is forgotten with its names (its tombstones
+    /// the store's retention at `settled` (wall clock of the stamps), for a directory
+    /// holding no entry at all, and changed last (`FileRec::changed`: emptied, a
+    /// version dismissed) before `settled`, is forgotten with its names (its tombstones
     /// leave the directory indexes, so `readdir` and `lookup` no longer scan them). No
-    /// later op can bring it back: every author of one has seen its removals and its
-    /// names were not visible, and `history --deleted` and `restore` no longer offer it
+    /// later op can bring it back: every author of one has seen its removals and what
+    /// hid it last, so it did not see the file, and `history --deleted` and `restore` no longer offer it
     /// (its retention is over). A version group no head belongs to, of a file whose ops
     /// are all stamped before `settled`, is forgotten too: only an Append by an author
     /// that had not seen its last member superseded could revive it. History and
@@ -405,9 +406,19 @@ impl FsState {
             let mut check: BTreeSet<FileId> = rows.into_iter().map(|(_, file)| file).collect();
             // Children before their directories (a child is usually created after its
             // directory: a greater id); forgetting a child checks its directory again.
+            let mut hidden_late = Vec::new();
             while let Some(file) = check.pop_last() {
                 if !self.forgettable(file, &settled_removal) {
                     continue;
+                }
+                // A file hidden by an op not settled yet (a directory emptied, a version
+                // dismissed) may still be named by an op to come, whose author saw it:
+                // look again once that op is settled.
+                if let Some(changed) = self.files.get(&file).map(|f| f.changed()) {
+                    if changed.hlc >= settled {
+                        hidden_late.push((changed, file));
+                        continue;
+                    }
                 }
                 // Forgetting names nobody sees changes no other file's visibility.
                 for (id, _) in self.tree.entries_of(file).iter() {
@@ -419,6 +430,9 @@ impl FsState {
                 }
                 self.files.remove(&file);
                 out.files += 1;
+            }
+            for key in hidden_late {
+                self.removals.insert(key, ());
             }
         }
         let mut later = Vec::new();
