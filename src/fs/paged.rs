@@ -601,20 +601,27 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
                 true
             });
         }
-        // A record cut for a commit not settled yet may be stored by it: once written,
-        // the overlay keeps a tombstone.
-        let mut kept = self.over.split_off(&floor);
-        for (kb, mut slot) in std::mem::take(&mut self.over) {
-            if slot.val.take().is_some() {
-                removed += 1;
-                each(&slot.key);
+        let below = (Bound::Unbounded, Bound::Excluded(floor.as_slice()));
+        if self.written {
+            // A record cut for a commit not settled yet may be stored by it: once
+            // written, the overlay keeps a tombstone. Tombstones already there stay as
+            // they are, so a purge costs what it removes, not what earlier ones left.
+            for (_, slot) in self.over.range_mut::<[u8], _>(below) {
+                if slot.val.take().is_some() {
+                    removed += 1;
+                    each(&slot.key);
+                    slot.generation = self.generation;
+                }
             }
-            if self.written {
-                slot.generation = self.generation;
-                kept.insert(kb, slot);
+        } else {
+            let kept = self.over.split_off(floor.as_slice());
+            for (_, slot) in std::mem::replace(&mut self.over, kept) {
+                if slot.val.is_some() {
+                    removed += 1;
+                    each(&slot.key);
+                }
             }
         }
-        self.over = kept;
         self.len -= removed;
         // A floor set again stamps every record stored until then hidden: only a higher
         // one may (a record stored after a lower floor's removal is live).
