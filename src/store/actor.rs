@@ -553,6 +553,9 @@ impl Actor {
                 seal_local(&mut t, &cx, &mut self.counts, &shared.identity, late)?;
                 let (seq, _) = t.witness_head()?;
                 let batch = st.take_pages();
+                // The batch is taken: writing it needs no lock, so file operations
+                // go on meanwhile (what they change is past the cut).
+                drop(st);
                 pages::write(&txn, &mut t.projection, seq, &batch)?;
                 cut = Some(batch.cut());
             }
