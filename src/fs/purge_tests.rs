@@ -210,6 +210,39 @@ fn a_deleted_directory_kept_by_a_concurrent_child_is_forgotten_once_the_child_mo
 }
 
 #[test]
+fn a_deleted_directory_emptied_by_an_op_not_settled_stays_for_an_author_that_saw_it_full() {
+    let mut l = no_retention();
+    let d = l.create(T0 + 1, OpId::ROOT, "d", Kind::Dir);
+    let rmdir = l.s.plan_rmdir(OpId::ROOT, "d").expect("an empty directory");
+    let child =
+        l.s.plan_create(d, "c", Kind::File, 0o644, 1, 2, 0, inline("c"), 7)
+            .expect("a free name");
+    l.run(2, T0 + 3, child);
+    // Author 1 removed d before c arrived there; it arrives here after c.
+    l.run(1, T0 + 2, rmdir);
+    // Author 3 has seen the removal and c, but not the move that takes c out.
+    let unaware =
+        l.s.plan_create(d, "e", Kind::File, 0o644, 1, 2, 0, inline("e"), 7)
+            .expect("d is visible, holding c");
+    let out =
+        l.s.plan_rename(d, "c", OpId::ROOT, "c", crate::fs::RenameFlags::default())
+            .expect("a rename");
+    for body in out {
+        l.run(2, T0 + 6, body);
+    }
+    // The removal is settled, the move that emptied d is not.
+    let purged = l.s.purge(at(T0 + 6), at(T0 + 6));
+    assert_eq!(purged.files, 0, "d was emptied by an op not settled");
+    l.run(3, T0 + 7, unaware);
+    assert_eq!(names(&l.s, d), vec!["e"]);
+    assert_eq!(l.s.canonical_dump(), l.replay().canonical_dump());
+    // Once the move is settled and e removed, d goes.
+    l.unlink(T0 + 8, d, "e");
+    assert_eq!(l.s.purge(at(T0 + 10), at(T0 + 10)).files, 2, "e, then d");
+    assert!(l.s.file(d).is_none());
+}
+
+#[test]
 fn a_file_with_a_live_name_keeps_it_and_loses_only_its_deleted_one() {
     let mut l = no_retention();
     let f = l.create(T0 + 1, OpId::ROOT, "a", Kind::File);
