@@ -346,8 +346,8 @@ impl FsState {
     /// version dismissed) before `settled`, is forgotten with its names (its tombstones
     /// leave the directory indexes, so `readdir` and `lookup` no longer scan them). No
     /// later op can bring it back: every author of one has seen its removals and what
-    /// hid it last, so it did not see the file, and `history --deleted` and `restore` no longer offer it
-    /// (its retention is over). A version group no head belongs to, of a file whose ops
+    /// hid it last, so it did not see the file, and `history --deleted` and `restore`
+    /// no longer offer it (its retention is over). A version group no head belongs to, of a file whose ops
     /// are all stamped before `settled`, is forgotten too: only an Append by an author
     /// that had not seen its last member superseded could revive it. History and
     /// restore read versions from the intentions, which are kept.
