@@ -340,17 +340,17 @@ impl FsState {
     /// `below` that no op carries (none can arrive).
     ///
     /// Swept at `settled` (when it passed the last sweep): a file none of whose names is
-    /// visible, each name deleted by a Remove stamped before `settled` and older than
-    /// the store's retention at `settled` (wall clock of the stamps), for a directory
-    /// holding no entry at all, and changed last (`FileRec::changed`: emptied, a
-    /// version dismissed) before `settled`, is forgotten with its names (its tombstones
-    /// leave the directory indexes, so `readdir` and `lookup` no longer scan them). No
-    /// later op can bring it back: every author of one has seen its removals and what
-    /// hid it last, so it did not see the file, and `history --deleted` and `restore`
-    /// no longer offer it (its retention is over). A version group no head belongs to, of a file whose ops
-    /// are all stamped before `settled`, is forgotten too: only an Append by an author
-    /// that had not seen its last member superseded could revive it. History and
-    /// restore read versions from the intentions, which are kept.
+    /// visible, each name deleted by a Remove stamped before `settled` and older than the
+    /// store's retention at `settled` (wall clock of the stamps), for a directory holding
+    /// no entry at all, and changed last (`FileRec::changed`: emptied, a version dismissed)
+    /// before `settled`, is forgotten with its names (its tombstones leave the directory
+    /// indexes, so `readdir` and `lookup` no longer scan them). No later op can bring it
+    /// back: every author of one has seen its removals and what hid it last, so it did not
+    /// see the file, and `history --deleted` and `restore` no longer offer it (its
+    /// retention is over). A version group no head belongs to, of a file whose ops are all
+    /// stamped before `settled`, is forgotten too: only an Append by an author that had not
+    /// seen its last member superseded could revive it. History and restore read versions
+    /// from the intentions, which are kept.
     ///
     /// Late rule: an op stamped before the greatest `below` purged at that is applied
     /// afterwards (a member silent past the horizon, or a dishonest one) is applied as
