@@ -22,10 +22,10 @@ use crate::net::{
 };
 use crate::node::JoinState;
 use crate::proto::peer::{self as pb, request, response};
-use crate::store::{Store, StoreError};
+use crate::store::{received, Applying, Store, StoreError};
 use crate::sync::invite::InviteToken;
 use crate::sync::join::{answer_name, JoinAction, JoinError, Joiner, FIRST_WITNESS};
-use crate::sync::replica::apply_all;
+use crate::sync::replica::tally;
 use crate::wire::{read_frame, write_frame};
 
 /// Progress of a join's bootstrap.
@@ -507,8 +507,8 @@ impl Applier {
             };
             let mut saved = Instant::now();
             let mut unsaved = None;
-            while let Some((list, next)) = queued.blocking_recv() {
-                let (applied, refused) = apply_all(&store, list)?;
+            let mut done = |(applying, next): (Applying, u64)| -> Result<(), NetError> {
+                let (applied, refused) = tally(applying.outcomes().into_iter().map(received))?;
                 if refused > 0 {
                     tracing::warn!(refused, applied, "bootstrap batch had refused intentions");
                 }
@@ -518,6 +518,19 @@ impl Applier {
                     unsaved = None;
                     saved = Instant::now();
                 }
+                Ok(())
+            };
+            // One batch stays queued at the actor while the next is decoded and
+            // checked, so the actor never waits for the signatures of the next.
+            let mut queued_at_actor = None;
+            while let Some((list, next)) = queued.blocking_recv() {
+                let applying = store.submit_remote_many(list);
+                if let Some(before) = queued_at_actor.replace((applying, next)) {
+                    done(before)?;
+                }
+            }
+            if let Some(last) = queued_at_actor {
+                done(last)?;
             }
             unsaved.map_or(Ok(()), save)
         });

@@ -102,6 +102,7 @@ mod projection;
 #[cfg(test)]
 mod reconcile_tests;
 mod replica_store;
+pub(crate) use replica_store::received;
 #[cfg(test)]
 mod replica_tests;
 pub(crate) mod retention;
@@ -205,6 +206,21 @@ impl Default for StoreOptions {
 
 /// File name of a store's database inside its directory.
 pub const DB_FILE: &str = "store.redb";
+
+/// Received intentions queued by [`Store::submit_remote_many`], not yet waited for.
+pub struct Applying(
+    Vec<Result<std::sync::mpsc::Receiver<Result<ApplyOutcome, StoreError>>, StoreError>>,
+);
+
+impl Applying {
+    /// Waits for the actor; one outcome per queued input, in order.
+    pub fn outcomes(self) -> Vec<Result<ApplyOutcome, StoreError>> {
+        self.0
+            .into_iter()
+            .map(|sent| sent.and_then(|rx| rx.recv().map_err(|_| StoreError::Closed)?))
+            .collect()
+    }
+}
 
 /// What became of received intention bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -830,25 +846,27 @@ impl Store {
     }
 
     /// Applies many received intentions in order, queued together so the actor commits
-    /// them in as few transactions as it can; one outcome per input. Each is decoded and
-    /// its signature checked here, on the caller's thread, while the actor applies the
-    /// ones before it.
+    /// them in as few transactions as it can; one outcome per input.
     pub fn apply_remote_many(&self, list: Vec<Bytes>) -> Vec<Result<ApplyOutcome, StoreError>> {
-        let waiting: Vec<_> = list
-            .into_iter()
-            .map(|bytes| {
-                let i = Intention::decode(bytes)?;
-                let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                self.handle
-                    .shared
-                    .send(Request::Apply(Box::new(i), tx))
-                    .map(|()| rx)
-            })
-            .collect();
-        waiting
-            .into_iter()
-            .map(|sent| sent.and_then(|rx| rx.recv().map_err(|_| StoreError::Closed)?))
-            .collect()
+        self.submit_remote_many(list).outcomes()
+    }
+
+    /// Queues many received intentions for the actor, in order, without waiting for
+    /// them. Each is decoded and its signature checked here, on the caller's thread,
+    /// while the actor applies what was queued before.
+    pub fn submit_remote_many(&self, list: Vec<Bytes>) -> Applying {
+        Applying(
+            list.into_iter()
+                .map(|bytes| {
+                    let i = Intention::decode(bytes)?;
+                    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                    self.handle
+                        .shared
+                        .send(Request::Apply(Box::new(i), tx))
+                        .map(|()| rx)
+                })
+                .collect(),
+        )
     }
 
     /// The stored bytes of those of `hashes` this store has (applied or voided), in

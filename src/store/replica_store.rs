@@ -110,7 +110,7 @@ impl ReplicaStore for Store {
 }
 
 /// A store's outcome for one received intention, refusals told apart from failures.
-fn received(outcome: Result<ApplyOutcome, StoreError>) -> Result<Received, StoreError> {
+pub(crate) fn received(outcome: Result<ApplyOutcome, StoreError>) -> Result<Received, StoreError> {
     match outcome {
         Ok(ApplyOutcome::Applied { .. }) => Ok(Received::Applied),
         Ok(ApplyOutcome::Duplicate) => Ok(Received::Duplicate),

@@ -1684,8 +1684,16 @@ pub(crate) fn apply_all<S: ReplicaStore>(
     store: &S,
     intentions: Vec<Bytes>,
 ) -> Result<(u32, u32), S::Error> {
+    tally(store.apply_many(intentions))
+}
+
+/// Counts received intentions' outcomes as (applied or parked, refused); the first
+/// failure of the store is the error.
+pub(crate) fn tally<E>(
+    outcomes: impl IntoIterator<Item = Result<Received, E>>,
+) -> Result<(u32, u32), E> {
     let (mut ok, mut refused) = (0, 0);
-    for outcome in store.apply_many(intentions) {
+    for outcome in outcomes {
         match outcome? {
             Received::Applied | Received::Floating | Received::Early => ok += 1,
             Received::Duplicate => {}
