@@ -414,19 +414,18 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
     /// The value under `key`, for changing it.
     pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
         let kb = self.encoded(key)?;
-        if !self.over.contains_key(&kb) {
-            let v = self.load(key, &kb)?;
-            self.over.insert(
-                kb.clone(),
-                Slot {
-                    key: key.clone(),
-                    val: Some(v),
-                    generation: self.generation,
-                },
-            );
-        }
-        let slot = self.over.get_mut(&kb)?;
-        slot.generation = self.generation;
+        let loaded = if self.over.contains_key(&kb) {
+            None
+        } else {
+            Some(self.load(key, &kb)?)
+        };
+        let generation = self.generation;
+        let slot = self.over.entry(kb).or_insert_with(|| Slot {
+            key: key.clone(),
+            val: loaded,
+            generation,
+        });
+        slot.generation = generation;
         slot.val.as_mut()
     }
 
@@ -435,56 +434,73 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
     where
         V: Default,
     {
-        if !self.contains_key(key) {
-            self.insert(key.clone(), V::default());
+        let kb = self.encoded_adding(key);
+        let loaded = if self.over.contains_key(&kb) {
+            None
+        } else {
+            self.load(key, &kb)
+        };
+        let generation = self.generation;
+        let slot = self.over.entry(kb).or_insert_with(|| Slot {
+            key: key.clone(),
+            val: loaded,
+            generation,
+        });
+        if slot.val.is_none() {
+            self.len += 1;
         }
-        self.get_mut(key)
-            .expect("a value was just inserted under this key")
+        slot.generation = generation;
+        slot.val.get_or_insert_with(V::default)
     }
 
     /// Sets `key` to `value`; returns the value it replaced.
     pub(crate) fn insert(&mut self, key: K, value: V) -> Option<V> {
         let kb = self.encoded_adding(&key);
-        let old = match self.over.get(&kb) {
-            Some(slot) => slot.val.clone(),
-            None => self.load(&key, &kb),
+        let slot = Slot {
+            key,
+            val: Some(value),
+            generation: self.generation,
+        };
+        let old = match self.over.get_mut(&kb) {
+            Some(held) => std::mem::replace(held, slot).val,
+            None => {
+                let old = self.load(&slot.key, &kb);
+                self.over.insert(kb, slot);
+                old
+            }
         };
         if old.is_none() {
             self.len += 1;
         }
-        self.over.insert(
-            kb,
-            Slot {
-                key,
-                val: Some(value),
-                generation: self.generation,
-            },
-        );
         old
     }
 
     /// Removes `key`; returns its value.
     pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
         let kb = self.encoded(key)?;
-        let old = match self.over.get(&kb) {
-            Some(slot) => slot.val.clone(),
-            None => self.load(key, &kb),
+        let generation = self.generation;
+        let (old, held) = match self.over.get_mut(&kb) {
+            Some(slot) => {
+                let old = slot.val.take()?;
+                slot.generation = generation;
+                (old, true)
+            }
+            None => (self.load(key, &kb)?, false),
         };
-        old.as_ref()?;
         self.len -= 1;
-        if self.written {
+        if !self.written {
+            self.over.remove(&kb);
+        } else if !held {
             self.over.insert(
                 kb,
                 Slot {
                     key: key.clone(),
                     val: None,
-                    generation: self.generation,
+                    generation,
                 },
             );
-        } else {
-            self.over.remove(&kb);
         }
-        old
+        Some(old)
     }
 
     /// Number of values.
@@ -783,6 +799,8 @@ mod tests {
         Insert(u8, u8, u8),
         Remove(u8, u8),
         Change(u8, u8, u8),
+        /// Change the record, inserting an empty one first if there is none.
+        Upsert(u8, u8, u8),
         /// Remove the records stamped before directory `d`'s.
         Purge(u8),
         /// Cut the dirty records; they commit at the next `Settle`.
@@ -795,6 +813,7 @@ mod tests {
             4 => (0..4u8, 0..6u8, any::<u8>()).prop_map(|(d, n, v)| Step::Insert(d, n, v)),
             2 => (0..4u8, 0..6u8).prop_map(|(d, n)| Step::Remove(d, n)),
             2 => (0..4u8, 0..6u8, any::<u8>()).prop_map(|(d, n, v)| Step::Change(d, n, v)),
+            2 => (0..4u8, 0..6u8, any::<u8>()).prop_map(|(d, n, v)| Step::Upsert(d, n, v)),
             1 => (0..5u8).prop_map(Step::Purge),
             1 => Just(Step::Cut),
             1 => Just(Step::Settle),
@@ -848,6 +867,10 @@ mod tests {
                         if let Some(s) = model.get_mut(&key(d, n)) {
                             s.add(key(v, 1).0);
                         }
+                    }
+                    Step::Upsert(d, n, v) => {
+                        map.get_or_default(&key(d, n)).add(key(v, 1).0);
+                        model.entry(key(d, n)).or_default().add(key(v, 1).0);
                     }
                     Step::Purge(d) => {
                         let below = key(d, 0).0.hlc;
