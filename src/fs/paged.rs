@@ -293,6 +293,24 @@ struct Slot<K, V> {
     generation: u64,
 }
 
+/// The overlay slot under `kb` (holding `loaded` if the overlay had none), marked as
+/// changed in `generation`.
+fn touch<'a, K: Clone, V>(
+    over: &'a mut BTreeMap<Vec<u8>, Slot<K, V>>,
+    generation: u64,
+    key: &K,
+    kb: Vec<u8>,
+    loaded: Option<V>,
+) -> &'a mut Slot<K, V> {
+    let slot = over.entry(kb).or_insert_with(|| Slot {
+        key: key.clone(),
+        val: loaded,
+        generation,
+    });
+    slot.generation = generation;
+    slot
+}
+
 /// A map whose settled records are read from a [`PageSource`] (see the module doc).
 ///
 /// Its order is the encoded keys' byte order (see [`PageKey`]), in the overlay as in
@@ -419,14 +437,9 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
         } else {
             Some(self.load(key, &kb)?)
         };
-        let generation = self.generation;
-        let slot = self.over.entry(kb).or_insert_with(|| Slot {
-            key: key.clone(),
-            val: loaded,
-            generation,
-        });
-        slot.generation = generation;
-        slot.val.as_mut()
+        touch(&mut self.over, self.generation, key, kb, loaded)
+            .val
+            .as_mut()
     }
 
     /// The value under `key`, inserting the default first if there is none.
@@ -440,16 +453,10 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
         } else {
             self.load(key, &kb)
         };
-        let generation = self.generation;
-        let slot = self.over.entry(kb).or_insert_with(|| Slot {
-            key: key.clone(),
-            val: loaded,
-            generation,
-        });
+        let slot = touch(&mut self.over, self.generation, key, kb, loaded);
         if slot.val.is_none() {
             self.len += 1;
         }
-        slot.generation = generation;
         slot.val.get_or_insert_with(V::default)
     }
 
