@@ -7,7 +7,7 @@
 //! shows next to each of the file's names as ` (conflict <who> <date> <time>)`. Lookups
 //! parse a name back to its possible raw names, so they only touch those groups.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
 
 use bytes::Bytes;
@@ -28,6 +28,20 @@ use crate::ids::{FileId, OpId};
 /// Set-user-ID and set-group-ID: shown only on what the local node wrote alone
 /// ([`FsState::mask_foreign_privileges`]).
 pub(crate) const PRIVILEGE_BITS: u32 = 0o6000;
+
+/// Visible entries whose file records [`FsState::stats`] reads in one pass over the files.
+const STATS_CHUNK: usize = 256;
+
+/// Directories whose verdict [`FsState::stats`] keeps while it counts.
+const STATS_DIRS_KEPT: usize = 4096;
+
+/// Adds a visible file counted at this entry to `s`.
+fn count_file(f: &FileRec, s: &mut FsStats) {
+    s.files += 1;
+    if f.kind == Kind::File {
+        s.bytes += f.size();
+    }
+}
 
 impl FsState {
     /// Resolves `name` in directory `dir` (raw, collision or conflict-copy names).
@@ -384,8 +398,13 @@ impl FsState {
     }
 
     /// Counts over the visible tree: what listing every directory from the root counts
-    /// (entries, their conflict copies, hard links once), without building display names,
-    /// reading each visible entry's record once.
+    /// (entries, their conflict copies, hard links once), without building display names.
+    ///
+    /// One pass over the entries in id order: an entry counts when its directory is
+    /// reached from the root and it is visible. The records of entries named by their
+    /// file's own id (all but hard links) are read by a pass over the files from the
+    /// first of each [`STATS_CHUNK`] such entries, as both tables share that order;
+    /// looking each one up costs a search of the table per entry.
     pub fn stats(&self) -> FsStats {
         let mut s = FsStats {
             late: self.late(),
@@ -395,43 +414,88 @@ impl FsState {
         // ones that need remembering to be counted once (a set of every file would
         // grow with the tree).
         let mut linked = HashSet::new();
-        let mut dirs = vec![OpId::ROOT];
-        while let Some(dir) = dirs.pop() {
-            self.tree.scan_children(dir, |_, set| {
-                for &eid in set.keys() {
-                    let Some(e) = self.tree.entry(eid) else {
-                        continue;
-                    };
-                    if !self.self_visible(eid, &e) {
-                        continue;
+        let mut reached = HashMap::new();
+        let mut own = Vec::with_capacity(STATS_CHUNK);
+        self.tree.entries.each(|&eid, e| {
+            if e.dir {
+                if self.reached(eid, &mut reached) {
+                    s.dirs += 1;
+                    s.conflicts += self.file(eid).map_or(0, |f| f.conflicts().len() as u64);
+                }
+            } else if self.reached(e.loc.parent, &mut reached) && self.self_visible(eid, &e) {
+                if e.file == eid {
+                    own.push(eid);
+                    if own.len() == STATS_CHUNK {
+                        self.count_own(&mut own, &mut s);
                     }
-                    let Some(f) = self.file(e.file) else {
-                        continue;
-                    };
+                } else if let Some(f) = self.file(e.file) {
+                    // A hard link counts its file when the file's own name is not
+                    // visible, at the first such link.
                     s.conflicts += f.conflicts().len() as u64;
-                    if f.kind == Kind::Dir {
-                        s.dirs += 1;
-                        dirs.push(e.file);
-                    } else if self.counts_here(eid, e.file, &mut linked) {
-                        s.files += 1;
-                        if f.kind == Kind::File {
-                            s.bytes += f.size();
-                        }
+                    if !self.entry_visible(e.file) && linked.insert(e.file) {
+                        count_file(&f, &mut s);
                     }
                 }
-                true
-            });
-        }
+            }
+            true
+        });
+        self.count_own(&mut own, &mut s);
         s
     }
 
-    /// Whether [`FsState::stats`] counts `file` at its visible entry `eid`: at its own
-    /// name (the Create's entry, whose id is the file's), else at the first link seen.
-    fn counts_here(&self, eid: OpId, file: FileId, linked: &mut HashSet<FileId>) -> bool {
-        if eid == file {
-            return true;
+    /// Adds to `s` the files of `own` (visible entries named by their file's own id, in
+    /// the tables' order) and empties it.
+    fn count_own(&self, own: &mut Vec<FileId>, s: &mut FsStats) {
+        let (Some(&first), Some(last)) = (own.first(), own.last().map(|id| id.hlc)) else {
+            return;
+        };
+        own.sort_unstable();
+        self.files.scan_from(&first, |file, f| {
+            if file.hlc > last {
+                return false;
+            }
+            if own.binary_search(file).is_ok() {
+                s.conflicts += f.conflicts().len() as u64;
+                count_file(&f, s);
+            }
+            true
+        });
+        own.clear();
+    }
+
+    /// Whether a listing from the root reaches directory `dir`: it and every directory
+    /// above it visible. Verdicts are kept in `known` for the next entries of the same
+    /// directories, up to [`STATS_DIRS_KEPT`] of them.
+    fn reached(&self, dir: FileId, known: &mut HashMap<FileId, bool>) -> bool {
+        let mut chain = Vec::new();
+        let mut d = dir;
+        let verdict = loop {
+            if d == OpId::ROOT {
+                break true;
+            }
+            if let Some(&v) = known.get(&d) {
+                break v;
+            }
+            if chain.len() > self.tree.len() {
+                break false;
+            }
+            chain.push(d);
+            match self.tree.entry(d) {
+                Some(e)
+                    if e.dir
+                        && self.self_visible(d, &e)
+                        && self.file(d).is_some_and(|f| f.kind == Kind::Dir) =>
+                {
+                    d = e.loc.parent;
+                }
+                _ => break false,
+            }
+        };
+        if known.len() + chain.len() > STATS_DIRS_KEPT {
+            known.clear();
         }
-        !self.entry_visible(file) && linked.insert(file)
+        known.extend(chain.into_iter().map(|d| (d, verdict)));
+        verdict
     }
 
     /// A canonical dump of the visible tree (paths, kinds, meta, content refs) for
