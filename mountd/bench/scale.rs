@@ -357,27 +357,30 @@ fn ls_l(dir: &Path) -> Result<usize> {
     Ok(n)
 }
 
-/// A count of store `SHARED` in `node`'s `status --json`.
-fn store_count(node: &Node, key: &str) -> Result<u64> {
+/// Store `SHARED`'s intentions and files in one `status --json` of `node` (each
+/// `status` counts the tree).
+fn store_counts(node: &Node) -> Result<(u64, u64)> {
     let status = node.run(&["status", "--json"])?;
     let at = status
         .find(&format!("\"name\":\"{SHARED}\""))
         .ok_or_else(|| anyhow!("no store {SHARED} in status"))?;
-    Ok(json_field(&status[at..], key)
-        .ok_or_else(|| anyhow!("no {key} in status"))?
-        .parse()?)
+    let count = |key: &str| -> Result<u64> {
+        Ok(json_field(&status[at..], key)
+            .ok_or_else(|| anyhow!("no {key} in status"))?
+            .parse()?)
+    };
+    Ok((count("intentions")?, count("files")?))
 }
 
 /// Starts node b, joins the store from `a` and waits until b holds every intention and
 /// file; b is stopped again afterwards.
 fn clone(a: &Node, base: &Path) -> Result<Cloned> {
     let b = Node::up(base, "b")?;
-    let (intentions, files) = (store_count(a, "intentions")?, store_count(a, "files")?);
+    let (intentions, files) = store_counts(a)?;
     let t = Instant::now();
     b.join(a, SHARED)?;
     wait_for("the clone on node b", LONG_WAIT, || {
-        Ok(store_count(&b, "intentions").ok() >= Some(intentions)
-            && store_count(&b, "files").ok() == Some(files))
+        Ok(store_counts(&b).is_ok_and(|(i, f)| i >= intentions && f == files))
     })?;
     let took = t.elapsed();
     // Like every memory reading here, after the quiet that lets the last commit, page
