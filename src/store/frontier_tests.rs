@@ -107,6 +107,13 @@ fn pair() -> (Node, Node) {
 
 /// A writer admitted by `a`, holding everything `a` has.
 fn admit(a: &Node) -> Node {
+    let b = granted(a);
+    b.pull(a);
+    b
+}
+
+/// A writer `a` granted membership, joining with nothing applied yet.
+fn granted(a: &Node) -> Node {
     let id = Identity::generate();
     a.store
         .write(|tx| {
@@ -123,14 +130,12 @@ fn admit(a: &Node) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let store =
         Store::join_with(dir.path(), ID, a.key(), id.clone(), clock(), wall.opts()).expect("join");
-    let b = Node {
+    Node {
         id,
         store,
         wall,
         dir,
-    };
-    b.pull(a);
-    b
+    }
 }
 
 /// `from` attests to `to`.
@@ -326,21 +331,7 @@ fn a_joiner_kept_the_founders_batch_attestations_and_purges_as_it_bootstraps() {
     for i in 0..30 {
         a.write(&format!("f{i}"));
     }
-    let joiner = Identity::generate();
-    a.store
-        .write(|tx| {
-            Ok(tx.push(OpBody::SetMember {
-                key: joiner.public(),
-                role: Role::Writer,
-                display_name: "b".into(),
-                invite: None,
-            })?)
-        })
-        .expect("admin writes");
-    a.store.flush().expect("flush");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let b = Store::join_with(dir.path(), ID, a.key(), joiner, clock(), Wall::new().opts())
-        .expect("join");
+    let b = granted(&a);
     let mut batches = Vec::new();
     let mut next = 1;
     loop {
@@ -367,15 +358,16 @@ fn a_joiner_kept_the_founders_batch_attestations_and_purges_as_it_bootstraps() {
                 }
             }
         }
-        for outcome in b.apply_remote_many(batch.intentions.clone()) {
+        for outcome in b.store.apply_remote_many(batch.intentions.clone()) {
             outcome.expect("applies");
         }
         if let Some(att) = batch.attested.clone() {
-            b.attested(a.key(), att)
+            b.store
+                .attested(a.key(), att)
                 .expect("the founder's attestation is kept");
         }
-        b.flush().expect("flush");
-        if i + 1 < batches.len() && b.read(|s| s.purged_below()) > Hlc::ZERO {
+        b.store.flush().expect("flush");
+        if i + 1 < batches.len() && b.store.read(|s| s.purged_below()) > Hlc::ZERO {
             purged_midway = true;
         }
     }
@@ -385,7 +377,7 @@ fn a_joiner_kept_the_founders_batch_attestations_and_purges_as_it_bootstraps() {
         "no own intention of a follows the log"
     );
     assert_eq!(
-        b.read(|s| s.canonical_dump()),
+        b.store.read(|s| s.canonical_dump()),
         a.store.read(|s| s.canonical_dump())
     );
 }
