@@ -77,7 +77,6 @@ impl ReplicaStore for Store {
             intentions: batch.intentions,
             next: batch.next,
             len: batch.len,
-            attested: batch.attested.map(|a| a.to_pb()),
         })
     }
 

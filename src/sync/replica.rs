@@ -1556,7 +1556,11 @@ impl<S: ReplicaStore> Replica<S> {
                 out.push(Action::Reply {
                     to,
                     conv,
-                    response: response::Kind::Batch(batch),
+                    response: response::Kind::Batch(pb::WitnessBatch {
+                        intentions: batch.intentions,
+                        next: batch.next,
+                        len: batch.len,
+                    }),
                     last,
                 });
             }
