@@ -2,9 +2,10 @@
 //!
 //! A paged map is an overlay over a [`PageSource`] (the store's tables as of its last
 //! commit): the overlay holds every record changed since then (a deleted one as a
-//! tombstone), reads look in the overlay first and then in the source, and nothing read
-//! from the source is kept. So memory holds only what changed since the last commit of
-//! pages, and the source's page cache (sized by the daemon's budget) is the only cache.
+//! tombstone), reads look in the overlay first and then in the source, and of what is
+//! read from the source only the last few dozen records are kept, decoded ([`Hot`]). So
+//! memory holds what changed since the last commit of pages and those few records; the
+//! source's page cache (sized by the daemon's budget) is the cache of the rest.
 //!
 //! A map without a source holds everything in its overlay: that is how a state is built
 //! in memory (tests, the simulator's witness replay, a snapshot of an older format, a
@@ -332,6 +333,31 @@ pub(crate) struct Paged<K, V> {
     /// No source record is keyed after these bytes (`None`: not known), so looking up a
     /// newer key, as inserting a new id does, needs no read.
     upto: Option<Vec<u8>>,
+    /// Source records read lately, decoded (see [`Hot`]).
+    hot: Hot<V>,
+}
+
+/// Source records held in memory at most, per map: the few every operation reads, as
+/// the directories above the one it works in.
+const HOT_RECORDS: usize = 64;
+
+/// Decoded copies of the source records read lately, by encoded key, so the records
+/// that every file operation reads (its directory's ancestors) are not looked up and
+/// decoded in the source each time. Emptied when full and when the source changes; the
+/// overlay and the floor are looked at first, so a record changed since it was read
+/// here is never served from it.
+struct Hot<V>(parking_lot::Mutex<HashMap<Vec<u8>, V>>);
+
+impl<V> Default for Hot<V> {
+    fn default() -> Self {
+        Hot(parking_lot::Mutex::new(HashMap::new()))
+    }
+}
+
+impl<V> Clone for Hot<V> {
+    fn clone(&self) -> Self {
+        Hot::default()
+    }
 }
 
 impl<K: fmt::Debug, V: fmt::Debug> fmt::Debug for Paged<K, V> {
@@ -357,6 +383,7 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
             generation: 0,
             written: false,
             upto: Some(Vec::new()),
+            hot: Hot::default(),
         }
     }
 
@@ -403,11 +430,21 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
         if self.below_floor(kb) || self.upto.as_ref().is_some_and(|u| kb > u.as_slice()) {
             return None;
         }
+        if let Some(v) = self.hot.0.lock().get(kb) {
+            return Some(v.clone());
+        }
         let src = self.src.as_ref()?;
         let bytes = src.get(self.page, kb)?;
-        let decoded = decode_value(key, &bytes, &self.authors.0.read().keys);
+        let decoded = decode_value::<K, V>(key, &bytes, &self.authors.0.read().keys);
         match decoded {
-            Ok(v) => Some(v),
+            Ok(v) => {
+                let mut hot = self.hot.0.lock();
+                if hot.len() >= HOT_RECORDS {
+                    hot.clear();
+                }
+                hot.insert(kb.to_vec(), v.clone());
+                Some(v)
+            }
             Err(_) => {
                 src.corrupt(self.page, kb);
                 None
@@ -720,6 +757,7 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
         if self.floor.as_ref().is_some_and(|(_, g)| *g <= cut) {
             self.floor = None;
         }
+        self.hot.0.lock().clear();
         self.src = Some(src);
     }
 
