@@ -696,6 +696,6 @@ fn print_table(files: usize, l: &Lattice, st: Option<&SyncthingScan>) {
     }
     println!(
         "Ratios: lattice / Syncthing where there is a reference; otherwise after / before \
-         (RSS, data dir, restart) or last / first (create time)."
+         (RSS, data dir, restart) or the last files / a fresh store's first (create time)."
     );
 }
