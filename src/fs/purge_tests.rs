@@ -120,6 +120,43 @@ fn a_settled_deleted_file_leaves_the_directory_index_and_the_tree_is_unchanged()
 }
 
 #[test]
+fn rows_stores_wrote_for_own_names_and_location_ops_read_and_purge_like_the_lean_ones() {
+    let mut l = no_retention();
+    l.create(T0 + 1, OpId::ROOT, "keep", Kind::File);
+    let gone = l.create(T0 + 2, OpId::ROOT, "gone", Kind::File);
+    // Before, a file's own name had a row in the file index and every applied op one
+    // in the applied ids, the move log's included.
+    let mut former = l.s.clone();
+    former.tree.by_file.get_or_default(&gone).add(gone);
+    former.applied.insert(gone, ());
+    assert_eq!(former.tree.entries_of(gone), l.s.tree.entries_of(gone));
+    assert!(
+        l.s.tree.by_file.get(&gone).is_none(),
+        "no row for an own name"
+    );
+    let create = l.ops[2].clone();
+    former.apply(create.0, &create.1);
+    assert_eq!(
+        former.canonical_dump(),
+        l.s.canonical_dump(),
+        "applied once"
+    );
+    l.unlink(T0 + 3, OpId::ROOT, "gone");
+    let unlink = l.ops.last().expect("the unlink").clone();
+    former.apply(unlink.0, &unlink.1);
+    let purged = l.s.purge(at(T0 + 10), at(T0 + 10));
+    let purged_former = former.purge(at(T0 + 10), at(T0 + 10));
+    assert_eq!(purged_former.applied_ids, purged.applied_ids + 1);
+    assert_eq!((purged_former.tombstones, purged_former.files), (1, 1));
+    assert!(
+        former.tree.by_file.get(&gone).is_none(),
+        "the row went with the name"
+    );
+    assert_eq!(former.canonical_dump(), l.s.canonical_dump());
+    assert_eq!(l.s.canonical_dump(), l.replay().canonical_dump());
+}
+
+#[test]
 fn a_deleted_file_keeps_its_tombstone_while_retained_and_loses_it_after() {
     let mut l = Log::default();
     l.create(T0, OpId::ROOT, "old", Kind::File);

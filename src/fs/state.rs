@@ -27,7 +27,8 @@ pub struct FsState {
     /// The authors named in the page maps' records (see `fs::paged`).
     pub(crate) authors: Arc<Authors>,
     pub(crate) files: Paged<FileId, FileRec>,
-    /// Ids of applied ops, those stamped before `purged_below` forgotten.
+    /// Ids of applied ops but those in the move log, those stamped before `purged_below`
+    /// forgotten.
     pub(crate) applied: Paged<OpId, ()>,
     /// (id named as superseded whose op has not arrived, the file naming it).
     pub(crate) pending: Paged<(OpId, FileId), ()>,
@@ -131,9 +132,24 @@ impl FsState {
     /// it reordered (their mtime and ctime may have moved).
     pub fn apply(&mut self, author: PublicKey, op: &Op) -> Vec<FileId> {
         let id = op.id(author);
-        if id == OpId::ROOT || self.applied.insert(id, ()).is_some() {
+        if id == OpId::ROOT || self.is_applied(id) {
             return Vec::new();
         }
+        let dirs = self.apply_new(id, author, op);
+        // A location op's move-log record marks it applied: both are purged at one stamp.
+        if !self.tree.is_logged(id) {
+            self.applied.insert(id, ());
+        }
+        dirs
+    }
+
+    /// True if op `id` was applied and not purged since.
+    fn is_applied(&self, id: OpId) -> bool {
+        self.applied.contains_key(&id) || self.tree.is_logged(id)
+    }
+
+    /// [`FsState::apply`] of an op not applied yet.
+    fn apply_new(&mut self, id: OpId, author: PublicKey, op: &Op) -> Vec<FileId> {
         if id.hlc < self.purged_below {
             self.late += 1;
         }
@@ -582,7 +598,7 @@ impl FsState {
         }
         let pending: Vec<OpId> = supersedes
             .iter()
-            .filter(|id| id.hlc >= self.purged_below && !self.applied.contains_key(id))
+            .filter(|id| id.hlc >= self.purged_below && !self.is_applied(**id))
             .copied()
             .collect();
         for id in &pending {

@@ -124,7 +124,8 @@ pub(crate) struct Tree {
     pub(super) children: Paged<(FileId, String), IdSet>,
     /// (dir, entry of a subdirectory) (for `nlink`).
     pub(super) subdirs: Paged<(FileId, OpId), ()>,
-    /// file -> its entries.
+    /// file -> its entries but the one named by the file's own id (all a file has but
+    /// its hard links).
     pub(super) by_file: Paged<FileId, IdSet>,
     /// Location ops not purged yet, with what each changed, in op-id order.
     pub(super) log: Paged<Logged, LogRec>,
@@ -209,6 +210,14 @@ impl Tree {
             return;
         };
         self.index_remove(id, &e.loc, e.dir);
+        // Stores written before the index left out own names hold those too.
+        if self
+            .by_file
+            .get(&e.file)
+            .is_none_or(|set| set.get(&id).is_none())
+        {
+            return;
+        }
         if let Some(set) = self.by_file.get_mut(&e.file) {
             set.remove(&id);
             if set.is_empty() {
@@ -261,10 +270,20 @@ impl Tree {
 
     /// The entries of `file`.
     pub(crate) fn entries_of(&self, file: FileId) -> IdSet {
-        self.by_file
+        let mut ids = self
+            .by_file
             .get(&file)
             .map(Got::into_owned)
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if self.entries.get(&file).is_some_and(|e| e.file == file) {
+            ids.add(file);
+        }
+        ids
+    }
+
+    /// True if location op `id` is in the move log (applied, not purged yet).
+    pub(crate) fn is_logged(&self, id: OpId) -> bool {
+        self.log.contains_key(&Logged(id))
     }
 
     /// True if `dir` is `node` or lies below it, following current parents. A walk that
@@ -327,7 +346,9 @@ impl Tree {
                     removal: None,
                 };
                 self.index_add(id, &loc, *dir);
-                self.by_file.get_or_default(file).add(id);
+                if id != *file {
+                    self.by_file.get_or_default(file).add(id);
+                }
                 self.entries.insert(
                     id,
                     Entry {
@@ -590,7 +611,9 @@ impl Tree {
                 return Err(corrupt("entry listed twice"));
             }
             t.index_add(id, &e.loc, e.dir);
-            t.by_file.get_or_default(&e.file).add(id);
+            if id != e.file {
+                t.by_file.get_or_default(&e.file).add(id);
+            }
             t.entries.insert(id, e);
         }
         t.decode_log(r)?;
