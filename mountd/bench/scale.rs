@@ -548,6 +548,29 @@ fn print_table(files: usize, l: &Lattice, st: Option<&SyncthingScan>) {
     let growth = l.overwritten_rss as f64 / l.tree_rss as f64;
     let history = l.restart_history.total() / l.restart_tree.total();
     let late = l.last_us / l.fresh_us;
+    // The issue sets these targets for the 100,000-file tree: a larger one shows the
+    // measurement against them but no verdict.
+    let small = files < MILLION_FROM;
+    let small_target = |text: &str, pass: Option<bool>| {
+        if small {
+            (text.to_owned(), pass)
+        } else {
+            (format!("({text} at 100,000 files)"), None)
+        }
+    };
+    let (rss_vs_st, rss_vs_st_pass) = small_target("≤ 4 × Syncthing", tree_vs_st.map(|r| r <= 4.0));
+    let (du, du_pass) = small_target("≤ 3 × Syncthing's index", du_vs_st.map(|r| r <= 3.0));
+    let restart = format!("≤ {MAX_RESTART_S} s");
+    let (restart_tree, restart_tree_pass) =
+        small_target(&restart, Some(l.restart_tree.total() <= MAX_RESTART_S));
+    let (restart_history, restart_history_pass) = if small {
+        (
+            format!("{restart}, same as before ±20%"),
+            Some(l.restart_history.total() <= MAX_RESTART_S && history <= 1.2),
+        )
+    } else {
+        ("same as before ±20%".to_owned(), Some(history <= 1.2))
+    };
     let mut rows = vec![
         Row::new(
             format!("tree of {files} files written through the mount"),
@@ -566,7 +589,7 @@ fn print_table(files: usize, l: &Lattice, st: Option<&SyncthingScan>) {
             mb(l.tree_rss),
         )
         .reference(st.map(|s| s.rss_at_rest as f64 / MB))
-        .target("≤ 4 × Syncthing", tree_vs_st.map(|r| r <= 4.0)),
+        .target(rss_vs_st, rss_vs_st_pass),
         Row::new("RSS above the empty daemon", "MB", Some(above))
             .target(format!("≤ {budget:.0} MB"), Some(above <= budget)),
         Row::new(
@@ -578,7 +601,7 @@ fn print_table(files: usize, l: &Lattice, st: Option<&SyncthingScan>) {
         .target("within 25% of before", Some((growth - 1.0).abs() <= 0.25)),
         Row::new("data dir with the tree", "MB", mb(l.tree_du))
             .reference(st.map(|s| s.index as f64 / MB))
-            .target("≤ 3 × Syncthing's index", du_vs_st.map(|r| r <= 3.0)),
+            .target(du, du_pass),
         Row::new("data dir after the overwrites", "MB", mb(l.overwritten_du))
             .ratio(Some(l.overwritten_du as f64 / l.tree_du as f64)),
         Row::new(
@@ -586,20 +609,14 @@ fn print_table(files: usize, l: &Lattice, st: Option<&SyncthingScan>) {
             "s",
             Some(l.restart_tree.total()),
         )
-        .target(
-            format!("≤ {MAX_RESTART_S} s"),
-            Some(l.restart_tree.total() <= MAX_RESTART_S),
-        ),
+        .target(restart_tree, restart_tree_pass),
         Row::new(
             "restart after the overwrites",
             "s",
             Some(l.restart_history.total()),
         )
         .ratio(Some(history))
-        .target(
-            format!("≤ {MAX_RESTART_S} s, same as before ±20%"),
-            Some(l.restart_history.total() <= MAX_RESTART_S && history <= 1.2),
-        ),
+        .target(restart_history, restart_history_pass),
         Row::new(
             "create + write, files 1..1000 at the start",
             "µs/file",
