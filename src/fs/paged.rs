@@ -38,11 +38,11 @@ pub enum Page {
     Children,
     /// (directory, subdirectory entry) → nothing: the subdirectories of a directory.
     Subdirs,
-    /// File id → its entries.
+    /// File id → its entries but the one named by the file's own id.
     ByFile,
     /// File id → the file's registers.
     Files,
-    /// Op id → nothing: the applied ops not purged yet.
+    /// Op id → nothing: the applied ops not purged yet, but those in the move log.
     Applied,
     /// (superseded op id, file) → nothing: ids named as superseded whose ops have not
     /// arrived, by stamp (so a purge finds them).
