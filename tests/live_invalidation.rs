@@ -37,14 +37,23 @@ impl Peer {
     /// Applies one intention of this peer holding the ops `plan` makes from the state.
     /// Returns the id of its first op.
     fn apply(&mut self, store: &Store, plan: impl FnOnce(&FsState) -> Vec<OpBody>) -> OpId {
-        let bodies = store.read(plan);
-        let ops: Vec<Op> = bodies
+        let ops = self.stamp(store.read(plan));
+        self.apply_ops(store, ops)
+    }
+
+    /// Stamps `bodies` with this peer's clock now.
+    fn stamp(&self, bodies: Vec<OpBody>) -> Vec<Op> {
+        bodies
             .into_iter()
             .map(|body| Op {
                 hlc: self.clock.lock().tick(now_ms()),
                 body,
             })
-            .collect();
+            .collect()
+    }
+
+    /// Applies one intention of this peer holding `ops`; returns the id of the first.
+    fn apply_ops(&mut self, store: &Store, ops: Vec<Op>) -> OpId {
         let first = ops[0].id(self.identity.public());
         let i =
             Intention::create(&self.identity, store.id(), self.prev, vec![self.head], ops).unwrap();
@@ -284,4 +293,131 @@ fn remote_content_with_absent_blobs_fails_with_eio_then_reads_once_fetched() {
     guard.unmount().unwrap();
     node.shutdown().unwrap();
     peer_cas.shutdown().unwrap();
+}
+
+/// The file a visible name of the store's root shows.
+fn file_named(store: &Store, name: &str) -> OpId {
+    match store.read(|s| s.lookup(OpId::ROOT, name)).unwrap() {
+        FsNode::Entry { file, .. } => file,
+        other => panic!("{name} shows {other:?}"),
+    }
+}
+
+/// The names of `dir` starting with `prefix`.
+fn names_starting(dir: &Path, prefix: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with(prefix))
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn changes_to_names_beside_the_one_a_request_named_show_through_the_mount_at_once() {
+    if !fuse_available() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = Node::open(&tmp.path().join("data"), Some("me"), rt.handle().clone()).unwrap();
+    let (store, mut peer) = store_with_peer(&node);
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let guard = lattice_mount::mount(node.clone(), &mnt, false).unwrap();
+    assert!(is_lattice_mount(&mnt), "mount did not appear");
+    let dir = mnt.join("shared");
+    let mut took = Vec::new();
+
+    // A received entry that collides with one the kernel holds and sorts first (an
+    // older create) takes the raw name; the local one is shown decorated.
+    let theirs =
+        peer.stamp(store.read(|s| create(s, OpId::ROOT, "same.txt", Kind::File, "theirs")));
+    // Stamped a few milliseconds earlier: the clocks do not share counters.
+    std::thread::sleep(Duration::from_millis(5));
+    std::fs::write(dir.join("same.txt"), b"mine").unwrap();
+    assert_eq!(std::fs::read(dir.join("same.txt")).unwrap(), b"mine");
+    peer.apply_ops(&store, theirs);
+    took.push(shows("a colliding name received", &mnt, || {
+        std::fs::read(dir.join("same.txt")).is_ok_and(|d| d == b"theirs")
+    }));
+    let decorated = names_starting(&dir, "same (");
+    assert_eq!(decorated.len(), 1, "{decorated:?}");
+    let my_name = dir.join(&decorated[0]);
+    assert_eq!(std::fs::read(&my_name).unwrap(), b"mine");
+
+    // Removing the raw name through the mount undecorates the other.
+    std::fs::remove_file(dir.join("same.txt")).unwrap();
+    took.push(shows("the other name undecorated", &mnt, || {
+        std::fs::metadata(&my_name).is_err()
+            && std::fs::read(dir.join("same.txt")).is_ok_and(|d| d == b"mine")
+    }));
+
+    // A write through the mount to a file with a conflict copy dismisses the copy.
+    std::fs::write(dir.join("doc.txt"), b"one").unwrap();
+    let doc = file_named(&store, "doc.txt");
+    let concurrent = store.read(|s| {
+        vec![s
+            .plan_write(doc, Content::Inline(Bytes::from_static(b"theirs")), 2)
+            .unwrap()]
+    });
+    std::fs::write(dir.join("doc.txt"), b"two").unwrap();
+    let mut held = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("doc.txt"))
+        .unwrap();
+    peer.apply(&store, |_| concurrent);
+    let copies = names_starting(&dir, "doc (conflict");
+    assert_eq!(copies.len(), 1, "{:?}", names_starting(&dir, ""));
+    let copy = dir.join(&copies[0]);
+    let mode = |p: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(
+        mode(&copy),
+        0o444,
+        "a copy shows the file's mode, read-only"
+    );
+    std::fs::set_permissions(
+        dir.join("doc.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o640),
+    )
+    .unwrap();
+    took.push(shows(
+        "the file's new mode on its conflict copy",
+        &mnt,
+        || mode(&copy) == 0o440,
+    ));
+    std::io::Write::write_all(&mut held, b"three").unwrap();
+    drop(held);
+    took.push(shows("the conflict copy dismissed", &mnt, || {
+        std::fs::metadata(&copy).is_err()
+    }));
+
+    // Ops written outside the mount (as `restore` or `resolve` write them).
+    store
+        .write(|tx| {
+            let body = tx.state().plan_unlink(OpId::ROOT, "doc.txt")?;
+            tx.push(body)?;
+            Ok(())
+        })
+        .unwrap();
+    took.push(shows("a name removed outside the mount", &mnt, || {
+        std::fs::metadata(dir.join("doc.txt")).is_err()
+    }));
+
+    // A snapshot dropped: its directory and, with no snapshot left, `.snapshots`.
+    store.snapshot("before").unwrap();
+    let snap = dir.join(".snapshots").join("before");
+    assert_eq!(std::fs::read(snap.join("same.txt")).unwrap(), b"mine");
+    store.drop_snapshot("before").unwrap();
+    took.push(shows("a dropped snapshot", &mnt, || {
+        std::fs::metadata(&snap).is_err() && std::fs::metadata(dir.join(".snapshots")).is_err()
+    }));
+
+    eprintln!("changes beside the named entry showed after {took:?}");
+    guard.unmount().unwrap();
+    node.shutdown().unwrap();
 }

@@ -11,7 +11,7 @@ mod codec;
 pub(crate) mod content;
 mod error;
 mod members;
-mod names;
+pub(crate) mod names;
 pub(crate) mod op;
 mod paged;
 mod pages;

@@ -38,6 +38,11 @@ pub(crate) fn decorate(name: &str, tag: &str) -> String {
     format!("{stem} ({tag}){ext}")
 }
 
+/// What every name [`decorate`]d from `raw` starts with (unless cut to fit).
+pub(crate) fn decorated_prefix(raw: &str) -> String {
+    format!("{} (", split_ext(raw).0)
+}
+
 /// The longest prefix of `s` of at most `max` bytes that ends at a character boundary.
 fn prefix(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
@@ -123,6 +128,9 @@ mod tests {
         assert_eq!(decorate(".bashrc", "bob"), ".bashrc (bob)");
         assert_eq!(decorate("x.tar.gz", "bob"), "x.tar (bob).gz");
         assert_eq!(decorate("dot.", "bob"), "dot. (bob)");
+        for raw in ["a.txt", "Makefile", ".bashrc", "x.tar.gz", "dot."] {
+            assert!(decorate(raw, "bob").starts_with(&decorated_prefix(raw)));
+        }
     }
 
     #[test]

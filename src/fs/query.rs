@@ -360,6 +360,15 @@ impl FsState {
             .map(|e| (e.loc.parent, e.loc.name.clone()))
     }
 
+    /// The parent and raw name of each visible entry of `file`.
+    pub fn places_of(&self, file: FileId) -> Vec<(FileId, String)> {
+        self.tree
+            .entries_of(file)
+            .keys()
+            .filter_map(|&entry| self.place(entry))
+            .collect()
+    }
+
     /// The value of extended attribute `name`.
     pub fn xattr_get(&self, file: FileId, name: &[u8]) -> Result<Bytes, FsError> {
         let f = self.file(file).ok_or(FsError::NotFound)?;

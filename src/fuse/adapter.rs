@@ -26,7 +26,7 @@ use crate::store::Store;
 
 use super::errno::io_errno;
 use super::errno::{errno, Fail};
-use super::inodes::{Inodes, Key, MOUNT_ROOT};
+use super::inodes::{Inodes, Key, Suspect, MOUNT_ROOT};
 use super::local::{self, LocalPath, Locals};
 use super::open_file::{read_view, OpenFile};
 
@@ -381,7 +381,7 @@ impl LatticeFs {
             return Ok((key, self.entry(key, parent, name)?));
         }
         let (store, dir) = self.dir(parent)?;
-        let file = store.write(|tx| {
+        let file = store.write_unannounced(|tx| {
             let body = tx.state().plan_create(
                 dir,
                 name,
@@ -395,8 +395,16 @@ impl LatticeFs {
             )?;
             Ok(tx.push(body)?)
         })?;
+        self.suspect_name(parent, name);
         let key = Key::File(store.id(), file);
         Ok((key, self.entry(key, parent, name)?))
+    }
+
+    /// Has the invalidation thread check the entries of `parent` decorated from the
+    /// same raw name as `name`, which a request of the kernel just changed.
+    fn suspect_name(&self, parent: INodeNo, name: &str) {
+        self.inodes
+            .suspect(Suspect::Name(parent.0, name.as_bytes().into()));
     }
 
     fn open_file(&self, key: Key) -> Option<SharedFile> {
@@ -551,6 +559,9 @@ impl LatticeFs {
         let FileRef { open, key, .. } = self.file_handle(fh)?;
         if let Some(open) = open {
             open.lock().commit(self.node.cas(), durable)?;
+            if let Key::File(sid, file) = key {
+                self.inodes.suspect_copies(sid, file);
+            }
         } else if durable {
             if let Some((sid, _)) = key.node() {
                 self.store(sid)?.flush().map_err(Fail::store)?;
@@ -570,6 +581,7 @@ impl LatticeFs {
             return Ok(());
         };
         let result = open.lock().commit(self.node.cas(), false);
+        self.inodes.suspect_copies(sid, file);
         let mut map = self.open_files.lock();
         let mut o = open.lock();
         o.handles -= 1;
@@ -640,12 +652,13 @@ impl LatticeFs {
             || meta.mtime_ns.is_some()
             || meta.atime_ns.is_some();
         if changes {
-            store.write(|tx| {
+            store.write_unannounced(|tx| {
                 let body = tx.state().plan_set_meta(SetMeta { file, ..meta })?;
                 tx.push(body)?;
                 Ok(())
             })?;
         }
+        self.inodes.suspect_copies(sid, file);
         self.attr_of(ino.0, key)
     }
 
@@ -692,9 +705,9 @@ impl LatticeFs {
                 if (from.is_some() || to.is_some()) && fs_flags.exchange {
                     return Err(Fail::Errno(libc::EXDEV));
                 }
-                match (from, to, from_dir, to_dir) {
+                let renamed = match (from, to, from_dir, to_dir) {
                     (None, None, Key::File(sid, dir), Key::File(_, newdir)) => {
-                        self.store(sid)?.write(|tx| {
+                        self.store(sid)?.write_unannounced(|tx| {
                             let bodies = tx
                                 .state()
                                 .plan_rename(dir, name, newdir, newname, fs_flags)?;
@@ -713,7 +726,12 @@ impl LatticeFs {
                         self.replicated_to_local(sid, dir, name, &b, fs_flags.noreplace)
                     }
                     _ => Err(Fail::Fs(FsError::NotDir)),
+                };
+                if renamed.is_ok() {
+                    self.suspect_name(parent, name);
+                    self.suspect_name(newparent, newname);
                 }
+                renamed
             }
         }
     }
@@ -739,7 +757,7 @@ impl LatticeFs {
         }
         let newname = newname.to_owned();
         let me = self.node.identity().public();
-        store.write(|tx| {
+        store.write_unannounced(|tx| {
             // Store names are system ops: other replicas accept them from admins only.
             if !matches!(
                 tx.state().member(&me),
@@ -764,6 +782,7 @@ impl LatticeFs {
             };
             return r.map_err(io_errno);
         }
+        let dir_ino = parent;
         let (store, parent) = self.dir(parent)?;
         if dir {
             // A directory holding local entries lists them, so it is not empty.
@@ -774,7 +793,7 @@ impl LatticeFs {
                 }
             }
         }
-        store.write(|tx| {
+        store.write_unannounced(|tx| {
             let body = if dir {
                 tx.state().plan_rmdir(parent, name)?
             } else {
@@ -783,6 +802,7 @@ impl LatticeFs {
             tx.push(body)?;
             Ok(())
         })?;
+        self.suspect_name(dir_ino, name);
         Ok(())
     }
 
@@ -796,11 +816,12 @@ impl LatticeFs {
         if store.id() != sid {
             return Err(Fail::Fs(FsError::CrossStore));
         }
-        store.write(|tx| {
+        store.write_unannounced(|tx| {
             let body = tx.state().plan_link(file, dir, newname)?;
             tx.push(body)?;
             Ok(())
         })?;
+        self.suspect_name(newparent, newname);
         self.entry(key, newparent, newname)
     }
 
@@ -912,7 +933,7 @@ impl LatticeFs {
         let (store, file) = self.xattr_target(ino)?;
         let name = Bytes::copy_from_slice(name.as_bytes());
         let value = Bytes::copy_from_slice(value);
-        store.write(|tx| {
+        store.write_unannounced(|tx| {
             let exists = tx.state().xattr_get(file, &name).is_ok();
             if flags & libc::XATTR_CREATE != 0 && exists {
                 return Err(FsError::Exists);
@@ -928,13 +949,14 @@ impl LatticeFs {
             tx.push(body)?;
             Ok(())
         })?;
+        self.inodes.suspect_copies(store.id(), file);
         Ok(())
     }
 
     fn do_removexattr(&self, ino: INodeNo, name: &OsStr) -> Result<()> {
         let (store, file) = self.xattr_target(ino)?;
         let name = Bytes::copy_from_slice(name.as_bytes());
-        store.write(|tx| {
+        store.write_unannounced(|tx| {
             tx.state().xattr_get(file, &name)?;
             let body = tx.state().plan_set_meta(SetMeta {
                 file,
@@ -944,6 +966,7 @@ impl LatticeFs {
             tx.push(body)?;
             Ok(())
         })?;
+        self.inodes.suspect_copies(store.id(), file);
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! The inode table: kernel inode numbers for stores, files and conflict copies, and
-//! the directory entries handed to the kernel for each, so a remote change can
-//! invalidate every dentry the kernel may hold for a file.
+//! the directory entries handed to the kernel for each (by inode and by directory), so
+//! a change can invalidate every dentry the kernel may hold for a file or a name. It
+//! also queues the names the FUSE layer suspects its own requests left stale.
 //!
 //! The kernel keeps every entry it looked up until memory runs short, and each costs a
 //! slot here: past a cap (from the cache budget) the oldest file entries are handed to
@@ -8,7 +9,7 @@
 //! forget their inodes. Directories and the stores' roots are kept: dropping one would
 //! drop every cached entry under it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -38,6 +39,8 @@ pub(crate) type Dentry = (u64, Box<[u8]>);
 pub(crate) struct Known {
     /// The inode number.
     pub(crate) ino: u64,
+    /// What it stands for.
+    pub(crate) key: Key,
     /// Entries handed out for it, oldest first.
     pub(crate) names: Vec<Dentry>,
 }
@@ -86,6 +89,17 @@ impl Key {
     }
 }
 
+/// Entries a change made through the kernel may have left stale beside the ones the
+/// kernel updated itself: display names decorated from one raw name change together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Suspect {
+    /// The entry `name` of directory inode `dir` changed; names decorated from the
+    /// same raw name may show other files now, or none.
+    Name(u64, Box<[u8]>),
+    /// The content of a store file changed: its conflict copies may be gone.
+    Copies(StoreId, FileId),
+}
+
 struct Slot {
     key: Key,
     lookups: u64,
@@ -107,6 +121,10 @@ struct Table {
     by_file: HashMap<(StoreId, FileId), Vec<u64>>,
     /// The inode of each key that shows no store file (local and snapshot entries).
     by_key: HashMap<Key, u64>,
+    /// The entries of each directory inode handed out, by name.
+    children: HashMap<u64, BTreeMap<Box<[u8]>, u64>>,
+    /// Suspects waiting for the invalidation thread.
+    suspects: Vec<Suspect>,
     /// Evictable inodes, oldest lookup first; forgotten ones are skipped when popped.
     order: VecDeque<u64>,
     /// Entries evicted, waiting for the invalidation thread.
@@ -163,6 +181,18 @@ impl Table {
         }
     }
 
+    /// Stops finding `ino` through directory entry `name` of `parent`.
+    fn unname(&mut self, ino: u64, parent: u64, name: &[u8]) {
+        if let Some(names) = self.children.get_mut(&parent) {
+            if names.get(name) == Some(&ino) {
+                names.remove(name);
+                if names.is_empty() {
+                    self.children.remove(&parent);
+                }
+            }
+        }
+    }
+
     /// Moves the entries of the oldest evictable inodes to `evicted`, as many inodes
     /// as leave `keep` once the kernel forgets them; returns whether any moved.
     fn evict_down_to(&mut self, keep: usize) -> bool {
@@ -179,10 +209,14 @@ impl Table {
             if slot.kept {
                 continue;
             }
-            self.evicted.append(&mut slot.names);
+            let names = std::mem::take(&mut slot.names);
             slot.evicted = true;
             self.evicting += 1;
             left -= 1;
+            for (parent, name) in &names {
+                self.unname(ino, *parent, name);
+            }
+            self.evicted.extend(names);
         }
         any
     }
@@ -250,14 +284,25 @@ impl Inodes {
         let slot = t.by_ino.get_mut(&ino).expect("by_file and by_ino agree");
         slot.lookups += 1;
         let back = std::mem::take(&mut slot.evicted);
-        if !slot.names.iter().any(|(p, n)| *p == parent && **n == *name) {
+        let mut dropped = None;
+        let new = !slot.names.iter().any(|(p, n)| *p == parent && **n == *name);
+        if new {
             if slot.names.len() == MAX_NAMES_PER_INODE {
-                slot.names.remove(0);
+                dropped = Some(slot.names.remove(0));
             }
             slot.names.push((parent, name.into()));
         }
         let queue = !slot.queued && !slot.kept;
         slot.queued |= queue;
+        if let Some((p, n)) = dropped {
+            t.unname(ino, p, &n);
+        }
+        if new {
+            t.children
+                .entry(parent)
+                .or_default()
+                .insert(name.into(), ino);
+        }
         if back {
             t.evicting -= 1;
         }
@@ -283,15 +328,62 @@ impl Inodes {
         }
     }
 
-    /// Waits until entries were evicted, then takes them: the kernel is to drop them.
-    pub(crate) async fn evicted(&self) -> Vec<Dentry> {
+    /// Queues `suspect` for the invalidation thread.
+    pub(crate) fn suspect(&self, suspect: Suspect) {
+        self.table.lock().suspects.push(suspect);
+        self.evicting.notify_one();
+    }
+
+    /// Queues [`Suspect::Copies`] of `file` if the kernel knows one of its conflict copies.
+    pub(crate) fn suspect_copies(&self, store: StoreId, file: FileId) {
+        let mut t = self.table.lock();
+        let copies = t.by_file.get(&(store, file)).is_some_and(|inos| {
+            inos.iter()
+                .any(|i| matches!(t.by_ino.get(i), Some(s) if matches!(s.key, Key::Conflict(..))))
+        });
+        if copies {
+            t.suspects.push(Suspect::Copies(store, file));
+            drop(t);
+            self.evicting.notify_one();
+        }
+    }
+
+    /// Waits until entries were evicted or suspects queued, then takes both: the
+    /// kernel is to drop the evicted entries and have the suspects checked.
+    pub(crate) async fn work(&self) -> (Vec<Dentry>, Vec<Suspect>) {
         loop {
-            let taken = std::mem::take(&mut self.table.lock().evicted);
-            if !taken.is_empty() {
-                return taken;
+            {
+                let mut t = self.table.lock();
+                if !t.evicted.is_empty() || !t.suspects.is_empty() {
+                    return (
+                        std::mem::take(&mut t.evicted),
+                        std::mem::take(&mut t.suspects),
+                    );
+                }
             }
             self.evicting.notified().await;
         }
+    }
+
+    /// The entries of directory inode `dir` handed out with a name that equals `exact`
+    /// or starts with `prefix`, with their inodes.
+    pub(crate) fn named(&self, dir: u64, exact: &[u8], prefix: &[u8]) -> Vec<(Dentry, u64)> {
+        let t = self.table.lock();
+        let Some(names) = t.children.get(&dir) else {
+            return Vec::new();
+        };
+        let exact = names.get_key_value(exact);
+        let prefixed = names
+            .range::<[u8], _>((
+                std::ops::Bound::Included(prefix),
+                std::ops::Bound::Unbounded,
+            ))
+            .take_while(|(n, _)| n.starts_with(prefix));
+        exact
+            .into_iter()
+            .chain(prefixed)
+            .map(|(n, &ino)| ((dir, n.clone()), ino))
+            .collect()
     }
 
     /// The inode number for `key` if the kernel knows it, without counting a lookup.
@@ -319,8 +411,13 @@ impl Inodes {
             None => None,
         };
         if let Some(key) = gone {
-            if t.by_ino.remove(&ino).is_some_and(|s| s.evicted) {
-                t.evicting -= 1;
+            if let Some(slot) = t.by_ino.remove(&ino) {
+                if slot.evicted {
+                    t.evicting -= 1;
+                }
+                for (parent, name) in &slot.names {
+                    t.unname(ino, *parent, name);
+                }
             }
             t.unindex(key, ino);
         }
@@ -353,6 +450,7 @@ impl Inodes {
             .filter_map(|&ino| {
                 t.by_ino.get(&ino).map(|s| Known {
                     ino,
+                    key: s.key,
                     names: s.names.clone(),
                 })
             })
@@ -366,6 +464,7 @@ impl Inodes {
             .iter()
             .map(|(&ino, s)| Known {
                 ino,
+                key: s.key,
                 names: s.names.clone(),
             })
             .collect()
@@ -388,9 +487,10 @@ mod tests {
             .build()
             .unwrap();
         rt.block_on(async {
-            tokio::time::timeout(std::time::Duration::from_secs(5), t.evicted())
+            tokio::time::timeout(std::time::Duration::from_secs(5), t.work())
                 .await
                 .expect("entries were evicted")
+                .0
         })
     }
 
@@ -520,10 +620,12 @@ mod tests {
             vec![
                 Known {
                     ino: a,
+                    key: key(1),
                     names: vec![(MOUNT_ROOT, b"a"[..].into()), (7, b"b"[..].into())],
                 },
                 Known {
                     ino: c,
+                    key: conflict,
                     names: vec![(MOUNT_ROOT, b"a (conflict)"[..].into())],
                 },
             ]
@@ -533,6 +635,93 @@ mod tests {
         t.forget(c, 1);
         assert!(t.known(sid, file).is_empty());
         assert_eq!(t.all().len(), 1, "only the mount root is left");
+    }
+
+    #[test]
+    fn entries_are_found_by_directory_and_name_until_dropped() {
+        let t = Inodes::new(MIN_INODES);
+        let named = |prefix: &[u8]| -> Vec<(Vec<u8>, u64)> {
+            t.named(7, b"a.txt", prefix)
+                .into_iter()
+                .map(|((dir, name), ino)| {
+                    assert_eq!(dir, 7);
+                    (name.to_vec(), ino)
+                })
+                .collect()
+        };
+        let a = t.lookup(key(1), 7, b"a.txt");
+        let b = t.lookup(key(2), 7, b"a (bob).txt");
+        let c = t.lookup(key(3), 7, b"a (carol).txt");
+        t.lookup(key(4), 7, b"b.txt");
+        t.lookup(key(5), 8, b"a (dave).txt");
+        assert_eq!(
+            named(b"a ("),
+            vec![
+                (b"a.txt".to_vec(), a),
+                (b"a (bob).txt".to_vec(), b),
+                (b"a (carol).txt".to_vec(), c)
+            ]
+        );
+        assert_eq!(named(b"zz").len(), 1, "the exact name alone");
+        assert_eq!(t.named(7, b"", b"").len(), 4, "an empty prefix lists all");
+        // A name handed out again for another inode finds the newer one only.
+        let d = t.lookup(key(6), 7, b"a.txt");
+        assert_eq!(named(b"zz"), vec![(b"a.txt".to_vec(), d)]);
+        // The older inode forgotten leaves the newer one's entry.
+        t.forget(a, 1);
+        assert_eq!(named(b"zz"), vec![(b"a.txt".to_vec(), d)]);
+        t.forget(d, 1);
+        assert!(named(b"zz").is_empty());
+        t.forget(b, 1);
+        assert_eq!(named(b"a ("), vec![(b"a (carol).txt".to_vec(), c)]);
+        // Entries dropped past the per-inode bound or evicted are not found either.
+        for i in 0..MAX_NAMES_PER_INODE {
+            t.lookup(key(3), 9, format!("n{i}").as_bytes());
+        }
+        assert!(named(b"a (").is_empty(), "c's oldest entry was dropped");
+        let table = t.table.lock();
+        assert!(table.children.get(&7).is_some_and(|m| m.len() == 1));
+    }
+
+    #[test]
+    fn an_evicted_entry_is_no_longer_found_by_its_directory() {
+        let t = Inodes::new(MIN_INODES);
+        t.lookup(key(1), MOUNT_ROOT, b"first");
+        for i in 2..=MIN_INODES as u32 + 1 {
+            t.lookup(key(i), MOUNT_ROOT, format!("f{i}").as_bytes());
+        }
+        assert!(evicted(&t).contains(&(MOUNT_ROOT, b"first"[..].into())));
+        assert!(t.named(MOUNT_ROOT, b"first", b"first").is_empty());
+    }
+
+    #[test]
+    fn copies_are_suspected_only_when_the_kernel_knows_one() {
+        let t = Inodes::new(MIN_INODES);
+        let Key::File(sid, file) = key(1) else {
+            unreachable!()
+        };
+        t.lookup(key(1), MOUNT_ROOT, b"a");
+        t.suspect_copies(sid, file);
+        assert!(t.table.lock().suspects.is_empty());
+        t.lookup(
+            Key::Conflict(sid, file, OpId::ROOT),
+            MOUNT_ROOT,
+            b"a (conflict)",
+        );
+        t.suspect_copies(sid, file);
+        t.suspect(Suspect::Name(MOUNT_ROOT, b"a"[..].into()));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let (evicted, suspects) = rt.block_on(t.work());
+        assert!(evicted.is_empty());
+        assert_eq!(
+            suspects,
+            vec![
+                Suspect::Copies(sid, file),
+                Suspect::Name(MOUNT_ROOT, b"a"[..].into())
+            ]
+        );
     }
 
     #[test]

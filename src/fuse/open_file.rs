@@ -321,7 +321,7 @@ impl OpenFile {
                         .put_file(self.store.id(), path, ahead.as_ref())
                         .map_err(Fail::cas)?;
                     self.store
-                        .write(|tx| {
+                        .write_unannounced(|tx| {
                             let body = tx.state().plan_write(file, content, mtime)?;
                             tx.push(body)?;
                             Ok(())
@@ -341,7 +341,7 @@ impl OpenFile {
                     };
                     let r = self
                         .store
-                        .write(|tx| {
+                        .write_unannounced(|tx| {
                             let body = tx.state().plan_append(file, data, mtime)?;
                             tx.push(body)?;
                             Ok(())

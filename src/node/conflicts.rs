@@ -223,7 +223,6 @@ impl Node {
                     xattr_remove: Vec::new(),
                 }))?;
             }
-            let mut touched = vec![file];
             for (name, content, wall_ms) in &copies {
                 let body = tx.state().plan_create(
                     parent,
@@ -236,12 +235,12 @@ impl Node {
                     content.clone(),
                     *wall_ms as i64 * 1_000_000,
                 )?;
-                touched.push(tx.push(body)?);
+                tx.push(body)?;
             }
-            Ok(Ok(touched))
+            Ok(Ok(()))
         });
-        let touched = match written {
-            Ok(Ok(touched)) => touched,
+        match written {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(e.into()),
             Err(FsError::ReadOnly) => return Err(ConflictError::ReadOnly(store_name).into()),
             Err(source) => {
@@ -250,8 +249,8 @@ impl Node {
                     source,
                 })
             }
-        };
-        r.publish(touched)?;
+        }
+        r.flush()?;
         let dir = shown.rsplit_once('/').map_or("", |(d, _)| d);
         Ok(Resolution {
             copies: copies

@@ -210,10 +210,8 @@ pub(super) struct Resolved {
 }
 
 impl Resolved {
-    /// Reports `touched` (changed outside the kernel) and waits until what was written
-    /// is durable.
-    pub(super) fn publish(&self, touched: Vec<FileId>) -> Result<(), NodeError> {
-        self.store.announce_changed(touched);
+    /// Waits until what was written is durable.
+    pub(super) fn flush(&self) -> Result<(), NodeError> {
         self.store.flush().map_err(|source| NodeError::Store {
             store: self.store_name.clone(),
             source,
@@ -315,7 +313,7 @@ impl Node {
             None => {
                 let body = tx.state().plan_write(file, content.clone(), now_ns)?;
                 tx.push(body)?;
-                Ok(vec![file])
+                Ok(())
             }
             Some((parent, name)) => {
                 // The file's last mode and owner; this node's user if the record is gone.
@@ -324,11 +322,7 @@ impl Node {
                 let (mode, uid, gid) = tx.state().file(file).map_or((0o644, me.0, me.1), |f| {
                     (f.mode.value, f.uid.value, f.gid.value)
                 });
-                let mut touched = Vec::new();
                 for body in tx.state().plan_undelete_dirs(*parent)? {
-                    if let OpBody::Move { entry, .. } = &body {
-                        touched.push(*entry);
-                    }
                     tx.push(body)?;
                 }
                 let body = tx.state().plan_create(
@@ -342,12 +336,12 @@ impl Node {
                     content.clone(),
                     now_ns,
                 )?;
-                touched.push(tx.push(body)?);
-                Ok(touched)
+                tx.push(body)?;
+                Ok(())
             }
         });
-        let touched = match written {
-            Ok(touched) => touched,
+        match written {
+            Ok(()) => {}
             Err(FsError::ReadOnly) => return Err(RestoreError::ReadOnly(store_name).into()),
             Err(FsError::Exists) => return Err(RestoreError::TargetExists(shown).into()),
             Err(source) => {
@@ -356,8 +350,8 @@ impl Node {
                     source,
                 })
             }
-        };
-        r.publish(touched)?;
+        }
+        r.flush()?;
         Ok(Restored {
             path: shown,
             version: version.id,

@@ -54,6 +54,7 @@ impl Store {
                 _ => Err(LeaveError::NotAdmin),
             },
             LeaveError::Store,
+            true,
             |tx| {
                 tx.push(OpBody::DeleteStore)?;
                 Ok(())

@@ -165,6 +165,7 @@ impl Store {
                 _ => Err(InviteError::NotAdmin),
             },
             InviteError::Store,
+            true,
             f,
         )
     }

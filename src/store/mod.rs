@@ -250,7 +250,7 @@ pub enum StoreEvent {
     /// Intentions sealed from local ops, as signed bytes, in seal order.
     Sealed(Vec<Bytes>),
     /// Received intentions were applied; these files were touched. Also sent with no
-    /// intentions by [`Store::announce_changed`] for local changes made outside the kernel.
+    /// intentions by [`Store::write`] for local ops.
     Applied {
         /// How many were applied.
         intentions: usize,
@@ -361,6 +361,16 @@ pub struct Tx<'a> {
     shared: &'a Shared,
     me: PublicKey,
     ops: Vec<Queued>,
+    /// Files the pushed ops touched and directories whose entries they changed.
+    changed: Changed,
+}
+
+/// What the ops of one local write changed, for [`StoreEvent::Applied`].
+#[derive(Default)]
+struct Changed {
+    ops: usize,
+    files: Vec<FileId>,
+    dirs: Vec<FileId>,
 }
 
 impl Tx<'_> {
@@ -399,7 +409,9 @@ impl Tx<'_> {
             let hlc = self.shared.clock.lock().tick(self.shared.now_ms());
             let op = Op { hlc, body };
             let touched = self.state.touched(self.me, &op);
-            self.state.apply(self.me, &op);
+            self.changed.dirs.extend(self.state.apply(self.me, &op));
+            self.changed.files.extend(touched);
+            self.changed.ops += 1;
             self.ops.push(Queued { op, touched });
             last = Some(OpId {
                 hlc,
@@ -773,10 +785,30 @@ impl Store {
 
     /// Runs `f` under the write lock; each `tx.push(body)` ticks the clock, applies the op to
     /// the projection at once and queues it for the next intention (sealed within a few ms).
-    /// Ops pushed before `f` fails stay applied and are sealed too. Fails with
-    /// `ReadOnly` unless this node is an Admin or Writer, `Io` if the store is closed.
+    /// Ops pushed before `f` fails stay applied and are sealed too, and subscribers hear
+    /// of the files and directories they changed (`StoreEvent::Applied`, no intentions).
+    /// Fails with `ReadOnly` unless this node is an Admin or Writer, `Io` if the store
+    /// is closed.
     pub fn write<R>(
         &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, FsError>,
+    ) -> Result<R, FsError> {
+        self.write_writer(true, f)
+    }
+
+    /// [`Store::write`] for a caller whose own caches already follow the ops it pushes
+    /// (the FUSE layer, whose kernel made the request): subscribers are not told.
+    pub(crate) fn write_unannounced<R>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<R, FsError>,
+    ) -> Result<R, FsError> {
+        self.write_writer(false, f)
+    }
+
+    /// [`Store::write`], telling subscribers of the changes if `announce`.
+    fn write_writer<R>(
+        &self,
+        announce: bool,
         f: impl FnOnce(&mut Tx<'_>) -> Result<R, FsError>,
     ) -> Result<R, FsError> {
         self.write_as(
@@ -788,16 +820,19 @@ impl Store {
                 StoreError::Deleted => FsError::ReadOnly,
                 e => FsError::Io(e.to_string()),
             },
+            announce,
             f,
         )
     }
 
     /// [`Store::write`] with the role check `allowed` (given this node's current role)
-    /// and the error `closed` for a store that accepts nothing more.
+    /// and the error `closed` for a store that accepts nothing more; subscribers hear of
+    /// the changes if `announce`.
     fn write_as<R, E>(
         &self,
         allowed: impl FnOnce(Option<Role>) -> Result<(), E>,
         closed: impl FnOnce(StoreError) -> E,
+        announce: bool,
         f: impl FnOnce(&mut Tx<'_>) -> Result<R, E>,
     ) -> Result<R, E> {
         let shared = &self.handle.shared;
@@ -815,8 +850,16 @@ impl Store {
             shared,
             me,
             ops: Vec::new(),
+            changed: Changed::default(),
         };
-        f(&mut tx)
+        let r = f(&mut tx);
+        let changed = std::mem::take(&mut tx.changed);
+        drop(tx);
+        drop(state);
+        if announce {
+            self.announce(changed);
+        }
+        r
     }
 
     /// True if the intention was refused or voided past a revocation cut: it counts as
@@ -915,14 +958,18 @@ impl Store {
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 
-    /// Tells subscribers that local ops made outside the kernel (a `restore` through the
-    /// control socket) touched `files`, as received ones would have: the FUSE layer then
-    /// drops what the kernel cached of them.
-    pub fn announce_changed(&self, files: Vec<FileId>) {
+    /// Tells subscribers that local ops touched `changed.files` and changed the entries
+    /// of `changed.dirs`, as received ones would have.
+    fn announce(&self, mut changed: Changed) {
+        if changed.ops == 0 {
+            return;
+        }
+        changed.dirs.sort();
+        changed.dirs.dedup();
         let event = StoreEvent::Applied {
             intentions: 0,
-            files,
-            dirs: Vec::new(),
+            files: changed.files,
+            dirs: changed.dirs,
         };
         drop(self.handle.shared.events.send(event));
     }

@@ -120,6 +120,7 @@ impl Store {
                 _ => Err(SettingError::NotAdmin),
             },
             SettingError::Store,
+            true,
             |tx| {
                 if tx.state().setting(setting) != days {
                     tx.push(setting.op(days))?;

@@ -783,20 +783,29 @@ fn subscribers_see_sealed_bytes_and_applied_files_after_commit() {
 
     let a = store_in(&tmp.path().join("a"));
     let mut events = a.subscribe();
-    a.write(|tx| {
-        tx.push(create("hello"))?;
-        Ok(())
-    })
-    .unwrap();
+    let file = a.write(|tx| Ok(tx.push(create("hello"))?)).unwrap();
+    // The FUSE layer's writes are not announced: its kernel made them.
+    a.write_unannounced(|tx| Ok(tx.push(create("quiet"))?))
+        .unwrap();
     a.flush().unwrap();
-    match events.try_recv().unwrap() {
-        crate::store::StoreEvent::Sealed(sealed) => {
-            assert_eq!(sealed.len(), 1);
-            let i = Intention::decode(sealed[0].clone()).unwrap();
-            assert_eq!(i.ops.len(), 1);
+    let (mut applied, mut sealed_ops) = (Vec::new(), 0);
+    while let Ok(event) = events.try_recv() {
+        match event {
+            crate::store::StoreEvent::Applied {
+                intentions,
+                files,
+                dirs,
+            } => applied.push((intentions, files, dirs)),
+            crate::store::StoreEvent::Sealed(sealed) => {
+                for bytes in sealed {
+                    sealed_ops += Intention::decode(bytes).unwrap().ops.len();
+                }
+            }
         }
-        other => panic!("expected Sealed, got {other:?}"),
     }
+    // A local write is announced as applied with no intentions.
+    assert_eq!(applied, [(0, vec![file], vec![OpId::ROOT])]);
+    assert_eq!(sealed_ops, 2, "both writes sealed once durable");
 }
 
 #[test]
@@ -826,7 +835,9 @@ fn an_intention_sealed_here_is_neither_announced_nor_served_before_its_commit_is
     let mut events = store.subscribe();
     let served = |s: &Store| s.witness(1, usize::MAX).unwrap().intentions.len();
     let before = served(&store);
-    store.write(|tx| Ok(tx.push(create("a"))?)).unwrap();
+    store
+        .write_unannounced(|tx| Ok(tx.push(create("a"))?))
+        .unwrap();
     std::thread::sleep(crate::store::actor::SEALED_DURABLE_WITHIN * 6);
     assert!(
         events.try_recv().is_err(),

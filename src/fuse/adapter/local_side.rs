@@ -139,7 +139,7 @@ impl LatticeFs {
         let mtime = m.mtime() * 1_000_000_000 + m.mtime_nsec();
         let perm = m.mode() & 0o7777;
         let store = self.store(sid)?;
-        let file = store.write(|tx| {
+        let file = store.write_unannounced(|tx| {
             let held = tx.state().lookup(dir, name);
             if noreplace && held.is_ok() {
                 return Err(FsError::Exists);
@@ -248,7 +248,7 @@ impl LatticeFs {
             let _ = std::fs::remove_file(&tmp);
             return Err(io_errno(e));
         }
-        let removed = store.write(|tx| {
+        let removed = store.write_unannounced(|tx| {
             let body = tx.state().plan_unlink(dir, name)?;
             tx.push(body)?;
             Ok(())
