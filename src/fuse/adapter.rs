@@ -33,8 +33,9 @@ use super::open_file::{read_view, OpenFile};
 mod local_side;
 mod snapshot_side;
 
-/// How long the kernel may cache attributes and entries.
-const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may cache attributes and entries: every change the kernel did
+/// not make itself is invalidated (`invalidate.rs`), so this only bounds a miss.
+const TTL: Duration = Duration::from_secs(60);
 /// Largest write request the kernel is asked to send.
 const MAX_WRITE: u32 = 1 << 20;
 
