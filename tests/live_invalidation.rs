@@ -7,15 +7,15 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use lattice_mount::{
     now_ms, ApplyOutcome, Cas, Clock, Content, FetchRequest, Fetcher, FileId, FsNode, FsState,
-    Hash, Hlc, Identity, Intention, Kind, Node, Op, OpBody, OpId, RenameFlags, Role, Store,
-    StoreEvent,
+    Hash, Hlc, Identity, Intention, Kind, MountGuard, Node, Op, OpBody, OpId, RenameFlags, Role,
+    Store, StoreEvent,
 };
 use parking_lot::Mutex;
 
@@ -99,6 +99,41 @@ fn store_with_peer(node: &Node) -> (Store, Peer) {
     (store, peer)
 }
 
+/// A node holding the store "shared" with a peer writer, mounted.
+struct Mounted {
+    tmp: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    node: Node,
+    store: Store,
+    peer: Peer,
+    mnt: PathBuf,
+    guard: MountGuard,
+}
+
+/// A fresh [`Mounted`]; `None` where FUSE is unavailable (never under CI).
+fn mounted() -> Option<Mounted> {
+    if !fuse_available() {
+        return None;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let node = Node::open(&tmp.path().join("data"), Some("me"), rt.handle().clone()).unwrap();
+    let (store, peer) = store_with_peer(&node);
+    let mnt = tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let guard = lattice_mount::mount(node.clone(), &mnt, false).unwrap();
+    assert!(is_lattice_mount(&mnt), "mount did not appear");
+    Some(Mounted {
+        tmp,
+        rt,
+        node,
+        store,
+        peer,
+        mnt,
+        guard,
+    })
+}
+
 /// Polls `check` until it holds or `SHOW_WITHIN` passes; returns how long it took.
 fn shows(what: &str, mnt: &Path, check: impl Fn() -> bool) -> Duration {
     let start = Instant::now();
@@ -140,24 +175,17 @@ fn create(s: &FsState, parent: FileId, name: &str, kind: Kind, data: &str) -> Ve
 
 #[test]
 fn remote_creates_rewrites_renames_and_deletes_show_through_the_mount_at_once() {
-    if !fuse_available() {
+    let Some(mut m) = mounted() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let node = Node::open(&tmp.path().join("data"), Some("me"), rt.handle().clone()).unwrap();
-    let (store, mut peer) = store_with_peer(&node);
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let guard = lattice_mount::mount(node.clone(), &mnt, false).unwrap();
-    assert!(is_lattice_mount(&mnt), "mount did not appear");
+    };
+    let (node, store, mnt) = (m.node.clone(), m.store.clone(), m.mnt.clone());
     let dir = mnt.join("shared");
     let (a, b, sub) = (dir.join("a.txt"), dir.join("b.txt"), dir.join("sub"));
 
     // Fill the kernel's caches: the directory, then a file's entry, attributes and pages.
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
     assert!(dir_times_show(&store, OpId::ROOT, &dir));
-    let file = peer.apply(&store, |s| {
+    let file = m.peer.apply(&store, |s| {
         create(s, OpId::ROOT, "a.txt", Kind::File, "one")
     });
     let mut took = vec![shows("created file", &mnt, || {
@@ -166,7 +194,7 @@ fn remote_creates_rewrites_renames_and_deletes_show_through_the_mount_at_once() 
     assert_eq!(std::fs::read(&a).unwrap(), b"one");
     assert_eq!(std::fs::metadata(&a).unwrap().len(), 3);
 
-    peer.apply(&store, |s| {
+    m.peer.apply(&store, |s| {
         let content = Content::Inline(Bytes::from_static(b"second version"));
         vec![s.plan_write(file, content, 2).unwrap()]
     });
@@ -175,10 +203,12 @@ fn remote_creates_rewrites_renames_and_deletes_show_through_the_mount_at_once() 
             && std::fs::read(&a).is_ok_and(|d| d == b"second version")
     }));
 
-    let subdir = peer.apply(&store, |s| create(s, OpId::ROOT, "sub", Kind::Dir, ""));
+    let subdir = m
+        .peer
+        .apply(&store, |s| create(s, OpId::ROOT, "sub", Kind::Dir, ""));
     assert!(std::fs::metadata(&sub).unwrap().is_dir());
     assert_eq!(std::fs::read_dir(&sub).unwrap().count(), 0);
-    peer.apply(&store, |s| {
+    m.peer.apply(&store, |s| {
         s.plan_rename(OpId::ROOT, "a.txt", subdir, "b.txt", RenameFlags::default())
             .unwrap()
     });
@@ -189,7 +219,7 @@ fn remote_creates_rewrites_renames_and_deletes_show_through_the_mount_at_once() 
             && dir_times_show(&store, subdir, &sub)
     }));
 
-    peer.apply(&store, |s| {
+    m.peer.apply(&store, |s| {
         s.plan_rename(subdir, "b.txt", OpId::ROOT, "b.txt", RenameFlags::default())
             .unwrap()
     });
@@ -200,7 +230,7 @@ fn remote_creates_rewrites_renames_and_deletes_show_through_the_mount_at_once() 
             && dir_times_show(&store, subdir, &sub)
     }));
 
-    peer.apply(&store, |s| {
+    m.peer.apply(&store, |s| {
         vec![s.plan_unlink(OpId::ROOT, "b.txt").unwrap()]
     });
     took.push(shows("deleted file", &mnt, || {
@@ -210,11 +240,13 @@ fn remote_creates_rewrites_renames_and_deletes_show_through_the_mount_at_once() 
     // A name the kernel never looked up comes and goes: only the directory's cached
     // attributes say so.
     assert!(dir_times_show(&store, subdir, &sub));
-    peer.apply(&store, |s| create(s, subdir, "unseen", Kind::File, ""));
+    m.peer
+        .apply(&store, |s| create(s, subdir, "unseen", Kind::File, ""));
     took.push(shows("created unseen name", &mnt, || {
         dir_times_show(&store, subdir, &sub)
     }));
-    peer.apply(&store, |s| vec![s.plan_unlink(subdir, "unseen").unwrap()]);
+    m.peer
+        .apply(&store, |s| vec![s.plan_unlink(subdir, "unseen").unwrap()]);
     took.push(shows("removed unseen name", &mnt, || {
         dir_times_show(&store, subdir, &sub)
     }));
@@ -233,30 +265,23 @@ fn remote_creates_rewrites_renames_and_deletes_show_through_the_mount_at_once() 
     }));
 
     eprintln!("remote changes showed after {took:?}");
-    guard.unmount().unwrap();
+    m.guard.unmount().unwrap();
     node.shutdown().unwrap();
 }
 
 #[test]
 fn remote_content_with_absent_blobs_fails_with_eio_then_reads_once_fetched() {
-    if !fuse_available() {
+    let Some(mut m) = mounted() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let node = Node::open(&tmp.path().join("data"), Some("me"), rt.handle().clone()).unwrap();
-    let (store, mut peer) = store_with_peer(&node);
+    };
+    let (node, store, mnt) = (m.node.clone(), m.store.clone(), m.mnt.clone());
     // The peer's own content store holds the file's chunks and manifest.
-    let peer_cas = Cas::open(&tmp.path().join("peer-blobs"), rt.handle().clone()).unwrap();
+    let peer_cas = Cas::open(&m.tmp.path().join("peer-blobs"), m.rt.handle().clone()).unwrap();
     let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
     let content = peer_cas.put_bytes(store.id(), &data).unwrap();
     assert!(matches!(content, Content::Manifest { .. }));
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let guard = lattice_mount::mount(node.clone(), &mnt, false).unwrap();
-    assert!(is_lattice_mount(&mnt), "mount did not appear");
     let path = mnt.join("shared").join("big");
-    peer.apply(&store, |s| {
+    m.peer.apply(&store, |s| {
         vec![s
             .plan_create(OpId::ROOT, "big", Kind::File, 0o644, 0, 0, 0, content, 1)
             .unwrap()]
@@ -265,7 +290,7 @@ fn remote_content_with_absent_blobs_fails_with_eio_then_reads_once_fetched() {
     let err = std::fs::read(&path).unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EIO), "no fetcher: {err}");
 
-    let (from, to, handle) = (peer_cas.blobs(), node.cas().blobs(), rt.handle().clone());
+    let (from, to, handle) = (peer_cas.blobs(), node.cas().blobs(), m.rt.handle().clone());
     let fetcher: Fetcher = Arc::new(move |req: FetchRequest| {
         let (from, to, handle) = (from.clone(), to.clone(), handle.clone());
         std::thread::spawn(move || {
@@ -290,7 +315,7 @@ fn remote_content_with_absent_blobs_fails_with_eio_then_reads_once_fetched() {
         "{} is no longer mounted",
         mnt.display()
     );
-    guard.unmount().unwrap();
+    m.guard.unmount().unwrap();
     node.shutdown().unwrap();
     peer_cas.shutdown().unwrap();
 }
@@ -316,29 +341,23 @@ fn names_starting(dir: &Path, prefix: &str) -> Vec<String> {
 
 #[test]
 fn changes_to_names_beside_the_one_a_request_named_show_through_the_mount_at_once() {
-    if !fuse_available() {
+    let Some(mut m) = mounted() else {
         return;
-    }
-    let tmp = tempfile::tempdir().unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let node = Node::open(&tmp.path().join("data"), Some("me"), rt.handle().clone()).unwrap();
-    let (store, mut peer) = store_with_peer(&node);
-    let mnt = tmp.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let guard = lattice_mount::mount(node.clone(), &mnt, false).unwrap();
-    assert!(is_lattice_mount(&mnt), "mount did not appear");
+    };
+    let (node, store, mnt) = (m.node.clone(), m.store.clone(), m.mnt.clone());
     let dir = mnt.join("shared");
     let mut took = Vec::new();
 
     // A received entry that collides with one the kernel holds and sorts first (an
     // older create) takes the raw name; the local one is shown decorated.
-    let theirs =
-        peer.stamp(store.read(|s| create(s, OpId::ROOT, "same.txt", Kind::File, "theirs")));
+    let theirs = m
+        .peer
+        .stamp(store.read(|s| create(s, OpId::ROOT, "same.txt", Kind::File, "theirs")));
     // Stamped a few milliseconds earlier: the clocks do not share counters.
     std::thread::sleep(Duration::from_millis(5));
     std::fs::write(dir.join("same.txt"), b"mine").unwrap();
     assert_eq!(std::fs::read(dir.join("same.txt")).unwrap(), b"mine");
-    peer.apply_ops(&store, theirs);
+    m.peer.apply_ops(&store, theirs);
     took.push(shows("a colliding name received", &mnt, || {
         std::fs::read(dir.join("same.txt")).is_ok_and(|d| d == b"theirs")
     }));
@@ -367,7 +386,7 @@ fn changes_to_names_beside_the_one_a_request_named_show_through_the_mount_at_onc
         .write(true)
         .open(dir.join("doc.txt"))
         .unwrap();
-    peer.apply(&store, |_| concurrent);
+    m.peer.apply(&store, |_| concurrent);
     let copies = names_starting(&dir, "doc (conflict");
     assert_eq!(copies.len(), 1, "{:?}", names_starting(&dir, ""));
     let copy = dir.join(&copies[0]);
@@ -418,6 +437,6 @@ fn changes_to_names_beside_the_one_a_request_named_show_through_the_mount_at_onc
     }));
 
     eprintln!("changes beside the named entry showed after {took:?}");
-    guard.unmount().unwrap();
+    m.guard.unmount().unwrap();
     node.shutdown().unwrap();
 }
