@@ -26,7 +26,7 @@ use crate::store::Store;
 
 use super::errno::io_errno;
 use super::errno::{errno, Fail};
-use super::inodes::{Inodes, Key, Suspect, MOUNT_ROOT};
+use super::inodes::{Inodes, Key, MOUNT_ROOT};
 use super::local::{self, LocalPath, Locals};
 use super::open_file::{read_view, OpenFile};
 
@@ -404,8 +404,7 @@ impl LatticeFs {
     /// Has the invalidation thread check the entries of `parent` decorated from the
     /// same raw name as `name`, which a request of the kernel just changed.
     fn suspect_name(&self, parent: INodeNo, name: &str) {
-        self.inodes
-            .suspect(Suspect::Name(parent.0, name.as_bytes().into()));
+        self.inodes.suspect_name(parent.0, name.as_bytes());
     }
 
     fn open_file(&self, key: Key) -> Option<SharedFile> {

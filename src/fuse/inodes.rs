@@ -14,6 +14,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use crate::fs::names::{decorated_prefix, raw_candidates};
 use crate::fs::Node;
 use crate::ids::{FileId, OpId, StoreId};
 
@@ -328,10 +329,35 @@ impl Inodes {
         }
     }
 
-    /// Queues `suspect` for the invalidation thread.
-    pub(crate) fn suspect(&self, suspect: Suspect) {
-        self.table.lock().suspects.push(suspect);
+    /// Queues [`Suspect::Name`] of entry `name` of directory inode `dir` if the kernel
+    /// holds another entry there that may show the same raw name: most names have none,
+    /// and the invalidation thread is then not woken.
+    pub(crate) fn suspect_name(&self, dir: u64, name: &[u8]) {
+        if self
+            .siblings(dir, name)
+            .iter()
+            .all(|((_, n), _)| **n == *name)
+        {
+            return;
+        }
+        self.table
+            .lock()
+            .suspects
+            .push(Suspect::Name(dir, name.into()));
         self.evicting.notify_one();
+    }
+
+    /// The entries of directory inode `dir` handed out under a raw name `name` may be
+    /// decorated from, or decorated from such a raw name (`name` itself included).
+    pub(crate) fn siblings(&self, dir: u64, name: &[u8]) -> Vec<(Dentry, u64)> {
+        let name = String::from_utf8_lossy(name);
+        let mut out: Vec<(Dentry, u64)> = raw_candidates(&name)
+            .iter()
+            .flat_map(|raw| self.named(dir, raw.as_bytes(), decorated_prefix(raw).as_bytes()))
+            .collect();
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// Queues [`Suspect::Copies`] of `file` if the kernel knows one of its conflict copies.
@@ -684,6 +710,36 @@ mod tests {
     }
 
     #[test]
+    fn siblings_are_the_entries_a_raw_name_of_the_name_may_show_as() {
+        let t = Inodes::new(MIN_INODES);
+        let a = t.lookup(key(1), 7, b"a.txt");
+        let b = t.lookup(key(2), 7, b"a (bob).txt");
+        let c = t.lookup(key(3), 7, b"a (conflict carol 2026-12-06 010203).txt");
+        t.lookup(key(4), 7, b"ab.txt");
+        t.lookup(key(5), 7, b"a(x).txt");
+        t.lookup(key(6), 8, b"a (dave).txt");
+        let entry = |n: &[u8], ino| ((7u64, Box::<[u8]>::from(n)), ino);
+        let want = vec![
+            entry(b"a (bob).txt", b),
+            entry(b"a (conflict carol 2026-12-06 010203).txt", c),
+            entry(b"a.txt", a),
+        ];
+        assert_eq!(t.siblings(7, b"a.txt"), want);
+        assert_eq!(
+            t.siblings(7, b"a (bob).txt").len(),
+            3,
+            "from its raw name a.txt"
+        );
+        assert_eq!(t.siblings(7, b"gone.txt"), vec![]);
+        t.suspect_name(7, b"gone.txt");
+        t.suspect_name(7, b"ab.txt");
+        assert!(
+            t.table.lock().suspects.is_empty(),
+            "no other entry may show these names"
+        );
+    }
+
+    #[test]
     fn an_evicted_entry_is_no_longer_found_by_its_directory() {
         let t = Inodes::new(MIN_INODES);
         t.lookup(key(1), MOUNT_ROOT, b"first");
@@ -709,7 +765,8 @@ mod tests {
             b"a (conflict)",
         );
         t.suspect_copies(sid, file);
-        t.suspect(Suspect::Name(MOUNT_ROOT, b"a"[..].into()));
+        t.suspect_name(MOUNT_ROOT, b"b");
+        t.suspect_name(MOUNT_ROOT, b"a");
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();

@@ -36,7 +36,6 @@ use fuser::{INodeNo, Notifier};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::fs::names::{decorated_prefix, raw_candidates};
 use crate::fs::SNAPSHOTS_DIR;
 use crate::ids::{FileId, OpId, StoreId};
 use crate::node::Node;
@@ -301,14 +300,9 @@ impl Kernel {
     /// Looks up again the entries of directory inode `dir` shown for the raw names
     /// `name` may be decorated from (but those in `done`), and drops those that changed.
     fn siblings_changed(&self, store: &Store, dir: u64, name: &[u8], done: &[Dentry]) {
-        let name = String::from_utf8_lossy(name);
-        let mut seen = BTreeSet::new();
-        for raw in raw_candidates(&name) {
-            let prefix = decorated_prefix(&raw);
-            for (dentry, ino) in self.inodes.named(dir, raw.as_bytes(), prefix.as_bytes()) {
-                if !done.contains(&dentry) && seen.insert(dentry.clone()) {
-                    self.revalidate(store, dentry.0, &dentry.1, ino);
-                }
+        for (dentry, ino) in self.inodes.siblings(dir, name) {
+            if !done.contains(&dentry) {
+                self.revalidate(store, dentry.0, &dentry.1, ino);
             }
         }
     }
