@@ -289,22 +289,37 @@ impl FsState {
     /// The blob-backed pieces of every visible version of a file: the winning content
     /// and each conflict copy (what a replica must fetch to read them all).
     pub fn blob_pieces(&self, file: FileId) -> Vec<Content> {
-        let Some(f) = self.file(file).filter(|f| f.kind == Kind::File) else {
-            return Vec::new();
+        self.file(file)
+            .map(|f| rec_blob_pieces(&f))
+            .unwrap_or_default()
+    }
+
+    /// The regular files after `after` in the files' stored order (from the first if
+    /// `None`) that have blob-backed pieces, with them ([`FsState::blob_pieces`]), among
+    /// `limit` regular files at most; and the last regular file looked at (`None`: there
+    /// was none left). One pass over the records, each decoded once.
+    pub fn blob_pieces_after(
+        &self,
+        after: Option<FileId>,
+        limit: usize,
+    ) -> (Option<FileId>, Vec<(FileId, Vec<Content>)>) {
+        let (mut seen, mut last, mut out) = (0, None, Vec::new());
+        let mut take = |id: &FileId, f: Got<'_, FileRec>| {
+            if f.kind == Kind::File && Some(*id) != after {
+                seen += 1;
+                last = Some(*id);
+                let pieces = rec_blob_pieces(&f);
+                if !pieces.is_empty() {
+                    out.push((*id, pieces));
+                }
+            }
+            seen < limit
         };
-        // Collected through the filter, a file whose content is all inline gets a Vec
-        // with no allocation: a replica starting on a million such files keeps none.
-        let mut pieces: Vec<Content> = std::iter::once(f.content())
-            .chain(f.conflicts().keys().map(|group| f.view(*group)))
-            .flat_map(|view| view.pieces)
-            .filter(|c| matches!(c, Content::Manifest { .. }))
-            .collect();
-        pieces.sort_by_key(|c| match c {
-            Content::Manifest { hash, .. } => hash.0,
-            Content::Inline(_) => [0; 32],
-        });
-        pieces.dedup();
-        pieces
+        match &after {
+            Some(after) => self.files.scan_from(after, &mut take),
+            None => self.files.each(&mut take),
+        }
+        (last, out)
     }
 
     /// Up to `limit` regular files known to the projection, visible or not, after
@@ -614,6 +629,27 @@ fn dump_xattrs(out: &mut String, f: &FileRec) {
             let _ = write!(out, " xattr {name:?}={v:?}");
         }
     }
+}
+
+/// The blob-backed pieces of the visible versions of file record `f` (none unless it is
+/// a regular file), sorted by hash without repeats.
+fn rec_blob_pieces(f: &FileRec) -> Vec<Content> {
+    if f.kind != Kind::File {
+        return Vec::new();
+    }
+    // Collected through the filter, a file whose content is all inline gets a Vec with
+    // no allocation: a replica starting on a million such files keeps none.
+    let mut pieces: Vec<Content> = std::iter::once(f.content())
+        .chain(f.conflicts().keys().map(|group| f.view(*group)))
+        .flat_map(|view| view.pieces)
+        .filter(|c| matches!(c, Content::Manifest { .. }))
+        .collect();
+    pieces.sort_by_key(|c| match c {
+        Content::Manifest { hash, .. } => hash.0,
+        Content::Inline(_) => [0; 32],
+    });
+    pieces.dedup();
+    pieces
 }
 
 #[cfg(test)]

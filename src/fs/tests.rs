@@ -275,6 +275,41 @@ fn file_ids_after_pages_through_every_regular_file_once() {
 }
 
 #[test]
+fn blob_pieces_after_pages_through_the_files_that_have_blobs_as_blob_pieces_sees_them() {
+    let manifest = |n: u8| Content::Manifest {
+        hash: crate::ids::Hash([n; 32]),
+        size: 1 << 20,
+    };
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 5, OpId::ROOT, "d");
+    let mut want = Vec::new();
+    for k in 0..9u8 {
+        let f = mkfile(&mut s, 1, 10 + u64::from(k), d, &format!("f{k}"), "x");
+        if k % 3 != 1 {
+            let w = s.plan_write(f, manifest(k), 1).unwrap();
+            run(&mut s, 1, 100 + u64::from(k), w);
+            want.push((f, vec![manifest(k)]));
+        }
+    }
+    let (mut got, mut after, mut pages) = (Vec::new(), None, 0);
+    loop {
+        let (last, found) = s.blob_pieces_after(after, 2);
+        assert!(found.len() <= 2);
+        let Some(last) = last else {
+            break;
+        };
+        got.extend(found);
+        after = Some(last);
+        pages += 1;
+    }
+    assert_eq!(pages, 5, "nine regular files, two looked at a page");
+    assert_eq!(got, want);
+    for (f, pieces) in &got {
+        assert_eq!(&s.blob_pieces(*f), pieces);
+    }
+}
+
+#[test]
 fn concurrent_writes_show_the_loser_as_a_conflict_copy_named_after_its_author() {
     let mut s = with_writer("bob");
     let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a.txt", "base");

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use crate::cas::{Backlog, Progress};
+use crate::cas::{Backlog, Content, Progress};
 use crate::ids::{FileId, Hash};
 use crate::net::Shared;
 use crate::store::Store;
@@ -22,13 +22,21 @@ fn backlog(shared: &Shared, store: &Store) -> Arc<Mutex<Backlog>> {
         .clone()
 }
 
-/// Counts again what `files` of `store` need (`None`: every file, and files gone or
-/// left without blobs since are dropped). Blocks on the content store: call it off the
-/// async workers.
-pub(crate) fn recount(shared: &Shared, store: &Store, files: Option<Vec<FileId>>) {
+/// Counts again what `files` of `store` need. Blocks on the content store: call it off
+/// the async workers.
+pub(crate) fn recount(shared: &Shared, store: &Store, files: Vec<FileId>) {
+    count(shared, store, store.pieces_of(Some(files)), false);
+}
+
+/// Counts what files of `store` need from their blob `pieces`; `all`: these are every
+/// file that has any, so the others are dropped. Blocks on the content store.
+pub(crate) fn count(
+    shared: &Shared,
+    store: &Store,
+    pieces: Vec<(FileId, Vec<Content>)>,
+    all: bool,
+) {
     let backlog = backlog(shared, store);
-    let all = files.is_none();
-    let pieces = store.pieces_of(files);
     if all {
         let live: std::collections::HashSet<FileId> = pieces.iter().map(|(f, _)| *f).collect();
         let mut b = backlog.lock();
@@ -73,7 +81,7 @@ pub(crate) async fn arrived(shared: &Arc<Shared>, store: &Store, hashes: Vec<Has
         return;
     }
     let (sh, st) = (shared.clone(), store.clone());
-    if let Err(e) = crate::net::blocking(move || recount(&sh, &st, Some(again))).await {
+    if let Err(e) = crate::net::blocking(move || recount(&sh, &st, again)).await {
         tracing::debug!("cannot count what fetched manifests need: {e}");
     }
 }

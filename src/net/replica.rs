@@ -237,7 +237,7 @@ fn run(
         return;
     }
     if let Some(sh) = shared.upgrade() {
-        progress::recount(&sh, &store, None);
+        progress::count(&sh, &store, replica.pieces(None), true);
     }
     while let Some(input) = inputs.blocking_recv() {
         let event = match input {
@@ -250,10 +250,20 @@ fn run(
                 e
             }
         };
-        if let (Event::Applied(files), Some(sh)) = (&event, shared.upgrade()) {
-            progress::recount(&sh, &store, files.clone());
-        }
+        let applied = match &event {
+            Event::Applied(files) => Some(files.clone()),
+            _ => None,
+        };
         let out = replica.handle(event, now_ms());
+        // The replica has just read the pieces of the applied files.
+        if let (Some(files), Some(sh)) = (applied, shared.upgrade()) {
+            progress::count(
+                &sh,
+                &store,
+                replica.pieces(files.as_deref()),
+                files.is_none(),
+            );
+        }
         if let Some(h) = handle.upgrade() {
             h.unsent.store(replica.unsent(), Ordering::Relaxed);
         }

@@ -751,15 +751,7 @@ impl Store {
             let mut out = Vec::new();
             let mut after = None;
             loop {
-                let (last, found) = self.read(|s| {
-                    let ids = s.file_ids_after(after, FILES_PER_READ);
-                    let found: Vec<_> = ids
-                        .iter()
-                        .map(|f| pieces(s, *f))
-                        .filter(|(_, p)| !p.is_empty())
-                        .collect();
-                    (ids.last().copied(), found)
-                });
+                let (last, found) = self.read(|s| s.blob_pieces_after(after, FILES_PER_READ));
                 out.extend(found);
                 match last {
                     Some(last) => after = Some(last),

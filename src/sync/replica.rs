@@ -606,6 +606,17 @@ impl<S: ReplicaStore> Replica<S> {
         out
     }
 
+    /// The blob pieces last seen of `files` (`None`: of every file that has any).
+    pub(crate) fn pieces(&self, files: Option<&[FileId]>) -> Vec<(FileId, Vec<Content>)> {
+        match files {
+            Some(files) => files
+                .iter()
+                .map(|f| (*f, self.known.get(f).cloned().unwrap_or_default()))
+                .collect(),
+            None => self.known.iter().map(|(f, p)| (*f, p.clone())).collect(),
+        }
+    }
+
     /// Local intentions sealed but not yet confirmed sent to any member.
     pub(crate) fn unsent(&self) -> u64 {
         self.unsent
