@@ -60,9 +60,9 @@ pub use node::{
     MIN_VERSION_PREFIX,
 };
 pub use store::{
-    is_retained, ApplyOutcome, Applying, Authority, BareIndex, CheckedIntention, ContentPlan,
-    Equivocator, HistoryItem, IndexView, InviteError, LeaveError, Proof, SettingError, Standing,
-    Store, StoreError, StoreEvent, StoreStats, Tx, VerifyFailure, WitnessBatch, DB_FILE,
+    is_retained, ApplyOutcome, Applying, Attesting, Authority, BareIndex, CheckedIntention,
+    ContentPlan, Equivocator, HistoryItem, IndexView, InviteError, LeaveError, Proof, SettingError,
+    Standing, Store, StoreError, StoreEvent, StoreStats, Tx, VerifyFailure, WitnessBatch, DB_FILE,
     MAX_CLOCK_SKEW_MS, MAX_FLOATING_PER_STRANGER, MS_PER_DAY, SCHEMA_VERSION,
 };
 pub use sync::frontier::{

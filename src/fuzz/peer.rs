@@ -116,13 +116,20 @@ fn response() -> impl Strategy<Value = pb::Response> {
             }
         ),
         bytes(32).prop_map(|secret| response::Kind::TopicSecret(pb::TopicSecret { secret })),
-        (intentions(), any::<u64>(), any::<u64>()).prop_map(|(intentions, next, len)| {
-            response::Kind::Batch(pb::WitnessBatch {
-                intentions,
-                next,
-                len,
-            })
-        }),
+        (
+            intentions(),
+            any::<u64>(),
+            any::<u64>(),
+            prop::option::of(attestation())
+        )
+            .prop_map(|(intentions, next, len, attested)| {
+                response::Kind::Batch(pb::WitnessBatch {
+                    intentions,
+                    next,
+                    len,
+                    attested,
+                })
+            }),
         Just(response::Kind::Reconcile(pb::Frame { frame: opening() })),
         intentions()
             .prop_map(|intentions| response::Kind::Intentions(pb::Intentions { intentions })),
@@ -216,7 +223,13 @@ fn receive_response(input: &[u8]) -> Result<usize, String> {
             })
             .count()
         }
-        response::Kind::Batch(b) => verify_all(b.intentions),
+        response::Kind::Batch(b) => {
+            let attested = b.attested.map(Attestation::try_from).transpose();
+            verify_all(b.intentions)
+                + attested
+                    .map_err(|e| e.to_string())?
+                    .map_or(0, |a| a.vector.len())
+        }
         response::Kind::Reconcile(f) => {
             let mut s =
                 Session::initiator(empty_storage(), FRAME_LIMIT).map_err(|e| e.to_string())?;

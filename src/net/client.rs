@@ -22,7 +22,8 @@ use crate::net::{
 };
 use crate::node::JoinState;
 use crate::proto::peer::{self as pb, request, response};
-use crate::store::{received, Applying, Store, StoreError};
+use crate::store::{received, Applying, Attesting, Store, StoreError};
+use crate::sync::frontier::Attestation;
 use crate::sync::invite::InviteToken;
 use crate::sync::join::{answer_name, JoinAction, JoinError, Joiner, FIRST_WITNESS};
 use crate::sync::replica::tally;
@@ -419,7 +420,11 @@ impl Run {
                     }
                     self.store = Some(store);
                 }
-                JoinAction::Apply { intentions, next } => {
+                JoinAction::Apply {
+                    intentions,
+                    next,
+                    attested,
+                } => {
                     let to = match applier {
                         Some(to) => to,
                         None => applier.insert(Applier::start(
@@ -430,7 +435,7 @@ impl Run {
                     };
                     // A closed queue means the applier stopped on an error, which
                     // `drive` reports from `Applier::finish`.
-                    if to.batches.send((intentions, next)).await.is_err() {
+                    if to.batches.send((intentions, next, attested)).await.is_err() {
                         return Err(StoreError::Closed.into());
                     }
                     let (done, left) = joiner.done_and_left();
@@ -478,6 +483,7 @@ impl Run {
                 field: "founder",
                 len: 32,
             }),
+            JoinError::BadAttestation(e) => self.violation(Violation::BadAttestation(e)),
         }
     }
 }
@@ -490,14 +496,18 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// Applies a join's batches in order on a blocking thread while the next ones are
 /// received, and saves where the bootstrap resumes once the batches before are durable.
+/// A witness batch for the applier: its intentions, the witness number after it, and
+/// the inviter's attestation as of it.
+type Batch = (Vec<Bytes>, u64, Option<Attestation>);
+
 struct Applier {
-    batches: mpsc::Sender<(Vec<Bytes>, u64)>,
+    batches: mpsc::Sender<Batch>,
     done: tokio::task::JoinHandle<Result<(), NetError>>,
 }
 
 impl Applier {
     fn start(shared: &Arc<Shared>, store: Store, inviter: PublicKey) -> Applier {
-        let (batches, mut queued) = mpsc::channel::<(Vec<Bytes>, u64)>(APPLY_AHEAD);
+        let (batches, mut queued) = mpsc::channel::<Batch>(APPLY_AHEAD);
         let node = shared.node.clone();
         let done = tokio::task::spawn_blocking(move || {
             let save = |next| -> Result<(), NetError> {
@@ -507,10 +517,16 @@ impl Applier {
             };
             let mut saved = Instant::now();
             let mut unsaved = None;
-            let mut done = |(applying, next): (Applying, u64)| -> Result<(), NetError> {
+            let mut done = |(applying, next, attesting): (Applying, u64, Option<Attesting>)|
+             -> Result<(), NetError> {
                 let (applied, refused) = tally(applying.outcomes().into_iter().map(received))?;
                 if refused > 0 {
                     tracing::warn!(refused, applied, "bootstrap batch had refused intentions");
+                }
+                // Refused when the inviter is not a member yet as of the batch: the
+                // attestation is then only not kept.
+                if let Some(Err(e)) = attesting.map(Attesting::outcome) {
+                    tracing::debug!("the inviter's attestation was not kept: {e}");
                 }
                 unsaved = Some(next);
                 if saved.elapsed() >= SAVE_EVERY {
@@ -523,9 +539,10 @@ impl Applier {
             // One batch stays queued at the actor while the next is decoded and
             // checked, so the actor never waits for the signatures of the next.
             let mut queued_at_actor = None;
-            while let Some((list, next)) = queued.blocking_recv() {
+            while let Some((list, next, attested)) = queued.blocking_recv() {
                 let applying = store.submit_remote_many(list);
-                if let Some(before) = queued_at_actor.replace((applying, next)) {
+                let attesting = attested.map(|a| store.submit_attested(inviter, a));
+                if let Some(before) = queued_at_actor.replace((applying, next, attesting)) {
                     done(before)?;
                 }
             }

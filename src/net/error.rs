@@ -7,6 +7,7 @@ use crate::cas::CasError;
 use crate::ids::Hash;
 use crate::node::NodeError;
 use crate::store::{InviteError, StoreError};
+use crate::sync::frontier::AttestError;
 use crate::sync::invite::TokenError;
 use crate::sync::reconcile::ReconcileError;
 use crate::sync::Refusal;
@@ -224,4 +225,7 @@ pub enum Violation {
     /// Its patch does not rebuild the chunk asked for.
     #[error("its patch does not rebuild chunk {0:?}")]
     BadPatch(Hash),
+    /// The attestation sent with a witness batch does not decode.
+    #[error("its witness batch carries a bad attestation: {0}")]
+    BadAttestation(AttestError),
 }

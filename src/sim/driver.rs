@@ -456,13 +456,24 @@ impl World {
                 }
                 // The joiner lives in the node's memory, which a crash keeps (its saved
                 // progress, as `JoinState` is on disk in `net/`).
-                JoinAction::Apply { intentions, .. } => {
+                JoinAction::Apply {
+                    intentions,
+                    attested,
+                    ..
+                } => {
                     let Some(store) = self.store(n) else { return };
                     for outcome in store.apply_remote_many(intentions) {
                         if let Err(e) = outcome {
                             if !crate::store::is_refusal(&e) {
                                 self.fail(format!("{name}: bootstrap apply failed: {e}"));
                             }
+                        }
+                    }
+                    // The founder serves every join (see `join_send`).
+                    if let Some(a) = attested {
+                        let founder = self.nodes[0].key;
+                        if let Err(e) = store.attested(founder, a) {
+                            self.note(format!("{name}: founder's attestation refused: {e}"));
                         }
                     }
                     if let Err(e) = store.flush() {

@@ -24,7 +24,7 @@ use crate::store::frontier::{self, Standing};
 use crate::store::index::Index;
 use crate::store::pages;
 use crate::store::projection::Projection;
-use crate::store::tables::{Tables, CHAIN, FLOATING, HISTORY, INTENTIONS, REFUSED, WITNESS};
+use crate::store::tables::{Tables, CHAIN, FLOATING, HISTORY, INTENTIONS, REFUSED, SEQS, WITNESS};
 use crate::store::{ApplyOutcome, HistoryItem, StoreEvent, WitnessBatch};
 use crate::sync::frontier::{AttestError, Attestation};
 
@@ -48,6 +48,10 @@ pub(crate) const PAGES_UNWRITTEN: usize = 8192;
 /// and one commit of them all would hold their records and redb's dirty pages in memory
 /// together, past the checks above, which run between commits.
 pub(crate) const MAX_BATCH_REQUESTS: usize = 256;
+/// Witness entries [`Actor::witness`] looks through past a batch for this node's next
+/// own intention, to attest to the joiner (bounded: the log may hold long runs of other
+/// authors' intentions).
+pub(crate) const PARTIAL_SCAN: usize = 4096;
 /// Quiet after its last commit after which the actor hands the heap that work freed
 /// back to the system (a clone or a big copy leaves most of its peak free but held).
 pub(crate) const IDLE_TRIM: Duration = Duration::from_secs(1);
@@ -670,6 +674,7 @@ impl Actor {
             intentions: Vec::new(),
             next: from.max(1),
             len,
+            attested: None,
         };
         let mut size = 0;
         for entry in witness.range(from.max(1)..)? {
@@ -693,7 +698,48 @@ impl Actor {
             size += n;
             batch.intentions.push(bytes);
         }
+        batch.attested = self.attested_after(&txn, batch.next)?;
         Ok(batch)
+    }
+
+    /// What this node can attest about itself to a joiner holding its witness log up to
+    /// `next`: its chain up to the next of its own intentions the log holds from `next`
+    /// on, and that intention's smallest op stamp as the floor (see `sync::frontier`).
+    /// `None` when no durable own intention follows within [`PARTIAL_SCAN`] entries.
+    fn attested_after(
+        &self,
+        txn: &redb::ReadTransaction,
+        next: u64,
+    ) -> Result<Option<Attestation>, StoreError> {
+        let me = self.shared.identity.public();
+        let witness = txn.open_table(WITNESS)?;
+        let seqs = txn.open_table(SEQS)?;
+        let intentions = txn.open_table(INTENTIONS)?;
+        for entry in witness.range(next..)?.take(PARTIAL_SCAN) {
+            let (_, v) = entry?;
+            let hash = Hash(v.value().0);
+            if self.held.hashes.contains(&hash) {
+                return Ok(None);
+            }
+            let Some(row) = seqs.get(hash.0)? else {
+                continue;
+            };
+            let (author, seq) = row.value();
+            if author != me.0 {
+                continue;
+            }
+            let Some(bytes) = intentions.get(hash.0)? else {
+                return Ok(None);
+            };
+            let stored = crate::intention::stored(bytes.value())
+                .map_err(|e| StoreError::Corrupt(format!("stored intention {hash:?}: {e}")))?;
+            let Some(floor) = stored.ops.iter().map(|op| op.hlc).min() else {
+                return Ok(None);
+            };
+            let vector = (seq > 1).then_some((me, seq - 1)).into_iter().collect();
+            return Ok(Some(Attestation { vector, floor }));
+        }
+        Ok(None)
     }
 
     fn chain_len(&self, key: &PublicKey) -> Result<u64, StoreError> {

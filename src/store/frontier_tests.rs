@@ -9,6 +9,7 @@ use crate::fs::op::{OpBody, Role, Setting, DEFAULT_HORIZON_DAYS};
 use crate::hlc::Hlc;
 use crate::identity::{Identity, PublicKey};
 use crate::ids::StoreId;
+use crate::intention::Intention;
 use crate::store::tests::{clock, create};
 use crate::store::{Genesis, SettingError, Store, StoreOptions, MS_PER_DAY};
 use crate::sync::frontier::{AttestError, Attestation, Blocker, Holdback};
@@ -106,6 +107,13 @@ fn pair() -> (Node, Node) {
 
 /// A writer admitted by `a`, holding everything `a` has.
 fn admit(a: &Node) -> Node {
+    let b = granted(a);
+    b.pull(a);
+    b
+}
+
+/// A writer `a` granted membership, joining with nothing applied yet.
+fn granted(a: &Node) -> Node {
     let id = Identity::generate();
     a.store
         .write(|tx| {
@@ -122,14 +130,12 @@ fn admit(a: &Node) -> Node {
     let dir = tempfile::tempdir().expect("tempdir");
     let store =
         Store::join_with(dir.path(), ID, a.key(), id.clone(), clock(), wall.opts()).expect("join");
-    let b = Node {
+    Node {
         id,
         store,
         wall,
         dir,
-    };
-    b.pull(a);
-    b
+    }
 }
 
 /// `from` attests to `to`.
@@ -317,4 +323,61 @@ fn a_member_that_left_counts_until_its_chain_is_held_up_to_the_leave_then_never(
     let f = a.store.frontier().expect("a frontier");
     assert_eq!(f.members, 1, "all of b up to its leave is here");
     assert!(f.below > from_b.floor);
+}
+
+#[test]
+fn a_joiner_kept_the_founders_batch_attestations_and_purges_as_it_bootstraps() {
+    let a = founder();
+    for i in 0..30 {
+        a.write(&format!("f{i}"));
+    }
+    let b = granted(&a);
+    let mut batches = Vec::new();
+    let mut next = 1;
+    loop {
+        let batch = a.store.witness(next, 600).expect("witness");
+        if batch.intentions.is_empty() {
+            break;
+        }
+        next = batch.next;
+        batches.push(batch);
+    }
+    assert!(batches.len() > 4, "{} batches", batches.len());
+    let mut purged_midway = false;
+    for (i, batch) in batches.iter().enumerate() {
+        if let Some(att) = &batch.attested {
+            assert_eq!(att.vector.keys().collect::<Vec<_>>(), vec![&a.key()]);
+            // What it claims: every op of a in the batches still to come is stamped at
+            // or after its floor.
+            for later in &batches[i + 1..] {
+                for bytes in &later.intentions {
+                    let later = Intention::decode(bytes.clone()).expect("decodes");
+                    if later.author == a.key() {
+                        assert!(later.ops.iter().all(|op| op.hlc >= att.floor));
+                    }
+                }
+            }
+        }
+        for outcome in b.store.apply_remote_many(batch.intentions.clone()) {
+            outcome.expect("applies");
+        }
+        if let Some(att) = batch.attested.clone() {
+            b.store
+                .attested(a.key(), att)
+                .expect("the founder's attestation is kept");
+        }
+        b.store.flush().expect("flush");
+        if i + 1 < batches.len() && b.store.read(|s| s.purged_below()) > Hlc::ZERO {
+            purged_midway = true;
+        }
+    }
+    assert!(purged_midway, "the joiner purged before its last batch");
+    assert!(
+        batches.last().expect("batches").attested.is_none(),
+        "no own intention of a follows the log"
+    );
+    assert_eq!(
+        b.store.read(|s| s.canonical_dump()),
+        a.store.read(|s| s.canonical_dump())
+    );
 }

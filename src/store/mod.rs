@@ -222,6 +222,19 @@ impl Applying {
     }
 }
 
+/// A received attestation queued by [`Store::submit_attested`], not yet waited for.
+pub struct Attesting(Result<std::sync::mpsc::Receiver<Result<(), AttestError>>, AttestError>);
+
+impl Attesting {
+    /// Waits for the actor: whether the attestation was kept.
+    pub fn outcome(self) -> Result<(), AttestError> {
+        self.0.and_then(|rx| {
+            rx.recv()
+                .map_err(|_| AttestError::Store(StoreError::Closed.to_string()))?
+        })
+    }
+}
+
 /// What became of received intention bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ApplyOutcome {
@@ -297,6 +310,9 @@ pub struct WitnessBatch {
     pub next: u64,
     /// The witness log's length when read.
     pub len: u64,
+    /// What this node attests about itself to a joiner holding the log up to `next`
+    /// (see `sync::frontier`), when it can.
+    pub attested: Option<Attestation>,
 }
 
 /// Counts describing a store.
@@ -1005,13 +1021,20 @@ impl Store {
     /// Keeps member `from`'s attestation (replacing its last one); a non-member's is
     /// refused and changes nothing.
     pub fn attested(&self, from: PublicKey, attestation: Attestation) -> Result<(), AttestError> {
+        self.submit_attested(from, attestation).outcome()
+    }
+
+    /// Queues member `from`'s attestation after everything queued so far, without
+    /// waiting (see [`Store::attested`]).
+    pub fn submit_attested(&self, from: PublicKey, attestation: Attestation) -> Attesting {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.handle
-            .shared
-            .send(Request::Attested(from, attestation, tx))
-            .map_err(|e| AttestError::Store(e.to_string()))?;
-        rx.recv()
-            .map_err(|_| AttestError::Store(StoreError::Closed.to_string()))?
+        Attesting(
+            self.handle
+                .shared
+                .send(Request::Attested(from, attestation, tx))
+                .map(|()| rx)
+                .map_err(|e| AttestError::Store(e.to_string())),
+        )
     }
 
     /// The stability frontier: no op applied here from now on is stamped before its

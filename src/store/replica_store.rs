@@ -77,6 +77,7 @@ impl ReplicaStore for Store {
             intentions: batch.intentions,
             next: batch.next,
             len: batch.len,
+            attested: batch.attested.map(|a| a.to_pb()),
         })
     }
 

@@ -58,6 +58,22 @@
 //!   write (a node writes only once its own grant is in its projection): each op of a
 //!   is stamped after its grant, so after `below`.
 //!
+//! **Attestations with a batch.** An inviter serving its witness log to a joiner
+//! attaches to each batch an attestation about itself as of the batch: `vector` names
+//! only its own chain, up to (not including) the next of its own intentions the log
+//! holds past the batch, and `floor` is that intention's smallest op stamp (none when no
+//! durable own intention follows). All the proof above uses of an attestation of a is
+//! that every op of a outside its chain prefix `vector[a]` is stamped at or after
+//! `floor_a`, and this one says so too: a stamps ops in push order (each push ticks past
+//! the clock) and seals its mailbox in that order, whole, so every op of a's later
+//! intentions, and every op a has pushed but not sealed or pushes later, is stamped after
+//! every op of that next intention. A crash does not undo it: the intention was durable
+//! when served (the log serves no held intention), so the clock observes it at open. The
+//! joiner keeps it like any other attestation, usable once it holds a's chain up to
+//! `vector[a]`: so a joiner whose only counted member is its inviter purges as it
+//! bootstraps, not after. Its other authors' entries are absent (zero), which only keeps
+//! their ops from counting as applied everywhere.
+//!
 //! A frontier computed once stays valid: the claim is about every later apply, so a
 //! frontier kept while a newer computation is blocked (a new member has not attested
 //! yet) still holds.
@@ -95,7 +111,7 @@ pub struct Frontier {
 }
 
 /// Why a received attestation was refused; nothing was stored.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AttestError {
     /// The attestation does not decode (an author key that is not 32 bytes, an author
     /// listed twice).

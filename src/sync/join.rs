@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use crate::identity::PublicKey;
 use crate::proto::peer::{self as pb, request, response};
+use crate::sync::frontier::{AttestError, Attestation};
 use crate::sync::Refusal;
 
 /// Where a fresh bootstrap starts: the witness log counts from 1.
@@ -28,11 +29,14 @@ pub(crate) enum JoinAction {
     },
     /// Apply these intentions in order after the earlier batches (refusals are the
     /// store's business); once they are durable the bootstrap may resume from `next`.
+    /// Then keep the inviter's attestation, if it sent one, as any other it sends.
     Apply {
         /// The batch's intentions, in witness order.
         intentions: Vec<Bytes>,
         /// The witness number after the batch's last one.
         next: u64,
+        /// What the inviter attests about itself as of the batch (see `sync::frontier`).
+        attested: Option<Attestation>,
     },
     /// The whole log is in: make the store visible.
     Finish,
@@ -50,6 +54,9 @@ pub(crate) enum JoinError {
     /// The founder key in the inviter's answer is not 32 bytes.
     #[error("founder key of {0} bytes")]
     BadFounder(usize),
+    /// The attestation sent with a witness batch does not decode.
+    #[error("witness batch: {0}")]
+    BadAttestation(AttestError),
 }
 
 /// Where the join is.
@@ -174,6 +181,11 @@ impl Joiner {
                     self.stage = Stage::Done;
                     return Ok(vec![JoinAction::Finish]);
                 }
+                let attested = batch
+                    .attested
+                    .map(Attestation::try_from)
+                    .transpose()
+                    .map_err(JoinError::BadAttestation)?;
                 self.intentions += batch.intentions.len() as u64;
                 self.bytes += batch.intentions.iter().map(|b| b.len() as u64).sum::<u64>();
                 self.total = batch.len;
@@ -181,6 +193,7 @@ impl Joiner {
                 Ok(vec![JoinAction::Apply {
                     intentions: batch.intentions,
                     next: batch.next,
+                    attested,
                 }])
             }
             (_, other) => Err(JoinError::Unexpected(answer_name(&other))),
@@ -221,6 +234,7 @@ mod tests {
             intentions: intentions.iter().map(|b| Bytes::from_static(b)).collect(),
             next,
             len,
+            attested: None,
         })
     }
 
@@ -246,6 +260,7 @@ mod tests {
             vec![JoinAction::Apply {
                 intentions: vec![Bytes::from_static(b"ab"), Bytes::from_static(b"c")],
                 next: 3,
+                attested: None,
             }]
         );
         assert_eq!((j.intentions(), j.bytes(), j.total()), (2, 3, 3));
@@ -255,6 +270,41 @@ mod tests {
         assert_eq!(j.done_and_left(), (3, 0));
         assert_eq!(j.handle(batch(&[], 4, 3)), Ok(vec![JoinAction::Finish]));
         assert_eq!(j.request(), None);
+    }
+
+    #[test]
+    fn a_batch_passes_its_attestation_on_and_one_that_does_not_decode_stops_the_join() {
+        let mut j = Joiner::resume(1);
+        let attested = |author: &'static [u8]| {
+            response::Kind::Batch(pb::WitnessBatch {
+                intentions: vec![Bytes::from_static(b"ab")],
+                next: 2,
+                len: 2,
+                attested: Some(pb::Attestation {
+                    vector: vec![pb::ChainLen {
+                        author: Bytes::from_static(author),
+                        len: 4,
+                    }],
+                    floor_wall_ms: 7,
+                    floor_counter: 1,
+                }),
+            })
+        };
+        let before = j.clone();
+        assert!(matches!(
+            j.handle(attested(&[3; 5])),
+            Err(JoinError::BadAttestation(AttestError::Malformed(_)))
+        ));
+        assert_eq!(j, before);
+        let acts = j.handle(attested(&[3; 32])).expect("a batch");
+        let [JoinAction::Apply {
+            attested: Some(a), ..
+        }] = &acts[..]
+        else {
+            panic!("{acts:?}");
+        };
+        assert_eq!(a.len_of(&PublicKey([3; 32])), 4);
+        assert_eq!(a.floor.wall_ms, 7);
     }
 
     #[test]

@@ -346,6 +346,11 @@ pub(crate) const PREDECESSOR_ROUNDS: usize = 8;
 pub const MAX_WANT: usize = 4096;
 /// Target size of one answer carrying intentions (a single larger intention still goes).
 pub(crate) const BATCH_BYTES: usize = 1024 * 1024;
+/// Target size of one witness batch to a joiner: a joiner purges what a batch's
+/// attestation covers once the batch is applied, and a store commit takes up to
+/// `MAX_BATCH_REQUESTS` intentions, so a batch a fraction of a commit leaves few of
+/// its records unpurged when a commit writes the projection's pages.
+pub(crate) const WITNESS_BATCH_BYTES: usize = 128 * 1024;
 
 /// When the next anti-entropy pass is due.
 #[derive(Debug)]
@@ -1555,7 +1560,7 @@ impl<S: ReplicaStore> Replica<S> {
 
     /// Sends the witness batch from seq `next` on `conv`; the empty one ends it.
     fn witness_batch(&mut self, to: PublicKey, conv: Conv, next: u64, out: &mut Vec<Action>) {
-        match self.store.witness(next, BATCH_BYTES) {
+        match self.store.witness(next, WITNESS_BATCH_BYTES) {
             Ok(batch) => {
                 let last = batch.intentions.is_empty();
                 if last {
@@ -1567,11 +1572,7 @@ impl<S: ReplicaStore> Replica<S> {
                 out.push(Action::Reply {
                     to,
                     conv,
-                    response: response::Kind::Batch(pb::WitnessBatch {
-                        intentions: batch.intentions,
-                        next: batch.next,
-                        len: batch.len,
-                    }),
+                    response: response::Kind::Batch(batch),
                     last,
                 });
             }
