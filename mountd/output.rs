@@ -456,14 +456,25 @@ pub fn delete_human(store: &str, r: &DeleteResponse) -> String {
 /// A one-line progress display on stderr for a join.
 pub struct Progress {
     tty: bool,
+    /// When a line was last printed (not on a terminal).
+    printed: std::cell::Cell<Option<std::time::Instant>>,
+    /// The newest line not printed yet (not on a terminal).
+    pending: std::cell::RefCell<Option<String>>,
 }
 
+/// Least time between two printed lines when stderr is not a terminal: a join reports
+/// every batch, thousands for a big store, too many for a log or a pipe nobody reads.
+const PROGRESS_LINE_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Progress {
-    /// A display that redraws in place on a terminal and prints lines otherwise.
+    /// A display that redraws in place on a terminal and prints a line a second
+    /// otherwise.
     pub fn new() -> Progress {
         use std::io::IsTerminal;
         Progress {
             tty: std::io::stderr().is_terminal(),
+            printed: std::cell::Cell::new(None),
+            pending: std::cell::RefCell::new(None),
         }
     }
 
@@ -482,15 +493,25 @@ impl Progress {
         );
         if self.tty {
             eprint!("\r\x1b[K{line}");
-        } else {
+        } else if self
+            .printed
+            .get()
+            .is_none_or(|t| t.elapsed() >= PROGRESS_LINE_EVERY)
+        {
             eprintln!("{line}");
+            self.printed.set(Some(std::time::Instant::now()));
+            self.pending.take();
+        } else {
+            self.pending.replace(Some(line));
         }
     }
 
-    /// Ends the display.
+    /// Ends the display (printing the last progress if it was held back).
     pub fn finish(&self) {
         if self.tty {
             eprintln!();
+        } else if let Some(line) = self.pending.take() {
+            eprintln!("{line}");
         }
     }
 }

@@ -569,16 +569,42 @@ pub(crate) fn bounded(cmd: &mut Command) -> Result<Output> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
+    // Read while it runs: a command writing more than a pipe holds would block on it.
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let deadline = Instant::now() + WAIT;
-    while child.try_wait()?.is_none() {
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
             bail!("{cmd:?}: no answer within {} s", WAIT.as_secs());
         }
         std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(child.wait_with_output()?)
+    };
+    let joined = |h: std::thread::JoinHandle<Vec<u8>>| {
+        h.join()
+            .map_err(|_| anyhow!("reading the output of {cmd:?} panicked"))
+    };
+    Ok(Output {
+        status,
+        stdout: joined(stdout)?,
+        stderr: joined(stderr)?,
+    })
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn drain(pipe: Option<impl std::io::Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut out = Vec::new();
+        if let Some(mut pipe) = pipe {
+            // A read error ends the output early; the exit status still says how it went.
+            let _ = pipe.read_to_end(&mut out);
+        }
+        out
+    })
 }
 
 /// What `findmnt` reports for `path` ("FSTYPE SOURCE"), if it is a mountpoint.
