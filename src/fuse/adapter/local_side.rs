@@ -46,16 +46,21 @@ impl LatticeFs {
             Key::Local(id) => Ok(Some(self.local(id)?.0.child(name))),
             Key::File(sid, dir) => {
                 let store = self.store(sid)?;
-                match store.read(|s| s.lookup(dir, name)) {
-                    Ok(_) => return Ok(None),
-                    Err(FsError::NotFound) => {}
-                    Err(e) => return Err(e.into()),
-                }
                 let p = LocalPath::new(sid, dir, name);
-                let held = std::fs::symlink_metadata(self.local_real(&p)).is_ok();
-                let ignored =
-                    new.is_some_and(|is_dir| self.node.is_ignored(&store, dir, name, is_dir));
-                Ok((held || ignored).then_some(p))
+                let local = || {
+                    std::fs::symlink_metadata(self.local_real(&p)).is_ok()
+                        || new.is_some_and(|is_dir| self.node.is_ignored(&store, dir, name, is_dir))
+                };
+                // A new name is seldom held or ignored, and then it is replicated whatever
+                // the projection holds: its lookup (a page read in a big store) is skipped.
+                if new.is_some() && !local() {
+                    return Ok(None);
+                }
+                match store.read(|s| s.lookup(dir, name)) {
+                    Ok(_) => Ok(None),
+                    Err(FsError::NotFound) => Ok((new.is_some() || local()).then_some(p)),
+                    Err(e) => Err(e.into()),
+                }
             }
             Key::MountRoot | Key::Conflict(..) | Key::Snapshots(_) | Key::Snap(..) => Ok(None),
         }
