@@ -494,12 +494,12 @@ const APPLY_AHEAD: usize = 2;
 /// How often the applier makes what it applied durable and saves where to resume.
 const SAVE_EVERY: Duration = Duration::from_secs(1);
 
-/// Applies a join's batches in order on a blocking thread while the next ones are
-/// received, and saves where the bootstrap resumes once the batches before are durable.
 /// A witness batch for the applier: its intentions, the witness number after it, and
 /// the inviter's attestation as of it.
 type Batch = (Vec<Bytes>, u64, Option<Attestation>);
 
+/// Applies a join's batches in order on a blocking thread while the next ones are
+/// received, and saves where the bootstrap resumes once the batches before are durable.
 struct Applier {
     batches: mpsc::Sender<Batch>,
     done: tokio::task::JoinHandle<Result<(), NetError>>,

@@ -72,7 +72,7 @@ pub(crate) enum Request {
     /// Read the stored bytes of these intentions (unknown ones are skipped).
     Get(Vec<Hash>, usize, Reply<Vec<Bytes>>),
     /// Read the witness log from a seq, bounded in bytes.
-    Witness(u64, usize, Reply<WitnessBatch>),
+    Witness(u64, usize, bool, Reply<WitnessBatch>),
     /// List predecessors that floating intentions wait for.
     Missing(usize, Reply<Vec<Hash>>),
     /// The author-chain length of a key's applied intentions.
@@ -289,7 +289,7 @@ fn fail(r: Request, e: StoreError) {
         Request::History(_, tx) => drop(tx.send(Err(e))),
         Request::Verify(_, tx) => drop(tx.send(Err(e))),
         Request::Get(_, _, tx) => drop(tx.send(Err(e))),
-        Request::Witness(_, _, tx) => drop(tx.send(Err(e))),
+        Request::Witness(_, _, _, tx) => drop(tx.send(Err(e))),
         Request::Missing(_, tx) => drop(tx.send(Err(e))),
         Request::ChainLen(_, tx) => drop(tx.send(Err(e))),
         Request::Attest(tx) => drop(tx.send(Err(e))),
@@ -434,8 +434,8 @@ impl Actor {
                 Request::History(file, tx) => drop(tx.send(self.history(file))),
                 Request::Verify(ops, tx) => drop(tx.send(self.verify(&ops))),
                 Request::Get(hashes, max_bytes, tx) => drop(tx.send(self.get(&hashes, max_bytes))),
-                Request::Witness(from, max_bytes, tx) => {
-                    drop(tx.send(self.witness(from, max_bytes)))
+                Request::Witness(from, max_bytes, attest, tx) => {
+                    drop(tx.send(self.witness(from, max_bytes, attest)))
                 }
                 Request::Missing(limit, tx) => drop(tx.send(self.missing(limit))),
                 Request::ChainLen(key, tx) => drop(tx.send(self.chain_len(&key))),
@@ -664,8 +664,14 @@ impl Actor {
         Ok(out)
     }
 
-    /// Witness entries from seq `from` on, as stored bytes, up to `max_bytes` (at least one).
-    fn witness(&self, from: u64, max_bytes: usize) -> Result<WitnessBatch, StoreError> {
+    /// Witness entries from seq `from` on, as stored bytes, up to `max_bytes` (at least one),
+    /// with this node's attestation about itself as of them if `attest`.
+    fn witness(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        attest: bool,
+    ) -> Result<WitnessBatch, StoreError> {
         let txn = self.shared.index.db()?.begin_read()?;
         let witness = txn.open_table(WITNESS)?;
         let intentions = txn.open_table(INTENTIONS)?;
@@ -698,7 +704,9 @@ impl Actor {
             size += n;
             batch.intentions.push(bytes);
         }
-        batch.attested = self.attested_after(&txn, batch.next)?;
+        if attest {
+            batch.attested = self.attested_after(&txn, batch.next)?;
+        }
         Ok(batch)
     }
 

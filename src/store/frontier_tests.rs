@@ -335,7 +335,7 @@ fn a_joiner_kept_the_founders_batch_attestations_and_purges_as_it_bootstraps() {
     let mut batches = Vec::new();
     let mut next = 1;
     loop {
-        let batch = a.store.witness(next, 600).expect("witness");
+        let batch = a.store.bootstrap_batch(next, 600).expect("witness");
         if batch.intentions.is_empty() {
             break;
         }

@@ -311,7 +311,7 @@ pub struct WitnessBatch {
     /// The witness log's length when read.
     pub len: u64,
     /// What this node attests about itself to a joiner holding the log up to `next`
-    /// (see `sync::frontier`), when it can.
+    /// (see `sync::frontier`), when it can; only in a [`Store::bootstrap_batch`].
     pub attested: Option<Attestation>,
 }
 
@@ -939,10 +939,25 @@ impl Store {
 
     /// The witness log from seq `from` (1-based) on, up to about `max_bytes`.
     pub fn witness(&self, from: u64, max_bytes: usize) -> Result<WitnessBatch, StoreError> {
+        self.witness_batch(from, max_bytes, false)
+    }
+
+    /// [`Store::witness`] as served to a joiner: with this node's attestation about
+    /// itself as of the batch, when it can give one.
+    pub fn bootstrap_batch(&self, from: u64, max_bytes: usize) -> Result<WitnessBatch, StoreError> {
+        self.witness_batch(from, max_bytes, true)
+    }
+
+    fn witness_batch(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        attest: bool,
+    ) -> Result<WitnessBatch, StoreError> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle
             .shared
-            .send(Request::Witness(from, max_bytes, tx))?;
+            .send(Request::Witness(from, max_bytes, attest, tx))?;
         rx.recv().map_err(|_| StoreError::Closed)?
     }
 

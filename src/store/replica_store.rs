@@ -72,7 +72,7 @@ impl ReplicaStore for Store {
     }
 
     fn witness(&self, from: u64, max_bytes: usize) -> Result<pb::WitnessBatch, StoreError> {
-        let batch = Store::witness(self, from, max_bytes)?;
+        let batch = Store::bootstrap_batch(self, from, max_bytes)?;
         Ok(pb::WitnessBatch {
             intentions: batch.intentions,
             next: batch.next,

@@ -61,7 +61,8 @@ pub(crate) trait ReplicaStore {
     fn get(&self, hashes: Vec<Hash>, max_bytes: usize) -> Result<Vec<Bytes>, Self::Error>;
     /// Up to `limit` predecessors floating intentions wait for.
     fn missing(&self, limit: usize) -> Result<Vec<Hash>, Self::Error>;
-    /// The witness log from seq `from` (1-based) on, up to about `max_bytes`.
+    /// The witness log from seq `from` (1-based) on, up to about `max_bytes`, as served
+    /// to a joiner (with the store's attestation about itself as of the batch).
     fn witness(&self, from: u64, max_bytes: usize) -> Result<pb::WitnessBatch, Self::Error>;
     /// A snapshot of the index for one reconciliation.
     fn reconcile_view(&self) -> Result<Self::View, Self::Error>;
