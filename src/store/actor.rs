@@ -55,6 +55,10 @@ pub(crate) const PARTIAL_SCAN: usize = 4096;
 /// Quiet after its last commit after which the actor hands the heap that work freed
 /// back to the system (a clone or a big copy leaves most of its peak free but held).
 pub(crate) const IDLE_TRIM: Duration = Duration::from_secs(1);
+/// Longest a busy actor goes between trims: each write of pages frees an overlay, and a
+/// trim walks the whole heap under the allocator's locks (milliseconds on a big store,
+/// a stall for every thread allocating meanwhile), so it is not run at every write.
+pub(crate) const BUSY_TRIM: Duration = Duration::from_secs(30);
 
 /// A reply channel for one request.
 pub(crate) type Reply<T> = SyncSender<Result<T, StoreError>>;
@@ -214,6 +218,8 @@ struct Actor {
     held: Held,
     /// When the last commit since the heap was last trimmed ran (`None`: none did).
     untrimmed: Option<Instant>,
+    /// When the heap was last trimmed.
+    trimmed: Instant,
 }
 
 /// What one commit answers.
@@ -262,6 +268,7 @@ fn serve(shared: std::sync::Arc<Shared>, counts: Counts) {
         next_early: Some(0),
         held: Held::default(),
         untrimmed: None,
+        trimmed: now,
     };
     loop {
         let batch = actor.take();
@@ -415,9 +422,12 @@ impl Actor {
         } else {
             Committed::default()
         };
-        if batch.requests.is_empty() && self.untrimmed.is_some_and(|t| t.elapsed() >= IDLE_TRIM) {
+        let quiet =
+            batch.requests.is_empty() && self.untrimmed.is_some_and(|t| t.elapsed() >= IDLE_TRIM);
+        if quiet || (self.untrimmed.is_some() && self.trimmed.elapsed() >= BUSY_TRIM) {
             crate::budget::release_freed();
             self.untrimmed = None;
+            self.trimmed = Instant::now();
         }
         let mut replies = done.applied.into_iter();
         let mut attested = done.attested.into_iter();
@@ -567,8 +577,6 @@ impl Actor {
         shared.index.commit(txn)?;
         if let Some(cut) = cut {
             shared.state.write().settle_pages(cut, shared.index.pages());
-            // The overlay just settled was most of what the projection held in memory.
-            crate::budget::release_freed();
         }
         let effects = cx.effects.take();
         for bytes in effects.sealed {
