@@ -164,8 +164,8 @@ async fn next_request(
 /// `Patch` is answered here, behind the same membership check), its answers come back
 /// through `Out` and are written in order; the first request must arrive within the
 /// first-frame timeout. Ends when the opener finishes the stream, or after a refusal
-/// or a last answer, once the opener has acknowledged what was written (waiting at
-/// most the first-frame timeout for that).
+/// or a last answer (for a stranger, once it has acknowledged what was written,
+/// waiting at most the first-frame timeout for that).
 async fn serve_stream(
     shared: &Arc<Shared>,
     peer: PublicKey,
@@ -229,12 +229,13 @@ async fn serve_stream(
             drop(held);
         }
     };
-    let linger = *shared.first_frame_timeout.lock();
+    let linger = (!shared.is_member_anywhere(&peer)).then(|| *shared.first_frame_timeout.lock());
     let writer = async move {
         let result = write_answers(&mut send, &mut answers, answered, replica, peer, conv).await;
-        if send.finish().is_ok() {
-            // The stream's permit is held until the opener has the last answer: closing a
-            // stranger's idle connection must not discard a refusal still in flight.
+        if let (Ok(()), Some(linger)) = (send.finish(), linger) {
+            // A stranger's idle connection is closed once its streams' permits are back:
+            // the permit is held until the opener has the last answer, so that close
+            // never discards a refusal still in flight.
             let _ = tokio::time::timeout(linger, send.stopped()).await;
         }
         result
