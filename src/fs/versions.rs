@@ -4,7 +4,9 @@
 //! visible name. Inline content needs no blob, so it is left out.
 
 use crate::cas::Content;
+use crate::fs::content::FileRec;
 use crate::fs::op::Kind;
+use crate::fs::paged::Got;
 use crate::fs::state::FsState;
 use crate::ids::FileId;
 
@@ -24,8 +26,23 @@ pub(crate) struct HeldVersion {
 impl FsState {
     /// Every version the projection holds now that names a blob (see [`HeldVersion`]).
     pub(crate) fn held_versions(&self) -> Vec<HeldVersion> {
-        let mut out = Vec::new();
-        self.files.each(|&file, rec| {
+        self.held_versions_after(None, usize::MAX).1
+    }
+
+    /// The versions of up to `limit` files after `after` in the files' stored order (from
+    /// the first if `None`), and the last file looked at (`None`: there was none left).
+    pub(crate) fn held_versions_after(
+        &self,
+        after: Option<FileId>,
+        limit: usize,
+    ) -> (Option<FileId>, Vec<HeldVersion>) {
+        let (mut seen, mut last, mut out) = (0, None, Vec::new());
+        let mut take = |&file: &FileId, rec: Got<'_, FileRec>| {
+            if Some(file) == after {
+                return true;
+            }
+            seen += 1;
+            last = Some(file);
             let blobs = |pieces: Vec<Content>| -> Vec<Content> {
                 pieces.into_iter().filter(Content::is_manifest).collect()
             };
@@ -40,10 +57,10 @@ impl FsState {
                     .filter(|p| !p.is_empty())
                     .into_iter()
                     .collect(),
-                _ => return true,
+                _ => return seen < limit,
             };
             if pieces.is_empty() {
-                return true;
+                return seen < limit;
             }
             let deleted_ms = if self.exists(file) {
                 None
@@ -59,8 +76,12 @@ impl FsState {
                 pieces,
                 deleted_ms,
             }));
-            true
-        });
-        out
+            seen < limit
+        };
+        match &after {
+            Some(after) => self.files.scan_from(after, &mut take),
+            None => self.files.each(&mut take),
+        }
+        (last, out)
     }
 }

@@ -764,16 +764,7 @@ impl Store {
     pub fn pieces_of(&self, files: Option<Vec<FileId>>) -> Vec<(FileId, Vec<Content>)> {
         let pieces = |s: &FsState, f: FileId| (f, s.blob_pieces(f));
         let Some(files) = files else {
-            let mut out = Vec::new();
-            let mut after = None;
-            loop {
-                let (last, found) = self.read(|s| s.blob_pieces_after(after, FILES_PER_READ));
-                out.extend(found);
-                match last {
-                    Some(last) => after = Some(last),
-                    None => return out,
-                }
-            }
+            return self.read_files(FsState::blob_pieces_after);
         };
         files
             .chunks(FILES_PER_READ)
@@ -781,6 +772,26 @@ impl Store {
                 self.read(|s| chunk.iter().map(|f| pieces(s, *f)).collect::<Vec<_>>())
             })
             .collect()
+    }
+
+    /// What `page` finds in every file of the projection, asked for
+    /// [`FILES_PER_READ`] files per hold of the read lock (`page(state, after, limit)`
+    /// answers for up to `limit` files after `after`, and the last one it looked at), so
+    /// a long pass holds off neither the actor nor a file operation for long.
+    pub(crate) fn read_files<T>(
+        &self,
+        page: impl Fn(&FsState, Option<FileId>, usize) -> (Option<FileId>, Vec<T>),
+    ) -> Vec<T> {
+        let mut out = Vec::new();
+        let mut after = None;
+        loop {
+            let (last, found) = self.read(|s| page(s, after, FILES_PER_READ));
+            out.extend(found);
+            match last {
+                Some(last) => after = Some(last),
+                None => return out,
+            }
+        }
     }
 
     /// Every blob piece of `files` (`None`: of every regular file), in one list.

@@ -23,6 +23,7 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use crate::cas::Content;
 use crate::fs::op::{Kind, Op, OpBody, OpError, Role, Setting};
+use crate::fs::FsState;
 use crate::ids::{Hash, OpId};
 use crate::intention::{stored, Stored};
 use crate::store::error::StoreError;
@@ -134,7 +135,8 @@ impl Store {
     /// on disk (without checking signatures again), outside any lock of the projection.
     pub fn content_plan(&self) -> Result<ContentPlan, StoreError> {
         let now_ms = self.handle.shared.now_ms();
-        let (held, days) = self.read(|s| (s.held_versions(), s.retention_days()));
+        let days = self.read(FsState::retention_days);
+        let held = self.read_files(FsState::held_versions_after);
         let mut plan = ContentPlan::default();
         for v in held {
             if v.deleted_ms.is_none() {
