@@ -310,6 +310,39 @@ fn blob_pieces_after_pages_through_the_files_that_have_blobs_as_blob_pieces_sees
 }
 
 #[test]
+fn held_versions_after_pages_give_the_versions_of_one_whole_pass() {
+    let manifest = |n: u8| Content::Manifest {
+        hash: crate::ids::Hash([n; 32]),
+        size: 1 << 20,
+    };
+    let mut s = FsState::new();
+    let d = mkdir(&mut s, 1, 5, OpId::ROOT, "d");
+    for k in 0..9u8 {
+        let f = mkfile(&mut s, 1, 10 + u64::from(k), d, &format!("f{k}"), "x");
+        if k % 3 != 1 {
+            let w = s.plan_write(f, manifest(k), 1).unwrap();
+            run(&mut s, 1, 100 + u64::from(k), w);
+        }
+    }
+    let gone = s.plan_unlink(d, "f0").unwrap();
+    run(&mut s, 1, 200, gone);
+    let whole = s.held_versions();
+    assert_eq!(whole.len(), 6);
+    assert_eq!(whole.iter().filter(|v| v.deleted_ms.is_some()).count(), 1);
+    let (mut got, mut after) = (Vec::new(), None);
+    loop {
+        let (last, found) = s.held_versions_after(after, 2);
+        let Some(last) = last else {
+            assert!(found.is_empty());
+            break;
+        };
+        got.extend(found);
+        after = Some(last);
+    }
+    assert_eq!(got, whole);
+}
+
+#[test]
 fn concurrent_writes_show_the_loser_as_a_conflict_copy_named_after_its_author() {
     let mut s = with_writer("bob");
     let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a.txt", "base");
