@@ -274,23 +274,30 @@ fn file_ids_after_pages_through_every_regular_file_once() {
     assert!(!paged.contains(&d));
 }
 
-#[test]
-fn blob_pieces_after_pages_through_the_files_that_have_blobs_as_blob_pieces_sees_them() {
+/// A state with a directory `d` of nine files, all but every third written with a
+/// manifest: the state, `d`, and the files with blobs with their manifests.
+fn files_with_manifests() -> (FsState, FileId, Vec<(FileId, Vec<Content>)>) {
     let manifest = |n: u8| Content::Manifest {
         hash: crate::ids::Hash([n; 32]),
         size: 1 << 20,
     };
     let mut s = FsState::new();
     let d = mkdir(&mut s, 1, 5, OpId::ROOT, "d");
-    let mut want = Vec::new();
+    let mut with = Vec::new();
     for k in 0..9u8 {
         let f = mkfile(&mut s, 1, 10 + u64::from(k), d, &format!("f{k}"), "x");
         if k % 3 != 1 {
             let w = s.plan_write(f, manifest(k), 1).unwrap();
             run(&mut s, 1, 100 + u64::from(k), w);
-            want.push((f, vec![manifest(k)]));
+            with.push((f, vec![manifest(k)]));
         }
     }
+    (s, d, with)
+}
+
+#[test]
+fn blob_pieces_after_pages_through_the_files_that_have_blobs_as_blob_pieces_sees_them() {
+    let (s, _, want) = files_with_manifests();
     let (mut got, mut after, mut pages) = (Vec::new(), None, 0);
     loop {
         let (last, found) = s.blob_pieces_after(after, 2);
@@ -311,19 +318,7 @@ fn blob_pieces_after_pages_through_the_files_that_have_blobs_as_blob_pieces_sees
 
 #[test]
 fn held_versions_after_pages_give_the_versions_of_one_whole_pass() {
-    let manifest = |n: u8| Content::Manifest {
-        hash: crate::ids::Hash([n; 32]),
-        size: 1 << 20,
-    };
-    let mut s = FsState::new();
-    let d = mkdir(&mut s, 1, 5, OpId::ROOT, "d");
-    for k in 0..9u8 {
-        let f = mkfile(&mut s, 1, 10 + u64::from(k), d, &format!("f{k}"), "x");
-        if k % 3 != 1 {
-            let w = s.plan_write(f, manifest(k), 1).unwrap();
-            run(&mut s, 1, 100 + u64::from(k), w);
-        }
-    }
+    let (mut s, d, _) = files_with_manifests();
     let gone = s.plan_unlink(d, "f0").unwrap();
     run(&mut s, 1, 200, gone);
     let whole = s.held_versions();
