@@ -3,7 +3,7 @@
 
 use std::io::ErrorKind;
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use lattice_mount::proto::control::{
@@ -24,8 +24,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 const JOIN_SILENCE: Duration = Duration::from_secs(120);
 /// How long `down` waits for the daemon to exit after it acknowledged the request.
 const DOWN_TIMEOUT: Duration = Duration::from_secs(60);
-/// How often `down` checks whether the daemon has exited.
-const DOWN_POLL: Duration = Duration::from_millis(50);
 
 /// Asks the daemon for its status.
 pub fn status(data_dir: &Path) -> Result<StatusResponse, CliError> {
@@ -203,18 +201,15 @@ pub fn down(data_dir: &Path) -> Result<(), CliError> {
         response::Kind::Down(_) => {}
         other => return Err(unexpected(&other)),
     }
-    let start = Instant::now();
-    while daemon::is_running(data_dir)? {
-        if start.elapsed() > DOWN_TIMEOUT {
-            return Err(anyhow!(
-                "the daemon accepted `down` but did not exit within {} s",
-                DOWN_TIMEOUT.as_secs()
-            )
-            .into());
-        }
-        std::thread::sleep(DOWN_POLL);
+    if daemon::wait_stopped(data_dir, DOWN_TIMEOUT)? {
+        Ok(())
+    } else {
+        Err(anyhow!(
+            "the daemon accepted `down` but did not exit within {} s",
+            DOWN_TIMEOUT.as_secs()
+        )
+        .into())
     }
-    Ok(())
 }
 
 /// Sends `token` to the daemon to join a store, calling `progress` for each progress

@@ -185,27 +185,61 @@ pub fn up(opts: UpOptions) -> Result<(), CliError> {
 
 /// True while a daemon holds the lock of `data_dir`.
 pub fn is_running(data_dir: &Path) -> Result<bool, CliError> {
-    let path = data_dir.join(LOCK_FILE);
-    let file = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(anyhow!(e).context(format!("{}", path.display())).into()),
-    };
-    // A shared lock conflicts with the daemon's exclusive one; the probe releases it
-    // when `file` closes.
-    // SAFETY: flock on a file descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) };
-    if rc == 0 {
+    let Some(file) = open_lock(data_dir)? else {
         return Ok(false);
+    };
+    match shared_lock(&file, libc::LOCK_NB) {
+        Ok(()) => Ok(false),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => Ok(true),
+        Err(e) => Err(lock_error(data_dir, e)),
     }
-    let err = std::io::Error::last_os_error();
-    if err.kind() == ErrorKind::WouldBlock {
-        Ok(true)
+}
+
+/// Waits until no daemon holds the lock of `data_dir`, at most `timeout`; true once
+/// none does. On a timeout the waiting thread stays blocked until the lock is freed or
+/// the process exits.
+pub fn wait_stopped(data_dir: &Path, timeout: Duration) -> Result<bool, CliError> {
+    let Some(file) = open_lock(data_dir)? else {
+        return Ok(true);
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(shared_lock(&file, 0));
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(Ok(())) => Ok(true),
+        Ok(Err(e)) => Err(lock_error(data_dir, e)),
+        Err(_) => Ok(false),
+    }
+}
+
+/// The lock file of `data_dir`, or None when no daemon ever ran there.
+fn open_lock(data_dir: &Path) -> Result<Option<File>, CliError> {
+    let path = data_dir.join(LOCK_FILE);
+    match File::open(&path) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow!(e).context(format!("{}", path.display())).into()),
+    }
+}
+
+/// Takes a shared flock on `file` (with `flags` added, e.g. `LOCK_NB`); it conflicts
+/// with the daemon's exclusive one and is released when `file` closes.
+fn shared_lock(file: &File, flags: i32) -> std::io::Result<()> {
+    // SAFETY: flock on a file descriptor the caller owns.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | flags) };
+    if rc == 0 {
+        Ok(())
     } else {
-        Err(anyhow!(err)
-            .context(format!("locking {}", path.display()))
-            .into())
+        Err(std::io::Error::last_os_error())
     }
+}
+
+/// A failed flock on the lock file of `data_dir`.
+fn lock_error(data_dir: &Path, e: std::io::Error) -> CliError {
+    anyhow!(e)
+        .context(format!("locking {}", data_dir.join(LOCK_FILE).display()))
+        .into()
 }
 
 /// The exclusive flock on `DATA_DIR/daemon.lock`, released when dropped or on exit.
@@ -938,6 +972,23 @@ mod tests {
         drop(lock);
         assert!(!is_running(tmp.path()).unwrap());
         DaemonLock::acquire(tmp.path()).unwrap();
+    }
+
+    #[test]
+    fn wait_stopped_returns_when_the_lock_is_dropped_and_not_before() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(wait_stopped(tmp.path(), Duration::ZERO).unwrap());
+        let lock = DaemonLock::acquire(tmp.path()).unwrap();
+        assert!(!wait_stopped(tmp.path(), Duration::from_millis(50)).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            rx.recv().unwrap();
+            drop(lock);
+        });
+        tx.send(()).unwrap();
+        assert!(wait_stopped(tmp.path(), Duration::from_secs(60)).unwrap());
+        assert!(!is_running(tmp.path()).unwrap());
+        holder.join().unwrap();
     }
 
     #[test]
