@@ -20,6 +20,9 @@ pub(crate) const SHARED: &str = "bench";
 const API_KEY: &str = "lattice-bench-sync";
 /// Longest wait for a daemon to exit after `down` before it is killed.
 const STOP_WAIT: Duration = Duration::from_secs(30);
+/// Interval between two looks at a daemon starting or stopping: fine, since restarts
+/// are timed and a coarser poll would round them up by as much as the poll.
+const TIMED_POLL: Duration = Duration::from_millis(1);
 
 /// Polls `done` every POLL until it holds; fails after WAIT.
 pub(crate) fn wait_until(what: &str, done: impl FnMut() -> Result<bool>) -> Result<()> {
@@ -30,6 +33,16 @@ pub(crate) fn wait_until(what: &str, done: impl FnMut() -> Result<bool>) -> Resu
 pub(crate) fn wait_for(
     what: &str,
     limit: Duration,
+    done: impl FnMut() -> Result<bool>,
+) -> Result<()> {
+    poll_until(what, limit, POLL, done)
+}
+
+/// Polls `done` every `poll` until it holds; fails after `limit`.
+fn poll_until(
+    what: &str,
+    limit: Duration,
+    poll: Duration,
     mut done: impl FnMut() -> Result<bool>,
 ) -> Result<()> {
     let deadline = Instant::now() + limit;
@@ -40,7 +53,7 @@ pub(crate) fn wait_for(
         if Instant::now() > deadline {
             bail!("{what}: not done within {} s", limit.as_secs());
         }
-        std::thread::sleep(POLL);
+        std::thread::sleep(poll);
     }
 }
 
@@ -443,7 +456,7 @@ impl Node {
         what: &str,
         mut done: impl FnMut(&Node) -> Result<bool>,
     ) -> Result<()> {
-        wait_until(what, || {
+        poll_until(what, WAIT, TIMED_POLL, || {
             if let Some(status) = self.child.try_wait()? {
                 bail!("daemon exited with {status}: {}", log_tail(&self.log));
             }
@@ -509,7 +522,7 @@ impl Node {
                 ));
                 break;
             }
-            std::thread::sleep(POLL);
+            std::thread::sleep(TIMED_POLL);
         }
         if is_mounted(&self.mnt) {
             let _ = Command::new("fusermount3")
