@@ -126,6 +126,22 @@ fn large_file_write_read_and_overwrite_in_the_middle() {
 }
 
 #[test]
+fn a_mount_by_root_reads_ahead_one_whole_request() {
+    let Some(d) = daemon_with_store("ahead") else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    d.assert_mounted();
+    let dev = fs::metadata(d.path("")).unwrap().dev();
+    let (major, minor) = (libc::major(dev), libc::minor(dev));
+    let window = fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"));
+    assert_eq!(window.unwrap().trim(), "1024");
+}
+
+#[test]
 fn a_file_written_front_to_back_with_fsyncs_rewrites_and_truncation_reads_back_exactly() {
     let Some(mut d) = daemon_with_store("ahead") else {
         return;

@@ -36,8 +36,6 @@ mod snapshot_side;
 /// How long the kernel may cache attributes and entries: every change the kernel did
 /// not make itself is invalidated (`invalidate.rs`), so this only bounds a miss.
 const TTL: Duration = Duration::from_secs(60);
-/// Largest write request the kernel is asked to send.
-const MAX_WRITE: u32 = 1 << 20;
 
 /// An open file's state, shared by all of its handles.
 type SharedFile = Arc<Mutex<OpenFile>>;
@@ -1034,8 +1032,8 @@ impl Filesystem for LatticeFs {
         if let Err(missing) = config.add_capabilities(wanted) {
             tracing::info!("kernel lacks FUSE capabilities {missing:?}");
         }
-        let _ = config.set_max_write(MAX_WRITE);
-        let _ = config.set_max_readahead(MAX_WRITE);
+        let _ = config.set_max_write(super::MAX_IO);
+        let _ = config.set_max_readahead(super::MAX_IO);
         Ok(())
     }
 
