@@ -53,6 +53,7 @@ mod gc;
 pub(crate) mod manifest;
 pub(crate) mod patch;
 mod store;
+
 #[cfg(test)]
 mod tests;
 
@@ -69,7 +70,7 @@ use iroh_blobs::api::blobs::BlobStatus;
 use iroh_blobs::api::TempTag;
 use iroh_blobs::store::fs::options::{Options, PathOptions};
 use iroh_blobs::store::fs::FsStore;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
@@ -93,6 +94,10 @@ const PUT_IN_FLIGHT: usize = 8;
 /// Chunk fetches running at once while content is exported.
 const EXPORT_IN_FLIGHT: usize = 4;
 
+/// Bytes past the chunk a sequential read is in that are read ahead: two chunks of the
+/// average size, so one is checked while the reader copies the other.
+const READ_AHEAD: u64 = 2 * CHUNK_PARAMS.avg as u64;
+
 /// The content store: clone it freely (one store inside). Its methods block, so call
 /// them from plain threads (FUSE threads, `spawn_blocking`), never from a tokio worker.
 #[derive(Clone)]
@@ -109,6 +114,8 @@ struct Inner {
     chunks: Mutex<Lru<Hash, Bytes>>,
     /// Chunks being read ahead, so a sequential reader starts each fetch once.
     prefetching: Mutex<HashSet<Hash>>,
+    /// Notified when a read-ahead ends, for a reader waiting for its chunk.
+    prefetched: Condvar,
     /// The network layer's hook for fetching absent blobs.
     fetcher: RwLock<Option<Fetcher>>,
     /// How long a read waits for one absent blob.
@@ -166,6 +173,7 @@ impl Cas {
                 manifests: Mutex::new(Lru::new(budget.manifest_chunks())),
                 chunks: Mutex::new(Lru::new(budget.chunk_bytes())),
                 prefetching: Mutex::new(HashSet::new()),
+                prefetched: Condvar::new(),
                 fetcher: RwLock::new(None),
                 read_wait: Mutex::new(READ_WAIT),
                 unsynced: Mutex::new(Vec::new()),
@@ -392,13 +400,13 @@ impl Cas {
             let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
             dst.copy_from_slice(&bytes[(from - start) as usize..(to - start) as usize]);
         }
-        // A read ending in the second half of a chunk is likely sequential: fetch the next one.
+        // A read ending in the second half of a chunk is likely sequential: fetch the
+        // chunks of the next READ_AHEAD bytes.
         if let Some((_, start, len)) = manifest.overlapping(end - 1, end).next() {
             if end - start > len / 2 {
-                if let Some((next, _, next_len)) =
-                    manifest.overlapping(start + len, start + len + 1).next()
-                {
-                    self.prefetch(store, next, next_len);
+                let next = start + len;
+                for (chunk, _, len) in manifest.overlapping(next, next + READ_AHEAD) {
+                    self.prefetch(store, chunk, len);
                 }
             }
         }
@@ -415,6 +423,7 @@ impl Cas {
         let cas = self.clone();
         self.inner.rt.spawn_blocking(move || {
             let inner = &cas.inner;
+            let _done = Prefetched { inner, hash };
             match cas.load(hash, Some(len)) {
                 Ok(bytes) => inner.chunks.lock().insert(hash, bytes, len),
                 Err(CasError::Absent { .. }) => {
@@ -428,7 +437,6 @@ impl Cas {
                 }
                 Err(_) => {}
             }
-            inner.prefetching.lock().remove(&hash);
         });
     }
 
@@ -497,12 +505,23 @@ impl Cas {
 
     /// The chunk `hash` of `len` bytes of `store`, from the cache or the store.
     fn chunk(&self, store: StoreId, hash: Hash, len: u64) -> Result<Bytes, CasError> {
-        if let Some(bytes) = self.inner.chunks.lock().get(&hash) {
+        if let Some(bytes) = self.cached_chunk(hash) {
             return Ok(bytes);
         }
         let bytes = self.get(Some(store), hash, Some(len))?;
         self.inner.chunks.lock().insert(hash, bytes.clone(), len);
         Ok(bytes)
+    }
+
+    /// Chunk `hash` from the cache, once a read-ahead of it under way has ended: a reader
+    /// catching up with the read-ahead waits for it rather than load the chunk twice.
+    fn cached_chunk(&self, hash: Hash) -> Option<Bytes> {
+        let mut prefetching = self.inner.prefetching.lock();
+        while prefetching.contains(&hash) {
+            self.inner.prefetched.wait(&mut prefetching);
+        }
+        drop(prefetching);
+        self.inner.chunks.lock().get(&hash)
     }
 
     /// Writes the full content of `pieces` of store `store` into the file at `path` (for
@@ -783,4 +802,18 @@ fn manifests(pieces: &[Content]) -> impl Iterator<Item = (Hash, u64)> + '_ {
         Content::Manifest { hash, size } => Some((*hash, *size)),
         Content::Inline(_) => None,
     })
+}
+
+/// Ends the read-ahead of chunk `hash` when dropped, even by a panic: forgets it and
+/// wakes the readers waiting for it.
+struct Prefetched<'a> {
+    inner: &'a Inner,
+    hash: Hash,
+}
+
+impl Drop for Prefetched<'_> {
+    fn drop(&mut self) {
+        self.inner.prefetching.lock().remove(&self.hash);
+        self.inner.prefetched.notify_all();
+    }
 }

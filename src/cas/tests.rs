@@ -1041,3 +1041,52 @@ fn backlog_counts_what_current_content_lacks_and_shrinks_as_blobs_arrive() {
     backlog.set(file, Vec::new());
     assert_eq!(backlog.progress(later).files, 0);
 }
+
+#[test]
+fn a_reader_catching_up_with_a_read_ahead_waits_for_it_and_reads_ahead_past_it() {
+    let f = fixture();
+    let all = data(41, 9 * MIB);
+    let content = f.cas.put_bytes(S, &all).unwrap();
+    let Content::Manifest { hash, size } = content else {
+        panic!("9 MiB stored inline");
+    };
+    let manifest = f.cas.manifest(None, hash, size).unwrap();
+    let chunks: Vec<(Hash, u64, u64)> = manifest.chunks().collect();
+    assert!(chunks.len() >= 4, "{} chunks", chunks.len());
+    let (first, start, len) = chunks[1];
+
+    // Loads wait for the turn: the read-ahead is still under way when the reader asks.
+    let turn = f.cas.inner.turn.clone();
+    let held = turn.blocking_write();
+    f.cas.prefetch(S, first, len);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let cas = f.cas.clone();
+    let reader = std::thread::spawn(move || tx.send(cas.cached_chunk(first)).unwrap());
+    assert!(
+        rx.recv_timeout(Duration::from_millis(100)).is_err(),
+        "the reader did not wait for the read-ahead"
+    );
+    drop(held);
+    let got = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    reader.join().unwrap();
+    let want = &all[start as usize..(start + len) as usize];
+    assert!(
+        got.is_some_and(|b| b[..] == *want),
+        "the read-ahead's chunk differs"
+    );
+
+    // A read ending in the second half of chunk 1 reads the next READ_AHEAD bytes ahead.
+    let end = start + len;
+    read_range(&f.cas, std::slice::from_ref(&content), end - 1, 1);
+    let ahead: Vec<Hash> = manifest
+        .overlapping(end, end + super::READ_AHEAD)
+        .map(|(h, _, _)| h)
+        .collect();
+    assert!(ahead.len() >= 2, "{} chunks ahead", ahead.len());
+    for h in ahead {
+        let (c, cs, cl) = *chunks.iter().find(|(c, _, _)| *c == h).unwrap();
+        let got = f.cas.cached_chunk(c).expect("a chunk ahead was not read");
+        assert!(got[..] == all[cs as usize..(cs + cl) as usize]);
+    }
+    assert!(f.cas.inner.prefetching.lock().is_empty());
+}
