@@ -130,7 +130,11 @@ pub fn mount(node: Node, mountpoint: &Path, allow_other: bool) -> Result<MountGu
 fn widen_readahead(mountpoint: &Path) {
     use std::os::unix::fs::MetadataExt;
     let dev = match std::fs::metadata(mountpoint) {
-        Ok(m) => m.dev(),
+        Ok(m) if is_fuse(mountpoint) => m.dev(),
+        Ok(_) => {
+            tracing::warn!("the mountpoint is not a FUSE mount: its readahead is left alone");
+            return;
+        }
         Err(e) => {
             tracing::warn!("cannot stat the mount for its readahead: {e}");
             return;
@@ -145,6 +149,21 @@ fn widen_readahead(mountpoint: &Path) {
     }
 }
 
+/// Whether `path` is on a FUSE filesystem, so that no other device's setting is touched.
+fn is_fuse(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    /// `f_type` of every FUSE filesystem (`FUSE_SUPER_MAGIC`).
+    const FUSE_MAGIC: libc::__fsword_t = 0x6573_5546;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: all-zero bytes are a valid `statfs`, which the call fills.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a valid out-pointer.
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    rc == 0 && st.f_type == FUSE_MAGIC
+}
+
 /// The sysfs file holding the readahead window (KiB) of the device `dev`.
 fn readahead_path(dev: u64) -> std::path::PathBuf {
     let (major, minor) = (libc::major(dev), libc::minor(dev));
@@ -156,6 +175,13 @@ fn readahead_path(dev: u64) -> std::path::PathBuf {
 #[cfg(test)]
 mod tests {
     use fuser::MountOption;
+
+    #[test]
+    fn a_directory_that_is_no_fuse_mount_is_never_taken_for_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(!super::is_fuse(tmp.path()));
+        assert!(!super::is_fuse(&tmp.path().join("missing")));
+    }
 
     #[test]
     fn every_mount_asks_for_nosuid_and_nodev_itself() {
