@@ -204,7 +204,13 @@ pub fn wait_stopped(data_dir: &Path, timeout: Duration) -> Result<bool, CliError
     };
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let _ = tx.send(shared_lock(&file, 0));
+        let locked = loop {
+            match shared_lock(&file, 0) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                r => break r,
+            }
+        };
+        let _ = tx.send(locked);
     });
     match rx.recv_timeout(timeout) {
         Ok(Ok(())) => Ok(true),

@@ -53,6 +53,10 @@ const RSS_BUDGET_MB: f64 = 64.0;
 const RSS_BUDGET_MILLION_MB: f64 = 150.0;
 /// Longest restart allowed at 100,000 files (issue 9), in seconds.
 const MAX_RESTART_S: f64 = 2.0;
+/// Restarts timed after each phase: the medians are compared (the first restart after
+/// writes also pays the kernel's eviction of its cached inodes, and the first `status`
+/// of a start moves by ±50 ms), the slowest is held to [`MAX_RESTART_S`].
+const RESTARTS: usize = 3;
 /// Longest clone allowed of the 1,000,000-file store (issue 9), in seconds.
 const MAX_CLONE_S: f64 = 60.0;
 /// Bytes per MB in the table.
@@ -261,6 +265,23 @@ impl Restart {
     }
 }
 
+/// The restarts after one phase, in order.
+struct Restarts(Vec<Restart>);
+
+impl Restarts {
+    /// The median total time.
+    fn median(&self) -> f64 {
+        let mut t: Vec<f64> = self.0.iter().map(Restart::total).collect();
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    }
+
+    /// The slowest total time.
+    fn slowest(&self) -> f64 {
+        self.0.iter().map(Restart::total).fold(0.0, f64::max)
+    }
+}
+
 /// A second node joining and cloning the store.
 struct Cloned {
     took: Duration,
@@ -289,8 +310,8 @@ struct Lattice {
     /// A fresh store's first files, alongside the tree's last.
     fresh_us: f64,
     last_us: f64,
-    restart_tree: Restart,
-    restart_history: Restart,
+    restart_tree: Restarts,
+    restart_history: Restarts,
     clone: Result<Cloned>,
     big: Result<Big>,
 }
@@ -317,8 +338,11 @@ fn measure_lattice(shm: &str, files: usize) -> Result<Lattice> {
     let tree_rss = rss(a.pid())?;
     let tree_du = du(&a.data)?;
 
-    let (a, restart_tree) = restart(a, base, files)?;
-    eprintln!("  restart after the tree: {:.2} s", restart_tree.total());
+    let (a, restart_tree) = restarts(a, base, files)?;
+    eprintln!(
+        "  restarts after the tree: {:.2} s (median)",
+        restart_tree.median()
+    );
 
     let overwrites = files / 2;
     let t = Instant::now();
@@ -335,10 +359,10 @@ fn measure_lattice(shm: &str, files: usize) -> Result<Lattice> {
     std::thread::sleep(SETTLE);
     let overwritten_rss = rss(a.pid())?;
     let overwritten_du = du(&a.data)?;
-    let (a, restart_history) = restart(a, base, files)?;
+    let (a, restart_history) = restarts(a, base, files)?;
     eprintln!(
-        "  restart after the overwrites: {:.2} s",
-        restart_history.total()
+        "  restarts after the overwrites: {:.2} s (median)",
+        restart_history.median()
     );
 
     let clone = clone(&a, base);
@@ -366,6 +390,17 @@ fn measure_lattice(shm: &str, files: usize) -> Result<Lattice> {
         clone,
         big,
     })
+}
+
+/// [`RESTARTS`] restarts of `node`, one after the other.
+fn restarts(mut node: Node, base: &Path, files: usize) -> Result<(Node, Restarts)> {
+    let mut all = Vec::with_capacity(RESTARTS);
+    for _ in 0..RESTARTS {
+        let (next, r) = restart(node, base, files)?;
+        node = next;
+        all.push(r);
+    }
+    Ok((node, Restarts(all)))
 }
 
 /// Stops `node` and starts it again on the same data dir, then lists the store root and
@@ -546,7 +581,7 @@ fn print_table(files: usize, l: &Lattice, st: Option<&SyncthingScan>) {
     let tree_vs_st = st.map(|s| l.tree_rss as f64 / s.rss_at_rest as f64);
     let du_vs_st = st.map(|s| l.tree_du as f64 / s.index as f64);
     let growth = l.overwritten_rss as f64 / l.tree_rss as f64;
-    let history = l.restart_history.total() / l.restart_tree.total();
+    let history = l.restart_history.median() / l.restart_tree.median();
     let late = l.last_us / l.fresh_us;
     // The issue sets these targets for the 100,000-file tree: a larger one shows the
     // measurement against them but no verdict.
@@ -562,11 +597,11 @@ fn print_table(files: usize, l: &Lattice, st: Option<&SyncthingScan>) {
     let (du, du_pass) = small_target("≤ 3 × Syncthing's index", du_vs_st.map(|r| r <= 3.0));
     let restart = format!("≤ {MAX_RESTART_S} s");
     let (restart_tree, restart_tree_pass) =
-        small_target(&restart, Some(l.restart_tree.total() <= MAX_RESTART_S));
+        small_target(&restart, Some(l.restart_tree.slowest() <= MAX_RESTART_S));
     let (restart_history, restart_history_pass) = if small {
         (
             format!("{restart}, same as before ±20%"),
-            Some(l.restart_history.total() <= MAX_RESTART_S && history <= 1.2),
+            Some(l.restart_history.slowest() <= MAX_RESTART_S && history <= 1.2),
         )
     } else {
         ("same as before ±20%".to_owned(), Some(history <= 1.2))
@@ -605,15 +640,15 @@ fn print_table(files: usize, l: &Lattice, st: Option<&SyncthingScan>) {
         Row::new("data dir after the overwrites", "MB", mb(l.overwritten_du))
             .ratio(Some(l.overwritten_du as f64 / l.tree_du as f64)),
         Row::new(
-            "restart after the tree (down, up, first ls -l)",
+            format!("restart after the tree (down, up, first ls -l; median of {RESTARTS})"),
             "s",
-            Some(l.restart_tree.total()),
+            Some(l.restart_tree.median()),
         )
         .target(restart_tree, restart_tree_pass),
         Row::new(
-            "restart after the overwrites",
+            "restart after the overwrites (median)",
             "s",
-            Some(l.restart_history.total()),
+            Some(l.restart_history.median()),
         )
         .ratio(Some(history))
         .target(restart_history, restart_history_pass),
@@ -696,20 +731,25 @@ fn print_table(files: usize, l: &Lattice, st: Option<&SyncthingScan>) {
             }
         );
     }
-    for (name, r) in [
+    for (name, rs) in [
         ("after the tree", &l.restart_tree),
         ("after the overwrites", &l.restart_history),
     ] {
-        println!(
-            "Restart {name}: down {:.2} s, up {:.2} s (mounted after {:.3} s, `status` answered \
-             {:.3} s later), first ls -l of the store root {:.3} s, of a dir {:.3} s.",
-            r.down.as_secs_f64(),
-            r.up.as_secs_f64(),
-            r.startup.mount.as_secs_f64(),
-            r.startup.status.as_secs_f64(),
-            r.ls_root.as_secs_f64(),
-            r.ls_dir.as_secs_f64()
-        );
+        for (k, r) in rs.0.iter().enumerate() {
+            println!(
+                "Restart {} {name}: {:.2} s: down {:.2} s, up {:.2} s (mounted after {:.3} s, \
+                 `status` answered {:.3} s later), first ls -l of the store root {:.3} s, of a \
+                 dir {:.3} s.",
+                k + 1,
+                r.total(),
+                r.down.as_secs_f64(),
+                r.up.as_secs_f64(),
+                r.startup.mount.as_secs_f64(),
+                r.startup.status.as_secs_f64(),
+                r.ls_root.as_secs_f64(),
+                r.ls_dir.as_secs_f64()
+            );
+        }
     }
     println!(
         "Ratios: lattice / Syncthing where there is a reference; otherwise after / before \
