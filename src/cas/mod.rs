@@ -94,9 +94,10 @@ const PUT_IN_FLIGHT: usize = 8;
 /// Chunk fetches running at once while content is exported.
 const EXPORT_IN_FLIGHT: usize = 4;
 
-/// Bytes past the chunk a sequential read is in that are read ahead: two chunks of the
-/// average size, so one is checked while the reader copies the other.
-const READ_AHEAD: u64 = 2 * CHUNK_PARAMS.avg as u64;
+/// Chunks past the one a sequential read is in that are read ahead: one is checked
+/// while the reader copies the other. A count, not bytes, so that a manifest of tiny
+/// chunks cannot make one read start thousands of loads.
+const READ_AHEAD: usize = 2;
 
 /// The content store: clone it freely (one store inside). Its methods block, so call
 /// them from plain threads (FUSE threads, `spawn_blocking`), never from a tokio worker.
@@ -401,11 +402,11 @@ impl Cas {
             dst.copy_from_slice(&bytes[(from - start) as usize..(to - start) as usize]);
         }
         // A read ending in the second half of a chunk is likely sequential: fetch the
-        // chunks of the next READ_AHEAD bytes.
+        // next READ_AHEAD chunks.
         if let Some((_, start, len)) = manifest.overlapping(end - 1, end).next() {
             if end - start > len / 2 {
-                let next = start + len;
-                for (chunk, _, len) in manifest.overlapping(next, next + READ_AHEAD) {
+                let ahead = manifest.overlapping(start + len, manifest.size());
+                for (chunk, _, len) in ahead.take(READ_AHEAD) {
                     self.prefetch(store, chunk, len);
                 }
             }
