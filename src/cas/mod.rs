@@ -421,10 +421,14 @@ impl Cas {
         if self.inner.chunks.lock().contains(&hash) || !self.inner.prefetching.lock().insert(hash) {
             return;
         }
-        let cas = self.clone();
+        // Made before the task, so a task the runtime drops unrun still ends it.
+        let done = Prefetched {
+            cas: self.clone(),
+            hash,
+        };
         self.inner.rt.spawn_blocking(move || {
+            let cas = &done.cas;
             let inner = &cas.inner;
-            let _done = Prefetched { inner, hash };
             match cas.load(hash, Some(len)) {
                 Ok(bytes) => inner.chunks.lock().insert(hash, bytes, len),
                 Err(CasError::Absent { .. }) => {
@@ -805,16 +809,17 @@ fn manifests(pieces: &[Content]) -> impl Iterator<Item = (Hash, u64)> + '_ {
     })
 }
 
-/// Ends the read-ahead of chunk `hash` when dropped, even by a panic: forgets it and
-/// wakes the readers waiting for it.
-struct Prefetched<'a> {
-    inner: &'a Inner,
+/// Ends the read-ahead of chunk `hash` when dropped, even by a panic or with its task
+/// never run: forgets it and wakes the readers waiting for it.
+struct Prefetched {
+    cas: Cas,
     hash: Hash,
 }
 
-impl Drop for Prefetched<'_> {
+impl Drop for Prefetched {
     fn drop(&mut self) {
-        self.inner.prefetching.lock().remove(&self.hash);
-        self.inner.prefetched.notify_all();
+        let inner = &self.cas.inner;
+        inner.prefetching.lock().remove(&self.hash);
+        inner.prefetched.notify_all();
     }
 }
