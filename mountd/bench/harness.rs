@@ -113,6 +113,20 @@ impl Syncthing {
         n: usize,
         fill: impl FnOnce(&Path) -> Result<()>,
     ) -> Result<Syncthing> {
+        let mut st = Syncthing::prepare(shm, n, fill)?;
+        for _ in 0..n {
+            st.launch()?;
+        }
+        Ok(st)
+    }
+
+    /// Generates keys, writes the configurations of `n` instances that know each other
+    /// and lets `fill` write the first instance's folder; starts none.
+    pub(crate) fn prepare(
+        shm: &str,
+        n: usize,
+        fill: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<Syncthing> {
         let tmp = tempfile::Builder::new()
             .prefix("lattice-bench-syncthing")
             .tempdir_in(shm)?;
@@ -158,7 +172,7 @@ impl Syncthing {
         if let Some(first) = dirs.first() {
             fill(first)?;
         }
-        let mut st = Syncthing {
+        Ok(Syncthing {
             children: vec![],
             gui,
             ids,
@@ -166,52 +180,60 @@ impl Syncthing {
             homes,
             logs,
             _tmp: tmp,
+        })
+    }
+
+    /// Starts the next instance not started yet and waits until every started one has
+    /// its REST interface up and is connected to every other started one.
+    pub(crate) fn launch(&mut self) -> Result<()> {
+        let i = self.children.len();
+        let (Some(home), Some(log)) = (self.homes.get(i), self.logs.get(i)) else {
+            bail!("every syncthing instance is already running");
         };
-        for (home, log) in st.homes.iter().zip(&st.logs) {
-            let child = Command::new("syncthing")
-                .args([
-                    "serve",
-                    "--no-browser",
-                    "--no-restart",
-                    "--no-upgrade",
-                    "--home",
-                ])
-                .arg(home)
-                .env("STNODEFAULTFOLDER", "1")
-                // Run as the process we spawn, without a monitor parent, so killing it is final.
-                .env("STMONITORED", "yes")
-                .stdin(Stdio::null())
-                .stdout(File::create(log)?)
-                .stderr(Stdio::from(File::options().append(true).open(log)?))
-                .spawn()
-                .context("starting syncthing")?;
-            st.children.push(child);
-        }
-        st.wait("REST interface up", WAIT, |st, i| {
+        let child = Command::new("syncthing")
+            .args([
+                "serve",
+                "--no-browser",
+                "--no-restart",
+                "--no-upgrade",
+                "--home",
+            ])
+            .arg(home)
+            .env("STNODEFAULTFOLDER", "1")
+            // Run as the process we spawn, without a monitor parent, so killing it is final.
+            .env("STMONITORED", "yes")
+            .stdin(Stdio::null())
+            .stdout(File::create(log)?)
+            .stderr(Stdio::from(File::options().append(true).open(log)?))
+            .spawn()
+            .context("starting syncthing")?;
+        self.children.push(child);
+        self.wait("REST interface up", WAIT, |st, i| {
             Ok(st.get(i, "/rest/system/ping").is_ok())
         })?;
-        st.wait("connected to every other instance", WAIT, |st, i| {
+        self.wait("connected to every other instance", WAIT, |st, i| {
             let body = st.get(i, "/rest/system/connections")?;
             Ok(st.peers(i).all(|peer| {
                 body.find(&format!("\"{peer}\""))
                     .and_then(|at| json_field(&body[at..], "connected"))
                     == Some("true")
             }))
-        })?;
-        Ok(st)
+        })
     }
 
-    /// The device ids of every instance but `i`.
+    /// The device ids of every started instance but `i`.
     fn peers(&self, i: usize) -> impl Iterator<Item = &String> {
         self.ids
             .iter()
+            .take(self.children.len())
             .enumerate()
             .filter(move |(j, _)| *j != i)
             .map(|(_, id)| id)
     }
 
-    /// Waits until the folder is idle on every instance, holds at least `files` files
-    /// there, and every instance has all of every other's, bounded by `limit`.
+    /// Waits until the folder is idle on every started instance, holds at least `files`
+    /// files there, and every started instance has all of every other's, bounded by
+    /// `limit`.
     pub(crate) fn wait_in_sync(&self, files: u64, limit: Duration) -> Result<()> {
         self.wait("folder idle and in sync", limit, |st, i| {
             let status = st.get(i, &format!("/rest/db/status?folder={SHARED}"))?;

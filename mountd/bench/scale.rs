@@ -44,7 +44,7 @@ const WRITE_BLOCK: usize = 1 << 20;
 /// and durable commit interval (1 s), so the reading sees the state at rest.
 const SETTLE: Duration = Duration::from_secs(6);
 /// Longest wait for Syncthing's scan of the tree or for a clone to complete.
-const LONG_WAIT: Duration = Duration::from_secs(30 * 60);
+pub(crate) const LONG_WAIT: Duration = Duration::from_secs(30 * 60);
 /// File count above which the issue's million-file memory target applies.
 const MILLION_FROM: usize = 1_000_000;
 /// RSS above an empty daemon allowed with 100,000 files (issue 9), in MB.
@@ -124,9 +124,39 @@ fn tree_path(root: &Path, i: usize) -> PathBuf {
         .join(format!("f{:04}", i % FILES_PER_DIR))
 }
 
-/// Writes the tree under `root`.
-fn write_tree(root: &Path, files: usize) -> Result<()> {
+/// Writes the tree of `files` files under `root`.
+pub(crate) fn write_tree(root: &Path, files: usize) -> Result<()> {
     write_files(root, 0..files).map(drop)
+}
+
+/// Whether `root` shows exactly the tree of `files` files (hidden names aside), every
+/// file with its content.
+pub(crate) fn tree_complete(root: &Path, files: usize) -> Result<bool> {
+    let dirs = files.div_ceil(FILES_PER_DIR);
+    for d in 0..dirs {
+        let Ok(entries) = fs::read_dir(root.join(format!("d{d:04}"))) else {
+            return Ok(false);
+        };
+        let visible = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .count();
+        if visible != FILES_PER_DIR.min(files - d * FILES_PER_DIR) {
+            return Ok(false);
+        }
+    }
+    for i in 0..files {
+        let path = tree_path(root, i);
+        let same = if i % WITH_CONTENT_EVERY == 0 {
+            fs::read(&path).is_ok_and(|c| c == format!("line {i}\n").as_bytes())
+        } else {
+            fs::metadata(&path).is_ok_and(|m| m.len() == 0)
+        };
+        if !same {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 /// Writes files `range` of the tree under `root` (with their directories); returns how

@@ -1,17 +1,20 @@
 //! `lattice-bench sync`: how long until work done on node A is readable on node B, and
 //! what a 1-byte edit costs on the wire, for two lattice daemons and, in the same run, two
-//! Syncthing instances (when installed). Everything runs on loopback inside a private
-//! network namespace, so the loopback counters count this benchmark's traffic alone.
+//! Syncthing instances (when installed); then the same with three devices (the swarm
+//! rows): a large file reaching two others at once, and a tree reaching a new member.
+//! Everything runs on loopback inside a private network namespace, so the loopback
+//! counters count this benchmark's traffic alone.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::harness::{pseudo_random, wait_until, which, Node, Syncthing, SHARED, WAIT};
+use crate::harness::{pseudo_random, wait_for, wait_until, which, Node, Syncthing, SHARED, WAIT};
+use crate::scale::{tree_complete, write_tree, LONG_WAIT};
 
 /// Small files copied in the first workload.
 const SMALL_FILES: usize = 1_000;
@@ -23,6 +26,16 @@ const BIG_SIZE: usize = 256 << 20;
 const WRITE_BLOCK: usize = 1 << 20;
 /// Quiet time before and after the edit, so the byte count holds the edit's traffic only.
 const SETTLE: Duration = Duration::from_secs(2);
+/// Files of the tree that reaches a new member in the swarm rows.
+const TREE_FILES: usize = 100_000;
+
+/// What one system achieved with three devices.
+struct Swarm {
+    /// From the first write of the large file on A until B and C both read it back.
+    big: Duration,
+    /// From starting C, a new member, until it shows the tree A and B hold.
+    tree: Duration,
+}
 
 /// What one system achieved on the three workloads.
 struct Measured {
@@ -69,8 +82,16 @@ pub fn run() -> Result<()> {
     };
     eprintln!("measuring lattice");
     let lattice = measure_lattice(shm, &data);
+    let syncthing_swarm = which("syncthing").then(|| {
+        eprintln!("measuring a swarm of three syncthing instances");
+        measure_syncthing_swarm(shm, &data.big)
+    });
+    eprintln!("measuring a swarm of three lattice nodes");
+    let lattice_swarm = measure_lattice_swarm(shm, &data.big);
 
     let both = [measured(&syncthing), lattice.as_ref().ok()];
+    let swarms = [measured(&syncthing_swarm), lattice_swarm.as_ref().ok()];
+    let swarm_secs = |f: fn(&Swarm) -> Duration| swarms.map(|m| m.map(|m| f(m).as_secs_f64()));
     let secs = |f: fn(&Measured) -> Duration| both.map(|m| m.map(|m| f(m).as_secs_f64()));
     let mut rows = vec![
         Row {
@@ -92,6 +113,16 @@ pub fn run() -> Result<()> {
             name: "1-byte edit: bytes on the wire",
             unit: "KB",
             values: both.map(|m| m.and_then(|m| m.edit_wire).map(|b| b as f64 / 1e3)),
+        },
+        Row {
+            name: "swarm of 3: 256 MiB file written on A, readable on B and C",
+            unit: "s",
+            values: swarm_secs(|m| m.big),
+        },
+        Row {
+            name: "swarm of 3: 100,000-file tree on A and B, readable on C joining",
+            unit: "s",
+            values: swarm_secs(|m| m.tree),
         },
     ];
     rows.extend(negentropy_rows());
@@ -119,6 +150,15 @@ pub fn run() -> Result<()> {
             failed = true;
         }
     }
+    for (name, r) in [
+        ("syncthing swarm", syncthing_swarm),
+        ("lattice swarm", Some(lattice_swarm)),
+    ] {
+        if let Some(Err(e)) = r {
+            eprintln!("{name} failed: {e:#}");
+            failed = true;
+        }
+    }
     if failed {
         bail!("some measurements failed");
     }
@@ -126,7 +166,7 @@ pub fn run() -> Result<()> {
 }
 
 /// The measurements of a system that was run and succeeded.
-fn measured(r: &Option<Result<Measured>>) -> Option<&Measured> {
+fn measured<T>(r: &Option<Result<T>>) -> Option<&T> {
     r.as_ref().and_then(|r| r.as_ref().ok())
 }
 
@@ -366,4 +406,97 @@ fn measure_lattice(shm: &str, w: &Workload) -> Result<Measured> {
     let (da, db) = (a.mnt.join(SHARED), b.mnt.join(SHARED));
     wait_until("store directory on B", || Ok(db.is_dir()))?;
     run_workloads(w, &da, &db, &|| Ok(None))
+}
+
+/// Times until `big`, written on `a`, reads back identical on every one of `others`.
+fn big_to_all(big: &[u8], a: &Path, others: &[&Path]) -> Result<Duration> {
+    let t = Instant::now();
+    let mut f = File::create(a.join("big.bin"))?;
+    for block in big.chunks(WRITE_BLOCK) {
+        f.write_all(block)?;
+    }
+    drop(f);
+    let mut pending: Vec<&Path> = others.to_vec();
+    wait_until("256 MiB file readable on every other node", || {
+        let mut still = Vec::with_capacity(pending.len());
+        for dir in &pending {
+            if !same_content(&dir.join("big.bin"), big)? {
+                still.push(*dir);
+            }
+        }
+        pending = still;
+        Ok(pending.is_empty())
+    })?;
+    let took = t.elapsed();
+    eprintln!("  swarm, 256 MiB: {:.2} s", took.as_secs_f64());
+    Ok(took)
+}
+
+/// Times from `start` until `dir` shows the whole tree.
+fn tree_reaches(start: Instant, dir: &Path) -> Result<Duration> {
+    wait_for("the tree on the new member", LONG_WAIT, || {
+        tree_complete(dir, TREE_FILES)
+    })?;
+    let took = start.elapsed();
+    eprintln!("  swarm, tree to a new member: {:.2} s", took.as_secs_f64());
+    Ok(took)
+}
+
+/// Syncthing with three instances: the large file from A to B and C; then, on three
+/// new instances, the tree held by A and B reaching C when C starts.
+fn measure_syncthing_swarm(shm: &str, big: &[u8]) -> Result<Swarm> {
+    let st = Syncthing::start(shm, 3, |_| Ok(()))?;
+    st.wait_in_sync(0, WAIT)?;
+    let big = big_to_all(big, &st.dirs[0], &[&st.dirs[1], &st.dirs[2]])?;
+    drop(st);
+
+    let mut st = Syncthing::prepare(shm, 3, |dir| write_tree(dir, TREE_FILES))?;
+    st.launch()?;
+    st.launch()?;
+    st.wait_in_sync(TREE_FILES as u64, LONG_WAIT)?;
+    let t = Instant::now();
+    st.launch()?;
+    let tree = tree_reaches(t, &st.dirs[2])?;
+    Ok(Swarm { big, tree })
+}
+
+/// Lattice with three nodes: the large file from A to B and C (members of one store, so
+/// each may fetch from both others); then the tree, written on A and cloned by B,
+/// reaching C from starting its daemon through `join`.
+fn measure_lattice_swarm(shm: &str, big: &[u8]) -> Result<Swarm> {
+    let tmp = tempfile::Builder::new()
+        .prefix("lattice-bench-swarm")
+        .tempdir_in(shm)?;
+    let a = Node::up(tmp.path(), "a")?;
+    a.run(&["create", SHARED])?;
+    let nodes = [Node::up(tmp.path(), "b")?, Node::up(tmp.path(), "c")?];
+    for n in &nodes {
+        n.join(&a, SHARED)?;
+    }
+    let dirs: Vec<PathBuf> = nodes.iter().map(|n| n.mnt.join(SHARED)).collect();
+    wait_until("store directory on B and C", || {
+        Ok(dirs.iter().all(|d| d.is_dir()))
+    })?;
+    let big = big_to_all(big, &a.mnt.join(SHARED), &[&dirs[0], &dirs[1]])?;
+    drop(nodes);
+    a.down()?;
+
+    let tmp = tempfile::Builder::new()
+        .prefix("lattice-bench-swarm")
+        .tempdir_in(shm)?;
+    let a = Node::up(tmp.path(), "a")?;
+    a.run(&["create", SHARED])?;
+    let da = a.mnt.join(SHARED);
+    wait_until("store directory on A", || Ok(da.is_dir()))?;
+    write_tree(&da, TREE_FILES)?;
+    let b = Node::up(tmp.path(), "b")?;
+    b.join(&a, SHARED)?;
+    wait_for("the tree on B", LONG_WAIT, || {
+        tree_complete(&b.mnt.join(SHARED), TREE_FILES)
+    })?;
+    let t = Instant::now();
+    let c = Node::up(tmp.path(), "c")?;
+    c.join(&a, SHARED)?;
+    let tree = tree_reaches(t, &c.mnt.join(SHARED))?;
+    Ok(Swarm { big, tree })
 }
