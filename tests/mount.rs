@@ -126,6 +126,76 @@ fn large_file_write_read_and_overwrite_in_the_middle() {
 }
 
 #[test]
+fn edits_truncations_and_gaps_in_a_stored_file_read_back_exactly_open_closed_and_restarted() {
+    let Some(mut d) = daemon_with_store("e") else {
+        return;
+    };
+    let path = d.path("e/edited.bin");
+    let mut want = random_bytes(6 << 20, 31);
+    fs::write(&path, &want).unwrap();
+    let mut seed = 0x000e_d175_u64;
+    let mut next = |n: usize| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        (seed % n as u64) as usize
+    };
+    for round in 0..4u64 {
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        for step in 0..12u64 {
+            match next(6) {
+                0 => {
+                    let len = next(want.len() + 1);
+                    f.set_len(len as u64).unwrap();
+                    want.truncate(len);
+                }
+                1 => {
+                    let len = want.len() + next(3 << 20);
+                    f.set_len(len as u64).unwrap();
+                    want.resize(len, 0);
+                }
+                _ => {
+                    let at = next(want.len() + (1 << 20));
+                    let bytes = random_bytes(1 + next(300_000), 100 * round + step);
+                    f.write_all_at(&bytes, at as u64).unwrap();
+                    if want.len() < at + bytes.len() {
+                        want.resize(at + bytes.len(), 0);
+                    }
+                    want[at..at + bytes.len()].copy_from_slice(&bytes);
+                }
+            }
+            let at = next(want.len() + 1);
+            let mut got = vec![0u8; 200_000.min(want.len() - at)];
+            f.read_exact_at(&mut got, at as u64).unwrap();
+            assert!(
+                got == want[at..at + got.len()],
+                "round {round} step {step}: open read"
+            );
+        }
+        // Without the kernel's copies, the open file's reads come from its staging.
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            fs::write("/proc/sys/vm/drop_caches", "1").unwrap();
+        }
+        let mut got = vec![0u8; want.len()];
+        f.read_exact_at(&mut got, 0).unwrap();
+        assert!(got == want, "round {round}: open read of everything");
+        drop(f);
+        assert!(
+            fs::read(&path).unwrap() == want,
+            "round {round}: closed read"
+        );
+    }
+    d.down();
+    d.up();
+    assert!(fs::read(&path).unwrap() == want, "read after a restart");
+}
+
+#[test]
 fn a_mount_by_root_reads_ahead_one_whole_request() {
     let Some(d) = daemon_with_store("ahead") else {
         return;

@@ -212,6 +212,16 @@ fn write_last_beside_fresh(base: &Path, store: &Path, files: usize) -> Result<Wi
         w.last.extend(write_files(store, from..from + TIMED_BLOCK)?);
         w.last_wall += t.elapsed();
     }
+    let blocks: Vec<String> = w
+        .fresh
+        .chunks(TIMED_BLOCK)
+        .zip(w.last.chunks(TIMED_BLOCK))
+        .map(|(f, l)| format!("{:.0}/{:.0}", mean_us(f), mean_us(l)))
+        .collect();
+    eprintln!(
+        "  create blocks of {TIMED_BLOCK}, fresh/last µs per file: {}",
+        blocks.join(" ")
+    );
     r.down()?;
     Ok(w)
 }

@@ -59,7 +59,8 @@ mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::ops::Range;
 use std::path::Path;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -213,11 +214,16 @@ impl Cas {
         file.seek(SeekFrom::Start(skip))
             .map_err(CasError::io("read file to store"))?;
         let mut chunker = StreamChunker::new(file, self.inner.params);
-        self.put_chunks(owner, stored, || {
-            chunker
-                .next_chunk()
-                .map_err(CasError::io("read file to store"))
-        })
+        self.put_chunks(
+            owner,
+            stored,
+            || {
+                chunker
+                    .next_chunk()
+                    .map_err(CasError::io("read file to store"))
+            },
+            Vec::new,
+        )
     }
 
     /// Stores `data` for store `owner`: inline if <= INLINE_MAX, else chunks + a manifest
@@ -227,19 +233,97 @@ impl Cas {
             return Ok(Content::Inline(Bytes::copy_from_slice(data)));
         }
         let mut chunks = chunk_slice(data, self.inner.params);
-        self.put_chunks(owner, Vec::new(), || {
-            Ok(chunks.next().map(Bytes::copy_from_slice))
-        })
+        self.put_chunks(
+            owner,
+            Vec::new(),
+            || Ok(chunks.next().map(Bytes::copy_from_slice)),
+            Vec::new,
+        )
+    }
+
+    /// Stores content of `size` bytes for store `owner` that equals the manifest content
+    /// `base` (`base_size` bytes) except in `changed`, and is base's after it only when
+    /// `changed` ends before `size` (then `size` is `base_size`). `read` fills a buffer
+    /// with the new content at an offset. Only the chunks around `changed` are cut and
+    /// stored: base's chunks before the one holding `changed.start` are kept, and so are
+    /// its chunks from the first new cut past `changed.end` that is one of its own. The
+    /// result is what [`Cas::put_file`] of the whole content gives: a chunk's cut depends
+    /// only on its own bytes, and both cuttings start anew at a cut they share.
+    pub fn put_edited(
+        &self,
+        owner: StoreId,
+        base: Hash,
+        base_size: u64,
+        size: u64,
+        changed: Range<u64>,
+        read: impl FnMut(u64, &mut [u8]) -> io::Result<()>,
+    ) -> Result<Content, CasError> {
+        let mut source = At {
+            read,
+            pos: 0,
+            end: size,
+        };
+        if size <= INLINE_MAX as u64 {
+            let mut data = Vec::with_capacity(size as usize);
+            source
+                .read_to_end(&mut data)
+                .map_err(CasError::io("read content to store"))?;
+            return self.put_bytes(owner, &data);
+        }
+        let chunks: Vec<(Hash, u64, u64)> = self
+            .manifest(Some(owner), base, base_size)?
+            .chunks()
+            .collect();
+        let first = chunks
+            .iter()
+            .rposition(|&(_, start, _)| start <= changed.start)
+            .unwrap_or(0);
+        source.pos = chunks.get(first).map_or(0, |&(_, start, _)| start);
+        let before = chunks[..first]
+            .iter()
+            .map(|&(h, _, len)| (h, len))
+            .collect();
+        let resync = changed.end < size && size == base_size;
+        let mut at = source.pos;
+        let mut chunker = StreamChunker::new(source, self.inner.params);
+        let after = std::cell::RefCell::new(None);
+        self.put_chunks(
+            owner,
+            before,
+            || {
+                if after.borrow().is_some() {
+                    return Ok(None);
+                }
+                let chunk = chunker
+                    .next_chunk()
+                    .map_err(CasError::io("read content to store"))?;
+                if let Some(c) = &chunk {
+                    at += c.len() as u64;
+                    if resync && at >= changed.end {
+                        if let Ok(i) = chunks.binary_search_by_key(&at, |&(_, start, _)| start) {
+                            *after.borrow_mut() = Some(i);
+                        }
+                    }
+                }
+                Ok(chunk)
+            },
+            || {
+                after.take().map_or_else(Vec::new, |i| {
+                    chunks[i..].iter().map(|&(h, _, len)| (h, len)).collect()
+                })
+            },
+        )
     }
 
     /// Imports the chunks `next` yields (several at once), then the manifest of the
-    /// chunks `stored` (already in the store) followed by them; all of it belongs to
-    /// store `owner`.
+    /// chunks `stored` (already in the store), then them, then the chunks `then` gives
+    /// once `next` is done (already in the store too); all of it belongs to store `owner`.
     fn put_chunks(
         &self,
         owner: StoreId,
         stored: Vec<(Hash, u64)>,
         mut next: impl FnMut() -> Result<Option<Bytes>, CasError>,
+        then: impl FnOnce() -> Vec<(Hash, u64)>,
     ) -> Result<Content, CasError> {
         let inner = &self.inner;
         let _turn = inner.turn.blocking_read();
@@ -259,11 +343,14 @@ impl Cas {
             added.push(self.join(task)?);
         }
         let manifest = Manifest::new(
-            stored.into_iter().chain(
-                added
-                    .iter()
-                    .map(|(tt, len)| (store::from_iroh(tt.hash()), *len)),
-            ),
+            stored
+                .into_iter()
+                .chain(
+                    added
+                        .iter()
+                        .map(|(tt, len)| (store::from_iroh(tt.hash()), *len)),
+                )
+                .chain(then()),
         )?;
         let size = manifest.size();
         let encoded = manifest.encode();
@@ -802,6 +889,22 @@ impl Cas {
 }
 
 /// The manifest pieces of `pieces`, as (hash, size).
+/// Content read through a positioned read function, from `pos` to `end`.
+struct At<F> {
+    read: F,
+    pos: u64,
+    end: u64,
+}
+
+impl<F: FnMut(u64, &mut [u8]) -> io::Result<()>> Read for At<F> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = (self.end.saturating_sub(self.pos)).min(buf.len() as u64) as usize;
+        (self.read)(self.pos, &mut buf[..n])?;
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
 fn manifests(pieces: &[Content]) -> impl Iterator<Item = (Hash, u64)> + '_ {
     pieces.iter().filter_map(|p| match p {
         Content::Manifest { hash, size } => Some((*hash, *size)),

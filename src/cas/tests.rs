@@ -1084,3 +1084,132 @@ fn a_reader_catching_up_with_a_read_ahead_waits_for_it_and_reads_ahead_past_it()
     }
     assert!(f.cas.inner.prefetching.lock().is_empty());
 }
+
+/// The first byte where `a` and `b` differ (the shorter length if one is the other's
+/// start), and the end of what differs: past the last differing byte when both are as
+/// long, else the end of `b`.
+fn differing(a: &[u8], b: &[u8]) -> std::ops::Range<u64> {
+    let start = a
+        .iter()
+        .zip(b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.len().min(b.len()));
+    let end = if a.len() == b.len() {
+        a.iter()
+            .zip(b)
+            .rposition(|(x, y)| x != y)
+            .map_or(start, |i| i + 1)
+    } else {
+        b.len()
+    };
+    start as u64..end as u64
+}
+
+#[test]
+fn an_edit_stored_from_the_chunks_around_it_is_the_whole_content_stored_anew() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let small = ChunkParams {
+        min: 512,
+        avg: 2048,
+        max: 8192,
+    };
+    let cas = Cas::open_with(
+        &dir.path().join("blobs"),
+        rt.handle().clone(),
+        small,
+        &crate::budget::CacheBudget::default(),
+    )
+    .unwrap();
+    let mut rng = Rng(0x5eed_ed17);
+    for case in 0..150u64 {
+        let len = INLINE_MAX + 1 + rng.below(120 * KIB as u64) as usize;
+        let before = data(1000 + case, len);
+        let Content::Manifest { hash, size } = cas.put_bytes(S, &before).unwrap() else {
+            panic!("{len} bytes are stored as a manifest");
+        };
+        let mut after = before.clone();
+        for _ in 0..1 + rng.below(3) {
+            match rng.below(4) {
+                0 => after.truncate(rng.below(after.len() as u64 + 1) as usize),
+                1 => after.resize(after.len() + rng.below(20 * KIB as u64) as usize, 0),
+                _ => {
+                    let at = rng.below(after.len() as u64 + 4096) as usize;
+                    let most = if rng.below(2) == 0 { 16 } else { 30_000 };
+                    let n = 1 + rng.below(most) as usize;
+                    if after.len() < at + n {
+                        after.resize(at + n, 0);
+                    }
+                    after[at..at + n].copy_from_slice(&data(5000 + case, n));
+                }
+            }
+        }
+        let exact = differing(&before, &after);
+        // A range wider than what differs must give the same content too.
+        let wider = exact.start.saturating_sub(rng.below(5000))
+            ..if exact.end < after.len() as u64 && after.len() == before.len() {
+                (exact.end + rng.below(5000)).min(after.len() as u64)
+            } else {
+                exact.end
+            };
+        let whole = cas.put_bytes(S, &after).unwrap();
+        for changed in [exact, wider] {
+            let edited = cas
+                .put_edited(
+                    S,
+                    hash,
+                    size,
+                    after.len() as u64,
+                    changed.clone(),
+                    |at, buf| {
+                        buf.copy_from_slice(&after[at as usize..at as usize + buf.len()]);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+            assert_eq!(
+                edited,
+                whole,
+                "case {case}: {len} bytes, now {}, changed {changed:?}",
+                after.len()
+            );
+        }
+        if !whole.is_empty() {
+            assert_eq!(read_range(&cas, &[whole], 0, after.len()), after);
+        }
+    }
+}
+
+#[test]
+fn a_one_byte_edit_cuts_and_stores_only_the_chunks_around_it() {
+    let f = fixture();
+    let mut all = data(21, 16 * MIB);
+    let Content::Manifest { hash, size } = f.cas.put_bytes(S, &all).unwrap() else {
+        panic!("16 MiB is a manifest");
+    };
+    all[8 * MIB] ^= 0xff;
+    let read = std::cell::Cell::new(0u64);
+    let edited = f
+        .cas
+        .put_edited(
+            S,
+            hash,
+            size,
+            size,
+            8 * MIB as u64..8 * MIB as u64 + 1,
+            |at, buf| {
+                read.set(read.get() + buf.len() as u64);
+                buf.copy_from_slice(&all[at as usize..at as usize + buf.len()]);
+                Ok(())
+            },
+        )
+        .unwrap();
+    assert_eq!(edited, f.cas.put_bytes(S, &all).unwrap());
+    // The chunk holding the edit and what the chunker reads ahead to cut it: a few
+    // chunks at most, never the file.
+    assert!(
+        read.get() <= 4 * CHUNK_PARAMS.max as u64,
+        "{} bytes read to store a 1-byte edit",
+        read.get()
+    );
+}

@@ -1,7 +1,9 @@
 //! Write staging for open files: writes land in a local staging file and become a
 //! signed intention only on flush, fsync or close (never on a `write` syscall).
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
+use std::ops::Range;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +37,68 @@ enum Staging {
         size: u64,
         ahead: Option<PutAhead>,
     },
+    /// Writes over content stored as one manifest (`base`): the staging file holds
+    /// only the bytes written, at their offsets, and `written` says where; every other
+    /// byte below `kept` is base's and the rest are zeros. A commit cuts and stores
+    /// only the chunks around what changed, so an edit costs its chunks, not the file.
+    Sparse {
+        file: File,
+        path: PathBuf,
+        base: Content,
+        /// Bytes of base still shown: a truncate below base's end lowers it.
+        kept: u64,
+        size: u64,
+        written: Written,
+    },
+}
+
+/// Disjoint byte ranges written, as start → end.
+#[derive(Default)]
+pub(crate) struct Written(BTreeMap<u64, u64>);
+
+impl Written {
+    /// Adds `[start, end)`, merged with the ranges it touches.
+    fn insert(&mut self, mut start: u64, mut end: u64) {
+        if start >= end {
+            return;
+        }
+        if let Some((&s, &e)) = self.0.range(..=start).next_back() {
+            if e >= start {
+                start = s;
+                end = end.max(e);
+            }
+        }
+        let touched: Vec<u64> = self.0.range(start..=end).map(|(&s, _)| s).collect();
+        for s in touched {
+            if let Some(e) = self.0.remove(&s) {
+                end = end.max(e);
+            }
+        }
+        self.0.insert(start, end);
+    }
+
+    /// Drops everything at or past `at`.
+    fn cut(&mut self, at: u64) {
+        self.0.split_off(&at);
+        if let Some((_, e)) = self.0.iter_mut().next_back() {
+            *e = (*e).min(at);
+        }
+    }
+
+    /// The written range holding `at`, or the start of the next one past it.
+    fn at(&self, at: u64) -> Result<Range<u64>, Option<u64>> {
+        match self.0.range(..=at).next_back() {
+            Some((&s, &e)) if e > at => Ok(s..e),
+            _ => Err(self.0.range(at..).next().map(|(&s, _)| s)),
+        }
+    }
+
+    /// From the first written byte to the last, if any was.
+    fn span(&self) -> Option<Range<u64>> {
+        let first = self.0.keys().next()?;
+        let last = self.0.values().next_back()?;
+        Some(*first..*last)
+    }
 }
 
 /// The shared state of one open file, across all of its handles.
@@ -104,7 +168,7 @@ impl OpenFile {
         match &self.staging {
             Staging::Clean => {}
             Staging::Append { base, len, .. } => a.size = base.size.saturating_add(*len),
-            Staging::Full { size, .. } => a.size = *size,
+            Staging::Full { size, .. } | Staging::Sparse { size, .. } => a.size = *size,
         }
         if self.dirty {
             a.mtime_ns = (now_ms() as i64) * 1_000_000;
@@ -182,6 +246,33 @@ impl OpenFile {
                 let _ = std::fs::remove_file(append_path);
                 (file, path, base.size.saturating_add(len))
             }
+            Staging::Sparse {
+                file: staged,
+                path: staged_path,
+                base,
+                kept,
+                size,
+                written,
+            } => {
+                let shown = Shown {
+                    file: &staged,
+                    base: &base,
+                    kept,
+                    written: &written,
+                };
+                let (file, path) = self.new_staging()?;
+                let mut buf = vec![0u8; 1 << 20];
+                let mut done = 0u64;
+                while done < size {
+                    let n = buf.len().min((size - done) as usize);
+                    shown.fill(cas, self.store.id(), done, &mut buf[..n])?;
+                    file.write_all_at(&buf[..n], done).map_err(io_errno)?;
+                    done += n as u64;
+                }
+                drop(staged);
+                let _ = std::fs::remove_file(staged_path);
+                (file, path, size)
+            }
         };
         self.staging = Staging::Full {
             file,
@@ -190,6 +281,30 @@ impl OpenFile {
             ahead: None,
         };
         Ok(())
+    }
+
+    /// Switches to sparse staging if the committed content is one manifest and nothing
+    /// is staged yet; returns whether the staging is sparse.
+    fn sparse(&mut self) -> Result<bool, Fail> {
+        match self.staging {
+            Staging::Sparse { .. } => return Ok(true),
+            Staging::Clean => {}
+            Staging::Append { .. } | Staging::Full { .. } => return Ok(false),
+        }
+        let view = self.committed()?;
+        let [base @ Content::Manifest { size, .. }] = view.pieces.as_slice() else {
+            return Ok(false);
+        };
+        let (file, path) = self.new_staging()?;
+        self.staging = Staging::Sparse {
+            file,
+            path,
+            base: base.clone(),
+            kept: *size,
+            size: *size,
+            written: Written::default(),
+        };
+        Ok(true)
     }
 
     /// The whole-content staging (made if needed): its file, size and chunks stored ahead.
@@ -223,10 +338,25 @@ impl OpenFile {
                 len: 0,
             };
         }
+        if !(append && matches!(self.staging, Staging::Append { .. })) {
+            self.sparse()?;
+        }
         match &mut self.staging {
             Staging::Append { file, len, .. } if append => {
                 file.write_all_at(data, *len).map_err(io_errno)?;
                 *len += data.len() as u64;
+            }
+            Staging::Sparse {
+                file,
+                size,
+                written,
+                ..
+            } => {
+                let at = if append { *size } else { offset };
+                file.write_all_at(data, at).map_err(io_errno)?;
+                let end = at + data.len() as u64;
+                written.insert(at, end);
+                *size = (*size).max(end);
             }
             _ => {
                 let (file, size, ahead) = self.full(cas)?;
@@ -276,6 +406,25 @@ impl OpenFile {
                 }
                 Ok(buf)
             }
+            Staging::Sparse {
+                file,
+                base,
+                kept,
+                size,
+                written,
+                ..
+            } => {
+                let n = (*size).saturating_sub(offset).min(u64::from(len)) as usize;
+                let mut buf = vec![0u8; n];
+                let shown = Shown {
+                    file,
+                    base,
+                    kept: *kept,
+                    written,
+                };
+                shown.fill(cas, self.store.id(), offset, &mut buf)?;
+                Ok(buf)
+            }
             Staging::Clean => {
                 let view = self.committed()?;
                 read_view(cas, self.store.id(), &view, offset, len)
@@ -288,7 +437,7 @@ impl OpenFile {
     pub(crate) fn clean_view(&mut self) -> Result<Option<ContentView>, Fail> {
         match self.staging {
             Staging::Clean => self.committed().map(Some),
-            Staging::Append { .. } | Staging::Full { .. } => Ok(None),
+            Staging::Append { .. } | Staging::Full { .. } | Staging::Sparse { .. } => Ok(None),
         }
     }
 
@@ -298,6 +447,23 @@ impl OpenFile {
             let empty = self.empty_full(cas)?;
             self.discard();
             self.staging = empty;
+        } else if self.sparse()? {
+            let Staging::Sparse {
+                file,
+                kept,
+                size,
+                written,
+                ..
+            } = &mut self.staging
+            else {
+                unreachable!("sparse() said the staging is sparse");
+            };
+            if new_size < *size {
+                file.set_len(new_size).map_err(io_errno)?;
+                written.cut(new_size);
+                *kept = (*kept).min(new_size);
+            }
+            *size = new_size;
         } else {
             let (file, size, ahead) = self.full(cas)?;
             file.set_len(new_size).map_err(io_errno)?;
@@ -314,6 +480,8 @@ impl OpenFile {
         if self.dirty {
             let mtime = (now_ms() as i64) * 1_000_000;
             let file = self.file;
+            // Sparse staging goes on over what it stored, unless that is inline.
+            let mut rebased = true;
             let result = match &mut self.staging {
                 Staging::Clean => Ok(()),
                 Staging::Full { path, ahead, .. } => {
@@ -327,6 +495,60 @@ impl OpenFile {
                             Ok(())
                         })
                         .map_err(Fail::Fs)
+                }
+                Staging::Sparse {
+                    file: staged,
+                    base,
+                    kept,
+                    size,
+                    written,
+                    ..
+                } => {
+                    let &mut Content::Manifest {
+                        hash,
+                        size: base_size,
+                    } = base
+                    else {
+                        unreachable!("sparse staging is over a manifest");
+                    };
+                    let shown = Shown {
+                        file: staged,
+                        base,
+                        kept: *kept,
+                        written,
+                    };
+                    let store = self.store.id();
+                    let content = cas
+                        .put_edited(
+                            store,
+                            hash,
+                            base_size,
+                            *size,
+                            shown.changed(*size),
+                            |at, buf| {
+                                shown
+                                    .fill(cas, store, at, buf)
+                                    .map_err(|e| std::io::Error::other(format!("{e:?}")))
+                            },
+                        )
+                        .map_err(Fail::cas)?;
+                    let r = self
+                        .store
+                        .write_unannounced(|tx| {
+                            let body = tx.state().plan_write(file, content.clone(), mtime)?;
+                            tx.push(body)?;
+                            Ok(())
+                        })
+                        .map_err(Fail::Fs);
+                    if matches!(content, Content::Manifest { .. }) {
+                        staged.set_len(0).map_err(io_errno)?;
+                        *written = Written::default();
+                        *kept = *size;
+                        *base = content;
+                    } else {
+                        rebased = false;
+                    }
+                    r
                 }
                 Staging::Append {
                     file: f, path, len, ..
@@ -356,7 +578,7 @@ impl OpenFile {
                 Err(e) => return Err(e),
             }
             self.dirty = false;
-            if let Staging::Append { .. } = self.staging {
+            if !rebased || matches!(self.staging, Staging::Append { .. }) {
                 self.discard();
             }
         }
@@ -370,7 +592,9 @@ impl OpenFile {
     pub(crate) fn discard(&mut self) {
         match std::mem::replace(&mut self.staging, Staging::Clean) {
             Staging::Clean => {}
-            Staging::Append { path, .. } | Staging::Full { path, .. } => {
+            Staging::Append { path, .. }
+            | Staging::Full { path, .. }
+            | Staging::Sparse { path, .. } => {
                 let _ = std::fs::remove_file(path);
             }
         }
@@ -380,6 +604,66 @@ impl OpenFile {
 impl Drop for OpenFile {
     fn drop(&mut self) {
         self.discard();
+    }
+}
+
+/// What sparse staging shows: written bytes from its file, base's below `kept`, zeros.
+struct Shown<'a> {
+    file: &'a File,
+    base: &'a Content,
+    kept: u64,
+    written: &'a Written,
+}
+
+impl Shown<'_> {
+    /// Fills `buf` with the bytes shown at `offset` (all below the staged size).
+    fn fill(&self, cas: &Cas, store: StoreId, offset: u64, buf: &mut [u8]) -> Result<(), Fail> {
+        let mut done = 0;
+        while done < buf.len() {
+            let at = offset + done as u64;
+            let left = buf.len() - done;
+            let (n, from_file) = match self.written.at(at) {
+                Ok(r) => ((r.end - at).min(left as u64) as usize, true),
+                Err(next) => (
+                    next.map_or(left as u64, |n| (n - at).min(left as u64)) as usize,
+                    false,
+                ),
+            };
+            let part = &mut buf[done..done + n];
+            if from_file {
+                self.file.read_exact_at(part, at).map_err(io_errno)?;
+            } else {
+                let from_base = self.kept.saturating_sub(at).min(n as u64) as usize;
+                read_exact(
+                    cas,
+                    store,
+                    std::slice::from_ref(self.base),
+                    at,
+                    &mut part[..from_base],
+                )?;
+                part[from_base..].fill(0);
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// The range of the new content (`size` bytes) that may differ from base's.
+    fn changed(&self, size: u64) -> Range<u64> {
+        let base_size = self.base.len();
+        let mut start = self.written.span().map_or(size, |r| r.start);
+        if self.kept < base_size.min(size) {
+            start = start.min(self.kept);
+        }
+        if size != base_size {
+            start = start.min(base_size.min(size));
+        }
+        let end = if size == base_size && self.kept == base_size {
+            self.written.span().map_or(start, |r| r.end)
+        } else {
+            size
+        };
+        start.min(end)..end
     }
 }
 
@@ -416,4 +700,62 @@ fn read_exact(
         done += n;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Written;
+
+    /// What `w` says of every byte below `len`: written or not.
+    fn bytes_of(w: &Written, len: u64) -> Vec<bool> {
+        (0..len).map(|at| w.at(at).is_ok()).collect()
+    }
+
+    #[test]
+    fn written_ranges_merge_cut_and_answer_like_a_byte_map() {
+        let mut seed = 0x3141_5926u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for case in 0..200 {
+            let mut w = Written::default();
+            let mut model = vec![false; 300];
+            for _ in 0..next(12) {
+                if next(4) == 0 {
+                    let at = next(300);
+                    w.cut(at);
+                    model[at as usize..].fill(false);
+                } else {
+                    let start = next(280);
+                    let end = start + next(20);
+                    w.insert(start, end);
+                    model[start as usize..end as usize].fill(true);
+                }
+            }
+            assert_eq!(bytes_of(&w, 300), model, "case {case}");
+            // Ranges are disjoint and apart, and each answer is the range holding a byte
+            // or the next range's start.
+            for (at, &set) in model.iter().enumerate() {
+                let at = at as u64;
+                match w.at(at) {
+                    Ok(r) => {
+                        assert!(set && r.contains(&at), "case {case} at {at}");
+                        assert!(model[r.start as usize..r.end as usize].iter().all(|&b| b));
+                        assert!(r.start == 0 || !model[r.start as usize - 1]);
+                        assert!(r.end == 300 || !model[r.end as usize]);
+                    }
+                    Err(next) => {
+                        let first = model[at as usize..].iter().position(|&b| b);
+                        assert_eq!(next, first.map(|i| at + i as u64), "case {case} at {at}");
+                    }
+                }
+            }
+            let first = model.iter().position(|&b| b).map(|i| i as u64);
+            let last = model.iter().rposition(|&b| b).map(|i| i as u64 + 1);
+            assert_eq!(w.span(), first.zip(last).map(|(a, b)| a..b), "case {case}");
+        }
+    }
 }
