@@ -29,10 +29,8 @@ pub(crate) const MAX_NAMES_PER_INODE: usize = 16;
 /// its directories and a few files at once.
 const MIN_INODES: usize = 1024;
 
-/// Inodes one eviction frees, so it runs once per that many new lookups: few enough
-/// that the table's lock is held briefly and the kernel's work of dropping them (each
-/// an `inval_entry` and a `FORGET`) is spread over the lookups rather than a burst.
-const EVICT_BATCH: usize = 64;
+/// Eviction frees an eighth of the cap at once, so it runs once per that many lookups.
+const EVICT_FRACTION: usize = 8;
 
 /// A directory entry given to the kernel: (parent inode, name).
 pub(crate) type Dentry = (u64, Box<[u8]>);
@@ -316,7 +314,9 @@ impl Inodes {
                 order.retain(|i| by_ino.get(i).is_some_and(|s| s.queued));
             }
         }
-        if t.by_ino.len() - t.evicting > self.cap && t.evict_down_to(self.cap - EVICT_BATCH) {
+        if t.by_ino.len() - t.evicting > self.cap
+            && t.evict_down_to(self.cap - self.cap / EVICT_FRACTION)
+        {
             self.evicting.notify_one();
         }
         ino
@@ -540,7 +540,7 @@ mod tests {
         );
         t.lookup(key(5000), dir, b"one more");
         let gone = evicted(&t);
-        let want = MIN_INODES + 1 - (MIN_INODES - EVICT_BATCH);
+        let want = MIN_INODES + 1 - (MIN_INODES - MIN_INODES / EVICT_FRACTION);
         assert_eq!(gone.len(), want);
         assert!(gone.iter().all(|(p, _)| *p == dir));
         let gone_names: Vec<&[u8]> = gone.iter().map(|(_, n)| &**n).collect();
@@ -578,7 +578,7 @@ mod tests {
             first,
             "not forgotten yet"
         );
-        assert_eq!(t.table.lock().evicting, EVICT_BATCH);
+        assert_eq!(t.table.lock().evicting, MIN_INODES / EVICT_FRACTION);
         let t2 = t.table.lock();
         assert_eq!(t2.order.back(), Some(&first), "queued again, newest");
     }
