@@ -93,38 +93,41 @@ pub fn run() -> Result<()> {
     let swarms = [measured(&syncthing_swarm), lattice_swarm.as_ref().ok()];
     let swarm_secs = |f: fn(&Swarm) -> Duration| swarms.map(|m| m.map(|m| f(m).as_secs_f64()));
     let secs = |f: fn(&Measured) -> Duration| both.map(|m| m.map(|m| f(m).as_secs_f64()));
-    let mut rows = vec![
-        Row {
-            name: "1,000 × 4 KiB files written on A, readable on B",
-            unit: "s",
-            values: secs(|m| m.small),
-        },
-        Row {
-            name: "256 MiB file written on A, readable on B",
-            unit: "s",
-            values: secs(|m| m.big),
-        },
-        Row {
-            name: "1-byte pwrite in its middle, readable on B",
-            unit: "s",
-            values: secs(|m| m.edit),
-        },
-        Row {
-            name: "1-byte edit: bytes on the wire",
-            unit: "KB",
-            values: both.map(|m| m.and_then(|m| m.edit_wire).map(|b| b as f64 / 1e3)),
-        },
-        Row {
-            name: "swarm of 3: 256 MiB file written on A, readable on B and C",
-            unit: "s",
-            values: swarm_secs(|m| m.big),
-        },
-        Row {
-            name: "swarm of 3: 100,000-file tree on A and B, readable on C joining",
-            unit: "s",
-            values: swarm_secs(|m| m.tree),
-        },
-    ];
+    let mut rows: Vec<Row> = [
+        (
+            "1,000 × 4 KiB files written on A, readable on B",
+            "s",
+            secs(|m| m.small),
+        ),
+        (
+            "256 MiB file written on A, readable on B",
+            "s",
+            secs(|m| m.big),
+        ),
+        (
+            "1-byte pwrite in its middle, readable on B",
+            "s",
+            secs(|m| m.edit),
+        ),
+        (
+            "1-byte edit: bytes on the wire",
+            "KB",
+            both.map(|m| m.and_then(|m| m.edit_wire).map(|b| b as f64 / 1e3)),
+        ),
+        (
+            "swarm of 3: 256 MiB file written on A, readable on B and C",
+            "s",
+            swarm_secs(|m| m.big),
+        ),
+        (
+            "swarm of 3: 100,000-file tree on A and B, readable on C joining",
+            "s",
+            swarm_secs(|m| m.tree),
+        ),
+    ]
+    .into_iter()
+    .map(|(name, unit, values)| Row { name, unit, values })
+    .collect();
     rows.extend(negentropy_rows());
     print_table(&rows);
     if let Some(own) = measured(&syncthing).and_then(|m| m.edit_own) {
@@ -143,18 +146,15 @@ pub fn run() -> Result<()> {
         }
     );
 
+    let errors = [
+        ("syncthing", syncthing.and_then(|r| r.err())),
+        ("lattice", lattice.err()),
+        ("syncthing swarm", syncthing_swarm.and_then(|r| r.err())),
+        ("lattice swarm", lattice_swarm.err()),
+    ];
     let mut failed = false;
-    for (name, r) in [("syncthing", syncthing), ("lattice", Some(lattice))] {
-        if let Some(Err(e)) = r {
-            eprintln!("{name} failed: {e:#}");
-            failed = true;
-        }
-    }
-    for (name, r) in [
-        ("syncthing swarm", syncthing_swarm),
-        ("lattice swarm", Some(lattice_swarm)),
-    ] {
-        if let Some(Err(e)) = r {
+    for (name, e) in errors {
+        if let Some(e) = e {
             eprintln!("{name} failed: {e:#}");
             failed = true;
         }

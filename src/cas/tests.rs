@@ -52,9 +52,20 @@ fn runtime() -> Runtime {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(CHUNK_PARAMS)
+}
+
+/// A store in a temp dir that cuts new content with `params`.
+fn fixture_with(params: ChunkParams) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let rt = runtime();
-    let cas = Cas::open(&dir.path().join("blobs"), rt.handle().clone()).unwrap();
+    let cas = Cas::open_with(
+        &dir.path().join("blobs"),
+        rt.handle().clone(),
+        params,
+        &crate::budget::CacheBudget::default(),
+    )
+    .unwrap();
     Fixture { cas, rt, dir }
 }
 
@@ -503,15 +514,7 @@ fn chunk_sizes_measured() {
     let size = mib * MIB;
     let all = data(16, size);
     for &params in CANDIDATES {
-        let dir = tempfile::tempdir().unwrap();
-        let rt = runtime();
-        let cas = Cas::open_with(
-            &dir.path().join("blobs"),
-            rt.handle().clone(),
-            params,
-            &crate::budget::CacheBudget::default(),
-        )
-        .unwrap();
+        let Fixture { cas, rt: _rt, dir } = fixture_with(params);
         let path = dir.path().join("src");
         std::fs::write(&path, &all).unwrap();
         let t = Instant::now();
@@ -1107,20 +1110,11 @@ fn differing(a: &[u8], b: &[u8]) -> std::ops::Range<u64> {
 
 #[test]
 fn an_edit_stored_from_the_chunks_around_it_is_the_whole_content_stored_anew() {
-    let dir = tempfile::tempdir().unwrap();
-    let rt = runtime();
-    let small = ChunkParams {
+    let Fixture { cas, .. } = &fixture_with(ChunkParams {
         min: 512,
         avg: 2048,
         max: 8192,
-    };
-    let cas = Cas::open_with(
-        &dir.path().join("blobs"),
-        rt.handle().clone(),
-        small,
-        &crate::budget::CacheBudget::default(),
-    )
-    .unwrap();
+    });
     let mut rng = Rng(0x5eed_ed17);
     for case in 0..150u64 {
         let len = INLINE_MAX + 1 + rng.below(120 * KIB as u64) as usize;
@@ -1175,7 +1169,7 @@ fn an_edit_stored_from_the_chunks_around_it_is_the_whole_content_stored_anew() {
             );
         }
         if !whole.is_empty() {
-            assert_eq!(read_range(&cas, &[whole], 0, after.len()), after);
+            assert_eq!(read_range(cas, &[whole], 0, after.len()), after);
         }
     }
 }
