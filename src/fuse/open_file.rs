@@ -54,7 +54,7 @@ enum Staging {
 
 /// Disjoint byte ranges written, as start → end.
 #[derive(Default)]
-pub(crate) struct Written(BTreeMap<u64, u64>);
+struct Written(BTreeMap<u64, u64>);
 
 impl Written {
     /// Adds `[start, end)`, merged with the ranges it touches.
