@@ -231,17 +231,9 @@ impl OpenFile {
                 let (file, path) = self.new_staging()?;
                 cas.export(self.store.id(), &base.pieces, &path)
                     .map_err(Fail::cas)?;
-                let mut buf = vec![0u8; 1 << 20];
-                let mut done = 0u64;
-                while done < len {
-                    let n = buf.len().min((len - done) as usize);
-                    appended
-                        .read_exact_at(&mut buf[..n], done)
-                        .map_err(io_errno)?;
-                    file.write_all_at(&buf[..n], base.size.saturating_add(done))
-                        .map_err(io_errno)?;
-                    done += n as u64;
-                }
+                copy_into(&file, base.size, len, |at, buf| {
+                    appended.read_exact_at(buf, at).map_err(io_errno)
+                })?;
                 drop(appended);
                 let _ = std::fs::remove_file(append_path);
                 (file, path, base.size.saturating_add(len))
@@ -261,14 +253,8 @@ impl OpenFile {
                     written: &written,
                 };
                 let (file, path) = self.new_staging()?;
-                let mut buf = vec![0u8; 1 << 20];
-                let mut done = 0u64;
-                while done < size {
-                    let n = buf.len().min((size - done) as usize);
-                    shown.fill(cas, self.store.id(), done, &mut buf[..n])?;
-                    file.write_all_at(&buf[..n], done).map_err(io_errno)?;
-                    done += n as u64;
-                }
+                let store = self.store.id();
+                copy_into(&file, 0, size, |at, buf| shown.fill(cas, store, at, buf))?;
                 drop(staged);
                 let _ = std::fs::remove_file(staged_path);
                 (file, path, size)
@@ -605,6 +591,26 @@ impl Drop for OpenFile {
     fn drop(&mut self) {
         self.discard();
     }
+}
+
+/// Writes `len` bytes that `fill` gives (by their offset from the start) to `file` at
+/// `to`, a block at a time.
+fn copy_into(
+    file: &File,
+    to: u64,
+    len: u64,
+    mut fill: impl FnMut(u64, &mut [u8]) -> Result<(), Fail>,
+) -> Result<(), Fail> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < len {
+        let n = buf.len().min((len - done) as usize);
+        fill(done, &mut buf[..n])?;
+        file.write_all_at(&buf[..n], to.saturating_add(done))
+            .map_err(io_errno)?;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// What sparse staging shows: written bytes from its file, base's below `kept`, zeros.
