@@ -664,10 +664,11 @@ impl<K: PageKey, V: PageValue<K>> Paged<K, V> {
         let below = (Bound::Unbounded, Bound::Excluded(floor.as_slice()));
         if self.written {
             // A record cut for a commit not settled yet may be stored by it: once
-            // written, the overlay keeps a tombstone. Tombstones already there stay as
-            // they are, so a purge costs what it removes, not what earlier ones left.
+            // written, the overlay keeps a tombstone. Earlier purges' tombstones are
+            // walked past, only looked at: taking from each would move a whole record.
             for (_, slot) in self.over.range_mut::<[u8], _>(below) {
-                if slot.val.take().is_some() {
+                if slot.val.is_some() {
+                    slot.val = None;
                     removed += 1;
                     each(&slot.key);
                     slot.generation = self.generation;
