@@ -260,8 +260,10 @@ async fn on_demand_stores_fetch_content_on_first_read_and_pause_survives_a_resta
     a.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_small_edit_of_a_large_file_is_patched_not_fetched_whole() {
+/// A 6 MiB file on A and B, then a one-byte edit of it on A; returns the peers, B's
+/// store, the edited bytes, their pieces and B's bytes fetched whole before the edit,
+/// once B's projection shows the edit.
+async fn edited_on_a() -> (Peer, Peer, Store, Vec<u8>, Vec<Content>, u64) {
     let (a, b) = team().await;
     let (team_a, team_b) = (a.store("team"), b.store("team"));
     let old = random_bytes(6 * 1024 * 1024, 31);
@@ -275,6 +277,7 @@ async fn a_small_edit_of_a_large_file_is_patched_not_fetched_whole() {
     let got = eventually("big.bin on B", || read_file(&bn, &tb, "big.bin")).await;
     assert!(got == old);
     assert_eq!(b.net.patched_chunks(), 0);
+    let fetched = b.net.fetched_bytes();
 
     let mut new = old.clone();
     new[4 * 1024 * 1024 + 99] ^= 1;
@@ -287,17 +290,38 @@ async fn a_small_edit_of_a_large_file_is_patched_not_fetched_whole() {
             Ok(())
         })
         .unwrap();
-    let (bn, tb) = (b.node.clone(), team_b.clone());
+    let tb = team_b.clone();
+    let shown = pieces.clone();
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + CONVERGE;
+        while tb
+            .read(|s| {
+                let n = s.lookup(OpId::ROOT, "big.bin").ok()?;
+                s.content(n).ok()
+            })
+            .is_none_or(|c| c.pieces != shown)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the edit never reached B"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    })
+    .await
+    .unwrap();
+    (a, b, team_b, new, pieces, fetched)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_edit_of_a_large_file_is_patched_not_fetched_whole() {
+    let (a, b, team_b, new, pieces, _) = edited_on_a().await;
+    let bn = b.node.clone();
     eventually(
         "the edit's chunks on B, without a read fetching them",
         || {
-            let seen = tb.read(|s| {
-                let n = s.lookup(OpId::ROOT, "big.bin").ok()?;
-                s.content(n).ok()
-            })?;
             let missing = tokio::task::block_in_place(|| bn.cas().missing(&pieces)).ok()?;
-            let here = seen.pieces == pieces && missing.is_empty();
-            here.then_some(())
+            missing.is_empty().then_some(())
         },
     )
     .await;
@@ -307,6 +331,24 @@ async fn a_small_edit_of_a_large_file_is_patched_not_fetched_whole() {
         b.net.patched_chunks(),
         1,
         "the changed chunk came as a patch"
+    );
+    b.stop().await;
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_read_racing_the_patch_of_an_edit_waits_for_it() {
+    let (a, b, team_b, new, _, before) = edited_on_a().await;
+    let got = read_file(&b.node, &team_b, "big.bin").expect("the edit on B");
+    assert!(got == new);
+    eventually("the changed chunk patched", || {
+        (b.net.patched_chunks() == 1).then_some(())
+    })
+    .await;
+    let whole = b.net.fetched_bytes() - before;
+    assert!(
+        whole < 64 * 1024,
+        "only the new manifest came whole, not the changed chunk: {whole} bytes"
     );
     b.stop().await;
     a.stop().await;

@@ -4,18 +4,20 @@
 //! downloads what a store's files reference from its members, online ones first, and
 //! records each blob it fetched as owned by that store.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
+use iroh_blobs::api::proto::BlobStatus;
 use iroh_blobs::provider::events::{
     AbortReason, ConnectMode, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode,
 };
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
 
-use crate::cas::{Content, FetchRequest};
+use crate::cas::{Cas, Content, FetchRequest};
 use crate::identity::PublicKey;
-use crate::ids::{FileId, Hash};
+use crate::ids::{FileId, Hash, StoreId};
 use crate::net::peers::{endpoint_id, node_key};
 use crate::net::{blocking, NetError, Shared};
 use crate::store::Store;
@@ -155,6 +157,44 @@ fn providers(shared: &Shared, store: &Store) -> Vec<iroh::EndpointId> {
     members.iter().filter_map(endpoint_id).collect()
 }
 
+/// A file's content change: its previous pieces and its new ones.
+type Change = (Vec<Content>, Vec<Content>);
+
+/// Content changes whose fetch is running, with their stores: a read that needs a
+/// chunk one of them changed patches it as that fetch would, not fetch it whole.
+#[derive(Default)]
+pub(crate) struct DuePatches {
+    next: u64,
+    running: Vec<(u64, StoreId, Arc<[Change]>)>,
+}
+
+/// Keeps one fetch's changes in [`DuePatches`] while it runs.
+struct Listed<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl<'a> Listed<'a> {
+    fn new(shared: &'a Shared, store: StoreId, changes: Arc<[Change]>) -> Self {
+        let mut due = shared.due_patches.lock();
+        due.next += 1;
+        let id = due.next;
+        due.running.push((id, store, changes));
+        Listed { shared, id }
+    }
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        let id = self.id;
+        self.shared
+            .due_patches
+            .lock()
+            .running
+            .retain(|(listed, ..)| *listed != id);
+    }
+}
+
 /// Fetches every blob of `files` (current content and conflict copies) that is not local.
 /// `changes` pairs files' previous pieces with their new ones: changed chunks are first
 /// patched from the chunks they replace where a member can say which blocks differ.
@@ -162,8 +202,10 @@ pub(crate) async fn fetch_files(
     shared: &Arc<Shared>,
     store: &Store,
     files: Vec<FileId>,
-    changes: Vec<(Vec<Content>, Vec<Content>)>,
+    changes: Vec<Change>,
 ) -> Result<usize, NetError> {
+    let changes: Arc<[Change]> = changes.into();
+    let _listed = (!changes.is_empty()).then(|| Listed::new(shared, store.id(), changes.clone()));
     let st = store.clone();
     let pieces = blocking(move || st.blobs_of(Some(files))).await?;
     fetch_pieces(shared, store, pieces, &changes).await
@@ -176,13 +218,15 @@ pub(crate) async fn fetch_all(shared: &Arc<Shared>, store: &Store) -> Result<usi
     fetch_pieces(shared, store, pieces, &[]).await
 }
 
-/// Patches the changed chunks of `changes` whose new manifest is local, each from the
-/// chunk at its place in the previous content (at most [`MAX_PATCHES`]); returns how
-/// many were rebuilt. A chunk no member patches is left for a whole fetch.
+/// Patches the changed chunks of `changes` whose new manifest is local (only those in
+/// `only`, if given), each from the chunk at its place in the previous content (at most
+/// [`MAX_PATCHES`]); returns how many this call rebuilt. A chunk no member patches is
+/// left for a whole fetch.
 async fn patch_changes(
     shared: &Arc<Shared>,
     store: &Store,
-    changes: &[(Vec<Content>, Vec<Content>)],
+    changes: &[Change],
+    only: Option<HashSet<Hash>>,
 ) -> Result<usize, NetError> {
     let (cas, list) = (shared.node.cas().clone(), changes.to_vec());
     let pairs = blocking(move || {
@@ -190,7 +234,11 @@ async fn patch_changes(
         for (before, now) in &list {
             // One file's unusable manifest only costs that file its patches.
             match cas.patch_bases(before, now) {
-                Ok(found) => pairs.extend(found),
+                Ok(found) => pairs.extend(
+                    found
+                        .into_iter()
+                        .filter(|(chunk, ..)| only.as_ref().is_none_or(|o| o.contains(chunk))),
+                ),
                 Err(e) => tracing::info!("not patching a file's content: {e}"),
             }
             if pairs.len() >= MAX_PATCHES {
@@ -202,32 +250,71 @@ async fn patch_changes(
     .await?;
     let providers = shared.other_members(store);
     let mut patched = 0;
-    for (chunk, base, len) in pairs.into_iter().take(MAX_PATCHES) {
-        for peer in providers.iter().filter(|k| shared.peers.state(k).online) {
-            match crate::net::client::patch_chunk(shared, store, *peer, chunk, base, len).await {
-                Ok(()) => {
-                    crate::net::progress::arrived(shared, store, vec![chunk]).await;
-                    patched += 1;
-                    shared
-                        .patched
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    break;
-                }
-                Err(e) => {
-                    tracing::debug!(peer = %peer.short(), "patch of chunk {chunk:?} failed: {e}")
-                }
-            }
+    for pair in pairs.into_iter().take(MAX_PATCHES) {
+        if patch_one(shared, store, pair, &providers).await {
+            patched += 1;
         }
     }
     Ok(patched)
 }
 
-/// Fetches what a read is waiting for, skipping blobs a read already asked for.
+/// Rebuilds `chunk` from `base` through the first online member of `providers` that
+/// patches it; whether this call did. One task patches a chunk at a time: another
+/// waits for its turn and then finds the chunk local.
+async fn patch_one(
+    shared: &Arc<Shared>,
+    store: &Store,
+    (chunk, base, len): (Hash, Hash, u64),
+    providers: &[PublicKey],
+) -> bool {
+    let turn = shared.patching.lock().entry(chunk).or_default().clone();
+    let patched = {
+        let _turn = turn.lock().await;
+        !is_local(shared.node.cas(), chunk).await
+            && patch_from(shared, store, (chunk, base, len), providers).await
+    };
+    let mut patching = shared.patching.lock();
+    if Arc::strong_count(&turn) == 2 {
+        patching.remove(&chunk);
+    }
+    patched
+}
+
+/// Asks each online member of `providers` in turn to patch `chunk` from `base`.
+async fn patch_from(
+    shared: &Arc<Shared>,
+    store: &Store,
+    (chunk, base, len): (Hash, Hash, u64),
+    providers: &[PublicKey],
+) -> bool {
+    for peer in providers.iter().filter(|k| shared.peers.state(k).online) {
+        match crate::net::client::patch_chunk(shared, store, *peer, chunk, base, len).await {
+            Ok(()) => {
+                shared.patched.fetch_add(1, Ordering::Relaxed);
+                crate::net::progress::arrived(shared, store, vec![chunk]).await;
+                return true;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %peer.short(), "patch of chunk {chunk:?} failed: {e}")
+            }
+        }
+    }
+    false
+}
+
+/// Whether the local store holds all of blob `hash`.
+async fn is_local(cas: &Cas, hash: Hash) -> bool {
+    let status = cas.blobs().status(crate::cas::to_iroh(hash)).await;
+    matches!(status, Ok(BlobStatus::Complete { .. }))
+}
+
+/// Fetches what a read is waiting for, skipping blobs a read already asked for. A chunk
+/// that a running fetch is due to patch is patched here too, not fetched whole.
 pub(crate) async fn fetch_request(shared: &Arc<Shared>, request: FetchRequest) {
     let Some(store) = shared.node.store_by_id(request.store) else {
         return;
     };
-    let hashes: Vec<iroh_blobs::Hash> = {
+    let asked: Vec<iroh_blobs::Hash> = {
         let mut asked = shared.read_fetches.lock();
         request
             .hashes
@@ -235,15 +322,41 @@ pub(crate) async fn fetch_request(shared: &Arc<Shared>, request: FetchRequest) {
             .filter(|h| asked.insert(*h))
             .collect()
     };
-    if hashes.is_empty() {
+    if asked.is_empty() {
         return;
     }
-    if let Err(e) = download(shared, &store, hashes.clone()).await {
-        tracing::warn!(store = %request.store.to_hex(), "fetch for a read failed: {e}");
+    let due: Vec<Arc<[Change]>> = shared
+        .due_patches
+        .lock()
+        .running
+        .iter()
+        .filter(|(_, id, _)| *id == request.store)
+        .map(|(.., changes)| changes.clone())
+        .collect();
+    let mut hashes = asked.clone();
+    if !due.is_empty() {
+        let only: HashSet<Hash> = asked.iter().map(|h| Hash(*h.as_bytes())).collect();
+        for changes in due {
+            if let Err(e) = patch_changes(shared, &store, &changes, Some(only.clone())).await {
+                tracing::debug!("no patches for a read: {e}");
+            }
+        }
+        let mut still = Vec::with_capacity(hashes.len());
+        for h in hashes {
+            if !is_local(shared.node.cas(), Hash(*h.as_bytes())).await {
+                still.push(h);
+            }
+        }
+        hashes = still;
     }
-    let mut asked = shared.read_fetches.lock();
-    for h in &hashes {
-        asked.remove(h);
+    if !hashes.is_empty() {
+        if let Err(e) = download(shared, &store, hashes).await {
+            tracing::warn!(store = %request.store.to_hex(), "fetch for a read failed: {e}");
+        }
+    }
+    let mut read_fetches = shared.read_fetches.lock();
+    for h in &asked {
+        read_fetches.remove(h);
     }
 }
 
@@ -253,12 +366,12 @@ async fn fetch_pieces(
     shared: &Arc<Shared>,
     store: &Store,
     pieces: Vec<Content>,
-    changes: &[(Vec<Content>, Vec<Content>)],
+    changes: &[Change],
 ) -> Result<usize, NetError> {
     let mut fetched = 0;
     for _ in 0..FETCH_ROUNDS {
         if !changes.is_empty() {
-            fetched += patch_changes(shared, store, changes).await?;
+            fetched += patch_changes(shared, store, changes, None).await?;
         }
         let (cas, p) = (shared.node.cas().clone(), pieces.clone());
         let missing = blocking(move || cas.missing(&p)).await??;
@@ -305,7 +418,9 @@ async fn download(
         };
         match joined {
             Ok((hash, Ok(()))) => {
-                crate::net::progress::arrived(shared, store, vec![Hash(*hash.as_bytes())]).await;
+                let arrived = vec![Hash(*hash.as_bytes())];
+                let bytes = crate::net::progress::arrived(shared, store, arrived).await;
+                shared.fetched.fetch_add(bytes, Ordering::Relaxed);
                 done += 1;
             }
             Ok((hash, Err(e))) => {

@@ -52,7 +52,7 @@ use tokio::sync::mpsc;
 
 use crate::fs::op::Role;
 use crate::identity::PublicKey;
-use crate::ids::StoreId;
+use crate::ids::{Hash, StoreId};
 use crate::node::Node;
 use crate::store::Store;
 use peers::PeerBook;
@@ -184,6 +184,9 @@ pub(crate) struct Shared {
     pub read_fetches: Mutex<std::collections::HashSet<iroh_blobs::Hash>>,
     /// Chunks rebuilt from patches instead of fetched whole, since start.
     pub patched: std::sync::atomic::AtomicU64,
+    /// Bytes of the blobs downloaded whole, since start (one found local by the
+    /// download counts too).
+    pub fetched: std::sync::atomic::AtomicU64,
     /// Ids of acceptor-side conversations (sync streams served), unique per node.
     pub next_conv: std::sync::atomic::AtomicU64,
     /// How long a stream's first frame may take (default [`FIRST_FRAME_TIMEOUT`]).
@@ -198,6 +201,10 @@ pub(crate) struct Shared {
     pub last_seen: seen::LastSeen,
     /// Each store's content still to fetch (`progress`).
     pub backlogs: Mutex<HashMap<StoreId, Arc<Mutex<crate::cas::Backlog>>>>,
+    /// Content changes being fetched, whose changed chunks a read patches too.
+    pub due_patches: Mutex<blobs::DuePatches>,
+    /// Chunks being patched now, each with the turn a second patcher waits for.
+    pub patching: Mutex<HashMap<Hash, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -258,12 +265,15 @@ impl Net {
             settings: Mutex::new(HashMap::new()),
             read_fetches: Mutex::new(std::collections::HashSet::new()),
             patched: std::sync::atomic::AtomicU64::new(0),
+            fetched: std::sync::atomic::AtomicU64::new(0),
             next_conv: std::sync::atomic::AtomicU64::new(1),
             first_frame_timeout: Mutex::new(FIRST_FRAME_TIMEOUT),
             budgets: Mutex::new(HashMap::new()),
             serving: std::sync::atomic::AtomicUsize::new(0),
             secrets: Mutex::new(HashMap::new()),
             backlogs: Mutex::new(HashMap::new()),
+            due_patches: Mutex::new(blobs::DuePatches::default()),
+            patching: Mutex::new(HashMap::new()),
             last_seen: seen::LastSeen::default(),
         });
         gate.attach(Arc::downgrade(&shared));
@@ -348,6 +358,14 @@ impl Net {
     pub fn patched_chunks(&self) -> u64 {
         self.shared
             .patched
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes of the blobs downloaded whole (not patched) since start, counting those a
+    /// download found already local.
+    pub fn fetched_bytes(&self) -> u64 {
+        self.shared
+            .fetched
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 

@@ -57,8 +57,8 @@ pub(crate) fn count(
 }
 
 /// Blobs `hashes` of `store` arrived: strikes them off, and counts again the files
-/// that waited for one as their manifest.
-pub(crate) async fn arrived(shared: &Arc<Shared>, store: &Store, hashes: Vec<Hash>) {
+/// that waited for one as their manifest; returns their total size.
+pub(crate) async fn arrived(shared: &Arc<Shared>, store: &Store, hashes: Vec<Hash>) -> u64 {
     let blobs = shared.node.cas().blobs();
     let mut sized = Vec::with_capacity(hashes.len());
     for hash in hashes {
@@ -68,6 +68,7 @@ pub(crate) async fn arrived(shared: &Arc<Shared>, store: &Store, hashes: Vec<Has
         };
         sized.push((hash, size));
     }
+    let total = sized.iter().map(|(_, size)| size).sum();
     let again: Vec<FileId> = {
         let backlog = backlog(shared, store);
         let mut b = backlog.lock();
@@ -77,13 +78,13 @@ pub(crate) async fn arrived(shared: &Arc<Shared>, store: &Store, hashes: Vec<Has
             .flat_map(|(h, size)| b.arrived(h, size, now))
             .collect()
     };
-    if again.is_empty() {
-        return;
+    if !again.is_empty() {
+        let (sh, st) = (shared.clone(), store.clone());
+        if let Err(e) = crate::net::blocking(move || recount(&sh, &st, again)).await {
+            tracing::debug!("cannot count what fetched manifests need: {e}");
+        }
     }
-    let (sh, st) = (shared.clone(), store.clone());
-    if let Err(e) = crate::net::blocking(move || recount(&sh, &st, again)).await {
-        tracing::debug!("cannot count what fetched manifests need: {e}");
-    }
+    total
 }
 
 /// What `store` still has to fetch.
