@@ -441,52 +441,97 @@ impl Cas {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<usize, CasError> {
+        let mut done = 0;
+        self.parts(store, pieces, offset, buf.len(), &mut |part| {
+            buf[done..done + part.len()].copy_from_slice(&part);
+            done += part.len();
+        })?;
+        Ok(done)
+    }
+
+    /// Up to `len` bytes of `pieces` of store `store` at `offset`, as [`Cas::read`]
+    /// reads them: a range within one inline piece or one chunk is a slice of it, not
+    /// a copy.
+    pub fn read_bytes(
+        &self,
+        store: StoreId,
+        pieces: &[Content],
+        offset: u64,
+        len: usize,
+    ) -> Result<Bytes, CasError> {
+        let mut parts = Vec::new();
+        self.parts(store, pieces, offset, len, &mut |part| parts.push(part))?;
+        Ok(match parts.as_slice() {
+            [one] => one.clone(),
+            _ => {
+                let mut joined = Vec::with_capacity(parts.iter().map(Bytes::len).sum());
+                for part in &parts {
+                    joined.extend_from_slice(part);
+                }
+                Bytes::from(joined)
+            }
+        })
+    }
+
+    /// Hands `part` the bytes of `pieces` from `offset` on, in order, up to `len` of
+    /// them: each a slice of one inline piece or one chunk.
+    fn parts(
+        &self,
+        store: StoreId,
+        pieces: &[Content],
+        offset: u64,
+        len: usize,
+        part: &mut dyn FnMut(Bytes),
+    ) -> Result<(), CasError> {
         let mut done = 0usize;
         let mut base = 0u64;
         for piece in pieces {
-            if done == buf.len() {
+            if done == len {
                 break;
             }
             // Pieces are sized by their authors: offsets past u64::MAX are unaddressable.
-            let len = piece.len();
+            let piece_len = piece.len();
             let pos = offset.saturating_add(done as u64);
-            let end = base.saturating_add(len);
+            let end = base.saturating_add(piece_len);
             if pos >= end {
                 base = end;
                 continue;
             }
             let within = pos - base;
-            let want = (buf.len() - done).min(usize::try_from(end - pos).unwrap_or(usize::MAX));
-            let out = &mut buf[done..done + want];
+            let want = (len - done).min(usize::try_from(end - pos).unwrap_or(usize::MAX));
             match piece {
-                Content::Inline(bytes) => out.copy_from_slice(&bytes[within as usize..][..want]),
+                Content::Inline(bytes) => {
+                    let from = within as usize;
+                    part(bytes.slice(from..from + want));
+                }
                 Content::Manifest { hash, size } => {
-                    self.read_manifest(store, *hash, *size, within, out)?
+                    self.manifest_parts(store, *hash, *size, within, want as u64, part)?
                 }
             }
             done += want;
             base = end;
         }
-        Ok(done)
+        Ok(())
     }
 
-    /// Fills `out` from offset `offset` of the manifest content `hash` of `size` bytes.
-    fn read_manifest(
+    /// Hands `part` the `len` bytes from `offset` of the manifest content `hash` of
+    /// `size` bytes, chunk by chunk.
+    fn manifest_parts(
         &self,
         store: StoreId,
         hash: Hash,
         size: u64,
         offset: u64,
-        out: &mut [u8],
+        len: u64,
+        part: &mut dyn FnMut(Bytes),
     ) -> Result<(), CasError> {
         let manifest = self.manifest(Some(store), hash, size)?;
-        let end = offset + out.len() as u64;
+        let end = offset + len;
         for (chunk, start, len) in manifest.overlapping(offset, end) {
             let bytes = self.chunk(store, chunk, len)?;
             let from = offset.max(start);
             let to = end.min(start + len);
-            let dst = &mut out[(from - offset) as usize..(to - offset) as usize];
-            dst.copy_from_slice(&bytes[(from - start) as usize..(to - start) as usize]);
+            part(bytes.slice((from - start) as usize..(to - start) as usize));
         }
         // A read ending in the second half of a chunk is likely sequential: fetch the
         // next READ_AHEAD chunks.

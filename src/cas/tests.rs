@@ -139,6 +139,11 @@ fn check_reads(cas: &Cas, pieces: &[Content], all: &[u8], boundaries: &[u64]) {
                 got == expected(all, offset, len),
                 "read of {len} at {offset} of {size} differs"
             );
+            let bytes = cas.read_bytes(S, pieces, offset, len).unwrap();
+            assert!(
+                bytes == got,
+                "read_bytes of {len} at {offset} of {size} differs"
+            );
         }
     }
     let mut sequential = Vec::with_capacity(all.len());
@@ -159,6 +164,28 @@ fn check_export(cas: &Cas, dir: &Path, pieces: &[Content], all: &[u8]) {
     let path = dir.join("export");
     cas.export(S, pieces, &path).unwrap();
     assert!(std::fs::read(&path).unwrap() == all, "export differs");
+}
+
+#[test]
+fn a_read_within_one_chunk_is_a_slice_of_the_cached_chunk() {
+    let f = fixture();
+    let cas = &f.cas;
+    let data = data(41, 6 * MIB);
+    let content = cas.put_bytes(S, &data).unwrap();
+    let starts = chunk_starts(cas, &content);
+    assert!(starts.len() > 2, "{starts:?}");
+    let pieces = [content];
+    let (at, len) = (starts[1] + 7, 4 * KIB);
+    let first = cas.read_bytes(S, &pieces, at, len).unwrap();
+    let again = cas.read_bytes(S, &pieces, at, len).unwrap();
+    assert!(first == data[at as usize..][..len]);
+    assert_eq!(
+        first.as_ptr(),
+        again.as_ptr(),
+        "both are the cached chunk's bytes"
+    );
+    let across = cas.read_bytes(S, &pieces, starts[2] - 3, 6).unwrap();
+    assert!(across == data[starts[2] as usize - 3..][..6]);
 }
 
 #[test]

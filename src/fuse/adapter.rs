@@ -490,7 +490,7 @@ impl LatticeFs {
         }
     }
 
-    fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> Result<Vec<u8>> {
+    fn do_read(&self, fh: FileHandle, offset: u64, size: u32) -> Result<Bytes> {
         if let Some(f) = self.local_handle(fh) {
             use std::os::unix::fs::FileExt;
             let mut buf = vec![0; size as usize];
@@ -504,7 +504,7 @@ impl LatticeFs {
                 }
             }
             buf.truncate(done);
-            return Ok(buf);
+            return Ok(buf.into());
         }
         let FileRef { open, key, .. } = self.file_handle(fh)?;
         let cas = self.node.cas();

@@ -8,6 +8,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
+
 use crate::cas::{Cas, Content, PutAhead};
 use crate::fs::{Attr, ContentView, FsError, Node};
 use crate::hlc::now_ms;
@@ -361,13 +363,13 @@ impl OpenFile {
     }
 
     /// Reads up to `len` bytes at `offset`, uncommitted writes included.
-    pub(crate) fn read(&mut self, cas: &Cas, offset: u64, len: u32) -> Result<Vec<u8>, Fail> {
+    pub(crate) fn read(&mut self, cas: &Cas, offset: u64, len: u32) -> Result<Bytes, Fail> {
         match &self.staging {
             Staging::Full { file, size, .. } => {
                 let n = (*size).saturating_sub(offset).min(u64::from(len)) as usize;
                 let mut buf = vec![0u8; n];
                 file.read_exact_at(&mut buf, offset).map_err(io_errno)?;
-                Ok(buf)
+                Ok(buf.into())
             }
             Staging::Append {
                 file, base, len: l, ..
@@ -390,7 +392,7 @@ impl OpenFile {
                     file.read_exact_at(&mut buf[from_base..], at)
                         .map_err(io_errno)?;
                 }
-                Ok(buf)
+                Ok(buf.into())
             }
             Staging::Sparse {
                 file,
@@ -409,7 +411,7 @@ impl OpenFile {
                     written,
                 };
                 shown.fill(cas, self.store.id(), offset, &mut buf)?;
-                Ok(buf)
+                Ok(buf.into())
             }
             Staging::Clean => {
                 let view = self.committed()?;
@@ -680,11 +682,15 @@ pub(crate) fn read_view(
     view: &ContentView,
     offset: u64,
     len: u32,
-) -> Result<Vec<u8>, Fail> {
+) -> Result<Bytes, Fail> {
     let n = view.size.saturating_sub(offset).min(u64::from(len)) as usize;
-    let mut buf = vec![0u8; n];
-    read_exact(cas, store, &view.pieces, offset, &mut buf)?;
-    Ok(buf)
+    let bytes = cas
+        .read_bytes(store, &view.pieces, offset, n)
+        .map_err(Fail::cas)?;
+    if bytes.len() != n {
+        return Err(Fail::Errno(libc::EIO));
+    }
+    Ok(bytes)
 }
 
 /// Reads exactly `buf.len()` bytes of `pieces` of `store` at `offset`.
