@@ -735,6 +735,10 @@ fn rereads_after_rewrites_truncates_and_appends_never_show_stale_pages() {
         return;
     };
     let p = d.path("cache/f");
+    fs::write(&p, b"").unwrap();
+    // Held open throughout: its cached pages must follow what the other handles write,
+    // the write-only ones bypassing the page cache included.
+    let held = File::open(&p).unwrap();
     let mut want = Vec::new();
     for round in 0..24u64 {
         match round % 4 {
@@ -784,6 +788,19 @@ fn rereads_after_rewrites_truncates_and_appends_never_show_stale_pages() {
         assert!(
             fs::read(&p).unwrap() == want,
             "round {round}: second read differs"
+        );
+        let mut through_held = vec![0u8; want.len() + 1];
+        let mut n = 0;
+        while n < through_held.len() {
+            match held.read_at(&mut through_held[n..], n as u64).unwrap() {
+                0 => break,
+                got => n += got,
+            }
+        }
+        through_held.truncate(n);
+        assert!(
+            through_held == want,
+            "round {round}: the handle held open reads stale bytes"
         );
     }
 }

@@ -448,19 +448,24 @@ impl LatticeFs {
                 return Err(Fail::Fs(FsError::ReadOnly));
             }
         }
-        let keep = self.kernel_cache_valid(key);
+        // A handle that only writes bypasses the page cache: its writes reach the staging
+        // file straight from the writer's buffer, without first being copied into pages
+        // that nobody reads through it (the kernel drops cached pages a direct write
+        // overlaps, so other handles' reads stay coherent).
+        let fopen = if acc == libc::O_WRONLY {
+            FopenFlags::FOPEN_DIRECT_IO
+        } else if self.kernel_cache_valid(key) {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
         let fh = self.new_handle(Handle::File(FileRef {
             open: self.open_file(key),
             key,
             write,
             append: flags & libc::O_APPEND != 0,
         }));
-        let flags = if keep {
-            FopenFlags::FOPEN_KEEP_CACHE
-        } else {
-            FopenFlags::empty()
-        };
-        Ok((fh, flags))
+        Ok((fh, fopen))
     }
 
     /// Whether the kernel may keep its page cache for `key` at open: no appends are
