@@ -277,7 +277,16 @@ async fn edited_on_a() -> (Peer, Peer, Store, Vec<u8>, Vec<Content>, u64) {
     let got = eventually("big.bin on B", || read_file(&bn, &tb, "big.bin")).await;
     assert!(got == old);
     assert_eq!(b.net.patched_chunks(), 0);
-    let fetched = b.net.fetched_bytes();
+    // The replica's own fetch of the file may still be counting what it downloaded.
+    let mut fetched = b.net.fetched_bytes();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = b.net.fetched_bytes();
+        if now == fetched {
+            break;
+        }
+        fetched = now;
+    }
 
     let mut new = old.clone();
     new[4 * 1024 * 1024 + 99] ^= 1;
@@ -339,6 +348,21 @@ async fn a_small_edit_of_a_large_file_is_patched_not_fetched_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_read_racing_the_patch_of_an_edit_waits_for_it() {
     let (a, b, team_b, new, _, before) = edited_on_a().await;
+    // B's fetch of the edit lists the change as it starts; a read asking for the chunk
+    // before that still fetches it whole (see `DuePatches`).
+    let net = b.net.clone();
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + CONVERGE;
+        while net.patches_due() == 0 && net.patched_chunks() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "B never fetched the edit"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    })
+    .await
+    .unwrap();
     let got = read_file(&b.node, &team_b, "big.bin").expect("the edit on B");
     assert!(got == new);
     eventually("the changed chunk patched", || {

@@ -161,11 +161,13 @@ fn providers(shared: &Shared, store: &Store) -> Vec<iroh::EndpointId> {
 type Change = (Vec<Content>, Vec<Content>);
 
 /// Content changes whose fetch is running, with their stores: a read that needs a
-/// chunk one of them changed patches it as that fetch would, not fetch it whole.
+/// chunk one of them changed patches it as that fetch would, not fetch it whole. A
+/// change is listed once the replica's driver starts its fetch, a little after the
+/// projection shows it: a read asking for the chunk before that fetches it whole.
 #[derive(Default)]
 pub(crate) struct DuePatches {
     next: u64,
-    running: Vec<(u64, StoreId, Arc<[Change]>)>,
+    pub(crate) running: Vec<(u64, StoreId, Arc<[Change]>)>,
 }
 
 /// Keeps one fetch's changes in [`DuePatches`] while it runs.
@@ -268,38 +270,31 @@ async fn patch_one(
     providers: &[PublicKey],
 ) -> bool {
     let turn = shared.patching.lock().entry(chunk).or_default().clone();
-    let patched = {
+    let mut patched = false;
+    {
         let _turn = turn.lock().await;
-        !is_local(shared.node.cas(), chunk).await
-            && patch_from(shared, store, (chunk, base, len), providers).await
-    };
+        let online = providers.iter().filter(|k| shared.peers.state(k).online);
+        for peer in online {
+            if patched || is_local(shared.node.cas(), chunk).await {
+                break;
+            }
+            match crate::net::client::patch_chunk(shared, store, *peer, chunk, base, len).await {
+                Ok(()) => {
+                    shared.patched.fetch_add(1, Ordering::Relaxed);
+                    crate::net::progress::arrived(shared, store, vec![chunk]).await;
+                    patched = true;
+                }
+                Err(e) => {
+                    tracing::debug!(peer = %peer.short(), "patch of chunk {chunk:?} failed: {e}")
+                }
+            }
+        }
+    }
     let mut patching = shared.patching.lock();
     if Arc::strong_count(&turn) == 2 {
         patching.remove(&chunk);
     }
     patched
-}
-
-/// Asks each online member of `providers` in turn to patch `chunk` from `base`.
-async fn patch_from(
-    shared: &Arc<Shared>,
-    store: &Store,
-    (chunk, base, len): (Hash, Hash, u64),
-    providers: &[PublicKey],
-) -> bool {
-    for peer in providers.iter().filter(|k| shared.peers.state(k).online) {
-        match crate::net::client::patch_chunk(shared, store, *peer, chunk, base, len).await {
-            Ok(()) => {
-                shared.patched.fetch_add(1, Ordering::Relaxed);
-                crate::net::progress::arrived(shared, store, vec![chunk]).await;
-                return true;
-            }
-            Err(e) => {
-                tracing::debug!(peer = %peer.short(), "patch of chunk {chunk:?} failed: {e}")
-            }
-        }
-    }
-    false
 }
 
 /// Whether the local store holds all of blob `hash`.
@@ -403,10 +398,14 @@ async fn download(
             let (cas, owner) = (shared.node.cas().clone(), store.id());
             tasks.spawn(async move {
                 let _held = cas.hold().await;
+                // A read or another fetch may have brought it meanwhile: it still needs
+                // this store's claim, but it did not come now.
+                let came = !is_local(&cas, Hash(*hash.as_bytes())).await;
                 let got = match downloader.download(hash, providers).await {
                     Ok(()) => cas
                         .claim(owner, &[Hash(*hash.as_bytes())])
                         .await
+                        .map(|()| came)
                         .map_err(|e| e.to_string()),
                     Err(e) => Err(format!("{e:#}")),
                 };
@@ -417,12 +416,13 @@ async fn download(
             break;
         };
         match joined {
-            Ok((hash, Ok(()))) => {
+            Ok((hash, Ok(true))) => {
                 let arrived = vec![Hash(*hash.as_bytes())];
                 let bytes = crate::net::progress::arrived(shared, store, arrived).await;
                 shared.fetched.fetch_add(bytes, Ordering::Relaxed);
                 done += 1;
             }
+            Ok((_, Ok(false))) => {}
             Ok((hash, Err(e))) => {
                 failed.get_or_insert_with(|| format!("blob {hash}: {e}"));
             }

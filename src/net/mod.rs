@@ -184,8 +184,7 @@ pub(crate) struct Shared {
     pub read_fetches: Mutex<std::collections::HashSet<iroh_blobs::Hash>>,
     /// Chunks rebuilt from patches instead of fetched whole, since start.
     pub patched: std::sync::atomic::AtomicU64,
-    /// Bytes of the blobs downloaded whole, since start (one found local by the
-    /// download counts too).
+    /// Bytes of the blobs downloaded whole, since start.
     pub fetched: std::sync::atomic::AtomicU64,
     /// Ids of acceptor-side conversations (sync streams served), unique per node.
     pub next_conv: std::sync::atomic::AtomicU64,
@@ -361,8 +360,12 @@ impl Net {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Bytes of the blobs downloaded whole (not patched) since start, counting those a
-    /// download found already local.
+    /// Fetches running now with content changes whose chunks a read patches too.
+    pub fn patches_due(&self) -> usize {
+        self.shared.due_patches.lock().running.len()
+    }
+
+    /// Bytes of the blobs downloaded whole (not patched), since start.
     pub fn fetched_bytes(&self) -> u64 {
         self.shared
             .fetched
