@@ -260,6 +260,23 @@ async fn on_demand_stores_fetch_content_on_first_read_and_pause_survives_a_resta
     a.stop().await;
 }
 
+/// Polls `done` every 200 µs on a blocking thread until it holds, failing after
+/// [`CONVERGE`]: for states that [`eventually`]'s 50 ms steps would miss.
+async fn soon(what: &'static str, done: impl Fn() -> bool + Send + 'static) {
+    tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + CONVERGE;
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    })
+    .await
+    .unwrap();
+}
+
 /// A 6 MiB file on A and B, then a one-byte edit of it on A; returns the peers, B's
 /// store, the edited bytes, their pieces and B's bytes fetched whole before the edit,
 /// once B's projection shows the edit.
@@ -301,24 +318,14 @@ async fn edited_on_a() -> (Peer, Peer, Store, Vec<u8>, Vec<Content>, u64) {
         .unwrap();
     let tb = team_b.clone();
     let shown = pieces.clone();
-    tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + CONVERGE;
-        while tb
-            .read(|s| {
-                let n = s.lookup(OpId::ROOT, "big.bin").ok()?;
-                s.content(n).ok()
-            })
-            .is_none_or(|c| c.pieces != shown)
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the edit never reached B"
-            );
-            std::thread::sleep(Duration::from_millis(1));
-        }
+    soon("the edit on B", move || {
+        tb.read(|s| {
+            let n = s.lookup(OpId::ROOT, "big.bin").ok()?;
+            s.content(n).ok()
+        })
+        .is_some_and(|c| c.pieces == shown)
     })
-    .await
-    .unwrap();
+    .await;
     (a, b, team_b, new, pieces, fetched)
 }
 
@@ -351,18 +358,10 @@ async fn a_read_racing_the_patch_of_an_edit_waits_for_it() {
     // B's fetch of the edit lists the change as it starts; a read asking for the chunk
     // before that still fetches it whole (see `DuePatches`).
     let net = b.net.clone();
-    tokio::task::spawn_blocking(move || {
-        let deadline = std::time::Instant::now() + CONVERGE;
-        while net.patches_due() == 0 && net.patched_chunks() == 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "B never fetched the edit"
-            );
-            std::thread::sleep(Duration::from_micros(200));
-        }
+    soon("B's fetch of the edit", move || {
+        net.patches_due() > 0 || net.patched_chunks() > 0
     })
-    .await
-    .unwrap();
+    .await;
     let got = read_file(&b.node, &team_b, "big.bin").expect("the edit on B");
     assert!(got == new);
     eventually("the changed chunk patched", || {
