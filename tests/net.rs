@@ -355,13 +355,8 @@ async fn a_small_edit_of_a_large_file_is_patched_not_fetched_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_read_racing_the_patch_of_an_edit_waits_for_it() {
     let (a, b, team_b, new, _, before) = edited_on_a().await;
-    // B's fetch of the edit lists the change as it starts; a read asking for the chunk
-    // before that still fetches it whole (see `DuePatches`).
-    let net = b.net.clone();
-    soon("B's fetch of the edit", move || {
-        net.patches_due() > 0 || net.patched_chunks() > 0
-    })
-    .await;
+    // Read as soon as B's projection shows the edit: the read's fetch waits for B's
+    // replica to list the change it saw, then patches the chunk.
     let got = read_file(&b.node, &team_b, "big.bin").expect("the edit on B");
     assert!(got == new);
     eventually("the changed chunk patched", || {

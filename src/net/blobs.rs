@@ -40,6 +40,9 @@ impl iroh::protocol::ProtocolHandler for BlobsHandler {
 const FETCH_IN_FLIGHT: usize = 8;
 /// Rounds of "what is missing → download it" per fetch (manifests, then chunks).
 const FETCH_ROUNDS: usize = 3;
+/// Longest a read's fetch waits for the replica's driver to act on the received
+/// changes it saw, before it fetches without knowing which are due a patch.
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most changed chunks one fetch tries to patch before fetching the rest whole.
 const MAX_PATCHES: usize = 64;
 
@@ -158,35 +161,47 @@ fn providers(shared: &Shared, store: &Store) -> Vec<iroh::EndpointId> {
 }
 
 /// A file's content change: its previous pieces and its new ones.
-type Change = (Vec<Content>, Vec<Content>);
+pub(crate) type Change = (Vec<Content>, Vec<Content>);
 
 /// Content changes whose fetch is running, with their stores: a read that needs a
-/// chunk one of them changed patches it as that fetch would, not fetch it whole. A
-/// change is listed once the replica's driver starts its fetch, a little after the
-/// projection shows it: a read asking for the chunk before that fetches it whole.
+/// chunk one of them changed patches it as that fetch would, not fetch it whole. The
+/// replica's driver lists a change as it starts its fetch, a little after the
+/// projection shows it, so a read first waits for the driver to catch up with what it
+/// saw (`ReplicaHandle::caught_up`).
 #[derive(Default)]
 pub(crate) struct DuePatches {
     next: u64,
-    pub(crate) running: Vec<(u64, StoreId, Arc<[Change]>)>,
+    running: Vec<(u64, StoreId, Arc<[Change]>)>,
 }
 
-/// Keeps one fetch's changes in [`DuePatches`] while it runs.
-struct Listed<'a> {
-    shared: &'a Shared,
+/// Keeps one fetch's changes in [`DuePatches`] until dropped.
+pub(crate) struct Listed {
+    shared: Arc<Shared>,
     id: u64,
 }
 
-impl<'a> Listed<'a> {
-    fn new(shared: &'a Shared, store: StoreId, changes: Arc<[Change]>) -> Self {
+impl Listed {
+    /// Lists `changes` of `store`, if there are any.
+    pub(crate) fn new(
+        shared: &Arc<Shared>,
+        store: StoreId,
+        changes: &Arc<[Change]>,
+    ) -> Option<Self> {
+        if changes.is_empty() {
+            return None;
+        }
         let mut due = shared.due_patches.lock();
         due.next += 1;
         let id = due.next;
-        due.running.push((id, store, changes));
-        Listed { shared, id }
+        due.running.push((id, store, changes.clone()));
+        Some(Listed {
+            shared: shared.clone(),
+            id,
+        })
     }
 }
 
-impl Drop for Listed<'_> {
+impl Drop for Listed {
     fn drop(&mut self) {
         let id = self.id;
         self.shared
@@ -204,13 +219,11 @@ pub(crate) async fn fetch_files(
     shared: &Arc<Shared>,
     store: &Store,
     files: Vec<FileId>,
-    changes: Vec<Change>,
+    changes: &[Change],
 ) -> Result<usize, NetError> {
-    let changes: Arc<[Change]> = changes.into();
-    let _listed = (!changes.is_empty()).then(|| Listed::new(shared, store.id(), changes.clone()));
     let st = store.clone();
     let pieces = blocking(move || st.blobs_of(Some(files))).await?;
-    fetch_pieces(shared, store, pieces, &changes).await
+    fetch_pieces(shared, store, pieces, changes).await
 }
 
 /// Fetches every blob any file of `store` references that is not local.
@@ -319,6 +332,10 @@ pub(crate) async fn fetch_request(shared: &Arc<Shared>, request: FetchRequest) {
     };
     if asked.is_empty() {
         return;
+    }
+    let replica = shared.replicas.lock().get(&request.store).cloned();
+    if let Some(replica) = replica {
+        replica.caught_up(store.received(), CATCH_UP_WAIT).await;
     }
     let due: Vec<Arc<[Change]>> = shared
         .due_patches

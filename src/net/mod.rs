@@ -360,11 +360,6 @@ impl Net {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Fetches running now with content changes whose chunks a read patches too.
-    pub fn patches_due(&self) -> usize {
-        self.shared.due_patches.lock().running.len()
-    }
-
     /// Bytes of the blobs downloaded whole (not patched), since start.
     pub fn fetched_bytes(&self) -> u64 {
         self.shared

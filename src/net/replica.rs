@@ -47,8 +47,9 @@ pub(crate) const GOSSIP_QUEUE: usize = 256;
 
 /// What the replica thread takes.
 enum Input {
-    /// An event for the replica.
-    Event(Event),
+    /// An event for the replica, with the store's [`Store::received`] count it brings
+    /// the driver up to once acted on.
+    Event(Event, Option<u64>),
     /// A received gossip message (counted against [`GOSSIP_QUEUE`]).
     Gossip(Event),
     /// Stop the thread.
@@ -82,11 +83,34 @@ struct Inner {
     next_ticket: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// The store's [`Store::received`] count whose events the driver has acted on (their
+    /// fetches started, their changes listed).
+    handled: AtomicU64,
+    /// Signalled when `handled` grows.
+    handled_grew: tokio::sync::Notify,
 }
 
 impl ReplicaHandle {
     fn event(&self, event: Event) {
-        let _ = self.inner.inputs.send(Input::Event(event));
+        let _ = self.inner.inputs.send(Input::Event(event, None));
+    }
+
+    /// Waits, at most `wait`, until the driver has acted on the store's events up to the
+    /// [`Store::received`] count `want`: every received change a reader has seen then
+    /// has its fetch started.
+    pub(crate) async fn caught_up(&self, want: u64, wait: Duration) {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let grew = self.inner.handled_grew.notified();
+            tokio::pin!(grew);
+            grew.as_mut().enable();
+            if self.inner.handled.load(Ordering::Acquire) >= want {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, grew).await.is_err() {
+                return;
+            }
+        }
     }
 
     /// Local intentions not yet confirmed sent.
@@ -195,9 +219,16 @@ pub(crate) fn spawn(shared: Weak<Shared>, store: Store, settings: Settings) -> R
             next_ticket: AtomicU64::new(1),
             tasks: Mutex::new(Vec::new()),
             thread: Mutex::new(None),
+            handled: AtomicU64::new(0),
+            handled_grew: tokio::sync::Notify::new(),
         }),
     };
     let events = store.subscribe();
+    // What came before the subscription was never this driver's to act on.
+    handle
+        .inner
+        .handled
+        .store(store.received(), Ordering::Release);
     let thread = {
         let (h, shared) = (Arc::downgrade(&handle.inner), shared.clone());
         std::thread::Builder::new()
@@ -219,7 +250,7 @@ fn run(
     store: Store,
     settings: Settings,
     mut inputs: mpsc::UnboundedReceiver<Input>,
-    actions: mpsc::UnboundedSender<Vec<Action>>,
+    actions: mpsc::UnboundedSender<(Vec<Action>, Option<u64>)>,
 ) {
     let secret = match shared.upgrade().map(|sh| sh.topic_secret(&store)) {
         Some(Ok(secret)) => secret,
@@ -233,21 +264,21 @@ fn run(
         return;
     };
     let (mut replica, first) = Replica::new(store.clone(), me, secret, mode(settings), now_ms());
-    if actions.send(first).is_err() {
+    if actions.send((first, None)).is_err() {
         return;
     }
     if let Some(sh) = shared.upgrade() {
         progress::count(&sh, &store, replica.pieces(None), true);
     }
     while let Some(input) = inputs.blocking_recv() {
-        let event = match input {
+        let (event, received) = match input {
             Input::Stop => return,
-            Input::Event(e) => e,
+            Input::Event(e, received) => (e, received),
             Input::Gossip(e) => {
                 if let Some(h) = handle.upgrade() {
                     h.gossip_waiting.fetch_sub(1, Ordering::Relaxed);
                 }
-                e
+                (e, None)
             }
         };
         let applied = match &event {
@@ -267,7 +298,7 @@ fn run(
         if let Some(h) = handle.upgrade() {
             h.unsent.store(replica.unsent(), Ordering::Relaxed);
         }
-        if !out.is_empty() && actions.send(out).is_err() {
+        if (!out.is_empty() || received.is_some()) && actions.send((out, received)).is_err() {
             return;
         }
     }
@@ -279,13 +310,18 @@ async fn forward_store_events(
     mut events: tokio::sync::broadcast::Receiver<StoreEvent>,
 ) {
     loop {
-        let event = match events.recv().await {
-            Ok(StoreEvent::Sealed(list)) => Event::Sealed(list),
-            Ok(StoreEvent::Applied { files, .. }) => Event::Applied(Some(files)),
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Event::Applied(None),
+        let (event, received) = match events.recv().await {
+            Ok(StoreEvent::Sealed(list)) => (Event::Sealed(list), None),
+            Ok(StoreEvent::Applied {
+                files, received, ..
+            }) => (Event::Applied(Some(files)), Some(received)),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                let received = handle.inner.store.received();
+                (Event::Applied(None), Some(received))
+            }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
-        handle.event(event);
+        let _ = handle.inner.inputs.send(Input::Event(event, received));
     }
 }
 
@@ -313,7 +349,7 @@ impl Drop for Exec {
 async fn execute(
     shared: Weak<Shared>,
     handle: ReplicaHandle,
-    mut actions: mpsc::UnboundedReceiver<Vec<Action>>,
+    mut actions: mpsc::UnboundedReceiver<(Vec<Action>, Option<u64>)>,
 ) {
     let mut x = Exec {
         shared,
@@ -322,12 +358,17 @@ async fn execute(
         gossip: None,
         timer: None,
     };
-    while let Some(list) = actions.recv().await {
+    while let Some((list, received)) = actions.recv().await {
         let Some(shared) = x.shared.upgrade() else {
             return;
         };
         for action in list {
             x.act(&shared, action).await;
+        }
+        if let Some(received) = received {
+            let inner = &x.handle.inner;
+            inner.handled.fetch_max(received, Ordering::Release);
+            inner.handled_grew.notify_waiters();
         }
     }
 }
@@ -409,12 +450,22 @@ impl Exec {
             }
             Action::Fetch(order) => {
                 let (sh, st, h) = (shared.clone(), store.clone(), self.handle.clone());
+                // Listed before this action counts as acted on (`caught_up`), so a read
+                // that saw the changes finds them.
+                let order = match order {
+                    FetchOrder::All => None,
+                    FetchOrder::Files { files, changes } => {
+                        let changes: Arc<[blobs::Change]> = changes.into();
+                        let listed = blobs::Listed::new(shared, store.id(), &changes);
+                        Some((files, changes, listed))
+                    }
+                };
                 tokio::spawn(async move {
-                    let all = order == FetchOrder::All;
+                    let all = order.is_none();
                     let result = match order {
-                        FetchOrder::All => blobs::fetch_all(&sh, &st).await,
-                        FetchOrder::Files { files, changes } => {
-                            blobs::fetch_files(&sh, &st, files, changes).await
+                        None => blobs::fetch_all(&sh, &st).await,
+                        Some((files, changes, _listed)) => {
+                            blobs::fetch_files(&sh, &st, files, &changes).await
                         }
                     };
                     match &result {

@@ -598,6 +598,7 @@ impl Actor {
                 intentions: effects.applied,
                 files: effects.touched,
                 dirs,
+                received: shared.state.received(),
             }));
         }
         let now = Instant::now();

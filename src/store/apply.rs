@@ -957,7 +957,7 @@ fn integrate(
     let touched: Vec<Option<FileId>> = match local {
         Some(touched) => touched.to_vec(),
         None => {
-            let mut st = cx.state.write();
+            let mut st = cx.state.write_received();
             i.ops
                 .iter()
                 .map(|op| {

@@ -271,6 +271,9 @@ pub enum StoreEvent {
         files: Vec<FileId>,
         /// Directories whose entries the applied ops changed (so their mtime and ctime).
         dirs: Vec<FileId>,
+        /// [`Store::received`] when this was sent: it counts every received intention
+        /// whose effect a reader could see before this event.
+        received: u64,
     },
 }
 
@@ -1004,6 +1007,7 @@ impl Store {
             intentions: 0,
             files: changed.files,
             dirs: changed.dirs,
+            received: self.handle.shared.state.received(),
         };
         drop(self.handle.shared.events.send(event));
     }
@@ -1011,6 +1015,13 @@ impl Store {
     /// Changes committed from now on; a receiver that falls behind gets `Lagged`.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<StoreEvent> {
         self.handle.shared.events.subscribe()
+    }
+
+    /// How many received intentions the projection has taken in: a reader that saw the
+    /// effect of one reads at least its count, and the [`StoreEvent::Applied`] that
+    /// announces it carries at least that count too.
+    pub fn received(&self) -> u64 {
+        self.handle.shared.state.received()
     }
 
     /// Intentions applied so far: it grows with every apply, so it also dates the

@@ -14,6 +14,9 @@ pub(crate) struct Projection {
     state: RwLock<FsState>,
     /// Bumped by every write access, under the write lock.
     version: AtomicU64,
+    /// Bumped by every write access that applies a received intention, under the write
+    /// lock (see [`Projection::received`]).
+    received: AtomicU64,
     /// The counts of the visible tree, with the version they were taken at.
     stats: Mutex<Option<(u64, FsStats)>>,
 }
@@ -24,6 +27,7 @@ impl Projection {
         Projection {
             state: RwLock::new(state),
             version: AtomicU64::new(0),
+            received: AtomicU64::new(0),
             stats: Mutex::new(None),
         }
     }
@@ -40,6 +44,20 @@ impl Projection {
         // cannot move until it lets go.
         self.version.fetch_add(1, Ordering::Relaxed);
         guard
+    }
+
+    /// Exclusive access to apply a received intention: also counted in
+    /// [`Projection::received`].
+    pub(crate) fn write_received(&self) -> RwLockWriteGuard<'_, FsState> {
+        let guard = self.write();
+        self.received.fetch_add(1, Ordering::Relaxed);
+        guard
+    }
+
+    /// Write accesses that applied received intentions so far. A reader that saw the
+    /// effect of one reads a count at least as high: it was raised under the write lock.
+    pub(crate) fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     /// Counts over the visible tree: kept from the last call unless the projection

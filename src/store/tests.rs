@@ -773,8 +773,11 @@ fn subscribers_see_sealed_bytes_and_applied_files_after_commit() {
             intentions,
             files,
             dirs,
+            received,
         } => {
             assert_eq!(intentions, 2, "genesis and the woken child");
+            assert_eq!(received, 2, "both were taken into the projection");
+            assert_eq!(b.received(), 2);
             assert!(!files.is_empty());
             assert_eq!(dirs, [OpId::ROOT], "the child created files in the root");
         }
@@ -783,6 +786,7 @@ fn subscribers_see_sealed_bytes_and_applied_files_after_commit() {
 
     let a = store_in(&tmp.path().join("a"));
     let mut events = a.subscribe();
+    let before = a.received();
     let file = a.write(|tx| Ok(tx.push(create("hello"))?)).unwrap();
     // The FUSE layer's writes are not announced: its kernel made them.
     a.write_unannounced(|tx| Ok(tx.push(create("quiet"))?))
@@ -795,7 +799,11 @@ fn subscribers_see_sealed_bytes_and_applied_files_after_commit() {
                 intentions,
                 files,
                 dirs,
-            } => applied.push((intentions, files, dirs)),
+                received,
+            } => {
+                assert_eq!(received, before, "local writes are not received ones");
+                applied.push((intentions, files, dirs))
+            }
             crate::store::StoreEvent::Sealed(sealed) => {
                 for bytes in sealed {
                     sealed_ops += Intention::decode(bytes).unwrap().ops.len();
