@@ -170,14 +170,13 @@ pub(crate) type Change = (Vec<Content>, Vec<Content>);
 /// saw (`ReplicaHandle::caught_up`).
 #[derive(Default)]
 pub(crate) struct DuePatches {
-    next: u64,
-    running: Vec<(u64, StoreId, Arc<[Change]>)>,
+    running: Vec<(StoreId, Arc<[Change]>)>,
 }
 
 /// Keeps one fetch's changes in [`DuePatches`] until dropped.
 pub(crate) struct Listed {
     shared: Arc<Shared>,
-    id: u64,
+    changes: Arc<[Change]>,
 }
 
 impl Listed {
@@ -190,25 +189,26 @@ impl Listed {
         if changes.is_empty() {
             return None;
         }
-        let mut due = shared.due_patches.lock();
-        due.next += 1;
-        let id = due.next;
-        due.running.push((id, store, changes.clone()));
+        let changes = changes.clone();
+        shared
+            .due_patches
+            .lock()
+            .running
+            .push((store, changes.clone()));
         Some(Listed {
             shared: shared.clone(),
-            id,
+            changes,
         })
     }
 }
 
 impl Drop for Listed {
     fn drop(&mut self) {
-        let id = self.id;
         self.shared
             .due_patches
             .lock()
             .running
-            .retain(|(listed, ..)| *listed != id);
+            .retain(|(_, listed)| !Arc::ptr_eq(listed, &self.changes));
     }
 }
 
@@ -342,8 +342,8 @@ pub(crate) async fn fetch_request(shared: &Arc<Shared>, request: FetchRequest) {
         .lock()
         .running
         .iter()
-        .filter(|(_, id, _)| *id == request.store)
-        .map(|(.., changes)| changes.clone())
+        .filter(|(id, _)| *id == request.store)
+        .map(|(_, changes)| changes.clone())
         .collect();
     let mut hashes = asked.clone();
     if !due.is_empty() {
@@ -433,13 +433,14 @@ async fn download(
             break;
         };
         match joined {
-            Ok((hash, Ok(true))) => {
+            Ok((hash, Ok(came))) => {
                 let arrived = vec![Hash(*hash.as_bytes())];
                 let bytes = crate::net::progress::arrived(shared, store, arrived).await;
-                shared.fetched.fetch_add(bytes, Ordering::Relaxed);
+                if came {
+                    shared.fetched.fetch_add(bytes, Ordering::Relaxed);
+                }
                 done += 1;
             }
-            Ok((_, Ok(false))) => {}
             Ok((hash, Err(e))) => {
                 failed.get_or_insert_with(|| format!("blob {hash}: {e}"));
             }
