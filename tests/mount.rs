@@ -805,6 +805,87 @@ fn rereads_after_rewrites_truncates_and_appends_never_show_stale_pages() {
     }
 }
 
+/// How many of the pages of open file `f` the kernel holds in its page cache, and of how many.
+fn cached_pages(f: &File) -> (usize, usize) {
+    use std::os::fd::AsRawFd;
+    let len = f.metadata().unwrap().len() as usize;
+    let mut resident = vec![0u8; len.div_ceil(4096)];
+    // SAFETY: a read-only shared mapping of `len` bytes of an open file, unmapped below;
+    // `mincore` writes one byte per page of it into `resident`, which has that many.
+    let rc = unsafe {
+        let addr = libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            f.as_raw_fd(),
+            0,
+        );
+        assert_ne!(addr, libc::MAP_FAILED, "mmap failed");
+        let rc = libc::mincore(addr, len, resident.as_mut_ptr());
+        libc::munmap(addr, len);
+        rc
+    };
+    assert_eq!(rc, 0, "mincore failed");
+    (
+        resident.iter().filter(|&&b| b & 1 == 1).count(),
+        resident.len(),
+    )
+}
+
+#[test]
+fn opening_a_file_again_while_it_is_read_keeps_its_cached_pages() {
+    let Some(d) = daemon_with_store("pages") else {
+        return;
+    };
+    let p = d.path("pages/f");
+    let want = random_bytes(8 << 20, 21);
+    // Written by appends, after which nothing records what the kernel may cache: the
+    // first open starts from an empty cache.
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&p)
+        .unwrap()
+        .write_all(&want)
+        .unwrap();
+    let mut first = File::open(&p).unwrap();
+    let mut got = Vec::new();
+    first.read_to_end(&mut got).unwrap();
+    assert!(got == want);
+    let (cached, pages) = cached_pages(&first);
+    assert_eq!(
+        cached, pages,
+        "a whole read leaves the file in the page cache"
+    );
+    let mut second = File::open(&p).unwrap();
+    assert_eq!(
+        cached_pages(&first),
+        (pages, pages),
+        "a second open of unchanged content dropped the page cache"
+    );
+    got.clear();
+    second.read_to_end(&mut got).unwrap();
+    assert!(got == want);
+    // A change through another handle still shows through both, and a new open still
+    // sees the committed bytes.
+    let patch = random_bytes(4096, 22);
+    OpenOptions::new()
+        .write(true)
+        .open(&p)
+        .unwrap()
+        .write_all_at(&patch, 4 << 20)
+        .unwrap();
+    let mut changed = want;
+    changed[4 << 20..(4 << 20) + 4096].copy_from_slice(&patch);
+    let mut at = vec![0u8; 4096];
+    for f in [&first, &second, &File::open(&p).unwrap()] {
+        f.read_exact_at(&mut at, 4 << 20).unwrap();
+        assert!(at == patch, "a handle reads stale bytes after a write");
+    }
+    assert!(fs::read(&p).unwrap() == changed);
+}
+
 // Local exposure: what other members write, and what lies in the data dir, is no way in
 // for another user of this machine.
 

@@ -77,7 +77,8 @@ pub(crate) struct LatticeFs {
     stores: RwLock<HashMap<StoreId, Store>>,
     open_files: Mutex<HashMap<(StoreId, FileId), SharedFile>>,
     /// Per file, the committed content the kernel's page cache is known to hold (a
-    /// prefix of): set when the last handle closes, so a later open may keep the cache.
+    /// prefix of): set when an open empties the cache and when the last handle closes,
+    /// so a later open may keep the cache.
     kernel_cache: Mutex<HashMap<(StoreId, FileId), Vec<Content>>>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
@@ -452,13 +453,14 @@ impl LatticeFs {
         // file straight from the writer's buffer, without first being copied into pages
         // that nobody reads through it (the kernel drops cached pages a direct write
         // overlaps, so other handles' reads stay coherent).
-        let fopen = if acc == libc::O_WRONLY {
+        let mut fopen = if acc == libc::O_WRONLY {
             FopenFlags::FOPEN_DIRECT_IO
-        } else if self.kernel_cache_valid(key) {
-            FopenFlags::FOPEN_KEEP_CACHE
         } else {
             FopenFlags::empty()
         };
+        if self.keep_kernel_cache(key) {
+            fopen |= FopenFlags::FOPEN_KEEP_CACHE;
+        }
         let fh = self.new_handle(Handle::File(FileRef {
             open: self.open_file(key),
             key,
@@ -470,7 +472,9 @@ impl LatticeFs {
 
     /// Whether the kernel may keep its page cache for `key` at open: no appends are
     /// pending on it and its committed content is what the cache was last filled with.
-    fn kernel_cache_valid(&self, key: Key) -> bool {
+    /// An open that may not keep it empties it, so the cache is filled from the content
+    /// committed now: that is recorded for the opens that follow.
+    fn keep_kernel_cache(&self, key: Key) -> bool {
         let Key::File(sid, file) = key else {
             return false;
         };
@@ -478,14 +482,20 @@ impl LatticeFs {
         if open.is_some_and(|o| o.lock().appended) {
             return false;
         }
-        let Some(cached) = self.kernel_cache.lock().get(&(sid, file)).cloned() else {
-            return false;
-        };
         let node = Node::Entry { entry: file, file };
-        self.store(sid)
+        let Some(view) = self
+            .store(sid)
             .ok()
             .and_then(|s| s.read(|st| st.content(node)).ok())
-            .is_some_and(|view| view.pieces == cached)
+        else {
+            return false;
+        };
+        let mut cache = self.kernel_cache.lock();
+        if cache.get(&(sid, file)) == Some(&view.pieces) {
+            return true;
+        }
+        cache.insert((sid, file), view.pieces);
+        false
     }
 
     fn file_handle(&self, fh: FileHandle) -> Result<FileRef> {
