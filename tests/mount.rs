@@ -886,6 +886,50 @@ fn opening_a_file_again_while_it_is_read_keeps_its_cached_pages() {
     assert!(fs::read(&p).unwrap() == changed);
 }
 
+#[test]
+fn closing_a_reader_commits_nothing_of_a_writer_still_open() {
+    use std::process::Stdio;
+    let Some(d) = daemon_with_store("commits") else {
+        return;
+    };
+    let p = d.path("commits/f");
+    fs::write(&p, b"first").unwrap();
+    let writes = || {
+        let out = d.run(&["history", p.to_str().unwrap()]);
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(" write "))
+            .count()
+    };
+    assert_eq!(writes(), 1);
+    // The writer is another process, writing through its only descriptor of the file
+    // (every close of one commits, a dup's included, and a process this test forks
+    // closes its copies of the test's descriptors when it execs).
+    let mut writer = Command::new("sh")
+        .arg("-c")
+        .arg("exec 1<>\"$1\"; printf second; read _ || true")
+        .arg("sh")
+        .arg(&p)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Readers see the writer's bytes, and their closes are no commit of them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while fs::read(&p).unwrap() != b"second" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the write never showed"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(writes(), 1, "a reader's close committed the writer's bytes");
+    drop(writer.stdin.take());
+    assert!(writer.wait().unwrap().success());
+    assert_eq!(writes(), 2, "the writer's close commits its bytes");
+    assert_eq!(fs::read(&p).unwrap(), b"second");
+}
+
 // Local exposure: what other members write, and what lies in the data dir, is no way in
 // for another user of this machine.
 

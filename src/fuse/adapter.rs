@@ -452,11 +452,13 @@ impl LatticeFs {
         // A handle that only writes bypasses the page cache: its writes reach the staging
         // file straight from the writer's buffer, without first being copied into pages
         // that nobody reads through it (the kernel drops cached pages a direct write
-        // overlaps, so other handles' reads stay coherent).
-        let mut fopen = if acc == libc::O_WRONLY {
-            FopenFlags::FOPEN_DIRECT_IO
-        } else {
-            FopenFlags::empty()
+        // overlaps, so other handles' reads stay coherent). A handle that only reads
+        // has nothing to commit when it is closed (unless it truncated the file), so the
+        // kernel skips its flush.
+        let mut fopen = match acc {
+            libc::O_WRONLY => FopenFlags::FOPEN_DIRECT_IO,
+            libc::O_RDONLY if flags & libc::O_TRUNC == 0 => FopenFlags::FOPEN_NOFLUSH,
+            _ => FopenFlags::empty(),
         };
         if self.keep_kernel_cache(key) {
             fopen |= FopenFlags::FOPEN_KEEP_CACHE;
@@ -588,12 +590,23 @@ impl LatticeFs {
         let Some(Handle::File(FileRef {
             open: Some(open),
             key: Key::File(sid, file),
+            write,
             ..
         })) = handle
         else {
             return Ok(());
         };
-        let result = open.lock().commit(self.node.cas(), false);
+        // A handle commits the writes when it can write, or when it is the last (a
+        // writer's failed commit is retried): a reader's close publishes nothing of a
+        // writer still at work.
+        let result = {
+            let mut o = open.lock();
+            if write || o.handles == 1 {
+                o.commit(self.node.cas(), false)
+            } else {
+                Ok(())
+            }
+        };
         self.inodes.suspect_copies(sid, file);
         let mut map = self.open_files.lock();
         let mut o = open.lock();
