@@ -140,10 +140,11 @@ impl Identity {
 
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
-    use fmt::Write;
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
+    for &b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 0xf)]));
     }
     s
 }
@@ -216,6 +217,7 @@ mod tests {
 
     #[test]
     fn hex_round_trips() {
+        assert_eq!(hex(&[0, 1, 0x5a, 254, 255]), "00015afeff");
         assert_eq!(
             unhex(&hex(&[0, 1, 254, 255])).unwrap(),
             vec![0, 1, 254, 255]
