@@ -460,7 +460,7 @@ impl LatticeFs {
             libc::O_RDONLY if flags & libc::O_TRUNC == 0 => FopenFlags::FOPEN_NOFLUSH,
             _ => FopenFlags::empty(),
         };
-        if self.keep_kernel_cache(key) {
+        if self.keep_kernel_cache(key, acc != libc::O_WRONLY) {
             fopen |= FopenFlags::FOPEN_KEEP_CACHE;
         }
         let fh = self.new_handle(Handle::File(FileRef {
@@ -475,13 +475,16 @@ impl LatticeFs {
     /// Whether the kernel may keep its page cache for `key` at open: no appends are
     /// pending on it and its committed content is what the cache was last filled with.
     /// An open that may not keep it empties it, so the cache is filled from the content
-    /// committed now: that is recorded for the opens that follow.
-    fn keep_kernel_cache(&self, key: Key) -> bool {
+    /// committed now: that is recorded for the opens that follow, when this one `reads`
+    /// (a write-only open, a create's among them, neither needs nor fills the cache).
+    fn keep_kernel_cache(&self, key: Key, reads: bool) -> bool {
         let Key::File(sid, file) = key else {
             return false;
         };
         let open = self.open_files.lock().get(&(sid, file)).cloned();
-        if open.is_some_and(|o| o.lock().appended) {
+        if open.is_some_and(|o| o.lock().appended)
+            || !(reads || self.kernel_cache.lock().contains_key(&(sid, file)))
+        {
             return false;
         }
         let node = Node::Entry { entry: file, file };
