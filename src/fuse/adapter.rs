@@ -453,11 +453,11 @@ impl LatticeFs {
         // file straight from the writer's buffer, without first being copied into pages
         // that nobody reads through it (the kernel drops cached pages a direct write
         // overlaps, so other handles' reads stay coherent). A handle that only reads
-        // has nothing to commit when it is closed (unless it truncated the file), so the
-        // kernel skips its flush.
+        // has nothing to commit when it is closed (the kernel truncates for `O_TRUNC`
+        // with a `setattr`, which commits), so the kernel skips its flush.
         let mut fopen = match acc {
             libc::O_WRONLY => FopenFlags::FOPEN_DIRECT_IO,
-            libc::O_RDONLY if flags & libc::O_TRUNC == 0 => FopenFlags::FOPEN_NOFLUSH,
+            libc::O_RDONLY => FopenFlags::FOPEN_NOFLUSH,
             _ => FopenFlags::empty(),
         };
         if self.keep_kernel_cache(key, acc != libc::O_WRONLY) {
