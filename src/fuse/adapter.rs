@@ -482,9 +482,10 @@ impl LatticeFs {
             return false;
         };
         let open = self.open_files.lock().get(&(sid, file)).cloned();
-        if open.is_some_and(|o| o.lock().appended)
-            || !(reads || self.kernel_cache.lock().contains_key(&(sid, file)))
-        {
+        if open.is_some_and(|o| o.lock().appended) {
+            return false;
+        }
+        if !reads && !self.kernel_cache.lock().contains_key(&(sid, file)) {
             return false;
         }
         let node = Node::Entry { entry: file, file };

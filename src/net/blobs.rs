@@ -288,7 +288,7 @@ async fn patch_one(
         let _turn = turn.lock().await;
         let online = providers.iter().filter(|k| shared.peers.state(k).online);
         for peer in online {
-            if patched || is_local(shared.node.cas(), chunk).await {
+            if is_local(shared.node.cas(), chunk).await {
                 break;
             }
             match crate::net::client::patch_chunk(shared, store, *peer, chunk, base, len).await {
@@ -296,6 +296,7 @@ async fn patch_one(
                     shared.patched.fetch_add(1, Ordering::Relaxed);
                     crate::net::progress::arrived(shared, store, vec![chunk]).await;
                     patched = true;
+                    break;
                 }
                 Err(e) => {
                     tracing::debug!(peer = %peer.short(), "patch of chunk {chunk:?} failed: {e}")
