@@ -30,6 +30,10 @@ pub enum Command {
         /// Let other users access the mount (needs user_allow_other in /etc/fuse.conf)
         #[arg(long)]
         allow_other: bool,
+        /// Serve every read and write through the daemon, even where the kernel could
+        /// read and write a local-only file directly (FUSE passthrough, as root)
+        #[arg(long)]
+        no_passthrough: bool,
         /// Relay servers: default, disabled (direct addresses only) or a relay URL
         #[arg(long, default_value = "default", value_name = "default|disabled|URL")]
         relay: lattice_mount::Relay,

@@ -56,6 +56,8 @@ pub struct UpOptions {
     pub display_name: Option<String>,
     /// Let other users access the mount.
     pub allow_other: bool,
+    /// Pass open files through to their backing files where the kernel allows it.
+    pub passthrough: bool,
     /// Network endpoint setup.
     pub net: NetConfig,
     /// The cache budget.
@@ -102,7 +104,11 @@ pub fn up(opts: UpOptions) -> Result<(), CliError> {
         opts.cache,
     )
     .with_context(|| format!("cannot open the node in {}", data_dir.display()))?;
-    let guard = match lattice_mount::mount(node.clone(), &mountpoint, opts.allow_other) {
+    let mount_opts = lattice_mount::MountOptions {
+        allow_other: opts.allow_other,
+        passthrough: opts.passthrough,
+    };
+    let guard = match lattice_mount::mount(node.clone(), &mountpoint, mount_opts) {
         Ok(guard) => guard,
         Err(e) => {
             if let Err(e) = node.shutdown() {
@@ -159,6 +165,7 @@ pub fn up(opts: UpOptions) -> Result<(), CliError> {
         node: node.clone(),
         net: net.clone(),
         mountpoint: mountpoint.clone(),
+        passthrough: guard.passthrough(),
         rt: rt.handle().clone(),
         web_url: web.as_ref().map(|w| w.url()),
     });
@@ -448,6 +455,8 @@ struct Ctx {
     node: Node,
     net: Net,
     mountpoint: PathBuf,
+    /// The mount's passthrough mode.
+    passthrough: lattice_mount::PassthroughMode,
     rt: tokio::runtime::Handle,
     /// The status page's address with its token, when `up --web` serves one.
     web_url: Option<String>,
@@ -675,7 +684,7 @@ fn handle(ctx: &Ctx, request: Request) -> Response {
     let kind = match request.kind {
         None => return error_response("empty or unknown request".into()),
         Some(request::Kind::Status(_)) => {
-            let mut status = report::status(&ctx.node, &ctx.mountpoint);
+            let mut status = report::status(&ctx.node, &ctx.mountpoint, ctx.passthrough.get());
             for s in &mut status.stores {
                 let Some(store) = ctx
                     .node
@@ -1036,6 +1045,7 @@ mod tests {
             node: node.clone(),
             net: net.clone(),
             mountpoint: PathBuf::from("/mnt/lattice"),
+            passthrough: lattice_mount::PassthroughMode::new(lattice_mount::Passthrough::Disabled),
             rt: rt.handle().clone(),
             web_url: None,
         });

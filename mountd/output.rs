@@ -18,6 +18,9 @@ pub fn status_human(s: &StatusResponse) -> String {
     let _ = writeln!(out, "data dir    {}", printable(&s.data_dir));
     let _ = writeln!(out, "mountpoint  {}", printable(&s.mountpoint));
     let _ = writeln!(out, "blobs       {} ({} bytes)", s.blobs, s.blob_bytes);
+    if !s.passthrough.is_empty() {
+        let _ = writeln!(out, "passthrough {}", s.passthrough);
+    }
     for u in &s.unreadable {
         let _ = writeln!(
             out,
@@ -588,11 +591,12 @@ pub fn status_json(s: &StatusResponse) -> String {
         .collect();
     format!(
         "{{\"node_id\":{},\"display_name\":{},\"data_dir\":{},\"mountpoint\":{},\
-         \"blobs\":{},\"blob_bytes\":{},\"stores\":[{}],\"unreadable\":[{}]}}",
+         \"passthrough\":{},\"blobs\":{},\"blob_bytes\":{},\"stores\":[{}],\"unreadable\":[{}]}}",
         json_string(&s.node_id),
         json_string(&s.display_name),
         json_string(&s.data_dir),
         json_string(&s.mountpoint),
+        json_string(&s.passthrough),
         s.blobs,
         s.blob_bytes,
         stores.join(","),

@@ -11,8 +11,8 @@ use lattice_mount::proto::control::{
 };
 use lattice_mount::{
     signed_parts, signing_message, store_name, Authority, Blocker, Content, Hash, HistoryOp,
-    Holdback, Keep, Kind, Node, NodeError, OpBody, Pick, Role, Setting, Standing, Version,
-    VersionOp, VersionState,
+    Holdback, Keep, Kind, Node, NodeError, OpBody, Passthrough, Pick, Role, Setting, Standing,
+    Version, VersionOp, VersionState,
 };
 
 /// Where a store's stability frontier stands, and who holds it back.
@@ -35,8 +35,9 @@ fn frontier_status(s: &Standing) -> FrontierStatus {
     }
 }
 
-/// The node's status with `mountpoint`; per-store network fields are left to the caller.
-pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
+/// The node's status with `mountpoint` and its `passthrough` mode; per-store network
+/// fields are left to the caller.
+pub fn status(node: &Node, mountpoint: &Path, passthrough: Passthrough) -> StatusResponse {
     let stores = node
         .stores()
         .iter()
@@ -93,6 +94,7 @@ pub fn status(node: &Node, mountpoint: &Path) -> StatusResponse {
         display_name: node.display_name().to_string(),
         data_dir: node.data_dir().display().to_string(),
         mountpoint: mountpoint.display().to_string(),
+        passthrough: passthrough.describe().into(),
         stores,
         blobs,
         blob_bytes,
@@ -490,7 +492,7 @@ mod tests {
         let (_rt, node) = open(tmp.path());
         node.create_store("photos").unwrap();
         let docs = node.create_store("docs").unwrap().id();
-        let status = status(&node, Path::new("/mnt/lattice"));
+        let status = status(&node, Path::new("/mnt/lattice"), Passthrough::Disabled);
         assert_eq!(status.node_id, node.identity().public().to_hex());
         assert_eq!(status.display_name, "laptop");
         assert_eq!(status.mountpoint, "/mnt/lattice");
@@ -511,7 +513,7 @@ mod tests {
         drop(node);
         std::fs::write(dir.join(lattice_mount::DB_FILE), b"not a redb file").unwrap();
         let (_rt2, node) = open(tmp.path());
-        let status = status(&node, Path::new("/mnt/lattice"));
+        let status = status(&node, Path::new("/mnt/lattice"), Passthrough::Disabled);
         assert!(status.stores.is_empty());
         assert_eq!(status.unreadable.len(), 1);
         assert_eq!(status.unreadable[0].dir, dir.display().to_string());

@@ -39,7 +39,7 @@ pub use fs::{
     Attr, ContentView, FsError, FsState, FsStats, InviteInfo, InviteStatus, MemberInfo,
     Node as FsNode, Purged, RenameFlags, SNAPSHOTS_DIR,
 };
-pub use fuse::{mount, FuseError, MountGuard};
+pub use fuse::{mount, FuseError, MountGuard, MountOptions, Passthrough, PassthroughMode};
 pub use hlc::{civil_from_days, now_ms, Clock, Hlc};
 pub use identity::{hex, unhex, Identity, IdentityError, PublicKey};
 pub use ids::{FileId, Hash, OpId, StoreId};

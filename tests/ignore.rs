@@ -274,3 +274,148 @@ fn a_malformed_latticeignore_line_is_reported_and_the_others_apply() {
     );
     a.assert_mounted();
 }
+
+/// One node with store `team` whose `build/` is local-only, started with `up_args`;
+/// `None` where FUSE tests cannot run.
+fn single_with_local_build(up_args: &[&str]) -> Option<Daemon> {
+    if !fuse_available() {
+        return None;
+    }
+    let d = Daemon::start_with("solo", up_args);
+    ok(d.run(&["create", "team"]));
+    d.assert_mounted();
+    std::fs::write(d.path("team/.latticeignore"), "build/\n").unwrap();
+    std::fs::create_dir(d.path("team/build")).unwrap();
+    Some(d)
+}
+
+/// The real file behind the local-only `team/build/NAME` in `d`'s data dir.
+fn backing_of(d: &Daemon, name: &str) -> std::path::PathBuf {
+    let stores = d.data.join("stores");
+    for store in std::fs::read_dir(&stores).unwrap() {
+        let local = store.unwrap().path().join("local");
+        for anchor in std::fs::read_dir(&local).into_iter().flatten() {
+            let p = anchor.unwrap().path().join("build").join(name);
+            if p.exists() {
+                return p;
+            }
+        }
+    }
+    panic!(
+        "no backing file for build/{name} under {}",
+        stores.display()
+    );
+}
+
+/// The `passthrough` line of `d`'s status.
+fn passthrough_line(d: &Daemon) -> String {
+    let status = ok(d.run(&["status"]));
+    let line = status.lines().find(|l| l.starts_with("passthrough "));
+    line.unwrap_or_else(|| panic!("no passthrough line in {status}"))
+        .to_string()
+}
+
+/// Whether the running kernel is older than FUSE passthrough (Linux 6.9).
+fn kernel_predates_passthrough() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut v = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|n| n.parse::<u32>());
+    let (major, minor) = (v.next(), v.next());
+    matches!((major, minor), (Some(Ok(a)), Some(Ok(b))) if (a, b) < (6, 9))
+}
+
+/// Writes, appends to, truncates and reads back `team/build/out.bin` through the mount
+/// with a second handle open on it at once, and checks every read against the bytes
+/// the real file holds.
+fn local_file_reads_back_exactly(d: &Daemon) {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::FileExt;
+    let path = d.path("team/build/out.bin");
+    let mut w = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    w.write_all(&[b'a'; 8192]).unwrap();
+    let reader = std::fs::File::open(&path).expect("a second open of a file already open");
+    let mut got = [0u8; 8192];
+    reader.read_exact_at(&mut got, 0).unwrap();
+    assert_eq!(got, [b'a'; 8192]);
+    let mut appender = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    appender.write_all(b"tail").unwrap();
+    drop(appender);
+    w.set_len(8190).unwrap();
+    drop(w);
+    let mut all = Vec::new();
+    reader.try_clone().unwrap().read_to_end(&mut all).unwrap();
+    assert_eq!(
+        all, [b'a'; 8190],
+        "the truncate took the appended tail away"
+    );
+    drop(reader);
+    assert_eq!(std::fs::read(backing_of(d, "out.bin")).unwrap(), all);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 8190);
+    std::fs::write(&path, "again").unwrap();
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "again");
+}
+
+#[test]
+fn the_kernel_reads_and_writes_local_only_files_directly_where_it_may() {
+    use std::os::unix::fs::FileExt;
+    let Some(d) = single_with_local_build(&[]) else {
+        return;
+    };
+    local_file_reads_back_exactly(&d);
+    let line = passthrough_line(&d);
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(line.contains("CAP_SYS_ADMIN"), "{line}");
+        return;
+    }
+    if kernel_predates_passthrough() {
+        assert!(line.contains("no FUSE passthrough"), "{line}");
+        return;
+    }
+    assert!(line.starts_with("passthrough on:"), "{line}");
+    // A page the kernel wrote through its cache would still show the old bytes after
+    // the real file changed under it; a passed-through handle reads the real file.
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(d.path("team/build/out.bin"))
+        .unwrap();
+    f.write_all_at(&[b'a'; 4096], 0).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(backing_of(&d, "out.bin"))
+        .unwrap()
+        .write_all_at(&[b'b'; 4096], 0)
+        .unwrap();
+    let mut got = [0u8; 4096];
+    f.read_exact_at(&mut got, 0).unwrap();
+    assert_eq!(got, [b'b'; 4096], "the read went to the real file");
+}
+
+#[test]
+fn with_no_passthrough_local_only_files_are_served_by_the_daemon() {
+    let Some(d) = single_with_local_build(&["--no-passthrough"]) else {
+        return;
+    };
+    local_file_reads_back_exactly(&d);
+    let line = passthrough_line(&d);
+    assert!(
+        line.starts_with("passthrough off (--no-passthrough)"),
+        "{line}"
+    );
+    let json = ok(d.run(&["status", "--json"]));
+    assert!(
+        json.contains(r#""passthrough":"off (--no-passthrough)"#),
+        "{json}"
+    );
+}

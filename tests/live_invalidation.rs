@@ -121,7 +121,15 @@ fn mounted() -> Option<Mounted> {
     let (store, peer) = store_with_peer(&node);
     let mnt = tmp.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let guard = lattice_mount::mount(node.clone(), &mnt, false).unwrap();
+    let guard = lattice_mount::mount(
+        node.clone(),
+        &mnt,
+        lattice_mount::MountOptions {
+            allow_other: false,
+            passthrough: true,
+        },
+    )
+    .unwrap();
     assert!(is_lattice_mount(&mnt), "mount did not appear");
     Some(Mounted {
         tmp,

@@ -100,6 +100,8 @@ fn local() -> Result<()> {
     let mnt = base.path().join("lattice-mnt");
     let daemon = Daemon::start(&data, &mnt)?;
     fs::create_dir(mnt.join("bench")).context("creating a store in the mount")?;
+    // `measure` writes its local-only rows under `local/`, which this keeps off the store.
+    fs::write(mnt.join("bench").join(".latticeignore"), "local/\n")?;
     targets.push(("lattice", mnt.join("bench")));
 
     let mut rows = vec![
@@ -111,6 +113,18 @@ fn local() -> Result<()> {
         },
         Row {
             name: "seq read 1 GiB, cold",
+            unit: "MB/s",
+            higher_is_better: true,
+            values: vec![],
+        },
+        Row {
+            name: "seq write 1 GiB, local-only",
+            unit: "MB/s",
+            higher_is_better: true,
+            values: vec![],
+        },
+        Row {
+            name: "seq read 1 GiB, cold, local-only",
             unit: "MB/s",
             higher_is_better: true,
             values: vec![],
@@ -153,6 +167,7 @@ fn local() -> Result<()> {
             row.values.push(Some(v));
         }
     }
+    let passthrough = daemon.passthrough();
     drop(daemon);
     drop(bindfs_mounts);
 
@@ -183,6 +198,7 @@ fn local() -> Result<()> {
         println!();
     }
     println!("\n(ratio > 1 means lattice is faster; for ls -l the ratio is reference time / lattice time)");
+    println!("lattice's local-only rows ran with passthrough {passthrough}");
     Ok(())
 }
 
@@ -193,42 +209,7 @@ fn secs(t: Instant) -> f64 {
 /// Runs every workload in `dir`; returns the row values in order.
 fn measure(dir: &Path) -> Result<Vec<f64>> {
     let big = dir.join("big.bin");
-    let mut block = vec![0u8; SEQ_BLOCK];
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    for chunk in block.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    let t = Instant::now();
-    let mut f = File::create(&big)?;
-    for i in 0..SEQ_BYTES / SEQ_BLOCK as u64 {
-        // Vary each block so content-addressed storage cannot deduplicate the file away.
-        block[..8].copy_from_slice(&i.to_le_bytes());
-        f.write_all(&block)?;
-    }
-    drop(f);
-    let write = SEQ_BYTES as f64 / 1e6 / secs(t);
-
-    // Cold read: drop the kernel's page cache first (root only; tmpfs keeps its pages,
-    // FUSE mounts lose theirs), so the mount's own read path is what is measured.
-    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
-    let t = Instant::now();
-    let mut f = File::open(&big)?;
-    let mut total = 0u64;
-    loop {
-        let n = f.read(&mut block)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
-    }
-    if total != SEQ_BYTES {
-        bail!("read {total} bytes, expected {SEQ_BYTES}");
-    }
-    let read = SEQ_BYTES as f64 / 1e6 / secs(t);
-
+    let (write, read, f) = write_and_read(&big)?;
     let mut buf = [0u8; 4096];
     let blocks = SEQ_BYTES / 4096;
     let t = Instant::now();
@@ -239,6 +220,12 @@ fn measure(dir: &Path) -> Result<Vec<f64>> {
     let random = RANDOM_READS as f64 / secs(t);
     drop(f);
     fs::remove_file(&big)?;
+
+    // Under `local/`, which the lattice store's ignore rules keep on this node.
+    let local = dir.join("local");
+    fs::create_dir(&local)?;
+    let (local_write, local_read, _) = write_and_read(&local.join("big.bin"))?;
+    fs::remove_dir_all(&local)?;
 
     let many = dir.join("many");
     fs::create_dir(&many)?;
@@ -270,7 +257,64 @@ fn measure(dir: &Path) -> Result<Vec<f64>> {
     }
     let unlink = FILES as f64 / secs(t);
     fs::remove_dir(&many)?;
-    Ok(vec![write, read, random, create, stat, ls_ms, unlink])
+    Ok(vec![
+        write,
+        read,
+        local_write,
+        local_read,
+        random,
+        create,
+        stat,
+        ls_ms,
+        unlink,
+    ])
+}
+
+/// Writes `SEQ_BYTES` to a new file at `path`, then reads it whole after dropping the
+/// kernel's page cache; both rates in MB/s, and the file, open.
+fn write_and_read(path: &Path) -> Result<(f64, f64, File)> {
+    let mut block = vec![0u8; SEQ_BLOCK];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for chunk in block.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let t = Instant::now();
+    let mut f = File::create(path)?;
+    for i in 0..SEQ_BYTES / SEQ_BLOCK as u64 {
+        // Vary each block so content-addressed storage cannot deduplicate the file away.
+        block[..8].copy_from_slice(&i.to_le_bytes());
+        f.write_all(&block)?;
+    }
+    drop(f);
+    let write = SEQ_BYTES as f64 / 1e6 / secs(t);
+
+    // Cold read: drop the kernel's page cache first (root only; tmpfs keeps its pages,
+    // FUSE mounts lose theirs), so the mount's own read path is what is measured.
+    let _ = fs::write("/proc/sys/vm/drop_caches", "3");
+    let t = Instant::now();
+    let mut f = File::open(path)?;
+    let mut total = 0u64;
+    loop {
+        let n = f.read(&mut block)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    if total != SEQ_BYTES {
+        bail!("read {total} bytes, expected {SEQ_BYTES}");
+    }
+    Ok((write, SEQ_BYTES as f64 / 1e6 / secs(t), f))
+}
+
+/// The `lattice-mount` binary beside this one.
+fn lattice_exe() -> PathBuf {
+    std::env::current_exe()
+        .map(|e| e.with_file_name("lattice-mount"))
+        .unwrap_or_default()
 }
 
 struct Unmount(PathBuf);
@@ -288,8 +332,25 @@ struct Daemon {
 }
 
 impl Daemon {
+    /// The daemon's passthrough mode, as its `status` says it.
+    fn passthrough(&self) -> String {
+        let exe = lattice_exe();
+        let status = Command::new(exe)
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("status")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("passthrough "))
+            .unwrap_or("unknown (status gave no passthrough line)")
+            .to_string()
+    }
+
     fn start(data: &Path, mnt: &Path) -> Result<Daemon> {
-        let exe = std::env::current_exe()?.with_file_name("lattice-mount");
+        let exe = lattice_exe();
         let child = Command::new(&exe)
             .arg("--data-dir")
             .arg(data)
@@ -318,9 +379,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let exe = std::env::current_exe()
-            .map(|e| e.with_file_name("lattice-mount"))
-            .unwrap_or_default();
+        let exe = lattice_exe();
         let _ = Command::new(exe)
             .arg("--data-dir")
             .arg(&self.data)

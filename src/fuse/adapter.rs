@@ -10,10 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fuser::{
-    AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
-    INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate,
-    ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
+    Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
+    ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::{Mutex, RwLock};
 
@@ -29,6 +29,7 @@ use super::errno::{errno, Fail};
 use super::inodes::{Inodes, Key, MOUNT_ROOT};
 use super::local::{self, LocalPath, Locals};
 use super::open_file::{read_view, OpenFile};
+use super::passthrough::{Backings, Mode, Passthrough};
 
 mod local_side;
 mod snapshot_side;
@@ -36,6 +37,10 @@ mod snapshot_side;
 /// How long the kernel may cache attributes and entries: every change the kernel did
 /// not make itself is invalidated (`invalidate.rs`), so this only bounds a miss.
 const TTL: Duration = Duration::from_secs(60);
+
+/// Stacking depth of the filesystems a backing file may be on: 2 lets it be on an
+/// overlayfs (a container's root), and nothing then stacks on this mount.
+const PASSTHROUGH_STACK_DEPTH: u32 = 2;
 
 /// An open file's state, shared by all of its handles.
 type SharedFile = Arc<Mutex<OpenFile>>;
@@ -56,8 +61,8 @@ enum Handle {
     File(FileRef),
     /// A directory listing, taken at `opendir` so offsets stay stable.
     Dir(Vec<DirEntry>),
-    /// A local-only file, open.
-    Local(Arc<std::fs::File>),
+    /// A local-only file, open, and its inode.
+    Local(Arc<std::fs::File>, u64),
 }
 
 #[derive(Clone)]
@@ -74,6 +79,8 @@ pub(crate) struct LatticeFs {
     inodes: Arc<Inodes>,
     /// The local-only entries the kernel was given.
     locals: Locals,
+    /// How the open handles of local-only files were answered.
+    backings: Backings,
     stores: RwLock<HashMap<StoreId, Store>>,
     open_files: Mutex<HashMap<(StoreId, FileId), SharedFile>>,
     /// Per file, the committed content the kernel's page cache is known to hold (a
@@ -88,6 +95,9 @@ pub(crate) struct LatticeFs {
 }
 
 type Result<T> = std::result::Result<T, Fail>;
+
+/// An opened handle, how the kernel is to treat it, and its backing id if passed through.
+type Opened = (FileHandle, FopenFlags, Option<Arc<BackingId>>);
 
 fn to_time(ns: i64) -> SystemTime {
     if ns >= 0 {
@@ -145,7 +155,12 @@ fn reply_empty(reply: ReplyEmpty, r: Result<()>) {
 impl LatticeFs {
     /// A filesystem over `node`'s stores, staging writes under `staging`, numbering
     /// inodes in `inodes` (shared with the kernel cache invalidator).
-    pub(crate) fn new(node: LatticeNode, staging: PathBuf, inodes: Arc<Inodes>) -> Self {
+    pub(crate) fn new(
+        node: LatticeNode,
+        staging: PathBuf,
+        inodes: Arc<Inodes>,
+        passthrough: Mode,
+    ) -> Self {
         // SAFETY: getuid/getgid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         Self {
@@ -153,6 +168,7 @@ impl LatticeFs {
             staging,
             inodes,
             locals: Locals::default(),
+            backings: Backings::new(passthrough),
             stores: RwLock::new(HashMap::new()),
             open_files: Mutex::new(HashMap::new()),
             kernel_cache: Mutex::new(HashMap::new()),
@@ -426,7 +442,15 @@ impl LatticeFs {
         FileHandle(fh)
     }
 
-    fn open_handle(&self, key: Key, flags: i32) -> Result<(FileHandle, FopenFlags)> {
+    /// Opens inode `ino` (`key`) with open `flags`: the handle, how the kernel is to
+    /// treat it, and the backing id when it is passed through (`register` makes one).
+    fn open_handle(
+        &self,
+        ino: u64,
+        key: Key,
+        flags: i32,
+        register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
+    ) -> Result<Opened> {
         let acc = flags & libc::O_ACCMODE;
         let write = acc == libc::O_WRONLY || acc == libc::O_RDWR;
         if let Key::Local(id) = key {
@@ -436,10 +460,9 @@ impl LatticeFs {
                 .append(flags & libc::O_APPEND != 0)
                 .open(self.local(id)?.1)
                 .map_err(io_errno)?;
-            return Ok((
-                self.new_handle(Handle::Local(Arc::new(file))),
-                FopenFlags::empty(),
-            ));
+            let backing = self.backings.open(ino, &file, register);
+            let fh = self.new_handle(Handle::Local(Arc::new(file), ino));
+            return Ok((fh, FopenFlags::empty(), backing));
         }
         if write && matches!(key, Key::Conflict(..) | Key::Snap(..)) {
             return Err(Fail::Fs(FsError::ReadOnly));
@@ -469,7 +492,7 @@ impl LatticeFs {
             write,
             append: flags & libc::O_APPEND != 0,
         }));
-        Ok((fh, fopen))
+        Ok((fh, fopen, None))
     }
 
     /// Whether the kernel may keep its page cache for `key` at open: no appends are
@@ -591,6 +614,10 @@ impl LatticeFs {
 
     fn do_release(&self, fh: FileHandle) -> Result<()> {
         let handle = self.handles.lock().remove(&fh.0);
+        if let Some(Handle::Local(_, ino)) = handle {
+            self.backings.release(ino);
+            return Ok(());
+        }
         let Some(Handle::File(FileRef {
             open: Some(open),
             key: Key::File(sid, file),
@@ -1064,6 +1091,13 @@ impl Filesystem for LatticeFs {
         if let Err(missing) = config.add_capabilities(wanted) {
             tracing::info!("kernel lacks FUSE capabilities {missing:?}");
         }
+        if self.backings.mode.get() == Passthrough::On {
+            let granted = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(PASSTHROUGH_STACK_DEPTH).is_ok();
+            if !granted {
+                self.backings.mode.set(Passthrough::Unsupported);
+            }
+        }
         let _ = config.set_max_write(super::MAX_IO);
         let _ = config.set_max_readahead(super::MAX_IO);
         Ok(())
@@ -1268,10 +1302,11 @@ impl Filesystem for LatticeFs {
             if matches!(k, Key::MountRoot | Key::Snapshots(_)) {
                 return Err(Fail::Fs(FsError::IsDir));
             }
-            self.open_handle(k, flags.0)
+            self.open_handle(ino.0, k, flags.0, |f| reply.open_backing(f))
         });
         match r {
-            Ok((fh, keep)) => reply.opened(fh, keep),
+            Ok((fh, fopen, Some(id))) => reply.opened_passthrough(fh, fopen, &id),
+            Ok((fh, fopen, None)) => reply.opened(fh, fopen),
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -1508,9 +1543,15 @@ impl Filesystem for LatticeFs {
                 0,
                 Content::empty(),
             )
-            .and_then(|(key, attr)| Ok((self.open_handle(key, flags)?, attr)));
+            .and_then(|(key, attr)| {
+                let opened = self.open_handle(attr.ino.0, key, flags, |f| reply.open_backing(f))?;
+                Ok((opened, attr))
+            });
         match r {
-            Ok(((fh, keep), attr)) => reply.created(&TTL, &attr, Generation(0), fh, keep),
+            Ok(((fh, fopen, Some(id)), attr)) => {
+                reply.created_passthrough(&TTL, &attr, Generation(0), fh, fopen, &id)
+            }
+            Ok(((fh, fopen, None), attr)) => reply.created(&TTL, &attr, Generation(0), fh, fopen),
             Err(e) => reply.error(errno(e)),
         }
     }

@@ -12,6 +12,9 @@ mod inodes;
 mod invalidate;
 mod local;
 mod open_file;
+mod passthrough;
+
+pub use passthrough::{Mode as PassthroughMode, Passthrough};
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
@@ -48,9 +51,24 @@ pub struct MountGuard {
     session: Option<fuser::BackgroundSession>,
     /// Stopped before unmounting, while FUSE threads can still answer the kernel.
     invalidator: Option<invalidate::Invalidator>,
+    passthrough: passthrough::Mode,
+}
+
+/// How a mount serves the kernel.
+#[derive(Clone, Copy, Debug)]
+pub struct MountOptions {
+    /// Let other users reach the mount.
+    pub allow_other: bool,
+    /// Pass open files through to their backing files where the kernel allows it.
+    pub passthrough: bool,
 }
 
 impl MountGuard {
+    /// Whether open files are passed through to their backing files, as it changes.
+    pub fn passthrough(&self) -> PassthroughMode {
+        self.passthrough.clone()
+    }
+
     /// Unmounts and waits for the session's threads to finish.
     pub fn unmount(mut self) -> Result<(), FuseError> {
         self.invalidator.take();
@@ -93,8 +111,8 @@ fn config(allow_other: bool) -> fuser::Config {
     config
 }
 
-/// Mounts `node` at `mountpoint`; `allow_other` lets other users reach the mount.
-pub fn mount(node: Node, mountpoint: &Path, allow_other: bool) -> Result<MountGuard, FuseError> {
+/// Mounts `node` at `mountpoint`.
+pub fn mount(node: Node, mountpoint: &Path, opts: MountOptions) -> Result<MountGuard, FuseError> {
     let staging = node.data_dir().join("staging");
     let mount_err = |source| FuseError::Mount {
         path: mountpoint.display().to_string(),
@@ -107,9 +125,14 @@ pub fn mount(node: Node, mountpoint: &Path, allow_other: bool) -> Result<MountGu
         .mode(0o700)
         .create(&staging)
         .map_err(mount_err)?;
-    let config = config(allow_other);
+    let config = config(opts.allow_other);
     let inodes = Arc::new(inodes::Inodes::new(node.cache_budget().kernel_inodes()));
-    let fs = adapter::LatticeFs::new(node.clone(), staging, inodes.clone());
+    let passthrough = passthrough::Mode::new(if opts.passthrough {
+        Passthrough::On
+    } else {
+        Passthrough::Disabled
+    });
+    let fs = adapter::LatticeFs::new(node.clone(), staging, inodes.clone(), passthrough.clone());
     let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(mount_err)?;
     widen_readahead(mountpoint);
     let notifier = session.notifier();
@@ -117,6 +140,7 @@ pub fn mount(node: Node, mountpoint: &Path, allow_other: bool) -> Result<MountGu
     let mut guard = MountGuard {
         session: Some(session),
         invalidator: None,
+        passthrough,
     };
     guard.invalidator =
         Some(invalidate::Invalidator::start(node, inodes, notifier).map_err(mount_err)?);

@@ -79,7 +79,7 @@ impl LatticeFs {
 
     pub(super) fn local_handle(&self, fh: FileHandle) -> Option<Arc<std::fs::File>> {
         match self.handles.lock().get(&fh.0) {
-            Some(Handle::Local(f)) => Some(f.clone()),
+            Some(Handle::Local(f, _)) => Some(f.clone()),
             _ => None,
         }
     }
