@@ -157,9 +157,16 @@ impl Node {
                     let slot = slots.entry(store.id()).or_default();
                     slot.running = false;
                     slot.next = Some(Instant::now() + SPACE_GAP.max(took * SPACE_DUTY));
-                    if let Err(e) = measured {
-                        tracing::warn!("content space unavailable: {e}");
-                        slot.error = Some(e.to_string());
+                    match measured {
+                        // The node stopped while it measured: nothing is wrong.
+                        Err(e) if store.is_shut_down() => {
+                            tracing::debug!("content space not measured: {e}")
+                        }
+                        Err(e) => {
+                            tracing::warn!("content space unavailable: {e}");
+                            slot.error = Some(e.to_string());
+                        }
+                        Ok(_) => {}
                     }
                 });
             if let Err(e) = spawned {

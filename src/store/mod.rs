@@ -1090,6 +1090,11 @@ impl Store {
         self.handle.shutdown()
     }
 
+    /// Whether the store was shut down (its database is closed).
+    pub fn is_shut_down(&self) -> bool {
+        self.handle.shared.mailbox.lock().shutdown
+    }
+
     /// Replaces the wall clock the store reads (tests).
     #[cfg(test)]
     fn set_wall(&self, wall: actor::Wall) {
