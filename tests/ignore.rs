@@ -419,3 +419,43 @@ fn with_no_passthrough_local_only_files_are_served_by_the_daemon() {
         "{json}"
     );
 }
+
+#[test]
+fn a_file_renamed_across_the_boundary_while_open_opens_again_under_its_new_name() {
+    use std::io::{Read, Write};
+    let Some(d) = single_with_local_build(&[]) else {
+        return;
+    };
+    // Local to replicated while a handle (passed through, where the kernel may) is open.
+    let mut w = std::fs::File::create(d.path("team/build/report.tmp")).unwrap();
+    w.write_all(b"draft one").unwrap();
+    std::fs::rename(d.path("team/build/report.tmp"), d.path("team/report.txt")).unwrap();
+    let mut got = String::new();
+    std::fs::File::open(d.path("team/report.txt"))
+        .expect("an open of the renamed file while the old handle is open")
+        .read_to_string(&mut got)
+        .unwrap();
+    assert_eq!(got, "draft one");
+    drop(w);
+    std::fs::write(d.path("team/report.txt"), "draft two").unwrap();
+    assert_eq!(read(&d, "team/report.txt").as_deref(), Some("draft two"));
+
+    // Replicated to local while a handle is open.
+    let r = std::fs::File::open(d.path("team/report.txt")).unwrap();
+    std::fs::rename(d.path("team/report.txt"), d.path("team/build/old.txt")).unwrap();
+    let mut again = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(d.path("team/build/old.txt"))
+        .expect("an open of the local file while the replicated handle is open");
+    let mut got = String::new();
+    again.read_to_string(&mut got).unwrap();
+    assert_eq!(got, "draft two");
+    again.write_all(b", kept here").unwrap();
+    drop((r, again));
+    assert_eq!(
+        read(&d, "team/build/old.txt").as_deref(),
+        Some("draft two, kept here")
+    );
+    assert_eq!(names(&d, "team"), [".latticeignore", "build"]);
+}

@@ -50,6 +50,8 @@ type SharedFile = Arc<Mutex<OpenFile>>;
 struct FileRef {
     /// Shared state of a store file (`None` for conflict copies).
     open: Option<SharedFile>,
+    /// The inode opened.
+    ino: u64,
     key: Key,
     write: bool,
     append: bool,
@@ -460,7 +462,7 @@ impl LatticeFs {
                 .append(flags & libc::O_APPEND != 0)
                 .open(self.local(id)?.1)
                 .map_err(io_errno)?;
-            let backing = self.backings.open(ino, &file, register);
+            let backing = self.backings.open(ino, Some(&file), register);
             let fh = self.new_handle(Handle::Local(Arc::new(file), ino));
             return Ok((fh, FopenFlags::empty(), backing));
         }
@@ -486,8 +488,12 @@ impl LatticeFs {
         if self.keep_kernel_cache(key, acc != libc::O_WRONLY) {
             fopen |= FopenFlags::FOPEN_KEEP_CACHE;
         }
+        // Counted, never passed through: an inode may become a local file's by a rename
+        // while this handle is open, and its next opens must not be passed through then.
+        self.backings.open(ino, None, register);
         let fh = self.new_handle(Handle::File(FileRef {
             open: self.open_file(key),
+            ino,
             key,
             write,
             append: flags & libc::O_APPEND != 0,
@@ -614,9 +620,13 @@ impl LatticeFs {
 
     fn do_release(&self, fh: FileHandle) -> Result<()> {
         let handle = self.handles.lock().remove(&fh.0);
-        if let Some(Handle::Local(_, ino)) = handle {
-            self.backings.release(ino);
-            return Ok(());
+        match &handle {
+            Some(Handle::Local(_, ino)) => {
+                self.backings.release(*ino);
+                return Ok(());
+            }
+            Some(Handle::File(f)) => self.backings.release(f.ino),
+            _ => {}
         }
         let Some(Handle::File(FileRef {
             open: Some(open),
@@ -776,9 +786,13 @@ impl LatticeFs {
                         Ok(())
                     }
                     (Some(a), Some(b), ..) => self.rename_local(&a, &b, fs_flags.noreplace),
-                    (Some(a), None, _, Key::File(sid, newdir)) => {
-                        self.local_to_replicated(&a, sid, newdir, newname, fs_flags.noreplace)
-                    }
+                    (Some(a), None, _, Key::File(sid, newdir)) => self.local_to_replicated(
+                        &a,
+                        sid,
+                        (newparent.0, newdir),
+                        newname,
+                        fs_flags.noreplace,
+                    ),
                     (None, Some(b), Key::File(sid, dir), _) => {
                         self.replicated_to_local(sid, dir, name, &b, fs_flags.noreplace)
                     }

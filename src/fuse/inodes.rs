@@ -99,6 +99,9 @@ pub(crate) enum Suspect {
     Name(u64, Box<[u8]>),
     /// The content of a store file changed: its conflict copies may be gone.
     Copies(StoreId, FileId),
+    /// The kernel's entry `name` of directory inode `dir` names an inode that no longer
+    /// stands for what the name holds: it is dropped, so the next lookup finds anew.
+    Stale(u64, Box<[u8]>),
 }
 
 struct Slot {
@@ -358,6 +361,16 @@ impl Inodes {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// Has the invalidation thread drop the kernel's entry `name` of directory inode
+    /// `dir` (see [`Suspect::Stale`]).
+    pub(crate) fn suspect_stale(&self, dir: u64, name: &[u8]) {
+        self.table
+            .lock()
+            .suspects
+            .push(Suspect::Stale(dir, name.into()));
+        self.evicting.notify_one();
     }
 
     /// Queues [`Suspect::Copies`] of `file` if the kernel knows one of its conflict copies.

@@ -271,6 +271,7 @@ impl Kernel {
                 let own = (dir, name);
                 self.siblings_changed(&handle, own.0, &own.1, std::slice::from_ref(&own));
             }
+            Suspect::Stale(dir, name) => self.inval_entry(dir, &name),
             Suspect::Copies(store, file) => {
                 let Some(handle) = self.node.stores().into_iter().find(|s| s.id() == store) else {
                     return;

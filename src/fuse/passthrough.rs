@@ -97,13 +97,14 @@ impl Backings {
         }
     }
 
-    /// Counts an open of inode `ino`, whose backing file is `file`; the backing id to
-    /// answer it with, or `None` to answer it through the page cache. `register` makes a
-    /// backing id for `file`, asked only when no open of `ino` is counted.
+    /// Counts an open of inode `ino`, whose backing file, if it may have one, is `file`;
+    /// the backing id to answer it with, or `None` to answer it through the page cache.
+    /// `register` makes a backing id for `file`, asked only when no open of `ino` is
+    /// counted.
     pub(crate) fn open(
         &self,
         ino: u64,
-        file: &File,
+        file: Option<&File>,
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
         let mut inodes = self.inodes.lock();
@@ -114,12 +115,12 @@ impl Backings {
             }
             Some(Opens::Through(id, n)) => {
                 *n += 1;
-                return Some(id.clone());
+                return file.map(|_| id.clone());
             }
             None => {}
         }
-        let id = if self.mode.get() == Passthrough::On {
-            match register(file) {
+        let id = match file {
+            Some(file) if self.mode.get() == Passthrough::On => match register(file) {
                 Ok(id) => Some(Arc::new(id)),
                 Err(e) => {
                     if e.raw_os_error() == Some(libc::EPERM) {
@@ -129,9 +130,8 @@ impl Backings {
                     }
                     None
                 }
-            }
-        } else {
-            None
+            },
+            _ => None,
         };
         let opens = match &id {
             Some(id) => Opens::Through(id.clone(), 1),
@@ -139,6 +139,11 @@ impl Backings {
         };
         inodes.insert(ino, opens);
         id
+    }
+
+    /// Whether open handles of `ino` are passed through.
+    pub(crate) fn passed_through(&self, ino: u64) -> bool {
+        matches!(self.inodes.lock().get(&ino), Some(Opens::Through(..)))
     }
 
     /// Counts the release of an open of `ino`; the last one drops its backing id.

@@ -112,7 +112,8 @@ impl LatticeFs {
         Ok(())
     }
 
-    /// Renames local file or symlink `a` to `name` in replicated directory `dir`: a
+    /// Renames local file or symlink `a` to `name` in replicated directory `dir` (kernel
+    /// inode `parent`): a
     /// signed create with its content, or a write of it over the regular file holding
     /// the name (an editor's save by rename keeps the file's identity and history).
     /// Directories are refused with `EXDEV`, so `mv` copies them entry by entry.
@@ -120,7 +121,7 @@ impl LatticeFs {
         &self,
         a: &LocalPath,
         sid: StoreId,
-        dir: FileId,
+        (parent, dir): (u64, FileId),
         name: &str,
         noreplace: bool,
     ) -> Result<()> {
@@ -182,8 +183,14 @@ impl LatticeFs {
         })?;
         std::fs::remove_file(&ra).map_err(io_errno)?;
         let id = self.locals.id(a.clone());
-        if let Some(ino) = self.inodes.peek(&Key::Local(id)) {
-            self.inodes.rekey(ino, Key::File(sid, file));
+        match self.inodes.peek(&Key::Local(id)) {
+            // The kernel wants every open of an inode passed through while one is, and a
+            // replicated file is not: its name is handed out again as a new inode.
+            Some(ino) if self.backings.passed_through(ino) => {
+                self.inodes.suspect_stale(parent, name.as_bytes())
+            }
+            Some(ino) => self.inodes.rekey(ino, Key::File(sid, file)),
+            None => {}
         }
         self.locals.forget(id);
         Ok(())
@@ -262,7 +269,8 @@ impl LatticeFs {
             let _ = std::fs::remove_file(&rb);
             return Err(e.into());
         }
-        if store.read(|s| s.attr(node)).is_err() {
+        // The kernel's inode is now the local file's, unless a hard link still names it.
+        if store.read(|s| s.places_of(file)).is_empty() {
             if let Some(ino) = self.inodes.peek(&Key::File(sid, file)) {
                 self.inodes
                     .rekey(ino, Key::Local(self.locals.id(b.clone())));
