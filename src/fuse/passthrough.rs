@@ -34,6 +34,8 @@ pub enum Passthrough {
     Unsupported,
     /// The kernel refused to register a backing file: the daemon lacks `CAP_SYS_ADMIN`.
     NotPermitted,
+    /// The kernel refused to register a backing file for another reason (logged).
+    Refused,
 }
 
 impl Passthrough {
@@ -48,6 +50,7 @@ impl Passthrough {
             Self::NotPermitted => {
                 "off: registering backing files needs CAP_SYS_ADMIN (run the daemon as root)"
             }
+            Self::Refused => "off: the kernel refused a backing file (the daemon's log says why)",
         }
     }
 }
@@ -122,12 +125,14 @@ impl Backings {
         let id = match file {
             Some(file) if self.mode.get() == Passthrough::On => match register(file) {
                 Ok(id) => Some(Arc::new(id)),
+                // The backing files are all in the data dir: what one meets, all would.
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                    self.mode.set(Passthrough::NotPermitted);
+                    None
+                }
                 Err(e) => {
-                    if e.raw_os_error() == Some(libc::EPERM) {
-                        self.mode.set(Passthrough::NotPermitted);
-                    } else {
-                        tracing::warn!("cannot pass an open file through to its own: {e}");
-                    }
+                    tracing::warn!("passthrough off: the kernel refused a backing file: {e}");
+                    self.mode.set(Passthrough::Refused);
                     None
                 }
             },
