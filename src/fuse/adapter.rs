@@ -81,7 +81,7 @@ pub(crate) struct LatticeFs {
     inodes: Arc<Inodes>,
     /// The local-only entries the kernel was given.
     locals: Locals,
-    /// How the open handles of local-only files were answered.
+    /// How each inode's open handles were answered: passed through or not.
     backings: Backings,
     stores: RwLock<HashMap<StoreId, Store>>,
     open_files: Mutex<HashMap<(StoreId, FileId), SharedFile>>,

@@ -84,7 +84,7 @@ enum Opens {
     Through(Arc<BackingId>, usize),
 }
 
-/// The open handles of each passed-through-capable inode, by how they were answered.
+/// The open handles of each inode, by how they were answered.
 pub(crate) struct Backings {
     /// The mount's mode, which a refused registration turns off.
     pub(crate) mode: Mode,

@@ -113,9 +113,9 @@ impl LatticeFs {
     }
 
     /// Renames local file or symlink `a` to `name` in replicated directory `dir` (kernel
-    /// inode `parent`): a
-    /// signed create with its content, or a write of it over the regular file holding
-    /// the name (an editor's save by rename keeps the file's identity and history).
+    /// inode `parent`): a signed create with its content, or a write of it over the
+    /// regular file holding the name (an editor's save by rename keeps the file's
+    /// identity and history).
     /// Directories are refused with `EXDEV`, so `mv` copies them entry by entry.
     pub(super) fn local_to_replicated(
         &self,
