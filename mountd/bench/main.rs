@@ -310,13 +310,6 @@ fn write_and_read(path: &Path) -> Result<(f64, f64, File)> {
     Ok((write, SEQ_BYTES as f64 / 1e6 / secs(t), f))
 }
 
-/// The `lattice-mount` binary beside this one.
-fn lattice_exe() -> PathBuf {
-    std::env::current_exe()
-        .map(|e| e.with_file_name("lattice-mount"))
-        .unwrap_or_default()
-}
-
 struct Unmount(PathBuf);
 
 impl Drop for Unmount {
@@ -334,10 +327,7 @@ struct Daemon {
 impl Daemon {
     /// The daemon's passthrough mode, as its `status` says it.
     fn passthrough(&self) -> String {
-        let exe = lattice_exe();
-        let status = Command::new(exe)
-            .arg("--data-dir")
-            .arg(&self.data)
+        let status = harness::lattice_cli(&self.data)
             .arg("status")
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
@@ -350,15 +340,12 @@ impl Daemon {
     }
 
     fn start(data: &Path, mnt: &Path) -> Result<Daemon> {
-        let exe = lattice_exe();
-        let child = Command::new(&exe)
-            .arg("--data-dir")
-            .arg(data)
+        let child = harness::lattice_cli(data)
             .args(["up", "--relay", "disabled", "--bind", "127.0.0.1:0"])
             .arg(mnt)
             .stdin(Stdio::null())
             .spawn()
-            .with_context(|| format!("starting {}", exe.display()))?;
+            .context("starting lattice-mount")?;
         let d = Daemon {
             child,
             data: data.to_owned(),
@@ -379,12 +366,7 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        let exe = lattice_exe();
-        let _ = Command::new(exe)
-            .arg("--data-dir")
-            .arg(&self.data)
-            .arg("down")
-            .status();
+        let _ = harness::lattice_cli(&self.data).arg("down").status();
         let _ = self.child.wait();
         if harness::is_lattice_mount(&self.mnt) {
             let _ = Command::new("fusermount3")
