@@ -127,11 +127,7 @@ pub fn mount(node: Node, mountpoint: &Path, opts: MountOptions) -> Result<MountG
         .map_err(mount_err)?;
     let config = config(opts.allow_other);
     let inodes = Arc::new(inodes::Inodes::new(node.cache_budget().kernel_inodes()));
-    let passthrough = passthrough::Mode::new(if opts.passthrough {
-        Passthrough::On
-    } else {
-        Passthrough::Disabled
-    });
+    let passthrough = passthrough::Mode::new(Passthrough::at_start(opts.passthrough));
     let fs = adapter::LatticeFs::new(node.clone(), staging, inodes.clone(), passthrough.clone());
     let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(mount_err)?;
     widen_readahead(mountpoint);

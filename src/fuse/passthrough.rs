@@ -39,6 +39,16 @@ pub enum Passthrough {
 }
 
 impl Passthrough {
+    /// The mode a mount starts in: `On` when `asked` and this process holds
+    /// `CAP_SYS_ADMIN` (the kernel may still refuse it at `init` or at the first open).
+    pub(crate) fn at_start(asked: bool) -> Self {
+        match asked {
+            false => Self::Disabled,
+            true if holds_cap_sys_admin() => Self::On,
+            true => Self::NotPermitted,
+        }
+    }
+
     /// One line saying what the mode means for reads and writes.
     pub fn describe(self) -> &'static str {
         match self {
@@ -53,6 +63,19 @@ impl Passthrough {
             Self::Refused => "off: the kernel refused a backing file (the daemon's log says why)",
         }
     }
+}
+
+/// Whether this process's effective capabilities include `CAP_SYS_ADMIN` (read from
+/// `/proc/self/status`; a process that cannot tell is taken to hold it, and the kernel's
+/// answer to the first registration decides).
+fn holds_cap_sys_admin() -> bool {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok());
+    effective.is_none_or(|caps| caps & (1 << CAP_SYS_ADMIN) != 0)
 }
 
 /// The mount's passthrough mode, shared between the filesystem and its owner.
