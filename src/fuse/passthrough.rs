@@ -145,10 +145,11 @@ impl Backings {
             }
             None => {}
         }
+        // A refused registration turns the mode off: the backing files are all in the
+        // data dir, so what one meets, all would.
         let id = match file {
             Some(file) if self.mode.get() == Passthrough::On => match register(file) {
                 Ok(id) => Some(Arc::new(id)),
-                // The backing files are all in the data dir: what one meets, all would.
                 Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
                     self.mode.set(Passthrough::NotPermitted);
                     None
