@@ -243,6 +243,71 @@ fn a_file_written_front_to_back_with_fsyncs_rewrites_and_truncation_reads_back_e
     assert!(fs::read(&other).unwrap() == again, "again.bin differs");
 }
 
+/// Bytes the files in `dir` take on their file system.
+fn allocated_in(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().blocks() * 512)
+        .sum()
+}
+
+#[test]
+fn a_large_file_being_written_holds_its_bytes_once_and_reads_back_while_open() {
+    let Some(mut d) = daemon_with_store("big") else {
+        return;
+    };
+    let path = d.path("big/copy.bin");
+    let staging = d.data.join("staging");
+    let mut data = random_bytes(72 << 20, 12);
+    let mut f = File::create(&path).unwrap();
+    for piece in data[..64 << 20].chunks(1 << 20) {
+        f.write_all(piece).unwrap();
+    }
+    // What is stored as chunks leaves the staging file as later writes come in.
+    let mut written = 64 << 20;
+    common::within(
+        Duration::from_secs(20),
+        "the stored prefix to be freed",
+        || {
+            f.write_all(&data[written..written + 4096]).unwrap();
+            written += 4096;
+            std::thread::sleep(Duration::from_millis(50));
+            allocated_in(&staging) < 32 << 20
+        },
+    );
+    d.assert_mounted();
+
+    // Another handle reads the freed prefix from its chunks, and the rest from staging.
+    let mut r = File::open(&path).unwrap();
+    let mut head = vec![0u8; 8 << 20];
+    r.read_exact(&mut head).unwrap();
+    assert!(head == data[..8 << 20], "the freed head differs");
+    let mut tail = vec![0u8; 1 << 20];
+    r.read_exact_at(&mut tail, (written - (1 << 20)) as u64)
+        .unwrap();
+    assert!(
+        tail == data[written - (1 << 20)..written],
+        "the tail differs"
+    );
+    drop(r);
+
+    // A rewrite of the freed head puts the bytes back before it lands.
+    f.write_all_at(b"rewritten", 1 << 20).unwrap();
+    data[1 << 20..(1 << 20) + 9].copy_from_slice(b"rewritten");
+    f.write_all(&data[written..]).unwrap();
+    drop(f);
+    assert!(fs::read(&path).unwrap() == data, "copy.bin differs");
+    common::within(Duration::from_secs(10), "staging to empty", || {
+        fs::read_dir(&staging).unwrap().next().is_none()
+    });
+    d.down();
+    d.up();
+    assert!(
+        fs::read(&path).unwrap() == data,
+        "copy.bin differs after a restart"
+    );
+}
+
 #[test]
 fn sparse_writes_read_holes_as_zeros() {
     let Some(d) = daemon_with_store("s") else {

@@ -5,10 +5,15 @@
 //! prefix of the file is the chunk a cut of the whole file gives, as long as that prefix
 //! does not change. The owner promises that by calling [`PutAhead::written`] only for
 //! bytes it will not write again, and by dropping the `PutAhead` otherwise.
+//!
+//! Once a prefix of the file is stored as chunks, the owner may free it from the file
+//! ([`PutAhead::free_stored`]): a large copy then holds its bytes once in the data dir,
+//! not twice, and [`PutAhead::read_exact_at`] reads the freed prefix from its chunks.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -19,11 +24,13 @@ use parking_lot::{Condvar, Mutex};
 use crate::ids::Hash;
 
 use super::chunker::StreamChunker;
-use super::{store, Cas, PUT_IN_FLIGHT};
+use super::{store, Cas, CasError, PUT_IN_FLIGHT};
 
 /// Bytes written front to back before chunks are stored ahead: below this, a commit
 /// stores the file faster than a worker would start.
 const AHEAD_MIN: u64 = 8 << 20;
+/// Stored bytes gathered before they are freed from the file, to keep hole punches few.
+const FREE_MIN: u64 = 4 << 20;
 /// Workers running at once per content store; each holds up to ~48 MiB (its cutting
 /// buffer and the chunks being imported), and files beyond these are stored at commit.
 pub(crate) const MAX_WORKERS: usize = 4;
@@ -36,6 +43,8 @@ pub struct PutAhead {
     file: Option<File>,
     shared: Arc<Shared>,
     started: bool,
+    /// The file's bytes `[0, freed)` are holes: their chunks hold them.
+    freed: u64,
 }
 
 struct Shared {
@@ -56,11 +65,13 @@ struct State {
     in_flight: usize,
     /// Stored chunks from the file's start, in order, with their temp tags.
     chunks: Vec<(TempTag, u64)>,
+    /// The total length of `chunks`.
+    stored: u64,
     /// Chunks stored out of order, by index, until those before them are.
     early: BTreeMap<usize, (TempTag, u64)>,
     /// The owner dropped this: the worker ends.
     stop: bool,
-    /// A read or an import failed: nothing here is used.
+    /// A read or an import failed: only `chunks`, stored before it, is used.
     failed: bool,
 }
 
@@ -83,6 +94,7 @@ impl PutAhead {
                 changed: Condvar::new(),
             }),
             started: false,
+            freed: 0,
         }
     }
 
@@ -120,9 +132,10 @@ impl PutAhead {
         Ok(())
     }
 
-    /// Waits until the worker has read every final byte and stored every chunk it cut;
-    /// those chunks (hash, length) from the file's start, or `None` when nothing was
-    /// stored ahead or it failed.
+    /// Waits until the worker has read every final byte and stored every chunk it cut,
+    /// or failed; the chunks (hash, length) stored from the file's start, `None` when no
+    /// worker started. After a failure they are a prefix of the file's chunks, which
+    /// cutting the rest of the file from their end completes.
     pub(crate) fn settled(&self) -> Option<Vec<(Hash, u64)>> {
         if !self.started {
             return None;
@@ -131,12 +144,106 @@ impl PutAhead {
         while !st.settled() {
             self.shared.changed.wait(&mut st);
         }
-        (!st.failed).then(|| {
-            st.chunks
-                .iter()
-                .map(|(tt, len)| (store::from_iroh(tt.hash()), *len))
-                .collect()
-        })
+        Some(chunk_list(&st.chunks))
+    }
+
+    /// Frees the stored prefix from `file` (the file being stored) once enough of it
+    /// gathered. Where the file system cannot punch holes, the file keeps its bytes.
+    pub(crate) fn free_stored(&mut self, file: &File) {
+        let stored = self.shared.state.lock().stored;
+        if stored < self.freed + FREE_MIN {
+            return;
+        }
+        if punch_hole(file, self.freed, stored - self.freed).is_ok() {
+            self.freed = stored;
+        }
+    }
+
+    /// Fills `buf` with `file`'s bytes at `offset`, those freed from it read from their
+    /// chunks.
+    pub(crate) fn read_exact_at(
+        &self,
+        file: &File,
+        buf: &mut [u8],
+        offset: u64,
+    ) -> Result<(), CasError> {
+        let below = usize::try_from(self.freed.saturating_sub(offset))
+            .unwrap_or(usize::MAX)
+            .min(buf.len());
+        let (stored, rest) = buf.split_at_mut(below);
+        self.read_stored(stored, offset)?;
+        file.read_exact_at(rest, offset + below as u64)
+            .map_err(CasError::io("read staging file"))
+    }
+
+    /// Writes the freed prefix back into `file` from its chunks, so that the file holds
+    /// every byte again (before the owner drops this and writes anywhere).
+    pub(crate) fn restore(&mut self, file: &File) -> Result<(), CasError> {
+        let chunks = chunk_list(&self.shared.state.lock().chunks);
+        let mut start = 0;
+        for (hash, len) in chunks {
+            if start >= self.freed {
+                break;
+            }
+            let bytes = self.cas.chunk(None, hash, len)?;
+            file.write_all_at(&bytes, start)
+                .map_err(CasError::io("restore staging file"))?;
+            start += len;
+        }
+        self.freed = 0;
+        Ok(())
+    }
+
+    /// Fills `buf` with the stored bytes at `offset`, all below `freed`.
+    fn read_stored(&self, buf: &mut [u8], offset: u64) -> Result<(), CasError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let chunks = chunk_list(&self.shared.state.lock().chunks);
+        let end = offset + buf.len() as u64;
+        let mut start = 0;
+        for (hash, len) in chunks {
+            let (from, to) = (offset.max(start), end.min(start + len));
+            if from < to {
+                let bytes = self.cas.chunk(None, hash, len)?;
+                buf[(from - offset) as usize..(to - offset) as usize]
+                    .copy_from_slice(&bytes[(from - start) as usize..(to - start) as usize]);
+            }
+            start += len;
+            if start >= end {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hashes and lengths of stored chunks.
+fn chunk_list(chunks: &[(TempTag, u64)]) -> Vec<(Hash, u64)> {
+    chunks
+        .iter()
+        .map(|(tt, len)| (store::from_iroh(tt.hash()), *len))
+        .collect()
+}
+
+/// Deallocates `len` bytes of `file` at `offset`, keeping its size; they read as zeros.
+fn punch_hole(file: &File, offset: u64, len: u64) -> io::Result<()> {
+    let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len)) else {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    };
+    // SAFETY: fallocate only reads its integer arguments; the descriptor is open.
+    let r = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            len,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -197,6 +304,7 @@ fn run(cas: Cas, reader: Reader, shared: Arc<Shared>) {
                     let st = &mut *st;
                     st.early.insert(index, (tt, len));
                     while let Some(next) = st.early.remove(&st.chunks.len()) {
+                        st.stored += next.1;
                         st.chunks.push(next);
                     }
                 }

@@ -199,17 +199,20 @@ impl Cas {
         ahead: Option<&PutAhead>,
     ) -> Result<Content, CasError> {
         let mut file = File::open(path).map_err(CasError::io("open file to store"))?;
-        let mut head = Vec::with_capacity(INLINE_MAX + 1);
-        (&mut file)
-            .take(INLINE_MAX as u64 + 1)
-            .read_to_end(&mut head)
-            .map_err(CasError::io("read file to store"))?;
-        if head.len() <= INLINE_MAX {
-            // A copy of exactly its length: the read buffer's capacity would stay
-            // allocated for as long as the content is held.
-            return Ok(Content::Inline(Bytes::copy_from_slice(&head)));
-        }
+        // Stored chunks are never inline, and their bytes may be gone from the file.
         let stored = ahead.and_then(PutAhead::settled).unwrap_or_default();
+        if stored.is_empty() {
+            let mut head = Vec::with_capacity(INLINE_MAX + 1);
+            (&mut file)
+                .take(INLINE_MAX as u64 + 1)
+                .read_to_end(&mut head)
+                .map_err(CasError::io("read file to store"))?;
+            if head.len() <= INLINE_MAX {
+                // A copy of exactly its length: the read buffer's capacity would stay
+                // allocated for as long as the content is held.
+                return Ok(Content::Inline(Bytes::copy_from_slice(&head)));
+            }
+        }
         let skip = stored.iter().map(|(_, len)| len).sum();
         file.seek(SeekFrom::Start(skip))
             .map_err(CasError::io("read file to store"))?;
@@ -528,7 +531,7 @@ impl Cas {
         let manifest = self.manifest(Some(store), hash, size)?;
         let end = offset + len;
         for (chunk, start, len) in manifest.overlapping(offset, end) {
-            let bytes = self.chunk(store, chunk, len)?;
+            let bytes = self.chunk(Some(store), chunk, len)?;
             let from = offset.max(start);
             let to = end.min(start + len);
             part(bytes.slice((from - start) as usize..(to - start) as usize));
@@ -640,12 +643,18 @@ impl Cas {
         Ok(manifest)
     }
 
-    /// The chunk `hash` of `len` bytes of `store`, from the cache or the store.
-    fn chunk(&self, store: StoreId, hash: Hash, len: u64) -> Result<Bytes, CasError> {
+    /// The chunk `hash` of `len` bytes, from the cache or the store; when `store` is
+    /// given, an absent chunk is fetched for it.
+    pub(crate) fn chunk(
+        &self,
+        store: Option<StoreId>,
+        hash: Hash,
+        len: u64,
+    ) -> Result<Bytes, CasError> {
         if let Some(bytes) = self.cached_chunk(hash) {
             return Ok(bytes);
         }
-        let bytes = self.get(Some(store), hash, Some(len))?;
+        let bytes = self.get(store, hash, Some(len))?;
         self.inner.chunks.lock().insert(hash, bytes.clone(), len);
         Ok(bytes)
     }

@@ -349,11 +349,14 @@ impl OpenFile {
             _ => {
                 let (file, size, ahead) = self.full(cas)?;
                 let at = if append { *size } else { offset };
+                if at < *size {
+                    stop_ahead(file, ahead)?;
+                }
                 file.write_all_at(data, at).map_err(io_errno)?;
                 let end = at + data.len() as u64;
-                match ahead {
-                    Some(a) if at >= *size => a.written(end),
-                    _ => *ahead = None,
+                if let Some(a) = ahead {
+                    a.written(end);
+                    a.free_stored(file);
                 }
                 *size = (*size).max(end);
             }
@@ -365,10 +368,15 @@ impl OpenFile {
     /// Reads up to `len` bytes at `offset`, uncommitted writes included.
     pub(crate) fn read(&mut self, cas: &Cas, offset: u64, len: u32) -> Result<Bytes, Fail> {
         match &self.staging {
-            Staging::Full { file, size, .. } => {
+            Staging::Full {
+                file, size, ahead, ..
+            } => {
                 let n = (*size).saturating_sub(offset).min(u64::from(len)) as usize;
                 let mut buf = vec![0u8; n];
-                file.read_exact_at(&mut buf, offset).map_err(io_errno)?;
+                match ahead {
+                    Some(a) => a.read_exact_at(file, &mut buf, offset).map_err(Fail::cas)?,
+                    None => file.read_exact_at(&mut buf, offset).map_err(io_errno)?,
+                }
                 Ok(buf.into())
             }
             Staging::Append {
@@ -454,9 +462,9 @@ impl OpenFile {
             *size = new_size;
         } else {
             let (file, size, ahead) = self.full(cas)?;
+            stop_ahead(file, ahead)?;
             file.set_len(new_size).map_err(io_errno)?;
             *size = new_size;
-            *ahead = None;
         }
         self.dirty = true;
         self.commit(cas, false)
@@ -593,6 +601,16 @@ impl Drop for OpenFile {
     fn drop(&mut self) {
         self.discard();
     }
+}
+
+/// Ends storing `file`'s chunks ahead, its bytes written back where they were freed, so
+/// that it can be written anywhere; on failure nothing changes.
+fn stop_ahead(file: &File, ahead: &mut Option<PutAhead>) -> Result<(), Fail> {
+    if let Some(a) = ahead {
+        a.restore(file).map_err(Fail::cas)?;
+    }
+    *ahead = None;
+    Ok(())
 }
 
 /// Writes `len` bytes that `fill` gives (by their offset from the start) to `file` at
