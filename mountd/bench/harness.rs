@@ -24,6 +24,38 @@ const STOP_WAIT: Duration = Duration::from_secs(30);
 /// are timed and a coarser poll would round them up by as much as the poll.
 const TIMED_POLL: Duration = Duration::from_millis(1);
 
+/// A reading of the time every core of the machine spent busy (every process and the
+/// kernel, interrupts included, time stolen by a hypervisor not), from `/proc/stat`.
+#[derive(Clone, Copy)]
+pub(crate) struct Busy(f64);
+
+impl Busy {
+    /// The reading now.
+    pub(crate) fn now() -> Result<Busy> {
+        let stat = fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+        let line = stat.lines().next().unwrap_or_default();
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .with_context(|| format!("parsing /proc/stat: {line}"))?;
+        let [user, nice, system, _idle, _iowait, irq, softirq, ..] = ticks[..] else {
+            bail!("too few fields in /proc/stat: {line}");
+        };
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        Ok(Busy(
+            (user + nice + system + irq + softirq) as f64 / hz.max(1) as f64,
+        ))
+    }
+
+    /// Core-seconds of busy time since this reading.
+    pub(crate) fn since(self) -> Result<f64> {
+        Ok(Busy::now()?.0 - self.0)
+    }
+}
+
 /// Polls `done` every POLL until it holds; fails after WAIT.
 pub(crate) fn wait_until(what: &str, done: impl FnMut() -> Result<bool>) -> Result<()> {
     wait_for(what, WAIT, done)

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use harness::which;
+use harness::{which, Busy};
 
 mod reconcile;
 
@@ -36,6 +36,8 @@ struct Row {
     unit: &'static str,
     higher_is_better: bool,
     values: Vec<Option<f64>>,
+    /// Core-seconds the machine was busy during each measurement of `values`.
+    cpu: Vec<f64>,
 }
 
 fn main() -> Result<()> {
@@ -110,61 +112,71 @@ fn local() -> Result<()> {
             unit: "MB/s",
             higher_is_better: true,
             values: vec![],
+            cpu: vec![],
         },
         Row {
             name: "seq read 1 GiB, cold",
             unit: "MB/s",
             higher_is_better: true,
             values: vec![],
+            cpu: vec![],
         },
         Row {
             name: "seq write 1 GiB, local-only",
             unit: "MB/s",
             higher_is_better: true,
             values: vec![],
+            cpu: vec![],
         },
         Row {
             name: "seq read 1 GiB, cold, local-only",
             unit: "MB/s",
             higher_is_better: true,
             values: vec![],
+            cpu: vec![],
         },
         Row {
             name: "random 4 KiB reads",
             unit: "ops/s",
             higher_is_better: true,
             values: vec![],
+            cpu: vec![],
         },
         Row {
             name: "create 10,000 files",
             unit: "ops/s",
             higher_is_better: true,
             values: vec![],
+            cpu: vec![],
         },
         Row {
             name: "stat 10,000 files",
             unit: "ops/s",
             higher_is_better: true,
             values: vec![],
+            cpu: vec![],
         },
         Row {
             name: "ls -l 10,000 entries",
             unit: "ms",
             higher_is_better: false,
             values: vec![],
+            cpu: vec![],
         },
         Row {
             name: "unlink 10,000 files",
             unit: "ops/s",
             higher_is_better: true,
             values: vec![],
+            cpu: vec![],
         },
     ];
     for (name, dir) in &targets {
         eprintln!("measuring {name} at {}", dir.display());
         let r = measure(dir).with_context(|| format!("measuring {name}"))?;
-        for (row, v) in rows.iter_mut().zip(r) {
+        for (row, (v, cpu)) in rows.iter_mut().zip(r) {
             row.values.push(Some(v));
+            row.cpu.push(cpu);
         }
     }
     let passthrough = daemon.passthrough();
@@ -198,6 +210,24 @@ fn local() -> Result<()> {
         println!();
     }
     println!("\n(ratio > 1 means lattice is faster; for ls -l the ratio is reference time / lattice time)");
+    println!(
+        "\nCPU: core-seconds all {} cores of the machine spent busy during each row (from \
+         /proc/stat; every process and the kernel)\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    print!("| benchmark |");
+    for n in &names {
+        print!(" {n} |");
+    }
+    println!();
+    println!("|{}", "---|".repeat(1 + names.len()));
+    for row in &rows {
+        print!("| {} |", row.name);
+        for c in &row.cpu {
+            print!(" {c:.2} |");
+        }
+        println!();
+    }
     println!("lattice's local-only rows ran with passthrough {passthrough}");
     Ok(())
 }
@@ -206,18 +236,21 @@ fn secs(t: Instant) -> f64 {
     t.elapsed().as_secs_f64()
 }
 
+/// A row's value and the core-seconds the machine was busy while it was measured.
+type Measured = (f64, f64);
+
 /// Runs every workload in `dir`; returns the row values in order.
-fn measure(dir: &Path) -> Result<Vec<f64>> {
+fn measure(dir: &Path) -> Result<Vec<Measured>> {
     let big = dir.join("big.bin");
     let (write, read, f) = write_and_read(&big)?;
     let mut buf = [0u8; 4096];
     let blocks = SEQ_BYTES / 4096;
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), Busy::now()?);
     for i in 0..RANDOM_READS as u64 {
         let b = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % blocks;
         f.read_exact_at(&mut buf, b * 4096)?;
     }
-    let random = RANDOM_READS as f64 / secs(t);
+    let random = (RANDOM_READS as f64 / secs(t), c.since()?);
     drop(f);
     fs::remove_file(&big)?;
 
@@ -230,32 +263,32 @@ fn measure(dir: &Path) -> Result<Vec<f64>> {
     let many = dir.join("many");
     fs::create_dir(&many)?;
     let names: Vec<PathBuf> = (0..FILES).map(|i| many.join(format!("f{i:05}"))).collect();
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), Busy::now()?);
     for n in &names {
         OpenOptions::new().write(true).create_new(true).open(n)?;
     }
-    let create = FILES as f64 / secs(t);
-    let t = Instant::now();
+    let create = (FILES as f64 / secs(t), c.since()?);
+    let (t, c) = (Instant::now(), Busy::now()?);
     for n in &names {
         fs::metadata(n)?;
     }
-    let stat = FILES as f64 / secs(t);
-    let t = Instant::now();
+    let stat = (FILES as f64 / secs(t), c.since()?);
+    let (t, c) = (Instant::now(), Busy::now()?);
     let out = Command::new("ls")
         .arg("-l")
         .arg(&many)
         .stdout(Stdio::piped())
         .output()?;
-    let ls_ms = secs(t) * 1000.0;
+    let ls_ms = (secs(t) * 1000.0, c.since()?);
     let lines = out.stdout.iter().filter(|&&b| b == b'\n').count();
     if lines != FILES + 1 {
         bail!("ls -l listed {lines} lines, expected {}", FILES + 1);
     }
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), Busy::now()?);
     for n in &names {
         fs::remove_file(n)?;
     }
-    let unlink = FILES as f64 / secs(t);
+    let unlink = (FILES as f64 / secs(t), c.since()?);
     fs::remove_dir(&many)?;
     Ok(vec![
         write,
@@ -271,8 +304,9 @@ fn measure(dir: &Path) -> Result<Vec<f64>> {
 }
 
 /// Writes `SEQ_BYTES` to a new file at `path`, then reads it whole after dropping the
-/// kernel's page cache; both rates in MB/s, and the file, open.
-fn write_and_read(path: &Path) -> Result<(f64, f64, File)> {
+/// kernel's page cache; both rates in MB/s with the core-seconds the machine was busy
+/// meanwhile, and the file, open.
+fn write_and_read(path: &Path) -> Result<(Measured, Measured, File)> {
     let mut block = vec![0u8; SEQ_BLOCK];
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     for chunk in block.chunks_mut(8) {
@@ -281,7 +315,7 @@ fn write_and_read(path: &Path) -> Result<(f64, f64, File)> {
         x ^= x << 17;
         chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
     }
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), Busy::now()?);
     let mut f = File::create(path)?;
     for i in 0..SEQ_BYTES / SEQ_BLOCK as u64 {
         // Vary each block so content-addressed storage cannot deduplicate the file away.
@@ -289,12 +323,12 @@ fn write_and_read(path: &Path) -> Result<(f64, f64, File)> {
         f.write_all(&block)?;
     }
     drop(f);
-    let write = SEQ_BYTES as f64 / 1e6 / secs(t);
+    let write = (SEQ_BYTES as f64 / 1e6 / secs(t), c.since()?);
 
     // Cold read: drop the kernel's page cache first (root only; tmpfs keeps its pages,
     // FUSE mounts lose theirs), so the mount's own read path is what is measured.
     let _ = fs::write("/proc/sys/vm/drop_caches", "3");
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), Busy::now()?);
     let mut f = File::open(path)?;
     let mut total = 0u64;
     loop {
@@ -307,7 +341,7 @@ fn write_and_read(path: &Path) -> Result<(f64, f64, File)> {
     if total != SEQ_BYTES {
         bail!("read {total} bytes, expected {SEQ_BYTES}");
     }
-    Ok((write, SEQ_BYTES as f64 / 1e6 / secs(t), f))
+    Ok((write, (SEQ_BYTES as f64 / 1e6 / secs(t), c.since()?), f))
 }
 
 struct Unmount(PathBuf);

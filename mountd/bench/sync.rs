@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
-use crate::harness::{pseudo_random, wait_for, wait_until, which, Node, Syncthing, SHARED, WAIT};
+use crate::harness::{
+    pseudo_random, wait_for, wait_until, which, Busy, Node, Syncthing, SHARED, WAIT,
+};
 use crate::scale::{tree_complete, write_tree, LONG_WAIT};
 
 /// Small files copied in the first workload.
@@ -33,6 +35,8 @@ const TREE_FILES: usize = 100_000;
 struct Swarm {
     /// From the first write of the large file on A until B and C both read it back.
     big: Duration,
+    /// Core-seconds the machine was busy meanwhile.
+    big_cpu: f64,
     /// From starting C, a new member, until it shows the tree A and B hold.
     tree: Duration,
 }
@@ -42,6 +46,8 @@ struct Measured {
     small: Duration,
     big: Duration,
     edit: Duration,
+    /// Core-seconds the machine was busy during `small`, `big` and `edit`.
+    cpu: [f64; 3],
     /// Bytes sent over loopback during the edit, both directions, IP packets.
     edit_wire: Option<u64>,
     /// Bytes the system itself counted on its connections during the edit.
@@ -93,6 +99,7 @@ pub fn run() -> Result<()> {
     let swarms = [measured(&syncthing_swarm), lattice_swarm.as_ref().ok()];
     let swarm_secs = |f: fn(&Swarm) -> Duration| swarms.map(|m| m.map(|m| f(m).as_secs_f64()));
     let secs = |f: fn(&Measured) -> Duration| both.map(|m| m.map(|m| f(m).as_secs_f64()));
+    let cpu = |i: usize| both.map(|m| m.map(|m| m.cpu[i]));
     let mut rows: Vec<Row> = [
         (
             "1,000 × 4 KiB files written on A, readable on B",
@@ -124,6 +131,14 @@ pub fn run() -> Result<()> {
             "s",
             swarm_secs(|m| m.tree),
         ),
+        ("CPU: 1,000 × 4 KiB files", "core-s", cpu(0)),
+        ("CPU: 256 MiB file", "core-s", cpu(1)),
+        ("CPU: 1-byte pwrite", "core-s", cpu(2)),
+        (
+            "CPU: swarm of 3, 256 MiB file",
+            "core-s",
+            swarms.map(|m| m.map(|m| m.big_cpu)),
+        ),
     ]
     .into_iter()
     .map(|(name, unit, values)| Row { name, unit, values })
@@ -136,6 +151,11 @@ pub fn run() -> Result<()> {
             own as f64 / 1e3
         );
     }
+    println!(
+        "CPU: time all {} cores of the machine spent busy during the row (from /proc/stat; \
+         cores × seconds is the ceiling).",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     println!(
         "{}",
         if private {
@@ -234,7 +254,7 @@ fn run_workloads(
     b: &Path,
     own_bytes: &dyn Fn() -> Result<Option<u64>>,
 ) -> Result<Measured> {
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), Busy::now()?);
     let dir = a.join("small");
     fs::create_dir(&dir)?;
     for (i, content) in w.small.iter().enumerate() {
@@ -243,10 +263,10 @@ fn run_workloads(
     wait_until("1,000 files readable on B", || {
         small_files_match(&b.join("small"), w.small)
     })?;
-    let small = t.elapsed();
+    let (small, small_cpu) = (t.elapsed(), c.since()?);
     eprintln!("  1,000 files: {:.2} s", small.as_secs_f64());
 
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), Busy::now()?);
     let mut f = File::create(a.join("big.bin"))?;
     for block in w.big.chunks(WRITE_BLOCK) {
         f.write_all(block)?;
@@ -255,7 +275,7 @@ fn run_workloads(
     wait_until("256 MiB file readable on B", || {
         same_content(&b.join("big.bin"), &w.big)
     })?;
-    let big = t.elapsed();
+    let (big, big_cpu) = (t.elapsed(), c.since()?);
     eprintln!("  256 MiB: {:.2} s", big.as_secs_f64());
 
     let mut edited = w.big.clone();
@@ -264,14 +284,14 @@ fn run_workloads(
     std::thread::sleep(SETTLE);
     let own0 = own_bytes()?;
     let wire0 = w.lo.then(loopback_tx_bytes).transpose()?;
-    let t = Instant::now();
+    let (t, c) = (Instant::now(), Busy::now()?);
     let f = OpenOptions::new().write(true).open(a.join("big.bin"))?;
     f.write_all_at(&edited[mid..mid + 1], mid as u64)?;
     drop(f);
     wait_until("1-byte edit readable on B", || {
         same_content(&b.join("big.bin"), &edited)
     })?;
-    let edit = t.elapsed();
+    let (edit, edit_cpu) = (t.elapsed(), c.since()?);
     std::thread::sleep(SETTLE);
     let wire1 = w.lo.then(loopback_tx_bytes).transpose()?;
     let own1 = own_bytes()?;
@@ -280,6 +300,7 @@ fn run_workloads(
         small,
         big,
         edit,
+        cpu: [small_cpu, big_cpu, edit_cpu],
         edit_wire: wire0.zip(wire1).map(|(x, y)| y - x),
         edit_own: own0.zip(own1).map(|(x, y)| y - x),
     })
@@ -408,9 +429,10 @@ fn measure_lattice(shm: &str, w: &Workload) -> Result<Measured> {
     run_workloads(w, &da, &db, &|| Ok(None))
 }
 
-/// Times until `big`, written on `a`, reads back identical on every one of `others`.
-fn big_to_all(big: &[u8], a: &Path, others: &[&Path]) -> Result<Duration> {
-    let t = Instant::now();
+/// Times until `big`, written on `a`, reads back identical on every one of `others`;
+/// the time and the core-seconds the machine was busy meanwhile.
+fn big_to_all(big: &[u8], a: &Path, others: &[&Path]) -> Result<(Duration, f64)> {
+    let (t, c) = (Instant::now(), Busy::now()?);
     let mut f = File::create(a.join("big.bin"))?;
     for block in big.chunks(WRITE_BLOCK) {
         f.write_all(block)?;
@@ -429,7 +451,7 @@ fn big_to_all(big: &[u8], a: &Path, others: &[&Path]) -> Result<Duration> {
     })?;
     let took = t.elapsed();
     eprintln!("  swarm, 256 MiB: {:.2} s", took.as_secs_f64());
-    Ok(took)
+    Ok((took, c.since()?))
 }
 
 /// Times from `start` until `dir` shows the whole tree.
@@ -447,7 +469,7 @@ fn tree_reaches(start: Instant, dir: &Path) -> Result<Duration> {
 fn measure_syncthing_swarm(shm: &str, big: &[u8]) -> Result<Swarm> {
     let st = Syncthing::start(shm, 3, |_| Ok(()))?;
     st.wait_in_sync(0, WAIT)?;
-    let big = big_to_all(big, &st.dirs[0], &[&st.dirs[1], &st.dirs[2]])?;
+    let (big, big_cpu) = big_to_all(big, &st.dirs[0], &[&st.dirs[1], &st.dirs[2]])?;
     drop(st);
 
     let mut st = Syncthing::prepare(shm, 3, |dir| write_tree(dir, TREE_FILES))?;
@@ -457,7 +479,7 @@ fn measure_syncthing_swarm(shm: &str, big: &[u8]) -> Result<Swarm> {
     let t = Instant::now();
     st.launch()?;
     let tree = tree_reaches(t, &st.dirs[2])?;
-    Ok(Swarm { big, tree })
+    Ok(Swarm { big, big_cpu, tree })
 }
 
 /// Lattice with three nodes: the large file from A to B and C (members of one store, so
@@ -477,7 +499,7 @@ fn measure_lattice_swarm(shm: &str, big: &[u8]) -> Result<Swarm> {
     wait_until("store directory on B and C", || {
         Ok(dirs.iter().all(|d| d.is_dir()))
     })?;
-    let big = big_to_all(big, &a.mnt.join(SHARED), &[&dirs[0], &dirs[1]])?;
+    let (big, big_cpu) = big_to_all(big, &a.mnt.join(SHARED), &[&dirs[0], &dirs[1]])?;
     drop(nodes);
     a.down()?;
 
@@ -498,5 +520,5 @@ fn measure_lattice_swarm(shm: &str, big: &[u8]) -> Result<Swarm> {
     let c = Node::up(tmp.path(), "c")?;
     c.join(&a, SHARED)?;
     let tree = tree_reaches(t, &c.mnt.join(SHARED))?;
-    Ok(Swarm { big, tree })
+    Ok(Swarm { big, big_cpu, tree })
 }
