@@ -7,11 +7,15 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use iroh::endpoint::presets;
+use iroh::{Endpoint, RelayMode};
 
 use crate::harness::{
     pseudo_random, wait_for, wait_until, which, Busy, Node, Syncthing, SHARED, WAIT,
@@ -88,6 +92,8 @@ pub fn run() -> Result<()> {
     };
     eprintln!("measuring lattice");
     let lattice = measure_lattice(shm, &data);
+    eprintln!("measuring one QUIC stream");
+    let stream = one_stream(&data.big);
     let syncthing_swarm = which("syncthing").then(|| {
         eprintln!("measuring a swarm of three syncthing instances");
         measure_syncthing_swarm(shm, &data.big)
@@ -131,6 +137,11 @@ pub fn run() -> Result<()> {
             "s",
             swarm_secs(|m| m.tree),
         ),
+        (
+            "one QUIC stream on loopback, 256 MiB (iroh alone: no store, no files)",
+            "s",
+            [None, stream.as_ref().ok().map(|s| s.0.as_secs_f64())],
+        ),
         ("CPU: 1,000 × 4 KiB files", "core-s", cpu(0)),
         ("CPU: 256 MiB file", "core-s", cpu(1)),
         ("CPU: 1-byte pwrite", "core-s", cpu(2)),
@@ -138,6 +149,11 @@ pub fn run() -> Result<()> {
             "CPU: swarm of 3, 256 MiB file",
             "core-s",
             swarms.map(|m| m.map(|m| m.big_cpu)),
+        ),
+        (
+            "CPU: one QUIC stream, 256 MiB",
+            "core-s",
+            [None, stream.as_ref().ok().map(|s| s.1)],
         ),
     ]
     .into_iter()
@@ -169,6 +185,7 @@ pub fn run() -> Result<()> {
     let errors = [
         ("syncthing", syncthing.and_then(|r| r.err())),
         ("lattice", lattice.err()),
+        ("one QUIC stream", stream.err()),
         ("syncthing swarm", syncthing_swarm.and_then(|r| r.err())),
         ("lattice swarm", lattice_swarm.err()),
     ];
@@ -303,6 +320,56 @@ fn run_workloads(
         cpu: [small_cpu, big_cpu, edit_cpu],
         edit_wire: wire0.zip(wire1).map(|(x, y)| y - x),
         edit_own: own0.zip(own1).map(|(x, y)| y - x),
+    })
+}
+
+/// Time and busy core-seconds for `data` to cross one QUIC stream between two iroh
+/// endpoints on loopback, with nothing stored or hashed: what the transport alone costs.
+fn one_stream(data: &[u8]) -> Result<(Duration, f64)> {
+    const ALPN: &[u8] = b"lattice-bench/stream";
+    let data = Bytes::copy_from_slice(data);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let bind = || async {
+            Endpoint::builder(presets::Minimal)
+                .relay_mode(RelayMode::Disabled)
+                .alpns(vec![ALPN.to_vec()])
+                .bind_addr(SocketAddr::from(([127, 0, 0, 1], 0)))?
+                .bind()
+                .await
+                .map_err(anyhow::Error::from)
+        };
+        let (a, b) = (bind().await?, bind().await?);
+        let to = b.addr();
+        let receiver = tokio::spawn(async move {
+            let incoming = b.accept().await.context("endpoint closed")?;
+            let conn = incoming.accept()?.await?;
+            let mut recv = conn.accept_uni().await?;
+            let mut got = 0;
+            while let Some(chunk) = recv.read_chunk(usize::MAX).await? {
+                got += chunk.len();
+            }
+            b.close().await;
+            anyhow::Ok(got)
+        });
+        let conn = a.connect(to, ALPN).await?;
+        let (t, c) = (Instant::now(), Busy::now()?);
+        let mut send = conn.open_uni().await?;
+        for at in (0..data.len()).step_by(WRITE_BLOCK) {
+            send.write_chunk(data.slice(at..data.len().min(at + WRITE_BLOCK)))
+                .await?;
+        }
+        send.finish()?;
+        let got = receiver.await??;
+        let took = (t.elapsed(), c.since()?);
+        a.close().await;
+        if got != data.len() {
+            bail!("one stream carried {got} of {} bytes", data.len());
+        }
+        eprintln!("  one stream, 256 MiB: {:.2} s", took.0.as_secs_f64());
+        Ok(took)
     })
 }
 
