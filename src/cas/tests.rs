@@ -889,13 +889,8 @@ fn a_chunk_file_altered_on_disk_is_an_error_never_its_bytes() {
     );
 }
 
-/// Writes `len` bytes front to back into a staging file in random pieces, some after a
-/// hole, committing with chunks stored ahead at random points: every commit stores the
-/// content `put_bytes` stores for the bytes written so far.
-fn write_ahead_and_commit(seed: u64, len: usize) -> u64 {
-    let f = fixture();
-    let source = data(seed, len);
-    let mut written = vec![0u8; len];
+/// A new, empty staging file in `f`'s dir: its path, the file, and its chunks stored ahead.
+fn staging(f: &Fixture) -> (std::path::PathBuf, std::fs::File, super::PutAhead) {
     let path = f.dir.path().join("staging");
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -903,7 +898,18 @@ fn write_ahead_and_commit(seed: u64, len: usize) -> u64 {
         .create_new(true)
         .open(&path)
         .unwrap();
-    let mut ahead = f.cas.put_ahead(file.try_clone().unwrap());
+    let ahead = f.cas.put_ahead(file.try_clone().unwrap());
+    (path, file, ahead)
+}
+
+/// Writes `len` bytes front to back into a staging file in random pieces, some after a
+/// hole, committing with chunks stored ahead at random points: every commit stores the
+/// content `put_bytes` stores for the bytes written so far.
+fn write_ahead_and_commit(seed: u64, len: usize) -> u64 {
+    let f = fixture();
+    let source = data(seed, len);
+    let mut written = vec![0u8; len];
+    let (path, file, mut ahead) = staging(&f);
     let mut rng = Rng(seed);
     let mut at = 0usize;
     while at < len {
@@ -964,14 +970,7 @@ fn a_stored_prefix_freed_from_its_file_reads_commits_and_restores_from_its_chunk
     let f = fixture();
     let len = 40 * MIB + 4321;
     let source = data(24, len);
-    let path = f.dir.path().join("staging");
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .unwrap();
-    let mut ahead = f.cas.put_ahead(file.try_clone().unwrap());
+    let (path, file, mut ahead) = staging(&f);
     for (i, piece) in source.chunks(MIB).enumerate() {
         std::os::unix::fs::FileExt::write_all_at(&file, piece, (i * MIB) as u64).unwrap();
         ahead.written((i * MIB + piece.len()) as u64);
