@@ -179,40 +179,46 @@ impl PutAhead {
     /// Writes the freed prefix back into `file` from its chunks, so that the file holds
     /// every byte again (before the owner drops this and writes anywhere).
     pub(crate) fn restore(&mut self, file: &File) -> Result<(), CasError> {
-        let chunks = chunk_list(&self.shared.state.lock().chunks);
-        let mut start = 0;
-        for (hash, len) in chunks {
-            if start >= self.freed {
-                break;
-            }
-            let bytes = self.cas.chunk(None, hash, len)?;
-            file.write_all_at(&bytes, start)
-                .map_err(CasError::io("restore staging file"))?;
-            start += len;
-        }
+        self.each_stored(0, self.freed, |start, bytes| {
+            file.write_all_at(bytes, start)
+                .map_err(CasError::io("restore staging file"))
+        })?;
         self.freed = 0;
         Ok(())
     }
 
     /// Fills `buf` with the stored bytes at `offset`, all below `freed`.
     fn read_stored(&self, buf: &mut [u8], offset: u64) -> Result<(), CasError> {
-        if buf.is_empty() {
+        let end = offset + buf.len() as u64;
+        self.each_stored(offset, end, |start, bytes| {
+            let (from, to) = (offset.max(start), end.min(start + bytes.len() as u64));
+            buf[(from - offset) as usize..(to - offset) as usize]
+                .copy_from_slice(&bytes[(from - start) as usize..(to - start) as usize]);
+            Ok(())
+        })
+    }
+
+    /// Hands `f` each stored chunk overlapping the file's bytes `[from, to)`, with its
+    /// offset in the file, in order.
+    fn each_stored(
+        &self,
+        from: u64,
+        to: u64,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), CasError>,
+    ) -> Result<(), CasError> {
+        if from >= to {
             return Ok(());
         }
         let chunks = chunk_list(&self.shared.state.lock().chunks);
-        let end = offset + buf.len() as u64;
         let mut start = 0;
         for (hash, len) in chunks {
-            let (from, to) = (offset.max(start), end.min(start + len));
-            if from < to {
-                let bytes = self.cas.chunk(None, hash, len)?;
-                buf[(from - offset) as usize..(to - offset) as usize]
-                    .copy_from_slice(&bytes[(from - start) as usize..(to - start) as usize]);
-            }
-            start += len;
-            if start >= end {
+            if start >= to {
                 break;
             }
+            if start + len > from {
+                f(start, &self.cas.chunk(None, hash, len)?)?;
+            }
+            start += len;
         }
         Ok(())
     }
