@@ -40,6 +40,19 @@ struct Row {
     cpu: Vec<f64>,
 }
 
+impl Row {
+    /// A row with no measurements yet.
+    fn new(name: &'static str, unit: &'static str, higher_is_better: bool) -> Row {
+        Row {
+            name,
+            unit,
+            higher_is_better,
+            values: vec![],
+            cpu: vec![],
+        }
+    }
+}
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     harness::report_daemon()?;
@@ -107,69 +120,15 @@ fn local() -> Result<()> {
     targets.push(("lattice", mnt.join("bench")));
 
     let mut rows = vec![
-        Row {
-            name: "seq write 1 GiB",
-            unit: "MB/s",
-            higher_is_better: true,
-            values: vec![],
-            cpu: vec![],
-        },
-        Row {
-            name: "seq read 1 GiB, cold",
-            unit: "MB/s",
-            higher_is_better: true,
-            values: vec![],
-            cpu: vec![],
-        },
-        Row {
-            name: "seq write 1 GiB, local-only",
-            unit: "MB/s",
-            higher_is_better: true,
-            values: vec![],
-            cpu: vec![],
-        },
-        Row {
-            name: "seq read 1 GiB, cold, local-only",
-            unit: "MB/s",
-            higher_is_better: true,
-            values: vec![],
-            cpu: vec![],
-        },
-        Row {
-            name: "random 4 KiB reads",
-            unit: "ops/s",
-            higher_is_better: true,
-            values: vec![],
-            cpu: vec![],
-        },
-        Row {
-            name: "create 10,000 files",
-            unit: "ops/s",
-            higher_is_better: true,
-            values: vec![],
-            cpu: vec![],
-        },
-        Row {
-            name: "stat 10,000 files",
-            unit: "ops/s",
-            higher_is_better: true,
-            values: vec![],
-            cpu: vec![],
-        },
-        Row {
-            name: "ls -l 10,000 entries",
-            unit: "ms",
-            higher_is_better: false,
-            values: vec![],
-            cpu: vec![],
-        },
-        Row {
-            name: "unlink 10,000 files",
-            unit: "ops/s",
-            higher_is_better: true,
-            values: vec![],
-            cpu: vec![],
-        },
+        Row::new("seq write 1 GiB", "MB/s", true),
+        Row::new("seq read 1 GiB, cold", "MB/s", true),
+        Row::new("seq write 1 GiB, local-only", "MB/s", true),
+        Row::new("seq read 1 GiB, cold, local-only", "MB/s", true),
+        Row::new("random 4 KiB reads", "ops/s", true),
+        Row::new("create 10,000 files", "ops/s", true),
+        Row::new("stat 10,000 files", "ops/s", true),
+        Row::new("ls -l 10,000 entries", "ms", false),
+        Row::new("unlink 10,000 files", "ops/s", true),
     ];
     for (name, dir) in &targets {
         eprintln!("measuring {name} at {}", dir.display());
