@@ -501,8 +501,9 @@ impl LatticeFs {
         Ok((fh, fopen, None))
     }
 
-    /// Whether the kernel may keep its page cache for `key` at open: no appends are
-    /// pending on it and its committed content is what the cache was last filled with.
+    /// Whether the kernel may keep its page cache for `key` at open: no append landed
+    /// away from the kernel's offset and its committed content is what the cache was
+    /// last filled with.
     /// An open that may not keep it empties it, so the cache is filled from the content
     /// committed now: that is recorded for the opens that follow, when this one `reads`
     /// (a write-only open, a create's among them, neither needs nor fills the cache).
@@ -511,7 +512,7 @@ impl LatticeFs {
             return false;
         };
         let open = self.open_files.lock().get(&(sid, file)).cloned();
-        if open.is_some_and(|o| o.lock().appended) {
+        if open.is_some_and(|o| o.lock().append_moved) {
             return false;
         }
         if !reads && !self.kernel_cache.lock().contains_key(&(sid, file)) {
@@ -661,7 +662,7 @@ impl LatticeFs {
                 .ok()
                 .and_then(|s| s.read(|st| st.content(node)).ok());
             match view {
-                Some(view) if !o.appended && result.is_ok() => {
+                Some(view) if !o.append_moved && result.is_ok() => {
                     cache.insert((sid, file), view.pieces);
                 }
                 _ => {

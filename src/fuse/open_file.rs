@@ -112,9 +112,10 @@ pub(crate) struct OpenFile {
     dirty: bool,
     /// Open handles on this file.
     pub(crate) handles: usize,
-    /// Whether `O_APPEND` writes happened: the kernel's page cache may then differ
-    /// from the merged content, since appends land at our end, not its offset.
-    pub(crate) appended: bool,
+    /// Whether an `O_APPEND` write landed elsewhere than at the kernel's offset (the
+    /// kernel's size was behind ours): the kernel's page cache may then differ from
+    /// the merged content.
+    pub(crate) append_moved: bool,
     /// Attributes and content last seen, to answer after the last name is removed.
     last_attr: Option<Attr>,
     last_view: Option<ContentView>,
@@ -130,7 +131,7 @@ impl OpenFile {
             staging: Staging::Clean,
             dirty: false,
             handles: 0,
-            appended: false,
+            append_moved: false,
             last_attr: None,
             last_view: None,
         };
@@ -315,7 +316,6 @@ impl OpenFile {
         data: &[u8],
         append: bool,
     ) -> Result<u32, Fail> {
-        self.appended |= append;
         if append && matches!(self.staging, Staging::Clean) {
             let base = self.committed()?;
             let (file, path) = self.new_staging()?;
@@ -329,8 +329,13 @@ impl OpenFile {
         if !(append && matches!(self.staging, Staging::Append { .. })) {
             self.sparse()?;
         }
+        // Where an append lands, against where the kernel put it.
+        let moved;
         match &mut self.staging {
-            Staging::Append { file, len, .. } if append => {
+            Staging::Append {
+                file, len, base, ..
+            } if append => {
+                moved = offset != base.size.saturating_add(*len);
                 file.write_all_at(data, *len).map_err(io_errno)?;
                 *len += data.len() as u64;
             }
@@ -340,6 +345,7 @@ impl OpenFile {
                 written,
                 ..
             } => {
+                moved = append && offset != *size;
                 let at = if append { *size } else { offset };
                 file.write_all_at(data, at).map_err(io_errno)?;
                 let end = at + data.len() as u64;
@@ -348,6 +354,7 @@ impl OpenFile {
             }
             _ => {
                 let (file, size, ahead) = self.full(cas)?;
+                moved = append && offset != *size;
                 let at = if append { *size } else { offset };
                 if at < *size {
                     stop_ahead(file, ahead)?;
@@ -361,6 +368,7 @@ impl OpenFile {
                 *size = (*size).max(end);
             }
         }
+        self.append_moved |= moved;
         self.dirty = true;
         Ok(data.len() as u32)
     }
