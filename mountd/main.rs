@@ -40,6 +40,9 @@ const DEFAULT_LOG_FILTER: &str = "lattice_mount=warn";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Up { .. }) {
+        default_sigpipe();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env()
@@ -54,6 +57,15 @@ fn main() -> ExitCode {
             eprintln!("lattice-mount: {}", e.one_line());
             e.exit_code()
         }
+    }
+}
+
+/// Lets a command end quietly, as Unix tools do, when the reader of its output goes away
+/// (`| head`). The daemon keeps SIGPIPE ignored: a peer closing a socket is an error there.
+fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition touches no memory of this process.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
 

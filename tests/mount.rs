@@ -634,6 +634,38 @@ fn appends_from_two_processes_all_survive() {
 }
 
 #[test]
+fn a_command_whose_reader_goes_away_ends_quietly() {
+    let Some(d) = daemon_with_store("h") else {
+        return;
+    };
+    let log = d.path("h/long.log");
+    for i in 0..1500 {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        writeln!(f, "line {i}").unwrap();
+    }
+    // The history is far longer than a pipe holds, so the command writes into a pipe
+    // whose reader is gone.
+    let mut child = d
+        .cli()
+        .arg("history")
+        .arg(&log)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 64];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
+#[test]
 fn posix_errors_match_the_kernel() {
     let Some(d) = daemon_with_store("e") else {
         return;
