@@ -3,14 +3,20 @@
 //!
 //! FastCDC cuts depend only on the bytes since the previous cut, so a chunk cut from a
 //! prefix of the file is the chunk a cut of the whole file gives, as long as that prefix
-//! does not change. The owner promises that by calling [`PutAhead::written`] only for
-//! bytes it will not write again, and by dropping the `PutAhead` otherwise.
+//! does not change. The owner promises that by writing through [`PutAhead::write_at`]
+//! (or calling [`PutAhead::written`]) only bytes it will not write again, and by dropping
+//! the `PutAhead` otherwise.
 //!
-//! Once a prefix of the file is stored as chunks, the owner may free it from the file
-//! ([`PutAhead::free_stored`]): a large copy then holds its bytes once in the data dir,
-//! not twice, and [`PutAhead::read_exact_at`] reads the freed prefix from its chunks.
+//! Writes at the end of what is written are queued in memory for the worker instead of
+//! written to the file: a large copy into the mount then costs no file write and read
+//! back per byte. Queued bytes stay until their chunks are stored, and are written to the
+//! file whenever the file must hold them (at a commit, for the tail not stored yet; before
+//! a write elsewhere). Once a prefix of the file is stored as chunks it is freed:
+//! punched out of the file and dropped from the queue, so a large copy holds its bytes
+//! once in the data dir, and [`PutAhead::read_exact_at`] reads that prefix from its
+//! chunks.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
@@ -28,22 +34,29 @@ use super::{store, Cas, CasError, PUT_IN_FLIGHT};
 
 /// Bytes written front to back before chunks are stored ahead: below this, a commit
 /// stores the file faster than a worker would start.
-const AHEAD_MIN: u64 = 8 << 20;
+pub(crate) const AHEAD_MIN: u64 = 8 << 20;
 /// Stored bytes gathered before they are freed from the file, to keep hole punches few.
-const FREE_MIN: u64 = 4 << 20;
-/// Workers running at once per content store; each holds up to ~48 MiB (its cutting
-/// buffer and the chunks being imported), and files beyond these are stored at commit.
+pub(crate) const FREE_MIN: u64 = 4 << 20;
+/// Most bytes written and not yet stored as chunks that the queue may hold: a write that
+/// would queue more waits for the worker. Above the cutting buffer, which fills before
+/// it cuts, so the worker always has bytes to go on with while a writer waits.
+pub(crate) const QUEUE_MAX: u64 = 32 << 20;
+/// Spare queue buffers kept for reuse, so a long copy does not touch new memory per write.
+const SPARE_MAX: usize = 8;
+/// Workers running at once per content store; each holds up to ~80 MiB (its queue, its
+/// cutting buffer and the chunks being imported), and files beyond these are stored at
+/// commit.
 pub(crate) const MAX_WORKERS: usize = 4;
 
 /// Chunks of one file stored ahead of its commit (see the module docs). Dropping it stops
 /// the work.
 pub struct PutAhead {
     cas: Cas,
-    /// The file, until the worker takes it.
-    file: Option<File>,
+    /// The file being stored; the worker reads a clone of it.
+    file: File,
     shared: Arc<Shared>,
     started: bool,
-    /// The file's bytes `[0, freed)` are holes: their chunks hold them.
+    /// The bytes `[0, freed)` are read from their chunks: the file may not hold them.
     freed: u64,
 }
 
@@ -73,6 +86,23 @@ struct State {
     stop: bool,
     /// A read or an import failed: only `chunks`, stored before it, is used.
     failed: bool,
+    /// Written bytes the file does not hold, in order and not overlapping; what is
+    /// neither here nor below `PutAhead::freed` is in the file.
+    queue: VecDeque<Queued>,
+    /// Buffers of dropped queue entries, for reuse.
+    spare: Vec<Vec<u8>>,
+}
+
+/// Bytes written at `at` and held in memory.
+struct Queued {
+    at: u64,
+    bytes: Vec<u8>,
+}
+
+impl Queued {
+    fn end(&self) -> u64 {
+        self.at + self.bytes.len() as u64
+    }
 }
 
 impl State {
@@ -81,6 +111,35 @@ impl State {
     fn settled(&self) -> bool {
         self.failed || (self.idle && self.read == self.written && self.in_flight == 0)
     }
+
+    /// Copies the queued bytes at `pos` into the start of `buf`, returning how many; or,
+    /// if no entry holds `pos`, where the next one starts (the file holds the bytes up
+    /// to there).
+    fn copy_queued(&self, pos: u64, buf: &mut [u8]) -> Result<usize, u64> {
+        let i = self.queue.partition_point(|q| q.end() <= pos);
+        match self.queue.get(i) {
+            Some(q) if q.at <= pos => {
+                let from = &q.bytes[(pos - q.at) as usize..];
+                let n = from.len().min(buf.len());
+                buf[..n].copy_from_slice(&from[..n]);
+                Ok(n)
+            }
+            Some(q) => Err(q.at),
+            None => Err(u64::MAX),
+        }
+    }
+
+    /// Drops the queue entries wholly stored as chunks; where the queue now starts, or
+    /// `written` if it is empty.
+    fn drop_stored(&mut self) -> u64 {
+        while self.queue.front().is_some_and(|q| q.end() <= self.stored) {
+            let q = self.queue.pop_front().expect("the front entry exists");
+            if self.spare.len() < SPARE_MAX {
+                self.spare.push(q.bytes);
+            }
+        }
+        self.queue.front().map_or(self.written, |q| q.at)
+    }
 }
 
 impl PutAhead {
@@ -88,7 +147,7 @@ impl PutAhead {
     pub(crate) fn new(cas: &Cas, file: File) -> Self {
         PutAhead {
             cas: cas.clone(),
-            file: Some(file),
+            file,
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 changed: Condvar::new(),
@@ -106,15 +165,70 @@ impl PutAhead {
             st.written = st.written.max(end);
         }
         self.shared.changed.notify_all();
-        if end >= AHEAD_MIN {
-            if let Some(file) = self.file.take() {
-                self.started = self.start(file).is_ok();
-            }
+        if end >= AHEAD_MIN && !self.started {
+            self.started = self.start().is_ok();
         }
     }
 
-    fn start(&self, file: File) -> io::Result<()> {
+    /// Writes `data` at `offset` of the file: queued for the worker when it lands at the
+    /// end of what is written, else into the file (with the queue, so that the file holds
+    /// every byte not stored). `[offset, offset + data.len())` is then final.
+    pub(crate) fn write_at(&mut self, data: &[u8], offset: u64) -> io::Result<()> {
+        let end = offset + data.len() as u64;
+        if !(self.started && !data.is_empty() && self.queue(data, offset)) {
+            self.spill()?;
+            self.file.write_all_at(data, offset)?;
+        }
+        self.written(end);
+        self.free_stored(FREE_MIN);
+        Ok(())
+    }
+
+    /// Queues `data` written at `offset` if that is the end of what is written and the
+    /// worker goes on, waiting while the queue is full; whether it did.
+    fn queue(&self, data: &[u8], offset: u64) -> bool {
+        let mut st = self.shared.state.lock();
+        if offset != st.written {
+            return false;
+        }
+        while !st.failed && st.written.saturating_sub(st.stored) >= QUEUE_MAX {
+            self.shared.changed.wait(&mut st);
+        }
+        if st.failed {
+            return false;
+        }
+        let mut bytes = st.spare.pop().unwrap_or_default();
+        drop(st);
+        bytes.clear();
+        bytes.extend_from_slice(data);
+        self.shared
+            .state
+            .lock()
+            .queue
+            .push_back(Queued { at: offset, bytes });
+        true
+    }
+
+    /// Bytes the queue holds.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> u64 {
+        let st = self.shared.state.lock();
+        st.queue.iter().map(|q| q.bytes.len() as u64).sum()
+    }
+
+    /// Writes the queued bytes into the file and empties the queue.
+    fn spill(&self) -> io::Result<()> {
+        let mut st = self.shared.state.lock();
+        for q in &st.queue {
+            self.file.write_all_at(&q.bytes, q.at)?;
+        }
+        st.queue.clear();
+        Ok(())
+    }
+
+    fn start(&self) -> io::Result<()> {
         let slot = Slot::take(&self.cas)?;
+        let file = self.file.try_clone()?;
         let reader = Reader {
             file,
             shared: self.shared.clone(),
@@ -134,53 +248,77 @@ impl PutAhead {
 
     /// Waits until the worker has read every final byte and stored every chunk it cut,
     /// or failed; the chunks (hash, length) stored from the file's start, `None` when no
-    /// worker started. After a failure they are a prefix of the file's chunks, which
-    /// cutting the rest of the file from their end completes.
-    pub(crate) fn settled(&self) -> Option<Vec<(Hash, u64)>> {
+    /// worker started. The file then holds every byte after them: after a failure they
+    /// are a prefix of the file's chunks, which cutting the rest of the file from their
+    /// end completes.
+    pub(crate) fn settled(&mut self) -> Result<Option<Vec<(Hash, u64)>>, CasError> {
         if !self.started {
-            return None;
+            return Ok(None);
         }
-        let mut st = self.shared.state.lock();
-        while !st.settled() {
-            self.shared.changed.wait(&mut st);
-        }
-        Some(chunk_list(&st.chunks))
+        let chunks = {
+            let mut st = self.shared.state.lock();
+            while !st.settled() {
+                self.shared.changed.wait(&mut st);
+            }
+            chunk_list(&st.chunks)
+        };
+        self.free_stored(0);
+        self.spill()
+            .map_err(CasError::io("write queued bytes to the staging file"))?;
+        Ok(Some(chunks))
     }
 
-    /// Frees the stored prefix from `file` (the file being stored) once enough of it
-    /// gathered. Where the file system cannot punch holes, the file keeps its bytes.
-    pub(crate) fn free_stored(&mut self, file: &File) {
-        let stored = self.shared.state.lock().stored;
-        if stored < self.freed + FREE_MIN {
-            return;
-        }
-        if punch_hole(file, self.freed, stored - self.freed).is_ok() {
-            self.freed = stored;
+    /// Frees the stored prefix, once at least `min` bytes of it gathered: drops it from
+    /// the queue and punches it out of the file. Where the file system cannot punch
+    /// holes, the file keeps its bytes.
+    fn free_stored(&mut self, min: u64) {
+        let to = {
+            let mut st = self.shared.state.lock();
+            if st.stored < self.freed + min {
+                return;
+            }
+            st.drop_stored().min(st.stored)
+        };
+        if to > self.freed {
+            let _ = punch_hole(&self.file, self.freed, to - self.freed);
+            self.freed = to;
         }
     }
 
-    /// Fills `buf` with `file`'s bytes at `offset`, those freed from it read from their
-    /// chunks.
-    pub(crate) fn read_exact_at(
-        &self,
-        file: &File,
-        buf: &mut [u8],
-        offset: u64,
-    ) -> Result<(), CasError> {
+    /// Fills `buf` with the file's bytes at `offset`: freed ones from their chunks,
+    /// queued ones from the queue.
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> Result<(), CasError> {
         let below = usize::try_from(self.freed.saturating_sub(offset))
             .unwrap_or(usize::MAX)
             .min(buf.len());
-        let (stored, rest) = buf.split_at_mut(below);
+        let (stored, mut rest) = buf.split_at_mut(below);
         self.read_stored(stored, offset)?;
-        file.read_exact_at(rest, offset + below as u64)
-            .map_err(CasError::io("read staging file"))
+        let mut pos = offset + below as u64;
+        while !rest.is_empty() {
+            let queued = self.shared.state.lock().copy_queued(pos, rest);
+            let n = match queued {
+                Ok(n) => n,
+                Err(next) => {
+                    let n = usize::try_from(next - pos).map_or(rest.len(), |n| n.min(rest.len()));
+                    self.file
+                        .read_exact_at(&mut rest[..n], pos)
+                        .map_err(CasError::io("read staging file"))?;
+                    n
+                }
+            };
+            rest = &mut rest[n..];
+            pos += n as u64;
+        }
+        Ok(())
     }
 
-    /// Writes the freed prefix back into `file` from its chunks, so that the file holds
+    /// Writes the queued bytes and the freed prefix back into the file, so that it holds
     /// every byte again (before the owner drops this and writes anywhere).
-    pub(crate) fn restore(&mut self, file: &File) -> Result<(), CasError> {
+    pub(crate) fn restore(&mut self) -> Result<(), CasError> {
+        self.spill().map_err(CasError::io("restore staging file"))?;
         self.each_stored(0, self.freed, |start, bytes| {
-            file.write_all_at(bytes, start)
+            self.file
+                .write_all_at(bytes, start)
                 .map_err(CasError::io("restore staging file"))
         })?;
         self.freed = 0;
@@ -335,7 +473,7 @@ struct Reader {
 
 impl Read for Reader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let end = {
+        let want = {
             let mut st = self.shared.state.lock();
             loop {
                 if st.stop {
@@ -349,9 +487,16 @@ impl Read for Reader {
                 self.shared.changed.wait(&mut st);
             }
             st.idle = false;
-            st.written
+            let want = buf.len().min((st.written - self.pos) as usize);
+            match st.copy_queued(self.pos, &mut buf[..want]) {
+                Ok(n) => {
+                    self.pos += n as u64;
+                    st.read = self.pos;
+                    return Ok(n);
+                }
+                Err(next) => usize::try_from(next - self.pos).map_or(want, |n| n.min(want)),
+            }
         };
-        let want = buf.len().min((end - self.pos) as usize);
         let n = self.file.read_at(&mut buf[..want], self.pos)?;
         if n == 0 {
             return Err(io::Error::new(

@@ -196,11 +196,14 @@ impl Cas {
         &self,
         owner: StoreId,
         path: &Path,
-        ahead: Option<&PutAhead>,
+        ahead: Option<&mut PutAhead>,
     ) -> Result<Content, CasError> {
         let mut file = File::open(path).map_err(CasError::io("open file to store"))?;
         // Stored chunks are never inline, and their bytes may be gone from the file.
-        let stored = ahead.and_then(PutAhead::settled).unwrap_or_default();
+        let stored = match ahead {
+            Some(a) => a.settled()?.unwrap_or_default(),
+            None => Vec::new(),
+        };
         if stored.is_empty() {
             let mut head = Vec::with_capacity(INLINE_MAX + 1);
             (&mut file)
@@ -410,8 +413,9 @@ impl Cas {
         synced
     }
 
-    /// Stores the chunks of the staging file `file` (empty, to be written front to back)
-    /// while it is written; pass the result to [`Cas::put_file`].
+    /// Stores the chunks of the staging file `file` (empty, to be written front to back
+    /// through [`PutAhead::write_at`]) while it is written; pass the result to
+    /// [`Cas::put_file`].
     pub fn put_ahead(&self, file: File) -> PutAhead {
         PutAhead::new(self, file)
     }

@@ -903,8 +903,8 @@ fn staging(f: &Fixture) -> (std::path::PathBuf, std::fs::File, super::PutAhead) 
 }
 
 /// Writes `len` bytes front to back into a staging file in random pieces, some after a
-/// hole, committing with chunks stored ahead at random points: every commit stores the
-/// content `put_bytes` stores for the bytes written so far.
+/// hole, reading back and committing with chunks stored ahead at random points: every
+/// read gives the bytes written, every commit the content `put_bytes` stores for them.
 fn write_ahead_and_commit(seed: u64, len: usize) -> u64 {
     let f = fixture();
     let source = data(seed, len);
@@ -919,18 +919,25 @@ fn write_ahead_and_commit(seed: u64, len: usize) -> u64 {
         let n = (1 + rng.below(2 * MIB as u64) as usize).min(len.saturating_sub(at));
         if n > 0 {
             written[at..at + n].copy_from_slice(&source[at..at + n]);
-            std::os::unix::fs::FileExt::write_all_at(&file, &source[at..at + n], at as u64)
-                .unwrap();
+            ahead.write_at(&source[at..at + n], at as u64).unwrap();
+        } else {
+            // A hole at the end: the file's size says where the content ends.
+            file.set_len(len as u64).unwrap();
+            ahead.written(len as u64);
         }
         at = (at + n).min(len);
-        file.set_len(at as u64).unwrap();
-        ahead.written(at as u64);
+        if rng.below(4) == 0 {
+            let from = rng.below(at as u64) as usize;
+            let mut buf = vec![0u8; (1 + rng.below(3 * MIB as u64) as usize).min(at - from)];
+            ahead.read_exact_at(&mut buf, from as u64).unwrap();
+            assert!(buf == written[from..from + buf.len()], "read at {from}");
+        }
         if rng.below(6) == 0 || at == len {
-            let got = f.cas.put_file(S, &path, Some(&ahead)).unwrap();
+            let got = f.cas.put_file(S, &path, Some(&mut ahead)).unwrap();
             assert_eq!(got, f.cas.put_bytes(S, &written[..at]).unwrap(), "at {at}");
         }
     }
-    let stored = ahead.settled().expect("chunks were stored ahead");
+    let stored = ahead.settled().unwrap().expect("chunks were stored ahead");
     stored.iter().map(|(_, len)| len).sum()
 }
 
@@ -955,8 +962,8 @@ fn a_staging_file_shorter_than_promised_is_stored_whole() {
     let mut ahead = f.cas.put_ahead(std::fs::File::open(&path).unwrap());
     ahead.written(30 * MIB as u64);
     // The worker fails at the missing bytes, before it cuts a chunk.
-    assert_eq!(ahead.settled(), Some(vec![]));
-    let got = f.cas.put_file(S, &path, Some(&ahead)).unwrap();
+    assert_eq!(ahead.settled().unwrap(), Some(vec![]));
+    let got = f.cas.put_file(S, &path, Some(&mut ahead)).unwrap();
     assert_eq!(got, f.cas.put_bytes(S, &content).unwrap());
 }
 
@@ -966,18 +973,29 @@ fn allocated(file: &std::fs::File) -> u64 {
 }
 
 #[test]
-fn a_stored_prefix_freed_from_its_file_reads_commits_and_restores_from_its_chunks() {
+fn a_front_to_back_write_is_held_once_and_reads_commits_and_restores_whole() {
     let f = fixture();
-    let len = 40 * MIB + 4321;
+    let len = 72 * MIB + 4321;
     let source = data(24, len);
     let (path, file, mut ahead) = staging(&f);
     for (i, piece) in source.chunks(MIB).enumerate() {
-        std::os::unix::fs::FileExt::write_all_at(&file, piece, (i * MIB) as u64).unwrap();
-        ahead.written((i * MIB + piece.len()) as u64);
-        ahead.free_stored(&file);
+        ahead.write_at(piece, (i * MIB) as u64).unwrap();
+        // Past the first bytes, writes are queued, not written to the file, and the
+        // queue never holds much more than its bound.
+        assert!(allocated(&file) <= super::ahead::AHEAD_MIN + MIB as u64);
+        assert!(
+            ahead.queued() <= super::ahead::QUEUE_MAX + super::ahead::FREE_MIN + MIB as u64,
+            "{} bytes queued",
+            ahead.queued()
+        );
     }
-    let stored: u64 = ahead.settled().unwrap().iter().map(|(_, l)| l).sum();
-    ahead.free_stored(&file);
+    let stored: u64 = ahead
+        .settled()
+        .unwrap()
+        .unwrap()
+        .iter()
+        .map(|(_, l)| l)
+        .sum();
     assert!(stored > 20 * MIB as u64, "only {stored} bytes stored ahead");
     assert!(
         allocated(&file) + stored <= len as u64 + MIB as u64,
@@ -991,17 +1009,20 @@ fn a_stored_prefix_freed_from_its_file_reads_commits_and_restores_from_its_chunk
         let at = rng.below(len as u64) as usize;
         let n = (1 + rng.below(3 * MIB as u64) as usize).min(len - at);
         let mut buf = vec![0u8; n];
-        ahead.read_exact_at(&file, &mut buf, at as u64).unwrap();
+        ahead.read_exact_at(&mut buf, at as u64).unwrap();
         assert!(buf == source[at..at + n], "read of {n} at {at}");
     }
     let mut whole = vec![0u8; len];
-    ahead.read_exact_at(&file, &mut whole, 0).unwrap();
+    ahead.read_exact_at(&mut whole, 0).unwrap();
     assert!(whole == source);
 
     let expected = f.cas.put_bytes(S, &source).unwrap();
-    assert_eq!(f.cas.put_file(S, &path, Some(&ahead)).unwrap(), expected);
+    assert_eq!(
+        f.cas.put_file(S, &path, Some(&mut ahead)).unwrap(),
+        expected
+    );
 
-    ahead.restore(&file).unwrap();
+    ahead.restore().unwrap();
     assert!(
         std::fs::read(&path).unwrap() == source,
         "restored file differs"
@@ -1021,10 +1042,10 @@ fn files_beyond_the_worker_places_are_stored_whole_and_places_come_back() {
         ahead.written(content.len() as u64);
         (path, ahead)
     };
-    let aheads: Vec<_> = (0..=super::ahead::MAX_WORKERS).map(ahead_of).collect();
-    for (i, (path, ahead)) in aheads.iter().enumerate() {
+    let mut aheads: Vec<_> = (0..=super::ahead::MAX_WORKERS).map(ahead_of).collect();
+    for (i, (path, ahead)) in aheads.iter_mut().enumerate() {
         assert_eq!(
-            ahead.settled().is_some(),
+            ahead.settled().unwrap().is_some(),
             i < super::ahead::MAX_WORKERS,
             "file {i}"
         );
@@ -1033,8 +1054,8 @@ fn files_beyond_the_worker_places_are_stored_whole_and_places_come_back() {
     drop(aheads);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, ahead) = ahead_of(99);
-        if ahead.settled().is_some() {
+        let (_, mut ahead) = ahead_of(99);
+        if ahead.settled().unwrap().is_some() {
             break;
         }
         assert!(Instant::now() < deadline, "no worker place came back");

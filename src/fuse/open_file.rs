@@ -357,15 +357,14 @@ impl OpenFile {
                 moved = append && offset != *size;
                 let at = if append { *size } else { offset };
                 if at < *size {
-                    stop_ahead(file, ahead)?;
+                    stop_ahead(ahead)?;
                 }
-                file.write_all_at(data, at).map_err(io_errno)?;
-                let end = at + data.len() as u64;
-                if let Some(a) = ahead {
-                    a.written(end);
-                    a.free_stored(file);
+                match ahead {
+                    Some(a) => a.write_at(data, at),
+                    None => file.write_all_at(data, at),
                 }
-                *size = (*size).max(end);
+                .map_err(io_errno)?;
+                *size = (*size).max(at + data.len() as u64);
             }
         }
         self.append_moved |= moved;
@@ -382,7 +381,7 @@ impl OpenFile {
                 let n = (*size).saturating_sub(offset).min(u64::from(len)) as usize;
                 let mut buf = vec![0u8; n];
                 match ahead {
-                    Some(a) => a.read_exact_at(file, &mut buf, offset).map_err(Fail::cas)?,
+                    Some(a) => a.read_exact_at(&mut buf, offset).map_err(Fail::cas)?,
                     None => file.read_exact_at(&mut buf, offset).map_err(io_errno)?,
                 }
                 Ok(buf.into())
@@ -470,7 +469,7 @@ impl OpenFile {
             *size = new_size;
         } else {
             let (file, size, ahead) = self.full(cas)?;
-            stop_ahead(file, ahead)?;
+            stop_ahead(ahead)?;
             file.set_len(new_size).map_err(io_errno)?;
             *size = new_size;
         }
@@ -490,7 +489,7 @@ impl OpenFile {
                 Staging::Clean => Ok(()),
                 Staging::Full { path, ahead, .. } => {
                     let content = cas
-                        .put_file(self.store.id(), path, ahead.as_ref())
+                        .put_file(self.store.id(), path, ahead.as_mut())
                         .map_err(Fail::cas)?;
                     self.store
                         .write_unannounced(|tx| {
@@ -611,11 +610,11 @@ impl Drop for OpenFile {
     }
 }
 
-/// Ends storing `file`'s chunks ahead, its bytes written back where they were freed, so
-/// that it can be written anywhere; on failure nothing changes.
-fn stop_ahead(file: &File, ahead: &mut Option<PutAhead>) -> Result<(), Fail> {
+/// Ends storing the staging file's chunks ahead, its queued and freed bytes written back
+/// into it, so that it can be written anywhere; on failure nothing changes.
+fn stop_ahead(ahead: &mut Option<PutAhead>) -> Result<(), Fail> {
     if let Some(a) = ahead {
-        a.restore(file).map_err(Fail::cas)?;
+        a.restore().map_err(Fail::cas)?;
     }
     *ahead = None;
     Ok(())
