@@ -794,6 +794,34 @@ fn fsynced_data_survives_kill_9() {
 }
 
 #[test]
+fn a_large_file_fsynced_midway_through_its_copy_survives_kill_9() {
+    let Some(mut d) = daemon_with_store("bigcrash") else {
+        return;
+    };
+    // Past its first 8 MiB, a copy's writes wait in the daemon's memory for their
+    // chunks: the fsync must store what is still there.
+    let data = random_bytes(48 << 20, 21);
+    let path = d.path("bigcrash/copy.bin");
+    let mut f = File::create(&path).unwrap();
+    for piece in data[..40 << 20].chunks(1 << 20) {
+        f.write_all(piece).unwrap();
+    }
+    f.sync_all().unwrap();
+    for piece in data[40 << 20..].chunks(1 << 20) {
+        f.write_all(piece).unwrap();
+    }
+    d.kill9();
+    drop(f);
+    d.up();
+    let got = fs::read(&path).unwrap();
+    assert!(
+        got == data[..40 << 20],
+        "{} bytes after the restart, not the 40 MiB fsynced",
+        got.len()
+    );
+}
+
+#[test]
 fn cli_reports_status_history_and_clear_errors() {
     let Some(d) = daemon_with_store("cli") else {
         return;
