@@ -361,6 +361,11 @@ fn local_file_reads_back_exactly(d: &Daemon) {
     drop(reader);
     assert_eq!(std::fs::read(backing_of(d, "out.bin")).unwrap(), all);
     assert_eq!(std::fs::metadata(&path).unwrap().len(), 8190);
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::blksize(&std::fs::metadata(&path).unwrap()),
+        1 << 20,
+        "a local-only file asks for whole requests too"
+    );
     std::fs::write(&path, "again").unwrap();
     assert_eq!(std::fs::read_to_string(&path).unwrap(), "again");
 }

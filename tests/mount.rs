@@ -309,6 +309,24 @@ fn a_large_file_being_written_holds_its_bytes_once_and_reads_back_while_open() {
 }
 
 #[test]
+fn files_ask_tools_for_whole_requests() {
+    // `cp`, `cat` and buffered writers size their I/O by st_blksize: at 4 KiB a Python
+    // script's buffered writes each made a round trip to the daemon.
+    let Some(d) = daemon_with_store("io") else {
+        return;
+    };
+    let path = d.path("io/f.bin");
+    let data = random_bytes(3 << 20, 31);
+    fs::write(&path, &data).unwrap();
+    assert_eq!(fs::metadata(&path).unwrap().blksize(), 1 << 20);
+    let copy = d.path("io/copy.bin");
+    let status = Command::new("cp").arg(&path).arg(&copy).status().unwrap();
+    assert!(status.success());
+    assert!(fs::read(&copy).unwrap() == data, "the copy differs");
+    assert_eq!(fs::metadata(&copy).unwrap().blksize(), 1 << 20);
+}
+
+#[test]
 fn sparse_writes_read_holes_as_zeros() {
     let Some(d) = daemon_with_store("s") else {
         return;

@@ -276,7 +276,7 @@ impl LatticeFs {
             uid: a.uid,
             gid: a.gid,
             rdev: a.rdev as u32,
-            blksize: 4096,
+            blksize: super::MAX_IO,
             flags: 0,
         }
     }

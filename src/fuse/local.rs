@@ -246,7 +246,7 @@ pub(crate) fn attr(ino: u64, m: &std::fs::Metadata) -> FileAttr {
         uid: m.uid(),
         gid: m.gid(),
         rdev: 0,
-        blksize: 4096,
+        blksize: super::MAX_IO,
         flags: 0,
     }
 }

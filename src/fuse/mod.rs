@@ -26,7 +26,9 @@ use crate::node::Node;
 /// 1 thread, 8,700/s with 4 and 10,300/s with 8; an idle reader is always waiting.
 const FUSE_THREADS: usize = 8;
 
-/// Largest read or write request the kernel is asked to send, and its readahead window.
+/// Largest read or write request the kernel is asked to send, its readahead window, and
+/// the I/O size files report (`st_blksize`), by which `cp`, `cat` and buffered writers
+/// size their requests.
 const MAX_IO: u32 = 1 << 20;
 
 /// Errors mounting the filesystem.
