@@ -326,6 +326,78 @@ fn files_ask_tools_for_whole_requests() {
     assert_eq!(fs::metadata(&copy).unwrap().blksize(), 1 << 20);
 }
 
+/// Runs `cp FROM TO` inside `d`'s mount; whether it succeeded.
+fn cp(d: &Daemon, from: &str, to: &str) -> bool {
+    let status = Command::new("cp")
+        .arg(d.path(from))
+        .arg(d.path(to))
+        .status()
+        .unwrap();
+    status.success()
+}
+
+#[test]
+fn cp_within_a_store_copies_the_content_without_reading_it() {
+    let Some(mut d) = daemon_with_store("cp") else {
+        return;
+    };
+    let data = random_bytes(12 << 20, 41);
+    fs::write(d.path("cp/a.bin"), &data).unwrap();
+    fs::write(d.path("cp/old.bin"), b"old content").unwrap();
+    fs::create_dir(d.path("other")).unwrap();
+    // Whole copies in the store, to a new name and over a file; across stores and in
+    // part, the kernel copies bytes.
+    for to in ["cp/b.bin", "cp/old.bin", "other/c.bin"] {
+        assert!(cp(&d, "cp/a.bin", to), "cp to {to}");
+    }
+    let src = File::open(d.path("cp/a.bin")).unwrap();
+    let part = File::create(d.path("cp/part.bin")).unwrap();
+    let (mut off_in, mut off_out) = (5i64 << 20, 0i64);
+    // SAFETY: both descriptors are open and the offsets are valid pointers.
+    let n = unsafe {
+        libc::copy_file_range(
+            std::os::fd::AsRawFd::as_raw_fd(&src),
+            &mut off_in,
+            std::os::fd::AsRawFd::as_raw_fd(&part),
+            &mut off_out,
+            1 << 20,
+            0,
+        )
+    };
+    assert_eq!(n, 1 << 20);
+    drop((src, part));
+    d.down();
+    d.up();
+    for name in ["cp/b.bin", "cp/old.bin", "other/c.bin"] {
+        assert!(fs::read(d.path(name)).unwrap() == data, "{name} differs");
+    }
+    assert!(fs::read(d.path("cp/part.bin")).unwrap() == data[5 << 20..6 << 20]);
+
+    // With every chunk altered on disk the file cannot be read, and yet `cp` copies it
+    // within the store: the copy names the same content, which reads as badly.
+    d.down();
+    for e in fs::read_dir(d.data.join("blobs/data")).unwrap() {
+        let path = e.unwrap().path();
+        let mut bytes = fs::read(&path).unwrap();
+        if bytes.len() >= 64 << 10 {
+            let mid = bytes.len() / 2;
+            bytes[mid] ^= 1;
+            fs::write(&path, &bytes).unwrap();
+        }
+    }
+    d.up();
+    assert!(
+        fs::read(d.path("cp/a.bin")).is_err(),
+        "an altered chunk read"
+    );
+    assert!(cp(&d, "cp/a.bin", "cp/ref.bin"), "cp of an unreadable file");
+    assert_eq!(
+        fs::metadata(d.path("cp/ref.bin")).unwrap().len(),
+        data.len() as u64
+    );
+    assert!(fs::read(d.path("cp/ref.bin")).is_err(), "the copy read");
+}
+
 #[test]
 fn sparse_writes_read_holes_as_zeros() {
     let Some(d) = daemon_with_store("s") else {

@@ -598,6 +598,47 @@ impl LatticeFs {
         Ok(n)
     }
 
+    /// Copies a whole file over an empty file of the same store (what `cp` asks) as a
+    /// write of the same content: no byte is read or stored. Any other copy is
+    /// `EOPNOTSUPP`, which the kernel answers by reading and writing.
+    fn do_copy_file_range(
+        &self,
+        (fh_in, offset_in): (FileHandle, u64),
+        (fh_out, offset_out): (FileHandle, u64),
+        len: u64,
+    ) -> Result<u32> {
+        let unsupported = Fail::Errno(libc::EOPNOTSUPP);
+        if self.local_handle(fh_in).is_some() || self.local_handle(fh_out).is_some() {
+            return Err(unsupported);
+        }
+        let (src, dst) = (self.file_handle(fh_in)?, self.file_handle(fh_out)?);
+        if !dst.write {
+            return Err(Fail::Errno(libc::EBADF));
+        }
+        let (Key::File(sid, from), Key::File(to_sid, to), Some(src_open), Some(dst_open)) =
+            (src.key, dst.key, src.open, dst.open)
+        else {
+            return Err(unsupported);
+        };
+        if sid != to_sid || from == to {
+            return Err(unsupported);
+        }
+        // Uncommitted writes of the source are in its staging only: copied byte by byte.
+        let view = src_open.lock().clean_view()?.ok_or(unsupported)?;
+        if offset_in >= view.size {
+            return Ok(0);
+        }
+        let whole = offset_in == 0 && offset_out == 0 && len >= view.size;
+        let (true, Ok(n), [content]) = (whole, u32::try_from(view.size), &view.pieces[..]) else {
+            return Err(Fail::Errno(libc::EOPNOTSUPP));
+        };
+        if !dst_open.lock().replace_empty(content.clone())? {
+            return Err(Fail::Errno(libc::EOPNOTSUPP));
+        }
+        self.inodes.suspect_copies(sid, to);
+        Ok(n)
+    }
+
     fn commit(&self, fh: FileHandle, durable: bool) -> Result<()> {
         if let Some(f) = self.local_handle(fh) {
             if durable {
@@ -1383,6 +1424,25 @@ impl Filesystem for LatticeFs {
         reply: ReplyEmpty,
     ) {
         reply_empty(reply, self.do_release(fh));
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        _ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: fuser::CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        match self.do_copy_file_range((fh_in, offset_in), (fh_out, offset_out), len) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno(e)),
+        }
     }
 
     fn fsync(

@@ -444,6 +444,31 @@ impl OpenFile {
         }
     }
 
+    /// Makes `content` the file's content, committed at once, if the file is empty now
+    /// (nothing written, staged or committed) and has a name; its staging goes. Whether
+    /// it did.
+    pub(crate) fn replace_empty(&mut self, content: Content) -> Result<bool, Fail> {
+        if self.attr()?.size != 0 {
+            return Ok(false);
+        }
+        let mtime = (now_ms() as i64) * 1_000_000;
+        let file = self.file;
+        let written = self.store.write_unannounced(|tx| {
+            let body = tx.state().plan_write(file, content, mtime)?;
+            tx.push(body)?;
+            Ok(())
+        });
+        match written {
+            Ok(()) => {}
+            Err(FsError::NotFound) => return Ok(false),
+            Err(e) => return Err(Fail::Fs(e)),
+        }
+        self.discard();
+        self.dirty = false;
+        self.refresh();
+        Ok(true)
+    }
+
     /// Sets the size; the change is committed at once, as `truncate(2)` is a metadata call.
     pub(crate) fn truncate(&mut self, cas: &Cas, new_size: u64) -> Result<(), Fail> {
         if new_size == 0 {
