@@ -599,17 +599,16 @@ impl LatticeFs {
     }
 
     /// Copies a whole file over an empty file of the same store (what `cp` asks) as a
-    /// write of the same content: no byte is read or stored. Any other copy is
-    /// `EOPNOTSUPP`, which the kernel answers by reading and writing.
+    /// write of the same content: no byte is read or stored. `None` for any other copy,
+    /// which the kernel then makes with reads and writes.
     fn do_copy_file_range(
         &self,
         (fh_in, offset_in): (FileHandle, u64),
         (fh_out, offset_out): (FileHandle, u64),
         len: u64,
-    ) -> Result<u32> {
-        let unsupported = Fail::Errno(libc::EOPNOTSUPP);
+    ) -> Result<Option<u32>> {
         if self.local_handle(fh_in).is_some() || self.local_handle(fh_out).is_some() {
-            return Err(unsupported);
+            return Ok(None);
         }
         let (src, dst) = (self.file_handle(fh_in)?, self.file_handle(fh_out)?);
         if !dst.write {
@@ -618,25 +617,29 @@ impl LatticeFs {
         let (Key::File(sid, from), Key::File(to_sid, to), Some(src_open), Some(dst_open)) =
             (src.key, dst.key, src.open, dst.open)
         else {
-            return Err(unsupported);
+            return Ok(None);
         };
-        if sid != to_sid || from == to {
-            return Err(unsupported);
-        }
         // Uncommitted writes of the source are in its staging only: copied byte by byte.
-        let view = src_open.lock().clean_view()?.ok_or(unsupported)?;
+        let Some(view) = src_open.lock().clean_view()? else {
+            return Ok(None);
+        };
         if offset_in >= view.size {
-            return Ok(0);
+            return Ok(Some(0));
         }
         let whole = offset_in == 0 && offset_out == 0 && len >= view.size;
-        let (true, Ok(n), [content]) = (whole, u32::try_from(view.size), &view.pieces[..]) else {
-            return Err(Fail::Errno(libc::EOPNOTSUPP));
+        let (true, true, Ok(n), [content]) = (
+            whole,
+            sid == to_sid && from != to,
+            u32::try_from(view.size),
+            &view.pieces[..],
+        ) else {
+            return Ok(None);
         };
         if !dst_open.lock().replace_empty(content.clone())? {
-            return Err(Fail::Errno(libc::EOPNOTSUPP));
+            return Ok(None);
         }
         self.inodes.suspect_copies(sid, to);
-        Ok(n)
+        Ok(Some(n))
     }
 
     fn commit(&self, fh: FileHandle, durable: bool) -> Result<()> {
@@ -1440,7 +1443,8 @@ impl Filesystem for LatticeFs {
         reply: ReplyWrite,
     ) {
         match self.do_copy_file_range((fh_in, offset_in), (fh_out, offset_out), len) {
-            Ok(n) => reply.written(n),
+            Ok(Some(n)) => reply.written(n),
+            Ok(None) => reply.error(errno(Fail::Errno(libc::EOPNOTSUPP))),
             Err(e) => reply.error(errno(e)),
         }
     }
