@@ -453,12 +453,7 @@ impl OpenFile {
         }
         let mtime = (now_ms() as i64) * 1_000_000;
         let file = self.file;
-        let written = self.store.write_unannounced(|tx| {
-            let body = tx.state().plan_write(file, content, mtime)?;
-            tx.push(body)?;
-            Ok(())
-        });
-        match written {
+        match push_write(&self.store, file, content, mtime) {
             Ok(()) => {}
             Err(FsError::NotFound) => return Ok(false),
             Err(e) => return Err(Fail::Fs(e)),
@@ -516,13 +511,7 @@ impl OpenFile {
                     let content = cas
                         .put_file(self.store.id(), path, ahead.as_mut())
                         .map_err(Fail::cas)?;
-                    self.store
-                        .write_unannounced(|tx| {
-                            let body = tx.state().plan_write(file, content, mtime)?;
-                            tx.push(body)?;
-                            Ok(())
-                        })
-                        .map_err(Fail::Fs)
+                    push_write(&self.store, file, content, mtime).map_err(Fail::Fs)
                 }
                 Staging::Sparse {
                     file: staged,
@@ -560,14 +549,7 @@ impl OpenFile {
                             },
                         )
                         .map_err(Fail::cas)?;
-                    let r = self
-                        .store
-                        .write_unannounced(|tx| {
-                            let body = tx.state().plan_write(file, content.clone(), mtime)?;
-                            tx.push(body)?;
-                            Ok(())
-                        })
-                        .map_err(Fail::Fs);
+                    let r = push_write(&self.store, file, content.clone(), mtime).map_err(Fail::Fs);
                     if matches!(content, Content::Manifest { .. }) {
                         staged.set_len(0).map_err(io_errno)?;
                         *written = Written::default();
@@ -633,6 +615,15 @@ impl Drop for OpenFile {
     fn drop(&mut self) {
         self.discard();
     }
+}
+
+/// Pushes a write of `content` (modified at `mtime`) as `file`'s new content.
+fn push_write(store: &Store, file: FileId, content: Content, mtime: i64) -> Result<(), FsError> {
+    store.write_unannounced(|tx| {
+        let body = tx.state().plan_write(file, content, mtime)?;
+        tx.push(body)?;
+        Ok(())
+    })
 }
 
 /// Ends storing the staging file's chunks ahead, its queued and freed bytes written back
