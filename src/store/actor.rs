@@ -35,6 +35,11 @@ pub(crate) const DURABLE_EVERY: Duration = Duration::from_secs(1);
 /// Longest time a sealed intention waits for the durable commit that lets it leave the
 /// node: short enough for gossip to feel immediate, long enough to batch fsyncs.
 pub(crate) const SEALED_DURABLE_WITHIN: Duration = Duration::from_millis(50);
+/// Quiet after the newest sealed intention after which the held ones are made durable
+/// without waiting out [`SEALED_DURABLE_WITHIN`]: longer than the gaps between the
+/// batches of a stream of writes (which keep sharing one fsync), so a lone write leaves
+/// the node at once.
+pub(crate) const SEALED_QUIET: Duration = Duration::from_millis(10);
 /// Longest time the projection's changed records stay unwritten while intentions
 /// arrive (they are replayed at open, and held in memory until written).
 pub(crate) const PAGES_EVERY: Duration = Duration::from_secs(5);
@@ -238,12 +243,20 @@ struct Committed {
 struct Held {
     bytes: Vec<Bytes>,
     hashes: std::collections::HashSet<Hash>,
+    /// When the oldest held intention was sealed (or its durable commit last failed).
     since: Option<Instant>,
+    /// When the newest was sealed; `None` after a failed durable commit, which is
+    /// retried at `since`'s deadline only.
+    last: Option<Instant>,
 }
 
 impl Held {
     fn due(&self) -> Option<Instant> {
-        self.since.map(|t| t + SEALED_DURABLE_WITHIN)
+        let within = self.since? + SEALED_DURABLE_WITHIN;
+        Some(
+            self.last
+                .map_or(within, |last| within.min(last + SEALED_QUIET)),
+        )
     }
 }
 
@@ -398,6 +411,7 @@ impl Actor {
                 durable = false;
                 // Retry the held intentions' durable commit later, not at every pass.
                 self.held.since = self.held.since.map(|_| Instant::now());
+                self.held.last = None;
                 unsynced = Some(why);
             }
         }
@@ -585,6 +599,7 @@ impl Actor {
             }
             self.held.bytes.push(bytes);
             self.held.since.get_or_insert_with(Instant::now);
+            self.held.last = Some(Instant::now());
         }
         if durable && !self.held.bytes.is_empty() {
             let sealed = mem::take(&mut self.held).bytes;
@@ -852,5 +867,41 @@ fn names_file(author: crate::identity::PublicKey, op: &Op, file: FileId) -> bool
         | OpBody::SetHorizon { .. }
         | OpBody::Leave { .. }
         | OpBody::DeleteStore => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use super::{Held, SEALED_DURABLE_WITHIN, SEALED_QUIET};
+
+    fn held(since: Instant, last: Option<Instant>) -> Held {
+        Held {
+            since: Some(since),
+            last,
+            ..Held::default()
+        }
+    }
+
+    #[test]
+    fn a_lone_sealed_intention_is_due_after_the_quiet_and_a_stream_after_the_window() {
+        let t = Instant::now();
+        assert_eq!(Held::default().due(), None, "nothing held, nothing due");
+        assert_eq!(held(t, Some(t)).due(), Some(t + SEALED_QUIET));
+        // Batches sealed closer together than the quiet keep sharing one durable
+        // commit, up to the window after the first.
+        let mut h = held(t, Some(t));
+        let step = SEALED_QUIET / 2;
+        let mut at = t;
+        while at < t + SEALED_DURABLE_WITHIN {
+            at += step;
+            h.last = Some(at);
+            assert!(h.due().unwrap() <= t + SEALED_DURABLE_WITHIN);
+        }
+        assert_eq!(h.due(), Some(t + SEALED_DURABLE_WITHIN));
+        // After a failed durable commit, it is retried at the window only.
+        assert_eq!(held(t, None).due(), Some(t + SEALED_DURABLE_WITHIN));
+        assert!(SEALED_QUIET >= 4 * super::BATCH_WINDOW && SEALED_QUIET < SEALED_DURABLE_WITHIN);
     }
 }
