@@ -196,7 +196,7 @@ fn edits_truncations_and_gaps_in_a_stored_file_read_back_exactly_open_closed_and
 }
 
 #[test]
-fn a_mount_by_root_reads_ahead_one_whole_request() {
+fn a_mount_by_root_reads_ahead_four_whole_requests() {
     let Some(d) = daemon_with_store("ahead") else {
         return;
     };
@@ -208,7 +208,7 @@ fn a_mount_by_root_reads_ahead_one_whole_request() {
     let dev = fs::metadata(d.path("")).unwrap().dev();
     let (major, minor) = (libc::major(dev), libc::minor(dev));
     let window = fs::read_to_string(format!("/sys/class/bdi/{major}:{minor}/read_ahead_kb"));
-    assert_eq!(window.unwrap().trim(), "1024");
+    assert_eq!(window.unwrap().trim(), "4096");
 }
 
 #[test]

@@ -26,10 +26,15 @@ use crate::node::Node;
 /// 1 thread, 8,700/s with 4 and 10,300/s with 8; an idle reader is always waiting.
 const FUSE_THREADS: usize = 8;
 
-/// Largest read or write request the kernel is asked to send, its readahead window, and
-/// the I/O size files report (`st_blksize`), by which `cp`, `cat` and buffered writers
-/// size their requests.
+/// Largest read or write request the kernel is asked to send, and the I/O size files
+/// report (`st_blksize`), by which `cp`, `cat` and buffered writers size their requests.
 const MAX_IO: u32 = 1 << 20;
+
+/// Readahead window (KiB) of a mount by root: four whole requests, so the kernel asks
+/// for the next ones while the reader copies the last. Measured reading a cold GiB with
+/// `dd` on 2 cores: 0.67-0.69 s with one request's window, 0.60-0.62 s with four,
+/// 0.60-0.62 s with eight, 0.64 s with sixteen.
+const READAHEAD_KB: u32 = 4 * MAX_IO / 1024;
 
 /// Errors mounting the filesystem.
 #[derive(Debug, thiserror::Error)]
@@ -145,9 +150,9 @@ pub fn mount(node: Node, mountpoint: &Path, opts: MountOptions) -> Result<MountG
     Ok(guard)
 }
 
-/// Raises the readahead window of the mount at `mountpoint` to [`MAX_IO`]. The kernel
-/// gives a FUSE mount the default 128 KiB and only lowers it to what `init` asks, so a
-/// sequential read would cost a request per 128 KiB; the window is a sysfs setting of
+/// Raises the readahead window of the mount at `mountpoint` to [`READAHEAD_KB`]. The
+/// kernel gives a FUSE mount the default 128 KiB and only lowers it to what `init` asks,
+/// so a sequential read would cost a request per 128 KiB, one at a time; the window is a sysfs setting of
 /// the mount's own backing device, writable by root only, so other users keep 128 KiB.
 fn widen_readahead(mountpoint: &Path) {
     use std::os::unix::fs::MetadataExt;
@@ -163,7 +168,7 @@ fn widen_readahead(mountpoint: &Path) {
         }
     };
     let path = readahead_path(dev);
-    if let Err(e) = std::fs::write(&path, (MAX_IO / 1024).to_string()) {
+    if let Err(e) = std::fs::write(&path, READAHEAD_KB.to_string()) {
         tracing::debug!(
             "readahead stays at the kernel's default ({}: {e})",
             path.display()
