@@ -95,10 +95,11 @@ const PUT_IN_FLIGHT: usize = 8;
 /// Chunk fetches running at once while content is exported.
 const EXPORT_IN_FLIGHT: usize = 4;
 
-/// Chunks past the one a sequential read is in that are read ahead: one is checked
-/// while the reader copies the other. A count, not bytes, so that a manifest of tiny
-/// chunks cannot make one read start thousands of loads.
-const READ_AHEAD: usize = 2;
+/// Chunks past the one a sequential read is in that are read ahead: about as many as
+/// the kernel's readahead window of a mount by root holds requests (four of 1 MiB), so
+/// the chunks its next requests need are loaded while it copies. A count, not bytes, so
+/// that a manifest of tiny chunks cannot make one read start thousands of loads.
+const READ_AHEAD: usize = 4;
 
 /// The content store: clone it freely (one store inside). Its methods block, so call
 /// them from plain threads (FUSE threads, `spawn_blocking`), never from a tokio worker.
