@@ -5,6 +5,7 @@
 //! records each blob it fetched as owned by that store.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
@@ -273,19 +274,34 @@ async fn patch_changes(
     Ok(patched)
 }
 
+/// Blobs being patched or downloaded now, each with the turn the next patch or download
+/// of it waits for.
+pub(crate) type Turns = Mutex<HashMap<Hash, Arc<tokio::sync::Mutex<()>>>>;
+
+/// Runs `work` on blob `hash` once no other patch or download of it runs: a second one
+/// waits for its turn and then finds the blob local, instead of fetching it again.
+async fn in_turn<T>(turns: &Turns, hash: Hash, work: impl Future<Output = T>) -> T {
+    let turn = turns.lock().entry(hash).or_default().clone();
+    let out = {
+        let _turn = turn.lock().await;
+        work.await
+    };
+    let mut turns = turns.lock();
+    if Arc::strong_count(&turn) == 2 {
+        turns.remove(&hash);
+    }
+    out
+}
+
 /// Rebuilds `chunk` from `base` through the first online member of `providers` that
-/// patches it; whether this call did. One task patches a chunk at a time: another
-/// waits for its turn and then finds the chunk local.
+/// patches it; whether this call did.
 async fn patch_one(
     shared: &Arc<Shared>,
     store: &Store,
     (chunk, base, len): (Hash, Hash, u64),
     providers: &[PublicKey],
 ) -> bool {
-    let turn = shared.patching.lock().entry(chunk).or_default().clone();
-    let mut patched = false;
-    {
-        let _turn = turn.lock().await;
+    in_turn(&shared.turns, chunk, async {
         let online = providers.iter().filter(|k| shared.peers.state(k).online);
         for peer in online {
             if is_local(shared.node.cas(), chunk).await {
@@ -295,20 +311,16 @@ async fn patch_one(
                 Ok(()) => {
                     shared.patched.fetch_add(1, Ordering::Relaxed);
                     crate::net::progress::arrived(shared, store, vec![chunk]).await;
-                    patched = true;
-                    break;
+                    return true;
                 }
                 Err(e) => {
                     tracing::debug!(peer = %peer.short(), "patch of chunk {chunk:?} failed: {e}")
                 }
             }
         }
-    }
-    let mut patching = shared.patching.lock();
-    if Arc::strong_count(&turn) == 2 {
-        patching.remove(&chunk);
-    }
-    patched
+        false
+    })
+    .await
 }
 
 /// Whether the local store holds all of blob `hash`.
@@ -412,20 +424,28 @@ async fn download(
     loop {
         while tasks.len() < FETCH_IN_FLIGHT {
             let Some(hash) = queue.next() else { break };
-            let (downloader, providers) = (shared.downloader.clone(), providers.clone());
+            let (shared, providers) = (shared.clone(), providers.clone());
             let (cas, owner) = (shared.node.cas().clone(), store.id());
             tasks.spawn(async move {
                 let _held = cas.hold().await;
-                // A read or another fetch may have brought it meanwhile: it still needs
-                // this store's claim, but it did not come now.
-                let came = !is_local(&cas, Hash(*hash.as_bytes())).await;
-                let got = match downloader.download(hash, providers).await {
-                    Ok(()) => cas
-                        .claim(owner, &[Hash(*hash.as_bytes())])
+                let blob = Hash(*hash.as_bytes());
+                let came = in_turn(&shared.turns, blob, async {
+                    // A read, a patch or another fetch may have brought it meanwhile: it
+                    // still needs this store's claim, but it did not come now.
+                    if is_local(&cas, blob).await {
+                        return Ok(false);
+                    }
+                    let got = shared.downloader.download(hash, providers).await;
+                    got.map(|()| true).map_err(|e| format!("{e:#}"))
+                })
+                .await;
+                let got = match came {
+                    Ok(came) => cas
+                        .claim(owner, &[blob])
                         .await
                         .map(|()| came)
                         .map_err(|e| e.to_string()),
-                    Err(e) => Err(format!("{e:#}")),
+                    Err(e) => Err(e),
                 };
                 (hash, got)
             });
@@ -453,5 +473,50 @@ async fn download(
     match failed {
         Some(reason) => Err(NetError::Fetch(reason)),
         None => Ok(done),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::{in_turn, Turns};
+    use crate::ids::Hash;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_on_one_blob_runs_one_at_a_time_and_leaves_no_turn_behind() {
+        let turns = Arc::new(Turns::default());
+        // Per blob: running now, most running at once, runs done.
+        let counts: Arc<[[AtomicUsize; 3]; 2]> = Arc::new(Default::default());
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..8usize {
+            let (turns, counts) = (turns.clone(), counts.clone());
+            let blob = i % 2;
+            tasks.spawn(async move {
+                in_turn(&turns, Hash([blob as u8; 32]), async {
+                    let [running, most, runs] = &counts[blob];
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    runs.fetch_add(1, Ordering::SeqCst);
+                })
+                .await
+            });
+        }
+        while let Some(t) = tasks.join_next().await {
+            t.unwrap();
+        }
+        for [_, most, runs] in counts.iter() {
+            assert_eq!(runs.load(Ordering::SeqCst), 4);
+            assert_eq!(
+                most.load(Ordering::SeqCst),
+                1,
+                "two ran on one blob at once"
+            );
+        }
+        assert!(turns.lock().is_empty(), "a finished turn stays listed");
     }
 }

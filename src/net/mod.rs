@@ -52,7 +52,7 @@ use tokio::sync::mpsc;
 
 use crate::fs::op::Role;
 use crate::identity::PublicKey;
-use crate::ids::{Hash, StoreId};
+use crate::ids::StoreId;
 use crate::node::Node;
 use crate::store::Store;
 use peers::PeerBook;
@@ -202,8 +202,8 @@ pub(crate) struct Shared {
     pub backlogs: Mutex<HashMap<StoreId, Arc<Mutex<crate::cas::Backlog>>>>,
     /// Content changes being fetched, whose changed chunks a read patches too.
     pub due_patches: Mutex<blobs::DuePatches>,
-    /// Chunks being patched now, each with the turn a second patcher waits for.
-    pub patching: Mutex<HashMap<Hash, Arc<tokio::sync::Mutex<()>>>>,
+    /// Blobs being patched or downloaded now (`blobs::in_turn`).
+    pub turns: blobs::Turns,
 }
 
 impl std::fmt::Debug for Shared {
@@ -272,7 +272,7 @@ impl Net {
             secrets: Mutex::new(HashMap::new()),
             backlogs: Mutex::new(HashMap::new()),
             due_patches: Mutex::new(blobs::DuePatches::default()),
-            patching: Mutex::new(HashMap::new()),
+            turns: Mutex::new(HashMap::new()),
             last_seen: seen::LastSeen::default(),
         });
         gate.attach(Arc::downgrade(&shared));
