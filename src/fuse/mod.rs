@@ -152,8 +152,9 @@ pub fn mount(node: Node, mountpoint: &Path, opts: MountOptions) -> Result<MountG
 
 /// Raises the readahead window of the mount at `mountpoint` to [`READAHEAD_KB`]. The
 /// kernel gives a FUSE mount the default 128 KiB and only lowers it to what `init` asks,
-/// so a sequential read would cost a request per 128 KiB, one at a time; the window is a sysfs setting of
-/// the mount's own backing device, writable by root only, so other users keep 128 KiB.
+/// so a sequential read would cost a request per 128 KiB, one at a time; the window is
+/// a sysfs setting of the mount's own backing device, writable by root only, so other
+/// users keep 128 KiB.
 fn widen_readahead(mountpoint: &Path) {
     use std::os::unix::fs::MetadataExt;
     let dev = match std::fs::metadata(mountpoint) {

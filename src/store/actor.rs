@@ -37,8 +37,8 @@ pub(crate) const DURABLE_EVERY: Duration = Duration::from_secs(1);
 pub(crate) const SEALED_DURABLE_WITHIN: Duration = Duration::from_millis(50);
 /// Quiet after the newest sealed intention after which the held ones are made durable
 /// without waiting out [`SEALED_DURABLE_WITHIN`]: longer than the gaps between the
-/// batches of a stream of writes (which keep sharing one fsync), so a lone write leaves
-/// the node at once.
+/// batches of a stream of writes (which keep sharing one fsync), short enough that a
+/// lone write leaves the node within it.
 pub(crate) const SEALED_QUIET: Duration = Duration::from_millis(10);
 /// Longest time the projection's changed records stay unwritten while intentions
 /// arrive (they are replayed at open, and held in memory until written).
