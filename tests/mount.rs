@@ -903,10 +903,13 @@ fn a_large_file_fsynced_midway_through_its_copy_survives_kill_9() {
     d.kill9();
     drop(f);
     d.up();
+    // The fsynced 40 MiB must be there; later writes may have been committed too (a
+    // process another test forks meanwhile holds the handle until its exec, and that
+    // close is a FLUSH), but only as the bytes written, in order.
     let got = fs::read(&path).unwrap();
     assert!(
-        got == data[..40 << 20],
-        "{} bytes after the restart, not the 40 MiB fsynced",
+        got.len() >= 40 << 20 && data.starts_with(&got),
+        "{} bytes after the restart, not the 40 MiB fsynced and a prefix of the rest",
         got.len()
     );
 }
