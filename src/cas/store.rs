@@ -127,9 +127,14 @@ fn check_len(hash: Hash, len: u64, expected: Option<u64>) -> Result<(), CasError
     }
 }
 
-/// The whole blob `hash`, which must be complete, `expected` bytes long when given and
-/// at most [`MAX_BLOB_READ`] bytes (checked before it is read). The store verifies the
-/// data against the blob's bao outboard while exporting it.
+/// The whole blob `hash`, `expected` bytes long when given and at most
+/// [`MAX_BLOB_READ`] bytes (checked before it is read); `Absent` unless the store holds
+/// it completely. The store verifies the data against the blob's bao outboard while
+/// exporting it.
+///
+/// A blob still arriving is not exported: the store would read and validate every byte
+/// that has come so far only to fail at the first missing one, and a reader catching up
+/// with a download (or reading ahead of it) reaches such blobs all the time.
 pub(crate) async fn fetch(
     store: &Store,
     hash: Hash,
@@ -139,9 +144,13 @@ pub(crate) async fn fetch(
         .status(to_iroh(hash))
         .await
         .map_err(iroh_blobs::api::Error::from)?;
-    if let BlobStatus::Complete { size } = status {
-        check_len(hash, size, expected)?;
-    }
+    let BlobStatus::Complete { size } = status else {
+        return Err(CasError::Absent {
+            hash,
+            waited: std::time::Duration::ZERO,
+        });
+    };
+    check_len(hash, size, expected)?;
     let bytes = match store.get_bytes(to_iroh(hash)).await {
         Ok(bytes) => bytes,
         Err(_) => after_failed_read(store, hash).await?,

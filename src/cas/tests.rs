@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use iroh_blobs::api::blobs::BlobStatus;
 use parking_lot::Mutex;
 use prost::Message;
 use tempfile::TempDir;
@@ -810,6 +811,43 @@ fn blob_completing_between_a_failed_read_and_its_status_check_reads_correctly() 
         let got = super::store::after_failed_read(&blobs, hash).await.unwrap();
         assert!(got == chunk, "the second read returns the blob");
     });
+}
+
+/// A blob that has only partly arrived (a download under way) reads as `Absent`, so a
+/// reader waits for it, and the part that came is left as it is.
+#[test]
+fn a_blob_still_arriving_reads_as_absent_and_completes_afterwards() {
+    use iroh_blobs::protocol::{ChunkRanges, ChunkRangesExt};
+    let (a, b) = (fixture(), fixture());
+    let chunk = Bytes::from(data(25, 300 * KIB));
+    let hash = Hash::of(&chunk);
+    let iroh = super::store::to_iroh(hash);
+    let (from, to) = (a.cas.blobs(), b.cas.blobs());
+    a.rt.block_on(super::store::add(&from, chunk.clone()))
+        .unwrap()
+        .leak();
+    let first = ChunkRanges::bytes(..64 * KIB as u64);
+    let encoded =
+        a.rt.block_on(from.export_bao(iroh, first.clone()).bao_to_vec());
+    b.rt.block_on(to.import_bao_bytes(iroh, first, encoded.unwrap()))
+        .unwrap();
+    assert!(matches!(
+        b.rt.block_on(to.status(iroh)).unwrap(),
+        BlobStatus::Partial { .. }
+    ));
+    let read =
+        b.rt.block_on(super::store::fetch(&to, hash, Some(chunk.len() as u64)));
+    assert!(
+        matches!(read, Err(CasError::Absent { hash: h, .. }) if h == hash),
+        "{read:?}"
+    );
+    let rest =
+        a.rt.block_on(from.export_bao(iroh, ChunkRanges::all()).bao_to_vec());
+    b.rt.block_on(to.import_bao_bytes(iroh, ChunkRanges::all(), rest.unwrap()))
+        .unwrap();
+    let read =
+        b.rt.block_on(super::store::fetch(&to, hash, Some(chunk.len() as u64)));
+    assert!(read.unwrap() == chunk, "the completed blob reads whole");
 }
 
 #[test]
