@@ -281,16 +281,31 @@ pub(crate) type Turns = Mutex<HashMap<Hash, Arc<tokio::sync::Mutex<()>>>>;
 /// Runs `work` on blob `hash` once no other patch or download of it runs: a second one
 /// waits for its turn and then finds the blob local, instead of fetching it again.
 async fn in_turn<T>(turns: &Turns, hash: Hash, work: impl Future<Output = T>) -> T {
-    let turn = turns.lock().entry(hash).or_default().clone();
-    let out = {
-        let _turn = turn.lock().await;
-        work.await
+    let held = Held {
+        turn: turns.lock().entry(hash).or_default().clone(),
+        turns,
+        hash,
     };
-    let mut turns = turns.lock();
-    if Arc::strong_count(&turn) == 2 {
-        turns.remove(&hash);
+    let _turn = held.turn.lock().await;
+    work.await
+}
+
+/// One caller's hold on a blob's turn; the last one to let go unlists the turn, also
+/// when its task is dropped while it waits or works.
+struct Held<'a> {
+    turns: &'a Turns,
+    hash: Hash,
+    turn: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let mut turns = self.turns.lock();
+        // The list and this hold are the only ones left: no one else waits for it.
+        if Arc::strong_count(&self.turn) == 2 {
+            turns.remove(&self.hash);
+        }
     }
-    out
 }
 
 /// Rebuilds `chunk` from `base` through the first online member of `providers` that
@@ -518,5 +533,38 @@ mod tests {
             );
         }
         assert!(turns.lock().is_empty(), "a finished turn stays listed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_dropped_while_they_wait_or_work_leave_no_turn_behind() {
+        let turns = Arc::new(Turns::default());
+        let blob = Hash([7; 32]);
+        let (started, running) = tokio::sync::oneshot::channel();
+        let working = tokio::spawn({
+            let turns = turns.clone();
+            async move {
+                in_turn(&turns, blob, async {
+                    started.send(()).unwrap();
+                    std::future::pending::<()>().await;
+                })
+                .await
+            }
+        });
+        running.await.unwrap();
+        let waiting = tokio::spawn({
+            let turns = turns.clone();
+            async move { in_turn(&turns, blob, async {}).await }
+        });
+        while Arc::strong_count(&turns.lock()[&blob]) < 3 {
+            tokio::task::yield_now().await;
+        }
+        for task in [waiting, working] {
+            task.abort();
+            assert!(task.await.unwrap_err().is_cancelled());
+        }
+        assert!(
+            turns.lock().is_empty(),
+            "a turn stays listed after the tasks holding it were dropped"
+        );
     }
 }
