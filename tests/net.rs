@@ -372,6 +372,45 @@ async fn a_read_racing_the_patch_of_an_edit_waits_for_it() {
     a.stop().await;
 }
 
+/// A file B reads while its own fetch of it runs crosses the wire once: the reader's
+/// fetches and the store's take turns per blob, and the later one finds it local.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_read_while_it_arrives_is_fetched_once() {
+    let (a, b) = team().await;
+    let (team_a, team_b) = (a.store("team"), b.store("team"));
+    let data = random_bytes(24 * 1024 * 1024, 41);
+    let (cas, id, bytes) = (a.node.cas().clone(), team_a.id(), data.clone());
+    let content = tokio::task::spawn_blocking(move || cas.put_bytes(id, &bytes).unwrap())
+        .await
+        .unwrap();
+    write_file(&team_a, "big.bin", content);
+    let tb = team_b.clone();
+    soon("big.bin on B", move || {
+        names(&tb).contains(&"big.bin".to_string())
+    })
+    .await;
+    let got = read_file(&b.node, &team_b, "big.bin").expect("big.bin reads on B");
+    assert!(got == data);
+    let mut fetched = b.net.fetched_bytes();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = b.net.fetched_bytes();
+        if now == fetched {
+            break;
+        }
+        fetched = now;
+    }
+    // The content and its manifest (under 1 KiB for 24 chunks), each once.
+    let once = data.len() as u64 + 4096;
+    assert!(
+        fetched >= data.len() as u64 && fetched <= once,
+        "B fetched {fetched} bytes for {} bytes of content",
+        data.len()
+    );
+    b.stop().await;
+    a.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_member_fetches_a_file_stored_before_ownership_tags_after_the_upgrade() {
     let a = Peer::start("alice").await;
