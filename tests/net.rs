@@ -411,6 +411,56 @@ async fn a_file_read_while_it_arrives_is_fetched_once() {
     a.stop().await;
 }
 
+/// Two members fetching a new file ask its writer for it first, not each other: a member
+/// still fetching holds none of it to give, and each such request is refused. The writer
+/// has the greatest key, so members listed by key put the other reader first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_fetching_a_new_file_ask_its_writer_first() {
+    let mut peers = vec![
+        Peer::start("one").await,
+        Peer::start("two").await,
+        Peer::start("three").await,
+    ];
+    peers.sort_by_key(|p| p.node.identity().public());
+    let writer = peers.pop().unwrap();
+    writer.create("team").await;
+    for p in &peers {
+        let token = writer.invite("team", Role::Writer).await;
+        p.join(&token).await.unwrap();
+    }
+    let team = writer.store("team");
+    let data = random_bytes(16 * 1024 * 1024, 43);
+    let (cas, id, bytes) = (writer.node.cas().clone(), team.id(), data.clone());
+    let content = tokio::task::spawn_blocking(move || cas.put_bytes(id, &bytes).unwrap())
+        .await
+        .unwrap();
+    write_file(&team, "big.bin", content);
+    for p in &peers {
+        let (node, store) = (p.node.clone(), p.store("team"));
+        eventually("big.bin on every reader", || {
+            let content = store.read(|s| {
+                let n = s.lookup(OpId::ROOT, "big.bin").ok()?;
+                s.content(n).ok()
+            })?;
+            let pieces = tokio::task::block_in_place(|| node.cas().missing(&content.pieces));
+            pieces.ok()?.is_empty().then_some(())
+        })
+        .await;
+        assert!(read_file(&p.node, &p.store("team"), "big.bin").unwrap() == data);
+    }
+    for p in &peers {
+        assert_eq!(
+            p.net.refused_blob_requests(),
+            0,
+            "a reader was asked for a blob it was still fetching"
+        );
+    }
+    for p in peers {
+        p.stop().await;
+    }
+    writer.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_new_member_fetches_a_file_stored_before_ownership_tags_after_the_upgrade() {
     let a = Peer::start("alice").await;

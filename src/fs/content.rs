@@ -17,6 +17,7 @@ use crate::fs::op::{Create, Kind, SetMeta};
 use crate::fs::paged::PageValue;
 use crate::fs::vecmap::VecMap;
 use crate::fs::view::ContentView;
+use crate::identity::PublicKey;
 use crate::ids::OpId;
 
 /// Largest size a content version shows: the largest offset the kernel addresses
@@ -272,6 +273,18 @@ impl FileRec {
             all.remove(&w);
         }
         all
+    }
+
+    /// Who wrote the content of the alive versions: each group's base and its appends.
+    pub(crate) fn content_authors(&self) -> BTreeSet<PublicKey> {
+        let mut out = BTreeSet::new();
+        for group in self.alive().into_keys() {
+            out.insert(group.author);
+            if let Some(g) = self.groups.get(&group) {
+                out.extend(g.appends.keys().map(|id| id.author));
+            }
+        }
+        out
     }
 
     /// Heads belonging to `group`.

@@ -7,7 +7,7 @@
 //! shows next to each of the file's names as ` (conflict <who> <date> <time>)`. Lookups
 //! parse a name back to its possible raw names, so they only touch those groups.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt::Write as _;
 
 use bytes::Bytes;
@@ -291,6 +291,14 @@ impl FsState {
     pub fn blob_pieces(&self, file: FileId) -> Vec<Content> {
         self.file(file)
             .map(|f| rec_blob_pieces(&f))
+            .unwrap_or_default()
+    }
+
+    /// Who wrote the content of `file`'s visible versions: the members that hold its
+    /// blobs for certain (empty for a file not known).
+    pub fn content_authors(&self, file: FileId) -> BTreeSet<PublicKey> {
+        self.file(file)
+            .map(|f| f.content_authors())
             .unwrap_or_default()
     }
 

@@ -372,6 +372,38 @@ fn conflict_names_use_the_key_prefix_for_unknown_authors_and_keep_no_extension_w
 }
 
 #[test]
+fn content_authors_are_the_writers_and_appenders_of_every_visible_version() {
+    let mut s = FsState::new();
+    let f = mkfile(&mut s, 1, 10, OpId::ROOT, "log", "");
+    assert_eq!(s.content_authors(f), [key(1)].into());
+    let app = s.plan_append(f, inline("from 2\n"), 0).unwrap();
+    run(&mut s, 2, 20, app);
+    assert_eq!(s.content_authors(f), [key(1), key(2)].into());
+    let (w3, w4) = (
+        s.plan_write(f, inline("3"), 0).unwrap(),
+        s.plan_write(f, inline("4"), 0).unwrap(),
+    );
+    run(&mut s, 3, 30, w3);
+    run(&mut s, 4, 31, w4);
+    assert_eq!(
+        s.content_authors(f),
+        [key(3), key(4)].into(),
+        "the winner and the conflict copy; the superseded version's writers are gone"
+    );
+    let unknown = OpId {
+        hlc: Hlc {
+            wall_ms: 99,
+            counter: 0,
+        },
+        author: key(9),
+    };
+    assert!(
+        s.content_authors(unknown).is_empty(),
+        "a file never created"
+    );
+}
+
+#[test]
 fn writing_the_file_supersedes_every_head_and_resolves_the_conflict() {
     let mut s = FsState::new();
     let f = mkfile(&mut s, 1, 10, OpId::ROOT, "a", "");

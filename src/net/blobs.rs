@@ -128,15 +128,19 @@ async fn allows(
     peer: Option<PublicKey>,
     hashes: &[iroh_blobs::Hash],
 ) -> bool {
+    let refuse = || {
+        shared.refused_blobs.fetch_add(1, Ordering::Relaxed);
+        false
+    };
     let Some(peer) = peer else {
-        return false;
+        return refuse();
     };
     let stores = shared.stores_of(&peer);
     for h in hashes {
         let hash = Hash(*h.as_bytes());
         if !owned_by_any(shared, &stores, hash).await {
             tracing::info!(peer = %peer.short(), "refused a blob request for {h}");
-            return false;
+            return refuse();
         }
     }
     true
@@ -154,11 +158,34 @@ async fn owned_by_any(shared: &Shared, stores: &[Store], hash: Hash) -> bool {
     false
 }
 
-/// Members to fetch from: online ones first, then the rest.
-fn providers(shared: &Shared, store: &Store) -> Vec<iroh::EndpointId> {
-    let mut members = shared.other_members(store);
-    members.sort_by_key(|k| !shared.peers.state(k).online);
-    members.iter().filter_map(endpoint_id).collect()
+/// Members to fetch from: online ones first and, among those, `writers` (who wrote the
+/// content wanted, so hold it) before the rest, who may not have it yet.
+fn providers(shared: &Shared, store: &Store, writers: &[PublicKey]) -> Vec<iroh::EndpointId> {
+    let members = shared.other_members(store);
+    let online: Vec<bool> = members
+        .iter()
+        .map(|k| shared.peers.state(k).online)
+        .collect();
+    provider_order(members, &online, writers)
+        .iter()
+        .filter_map(endpoint_id)
+        .collect()
+}
+
+/// `members` (each online or not, as `online` says) in the order to ask them for blobs
+/// `writers` wrote: online writers, online others, then the offline ones alike.
+fn provider_order(
+    members: Vec<PublicKey>,
+    online: &[bool],
+    writers: &[PublicKey],
+) -> Vec<PublicKey> {
+    let mut ranked: Vec<(bool, bool, PublicKey)> = members
+        .into_iter()
+        .zip(online)
+        .map(|(k, on)| (!on, !writers.contains(&k), k))
+        .collect();
+    ranked.sort_by_key(|(off, other, _)| (*off, *other));
+    ranked.into_iter().map(|(.., k)| k).collect()
 }
 
 /// A file's content change: its previous pieces and its new ones.
@@ -223,15 +250,20 @@ pub(crate) async fn fetch_files(
     changes: &[Change],
 ) -> Result<usize, NetError> {
     let st = store.clone();
-    let pieces = blocking(move || st.blobs_of(Some(files))).await?;
-    fetch_pieces(shared, store, pieces, changes).await
+    let (pieces, writers) = blocking(move || {
+        let writers = st.content_authors(&files);
+        (st.blobs_of(Some(files)), writers)
+    })
+    .await?;
+    let writers: Vec<PublicKey> = writers.into_iter().collect();
+    fetch_pieces(shared, store, pieces, changes, &writers).await
 }
 
 /// Fetches every blob any file of `store` references that is not local.
 pub(crate) async fn fetch_all(shared: &Arc<Shared>, store: &Store) -> Result<usize, NetError> {
     let st = store.clone();
     let pieces = blocking(move || st.blobs_of(None)).await?;
-    fetch_pieces(shared, store, pieces, &[]).await
+    fetch_pieces(shared, store, pieces, &[], &[]).await
 }
 
 /// Patches the changed chunks of `changes` whose new manifest is local (only those in
@@ -390,7 +422,7 @@ pub(crate) async fn fetch_request(shared: &Arc<Shared>, request: FetchRequest) {
         hashes = still;
     }
     if !hashes.is_empty() {
-        if let Err(e) = download(shared, &store, hashes).await {
+        if let Err(e) = download(shared, &store, hashes, &[]).await {
             tracing::warn!(store = %request.store.to_hex(), "fetch for a read failed: {e}");
         }
     }
@@ -400,13 +432,14 @@ pub(crate) async fn fetch_request(shared: &Arc<Shared>, request: FetchRequest) {
     }
 }
 
-/// Downloads what `pieces` need, round by round (a manifest first reveals its chunks);
-/// returns how many blobs were downloaded.
+/// Downloads what `pieces` need, round by round (a manifest first reveals its chunks),
+/// asking `writers` first; returns how many blobs were downloaded.
 async fn fetch_pieces(
     shared: &Arc<Shared>,
     store: &Store,
     pieces: Vec<Content>,
     changes: &[Change],
+    writers: &[PublicKey],
 ) -> Result<usize, NetError> {
     let mut fetched = 0;
     for _ in 0..FETCH_ROUNDS {
@@ -418,18 +451,20 @@ async fn fetch_pieces(
         if missing.is_empty() {
             return Ok(fetched);
         }
-        fetched += download(shared, store, missing).await?;
+        fetched += download(shared, store, missing, writers).await?;
     }
     Ok(fetched)
 }
 
-/// Downloads `hashes` from members of `store`, a few at a time.
+/// Downloads `hashes` from members of `store`, a few at a time, asking online `writers`
+/// of their content first.
 async fn download(
     shared: &Arc<Shared>,
     store: &Store,
     hashes: Vec<iroh_blobs::Hash>,
+    writers: &[PublicKey],
 ) -> Result<usize, NetError> {
-    let providers = providers(shared, store);
+    let providers = providers(shared, store, writers);
     if providers.is_empty() {
         return Err(NetError::NoProvider);
     }
@@ -497,7 +532,8 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use super::{in_turn, Turns};
+    use super::{in_turn, provider_order, Turns};
+    use crate::identity::PublicKey;
     use crate::ids::Hash;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -533,6 +569,22 @@ mod tests {
             );
         }
         assert!(turns.lock().is_empty(), "a finished turn stays listed");
+    }
+
+    #[test]
+    fn online_writers_are_asked_first_and_offline_members_last() {
+        let key = |b: u8| PublicKey([b; 32]);
+        let members = vec![key(1), key(2), key(3), key(4), key(5)];
+        let online = [true, false, true, true, false];
+        assert_eq!(
+            provider_order(members.clone(), &online, &[key(4), key(5)]),
+            vec![key(4), key(1), key(3), key(5), key(2)]
+        );
+        assert_eq!(
+            provider_order(members, &online, &[]),
+            vec![key(1), key(3), key(4), key(2), key(5)],
+            "without writers: online first, each part in member order"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

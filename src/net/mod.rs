@@ -186,6 +186,8 @@ pub(crate) struct Shared {
     pub patched: std::sync::atomic::AtomicU64,
     /// Bytes of the blobs downloaded whole, since start.
     pub fetched: std::sync::atomic::AtomicU64,
+    /// Blob requests this node refused, since start.
+    pub refused_blobs: std::sync::atomic::AtomicU64,
     /// Ids of acceptor-side conversations (sync streams served), unique per node.
     pub next_conv: std::sync::atomic::AtomicU64,
     /// How long a stream's first frame may take (default [`FIRST_FRAME_TIMEOUT`]).
@@ -265,6 +267,7 @@ impl Net {
             read_fetches: Mutex::new(std::collections::HashSet::new()),
             patched: std::sync::atomic::AtomicU64::new(0),
             fetched: std::sync::atomic::AtomicU64::new(0),
+            refused_blobs: std::sync::atomic::AtomicU64::new(0),
             next_conv: std::sync::atomic::AtomicU64::new(1),
             first_frame_timeout: Mutex::new(FIRST_FRAME_TIMEOUT),
             budgets: Mutex::new(HashMap::new()),
@@ -364,6 +367,14 @@ impl Net {
     pub fn fetched_bytes(&self) -> u64 {
         self.shared
             .fetched
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Blob requests this node refused (from a non-member, or for a blob no store of the
+    /// asker owns here), since start.
+    pub fn refused_blob_requests(&self) -> u64 {
+        self.shared
+            .refused_blobs
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 

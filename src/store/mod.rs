@@ -121,6 +121,7 @@ mod verify;
 #[cfg(test)]
 mod verify_tests;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -795,6 +796,22 @@ impl Store {
                 None => return out,
             }
         }
+    }
+
+    /// Who wrote the content of `files`' visible versions ([`FsState::content_authors`]),
+    /// read [`FILES_PER_READ`] files per hold of the read lock.
+    pub fn content_authors(&self, files: &[FileId]) -> BTreeSet<PublicKey> {
+        files
+            .chunks(FILES_PER_READ)
+            .flat_map(|chunk| {
+                self.read(|s| {
+                    chunk
+                        .iter()
+                        .flat_map(|f| s.content_authors(*f))
+                        .collect::<BTreeSet<_>>()
+                })
+            })
+            .collect()
     }
 
     /// Every blob piece of `files` (`None`: of every regular file), in one list.
