@@ -277,6 +277,20 @@ async fn soon(what: &'static str, done: impl Fn() -> bool + Send + 'static) {
     .unwrap();
 }
 
+/// `peer`'s bytes fetched whole, once 100 ms pass without that count changing: its
+/// fetches still running have counted what they downloaded.
+async fn settled_fetched_bytes(peer: &Peer) -> u64 {
+    let mut fetched = peer.net.fetched_bytes();
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = peer.net.fetched_bytes();
+        if now == fetched {
+            return fetched;
+        }
+        fetched = now;
+    }
+}
+
 /// A 6 MiB file on A and B, then a one-byte edit of it on A; returns the peers, B's
 /// store, the edited bytes, their pieces and B's bytes fetched whole before the edit,
 /// once B's projection shows the edit.
@@ -295,15 +309,7 @@ async fn edited_on_a() -> (Peer, Peer, Store, Vec<u8>, Vec<Content>, u64) {
     assert!(got == old);
     assert_eq!(b.net.patched_chunks(), 0);
     // The replica's own fetch of the file may still be counting what it downloaded.
-    let mut fetched = b.net.fetched_bytes();
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = b.net.fetched_bytes();
-        if now == fetched {
-            break;
-        }
-        fetched = now;
-    }
+    let fetched = settled_fetched_bytes(&b).await;
 
     let mut new = old.clone();
     new[4 * 1024 * 1024 + 99] ^= 1;
@@ -391,15 +397,7 @@ async fn a_file_read_while_it_arrives_is_fetched_once() {
     .await;
     let got = read_file(&b.node, &team_b, "big.bin").expect("big.bin reads on B");
     assert!(got == data);
-    let mut fetched = b.net.fetched_bytes();
-    loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = b.net.fetched_bytes();
-        if now == fetched {
-            break;
-        }
-        fetched = now;
-    }
+    let fetched = settled_fetched_bytes(&b).await;
     // The content and its manifest (under 1 KiB for 24 chunks), each once.
     let once = data.len() as u64 + 4096;
     assert!(
