@@ -277,6 +277,16 @@ async fn soon(what: &'static str, done: impl Fn() -> bool + Send + 'static) {
     .unwrap();
 }
 
+/// Stores `data` in `peer`'s content store for `store` and creates `name` at the
+/// store's root with it.
+async fn put_file(peer: &Peer, store: &Store, name: &str, data: &[u8]) {
+    let (cas, id, bytes) = (peer.node.cas().clone(), store.id(), data.to_vec());
+    let content = tokio::task::spawn_blocking(move || cas.put_bytes(id, &bytes).unwrap())
+        .await
+        .unwrap();
+    write_file(store, name, content);
+}
+
 /// `peer`'s bytes fetched whole, once 100 ms pass without that count changing: its
 /// fetches still running have counted what they downloaded.
 async fn settled_fetched_bytes(peer: &Peer) -> u64 {
@@ -385,11 +395,7 @@ async fn a_file_read_while_it_arrives_is_fetched_once() {
     let (a, b) = team().await;
     let (team_a, team_b) = (a.store("team"), b.store("team"));
     let data = random_bytes(24 * 1024 * 1024, 41);
-    let (cas, id, bytes) = (a.node.cas().clone(), team_a.id(), data.clone());
-    let content = tokio::task::spawn_blocking(move || cas.put_bytes(id, &bytes).unwrap())
-        .await
-        .unwrap();
-    write_file(&team_a, "big.bin", content);
+    put_file(&a, &team_a, "big.bin", &data).await;
     let tb = team_b.clone();
     soon("big.bin on B", move || {
         names(&tb).contains(&"big.bin".to_string())
@@ -428,11 +434,7 @@ async fn members_fetching_a_new_file_ask_its_writer_first() {
     }
     let team = writer.store("team");
     let data = random_bytes(16 * 1024 * 1024, 43);
-    let (cas, id, bytes) = (writer.node.cas().clone(), team.id(), data.clone());
-    let content = tokio::task::spawn_blocking(move || cas.put_bytes(id, &bytes).unwrap())
-        .await
-        .unwrap();
-    write_file(&team, "big.bin", content);
+    put_file(&writer, &team, "big.bin", &data).await;
     for p in &peers {
         let (node, store) = (p.node.clone(), p.store("team"));
         eventually("big.bin on every reader", || {
