@@ -251,8 +251,14 @@ pub(crate) async fn fetch_files(
 ) -> Result<usize, NetError> {
     let st = store.clone();
     let (pieces, writers) = blocking(move || {
-        let writers = st.content_authors(&files);
-        (st.blobs_of(Some(files)), writers)
+        let by_file = st.pieces_of(Some(files));
+        let with_blobs: Vec<FileId> = by_file
+            .iter()
+            .filter(|(_, pieces)| !pieces.is_empty())
+            .map(|(file, _)| *file)
+            .collect();
+        let pieces: Vec<Content> = by_file.into_iter().flat_map(|(_, p)| p).collect();
+        (pieces, st.content_authors(&with_blobs))
     })
     .await?;
     let writers: Vec<PublicKey> = writers.into_iter().collect();
