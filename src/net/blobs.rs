@@ -161,31 +161,22 @@ async fn owned_by_any(shared: &Shared, stores: &[Store], hash: Hash) -> bool {
 /// Members to fetch from: online ones first and, among those, `writers` (who wrote the
 /// content wanted, so hold it) before the rest, who may not have it yet.
 fn providers(shared: &Shared, store: &Store, writers: &[PublicKey]) -> Vec<iroh::EndpointId> {
-    let members = shared.other_members(store);
-    let online: Vec<bool> = members
-        .iter()
-        .map(|k| shared.peers.state(k).online)
+    let members = shared
+        .other_members(store)
+        .into_iter()
+        .map(|k| (k, shared.peers.state(&k).online))
         .collect();
-    provider_order(members, &online, writers)
+    provider_order(members, writers)
         .iter()
         .filter_map(endpoint_id)
         .collect()
 }
 
-/// `members` (each online or not, as `online` says) in the order to ask them for blobs
+/// `members`, each with whether it is online, in the order to ask them for blobs
 /// `writers` wrote: online writers, online others, then the offline ones alike.
-fn provider_order(
-    members: Vec<PublicKey>,
-    online: &[bool],
-    writers: &[PublicKey],
-) -> Vec<PublicKey> {
-    let mut ranked: Vec<(bool, bool, PublicKey)> = members
-        .into_iter()
-        .zip(online)
-        .map(|(k, on)| (!on, !writers.contains(&k), k))
-        .collect();
-    ranked.sort_by_key(|(off, other, _)| (*off, *other));
-    ranked.into_iter().map(|(.., k)| k).collect()
+fn provider_order(mut members: Vec<(PublicKey, bool)>, writers: &[PublicKey]) -> Vec<PublicKey> {
+    members.sort_by_key(|(k, online)| (!online, !writers.contains(k)));
+    members.into_iter().map(|(k, _)| k).collect()
 }
 
 /// A file's content change: its previous pieces and its new ones.
@@ -580,14 +571,14 @@ mod tests {
     #[test]
     fn online_writers_are_asked_first_and_offline_members_last() {
         let key = |b: u8| PublicKey([b; 32]);
-        let members = vec![key(1), key(2), key(3), key(4), key(5)];
         let online = [true, false, true, true, false];
+        let members: Vec<_> = (1..=5).map(key).zip(online).collect();
         assert_eq!(
-            provider_order(members.clone(), &online, &[key(4), key(5)]),
+            provider_order(members.clone(), &[key(4), key(5)]),
             vec![key(4), key(1), key(3), key(5), key(2)]
         );
         assert_eq!(
-            provider_order(members, &online, &[]),
+            provider_order(members, &[]),
             vec![key(1), key(3), key(4), key(2), key(5)],
             "without writers: online first, each part in member order"
         );
