@@ -43,9 +43,9 @@ pub(crate) const FREE_MIN: u64 = 4 << 20;
 pub(crate) const QUEUE_MAX: u64 = 32 << 20;
 /// Spare queue buffers kept for reuse, so a long copy does not touch new memory per write.
 const SPARE_MAX: usize = 8;
-/// Workers running at once per content store; each holds up to ~80 MiB (its queue, its
-/// cutting buffer and the chunks being imported), and files beyond these are stored at
-/// commit.
+/// Workers running at once per content store; each holds up to ~80 MiB (its queue and
+/// its cutting buffers, of which the chunks being imported are views), and files beyond
+/// these are stored at commit.
 pub(crate) const MAX_WORKERS: usize = 4;
 
 /// Chunks of one file stored ahead of its commit (see the module docs). Dropping it stops

@@ -9,7 +9,7 @@
 //! has one. On this project's 2-core machines that scans 4.2 GB/s against 1.8 GB/s.
 
 use std::io::{self, Read};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use bytes::Bytes;
 use fastcdc::v2020::{get_gear_with_seed, logarithm2, MASKS};
@@ -171,14 +171,35 @@ impl Scan<'_> {
 
 /// Cuts a stream into the same chunks `chunk_slice` gives for its whole contents,
 /// holding `STREAM_BUFFER_CHUNKS * max` bytes at a time.
+///
+/// A chunk is a view of the cutting buffer, not a copy: the buffer is shared with the
+/// chunks cut from it, and a refill while any of them is alive continues in another
+/// buffer, one whose chunks are all gone if there is one.
 pub(crate) struct StreamChunker<R> {
     source: R,
     params: ChunkParams,
     /// Fixed-size buffer; `buf[start..len]` holds the unconsumed bytes.
-    buf: Vec<u8>,
+    buf: Arc<Vec<u8>>,
+    /// Buffers left behind by refills, kept for reuse once their chunks are dropped.
+    left: Vec<Arc<Vec<u8>>>,
     start: usize,
     len: usize,
     eof: bool,
+}
+
+/// Buffers a stream chunker keeps besides the one it cuts from.
+const LEFT_MAX: usize = 2;
+/// Chunks shorter than this are copied out of the cutting buffer: the blob store keeps
+/// small blobs' bytes in memory, where a view would hold the whole buffer.
+const SHARED_MIN: usize = 64 * 1024;
+
+/// A cutting buffer as the owner of the chunks cut from it.
+struct Cut(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Cut {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
 }
 
 impl<R: Read> StreamChunker<R> {
@@ -187,20 +208,38 @@ impl<R: Read> StreamChunker<R> {
         StreamChunker {
             source,
             params,
-            buf: vec![0; STREAM_BUFFER_CHUNKS * params.max as usize],
+            buf: Arc::new(vec![0; STREAM_BUFFER_CHUNKS * params.max as usize]),
+            left: Vec::new(),
             start: 0,
             len: 0,
             eof: false,
         }
     }
 
-    /// Moves the unconsumed tail to the front and reads until the buffer is full or EOF.
+    /// Moves the unconsumed tail to the front of a buffer no chunk uses and reads until
+    /// it is full or EOF.
     fn refill(&mut self) -> io::Result<()> {
-        self.buf.copy_within(self.start..self.len, 0);
-        self.len -= self.start;
+        let tail = self.start..self.len;
+        if let Some(buf) = Arc::get_mut(&mut self.buf) {
+            buf.copy_within(tail.clone(), 0);
+        } else {
+            let mut next = match self.left.iter().position(|b| Arc::strong_count(b) == 1) {
+                Some(i) => self.left.swap_remove(i),
+                None => Arc::new(vec![0; self.buf.len()]),
+            };
+            Arc::get_mut(&mut next).expect("no chunk uses a buffer left alone")[..tail.len()]
+                .copy_from_slice(&self.buf[tail.clone()]);
+            let old = std::mem::replace(&mut self.buf, next);
+            if self.left.len() == LEFT_MAX {
+                self.left.remove(0);
+            }
+            self.left.push(old);
+        }
+        self.len = tail.len();
         self.start = 0;
-        while self.len < self.buf.len() {
-            match self.source.read(&mut self.buf[self.len..]) {
+        let buf = Arc::get_mut(&mut self.buf).expect("no chunk uses the buffer refilled");
+        while self.len < buf.len() {
+            match self.source.read(&mut buf[self.len..]) {
                 Ok(0) => {
                     self.eof = true;
                     break;
@@ -238,7 +277,12 @@ impl<R: Read> StreamChunker<R> {
                 }
             }
         };
-        let chunk = Bytes::copy_from_slice(&self.buf[self.start..self.start + len]);
+        let range = self.start..self.start + len;
+        let chunk = if len < SHARED_MIN {
+            Bytes::copy_from_slice(&self.buf[range])
+        } else {
+            Bytes::from_owner(Cut(self.buf.clone())).slice(range)
+        };
         self.start += len;
         Ok(Some(chunk))
     }
@@ -251,7 +295,10 @@ mod tests {
     use fastcdc::v2020::FastCDC;
     use proptest::prelude::*;
 
-    use super::{chunk_slice, ChunkParams, StreamChunker, CHUNK_PARAMS, LANES, LANE_BYTES};
+    use super::{
+        chunk_slice, ChunkParams, StreamChunker, CHUNK_PARAMS, LANES, LANE_BYTES, LEFT_MAX,
+        STREAM_BUFFER_CHUNKS,
+    };
 
     const SMALL: ChunkParams = ChunkParams {
         min: 1024,
@@ -285,6 +332,49 @@ mod tests {
         }
         assert_eq!(got.len(), expected.len());
         assert!(got.iter().zip(&expected).all(|(g, e)| g[..] == e[..]));
+    }
+
+    /// Bounds whose chunks are long enough to be views of the cutting buffer.
+    const SHARED: ChunkParams = ChunkParams {
+        min: 64 * 1024,
+        avg: 128 * 1024,
+        max: 256 * 1024,
+    };
+
+    #[test]
+    fn chunks_kept_while_the_stream_is_cut_further_keep_their_bytes() {
+        let data = input(6 << 20, 3, 0);
+        let expected: Vec<&[u8]> = chunk_slice(&data, SHARED).collect();
+        let mut chunker = StreamChunker::new(Trickle(&data), SHARED);
+        let mut got = Vec::new();
+        while let Some(chunk) = chunker.next_chunk().unwrap() {
+            got.push(chunk);
+        }
+        assert!(got.len() > 4 * STREAM_BUFFER_CHUNKS);
+        assert_eq!(got.len(), expected.len());
+        assert!(got.iter().zip(&expected).all(|(g, e)| g[..] == e[..]));
+    }
+
+    #[test]
+    fn a_stream_cuts_from_a_few_buffers_when_chunks_are_dropped_after_a_while() {
+        let data = input(8 << 20, 5, 0);
+        let expected: Vec<&[u8]> = chunk_slice(&data, SHARED).collect();
+        let mut chunker = StreamChunker::new(&data[..], SHARED);
+        let mut held = std::collections::VecDeque::new();
+        let mut buffers = std::collections::HashSet::new();
+        let mut n = 0;
+        while let Some(chunk) = chunker.next_chunk().unwrap() {
+            assert_eq!(chunk[..], expected[n][..]);
+            n += 1;
+            buffers.insert(std::sync::Arc::as_ptr(&chunker.buf));
+            held.push_back(chunk);
+            if held.len() > 3 {
+                held.pop_front();
+            }
+        }
+        assert_eq!(n, expected.len());
+        assert!(n > 8 * STREAM_BUFFER_CHUNKS, "{n} chunks");
+        assert!(buffers.len() <= LEFT_MAX + 1, "{} buffers", buffers.len());
     }
 
     /// The chunk lengths `fastcdc::v2020` cuts `data` into.
