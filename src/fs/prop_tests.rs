@@ -431,6 +431,14 @@ fn replay(ops: &[(PublicKey, Op)], order: &[usize]) -> FsState {
 /// Every visible file is reachable from the root, and every unsuperseded write survives.
 fn check_invariants(s: &FsState, ops: &[(PublicKey, Op)]) -> Result<(), TestCaseError> {
     let (_, nodes) = view(s);
+    for (dir, name, node) in &nodes {
+        prop_assert_eq!(
+            s.lookup(*dir, name),
+            Ok(*node),
+            "lookup of listed {:?}",
+            name
+        );
+    }
     let reachable: HashSet<FileId> = nodes.iter().map(|(_, _, n)| n.file()).collect();
     let conflicts: HashSet<(FileId, OpId)> = nodes
         .iter()

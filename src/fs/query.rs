@@ -21,6 +21,7 @@ use crate::fs::names::{
 use crate::fs::op::Kind;
 use crate::fs::paged::Got;
 use crate::fs::state::FsState;
+use crate::fs::tree::{Entry, IdSet};
 use crate::fs::view::{Attr, ContentView, FsStats, Node};
 use crate::identity::{hex, PublicKey};
 use crate::ids::{FileId, OpId};
@@ -49,6 +50,17 @@ impl FsState {
         self.check_dir(dir)?;
         for raw in raw_candidates(name) {
             if let Some(set) = self.tree.group(dir, &raw) {
+                if raw == name {
+                    // The first visible entry of a group shows the raw name itself; every
+                    // other name of the group is decorated.
+                    if let Some((entry, e)) = self.visible_entries(&set).next() {
+                        return Ok(Node::Entry {
+                            entry,
+                            file: e.file,
+                        });
+                    }
+                    continue;
+                }
                 for (n, node) in self.group_names(dir, &raw, &set) {
                     if n == name {
                         return Ok(node);
@@ -97,21 +109,10 @@ impl FsState {
 
     /// Display names of the visible entries (and their conflict copies) of one raw-name
     /// group of a placed directory.
-    fn group_names(
-        &self,
-        dir: FileId,
-        raw: &str,
-        set: &crate::fs::tree::IdSet,
-    ) -> Vec<(String, Node)> {
+    fn group_names(&self, dir: FileId, raw: &str, set: &IdSet) -> Vec<(String, Node)> {
         let mut out = Vec::new();
         let mut taken: Vec<String> = Vec::new();
-        for &eid in set {
-            let Some(e) = self.tree.entry(eid) else {
-                continue;
-            };
-            if !self.self_visible(eid, &e) {
-                continue;
-            }
+        for (eid, e) in self.visible_entries(set) {
             let shown = if taken.is_empty() {
                 raw.to_string()
             } else {
@@ -136,15 +137,22 @@ impl FsState {
         out
     }
 
+    /// The visible entries of a raw-name group, in the group's order.
+    fn visible_entries<'a>(
+        &'a self,
+        set: &'a IdSet,
+    ) -> impl Iterator<Item = (OpId, Got<'a, Entry>)> + 'a {
+        set.keys().filter_map(|&eid| {
+            let e = self.tree.entry(eid)?;
+            self.self_visible(eid, &e).then_some((eid, e))
+        })
+    }
+
     /// True if a visible entry of `dir` has the raw name `name`.
     fn raw_taken(&self, dir: FileId, name: &str) -> bool {
-        self.tree.group(dir, name).is_some_and(|set| {
-            set.keys().any(|id| {
-                self.tree
-                    .entry(*id)
-                    .is_some_and(|e| self.self_visible(*id, &e))
-            })
-        })
+        self.tree
+            .group(dir, name)
+            .is_some_and(|set| self.visible_entries(&set).next().is_some())
     }
 
     fn push_conflicts(&self, out: &mut Vec<(String, Node)>, shown: &str, file: FileId) {
