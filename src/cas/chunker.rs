@@ -86,7 +86,11 @@ fn first_cut(data: &[u8], p: ChunkParams) -> usize {
     // FastCDC hashes byte pairs from `origin`, with the stricter mask before `center`.
     let origin = min / 2 * 2;
     let switch = (center / 2 * 2).max(origin);
-    let scan = Scan { data, origin };
+    let scan = Scan {
+        data,
+        origin,
+        gear: &GEAR,
+    };
     scan.first_match(origin, switch, small)
         .or_else(|| scan.first_match(switch, end / 2 * 2, large))
         .unwrap_or(end)
@@ -96,13 +100,25 @@ fn first_cut(data: &[u8], p: ChunkParams) -> usize {
 struct Scan<'a> {
     data: &'a [u8],
     origin: usize,
+    gear: &'a (GearTable, GearTable),
 }
 
 impl Scan<'_> {
+    /// The hash `h` after the even byte `b`, which FastCDC tests shifted left by one.
+    #[inline(always)]
+    fn even(&self, h: u64, b: u8) -> u64 {
+        (h << 2).wrapping_add(self.gear.1[b as usize])
+    }
+
+    /// The hash `h` after the odd byte `b`.
+    #[inline(always)]
+    fn odd(&self, h: u64, b: u8) -> u64 {
+        h.wrapping_add(self.gear.0[b as usize])
+    }
+
     /// The first byte in `from..to` (both even) whose hash matches `mask`, where even
     /// bytes are tested as FastCDC does, on the hash and mask shifted left by one.
     fn first_match(&self, mut from: usize, to: usize, mask: u64) -> Option<usize> {
-        let (gear, gear_ls) = (&*GEAR.0, &*GEAR.1);
         let mask_ls = mask << 1;
         while to.saturating_sub(from) >= LANES * LANE_BYTES {
             let lanes: [&[u8]; LANES] = std::array::from_fn(|l| {
@@ -113,13 +129,13 @@ impl Scan<'_> {
             let mut i = 0;
             while i < LANE_BYTES {
                 for l in 0..LANES {
-                    h[l] = (h[l] << 2).wrapping_add(gear_ls[lanes[l][i] as usize]);
+                    h[l] = self.even(h[l], lanes[l][i]);
                 }
                 if h.iter().any(|h| h & mask_ls == 0) {
                     break;
                 }
                 for l in 0..LANES {
-                    h[l] = h[l].wrapping_add(gear[lanes[l][i + 1] as usize]);
+                    h[l] = self.odd(h[l], lanes[l][i + 1]);
                 }
                 if h.iter().any(|h| h & mask == 0) {
                     break;
@@ -140,15 +156,14 @@ impl Scan<'_> {
 
     /// `first_match` with one lane.
     fn first_match_in_one(&self, from: usize, to: usize, mask: u64) -> Option<usize> {
-        let (gear, gear_ls) = (&*GEAR.0, &*GEAR.1);
         let mask_ls = mask << 1;
         let mut h = self.warm(from);
         for a in (from..to).step_by(2) {
-            h = (h << 2).wrapping_add(gear_ls[self.data[a] as usize]);
+            h = self.even(h, self.data[a]);
             if h & mask_ls == 0 {
                 return Some(a);
             }
-            h = h.wrapping_add(gear[self.data[a + 1] as usize]);
+            h = self.odd(h, self.data[a + 1]);
             if h & mask == 0 {
                 return Some(a + 1);
             }
@@ -159,13 +174,10 @@ impl Scan<'_> {
     /// The hash after the byte pair ending just before `at` (even), from the bytes
     /// that still count in it.
     fn warm(&self, at: usize) -> u64 {
-        let (gear, gear_ls) = (&*GEAR.0, &*GEAR.1);
         let from = at.saturating_sub(GEAR_SPAN).max(self.origin);
-        self.data[from..at].chunks_exact(2).fold(0u64, |h, pair| {
-            (h << 2)
-                .wrapping_add(gear_ls[pair[0] as usize])
-                .wrapping_add(gear[pair[1] as usize])
-        })
+        self.data[from..at]
+            .chunks_exact(2)
+            .fold(0u64, |h, pair| self.odd(self.even(h, pair[0]), pair[1]))
     }
 }
 
