@@ -1,8 +1,8 @@
 //! The daemon-wide cache budget (`lattice-mount up --cache-mib N`) and how it is split.
 //!
 //! One number bounds every cache the daemon sizes: three eighths go to the content
-//! store's chunk cache (recently read chunk bytes), an eighth to its parsed-manifest
-//! cache, an eighth to the inodes the kernel is let keep (the mount's inode table), and
+//! store's chunk cache (recently read chunk bytes), a sixteenth to its parsed-manifest
+//! cache, a sixteenth to the blob files it knows intact, an eighth to the inodes the kernel is let keep (the mount's inode table), and
 //! the remaining three eighths to the redb page caches of the store databases, shared
 //! equally by the stores the node holds when each one opens.
 
@@ -13,6 +13,9 @@ pub const DEFAULT_CACHE_MIB: u64 = 64;
 const MIN_STORE_CACHE_BYTES: u64 = 1024 * 1024;
 /// Heap bytes of one chunk entry of a parsed manifest (a hash and an offset).
 const MANIFEST_ENTRY_BYTES: u64 = 40;
+/// Heap bytes of one blob file the content store remembers as intact: its hash and
+/// stamp (88 bytes) in a hash table that may be half empty.
+const INTACT_FILE_BYTES: u64 = 192;
 /// Heap bytes of one inode the kernel knows: its slot in the mount's inode table, its
 /// entry name, and its kernel-cache record (measured: about 500 at 100,000 files).
 const KERNEL_INODE_BYTES: u64 = 512;
@@ -47,9 +50,14 @@ impl CacheBudget {
         self.bytes / 8 * 3
     }
 
-    /// Chunk entries over all parsed manifests the content store keeps: an eighth.
+    /// Chunk entries over all parsed manifests the content store keeps: a sixteenth.
     pub fn manifest_chunks(&self) -> u64 {
-        self.bytes / 8 / MANIFEST_ENTRY_BYTES
+        self.bytes / 16 / MANIFEST_ENTRY_BYTES
+    }
+
+    /// Blob data files the content store remembers as intact: a sixteenth.
+    pub fn intact_files(&self) -> usize {
+        usize::try_from(self.bytes / 16 / INTACT_FILE_BYTES).unwrap_or(usize::MAX)
     }
 
     /// Inodes the mount lets the kernel keep before it makes it drop the oldest: an eighth.
@@ -83,8 +91,9 @@ mod tests {
     fn the_default_split_stays_within_64_mib_for_one_store() {
         let b = CacheBudget::default();
         let manifests = b.manifest_chunks() * MANIFEST_ENTRY_BYTES;
+        let intact = b.intact_files() as u64 * INTACT_FILE_BYTES;
         let inodes = b.kernel_inodes() as u64 * KERNEL_INODE_BYTES;
-        let total = b.chunk_bytes() + manifests + inodes + b.store_cache_bytes(1) as u64;
+        let total = b.chunk_bytes() + manifests + intact + inodes + b.store_cache_bytes(1) as u64;
         assert!(total <= 64 * 1024 * 1024, "{total}");
         assert_eq!(b.store_cache_bytes(3), 8 * 1024 * 1024);
     }

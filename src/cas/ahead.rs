@@ -437,10 +437,10 @@ fn run(cas: Cas, reader: Reader, shared: Arc<Shared>) {
             }
             st.in_flight += 1;
         }
-        let (blobs, shared) = (cas.blobs(), shared.clone());
+        let (adder, shared) = (cas.clone(), shared.clone());
         cas.inner.rt.spawn(async move {
             let len = chunk.len() as u64;
-            let added = store::add(&blobs, chunk).await;
+            let added = adder.add(chunk).await;
             let mut st = shared.state.lock();
             st.in_flight -= 1;
             match added {

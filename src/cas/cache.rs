@@ -1,4 +1,5 @@
-//! A small least-recently-used cache bounded by total weight (bytes or chunk count).
+//! Small caches: a least-recently-used one bounded by total weight (bytes or chunk
+//! count), and a two-generation map bounded by entry count.
 
 use std::collections::HashMap;
 use std::hash::Hash as StdHash;
@@ -78,9 +79,59 @@ impl<K: StdHash + Eq + Clone, V: Clone> Lru<K, V> {
     }
 }
 
+/// A map of at most `capacity` entries that forgets its older half at once when full:
+/// an entry inserted or read lately survives, as in an LRU, at a constant cost per call.
+pub(crate) struct Generations<K, V> {
+    young: HashMap<K, V>,
+    old: HashMap<K, V>,
+    half: usize,
+}
+
+impl<K: StdHash + Eq, V: Copy> Generations<K, V> {
+    /// An empty map holding at most `capacity` entries (at least two).
+    pub(crate) fn new(capacity: usize) -> Self {
+        Generations {
+            young: HashMap::new(),
+            old: HashMap::new(),
+            half: (capacity / 2).max(1),
+        }
+    }
+
+    /// The value for `key`, kept in the young generation from now on.
+    pub(crate) fn get(&mut self, key: K) -> Option<V> {
+        if let Some(v) = self.young.get(&key) {
+            return Some(*v);
+        }
+        let v = self.old.remove(&key)?;
+        self.insert(key, v);
+        Some(v)
+    }
+
+    /// Sets `key` to `value`; the older generation is dropped when the young one is full.
+    pub(crate) fn insert(&mut self, key: K, value: V) {
+        self.old.remove(&key);
+        self.young.insert(key, value);
+        if self.young.len() >= self.half {
+            self.old = std::mem::take(&mut self.young);
+        }
+    }
+
+    /// Drops `key` if present.
+    pub(crate) fn remove(&mut self, key: &K) {
+        self.young.remove(key);
+        self.old.remove(key);
+    }
+
+    /// Entries held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.young.len() + self.old.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::Lru;
+    use super::{Generations, Lru};
 
     #[test]
     fn least_recently_used_entry_is_evicted_first() {
@@ -107,5 +158,34 @@ mod tests {
         lru.insert(4, 4, 11);
         assert_eq!(lru.get(&4), None);
         assert_eq!(lru.get(&3), Some(3));
+    }
+
+    #[test]
+    fn generations_keep_at_most_their_capacity_and_what_was_used_lately() {
+        let mut g = Generations::new(8);
+        for k in 0..4 {
+            g.insert(k, k * 10);
+        }
+        assert_eq!(g.len(), 4);
+        for k in 4..8 {
+            assert_eq!(g.get(0), Some(0), "read before each insert, 0 stays");
+            g.insert(k, k * 10);
+            assert!(g.len() <= 8, "{} entries", g.len());
+        }
+        assert_eq!(g.get(0), Some(0));
+        assert_eq!(
+            g.get(1),
+            None,
+            "1 was neither read nor set since two turnovers"
+        );
+        assert_eq!(g.get(7), Some(70));
+        g.insert(7, 71);
+        assert_eq!(g.get(7), Some(71));
+        g.remove(&7);
+        assert_eq!(g.get(7), None);
+        for k in 100..1_000 {
+            g.insert(k, k);
+            assert!(g.len() <= 8, "{} entries", g.len());
+        }
     }
 }

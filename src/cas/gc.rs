@@ -250,6 +250,7 @@ impl Cas {
                     report.bytes += size;
                     inner.chunks.lock().remove(&hash);
                     inner.manifests.lock().remove(&hash);
+                    inner.intact.forget(hash);
                 }
             }
             Ok(report)

@@ -33,8 +33,9 @@
 //! commit, so no durable intention ever names content a crash could lose.
 //!
 //! Reads load whole chunks into a bounded LRU: straight from the blob's data file when
-//! its blake3 matches its address, else through the store, which verifies against the
-//! bao outboard. Parsed manifests go into another LRU. Sequential reads load each chunk
+//! its blake3 matches its address (or the file is unchanged since it was written or
+//! hashed: [`intact`]), else through the store, which verifies against the bao
+//! outboard. Parsed manifests go into another LRU. Sequential reads load each chunk
 //! once. A missing or short blob is an error, never zeros.
 //!
 //! Absent blobs. Content replicated from peers may refer to blobs not fetched yet. A
@@ -50,6 +51,7 @@ mod content;
 mod error;
 mod fetch;
 mod gc;
+mod intact;
 pub(crate) mod manifest;
 pub(crate) mod patch;
 mod store;
@@ -88,6 +90,7 @@ use crate::ids::{Hash, StoreId};
 use cache::Lru;
 pub use chunker::MAX_CHUNK_BYTES;
 use chunker::{chunk_slice, ChunkParams, StreamChunker, CHUNK_PARAMS};
+use intact::Intact;
 use manifest::Manifest;
 
 /// Chunk imports running at once while a file is stored.
@@ -115,6 +118,8 @@ struct Inner {
     params: ChunkParams,
     manifests: Mutex<Lru<Hash, Arc<Manifest>>>,
     chunks: Mutex<Lru<Hash, Bytes>>,
+    /// Data files known to hold their blob, read without hashing.
+    intact: Intact,
     /// Chunks being read ahead, so a sequential reader starts each fetch once.
     prefetching: Mutex<HashSet<Hash>>,
     /// Notified when a read-ahead ends, for a reader waiting for its chunk.
@@ -171,6 +176,7 @@ impl Cas {
             inner: Arc::new(Inner {
                 store,
                 rt,
+                intact: Intact::new(paths.clone(), budget.intact_files()),
                 paths,
                 params,
                 manifests: Mutex::new(Lru::new(budget.manifest_chunks())),
@@ -337,10 +343,10 @@ impl Cas {
         let mut pending: VecDeque<JoinHandle<Result<(TempTag, u64), CasError>>> = VecDeque::new();
         let mut added = Vec::new();
         while let Some(chunk) = next()? {
-            let store = self.blobs();
+            let cas = self.clone();
             pending.push_back(inner.rt.spawn(async move {
                 let len = chunk.len() as u64;
-                Ok((store::add(&store, chunk).await?, len))
+                Ok((cas.add(chunk).await?, len))
             }));
             if pending.len() >= PUT_IN_FLIGHT {
                 added.push(self.join(pending.pop_front().expect("queue is not empty"))?);
@@ -369,7 +375,7 @@ impl Cas {
         }
         let blobs = self.blobs();
         let (manifest_tt, seq_tt, owned) = inner.rt.block_on(async {
-            let manifest_tt = store::add(&blobs, encoded.into()).await?;
+            let manifest_tt = self.add(encoded.into()).await?;
             let hash = store::from_iroh(manifest_tt.hash());
             let chunks = manifest.chunks().map(|(h, _, _)| h);
             let seq_tt = store::root_manifest(&blobs, hash, chunks).await?;
@@ -609,7 +615,7 @@ impl Cas {
     /// file when that verifies against its address, else through the store.
     fn load(&self, hash: Hash, expected: Option<u64>) -> Result<Bytes, CasError> {
         let _turn = self.inner.turn.blocking_read();
-        match store::read_verified(&self.inner.paths, hash, expected) {
+        match self.inner.intact.read(hash, expected) {
             Some(bytes) => Ok(bytes),
             None => self
                 .inner
@@ -829,7 +835,7 @@ impl Cas {
         let _turn = self.inner.turn.blocking_read();
         let blobs = self.blobs();
         let hash = self.inner.rt.block_on(async {
-            let tt = store::add(&blobs, data).await?;
+            let tt = self.add(data).await?;
             let hash = store::from_iroh(tt.hash());
             store::claim(&blobs, owner, &[hash]).await?;
             Ok::<_, CasError>(hash)
@@ -926,6 +932,13 @@ impl Cas {
     pub fn stats(&self) -> Result<(u64 /*blobs*/, u64 /*bytes*/), CasError> {
         let blobs = self.blobs();
         self.inner.rt.block_on(store::stats(&blobs))
+    }
+
+    /// Adds one raw blob as [`store::add`] does, remembering its data file as intact.
+    async fn add(&self, data: Bytes) -> Result<TempTag, CasError> {
+        let tt = store::add(&self.blobs(), data).await?;
+        self.inner.intact.written(store::from_iroh(tt.hash()));
+        Ok(tt)
     }
 
     /// The iroh-blobs store API, for serving and fetching blobs over the network.

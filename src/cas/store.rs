@@ -116,7 +116,7 @@ pub(crate) const MAX_BLOB_READ: u64 = if MAX_MANIFEST_BYTES > MAX_CHUNK_BYTES {
 
 /// Refuses a blob of `len` bytes that is not `expected` bytes long (when given) or is
 /// longer than [`MAX_BLOB_READ`].
-fn check_len(hash: Hash, len: u64, expected: Option<u64>) -> Result<(), CasError> {
+pub(crate) fn check_len(hash: Hash, len: u64, expected: Option<u64>) -> Result<(), CasError> {
     match expected {
         Some(expected) if len != expected => Err(CasError::Corrupt {
             hash,
@@ -157,27 +157,6 @@ pub(crate) async fn fetch(
     };
     check_len(hash, bytes.len() as u64, expected)?;
     Ok(bytes)
-}
-
-/// The whole blob `hash` read straight from its data file, if that file holds exactly
-/// the bytes `hash` addresses (`expected` bytes long when given, at most
-/// [`MAX_BLOB_READ`], both checked before reading); `None` otherwise (the blob is absent,
-/// partial, too long, or small enough to live inside the store's database).
-///
-/// Checking the blake3 of the bytes against their address is the same guarantee the
-/// store's own export gives by validating every 16 KiB block against the outboard, at a
-/// fraction of its cost: one read and one hash instead of a message per leaf.
-pub(crate) fn read_verified(
-    paths: &PathOptions,
-    hash: Hash,
-    expected: Option<u64>,
-) -> Option<Bytes> {
-    let file = File::open(paths.data_path(&to_iroh(hash))).ok()?;
-    let len = file.metadata().ok()?.len();
-    check_len(hash, len, expected).ok()?;
-    let mut data = Vec::with_capacity(usize::try_from(len).ok()?);
-    io::Read::read_to_end(&mut io::Read::take(file, len), &mut data).ok()?;
-    (*blake3::hash(&data).as_bytes() == hash.0).then(|| Bytes::from(data))
 }
 
 /// What a failed read of `hash` means: `Absent` if the store does not hold the blob

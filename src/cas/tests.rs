@@ -913,11 +913,23 @@ fn a_chunk_file_altered_on_disk_is_an_error_never_its_bytes() {
         panic!("1 MiB is a manifest")
     };
     let first = f.cas.manifest(None, hash, size).unwrap().chunks().next();
-    let chunk = super::store::to_iroh(first.expect("a manifest has chunks").0);
-    let path = f.cas.inner.paths.data_path(&chunk);
+    let first = first.expect("a manifest has chunks").0;
+    assert!(
+        f.cas.inner.intact.knows(first),
+        "a put remembers its chunk's file as intact, so reads skip its hash"
+    );
+    let path = f.cas.inner.paths.data_path(&super::store::to_iroh(first));
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
     let mut bytes = std::fs::read(&path).expect("a 1 MiB chunk lives in its own data file");
     bytes[MIB / 2] ^= 1;
     std::fs::write(&path, &bytes).unwrap();
+    // Same inode, same length, same modification time: only the change time tells.
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
 
     let mut buf = vec![0u8; 4096];
     let read = f.cas.read(S, &[content], (MIB / 2) as u64, &mut buf);
@@ -925,6 +937,32 @@ fn a_chunk_file_altered_on_disk_is_an_error_never_its_bytes() {
         read.is_err(),
         "read returned {read:?} from an altered chunk"
     );
+    assert!(!f.cas.inner.intact.knows(first));
+}
+
+#[test]
+fn a_blob_the_store_holds_from_elsewhere_is_hashed_once_then_read_as_intact() {
+    let f = fixture();
+    let chunk = data(15, 300 * KIB);
+    let blobs = f.cas.blobs();
+    let tt =
+        f.rt.block_on(super::store::add(&blobs, chunk.clone().into()))
+            .unwrap();
+    let hash = super::store::from_iroh(tt.hash());
+    let content = put_raw_manifest(&f, &[(hash, chunk.len() as u64)]);
+    assert!(!f.cas.inner.intact.knows(hash));
+    for _ in 0..2 {
+        f.cas.inner.chunks.lock().remove(&hash);
+        let mut got = vec![0u8; chunk.len()];
+        assert_eq!(
+            f.cas
+                .read(S, std::slice::from_ref(&content), 0, &mut got)
+                .unwrap(),
+            chunk.len()
+        );
+        assert!(got == chunk);
+        assert!(f.cas.inner.intact.knows(hash));
+    }
 }
 
 /// A new, empty staging file in `f`'s dir: its path, the file, and its chunks stored ahead.
