@@ -845,6 +845,16 @@ impl Cas {
         Ok(hash)
     }
 
+    /// Remembers the data file of blob `hash` as intact if the store now holds the blob
+    /// whole: call when a download of it ended (the store verified each piece it wrote
+    /// against the blob's hash), so its first read does not hash it again.
+    pub async fn downloaded(&self, hash: Hash) {
+        let status = self.blobs().status(store::to_iroh(hash)).await;
+        if matches!(status, Ok(BlobStatus::Complete { .. })) {
+            self.inner.intact.written(hash);
+        }
+    }
+
     /// Records that the blobs `hashes` (fetched for store `owner`) belong to it.
     pub async fn claim(&self, owner: StoreId, hashes: &[Hash]) -> Result<(), CasError> {
         let _turn = self.inner.turn.read().await;

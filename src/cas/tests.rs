@@ -814,9 +814,10 @@ fn blob_completing_between_a_failed_read_and_its_status_check_reads_correctly() 
 }
 
 /// A blob that has only partly arrived (a download under way) reads as `Absent`, so a
-/// reader waits for it, and the part that came is left as it is.
+/// reader waits for it, and the part that came is left as it is; its file is taken for
+/// intact once the download ends with the blob whole, not before.
 #[test]
-fn a_blob_still_arriving_reads_as_absent_and_completes_afterwards() {
+fn a_blob_still_arriving_reads_as_absent_and_completes_afterwards_then_reads_as_intact() {
     use iroh_blobs::protocol::{ChunkRanges, ChunkRangesExt};
     let (a, b) = (fixture(), fixture());
     let chunk = Bytes::from(data(25, 300 * KIB));
@@ -841,6 +842,11 @@ fn a_blob_still_arriving_reads_as_absent_and_completes_afterwards() {
         matches!(read, Err(CasError::Absent { hash: h, .. }) if h == hash),
         "{read:?}"
     );
+    b.rt.block_on(b.cas.downloaded(hash));
+    assert!(
+        !b.cas.inner.intact.knows(hash),
+        "a partial blob's file is never taken for intact"
+    );
     let rest =
         a.rt.block_on(from.export_bao(iroh, ChunkRanges::all()).bao_to_vec());
     b.rt.block_on(to.import_bao_bytes(iroh, ChunkRanges::all(), rest.unwrap()))
@@ -848,6 +854,9 @@ fn a_blob_still_arriving_reads_as_absent_and_completes_afterwards() {
     let read =
         b.rt.block_on(super::store::fetch(&to, hash, Some(chunk.len() as u64)));
     assert!(read.unwrap() == chunk, "the completed blob reads whole");
+    b.rt.block_on(b.cas.downloaded(hash));
+    assert!(b.cas.inner.intact.knows(hash));
+    assert!(b.cas.inner.intact.read(hash, Some(chunk.len() as u64)) == Some(chunk));
 }
 
 #[test]

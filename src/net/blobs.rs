@@ -483,6 +483,9 @@ async fn download(
                         return Ok(false);
                     }
                     let got = shared.downloader.download(hash, providers).await;
+                    if got.is_ok() {
+                        cas.downloaded(blob).await;
+                    }
                     got.map(|()| true).map_err(|e| format!("{e:#}"))
                 })
                 .await;
