@@ -2,9 +2,10 @@
 //!
 //! One number bounds every cache the daemon sizes: three eighths go to the content
 //! store's chunk cache (recently read chunk bytes), a sixteenth to its parsed-manifest
-//! cache, a sixteenth to the blob files it knows intact, an eighth to the inodes the kernel is let keep (the mount's inode table), and
-//! the remaining three eighths to the redb page caches of the store databases, shared
-//! equally by the stores the node holds when each one opens.
+//! cache, a sixteenth to the blob files it knows intact, an eighth to the inodes the
+//! kernel is let keep (the mount's inode table), and the remaining three eighths to the
+//! redb page caches of the store databases, shared equally by the stores the node holds
+//! when each one opens.
 
 /// Cache budget of a daemon when none is given, in MiB.
 pub const DEFAULT_CACHE_MIB: u64 = 64;

@@ -612,7 +612,8 @@ impl Cas {
     }
 
     /// The whole local blob `hash` (`expected` bytes long when given): from its data
-    /// file when that verifies against its address, else through the store.
+    /// file when that is known intact or verifies against its address ([`intact`]),
+    /// else through the store.
     fn load(&self, hash: Hash, expected: Option<u64>) -> Result<Bytes, CasError> {
         let _turn = self.inner.turn.blocking_read();
         match self.inner.intact.read(hash, expected) {
