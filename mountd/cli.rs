@@ -40,8 +40,9 @@ pub enum Command {
         /// Local address for the network endpoint [default: any port, all interfaces]
         #[arg(long, value_name = "ADDR")]
         bind: Option<std::net::SocketAddr>,
-        /// Memory for caches in MiB: 3/8 for content chunks, 1/8 for parsed manifests,
-        /// 1/8 for the inodes the kernel keeps, the rest shared by the store databases
+        /// Memory for caches in MiB: 3/8 for content chunks, 1/16 for parsed manifests,
+        /// 1/16 for blob files known intact, 1/8 for the inodes the kernel keeps, the
+        /// rest shared by the store databases
         #[arg(long, value_name = "N", default_value_t = lattice_mount::DEFAULT_CACHE_MIB,
               value_parser = clap::value_parser!(u64).range(1..=1024 * 1024))]
         cache_mib: u64,
