@@ -9,16 +9,18 @@
 //!
 //! Writes at the end of what is written are queued in memory for the worker instead of
 //! written to the file: a large copy into the mount then costs no file write and read
-//! back per byte. Queued bytes stay until their chunks are stored, and are written to the
-//! file whenever the file must hold them (at a commit, for the tail not stored yet; before
-//! a write elsewhere). Once a prefix of the file is stored as chunks it is freed:
+//! back per byte. They are copied once, into the open segment of [`SEGMENT`] bytes; a
+//! full segment is sealed and queued, and the worker cuts its chunks as views of it.
+//! Queued bytes stay until their chunks are stored, and are written to the file whenever
+//! the file must hold them (at a commit, for the tail not stored yet; before a write
+//! elsewhere). Once a prefix of the file is stored as chunks it is freed:
 //! punched out of the file and dropped from the queue, so a large copy holds its bytes
 //! once in the data dir, and [`PutAhead::read_exact_at`] reads that prefix from its
 //! chunks.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
@@ -29,7 +31,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::ids::Hash;
 
-use super::chunker::StreamChunker;
+use super::chunker::{Buffers, Segment, Segments, StreamChunker};
 use super::{store, Cas, CasError, PUT_IN_FLIGHT};
 
 /// Bytes written front to back before chunks are stored ahead: below this, a commit
@@ -37,15 +39,18 @@ use super::{store, Cas, CasError, PUT_IN_FLIGHT};
 pub(crate) const AHEAD_MIN: u64 = 8 << 20;
 /// Stored bytes gathered before they are freed from the file, to keep hole punches few.
 pub(crate) const FREE_MIN: u64 = 4 << 20;
-/// Most bytes written and not yet stored as chunks that the queue may hold: a write that
-/// would queue more waits for the worker. Above the cutting buffer, which fills before
-/// it cuts, so the worker always has bytes to go on with while a writer waits.
+/// Most bytes written and not yet stored as chunks when a segment opens: a write that
+/// needs a new segment beyond this waits for the worker. Well above a chunk's maximum,
+/// so the worker always has bytes to go on with while a writer waits.
 pub(crate) const QUEUE_MAX: u64 = 32 << 20;
-/// Spare queue buffers kept for reuse, so a long copy does not touch new memory per write.
-const SPARE_MAX: usize = 8;
-/// Workers running at once per content store; each holds up to ~80 MiB (its queue and
-/// its cutting buffers, of which the chunks being imported are views), and files beyond
-/// these are stored at commit.
+/// Bytes a segment holds: each is copied into once and cut in place, and only the tail
+/// of one that its chunks do not end on is copied again, into the next one's room.
+pub(crate) const SEGMENT: usize = 16 << 20;
+/// Spare segments kept for reuse, so a long copy does not touch new memory per segment.
+const SPARE_MAX: usize = 2;
+/// Workers running at once per content store; each holds up to ~100 MiB (its queue, its
+/// open and spare segments, of which the chunks being imported are views), and files
+/// beyond these are stored at commit.
 pub(crate) const MAX_WORKERS: usize = 4;
 
 /// Chunks of one file stored ahead of its commit (see the module docs). Dropping it stops
@@ -58,6 +63,16 @@ pub struct PutAhead {
     started: bool,
     /// The bytes `[0, freed)` are read from their chunks: the file may not hold them.
     freed: u64,
+    /// The segment written bytes are copied into, not yet queued.
+    open: Option<Open>,
+    /// Room before a segment's bytes: the longest chunk.
+    room: usize,
+}
+
+/// A segment being written: its bytes `seg[room..]` are the file's at `at`.
+struct Open {
+    at: u64,
+    seg: Vec<u8>,
 }
 
 struct Shared {
@@ -67,8 +82,11 @@ struct Shared {
 
 #[derive(Default)]
 struct State {
-    /// The file's bytes `[0, written)` are final: the worker may read up to here.
+    /// The file's bytes `[0, written)` are final.
     written: u64,
+    /// Where the open segment's bytes start, if there is one: the worker may read up to
+    /// here (or to `written`).
+    open: Option<u64>,
     /// How far the worker has read.
     read: u64,
     /// Whether the worker waits for more bytes, having started the import of every chunk
@@ -86,26 +104,49 @@ struct State {
     stop: bool,
     /// A read or an import failed: only `chunks`, stored before it, is used.
     failed: bool,
-    /// Written bytes the file does not hold, in order and not overlapping; what is
-    /// neither here nor below `PutAhead::freed` is in the file.
+    /// Sealed segments of written bytes the file does not hold, in order and not
+    /// overlapping; what is neither here, in the open segment nor below
+    /// `PutAhead::freed` is in the file.
     queue: VecDeque<Queued>,
-    /// Buffers of dropped queue entries, for reuse.
-    spare: Vec<Vec<u8>>,
+    /// Segments dropped from the queue, for reuse once no chunk holds them.
+    spare: Vec<Arc<Vec<u8>>>,
 }
 
-/// Bytes written at `at` and held in memory.
+/// Bytes written at `at` and held in memory: `seg[from..]`.
 struct Queued {
     at: u64,
-    bytes: Vec<u8>,
+    seg: Arc<Vec<u8>>,
+    from: usize,
 }
 
 impl Queued {
+    fn bytes(&self) -> &[u8] {
+        &self.seg[self.from..]
+    }
+
     fn end(&self) -> u64 {
-        self.at + self.bytes.len() as u64
+        self.at + self.bytes().len() as u64
     }
 }
 
 impl State {
+    /// Queues the open segment, if any, whose bytes follow `room` bytes, for the worker.
+    fn seal(&mut self, open: &mut Option<Open>, room: usize) {
+        self.open = None;
+        if let Some(Open { at, seg }) = open.take().filter(|o| o.seg.len() > room) {
+            self.queue.push_back(Queued {
+                at,
+                seg: Arc::new(seg),
+                from: room,
+            });
+        }
+    }
+
+    /// Where the bytes the worker may read end: the open segment is not for it yet.
+    fn ready(&self) -> u64 {
+        self.open.unwrap_or(self.written)
+    }
+
     /// Whether nothing more happens until more bytes are written: the worker waits at
     /// the end of the final bytes with no import running, or it failed.
     fn settled(&self) -> bool {
@@ -113,32 +154,56 @@ impl State {
     }
 
     /// Copies the queued bytes at `pos` into the start of `buf`, returning how many; or,
-    /// if no entry holds `pos`, where the next one starts (the file holds the bytes up
-    /// to there).
+    /// if no entry holds `pos`, where the next one (or the open segment) starts: the file
+    /// holds the bytes up to there.
     fn copy_queued(&self, pos: u64, buf: &mut [u8]) -> Result<usize, u64> {
         let i = self.queue.partition_point(|q| q.end() <= pos);
         match self.queue.get(i) {
             Some(q) if q.at <= pos => {
-                let from = &q.bytes[(pos - q.at) as usize..];
+                let from = &q.bytes()[(pos - q.at) as usize..];
                 let n = from.len().min(buf.len());
                 buf[..n].copy_from_slice(&from[..n]);
                 Ok(n)
             }
             Some(q) => Err(q.at),
-            None => Err(u64::MAX),
+            None => Err(self.open.filter(|&at| at > pos).unwrap_or(u64::MAX)),
         }
     }
 
-    /// Drops the queue entries wholly stored as chunks; where the queue now starts, or
-    /// `written` if it is empty.
-    fn drop_stored(&mut self) -> u64 {
+    /// Drops the queue entries wholly stored as chunks.
+    fn drop_stored(&mut self) {
         while self.queue.front().is_some_and(|q| q.end() <= self.stored) {
             let q = self.queue.pop_front().expect("the front entry exists");
-            if self.spare.len() < SPARE_MAX {
-                self.spare.push(q.bytes);
+            self.retire(q.seg);
+        }
+    }
+
+    /// Keeps `seg` for reuse if there is room.
+    fn retire(&mut self, seg: Arc<Vec<u8>>) {
+        if self.spare.len() < SPARE_MAX {
+            self.spare.push(seg);
+        }
+    }
+
+    /// A segment with `room` bytes before its (no) bytes: a spare one no chunk holds, or
+    /// a new one.
+    fn segment(&mut self, room: usize) -> Vec<u8> {
+        let reused = self
+            .spare
+            .iter()
+            .position(|s| Arc::strong_count(s) == 1)
+            .and_then(|i| Arc::try_unwrap(self.spare.swap_remove(i)).ok());
+        match reused {
+            Some(mut seg) if seg.len() >= room => {
+                seg.truncate(room);
+                seg
+            }
+            _ => {
+                let mut seg = Vec::with_capacity(room + SEGMENT);
+                seg.resize(room, 0);
+                seg
             }
         }
-        self.queue.front().map_or(self.written, |q| q.at)
     }
 }
 
@@ -154,6 +219,8 @@ impl PutAhead {
             }),
             started: false,
             freed: 0,
+            open: None,
+            room: cas.inner.params.max as usize,
         }
     }
 
@@ -184,55 +251,81 @@ impl PutAhead {
         Ok(())
     }
 
-    /// Queues `data` written at `offset` if that is the end of what is written and the
-    /// worker goes on, waiting while the queue is full; whether it did.
-    fn queue(&self, data: &[u8], offset: u64) -> bool {
+    /// Copies `data` written at `offset` into the open segment if that is the end of
+    /// what is written and the worker goes on, opening one (and waiting while the queue
+    /// is full) when there is none or it has no room; whether it did.
+    fn queue(&mut self, data: &[u8], offset: u64) -> bool {
+        if data.len() > SEGMENT {
+            return false;
+        }
         let mut st = self.shared.state.lock();
         if offset != st.written {
             return false;
         }
-        while !st.failed && st.written.saturating_sub(st.stored) >= QUEUE_MAX {
-            self.shared.changed.wait(&mut st);
+        let fits = |o: &Open| {
+            o.at + (o.seg.len() - self.room) as u64 == offset
+                && o.seg.len() + data.len() <= self.room + SEGMENT
+        };
+        if self.open.as_ref().is_some_and(|o| !fits(o)) {
+            st.seal(&mut self.open, self.room);
+            self.shared.changed.notify_all();
         }
-        if st.failed {
-            return false;
+        if self.open.is_none() {
+            while !st.failed && st.written.saturating_sub(st.stored) >= QUEUE_MAX {
+                self.shared.changed.wait(&mut st);
+            }
+            if st.failed {
+                return false;
+            }
+            self.open = Some(Open {
+                at: offset,
+                seg: st.segment(self.room),
+            });
+            st.open = Some(offset);
         }
-        let mut bytes = st.spare.pop().unwrap_or_default();
         drop(st);
-        bytes.clear();
-        bytes.extend_from_slice(data);
-        self.shared
-            .state
-            .lock()
-            .queue
-            .push_back(Queued { at: offset, bytes });
+        self.open
+            .as_mut()
+            .expect("a segment is open")
+            .seg
+            .extend_from_slice(data);
         true
     }
 
-    /// Bytes the queue holds.
+    /// Bytes the queue and the open segment hold.
     #[cfg(test)]
     pub(crate) fn queued(&self) -> u64 {
         let st = self.shared.state.lock();
-        st.queue.iter().map(|q| q.bytes.len() as u64).sum()
+        let open = self.open.as_ref().map_or(0, |o| o.seg.len() - self.room);
+        st.queue.iter().map(|q| q.bytes().len() as u64).sum::<u64>() + open as u64
     }
 
-    /// Writes the queued bytes into the file and empties the queue.
-    fn spill(&self) -> io::Result<()> {
+    /// Writes the queued bytes and the open segment's into the file (those not freed)
+    /// and empties both.
+    fn spill(&mut self) -> io::Result<()> {
         let mut st = self.shared.state.lock();
-        for q in &st.queue {
-            self.file.write_all_at(&q.bytes, q.at)?;
+        st.seal(&mut self.open, self.room);
+        // The worker, waiting at the open segment, reads the file from now on.
+        self.shared.changed.notify_all();
+        while let Some(q) = st.queue.front() {
+            let from = self.freed.clamp(q.at, q.end());
+            self.file
+                .write_all_at(&q.bytes()[(from - q.at) as usize..], from)?;
+            let q = st.queue.pop_front().expect("the front entry exists");
+            st.retire(q.seg);
         }
-        st.queue.clear();
         Ok(())
     }
 
     fn start(&self) -> io::Result<()> {
         let slot = Slot::take(&self.cas)?;
         let file = self.file.try_clone()?;
-        let reader = Reader {
+        let source = Source {
             file,
             shared: self.shared.clone(),
             pos: 0,
+            room: self.room,
+            buffers: Buffers::new(self.cas.inner.params),
         };
         let (cas, shared) = (self.cas.clone(), self.shared.clone());
         // A thread of its own, not the runtime's blocking pool: it waits for the writer
@@ -241,7 +334,7 @@ impl PutAhead {
             .name("put-ahead".into())
             .spawn(move || {
                 let _slot = slot;
-                run(cas, reader, shared)
+                run(cas, source, shared)
             })?;
         Ok(())
     }
@@ -257,6 +350,8 @@ impl PutAhead {
         }
         let chunks = {
             let mut st = self.shared.state.lock();
+            st.seal(&mut self.open, self.room);
+            self.shared.changed.notify_all();
             while !st.settled() {
                 self.shared.changed.wait(&mut st);
             }
@@ -277,7 +372,8 @@ impl PutAhead {
             if st.stored < self.freed + min {
                 return;
             }
-            st.drop_stored().min(st.stored)
+            st.drop_stored();
+            st.stored
         };
         if to > self.freed {
             let _ = punch_hole(&self.file, self.freed, to - self.freed);
@@ -295,7 +391,10 @@ impl PutAhead {
         self.read_stored(stored, offset)?;
         let mut pos = offset + below as u64;
         while !rest.is_empty() {
-            let queued = self.shared.state.lock().copy_queued(pos, rest);
+            let queued = match self.copy_open(pos, rest) {
+                Some(n) => Ok(n),
+                None => self.shared.state.lock().copy_queued(pos, rest),
+            };
             let n = match queued {
                 Ok(n) => n,
                 Err(next) => {
@@ -310,6 +409,19 @@ impl PutAhead {
             pos += n as u64;
         }
         Ok(())
+    }
+
+    /// Copies the open segment's bytes at `pos` into the start of `buf`, returning how
+    /// many, if it holds `pos`.
+    fn copy_open(&self, pos: u64, buf: &mut [u8]) -> Option<usize> {
+        let o = self.open.as_ref()?;
+        let bytes = &o.seg[self.room..];
+        let from = bytes.get(usize::try_from(pos.checked_sub(o.at)?).ok()?..)?;
+        let n = from.len().min(buf.len());
+        (n > 0).then(|| {
+            buf[..n].copy_from_slice(&from[..n]);
+            n
+        })
     }
 
     /// Writes the queued bytes and the freed prefix back into the file, so that it holds
@@ -418,13 +530,13 @@ impl Drop for Slot {
     }
 }
 
-/// The worker: cuts what the reader yields and imports each chunk, a few at once.
-fn run(cas: Cas, reader: Reader, shared: Arc<Shared>) {
-    let mut chunker = StreamChunker::new(reader, cas.inner.params);
+/// The worker: cuts what the source yields and imports each chunk, a few at once.
+fn run(cas: Cas, source: Source, shared: Arc<Shared>) {
+    let mut chunker = StreamChunker::over(source, cas.inner.params);
     for index in 0.. {
         let chunk = match chunker.next_chunk() {
             Ok(Some(chunk)) => chunk,
-            // The reader never ends the stream: it fails once stopped.
+            // The source never ends the stream: it fails once stopped.
             Ok(None) | Err(_) => break,
         };
         {
@@ -464,48 +576,71 @@ fn run(cas: Cas, reader: Reader, shared: Arc<Shared>) {
     shared.changed.notify_all();
 }
 
-/// The file's final bytes as a stream that waits for more instead of ending.
-struct Reader {
+/// The file's final bytes as segments that wait for more instead of ending: the queue's
+/// sealed segments as they are, the bytes only the file holds read into buffers.
+struct Source {
     file: File,
     shared: Arc<Shared>,
+    /// Where the next segment starts in the file.
     pos: u64,
+    /// Room before a queued segment's bytes.
+    room: usize,
+    /// Buffers for the bytes read from the file.
+    buffers: Buffers,
 }
 
-impl Read for Reader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let want = {
-            let mut st = self.shared.state.lock();
-            loop {
-                if st.stop {
-                    return Err(io::Error::other("stored ahead no longer"));
-                }
-                if self.pos < st.written {
-                    break;
-                }
-                st.idle = true;
-                self.shared.changed.notify_all();
-                self.shared.changed.wait(&mut st);
+impl Segments for Source {
+    fn next_segment(&mut self, tail: &[u8]) -> io::Result<Option<Segment>> {
+        let mut st = self.shared.state.lock();
+        loop {
+            if st.stop {
+                return Err(io::Error::other("stored ahead no longer"));
             }
-            st.idle = false;
-            let want = buf.len().min((st.written - self.pos) as usize);
-            match st.copy_queued(self.pos, &mut buf[..want]) {
-                Ok(n) => {
-                    self.pos += n as u64;
-                    st.read = self.pos;
-                    return Ok(n);
-                }
-                Err(next) => usize::try_from(next - self.pos).map_or(want, |n| n.min(want)),
+            if self.pos < st.ready() {
+                break;
             }
-        };
-        let n = self.file.read_at(&mut buf[..want], self.pos)?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "staging file shorter than written",
-            ));
+            st.idle = true;
+            self.shared.changed.notify_all();
+            self.shared.changed.wait(&mut st);
         }
-        self.pos += n as u64;
+        st.idle = false;
+        let i = st.queue.partition_point(|q| q.end() <= self.pos);
+        let start = self.room - tail.len();
+        if let Some(q) = st.queue.get_mut(i).filter(|q| q.at == self.pos) {
+            // Sealed and seen by nobody else until now: the tail goes into its room.
+            if let Some(seg) = Arc::get_mut(&mut q.seg) {
+                seg[start..self.room].copy_from_slice(tail);
+                let seg = Segment {
+                    buf: q.seg.clone(),
+                    start,
+                    end: q.seg.len(),
+                };
+                self.pos = q.end();
+                st.read = self.pos;
+                return Ok(Some(seg));
+            }
+        }
+        // Bytes only the file holds, up to the next queued segment; or a queued segment
+        // that cannot take the tail, copied.
+        let until = match st.queue.get(i) {
+            Some(q) if q.at <= self.pos => q.end(),
+            Some(q) => q.at,
+            None => st.ready(),
+        };
+        let n = usize::try_from(until - self.pos)
+            .map_or(self.buffers.size(), |n| n.min(self.buffers.size()));
+        let (file, pos) = (&self.file, self.pos);
+        let seg = self
+            .buffers
+            .fill(tail, |buf| match st.copy_queued(pos, &mut buf[..n]) {
+                Ok(k) => Ok(k),
+                Err(_) => {
+                    drop(st);
+                    file.read_exact_at(&mut buf[..n], pos).map(|()| n)
+                }
+            })?;
+        self.pos += (seg.end - self.room) as u64;
         self.shared.state.lock().read = self.pos;
-        Ok(n)
+        Ok(Some(seg))
     }
 }

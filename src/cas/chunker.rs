@@ -181,29 +181,132 @@ impl Scan<'_> {
     }
 }
 
-/// Cuts a stream into the same chunks `chunk_slice` gives for its whole contents,
-/// holding `STREAM_BUFFER_CHUNKS * max` bytes at a time.
+/// Cuts a stream into the same chunks `chunk_slice` gives for its whole contents.
 ///
-/// A chunk is a view of the cutting buffer, not a copy: the buffer is shared with the
-/// chunks cut from it, and a refill while any of them is alive continues in another
-/// buffer, one whose chunks are all gone if there is one.
-pub(crate) struct StreamChunker<R> {
-    source: R,
+/// The stream arrives as [`Segment`]s from a [`Segments`] source, and a chunk is a view
+/// of the buffer its bytes arrived in, not a copy: only the bytes not cut yet when a
+/// segment ends (at most one chunk's worth) are copied, into the room the next segment
+/// leaves before its bytes.
+pub(crate) struct StreamChunker<S> {
+    source: S,
     params: ChunkParams,
-    /// Fixed-size buffer; `buf[start..len]` holds the unconsumed bytes.
-    buf: Arc<Vec<u8>>,
-    /// Buffers left behind by refills, kept for reuse once their chunks are dropped.
-    left: Vec<Arc<Vec<u8>>>,
-    start: usize,
-    len: usize,
+    /// The segment being cut; `seg.buf[seg.start..seg.end]` holds the unconsumed bytes.
+    seg: Segment,
     eof: bool,
 }
 
-/// Buffers a stream chunker keeps besides the one it cuts from.
-const LEFT_MAX: usize = 2;
+/// Bytes of a stream in a shared buffer: `buf[start..end]`.
+pub(crate) struct Segment {
+    /// The buffer the bytes are in (chunks cut from it share it).
+    pub buf: Arc<Vec<u8>>,
+    /// Where the bytes start.
+    pub start: usize,
+    /// Where the bytes end.
+    pub end: usize,
+}
+
+/// Where a [`StreamChunker`] gets its bytes: one segment after another.
+pub(crate) trait Segments {
+    /// The bytes that follow those handed so far, preceded by `tail` (the bytes of the
+    /// previous segment not cut yet, never longer than a chunk's maximum): a segment
+    /// that starts with `tail`. `None` once the stream ends.
+    fn next_segment(&mut self, tail: &[u8]) -> io::Result<Option<Segment>>;
+}
+
+/// Buffers bytes are read into, each with room for a tail before them, reused once no
+/// chunk holds them: a long stream is cut from a few buffers.
+pub(crate) struct Buffers {
+    /// Room before the bytes: the longest tail.
+    room: usize,
+    /// Bytes read into a buffer at most.
+    size: usize,
+    /// Buffers handed out, the latest last.
+    held: Vec<Arc<Vec<u8>>>,
+}
+
+impl Buffers {
+    /// Buffers of `STREAM_BUFFER_CHUNKS` chunks' worth for a chunker with bounds `params`.
+    pub(crate) fn new(params: ChunkParams) -> Self {
+        Buffers {
+            room: params.max as usize,
+            size: STREAM_BUFFER_CHUNKS * params.max as usize,
+            held: Vec::new(),
+        }
+    }
+
+    /// Bytes read into a buffer at most.
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    /// A segment of `tail` then the bytes `read` writes into the start of the slice it
+    /// is given (of [`Buffers::size`] bytes); `read` says how many it wrote.
+    pub(crate) fn fill(
+        &mut self,
+        tail: &[u8],
+        read: impl FnOnce(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<Segment> {
+        let mut buf = match self.held.iter().position(|b| Arc::strong_count(b) == 1) {
+            Some(i) => self.held.remove(i),
+            None => Arc::new(vec![0; self.room + self.size]),
+        };
+        let b = Arc::get_mut(&mut buf).expect("no chunk uses a buffer held alone");
+        let start = self.room - tail.len();
+        b[start..self.room].copy_from_slice(tail);
+        let n = read(&mut b[self.room..])?;
+        if self.held.len() > LEFT_MAX {
+            self.held.remove(0);
+        }
+        self.held.push(buf.clone());
+        Ok(Segment {
+            buf,
+            start,
+            end: self.room + n,
+        })
+    }
+}
+
+/// A [`Read`] source as [`Segments`], read into [`Buffers`].
+pub(crate) struct ReadSegments<R> {
+    source: R,
+    buffers: Buffers,
+    eof: bool,
+}
+
+impl<R: Read> Segments for ReadSegments<R> {
+    fn next_segment(&mut self, tail: &[u8]) -> io::Result<Option<Segment>> {
+        let ReadSegments {
+            source,
+            buffers,
+            eof,
+        } = self;
+        if *eof {
+            return Ok(None);
+        }
+        let seg = buffers.fill(tail, |buf| {
+            let mut n = 0;
+            while n < buf.len() {
+                match source.read(&mut buf[n..]) {
+                    Ok(0) => {
+                        *eof = true;
+                        break;
+                    }
+                    Ok(k) => n += k,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(n)
+        })?;
+        Ok((seg.end - seg.start > tail.len()).then_some(seg))
+    }
+}
+
 /// Chunks shorter than this are copied out of the cutting buffer: the blob store keeps
 /// small blobs' bytes in memory, where a view would hold the whole buffer.
 const SHARED_MIN: usize = 64 * 1024;
+/// Buffers [`Buffers`] keeps besides the latest one.
+const LEFT_MAX: usize = 2;
 
 /// A cutting buffer as the owner of the chunks cut from it.
 struct Cut(Arc<Vec<u8>>);
@@ -214,88 +317,67 @@ impl AsRef<[u8]> for Cut {
     }
 }
 
-impl<R: Read> StreamChunker<R> {
+impl<R: Read> StreamChunker<ReadSegments<R>> {
     /// Chunks everything `source` yields until end of file.
     pub(crate) fn new(source: R, params: ChunkParams) -> Self {
+        let segments = ReadSegments {
+            source,
+            buffers: Buffers::new(params),
+            eof: false,
+        };
+        StreamChunker::over(segments, params)
+    }
+}
+
+impl<S: Segments> StreamChunker<S> {
+    /// Chunks the segments `source` hands over until it has no more.
+    pub(crate) fn over(source: S, params: ChunkParams) -> Self {
         StreamChunker {
             source,
             params,
-            buf: Arc::new(vec![0; STREAM_BUFFER_CHUNKS * params.max as usize]),
-            left: Vec::new(),
-            start: 0,
-            len: 0,
+            seg: Segment {
+                buf: Arc::new(Vec::new()),
+                start: 0,
+                end: 0,
+            },
             eof: false,
         }
     }
 
-    /// Moves the unconsumed tail to the front of a buffer no chunk uses and reads until
-    /// it is full or EOF.
-    fn refill(&mut self) -> io::Result<()> {
-        let tail = self.start..self.len;
-        if let Some(buf) = Arc::get_mut(&mut self.buf) {
-            buf.copy_within(tail.clone(), 0);
-        } else {
-            let mut next = match self.left.iter().position(|b| Arc::strong_count(b) == 1) {
-                Some(i) => self.left.swap_remove(i),
-                None => Arc::new(vec![0; self.buf.len()]),
-            };
-            Arc::get_mut(&mut next).expect("no chunk uses a buffer left alone")[..tail.len()]
-                .copy_from_slice(&self.buf[tail.clone()]);
-            let old = std::mem::replace(&mut self.buf, next);
-            if self.left.len() == LEFT_MAX {
-                self.left.remove(0);
-            }
-            self.left.push(old);
-        }
-        self.len = tail.len();
-        self.start = 0;
-        let buf = Arc::get_mut(&mut self.buf).expect("no chunk uses the buffer refilled");
-        while self.len < buf.len() {
-            match self.source.read(&mut buf[self.len..]) {
-                Ok(0) => {
-                    self.eof = true;
-                    break;
-                }
-                Ok(n) => self.len += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-
     /// The length of the next chunk cut from the unconsumed bytes, if it is certain
-    /// (it ends before the buffered data does, or the source is exhausted).
+    /// (it ends before the segment does, or the stream has ended).
     fn next_cut(&self) -> Option<usize> {
-        let rest = &self.buf[self.start..self.len];
+        let rest = &self.seg.buf[self.seg.start..self.seg.end];
         if rest.is_empty() {
             return None;
         }
         let len = first_cut(rest, self.params);
-        // A cut at the end of a partial buffer might move once more data is seen.
+        // A cut at the end of a segment might move once more data is seen.
         (len < rest.len() || self.eof).then_some(len)
     }
 
     /// The next chunk, `None` at end of stream.
     pub(crate) fn next_chunk(&mut self) -> io::Result<Option<Bytes>> {
-        let len = match self.next_cut() {
-            Some(len) => len,
-            None if self.eof => return Ok(None),
-            None => {
-                self.refill()?;
-                match self.next_cut() {
-                    Some(len) => len,
-                    None => return Ok(None),
-                }
+        let len = loop {
+            if let Some(len) = self.next_cut() {
+                break len;
+            }
+            if self.eof {
+                return Ok(None);
+            }
+            let tail = &self.seg.buf[self.seg.start..self.seg.end];
+            match self.source.next_segment(tail)? {
+                Some(seg) => self.seg = seg,
+                None => self.eof = true,
             }
         };
-        let range = self.start..self.start + len;
+        let range = self.seg.start..self.seg.start + len;
         let chunk = if len < SHARED_MIN {
-            Bytes::copy_from_slice(&self.buf[range])
+            Bytes::copy_from_slice(&self.seg.buf[range])
         } else {
-            Bytes::from_owner(Cut(self.buf.clone())).slice(range)
+            Bytes::from_owner(Cut(self.seg.buf.clone())).slice(range)
         };
-        self.start += len;
+        self.seg.start += len;
         Ok(Some(chunk))
     }
 }
@@ -308,8 +390,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::{
-        chunk_slice, ChunkParams, StreamChunker, CHUNK_PARAMS, LANES, LANE_BYTES, LEFT_MAX,
-        STREAM_BUFFER_CHUNKS,
+        chunk_slice, ChunkParams, Segment, Segments, StreamChunker, CHUNK_PARAMS, LANES,
+        LANE_BYTES, LEFT_MAX, STREAM_BUFFER_CHUNKS,
     };
 
     const SMALL: ChunkParams = ChunkParams {
@@ -378,7 +460,7 @@ mod tests {
         while let Some(chunk) = chunker.next_chunk().unwrap() {
             assert_eq!(chunk[..], expected[n][..]);
             n += 1;
-            buffers.insert(std::sync::Arc::as_ptr(&chunker.buf));
+            buffers.insert(std::sync::Arc::as_ptr(&chunker.seg.buf));
             held.push_back(chunk);
             if held.len() > 3 {
                 held.pop_front();
@@ -387,6 +469,62 @@ mod tests {
         assert_eq!(n, expected.len());
         assert!(n > 8 * STREAM_BUFFER_CHUNKS, "{n} chunks");
         assert!(buffers.len() <= LEFT_MAX + 1, "{} buffers", buffers.len());
+    }
+
+    /// Segments of `data` of the given lengths in turn, each in a buffer of its own.
+    struct Pieces<'a> {
+        data: &'a [u8],
+        lens: std::iter::Cycle<std::vec::IntoIter<usize>>,
+        room: usize,
+    }
+
+    impl Segments for Pieces<'_> {
+        fn next_segment(&mut self, tail: &[u8]) -> std::io::Result<Option<Segment>> {
+            assert!(tail.len() <= self.room, "a tail of {} bytes", tail.len());
+            if self.data.is_empty() {
+                return Ok(None);
+            }
+            let n = self.lens.next().expect("cycles").min(self.data.len());
+            let (piece, rest) = self.data.split_at(n);
+            self.data = rest;
+            let mut buf = vec![0; self.room - tail.len()];
+            buf.extend_from_slice(tail);
+            buf.extend_from_slice(piece);
+            Ok(Some(Segment {
+                start: self.room - tail.len(),
+                end: buf.len(),
+                buf: std::sync::Arc::new(buf),
+            }))
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// Segments of any lengths, shorter and longer than a chunk, are cut where the
+        /// whole input is, and each tail fits the room before the next segment.
+        #[test]
+        fn segments_are_cut_where_the_whole_stream_is(
+            lens in proptest::collection::vec(1usize..600_000, 1..8),
+            len in 0usize..3_000_000,
+            seed in any::<u64>(),
+            kind in any::<u8>(),
+        ) {
+            let data = input(len, seed, kind);
+            let expected: Vec<&[u8]> = chunk_slice(&data, SHARED).collect();
+            let pieces = Pieces {
+                data: &data,
+                lens: lens.into_iter().cycle(),
+                room: SHARED.max as usize,
+            };
+            let mut chunker = StreamChunker::over(pieces, SHARED);
+            let mut got = Vec::new();
+            while let Some(chunk) = chunker.next_chunk().unwrap() {
+                got.push(chunk);
+            }
+            prop_assert_eq!(got.len(), expected.len());
+            prop_assert!(got.iter().zip(&expected).all(|(g, e)| g[..] == e[..]));
+        }
     }
 
     /// The chunk lengths `fastcdc::v2020` cuts `data` into.
