@@ -49,6 +49,9 @@ impl FileStamp {
 pub(crate) struct Intact {
     paths: PathOptions,
     files: Mutex<Generations<Hash, FileStamp>>,
+    /// Files hashed by [`Intact::read`] so far.
+    #[cfg(test)]
+    hashed: std::sync::atomic::AtomicUsize,
 }
 
 impl Intact {
@@ -57,6 +60,8 @@ impl Intact {
         Intact {
             paths,
             files: Mutex::new(Generations::new(files)),
+            #[cfg(test)]
+            hashed: Default::default(),
         }
     }
 
@@ -77,6 +82,12 @@ impl Intact {
     #[cfg(test)]
     pub(crate) fn knows(&self, hash: Hash) -> bool {
         self.files.lock().get(hash).is_some()
+    }
+
+    /// How many files [`Intact::read`] has hashed.
+    #[cfg(test)]
+    pub(crate) fn hashed(&self) -> usize {
+        self.hashed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The whole blob `hash` read straight from its data file, if that file holds exactly
@@ -102,6 +113,9 @@ impl Intact {
         if self.files.lock().get(hash) == Some(stamp) {
             return Some(Bytes::from(data));
         }
+        #[cfg(test)]
+        self.hashed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if *blake3::hash(&data).as_bytes() == hash.0 {
             self.files.lock().insert(hash, stamp);
             Some(Bytes::from(data))

@@ -592,7 +592,8 @@ impl Cas {
     }
 
     /// The whole blob `hash` (`expected` bytes long when given). If it is absent and
-    /// `store` is given, waits for the fetcher to bring it.
+    /// `store` is given, waits for the fetcher to bring it; the store verified every
+    /// piece it wrote, so the blob's file is then read as intact.
     fn get(
         &self,
         store: Option<StoreId>,
@@ -605,6 +606,7 @@ impl Cas {
                 let wait = *self.inner.read_wait.lock();
                 let blobs = self.blobs();
                 fetch::wait_for(&self.inner.rt, &blobs, fetcher.as_ref(), wait, store, hash)?;
+                self.inner.intact.written(hash);
                 self.load(hash, expected)
             }
             (loaded, _) => loaded,
