@@ -552,7 +552,7 @@ fn run(cas: Cas, source: Source, shared: Arc<Shared>) {
         let (adder, shared) = (cas.clone(), shared.clone());
         cas.inner.rt.spawn(async move {
             let len = chunk.len() as u64;
-            let added = adder.add(chunk).await;
+            let added = adder.add_unhurried(chunk).await;
             let mut st = shared.state.lock();
             st.in_flight -= 1;
             match added {

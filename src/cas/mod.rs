@@ -954,6 +954,13 @@ impl Cas {
         Ok(tt)
     }
 
+    /// [`Cas::add`] through [`store::add_unhurried`], for work nobody waits on at once.
+    async fn add_unhurried(&self, data: Bytes) -> Result<TempTag, CasError> {
+        let tt = store::add_unhurried(&self.blobs(), data).await?;
+        self.inner.intact.written(store::from_iroh(tt.hash()));
+        Ok(tt)
+    }
+
     /// The iroh-blobs store API, for serving and fetching blobs over the network.
     pub fn blobs(&self) -> iroh_blobs::api::Store {
         iroh_blobs::api::Store::from(self.inner.store.clone())

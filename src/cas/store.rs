@@ -5,13 +5,16 @@
 
 use std::fs::File;
 use std::io;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
-use iroh_blobs::api::blobs::BlobStatus;
+use iroh_blobs::api::blobs::{AddProgressItem, BlobStatus};
 use iroh_blobs::api::{Store, TempTag};
 use iroh_blobs::hashseq::HashSeq;
 use iroh_blobs::store::fs::options::PathOptions;
 use iroh_blobs::{BlobFormat, HashAndFormat};
+use n0_future::Stream;
 
 use crate::ids::{Hash, StoreId};
 
@@ -78,6 +81,37 @@ pub(crate) async fn add(store: &Store, data: Bytes) -> Result<TempTag, CasError>
         .temp_tag()
         .await
         .map_err(iroh_blobs::api::Error::from)?)
+}
+
+/// How often [`add_unhurried`] looks at its import's progress.
+const UNHURRIED_POLL: Duration = Duration::from_millis(1);
+
+/// [`add`] for a caller that can wait a little longer for the result: the import's
+/// progress, one item per 16 KiB block, is looked at every [`UNHURRIED_POLL`] instead
+/// of each item waking the caller's thread.
+pub(crate) async fn add_unhurried(store: &Store, data: Bytes) -> Result<TempTag, CasError> {
+    let progress = store.add_bytes(data).stream().await;
+    let mut progress = std::pin::pin!(progress);
+    loop {
+        // Nothing is woken by the progress items: the timer wakes the caller.
+        let polled = progress
+            .as_mut()
+            .poll_next(&mut Context::from_waker(Waker::noop()));
+        match polled {
+            Poll::Ready(Some(AddProgressItem::Done(tt))) => return Ok(tt),
+            Poll::Ready(Some(AddProgressItem::Error(e))) => {
+                return Err(iroh_blobs::api::Error::from(e).into())
+            }
+            Poll::Ready(Some(_)) => {}
+            Poll::Ready(None) => {
+                return Err(CasError::Io {
+                    what: "import a blob",
+                    source: io::Error::other("the import ended without a result"),
+                })
+            }
+            Poll::Pending => tokio::time::sleep(UNHURRIED_POLL).await,
+        }
+    }
 }
 
 /// Adds the hash sequence `[manifest, chunks...]` and sets the persistent tag

@@ -746,6 +746,38 @@ fn missing_covers_inline_local_and_absent_content() {
 }
 
 #[test]
+fn an_unhurried_add_stores_each_blob_whole_and_remembers_its_file() {
+    let f = fixture();
+    let blobs: Vec<Bytes> = [0, 100, 16 * KIB, 300 * KIB, MIB, 4 * MIB]
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| Bytes::from(data(40 + i as u64, len)))
+        .collect();
+    // All at once, as the put-ahead worker adds them.
+    let tags = f.rt.block_on(async {
+        let adds = blobs.iter().map(|b| f.cas.add_unhurried(b.clone()));
+        n0_future::join_all(adds).await
+    });
+    for (blob, tt) in blobs.iter().zip(tags) {
+        let hash = Hash::of(blob);
+        assert_eq!(super::store::from_iroh(tt.unwrap().hash()), hash);
+        let got = f.rt.block_on(super::store::fetch(
+            &f.cas.blobs(),
+            hash,
+            Some(blob.len() as u64),
+        ));
+        assert!(got.unwrap() == *blob, "{} bytes read back", blob.len());
+        // The store keeps blobs up to 16 KiB in its database, without a data file.
+        assert_eq!(
+            f.cas.inner.intact.knows(hash),
+            blob.len() > 16 * KIB,
+            "{} bytes",
+            blob.len()
+        );
+    }
+}
+
+#[test]
 fn content_put_for_one_store_is_owned_by_that_store_alone() {
     let f = fixture();
     let other = StoreId([6; 16]);
