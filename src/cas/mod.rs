@@ -949,16 +949,18 @@ impl Cas {
 
     /// Adds one raw blob as [`store::add`] does, remembering its data file as intact.
     async fn add(&self, data: Bytes) -> Result<TempTag, CasError> {
-        let tt = store::add(&self.blobs(), data).await?;
-        self.inner.intact.written(store::from_iroh(tt.hash()));
-        Ok(tt)
+        Ok(self.added(store::add(&self.blobs(), data).await?))
     }
 
     /// [`Cas::add`] through [`store::add_unhurried`], for work nobody waits on at once.
     async fn add_unhurried(&self, data: Bytes) -> Result<TempTag, CasError> {
-        let tt = store::add_unhurried(&self.blobs(), data).await?;
+        Ok(self.added(store::add_unhurried(&self.blobs(), data).await?))
+    }
+
+    /// Remembers the data file of the blob just added as intact.
+    fn added(&self, tt: TempTag) -> TempTag {
         self.inner.intact.written(store::from_iroh(tt.hash()));
-        Ok(tt)
+        tt
     }
 
     /// The iroh-blobs store API, for serving and fetching blobs over the network.
