@@ -108,6 +108,14 @@ fn the_default_rules_keep_editor_temporaries_local_without_any_latticeignore() {
     a.up();
     assert_eq!(read(&a, "team/4913").as_deref(), Some("temp"));
     assert_eq!(perm(&a), 0o640);
+
+    // Removing a local file removes it, and only it; a second removal finds nothing.
+    std::fs::remove_file(a.path("team/4913")).unwrap();
+    let err = std::fs::remove_file(a.path("team/4913")).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    want.retain(|n| n != "4913");
+    assert_eq!(names(&a, "team"), want);
+    assert_eq!(read(&b, "team/marker").as_deref(), Some("team/marker"));
 }
 
 #[test]

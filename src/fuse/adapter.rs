@@ -889,37 +889,53 @@ impl LatticeFs {
 
     fn do_remove(&self, parent: INodeNo, name: &OsStr, dir: bool) -> Result<()> {
         let name = name_str(name)?;
-        if let Some(p) = self.local_place(self.key(parent)?, name, None)? {
-            let real = self.local_real(&p);
-            let r = if dir {
-                std::fs::remove_dir(real)
-            } else {
-                std::fs::remove_file(real)
-            };
-            return r.map_err(io_errno);
+        let key = self.key(parent)?;
+        if let Key::Local(_) = key {
+            return self.remove_local(key, name, dir);
         }
-        let dir_ino = parent;
-        let (store, parent) = self.dir(parent)?;
+        let (store, pdir) = self.dir(parent)?;
         if dir {
             // A directory holding local entries lists them, so it is not empty.
-            if let Ok(Node::Entry { file, .. }) = store.read(|s| s.lookup(parent, name)) {
+            if let Ok(Node::Entry { file, .. }) = store.read(|s| s.lookup(pdir, name)) {
                 let real = self.node.local_dir(store.id()).join(file.to_hex());
                 if std::fs::read_dir(real).is_ok_and(|mut d| d.next().is_some()) {
                     return Err(Fail::Fs(FsError::NotEmpty));
                 }
             }
         }
-        store.write_unannounced(|tx| {
+        // The replicated entry is tried first: a name is local only where no replicated
+        // entry holds it, so the local side is looked at only when there is none.
+        let removed = store.write_unannounced(|tx| {
             let body = if dir {
-                tx.state().plan_rmdir(parent, name)?
+                tx.state().plan_rmdir(pdir, name)?
             } else {
-                tx.state().plan_unlink(parent, name)?
+                tx.state().plan_unlink(pdir, name)?
             };
             tx.push(body)?;
             Ok(())
-        })?;
-        self.suspect_name(dir_ino, name);
-        Ok(())
+        });
+        match removed {
+            Err(FsError::NotFound) => self.remove_local(key, name, dir),
+            r => {
+                r?;
+                self.suspect_name(parent, name);
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes local entry `name` of `parent`; `NotFound` if it holds none.
+    fn remove_local(&self, parent: Key, name: &str, dir: bool) -> Result<()> {
+        let Some(p) = self.local_place(parent, name, None)? else {
+            return Err(Fail::Fs(FsError::NotFound));
+        };
+        let real = self.local_real(&p);
+        let r = if dir {
+            std::fs::remove_dir(real)
+        } else {
+            std::fs::remove_file(real)
+        };
+        r.map_err(io_errno)
     }
 
     fn do_link(&self, ino: INodeNo, newparent: INodeNo, newname: &OsStr) -> Result<FileAttr> {
