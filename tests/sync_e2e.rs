@@ -403,6 +403,12 @@ fn a_reader_sees_the_store_but_cannot_write() {
     });
     let err = std::fs::write(r.path("team/new.txt"), b"x").unwrap_err();
     assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    let err = std::fs::remove_file(r.path("team/hello.txt")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
+    // Local-only files are the reader's own: it makes and removes them as anywhere.
+    std::fs::write(r.path("team/.new.txt.swp"), b"swap").unwrap();
+    std::fs::remove_file(r.path("team/.new.txt.swp")).unwrap();
+    assert!(!r.path("team/.new.txt.swp").exists());
     let peers = ok(a.run(&["peers", "team"]));
     assert!(
         peers.contains("reader") && peers.contains("online"),

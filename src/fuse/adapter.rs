@@ -891,7 +891,7 @@ impl LatticeFs {
         let name = name_str(name)?;
         let key = self.key(parent)?;
         if let Key::Local(_) = key {
-            return self.remove_local(key, name, dir);
+            return self.remove_local(key, name, dir, Fail::Fs(FsError::NotFound));
         }
         let (store, pdir) = self.dir(parent)?;
         if dir {
@@ -903,8 +903,9 @@ impl LatticeFs {
                 }
             }
         }
-        // The replicated entry is tried first: a name is local only where no replicated
-        // entry holds it, so the local side is looked at only when there is none.
+        // The replicated entry is tried first. A name is local only where no replicated
+        // entry holds it, and a local entry may go where the store takes no writes, so
+        // the local side is looked at only when the replicated removal fails.
         let removed = store.write_unannounced(|tx| {
             let body = if dir {
                 tx.state().plan_rmdir(pdir, name)?
@@ -915,19 +916,18 @@ impl LatticeFs {
             Ok(())
         });
         match removed {
-            Err(FsError::NotFound) => self.remove_local(key, name, dir),
-            r => {
-                r?;
+            Ok(()) => {
                 self.suspect_name(parent, name);
                 Ok(())
             }
+            Err(e) => self.remove_local(key, name, dir, e.into()),
         }
     }
 
-    /// Removes local entry `name` of `parent`; `NotFound` if it holds none.
-    fn remove_local(&self, parent: Key, name: &str, dir: bool) -> Result<()> {
+    /// Removes local entry `name` of `parent`, or fails with `otherwise` if it holds none.
+    fn remove_local(&self, parent: Key, name: &str, dir: bool, otherwise: Fail) -> Result<()> {
         let Some(p) = self.local_place(parent, name, None)? else {
-            return Err(Fail::Fs(FsError::NotFound));
+            return Err(otherwise);
         };
         let real = self.local_real(&p);
         let r = if dir {
