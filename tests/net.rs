@@ -415,6 +415,66 @@ async fn a_file_read_while_it_arrives_is_fetched_once() {
     a.stop().await;
 }
 
+/// Chunks of a file still being written on A reach B before the file does: A announces
+/// each chunk as it stores it, B fetches it, and the file's own fetch then finds it
+/// local, so nothing crosses twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_being_written_reaches_members_before_its_commit() {
+    use std::os::unix::fs::FileExt;
+    let (a, b) = team().await;
+    let (team_a, team_b) = (a.store("team"), b.store("team"));
+    // Announcements go to gossip neighbours only: first see a write reach B at once.
+    for i in 0.. {
+        assert!(i < 50, "no write of A reached B by gossip");
+        let name = format!("ping-{i}");
+        write_file(&team_a, &name, Content::Inline("ping".into()));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if names(&team_b).contains(&name) {
+            break;
+        }
+    }
+    let data = random_bytes(24 * 1024 * 1024, 43);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("staging");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    let cas = a.node.cas().clone();
+    let mut ahead = cas.put_ahead(file.try_clone().unwrap(), Some(team_a.id()));
+    let mut end = 0;
+    for piece in data.chunks(1024 * 1024) {
+        file.write_all_at(piece, end as u64).unwrap();
+        end += piece.len();
+        ahead.written(end as u64);
+    }
+    let early = eventually("chunks of the uncommitted file on B", || {
+        let fetched = b.net.fetched_bytes();
+        (fetched >= 8 * 1024 * 1024).then_some(fetched)
+    })
+    .await;
+    assert!(!names(&team_b).contains(&"big.bin".to_string()));
+    let id = team_a.id();
+    let content = tokio::task::spawn_blocking(move || cas.put_file(id, &path, Some(&mut ahead)))
+        .await
+        .unwrap()
+        .unwrap();
+    write_file(&team_a, "big.bin", content);
+    let (bn, tb) = (b.node.clone(), team_b.clone());
+    let got = eventually("big.bin on B", || read_file(&bn, &tb, "big.bin")).await;
+    assert!(got == data);
+    let fetched = settled_fetched_bytes(&b).await;
+    assert!(
+        fetched >= data.len() as u64 && fetched <= data.len() as u64 + 4096,
+        "B fetched {fetched} bytes ({early} before the commit) for {} bytes of content",
+        data.len()
+    );
+    b.stop().await;
+    a.stop().await;
+}
+
 /// Two members fetching a new file ask its writer for it first, not each other: a member
 /// still fetching holds none of it to give, and each such request is refused. The writer
 /// has the greatest key, so members listed by key put the other reader first.

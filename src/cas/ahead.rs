@@ -17,6 +17,10 @@
 //! punched out of the file and dropped from the queue, so a large copy holds its bytes
 //! once in the data dir, and [`PutAhead::read_exact_at`] reads that prefix from its
 //! chunks.
+//!
+//! A file of a store tells the [`AheadHook`] (installed by the network layer) of each
+//! chunk as it is stored, in file order, so the store's members can fetch it before
+//! the file is committed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::File;
@@ -29,7 +33,7 @@ use std::sync::Arc;
 use iroh_blobs::api::TempTag;
 use parking_lot::{Condvar, Mutex};
 
-use crate::ids::Hash;
+use crate::ids::{Hash, StoreId};
 
 use super::chunker::{Buffers, Segment, Segments, StreamChunker};
 use super::{store, Cas, CasError, PUT_IN_FLIGHT};
@@ -53,6 +57,10 @@ const SPARE_MAX: usize = 2;
 /// beyond these are stored at commit.
 pub(crate) const MAX_WORKERS: usize = 4;
 
+/// The hook told of chunks of a file of a store, in file order, once stored while the
+/// file is still written; like the fetch hook, it must return at once.
+pub type AheadHook = Arc<dyn Fn(StoreId, Vec<Hash>) + Send + Sync>;
+
 /// Chunks of one file stored ahead of its commit (see the module docs). Dropping it stops
 /// the work.
 pub struct PutAhead {
@@ -67,6 +75,8 @@ pub struct PutAhead {
     open: Option<Open>,
     /// Room before a segment's bytes: the longest chunk.
     room: usize,
+    /// The store the file belongs to, whose members hear of its chunks.
+    owner: Option<StoreId>,
 }
 
 /// A segment being written: its bytes `seg[room..]` are the file's at `at`.
@@ -208,8 +218,9 @@ impl State {
 }
 
 impl PutAhead {
-    /// Chunks of `file`, which is empty and will be written front to back.
-    pub(crate) fn new(cas: &Cas, file: File) -> Self {
+    /// Chunks of `file`, which is empty and will be written front to back (as content of
+    /// store `owner`, if given).
+    pub(crate) fn new(cas: &Cas, file: File, owner: Option<StoreId>) -> Self {
         PutAhead {
             cas: cas.clone(),
             file,
@@ -221,6 +232,7 @@ impl PutAhead {
             freed: 0,
             open: None,
             room: cas.inner.params.max as usize,
+            owner,
         }
     }
 
@@ -327,14 +339,14 @@ impl PutAhead {
             room: self.room,
             buffers: Buffers::new(self.cas.inner.params),
         };
-        let (cas, shared) = (self.cas.clone(), self.shared.clone());
+        let (cas, shared, owner) = (self.cas.clone(), self.shared.clone(), self.owner);
         // A thread of its own, not the runtime's blocking pool: it waits for the writer
         // for as long as the file stays open, and a full pool must not stall a commit.
         std::thread::Builder::new()
             .name("put-ahead".into())
             .spawn(move || {
                 let _slot = slot;
-                run(cas, source, shared)
+                run(cas, source, shared, owner)
             })?;
         Ok(())
     }
@@ -530,8 +542,10 @@ impl Drop for Slot {
     }
 }
 
-/// The worker: cuts what the source yields and imports each chunk, a few at once.
-fn run(cas: Cas, source: Source, shared: Arc<Shared>) {
+/// The worker: cuts what the source yields and imports each chunk, a few at once, and
+/// tells the hook of `owner`'s chunks as they are stored in order.
+fn run(cas: Cas, source: Source, shared: Arc<Shared>, owner: Option<StoreId>) {
+    let hook = owner.and_then(|o| Some((o, cas.inner.ahead_hook.read().clone()?)));
     let mut chunker = StreamChunker::over(source, cas.inner.params);
     for index in 0.. {
         let chunk = match chunker.next_chunk() {
@@ -549,12 +563,13 @@ fn run(cas: Cas, source: Source, shared: Arc<Shared>) {
             }
             st.in_flight += 1;
         }
-        let (adder, shared) = (cas.clone(), shared.clone());
+        let (adder, shared, hook) = (cas.clone(), shared.clone(), hook.clone());
         cas.inner.rt.spawn(async move {
             let len = chunk.len() as u64;
             let added = adder.add_unhurried(chunk).await;
             let mut st = shared.state.lock();
             st.in_flight -= 1;
+            let before = st.chunks.len();
             match added {
                 Ok(tt) => {
                     let st = &mut *st;
@@ -566,8 +581,15 @@ fn run(cas: Cas, source: Source, shared: Arc<Shared>) {
                 }
                 Err(_) => st.failed = true,
             }
+            let stored: Vec<Hash> = st.chunks[before..]
+                .iter()
+                .map(|(tt, _)| store::from_iroh(tt.hash()))
+                .collect();
             drop(st);
             shared.changed.notify_all();
+            if let Some((owner, hook)) = hook.filter(|_| !stored.is_empty()) {
+                hook(owner, stored);
+            }
         });
     }
     let mut st = shared.state.lock();

@@ -77,7 +77,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
-pub use ahead::PutAhead;
+pub use ahead::{AheadHook, PutAhead};
 pub use content::{Content, INLINE_MAX};
 pub use error::CasError;
 pub(crate) use fetch::Backlog;
@@ -126,6 +126,8 @@ struct Inner {
     prefetched: Condvar,
     /// The network layer's hook for fetching absent blobs.
     fetcher: RwLock<Option<Fetcher>>,
+    /// The network layer's hook for chunks stored ahead of a commit.
+    ahead_hook: RwLock<Option<AheadHook>>,
     /// How long a read waits for one absent blob.
     read_wait: Mutex<Duration>,
     /// Blobs put since the last [`Cas::sync`], whose files and metadata may not be
@@ -184,6 +186,7 @@ impl Cas {
                 prefetching: Mutex::new(HashSet::new()),
                 prefetched: Condvar::new(),
                 fetcher: RwLock::new(None),
+                ahead_hook: RwLock::new(None),
                 read_wait: Mutex::new(READ_WAIT),
                 unsynced: Mutex::new(Vec::new()),
                 syncing: Mutex::new(()),
@@ -421,10 +424,10 @@ impl Cas {
     }
 
     /// Stores the chunks of the staging file `file` (empty, to be written front to back
-    /// through [`PutAhead::write_at`]) while it is written; pass the result to
-    /// [`Cas::put_file`].
-    pub fn put_ahead(&self, file: File) -> PutAhead {
-        PutAhead::new(self, file)
+    /// through [`PutAhead::write_at`], as content of store `owner` if given) while it is
+    /// written; pass the result to [`Cas::put_file`].
+    pub fn put_ahead(&self, file: File, owner: Option<StoreId>) -> PutAhead {
+        PutAhead::new(self, file, owner)
     }
 
     /// Waits for a spawned store task.
@@ -433,6 +436,11 @@ impl Cas {
             .rt
             .block_on(task)
             .map_err(|e| CasError::Blobs(iroh_blobs::api::Error::other(e)))?
+    }
+
+    /// Installs the hook told of chunks stored ahead of a commit.
+    pub fn set_ahead_hook(&self, hook: AheadHook) {
+        *self.inner.ahead_hook.write() = Some(hook);
     }
 
     /// Installs the hook that fetches absent blobs; reads and exports then wait for them.

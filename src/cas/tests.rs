@@ -1003,7 +1003,7 @@ fn staging(f: &Fixture) -> (std::path::PathBuf, std::fs::File, super::PutAhead) 
         .create_new(true)
         .open(&path)
         .unwrap();
-    let ahead = f.cas.put_ahead(file.try_clone().unwrap());
+    let ahead = f.cas.put_ahead(file.try_clone().unwrap(), None);
     (path, file, ahead)
 }
 
@@ -1047,6 +1047,48 @@ fn write_ahead_and_commit(seed: u64, len: usize) -> u64 {
 }
 
 #[test]
+fn the_ahead_hook_hears_each_chunk_of_a_store_file_once_in_file_order() {
+    let f = fixture();
+    let heard: Arc<Mutex<Vec<(StoreId, Hash)>>> = Arc::default();
+    let sink = heard.clone();
+    f.cas
+        .set_ahead_hook(Arc::new(move |store, hashes: Vec<Hash>| {
+            sink.lock().extend(hashes.into_iter().map(|h| (store, h)));
+        }));
+    let source = data(7, 24 * MIB + 999);
+    let store_ahead = |owner: Option<StoreId>| {
+        let path = f.dir.path().join("staging");
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let mut ahead = f.cas.put_ahead(file, owner);
+        for (i, piece) in source.chunks(MIB).enumerate() {
+            ahead.write_at(piece, (i * MIB) as u64).unwrap();
+        }
+        ahead.settled().unwrap().expect("chunks were stored ahead")
+    };
+    let stored = store_ahead(Some(S));
+    assert!(
+        stored.len() >= 12,
+        "only {} chunks stored ahead",
+        stored.len()
+    );
+    let want: Vec<(StoreId, Hash)> = stored.iter().map(|(h, _)| (S, *h)).collect();
+    assert_eq!(*heard.lock(), want);
+
+    heard.lock().clear();
+    assert_eq!(store_ahead(None), stored);
+    assert!(
+        heard.lock().is_empty(),
+        "chunks of a file of no store were told"
+    );
+}
+
+#[test]
 fn chunks_stored_ahead_of_a_front_to_back_write_give_the_same_content() {
     for seed in 1..=4 {
         let len = 20 * MIB + seed as usize * 12_345;
@@ -1064,7 +1106,7 @@ fn a_staging_file_shorter_than_promised_is_stored_whole() {
     let content = data(22, 12 * MIB);
     let path = f.dir.path().join("staging");
     std::fs::write(&path, &content).unwrap();
-    let mut ahead = f.cas.put_ahead(std::fs::File::open(&path).unwrap());
+    let mut ahead = f.cas.put_ahead(std::fs::File::open(&path).unwrap(), None);
     ahead.written(30 * MIB as u64);
     // The worker fails at the missing bytes, before it cuts a chunk.
     assert_eq!(ahead.settled().unwrap(), Some(vec![]));
@@ -1144,7 +1186,7 @@ fn files_beyond_the_worker_places_are_stored_whole_and_places_come_back() {
     let ahead_of = |i: usize| {
         let path = f.dir.path().join(format!("staging{i}"));
         std::fs::write(&path, &content).unwrap();
-        let mut ahead = f.cas.put_ahead(std::fs::File::open(&path).unwrap());
+        let mut ahead = f.cas.put_ahead(std::fs::File::open(&path).unwrap(), None);
         ahead.written(content.len() as u64);
         (path, ahead)
     };

@@ -198,7 +198,7 @@ impl OpenFile {
     /// Empty whole-content staging, its chunks stored ahead as it is written.
     fn empty_full(&self, cas: &Cas) -> Result<Staging, Fail> {
         let (file, path) = self.new_staging()?;
-        let ahead = Some(cas.put_ahead(file.try_clone().map_err(io_errno)?));
+        let ahead = Some(cas.put_ahead(file.try_clone().map_err(io_errno)?, Some(self.store.id())));
         Ok(Staging::Full {
             file,
             path,

@@ -6,7 +6,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
 use iroh_blobs::api::proto::BlobStatus;
@@ -46,6 +46,9 @@ const FETCH_ROUNDS: usize = 3;
 const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
 /// Most changed chunks one fetch tries to patch before fetching the rest whole.
 const MAX_PATCHES: usize = 64;
+/// Most announced chunks waiting for or being fetched; later announcements are dropped
+/// (their file's own fetch brings their chunks).
+const AHEAD_QUEUE: usize = 64;
 
 /// The provider event sender for the blobs protocol: connections, get, get-many and
 /// observe requests are intercepted and checked; pushes stay disabled.
@@ -177,6 +180,69 @@ fn providers(shared: &Shared, store: &Store, writers: &[PublicKey]) -> Vec<iroh:
 fn provider_order(mut members: Vec<(PublicKey, bool)>, writers: &[PublicKey]) -> Vec<PublicKey> {
     members.sort_by_key(|(k, online)| (!online, !writers.contains(k)));
     members.into_iter().map(|(k, _)| k).collect()
+}
+
+/// Chunks members announced ahead of their files, waiting for or being fetched: at most
+/// [`AHEAD_QUEUE`], in at most [`FETCH_IN_FLIGHT`] announcements at once.
+pub(crate) struct Ahead {
+    queued: AtomicUsize,
+    slots: tokio::sync::Semaphore,
+}
+
+impl Default for Ahead {
+    fn default() -> Self {
+        Ahead {
+            queued: AtomicUsize::new(0),
+            slots: tokio::sync::Semaphore::new(FETCH_IN_FLIGHT),
+        }
+    }
+}
+
+/// Offers `chunks`, stored ahead of the commit of a file of `store` being written here,
+/// to the store's other members, if it has any and is not paused: claimed for the store
+/// (so this node serves them), then announced by its replica.
+pub(crate) async fn offer_ahead(shared: &Arc<Shared>, store: StoreId, chunks: Vec<Hash>) {
+    let Some(st) = shared.node.store_by_id(store) else {
+        return;
+    };
+    if shared.other_members(&st).is_empty() || shared.settings(&st).paused {
+        return;
+    }
+    let Some(replica) = shared.replicas.lock().get(&store).cloned() else {
+        return;
+    };
+    if let Err(e) = shared.node.cas().claim(store, &chunks).await {
+        tracing::info!(store = %store.to_hex(), "not announcing chunks stored ahead: {e}");
+        return;
+    }
+    replica.stored_ahead(chunks);
+}
+
+/// Fetches `chunks` that member `from` announced for `store` ahead of the file naming
+/// them, asking `from` first; dropped when [`AHEAD_QUEUE`] announced chunks wait. A
+/// chunk already local is left as it is: an announcement names no content of the
+/// store, so it must not make another store's blob this one's.
+pub(crate) async fn fetch_ahead(
+    shared: &Arc<Shared>,
+    store: &Store,
+    from: PublicKey,
+    chunks: Vec<Hash>,
+) {
+    let (ahead, n) = (&shared.ahead, chunks.len());
+    if ahead.queued.fetch_add(n, Ordering::AcqRel) + n > AHEAD_QUEUE {
+        ahead.queued.fetch_sub(n, Ordering::AcqRel);
+        tracing::debug!(peer = %from.short(), "dropped a chunk announcement: the queue is full");
+        return;
+    }
+    let hashes = chunks.into_iter().map(crate::cas::to_iroh).collect();
+    let fetched = match ahead.slots.acquire().await {
+        Ok(_slot) => download(shared, store, hashes, &[from], false).await,
+        Err(_) => Ok(0),
+    };
+    ahead.queued.fetch_sub(n, Ordering::AcqRel);
+    if let Err(e) = fetched {
+        tracing::debug!(peer = %from.short(), "fetching announced chunks failed: {e}");
+    }
 }
 
 /// A file's content change: its previous pieces and its new ones.
@@ -419,7 +485,7 @@ pub(crate) async fn fetch_request(shared: &Arc<Shared>, request: FetchRequest) {
         hashes = still;
     }
     if !hashes.is_empty() {
-        if let Err(e) = download(shared, &store, hashes, &[]).await {
+        if let Err(e) = download(shared, &store, hashes, &[], true).await {
             tracing::warn!(store = %request.store.to_hex(), "fetch for a read failed: {e}");
         }
     }
@@ -448,18 +514,20 @@ async fn fetch_pieces(
         if missing.is_empty() {
             return Ok(fetched);
         }
-        fetched += download(shared, store, missing, writers).await?;
+        fetched += download(shared, store, missing, writers, true).await?;
     }
     Ok(fetched)
 }
 
 /// Downloads `hashes` from members of `store`, a few at a time, asking online `writers`
-/// of their content first.
+/// of their content first. A blob found local (brought by another fetch meanwhile) is
+/// claimed for `store` only if `claim_local`: only where a file of the store names it.
 async fn download(
     shared: &Arc<Shared>,
     store: &Store,
     hashes: Vec<iroh_blobs::Hash>,
     writers: &[PublicKey],
+    claim_local: bool,
 ) -> Result<usize, NetError> {
     let providers = providers(shared, store, writers);
     if providers.is_empty() {
@@ -490,6 +558,7 @@ async fn download(
                 })
                 .await;
                 let got = match came {
+                    Ok(false) if !claim_local => Ok(false),
                     Ok(came) => cas
                         .claim(owner, &[blob])
                         .await

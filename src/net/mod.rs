@@ -206,6 +206,8 @@ pub(crate) struct Shared {
     pub due_patches: Mutex<blobs::DuePatches>,
     /// Blobs being patched or downloaded now (`blobs::in_turn`).
     pub turns: blobs::Turns,
+    /// Chunks members announced ahead of their files, being fetched.
+    pub ahead: blobs::Ahead,
 }
 
 impl std::fmt::Debug for Shared {
@@ -276,6 +278,7 @@ impl Net {
             backlogs: Mutex::new(HashMap::new()),
             due_patches: Mutex::new(blobs::DuePatches::default()),
             turns: Mutex::new(HashMap::new()),
+            ahead: blobs::Ahead::default(),
             last_seen: seen::LastSeen::default(),
         });
         gate.attach(Arc::downgrade(&shared));
@@ -292,7 +295,7 @@ impl Net {
         let mdns = wake::local_discovery(&shared.endpoint);
         wake::spawn(Arc::downgrade(&shared), shared.endpoint.clone(), mdns);
         let net = Net { shared };
-        net.install_fetcher();
+        net.install_hooks();
         net.spawn_supervisor();
         tracing::info!(
             id = %net.shared.endpoint.id(),
@@ -443,17 +446,23 @@ impl Net {
         self.shared.endpoint.close().await;
     }
 
-    fn install_fetcher(&self) {
+    /// Hooks the content store to the network: absent blobs a read needs are fetched,
+    /// chunks stored ahead of a commit are offered to the store's members.
+    fn install_hooks(&self) {
+        let cas = self.shared.node.cas();
         let weak = Arc::downgrade(&self.shared);
         let rt = tokio::runtime::Handle::current();
-        self.shared
-            .node
-            .cas()
-            .set_fetcher(Arc::new(move |request: crate::cas::FetchRequest| {
-                if let Some(shared) = weak.upgrade() {
-                    rt.spawn(async move { blobs::fetch_request(&shared, request).await });
-                }
-            }));
+        let (fetch_weak, fetch_rt) = (weak.clone(), rt.clone());
+        cas.set_fetcher(Arc::new(move |request: crate::cas::FetchRequest| {
+            if let Some(shared) = fetch_weak.upgrade() {
+                fetch_rt.spawn(async move { blobs::fetch_request(&shared, request).await });
+            }
+        }));
+        cas.set_ahead_hook(Arc::new(move |store, chunks| {
+            if let Some(shared) = weak.upgrade() {
+                rt.spawn(async move { blobs::offer_ahead(&shared, store, chunks).await });
+            }
+        }));
     }
 
     fn spawn_supervisor(&self) {

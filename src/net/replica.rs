@@ -27,6 +27,7 @@ use tokio::task::JoinHandle;
 
 use crate::hlc::now_ms;
 use crate::identity::PublicKey;
+use crate::ids::Hash;
 use crate::net::client::open_stream;
 use crate::net::peers::{endpoint_id, node_key};
 use crate::net::settings::{FetchMode, Settings};
@@ -126,6 +127,11 @@ impl ReplicaHandle {
     /// The network changed: sync now.
     pub(crate) fn network_changed(&self) {
         self.event(Event::NetworkChanged);
+    }
+
+    /// Chunks of a file still being written here, claimed for the store: announce them.
+    pub(crate) fn stored_ahead(&self, chunks: Vec<Hash>) {
+        self.event(Event::StoredAhead(chunks));
     }
 
     /// New local settings.
@@ -448,12 +454,16 @@ impl Exec {
                     .peers
                     .learn(peer, addrs.iter().filter_map(|a| a.parse().ok()));
             }
+            Action::Fetch(FetchOrder::Ahead { from, chunks }) => {
+                let (sh, st) = (shared.clone(), store.clone());
+                tokio::spawn(async move { blobs::fetch_ahead(&sh, &st, from, chunks).await });
+            }
             Action::Fetch(order) => {
                 let (sh, st, h) = (shared.clone(), store.clone(), self.handle.clone());
                 // Listed before this action counts as acted on (`caught_up`), so a read
                 // that saw the changes finds them.
                 let order = match order {
-                    FetchOrder::All => None,
+                    FetchOrder::All | FetchOrder::Ahead { .. } => None,
                     FetchOrder::Files { files, changes } => {
                         let changes: Arc<[blobs::Change]> = changes.into();
                         let listed = blobs::Listed::new(shared, store.id(), &changes);

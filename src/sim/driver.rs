@@ -19,7 +19,7 @@ use crate::sim::node::Life;
 use crate::sim::World;
 use crate::store::StoreEvent;
 use crate::sync::join::{JoinAction, JoinError, Joiner};
-use crate::sync::replica::{Action, Conv, Event, Failure, Mode, Replica, Ticket};
+use crate::sync::replica::{Action, Conv, Event, Failure, FetchOrder, Mode, Replica, Ticket};
 
 /// Conversation ids a joiner's driver uses for redeem and bootstrap (the replica's own
 /// ids count up from 0, so these never meet them).
@@ -170,8 +170,9 @@ impl World {
                     }
                 }
                 Action::SaveSecret(secret) => self.nodes[n].secret = Some(secret),
+                Action::Fetch(FetchOrder::Ahead { .. }) => {}
                 Action::Fetch(order) => {
-                    let all = matches!(order, crate::sync::replica::FetchOrder::All);
+                    let all = matches!(order, FetchOrder::All);
                     now_events.push((n, Event::Fetched { all, ok: true }));
                 }
                 Action::WakeAt(at) => self.nodes[n].wake_at = Some(at),

@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use crate::fs::op::Role;
 use crate::identity::{Identity, PublicKey};
-use crate::ids::{OpId, StoreId};
+use crate::ids::{Hash, OpId, StoreId};
 use crate::proto::peer::{self as pb, gossip, request, response};
 use crate::store::tests::{clock, create};
 use crate::store::{Store, StoreEvent};
@@ -1084,4 +1084,92 @@ fn a_network_change_syncs_at_once_instead_of_at_the_next_timer() {
         actions.is_empty(),
         "a paused replica stays silent: {actions:?}"
     );
+}
+
+/// A gossiped announcement of `chunks` stored ahead.
+fn announcement(chunks: Vec<Bytes>) -> Bytes {
+    pb::Gossip {
+        kind: Some(gossip::Kind::Ahead(pb::Ahead { chunks })),
+    }
+    .encode_to_vec()
+    .into()
+}
+
+const EAGER: Mode = Mode {
+    paused: false,
+    eager: true,
+};
+
+#[test]
+fn chunks_stored_ahead_reach_an_eager_member_as_a_fetch_asking_their_writer_first() {
+    let (mut w, _) = team(1);
+    w.feed(1, Event::Settings(EAGER));
+    w.log.clear();
+    let chunks: Vec<Hash> = (0..AHEAD_MAX + 6).map(|i| Hash([i as u8; 32])).collect();
+    w.feed(0, Event::StoredAhead(chunks.clone()));
+    let broadcasts = w
+        .log
+        .iter()
+        .filter(|(i, a)| *i == 0 && matches!(a, Action::Broadcast(_)))
+        .count();
+    assert_eq!(
+        broadcasts,
+        2,
+        "{} chunks in messages of {AHEAD_MAX}",
+        chunks.len()
+    );
+    let writer = w.nodes[0].key;
+    let fetched: Vec<Hash> = w
+        .log
+        .iter()
+        .filter_map(|(i, a)| match a {
+            Action::Fetch(FetchOrder::Ahead { from, chunks }) if *i == 1 => {
+                assert_eq!(*from, writer);
+                Some(chunks.clone())
+            }
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert_eq!(fetched, chunks);
+}
+
+#[test]
+fn announcements_malformed_from_strangers_or_to_a_lazy_or_paused_replica_fetch_nothing() {
+    let (mut w, _) = team(1);
+    w.feed(0, Event::Settings(EAGER));
+    let member = w.nodes[1].key;
+    let hash = |b: u8| Bytes::from(vec![b; 32]);
+    let gossip = |from, message| Event::Gossip { from, message };
+    let acts = w.feed(0, gossip(member, announcement(vec![hash(1), hash(2)])));
+    assert_eq!(
+        acts,
+        vec![Action::Fetch(FetchOrder::Ahead {
+            from: member,
+            chunks: vec![Hash([1; 32]), Hash([2; 32])],
+        })]
+    );
+    let short = announcement(vec![hash(1), Bytes::from(vec![2; 31])]);
+    let many = announcement(vec![hash(1); AHEAD_MAX + 1]);
+    let empty = announcement(Vec::new());
+    for message in [short, many, empty] {
+        let acts = w.feed(0, gossip(member, message));
+        assert!(acts.is_empty(), "{acts:?}");
+    }
+    let (stranger, _) = stranger_writes("x");
+    let acts = w.feed(0, gossip(stranger.public(), announcement(vec![hash(1)])));
+    assert!(acts.is_empty(), "{acts:?}");
+    for mode in [
+        Mode::default(),
+        Mode {
+            paused: true,
+            eager: true,
+        },
+    ] {
+        w.feed(0, Event::Settings(mode));
+        let acts = w.feed(0, gossip(member, announcement(vec![hash(1)])));
+        assert!(acts.is_empty(), "{mode:?}: {acts:?}");
+    }
+    let acts = w.feed(0, Event::StoredAhead(vec![Hash([3; 32])]));
+    assert!(acts.is_empty(), "a paused replica announced: {acts:?}");
 }

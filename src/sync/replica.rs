@@ -61,6 +61,11 @@
 //! neighbour that delivered it is a current member (else it is ignored, and so is a
 //! `NeighborUp` of a non-member): an inline intention is applied (floating: a hint
 //! to reconcile with the sender), a hash is pulled from the sender with one `Want`.
+//! Chunks of a file still being written here (`StoredAhead`, already claimed for the
+//! store) are announced the same way, at most [`AHEAD_MAX`] per message; in eager mode
+//! an announcement is fetched from its sender first (`Fetch(Ahead)`), so a large file
+//! arrives while it is written. A message naming more chunks, or a malformed hash, is
+//! dropped whole.
 //!
 //! **After apply** (`Applied`): every key revoked from the store is cut off
 //! (`CutOff`; after a local seal, each newly revoked key once), each changed file's
@@ -128,6 +133,8 @@ pub(crate) struct Mode {
 pub(crate) enum Event {
     /// Local intentions sealed and durable (from `StoreEvent::Sealed`).
     Sealed(Vec<Bytes>),
+    /// Chunks of a file still being written here, stored and claimed for this store.
+    StoredAhead(Vec<Hash>),
     /// Intentions were applied; the files they changed (`None`: unknown, e.g. lagged).
     Applied(Option<Vec<FileId>>),
     /// The gossip subscription is up (after [`Action::Subscribe`]), or failed/ended.
@@ -227,6 +234,14 @@ pub(crate) enum FetchOrder {
     },
     /// The blobs of every file.
     All,
+    /// Chunks a member announced ahead of the file naming them (no `Fetched` follows:
+    /// nothing is missing until a file names them).
+    Ahead {
+        /// The member that announced them, asked first.
+        from: PublicKey,
+        /// The chunks.
+        chunks: Vec<Hash>,
+    },
 }
 
 /// What the driver must do.
@@ -337,6 +352,17 @@ pub(crate) const ANTI_ENTROPY_MAX: Millis = 30_000;
 pub(crate) const GOSSIP_MAX: usize = 32 * 1024;
 /// Room left in a gossip message for its framing around an inline intention.
 const GOSSIP_FRAMING: usize = 16;
+/// Most chunks one gossiped announcement names.
+pub(crate) const AHEAD_MAX: usize = 64;
+
+/// The chunks an announcement names, or `None` if it names more than [`AHEAD_MAX`] or
+/// one hash is not 32 bytes.
+pub(crate) fn announced(a: &pb::Ahead) -> Option<Vec<Hash>> {
+    if a.chunks.len() > AHEAD_MAX {
+        return None;
+    }
+    a.chunks.iter().map(|h| Hash::from_slice(h)).collect()
+}
 /// Most hashes one reconciliation collects on either side (the peer has, or lacks)
 /// before it stops to pull and push them (8 MiB of hashes); the next pass finds the rest.
 pub const MAX_RECONCILE_DIFF: usize = 256 * 1024;
@@ -553,6 +579,7 @@ impl<S: ReplicaStore> Replica<S> {
         let mut out = Vec::new();
         match event {
             Event::Sealed(list) => self.sealed(list, now, &mut out),
+            Event::StoredAhead(chunks) => self.stored_ahead(chunks, &mut out),
             Event::Applied(files) => self.applied(files, &mut out),
             Event::GossipUp(up) => {
                 if self.topic == Topic::Joining && up {
@@ -795,6 +822,22 @@ impl<S: ReplicaStore> Replica<S> {
         }
     }
 
+    /// Announces chunks stored ahead of a local file's commit to the neighbours.
+    fn stored_ahead(&mut self, chunks: Vec<Hash>, out: &mut Vec<Action>) {
+        if self.mode.paused || self.topic != Topic::Up || self.neighbours.is_empty() {
+            return;
+        }
+        for part in chunks.chunks(AHEAD_MAX) {
+            let ahead = pb::Ahead {
+                chunks: part.iter().map(|h| Bytes::copy_from_slice(&h.0)).collect(),
+            };
+            let msg = pb::Gossip {
+                kind: Some(gossip::Kind::Ahead(ahead)),
+            };
+            out.push(Action::Broadcast(msg.encode_to_vec().into()));
+        }
+    }
+
     /// After applied intentions: cut off revoked keys, remember the files' content
     /// pieces, and in eager mode fetch their blobs.
     fn applied(&mut self, files: Option<Vec<FileId>>, out: &mut Vec<Action>) {
@@ -860,6 +903,20 @@ impl<S: ReplicaStore> Replica<S> {
                             hashes: vec![hash],
                         },
                     );
+                }
+            }
+            Some(gossip::Kind::Ahead(a)) => {
+                if !self.mode.eager {
+                    return;
+                }
+                match announced(&a) {
+                    Some(chunks) if !chunks.is_empty() => {
+                        out.push(Action::Fetch(FetchOrder::Ahead { from, chunks }))
+                    }
+                    Some(_) => {}
+                    None => {
+                        tracing::info!(peer = %from.short(), "dropping a malformed chunk announcement")
+                    }
                 }
             }
             None => {}

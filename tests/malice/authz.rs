@@ -498,3 +498,49 @@ async fn a_key_revoked_from_one_store_gets_no_gossip_connection_through_another(
     ep.close().await;
     a.stop().await;
 }
+
+/// Announcing chunks ahead of a file names no content of the store: a member announcing
+/// another store's chunk does not make it the announced store's, here or anywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_announcing_another_stores_chunks_does_not_get_them() {
+    use prost::Message;
+
+    let (a, mallory) = alice_and_mallory().await;
+    let secret = a.store("secret");
+    let hidden = put(&a, &secret, 43).await;
+    write_file(&secret, "hidden.bin", hidden.clone());
+    let (hidden_manifest, hidden_chunk) = manifest_and_chunk(&a, &hidden);
+    let l = listener(&mallory, &a).await;
+    let topic = real_topic(&a, &a.store("team")).await;
+    let alice = iroh::EndpointId::from_bytes(&a.node.identity().public().0).unwrap();
+    let mut sub = l.gossip.subscribe(topic, vec![alice]).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(10), sub.joined())
+        .await
+        .expect("mallory joins team's topic through alice")
+        .unwrap();
+    let chunks = [hidden_chunk, hidden_manifest]
+        .iter()
+        .map(|h| bytes::Bytes::copy_from_slice(&h.0))
+        .collect();
+    let announcement = lattice_mount::proto::peer::Gossip {
+        kind: Some(lattice_mount::proto::peer::gossip::Kind::Ahead(
+            lattice_mount::proto::peer::Ahead { chunks },
+        )),
+    };
+    sub.broadcast(announcement.encode_to_vec().into())
+        .await
+        .unwrap();
+    // Alice fetches what is announced from mallory, who serves no blobs, and finds
+    // the chunks local: give her time to act on it before asking.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(
+        !get_blob(&l.endpoint, &a, hidden_chunk).await,
+        "secret's chunk was served after an announcement in team"
+    );
+    assert!(
+        !get_blob(&l.endpoint, &a, hidden_manifest).await,
+        "secret's manifest was served after an announcement in team"
+    );
+    l.endpoint.close().await;
+    a.stop().await;
+}
