@@ -198,6 +198,64 @@ fn a_large_file_arrives_intact_even_when_the_receiver_is_killed_midway() {
     );
 }
 
+/// Bytes of the files under `dir`, recursively.
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.metadata() {
+                Ok(m) if m.is_dir() => stack.push(e.path()),
+                Ok(m) => total += m.len(),
+                Err(_) => {}
+            }
+        }
+    }
+    total
+}
+
+#[test]
+fn a_large_file_still_being_written_is_already_arriving_on_the_other_node() {
+    use std::io::Write;
+    if !fuse_available() {
+        return;
+    }
+    let nodes = team(&["alice", "bob"]);
+    // Chunks are announced to gossip neighbours: first see a write reach bob at once.
+    for i in 0.. {
+        assert!(i < 50, "no write of alice reached bob by gossip");
+        let name = format!("team/ping-{i}");
+        std::fs::write(nodes[0].path(&name), b"ping").unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        if nodes[1].path(&name).exists() {
+            break;
+        }
+    }
+    let before = dir_bytes(&nodes[1].data);
+    let data = random_bytes(48 * 1024 * 1024, 13);
+    let mut file = std::fs::File::create(nodes[0].path("team/big.bin")).unwrap();
+    for piece in data.chunks(1024 * 1024) {
+        file.write_all(piece).unwrap();
+    }
+    // Still open on alice: the file bob lists is the empty one its creation made, and
+    // bob already holds content of it.
+    within(SETTLE, "content of the open file on bob", || {
+        dir_bytes(&nodes[1].data) >= before + 16 * 1024 * 1024
+    });
+    assert_eq!(
+        std::fs::metadata(nodes[1].path("team/big.bin"))
+            .unwrap()
+            .len(),
+        0
+    );
+    drop(file);
+    let b = &nodes[1];
+    within(SETTLE, "big.bin complete on bob", || {
+        std::fs::metadata(b.path("team/big.bin")).is_ok_and(|m| m.len() == data.len() as u64)
+    });
+    assert!(std::fs::read(b.path("team/big.bin")).unwrap() == data);
+}
+
 #[test]
 fn a_snapshot_is_the_same_read_only_tree_on_every_node_and_keeps_its_content_until_dropped() {
     if !fuse_available() {
