@@ -415,25 +415,32 @@ async fn a_file_read_while_it_arrives_is_fetched_once() {
     a.stop().await;
 }
 
-/// Chunks of a file still being written on A reach B before the file does: A announces
-/// each chunk as it stores it, B fetches it, and the file's own fetch then finds it
-/// local, so nothing crosses twice.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_file_being_written_reaches_members_before_its_commit() {
-    use std::os::unix::fs::FileExt;
-    let (a, b) = team().await;
-    let (team_a, team_b) = (a.store("team"), b.store("team"));
-    // Announcements go to gossip neighbours only: first see a write reach B at once.
+/// Returns once a write on `a` reaches `b` at once, that is by gossip: chunks stored
+/// ahead are announced to gossip neighbours only.
+async fn gossip_flows(a: &Store, b: &Store) {
     for i in 0.. {
         assert!(i < 50, "no write of A reached B by gossip");
         let name = format!("ping-{i}");
-        write_file(&team_a, &name, Content::Inline("ping".into()));
+        write_file(a, &name, Content::Inline("ping".into()));
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if names(&team_b).contains(&name) {
-            break;
+        if names(b).contains(&name) {
+            return;
         }
     }
-    let data = random_bytes(24 * 1024 * 1024, 43);
+}
+
+/// `data` written front to back into a staging file of `peer` for `store`, kept open
+/// (uncommitted): its chunks stored ahead, the file's path, and the dir holding it.
+fn written_ahead(
+    peer: &Peer,
+    store: &Store,
+    data: &[u8],
+) -> (
+    lattice_mount::PutAhead,
+    std::path::PathBuf,
+    tempfile::TempDir,
+) {
+    use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("staging");
     let file = std::fs::OpenOptions::new()
@@ -442,21 +449,41 @@ async fn a_file_being_written_reaches_members_before_its_commit() {
         .create_new(true)
         .open(&path)
         .unwrap();
-    let cas = a.node.cas().clone();
-    let mut ahead = cas.put_ahead(file.try_clone().unwrap(), Some(team_a.id()));
+    let mut ahead = peer
+        .node
+        .cas()
+        .put_ahead(file.try_clone().unwrap(), Some(store.id()));
     let mut end = 0;
     for piece in data.chunks(1024 * 1024) {
         file.write_all_at(piece, end as u64).unwrap();
         end += piece.len();
         ahead.written(end as u64);
     }
-    let early = eventually("chunks of the uncommitted file on B", || {
-        let fetched = b.net.fetched_bytes();
-        (fetched >= 8 * 1024 * 1024).then_some(fetched)
+    (ahead, path, dir)
+}
+
+/// `peer`'s bytes fetched whole, once at least `least`.
+async fn fetched_at_least(peer: &Peer, least: u64) -> u64 {
+    eventually("chunks of the uncommitted file on B", || {
+        let fetched = peer.net.fetched_bytes();
+        (fetched >= least).then_some(fetched)
     })
-    .await;
+    .await
+}
+
+/// Chunks of a file still being written on A reach B before the file does: A announces
+/// each chunk as it stores it, B fetches it, and the file's own fetch then finds it
+/// local, so nothing crosses twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_being_written_reaches_members_before_its_commit() {
+    let (a, b) = team().await;
+    let (team_a, team_b) = (a.store("team"), b.store("team"));
+    gossip_flows(&team_a, &team_b).await;
+    let data = random_bytes(24 * 1024 * 1024, 43);
+    let (mut ahead, path, _dir) = written_ahead(&a, &team_a, &data);
+    let early = fetched_at_least(&b, 8 * 1024 * 1024).await;
     assert!(!names(&team_b).contains(&"big.bin".to_string()));
-    let id = team_a.id();
+    let (cas, id) = (a.node.cas().clone(), team_a.id());
     let content = tokio::task::spawn_blocking(move || cas.put_file(id, &path, Some(&mut ahead)))
         .await
         .unwrap()
@@ -470,6 +497,32 @@ async fn a_file_being_written_reaches_members_before_its_commit() {
         fetched >= data.len() as u64 && fetched <= data.len() as u64 + 4096,
         "B fetched {fetched} bytes ({early} before the commit) for {} bytes of content",
         data.len()
+    );
+    b.stop().await;
+    a.stop().await;
+}
+
+/// Chunks B fetched ahead of a file A never commits are named by no version: B's next
+/// collection frees them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn chunks_fetched_ahead_of_a_file_never_committed_are_freed_by_a_collection() {
+    let (a, b) = team().await;
+    let (team_a, team_b) = (a.store("team"), b.store("team"));
+    gossip_flows(&team_a, &team_b).await;
+    let data = random_bytes(24 * 1024 * 1024, 47);
+    let (ahead, _path, _dir) = written_ahead(&a, &team_a, &data);
+    fetched_at_least(&b, 8 * 1024 * 1024).await;
+    drop(ahead);
+    let fetched = settled_fetched_bytes(&b).await;
+    let (bn, tb) = (b.node.clone(), team_b.clone());
+    let freed = tokio::task::spawn_blocking(move || bn.gc(Some(&tb)))
+        .await
+        .unwrap()
+        .unwrap();
+    let bytes: u64 = freed.iter().map(|(_, r)| r.bytes).sum();
+    assert!(
+        bytes >= fetched,
+        "B fetched {fetched} bytes ahead and its collection freed {bytes}"
     );
     b.stop().await;
     a.stop().await;
