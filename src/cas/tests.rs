@@ -994,16 +994,22 @@ fn a_blob_the_store_holds_from_elsewhere_is_hashed_once_then_read_as_intact() {
     }
 }
 
-/// A new, empty staging file in `f`'s dir: its path, the file, and its chunks stored ahead.
-fn staging(f: &Fixture) -> (std::path::PathBuf, std::fs::File, super::PutAhead) {
-    let path = f.dir.path().join("staging");
+/// A new, empty staging file in `f`'s dir: its path, the file, and its chunks stored
+/// ahead (as content of store `owner`, if given).
+fn staging(
+    f: &Fixture,
+    owner: Option<StoreId>,
+) -> (std::path::PathBuf, std::fs::File, super::PutAhead) {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = f.dir.path().join(format!("staging-{n}"));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
         .open(&path)
         .unwrap();
-    let ahead = f.cas.put_ahead(file.try_clone().unwrap(), None);
+    let ahead = f.cas.put_ahead(file.try_clone().unwrap(), owner);
     (path, file, ahead)
 }
 
@@ -1014,7 +1020,7 @@ fn write_ahead_and_commit(seed: u64, len: usize) -> u64 {
     let f = fixture();
     let source = data(seed, len);
     let mut written = vec![0u8; len];
-    let (path, file, mut ahead) = staging(&f);
+    let (path, file, mut ahead) = staging(&f, None);
     let mut rng = Rng(seed);
     let mut at = 0usize;
     while at < len {
@@ -1057,15 +1063,7 @@ fn the_ahead_hook_hears_each_chunk_of_a_store_file_once_in_file_order() {
         }));
     let source = data(7, 24 * MIB + 999);
     let store_ahead = |owner: Option<StoreId>| {
-        let path = f.dir.path().join("staging");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        let mut ahead = f.cas.put_ahead(file, owner);
+        let (_, _file, mut ahead) = staging(&f, owner);
         for (i, piece) in source.chunks(MIB).enumerate() {
             ahead.write_at(piece, (i * MIB) as u64).unwrap();
         }
@@ -1124,7 +1122,7 @@ fn a_front_to_back_write_is_held_once_and_reads_commits_and_restores_whole() {
     let f = fixture();
     let len = 72 * MIB + 4321;
     let source = data(24, len);
-    let (path, file, mut ahead) = staging(&f);
+    let (path, file, mut ahead) = staging(&f, None);
     for (i, piece) in source.chunks(MIB).enumerate() {
         ahead.write_at(piece, (i * MIB) as u64).unwrap();
         // Past the first bytes, writes are queued, not written to the file, and the
