@@ -454,16 +454,18 @@ impl Exec {
                     .peers
                     .learn(peer, addrs.iter().filter_map(|a| a.parse().ok()));
             }
-            Action::Fetch(FetchOrder::Ahead { from, chunks }) => {
-                let (sh, st) = (shared.clone(), store.clone());
-                tokio::spawn(async move { blobs::fetch_ahead(&sh, &st, from, chunks).await });
-            }
             Action::Fetch(order) => {
                 let (sh, st, h) = (shared.clone(), store.clone(), self.handle.clone());
                 // Listed before this action counts as acted on (`caught_up`), so a read
                 // that saw the changes finds them.
                 let order = match order {
-                    FetchOrder::All | FetchOrder::Ahead { .. } => None,
+                    FetchOrder::Ahead { from, chunks } => {
+                        tokio::spawn(
+                            async move { blobs::fetch_ahead(&sh, &st, from, chunks).await },
+                        );
+                        return;
+                    }
+                    FetchOrder::All => None,
                     FetchOrder::Files { files, changes } => {
                         let changes: Arc<[blobs::Change]> = changes.into();
                         let listed = blobs::Listed::new(shared, store.id(), &changes);

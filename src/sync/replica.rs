@@ -363,6 +363,7 @@ pub(crate) fn announced(a: &pb::Ahead) -> Option<Vec<Hash>> {
     }
     a.chunks.iter().map(|h| Hash::from_slice(h)).collect()
 }
+
 /// Most hashes one reconciliation collects on either side (the peer has, or lacks)
 /// before it stops to pull and push them (8 MiB of hashes); the next pass finds the rest.
 pub const MAX_RECONCILE_DIFF: usize = 256 * 1024;
