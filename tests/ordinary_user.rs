@@ -195,6 +195,99 @@ impl Drop for Running {
     }
 }
 
+/// What the user may do to entries of modes that forbid it, tried with shell tools in
+/// the store `docs`: one line per attempt, each as a local filesystem answers it.
+const MODE_CHECKS: &str = r#"
+cd ~/Lattice/docs
+try() { if sh -c "$2" >/dev/null 2>&1; then echo "$1: yes"; else echo "$1: no"; fi; }
+printf x > ro.txt && chmod 0444 ro.txt
+try "append to a 0444 file" "printf y >> ro.txt"
+try "truncate a 0444 file" "truncate -s 0 ro.txt"
+try "read a 0444 file" "cat ro.txt"
+try "test -w a 0444 file" "test -w ro.txt"
+try "set the times of a 0444 file" "touch -d @0 ro.txt"
+try "set a 0444 file's times to now" "touch ro.txt"
+try "chown a file to root" "chown 0 ro.txt"
+try "chgrp a file to root" "chgrp 0 ro.txt"
+try "chmod a 0444 file" "chmod 0644 ro.txt"
+try "append once it is 0644" "printf y >> ro.txt"
+printf x > wo.txt && chmod 0200 wo.txt
+try "read a 0200 file" "cat wo.txt"
+try "test -r a 0200 file" "test -r wo.txt"
+try "append to a 0200 file" "printf y >> wo.txt"
+printf 'exit 0
+' > run.sh && chmod 0644 run.sh
+try "run a 0644 script" "./run.sh"
+chmod 0755 run.sh
+try "run a 0755 script" "./run.sh"
+mkdir shut && printf z > shut/in.txt && chmod 0555 shut
+try "create in a 0555 dir" "touch shut/new"
+try "mkdir in a 0555 dir" "mkdir shut/sub"
+try "link into a 0555 dir" "ln ro.txt shut/ro.txt"
+try "remove from a 0555 dir" "rm -f shut/in.txt"
+try "rename out of a 0555 dir" "mv shut/in.txt out.txt"
+try "rename within a 0555 dir" "mv shut/in.txt shut/again.txt"
+try "read in a 0555 dir" "cat shut/in.txt"
+chmod 0300 shut
+try "list a 0300 dir" "ls shut"
+try "read in a 0300 dir" "cat shut/in.txt"
+chmod 0600 shut
+try "enter a 0600 dir" "cd shut"
+try "read in a 0600 dir" "cat shut/in.txt"
+try "stat in a 0600 dir" "stat shut/in.txt"
+try "list a 0600 dir" "ls shut"
+chmod 0700 shut
+try "read in a 0700 dir" "cat shut/in.txt"
+mkdir -p from/d to && chmod 0555 from/d
+try "move a 0555 dir to another dir" "mv from/d to/"
+chmod 0755 from/d
+try "move a 0755 dir to another dir" "mv from/d to/"
+"#;
+
+/// Runs [`MODE_CHECKS`] as `user` and compares every answer with a local filesystem's.
+fn modes_are_enforced(user: &User, home: &Path) {
+    let out = ok(user
+        .in_home(home, "sh")
+        .arg("-c")
+        .arg(MODE_CHECKS)
+        .output()
+        .unwrap());
+    let expected = [
+        "append to a 0444 file: no",
+        "truncate a 0444 file: no",
+        "read a 0444 file: yes",
+        "test -w a 0444 file: no",
+        "set the times of a 0444 file: yes",
+        "set a 0444 file's times to now: yes",
+        "chown a file to root: no",
+        "chgrp a file to root: no",
+        "chmod a 0444 file: yes",
+        "append once it is 0644: yes",
+        "read a 0200 file: no",
+        "test -r a 0200 file: no",
+        "append to a 0200 file: yes",
+        "run a 0644 script: no",
+        "run a 0755 script: yes",
+        "create in a 0555 dir: no",
+        "mkdir in a 0555 dir: no",
+        "link into a 0555 dir: no",
+        "remove from a 0555 dir: no",
+        "rename out of a 0555 dir: no",
+        "rename within a 0555 dir: no",
+        "read in a 0555 dir: yes",
+        "list a 0300 dir: no",
+        "read in a 0300 dir: yes",
+        "enter a 0600 dir: no",
+        "read in a 0600 dir: no",
+        "stat in a 0600 dir: no",
+        "list a 0600 dir: yes",
+        "read in a 0700 dir: yes",
+        "move a 0555 dir to another dir: no",
+        "move a 0755 dir to another dir: yes",
+    ];
+    assert_eq!(out.lines().collect::<Vec<_>>(), expected);
+}
+
 #[test]
 fn an_ordinary_user_mounts_writes_reads_and_unmounts_through_fusermount3() {
     let tmp = tempfile::Builder::new()
@@ -262,6 +355,10 @@ fn an_ordinary_user_mounts_writes_reads_and_unmounts_through_fusermount3() {
         options.contains(&format!("user_id={}", user.uid)),
         "not the user's mount: {options}"
     );
+    assert!(
+        !options.contains("default_permissions"),
+        "the user's own mount has its modes checked by the daemon: {options}"
+    );
     daemon.wait_for("control socket", |_| {
         user.lattice(&home, &["status"]).status.success()
     });
@@ -281,6 +378,7 @@ fn an_ordinary_user_mounts_writes_reads_and_unmounts_through_fusermount3() {
         ok(shell),
         format!("written by an ordinary user\n{}\n", user.uid)
     );
+    modes_are_enforced(&user, &home);
     if user.switch {
         // Without --allow-other the mount is the user's alone, root included.
         let err = std::fs::metadata(mnt.join("docs")).unwrap_err();

@@ -24,6 +24,7 @@ use crate::ids::{FileId, OpId, StoreId};
 use crate::node::Node as LatticeNode;
 use crate::store::Store;
 
+use super::access::{Caller, EXEC, READ, WRITE};
 use super::errno::io_errno;
 use super::errno::{errno, Fail};
 use super::inodes::{Inodes, Key, MOUNT_ROOT};
@@ -94,6 +95,9 @@ pub(crate) struct LatticeFs {
     mounted_at: SystemTime,
     uid: u32,
     gid: u32,
+    /// Whose access the daemon checks modes for (`access.rs`); `None` where the kernel
+    /// checks them (`default_permissions`) or the caller is root.
+    checks: Option<Caller>,
 }
 
 type Result<T> = std::result::Result<T, Fail>;
@@ -140,6 +144,38 @@ fn name_str(name: &OsStr) -> Result<&str> {
     Ok(s)
 }
 
+/// What opening a file with `flags` needs: reading, writing or both by the access
+/// mode, writing to truncate, and only executing for `execve`'s open.
+fn open_wants(flags: i32) -> u16 {
+    /// The kernel's `__FMODE_EXEC`, set in the flags of the open made by `execve`.
+    const FMODE_EXEC: i32 = 0x20;
+    if flags & FMODE_EXEC != 0 {
+        return EXEC;
+    }
+    let mut want = match flags & libc::O_ACCMODE {
+        libc::O_RDONLY => READ,
+        libc::O_WRONLY => WRITE,
+        _ => READ | WRITE,
+    };
+    if flags & libc::O_TRUNC != 0 {
+        want |= WRITE;
+    }
+    want
+}
+
+/// What reading (`READ`) or changing (`WRITE`) extended attribute `name` needs: the
+/// kernel leaves `security.` and `system.` names to the filesystem's own rules and
+/// checks `trusted.` itself, and the rest need the same access as the file's bytes.
+fn xattr_wants(name: &OsStr, want: u16) -> u16 {
+    let name = name.as_bytes();
+    let free = [&b"security."[..], b"system.", b"trusted."];
+    if free.iter().any(|p| name.starts_with(p)) {
+        0
+    } else {
+        want
+    }
+}
+
 fn reply_entry(reply: ReplyEntry, r: Result<FileAttr>) {
     match r {
         Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
@@ -156,12 +192,14 @@ fn reply_empty(reply: ReplyEmpty, r: Result<()>) {
 
 impl LatticeFs {
     /// A filesystem over `node`'s stores, staging writes under `staging`, numbering
-    /// inodes in `inodes` (shared with the kernel cache invalidator).
+    /// inodes in `inodes` (shared with the kernel cache invalidator), checking modes
+    /// for `checks` unless the kernel does.
     pub(crate) fn new(
         node: LatticeNode,
         staging: PathBuf,
         inodes: Arc<Inodes>,
         passthrough: Mode,
+        checks: Option<Caller>,
     ) -> Self {
         // SAFETY: getuid/getgid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -179,7 +217,60 @@ impl LatticeFs {
             mounted_at: SystemTime::now(),
             uid,
             gid,
+            checks: checks.filter(Caller::is_bound),
         }
+    }
+
+    /// Fails with `EACCES` unless the caller may do each of `want` to inode `ino`.
+    fn permit(&self, ino: INodeNo, want: u16) -> Result<()> {
+        let Some(caller) = self.checks.as_ref().filter(|_| want != 0) else {
+            return Ok(());
+        };
+        let attr = self.attr_of(ino.0, self.key(ino)?)?;
+        if caller.may(&attr, want) {
+            Ok(())
+        } else {
+            Err(Fail::Errno(libc::EACCES))
+        }
+    }
+
+    /// Fails unless the caller may change what `meta` and `size` change of inode `ino`,
+    /// as a local filesystem decides: `touch` when every time given is "now",
+    /// `truncating` when the change comes through a handle opened for writing. Clears
+    /// the set-group-ID bit of a new mode where the caller is not in the file's group.
+    fn permit_setattr(
+        &self,
+        ino: INodeNo,
+        meta: &mut SetMeta,
+        size: Option<u64>,
+        touch: bool,
+        truncating: bool,
+    ) -> Result<()> {
+        let Some(caller) = &self.checks else {
+            return Ok(());
+        };
+        let attr = self.attr_of(ino.0, self.key(ino)?)?;
+        let owner = caller.owns(&attr);
+        let retimed = meta.mtime_ns.is_some() || meta.atime_ns.is_some();
+        let not_permitted = (meta.mode.is_some() && !owner)
+            || meta.uid.is_some_and(|u| !owner || u != attr.uid)
+            || meta
+                .gid
+                .is_some_and(|g| !owner || g != attr.gid && !caller.in_group(g))
+            || (retimed && !touch && !owner);
+        if not_permitted {
+            return Err(Fail::Errno(libc::EPERM));
+        }
+        let writes = size.is_some() || (retimed && !owner);
+        if writes && !truncating && !caller.may(&attr, WRITE) {
+            return Err(Fail::Errno(libc::EACCES));
+        }
+        if let Some(mode) = &mut meta.mode {
+            if !caller.in_group(meta.gid.unwrap_or(attr.gid)) {
+                *mode &= !libc::S_ISGID;
+            }
+        }
+        Ok(())
     }
 
     fn store(&self, id: StoreId) -> Result<Store> {
@@ -367,6 +458,7 @@ impl LatticeFs {
         content: Content,
     ) -> Result<(Key, FileAttr)> {
         let name = name_str(name)?;
+        self.permit(parent, WRITE | EXEC)?;
         if self.key(parent)? == Key::MountRoot {
             if kind != Kind::Dir {
                 return Err(Fail::Fs(FsError::NotPermitted));
@@ -790,6 +882,21 @@ impl LatticeFs {
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return Err(Fail::Errno(libc::EINVAL));
         }
+        self.permit(parent, WRITE | EXEC)?;
+        self.permit(newparent, WRITE | EXEC)?;
+        if parent != newparent {
+            // A directory moved elsewhere has its `..` rewritten.
+            let moved = [Some(name), fs_flags.exchange.then_some(newname)];
+            let dirs = moved.into_iter().flatten().zip([parent, newparent]);
+            for (moved, dir) in dirs {
+                if let Some(ino) = self.inodes.child(dir.0, moved.as_bytes()) {
+                    let key = self.key(INodeNo(ino))?;
+                    if self.attr_of(ino, key)?.kind == FileType::Directory {
+                        self.permit(INodeNo(ino), WRITE)?;
+                    }
+                }
+            }
+        }
         match (self.key(parent)?, self.key(newparent)?) {
             (Key::MountRoot, Key::MountRoot) => self.rename_store(name, newname, fs_flags),
             (Key::MountRoot, _) | (_, Key::MountRoot) => Err(Fail::Fs(FsError::CrossStore)),
@@ -889,6 +996,7 @@ impl LatticeFs {
 
     fn do_remove(&self, parent: INodeNo, name: &OsStr, dir: bool) -> Result<()> {
         let name = name_str(name)?;
+        self.permit(parent, WRITE | EXEC)?;
         let key = self.key(parent)?;
         if let Key::Local(_) = key {
             return self.remove_local(key, name, dir, Fail::Fs(FsError::NotFound));
@@ -940,6 +1048,7 @@ impl LatticeFs {
 
     fn do_link(&self, ino: INodeNo, newparent: INodeNo, newname: &OsStr) -> Result<FileAttr> {
         let newname = name_str(newname)?;
+        self.permit(newparent, WRITE | EXEC)?;
         let key = self.key(ino)?;
         let Key::File(sid, file) = key else {
             return Err(Fail::Fs(FsError::NotPermitted));
@@ -1179,7 +1288,8 @@ impl Filesystem for LatticeFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        reply_entry(reply, self.do_lookup(parent, name));
+        let r = self.permit(parent, EXEC);
+        reply_entry(reply, r.and_then(|()| self.do_lookup(parent, name)));
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
@@ -1211,14 +1321,14 @@ impl Filesystem for LatticeFs {
         atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
-        _fh: Option<FileHandle>,
+        fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
         _chgtime: Option<SystemTime>,
         _bkuptime: Option<SystemTime>,
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let meta = SetMeta {
+        let mut meta = SetMeta {
             mode: mode.map(|m| m & 0o7777),
             uid,
             gid,
@@ -1226,8 +1336,20 @@ impl Filesystem for LatticeFs {
             atime_ns: atime.map(time_ns),
             ..Default::default()
         };
-        match self.do_setattr(ino, meta, size) {
-            Ok(a) => reply.attr(&TTL, &a),
+        let touch = ![atime, mtime]
+            .iter()
+            .any(|t| matches!(t, Some(TimeOrNow::SpecificTime(_))));
+        let r = self
+            .permit_setattr(ino, &mut meta, size, touch, fh.is_some())
+            .and_then(|()| self.do_setattr(ino, meta, size));
+        match r {
+            Ok(a) => {
+                if mode.is_some() && a.kind == FileType::Directory && self.checks.is_some() {
+                    // Entries below were reached through its old mode.
+                    self.inodes.suspect_children(ino.0);
+                }
+                reply.attr(&TTL, &a)
+            }
             Err(e) => reply.error(errno(e)),
         }
     }
@@ -1377,6 +1499,7 @@ impl Filesystem for LatticeFs {
             if matches!(k, Key::MountRoot | Key::Snapshots(_)) {
                 return Err(Fail::Fs(FsError::IsDir));
             }
+            self.permit(ino, open_wants(flags.0))?;
             self.open_handle(ino.0, k, flags.0, |f| reply.open_backing(f))
         });
         match r {
@@ -1477,7 +1600,7 @@ impl Filesystem for LatticeFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.list_dir(ino) {
+        match self.permit(ino, READ).and_then(|()| self.list_dir(ino)) {
             Ok(entries) => reply.opened(self.new_handle(Handle::Dir(entries)), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
@@ -1598,11 +1721,20 @@ impl Filesystem for LatticeFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply_empty(reply, self.do_setxattr(ino, name, value, flags));
+        let r = self.permit(ino, xattr_wants(name, WRITE));
+        reply_empty(
+            reply,
+            r.and_then(|()| self.do_setxattr(ino, name, value, flags)),
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        reply_xattr(reply, size, self.xattr_bytes(ino, Some(name)));
+        let r = self.permit(ino, xattr_wants(name, READ));
+        reply_xattr(
+            reply,
+            size,
+            r.and_then(|()| self.xattr_bytes(ino, Some(name))),
+        );
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
@@ -1610,12 +1742,13 @@ impl Filesystem for LatticeFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        reply_empty(reply, self.do_removexattr(ino, name));
+        let r = self.permit(ino, xattr_wants(name, WRITE));
+        reply_empty(reply, r.and_then(|()| self.do_removexattr(ino, name)));
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        // Permission bits are enforced by the kernel (`default_permissions`).
-        reply_empty(reply, self.key(ino).map(|_| ()));
+    fn access(&self, _req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let want = (mask.bits() & 0o7) as u16;
+        reply_empty(reply, self.key(ino).and_then(|_| self.permit(ino, want)));
     }
 
     fn create(

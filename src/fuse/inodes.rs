@@ -373,6 +373,28 @@ impl Inodes {
         self.evicting.notify_one();
     }
 
+    /// Has the invalidation thread drop every entry the kernel holds in directory inode
+    /// `dir`, so each next lookup there asks again (as after its mode changed).
+    pub(crate) fn suspect_children(&self, dir: u64) {
+        let mut t = self.table.lock();
+        let Some(names) = t.children.get(&dir) else {
+            return;
+        };
+        let stale: Vec<Suspect> = names
+            .keys()
+            .map(|n| Suspect::Stale(dir, n.clone()))
+            .collect();
+        t.suspects.extend(stale);
+        drop(t);
+        self.evicting.notify_one();
+    }
+
+    /// The inode the kernel was given for entry `name` of directory inode `dir`.
+    pub(crate) fn child(&self, dir: u64, name: &[u8]) -> Option<u64> {
+        let t = self.table.lock();
+        t.children.get(&dir)?.get(name).copied()
+    }
+
     /// Queues [`Suspect::Copies`] of `file` if the kernel knows one of its conflict copies.
     pub(crate) fn suspect_copies(&self, store: StoreId, file: FileId) {
         let mut t = self.table.lock();

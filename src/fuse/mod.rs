@@ -6,6 +6,7 @@
 //! and writes are staged per open file until flush, fsync or close (`open_file.rs`).
 //! Changes received from peers invalidate the kernel's caches (`invalidate.rs`).
 
+mod access;
 mod adapter;
 mod errno;
 mod inodes;
@@ -106,11 +107,16 @@ fn config(allow_other: bool) -> fuser::Config {
     config.mount_options = vec![
         fuser::MountOption::FSName("lattice".into()),
         fuser::MountOption::Subtype("lattice-mount".into()),
-        fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoSuid,
         fuser::MountOption::NoDev,
     ];
     if allow_other {
+        // Only the kernel knows another user's groups: it checks modes. A mount that is
+        // the daemon's user's alone has them checked by the daemon (`access.rs`), which
+        // spares the kernel's `GETATTR` of a directory after each change in it.
+        config
+            .mount_options
+            .push(fuser::MountOption::DefaultPermissions);
         config.acl = fuser::SessionACL::All;
     }
     config.n_threads = Some(FUSE_THREADS);
@@ -135,7 +141,14 @@ pub fn mount(node: Node, mountpoint: &Path, opts: MountOptions) -> Result<MountG
     let config = config(opts.allow_other);
     let inodes = Arc::new(inodes::Inodes::new(node.cache_budget().kernel_inodes()));
     let passthrough = passthrough::Mode::new(Passthrough::at_start(opts.passthrough));
-    let fs = adapter::LatticeFs::new(node.clone(), staging, inodes.clone(), passthrough.clone());
+    let checks = (!opts.allow_other).then(access::Caller::of_process);
+    let fs = adapter::LatticeFs::new(
+        node.clone(),
+        staging,
+        inodes.clone(),
+        passthrough.clone(),
+        checks,
+    );
     let session = fuser::spawn_mount(fs, mountpoint, &config).map_err(mount_err)?;
     widen_readahead(mountpoint);
     let notifier = session.notifier();
@@ -219,6 +232,11 @@ mod tests {
             assert!(options.contains(&MountOption::NoDev), "{options:?}");
             assert!(!options.contains(&MountOption::Suid), "{options:?}");
             assert!(!options.contains(&MountOption::Dev), "{options:?}");
+            assert_eq!(
+                options.contains(&MountOption::DefaultPermissions),
+                allow_other,
+                "the kernel checks modes exactly where other users reach the mount"
+            );
         }
     }
 }
