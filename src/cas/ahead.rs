@@ -585,11 +585,13 @@ fn run(cas: Cas, source: Source, shared: Arc<Shared>, owner: Option<StoreId>) {
                 .iter()
                 .map(|(tt, _)| store::from_iroh(tt.hash()))
                 .collect();
-            drop(st);
-            shared.changed.notify_all();
+            // Told under the lock: the hook hears the chunks in file order, and before
+            // `settled` can report them.
             if let Some((owner, hook)) = hook.filter(|_| !stored.is_empty()) {
                 hook(owner, stored);
             }
+            drop(st);
+            shared.changed.notify_all();
         });
     }
     let mut st = shared.state.lock();
