@@ -1168,6 +1168,36 @@ fn modes_under(dir: &Path) -> Vec<(std::path::PathBuf, bool, u32)> {
 }
 
 #[test]
+fn the_daemons_own_user_is_held_to_modes_as_on_a_local_filesystem() {
+    let Some(d) = daemon_with_store("modes") else {
+        return;
+    };
+    let out = d.sh(
+        "cd modes && printf 'exit 0\\n' > plain && chmod 0644 plain \
+         && printf 'exit 0\\n' > run && chmod 0100 run \
+         && printf x > shut && chmod 0000 shut && mkdir ro && chmod 0555 ro \
+         && for t in 'test -x plain' 'test -x run' './run' 'cat shut' 'test -w shut' \
+              'touch ro/new'; do \
+              if sh -c \"$t\" >/dev/null 2>&1; then echo \"$t: yes\"; else echo \"$t: no\"; fi; \
+            done",
+    );
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    // Root may read and write anything but executes only what has an execute bit; any
+    // other user gets its owner bits.
+    let yes = |by_root: bool| if by_root == root { "yes" } else { "no" };
+    let expected = [
+        "test -x plain: no".to_string(),
+        "test -x run: yes".to_string(),
+        format!("./run: {}", yes(true)),
+        format!("cat shut: {}", yes(true)),
+        format!("test -w shut: {}", yes(true)),
+        format!("touch ro/new: {}", yes(true)),
+    ];
+    assert_eq!(out.lines().collect::<Vec<_>>(), expected);
+}
+
+#[test]
 fn the_mount_is_nosuid_and_nodev_so_a_device_node_on_it_cannot_be_opened() {
     let Some(d) = daemon_with_store("dev") else {
         return;

@@ -38,8 +38,8 @@ impl Caller {
         Caller { uid, groups: all }
     }
 
-    /// Whether modes bind this caller at all: root may read, write and search anything,
-    /// and the kernel itself refuses to execute a file with no execute bit.
+    /// Whether modes bind this caller beyond execution: root may read, write and search
+    /// anything, and execute what has an execute bit for anyone.
     pub(crate) fn is_bound(&self) -> bool {
         self.uid != 0
     }

@@ -96,7 +96,7 @@ pub(crate) struct LatticeFs {
     uid: u32,
     gid: u32,
     /// Whose access the daemon checks modes for (`access.rs`); `None` where the kernel
-    /// checks them (`default_permissions`) or the caller is root.
+    /// checks them (`default_permissions`).
     checks: Option<Caller>,
 }
 
@@ -217,15 +217,32 @@ impl LatticeFs {
             mounted_at: SystemTime::now(),
             uid,
             gid,
-            checks: checks.filter(Caller::is_bound),
+            checks,
+        }
+    }
+
+    /// The caller modes are checked for here, unless it is root or the kernel checks.
+    fn bound_caller(&self) -> Option<&Caller> {
+        self.checks.as_ref().filter(|c| c.is_bound())
+    }
+
+    /// Fails with `EACCES` unless the caller may do each of `want` to directory inode
+    /// `ino`: root may do anything to a directory, so its attributes are not read then.
+    fn permit_dir(&self, ino: INodeNo, want: u16) -> Result<()> {
+        match self.bound_caller() {
+            Some(_) => self.permit(ino, want),
+            None => Ok(()),
         }
     }
 
     /// Fails with `EACCES` unless the caller may do each of `want` to inode `ino`.
     fn permit(&self, ino: INodeNo, want: u16) -> Result<()> {
-        let Some(caller) = self.checks.as_ref().filter(|_| want != 0) else {
+        let Some(caller) = self.checks.as_ref() else {
             return Ok(());
         };
+        if want == 0 || !caller.is_bound() && want & EXEC == 0 {
+            return Ok(());
+        }
         let attr = self.attr_of(ino.0, self.key(ino)?)?;
         if caller.may(&attr, want) {
             Ok(())
@@ -246,7 +263,7 @@ impl LatticeFs {
         touch: bool,
         truncating: bool,
     ) -> Result<()> {
-        let Some(caller) = &self.checks else {
+        let Some(caller) = self.bound_caller() else {
             return Ok(());
         };
         let attr = self.attr_of(ino.0, self.key(ino)?)?;
@@ -458,7 +475,7 @@ impl LatticeFs {
         content: Content,
     ) -> Result<(Key, FileAttr)> {
         let name = name_str(name)?;
-        self.permit(parent, WRITE | EXEC)?;
+        self.permit_dir(parent, WRITE | EXEC)?;
         if self.key(parent)? == Key::MountRoot {
             if kind != Kind::Dir {
                 return Err(Fail::Fs(FsError::NotPermitted));
@@ -882,9 +899,9 @@ impl LatticeFs {
         if flags.contains(RenameFlags::RENAME_WHITEOUT) {
             return Err(Fail::Errno(libc::EINVAL));
         }
-        self.permit(parent, WRITE | EXEC)?;
-        self.permit(newparent, WRITE | EXEC)?;
-        if parent != newparent {
+        self.permit_dir(parent, WRITE | EXEC)?;
+        self.permit_dir(newparent, WRITE | EXEC)?;
+        if parent != newparent && self.bound_caller().is_some() {
             // A directory moved elsewhere has its `..` rewritten.
             let moved = [Some(name), fs_flags.exchange.then_some(newname)];
             let dirs = moved.into_iter().flatten().zip([parent, newparent]);
@@ -892,7 +909,7 @@ impl LatticeFs {
                 if let Some(ino) = self.inodes.child(dir.0, moved.as_bytes()) {
                     let key = self.key(INodeNo(ino))?;
                     if self.attr_of(ino, key)?.kind == FileType::Directory {
-                        self.permit(INodeNo(ino), WRITE)?;
+                        self.permit_dir(INodeNo(ino), WRITE)?;
                     }
                 }
             }
@@ -996,7 +1013,7 @@ impl LatticeFs {
 
     fn do_remove(&self, parent: INodeNo, name: &OsStr, dir: bool) -> Result<()> {
         let name = name_str(name)?;
-        self.permit(parent, WRITE | EXEC)?;
+        self.permit_dir(parent, WRITE | EXEC)?;
         let key = self.key(parent)?;
         if let Key::Local(_) = key {
             return self.remove_local(key, name, dir, Fail::Fs(FsError::NotFound));
@@ -1048,7 +1065,7 @@ impl LatticeFs {
 
     fn do_link(&self, ino: INodeNo, newparent: INodeNo, newname: &OsStr) -> Result<FileAttr> {
         let newname = name_str(newname)?;
-        self.permit(newparent, WRITE | EXEC)?;
+        self.permit_dir(newparent, WRITE | EXEC)?;
         let key = self.key(ino)?;
         let Key::File(sid, file) = key else {
             return Err(Fail::Fs(FsError::NotPermitted));
@@ -1288,7 +1305,7 @@ impl Filesystem for LatticeFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let r = self.permit(parent, EXEC);
+        let r = self.permit_dir(parent, EXEC);
         reply_entry(reply, r.and_then(|()| self.do_lookup(parent, name)));
     }
 
@@ -1344,7 +1361,8 @@ impl Filesystem for LatticeFs {
             .and_then(|()| self.do_setattr(ino, meta, size));
         match r {
             Ok(a) => {
-                if mode.is_some() && a.kind == FileType::Directory && self.checks.is_some() {
+                if mode.is_some() && a.kind == FileType::Directory && self.bound_caller().is_some()
+                {
                     // Entries below were reached through its old mode.
                     self.inodes.suspect_children(ino.0);
                 }
@@ -1600,7 +1618,7 @@ impl Filesystem for LatticeFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.permit(ino, READ).and_then(|()| self.list_dir(ino)) {
+        match self.permit_dir(ino, READ).and_then(|()| self.list_dir(ino)) {
             Ok(entries) => reply.opened(self.new_handle(Handle::Dir(entries)), FopenFlags::empty()),
             Err(e) => reply.error(errno(e)),
         }
