@@ -14,7 +14,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{lazy_unmount, ok};
+use common::{lazy_unmount, ok, within, Daemon};
 
 /// The unprivileged user the test runs the daemon as when it runs as root.
 const TEST_USER: &str = "lattice-e2e";
@@ -288,6 +288,60 @@ fn modes_are_enforced(user: &User, home: &Path) {
     assert_eq!(out.lines().collect::<Vec<_>>(), expected);
 }
 
+/// A daemon of root joins the user's store `docs`. Root's files are checked for the user
+/// like any other (their owner is root), and root's `chmod` of a directory the user had
+/// reached into ends what the user's kernel cached below it.
+fn another_members_entries_are_checked_too(user: &User, home: &Path) {
+    let sh = |script: &str| {
+        ok(user
+            .in_home(home, "sh")
+            .arg("-c")
+            .arg(format!("cd ~/Lattice/docs && {script}"))
+            .output()
+            .unwrap())
+    };
+    let bob = Daemon::start_named("bob");
+    let token = ok(user.lattice(home, &["invite", "docs"]));
+    ok(bob.run(&["join", token.trim()]));
+    assert_eq!(
+        sh("mkdir gate && printf in > gate/in.txt && cat gate/in.txt"),
+        "in"
+    );
+    within(WAIT, "gate/in.txt on bob", || {
+        std::fs::read(bob.path("docs/gate/in.txt")).is_ok_and(|b| b == b"in")
+    });
+    std::fs::set_permissions(
+        bob.path("docs/gate"),
+        std::fs::Permissions::from_mode(0o000),
+    )
+    .unwrap();
+    std::fs::write(bob.path("docs/roots.txt"), b"root's").unwrap();
+    std::fs::set_permissions(
+        bob.path("docs/roots.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    within(WAIT, "bob's changes on the user's node", || {
+        sh("stat -c %a gate; stat -c %u roots.txt 2>/dev/null || true") == "0\n0\n"
+    });
+    let tried = sh(r#"
+try() { if sh -c "$2" >/dev/null 2>&1; then echo "$1: yes"; else echo "$1: no"; fi; }
+try "read below a directory another member shut" "cat gate/in.txt"
+try "read another member's 0600 file" "cat roots.txt"
+try "hard link another member's 0600 file" "ln roots.txt mine.txt"
+try "remove another member's file from one's own directory" "rm -f roots.txt"
+"#);
+    assert_eq!(
+        tried.lines().collect::<Vec<_>>(),
+        [
+            "read below a directory another member shut: no",
+            "read another member's 0600 file: no",
+            "hard link another member's 0600 file: no",
+            "remove another member's file from one's own directory: yes",
+        ]
+    );
+}
+
 #[test]
 fn an_ordinary_user_mounts_writes_reads_and_unmounts_through_fusermount3() {
     let tmp = tempfile::Builder::new()
@@ -379,6 +433,10 @@ fn an_ordinary_user_mounts_writes_reads_and_unmounts_through_fusermount3() {
         format!("written by an ordinary user\n{}\n", user.uid)
     );
     modes_are_enforced(&user, &home);
+    if user.switch {
+        // Another member's files need an author other than the user: root here.
+        another_members_entries_are_checked_too(&user, &home);
+    }
     if user.switch {
         // Without --allow-other the mount is the user's alone, root included.
         let err = std::fs::metadata(mnt.join("docs")).unwrap_err();

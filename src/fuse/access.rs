@@ -21,6 +21,9 @@ pub(crate) struct Caller {
     uid: u32,
     /// The primary group first, then the supplementary ones.
     groups: Vec<u32>,
+    /// Whether a hard link to a file it does not own needs read and write access to
+    /// it (`fs.protected_hardlinks`).
+    protected_hardlinks: bool,
 }
 
 impl Caller {
@@ -28,14 +31,28 @@ impl Caller {
     pub(crate) fn of_process() -> Caller {
         // SAFETY: getuid and getgid have no preconditions and cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        Caller::new(uid, gid, &supplementary_groups())
+        let protected = std::fs::read_to_string("/proc/sys/fs/protected_hardlinks")
+            .map_or(true, |v| v.trim() != "0");
+        Caller::new(uid, gid, &supplementary_groups()).protecting_hardlinks(protected)
     }
 
     /// User `uid` in primary group `gid` and `groups`.
     pub(crate) fn new(uid: u32, gid: u32, groups: &[u32]) -> Caller {
         let mut all = vec![gid];
         all.extend(groups.iter().copied().filter(|g| *g != gid));
-        Caller { uid, groups: all }
+        Caller {
+            uid,
+            groups: all,
+            protected_hardlinks: true,
+        }
+    }
+
+    /// This caller, with hard links protected as `protected` says.
+    pub(crate) fn protecting_hardlinks(self, protected: bool) -> Caller {
+        Caller {
+            protected_hardlinks: protected,
+            ..self
+        }
     }
 
     /// Whether modes bind this caller beyond execution: root may read, write and search
@@ -59,6 +76,12 @@ impl Caller {
             0
         };
         (attr.perm >> shift) & want == want
+    }
+
+    /// Whether the caller may make a hard link to an entry of attributes `attr`: where
+    /// hard links are protected, only to one it owns or may read and write.
+    pub(crate) fn may_link(&self, attr: &FileAttr) -> bool {
+        !self.protected_hardlinks || self.owns(attr) || self.may(attr, READ | WRITE)
     }
 
     /// Whether the caller owns an entry of attributes `attr`, as changing its mode,
@@ -129,6 +152,16 @@ mod tests {
         assert!(me.owns(&file(0o000, 1000, 5)));
         assert!(!me.owns(&file(0o777, 1001, 1000)));
         assert!(me.in_group(27) && me.in_group(1000) && !me.in_group(0));
+    }
+
+    #[test]
+    fn a_hard_link_to_anothers_file_needs_read_and_write_where_links_are_protected() {
+        let me = Caller::new(1000, 1000, &[]);
+        let file = |perm, uid| attr(FileType::RegularFile, perm, uid, 5);
+        assert!(me.may_link(&file(0o000, 1000)));
+        assert!(me.may_link(&file(0o666, 1001)));
+        assert!(!me.may_link(&file(0o644, 1001)));
+        assert!(me.protecting_hardlinks(false).may_link(&file(0o000, 1001)));
     }
 
     #[test]

@@ -1067,6 +1067,11 @@ impl LatticeFs {
         let newname = name_str(newname)?;
         self.permit_dir(newparent, WRITE | EXEC)?;
         let key = self.key(ino)?;
+        if let Some(caller) = self.bound_caller() {
+            if !caller.may_link(&self.attr_of(ino.0, key)?) {
+                return Err(Fail::Errno(libc::EPERM));
+            }
+        }
         let Key::File(sid, file) = key else {
             return Err(Fail::Fs(FsError::NotPermitted));
         };
