@@ -472,3 +472,53 @@ fn an_ordinary_user_mounts_writes_reads_and_unmounts_through_fusermount3() {
          until one answers (RUST_LOG=iroh=warn shows why)"
     );
 }
+
+#[test]
+fn with_allow_other_the_kernel_holds_other_users_to_the_modes() {
+    let tmp = tempfile::Builder::new()
+        .prefix("lattice-user")
+        .tempdir()
+        .unwrap();
+    let Some(user) = User::ready(tmp.path()) else {
+        return;
+    };
+    if !user.switch {
+        // Another user than the daemon's is needed, and only root can switch to one.
+        return;
+    }
+    let d = Daemon::start_with("shared", &["--allow-other"]);
+    let (_, options) = findmnt(&d.mnt).unwrap();
+    assert!(options.contains("default_permissions"), "{options}");
+    std::fs::set_permissions(d.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    d.sh(
+        "mkdir pub && printf open > pub/open.txt && chmod 0644 pub/open.txt \
+         && printf secret > pub/secret.txt && chmod 0600 pub/secret.txt",
+    );
+    let tried = ok(user
+        .command("sh")
+        .arg("-c")
+        .arg(format!(
+            r#"cd {} && try() {{ if sh -c "$2" >/dev/null 2>&1; then echo "$1: yes"; else echo "$1: no"; fi; }}
+try "list root's directory" "ls pub"
+try "read root's 0644 file" "cat pub/open.txt"
+try "read root's 0600 file" "cat pub/secret.txt"
+try "append to root's 0644 file" "printf x >> pub/open.txt"
+try "create in root's 0755 directory" "touch pub/new"
+try "remove from root's 0755 directory" "rm -f pub/open.txt"
+"#,
+            d.mnt.display()
+        ))
+        .output()
+        .unwrap());
+    assert_eq!(
+        tried.lines().collect::<Vec<_>>(),
+        [
+            "list root's directory: yes",
+            "read root's 0644 file: yes",
+            "read root's 0600 file: no",
+            "append to root's 0644 file: no",
+            "create in root's 0755 directory: no",
+            "remove from root's 0755 directory: no",
+        ]
+    );
+}
