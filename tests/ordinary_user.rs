@@ -196,10 +196,9 @@ impl Drop for Running {
 }
 
 /// What the user may do to entries of modes that forbid it, tried with shell tools in
-/// the store `docs`: one line per attempt, each as a local filesystem answers it.
+/// the store `docs` ([`attempts`]): one line per attempt, each as a local filesystem
+/// answers it.
 const MODE_CHECKS: &str = r#"
-cd ~/Lattice/docs
-try() { if sh -c "$2" >/dev/null 2>&1; then echo "$1: yes"; else echo "$1: no"; fi; }
 printf x > ro.txt && chmod 0444 ro.txt
 try "append to a 0444 file" "printf y >> ro.txt"
 try "truncate a 0444 file" "truncate -s 0 ro.txt"
@@ -244,14 +243,33 @@ chmod 0755 from/d
 try "move a 0755 dir to another dir" "mv from/d to/"
 "#;
 
-/// Runs [`MODE_CHECKS`] as `user` and compares every answer with a local filesystem's.
-fn modes_are_enforced(user: &User, home: &Path) {
-    let out = ok(user
-        .in_home(home, "sh")
+/// A scratch directory and the user to run as; `None` (skip) where this machine cannot.
+fn scratch_and_user() -> Option<(tempfile::TempDir, User)> {
+    let tmp = tempfile::Builder::new()
+        .prefix("lattice-user")
+        .tempdir()
+        .unwrap();
+    let user = User::ready(tmp.path())?;
+    Some((tmp, user))
+}
+
+/// The lines `script` prints when `sh` (a command of the user) runs it in `dir`, where
+/// `try NAME COMMAND` prints "NAME: yes" if COMMAND succeeds and "NAME: no" if not.
+fn attempts(mut sh: Command, dir: &str, script: &str) -> Vec<String> {
+    let out = ok(sh
         .arg("-c")
-        .arg(MODE_CHECKS)
+        .arg(format!(
+            r#"cd {dir} && try() {{ if sh -c "$2" >/dev/null 2>&1; then echo "$1: yes"; else echo "$1: no"; fi; }}
+{script}"#
+        ))
         .output()
         .unwrap());
+    out.lines().map(str::to_owned).collect()
+}
+
+/// Runs [`MODE_CHECKS`] as `user` and compares every answer with a local filesystem's.
+fn modes_are_enforced(user: &User, home: &Path) {
+    let out = attempts(user.in_home(home, "sh"), "~/Lattice/docs", MODE_CHECKS);
     let expected = [
         "append to a 0444 file: no",
         "truncate a 0444 file: no",
@@ -285,7 +303,7 @@ fn modes_are_enforced(user: &User, home: &Path) {
         "move a 0555 dir to another dir: no",
         "move a 0755 dir to another dir: yes",
     ];
-    assert_eq!(out.lines().collect::<Vec<_>>(), expected);
+    assert_eq!(out, expected);
 }
 
 /// A daemon of root joins the user's store `docs`. Root's files are checked for the user
@@ -324,15 +342,14 @@ fn another_members_entries_are_checked_too(user: &User, home: &Path) {
     within(WAIT, "bob's changes on the user's node", || {
         sh("stat -c %a gate; stat -c %u roots.txt 2>/dev/null || true") == "0\n0\n"
     });
-    let tried = sh(r#"
-try() { if sh -c "$2" >/dev/null 2>&1; then echo "$1: yes"; else echo "$1: no"; fi; }
+    let script = r#"
 try "read below a directory another member shut" "cat gate/in.txt"
 try "read another member's 0600 file" "cat roots.txt"
 try "hard link another member's 0600 file" "ln roots.txt mine.txt"
 try "remove another member's file from one's own directory" "rm -f roots.txt"
-"#);
+"#;
     assert_eq!(
-        tried.lines().collect::<Vec<_>>(),
+        attempts(user.in_home(home, "sh"), "~/Lattice/docs", script),
         [
             "read below a directory another member shut: no",
             "read another member's 0600 file: no",
@@ -344,11 +361,7 @@ try "remove another member's file from one's own directory" "rm -f roots.txt"
 
 #[test]
 fn an_ordinary_user_mounts_writes_reads_and_unmounts_through_fusermount3() {
-    let tmp = tempfile::Builder::new()
-        .prefix("lattice-user")
-        .tempdir()
-        .unwrap();
-    let Some(user) = User::ready(tmp.path()) else {
+    let Some((tmp, user)) = scratch_and_user() else {
         return;
     };
     let home = tmp.path().join("home");
@@ -475,11 +488,7 @@ fn an_ordinary_user_mounts_writes_reads_and_unmounts_through_fusermount3() {
 
 #[test]
 fn with_allow_other_the_kernel_holds_other_users_to_the_modes() {
-    let tmp = tempfile::Builder::new()
-        .prefix("lattice-user")
-        .tempdir()
-        .unwrap();
-    let Some(user) = User::ready(tmp.path()) else {
+    let Some((_tmp, user)) = scratch_and_user() else {
         return;
     };
     if !user.switch {
@@ -494,24 +503,17 @@ fn with_allow_other_the_kernel_holds_other_users_to_the_modes() {
         "mkdir pub && printf open > pub/open.txt && chmod 0644 pub/open.txt \
          && printf secret > pub/secret.txt && chmod 0600 pub/secret.txt",
     );
-    let tried = ok(user
-        .command("sh")
-        .arg("-c")
-        .arg(format!(
-            r#"cd {} && try() {{ if sh -c "$2" >/dev/null 2>&1; then echo "$1: yes"; else echo "$1: no"; fi; }}
+    let script = r#"
 try "list root's directory" "ls pub"
 try "read root's 0644 file" "cat pub/open.txt"
 try "read root's 0600 file" "cat pub/secret.txt"
 try "append to root's 0644 file" "printf x >> pub/open.txt"
 try "create in root's 0755 directory" "touch pub/new"
 try "remove from root's 0755 directory" "rm -f pub/open.txt"
-"#,
-            d.mnt.display()
-        ))
-        .output()
-        .unwrap());
+"#;
+    let tried = attempts(user.command("sh"), &d.mnt.display().to_string(), script);
     assert_eq!(
-        tried.lines().collect::<Vec<_>>(),
+        tried,
         [
             "list root's directory: yes",
             "read root's 0644 file: yes",
