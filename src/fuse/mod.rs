@@ -4,7 +4,8 @@
 //! and replies; errors become errno in exactly one place (`errno.rs`). The mount root
 //! lists one directory per store; inside a store, inodes map to file ids (`inodes.rs`)
 //! and writes are staged per open file until flush, fsync or close (`open_file.rs`).
-//! Changes received from peers invalidate the kernel's caches (`invalidate.rs`).
+//! Changes received from peers invalidate the kernel's caches (`invalidate.rs`). Modes
+//! are checked by the daemon (`access.rs`) unless other users may reach the mount.
 
 mod access;
 mod adapter;
