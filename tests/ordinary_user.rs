@@ -219,6 +219,8 @@ printf 'exit 0
 try "run a 0644 script" "./run.sh"
 chmod 0755 run.sh
 try "run a 0755 script" "./run.sh"
+cp /bin/true true.bin && chmod 0100 true.bin
+try "run a 0100 program" "./true.bin"
 mkdir shut && printf z > shut/in.txt && chmod 0555 shut
 try "create in a 0555 dir" "touch shut/new"
 try "mkdir in a 0555 dir" "mkdir shut/sub"
@@ -286,6 +288,7 @@ fn modes_are_enforced(user: &User, home: &Path) {
         "append to a 0200 file: yes",
         "run a 0644 script: no",
         "run a 0755 script: yes",
+        "run a 0100 program: yes",
         "create in a 0555 dir: no",
         "mkdir in a 0555 dir: no",
         "link into a 0555 dir: no",
